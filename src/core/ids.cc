@@ -1,0 +1,48 @@
+#include "core/ids.h"
+
+#include <openssl/rand.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/status.h"
+
+namespace quell::core {
+namespace {
+
+void RandomBytes(uint8_t* out, size_t n) {
+  // RAND_bytes only fails when the OS entropy source is unusable; no id is safe then.
+  QUELL_CHECK(RAND_bytes(out, static_cast<int>(n)) == 1);
+}
+
+}  // namespace
+
+std::string NewId(std::string_view prefix, absl::Time now) {
+  static constexpr char kAlphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  uint8_t r[10];
+  RandomBytes(r, sizeof(r));
+  // 128 bits: 48 of time, 80 of randomness, written 5 bits at a time (26 chars, 130 bits).
+  unsigned __int128 v = static_cast<uint64_t>(absl::ToUnixMillis(now)) & ((1ULL << 48) - 1);
+  for (uint8_t b : r) v = (v << 8) | b;
+  std::string out(prefix);
+  out.resize(prefix.size() + 26);
+  for (int i = 25; i >= 0; --i) {
+    out[prefix.size() + i] = kAlphabet[static_cast<int>(v & 31)];
+    v >>= 5;
+  }
+  return out;
+}
+
+std::string RandomHex(size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string bytes(n, '\0');
+  RandomBytes(reinterpret_cast<uint8_t*>(bytes.data()), n);
+  std::string out(2 * n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kHex[static_cast<uint8_t>(bytes[i]) >> 4];
+    out[2 * i + 1] = kHex[static_cast<uint8_t>(bytes[i]) & 15];
+  }
+  return out;
+}
+
+}  // namespace quell::core

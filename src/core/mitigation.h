@@ -1,0 +1,73 @@
+// Mitigations: an action applied to an entity for a time, and its life cycle (SPEC "Names").
+//
+//   pending_approval | scheduled -> active -> expired | revoked
+//   shadow (recorded, never enforced); rejected (refused at review);
+//   suppressed (stopped by a safeguard, with the reason)
+//
+// Thread-safety: value types; free functions are thread-safe.
+#ifndef QUELL_CORE_MITIGATION_H_
+#define QUELL_CORE_MITIGATION_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/entity.h"
+
+namespace quell::core {
+
+enum class MitigationState : uint8_t {
+  kPendingApproval,
+  kScheduled,
+  kActive,
+  kExpired,
+  kRevoked,
+  kShadow,
+  kRejected,
+  kSuppressed,
+};
+std::string_view StateName(MitigationState s);
+std::optional<MitigationState> ParseState(std::string_view name);
+// True for the states that can still change (pending, scheduled, active).
+bool IsLive(MitigationState s);
+
+struct Mitigation {
+  std::string id;  // "m_" + 26-char time-ordered id, see NewId()
+  Entity entity;
+  std::string action;
+  MitigationState state = MitigationState::kActive;
+  absl::Time created_at = absl::UnixEpoch();
+  absl::Time updated_at = absl::UnixEpoch();
+  absl::Time starts_at = absl::UnixEpoch();   // when it became (or becomes) active
+  absl::Time expires_at = absl::UnixEpoch();
+  std::string reason;        // why it was created (free text from a person or a policy)
+  std::string source;        // detection source, or "manual"
+  std::string policy;        // policy id; empty for manual mitigations
+  int64_t policy_version = 0;
+  std::string actor;         // who caused the last change: key id, "system", reviewer
+  std::string batch;         // import batch, if any
+  std::vector<std::string> detections;  // detection ids that caused it
+  std::string state_reason;  // why the last state change happened (revoke note, safeguard)
+  int64_t seq = 0;           // seq of the last ledger change that touched it
+
+  bool operator==(const Mitigation&) const = default;
+};
+
+// Serialises to the JSON object of the HTTP API and of ledger payloads. Field order is
+// fixed, so the bytes are deterministic (the hash chain depends on it).
+std::string MitigationToJson(const Mitigation& m);
+// Appends the same JSON to `out`.
+void AppendMitigationJson(const Mitigation& m, std::string* out);
+// Parses what MitigationToJson wrote. kInvalidArgument on malformed input.
+absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json);
+
+// Appends `s` to `out` as a JSON string literal (quotes and escapes included).
+void AppendJsonString(std::string_view s, std::string* out);
+
+}  // namespace quell::core
+
+#endif  // QUELL_CORE_MITIGATION_H_

@@ -1,0 +1,59 @@
+#include "core/time.h"
+
+#include "gtest/gtest.h"
+
+namespace quell::core {
+namespace {
+
+TEST(DurationTest, ParsesUnitsAndSums) {
+  EXPECT_EQ(*ParseDuration("90s"), absl::Seconds(90));
+  EXPECT_EQ(*ParseDuration("15m"), absl::Minutes(15));
+  EXPECT_EQ(*ParseDuration("2h"), absl::Hours(2));
+  EXPECT_EQ(*ParseDuration("30d"), absl::Hours(720));
+  EXPECT_EQ(*ParseDuration("1w"), absl::Hours(168));
+  EXPECT_EQ(*ParseDuration("500ms"), absl::Milliseconds(500));
+  EXPECT_EQ(*ParseDuration("1h30m"), absl::Minutes(90));
+}
+
+TEST(DurationTest, RejectsBadSpellings) {
+  for (const char* bad : {"", "10", "h", "1x", "1.5h", "-1h", "1 h", "0s", "99999999999999d"}) {
+    EXPECT_FALSE(ParseDuration(bad).ok()) << bad;
+  }
+  EXPECT_TRUE(ParseDuration("0s", /*allow_zero=*/true).ok());
+}
+
+TEST(DurationTest, FormatRoundTrips) {
+  for (const char* s : {"90s", "30d", "1h30m", "500ms", "1d1h1m1s"}) {
+    auto d = ParseDuration(s);
+    ASSERT_TRUE(d.ok()) << s;
+    EXPECT_EQ(*ParseDuration(DurationString(*d)), *d);
+  }
+  EXPECT_EQ(DurationString(absl::Hours(720)), "30d");
+  EXPECT_EQ(DurationString(absl::Seconds(90)), "1m30s");
+}
+
+TEST(TimeTest, Rfc3339) {
+  auto t = ParseRfc3339("2026-11-28T12:00:00Z");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(FormatRfc3339(*t), "2026-11-28T12:00:00Z");
+  auto off = ParseRfc3339("2026-11-28T13:00:00+01:00");
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(*off, *t);
+  auto frac = ParseRfc3339("2026-11-28T12:00:00.25Z");
+  ASSERT_TRUE(frac.ok());
+  EXPECT_EQ(FormatRfc3339(*frac), "2026-11-28T12:00:00.250000Z");
+  for (const char* bad : {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday",
+                          "2026-13-01T00:00:00Z"}) {
+    EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
+  }
+}
+
+TEST(FakeClockTest, Advances) {
+  FakeClock clock;
+  absl::Time t0 = clock.Now();
+  clock.Advance(absl::Minutes(5));
+  EXPECT_EQ(clock.Now() - t0, absl::Minutes(5));
+}
+
+}  // namespace
+}  // namespace quell::core
