@@ -1,0 +1,70 @@
+// The v1 HTTP API (SPEC "HTTP API"): routing, authentication, JSON in and out. It turns
+// requests into reads of the index (check), reads of the store (lists, timelines, feed)
+// and mutations submitted to the ledger (writes). No business rule lives here: those are
+// in workflow/ (and engine/ later); this file chooses status codes and shapes.
+//
+// Thread-safety: Handle is called concurrently from every IO thread. Check runs inline
+// on the IO thread; anything that touches storage runs on the worker pool.
+#ifndef QUELL_API_API_H_
+#define QUELL_API_API_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "api/http/http_server.h"
+#include "auth/keys.h"
+#include "core/action.h"
+#include "core/time.h"
+#include "index/index.h"
+#include "ledger/ledger.h"
+
+namespace quell::obs {
+class Registry;
+}
+
+namespace quell::api {
+
+namespace internal {
+class WorkerPool;
+class ChangeWaiters;
+}  // namespace internal
+
+struct ApiOptions {
+  int worker_threads = 4;          // storage reads off the event loops
+  int max_check_entities = 100;    // entities in one check
+  int max_page = 1000;             // list and feed pages
+  absl::Duration max_wait = absl::Seconds(60);  // long-poll bound
+  std::string version = "dev";
+};
+
+// Everything the API uses, borrowed; all must outlive the Api.
+struct ApiDeps {
+  ledger::Ledger* ledger = nullptr;
+  index::Index* index = nullptr;
+  auth::KeyRing* keys = nullptr;
+  core::Clock* clock = nullptr;
+  std::shared_ptr<const core::ActionCatalog> catalog;
+  obs::Registry* metrics = nullptr;  // may be null: no metrics
+};
+
+class Api final : public http::Handler {
+ public:
+  // Registers itself as a ledger listener (for long-poll wake-ups).
+  Api(ApiDeps deps, ApiOptions options);
+  ~Api() override;
+
+  void Handle(http::Request request, http::Responder respond) override;
+
+  //! Readiness: false while draining for shutdown.
+  void set_ready(bool ready) { ready_.store(ready); }
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+  std::atomic<bool> ready_{true};
+};
+
+}  // namespace quell::api
+
+#endif  // QUELL_API_API_H_

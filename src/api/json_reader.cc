@@ -1,0 +1,135 @@
+#include "api/json_reader.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "rapidjson/error/en.h"
+
+namespace quell::api {
+
+std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc) {
+  if (body.empty()) return ApiError::InvalidArgument("request body is empty; JSON expected");
+  // kParseValidateEncodingFlag: invalid UTF-8 is a syntax error, not stored bytes.
+  // Trailing content after the value is an error ("root not singular").
+  doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
+  if (doc->HasParseError()) {
+    return ApiError::InvalidArgument(absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset(),
+                                                  ": ", rapidjson::GetParseError_En(doc->GetParseError())));
+  }
+  return std::nullopt;
+}
+
+ObjectReader::ObjectReader(const rapidjson::Value& value, std::string path,
+                           std::vector<FieldError>* errors)
+    : value_(value), path_(std::move(path)), errors_(errors) {
+  if (!value_.IsObject()) {
+    errors_->push_back({path_.empty() ? "(body)" : path_, "must be a JSON object"});
+  }
+}
+
+std::string ObjectReader::PathOf(std::string_view name) const {
+  return path_.empty() ? std::string(name) : absl::StrCat(path_, ".", std::string(name));
+}
+
+void ObjectReader::Fail(std::string_view name, std::string message) {
+  errors_->push_back({PathOf(name), std::move(message)});
+}
+
+const rapidjson::Value* ObjectReader::Find(std::string_view name, bool required,
+                                           const char* what) {
+  if (!value_.IsObject()) return nullptr;
+  seen_.emplace_back(name);
+  auto it = value_.FindMember(rapidjson::Value(rapidjson::StringRef(name.data(), name.size())));
+  if (it == value_.MemberEnd() || it->value.IsNull()) {
+    if (required) Fail(name, absl::StrCat("is required (", what, ")"));
+    return nullptr;
+  }
+  return &it->value;
+}
+
+std::optional<std::string> ObjectReader::String(std::string_view name, bool required,
+                                                size_t max_bytes) {
+  const rapidjson::Value* v = Find(name, required, "a string");
+  if (v == nullptr) return std::nullopt;
+  if (!v->IsString()) {
+    Fail(name, "must be a string");
+    return std::nullopt;
+  }
+  if (v->GetStringLength() > max_bytes) {
+    Fail(name, absl::StrCat("must be at most ", max_bytes, " bytes"));
+    return std::nullopt;
+  }
+  return std::string(v->GetString(), v->GetStringLength());
+}
+
+std::optional<double> ObjectReader::Number(std::string_view name, bool required) {
+  const rapidjson::Value* v = Find(name, required, "a number");
+  if (v == nullptr) return std::nullopt;
+  if (!v->IsNumber() || !std::isfinite(v->GetDouble())) {
+    Fail(name, "must be a number");
+    return std::nullopt;
+  }
+  return v->GetDouble();
+}
+
+std::optional<int64_t> ObjectReader::Int(std::string_view name, bool required) {
+  const rapidjson::Value* v = Find(name, required, "an integer");
+  if (v == nullptr) return std::nullopt;
+  if (!v->IsInt64()) {
+    Fail(name, "must be an integer");
+    return std::nullopt;
+  }
+  return v->GetInt64();
+}
+
+std::optional<bool> ObjectReader::Bool(std::string_view name, bool required) {
+  const rapidjson::Value* v = Find(name, required, "true or false");
+  if (v == nullptr) return std::nullopt;
+  if (!v->IsBool()) {
+    Fail(name, "must be true or false");
+    return std::nullopt;
+  }
+  return v->GetBool();
+}
+
+std::optional<std::vector<std::string>> ObjectReader::Strings(std::string_view name,
+                                                              bool required, size_t max_items) {
+  const rapidjson::Value* v = Find(name, required, "an array of strings");
+  if (v == nullptr) return std::nullopt;
+  if (!v->IsArray()) {
+    Fail(name, "must be an array of strings");
+    return std::nullopt;
+  }
+  if (v->Size() > max_items) {
+    Fail(name, absl::StrCat("must hold at most ", max_items, " items"));
+    return std::nullopt;
+  }
+  std::vector<std::string> out;
+  out.reserve(v->Size());
+  for (rapidjson::SizeType i = 0; i < v->Size(); ++i) {
+    const auto& item = (*v)[i];
+    if (!item.IsString()) {
+      Fail(absl::StrCat(std::string(name), "[", i, "]"), "must be a string");
+      return std::nullopt;
+    }
+    out.emplace_back(item.GetString(), item.GetStringLength());
+  }
+  return out;
+}
+
+const rapidjson::Value* ObjectReader::Raw(std::string_view name, bool required) {
+  return Find(name, required, "a value");
+}
+
+void ObjectReader::RejectUnknown() {
+  if (!value_.IsObject()) return;
+  for (auto it = value_.MemberBegin(); it != value_.MemberEnd(); ++it) {
+    std::string_view key(it->name.GetString(), it->name.GetStringLength());
+    if (std::find(seen_.begin(), seen_.end(), key) == seen_.end()) {
+      Fail(key, "unknown field");
+    }
+  }
+}
+
+}  // namespace quell::api

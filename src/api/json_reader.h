@@ -1,0 +1,61 @@
+// Strict reading of JSON request bodies: every field is checked for type, unknown fields
+// are errors, and every error names its field path ("detections[2].score"), so a client
+// learns everything wrong with a request in one reply.
+//
+// Thread-safety: a reader is confined to one thread; ParseJsonBody is thread-safe.
+#ifndef QUELL_API_JSON_READER_H_
+#define QUELL_API_JSON_READER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "api/errors.h"
+#include "rapidjson/document.h"
+
+namespace quell::api {
+
+//! Parses `body` into `doc`. On failure returns an error naming the byte offset.
+std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc);
+
+// Reads the members of one JSON object, collecting errors into `errors`.
+class ObjectReader {
+ public:
+  // `path` is the object's own path ("" for the root, "detections[2]" for an item).
+  ObjectReader(const rapidjson::Value& value, std::string path, std::vector<FieldError>* errors);
+
+  bool is_object() const { return value_.IsObject(); }
+
+  //! A string member. Absent -> nullopt (an error if `required`). Wrong type -> error.
+  std::optional<std::string> String(std::string_view name, bool required,
+                                    size_t max_bytes = 4096);
+  std::optional<double> Number(std::string_view name, bool required);
+  std::optional<int64_t> Int(std::string_view name, bool required);
+  std::optional<bool> Bool(std::string_view name, bool required);
+  //! An array of strings.
+  std::optional<std::vector<std::string>> Strings(std::string_view name, bool required,
+                                                  size_t max_items = 1000);
+  //! Any value (object, array...), returned as-is for the caller to read further.
+  const rapidjson::Value* Raw(std::string_view name, bool required);
+
+  //! Adds an error for every member that was never asked for.
+  void RejectUnknown();
+
+  //! Adds an error at `name` under this object's path.
+  void Fail(std::string_view name, std::string message);
+  std::string PathOf(std::string_view name) const;
+
+ private:
+  const rapidjson::Value* Find(std::string_view name, bool required, const char* what);
+
+  const rapidjson::Value& value_;
+  std::string path_;
+  std::vector<FieldError>* errors_;
+  std::vector<std::string> seen_;
+};
+
+}  // namespace quell::api
+
+#endif  // QUELL_API_JSON_READER_H_

@@ -1,0 +1,125 @@
+#include "cli/config.h"
+
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "yaml-cpp/yaml.h"
+
+namespace quell::cli {
+namespace {
+
+absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> CatalogFromNode(const YAML::Node& list) {
+  if (!list.IsSequence()) return absl::InvalidArgumentError("actions: must be a list");
+  std::vector<core::Action> actions;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node& n = list[i];
+    std::string where = absl::StrCat("actions[", i, "]");
+    if (!n.IsMap() || !n["name"]) return absl::InvalidArgumentError(absl::StrCat(where, ": needs a name"));
+    core::Action a;
+    a.name = n["name"].as<std::string>();
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      std::string key = it->first.as<std::string>();
+      if (key != "name" && key != "verdict" && key != "severity" && key != "ttl" && key != "surfaces") {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key ", key));
+      }
+    }
+    if (n["verdict"]) {
+      auto v = core::ParseVerdict(n["verdict"].as<std::string>());
+      if (!v) return absl::InvalidArgumentError(absl::StrCat(where, ".verdict: allow, throttle, challenge or deny"));
+      a.verdict = *v;
+    }
+    if (n["severity"]) {
+      auto s = core::ParseSeverity(n["severity"].as<std::string>());
+      if (!s) return absl::InvalidArgumentError(absl::StrCat(where, ".severity: low, medium, high or critical"));
+      a.severity = *s;
+    }
+    if (n["ttl"]) {
+      auto d = core::ParseDuration(n["ttl"].as<std::string>());
+      if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".ttl: ", d.status().message()));
+      a.default_ttl = *d;
+    }
+    if (n["surfaces"]) a.surfaces = n["surfaces"].as<std::vector<std::string>>();
+    actions.push_back(std::move(a));
+  }
+  return core::ActionCatalog::Create(std::move(actions));
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml) {
+  try {
+    YAML::Node root = YAML::Load(yaml);
+    return CatalogFromNode(root["actions"]);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("YAML: ", e.what()));
+  }
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
+  try {
+    YAML::Node root = YAML::LoadFile(path);
+    if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
+    for (auto it = root.begin(); it != root.end(); ++it) {
+      std::string key = it->first.as<std::string>();
+      const YAML::Node& v = it->second;
+      if (key == "listen") {
+        c.listen = v.as<std::string>();
+      } else if (key == "data") {
+        c.data = v.as<std::string>();
+      } else if (key == "threads") {
+        c.threads = v.as<int>();
+      } else if (key == "log_level") {
+        c.log_level = v.as<std::string>();
+      } else if (key == "store") {
+        if (v["synchronous"]) {
+          std::string s = v["synchronous"].as<std::string>();
+          if (s != "full" && s != "normal") {
+            return absl::InvalidArgumentError(absl::StrCat(path, ": store.synchronous must be full or normal"));
+          }
+          c.synchronous_full = s == "full";
+        }
+      } else if (key == "http") {
+        if (v["max_body_bytes"]) c.max_body_bytes = v["max_body_bytes"].as<size_t>();
+        for (auto [name, field] : {std::pair{"read_timeout", &c.read_timeout},
+                                   std::pair{"idle_timeout", &c.idle_timeout},
+                                   std::pair{"shutdown_grace", &c.shutdown_grace}}) {
+          if (!v[name]) continue;
+          auto d = core::ParseDuration(v[name].as<std::string>());
+          if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": http.", name, ": ", d.status().message()));
+          *field = *d;
+        }
+      } else if (key == "actions") {
+        QUELL_ASSIGN_OR_RETURN(c.catalog, CatalogFromNode(v));
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
+      }
+    }
+    return c;
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
+absl::Status ApplyEnvironment(Config* c) {
+  auto env = [](const char* name) -> const char* { return std::getenv(name); };
+  if (const char* v = env("QUELL_LISTEN")) c->listen = v;
+  if (const char* v = env("QUELL_DATA")) c->data = v;
+  if (const char* v = env("QUELL_LOG_LEVEL")) c->log_level = v;
+  if (const char* v = env("QUELL_THREADS")) {
+    if (!absl::SimpleAtoi(v, &c->threads) || c->threads < 0) {
+      return absl::InvalidArgumentError("QUELL_THREADS must be a non-negative integer");
+    }
+  }
+  if (const char* v = env("QUELL_SYNCHRONOUS")) {
+    std::string s = v;
+    if (s != "full" && s != "normal") return absl::InvalidArgumentError("QUELL_SYNCHRONOUS must be full or normal");
+    c->synchronous_full = s == "full";
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quell::cli

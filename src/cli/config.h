@@ -1,0 +1,39 @@
+// Server configuration: a YAML file (--config), overridden by QUELL_* environment
+// variables, overridden by flags (SPEC "CLI": flags win).
+//
+// Thread-safety: plain data, built once at start.
+#ifndef QUELL_CLI_CONFIG_H_
+#define QUELL_CLI_CONFIG_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/action.h"
+
+namespace quell::cli {
+
+struct Config {
+  std::string listen = "127.0.0.1:8080";
+  std::string data = "./var";
+  int threads = 0;                     // HTTP event loops; 0 = one per core
+  bool synchronous_full = true;        // store.synchronous: full | normal
+  size_t max_body_bytes = 8 << 20;     // http.max_body_bytes
+  absl::Duration read_timeout = absl::Seconds(10);
+  absl::Duration idle_timeout = absl::Seconds(60);
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  std::string log_level = "info";
+  std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();
+};
+
+//! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base);
+//! Applies QUELL_LISTEN, QUELL_DATA, QUELL_THREADS, QUELL_SYNCHRONOUS, QUELL_LOG_LEVEL.
+absl::Status ApplyEnvironment(Config* config);
+//! Parses the `actions:` list of a YAML catalog (also used by policy sets).
+absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml);
+
+}  // namespace quell::cli
+
+#endif  // QUELL_CLI_CONFIG_H_

@@ -1,0 +1,78 @@
+#include "cli/config.h"
+
+#include <cstdlib>
+#include <fstream>
+
+#include "cli/flags.h"
+#include "gtest/gtest.h"
+
+namespace quell::cli {
+namespace {
+
+std::string WriteTemp(const std::string& text) {
+  std::string path = testing::TempDir() + "/quell_config_test.yaml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(ConfigTest, FileOverridesDefaults) {
+  auto c = LoadConfigFile(WriteTemp(R"(
+listen: 127.0.0.1:9999
+data: /tmp/q
+store: {synchronous: normal}
+http: {read_timeout: 5s, max_body_bytes: 1024}
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+  - {name: review, verdict: allow, ttl: 1d, surfaces: [payout]}
+)"),
+                          Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:9999");
+  EXPECT_FALSE(c->synchronous_full);
+  EXPECT_EQ(c->read_timeout, absl::Seconds(5));
+  EXPECT_EQ(c->max_body_bytes, 1024u);
+  ASSERT_EQ(c->catalog->size(), 2u);
+  EXPECT_EQ(c->catalog->Find("block")->verdict, core::Verdict::kDeny);
+}
+
+TEST(ConfigTest, ErrorsNameTheKey) {
+  auto unknown = LoadConfigFile(WriteTemp("listne: x\n"), Config{});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("listne"), absl::string_view::npos);
+  auto bad_ttl = LoadConfigFile(WriteTemp("actions: [{name: a, ttl: forever}]\n"), Config{});
+  ASSERT_FALSE(bad_ttl.ok());
+  EXPECT_NE(bad_ttl.status().message().find("actions[0].ttl"), absl::string_view::npos);
+  EXPECT_FALSE(LoadConfigFile(WriteTemp("store: {synchronous: sometimes}\n"), Config{}).ok());
+  EXPECT_FALSE(LoadConfigFile(WriteTemp("[1, 2"), Config{}).ok());
+  EXPECT_FALSE(LoadConfigFile("/nonexistent/quell.yaml", Config{}).ok());
+}
+
+TEST(ConfigTest, EnvironmentApplies) {
+  setenv("QUELL_LISTEN", "0.0.0.0:1", 1);
+  setenv("QUELL_SYNCHRONOUS", "normal", 1);
+  Config c;
+  ASSERT_TRUE(ApplyEnvironment(&c).ok());
+  EXPECT_EQ(c.listen, "0.0.0.0:1");
+  EXPECT_FALSE(c.synchronous_full);
+  setenv("QUELL_THREADS", "many", 1);
+  EXPECT_FALSE(ApplyEnvironment(&c).ok());
+  unsetenv("QUELL_LISTEN");
+  unsetenv("QUELL_SYNCHRONOUS");
+  unsetenv("QUELL_THREADS");
+}
+
+TEST(FlagsTest, ParsesFormsAndRejectsUnknown) {
+  auto f = Flags::Parse({"keys", "create", "--role", "detector", "--source=a", "--source", "b", "--dev"},
+                        {"role", "source"}, {"dev"});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->positional(), (std::vector<std::string>{"keys", "create"}));
+  EXPECT_EQ(*f->Get("role"), "detector");
+  EXPECT_EQ(f->All("source"), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(f->Has("dev"));
+  EXPECT_FALSE(Flags::Parse({"--nope"}, {}, {}).ok());
+  EXPECT_FALSE(Flags::Parse({"--role"}, {"role"}, {}).ok());
+  EXPECT_FALSE(Flags::Parse({"--dev=1"}, {}, {"dev"}).ok());
+}
+
+}  // namespace
+}  // namespace quell::cli

@@ -1,0 +1,37 @@
+// A small command-line parser: `--name value`, `--name=value`, boolean `--name`,
+// repeatable flags, positional arguments. Unknown flags are errors (exit status 2).
+//
+// Thread-safety: confined to main.
+#ifndef QUELL_CLI_FLAGS_H_
+#define QUELL_CLI_FLAGS_H_
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quell::cli {
+
+class Flags {
+ public:
+  // `with_value`: flags that take a value; `booleans`: flags that do not.
+  static absl::StatusOr<Flags> Parse(const std::vector<std::string>& args,
+                                     const std::set<std::string>& with_value,
+                                     const std::set<std::string>& booleans);
+
+  std::optional<std::string> Get(const std::string& name) const;
+  std::vector<std::string> All(const std::string& name) const;
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::multimap<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace quell::cli
+
+#endif  // QUELL_CLI_FLAGS_H_

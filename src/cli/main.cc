@@ -1,0 +1,296 @@
+// The `quell` binary: wires the modules together and runs one subcommand (SPEC "CLI").
+// Exit status: 0 success, 1 failure, 2 bad usage.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "api/api.h"
+#include "api/http/http_server.h"
+#include "api/index_applier.h"
+#include "auth/keys.h"
+#include "cli/config.h"
+#include "cli/flags.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "index/index.h"
+#include "ledger/audit.h"
+#include "ledger/ledger.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "workflow/expiry.h"
+
+namespace quell::cli {
+namespace {
+
+constexpr int kOk = 0, kFailure = 1, kUsage = 2;
+
+constexpr char kUsageText[] = R"(quell — fraud and abuse mitigation platform
+
+usage: quell <command> [flags]
+
+commands:
+  serve            run the server       (--data DIR --listen HOST:PORT --config FILE --dev --threads N)
+  keys create      make an API key      (--role ROLE [--source NAME]... [--name TEXT] [--data DIR])
+  keys list        list API keys        ([--data DIR])
+  keys revoke ID   revoke an API key    ([--data DIR])
+  audit verify     walk the ledger's hash chain and name the first broken link ([--data DIR])
+  migrate          apply schema migrations ([--data DIR])
+  version          print the version
+
+Every command takes --help. Configuration: --config FILE (YAML), QUELL_* environment
+variables, then flags; flags win.
+)";
+
+int Usage(const std::string& message) {
+  if (!message.empty()) std::cerr << "quell: " << message << "\n\n";
+  std::cerr << kUsageText;
+  return kUsage;
+}
+
+int Failure(const absl::Status& s) {
+  std::cerr << "quell: " << s.message() << "\n";
+  return kFailure;
+}
+
+absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c) {
+  ledger::SqliteOptions o;
+  o.path = c.data;
+  o.synchronous_full = c.synchronous_full;
+  return ledger::OpenSqliteStore(o);
+}
+
+// Defaults <- --config file <- QUELL_* <- flags.
+absl::StatusOr<Config> BuildConfig(const Flags& flags) {
+  Config c;
+  std::optional<std::string> file = flags.Get("config");
+  if (!file) {
+    if (const char* env = std::getenv("QUELL_CONFIG")) file = env;
+  }
+  if (file) {
+    QUELL_ASSIGN_OR_RETURN(c, LoadConfigFile(*file, c));
+  }
+  QUELL_RETURN_IF_ERROR(ApplyEnvironment(&c));
+  if (auto v = flags.Get("data")) c.data = *v;
+  if (auto v = flags.Get("listen")) c.listen = *v;
+  if (auto v = flags.Get("threads")) {
+    if (!absl::SimpleAtoi(*v, &c.threads) || c.threads < 0) {
+      return absl::InvalidArgumentError("--threads must be a non-negative integer");
+    }
+  }
+  return c;
+}
+
+absl::Status SplitListen(const std::string& listen, std::string* host, int* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), port) || *port < 0 ||
+      *port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got \"", listen, "\""));
+  }
+  *host = listen.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  return absl::OkStatus();
+}
+
+int Serve(const Flags& flags) {
+  auto config = BuildConfig(flags);
+  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  std::string host;
+  int port;
+  if (auto s = SplitListen(config->listen, &host, &port); !s.ok()) return Usage(std::string(SV(s.message())));
+
+  // Block the signals we wait for before any thread starts, so only sigwait sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  core::Clock* clock = core::RealClock::Get();
+  auto store = OpenStore(*config);
+  if (!store.ok()) return Failure(store.status());
+  auto ledger = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, clock);
+  if (!ledger.ok()) return Failure(ledger.status());
+
+  index::Index index;
+  api::IndexApplier applier(&index);
+  if (auto s = applier.Load((*ledger)->store()); !s.ok()) return Failure(s);
+  (*ledger)->AddListener(&applier);
+
+  auto keys = auth::KeyRing::Create(&(*ledger)->store(), clock);
+  if (!keys.ok()) return Failure(keys.status());
+  if (flags.Has("dev")) {
+    auto list = (*ledger)->store().ListKeys();
+    if (!list.ok()) return Failure(list.status());
+    if (list->empty()) {
+      auto key = auth::MakeKey(auth::Role::kAdmin, {}, "created by serve --dev", clock->Now());
+      if (!key.ok()) return Failure(key.status());
+      if (auto s = (*ledger)->store().CreateKey(key->record); !s.ok()) return Failure(s);
+      (void)(*keys)->Refresh();
+      std::printf("quell: --dev: created admin key (shown once): %s\n", key->token.c_str());
+      std::fflush(stdout);
+    }
+  }
+
+  api::ApiDeps deps;
+  deps.ledger = ledger->get();
+  deps.index = &index;
+  deps.keys = keys->get();
+  deps.clock = clock;
+  deps.catalog = config->catalog;
+  auto api = std::make_unique<api::Api>(deps, api::ApiOptions{});
+
+  http::ServerOptions so;
+  so.host = host;
+  so.port = port;
+  so.threads = config->threads;
+  so.max_body_bytes = config->max_body_bytes;
+  so.read_timeout = config->read_timeout;
+  so.idle_timeout = config->idle_timeout;
+  so.shutdown_grace = config->shutdown_grace;
+  auto server = http::Server::Start(so, api.get());
+  if (!server.ok()) return Failure(server.status());
+
+  workflow::ExpiryScheduler expiry(ledger->get(), clock);
+  expiry.Start();
+
+  // Keys created or revoked by another process take effect within this period.
+  std::atomic<bool> stop_refresh{false};
+  std::thread refresher([&] {
+    while (!stop_refresh.load()) {
+      (void)(*keys)->Refresh();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+
+  std::fprintf(stderr,
+               "{\"level\":\"info\",\"msg\":\"quell serving\",\"listen\":\"%s:%d\",\"data\":\"%s\","
+               "\"seq\":%lld,\"active\":%zu}\n",
+               host.c_str(), (*server)->port(), config->data.c_str(),
+               static_cast<long long>((*ledger)->last_seq()), index.size());
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"shutting down\",\"signal\":%d}\n", sig);
+  api->set_ready(false);
+  (*server)->Shutdown();  // finishes in-flight requests
+  expiry.Stop();
+  stop_refresh.store(true);
+  refresher.join();
+  server->reset();
+  api.reset();
+  ledger->reset();  // drains the commit queue
+  std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"stopped\"}\n");
+  return kOk;
+}
+
+int Keys(const Flags& flags) {
+  const auto& pos = flags.positional();
+  if (pos.size() < 2) return Usage("keys: create, list or revoke ID");
+  auto config = BuildConfig(flags);
+  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  auto store = OpenStore(*config);
+  if (!store.ok()) return Failure(store.status());
+  const std::string& verb = pos[1];
+  if (verb == "create") {
+    auto role_text = flags.Get("role");
+    if (!role_text) return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer");
+    auto role = auth::ParseRole(*role_text);
+    if (!role) return Usage(absl::StrCat("unknown role \"", *role_text, "\""));
+    auto key = auth::MakeKey(*role, flags.All("source"), flags.Get("name").value_or(""),
+                             core::RealClock::Get()->Now());
+    if (!key.ok()) return Usage(std::string(SV(key.status().message())));
+    if (auto s = (*store)->CreateKey(key->record); !s.ok()) return Failure(s);
+    std::cerr << "created " << key->record.role << " key " << key->record.id << " (the key is shown once)\n";
+    std::cout << key->token << "\n";
+    return kOk;
+  }
+  if (verb == "list") {
+    auto keys = (*store)->ListKeys();
+    if (!keys.ok()) return Failure(keys.status());
+    std::printf("%-30s %-9s %-25s %-22s %s\n", "ID", "ROLE", "SOURCES", "CREATED", "STATUS");
+    for (const auto& k : *keys) {
+      std::string sources;
+      for (const auto& s : k.sources) absl::StrAppend(&sources, sources.empty() ? "" : ",", s);
+      std::printf("%-30s %-9s %-25s %-22s %s\n", k.id.c_str(), k.role.c_str(),
+                  sources.empty() ? "-" : sources.c_str(), core::FormatRfc3339(k.created_at).c_str(),
+                  k.revoked_at ? "revoked" : "active");
+    }
+    return kOk;
+  }
+  if (verb == "revoke") {
+    if (pos.size() != 3) return Usage("keys revoke needs the key ID");
+    if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok()) return Failure(s);
+    std::cerr << "revoked " << pos[2] << "\n";
+    return kOk;
+  }
+  return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
+}
+
+int Audit(const Flags& flags) {
+  const auto& pos = flags.positional();
+  if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]");
+  auto config = BuildConfig(flags);
+  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  auto store = OpenStore(*config);
+  if (!store.ok()) return Failure(store.status());
+  auto report = ledger::VerifyChain(**store);
+  if (!report.ok()) return Failure(report.status());
+  if (report->ok()) {
+    std::printf("ok: %lld changes verified, chain intact up to seq %lld\n",
+                static_cast<long long>(report->checked), static_cast<long long>(report->last_seq));
+    return kOk;
+  }
+  std::printf("BROKEN at seq %lld: %s (%lld changes verified before it)\n",
+              static_cast<long long>(report->broken_seq), report->reason.c_str(),
+              static_cast<long long>(report->checked));
+  return kFailure;
+}
+
+int Migrate(const Flags& flags) {
+  auto config = BuildConfig(flags);
+  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  auto store = OpenStore(*config);  // opening applies pending migrations
+  if (!store.ok()) return Failure(store.status());
+  std::printf("schema at version %d\n", ledger::SqliteSchemaVersion());
+  return kOk;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) return Usage("");
+  const std::string cmd = args[0];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << kUsageText;
+    return kOk;
+  }
+  if (cmd == "version" || cmd == "--version") {
+    std::cout << "quell " << QUELL_VERSION << "\n";
+    return kOk;
+  }
+  auto flags = Flags::Parse(args, {"data", "listen", "config", "threads", "role", "source", "name"},
+                            {"dev", "help"});
+  if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
+  if (flags->Has("help")) {
+    std::cout << kUsageText;
+    return kOk;
+  }
+  if (cmd == "serve") return Serve(*flags);
+  if (cmd == "keys") return Keys(*flags);
+  if (cmd == "audit") return Audit(*flags);
+  if (cmd == "migrate") return Migrate(*flags);
+  return Usage(absl::StrCat("unknown command \"", cmd, "\""));
+}
+
+}  // namespace
+}  // namespace quell::cli
+
+int main(int argc, char** argv) { return quell::cli::Main(argc, argv); }

@@ -1,0 +1,99 @@
+// The ledger: the single writer in front of a Store. Every state change in Quell is a
+// Mutation submitted here. One commit thread takes all pending mutations, runs them in
+// submission order inside ONE transaction (group commit), commits once, tells the
+// listeners (the index applier, change-feed waiters) about the committed changes in seq
+// order, and only then completes each submitter's callback: an acknowledged write is
+// durable and already visible to `check`.
+//
+// Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations and
+// listeners run on the commit thread only.
+#ifndef QUELL_LEDGER_LEDGER_H_
+#define QUELL_LEDGER_LEDGER_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/time.h"
+#include "ledger/store.h"
+
+namespace quell::ledger {
+
+// Runs on the commit thread inside the batch's transaction. It may read through `txn`,
+// then Append changes (and nest its own Savepoint/Release pairs). It must not Commit or
+// Rollback `txn`, nor leave a savepoint open: the ledger fails such a mutation with
+// kFailedPrecondition. If it returns an error, everything it wrote is rolled back (a
+// savepoint surrounds each mutation) and only its own submitter sees the error; the rest
+// of the batch commits. `now` is the commit cycle's clock reading.
+using Mutation = absl::AnyInvocable<absl::Status(Txn& txn, absl::Time now)>;
+
+// Completion: the mutation's status (or the commit's error) and the changes it appended,
+// with their seq. Called once, on the commit thread; must not block.
+using Completion = absl::AnyInvocable<void(absl::Status status, std::vector<Change> changes)>;
+
+// Sees every committed change, in seq order, on the commit thread, after the commit is
+// durable and before any Completion of that batch runs.
+class ChangeListener {
+ public:
+  virtual ~ChangeListener() = default;
+  virtual void OnCommitted(const std::vector<Change>& changes) = 0;
+};
+
+struct LedgerOptions {
+  int max_batch = 4096;        // mutations per transaction at most
+  int max_queue = 100000;      // pending mutations past which Submit fails kUnavailable
+};
+
+class Ledger {
+ public:
+  // Takes the store; starts the commit thread. `clock` is borrowed and must outlive it.
+  static absl::StatusOr<std::unique_ptr<Ledger>> Open(std::unique_ptr<Store> store,
+                                                      const LedgerOptions& options,
+                                                      core::Clock* clock);
+  // Drains queued mutations, stops the commit thread.
+  ~Ledger();
+
+  //! Queues `mutation`; `done` runs once it is committed (or failed). If the queue is
+  //! full (or the ledger is being destroyed), `done` runs at once, on the caller's
+  //! thread, with kUnavailable (callers map it to 503 + Retry-After). A batch whose
+  //! transaction cannot begin or commit completes every mutation with that error.
+  void Submit(Mutation mutation, Completion done);
+  //! Submit and block until done. Not for event-loop threads, nor the commit thread
+  //! (a mutation, listener or completion calling it would deadlock).
+  absl::StatusOr<std::vector<Change>> SubmitAndWait(Mutation mutation);
+
+  //! Registers a listener (borrowed; must outlive the ledger). Register before writes.
+  void AddListener(ChangeListener* listener);
+
+  //! The highest seq committed through this ledger (or found at Open).
+  int64_t last_seq() const;
+  Store& store() { return *store_; }
+
+  // Counters for /metrics. Thread-safe reads.
+  struct Stats {
+    int64_t commits = 0;           // batches committed
+    int64_t mutations = 0;         // mutations run (committed or not)
+    int64_t failed_commits = 0;    // batches whose Begin/Commit failed
+    int64_t failed_mutations = 0;  // mutations completed with an error
+    int64_t changes = 0;           // changes committed
+    double last_commit_seconds = 0;   // Begin..Commit of the last batch
+    double total_commit_seconds = 0;  // sum over all batches
+    int64_t last_batch_size = 0;
+    int64_t max_batch_size = 0;
+  };
+  Stats stats() const;
+
+ private:
+  Ledger(std::unique_ptr<Store> store, const LedgerOptions& options, core::Clock* clock,
+         int64_t last_seq);
+  class Impl;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace quell::ledger
+
+#endif  // QUELL_LEDGER_LEDGER_H_

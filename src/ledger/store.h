@@ -1,0 +1,163 @@
+// The storage seam of the ledger. A Store persists changes (the hash-chained log) and the
+// materialised views the API reads (mitigations by id and entity, idempotency records,
+// API keys). Two backends implement it: sqlite/ (embedded, the default) and, later,
+// postgres/. Business logic never talks SQL: it goes through this interface.
+//
+// Writes happen only inside a Txn, which only the ledger's commit thread uses (see
+// ledger.h). Reads outside a Txn are thread-safe and see committed data only.
+//
+// Every backend implements the whole interface; one parameterised test suite
+// (store_test.cc) runs against each.
+#ifndef QUELL_LEDGER_STORE_H_
+#define QUELL_LEDGER_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/entity.h"
+#include "core/mitigation.h"
+#include "ledger/change.h"
+
+namespace quell::ledger {
+
+// A stored reply to a request made with an Idempotency-Key.
+struct IdempotencyRecord {
+  std::string scope;         // who and where: "<key id> <METHOD> <route>"
+  std::string key;           // the client's Idempotency-Key
+  std::string request_hash;  // hex SHA-256 of the request body
+  int status = 0;            // HTTP status of the stored reply
+  std::string response;      // body of the stored reply
+  absl::Time created_at;
+};
+
+// An API key. The secret is never stored, only its SHA-256.
+struct ApiKey {
+  std::string id;            // public part, "k_..."
+  std::string secret_hash;   // hex SHA-256 of the secret
+  std::string role;          // admin | detector | enforcer | reviewer | viewer
+  std::vector<std::string> sources;  // detector keys: the sources it may submit as
+  std::string name;          // free text
+  absl::Time created_at;
+  std::optional<absl::Time> revoked_at;
+};
+
+struct MitigationQuery {
+  std::optional<core::Entity> entity;
+  std::optional<core::MitigationState> state;
+  std::string action;        // "" = any
+  std::string policy;        // "" = any
+  std::string source;        // "" = any
+  int limit = 100;
+  std::string cursor;        // "" = first page; else the id after which to continue
+};
+
+struct MitigationPage {
+  std::vector<core::Mitigation> mitigations;  // newest first (by id)
+  std::string next_cursor;                    // "" when this is the last page
+};
+
+// A write transaction. Confined to the commit thread; not thread-safe.
+// Reads inside a Txn see the Txn's own uncommitted writes.
+class Txn {
+ public:
+  virtual ~Txn() = default;
+
+  //! The mitigation with `id`, or nullopt.
+  virtual absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) = 0;
+  //! Live (pending_approval, scheduled, active) mitigations of `entity` with `action`.
+  virtual absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
+                                                                 std::string_view action) = 0;
+  //! The stored reply for (scope, key), or nullopt.
+  virtual absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
+      std::string_view scope, std::string_view key) = 0;
+  //! kAlreadyExists if (scope, key) is already stored.
+  virtual absl::Status PutIdempotency(const IdempotencyRecord& record) = 0;
+
+  //! Appends `change` to the log: assigns seq (last + 1), `at` (= `now` of Begin,
+  //! truncated to microseconds), prev_hash and hash, and returns the completed change.
+  //! For kMitigation changes it also upserts the mitigation row: `mitigation` is required,
+  //! its seq must already equal the seq this change gets (use NextSeq()); an empty
+  //! payload is filled with core::MitigationToJson(*mitigation), a non-empty one must
+  //! equal it; empty subject/entity default to the mitigation's id/entity. Violations are
+  //! kInvalidArgument, as is a non-null `mitigation` on another kind. On error nothing
+  //! was written.
+  virtual absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) = 0;
+  //! The seq the next Append will assign.
+  virtual int64_t NextSeq() const = 0;
+
+  //! Marks a savepoint (they nest); RollbackToSavepoint undoes every write (and seq)
+  //! after the innermost one and ends it; ReleaseSavepoint keeps the writes and ends it.
+  //! kFailedPrecondition without an open savepoint.
+  virtual absl::Status Savepoint() = 0;
+  virtual absl::Status RollbackToSavepoint() = 0;
+  virtual absl::Status ReleaseSavepoint() = 0;
+
+  //! Makes every write durable (per the configured synchronous mode). After an error
+  //! nothing of this Txn is visible.
+  virtual absl::Status Commit() = 0;
+  //! Abandons the transaction. Also done by the destructor if neither was called.
+  virtual void Rollback() = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  //! Starts the one write transaction. Called only from the commit thread (or a CLI
+  //! process with the store to itself); concurrent writers from other processes are
+  //! serialised by the backend (SQLite's lock, PostgreSQL's row lock on the chain head),
+  //! and the chain head is read inside the transaction. kFailedPrecondition if a Txn of
+  //! this Store is still open; kUnavailable if another process holds the lock too long.
+  //! The Txn must not outlive the Store.
+  virtual absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) = 0;
+
+  // ---- reads: thread-safe, committed data only ----
+
+  //! The highest committed seq (0 if the log is empty).
+  virtual absl::StatusOr<int64_t> LastSeq() = 0;
+  // `limit` arguments must be in [1, 10000]; kInvalidArgument otherwise.
+
+  //! Changes with seq > after, in seq order, at most `limit`.
+  virtual absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) = 0;
+  //! Changes about `entity`, oldest first, at most `limit`.
+  virtual absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
+                                                                int limit) = 0;
+  virtual absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) = 0;
+  //! Newest first by id; every set filter must match; `cursor` continues after that id.
+  virtual absl::StatusOr<MitigationPage> ListMitigations(const MitigationQuery& query) = 0;
+  //! Calls `fn` for every live mitigation (pending_approval, scheduled, active), from one
+  //! consistent read, and returns the seq that read is as of. Used to build the index and
+  //! to serve snapshots. Stops early with fn's error.
+  virtual absl::StatusOr<int64_t> ScanLive(
+      const std::function<absl::Status(const core::Mitigation&)>& fn) = 0;
+  //! Up to `limit` live mitigations whose next transition is due at `now`: active ones
+  //! with expires_at <= now, scheduled ones with starts_at <= now.
+  virtual absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) = 0;
+  //! The earliest upcoming transition time of any live mitigation, if any.
+  virtual absl::StatusOr<std::optional<absl::Time>> NextDue() = 0;
+  //! Deletes idempotency records created before `before`; returns how many.
+  virtual absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) = 0;
+
+  // ---- API keys: small, rarely written; direct writes outside the log ----
+  //! kAlreadyExists if the id or secret_hash is taken; kInvalidArgument if id,
+  //! secret_hash or role is empty.
+  virtual absl::Status CreateKey(const ApiKey& key) = 0;
+  //! Every key, revoked ones included, oldest first.
+  virtual absl::StatusOr<std::vector<ApiKey>> ListKeys() = 0;
+  //! kNotFound if no such key; revoking twice is OK.
+  virtual absl::Status RevokeKey(std::string_view id, absl::Time at) = 0;
+  //! A number that changes whenever any process creates or revokes a key.
+  virtual absl::StatusOr<int64_t> KeysVersion() = 0;
+};
+
+}  // namespace quell::ledger
+
+#endif  // QUELL_LEDGER_STORE_H_

@@ -1,0 +1,119 @@
+#include "workflow/mitigations.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/ids.h"
+#include "core/status.h"
+#include "core/strings.h"
+
+namespace quell::workflow {
+
+using core::Mitigation;
+using core::MitigationState;
+
+absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, Mitigation& m,
+                                                      std::string_view actor, absl::Time now) {
+  m.seq = txn.NextSeq();
+  m.updated_at = now;
+  m.actor = std::string(actor);
+  ledger::Change c;
+  c.kind = ledger::ChangeKind::kMitigation;
+  c.actor = m.actor;
+  c.subject = m.id;
+  c.entity = m.entity.str();
+  c.payload = core::MitigationToJson(m);
+  return txn.Append(std::move(c), &m);
+}
+
+ledger::Mutation CreateMitigation(CreateRequest req,
+                                  std::shared_ptr<const core::ActionCatalog> catalog,
+                                  std::shared_ptr<CreateResult> out) {
+  return [req = std::move(req), catalog = std::move(catalog), out = std::move(out)](
+             ledger::Txn& txn, absl::Time now) -> absl::Status {
+    const core::Action* action = catalog->Find(req.action);
+    if (action == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown action \"", req.action, "\""));
+    }
+    absl::Duration ttl = req.ttl.value_or(action->default_ttl);
+    absl::Time starts = req.starts_at.value_or(now);
+    absl::Time expires = starts + ttl;
+
+    QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(req.entity, req.action));
+    for (Mitigation& existing : live) {
+      // Only merge into a mitigation of the same kind of enforcement: an active request
+      // extends an active one; a pending one never silently extends an active one.
+      if (existing.state != req.state) continue;
+      out->created = false;
+      if (expires > existing.expires_at) {
+        existing.expires_at = expires;
+        for (const std::string& d : req.detections) existing.detections.push_back(d);
+        existing.state_reason = absl::StrCat("extended: ", req.reason);
+        QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, req.actor, now).status());
+      }
+      out->mitigation = existing;
+      return absl::OkStatus();
+    }
+
+    Mitigation m;
+    m.id = core::NewId("m_", now);
+    m.entity = req.entity;
+    m.action = req.action;
+    m.state = req.state;
+    m.created_at = now;
+    m.starts_at = starts;
+    m.expires_at = expires;
+    m.reason = req.reason;
+    m.source = req.source;
+    m.policy = req.policy;
+    m.policy_version = req.policy_version;
+    m.batch = req.batch;
+    m.detections = req.detections;
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, req.actor, now).status());
+    out->created = true;
+    out->mitigation = std::move(m);
+    return absl::OkStatus();
+  };
+}
+
+ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::string actor,
+                                  std::shared_ptr<Mitigation> out) {
+  return [id = std::move(id), reason = std::move(reason), actor = std::move(actor),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(std::optional<Mitigation> m, txn.GetMitigation(id));
+    if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", id));
+    if (!core::IsLive(m->state)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "mitigation ", id, " is ", AV(core::StateName(m->state)), "; only live ones can be revoked"));
+    }
+    m->state = MitigationState::kRevoked;
+    m->state_reason = reason;
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
+    *out = *std::move(m);
+    return absl::OkStatus();
+  };
+}
+
+ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out) {
+  return [ids = std::move(ids), out = std::move(out)](ledger::Txn& txn,
+                                                      absl::Time now) -> absl::Status {
+    int n = 0;
+    for (const std::string& id : ids) {
+      QUELL_ASSIGN_OR_RETURN(std::optional<Mitigation> m, txn.GetMitigation(id));
+      if (!m) continue;
+      if (m->state == MitigationState::kActive && m->expires_at <= now) {
+        m->state = MitigationState::kExpired;
+        m->state_reason = "expired";
+      } else if (m->state == MitigationState::kScheduled && m->starts_at <= now) {
+        m->state = m->expires_at <= now ? MitigationState::kExpired : MitigationState::kActive;
+        m->state_reason = "scheduled start reached";
+      } else {
+        continue;
+      }
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
+      ++n;
+    }
+    *out = n;
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace quell::workflow

@@ -1,0 +1,69 @@
+// The mutations that change mitigations: create (manual or from a policy decision),
+// revoke, and the time-driven transitions (scheduled -> active, active -> expired).
+// Each returns a ledger::Mutation to Submit; the mutation re-reads what it needs inside
+// the transaction, so concurrent requests are decided in ledger order.
+//
+// Thread-safety: the factories are thread-safe; the returned mutations run on the
+// ledger's commit thread and write their result into the shared `out` object, which
+// the caller reads only after the Completion ran.
+#ifndef QUELL_WORKFLOW_MITIGATIONS_H_
+#define QUELL_WORKFLOW_MITIGATIONS_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "core/action.h"
+#include "core/entity.h"
+#include "core/mitigation.h"
+#include "ledger/ledger.h"
+
+namespace quell::workflow {
+
+struct CreateRequest {
+  core::Entity entity;
+  std::string action;
+  std::optional<absl::Duration> ttl;  // default: the action's
+  std::string reason;
+  std::string source = "manual";
+  std::string policy;
+  int64_t policy_version = 0;
+  std::string actor;
+  std::string batch;
+  std::vector<std::string> detections;
+  core::MitigationState state = core::MitigationState::kActive;
+  std::optional<absl::Time> starts_at;  // for kScheduled
+};
+
+struct CreateResult {
+  core::Mitigation mitigation;
+  // False when an existing live mitigation of the same entity and action absorbed the
+  // request (its expiry extended if the new one was later): no duplicate is stacked.
+  bool created = false;
+};
+
+//! Creates a mitigation, or extends the live one of the same entity and action (the later
+//! expiry wins). kInvalidArgument for an unknown action.
+ledger::Mutation CreateMitigation(CreateRequest request,
+                                  std::shared_ptr<const core::ActionCatalog> catalog,
+                                  std::shared_ptr<CreateResult> out);
+
+//! Revokes a live mitigation. kNotFound if there is no such id; kFailedPrecondition if it
+//! is no longer live (already expired, revoked...).
+ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::string actor,
+                                  std::shared_ptr<core::Mitigation> out);
+
+//! Moves each listed mitigation whose time has come at the commit time: scheduled ->
+//! active at starts_at, active -> expired at expires_at. Others are left alone (a revoke
+//! may have won the race). Writes the count of transitions to *out.
+ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out);
+
+//! Appends the ledger change for `m` (sets m.seq, m.updated_at, m.actor) in `txn`.
+absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, core::Mitigation& m,
+                                                      std::string_view actor, absl::Time now);
+
+}  // namespace quell::workflow
+
+#endif  // QUELL_WORKFLOW_MITIGATIONS_H_

@@ -1,0 +1,124 @@
+#include "workflow/mitigations.h"
+
+#include <filesystem>
+
+#include "core/ids.h"
+#include "gtest/gtest.h"
+#include "ledger/audit.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "workflow/expiry.h"
+
+namespace quell::workflow {
+namespace {
+
+using core::MitigationState;
+
+class MitigationsTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempDir() + "/wf_" + core::RandomHex(6);
+    auto store = ledger::OpenSqliteStore({.path = dir_});
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto l = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, &clock_);
+    ASSERT_TRUE(l.ok()) << l.status();
+    ledger_ = *std::move(l);
+  }
+  void TearDown() override {
+    ledger_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  absl::StatusOr<CreateResult> Create(std::string entity, std::string action,
+                                      absl::Duration ttl) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse(entity);
+    r.action = std::move(action);
+    r.ttl = ttl;
+    r.reason = "test";
+    r.actor = "k_test";
+    auto out = std::make_shared<CreateResult>();
+    auto done = ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out));
+    if (!done.ok()) return done.status();
+    return *out;
+  }
+
+  core::FakeClock clock_;
+  std::string dir_;
+  std::unique_ptr<ledger::Ledger> ledger_;
+};
+
+TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
+  auto first = Create("user:u1", "suspend", absl::Hours(1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->created);
+  EXPECT_EQ(first->mitigation.state, MitigationState::kActive);
+  EXPECT_EQ(first->mitigation.expires_at, clock_.Now() + absl::Hours(1));
+
+  auto longer = Create("user:u1", "suspend", absl::Hours(5));
+  ASSERT_TRUE(longer.ok());
+  EXPECT_FALSE(longer->created);
+  EXPECT_EQ(longer->mitigation.id, first->mitigation.id);
+  EXPECT_EQ(longer->mitigation.expires_at, clock_.Now() + absl::Hours(5));
+
+  // A shorter one changes nothing: the longer expiry wins.
+  int64_t seq = ledger_->last_seq();
+  auto shorter = Create("user:u1", "suspend", absl::Minutes(1));
+  ASSERT_TRUE(shorter.ok());
+  EXPECT_EQ(shorter->mitigation.expires_at, clock_.Now() + absl::Hours(5));
+  EXPECT_EQ(ledger_->last_seq(), seq);
+
+  // Another action is another mitigation.
+  auto other = Create("user:u1", "flag", absl::Hours(1));
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->created);
+  EXPECT_NE(other->mitigation.id, first->mitigation.id);
+}
+
+TEST_F(MitigationsTest, UnknownActionIsRejected) {
+  auto r = Create("user:u1", "obliterate", absl::Hours(1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ledger_->last_seq(), 0);
+}
+
+TEST_F(MitigationsTest, RevokeOnceThenConflict) {
+  auto c = Create("ip:10.0.0.1", "block", absl::Hours(1));
+  ASSERT_TRUE(c.ok());
+  auto out = std::make_shared<core::Mitigation>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "false positive", "k_r", out)).ok());
+  EXPECT_EQ(out->state, MitigationState::kRevoked);
+  EXPECT_EQ(out->state_reason, "false positive");
+  auto again = ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "x", "k_r", out));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto missing = ledger_->SubmitAndWait(RevokeMitigation("m_nope", "x", "k_r", out));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  // After a revoke a new mitigation of the same action is a new one, not the revoked one.
+  auto fresh = Create("ip:10.0.0.1", "block", absl::Hours(1));
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_TRUE(fresh->created);
+}
+
+TEST_F(MitigationsTest, ExpiryIsALedgerChange) {
+  auto c = Create("user:u2", "challenge", absl::Minutes(10));
+  ASSERT_TRUE(c.ok());
+  ExpiryScheduler expiry(ledger_.get(), &clock_);
+  auto none = expiry.RunOnce();
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0);
+  clock_.Advance(absl::Minutes(10));
+  auto one = expiry.RunOnce();
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(*one, 1);
+  auto m = ledger_->store().GetMitigation(c->mitigation.id);
+  ASSERT_TRUE(m.ok() && m->has_value());
+  EXPECT_EQ((*m)->state, MitigationState::kExpired);
+  auto changes = ledger_->store().ReadChanges(0, 10);
+  ASSERT_TRUE(changes.ok());
+  ASSERT_EQ(changes->size(), 2u);
+  EXPECT_EQ((*changes)[1].actor, "system");
+  auto report = ledger::VerifyChain(ledger_->store());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok());
+}
+
+}  // namespace
+}  // namespace quell::workflow
