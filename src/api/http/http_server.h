@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -62,9 +63,9 @@ class Handler {
 };
 
 struct ServerOptions {
-  std::string host = "127.0.0.1";  // an IP literal or a resolvable name
-  int port = 8080;                 // 0 = ephemeral; read it back with Server::port()
-  int threads = 0;                 // event loops; 0 = number of CPUs
+  std::string host = "127.0.0.1";       // an IP literal or a resolvable name
+  int port = 8080;                      // 0 = ephemeral; read it back with Server::port()
+  int threads = 0;                      // event loops; 0 = number of CPUs
   size_t max_header_bytes = 16 * 1024;  // request line + fields; over it -> 431
   size_t max_body_bytes = 8 << 20;      // over it -> 413
   // Whole request, from its first byte to its last; over it -> 408 and close.
@@ -107,7 +108,8 @@ class Server {
   ServerOptions options_;
   int port_ = 0;
   std::vector<std::shared_ptr<internal::Loop>> loops_;
-  std::atomic<bool> shut_down_{false};
+  std::mutex shutdown_mu_;  // serialises Shutdown()
+  bool shut_down_ = false;  // guarded by shutdown_mu_
 };
 
 }  // namespace quell::http
