@@ -1,0 +1,294 @@
+"""Integration tests: the real quell binary over real HTTP (issue 2)."""
+import json
+import os
+import signal
+import threading
+import time
+import unittest
+
+from harness import QuellServer, run_cli
+
+
+class ApiTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.q = QuellServer().start()
+        assert cls.q.admin_key, "serve --dev printed no admin key"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q.cleanup()
+
+    def create(self, entity, action="block", ttl="1h", reason="integration test", **kw):
+        return self.q.request("POST", "/v1/mitigations",
+                              {"entity": entity, "action": action, "ttl": ttl, "reason": reason}, **kw)
+
+    def check(self, *entities, surface=None):
+        qs = "&".join("entity=" + e for e in entities)
+        if surface:
+            qs += "&surface=" + surface
+        return self.q.request("GET", "/v1/check?" + qs)
+
+    def test_health_ready_metrics_need_no_key(self):
+        self.assertEqual(self.q.request("GET", "/healthz", auth=False)[0], 200)
+        status, body, _ = self.q.request("GET", "/readyz", auth=False)
+        self.assertEqual(status, 200)
+        self.assertEqual(body["status"], "ready")
+        status, text, hdrs = self.q.request("GET", "/metrics", auth=False)
+        self.assertEqual(status, 200)
+        self.assertIn("quell_ledger_seq", text)
+        self.assertTrue(hdrs["content-type"].startswith("text/plain"))
+
+    def test_create_check_revoke(self):
+        status, m, _ = self.create("user:alice", action="suspend")
+        self.assertEqual(status, 201, m)
+        self.assertEqual(m["state"], "active")
+        self.assertEqual(m["entity"], "user:alice")
+        self.assertTrue(m["id"].startswith("m_"))
+        status, v, _ = self.check("user:alice")
+        self.assertEqual(status, 200)
+        self.assertEqual(v["verdict"], "deny")
+        self.assertEqual([x["id"] for x in v["mitigations"]], [m["id"]])
+        self.assertGreaterEqual(v["seq"], m["seq"])
+        # Read-your-write through the list and the entity view.
+        status, page, _ = self.q.request("GET", "/v1/mitigations?entity=user:alice")
+        self.assertEqual([x["id"] for x in page["mitigations"]], [m["id"]])
+        status, view, _ = self.q.request("GET", "/v1/entities/user:alice")
+        self.assertEqual(status, 200)
+        self.assertEqual(view["verdict"], "deny")
+        self.assertEqual(view["timeline"][0]["mitigation"]["id"], m["id"])
+        # Revoke: gone from check, and a second revoke conflicts.
+        status, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % m["id"],
+                                      {"reason": "appeal accepted"})
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["state"], "revoked")
+        self.assertEqual(self.check("user:alice")[1]["verdict"], "allow")
+        self.assertEqual(self.q.request("POST", "/v1/mitigations/%s/revoke" % m["id"], {})[0], 409)
+        self.assertEqual(self.q.request("POST", "/v1/mitigations/m_nope/revoke", {})[0], 404)
+        status, view, _ = self.q.request("GET", "/v1/entities/user:alice")
+        self.assertEqual([t["mitigation"]["state"] for t in view["timeline"]], ["active", "revoked"])
+
+    def test_surfaces_and_verdict_order(self):
+        self.create("user:bob", action="exclude_royalties")
+        self.create("user:bob", action="throttle")
+        v = self.check("user:bob")[1]
+        self.assertEqual(v["verdict"], "throttle")
+        self.assertEqual(len(v["mitigations"]), 2)
+        # exclude_royalties applies only to payout; throttle not to payout.
+        v = self.check("user:bob", surface="payout")[1]
+        self.assertEqual([x["action"] for x in v["mitigations"]], ["exclude_royalties"])
+        self.assertEqual(v["verdict"], "allow")
+        # POST form, several entities.
+        status, v, _ = self.q.request("POST", "/v1/check", {"entities": ["user:bob", "user:nobody"]})
+        self.assertEqual(status, 200)
+        self.assertEqual(v["verdict"], "throttle")
+
+    def test_cidr_and_ip_normalisation(self):
+        status, m, _ = self.create("cidr:10.20.0.0/16")
+        self.assertEqual(status, 201, m)
+        self.create("cidr:2001:DB8::/32", action="challenge")
+        v = self.check("ip:10.20.3.4")[1]
+        self.assertEqual(v["verdict"], "deny")
+        self.assertEqual(v["mitigations"][0]["entity"], "cidr:10.20.0.0/16")
+        self.assertEqual(self.check("ip:10.21.0.1")[1]["verdict"], "allow")
+        v = self.check("ip:2001:0db8:0000::0001")[1]
+        self.assertEqual(v["verdict"], "challenge")
+        status, m, _ = self.create("ip:2001:DB8:0:0::7")
+        self.assertEqual(m["entity"], "ip:2001:db8::7")
+        self.assertEqual(len(self.check("ip:2001:db8::7")[1]["mitigations"]), 2)
+
+    def test_same_action_extends_instead_of_stacking(self):
+        _, a, _ = self.create("user:carol", ttl="1h")
+        status, b, _ = self.create("user:carol", ttl="2h")
+        self.assertEqual(status, 200)
+        self.assertEqual(a["id"], b["id"])
+        self.assertGreater(b["expires_at"], a["expires_at"])
+
+    def test_idempotency_key(self):
+        body = {"entity": "user:dave", "action": "flag", "ttl": "1h", "reason": "idem"}
+        h = {"Idempotency-Key": "req-123"}
+        s1, m1, _ = self.q.request("POST", "/v1/mitigations", body, headers=h)
+        s2, m2, hdrs = self.q.request("POST", "/v1/mitigations", body, headers=h)
+        self.assertEqual((s1, s2), (201, 201))
+        self.assertEqual(m1, m2)
+        self.assertEqual(hdrs.get("idempotent-replayed"), "true")
+        body["reason"] = "another body"
+        s3, e, _ = self.q.request("POST", "/v1/mitigations", body, headers=h)
+        self.assertEqual(s3, 422, e)
+        self.assertEqual(e["error"]["code"], "idempotency_key_reused")
+
+    def test_auth_and_roles(self):
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", auth=False)[0], 401)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key="k_bad.secret")[0], 401)
+        bad = self.q.admin_key[:-1] + ("0" if self.q.admin_key[-1] != "0" else "1")
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=bad)[0], 401)
+        # A key made by the CLI against the running server's data works at once.
+        enforcer = self.q.create_key("enforcer")
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=enforcer)[0], 200)
+        status, e, _ = self.create("user:x", key=enforcer)
+        self.assertEqual(status, 403)
+        self.assertEqual(e["error"]["code"], "permission_denied")
+        # Revoked on the CLI: refused within the key refresh period (bounded wait).
+        key_id = enforcer.split(".")[0]
+        run_cli("keys", "revoke", key_id, "--data", self.q.data)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            if self.q.request("GET", "/v1/check?entity=user:x", key=enforcer)[0] == 401:
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=enforcer)[0], 401)
+        # Keys over HTTP.
+        status, k, _ = self.q.request("POST", "/v1/keys", {"role": "viewer", "name": "dash"})
+        self.assertEqual(status, 201, k)
+        self.assertEqual(self.q.request("GET", "/v1/mitigations", key=k["key"])[0], 200)
+        self.assertEqual(self.q.request("GET", "/v1/keys", key=k["key"])[0], 403)
+        listing = self.q.request("GET", "/v1/keys")[1]
+        self.assertNotIn("secret", json.dumps(listing))
+        self.assertNotIn(k["key"].split(".")[1], json.dumps(listing))
+
+    def assertError(self, resp, status, field=None):
+        got_status, body, _ = resp
+        self.assertEqual(got_status, status, body)
+        self.assertIn("error", body)
+        self.assertIn("code", body["error"])
+        self.assertIn("message", body["error"])
+        if field:
+            fields = [d["field"] for d in body["error"].get("details", [])]
+            self.assertIn(field, fields, body)
+
+    def test_bad_input(self):
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        post = lambda body: self.q.request("POST", "/v1/mitigations", body)
+        self.assertError(post(b"{not json"), 400)
+        self.assertError(post(b""), 400)
+        self.assertError(post(b"[1,2]"), 400)
+        self.assertError(post(b'{"entity":"user:a"} trailing'), 400)
+        self.assertError(post(b'{"entity":"user:\xff","action":"block","reason":"x"}'), 400)
+        self.assertError(post({"entity": 5, "action": "block", "reason": "x"}), 400, "entity")
+        self.assertError(post({"entity": "user:a", "action": "block", "reason": "x", "colour": 1}),
+                         400, "colour")
+        self.assertError(post({"entity": "User:a", "action": "block", "reason": "x"}), 400, "entity")
+        self.assertError(post({"entity": "ip:999.1.1.1", "action": "block", "reason": "x"}), 400, "entity")
+        self.assertError(post({"entity": "cidr:10.0.0.1/8", "action": "block", "reason": "x"}),
+                         400, "entity")
+        self.assertError(post({"entity": "user:a", "action": "nuke", "reason": "x"}), 400, "action")
+        self.assertError(post({"entity": "user:a", "action": "block", "reason": "x", "ttl": "soon"}),
+                         400, "ttl")
+        self.assertError(post({"entity": "user:a", "action": "block"}), 400, "reason")
+        self.assertError(self.q.request("GET", "/v1/check"), 400)
+        self.assertError(self.q.request("GET", "/v1/check?entity=nocolon"), 400, "entity")
+        self.assertError(self.q.request("GET", "/v1/mitigations?limit=0"), 400, "query.limit")
+        self.assertError(self.q.request("GET", "/v1/mitigations?state=sleeping"), 400, "query.state")
+        self.assertError(self.q.request("GET", "/v1/nope"), 404)
+        self.assertError(self.q.request("DELETE", "/v1/check"), 405)
+        # Oversized body: 413 from the server's limit (8 MiB by default).
+        big = b'{"entity":"user:a","action":"block","reason":"' + b"x" * (9 << 20) + b'"}'
+        self.assertError(post(big), 413)
+        # None of it wrote anything.
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+
+    def test_change_feed_long_poll_and_snapshot(self):
+        start = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]
+        result = {}
+
+        def poll():
+            result["resp"] = self.q.request("GET", "/v1/changes?after=%d&wait=20" % start)
+
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.2)  # let the poll park; the assertion below does not depend on it
+        _, m, _ = self.create("device:feed1", action="throttle")
+        t.join(30)
+        status, body, _ = result["resp"]
+        self.assertEqual(status, 200)
+        self.assertEqual(body["changes"][0]["mitigation"]["id"], m["id"])
+        self.assertEqual(body["changes"][0]["op"], "upsert")
+        self.assertEqual(body["next"], body["changes"][-1]["seq"])
+        # An empty poll with wait=0 answers at once with next == after.
+        status, body, _ = self.q.request("GET", "/v1/changes?after=%d" % (m["seq"] + 10**6))
+        self.assertEqual(body, {"changes": [], "next": m["seq"] + 10**6})
+        # Snapshot: first line is the seq, then every active mitigation.
+        status, text, hdrs = self.q.request("GET", "/v1/snapshot", raw=True)
+        self.assertEqual(status, 200)
+        lines = text.strip().split("\n")
+        head = json.loads(lines[0])
+        self.assertIn("seq", head)
+        ids = {json.loads(l)["id"] for l in lines[1:]}
+        self.assertIn(m["id"], ids)
+        self.assertTrue(all(json.loads(l)["state"] == "active" for l in lines[1:]))
+
+    def test_audit_route_chains(self):
+        self.create("user:audit1")
+        status, body, _ = self.q.request("GET", "/v1/audit?after=0&limit=1000")
+        self.assertEqual(status, 200)
+        prev = "0" * 64
+        for c in body["changes"]:
+            self.assertEqual(c["prev_hash"], prev)
+            prev = c["hash"]
+
+
+class LifecycleTest(unittest.TestCase):
+    """Restart, expiry without requests, graceful shutdown, audit verify."""
+
+    def test_restart_expiry_and_audit(self):
+        q = QuellServer()
+        try:
+            q.start()
+            _, keep, _ = q.request("POST", "/v1/mitigations", {"entity": "user:keep", "action": "suspend",
+                                                               "ttl": "1h", "reason": "r"})
+            _, short, _ = q.request("POST", "/v1/mitigations", {"entity": "user:short", "action": "block",
+                                                                "ttl": "1s", "reason": "r"})
+            # Expiry happens with no request touching the mitigation.
+            deadline = time.time() + 10
+            state = None
+            while time.time() < deadline:
+                state = q.request("GET", "/v1/mitigations/" + short["id"])[1]["state"]
+                if state == "expired":
+                    break
+                time.sleep(0.1)
+            self.assertEqual(state, "expired")
+            self.assertEqual(q.stop(), 0)  # SIGTERM: graceful, exit 0
+            key = q.admin_key
+            q.start(dev=False)
+            q.admin_key = key
+            v = q.request("GET", "/v1/check?entity=user:keep&entity=user:short")[1]
+            self.assertEqual([m["id"] for m in v["mitigations"]], [keep["id"]])
+            self.assertEqual(q.stop(), 0)
+            code, out, _ = run_cli("audit", "verify", "--data", q.data)
+            self.assertIn("ok:", out)
+        finally:
+            q.cleanup()
+
+    def test_in_flight_request_finishes_on_sigterm(self):
+        q = QuellServer()
+        try:
+            q.start()
+            result = {}
+
+            def poll():
+                result["resp"] = q.request("GET", "/v1/changes?after=1000000&wait=2")
+
+            t = threading.Thread(target=poll)
+            t.start()
+            time.sleep(0.3)
+            q.proc.send_signal(signal.SIGTERM)
+            t.join(30)
+            self.assertEqual(result["resp"][0], 200)
+            self.assertEqual(q.proc.wait(30), 0)
+            q.proc = None
+        finally:
+            q.cleanup()
+
+    def test_cli_usage_errors(self):
+        code, _, err = run_cli("frobnicate", check=False)
+        self.assertEqual(code, 2)
+        code, _, _ = run_cli("keys", "create", "--data", "/tmp/unused", "--role", "wizard", check=False)
+        self.assertEqual(code, 2)
+        code, _, _ = run_cli("serve", "--listen", "nope", check=False)
+        self.assertEqual(code, 2)
+        code, out, _ = run_cli("--help")
+        self.assertIn("serve", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
