@@ -1,0 +1,160 @@
+#include "obs/log.h"
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "core/strings.h"
+#include "obs/internal/text.h"
+
+namespace quell::obs {
+namespace {
+
+constexpr std::string_view kSecretWords[] = {"key", "authorization", "secret", "token", "password"};
+
+// Writes "YYYY-MM-DDTHH:MM:SS.uuuuuuZ". Hand-rolled because absl::FormatTime
+// costs about a microsecond per line.
+void AppendTime(std::string& out, absl::Time t) {
+  const int64_t micros = absl::ToUnixMicros(t);
+  int64_t secs = micros / 1000000;
+  int64_t frac = micros % 1000000;
+  if (frac < 0) {  // times before 1970 round towards the past
+    frac += 1000000;
+    --secs;
+  }
+  const absl::CivilSecond cs =
+      absl::ToCivilSecond(absl::FromUnixSeconds(secs), absl::UTCTimeZone());
+  char buf[40];
+  const int n = std::snprintf(buf, sizeof(buf), "%04lld-%02d-%02dT%02d:%02d:%02d.%06lldZ",
+                              static_cast<long long>(cs.year()), cs.month(), cs.day(), cs.hour(),
+                              cs.minute(), cs.second(), static_cast<long long>(frac));
+  out.append(buf, static_cast<std::size_t>(n));
+}
+
+bool IsReservedName(std::string_view name) {
+  return name == "time" || name == "level" || name == "msg";
+}
+
+}  // namespace
+
+std::string_view LevelName(Level level) {
+  switch (level) {
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
+    case Level::kOff:
+      return "off";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Level> ParseLevel(std::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(AV(name));
+  if (lower == "debug") return Level::kDebug;
+  if (lower == "info") return Level::kInfo;
+  if (lower == "warn" || lower == "warning") return Level::kWarn;
+  if (lower == "error") return Level::kError;
+  if (lower == "off") return Level::kOff;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown log level \"", AV(name), "\": want debug, info, warn, error or off"));
+}
+
+bool IsRedactedField(std::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(AV(name));
+  const std::string_view n = lower;
+  for (std::string_view word : kSecretWords) {
+    if (n == word) return true;
+    if (n.size() > word.size() && n.ends_with(word)) {
+      const char sep = n[n.size() - word.size() - 1];
+      if (sep == '_' || sep == '-' || sep == '.') return true;
+    }
+  }
+  return false;
+}
+
+void FormatLogLine(std::string& out, absl::Time time, Level level, std::string_view msg,
+                   std::span<const Field> fields) {
+  out.append("{\"time\":\"");
+  AppendTime(out, time);
+  out.append("\",\"level\":\"").append(LevelName(level)).append("\",\"msg\":");
+  internal::AppendJsonString(out, msg);
+  for (const Field& f : fields) {
+    out.push_back(',');
+    if (IsReservedName(f.name())) {
+      internal::AppendJsonString(out, absl::StrCat("field_", AV(f.name())));
+    } else {
+      internal::AppendJsonString(out, f.name());
+    }
+    out.push_back(':');
+    if (IsRedactedField(f.name())) {
+      out.append("\"[redacted]\"");
+      continue;
+    }
+    switch (f.kind()) {
+      case Field::Kind::kString:
+        internal::AppendJsonString(out, f.string_value());
+        break;
+      case Field::Kind::kInt:
+        internal::AppendInt(out, f.int_value());
+        break;
+      case Field::Kind::kUint:
+        internal::AppendUint(out, f.uint_value());
+        break;
+      case Field::Kind::kDouble:
+        internal::AppendJsonDouble(out, f.double_value());
+        break;
+      case Field::Kind::kBool:
+        out.append(f.bool_value() ? "true" : "false");
+        break;
+    }
+  }
+  out.append("}\n");
+}
+
+absl::StatusOr<std::unique_ptr<FileSink>> FileSink::Open(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "ae");
+  if (f == nullptr) {
+    const int err = errno;
+    return absl::Status(absl::ErrnoToStatusCode(err),
+                        absl::StrCat("cannot open log file ", path, ": ", std::strerror(err)));
+  }
+  return std::unique_ptr<FileSink>(new FileSink(f, /*owned=*/true));
+}
+
+FileSink::~FileSink() {
+  if (owned_) std::fclose(stream_);
+}
+
+void FileSink::Write(std::string_view line) {
+  std::fwrite(line.data(), 1, line.size(), stream_);
+  std::fflush(stream_);
+}
+
+Logger::Logger(Options options) : Logger(std::make_unique<FileSink>(stderr), std::move(options)) {}
+
+Logger::Logger(std::unique_ptr<LogSink> sink, Options options)
+    : min_level_(static_cast<int>(options.min_level)),
+      now_(options.now ? std::move(options.now) : [] { return absl::Now(); }),
+      sink_(std::move(sink)) {}
+
+void Logger::Write(Level level, std::string_view msg, std::span<const Field> fields) {
+  // Format outside the lock into a per-thread buffer, so the critical section
+  // is only the write itself.
+  thread_local std::string line;
+  line.clear();
+  FormatLogLine(line, now_(), level, msg, fields);
+  {
+    absl::MutexLock lock(&mu_);
+    sink_->Write(line);
+  }
+  if (line.capacity() > (64 << 10)) std::string().swap(line);  // do not pin a huge line
+}
+
+}  // namespace quell::obs
