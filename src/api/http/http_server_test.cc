@@ -339,6 +339,7 @@ TEST(HttpServerTest, HugeHeaderGets431) {
 }
 
 TEST(HttpServerTest, GarbageGets400AndClose) {
+  static constexpr char kTlsHello[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n";
   EchoHandler handler;
   auto server = Server::Start(TestOptions(), &handler);
   ASSERT_TRUE(server.ok()) << server.status();
@@ -347,7 +348,7 @@ TEST(HttpServerTest, GarbageGets400AndClose) {
         std::string("GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
         std::string("POST / HTTP/1.1\r\nContent-Length: zz\r\n\r\n"),
         std::string("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n"),
-        std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 17)}) {
+        std::string(kTlsHello, sizeof(kTlsHello) - 1)}) {
     Client client((*server)->port());
     ASSERT_TRUE(client.Send(garbage));
     ClientResponse r = client.Read();
