@@ -31,12 +31,12 @@ namespace quell::index {
 
 // One active mitigation that applies, as `check` reports it. Plain data, no heap.
 struct Hit {
-  std::array<uint8_t, 16> id;   // binary form of the mitigation id (see EncodeId/DecodeId)
-  uint16_t action = 0;          // the index's own id for the action name: see ActionName()
-  int64_t expires_us = 0;       // expires_at, microseconds since the epoch
-  int16_t cidr_prefix = -1;     // -1: matched the entity itself; else the covering network's
-                                // prefix length within its family (0..32 or 0..128; the
-                                // network is the queried ip masked to it)
+  std::array<uint8_t, 16> id;  // binary form of the mitigation id (see EncodeId/DecodeId)
+  uint16_t action = 0;         // the index's own id for the action name: see ActionName()
+  int64_t expires_us = 0;      // expires_at, microseconds since the epoch
+  int16_t cidr_prefix = -1;    // -1: matched the entity itself; else the covering network's
+                               // prefix length within its family (0..32 or 0..128; the
+                               // network is the queried ip masked to it)
 };
 using Hits = absl::InlinedVector<Hit, 4>;
 

@@ -1,0 +1,272 @@
+#include "index/index.h"
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "index/internal/table.h"
+
+namespace quell::index {
+namespace {
+
+constexpr char kCrockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+constexpr size_t kIdChars = 26;
+
+int CrockfordValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  for (int i = 10; i < 32; ++i) {
+    if (kCrockford[i] == c) return i;
+  }
+  return -1;
+}
+
+// Key of a network in the network table: family (4 or 6), prefix length, masked address
+// bytes of the family. Fixed layout, so a lookup builds it without allocating.
+struct NetworkKey {
+  char bytes[18];
+  size_t len;
+  std::string_view view() const { return std::string_view(bytes, len); }
+};
+
+NetworkKey MakeNetworkKey(const core::IpAddress& masked, int prefix) {
+  NetworkKey k;
+  k.bytes[0] = masked.v4 ? 4 : 6;
+  k.bytes[1] = static_cast<char>(prefix);
+  if (masked.v4) {
+    std::memcpy(k.bytes + 2, &masked.bytes[12], 4);
+    k.len = 6;
+  } else {
+    std::memcpy(k.bytes + 2, masked.bytes.data(), 16);
+    k.len = 18;
+  }
+  return k;
+}
+
+int64_t ToMicros(absl::Time t) {
+  // Saturates for the infinite past and future.
+  return absl::ToUnixMicros(t);
+}
+
+}  // namespace
+
+bool EncodeId(std::string_view id, std::array<uint8_t, 16>* out) {
+  if (id.size() != 2 + kIdChars || id[0] != 'm' || id[1] != '_') return false;
+  unsigned __int128 v = 0;
+  for (size_t i = 0; i < kIdChars; ++i) {
+    const int d = CrockfordValue(id[2 + i]);
+    if (d < 0) return false;
+    // 26 characters carry 130 bits; the top two must be zero.
+    if (i == 0 && d > 7) return false;
+    v = (v << 5) | static_cast<unsigned>(d);
+  }
+  for (int i = 15; i >= 0; --i) {
+    (*out)[i] = static_cast<uint8_t>(v & 0xff);
+    v >>= 8;
+  }
+  return true;
+}
+
+std::string DecodeId(const std::array<uint8_t, 16>& id) {
+  unsigned __int128 v = 0;
+  for (uint8_t b : id) v = (v << 8) | b;
+  std::string out = "m_";
+  out.resize(2 + kIdChars);
+  for (int i = static_cast<int>(kIdChars) - 1; i >= 0; --i) {
+    out[2 + i] = kCrockford[static_cast<int>(v & 31)];
+    v >>= 5;
+  }
+  return out;
+}
+
+// Action names are interned to uint16 ids. Readers resolve an id through two levels of
+// atomic pointers (blocks of 1024), so ActionName never takes a lock; names live as long as
+// the index.
+class Index::Impl {
+ public:
+  static constexpr size_t kBlockBits = 10;
+  static constexpr size_t kBlockSize = size_t{1} << kBlockBits;
+  static constexpr size_t kMaxActions = 65536;
+  struct NameBlock {
+    std::array<std::atomic<const std::string*>, kBlockSize> names{};
+  };
+
+  internal::Table entities{5};
+  internal::Table networks{3};
+
+  // Bit p set: some IPv4 network /p is held (v4), or IPv6 /p (bit p % 64 of word p / 64).
+  // Readers load these to know which prefix lengths to try.
+  std::atomic<uint64_t> v4_prefixes{0};
+  std::array<std::atomic<uint64_t>, 3> v6_prefixes{};
+  // Writer only: records held per prefix length.
+  std::array<size_t, 33> v4_counts{};
+  std::array<size_t, 129> v6_counts{};
+
+  // Writer only.
+  absl::flat_hash_map<std::string, uint16_t> action_ids;
+  std::deque<std::string> action_names;  // stable addresses
+  std::vector<std::unique_ptr<NameBlock>> owned_blocks;
+  // Readers.
+  std::array<std::atomic<NameBlock*>, kMaxActions / kBlockSize> blocks{};
+
+  std::atomic<int64_t> seq{0};
+
+  absl::StatusOr<uint16_t> InternAction(const std::string& name) {
+    auto it = action_ids.find(name);
+    if (it != action_ids.end()) return it->second;
+    const size_t id = action_names.size();
+    if (id >= kMaxActions) {
+      return absl::ResourceExhaustedError("the index holds at most 65536 action names");
+    }
+    action_names.push_back(name);
+    NameBlock* block = blocks[id >> kBlockBits].load(std::memory_order_relaxed);
+    if (block == nullptr) {
+      owned_blocks.push_back(std::make_unique<NameBlock>());
+      block = owned_blocks.back().get();
+      for (auto& p : block->names) p.store(nullptr, std::memory_order_relaxed);
+      blocks[id >> kBlockBits].store(block, std::memory_order_release);
+    }
+    block->names[id & (kBlockSize - 1)].store(&action_names.back(), std::memory_order_release);
+    action_ids.emplace(name, static_cast<uint16_t>(id));
+    return static_cast<uint16_t>(id);
+  }
+
+  void CountNetwork(const core::Network& net, int delta) {
+    const int p = net.prefix;
+    if (net.address.v4) {
+      v4_counts[p] += delta;
+      const uint64_t bit = uint64_t{1} << p;
+      if (v4_counts[p] == 0) {
+        v4_prefixes.fetch_and(~bit, std::memory_order_release);
+      } else {
+        v4_prefixes.fetch_or(bit, std::memory_order_release);
+      }
+    } else {
+      v6_counts[p] += delta;
+      const uint64_t bit = uint64_t{1} << (p % 64);
+      if (v6_counts[p] == 0) {
+        v6_prefixes[p / 64].fetch_and(~bit, std::memory_order_release);
+      } else {
+        v6_prefixes[p / 64].fetch_or(bit, std::memory_order_release);
+      }
+    }
+  }
+
+  void LookupNetworks(const core::IpAddress& ip, int64_t now_us, Hits* out) const {
+    if (ip.v4) {
+      uint64_t bits = v4_prefixes.load(std::memory_order_acquire);
+      while (bits != 0) {
+        const int p = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        const NetworkKey key = MakeNetworkKey(core::MaskIp(ip, p), p);
+        networks.Lookup(key.view(), now_us, static_cast<int16_t>(p), out);
+      }
+      return;
+    }
+    for (int word = 0; word < 3; ++word) {
+      uint64_t bits = v6_prefixes[word].load(std::memory_order_acquire);
+      while (bits != 0) {
+        const int p = word * 64 + __builtin_ctzll(bits);
+        bits &= bits - 1;
+        const NetworkKey key = MakeNetworkKey(core::MaskIp(ip, p), p);
+        networks.Lookup(key.view(), now_us, static_cast<int16_t>(p), out);
+      }
+    }
+  }
+
+  bool AnyNetworks() const {
+    return (v4_prefixes.load(std::memory_order_relaxed) |
+            v6_prefixes[0].load(std::memory_order_relaxed) |
+            v6_prefixes[1].load(std::memory_order_relaxed) |
+            v6_prefixes[2].load(std::memory_order_relaxed)) != 0;
+  }
+};
+
+Index::Index() : impl_(std::make_unique<Impl>()) {}
+Index::~Index() = default;
+
+void Index::Lookup(const core::Entity& entity, absl::Time now, Hits* out) const {
+  const int64_t now_us = ToMicros(now);
+  if (entity.is_cidr()) {
+    auto net = core::ParseNetwork(entity.id());
+    if (!net.ok()) return;
+    const NetworkKey key = MakeNetworkKey(net->address, net->prefix);
+    impl_->networks.Lookup(key.view(), now_us, -1, out);
+    return;
+  }
+  impl_->entities.Lookup(entity.str(), now_us, -1, out);
+  if (!entity.is_ip() || !impl_->AnyNetworks()) return;
+  auto ip = core::ParseIp(entity.id());
+  if (!ip.ok()) return;
+  impl_->LookupNetworks(*ip, now_us, out);
+}
+
+std::string_view Index::ActionName(uint16_t action) const {
+  const Impl::NameBlock* block =
+      impl_->blocks[action >> Impl::kBlockBits].load(std::memory_order_acquire);
+  if (block == nullptr) return {};
+  const std::string* name =
+      block->names[action & (Impl::kBlockSize - 1)].load(std::memory_order_acquire);
+  return name == nullptr ? std::string_view() : std::string_view(*name);
+}
+
+absl::Status Index::Apply(const core::Mitigation& m) {
+  internal::Record r;
+  if (!EncodeId(m.id, &r.id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mitigation id \"", AV(std::string_view(m.id).substr(0, 40)),
+                     "\" is not m_ followed by 26 base32 characters"));
+  }
+  if (m.entity.str().empty()) return absl::InvalidArgumentError("mitigation has no entity");
+  internal::Table* table = &impl_->entities;
+  std::string_view key = m.entity.str();
+  NetworkKey net_key;
+  core::Network net;
+  const bool is_cidr = m.entity.is_cidr();
+  if (is_cidr) {
+    QUELL_ASSIGN_OR_RETURN(net, core::ParseNetwork(m.entity.id()));
+    net_key = MakeNetworkKey(net.address, net.prefix);
+    key = net_key.view();
+    table = &impl_->networks;
+  }
+  if (m.state != core::MitigationState::kActive) {
+    if (table->Remove(key, r.id) && is_cidr) impl_->CountNetwork(net, -1);
+    return absl::OkStatus();
+  }
+  QUELL_ASSIGN_OR_RETURN(r.action, impl_->InternAction(m.action));
+  r.expires_us = ToMicros(m.expires_at);
+  switch (table->Upsert(key, r)) {
+    case internal::Table::UpsertResult::kAdded:
+      if (is_cidr) impl_->CountNetwork(net, +1);
+      break;
+    case internal::Table::UpsertResult::kRefused:
+      return absl::ResourceExhaustedError(
+          absl::StrCat("entity ", AV(m.entity.str()), " holds too many mitigations"));
+    case internal::Table::UpsertResult::kUpdated:
+    case internal::Table::UpsertResult::kUnchanged:
+      break;
+  }
+  return absl::OkStatus();
+}
+
+void Index::set_seq(int64_t seq) { impl_->seq.store(seq, std::memory_order_release); }
+int64_t Index::seq() const { return impl_->seq.load(std::memory_order_acquire); }
+
+size_t Index::size() const { return impl_->entities.records() + impl_->networks.records(); }
+
+size_t Index::MemoryBytes() const {
+  size_t bytes = sizeof(Impl) + impl_->entities.MemoryBytes() + impl_->networks.MemoryBytes();
+  for (const auto& name : impl_->action_names) bytes += sizeof(std::string) + name.capacity();
+  bytes += impl_->owned_blocks.size() * sizeof(Impl::NameBlock);
+  return bytes;
+}
+
+void Index::CheckInvariantsForTest() const {
+  impl_->entities.CheckInvariantsForTest();
+  impl_->networks.CheckInvariantsForTest();
+}
+
+}  // namespace quell::index

@@ -1,0 +1,97 @@
+// The index's storage engine: a hash table from a byte key to a small list of mitigation
+// records, sharded by hash, read without locks.
+//
+// Each shard is an open-addressing table (linear probing) of 64-bit slots -- a 32-bit hash
+// tag and a 32-bit reference -- over an arena of 64-bit words that holds the entries:
+//
+//   header word: key length (16 bits) | record count (16) | record capacity (16)
+//   key words:   the key bytes, zero-padded to whole words
+//   records:     4 words each: id (2 words), expires_us, action
+//
+// Concurrency is a per-shard seqlock. The single writer makes every change that readers can
+// reach inside a short write section (one insert, remove or in-place update; or the swap of a
+// rebuilt slot array / arena). Readers never block: they read optimistically and retry if
+// the shard's sequence moved. Every word that a reader may see while the writer changes it is
+// accessed with relaxed atomics, so the scheme is data-race free (and clean under TSan).
+// Replaced memory (an old slot array or arena) is never unmapped while the table lives: its
+// pages are returned to the kernel (MADV_DONTNEED) and read back as zeros by a late reader,
+// whose validation then fails. Readers bound-check every reference, so even a torn read is
+// memory-safe.
+//
+// Space is reused: freed entries go to per-size free lists; tombstoned slots are dropped when
+// the slot array is rebuilt; a shard whose arena is mostly free space is compacted.
+//
+// Thread-safety: Lookup and the counters are thread-safe; Upsert/Remove must be called from one
+// thread at a time. Not copyable. Owns all of its memory.
+#ifndef QUELL_INDEX_INTERNAL_TABLE_H_
+#define QUELL_INDEX_INTERNAL_TABLE_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "index/index.h"
+
+namespace quell::index::internal {
+
+struct Record {
+  std::array<uint8_t, 16> id{};
+  int64_t expires_us = 0;
+  uint16_t action = 0;
+};
+
+class Table {
+ public:
+  // Keys longer than this are refused by Upsert (entities are at most 289 bytes).
+  static constexpr size_t kMaxKeyBytes = 4096;
+  // Records one key can hold.
+  static constexpr size_t kMaxRecords = 0xffff;
+
+  // 2^shard_bits shards.
+  explicit Table(int shard_bits = 5);
+  ~Table();
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
+
+  enum class UpsertResult { kAdded, kUpdated, kUnchanged, kRefused };
+  //! Writer only. Adds `r` under `key`, or updates the record with the same id.
+  UpsertResult Upsert(std::string_view key, const Record& r);
+  //! Writer only. Removes the record `id` under `key`; false if it was not there.
+  bool Remove(std::string_view key, const std::array<uint8_t, 16>& id);
+
+  //! Appends to `out` the records under `key` with expires_us > now_us, each as a Hit with
+  //! `cidr_prefix`. Returns how many were appended. Thread-safe, lock-free.
+  size_t Lookup(std::string_view key, int64_t now_us, int16_t cidr_prefix, Hits* out) const;
+
+  //! Records held (thread-safe, relaxed).
+  size_t records() const { return records_.load(std::memory_order_relaxed); }
+  //! Keys held (thread-safe, relaxed).
+  size_t keys() const { return keys_.load(std::memory_order_relaxed); }
+  //! Bytes of slot arrays and arenas in use or reserved (touched pages), plus free lists.
+  size_t MemoryBytes() const { return memory_bytes_.load(std::memory_order_relaxed); }
+
+  //! Test hook: checks the writer-side invariants of every shard (slot counts, free lists);
+  //! aborts on a broken one. Writer thread only.
+  void CheckInvariantsForTest() const;
+
+  // Implementation detail (defined in table.cc), public only for its helpers there.
+  struct Shard;
+
+ private:
+  Shard& ShardFor(uint64_t hash) const;
+
+  int shard_bits_;
+  std::unique_ptr<Shard[]> shards_;
+  std::atomic<size_t> records_{0};
+  std::atomic<size_t> keys_{0};
+  std::atomic<size_t> memory_bytes_{0};
+};
+
+}  // namespace quell::index::internal
+
+#endif  // QUELL_INDEX_INTERNAL_TABLE_H_
