@@ -159,8 +159,7 @@ class Environment {
  public:
   virtual ~Environment() = default;
   // Events of `counter` for `key` within `window`.
-  virtual int64_t Count(std::string_view counter, std::string_view key,
-                        absl::Duration window) = 0;
+  virtual int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) = 0;
   // Distinct values counted by `counter` for `key` within `window`.
   virtual int64_t Distinct(std::string_view counter, std::string_view key,
                            absl::Duration window) = 0;
@@ -238,8 +237,7 @@ Compilation CompileWithDiagnostics(std::string_view source, const Schema& schema
 
 // Like CompileWithDiagnostics(), but any type is accepted (used by tests and tools).
 Compilation CompileExpressionWithDiagnostics(std::string_view source, const Schema& schema,
-                                             const Declarations& declarations,
-                                             Position base = {});
+                                             const Declarations& declarations, Position base = {});
 
 // Convenience wrapper of CompileWithDiagnostics(): on failure returns InvalidArgument whose
 // message lists every diagnostic, one "line:column: message" per line.
@@ -247,11 +245,6 @@ absl::StatusOr<std::shared_ptr<const Program>> Compile(std::string_view source,
                                                        const Schema& schema,
                                                        const Declarations& declarations,
                                                        Position base = {});
-
-// Parses a duration as used in policies: one or more <integer><unit> groups with units
-// ms, s, m, h, d, w ("90s", "15m", "1h30m", "30d"). Returns nullopt if malformed or
-// not positive.
-std::optional<absl::Duration> ParseDuration(std::string_view text);
 
 }  // namespace quell::policy
 

@@ -34,11 +34,11 @@ enum class ValueKind : uint8_t {
 // comparison, function calls and the commutative && / || (see expr.h).
 enum class EvalError : uint8_t {
   kNone,
-  kMissing,         // absent field, absent map key, list index out of range
-  kTypeMismatch,    // a dyn value (evidence/attrs) of the wrong type for the operation
-  kDivisionByZero,  // x / 0, x % 0 (int and double)
-  kOverflow,        // int64 overflow in + - * / % or unary -
-  kInvalidArgument, // e.g. in_cidr() on a string that is not an IP address
+  kMissing,          // absent field, absent map key, list index out of range
+  kTypeMismatch,     // a dyn value (evidence/attrs) of the wrong type for the operation
+  kDivisionByZero,   // x / 0, x % 0 (int and double)
+  kOverflow,         // int64 overflow in + - * / % or unary -
+  kInvalidArgument,  // e.g. in_cidr() on a string that is not an IP address
 };
 
 std::string_view EvalErrorName(EvalError error);

@@ -5,13 +5,12 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "core/strings.h"
 
 namespace quell::policy::internal {
 namespace {
 
-bool IsIdentStart(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
+bool IsIdentStart(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsHex(char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 int HexValue(char c) {
@@ -58,9 +57,7 @@ class Lexer {
   }
 
  private:
-  char Peek(size_t ahead = 0) const {
-    return i_ + ahead < src_.size() ? src_[i_ + ahead] : '\0';
-  }
+  char Peek(size_t ahead = 0) const { return i_ + ahead < src_.size() ? src_[i_ + ahead] : '\0'; }
   // Advances one byte, keeping line/column (columns count code points).
   void Advance() {
     char c = src_[i_++];
@@ -68,11 +65,7 @@ class Lexer {
       ++pos_.line;
       pos_.column = 1;
     } else if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) {
-      // Count a column at each lead byte; continuation bytes belong to it.
-      if (i_ < src_.size() && (static_cast<unsigned char>(src_[i_]) & 0xC0) == 0x80) return;
-      ++pos_.column;
-    } else if (i_ >= src_.size() || (static_cast<unsigned char>(src_[i_]) & 0xC0) != 0x80) {
-      ++pos_.column;  // last continuation byte of a multi-byte character
+      ++pos_.column;  // count lead bytes only, so columns are code points
     }
   }
   void Error(Pos p, std::string msg) { errors_->push_back({p, std::move(msg)}); }
@@ -134,24 +127,42 @@ class Lexer {
       return true;
     };
     switch (c) {
-      case '(': return one(Tok::kLParen);
-      case ')': return one(Tok::kRParen);
-      case '[': return one(Tok::kLBracket);
-      case ']': return one(Tok::kRBracket);
-      case '{': return one(Tok::kLBrace);
-      case '}': return one(Tok::kRBrace);
-      case '.': return one(Tok::kDot);
-      case ',': return one(Tok::kComma);
-      case '?': return one(Tok::kQuestion);
-      case ':': return one(Tok::kColon);
-      case '+': return one(Tok::kPlus);
-      case '-': return one(Tok::kMinus);
-      case '*': return one(Tok::kStar);
-      case '/': return one(Tok::kSlash);
-      case '%': return one(Tok::kPercent);
-      case '!': return Peek(1) == '=' ? two(Tok::kNe) : one(Tok::kNot);
-      case '<': return Peek(1) == '=' ? two(Tok::kLe) : one(Tok::kLt);
-      case '>': return Peek(1) == '=' ? two(Tok::kGe) : one(Tok::kGt);
+      case '(':
+        return one(Tok::kLParen);
+      case ')':
+        return one(Tok::kRParen);
+      case '[':
+        return one(Tok::kLBracket);
+      case ']':
+        return one(Tok::kRBracket);
+      case '{':
+        return one(Tok::kLBrace);
+      case '}':
+        return one(Tok::kRBrace);
+      case '.':
+        return one(Tok::kDot);
+      case ',':
+        return one(Tok::kComma);
+      case '?':
+        return one(Tok::kQuestion);
+      case ':':
+        return one(Tok::kColon);
+      case '+':
+        return one(Tok::kPlus);
+      case '-':
+        return one(Tok::kMinus);
+      case '*':
+        return one(Tok::kStar);
+      case '/':
+        return one(Tok::kSlash);
+      case '%':
+        return one(Tok::kPercent);
+      case '!':
+        return Peek(1) == '=' ? two(Tok::kNe) : one(Tok::kNot);
+      case '<':
+        return Peek(1) == '=' ? two(Tok::kLe) : one(Tok::kLt);
+      case '>':
+        return Peek(1) == '=' ? two(Tok::kGe) : one(Tok::kGt);
       case '=':
         if (Peek(1) == '=') return two(Tok::kEq);
         Error(p, "unexpected '=' — use == to compare");
@@ -169,7 +180,7 @@ class Lexer {
     }
     unsigned char uc = static_cast<unsigned char>(c);
     if (uc >= 0x20 && uc < 0x7F) {
-      Error(p, absl::StrCat("unexpected character '", std::string_view(&c, 1), "'"));
+      Error(p, absl::StrCat("unexpected character '", std::string(1, c), "'"));
     } else {
       Error(p, absl::StrCat("unexpected byte 0x", absl::Hex(uc, absl::kZeroPad2)));
     }
@@ -197,8 +208,8 @@ class Lexer {
       }
       errno = 0;
       unsigned long long v = std::strtoull(text.c_str(), nullptr, 16);
-      if (errno == ERANGE || v > static_cast<unsigned long long>(
-                                     std::numeric_limits<int64_t>::max())) {
+      if (errno == ERANGE ||
+          v > static_cast<unsigned long long>(std::numeric_limits<int64_t>::max())) {
         Error(p, "integer literal out of range");
         return false;
       }
@@ -236,9 +247,9 @@ class Lexer {
       // "1h" and friends: durations are written as strings in this language.
       size_t s = i_;
       while (IsIdentStart(Peek()) || IsDigit(Peek())) Advance();
-      Error(p, absl::StrCat("malformed number ", text, src_.substr(s, i_ - s),
+      Error(p, absl::StrCat("malformed number ", text, AV(src_.substr(s, i_ - s)),
                             " — write durations as strings, e.g. \"", text,
-                            src_.substr(s, i_ - s), "\""));
+                            AV(src_.substr(s, i_ - s)), "\""));
       return false;
     }
     if (is_double) {
@@ -305,18 +316,42 @@ class Lexer {
         char e = Peek();
         Advance();
         switch (e) {
-          case 'n': out.push_back('\n'); break;
-          case 'r': out.push_back('\r'); break;
-          case 't': out.push_back('\t'); break;
-          case 'a': out.push_back('\a'); break;
-          case 'b': out.push_back('\b'); break;
-          case 'f': out.push_back('\f'); break;
-          case 'v': out.push_back('\v'); break;
-          case '\\': out.push_back('\\'); break;
-          case '"': out.push_back('"'); break;
-          case '\'': out.push_back('\''); break;
-          case '`': out.push_back('`'); break;
-          case '?': out.push_back('?'); break;
+          case 'n':
+            out.push_back('\n');
+            break;
+          case 'r':
+            out.push_back('\r');
+            break;
+          case 't':
+            out.push_back('\t');
+            break;
+          case 'a':
+            out.push_back('\a');
+            break;
+          case 'b':
+            out.push_back('\b');
+            break;
+          case 'f':
+            out.push_back('\f');
+            break;
+          case 'v':
+            out.push_back('\v');
+            break;
+          case '\\':
+            out.push_back('\\');
+            break;
+          case '"':
+            out.push_back('"');
+            break;
+          case '\'':
+            out.push_back('\'');
+            break;
+          case '`':
+            out.push_back('`');
+            break;
+          case '?':
+            out.push_back('?');
+            break;
           case 'x':
           case 'X':
           case 'u':
@@ -325,8 +360,8 @@ class Lexer {
             uint32_t cp = 0;
             for (int k = 0; k < n; ++k) {
               if (!IsHex(Peek())) {
-                Error(esc, absl::StrCat("malformed \\", std::string_view(&e, 1),
-                                        " escape: expected ", n, " hex digits"));
+                Error(esc, absl::StrCat("malformed \\", std::string(1, e), " escape: expected ", n,
+                                        " hex digits"));
                 ok = false;
                 break;
               }
@@ -352,7 +387,7 @@ class Lexer {
               Advance();
               AppendUtf8(static_cast<uint32_t>(v), &out);
             } else {
-              Error(esc, absl::StrCat("unknown escape sequence \\", std::string_view(&e, 1)));
+              Error(esc, absl::StrCat("unknown escape sequence \\", std::string(1, e)));
               ok = false;
             }
         }
@@ -375,41 +410,74 @@ class Lexer {
 
 }  // namespace
 
-std::string_view TokName(Tok kind) {
+const char* TokName(Tok kind) {
   switch (kind) {
-    case Tok::kEnd: return "end of expression";
-    case Tok::kInt: return "integer";
-    case Tok::kDouble: return "number";
-    case Tok::kString: return "string";
-    case Tok::kIdent: return "identifier";
-    case Tok::kTrue: return "true";
-    case Tok::kFalse: return "false";
-    case Tok::kNull: return "null";
-    case Tok::kIn: return "in";
-    case Tok::kLParen: return "'('";
-    case Tok::kRParen: return "')'";
-    case Tok::kLBracket: return "'['";
-    case Tok::kRBracket: return "']'";
-    case Tok::kLBrace: return "'{'";
-    case Tok::kRBrace: return "'}'";
-    case Tok::kDot: return "'.'";
-    case Tok::kComma: return "','";
-    case Tok::kQuestion: return "'?'";
-    case Tok::kColon: return "':'";
-    case Tok::kNot: return "'!'";
-    case Tok::kEq: return "'=='";
-    case Tok::kNe: return "'!='";
-    case Tok::kLt: return "'<'";
-    case Tok::kLe: return "'<='";
-    case Tok::kGt: return "'>'";
-    case Tok::kGe: return "'>='";
-    case Tok::kAnd: return "'&&'";
-    case Tok::kOr: return "'||'";
-    case Tok::kPlus: return "'+'";
-    case Tok::kMinus: return "'-'";
-    case Tok::kStar: return "'*'";
-    case Tok::kSlash: return "'/'";
-    case Tok::kPercent: return "'%'";
+    case Tok::kEnd:
+      return "end of expression";
+    case Tok::kInt:
+      return "integer";
+    case Tok::kDouble:
+      return "number";
+    case Tok::kString:
+      return "string";
+    case Tok::kIdent:
+      return "identifier";
+    case Tok::kTrue:
+      return "true";
+    case Tok::kFalse:
+      return "false";
+    case Tok::kNull:
+      return "null";
+    case Tok::kIn:
+      return "in";
+    case Tok::kLParen:
+      return "'('";
+    case Tok::kRParen:
+      return "')'";
+    case Tok::kLBracket:
+      return "'['";
+    case Tok::kRBracket:
+      return "']'";
+    case Tok::kLBrace:
+      return "'{'";
+    case Tok::kRBrace:
+      return "'}'";
+    case Tok::kDot:
+      return "'.'";
+    case Tok::kComma:
+      return "','";
+    case Tok::kQuestion:
+      return "'?'";
+    case Tok::kColon:
+      return "':'";
+    case Tok::kNot:
+      return "'!'";
+    case Tok::kEq:
+      return "'=='";
+    case Tok::kNe:
+      return "'!='";
+    case Tok::kLt:
+      return "'<'";
+    case Tok::kLe:
+      return "'<='";
+    case Tok::kGt:
+      return "'>'";
+    case Tok::kGe:
+      return "'>='";
+    case Tok::kAnd:
+      return "'&&'";
+    case Tok::kOr:
+      return "'||'";
+    case Tok::kPlus:
+      return "'+'";
+    case Tok::kMinus:
+      return "'-'";
+    case Tok::kStar:
+      return "'*'";
+    case Tok::kSlash:
+      return "'/'";
+    case Tok::kPercent:
+      return "'%'";
   }
   return "?";
 }

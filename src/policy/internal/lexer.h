@@ -58,13 +58,13 @@ struct Pos {
 struct Token {
   Tok kind = Tok::kEnd;
   Pos pos;
-  std::string text;          // identifier name or decoded string literal
-  int64_t int_value = 0;     // kInt; the literal 9223372036854775808 is stored as
-  bool int_is_min = false;   //   INT64_MIN with int_is_min (valid only after unary -)
-  double double_value = 0;   // kDouble
+  std::string text;         // identifier name or decoded string literal
+  int64_t int_value = 0;    // kInt; the literal 9223372036854775808 is stored as
+  bool int_is_min = false;  //   INT64_MIN with int_is_min (valid only after unary -)
+  double double_value = 0;  // kDouble
 };
 
-std::string_view TokName(Tok kind);
+const char* TokName(Tok kind);
 
 struct LexError {
   Pos pos;
