@@ -439,9 +439,8 @@ class Api::Impl {
     }
     if (reason && reason->empty()) errors.push_back({"reason", "must not be empty"});
     if (!errors.empty()) {
-      return Fail(respond, ApiError::InvalidArgument(
-                               absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message),
-                               std::move(errors)));
+      std::string summary = absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
+      return Fail(respond, ApiError::InvalidArgument(std::move(summary), std::move(errors)));
     }
     std::optional<Idempotency> idem;
     if (auto e = ReadIdempotency(req, who, &idem)) return Fail(respond, *e);

@@ -9,8 +9,7 @@ namespace quell::api {
 
 absl::Status IndexApplier::Load(ledger::Store& store) {
   QUELL_ASSIGN_OR_RETURN(int64_t seq, store.ScanLive([this](const core::Mitigation& m) {
-    index_->Apply(m);
-    return absl::OkStatus();
+    return index_->Apply(m);
   }));
   index_->set_seq(seq);
   return absl::OkStatus();
@@ -23,7 +22,12 @@ void IndexApplier::OnCommitted(const std::vector<ledger::Change>& changes) {
       // The payload was written by this binary a moment ago; failing to read it back is a
       // broken invariant, not bad input.
       QUELL_CHECK(m.ok());
-      index_->Apply(*m);
+      // Apply fails only on shapes the ledger never writes (a foreign id, 65,536 action
+      // names); say so loudly rather than stop enforcing everything else.
+      if (absl::Status s = index_->Apply(*m); !s.ok()) {
+        std::fprintf(stderr, "{\"level\":\"error\",\"msg\":\"index apply failed\",\"seq\":%lld,"
+                     "\"error\":\"%s\"}\n", static_cast<long long>(c.seq), std::string(s.message()).c_str());
+      }
     }
     index_->set_seq(c.seq);
   }

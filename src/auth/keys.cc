@@ -154,11 +154,11 @@ absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
       return denied();
     }
     // Unknown id: maybe a key created a moment ago by another process. Reload, but at
-    // most every 100 ms, so a flood of bad keys cannot hammer the store.
+    // most every 10 ms, so a flood of bad keys cannot hammer the store.
     {
       std::lock_guard<std::mutex> lock(mu_);
       absl::Time now = clock_->Now();
-      if (attempt > 0 || now - last_miss_reload_ < absl::Milliseconds(100)) return denied();
+      if (attempt > 0 || now - last_miss_reload_ < absl::Milliseconds(10)) return denied();
       last_miss_reload_ = now;
     }
     if (!Refresh().ok()) return denied();

@@ -103,7 +103,7 @@ int Serve(const Flags& flags) {
   auto config = BuildConfig(flags);
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
   std::string host;
-  int port;
+  int port = 0;
   if (auto s = SplitListen(config->listen, &host, &port); !s.ok()) return Usage(std::string(SV(s.message())));
 
   // Block the signals we wait for before any thread starts, so only sigwait sees them.

@@ -84,6 +84,7 @@ class QuellServer:
             code = self.proc.wait()
         self.proc = None
         self._log.close()
+        self._out.close()
         return code
 
     def kill9(self):
