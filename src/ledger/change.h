@@ -28,15 +28,15 @@ std::string_view ChangeKindName(ChangeKind k);
 std::optional<ChangeKind> ParseChangeKind(std::string_view name);
 
 struct Change {
-  int64_t seq = 0;          // assigned by the store on Append; 1, 2, 3... without gaps
-  absl::Time at;            // commit-time clock reading, assigned on Append
+  int64_t seq = 0;  // assigned by the store on Append; 1, 2, 3... without gaps
+  absl::Time at;    // commit-time clock reading, assigned on Append
   ChangeKind kind = ChangeKind::kMitigation;
-  std::string actor;        // who: key id, "system", "cli"
-  std::string subject;      // the object changed: mitigation id, list name, policy version
-  std::string entity;       // the entity concerned ("" if none): timelines read by it
-  std::string payload;      // JSON, deterministic bytes
-  std::string prev_hash;    // hex SHA-256 of the previous change; 64 zeros before the first
-  std::string hash;         // hex SHA-256 over the fields above, see ChainHash
+  std::string actor;      // who: key id, "system", "cli"
+  std::string subject;    // the object changed: mitigation id, list name, policy version
+  std::string entity;     // the entity concerned ("" if none): timelines read by it
+  std::string payload;    // JSON, deterministic bytes
+  std::string prev_hash;  // hex SHA-256 of the previous change; 64 zeros before the first
+  std::string hash;       // hex SHA-256 over the fields above, see ChainHash
 };
 
 // The hash of the very first link's predecessor.

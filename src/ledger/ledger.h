@@ -43,8 +43,8 @@ class ChangeListener {
 };
 
 struct LedgerOptions {
-  int max_batch = 4096;        // mutations per transaction at most
-  int max_queue = 100000;      // pending mutations past which Submit fails kUnavailable
+  int max_batch = 4096;    // mutations per transaction at most
+  int max_queue = 100000;  // pending mutations past which Submit fails kUnavailable
 };
 
 class Ledger {
@@ -74,11 +74,11 @@ class Ledger {
 
   // Counters for /metrics. Thread-safe reads.
   struct Stats {
-    int64_t commits = 0;           // batches committed
-    int64_t mutations = 0;         // mutations run (committed or not)
-    int64_t failed_commits = 0;    // batches whose Begin/Commit failed
-    int64_t failed_mutations = 0;  // mutations completed with an error
-    int64_t changes = 0;           // changes committed
+    int64_t commits = 0;              // batches committed
+    int64_t mutations = 0;            // mutations run (committed or not)
+    int64_t failed_commits = 0;       // batches whose Begin/Commit failed
+    int64_t failed_mutations = 0;     // mutations completed with an error
+    int64_t changes = 0;              // changes committed
     double last_commit_seconds = 0;   // Begin..Commit of the last batch
     double total_commit_seconds = 0;  // sum over all batches
     int64_t last_batch_size = 0;

@@ -40,11 +40,11 @@ struct IdempotencyRecord {
 
 // An API key. The secret is never stored, only its SHA-256.
 struct ApiKey {
-  std::string id;            // public part, "k_..."
-  std::string secret_hash;   // hex SHA-256 of the secret
-  std::string role;          // admin | detector | enforcer | reviewer | viewer
+  std::string id;                    // public part, "k_..."
+  std::string secret_hash;           // hex SHA-256 of the secret
+  std::string role;                  // admin | detector | enforcer | reviewer | viewer
   std::vector<std::string> sources;  // detector keys: the sources it may submit as
-  std::string name;          // free text
+  std::string name;                  // free text
   absl::Time created_at;
   std::optional<absl::Time> revoked_at;
 };
@@ -52,11 +52,11 @@ struct ApiKey {
 struct MitigationQuery {
   std::optional<core::Entity> entity;
   std::optional<core::MitigationState> state;
-  std::string action;        // "" = any
-  std::string policy;        // "" = any
-  std::string source;        // "" = any
+  std::string action;  // "" = any
+  std::string policy;  // "" = any
+  std::string source;  // "" = any
   int limit = 100;
-  std::string cursor;        // "" = first page; else the id after which to continue
+  std::string cursor;  // "" = first page; else the id after which to continue
 };
 
 struct MitigationPage {
@@ -76,8 +76,8 @@ class Txn {
   virtual absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
                                                                  std::string_view action) = 0;
   //! The stored reply for (scope, key), or nullopt.
-  virtual absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
-      std::string_view scope, std::string_view key) = 0;
+  virtual absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
+                                                                          std::string_view key) = 0;
   //! kAlreadyExists if (scope, key) is already stored.
   virtual absl::Status PutIdempotency(const IdempotencyRecord& record) = 0;
 

@@ -1,0 +1,39 @@
+// Verification of the ledger's hash chain (`quell audit verify`).
+//
+// Thread-safety: VerifyChain uses only the Store's thread-safe reads; it may run while
+// the ledger writes (it checks the changes committed up to when each page is read).
+#ifndef QUELL_LEDGER_AUDIT_H_
+#define QUELL_LEDGER_AUDIT_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ledger/store.h"
+
+namespace quell::ledger {
+
+struct AuditReport {
+  int64_t checked = 0;   // changes whose link verified
+  int64_t last_seq = 0;  // seq of the last change that verified (0 if none)
+  bool ok() const { return broken_seq == 0; }
+  int64_t broken_seq = 0;  // the first change that does not verify (0 if the chain is whole)
+  std::string reason;      // why it does not ("hash mismatch", "gap: expected seq 7"...)
+};
+
+struct AuditOptions {
+  int page_size = 1000;
+  // Called after each page with the report so far; return false to stop early.
+  std::function<bool(const AuditReport&)> progress;
+};
+
+//! Walks every change from seq 1 in order and checks seq continuity (no gap, no repeat),
+//! that each prev_hash is the previous change's hash (the genesis hash for seq 1) and that
+//! each stored hash equals ChainHash of its fields. Stops at the first broken link.
+//! A broken chain is a normal result (report.ok() false); errors are for failed reads.
+absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& options = {});
+
+}  // namespace quell::ledger
+
+#endif  // QUELL_LEDGER_AUDIT_H_

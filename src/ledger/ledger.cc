@@ -1,0 +1,287 @@
+#include "ledger/ledger.h"
+
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "core/status.h"
+
+namespace quell::ledger {
+namespace {
+
+// The Txn a mutation sees: forwards to the batch's transaction, records the changes the
+// mutation appends (so the ledger can hand them to its Completion), and keeps the
+// mutation from finishing the shared transaction.
+class RecordingTxn final : public Txn {
+ public:
+  RecordingTxn(Txn& inner, std::vector<Change>* sink) : inner_(inner), sink_(sink) {}
+
+  absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
+    return inner_.GetMitigation(id);
+  }
+  absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
+                                                         std::string_view action) override {
+    return inner_.FindLive(entity, action);
+  }
+  absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
+                                                                  std::string_view key) override {
+    return inner_.GetIdempotency(scope, key);
+  }
+  absl::Status PutIdempotency(const IdempotencyRecord& record) override {
+    return inner_.PutIdempotency(record);
+  }
+  absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override {
+    auto r = inner_.Append(std::move(change), mitigation);
+    if (r.ok()) sink_->push_back(*r);
+    return r;
+  }
+  int64_t NextSeq() const override { return inner_.NextSeq(); }
+  // A mutation may nest its own savepoints; the recorded changes follow them.
+  absl::Status Savepoint() override {
+    QUELL_RETURN_IF_ERROR(inner_.Savepoint());
+    marks_.push_back(sink_->size());
+    return absl::OkStatus();
+  }
+  absl::Status RollbackToSavepoint() override {
+    if (marks_.empty()) return absl::FailedPreconditionError("no savepoint of this mutation");
+    QUELL_RETURN_IF_ERROR(inner_.RollbackToSavepoint());
+    sink_->resize(marks_.back());
+    marks_.pop_back();
+    return absl::OkStatus();
+  }
+  absl::Status ReleaseSavepoint() override {
+    if (marks_.empty()) return absl::FailedPreconditionError("no savepoint of this mutation");
+    QUELL_RETURN_IF_ERROR(inner_.ReleaseSavepoint());
+    marks_.pop_back();
+    return absl::OkStatus();
+  }
+  absl::Status Commit() override {
+    misused_ = true;
+    return absl::FailedPreconditionError("a mutation must not commit; the ledger does");
+  }
+  void Rollback() override { misused_ = true; }
+
+  // True if the mutation tried to finish the transaction or left savepoints open.
+  bool misused() const { return misused_ || !marks_.empty(); }
+  size_t open_marks() const { return marks_.size(); }
+
+ private:
+  Txn& inner_;
+  std::vector<Change>* sink_;
+  std::vector<size_t> marks_;
+  bool misused_ = false;
+};
+
+}  // namespace
+
+class Ledger::Impl {
+ public:
+  Impl(Store* store, const LedgerOptions& options, core::Clock* clock, int64_t last_seq)
+      : store_(store), options_(options), clock_(clock), last_seq_(last_seq) {
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  ~Impl() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+      wake_.Signal();
+    }
+    thread_.join();
+  }
+
+  void Submit(Mutation mutation, Completion done) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_ && static_cast<int>(queue_.size()) < options_.max_queue) {
+        queue_.push_back({std::move(mutation), std::move(done)});
+        wake_.Signal();
+        return;
+      }
+    }
+    done(absl::UnavailableError("ledger queue is full or the ledger is stopping"), {});
+  }
+
+  void AddListener(ChangeListener* listener) {
+    absl::MutexLock lock(&mu_);
+    listeners_.push_back(listener);
+  }
+
+  int64_t last_seq() const { return last_seq_.load(std::memory_order_acquire); }
+
+  Stats stats() const {
+    absl::MutexLock lock(&stats_mu_);
+    return stats_;
+  }
+
+ private:
+  struct Item {
+    Mutation mutation;
+    Completion done;
+  };
+  struct Outcome {
+    absl::Status status;
+    std::vector<Change> changes;
+  };
+
+  void Run() {
+    std::vector<Item> batch;
+    std::vector<ChangeListener*> listeners;
+    while (true) {
+      batch.clear();
+      {
+        absl::MutexLock lock(&mu_);
+        while (queue_.empty() && !stopping_) wake_.Wait(&mu_);
+        if (queue_.empty()) return;  // stopping, and drained
+        // Everything that queued up while the previous commit was syncing: group commit.
+        while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+        listeners = listeners_;
+      }
+      RunBatch(batch, listeners);
+    }
+  }
+
+  void RunBatch(std::vector<Item>& batch, const std::vector<ChangeListener*>& listeners) {
+    const absl::Time started = absl::Now();
+    const absl::Time now = clock_->Now();
+    std::vector<Outcome> outcomes(batch.size());
+    absl::Status batch_error = [&]() -> absl::Status {
+      QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Txn> txn, store_->Begin(now));
+      for (size_t i = 0; i < batch.size(); ++i) {
+        QUELL_RETURN_IF_ERROR(txn->Savepoint());
+        RecordingTxn rec(*txn, &outcomes[i].changes);
+        absl::Status st = batch[i].mutation(rec, now);
+        if (st.ok() && rec.misused()) {
+          st = absl::FailedPreconditionError(
+              "mutation finished the transaction or left a savepoint open");
+        }
+        // Unwind savepoints the mutation left open, then its own.
+        for (size_t k = rec.open_marks(); k > 0; --k) {
+          QUELL_RETURN_IF_ERROR(txn->RollbackToSavepoint());
+        }
+        if (st.ok()) {
+          QUELL_RETURN_IF_ERROR(txn->ReleaseSavepoint());
+        } else {
+          QUELL_RETURN_IF_ERROR(txn->RollbackToSavepoint());
+          outcomes[i].status = std::move(st);
+          outcomes[i].changes.clear();
+        }
+      }
+      return txn->Commit();
+    }();
+    const absl::Duration took = absl::Now() - started;
+
+    std::vector<Change> committed;
+    int64_t failed = 0;
+    if (!batch_error.ok()) {
+      // Nothing of the batch is durable: every mutation that had succeeded gets the
+      // batch's error; those that failed on their own keep their own.
+      for (Outcome& o : outcomes) {
+        if (o.status.ok()) o.status = batch_error;
+        o.changes.clear();
+      }
+      failed = static_cast<int64_t>(batch.size());
+    } else {
+      for (const Outcome& o : outcomes) {
+        if (!o.status.ok()) ++failed;
+        committed.insert(committed.end(), o.changes.begin(), o.changes.end());
+      }
+      if (!committed.empty()) last_seq_.store(committed.back().seq, std::memory_order_release);
+    }
+    {
+      absl::MutexLock lock(&stats_mu_);
+      if (batch_error.ok()) {
+        ++stats_.commits;
+      } else {
+        ++stats_.failed_commits;
+      }
+      stats_.mutations += static_cast<int64_t>(batch.size());
+      stats_.failed_mutations += failed;
+      stats_.changes += static_cast<int64_t>(committed.size());
+      stats_.last_commit_seconds = absl::ToDoubleSeconds(took);
+      stats_.total_commit_seconds += absl::ToDoubleSeconds(took);
+      stats_.last_batch_size = static_cast<int64_t>(batch.size());
+      stats_.max_batch_size = std::max(stats_.max_batch_size, stats_.last_batch_size);
+    }
+    if (!committed.empty()) {
+      for (ChangeListener* l : listeners) l->OnCommitted(committed);
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
+    }
+  }
+
+  Store* const store_;
+  const LedgerOptions options_;
+  core::Clock* const clock_;
+  std::atomic<int64_t> last_seq_;
+
+  absl::Mutex mu_;
+  absl::CondVar wake_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(mu_);
+
+  mutable absl::Mutex stats_mu_;
+  Stats stats_ ABSL_GUARDED_BY(stats_mu_);
+
+  std::thread thread_;  // last: starts after everything above is constructed
+};
+
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(std::unique_ptr<Store> store,
+                                                     const LedgerOptions& options,
+                                                     core::Clock* clock) {
+  if (store == nullptr || clock == nullptr) {
+    return absl::InvalidArgumentError("ledger needs a store and a clock");
+  }
+  if (options.max_batch < 1 || options.max_queue < 1) {
+    return absl::InvalidArgumentError("ledger max_batch and max_queue must be >= 1");
+  }
+  QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store->LastSeq());
+  return std::unique_ptr<Ledger>(new Ledger(std::move(store), options, clock, last_seq));
+}
+
+Ledger::Ledger(std::unique_ptr<Store> store, const LedgerOptions& options, core::Clock* clock,
+               int64_t last_seq)
+    : store_(std::move(store)),
+      impl_(std::make_unique<Impl>(store_.get(), options, clock, last_seq)) {}
+
+Ledger::~Ledger() { impl_.reset(); }  // drain and join before the store goes
+
+void Ledger::Submit(Mutation mutation, Completion done) {
+  impl_->Submit(std::move(mutation), std::move(done));
+}
+
+absl::StatusOr<std::vector<Change>> Ledger::SubmitAndWait(Mutation mutation) {
+  struct Waiter {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::Status status ABSL_GUARDED_BY(mu);
+    std::vector<Change> changes ABSL_GUARDED_BY(mu);
+  };
+  auto w = std::make_shared<Waiter>();
+  impl_->Submit(std::move(mutation), [w](absl::Status st, std::vector<Change> changes) {
+    absl::MutexLock lock(&w->mu);
+    w->status = std::move(st);
+    w->changes = std::move(changes);
+    w->done = true;
+  });
+  absl::MutexLock lock(&w->mu);
+  w->mu.Await(absl::Condition(&w->done));
+  if (!w->status.ok()) return w->status;
+  return std::move(w->changes);
+}
+
+void Ledger::AddListener(ChangeListener* listener) { impl_->AddListener(listener); }
+
+int64_t Ledger::last_seq() const { return impl_->last_seq(); }
+
+Ledger::Stats Ledger::stats() const { return impl_->stats(); }
+
+}  // namespace quell::ledger

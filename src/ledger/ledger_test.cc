@@ -1,0 +1,457 @@
+#include "ledger/ledger.h"
+
+#include <algorithm>
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "core/ids.h"
+#include "core/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ledger/audit.h"
+#include "ledger/internal/test_backends.h"
+
+namespace quell::ledger {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1767225600);
+
+// A mutation that creates one active mitigation on `entity`.
+Mutation CreateMitigation(std::string entity, std::string actor = "k_test") {
+  return [entity = std::move(entity), actor = std::move(actor)](Txn& txn,
+                                                                absl::Time now) -> absl::Status {
+    core::Mitigation m;
+    m.id = core::NewId("m_", now);
+    QUELL_ASSIGN_OR_RETURN(m.entity, core::Entity::Parse(entity));
+    m.action = "block";
+    m.created_at = m.updated_at = m.starts_at = now;
+    m.expires_at = now + absl::Hours(1);
+    m.source = "manual";
+    m.actor = actor;
+    m.seq = txn.NextSeq();
+    Change c;
+    c.kind = ChangeKind::kMitigation;
+    c.actor = actor;
+    QUELL_ASSIGN_OR_RETURN(Change done, txn.Append(std::move(c), &m));
+    (void)done;
+    return absl::OkStatus();
+  };
+}
+
+// Records what it sees; checks it only ever sees increasing, gap-free seqs.
+class RecordingListener final : public ChangeListener {
+ public:
+  void OnCommitted(const std::vector<Change>& changes) override {
+    absl::MutexLock lock(&mu_);
+    for (const Change& c : changes) {
+      if (c.seq != last_ + 1) out_of_order_ = true;
+      last_ = c.seq;
+      seen_.push_back(c.seq);
+    }
+    last_seen_.store(last_);
+  }
+  int64_t last_seen() const { return last_seen_.load(); }
+  std::vector<int64_t> seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+  bool out_of_order() {
+    absl::MutexLock lock(&mu_);
+    return out_of_order_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int64_t last_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<int64_t> seen_ ABSL_GUARDED_BY(mu_);
+  bool out_of_order_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> last_seen_{0};
+};
+
+// Wraps a Store; can make the next Commit fail, as a full disk would.
+class FaultyStore final : public Store {
+ public:
+  explicit FaultyStore(std::unique_ptr<Store> inner) : inner_(std::move(inner)) {}
+  std::atomic<bool> fail_next_commit{false};
+
+  absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) override {
+    QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Txn> txn, inner_->Begin(now));
+    return std::unique_ptr<Txn>(new FaultyTxn(std::move(txn), this));
+  }
+  absl::StatusOr<int64_t> LastSeq() override { return inner_->LastSeq(); }
+  absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) override {
+    return inner_->ReadChanges(after, limit);
+  }
+  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& e, int limit) override {
+    return inner_->ReadEntityChanges(e, limit);
+  }
+  absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
+    return inner_->GetMitigation(id);
+  }
+  absl::StatusOr<MitigationPage> ListMitigations(const MitigationQuery& q) override {
+    return inner_->ListMitigations(q);
+  }
+  absl::StatusOr<int64_t> ScanLive(
+      const std::function<absl::Status(const core::Mitigation&)>& fn) override {
+    return inner_->ScanLive(fn);
+  }
+  absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override {
+    return inner_->ListDue(now, limit);
+  }
+  absl::StatusOr<std::optional<absl::Time>> NextDue() override { return inner_->NextDue(); }
+  absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override {
+    return inner_->PurgeIdempotency(before);
+  }
+  absl::Status CreateKey(const ApiKey& key) override { return inner_->CreateKey(key); }
+  absl::StatusOr<std::vector<ApiKey>> ListKeys() override { return inner_->ListKeys(); }
+  absl::Status RevokeKey(std::string_view id, absl::Time at) override {
+    return inner_->RevokeKey(id, at);
+  }
+  absl::StatusOr<int64_t> KeysVersion() override { return inner_->KeysVersion(); }
+
+ private:
+  class FaultyTxn final : public Txn {
+   public:
+    FaultyTxn(std::unique_ptr<Txn> inner, FaultyStore* store)
+        : inner_(std::move(inner)), store_(store) {}
+    absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
+      return inner_->GetMitigation(id);
+    }
+    absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& e,
+                                                           std::string_view a) override {
+      return inner_->FindLive(e, a);
+    }
+    absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view s,
+                                                                    std::string_view k) override {
+      return inner_->GetIdempotency(s, k);
+    }
+    absl::Status PutIdempotency(const IdempotencyRecord& r) override {
+      return inner_->PutIdempotency(r);
+    }
+    absl::StatusOr<Change> Append(Change c, const core::Mitigation* m) override {
+      return inner_->Append(std::move(c), m);
+    }
+    int64_t NextSeq() const override { return inner_->NextSeq(); }
+    absl::Status Savepoint() override { return inner_->Savepoint(); }
+    absl::Status RollbackToSavepoint() override { return inner_->RollbackToSavepoint(); }
+    absl::Status ReleaseSavepoint() override { return inner_->ReleaseSavepoint(); }
+    absl::Status Commit() override {
+      if (store_->fail_next_commit.exchange(false)) {
+        inner_->Rollback();
+        return absl::ResourceExhaustedError("disk full (injected)");
+      }
+      return inner_->Commit();
+    }
+    void Rollback() override { inner_->Rollback(); }
+
+   private:
+    std::unique_ptr<Txn> inner_;
+    FaultyStore* store_;
+  };
+
+  std::unique_ptr<Store> inner_;
+};
+
+class LedgerTest : public ::testing::TestWithParam<testing::BackendFactory> {
+ protected:
+  void SetUp() override { backend_ = GetParam().make(); }
+
+  std::unique_ptr<Ledger> OpenLedger(LedgerOptions options = {}, FaultyStore** faulty = nullptr) {
+    auto store = backend_->Open();
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return nullptr;
+    std::unique_ptr<Store> s = *std::move(store);
+    if (faulty != nullptr) {
+      auto f = std::make_unique<FaultyStore>(std::move(s));
+      *faulty = f.get();
+      s = std::move(f);
+    }
+    auto ledger = Ledger::Open(std::move(s), options, &clock_);
+    EXPECT_TRUE(ledger.ok()) << ledger.status();
+    return ledger.ok() ? *std::move(ledger) : nullptr;
+  }
+
+  core::FakeClock clock_{kT0};
+  std::unique_ptr<testing::TestBackend> backend_;
+};
+
+TEST_P(LedgerTest, ConcurrentSubmittersGetUniqueGapFreeSeqsListenersFirst) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  RecordingListener listener;
+  ledger->AddListener(&listener);
+
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 150;
+  absl::Mutex mu;
+  std::vector<int64_t> acked;
+  std::atomic<int> listener_late{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        absl::Notification done;
+        ledger->Submit(CreateMitigation(absl::StrCat("user:t", t, "-", i)),
+                       [&](absl::Status st, std::vector<Change> changes) {
+                         if (!st.ok() || changes.size() != 1) {
+                           failures.fetch_add(1);
+                         } else {
+                           // The listener has already seen this change.
+                           if (listener.last_seen() < changes[0].seq) listener_late.fetch_add(1);
+                           absl::MutexLock lock(&mu);
+                           acked.push_back(changes[0].seq);
+                         }
+                         done.Notify();
+                       });
+        done.WaitForNotification();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(listener_late.load(), 0);
+  std::sort(acked.begin(), acked.end());
+  ASSERT_THAT(acked, SizeIs(kThreads * kPerThread));
+  for (size_t i = 0; i < acked.size(); ++i) EXPECT_EQ(acked[i], static_cast<int64_t>(i + 1));
+  EXPECT_FALSE(listener.out_of_order());
+  EXPECT_EQ(listener.seen().size(), acked.size());
+  EXPECT_EQ(ledger->last_seq(), kThreads * kPerThread);
+
+  Ledger::Stats stats = ledger->stats();
+  EXPECT_EQ(stats.mutations, kThreads * kPerThread);
+  EXPECT_EQ(stats.changes, kThreads * kPerThread);
+  EXPECT_EQ(stats.failed_mutations, 0);
+  EXPECT_EQ(stats.failed_commits, 0);
+  EXPECT_GE(stats.commits, 1);
+  EXPECT_LE(stats.commits, kThreads * kPerThread);
+
+  auto report = VerifyChain(ledger->store(), {.page_size = 100});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->ok()) << report->reason;
+  EXPECT_EQ(report->checked, kThreads * kPerThread);
+  EXPECT_EQ(report->last_seq, kThreads * kPerThread);
+}
+
+TEST_P(LedgerTest, FailingMutationDoesNotSinkItsBatch) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  RecordingListener listener;
+  ledger->AddListener(&listener);
+
+  // Hold the commit thread inside a first batch so that the next three queue up together.
+  absl::Notification entered, release;
+  ledger->Submit(
+      [&](Txn& txn, absl::Time now) {
+        entered.Notify();
+        release.WaitForNotification();
+        return CreateMitigation("user:first")(txn, now);
+      },
+      [](absl::Status st, std::vector<Change>) { EXPECT_TRUE(st.ok()) << st; });
+  entered.WaitForNotification();
+
+  struct Result {
+    absl::Notification done;
+    absl::Status status;
+    std::vector<Change> changes;
+  };
+  Result a, b, c;
+  auto record = [](Result* r) {
+    return [r](absl::Status st, std::vector<Change> changes) {
+      r->status = std::move(st);
+      r->changes = std::move(changes);
+      r->done.Notify();
+    };
+  };
+  ledger->Submit(CreateMitigation("user:a"), record(&a));
+  ledger->Submit(
+      [](Txn& txn, absl::Time now) -> absl::Status {
+        QUELL_RETURN_IF_ERROR(CreateMitigation("user:b")(txn, now));  // written, then undone
+        return absl::InvalidArgumentError("policy says no");
+      },
+      record(&b));
+  ledger->Submit(CreateMitigation("user:c"), record(&c));
+  release.Notify();
+  a.done.WaitForNotification();
+  b.done.WaitForNotification();
+  c.done.WaitForNotification();
+
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(b.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(b.status.message()), HasSubstr("policy says no"));
+  EXPECT_TRUE(b.changes.empty());
+  ASSERT_THAT(a.changes, SizeIs(1));
+  ASSERT_THAT(c.changes, SizeIs(1));
+  EXPECT_EQ(a.changes[0].seq, 2);
+  EXPECT_EQ(c.changes[0].seq, 3);  // b's seq was rewound
+  EXPECT_EQ(c.changes[0].prev_hash, a.changes[0].hash);
+  EXPECT_EQ(ledger->stats().last_batch_size, 3);
+  EXPECT_EQ(ledger->stats().failed_mutations, 1);
+
+  auto timeline = ledger->store().ReadEntityChanges(*core::Entity::Parse("user:b"), 10);
+  ASSERT_TRUE(timeline.ok());
+  EXPECT_TRUE(timeline->empty());
+  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2, 3}));
+  auto report = VerifyChain(ledger->store());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->reason;
+  EXPECT_EQ(report->checked, 3);
+}
+
+TEST_P(LedgerTest, CommitFailureFailsTheWholeBatchAndNotifiesNoListener) {
+  FaultyStore* faulty = nullptr;
+  auto ledger = OpenLedger({}, &faulty);
+  ASSERT_NE(ledger, nullptr);
+  RecordingListener listener;
+  ledger->AddListener(&listener);
+  ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation("user:ok")).ok());
+
+  faulty->fail_next_commit = true;
+  auto failed = ledger->SubmitAndWait(CreateMitigation("user:lost"));
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ledger->last_seq(), 1);
+  EXPECT_EQ(ledger->stats().failed_commits, 1);
+  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1}));
+
+  auto next = ledger->SubmitAndWait(CreateMitigation("user:after"));
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_THAT(*next, SizeIs(1));
+  EXPECT_EQ((*next)[0].seq, 2);
+  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2}));
+}
+
+TEST_P(LedgerTest, MutationMustNotFinishTheTransaction) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  auto r = ledger->SubmitAndWait([](Txn& txn, absl::Time now) -> absl::Status {
+    QUELL_RETURN_IF_ERROR(CreateMitigation("user:x")(txn, now));
+    return txn.Commit();
+  });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  r = ledger->SubmitAndWait([](Txn& txn, absl::Time now) -> absl::Status {
+    QUELL_RETURN_IF_ERROR(txn.Savepoint());
+    return CreateMitigation("user:y")(txn, now);  // leaves its savepoint open
+  });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  r = ledger->SubmitAndWait(CreateMitigation("user:z"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].seq, 1);
+}
+
+TEST_P(LedgerTest, FullQueueRejectsAtOnce) {
+  auto ledger = OpenLedger({.max_batch = 1, .max_queue = 1});
+  ASSERT_NE(ledger, nullptr);
+  absl::Notification entered, release;
+  ledger->Submit(
+      [&](Txn&, absl::Time) {
+        entered.Notify();
+        release.WaitForNotification();
+        return absl::OkStatus();
+      },
+      [](absl::Status, std::vector<Change>) {});
+  entered.WaitForNotification();
+  absl::Notification queued_done;
+  ledger->Submit(CreateMitigation("user:q"), [&](absl::Status st, std::vector<Change>) {
+    EXPECT_TRUE(st.ok()) << st;
+    queued_done.Notify();
+  });
+  absl::Status rejected;
+  bool ran = false;
+  ledger->Submit(CreateMitigation("user:r"), [&](absl::Status st, std::vector<Change>) {
+    rejected = st;
+    ran = true;
+  });
+  EXPECT_TRUE(ran);  // synchronously, on this thread
+  EXPECT_EQ(rejected.code(), absl::StatusCode::kUnavailable);
+  release.Notify();
+  queued_done.WaitForNotification();
+}
+
+TEST_P(LedgerTest, DestructorDrainsTheQueue) {
+  std::atomic<int> ok{0};
+  {
+    auto ledger = OpenLedger();
+    ASSERT_NE(ledger, nullptr);
+    for (int i = 0; i < 50; ++i) {
+      ledger->Submit(CreateMitigation(absl::StrCat("user:d", i)),
+                     [&](absl::Status st, std::vector<Change>) {
+                       if (st.ok()) ok.fetch_add(1);
+                     });
+    }
+  }
+  EXPECT_EQ(ok.load(), 50);
+  auto ledger = OpenLedger();  // re-open: last_seq found at Open
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_EQ(ledger->last_seq(), 50);
+}
+
+TEST_P(LedgerTest, AuditNamesExactlyTheTamperedChange) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  for (int i = 0; i < 30; ++i) {
+    clock_.Advance(absl::Seconds(1));
+    ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation(absl::StrCat("user:a", i))).ok());
+  }
+  int pages = 0;
+  auto report = VerifyChain(ledger->store(), {.page_size = 7, .progress = [&](const AuditReport&) {
+                                                ++pages;
+                                                return true;
+                                              }});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->ok());
+  EXPECT_EQ(report->checked, 30);
+  EXPECT_EQ(pages, 5);
+
+  ASSERT_TRUE(
+      backend_->ExecRaw("UPDATE changes SET payload = '{\"tampered\":true}' WHERE seq = 17").ok());
+  report = VerifyChain(ledger->store(), {.page_size = 7});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(report->ok());
+  EXPECT_EQ(report->broken_seq, 17);
+  EXPECT_EQ(report->checked, 16);
+  EXPECT_EQ(report->last_seq, 16);
+  EXPECT_THAT(report->reason, HasSubstr("hash"));
+}
+
+TEST_P(LedgerTest, AuditFindsRewrittenLinksAndGaps) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation(absl::StrCat("user:g", i))).ok());
+  }
+  // A forger who recomputes the hash of the row he edits still breaks the next link.
+  auto read = ledger->store().ReadChanges(4, 1);
+  ASSERT_TRUE(read.ok());
+  Change forged = (*read)[0];
+  forged.actor = "someone else";
+  std::string hash = ChainHash(forged);
+  ASSERT_TRUE(backend_
+                  ->ExecRaw(absl::StrCat("UPDATE changes SET actor = 'someone else', hash = '",
+                                         hash, "' WHERE seq = 5"))
+                  .ok());
+  auto report = VerifyChain(ledger->store());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->broken_seq, 6);
+  EXPECT_THAT(report->reason, HasSubstr("prev_hash"));
+
+  ASSERT_TRUE(backend_->ExecRaw("DELETE FROM changes WHERE seq = 3").ok());
+  report = VerifyChain(ledger->store());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->broken_seq, 4);
+  EXPECT_EQ(report->last_seq, 2);
+  EXPECT_THAT(report->reason, HasSubstr("gap"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, LedgerTest, ::testing::ValuesIn(testing::AllBackends()),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace quell::ledger

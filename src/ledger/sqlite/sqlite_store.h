@@ -1,0 +1,52 @@
+// The embedded ledger store: one SQLite file in WAL mode under a data directory.
+//
+//   auto store = OpenSqliteStore({.path = "./var"});   // ./var/quell.db
+//
+// One write connection serves the (single) open Txn, with BEGIN IMMEDIATE so that other
+// processes writing the same file (`quell keys create`, `quell migrate`) are serialised by
+// SQLite's lock, and the chain head is read inside each transaction. Reads use a small
+// pool of connections, each read method being one consistent read transaction. Key
+// writes and PurgeIdempotency use a third connection of their own, so they never wait for
+// an open Txn of this process beyond SQLite's lock.
+//
+// Thread-safety: as the Store interface (reads thread-safe; one Txn at a time).
+// Ownership: the returned Store owns its connections; a Txn must not outlive it.
+#ifndef QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
+#define QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "ledger/store.h"
+
+namespace quell::ledger {
+
+struct SqliteOptions {
+  std::string path;              // data directory (created if missing); file path/quell.db
+  bool synchronous_full = true;  // FULL: fsync the WAL on every commit; false: NORMAL
+  int busy_timeout_ms = 5000;    // how long to wait for another process's write lock
+  int read_pool_size = 4;        // read connections, opened on demand
+  bool apply_migrations = true;  // false: refuse (kFailedPrecondition) an out-of-date file
+};
+
+// The database file's name inside the data directory.
+inline constexpr std::string_view kSqliteFileName = "quell.db";
+
+//! Opens (creating if needed) the store and applies pending schema migrations.
+//! kFailedPrecondition if the file's schema is newer than this binary knows (or older
+//! and !apply_migrations), or WAL cannot be enabled; other codes for I/O errors.
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options);
+
+//! The newest schema version this binary knows.
+int SqliteSchemaVersion();
+
+//! Runs `PRAGMA <name>` on the store's write connection and returns the value as text
+//! (e.g. "wal", "2" for synchronous FULL). `store` must come from OpenSqliteStore and
+//! have no open Txn. For tests.
+absl::StatusOr<std::string> SqlitePragmaForTest(Store& store, std::string_view name);
+
+}  // namespace quell::ledger
+
+#endif  // QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
