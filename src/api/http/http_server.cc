@@ -287,6 +287,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (now < deadline_) return;
     switch (state_) {
       case State::kReading:
+        if (writing_continue_) {  // the client does not even read: just close
+          Close();
+          return;
+        }
         // Slow or stalled request: answer 408 and close.
         {
           error_code ec;
@@ -383,8 +387,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (parser_->is_header_done() && parser_->expect_continue() && !sent_continue_) {
       sent_continue_ = true;
       if (buffer_.size() == 0) {  // the client waits for our go-ahead
+        writing_continue_ = true;
         asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
                           [self = shared_from_this()](const error_code& ec, size_t) {
+                            self->writing_continue_ = false;
                             if (self->state_ != State::kReading) return;
                             if (ec) {
                               self->Close();
@@ -607,6 +613,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Request request_;
   std::optional<RequestParser> parser_;
   bool sent_continue_ = false;
+  bool writing_continue_ = false;  // "100 Continue" in flight
 
   // The response being written.
   bool keep_alive_ = true;

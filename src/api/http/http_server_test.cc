@@ -348,6 +348,10 @@ TEST(HttpServerTest, GarbageGets400AndClose) {
         std::string("GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
         std::string("POST / HTTP/1.1\r\nContent-Length: zz\r\n\r\n"),
         std::string("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n"),
+        // Request smuggling attempts.
+        std::string("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        std::string("POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0\r\n\r\n"),
         std::string(kTlsHello, sizeof(kTlsHello) - 1)}) {
     Client client((*server)->port());
     ASSERT_TRUE(client.Send(garbage));
