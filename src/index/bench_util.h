@@ -29,6 +29,8 @@ class Generator {
 
 //! Resident set size of this process, in bytes (from /proc/self/statm).
 size_t ResidentBytes();
+//! Transparent huge pages backing this process (AnonHugePages of /proc/self/smaps_rollup).
+size_t AnonHugePageBytes();
 
 }  // namespace quell::index::bench
 

@@ -17,6 +17,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,6 +62,10 @@ class Index {
   //! `cidr:` entity gets the mitigations on exactly that network (cidr_prefix -1).
   //! Lock-free: never waits for the writer beyond one in-flight insert/remove of the shard.
   void Lookup(const core::Entity& entity, absl::Time now, Hits* out) const;
+  //! The same as calling Lookup(entities[i], now, &out[i]) for each i (`out` has
+  //! entities.size() elements), but faster: it overlaps the memory accesses of up to 16
+  //! lookups, which at millions of entries are cache misses. Thread-safe, lock-free.
+  void LookupBatch(std::span<const core::Entity> entities, absl::Time now, Hits* out) const;
   //! The action name behind Hit::action. Action names are interned forever (a handful).
   std::string_view ActionName(uint16_t action) const;
 

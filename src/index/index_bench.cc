@@ -78,12 +78,36 @@ void RunLookups(benchmark::State& state, const std::vector<core::Entity>& querie
       static_cast<double>(found) / static_cast<double>(state.iterations());
 }
 
+// LookupBatch over groups of 16 queries; one item = one entity looked up.
+void RunBatches(benchmark::State& state, const std::vector<core::Entity>& queries) {
+  Fixture& f = GetFixture();
+  constexpr size_t kBatch = 16;
+  Hits hits[kBatch];
+  size_t i = 0;
+  size_t found = 0;
+  for (auto _ : state) {
+    for (Hits& h : hits) h.clear();
+    f.index.LookupBatch(std::span<const core::Entity>(&queries[i], kBatch), f.now, hits);
+    for (Hits& h : hits) found += h.size();
+    benchmark::DoNotOptimize(hits[0].data());
+    i = (i + kBatch) & (kQueries - 1);
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.counters["hits_per_lookup"] =
+      static_cast<double>(found) / static_cast<double>(state.iterations() * kBatch);
+}
+
+void BM_LookupBatchHit(benchmark::State& state) { RunBatches(state, GetFixture().hit_queries); }
+void BM_LookupBatchMiss90(benchmark::State& state) {
+  RunBatches(state, GetFixture().miss90_queries);
+}
+
 void BM_LookupHit(benchmark::State& state) { RunLookups(state, GetFixture().hit_queries); }
 void BM_LookupMiss90(benchmark::State& state) { RunLookups(state, GetFixture().miss90_queries); }
 
 // The same lookups while another thread applies changes as fast as it can: in-place expiry
 // updates of existing mitigations, plus inserts and removals of new ones.
-void RunWithWriter(benchmark::State& state, const std::vector<core::Entity>& queries) {
+void RunWithWriter(benchmark::State& state, const std::vector<core::Entity>& queries, bool batch) {
   Fixture& f = GetFixture();
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> writes{0};
@@ -118,7 +142,11 @@ void RunWithWriter(benchmark::State& state, const std::vector<core::Entity>& que
     writes.store(n);
   });
   const auto start = std::chrono::steady_clock::now();
-  RunLookups(state, queries);
+  if (batch) {
+    RunBatches(state, queries);
+  } else {
+    RunLookups(state, queries);
+  }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stop.store(true);
@@ -127,16 +155,22 @@ void RunWithWriter(benchmark::State& state, const std::vector<core::Entity>& que
 }
 
 void BM_LookupHitWithWriter(benchmark::State& state) {
-  RunWithWriter(state, GetFixture().hit_queries);
+  RunWithWriter(state, GetFixture().hit_queries, false);
 }
 void BM_LookupMiss90WithWriter(benchmark::State& state) {
-  RunWithWriter(state, GetFixture().miss90_queries);
+  RunWithWriter(state, GetFixture().miss90_queries, false);
+}
+void BM_LookupBatchMiss90WithWriter(benchmark::State& state) {
+  RunWithWriter(state, GetFixture().miss90_queries, true);
 }
 
 BENCHMARK(BM_LookupHit)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LookupMiss90)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LookupBatchHit)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LookupBatchMiss90)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LookupHitWithWriter)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LookupMiss90WithWriter)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LookupBatchMiss90WithWriter)->MinTime(2.0)->UseRealTime();
 
 }  // namespace
 }  // namespace quell::index

@@ -35,5 +35,7 @@ int main(int argc, char** argv) {
   std::printf("rss bytes/mitigation:   %.1f (bar: <= 100) %s\n", per, per <= 100 ? "OK" : "OVER");
   std::printf("MemoryBytes/mitigation: %.1f\n",
               static_cast<double>(index.MemoryBytes()) / static_cast<double>(index.size()));
+  std::printf("anon huge pages:        %.1f MiB\n",
+              quell::index::bench::AnonHugePageBytes() / 1048576.0);
   return 0;
 }

@@ -414,6 +414,20 @@ TEST(IndexTest, MatchesModel) {
     }
     if (step % 5000 == 0) index.CheckInvariantsForTest();
   }
+  // LookupBatch agrees with Lookup, entity by entity.
+  std::vector<core::Entity> batch;
+  for (int i = 0; i < 1000; ++i) batch.push_back(E(entities[rng() % entities.size()]));
+  std::vector<Hits> batch_hits(batch.size());
+  index.LookupBatch(batch, kNow, batch_hits.data());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Hits one;
+    index.Lookup(batch[i], kNow, &one);
+    ASSERT_EQ(batch_hits[i].size(), one.size()) << batch[i].str();
+    for (size_t k = 0; k < one.size(); ++k) {
+      EXPECT_EQ(batch_hits[i][k].id, one[k].id);
+      EXPECT_EQ(batch_hits[i][k].cidr_prefix, one[k].cidr_prefix);
+    }
+  }
   size_t total = 0;
   for (auto& [e, ids] : model) total += ids.size();
   EXPECT_EQ(index.size(), total);
@@ -454,6 +468,15 @@ TEST(IndexConcurrencyTest, ReadersAlwaysFindStableEntities) {
         hits.clear();
         index.Lookup(ip, kNow, &hits);
         if (hits.size() != 1 || hits[0].cidr_prefix != 8) failures.fetch_add(1);
+        if (t == 0 && i + 16 <= kStable) {
+          Hits batch[16];
+          index.LookupBatch(std::span<const core::Entity>(&stable[i], 16), kNow, batch);
+          for (int k = 0; k < 16; ++k) {
+            if (batch[k].size() != 1 || DecodeId(batch[k][0].id) != Id(i + k)) {
+              failures.fetch_add(1);
+            }
+          }
+        }
         ++n;
       }
       lookups.fetch_add(n);

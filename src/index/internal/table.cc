@@ -18,9 +18,11 @@ constexpr uint32_t kTomb = 0xffffffffu;
 constexpr size_t kRecordWords = 4;
 constexpr size_t kMinSlots = 16;
 constexpr size_t kMinArenaWords = 512;
-// Regions this large ask for transparent huge pages: at 10M entries every lookup is a
-// TLB miss otherwise. Smaller regions stay on 4 KiB pages so a small index stays small.
-constexpr size_t kHugePageRegionBytes = size_t{16} << 20;
+// Regions this large ask for transparent huge pages: at 10M entries every lookup would be a
+// TLB miss otherwise (and a costly one under virtualisation). Smaller regions stay on 4 KiB
+// pages so a small index stays small.
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t kHugePageRegionBytes = size_t{4} << 20;
 // Compact a shard's arena when free space exceeds half of it (and this many words).
 constexpr size_t kCompactMinFreeWords = 4096;
 
@@ -138,14 +140,29 @@ struct alignas(64) Table::Shard {
       best->in_use = true;
       return static_cast<uint64_t*>(best->p);
     }
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    regions.push_back(Region{MapAligned(bytes), bytes, kind, true});
+    return static_cast<uint64_t*>(regions.back().p);
+  }
+
+  // Large regions start on a huge-page boundary and ask for transparent huge pages.
+  static void* MapAligned(size_t bytes) {
+    const bool huge = bytes >= kHugePageRegionBytes;
+    const size_t slack = huge ? kHugePageBytes : 0;
+    void* p =
+        mmap(nullptr, bytes + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     // Like std::bad_alloc: nothing sensible to do without memory.
     QUELL_CHECK(p != MAP_FAILED);
+    if (!huge) return p;
+    const auto start = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (start + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
+    if (aligned > start) munmap(p, aligned - start);
+    if (start + slack > aligned) {
+      munmap(reinterpret_cast<void*>(aligned + bytes), start + slack - aligned);
+    }
 #ifdef MADV_HUGEPAGE
-    if (bytes >= kHugePageRegionBytes) madvise(p, bytes, MADV_HUGEPAGE);
+    madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
 #endif
-    regions.push_back(Region{p, bytes, kind, true});
-    return static_cast<uint64_t*>(p);
+    return reinterpret_cast<void*>(aligned);
   }
 
   // After this, the region reads as zeros (private anonymous memory) until reused.
@@ -195,10 +212,45 @@ Table::Shard& Table::ShardFor(uint64_t hash) const {
   return shards_[hash & ((size_t{1} << shard_bits_) - 1)];
 }
 
+uint64_t Table::Prepare(std::string_view key) const {
+  const uint64_t hash = HashKey(key);
+  const Shard& s = ShardFor(hash);
+  const uint64_t* slots = s.slots.load(std::memory_order_acquire);
+  if (slots != nullptr) {
+    __builtin_prefetch(slots + 1 + HomeSlot(hash, shard_bits_, Ld(slots)));
+  }
+  return hash;
+}
+
+void Table::Touch(uint64_t hash) const {
+  const Shard& s = ShardFor(hash);
+  const uint64_t* slots = s.slots.load(std::memory_order_acquire);
+  const uint64_t* arena = s.arena.load(std::memory_order_acquire);
+  if (slots == nullptr || arena == nullptr) return;
+  const size_t mask = Ld(slots);
+  const uint32_t tag = TagOf(hash);
+  size_t pos = HomeSlot(hash, shard_bits_, mask);
+  // A few slots only: this is a hint, the lookup itself probes as far as needed.
+  for (int n = 0; n < 4; ++n, pos = (pos + 1) & mask) {
+    const uint64_t w = Ld(slots + 1 + pos);
+    const uint32_t ref = static_cast<uint32_t>(w);
+    if (ref == kEmpty) return;
+    if (ref != kTomb && static_cast<uint32_t>(w >> 32) == tag) {
+      // A prefetch never faults, even if a racing write made `ref` stale.
+      __builtin_prefetch(arena + ref);
+      return;
+    }
+  }
+}
+
 size_t Table::Lookup(std::string_view key, int64_t now_us, int16_t cidr_prefix, Hits* out) const {
+  return LookupHashed(key, HashKey(key), now_us, cidr_prefix, out);
+}
+
+size_t Table::LookupHashed(std::string_view key, uint64_t hash, int64_t now_us, int16_t cidr_prefix,
+                           Hits* out) const {
   if (key.size() > kMaxKeyBytes) return 0;
   const KeyWordsBuf kb(key);
-  const uint64_t hash = HashKey(key);
   const Shard& s = ShardFor(hash);
   const uint32_t tag = TagOf(hash);
   const size_t kw = kb.n();

@@ -68,6 +68,15 @@ class Table {
   //! `cidr_prefix`. Returns how many were appended. Thread-safe, lock-free.
   size_t Lookup(std::string_view key, int64_t now_us, int16_t cidr_prefix, Hits* out) const;
 
+  //! Prefetch hints for a coming Lookup(key): Prepare pulls the key's home slots toward the
+  //! cache and returns the hash; Touch (once those have arrived) pulls the first entry whose
+  //! tag matches. Thread-safe; they read nothing that affects results.
+  uint64_t Prepare(std::string_view key) const;
+  void Touch(uint64_t hash) const;
+  //! Lookup with the hash Prepare returned.
+  size_t LookupHashed(std::string_view key, uint64_t hash, int64_t now_us, int16_t cidr_prefix,
+                      Hits* out) const;
+
   //! Records held (thread-safe, relaxed).
   size_t records() const { return records_.load(std::memory_order_relaxed); }
   //! Keys held (thread-safe, relaxed).
