@@ -246,12 +246,13 @@ template class Family<Counter>;
 template class Family<Gauge>;
 template class Family<Histogram>;
 
-// A gauge family whose samples come from a callback at render time.
+// A gauge or counter family whose samples come from a callback at render time.
 class Registry::CallbackFamily final : public internal::FamilyBase {
  public:
-  CallbackFamily(std::string name, std::string help, std::vector<std::string> label_names,
+  CallbackFamily(std::string name, std::string help, Type type,
+                 std::vector<std::string> label_names,
                  std::function<std::vector<LabelledValue>()> callback)
-      : FamilyBase(std::move(name), std::move(help), Type::kGauge, std::move(label_names)),
+      : FamilyBase(std::move(name), std::move(help), type, std::move(label_names)),
         callback_(std::move(callback)) {}
 
   void Render(std::string& out) const override {
@@ -496,11 +497,27 @@ absl::StatusOr<CallbackHandle> Registry::AddCallbackGauge(std::string_view name,
                                 });
 }
 
+absl::StatusOr<CallbackHandle> Registry::AddCallbackCounter(std::string_view name,
+                                                            std::string_view help,
+                                                            std::function<double()> callback) {
+  if (!callback) return absl::InvalidArgumentError("callback counter needs a callback");
+  return AddCallbackFamily(name, help, Type::kCounter, {},
+                           [cb = std::move(callback)]() -> std::vector<LabelledValue> {
+                             return {LabelledValue{{}, cb()}};
+                           });
+}
+
 absl::StatusOr<CallbackHandle> Registry::AddCallbackGaugeFamily(
     std::string_view name, std::string_view help, std::vector<std::string> label_names,
     std::function<std::vector<LabelledValue>()> callback) {
-  if (!callback) return absl::InvalidArgumentError("callback gauge needs a callback");
-  if (absl::Status s = ValidateDefinition(name, Type::kGauge, label_names); !s.ok()) return s;
+  return AddCallbackFamily(name, help, Type::kGauge, std::move(label_names), std::move(callback));
+}
+
+absl::StatusOr<CallbackHandle> Registry::AddCallbackFamily(
+    std::string_view name, std::string_view help, Type type, std::vector<std::string> label_names,
+    std::function<std::vector<LabelledValue>()> callback) {
+  if (!callback) return absl::InvalidArgumentError("callback metric needs a callback");
+  if (absl::Status s = ValidateDefinition(name, type, label_names); !s.ok()) return s;
   std::string help_text;
   internal::AppendValidUtf8(help_text, help);
 
@@ -508,9 +525,9 @@ absl::StatusOr<CallbackHandle> Registry::AddCallbackGaugeFamily(
   if (families_.contains(std::string(name))) {
     return absl::AlreadyExistsError(absl::StrCat("metric ", AV(name), " is already registered"));
   }
-  if (absl::Status s = CheckCollisions(std::string(name), Type::kGauge); !s.ok()) return s;
+  if (absl::Status s = CheckCollisions(std::string(name), type); !s.ok()) return s;
   families_.emplace(std::string(name),
-                    std::make_shared<CallbackFamily>(std::string(name), std::move(help_text),
+                    std::make_shared<CallbackFamily>(std::string(name), std::move(help_text), type,
                                                      std::move(label_names), std::move(callback)));
   return CallbackHandle(this, std::string(name));
 }

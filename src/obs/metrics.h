@@ -24,6 +24,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -296,6 +297,12 @@ class Registry {
   [[nodiscard]] absl::StatusOr<CallbackHandle> AddCallbackGauge(std::string_view name,
                                                                 std::string_view help,
                                                                 std::function<double()> callback);
+  // A counter read from `callback` at each Render, for monotonic counts kept
+  // elsewhere (e.g. by a library). Same rules as AddCallbackGauge; the name
+  // must end in "_total".
+  [[nodiscard]] absl::StatusOr<CallbackHandle> AddCallbackCounter(std::string_view name,
+                                                                  std::string_view help,
+                                                                  std::function<double()> callback);
   // Labelled variant: the callback returns any number of samples. Samples are
   // rendered sorted by label values; a sample with the wrong number of label
   // values, or a duplicate, is dropped and reported in a "# " comment line.
@@ -310,6 +317,9 @@ class Registry {
   friend class CallbackHandle;
   class CallbackFamily;
 
+  absl::StatusOr<CallbackHandle> AddCallbackFamily(
+      std::string_view name, std::string_view help, internal::FamilyBase::Type type,
+      std::vector<std::string> label_names, std::function<std::vector<LabelledValue>()> callback);
   template <typename M>
   absl::StatusOr<Family<M>*> AddFamily(std::string_view name, std::string_view help,
                                        std::vector<std::string> label_names,
@@ -322,6 +332,31 @@ class Registry {
   // shared_ptr so Render can work on a snapshot without holding mu_ while
   // callbacks run, and a removed callback family outlives a render using it.
   std::map<std::string, std::shared_ptr<internal::FamilyBase>> families_ ABSL_GUARDED_BY(mu_);
+};
+
+// Observes the seconds from construction to destruction (steady clock) into a
+// histogram, e.g. `obs::ScopedTimer timer(commit_seconds);`. Confined to one
+// thread; borrows the histogram.
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(Histogram* histogram)
+      : histogram_(histogram), start_(std::chrono::steady_clock::now()) {}
+  ~ScopedTimer() {
+    if (histogram_ != nullptr) histogram_->Observe(Elapsed());
+  }
+  ScopedTimer(const ScopedTimer&) = delete;
+  ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+  // Seconds since construction.
+  double Elapsed() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  // Do not observe anything (e.g. on an error path counted elsewhere).
+  void Cancel() { histogram_ = nullptr; }
+
+ private:
+  Histogram* histogram_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 // Registers `quell_build_info{version="..."} 1`. Extra labels (e.g.

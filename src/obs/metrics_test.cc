@@ -544,6 +544,37 @@ TEST(CallbackGaugeTest, ResetWaitsForARunningCallback) {
   EXPECT_EQ(r.Render(), "");
 }
 
+TEST(CallbackCounterTest, RendersAsCounter) {
+  Registry r;
+  uint64_t failures = 12;
+  EXPECT_EQ(
+      r.AddCallbackCounter("quell_webhook_failures", "h", [&] { return 1.0; }).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  CallbackHandle handle = Must(r.AddCallbackCounter(
+      "quell_webhook_failures_total", "Failed deliveries.", [&] { return double(failures); }));
+  const Exposition e = Parse(r.Render());
+  EXPECT_THAT(e.errors, ElementsAre());
+  EXPECT_EQ(e.type.at("quell_webhook_failures_total"), "counter");
+  EXPECT_EQ(e.Value("quell_webhook_failures_total"), 12);
+}
+
+TEST(ScopedTimerTest, ObservesOnceUnlessCancelled) {
+  Registry r;
+  Histogram* h = Must(r.AddHistogram("t_seconds", "h", {1e-9, 3600}));
+  {
+    ScopedTimer timer(h);
+    EXPECT_GE(timer.Elapsed(), 0.0);
+  }
+  Histogram::Snapshot s = h->Collect();
+  EXPECT_EQ(s.count, 1u);
+  EXPECT_GE(s.sum, 0.0);
+  {
+    ScopedTimer timer(h);
+    timer.Cancel();
+  }
+  EXPECT_EQ(h->Collect().count, 1u);
+}
+
 TEST(BuildInfoTest, RendersVersionLabel) {
   Registry r;
   ASSERT_TRUE(AddBuildInfo(r, "0.1.0", {{"revision", "abc"}}).ok());
