@@ -64,6 +64,13 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& file, const DbOp
   // and is set once by the store on its write connection.
   QUELL_RETURN_IF_ERROR(
       db->Exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+  // Savepoints write the pages they touch to a sub-journal; keep it (and temp tables) in
+  // memory rather than in a temporary file: the ledger takes one savepoint per mutation.
+  // A larger page cache keeps a big batch from spilling to the WAL before COMMIT.
+  QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA temp_store=MEMORY"));
+  QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA cache_size=-", opts.cache_kib)));
+  // Reads through a memory map save a pread per page; writes still go through the WAL.
+  QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA mmap_size=268435456"));
   return db;
 }
 

@@ -96,6 +96,7 @@ struct DbOptions {
   bool synchronous_full = true;
   int busy_timeout_ms = 5000;
   bool read_only = false;
+  int cache_kib = 16384;  // page cache per connection
 };
 
 // One connection with a cache of prepared statements keyed by SQL text.
