@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -131,6 +132,40 @@ class Value {
 static_assert(sizeof(Value) == 16, "Value must stay register-sized");
 
 // One key of a map-valued field (detection.evidence, event.attrs).
+namespace internal {
+// String equality tuned for the short keys and literals of policies: overlapping word loads
+// instead of a memcmp call for up to 32 bytes.
+inline bool ShortEqual(std::string_view a, std::string_view b) {
+  size_t n = a.size();
+  if (n != b.size()) return false;
+  const char* x = a.data();
+  const char* y = b.data();
+  auto load64 = [](const char* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  };
+  auto load32 = [](const char* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+  };
+  if (n >= 8) {
+    if (n <= 16) return load64(x) == load64(y) && load64(x + n - 8) == load64(y + n - 8);
+    if (n <= 32) {
+      return load64(x) == load64(y) && load64(x + 8) == load64(y + 8) &&
+             load64(x + n - 16) == load64(y + n - 16) && load64(x + n - 8) == load64(y + n - 8);
+    }
+    return std::memcmp(x, y, n) == 0;
+  }
+  if (n >= 4) return load32(x) == load32(y) && load32(x + n - 4) == load32(y + n - 4);
+  for (size_t i = 0; i < n; ++i) {
+    if (x[i] != y[i]) return false;
+  }
+  return true;
+}
+}  // namespace internal
+
 struct MapEntry {
   std::string_view key;
   Value value;  // may itself be a Map (nested JSON objects) or a List of strings
@@ -145,7 +180,7 @@ struct MapView {
   // Returns nullptr when the key is absent.
   const Value* Find(std::string_view key) const {
     for (size_t i = 0; i < size; ++i) {
-      if (entries[i].key == key) return &entries[i].value;
+      if (internal::ShortEqual(entries[i].key, key)) return &entries[i].value;
     }
     return nullptr;
   }

@@ -249,30 +249,6 @@ class NegNode final : public Node {
   NodePtr x_;
 };
 
-// CEL's commutative && and ||: a decisive operand (false for &&, true for ||) wins over an
-// error on the other side.
-template <bool kIsAnd>
-class LogicNode final : public Node {
- public:
-  LogicNode(NodePtr l, NodePtr r) : l_(std::move(l)), r_(std::move(r)) {}
-  Value Eval(const Frame& f) const override {
-    Value a = l_->Eval(f);
-    if (a.kind() == ValueKind::kBool && a.bool_value() != kIsAnd) return a;
-    Value b = r_->Eval(f);
-    if (b.kind() == ValueKind::kBool && b.bool_value() != kIsAnd) return b;
-    if (a.is_error()) return a;
-    if (b.is_error()) return b;
-    if (a.kind() != ValueKind::kBool || b.kind() != ValueKind::kBool) {
-      return Value::Error(EvalError::kTypeMismatch);
-    }
-    return Value::Bool(kIsAnd);
-  }
-
- private:
-  NodePtr l_;
-  NodePtr r_;
-};
-
 class EqNode final : public Node {
  public:
   EqNode(NodePtr l, NodePtr r, bool negate) : l_(std::move(l)), r_(std::move(r)), negate_(negate) {}
@@ -296,7 +272,9 @@ class EqStringConstNode final : public Node {
       : l_(std::move(l)), c_(std::move(c)), negate_(negate) {}
   Value Eval(const Frame& f) const override {
     Value a = l_->Eval(f);
-    if (a.kind() == ValueKind::kString) return Value::Bool((a.string_value() == c_) != negate_);
+    if (a.kind() == ValueKind::kString) {
+      return Value::Bool(ShortEqual(a.string_value(), c_) != negate_);
+    }
     if (a.is_error()) return a;
     return Value::Bool(negate_);  // a present value of another kind (dyn): unequal
   }
@@ -327,24 +305,28 @@ class OrderConstNode final : public Node {
   OrderConstNode(Tok op, NodePtr l, Value c) : op_(op), l_(std::move(l)), c_(c) {}
   Value Eval(const Frame& f) const override {
     Value a = l_->Eval(f);
-    if (a.kind() == ValueKind::kDouble && c_.kind() == ValueKind::kDouble) {
-      double x = a.double_value();
-      double y = c_.double_value();
-      switch (op_) {
-        case Tok::kLt:
-          return Value::Bool(x < y);
-        case Tok::kLe:
-          return Value::Bool(x <= y);
-        case Tok::kGt:
-          return Value::Bool(x > y);
-        default:
-          return Value::Bool(x >= y);
-      }
+    if (a.kind() == ValueKind::kInt && c_.kind() == ValueKind::kInt) {
+      return Cmp(a.int_value(), c_.int_value());
     }
+    if (a.is_number()) return Cmp(a.AsDouble(), c_.AsDouble());  // NaN compares false
     return Order(op_, a, c_);
   }
 
  private:
+  template <typename T>
+  Value Cmp(T x, T y) const {
+    switch (op_) {
+      case Tok::kLt:
+        return Value::Bool(x < y);
+      case Tok::kLe:
+        return Value::Bool(x <= y);
+      case Tok::kGt:
+        return Value::Bool(x > y);
+      default:
+        return Value::Bool(x >= y);
+    }
+  }
+
   Tok op_;
   NodePtr l_;
   Value c_;
@@ -420,7 +402,7 @@ class InStringsNode final : public Node {
     std::string_view s = x.string_value();
     if (!set_.empty()) return Value::Bool(set_.contains(s));
     for (const std::string& item : items_) {
-      if (item == s) return Value::Bool(true);
+      if (ShortEqual(item, s)) return Value::Bool(true);
     }
     return Value::Bool(false);
   }
@@ -626,6 +608,258 @@ class PriorNode final : public Node {
   absl::Duration window_;
 };
 
+// A string field read without a virtual call (for the fused nodes below).
+struct StringField {
+  enum class Src : uint8_t { kDetection, kEvent, kInput };
+  Src src = Src::kInput;
+  std::string_view DetectionInput::*det = nullptr;
+  std::string_view EventInput::*ev = nullptr;
+  std::string_view Input::*in = nullptr;
+
+  // nullptr when the field (or its record) is absent.
+  const std::string_view* Get(const Input& input) const {
+    const std::string_view* p;
+    switch (src) {
+      case Src::kDetection:
+        if (input.detection == nullptr) return nullptr;
+        p = &(input.detection->*det);
+        break;
+      case Src::kEvent:
+        if (input.event == nullptr) return nullptr;
+        p = &(input.event->*ev);
+        break;
+      default:
+        p = &(input.*in);
+    }
+    return p->data() == nullptr ? nullptr : p;
+  }
+};
+
+std::optional<StringField> StringFieldOf(Field f) {
+  StringField s;
+  s.src = StringField::Src::kDetection;
+  switch (f) {
+    case Field::kDetectionId:
+      s.det = &DetectionInput::id;
+      return s;
+    case Field::kDetectionSource:
+      s.det = &DetectionInput::source;
+      return s;
+    case Field::kDetectionType:
+      s.det = &DetectionInput::type;
+      return s;
+    case Field::kDetectionObservedAt:
+      s.det = &DetectionInput::observed_at;
+      return s;
+    case Field::kDetectionEntity:
+      s.det = &DetectionInput::entity;
+      return s;
+    default:
+      break;
+  }
+  s.src = StringField::Src::kEvent;
+  switch (f) {
+    case Field::kEventType:
+      s.ev = &EventInput::type;
+      return s;
+    case Field::kEventAt:
+      s.ev = &EventInput::at;
+      return s;
+    case Field::kEventEntity:
+      s.ev = &EventInput::entity;
+      return s;
+    default:
+      break;
+  }
+  s.src = StringField::Src::kInput;
+  switch (f) {
+    case Field::kEntity:
+      s.in = &Input::entity;
+      return s;
+    case Field::kEntityType:
+      s.in = &Input::entity_type;
+      return s;
+    case Field::kEntityId:
+      s.in = &Input::entity_id;
+      return s;
+    default:
+      return std::nullopt;
+  }
+}
+
+// string field == "literal", fused.
+class FieldEqConstNode final : public Node {
+ public:
+  FieldEqConstNode(StringField field, std::string c, bool negate)
+      : field_(field), c_(std::move(c)), negate_(negate) {}
+  Value Eval(const Frame& f) const override {
+    const std::string_view* s = field_.Get(f.input);
+    if (s == nullptr) return Value::Error(EvalError::kMissing);
+    return Value::Bool(ShortEqual(*s, c_) != negate_);
+  }
+
+ private:
+  StringField field_;
+  std::string c_;
+  bool negate_;
+};
+
+// string field in ["literal", ...], fused.
+class FieldInStringsNode final : public Node {
+ public:
+  FieldInStringsNode(StringField field, std::vector<std::string> items)
+      : field_(field), items_(std::move(items)) {
+    if (items_.size() > 8) set_.insert(items_.begin(), items_.end());
+  }
+  Value Eval(const Frame& f) const override {
+    const std::string_view* s = field_.Get(f.input);
+    if (s == nullptr) return Value::Error(EvalError::kMissing);
+    if (!set_.empty()) return Value::Bool(set_.contains(*s));
+    for (const std::string& item : items_) {
+      if (ShortEqual(item, *s)) return Value::Bool(true);
+    }
+    return Value::Bool(false);
+  }
+
+ private:
+  StringField field_;
+  std::vector<std::string> items_;
+  absl::flat_hash_set<std::string_view> set_;
+};
+
+// detection.score <op> number, fused.
+class ScoreOrderNode final : public Node {
+ public:
+  ScoreOrderNode(Tok op, double c) : op_(op), c_(c) {}
+  Value Eval(const Frame& f) const override {
+    const DetectionInput* d = f.input.detection;
+    if (d == nullptr || !d->score.has_value()) return Value::Error(EvalError::kMissing);
+    double x = *d->score;
+    switch (op_) {
+      case Tok::kLt:
+        return Value::Bool(x < c_);
+      case Tok::kLe:
+        return Value::Bool(x <= c_);
+      case Tok::kGt:
+        return Value::Bool(x > c_);
+      default:
+        return Value::Bool(x >= c_);
+    }
+  }
+
+ private:
+  Tok op_;
+  double c_;
+};
+
+// x in [literal, ...] for non-string literal lists: no virtual call per element.
+class InConstValuesNode final : public Node {
+ public:
+  InConstValuesNode(NodePtr x, std::vector<Value> items)
+      : x_(std::move(x)), items_(std::move(items)) {}
+  Value Eval(const Frame& f) const override {
+    Value x = x_->Eval(f);
+    if (x.is_error()) return x;
+    for (const Value& item : items_) {
+      Value eq = Equal(x, item);
+      if (eq.kind() == ValueKind::kBool && eq.bool_value()) return eq;
+    }
+    return Value::Bool(false);
+  }
+
+ private:
+  NodePtr x_;
+  std::vector<Value> items_;  // no strings: they would need owned storage
+};
+
+// A flattened chain of && (or ||) with CEL's commutative semantics: the result is false
+// (true for ||) if any operand is, else the first error, else true (false). Because the
+// outcome does not depend on the order, the builder puts cheap operands first.
+template <bool kIsAnd>
+class LogicChainNode final : public Node {
+ public:
+  explicit LogicChainNode(std::vector<NodePtr> ops) : ops_(std::move(ops)) {}
+  Value Eval(const Frame& f) const override {
+    Value err = Value::Bool(kIsAnd);
+    for (const NodePtr& op : ops_) {
+      Value v = op->Eval(f);
+      if (v.kind() == ValueKind::kBool) {
+        if (v.bool_value() != kIsAnd) return v;
+      } else if (!err.is_error()) {
+        err = v.is_error() ? v : Value::Error(EvalError::kTypeMismatch);
+      }
+    }
+    return err;
+  }
+
+ private:
+  std::vector<NodePtr> ops_;
+};
+
+// Rough static cost of evaluating `e`, used only to order && / || operands.
+int Cost(const Expr& e) {
+  int c = 1;
+  for (const auto& a : e.args) c += Cost(*a);
+  switch (e.kind) {
+    case ExprKind::kSelect:
+    case ExprKind::kIndex:
+      if (e.field < 0) c += 4;  // map lookup
+      break;
+    case ExprKind::kCall:
+      if (e.name == "matches") c += 50;
+      if (e.name == "in_cidr") c += 15;
+      if (e.name == "count" || e.name == "distinct" || e.name == "in_list" || e.name == "active" ||
+          e.name == "prior") {
+        c += 30;
+      }
+      break;
+    case ExprKind::kMethod:
+      c += e.name == "matches" ? 50 : 4;
+      break;
+    default:
+      break;
+  }
+  return c;
+}
+
+// detection.evidence.KEY / event.attrs.KEY, fused: no virtual call for the map itself.
+class MapKeyNode final : public Node {
+ public:
+  MapKeyNode(bool evidence, std::string key) : evidence_(evidence), key_(std::move(key)) {}
+  Value Eval(const Frame& f) const override {
+    const MapView* m;
+    if (evidence_) {
+      if (f.input.detection == nullptr) return Value::Error(EvalError::kMissing);
+      m = &f.input.detection->evidence;
+    } else {
+      if (f.input.event == nullptr) return Value::Error(EvalError::kMissing);
+      m = &f.input.event->attrs;
+    }
+    const Value* v = m->Find(key_);
+    return v == nullptr ? Value::Error(EvalError::kMissing) : *v;
+  }
+
+ private:
+  bool evidence_;
+  std::string key_;
+};
+
+// has(x.KEY) with a literal key.
+class HasConstKeyNode final : public Node {
+ public:
+  HasConstKeyNode(NodePtr operand, std::string key)
+      : operand_(std::move(operand)), key_(std::move(key)) {}
+  Value Eval(const Frame& f) const override {
+    Value c = operand_->Eval(f);
+    if (c.kind() != ValueKind::kMap) return Value::Bool(false);
+    return Value::Bool(c.map_value()->Find(key_) != nullptr);
+  }
+
+ private:
+  NodePtr operand_;
+  std::string key_;
+};
+
 class Builder {
  public:
   explicit Builder(const Declarations& decls) : decls_(decls) {}
@@ -646,6 +880,11 @@ class Builder {
         return BuildField(Field::kEntity);
       case ExprKind::kSelect:
         if (e.field >= 0) return BuildField(static_cast<Field>(e.field));
+        if (int m = e.args[0]->field; m == static_cast<int>(Field::kDetectionEvidence) ||
+                                      m == static_cast<int>(Field::kEventAttrs)) {
+          return std::make_unique<MapKeyNode>(m == static_cast<int>(Field::kDetectionEvidence),
+                                              e.name);
+        }
         return std::make_unique<SelectKeyNode>(Build(*e.args[0]), e.name);
       case ExprKind::kIndex:
         return std::make_unique<IndexNode>(Build(*e.args[0]), Build(*e.args[1]));
@@ -714,12 +953,26 @@ class Builder {
     const Expr& r = *e.args[1];
     switch (e.op) {
       case Tok::kAnd:
-        return std::make_unique<LogicNode<true>>(Build(l), Build(r));
-      case Tok::kOr:
-        return std::make_unique<LogicNode<false>>(Build(l), Build(r));
+      case Tok::kOr: {
+        std::vector<const Expr*> operands;
+        Flatten(e, e.op, &operands);
+        std::stable_sort(operands.begin(), operands.end(),
+                         [](const Expr* a, const Expr* b) { return Cost(*a) < Cost(*b); });
+        std::vector<NodePtr> ops;
+        for (const Expr* x : operands) ops.push_back(Build(*x));
+        if (e.op == Tok::kAnd) return std::make_unique<LogicChainNode<true>>(std::move(ops));
+        return std::make_unique<LogicChainNode<false>>(std::move(ops));
+      }
       case Tok::kEq:
       case Tok::kNe: {
         bool negate = e.op == Tok::kNe;
+        const Expr* field = r.kind == ExprKind::kString ? &l : &r;
+        const Expr* lit = r.kind == ExprKind::kString ? &r : &l;
+        if (lit->kind == ExprKind::kString && field->field >= 0) {
+          if (auto sf = StringFieldOf(static_cast<Field>(field->field))) {
+            return std::make_unique<FieldEqConstNode>(*sf, lit->name, negate);
+          }
+        }
         if (r.kind == ExprKind::kString && l.kind != ExprKind::kString) {
           return std::make_unique<EqStringConstNode>(Build(l), r.name, negate);
         }
@@ -732,9 +985,13 @@ class Builder {
       case Tok::kLe:
       case Tok::kGt:
       case Tok::kGe:
-        if (IsNumericLiteral(r) && l.type == Type::kDouble) {
-          Value c = Value::Double(r.kind == ExprKind::kInt ? static_cast<double>(r.int_value)
-                                                           : r.double_value);
+        if (IsNumericLiteral(r) && l.field == static_cast<int>(Field::kDetectionScore)) {
+          return std::make_unique<ScoreOrderNode>(
+              e.op, r.kind == ExprKind::kInt ? static_cast<double>(r.int_value) : r.double_value);
+        }
+        if (IsNumericLiteral(r)) {
+          Value c =
+              r.kind == ExprKind::kInt ? Value::Int(r.int_value) : Value::Double(r.double_value);
           return std::make_unique<OrderConstNode>(e.op, Build(l), c);
         }
         return std::make_unique<OrderNode>(e.op, Build(l), Build(r));
@@ -742,6 +999,15 @@ class Builder {
         return BuildIn(e);
       default:
         return std::make_unique<ArithNode>(e.op, Build(l), Build(r));
+    }
+  }
+
+  static void Flatten(const Expr& e, Tok op, std::vector<const Expr*>* out) {
+    if (e.kind == ExprKind::kBinary && e.op == op) {
+      Flatten(*e.args[0], op, out);
+      Flatten(*e.args[1], op, out);
+    } else {
+      out->push_back(&e);
     }
   }
 
@@ -754,7 +1020,25 @@ class Builder {
     if (all_strings && !r.args.empty()) {
       std::vector<std::string> items;
       for (const auto& a : r.args) items.push_back(a->name);
+      if (l.field >= 0) {
+        if (auto sf = StringFieldOf(static_cast<Field>(l.field))) {
+          return std::make_unique<FieldInStringsNode>(*sf, std::move(items));
+        }
+      }
       return std::make_unique<InStringsNode>(Build(l), std::move(items));
+    }
+    bool all_scalar_literals = std::all_of(r.args.begin(), r.args.end(), [](const auto& a) {
+      return a->kind == ExprKind::kInt || a->kind == ExprKind::kDouble ||
+             a->kind == ExprKind::kBool;
+    });
+    if (all_scalar_literals) {
+      std::vector<Value> items;
+      for (const auto& a : r.args) {
+        items.push_back(a->kind == ExprKind::kInt      ? Value::Int(a->int_value)
+                        : a->kind == ExprKind::kDouble ? Value::Double(a->double_value)
+                                                       : Value::Bool(a->bool_value));
+      }
+      return std::make_unique<InConstValuesNode>(Build(l), std::move(items));
     }
     std::vector<NodePtr> elems;
     for (const auto& a : r.args) elems.push_back(Build(*a));
@@ -765,9 +1049,10 @@ class Builder {
     if (a.kind == ExprKind::kSelect && a.field >= 0) {
       return std::make_unique<HasFieldNode>(static_cast<Field>(a.field));
     }
-    NodePtr key =
-        a.kind == ExprKind::kSelect ? std::make_unique<ConstNode>(a.name) : Build(*a.args[1]);
-    return std::make_unique<HasKeyNode>(Build(*a.args[0]), std::move(key));
+    if (a.kind == ExprKind::kSelect) {
+      return std::make_unique<HasConstKeyNode>(Build(*a.args[0]), a.name);
+    }
+    return std::make_unique<HasKeyNode>(Build(*a.args[0]), Build(*a.args[1]));
   }
 
   NodePtr BuildSize(const Expr& a) {
