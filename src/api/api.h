@@ -25,11 +25,6 @@ class Registry;
 
 namespace quell::api {
 
-namespace internal {
-class WorkerPool;
-class ChangeWaiters;
-}  // namespace internal
-
 struct ApiOptions {
   int worker_threads = 4;          // storage reads off the event loops
   int max_check_entities = 100;    // entities in one check
@@ -56,13 +51,12 @@ class Api final : public http::Handler {
 
   void Handle(http::Request request, http::Responder respond) override;
 
-  //! Readiness: false while draining for shutdown.
-  void set_ready(bool ready) { ready_.store(ready); }
+  //! Readiness: false while draining for shutdown (/readyz answers 503).
+  void set_ready(bool ready);
 
  private:
   class Impl;
   std::unique_ptr<Impl> impl_;
-  std::atomic<bool> ready_{true};
 };
 
 }  // namespace quell::api

@@ -14,6 +14,7 @@
 #include "api/api.h"
 #include "api/http/http_server.h"
 #include "api/index_applier.h"
+#include "api/server_metrics.h"
 #include "auth/keys.h"
 #include "cli/config.h"
 #include "cli/flags.h"
@@ -23,6 +24,7 @@
 #include "ledger/audit.h"
 #include "ledger/ledger.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "obs/metrics.h"
 #include "workflow/expiry.h"
 
 namespace quell::cli {
@@ -140,12 +142,17 @@ int Serve(const Flags& flags) {
     }
   }
 
+  obs::Registry metrics;
+  auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index);
+  if (!metric_handles.ok()) return Failure(metric_handles.status());
+
   api::ApiDeps deps;
   deps.ledger = ledger->get();
   deps.index = &index;
   deps.keys = keys->get();
   deps.clock = clock;
   deps.catalog = config->catalog;
+  deps.metrics = &metrics;
   auto api = std::make_unique<api::Api>(deps, api::ApiOptions{});
 
   http::ServerOptions so;
@@ -187,7 +194,8 @@ int Serve(const Flags& flags) {
   refresher.join();
   server->reset();
   api.reset();
-  ledger->reset();  // drains the commit queue
+  ledger->reset();
+  metric_handles->clear();  // drains the commit queue
   std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"stopped\"}\n");
   return kOk;
 }

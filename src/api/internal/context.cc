@@ -1,0 +1,292 @@
+#include "api/internal/context.h"
+
+#include <openssl/sha.h>
+
+#include <array>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "obs/metrics.h"
+
+namespace quell::api::internal {
+
+// Request metrics of one route: a counter per status code (created on first use, then
+// lock-free) and a latency histogram.
+struct RouteMetrics {
+  obs::CounterFamily* requests = nullptr;  // null: metrics off
+  obs::Histogram* latency = nullptr;
+  std::string route, method;
+  std::array<std::atomic<obs::Counter*>, 600> by_status{};
+
+  void Record(int status, absl::Duration elapsed) {
+    if (requests == nullptr) return;
+    if (status < 100 || status >= 600) status = 500;
+    obs::Counter* c = by_status[status].load(std::memory_order_acquire);
+    if (c == nullptr) {
+      std::string code = std::to_string(status);
+      c = requests->WithLabels({std::string_view(route), std::string_view(method), std::string_view(code)});
+      by_status[status].store(c, std::memory_order_release);
+    }
+    c->Increment();
+    latency->Observe(absl::ToDoubleSeconds(elapsed));
+  }
+};
+
+Call::Call(http::Request r, http::Responder respond, RouteMetrics* metrics)
+    : req(std::move(r)), respond_(std::move(respond)), metrics_(metrics), start_(absl::Now()) {}
+
+void Call::Reply(http::Response response) {
+  if (!respond_) return;
+  if (metrics_ != nullptr) metrics_->Record(response.status, absl::Now() - start_);
+  std::move(respond_)(std::move(response));
+}
+
+void Call::Send(int status, std::string body) {
+  http::Response r;
+  r.status = status;
+  r.body = std::move(body);
+  Reply(std::move(r));
+}
+
+void Call::Fail(const ApiError& error) { Reply(ToResponse(error)); }
+
+Context::Context(ApiDeps d, ApiOptions o)
+    : deps(std::move(d)),
+      options(std::move(o)),
+      pool(options.worker_threads),
+      waiters(deps.ledger->last_seq()) {
+  deps.ledger->AddListener(&waiters);
+}
+
+void Context::OffLoop(Call call, absl::AnyInvocable<void(Call&)> task) {
+  auto shared = std::make_shared<std::pair<Call, absl::AnyInvocable<void(Call&)>>>(
+      std::move(call), std::move(task));
+  if (!pool.Post([shared] { shared->second(shared->first); })) {
+    shared->first.Fail(ApiError::Unavailable("server busy, retry shortly"));
+  }
+}
+
+std::optional<ApiError> Context::ReadIdempotency(const Call& call,
+                                                 std::optional<Idempotency>* out) const {
+  std::string_view key = call.req.Header("idempotency-key");
+  if (key.empty()) return std::nullopt;
+  if (key.size() > 255) return ApiError::Field("header.Idempotency-Key", "must be at most 255 bytes");
+  *out = Idempotency{absl::StrCat(call.who.key_id, " ", call.req.method, " ", call.req.path),
+                     std::string(key), Sha256Hex(call.req.body)};
+  return std::nullopt;
+}
+
+ledger::Mutation Context::WithIdempotency(std::optional<Idempotency> idem, ledger::Mutation inner,
+                                          absl::AnyInvocable<std::pair<int, std::string>()> render,
+                                          std::shared_ptr<WriteOutcome> out) {
+  return [idem = std::move(idem), inner = std::move(inner), render = std::move(render),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+    if (idem) {
+      QUELL_ASSIGN_OR_RETURN(auto rec, txn.GetIdempotency(idem->scope, idem->key));
+      if (rec) {
+        if (rec->request_hash != idem->request_hash) {
+          out->mismatch = true;
+        } else {
+          out->replayed = true;
+          out->status = rec->status;
+          out->body = std::move(rec->response);
+        }
+        return absl::OkStatus();
+      }
+    }
+    QUELL_RETURN_IF_ERROR(inner(txn, now));
+    std::tie(out->status, out->body) = render();
+    if (idem) {
+      ledger::IdempotencyRecord rec{idem->scope, idem->key, idem->request_hash,
+                                    out->status, out->body, now};
+      QUELL_RETURN_IF_ERROR(txn.PutIdempotency(rec));
+    }
+    return absl::OkStatus();
+  };
+}
+
+void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call) {
+  auto shared = std::make_shared<Call>(std::move(call));
+  deps.ledger->Submit(std::move(mutation), [out, shared](absl::Status status,
+                                                         std::vector<ledger::Change>) {
+    if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
+    if (out->mismatch) return shared->Fail(ApiError::IdempotencyMismatch());
+    http::Response r;
+    r.status = out->status;
+    r.body = std::move(out->body);
+    if (out->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
+    shared->Reply(std::move(r));
+  });
+}
+
+// ---- router ----
+
+struct Router::Route {
+  std::string method;
+  std::vector<std::string> segments;  // "{x}" and "{x*}" are parameters
+  Access access;
+  Fn fn;
+  RouteMetrics metrics;
+};
+
+namespace {
+
+std::vector<std::string_view> SplitPath(std::string_view path) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '/') {
+      ++i;
+      continue;
+    }
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    out.push_back(path.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+// Matches `path` against `segments`; fills params. A trailing {x*} takes the rest
+// (raw, slashes included).
+bool Match(const std::vector<std::string>& segments, std::string_view path,
+           std::vector<std::string>* params) {
+  params->clear();
+  size_t pos = 0;
+  for (size_t k = 0; k < segments.size(); ++k) {
+    const std::string& seg = segments[k];
+    if (pos >= path.size() || path[pos] != '/') return false;
+    ++pos;
+    bool is_param = seg.size() > 2 && seg.front() == '{' && seg.back() == '}';
+    if (is_param && seg[seg.size() - 2] == '*') {
+      if (pos >= path.size()) return false;
+      params->emplace_back(path.substr(pos));
+      return true;
+    }
+    size_t end = path.find('/', pos);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view part = path.substr(pos, end - pos);
+    if (is_param) {
+      if (part.empty()) return false;
+      params->emplace_back(part);
+    } else if (part != seg) {
+      return false;
+    }
+    pos = end;
+  }
+  return pos == path.size();
+}
+
+}  // namespace
+
+Router::Router(Context* context) : context_(context) {}
+Router::~Router() = default;
+
+void Router::Add(std::string_view method, std::string_view pattern, Access access, Fn fn) {
+  auto r = std::make_unique<Route>();
+  r->method = std::string(method);
+  for (std::string_view s : SplitPath(pattern)) r->segments.emplace_back(s);
+  r->access = access;
+  r->fn = std::move(fn);
+  r->metrics.route = std::string(pattern);
+  r->metrics.method = r->method;
+  if (obs::Registry* reg = context_->deps.metrics) {
+    auto fam = reg->AddCounterFamily("quell_http_requests_total",
+                                     "HTTP requests answered, by route pattern, method and status.",
+                                     {"route", "method", "code"});
+    auto lat = reg->AddHistogramFamily("quell_http_request_duration_seconds",
+                                       "Time from routing a request to its reply, by route pattern.",
+                                       {"route", "method"}, obs::DefaultLatencyBuckets());
+    if (fam.ok() && lat.ok()) {
+      r->metrics.requests = *fam;
+      r->metrics.latency = (*lat)->WithLabels({std::string_view(r->metrics.route),
+                                               std::string_view(r->metrics.method)});
+    }
+  }
+  routes_.push_back(std::move(r));
+}
+
+void Router::Dispatch(http::Request req, http::Responder respond) {
+  std::vector<std::string> params;
+  Route* found = nullptr;
+  bool path_known = false;
+  for (auto& r : routes_) {
+    if (!Match(r->segments, req.path, &params)) continue;
+    path_known = true;
+    if (r->method == req.method || (r->method == "GET" && req.method == "HEAD")) {
+      found = r.get();
+      break;
+    }
+  }
+  if (found == nullptr) {
+    Call call(std::move(req), std::move(respond), nullptr);
+    if (path_known) {
+      return call.Fail(ApiError{405, "method_not_allowed",
+                                absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}});
+    }
+    return call.Fail(ApiError::NotFound(absl::StrCat("no route ", call.req.path)));
+  }
+  Call call(std::move(req), std::move(respond), &found->metrics);
+  call.params = std::move(params);
+  switch (found->access.kind) {
+    case Access::Kind::kPublic:
+      break;
+    case Access::Kind::kBearer:
+    case Access::Kind::kCrowdSecKey: {
+      std::string_view credential = found->access.kind == Access::Kind::kBearer
+                                        ? call.req.Header("authorization")
+                                        : call.req.Header("x-api-key");
+      auto who = context_->deps.keys->Authenticate(credential);
+      if (!who.ok()) return call.Fail(ApiError::Unauthenticated());
+      call.who = *std::move(who);
+      if (!auth::Allows(call.who.role, found->access.permission)) {
+        return call.Fail(ApiError::Forbidden(
+            absl::StrCat("a ", AV(auth::RoleName(call.who.role)), " key may not do this")));
+      }
+      break;
+    }
+  }
+  found->fn(std::move(call));
+}
+
+// ---- helpers ----
+
+bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+std::string Sha256Hex(std::string_view s) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(64, '\0');
+  for (int i = 0; i < 32; ++i) {
+    out[2 * i] = kHex[d[i] >> 4];
+    out[2 * i + 1] = kHex[d[i] & 15];
+  }
+  return out;
+}
+
+std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name, int64_t lo,
+                                 int64_t hi, int64_t* out) {
+  auto v = req.QueryParam(name);
+  if (!v) return std::nullopt;
+  int64_t n;
+  if (!absl::SimpleAtoi(AV(*v), &n) || n < lo || n > hi) {
+    return ApiError::Field(absl::StrCat("query.", AV(name)), absl::StrCat("must be an integer in ", lo, "..", hi));
+  }
+  *out = n;
+  return std::nullopt;
+}
+
+std::optional<ApiError> OnlyParams(const http::Request& req,
+                                   std::initializer_list<std::string_view> allowed) {
+  for (const auto& [k, v] : req.query) {
+    bool ok = false;
+    for (std::string_view a : allowed) ok = ok || a == k;
+    if (!ok) return ApiError::Field(absl::StrCat("query.", k), "unknown parameter");
+  }
+  return std::nullopt;
+}
+
+}  // namespace quell::api::internal

@@ -1,0 +1,140 @@
+// What every route group shares: the request in flight (Call), the server-wide context
+// (dependencies, worker pool, long-poll waiters, metrics) and the route table.
+//
+// Thread-safety: Context is thread-safe after construction. A Call is confined to one
+// thread at a time (it moves from the IO thread to the worker pool or the commit
+// thread); replying completes it.
+#ifndef QUELL_API_INTERNAL_CONTEXT_H_
+#define QUELL_API_INTERNAL_CONTEXT_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
+#include "api/api.h"
+#include "api/errors.h"
+#include "api/internal/change_waiters.h"
+#include "api/internal/worker_pool.h"
+#include "auth/keys.h"
+#include "ledger/ledger.h"
+
+namespace quell::obs {
+class Counter;
+class Histogram;
+}  // namespace quell::obs
+
+namespace quell::api::internal {
+
+struct RouteMetrics;
+
+// One authenticated request and the means to answer it, exactly once.
+class Call {
+ public:
+  Call(http::Request req, http::Responder respond, RouteMetrics* metrics);
+  Call(Call&&) = default;
+  Call& operator=(Call&&) = default;
+
+  http::Request req;
+  auth::Principal who;
+  std::vector<std::string> params;  // path parameters, in pattern order
+
+  void Reply(http::Response response);
+  void Send(int status, std::string body);
+  void Fail(const ApiError& error);
+  bool replied() const { return !respond_; }
+
+ private:
+  http::Responder respond_;
+  RouteMetrics* metrics_;  // null for unrouted requests
+  absl::Time start_;
+};
+
+class Context {
+ public:
+  Context(ApiDeps deps, ApiOptions options);
+
+  ApiDeps deps;
+  ApiOptions options;
+  std::atomic<bool> ready{true};
+  WorkerPool pool;
+  ChangeWaiters waiters;
+
+  //! Runs `task` on the worker pool (for anything that may wait on storage), or answers
+  //! 503 + Retry-After when the pool is saturated.
+  void OffLoop(Call call, absl::AnyInvocable<void(Call&)> task);
+
+  // Idempotency-Key protocol for create routes.
+  struct Idempotency {
+    std::string scope, key, request_hash;
+  };
+  struct WriteOutcome {
+    bool mismatch = false;
+    bool replayed = false;
+    int status = 0;
+    std::string body;
+  };
+  //! Reads the Idempotency-Key header (absent: *out stays empty). Errors: a key > 255 bytes.
+  std::optional<ApiError> ReadIdempotency(const Call& call, std::optional<Idempotency>* out) const;
+  //! Wraps `inner`: a replay returns the stored reply and writes nothing; the same key
+  //! with another body is refused (422). The record is written in the same transaction
+  //! as the mutation, so it exists iff the write does. `render` gives (status, body).
+  static ledger::Mutation WithIdempotency(std::optional<Idempotency> idem, ledger::Mutation inner,
+                                          absl::AnyInvocable<std::pair<int, std::string>()> render,
+                                          std::shared_ptr<WriteOutcome> out);
+  //! Submits to the ledger and answers the call from the outcome once durable.
+  void SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call);
+};
+
+// Who may call a route.
+struct Access {
+  enum class Kind { kPublic, kBearer, kCrowdSecKey };
+  Kind kind = Kind::kBearer;
+  auth::Permission permission = auth::Permission::kRead;
+  static Access Public() { return {Kind::kPublic, auth::Permission::kRead}; }
+  static Access Bearer(auth::Permission p) { return {Kind::kBearer, p}; }
+};
+
+// The route table. Patterns are literal segments, `{name}` (one segment) and a final
+// `{name*}` (the rest of the path, slashes included: entities such as cidr:10.0.0.0/8).
+class Router {
+ public:
+  using Fn = std::function<void(Call&&)>;
+  explicit Router(Context* context);
+  ~Router();
+
+  //! Registers a route; call before serving. The pattern is also the metrics label.
+  void Add(std::string_view method, std::string_view pattern, Access access, Fn fn);
+  //! Finds, authenticates and runs the route; 401/403/404/405 otherwise.
+  void Dispatch(http::Request req, http::Responder respond);
+
+ private:
+  struct Route;
+  Context* context_;
+  std::vector<std::unique_ptr<Route>> routes_;
+  RouteMetrics* unrouted_metrics_ = nullptr;
+};
+
+// Route groups (one file each).
+void AddHealthRoutes(Router& router, Context& ctx);
+void AddMitigationRoutes(Router& router, Context& ctx);
+void AddFeedRoutes(Router& router, Context& ctx);
+void AddKeyRoutes(Router& router, Context& ctx);
+
+// Shared helpers for route code.
+bool StartsWith(std::string_view s, std::string_view prefix);
+std::string Sha256Hex(std::string_view s);
+//! Parses an optional integer query parameter within [lo, hi].
+std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name, int64_t lo,
+                                 int64_t hi, int64_t* out);
+//! Fails on any query parameter not in `allowed`.
+std::optional<ApiError> OnlyParams(const http::Request& req,
+                                   std::initializer_list<std::string_view> allowed);
+
+}  // namespace quell::api::internal
+
+#endif  // QUELL_API_INTERNAL_CONTEXT_H_

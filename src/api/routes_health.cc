@@ -1,0 +1,34 @@
+// /healthz, /readyz, /metrics: no key needed (SPEC "Auth").
+#include "absl/strings/str_cat.h"
+#include "api/internal/context.h"
+#include "obs/metrics.h"
+
+namespace quell::api::internal {
+
+void AddHealthRoutes(Router& router, Context& ctx) {
+  router.Add("GET", "/healthz", Access::Public(),
+             [](Call&& call) { call.Send(200, "{\"status\":\"ok\"}"); });
+
+  // Ready: the store answers, the index is loaded (it is before the server starts), and
+  // we are not draining for shutdown.
+  router.Add("GET", "/readyz", Access::Public(), [&ctx](Call&& call) {
+    ctx.OffLoop(std::move(call), [&ctx](Call& call) {
+      auto seq = ctx.deps.ledger->store().LastSeq();
+      if (!ctx.ready.load()) return call.Fail(ApiError::Unavailable("shutting down"));
+      if (!seq.ok()) {
+        return call.Fail(ApiError::Unavailable(absl::StrCat("store unreachable: ", seq.status().message())));
+      }
+      call.Send(200, absl::StrCat("{\"status\":\"ready\",\"seq\":", *seq, ",\"index_seq\":",
+                                  ctx.deps.index->seq(), ",\"index_size\":", ctx.deps.index->size(), "}"));
+    });
+  });
+
+  router.Add("GET", "/metrics", Access::Public(), [&ctx](Call&& call) {
+    http::Response r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    if (ctx.deps.metrics != nullptr) r.body = ctx.deps.metrics->Render();
+    call.Reply(std::move(r));
+  });
+}
+
+}  // namespace quell::api::internal

@@ -1,0 +1,285 @@
+// check, mitigations (list, get, create manual, revoke) and the entity view.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "api/internal/context.h"
+#include "api/json_reader.h"
+#include "core/entity.h"
+#include "core/mitigation.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "index/index.h"
+#include "workflow/mitigations.h"
+
+namespace quell::api::internal {
+namespace {
+
+using core::Entity;
+using core::Mitigation;
+
+std::string Message(const absl::Status& s) { return std::string(SV(s.message())); }
+
+// Appends the check form of a hit: {"id","entity","action","verdict","expires_at"}.
+void AppendHit(const index::Index& index, const core::ActionCatalog& catalog, const Entity& asked,
+               const index::Hit& h, std::string* out, core::Verdict* verdict) {
+  std::string_view action = index.ActionName(h.action);
+  const core::Action* a = catalog.Find(action);
+  core::Verdict v = a ? a->verdict : core::Verdict::kAllow;
+  *verdict = std::max(*verdict, v);
+  if (out->back() != '[') out->push_back(',');
+  out->append("{\"id\":\"");
+  out->append(index::DecodeId(h.id));
+  out->append("\",\"entity\":");
+  if (h.cidr_prefix >= 0) {
+    auto ip = core::ParseIp(asked.id());
+    core::Network net{core::MaskIp(*ip, h.cidr_prefix), h.cidr_prefix};
+    core::AppendJsonString(absl::StrCat("cidr:", core::FormatNetwork(net)), out);
+  } else {
+    core::AppendJsonString(asked.str(), out);
+  }
+  out->append(",\"action\":");
+  core::AppendJsonString(action, out);
+  out->append(",\"verdict\":\"");
+  out->append(core::VerdictName(v));
+  out->append("\",\"expires_at\":\"");
+  out->append(core::FormatRfc3339(core::FromMicros(h.expires_us)));
+  out->append("\"}");
+}
+
+void Check(Context& ctx, Call&& call) {
+  std::vector<std::string> texts;
+  std::string surface;
+  const int max = ctx.options.max_check_entities;
+  if (call.req.method != "POST") {
+    for (const auto& [k, v] : call.req.query) {
+      if (k == "entity") {
+        texts.push_back(v);
+      } else if (k == "surface") {
+        surface = v;
+      } else {
+        return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
+      }
+    }
+  } else {
+    rapidjson::Document doc;
+    if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+    std::vector<FieldError> errors;
+    ObjectReader r(doc, "", &errors);
+    auto list = r.Strings("entities", true, max);
+    auto s = r.String("surface", false, 64);
+    r.RejectUnknown();
+    if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid check", std::move(errors)));
+    texts = std::move(*list);
+    surface = s.value_or("");
+  }
+  if (texts.empty()) return call.Fail(ApiError::Field("entity", "at least one entity is required"));
+  if (static_cast<int>(texts.size()) > max) {
+    return call.Fail(ApiError::Field("entity", absl::StrCat("at most ", max, " entities per check")));
+  }
+  absl::Time now = ctx.deps.clock->Now();
+  int64_t seq = ctx.deps.index->seq();
+  const core::ActionCatalog& catalog = *ctx.deps.catalog;
+  core::Verdict verdict = core::Verdict::kAllow;
+  std::string items = "[";
+  index::Hits hits;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto entity = Entity::Parse(texts[i]);
+    if (!entity.ok()) {
+      std::string field = call.req.method == "POST" ? absl::StrCat("entities[", i, "]") : "entity";
+      return call.Fail(ApiError::Field(field, Message(entity.status())));
+    }
+    hits.clear();
+    ctx.deps.index->Lookup(*entity, now, &hits);
+    for (const index::Hit& h : hits) {
+      const core::Action* a = catalog.Find(ctx.deps.index->ActionName(h.action));
+      if (a != nullptr && !a->AppliesTo(surface)) continue;
+      AppendHit(*ctx.deps.index, catalog, *entity, h, &items, &verdict);
+    }
+  }
+  call.Send(200, absl::StrCat("{\"verdict\":\"", AV(core::VerdictName(verdict)), "\",\"mitigations\":",
+                              items, "],\"seq\":", seq, "}"));
+}
+
+void ListMitigations(Context& ctx, Call&& call) {
+  ledger::MitigationQuery q;
+  for (const auto& [k, v] : call.req.query) {
+    if (k == "entity") {
+      auto e = Entity::Parse(v);
+      if (!e.ok()) return call.Fail(ApiError::Field("query.entity", Message(e.status())));
+      q.entity = *std::move(e);
+    } else if (k == "state") {
+      q.state = core::ParseState(v);
+      if (!q.state) return call.Fail(ApiError::Field("query.state", "unknown state"));
+    } else if (k == "action") {
+      q.action = v;
+    } else if (k == "policy") {
+      q.policy = v;
+    } else if (k == "source") {
+      q.source = v;
+    } else if (k == "cursor") {
+      q.cursor = v;
+    } else if (k != "limit") {
+      return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
+    }
+  }
+  int64_t limit = 100;
+  if (auto e = QueryInt(call.req, "limit", 1, ctx.options.max_page, &limit)) return call.Fail(*e);
+  q.limit = static_cast<int>(limit);
+  ctx.OffLoop(std::move(call), [&ctx, q = std::move(q)](Call& call) {
+    auto page = ctx.deps.ledger->store().ListMitigations(q);
+    if (!page.ok()) return call.Fail(ApiError::FromStatus(page.status()));
+    std::string body = "{\"mitigations\":[";
+    for (size_t i = 0; i < page->mitigations.size(); ++i) {
+      if (i) body += ',';
+      core::AppendMitigationJson(page->mitigations[i], &body);
+    }
+    body += "],\"next_cursor\":";
+    core::AppendJsonString(page->next_cursor, &body);
+    body += '}';
+    call.Send(200, std::move(body));
+  });
+}
+
+void GetMitigation(Context& ctx, Call&& call) {
+  ctx.OffLoop(std::move(call), [&ctx](Call& call) {
+    const std::string& id = call.params[0];
+    auto m = ctx.deps.ledger->store().GetMitigation(id);
+    if (!m.ok()) return call.Fail(ApiError::FromStatus(m.status()));
+    if (!m->has_value()) return call.Fail(ApiError::NotFound(absl::StrCat("no mitigation ", id)));
+    call.Send(200, core::MitigationToJson(**m));
+  });
+}
+
+void CreateMitigation(Context& ctx, Call&& call) {
+  rapidjson::Document doc;
+  if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+  std::vector<FieldError> errors;
+  ObjectReader r(doc, "", &errors);
+  auto entity_text = r.String("entity", true, 300);
+  auto action = r.String("action", true, 64);
+  auto ttl_text = r.String("ttl", false, 40);
+  auto reason = r.String("reason", true, 2000);
+  r.RejectUnknown();
+  workflow::CreateRequest cr;
+  if (entity_text) {
+    auto e = Entity::Parse(*entity_text);
+    if (e.ok()) {
+      cr.entity = *std::move(e);
+    } else {
+      errors.push_back({"entity", Message(e.status())});
+    }
+  }
+  if (action && ctx.deps.catalog->Find(*action) == nullptr) {
+    std::string known;
+    for (const auto& a : ctx.deps.catalog->actions()) absl::StrAppend(&known, known.empty() ? "" : ", ", a.name);
+    errors.push_back({"action", absl::StrCat("unknown action \"", *action, "\"; known: ", known)});
+  }
+  if (ttl_text) {
+    auto d = core::ParseDuration(*ttl_text);
+    if (d.ok()) {
+      cr.ttl = *d;
+    } else {
+      errors.push_back({"ttl", Message(d.status())});
+    }
+  }
+  if (reason && reason->empty()) errors.push_back({"reason", "must not be empty"});
+  if (!errors.empty()) {
+    std::string summary = absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
+    return call.Fail(ApiError::InvalidArgument(std::move(summary), std::move(errors)));
+  }
+  std::optional<Context::Idempotency> idem;
+  if (auto e = ctx.ReadIdempotency(call, &idem)) return call.Fail(*e);
+  cr.action = *action;
+  cr.reason = *reason;
+  cr.source = "manual";
+  cr.actor = call.who.key_id;
+  auto result = std::make_shared<workflow::CreateResult>();
+  auto out = std::make_shared<Context::WriteOutcome>();
+  auto inner = workflow::CreateMitigation(std::move(cr), ctx.deps.catalog, result);
+  auto render = [result] {
+    return std::make_pair(result->created ? 201 : 200, core::MitigationToJson(result->mitigation));
+  };
+  ctx.SubmitWrite(Context::WithIdempotency(std::move(idem), std::move(inner), std::move(render), out),
+                  out, std::move(call));
+}
+
+void Revoke(Context& ctx, Call&& call) {
+  std::string reason;
+  if (!call.req.body.empty()) {
+    rapidjson::Document doc;
+    if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+    std::vector<FieldError> errors;
+    ObjectReader r(doc, "", &errors);
+    reason = r.String("reason", false, 2000).value_or("");
+    r.RejectUnknown();
+    if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid revoke", std::move(errors)));
+  }
+  if (reason.empty()) reason = "revoked";
+  auto m = std::make_shared<Mitigation>();
+  auto out = std::make_shared<Context::WriteOutcome>();
+  auto inner = workflow::RevokeMitigation(call.params[0], std::move(reason), call.who.key_id, m);
+  auto render = [m] { return std::make_pair(200, core::MitigationToJson(*m)); };
+  ctx.SubmitWrite(Context::WithIdempotency(std::nullopt, std::move(inner), std::move(render), out), out,
+                  std::move(call));
+}
+
+// The answer to "why is this entity mitigated?": verdict, what applies now (including
+// covering networks), every mitigation of it, and its timeline of ledger changes.
+void EntityView(Context& ctx, Call&& call) {
+  auto entity = Entity::Parse(call.params[0]);
+  if (!entity.ok()) return call.Fail(ApiError::Field("path.entity", Message(entity.status())));
+  ctx.OffLoop(std::move(call), [&ctx, entity = *std::move(entity)](Call& call) {
+    ledger::Store& store = ctx.deps.ledger->store();
+    ledger::MitigationQuery q;
+    q.entity = entity;
+    q.limit = ctx.options.max_page;
+    auto page = store.ListMitigations(q);
+    if (!page.ok()) return call.Fail(ApiError::FromStatus(page.status()));
+    auto changes = store.ReadEntityChanges(entity, ctx.options.max_page);
+    if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
+
+    index::Hits hits;
+    ctx.deps.index->Lookup(entity, ctx.deps.clock->Now(), &hits);
+    core::Verdict verdict = core::Verdict::kAllow;
+    std::string active = "[";
+    for (const index::Hit& h : hits) AppendHit(*ctx.deps.index, *ctx.deps.catalog, entity, h, &active, &verdict);
+    std::string body = "{\"entity\":";
+    core::AppendJsonString(entity.str(), &body);
+    absl::StrAppend(&body, ",\"verdict\":\"", AV(core::VerdictName(verdict)), "\",\"active\":", active,
+                    "],\"mitigations\":[");
+    for (size_t i = 0; i < page->mitigations.size(); ++i) {
+      if (i) body += ',';
+      core::AppendMitigationJson(page->mitigations[i], &body);
+    }
+    body += "],\"timeline\":[";
+    for (size_t i = 0; i < changes->size(); ++i) {
+      const ledger::Change& c = (*changes)[i];
+      if (i) body += ',';
+      absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at), "\",\"kind\":\"",
+                      AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
+      core::AppendJsonString(c.actor, &body);
+      absl::StrAppend(&body, ",\"", c.kind == ledger::ChangeKind::kMitigation ? "mitigation" : "payload",
+                      "\":", c.payload, "}");
+    }
+    body += "],\"lists\":[]}";
+    call.Send(200, std::move(body));
+  });
+}
+
+}  // namespace
+
+void AddMitigationRoutes(Router& router, Context& ctx) {
+  using auth::Permission;
+  auto bind = [&ctx](void (*fn)(Context&, Call&&)) {
+    return [&ctx, fn](Call&& call) { fn(ctx, std::move(call)); };
+  };
+  router.Add("GET", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
+  router.Add("POST", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
+  router.Add("GET", "/v1/mitigations", Access::Bearer(Permission::kRead), bind(ListMitigations));
+  router.Add("POST", "/v1/mitigations", Access::Bearer(Permission::kMitigate), bind(CreateMitigation));
+  router.Add("GET", "/v1/mitigations/{id}", Access::Bearer(Permission::kRead), bind(GetMitigation));
+  router.Add("POST", "/v1/mitigations/{id}/revoke", Access::Bearer(Permission::kMitigate), bind(Revoke));
+  router.Add("GET", "/v1/entities/{entity*}", Access::Bearer(Permission::kRead), bind(EntityView));
+}
+
+}  // namespace quell::api::internal
