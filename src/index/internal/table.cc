@@ -1,14 +1,14 @@
 #include "index/internal/table.h"
 
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "absl/hash/hash.h"
+#include "absl/time/clock.h"
 #include "core/status.h"
-#include "core/strings.h"
 
 namespace quell::index::internal {
 namespace {
@@ -36,7 +36,51 @@ inline void CpuRelax() {
 #endif
 }
 
-inline uint64_t HashKey(std::string_view key) { return absl::Hash<absl::string_view>{}(AV(key)); }
+// The key hash: a multiply-fold mixer over 16-byte chunks with per-process random seeds (so
+// that colliding keys cannot be prepared in advance). Inline: it is a good part of a lookup.
+struct HashSeeds {
+  uint64_t a, b, c;
+};
+
+const HashSeeds& Seeds() {
+  static const HashSeeds seeds = [] {
+    uint64_t v[3] = {0x243f6a8885a308d3, 0x13198a2e03707344, 0xa4093822299f31d0};
+    uint64_t r[3];
+    if (getrandom(r, sizeof(r), 0) == static_cast<ssize_t>(sizeof(r))) {
+      for (int i = 0; i < 3; ++i) v[i] ^= r[i];
+    } else {
+      v[0] ^= static_cast<uint64_t>(absl::GetCurrentTimeNanos());
+    }
+    return HashSeeds{v[0], v[1], v[2]};
+  }();
+  return seeds;
+}
+
+inline uint64_t Mix(uint64_t a, uint64_t b) {
+  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+inline uint64_t HashKey(std::string_view key) {
+  const HashSeeds& s = Seeds();
+  const char* p = key.data();
+  size_t n = key.size();
+  uint64_t h = s.a ^ (n * 0x9e3779b97f4a7c15);
+  while (n >= 16) {
+    uint64_t x, y;
+    std::memcpy(&x, p, 8);
+    std::memcpy(&y, p + 8, 8);
+    h = Mix(x ^ s.b ^ h, y ^ s.c);
+    p += 16;
+    n -= 16;
+  }
+  uint64_t tail[2] = {0, 0};
+  for (size_t i = 0; i < n; ++i) {
+    tail[i / 8] |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * (i % 8));
+  }
+  h = Mix(tail[0] ^ s.b ^ h, tail[1] ^ s.c);
+  return Mix(h ^ s.a, 0xbf58476d1ce4e5b9);
+}
 
 inline size_t KeyWords(size_t len) { return (len + 7) / 8; }
 inline size_t EntryWords(size_t key_len, size_t capacity) {
