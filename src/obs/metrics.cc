@@ -183,6 +183,7 @@ Histogram::Snapshot Histogram::Collect() const {
 
 std::vector<double> ExponentialBuckets(double start, double factor, int count) {
   std::vector<double> out;
+  out.reserve(count > 0 ? static_cast<std::size_t>(count) : 0);
   double v = start;
   for (int i = 0; i < count; ++i, v *= factor) out.push_back(v);
   return out;
@@ -190,6 +191,7 @@ std::vector<double> ExponentialBuckets(double start, double factor, int count) {
 
 std::vector<double> LinearBuckets(double start, double width, int count) {
   std::vector<double> out;
+  out.reserve(count > 0 ? static_cast<std::size_t>(count) : 0);
   for (int i = 0; i < count; ++i) out.push_back(start + width * i);
   return out;
 }
