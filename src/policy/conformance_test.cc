@@ -656,6 +656,27 @@ TEST(CompileTest, TooLongSourceIsRejected) {
   EXPECT_NE(c.errors[0].message.find("longer than"), std::string::npos);
 }
 
+TEST(CompileTest, DetectionTypeGuard) {
+  Fixture fx;
+  auto types = [&](const char* src) -> std::string {
+    auto p = Compile(src, Schema::Detection(), fx.decls);
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok() || !(*p)->detection_types().has_value()) return "none";
+    std::string out;
+    for (const auto& t : *(*p)->detection_types()) out += t + ";";
+    return out;
+  };
+  EXPECT_EQ(types("detection.type == \"bot\" && detection.score > 0.5"), "bot;");
+  EXPECT_EQ(types("detection.score > 0.5 && \"bot\" == detection.type"), "bot;");
+  EXPECT_EQ(types("detection.type in [\"b\", \"a\", \"b\"]"), "a;b;");
+  EXPECT_EQ(types("detection.type in [\"a\", \"b\"] && (detection.type == \"b\" && true)"), "b;");
+  EXPECT_EQ(types("detection.type == \"a\" && detection.type == \"b\""), "");
+  EXPECT_EQ(types("detection.type == \"a\" || detection.score > 0.5"), "none");
+  EXPECT_EQ(types("detection.type != \"a\""), "none");
+  EXPECT_EQ(types("!(detection.type == \"a\")"), "none");
+  EXPECT_EQ(types("detection.score > 0.5"), "none");
+}
+
 TEST(EvalTest, MissingInputRecordIsAnError) {
   Fixture fx;
   auto p = Compile("detection.type == \"x\"", Schema::Detection(), fx.decls);

@@ -61,11 +61,13 @@ Result Program::Eval(const Input& input, Environment& env) const {
 
 class ProgramBuilder {
  public:
-  static std::shared_ptr<const Program> Make(std::unique_ptr<const internal::Node> root,
-                                             std::string type_name) {
+  static std::shared_ptr<const Program> Make(
+      std::unique_ptr<const internal::Node> root, std::string type_name,
+      std::optional<std::vector<std::string>> detection_types) {
     std::shared_ptr<Program> p(new Program());
     p->root_ = std::move(root);
     p->type_name_ = std::move(type_name);
+    p->detection_types_ = std::move(detection_types);
     return p;
   }
 };
@@ -100,7 +102,8 @@ Compilation CompileImpl(std::string_view source, const Schema& schema,
   Compilation out;
   if (errors.empty()) {
     out.program = ProgramBuilder::Make(internal::Build(*ast, declarations),
-                                       std::string(internal::TypeName(type)));
+                                       std::string(internal::TypeName(type)),
+                                       internal::DetectionTypeGuard(*ast));
     return out;
   }
   std::stable_sort(errors.begin(), errors.end(), [](const auto& a, const auto& b) {

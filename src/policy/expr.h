@@ -216,11 +216,20 @@ class Program {
   // The static type, e.g. "bool", "int", "list<string>", "dyn".
   const std::string& type_name() const { return type_name_; }
 
+  // An index hint for the engine. If set, the program can only match a detection whose
+  // detection.type is in this sorted list (it has a top-level && conjunct such as
+  // `detection.type == "x"` or `detection.type in ["x", "y"]`); for any other detection
+  // Eval() is kFalse, or kError if the type is absent. Unset: no such constraint.
+  const std::optional<std::vector<std::string>>& detection_types() const {
+    return detection_types_;
+  }
+
  private:
   friend class ProgramBuilder;
   Program() = default;
   std::unique_ptr<const internal::Node> root_;
   std::string type_name_;
+  std::optional<std::vector<std::string>> detection_types_;
 };
 
 // The structured compile result: either a program or at least one diagnostic.

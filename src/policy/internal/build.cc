@@ -775,12 +775,52 @@ class InConstValuesNode final : public Node {
 // A flattened chain of && (or ||) with CEL's commutative semantics: the result is false
 // (true for ||) if any operand is, else the first error, else true (false). Because the
 // outcome does not depend on the order, the builder puts cheap operands first.
+// Operands of the commonest shapes (string field ==/!= literal, detection.score <op>
+// number) are tested inline, before the others, without a virtual call.
+struct InlineTest {
+  enum class Kind : uint8_t { kFieldEq, kScore };
+  Kind kind = Kind::kFieldEq;
+  bool negate = false;  // kFieldEq: != instead of ==
+  Tok op = Tok::kGe;    // kScore
+  StringField field;    // kFieldEq
+  std::string text;     // kFieldEq
+  double number = 0;    // kScore
+
+  // 1 true, 0 false, -1 missing.
+  int Test(const Input& in) const {
+    if (kind == Kind::kFieldEq) {
+      const std::string_view* s = field.Get(in);
+      if (s == nullptr) return -1;
+      return ShortEqual(*s, text) != negate;
+    }
+    const DetectionInput* d = in.detection;
+    if (d == nullptr || !d->score.has_value()) return -1;
+    double x = *d->score;
+    switch (op) {
+      case Tok::kLt:
+        return x < number;
+      case Tok::kLe:
+        return x <= number;
+      case Tok::kGt:
+        return x > number;
+      default:
+        return x >= number;
+    }
+  }
+};
+
 template <bool kIsAnd>
 class LogicChainNode final : public Node {
  public:
-  explicit LogicChainNode(std::vector<NodePtr> ops) : ops_(std::move(ops)) {}
+  LogicChainNode(std::vector<InlineTest> tests, std::vector<NodePtr> ops)
+      : tests_(std::move(tests)), ops_(std::move(ops)) {}
   Value Eval(const Frame& f) const override {
     Value err = Value::Bool(kIsAnd);
+    for (const InlineTest& t : tests_) {
+      int r = t.Test(f.input);
+      if (r == static_cast<int>(!kIsAnd)) return Value::Bool(!kIsAnd);
+      if (r < 0 && !err.is_error()) err = Value::Error(EvalError::kMissing);
+    }
     for (const NodePtr& op : ops_) {
       Value v = op->Eval(f);
       if (v.kind() == ValueKind::kBool) {
@@ -793,6 +833,7 @@ class LogicChainNode final : public Node {
   }
 
  private:
+  std::vector<InlineTest> tests_;
   std::vector<NodePtr> ops_;
 };
 
@@ -958,10 +999,19 @@ class Builder {
         Flatten(e, e.op, &operands);
         std::stable_sort(operands.begin(), operands.end(),
                          [](const Expr* a, const Expr* b) { return Cost(*a) < Cost(*b); });
+        std::vector<InlineTest> tests;
         std::vector<NodePtr> ops;
-        for (const Expr* x : operands) ops.push_back(Build(*x));
-        if (e.op == Tok::kAnd) return std::make_unique<LogicChainNode<true>>(std::move(ops));
-        return std::make_unique<LogicChainNode<false>>(std::move(ops));
+        for (const Expr* x : operands) {
+          if (std::optional<InlineTest> t = AsInlineTest(*x)) {
+            tests.push_back(std::move(*t));
+          } else {
+            ops.push_back(Build(*x));
+          }
+        }
+        if (e.op == Tok::kAnd) {
+          return std::make_unique<LogicChainNode<true>>(std::move(tests), std::move(ops));
+        }
+        return std::make_unique<LogicChainNode<false>>(std::move(tests), std::move(ops));
       }
       case Tok::kEq:
       case Tok::kNe: {
@@ -1000,6 +1050,33 @@ class Builder {
       default:
         return std::make_unique<ArithNode>(e.op, Build(l), Build(r));
     }
+  }
+
+  static std::optional<InlineTest> AsInlineTest(const Expr& e) {
+    if (e.kind != ExprKind::kBinary) return std::nullopt;
+    const Expr& l = *e.args[0];
+    const Expr& r = *e.args[1];
+    InlineTest t;
+    if (e.op == Tok::kEq || e.op == Tok::kNe) {
+      const Expr* field = r.kind == ExprKind::kString ? &l : &r;
+      const Expr* lit = r.kind == ExprKind::kString ? &r : &l;
+      if (lit->kind != ExprKind::kString || field->field < 0) return std::nullopt;
+      std::optional<StringField> sf = StringFieldOf(static_cast<Field>(field->field));
+      if (!sf.has_value()) return std::nullopt;
+      t.kind = InlineTest::Kind::kFieldEq;
+      t.field = *sf;
+      t.text = lit->name;
+      t.negate = e.op == Tok::kNe;
+      return t;
+    }
+    if ((e.op == Tok::kLt || e.op == Tok::kLe || e.op == Tok::kGt || e.op == Tok::kGe) &&
+        l.field == static_cast<int>(Field::kDetectionScore) && IsNumericLiteral(r)) {
+      t.kind = InlineTest::Kind::kScore;
+      t.op = e.op;
+      t.number = r.kind == ExprKind::kInt ? static_cast<double>(r.int_value) : r.double_value;
+      return t;
+    }
+    return std::nullopt;
   }
 
   static void Flatten(const Expr& e, Tok op, std::vector<const Expr*>* out) {

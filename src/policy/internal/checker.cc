@@ -1,6 +1,7 @@
 #include "policy/internal/checker.h"
 
 #include <algorithm>
+#include <iterator>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -674,6 +675,64 @@ class Checker {
 };
 
 }  // namespace
+
+namespace {
+
+bool IsDetectionType(const Expr& e) {
+  return e.kind == ExprKind::kSelect && e.field == static_cast<int>(Field::kDetectionType);
+}
+
+// The guard contributed by one conjunct, if it is a detection.type test.
+std::optional<std::vector<std::string>> ConjunctGuard(const Expr& e) {
+  if (e.kind != ExprKind::kBinary) return std::nullopt;
+  const Expr& l = *e.args[0];
+  const Expr& r = *e.args[1];
+  if (e.op == Tok::kEq) {
+    if (IsDetectionType(l) && r.kind == ExprKind::kString) return std::vector{r.name};
+    if (IsDetectionType(r) && l.kind == ExprKind::kString) return std::vector{l.name};
+  }
+  if (e.op == Tok::kIn && IsDetectionType(l) && r.kind == ExprKind::kList) {
+    std::vector<std::string> out;
+    for (const auto& a : r.args) {
+      if (a->kind != ExprKind::kString) return std::nullopt;
+      out.push_back(a->name);
+    }
+    return out;
+  }
+  return std::nullopt;
+}
+
+void Conjuncts(const Expr& e, std::vector<const Expr*>* out) {
+  if (e.kind == ExprKind::kBinary && e.op == Tok::kAnd) {
+    Conjuncts(*e.args[0], out);
+    Conjuncts(*e.args[1], out);
+  } else {
+    out->push_back(&e);
+  }
+}
+
+}  // namespace
+
+std::optional<std::vector<std::string>> DetectionTypeGuard(const Expr& root) {
+  std::vector<const Expr*> conjuncts;
+  Conjuncts(root, &conjuncts);
+  std::optional<std::vector<std::string>> guard;
+  for (const Expr* c : conjuncts) {
+    std::optional<std::vector<std::string>> g = ConjunctGuard(*c);
+    if (!g.has_value()) continue;
+    std::sort(g->begin(), g->end());
+    g->erase(std::unique(g->begin(), g->end()), g->end());
+    if (!guard.has_value()) {
+      guard = std::move(g);
+    } else {
+      std::vector<std::string> both;
+      std::set_intersection(guard->begin(), guard->end(), g->begin(), g->end(),
+                            std::back_inserter(both));
+      guard = std::move(both);
+    }
+  }
+  return guard;
+}
 
 Type Check(Expr& root, const Schema& schema, const Declarations& decls,
            std::vector<LexError>* errors) {

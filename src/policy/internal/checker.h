@@ -5,6 +5,7 @@
 #define QUELL_POLICY_INTERNAL_CHECKER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,11 @@ Type Check(Expr& root, const Schema& schema, const Declarations& decls,
 
 // Builds the evaluator for a checked, error-free AST.
 std::unique_ptr<const Node> Build(const Expr& root, const Declarations& decls);
+
+// For a checked AST: if the expression can only be true when detection.type is one of a
+// fixed set of literals (a top-level && conjunct `detection.type == "x"` or
+// `detection.type in ["x", ...]`), returns that set, sorted and unique.
+std::optional<std::vector<std::string>> DetectionTypeGuard(const Expr& root);
 
 // Levenshtein distance, and the closest candidate within a small distance ("" if none).
 int EditDistance(std::string_view a, std::string_view b);
