@@ -70,7 +70,8 @@ class FamilyBase;
 
 }  // namespace internal
 
-// A monotonically increasing count. Thread-safe and lock-free.
+// A monotonically increasing count. Thread-safe and lock-free. Striped: takes
+// kStripes cache lines (512 bytes), so keep label cardinality bounded.
 class Counter {
  public:
   struct Config {};
@@ -107,7 +108,8 @@ class Gauge {
 };
 
 // Observations counted into fixed buckets chosen at registration. Thread-safe
-// and lock-free (striped per thread like Counter).
+// and lock-free (striped per thread like Counter: kStripes x (buckets + 2)
+// 8-byte slots, rounded up to cache lines; 1.5 KiB with the default buckets).
 class Histogram {
  public:
   struct Config {
