@@ -660,32 +660,6 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   EXPECT_EQ(*busy, "5000");
 }
 
-TEST(SqliteStore, WalIsCheckpointedInTheBackground) {
-  testing::SqliteTestBackend backend;
-  auto store = OpenSqliteStore({.path = backend.dir().string(), .checkpoint_frames = 4});
-  ASSERT_OK(store);
-  for (int i = 0; i < 20; ++i) {
-    auto txn = (*store)->Begin(kT0);
-    ASSERT_OK(txn);
-    core::Mitigation m = MakeMitigation(i, "user:w", "block");
-    m.seq = (*txn)->NextSeq();
-    ASSERT_OK((*txn)->Append(Change{.kind = ChangeKind::kMitigation}, &m));
-    ASSERT_OK(V((*txn)->Commit()));
-  }
-  // The checkpointer runs asynchronously: wait (bounded) for it to report one.
-  int64_t done = 0;
-  for (int i = 0; i < 500 && done == 0; ++i) {
-    auto n = SqliteCheckpointsForTest(**store);
-    ASSERT_OK(n);
-    done = *n;
-    if (done == 0) absl::SleepFor(absl::Milliseconds(10));
-  }
-  EXPECT_GT(done, 0);
-  auto last = (*store)->LastSeq();
-  ASSERT_OK(last);
-  EXPECT_EQ(*last, 20);
-}
-
 TEST(SqliteStore, MigrationsRecordTheirVersionOnce) {
   testing::SqliteTestBackend backend;
   for (int i = 0; i < 3; ++i) {

@@ -4,7 +4,6 @@
 #include <atomic>
 #include <filesystem>
 #include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -206,102 +205,6 @@ class ReadPool {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Moves WAL checkpoints off the commit thread. The writer's WAL hook (which replaces
-// SQLite's auto-checkpoint on that connection) wakes this thread once the WAL holds
-// `frames` frames after a commit; a PASSIVE checkpoint on a connection of its own then
-// copies them into the database file (and, with synchronous=FULL, syncs it) while the
-// writer goes on committing. Thread-safe.
-class Checkpointer {
- public:
-  Checkpointer(std::string file, DbOptions opts, int frames)
-      : file_(std::move(file)), opts_(opts), frames_(std::max(1, frames)) {}
-  ~Checkpointer() { Stop(); }
-
-  // Installs the hook on `writer` and starts the thread.
-  void Start(sqlite3* writer) {
-    writer_ = writer;
-    sqlite3_wal_hook(writer, &Checkpointer::Hook, this);
-    thread_ = std::thread([this] { Run(); });
-  }
-  // Removes the hook and joins the thread. Idempotent.
-  void Stop() {
-    if (writer_ != nullptr) sqlite3_wal_hook(writer_, nullptr, nullptr);
-    writer_ = nullptr;
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-      wake_.Signal();
-    }
-    if (thread_.joinable()) thread_.join();
-  }
-  int64_t checkpoints() {
-    absl::MutexLock lock(&mu_);
-    return checkpoints_;
-  }
-  absl::Status last_error() {
-    absl::MutexLock lock(&mu_);
-    return last_error_;
-  }
-
- private:
-  static int Hook(void* self, sqlite3*, const char*, int frames) {
-    auto* c = static_cast<Checkpointer*>(self);
-    if (frames >= c->frames_) {
-      absl::MutexLock lock(&c->mu_);
-      c->pending_ = true;
-      c->wake_.Signal();
-    }
-    return SQLITE_OK;
-  }
-
-  void Run() {
-    std::unique_ptr<Db> db;
-    while (true) {
-      {
-        absl::MutexLock lock(&mu_);
-        while (!pending_ && !stop_) wake_.Wait(&mu_);
-        if (stop_) return;
-        pending_ = false;
-      }
-      absl::Status st;
-      if (!db) {
-        auto opened = Db::Open(file_, opts_);
-        if (opened.ok()) {
-          db = *std::move(opened);
-        } else {
-          st = opened.status();
-        }
-      }
-      if (db) {
-        int log = 0, done = 0;
-        int rc =
-            sqlite3_wal_checkpoint_v2(db->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        // BUSY: another checkpoint (another process) is running; the next hook retries.
-        if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY) {
-          st = sqlite_internal::SqliteError(rc, db->raw(), "wal checkpoint");
-        }
-      }
-      absl::MutexLock lock(&mu_);
-      // Kept for inspection; a failed checkpoint costs WAL growth, not correctness, and
-      // the next commit past the threshold retries it.
-      last_error_ = st;
-      if (st.ok()) ++checkpoints_;
-    }
-  }
-
-  const std::string file_;
-  const DbOptions opts_;
-  const int frames_;
-  sqlite3* writer_ = nullptr;
-  absl::Mutex mu_;
-  absl::CondVar wake_;
-  bool pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t checkpoints_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
-};
-
 class SqliteStore;
 
 // The one write transaction. Confined to the commit thread.
@@ -394,18 +297,13 @@ class SqliteStore final : public Store {
     return writer_->QueryText(absl::StrCat("PRAGMA ", AV(name)));
   }
   void TxnFinished() { txn_open_.store(false); }
-  int64_t checkpoints() { return checkpointer_.checkpoints(); }
 
  private:
-  SqliteStore(std::string file, DbOptions opts, int pool_size, int checkpoint_frames,
-              std::unique_ptr<Db> writer)
+  SqliteStore(std::string file, DbOptions opts, int pool_size, std::unique_ptr<Db> writer)
       : file_(std::move(file)),
         opts_(opts),
         writer_(std::move(writer)),
-        pool_(file_, opts, pool_size),
-        checkpointer_(file_, opts, checkpoint_frames) {
-    checkpointer_.Start(writer_->raw());
-  }
+        pool_(file_, opts, pool_size) {}
 
   // Runs `f(db)` inside one read transaction on a pooled connection.
   template <typename F>
@@ -421,7 +319,6 @@ class SqliteStore final : public Store {
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
-  Checkpointer checkpointer_;  // last: stopped (and unhooked) before the connections close
 };
 
 template <typename F>
@@ -655,8 +552,8 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   QUELL_ASSIGN_OR_RETURN(int version, sqlite_internal::ApplyMigrations(
                                           *writer, options.apply_migrations, absl::Now()));
   (void)version;
-  return std::unique_ptr<SqliteStore>(new SqliteStore(
-      std::move(file), opts, options.read_pool_size, options.checkpoint_frames, std::move(writer)));
+  return std::unique_ptr<SqliteStore>(
+      new SqliteStore(std::move(file), opts, options.read_pool_size, std::move(writer)));
 }
 
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
@@ -953,12 +850,6 @@ absl::StatusOr<int64_t> SqliteStore::KeysVersion() {
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options) {
   QUELL_ASSIGN_OR_RETURN(std::unique_ptr<SqliteStore> store, SqliteStore::Open(options));
   return std::unique_ptr<Store>(std::move(store));
-}
-
-absl::StatusOr<int64_t> SqliteCheckpointsForTest(Store& store) {
-  auto* s = dynamic_cast<SqliteStore*>(&store);
-  if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
-  return s->checkpoints();
 }
 
 int SqliteSchemaVersion() { return sqlite_internal::Migrations().back().version; }

@@ -9,9 +9,6 @@
 // writes and PurgeIdempotency use a third connection of their own, so they never wait for
 // an open Txn of this process beyond SQLite's lock.
 //
-// WAL checkpoints run on a background thread with a connection of its own (SQLite's
-// auto-checkpoint would run them, and their fsyncs, on the commit thread).
-//
 // Thread-safety: as the Store interface (reads thread-safe; one Txn at a time).
 // Ownership: the returned Store owns its connections; a Txn must not outlive it.
 #ifndef QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
@@ -32,7 +29,6 @@ struct SqliteOptions {
   int busy_timeout_ms = 5000;    // how long to wait for another process's write lock
   int read_pool_size = 4;        // read connections, opened on demand
   bool apply_migrations = true;  // false: refuse (kFailedPrecondition) an out-of-date file
-  int checkpoint_frames = 1000;  // WAL frames after which a background thread checkpoints
 };
 
 // The database file's name inside the data directory.
@@ -50,9 +46,6 @@ int SqliteSchemaVersion();
 //! (e.g. "wal", "2" for synchronous FULL). `store` must come from OpenSqliteStore and
 //! have no open Txn. For tests.
 absl::StatusOr<std::string> SqlitePragmaForTest(Store& store, std::string_view name);
-
-//! Completed background WAL checkpoints of a store from OpenSqliteStore. For tests.
-absl::StatusOr<int64_t> SqliteCheckpointsForTest(Store& store);
 
 }  // namespace quell::ledger
 
