@@ -20,6 +20,7 @@
 #include "ledger/ledger.h"
 
 namespace quell::obs {
+class Logger;
 class Registry;
 }
 
@@ -41,6 +42,7 @@ struct ApiDeps {
   core::Clock* clock = nullptr;
   std::shared_ptr<const core::ActionCatalog> catalog;
   obs::Registry* metrics = nullptr;  // may be null: no metrics
+  obs::Logger* logger = nullptr;     // may be null: no access log
 };
 
 class Api final : public http::Handler {

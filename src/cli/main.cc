@@ -24,6 +24,7 @@
 #include "ledger/audit.h"
 #include "ledger/ledger.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "obs/log.h"
 #include "obs/metrics.h"
 #include "workflow/expiry.h"
 
@@ -107,6 +108,9 @@ int Serve(const Flags& flags) {
   std::string host;
   int port = 0;
   if (auto s = SplitListen(config->listen, &host, &port); !s.ok()) return Usage(std::string(SV(s.message())));
+  auto level = obs::ParseLevel(config->log_level);
+  if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
+  obs::Logger logger(obs::Logger::Options{.min_level = *level});
 
   // Block the signals we wait for before any thread starts, so only sigwait sees them.
   sigset_t signals;
@@ -153,6 +157,7 @@ int Serve(const Flags& flags) {
   deps.clock = clock;
   deps.catalog = config->catalog;
   deps.metrics = &metrics;
+  deps.logger = &logger;
   auto api = std::make_unique<api::Api>(deps, api::ApiOptions{});
 
   http::ServerOptions so;
@@ -178,15 +183,15 @@ int Serve(const Flags& flags) {
     }
   });
 
-  std::fprintf(stderr,
-               "{\"level\":\"info\",\"msg\":\"quell serving\",\"listen\":\"%s:%d\",\"data\":\"%s\","
-               "\"seq\":%lld,\"active\":%zu}\n",
-               host.c_str(), (*server)->port(), config->data.c_str(),
-               static_cast<long long>((*ledger)->last_seq()), index.size());
+  logger.Info("quell serving", {{"listen", absl::StrCat(host, ":", (*server)->port())},
+                                 {"data", config->data},
+                                 {"seq", (*ledger)->last_seq()},
+                                 {"active", index.size()},
+                                 {"version", QUELL_VERSION}});
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"shutting down\",\"signal\":%d}\n", sig);
+  logger.Info("shutting down", {{"signal", sig}});
   api->set_ready(false);
   (*server)->Shutdown();  // finishes in-flight requests
   expiry.Stop();
@@ -196,7 +201,7 @@ int Serve(const Flags& flags) {
   api.reset();
   ledger->reset();
   metric_handles->clear();  // drains the commit queue
-  std::fprintf(stderr, "{\"level\":\"info\",\"msg\":\"stopped\"}\n");
+  logger.Info("stopped");
   return kOk;
 }
 

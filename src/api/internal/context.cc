@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/request_id.h"
 
 namespace quell::api::internal {
 
@@ -34,13 +36,36 @@ struct RouteMetrics {
   }
 };
 
-Call::Call(http::Request r, http::Responder respond, RouteMetrics* metrics)
-    : req(std::move(r)), respond_(std::move(respond)), metrics_(metrics), start_(absl::Now()) {}
+Call::Call(http::Request r, http::Responder respond, RouteMetrics* metrics, obs::Logger* logger)
+    : req(std::move(r)),
+      respond_(std::move(respond)),
+      metrics_(metrics),
+      logger_(logger),
+      start_(absl::Now()),
+      request_id_(obs::RequestIdFrom(req.Header("x-request-id"))) {}
 
 void Call::Reply(http::Response response) {
   if (!respond_) return;
-  if (metrics_ != nullptr) metrics_->Record(response.status, absl::Now() - start_);
+  const absl::Duration elapsed = absl::Now() - start_;
+  if (metrics_ != nullptr) metrics_->Record(response.status, elapsed);
+  if (logger_ != nullptr && logger_->Enabled(obs::Level::kInfo)) LogAccess(response, elapsed);
+  response.headers.emplace_back("X-Request-Id", request_id_);
   std::move(respond_)(std::move(response));
+}
+
+// The route pattern, never the raw path: paths carry entity ids (unbounded, personal)
+// and the query may carry anything. Headers are never logged, so neither is a key.
+void Call::LogAccess(const http::Response& response, absl::Duration elapsed) const {
+  const std::string_view route = metrics_ != nullptr ? std::string_view(metrics_->route) : "-";
+  const int64_t bytes = response.stream ? -1 : static_cast<int64_t>(response.body.size());
+  logger_->Info("request", {{"request_id", request_id_},
+                            {"method", req.method},
+                            {"route", route},
+                            {"status", response.status},
+                            {"duration_us", absl::ToInt64Microseconds(elapsed)},
+                            {"bytes", bytes},
+                            {"remote", req.remote_address},
+                            {"caller", who.key_id}});
 }
 
 void Call::Send(int status, std::string body) {
@@ -221,14 +246,14 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
     }
   }
   if (found == nullptr) {
-    Call call(std::move(req), std::move(respond), nullptr);
+    Call call(std::move(req), std::move(respond), nullptr, context_->deps.logger);
     if (path_known) {
       return call.Fail(ApiError{405, "method_not_allowed",
                                 absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}});
     }
     return call.Fail(ApiError::NotFound(absl::StrCat("no route ", call.req.path)));
   }
-  Call call(std::move(req), std::move(respond), &found->metrics);
+  Call call(std::move(req), std::move(respond), &found->metrics, context_->deps.logger);
   call.params = std::move(params);
   switch (found->access.kind) {
     case Access::Kind::kPublic:

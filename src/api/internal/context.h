@@ -26,6 +26,7 @@
 namespace quell::obs {
 class Counter;
 class Histogram;
+class Logger;
 }  // namespace quell::obs
 
 namespace quell::api::internal {
@@ -35,7 +36,9 @@ struct RouteMetrics;
 // One authenticated request and the means to answer it, exactly once.
 class Call {
  public:
-  Call(http::Request req, http::Responder respond, RouteMetrics* metrics);
+  // `logger` (may be null) gets the access log line when the call is answered.
+  Call(http::Request req, http::Responder respond, RouteMetrics* metrics,
+       obs::Logger* logger = nullptr);
   Call(Call&&) = default;
   Call& operator=(Call&&) = default;
 
@@ -47,11 +50,17 @@ class Call {
   void Send(int status, std::string body);
   void Fail(const ApiError& error);
   bool replied() const { return !respond_; }
+  //! The incoming X-Request-Id when sane, else a new one; echoed on the reply.
+  const std::string& request_id() const { return request_id_; }
 
  private:
+  void LogAccess(const http::Response& response, absl::Duration elapsed) const;
+
   http::Responder respond_;
   RouteMetrics* metrics_;  // null for unrouted requests
+  obs::Logger* logger_;    // null: no access log
   absl::Time start_;
+  std::string request_id_;
 };
 
 class Context {
