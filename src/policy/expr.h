@@ -66,7 +66,8 @@
 namespace quell::policy {
 
 inline constexpr size_t kMaxSourceBytes = 64 * 1024;
-inline constexpr int kMaxDepth = 64;
+// Maximum depth of the expression tree (parentheses, operator chains, a.b.c chains).
+inline constexpr int kMaxDepth = 200;
 
 // A 1-based position. For Compile()'s `base`: where the expression text starts in the
 // policy file. Positions in line 1 of the expression are shifted by base.column - 1;

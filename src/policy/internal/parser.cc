@@ -114,9 +114,19 @@ class Parser {
     return cond;
   }
 
+  // Restores depth_ when a loop that deepens the tree (a left-associative operator chain,
+  // a postfix chain) returns: the tree depth is bounded, not just the recursion depth.
+  struct DepthGuard {
+    explicit DepthGuard(int* d) : depth(d), saved(*d) {}
+    ~DepthGuard() { *depth = saved; }
+    int* depth;
+    int saved;
+  };
+
   ExprPtr ParseBinary(int min_bp) {
     ExprPtr left = ParseUnary();
     if (left == nullptr) return nullptr;
+    DepthGuard guard(&depth_);
     while (true) {
       Tok op = Cur().kind;
       int bp = BindingPower(op);
@@ -125,7 +135,6 @@ class Parser {
       Bump();
       if (++depth_ > kMaxDepth) return Fail(p, "expression nested too deeply");
       ExprPtr right = ParseBinary(bp);
-      --depth_;
       if (right == nullptr) return nullptr;
       ExprPtr e = Make(ExprKind::kBinary, p);
       e->op = op;
@@ -193,7 +202,7 @@ class Parser {
   ExprPtr ParsePostfix() {
     ExprPtr e = ParsePrimary();
     if (e == nullptr) return nullptr;
-    int extra_depth = 0;
+    DepthGuard guard(&depth_);
     while (true) {
       if (Cur().kind == Tok::kDot) {
         Pos p = Cur().pos;
@@ -205,7 +214,7 @@ class Parser {
         std::string name = Cur().text;
         Pos name_pos = Cur().pos;
         Bump();
-        if (++extra_depth + depth_ > kMaxDepth) return Fail(p, "expression nested too deeply");
+        if (++depth_ > kMaxDepth) return Fail(p, "expression nested too deeply");
         if (Cur().kind == Tok::kLParen) {
           Bump();
           ExprPtr m = Make(ExprKind::kMethod, name_pos);
@@ -222,7 +231,7 @@ class Parser {
       } else if (Cur().kind == Tok::kLBracket) {
         Pos p = Cur().pos;
         Bump();
-        if (++extra_depth + depth_ > kMaxDepth) return Fail(p, "expression nested too deeply");
+        if (++depth_ > kMaxDepth) return Fail(p, "expression nested too deeply");
         ExprPtr index = ParseExpr();
         if (index == nullptr) return nullptr;
         if (!Expect(Tok::kRBracket, "after index")) return nullptr;
