@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "absl/time/clock.h"
@@ -12,6 +13,9 @@
 
 namespace quell::index::internal {
 namespace {
+
+// Keys are compared as words whose bytes are the key's bytes in memory order.
+static_assert(std::endian::native == std::endian::little);
 
 constexpr uint32_t kEmpty = 0;
 constexpr uint32_t kTomb = 0xffffffffu;
@@ -29,6 +33,12 @@ constexpr size_t kCompactMinFreeWords = 4096;
 // Every word a reader can see while the writer changes it goes through these.
 inline uint64_t Ld(const uint64_t* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 inline void St(uint64_t* p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+// Regions are reused while a late reader may still read them, so even the writer's bulk
+// copies into a region that is not yet published are atomic stores.
+inline void CopyWords(uint64_t* to, const uint64_t* from, size_t n) {
+  for (size_t i = 0; i < n; ++i) St(to + i, from[i]);
+}
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -117,8 +127,17 @@ class KeyWordsBuf {
       heap_ = std::make_unique<uint64_t[]>(n_);
       w = heap_.get();
     }
-    if (n_ > 0) w[n_ - 1] = 0;
-    if (len_ > 0) std::memcpy(w, key.data(), len_);
+    // Whole words with fixed-size copies (inlined; a variable-length memcpy is a libc call
+    // that showed in profiles), then the tail byte by byte.
+    const size_t full = len_ / 8;
+    for (size_t i = 0; i < full; ++i) std::memcpy(&w[i], key.data() + 8 * i, 8);
+    if (full < n_) {
+      uint64_t tail = 0;
+      for (size_t i = 8 * full; i < len_; ++i) {
+        tail |= static_cast<uint64_t>(static_cast<unsigned char>(key[i])) << (8 * (i % 8));
+      }
+      w[full] = tail;
+    }
     words_ = w;
   }
   const uint64_t* words() const { return words_; }
@@ -435,7 +454,7 @@ class ShardWriter {
   // Rebuilds the slot array with `count` slots (a power of two), dropping tombstones.
   void RebuildSlots(size_t count) {
     uint64_t* fresh = s_.Map(count + 1, Table::Shard::Kind::kSlots);
-    fresh[0] = count - 1;
+    St(fresh, count - 1);
     const uint64_t* old = s_.slots_w();
     const uint64_t* arena = s_.arena_w();
     for (size_t i = 0; old != nullptr && i < s_.slot_count; ++i) {
@@ -465,10 +484,10 @@ class ShardWriter {
     }
     const size_t cap = std::max(kMinArenaWords, RoundUpPow2(needed + needed / 2));
     uint64_t* arena = s_.Map(cap, Table::Shard::Kind::kArena);
-    arena[0] = cap;
+    St(arena, cap);
     const size_t count = std::max(kMinSlots, RoundUpPow2((s_.live + 1) * 2));
     uint64_t* slots = s_.Map(count + 1, Table::Shard::Kind::kSlots);
-    slots[0] = count - 1;
+    St(slots, count - 1);
     size_t used = 1;
     for (size_t i = 0; i < s_.slot_count; ++i) {
       const uint64_t w = old_slots[1 + i];
@@ -477,8 +496,8 @@ class ShardWriter {
       const uint64_t* e = old_arena + ref;
       const size_t klen = HeaderKeyLen(e[0]);
       const size_t n = HeaderCount(e[0]);
-      arena[used] = MakeHeader(klen, n, n);
-      std::memcpy(arena + used + 1, e + 1, (KeyWords(klen) + kRecordWords * n) * 8);
+      St(arena + used, MakeHeader(klen, n, n));
+      CopyWords(arena + used + 1, e + 1, KeyWords(klen) + kRecordWords * n);
       Place(slots, count - 1, arena, static_cast<uint32_t>(used), static_cast<uint32_t>(w >> 32));
       used += EntryWords(klen, n);
     }
@@ -536,13 +555,13 @@ class ShardWriter {
   }
 
  private:
-  // Inserts `ref` into a table nobody reads yet.
+  // Inserts `ref` into a table not yet published (a late reader may still read a reused one).
   void Place(uint64_t* slots, size_t mask, const uint64_t* arena, uint32_t ref, uint32_t tag) {
     const uint64_t* e = arena + ref;
     const std::string_view key(reinterpret_cast<const char*>(e + 1), HeaderKeyLen(e[0]));
     size_t pos = HomeSlot(HashKey(key), shard_bits_, mask);
     while (static_cast<uint32_t>(slots[1 + pos]) != kEmpty) pos = (pos + 1) & mask;
-    slots[1 + pos] = MakeSlot(tag, ref);
+    St(slots + 1 + pos, MakeSlot(tag, ref));
   }
 
   void GrowArena(size_t min_words) {
@@ -552,8 +571,8 @@ class ShardWriter {
     QUELL_CHECK(cap < kTomb);
     uint64_t* fresh = s_.Map(cap, Table::Shard::Kind::kArena);
     const uint64_t* old = s_.arena_w();
-    if (old != nullptr) std::memcpy(fresh + 1, old + 1, (s_.arena_used - 1) * 8);
-    fresh[0] = cap;
+    if (old != nullptr) CopyWords(fresh + 1, old + 1, s_.arena_used - 1);
+    St(fresh, cap);
     s_.BeginWrite();
     s_.arena.store(fresh, std::memory_order_release);
     s_.EndWrite();
