@@ -100,7 +100,7 @@ run_open() {  # port -> LOADGEN line fields
 }
 echo
 echo "== open loop at half of quell's rate: $half req/s over $CONNECTIONS connections, ${secs}s (+1 s warm-up)"
-echo "   fields: target achieved p50 p90 p99 p99.9 max (us) non2xx errors unfinished"
+echo "   fields: target achieved p50 p90 p99 p99.9 max (us) non2xx failed unfinished reconnects"
 for round in $(seq "$ROUNDS"); do
   machine_load
   if [ $((round % 2)) -eq 1 ]; then

@@ -43,6 +43,8 @@ error_log $BENCH_TMP/nginx/error.log;
 events { worker_connections 1024; }
 http {
   access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / { default_type application/json; return 200 '{"verdict":"allow","mitigations":[],"seq":1000000}'; }

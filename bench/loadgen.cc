@@ -12,10 +12,13 @@
 // connection still waits for the previous reply is sent as soon as that reply is read,
 // and its latency still counts from its due time. --paths gives one request target per
 // line, used in order and cycled. Replies must carry Content-Length (chunked replies
-// are rejected as errors). Latencies of requests due during the warm-up are not recorded.
+// are treated as a broken connection). A connection the server closes is reopened and
+// the request in flight sent again, its latency still counted from its due time. Latencies of
+// requests due during the warm-up are not recorded.
 //
 // Prints one summary line per run:
-//   target_rate achieved_rate p50_us p90_us p99_us p999_us max_us non2xx errors unfinished
+//   LOADGEN target_rate achieved_rate p50_us p90_us p99_us p999_us max_us non2xx errors unfinished
+//           reconnects
 // preceded by a human-readable block.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -66,15 +69,17 @@ struct Conn {
   int fd = -1;
   std::deque<Nanos> due;  // front() is in flight when `busy`
   bool busy = false;
-  std::string out;  // unsent bytes of the request in flight
-  std::string in;   // bytes of replies read so far
+  std::string out;   // unsent bytes of the request in flight
+  std::string in;    // bytes of replies read so far
+  int attempts = 0;  // failed sends of the request in flight
 };
 
 struct ThreadResult {
   std::vector<uint32_t> latencies_us;  // of recorded requests
   int64_t completed_in_window = 0;     // replies to requests due in the measured window
   int64_t non2xx = 0;
-  int64_t errors = 0;  // connection errors and unparsable replies
+  int64_t errors = 0;      // requests given up after repeated connection failures
+  int64_t reconnects = 0;  // connections closed by the server or broken
   int64_t unfinished = 0;
   int64_t sent = 0;
 };
@@ -236,14 +241,22 @@ class Worker {
     epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
   }
 
-  // The connection broke: the request in flight is an error; reconnect and go on.
+  // The connection broke or the server closed it (e.g. a keep-alive request limit):
+  // reconnect and send the request in flight again, keeping its due time, so that the
+  // reconnection counts in its latency. A request that fails kMaxAttempts times is
+  // dropped and counted as an error.
   void Fail(size_t ci) {
+    static constexpr int kMaxAttempts = 3;
     Conn& c = conns_[ci];
-    ++result_.errors;
+    ++result_.reconnects;
     epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr);
     close(c.fd);
     c.fd = -1;
-    if (c.busy && !c.due.empty()) c.due.pop_front();
+    if (c.busy && !c.due.empty() && ++c.attempts >= kMaxAttempts) {
+      ++result_.errors;
+      c.due.pop_front();
+      c.attempts = 0;
+    }
     c.busy = false;
     if (!Connect(ci)) {
       std::fprintf(stderr, "loadgen: reconnect failed: %s\n", std::strerror(errno));
@@ -296,6 +309,7 @@ class Worker {
     }
     c.in.erase(0, head_end + 4 + length);
     c.busy = false;
+    c.attempts = 0;
     if (!c.due.empty()) Send(ci);
   }
 
@@ -377,6 +391,7 @@ int main(int argc, char** argv) {
     all.completed_in_window += r.completed_in_window;
     all.non2xx += r.non2xx;
     all.errors += r.errors;
+    all.reconnects += r.reconnects;
     all.unfinished += r.unfinished;
     all.sent += r.sent;
   }
@@ -395,12 +410,12 @@ int main(int argc, char** argv) {
       "  achieved %.0f req/s; latency from scheduled send: p50 %u us  p90 %u us  p99 %u us  "
       "p99.9 %u us  max %u us\n",
       achieved, pct(50), pct(90), pct(99), pct(99.9), l.empty() ? 0 : l.back());
-  std::printf("  non-2xx %lld  connection errors %lld  unfinished %lld\n",
+  std::printf("  non-2xx %lld  failed requests %lld  unfinished %lld  reconnects %lld\n",
               static_cast<long long>(all.non2xx), static_cast<long long>(all.errors),
-              static_cast<long long>(all.unfinished));
-  std::printf("LOADGEN %.0f %.0f %u %u %u %u %u %lld %lld %lld\n", o.rate, achieved, pct(50),
+              static_cast<long long>(all.unfinished), static_cast<long long>(all.reconnects));
+  std::printf("LOADGEN %.0f %.0f %u %u %u %u %u %lld %lld %lld %lld\n", o.rate, achieved, pct(50),
               pct(90), pct(99), pct(99.9), l.empty() ? 0 : l.back(),
               static_cast<long long>(all.non2xx), static_cast<long long>(all.errors),
-              static_cast<long long>(all.unfinished));
+              static_cast<long long>(all.unfinished), static_cast<long long>(all.reconnects));
   return 0;
 }
