@@ -96,6 +96,16 @@ inline size_t KeyWords(size_t len) { return (len + 7) / 8; }
 inline size_t EntryWords(size_t key_len, size_t capacity) {
   return 1 + KeyWords(key_len) + kRecordWords * capacity;
 }
+// Arena word 0 holds the capacity; entries start on the next cache line, and an entry of up
+// to one line never straddles two (a "user:" entry with one mitigation is exactly one line),
+// so a hit costs one miss for the slot and one for the entry.
+constexpr size_t kLineWords = 8;
+constexpr size_t kArenaStart = kLineWords;
+inline size_t AlignEntry(size_t used, size_t words) {
+  if (words > kLineWords) return used;
+  const size_t off = used % kLineWords;
+  return off + words > kLineWords ? used + (kLineWords - off) : used;
+}
 inline uint64_t MakeHeader(size_t key_len, size_t count, size_t capacity) {
   return static_cast<uint64_t>(key_len) | (static_cast<uint64_t>(count) << 16) |
          (static_cast<uint64_t>(capacity) << 32);
@@ -167,7 +177,7 @@ struct alignas(64) Table::Shard {
   size_t live = 0;
   size_t tombs = 0;
   size_t arena_cap = 0;
-  size_t arena_used = 1;
+  size_t arena_used = kArenaStart;
   size_t free_words = 0;
   size_t free_entries = 0;
   std::vector<std::vector<uint32_t>> free_lists;  // by entry size in words
@@ -438,10 +448,10 @@ class ShardWriter {
       --s_.free_entries;
       return ref;
     }
-    if (s_.arena_used + words > s_.arena_cap) GrowArena(s_.arena_used + words);
-    auto ref = static_cast<uint32_t>(s_.arena_used);
-    s_.arena_used += words;
-    return ref;
+    const size_t start = AlignEntry(s_.arena_used, words);
+    if (start + words > s_.arena_cap) GrowArena(start + words);
+    s_.arena_used = start + words;
+    return static_cast<uint32_t>(start);
   }
 
   void Free(uint32_t ref, size_t words) {
@@ -475,12 +485,13 @@ class ShardWriter {
   void Compact() {
     const uint64_t* old_slots = s_.slots_w();
     const uint64_t* old_arena = s_.arena_w();
-    size_t needed = 1;
+    size_t needed = kArenaStart;
     for (size_t i = 0; i < s_.slot_count; ++i) {
       const uint32_t ref = static_cast<uint32_t>(old_slots[1 + i]);
       if (ref == kEmpty || ref == kTomb) continue;
       const uint64_t h = old_arena[ref];
-      needed += EntryWords(HeaderKeyLen(h), HeaderCount(h));
+      const size_t words = EntryWords(HeaderKeyLen(h), HeaderCount(h));
+      needed = AlignEntry(needed, words) + words;
     }
     const size_t cap = std::max(kMinArenaWords, RoundUpPow2(needed + needed / 2));
     uint64_t* arena = s_.Map(cap, Table::Shard::Kind::kArena);
@@ -488,7 +499,7 @@ class ShardWriter {
     const size_t count = std::max(kMinSlots, RoundUpPow2((s_.live + 1) * 2));
     uint64_t* slots = s_.Map(count + 1, Table::Shard::Kind::kSlots);
     St(slots, count - 1);
-    size_t used = 1;
+    size_t used = kArenaStart;
     for (size_t i = 0; i < s_.slot_count; ++i) {
       const uint64_t w = old_slots[1 + i];
       const uint32_t ref = static_cast<uint32_t>(w);
@@ -496,6 +507,7 @@ class ShardWriter {
       const uint64_t* e = old_arena + ref;
       const size_t klen = HeaderKeyLen(e[0]);
       const size_t n = HeaderCount(e[0]);
+      used = AlignEntry(used, EntryWords(klen, n));
       St(arena + used, MakeHeader(klen, n, n));
       CopyWords(arena + used + 1, e + 1, KeyWords(klen) + kRecordWords * n);
       Place(slots, count - 1, arena, static_cast<uint32_t>(used), static_cast<uint32_t>(w >> 32));
