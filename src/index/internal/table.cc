@@ -128,39 +128,32 @@ size_t PageRound(size_t bytes) {
   return (bytes + page - 1) / page * page;
 }
 
-// The key, zero-padded to whole words, so both sides compare words.
+// The key seen as zero-padded words, so both sides compare words. Whole words are loaded
+// from the key itself (no copy: a copy loop became `rep movs`, slow for short keys); only
+// the partial last word is assembled.
 class KeyWordsBuf {
  public:
-  explicit KeyWordsBuf(std::string_view key) : len_(key.size()), n_(KeyWords(key.size())) {
-    uint64_t* w = inline_;
-    if (n_ > kInline) {
-      heap_ = std::make_unique<uint64_t[]>(n_);
-      w = heap_.get();
+  explicit KeyWordsBuf(std::string_view key)
+      : p_(key.data()), len_(key.size()), n_(KeyWords(key.size())), full_(key.size() / 8) {
+    for (size_t i = 8 * full_; i < len_; ++i) {
+      tail_ |= static_cast<uint64_t>(static_cast<unsigned char>(key[i])) << (8 * (i % 8));
     }
-    // Whole words with fixed-size copies (inlined; a variable-length memcpy is a libc call
-    // that showed in profiles), then the tail byte by byte.
-    const size_t full = len_ / 8;
-    for (size_t i = 0; i < full; ++i) std::memcpy(&w[i], key.data() + 8 * i, 8);
-    if (full < n_) {
-      uint64_t tail = 0;
-      for (size_t i = 8 * full; i < len_; ++i) {
-        tail |= static_cast<uint64_t>(static_cast<unsigned char>(key[i])) << (8 * (i % 8));
-      }
-      w[full] = tail;
-    }
-    words_ = w;
   }
-  const uint64_t* words() const { return words_; }
+  uint64_t word(size_t i) const {
+    if (i >= full_) return tail_;
+    uint64_t w;
+    std::memcpy(&w, p_ + 8 * i, 8);
+    return w;
+  }
   size_t len() const { return len_; }
   size_t n() const { return n_; }
 
  private:
-  static constexpr size_t kInline = 48;
+  const char* p_;
   size_t len_;
   size_t n_;
-  uint64_t inline_[kInline];
-  std::unique_ptr<uint64_t[]> heap_;
-  const uint64_t* words_;
+  size_t full_;
+  uint64_t tail_ = 0;
 };
 
 }  // namespace
@@ -353,7 +346,7 @@ size_t Table::LookupHashed(std::string_view key, uint64_t hash, int64_t now_us, 
         if (HeaderKeyLen(header) != kb.len()) continue;
         bool equal = true;
         for (size_t i = 0; i < kw; ++i) {
-          if (Ld(e + 1 + i) != kb.words()[i]) {
+          if (Ld(e + 1 + i) != kb.word(i)) {
             equal = false;
             break;
           }
@@ -412,7 +405,9 @@ Probe FindSlot(const uint64_t* slots, const uint64_t* arena, size_t mask, int sh
     if (static_cast<uint32_t>(w >> 32) != tag) continue;
     const uint64_t* e = arena + ref;
     if (HeaderKeyLen(e[0]) != kb.len()) continue;
-    if (std::memcmp(e + 1, kb.words(), kb.n() * 8) != 0) continue;
+    bool equal = true;
+    for (size_t i = 0; i < kb.n() && equal; ++i) equal = e[1 + i] == kb.word(i);
+    if (!equal) continue;
     p.found = static_cast<int64_t>(pos);
     return p;
   }
@@ -661,7 +656,7 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r) {
     const uint32_t nref = w.Alloc(EntryWords(kb.len(), 1));
     uint64_t* ne = s.arena_w() + nref;
     St(ne, MakeHeader(kb.len(), 1, 1));
-    for (size_t j = 0; j < kw; ++j) St(ne + 1 + j, kb.words()[j]);
+    for (size_t j = 0; j < kw; ++j) St(ne + 1 + j, kb.word(j));
     for (size_t j = 0; j < kRecordWords; ++j) St(ne + 1 + kw + j, rec[j]);
     uint64_t* slot = s.slots_w() + 1 + p.insert;
     const bool was_tomb = static_cast<uint32_t>(*slot) == kTomb;
