@@ -147,7 +147,8 @@ struct Input {
   std::string_view entity_type;               // before the first ':'
   std::string_view entity_id;                 // after the first ':'
 
-  // Borrow `d` (or `e`) and split its entity at the first ':'.
+  // Borrow `d` (or `e`) and split its entity at the first ':'. If the entity has no ':',
+  // entity_type and entity_id are left absent.
   static Input ForDetection(const DetectionInput& d);
   static Input ForEvent(const EventInput& e);
 };

@@ -171,6 +171,91 @@ void BM_TwentyPoliciesTypeIndexed(benchmark::State& state) {
 }
 BENCHMARK(BM_TwentyPoliciesTypeIndexed);
 
+// A sketch of the rejected alternative, for comparison only: a switch-dispatched bytecode
+// VM over a fixed Value stack, hand-assembled for kReference with the same semantics
+// (commutative && with error propagation). Not a product code path.
+namespace vm {
+enum class Op : uint8_t { kTypeEq, kScoreGe, kEntity, kInList, kNot, kAndCheck, kAndEnd };
+struct Insn {
+  Op op;
+  double number;
+  std::string_view text;
+};
+Value Run(const Insn* code, const Input& in, Environment& env) {
+  Value stack[16];
+  int sp = 0;
+  Value err = Value::Bool(true);
+  for (const Insn* pc = code;; ++pc) {
+    switch (pc->op) {
+      case Op::kTypeEq: {
+        const DetectionInput* d = in.detection;
+        stack[sp++] = d == nullptr || d->type.data() == nullptr ? Value::Error(EvalError::kMissing)
+                                                                : Value::Bool(d->type == pc->text);
+        break;
+      }
+      case Op::kScoreGe: {
+        const DetectionInput* d = in.detection;
+        stack[sp++] = d == nullptr || !d->score.has_value() ? Value::Error(EvalError::kMissing)
+                                                            : Value::Bool(*d->score >= pc->number);
+        break;
+      }
+      case Op::kEntity:
+        stack[sp++] = in.detection == nullptr ? Value::Error(EvalError::kMissing)
+                                              : Value::String(in.detection->entity);
+        break;
+      case Op::kInList: {
+        Value e = stack[--sp];
+        stack[sp++] = e.kind() == ValueKind::kString
+                          ? Value::Bool(env.InList(pc->text, e.string_value()))
+                          : e;
+        break;
+      }
+      case Op::kNot: {
+        Value v = stack[sp - 1];
+        if (v.kind() == ValueKind::kBool) stack[sp - 1] = Value::Bool(!v.bool_value());
+        break;
+      }
+      case Op::kAndCheck: {
+        Value v = stack[--sp];
+        if (v.kind() == ValueKind::kBool) {
+          if (!v.bool_value()) return v;
+        } else if (!err.is_error()) {
+          err = v.is_error() ? v : Value::Error(EvalError::kTypeMismatch);
+        }
+        break;
+      }
+      case Op::kAndEnd:
+        return err;
+    }
+  }
+}
+}  // namespace vm
+
+void BM_SingleConditionBytecodeSketch(benchmark::State& state) {
+  const vm::Insn code[] = {
+      {vm::Op::kTypeEq, 0, "artificial_streaming"},
+      {vm::Op::kAndCheck, 0, {}},
+      {vm::Op::kScoreGe, 0.9, {}},
+      {vm::Op::kAndCheck, 0, {}},
+      {vm::Op::kEntity, 0, {}},
+      {vm::Op::kInList, 0, "verified_artists"},
+      {vm::Op::kNot, 0, {}},
+      {vm::Op::kAndCheck, 0, {}},
+      {vm::Op::kAndEnd, 0, {}},
+  };
+  Detection det;
+  BenchEnvironment env;
+  Input in = Input::ForDetection(det.d);
+  int64_t matched = 0;
+  for (auto _ : state) {
+    Value v = vm::Run(code, in, env);
+    matched += v.kind() == ValueKind::kBool && v.bool_value();
+    benchmark::DoNotOptimize(matched);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SingleConditionBytecodeSketch);
+
 void BM_Compile(benchmark::State& state) {
   Declarations decls = Decls();
   for (auto _ : state) {
