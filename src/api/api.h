@@ -22,6 +22,7 @@
 namespace quell::obs {
 class Logger;
 class Registry;
+class Tracer;
 }
 
 namespace quell::api {
@@ -43,6 +44,7 @@ struct ApiDeps {
   std::shared_ptr<const core::ActionCatalog> catalog;
   obs::Registry* metrics = nullptr;  // may be null: no metrics
   obs::Logger* logger = nullptr;     // may be null: no access log
+  obs::Tracer* tracer = nullptr;     // may be null: tracing off
 };
 
 class Api final : public http::Handler {

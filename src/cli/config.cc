@@ -48,6 +48,36 @@ absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> CatalogFromNode(const
   return core::ActionCatalog::Create(std::move(actions));
 }
 
+absl::Status CheckSampleRatio(double r, std::string_view where) {
+  if (!(r >= 0 && r <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(AV(where), " must be a number in [0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, TracingConfig* t) {
+  if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": tracing must be a mapping"));
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    if (key == "endpoint") {
+      t->endpoint = it->second.as<std::string>();
+    } else if (key == "sample_ratio") {
+      t->sample_ratio = it->second.as<double>();
+      QUELL_RETURN_IF_ERROR(CheckSampleRatio(t->sample_ratio, absl::StrCat(path, ": tracing.sample_ratio")));
+    } else if (key == "enabled") {
+      t->enabled = it->second.as<bool>();
+    } else if (key == "max_queue_spans") {
+      t->max_queue_spans = it->second.as<int>();
+      if (t->max_queue_spans < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": tracing.max_queue_spans must be positive"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"tracing.", key, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml) {
@@ -92,6 +122,15 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
           if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": http.", name, ": ", d.status().message()));
           *field = *d;
         }
+      } else if (key == "tracing") {
+        QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c.tracing));
+      } else if (key == "metrics") {
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          if (m->first.as<std::string>() != "enabled") {
+            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
+          }
+          c.metrics_enabled = m->second.as<bool>();
+        }
       } else if (key == "actions") {
         QUELL_ASSIGN_OR_RETURN(c.catalog, CatalogFromNode(v));
       } else {
@@ -109,6 +148,13 @@ absl::Status ApplyEnvironment(Config* c) {
   if (const char* v = env("QUELL_LISTEN")) c->listen = v;
   if (const char* v = env("QUELL_DATA")) c->data = v;
   if (const char* v = env("QUELL_LOG_LEVEL")) c->log_level = v;
+  if (const char* v = env("QUELL_TRACING_ENDPOINT")) c->tracing.endpoint = v;
+  if (const char* v = env("QUELL_TRACING_SAMPLE_RATIO")) {
+    if (!absl::SimpleAtod(v, &c->tracing.sample_ratio)) {
+      return absl::InvalidArgumentError("QUELL_TRACING_SAMPLE_RATIO must be a number in [0, 1]");
+    }
+    QUELL_RETURN_IF_ERROR(CheckSampleRatio(c->tracing.sample_ratio, "QUELL_TRACING_SAMPLE_RATIO"));
+  }
   if (const char* v = env("QUELL_THREADS")) {
     if (!absl::SimpleAtoi(v, &c->threads) || c->threads < 0) {
       return absl::InvalidArgumentError("QUELL_THREADS must be a non-negative integer");

@@ -14,6 +14,16 @@
 
 namespace quell::cli {
 
+// `tracing:` — OTLP/HTTP span export (obs/trace.h). Off unless an endpoint is set.
+struct TracingConfig {
+  bool enabled = true;         // tracing.enabled: false keeps it off even with an endpoint
+  std::string endpoint;        // e.g. http://127.0.0.1:4318/v1/traces; empty: off
+  double sample_ratio = 0;     // traces not sampled upstream; 0 records only sampled parents
+  int max_queue_spans = 2048;  // finished spans waiting for export; more are dropped
+
+  bool on() const { return enabled && !endpoint.empty(); }
+};
+
 struct Config {
   std::string listen = "127.0.0.1:8080";
   std::string data = "./var";
@@ -24,12 +34,15 @@ struct Config {
   absl::Duration idle_timeout = absl::Seconds(60);
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
+  bool metrics_enabled = true;         // metrics.enabled: false renders an empty /metrics
+  TracingConfig tracing;
   std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();
 };
 
 //! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base);
-//! Applies QUELL_LISTEN, QUELL_DATA, QUELL_THREADS, QUELL_SYNCHRONOUS, QUELL_LOG_LEVEL.
+//! Applies QUELL_LISTEN, QUELL_DATA, QUELL_THREADS, QUELL_SYNCHRONOUS, QUELL_LOG_LEVEL,
+//! QUELL_TRACING_ENDPOINT, QUELL_TRACING_SAMPLE_RATIO.
 absl::Status ApplyEnvironment(Config* config);
 //! Parses the `actions:` list of a YAML catalog (also used by policy sets).
 absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml);

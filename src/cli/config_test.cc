@@ -61,6 +61,43 @@ TEST(ConfigTest, EnvironmentApplies) {
   unsetenv("QUELL_THREADS");
 }
 
+TEST(ConfigTest, TracingAndMetrics) {
+  Config defaults;
+  EXPECT_FALSE(defaults.tracing.on());
+  EXPECT_TRUE(defaults.metrics_enabled);
+  auto c = LoadConfigFile(WriteTemp(R"(
+tracing: {endpoint: "http://127.0.0.1:4318/v1/traces", sample_ratio: 0.1, max_queue_spans: 64}
+metrics: {enabled: false}
+)"),
+                          Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->tracing.on());
+  EXPECT_EQ(c->tracing.endpoint, "http://127.0.0.1:4318/v1/traces");
+  EXPECT_DOUBLE_EQ(c->tracing.sample_ratio, 0.1);
+  EXPECT_EQ(c->tracing.max_queue_spans, 64);
+  EXPECT_FALSE(c->metrics_enabled);
+  auto off = LoadConfigFile(WriteTemp("tracing: {endpoint: http://h/, enabled: false}\n"), Config{});
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->tracing.on());
+  auto bad = LoadConfigFile(WriteTemp("tracing: {sample_ratio: 2}\n"), Config{});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("tracing.sample_ratio"), absl::string_view::npos);
+  auto typo = LoadConfigFile(WriteTemp("tracing: {endpiont: x}\n"), Config{});
+  ASSERT_FALSE(typo.ok());
+  EXPECT_NE(typo.status().message().find("tracing.endpiont"), absl::string_view::npos);
+
+  setenv("QUELL_TRACING_ENDPOINT", "http://127.0.0.1:1/v1/traces", 1);
+  setenv("QUELL_TRACING_SAMPLE_RATIO", "0.5", 1);
+  Config e;
+  ASSERT_TRUE(ApplyEnvironment(&e).ok());
+  EXPECT_EQ(e.tracing.endpoint, "http://127.0.0.1:1/v1/traces");
+  EXPECT_DOUBLE_EQ(e.tracing.sample_ratio, 0.5);
+  setenv("QUELL_TRACING_SAMPLE_RATIO", "-1", 1);
+  EXPECT_FALSE(ApplyEnvironment(&e).ok());
+  unsetenv("QUELL_TRACING_ENDPOINT");
+  unsetenv("QUELL_TRACING_SAMPLE_RATIO");
+}
+
 TEST(FlagsTest, ParsesFormsAndRejectsUnknown) {
   auto f = Flags::Parse({"keys", "create", "--role", "detector", "--source=a", "--source", "b", "--dev"},
                         {"role", "source"}, {"dev"});

@@ -26,6 +26,7 @@
 #include "ledger/sqlite/sqlite_store.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/trace.h"
 #include "workflow/expiry.h"
 
 namespace quell::cli {
@@ -111,6 +112,21 @@ int Serve(const Flags& flags) {
   auto level = obs::ParseLevel(config->log_level);
   if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
   obs::Logger logger(obs::Logger::Options{.min_level = *level});
+  // Declared before everything that records spans or metrics, so both outlive them.
+  obs::Registry metrics;
+  std::unique_ptr<obs::Tracer> tracer;
+  if (config->tracing.on()) {
+    obs::OtlpHttpExporter::Options eo;
+    eo.resource.service_version = QUELL_VERSION;
+    auto exporter = obs::OtlpHttpExporter::Create(config->tracing.endpoint, eo);
+    if (!exporter.ok()) return Usage(absl::StrCat("tracing.endpoint: ", exporter.status().message()));
+    obs::Tracer::Options to;
+    to.sample_ratio = config->tracing.sample_ratio;
+    to.max_queue_spans = static_cast<size_t>(config->tracing.max_queue_spans);
+    auto t = obs::Tracer::Create(*std::move(exporter), to, &metrics, &logger);
+    if (!t.ok()) return Usage(absl::StrCat("tracing: ", t.status().message()));
+    tracer = *std::move(t);
+  }
 
   // Block the signals we wait for before any thread starts, so only sigwait sees them.
   sigset_t signals;
@@ -146,7 +162,6 @@ int Serve(const Flags& flags) {
     }
   }
 
-  obs::Registry metrics;
   auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
@@ -156,8 +171,9 @@ int Serve(const Flags& flags) {
   deps.keys = keys->get();
   deps.clock = clock;
   deps.catalog = config->catalog;
-  deps.metrics = &metrics;
+  deps.metrics = config->metrics_enabled ? &metrics : nullptr;
   deps.logger = &logger;
+  deps.tracer = tracer.get();
   auto api = std::make_unique<api::Api>(deps, api::ApiOptions{});
 
   http::ServerOptions so;
@@ -187,7 +203,9 @@ int Serve(const Flags& flags) {
                                  {"data", config->data},
                                  {"seq", (*ledger)->last_seq()},
                                  {"active", index.size()},
-                                 {"version", QUELL_VERSION}});
+                                 {"version", QUELL_VERSION},
+                                 {"tracing", config->tracing.on() ? config->tracing.endpoint : "off"},
+                                 {"sample_ratio", config->tracing.sample_ratio}});
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -201,6 +219,7 @@ int Serve(const Flags& flags) {
   api.reset();
   ledger->reset();
   metric_handles->clear();  // drains the commit queue
+  if (tracer) tracer->Shutdown(absl::Seconds(2));  // exports what the last requests recorded
   logger.Info("stopped");
   return kOk;
 }

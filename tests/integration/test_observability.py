@@ -1,12 +1,16 @@
 """Integration tests for observability (issue 9): structured logs without secrets,
 request ids, W3C trace propagation and OTLP export, and a real Prometheus scraping
 the real binary."""
+import http.server
 import json
 import os
 import re
+import socket
+import threading
+import time
 import unittest
 
-from harness import QuellServer
+from harness import QuellServer, free_port
 
 
 def log_lines(server):
@@ -114,6 +118,185 @@ class LogLevelTest(unittest.TestCase):
         lines = log_lines(q)
         self.assertFalse([l for l in lines if l.get("msg") == "request"], lines)
         q.cleanup()
+
+
+class OtlpReceiver:
+    """A local OTLP/HTTP collector: keeps every span POSTed to /v1/traces."""
+
+    def __init__(self):
+        self.spans = []
+        self.requests = 0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                ok = self.path == "/v1/traces" and \
+                    self.headers.get("Content-Type") == "application/json"
+                if ok:
+                    doc = json.loads(body)
+                    with receiver.lock:
+                        receiver.requests += 1
+                        for rs in doc["resourceSpans"]:
+                            for ss in rs["scopeSpans"]:
+                                receiver.spans.extend(ss["spans"])
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/v1/traces" % self.port
+
+    def wait_for(self, predicate, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                spans = list(self.spans)
+            if predicate(spans):
+                return spans
+            time.sleep(0.05)
+        with self.lock:
+            raise AssertionError("spans never matched; got %r" % self.spans)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def attrs(span):
+    out = {}
+    for a in span.get("attributes", []):
+        v = a["value"]
+        out[a["key"]] = next(iter(v.values()))
+    return out
+
+
+def metric_value(text, name, labels=""):
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), text, re.M)
+    return float(m.group(1)) if m else None
+
+
+class TracingTest(unittest.TestCase):
+    def setUp(self):
+        self.collector = OtlpReceiver()
+        self.q = QuellServer(env={"QUELL_TRACING_ENDPOINT": self.collector.url}).start()
+
+    def tearDown(self):
+        self.q.cleanup()
+        self.collector.close()
+
+    def test_spans_continue_incoming_trace_with_parent_child_links(self):
+        trace_id = os.urandom(16).hex()
+        parent_id = os.urandom(8).hex()
+        # Not sampled upstream and the ratio is 0: nothing may be exported for this one.
+        status, _, _ = self.q.request("POST", "/v1/mitigations",
+                                      {"entity": "user:untraced", "action": "block", "ttl": "1h",
+                                       "reason": "t"},
+                                      headers={"traceparent": "00-%s-%s-00" % (os.urandom(16).hex(),
+                                                                               parent_id)})
+        self.assertEqual(status, 201)
+        status, m, hdrs = self.q.request(
+            "POST", "/v1/mitigations",
+            {"entity": "user:traced", "action": "block", "ttl": "1h", "reason": "t"},
+            headers={"traceparent": "00-%s-%s-01" % (trace_id, parent_id),
+                     "tracestate": "vendor=abc", "X-Request-Id": "trace-it-1"})
+        self.assertEqual(status, 201, m)
+        spans = self.collector.wait_for(
+            lambda ss: {"POST /v1/mitigations", "ledger.commit"} <=
+            {s["name"] for s in ss if s["traceId"] == trace_id})
+        self.assertEqual({s["traceId"] for s in spans}, {trace_id})  # the unsampled one is absent
+        server = [s for s in spans if s["name"] == "POST /v1/mitigations"]
+        commit = [s for s in spans if s["name"] == "ledger.commit"]
+        self.assertEqual((len(server), len(commit)), (1, 1), spans)
+        server, commit = server[0], commit[0]
+        self.assertEqual(server["parentSpanId"], parent_id)
+        self.assertEqual(server["traceState"], "vendor=abc")
+        self.assertEqual(server["kind"], 2)
+        self.assertEqual(commit["parentSpanId"], server["spanId"])
+        self.assertNotEqual(commit["spanId"], server["spanId"])
+        self.assertRegex(server["spanId"], r"^[0-9a-f]{16}$")
+        for s in (server, commit):
+            self.assertIsInstance(s["startTimeUnixNano"], str)
+            self.assertLessEqual(int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]))
+        self.assertLessEqual(int(server["startTimeUnixNano"]), int(commit["startTimeUnixNano"]))
+        a = attrs(server)
+        self.assertEqual(a["http.route"], "/v1/mitigations")
+        self.assertEqual(a["http.request.method"], "POST")
+        self.assertEqual(a["http.response.status_code"], "201")
+        self.assertEqual(a["quell.request_id"], "trace-it-1")
+        self.assertEqual(attrs(commit)["quell.ledger.seq"], str(m["seq"]))
+        # The access log line carries the same trace id.
+        line = [l for l in log_lines(self.q) if l.get("request_id") == "trace-it-1"]
+        self.assertEqual([l.get("trace_id") for l in line], [trace_id])
+
+    def test_malformed_traceparent_is_ignored(self):
+        for bad in ["00-%s-%s-01" % ("0" * 32, "1" * 16), "01-%s-%s-01" % ("a" * 32, "b" * 16),
+                    "garbage"]:
+            status, _, _ = self.q.request("GET", "/v1/check?entity=user:x",
+                                          headers={"traceparent": bad})
+            self.assertEqual(status, 200)
+        marker = os.urandom(16).hex()
+        self.q.request("GET", "/v1/check?entity=user:x",
+                       headers={"traceparent": "00-%s-%s-01" % (marker, "c" * 16)})
+        spans = self.collector.wait_for(lambda ss: any(s["traceId"] == marker for s in ss))
+        self.assertEqual([s["traceId"] for s in spans], [marker])
+
+
+class TracingDropTest(unittest.TestCase):
+    def run_against(self, endpoint):
+        q = QuellServer(env={"QUELL_TRACING_ENDPOINT": endpoint,
+                             "QUELL_TRACING_SAMPLE_RATIO": "1"}).start()
+        try:
+            for i in range(30):
+                status, body, _ = q.request("GET", "/v1/check?entity=user:%d" % i)
+                self.assertEqual(status, 200, body)
+            status, m, _ = q.request("POST", "/v1/mitigations",
+                                     {"entity": "user:d", "action": "block", "ttl": "1h",
+                                      "reason": "t"})
+            self.assertEqual(status, 201, m)
+            deadline = time.time() + 30
+            dropped = None
+            while time.time() < deadline:
+                text = q.request("GET", "/metrics", auth=False)[1]
+                dropped = metric_value(text, "quell_trace_spans_dropped_total",
+                                       '{reason="export_failed"}')
+                if dropped:
+                    break
+                time.sleep(0.1)
+            self.assertGreater(dropped or 0, 0)
+            self.assertEqual(metric_value(text, "quell_trace_spans_exported_total"), 0)
+            # Still serving while the collector is away.
+            self.assertEqual(q.request("GET", "/v1/check?entity=user:x")[0], 200)
+        finally:
+            q.stop()
+        warn = [l for l in log_lines(q) if l.get("msg", "").startswith("trace export failing")]
+        self.assertEqual(len(warn), 1, warn)  # logged once, not per batch
+        q.cleanup()
+
+    def test_dead_collector_drops_spans_and_requests_succeed(self):
+        self.run_against("http://127.0.0.1:%d/v1/traces" % free_port())
+
+    def test_black_hole_collector_drops_spans_and_requests_succeed(self):
+        # Accepts connections (the kernel backlog) but never answers.
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        try:
+            self.run_against("http://127.0.0.1:%d/v1/traces" % hole.getsockname()[1])
+        finally:
+            hole.close()
 
 
 if __name__ == "__main__":

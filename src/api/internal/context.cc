@@ -49,6 +49,11 @@ void Call::Reply(http::Response response) {
   const absl::Duration elapsed = absl::Now() - start_;
   if (metrics_ != nullptr) metrics_->Record(response.status, elapsed);
   if (logger_ != nullptr && logger_->Enabled(obs::Level::kInfo)) LogAccess(response, elapsed);
+  if (span.recording()) {
+    span.SetAttribute("http.response.status_code", static_cast<int64_t>(response.status));
+    if (response.status >= 500) span.SetStatus(obs::SpanStatus::kError);
+    span.End();
+  }
   response.headers.emplace_back("X-Request-Id", request_id_);
   std::move(respond_)(std::move(response));
 }
@@ -58,14 +63,18 @@ void Call::Reply(http::Response response) {
 void Call::LogAccess(const http::Response& response, absl::Duration elapsed) const {
   const std::string_view route = metrics_ != nullptr ? std::string_view(metrics_->route) : "-";
   const int64_t bytes = response.stream ? -1 : static_cast<int64_t>(response.body.size());
-  logger_->Info("request", {{"request_id", request_id_},
-                            {"method", req.method},
-                            {"route", route},
-                            {"status", response.status},
-                            {"duration_us", absl::ToInt64Microseconds(elapsed)},
-                            {"bytes", bytes},
-                            {"remote", req.remote_address},
-                            {"caller", who.key_id}});
+  const std::string trace_id = span.recording() ? obs::HexId(span.context().trace_id) : "";
+  const obs::Field fields[] = {{"request_id", request_id_},
+                               {"method", req.method},
+                               {"route", route},
+                               {"status", response.status},
+                               {"duration_us", absl::ToInt64Microseconds(elapsed)},
+                               {"bytes", bytes},
+                               {"remote", req.remote_address},
+                               {"caller", who.key_id},
+                               {"trace_id", trace_id}};
+  logger_->Log(obs::Level::kInfo, "request",
+               std::span<const obs::Field>(fields, trace_id.empty() ? 8 : 9));
 }
 
 void Call::Send(int status, std::string body) {
@@ -133,9 +142,17 @@ ledger::Mutation Context::WithIdempotency(std::optional<Idempotency> idem, ledge
 }
 
 void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call) {
+  obs::Span commit = call.span.StartChild("ledger.commit");
   auto shared = std::make_shared<Call>(std::move(call));
-  deps.ledger->Submit(std::move(mutation), [out, shared](absl::Status status,
-                                                         std::vector<ledger::Change>) {
+  deps.ledger->Submit(std::move(mutation), [out, shared, commit = std::move(commit)](
+                                               absl::Status status,
+                                               std::vector<ledger::Change> changes) mutable {
+    if (commit.recording()) {
+      commit.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
+      if (!changes.empty()) commit.SetAttribute("quell.ledger.seq", changes.back().seq);
+      if (!status.ok()) commit.SetStatus(obs::SpanStatus::kError, SV(status.message()));
+      commit.End();
+    }
     if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
     if (out->mismatch) return shared->Fail(ApiError::IdempotencyMismatch());
     http::Response r;
@@ -154,6 +171,7 @@ struct Router::Route {
   Access access;
   Fn fn;
   RouteMetrics metrics;
+  std::string span_name;  // "GET /v1/check"
 };
 
 namespace {
@@ -217,6 +235,7 @@ void Router::Add(std::string_view method, std::string_view pattern, Access acces
   r->fn = std::move(fn);
   r->metrics.route = std::string(pattern);
   r->metrics.method = r->method;
+  r->span_name = absl::StrCat(r->method, " ", AV(pattern));
   if (obs::Registry* reg = context_->deps.metrics) {
     auto fam = reg->AddCounterFamily("quell_http_requests_total",
                                      "HTTP requests answered, by route pattern, method and status.",
@@ -255,6 +274,15 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
   }
   Call call(std::move(req), std::move(respond), &found->metrics, context_->deps.logger);
   call.params = std::move(params);
+  if (obs::Tracer* tracer = context_->deps.tracer) {
+    call.span = tracer->StartServerSpan(found->span_name, call.req.Header("traceparent"),
+                                        call.req.Header("tracestate"));
+    if (call.span.recording()) {
+      call.span.SetAttribute("http.request.method", call.req.method);
+      call.span.SetAttribute("http.route", found->metrics.route);
+      call.span.SetAttribute("quell.request_id", call.request_id());
+    }
+  }
   switch (found->access.kind) {
     case Access::Kind::kPublic:
       break;

@@ -22,6 +22,7 @@
 #include "api/internal/worker_pool.h"
 #include "auth/keys.h"
 #include "ledger/ledger.h"
+#include "obs/trace.h"
 
 namespace quell::obs {
 class Counter;
@@ -45,6 +46,10 @@ class Call {
   http::Request req;
   auth::Principal who;
   std::vector<std::string> params;  // path parameters, in pattern order
+  // The request's server span (not recording when tracing is off or the request is
+  // not sampled); route code parents its own spans on it with span.StartChild().
+  // Ended by Reply.
+  obs::Span span;
 
   void Reply(http::Response response);
   void Send(int status, std::string body);
