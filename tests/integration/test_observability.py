@@ -5,10 +5,16 @@ import http.server
 import json
 import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
+import urllib.request
 
 from harness import QuellServer, free_port
 
@@ -297,6 +303,143 @@ class TracingDropTest(unittest.TestCase):
             self.run_against("http://127.0.0.1:%d/v1/traces" % hole.getsockname()[1])
         finally:
             hole.close()
+
+
+DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
+                      "prometheus")
+
+
+@unittest.skipUnless(shutil.which("promtool"), "promtool not installed")
+class PromtoolTest(unittest.TestCase):
+    def check(self, text):
+        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+        return p.returncode, p.stdout + p.stderr
+
+    def test_the_linter_catches_a_bad_exposition(self):
+        code, _ = self.check("# HELP foo A counter.\n# TYPE foo counter\nfoo 1\n")
+        self.assertNotEqual(code, 0)
+
+    def test_real_scrape_passes_promtool(self):
+        # Tracing on (towards a dead collector) so its metric families are present too.
+        q = QuellServer(env={"QUELL_TRACING_ENDPOINT": "http://127.0.0.1:%d/v1/traces" % free_port(),
+                             "QUELL_TRACING_SAMPLE_RATIO": "1"}).start()
+        try:
+            self.assertEqual(q.request("POST", "/v1/mitigations",
+                                       {"entity": "user:p", "action": "block", "ttl": "1h",
+                                        "reason": "t"})[0], 201)
+            q.request("GET", "/v1/check?entity=user:p")
+            q.request("GET", "/v1/nothing")
+            status, text, hdrs = q.request("GET", "/metrics", auth=False)
+            self.assertEqual(status, 200)
+            self.assertTrue(hdrs["content-type"].startswith("text/plain; version=0.0.4"))
+            for family in ["quell_http_requests_total", "quell_http_request_duration_seconds",
+                           "quell_ledger_seq", "quell_index_mitigations", "quell_build_info",
+                           "quell_trace_spans_dropped_total", "quell_trace_spans_exported_total"]:
+                self.assertIn("# TYPE %s " % family, text)
+            code, out = self.check(text)
+            self.assertEqual(code, 0, out)
+        finally:
+            q.cleanup()
+
+
+class Prometheus:
+    """Debian's prometheus, on a free loopback port, scraping `target` every second,
+    with Quell's alert rules loaded; stopped by PID."""
+
+    def __init__(self, target):
+        self.tmp = tempfile.TemporaryDirectory(prefix="quell-prom-")
+        self.port = free_port()
+        shutil.copy(os.path.join(DEPLOY, "alerts.yml"), self.tmp.name)
+        config = os.path.join(self.tmp.name, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                    "rule_files: [alerts.yml]\n"
+                    "scrape_configs:\n"
+                    "  - job_name: quell\n"
+                    "    scrape_interval: 1s\n"
+                    "    static_configs: [{targets: ['%s']}]\n" % target)
+        self.log = open(os.path.join(self.tmp.name, "prometheus.log"), "wb")
+        self.proc = subprocess.Popen(
+            ["prometheus", "--config.file=" + config,
+             "--storage.tsdb.path=" + os.path.join(self.tmp.name, "data"),
+             "--web.listen-address=127.0.0.1:%d" % self.port],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def api(self, path, **params):
+        url = "http://127.0.0.1:%d%s?%s" % (self.port, path, urllib.parse.urlencode(params))
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def wait(self, fetch, predicate, timeout=90):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("prometheus exited: " + self.logs())
+            try:
+                last = fetch()
+                if predicate(last):
+                    return last
+            except OSError as e:
+                last = e
+            time.sleep(0.25)
+        raise AssertionError("prometheus never answered as expected; last: %r\n%s" % (
+            last, self.logs()))
+
+    def logs(self):
+        with open(os.path.join(self.tmp.name, "prometheus.log"), errors="replace") as f:
+            return f.read()[-3000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.tmp.cleanup()
+
+
+@unittest.skipUnless(shutil.which("prometheus"), "prometheus not installed")
+class RealPrometheusTest(unittest.TestCase):
+    def test_prometheus_scrapes_quell_and_answers_queries(self):
+        q = QuellServer().start()
+        prom = None
+        try:
+            status, m, _ = q.request("POST", "/v1/mitigations",
+                                     {"entity": "user:prom", "action": "block", "ttl": "1h",
+                                      "reason": "t"})
+            self.assertEqual(status, 201, m)
+            prom = Prometheus("127.0.0.1:%d" % q.port)
+
+            def query(expr):
+                return lambda: prom.api("/api/v1/query", query=expr)
+
+            def value_at_least(n):
+                return lambda r: r["status"] == "success" and r["data"]["result"] and \
+                    float(r["data"]["result"][0]["value"][1]) >= n
+
+            r = prom.wait(query('quell_ledger_seq{job="quell"}'), value_at_least(m["seq"]))
+            self.assertEqual(r["data"]["result"][0]["metric"]["instance"], "127.0.0.1:%d" % q.port)
+            r = prom.wait(query('quell_http_requests_total{job="quell",route="/v1/mitigations",'
+                                'method="POST",code="201"}'), value_at_least(1))
+            self.assertEqual(len(r["data"]["result"]), 1)
+            prom.wait(query('up{job="quell"}'), value_at_least(1))
+            # The alert rules loaded into a real Prometheus, and none fires on a healthy node.
+            rules = prom.wait(lambda: prom.api("/api/v1/rules"),
+                              lambda r: r["status"] == "success" and r["data"]["groups"])
+            names = {rule["name"] for g in rules["data"]["groups"] for rule in g["rules"]}
+            self.assertIn("QuellHighErrorRate", names)
+            self.assertIn("QuellBreakerOpen", names)
+            self.assertEqual([a for a in prom.api("/api/v1/alerts")["data"]["alerts"]
+                              if a["state"] == "firing"], [])
+        finally:
+            if prom is not None:
+                prom.stop()
+            q.cleanup()
 
 
 if __name__ == "__main__":
