@@ -6,7 +6,8 @@ namespace quell::api {
 
 class Api::Impl {
  public:
-  Impl(ApiDeps deps, ApiOptions options) : ctx_(std::move(deps), std::move(options)), router_(&ctx_) {
+  Impl(ApiDeps deps, ApiOptions options)
+      : ctx_(std::move(deps), std::move(options)), router_(&ctx_) {
     internal::AddHealthRoutes(router_, ctx_);
     internal::AddMitigationRoutes(router_, ctx_);
     internal::AddFeedRoutes(router_, ctx_);

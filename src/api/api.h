@@ -23,14 +23,14 @@ namespace quell::obs {
 class Logger;
 class Registry;
 class Tracer;
-}
+}  // namespace quell::obs
 
 namespace quell::api {
 
 struct ApiOptions {
-  int worker_threads = 4;          // storage reads off the event loops
-  int max_check_entities = 100;    // entities in one check
-  int max_page = 1000;             // list and feed pages
+  int worker_threads = 4;                       // storage reads off the event loops
+  int max_check_entities = 100;                 // entities in one check
+  int max_page = 1000;                          // list and feed pages
   absl::Duration max_wait = absl::Seconds(60);  // long-poll bound
   std::string version = "dev";
 };

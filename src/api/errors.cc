@@ -13,15 +13,21 @@ ApiError ApiError::Field(std::string field, std::string message) {
   std::string summary = absl::StrCat(field, ": ", message);
   return {400, "invalid_argument", std::move(summary), {{std::move(field), std::move(message)}}};
 }
-ApiError ApiError::NotFound(std::string message) { return {404, "not_found", std::move(message), {}}; }
+ApiError ApiError::NotFound(std::string message) {
+  return {404, "not_found", std::move(message), {}};
+}
 ApiError ApiError::Unauthenticated() {
   return {401, "unauthenticated", "missing or invalid API key (Authorization: Bearer <key>)", {}};
 }
 ApiError ApiError::Forbidden(std::string message) {
   return {403, "permission_denied", std::move(message), {}};
 }
-ApiError ApiError::Conflict(std::string message) { return {409, "conflict", std::move(message), {}}; }
-ApiError ApiError::TooLarge(std::string message) { return {413, "too_large", std::move(message), {}}; }
+ApiError ApiError::Conflict(std::string message) {
+  return {409, "conflict", std::move(message), {}};
+}
+ApiError ApiError::TooLarge(std::string message) {
+  return {413, "too_large", std::move(message), {}};
+}
 ApiError ApiError::IdempotencyMismatch() {
   return {422, "idempotency_key_reused",
           "this Idempotency-Key was already used with a different request body"};

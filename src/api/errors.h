@@ -17,7 +17,7 @@
 namespace quell::api {
 
 struct FieldError {
-  std::string field;    // JSON path: "entity", "detections[3].score", "query.limit"
+  std::string field;  // JSON path: "entity", "detections[3].score", "query.limit"
   std::string message;
 };
 

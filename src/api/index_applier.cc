@@ -8,9 +8,8 @@
 namespace quell::api {
 
 absl::Status IndexApplier::Load(ledger::Store& store) {
-  QUELL_ASSIGN_OR_RETURN(int64_t seq, store.ScanLive([this](const core::Mitigation& m) {
-    return index_->Apply(m);
-  }));
+  QUELL_ASSIGN_OR_RETURN(
+      int64_t seq, store.ScanLive([this](const core::Mitigation& m) { return index_->Apply(m); }));
   index_->set_seq(seq);
   return absl::OkStatus();
 }
@@ -25,8 +24,10 @@ void IndexApplier::OnCommitted(const std::vector<ledger::Change>& changes) {
       // Apply fails only on shapes the ledger never writes (a foreign id, 65,536 action
       // names); say so loudly rather than stop enforcing everything else.
       if (absl::Status s = index_->Apply(*m); !s.ok()) {
-        std::fprintf(stderr, "{\"level\":\"error\",\"msg\":\"index apply failed\",\"seq\":%lld,"
-                     "\"error\":\"%s\"}\n", static_cast<long long>(c.seq), std::string(s.message()).c_str());
+        std::fprintf(stderr,
+                     "{\"level\":\"error\",\"msg\":\"index apply failed\",\"seq\":%lld,"
+                     "\"error\":\"%s\"}\n",
+                     static_cast<long long>(c.seq), std::string(s.message()).c_str());
       }
     }
     index_->set_seq(c.seq);

@@ -14,8 +14,9 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
   // Trailing content after the value is an error ("root not singular").
   doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
   if (doc->HasParseError()) {
-    return ApiError::InvalidArgument(absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset(),
-                                                  ": ", rapidjson::GetParseError_En(doc->GetParseError())));
+    return ApiError::InvalidArgument(
+        absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset(), ": ",
+                     rapidjson::GetParseError_En(doc->GetParseError())));
   }
   return std::nullopt;
 }
@@ -36,8 +37,7 @@ void ObjectReader::Fail(std::string_view name, std::string message) {
   errors_->push_back({PathOf(name), std::move(message)});
 }
 
-const rapidjson::Value* ObjectReader::Find(std::string_view name, bool required,
-                                           const char* what) {
+const rapidjson::Value* ObjectReader::Find(std::string_view name, bool required, const char* what) {
   if (!value_.IsObject()) return nullptr;
   seen_.emplace_back(name);
   auto it = value_.FindMember(rapidjson::Value(rapidjson::StringRef(name.data(), name.size())));
@@ -93,8 +93,8 @@ std::optional<bool> ObjectReader::Bool(std::string_view name, bool required) {
   return v->GetBool();
 }
 
-std::optional<std::vector<std::string>> ObjectReader::Strings(std::string_view name,
-                                                              bool required, size_t max_items) {
+std::optional<std::vector<std::string>> ObjectReader::Strings(std::string_view name, bool required,
+                                                              size_t max_items) {
   const rapidjson::Value* v = Find(name, required, "an array of strings");
   if (v == nullptr) return std::nullopt;
   if (!v->IsArray()) {

@@ -29,8 +29,7 @@ class ObjectReader {
   bool is_object() const { return value_.IsObject(); }
 
   //! A string member. Absent -> nullopt (an error if `required`). Wrong type -> error.
-  std::optional<std::string> String(std::string_view name, bool required,
-                                    size_t max_bytes = 4096);
+  std::optional<std::string> String(std::string_view name, bool required, size_t max_bytes = 4096);
   std::optional<double> Number(std::string_view name, bool required);
   std::optional<int64_t> Int(std::string_view name, bool required);
   std::optional<bool> Bool(std::string_view name, bool required);

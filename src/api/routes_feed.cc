@@ -55,7 +55,8 @@ void AddFeedRoutes(Router& router, Context& ctx) {
     if (auto e = QueryInt(call.req, "wait", 0, absl::ToInt64Seconds(ctx.options.max_wait), &wait)) {
       return call.Fail(*e);
     }
-    ServeChanges(ctx, std::move(call), after, static_cast<int>(limit), absl::Now() + absl::Seconds(wait));
+    ServeChanges(ctx, std::move(call), after, static_cast<int>(limit),
+                 absl::Now() + absl::Seconds(wait));
   });
 
   // NDJSON: {"seq": N} then one active mitigation per line, from one consistent read;
@@ -92,15 +93,15 @@ void AddFeedRoutes(Router& router, Context& ctx) {
         const ledger::Change& c = (*changes)[i];
         next = c.seq;
         if (i) body += ',';
-        absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at), "\",\"kind\":\"",
-                        AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
+        absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at),
+                        "\",\"kind\":\"", AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
         core::AppendJsonString(c.actor, &body);
         body += ",\"subject\":";
         core::AppendJsonString(c.subject, &body);
         body += ",\"entity\":";
         core::AppendJsonString(c.entity, &body);
-        absl::StrAppend(&body, ",\"payload\":", c.payload, ",\"prev_hash\":\"", c.prev_hash, "\",\"hash\":\"",
-                        c.hash, "\"}");
+        absl::StrAppend(&body, ",\"payload\":", c.payload, ",\"prev_hash\":\"", c.prev_hash,
+                        "\",\"hash\":\"", c.hash, "\"}");
       }
       absl::StrAppend(&body, "],\"next\":", next, "}");
       call.Send(200, std::move(body));

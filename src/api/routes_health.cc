@@ -16,10 +16,12 @@ void AddHealthRoutes(Router& router, Context& ctx) {
       auto seq = ctx.deps.ledger->store().LastSeq();
       if (!ctx.ready.load()) return call.Fail(ApiError::Unavailable("shutting down"));
       if (!seq.ok()) {
-        return call.Fail(ApiError::Unavailable(absl::StrCat("store unreachable: ", seq.status().message())));
+        return call.Fail(
+            ApiError::Unavailable(absl::StrCat("store unreachable: ", seq.status().message())));
       }
-      call.Send(200, absl::StrCat("{\"status\":\"ready\",\"seq\":", *seq, ",\"index_seq\":",
-                                  ctx.deps.index->seq(), ",\"index_size\":", ctx.deps.index->size(), "}"));
+      call.Send(200, absl::StrCat("{\"status\":\"ready\",\"seq\":", *seq,
+                                  ",\"index_seq\":", ctx.deps.index->seq(),
+                                  ",\"index_size\":", ctx.deps.index->size(), "}"));
     });
   });
 

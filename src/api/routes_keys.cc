@@ -21,7 +21,8 @@ std::string KeyJson(const ledger::ApiKey& k, std::string_view token = {}) {
   out += "],\"name\":";
   core::AppendJsonString(k.name, &out);
   absl::StrAppend(&out, ",\"created_at\":\"", core::FormatRfc3339(k.created_at), "\"");
-  if (k.revoked_at) absl::StrAppend(&out, ",\"revoked_at\":\"", core::FormatRfc3339(*k.revoked_at), "\"");
+  if (k.revoked_at)
+    absl::StrAppend(&out, ",\"revoked_at\":\"", core::FormatRfc3339(*k.revoked_at), "\"");
   if (!token.empty()) {
     out += ",\"key\":";
     core::AppendJsonString(token, &out);
@@ -61,9 +62,11 @@ void AddKeyRoutes(Router& router, Context& ctx) {
     std::optional<auth::Role> role;
     if (role_text) {
       role = auth::ParseRole(*role_text);
-      if (!role) errors.push_back({"role", "must be admin, detector, enforcer, reviewer or viewer"});
+      if (!role)
+        errors.push_back({"role", "must be admin, detector, enforcer, reviewer or viewer"});
     }
-    if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid key", std::move(errors)));
+    if (!errors.empty())
+      return call.Fail(ApiError::InvalidArgument("invalid key", std::move(errors)));
     auto key = auth::MakeKey(*role, sources.value_or(std::vector<std::string>{}), name.value_or(""),
                              ctx.deps.clock->Now());
     if (!key.ok()) return call.Fail(ApiError::FromStatus(key.status()));

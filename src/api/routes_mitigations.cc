@@ -68,13 +68,15 @@ void Check(Context& ctx, Call&& call) {
     auto list = r.Strings("entities", true, max);
     auto s = r.String("surface", false, 64);
     r.RejectUnknown();
-    if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid check", std::move(errors)));
+    if (!errors.empty())
+      return call.Fail(ApiError::InvalidArgument("invalid check", std::move(errors)));
     texts = std::move(*list);
     surface = s.value_or("");
   }
   if (texts.empty()) return call.Fail(ApiError::Field("entity", "at least one entity is required"));
   if (static_cast<int>(texts.size()) > max) {
-    return call.Fail(ApiError::Field("entity", absl::StrCat("at most ", max, " entities per check")));
+    return call.Fail(
+        ApiError::Field("entity", absl::StrCat("at most ", max, " entities per check")));
   }
   absl::Time now = ctx.deps.clock->Now();
   int64_t seq = ctx.deps.index->seq();
@@ -96,8 +98,8 @@ void Check(Context& ctx, Call&& call) {
       AppendHit(*ctx.deps.index, catalog, *entity, h, &items, &verdict);
     }
   }
-  call.Send(200, absl::StrCat("{\"verdict\":\"", AV(core::VerdictName(verdict)), "\",\"mitigations\":",
-                              items, "],\"seq\":", seq, "}"));
+  call.Send(200, absl::StrCat("{\"verdict\":\"", AV(core::VerdictName(verdict)),
+                              "\",\"mitigations\":", items, "],\"seq\":", seq, "}"));
 }
 
 void ListMitigations(Context& ctx, Call&& call) {
@@ -171,7 +173,8 @@ void CreateMitigation(Context& ctx, Call&& call) {
   }
   if (action && ctx.deps.catalog->Find(*action) == nullptr) {
     std::string known;
-    for (const auto& a : ctx.deps.catalog->actions()) absl::StrAppend(&known, known.empty() ? "" : ", ", a.name);
+    for (const auto& a : ctx.deps.catalog->actions())
+      absl::StrAppend(&known, known.empty() ? "" : ", ", a.name);
     errors.push_back({"action", absl::StrCat("unknown action \"", *action, "\"; known: ", known)});
   }
   if (ttl_text) {
@@ -184,7 +187,8 @@ void CreateMitigation(Context& ctx, Call&& call) {
   }
   if (reason && reason->empty()) errors.push_back({"reason", "must not be empty"});
   if (!errors.empty()) {
-    std::string summary = absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
+    std::string summary =
+        absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
     return call.Fail(ApiError::InvalidArgument(std::move(summary), std::move(errors)));
   }
   std::optional<Context::Idempotency> idem;
@@ -199,8 +203,9 @@ void CreateMitigation(Context& ctx, Call&& call) {
   auto render = [result] {
     return std::make_pair(result->created ? 201 : 200, core::MitigationToJson(result->mitigation));
   };
-  ctx.SubmitWrite(Context::WithIdempotency(std::move(idem), std::move(inner), std::move(render), out),
-                  out, std::move(call));
+  ctx.SubmitWrite(
+      Context::WithIdempotency(std::move(idem), std::move(inner), std::move(render), out), out,
+      std::move(call));
 }
 
 void Revoke(Context& ctx, Call&& call) {
@@ -212,15 +217,16 @@ void Revoke(Context& ctx, Call&& call) {
     ObjectReader r(doc, "", &errors);
     reason = r.String("reason", false, 2000).value_or("");
     r.RejectUnknown();
-    if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid revoke", std::move(errors)));
+    if (!errors.empty())
+      return call.Fail(ApiError::InvalidArgument("invalid revoke", std::move(errors)));
   }
   if (reason.empty()) reason = "revoked";
   auto m = std::make_shared<Mitigation>();
   auto out = std::make_shared<Context::WriteOutcome>();
   auto inner = workflow::RevokeMitigation(call.params[0], std::move(reason), call.who.key_id, m);
   auto render = [m] { return std::make_pair(200, core::MitigationToJson(*m)); };
-  ctx.SubmitWrite(Context::WithIdempotency(std::nullopt, std::move(inner), std::move(render), out), out,
-                  std::move(call));
+  ctx.SubmitWrite(Context::WithIdempotency(std::nullopt, std::move(inner), std::move(render), out),
+                  out, std::move(call));
 }
 
 // The answer to "why is this entity mitigated?": verdict, what applies now (including
@@ -242,11 +248,12 @@ void EntityView(Context& ctx, Call&& call) {
     ctx.deps.index->Lookup(entity, ctx.deps.clock->Now(), &hits);
     core::Verdict verdict = core::Verdict::kAllow;
     std::string active = "[";
-    for (const index::Hit& h : hits) AppendHit(*ctx.deps.index, *ctx.deps.catalog, entity, h, &active, &verdict);
+    for (const index::Hit& h : hits)
+      AppendHit(*ctx.deps.index, *ctx.deps.catalog, entity, h, &active, &verdict);
     std::string body = "{\"entity\":";
     core::AppendJsonString(entity.str(), &body);
-    absl::StrAppend(&body, ",\"verdict\":\"", AV(core::VerdictName(verdict)), "\",\"active\":", active,
-                    "],\"mitigations\":[");
+    absl::StrAppend(&body, ",\"verdict\":\"", AV(core::VerdictName(verdict)),
+                    "\",\"active\":", active, "],\"mitigations\":[");
     for (size_t i = 0; i < page->mitigations.size(); ++i) {
       if (i) body += ',';
       core::AppendMitigationJson(page->mitigations[i], &body);
@@ -255,10 +262,11 @@ void EntityView(Context& ctx, Call&& call) {
     for (size_t i = 0; i < changes->size(); ++i) {
       const ledger::Change& c = (*changes)[i];
       if (i) body += ',';
-      absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at), "\",\"kind\":\"",
-                      AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
+      absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at),
+                      "\",\"kind\":\"", AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
       core::AppendJsonString(c.actor, &body);
-      absl::StrAppend(&body, ",\"", c.kind == ledger::ChangeKind::kMitigation ? "mitigation" : "payload",
+      absl::StrAppend(&body, ",\"",
+                      c.kind == ledger::ChangeKind::kMitigation ? "mitigation" : "payload",
                       "\":", c.payload, "}");
     }
     body += "],\"lists\":[]}";
@@ -270,15 +278,17 @@ void EntityView(Context& ctx, Call&& call) {
 
 void AddMitigationRoutes(Router& router, Context& ctx) {
   using auth::Permission;
-  auto bind = [&ctx](void (*fn)(Context&, Call&&)) {
+  auto bind = [&ctx](void (*fn)(Context&, Call &&)) {
     return [&ctx, fn](Call&& call) { fn(ctx, std::move(call)); };
   };
   router.Add("GET", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
   router.Add("POST", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
   router.Add("GET", "/v1/mitigations", Access::Bearer(Permission::kRead), bind(ListMitigations));
-  router.Add("POST", "/v1/mitigations", Access::Bearer(Permission::kMitigate), bind(CreateMitigation));
+  router.Add("POST", "/v1/mitigations", Access::Bearer(Permission::kMitigate),
+             bind(CreateMitigation));
   router.Add("GET", "/v1/mitigations/{id}", Access::Bearer(Permission::kRead), bind(GetMitigation));
-  router.Add("POST", "/v1/mitigations/{id}/revoke", Access::Bearer(Permission::kMitigate), bind(Revoke));
+  router.Add("POST", "/v1/mitigations/{id}/revoke", Access::Bearer(Permission::kMitigate),
+             bind(Revoke));
   router.Add("GET", "/v1/entities/{entity*}", Access::Bearer(Permission::kRead), bind(EntityView));
 }
 

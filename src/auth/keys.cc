@@ -86,8 +86,7 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
   return k;
 }
 
-absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Create(ledger::Store* store,
-                                                         core::Clock* clock) {
+absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Create(ledger::Store* store, core::Clock* clock) {
   std::unique_ptr<KeyRing> ring(new KeyRing(store, clock));
   QUELL_RETURN_IF_ERROR(ring->Reload());
   return ring;
@@ -147,8 +146,7 @@ absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
     auto it = map->find(AV(id));
     if (it != map->end()) {
       const std::string& want = it->second.secret_hash;
-      if (want.size() == hash.size() &&
-          CRYPTO_memcmp(want.data(), hash.data(), hash.size()) == 0) {
+      if (want.size() == hash.size() && CRYPTO_memcmp(want.data(), hash.data(), hash.size()) == 0) {
         return it->second.principal;
       }
       return denied();

@@ -31,11 +31,11 @@ std::optional<Role> ParseRole(std::string_view name);
 
 // What a route needs. Each role grants a fixed set (see Allows).
 enum class Permission : uint8_t {
-  kCheck,        // check, changes, snapshot, CrowdSec decisions
-  kRead,         // mitigations, entities, audit, policies, lists, breakers, reviews
-  kSubmit,       // detections, events (detector: only as its sources)
-  kMitigate,     // manual mitigations, revoke, reviews, appeals
-  kAdmin,        // keys, policies PUT, lists PUT, breaker reset, rollbacks
+  kCheck,     // check, changes, snapshot, CrowdSec decisions
+  kRead,      // mitigations, entities, audit, policies, lists, breakers, reviews
+  kSubmit,    // detections, events (detector: only as its sources)
+  kMitigate,  // manual mitigations, revoke, reviews, appeals
+  kAdmin,     // keys, policies PUT, lists PUT, breaker reset, rollbacks
 };
 bool Allows(Role role, Permission p);
 
@@ -59,8 +59,7 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
 class KeyRing {
  public:
   // Borrows `store` and `clock`. Loads the keys once; kUnavailable if the store fails.
-  static absl::StatusOr<std::unique_ptr<KeyRing>> Create(ledger::Store* store,
-                                                         core::Clock* clock);
+  static absl::StatusOr<std::unique_ptr<KeyRing>> Create(ledger::Store* store, core::Clock* clock);
 
   //! Checks an Authorization header value ("Bearer <token>") or a bare token.
   //! kUnauthenticated (missing, malformed, unknown, revoked) — never says which.
@@ -84,8 +83,8 @@ class KeyRing {
   ledger::Store* store_;
   core::Clock* clock_;
   mutable std::mutex mu_;
-  std::shared_ptr<const Map> keys_;          // guarded by mu_ (the pointer; the map is immutable)
-  int64_t version_ = -1;                     // guarded by mu_
+  std::shared_ptr<const Map> keys_;  // guarded by mu_ (the pointer; the map is immutable)
+  int64_t version_ = -1;             // guarded by mu_
   absl::Time last_miss_reload_ = absl::InfinitePast();  // guarded by mu_
 };
 

@@ -18,28 +18,35 @@ absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> CatalogFromNode(const
   for (size_t i = 0; i < list.size(); ++i) {
     const YAML::Node& n = list[i];
     std::string where = absl::StrCat("actions[", i, "]");
-    if (!n.IsMap() || !n["name"]) return absl::InvalidArgumentError(absl::StrCat(where, ": needs a name"));
+    if (!n.IsMap() || !n["name"])
+      return absl::InvalidArgumentError(absl::StrCat(where, ": needs a name"));
     core::Action a;
     a.name = n["name"].as<std::string>();
     for (auto it = n.begin(); it != n.end(); ++it) {
       std::string key = it->first.as<std::string>();
-      if (key != "name" && key != "verdict" && key != "severity" && key != "ttl" && key != "surfaces") {
+      if (key != "name" && key != "verdict" && key != "severity" && key != "ttl" &&
+          key != "surfaces") {
         return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key ", key));
       }
     }
     if (n["verdict"]) {
       auto v = core::ParseVerdict(n["verdict"].as<std::string>());
-      if (!v) return absl::InvalidArgumentError(absl::StrCat(where, ".verdict: allow, throttle, challenge or deny"));
+      if (!v)
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".verdict: allow, throttle, challenge or deny"));
       a.verdict = *v;
     }
     if (n["severity"]) {
       auto s = core::ParseSeverity(n["severity"].as<std::string>());
-      if (!s) return absl::InvalidArgumentError(absl::StrCat(where, ".severity: low, medium, high or critical"));
+      if (!s)
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".severity: low, medium, high or critical"));
       a.severity = *s;
     }
     if (n["ttl"]) {
       auto d = core::ParseDuration(n["ttl"].as<std::string>());
-      if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".ttl: ", d.status().message()));
+      if (!d.ok())
+        return absl::InvalidArgumentError(absl::StrCat(where, ".ttl: ", d.status().message()));
       a.default_ttl = *d;
     }
     if (n["surfaces"]) a.surfaces = n["surfaces"].as<std::vector<std::string>>();
@@ -56,20 +63,23 @@ absl::Status CheckSampleRatio(double r, std::string_view where) {
 }
 
 absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, TracingConfig* t) {
-  if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": tracing must be a mapping"));
+  if (!v.IsMap())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": tracing must be a mapping"));
   for (auto it = v.begin(); it != v.end(); ++it) {
     const std::string key = it->first.as<std::string>();
     if (key == "endpoint") {
       t->endpoint = it->second.as<std::string>();
     } else if (key == "sample_ratio") {
       t->sample_ratio = it->second.as<double>();
-      QUELL_RETURN_IF_ERROR(CheckSampleRatio(t->sample_ratio, absl::StrCat(path, ": tracing.sample_ratio")));
+      QUELL_RETURN_IF_ERROR(
+          CheckSampleRatio(t->sample_ratio, absl::StrCat(path, ": tracing.sample_ratio")));
     } else if (key == "enabled") {
       t->enabled = it->second.as<bool>();
     } else if (key == "max_queue_spans") {
       t->max_queue_spans = it->second.as<int>();
       if (t->max_queue_spans < 1) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": tracing.max_queue_spans must be positive"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": tracing.max_queue_spans must be positive"));
       }
     } else {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"tracing.", key, "\""));
@@ -80,7 +90,8 @@ absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, Traci
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml) {
+absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(
+    const std::string& yaml) {
   try {
     YAML::Node root = YAML::Load(yaml);
     return CatalogFromNode(root["actions"]);
@@ -92,7 +103,8 @@ absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(cons
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
   try {
     YAML::Node root = YAML::LoadFile(path);
-    if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
+    if (!root.IsMap())
+      return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
     for (auto it = root.begin(); it != root.end(); ++it) {
       std::string key = it->first.as<std::string>();
       const YAML::Node& v = it->second;
@@ -108,7 +120,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         if (v["synchronous"]) {
           std::string s = v["synchronous"].as<std::string>();
           if (s != "full" && s != "normal") {
-            return absl::InvalidArgumentError(absl::StrCat(path, ": store.synchronous must be full or normal"));
+            return absl::InvalidArgumentError(
+                absl::StrCat(path, ": store.synchronous must be full or normal"));
           }
           c.synchronous_full = s == "full";
         }
@@ -119,7 +132,9 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
                                    std::pair{"shutdown_grace", &c.shutdown_grace}}) {
           if (!v[name]) continue;
           auto d = core::ParseDuration(v[name].as<std::string>());
-          if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": http.", name, ": ", d.status().message()));
+          if (!d.ok())
+            return absl::InvalidArgumentError(
+                absl::StrCat(path, ": http.", name, ": ", d.status().message()));
           *field = *d;
         }
       } else if (key == "tracing") {
@@ -127,7 +142,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       } else if (key == "metrics") {
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "enabled") {
-            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
+            return absl::InvalidArgumentError(
+                absl::StrCat(path, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
           }
           c.metrics_enabled = m->second.as<bool>();
         }
@@ -162,7 +178,8 @@ absl::Status ApplyEnvironment(Config* c) {
   }
   if (const char* v = env("QUELL_SYNCHRONOUS")) {
     std::string s = v;
-    if (s != "full" && s != "normal") return absl::InvalidArgumentError("QUELL_SYNCHRONOUS must be full or normal");
+    if (s != "full" && s != "normal")
+      return absl::InvalidArgumentError("QUELL_SYNCHRONOUS must be full or normal");
     c->synchronous_full = s == "full";
   }
   return absl::OkStatus();

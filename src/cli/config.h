@@ -27,14 +27,14 @@ struct TracingConfig {
 struct Config {
   std::string listen = "127.0.0.1:8080";
   std::string data = "./var";
-  int threads = 0;                     // HTTP event loops; 0 = one per core
-  bool synchronous_full = true;        // store.synchronous: full | normal
-  size_t max_body_bytes = 8 << 20;     // http.max_body_bytes
+  int threads = 0;                  // HTTP event loops; 0 = one per core
+  bool synchronous_full = true;     // store.synchronous: full | normal
+  size_t max_body_bytes = 8 << 20;  // http.max_body_bytes
   absl::Duration read_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Seconds(60);
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
-  bool metrics_enabled = true;         // metrics.enabled: false renders an empty /metrics
+  bool metrics_enabled = true;  // metrics.enabled: false renders an empty /metrics
   TracingConfig tracing;
   std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();
 };
@@ -45,7 +45,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base);
 //! QUELL_TRACING_ENDPOINT, QUELL_TRACING_SAMPLE_RATIO.
 absl::Status ApplyEnvironment(Config* config);
 //! Parses the `actions:` list of a YAML catalog (also used by policy sets).
-absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(const std::string& yaml);
+absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(
+    const std::string& yaml);
 
 }  // namespace quell::cli
 

@@ -76,7 +76,8 @@ metrics: {enabled: false}
   EXPECT_DOUBLE_EQ(c->tracing.sample_ratio, 0.1);
   EXPECT_EQ(c->tracing.max_queue_spans, 64);
   EXPECT_FALSE(c->metrics_enabled);
-  auto off = LoadConfigFile(WriteTemp("tracing: {endpoint: http://h/, enabled: false}\n"), Config{});
+  auto off =
+      LoadConfigFile(WriteTemp("tracing: {endpoint: http://h/, enabled: false}\n"), Config{});
   ASSERT_TRUE(off.ok());
   EXPECT_FALSE(off->tracing.on());
   auto bad = LoadConfigFile(WriteTemp("tracing: {sample_ratio: 2}\n"), Config{});
@@ -99,8 +100,9 @@ metrics: {enabled: false}
 }
 
 TEST(FlagsTest, ParsesFormsAndRejectsUnknown) {
-  auto f = Flags::Parse({"keys", "create", "--role", "detector", "--source=a", "--source", "b", "--dev"},
-                        {"role", "source"}, {"dev"});
+  auto f =
+      Flags::Parse({"keys", "create", "--role", "detector", "--source=a", "--source", "b", "--dev"},
+                   {"role", "source"}, {"dev"});
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(f->positional(), (std::vector<std::string>{"keys", "create"}));
   EXPECT_EQ(*f->Get("role"), "detector");

@@ -25,7 +25,8 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
       f.values_.emplace(name, "true");
     } else if (with_value.count(name)) {
       if (!value) {
-        if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        if (i + 1 >= args.size())
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
         value = args[++i];
       }
       f.values_.emplace(name, *value);

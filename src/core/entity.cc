@@ -124,21 +124,21 @@ absl::StatusOr<Network> ParseNetwork(std::string_view text) {
   }
   auto ip = ParseIp(text.substr(0, slash));
   if (!ip.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("network \"", AV(text), "\": ", ip.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("network \"", AV(text), "\": ", ip.status().message()));
   }
   std::string_view len_text = text.substr(slash + 1);
   int prefix = -1;
   bool digits = !len_text.empty() && len_text.size() <= 3;
   for (char c : len_text) digits = digits && c >= '0' && c <= '9';
   if (!digits || !absl::SimpleAtoi(AV(len_text), &prefix) || prefix < 0 || prefix > ip->bits()) {
-    return absl::InvalidArgumentError(absl::StrCat("network \"", AV(text), "\": prefix length must be 0..",
-                                                   ip->bits()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("network \"", AV(text), "\": prefix length must be 0..", ip->bits()));
   }
   Network net{MaskIp(*ip, prefix), prefix};
   if (!(net.address == *ip)) {
-    return absl::InvalidArgumentError(absl::StrCat("network \"", AV(text),
-                                                   "\" has host bits set; did you mean ",
-                                                   FormatNetwork(net), "?"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "network \"", AV(text), "\" has host bits set; did you mean ", FormatNetwork(net), "?"));
   }
   return net;
 }
@@ -157,8 +157,8 @@ absl::StatusOr<Entity> Entity::Parse(std::string_view text) {
   std::string_view type = text.substr(0, colon);
   std::string_view id = text.substr(colon + 1);
   if (!ValidType(type)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("entity type \"", AV(type.substr(0, 40)), "\" must match [a-z][a-z0-9_]{0,31}"));
+    return absl::InvalidArgumentError(absl::StrCat("entity type \"", AV(type.substr(0, 40)),
+                                                   "\" must match [a-z][a-z0-9_]{0,31}"));
   }
   if (id.empty() || id.size() > kMaxIdBytes) {
     return absl::InvalidArgumentError("entity id must be 1-256 bytes");

@@ -31,11 +31,11 @@ TEST(EntityTest, NormalisesAddresses) {
 }
 
 TEST(EntityTest, RejectsInvalid) {
-  for (const char* bad : {"", "user", ":x", "User:x", "1user:x", "user:", "ip:1.2.3",
-                          "ip:1.2.3.4/8", "cidr:10.0.0.1/8", "cidr:10.0.0.0/33", "cidr:10.0.0.0",
-                          "cidr:10.0.0.0/", "cidr:10.0.0.0/-1", "user:a\nb", "user:\x7f",
-                          "user:\xc3\x28", "user:\xed\xa0\x80",
-                          "a23456789012345678901234567890123:x"}) {
+  for (const char* bad :
+       {"", "user", ":x", "User:x", "1user:x", "user:", "ip:1.2.3", "ip:1.2.3.4/8",
+        "cidr:10.0.0.1/8", "cidr:10.0.0.0/33", "cidr:10.0.0.0", "cidr:10.0.0.0/",
+        "cidr:10.0.0.0/-1", "user:a\nb", "user:\x7f", "user:\xc3\x28", "user:\xed\xa0\x80",
+        "a23456789012345678901234567890123:x"}) {
     EXPECT_FALSE(Entity::Parse(bad).ok()) << bad;
   }
   EXPECT_FALSE(Entity::Parse("user:" + std::string(257, 'a')).ok());

@@ -126,12 +126,12 @@ absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
     return absl::OkStatus();
   };
   std::string entity, state;
-  for (auto st : {str("id", &m.id), str("entity", &entity), str("action", &m.action),
-                  str("state", &state), time("created_at", &m.created_at),
-                  time("updated_at", &m.updated_at), time("starts_at", &m.starts_at),
-                  time("expires_at", &m.expires_at), str("reason", &m.reason),
-                  str("source", &m.source), str("policy", &m.policy), str("actor", &m.actor),
-                  str("batch", &m.batch), str("state_reason", &m.state_reason)}) {
+  for (auto st :
+       {str("id", &m.id), str("entity", &entity), str("action", &m.action), str("state", &state),
+        time("created_at", &m.created_at), time("updated_at", &m.updated_at),
+        time("starts_at", &m.starts_at), time("expires_at", &m.expires_at),
+        str("reason", &m.reason), str("source", &m.source), str("policy", &m.policy),
+        str("actor", &m.actor), str("batch", &m.batch), str("state_reason", &m.state_reason)}) {
     if (!st.ok()) return st;
   }
   auto e = Entity::Parse(entity);

@@ -42,14 +42,14 @@ struct Mitigation {
   MitigationState state = MitigationState::kActive;
   absl::Time created_at = absl::UnixEpoch();
   absl::Time updated_at = absl::UnixEpoch();
-  absl::Time starts_at = absl::UnixEpoch();   // when it became (or becomes) active
+  absl::Time starts_at = absl::UnixEpoch();  // when it became (or becomes) active
   absl::Time expires_at = absl::UnixEpoch();
-  std::string reason;        // why it was created (free text from a person or a policy)
-  std::string source;        // detection source, or "manual"
-  std::string policy;        // policy id; empty for manual mitigations
+  std::string reason;  // why it was created (free text from a person or a policy)
+  std::string source;  // detection source, or "manual"
+  std::string policy;  // policy id; empty for manual mitigations
   int64_t policy_version = 0;
-  std::string actor;         // who caused the last change: key id, "system", reviewer
-  std::string batch;         // import batch, if any
+  std::string actor;                    // who caused the last change: key id, "system", reviewer
+  std::string batch;                    // import batch, if any
   std::vector<std::string> detections;  // detection ids that caused it
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it

@@ -31,13 +31,12 @@
   lhs = std::move(tmp).value()
 
 // Aborts on a broken internal invariant. Never use on untrusted input.
-#define QUELL_CHECK(cond)                                                   \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "%s:%d: QUELL_CHECK failed: %s\n", __FILE__,     \
-                   __LINE__, #cond);                                        \
-      std::abort();                                                         \
-    }                                                                       \
+#define QUELL_CHECK(cond)                                                                 \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
+      std::fprintf(stderr, "%s:%d: QUELL_CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                       \
+    }                                                                                     \
   } while (0)
 
 #endif  // QUELL_CORE_STATUS_H_

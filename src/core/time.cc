@@ -65,8 +65,8 @@ std::string DurationString(absl::Duration d) {
     int64_t ms;
     const char* name;
   };
-  static constexpr Unit kUnits[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"},
-                                    {1000, "s"},     {1, "ms"}};
+  static constexpr Unit kUnits[] = {
+      {86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}, {1, "ms"}};
   for (const Unit& u : kUnits) {
     if (ms >= u.ms) {
       absl::StrAppend(&out, ms / u.ms, u.name);
@@ -82,8 +82,9 @@ absl::StatusOr<absl::Time> ParseRfc3339(std::string_view text) {
   // %Y-%m-%d%ET%H:%M:%E*S%Ez accepts "Z" and numeric offsets, with any fraction.
   if (text.size() > 64 ||
       !absl::ParseTime("%Y-%m-%d%ET%H:%M:%E*S%Ez", std::string(text), &t, &err)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid time \"", AV(text.substr(0, 64)),
-                                                   "\": expected RFC 3339, as in 2026-11-28T12:00:00Z"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid time \"", AV(text.substr(0, 64)),
+                     "\": expected RFC 3339, as in 2026-11-28T12:00:00Z"));
   }
   return t;
 }

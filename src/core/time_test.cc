@@ -42,8 +42,8 @@ TEST(TimeTest, Rfc3339) {
   auto frac = ParseRfc3339("2026-11-28T12:00:00.25Z");
   ASSERT_TRUE(frac.ok());
   EXPECT_EQ(FormatRfc3339(*frac), "2026-11-28T12:00:00.250000Z");
-  for (const char* bad : {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday",
-                          "2026-13-01T00:00:00Z"}) {
+  for (const char* bad :
+       {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday", "2026-13-01T00:00:00Z"}) {
     EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
   }
 }

@@ -81,8 +81,9 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
     QUELL_ASSIGN_OR_RETURN(std::optional<Mitigation> m, txn.GetMitigation(id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", id));
     if (!core::IsLive(m->state)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "mitigation ", id, " is ", AV(core::StateName(m->state)), "; only live ones can be revoked"));
+      return absl::FailedPreconditionError(absl::StrCat("mitigation ", id, " is ",
+                                                        AV(core::StateName(m->state)),
+                                                        "; only live ones can be revoked"));
     }
     m->state = MitigationState::kRevoked;
     m->state_reason = reason;

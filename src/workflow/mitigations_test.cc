@@ -28,8 +28,7 @@ class MitigationsTest : public testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  absl::StatusOr<CreateResult> Create(std::string entity, std::string action,
-                                      absl::Duration ttl) {
+  absl::StatusOr<CreateResult> Create(std::string entity, std::string action, absl::Duration ttl) {
     CreateRequest r;
     r.entity = *core::Entity::Parse(entity);
     r.action = std::move(action);
@@ -84,7 +83,9 @@ TEST_F(MitigationsTest, RevokeOnceThenConflict) {
   auto c = Create("ip:10.0.0.1", "block", absl::Hours(1));
   ASSERT_TRUE(c.ok());
   auto out = std::make_shared<core::Mitigation>();
-  ASSERT_TRUE(ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "false positive", "k_r", out)).ok());
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "false positive", "k_r", out))
+          .ok());
   EXPECT_EQ(out->state, MitigationState::kRevoked);
   EXPECT_EQ(out->state_reason, "false positive");
   auto again = ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "x", "k_r", out));

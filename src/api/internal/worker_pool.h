@@ -32,7 +32,7 @@ class WorkerPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<absl::AnyInvocable<void()>> queue_;  // guarded by mu_
-  bool stop_ = false;                              // guarded by mu_
+  bool stop_ = false;                             // guarded by mu_
   std::vector<std::thread> threads_;
 };
 
