@@ -31,12 +31,14 @@
 // Errors propagate through arithmetic, comparisons (so `detection.evidence.nope == 1` is
 // an error, which makes a `when` false), `!`, `?:` conditions, `in`, and function/method
 // arguments. `==`/`!=` between two *present* values of different runtime types are
-// false/true (not errors). `&&` and `||` are commutative as in CEL: false && error ==
-// false, error && false == false, true || error == true, error || true == true; otherwise
-// an error operand makes the result an error. has(x) never errors: it is false when any
+// false/true (not errors); maps cannot be compared (kTypeMismatch). `&&` and `||` are
+// commutative as in CEL: false && error == false, error && false == false,
+// true || error == true, error || true == true; otherwise an error operand makes the
+// result an error. has(x) never errors: it is false when any
 // step of x is absent. A `when` whose value is the error value does not match: Eval()
 // returns Outcome::kError (with the EvalError) so callers can count it separately from
-// kFalse.
+// kFalse. Operands of && / || may be evaluated in any order (cheap ones first), so when
+// several operands are errors, which EvalError is reported is unspecified.
 //
 // Cost: the language has no loops or recursion; evaluation visits each AST node at most
 // once, and the few linear-time operations (`in` over a list, map lookups, string
