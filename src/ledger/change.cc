@@ -18,8 +18,6 @@ void AppendU64(uint64_t v, std::string* out) {
   for (int shift = 56; shift >= 0; shift -= 8) out->push_back(static_cast<char>(v >> shift));
 }
 
-// Every variable-length field is preceded by its length, so no two different changes
-// encode to the same bytes ("ab"+"c" vs "a"+"bc").
 void AppendField(std::string_view s, std::string* out) {
   AppendU64(s.size(), out);
   out->append(s);
@@ -41,24 +39,40 @@ std::optional<ChangeKind> ParseChangeKind(std::string_view name) {
 }
 
 std::string ChainHash(const Change& c) {
-  std::string buf;
-  buf.reserve(64 + 8 * 7 + c.actor.size() + c.subject.size() + c.entity.size() + c.payload.size() +
-              32);
-  // A version tag, so a future encoding can never collide with this one.
-  AppendField("quell.ledger.v1", &buf);
-  AppendField(c.prev_hash, &buf);
-  AppendU64(static_cast<uint64_t>(c.seq), &buf);
-  AppendU64(static_cast<uint64_t>(absl::ToUnixMicros(c.at)), &buf);
-  AppendU64(static_cast<uint64_t>(c.kind), &buf);
-  AppendField(c.actor, &buf);
-  AppendField(c.subject, &buf);
-  AppendField(c.entity, &buf);
-  AppendField(c.payload, &buf);
+  // The digest is fetched once (EVP_sha256() alone makes every EVP_DigestInit look the
+  // implementation up again) and each thread reuses its context: the commit thread hashes
+  // every change, so this is on the write path.
+  static EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  QUELL_CHECK(kSha256 != nullptr);
+  struct CtxDeleter {
+    void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+  };
+  thread_local std::unique_ptr<EVP_MD_CTX, CtxDeleter> ctx(EVP_MD_CTX_new());
+  QUELL_CHECK(ctx != nullptr);
 
+  // The fixed-size head in one buffer, then the variable fields streamed in. Every
+  // variable-length field is preceded by its length, so no two different changes encode
+  // to the same bytes ("ab"+"c" vs "a"+"bc").
+  std::string head;
+  head.reserve(128);
+  // A version tag, so a future encoding can never collide with this one.
+  AppendField("quell.ledger.v1", &head);
+  AppendField(c.prev_hash, &head);
+  AppendU64(static_cast<uint64_t>(c.seq), &head);
+  AppendU64(static_cast<uint64_t>(absl::ToUnixMicros(c.at)), &head);
+  AppendU64(static_cast<uint64_t>(c.kind), &head);
+  // EVP calls fail only on allocation failure or a broken OpenSSL: an invariant.
+  QUELL_CHECK(EVP_DigestInit_ex(ctx.get(), kSha256, nullptr) == 1);
+  QUELL_CHECK(EVP_DigestUpdate(ctx.get(), head.data(), head.size()) == 1);
+  for (const std::string* field : {&c.actor, &c.subject, &c.entity, &c.payload}) {
+    unsigned char len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(field->size() >> (56 - 8 * i));
+    QUELL_CHECK(EVP_DigestUpdate(ctx.get(), len, sizeof(len)) == 1);
+    QUELL_CHECK(EVP_DigestUpdate(ctx.get(), field->data(), field->size()) == 1);
+  }
   std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
   unsigned int md_len = 0;
-  // EVP_Digest fails only on allocation failure or a broken OpenSSL: an invariant.
-  QUELL_CHECK(EVP_Digest(buf.data(), buf.size(), md.data(), &md_len, EVP_sha256(), nullptr) == 1);
+  QUELL_CHECK(EVP_DigestFinal_ex(ctx.get(), md.data(), &md_len) == 1);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex(md_len * 2, '0');
   for (unsigned int i = 0; i < md_len; ++i) {

@@ -147,6 +147,11 @@ void BM_TxnAppend(benchmark::State& state) {
   std::filesystem::remove_all(dir);
 }
 BENCHMARK(BM_TxnAppend);
+// Fixed iteration counts for instruction counting, which is repeatable on a loaded machine:
+//   valgrind --tool=callgrind ledger_bench --benchmark_filter=TxnAppend/iterations:N
+// for N = 2000 and 12000; (Ir(12000) - Ir(2000)) / 10000 is the cost of one mutation.
+BENCHMARK(BM_TxnAppend)->Iterations(2000);
+BENCHMARK(BM_TxnAppend)->Iterations(12000);
 
 void BM_Fsync(benchmark::State& state) {
   auto dir = BenchDir("fsync");

@@ -557,6 +557,56 @@ TEST_P(StoreTest, SavepointRollbackRewindsSeqAndWrites) {
   EXPECT_EQ((*read)[1].hash, c.hash);
 }
 
+// Rolling back to a savepoint undoes updates too: the mitigation row returns to its
+// earlier change (and so to its earlier due time), idempotency records disappear, and a
+// write made before the savepoint stays.
+TEST_P(StoreTest, SavepointRollbackRestoresUpdatedRowsAndDropsInserts) {
+  core::Mitigation m = MakeMitigation(1, "user:u1", "block");
+  Put(&m);
+  auto txn = Begin(kT0 + absl::Minutes(1));
+  core::Mitigation other = MakeMitigation(2, "user:u2", "block");
+  ASSERT_OK(AppendMitigation(*txn, &other));
+  ASSERT_OK(V(txn->Savepoint()));
+  core::Mitigation revoked = m;
+  revoked.state = core::MitigationState::kRevoked;
+  ASSERT_OK(AppendMitigation(*txn, &revoked));
+  core::Mitigation again = revoked;  // a second update of the same row in the savepoint
+  again.state = core::MitigationState::kExpired;
+  ASSERT_OK(AppendMitigation(*txn, &again));
+  IdempotencyRecord r{.scope = "k_1 POST /v1/mitigations",
+                      .key = "abc",
+                      .request_hash = "h",
+                      .status = 201,
+                      .response = "{}",
+                      .created_at = kT0};
+  ASSERT_OK(V(txn->PutIdempotency(r)));
+  ASSERT_OK(V(txn->RollbackToSavepoint()));
+
+  auto inside = txn->GetMitigation(m.id);
+  ASSERT_OK(inside);
+  ASSERT_TRUE(inside->has_value());
+  EXPECT_EQ(**inside, m);
+  auto idem = txn->GetIdempotency(r.scope, r.key);
+  ASSERT_OK(idem);
+  EXPECT_FALSE(idem->has_value());
+  // The same key can be stored again after the rollback.
+  ASSERT_OK(V(txn->PutIdempotency(r)));
+  ASSERT_OK(V(txn->Commit()));
+
+  auto got = store_->GetMitigation(m.id);
+  ASSERT_OK(got);
+  EXPECT_EQ(**got, m);
+  got = store_->GetMitigation(other.id);
+  ASSERT_OK(got);
+  EXPECT_EQ(**got, other);
+  auto due = store_->ListDue(kT0 + absl::Hours(2), 10);
+  ASSERT_OK(due);
+  EXPECT_THAT(Ids(*due), ElementsAre(m.id, other.id));
+  auto last = store_->LastSeq();
+  ASSERT_OK(last);
+  EXPECT_EQ(*last, 2);
+}
+
 TEST_P(StoreTest, RollbackAndOneTxnAtATime) {
   {
     auto txn = Begin();

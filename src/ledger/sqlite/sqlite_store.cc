@@ -28,6 +28,10 @@ constexpr int kMaxLimit = 10000;
 
 #define QUELL_LIVE_STATES "('pending_approval','scheduled','active')"
 #define QUELL_CHANGE_COLUMNS "seq, at, kind, actor, subject, entity, payload, prev_hash, hash"
+// A mitigation row holds the columns queries filter on; the record is the payload of the
+// change that last wrote it. CROSS JOIN keeps mitigations as the outer loop.
+#define QUELL_SELECT_MITIGATION \
+  "SELECT c.payload FROM mitigations m CROSS JOIN changes c ON c.seq = m.seq"
 
 absl::Status CheckLimit(int limit) {
   if (limit <= 0 || limit > kMaxLimit) {
@@ -74,7 +78,7 @@ absl::StatusOr<std::vector<core::Mitigation>> CollectMitigations(Stmt& s) {
 // ---- queries shared by Txn reads (write connection) and Store reads (pool) ----
 
 absl::StatusOr<std::optional<core::Mitigation>> QueryMitigation(Db& db, std::string_view id) {
-  QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT json FROM mitigations WHERE id = ?1"));
+  QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.id = ?1"));
   StmtUse use(s);
   use->BindTextStatic(1, id);
   QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
@@ -86,8 +90,10 @@ absl::StatusOr<std::optional<core::Mitigation>> QueryMitigation(Db& db, std::str
 absl::StatusOr<std::vector<core::Mitigation>> QueryLive(Db& db, const core::Entity& entity,
                                                         std::string_view action) {
   QUELL_ASSIGN_OR_RETURN(
-      Stmt * s, db.Prepare("SELECT json FROM mitigations WHERE entity = ?1 "
-                           "AND action = ?2 AND state IN " QUELL_LIVE_STATES " ORDER BY id"));
+      Stmt * s,
+      db.Prepare(QUELL_SELECT_MITIGATION
+                 " WHERE m.entity = ?1 AND m.action = ?2 AND m.state IN " QUELL_LIVE_STATES
+                 " ORDER BY m.id"));
   StmtUse use(s);
   use->BindTextStatic(1, entity.str());
   use->BindTextStatic(2, action);
@@ -208,6 +214,14 @@ class ReadPool {
 class SqliteStore;
 
 // The one write transaction. Confined to the commit thread.
+//
+// Savepoints are logical: each write records how to undo itself (an undo log), and
+// RollbackToSavepoint replays the log backwards to the savepoint's mark. A SQLite
+// SAVEPOINT would instead copy every page a mutation touches into a sub-journal, on
+// every mutation, although almost all of them succeed; the undo log costs a few small
+// strings and only a failing mutation pays for its undo statements. Every write goes
+// through this class, so the log is complete. If an undo statement itself fails the
+// Txn is poisoned: it refuses to commit (the batch fails, nothing is written).
 class SqliteTxn final : public Txn {
  public:
   SqliteTxn(SqliteStore* store, Db* db, absl::Time now, int64_t head_seq, std::string head_hash)
@@ -238,14 +252,50 @@ class SqliteTxn final : public Txn {
   void Rollback() override;
 
  private:
+  // How to undo one write. Strings are the row's key.
+  struct Undo {
+    enum class Kind : uint8_t {
+      kChange,             // DELETE the change with seq `n`
+      kMitigationCreated,  // DELETE mitigation `a`
+      kMitigationUpdated,  // rewrite mitigation `a` from the payload of change `n`
+      kIdempotency,        // DELETE idempotency (a, b)
+    };
+    Kind kind;
+    int64_t n = 0;
+    std::string a, b;
+  };
+
   absl::Status CheckOpen() const {
     if (done_) return absl::FailedPreconditionError("transaction already finished");
     return absl::OkStatus();
   }
-  absl::Status RunFixed(std::string_view sql) {
+  // Writes refuse once the Txn is poisoned: its outcome is decided (rolled back).
+  absl::Status CheckWritable() const {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    if (poisoned_) return absl::AbortedError("transaction is poisoned by a failed undo");
+    return absl::OkStatus();
+  }
+  // Runs the statement for `sql` with `bind` applied, expecting no rows.
+  template <typename Bind>
+  absl::Status Run(std::string_view sql, Bind&& bind) {
     QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare(sql));
     StmtUse use(s);
-    return use->Run();
+    bind(*use);
+    absl::Status st = use->Run();
+    // Some errors (I/O, full disk, out of memory) make SQLite roll the whole transaction
+    // back; later statements would then autocommit one by one. Never let that happen.
+    if (!st.ok() && sqlite3_get_autocommit(db_->raw()) != 0) poisoned_ = true;
+    return st;
+  }
+  // Writes the mitigations row of `m` as of change `seq`; returns the seq of the change
+  // the row was at before (0: there was no row).
+  absl::StatusOr<int64_t> UpsertMitigationRow(const core::Mitigation& m, int64_t seq);
+  absl::Status ApplyUndo(const Undo& u);
+  // Undoes every write logged after `mark`; poisons the Txn if that fails.
+  absl::Status UndoTo(size_t mark);
+  // Drops undo records nobody can roll back to any more.
+  void TrimUndo() {
+    if (savepoints_.empty()) undo_.clear();
   }
   void Finish();
 
@@ -257,11 +307,12 @@ class SqliteTxn final : public Txn {
   struct Mark {
     int64_t seq;
     std::string hash;
+    size_t undo;  // undo_.size() when the savepoint was taken
   };
   std::vector<Mark> savepoints_;
-  // Set when a write could not be undone in part (see Append): the Txn refuses to commit
-  // unless a rollback to a savepoint taken before the damage undoes it.
-  std::optional<size_t> poisoned_at_depth_;
+  std::vector<Undo> undo_;
+  // A write could not be undone: the transaction must not commit.
+  bool poisoned_ = false;
   bool done_ = false;
 };
 
@@ -367,24 +418,115 @@ auto SqliteStore::WithSideWrite(F&& f) -> decltype(f(std::declval<Db&>())) {
 // ---- SqliteTxn ----
 
 absl::Status SqliteTxn::PutIdempotency(const IdempotencyRecord& r) {
-  QUELL_RETURN_IF_ERROR(CheckOpen());
-  QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("INSERT INTO idempotency (scope, key, "
-                                                "request_hash, status, response, created_at) "
-                                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-  StmtUse use(s);
-  use->BindTextStatic(1, r.scope);
-  use->BindTextStatic(2, r.key);
-  use->BindTextStatic(3, r.request_hash);
-  use->BindInt(4, r.status);
-  use->BindTextStatic(5, r.response);
-  use->BindTime(6, r.created_at);
-  return use->Run();
+  QUELL_RETURN_IF_ERROR(CheckWritable());
+  QUELL_RETURN_IF_ERROR(
+      Run("INSERT INTO idempotency (scope, key, request_hash, status, response, created_at) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+          [&](Stmt& s) {
+            s.BindTextStatic(1, r.scope);
+            s.BindTextStatic(2, r.key);
+            s.BindTextStatic(3, r.request_hash);
+            s.BindInt(4, r.status);
+            s.BindTextStatic(5, r.response);
+            s.BindTime(6, r.created_at);
+          }));
+  if (!savepoints_.empty()) {
+    undo_.push_back({.kind = Undo::Kind::kIdempotency, .a = r.scope, .b = r.key});
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> SqliteTxn::UpsertMitigationRow(const core::Mitigation& m, int64_t seq) {
+  const std::string& entity = m.entity.str();
+  const std::string_view state = core::StateName(m.state);
+  auto bind = [&](Stmt& s) {
+    s.BindTextStatic(1, m.id);
+    s.BindTextStatic(2, entity);
+    s.BindTextStatic(3, m.action);
+    s.BindTextStatic(4, state);
+    s.BindTime(5, m.created_at);
+    if (m.state == core::MitigationState::kActive) {
+      s.BindTime(6, m.expires_at);
+    } else if (m.state == core::MitigationState::kScheduled) {
+      s.BindTime(6, m.starts_at);
+    } else {
+      s.BindNull(6);
+    }
+    s.BindTextStatic(7, m.source);
+    s.BindTextStatic(8, m.policy);
+    s.BindInt(9, seq);
+  };
+  // Most appends create a mitigation: one INSERT. An update first reads the seq the row
+  // was at, which is what undoing it needs.
+  QUELL_RETURN_IF_ERROR(
+      Run("INSERT INTO mitigations (id, entity, action, state, created_at, "
+          "due_at, source, policy, seq) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+          "ON CONFLICT (id) DO NOTHING",
+          bind));
+  if (db_->changes() == 1) return 0;
+  int64_t prior = 0;
+  {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("SELECT seq FROM mitigations WHERE id = ?1"));
+    StmtUse use(s);
+    use->BindTextStatic(1, m.id);
+    QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+    if (!row) return absl::InternalError("mitigation row vanished during its upsert");
+    prior = use->ColumnInt(0);
+  }
+  QUELL_RETURN_IF_ERROR(
+      Run("UPDATE mitigations SET entity = ?2, action = ?3, state = ?4, "
+          "created_at = ?5, due_at = ?6, source = ?7, policy = ?8, seq = ?9 "
+          "WHERE id = ?1",
+          bind));
+  return prior;
+}
+
+absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
+  switch (u.kind) {
+    case Undo::Kind::kChange:
+      return Run("DELETE FROM changes WHERE seq = ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
+    case Undo::Kind::kMitigationCreated:
+      return Run("DELETE FROM mitigations WHERE id = ?1",
+                 [&](Stmt& s) { s.BindTextStatic(1, u.a); });
+    case Undo::Kind::kMitigationUpdated: {
+      std::string payload;
+      {
+        QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                               db_->Prepare("SELECT payload FROM changes WHERE seq = ?1"));
+        StmtUse use(s);
+        use->BindInt(1, u.n);
+        QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+        if (!row) return absl::DataLossError(absl::StrCat("change ", u.n, " is missing"));
+        payload = use->ColumnText(0);
+      }
+      QUELL_ASSIGN_OR_RETURN(core::Mitigation m, ParseStoredMitigation(payload));
+      return UpsertMitigationRow(m, u.n).status();
+    }
+    case Undo::Kind::kIdempotency:
+      return Run("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2", [&](Stmt& s) {
+        s.BindTextStatic(1, u.a);
+        s.BindTextStatic(2, u.b);
+      });
+  }
+  return absl::InternalError("unknown undo record");
+}
+
+absl::Status SqliteTxn::UndoTo(size_t mark) {
+  while (undo_.size() > mark) {
+    absl::Status st = ApplyUndo(undo_.back());
+    undo_.pop_back();
+    if (!st.ok()) {
+      poisoned_ = true;
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* mitigation) {
-  QUELL_RETURN_IF_ERROR(CheckOpen());
+  QUELL_RETURN_IF_ERROR(CheckWritable());
   const int64_t seq = head_seq_ + 1;
-  std::string json;
   if (change.kind == ChangeKind::kMitigation) {
     if (mitigation == nullptr) {
       return absl::InvalidArgumentError("a mitigation change needs its mitigation");
@@ -393,10 +535,10 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
       return absl::InvalidArgumentError(
           absl::StrCat("mitigation.seq is ", mitigation->seq, " but this change gets seq ", seq));
     }
-    json = core::MitigationToJson(*mitigation);
+    // The payload is what mitigation reads return, so it must be the mitigation's JSON.
     if (change.payload.empty()) {
-      change.payload = json;
-    } else if (change.payload != json) {
+      core::AppendMitigationJson(*mitigation, &change.payload);
+    } else if (change.payload != core::MitigationToJson(*mitigation)) {
       return absl::InvalidArgumentError("change payload differs from the mitigation's JSON");
     }
     if (change.subject.empty()) change.subject = mitigation->id;
@@ -409,63 +551,37 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   change.prev_hash = head_hash_;
   change.hash = ChainHash(change);
 
-  {
-    QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
-                                                  ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
-    StmtUse use(s);
-    use->BindInt(1, change.seq);
-    use->BindTime(2, change.at);
-    use->BindInt(3, static_cast<int64_t>(change.kind));
-    use->BindTextStatic(4, change.actor);
-    use->BindTextStatic(5, change.subject);
-    use->BindTextStatic(6, change.entity);
-    use->BindTextStatic(7, change.payload);
-    use->BindTextStatic(8, change.prev_hash);
-    use->BindTextStatic(9, change.hash);
-    QUELL_RETURN_IF_ERROR(use->Run());
-  }
+  // This Append's own writes are undone if a later step of it fails, savepoint or not.
+  const size_t mark = undo_.size();
+  absl::Status st = Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        [&](Stmt& s) {
+                          s.BindInt(1, change.seq);
+                          s.BindTime(2, change.at);
+                          s.BindInt(3, static_cast<int64_t>(change.kind));
+                          s.BindTextStatic(4, change.actor);
+                          s.BindTextStatic(5, change.subject);
+                          s.BindTextStatic(6, change.entity);
+                          s.BindTextStatic(7, change.payload);
+                          s.BindTextStatic(8, change.prev_hash);
+                          s.BindTextStatic(9, change.hash);
+                        });
+  if (!st.ok()) return st;
+  undo_.push_back({.kind = Undo::Kind::kChange, .n = seq});
   if (mitigation != nullptr) {
-    absl::Status st = [&]() -> absl::Status {
-      QUELL_ASSIGN_OR_RETURN(
-          Stmt * s,
-          db_->Prepare("INSERT INTO mitigations (id, entity, action, state, created_at, "
-                       "updated_at, starts_at, expires_at, source, policy, batch, seq, json) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
-                       "ON CONFLICT (id) DO UPDATE SET entity = excluded.entity, "
-                       "action = excluded.action, state = excluded.state, "
-                       "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-                       "starts_at = excluded.starts_at, expires_at = excluded.expires_at, "
-                       "source = excluded.source, policy = excluded.policy, "
-                       "batch = excluded.batch, seq = excluded.seq, json = excluded.json"));
-      StmtUse use(s);
-      const core::Mitigation& m = *mitigation;
-      use->BindTextStatic(1, m.id);
-      use->BindTextStatic(2, m.entity.str());
-      use->BindTextStatic(3, m.action);
-      use->BindTextStatic(4, core::StateName(m.state));
-      use->BindTime(5, m.created_at);
-      use->BindTime(6, m.updated_at);
-      use->BindTime(7, m.starts_at);
-      use->BindTime(8, m.expires_at);
-      use->BindTextStatic(9, m.source);
-      use->BindTextStatic(10, m.policy);
-      use->BindTextStatic(11, m.batch);
-      use->BindInt(12, m.seq);
-      use->BindTextStatic(13, json);
-      return use->Run();
-    }();
-    if (!st.ok()) {
-      // Undo the change row so the log and the view stay in step.
-      absl::Status undo = [&]() -> absl::Status {
-        QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("DELETE FROM changes WHERE seq = ?1"));
-        StmtUse use(s);
-        use->BindInt(1, seq);
-        return use->Run();
-      }();
-      if (!undo.ok()) poisoned_at_depth_ = savepoints_.size();
-      return st;
+    absl::StatusOr<int64_t> prior = UpsertMitigationRow(*mitigation, seq);
+    if (!prior.ok()) {
+      (void)UndoTo(mark);  // on failure it poisons the Txn; `prior` is the error to report
+      TrimUndo();
+      return prior.status();
+    }
+    if (*prior == 0) {
+      undo_.push_back({.kind = Undo::Kind::kMitigationCreated, .a = mitigation->id});
+    } else {
+      undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = *prior, .a = mitigation->id});
     }
   }
+  TrimUndo();
   head_seq_ = seq;
   head_hash_ = change.hash;
   return change;
@@ -473,42 +589,37 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
 
 absl::Status SqliteTxn::Savepoint() {
   QUELL_RETURN_IF_ERROR(CheckOpen());
-  QUELL_RETURN_IF_ERROR(RunFixed("SAVEPOINT quell_mutation"));
-  savepoints_.push_back({head_seq_, head_hash_});
+  savepoints_.push_back({head_seq_, head_hash_, undo_.size()});
   return absl::OkStatus();
 }
 
 absl::Status SqliteTxn::RollbackToSavepoint() {
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (savepoints_.empty()) return absl::FailedPreconditionError("no savepoint");
-  // ROLLBACK TO keeps the savepoint open; RELEASE ends it, as the caller expects.
-  QUELL_RETURN_IF_ERROR(RunFixed("ROLLBACK TO quell_mutation"));
-  QUELL_RETURN_IF_ERROR(RunFixed("RELEASE quell_mutation"));
-  head_seq_ = savepoints_.back().seq;
-  head_hash_ = std::move(savepoints_.back().hash);
+  Mark& mark = savepoints_.back();
+  absl::Status st = UndoTo(mark.undo);
+  head_seq_ = mark.seq;
+  head_hash_ = std::move(mark.hash);
   savepoints_.pop_back();
-  if (poisoned_at_depth_ && *poisoned_at_depth_ > savepoints_.size()) poisoned_at_depth_.reset();
-  return absl::OkStatus();
+  TrimUndo();
+  return st;
 }
 
 absl::Status SqliteTxn::ReleaseSavepoint() {
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (savepoints_.empty()) return absl::FailedPreconditionError("no savepoint");
-  QUELL_RETURN_IF_ERROR(RunFixed("RELEASE quell_mutation"));
-  savepoints_.pop_back();
-  if (poisoned_at_depth_ && *poisoned_at_depth_ > savepoints_.size()) {
-    poisoned_at_depth_ = savepoints_.size();
-  }
+  savepoints_.pop_back();  // its undo records now belong to the enclosing savepoint
+  TrimUndo();
   return absl::OkStatus();
 }
 
 absl::Status SqliteTxn::Commit() {
   QUELL_RETURN_IF_ERROR(CheckOpen());
-  if (poisoned_at_depth_) {
+  if (poisoned_) {
     Rollback();
-    return absl::InternalError("transaction rolled back: a failed append could not be undone");
+    return absl::InternalError("transaction rolled back: a failed write could not be undone");
   }
-  absl::Status st = RunFixed("COMMIT");
+  absl::Status st = Run("COMMIT", [](Stmt&) {});
   if (!st.ok()) {
     Rollback();
     return st;
@@ -641,14 +752,14 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadEntityChanges(const core::E
 absl::StatusOr<MitigationPage> SqliteStore::ListMitigations(const MitigationQuery& q) {
   QUELL_RETURN_IF_ERROR(CheckLimit(q.limit));
   // Fixed parameter numbers, so each filter combination is one cached statement.
-  std::string sql = "SELECT json FROM mitigations WHERE 1 = 1";
-  if (q.entity) sql += " AND entity = ?1";
-  if (q.state) sql += " AND state = ?2";
-  if (!q.action.empty()) sql += " AND action = ?3";
-  if (!q.policy.empty()) sql += " AND policy = ?4";
-  if (!q.source.empty()) sql += " AND source = ?5";
-  if (!q.cursor.empty()) sql += " AND id < ?6";
-  sql += " ORDER BY id DESC LIMIT ?7";
+  std::string sql = QUELL_SELECT_MITIGATION " WHERE 1 = 1";
+  if (q.entity) sql += " AND m.entity = ?1";
+  if (q.state) sql += " AND m.state = ?2";
+  if (!q.action.empty()) sql += " AND m.action = ?3";
+  if (!q.policy.empty()) sql += " AND m.policy = ?4";
+  if (!q.source.empty()) sql += " AND m.source = ?5";
+  if (!q.cursor.empty()) sql += " AND m.id < ?6";
+  sql += " ORDER BY m.id DESC LIMIT ?7";
   return WithRead([&](Db& db) -> absl::StatusOr<MitigationPage> {
     QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(sql));
     StmtUse use(s);
@@ -676,7 +787,7 @@ absl::StatusOr<int64_t> SqliteStore::ScanLive(
     // Both statements run in the same read transaction, i.e. the same WAL snapshot.
     QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
     QUELL_ASSIGN_OR_RETURN(
-        Stmt * s, db.Prepare("SELECT json FROM mitigations WHERE state IN " QUELL_LIVE_STATES));
+        Stmt * s, db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.state IN " QUELL_LIVE_STATES));
     StmtUse use(s);
     while (true) {
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
@@ -691,50 +802,25 @@ absl::StatusOr<int64_t> SqliteStore::ScanLive(
 absl::StatusOr<std::vector<core::Mitigation>> SqliteStore::ListDue(absl::Time now, int limit) {
   QUELL_RETURN_IF_ERROR(CheckLimit(limit));
   return WithRead([&](Db& db) -> absl::StatusOr<std::vector<core::Mitigation>> {
-    std::vector<std::pair<int64_t, core::Mitigation>> due;
-    for (std::string_view sql :
-         {"SELECT json, expires_at FROM mitigations WHERE state = 'active' AND expires_at <= ?1 "
-          "ORDER BY expires_at LIMIT ?2",
-          "SELECT json, starts_at FROM mitigations WHERE state = 'scheduled' AND starts_at <= ?1 "
-          "ORDER BY starts_at LIMIT ?2"}) {
-      QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(sql));
-      StmtUse use(s);
-      use->BindTime(1, now);
-      use->BindInt(2, limit);
-      while (true) {
-        QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-        if (!row) break;
-        QUELL_ASSIGN_OR_RETURN(core::Mitigation m, ParseStoredMitigation(use->ColumnText(0)));
-        due.emplace_back(use->ColumnInt(1), std::move(m));
-      }
-    }
-    // Earliest due first across both kinds.
-    std::stable_sort(due.begin(), due.end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    std::vector<core::Mitigation> out;
-    for (auto& [at, m] : due) {
-      if (static_cast<int>(out.size()) == limit) break;
-      out.push_back(std::move(m));
-    }
-    return out;
+    // due_at is starts_at for scheduled and expires_at for active mitigations.
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s,
+        db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.due_at <= ?1 ORDER BY m.due_at LIMIT ?2"));
+    StmtUse use(s);
+    use->BindTime(1, now);
+    use->BindInt(2, limit);
+    return CollectMitigations(*use);
   });
 }
 
 absl::StatusOr<std::optional<absl::Time>> SqliteStore::NextDue() {
   return WithRead([&](Db& db) -> absl::StatusOr<std::optional<absl::Time>> {
-    std::optional<absl::Time> next;
-    for (std::string_view sql :
-         {"SELECT MIN(expires_at) FROM mitigations WHERE state = 'active'",
-          "SELECT MIN(starts_at) FROM mitigations WHERE state = 'scheduled'"}) {
-      QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(sql));
-      StmtUse use(s);
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (row && !use->ColumnIsNull(0)) {
-        absl::Time t = use->ColumnTime(0);
-        if (!next || t < *next) next = t;
-      }
-    }
-    return next;
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, db.Prepare("SELECT MIN(due_at) FROM mitigations WHERE due_at IS NOT NULL"));
+    StmtUse use(s);
+    QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+    if (!row || use->ColumnIsNull(0)) return std::optional<absl::Time>();
+    return std::optional<absl::Time>(use->ColumnTime(0));
   });
 }
 

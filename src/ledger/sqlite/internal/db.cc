@@ -1,5 +1,7 @@
 #include "ledger/sqlite/internal/db.h"
 
+#include <mutex>
+
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/strings.h"
@@ -47,6 +49,11 @@ absl::Status Stmt::Run() {
 }
 
 absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& file, const DbOptions& opts) {
+  // Memory statistics take a process-wide mutex on every sqlite3_malloc/free; nothing
+  // here reads them. Possible only before SQLite initialises: if another part of the
+  // process opened a database first, the call fails and statistics stay on (harmless).
+  static std::once_flag once;
+  std::call_once(once, [] { (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX |
               (opts.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
