@@ -39,8 +39,8 @@ TEST(TraceparentTest, RejectsMalformed) {
       ok.substr(0, 54),
       ok + "-",
       ok + "0",
-      "01" + ok.substr(2),                                        // version 01 (strict: 00 only)
-      "ff" + ok.substr(2),                                        // forbidden version
+      std::string("01").append(ok, 2),                                        // version 01 (strict: 00 only)
+      std::string("ff").append(ok, 2),                                        // forbidden version
       "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // uppercase
       "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // zero trace id
       "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // zero span id
@@ -67,7 +67,7 @@ TEST(TracestateTest, ValidatesAndNormalises) {
     EXPECT_FALSE(ParseTracestate(bad).ok()) << bad;
   }
   std::string many;
-  for (int i = 0; i < 33; ++i) many += "k" + std::to_string(i) + "=v,";
+  for (int i = 0; i < 33; ++i) many.append("k").append(std::to_string(i)).append("=v,");
   EXPECT_FALSE(ParseTracestate(many).ok());
   EXPECT_FALSE(ParseTracestate("a=" + std::string(600, 'x')).ok());
 }
