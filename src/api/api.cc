@@ -12,6 +12,7 @@ class Api::Impl {
     internal::AddMitigationRoutes(router_, ctx_);
     internal::AddFeedRoutes(router_, ctx_);
     internal::AddKeyRoutes(router_, ctx_);
+    internal::AddCrowdSecRoutes(router_, ctx_);
   }
 
   internal::Context ctx_;

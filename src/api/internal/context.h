@@ -138,6 +138,7 @@ void AddHealthRoutes(Router& router, Context& ctx);
 void AddMitigationRoutes(Router& router, Context& ctx);
 void AddFeedRoutes(Router& router, Context& ctx);
 void AddKeyRoutes(Router& router, Context& ctx);
+void AddCrowdSecRoutes(Router& router, Context& ctx);
 
 // Shared helpers for route code.
 bool StartsWith(std::string_view s, std::string_view prefix);
