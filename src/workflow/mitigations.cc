@@ -24,52 +24,59 @@ absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, Mitigati
   return txn.Append(std::move(c), &m);
 }
 
+absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateRequest& req,
+                                            const core::ActionCatalog& catalog, absl::Time now) {
+  const core::Action* action = catalog.Find(req.action);
+  if (action == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown action \"", req.action, "\""));
+  }
+  absl::Duration ttl = req.ttl.value_or(action->default_ttl);
+  absl::Time starts = req.starts_at.value_or(now);
+  absl::Time expires = starts + ttl;
+  CreateResult out;
+
+  QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(req.entity, req.action));
+  for (Mitigation& existing : live) {
+    // Only merge into a mitigation of the same kind of enforcement: an active request
+    // extends an active one; a pending one never silently extends an active one.
+    if (existing.state != req.state) continue;
+    if (expires > existing.expires_at) {
+      existing.expires_at = expires;
+      for (const std::string& d : req.detections) existing.detections.push_back(d);
+      existing.state_reason = absl::StrCat("extended: ", req.reason);
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, req.actor, now).status());
+    }
+    out.mitigation = std::move(existing);
+    return out;
+  }
+  // Shadow mitigations are never live, so each shadow decision is recorded on its own:
+  // a shadow policy's record says how often it would have fired.
+  Mitigation m;
+  m.id = core::NewId("m_", now);
+  m.entity = req.entity;
+  m.action = req.action;
+  m.state = req.state;
+  m.created_at = now;
+  m.starts_at = starts;
+  m.expires_at = expires;
+  m.reason = req.reason;
+  m.source = req.source;
+  m.policy = req.policy;
+  m.policy_version = req.policy_version;
+  m.batch = req.batch;
+  m.detections = req.detections;
+  QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, req.actor, now).status());
+  out.created = true;
+  out.mitigation = std::move(m);
+  return out;
+}
+
 ledger::Mutation CreateMitigation(CreateRequest req,
                                   std::shared_ptr<const core::ActionCatalog> catalog,
                                   std::shared_ptr<CreateResult> out) {
   return [req = std::move(req), catalog = std::move(catalog), out = std::move(out)](
              ledger::Txn& txn, absl::Time now) -> absl::Status {
-    const core::Action* action = catalog->Find(req.action);
-    if (action == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown action \"", req.action, "\""));
-    }
-    absl::Duration ttl = req.ttl.value_or(action->default_ttl);
-    absl::Time starts = req.starts_at.value_or(now);
-    absl::Time expires = starts + ttl;
-
-    QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(req.entity, req.action));
-    for (Mitigation& existing : live) {
-      // Only merge into a mitigation of the same kind of enforcement: an active request
-      // extends an active one; a pending one never silently extends an active one.
-      if (existing.state != req.state) continue;
-      out->created = false;
-      if (expires > existing.expires_at) {
-        existing.expires_at = expires;
-        for (const std::string& d : req.detections) existing.detections.push_back(d);
-        existing.state_reason = absl::StrCat("extended: ", req.reason);
-        QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, req.actor, now).status());
-      }
-      out->mitigation = existing;
-      return absl::OkStatus();
-    }
-
-    Mitigation m;
-    m.id = core::NewId("m_", now);
-    m.entity = req.entity;
-    m.action = req.action;
-    m.state = req.state;
-    m.created_at = now;
-    m.starts_at = starts;
-    m.expires_at = expires;
-    m.reason = req.reason;
-    m.source = req.source;
-    m.policy = req.policy;
-    m.policy_version = req.policy_version;
-    m.batch = req.batch;
-    m.detections = req.detections;
-    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, req.actor, now).status());
-    out->created = true;
-    out->mitigation = std::move(m);
+    QUELL_ASSIGN_OR_RETURN(*out, CreateOrExtend(txn, req, *catalog, now));
     return absl::OkStatus();
   };
 }

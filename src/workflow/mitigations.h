@@ -50,6 +50,10 @@ ledger::Mutation CreateMitigation(CreateRequest request,
                                   std::shared_ptr<const core::ActionCatalog> catalog,
                                   std::shared_ptr<CreateResult> out);
 
+//! The same, inside a caller's transaction (for mutations that create several).
+absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateRequest& request,
+                                            const core::ActionCatalog& catalog, absl::Time now);
+
 //! Revokes a live mitigation. kNotFound if there is no such id; kFailedPrecondition if it
 //! is no longer live (already expired, revoked...).
 ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::string actor,
