@@ -280,7 +280,8 @@ void LiveDecisions(CrowdSec& cs, Call&& call) {
   if (!scope.empty()) {
     f.ip = scope == "ip";
     f.range = scope == "range";
-    if (value && !ip_text && !range_text) (f.ip ? ip_text : range_text) = value;
+    if (value && !ip_text && !range_text && (f.ip || f.range))
+      (f.ip ? ip_text : range_text) = value;
   }
   std::string items = "[";
   if (ip_text) {
