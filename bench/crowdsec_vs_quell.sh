@@ -50,7 +50,8 @@ function request()
   else
     i = math.random(loaded, 16777215)  -- same /8, never loaded
   end
-  local ip = string.format("%s.%d.%d.%d", first, (i >> 16) & 255, (i >> 8) & 255, i & 255)
+  -- LuaJIT (wrk) has no bit operators: split with integer division
+  local ip = string.format("%s.%d.%d.%d", first, math.floor(i / 65536), math.floor(i / 256) % 256, i % 256)
   return wrk.format("GET", "/v1/decisions?ip=" .. ip, headers)
 end
 function done(summary, latency, requests)
@@ -82,6 +83,9 @@ echo "== loading $LOADED ip: block mitigations into quell"
 "$LOADER" --data "$BENCH_TMP/data" --count 0 --ips "$LOADED" | tail -1
 
 echo "== crowdsec: $LOADED ban decisions (cscli decisions import)"
+# Installed by scripts/setup but not yet prepared for offline use (daemonize, online API off,
+# no journal source): the peers script's install step does that, idempotently.
+grep -qE '^\s*daemonize: true' /etc/crowdsec/config.yaml && "$PEER" install >/dev/null
 cs_port=${CS_PORT:-$(free_port)}
 CS_PID=$("$PEER" start "$cs_port" | tail -1)
 cscli decisions delete --all >/dev/null 2>&1 || true
