@@ -1,0 +1,283 @@
+#include "grpc/grpc_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/entity.h"
+#include "core/mitigation.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "grpc/internal/convert.h"
+#include "grpc/internal/seq_notifier.h"
+#include "quell/v1/detections.grpc.pb.h"
+#include "quell/v1/enforcement.grpc.pb.h"
+
+namespace quell::grpc_api {
+namespace {
+
+namespace v1 = ::quell::v1;
+
+::grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return ::grpc::Status::OK;
+  return ::grpc::Status(static_cast<::grpc::StatusCode>(internal::GrpcCode(s.code())),
+                        std::string(SV(s.message())));
+}
+
+// The ledger keeps listeners for its whole life and has no way to remove one, while a
+// GrpcServer is stopped before the ledger goes away. So the ledger gets this small
+// forwarder, which outlives both (it is deliberately never freed: one per server start)
+// and is detached when the server stops.
+class ListenerSlot final : public ledger::ChangeListener {
+ public:
+  explicit ListenerSlot(ledger::ChangeListener* target) : target_(target) {}
+  void OnCommitted(const std::vector<ledger::Change>& changes) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (target_ != nullptr) target_->OnCommitted(changes);
+  }
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    target_ = nullptr;
+  }
+
+ private:
+  std::mutex mu_;
+  ledger::ChangeListener* target_;  // guarded by mu_
+};
+
+// Checks `authorization: Bearer <key>` and the permission.
+absl::StatusOr<auth::Principal> Authorize(auth::KeyRing& keys, const ::grpc::ServerContextBase& ctx,
+                                          auth::Permission permission) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return absl::UnauthenticatedError("missing metadata \"authorization: Bearer <key>\"");
+  }
+  std::string_view credential(it->second.data(), it->second.size());
+  auto who = keys.Authenticate(credential);
+  if (!who.ok()) return absl::UnauthenticatedError("invalid or revoked key");
+  if (!auth::Allows(who->role, permission)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("role ", AV(auth::RoleName(who->role)), " may not call this method"));
+  }
+  return who;
+}
+
+absl::Time DeadlineOf(const ::grpc::ServerContext& ctx) {
+  auto d = ctx.deadline();
+  if (d >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(d);
+}
+
+}  // namespace
+
+class GrpcServer::Impl final : public v1::Enforcement::WithCallbackMethod_Check<v1::Enforcement::Service> {
+ public:
+  Impl(GrpcDeps deps, GrpcOptions options)
+      : deps_(std::move(deps)),
+        options_(std::move(options)),
+        notifier_(deps_.ledger->last_seq()),
+        slot_(new ListenerSlot(&notifier_)) {}
+
+  ~Impl() override { Shutdown(absl::ZeroDuration()); }
+
+  absl::Status Start() {
+    deps_.ledger->AddListener(slot_);
+    ::grpc::ServerBuilder builder;
+    builder.AddListeningPort(options_.listen, ::grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    builder.RegisterService(&detections_);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("gRPC cannot listen on ", options_.listen));
+    }
+    return absl::OkStatus();
+  }
+
+  int port() const { return port_; }
+
+  void Shutdown(absl::Duration grace) {
+    if (stopped_.exchange(true)) return;
+    stopping_.store(true);
+    notifier_.WakeAll();
+    if (server_ != nullptr) {
+      server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+      server_->Wait();
+    }
+    slot_->Detach();
+  }
+
+  // ---- Enforcement ----
+
+  ::grpc::ServerUnaryReactor* Check(::grpc::CallbackServerContext* ctx,
+                                    const v1::CheckRequest* request,
+                                    v1::CheckResponse* response) override {
+    ::grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    absl::Status s = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck).status();
+    if (s.ok()) s = DoCheck(*request, response);
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+
+  ::grpc::Status Watch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
+                       ::grpc::ServerWriter<v1::Change>* writer) override {
+    if (auto who = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck); !who.ok()) {
+      return ToGrpc(who.status());
+    }
+    if (request->after_seq() < 0) {
+      return ::grpc::Status(::grpc::StatusCode::INVALID_ARGUMENT, "after_seq: must be >= 0");
+    }
+    const absl::Time deadline = DeadlineOf(*ctx);
+    int64_t cursor = request->after_seq();
+    v1::Change out;
+    while (true) {
+      if (ctx->IsCancelled()) return ::grpc::Status::CANCELLED;
+      if (stopping_.load()) {
+        return ::grpc::Status(::grpc::StatusCode::UNAVAILABLE, "server shutting down");
+      }
+      auto changes = deps_.ledger->store().ReadChanges(cursor, options_.watch_page);
+      if (!changes.ok()) return ToGrpc(changes.status());
+      for (const ledger::Change& c : *changes) {
+        cursor = c.seq;
+        if (c.kind != ledger::ChangeKind::kMitigation) continue;
+        auto m = core::MitigationFromJson(c.payload);
+        if (!m.ok()) {
+          return ::grpc::Status(::grpc::StatusCode::INTERNAL,
+                                absl::StrCat("change ", c.seq, " has an unreadable mitigation"));
+        }
+        out.Clear();
+        out.set_seq(c.seq);
+        // As the HTTP feed: the enforced set holds a mitigation while it is active.
+        out.set_op(m->state == core::MitigationState::kActive ? v1::Change::OP_UPSERT
+                                                               : v1::Change::OP_DELETE);
+        internal::ToProto(*m, out.mutable_mitigation());
+        if (!writer->Write(out)) return ::grpc::Status::CANCELLED;  // the client went away
+      }
+      if (static_cast<int>(changes->size()) == options_.watch_page) continue;  // more stored
+      absl::Time now = absl::Now();
+      if (now >= deadline) {
+        return ::grpc::Status(::grpc::StatusCode::DEADLINE_EXCEEDED, "watch deadline reached");
+      }
+      WaitForCommit(*ctx, cursor, std::min(deadline, now + options_.watch_poll));
+    }
+  }
+
+ private:
+  // Detections.Submit: not wired yet (see docs/grpc.md).
+  class DetectionsImpl final : public v1::Detections::Service {
+   public:
+    explicit DetectionsImpl(Impl* owner) : owner_(owner) {}
+    ::grpc::Status Submit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>*,
+                          v1::SubmitResponse*) override {
+      if (auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit); !who.ok()) {
+        return ToGrpc(who.status());
+      }
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED,
+                            "Detections.Submit is not available yet: use POST /v1/detections");
+    }
+
+   private:
+    Impl* owner_;
+  };
+
+  absl::Status DoCheck(const v1::CheckRequest& request, v1::CheckResponse* response) {
+    const int n = request.entities_size();
+    if (n == 0) return absl::InvalidArgumentError("entities: at least one entity is required");
+    if (n > options_.max_check_entities) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("entities: at most ", options_.max_check_entities, " entities per check"));
+    }
+    if (request.surface().size() > 64) {
+      return absl::InvalidArgumentError("surface: at most 64 bytes");
+    }
+    const std::string_view surface = request.surface();
+    const absl::Time now = deps_.clock->Now();
+    const int64_t seq = deps_.index->seq();
+    const std::shared_ptr<const core::ActionCatalog> catalog = deps_.catalog();
+    core::Verdict verdict = core::Verdict::kAllow;
+    index::Hits hits;
+    for (int i = 0; i < n; ++i) {
+      auto entity = core::Entity::Parse(request.entities(i));
+      if (!entity.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("entities[", i, "]: ", entity.status().message()));
+      }
+      hits.clear();
+      deps_.index->Lookup(*entity, now, &hits);
+      for (const index::Hit& h : hits) {
+        std::string_view action = deps_.index->ActionName(h.action);
+        const core::Action* a = catalog->Find(action);
+        if (a != nullptr && !a->AppliesTo(surface)) continue;
+        core::Verdict v = a != nullptr ? a->verdict : core::Verdict::kAllow;
+        verdict = std::max(verdict, v);
+        v1::CheckedMitigation* m = response->add_mitigations();
+        m->set_id(index::DecodeId(h.id));
+        if (h.cidr_prefix >= 0) {
+          auto ip = core::ParseIp(entity->id());
+          core::Network net{core::MaskIp(*ip, h.cidr_prefix), h.cidr_prefix};
+          m->set_entity(absl::StrCat("cidr:", core::FormatNetwork(net)));
+        } else {
+          m->set_entity(entity->str());
+        }
+        m->set_action(std::string(action));
+        m->set_verdict(internal::ToProto(v));
+        internal::SetTimestamp(h.expires_us, m->mutable_expires_at());
+      }
+    }
+    response->set_verdict(internal::ToProto(verdict));
+    response->set_seq(seq);
+    return absl::OkStatus();
+  }
+
+  // Blocks until a change after `after` commits, `until`, a cancel or shutdown. The store
+  // is read again afterwards in every case, so a missed wake-up costs at most `until`.
+  void WaitForCommit(::grpc::ServerContext& ctx, int64_t after, absl::Time until) {
+    notifier_.WaitPast(after, until, [&] { return ctx.IsCancelled() || stopping_.load(); });
+  }
+
+  GrpcDeps deps_;
+  GrpcOptions options_;
+  internal::SeqNotifier notifier_;
+  ListenerSlot* slot_;  // never freed: see ListenerSlot
+  DetectionsImpl detections_{this};
+  std::unique_ptr<::grpc::Server> server_;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+};
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcDeps deps, GrpcOptions options) {
+  if (deps.ledger == nullptr || deps.index == nullptr || deps.keys == nullptr ||
+      deps.clock == nullptr || !deps.catalog) {
+    return absl::InvalidArgumentError("GrpcServer needs ledger, index, keys, clock and catalog");
+  }
+  if (options.listen.rfind(':') == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gRPC listen address must be HOST:PORT, got \"", options.listen, "\""));
+  }
+  if (options.watch_page < 1 || options.watch_page > 10000) {
+    return absl::InvalidArgumentError("watch_page must be in [1, 10000]");
+  }
+  auto impl = std::make_unique<Impl>(std::move(deps), std::move(options));
+  QUELL_RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<GrpcServer>(new GrpcServer(std::move(impl)));
+}
+
+GrpcServer::GrpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GrpcServer::~GrpcServer() = default;
+int GrpcServer::port() const { return impl_->port(); }
+void GrpcServer::Shutdown(absl::Duration grace) { impl_->Shutdown(grace); }
+
+}  // namespace quell::grpc_api

@@ -1,0 +1,78 @@
+// The gRPC front end (proto/quell/v1): Enforcement.Check and Enforcement.Watch with the
+// semantics of GET /v1/check and GET /v1/changes, and Detections.Submit (answers
+// UNIMPLEMENTED for now). See docs/grpc.md.
+//
+// Auth is the HTTP API's: metadata `authorization: Bearer <key>`, the same roles
+// (Check and Watch need auth::Permission::kCheck). Status codes: UNAUTHENTICATED,
+// PERMISSION_DENIED, INVALID_ARGUMENT (the field named in the message), UNAVAILABLE
+// (storage), DEADLINE_EXCEEDED / CANCELLED.
+//
+// Threads: Check uses gRPC's callback API and runs on gRPC's own threads without
+// blocking (index lookups only). Watch uses the synchronous API: each open stream holds
+// one thread of gRPC's sync pool while it waits for commits.
+//
+// grpc++ headers stay inside this module: this header has none.
+#ifndef QUELL_GRPC_GRPC_SERVER_H_
+#define QUELL_GRPC_GRPC_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "auth/keys.h"
+#include "core/action.h"
+#include "core/time.h"
+#include "index/index.h"
+#include "ledger/ledger.h"
+
+namespace quell::grpc_api {
+
+// Everything the service uses, borrowed; all must outlive the GrpcServer.
+struct GrpcDeps {
+  ledger::Ledger* ledger = nullptr;
+  index::Index* index = nullptr;
+  auth::KeyRing* keys = nullptr;
+  core::Clock* clock = nullptr;
+  // The action catalog in force (verdicts, surfaces); called on every Check, so it must
+  // be cheap and thread-safe (e.g. a copy of a shared_ptr under a short lock).
+  std::function<std::shared_ptr<const core::ActionCatalog>()> catalog;
+};
+
+struct GrpcOptions {
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
+  int max_check_entities = 100;        // as the HTTP API
+  int watch_page = 1000;               // changes read from the store at a time
+  // How long a Watch sleeps between store reads when no commit wakes it (a safety net;
+  // commits wake it at once).
+  absl::Duration watch_poll = absl::Seconds(1);
+};
+
+// A running gRPC server. Thread-safety: port() is thread-safe; Shutdown and the
+// destructor must not race each other.
+class GrpcServer {
+ public:
+  //! Registers a ledger listener (for Watch wake-ups; safe while the ledger takes
+  //! writes) and starts serving. kInvalidArgument for a bad listen address or missing
+  //! deps; kUnavailable if the port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(GrpcDeps deps, GrpcOptions options);
+  //! Shuts down (see Shutdown).
+  ~GrpcServer();
+
+  //! The bound port.
+  int port() const;
+  //! Stops accepting calls, ends open Watch streams (CANCELLED to the client) and waits
+  //! up to `grace` for in-flight calls. Idempotent. Call before the ledger goes away.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  class Impl;
+
+ private:
+  explicit GrpcServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace quell::grpc_api
+
+#endif  // QUELL_GRPC_GRPC_SERVER_H_
