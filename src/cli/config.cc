@@ -110,6 +110,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       const YAML::Node& v = it->second;
       if (key == "listen") {
         c.listen = v.as<std::string>();
+      } else if (key == "grpc_listen") {
+        c.grpc_listen = v.as<std::string>();
       } else if (key == "data") {
         c.data = v.as<std::string>();
       } else if (key == "threads") {

@@ -19,6 +19,7 @@
 #include "cli/config.h"
 #include "cli/flags.h"
 #include "core/status.h"
+#include "grpc/grpc_server.h"
 #include "core/strings.h"
 #include "index/index.h"
 #include "ledger/audit.h"
@@ -39,7 +40,8 @@ constexpr char kUsageText[] = R"(quell — fraud and abuse mitigation platform
 usage: quell <command> [flags]
 
 commands:
-  serve            run the server       (--data DIR --listen HOST:PORT --config FILE --dev --threads N)
+  serve            run the server       (--data DIR --listen HOST:PORT --config FILE --dev --threads N
+                                         [--grpc-listen HOST:PORT])
   keys create      make an API key      (--role ROLE [--source NAME]... [--name TEXT] [--data DIR])
   keys list        list API keys        ([--data DIR])
   keys revoke ID   revoke an API key    ([--data DIR])
@@ -82,6 +84,7 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
   QUELL_RETURN_IF_ERROR(ApplyEnvironment(&c));
   if (auto v = flags.Get("data")) c.data = *v;
   if (auto v = flags.Get("listen")) c.listen = *v;
+  if (auto v = flags.Get("grpc-listen")) c.grpc_listen = *v;
   if (auto v = flags.Get("threads")) {
     if (!absl::SimpleAtoi(*v, &c.threads) || c.threads < 0) {
       return absl::InvalidArgumentError("--threads must be a non-negative integer");
@@ -186,6 +189,14 @@ int Serve(const Flags& flags) {
   so.shutdown_grace = config->shutdown_grace;
   auto server = http::Server::Start(so, api.get());
   if (!server.ok()) return Failure(server.status());
+  std::unique_ptr<grpc_api::GrpcServer> grpc;
+  if (!config->grpc_listen.empty()) {
+    grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock, [c = config->catalog] { return c; }};
+    auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
+    if (!started.ok()) return Failure(started.status());
+    grpc = *std::move(started);
+    logger.Info("grpc serving", {{"listen", config->grpc_listen}, {"port", grpc->port()}});
+  }
 
   workflow::ExpiryScheduler expiry(ledger->get(), clock);
   expiry.Start();
@@ -216,6 +227,7 @@ int Serve(const Flags& flags) {
   stop_refresh.store(true);
   refresher.join();
   server->reset();
+  if (grpc) grpc->Shutdown();  // before the ledger: open Watch streams end
   api.reset();
   ledger->reset();
   metric_handles->clear();  // drains the commit queue
@@ -308,7 +320,7 @@ int Main(int argc, char** argv) {
     std::cout << "quell " << QUELL_VERSION << "\n";
     return kOk;
   }
-  auto flags = Flags::Parse(args, {"data", "listen", "config", "threads", "role", "source", "name"},
+  auto flags = Flags::Parse(args, {"data", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
   if (flags->Has("help")) {
