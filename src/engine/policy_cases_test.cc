@@ -1,5 +1,6 @@
 #include "engine/policy_cases.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -9,6 +10,9 @@
 namespace quell::engine {
 namespace {
 
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
 std::string ReadExample(const std::string& name) {
   std::ifstream in(std::string(QUELL_EXAMPLES_DIR) + "/" + name);
   std::stringstream s;
@@ -16,11 +20,111 @@ std::string ReadExample(const std::string& name) {
   return s.str();
 }
 
+std::shared_ptr<const policy::PolicySet> MusicSet() {
+  auto set = policy::LoadPolicySet(ReadExample("music.yaml"), 1);
+  EXPECT_TRUE(set.ok()) << set.status().message();
+  return set.ok() ? *set : nullptr;
+}
+
 TEST(ExamplePolicies, MusicSetLoads) {
   policy::LoadResult r = policy::LoadPolicySetWithDiagnostics(ReadExample("music.yaml"), 1);
   for (const auto& e : r.errors) ADD_FAILURE() << "music.yaml:" << e.ToString();
   ASSERT_NE(r.set, nullptr);
   EXPECT_GE(r.set->policies().size(), 20u);
+}
+
+TEST(ExamplePolicies, AllCasesPass) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  auto run = RunCaseDirectory(*set, std::string(QUELL_EXAMPLES_DIR) + "/cases");
+  ASSERT_TRUE(run.ok()) << run.status().message();
+  EXPECT_GE(run->results.size(), 10u);
+  for (const CaseResult& r : run->results) EXPECT_TRUE(r.passed) << r.Report();
+  EXPECT_EQ(run->failed, 0);
+}
+
+TEST(PolicyCases, AFailingCaseShowsTheDiff) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  CaseResult r = RunCaseText(*set, R"(name: wrong
+detections:
+  - {id: d1, source: bot-model-v3, type: artificial_streaming, entity: "user:u1", score: 0.95}
+expect:
+  - {entity: "user:u1", action: suspend, state: active, policy: bot-model-high}
+)",
+                             "wrong.yaml");
+  EXPECT_FALSE(r.passed);
+  ASSERT_THAT(r.missing, SizeIs(1));
+  ASSERT_THAT(r.unexpected, SizeIs(1));
+  EXPECT_EQ(r.unexpected[0].action, "exclude_royalties");
+  EXPECT_EQ(r.Report(),
+            "FAIL wrong (wrong.yaml)\n"
+            "  - missing:    user:u1 suspend active (policy bot-model-high)\n"
+            "  + unexpected: user:u1 exclude_royalties active (policy bot-model-high)");
+}
+
+TEST(PolicyCases, ExpectationsAreAMultiset) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  // Two identical decisions are expected; listing one is a failure.
+  CaseResult r = RunCaseText(*set, R"(name: twice
+detections:
+  - {id: d1, source: bot-model-v3, type: artificial_streaming, entity: "user:u1", score: 0.95}
+  - {id: d2, source: bot-model-v3, type: artificial_streaming, entity: "user:u1", score: 0.95}
+expect:
+  - {entity: "user:u1", action: exclude_royalties, state: active, policy: bot-model-high}
+)");
+  EXPECT_FALSE(r.passed);
+  EXPECT_THAT(r.unexpected, SizeIs(1));
+  EXPECT_THAT(r.missing, SizeIs(0));
+}
+
+TEST(PolicyCases, ParseErrorsHavePositions) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  CaseResult r = RunCaseText(*set, R"(name: bad
+detections:
+  - {id: d1, type: artificial_streaming, entity: "nocolon", score: 2, colour: red}
+expect: []
+)");
+  EXPECT_FALSE(r.passed);
+  EXPECT_THAT(r.error, HasSubstr("3:71: unknown key \"colour\""));
+  auto c =
+      ParseCase("name: x\ndetections:\n  - {type: t, entity: \"user:a\", score: 2}\nexpect: []\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("3:"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("score must be a number from 0 to 1"));
+  c = ParseCase("name: x\ndetections: []\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("needs `expect:`"));
+  c = ParseCase("name: [x\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("YAML syntax error"));
+}
+
+TEST(PolicyCases, EvidenceTypesSurviveTheYamlToJsonStep) {
+  auto c = ParseCase(R"(name: x
+detections:
+  - {type: t, entity: "user:a", score: 0.5,
+     evidence: {n: 3, f: 0.5, b: true, s: "3", plain: SE, list: [a, b], nested: {k: null}}}
+expect: []
+)");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(
+      c->detections[0].evidence_json,
+      R"({"n":3,"f":0.5,"b":true,"s":"3","plain":"SE","list":["a","b"],"nested":{"k":null}})");
+  EXPECT_EQ(c->detections[0].id, "case-d1");
+  EXPECT_EQ(c->detections[0].source, "test");
+}
+
+TEST(PolicyCases, DirectoryErrors) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  EXPECT_EQ(RunCaseDirectory(*set, "/nonexistent/dir").status().code(),
+            absl::StatusCode::kNotFound);
+  std::string empty = ::testing::TempDir() + "/policy-cases-empty";
+  std::filesystem::create_directories(empty);
+  EXPECT_EQ(RunCaseDirectory(*set, empty).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
