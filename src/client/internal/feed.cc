@@ -1,0 +1,101 @@
+#include "client/internal/feed.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "rapidjson/document.h"
+
+namespace quell::client::internal {
+namespace {
+
+absl::Status Bad(std::string_view what) {
+  return absl::DataLossError(absl::StrCat("malformed feed: ", AV(what)));
+}
+
+std::string_view Str(const rapidjson::Value& v) { return {v.GetString(), v.GetStringLength()}; }
+
+const rapidjson::Value* Member(const rapidjson::Value& obj, const char* name) {
+  auto it = obj.FindMember(name);
+  return it == obj.MemberEnd() ? nullptr : &it->value;
+}
+
+absl::StatusOr<FeedItem> ReadMitigation(const rapidjson::Value& m) {
+  if (!m.IsObject()) return Bad("mitigation is not an object");
+  const rapidjson::Value* id = Member(m, "id");
+  const rapidjson::Value* entity = Member(m, "entity");
+  const rapidjson::Value* action = Member(m, "action");
+  const rapidjson::Value* state = Member(m, "state");
+  const rapidjson::Value* expires = Member(m, "expires_at");
+  if (id == nullptr || !id->IsString() || entity == nullptr || !entity->IsString() ||
+      action == nullptr || !action->IsString() || state == nullptr || !state->IsString() ||
+      expires == nullptr || !expires->IsString()) {
+    return Bad("mitigation without id, entity, action, state or expires_at");
+  }
+  FeedItem item;
+  item.id = std::string(Str(*id));
+  auto e = core::Entity::Parse(Str(*entity));
+  if (!e.ok()) return Bad(absl::StrCat("entity: ", e.status().message()));
+  item.entity = *std::move(e);
+  item.action = std::string(Str(*action));
+  item.active = Str(*state) == "active";
+  auto t = core::ParseRfc3339(Str(*expires));
+  if (!t.ok()) return Bad("expires_at");
+  item.expires_us = core::ToMicros(*t);
+  return item;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ParseSnapshotHeader(std::string_view line) {
+  rapidjson::Document doc;
+  doc.Parse(line.data(), line.size());
+  if (doc.HasParseError() || !doc.IsObject()) return Bad("snapshot header");
+  const rapidjson::Value* seq = Member(doc, "seq");
+  if (seq == nullptr || !seq->IsInt64() || seq->GetInt64() < 0) return Bad("snapshot seq");
+  return seq->GetInt64();
+}
+
+absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line) {
+  rapidjson::Document doc;
+  doc.Parse(line.data(), line.size());
+  if (doc.HasParseError()) return Bad("snapshot line");
+  QUELL_ASSIGN_OR_RETURN(FeedItem item, ReadMitigation(doc));
+  if (!item.active) return Bad("snapshot holds an inactive mitigation");
+  return item;
+}
+
+absl::StatusOr<ChangesPage> ParseChangesPage(std::string_view body) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return Bad("changes page");
+  const rapidjson::Value* changes = Member(doc, "changes");
+  const rapidjson::Value* next = Member(doc, "next");
+  if (changes == nullptr || !changes->IsArray() || next == nullptr || !next->IsInt64()) {
+    return Bad("changes page without changes or next");
+  }
+  ChangesPage page;
+  page.next = next->GetInt64();
+  page.items.reserve(changes->Size());
+  for (const rapidjson::Value& c : changes->GetArray()) {
+    if (!c.IsObject()) return Bad("change is not an object");
+    const rapidjson::Value* seq = Member(c, "seq");
+    const rapidjson::Value* op = Member(c, "op");
+    const rapidjson::Value* m = Member(c, "mitigation");
+    if (seq == nullptr || !seq->IsInt64() || op == nullptr || !op->IsString() || m == nullptr) {
+      return Bad("change without seq, op or mitigation");
+    }
+    QUELL_ASSIGN_OR_RETURN(FeedItem item, ReadMitigation(*m));
+    item.seq = seq->GetInt64();
+    std::string_view o = Str(*op);
+    if (o != "upsert" && o != "delete") return Bad("op");
+    // The op decides (the server derives it from the state, as we would).
+    item.active = o == "upsert";
+    page.items.push_back(std::move(item));
+  }
+  return page;
+}
+
+}  // namespace quell::client::internal

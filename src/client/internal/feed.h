@@ -1,0 +1,41 @@
+// Parsing what the mirror reads: the snapshot's NDJSON lines and /v1/changes pages.
+// Only the fields the mirror keeps are read (id, entity, action, state, expires_at).
+//
+// Thread-safety: pure functions.
+#ifndef QUELL_CLIENT_INTERNAL_FEED_H_
+#define QUELL_CLIENT_INTERNAL_FEED_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/entity.h"
+
+namespace quell::client::internal {
+
+struct FeedItem {
+  int64_t seq = 0;  // the change's seq (feed pages); 0 in a snapshot
+  std::string id;
+  core::Entity entity;
+  std::string action;
+  bool active = false;  // upsert (true) or delete (false)
+  int64_t expires_us = 0;
+};
+
+//! The first snapshot line, {"seq": N}. kDataLoss otherwise.
+absl::StatusOr<int64_t> ParseSnapshotHeader(std::string_view line);
+//! A snapshot line: one active mitigation. kDataLoss if malformed.
+absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line);
+
+struct ChangesPage {
+  std::vector<FeedItem> items;  // in the page's order
+  int64_t next = 0;             // the seq to continue after
+};
+//! A /v1/changes reply body. kDataLoss if malformed.
+absl::StatusOr<ChangesPage> ParseChangesPage(std::string_view body);
+
+}  // namespace quell::client::internal
+
+#endif  // QUELL_CLIENT_INTERNAL_FEED_H_
