@@ -39,6 +39,20 @@ class RecordingTxn final : public Txn {
     return r;
   }
   int64_t NextSeq() const override { return inner_.NextSeq(); }
+  absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
+                                                              std::string_view id) override {
+    return inner_.GetDetection(source, id);
+  }
+  absl::Status PutDetection(const StoredDetection& d) override { return inner_.PutDetection(d); }
+  absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
+                                           std::string_view action, absl::Time since,
+                                           bool exclude_shadow) override {
+    return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
+  }
+  absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_.NextPolicyVersion(); }
+  absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
+    return inner_.ListHas(name, entity);
+  }
   // A mutation may nest its own savepoints; the recorded changes follow them.
   absl::Status Savepoint() override {
     QUELL_RETURN_IF_ERROR(inner_.Savepoint());

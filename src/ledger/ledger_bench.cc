@@ -153,6 +153,57 @@ BENCHMARK(BM_TxnAppend);
 BENCHMARK(BM_TxnAppend)->Iterations(2000);
 BENCHMARK(BM_TxnAppend)->Iterations(12000);
 
+// CPU cost of storing one detection as POST /v1/detections does: the idempotency probe
+// (GetDetection) and the insert, under the ledger's per-mutation savepoint; 1000 per
+// transaction (synchronous NORMAL).
+void BM_TxnDetection(benchmark::State& state) {
+  auto dir = BenchDir("detection");
+  auto store = OpenSqliteStore({.path = dir.string(), .synchronous_full = false});
+  if (!store.ok()) {
+    state.SkipWithError(std::string(store.status().message()).c_str());
+    return;
+  }
+  int64_t n = 0;
+  std::unique_ptr<Txn> txn;
+  const absl::Time now = absl::Now();
+  StoredDetection d;
+  d.source = "bot-model";
+  d.type = "artificial_streaming";
+  d.score = 0.97;
+  d.received_at = now;
+  d.reply = R"({"status":"accepted","decisions":[]})";
+  for (auto _ : state) {
+    if (!txn) txn = *(*store)->Begin(now);
+    d.id = absl::StrCat("d_", n);
+    d.entity = absl::StrCat("user:a", n % 100000);
+    d.observed_at = now - absl::Seconds(n % 3600);
+    d.json = absl::StrCat(R"({"id":")", d.id, R"(","source":"bot-model","type":)",
+                          R"("artificial_streaming","entity":")", d.entity,
+                          R"(","score":0.97,"observed_at":"2026-01-01T00:00:00Z"})");
+    absl::Status st = txn->Savepoint();
+    if (st.ok()) {
+      auto seen = txn->GetDetection(d.source, d.id);
+      st = !seen.ok() ? seen.status() : txn->PutDetection(d);
+    }
+    if (st.ok()) st = txn->ReleaseSavepoint();
+    if (st.ok() && ++n % 1000 == 0) {
+      st = txn->Commit();
+      txn.reset();
+    }
+    if (!st.ok()) {
+      state.SkipWithError(std::string(st.message()).c_str());
+      break;
+    }
+  }
+  if (txn) (void)txn->Commit();
+  state.SetItemsProcessed(state.iterations());
+  store->reset();
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_TxnDetection);
+BENCHMARK(BM_TxnDetection)->Iterations(2000);
+BENCHMARK(BM_TxnDetection)->Iterations(12000);
+
 void BM_Fsync(benchmark::State& state) {
   auto dir = BenchDir("fsync");
   std::filesystem::create_directories(dir);

@@ -114,6 +114,37 @@ class FaultyStore final : public Store {
     return inner_->RevokeKey(id, at);
   }
   absl::StatusOr<int64_t> KeysVersion() override { return inner_->KeysVersion(); }
+  absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view s,
+                                                              std::string_view id) override {
+    return inner_->GetDetection(s, id);
+  }
+  absl::Status ScanDetections(
+      absl::Time from, absl::Time to,
+      const std::function<absl::Status(const StoredDetection&)>& fn) override {
+    return inner_->ScanDetections(from, to, fn);
+  }
+  absl::StatusOr<int64_t> PurgeDetections(absl::Time before) override {
+    return inner_->PurgeDetections(before);
+  }
+  absl::StatusOr<int64_t> CountMitigations(const core::Entity& e, std::string_view p,
+                                           std::string_view a, absl::Time since,
+                                           bool no_shadow) override {
+    return inner_->CountMitigations(e, p, a, since, no_shadow);
+  }
+  absl::StatusOr<std::optional<PolicySetVersion>> GetPolicySet(int64_t v) override {
+    return inner_->GetPolicySet(v);
+  }
+  absl::StatusOr<std::optional<PolicySetVersion>> LatestPolicySet() override {
+    return inner_->LatestPolicySet();
+  }
+  absl::StatusOr<std::vector<ListInfo>> Lists() override { return inner_->Lists(); }
+  absl::StatusOr<std::vector<std::string>> ListEntries(std::string_view name) override {
+    return inner_->ListEntries(name);
+  }
+  absl::StatusOr<int64_t> ScanListEntries(
+      const std::function<absl::Status(std::string_view, std::string_view)>& fn) override {
+    return inner_->ScanListEntries(fn);
+  }
 
  private:
   class FaultyTxn final : public Txn {
@@ -138,6 +169,20 @@ class FaultyStore final : public Store {
       return inner_->Append(std::move(c), m);
     }
     int64_t NextSeq() const override { return inner_->NextSeq(); }
+    absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view s,
+                                                                std::string_view id) override {
+      return inner_->GetDetection(s, id);
+    }
+    absl::Status PutDetection(const StoredDetection& d) override { return inner_->PutDetection(d); }
+    absl::StatusOr<int64_t> CountMitigations(const core::Entity& e, std::string_view p,
+                                             std::string_view a, absl::Time since,
+                                             bool no_shadow) override {
+      return inner_->CountMitigations(e, p, a, since, no_shadow);
+    }
+    absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_->NextPolicyVersion(); }
+    absl::StatusOr<bool> ListHas(std::string_view n, const core::Entity& e) override {
+      return inner_->ListHas(n, e);
+    }
     absl::Status Savepoint() override { return inner_->Savepoint(); }
     absl::Status RollbackToSavepoint() override { return inner_->RollbackToSavepoint(); }
     absl::Status ReleaseSavepoint() override { return inner_->ReleaseSavepoint(); }

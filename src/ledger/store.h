@@ -49,6 +49,39 @@ struct ApiKey {
   std::optional<absl::Time> revoked_at;
 };
 
+// A detection as received (SPEC POST /v1/detections), kept for idempotency per
+// (source, id), timelines and backtests. Not a ledger change: an input, stored in the
+// same transaction as the decisions it causes.
+struct StoredDetection {
+  std::string source;  // the detector that sent it
+  std::string id;      // unique per source: the idempotency key
+  std::string type;    // abuse type
+  std::string entity;  // normalised entity text
+  double score = 0;
+  absl::Time observed_at;  // when the detector saw it
+  absl::Time received_at;  // when Quell accepted it
+  std::string batch;       // import batch, if any
+  std::string json;        // the detection as submitted, normalised
+  std::string reply;       // the per-item reply JSON returned the first time (decisions)
+  friend bool operator==(const StoredDetection&, const StoredDetection&) = default;
+};
+
+// One published policy set (a kPolicySet change, materialised).
+struct PolicySetVersion {
+  int64_t version = 0;  // 1, 2, 3...; never repeats
+  int64_t seq = 0;      // the change that published it
+  std::string yaml;
+  absl::Time created_at;
+  std::string actor;
+};
+
+// A named list of entities (kList changes, materialised).
+struct ListInfo {
+  std::string name;
+  bool is_protected = false;  // payload field "protected"
+  std::string kind;           // payload field "kind", free text ("" if never given)
+};
+
 struct MitigationQuery {
   std::optional<core::Entity> entity;
   std::optional<core::MitigationState> state;
@@ -83,6 +116,11 @@ class Txn {
 
   //! Appends `change` to the log: assigns seq (last + 1), `at` (= `now` of Begin,
   //! truncated to microseconds), prev_hash and hash, and returns the completed change.
+  //! kPolicySet changes (payload {"version": N, "yaml": "..."}, N = NextPolicyVersion())
+  //! and kList changes (payload {"list": name, "add": [entities], "remove": [entities],
+  //! "protected": bool?, "kind": string?}; removes apply after adds) are materialised
+  //! too; a malformed payload is kInvalidArgument; their subject defaults to the version
+  //! or the list name.
   //! For kMitigation changes it also upserts the mitigation row: `mitigation` is required,
   //! its seq must already equal the seq this change gets (use NextSeq()); an empty
   //! payload is filled with core::MitigationToJson(*mitigation), a non-empty one must
@@ -92,6 +130,23 @@ class Txn {
   virtual absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) = 0;
   //! The seq the next Append will assign.
   virtual int64_t NextSeq() const = 0;
+
+  //! The stored detection (source, id), or nullopt.
+  virtual absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
+                                                                      std::string_view id) = 0;
+  //! Stores `d`: kAlreadyExists if (source, id) is stored; kInvalidArgument if source or
+  //! id is empty. Undone by a savepoint rollback like every other write.
+  virtual absl::Status PutDetection(const StoredDetection& d) = 0;
+  //! How many mitigations of `entity` were created at or after `since`, of `policy` ("" =
+  //! any) and `action` ("" = any), in any state, or any but shadow if `exclude_shadow`.
+  //! Sees this Txn's own writes. Escalation and prior() read it.
+  virtual absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity,
+                                                   std::string_view policy, std::string_view action,
+                                                   absl::Time since, bool exclude_shadow) = 0;
+  //! The version the next kPolicySet change must carry: 1 + the highest published.
+  virtual absl::StatusOr<int64_t> NextPolicyVersion() = 0;
+  //! Whether `entity` is on list `name` (false if there is no such list).
+  virtual absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) = 0;
 
   //! Marks a savepoint (they nest); RollbackToSavepoint undoes every write (and seq)
   //! after the innermost one and ends it; ReleaseSavepoint keeps the writes and ends it.
@@ -145,6 +200,44 @@ class Store {
   virtual absl::StatusOr<std::optional<absl::Time>> NextDue() = 0;
   //! Deletes idempotency records created before `before`; returns how many.
   virtual absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) = 0;
+
+  // ---- detections ----
+  //! The stored detection (source, id), or nullopt.
+  virtual absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
+                                                                      std::string_view id) = 0;
+  //! Calls `fn` for every detection with from <= observed_at < to, in observed_at order,
+  //! from one consistent read, streaming (no result set in memory); for backtests. Stops
+  //! early with fn's error. `fn` must not call back into the Store.
+  virtual absl::Status ScanDetections(
+      absl::Time from, absl::Time to,
+      const std::function<absl::Status(const StoredDetection&)>& fn) = 0;
+  //! Deletes detections received before `received_before` and returns how many, in small
+  //! transactions so writers are never held up for long. Deletes oldest-stored first and
+  //! stops at the first detection received at or after `received_before`: received_at
+  //! is the commit clock, which follows storage order unless the clock steps back.
+  virtual absl::StatusOr<int64_t> PurgeDetections(absl::Time received_before) = 0;
+
+  //! As Txn::CountMitigations, on committed data.
+  virtual absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity,
+                                                   std::string_view policy, std::string_view action,
+                                                   absl::Time since, bool exclude_shadow) = 0;
+
+  // ---- policy sets ----
+  //! The published set `version`, or nullopt.
+  virtual absl::StatusOr<std::optional<PolicySetVersion>> GetPolicySet(int64_t version) = 0;
+  //! The newest published set, or nullopt if none was ever published.
+  virtual absl::StatusOr<std::optional<PolicySetVersion>> LatestPolicySet() = 0;
+
+  // ---- lists ----
+  //! Every list that was ever changed, by name.
+  virtual absl::StatusOr<std::vector<ListInfo>> Lists() = 0;
+  //! The entities on list `name`, sorted (empty if no such list).
+  virtual absl::StatusOr<std::vector<std::string>> ListEntries(std::string_view name) = 0;
+  //! Calls `fn(list, entity)` for every entry of every list, ordered by list then entity,
+  //! from one consistent read, and returns the seq that read is as of (follow the change
+  //! feed from there). Stops early with fn's error.
+  virtual absl::StatusOr<int64_t> ScanListEntries(
+      const std::function<absl::Status(std::string_view list, std::string_view entity)>& fn) = 0;
 
   // ---- API keys: small, rarely written; direct writes outside the log ----
   //! kAlreadyExists if the id or secret_hash is taken; kInvalidArgument if id,

@@ -6,6 +6,7 @@
 
 #include "core/ids.h"
 #include "core/status.h"
+#include "core/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ledger/internal/test_backends.h"
@@ -94,10 +95,10 @@ class StoreTest : public ::testing::TestWithParam<BackendFactory> {
 
   Change Note(Txn& txn, std::string subject) {
     Change c;
-    c.kind = ChangeKind::kList;
+    c.kind = ChangeKind::kReview;  // a kind the store does not materialise
     c.actor = "cli";
     c.subject = std::move(subject);
-    c.payload = R"({"add":["user:a"]})";
+    c.payload = R"({"note":"x"})";
     auto r = txn.Append(std::move(c), nullptr);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : Change{};
@@ -605,6 +606,240 @@ TEST_P(StoreTest, SavepointRollbackRestoresUpdatedRowsAndDropsInserts) {
   auto last = store_->LastSeq();
   ASSERT_OK(last);
   EXPECT_EQ(*last, 2);
+}
+
+StoredDetection MakeDetection(std::string source, std::string id, absl::Time observed,
+                              absl::Time received) {
+  StoredDetection d;
+  d.source = std::move(source);
+  d.id = std::move(id);
+  d.type = "artificial_streaming";
+  d.entity = "user:u1";
+  d.score = 0.97;
+  d.observed_at = observed;
+  d.received_at = received;
+  d.json = absl::StrCat("{\"id\":\"", d.id, "\"}");
+  d.reply = "{\"status\":\"accepted\",\"decisions\":[]}";
+  return d;
+}
+
+TEST_P(StoreTest, DetectionsAreIdempotentScannedInObservedOrderAndPurged) {
+  StoredDetection late = MakeDetection("bot-model", "d1", kT0 + absl::Seconds(20), kT0);
+  StoredDetection early = MakeDetection("bot-model", "d2", kT0 + absl::Seconds(10), kT0);
+  StoredDetection other = MakeDetection("ato-model", "d1", kT0 + absl::Seconds(30), kT0);
+  other.batch = "b_1";
+  {
+    auto txn = Begin();
+    ASSERT_OK(V(txn->PutDetection(late)));
+    ASSERT_OK(V(txn->PutDetection(early)));
+    ASSERT_OK(V(txn->PutDetection(other)));  // same id, other source: a different detection
+    EXPECT_EQ(txn->PutDetection(late).code(), absl::StatusCode::kAlreadyExists);
+    EXPECT_EQ(txn->PutDetection(MakeDetection("bot-model", "", kT0, kT0)).code(),
+              absl::StatusCode::kInvalidArgument);
+    ASSERT_OK(V(txn->Savepoint()));
+    ASSERT_OK(V(txn->PutDetection(MakeDetection("bot-model", "d9", kT0, kT0))));
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    auto inside = txn->GetDetection("bot-model", "d1");
+    ASSERT_OK(inside);
+    ASSERT_TRUE(inside->has_value());
+    EXPECT_EQ(**inside, late);
+    auto outside = store_->GetDetection("bot-model", "d1");
+    ASSERT_OK(outside);
+    EXPECT_FALSE(outside->has_value());
+    ASSERT_OK(V(txn->Commit()));
+  }
+  auto got = store_->GetDetection("ato-model", "d1");
+  ASSERT_OK(got);
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ(**got, other);
+  auto gone = store_->GetDetection("bot-model", "d9");
+  ASSERT_OK(gone);
+  EXPECT_FALSE(gone->has_value());
+  // A detection of a later batch, received later.
+  {
+    auto txn = Begin(kT0 + absl::Minutes(5));
+    ASSERT_OK(V(txn->PutDetection(
+        MakeDetection("bot-model", "d3", kT0 + absl::Seconds(15), kT0 + absl::Minutes(5)))));
+    ASSERT_OK(V(txn->Commit()));
+  }
+
+  std::vector<std::string> seen;
+  auto collect = [&](const StoredDetection& d) {
+    seen.push_back(absl::StrCat(d.source, "/", d.id));
+    return absl::OkStatus();
+  };
+  ASSERT_OK(V(store_->ScanDetections(kT0, kT0 + absl::Hours(1), collect)));
+  EXPECT_THAT(seen, ElementsAre("bot-model/d2", "bot-model/d3", "bot-model/d1", "ato-model/d1"));
+  seen.clear();
+  // [from, to): the bounds select by observed_at.
+  ASSERT_OK(V(store_->ScanDetections(kT0 + absl::Seconds(15), kT0 + absl::Seconds(30), collect)));
+  EXPECT_THAT(seen, ElementsAre("bot-model/d3", "bot-model/d1"));
+  int calls = 0;
+  absl::Status stop = store_->ScanDetections(kT0, kT0 + absl::Hours(1), [&](const auto&) {
+    ++calls;
+    return absl::CancelledError("enough");
+  });
+  EXPECT_EQ(stop.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(calls, 1);
+
+  auto purged = store_->PurgeDetections(kT0 + absl::Minutes(1));
+  ASSERT_OK(purged);
+  EXPECT_EQ(*purged, 3);
+  seen.clear();
+  ASSERT_OK(V(store_->ScanDetections(kT0, kT0 + absl::Hours(1), collect)));
+  EXPECT_THAT(seen, ElementsAre("bot-model/d3"));
+  purged = store_->PurgeDetections(kT0 + absl::Minutes(1));
+  ASSERT_OK(purged);
+  EXPECT_EQ(*purged, 0);
+}
+
+TEST_P(StoreTest, CountMitigationsByEntityPolicyActionAndWindow) {
+  using S = core::MitigationState;
+  auto make = [](int n, std::string_view entity, std::string_view action, std::string_view policy,
+                 S state) {
+    core::Mitigation m = MakeMitigation(n, entity, action, state);
+    m.policy = policy;
+    return m;
+  };
+  std::vector<core::Mitigation> ms = {
+      make(1, "user:u1", "challenge", "bot-high", S::kExpired),
+      make(2, "user:u1", "challenge", "bot-high", S::kActive),
+      make(3, "user:u1", "suspend", "bot-high", S::kActive),
+      make(4, "user:u1", "challenge", "bot-high", S::kShadow),
+      make(5, "user:u1", "challenge", "ato", S::kActive),
+      make(6, "user:u2", "challenge", "bot-high", S::kActive),
+  };
+  auto txn = Begin();
+  for (auto& m : ms) ASSERT_OK(AppendMitigation(*txn, &m));
+  auto count = [&](auto& reader, std::string_view entity, std::string_view policy,
+                   std::string_view action, int since, bool no_shadow) -> int64_t {
+    auto n =
+        reader.CountMitigations(E(entity), policy, action, kT0 + absl::Seconds(since), no_shadow);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : -1;
+  };
+  // Inside the Txn, before commit.
+  EXPECT_EQ(count(*txn, "user:u1", "bot-high", "", 0, false), 4);
+  EXPECT_EQ(count(*txn, "user:u1", "bot-high", "", 0, true), 3);
+  EXPECT_EQ(count(*store_, "user:u1", "bot-high", "", 0, false), 0);
+  ASSERT_OK(V(txn->Commit()));
+  EXPECT_EQ(count(*store_, "user:u1", "bot-high", "", 0, false), 4);
+  EXPECT_EQ(count(*store_, "user:u1", "bot-high", "challenge", 0, false), 3);
+  EXPECT_EQ(count(*store_, "user:u1", "bot-high", "challenge", 0, true), 2);
+  EXPECT_EQ(count(*store_, "user:u1", "", "", 0, false), 5);
+  EXPECT_EQ(count(*store_, "user:u1", "", "challenge", 2, true), 2);  // created_at >= since
+  EXPECT_EQ(count(*store_, "user:u1", "bot-high", "", 5, false), 0);
+  EXPECT_EQ(count(*store_, "user:u2", "bot-high", "", 0, false), 1);
+  EXPECT_EQ(count(*store_, "user:u3", "", "", 0, false), 0);
+}
+
+TEST_P(StoreTest, PolicySetVersionsAreMaterialisedAndNeverRepeat) {
+  auto none = store_->LatestPolicySet();
+  ASSERT_OK(none);
+  EXPECT_FALSE(none->has_value());
+  auto publish = [&](Txn& txn, int64_t version, std::string_view yaml) {
+    Change c;
+    c.kind = ChangeKind::kPolicySet;
+    c.actor = "k_admin";
+    c.payload = absl::StrCat("{\"version\":", version, ",\"yaml\":\"", AV(yaml), "\"}");
+    return txn.Append(std::move(c), nullptr);
+  };
+  auto txn = Begin();
+  auto next = txn->NextPolicyVersion();
+  ASSERT_OK(next);
+  EXPECT_EQ(*next, 1);
+  EXPECT_EQ(publish(*txn, 2, "a").status().code(), absl::StatusCode::kInvalidArgument);
+  Change bad;
+  bad.kind = ChangeKind::kPolicySet;
+  bad.payload = R"({"version":1})";
+  EXPECT_EQ(txn->Append(bad, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(txn->NextSeq(), 1);  // nothing written
+  auto v1 = publish(*txn, 1, "policies: []");
+  ASSERT_OK(v1);
+  EXPECT_EQ(v1->subject, "1");
+  ASSERT_OK(V(txn->Savepoint()));
+  ASSERT_OK(publish(*txn, 2, "undone"));
+  ASSERT_OK(V(txn->RollbackToSavepoint()));
+  next = txn->NextPolicyVersion();
+  ASSERT_OK(next);
+  EXPECT_EQ(*next, 2);
+  EXPECT_EQ(publish(*txn, 1, "again").status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_OK(publish(*txn, 2, "v2"));
+  ASSERT_OK(V(txn->Commit()));
+
+  auto p1 = store_->GetPolicySet(1);
+  ASSERT_OK(p1);
+  ASSERT_TRUE(p1->has_value());
+  EXPECT_EQ((*p1)->version, 1);
+  EXPECT_EQ((*p1)->seq, v1->seq);
+  EXPECT_EQ((*p1)->yaml, "policies: []");
+  EXPECT_EQ((*p1)->actor, "k_admin");
+  EXPECT_EQ((*p1)->created_at, kT0);
+  auto latest = store_->LatestPolicySet();
+  ASSERT_OK(latest);
+  ASSERT_TRUE(latest->has_value());
+  EXPECT_EQ((*latest)->version, 2);
+  EXPECT_EQ((*latest)->yaml, "v2");
+  auto missing = store_->GetPolicySet(3);
+  ASSERT_OK(missing);
+  EXPECT_FALSE(missing->has_value());
+}
+
+TEST_P(StoreTest, ListChangesAreMaterialisedAndUndone) {
+  auto change = [&](Txn& txn, std::string payload) {
+    Change c;
+    c.kind = ChangeKind::kList;
+    c.actor = "k_admin";
+    c.payload = std::move(payload);
+    return txn.Append(std::move(c), nullptr);
+  };
+  auto txn = Begin();
+  auto first = change(*txn, R"({"list":"vip","add":["user:b","user:a"],"protected":true})");
+  ASSERT_OK(first);
+  EXPECT_EQ(first->subject, "vip");
+  ASSERT_OK(change(*txn, R"({"list":"watch","add":["ip:10.0.0.1"],"kind":"ip"})"));
+  EXPECT_EQ(change(*txn, R"({"list":"vip","add":["nonsense"]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(change(*txn, R"({"add":["user:c"]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(txn->NextSeq(), 3);
+  auto has = txn->ListHas("vip", E("user:a"));
+  ASSERT_OK(has);
+  EXPECT_TRUE(*has);
+
+  ASSERT_OK(V(txn->Savepoint()));
+  ASSERT_OK(
+      change(*txn, R"({"list":"vip","add":["user:c"],"remove":["user:a"],"protected":false})"));
+  ASSERT_OK(change(*txn, R"({"list":"new","add":["user:z"]})"));
+  has = txn->ListHas("vip", E("user:a"));
+  ASSERT_OK(has);
+  EXPECT_FALSE(*has);
+  ASSERT_OK(V(txn->RollbackToSavepoint()));
+  ASSERT_OK(change(*txn, R"({"list":"watch","remove":["ip:10.0.0.1","ip:10.0.0.2"]})"));
+  ASSERT_OK(V(txn->Commit()));
+
+  auto lists = store_->Lists();
+  ASSERT_OK(lists);
+  ASSERT_THAT(*lists, SizeIs(2));
+  EXPECT_EQ((*lists)[0].name, "vip");
+  EXPECT_TRUE((*lists)[0].is_protected);
+  EXPECT_EQ((*lists)[1].name, "watch");
+  EXPECT_FALSE((*lists)[1].is_protected);
+  EXPECT_EQ((*lists)[1].kind, "ip");
+  auto vip = store_->ListEntries("vip");
+  ASSERT_OK(vip);
+  EXPECT_THAT(*vip, ElementsAre("user:a", "user:b"));
+  auto watch = store_->ListEntries("watch");
+  ASSERT_OK(watch);
+  EXPECT_THAT(*watch, IsEmpty());
+  std::vector<std::string> all;
+  auto seq = store_->ScanListEntries([&](std::string_view list, std::string_view entity) {
+    all.push_back(absl::StrCat(AV(list), " ", AV(entity)));
+    return absl::OkStatus();
+  });
+  ASSERT_OK(seq);
+  EXPECT_EQ(*seq, 3);
+  EXPECT_THAT(all, ElementsAre("vip user:a", "vip user:b"));
 }
 
 TEST_P(StoreTest, RollbackAndOneTxnAtATime) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <limits>
+#include <optional>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -126,6 +128,181 @@ absl::StatusOr<int64_t> QueryLastSeq(Db& db) {
   return row ? use->ColumnInt(0) : 0;
 }
 
+#define QUELL_DETECTION_COLUMNS \
+  "source, id, type, entity, score, observed_at, received_at, batch, json, reply"
+
+// Assigns into `d`, reusing its strings' capacity (ScanDetections streams into one).
+void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
+  d->source.assign(s.ColumnText(0));
+  d->id.assign(s.ColumnText(1));
+  d->type.assign(s.ColumnText(2));
+  d->entity.assign(s.ColumnText(3));
+  d->score = s.ColumnDouble(4);
+  d->observed_at = s.ColumnTime(5);
+  d->received_at = s.ColumnTime(6);
+  d->batch.assign(s.ColumnText(7));
+  d->json.assign(s.ColumnText(8));
+  d->reply.assign(s.ColumnText(9));
+}
+
+absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::string_view source,
+                                                              std::string_view id) {
+  QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT " QUELL_DETECTION_COLUMNS
+                                              " FROM detections WHERE source = ?1 AND id = ?2"));
+  StmtUse use(s);
+  use->BindTextStatic(1, source);
+  use->BindTextStatic(2, id);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  if (!row) return std::optional<StoredDetection>();
+  StoredDetection d;
+  ReadDetectionRow(*use, &d);
+  return std::optional<StoredDetection>(std::move(d));
+}
+
+absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity,
+                                              std::string_view policy, std::string_view action,
+                                              absl::Time since, bool exclude_shadow) {
+  // mitigations_entity (entity, created_at) bounds the rows; the rest filters them.
+  QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                         db.Prepare("SELECT COUNT(*) FROM mitigations WHERE entity = ?1 AND "
+                                    "created_at >= ?2 AND (?3 = '' OR policy = ?3) AND "
+                                    "(?4 = '' OR action = ?4) AND (?5 = 0 OR state <> 'shadow')"));
+  StmtUse use(s);
+  use->BindTextStatic(1, entity.str());
+  use->BindTime(2, since);
+  use->BindTextStatic(3, policy);
+  use->BindTextStatic(4, action);
+  use->BindInt(5, exclude_shadow ? 1 : 0);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  return row ? use->ColumnInt(0) : 0;
+}
+
+absl::StatusOr<int64_t> QueryNextPolicyVersion(Db& db) {
+  QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                         db.Prepare("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_sets"));
+  StmtUse use(s);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  return row ? use->ColumnInt(0) : 1;
+}
+
+absl::StatusOr<bool> QueryListHas(Db& db, std::string_view list, std::string_view entity) {
+  QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                         db.Prepare("SELECT 1 FROM list_entries WHERE list = ?1 AND entity = ?2"));
+  StmtUse use(s);
+  use->BindTextStatic(1, list);
+  use->BindTextStatic(2, entity);
+  return use->Step();
+}
+
+absl::StatusOr<std::optional<PolicySetVersion>> QueryPolicySet(Db& db, std::string_view sql,
+                                                               int64_t version) {
+  QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(sql));
+  StmtUse use(s);
+  use->BindInt(1, version);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  if (!row) return std::optional<PolicySetVersion>();
+  PolicySetVersion p;
+  p.version = use->ColumnInt(0);
+  p.seq = use->ColumnInt(1);
+  p.yaml = use->ColumnText(2);
+  p.created_at = use->ColumnTime(3);
+  p.actor = use->ColumnText(4);
+  return std::optional<PolicySetVersion>(std::move(p));
+}
+
+// A kList payload: {"list": name, "add": [...], "remove": [...], "protected": bool?,
+// "kind": string?}; entities normalised.
+struct ListChange {
+  std::string list;
+  std::vector<std::string> add, remove;
+  std::optional<bool> is_protected;
+  std::optional<std::string> kind;
+};
+
+absl::StatusOr<ListChange> ParseListChange(std::string_view payload) {
+  rapidjson::Document doc;
+  doc.Parse(payload.data(), payload.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return absl::InvalidArgumentError("list change payload must be a JSON object");
+  }
+  ListChange lc;
+  auto entities = [](const rapidjson::Value& v, std::string_view field,
+                     std::vector<std::string>* out) -> absl::Status {
+    if (!v.IsArray())
+      return absl::InvalidArgumentError(absl::StrCat(AV(field), " must be an array"));
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+      if (!v[i].IsString()) {
+        return absl::InvalidArgumentError(absl::StrCat(AV(field), "[", i, "] must be a string"));
+      }
+      auto e = core::Entity::Parse(std::string_view(v[i].GetString(), v[i].GetStringLength()));
+      if (!e.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(AV(field), "[", i, "]: ", e.status().message()));
+      }
+      out->push_back(e->str());
+    }
+    return absl::OkStatus();
+  };
+  for (const auto& member : doc.GetObject()) {
+    std::string_view name(member.name.GetString(), member.name.GetStringLength());
+    const rapidjson::Value& v = member.value;
+    if (name == "list") {
+      if (!v.IsString() || v.GetStringLength() == 0) {
+        return absl::InvalidArgumentError("list must be a non-empty string");
+      }
+      lc.list.assign(v.GetString(), v.GetStringLength());
+    } else if (name == "add") {
+      QUELL_RETURN_IF_ERROR(entities(v, "add", &lc.add));
+    } else if (name == "remove") {
+      QUELL_RETURN_IF_ERROR(entities(v, "remove", &lc.remove));
+    } else if (name == "protected") {
+      if (!v.IsBool()) return absl::InvalidArgumentError("protected must be a boolean");
+      lc.is_protected = v.GetBool();
+    } else if (name == "kind") {
+      if (!v.IsString()) return absl::InvalidArgumentError("kind must be a string");
+      lc.kind = std::string(v.GetString(), v.GetStringLength());
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown field \"", AV(name), "\" in a list change"));
+    }
+  }
+  if (lc.list.empty()) return absl::InvalidArgumentError("list change needs \"list\"");
+  return lc;
+}
+
+// A kPolicySet payload: {"version": N, "yaml": "..."}.
+struct PolicySetChange {
+  int64_t version = 0;
+  std::string yaml;
+};
+
+absl::StatusOr<PolicySetChange> ParsePolicySetChange(std::string_view payload) {
+  rapidjson::Document doc;
+  doc.Parse(payload.data(), payload.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return absl::InvalidArgumentError("policy set payload must be a JSON object");
+  }
+  PolicySetChange p;
+  bool has_version = false, has_yaml = false;
+  for (const auto& member : doc.GetObject()) {
+    std::string_view name(member.name.GetString(), member.name.GetStringLength());
+    if (name == "version" && member.value.IsInt64()) {
+      p.version = member.value.GetInt64();
+      has_version = true;
+    } else if (name == "yaml" && member.value.IsString()) {
+      p.yaml.assign(member.value.GetString(), member.value.GetStringLength());
+      has_yaml = true;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy set payload: unexpected or mistyped field \"", AV(name), "\""));
+    }
+  }
+  if (!has_version || !has_yaml) {
+    return absl::InvalidArgumentError("policy set payload needs \"version\" and \"yaml\"");
+  }
+  return p;
+}
+
 std::string SourcesToJson(const std::vector<std::string>& sources) {
   std::string out = "[";
   for (size_t i = 0; i < sources.size(); ++i) {
@@ -243,6 +420,26 @@ class SqliteTxn final : public Txn {
     return QueryIdempotency(*db_, scope, key);
   }
   absl::Status PutIdempotency(const IdempotencyRecord& r) override;
+  absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
+                                                              std::string_view id) override {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    return QueryDetection(*db_, source, id);
+  }
+  absl::Status PutDetection(const StoredDetection& d) override;
+  absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
+                                           std::string_view action, absl::Time since,
+                                           bool exclude_shadow) override {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    return QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow);
+  }
+  absl::StatusOr<int64_t> NextPolicyVersion() override {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    return QueryNextPolicyVersion(*db_);
+  }
+  absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    return QueryListHas(*db_, name, entity.str());
+  }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override;
   int64_t NextSeq() const override { return head_seq_ + 1; }
   absl::Status Savepoint() override;
@@ -259,6 +456,12 @@ class SqliteTxn final : public Txn {
       kMitigationCreated,  // DELETE mitigation `a`
       kMitigationUpdated,  // rewrite mitigation `a` from the payload of change `n`
       kIdempotency,        // DELETE idempotency (a, b)
+      kDetection,          // DELETE detection (a, b)
+      kPolicySet,          // DELETE policy set version `n`
+      kListCreated,        // DELETE list `a`
+      kListUpdated,        // restore list `a` to protected `n`, kind `b`
+      kListEntryAdded,     // DELETE entry (a, b)
+      kListEntryRemoved,   // INSERT entry (a, b)
     };
     Kind kind;
     int64_t n = 0;
@@ -291,6 +494,7 @@ class SqliteTxn final : public Txn {
   // the row was at before (0: there was no row).
   absl::StatusOr<int64_t> UpsertMitigationRow(const core::Mitigation& m, int64_t seq);
   absl::Status ApplyUndo(const Undo& u);
+  absl::Status ApplyListChange(const ListChange& lc);
   // Undoes every write logged after `mark`; poisons the Txn if that fails.
   absl::Status UndoTo(size_t mark);
   // Drops undo records nobody can roll back to any more.
@@ -337,6 +541,42 @@ class SqliteStore final : public Store {
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override;
   absl::StatusOr<std::optional<absl::Time>> NextDue() override;
   absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override;
+
+  absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
+                                                              std::string_view id) override {
+    return WithRead([&](Db& db) { return QueryDetection(db, source, id); });
+  }
+  absl::Status ScanDetections(
+      absl::Time from, absl::Time to,
+      const std::function<absl::Status(const StoredDetection&)>& fn) override;
+  absl::StatusOr<int64_t> PurgeDetections(absl::Time received_before) override;
+  absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
+                                           std::string_view action, absl::Time since,
+                                           bool exclude_shadow) override {
+    return WithRead([&](Db& db) {
+      return QueryCountMitigations(db, entity, policy, action, since, exclude_shadow);
+    });
+  }
+  absl::StatusOr<std::optional<PolicySetVersion>> GetPolicySet(int64_t version) override {
+    return WithRead([&](Db& db) {
+      return QueryPolicySet(db,
+                            "SELECT version, seq, yaml, created_at, actor FROM policy_sets "
+                            "WHERE version = ?1",
+                            version);
+    });
+  }
+  absl::StatusOr<std::optional<PolicySetVersion>> LatestPolicySet() override {
+    return WithRead([&](Db& db) {
+      return QueryPolicySet(db,
+                            "SELECT version, seq, yaml, created_at, actor FROM policy_sets "
+                            "WHERE version >= ?1 ORDER BY version DESC LIMIT 1",
+                            0);
+    });
+  }
+  absl::StatusOr<std::vector<ListInfo>> Lists() override;
+  absl::StatusOr<std::vector<std::string>> ListEntries(std::string_view name) override;
+  absl::StatusOr<int64_t> ScanListEntries(
+      const std::function<absl::Status(std::string_view, std::string_view)>& fn) override;
 
   absl::Status CreateKey(const ApiKey& key) override;
   absl::StatusOr<std::vector<ApiKey>> ListKeys() override;
@@ -508,6 +748,31 @@ absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
         s.BindTextStatic(1, u.a);
         s.BindTextStatic(2, u.b);
       });
+    case Undo::Kind::kDetection:
+      return Run("DELETE FROM detections WHERE source = ?1 AND id = ?2", [&](Stmt& s) {
+        s.BindTextStatic(1, u.a);
+        s.BindTextStatic(2, u.b);
+      });
+    case Undo::Kind::kPolicySet:
+      return Run("DELETE FROM policy_sets WHERE version = ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
+    case Undo::Kind::kListCreated:
+      return Run("DELETE FROM lists WHERE name = ?1", [&](Stmt& s) { s.BindTextStatic(1, u.a); });
+    case Undo::Kind::kListUpdated:
+      return Run("UPDATE lists SET protected = ?2, kind = ?3 WHERE name = ?1", [&](Stmt& s) {
+        s.BindTextStatic(1, u.a);
+        s.BindInt(2, u.n);
+        s.BindTextStatic(3, u.b);
+      });
+    case Undo::Kind::kListEntryAdded:
+      return Run("DELETE FROM list_entries WHERE list = ?1 AND entity = ?2", [&](Stmt& s) {
+        s.BindTextStatic(1, u.a);
+        s.BindTextStatic(2, u.b);
+      });
+    case Undo::Kind::kListEntryRemoved:
+      return Run("INSERT INTO list_entries (list, entity) VALUES (?1, ?2)", [&](Stmt& s) {
+        s.BindTextStatic(1, u.a);
+        s.BindTextStatic(2, u.b);
+      });
   }
   return absl::InternalError("unknown undo record");
 }
@@ -519,6 +784,97 @@ absl::Status SqliteTxn::UndoTo(size_t mark) {
     if (!st.ok()) {
       poisoned_ = true;
       return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
+  QUELL_RETURN_IF_ERROR(CheckWritable());
+  if (d.source.empty() || d.id.empty()) {
+    return absl::InvalidArgumentError("a detection needs source and id");
+  }
+  absl::Status st = Run("INSERT INTO detections (" QUELL_DETECTION_COLUMNS
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        [&](Stmt& s) {
+                          s.BindTextStatic(1, d.source);
+                          s.BindTextStatic(2, d.id);
+                          s.BindTextStatic(3, d.type);
+                          s.BindTextStatic(4, d.entity);
+                          s.BindDouble(5, d.score);
+                          s.BindTime(6, d.observed_at);
+                          s.BindTime(7, d.received_at);
+                          s.BindTextStatic(8, d.batch);
+                          s.BindTextStatic(9, d.json);
+                          s.BindTextStatic(10, d.reply);
+                        });
+  if (st.code() == absl::StatusCode::kAlreadyExists) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
+  }
+  QUELL_RETURN_IF_ERROR(st);
+  if (!savepoints_.empty()) {
+    undo_.push_back({.kind = Undo::Kind::kDetection, .a = d.source, .b = d.id});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteTxn::ApplyListChange(const ListChange& lc) {
+  bool exists = false;
+  bool was_protected = false;
+  std::string old_kind;
+  {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                           db_->Prepare("SELECT protected, kind FROM lists WHERE name = ?1"));
+    StmtUse use(s);
+    use->BindTextStatic(1, lc.list);
+    QUELL_ASSIGN_OR_RETURN(exists, use->Step());
+    if (exists) {
+      was_protected = use->ColumnInt(0) != 0;
+      old_kind = use->ColumnText(1);
+    }
+  }
+  const bool now_protected = lc.is_protected.value_or(was_protected);
+  const std::string& now_kind = lc.kind ? *lc.kind : old_kind;
+  if (!exists) {
+    QUELL_RETURN_IF_ERROR(
+        Run("INSERT INTO lists (name, protected, kind) VALUES (?1, ?2, ?3)", [&](Stmt& s) {
+          s.BindTextStatic(1, lc.list);
+          s.BindInt(2, now_protected ? 1 : 0);
+          s.BindTextStatic(3, now_kind);
+        }));
+    undo_.push_back({.kind = Undo::Kind::kListCreated, .a = lc.list});
+  } else if (now_protected != was_protected || now_kind != old_kind) {
+    QUELL_RETURN_IF_ERROR(
+        Run("UPDATE lists SET protected = ?2, kind = ?3 WHERE name = ?1", [&](Stmt& s) {
+          s.BindTextStatic(1, lc.list);
+          s.BindInt(2, now_protected ? 1 : 0);
+          s.BindTextStatic(3, now_kind);
+        }));
+    undo_.push_back({.kind = Undo::Kind::kListUpdated,
+                     .n = was_protected ? 1 : 0,
+                     .a = lc.list,
+                     .b = std::move(old_kind)});
+  }
+  for (const std::string& e : lc.add) {
+    QUELL_RETURN_IF_ERROR(
+        Run("INSERT INTO list_entries (list, entity) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            [&](Stmt& s) {
+              s.BindTextStatic(1, lc.list);
+              s.BindTextStatic(2, e);
+            }));
+    if (db_->changes() == 1) {
+      undo_.push_back({.kind = Undo::Kind::kListEntryAdded, .a = lc.list, .b = e});
+    }
+  }
+  for (const std::string& e : lc.remove) {
+    QUELL_RETURN_IF_ERROR(
+        Run("DELETE FROM list_entries WHERE list = ?1 AND entity = ?2", [&](Stmt& s) {
+          s.BindTextStatic(1, lc.list);
+          s.BindTextStatic(2, e);
+        }));
+    if (db_->changes() == 1) {
+      undo_.push_back({.kind = Undo::Kind::kListEntryRemoved, .a = lc.list, .b = e});
     }
   }
   return absl::OkStatus();
@@ -546,6 +902,21 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   } else if (mitigation != nullptr) {
     return absl::InvalidArgumentError("only mitigation changes carry a mitigation");
   }
+  // Materialised kinds are validated before anything is written.
+  std::optional<ListChange> list;
+  std::optional<PolicySetChange> policy_set;
+  if (change.kind == ChangeKind::kList) {
+    QUELL_ASSIGN_OR_RETURN(list, ParseListChange(change.payload));
+    if (change.subject.empty()) change.subject = list->list;
+  } else if (change.kind == ChangeKind::kPolicySet) {
+    QUELL_ASSIGN_OR_RETURN(policy_set, ParsePolicySetChange(change.payload));
+    QUELL_ASSIGN_OR_RETURN(int64_t next, QueryNextPolicyVersion(*db_));
+    if (policy_set->version != next) {
+      return absl::InvalidArgumentError(absl::StrCat("policy set version is ", policy_set->version,
+                                                     " but the next version is ", next));
+    }
+    if (change.subject.empty()) change.subject = absl::StrCat(policy_set->version);
+  }
   change.seq = seq;
   change.at = now_;
   change.prev_hash = head_hash_;
@@ -568,18 +939,35 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
                         });
   if (!st.ok()) return st;
   undo_.push_back({.kind = Undo::Kind::kChange, .n = seq});
+  absl::Status view = absl::OkStatus();
   if (mitigation != nullptr) {
     absl::StatusOr<int64_t> prior = UpsertMitigationRow(*mitigation, seq);
     if (!prior.ok()) {
-      (void)UndoTo(mark);  // on failure it poisons the Txn; `prior` is the error to report
-      TrimUndo();
-      return prior.status();
-    }
-    if (*prior == 0) {
+      view = prior.status();
+    } else if (*prior == 0) {
       undo_.push_back({.kind = Undo::Kind::kMitigationCreated, .a = mitigation->id});
     } else {
       undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = *prior, .a = mitigation->id});
     }
+  } else if (list) {
+    view = ApplyListChange(*list);
+  } else if (policy_set) {
+    view =
+        Run("INSERT INTO policy_sets (version, seq, created_at, actor, yaml) "
+            "VALUES (?1, ?2, ?3, ?4, ?5)",
+            [&](Stmt& s) {
+              s.BindInt(1, policy_set->version);
+              s.BindInt(2, seq);
+              s.BindTime(3, now_);
+              s.BindTextStatic(4, change.actor);
+              s.BindTextStatic(5, policy_set->yaml);
+            });
+    if (view.ok()) undo_.push_back({.kind = Undo::Kind::kPolicySet, .n = policy_set->version});
+  }
+  if (!view.ok()) {
+    (void)UndoTo(mark);  // on failure it poisons the Txn; `view` is the error to report
+    TrimUndo();
+    return view;
   }
   TrimUndo();
   head_seq_ = seq;
@@ -831,6 +1219,109 @@ absl::StatusOr<int64_t> SqliteStore::PurgeIdempotency(absl::Time before) {
     use->BindTime(1, before);
     QUELL_RETURN_IF_ERROR(use->Run());
     return db.changes();
+  });
+}
+
+absl::Status SqliteStore::ScanDetections(
+    absl::Time from, absl::Time to, const std::function<absl::Status(const StoredDetection&)>& fn) {
+  absl::StatusOr<bool> r = WithRead([&](Db& db) -> absl::StatusOr<bool> {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT " QUELL_DETECTION_COLUMNS
+                                                " FROM detections WHERE observed_at >= ?1 AND "
+                                                "observed_at < ?2 ORDER BY observed_at"));
+    StmtUse use(s);
+    use->BindTime(1, from);
+    use->BindTime(2, to);
+    StoredDetection d;  // one object, its buffers reused row after row
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      ReadDetectionRow(*use, &d);
+      QUELL_RETURN_IF_ERROR(fn(d));
+    }
+    return true;
+  });
+  return r.status();
+}
+
+absl::StatusOr<int64_t> SqliteStore::PurgeDetections(absl::Time received_before) {
+  // Rows are stored in commit order, so the ones to delete are a prefix in rowid order:
+  // find where it ends without an index on received_at (one index fewer per insert),
+  // then delete it in chunks, each its own short write transaction.
+  QUELL_ASSIGN_OR_RETURN(int64_t end, WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+                           QUELL_ASSIGN_OR_RETURN(
+                               Stmt * s, db.Prepare("SELECT rowid FROM detections WHERE "
+                                                    "received_at >= ?1 ORDER BY rowid LIMIT 1"));
+                           StmtUse use(s);
+                           use->BindTime(1, received_before);
+                           QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+                           if (row) return use->ColumnInt(0);
+                           return std::numeric_limits<int64_t>::max();
+                         }));
+  constexpr int kChunk = 10000;
+  int64_t total = 0;
+  while (true) {
+    QUELL_ASSIGN_OR_RETURN(
+        int64_t n, WithSideWrite([&](Db& db) -> absl::StatusOr<int64_t> {
+          QUELL_ASSIGN_OR_RETURN(
+              Stmt * s, db.Prepare("DELETE FROM detections WHERE rowid IN (SELECT rowid FROM "
+                                   "detections WHERE rowid < ?1 ORDER BY rowid LIMIT ?2)"));
+          StmtUse use(s);
+          use->BindInt(1, end);
+          use->BindInt(2, kChunk);
+          QUELL_RETURN_IF_ERROR(use->Run());
+          return db.changes();
+        }));
+    total += n;
+    if (n < kChunk) return total;
+  }
+}
+
+absl::StatusOr<std::vector<ListInfo>> SqliteStore::Lists() {
+  return WithRead([&](Db& db) -> absl::StatusOr<std::vector<ListInfo>> {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                           db.Prepare("SELECT name, protected, kind FROM lists ORDER BY name"));
+    StmtUse use(s);
+    std::vector<ListInfo> out;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      out.push_back({.name = std::string(use->ColumnText(0)),
+                     .is_protected = use->ColumnInt(1) != 0,
+                     .kind = std::string(use->ColumnText(2))});
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<std::vector<std::string>> SqliteStore::ListEntries(std::string_view name) {
+  return WithRead([&](Db& db) -> absl::StatusOr<std::vector<std::string>> {
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, db.Prepare("SELECT entity FROM list_entries WHERE list = ?1 ORDER BY entity"));
+    StmtUse use(s);
+    use->BindTextStatic(1, name);
+    std::vector<std::string> out;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      out.emplace_back(use->ColumnText(0));
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<int64_t> SqliteStore::ScanListEntries(
+    const std::function<absl::Status(std::string_view list, std::string_view entity)>& fn) {
+  return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));  // same read transaction
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, db.Prepare("SELECT list, entity FROM list_entries ORDER BY list, entity"));
+    StmtUse use(s);
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      QUELL_RETURN_IF_ERROR(fn(use->ColumnText(0), use->ColumnText(1)));
+    }
+    return seq;
   });
 }
 

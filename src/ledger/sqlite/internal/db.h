@@ -37,13 +37,15 @@ class Stmt {
 
   // A failed bind is remembered and reported by the next Step/Run.
   void BindInt(int i, int64_t v) { Check(sqlite3_bind_int64(stmt_, i, v)); }
+  // An empty view binds '' (never NULL, even if its data() is null).
   void BindText(int i, std::string_view v) {
-    Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    Check(sqlite3_bind_text(stmt_, i, Data(v), static_cast<int>(v.size()), SQLITE_TRANSIENT));
   }
   // Like BindText, but `v` must stay alive until the statement is reset.
   void BindTextStatic(int i, std::string_view v) {
-    Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC));
+    Check(sqlite3_bind_text(stmt_, i, Data(v), static_cast<int>(v.size()), SQLITE_STATIC));
   }
+  void BindDouble(int i, double v) { Check(sqlite3_bind_double(stmt_, i, v)); }
   void BindTime(int i, absl::Time t) { BindInt(i, absl::ToUnixMicros(t)); }
   void BindNull(int i) { Check(sqlite3_bind_null(stmt_, i)); }
 
@@ -53,6 +55,7 @@ class Stmt {
   absl::Status Run();
 
   int64_t ColumnInt(int i) const { return sqlite3_column_int64(stmt_, i); }
+  double ColumnDouble(int i) const { return sqlite3_column_double(stmt_, i); }
   bool ColumnIsNull(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_NULL; }
   std::string_view ColumnText(int i) const {
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
@@ -68,6 +71,7 @@ class Stmt {
   const std::string& sql() const { return sql_; }
 
  private:
+  static const char* Data(std::string_view v) { return v.data() != nullptr ? v.data() : ""; }
   void Check(int rc) {
     if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
   }

@@ -99,6 +99,44 @@ ALTER TABLE mitigations_v2 RENAME TO mitigations;
 CREATE INDEX mitigations_entity ON mitigations (entity, created_at);
 CREATE INDEX mitigations_due ON mitigations (due_at) WHERE due_at IS NOT NULL;
 )sql"},
+    // Issue 3: detections (inputs, not changes), policy set versions and lists (both
+    // materialised from their changes). Detections are stored in commit order; the
+    // (source, id) key makes them idempotent and observed_at serves backtests.
+    {3, R"sql(
+CREATE TABLE detections (
+  source      TEXT NOT NULL,
+  id          TEXT NOT NULL,
+  type        TEXT NOT NULL,
+  entity      TEXT NOT NULL,
+  score       REAL NOT NULL,
+  observed_at INTEGER NOT NULL,
+  received_at INTEGER NOT NULL,
+  batch       TEXT NOT NULL,
+  json        TEXT NOT NULL,
+  reply       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX detections_key ON detections (source, id);
+CREATE INDEX detections_observed ON detections (observed_at);
+
+CREATE TABLE policy_sets (
+  version    INTEGER PRIMARY KEY,
+  seq        INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  actor      TEXT NOT NULL,
+  yaml       TEXT NOT NULL
+);
+
+CREATE TABLE lists (
+  name      TEXT PRIMARY KEY,
+  protected INTEGER NOT NULL,
+  kind      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE list_entries (
+  list   TEXT NOT NULL,
+  entity TEXT NOT NULL,
+  PRIMARY KEY (list, entity)
+) WITHOUT ROWID;
+)sql"},
 };
 
 }  // namespace
