@@ -1,14 +1,23 @@
-// gRPC Enforcement.Check throughput: N concurrent calls in flight (default 32) on one
-// channel (HTTP/2 multiplexes them), for a fixed time, with the async client API. Prints
-// the calls/s, the error count and latency percentiles.
+// gRPC check throughput with N concurrent streams (default 32) on one channel (HTTP/2
+// multiplexes them), for a fixed time. Prints checks/s, errors and latency percentiles.
+//   --mode unary  : N unary Enforcement.Check calls in flight (async client API);
+//   --mode stream : N Enforcement.CheckStream streams, each one request in flight
+//                   (ping-pong; callback client API). The default.
 //
 //   grpc_check_bench --target 127.0.0.1:50051 --key KEY [--concurrency 32]
 //                    [--seconds 10] [--entities user:a,ip:10.0.0.1] [--channels 1]
+//                    [--server-pid PID] [--mode stream|unary]
+//
+// On a shared machine the wall-clock rate depends on what else runs; with --server-pid
+// the bench also prints the server's and its own CPU seconds, and the calls per server
+// CPU-second (what one core of the server sustains).
 //
 // Entities cycle through the given list (default: user:bench-0..999, mostly misses).
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -17,7 +26,12 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <fstream>
+#include <sstream>
 #include <vector>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "quell/v1/enforcement.grpc.pb.h"
 
@@ -32,6 +46,8 @@ struct Args {
   int concurrency = 32;
   int seconds = 10;
   int channels = 1;
+  int server_pid = 0;
+  std::string mode = "stream";
   std::vector<std::string> entities;
 };
 
@@ -43,6 +59,90 @@ struct Slot {
   Clock::time_point start;
   int index = 0;
 };
+
+// One CheckStream: write a request, read its answer, repeat until `end`.
+class StreamCaller final : public ::grpc::ClientBidiReactor<v1::CheckRequest, v1::CheckResponse> {
+ public:
+  StreamCaller(v1::Enforcement::Stub* stub, const std::string& bearer,
+               const std::vector<std::string>* entities, int offset, Clock::time_point end)
+      : entities_(entities), next_(offset), end_(end) {
+    ctx_.AddMetadata("authorization", bearer);
+    latencies_ns.reserve(1 << 20);
+    stub->async()->CheckStream(&ctx_, this);
+    Send();
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok) StartRead(&resp_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    auto now = Clock::now();
+    if (resp_.error().empty()) {
+      latencies_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_).count());
+    } else {
+      ++errors;
+    }
+    if (now < end_) {
+      Send();
+    } else {
+      StartWritesDone();
+      StartRead(&resp_);  // sees the end of the stream
+    }
+  }
+  void OnDone(const ::grpc::Status& s) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status = s;
+    done_ = true;
+    cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+  }
+
+  std::vector<int64_t> latencies_ns;
+  int64_t errors = 0;
+  ::grpc::Status status;
+
+ private:
+  void Send() {
+    req_.Clear();
+    req_.add_entities((*entities_)[next_++ % entities_->size()]);
+    start_ = Clock::now();
+    StartWrite(&req_);
+  }
+  ::grpc::ClientContext ctx_;
+  const std::vector<std::string>* entities_;
+  size_t next_;
+  Clock::time_point end_, start_;
+  v1::CheckRequest req_;
+  v1::CheckResponse resp_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+// utime + stime of `pid` in seconds, from /proc (0 if unreadable).
+double ProcessCpuSeconds(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(f);  // utime, stime
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double SelfCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+}
 
 int Usage() {
   std::fprintf(stderr,
@@ -69,6 +169,10 @@ int main(int argc, char** argv) {
       a.seconds = std::atoi(v.c_str());
     } else if (f == "--channels") {
       a.channels = std::atoi(v.c_str());
+    } else if (f == "--mode") {
+      a.mode = v;
+    } else if (f == "--server-pid") {
+      a.server_pid = std::atoi(v.c_str());
     } else if (f == "--entities") {
       size_t p = 0;
       while (p <= v.size()) {
@@ -133,11 +237,32 @@ int main(int argc, char** argv) {
     }
   }
 
+  const double server_cpu0 = a.server_pid > 0 ? ProcessCpuSeconds(a.server_pid) : 0;
+  const double self_cpu0 = SelfCpuSeconds();
   const auto start = Clock::now();
   const auto end = start + std::chrono::seconds(a.seconds);
-  for (int s = 0; s < a.concurrency; ++s) issue(s);
   void* tag;
   bool got;
+  if (a.mode == "stream") {
+    std::vector<std::unique_ptr<StreamCaller>> callers;
+    for (int s = 0; s < a.concurrency; ++s) {
+      callers.push_back(std::make_unique<StreamCaller>(stubs[s % stubs.size()].get(), bearer,
+                                                       &a.entities, s * 37, end));
+    }
+    for (auto& c : callers) {
+      c->Wait();
+      ok += c->latencies_ns.size();
+      errors += c->errors;
+      if (!c->status.ok()) {
+        if (errors++ == 0) first_error = c->status.error_message();
+      }
+      latencies_ns.insert(latencies_ns.end(), c->latencies_ns.begin(), c->latencies_ns.end());
+    }
+  } else if (a.mode == "unary") {
+    for (int s = 0; s < a.concurrency; ++s) issue(s);
+  } else {
+    return Usage();
+  }
   while (in_flight > 0 && cq.Next(&tag, &got)) {
     --in_flight;
     int s = static_cast<int>(reinterpret_cast<intptr_t>(tag));
@@ -153,6 +278,8 @@ int main(int argc, char** argv) {
     if (!stopping) issue(s);
   }
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const double server_cpu = a.server_pid > 0 ? ProcessCpuSeconds(a.server_pid) - server_cpu0 : 0;
+  const double self_cpu = SelfCpuSeconds() - self_cpu0;
   for (auto& slot : slots) delete slot.ctx;
   cq.Shutdown();
   while (cq.Next(&tag, &got)) {
@@ -165,10 +292,16 @@ int main(int argc, char** argv) {
     return latencies_ns[i] / 1000.0;
   };
   std::printf(
-      "grpc Check: %.0f calls/s (%lld ok, %lld errors in %.2f s; %d concurrent, %d channel(s)); "
+      "grpc %s: %.0f checks/s (%lld ok, %lld errors in %.2f s; %d concurrent, %d channel(s)); "
       "latency us p50 %.0f p99 %.0f p99.9 %.0f\n",
-      ok / elapsed, static_cast<long long>(ok), static_cast<long long>(errors), elapsed,
+      a.mode == "stream" ? "CheckStream" : "Check", ok / elapsed, static_cast<long long>(ok), static_cast<long long>(errors), elapsed,
       a.concurrency, a.channels, pct(0.5), pct(0.99), pct(0.999));
+  if (a.server_pid > 0) {
+    std::printf("cpu: server %.2f s (%.0f calls per server CPU-second), bench client %.2f s; "
+                "machine has %ld cores\n",
+                server_cpu, server_cpu > 0 ? ok / server_cpu : 0.0, self_cpu,
+                sysconf(_SC_NPROCESSORS_ONLN));
+  }
   if (errors > 0) std::printf("first error: %s\n", first_error.c_str());
   return errors > 0 ? 1 : 0;
 }

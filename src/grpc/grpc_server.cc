@@ -83,7 +83,9 @@ absl::Time DeadlineOf(const ::grpc::ServerContext& ctx) {
 
 }  // namespace
 
-class GrpcServer::Impl final : public v1::Enforcement::WithCallbackMethod_Check<v1::Enforcement::Service> {
+class GrpcServer::Impl final
+    : public v1::Enforcement::WithCallbackMethod_CheckStream<
+          v1::Enforcement::WithCallbackMethod_Check<v1::Enforcement::Service>> {
  public:
   Impl(GrpcDeps deps, GrpcOptions options)
       : deps_(std::move(deps)),
@@ -131,6 +133,11 @@ class GrpcServer::Impl final : public v1::Enforcement::WithCallbackMethod_Check<
     return reactor;
   }
 
+  ::grpc::ServerBidiReactor<v1::CheckRequest, v1::CheckResponse>* CheckStream(
+      ::grpc::CallbackServerContext* ctx) override {
+    return new CheckStreamReactor(this, ctx);
+  }
+
   ::grpc::Status Watch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
                        ::grpc::ServerWriter<v1::Change>* writer) override {
     if (auto who = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck); !who.ok()) {
@@ -175,6 +182,47 @@ class GrpcServer::Impl final : public v1::Enforcement::WithCallbackMethod_Check<
   }
 
  private:
+  // One CheckStream call: read a request, answer it, read the next. Runs on gRPC's
+  // callback threads; deletes itself when the call is done.
+  class CheckStreamReactor final
+      : public ::grpc::ServerBidiReactor<v1::CheckRequest, v1::CheckResponse> {
+   public:
+    CheckStreamReactor(Impl* owner, ::grpc::CallbackServerContext* ctx) : owner_(owner) {
+      absl::Status s = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kCheck).status();
+      if (!s.ok()) {
+        Finish(ToGrpc(s));
+        return;
+      }
+      StartRead(&request_);
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) {  // the client finished writing (or the call broke)
+        Finish(::grpc::Status::OK);
+        return;
+      }
+      response_.Clear();
+      absl::Status s = owner_->DoCheck(request_, &response_);
+      if (!s.ok()) {
+        response_.Clear();
+        response_.set_error(std::string(SV(s.message())));
+      }
+      StartWrite(&response_);
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        Finish(::grpc::Status::CANCELLED);
+        return;
+      }
+      StartRead(&request_);
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    Impl* owner_;
+    v1::CheckRequest request_;
+    v1::CheckResponse response_;
+  };
+
   // Detections.Submit: not wired yet (see docs/grpc.md).
   class DetectionsImpl final : public v1::Detections::Service {
    public:

@@ -202,6 +202,43 @@ TEST_F(GrpcServerTest, CheckReportsVerdictMitigationsAndSurfaces) {
   EXPECT_EQ(resp.mitigations_size(), 1);
 }
 
+TEST_F(GrpcServerTest, CheckStreamAnswersEachRequestInOrder) {
+  ASSERT_TRUE(ledger_->SubmitAndWait(Create("user:s1", "block")).ok());
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  auto stream = enforcement_->CheckStream(&ctx);
+  v1::CheckRequest req;
+  v1::CheckResponse resp;
+  for (const char* e : {"user:s1", "bad", "user:s2"}) {
+    req.Clear();
+    req.add_entities(e);
+    ASSERT_TRUE(stream->Write(req));
+    ASSERT_TRUE(stream->Read(&resp));
+    if (std::string(e) == "user:s1") {
+      EXPECT_EQ(resp.verdict(), v1::VERDICT_DENY);
+      EXPECT_EQ(resp.mitigations_size(), 1);
+    } else if (std::string(e) == "bad") {
+      EXPECT_NE(resp.error().find("entities[0]"), std::string::npos) << resp.error();
+      EXPECT_EQ(resp.verdict(), v1::VERDICT_UNSPECIFIED);
+    } else {
+      EXPECT_EQ(resp.verdict(), v1::VERDICT_ALLOW);
+      EXPECT_TRUE(resp.error().empty());
+    }
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(GrpcServerTest, CheckStreamNeedsAKey) {
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, detector_);
+  auto stream = enforcement_->CheckStream(&ctx);
+  v1::CheckResponse resp;
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::PERMISSION_DENIED);
+}
+
 TEST_F(GrpcServerTest, WatchReplaysThenStreamsLiveChangesInOrder) {
   std::vector<std::string> ids(5);
   for (int i = 0; i < 5; ++i) {
