@@ -1,0 +1,444 @@
+// One suite, run against every CounterStore backend: in process always, and Redis on a
+// redis-server this test starts itself (the Redis cases fail, loudly, if redis-server is
+// not installed; scripts/setup installs it).
+#include "counters/counter_store.h"
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/time.h"
+#include "counters/in_process_store.h"
+#include "counters/redis_store.h"
+#include "gtest/gtest.h"
+#include "tests/integration/redis_server.h"
+
+namespace quell::counters {
+namespace {
+
+using absl::Hours;
+using absl::Minutes;
+using absl::Seconds;
+
+enum class Backend { kInProcess, kRedis };
+
+std::vector<CounterSpec> ExampleSpecs() {
+  return {
+      {"plays", "play", "entity", "", {Minutes(1), Hours(1), Hours(24)}},
+      {"tracks_per_ip", "play", "attrs.ip", "attrs.track", {Hours(1)}},
+      {"accounts_per_ip", "login", "attrs.ip", "entity", {Hours(1)}},
+  };
+}
+
+class CounterStoreTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  static void SetUpTestSuite() { redis_ = new testing::RedisServerForTest(); }
+  static void TearDownTestSuite() {
+    delete redis_;
+    redis_ = nullptr;
+  }
+
+  std::unique_ptr<CounterStore> Make(std::vector<CounterSpec> specs = ExampleSpecs(),
+                                     TimeOptions time = {}) {
+    if (GetParam() == Backend::kInProcess) {
+      InProcessOptions options;
+      options.time = time;
+      auto store = InProcessCounterStore::Create(std::move(specs), options);
+      EXPECT_TRUE(store.ok()) << store.status();
+      return store.ok() ? *std::move(store) : nullptr;
+    }
+    absl::Status started = redis_->Start();
+    EXPECT_TRUE(started.ok()) << started;
+    if (!started.ok()) return nullptr;
+    RedisOptions options;
+    options.time = time;
+    options.port = redis_->port();
+    options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
+    auto store = RedisCounterStore::Create(std::move(specs), options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+
+  int64_t CountOf(CounterStore& s, std::string_view key, absl::Duration window) {
+    auto v = s.Count("plays", key, window, clock_.Now());
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? *v : -1;
+  }
+
+  RecordSummary Play(CounterStore& s, std::string_view entity, absl::Time at, int times = 1) {
+    std::vector<Observation> batch(times, Observation{0, entity, "", at});
+    auto r = s.Record(batch, clock_.Now());
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : RecordSummary{};
+  }
+
+  static testing::RedisServerForTest* redis_;
+  static int store_serial_;
+  core::FakeClock clock_;  // starts at 2026-01-01T00:00:00Z
+};
+
+testing::RedisServerForTest* CounterStoreTest::redis_ = nullptr;
+int CounterStoreTest::store_serial_ = 0;
+
+TEST_P(CounterStoreTest, CountsPerWindow) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time t0 = clock_.Now();
+  Play(*store, "user:u1", t0);
+  clock_.Advance(Minutes(30));
+  Play(*store, "user:u1", clock_.Now(), 2);
+  clock_.Advance(Minutes(29) + Seconds(30));
+  Play(*store, "user:u1", clock_.Now(), 3);
+  Play(*store, "user:u2", clock_.Now());
+  EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), 3);
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(1)), 6);
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(24)), 6);
+  EXPECT_EQ(CountOf(*store, "user:u2", Hours(24)), 1);
+  EXPECT_EQ(CountOf(*store, "user:nobody", Hours(1)), 0);
+
+  clock_.Set(t0 + Hours(1) + Minutes(31));
+  EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), 0);
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(1)), 3);  // the 30m plays are 61m old
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(24)), 6);
+  clock_.Set(t0 + Hours(24) + Minutes(10));
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(24)), 5);  // t0's play is 24h10m old
+}
+
+TEST_P(CounterStoreTest, BadReadsAreInvalidArgument) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  EXPECT_EQ(store->Count("nope", "k", Hours(1), now).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Count("plays", "k", Hours(2), now).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Count("tracks_per_ip", "k", Hours(1), now).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Distinct("plays", "k", Hours(1), now).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ReadRequest bad{0, "k", Minutes(5)};
+  int64_t v;
+  EXPECT_EQ(store->Read({&bad, 1}, now, {&v, 1}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(CounterStoreTest, SlidingExpiryExactWithinABucket) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  // One play every 10 s for two minutes; the 1m window (1 s buckets) holds the last six.
+  for (int i = 0; i <= 12; ++i) {
+    Play(*store, "user:u1", clock_.Now());
+    EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), std::min(i + 1, 6)) << i;
+    clock_.Advance(Seconds(10));
+  }
+  clock_.Advance(Seconds(39));  // the last two plays are 49 s and 59 s old
+  EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), 2);
+  clock_.Advance(Seconds(10) + absl::Milliseconds(999));  // 59.999 s: same bucket as 59 s
+  EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), 1);
+  clock_.Advance(absl::Milliseconds(1));  // 60 s: gone
+  EXPECT_EQ(CountOf(*store, "user:u1", Minutes(1)), 0);
+  EXPECT_EQ(CountOf(*store, "user:u1", Hours(1)), 13);
+}
+
+TEST_P(CounterStoreTest, LateEventsCountInTheirOwnBucket) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  clock_.Advance(Minutes(10));
+  const absl::Time now = clock_.Now();
+  // 2 minutes late: within the 5-minute bound, outside the 1m window.
+  EXPECT_EQ(Play(*store, "user:late", now - Minutes(2)).counted, 1);
+  EXPECT_EQ(CountOf(*store, "user:late", Minutes(1)), 0);
+  EXPECT_EQ(CountOf(*store, "user:late", Hours(1)), 1);
+  // It leaves the 1h window 60 minutes after `at`, not after its arrival.
+  clock_.Set(now - Minutes(2) + Minutes(59) + Seconds(30));
+  EXPECT_EQ(CountOf(*store, "user:late", Hours(1)), 1);
+  clock_.Set(now - Minutes(2) + Minutes(60) + Seconds(30));
+  EXPECT_EQ(CountOf(*store, "user:late", Hours(1)), 0);
+
+  // 30 s late inside the 1m window: gone 30 s later, not 60.
+  clock_.Set(now);
+  EXPECT_EQ(Play(*store, "user:late2", now - Seconds(30)).counted, 1);
+  // Out of order: a newer play first, then an older one.
+  Play(*store, "user:late3", now);
+  Play(*store, "user:late3", now - Seconds(45));
+  EXPECT_EQ(CountOf(*store, "user:late2", Minutes(1)), 1);
+  EXPECT_EQ(CountOf(*store, "user:late3", Minutes(1)), 2);
+  clock_.Advance(Seconds(31));
+  EXPECT_EQ(CountOf(*store, "user:late2", Minutes(1)), 0);
+  EXPECT_EQ(CountOf(*store, "user:late3", Minutes(1)), 1);
+}
+
+TEST_P(CounterStoreTest, TooLateTooEarlyAndInvalidAreRejectedWithAReason) {
+  TimeOptions time;
+  time.max_lateness = Minutes(5);
+  time.max_future_skew = Seconds(5);
+  auto store = Make(ExampleSpecs(), time);
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  std::vector<Observation> batch = {
+      {0, "user:a", "", now - Minutes(5) - Seconds(1)},  // too late
+      {0, "user:a", "", now - Minutes(5)},               // exactly at the bound: counted
+      {0, "user:a", "", now + Seconds(6)},               // too early
+      {0, "user:a", "", now + Seconds(3)},               // small skew: counted
+      {-1, "user:a", "", now},                           // unknown counter
+      {0, "", "", now},                                  // empty key
+      {1, "ip:1.2.3.4", "", now},                        // distinct counter, no value
+      {0, "user:a", "extra", now},                       // count counter with a value
+  };
+  std::vector<RecordOutcome> outcomes(batch.size());
+  auto summary = store->Record(batch, now, absl::MakeSpan(outcomes));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->counted, 2);
+  EXPECT_EQ(summary->too_late, 1);
+  EXPECT_EQ(summary->too_early, 1);
+  EXPECT_EQ(summary->invalid, 4);
+  std::vector<std::string_view> names;
+  for (RecordOutcome o : outcomes) names.push_back(RecordOutcomeName(o));
+  EXPECT_EQ(names, (std::vector<std::string_view>{"too_late", "counted", "too_early", "counted",
+                                                  "invalid", "invalid", "invalid", "invalid"}));
+  EXPECT_EQ(CountOf(*store, "user:a", Hours(1)), 2);
+  EXPECT_EQ(CountOf(*store, "user:a", Minutes(1)), 0);  // the +3 s one is in a future bucket
+  clock_.Advance(Seconds(3));
+  EXPECT_EQ(CountOf(*store, "user:a", Minutes(1)), 1);
+  StoreStats st = store->Stats();
+  EXPECT_EQ(st.counted, 2);
+  EXPECT_EQ(st.rejected_too_late, 1);
+  EXPECT_EQ(st.rejected_too_early, 1);
+  EXPECT_EQ(st.rejected_invalid, 4);
+  std::vector<RecordOutcome> wrong_size(2);
+  EXPECT_EQ(store->Record(batch, now, absl::MakeSpan(wrong_size)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time t0 = clock_.Now();
+  std::vector<std::string> accounts;
+  for (int i = 0; i < 21; ++i) accounts.push_back(absl::StrCat("user:", i));
+  std::vector<Observation> batch;
+  for (const auto& a : accounts) {
+    batch.push_back({2, "ip:10.0.0.1", a, t0});
+    batch.push_back({2, "ip:10.0.0.1", a, t0});  // repeats do not count twice
+  }
+  ASSERT_TRUE(store->Record(batch, t0).ok());
+  auto d = store->Distinct("accounts_per_ip", "ip:10.0.0.1", Hours(1), t0);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d, 21);
+  // 30 minutes later, 10 of the same accounts and 5 new ones.
+  clock_.Advance(Minutes(30));
+  batch.clear();
+  std::vector<std::string> more;
+  for (int i = 15; i < 30; ++i) more.push_back(absl::StrCat("user:", i));
+  for (const auto& a : more) batch.push_back({2, "ip:10.0.0.1", a, clock_.Now()});
+  ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+  EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.1", Hours(1), clock_.Now()), 30);
+  clock_.Advance(Minutes(31));  // the first 21 have left the window
+  EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.1", Hours(1), clock_.Now()), 15);
+  EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.9.9.9", Hours(1), clock_.Now()), 0);
+}
+
+TEST_P(CounterStoreTest, DistinctAccuracyOn100kValues) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  constexpr int kValues = 100000;
+  std::vector<std::string> tracks;
+  tracks.reserve(kValues);
+  for (int i = 0; i < kValues; ++i) tracks.push_back(absl::StrCat("track:", i * 7919 + 13));
+  // Spread over 50 minutes (50 buckets of the 1h window), each value seen twice.
+  for (int minute = 0; minute < 50; ++minute) {
+    std::vector<Observation> batch;
+    for (int i = minute; i < kValues; i += 50) {
+      batch.push_back({1, "ip:192.0.2.7", tracks[i], clock_.Now()});
+      batch.push_back({1, "ip:192.0.2.7", tracks[(i + 25) % kValues], clock_.Now()});
+    }
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+    clock_.Advance(Minutes(1));
+  }
+  auto d = store->Distinct("tracks_per_ip", "ip:192.0.2.7", Hours(1), clock_.Now());
+  ASSERT_TRUE(d.ok()) << d.status();
+  const double error = std::abs(static_cast<double>(*d) - kValues) / kValues;
+  EXPECT_LE(error, 0.02) << "estimate " << *d;
+  std::printf("[ distinct ] backend %s: %lld for %d values, relative error %.3f%%\n",
+              GetParam() == Backend::kRedis ? "redis" : "in-process", static_cast<long long>(*d),
+              kValues, error * 100);
+}
+
+TEST_P(CounterStoreTest, BatchedReadsMatchSingleReads) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  std::vector<std::string> users;
+  for (int i = 0; i < 10; ++i) users.push_back(absl::StrCat("user:", i));
+  std::vector<Observation> batch;
+  for (int i = 0; i < 10; ++i) {
+    for (int j = 0; j <= i; ++j) batch.push_back({0, users[i], "", now - Seconds(j)});
+    batch.push_back({1, "ip:1", users[i], now});
+  }
+  ASSERT_TRUE(store->Record(batch, now).ok());
+  std::vector<ReadRequest> reads;
+  for (int i = 0; i < 10; ++i) reads.push_back({0, users[i], Minutes(1)});
+  reads.push_back({1, "ip:1", Hours(1)});
+  reads.push_back({0, "user:none", Hours(24)});
+  std::vector<int64_t> values(reads.size(), -1);
+  ASSERT_TRUE(store->Read(reads, now, absl::MakeSpan(values)).ok());
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(values[i], i + 1) << users[i];
+    EXPECT_EQ(*store->Count("plays", users[i], Minutes(1), now), i + 1);
+  }
+  EXPECT_EQ(values[10], 10);
+  EXPECT_EQ(values[11], 0);
+}
+
+TEST_P(CounterStoreTest, ConcurrentWritersLoseNothing) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  constexpr int kThreads = 4;
+  constexpr int kBatches = 50;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        std::vector<std::string> keys;
+        for (int k = 0; k < 20; ++k) keys.push_back(absl::StrCat("user:", k));
+        std::vector<Observation> batch;
+        for (const auto& k : keys) batch.push_back({0, k, "", now});
+        auto r = store->Record(batch, now);
+        EXPECT_TRUE(r.ok()) << r.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < 20; ++k) {
+    EXPECT_EQ(*store->Count("plays", absl::StrCat("user:", k), Minutes(1), now),
+              kThreads * kBatches);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CounterStoreTest,
+                         ::testing::Values(Backend::kInProcess, Backend::kRedis),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kRedis ? "Redis" : "InProcess";
+                         });
+
+TEST(CounterSetTest, ValidatesSpecs) {
+  auto ok = CounterSet::Create(ExampleSpecs(), {});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->Find("accounts_per_ip"), 2);
+  EXPECT_EQ(ok->Find("nope"), -1);
+  EXPECT_EQ(ok->ForEvent("play").size(), 2u);
+  EXPECT_EQ(ok->ForEvent("signup").size(), 0u);
+  EXPECT_EQ(ok->key_field(1).kind, FieldRef::Kind::kAttr);
+  EXPECT_EQ(ok->key_field(1).attr, "ip");
+  EXPECT_EQ(ok->distinct_field(2).kind, FieldRef::Kind::kEntity);
+  EXPECT_EQ(ok->distinct_field(0).kind, FieldRef::Kind::kNone);
+  EXPECT_EQ(ok->geometry(0)[0].width_us, 1000000);
+  EXPECT_EQ(ok->geometry(0)[2].width_us, 24 * 60 * 1000000LL);
+  EXPECT_EQ(ok->geometry(0)[2].buckets, 60);
+
+  auto bad = [](CounterSpec s) { return CounterSet::Create({std::move(s)}, {}).status().code(); };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(bad({"a b", "play", "entity", "", {Hours(1)}}), kInvalid);
+  EXPECT_EQ(bad({"a", "", "entity", "", {Hours(1)}}), kInvalid);
+  EXPECT_EQ(bad({"a", "play", "ip", "", {Hours(1)}}), kInvalid);
+  EXPECT_EQ(bad({"a", "play", "entity", "attrs.", {Hours(1)}}), kInvalid);
+  EXPECT_EQ(bad({"a", "play", "entity", "", {}}), kInvalid);
+  EXPECT_EQ(bad({"a", "play", "entity", "", {Hours(1), Hours(1)}}), kInvalid);
+  EXPECT_EQ(bad({"a", "play", "entity", "", {absl::ZeroDuration()}}), kInvalid);
+  EXPECT_EQ(CounterSet::Create({ExampleSpecs()[0], ExampleSpecs()[0]}, {}).status().code(),
+            kInvalid);
+}
+
+// In-process only: the memory bound.
+TEST(InProcessCounterStoreTest, KeyCapEvictsLeastRecentlyWritten) {
+  InProcessOptions options;
+  options.max_keys = 100;
+  options.shards = 1;
+  auto store = InProcessCounterStore::Create(ExampleSpecs(), options);
+  ASSERT_TRUE(store.ok());
+  core::FakeClock clock;
+  for (int i = 0; i < 1000; ++i) {
+    std::string key = absl::StrCat("user:", i);
+    Observation o{0, key, "", clock.Now()};
+    ASSERT_TRUE((*store)->Record({&o, 1}, clock.Now()).ok());
+    clock.Advance(absl::Milliseconds(10));
+  }
+  StoreStats st = (*store)->Stats();
+  EXPECT_LE(st.keys, 100);
+  EXPECT_EQ(st.keys + st.evicted_cap, 1000);
+  EXPECT_EQ(st.evicted_expired, 0);
+  EXPECT_EQ(*(*store)->Count("plays", "user:999", Hours(1), clock.Now()), 1);
+  EXPECT_EQ(*(*store)->Count("plays", "user:0", Hours(1), clock.Now()), 0);
+
+  // With many shards the cap holds in total.
+  options.shards = 64;
+  options.max_keys = 640;
+  auto sharded = InProcessCounterStore::Create(ExampleSpecs(), options);
+  ASSERT_TRUE(sharded.ok());
+  for (int i = 0; i < 20000; ++i) {
+    std::string key = absl::StrCat("ip:", i);
+    Observation o{0, key, "", clock.Now()};
+    ASSERT_TRUE((*sharded)->Record({&o, 1}, clock.Now()).ok());
+  }
+  st = (*sharded)->Stats();
+  EXPECT_LE(st.keys, 640);
+  EXPECT_GT(st.evicted_cap, 0);
+  EXPECT_EQ(st.keys + st.evicted_cap, 20000);
+}
+
+TEST(InProcessCounterStoreTest, IdleKeysExpire) {
+  InProcessOptions options;
+  options.sweep_interval = Minutes(10);
+  auto store = InProcessCounterStore::Create(ExampleSpecs(), options);
+  ASSERT_TRUE(store.ok());
+  core::FakeClock clock;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 500; ++i) keys.push_back(absl::StrCat("user:", i));
+  std::vector<Observation> batch;
+  for (const auto& k : keys) batch.push_back({0, k, "", clock.Now()});
+  for (const auto& k : keys) batch.push_back({2, "ip:1", k, clock.Now()});
+  ASSERT_TRUE((*store)->Record(batch, clock.Now()).ok());
+  EXPECT_EQ((*store)->Stats().keys, 501);
+  // After 2h the 1h distinct counter's entry is dead; the 24h plays entries are not.
+  clock.Advance(Hours(2));
+  (*store)->Sweep(clock.Now());
+  EXPECT_EQ((*store)->Stats().keys, 500);
+  EXPECT_EQ((*store)->Stats().evicted_expired, 1);
+  EXPECT_EQ(*(*store)->Count("plays", "user:7", Hours(24), clock.Now()), 1);
+  // After 24h (+ one 24-minute bucket) they go too, swept inline by later writes.
+  clock.Advance(Hours(23));
+  EXPECT_EQ((*store)->Stats().keys, 500);
+  clock.Advance(Minutes(25));
+  for (int i = 0; i < 2000; ++i) {  // touches every shard
+    std::string key = absl::StrCat("new:", i);
+    Observation o{0, key, "", clock.Now()};
+    ASSERT_TRUE((*store)->Record({&o, 1}, clock.Now()).ok());
+  }
+  StoreStats st = (*store)->Stats();
+  EXPECT_EQ(st.keys, 2000);
+  EXPECT_EQ(st.evicted_expired, 501);
+  EXPECT_EQ(st.evicted_cap, 0);
+}
+
+TEST(InProcessCounterStoreTest, BusyDistinctBucketsTurnDense) {
+  auto store = InProcessCounterStore::Create(ExampleSpecs(), {});
+  ASSERT_TRUE(store.ok());
+  core::FakeClock clock;
+  std::vector<std::string> values;
+  for (int i = 0; i < 10000; ++i) values.push_back(absl::StrCat("track:", i));
+  std::vector<Observation> batch;
+  for (const auto& v : values) batch.push_back({1, "ip:nat", v, clock.Now()});
+  ASSERT_TRUE((*store)->Record(batch, clock.Now()).ok());
+  EXPECT_EQ((*store)->Stats().dense_sketches, 1);
+  auto d = (*store)->Distinct("tracks_per_ip", "ip:nat", Hours(1), clock.Now());
+  EXPECT_NEAR(*d, 10000, 200);
+  clock.Advance(Hours(3));
+  (*store)->Sweep(clock.Now());
+  EXPECT_EQ((*store)->Stats().dense_sketches, 0);
+}
+
+}  // namespace
+}  // namespace quell::counters

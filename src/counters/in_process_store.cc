@@ -1,0 +1,358 @@
+#include "counters/in_process_store.h"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/synchronization/mutex.h"
+#include "core/strings.h"
+#include "counters/internal/hll.h"
+
+namespace quell::counters {
+namespace internal {
+namespace {
+
+template <typename P>
+struct Slot {
+  int64_t bucket;
+  P value;
+};
+
+// One window's ring, sparse: only buckets that saw events and may still be read, sorted.
+template <typename P>
+using Ring = std::vector<Slot<P>>;
+
+template <typename P>
+struct Entry {
+  int64_t newest_at_us = std::numeric_limits<int64_t>::min();
+  int64_t touched_us = 0;  // `now` of the last write: the LRU-ish eviction order
+  absl::InlinedVector<Ring<P>, 1> windows;
+};
+
+template <typename P>
+using Map = absl::flat_hash_map<std::string, Entry<P>>;
+
+int DenseIn(const Slot<int64_t>&) { return 0; }
+int DenseIn(const Slot<Hll>& s) { return s.value.dense() ? 1 : 0; }
+
+template <typename P>
+int DenseIn(const Entry<P>& e) {
+  int n = 0;
+  for (const auto& ring : e.windows) {
+    for (const auto& s : ring) n += DenseIn(s);
+  }
+  return n;
+}
+
+}  // namespace
+
+struct alignas(64) Shard {
+  absl::Mutex mu;
+  std::vector<Map<int64_t>> counts ABSL_GUARDED_BY(mu);  // by counter index
+  std::vector<Map<Hll>> sketches ABSL_GUARDED_BY(mu);    // by counter index
+  int64_t keys ABSL_GUARDED_BY(mu) = 0;
+  int64_t dense ABSL_GUARDED_BY(mu) = 0;
+  int64_t evicted_expired ABSL_GUARDED_BY(mu) = 0;
+  int64_t evicted_cap ABSL_GUARDED_BY(mu) = 0;
+  int64_t last_sweep_us ABSL_GUARDED_BY(mu) = std::numeric_limits<int64_t>::min();
+};
+
+namespace {
+
+// The slot for bucket `b` in `ring`, created if missing; first drops slots older than
+// `oldest` (no read at or after now can see them). `dense` tracks dense sketches dropped.
+template <typename P>
+Slot<P>& SlotFor(Ring<P>& ring, int64_t b, int64_t oldest, int64_t& dense) {
+  if (!ring.empty() && ring.front().bucket < oldest) {
+    auto keep = ring.begin();
+    while (keep != ring.end() && keep->bucket < oldest) dense -= DenseIn(*keep++);
+    ring.erase(ring.begin(), keep);
+  }
+  if (!ring.empty() && ring.back().bucket == b) return ring.back();
+  if (ring.empty() || ring.back().bucket < b) return ring.emplace_back(Slot<P>{b, P{}});
+  // A late event: its bucket is older than the newest one held.
+  auto it = std::lower_bound(ring.begin(), ring.end(), b,
+                             [](const Slot<P>& s, int64_t v) { return s.bucket < v; });
+  if (it != ring.end() && it->bucket == b) return *it;
+  return *ring.insert(it, Slot<P>{b, P{}});
+}
+
+void AddTo(Slot<int64_t>& s, const Observation&, int64_t&) { ++s.value; }
+void AddTo(Slot<Hll>& s, const Observation& o, int64_t& dense) {
+  const bool was_dense = s.value.dense();
+  s.value.Add(HashValue(o.value));
+  if (!was_dense && s.value.dense()) ++dense;
+}
+
+}  // namespace
+}  // namespace internal
+
+using internal::Hll;
+using internal::Shard;
+
+namespace {
+
+// Drops the shard's expired entries (see the header). Returns how many.
+int64_t SweepShard(Shard& shard, int64_t now_us, const std::vector<int64_t>& expiry_us)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  int64_t dropped = 0;
+  auto sweep = [&](auto& maps) {
+    for (size_t c = 0; c < maps.size(); ++c) {
+      auto& map = maps[c];
+      for (auto it = map.begin(); it != map.end();) {
+        if (it->second.newest_at_us < now_us - expiry_us[c]) {
+          shard.dense -= internal::DenseIn(it->second);
+          map.erase(it++);
+          ++dropped;
+        } else {
+          ++it;
+        }
+      }
+    }
+  };
+  sweep(shard.counts);
+  sweep(shard.sketches);
+  shard.keys -= dropped;
+  shard.evicted_expired += dropped;
+  shard.last_sweep_us = now_us;
+  return dropped;
+}
+
+// Makes room for one more entry in a full shard: expired entries first, then the least
+// recently written eighth of the cap.
+void MakeRoom(Shard& shard, int64_t cap, int64_t now_us, const std::vector<int64_t>& expiry_us)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  SweepShard(shard, now_us, expiry_us);
+  if (shard.keys < cap) return;
+  std::vector<int64_t> touched;
+  touched.reserve(static_cast<size_t>(shard.keys));
+  for (const auto& map : shard.counts) {
+    for (const auto& [key, entry] : map) touched.push_back(entry.touched_us);
+  }
+  for (const auto& map : shard.sketches) {
+    for (const auto& [key, entry] : map) touched.push_back(entry.touched_us);
+  }
+  const int64_t target = std::max<int64_t>(1, std::min<int64_t>(cap / 8, shard.keys));
+  std::nth_element(touched.begin(), touched.begin() + (target - 1), touched.end());
+  const int64_t cutoff = touched[target - 1];
+  int64_t evicted = 0;
+  auto evict = [&](auto& maps) {
+    for (auto& map : maps) {
+      for (auto it = map.begin(); it != map.end() && evicted < target;) {
+        if (it->second.touched_us <= cutoff) {
+          shard.dense -= internal::DenseIn(it->second);
+          map.erase(it++);
+          ++evicted;
+        } else {
+          ++it;
+        }
+      }
+    }
+  };
+  evict(shard.counts);
+  evict(shard.sketches);
+  shard.keys -= evicted;
+  shard.evicted_cap += evicted;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<InProcessCounterStore>> InProcessCounterStore::Create(
+    std::vector<CounterSpec> specs, InProcessOptions options) {
+  if (options.shards < 1 || options.shards > 4096 || (options.shards & (options.shards - 1)) != 0) {
+    return absl::InvalidArgumentError("shards must be a power of two in 1..4096");
+  }
+  if (options.max_keys < 1) return absl::InvalidArgumentError("max_keys must be >= 1");
+  auto set = CounterSet::Create(std::move(specs), options.time);
+  if (!set.ok()) return set.status();
+  return std::unique_ptr<InProcessCounterStore>(
+      new InProcessCounterStore(*std::move(set), options));
+}
+
+InProcessCounterStore::InProcessCounterStore(CounterSet set, InProcessOptions options)
+    : set_(std::move(set)),
+      options_(options),
+      per_shard_cap_((options.max_keys + options.shards - 1) / options.shards),
+      shards_(std::make_unique<Shard[]>(options.shards)) {
+  for (int c = 0; c < set_.size(); ++c) {
+    int64_t widest = 0;
+    for (const auto& g : set_.geometry(c)) widest = std::max(widest, g.width_us);
+    expiry_us_.push_back(absl::ToInt64Microseconds(set_.longest_window(c)) + widest);
+  }
+  for (int s = 0; s < options.shards; ++s) {
+    Shard& shard = shards_[s];
+    absl::MutexLock lock(&shard.mu);
+    shard.counts.resize(set_.size());
+    shard.sketches.resize(set_.size());
+  }
+}
+
+InProcessCounterStore::~InProcessCounterStore() = default;
+
+Shard& InProcessCounterStore::ShardFor(std::string_view key) {
+  return shards_[internal::HashValue(key) & static_cast<uint64_t>(options_.shards - 1)];
+}
+
+absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Observation> batch,
+                                                            absl::Time now,
+                                                            absl::Span<RecordOutcome> outcomes) {
+  if (!outcomes.empty() && outcomes.size() != batch.size()) {
+    return absl::InvalidArgumentError("outcomes must be empty or as long as the batch");
+  }
+  RecordSummary summary;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const RecordOutcome outcome = internal::Classify(set_, batch[i], now);
+    switch (outcome) {
+      case RecordOutcome::kCounted:
+        Apply(batch[i], now);
+        ++summary.counted;
+        break;
+      case RecordOutcome::kTooLate:
+        ++summary.too_late;
+        break;
+      case RecordOutcome::kTooEarly:
+        ++summary.too_early;
+        break;
+      case RecordOutcome::kInvalid:
+        ++summary.invalid;
+        break;
+    }
+    if (!outcomes.empty()) outcomes[i] = outcome;
+  }
+  if (summary.counted) counted_.fetch_add(summary.counted, std::memory_order_relaxed);
+  if (summary.too_late) too_late_.fetch_add(summary.too_late, std::memory_order_relaxed);
+  if (summary.too_early) too_early_.fetch_add(summary.too_early, std::memory_order_relaxed);
+  if (summary.invalid) invalid_.fetch_add(summary.invalid, std::memory_order_relaxed);
+  return summary;
+}
+
+void InProcessCounterStore::Apply(const Observation& o, absl::Time now) {
+  const int64_t now_us = absl::ToUnixMicros(now);
+  const int64_t at_us = absl::ToUnixMicros(o.at);
+  const auto& geometry = set_.geometry(o.counter);
+  Shard& shard = ShardFor(o.key);
+  absl::MutexLock lock(&shard.mu);
+  if (now_us - shard.last_sweep_us >= absl::ToInt64Microseconds(options_.sweep_interval)) {
+    SweepShard(shard, now_us, expiry_us_);
+  }
+  auto apply = [&](auto& map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    auto it = map.find(AV(o.key));
+    if (it == map.end()) {
+      if (shard.keys >= per_shard_cap_) MakeRoom(shard, per_shard_cap_, now_us, expiry_us_);
+      it = map.try_emplace(std::string(o.key)).first;
+      it->second.windows.resize(geometry.size());
+      ++shard.keys;
+    }
+    auto& entry = it->second;
+    entry.touched_us = std::max(entry.touched_us, now_us);
+    entry.newest_at_us = std::max(entry.newest_at_us, at_us);
+    for (size_t w = 0; w < geometry.size(); ++w) {
+      const int64_t oldest = geometry[w].OldestBucket(now);
+      const int64_t b = geometry[w].BucketOf(o.at);
+      if (b < oldest) continue;  // late, and already out of this (shorter) window
+      auto& slot = internal::SlotFor(entry.windows[w], b, oldest, shard.dense);
+      internal::AddTo(slot, o, shard.dense);
+    }
+  };
+  if (set_.spec(o.counter).is_distinct()) {
+    apply(shard.sketches[o.counter]);
+  } else {
+    apply(shard.counts[o.counter]);
+  }
+}
+
+int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view key,
+                                       absl::Time now) {
+  const WindowGeometry& g = set_.geometry(counter)[window];
+  const int64_t newest = g.BucketOf(now);
+  const int64_t oldest = newest - g.buckets + 1;
+  Shard& shard = ShardFor(key);
+  if (!set_.spec(counter).is_distinct()) {
+    absl::MutexLock lock(&shard.mu);
+    const auto& map = shard.counts[counter];
+    auto it = map.find(AV(key));
+    if (it == map.end()) return 0;
+    int64_t sum = 0;
+    for (const auto& s : it->second.windows[window]) {
+      if (s.bucket >= oldest && s.bucket <= newest) sum += s.value;
+    }
+    return sum;
+  }
+  thread_local internal::HllMerger merger;
+  merger.Reset();
+  {
+    absl::MutexLock lock(&shard.mu);
+    const auto& map = shard.sketches[counter];
+    auto it = map.find(AV(key));
+    if (it == map.end()) return 0;
+    for (const auto& s : it->second.windows[window]) {
+      if (s.bucket >= oldest && s.bucket <= newest) merger.Merge(s.value);
+    }
+  }
+  return merger.Estimate();
+}
+
+absl::StatusOr<int64_t> InProcessCounterStore::Count(std::string_view counter, std::string_view key,
+                                                     absl::Duration window, absl::Time now) {
+  int c;
+  auto w = internal::ResolveRead(set_, counter, /*want_distinct=*/false, window, &c);
+  if (!w.ok()) return w.status();
+  return ReadOne(c, *w, key, now);
+}
+
+absl::StatusOr<int64_t> InProcessCounterStore::Distinct(std::string_view counter,
+                                                        std::string_view key, absl::Duration window,
+                                                        absl::Time now) {
+  int c;
+  auto w = internal::ResolveRead(set_, counter, /*want_distinct=*/true, window, &c);
+  if (!w.ok()) return w.status();
+  return ReadOne(c, *w, key, now);
+}
+
+absl::Status InProcessCounterStore::Read(absl::Span<const ReadRequest> reads, absl::Time now,
+                                         absl::Span<int64_t> values) {
+  if (values.size() != reads.size()) {
+    return absl::InvalidArgumentError("values must be as long as reads");
+  }
+  absl::InlinedVector<int, 8> windows;
+  for (const ReadRequest& r : reads) {
+    auto w = internal::ResolveRead(set_, r);
+    if (!w.ok()) return w.status();
+    windows.push_back(*w);
+  }
+  for (size_t i = 0; i < reads.size(); ++i) {
+    values[i] = ReadOne(reads[i].counter, windows[i], reads[i].key, now);
+  }
+  return absl::OkStatus();
+}
+
+void InProcessCounterStore::Sweep(absl::Time now) {
+  const int64_t now_us = absl::ToUnixMicros(now);
+  for (int s = 0; s < options_.shards; ++s) {
+    absl::MutexLock lock(&shards_[s].mu);
+    SweepShard(shards_[s], now_us, expiry_us_);
+  }
+}
+
+StoreStats InProcessCounterStore::Stats() const {
+  StoreStats st;
+  for (int s = 0; s < options_.shards; ++s) {
+    Shard& shard = shards_[s];
+    absl::MutexLock lock(&shard.mu);
+    st.keys += shard.keys;
+    st.dense_sketches += shard.dense;
+    st.evicted_expired += shard.evicted_expired;
+    st.evicted_cap += shard.evicted_cap;
+  }
+  st.counted = counted_.load(std::memory_order_relaxed);
+  st.rejected_too_late = too_late_.load(std::memory_order_relaxed);
+  st.rejected_too_early = too_early_.load(std::memory_order_relaxed);
+  st.rejected_invalid = invalid_.load(std::memory_order_relaxed);
+  return st;
+}
+
+}  // namespace quell::counters

@@ -1,0 +1,103 @@
+// The Redis CounterStore: counters live in one Redis shared by every Quell node, so all
+// nodes see the same view. Uses hiredis over blocking sockets with timeouts, pipelined.
+//
+// Data layout (same bucket geometry as the in-process store; counters/counter_store.h):
+//   count:    "<prefix>{<counter>|<window>|<key>}:<bucket>" -> integer (INCRBY)
+//   distinct: the same name -> a Redis HyperLogLog (PFADD; 0.81% standard error)
+// where <window> is the duration string ("1h") and <bucket> the bucket number since the
+// epoch. Each write also sets PEXPIRE to the time its bucket leaves the window, plus
+// `expire_margin`, so keys expire with their windows and Redis needs no sweeping. A read
+// is one MGET of the window's bucket keys (summed here) or one PFCOUNT over them (Redis
+// merges the sketches). The braces are a Redis Cluster hash tag: a window's buckets share
+// one slot, so MGET / PFCOUNT over them stay single-slot commands.
+//
+// Round trips: a Record() batch is one pipelined round trip (observations of the same
+// bucket key are first summed into one INCRBY / one PFADD with several values); a Read()
+// batch is one round trip.
+//
+// Failure: connect_timeout bounds connecting and io_timeout bounds each round trip; on a
+// failure the connection is dropped and the call returns kUnavailable. The next call
+// reconnects by itself, but not before `reconnect_backoff` has passed since the failure
+// (calls in between fail at once with kUnavailable, unless another connection has
+// succeeded since), so a dead Redis costs callers microseconds, not timeouts. A kUnavailable
+// Record() may have been partly applied. Protocol errors from Redis (e.g. WRONGTYPE on a foreign
+// key) are kInternal.
+//
+// Thread-safety: thread-safe. `connections` connections are used round-robin, each by
+// one thread at a time.
+#ifndef QUELL_COUNTERS_REDIS_STORE_H_
+#define QUELL_COUNTERS_REDIS_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "counters/counter_store.h"
+
+namespace quell::counters {
+
+struct RedisOptions {
+  TimeOptions time;
+  std::string host = "127.0.0.1";
+  int port = 6379;
+  std::string key_prefix = "quell:c:";
+  absl::Duration connect_timeout = absl::Milliseconds(250);
+  absl::Duration io_timeout = absl::Milliseconds(250);
+  absl::Duration reconnect_backoff = absl::Milliseconds(500);
+  absl::Duration expire_margin = absl::Seconds(10);  // slack for clock skew between nodes
+  int connections = 4;
+};
+
+namespace internal {
+struct RedisConn;
+}
+
+class RedisCounterStore final : public CounterStore {
+ public:
+  // Validates specs and options; does not connect (the first call does), so Quell can
+  // start before Redis. kInvalidArgument for bad specs or options.
+  static absl::StatusOr<std::unique_ptr<RedisCounterStore>> Create(std::vector<CounterSpec> specs,
+                                                                   RedisOptions options);
+  ~RedisCounterStore() override;
+
+  const CounterSet& counters() const override { return set_; }
+  absl::StatusOr<RecordSummary> Record(absl::Span<const Observation> batch, absl::Time now,
+                                       absl::Span<RecordOutcome> outcomes = {}) override;
+  absl::StatusOr<int64_t> Count(std::string_view counter, std::string_view key,
+                                absl::Duration window, absl::Time now) override;
+  absl::StatusOr<int64_t> Distinct(std::string_view counter, std::string_view key,
+                                   absl::Duration window, absl::Time now) override;
+  absl::Status Read(absl::Span<const ReadRequest> reads, absl::Time now,
+                    absl::Span<int64_t> values) override;
+  StoreStats Stats() const override;
+
+  // The Redis key of `bucket` of window `window` (an index) of `counter`, for tests.
+  std::string KeyForTest(int counter, int window, std::string_view key, int64_t bucket) const;
+
+ private:
+  class Commands;
+  RedisCounterStore(CounterSet set, RedisOptions options);
+  void AppendKey(std::string& out, int counter, int window, std::string_view key,
+                 int64_t bucket) const;
+  // Sends `commands` in one pipelined round trip and returns their replies in order.
+  absl::Status Execute(const Commands& commands, std::vector<void*>& replies);
+
+  const CounterSet set_;
+  const RedisOptions options_;
+  std::vector<std::vector<std::string>> stems_;  // [counter][window]: prefix{name|window|
+  std::vector<std::unique_ptr<internal::RedisConn>> conns_;
+  std::atomic<uint64_t> next_conn_{0};
+  std::atomic<int64_t> counted_{0};
+  std::atomic<int64_t> too_late_{0};
+  std::atomic<int64_t> too_early_{0};
+  std::atomic<int64_t> invalid_{0};
+  std::atomic<int64_t> unavailable_{0};
+  std::atomic<int64_t> reconnects_{0};
+  std::atomic<int64_t> last_success_us_{0};  // real time of the last good round trip
+};
+
+}  // namespace quell::counters
+
+#endif  // QUELL_COUNTERS_REDIS_STORE_H_
