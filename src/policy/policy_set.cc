@@ -382,24 +382,40 @@ LoadResult PolicySetBuilder::Load() {
     result.errors = std::move(errors_);
     return result;
   }
-  std::vector<YAML::Node> docs;
-  try {
-    docs = YAML::LoadAll(std::string(yaml_));
-  } catch (const YAML::Exception& e) {
-    Pos p{1, 1};
-    if (!e.mark.is_null()) p = Pos{e.mark.line + 1, e.mark.column + 1};
-    Error(p, absl::StrCat("YAML syntax error: ", e.msg));
-  } catch (const std::exception& e) {
-    Error({1, 1}, absl::StrCat("YAML error: ", e.what()));
+  // One document only. yaml-cpp's LoadAll() can loop forever on some malformed input,
+  // so a second document is found from its marker instead: a line starting with `---` or
+  // `...` after the first content line (block scalars are indented, so cannot hold one).
+  bool content = false;
+  for (size_t i = 0; i < lines_.size(); ++i) {
+    std::string_view l = lines_[i];
+    bool marker = (l.substr(0, 3) == "---" || l.substr(0, 3) == "...") &&
+                  (l.size() == 3 || l[3] == ' ' || l[3] == '\t');
+    if (marker && content) {
+      Error({static_cast<int>(i) + 1, 1}, "expected one YAML document, found several");
+      break;
+    }
+    size_t k = l.find_first_not_of(" \t");
+    if (!marker && k != std::string_view::npos && l[k] != '#' && l[0] != '%') content = true;
+  }
+  YAML::Node doc;
+  if (errors_.empty()) {
+    try {
+      doc = YAML::Load(std::string(yaml_));
+    } catch (const YAML::Exception& e) {
+      Pos p{1, 1};
+      if (!e.mark.is_null()) p = Pos{e.mark.line + 1, e.mark.column + 1};
+      Error(p, absl::StrCat("YAML syntax error: ", e.msg));
+    } catch (const std::exception& e) {
+      Error({1, 1}, absl::StrCat("YAML error: ", e.what()));
+    }
   }
   if (errors_.empty()) {
-    if (docs.size() != 1) {
-      Error({1, 1}, docs.empty() ? "the policy set is empty (expected a mapping with `policies:`)"
-                                 : "expected one YAML document, found several");
+    if (!doc.IsDefined() || doc.IsNull()) {
+      Error({1, 1}, "the policy set is empty (expected a mapping with `policies:`)");
     } else {
       try {
         Entries top;
-        if (ReadMap(docs[0], {1, 1}, "the policy set",
+        if (ReadMap(doc, {1, 1}, "the policy set",
                     {"actions", "counters", "lists", "breakers", "policies"}, &top)) {
           // Order matters: policies are checked against the catalog, counters and lists.
           if (const Entry* e = Get(top, "actions")) {
