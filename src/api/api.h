@@ -32,6 +32,8 @@ struct ApiOptions {
   int max_check_entities = 100;                 // entities in one check
   int max_page = 1000;                          // list and feed pages
   absl::Duration max_wait = absl::Seconds(60);  // long-poll bound
+  int max_detections_batch = 10000;             // detections in one POST; past it 413
+  bool access_log = true;                       // one log line per request (http.access_log)
   std::string version = "dev";
 };
 
@@ -49,8 +51,9 @@ struct ApiDeps {
 
 class Api final : public http::Handler {
  public:
-  // Registers itself as a ledger listener (for long-poll wake-ups).
-  Api(ApiDeps deps, ApiOptions options);
+  //! Loads the active policy set from the store and registers the API's ledger listeners
+  //! (policy-set swaps, long-poll wake-ups). Call before the ledger takes writes.
+  static absl::StatusOr<std::unique_ptr<Api>> Create(ApiDeps deps, ApiOptions options);
   ~Api() override;
 
   void Handle(http::Request request, http::Responder respond) override;
@@ -60,6 +63,7 @@ class Api final : public http::Handler {
 
  private:
   class Impl;
+  explicit Api(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -219,7 +219,7 @@ bool StillHeld(Context& ctx, const core::Entity& entity, std::string_view type, 
   ctx.deps.index->Lookup(entity, now, &hits);
   for (const index::Hit& h : hits) {
     if (h.cidr_prefix < 0 &&
-        TypeOf(*ctx.deps.catalog, ctx.deps.index->ActionName(h.action)) == type) {
+        TypeOf(*ctx.Catalog(), ctx.deps.index->ActionName(h.action)) == type) {
       return true;
     }
   }
@@ -241,7 +241,7 @@ void LiveFromIndex(Context& ctx, const Filter& f, const core::IpAddress& ip, int
   const index::Index& idx = *ctx.deps.index;
   for (const index::Hit& h : hits) {
     std::string_view action = idx.ActionName(h.action);
-    std::string_view type = TypeOf(*ctx.deps.catalog, action);
+    std::string_view type = TypeOf(*ctx.Catalog(), action);
     if (type.empty()) continue;
     const absl::Duration left = core::FromMicros(h.expires_us) - now;
     if (h.cidr_prefix < 0) {
@@ -311,7 +311,7 @@ void LiveDecisions(CrowdSec& cs, Call&& call) {
       Scope scope;
       std::string_view type;
       if (m.state == core::MitigationState::kActive && m.expires_at > now &&
-          AsDecision(*ctx.deps.catalog, m, &scope, &type) && f.Wants(scope, type, m.action)) {
+          AsDecision(*ctx.Catalog(), m, &scope, &type) && f.Wants(scope, type, m.action)) {
         AppendMitigation(m, scope, type, now, m.expires_at, &items);
       }
       return absl::OkStatus();
@@ -340,7 +340,7 @@ absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const Filter& f, absl::Tim
     Scope scope;
     std::string_view type;
     if (m.state == core::MitigationState::kActive && m.expires_at > now &&
-        AsDecision(*ctx.deps.catalog, m, &scope, &type) && f.Wants(scope, type, m.action)) {
+        AsDecision(*ctx.Catalog(), m, &scope, &type) && f.Wants(scope, type, m.action)) {
       AppendMitigation(m, scope, type, now, m.expires_at, &out->added);
       out->added_keys.insert(ValueKey(type, m.entity.id()));
     }
@@ -384,7 +384,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
   for (const core::Mitigation& m : last) {
     Scope scope;
     std::string_view type;
-    if (!AsDecision(*ctx.deps.catalog, m, &scope, &type) || !f.Wants(scope, type, m.action))
+    if (!AsDecision(*ctx.Catalog(), m, &scope, &type) || !f.Wants(scope, type, m.action))
       continue;
     if (m.state == core::MitigationState::kActive && m.expires_at > now) {
       if (only_deleted) continue;
@@ -399,7 +399,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
   for (const core::Mitigation* m : ended) {
     Scope scope;
     std::string_view type;
-    AsDecision(*ctx.deps.catalog, *m, &scope, &type);
+    AsDecision(*ctx.Catalog(), *m, &scope, &type);
     if (out->added_keys.contains(ValueKey(type, m->entity.id()))) continue;
     if (StillHeld(ctx, m->entity, type, now)) continue;
     // Negative, like CrowdSec's for an ended decision: it ended at the earlier of its

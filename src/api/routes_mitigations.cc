@@ -80,7 +80,8 @@ void Check(Context& ctx, Call&& call) {
   }
   absl::Time now = ctx.deps.clock->Now();
   int64_t seq = ctx.deps.index->seq();
-  const core::ActionCatalog& catalog = *ctx.deps.catalog;
+  const std::shared_ptr<const core::ActionCatalog> catalog_ptr = ctx.Catalog();
+  const core::ActionCatalog& catalog = *catalog_ptr;
   core::Verdict verdict = core::Verdict::kAllow;
   std::string items = "[";
   index::Hits hits;
@@ -171,9 +172,10 @@ void CreateMitigation(Context& ctx, Call&& call) {
       errors.push_back({"entity", Message(e.status())});
     }
   }
-  if (action && ctx.deps.catalog->Find(*action) == nullptr) {
+  const std::shared_ptr<const core::ActionCatalog> catalog = ctx.Catalog();
+  if (action && catalog->Find(*action) == nullptr) {
     std::string known;
-    for (const auto& a : ctx.deps.catalog->actions())
+    for (const auto& a : catalog->actions())
       absl::StrAppend(&known, known.empty() ? "" : ", ", a.name);
     errors.push_back({"action", absl::StrCat("unknown action \"", *action, "\"; known: ", known)});
   }
@@ -199,7 +201,7 @@ void CreateMitigation(Context& ctx, Call&& call) {
   cr.actor = call.who.key_id;
   auto result = std::make_shared<workflow::CreateResult>();
   auto out = std::make_shared<Context::WriteOutcome>();
-  auto inner = workflow::CreateMitigation(std::move(cr), ctx.deps.catalog, result);
+  auto inner = workflow::CreateMitigation(std::move(cr), catalog, result);
   auto render = [result] {
     return std::make_pair(result->created ? 201 : 200, core::MitigationToJson(result->mitigation));
   };
@@ -249,7 +251,7 @@ void EntityView(Context& ctx, Call&& call) {
     core::Verdict verdict = core::Verdict::kAllow;
     std::string active = "[";
     for (const index::Hit& h : hits)
-      AppendHit(*ctx.deps.index, *ctx.deps.catalog, entity, h, &active, &verdict);
+      AppendHit(*ctx.deps.index, *ctx.Catalog(), entity, h, &active, &verdict);
     std::string body = "{\"entity\":";
     core::AppendJsonString(entity.str(), &body);
     absl::StrAppend(&body, ",\"verdict\":\"", AV(core::VerdictName(verdict)),

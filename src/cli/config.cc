@@ -129,6 +129,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         }
       } else if (key == "http") {
         if (v["max_body_bytes"]) c.max_body_bytes = v["max_body_bytes"].as<size_t>();
+        if (v["access_log"]) c.access_log = v["access_log"].as<bool>();
         for (auto [name, field] : {std::pair{"read_timeout", &c.read_timeout},
                                    std::pair{"idle_timeout", &c.idle_timeout},
                                    std::pair{"shutdown_grace", &c.shutdown_grace}}) {
@@ -148,6 +149,12 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
                 absl::StrCat(path, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
           }
           c.metrics_enabled = m->second.as<bool>();
+        }
+      } else if (key == "policies") {
+        c.policies_file = v.as<std::string>();
+        if (!c.policies_file.empty() && c.policies_file[0] != '/') {
+          size_t slash = path.rfind('/');
+          if (slash != std::string::npos) c.policies_file = path.substr(0, slash + 1) + c.policies_file;
         }
       } else if (key == "actions") {
         QUELL_ASSIGN_OR_RETURN(c.catalog, CatalogFromNode(v));

@@ -31,6 +31,7 @@ struct Config {
   int threads = 0;                  // HTTP event loops; 0 = one per core
   bool synchronous_full = true;     // store.synchronous: full | normal
   size_t max_body_bytes = 8 << 20;  // http.max_body_bytes
+  bool access_log = true;           // http.access_log: one JSON line per request
   absl::Duration read_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Seconds(60);
   absl::Duration shutdown_grace = absl::Seconds(10);
@@ -38,6 +39,9 @@ struct Config {
   bool metrics_enabled = true;  // metrics.enabled: false renders an empty /metrics
   TracingConfig tracing;
   std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();
+  // `policies:` — a policy-set file published as version 1 on the first start (relative
+  // paths are relative to the config file).
+  std::string policies_file;
 };
 
 //! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -18,6 +20,7 @@
 #include "auth/keys.h"
 #include "cli/config.h"
 #include "cli/flags.h"
+#include "cli/policy_cmd.h"
 #include "core/status.h"
 #include "grpc/grpc_server.h"
 #include "core/strings.h"
@@ -28,7 +31,9 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/trace.h"
+#include "policy/policy_set.h"
 #include "workflow/expiry.h"
+#include "workflow/policies.h"
 
 namespace quell::cli {
 namespace {
@@ -47,6 +52,8 @@ commands:
   keys revoke ID   revoke an API key    ([--data DIR])
   audit verify     walk the ledger's hash chain and name the first broken link ([--data DIR])
   migrate          apply schema migrations ([--data DIR])
+  policy check FILE                validate a policy set; every error as FILE:line:col
+  policy test FILE --cases DIR     run policy-as-code test cases
   version          print the version
 
 Every command takes --help. Configuration: --config FILE (YAML), QUELL_* environment
@@ -103,6 +110,36 @@ absl::Status SplitListen(const std::string& listen, std::string* host, int* port
   if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
     *host = host->substr(1, host->size() - 2);
   }
+  return absl::OkStatus();
+}
+
+// First start with `policies: FILE` configured and nothing published yet: the file
+// becomes version 1. Afterwards the ledger's latest version wins (publish new ones with
+// PUT /v1/policies), and a differing file is only reported.
+absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger,
+                                    obs::Logger& logger) {
+  if (config.policies_file.empty()) return absl::OkStatus();
+  std::ifstream in(config.policies_file);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read policies file ", config.policies_file));
+  std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  QUELL_ASSIGN_OR_RETURN(auto latest, ledger->store().LatestPolicySet());
+  if (latest.has_value()) {
+    if (latest->yaml != yaml) {
+      logger.Info("policies file differs from the active policy set; the ledger's version stays",
+                  {{"file", config.policies_file}, {"active_version", latest->version}});
+    }
+    return absl::OkStatus();
+  }
+  auto set = policy::LoadPolicySet(yaml, 1);
+  if (!set.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.policies_file, " does not load:\n", set.status().message()));
+  }
+  auto version = std::make_shared<int64_t>(0);
+  QUELL_RETURN_IF_ERROR(
+      ledger->SubmitAndWait(workflow::PublishPolicySet(yaml, "config", version)).status());
+  logger.Info("published the configured policy set",
+              {{"file", config.policies_file}, {"version", *version}});
   return absl::OkStatus();
 }
 
@@ -177,7 +214,12 @@ int Serve(const Flags& flags) {
   deps.metrics = config->metrics_enabled ? &metrics : nullptr;
   deps.logger = &logger;
   deps.tracer = tracer.get();
-  auto api = std::make_unique<api::Api>(deps, api::ApiOptions{});
+  api::ApiOptions api_options;
+  api_options.access_log = config->access_log;
+  auto created = api::Api::Create(deps, api_options);
+  if (!created.ok()) return Failure(created.status());
+  std::unique_ptr<api::Api> api = *std::move(created);
+  if (auto s = PublishInitialPolicies(*config, ledger->get(), logger); !s.ok()) return Failure(s);
 
   http::ServerOptions so;
   so.host = host;
@@ -320,6 +362,8 @@ int Main(int argc, char** argv) {
     std::cout << "quell " << QUELL_VERSION << "\n";
     return kOk;
   }
+  // `quell policy ...` parses its own flags (--cases...).
+  if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   auto flags = Flags::Parse(args, {"data", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));

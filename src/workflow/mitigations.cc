@@ -40,10 +40,13 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // Only merge into a mitigation of the same kind of enforcement: an active request
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
-    if (expires > existing.expires_at) {
-      existing.expires_at = expires;
+    // A new hit is recorded on the mitigation even when it does not extend it: the
+    // detection ids are the evidence, and escalation counts them (see decisions.cc).
+    bool later = expires > existing.expires_at;
+    if (later || !req.detections.empty()) {
+      if (later) existing.expires_at = expires;
       for (const std::string& d : req.detections) existing.detections.push_back(d);
-      existing.state_reason = absl::StrCat("extended: ", req.reason);
+      existing.state_reason = absl::StrCat(later ? "extended: " : "hit again: ", req.reason);
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, req.actor, now).status());
     }
     out.mitigation = std::move(existing);

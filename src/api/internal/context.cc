@@ -94,6 +94,10 @@ Context::Context(ApiDeps d, ApiOptions o)
   deps.ledger->AddListener(&waiters);
 }
 
+std::shared_ptr<const core::ActionCatalog> Context::Catalog() const {
+  return policies != nullptr ? policies->Catalog() : deps.catalog;
+}
+
 void Context::OffLoop(Call call, absl::AnyInvocable<void(Call&)> task) {
   auto shared = std::make_shared<std::pair<Call, absl::AnyInvocable<void(Call&)>>>(
       std::move(call), std::move(task));
@@ -252,6 +256,10 @@ void Router::Add(std::string_view method, std::string_view pattern, Access acces
   routes_.push_back(std::move(r));
 }
 
+obs::Logger* Router::access_logger() const {
+  return context_->options.access_log ? context_->deps.logger : nullptr;
+}
+
 void Router::Dispatch(http::Request req, http::Responder respond) {
   std::vector<std::string> params;
   Route* found = nullptr;
@@ -265,14 +273,14 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
     }
   }
   if (found == nullptr) {
-    Call call(std::move(req), std::move(respond), nullptr, context_->deps.logger);
+    Call call(std::move(req), std::move(respond), nullptr, access_logger());
     if (path_known) {
       return call.Fail(ApiError{405, "method_not_allowed",
                                 absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}});
     }
     return call.Fail(ApiError::NotFound(absl::StrCat("no route ", call.req.path)));
   }
-  Call call(std::move(req), std::move(respond), &found->metrics, context_->deps.logger);
+  Call call(std::move(req), std::move(respond), &found->metrics, access_logger());
   call.params = std::move(params);
   if (obs::Tracer* tracer = context_->deps.tracer) {
     call.span = tracer->StartServerSpan(found->span_name, call.req.Header("traceparent"),

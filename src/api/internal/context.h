@@ -20,6 +20,7 @@
 #include "api/errors.h"
 #include "api/internal/change_waiters.h"
 #include "api/internal/worker_pool.h"
+#include "api/internal/policy_holder.h"
 #include "auth/keys.h"
 #include "ledger/ledger.h"
 #include "obs/trace.h"
@@ -77,6 +78,10 @@ class Context {
   std::atomic<bool> ready{true};
   WorkerPool pool;
   ChangeWaiters waiters;
+  PolicyHolder* policies = nullptr;  // set by the Api before routes are added
+
+  //! The action catalog in force: the active policy set's.
+  std::shared_ptr<const core::ActionCatalog> Catalog() const;
 
   //! Runs `task` on the worker pool (for anything that may wait on storage), or answers
   //! 503 + Retry-After when the pool is saturated.
@@ -128,6 +133,7 @@ class Router {
 
  private:
   struct Route;
+  obs::Logger* access_logger() const;
   Context* context_;
   std::vector<std::unique_ptr<Route>> routes_;
   RouteMetrics* unrouted_metrics_ = nullptr;

@@ -1,0 +1,54 @@
+// Turning evaluated detections into ledger state: the one mutation behind
+// POST /v1/detections (and, later, bulk imports and rule-triggered detections).
+//
+// For each detection, inside the ledger transaction and so in ledger order:
+//   1. (source, id) already stored -> a duplicate: the stored reply is returned and
+//      nothing changes (also after a restart);
+//   2. each proposal is escalated against the entity's history (mitigations from the
+//      same policy within the escalation window, shadow ones excluded), then created
+//      or, when the same action is already live on the entity, extended (the later
+//      expiry wins) — shadow policies record `shadow` mitigations, delayed ones
+//      `scheduled` mitigations that the expiry scheduler activates;
+//   3. the detection and its reply are stored, for idempotency, timelines and backtests.
+//
+// Thread-safety: the factory is thread-safe; the mutation runs on the commit thread and
+// fills `out`, which the caller reads after the Completion.
+#ifndef QUELL_WORKFLOW_DECISIONS_H_
+#define QUELL_WORKFLOW_DECISIONS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/action.h"
+#include "engine/engine.h"
+#include "ledger/ledger.h"
+
+namespace quell::workflow {
+
+struct DetectionWork {
+  engine::Detection detection;
+  std::vector<engine::Proposal> proposals;
+  std::string json;  // the detection as stored (normalised JSON)
+};
+
+struct DetectionOutcome {
+  bool duplicate = false;
+  std::string reply;  // the per-item reply JSON (the stored one for a duplicate)
+};
+
+//! Applies a batch of detections in one step of one transaction. `out` gets one outcome
+//! per item, in order. `actor` is the submitting key id; `received_at` is stored.
+ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
+                                 std::shared_ptr<const core::ActionCatalog> catalog,
+                                 std::string actor,
+                                 std::shared_ptr<std::vector<DetectionOutcome>> out);
+
+//! The escalation count of `p` on committed data (for dry runs: policies/test, backtest):
+//! the same hits ApplyDetections counts inside its transaction.
+absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::Proposal& p,
+                                           absl::Time now);
+
+}  // namespace quell::workflow
+
+#endif  // QUELL_WORKFLOW_DECISIONS_H_

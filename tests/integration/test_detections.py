@@ -1,0 +1,189 @@
+"""Integration tests for detections and policies (issue 3) against the real binary,
+with the example music-streaming policy set published at start."""
+import datetime
+import os
+import unittest
+
+from harness import QuellServer
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def det(id, entity, type="artificial_streaming", source="bot-model-v3", score=0.97, **kw):
+    d = {"id": id, "source": source, "type": type, "entity": entity, "score": score,
+         "observed_at": now()}
+    d.update(kw)
+    return d
+
+
+class DetectionsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.q = QuellServer(extra_args=["--config", os.path.join(EXAMPLES, "quell.yaml")]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q.cleanup()
+
+    def submit(self, body, key=None):
+        return self.q.request("POST", "/v1/detections", body, key=key)
+
+    def check(self, entity):
+        return self.q.request("GET", "/v1/check?entity=" + entity)[1]
+
+    def test_single_duplicate_and_escalation(self):
+        s, r, _ = self.submit(det("esc-1", "user:esc"))
+        self.assertEqual(s, 200, r)
+        res = r["results"][0]
+        self.assertEqual(res["status"], "accepted")
+        self.assertEqual([(d["action"], d["state"], d["policy"]) for d in res["decisions"]],
+                         [("exclude_royalties", "active", "bot-model-high")])
+        # A replay returns the original decisions and changes nothing.
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        s, r2, _ = self.submit(det("esc-1", "user:esc"))
+        self.assertEqual(r2["results"][0]["status"], "duplicate")
+        self.assertEqual(r2["results"][0]["decisions"], res["decisions"])
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        # The second hit is recorded on the same mitigation (no stacking); the third
+        # earns suspend (escalate: after 2).
+        r = self.submit(det("esc-2", "user:esc"))[1]["results"][0]
+        self.assertEqual(r["decisions"][0]["mitigation_id"], res["decisions"][0]["mitigation_id"])
+        r = self.submit(det("esc-3", "user:esc"))[1]["results"][0]
+        self.assertEqual(r["decisions"][0]["action"], "suspend")
+        self.assertIn("escalated", r["decisions"][0]["reason"])
+        self.assertEqual(self.check("user:esc")["verdict"], "deny")
+        # Every decision records the policy and the set version.
+        page = self.q.request("GET", "/v1/mitigations?entity=user:esc")[1]["mitigations"]
+        self.assertTrue(all(m["policy"] == "bot-model-high" and m["policy_version"] >= 1 for m in page))
+        self.assertTrue(all(m["source"] == "bot-model-v3" for m in page))
+
+    def test_batch_with_bad_items(self):
+        body = {"detections": [
+            det("b-1", "user:batch1"),
+            {"id": "b-2"},
+            det("b-3", "user:batch3", score=1.5),
+            det("b-4", "User:bad"),
+            det("b-5", "user:batch5", observed_at="2099-01-01T00:00:00Z"),
+            det("b-6", "user:batch6", colour="red"),
+            det("b-7", "user:batch7", type="Not A Type"),
+        ]}
+        s, r, _ = self.submit(body)
+        self.assertEqual(s, 200)
+        res = r["results"]
+        self.assertEqual(len(res), 7)
+        self.assertEqual([x["index"] for x in res], list(range(7)))
+        self.assertEqual(res[0]["status"], "accepted")
+        fields = {i: [d["field"] for d in res[i]["error"]["details"]] for i in range(1, 7)}
+        self.assertIn("detections[1].source", fields[1])
+        self.assertIn("detections[2].score", fields[2])
+        self.assertIn("detections[3].entity", fields[3])
+        self.assertIn("detections[4].observed_at", fields[4])
+        self.assertIn("detections[5].colour", fields[5])
+        self.assertIn("detections[6].type", fields[6])
+        self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 7)))
+        # A single bad detection: 400, still in the results shape.
+        s, r, _ = self.submit(det("bad-1", "user:x", score=-1))
+        self.assertEqual(s, 400)
+        self.assertEqual(r["results"][0]["status"], "rejected")
+
+    def test_batch_limit_and_body_shape(self):
+        s, e, _ = self.submit({"detections": [det("l-%d" % i, "user:l") for i in range(10001)]})
+        self.assertEqual(s, 413, e)
+        self.assertEqual(self.submit({"detections": []})[0], 400)
+        self.assertEqual(self.submit([det("arr", "user:arr")])[0], 400)
+        self.assertEqual(self.submit({"detections": [], "extra": 1})[0], 400)
+
+    def test_detector_key_bound_to_its_sources(self):
+        key = self.q.create_key("detector", "bot-model-v3")
+        s, r, _ = self.submit(det("k-1", "user:k1"), key=key)
+        self.assertEqual(s, 200, r)
+        s, e, _ = self.submit(det("k-2", "user:k2", source="someone-else"), key=key)
+        self.assertEqual(s, 403)
+        self.assertEqual(e["error"]["details"][0]["field"], "source")
+        s, e, _ = self.submit({"detections": [det("k-3", "user:k3"),
+                                              det("k-4", "user:k4", source="other")]}, key=key)
+        self.assertEqual(s, 403)
+        self.assertEqual(self.check("user:k3")["verdict"], "allow")  # nothing half-applied
+        enforcer = self.q.create_key("enforcer")
+        self.assertEqual(self.submit(det("k-5", "user:k5"), key=enforcer)[0], 403)
+
+    def test_shadow_policy_is_recorded_never_enforced(self):
+        r = self.submit(det("sh-1", "user:shadow", source="bot-model-v4", score=0.9))[1]["results"][0]
+        states = {(d["policy"], d["state"]) for d in r["decisions"]}
+        self.assertIn(("bot-model-v4-trial", "shadow"), states)
+        v = self.check("user:shadow")
+        self.assertEqual([m for m in v["mitigations"] if m["action"] == "exclude_royalties"
+                          and m["id"] in [d["mitigation_id"] for d in r["decisions"]
+                                          if d["state"] == "shadow"]], [])
+        page = self.q.request("GET", "/v1/mitigations?entity=user:shadow&state=shadow")[1]
+        self.assertEqual(len(page["mitigations"]), 1)
+
+    def test_delay_schedules_and_related_propagates(self):
+        r = self.submit(det("pay-1", "payment:card-9", type="payment_fraud", source="payments-model",
+                            score=0.99))[1]["results"][0]
+        d = [x for x in r["decisions"] if x["policy"] == "payment-fraud-block"]
+        self.assertEqual(d[0]["state"], "scheduled")
+        self.assertEqual(self.check("payment:card-9")["verdict"], "allow")  # not yet
+        r = self.submit(det("farm-1", "user:farm-main", type="stream_farm", source="farm-model",
+                            related=["device:f1", "device:f2", "ip:198.51.100.7", "user:other"]))[1]
+        targets = {x["entity"] for x in r["results"][0]["decisions"] if x["policy"] == "stream-farm-network"}
+        self.assertEqual(targets, {"user:farm-main", "device:f1", "device:f2", "ip:198.51.100.7"})
+
+    def test_policy_publish_validation_and_dry_run(self):
+        status, yaml, hdrs = self.q.request("GET", "/v1/policies", raw=True)
+        self.assertEqual(status, 200)
+        version = int(hdrs["x-quell-policy-version"])
+        bad = yaml.replace("detection.score >= 0.9", "detection.scor >= 0.9", 1).replace(
+            "mode: enforce", "mode: enforced", 1)
+        s, e, _ = self.q.request("PUT", "/v1/policies", bad, headers={"Content-Type": "application/yaml"})
+        self.assertEqual(s, 400, e)
+        messages = " ".join(d["message"] for d in e["error"]["details"])
+        self.assertIn("did you mean detection.score", messages)
+        self.assertGreaterEqual(len(e["error"]["details"]), 2)  # every error, not the first
+        self.assertTrue(all(":" in d["field"] for d in e["error"]["details"]))  # line:column
+        self.assertEqual(self.q.request("GET", "/v1/policies", raw=True)[2]["x-quell-policy-version"],
+                         str(version))  # untouched
+        # Dry run against a candidate that lowers the threshold: no side effects.
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        candidate = yaml.replace('detection.score >= 0.9', 'detection.score >= 0.5', 1)
+        s, t, _ = self.q.request("POST", "/v1/policies/test",
+                                 {"policy_set": candidate, "detections": [det("t-1", "user:t1", score=0.6)]})
+        self.assertEqual(s, 200, t)
+        self.assertEqual([d["policy"] for d in t["results"][0]["decisions"]], ["bot-model-high"])
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        # Publish it: a new version, used by the next decision.
+        s, p, _ = self.q.request("PUT", "/v1/policies", candidate)
+        self.assertEqual(s, 200, p)
+        self.assertEqual(p["version"], version + 1)
+        r = self.submit(det("pub-1", "user:pub", score=0.6))[1]["results"][0]
+        self.assertEqual(r["decisions"][0]["policy"], "bot-model-high")
+        m = self.q.request("GET", "/v1/mitigations/" + r["decisions"][0]["mitigation_id"])[1]
+        self.assertEqual(m["policy_version"], version + 1)
+        # Reviewers may read and test but not publish.
+        reviewer = self.q.create_key("reviewer")
+        self.assertEqual(self.q.request("PUT", "/v1/policies", candidate, key=reviewer)[0], 403)
+
+
+class DetectionRestartTest(unittest.TestCase):
+    def test_duplicate_after_restart(self):
+        q = QuellServer(extra_args=["--config", os.path.join(EXAMPLES, "quell.yaml")])
+        try:
+            q.start()
+            first = q.request("POST", "/v1/detections", det("r-1", "user:restart"))[1]["results"][0]
+            self.assertEqual(q.stop(), 0)
+            key = q.admin_key
+            q.start(dev=False)
+            q.admin_key = key
+            again = q.request("POST", "/v1/detections", det("r-1", "user:restart"))[1]["results"][0]
+            self.assertEqual(again["status"], "duplicate")
+            self.assertEqual(again["decisions"], first["decisions"])
+        finally:
+            q.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
