@@ -90,8 +90,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto t1 = Clock::now();
-  std::printf("mirror load: %lld mitigations synced in %.0f ms (request to ready)\n",
-              static_cast<long long>((*client)->stats().size), Ms(t1 - t0));
+  auto st = (*client)->stats();
+  std::printf(
+      "mirror load: %lld mitigations synced in %.0f ms (request to ready): server preparing "
+      "%.0f ms, then transfer + parse + load of %.1f MB %.0f ms\n",
+      static_cast<long long>(st.size), Ms(t1 - t0), absl::ToDoubleMilliseconds(st.snapshot_wait),
+      st.snapshot_bytes / 1e6, absl::ToDoubleMilliseconds(st.snapshot_load));
 
   // 2. Check latency.
   {

@@ -105,6 +105,9 @@ class Client::Impl {
     s.stale_changes = stale_.load();
     s.reconnects = reconnects_.load();
     s.size = static_cast<int64_t>(index_.size());
+    s.snapshot_wait = absl::Microseconds(snapshot_wait_us_.load());
+    s.snapshot_load = absl::Microseconds(snapshot_load_us_.load());
+    s.snapshot_bytes = snapshot_bytes_.load();
     return s;
   }
 
@@ -240,8 +243,13 @@ class Client::Impl {
       return Apply(item);
     };
     // An error reply's body is kept for the message, not parsed.
-    auto code = conn_.Get("/v1/snapshot", authorization_, options_.io_timeout,
+    const absl::Time requested = absl::Now();
+    absl::Time first_byte = absl::InfiniteFuture();
+    int64_t bytes = 0;
+    auto code = conn_.Get("/v1/snapshot", authorization_, options_.snapshot_timeout,
                           [&](std::string_view piece) -> absl::Status {
+                            if (bytes == 0) first_byte = absl::Now();
+                            bytes += static_cast<int64_t>(piece.size());
                             if (conn_.status_code() != 200) {
                               if (error_body.size() < 4096) error_body.append(piece.substr(0, 4096));
                               return absl::OkStatus();
@@ -293,6 +301,10 @@ class Client::Impl {
       }
     }
     index_.set_seq(*snapshot_seq);
+    const absl::Time loaded = absl::Now();
+    snapshot_wait_us_.store(absl::ToInt64Microseconds(std::min(first_byte, loaded) - requested));
+    snapshot_load_us_.store(absl::ToInt64Microseconds(loaded - std::min(first_byte, loaded)));
+    snapshot_bytes_.store(bytes);
     seq_.store(*snapshot_seq, std::memory_order_release);
     server_seq_.store(std::max(server_seq_.load(), *snapshot_seq), std::memory_order_release);
     snapshots_.fetch_add(1);
@@ -354,6 +366,7 @@ class Client::Impl {
   mutable std::mutex error_mu_;
   std::string last_error_;  // guarded by error_mu_
   std::atomic<int64_t> snapshots_{0}, applied_{0}, stale_{0}, reconnects_{0};
+  std::atomic<int64_t> snapshot_wait_us_{0}, snapshot_load_us_{0}, snapshot_bytes_{0};
 
   mutable std::mutex progress_mu_;
   mutable std::condition_variable progress_cv_;

@@ -49,6 +49,9 @@ struct ClientOptions {
   absl::Duration min_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration io_timeout = absl::Seconds(10);  // connect, and silence beyond poll_wait
+  // Silence allowed while the server prepares the snapshot (today's server builds the
+  // whole body before the first byte: seconds at a million mitigations).
+  absl::Duration snapshot_timeout = absl::Seconds(300);
   core::Clock* clock = nullptr;                   // for expiry; null: the real clock
 };
 
@@ -80,6 +83,11 @@ struct ClientStats {
   int64_t stale_changes = 0;     // changes with seq <= the mirror's (never expected)
   int64_t reconnects = 0;        // failed requests followed by a backoff
   int64_t size = 0;              // active mitigations held
+  // The last snapshot load: request to first body byte (the server preparing it), and
+  // first byte to loaded (transfer, parsing and applying to the mirror).
+  absl::Duration snapshot_wait;
+  absl::Duration snapshot_load;
+  int64_t snapshot_bytes = 0;
 };
 
 class Client {
