@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/internal/feed.h"
 #include "client/internal/http_conn.h"
+#include "core/time.h"
 #include "gtest/gtest.h"
 
 namespace quell::client {
@@ -59,6 +60,17 @@ TEST(FeedTest, ParsesSnapshotLinesAndPages) {
   EXPECT_FALSE(page->items[1].active);
   EXPECT_EQ(page->next, 9);
   EXPECT_FALSE(ParseChangesPage(R"({"changes":[{"seq":1,"op":"zap","mitigation":{}}],"next":1})").ok());
+}
+
+TEST(FeedTest, ReadsTimesAsCoreDoes) {
+  for (const char* t : {"2100-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.5Z",
+                        "2026-11-28T12:00:00.123456Z", "2026-11-28T12:00:00.123456789Z",
+                        "1969-12-31T23:59:59.000001Z", "2026-11-28T12:00:00+02:00"}) {
+    auto item = ParseSnapshotLine(M(Id(1), "user:a", "block", "active", t));
+    ASSERT_TRUE(item.ok()) << t << " " << item.status();
+    EXPECT_EQ(item->expires_us, core::ToMicros(*core::ParseRfc3339(t))) << t;
+  }
+  EXPECT_FALSE(ParseSnapshotLine(M(Id(1), "user:a", "block", "active", "2026-13-01T00:00:00Z")).ok());
 }
 
 TEST(FeedTest, ParsesUrls) {
