@@ -180,6 +180,7 @@ struct StoreStats {
   int64_t dense_sketches = 0;  // gauge: HyperLogLog buckets in dense form (in process)
   int64_t unavailable = 0;     // calls that returned kUnavailable (Redis)
   int64_t reconnects = 0;      // successful (re)connections (Redis)
+  int64_t commands = 0;        // commands sent (Redis)
 };
 
 // The counter store seam. Implementations are thread-safe.

@@ -2,13 +2,13 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
-#include "absl/synchronization/mutex.h"
 #include "core/strings.h"
 #include "counters/internal/hll.h"
 
@@ -50,8 +50,31 @@ int DenseIn(const Entry<P>& e) {
 
 }  // namespace
 
+// A plain std::mutex with annotations for clang's -Wthread-safety. (This abseil's
+// absl::Mutex runs deadlock-cycle bookkeeping on every Lock(); a shard's critical section
+// is a few hundred nanoseconds, so that cost showed up in the profile.)
+class ABSL_LOCKABLE ShardMutex {
+ public:
+  void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
+  void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
+
+ private:
+  std::mutex mu_;
+};
+
+class ABSL_SCOPED_LOCKABLE ShardLock {
+ public:
+  explicit ShardLock(ShardMutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) { mu_->Lock(); }
+  ~ShardLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  ShardLock(const ShardLock&) = delete;
+  ShardLock& operator=(const ShardLock&) = delete;
+
+ private:
+  ShardMutex* mu_;
+};
+
 struct alignas(64) Shard {
-  absl::Mutex mu;
+  ShardMutex mu;
   std::vector<Map<int64_t>> counts ABSL_GUARDED_BY(mu);  // by counter index
   std::vector<Map<Hll>> sketches ABSL_GUARDED_BY(mu);    // by counter index
   int64_t keys ABSL_GUARDED_BY(mu) = 0;
@@ -185,7 +208,7 @@ InProcessCounterStore::InProcessCounterStore(CounterSet set, InProcessOptions op
   }
   for (int s = 0; s < options.shards; ++s) {
     Shard& shard = shards_[s];
-    absl::MutexLock lock(&shard.mu);
+    internal::ShardLock lock(&shard.mu);
     shard.counts.resize(set_.size());
     shard.sketches.resize(set_.size());
   }
@@ -235,7 +258,7 @@ void InProcessCounterStore::Apply(const Observation& o, absl::Time now) {
   const int64_t at_us = absl::ToUnixMicros(o.at);
   const auto& geometry = set_.geometry(o.counter);
   Shard& shard = ShardFor(o.key);
-  absl::MutexLock lock(&shard.mu);
+  internal::ShardLock lock(&shard.mu);
   if (now_us - shard.last_sweep_us >= absl::ToInt64Microseconds(options_.sweep_interval)) {
     SweepShard(shard, now_us, expiry_us_);
   }
@@ -272,7 +295,7 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
   const int64_t oldest = newest - g.buckets + 1;
   Shard& shard = ShardFor(key);
   if (!set_.spec(counter).is_distinct()) {
-    absl::MutexLock lock(&shard.mu);
+    internal::ShardLock lock(&shard.mu);
     const auto& map = shard.counts[counter];
     auto it = map.find(AV(key));
     if (it == map.end()) return 0;
@@ -285,7 +308,7 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
   thread_local internal::HllMerger merger;
   merger.Reset();
   {
-    absl::MutexLock lock(&shard.mu);
+    internal::ShardLock lock(&shard.mu);
     const auto& map = shard.sketches[counter];
     auto it = map.find(AV(key));
     if (it == map.end()) return 0;
@@ -333,7 +356,7 @@ absl::Status InProcessCounterStore::Read(absl::Span<const ReadRequest> reads, ab
 void InProcessCounterStore::Sweep(absl::Time now) {
   const int64_t now_us = absl::ToUnixMicros(now);
   for (int s = 0; s < options_.shards; ++s) {
-    absl::MutexLock lock(&shards_[s].mu);
+    internal::ShardLock lock(&shards_[s].mu);
     SweepShard(shards_[s], now_us, expiry_us_);
   }
 }
@@ -342,7 +365,7 @@ StoreStats InProcessCounterStore::Stats() const {
   StoreStats st;
   for (int s = 0; s < options_.shards; ++s) {
     Shard& shard = shards_[s];
-    absl::MutexLock lock(&shard.mu);
+    internal::ShardLock lock(&shard.mu);
     st.keys += shard.keys;
     st.dense_sketches += shard.dense;
     st.evicted_expired += shard.evicted_expired;

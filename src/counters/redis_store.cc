@@ -170,6 +170,7 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
     reconnects_.fetch_add(1, std::memory_order_relaxed);
   }
   if (commands.AppendTo(conn.ctx) != REDIS_OK) return fail("append failed");
+  commands_.fetch_add(static_cast<int64_t>(commands.size()), std::memory_order_relaxed);
   replies.reserve(commands.size());
   for (size_t i = 0; i < commands.size(); ++i) {
     void* reply = nullptr;
@@ -365,6 +366,7 @@ StoreStats RedisCounterStore::Stats() const {
   st.rejected_invalid = invalid_.load(std::memory_order_relaxed);
   st.unavailable = unavailable_.load(std::memory_order_relaxed);
   st.reconnects = reconnects_.load(std::memory_order_relaxed);
+  st.commands = commands_.load(std::memory_order_relaxed);
   return st;
 }
 

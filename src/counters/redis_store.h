@@ -95,6 +95,7 @@ class RedisCounterStore final : public CounterStore {
   std::atomic<int64_t> invalid_{0};
   std::atomic<int64_t> unavailable_{0};
   std::atomic<int64_t> reconnects_{0};
+  std::atomic<int64_t> commands_{0};
   std::atomic<int64_t> last_success_us_{0};  // real time of the last good round trip
 };
 

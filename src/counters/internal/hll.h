@@ -9,7 +9,8 @@
 //
 // Memory: a sketch starts *sparse* (a sorted vector of 4-byte register/rank entries, so
 // a bucket that saw 10 distinct values costs ~40 bytes) and turns *dense* (one byte per
-// register, 16 KiB) when the sparse form would be bigger (m / 4 = 4096 entries).
+// register, 16 KiB) past 512 entries (2 KiB): sorted inserts into a longer vector cost
+// more than they save, and only buckets with many distinct values pay the 16 KiB.
 //
 // Thread-safety: a Hll is a plain value; callers synchronise. HllMerger is per thread.
 #ifndef QUELL_COUNTERS_INTERNAL_HLL_H_
@@ -33,7 +34,7 @@ class Hll {
   static constexpr int kRegisters = 1 << kPrecision;
   static constexpr int kQ = 64 - kPrecision;  // rank bits
   static constexpr int kMaxRank = kQ + 1;
-  static constexpr size_t kSparseLimit = kRegisters / 4;
+  static constexpr size_t kSparseLimit = 512;
 
   Hll() = default;
   Hll(Hll&&) = default;
