@@ -12,6 +12,8 @@
 # Usage: bench/check_vs_nginx.sh [BUILD_DIR]        (default: build)
 # Env:   LOADED (1000000 mitigations), THREADS (server threads = nginx workers, 2),
 #        DURATION (10s), CONNECTIONS (32), ROUNDS (2), HIT_PERCENT (10),
+#        LOG_LEVEL (quell's log level, warn: no JSON line per request, as nginx runs with
+#        access_log off; "info" adds quell's per-request log line to stderr),
 #        DATA_DIR (reuse a directory already filled by load_mitigations with LOADED users;
 #        default: a fresh one, loaded now), KEEP_TMP=1 keeps the temporary directory.
 set -euo pipefail
@@ -25,6 +27,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-2}
 HIT_PERCENT=${HIT_PERCENT:-10}
+export QUELL_LOG_LEVEL=${LOG_LEVEL:-warn}
 QUELL_BIN=${QUELL_BIN:-$BUILD_DIR/quell}
 LOADER=$BUILD_DIR/bench/load_mitigations
 LOADGEN=$BUILD_DIR/bench/loadgen
@@ -43,8 +46,9 @@ export QUELL_KEY LOADED HIT_PERCENT
 
 start_quell "$QUELL_BIN" "$data" "$THREADS"
 start_nginx "$THREADS"
-active=$(grep -o '"active":[0-9]*' "$BENCH_TMP/quell.log" | tail -1 | cut -d: -f2)
-echo "quell: $active active mitigations in the index, --threads $THREADS; nginx: worker_processes $THREADS"
+active=$(curl -fsS "http://127.0.0.1:$QUELL_PORT/metrics" | awk '$1 == "quell_index_mitigations" {printf "%d", $2}')
+echo "quell: $active active mitigations in the index, --threads $THREADS, log level $QUELL_LOG_LEVEL;" \
+     "nginx: worker_processes $THREADS, access_log off"
 
 # Sanity: a loaded entity is denied, an unknown one allowed (the benchmark measures real answers).
 auth="Authorization: Bearer $QUELL_KEY"
@@ -62,6 +66,7 @@ run_wrk() {  # port -> "rps p99_us errors"
 echo
 echo "== closed loop: wrk -t1 -c$CONNECTIONS -d$DURATION, keep-alive, check.lua ($HIT_PERCENT% hits)"
 q_sum=0
+ratios=()
 for round in $(seq "$ROUNDS"); do
   machine_load
   if [ $((round % 2)) -eq 1 ]; then
@@ -75,10 +80,12 @@ for round in $(seq "$ROUNDS"); do
     "$round" "$n_rps" "$n_p99" "$n_err" "$q_rps" "$q_p99" "$q_err" \
     "$(awk -v q="$q_rps" -v n="$n_rps" 'BEGIN { printf "%.2f", q / n }')"
   q_sum=$((q_sum + q_rps))
+  ratios+=("$(awk -v q="$q_rps" -v n="$n_rps" 'BEGIN { printf "%.3f", q / n }')")
 done
 q_mean=$((q_sum / ROUNDS))
 half=$((q_mean / 2))
-echo "quell mean $q_mean req/s (bar: ratio >= 0.70)"
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo "quell mean $q_mean req/s; median ratio quell/nginx $(median "${ratios[@]}") over $ROUNDS rounds (bar: >= 0.70)"
 
 # The same request mix for the open-loop generator (it reads paths, not Lua).
 python3 - "$BENCH_TMP/paths" "$LOADED" "$HIT_PERCENT" <<'PY'
@@ -100,16 +107,22 @@ run_open() {  # port -> LOADGEN line fields
 }
 echo
 echo "== open loop at half of quell's rate: $half req/s over $CONNECTIONS connections, ${secs}s (+1 s warm-up)"
+q_p99s=()
+n_p99s=()
 echo "   fields: target achieved p50 p90 p99 p99.9 max (us) non2xx failed unfinished reconnects"
 for round in $(seq "$ROUNDS"); do
   machine_load
   if [ $((round % 2)) -eq 1 ]; then
-    echo "round $round nginx: $(run_open "$NGINX_PORT")"
-    echo "round $round quell: $(run_open "$QUELL_PORT")"
+    n_line=$(run_open "$NGINX_PORT")
+    q_line=$(run_open "$QUELL_PORT")
   else
-    echo "round $round quell: $(run_open "$QUELL_PORT")"
-    echo "round $round nginx: $(run_open "$NGINX_PORT")"
+    q_line=$(run_open "$QUELL_PORT")
+    n_line=$(run_open "$NGINX_PORT")
   fi
+  echo "round $round nginx: $n_line"
+  echo "round $round quell: $q_line"
+  q_p99s+=("$(awk '{print $5}' <<<"$q_line")")
+  n_p99s+=("$(awk '{print $5}' <<<"$n_line")")
 done
-echo "(bar: quell p99 <= 1000 us)"
+echo "median p99 over $ROUNDS rounds: quell $(median "${q_p99s[@]}" | cut -d. -f1) us, nginx $(median "${n_p99s[@]}" | cut -d. -f1) us (bar: quell p99 <= 1000 us)"
 machine_load

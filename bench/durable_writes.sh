@@ -27,7 +27,7 @@ bench_init
 echo "disk: $(df -T "$BENCH_TMP" | awk 'NR==2{print $1, $2}') ($BENCH_TMP)"
 
 metric() {  # name -> value from /metrics (first sample)
-  curl -fsS "http://127.0.0.1:$QUELL_PORT/metrics" | awk -v n="$1" '$1 == n {print $2; exit}'
+  curl -fsS "http://127.0.0.1:$QUELL_PORT/metrics" | awk -v n="$1" '$1 == n && !seen { printf "%d", $2; seen = 1 }'
 }
 
 last_created=0
