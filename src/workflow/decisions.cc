@@ -7,6 +7,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "workflow/mitigations.h"
+#include "workflow/safeguards.h"
 
 namespace quell::workflow {
 namespace {
@@ -56,7 +57,8 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
 }
 
 absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCatalog& catalog,
-                      const std::string& actor, absl::Time now, DetectionOutcome* out) {
+                      const std::string& actor, const SafeguardContext& sg, absl::Time now,
+                      DetectionOutcome* out) {
   const engine::Detection& d = w.detection;
   QUELL_ASSIGN_OR_RETURN(auto stored, txn.GetDetection(d.source, d.id));
   if (stored) {
@@ -89,6 +91,15 @@ absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCata
     } else if (p.delay > absl::ZeroDuration()) {
       req.state = MitigationState::kScheduled;
       req.starts_at = now + p.delay;
+    }
+    if (sg.safeguards != nullptr && !p.shadow) {
+      QUELL_ASSIGN_OR_RETURN(Safeguards::Hold hold,
+                             sg.safeguards->Screen(txn, *sg.set, d, p, req.action, now));
+      if (hold.held) {
+        req.state = MitigationState::kPendingApproval;
+        req.starts_at.reset();
+        req.reason = absl::StrCat(req.reason, "; held for approval: ", hold.reason);
+      }
     }
     QUELL_ASSIGN_OR_RETURN(CreateResult r, CreateOrExtend(txn, req, catalog, now));
     AppendDecision(r.mitigation, req.reason, &decisions);
@@ -138,11 +149,21 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out) {
+  return ApplyDetections(std::move(work), std::move(catalog), std::move(actor), std::move(out),
+                         SafeguardContext{});
+}
+
+ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
+                                 std::shared_ptr<const core::ActionCatalog> catalog,
+                                 std::string actor,
+                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
+                                 SafeguardContext sg) {
   return [work = std::move(work), catalog = std::move(catalog), actor = std::move(actor),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+          out = std::move(out), sg = std::move(sg)](ledger::Txn& txn,
+                                                    absl::Time now) mutable -> absl::Status {
     out->assign(work.size(), DetectionOutcome{});
     for (size_t i = 0; i < work.size(); ++i) {
-      QUELL_RETURN_IF_ERROR(ApplyOne(txn, work[i], *catalog, actor, now, &(*out)[i]));
+      QUELL_RETURN_IF_ERROR(ApplyOne(txn, work[i], *catalog, actor, sg, now, &(*out)[i]));
     }
     return absl::OkStatus();
   };

@@ -9,7 +9,10 @@
 //      or, when the same action is already live on the entity, extended (the later
 //      expiry wins) — shadow policies record `shadow` mitigations, delayed ones
 //      `scheduled` mitigations that the expiry scheduler activates;
-//   3. the detection and its reply are stored, for idempotency, timelines and backtests.
+//   3. with safeguards (the overload taking a SafeguardContext), each non-shadow proposal
+//      is screened first (protected entities, immunity, breakers; see safeguards.h): a
+//      held one becomes pending_approval, its reason saying why;
+//   4. the detection and its reply are stored, for idempotency, timelines and backtests.
 //
 // Thread-safety: the factory is thread-safe; the mutation runs on the commit thread and
 // fills `out`, which the caller reads after the Completion.
@@ -23,6 +26,7 @@
 #include "core/action.h"
 #include "engine/engine.h"
 #include "ledger/ledger.h"
+#include "policy/policy_set.h"
 
 namespace quell::workflow {
 
@@ -43,6 +47,21 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out);
+
+class Safeguards;
+// What the decision path screens proposals with. An empty context means no safeguards
+// (benchmarks compare both; production always passes one).
+struct SafeguardContext {
+  Safeguards* safeguards = nullptr;  // borrowed; must outlive the mutation
+  std::shared_ptr<const policy::PolicySet> set;  // the set the proposals came from
+};
+
+//! As above, screening every proposal through `safeguards`.
+ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
+                                 std::shared_ptr<const core::ActionCatalog> catalog,
+                                 std::string actor,
+                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
+                                 SafeguardContext safeguards);
 
 //! The escalation count of `p` on committed data (for dry runs: policies/test, backtest):
 //! the same hits ApplyDetections counts inside its transaction.

@@ -1,0 +1,37 @@
+// Approval rules (issue 5 item 3): how many distinct reviewers a held decision needs, who
+// may review it, and when a manual action or a rollback needs approval at all.
+//
+// Thread-safety: pure functions.
+#ifndef QUELL_SAFEGUARDS_APPROVAL_H_
+#define QUELL_SAFEGUARDS_APPROVAL_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/action.h"
+#include "core/entity.h"
+
+namespace quell::safeguards {
+
+//! Distinct approvals a decision with an action of `severity` needs: 2 for critical, else 1.
+int RequiredApprovals(core::Severity severity);
+
+//! May `reviewer` record a decision on a request made by `requester`, which `prior`
+//! reviewers already approved? kPermissionDenied for self-approval; kAlreadyExists if the
+//! reviewer already approved it (two approvals must come from two people).
+absl::Status CheckReviewer(std::string_view reviewer, std::string_view requester,
+                           const std::vector<std::string>& prior);
+
+//! How many entities an action on `e` reaches: the addresses of a cidr (saturating at
+//! 2^62), else 1.
+int64_t EntitiesCovered(const core::Entity& e);
+
+//! True if an action over `entities` needs approval under `threshold` (more than it).
+inline bool BulkNeedsApproval(int64_t entities, int64_t threshold) { return entities > threshold; }
+
+}  // namespace quell::safeguards
+
+#endif  // QUELL_SAFEGUARDS_APPROVAL_H_

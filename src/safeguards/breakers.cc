@@ -1,0 +1,171 @@
+#include "safeguards/breakers.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace quell::safeguards {
+
+std::string_view ScopeName(BreakerSpec::Scope s) {
+  switch (s) {
+    case BreakerSpec::Scope::kGlobal: return "global";
+    case BreakerSpec::Scope::kPolicy: return "policy";
+    case BreakerSpec::Scope::kAction: return "action";
+    case BreakerSpec::Scope::kSource: return "source";
+  }
+  return "global";
+}
+
+namespace {
+constexpr int kBucketsPerWindow = 16;
+constexpr int64_t kMaxBuckets = 20000;
+
+int64_t Div(absl::Duration num, absl::Duration den) {
+  absl::Duration rem;
+  return absl::IDivDuration(num, den, &rem);
+}
+int64_t Idx(absl::Time t, absl::Duration bucket) { return Div(t - absl::UnixEpoch(), bucket); }
+}  // namespace
+
+bool BreakerBank::InScope(const BreakerSpec& spec, const DecisionKey& key) {
+  switch (spec.scope) {
+    case BreakerSpec::Scope::kGlobal: return true;
+    case BreakerSpec::Scope::kPolicy: return key.policy == spec.scope_value;
+    case BreakerSpec::Scope::kAction: return key.action == spec.scope_value;
+    case BreakerSpec::Scope::kSource: return key.source == spec.scope_value;
+  }
+  return false;
+}
+
+void BreakerBank::Init(State& s) {
+  absl::Duration window = std::max(s.spec.window, absl::Milliseconds(16));
+  s.bucket = window / kBucketsPerWindow;
+  if (s.spec.factor > 0 && s.spec.baseline > window) {
+    // Keep the whole baseline in at most kMaxBuckets buckets.
+    s.bucket = std::max(s.bucket, s.spec.baseline / kMaxBuckets);
+  }
+  s.buckets.clear();
+  s.total = 0;
+}
+
+void BreakerBank::Configure(std::vector<BreakerSpec> specs) {
+  std::map<std::string, State, std::less<>> next;
+  for (BreakerSpec& spec : specs) {
+    State s;
+    auto it = breakers_.find(spec.name);
+    if (it != breakers_.end()) {
+      s = std::move(it->second);
+      bool same_shape = s.spec.window == spec.window && s.spec.baseline == spec.baseline &&
+                        s.spec.factor == spec.factor;
+      s.spec = std::move(spec);
+      if (!same_shape) Init(s);
+    } else {
+      s.spec = std::move(spec);
+      Init(s);
+    }
+    std::string name = s.spec.name;
+    next.emplace(std::move(name), std::move(s));
+  }
+  breakers_ = std::move(next);
+}
+
+void BreakerBank::Evict(State& s, int64_t now_idx) {
+  absl::Duration keep = s.spec.window;
+  if (s.spec.factor > 0) keep = std::max(keep, s.spec.baseline + s.spec.window);
+  int64_t keep_buckets = Div(keep, s.bucket) + 1;
+  while (!s.buckets.empty() && s.buckets.front().first <= now_idx - keep_buckets) {
+    s.total -= s.buckets.front().second;
+    s.buckets.pop_front();
+  }
+}
+
+int64_t BreakerBank::WindowCount(const State& s, int64_t now_idx) {
+  int64_t n = Div(s.spec.window, s.bucket);
+  if (n < 1) n = 1;
+  int64_t count = 0;
+  for (auto it = s.buckets.rbegin(); it != s.buckets.rend() && it->first > now_idx - n; ++it) {
+    count += it->second;
+  }
+  return count;
+}
+
+BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now) {
+  Outcome out;
+  for (auto& [name, s] : breakers_) {
+    if (!InScope(s.spec, key)) continue;
+    if (s.open) {
+      if (out.held_by.empty()) out.held_by = name;
+      continue;
+    }
+    int64_t idx = Idx(now, s.bucket);
+    Evict(s, idx);
+    if (!s.buckets.empty() && s.buckets.back().first == idx) {
+      ++s.buckets.back().second;
+    } else if (s.buckets.empty() || s.buckets.back().first < idx) {
+      s.buckets.emplace_back(idx, 1);
+    } else {
+      ++s.buckets.back().second;  // the clock stepped back: count it in the newest bucket
+    }
+    ++s.total;
+    int64_t count = WindowCount(s, idx);
+    if (count <= s.spec.limit) continue;
+    std::string why = absl::StrCat(count, " decisions in ", absl::FormatDuration(s.spec.window),
+                                   " > limit ", s.spec.limit);
+    if (s.spec.factor > 0) {
+      double windows = absl::FDivDuration(s.spec.baseline, s.spec.window);
+      double avg = windows > 0 ? static_cast<double>(s.total - count) / windows : 0;
+      if (static_cast<double>(count) <= s.spec.factor * avg) continue;
+      absl::StrAppend(&why, absl::StrFormat(" and > %.3gx the trailing average %.3g", s.spec.factor, avg));
+    }
+    s.open = true;
+    s.opened_at = now;
+    s.reason = std::move(why);
+    out.opened.push_back(name);
+    if (out.held_by.empty()) out.held_by = name;
+  }
+  return out;
+}
+
+bool BreakerBank::SetOpen(std::string_view name, bool open, absl::Time at, std::string reason) {
+  auto it = breakers_.find(name);
+  if (it == breakers_.end()) return false;
+  State& s = it->second;
+  s.open = open;
+  s.reason = std::move(reason);
+  s.opened_at = open ? at : absl::InfinitePast();
+  if (!open) Init(s);
+  return true;
+}
+
+BreakerStatus BreakerBank::ToStatus(const State& s, absl::Time now) {
+  BreakerStatus st;
+  st.spec = s.spec;
+  st.open = s.open;
+  st.opened_at = s.opened_at;
+  st.reason = s.reason;
+  st.count = WindowCount(s, Idx(now, s.bucket));
+  return st;
+}
+
+std::vector<BreakerStatus> BreakerBank::Status(absl::Time now) const {
+  std::vector<BreakerStatus> out;
+  for (const auto& [name, s] : breakers_) out.push_back(ToStatus(s, now));
+  return out;
+}
+
+std::optional<BreakerStatus> BreakerBank::Find(std::string_view name, absl::Time now) const {
+  auto it = breakers_.find(name);
+  if (it == breakers_.end()) return std::nullopt;
+  return ToStatus(it->second, now);
+}
+
+bool BreakerBank::any_open() const {
+  for (const auto& [name, s] : breakers_) {
+    if (s.open) return true;
+  }
+  return false;
+}
+
+}  // namespace quell::safeguards

@@ -1,0 +1,97 @@
+// Blast-radius breakers (issue 5 item 2). A breaker counts the automatic decisions in its
+// scope (every decision, one policy, one action or one source) over a sliding window.
+// When the count exceeds `limit` — and, with a relative limit, also `factor` times the
+// average count of one window over the trailing baseline (e.g. 7d) — the breaker opens:
+// that decision and every further one in scope are held for approval until an admin
+// resets it. So at most `limit` decisions per window pass a closed breaker.
+//
+// Windows are approximated with buckets of window/16 (the count may include up to one
+// bucket of decisions older than the window; never fewer than the window's).
+//
+// Thread-safety: BreakerBank is not thread-safe; its owner serialises access (the
+// commit thread, under workflow::Safeguards' mutex). Pure: time comes from the caller.
+#ifndef QUELL_SAFEGUARDS_BREAKERS_H_
+#define QUELL_SAFEGUARDS_BREAKERS_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace quell::safeguards {
+
+struct BreakerSpec {
+  enum class Scope : uint8_t { kGlobal, kPolicy, kAction, kSource };
+  std::string name;
+  Scope scope = Scope::kGlobal;
+  std::string scope_value;  // policy id, action or source; "" for global
+  int64_t limit = 0;
+  absl::Duration window = absl::Minutes(10);
+  double factor = 0;                    // > 0: relative limit on
+  absl::Duration baseline = absl::ZeroDuration();  // trailing period for the relative limit
+};
+std::string_view ScopeName(BreakerSpec::Scope s);
+
+// What a decision is, for scoping.
+struct DecisionKey {
+  std::string_view policy, action, source;
+};
+
+struct BreakerStatus {
+  BreakerSpec spec;
+  bool open = false;
+  int64_t count = 0;  // decisions in the current window
+  absl::Time opened_at = absl::InfinitePast();
+  std::string reason;  // why it opened
+};
+
+class BreakerBank {
+ public:
+  //! Installs the declared breakers; a breaker whose name survives keeps its state and
+  //! counts (its spec is updated), others are dropped.
+  void Configure(std::vector<BreakerSpec> specs);
+
+  struct Outcome {
+    std::string held_by;                // "" = no breaker holds it; else the (first) open one
+    std::vector<std::string> opened;    // breakers this very decision opened
+  };
+  //! Counts one decision at `now` in every closed breaker in scope (opening those that
+  //! trip) and says whether an open breaker holds it. Held decisions are not counted.
+  Outcome Record(const DecisionKey& key, absl::Time now);
+
+  //! Forces a breaker's state (ledger replay at start, admin reset). Reset clears the
+  //! counts. Returns false if there is no such breaker.
+  bool SetOpen(std::string_view name, bool open, absl::Time at, std::string reason);
+  //! Every breaker, by name.
+  std::vector<BreakerStatus> Status(absl::Time now) const;
+  std::optional<BreakerStatus> Find(std::string_view name, absl::Time now) const;
+  bool any_open() const;
+
+  static bool InScope(const BreakerSpec& spec, const DecisionKey& key);
+
+ private:
+  struct State {
+    BreakerSpec spec;
+    bool open = false;
+    absl::Time opened_at = absl::InfinitePast();
+    std::string reason;
+    absl::Duration bucket;                         // bucket width
+    std::deque<std::pair<int64_t, int64_t>> buckets;  // (bucket index, count), ascending
+    int64_t total = 0;                             // sum of `buckets`
+  };
+  static void Init(State& s);
+  static void Evict(State& s, int64_t now_idx);
+  static int64_t WindowCount(const State& s, int64_t now_idx);
+  static BreakerStatus ToStatus(const State& s, absl::Time now);
+
+  std::map<std::string, State, std::less<>> breakers_;
+};
+
+}  // namespace quell::safeguards
+
+#endif  // QUELL_SAFEGUARDS_BREAKERS_H_

@@ -1,0 +1,136 @@
+#include <gtest/gtest.h>
+
+#include "safeguards/approval.h"
+#include "safeguards/breakers.h"
+#include "safeguards/protected.h"
+
+namespace quell::safeguards {
+namespace {
+
+core::Entity E(std::string_view s) { return *core::Entity::Parse(s); }
+
+TEST(ProtectedSet, DirectCidrAndNetworkCoverage) {
+  auto set = ProtectedSet::Build({{"artists", "artist:42"},
+                                  {"staff", "ip:10.0.0.7"},
+                                  {"partners", "cidr:192.168.4.0/24"},
+                                  {"v6", "ip:2001:db8::1"}});
+  EXPECT_TRUE(set->Why(E("artist:42")));
+  EXPECT_FALSE(set->Why(E("artist:43")));
+  EXPECT_TRUE(set->Why(E("ip:10.0.0.7")));
+  EXPECT_FALSE(set->Why(E("ip:10.0.0.8")));
+  auto why = set->Why(E("cidr:10.0.0.0/24"));
+  ASSERT_TRUE(why);
+  EXPECT_NE(why->find("covers ip:10.0.0.7"), std::string::npos) << *why;
+  EXPECT_FALSE(set->Why(E("cidr:10.0.1.0/24")));
+  EXPECT_TRUE(set->Why(E("ip:192.168.4.200")));       // inside a protected network
+  EXPECT_TRUE(set->Why(E("cidr:192.168.0.0/16")));    // over a protected network
+  EXPECT_TRUE(set->Why(E("cidr:192.168.4.128/25")));  // inside one
+  EXPECT_FALSE(set->Why(E("cidr:192.168.5.0/24")));
+  EXPECT_TRUE(set->Why(E("cidr:2001:db8::/64")));
+  EXPECT_FALSE(set->Why(E("cidr:0.0.0.0/0")) == std::nullopt);  // covers everything v4
+  EXPECT_FALSE(ProtectedSet::Empty()->Why(E("artist:42")));
+}
+
+BreakerSpec Spec(std::string name, BreakerSpec::Scope scope, std::string value, int64_t limit) {
+  BreakerSpec s;
+  s.name = std::move(name);
+  s.scope = scope;
+  s.scope_value = std::move(value);
+  s.limit = limit;
+  s.window = absl::Minutes(10);
+  return s;
+}
+
+TEST(Breakers, OpensPastLimitHoldsEverythingInScopeUntilReset) {
+  BreakerBank bank;
+  bank.Configure({Spec("suspends", BreakerSpec::Scope::kAction, "suspend", 3)});
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  for (int i = 0; i < 3; ++i) {
+    auto o = bank.Record({"p", "suspend", "s"}, t);
+    EXPECT_TRUE(o.held_by.empty()) << i;
+  }
+  // Out of scope: never counted, never held.
+  EXPECT_TRUE(bank.Record({"p", "block", "s"}, t).held_by.empty());
+  auto o = bank.Record({"p", "suspend", "s"}, t);
+  EXPECT_EQ(o.held_by, "suspends");
+  ASSERT_EQ(o.opened.size(), 1u);
+  // Stays open, even after the window has passed.
+  auto later = bank.Record({"p", "suspend", "s"}, t + absl::Hours(5));
+  EXPECT_EQ(later.held_by, "suspends");
+  EXPECT_TRUE(later.opened.empty());
+  ASSERT_TRUE(bank.Find("suspends", t)->open);
+  EXPECT_TRUE(bank.SetOpen("suspends", false, t, "reset"));
+  EXPECT_FALSE(bank.Find("suspends", t)->open);
+  EXPECT_TRUE(bank.Record({"p", "suspend", "s"}, t + absl::Hours(5)).held_by.empty());
+  EXPECT_FALSE(bank.SetOpen("nope", true, t, ""));
+}
+
+TEST(Breakers, WindowSlides) {
+  BreakerBank bank;
+  bank.Configure({Spec("g", BreakerSpec::Scope::kGlobal, "", 2)});
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  EXPECT_TRUE(bank.Record({"p", "a", "s"}, t).held_by.empty());
+  EXPECT_TRUE(bank.Record({"p", "a", "s"}, t).held_by.empty());
+  // Eleven minutes later the first two are out of the window.
+  EXPECT_TRUE(bank.Record({"p", "a", "s"}, t + absl::Minutes(11)).held_by.empty());
+  EXPECT_TRUE(bank.Record({"p", "a", "s"}, t + absl::Minutes(11)).held_by.empty());
+  EXPECT_EQ(bank.Record({"p", "a", "s"}, t + absl::Minutes(11)).held_by, "g");
+}
+
+TEST(Breakers, RelativeLimitNeedsBothConditions) {
+  BreakerBank bank;
+  BreakerSpec s = Spec("rel", BreakerSpec::Scope::kSource, "bot", 25);
+  s.window = absl::Hours(1);
+  s.factor = 3;
+  s.baseline = absl::Hours(24 * 7);
+  bank.Configure({s});
+  absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  // A steady 20 per hour for a week: under `limit`, never opens.
+  for (int h = 0; h < 24 * 7; ++h) {
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(bank.Record({"p", "a", "bot"}, t0 + absl::Hours(h)).held_by.empty())
+          << "hour " << h << " item " << i;
+    }
+  }
+  // A spike past 3x the trailing average (20) opens it.
+  absl::Time t = t0 + absl::Hours(24 * 7);
+  int passed = 0;
+  while (bank.Record({"p", "a", "bot"}, t).held_by.empty()) ++passed;
+  EXPECT_GE(passed, 60);
+  EXPECT_LE(passed, 62);
+  EXPECT_EQ(bank.Record({"p", "a", "other"}, t).held_by, "");
+
+  // Without history the trailing average is 0: `limit` alone decides.
+  BreakerBank fresh;
+  fresh.Configure({s});
+  int first = 0;
+  while (fresh.Record({"p", "a", "bot"}, t).held_by.empty()) ++first;
+  EXPECT_EQ(first, 25);
+}
+
+TEST(Breakers, ConfigureKeepsStateOfSurvivors) {
+  BreakerBank bank;
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 0), Spec("b", BreakerSpec::Scope::kGlobal, "", 10)});
+  EXPECT_EQ(bank.Record({"p", "x", "s"}, t).held_by, "a");
+  bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 100)});
+  EXPECT_TRUE(bank.Find("a", t)->open);
+  EXPECT_FALSE(bank.Find("b", t));
+  EXPECT_EQ(bank.Status(t).size(), 1u);
+}
+
+TEST(Approval, Rules) {
+  EXPECT_EQ(RequiredApprovals(core::Severity::kCritical), 2);
+  EXPECT_EQ(RequiredApprovals(core::Severity::kHigh), 1);
+  EXPECT_EQ(CheckReviewer("k1", "k1", {}).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(CheckReviewer("k2", "k1", {"k2"}).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(CheckReviewer("k3", "k1", {"k2"}).ok());
+  EXPECT_EQ(EntitiesCovered(E("cidr:10.0.0.0/24")), 256);
+  EXPECT_EQ(EntitiesCovered(E("user:1")), 1);
+  EXPECT_EQ(EntitiesCovered(E("cidr:::/0")), int64_t{1} << 62);
+  EXPECT_TRUE(BulkNeedsApproval(1001, 1000));
+  EXPECT_FALSE(BulkNeedsApproval(1000, 1000));
+}
+
+}  // namespace
+}  // namespace quell::safeguards

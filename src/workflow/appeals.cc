@@ -1,0 +1,166 @@
+#include "workflow/appeals.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "rapidjson/document.h"
+#include "safeguards/approval.h"
+#include "workflow/mitigations.h"
+
+namespace quell::workflow {
+namespace {
+
+void Field(std::string* out, std::string_view name, std::string_view value) {
+  absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
+  core::AppendJsonString(value, out);
+}
+
+// The ledger payload: the appeal after the change.
+std::string Payload(const Appeal& a) {
+  std::string p = "{";
+  Field(&p, "appeal", a.id);
+  Field(&p, "mitigation_id", a.mitigation_id);
+  Field(&p, "state", a.state);
+  Field(&p, "statement", a.statement);
+  Field(&p, "filed_by", a.filed_by);
+  Field(&p, "filed_at", core::FormatRfc3339(a.filed_at));
+  Field(&p, "decided_by", a.decided_by);
+  Field(&p, "note", a.note);
+  if (a.state == "granted") p += ",\"reinstated\":true";
+  p += "}";
+  return p;
+}
+
+absl::Status AppendAppeal(ledger::Txn& txn, const Appeal& a, std::string_view actor) {
+  ledger::Change c;
+  c.kind = ledger::ChangeKind::kReview;
+  c.actor = std::string(actor);
+  c.subject = a.id;
+  c.entity = a.entity;
+  c.payload = Payload(a);
+  return txn.Append(std::move(c), nullptr).status();
+}
+
+std::string S(const rapidjson::Value& v, const char* name) {
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+}  // namespace
+
+std::string AppealJson(const Appeal& a) {
+  std::string p = "{";
+  Field(&p, "id", a.id);
+  Field(&p, "mitigation_id", a.mitigation_id);
+  Field(&p, "entity", a.entity);
+  Field(&p, "state", a.state);
+  Field(&p, "statement", a.statement);
+  Field(&p, "filed_by", a.filed_by);
+  Field(&p, "filed_at", core::FormatRfc3339(a.filed_at));
+  Field(&p, "decided_by", a.decided_by);
+  Field(&p, "note", a.note);
+  if (a.state != "open") Field(&p, "decided_at", core::FormatRfc3339(a.decided_at));
+  p += "}";
+  return p;
+}
+
+std::string AppealIdFor(std::string_view mitigation_id) {
+  if (absl::StartsWith(AV(mitigation_id), "m_")) mitigation_id.remove_prefix(2);
+  return absl::StrCat("ap_", AV(mitigation_id));
+}
+
+std::optional<std::string> MitigationOfAppeal(std::string_view appeal_id) {
+  if (!absl::StartsWith(AV(appeal_id), "ap_") || appeal_id.size() < 4) return std::nullopt;
+  return absl::StrCat("m_", AV(appeal_id.substr(3)));
+}
+
+absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::string_view appeal_id,
+                                                 int64_t* mitigation_seq) {
+  auto mid = MitigationOfAppeal(appeal_id);
+  if (!mid) return std::optional<Appeal>();
+  QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, store.GetMitigation(*mid));
+  if (!m) return std::optional<Appeal>();
+  *mitigation_seq = m->seq;
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes, store.ReadEntityChanges(m->entity, 10000));
+  std::optional<Appeal> out;
+  for (const ledger::Change& c : changes) {
+    if (c.kind != ledger::ChangeKind::kReview || c.subject != appeal_id) continue;
+    rapidjson::Document doc;
+    doc.Parse(c.payload.data(), c.payload.size());
+    if (doc.HasParseError() || !doc.IsObject()) continue;
+    Appeal a;
+    a.id = std::string(appeal_id);
+    a.mitigation_id = *mid;
+    a.entity = m->entity.str();
+    a.state = S(doc, "state");
+    a.statement = S(doc, "statement");
+    a.filed_by = S(doc, "filed_by");
+    a.decided_by = S(doc, "decided_by");
+    a.note = S(doc, "note");
+    a.filed_at = core::ParseRfc3339(S(doc, "filed_at")).value_or(c.at);
+    a.decided_at = c.at;
+    out = std::move(a);
+  }
+  return out;
+}
+
+ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, std::string actor,
+                            std::shared_ptr<Appeal> out) {
+  return [mitigation_id = std::move(mitigation_id), statement = std::move(statement),
+          actor = std::move(actor), out = std::move(out)](ledger::Txn& txn,
+                                                          absl::Time now) -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(mitigation_id));
+    if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", mitigation_id));
+    if (!core::IsLive(m->state)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "mitigation ", mitigation_id, " is ", AV(core::StateName(m->state)), "; only live ones can be appealed"));
+    }
+    Appeal a;
+    a.id = AppealIdFor(m->id);
+    a.mitigation_id = m->id;
+    a.entity = m->entity.str();
+    a.state = "open";
+    a.statement = statement;
+    a.filed_by = actor;
+    a.filed_at = now;
+    QUELL_RETURN_IF_ERROR(AppendAppeal(txn, a, actor));
+    *out = std::move(a);
+    return absl::OkStatus();
+  };
+}
+
+ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant, std::string note,
+                              std::string reviewer, std::shared_ptr<Appeal> out) {
+  return [a = std::move(appeal), mitigation_seq, grant, note = std::move(note),
+          reviewer = std::move(reviewer), out = std::move(out)](ledger::Txn& txn,
+                                                                absl::Time now) mutable -> absl::Status {
+    if (a.state != "open") {
+      return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already ", a.state));
+    }
+    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, a.filed_by, {}));
+    QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(a.mitigation_id));
+    if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", a.mitigation_id));
+    if (m->seq != mitigation_seq) {
+      return absl::AbortedError(absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
+    }
+    std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
+    if (grant && core::IsLive(m->state)) {
+      m->state = core::MitigationState::kRevoked;
+      m->state_reason = absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix,
+                                     "; entity reinstated");
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
+    }
+    a.state = grant ? "granted" : "denied";
+    a.decided_by = reviewer;
+    a.note = note;
+    a.decided_at = now;
+    QUELL_RETURN_IF_ERROR(AppendAppeal(txn, a, reviewer));
+    *out = std::move(a);
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace quell::workflow

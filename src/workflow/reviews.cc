@@ -1,0 +1,98 @@
+#include "workflow/reviews.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "safeguards/approval.h"
+#include "workflow/mitigations.h"
+
+namespace quell::workflow {
+namespace {
+constexpr std::string_view kPartial = "approved 1 of 2 by ";
+}  // namespace
+
+absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mitigation& m) {
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
+                         store.ReadEntityChanges(m.entity, 10000));
+  for (const ledger::Change& c : changes) {
+    if (c.kind == ledger::ChangeKind::kMitigation && c.subject == m.id) {
+      return ReviewFacts{c.actor, m.seq};
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no history for mitigation ", m.id));
+}
+
+std::vector<std::string> PriorApprovers(const core::Mitigation& m) {
+  if (m.state == core::MitigationState::kPendingApproval &&
+      absl::StartsWith(m.state_reason, AV(kPartial))) {
+    return {m.actor};
+  }
+  return {};
+}
+
+ledger::Mutation DecideReview(std::string id, bool approve, std::string note, std::string reviewer,
+                              ReviewFacts facts, std::shared_ptr<const core::ActionCatalog> catalog,
+                              std::shared_ptr<ReviewOutcome> out) {
+  return [id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
+          facts = std::move(facts), catalog = std::move(catalog),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
+    if (!m) return absl::NotFoundError(absl::StrCat("no review ", id));
+    if (m->state != core::MitigationState::kPendingApproval) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "review ", id, " is closed: the mitigation is ", AV(core::StateName(m->state))));
+    }
+    if (m->seq != facts.seq) {
+      return absl::AbortedError(absl::StrCat("review ", id, " changed meanwhile; read it again"));
+    }
+    std::vector<std::string> prior = PriorApprovers(*m);
+    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, facts.requester, approve ? prior : std::vector<std::string>{}));
+    const core::Action* action = catalog->Find(m->action);
+    int needed = safeguards::RequiredApprovals(action ? action->severity : core::Severity::kCritical);
+    std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
+    int approvals = static_cast<int>(prior.size());
+    if (!approve) {
+      m->state = core::MitigationState::kRejected;
+      m->state_reason = absl::StrCat("rejected by ", reviewer, suffix);
+    } else if (++approvals < needed) {
+      m->state_reason = absl::StrCat(AV(kPartial), reviewer, suffix);
+    } else {
+      absl::Duration length = m->expires_at - m->starts_at;
+      m->state = core::MitigationState::kActive;
+      m->starts_at = now;
+      m->expires_at = now + length;
+      std::string by = reviewer;
+      for (const std::string& p : prior) by = absl::StrCat(p, " and ", by);
+      m->state_reason = absl::StrCat("approved by ", by, suffix);
+    }
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
+    out->mitigation = *std::move(m);
+    out->approvals = approvals;
+    out->needed = needed;
+    return absl::OkStatus();
+  };
+}
+
+ledger::Mutation ExpirePending(std::vector<std::string> ids, absl::Duration ttl,
+                               std::shared_ptr<int> out) {
+  return [ids = std::move(ids), ttl, out = std::move(out)](ledger::Txn& txn,
+                                                           absl::Time now) -> absl::Status {
+    int n = 0;
+    for (const std::string& id : ids) {
+      QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
+      if (!m || m->state != core::MitigationState::kPendingApproval || m->created_at + ttl > now) {
+        continue;
+      }
+      m->state = core::MitigationState::kExpired;
+      m->state_reason = absl::StrCat("pending approval expired: nobody approved it within ",
+                                     absl::FormatDuration(ttl));
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
+      ++n;
+    }
+    *out = n;
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace quell::workflow

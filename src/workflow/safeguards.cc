@@ -1,0 +1,370 @@
+#include "workflow/safeguards.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/mitigation.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "obs/log.h"
+#include "rapidjson/document.h"
+
+namespace quell::workflow {
+namespace {
+
+std::string ImmunityKey(std::string_view entity, std::string_view policy, std::string_view action) {
+  return absl::StrCat(AV(entity), "|", AV(policy), "|", AV(action));
+}
+
+std::string_view Str(const rapidjson::Value& v, const char* name) {
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsString()) return {};
+  return {it->value.GetString(), it->value.GetStringLength()};
+}
+
+safeguards::BreakerSpec ToSpec(const policy::BreakerDef& d) {
+  safeguards::BreakerSpec s;
+  s.name = d.name;
+  switch (d.scope) {
+    case policy::BreakerDef::Scope::kGlobal: s.scope = safeguards::BreakerSpec::Scope::kGlobal; break;
+    case policy::BreakerDef::Scope::kPolicy: s.scope = safeguards::BreakerSpec::Scope::kPolicy; break;
+    case policy::BreakerDef::Scope::kAction: s.scope = safeguards::BreakerSpec::Scope::kAction; break;
+    case policy::BreakerDef::Scope::kSource: s.scope = safeguards::BreakerSpec::Scope::kSource; break;
+  }
+  s.scope_value = d.scope_value;
+  s.limit = d.limit;
+  s.window = d.window;
+  if (d.relative) {
+    s.factor = d.relative->factor;
+    s.baseline = d.relative->baseline;
+  }
+  return s;
+}
+
+std::string BreakerPayload(std::string_view name, bool open, std::string_view reason, int64_t count) {
+  std::string p = "{\"breaker\":";
+  core::AppendJsonString(name, &p);
+  absl::StrAppend(&p, ",\"state\":\"", open ? "open" : "closed", "\",\"count\":", count,
+                  ",\"reason\":");
+  core::AppendJsonString(reason, &p);
+  p += "}";
+  return p;
+}
+
+}  // namespace
+
+SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
+  auto duration = [](const char* name, absl::Duration* out) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == 0) return;
+    auto d = core::ParseDuration(v);
+    if (d.ok()) {
+      *out = *d;
+    } else {
+      std::fprintf(stderr, "quell: ignoring %s=%s: %s\n", name, v, std::string(SV(d.status().message())).c_str());
+    }
+  };
+  duration("QUELL_SAFEGUARDS_IMMUNITY", &o.immunity);
+  duration("QUELL_SAFEGUARDS_PENDING_TTL", &o.pending_ttl);
+  duration("QUELL_SAFEGUARDS_SWEEP_INTERVAL", &o.sweep_interval);
+  duration("QUELL_SAFEGUARDS_IDEMPOTENCY_RETENTION", &o.idempotency_retention);
+  if (const char* v = std::getenv("QUELL_SAFEGUARDS_BULK_THRESHOLD"); v != nullptr && *v) {
+    int64_t n = 0;
+    if (absl::SimpleAtoi(v, &n) && n >= 0) {
+      o.bulk_threshold = n;
+    } else {
+      std::fprintf(stderr, "quell: ignoring QUELL_SAFEGUARDS_BULK_THRESHOLD=%s\n", v);
+    }
+  }
+  return o;
+}
+
+Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
+    : options_(options), logger_(logger) {}
+
+absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
+  std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> entries;
+  QUELL_RETURN_IF_ERROR(store
+                            .ScanListEntries([&](std::string_view list, std::string_view entity) {
+                              entries[std::string(list)].insert(std::string(entity));
+                              return absl::OkStatus();
+                            })
+                            .status());
+  // Breaker states: their changes are filed under one entity; the log is the fallback
+  // when there are more of them than one read returns.
+  QUELL_ASSIGN_OR_RETURN(core::Entity journal, core::Entity::Parse(kBreakerJournal));
+  constexpr int kMax = 10000;
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> breaker_changes,
+                         store.ReadEntityChanges(journal, kMax));
+  if (static_cast<int>(breaker_changes.size()) == kMax) {
+    breaker_changes.clear();
+    int64_t after = 0;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kMax));
+      if (page.empty()) break;
+      after = page.back().seq;
+      for (ledger::Change& c : page) {
+        if (c.kind == ledger::ChangeKind::kBreaker) breaker_changes.push_back(std::move(c));
+      }
+    }
+  }
+  std::vector<core::Mitigation> human;
+  for (core::MitigationState state : {core::MitigationState::kRevoked, core::MitigationState::kRejected}) {
+    ledger::MitigationQuery q;
+    q.state = state;
+    q.limit = kMax;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
+      for (core::Mitigation& m : page.mitigations) {
+        if (!m.policy.empty() && m.updated_at + options_.immunity > now) human.push_back(std::move(m));
+      }
+      if (page.next_cursor.empty()) break;
+      q.cursor = page.next_cursor;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& l : lists) {
+    if (l.is_protected) store_protected_.insert(l.name);
+  }
+  lists_ = std::move(entries);
+  ++lists_version_;
+  for (const ledger::Change& c : breaker_changes) ApplyBreakerChange(c);
+  for (const core::Mitigation& m : human) NoteHumanDecision(m, m.updated_at);
+  return absl::OkStatus();
+}
+
+void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const ledger::Change& c : changes) {
+    switch (c.kind) {
+      case ledger::ChangeKind::kList:
+        ApplyListChange(c);
+        break;
+      case ledger::ChangeKind::kBreaker:
+        ApplyBreakerChange(c);
+        break;
+      case ledger::ChangeKind::kMitigation: {
+        // Cheap filter first: most changes are creations and expiries.
+        std::string_view p = c.payload;
+        if (p.find("\"state\":\"revoked\"") == std::string_view::npos &&
+            p.find("\"state\":\"rejected\"") == std::string_view::npos) {
+          break;
+        }
+        auto m = core::MitigationFromJson(p);
+        if (m.ok()) NoteHumanDecision(*m, c.at);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+void Safeguards::ApplyListChange(const ledger::Change& c) {
+  rapidjson::Document doc;
+  doc.Parse(c.payload.data(), c.payload.size());
+  if (doc.HasParseError() || !doc.IsObject()) return;
+  std::string list(Str(doc, "list"));
+  if (list.empty()) return;
+  auto& set = lists_[list];
+  auto each = [&](const char* field, bool add) {
+    auto it = doc.FindMember(field);
+    if (it == doc.MemberEnd() || !it->value.IsArray()) return;
+    for (const auto& v : it->value.GetArray()) {
+      if (!v.IsString()) continue;
+      std::string e(v.GetString(), v.GetStringLength());
+      if (add) {
+        set.insert(std::move(e));
+      } else {
+        set.erase(e);
+      }
+    }
+  };
+  each("add", true);
+  each("remove", false);
+  if (auto it = doc.FindMember("protected"); it != doc.MemberEnd() && it->value.IsBool()) {
+    if (it->value.GetBool()) {
+      store_protected_.insert(list);
+    } else {
+      store_protected_.erase(list);
+    }
+  }
+  ++lists_version_;
+}
+
+void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
+  rapidjson::Document doc;
+  doc.Parse(c.payload.data(), c.payload.size());
+  if (doc.HasParseError() || !doc.IsObject()) return;
+  std::string name(Str(doc, "breaker"));
+  if (name.empty()) return;
+  bool open = Str(doc, "state") == "open";
+  Persisted& p = persisted_[name];
+  p.open = open;
+  p.at = c.at;
+  p.reason = std::string(Str(doc, "reason"));
+  // Bring the bank in line (a change committed by another writer, or replayed at start).
+  if (auto st = bank_.Find(name, c.at); st && st->open != open) bank_.SetOpen(name, open, c.at, p.reason);
+}
+
+void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
+  if (m.policy.empty()) return;
+  if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected) return;
+  absl::Time until = at + options_.immunity;
+  absl::Time& slot = immunity_[ImmunityKey(m.entity.str(), m.policy, m.action)];
+  if (until > slot) slot = until;
+}
+
+void Safeguards::NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& set = lists_[std::string(list)];
+  for (const std::string& e : entities) set.insert(e);
+  ++lists_version_;
+}
+
+const safeguards::ProtectedSet& Safeguards::ProtectedFor(const policy::PolicySet& set) {
+  if (protected_built_lists_ != lists_version_ || protected_built_set_ != set.version()) {
+    std::set<std::string, std::less<>> names = store_protected_;
+    for (const policy::ListDef& l : set.lists()) {
+      if (l.is_protected) names.insert(l.name);
+    }
+    std::vector<std::pair<std::string, std::string>> entries;
+    for (const std::string& name : names) {
+      auto it = lists_.find(name);
+      if (it == lists_.end()) continue;
+      for (const std::string& e : it->second) entries.emplace_back(name, e);
+    }
+    protected_ = safeguards::ProtectedSet::Build(entries);
+    protected_built_lists_ = lists_version_;
+    protected_built_set_ = set.version();
+  }
+  return *protected_;
+}
+
+void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
+  if (breakers_set_ == set.version()) return;
+  std::vector<safeguards::BreakerSpec> specs;
+  for (const policy::BreakerDef& d : set.breakers()) specs.push_back(ToSpec(d));
+  bank_.Configure(std::move(specs));
+  for (const auto& [name, p] : persisted_) {
+    if (auto st = bank_.Find(name, p.at); st && st->open != p.open) {
+      bank_.SetOpen(name, p.open, p.at, p.reason);
+    }
+  }
+  breakers_set_ = set.version();
+}
+
+std::optional<absl::Time> Safeguards::ImmuneUntil(std::string_view entity, std::string_view policy,
+                                                  std::string_view action, absl::Time now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = immunity_.find(ImmunityKey(entity, policy, action));
+  if (it == immunity_.end() || it->second <= now) return std::nullopt;
+  return it->second;
+}
+
+std::optional<std::string> Safeguards::WhyProtected(const policy::PolicySet& set,
+                                                    const core::Entity& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ProtectedFor(set).Why(e);
+}
+
+absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const policy::PolicySet& set,
+                                                    const engine::Detection& d,
+                                                    const engine::Proposal& p,
+                                                    std::string_view action, absl::Time now) {
+  Hold hold;
+  if (p.shadow) return hold;
+  std::unique_lock<std::mutex> lock(mu_);
+  const safeguards::ProtectedSet& prot = ProtectedFor(set);
+  if (auto why = prot.Why(p.entity)) {
+    hold.held = true;
+    hold.reason = absl::StrCat("protected entity: ", *why);
+  } else if (p.via_related) {
+    if (auto from = prot.Why(d.entity)) {
+      hold.held = true;
+      hold.reason = absl::StrCat("propagated from a protected entity: ", *from);
+    }
+  }
+  if (hold.held) {
+    metrics_.held_protected.fetch_add(1, std::memory_order_relaxed);
+    return hold;
+  }
+  for (std::string_view a : {std::string_view(p.action), action}) {
+    auto it = immunity_.find(ImmunityKey(p.entity.str(), p.policy, a));
+    if (it != immunity_.end() && it->second > now) {
+      hold.held = true;
+      hold.reason = absl::StrCat("immunity until ", core::FormatRfc3339(it->second),
+                                 ": a person revoked, rejected or granted an appeal against ",
+                                 p.policy, " / ", AV(a), " on this entity");
+      metrics_.held_immunity.fetch_add(1, std::memory_order_relaxed);
+      return hold;
+    }
+  }
+  if (set.breakers().empty()) return hold;
+  ConfigureBreakers(set);
+  safeguards::BreakerBank::Outcome o = bank_.Record({p.policy, action, d.source}, now);
+  for (const std::string& name : o.opened) {
+    auto st = bank_.Find(name, now);
+    std::string reason = st ? st->reason : "";
+    Persisted& per = persisted_[name];
+    per = {true, now, reason};
+    metrics_.breakers_opened.fetch_add(1, std::memory_order_relaxed);
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kBreaker;
+    c.actor = "system";
+    c.subject = name;
+    c.entity = std::string(kBreakerJournal);
+    c.payload = BreakerPayload(name, true, reason, st ? st->count : 0);
+    QUELL_RETURN_IF_ERROR(txn.Append(std::move(c), nullptr).status());
+    if (logger_ != nullptr) {
+      logger_->Warn("breaker opened: further decisions in its scope are held for approval",
+                    {{"breaker", name}, {"reason", reason}, {"policy", p.policy},
+                     {"source", d.source}});
+    }
+  }
+  if (!o.held_by.empty()) {
+    hold.held = true;
+    hold.reason = absl::StrCat("breaker ", o.held_by, " is open");
+    metrics_.held_breaker.fetch_add(1, std::memory_order_relaxed);
+  }
+  return hold;
+}
+
+std::vector<safeguards::BreakerStatus> Safeguards::Breakers(const policy::PolicySet& set,
+                                                            absl::Time now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ConfigureBreakers(set);
+  return bank_.Status(now);
+}
+
+ledger::Mutation Safeguards::ResetBreaker(std::shared_ptr<const policy::PolicySet> set,
+                                          std::string name, std::string actor,
+                                          std::shared_ptr<safeguards::BreakerStatus> out) {
+  return [this, set = std::move(set), name = std::move(name), actor = std::move(actor),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    std::lock_guard<std::mutex> lock(mu_);
+    ConfigureBreakers(*set);
+    if (!bank_.Find(name, now)) {
+      return absl::NotFoundError(absl::StrCat("no breaker \"", name, "\" in the active policy set"));
+    }
+    std::string reason = absl::StrCat("reset by ", actor);
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kBreaker;
+    c.actor = actor;
+    c.subject = name;
+    c.entity = std::string(kBreakerJournal);
+    c.payload = BreakerPayload(name, false, reason, 0);
+    QUELL_RETURN_IF_ERROR(txn.Append(std::move(c), nullptr).status());
+    bank_.SetOpen(name, false, now, reason);
+    persisted_[name] = {false, now, reason};
+    *out = *bank_.Find(name, now);
+    if (logger_ != nullptr) logger_->Info("breaker reset", {{"breaker", name}, {"actor", actor}});
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace quell::workflow

@@ -1,0 +1,139 @@
+// The safeguards between a decision and its enforcement (issue 5), as the decision path
+// uses them inside the ledger transaction: protected entities (lists flagged protected,
+// by the store or by the policy set), blast-radius breakers (the policy set's, with their
+// open/closed state kept in the ledger as kBreaker changes so it survives restarts), and
+// immunity (a human rejected, revoked or granted an appeal against the same policy and
+// action on the entity within `immunity`). A held decision becomes pending_approval.
+//
+// State is a view of the ledger: Load() reads it at start, OnCommitted() follows every
+// committed change. List changes made by the lists routes are also noted at once on the
+// commit thread (NoteProtectedAdds), so a decision later in the same commit batch already
+// sees a new protected entry; removals take effect once committed (never less protection).
+// Breaker window counts live in memory only (they restart empty).
+//
+// Thread-safety: thread-safe (one mutex); Screen/ResetBreaker/NoteProtectedAdds run on
+// the commit thread, readers (status routes, metrics) on any thread.
+#ifndef QUELL_WORKFLOW_SAFEGUARDS_H_
+#define QUELL_WORKFLOW_SAFEGUARDS_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "ledger/ledger.h"
+#include "policy/policy_set.h"
+#include "safeguards/breakers.h"
+#include "safeguards/protected.h"
+
+namespace quell::obs {
+class Logger;
+}
+
+namespace quell::workflow {
+
+struct SafeguardOptions {
+  absl::Duration immunity = absl::Hours(24 * 30);     // human decisions outrank automatic ones
+  absl::Duration pending_ttl = absl::Hours(24 * 7);   // pending approvals expire after it
+  int64_t bulk_threshold = 1000;  // manual actions / rollbacks over more entities need approval
+  absl::Duration sweep_interval = absl::Seconds(30);  // pending expiry + idempotency purge
+  absl::Duration idempotency_retention = absl::Hours(24);
+};
+//! `defaults` overridden by QUELL_SAFEGUARDS_IMMUNITY, _PENDING_TTL, _SWEEP_INTERVAL,
+//! _IDEMPOTENCY_RETENTION (durations) and _BULK_THRESHOLD (integer); bad values are
+//! ignored with a message on stderr.
+SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions defaults = {});
+
+// The entity the ledger files breaker changes under (their timeline).
+inline constexpr std::string_view kBreakerJournal = "quell:breakers";
+
+class Safeguards final : public ledger::ChangeListener {
+ public:
+  // `logger` may be null.
+  Safeguards(SafeguardOptions options, obs::Logger* logger);
+
+  //! Reads lists, breaker states and recent human decisions from the store. Call before
+  //! the ledger takes writes.
+  absl::Status Load(ledger::Store& store, absl::Time now);
+  void OnCommitted(const std::vector<ledger::Change>& changes) override;
+
+  struct Hold {
+    bool held = false;
+    std::string reason;
+  };
+  //! Decides whether proposal `p` of detection `d`, which would create `action`, must be
+  //! held for approval. Counts it in the breakers in scope; a breaker that opens appends
+  //! its kBreaker change to `txn`. Shadow proposals are never held nor counted.
+  absl::StatusOr<Hold> Screen(ledger::Txn& txn, const policy::PolicySet& set,
+                              const engine::Detection& d, const engine::Proposal& p,
+                              std::string_view action, absl::Time now);
+
+  //! The breakers of `set` with their state.
+  std::vector<safeguards::BreakerStatus> Breakers(const policy::PolicySet& set, absl::Time now);
+  //! Closes breaker `name` (and appends the kBreaker change). kNotFound if `set` has no
+  //! such breaker; an already closed one is closed again (recorded, harmless).
+  ledger::Mutation ResetBreaker(std::shared_ptr<const policy::PolicySet> set, std::string name,
+                                std::string actor, std::shared_ptr<safeguards::BreakerStatus> out);
+
+  //! Why `e` is protected under `set`, or nullopt.
+  std::optional<std::string> WhyProtected(const policy::PolicySet& set, const core::Entity& e);
+  //! Commit thread, inside a list mutation: entries added to `list` count at once.
+  void NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities);
+  //! The immunity end for (entity, policy, action), if one is running at `now`.
+  std::optional<absl::Time> ImmuneUntil(std::string_view entity, std::string_view policy,
+                                        std::string_view action, absl::Time now) const;
+
+  const SafeguardOptions& options() const { return options_; }
+
+  struct Metrics {
+    std::atomic<int64_t> held_protected{0};
+    std::atomic<int64_t> held_breaker{0};
+    std::atomic<int64_t> held_immunity{0};
+    std::atomic<int64_t> breakers_opened{0};
+    std::atomic<int64_t> pending_expired{0};
+  };
+  Metrics& metrics() { return metrics_; }
+
+ private:
+  void ApplyListChange(const ledger::Change& c);          // mu_ held
+  void ApplyBreakerChange(const ledger::Change& c);       // mu_ held
+  void NoteHumanDecision(const core::Mitigation& m, absl::Time at);  // mu_ held
+  const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
+  void ConfigureBreakers(const policy::PolicySet& set);  // mu_ held
+
+  const SafeguardOptions options_;
+  obs::Logger* logger_;
+  Metrics metrics_;
+
+  mutable std::mutex mu_;
+  // Lists (all of them: a list may become protected later).
+  std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> lists_;
+  std::set<std::string, std::less<>> store_protected_;  // lists flagged protected in the store
+  int64_t lists_version_ = 0;                           // bumps on every list change
+  std::shared_ptr<const safeguards::ProtectedSet> protected_ = safeguards::ProtectedSet::Empty();
+  int64_t protected_built_lists_ = -1;   // lists_version_ protected_ was built from
+  int64_t protected_built_set_ = -1;     // policy set version it was built for
+  // Breakers.
+  safeguards::BreakerBank bank_;
+  int64_t breakers_set_ = -1;  // policy set version the bank was configured from
+  struct Persisted {
+    bool open = false;
+    absl::Time at;
+    std::string reason;
+  };
+  std::map<std::string, Persisted, std::less<>> persisted_;  // the ledger's latest per breaker
+  // Immunity: "entity|policy|action" -> until.
+  absl::flat_hash_map<std::string, absl::Time> immunity_;
+};
+
+}  // namespace quell::workflow
+
+#endif  // QUELL_WORKFLOW_SAFEGUARDS_H_
