@@ -1,0 +1,42 @@
+#include "importer/checkpoint.h"
+
+#include "gtest/gtest.h"
+#include "importer/test_util.h"
+
+namespace quell::importer {
+namespace {
+
+TEST(CheckpointTest, RoundTripAndAtomicReplace) {
+  std::string dir = testing::TempDir("checkpoint");
+  std::string path = dir + "/cp";
+  EXPECT_FALSE(ReadCheckpoint(path)->has_value());
+  Checkpoint c;
+  c.batch = "b_123";
+  c.files = {"a.ndjson", "-"};
+  c.sizes = {1000, -1};
+  c.file = 1;
+  c.offset = 4096;
+  c.line = 77;
+  c.rows = 70;
+  c.rejects_bytes = 12;
+  c.counts.read = 70;
+  c.counts.accepted = 60;
+  c.counts.duplicate = 5;
+  c.counts.rejected = 5;
+  c.counts.decisions = {{"active", 40}, {"shadow", 3}};
+  ASSERT_TRUE(WriteCheckpoint(path, c).ok());
+  auto back = ReadCheckpoint(path);
+  ASSERT_TRUE(back.ok());
+  ASSERT_TRUE(back->has_value());
+  EXPECT_EQ(**back, c);
+  c.offset = 8192;
+  ASSERT_TRUE(WriteCheckpoint(path, c).ok());
+  EXPECT_EQ((*ReadCheckpoint(path))->offset, 8192u);
+  ASSERT_TRUE(RemoveCheckpoint(path).ok());
+  EXPECT_FALSE(ReadCheckpoint(path)->has_value());
+  testing::WriteFile(path, "{\"x\":1}");
+  EXPECT_EQ(ReadCheckpoint(path).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quell::importer

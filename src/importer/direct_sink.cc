@@ -1,0 +1,189 @@
+// DirectSink: detections straight into the data directory, with the server's semantics.
+// Evaluation runs inside the ledger transaction (on the commit thread) against an
+// Environment over that transaction, so every row sees the effects of the rows before it:
+// the outcome is a function of the file's order alone, whatever the batching, the number
+// of batches in flight or an interruption and resume — which is what makes a resumed
+// import end in exactly the state of an uninterrupted one.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "api/detection_codec.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "engine/engine.h"
+#include "importer/sink.h"
+#include "ledger/ledger.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "policy/policy_set.h"
+#include "workflow/decisions.h"
+
+namespace quell::importer {
+namespace {
+
+// policy::Environment over the open transaction: reads see the batch's own writes.
+class TxnEnvironment final : public policy::Environment {
+ public:
+  TxnEnvironment(ledger::Txn& txn, absl::Time now) : txn_(txn), now_(now) {}
+  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  bool InList(std::string_view list, std::string_view entity) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return false;
+    auto has = txn_.ListHas(list, *e);
+    return has.ok() && *has;
+  }
+  bool Active(std::string_view entity, std::string_view action) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return false;
+    auto live = txn_.FindLive(*e, action);
+    if (!live.ok()) return false;
+    for (const core::Mitigation& m : *live) {
+      if (m.state == core::MitigationState::kActive) return true;
+    }
+    return false;
+  }
+  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return 0;
+    auto n = txn_.CountMitigations(*e, "", action, now_ - window, /*exclude_shadow=*/true);
+    return n.ok() ? *n : 0;
+  }
+
+ private:
+  ledger::Txn& txn_;
+  absl::Time now_;
+};
+
+void ParseStates(std::string_view reply, std::vector<std::string>* states) {
+  static constexpr std::string_view kKey = "\"state\":\"";
+  size_t pos = 0;
+  while ((pos = reply.find(kKey, pos)) != std::string_view::npos) {
+    pos += kKey.size();
+    size_t end = reply.find('"', pos);
+    if (end == std::string_view::npos) break;
+    states->emplace_back(reply.substr(pos, end - pos));
+    pos = end;
+  }
+}
+
+class DirectSink final : public Sink {
+ public:
+  DirectSink(std::string dir, int import_lock, int server_lock)
+      : dir_(std::move(dir)), import_lock_(import_lock), server_lock_(server_lock) {}
+  ~DirectSink() override {
+    ledger_.reset();  // drains: every Send completes
+    if (server_lock_ >= 0) ::close(server_lock_);
+    if (import_lock_ >= 0) ::close(import_lock_);
+  }
+
+  absl::Status Init(const DirectSinkOptions& options) {
+    ledger::SqliteOptions so;
+    so.path = dir_;
+    so.synchronous_full = options.durable;
+    QUELL_ASSIGN_OR_RETURN(auto store, ledger::OpenSqliteStore(so));
+    QUELL_ASSIGN_OR_RETURN(auto latest, store->LatestPolicySet());
+    if (latest) {
+      auto set = policy::LoadPolicySet(latest->yaml, latest->version);
+      if (!set.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the stored policy set v", latest->version, " does not load: ", set.status().message()));
+      }
+      set_ = *std::move(set);
+      catalog_ = set_->catalog_ptr();
+    } else {
+      catalog_ = core::ActionCatalog::Default();
+    }
+    ledger::LedgerOptions lo;
+    QUELL_ASSIGN_OR_RETURN(ledger_, ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
+    return absl::OkStatus();
+  }
+
+  void Send(std::vector<engine::Detection> detections, std::function<void(BatchResult)> done) override {
+    auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
+    auto mutation = [dets = std::move(detections), set = set_, catalog = catalog_, out](
+                        ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+      TxnEnvironment env(txn, now);
+      std::vector<workflow::DetectionWork> work;
+      work.reserve(dets.size());
+      for (engine::Detection& d : dets) {
+        workflow::DetectionWork w;
+        if (set != nullptr) w.proposals = engine::Evaluate(*set, d, env, now).proposals;
+        w.json = api::DetectionToJson(d);
+        w.detection = std::move(d);
+        work.push_back(std::move(w));
+      }
+      return workflow::ApplyDetections(std::move(work), catalog, "import", out)(txn, now);
+    };
+    ledger_->Submit(std::move(mutation),
+                    [out, done = std::move(done)](absl::Status status, std::vector<ledger::Change>) {
+                      BatchResult r;
+                      r.status = status;
+                      if (status.ok()) {
+                        r.items.resize(out->size());
+                        for (size_t i = 0; i < out->size(); ++i) {
+                          if ((*out)[i].duplicate) {
+                            r.items[i].status = ItemResult::Status::kDuplicate;
+                          } else {
+                            ParseStates((*out)[i].reply, &r.items[i].states);
+                          }
+                        }
+                      }
+                      done(std::move(r));
+                    });
+  }
+
+  std::string Describe() const override { return absl::StrCat("data dir ", dir_); }
+
+ private:
+  std::string dir_;
+  int import_lock_;
+  int server_lock_;
+  std::shared_ptr<const policy::PolicySet> set_;
+  std::shared_ptr<const core::ActionCatalog> catalog_;
+  std::unique_ptr<ledger::Ledger> ledger_;
+};
+
+}  // namespace
+
+absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
+                                const std::string& holder_message) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", std::strerror(errno)));
+  }
+  std::string path = absl::StrCat(dir, "/", file);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    ::close(fd);
+    if (e == EWOULDBLOCK) return absl::FailedPreconditionError(holder_message);
+    return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(e)));
+  }
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& options) {
+  QUELL_ASSIGN_OR_RETURN(
+      int import_lock,
+      LockDataDir(options.data_dir, "import.lock",
+                  absl::StrCat("another quell import is writing ", options.data_dir)));
+  auto server_lock = LockDataDir(
+      options.data_dir, "server.lock",
+      absl::StrCat("a quell server owns ", options.data_dir,
+                   ": import through it with --server URL --key KEY"));
+  if (!server_lock.ok()) {
+    ::close(import_lock);
+    return server_lock.status();
+  }
+  auto sink = std::make_unique<DirectSink>(options.data_dir, import_lock, *server_lock);
+  QUELL_RETURN_IF_ERROR(sink->Init(options));
+  return std::unique_ptr<Sink>(std::move(sink));
+}
+
+}  // namespace quell::importer

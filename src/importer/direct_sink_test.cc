@@ -1,0 +1,282 @@
+// Imports into a real data directory (embedded SQLite store): counts, rejects, batch ids
+// on mitigations, idempotent re-import, interrupted + resumed == uninterrupted, the dry
+// run's preview (and that it writes nothing), and the data-directory lock.
+#include <set>
+
+#include "gtest/gtest.h"
+#include "importer/importer.h"
+#include "importer/sink.h"
+#include "importer/test_util.h"
+#include "ledger/ledger.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "workflow/policies.h"
+
+namespace quell::importer {
+namespace {
+
+constexpr char kPolicies[] = R"(actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+lists:
+  - {name: vip, protected: true}
+breakers:
+  - {name: suspend-rate, action: suspend, limit: 1, window: 10m}
+  - {name: all, limit: 1000, window: 1h}
+policies:
+  - id: bot
+    mode: enforce
+    on: detection
+    when: detection.score >= 0.9
+    action: exclude_royalties
+    escalate: [{after: 2, action: suspend}]
+  - id: watch
+    mode: shadow
+    on: detection
+    when: detection.score >= 0.5 && detection.score < 0.9
+    action: flag
+)";
+
+std::string Row(const std::string& id, const std::string& entity, double score) {
+  return "{\"id\":\"" + id + "\",\"source\":\"model\",\"type\":\"bot\",\"entity\":\"" + entity +
+         "\",\"score\":" + std::to_string(score) + ",\"observed_at\":\"2024-05-01T10:00:00Z\"}\n";
+}
+
+void Setup(const std::string& dir) {
+  ledger::SqliteOptions so;
+  so.path = dir;
+  auto store = ledger::OpenSqliteStore(so);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, core::RealClock::Get());
+  ASSERT_TRUE(ledger.ok());
+  ASSERT_TRUE((*ledger)->SubmitAndWait(workflow::PublishPolicySet(kPolicies, "test", std::make_shared<int64_t>())).ok());
+  ASSERT_TRUE((*ledger)
+                  ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
+                    ledger::Change c;
+                    c.kind = ledger::ChangeKind::kList;
+                    c.actor = "test";
+                    c.payload = R"({"list":"vip","add":["user:vip"],"protected":true})";
+                    return txn.Append(c, nullptr).status();
+                  })
+                  .ok());
+}
+
+std::unique_ptr<ledger::Store> OpenStore(const std::string& dir) {
+  ledger::SqliteOptions so;
+  so.path = dir;
+  return *ledger::OpenSqliteStore(so);
+}
+
+// What an import leaves: mitigations without their ids and times.
+std::multiset<std::string> State(const std::string& dir, std::string* batch = nullptr) {
+  auto store = OpenStore(dir);
+  std::multiset<std::string> out;
+  ledger::MitigationQuery q;
+  q.limit = 1000;
+  for (;;) {
+    auto page = store->ListMitigations(q);
+    EXPECT_TRUE(page.ok());
+    for (const core::Mitigation& m : page->mitigations) {
+      std::string d;
+      for (const auto& id : m.detections) d += id + ",";
+      out.insert(m.entity.str() + " " + m.action + " " + std::string(core::StateName(m.state)) + " " + m.policy +
+                 " [" + d + "]");
+      if (batch != nullptr) *batch = m.batch;
+    }
+    if (page->next_cursor.empty()) break;
+    q.cursor = page->next_cursor;
+  }
+  return out;
+}
+
+ImportOptions Options(const std::string& dir, const std::string& file) {
+  ImportOptions o;
+  o.files = {file};
+  o.data_dir = dir + "/var";
+  o.notes_out = stderr;
+  o.batch_rows = 7;  // many batches, several in flight
+  return o;
+}
+
+std::string MixedFile() {
+  std::string f;
+  for (int i = 0; i < 200; ++i) {
+    f += Row("d" + std::to_string(i), "user:u" + std::to_string(i % 37), (i % 10) / 10.0 + 0.05);
+    if (i % 50 == 3) f += "{\"id\": broken\n";
+  }
+  return f;
+}
+
+TEST(DirectImportTest, CountsRejectsBatchAndIdempotentReimport) {
+  std::string dir = testing::TempDir("direct");
+  Setup(dir + "/var");
+  std::string file = dir + "/in.ndjson.zst";
+  testing::WriteFile(file, testing::Zstd(MixedFile()));
+  ImportResult r = Import(Options(dir, file));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.counts.read, 204);
+  EXPECT_EQ(r.counts.accepted, 200);
+  EXPECT_EQ(r.counts.duplicate, 0);
+  EXPECT_EQ(r.counts.rejected, 4);
+  EXPECT_GT(r.counts.decisions["active"], 0);
+  EXPECT_GT(r.counts.decisions["shadow"], 0);
+  EXPECT_EQ(r.batch.substr(0, 2), "b_");
+  std::string rejects = testing::ReadFileOrEmpty(r.rejects_path);
+  EXPECT_NE(rejects.find("\"line\":5,\"error\":\"invalid JSON"), std::string::npos) << rejects;
+  EXPECT_EQ(std::count(rejects.begin(), rejects.end(), '\n'), 4);
+  EXPECT_FALSE(ReadCheckpoint(r.checkpoint_path)->has_value());  // removed after a complete run
+
+  std::string batch;
+  auto state = State(dir + "/var", &batch);
+  EXPECT_FALSE(state.empty());
+  EXPECT_EQ(batch, r.batch);  // mitigations carry the import's batch
+  auto seq = OpenStore(dir + "/var")->LastSeq();
+
+  ImportResult again = Import(Options(dir, file));
+  ASSERT_TRUE(again.status.ok()) << again.status;
+  EXPECT_EQ(again.counts.accepted, 0);
+  EXPECT_EQ(again.counts.duplicate, 200);
+  EXPECT_EQ(again.counts.rejected, 4);
+  EXPECT_EQ(State(dir + "/var"), state);
+  EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), *seq);
+}
+
+TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
+  std::string dir = testing::TempDir("resume");
+  Setup(dir + "/a/var");
+  Setup(dir + "/b/var");
+  std::string file = dir + "/in.ndjson.gz";
+  testing::WriteFile(file, testing::Gzip(MixedFile()));
+  ASSERT_TRUE(Import(Options(dir + "/a", file)).status.ok());
+
+  ImportOptions o = Options(dir + "/b", file);
+  o.rejects_path = dir + "/b/rejects.ndjson";
+  o.stop_after_rows_for_test = 90;
+  ImportResult first = Import(o);
+  ASSERT_EQ(first.status.code(), absl::StatusCode::kCancelled) << first.status;
+  auto cp = ReadCheckpoint(dir + "/b/rejects.ndjson.quell-checkpoint");
+  ASSERT_TRUE(cp.ok() && cp->has_value());
+  EXPECT_GT((*cp)->offset, 0u);
+  EXPECT_EQ((*cp)->batch, first.batch);
+
+  // A second run without --resume refuses to start over silently.
+  o.stop_after_rows_for_test = -1;
+  ImportResult refused = Import(o);
+  EXPECT_TRUE(refused.refused);
+  EXPECT_NE(std::string(refused.status.message()).find("--resume"), std::string::npos);
+
+  o.resume = true;
+  ImportResult second = Import(o);
+  ASSERT_TRUE(second.status.ok()) << second.status;
+  EXPECT_EQ(second.batch, first.batch);  // one batch across the resume
+  EXPECT_EQ(second.counts.read, 204);
+  EXPECT_EQ(second.counts.accepted + second.counts.duplicate, 200);
+  EXPECT_EQ(second.counts.rejected, 4);
+  std::string rejects = testing::ReadFileOrEmpty(o.rejects_path);
+  EXPECT_EQ(std::count(rejects.begin(), rejects.end(), '\n'), 4) << rejects;  // none twice
+  EXPECT_EQ(State(dir + "/b/var"), State(dir + "/a/var"));
+}
+
+TEST(DirectImportTest, ReplayingAcknowledgedRowsChangesNothing) {
+  // A checkpoint older than what was applied (a crash between commit and checkpoint):
+  // the replayed rows come back as duplicates and the state is the same.
+  std::string dir = testing::TempDir("replay");
+  Setup(dir + "/a/var");
+  Setup(dir + "/b/var");
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, MixedFile());
+  ASSERT_TRUE(Import(Options(dir + "/a", file)).status.ok());
+  ImportOptions o = Options(dir + "/b", file);
+  o.stop_after_rows_for_test = 150;
+  ASSERT_EQ(Import(o).status.code(), absl::StatusCode::kCancelled);
+  const std::string cp_path = file + ".quell-checkpoint";
+  auto cp = ReadCheckpoint(cp_path);
+  ASSERT_TRUE(cp.ok() && cp->has_value()) << cp.status();
+  Checkpoint rewound = **cp;
+  rewound.offset = 0;
+  rewound.line = 0;
+  rewound.rows = 0;
+  rewound.rejects_bytes = 0;
+  rewound.counts = Counts{};
+  ASSERT_TRUE(WriteCheckpoint(cp_path, rewound).ok());
+  o.stop_after_rows_for_test = -1;
+  o.resume = true;
+  ImportResult r = Import(o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_GT(r.counts.duplicate, 100);
+  EXPECT_EQ(r.counts.accepted + r.counts.duplicate, 200);
+  EXPECT_EQ(State(dir + "/b/var"), State(dir + "/a/var"));
+}
+
+TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
+  std::string dir = testing::TempDir("dryrun");
+  Setup(dir + "/var");
+  std::string before = dir + "/before.ndjson";
+  testing::WriteFile(before, Row("p1", "user:a", 0.95));
+  ASSERT_TRUE(Import(Options(dir, before)).status.ok());
+  auto seq = *OpenStore(dir + "/var")->LastSeq();
+
+  std::string file = dir + "/preview.ndjson";
+  std::string rows = Row("x1", "user:a", 0.95) + Row("x2", "user:vip", 0.95) + Row("x3", "user:c", 0.6) + "nope\n";
+  for (const std::string& u : {"user:b", "user:d"}) {
+    for (int i = 0; i < 3; ++i) rows += Row(std::string("y") + u + std::to_string(i), u, 0.97);
+  }
+  testing::WriteFile(file, rows);
+  ImportOptions o = Options(dir, file);
+  o.dry_run = true;
+  ImportResult r = Import(o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(r.dry_run);
+  const DryRunReport& d = *r.dry_run;
+  EXPECT_EQ(d.seq, seq);
+  EXPECT_EQ(r.counts.rejected, 1);
+  EXPECT_EQ(d.already, 1);     // user:a has exclude_royalties
+  EXPECT_EQ(d.protected_, 1);  // user:vip
+  EXPECT_EQ(d.shadow, 1);      // user:c flag
+  EXPECT_EQ(d.new_by_action.at("exclude_royalties"), 2);  // b, d
+  EXPECT_EQ(d.new_by_action.at("suspend"), 2);            // their 3rd hits escalate
+  EXPECT_EQ(d.new_by_policy.at("bot"), 4);
+  EXPECT_EQ(d.new_total, 4);
+  ASSERT_EQ(d.breakers.size(), 2u);
+  EXPECT_EQ(d.breakers[0].name, "suspend-rate");
+  EXPECT_EQ(d.breakers[0].would_add, 2);
+  EXPECT_TRUE(d.breakers[0].would_open);
+  EXPECT_FALSE(d.breakers[1].would_open);
+  EXPECT_NE(DryRunText(d).find("OPEN   suspend-rate"), std::string::npos) << DryRunText(d);
+  EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), seq);  // nothing written
+  EXPECT_FALSE(ReadCheckpoint(file + ".quell-checkpoint")->has_value());
+}
+
+TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
+  std::string dir = testing::TempDir("lock");
+  Setup(dir + "/var");
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, Row("d1", "user:a", 0.95));
+  auto held = LockDataDir(dir + "/var", "server.lock", "held by the test");
+  ASSERT_TRUE(held.ok());
+  ImportResult r = Import(Options(dir, file));
+  EXPECT_TRUE(r.refused);
+  EXPECT_NE(std::string(r.status.message()).find("a quell server owns"), std::string::npos) << r.status;
+  ::close(*held);
+  EXPECT_TRUE(Import(Options(dir, file)).status.ok());
+}
+
+TEST(DirectImportTest, BadInputRefusesBeforeWriting) {
+  std::string dir = testing::TempDir("refuse");
+  Setup(dir + "/var");
+  auto seq = *OpenStore(dir + "/var")->LastSeq();
+  std::string empty = dir + "/empty.ndjson", good = dir + "/good.ndjson", header = dir + "/h.csv";
+  testing::WriteFile(empty, "");
+  testing::WriteFile(good, Row("d1", "user:a", 0.95));
+  testing::WriteFile(header, "id,source,colour\n");
+  for (const auto& files : std::vector<std::vector<std::string>>{{good, empty}, {good, header}}) {
+    ImportOptions o = Options(dir, good);
+    o.files = files;
+    ImportResult r = Import(o);
+    EXPECT_TRUE(r.refused) << r.status;
+    EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), seq);
+  }
+}
+
+}  // namespace
+}  // namespace quell::importer

@@ -1,0 +1,231 @@
+#include "importer/dry_run.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/mitigation.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "workflow/decisions.h"
+
+namespace quell::importer {
+
+// Committed state through the store's reads; lists from the memberships loaded once.
+class DryRun::Env final : public policy::Environment {
+ public:
+  explicit Env(const DryRun& owner) : owner_(owner) {}
+  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  bool InList(std::string_view list, std::string_view entity) override {
+    return owner_.memberships_.contains(absl::StrCat(AV(list), "\n", AV(entity)));
+  }
+  bool Active(std::string_view entity, std::string_view action) override {
+    if (owner_.store_ == nullptr) return false;
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return false;
+    ledger::MitigationQuery q;
+    q.entity = *e;
+    q.action = std::string(action);
+    q.state = core::MitigationState::kActive;
+    q.limit = 1;
+    auto page = owner_.store_->ListMitigations(q);
+    return page.ok() && !page->mitigations.empty();
+  }
+  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
+    if (owner_.store_ == nullptr) return 0;
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return 0;
+    auto n = owner_.store_->CountMitigations(*e, "", action, owner_.now_ - window, true);
+    return n.ok() ? *n : 0;
+  }
+
+ private:
+  const DryRun& owner_;
+};
+
+DryRun::DryRun(std::shared_ptr<const policy::PolicySet> set, ledger::Store* store)
+    : set_(std::move(set)), store_(store), now_(absl::Now()) {}
+
+absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const policy::PolicySet> set,
+                                                       ledger::Store* store) {
+  std::unique_ptr<DryRun> d(new DryRun(std::move(set), store));
+  if (d->set_ != nullptr) {
+    d->report_.policy_version = d->set_->version();
+    for (const policy::ListDef& l : d->set_->lists()) {
+      if (l.is_protected) d->protected_lists_.push_back(l.name);
+    }
+  }
+  if (store != nullptr) {
+    QUELL_ASSIGN_OR_RETURN(d->report_.seq, store->LastSeq());
+    QUELL_ASSIGN_OR_RETURN(auto lists, store->Lists());
+    for (const ledger::ListInfo& l : lists) {
+      if (l.is_protected &&
+          std::find(d->protected_lists_.begin(), d->protected_lists_.end(), l.name) == d->protected_lists_.end()) {
+        d->protected_lists_.push_back(l.name);
+      }
+    }
+    QUELL_RETURN_IF_ERROR(store
+                              ->ScanListEntries([&](std::string_view list, std::string_view entity) {
+                                d->memberships_.insert(absl::StrCat(AV(list), "\n", AV(entity)));
+                                return absl::OkStatus();
+                              })
+                              .status());
+  }
+  return d;
+}
+
+bool DryRun::IsProtected(const std::string& entity, std::string* list) const {
+  for (const std::string& l : protected_lists_) {
+    if (memberships_.contains(absl::StrCat(l, "\n", entity))) {
+      *list = l;
+      return true;
+    }
+  }
+  return false;
+}
+
+void DryRun::Add(const engine::Detection& d) {
+  ++report_.rows;
+  if (set_ == nullptr) return;
+  Env env(*this);
+  engine::Evaluation ev = engine::Evaluate(*set_, d, env, now_);
+  for (const engine::Proposal& p : ev.proposals) {
+    const std::string entity = p.entity.str();
+    if (p.shadow) {
+      if (seen_.insert(absl::StrCat(entity, "\n", p.action, "\nshadow")).second) ++report_.shadow;
+      continue;
+    }
+    int64_t prior = 0;
+    std::string hit_key = absl::StrCat(entity, "\n", p.policy);
+    if (!p.escalate.empty()) {
+      if (store_ != nullptr) {
+        auto committed = workflow::PriorHitsCommitted(*store_, p, now_);
+        if (committed.ok()) prior = *committed;
+      }
+      auto it = hits_.find(hit_key);
+      if (it != hits_.end()) prior += it->second;
+      ++hits_[hit_key];
+    }
+    const std::string& action = engine::EscalatedAction(p, prior);
+    if (!seen_.insert(absl::StrCat(entity, "\n", action)).second) continue;  // extended, not new
+    if (env.Active(entity, action)) {
+      ++report_.already;
+      continue;
+    }
+    std::string list;
+    if (IsProtected(entity, &list)) {
+      ++report_.protected_;
+      ++report_.protected_by_list[list];
+      continue;
+    }
+    ++report_.new_total;
+    ++report_.new_by_action[action];
+    ++report_.new_by_policy[p.policy];
+    ++new_by_source_[d.source];
+  }
+}
+
+DryRunReport DryRun::Report() const {
+  DryRunReport r = report_;
+  if (set_ == nullptr) return r;
+  auto get = [](const std::map<std::string, int64_t>& m, const std::string& k) {
+    auto it = m.find(k);
+    return it == m.end() ? int64_t{0} : it->second;
+  };
+  for (const policy::BreakerDef& b : set_->breakers()) {
+    BreakerImpact bi;
+    bi.name = b.name;
+    bi.limit = b.limit;
+    bi.window = core::DurationString(b.window);
+    switch (b.scope) {
+      case policy::BreakerDef::Scope::kGlobal:
+        bi.scope = "global";
+        bi.would_add = r.new_total;
+        break;
+      case policy::BreakerDef::Scope::kPolicy:
+        bi.scope = absl::StrCat("policy ", b.scope_value);
+        bi.would_add = get(r.new_by_policy, b.scope_value);
+        break;
+      case policy::BreakerDef::Scope::kAction:
+        bi.scope = absl::StrCat("action ", b.scope_value);
+        bi.would_add = get(r.new_by_action, b.scope_value);
+        break;
+      case policy::BreakerDef::Scope::kSource:
+        bi.scope = absl::StrCat("source ", b.scope_value);
+        bi.would_add = get(new_by_source_, b.scope_value);
+        break;
+    }
+    bi.would_open = bi.would_add > bi.limit;
+    r.breakers.push_back(std::move(bi));
+  }
+  return r;
+}
+
+namespace {
+
+std::string Tally(const std::map<std::string, int64_t>& m) {
+  std::string out;
+  for (const auto& [k, n] : m) absl::StrAppend(&out, out.empty() ? "" : ", ", k, " ", n);
+  return out.empty() ? "-" : out;
+}
+
+void JsonMap(const std::map<std::string, int64_t>& m, std::string* out) {
+  *out += '{';
+  bool first = true;
+  for (const auto& [k, n] : m) {
+    if (!first) *out += ',';
+    first = false;
+    core::AppendJsonString(k, out);
+    absl::StrAppend(out, ":", n);
+  }
+  *out += '}';
+}
+
+}  // namespace
+
+std::string DryRunText(const DryRunReport& r) {
+  std::string out = absl::StrCat("dry run against policy set v", r.policy_version,
+                                 " (ledger seq ", r.seq, "; nothing was written)\n");
+  if (r.policy_version == 0) out += "  no policy set: nothing would be mitigated\n";
+  absl::StrAppend(&out, "  would newly mitigate: ", r.new_total, "\n");
+  absl::StrAppend(&out, "    per action: ", Tally(r.new_by_action), "\n");
+  absl::StrAppend(&out, "    per policy: ", Tally(r.new_by_policy), "\n");
+  absl::StrAppend(&out, "  already mitigated:    ", r.already, "\n");
+  absl::StrAppend(&out, "  protected (would go to review): ", r.protected_);
+  if (!r.protected_by_list.empty()) absl::StrAppend(&out, " (", Tally(r.protected_by_list), ")");
+  absl::StrAppend(&out, "\n  shadow (recorded, never enforced): ", r.shadow, "\n");
+  int open = 0;
+  for (const BreakerImpact& b : r.breakers) open += b.would_open;
+  absl::StrAppend(&out, "  breakers that would open: ", open, "\n");
+  for (const BreakerImpact& b : r.breakers) {
+    absl::StrAppend(&out, "    ", b.would_open ? "OPEN   " : "closed ", b.name, " (", b.scope, "): +",
+                    b.would_add, " vs limit ", b.limit, " per ", b.window, "\n");
+  }
+  return out;
+}
+
+std::string DryRunJson(const DryRunReport& r) {
+  std::string out = absl::StrCat("{\"policy_version\":", r.policy_version, ",\"seq\":", r.seq,
+                                 ",\"rows\":", r.rows, ",\"new\":{\"total\":", r.new_total, ",\"by_action\":");
+  JsonMap(r.new_by_action, &out);
+  out += ",\"by_policy\":";
+  JsonMap(r.new_by_policy, &out);
+  absl::StrAppend(&out, "},\"already\":", r.already, ",\"protected\":{\"total\":", r.protected_, ",\"by_list\":");
+  JsonMap(r.protected_by_list, &out);
+  absl::StrAppend(&out, "},\"shadow\":", r.shadow, ",\"breakers\":[");
+  for (size_t i = 0; i < r.breakers.size(); ++i) {
+    const BreakerImpact& b = r.breakers[i];
+    if (i) out += ',';
+    out += "{\"name\":";
+    core::AppendJsonString(b.name, &out);
+    out += ",\"scope\":";
+    core::AppendJsonString(b.scope, &out);
+    absl::StrAppend(&out, ",\"limit\":", b.limit, ",\"window\":\"", b.window, "\",\"would_add\":", b.would_add,
+                    ",\"would_open\":", b.would_open ? "true" : "false", "}");
+  }
+  out += "]}";
+  return out;
+}
+
+}  // namespace quell::importer

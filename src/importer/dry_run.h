@@ -1,0 +1,85 @@
+// The impact preview of `quell import --dry-run`: every row is evaluated against the
+// active (or a given) policy set and the state of the data directory, and the would-be
+// decisions are tallied — nothing is written.
+//
+// Counted per (entity, action) once, as the real import would create one mitigation and
+// extend it for the repeats: "new" (would be mitigated, per action and per policy),
+// "already" (the same action is active on the entity now), "protected" (the entity is on
+// a protected list: would go to review), "shadow" (shadow policies: recorded, never
+// enforced). Escalation counts earlier hits in the store and in the file. Breakers: the
+// new mitigations per breaker scope (global, policy, action, source) against the set's
+// limits; a breaker "would open" when this import alone exceeds its limit.
+//
+// Thread-safety: confined to one thread. Borrows the store (may be null: empty state).
+#ifndef QUELL_IMPORTER_DRY_RUN_H_
+#define QUELL_IMPORTER_DRY_RUN_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "ledger/store.h"
+#include "policy/policy_set.h"
+
+namespace quell::importer {
+
+struct BreakerImpact {
+  std::string name;
+  std::string scope;  // "global", "policy bot-x", "action suspend", "source s"
+  int64_t limit = 0;
+  std::string window;
+  int64_t would_add = 0;
+  bool would_open = false;
+};
+
+struct DryRunReport {
+  int64_t policy_version = 0;  // 0: no policy set
+  int64_t seq = 0;             // the ledger seq seen (unchanged by a dry run)
+  int64_t rows = 0;            // valid rows evaluated
+  int64_t new_total = 0;
+  std::map<std::string, int64_t> new_by_action;
+  std::map<std::string, int64_t> new_by_policy;
+  int64_t already = 0;
+  int64_t protected_ = 0;
+  std::map<std::string, int64_t> protected_by_list;
+  int64_t shadow = 0;
+  std::vector<BreakerImpact> breakers;
+};
+
+class DryRun {
+ public:
+  //! `store` may be null (no data directory). Loads list memberships once.
+  static absl::StatusOr<std::unique_ptr<DryRun>> Create(std::shared_ptr<const policy::PolicySet> set,
+                                                        ledger::Store* store);
+  void Add(const engine::Detection& d);
+  DryRunReport Report() const;
+
+ private:
+  class Env;
+  DryRun(std::shared_ptr<const policy::PolicySet> set, ledger::Store* store);
+  bool IsProtected(const std::string& entity, std::string* list) const;
+
+  std::shared_ptr<const policy::PolicySet> set_;
+  ledger::Store* store_;
+  absl::Time now_;
+  absl::flat_hash_set<std::string> memberships_;  // "list\nentity"
+  std::vector<std::string> protected_lists_;
+  absl::flat_hash_set<std::string> seen_;          // "entity\naction" decided in this file
+  absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
+  DryRunReport report_;
+  std::map<std::string, int64_t> new_by_source_;
+};
+
+//! Text for people (several lines) and JSON.
+std::string DryRunText(const DryRunReport& r);
+std::string DryRunJson(const DryRunReport& r);
+
+}  // namespace quell::importer
+
+#endif  // QUELL_IMPORTER_DRY_RUN_H_

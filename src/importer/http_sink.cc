@@ -1,0 +1,208 @@
+// HttpSink: batches to POST /v1/detections, one keep-alive connection per worker thread,
+// so `connections` batches are in flight. Overload (429/503) and connection errors —
+// a server restarting mid-import — are retried with backoff for `retry_for`: batches
+// are idempotent per (source, id), so a batch that was applied but not answered is
+// simply reported as duplicates the second time.
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "api/detection_codec.h"
+#include "core/strings.h"
+#include "importer/internal/http_client.h"
+#include "importer/sink.h"
+#include "rapidjson/document.h"
+
+namespace quell::importer {
+namespace {
+
+using internal::HttpConnection;
+using internal::HttpResponse;
+
+struct Job {
+  std::vector<engine::Detection> detections;
+  std::function<void(BatchResult)> done;
+};
+
+std::string ErrorMessage(const rapidjson::Value& item) {
+  auto e = item.FindMember("error");
+  if (e != item.MemberEnd() && e->value.IsObject()) {
+    auto m = e->value.FindMember("message");
+    if (m != e->value.MemberEnd() && m->value.IsString()) return m->value.GetString();
+  }
+  return "rejected by the server";
+}
+
+// {"results": [...]} -> one ItemResult per detection.
+absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, size_t expected,
+                                                     const std::vector<std::string>& rows) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return absl::DataLossError("malformed reply from the server");
+  auto results = doc.FindMember("results");
+  if (results == doc.MemberEnd() || !results->value.IsArray() || results->value.Size() != expected) {
+    return absl::DataLossError("the server's reply does not carry one result per detection");
+  }
+  std::vector<ItemResult> items(expected);
+  for (rapidjson::SizeType i = 0; i < results->value.Size(); ++i) {
+    const rapidjson::Value& r = results->value[i];
+    ItemResult& it = items[i];
+    std::string status;
+    if (auto s = r.FindMember("status"); s != r.MemberEnd() && s->value.IsString()) status = s->value.GetString();
+    if (status == "duplicate") {
+      it.status = ItemResult::Status::kDuplicate;
+    } else if (status == "accepted") {
+      it.status = ItemResult::Status::kAccepted;
+      auto ds = r.FindMember("decisions");
+      if (ds != r.MemberEnd() && ds->value.IsArray()) {
+        for (const rapidjson::Value& d : ds->value.GetArray()) {
+          auto st = d.FindMember("state");
+          if (st != d.MemberEnd() && st->value.IsString()) it.states.emplace_back(st->value.GetString());
+        }
+      }
+    } else {
+      it.status = ItemResult::Status::kRejected;
+      it.error = ErrorMessage(r);
+      it.row = rows[i];
+    }
+  }
+  return items;
+}
+
+std::string ReplyError(const HttpResponse& r) {
+  rapidjson::Document doc;
+  doc.Parse(r.body.data(), r.body.size());
+  if (!doc.HasParseError() && doc.IsObject()) {
+    std::string m = ErrorMessage(doc);
+    if (m != "rejected by the server") return absl::StrCat("HTTP ", r.status, ": ", m);
+  }
+  return absl::StrCat("HTTP ", r.status, ": ", r.body.substr(0, 200));
+}
+
+class HttpSink final : public Sink {
+ public:
+  HttpSink(const HttpSinkOptions& options, internal::Url url) : options_(options), url_(std::move(url)) {}
+
+  ~HttpSink() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+
+  absl::Status Start() {
+    // One request up front, so a wrong address or key fails before any row is read.
+    HttpConnection probe(url_);
+    // An empty batch: authentication and the submit permission are checked, nothing is
+    // written (the reply is 400 "must not be empty").
+    auto r = probe.Request("POST", "/v1/detections", AuthHeaders(), "{\"detections\":[]}");
+    if (!r.ok()) return r.status();
+    if (r->status == 401 || r->status == 403) {
+      return absl::PermissionDeniedError(absl::StrCat("the server refused the key: ", ReplyError(*r)));
+    }
+    for (int i = 0; i < std::max(1, options_.connections); ++i) {
+      workers_.emplace_back([this] { Work(); });
+    }
+    return absl::OkStatus();
+  }
+
+  void Send(std::vector<engine::Detection> detections, std::function<void(BatchResult)> done) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(Job{std::move(detections), std::move(done)});
+    }
+    cv_.notify_one();
+  }
+
+  std::string Describe() const override { return absl::StrCat("server ", options_.url); }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> AuthHeaders() const {
+    return {{"Authorization", absl::StrCat("Bearer ", options_.key)},
+            {"Content-Type", "application/json"}};
+  }
+
+  void Work() {
+    HttpConnection conn(url_);
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job.done(Post(conn, job.detections));
+    }
+  }
+
+  BatchResult Post(HttpConnection& conn, const std::vector<engine::Detection>& detections) {
+    std::vector<std::string> rows;
+    rows.reserve(detections.size());
+    std::string body = "{\"detections\":[";
+    for (size_t i = 0; i < detections.size(); ++i) {
+      rows.push_back(api::DetectionToJson(detections[i]));
+      if (i) body += ',';
+      body += rows.back();
+    }
+    body += "]}";
+    BatchResult result;
+    const absl::Time give_up = absl::Now() + options_.retry_for;
+    absl::Duration backoff = absl::Milliseconds(100);
+    for (;;) {
+      auto r = conn.Request("POST", "/v1/detections", AuthHeaders(), body);
+      absl::Status retryable;
+      if (!r.ok()) {
+        retryable = r.status();
+      } else if (r->status == 200 || (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
+        auto items = ParseResults(r->body, detections.size(), rows);
+        if (!items.ok()) {
+          result.status = items.status();
+        } else {
+          result.items = *std::move(items);
+        }
+        return result;
+      } else if (r->status == 429 || r->status == 502 || r->status == 503 || r->status == 504) {
+        retryable = absl::UnavailableError(ReplyError(*r));
+      } else {
+        std::string hint = r->status == 413 ? " (lower --batch-rows)" : "";
+        result.status = absl::FailedPreconditionError(
+            absl::StrCat("the server refused a batch: ", ReplyError(*r), hint));
+        return result;
+      }
+      if (absl::Now() + backoff > give_up) {
+        result.status = absl::UnavailableError(absl::StrCat(
+            "the server did not take a batch within ", absl::FormatDuration(options_.retry_for),
+            " (--retry-for): ", retryable.message()));
+        return result;
+      }
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+    }
+  }
+
+  HttpSinkOptions options_;
+  internal::Url url_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;  // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Sink>> OpenHttpSink(const HttpSinkOptions& options) {
+  auto url = internal::ParseUrl(options.url);
+  if (!url.ok()) return url.status();
+  auto sink = std::make_unique<HttpSink>(options, *url);
+  if (auto s = sink->Start(); !s.ok()) return s;
+  return std::unique_ptr<Sink>(std::move(sink));
+}
+
+}  // namespace quell::importer

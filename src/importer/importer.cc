@@ -1,0 +1,553 @@
+// The import loop: read and decode rows on this thread, send full batches to the sink
+// (up to `in_flight` unacknowledged), and acknowledge them strictly in order — counts,
+// rejects and the checkpoint only ever describe a prefix of the input that the sink has
+// made durable. An interruption anywhere leaves a checkpoint at such a prefix; rows after
+// it are replayed on resume and come back as duplicates if they had been applied.
+#include "importer/importer.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "core/ids.h"
+#include "core/mitigation.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "importer/reader.h"
+#include "importer/sink.h"
+#include "ledger/sqlite/sqlite_store.h"
+
+namespace quell::importer {
+namespace {
+
+// A row that goes to the rejects file.
+struct Reject {
+  int64_t line = 0;
+  std::string error;
+  std::string text;
+};
+
+struct Mark {
+  int64_t file = 0;
+  Position pos;
+};
+
+struct Pending {
+  uint64_t seq = 0;
+  Mark mark;                  // where the input stands after this batch
+  std::vector<int64_t> lines;  // of the detections sent, in order
+  std::vector<Reject> rejects;  // rows rejected while reading
+  int64_t read = 0;           // rows read into this batch (valid or not)
+  std::string file;
+};
+
+// Replaces invalid UTF-8 so the rejects file stays valid JSON.
+std::string ValidUtf8(std::string_view s) {
+  std::string out;
+  while (!s.empty()) {
+    auto bad = FindInvalidUtf8(s);
+    if (!bad) {
+      out.append(s);
+      break;
+    }
+    out.append(s.substr(0, *bad));
+    out.append("\xEF\xBF\xBD");
+    s.remove_prefix(*bad + 1);
+  }
+  return out;
+}
+
+int64_t FileSize(const std::string& path) {
+  struct stat st;
+  if (path == "-" || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+  return st.st_size;
+}
+
+class Run {
+ public:
+  explicit Run(const ImportOptions& o) : o_(o), progress_(o.progress_out, o.progress) {}
+
+  ImportResult Go() {
+    const absl::Time start = absl::Now();
+    absl::Status s = GoInner();
+    res_.status = s;
+    res_.elapsed = absl::Now() - start;
+    res_.rows_this_run = rows_this_run_;
+    res_.bytes = bytes_done_;
+    progress_.Finish();
+    return std::move(res_);
+  }
+
+ private:
+  absl::Status Refuse(absl::Status s) {
+    res_.refused = true;
+    return s;
+  }
+
+  absl::Status GoInner() {
+    if (o_.files.empty()) return Refuse(absl::InvalidArgumentError("no input files (use - for standard input)"));
+    const std::string& first = o_.files[0];
+    res_.rejects_path = !o_.rejects_path.empty() ? o_.rejects_path
+                        : first == "-"         ? std::string("quell-import.rejects.ndjson")
+                                               : absl::StrCat(first, ".rejects.ndjson");
+    res_.checkpoint_path = !o_.checkpoint_path.empty()
+                               ? o_.checkpoint_path
+                               : absl::StrCat(!o_.rejects_path.empty() ? o_.rejects_path
+                                              : first == "-"          ? std::string("quell-import")
+                                                                      : first,
+                                              ".quell-checkpoint");
+    // 1. Every input is opened and its header or schema checked before anything is
+    //    written: a wrong container, compression or schema refuses the whole run.
+    ReaderOptions ro;
+    ro.max_row_bytes = o_.max_row_bytes;
+    ro.decode.now = absl::Now();
+    std::optional<uint64_t> total = 0;
+    for (const std::string& path : o_.files) {
+      auto src = ByteSource::Open(path);
+      if (!src.ok()) return Refuse(src.status());
+      if (!(*src)->raw_size()) total.reset();
+      if (total) *total += *(*src)->raw_size();
+      auto format = DetectFormat(**src, path, o_.format);
+      if (!format.ok()) return Refuse(format.status());
+      auto reader = RowReader::Open(*std::move(src), *format, ro);
+      if (!reader.ok()) return Refuse(reader.status());
+      readers_.push_back(*std::move(reader));
+    }
+    progress_.SetTotal(total);
+    if (o_.dry_run) return DryRunAll();
+
+    // 2. The checkpoint: continue it, or refuse to silently start over.
+    Checkpoint cp;
+    QUELL_ASSIGN_OR_RETURN(auto existing, ReadCheckpoint(res_.checkpoint_path));
+    if (o_.resume) {
+      if (!existing) {
+        return Refuse(absl::FailedPreconditionError(
+            absl::StrCat("--resume: no checkpoint at ", res_.checkpoint_path, " (nothing to resume)")));
+      }
+      cp = *existing;
+      if (cp.files != o_.files) {
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "--resume: the checkpoint ", res_.checkpoint_path, " is for other files")));
+      }
+      for (size_t i = 0; i < o_.files.size(); ++i) {
+        if (cp.sizes[i] != FileSize(o_.files[i])) {
+          return Refuse(absl::FailedPreconditionError(absl::StrCat(
+              "--resume: ", o_.files[i], " changed size since the checkpoint (", cp.sizes[i], " -> ",
+              FileSize(o_.files[i]), " bytes)")));
+        }
+      }
+    } else {
+      if (existing) {
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "a checkpoint of an unfinished import (batch ", existing->batch, ") is at ", res_.checkpoint_path,
+            ": pass --resume to continue it, or delete the file to start over")));
+      }
+      cp.batch = core::NewId("b_", absl::Now());
+      cp.files = o_.files;
+      for (const std::string& f : o_.files) cp.sizes.push_back(FileSize(f));
+    }
+    res_.batch = cp.batch;
+    res_.counts = cp.counts;
+    acked_ = cp;
+
+    // 3. The sink (locks the data directory, or checks the server and the key).
+    if (!o_.server_url.empty()) {
+      HttpSinkOptions ho;
+      ho.url = o_.server_url;
+      ho.key = o_.key;
+      ho.connections = o_.in_flight;
+      ho.retry_for = o_.retry_for;
+      auto sink = OpenHttpSink(ho);
+      if (!sink.ok()) return Refuse(sink.status());
+      sink_ = *std::move(sink);
+    } else {
+      DirectSinkOptions dso;
+      dso.data_dir = o_.data_dir;
+      dso.durable = o_.durable;
+      auto sink = OpenDirectSink(dso);
+      if (!sink.ok()) return Refuse(sink.status());
+      sink_ = *std::move(sink);
+    }
+
+    // 4. Rejects file: a fresh run starts it empty; a resume cuts what was written after
+    //    the checkpoint (those rows are read again).
+    if (o_.resume) {
+      if (::truncate(res_.rejects_path.c_str(), static_cast<off_t>(cp.rejects_bytes)) != 0 && errno != ENOENT) {
+        return absl::InternalError(absl::StrCat("cannot truncate ", res_.rejects_path, ": ", std::strerror(errno)));
+      }
+      rejects_bytes_ = cp.rejects_bytes;
+      std::fprintf(o_.notes_out, "quell import: resuming batch %s at %s line %lld (%lld rows done)\n",
+                   cp.batch.c_str(), cp.file < static_cast<int64_t>(o_.files.size()) ? o_.files[cp.file].c_str() : "end",
+                   static_cast<long long>(cp.line), static_cast<long long>(cp.counts.read));
+    } else {
+      ::unlink(res_.rejects_path.c_str());
+      std::fprintf(o_.notes_out, "quell import: batch %s into %s\n", cp.batch.c_str(), sink_->Describe().c_str());
+    }
+    std::fflush(o_.notes_out);
+    QUELL_RETURN_IF_ERROR(SaveCheckpoint());
+
+    // 5. Read, send, acknowledge.
+    absl::Status read_status = ReadAll(cp);
+    WaitAll();
+    sink_.reset();  // a direct sink drains its ledger
+    absl::Status save = SaveCheckpoint();
+    if (!fatal_.ok()) return fatal_;
+    if (!read_status.ok()) return read_status;
+    QUELL_RETURN_IF_ERROR(save);
+    if (acked_.file == static_cast<int64_t>(o_.files.size())) {
+      QUELL_RETURN_IF_ERROR(RemoveCheckpoint(res_.checkpoint_path));
+    }
+    if (rejects_fd_ < 0 && rejects_bytes_ == 0) res_.rejects_path.clear();
+    if (rejects_fd_ >= 0) ::close(rejects_fd_);
+    return absl::OkStatus();
+  }
+
+  bool Stopping() const {
+    return (o_.stop != nullptr && o_.stop->load()) || !fatal_.ok() ||
+           (o_.stop_after_rows_for_test >= 0 && rows_this_run_ >= o_.stop_after_rows_for_test);
+  }
+
+  absl::Status ReadAll(const Checkpoint& cp) {
+    for (int64_t f = cp.file; f < static_cast<int64_t>(readers_.size()); ++f) {
+      RowReader& r = *readers_[f];
+      if (f == cp.file && (cp.offset > 0 || cp.rows > 0)) {
+        Position pos;
+        pos.offset = cp.offset;
+        pos.line = cp.line;
+        pos.rows = cp.rows;
+        QUELL_RETURN_IF_ERROR(r.SkipTo(pos));
+      }
+      auto cur = std::make_unique<Pending>();
+      cur->file = o_.files[f];
+      std::vector<engine::Detection> dets;
+      Row row;
+      for (;;) {
+        if (Stopping()) {
+          if (!fatal_.ok()) return absl::OkStatus();
+          return absl::CancelledError(absl::StrCat("interrupted: continue with --resume (checkpoint ",
+                                                   res_.checkpoint_path, ")"));
+        }
+        auto got = r.Next(&row);
+        if (!got.ok()) {
+          // The rows before stay imported (sent below); the checkpoint stops before the error.
+          cur->mark = {f, r.position()};
+          Submit(std::move(cur), std::move(dets));
+          return absl::Status(got.status().code(),
+                              absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
+                                           "checkpoint ", res_.checkpoint_path, " stops there"));
+        }
+        if (!*got) break;
+        ++cur->read;
+        ++rows_this_run_;
+        if (row.detection) {
+          row.detection->batch = res_.batch;
+          cur->lines.push_back(row.line);
+          dets.push_back(*std::move(row.detection));
+        } else {
+          cur->rejects.push_back(Reject{row.line, std::move(row.error), std::move(row.text)});
+        }
+        if (dets.size() + cur->rejects.size() >= o_.batch_rows) {
+          cur->mark = {f, r.position()};
+          Submit(std::move(cur), std::move(dets));
+          cur = std::make_unique<Pending>();
+          cur->file = o_.files[f];
+          dets = {};
+        }
+        if ((rows_this_run_ & 1023) == 0) progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));
+      }
+      bytes_done_ += r.source().raw_bytes();
+      cur->mark = {f + 1, Position{}};
+      Submit(std::move(cur), std::move(dets));
+    }
+    return absl::OkStatus();
+  }
+
+  uint64_t Bytes(int64_t f) const { return bytes_done_ + readers_[f]->source().raw_bytes(); }
+  int64_t InFlightRows() const { return in_flight_rows_; }
+
+  void Submit(std::unique_ptr<Pending> p, std::vector<engine::Detection> dets) {
+    while (static_cast<int>(pending_.size()) >= std::max(1, o_.in_flight)) Acknowledge(/*wait=*/true);
+    p->seq = next_seq_++;
+    in_flight_rows_ += p->read;
+    uint64_t seq = p->seq;
+    pending_[seq] = std::move(p);
+    if (dets.empty()) {
+      Complete(seq, BatchResult{});
+      return;
+    }
+    sink_->Send(std::move(dets), [this, seq](BatchResult r) { Complete(seq, std::move(r)); });
+    Acknowledge(/*wait=*/false);
+  }
+
+  void Complete(uint64_t seq, BatchResult r) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.emplace_back(seq, std::move(r));
+    }
+    cv_.notify_one();
+  }
+
+  void WaitAll() {
+    while (!pending_.empty()) Acknowledge(/*wait=*/true);
+  }
+
+  // Takes finished batches; applies the ones that extend the acknowledged prefix.
+  void Acknowledge(bool wait) {
+    std::deque<std::pair<uint64_t, BatchResult>> got;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (wait) cv_.wait(lock, [this] { return !done_.empty(); });
+      got.swap(done_);
+    }
+    for (auto& [seq, r] : got) results_[seq] = std::move(r);
+    while (!pending_.empty()) {
+      auto first = pending_.begin();
+      auto it = results_.find(first->first);
+      if (it == results_.end()) break;
+      BatchResult r = std::move(it->second);
+      results_.erase(it);
+      std::unique_ptr<Pending> p = std::move(first->second);
+      pending_.erase(first);
+      in_flight_rows_ -= p->read;
+      if (!fatal_.ok()) continue;  // past a failed batch nothing is acknowledged
+      if (!r.status.ok()) {
+        fatal_ = r.status;
+        continue;
+      }
+      if (auto s = Apply(*p, r); !s.ok()) {
+        fatal_ = s;
+        continue;
+      }
+    }
+    if (fatal_.ok() && absl::Now() - last_checkpoint_ >= o_.checkpoint_every) {
+      if (auto s = SaveCheckpoint(); !s.ok()) fatal_ = s;
+    }
+  }
+
+  absl::Status Apply(const Pending& p, const BatchResult& r) {
+    std::vector<Reject> rejects = p.rejects;
+    Counts& c = res_.counts;
+    for (size_t i = 0; i < r.items.size() && i < p.lines.size(); ++i) {
+      const ItemResult& it = r.items[i];
+      switch (it.status) {
+        case ItemResult::Status::kAccepted:
+          ++c.accepted;
+          for (const std::string& st : it.states) ++c.decisions[st];
+          break;
+        case ItemResult::Status::kDuplicate:
+          ++c.duplicate;
+          break;
+        case ItemResult::Status::kRejected:
+          rejects.push_back(Reject{p.lines[i], it.error, it.row});
+          break;
+      }
+    }
+    std::sort(rejects.begin(), rejects.end(), [](const Reject& a, const Reject& b) { return a.line < b.line; });
+    c.rejected += static_cast<int64_t>(rejects.size());
+    c.read += p.read;
+    if (!rejects.empty()) {
+      std::string out;
+      for (const Reject& rj : rejects) {
+        out += "{\"file\":";
+        core::AppendJsonString(p.file, &out);
+        absl::StrAppend(&out, ",\"line\":", rj.line, ",\"error\":");
+        core::AppendJsonString(ValidUtf8(rj.error), &out);
+        out += ",\"row\":";
+        core::AppendJsonString(ValidUtf8(rj.text), &out);
+        out += "}\n";
+      }
+      QUELL_RETURN_IF_ERROR(WriteRejects(out));
+    }
+    acked_.file = p.mark.file;
+    acked_.offset = p.mark.pos.offset;
+    acked_.line = p.mark.pos.line;
+    acked_.rows = p.mark.pos.rows;
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteRejects(std::string_view data) {
+    if (rejects_fd_ < 0) {
+      rejects_fd_ = ::open(res_.rejects_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (rejects_fd_ < 0) {
+        return absl::InternalError(absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
+      }
+    }
+    while (!data.empty()) {
+      ssize_t n = ::write(rejects_fd_, data.data(), data.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return absl::InternalError(absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
+      data.remove_prefix(static_cast<size_t>(n));
+      rejects_bytes_ += static_cast<uint64_t>(n);
+    }
+    rejects_dirty_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status SaveCheckpoint() {
+    if (rejects_dirty_ && rejects_fd_ >= 0) {
+      if (::fdatasync(rejects_fd_) != 0) {
+        return absl::InternalError(absl::StrCat("fsync ", res_.rejects_path, ": ", std::strerror(errno)));
+      }
+      rejects_dirty_ = false;
+    }
+    acked_.counts = res_.counts;
+    acked_.rejects_bytes = rejects_bytes_;
+    last_checkpoint_ = absl::Now();
+    return WriteCheckpoint(res_.checkpoint_path, acked_);
+  }
+
+  absl::Status DryRunAll() {
+    std::shared_ptr<const policy::PolicySet> set;
+    std::unique_ptr<ledger::Store> store;
+    struct stat st;
+    std::string db = absl::StrCat(o_.data_dir, "/", ledger::kSqliteFileName);
+    if (::stat(db.c_str(), &st) == 0) {
+      ledger::SqliteOptions so;
+      so.path = o_.data_dir;
+      so.apply_migrations = false;  // a dry run writes nothing, not even a migration
+      auto opened = ledger::OpenSqliteStore(so);
+      if (!opened.ok()) return Refuse(opened.status());
+      store = *std::move(opened);
+    }
+    if (!o_.policies_file.empty()) {
+      FILE* f = std::fopen(o_.policies_file.c_str(), "rb");
+      if (f == nullptr) return Refuse(absl::NotFoundError(absl::StrCat("cannot read ", o_.policies_file)));
+      std::string yaml;
+      char buf[65536];
+      size_t n;
+      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) yaml.append(buf, n);
+      std::fclose(f);
+      auto loaded = policy::LoadPolicySet(yaml, 0);
+      if (!loaded.ok()) {
+        return Refuse(absl::InvalidArgumentError(absl::StrCat(o_.policies_file, ": ", loaded.status().message())));
+      }
+      set = *std::move(loaded);
+    } else if (store != nullptr) {
+      QUELL_ASSIGN_OR_RETURN(auto latest, store->LatestPolicySet());
+      if (latest) {
+        QUELL_ASSIGN_OR_RETURN(set, policy::LoadPolicySet(latest->yaml, latest->version));
+      }
+    }
+    QUELL_ASSIGN_OR_RETURN(auto dry, DryRun::Create(set, store.get()));
+    Row row;
+    int shown = 0;
+    for (size_t f = 0; f < readers_.size(); ++f) {
+      for (;;) {
+        if (o_.stop != nullptr && o_.stop->load()) return absl::CancelledError("interrupted");
+        QUELL_ASSIGN_OR_RETURN(bool got, readers_[f]->Next(&row));
+        if (!got) break;
+        ++res_.counts.read;
+        ++rows_this_run_;
+        if (row.detection) {
+          dry->Add(*row.detection);
+        } else {
+          ++res_.counts.rejected;
+          if (shown++ < 5) {
+            std::fprintf(o_.notes_out, "quell import: %s:%lld: %s\n", o_.files[f].c_str(),
+                         static_cast<long long>(row.line), row.error.c_str());
+          }
+        }
+        if ((rows_this_run_ & 1023) == 0) progress_.Update(res_.counts.read, Bytes(static_cast<int64_t>(f)));
+      }
+      bytes_done_ += readers_[f]->source().raw_bytes();
+    }
+    res_.dry_run = dry->Report();
+    res_.rejects_path.clear();
+    res_.checkpoint_path.clear();
+    return absl::OkStatus();
+  }
+
+  const ImportOptions& o_;
+  Progress progress_;
+  ImportResult res_;
+  std::vector<std::unique_ptr<RowReader>> readers_;
+  std::unique_ptr<Sink> sink_;
+  Checkpoint acked_;  // the acknowledged prefix
+  absl::Status fatal_;
+  uint64_t next_seq_ = 0;
+  std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // sent, not yet acknowledged
+  std::map<uint64_t, BatchResult> results_;               // finished out of order
+  int64_t in_flight_rows_ = 0;
+  int64_t rows_this_run_ = 0;
+  uint64_t bytes_done_ = 0;
+  int rejects_fd_ = -1;
+  uint64_t rejects_bytes_ = 0;
+  bool rejects_dirty_ = false;
+  absl::Time last_checkpoint_ = absl::InfinitePast();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<uint64_t, BatchResult>> done_;  // guarded by mu_
+};
+
+std::string StatesText(const std::map<std::string, int64_t>& m) {
+  std::string out;
+  for (const auto& [k, n] : m) absl::StrAppend(&out, out.empty() ? "" : ", ", k, " ", WithCommas(n));
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace
+
+std::string SummaryText(const ImportResult& r) {
+  const Counts& c = r.counts;
+  double secs = absl::ToDoubleSeconds(r.elapsed);
+  std::string out;
+  if (!r.batch.empty()) absl::StrAppend(&out, "batch ", r.batch, "\n");
+  absl::StrAppend(&out, "read ", WithCommas(c.read), " rows (", HumanBytes(r.bytes), " in ",
+                  absl::FormatDuration(absl::Milliseconds(static_cast<int64_t>(secs * 1000))), ", ",
+                  WithCommas(secs > 0 ? static_cast<int64_t>(static_cast<double>(r.rows_this_run) / secs) : 0),
+                  " rows/s)\n");
+  if (r.dry_run) {
+    absl::StrAppend(&out, "rejected ", WithCommas(c.rejected), "\n", DryRunText(*r.dry_run));
+    return out;
+  }
+  absl::StrAppend(&out, "accepted ", WithCommas(c.accepted), ", duplicate ", WithCommas(c.duplicate),
+                  ", rejected ", WithCommas(c.rejected));
+  if (c.rejected > 0 && !r.rejects_path.empty()) absl::StrAppend(&out, " (see ", r.rejects_path, ")");
+  absl::StrAppend(&out, "\ndecisions: ", StatesText(c.decisions), "\n");
+  return out;
+}
+
+std::string SummaryJson(const ImportResult& r) {
+  const Counts& c = r.counts;
+  std::string out = "{\"ok\":";
+  out += r.status.ok() ? "true" : "false";
+  if (!r.status.ok()) {
+    out += ",\"error\":";
+    core::AppendJsonString(SV(r.status.message()), &out);
+  }
+  out += ",\"batch\":";
+  core::AppendJsonString(r.batch, &out);
+  absl::StrAppend(&out, ",\"read\":", c.read, ",\"accepted\":", c.accepted, ",\"duplicate\":", c.duplicate,
+                  ",\"rejected\":", c.rejected, ",\"decisions\":{");
+  bool first = true;
+  for (const auto& [k, n] : c.decisions) {
+    if (!first) out += ',';
+    first = false;
+    core::AppendJsonString(k, &out);
+    absl::StrAppend(&out, ":", n);
+  }
+  out += "},\"rejects\":";
+  core::AppendJsonString(c.rejected > 0 ? r.rejects_path : "", &out);
+  absl::StrAppend(&out, ",\"rows_this_run\":", r.rows_this_run, ",\"bytes\":", r.bytes,
+                  ",\"seconds\":", absl::ToDoubleSeconds(r.elapsed));
+  if (r.dry_run) absl::StrAppend(&out, ",\"dry_run\":", DryRunJson(*r.dry_run));
+  out += "}";
+  return out;
+}
+
+ImportResult Import(const ImportOptions& options) {
+  Run run(options);
+  ImportResult r = run.Go();
+  return r;
+}
+
+}  // namespace quell::importer

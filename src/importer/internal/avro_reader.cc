@@ -1,0 +1,310 @@
+#include "importer/internal/avro_reader.h"
+
+#include <avro.h>
+#include <stdio.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+
+namespace quell::importer::internal {
+namespace {
+
+enum class Kind { kString, kDouble, kTime, kEvidence, kRelated };
+
+struct FieldPlan {
+  std::string name;
+  Kind kind;
+  bool nullable = false;  // a ["null", T] union
+  int index = 0;          // in the writer schema
+  bool time_is_long = false;
+};
+
+// fopencookie glue: libavro reads a FILE*, the bytes come from the ByteSource (so
+// compression and stdin work the same as for the text formats).
+ssize_t CookieRead(void* cookie, char* buf, size_t size) {
+  auto* src = static_cast<ByteSource*>(cookie);
+  auto got = src->Read(buf, size);
+  if (!got.ok()) {
+    errno = EIO;
+    return -1;
+  }
+  return static_cast<ssize_t>(*got);
+}
+
+// The type of a field, seen through an optional ["null", T] union.
+avro_schema_t Unwrap(avro_schema_t s, bool* nullable) {
+  *nullable = false;
+  if (!is_avro_union(s)) return s;
+  if (avro_schema_union_size(s) != 2) return nullptr;
+  avro_schema_t a = avro_schema_union_branch(s, 0), b = avro_schema_union_branch(s, 1);
+  if (is_avro_null(a) && !is_avro_null(b)) {
+    *nullable = true;
+    return b;
+  }
+  if (is_avro_null(b) && !is_avro_null(a)) {
+    *nullable = true;
+    return a;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::string& name) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": the Avro schema does not fit (", why, "); the expected schema is in docs/import.md"));
+  };
+  if (!is_avro_record(schema)) return bad("the top-level type must be a record");
+  std::vector<FieldPlan> plan;
+  bool seen[6] = {};
+  static const char* kRequired[] = {"id", "source", "type", "entity", "score", "observed_at"};
+  for (size_t i = 0; i < avro_schema_record_size(schema); ++i) {
+    const char* fname = avro_schema_record_field_name(schema, static_cast<int>(i));
+    avro_schema_t ft = avro_schema_record_field_get_by_index(schema, static_cast<int>(i));
+    FieldPlan p;
+    p.name = fname;
+    p.index = static_cast<int>(i);
+    avro_schema_t t = Unwrap(ft, &p.nullable);
+    if (t == nullptr) return bad(absl::StrCat("field \"", p.name, "\" has an unsupported union"));
+    int req = -1;
+    for (int k = 0; k < 6; ++k) {
+      if (p.name == kRequired[k]) req = k;
+    }
+    if (req >= 0) {
+      if (p.nullable) return bad(absl::StrCat("field \"", p.name, "\" is required, it cannot be null"));
+      seen[req] = true;
+    }
+    if (p.name == "score") {
+      if (!is_avro_double(t) && !is_avro_float(t)) return bad("field \"score\" must be a double");
+      p.kind = Kind::kDouble;
+    } else if (p.name == "observed_at") {
+      if (is_avro_string(t)) {
+        p.kind = Kind::kTime;
+      } else if (is_avro_int64(t)) {
+        p.kind = Kind::kTime;
+        p.time_is_long = true;
+      } else {
+        return bad("field \"observed_at\" must be a string (RFC 3339) or a long (timestamp-micros)");
+      }
+    } else if (p.name == "evidence") {
+      if (!is_avro_string(t)) return bad("field \"evidence\" must be a string holding a JSON object");
+      p.kind = Kind::kEvidence;
+    } else if (p.name == "related") {
+      if (!is_avro_array(t) || !is_avro_string(avro_schema_array_items(t))) {
+        return bad("field \"related\" must be an array of strings");
+      }
+      p.kind = Kind::kRelated;
+    } else if (req >= 0) {
+      if (!is_avro_string(t)) return bad(absl::StrCat("field \"", p.name, "\" must be a string"));
+      p.kind = Kind::kString;
+    } else {
+      return bad(absl::StrCat("unknown field \"", p.name, "\""));
+    }
+    plan.push_back(std::move(p));
+  }
+  for (int k = 0; k < 6; ++k) {
+    if (!seen[k]) return bad(absl::StrCat("required field \"", kRequired[k], "\" is missing"));
+  }
+  return plan;
+}
+
+class AvroReader final : public RowReader {
+ public:
+  AvroReader(std::unique_ptr<ByteSource> source, const ReaderOptions& options)
+      : RowReader(std::move(source)), options_(options) {}
+  ~AvroReader() override {
+    if (value_ready_) avro_value_decref(&value_);
+    if (iface_ != nullptr) avro_value_iface_decref(iface_);
+    if (reader_ != nullptr) avro_file_reader_close(reader_);  // closes file_
+    if (schema_ != nullptr) avro_schema_decref(schema_);
+  }
+
+  absl::Status Init() {
+    cookie_io_functions_t io{};
+    io.read = &CookieRead;
+    FILE* f = fopencookie(source_.get(), "r", io);
+    if (f == nullptr) return absl::InternalError("fopencookie failed");
+    if (avro_file_reader_fp(f, source_->name().c_str(), 1, &reader_) != 0) {
+      reader_ = nullptr;
+      fclose(f);
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_->name(), ": not a readable Avro container: ", avro_strerror()));
+    }
+    schema_ = avro_file_reader_get_writer_schema(reader_);
+    auto plan = Plan(schema_, source_->name());
+    if (!plan.ok()) return plan.status();
+    plan_ = *std::move(plan);
+    iface_ = avro_generic_class_from_schema(schema_);
+    if (iface_ == nullptr || avro_generic_value_new(iface_, &value_) != 0) {
+      return absl::InternalError(absl::StrCat("libavro: ", avro_strerror()));
+    }
+    value_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<bool> Next(Row* row) override {
+    if (done_) return false;
+    int rc = avro_file_reader_read_value(reader_, &value_);
+    if (rc == EOF) {
+      done_ = true;
+      return false;
+    }
+    if (rc != 0) {
+      return absl::DataLossError(absl::StrCat(source_->name(), ": corrupt Avro data after record ",
+                                              rows_, ": ", avro_strerror()));
+    }
+    *row = Row{};
+    row->line = ++rows_;
+    auto d = Decode();
+    if (d.ok()) {
+      row->detection = *std::move(d);
+    } else {
+      row->error = std::string(SV(d.status().message()));
+      row->text = text_.substr(0, kMaxRejectText);
+    }
+    return true;
+  }
+
+  absl::Status SkipTo(const Position& pos) override {
+    Row row;
+    while (rows_ < pos.rows) {
+      int rc = avro_file_reader_read_value(reader_, &value_);
+      if (rc == EOF) {
+        return absl::DataLossError(absl::StrCat(source_->name(), ": the file has ", rows_,
+                                                " records, fewer than the checkpoint's ", pos.rows));
+      }
+      if (rc != 0) return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
+      ++rows_;
+    }
+    return absl::OkStatus();
+  }
+
+  Position position() const override {
+    Position p;
+    p.rows = rows_;
+    p.line = rows_;
+    return p;
+  }
+
+ private:
+
+  // The record as a JSON object for ReadDetection (and, on error, for the rejects file).
+  absl::StatusOr<engine::Detection> Decode() {
+    rapidjson::Document doc;
+    doc.SetObject();
+    auto& a = doc.GetAllocator();
+    for (const FieldPlan& p : plan_) {
+      avro_value_t field;
+      if (avro_value_get_by_index(&value_, p.index, &field, nullptr) != 0) {
+        return absl::InternalError(avro_strerror());
+      }
+      if (p.nullable) {
+        avro_value_t branch;
+        if (avro_value_get_current_branch(&field, &branch) != 0) return absl::InternalError(avro_strerror());
+        if (avro_value_get_type(&branch) == AVRO_NULL) continue;
+        field = branch;
+      }
+      rapidjson::Value key(rapidjson::StringRef(p.name.data(), p.name.size()));
+      switch (p.kind) {
+        case Kind::kString:
+        case Kind::kEvidence: {
+          const char* s = nullptr;
+          size_t n = 0;
+          avro_value_get_string(&field, &s, &n);
+          std::string_view v(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
+          if (p.kind == Kind::kEvidence) {
+            rapidjson::Document ev(&a);
+            ev.Parse(v.data(), v.size());
+            if (ev.HasParseError()) {
+              text_ = std::string(v);
+              return absl::InvalidArgumentError("evidence: not valid JSON");
+            }
+            doc.AddMember(key, rapidjson::Value(ev, a), a);
+          } else {
+            doc.AddMember(key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a), a);
+          }
+          break;
+        }
+        case Kind::kDouble: {
+          double x = 0;
+          if (avro_value_get_type(&field) == AVRO_FLOAT) {
+            float f = 0;
+            avro_value_get_float(&field, &f);
+            x = f;
+          } else {
+            avro_value_get_double(&field, &x);
+          }
+          doc.AddMember(key, rapidjson::Value(x), a);
+          break;
+        }
+        case Kind::kTime: {
+          if (p.time_is_long) {
+            int64_t micros = 0;
+            avro_value_get_long(&field, &micros);
+            std::string t = core::FormatRfc3339(absl::FromUnixMicros(micros));
+            doc.AddMember(key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
+          } else {
+            const char* s = nullptr;
+            size_t n = 0;
+            avro_value_get_string(&field, &s, &n);
+            doc.AddMember(key, rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
+          }
+          break;
+        }
+        case Kind::kRelated: {
+          size_t count = 0;
+          avro_value_get_size(&field, &count);
+          rapidjson::Value arr(rapidjson::kArrayType);
+          for (size_t i = 0; i < count; ++i) {
+            avro_value_t item;
+            avro_value_get_by_index(&field, i, &item, nullptr);
+            const char* s = nullptr;
+            size_t n = 0;
+            avro_value_get_string(&item, &s, &n);
+            arr.PushBack(rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
+          }
+          doc.AddMember(key, arr, a);
+          break;
+        }
+      }
+    }
+    auto d = DecodeJsonValue(doc, options_.decode);
+    if (!d.ok()) {
+      // The rejects file gets the record as JSON.
+      rapidjson::StringBuffer buf;
+      rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+      doc.Accept(w);
+      text_.assign(buf.GetString(), buf.GetSize());
+    }
+    return d;
+  }
+
+  ReaderOptions options_;
+  avro_file_reader_t reader_ = nullptr;
+  avro_schema_t schema_ = nullptr;
+  avro_value_iface_t* iface_ = nullptr;
+  avro_value_t value_;
+  bool value_ready_ = false;
+  std::vector<FieldPlan> plan_;
+  int64_t rows_ = 0;
+  bool done_ = false;
+  std::string text_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RowReader>> OpenAvroReader(std::unique_ptr<ByteSource> source,
+                                                          const ReaderOptions& options) {
+  auto r = std::make_unique<AvroReader>(std::move(source), options);
+  if (auto s = r->Init(); !s.ok()) return s;
+  return std::unique_ptr<RowReader>(std::move(r));
+}
+
+}  // namespace quell::importer::internal

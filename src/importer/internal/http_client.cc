@@ -1,0 +1,199 @@
+#include "importer/internal/http_client.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/strings.h"
+
+namespace quell::importer::internal {
+
+absl::StatusOr<Url> ParseUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--server must be an http:// URL (got \"", AV(url), "\"; TLS is not supported)"));
+  }
+  url.remove_prefix(kScheme.size());
+  Url u;
+  size_t slash = url.find('/');
+  std::string_view hostport = url.substr(0, slash);
+  if (slash != std::string_view::npos) {
+    u.prefix = std::string(url.substr(slash));
+    while (!u.prefix.empty() && u.prefix.back() == '/') u.prefix.pop_back();
+  }
+  if (!hostport.empty() && hostport[0] == '[') {
+    size_t close = hostport.find(']');
+    if (close == std::string_view::npos) return absl::InvalidArgumentError("--server: bad IPv6 address");
+    u.host = std::string(hostport.substr(1, close - 1));
+    hostport.remove_prefix(close + 1);
+    if (!hostport.empty() && hostport[0] == ':') {
+      if (!absl::SimpleAtoi(AV(hostport.substr(1)), &u.port)) {
+        return absl::InvalidArgumentError("--server: bad port");
+      }
+    }
+  } else {
+    size_t colon = hostport.rfind(':');
+    u.host = std::string(hostport.substr(0, colon));
+    if (colon != std::string_view::npos &&
+        !absl::SimpleAtoi(AV(hostport.substr(colon + 1)), &u.port)) {
+      return absl::InvalidArgumentError("--server: bad port");
+    }
+  }
+  if (u.host.empty() || u.port <= 0 || u.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--server: bad URL \"http://", AV(url), "\""));
+  }
+  return u;
+}
+
+HttpConnection::~HttpConnection() { Close(); }
+
+void HttpConnection::Close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  in_.clear();
+}
+
+absl::Status HttpConnection::Connect() {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(url_.port);
+  int rc = getaddrinfo(url_.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve ", url_.host, ": ", gai_strerror(rc)));
+  }
+  std::string last = "no address";
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      timeval tv{300, 0};  // a durable commit of a big batch on a busy server takes a while
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      fd_ = fd;
+      freeaddrinfo(res);
+      return absl::OkStatus();
+    }
+    last = std::strerror(errno);
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+  return absl::UnavailableError(absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", last));
+}
+
+absl::Status HttpConnection::ReadMore() {
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n > 0) {
+      in_.append(buf, static_cast<size_t>(n));
+      return absl::OkStatus();
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return absl::UnavailableError(n == 0 ? "the server closed the connection"
+                                         : absl::StrCat("read error: ", std::strerror(errno)));
+  }
+}
+
+absl::StatusOr<HttpResponse> HttpConnection::Request(
+    std::string_view method, std::string_view path,
+    const std::vector<std::pair<std::string, std::string>>& headers, std::string_view body) {
+  bool fresh = fd_ < 0;
+  if (fresh) {
+    if (auto s = Connect(); !s.ok()) return s;
+  }
+  std::string head = absl::StrCat(AV(method), " ", url_.prefix, AV(path), " HTTP/1.1\r\nHost: ", url_.host,
+                                  ":", url_.port, "\r\nContent-Length: ", body.size(), "\r\n");
+  for (const auto& [k, v] : headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
+  head += "\r\n";
+  auto fail = [this](absl::Status s) {
+    Close();
+    return s;
+  };
+  for (std::string_view part : {std::string_view(head), body}) {
+    while (!part.empty()) {
+      ssize_t n = ::send(fd_, part.data(), part.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return fail(absl::UnavailableError(absl::StrCat("write error: ", std::strerror(errno))));
+      part.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+  size_t end;
+  while ((end = in_.find("\r\n\r\n")) == std::string::npos) {
+    if (auto s = ReadMore(); !s.ok()) return fail(s);
+  }
+  HttpResponse r;
+  std::string_view h(in_.data(), end);
+  size_t sp = h.find(' ');
+  if (sp == std::string_view::npos || !absl::SimpleAtoi(AV(h.substr(sp + 1, 3)), &r.status)) {
+    return fail(absl::UnavailableError("malformed HTTP status line"));
+  }
+  int64_t length = -1;
+  bool chunked = false, close = false;
+  size_t line_start = h.find("\r\n");
+  while (line_start != std::string_view::npos && line_start < h.size()) {
+    line_start += 2;
+    size_t line_end = h.find("\r\n", line_start);
+    std::string_view line = h.substr(line_start, line_end == std::string_view::npos ? h.npos : line_end - line_start);
+    size_t colon = line.find(':');
+    if (colon != std::string_view::npos) {
+      std::string name = absl::AsciiStrToLower(AV(line.substr(0, colon)));
+      std::string value(absl::StripAsciiWhitespace(AV(line.substr(colon + 1))));
+      if (name == "content-length") {
+        absl::SimpleAtoi(value, &length);
+      } else if (name == "transfer-encoding") {
+        chunked = absl::AsciiStrToLower(value).find("chunked") != std::string::npos;
+      } else if (name == "connection") {
+        close = absl::AsciiStrToLower(value) == "close";
+      } else if (name == "retry-after") {
+        r.retry_after = value;
+      }
+    }
+    line_start = line_end;
+  }
+  in_.erase(0, end + 4);
+  if (chunked) {
+    for (;;) {
+      size_t eol;
+      while ((eol = in_.find("\r\n")) == std::string::npos) {
+        if (auto s = ReadMore(); !s.ok()) return fail(s);
+      }
+      size_t size = std::strtoul(in_.substr(0, eol).c_str(), nullptr, 16);
+      while (in_.size() < eol + 2 + size + 2) {
+        if (auto s = ReadMore(); !s.ok()) return fail(s);
+      }
+      r.body.append(in_, eol + 2, size);
+      in_.erase(0, eol + 2 + size + 2);
+      if (size == 0) break;  // (trailers are not expected)
+    }
+  } else if (length >= 0) {
+    while (in_.size() < static_cast<size_t>(length)) {
+      if (auto s = ReadMore(); !s.ok()) return fail(s);
+    }
+    r.body = in_.substr(0, static_cast<size_t>(length));
+    in_.erase(0, static_cast<size_t>(length));
+  } else {
+    // Body up to the end of the connection.
+    while (ReadMore().ok()) {
+    }
+    r.body = std::move(in_);
+    close = true;
+  }
+  if (close) Close();
+  return r;
+}
+
+}  // namespace quell::importer::internal

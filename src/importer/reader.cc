@@ -1,0 +1,259 @@
+#include "importer/reader.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "importer/internal/avro_reader.h"
+
+namespace quell::importer {
+namespace {
+
+constexpr size_t kChunk = 1 << 20;
+
+std::string Clip(std::string_view s) {
+  return std::string(s.substr(0, std::min(s.size(), kMaxRejectText)));
+}
+
+// NDJSON lines and CSV records.
+class TextReader final : public RowReader {
+ public:
+  TextReader(std::unique_ptr<ByteSource> source, Format format, const ReaderOptions& options)
+      : RowReader(std::move(source)), format_(format), options_(options) {}
+
+  absl::Status Init() {
+    if (format_ != Format::kCsv) return absl::OkStatus();
+    for (;;) {
+      Record rec;
+      auto got = NextRecord(&rec);
+      if (!got.ok()) return got.status();
+      if (!*got) return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": no CSV header row"));
+      if (rec.blank) continue;
+      if (rec.too_long) {
+        return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": the CSV header row is longer than ",
+                                                       options_.max_row_bytes, " bytes"));
+      }
+      auto h = CsvHeader::Parse(rec.text);
+      if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": ", h.status().message()));
+      header_ = *std::move(h);
+      return absl::OkStatus();
+    }
+  }
+
+  absl::StatusOr<bool> Next(Row* row) override {
+    for (;;) {
+      Record rec;
+      QUELL_ASSIGN_OR_RETURN(bool got, NextRecord(&rec));
+      if (!got) return false;
+      if (rec.blank) continue;
+      *row = Row{};
+      row->line = rec.line;
+      ++pos_state_.rows;
+      if (rec.too_long) {
+        row->error = absl::StrCat("row is longer than the limit of ", options_.max_row_bytes,
+                                  " bytes (", rec.length, " bytes; --max-row-bytes raises it)");
+        row->text = Clip(rec.text);
+        return true;
+      }
+      absl::StatusOr<engine::Detection> d =
+          format_ == Format::kCsv ? DecodeCsvRow(*header_, rec.text, options_.decode)
+                                  : DecodeJsonRow(rec.text, options_.decode);
+      if (d.ok()) {
+        row->detection = *std::move(d);
+      } else {
+        row->error = std::string(SV(d.status().message()));
+        row->text = Clip(rec.text);
+      }
+      return true;
+    }
+  }
+
+  absl::Status SkipTo(const Position& pos) override {
+    uint64_t here = buf_base_ + pos_;
+    if (pos.offset < here) {
+      return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": checkpoint offset ", pos.offset,
+                                                     " lies inside the header"));
+    }
+    while (buf_base_ + buf_.size() < pos.offset) {
+      if (eof_) {
+        return absl::DataLossError(absl::StrCat(source_->name(), ": the input ends at byte ",
+                                                buf_base_ + buf_.size(), ", before the checkpoint (byte ",
+                                                pos.offset, "): is it the same file?"));
+      }
+      buf_base_ += buf_.size();
+      buf_.clear();
+      pos_ = 0;
+      QUELL_RETURN_IF_ERROR(Fill());
+    }
+    pos_ = pos.offset - buf_base_;
+    scan_ = pos_;
+    in_quotes_ = false;
+    pos_state_.line = pos.line;
+    pos_state_.rows = pos.rows;
+    return absl::OkStatus();
+  }
+
+  Position position() const override {
+    Position p = pos_state_;
+    p.offset = buf_base_ + pos_;
+    return p;
+  }
+
+ private:
+  struct Record {
+    std::string_view text;  // valid until the next call
+    int64_t line = 0;
+    bool blank = false;
+    bool too_long = false;
+    uint64_t length = 0;  // the full length of a too-long row
+  };
+
+  absl::Status Fill() {
+    if (pos_ > 0) {
+      buf_base_ += pos_;
+      buf_.erase(0, pos_);
+      scan_ -= pos_;
+      pos_ = 0;
+    }
+    size_t old = buf_.size();
+    buf_.resize(old + kChunk);
+    auto got = source_->Read(buf_.data() + old, kChunk);
+    if (!got.ok()) {
+      buf_.resize(old);
+      return got.status();
+    }
+    buf_.resize(old + *got);
+    if (*got == 0) eof_ = true;
+    return absl::OkStatus();
+  }
+
+  // Finds the end of the record starting at pos_, from scan_ on.
+  size_t FindEnd() {
+    if (format_ != Format::kCsv) {
+      const void* p = std::memchr(buf_.data() + scan_, '\n', buf_.size() - scan_);
+      if (p == nullptr) {
+        scan_ = buf_.size();
+        return std::string::npos;
+      }
+      return static_cast<const char*>(p) - buf_.data();
+    }
+    for (; scan_ < buf_.size(); ++scan_) {
+      char c = buf_[scan_];
+      if (c == '"') {
+        in_quotes_ = !in_quotes_;
+      } else if (c == '\n' && !in_quotes_) {
+        return scan_;
+      }
+    }
+    return std::string::npos;
+  }
+
+  absl::StatusOr<bool> NextRecord(Record* rec) {
+    for (;;) {
+      size_t end = FindEnd();
+      if (end == std::string::npos && buf_.size() - pos_ > options_.max_row_bytes) {
+        return SkipLongRow(rec);
+      }
+      if (end == std::string::npos && !eof_) {
+        QUELL_RETURN_IF_ERROR(Fill());
+        continue;
+      }
+      if (end == std::string::npos && pos_ == buf_.size()) return false;  // eof
+      size_t stop = end == std::string::npos ? buf_.size() : end;
+      std::string_view text(buf_.data() + pos_, stop - pos_);
+      if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+      if (pos_state_.line == 0 && text.size() >= 3 && text.substr(0, 3) == "\xEF\xBB\xBF") {
+        text.remove_prefix(3);  // a byte order mark
+      }
+      rec->line = pos_state_.line + 1;
+      pos_state_.line += 1 + std::count(text.begin(), text.end(), '\n');
+      rec->text = text;
+      rec->blank = text.find_first_not_of(" \t\r") == std::string_view::npos;
+      pos_ = end == std::string::npos ? buf_.size() : end + 1;
+      scan_ = pos_;
+      in_quotes_ = false;
+      return true;
+    }
+  }
+
+  // The row at pos_ is over the limit: keep its start for the rejects file and drop the
+  // rest up to the next physical newline (quotes are ignored: resynchronise on lines).
+  absl::StatusOr<bool> SkipLongRow(Record* rec) {
+    long_prefix_.assign(buf_.data() + pos_, std::min(kMaxRejectText, buf_.size() - pos_));
+    rec->line = pos_state_.line + 1;
+    uint64_t length = 0;
+    for (;;) {
+      const void* p = std::memchr(buf_.data() + pos_, '\n', buf_.size() - pos_);
+      if (p != nullptr) {
+        size_t nl = static_cast<const char*>(p) - buf_.data();
+        length += nl - pos_;
+        pos_ = nl + 1;
+        break;
+      }
+      length += buf_.size() - pos_;
+      pos_ = buf_.size();
+      scan_ = pos_;
+      if (eof_) break;
+      QUELL_RETURN_IF_ERROR(Fill());
+    }
+    pos_state_.line += 1;
+    scan_ = pos_;
+    in_quotes_ = false;
+    rec->text = long_prefix_;
+    rec->too_long = true;
+    rec->length = length;
+    return true;
+  }
+
+  Format format_;
+  ReaderOptions options_;
+  std::optional<CsvHeader> header_;
+  std::string buf_;
+  size_t pos_ = 0;   // start of the next record in buf_
+  size_t scan_ = 0;  // where the search for its end resumes
+  bool in_quotes_ = false;
+  bool eof_ = false;
+  uint64_t buf_base_ = 0;  // decompressed offset of buf_[0]
+  Position pos_state_;
+  std::string long_prefix_;
+};
+
+}  // namespace
+
+absl::StatusOr<Format> DetectFormat(ByteSource& source, const std::string& path,
+                                    std::optional<Format> forced) {
+  if (forced) return *forced;
+  if (auto f = FormatFromName(path)) return *f;
+  auto head = source.Peek(64);
+  if (!head.ok()) return head.status();
+  return FormatFromContent(*head);
+}
+
+absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteSource> source,
+                                                           Format format,
+                                                           const ReaderOptions& options) {
+  auto head = source->Peek(4);
+  if (!head.ok()) return head.status();
+  if (head->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(source->name(), " is empty: no rows to import"));
+  }
+  bool looks_avro = head->size() == 4 && *head == std::string_view("Obj\x01", 4);
+  if (format == Format::kAvro) {
+    if (!looks_avro) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source->name(), " is not an Avro object container file (no \"Obj\\x01\" magic)"));
+    }
+    return internal::OpenAvroReader(std::move(source), options);
+  }
+  if (looks_avro) {
+    return absl::InvalidArgumentError(absl::StrCat(source->name(), " is an Avro file, not ",
+                                                   AV(FormatName(format)), " (drop --format)"));
+  }
+  auto r = std::make_unique<TextReader>(std::move(source), format, options);
+  if (auto s = r->Init(); !s.ok()) return s;
+  return std::unique_ptr<RowReader>(std::move(r));
+}
+
+}  // namespace quell::importer

@@ -1,0 +1,187 @@
+#include "importer/reader.h"
+
+#include "gtest/gtest.h"
+#include "importer/test_util.h"
+
+namespace quell::importer {
+namespace {
+
+std::string JsonRow(int i, double score = 0.5) {
+  return "{\"id\":\"d" + std::to_string(i) +
+         "\",\"source\":\"s\",\"type\":\"t\",\"entity\":\"user:u" + std::to_string(i) +
+         "\",\"score\":" + std::to_string(score) + ",\"observed_at\":\"2024-05-01T10:00:00Z\"}";
+}
+
+struct Collected {
+  std::vector<Row> rows;
+  absl::Status status;
+};
+
+Collected ReadAllRows(std::unique_ptr<RowReader> r) {
+  Collected c;
+  Row row;
+  for (;;) {
+    auto got = r->Next(&row);
+    if (!got.ok()) {
+      c.status = got.status();
+      return c;
+    }
+    if (!*got) return c;
+    c.rows.push_back(row);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RowReader>> OpenString(const std::string& data, Format f,
+                                                      ReaderOptions o = {}) {
+  return RowReader::Open(ByteSource::FromString(data, "test"), f, o);
+}
+
+TEST(ReaderTest, NdjsonRowsLinesAndRejects) {
+  std::string data = JsonRow(1) + "\n\n" + JsonRow(2) + "\r\n{bad json\n" + JsonRow(4, 3.0) + "\n" + JsonRow(5);
+  auto r = OpenString(data, Format::kNdjson);
+  ASSERT_TRUE(r.ok()) << r.status();
+  Collected c = ReadAllRows(*std::move(r));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ASSERT_EQ(c.rows.size(), 5u);  // the blank line is not a row
+  EXPECT_EQ(c.rows[0].line, 1);
+  EXPECT_EQ(c.rows[1].line, 3);
+  ASSERT_TRUE(c.rows[1].detection);
+  EXPECT_EQ(c.rows[1].detection->id, "d2");
+  EXPECT_EQ(c.rows[2].line, 4);
+  EXPECT_FALSE(c.rows[2].detection);
+  EXPECT_EQ(c.rows[2].text, "{bad json");
+  EXPECT_EQ(c.rows[3].line, 5);
+  EXPECT_NE(c.rows[3].error.find("score"), std::string::npos);
+  EXPECT_EQ(c.rows[4].line, 6);  // no final newline
+  EXPECT_TRUE(c.rows[4].detection);
+}
+
+TEST(ReaderTest, HugeLineIsRejectedAndReadingContinues) {
+  std::string huge = "{\"id\":\"" + std::string(10 << 20, 'x') + "\"}";
+  std::string data = JsonRow(1) + "\n" + huge + "\n" + JsonRow(3) + "\n";
+  ReaderOptions o;
+  o.max_row_bytes = 1 << 20;
+  auto r = OpenString(data, Format::kNdjson, o);
+  ASSERT_TRUE(r.ok());
+  Collected c = ReadAllRows(*std::move(r));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ASSERT_EQ(c.rows.size(), 3u);
+  EXPECT_FALSE(c.rows[1].detection);
+  EXPECT_NE(c.rows[1].error.find("longer than the limit of 1048576 bytes"), std::string::npos) << c.rows[1].error;
+  EXPECT_EQ(c.rows[1].text.size(), kMaxRejectText);
+  EXPECT_EQ(c.rows[2].line, 3);
+  ASSERT_TRUE(c.rows[2].detection);
+  EXPECT_EQ(c.rows[2].detection->id, "d3");
+}
+
+TEST(ReaderTest, CsvWithQuotedNewlinesAndWrongColumnCount) {
+  std::string data =
+      "id,source,type,entity,score,observed_at,evidence,related\n"
+      "d1,s,t,user:u1,0.9,2024-05-01T10:00:00Z,\"{\"\"note\"\":\"\"two\nlines\"\"}\",device:a|device:b\n"
+      "d2,s,t,user:u2,0.9,2024-05-01T10:00:00Z\n"
+      "d3,s,t,user:u3,0.9,2024-05-01T10:00:00Z,,\n";
+  auto r = OpenString(data, Format::kCsv);
+  ASSERT_TRUE(r.ok()) << r.status();
+  Collected c = ReadAllRows(*std::move(r));
+  ASSERT_TRUE(c.status.ok());
+  ASSERT_EQ(c.rows.size(), 3u);
+  ASSERT_TRUE(c.rows[0].detection) << c.rows[0].error;
+  EXPECT_EQ(c.rows[0].detection->related.size(), 2u);
+  EXPECT_EQ(c.rows[1].line, 4);
+  EXPECT_NE(c.rows[1].error.find("wrong column count"), std::string::npos);
+  EXPECT_EQ(c.rows[2].line, 5);
+  EXPECT_TRUE(c.rows[2].detection);
+}
+
+TEST(ReaderTest, InputErrorsRefuse) {
+  EXPECT_NE(std::string(OpenString("", Format::kNdjson).status().message()).find("is empty"), std::string::npos);
+  EXPECT_NE(std::string(OpenString("id,source,colour\n", Format::kCsv).status().message()).find("unknown column"),
+            std::string::npos);
+  EXPECT_EQ(OpenString("{}", Format::kAvro).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ReaderTest, TruncatedGzipKeepsTheRowsBefore) {
+  std::string text;
+  for (int i = 0; i < 50000; ++i) text += JsonRow(i) + "\n";
+  std::string gz = testing::Gzip(text);
+  auto r = OpenString(gz.substr(0, gz.size() * 3 / 4), Format::kNdjson);
+  ASSERT_TRUE(r.ok());
+  Collected c = ReadAllRows(*std::move(r));
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_GT(c.rows.size(), 1000u);
+  for (const Row& row : c.rows) ASSERT_TRUE(row.detection) << row.line << ": " << row.error;
+}
+
+TEST(ReaderTest, SkipToResumesAtTheSameRow) {
+  std::string text;
+  for (int i = 0; i < 3000; ++i) text += JsonRow(i) + "\n";
+  for (const std::string& data : {text, testing::Zstd(text)}) {
+    auto r = OpenString(data, Format::kNdjson);
+    ASSERT_TRUE(r.ok());
+    Row row;
+    for (int i = 0; i < 1234; ++i) ASSERT_TRUE(*(*r)->Next(&row));
+    Position pos = (*r)->position();
+    EXPECT_EQ(pos.rows, 1234);
+    EXPECT_EQ(pos.line, 1234);
+    auto again = OpenString(data, Format::kNdjson);
+    ASSERT_TRUE((*again)->SkipTo(pos).ok());
+    ASSERT_TRUE(*(*again)->Next(&row));
+    EXPECT_EQ(row.line, 1235);
+    EXPECT_EQ(row.detection->id, "d1234");
+  }
+}
+
+TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
+  std::string dir = testing::TempDir("avro");
+  std::vector<testing::AvroRow> rows;
+  for (int i = 0; i < 500; ++i) {
+    testing::AvroRow a{"d" + std::to_string(i), "s", "t", "user:u" + std::to_string(i), 0.5,
+                       "2024-05-01T10:00:00Z", i % 2 ? "{\"k\":1}" : "", {"device:x"}};
+    rows.push_back(a);
+  }
+  rows[7].score = 9;  // a row-level error
+  for (const char* codec : {"null", "deflate"}) {
+    std::string path = dir + "/d.avro";
+    ASSERT_EQ(testing::WriteAvro(path, rows, codec), "");
+    std::string bytes = testing::ReadFileOrEmpty(path);
+    for (const std::string& data : {bytes, testing::Gzip(bytes)}) {
+      auto src = ByteSource::FromString(data);
+      auto r = RowReader::Open(std::move(src), Format::kAvro, {});
+      ASSERT_TRUE(r.ok()) << r.status();
+      Collected c = ReadAllRows(*std::move(r));
+      ASSERT_TRUE(c.status.ok()) << c.status;
+      ASSERT_EQ(c.rows.size(), 500u);
+      EXPECT_EQ(c.rows[1].detection->evidence_json, "{\"k\":1}");
+      EXPECT_EQ(c.rows[1].detection->related[0].str(), "device:x");
+      EXPECT_FALSE(c.rows[7].detection);
+      EXPECT_EQ(c.rows[7].line, 8);
+      EXPECT_NE(c.rows[7].text.find("\"score\":9"), std::string::npos) << c.rows[7].text;
+    }
+    auto r = RowReader::Open(ByteSource::FromString(bytes), Format::kAvro, {});
+    Position p;
+    p.rows = 300;
+    ASSERT_TRUE((*r)->SkipTo(p).ok());
+    Row row;
+    ASSERT_TRUE(*(*r)->Next(&row));
+    EXPECT_EQ(row.detection->id, "d300");
+  }
+  // Wrong schemas are refused with the reason.
+  std::string path = dir + "/bad.avro";
+  ASSERT_EQ(testing::WriteAvroSchemaOnly(
+                path, R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"score","type":"string"}]})"),
+            "");
+  auto bad = RowReader::Open(*ByteSource::Open(path), Format::kAvro, {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("\"score\" must be a double"), std::string::npos) << bad.status();
+  ASSERT_EQ(testing::WriteAvroSchemaOnly(path, R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"source","type":"string"},{"name":"type","type":"string"},{"name":"entity","type":"string"},{"name":"score","type":"double"},{"name":"observed_at","type":"string"},{"name":"country","type":"string"}]})"),
+            "");
+  bad = RowReader::Open(*ByteSource::Open(path), Format::kAvro, {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("unknown field \"country\""), std::string::npos) << bad.status();
+  // A text file given as Avro, and an Avro file given as CSV.
+  EXPECT_FALSE(RowReader::Open(ByteSource::FromString("id,source\n"), Format::kAvro, {}).ok());
+  EXPECT_FALSE(RowReader::Open(ByteSource::FromString(testing::ReadFileOrEmpty(dir + "/d.avro")), Format::kCsv, {}).ok());
+}
+
+}  // namespace
+}  // namespace quell::importer

@@ -1,0 +1,130 @@
+#include "importer/row_decoder.h"
+
+#include "gtest/gtest.h"
+
+namespace quell::importer {
+namespace {
+
+constexpr char kRow[] =
+    R"({"id":"d1","source":"bot-model-v3","type":"artificial_streaming","entity":"user:u1",)"
+    R"("score":0.95,"observed_at":"2024-05-01T10:00:00Z","evidence":{"plays":900},"related":["device:a"]})";
+
+TEST(RowDecoderTest, JsonRowLikeTheApi) {
+  auto d = DecodeJsonRow(kRow, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->id, "d1");
+  EXPECT_EQ(d->entity.str(), "user:u1");
+  EXPECT_DOUBLE_EQ(d->score, 0.95);
+  EXPECT_EQ(d->evidence_json, R"({"plays":900})");
+  ASSERT_EQ(d->related.size(), 1u);
+  EXPECT_EQ(d->related[0].str(), "device:a");
+}
+
+TEST(RowDecoderTest, JsonRowErrorsNameTheField) {
+  auto d = DecodeJsonRow(R"({"id":"d1","source":"s","type":"t","entity":"user:u1","score":7,"observed_at":"2024-05-01T10:00:00Z"})", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("score: must be between 0 and 1"), std::string::npos)
+      << d.status();
+  d = DecodeJsonRow(R"({"id":"d1","nope":1})", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("nope"), std::string::npos) << d.status();
+  d = DecodeJsonRow(R"({"id":)", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("invalid JSON at byte"), std::string::npos);
+  d = DecodeJsonRow("[1,2]", {});
+  EXPECT_FALSE(d.ok());
+}
+
+TEST(RowDecoderTest, InvalidUtf8) {
+  EXPECT_FALSE(FindInvalidUtf8("plain ascii and é and 😀").has_value());
+  EXPECT_EQ(FindInvalidUtf8("abc\xff"), 3u);
+  EXPECT_EQ(FindInvalidUtf8("ab\xc3"), 2u);            // truncated sequence
+  EXPECT_EQ(FindInvalidUtf8("\xc0\xaf"), 0u);          // overlong
+  EXPECT_EQ(FindInvalidUtf8("x\xed\xa0\x80"), 1u);     // surrogate
+  EXPECT_EQ(FindInvalidUtf8("12345678\xf5\x80\x80\x80"), 8u);
+  std::string row = kRow;
+  row.insert(20, "\xfe");
+  auto d = DecodeJsonRow(row, {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("invalid UTF-8 at byte 21"), std::string::npos)
+      << d.status();
+}
+
+TEST(RowDecoderTest, FutureObservedAtIsRejected) {
+  DecodeOptions o;
+  o.now = absl::FromUnixSeconds(1700000000);
+  auto d = DecodeJsonRow(kRow, o);  // 2024 is after 2023-11
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("observed_at"), std::string::npos);
+}
+
+TEST(RowDecoderTest, CsvHeaderChecks) {
+  EXPECT_TRUE(CsvHeader::Parse("id,source,type,entity,score,observed_at").ok());
+  auto h = CsvHeader::Parse("\xEF\xBB\xBFid,source,type,entity,score,observed_at,evidence,related\r");
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->columns(), 8u);
+  EXPECT_NE(std::string(CsvHeader::Parse("id,source,type,entity,score").status().message())
+                .find("missing required column \"observed_at\""),
+            std::string::npos);
+  EXPECT_NE(std::string(CsvHeader::Parse("id,source,type,entity,score,observed_at,colour").status().message())
+                .find("unknown column \"colour\""),
+            std::string::npos);
+  EXPECT_FALSE(CsvHeader::Parse("id,id,source,type,entity,score,observed_at").ok());
+}
+
+TEST(RowDecoderTest, CsvSplitting) {
+  std::vector<std::string> f;
+  ASSERT_TRUE(SplitCsvRecord(R"(a,"b,c","say ""hi""",,"multi
+line")", &f).ok());
+  EXPECT_EQ(f, (std::vector<std::string>{"a", "b,c", "say \"hi\"", "", "multi\nline"}));
+  ASSERT_TRUE(SplitCsvRecord("a,", &f).ok());
+  EXPECT_EQ(f, (std::vector<std::string>{"a", ""}));
+  EXPECT_FALSE(SplitCsvRecord(R"(a,"open)", &f).ok());
+  EXPECT_FALSE(SplitCsvRecord(R"(a,"x"y)", &f).ok());
+  EXPECT_FALSE(SplitCsvRecord(R"(a,b"c)", &f).ok());
+}
+
+TEST(RowDecoderTest, CsvRows) {
+  auto h = CsvHeader::Parse("id,source,type,entity,score,observed_at,evidence,related");
+  ASSERT_TRUE(h.ok());
+  auto d = DecodeCsvRow(*h,
+                        R"(d1,bot-model-v3,artificial_streaming,user:u1,0.95,2024-05-01T10:00:00Z,"{""plays"":900}",device:a|ip:10.0.0.1)",
+                        {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->evidence_json, R"({"plays":900})");
+  ASSERT_EQ(d->related.size(), 2u);
+  EXPECT_EQ(d->related[1].str(), "ip:10.0.0.1");
+  d = DecodeCsvRow(*h, "d2,s,t,user:u2,0.5,2024-05-01T10:00:00Z,,", {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->related.empty());
+
+  d = DecodeCsvRow(*h, "d3,s,t,user:u2,0.5,2024-05-01T10:00:00Z", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("wrong column count: the header has 8 columns, this row 6"),
+            std::string::npos)
+      << d.status();
+  d = DecodeCsvRow(*h, "d4,s,t,user:u2,high,2024-05-01T10:00:00Z,,", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("score"), std::string::npos) << d.status();
+  d = DecodeCsvRow(*h, "d5,s,t,user:u2,0.5,2024-05-01T10:00:00Z,{not json},", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("evidence: not valid JSON"), std::string::npos);
+  d = DecodeCsvRow(*h, "d6,s,t,nocolon,0.5,2024-05-01T10:00:00Z,,", {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("entity"), std::string::npos);
+}
+
+TEST(RowDecoderTest, Formats) {
+  EXPECT_EQ(FormatFromName("a/day.ndjson.zst"), Format::kNdjson);
+  EXPECT_EQ(FormatFromName("x.jsonl.gz"), Format::kNdjson);
+  EXPECT_EQ(FormatFromName("x.csv"), Format::kCsv);
+  EXPECT_EQ(FormatFromName("x.avro"), Format::kAvro);
+  EXPECT_EQ(FormatFromName("-"), std::nullopt);
+  EXPECT_EQ(FormatFromContent(std::string("Obj\x01rest", 8)), Format::kAvro);
+  EXPECT_EQ(FormatFromContent("  {\"id\""), Format::kNdjson);
+  EXPECT_EQ(FormatFromContent("id,source"), Format::kCsv);
+  EXPECT_FALSE(ParseFormat("xml").ok());
+}
+
+}  // namespace
+}  // namespace quell::importer

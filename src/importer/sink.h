@@ -1,0 +1,72 @@
+// Where decoded detections go: a running server (HttpSink, POST /v1/detections over
+// keep-alive HTTP/1.1) or the data directory itself (DirectSink: the same evaluation and
+// workflow::ApplyDetections the server runs, through a Ledger of its own). Both are
+// idempotent per (source, id), so replaying a batch after an interruption is safe.
+//
+// Thread-safety: Send is called from one thread; `done` runs on a sink thread, exactly
+// once per Send, and must not block for long.
+#ifndef QUELL_IMPORTER_SINK_H_
+#define QUELL_IMPORTER_SINK_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+
+namespace quell::importer {
+
+struct ItemResult {
+  enum class Status { kAccepted, kDuplicate, kRejected };
+  Status status = Status::kAccepted;
+  std::string error;                // kRejected: why
+  std::string row;                  // kRejected: the detection as sent
+  std::vector<std::string> states;  // kAccepted: the state of each decision
+};
+
+struct BatchResult {
+  absl::Status status;  // not OK: the batch was not applied (or not known to be)
+  std::vector<ItemResult> items;  // one per detection, in order, when status is OK
+};
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual void Send(std::vector<engine::Detection> detections,
+                    std::function<void(BatchResult)> done) = 0;
+  //! How the sink is described in messages ("server http://..", "data dir ./var").
+  virtual std::string Describe() const = 0;
+};
+
+struct HttpSinkOptions {
+  std::string url;  // http://host:port[/prefix]
+  std::string key;  // bearer key (a detector key for the sources in the file, or admin)
+  int connections = 3;                          // batches in flight
+  absl::Duration retry_for = absl::Seconds(60);  // keep retrying 429/503/connection errors
+};
+
+//! Connects once to check the address (kUnavailable if nothing answers; kInvalidArgument
+//! for a bad URL: only http:// is supported).
+absl::StatusOr<std::unique_ptr<Sink>> OpenHttpSink(const HttpSinkOptions& options);
+
+struct DirectSinkOptions {
+  std::string data_dir;
+  bool durable = true;  // SQLite synchronous=FULL
+};
+
+//! Locks DIR/import.lock and DIR/server.lock (kFailedPrecondition if another import or a
+//! server holds them), opens the store and a ledger, and loads the latest published
+//! policy set (none: detections are stored and earn no decisions).
+absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& options);
+
+//! The lock a `quell serve` on DIR holds for its lifetime (DIR/server.lock, flock
+//! exclusive). Returns the descriptor to keep open; kFailedPrecondition if held.
+absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
+                                const std::string& holder_message);
+
+}  // namespace quell::importer
+
+#endif  // QUELL_IMPORTER_SINK_H_
