@@ -46,6 +46,7 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
   auto observed = r.String("observed_at", true, 64);
   const rapidjson::Value* evidence = r.Raw("evidence", false);
   auto related = r.Strings("related", false, limits.max_related);
+  auto batch = r.String("batch", false, 64);  // the import batch (quell import)
   r.RejectUnknown();
 
   if (id) {
@@ -120,6 +121,13 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
       }
     }
   }
+  if (batch) {
+    if (!ValidName(*batch)) {
+      r.Fail("batch", "must be 1-64 bytes without control characters");
+    } else {
+      d.batch = *batch;
+    }
+  }
   if (errors->size() > before) {
     return absl::InvalidArgumentError((*errors)[before].message);
   }
@@ -159,19 +167,11 @@ absl::StatusOr<engine::Detection> DetectionFromJson(std::string_view json) {
   if (doc.HasParseError() || !doc.IsObject()) {
     return absl::InvalidArgumentError("stored detection: malformed JSON");
   }
-  std::string batch;
-  if (auto it = doc.FindMember("batch"); it != doc.MemberEnd() && it->value.IsString()) {
-    batch = it->value.GetString();
-    doc.RemoveMember("batch");
-  }
   std::vector<FieldError> errors;
   // Stored detections were valid when accepted; their time may be far in the past now.
   DetectionLimits limits;
   limits.max_future_skew = absl::InfiniteDuration();
-  auto d = ReadDetection(doc, "", absl::InfiniteFuture(), limits, &errors);
-  if (!d.ok()) return d.status();
-  d->batch = std::move(batch);
-  return d;
+  return ReadDetection(doc, "", absl::InfiniteFuture(), limits, &errors);
 }
 
 }  // namespace quell::api

@@ -20,9 +20,11 @@
 #include "auth/keys.h"
 #include "cli/config.h"
 #include "cli/flags.h"
+#include "cli/import_cmd.h"
 #include "cli/policy_cmd.h"
 #include "core/status.h"
 #include "grpc/grpc_server.h"
+#include "importer/sink.h"
 #include "core/strings.h"
 #include "index/index.h"
 #include "ledger/audit.h"
@@ -52,6 +54,8 @@ commands:
   keys revoke ID   revoke an API key    ([--data DIR])
   audit verify     walk the ledger's hash chain and name the first broken link ([--data DIR])
   migrate          apply schema migrations ([--data DIR])
+  import FILE...   bulk detections (NDJSON, CSV, Avro; gzip/zstd; - for stdin)
+                   ([--server URL --key KEY | --data DIR] [--rejects PATH] [--resume] [--dry-run] [--json])
   policy check FILE                validate a policy set; every error as FILE:line:col
   policy test FILE --cases DIR     run policy-as-code test cases
   version          print the version
@@ -177,6 +181,11 @@ int Serve(const Flags& flags) {
   signal(SIGPIPE, SIG_IGN);
 
   core::Clock* clock = core::RealClock::Get();
+  // One owner per data directory: `quell import --data DIR` takes the same lock.
+  auto data_lock = importer::LockDataDir(
+      config->data, "server.lock",
+      absl::StrCat(config->data, " is in use by another quell server or import"));
+  if (!data_lock.ok()) return Failure(data_lock.status());
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
   auto ledger = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, clock);
@@ -364,6 +373,7 @@ int Main(int argc, char** argv) {
   }
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
+  if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   auto flags = Flags::Parse(args, {"data", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));

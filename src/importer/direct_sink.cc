@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "api/detection_codec.h"
 #include "core/status.h"
 #include "core/strings.h"
@@ -22,6 +23,7 @@
 #include "ledger/sqlite/sqlite_store.h"
 #include "policy/policy_set.h"
 #include "workflow/decisions.h"
+#include "workflow/safeguards.h"
 
 namespace quell::importer {
 namespace {
@@ -99,14 +101,20 @@ class DirectSink final : public Sink {
     } else {
       catalog_ = core::ActionCatalog::Default();
     }
+    // The server's safeguards (protected entities, breakers, immunity), loaded before the
+    // ledger takes writes and following it afterwards.
+    safeguards_ = std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
+    QUELL_RETURN_IF_ERROR(safeguards_->Load(*store, absl::Now()));
     ledger::LedgerOptions lo;
     QUELL_ASSIGN_OR_RETURN(ledger_, ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
+    ledger_->AddListener(safeguards_.get());
     return absl::OkStatus();
   }
 
   void Send(std::vector<engine::Detection> detections, std::function<void(BatchResult)> done) override {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    auto mutation = [dets = std::move(detections), set = set_, catalog = catalog_, out](
+    auto mutation = [dets = std::move(detections), set = set_, catalog = catalog_, out,
+                     safeguards = safeguards_.get()](
                         ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
       TxnEnvironment env(txn, now);
       std::vector<workflow::DetectionWork> work;
@@ -118,7 +126,11 @@ class DirectSink final : public Sink {
         w.detection = std::move(d);
         work.push_back(std::move(w));
       }
-      return workflow::ApplyDetections(std::move(work), catalog, "import", out)(txn, now);
+      if (set == nullptr) {
+        return workflow::ApplyDetections(std::move(work), catalog, "import", out)(txn, now);
+      }
+      return workflow::ApplyDetections(std::move(work), catalog, "import", out,
+                                       workflow::SafeguardContext{safeguards, set})(txn, now);
     };
     ledger_->Submit(std::move(mutation),
                     [out, done = std::move(done)](absl::Status status, std::vector<ledger::Change>) {
@@ -146,6 +158,7 @@ class DirectSink final : public Sink {
   int server_lock_;
   std::shared_ptr<const policy::PolicySet> set_;
   std::shared_ptr<const core::ActionCatalog> catalog_;
+  std::unique_ptr<workflow::Safeguards> safeguards_;  // outlives ledger_ (declared first)
   std::unique_ptr<ledger::Ledger> ledger_;
 };
 

@@ -42,7 +42,7 @@ std::string Row(const std::string& id, const std::string& entity, double score) 
          "\",\"score\":" + std::to_string(score) + ",\"observed_at\":\"2024-05-01T10:00:00Z\"}\n";
 }
 
-void Setup(const std::string& dir) {
+void PrepareDataDir(const std::string& dir) {
   ledger::SqliteOptions so;
   so.path = dir;
   auto store = ledger::OpenSqliteStore(so);
@@ -109,7 +109,7 @@ std::string MixedFile() {
 
 TEST(DirectImportTest, CountsRejectsBatchAndIdempotentReimport) {
   std::string dir = testing::TempDir("direct");
-  Setup(dir + "/var");
+  PrepareDataDir(dir + "/var");
   std::string file = dir + "/in.ndjson.zst";
   testing::WriteFile(file, testing::Zstd(MixedFile()));
   ImportResult r = Import(Options(dir, file));
@@ -143,8 +143,8 @@ TEST(DirectImportTest, CountsRejectsBatchAndIdempotentReimport) {
 
 TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
   std::string dir = testing::TempDir("resume");
-  Setup(dir + "/a/var");
-  Setup(dir + "/b/var");
+  PrepareDataDir(dir + "/a/var");
+  PrepareDataDir(dir + "/b/var");
   std::string file = dir + "/in.ndjson.gz";
   testing::WriteFile(file, testing::Gzip(MixedFile()));
   ASSERT_TRUE(Import(Options(dir + "/a", file)).status.ok());
@@ -181,8 +181,8 @@ TEST(DirectImportTest, ReplayingAcknowledgedRowsChangesNothing) {
   // A checkpoint older than what was applied (a crash between commit and checkpoint):
   // the replayed rows come back as duplicates and the state is the same.
   std::string dir = testing::TempDir("replay");
-  Setup(dir + "/a/var");
-  Setup(dir + "/b/var");
+  PrepareDataDir(dir + "/a/var");
+  PrepareDataDir(dir + "/b/var");
   std::string file = dir + "/in.ndjson";
   testing::WriteFile(file, MixedFile());
   ASSERT_TRUE(Import(Options(dir + "/a", file)).status.ok());
@@ -210,7 +210,7 @@ TEST(DirectImportTest, ReplayingAcknowledgedRowsChangesNothing) {
 
 TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
   std::string dir = testing::TempDir("dryrun");
-  Setup(dir + "/var");
+  PrepareDataDir(dir + "/var");
   std::string before = dir + "/before.ndjson";
   testing::WriteFile(before, Row("p1", "user:a", 0.95));
   ASSERT_TRUE(Import(Options(dir, before)).status.ok());
@@ -218,7 +218,7 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
 
   std::string file = dir + "/preview.ndjson";
   std::string rows = Row("x1", "user:a", 0.95) + Row("x2", "user:vip", 0.95) + Row("x3", "user:c", 0.6) + "nope\n";
-  for (const std::string& u : {"user:b", "user:d"}) {
+  for (std::string u : {"user:b", "user:d"}) {
     for (int i = 0; i < 3; ++i) rows += Row(std::string("y") + u + std::to_string(i), u, 0.97);
   }
   testing::WriteFile(file, rows);
@@ -249,7 +249,7 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
 
 TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
   std::string dir = testing::TempDir("lock");
-  Setup(dir + "/var");
+  PrepareDataDir(dir + "/var");
   std::string file = dir + "/in.ndjson";
   testing::WriteFile(file, Row("d1", "user:a", 0.95));
   auto held = LockDataDir(dir + "/var", "server.lock", "held by the test");
@@ -263,7 +263,7 @@ TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
 
 TEST(DirectImportTest, BadInputRefusesBeforeWriting) {
   std::string dir = testing::TempDir("refuse");
-  Setup(dir + "/var");
+  PrepareDataDir(dir + "/var");
   auto seq = *OpenStore(dir + "/var")->LastSeq();
   std::string empty = dir + "/empty.ndjson", good = dir + "/good.ndjson", header = dir + "/h.csv";
   testing::WriteFile(empty, "");

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "api/detection_codec.h"
 #include "core/strings.h"
 #include "importer/internal/http_client.h"

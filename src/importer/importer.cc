@@ -18,6 +18,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -409,7 +410,7 @@ class Run {
     std::shared_ptr<const policy::PolicySet> set;
     std::unique_ptr<ledger::Store> store;
     struct stat st;
-    std::string db = absl::StrCat(o_.data_dir, "/", ledger::kSqliteFileName);
+    std::string db = absl::StrCat(o_.data_dir, "/", AV(ledger::kSqliteFileName));
     if (::stat(db.c_str(), &st) == 0) {
       ledger::SqliteOptions so;
       so.path = o_.data_dir;

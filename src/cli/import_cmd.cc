@@ -1,0 +1,160 @@
+#include "cli/import_cmd.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cli/flags.h"
+#include "core/time.h"
+#include "importer/importer.h"
+
+namespace quell::cli {
+namespace {
+
+constexpr int kOk = 0, kFailure = 1, kUsage = 2;
+
+constexpr char kImportUsage[] = R"(usage: quell import FILE... [flags]
+
+Loads bulk detections (one per row) from NDJSON, CSV or Avro files, each optionally gzip
+or zstd compressed; FILE - reads standard input. See docs/import.md.
+
+where to:
+  --server URL --key KEY   a running server (POST /v1/detections over keep-alive HTTP)
+  --data DIR               the data directory itself (default ./var; refused while a
+                           server owns it)
+input:
+  --format ndjson|csv|avro overrides detection by file name and content
+  --max-row-bytes N        longer rows are rejected (default 1048576)
+safety:
+  --rejects PATH           rejected rows as NDJSON {"file","line","error","row"}
+                           (default FILE.rejects.ndjson)
+  --checkpoint PATH        default <rejects path or FILE>.quell-checkpoint
+  --resume                 continue an interrupted import from its checkpoint
+  --dry-run                evaluate every row, print the impact, write nothing
+  --policies FILE          dry run against this policy set instead of the stored one
+output:
+  --json                   the final summary as one JSON object on stdout
+  --progress auto|bar|lines|off   (default auto: a bar on a terminal)
+tuning:
+  --batch-rows N (1000)  --in-flight N (3)  --retry-for DURATION (60s)  --no-fsync
+)";
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) {
+  g_stop.store(true);
+  // A second Ctrl-C kills at once; the last checkpoint stays valid.
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+}
+
+int Usage(const std::string& message) {
+  if (!message.empty()) std::cerr << "quell import: " << message << "\n\n";
+  std::cerr << kImportUsage;
+  return kUsage;
+}
+
+bool ParseCount(const std::optional<std::string>& v, int64_t lo, int64_t hi, int64_t* out) {
+  if (!v) return true;
+  return absl::SimpleAtoi(*v, out) && *out >= lo && *out <= hi;
+}
+
+}  // namespace
+
+int ImportCommand(const std::vector<std::string>& args) {
+  auto flags = Flags::Parse(args,
+                            {"server", "key", "data", "format", "rejects", "checkpoint", "policies",
+                             "batch-rows", "in-flight", "retry-for", "max-row-bytes", "progress"},
+                            {"resume", "dry-run", "json", "help", "no-fsync"});
+  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (flags->Has("help")) {
+    std::cout << kImportUsage;
+    return kOk;
+  }
+  importer::ImportOptions o;
+  o.files = flags->positional();
+  if (o.files.empty()) return Usage("no input: name one or more files, or - for standard input");
+  if (auto v = flags->Get("format")) {
+    auto f = importer::ParseFormat(*v);
+    if (!f.ok()) return Usage(std::string(f.status().message()));
+    o.format = *f;
+  }
+  o.server_url = flags->Get("server").value_or("");
+  o.key = flags->Get("key").value_or("");
+  if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
+  if (!o.server_url.empty() && o.key.empty()) return Usage("--server needs --key KEY (or QUELL_KEY)");
+  if (!o.server_url.empty() && flags->Has("data")) return Usage("--server and --data exclude each other");
+  if (const char* env = std::getenv("QUELL_DATA")) o.data_dir = env;
+  if (auto v = flags->Get("data")) o.data_dir = *v;
+  o.rejects_path = flags->Get("rejects").value_or("");
+  o.checkpoint_path = flags->Get("checkpoint").value_or("");
+  o.resume = flags->Has("resume");
+  o.dry_run = flags->Has("dry-run");
+  o.policies_file = flags->Get("policies").value_or("");
+  if (!o.policies_file.empty() && !o.dry_run) return Usage("--policies is for --dry-run");
+  if (o.dry_run && !o.server_url.empty()) {
+    return Usage("--dry-run reads the data directory (--data DIR; a running server may own it) "
+                 "and/or --policies FILE, not --server");
+  }
+  if (o.dry_run && o.resume) return Usage("--dry-run and --resume exclude each other");
+  o.durable = !flags->Has("no-fsync");
+  int64_t n = 0;
+  if (!ParseCount(flags->Get("batch-rows"), 1, 10000, &n)) return Usage("--batch-rows must be 1..10000");
+  if (flags->Get("batch-rows")) o.batch_rows = static_cast<size_t>(n);
+  if (!ParseCount(flags->Get("in-flight"), 1, 64, &n)) return Usage("--in-flight must be 1..64");
+  if (flags->Get("in-flight")) o.in_flight = static_cast<int>(n);
+  if (!ParseCount(flags->Get("max-row-bytes"), 64, int64_t{1} << 30, &n)) {
+    return Usage("--max-row-bytes must be 64..1073741824");
+  }
+  if (flags->Get("max-row-bytes")) o.max_row_bytes = static_cast<size_t>(n);
+  if (auto v = flags->Get("retry-for")) {
+    auto d = core::ParseDuration(*v);
+    if (!d.ok()) return Usage(absl::StrCat("--retry-for: ", d.status().message()));
+    o.retry_for = *d;
+  }
+  std::string progress = flags->Get("progress").value_or("auto");
+  if (progress == "auto") {
+    o.progress = importer::Progress::AutoMode(stderr);
+  } else if (progress == "bar") {
+    o.progress = importer::Progress::Mode::kBar;
+  } else if (progress == "lines") {
+    o.progress = importer::Progress::Mode::kLines;
+  } else if (progress == "off") {
+    o.progress = importer::Progress::Mode::kOff;
+  } else {
+    return Usage("--progress must be auto, bar, lines or off");
+  }
+  const bool json = flags->Has("json");
+
+  g_stop.store(false);
+  struct sigaction sa {};
+  sa.sa_handler = &OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  o.stop = &g_stop;
+
+  importer::ImportResult r = importer::Import(o);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+
+  if (json) {
+    std::cout << importer::SummaryJson(r) << "\n";
+  }
+  if (!r.status.ok()) std::cerr << "quell import: " << r.status.message() << "\n";
+  if (!r.refused) {
+    std::string text = importer::SummaryText(r);
+    // With --json, stdout is for the machine; people read stderr.
+    (json ? std::cerr : std::cout) << text;
+  }
+  return r.status.ok() ? kOk : kFailure;
+}
+
+}  // namespace quell::cli

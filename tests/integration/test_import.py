@@ -1,0 +1,388 @@
+"""Integration tests for `quell import` (issue 7) against the real binary: through a
+running server (batch ids on mitigations, idempotent re-import, kill -9 of the import and
+of the server mid-file then --resume, compared with an uninterrupted import into a second
+server), directly into a data directory (lock, dry run that writes nothing), and bad input
+(truncated gzip, wrong column count, invalid UTF-8, a 10 MB line, wrong Avro schema,
+empty file)."""
+import datetime
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness
+from harness import QUELL, QuellServer, run_cli
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+CONFIG = os.path.join(EXAMPLES, "quell.yaml")
+
+
+def ts(minutes_ago=0):
+    t = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=minutes_ago)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row(i, users=997):
+    # Every 4th row is a high-confidence bot verdict (bot-model-high: exclude_royalties,
+    # escalating to suspend on the 3rd hit); the others score lower.
+    score = 0.97 if i % 4 == 0 else 0.3 + (i % 5) / 10.0
+    return {"id": "r%d" % i, "source": "bot-model-v3", "type": "artificial_streaming",
+            "entity": "user:u%d" % (i % users), "score": score, "observed_at": ts(60),
+            "evidence": {"n": i}}
+
+
+def write_ndjson(path, n, bad_every=0):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps(row(i)) + "\n")
+            if bad_every and i % bad_every == bad_every - 1:
+                f.write('{"id": "broken\n')
+
+
+def import_cmd(*args, check=False, timeout=300):
+    p = subprocess.run([QUELL, "import", *args], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def mitigations(q):
+    """Every mitigation as (entity, action, state, policy, batch), sorted."""
+    out, cursor = [], ""
+    while True:
+        path = "/v1/mitigations?limit=500" + ("&cursor=" + cursor if cursor else "")
+        s, r, _ = q.request("GET", path)
+        assert s == 200, r
+        out += [(m["entity"], m["action"], m["state"], m.get("policy", ""), m.get("batch", ""))
+                for m in r["mitigations"]]
+        cursor = r.get("next_cursor") or ""
+        if not cursor:
+            return sorted(out)
+
+
+def without_batch(ms):
+    return sorted(m[:4] for m in ms)
+
+
+def seq(q):
+    s, r, _ = q.request("GET", "/v1/check?entity=user:nobody")
+    assert s == 200, r
+    return r["seq"]
+
+
+class FixedPortServer(QuellServer):
+    """Restarts on the same port, so a running import finds it again."""
+
+    def start(self, dev=True):
+        if self.port is None:
+            return super().start(dev)
+        port = self.port
+        orig = harness.free_port
+        harness.free_port = lambda: port
+        try:
+            return super().start(dev)
+        finally:
+            harness.free_port = orig
+
+
+def avro_long(n):
+    n = (n << 1) ^ (n >> 63)
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def avro_bytes(b):
+    return avro_long(len(b)) + b
+
+
+def write_avro(path, schema, records):
+    """A minimal Avro object container writer (null codec) for records of strings/doubles."""
+    sync = os.urandom(16)
+    meta = avro_long(2) + avro_bytes(b"avro.schema") + avro_bytes(json.dumps(schema).encode()) + \
+        avro_bytes(b"avro.codec") + avro_bytes(b"null") + avro_long(0)
+    body = b""
+    for rec in records:
+        for f in schema["fields"]:
+            v = rec[f["name"]]
+            t = f["type"]
+            if t == "double":
+                body += struct.pack("<d", v)
+            elif t == "string":
+                body += avro_bytes(v.encode())
+            elif isinstance(t, list):  # ["null", "string"]
+                body += avro_long(0) if v is None else avro_long(1) + avro_bytes(v.encode())
+            elif isinstance(t, dict):  # array of strings
+                if v:
+                    body += avro_long(len(v)) + b"".join(avro_bytes(x.encode()) for x in v)
+                body += avro_long(0)
+    with open(path, "wb") as f:
+        f.write(b"Obj\x01" + meta + sync)
+        if records:
+            f.write(avro_long(len(records)) + avro_long(len(body)) + body + sync)
+
+
+AVRO_SCHEMA = json.load(open(os.path.join(EXAMPLES, "import", "detection.avsc")))
+
+
+class ServerImportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="quell-import-")
+        cls.file = os.path.join(cls.tmp.name, "day.ndjson.gz")
+        with gzip.open(cls.file, "wt") as f:
+            for i in range(30000):
+                f.write(json.dumps(row(i)) + "\n")
+        cls.reference = QuellServer(extra_args=["--config", CONFIG]).start()
+        code, out, err = import_cmd(cls.file, "--server", "http://127.0.0.1:%d" % cls.reference.port,
+                                    "--key", cls.reference.admin_key, "--json",
+                                    "--rejects", os.path.join(cls.tmp.name, "ref.rejects"))
+        assert code == 0, err
+        cls.reference_summary = json.loads(out)
+        cls.reference_state = mitigations(cls.reference)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.reference.cleanup()
+        cls.tmp.cleanup()
+
+    def test_summary_batch_and_idempotent_reimport(self):
+        s = self.reference_summary
+        self.assertEqual(s["read"], 30000)
+        self.assertEqual(s["accepted"], 30000)
+        self.assertEqual(s["rejected"], 0)
+        self.assertTrue(s["batch"].startswith("b_"))
+        self.assertGreater(s["decisions"].get("active", 0), 0)
+        # Every mitigation the import caused carries its batch.
+        self.assertTrue(self.reference_state)
+        self.assertEqual({m[4] for m in self.reference_state}, {s["batch"]})
+        before = seq(self.reference)
+        code, out, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
+                                    "--key", self.reference.admin_key, "--json",
+                                    "--rejects", os.path.join(self.tmp.name, "again.rejects"))
+        self.assertEqual(code, 0, err)
+        again = json.loads(out)
+        self.assertEqual(again["duplicate"], 30000)
+        self.assertEqual(again["accepted"], 0)
+        self.assertEqual(seq(self.reference), before)  # nothing changed
+        self.assertEqual(mitigations(self.reference), self.reference_state)
+
+    def interrupted_then_resumed(self, interrupt):
+        q = FixedPortServer(extra_args=["--config", CONFIG]).start()
+        try:
+            key = q.create_key("detector", "bot-model-v3")
+            rejects = os.path.join(q.data, "rejects.ndjson")
+            args = [QUELL, "import", self.file, "--server", "http://127.0.0.1:%d" % q.port, "--key", key,
+                    "--rejects", rejects, "--batch-rows", "500", "--progress", "lines", "--json"]
+            p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            checkpoint = rejects + ".quell-checkpoint"
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if json.load(open(checkpoint))["offset"] > 0:
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.01)
+            interrupt(p, q)
+            out, err = p.communicate(timeout=300)
+            return q, p.returncode, out, err, args
+        except BaseException:
+            q.cleanup()
+            raise
+
+    def test_kill9_import_then_resume_equals_uninterrupted(self):
+        def kill_import(p, q):
+            p.send_signal(signal.SIGKILL)
+        q, code, _, _, args = self.interrupted_then_resumed(kill_import)
+        try:
+            self.assertEqual(code, -signal.SIGKILL)  # killed mid-file
+            self.assertNotEqual(mitigations(q), [])
+            code, out, err = import_cmd(*args[2:], "--resume")
+            self.assertEqual(code, 0, err)
+            summary = json.loads(out)
+            self.assertEqual(summary["read"], 30000)
+            self.assertEqual(summary["accepted"] + summary["duplicate"], 30000)
+            state = mitigations(q)
+            self.assertEqual(without_batch(state), without_batch(self.reference_state))
+            self.assertEqual({m[4] for m in state}, {summary["batch"]})  # one batch across the resume
+            self.assertFalse(os.path.exists(os.path.join(q.data, "rejects.ndjson.quell-checkpoint")))
+        finally:
+            q.cleanup()
+
+    def test_ctrl_c_then_resume(self):
+        def ctrl_c(p, q):
+            p.send_signal(signal.SIGINT)
+        q, code, out, err, args = self.interrupted_then_resumed(ctrl_c)
+        try:
+            if code == 0:
+                self.skipTest("the import finished before the signal")
+            self.assertEqual(code, 1, err)
+            self.assertIn("--resume", err)
+            code, out, err = import_cmd(*args[2:], "--resume")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
+        finally:
+            q.cleanup()
+
+    def test_server_restart_mid_import(self):
+        def restart_server(p, q):
+            q.kill9()
+            time.sleep(0.5)
+            q.start()
+        q, code, out, err, _ = self.interrupted_then_resumed(restart_server)
+        try:
+            self.assertEqual(code, 0, err)  # the import retried until the server was back
+            summary = json.loads(out)
+            self.assertEqual(summary["accepted"] + summary["duplicate"], 30000)
+            self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
+        finally:
+            q.cleanup()
+
+    def test_wrong_key_and_direct_import_refused_while_server_runs(self):
+        code, _, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
+                                  "--key", "k_nope.nope")
+        self.assertEqual(code, 1)
+        self.assertIn("refused the key", err)
+        code, _, err = import_cmd(self.file, "--data", self.reference.data)
+        self.assertEqual(code, 1)
+        self.assertIn("a quell server owns", err)
+
+    def test_dry_run_against_a_running_server_writes_nothing(self):
+        f = os.path.join(self.tmp.name, "preview.ndjson")
+        with open(f, "w") as out:
+            for i in range(300):
+                out.write(json.dumps(dict(row(i), id="p%d" % i, entity="user:new%d" % (i % 50))) + "\n")
+            out.write(json.dumps(dict(row(0), id="p-old")) + "\n")  # user:u0: already mitigated
+        before = seq(self.reference)
+        code, out, err = import_cmd(f, "--data", self.reference.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        self.assertEqual(d["seq"], before)
+        self.assertGreater(d["new"]["by_action"].get("exclude_royalties", 0), 0)
+        self.assertGreaterEqual(d["already"], 1)
+        self.assertTrue(any(b["name"] == "suspend-rate" for b in d["breakers"]))
+        self.assertEqual(seq(self.reference), before)
+        code, out, err = import_cmd(f, "--data", self.reference.data, "--dry-run")
+        self.assertIn("would newly mitigate", out)
+        self.assertIn("breakers that would open", out)
+
+
+class DirectImportTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="quell-import-direct-")
+        self.data = os.path.join(self.tmp.name, "var")
+        # Publish the example set by starting a server once, then stop it.
+        q = QuellServer(data_dir=self.data, extra_args=["--config", CONFIG]).start()
+        q.stop()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def test_csv_from_stdin_and_rejects(self):
+        csv = "id,source,type,entity,score,observed_at,evidence,related\n"
+        csv += 'c1,bot-model-v3,artificial_streaming,user:c1,0.97,%s,"{""k"":1}",device:d1|ip:10.0.0.1\n' % ts(5)
+        csv += "c2,bot-model-v3,artificial_streaming,user:c2,0.97,%s\n" % ts(5)  # wrong column count
+        csv += "c3,bot-model-v3,artificial_streaming,user:c\xe93,0.97,%s,,\n" % ts(5)
+        p = subprocess.run([QUELL, "import", "-", "--format", "csv", "--data", self.data, "--json",
+                            "--rejects", self.path("r.ndjson")],
+                           input=csv.encode("latin-1"), capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        s = json.loads(p.stdout)
+        self.assertEqual((s["read"], s["accepted"], s["rejected"]), (3, 1, 2))
+        rejects = [json.loads(l) for l in open(self.path("r.ndjson"))]
+        self.assertEqual([r["line"] for r in rejects], [3, 4])
+        self.assertIn("wrong column count", rejects[0]["error"])
+        self.assertIn("invalid UTF-8", rejects[1]["error"])
+
+    def test_bad_inputs(self):
+        good = self.path("good.ndjson")
+        write_ndjson(good, 5000)
+        # Truncated gzip: the rows before the damage are imported, the run stops (exit 1)
+        # with the checkpoint at the last good row.
+        data = gzip.compress(open(good, "rb").read())
+        trunc = self.path("trunc.ndjson.gz")
+        open(trunc, "wb").write(data[: len(data) * 2 // 3])
+        code, out, err = import_cmd(trunc, "--data", self.data, "--json")
+        self.assertEqual(code, 1)
+        self.assertIn("truncated gzip", err)
+        s = json.loads(out)
+        self.assertGreater(s["accepted"], 0)
+        self.assertTrue(os.path.exists(trunc + ".quell-checkpoint"))
+        # A 10 MB line is rejected; the rows around it are imported.
+        big = self.path("big.ndjson")
+        with open(big, "w") as f:
+            f.write(json.dumps(dict(row(1), id="b1")) + "\n")
+            f.write('{"id":"' + "x" * (10 << 20) + '"}\n')
+            f.write(json.dumps(dict(row(2), id="b2")) + "\n")
+        code, out, err = import_cmd(big, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        s = json.loads(out)
+        self.assertEqual((s["accepted"], s["rejected"]), (2, 1))
+        rej = json.loads(open(big + ".rejects.ndjson").readline())
+        self.assertEqual(rej["line"], 2)
+        self.assertIn("longer than the limit", rej["error"])
+        # Refused before writing anything: empty file, wrong Avro schema, unknown CSV column.
+        empty = self.path("empty.ndjson")
+        open(empty, "w").close()
+        bad_avro = self.path("bad.avro")
+        write_avro(bad_avro, {"type": "record", "name": "X", "fields": [
+            {"name": "id", "type": "string"}, {"name": "score", "type": "string"}]},
+            [{"id": "a", "score": "high"}])
+        bad_csv = self.path("bad.csv")
+        open(bad_csv, "w").write("id,source,colour\n")
+        for f, message in [(empty, "is empty"), (bad_avro, "Avro schema does not fit"),
+                           (bad_csv, "unknown column")]:
+            code, out, err = import_cmd(good, f, "--data", self.data)
+            self.assertEqual(code, 1, err)
+            self.assertIn(message, err)
+        # good.ndjson was never imported by the refused runs.
+        code, out, err = import_cmd(good, "--data", self.data, "--json")
+        self.assertEqual(json.loads(out)["accepted"], 5000, err)
+
+    def test_avro_file(self):
+        f = self.path("d.avro")
+        recs = [{"id": "a%d" % i, "source": "bot-model-v3", "type": "artificial_streaming",
+                 "entity": "user:a%d" % i, "score": 0.97, "observed_at": ts(3),
+                 "evidence": '{"k": %d}' % i if i % 2 else None, "related": ["device:x%d" % i]}
+                for i in range(100)]
+        write_avro(f, AVRO_SCHEMA, recs)
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        s = json.loads(out)
+        self.assertEqual((s["read"], s["accepted"]), (100, 100))
+        self.assertEqual(s["decisions"].get("active"), 100)
+
+    def test_dry_run_then_import(self):
+        f = self.path("d.ndjson")
+        write_ndjson(f, 400)
+        code, out, err = import_cmd(f, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        s = json.loads(out)
+        self.assertGreater(s["accepted"], 0)
+        # The preview's new mitigations are the ones the import created.
+        q = QuellServer(data_dir=self.data, extra_args=["--config", CONFIG]).start(dev=False)
+        try:
+            q.admin_key = run_cli("keys", "create", "--role", "admin", "--data", self.data)[1].strip()
+            live = [m for m in mitigations(q) if m[2] in ("active", "pending_approval", "scheduled")]
+            self.assertEqual(len(live), d["new"]["total"] + d["protected"]["total"])
+            self.assertGreater(d["new"]["total"], 0)
+        finally:
+            q.cleanup()
+
+if __name__ == "__main__":
+    unittest.main()
