@@ -3,19 +3,32 @@
 #include "api/internal/context.h"
 #include "api/internal/policy_holder.h"
 #include "api/internal/policy_routes.h"
+#include "api/internal/safeguard_routes.h"
 #include "core/status.h"
+#include "obs/metrics.h"
+#include "workflow/safeguards.h"
+#include "workflow/sweeper.h"
 
 namespace quell::api {
 
 class Api::Impl {
  public:
   Impl(ApiDeps deps, ApiOptions options)
-      : policies_(deps.catalog), ctx_(std::move(deps), std::move(options)), router_(&ctx_) {}
+      : policies_(deps.catalog),
+        safeguards_(workflow::SafeguardOptionsFromEnv(), deps.logger),
+        ctx_(std::move(deps), std::move(options)),
+        router_(&ctx_),
+        sweeper_(ctx_.deps.ledger, ctx_.deps.clock, &safeguards_) {}
+  ~Impl() { sweeper_.Stop(); }
 
   absl::Status Init() {
     QUELL_RETURN_IF_ERROR(policies_.Load(ctx_.deps.ledger->store()));
     ctx_.deps.ledger->AddListener(&policies_);
     ctx_.policies = &policies_;
+    QUELL_RETURN_IF_ERROR(safeguards_.Load(ctx_.deps.ledger->store(), ctx_.deps.clock->Now()));
+    ctx_.deps.ledger->AddListener(&safeguards_);
+    ctx_.safeguards = &safeguards_;
+    QUELL_RETURN_IF_ERROR(RegisterMetrics());
     internal::AddHealthRoutes(router_, ctx_);
     internal::AddMitigationRoutes(router_, ctx_);
     internal::AddFeedRoutes(router_, ctx_);
@@ -23,12 +36,54 @@ class Api::Impl {
     internal::AddCrowdSecRoutes(router_, ctx_);
     internal::AddDetectionRoutes(router_, ctx_, policies_);
     internal::AddPolicyRoutes(router_, ctx_, policies_);
+    internal::AddListRoutes(router_, ctx_, policies_);
+    internal::AddBreakerRoutes(router_, ctx_, policies_);
+    internal::AddReviewRoutes(router_, ctx_);
+    internal::AddRollbackRoutes(router_, ctx_);
+    internal::AddAppealRoutes(router_, ctx_);
+    sweeper_.Start();
+    return absl::OkStatus();
+  }
+
+  // The safeguards' counters on /metrics.
+  absl::Status RegisterMetrics() {
+    obs::Registry* r = ctx_.deps.metrics;
+    if (r == nullptr) return absl::OkStatus();
+    auto& m = safeguards_.metrics();
+    struct Def {
+      const char* name;
+      const char* help;
+      std::atomic<int64_t>* value;
+    };
+    for (const Def& d : {Def{"quell_safeguard_held_protected_total",
+                             "Automatic decisions held for approval: protected entity", &m.held_protected},
+                         Def{"quell_safeguard_held_breaker_total",
+                             "Automatic decisions held for approval: open breaker", &m.held_breaker},
+                         Def{"quell_safeguard_held_immunity_total",
+                             "Automatic decisions held for approval: human-decision immunity", &m.held_immunity},
+                         Def{"quell_breaker_opened_total", "Breakers opened", &m.breakers_opened},
+                         Def{"quell_pending_expired_total", "Pending approvals that expired", &m.pending_expired}}) {
+      auto* v = d.value;
+      auto h = r->AddCallbackCounter(d.name, d.help, [v] { return static_cast<double>(v->load()); });
+      if (!h.ok()) return h.status();
+      metric_handles_.push_back(*std::move(h));
+    }
+    auto open = r->AddCallbackGauge("quell_breakers_open", "Breakers currently open", [this] {
+      double n = 0;
+      for (const auto& b : safeguards_.Breakers(*policies_.Current(), ctx_.deps.clock->Now())) n += b.open;
+      return n;
+    });
+    if (!open.ok()) return open.status();
+    metric_handles_.push_back(*std::move(open));
     return absl::OkStatus();
   }
 
   internal::PolicyHolder policies_;
+  workflow::Safeguards safeguards_;
   internal::Context ctx_;
   internal::Router router_;
+  workflow::SafeguardSweeper sweeper_;
+  std::vector<obs::CallbackHandle> metric_handles_;
 };
 
 absl::StatusOr<std::unique_ptr<Api>> Api::Create(ApiDeps deps, ApiOptions options) {

@@ -136,7 +136,8 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
     auto shared = std::make_shared<std::pair<Call, std::vector<Item>>>(std::move(call), std::move(items));
     ctx.deps.ledger->Submit(
-        workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id, out),
+        workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id, out,
+                                  workflow::SafeguardContext{ctx.safeguards, set}),
         [shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
                                                             std::vector<ledger::Change>) {
           Call& call = shared->first;

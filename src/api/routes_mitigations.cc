@@ -1,5 +1,6 @@
 // check, mitigations (list, get, create manual, revoke) and the entity view.
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "api/internal/context.h"
@@ -9,7 +10,9 @@
 #include "core/strings.h"
 #include "core/time.h"
 #include "index/index.h"
+#include "safeguards/approval.h"
 #include "workflow/mitigations.h"
+#include "workflow/safeguards.h"
 
 namespace quell::api::internal {
 namespace {
@@ -44,6 +47,43 @@ void AppendHit(const index::Index& index, const core::ActionCatalog& catalog, co
   out->append("\",\"expires_at\":\"");
   out->append(core::FormatRfc3339(core::FromMicros(h.expires_us)));
   out->append("\"}");
+}
+
+// The "why" of one state change, for people: who or what caused it (policy and version,
+// source, detections, reviewer, breaker) and the reason recorded with it.
+void AppendCause(const ledger::Change& c, const Mitigation& m, std::string* out) {
+  const std::string& why = m.state_reason.empty() ? m.reason : m.state_reason;
+  out->append(",\"cause\":{\"state\":\"");
+  out->append(core::StateName(m.state));
+  out->append("\",\"by\":");
+  bool automatic = !m.policy.empty() && (c.actor == "system" || why.find("held for approval") != std::string::npos ||
+                                         m.state_reason.empty() || m.state_reason.rfind("hit again", 0) == 0 ||
+                                         m.state_reason.rfind("extended", 0) == 0);
+  core::AppendJsonString(c.actor == "system" ? "system" : automatic ? "policy" : "person", out);
+  out->append(",\"actor\":");
+  core::AppendJsonString(c.actor, out);
+  out->append(",\"policy\":");
+  core::AppendJsonString(m.policy, out);
+  absl::StrAppend(out, ",\"policy_version\":", m.policy_version, ",\"source\":");
+  core::AppendJsonString(m.source, out);
+  out->append(",\"detections\":[");
+  for (size_t i = 0; i < m.detections.size() && i < 20; ++i) {
+    if (i) out->push_back(',');
+    core::AppendJsonString(m.detections[i], out);
+  }
+  out->append("]");
+  if (!automatic && c.actor != "system") {
+    out->append(",\"reviewer\":");
+    core::AppendJsonString(c.actor, out);
+  }
+  if (size_t b = why.find("breaker "); b != std::string::npos) {
+    size_t start = b + 8, end = why.find(' ', start);
+    out->append(",\"breaker\":");
+    core::AppendJsonString(std::string_view(why).substr(start, end == std::string::npos ? std::string::npos : end - start), out);
+  }
+  out->append(",\"why\":");
+  core::AppendJsonString(why, out);
+  out->append("}");
 }
 
 void Check(Context& ctx, Call&& call) {
@@ -197,6 +237,16 @@ void CreateMitigation(Context& ctx, Call&& call) {
   if (auto e = ctx.ReadIdempotency(call, &idem)) return call.Fail(*e);
   cr.action = *action;
   cr.reason = *reason;
+  // A manual action over many entities (a wide network) waits for a second person.
+  if (ctx.safeguards != nullptr) {
+    const int64_t covered = safeguards::EntitiesCovered(cr.entity);
+    const int64_t threshold = ctx.safeguards->options().bulk_threshold;
+    if (safeguards::BulkNeedsApproval(covered, threshold)) {
+      cr.state = core::MitigationState::kPendingApproval;
+      absl::StrAppend(&cr.reason, "; held for approval: a manual action over ", covered,
+                      " entities (more than ", threshold, ")");
+    }
+  }
   cr.source = "manual";
   cr.actor = call.who.key_id;
   auto result = std::make_shared<workflow::CreateResult>();
@@ -269,9 +319,38 @@ void EntityView(Context& ctx, Call&& call) {
       core::AppendJsonString(c.actor, &body);
       absl::StrAppend(&body, ",\"",
                       c.kind == ledger::ChangeKind::kMitigation ? "mitigation" : "payload",
-                      "\":", c.payload, "}");
+                      "\":", c.payload);
+      if (c.kind == ledger::ChangeKind::kMitigation) {
+        if (auto m = core::MitigationFromJson(c.payload); m.ok()) AppendCause(c, *m, &body);
+      }
+      body += "}";
     }
-    body += "],\"lists\":[]}";
+    body += "],\"lists\":[";
+    if (ctx.safeguards != nullptr && ctx.policies != nullptr) {
+      auto set = ctx.policies->Current();
+      std::set<std::string> protected_lists;
+      for (const auto& l : set->lists()) {
+        if (l.is_protected) protected_lists.insert(l.name);
+      }
+      if (auto lists = store.Lists(); lists.ok()) {
+        for (const auto& l : *lists) {
+          if (l.is_protected) protected_lists.insert(l.name);
+        }
+      }
+      std::vector<std::string> names = ctx.safeguards->Memberships(entity);
+      for (size_t i = 0; i < names.size(); ++i) {
+        if (i) body += ',';
+        body += "{\"name\":";
+        core::AppendJsonString(names[i], &body);
+        absl::StrAppend(&body, ",\"protected\":", protected_lists.count(names[i]) ? "true" : "false", "}");
+      }
+      auto why = ctx.safeguards->WhyProtected(*set, entity);
+      body += "],\"protected\":";
+      core::AppendJsonString(why.value_or(""), &body);
+      body += "}";
+    } else {
+      body += "]}";
+    }
     call.Send(200, std::move(body));
   });
 }

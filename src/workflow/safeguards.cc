@@ -219,6 +219,15 @@ void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
   if (until > slot) slot = until;
 }
 
+std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, set] : lists_) {
+    if (set.contains(e.str())) out.push_back(name);
+  }
+  return out;
+}
+
 void Safeguards::NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& set = lists_[std::string(list)];

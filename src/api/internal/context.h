@@ -31,6 +31,10 @@ class Histogram;
 class Logger;
 }  // namespace quell::obs
 
+namespace quell::workflow {
+class Safeguards;
+}  // namespace quell::workflow
+
 namespace quell::api::internal {
 
 struct RouteMetrics;
@@ -79,6 +83,7 @@ class Context {
   WorkerPool pool;
   ChangeWaiters waiters;
   PolicyHolder* policies = nullptr;  // set by the Api before routes are added
+  workflow::Safeguards* safeguards = nullptr;  // set by the Api before routes are added
 
   //! The action catalog in force: the active policy set's.
   std::shared_ptr<const core::ActionCatalog> Catalog() const;

@@ -1,0 +1,129 @@
+// The review queue (SPEC GET /v1/reviews?state=open, POST /v1/reviews/{id}/decision):
+// every pending_approval mitigation, with the evidence a reviewer needs (the detections as
+// submitted — related entities included —, the policy and its version, why it was held).
+#include "absl/strings/str_cat.h"
+#include "api/internal/safeguard_routes.h"
+#include "api/json_reader.h"
+#include "core/mitigation.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "safeguards/approval.h"
+#include "workflow/reviews.h"
+#include "workflow/safeguards.h"
+
+namespace quell::api::internal {
+namespace {
+
+constexpr size_t kMaxEvidence = 20;
+
+void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
+  const core::Action* action = ctx.Catalog()->Find(m.action);
+  core::Severity sev = action ? action->severity : core::Severity::kCritical;
+  std::vector<std::string> prior = workflow::PriorApprovers(m);
+  out->append("{\"id\":");
+  core::AppendJsonString(m.id, out);
+  out->append(",\"kind\":\"mitigation\",\"state\":\"open\",\"entity\":");
+  core::AppendJsonString(m.entity.str(), out);
+  out->append(",\"action\":");
+  core::AppendJsonString(m.action, out);
+  absl::StrAppend(out, ",\"severity\":\"", AV(core::SeverityName(sev)), "\",\"approvals_needed\":",
+                  safeguards::RequiredApprovals(sev), ",\"approved_by\":[");
+  for (size_t i = 0; i < prior.size(); ++i) {
+    if (i) out->push_back(',');
+    core::AppendJsonString(prior[i], out);
+  }
+  absl::StrAppend(out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at),
+                  "\",\"expires_at\":\"",
+                  core::FormatRfc3339(m.created_at + ctx.safeguards->options().pending_ttl), "\",\"reason\":");
+  core::AppendJsonString(m.reason, out);
+  out->append(",\"evidence\":{\"policy\":");
+  core::AppendJsonString(m.policy, out);
+  absl::StrAppend(out, ",\"policy_version\":", m.policy_version, ",\"source\":");
+  core::AppendJsonString(m.source, out);
+  out->append(",\"detections\":[");
+  size_t n = 0;
+  for (const std::string& id : m.detections) {
+    if (n == kMaxEvidence) break;
+    auto d = ctx.deps.ledger->store().GetDetection(m.source, id);
+    if (!d.ok() || !d->has_value()) continue;
+    if (n++) out->push_back(',');
+    out->append((*d)->json);
+  }
+  absl::StrAppend(out, "],\"detection_count\":", m.detections.size(), "},\"mitigation\":");
+  core::AppendMitigationJson(m, out);
+  out->append("}");
+}
+
+void ListReviews(Context& ctx, Call&& call) {
+  for (const auto& [k, v] : call.req.query) {
+    if (k == "state" && v != "open") {
+      return call.Fail(ApiError::Field("query.state", "only state=open is listed; closed reviews are in the entity timelines"));
+    }
+    if (k != "state" && k != "limit" && k != "cursor") {
+      return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
+    }
+  }
+  int64_t limit = 100;
+  if (auto e = QueryInt(call.req, "limit", 1, ctx.options.max_page, &limit)) return call.Fail(*e);
+  ledger::MitigationQuery q;
+  q.state = core::MitigationState::kPendingApproval;
+  q.limit = static_cast<int>(limit);
+  for (const auto& [k, v] : call.req.query) {
+    if (k == "cursor") q.cursor = v;
+  }
+  ctx.OffLoop(std::move(call), [&ctx, q](Call& call) {
+    auto page = ctx.deps.ledger->store().ListMitigations(q);
+    if (!page.ok()) return call.Fail(ApiError::FromStatus(page.status()));
+    std::string body = "{\"reviews\":[";
+    for (size_t i = 0; i < page->mitigations.size(); ++i) {
+      if (i) body += ',';
+      AppendReview(ctx, page->mitigations[i], &body);
+    }
+    body += "],\"next_cursor\":";
+    core::AppendJsonString(page->next_cursor, &body);
+    body += "}";
+    call.Send(200, std::move(body));
+  });
+}
+
+void Decide(Context& ctx, Call&& call) {
+  rapidjson::Document doc;
+  if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+  std::vector<FieldError> errors;
+  ObjectReader r(doc, "", &errors);
+  auto approve = r.Bool("approve", true);
+  auto note = r.String("note", false, 2000);
+  r.RejectUnknown();
+  if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid review decision", std::move(errors)));
+  ctx.OffLoop(std::move(call), [&ctx, approve = *approve, note = note.value_or("")](Call& call) {
+    const std::string& id = call.params[0];
+    auto m = ctx.deps.ledger->store().GetMitigation(id);
+    if (!m.ok()) return call.Fail(ApiError::FromStatus(m.status()));
+    if (!m->has_value()) return call.Fail(ApiError::NotFound(absl::StrCat("no review ", id)));
+    auto facts = workflow::LoadReviewFacts(ctx.deps.ledger->store(), **m);
+    if (!facts.ok()) return call.Fail(ApiError::FromStatus(facts.status()));
+    auto out = std::make_shared<workflow::ReviewOutcome>();
+    auto mutation = workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(), out);
+    SubmitSimple(ctx, std::move(call), std::move(mutation), [out] {
+      std::string body = absl::StrCat("{\"id\":\"", out->mitigation.id, "\",\"state\":\"",
+                                      out->mitigation.state == core::MitigationState::kPendingApproval ? "open" : "closed",
+                                      "\",\"approvals\":", out->approvals, ",\"approvals_needed\":", out->needed,
+                                      ",\"mitigation\":");
+      core::AppendMitigationJson(out->mitigation, &body);
+      body += "}";
+      return std::make_pair(200, std::move(body));
+    });
+  });
+}
+
+}  // namespace
+
+void AddReviewRoutes(Router& router, Context& ctx) {
+  using auth::Permission;
+  router.Add("GET", "/v1/reviews", Access::Bearer(Permission::kRead),
+             [&ctx](Call&& call) { ListReviews(ctx, std::move(call)); });
+  router.Add("POST", "/v1/reviews/{id}/decision", Access::Bearer(Permission::kMitigate),
+             [&ctx](Call&& call) { Decide(ctx, std::move(call)); });
+}
+
+}  // namespace quell::api::internal

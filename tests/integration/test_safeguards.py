@@ -1,0 +1,316 @@
+"""Integration tests for the safeguards and human workflows (issue 5) against the real
+binary: protected entities, breakers, reviews (two-reviewer rule, no self-approval),
+appeals, rollback, immunity, pending expiry and explanations."""
+import datetime
+import time
+import unittest
+
+from harness import QuellServer
+
+POLICIES = """
+actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}
+lists:
+  - {name: vips, protected: true}
+breakers:
+  - {name: runaway, source: runaway-model, limit: %(limit)d, window: 10m}
+policies:
+  - id: bot
+    on: detection
+    when: detection.type == "bot"
+    action: block
+    related: true
+  - id: takeover
+    on: detection
+    when: detection.type == "takeover"
+    action: suspend
+"""
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def det(id, entity, type="bot", source="model-a", **kw):
+    d = {"id": id, "source": source, "type": type, "entity": entity, "score": 0.99,
+         "observed_at": now()}
+    d.update(kw)
+    return d
+
+
+class Base(unittest.TestCase):
+    LIMIT = 2000
+    ENV = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.q = QuellServer(env=cls.ENV).start()
+        s, body, _ = cls.q.request("PUT", "/v1/policies", POLICIES % {"limit": cls.LIMIT},
+                                   headers={"Content-Type": "application/yaml"})
+        assert s == 200, body
+        cls.r1 = cls.q.create_key("reviewer")
+        cls.r2 = cls.q.create_key("reviewer")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q.cleanup()
+
+    def submit(self, *dets, key=None):
+        s, r, _ = self.q.request("POST", "/v1/detections", {"detections": list(dets)}, key=key)
+        self.assertEqual(s, 200, r)
+        return r["results"]
+
+    def protect(self, *entities):
+        s, r, _ = self.q.request("POST", "/v1/lists/vips/entries", {"add": list(entities)})
+        self.assertEqual(s, 200, r)
+
+    def mitigations(self, **query):
+        out, cursor = [], ""
+        while True:
+            qs = "&".join("%s=%s" % kv for kv in query.items())
+            s, page, _ = self.q.request("GET", "/v1/mitigations?limit=1000&%s&cursor=%s" % (qs, cursor))
+            self.assertEqual(s, 200, page)
+            out += page["mitigations"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return out
+
+    def review(self, id, approve, key, note="looked at it"):
+        return self.q.request("POST", "/v1/reviews/%s/decision" % id, {"approve": approve, "note": note},
+                              key=key)
+
+
+class SafeguardsTest(Base):
+    def test_protected_direct_cidr_and_related_are_held(self):
+        self.protect("user:vip-a", "ip:10.1.1.7")
+        res = self.submit(det("p-1", "user:vip-a", related=["device:vip-a-phone"]),
+                          det("p-2", "cidr:10.1.1.0/24"),
+                          det("p-3", "user:not-vip"))
+        states = [[(d["entity"], d["state"]) for d in r["decisions"]] for r in res]
+        self.assertEqual(states[0], [("user:vip-a", "pending_approval"),
+                                     ("device:vip-a-phone", "pending_approval")])
+        self.assertIn("protected", res[0]["decisions"][0]["reason"])
+        self.assertIn("propagated from a protected entity", res[0]["decisions"][1]["reason"])
+        self.assertEqual(states[1], [("cidr:10.1.1.0/24", "pending_approval")])
+        self.assertIn("covers ip:10.1.1.7", res[1]["decisions"][0]["reason"])
+        self.assertEqual(states[2], [("user:not-vip", "active")])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:10.1.1.7")[1]["verdict"], "allow")
+        # The list routes show it; the metric counted it.
+        s, l, _ = self.q.request("GET", "/v1/lists/vips")
+        self.assertEqual(s, 200)
+        self.assertTrue(l["protected"])
+        self.assertIn("ip:10.1.1.7", l["entries"])
+        metrics = self.q.request("GET", "/metrics", auth=False, raw=True)[1]
+        held = [ln for ln in metrics.splitlines() if ln.startswith("quell_safeguard_held_protected_total")]
+        self.assertTrue(held and float(held[0].split()[-1]) >= 3, held)
+
+    def test_two_reviewers_for_critical(self):
+        self.protect("user:vip-crit")
+        d = self.submit(det("c-1", "user:vip-crit", type="takeover"))[0]["decisions"][0]
+        self.assertEqual((d["action"], d["state"]), ("suspend", "pending_approval"))
+        s, q, _ = self.q.request("GET", "/v1/reviews?state=open")
+        self.assertEqual(s, 200)
+        item = [r for r in q["reviews"] if r["id"] == d["mitigation_id"]][0]
+        self.assertEqual(item["approvals_needed"], 2)
+        self.assertEqual(item["evidence"]["policy"], "takeover")
+        self.assertEqual(item["evidence"]["detections"][0]["id"], "c-1")
+        s, r, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 200, r)
+        self.assertEqual((r["state"], r["approvals"]), ("open", 1))
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-crit")[1]["verdict"], "allow")
+        # The same reviewer twice is not two reviewers.
+        s, r, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 409, r)
+        s, r, _ = self.review(d["mitigation_id"], True, self.r2)
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["mitigation"]["state"], "active")
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-crit")[1]["verdict"], "deny")
+        # Closed: a further decision is refused.
+        self.assertEqual(self.review(d["mitigation_id"], False, self.r2)[0], 409)
+
+    def test_self_approval_refused(self):
+        # A manual action over a /8 (16M addresses) needs someone else's approval.
+        s, m, _ = self.q.request("POST", "/v1/mitigations",
+                                 {"entity": "cidr:11.0.0.0/8", "action": "block", "reason": "abuse"},
+                                 key=self.r1)
+        self.assertEqual(s, 201, m)
+        self.assertEqual(m["state"], "pending_approval")
+        s, r, _ = self.review(m["id"], True, self.r1)
+        self.assertEqual(s, 403, r)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:11.2.3.4")[1]["verdict"], "allow")
+        s, r, _ = self.review(m["id"], True, self.r2)
+        self.assertEqual(s, 200, r)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:11.2.3.4")[1]["verdict"], "deny")
+        # A single address is not a bulk action.
+        s, m, _ = self.q.request("POST", "/v1/mitigations",
+                                 {"entity": "ip:12.0.0.1", "action": "block", "reason": "abuse"}, key=self.r1)
+        self.assertEqual(m["state"], "active")
+
+    def test_rejection_gives_immunity(self):
+        self.protect("user:vip-rej")
+        d = self.submit(det("rj-1", "user:vip-rej"))[0]["decisions"][0]
+        s, r, _ = self.review(d["mitigation_id"], False, self.r1, note="false positive")
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["mitigation"]["state"], "rejected")
+        # Off the protected list, a new automatic decision still goes to review: a person said no.
+        self.q.request("POST", "/v1/lists/vips/entries", {"remove": ["user:vip-rej"]})
+        d2 = self.submit(det("rj-2", "user:vip-rej"))[0]["decisions"][0]
+        self.assertEqual(d2["state"], "pending_approval")
+        self.assertIn("immunity", d2["reason"])
+
+    def test_appeal_grant(self):
+        d = self.submit(det("ap-1", "user:appellant"))[0]["decisions"][0]
+        self.assertEqual(d["state"], "active")
+        s, a, _ = self.q.request("POST", "/v1/appeals",
+                                 {"mitigation_id": d["mitigation_id"], "statement": "I am a real fan"},
+                                 key=self.r1)
+        self.assertEqual(s, 201, a)
+        self.assertEqual(a["state"], "open")
+        # One open appeal per mitigation; the filer cannot decide it.
+        self.assertEqual(self.q.request("POST", "/v1/appeals", {"mitigation_id": d["mitigation_id"],
+                                                                "statement": "again"}, key=self.r1)[0], 409)
+        self.assertEqual(self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": True},
+                                        key=self.r1)[0], 403)
+        s, g, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"],
+                                 {"grant": True, "note": "listening history is human"}, key=self.r2)
+        self.assertEqual(s, 200, g)
+        self.assertEqual(g["state"], "granted")
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:appellant")[1]["verdict"], "allow")
+        m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
+        self.assertEqual(m["state"], "revoked")
+        self.assertIn("reinstated", m["state_reason"])
+        view = self.q.request("GET", "/v1/entities/user:appellant")[1]
+        kinds = [t["kind"] for t in view["timeline"]]
+        self.assertIn("review", kinds)
+        self.assertTrue(any(t.get("payload", {}).get("reinstated") for t in view["timeline"]))
+        # Immunity: the same policy's next automatic decision goes to review.
+        d2 = self.submit(det("ap-2", "user:appellant"))[0]["decisions"][0]
+        self.assertEqual(d2["state"], "pending_approval")
+        self.assertIn("immunity", d2["reason"])
+
+    def test_explanations_in_entity_view(self):
+        self.protect("user:vip-why")
+        d = self.submit(det("why-1", "user:vip-why"))[0]["decisions"][0]
+        self.review(d["mitigation_id"], True, self.r1)
+        view = self.q.request("GET", "/v1/entities/user:vip-why")[1]
+        causes = [t["cause"] for t in view["timeline"] if t["kind"] == "mitigation"]
+        self.assertEqual(causes[0]["policy"], "bot")
+        self.assertGreaterEqual(causes[0]["policy_version"], 1)
+        self.assertEqual(causes[0]["source"], "model-a")
+        self.assertEqual(causes[0]["detections"], ["why-1"])
+        self.assertIn("protected", causes[0]["why"])
+        self.assertEqual(causes[-1]["reviewer"], self.r1.split(".")[0])
+        self.assertEqual(causes[-1]["state"], "active")
+        self.assertEqual(view["lists"], [{"name": "vips", "protected": True}])
+        self.assertIn("protected list vips", view["protected"])
+
+
+class RunawayTest(Base):
+    """A runaway detector: 100,000 detections in a few seconds, 1% against protected
+    entities and CIDRs covering protected addresses."""
+    LIMIT = 2000
+    BATCH = 5000
+
+    def test_runaway_detector(self):
+        protected_users = ["user:star%d" % i for i in range(500)]
+        protected_ips = ["ip:10.77.%d.%d" % (i // 200, i % 200 + 1) for i in range(500)]
+        self.protect(*protected_users[:250])
+        self.protect(*protected_users[250:], *protected_ips)
+        dets = []
+        for i in range(100000):
+            k = i // 100
+            if i % 100 != 0:
+                entity = "user:fan%d" % i
+            elif k % 2 == 0:
+                entity = protected_users[k // 2]
+            else:
+                entity = "cidr:10.77.%d.0/24" % (k % 3)  # covers protected addresses
+            dets.append(det("run-%d" % i, entity, source="runaway-model"))
+        start = time.time()
+        for b in range(0, len(dets), self.BATCH):
+            for r in self.submit(*dets[b:b + self.BATCH]):
+                self.assertEqual(r["status"], "accepted")
+        elapsed = time.time() - start
+        print("\n100000 detections in %.1fs" % elapsed)
+        # No protected entity is mitigated: not directly, not through a covering network.
+        for e in protected_users + protected_ips:
+            self.assertEqual(self.q.request("GET", "/v1/check?entity=" + e)[1]["verdict"], "allow", e)
+        self.assertEqual(self.mitigations(source="runaway-model", state="active", entity="cidr:10.77.0.0/24"), [])
+        # The breaker opened no later than its limit plus one batch, and held the rest.
+        active = self.mitigations(source="runaway-model", state="active")
+        self.assertLessEqual(len(active), self.LIMIT + self.BATCH)
+        self.assertGreater(len(active), 0)
+        breakers = {b["name"]: b for b in self.q.request("GET", "/v1/breakers")[1]["breakers"]}
+        self.assertEqual(breakers["runaway"]["state"], "open")
+        pending = self.mitigations(source="runaway-model", state="pending_approval")
+        # Nothing dropped: every entity has its decision (repeats on one entity extend it).
+        self.assertEqual(len(active) + len(pending), len(set(d["entity"] for d in dets)))
+        # One rollback call restores every affected entity.
+        body = {"filter": {"source": "runaway-model"}, "reason": "model v9 was broken"}
+        s, dry, _ = self.q.request("POST", "/v1/rollbacks", dict(body, dry_run=True))
+        self.assertEqual(s, 200, dry)
+        self.assertEqual(dry["matched"], len(active) + len(pending))
+        self.assertEqual(dry["revoked"], 0)
+        start = time.time()
+        s, rb, _ = self.q.request("POST", "/v1/rollbacks", body)
+        print("rollback of %d mitigations in %.2fs" % (rb.get("revoked", -1), time.time() - start))
+        self.assertEqual(s, 200, rb)
+        self.assertEqual(rb["matched"], rb["revoked"])
+        self.assertEqual(rb["revoked"], len(active) + len(pending))
+        self.assertEqual(self.mitigations(source="runaway-model", state="active"), [])
+        self.assertEqual(self.mitigations(source="runaway-model", state="pending_approval"), [])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=" + active[0]["entity"])[1]["verdict"], "allow")
+        view = self.q.request("GET", "/v1/entities/" + active[0]["entity"])[1]
+        self.assertIn("rollback", view["timeline"][-1]["mitigation"]["state_reason"])
+        # Idempotent: nothing left to match.
+        s, again, _ = self.q.request("POST", "/v1/rollbacks", body)
+        self.assertEqual((again["matched"], again["revoked"]), (0, 0))
+
+
+class ExpiryAndRestartTest(Base):
+    LIMIT = 3
+    ENV = {"QUELL_SAFEGUARDS_PENDING_TTL": "1s", "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "200ms"}
+
+    def wait_state(self, mid, want, deadline=30):
+        end = time.time() + deadline
+        while time.time() < end:
+            m = self.q.request("GET", "/v1/mitigations/" + mid)[1]
+            if m["state"] == want:
+                return m
+            self.assertEqual(m["state"], "pending_approval")  # never silently active
+            time.sleep(0.1)
+        self.fail("%s never became %s" % (mid, want))
+
+    def test_pending_expiry(self):
+        self.protect("user:vip-exp")
+        d = self.submit(det("ex-1", "user:vip-exp"))[0]["decisions"][0]
+        self.assertEqual(d["state"], "pending_approval")
+        m = self.wait_state(d["mitigation_id"], "expired")
+        self.assertIn("pending approval expired", m["state_reason"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-exp")[1]["verdict"], "allow")
+        self.assertEqual(self.review(d["mitigation_id"], True, self.r1)[0], 409)
+
+    def test_breaker_survives_restart_until_reset(self):
+        res = self.submit(*[det("br-%d" % i, "user:br%d" % i, source="runaway-model") for i in range(6)])
+        states = [r["decisions"][0]["state"] for r in res]
+        self.assertEqual(states[:3], ["active"] * 3)
+        self.assertEqual(states[3:], ["pending_approval"] * 3)
+        self.assertIn("breaker runaway is open", res[3]["decisions"][0]["reason"])
+        self.q.stop()
+        self.q.start()
+        b = {x["name"]: x for x in self.q.request("GET", "/v1/breakers")[1]["breakers"]}["runaway"]
+        self.assertEqual(b["state"], "open")
+        self.assertEqual(self.submit(det("br-6", "user:br6", source="runaway-model"))[0]["decisions"][0]["state"],
+                         "pending_approval")
+        self.assertEqual(self.q.request("POST", "/v1/breakers/runaway/reset", key=self.r1)[0], 403)
+        s, b, _ = self.q.request("POST", "/v1/breakers/runaway/reset")
+        self.assertEqual((s, b["state"]), (200, "closed"))
+        self.assertEqual(self.submit(det("br-7", "user:br7", source="runaway-model"))[0]["decisions"][0]["state"],
+                         "active")
+        self.assertEqual(self.q.request("POST", "/v1/breakers/nope/reset")[0], 404)
+
+
+if __name__ == "__main__":
+    unittest.main()
