@@ -36,6 +36,7 @@ class Api::Impl {
     internal::AddCrowdSecRoutes(router_, ctx_);
     internal::AddDetectionRoutes(router_, ctx_, policies_);
     internal::AddPolicyRoutes(router_, ctx_, policies_);
+    internal::AddBacktestRoutes(router_, ctx_, policies_);
     internal::AddListRoutes(router_, ctx_, policies_);
     internal::AddBreakerRoutes(router_, ctx_, policies_);
     internal::AddReviewRoutes(router_, ctx_);

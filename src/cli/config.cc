@@ -140,6 +140,18 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
                 absl::StrCat(path, ": http.", name, ": ", d.status().message()));
           *field = *d;
         }
+      } else if (key == "detections") {
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          if (m->first.as<std::string>() != "retention") {
+            return absl::InvalidArgumentError(absl::StrCat(
+                path, ": unknown key \"detections.", m->first.as<std::string>(), "\""));
+          }
+          auto d = core::ParseDuration(m->second.as<std::string>());
+          if (!d.ok())
+            return absl::InvalidArgumentError(
+                absl::StrCat(path, ": detections.retention: ", d.status().message()));
+          c.detection_retention = *d;
+        }
       } else if (key == "tracing") {
         QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c.tracing));
       } else if (key == "metrics") {

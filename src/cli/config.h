@@ -42,6 +42,9 @@ struct Config {
   // `policies:` — a policy-set file published as version 1 on the first start (relative
   // paths are relative to the config file).
   std::string policies_file;
+  // `detections: {retention: 30d}` — stored detections received longer ago are purged
+  // (workflow/retention.h); a replay of a purged detection is no longer a duplicate.
+  absl::Duration detection_retention = absl::Hours(24 * 30);
 };
 
 //! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.

@@ -35,6 +35,7 @@
 #include "obs/trace.h"
 #include "policy/policy_set.h"
 #include "workflow/expiry.h"
+#include "workflow/retention.h"
 #include "workflow/policies.h"
 
 namespace quell::cli {
@@ -251,6 +252,8 @@ int Serve(const Flags& flags) {
 
   workflow::ExpiryScheduler expiry(ledger->get(), clock);
   expiry.Start();
+  workflow::DetectionRetention retention(&(*ledger)->store(), clock, config->detection_retention);
+  retention.Start();
 
   // Keys created or revoked by another process take effect within this period.
   std::atomic<bool> stop_refresh{false};
@@ -275,6 +278,7 @@ int Serve(const Flags& flags) {
   api->set_ready(false);
   (*server)->Shutdown();  // finishes in-flight requests
   expiry.Stop();
+  retention.Stop();
   stop_refresh.store(true);
   refresher.join();
   server->reset();

@@ -1,13 +1,19 @@
 #include "cli/policy_cmd.h"
 
+#include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
+#include "core/time.h"
+#include "engine/backtest.h"
 #include "engine/policy_cases.h"
+#include "ledger/sqlite/sqlite_store.h"
 #include "policy/policy_set.h"
 
 namespace quell::cli {
@@ -18,9 +24,16 @@ constexpr int kOk = 0, kFailure = 1, kUsage = 2;
 constexpr char kPolicyUsage[] = R"(usage:
   quell policy check FILE              validate a policy set (exit 1 with every error)
   quell policy test FILE --cases DIR   run the test cases (*.yaml) of DIR against FILE
+  quell policy backtest FILE --from T --to T [--data DIR] [--json] [--samples N]
+                                       replay the detections stored in DIR (default ./var)
+                                       observed in [T, T) (RFC 3339) against FILE
 
 Errors are printed as FILE:line:column: message. `test` prints one line per case and a
-summary "N passed, M failed"; it exits 1 if any case fails.
+summary "N passed, M failed"; it exits 1 if any case fails. `backtest` reads the data
+directory directly (a running server may keep writing it) and prints, per policy, the
+entities that would newly be mitigated, would no longer be, are unchanged, or are only
+shadowed, with how many of them are on protected lists; --json prints the same report
+as POST /v1/policies/backtest. Escalation counts only the hits replayed in the window.
 )";
 
 int Usage(const std::string& message) {
@@ -101,6 +114,60 @@ int Test(const std::vector<std::string>& args) {
   return run->failed == 0 ? kOk : kFailure;
 }
 
+int Backtest(const std::vector<std::string>& args) {
+  auto flags = Flags::Parse(args, {"from", "to", "data", "samples"}, {"help", "json"});
+  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (flags->Has("help")) {
+    std::cout << kPolicyUsage;
+    return kOk;
+  }
+  if (flags->positional().size() != 1) return Usage("backtest takes one FILE");
+  engine::BacktestOptions options;
+  for (const char* name : {"from", "to"}) {
+    std::optional<std::string> text = flags->Get(name);
+    if (!text) return Usage(absl::StrCat("backtest needs --", name, " T (RFC 3339)"));
+    absl::StatusOr<absl::Time> t = core::ParseRfc3339(*text);
+    if (!t.ok()) return Usage(absl::StrCat("--", name, ": not an RFC 3339 time: ", *text));
+    (std::string_view(name) == "from" ? options.from : options.to) = *t;
+  }
+  if (options.from >= options.to) return Usage("--to must be after --from");
+  if (std::optional<std::string> n = flags->Get("samples")) {
+    int v = 0;
+    if (!absl::SimpleAtoi(*n, &v) || v < 0 || v > 1000) return Usage("--samples: 0-1000");
+    options.samples = static_cast<size_t>(v);
+  }
+  auto set = LoadOrReport(flags->positional()[0]);
+  if (set == nullptr) return kFailure;
+  const std::string data = flags->Get("data").value_or("./var");
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::path(data) / ledger::kSqliteFileName, ec)) {
+    std::cerr << "quell policy: no store in " << data << " (" << ledger::kSqliteFileName
+              << " not found; use --data DIR)\n";
+    return kFailure;
+  }
+  // Read-only use: never migrate a file a newer or older server owns.
+  auto store = ledger::OpenSqliteStore({.path = data, .apply_migrations = false});
+  if (!store.ok()) {
+    std::cerr << "quell policy: " << store.status().message() << "\n";
+    return kFailure;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<engine::BacktestReport> report = engine::RunBacktest(**store, set, options);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!report.ok()) {
+    std::cerr << "quell policy: backtest: " << report.status().message() << "\n";
+    return kFailure;
+  }
+  if (flags->Has("json")) {
+    std::cout << engine::BacktestReportToJson(*report) << "\n";
+  } else {
+    std::cout << engine::BacktestReportToText(*report);
+  }
+  std::cerr << "replayed " << report->detections << " detections in " << seconds << " s\n";
+  return kOk;
+}
+
 }  // namespace
 
 int PolicyCommand(const std::vector<std::string>& args) {
@@ -112,10 +179,7 @@ int PolicyCommand(const std::vector<std::string>& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "check") return Check(rest);
   if (args[0] == "test") return Test(rest);
-  if (args[0] == "backtest") {
-    std::cerr << "quell policy: backtest is not available yet\n";
-    return kFailure;
-  }
+  if (args[0] == "backtest") return Backtest(rest);
   return Usage(absl::StrCat("unknown policy command \"", args[0], "\""));
 }
 

@@ -2,6 +2,8 @@
 //
 //   quell policy check FILE               validate; every error as FILE:line:col: message
 //   quell policy test FILE --cases DIR    run the policy-as-code cases of DIR
+//   quell policy backtest FILE --from T --to T [--data DIR] [--json]
+//                                         replay stored detections (engine/backtest.h)
 //
 // Thread-safety: confined to main.
 #ifndef QUELL_CLI_POLICY_CMD_H_

@@ -12,6 +12,7 @@ namespace quell::api::internal {
 
 void AddDetectionRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 void AddPolicyRoutes(Router& router, Context& ctx, PolicyHolder& policies);
+void AddBacktestRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 
 }  // namespace quell::api::internal
 
