@@ -241,7 +241,8 @@ void CreateMitigation(Context& ctx, Call&& call) {
   if (ctx.safeguards != nullptr) {
     const int64_t covered = safeguards::EntitiesCovered(cr.entity);
     const int64_t threshold = ctx.safeguards->options().bulk_threshold;
-    if (safeguards::BulkNeedsApproval(covered, threshold)) {
+    const core::Action* a = catalog->Find(cr.action);
+    if (safeguards::BulkNeedsApproval(covered, threshold, a ? a->severity : core::Severity::kCritical)) {
       cr.state = core::MitigationState::kPendingApproval;
       absl::StrAppend(&cr.reason, "; held for approval: a manual action over ", covered,
                       " entities (more than ", threshold, ")");

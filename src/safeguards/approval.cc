@@ -27,7 +27,8 @@ int64_t EntitiesCovered(const core::Entity& e) {
   if (!e.is_cidr()) return 1;
   auto net = core::ParseNetwork(e.id());
   if (!net.ok()) return 1;
-  int host_bits = net->address.bits() - net->prefix;
+  // IPv6 counts /64 subnets (one customer network each), IPv4 counts addresses.
+  int host_bits = net->address.v4 ? 32 - net->prefix : std::max(0, 64 - net->prefix);
   if (host_bits >= 62) return int64_t{1} << 62;
   return int64_t{1} << host_bits;
 }

@@ -25,12 +25,17 @@ int RequiredApprovals(core::Severity severity);
 absl::Status CheckReviewer(std::string_view reviewer, std::string_view requester,
                            const std::vector<std::string>& prior);
 
-//! How many entities an action on `e` reaches: the addresses of a cidr (saturating at
-//! 2^62), else 1.
+//! How many entities an action on `e` reaches: for a cidr, its IPv4 addresses or its IPv6
+//! /64 subnets (saturating at 2^62); else 1.
 int64_t EntitiesCovered(const core::Entity& e);
 
-//! True if an action over `entities` needs approval under `threshold` (more than it).
-inline bool BulkNeedsApproval(int64_t entities, int64_t threshold) { return entities > threshold; }
+//! True if a manual action of `severity` over `entities` needs approval under `threshold`:
+//! more entities than it, unless the action is low severity (a challenge or a throttle
+//! hurts little and is undone at once).
+inline bool BulkNeedsApproval(int64_t entities, int64_t threshold,
+                              core::Severity severity = core::Severity::kCritical) {
+  return entities > threshold && severity != core::Severity::kLow;
+}
 
 }  // namespace quell::safeguards
 

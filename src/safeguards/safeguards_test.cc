@@ -128,6 +128,9 @@ TEST(Approval, Rules) {
   EXPECT_EQ(EntitiesCovered(E("cidr:10.0.0.0/24")), 256);
   EXPECT_EQ(EntitiesCovered(E("user:1")), 1);
   EXPECT_EQ(EntitiesCovered(E("cidr:::/0")), int64_t{1} << 62);
+  EXPECT_EQ(EntitiesCovered(E("cidr:2001:db8::/48")), 65536);
+  EXPECT_EQ(EntitiesCovered(E("cidr:2001:db8::/96")), 1);
+  EXPECT_FALSE(BulkNeedsApproval(1 << 20, 1000, core::Severity::kLow));
   EXPECT_TRUE(BulkNeedsApproval(1001, 1000));
   EXPECT_FALSE(BulkNeedsApproval(1000, 1000));
 }

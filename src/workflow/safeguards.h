@@ -43,7 +43,9 @@ namespace quell::workflow {
 struct SafeguardOptions {
   absl::Duration immunity = absl::Hours(24 * 30);     // human decisions outrank automatic ones
   absl::Duration pending_ttl = absl::Hours(24 * 7);   // pending approvals expire after it
-  int64_t bulk_threshold = 1000;  // manual actions / rollbacks over more entities need approval
+  // Manual actions over more entities (a network's IPv4 addresses or IPv6 /64s) need
+  // approval: by default a /16 passes, a /15 waits.
+  int64_t bulk_threshold = 65536;
   absl::Duration sweep_interval = absl::Seconds(30);  // pending expiry + idempotency purge
   absl::Duration idempotency_retention = absl::Hours(24);
 };
