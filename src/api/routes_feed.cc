@@ -1,6 +1,11 @@
 // The change feed (/v1/changes, long-poll), the snapshot (/v1/snapshot) and the audit
 // log (/v1/audit): views of the ledger for consumers and auditors.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "api/internal/context.h"
@@ -42,6 +47,92 @@ void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time 
   });
 }
 
+// One snapshot in flight: a producer thread fills `chunks`, the connection's IO thread
+// takes them (never waiting: an empty queue means "nothing yet", and the server asks
+// again). When the client goes away the consumer side is destroyed and the producer
+// stops at its next chunk. A store error mid-scan ends the body with an
+// {"error": ...} line, so a client can tell an incomplete snapshot from a complete one.
+class SnapshotStream {
+ public:
+  static constexpr size_t kChunkBytes = 256 * 1024;
+  static constexpr size_t kMaxQueued = 16;
+  static constexpr int kMaxConcurrent = 4;
+
+  // Null when kMaxConcurrent snapshots are already being produced.
+  static std::shared_ptr<SnapshotStream> Start(Context& ctx) {
+    if (!ctx.background.TryEnter(kMaxConcurrent)) return nullptr;
+    auto state = std::make_shared<State>();
+    std::thread([state, &ctx] {
+      Produce(*state, ctx.deps.ledger->store());
+      ctx.background.Exit();
+    }).detach();
+    return std::shared_ptr<SnapshotStream>(new SnapshotStream(std::move(state)));
+  }
+
+  ~SnapshotStream() {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->cancelled = true;
+    state_->cv.notify_all();
+  }
+
+  bool Next(std::string* chunk) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->chunks.empty()) {
+      chunk->append(state_->chunks.front());
+      state_->chunks.pop_front();
+      state_->cv.notify_all();
+      return true;
+    }
+    return !state_->done;
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::string> chunks;  // guarded by mu
+    bool done = false;               // guarded by mu
+    bool cancelled = false;          // guarded by mu
+  };
+
+  explicit SnapshotStream(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  // Hands a full chunk over; false when the consumer is gone.
+  static bool Push(State& st, std::string* buf) {
+    std::unique_lock<std::mutex> lock(st.mu);
+    st.cv.wait(lock, [&] { return st.cancelled || st.chunks.size() < kMaxQueued; });
+    if (st.cancelled) return false;
+    st.chunks.push_back(std::move(*buf));
+    buf->clear();
+    buf->reserve(kChunkBytes + 4096);
+    return true;
+  }
+
+  static void Produce(State& st, ledger::Store& store) {
+    std::string buf;
+    buf.reserve(kChunkBytes + 4096);
+    auto result = store.ScanActiveJson(
+        [&buf](int64_t seq) { absl::StrAppend(&buf, "{\"seq\":", seq, "}\n"); },
+        [&](std::string_view json) -> absl::Status {
+          buf.append(json);
+          buf.push_back('\n');
+          if (buf.size() >= kChunkBytes && !Push(st, &buf)) {
+            return absl::CancelledError("client went away");
+          }
+          return absl::OkStatus();
+        });
+    if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
+      buf += ErrorJson(ApiError::FromStatus(result.status()));
+      buf += '\n';
+    }
+    if (result.ok() || result.status().code() != absl::StatusCode::kCancelled) Push(st, &buf);
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.done = true;
+  }
+
+  std::shared_ptr<State> state_;
+};
+
 }  // namespace
 
 void AddFeedRoutes(Router& router, Context& ctx) {
@@ -60,23 +151,16 @@ void AddFeedRoutes(Router& router, Context& ctx) {
   });
 
   // NDJSON: {"seq": N} then one active mitigation per line, from one consistent read;
-  // with /v1/changes?after=N a client keeps an exact copy.
+  // with /v1/changes?after=N a client keeps an exact copy. Streamed: a producer thread
+  // scans the store into a bounded queue of chunks that the connection drains, so a
+  // million mitigations never sit in memory at once and the first bytes leave at once.
   router.Add("GET", "/v1/snapshot", Access::Bearer(Permission::kCheck), [&ctx](Call&& call) {
-    ctx.OffLoop(std::move(call), [&ctx](Call& call) {
-      std::string lines;
-      auto seq = ctx.deps.ledger->store().ScanLive([&lines](const core::Mitigation& m) {
-        if (m.state == core::MitigationState::kActive) {
-          core::AppendMitigationJson(m, &lines);
-          lines += '\n';
-        }
-        return absl::OkStatus();
-      });
-      if (!seq.ok()) return call.Fail(ApiError::FromStatus(seq.status()));
-      http::Response r;
-      r.content_type = "application/x-ndjson";
-      r.body = absl::StrCat("{\"seq\":", *seq, "}\n", lines);
-      call.Reply(std::move(r));
-    });
+    auto stream = SnapshotStream::Start(ctx);
+    if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
+    http::Response r;
+    r.content_type = "application/x-ndjson";
+    r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
+    call.Reply(std::move(r));
   });
 
   router.Add("GET", "/v1/audit", Access::Bearer(Permission::kRead), [&ctx](Call&& call) {

@@ -89,11 +89,65 @@ absl::StatusOr<absl::Time> ParseRfc3339(std::string_view text) {
   return t;
 }
 
-std::string FormatRfc3339(absl::Time t) {
-  if (absl::ToUnixMicros(t) % 1000000 == 0) {
-    return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+namespace {
+
+// Days since 1970-01-01 -> proleptic Gregorian (year, month, day), valid for any int64
+// day count in range. Eras of 400 years (146,097 days) make the leap rules regular.
+void CivilFromDays(int64_t days, int64_t* year, int* month, int* day) {
+  days += 719468;  // shift the epoch to 0000-03-01
+  const int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  const int64_t doe = days - era * 146097;                                     // [0, 146096]
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;  // [0, 399]
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                 // [0, 365]
+  const int64_t mp = (5 * doy + 2) / 153;                                      // [0, 11]
+  *day = static_cast<int>(doy - (153 * mp + 2) / 5 + 1);
+  *month = static_cast<int>(mp < 10 ? mp + 3 : mp - 9);
+  *year = yoe + era * 400 + (*month <= 2 ? 1 : 0);
+}
+
+void Put(char* p, int64_t v, int width) {
+  for (int i = width - 1; i >= 0; --i) {
+    p[i] = static_cast<char>('0' + v % 10);
+    v /= 10;
   }
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+}
+
+}  // namespace
+
+// Hand-written because this runs for every JSON record (ledger payloads, feeds,
+// snapshots): absl::FormatTime costs ~5,000 instructions a call.
+std::string FormatRfc3339(absl::Time t) {
+  const int64_t us = absl::ToUnixMicros(t);
+  int64_t secs = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
+  const int64_t frac = us - secs * 1000000;
+  int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+  int64_t sod = secs - days * 86400;
+  int64_t year;
+  int month, day;
+  CivilFromDays(days, &year, &month, &day);
+  if (year < 0 || year > 9999) {  // outside RFC 3339's four-digit years: let abseil say it
+    return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+  }
+  char buf[32];
+  Put(buf, year, 4);
+  buf[4] = '-';
+  Put(buf + 5, month, 2);
+  buf[7] = '-';
+  Put(buf + 8, day, 2);
+  buf[10] = 'T';
+  Put(buf + 11, sod / 3600, 2);
+  buf[13] = ':';
+  Put(buf + 14, sod / 60 % 60, 2);
+  buf[16] = ':';
+  Put(buf + 17, sod % 60, 2);
+  size_t n = 19;
+  if (frac != 0) {
+    buf[n++] = '.';
+    Put(buf + n, frac, 6);
+    n += 6;
+  }
+  buf[n++] = 'Z';
+  return std::string(buf, n);
 }
 
 }  // namespace quell::core

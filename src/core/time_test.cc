@@ -1,5 +1,7 @@
 #include "core/time.h"
 
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace quell::core {
@@ -45,6 +47,22 @@ TEST(TimeTest, Rfc3339) {
   for (const char* bad :
        {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday", "2026-13-01T00:00:00Z"}) {
     EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
+  }
+}
+
+TEST(TimeTest, FastFormatAgreesWithAbseil) {
+  // Every day boundary over centuries, leap days, negative times, fractions.
+  std::vector<int64_t> samples = {0, -1, 1, 951782400, 951868800, 4107542399, -30610224000,
+                                  253402300799, 1767225600, 1709164800, 1709251199};
+  for (int64_t s = -2208988800; s < 4102444800; s += 86400 * 37 + 3671) samples.push_back(s);
+  for (int64_t s : samples) {
+    for (int64_t us : {int64_t{0}, int64_t{1}, int64_t{999999}, int64_t{500000}}) {
+      absl::Time t = absl::FromUnixMicros(s * 1000000 + us);
+      std::string want = us == 0 ? absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone())
+                                 : absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+      ASSERT_EQ(FormatRfc3339(t), want) << s << " " << us;
+      ASSERT_EQ(*ParseRfc3339(FormatRfc3339(t)), t);
+    }
   }
 }
 

@@ -101,6 +101,11 @@ class FaultyStore final : public Store {
       const std::function<absl::Status(const core::Mitigation&)>& fn) override {
     return inner_->ScanLive(fn);
   }
+  absl::StatusOr<int64_t> ScanActiveJson(
+      const std::function<void(int64_t)>& start,
+      const std::function<absl::Status(std::string_view)>& fn) override {
+    return inner_->ScanActiveJson(start, fn);
+  }
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override {
     return inner_->ListDue(now, limit);
   }

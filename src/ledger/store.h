@@ -193,6 +193,12 @@ class Store {
   //! to serve snapshots. Stops early with fn's error.
   virtual absl::StatusOr<int64_t> ScanLive(
       const std::function<absl::Status(const core::Mitigation&)>& fn) = 0;
+  //! Calls `start` with the seq of one consistent read, then `fn` with the stored JSON
+  //! (core::MitigationToJson's bytes) of every ACTIVE mitigation as of that seq; returns
+  //! the seq. For snapshots: nothing is parsed or re-serialised.
+  virtual absl::StatusOr<int64_t> ScanActiveJson(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(std::string_view json)>& fn) = 0;
   //! Up to `limit` live mitigations whose next transition is due at `now`: active ones
   //! with expires_at <= now, scheduled ones with starts_at <= now.
   virtual absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) = 0;

@@ -2,6 +2,7 @@
 #include "ledger/store.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include "core/ids.h"
@@ -371,6 +372,32 @@ TEST_P(StoreTest, ScanLiveIsOneConsistentRead) {
   auto stopped =
       store_->ScanLive([](const core::Mitigation&) { return absl::CancelledError("enough"); });
   EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_P(StoreTest, ScanActiveJsonGivesTheStoredRecordsOfActiveOnes) {
+  using S = core::MitigationState;
+  std::map<std::string, core::Mitigation> active;
+  auto txn = Begin();
+  for (int i = 0; i < 9; ++i) {
+    S state = i % 3 == 0 ? S::kActive : (i % 3 == 1 ? S::kScheduled : S::kRevoked);
+    core::Mitigation m = MakeMitigation(i, "user:j" + std::to_string(i), "block", state);
+    ASSERT_OK(AppendMitigation(*txn, &m));
+    if (state == S::kActive) active[m.id] = m;
+  }
+  ASSERT_OK(V(txn->Commit()));
+  std::map<std::string, core::Mitigation> seen;
+  int64_t started = -1;
+  auto seq = store_->ScanActiveJson([&](int64_t s) { started = s; },
+                                    [&](std::string_view json) -> absl::Status {
+    auto m = core::MitigationFromJson(json);
+    if (!m.ok()) return m.status();
+    seen[m->id] = *m;
+    return absl::OkStatus();
+  });
+  ASSERT_OK(seq);
+  EXPECT_EQ(*seq, 9);
+  EXPECT_EQ(started, 9);
+  EXPECT_EQ(seen, active);
 }
 
 TEST_P(StoreTest, ListDueAndNextDue) {

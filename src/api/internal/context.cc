@@ -94,6 +94,24 @@ Context::Context(ApiDeps d, ApiOptions o)
   deps.ledger->AddListener(&waiters);
 }
 
+BackgroundTasks::~BackgroundTasks() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return running_ == 0; });
+}
+
+bool BackgroundTasks::TryEnter(int max) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (running_ >= max) return false;
+  ++running_;
+  return true;
+}
+
+void BackgroundTasks::Exit() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --running_;
+  cv_.notify_all();
+}
+
 std::shared_ptr<const core::ActionCatalog> Context::Catalog() const {
   return policies != nullptr ? policies->Catalog() : deps.catalog;
 }

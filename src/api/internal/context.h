@@ -8,6 +8,8 @@
 #define QUELL_API_INTERNAL_CONTEXT_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <functional>
 #include <memory>
 #include <string>
@@ -73,6 +75,22 @@ class Call {
   std::string request_id_;
 };
 
+// Counts detached background work that borrows the Context's dependencies (snapshot
+// producers); the destructor waits for it, so nothing outlives the store it reads.
+// Thread-safe.
+class BackgroundTasks {
+ public:
+  ~BackgroundTasks();
+  //! False when `max` tasks already run.
+  bool TryEnter(int max);
+  void Exit();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int running_ = 0;  // guarded by mu_
+};
+
 class Context {
  public:
   Context(ApiDeps deps, ApiOptions options);
@@ -83,6 +101,7 @@ class Context {
   WorkerPool pool;
   ChangeWaiters waiters;
   PolicyHolder* policies = nullptr;  // set by the Api before routes are added
+  BackgroundTasks background;
   workflow::Safeguards* safeguards = nullptr;  // set by the Api before routes are added
 
   //! The action catalog in force: the active policy set's.

@@ -538,6 +538,9 @@ class SqliteStore final : public Store {
   absl::StatusOr<MitigationPage> ListMitigations(const MitigationQuery& query) override;
   absl::StatusOr<int64_t> ScanLive(
       const std::function<absl::Status(const core::Mitigation&)>& fn) override;
+  absl::StatusOr<int64_t> ScanActiveJson(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(std::string_view json)>& fn) override;
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override;
   absl::StatusOr<std::optional<absl::Time>> NextDue() override;
   absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override;
@@ -1182,6 +1185,23 @@ absl::StatusOr<int64_t> SqliteStore::ScanLive(
       if (!row) break;
       QUELL_ASSIGN_OR_RETURN(core::Mitigation m, ParseStoredMitigation(use->ColumnText(0)));
       QUELL_RETURN_IF_ERROR(fn(m));
+    }
+    return seq;
+  });
+}
+
+absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
+    const std::function<void(int64_t seq)>& start,
+    const std::function<absl::Status(std::string_view json)>& fn) {
+  return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
+    start(seq);
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.state = 'active'"));
+    StmtUse use(s);
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      QUELL_RETURN_IF_ERROR(fn(use->ColumnText(0)));
     }
     return seq;
   });
