@@ -77,7 +77,7 @@ TEST(ReaderTest, HugeLineIsRejectedAndReadingContinues) {
 TEST(ReaderTest, CsvWithQuotedNewlinesAndWrongColumnCount) {
   std::string data =
       "id,source,type,entity,score,observed_at,evidence,related\n"
-      "d1,s,t,user:u1,0.9,2024-05-01T10:00:00Z,\"{\"\"note\"\":\"\"two\nlines\"\"}\",device:a|device:b\n"
+      "d1,s,t,user:u1,0.9,2024-05-01T10:00:00Z,\"{\"\"note\"\":\n\"\"two lines\"\"}\",device:a|device:b\n"
       "d2,s,t,user:u2,0.9,2024-05-01T10:00:00Z\n"
       "d3,s,t,user:u3,0.9,2024-05-01T10:00:00Z,,\n";
   auto r = OpenString(data, Format::kCsv);

@@ -28,9 +28,13 @@ inline std::string Gzip(const std::string& in) {
   return out;
 }
 
+// With a content checksum, so that corruption is always detected.
 inline std::string Zstd(const std::string& in) {
   std::string out(ZSTD_compressBound(in.size()), '\0');
-  out.resize(ZSTD_compress(out.data(), out.size(), in.data(), in.size(), 3));
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+  out.resize(ZSTD_compress2(cctx, out.data(), out.size(), in.data(), in.size()));
+  ZSTD_freeCCtx(cctx);
   return out;
 }
 
