@@ -1,6 +1,7 @@
 // Test-only: the Store backends the parameterised suites run against. Each backend
 // hands out fresh, isolated data and can re-open it (a restart, or a second process).
-// A PostgreSQL backend adds itself to AllBackends() later.
+// The PostgreSQL backend uses one throwaway cluster per test binary (started on first
+// use) and a fresh database per TestBackend.
 //
 // Thread-safety: a TestBackend is used by one test thread.
 #ifndef QUELL_LEDGER_INTERNAL_TEST_BACKENDS_H_
@@ -18,6 +19,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "ledger/postgres/internal/test_cluster.h"
+#include "ledger/postgres/postgres_store.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "ledger/store.h"
 
@@ -73,13 +76,48 @@ class SqliteTestBackend final : public TestBackend {
   std::filesystem::path dir_;
 };
 
+class PostgresTestBackend final : public TestBackend {
+ public:
+  PostgresTestBackend() {
+    auto cluster = pg_internal::TestCluster::Shared();
+    if (!cluster.ok()) {
+      error_ = cluster.status();  // reported loudly by every Open
+      return;
+    }
+    auto url = (*cluster)->NewDatabase();
+    if (url.ok()) {
+      url_ = *url;
+    } else {
+      error_ = url.status();
+    }
+  }
+  absl::StatusOr<std::unique_ptr<Store>> Open() override {
+    if (!error_.ok()) return error_;
+    return OpenPostgresStore({.url = url_});
+  }
+  absl::Status ExecRaw(const std::string& sql) override {
+    if (!error_.ok()) return error_;
+    return pg_internal::TestCluster::Exec(url_, sql);
+  }
+  absl::Status RecordNewerSchema() override {
+    return ExecRaw(absl::StrCat("INSERT INTO schema_version (version, applied_at) VALUES (",
+                                PostgresSchemaVersion() + 1, ", 0)"));
+  }
+  const std::string& url() const { return url_; }
+
+ private:
+  absl::Status error_;
+  std::string url_;
+};
+
 struct BackendFactory {
   std::string name;
   std::function<std::unique_ptr<TestBackend>()> make;
 };
 
 inline std::vector<BackendFactory> AllBackends() {
-  return {{"sqlite", [] { return std::make_unique<SqliteTestBackend>(); }}};
+  return {{"sqlite", [] { return std::make_unique<SqliteTestBackend>(); }},
+          {"postgres", [] { return std::make_unique<PostgresTestBackend>(); }}};
 }
 
 }  // namespace quell::ledger::testing

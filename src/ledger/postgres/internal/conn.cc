@@ -1,0 +1,147 @@
+#include "ledger/postgres/internal/conn.h"
+
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/strings.h"
+
+namespace quell::ledger::pg_internal {
+
+Param P(std::string_view s) { return {std::string(s), false}; }
+Param P(int64_t n) { return {absl::StrCat(n), false}; }
+Param P(double d) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.17g", d);
+  return {buf, false};
+}
+Param PTime(absl::Time t) { return P(static_cast<int64_t>(absl::ToUnixMicros(t))); }
+Param PNull() { return {"", true}; }
+
+int64_t Result::Int(int row, int col) const {
+  int64_t v = 0;
+  (void)absl::SimpleAtoi(AV(Text(row, col)), &v);
+  return v;
+}
+
+double Result::Double(int row, int col) const {
+  return std::strtod(PQgetvalue(r_.get(), row, col), nullptr);
+}
+
+int64_t Result::Affected() const {
+  int64_t v = 0;
+  (void)absl::SimpleAtoi(PQcmdTuples(r_.get()), &v);
+  return v;
+}
+
+absl::Status ErrorStatus(PGconn* conn, const PGresult* r, std::string_view what) {
+  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  std::string sqlstate = state ? state : "";
+  std::string msg = r ? PQresultErrorMessage(r) : "";
+  if (msg.empty() && conn) msg = PQerrorMessage(conn);
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  std::string text =
+      absl::StrCat("postgres ", AV(what), ": ", msg,
+                   sqlstate.empty() ? "" : absl::StrCat(" (SQLSTATE ", sqlstate, ")"));
+  if (conn && PQstatus(conn) != CONNECTION_OK) return absl::UnavailableError(text);
+  if (sqlstate == "23505") return absl::AlreadyExistsError(text);
+  if (sqlstate == "57014") return absl::DeadlineExceededError(text);
+  if (sqlstate == "55P03" || sqlstate.rfind("08", 0) == 0 || sqlstate == "57P01" ||
+      sqlstate == "57P03") {
+    return absl::UnavailableError(text);
+  }
+  if (sqlstate == "40001" || sqlstate == "40P01") return absl::AbortedError(text);
+  if (sqlstate.rfind("22", 0) == 0) return absl::InvalidArgumentError(text);
+  if (sqlstate.empty()) return absl::UnavailableError(text);  // no server answer
+  return absl::InternalError(text);
+}
+
+absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const ConnOptions& o) {
+  std::string timeout = absl::StrCat(o.connect_timeout_s);
+  std::string options =
+      absl::StrCat("-c statement_timeout=", o.statement_timeout_ms,
+                   " -c lock_timeout=", o.lock_timeout_ms, " -c client_min_messages=warning");
+  const char* keys[] = {"dbname", "connect_timeout", "options", "application_name", nullptr};
+  const char* values[] = {o.url.c_str(), timeout.c_str(), options.c_str(), "quell", nullptr};
+  // expand_dbname=1: `dbname` may be a full connection string or URI.
+  PGconn* c = PQconnectdbParams(keys, values, 1);
+  if (c == nullptr) return absl::ResourceExhaustedError("postgres: out of memory");
+  if (PQstatus(c) != CONNECTION_OK) {
+    std::string msg = PQerrorMessage(c);
+    PQfinish(c);
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    return absl::UnavailableError(absl::StrCat("postgres connect: ", msg));
+  }
+  return std::unique_ptr<Conn>(new Conn(c));
+}
+
+Conn::~Conn() { PQfinish(conn_); }
+
+bool Conn::InTransaction() const {
+  PGTransactionStatusType s = PQtransactionStatus(conn_);
+  return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE;
+}
+
+absl::Status Conn::Check(PGresult* r, std::string_view what) {
+  ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_SINGLE_TUPLE) {
+    return absl::OkStatus();
+  }
+  return ErrorStatus(conn_, r, what);
+}
+
+absl::Status Conn::Exec(std::string_view sql) {
+  std::string s(sql);
+  PGresult* r = PQexec(conn_, s.c_str());
+  absl::Status st = Check(r, sql.substr(0, 60));
+  PQclear(r);
+  return st;
+}
+
+absl::StatusOr<Result> Conn::Query(const std::string& sql, const std::vector<Param>& params) {
+  auto it = prepared_.find(sql);
+  if (it == prepared_.end()) {
+    std::string name = absl::StrCat("q", prepared_.size() + 1);
+    PGresult* r = PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr);
+    absl::Status st = Check(r, absl::StrCat("prepare ", sql.substr(0, 60)));
+    PQclear(r);
+    if (!st.ok()) return st;
+    it = prepared_.emplace(sql, std::move(name)).first;
+  }
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const Param& p : params) values.push_back(p.null ? nullptr : p.value.c_str());
+  PGresult* r = PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
+                               values.data(), nullptr, nullptr, 0);
+  absl::Status st = Check(r, sql.substr(0, 60));
+  if (!st.ok()) {
+    PQclear(r);
+    return st;
+  }
+  return Result(r);
+}
+
+absl::Status Conn::Stream(const std::string& sql, const std::vector<Param>& params,
+                          const std::function<absl::Status(const Result&)>& row) {
+  std::vector<const char*> values;
+  for (const Param& p : params) values.push_back(p.null ? nullptr : p.value.c_str());
+  if (!PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
+                         values.data(), nullptr, nullptr, 0)) {
+    return ErrorStatus(conn_, nullptr, sql.substr(0, 60));
+  }
+  PQsetSingleRowMode(conn_);
+  absl::Status first;
+  while (PGresult* r = PQgetResult(conn_)) {
+    Result res(r);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_SINGLE_TUPLE) {
+      if (first.ok()) first = row(res);
+    } else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && first.ok()) {
+      first = ErrorStatus(conn_, r, sql.substr(0, 60));
+    }
+  }
+  if (first.ok() && !ok()) first = ErrorStatus(conn_, nullptr, sql.substr(0, 60));
+  return first;
+}
+
+}  // namespace quell::ledger::pg_internal

@@ -1,0 +1,97 @@
+// Test-free internals of the PostgreSQL backend: a libpq connection with a cache of
+// prepared statements, text parameters and SQLSTATE-aware errors.
+//
+// Thread-safety: a Conn is used by one thread at a time (the pool or the Txn hands it
+// out). Ownership: a Conn owns its PGconn and closes it on destruction.
+#ifndef QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_
+#define QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace quell::ledger::pg_internal {
+
+// One text-format parameter ($n). Times are microseconds since the epoch.
+struct Param {
+  std::string value;
+  bool null = false;
+};
+Param P(std::string_view s);
+Param P(int64_t n);
+Param P(double d);
+Param PTime(absl::Time t);
+Param PNull();
+
+// A query result; rows are read as text.
+class Result {
+ public:
+  explicit Result(PGresult* r) : r_(r, &PQclear) {}
+  int rows() const { return PQntuples(r_.get()); }
+  bool IsNull(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
+  std::string_view Text(int row, int col) const {
+    return std::string_view(PQgetvalue(r_.get(), row, col), PQgetlength(r_.get(), row, col));
+  }
+  int64_t Int(int row, int col) const;
+  double Double(int row, int col) const;
+  absl::Time Time(int row, int col) const { return absl::FromUnixMicros(Int(row, col)); }
+  //! Rows affected by an INSERT/UPDATE/DELETE.
+  int64_t Affected() const;
+
+ private:
+  std::unique_ptr<PGresult, void (*)(PGresult*)> r_;
+};
+
+struct ConnOptions {
+  std::string url;                   // libpq connection string or URI
+  int connect_timeout_s = 5;         // connect_timeout
+  int statement_timeout_ms = 30000;  // statement_timeout; 0 = none
+  int lock_timeout_ms = 10000;       // lock_timeout (the chain head row); 0 = none
+};
+
+class Conn {
+ public:
+  //! Connects; kUnavailable if the server cannot be reached.
+  static absl::StatusOr<std::unique_ptr<Conn>> Open(const ConnOptions& o);
+  ~Conn();
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  //! Runs one or more statements without parameters (simple protocol).
+  absl::Status Exec(std::string_view sql);
+  //! Runs `sql` as a named prepared statement (prepared on first use on this connection).
+  absl::StatusOr<Result> Query(const std::string& sql, const std::vector<Param>& params = {});
+  //! Runs `sql` in single-row mode, calling `row` for each row; stops calling it after an
+  //! error (the rest of the result is drained). Returns the first error.
+  absl::Status Stream(const std::string& sql, const std::vector<Param>& params,
+                      const std::function<absl::Status(const Result&)>& row);
+  //! Whether the connection is usable (not lost).
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  //! Whether the server reports we are inside a transaction block (ok or failed).
+  bool InTransaction() const;
+
+ private:
+  explicit Conn(PGconn* c) : conn_(c) {}
+  absl::Status Check(PGresult* r, std::string_view what);
+  PGconn* conn_;
+  absl::flat_hash_map<std::string, std::string> prepared_;  // sql -> statement name
+};
+
+//! An error status for a failed result (SQLSTATE in the message; 23505 -> kAlreadyExists,
+//! class 08 or a lost connection -> kUnavailable, 57014 -> kDeadlineExceeded, 55P03 ->
+//! kUnavailable, 40001/40P01 -> kAborted, class 22 -> kInvalidArgument).
+absl::Status ErrorStatus(PGconn* conn, const PGresult* r, std::string_view what);
+
+}  // namespace quell::ledger::pg_internal
+
+#endif  // QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_

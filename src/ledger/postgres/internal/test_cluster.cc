@@ -1,0 +1,150 @@
+#include "ledger/postgres/internal/test_cluster.h"
+
+#include <arpa/inet.h>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace quell::ledger::pg_internal {
+namespace {
+
+constexpr char kBinDir[] = "/usr/lib/postgresql/15/bin";
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    socklen_t len = sizeof addr;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// Runs a PostgreSQL server binary, as `postgres` when we are root.
+absl::Status RunTool(const std::string& args) {
+  std::string cmd = absl::StrCat(kBinDir, "/", args, " >/dev/null 2>&1");
+  if (geteuid() == 0) cmd = absl::StrCat("runuser -u postgres -- ", cmd);
+  int rc = std::system(cmd.c_str());
+  if (rc != 0) return absl::InternalError(absl::StrCat("`", cmd, "` failed with ", rc));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TestCluster*> TestCluster::Start() {
+  if (!std::filesystem::exists(absl::StrCat(kBinDir, "/pg_ctl"))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("PostgreSQL 15 server binaries are missing (", kBinDir,
+                     "): run scripts/setup (apt-get install postgresql-15)"));
+  }
+  std::string tmpl = (std::filesystem::temp_directory_path() / "quell-pg-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) return absl::InternalError("mkdtemp failed");
+  std::unique_ptr<TestCluster> c(new TestCluster());
+  c->dir_ = tmpl;
+  if (geteuid() == 0) {
+    passwd* pw = getpwnam("postgres");
+    if (pw == nullptr) return absl::FailedPreconditionError("no `postgres` user");
+    if (chown(c->dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+      return absl::InternalError("chown of the cluster directory failed");
+    }
+  }
+  std::string data = c->dir_ + "/data";
+  if (geteuid() == 0) {
+    // data must be created by postgres itself; initdb does that.
+  }
+  absl::Status st = RunTool(
+      absl::StrCat("initdb -D ", data, " -A trust -U postgres -E UTF8 --no-sync --locale=C"));
+  if (!st.ok()) return st;
+  c->port_ = FreePort();
+  st = RunTool(absl::StrCat("pg_ctl -D ", data, " -w -t 60 -l ", c->dir_, "/log -o \"-p ", c->port_,
+                            " -k ", c->dir_,
+                            " -c listen_addresses=127.0.0.1 -c fsync=off "
+                            "-c synchronous_commit=off -c full_page_writes=off "
+                            "-c max_connections=200\" start"));
+  if (!st.ok()) return st;
+  c->running_ = true;
+  return c.release();
+}
+
+absl::StatusOr<TestCluster*> TestCluster::Shared() {
+  static absl::Mutex mu;
+  static TestCluster* cluster = nullptr;
+  static absl::Status error;
+  absl::MutexLock lock(&mu);
+  if (cluster == nullptr && error.ok()) {
+    auto c = Start();
+    if (!c.ok()) {
+      error = c.status();
+    } else {
+      cluster = *c;
+      std::atexit([] { delete cluster; });
+    }
+  }
+  if (!error.ok()) return error;
+  return cluster;
+}
+
+TestCluster::~TestCluster() {
+  if (running_) (void)RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -m immediate -w stop"));
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+absl::Status TestCluster::Stop() {
+  absl::Status st = RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -m fast -w stop"));
+  if (st.ok()) running_ = false;
+  return st;
+}
+
+absl::Status TestCluster::Restart() {
+  absl::Status st = RunTool(absl::StrCat(
+      "pg_ctl -D ", dir_, "/data -w -t 60 -l ", dir_, "/log -o \"-p ", port_, " -k ", dir_,
+      " -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start"));
+  if (st.ok()) running_ = true;
+  return st;
+}
+
+std::string TestCluster::Url(const std::string& db) const {
+  return absl::StrCat("host=127.0.0.1 port=", port_, " user=postgres dbname=", db);
+}
+
+absl::StatusOr<std::string> TestCluster::NewDatabase() {
+  std::string name = absl::StrCat("quell_", getpid(), "_", next_db_++);
+  absl::Status st = Exec(Url("postgres"), absl::StrCat("CREATE DATABASE ", name));
+  if (!st.ok()) return st;
+  return Url(name);
+}
+
+absl::Status TestCluster::Exec(const std::string& url, const std::string& sql) {
+  PGconn* c = PQconnectdb(url.c_str());
+  absl::Status st;
+  if (PQstatus(c) != CONNECTION_OK) {
+    st = absl::UnavailableError(absl::StrCat("connect: ", PQerrorMessage(c)));
+  } else {
+    PGresult* r = PQexec(c, sql.c_str());
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+      st = absl::InternalError(absl::StrCat("raw postgres: ", PQresultErrorMessage(r)));
+    }
+    PQclear(r);
+  }
+  PQfinish(c);
+  return st;
+}
+
+}  // namespace quell::ledger::pg_internal

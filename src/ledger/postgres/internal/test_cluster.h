@@ -1,0 +1,48 @@
+// Test-only: a throwaway PostgreSQL 15 cluster. initdb into a fresh temporary directory,
+// pg_ctl start on a free loopback port (as the `postgres` user when running as root,
+// since initdb and pg_ctl refuse root), and on destruction pg_ctl stop and removal of the
+// directory. Shared() starts one cluster per test binary on first use and stops it at
+// exit. If the server binaries are missing, Start fails loudly (scripts/setup installs
+// postgresql-15).
+//
+// Thread-safety: Shared() is thread-safe; a TestCluster is otherwise used by one thread.
+#ifndef QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
+#define QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace quell::ledger::pg_internal {
+
+class TestCluster {
+ public:
+  //! Creates and starts a cluster; kFailedPrecondition if PostgreSQL is not installed.
+  static absl::StatusOr<TestCluster*> Start();
+  //! The cluster of this process, started on first call; the same error every call if
+  //! it could not start.
+  static absl::StatusOr<TestCluster*> Shared();
+  ~TestCluster();
+
+  //! A connection string for database `db` (e.g. "postgres").
+  std::string Url(const std::string& db) const;
+  //! Creates a fresh empty database and returns its connection string.
+  absl::StatusOr<std::string> NewDatabase();
+  //! Runs `sql` on database `url` (simple protocol, several statements allowed).
+  static absl::Status Exec(const std::string& url, const std::string& sql);
+  //! pg_ctl stop -m fast / start again (same data, same port).
+  absl::Status Stop();
+  absl::Status Restart();
+  int port() const { return port_; }
+
+ private:
+  TestCluster() = default;
+  std::string dir_;
+  int port_ = 0;
+  bool running_ = false;
+  int next_db_ = 0;
+};
+
+}  // namespace quell::ledger::pg_internal
+
+#endif  // QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
