@@ -1,0 +1,187 @@
+// PostgreSQL-only properties of the ledger store (the shared Store contract runs in
+// ledger/store_test.cc): several nodes writing at once, visibility in seq order for a
+// tailer, migrations, errors with SQLSTATE, connection loss.
+#include "ledger/postgres/postgres_store.h"
+
+#include <atomic>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "ledger/internal/test_backends.h"
+#include "ledger/postgres/internal/test_cluster.h"
+
+namespace quell::ledger {
+namespace {
+
+using pg_internal::TestCluster;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1767225600);
+
+std::string FreshDatabase() {
+  auto cluster = TestCluster::Shared();
+  EXPECT_TRUE(cluster.ok()) << cluster.status();  // PostgreSQL must be installed
+  if (!cluster.ok()) return "";
+  auto url = (*cluster)->NewDatabase();
+  EXPECT_TRUE(url.ok()) << url.status();
+  return url.ok() ? *url : "";
+}
+
+absl::Status AppendNote(Txn& txn, std::string subject) {
+  Change c;
+  c.kind = ChangeKind::kReview;
+  c.actor = "node";
+  c.subject = std::move(subject);
+  c.payload = R"({"note":"x"})";
+  return txn.Append(std::move(c), nullptr).status();
+}
+
+// Three "nodes" (stores on the same database) commit transactions of several changes at
+// once while a fourth tails ReadChanges(last, ...). Every node's changes chain onto one
+// another's (no fork), seqs are gap-free, and the tailer, which trusts `seq > last`,
+// sees every change exactly once: a higher seq never became visible before a lower one.
+TEST(PostgresStore, ConcurrentNodesSerialiseAndATailerNeverSkips) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  constexpr int kNodes = 3, kTxns = 40, kPerTxn = 5;
+  std::vector<std::unique_ptr<Store>> nodes;
+  for (int i = 0; i < kNodes + 1; ++i) {
+    auto s = OpenPostgresStore({.url = url});
+    ASSERT_TRUE(s.ok()) << s.status();
+    nodes.push_back(*std::move(s));
+  }
+  std::atomic<int> writers_left{kNodes};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int n = 0; n < kNodes; ++n) {
+    threads.emplace_back([&, n] {
+      for (int t = 0; t < kTxns; ++t) {
+        auto txn = nodes[n]->Begin(kT0 + absl::Seconds(t));
+        if (!txn.ok()) {
+          ++failures;
+          continue;
+        }
+        for (int i = 0; i < kPerTxn; ++i) {
+          if (!AppendNote(**txn, absl::StrCat(n, "/", t, "/", i)).ok()) ++failures;
+        }
+        if (!(*txn)->Commit().ok()) ++failures;
+      }
+      --writers_left;
+    });
+  }
+  std::vector<Change> seen;
+  int64_t last = 0;
+  bool done = false;
+  while (!done) {
+    done = writers_left.load() == 0;  // one more read after the writers finished
+    auto batch = nodes[kNodes]->ReadChanges(last, 1000);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (Change& c : *batch) {
+      last = c.seq;
+      seen.push_back(std::move(c));
+    }
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_EQ(seen.size(), static_cast<size_t>(kNodes * kTxns * kPerTxn));
+  std::map<std::string, int> subjects;
+  std::string prev(kGenesisHash);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].seq, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(seen[i].prev_hash, prev) << "fork at seq " << seen[i].seq;
+    EXPECT_EQ(seen[i].hash, ChainHash(seen[i]));
+    prev = seen[i].hash;
+    ++subjects[seen[i].subject];
+  }
+  EXPECT_EQ(subjects.size(), seen.size());  // no duplicates
+  auto last_seq = nodes[0]->LastSeq();
+  ASSERT_TRUE(last_seq.ok());
+  EXPECT_EQ(*last_seq, static_cast<int64_t>(seen.size()));
+}
+
+// A writer holding the chain head makes another node's Begin wait, and with a short
+// lock_timeout fail as kUnavailable (SQLSTATE 55P03) instead of hanging.
+TEST(PostgresStore, SecondWriterWaitsForTheHeadAndTimesOutAsUnavailable) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto a = OpenPostgresStore({.url = url});
+  auto b = OpenPostgresStore({.url = url, .lock_timeout_ms = 200});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto ta = (*a)->Begin(kT0);
+  ASSERT_TRUE(ta.ok()) << ta.status();
+  ASSERT_TRUE(AppendNote(**ta, "a").ok());
+  auto tb = (*b)->Begin(kT0);
+  EXPECT_EQ(tb.status().code(), absl::StatusCode::kUnavailable) << tb.status();
+  EXPECT_NE(tb.status().message().find("55P03"), std::string_view::npos) << tb.status();
+  ASSERT_TRUE((*ta)->Commit().ok());
+  tb = (*b)->Begin(kT0);
+  ASSERT_TRUE(tb.ok()) << tb.status();
+  EXPECT_EQ((*tb)->NextSeq(), 2);
+}
+
+TEST(PostgresStore, MigrationsRunOnceAndOnlyWhenAllowed) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto refused = OpenPostgresStore({.url = url, .apply_migrations = false});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  ASSERT_TRUE(OpenPostgresStore({.url = url}).ok());
+  ASSERT_TRUE(OpenPostgresStore({.url = url}).ok());
+  EXPECT_TRUE(OpenPostgresStore({.url = url, .apply_migrations = false}).ok());
+  // Fails (division by zero) unless exactly one row per version was recorded.
+  EXPECT_TRUE(TestCluster::Exec(
+                  url, absl::StrCat("SELECT 1 / (CASE WHEN COUNT(*) = ", PostgresSchemaVersion(),
+                                    " AND MAX(version) = ", PostgresSchemaVersion(),
+                                    " THEN 1 ELSE 0 END) FROM schema_version"))
+                  .ok());
+}
+
+TEST(PostgresStore, ErrorsCarryTheSqlstate) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(TestCluster::Exec(url, "DROP TABLE chain_head").ok());
+  auto txn = (*s)->Begin(kT0);
+  EXPECT_FALSE(txn.ok());
+  EXPECT_NE(txn.status().message().find("SQLSTATE 42P01"), std::string_view::npos) << txn.status();
+}
+
+// Killed server connections: the operation that finds out fails as kUnavailable, and
+// the store reconnects on the next use.
+TEST(PostgresStore, LostConnectionsAreUnavailableThenReopened) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)->LastSeq().ok());  // opens a read connection
+  ASSERT_TRUE(TestCluster::Exec(url,
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                "datname = current_database() AND pid <> pg_backend_pid()")
+                  .ok());
+  auto seq = (*s)->LastSeq();
+  if (!seq.ok()) {
+    EXPECT_EQ(seq.status().code(), absl::StatusCode::kUnavailable) << seq.status();
+    seq = (*s)->LastSeq();
+  }
+  EXPECT_TRUE(seq.ok()) << seq.status();
+  auto txn = (*s)->Begin(kT0);
+  if (!txn.ok()) {
+    EXPECT_EQ(txn.status().code(), absl::StatusCode::kUnavailable) << txn.status();
+    txn = (*s)->Begin(kT0);
+  }
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  ASSERT_TRUE(AppendNote(**txn, "after").ok());
+  EXPECT_TRUE((*txn)->Commit().ok());
+}
+
+TEST(PostgresStore, UnreachableServerIsUnavailable) {
+  auto s = OpenPostgresStore(
+      {.url = "host=127.0.0.1 port=1 user=postgres dbname=x", .connect_timeout_s = 2});
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable) << s.status();
+  EXPECT_EQ(OpenPostgresStore({}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quell::ledger
