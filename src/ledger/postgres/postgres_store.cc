@@ -962,7 +962,7 @@ absl::Status PgTxn::Commit() {
   }
   absl::Status st;
   if (head_seq_ != start_seq_) {
-    auto r = db_->Query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1 FOR UPDATE",
+    auto r = db_->Query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1",
                         {P(head_seq_), P(head_hash_)});
     st = r.status();
     if (st.ok() && r->Affected() != 1) st = absl::DataLossError("chain_head row is missing");
