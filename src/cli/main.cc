@@ -29,6 +29,7 @@
 #include "index/index.h"
 #include "ledger/audit.h"
 #include "ledger/ledger.h"
+#include "ledger/postgres/postgres_store.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -61,6 +62,9 @@ commands:
   policy test FILE --cases DIR     run policy-as-code test cases
   version          print the version
 
+serve, keys, audit and migrate take --postgres URL (or QUELL_POSTGRES): the ledger is
+then that PostgreSQL database instead of the SQLite file under --data.
+
 Every command takes --help. Configuration: --config FILE (YAML), QUELL_* environment
 variables, then flags; flags win.
 )";
@@ -76,7 +80,11 @@ int Failure(const absl::Status& s) {
   return kFailure;
 }
 
+// From --postgres or QUELL_POSTGRES, set once in Main: the ledger is in PostgreSQL.
+std::string postgres_url;
+
 absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c) {
+  if (!postgres_url.empty()) return ledger::OpenPostgresStore({.url = postgres_url});
   ledger::SqliteOptions o;
   o.path = c.data;
   o.synchronous_full = c.synchronous_full;
@@ -378,9 +386,14 @@ int Main(int argc, char** argv) {
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  auto flags = Flags::Parse(args, {"data", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
+  auto flags = Flags::Parse(args, {"data", "postgres", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
+  if (auto v = flags->Get("postgres")) {
+    postgres_url = *v;
+  } else if (const char* env = std::getenv("QUELL_POSTGRES")) {
+    postgres_url = env;
+  }
   if (flags->Has("help")) {
     std::cout << kUsageText;
     return kOk;
