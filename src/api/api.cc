@@ -35,6 +35,9 @@ class Api::Impl {
     internal::AddKeyRoutes(router_, ctx_);
     internal::AddCrowdSecRoutes(router_, ctx_);
     internal::AddDetectionRoutes(router_, ctx_, policies_);
+    auto events = internal::AddEventRoutes(router_, ctx_, policies_);
+    if (!events.ok()) return events.status();
+    events_ = *std::move(events);
     internal::AddPolicyRoutes(router_, ctx_, policies_);
     internal::AddBacktestRoutes(router_, ctx_, policies_);
     internal::AddListRoutes(router_, ctx_, policies_);
@@ -85,6 +88,7 @@ class Api::Impl {
   internal::Router router_;
   workflow::SafeguardSweeper sweeper_;
   std::vector<obs::CallbackHandle> metric_handles_;
+  std::shared_ptr<void> events_;  // POST /v1/events state (counter stores)
 };
 
 absl::StatusOr<std::unique_ptr<Api>> Api::Create(ApiDeps deps, ApiOptions options) {

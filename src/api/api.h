@@ -27,6 +27,16 @@ class Tracer;
 
 namespace quell::api {
 
+// The velocity counters behind POST /v1/events (config `counters:`).
+struct CounterOptions {
+  bool redis = false;                // backend: memory (default) | redis
+  std::string redis_host = "127.0.0.1";
+  int redis_port = 6379;
+  bool fail_closed = false;          // on_error: fail_open (default) | fail_closed
+  absl::Duration lateness = absl::Minutes(5);
+  int64_t max_keys = 1'000'000;      // in-process cap on (counter, key) entries
+};
+
 struct ApiOptions {
   int worker_threads = 4;                       // storage reads off the event loops
   int max_check_entities = 100;                 // entities in one check
@@ -35,6 +45,8 @@ struct ApiOptions {
   int max_detections_batch = 10000;             // detections in one POST; past it 413
   bool access_log = true;                       // one log line per request (http.access_log)
   std::string version = "dev";
+  int max_events_batch = 10000;  // events in one POST /v1/events; past it 413
+  CounterOptions counters;
 };
 
 // Everything the API uses, borrowed; all must outlive the Api.

@@ -1,6 +1,7 @@
 #include "cli/config.h"
 
 #include <cstdlib>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -100,6 +101,69 @@ absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(
   }
 }
 
+absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c) {
+  std::string_view rest = url;
+  if (rest.substr(0, 8) == "redis://") rest.remove_prefix(8);
+  while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.empty()) return absl::InvalidArgumentError(absl::StrCat("bad redis URL \"", AV(url), "\""));
+  std::string host(rest);
+  int port = 6379;
+  size_t colon = rest.rfind(':');
+  if (colon != std::string_view::npos) {
+    host = std::string(rest.substr(0, colon));
+    if (!absl::SimpleAtoi(AV(rest.substr(colon + 1)), &port) || port <= 0 || port > 65535 || host.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad redis URL \"", AV(url), "\": want redis://HOST:PORT"));
+    }
+  }
+  c->redis = true;
+  c->redis_host = std::move(host);
+  c->redis_port = port;
+  return absl::OkStatus();
+}
+
+namespace {
+absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, CountersConfig* c) {
+  if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": counters must be a mapping"));
+  std::optional<std::string> backend;
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    std::string k = m->first.as<std::string>();
+    const YAML::Node& x = m->second;
+    if (k == "backend") {
+      backend = x.as<std::string>();
+      if (*backend != "memory" && *backend != "redis") {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.backend must be memory or redis"));
+      }
+    } else if (k == "redis") {
+      if (auto s = ParseRedisUrl(x.as<std::string>(), c); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.redis: ", s.message()));
+      }
+    } else if (k == "on_error") {
+      std::string e = x.as<std::string>();
+      if (e != "fail_open" && e != "fail_closed") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": counters.on_error must be fail_open or fail_closed"));
+      }
+      c->fail_closed = e == "fail_closed";
+    } else if (k == "lateness") {
+      auto d = core::ParseDuration(x.as<std::string>());
+      if (!d.ok())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.lateness: ", d.status().message()));
+      c->lateness = *d;
+    } else if (k == "max_keys") {
+      c->max_keys = x.as<int64_t>();
+      if (c->max_keys <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.max_keys must be positive"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"counters.", k, "\""));
+    }
+  }
+  if (backend) c->redis = *backend == "redis";
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
   try {
     YAML::Node root = YAML::LoadFile(path);
@@ -152,6 +216,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
                 absl::StrCat(path, ": detections.retention: ", d.status().message()));
           c.detection_retention = *d;
         }
+      } else if (key == "counters") {
+        QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, &c.counters));
       } else if (key == "tracing") {
         QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c.tracing));
       } else if (key == "metrics") {

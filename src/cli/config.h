@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,6 +24,20 @@ struct TracingConfig {
 
   bool on() const { return enabled && !endpoint.empty(); }
 };
+
+// `counters:` — the velocity counters behind POST /v1/events (SPEC "Events").
+struct CountersConfig {
+  bool redis = false;  // backend: memory (default) | redis
+  std::string redis_host = "127.0.0.1";
+  int redis_port = 6379;
+  bool fail_closed = false;  // on_error: fail_open (default) | fail_closed
+  absl::Duration lateness = absl::Minutes(5);
+  int64_t max_keys = 1'000'000;
+};
+
+//! Parses "redis://HOST:PORT", "redis://HOST" or "HOST:PORT" into `c` (and selects the
+//! redis backend). kInvalidArgument otherwise.
+absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c);
 
 struct Config {
   std::string listen = "127.0.0.1:8080";
@@ -45,6 +60,7 @@ struct Config {
   // `detections: {retention: 30d}` — stored detections received longer ago are purged
   // (workflow/retention.h); a replay of a purged detection is no longer a duplicate.
   absl::Duration detection_retention = absl::Hours(24 * 30);
+  CountersConfig counters;
 };
 
 //! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.

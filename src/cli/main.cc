@@ -50,7 +50,7 @@ usage: quell <command> [flags]
 
 commands:
   serve            run the server       (--data DIR --listen HOST:PORT --config FILE --dev --threads N
-                                         [--grpc-listen HOST:PORT])
+                                         [--grpc-listen HOST:PORT] [--redis URL])
   keys create      make an API key      (--role ROLE [--source NAME]... [--name TEXT] [--data DIR])
   keys list        list API keys        ([--data DIR])
   keys revoke ID   revoke an API key    ([--data DIR])
@@ -105,6 +105,11 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
   if (auto v = flags.Get("data")) c.data = *v;
   if (auto v = flags.Get("listen")) c.listen = *v;
   if (auto v = flags.Get("grpc-listen")) c.grpc_listen = *v;
+  if (auto v = flags.Get("redis")) {
+    if (auto s = ParseRedisUrl(*v, &c.counters); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--redis: ", s.message()));
+    }
+  }
   if (auto v = flags.Get("threads")) {
     if (!absl::SimpleAtoi(*v, &c.threads) || c.threads < 0) {
       return absl::InvalidArgumentError("--threads must be a non-negative integer");
@@ -234,6 +239,12 @@ int Serve(const Flags& flags) {
   deps.tracer = tracer.get();
   api::ApiOptions api_options;
   api_options.access_log = config->access_log;
+  api_options.counters.redis = config->counters.redis;
+  api_options.counters.redis_host = config->counters.redis_host;
+  api_options.counters.redis_port = config->counters.redis_port;
+  api_options.counters.fail_closed = config->counters.fail_closed;
+  api_options.counters.lateness = config->counters.lateness;
+  api_options.counters.max_keys = config->counters.max_keys;
   auto created = api::Api::Create(deps, api_options);
   if (!created.ok()) return Failure(created.status());
   std::unique_ptr<api::Api> api = *std::move(created);
@@ -386,7 +397,7 @@ int Main(int argc, char** argv) {
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  auto flags = Flags::Parse(args, {"data", "postgres", "listen", "grpc-listen", "config", "threads", "role", "source", "name"},
+  auto flags = Flags::Parse(args, {"data", "postgres", "listen", "grpc-listen", "redis", "config", "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
   if (auto v = flags->Get("postgres")) {

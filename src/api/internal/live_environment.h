@@ -1,12 +1,14 @@
 // The state a live policy evaluation reads: the in-memory index for active(), the store
-// for prior(), the counters for count()/distinct() (empty until the events issue), and
-// lists for in_list() (empty until the safeguards issue).
+// for prior(), the velocity counters for count()/distinct() (counters::CounterStore; a
+// failed read counts as 0 and is counted in counter_errors(), so the caller applies
+// fail_open / fail_closed), and lists for in_list() (empty until the safeguards issue).
 //
 // Thread-safety: one instance per evaluation thread; the borrowed parts are thread-safe.
 #ifndef QUELL_API_INTERNAL_LIVE_ENVIRONMENT_H_
 #define QUELL_API_INTERNAL_LIVE_ENVIRONMENT_H_
 
 #include "absl/time/time.h"
+#include "counters/counter_store.h"
 #include "index/index.h"
 #include "ledger/store.h"
 #include "policy/expr.h"
@@ -18,20 +20,28 @@ class LiveEnvironment final : public policy::Environment {
   LiveEnvironment(const index::Index* index, ledger::Store* store, absl::Time now)
       : index_(index), store_(store), now_(now) {}
 
-  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  //! Reads count()/distinct() from `counters` (borrowed; null: every counter reads 0).
+  void set_counters(counters::CounterStore* counters) { counters_ = counters; }
+
+  int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) override;
+  int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override;
   bool InList(std::string_view, std::string_view) override { return false; }
   bool Active(std::string_view entity, std::string_view action) override;
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override;
 
   //! Store reads that failed (prior() then counts as 0); surfaced as a metric.
   int64_t store_errors() const { return store_errors_; }
+  //! Counter reads that failed with kUnavailable (then read as 0); reset by the caller.
+  int64_t counter_errors() const { return counter_errors_; }
+  void reset_counter_errors() { counter_errors_ = 0; }
 
  private:
   const index::Index* index_;
   ledger::Store* store_;
   absl::Time now_;
+  counters::CounterStore* counters_ = nullptr;
   int64_t store_errors_ = 0;
+  int64_t counter_errors_ = 0;
 };
 
 }  // namespace quell::api::internal

@@ -5,6 +5,9 @@
 #ifndef QUELL_API_INTERNAL_POLICY_ROUTES_H_
 #define QUELL_API_INTERNAL_POLICY_ROUTES_H_
 
+#include <memory>
+
+#include "absl/status/statusor.h"
 #include "api/internal/context.h"
 #include "api/internal/policy_holder.h"
 
@@ -13,6 +16,10 @@ namespace quell::api::internal {
 void AddDetectionRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 void AddPolicyRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 void AddBacktestRoutes(Router& router, Context& ctx, PolicyHolder& policies);
+//! POST /v1/events. Returns the route group's state (counter stores, metrics), which the
+//! caller keeps alive as long as the router.
+absl::StatusOr<std::shared_ptr<void>> AddEventRoutes(Router& router, Context& ctx,
+                                                     PolicyHolder& policies);
 
 }  // namespace quell::api::internal
 

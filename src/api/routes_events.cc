@@ -1,0 +1,521 @@
+// POST /v1/events (SPEC): one event object or {"events": [...]} (at most
+// ApiOptions::max_events_batch, past it 413). Each item is validated on its own; an event
+// older than the lateness bound (counters.lateness) or ahead of the clock by more than
+// the future skew is rejected with its reason. Accepted events are recorded in every
+// counter declared `on:` their type (one batched Record for the request), then evaluated
+// against the `on: <type>` policies with an Environment whose count()/distinct() read the
+// counters. A batch is recorded whole before its rules run, so an event's rules see the
+// counts of the entire batch (the Redis backend needs one round trip per batch, not per
+// event). Each matching policy makes one detection (source "rule:<policy>", id
+// "<policy>:<hash of the event>" so a replayed event is a duplicate, type = the event
+// type, score 1, observed_at = the event's `at`), applied with the external detections'
+// path: workflow::ApplyDetections with safeguards, one ledger step for the batch.
+//
+// Counter store failures (Redis down or slow): counters.on_error fail_open -> rules read
+// 0, quell_counter_store_errors_total and quell_counter_fail_open_total count it, and a
+// log line (at most one per 10 s) says so; fail_closed -> the request is answered 503 with
+// Retry-After, nothing is applied. The store reconnects by itself.
+#include <atomic>
+#include <map>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "api/detection_codec.h"
+#include "api/internal/counter_holder.h"
+#include "api/internal/live_environment.h"
+#include "api/internal/policy_routes.h"
+#include "api/json_reader.h"
+#include "core/mitigation.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "engine/engine.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+#include "workflow/decisions.h"
+
+namespace quell::api::internal {
+namespace {
+
+constexpr absl::Duration kFutureSkew = absl::Seconds(5);
+
+struct EventItem {
+  size_t index = 0;
+  bool ok = false;
+  std::string error;   // rejected: the reason
+  std::string reason;  // rejected: stable code ("invalid", "too_late", "too_early")
+  engine::Event event;
+  std::string attrs_canonical;                             // attrs as re-serialised JSON
+  std::vector<std::pair<std::string, std::string>> attrs;  // scalar attrs as text
+  // Counter outcomes of this event.
+  int counted = 0, too_late = 0, too_early = 0, invalid = 0, missing = 0;
+  bool unavailable = false;
+
+  const std::string* Attr(std::string_view name) const {
+    for (const auto& [k, v] : attrs) {
+      if (k == name) return &v;
+    }
+    return nullptr;
+  }
+};
+
+struct EventState {
+  explicit EventState(CounterOptions options) : counters(std::move(options)) {}
+  CounterHolder counters;
+  obs::CounterFamily* events_total = nullptr;
+  obs::Counter* store_errors = nullptr;
+  obs::Counter* fail_open = nullptr;
+  std::vector<obs::CallbackHandle> handles;
+  std::atomic<int64_t> last_log_us{0};
+  std::atomic<int64_t> suppressed{0};
+};
+
+uint64_t Fnv1a(std::string_view s, uint64_t h) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string EventHash(const EventItem& item) {
+  uint64_t h = 14695981039346656037ull;
+  h = Fnv1a(item.event.type, h);
+  h = Fnv1a(std::string_view("\0", 1), h);
+  h = Fnv1a(item.event.entity.str(), h);
+  h = Fnv1a(std::string_view("\0", 1), h);
+  h = Fnv1a(absl::StrCat(absl::ToUnixMicros(item.event.at)), h);
+  h = Fnv1a(std::string_view("\0", 1), h);
+  h = Fnv1a(item.event.id.empty() ? item.attrs_canonical : item.event.id, h);
+  char buf[17];
+  snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return std::string(buf, 16);
+}
+
+bool ValidType(std::string_view t) {
+  if (t.empty() || t.size() > 64 || t == "detection") return false;
+  for (char c : t) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string_view Str(const rapidjson::Value& v) { return {v.GetString(), v.GetStringLength()}; }
+
+void ReadEvent(const rapidjson::Value& v, const std::string& path, absl::Time now,
+               absl::Duration lateness, EventItem* item) {
+  auto fail = [&](std::string field, std::string msg, std::string reason = "invalid") {
+    item->error = absl::StrCat(path.empty() ? "" : absl::StrCat(path, "."), field, ": ", msg);
+    item->reason = std::move(reason);
+  };
+  if (!v.IsObject()) return fail("event", "must be an object");
+  for (auto m = v.MemberBegin(); m != v.MemberEnd(); ++m) {
+    std::string_view k = Str(m->name);
+    if (k != "type" && k != "at" && k != "entity" && k != "attrs" && k != "id") {
+      return fail(std::string(k), "unknown field");
+    }
+  }
+  auto type = v.FindMember("type");
+  if (type == v.MemberEnd() || !type->value.IsString() || !ValidType(Str(type->value))) {
+    return fail("type", "required, 1-64 of [a-z0-9_.-], not \"detection\"");
+  }
+  item->event.type = std::string(Str(type->value));
+  auto entity = v.FindMember("entity");
+  if (entity == v.MemberEnd() || !entity->value.IsString())
+    return fail("entity", "required, \"type:id\"");
+  auto e = core::Entity::Parse(Str(entity->value));
+  if (!e.ok()) return fail("entity", std::string(e.status().message()));
+  item->event.entity = *std::move(e);
+  auto at = v.FindMember("at");
+  if (at == v.MemberEnd()) {
+    item->event.at = now;
+  } else {
+    if (!at->value.IsString()) return fail("at", "must be an RFC 3339 time");
+    auto t = core::ParseRfc3339(Str(at->value));
+    if (!t.ok()) return fail("at", "must be an RFC 3339 time");
+    item->event.at = *t;
+  }
+  auto id = v.FindMember("id");
+  if (id != v.MemberEnd()) {
+    if (!id->value.IsString() || id->value.GetStringLength() == 0 ||
+        id->value.GetStringLength() > 128) {
+      return fail("id", "must be 1-128 bytes");
+    }
+    item->event.id = std::string(Str(id->value));
+  }
+  auto attrs = v.FindMember("attrs");
+  if (attrs != v.MemberEnd()) {
+    if (!attrs->value.IsObject()) return fail("attrs", "must be an object");
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    attrs->value.Accept(w);
+    item->attrs_canonical.assign(buf.GetString(), buf.GetSize());
+    for (auto m = attrs->value.MemberBegin(); m != attrs->value.MemberEnd(); ++m) {
+      const rapidjson::Value& a = m->value;
+      std::string text;
+      if (a.IsString()) {
+        text = std::string(Str(a));
+      } else if (a.IsInt64()) {
+        text = absl::StrCat(a.GetInt64());
+      } else if (a.IsUint64()) {
+        text = absl::StrCat(a.GetUint64());
+      } else if (a.IsDouble()) {
+        text = absl::StrCat(a.GetDouble());
+      } else if (a.IsBool()) {
+        text = a.GetBool() ? "true" : "false";
+      } else {
+        continue;  // objects, arrays, null: not a counter key
+      }
+      item->attrs.emplace_back(std::string(Str(m->name)), std::move(text));
+    }
+  } else {
+    item->attrs_canonical = "{}";
+  }
+  item->event.attrs_json = item->attrs_canonical;
+  if (item->event.at < now - lateness) {
+    return fail(
+        "at", absl::StrCat("older than the lateness bound (", core::DurationString(lateness), ")"),
+        "too_late");
+  }
+  if (item->event.at > now + kFutureSkew) {
+    return fail("at",
+                absl::StrCat("more than ", core::DurationString(kFutureSkew), " in the future"),
+                "too_early");
+  }
+  item->ok = true;
+}
+
+const std::string* FieldOf(const counters::FieldRef& f, const EventItem& item) {
+  switch (f.kind) {
+    case counters::FieldRef::Kind::kEntity:
+      return &item.event.entity.str();
+    case counters::FieldRef::Kind::kAttr:
+      return item.Attr(f.attr);
+    case counters::FieldRef::Kind::kNone:
+      break;
+  }
+  return nullptr;
+}
+
+std::string RejectedReply(const EventItem& item) {
+  std::string out =
+      absl::StrCat("{\"index\":", item.index, ",\"status\":\"rejected\",\"reason\":\"", item.reason,
+                   "\",\"error\":");
+  core::AppendJsonString(item.error, &out);
+  out += '}';
+  return out;
+}
+
+std::string OutcomesJson(const EventItem& item) {
+  std::string out = absl::StrCat("{\"counted\":", item.counted);
+  if (item.too_late) absl::StrAppend(&out, ",\"too_late\":", item.too_late);
+  if (item.too_early) absl::StrAppend(&out, ",\"too_early\":", item.too_early);
+  if (item.invalid) absl::StrAppend(&out, ",\"invalid\":", item.invalid);
+  if (item.missing) absl::StrAppend(&out, ",\"missing_key\":", item.missing);
+  if (item.unavailable) out += ",\"unavailable\":true";
+  out += '}';
+  return out;
+}
+
+std::string EvidenceJson(const EventItem& item, std::string_view policy) {
+  std::string out = "{\"policy\":";
+  core::AppendJsonString(policy, &out);
+  out += ",\"event\":{\"type\":";
+  core::AppendJsonString(item.event.type, &out);
+  out += ",\"entity\":";
+  core::AppendJsonString(item.event.entity.str(), &out);
+  absl::StrAppend(&out, ",\"at\":\"", core::FormatRfc3339(item.event.at),
+                  "\",\"attrs\":", item.attrs_canonical, "}}");
+  return out;
+}
+
+void LogStoreError(EventState& st, Context& ctx, const absl::Status& status, bool fail_closed) {
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  int64_t last = st.last_log_us.load(std::memory_order_relaxed);
+  if (now_us - last < 10'000'000 ||
+      !st.last_log_us.compare_exchange_strong(last, now_us, std::memory_order_relaxed)) {
+    st.suppressed.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (ctx.deps.logger == nullptr) return;
+  ctx.deps.logger->Warn(fail_closed ? "counter store unavailable: events rejected (fail_closed)"
+                                    : "counter store unavailable: rules read zero (fail_open)",
+                        {{"error", std::string(status.message())},
+                         {"suppressed", absl::StrCat(st.suppressed.exchange(0))}});
+}
+
+void CountEvents(EventState& st, const absl::flat_hash_set<std::string>& declared,
+                 const std::vector<EventItem>& items, bool all_unavailable) {
+  if (st.events_total == nullptr) return;
+  std::map<std::pair<std::string_view, std::string_view>, uint64_t> n;
+  for (const EventItem& it : items) {
+    std::string_view type = !it.event.type.empty() && declared.contains(quell::AV(it.event.type))
+                                ? std::string_view(it.event.type)
+                                : "other";
+    std::string_view status = all_unavailable ? "unavailable" : it.ok ? "accepted" : "rejected";
+    ++n[{type, status}];
+  }
+  for (const auto& [k, v] : n) st.events_total->WithLabels({k.first, k.second})->Increment(v);
+}
+
+absl::flat_hash_set<std::string> DeclaredTypes(const policy::PolicySet& set) {
+  absl::flat_hash_set<std::string> out;
+  for (const auto& c : set.counters()) out.insert(c.on);
+  for (const auto& p : set.policies()) {
+    if (p.on != "detection") out.insert(p.on);
+  }
+  return out;
+}
+
+void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
+  rapidjson::Document doc;
+  if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+  if (!doc.IsObject()) {
+    return call.Fail(
+        ApiError::InvalidArgument("body must be an event object or {\"events\": [...]}"));
+  }
+  const absl::Time now = ctx.deps.clock->Now();
+  const CounterOptions& copt = st.counters.options();
+  std::vector<EventItem> items;
+  auto batch = doc.FindMember("events");
+  if (batch != doc.MemberEnd()) {
+    if (doc.MemberCount() != 1 || !batch->value.IsArray()) {
+      return call.Fail(ApiError::Field("events", "must be the only field, an array"));
+    }
+    const auto& arr = batch->value;
+    if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_events_batch)) {
+      return call.Fail(ApiError::TooLarge(absl::StrCat(
+          "a batch holds at most ", ctx.options.max_events_batch, " events, got ", arr.Size())));
+    }
+    if (arr.Empty()) return call.Fail(ApiError::Field("events", "must not be empty"));
+    items.resize(arr.Size());
+    for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
+      items[i].index = i;
+      ReadEvent(arr[i], absl::StrCat("events[", i, "]"), now, copt.lateness, &items[i]);
+    }
+  } else {
+    items.resize(1);
+    ReadEvent(doc, "", now, copt.lateness, &items[0]);
+  }
+
+  ctx.OffLoop(
+      std::move(call), [&ctx, &policies, &st, items = std::move(items), now](Call& call) mutable {
+        auto set = policies.Current();
+        const bool fail_closed = st.counters.options().fail_closed;
+        auto declared = DeclaredTypes(*set);
+        auto store_or = st.counters.For(set);
+        std::shared_ptr<counters::CounterStore> store;
+        if (store_or.ok()) {
+          store = *std::move(store_or);
+        } else if (ctx.deps.logger != nullptr) {
+          ctx.deps.logger->Warn("counters of the active policy set not usable",
+                                {{"error", std::string(store_or.status().message())}});
+        }
+        auto store_failed = [&](const absl::Status& s) {
+          if (st.store_errors) st.store_errors->Increment();
+          LogStoreError(st, ctx, s, fail_closed);
+          if (fail_closed) {
+            CountEvents(st, declared, items, /*all_unavailable=*/true);
+            call.Fail(ApiError::Unavailable("counter store unavailable; retry later", 1));
+            return true;
+          }
+          if (st.fail_open) st.fail_open->Increment();
+          return false;
+        };
+
+        // 1. Record every accepted event in its counters, in one batch.
+        bool unavailable = false;
+        if (store != nullptr) {
+          const counters::CounterSet& cs = store->counters();
+          std::vector<counters::Observation> obs;
+          std::vector<size_t> owner;
+          for (EventItem& it : items) {
+            if (!it.ok) continue;
+            for (int c : cs.ForEvent(it.event.type)) {
+              const std::string* key = FieldOf(cs.key_field(c), it);
+              const std::string* value = nullptr;
+              if (cs.spec(c).is_distinct()) value = FieldOf(cs.distinct_field(c), it);
+              if (key == nullptr || key->empty() ||
+                  (cs.spec(c).is_distinct() && (value == nullptr || value->empty()))) {
+                ++it.missing;
+                continue;
+              }
+              obs.push_back(
+                  {c, *key, value ? std::string_view(*value) : std::string_view(), it.event.at});
+              owner.push_back(it.index);
+            }
+          }
+          if (!obs.empty()) {
+            std::vector<counters::RecordOutcome> outcomes(obs.size());
+            auto rec = store->Record(obs, now, absl::MakeSpan(outcomes));
+            if (!rec.ok()) {
+              if (store_failed(rec.status())) return;
+              unavailable = true;
+              for (size_t k = 0; k < obs.size(); ++k) items[owner[k]].unavailable = true;
+            } else {
+              for (size_t k = 0; k < obs.size(); ++k) {
+                EventItem& it = items[owner[k]];
+                switch (outcomes[k]) {
+                  case counters::RecordOutcome::kCounted:
+                    ++it.counted;
+                    break;
+                  case counters::RecordOutcome::kTooLate:
+                    ++it.too_late;
+                    break;
+                  case counters::RecordOutcome::kTooEarly:
+                    ++it.too_early;
+                    break;
+                  case counters::RecordOutcome::kInvalid:
+                    ++it.invalid;
+                    break;
+                }
+              }
+            }
+          }
+        }
+
+        // 2. Evaluate the `on: <type>` policies; each matching policy makes one detection.
+        LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+        env.set_counters(unavailable ? nullptr : store.get());
+        std::vector<workflow::DetectionWork> work;
+        std::vector<size_t> slot_of;  // work index -> item index
+        for (EventItem& it : items) {
+          if (!it.ok || !declared.contains(quell::AV(it.event.type))) continue;
+          engine::Evaluation ev = engine::EvaluateEvent(*set, it.event, env, now);
+          if (env.counter_errors() > 0) {
+            env.reset_counter_errors();
+            if (store_failed(absl::UnavailableError("counter read failed"))) return;
+            it.unavailable = true;
+          }
+          std::map<std::string, size_t> by_policy;  // policy -> index in work
+          for (engine::Proposal& p : ev.proposals) {
+            auto [pos, fresh] = by_policy.emplace(p.policy, work.size());
+            if (fresh) {
+              workflow::DetectionWork w;
+              engine::Detection& d = w.detection;
+              d.id = absl::StrCat(p.policy, ":", EventHash(it));
+              d.source = absl::StrCat("rule:", p.policy);
+              d.type = it.event.type;
+              d.entity = p.entity;
+              d.score = 1;
+              d.observed_at = it.event.at;
+              d.evidence_json = EvidenceJson(it, p.policy);
+              work.push_back(std::move(w));
+              slot_of.push_back(it.index);
+            }
+            work[pos->second].proposals.push_back(std::move(p));
+          }
+        }
+        for (workflow::DetectionWork& w : work) w.json = DetectionToJson(w.detection);
+        CountEvents(st, declared, items, false);
+
+        auto finish = [](Call& call, const std::vector<EventItem>& items,
+                         const std::vector<std::string>& detections) {
+          std::string body = "{\"results\":[";
+          bool any_ok = false;
+          for (size_t i = 0; i < items.size(); ++i) {
+            if (i) body += ',';
+            const EventItem& it = items[i];
+            if (!it.ok) {
+              body += RejectedReply(it);
+              continue;
+            }
+            any_ok = true;
+            absl::StrAppend(&body, "{\"index\":", i,
+                            ",\"status\":\"accepted\",\"outcomes\":", OutcomesJson(it));
+            if (!detections[i].empty())
+              absl::StrAppend(&body, ",\"detections\":[", detections[i], "]");
+            body += '}';
+          }
+          body += "]}";
+          call.Send(any_ok ? 200 : 400, std::move(body));
+        };
+        if (work.empty()) return finish(call, items, std::vector<std::string>(items.size()));
+        auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
+        auto shared = std::make_shared<std::pair<Call, std::vector<EventItem>>>(std::move(call),
+                                                                                std::move(items));
+        ctx.deps.ledger->Submit(
+            workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
+                                      out, workflow::SafeguardContext{ctx.safeguards, set}),
+            [shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
+                                                                std::vector<ledger::Change>) {
+              Call& call = shared->first;
+              if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
+              std::vector<std::string> detections(shared->second.size());
+              for (size_t k = 0; k < out->size(); ++k) {
+                std::string reply = std::move((*out)[k].reply);
+                if ((*out)[k].duplicate) {
+                  size_t pos = reply.find("\"status\":\"accepted\"");
+                  if (pos != std::string::npos) reply.replace(pos, 19, "\"status\":\"duplicate\"");
+                }
+                std::string& d = detections[slot_of[k]];
+                if (!d.empty()) d += ',';
+                d += reply;
+              }
+              finish(call, shared->second, detections);
+            });
+      });
+}
+
+absl::Status RegisterMetrics(Context& ctx, EventState& st) {
+  obs::Registry* r = ctx.deps.metrics;
+  if (r == nullptr) return absl::OkStatus();
+  auto fam = r->AddCounterFamily("quell_events_total",
+                                 "Events received, by type (declared, else other) and status",
+                                 {"type", "status"});
+  if (!fam.ok()) return fam.status();
+  st.events_total = *fam;
+  auto errs = r->AddCounter("quell_counter_store_errors_total",
+                            "Counter store calls that failed (unavailable)");
+  if (!errs.ok()) return errs.status();
+  st.store_errors = *errs;
+  auto open = r->AddCounter("quell_counter_fail_open_total",
+                            "Counter store failures passed over (fail_open: rules read zero)");
+  if (!open.ok()) return open.status();
+  st.fail_open = *open;
+  CounterHolder* h = &st.counters;
+  struct Def {
+    const char* name;
+    const char* help;
+    int64_t counters::StoreStats::*field;
+    bool counter;
+  };
+  for (const Def& d :
+       {Def{"quell_counter_keys", "Counter entries held (in process)", &counters::StoreStats::keys,
+            false},
+        Def{"quell_counter_evictions_expired_total",
+            "Counter entries dropped when every window passed",
+            &counters::StoreStats::evicted_expired, true},
+        Def{"quell_counter_evictions_cap_total",
+            "Counter entries evicted early to stay under max_keys",
+            &counters::StoreStats::evicted_cap, true},
+        Def{"quell_counter_redis_reconnects_total", "Counter store (Redis) reconnections",
+            &counters::StoreStats::reconnects, true}}) {
+    auto field = d.field;
+    auto cb = [h, field] { return static_cast<double>(h->Stats().*field); };
+    auto handle = d.counter ? r->AddCallbackCounter(d.name, d.help, cb)
+                            : r->AddCallbackGauge(d.name, d.help, cb);
+    if (!handle.ok()) return handle.status();
+    st.handles.push_back(*std::move(handle));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<void>> AddEventRoutes(Router& router, Context& ctx,
+                                                     PolicyHolder& policies) {
+  auto st = std::make_shared<EventState>(ctx.options.counters);
+  if (auto s = RegisterMetrics(ctx, *st); !s.ok()) return s;
+  // Build the store for the loaded set now, so a bad declaration shows at start.
+  if (auto s = st->counters.For(policies.Current()); !s.ok()) return s.status();
+  EventState* raw = st.get();
+  router.Add("POST", "/v1/events", Access::Bearer(auth::Permission::kSubmit),
+             [&ctx, &policies, raw](Call&& call) { Submit(ctx, policies, *raw, std::move(call)); });
+  return std::shared_ptr<void>(std::move(st));
+}
+
+}  // namespace quell::api::internal

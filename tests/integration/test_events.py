@@ -1,0 +1,257 @@
+"""Integration tests for real-time events (issue 4): POST /v1/events against the real
+binary with the example music-streaming policy set — counters, late events, rule-made
+detections through the decision path, idempotent replays, and the Redis backend with
+redis-server stopped and restarted under load (fail_open and fail_closed)."""
+import datetime
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import QuellServer, free_port
+
+EXAMPLES = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+
+
+def ts(dt):
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def config_file(tmp, counters):
+    """The example config with an absolute policies path and a `counters:` section."""
+    with open(os.path.join(EXAMPLES, "quell.yaml")) as f:
+        text = f.read()
+    policies = os.environ.get("QUELL_TEST_POLICIES") or os.path.join(EXAMPLES, "policies", "music.yaml")
+    text = text.replace("policies: policies/music.yaml", "policies: " + policies)
+    text += "\ncounters:\n" + "".join("  %s: %s\n" % kv for kv in counters.items())
+    path = os.path.join(tmp, "quell.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, stopped by PID."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="quell-redis-")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self):
+        self.stop()
+        self.dir.cleanup()
+
+
+def login(user, ip, at=None):
+    return {"type": "login", "entity": user, "at": ts(at or now()), "attrs": {"ip": ip}}
+
+
+def rule_detections(result):
+    return [d for d in result.get("detections", [])]
+
+
+def wait_verdict(q, entity, want, timeout=5):
+    """The check verdict for `entity` on the login surface, once it is `want` (the index
+    follows the ledger) or when `timeout` passes."""
+    deadline = time.time() + timeout
+    while True:
+        s, c, _ = q.request("GET", "/v1/check?entity=" + entity + "&surface=login")
+        assert s == 200, c
+        if c["verdict"] == want or time.time() > deadline:
+            return c["verdict"]
+        time.sleep(0.05)
+
+
+class EventsMemoryTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="quell-ev-")
+        cfg = config_file(cls.tmp.name, {"backend": "memory", "lateness": "5m"})
+        cls.q = QuellServer(extra_args=["--config", cfg]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q.cleanup()
+        cls.tmp.cleanup()
+
+    def test_credential_stuffing_rule_makes_a_detection(self):
+        ip = "ip:10.1.2.3"
+        events = [login("user:cs%d" % i, ip) for i in range(25)]
+        # A batch is recorded whole before its rules run: 15 accounts stay under the bar.
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": events[:15]})
+        self.assertEqual(s, 200, r)
+        res = r["results"]
+        self.assertEqual(len(res), 15)
+        self.assertTrue(all(x["status"] == "accepted" for x in res), res)
+        self.assertTrue(all(x["outcomes"]["counted"] == 1 for x in res), res)
+        self.assertFalse(any(rule_detections(x) for x in res), res)
+        # 25 distinct accounts (> 20): the rule fires for the login events of this batch.
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": events[15:]})
+        self.assertEqual(s, 200, r)
+        fired = [x for x in r["results"] if rule_detections(x)]
+        self.assertEqual(len(fired), 10, r)
+        d = fired[0]["detections"][0]
+        self.assertEqual(d["status"], "accepted", d)
+        self.assertEqual(d["source"], "rule:credential-stuffing", d)
+        self.assertEqual(d["decisions"][0]["entity"], ip, d)
+        # The mitigation is live on the IP (the policy's target), via the normal path.
+        self.assertEqual(wait_verdict(self.q, ip, "challenge"), "challenge")
+        # Replaying the same events is idempotent: the detections are duplicates.
+        s, r2, _ = self.q.request("POST", "/v1/events", {"events": events[15:]})
+        self.assertEqual(s, 200, r2)
+        dups = [d for x in r2["results"] for d in rule_detections(x)]
+        self.assertEqual(len(dups), 10, r2)
+        self.assertEqual({d["status"] for d in dups}, {"duplicate"}, dups)
+
+    def test_brute_force_counts_and_late_events(self):
+        user = "user:bf1"
+        t = now()
+        # 9 failed logins, some late but within the 5 m bound: they count in their window.
+        events = [{"type": "login_failed", "entity": user,
+                   "at": ts(t - datetime.timedelta(minutes=3, seconds=i))} for i in range(9)]
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": events})
+        self.assertEqual(s, 200, r)
+        self.assertFalse(any(rule_detections(x) for x in r["results"]), r)
+        # Too old: rejected with its reason, not counted.
+        old = {"type": "login_failed", "entity": user, "at": ts(t - datetime.timedelta(minutes=9))}
+        s, r, _ = self.q.request("POST", "/v1/events", old)
+        self.assertEqual(s, 400, r)
+        self.assertEqual(r["results"][0]["status"], "rejected")
+        self.assertEqual(r["results"][0]["reason"], "too_late")
+        # The 10th failed login within 10 m fires brute-force-account (count >= 10).
+        s, r, _ = self.q.request("POST", "/v1/events",
+                                 {"type": "login_failed", "entity": user, "at": ts(now())})
+        self.assertEqual(s, 200, r)
+        dets = rule_detections(r["results"][0])
+        self.assertEqual(len(dets), 1, r)
+        self.assertEqual(wait_verdict(self.q, user, "throttle"), "throttle")
+
+    def test_per_item_errors_and_limits(self):
+        good = {"type": "play", "entity": "user:p1", "at": ts(now()),
+                "attrs": {"ip": "ip:10.9.9.9", "track": "track:t1", "ms_played": 40000}}
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": [
+            good, {"type": "play"}, {"type": "play", "entity": "nope"},
+            {"type": "play", "entity": "user:p1", "at": ts(now() + datetime.timedelta(minutes=5))}]})
+        self.assertEqual(s, 200, r)
+        st = [x["status"] for x in r["results"]]
+        self.assertEqual(st, ["accepted", "rejected", "rejected", "rejected"], r)
+        self.assertEqual(r["results"][0]["outcomes"]["counted"], 2)  # plays + tracks_per_ip
+        self.assertEqual(r["results"][3]["reason"], "too_early")
+        self.assertIn("error", r["results"][1])
+        big = {"events": [good] * 10001}
+        s, r, _ = self.q.request("POST", "/v1/events", big)
+        self.assertEqual(s, 413, r)
+        # A viewer key may not submit events.
+        key = self.q.create_key("viewer")
+        s, _, _ = self.q.request("POST", "/v1/events", good, key=key)
+        self.assertEqual(s, 403)
+
+    def test_metrics(self):
+        self.q.request("POST", "/v1/events", {"type": "weird_type", "entity": "user:m1"})
+        s, text, _ = self.q.request("GET", "/metrics", raw=True)
+        self.assertEqual(s, 200)
+        self.assertIn('quell_events_total{type="other",status="accepted"}', text)
+        self.assertIn("quell_counter_keys", text)
+        self.assertIn("quell_counter_evictions_cap_total", text)
+
+
+class EventsRedisTest(unittest.TestCase):
+    """Redis backend: shared counters, outages under load, recovery."""
+
+    @classmethod
+    def setUpClass(cls):
+        if shutil.which("redis-server") is None:
+            raise unittest.SkipTest("redis-server not installed")
+        cls.redis = RedisServer().start()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="quell-evr-")
+        url = "redis://127.0.0.1:%d" % cls.redis.port
+        cls.open_cfg = config_file(os.path.join(cls.tmp.name), {"on_error": "fail_open"})
+        os.makedirs(os.path.join(cls.tmp.name, "c"))
+        cls.closed_cfg = config_file(os.path.join(cls.tmp.name, "c"), {"on_error": "fail_closed"})
+        cls.q_open = QuellServer(extra_args=["--config", cls.open_cfg, "--redis", url]).start()
+        cls.q_closed = QuellServer(extra_args=["--config", cls.closed_cfg, "--redis", url]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q_open.cleanup()
+        cls.q_closed.cleanup()
+        cls.redis.cleanup()
+        cls.tmp.cleanup()
+
+    def post(self, q, events):
+        return q.request("POST", "/v1/events", {"events": events})
+
+    def test_shared_counters_then_outage_and_recovery(self):
+        # Two nodes share one view: 12 failed logins split between them fire the rule.
+        user = "user:rb1"
+        ev = lambda: {"type": "login_failed", "entity": user, "at": ts(now())}
+        s, r, _ = self.post(self.q_open, [ev() for _ in range(6)])
+        self.assertEqual(s, 200, r)
+        s, r, _ = self.post(self.q_closed, [ev() for _ in range(6)])
+        self.assertEqual(s, 200, r)
+        self.assertTrue(any(rule_detections(x) for x in r["results"]), r)
+
+        # Redis stops mid-load.
+        self.redis.stop()
+        s, r, h = self.post(self.q_closed, [ev()])
+        self.assertEqual(s, 503, r)
+        self.assertIn("retry-after", h)
+        s, r, _ = self.post(self.q_open, [ev()])
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["results"][0]["status"], "accepted")
+        self.assertTrue(r["results"][0]["outcomes"].get("unavailable"), r)
+        s, text, _ = self.q_open.request("GET", "/metrics", raw=True)
+        fo = [l for l in text.splitlines() if l.startswith("quell_counter_fail_open_total")]
+        self.assertTrue(fo and float(fo[0].split()[-1]) >= 1, fo)
+        er = [l for l in text.splitlines() if l.startswith("quell_counter_store_errors_total")]
+        self.assertTrue(er and float(er[0].split()[-1]) >= 1, er)
+
+        # Redis returns (same port, empty): both nodes recover by themselves.
+        self.redis.start()
+        for q in (self.q_open, self.q_closed):
+            deadline = time.time() + 15
+            while True:
+                s, r, _ = self.post(q, [ev()])
+                if s == 200 and r["results"][0]["outcomes"]["counted"] == 1:
+                    break
+                self.assertLess(time.time(), deadline, (s, r))
+                time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    unittest.main()
