@@ -25,7 +25,7 @@ QUELL_PORT=$(free_port)
 pid=$!
 BENCH_PIDS+=("$pid")
 for _ in $(seq 600); do curl -fsS "http://127.0.0.1:$QUELL_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
-kill "$pid"; wait "$pid" || true
+kill "$pid" 2>/dev/null || true; wait "$pid" || true
 
 sync
 start=$(date +%s.%N)
