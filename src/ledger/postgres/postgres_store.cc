@@ -130,6 +130,7 @@ CREATE TABLE list_entries (
 )sql"},
 };
 
+#define QUELL_NOTIFY_CHANNEL "quell_changes"
 #define QUELL_LIVE_STATES "('pending_approval','scheduled','active')"
 #define QUELL_CHANGE_COLUMNS "seq, at, kind, actor, subject, entity, payload, prev_hash, hash"
 #define QUELL_SELECT_MITIGATION \
@@ -962,10 +963,14 @@ absl::Status PgTxn::Commit() {
   }
   absl::Status st;
   if (head_seq_ != start_seq_) {
-    auto r = db_->Query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1",
-                        {P(head_seq_), P(head_hash_)});
+    // The new head, and a wake-up for tailers on every node: NOTIFY is delivered at
+    // commit, in commit order; its payload (the new last seq) is only a hint.
+    auto r = db_->Query(
+        "WITH u AS (UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1 RETURNING seq) "
+        "SELECT pg_notify('" QUELL_NOTIFY_CHANNEL "', seq::text) FROM u",
+        {P(head_seq_), P(head_hash_)});
     st = r.status();
-    if (st.ok() && r->Affected() != 1) st = absl::DataLossError("chain_head row is missing");
+    if (st.ok() && r->rows() != 1) st = absl::DataLossError("chain_head row is missing");
   }
   if (st.ok()) st = db_->Exec("COMMIT");
   if (!st.ok()) {

@@ -7,10 +7,12 @@
 // writers on every node are serialised by PostgreSQL and each sees the head the previous
 // writer committed: seq N+1 is assigned only after seq N is committed, hence seqs become
 // visible in commit order and a change-feed tailer reading `seq > last` never skips one.
-// Savepoints are PostgreSQL SAVEPOINTs. Reads use a small pool of connections, each read
-// method one REPEATABLE READ READ ONLY transaction (one consistent snapshot). Key writes
-// and purges use a side connection. All statements are prepared once per connection.
-// Every connection has connect_timeout, statement_timeout and lock_timeout set.
+// Each commit that appended changes also sends NOTIFY quell_changes (payload: the new
+// last seq), to wake change-feed tailers (LISTEN kPostgresChangeChannel, then catch up
+// with ReadChanges; see docs/cluster.md). Savepoints are PostgreSQL SAVEPOINTs. Reads use a small
+// pool of connections, each read method one REPEATABLE READ READ ONLY transaction (one consistent
+// snapshot). Key writes and purges use a side connection. All statements are prepared once per
+// connection. Every connection has connect_timeout, statement_timeout and lock_timeout set.
 //
 // Errors carry the SQLSTATE in their message; a lost connection is kUnavailable (the
 // connection is dropped and re-opened on next use).
@@ -36,6 +38,9 @@ struct PostgresOptions {
   int read_pool_size = 4;            // read connections, opened on demand
   bool apply_migrations = true;      // false: refuse (kFailedPrecondition) an old schema
 };
+
+//! The channel every commit that appended changes notifies.
+inline constexpr char kPostgresChangeChannel[] = "quell_changes";
 
 //! Connects, and applies pending schema migrations (each in its own transaction, under
 //! an advisory lock so that nodes starting together migrate once). kFailedPrecondition

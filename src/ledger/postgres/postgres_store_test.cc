@@ -3,6 +3,9 @@
 // tailer, migrations, errors with SQLSTATE, connection loss.
 #include "ledger/postgres/postgres_store.h"
 
+#include <libpq-fe.h>
+#include <poll.h>
+
 #include <atomic>
 #include <map>
 #include <thread>
@@ -174,6 +177,45 @@ TEST(PostgresStore, LostConnectionsAreUnavailableThenReopened) {
   ASSERT_TRUE(txn.ok()) << txn.status();
   ASSERT_TRUE(AppendNote(**txn, "after").ok());
   EXPECT_TRUE((*txn)->Commit().ok());
+}
+
+// A commit that appended changes wakes LISTENers with the new last seq; a commit that
+// appended nothing (or a rollback) sends nothing.
+TEST(PostgresStore, CommitNotifiesTheNewLastSeq) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::unique_ptr<PGconn, void (*)(PGconn*)> listener(PQconnectdb(url.c_str()), &PQfinish);
+  ASSERT_EQ(PQstatus(listener.get()), CONNECTION_OK);
+  PQclear(PQexec(listener.get(), absl::StrCat("LISTEN ", kPostgresChangeChannel).c_str()));
+  {
+    auto txn = (*s)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE((*txn)->Commit().ok());  // nothing appended: no notification
+    txn = (*s)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(AppendNote(**txn, "rolled back").ok());
+    (*txn)->Rollback();
+    txn = (*s)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(AppendNote(**txn, "one").ok());
+    ASSERT_TRUE(AppendNote(**txn, "two").ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  std::vector<std::string> payloads;
+  // Wait (generously; not a timing assertion) for the one notification.
+  for (int i = 0; i < 100 && payloads.empty(); ++i) {
+    pollfd pfd{PQsocket(listener.get()), POLLIN, 0};
+    poll(&pfd, 1, 100);
+    ASSERT_EQ(PQconsumeInput(listener.get()), 1);
+    while (PGnotify* n = PQnotifies(listener.get())) {
+      EXPECT_STREQ(n->relname, kPostgresChangeChannel);
+      payloads.emplace_back(n->extra);
+      PQfreemem(n);
+    }
+  }
+  EXPECT_EQ(payloads, std::vector<std::string>{"2"});
 }
 
 TEST(PostgresStore, UnreachableServerIsUnavailable) {
