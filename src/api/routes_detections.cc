@@ -72,12 +72,21 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
   }
 
   DetectionLimits limits;
+  const std::shared_ptr<const policy::PolicySet> known = policies.Current();
   std::vector<Item> items(values.size());
   std::vector<FieldError> forbidden;
   for (size_t i = 0; i < values.size(); ++i) {
     items[i].index = i;
     std::vector<FieldError> errors;
     auto d = ReadDetection(*values[i], paths[i], now, limits, &errors);
+    if (d.ok() && !known->KnowsDetectionType(d->type)) {
+      std::string list;
+      for (const std::string& t : known->detection_types()) absl::StrAppend(&list, list.empty() ? "" : ", ", t);
+      errors.push_back({paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
+                        absl::StrCat("unknown detection type \"", d->type, "\"; the active policy set (v",
+                                     known->version(), ") declares: ", list)});
+      d = absl::InvalidArgumentError("unknown type");
+    }
     if (!d.ok()) {
       items[i].rejected_reply = RejectedReply(i, errors, *values[i]);
       continue;

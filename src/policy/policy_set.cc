@@ -107,6 +107,7 @@ class PolicySetBuilder {
   // A sequence; false (with an error) otherwise.
   bool Sequence(const Entry& e, std::string_view what);
   std::optional<std::vector<std::string>> StringList(const Entry& e, std::string_view what);
+  void LoadDetectionTypes(const Entry& e);
 
   void LoadActions(const Entry& e);
   void LoadCounters(const Entry& e);
@@ -357,6 +358,12 @@ bool PolicySetBuilder::Sequence(const Entry& e, std::string_view what) {
   return true;
 }
 
+bool PolicySet::KnowsDetectionType(std::string_view type) const {
+  return detection_types_.empty() ||
+         std::find(detection_types_.begin(), detection_types_.end(), type) !=
+             detection_types_.end();
+}
+
 std::optional<std::vector<std::string>> PolicySetBuilder::StringList(const Entry& e,
                                                                      std::string_view what) {
   if (!Sequence(e, what)) return std::nullopt;
@@ -416,13 +423,15 @@ LoadResult PolicySetBuilder::Load() {
       try {
         Entries top;
         if (ReadMap(doc, {1, 1}, "the policy set",
-                    {"actions", "counters", "lists", "breakers", "policies"}, &top)) {
+                    {"actions", "detection_types", "counters", "lists", "breakers", "policies"},
+                    &top)) {
           // Order matters: policies are checked against the catalog, counters and lists.
           if (const Entry* e = Get(top, "actions")) {
             LoadActions(*e);
           } else {
             set_->catalog_ = core::ActionCatalog::Default();
           }
+          if (const Entry* e = Get(top, "detection_types")) LoadDetectionTypes(*e);
           if (const Entry* e = Get(top, "counters")) LoadCounters(*e);
           if (const Entry* e = Get(top, "lists")) LoadLists(*e);
           if (const Entry* e = Get(top, "breakers")) LoadBreakers(*e);
@@ -643,6 +652,24 @@ void PolicySetBuilder::LoadCounters(const Entry& e) {
       }
     }
     set_->counters_.push_back(std::move(c));
+  }
+}
+
+void PolicySetBuilder::LoadDetectionTypes(const Entry& e) {
+  auto list = StringList(e, "detection_types");
+  if (!list) return;
+  for (const std::string& t : *list) {
+    bool ok = !t.empty() && t.size() <= 64 && t[0] >= 'a' && t[0] <= 'z';
+    for (char c : t) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
+    if (!ok) {
+      Error(PosOf(e.value, e.key_pos),
+            absl::StrCat("detection type ", Quoted(t), " must match [a-z][a-z0-9_]{0,63}"));
+    } else if (std::find(set_->detection_types_.begin(), set_->detection_types_.end(), t) !=
+               set_->detection_types_.end()) {
+      Error(PosOf(e.value, e.key_pos), absl::StrCat("detection type ", t, " is listed twice"));
+    } else {
+      set_->detection_types_.push_back(t);
+    }
   }
 }
 

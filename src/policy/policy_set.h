@@ -136,6 +136,10 @@ class PolicySet {
   const std::vector<CounterDef>& counters() const { return counters_; }
   const std::vector<ListDef>& lists() const { return lists_; }
   const std::vector<BreakerDef>& breakers() const { return breakers_; }
+  // `detection_types:` — the abuse types detectors may send. Empty: any well-formed type.
+  const std::vector<std::string>& detection_types() const { return detection_types_; }
+  //! True if `type` is declared, or if the set declares no types at all.
+  bool KnowsDetectionType(std::string_view type) const;
   // The declarations `when` expressions were compiled against.
   const Declarations& declarations() const { return declarations_; }
 
@@ -160,6 +164,7 @@ class PolicySet {
   std::vector<CounterDef> counters_;
   std::vector<ListDef> lists_;
   std::vector<BreakerDef> breakers_;
+  std::vector<std::string> detection_types_;
   Declarations declarations_;
   std::vector<uint32_t> detection_all_;
   std::vector<uint32_t> detection_unguarded_;

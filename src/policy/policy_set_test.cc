@@ -426,3 +426,25 @@ TEST(PolicySet, TooManyErrorsStops) {
 
 }  // namespace
 }  // namespace quell::policy
+
+namespace quell::policy {
+namespace {
+
+TEST(PolicySetDetectionTypes, DeclaredTypesAreTheOnlyOnesKnown) {
+  LoadResult open = LoadPolicySetWithDiagnostics("policies: []\n", 1);
+  ASSERT_NE(open.set, nullptr);
+  EXPECT_TRUE(open.set->KnowsDetectionType("anything_at_all"));  // nothing declared
+  LoadResult r = LoadPolicySetWithDiagnostics(
+      "detection_types: [artificial_streaming, stream_farm]\npolicies: []\n", 1);
+  ASSERT_NE(r.set, nullptr) << (r.errors.empty() ? "" : r.errors[0].ToString());
+  EXPECT_TRUE(r.set->KnowsDetectionType("stream_farm"));
+  EXPECT_FALSE(r.set->KnowsDetectionType("artifical_streaming"));
+  LoadResult bad = LoadPolicySetWithDiagnostics(
+      "detection_types: [Bad Type, ok_type, ok_type]\npolicies: []\n", 1);
+  ASSERT_EQ(bad.set, nullptr);
+  ASSERT_EQ(bad.errors.size(), 2u);
+  EXPECT_EQ(bad.errors[0].line, 1);
+}
+
+}  // namespace
+}  // namespace quell::policy

@@ -70,21 +70,24 @@ class DetectionsTest(unittest.TestCase):
             det("b-5", "user:batch5", observed_at="2099-01-01T00:00:00Z"),
             det("b-6", "user:batch6", colour="red"),
             det("b-7", "user:batch7", type="Not A Type"),
+            det("b-8", "user:batch8", type="artifical_streaming"),
         ]}
         s, r, _ = self.submit(body)
         self.assertEqual(s, 200)
         res = r["results"]
-        self.assertEqual(len(res), 7)
-        self.assertEqual([x["index"] for x in res], list(range(7)))
+        self.assertEqual(len(res), 8)
+        self.assertEqual([x["index"] for x in res], list(range(8)))
         self.assertEqual(res[0]["status"], "accepted")
-        fields = {i: [d["field"] for d in res[i]["error"]["details"]] for i in range(1, 7)}
+        fields = {i: [d["field"] for d in res[i]["error"]["details"]] for i in range(1, 8)}
         self.assertIn("detections[1].source", fields[1])
         self.assertIn("detections[2].score", fields[2])
         self.assertIn("detections[3].entity", fields[3])
         self.assertIn("detections[4].observed_at", fields[4])
         self.assertIn("detections[5].colour", fields[5])
         self.assertIn("detections[6].type", fields[6])
-        self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 7)))
+        self.assertIn("detections[7].type", fields[7])  # unknown to the active set
+        self.assertIn("unknown detection type", res[7]["error"]["message"])
+        self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 8)))
         # A single bad detection: 400, still in the results shape.
         s, r, _ = self.submit(det("bad-1", "user:x", score=-1))
         self.assertEqual(s, 400)
