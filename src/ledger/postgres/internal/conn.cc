@@ -123,6 +123,13 @@ absl::StatusOr<Result> Conn::Query(const std::string& sql, const std::vector<Par
 
 absl::Status Conn::Stream(const std::string& sql, const std::vector<Param>& params,
                           const std::function<absl::Status(const Result&)>& row) {
+  // A scan streams as fast as its consumer goes (a backtest over a month of
+  // detections): statement_timeout must not cut it off. SET LOCAL ends with the
+  // surrounding read transaction.
+  if (InTransaction()) {
+    absl::Status st = Exec("SET LOCAL statement_timeout = 0");
+    if (!st.ok()) return st;
+  }
   std::vector<const char*> values;
   for (const Param& p : params) values.push_back(p.null ? nullptr : p.value.c_str());
   if (!PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,

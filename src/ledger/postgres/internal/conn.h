@@ -72,7 +72,8 @@ class Conn {
   //! Runs `sql` as a named prepared statement (prepared on first use on this connection).
   absl::StatusOr<Result> Query(const std::string& sql, const std::vector<Param>& params = {});
   //! Runs `sql` in single-row mode, calling `row` for each row; stops calling it after an
-  //! error (the rest of the result is drained). Returns the first error.
+  //! error (the rest of the result is drained). Returns the first error. Inside a
+  //! transaction, lifts statement_timeout for the rest of it (long scans).
   absl::Status Stream(const std::string& sql, const std::vector<Param>& params,
                       const std::function<absl::Status(const Result&)>& row);
   //! Whether the connection is usable (not lost).

@@ -46,7 +46,7 @@ absl::Status RunTool(const std::string& args) {
 
 }  // namespace
 
-absl::StatusOr<TestCluster*> TestCluster::Start() {
+absl::StatusOr<TestCluster*> TestCluster::Start(bool durable) {
   if (!std::filesystem::exists(absl::StrCat(kBinDir, "/pg_ctl"))) {
     return absl::FailedPreconditionError(
         absl::StrCat("PostgreSQL 15 server binaries are missing (", kBinDir,
@@ -64,20 +64,15 @@ absl::StatusOr<TestCluster*> TestCluster::Start() {
     }
   }
   std::string data = c->dir_ + "/data";
-  if (geteuid() == 0) {
-    // data must be created by postgres itself; initdb does that.
-  }
   absl::Status st = RunTool(
       absl::StrCat("initdb -D ", data, " -A trust -U postgres -E UTF8 --no-sync --locale=C"));
   if (!st.ok()) return st;
   c->port_ = FreePort();
-  st = RunTool(absl::StrCat("pg_ctl -D ", data, " -w -t 60 -l ", c->dir_, "/log -o \"-p ", c->port_,
-                            " -k ", c->dir_,
-                            " -c listen_addresses=127.0.0.1 -c fsync=off "
-                            "-c synchronous_commit=off -c full_page_writes=off "
-                            "-c max_connections=200\" start"));
+  c->server_options_ = absl::StrCat(
+      "-p ", c->port_, " -k ", c->dir_, " -c listen_addresses=127.0.0.1 -c max_connections=200",
+      durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+  st = c->Restart();
   if (!st.ok()) return st;
-  c->running_ = true;
   return c.release();
 }
 
@@ -112,9 +107,8 @@ absl::Status TestCluster::Stop() {
 }
 
 absl::Status TestCluster::Restart() {
-  absl::Status st = RunTool(absl::StrCat(
-      "pg_ctl -D ", dir_, "/data -w -t 60 -l ", dir_, "/log -o \"-p ", port_, " -k ", dir_,
-      " -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start"));
+  absl::Status st = RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -w -t 60 -l ", dir_,
+                                         "/log -o \"", server_options_, "\" start"));
   if (st.ok()) running_ = true;
   return st;
 }

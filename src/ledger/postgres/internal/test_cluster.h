@@ -18,7 +18,9 @@ namespace quell::ledger::pg_internal {
 class TestCluster {
  public:
   //! Creates and starts a cluster; kFailedPrecondition if PostgreSQL is not installed.
-  static absl::StatusOr<TestCluster*> Start();
+  //! Without `durable`, fsync and synchronous_commit are off (fast tests); benchmarks
+  //! pass true (PostgreSQL's defaults: every commit is flushed).
+  static absl::StatusOr<TestCluster*> Start(bool durable = false);
   //! The cluster of this process, started on first call; the same error every call if
   //! it could not start.
   static absl::StatusOr<TestCluster*> Shared();
@@ -40,6 +42,7 @@ class TestCluster {
   std::string dir_;
   int port_ = 0;
   bool running_ = false;
+  std::string server_options_;
   int next_db_ = 0;
 };
 
