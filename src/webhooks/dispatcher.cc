@@ -1,0 +1,399 @@
+#include "webhooks/dispatcher.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/ids.h"
+#include "core/status.h"
+#include "core/strings.h"
+#include "obs/metrics.h"
+#include "webhooks/http_post.h"
+#include "webhooks/signature.h"
+
+namespace quell::webhooks {
+
+// A subscription and its delivery state. Every field is guarded by Dispatcher::mu_.
+struct Dispatcher::Sub {
+  Subscription s;  // s.cursor: highest seq handled (the durable one may lag for skipped seqs)
+  bool deleted = false;
+  int failures = 0;
+  int64_t pending_seq = 0;  // the matching change being delivered; 0 = none
+  std::string pending_body;
+  absl::Time next_attempt = absl::InfinitePast();
+  std::string last_error;
+  int64_t delivered = 0;
+  int64_t dead_letters = 0;
+};
+
+absl::StatusOr<DispatcherOptions> OptionsFromEnv() {
+  DispatcherOptions o;
+  if (const char* v = std::getenv("QUELL_WEBHOOK_MAX_ATTEMPTS")) {
+    if (!absl::SimpleAtoi(v, &o.max_attempts) || o.max_attempts < 1 || o.max_attempts > 1000)
+      return absl::InvalidArgumentError("QUELL_WEBHOOK_MAX_ATTEMPTS must be in [1, 1000]");
+  }
+  struct D {
+    const char* name;
+    absl::Duration* out;
+  };
+  for (const D& d : {D{"QUELL_WEBHOOK_BACKOFF_INITIAL", &o.backoff_initial},
+                     D{"QUELL_WEBHOOK_BACKOFF_MAX", &o.backoff_max},
+                     D{"QUELL_WEBHOOK_TIMEOUT", &o.timeout}, D{"QUELL_WEBHOOK_POLL", &o.poll}}) {
+    if (const char* v = std::getenv(d.name)) {
+      auto parsed = core::ParseDuration(v);
+      if (!parsed.ok())
+        return absl::InvalidArgumentError(absl::StrCat(d.name, ": ", parsed.status().message()));
+      *d.out = *parsed;
+    }
+  }
+  if (o.backoff_max < o.backoff_initial) o.backoff_max = o.backoff_initial;
+  return o;
+}
+
+absl::Duration BackoffDelay(int failures, const DispatcherOptions& options, double jitter01) {
+  absl::Duration d = options.backoff_initial;
+  for (int i = 1; i < failures && d < options.backoff_max; ++i) d *= 2;
+  d = std::min(d, options.backoff_max);
+  jitter01 = std::clamp(jitter01, 0.0, 1.0);
+  return d * (0.5 + 0.5 * jitter01);
+}
+
+bool Matches(const Subscription& s, const core::Mitigation& m) {
+  if (!s.actions.empty() &&
+      std::find(s.actions.begin(), s.actions.end(), m.action) == s.actions.end())
+    return false;
+  if (!s.entity_types.empty() && std::find(s.entity_types.begin(), s.entity_types.end(),
+                                           m.entity.type()) == s.entity_types.end())
+    return false;
+  return true;
+}
+
+std::string DeliveryBody(int64_t seq, std::string_view subscription_id, const core::Mitigation& m) {
+  std::string out = absl::StrCat("{\"seq\":", seq, ",\"op\":\"",
+                                 m.state == core::MitigationState::kActive ? "upsert" : "delete",
+                                 "\",\"subscription\":");
+  core::AppendJsonString(subscription_id, &out);
+  out += ",\"mitigation\":";
+  core::AppendMitigationJson(m, &out);
+  out += '}';
+  return out;
+}
+
+Dispatcher::Dispatcher(std::unique_ptr<StateStore> state, ledger::Store* ledger_store,
+                       core::Clock* clock, DispatcherOptions options)
+    : state_(std::move(state)), ledger_store_(ledger_store), clock_(clock), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(std::unique_ptr<StateStore> state,
+                                                               ledger::Store* ledger_store,
+                                                               core::Clock* clock,
+                                                               DispatcherOptions options,
+                                                               obs::Registry* metrics) {
+  if (options.max_attempts < 1 || options.page < 1 || options.page > 10000)
+    return absl::InvalidArgumentError("webhooks: max_attempts >= 1 and page in [1, 10000]");
+  QUELL_ASSIGN_OR_RETURN(auto subs, state->ListSubscriptions());
+  std::unique_ptr<Dispatcher> d(new Dispatcher(std::move(state), ledger_store, clock, options));
+  for (auto& s : subs) {
+    auto sub = std::make_shared<Sub>();
+    sub->s = std::move(s);
+    d->subs_.emplace(sub->s.id, std::move(sub));
+  }
+  if (metrics != nullptr) {
+    QUELL_ASSIGN_OR_RETURN(auto* family, metrics->AddCounterFamily(
+                                             "quell_webhook_deliveries_total",
+                                             "Webhook delivery attempts by result.", {"result"}));
+    d->delivered_ = family->WithLabels({"ok"});
+    d->failed_ = family->WithLabels({"failed"});
+    d->dead_ = family->WithLabels({"dead_letter"});
+    QUELL_ASSIGN_OR_RETURN(
+        d->depth_,
+        metrics->AddGauge("quell_webhook_queue_depth",
+                          "Ledger changes not yet handled, summed over webhook subscriptions."));
+  }
+  return d;
+}
+
+Dispatcher::~Dispatcher() { Stop(); }
+
+void Dispatcher::Start() {
+  std::lock_guard lock(mu_);
+  if (worker_.joinable() || stop_) return;
+  worker_ = std::thread([this] { Run(); });
+}
+
+void Dispatcher::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void Dispatcher::OnCommitted(const std::vector<ledger::Change>& changes) {
+  {
+    std::lock_guard lock(mu_);
+    wake_ = true;
+  }
+  cv_.notify_one();
+}
+
+void Dispatcher::Run() {
+  for (;;) {
+    std::vector<std::string> ids;
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+      for (const auto& [id, sub] : subs_) ids.push_back(id);
+    }
+    absl::Time next = absl::Now() + options_.poll;
+    for (const std::string& id : ids) {
+      next = std::min(next, Step(id));
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+    }
+    if (depth_ != nullptr) {
+      auto last = ledger_store_->LastSeq();
+      if (last.ok()) {
+        double depth = 0;
+        std::lock_guard lock(mu_);
+        for (const auto& [id, sub] : subs_) {
+          if (sub->s.enabled)
+            depth += static_cast<double>(std::max<int64_t>(0, *last - sub->s.cursor));
+        }
+        depth_->Set(depth);
+      }
+    }
+    std::unique_lock lock(mu_);
+    const absl::Duration wait = next - absl::Now();
+    if (wait > absl::ZeroDuration() && !wake_ && !stop_) {
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(wait), [this] { return wake_ || stop_; });
+    }
+    wake_ = false;
+  }
+}
+
+absl::Time Dispatcher::Step(const std::string& id) {
+  const absl::Time now = absl::Now();
+  std::shared_ptr<Sub> sub;
+  Subscription s;
+  int64_t pending_seq = 0;
+  std::string body;
+  {
+    std::lock_guard lock(mu_);
+    auto it = subs_.find(id);
+    if (it == subs_.end()) return absl::InfiniteFuture();
+    sub = it->second;
+    if (sub->deleted || !sub->s.enabled) return absl::InfiniteFuture();
+    if (sub->next_attempt > now) return sub->next_attempt;
+    s = sub->s;
+    pending_seq = sub->pending_seq;
+    body = sub->pending_body;
+  }
+
+  if (pending_seq == 0) {
+    // Find the next matching change after the cursor.
+    auto changes = ledger_store_->ReadChanges(s.cursor, options_.page);
+    if (!changes.ok()) {
+      std::lock_guard lock(mu_);
+      sub->last_error = std::string(SV(changes.status().message()));
+      sub->next_attempt = now + absl::Seconds(1);
+      return sub->next_attempt;
+    }
+    if (changes->empty()) return absl::InfiniteFuture();  // the poll or a commit wakes us
+    int64_t skipped_to = s.cursor;
+    for (const ledger::Change& c : *changes) {
+      if (c.kind == ledger::ChangeKind::kMitigation) {
+        auto m = core::MitigationFromJson(c.payload);
+        if (m.ok() && Matches(s, *m)) {
+          pending_seq = c.seq;
+          body = DeliveryBody(c.seq, s.id, *m);
+          break;
+        }
+      }
+      skipped_to = c.seq;
+    }
+    if (pending_seq == 0) {
+      // A whole page without a match: remember durably that it was handled.
+      auto st = state_->AdvanceCursor(s.id, skipped_to);
+      std::lock_guard lock(mu_);
+      if (absl::IsNotFound(st)) {
+        sub->deleted = true;
+        return absl::InfiniteFuture();
+      }
+      if (!st.ok()) {
+        sub->last_error = std::string(SV(st.message()));
+        sub->next_attempt = now + absl::Seconds(1);
+        return sub->next_attempt;
+      }
+      sub->s.cursor = std::max(sub->s.cursor, skipped_to);
+      return static_cast<int>(changes->size()) == options_.page ? now : absl::InfiniteFuture();
+    }
+    std::lock_guard lock(mu_);
+    sub->s.cursor = std::max(sub->s.cursor, skipped_to);  // skipped seqs: in memory only
+    sub->pending_seq = pending_seq;
+    sub->pending_body = body;
+  }
+
+  // Deliver the pending change.
+  absl::Status result;
+  auto url = ParseHttpUrl(s.url);
+  int attempt = 0;
+  {
+    std::lock_guard lock(mu_);
+    attempt = sub->failures + 1;
+  }
+  if (!url.ok()) {
+    result = url.status();
+  } else {
+    std::vector<std::pair<std::string, std::string>> headers = {
+        {"Content-Type", "application/json"},
+        {"X-Quell-Signature", SignatureHeader(s.secret, body)},
+        {"X-Quell-Seq", std::to_string(pending_seq)},
+        {"X-Quell-Subscription", s.id},
+        {"X-Quell-Attempt", std::to_string(attempt)},
+    };
+    auto code = HttpPost(*url, headers, body, options_.timeout);
+    if (!code.ok()) {
+      result = code.status();
+    } else if (*code < 200 || *code > 299) {
+      result = absl::UnavailableError(absl::StrCat("HTTP ", *code));
+    }
+  }
+
+  if (result.ok()) {
+    auto st = state_->AdvanceCursor(s.id, pending_seq);
+    std::lock_guard lock(mu_);
+    if (absl::IsNotFound(st)) {
+      sub->deleted = true;
+      return absl::InfiniteFuture();
+    }
+    if (!st.ok()) {  // delivered but not recorded: delivered again later (at least once)
+      sub->last_error = std::string(SV(st.message()));
+      sub->next_attempt = now + absl::Seconds(1);
+      return sub->next_attempt;
+    }
+    if (delivered_) delivered_->Increment();
+    sub->delivered++;
+    sub->s.cursor = std::max(sub->s.cursor, pending_seq);
+    sub->failures = 0;
+    sub->pending_seq = 0;
+    sub->pending_body.clear();
+    sub->next_attempt = absl::InfinitePast();
+    return absl::Now();
+  }
+
+  if (failed_) failed_->Increment();
+  std::string error(SV(result.message()));
+  int failures = 0;
+  {
+    std::lock_guard lock(mu_);
+    failures = ++sub->failures;
+    sub->last_error = error;
+  }
+  if (failures < options_.max_attempts) {
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const double jitter = std::uniform_real_distribution<double>(0, 1)(rng);
+    std::lock_guard lock(mu_);
+    sub->next_attempt = absl::Now() + BackoffDelay(failures, options_, jitter);
+    return sub->next_attempt;
+  }
+  DeadLetter letter{s.id, pending_seq, failures, error, clock_->Now(), body};
+  auto st = state_->AddDeadLetter(letter);
+  std::lock_guard lock(mu_);
+  if (absl::IsNotFound(st)) {
+    sub->deleted = true;
+    return absl::InfiniteFuture();
+  }
+  if (!st.ok()) {
+    sub->last_error = std::string(SV(st.message()));
+    sub->next_attempt = now + absl::Seconds(1);
+    return sub->next_attempt;
+  }
+  if (dead_) dead_->Increment();
+  sub->dead_letters++;
+  sub->s.cursor = std::max(sub->s.cursor, pending_seq);
+  sub->failures = 0;
+  sub->pending_seq = 0;
+  sub->pending_body.clear();
+  sub->next_attempt = absl::InfinitePast();
+  return absl::Now();
+}
+
+absl::StatusOr<Subscription> Dispatcher::Subscribe(const NewSubscription& request) {
+  auto url = ParseHttpUrl(request.url);
+  if (!url.ok()) return url.status();
+  for (const auto* list : {&request.actions, &request.entity_types}) {
+    for (const std::string& v : *list) {
+      if (v.empty() || v.size() > 64 || v.find('\n') != std::string::npos)
+        return absl::InvalidArgumentError("filters must be non-empty names of at most 64 bytes");
+    }
+  }
+  Subscription s;
+  s.created_at = clock_->Now();
+  s.id = core::NewId("wh_", s.created_at);
+  s.url = request.url;
+  s.secret = "whsec_" + core::RandomHex(24);
+  s.actions = request.actions;
+  s.entity_types = request.entity_types;
+  s.enabled = true;
+  if (request.from_seq) {
+    if (*request.from_seq < 0) return absl::InvalidArgumentError("from_seq must be >= 0");
+    s.cursor = *request.from_seq;
+  } else {
+    QUELL_ASSIGN_OR_RETURN(s.cursor, ledger_store_->LastSeq());
+  }
+  QUELL_RETURN_IF_ERROR(state_->CreateSubscription(s));
+  {
+    std::lock_guard lock(mu_);
+    auto sub = std::make_shared<Sub>();
+    sub->s = s;
+    subs_[s.id] = std::move(sub);
+    wake_ = true;
+  }
+  cv_.notify_one();
+  return s;
+}
+
+absl::Status Dispatcher::Unsubscribe(std::string_view id) {
+  QUELL_RETURN_IF_ERROR(state_->DeleteSubscription(id));
+  std::lock_guard lock(mu_);
+  auto it = subs_.find(std::string(id));
+  if (it != subs_.end()) {
+    it->second->deleted = true;
+    subs_.erase(it);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<SubscriptionStatus> Dispatcher::List() const {
+  std::lock_guard lock(mu_);
+  std::vector<SubscriptionStatus> out;
+  for (const auto& [id, sub] : subs_) {
+    SubscriptionStatus st;
+    st.subscription = sub->s;
+    st.failures = sub->failures;
+    st.pending_seq = sub->pending_seq;
+    st.last_error = sub->last_error;
+    st.delivered = sub->delivered;
+    st.dead_letters = sub->dead_letters;
+    out.push_back(std::move(st));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.subscription.id < b.subscription.id; });
+  return out;
+}
+
+absl::StatusOr<std::vector<DeadLetter>> Dispatcher::DeadLetters(std::string_view id, int64_t after,
+                                                                int limit) {
+  {
+    std::lock_guard lock(mu_);
+    if (subs_.find(std::string(id)) == subs_.end())
+      return absl::NotFoundError("no such webhook subscription");
+  }
+  return state_->DeadLetters(id, after, limit);
+}
+
+}  // namespace quell::webhooks

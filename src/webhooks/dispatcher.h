@@ -1,0 +1,144 @@
+// Webhook delivery: ledger mitigation changes POSTed to subscribers, at least once, in
+// seq order per subscription.
+//
+// One worker thread serves every subscription. For each enabled subscription it reads
+// ledger changes after the subscription's cursor (pages of 100), keeps kMitigation
+// changes matching its filters and POSTs them one per request:
+//   {"seq": N, "op": "upsert"|"delete", "subscription": "wh_...", "mitigation": {...}}
+// ("upsert" when the mitigation is active, "delete" otherwise) with X-Quell-Signature,
+// X-Quell-Seq and X-Quell-Subscription headers. The cursor advances durably only after
+// a 2xx (or when the change is skipped by the filters, or dead-lettered). A failure
+// schedules a retry with exponential backoff and jitter; other subscriptions go on in
+// the meantime (a slow receiver still holds the worker for up to `timeout`). After
+// `max_attempts` failures of the same change it goes to the dead-letter list and
+// delivery continues with the next change. Commits wake the worker (the dispatcher is a
+// ledger::ChangeListener); a periodic poll covers anything else.
+//
+// Thread-safety: all public methods are thread-safe. Ownership: the Dispatcher borrows
+// the ledger Store, the Clock and the metrics Registry (all must outlive it) and owns
+// its StateStore.
+#ifndef QUELL_WEBHOOKS_DISPATCHER_H_
+#define QUELL_WEBHOOKS_DISPATCHER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/mitigation.h"
+#include "core/time.h"
+#include "ledger/ledger.h"
+#include "ledger/store.h"
+#include "webhooks/state_store.h"
+
+namespace quell::obs {
+class Registry;
+class Counter;
+class Gauge;
+}  // namespace quell::obs
+
+namespace quell::webhooks {
+
+struct DispatcherOptions {
+  int max_attempts = 8;  // failures before a dead letter
+  absl::Duration backoff_initial = absl::Milliseconds(500);
+  absl::Duration backoff_max = absl::Seconds(60);
+  absl::Duration timeout = absl::Seconds(5);  // connect + request + status line
+  absl::Duration poll = absl::Seconds(1);     // wake-up without commits
+  int page = 100;                             // ledger changes read at once
+};
+
+//! Reads QUELL_WEBHOOK_MAX_ATTEMPTS, QUELL_WEBHOOK_BACKOFF_INITIAL,
+//! QUELL_WEBHOOK_BACKOFF_MAX, QUELL_WEBHOOK_TIMEOUT and QUELL_WEBHOOK_POLL (durations
+//! such as "500ms", "2s") over the defaults. kInvalidArgument on a malformed value.
+absl::StatusOr<DispatcherOptions> OptionsFromEnv();
+
+//! The wait before retry number `failures` (>= 1): initial * 2^(failures-1), capped at
+//! max, then scaled by a jitter factor in [0.5, 1.0] given as `jitter01` in [0, 1].
+absl::Duration BackoffDelay(int failures, const DispatcherOptions& options, double jitter01);
+
+//! Whether a mitigation passes a subscription's filters (empty filter = all).
+bool Matches(const Subscription& s, const core::Mitigation& m);
+
+//! The JSON body POSTed for one change.
+std::string DeliveryBody(int64_t seq, std::string_view subscription_id, const core::Mitigation& m);
+
+// Per-subscription delivery status, for GET /v1/webhooks.
+struct SubscriptionStatus {
+  Subscription subscription;
+  int failures = 0;          // consecutive failures of the change being delivered
+  int64_t pending_seq = 0;   // the change being delivered (0 = none)
+  std::string last_error;    // of the last failed attempt
+  int64_t delivered = 0;     // 2xx since start
+  int64_t dead_letters = 0;  // dead-lettered since start
+};
+
+class Dispatcher final : public ledger::ChangeListener {
+ public:
+  //! Loads the subscriptions from `state`. `metrics` may be null.
+  static absl::StatusOr<std::unique_ptr<Dispatcher>> Create(std::unique_ptr<StateStore> state,
+                                                            ledger::Store* ledger_store,
+                                                            core::Clock* clock,
+                                                            DispatcherOptions options,
+                                                            obs::Registry* metrics);
+  ~Dispatcher() override;  // stops the worker
+
+  void Start();
+  //! Stops the worker; an in-flight POST finishes (bounded by the timeout) first.
+  void Stop();
+
+  //! Wakes the worker (commit thread; does not block).
+  void OnCommitted(const std::vector<ledger::Change>& changes) override;
+
+  struct NewSubscription {
+    std::string url;
+    std::vector<std::string> actions;
+    std::vector<std::string> entity_types;
+    std::optional<int64_t>
+        from_seq;  // deliver changes after this seq; default: the current last seq
+  };
+  //! Validates (http:// URL) and stores a subscription; the result holds the secret.
+  absl::StatusOr<Subscription> Subscribe(const NewSubscription& request);
+  absl::Status Unsubscribe(std::string_view id);
+  std::vector<SubscriptionStatus> List() const;
+  //! kNotFound if no such subscription.
+  absl::StatusOr<std::vector<DeadLetter>> DeadLetters(std::string_view id, int64_t after,
+                                                      int limit);
+
+ private:
+  struct Sub;
+  Dispatcher(std::unique_ptr<StateStore> state, ledger::Store* ledger_store, core::Clock* clock,
+             DispatcherOptions options);
+  void Run();
+  // Works on `id` once if due; returns when it should next be looked at.
+  absl::Time Step(const std::string& id);
+
+  std::unique_ptr<StateStore> state_;
+  ledger::Store* ledger_store_;
+  core::Clock* clock_;
+  const DispatcherOptions options_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::shared_ptr<Sub>> subs_;  // guarded by mu_
+  bool wake_ = false;                                 // guarded by mu_
+  bool stop_ = false;                                 // guarded by mu_
+  std::thread worker_;
+
+  obs::Counter* delivered_ = nullptr;
+  obs::Counter* failed_ = nullptr;
+  obs::Counter* dead_ = nullptr;
+  obs::Gauge* depth_ = nullptr;
+};
+
+}  // namespace quell::webhooks
+
+#endif  // QUELL_WEBHOOKS_DISPATCHER_H_

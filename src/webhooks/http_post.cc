@@ -1,0 +1,167 @@
+#include "webhooks/http_post.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/strings.h"
+
+namespace quell::webhooks {
+namespace {
+
+// Closes the descriptor on scope exit.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+int MillisLeft(absl::Time deadline) {
+  const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+  return ms <= 0 ? 0 : static_cast<int>(ms > 1'000'000 ? 1'000'000 : ms);
+}
+
+// Waits for `events` on fd until the deadline: OK, kDeadlineExceeded or kUnavailable.
+absl::Status Wait(int fd, short events, absl::Time deadline, const char* what) {
+  for (;;) {
+    const int ms = MillisLeft(deadline);
+    if (ms == 0) return absl::DeadlineExceededError(absl::StrCat("timeout while ", what));
+    pollfd p{fd, events, 0};
+    const int n = poll(&p, 1, ms);
+    if (n > 0) return absl::OkStatus();
+    if (n < 0 && errno != EINTR)
+      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, kScheme.size()) != kScheme)
+    return absl::InvalidArgumentError("url must start with http://");
+  std::string_view rest = url.substr(kScheme.size());
+  HttpUrl out;
+  const size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  if (slash != std::string_view::npos) out.path = std::string(rest.substr(slash));
+  if (authority.empty() || authority.find('@') != std::string_view::npos)
+    return absl::InvalidArgumentError("url needs a host (and no user info)");
+  std::string_view host = authority;
+  if (authority.front() == '[') {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos) return absl::InvalidArgumentError("bad IPv6 host");
+    host = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':' || !absl::SimpleAtoi(AV(after.substr(1)), &out.port))
+        return absl::InvalidArgumentError("bad port");
+    }
+  } else if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    if (!absl::SimpleAtoi(AV(authority.substr(colon + 1)), &out.port))
+      return absl::InvalidArgumentError("bad port");
+  }
+  if (host.empty()) return absl::InvalidArgumentError("url needs a host");
+  if (out.port < 1 || out.port > 65535) return absl::InvalidArgumentError("port out of range");
+  for (char c : out.path) {
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+      return absl::InvalidArgumentError("url path has spaces or control characters");
+  }
+  out.host = std::string(host);
+  return out;
+}
+
+absl::StatusOr<int> HttpPost(const HttpUrl& url,
+                             const std::vector<std::pair<std::string, std::string>>& headers,
+                             std::string_view body, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const std::string port = std::to_string(url.port);
+  if (int rc = getaddrinfo(url.host.c_str(), port.c_str(), &hints, &found); rc != 0)
+    return absl::UnavailableError(absl::StrCat("resolve ", url.host, ": ", gai_strerror(rc)));
+  Fd sock;
+  absl::Status last = absl::UnavailableError("no address");
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    Fd s{socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol)};
+    if (s.fd < 0) continue;
+    int rc = connect(s.fd, a->ai_addr, a->ai_addrlen);
+    if (rc != 0 && errno != EINPROGRESS) {
+      last = absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
+      continue;
+    }
+    if (rc != 0) {
+      last = Wait(s.fd, POLLOUT, deadline, "connecting");
+      if (!last.ok()) continue;
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) {
+        last = absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
+        continue;
+      }
+    }
+    sock.fd = s.fd;
+    s.fd = -1;
+    break;
+  }
+  freeaddrinfo(found);
+  if (sock.fd < 0) return last;
+
+  std::string request = absl::StrCat("POST ", url.path, " HTTP/1.1\r\nHost: ", url.host, ":",
+                                     url.port, "\r\nContent-Length: ", body.size(),
+                                     "\r\nConnection: close\r\nUser-Agent: quell-webhooks\r\n");
+  for (const auto& [k, v] : headers) absl::StrAppend(&request, k, ": ", v, "\r\n");
+  request += "\r\n";
+  request.append(body.data(), body.size());
+  size_t sent = 0;
+  while (sent < request.size()) {
+    ssize_t n = send(sock.fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      QUELL_RETURN_IF_ERROR(Wait(sock.fd, POLLOUT, deadline, "sending"));
+    } else {
+      return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
+    }
+  }
+  // Read up to the end of the status line: that is all delivery needs.
+  std::string in;
+  char buf[4096];
+  for (;;) {
+    if (size_t eol = in.find("\r\n"); eol != std::string::npos) {
+      std::string_view line(in.data(), eol);
+      // "HTTP/1.x NNN reason"
+      int code = 0;
+      if (line.substr(0, 5) != "HTTP/" || line.size() < 12 || line[8] != ' ' ||
+          !absl::SimpleAtoi(AV(line.substr(9, 3)), &code))
+        return absl::UnavailableError("malformed response status line");
+      return code;
+    }
+    if (in.size() > 8192) return absl::UnavailableError("response status line too long");
+    ssize_t n = recv(sock.fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      in.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      return absl::UnavailableError("connection closed before a response");
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      QUELL_RETURN_IF_ERROR(Wait(sock.fd, POLLIN, deadline, "waiting for the response"));
+    } else {
+      return absl::UnavailableError(absl::StrCat("recv: ", std::strerror(errno)));
+    }
+  }
+}
+
+}  // namespace quell::webhooks

@@ -1,0 +1,410 @@
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/ids.h"
+#include "core/strings.h"
+#include "gtest/gtest.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "webhooks/dispatcher.h"
+#include "webhooks/http_post.h"
+#include "webhooks/signature.h"
+#include "webhooks/state_store.h"
+
+namespace quell::webhooks {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1767225600);
+
+std::string TempDir(std::string_view name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             absl::StrCat("webhooks_test_", AV(name), "_", getpid(), "_", core::RandomHex(4));
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+core::Mitigation MakeMitigation(int n, std::string_view entity, std::string_view action,
+                                core::MitigationState state = core::MitigationState::kActive) {
+  core::Mitigation m;
+  m.id = core::NewId("m_", kT0 + absl::Seconds(n));
+  m.entity = *core::Entity::Parse(entity);
+  m.action = action;
+  m.state = state;
+  m.created_at = m.updated_at = m.starts_at = kT0 + absl::Seconds(n);
+  m.expires_at = m.created_at + absl::Hours(1);
+  m.source = "manual";
+  m.actor = "k_test";
+  return m;
+}
+
+// ---- signature ----
+
+TEST(Signature, Rfc4231Case2) {
+  EXPECT_EQ(HmacSha256Hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+TEST(Signature, HeaderAndVerify) {
+  const std::string h = SignatureHeader("s3cret", "{\"seq\":1}");
+  EXPECT_EQ(h.substr(0, 7), "sha256=");
+  EXPECT_EQ(h.size(), 7u + 64u);
+  EXPECT_TRUE(VerifySignature("s3cret", "{\"seq\":1}", h));
+  EXPECT_FALSE(VerifySignature("other", "{\"seq\":1}", h));
+  EXPECT_FALSE(VerifySignature("s3cret", "{\"seq\":2}", h));
+  EXPECT_FALSE(VerifySignature("s3cret", "{\"seq\":1}", h.substr(1)));
+}
+
+// ---- filters and body ----
+
+TEST(Filters, EmptyMatchesAll) {
+  Subscription s;
+  EXPECT_TRUE(Matches(s, MakeMitigation(1, "ip:1.2.3.4", "block")));
+  EXPECT_TRUE(Matches(s, MakeMitigation(1, "user:alice", "challenge")));
+}
+
+TEST(Filters, ActionsAndEntityTypesBothApply) {
+  Subscription s;
+  s.actions = {"block", "throttle"};
+  s.entity_types = {"ip", "cidr"};
+  EXPECT_TRUE(Matches(s, MakeMitigation(1, "ip:1.2.3.4", "block")));
+  EXPECT_TRUE(Matches(s, MakeMitigation(1, "cidr:10.0.0.0/8", "throttle")));
+  EXPECT_FALSE(Matches(s, MakeMitigation(1, "ip:1.2.3.4", "challenge")));
+  EXPECT_FALSE(Matches(s, MakeMitigation(1, "user:alice", "block")));
+}
+
+TEST(Body, OpFollowsState) {
+  auto active = MakeMitigation(1, "ip:1.2.3.4", "block");
+  std::string b = DeliveryBody(7, "wh_x", active);
+  EXPECT_EQ(b.rfind("{\"seq\":7,\"op\":\"upsert\",\"subscription\":\"wh_x\",\"mitigation\":{", 0),
+            0u)
+      << b;
+  EXPECT_NE(b.find(core::MitigationToJson(active)), std::string::npos);
+  auto revoked = MakeMitigation(1, "ip:1.2.3.4", "block", core::MitigationState::kRevoked);
+  EXPECT_NE(DeliveryBody(8, "wh_x", revoked).find("\"op\":\"delete\""), std::string::npos);
+}
+
+// ---- backoff ----
+
+TEST(Backoff, DoublesThenCaps) {
+  DispatcherOptions o;  // 0.5 s doubling to 60 s
+  EXPECT_EQ(BackoffDelay(1, o, 1.0), absl::Milliseconds(500));
+  EXPECT_EQ(BackoffDelay(2, o, 1.0), absl::Seconds(1));
+  EXPECT_EQ(BackoffDelay(3, o, 1.0), absl::Seconds(2));
+  EXPECT_EQ(BackoffDelay(8, o, 1.0), absl::Seconds(60));  // 64 s capped
+  EXPECT_EQ(BackoffDelay(1000, o, 1.0), absl::Seconds(60));
+}
+
+TEST(Backoff, JitterStaysInHalfToFull) {
+  DispatcherOptions o;
+  EXPECT_EQ(BackoffDelay(3, o, 0.0), absl::Seconds(1));
+  EXPECT_EQ(BackoffDelay(3, o, 0.5), absl::Milliseconds(1500));
+  EXPECT_EQ(BackoffDelay(3, o, 7.0), absl::Seconds(2));  // clamped
+}
+
+// ---- URLs ----
+
+TEST(Url, Parses) {
+  auto u = ParseHttpUrl("http://127.0.0.1:8099/hook?x=1");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->host, "127.0.0.1");
+  EXPECT_EQ(u->port, 8099);
+  EXPECT_EQ(u->path, "/hook?x=1");
+  auto d = ParseHttpUrl("http://example.com");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->port, 80);
+  EXPECT_EQ(d->path, "/");
+  auto v6 = ParseHttpUrl("http://[::1]:9000/h");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->port, 9000);
+  for (const char* bad : {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/",
+                          "http://x:99999/", "http://u@x/", "http://x/a b", "http://x:abc/"}) {
+    EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
+  }
+}
+
+// ---- state persistence ----
+
+TEST(StateStore, SurvivesReopen) {
+  const std::string dir = TempDir("state");
+  const std::string path = dir + "/webhooks.db";
+  Subscription s;
+  s.id = "wh_1";
+  s.url = "http://127.0.0.1:1/h";
+  s.secret = "whsec_abc";
+  s.actions = {"block", "throttle"};
+  s.entity_types = {"ip"};
+  s.created_at = kT0;
+  s.cursor = 5;
+  {
+    auto st = OpenSqliteStateStore(path);
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_TRUE((*st)->CreateSubscription(s).ok());
+    EXPECT_TRUE(absl::IsAlreadyExists((*st)->CreateSubscription(s)));
+    ASSERT_TRUE((*st)->AdvanceCursor("wh_1", 9).ok());
+    ASSERT_TRUE((*st)->AdvanceCursor("wh_1", 3).ok());  // never backwards
+    EXPECT_TRUE(absl::IsNotFound((*st)->AdvanceCursor("wh_missing", 3)));
+    ASSERT_TRUE((*st)->AddDeadLetter({"wh_1", 12, 8, "HTTP 500", kT0, "{\"seq\":12}"}).ok());
+  }
+  auto st = OpenSqliteStateStore(path);
+  ASSERT_TRUE(st.ok()) << st.status();
+  auto subs = (*st)->ListSubscriptions();
+  ASSERT_TRUE(subs.ok());
+  ASSERT_EQ(subs->size(), 1u);
+  Subscription want = s;
+  want.cursor = 12;  // the dead letter advanced it
+  EXPECT_EQ((*subs)[0], want);
+  auto dl = (*st)->DeadLetters("wh_1", 0, 10);
+  ASSERT_TRUE(dl.ok());
+  ASSERT_EQ(dl->size(), 1u);
+  EXPECT_EQ((*dl)[0], (DeadLetter{"wh_1", 12, 8, "HTTP 500", kT0, "{\"seq\":12}"}));
+  EXPECT_TRUE((*st)->DeadLetters("wh_1", 12, 10)->empty());
+  ASSERT_TRUE((*st)->DeleteSubscription("wh_1").ok());
+  EXPECT_TRUE(absl::IsNotFound((*st)->DeleteSubscription("wh_1")));
+  EXPECT_TRUE((*st)->ListSubscriptions()->empty());
+  EXPECT_TRUE((*st)->DeadLetters("wh_1", 0, 10)->empty());
+  std::filesystem::remove_all(dir);
+}
+
+// ---- delivery, end to end with a loopback receiver ----
+
+// A tiny HTTP receiver: answers `fail_first` requests with 500, then 200; records bodies
+// and signature headers of every request. Thread-safe.
+class Receiver {
+ public:
+  explicit Receiver(int fail_first) : fail_first_(fail_first) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    listen(fd_, 16);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~Receiver() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  int port() const { return port_; }
+  struct Request {
+    std::string body, signature;
+    int status;
+  };
+  std::vector<Request> requests() {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string in;
+      char buf[4096];
+      size_t need = std::string::npos;
+      while (need == std::string::npos || in.size() < need) {
+        ssize_t n = recv(c, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        in.append(buf, n);
+        size_t end = in.find("\r\n\r\n");
+        if (need == std::string::npos && end != std::string::npos) {
+          size_t cl = in.find("Content-Length: ");
+          size_t len = 0;
+          if (cl != std::string::npos)
+            (void)absl::SimpleAtoi(
+                AV(std::string_view(in).substr(cl + 16, in.find("\r\n", cl) - cl - 16)), &len);
+          need = end + 4 + len;
+        }
+      }
+      Request r;
+      size_t end = in.find("\r\n\r\n");
+      if (end != std::string::npos) r.body = in.substr(end + 4);
+      size_t sig = in.find("X-Quell-Signature: ");
+      if (sig != std::string::npos)
+        r.signature = in.substr(sig + 19, in.find("\r\n", sig) - sig - 19);
+      {
+        std::lock_guard lock(mu_);
+        r.status = static_cast<int>(requests_.size()) < fail_first_ ? 500 : 200;
+        requests_.push_back(r);
+      }
+      std::string reply = absl::StrCat("HTTP/1.1 ", r.status, " X\r\nContent-Length: 0\r\n\r\n");
+      send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
+      close(c);
+    }
+  }
+  int fd_ = -1;
+  int port_ = 0;
+  int fail_first_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<Request> requests_;
+  std::thread thread_;
+};
+
+class DispatcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = TempDir("dispatch");
+    ledger::SqliteOptions o;
+    o.path = dir_;
+    auto s = ledger::OpenSqliteStore(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  void Put(core::Mitigation m) {
+    auto txn = store_->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    m.seq = (*txn)->NextSeq();
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kMitigation;
+    c.actor = "k_test";
+    ASSERT_TRUE((*txn)->Append(std::move(c), &m).ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+
+  std::unique_ptr<Dispatcher> Make(DispatcherOptions o) {
+    auto st = OpenSqliteStateStore(dir_ + "/webhooks.db");
+    EXPECT_TRUE(st.ok());
+    auto d = Dispatcher::Create(*std::move(st), store_.get(), &clock_, o, nullptr);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return *std::move(d);
+  }
+
+  // Polls `pred` for up to 20 s (a bound, not a timing assertion).
+  template <typename F>
+  bool WaitFor(F pred) {
+    for (int i = 0; i < 2000; ++i) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return pred();
+  }
+
+  std::string dir_;
+  std::unique_ptr<ledger::Store> store_;
+  core::FakeClock clock_{kT0};
+};
+
+DispatcherOptions Fast() {
+  DispatcherOptions o;
+  o.backoff_initial = absl::Milliseconds(5);
+  o.backoff_max = absl::Milliseconds(20);
+  o.timeout = absl::Seconds(2);
+  o.poll = absl::Milliseconds(20);
+  return o;
+}
+
+TEST_F(DispatcherTest, RetriesThenDeliversInOrderFilteredAndSigned) {
+  Receiver rx(/*fail_first=*/3);
+  auto d = Make(Fast());
+  auto sub =
+      d->Subscribe({absl::StrCat("http://127.0.0.1:", rx.port(), "/h"), {"block"}, {"ip"}, 0});
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  d->Start();
+  Put(MakeMitigation(1, "ip:10.0.0.1", "block"));
+  Put(MakeMitigation(2, "user:bob", "block"));         // filtered: entity type
+  Put(MakeMitigation(3, "ip:10.0.0.2", "challenge"));  // filtered: action
+  Put(MakeMitigation(4, "ip:10.0.0.3", "block", core::MitigationState::kRevoked));
+  Put(MakeMitigation(5, "ip:10.0.0.4", "block"));
+  ASSERT_TRUE(WaitFor([&] {
+    int ok = 0;
+    for (const auto& r : rx.requests()) ok += r.status == 200;
+    return ok >= 3;
+  }));
+  d->Stop();
+  std::vector<int64_t> delivered;
+  int failed = 0;
+  for (const auto& r : rx.requests()) {
+    EXPECT_TRUE(VerifySignature(sub->secret, r.body, r.signature)) << r.body;
+    if (r.status != 200) {
+      ++failed;
+      continue;
+    }
+    int64_t seq = 0;
+    ASSERT_TRUE(
+        absl::SimpleAtoi(AV(std::string_view(r.body).substr(7, r.body.find(',') - 7)), &seq))
+        << r.body;
+    delivered.push_back(seq);
+  }
+  EXPECT_EQ(failed, 3);
+  EXPECT_EQ(delivered, (std::vector<int64_t>{1, 4, 5}));
+  auto list = d->List();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].subscription.cursor, 5);
+  EXPECT_TRUE(d->DeadLetters(sub->id, 0, 10)->empty());
+}
+
+TEST_F(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
+  Receiver rx(/*fail_first=*/1000000);
+  DispatcherOptions o = Fast();
+  o.max_attempts = 3;
+  std::string id;
+  {
+    auto d = Make(o);
+    auto sub = d->Subscribe({absl::StrCat("http://127.0.0.1:", rx.port(), "/h"), {}, {}, 0});
+    ASSERT_TRUE(sub.ok());
+    id = sub->id;
+    Put(MakeMitigation(1, "ip:10.0.0.1", "block"));
+    Put(MakeMitigation(2, "ip:10.0.0.2", "block"));
+    d->Start();
+    ASSERT_TRUE(WaitFor([&] { return d->DeadLetters(id, 0, 10)->size() == 2; }));
+    d->Stop();
+    auto dl = *d->DeadLetters(id, 0, 10);
+    EXPECT_EQ(dl[0].seq, 1);
+    EXPECT_EQ(dl[1].seq, 2);
+    EXPECT_EQ(dl[0].attempts, 3);
+    EXPECT_EQ(dl[0].last_error, "HTTP 500");
+  }
+  EXPECT_EQ(rx.requests().size(), 6u);
+  // A new dispatcher over the same state file resumes after the dead letters.
+  auto d = Make(o);
+  auto list = d->List();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].subscription.cursor, 2);
+  EXPECT_EQ(d->DeadLetters(id, 0, 10)->size(), 2u);
+  ASSERT_TRUE(d->Unsubscribe(id).ok());
+  EXPECT_TRUE(absl::IsNotFound(d->DeadLetters(id, 0, 10).status()));
+}
+
+TEST_F(DispatcherTest, ConnectionRefusedIsAFailure) {
+  int port = 0;
+  {
+    Receiver rx(0);
+    port = rx.port();
+  }  // closed again: nothing listens there
+  DispatcherOptions o = Fast();
+  o.max_attempts = 2;
+  auto d = Make(o);
+  auto sub = d->Subscribe({absl::StrCat("http://127.0.0.1:", port, "/h"), {}, {}, 0});
+  ASSERT_TRUE(sub.ok());
+  Put(MakeMitigation(1, "ip:10.0.0.1", "block"));
+  d->Start();
+  ASSERT_TRUE(WaitFor([&] { return d->DeadLetters(sub->id, 0, 10)->size() == 1; }));
+  EXPECT_NE((*d->DeadLetters(sub->id, 0, 10))[0].last_error.find("connect"), std::string::npos);
+}
+
+TEST_F(DispatcherTest, RejectsNonHttpUrls) {
+  auto d = Make(Fast());
+  EXPECT_TRUE(absl::IsInvalidArgument(d->Subscribe({"https://x/h", {}, {}, {}}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(d->Subscribe({"http://x/h", {""}, {}, {}}).status()));
+}
+
+}  // namespace
+}  // namespace quell::webhooks
