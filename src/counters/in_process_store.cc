@@ -33,8 +33,29 @@ struct Entry {
   absl::InlinedVector<Ring<P>, 1> windows;
 };
 
+// A key with its hash, computed once per observation: the shard is picked by the top bits
+// of the hash and the shard's map probes with the same hash (no second hashing pass).
+struct HashedKey {
+  std::string_view key;
+  uint64_t hash;
+};
+struct KeyHash {
+  using is_transparent = void;
+  size_t operator()(const std::string& s) const { return HashValue(s); }
+  size_t operator()(const HashedKey& k) const { return k.hash; }
+};
+struct KeyEq {
+  using is_transparent = void;
+  static std::string_view View(const std::string& s) { return s; }
+  static std::string_view View(const HashedKey& k) { return k.key; }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return View(a) == View(b);
+  }
+};
+
 template <typename P>
-using Map = absl::flat_hash_map<std::string, Entry<P>>;
+using Map = absl::flat_hash_map<std::string, Entry<P>, KeyHash, KeyEq>;
 
 int DenseIn(const Slot<int64_t>&) { return 0; }
 int DenseIn(const Slot<Hll>& s) { return s.value.dense() ? 1 : 0; }
@@ -216,8 +237,11 @@ InProcessCounterStore::InProcessCounterStore(CounterSet set, InProcessOptions op
 
 InProcessCounterStore::~InProcessCounterStore() = default;
 
-Shard& InProcessCounterStore::ShardFor(std::string_view key) {
-  return shards_[internal::HashValue(key) & static_cast<uint64_t>(options_.shards - 1)];
+// The top bits pick the shard: the map inside uses the low bits (its control bytes), so
+// the two stay independent.
+Shard& InProcessCounterStore::ShardOf(uint64_t hash) {
+  const int bits = __builtin_ctz(static_cast<unsigned>(options_.shards));
+  return shards_[bits == 0 ? 0 : hash >> (64 - bits)];
 }
 
 absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Observation> batch,
@@ -257,13 +281,14 @@ void InProcessCounterStore::Apply(const Observation& o, absl::Time now) {
   const int64_t now_us = absl::ToUnixMicros(now);
   const int64_t at_us = absl::ToUnixMicros(o.at);
   const auto& geometry = set_.geometry(o.counter);
-  Shard& shard = ShardFor(o.key);
+  const internal::HashedKey hk{o.key, internal::HashValue(o.key)};
+  Shard& shard = ShardOf(hk.hash);
   internal::ShardLock lock(&shard.mu);
   if (now_us - shard.last_sweep_us >= absl::ToInt64Microseconds(options_.sweep_interval)) {
     SweepShard(shard, now_us, expiry_us_);
   }
   auto apply = [&](auto& map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    auto it = map.find(AV(o.key));
+    auto it = map.find(hk);
     if (it == map.end()) {
       if (shard.keys >= per_shard_cap_) MakeRoom(shard, per_shard_cap_, now_us, expiry_us_);
       it = map.try_emplace(std::string(o.key)).first;
@@ -293,11 +318,12 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
   const WindowGeometry& g = set_.geometry(counter)[window];
   const int64_t newest = g.BucketOf(now);
   const int64_t oldest = newest - g.buckets + 1;
-  Shard& shard = ShardFor(key);
+  const internal::HashedKey hk{key, internal::HashValue(key)};
+  Shard& shard = ShardOf(hk.hash);
   if (!set_.spec(counter).is_distinct()) {
     internal::ShardLock lock(&shard.mu);
     const auto& map = shard.counts[counter];
-    auto it = map.find(AV(key));
+    auto it = map.find(hk);
     if (it == map.end()) return 0;
     int64_t sum = 0;
     for (const auto& s : it->second.windows[window]) {
@@ -310,7 +336,7 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
   {
     internal::ShardLock lock(&shard.mu);
     const auto& map = shard.sketches[counter];
-    auto it = map.find(AV(key));
+    auto it = map.find(hk);
     if (it == map.end()) return 0;
     for (const auto& s : it->second.windows[window]) {
       if (s.bucket >= oldest && s.bucket <= newest) merger.Merge(s.value);

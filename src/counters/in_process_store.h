@@ -67,7 +67,7 @@ class InProcessCounterStore final : public CounterStore {
 
  private:
   InProcessCounterStore(CounterSet set, InProcessOptions options);
-  internal::Shard& ShardFor(std::string_view key);
+  internal::Shard& ShardOf(uint64_t key_hash);
   void Apply(const Observation& o, absl::Time now);
   int64_t ReadOne(int counter, int window, std::string_view key, absl::Time now);
 

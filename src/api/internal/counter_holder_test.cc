@@ -11,7 +11,7 @@ std::shared_ptr<const policy::PolicySet> Set(const std::string& counters, int64_
       "actions:\n  - {name: flag, verdict: allow, severity: low, ttl: 7d}\n"
       "counters:\n",
       counters,
-      "policies:\n  - {id: p1, on: play, when: 'count(\"plays\", entity, \"1h\") > 2', action: "
+      "policies:\n  - {id: p1, on: play, when: 'count(\"plays\", entity, \"1m\") > 2', action: "
       "flag}\n");
   auto set = policy::LoadPolicySet(yaml, version);
   EXPECT_TRUE(set.ok()) << set.status();
