@@ -4,6 +4,7 @@
 #include "api/internal/policy_holder.h"
 #include "api/internal/policy_routes.h"
 #include "api/internal/safeguard_routes.h"
+#include "api/internal/webhook_routes.h"
 #include "core/status.h"
 #include "obs/metrics.h"
 #include "workflow/safeguards.h"
@@ -45,6 +46,7 @@ class Api::Impl {
     internal::AddReviewRoutes(router_, ctx_);
     internal::AddRollbackRoutes(router_, ctx_);
     internal::AddAppealRoutes(router_, ctx_);
+    internal::AddWebhookRoutes(router_, ctx_, ctx_.deps.webhooks);
     sweeper_.Start();
     return absl::OkStatus();
   }
@@ -105,5 +107,7 @@ void Api::Handle(http::Request request, http::Responder respond) {
 }
 
 void Api::set_ready(bool ready) { impl_->ctx_.ready.store(ready); }
+
+std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
 
 }  // namespace quell::api

@@ -25,6 +25,10 @@ class Registry;
 class Tracer;
 }  // namespace quell::obs
 
+namespace quell::webhooks {
+class Dispatcher;
+}  // namespace quell::webhooks
+
 namespace quell::api {
 
 // The velocity counters behind POST /v1/events (config `counters:`).
@@ -59,6 +63,7 @@ struct ApiDeps {
   obs::Registry* metrics = nullptr;  // may be null: no metrics
   obs::Logger* logger = nullptr;     // may be null: no access log
   obs::Tracer* tracer = nullptr;     // may be null: tracing off
+  webhooks::Dispatcher* webhooks = nullptr;  // may be null: /v1/webhooks answers 503
 };
 
 class Api final : public http::Handler {
@@ -72,6 +77,8 @@ class Api final : public http::Handler {
 
   //! Readiness: false while draining for shutdown (/readyz answers 503).
   void set_ready(bool ready);
+  //! The action catalog of the active policy set (for other front ends: gRPC).
+  std::shared_ptr<const core::ActionCatalog> Catalog() const;
 
  private:
   class Impl;

@@ -35,6 +35,7 @@
 #include "obs/metrics.h"
 #include "obs/trace.h"
 #include "policy/policy_set.h"
+#include "webhooks/dispatcher.h"
 #include "workflow/expiry.h"
 #include "workflow/retention.h"
 #include "workflow/policies.h"
@@ -225,6 +226,17 @@ int Serve(const Flags& flags) {
     }
   }
 
+  // Webhooks: their own state file beside the ledger (docs/webhooks.md).
+  auto webhook_options = webhooks::OptionsFromEnv();
+  if (!webhook_options.ok()) return Usage(std::string(SV(webhook_options.status().message())));
+  auto webhook_state = webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"));
+  if (!webhook_state.ok()) return Failure(webhook_state.status());
+  auto webhook_dispatcher =
+      webhooks::Dispatcher::Create(*std::move(webhook_state), &(*ledger)->store(), clock,
+                                   *webhook_options, config->metrics_enabled ? &metrics : nullptr);
+  if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
+  (*ledger)->AddListener(webhook_dispatcher->get());
+
   auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
@@ -237,6 +249,7 @@ int Serve(const Flags& flags) {
   deps.metrics = config->metrics_enabled ? &metrics : nullptr;
   deps.logger = &logger;
   deps.tracer = tracer.get();
+  deps.webhooks = webhook_dispatcher->get();
   api::ApiOptions api_options;
   api_options.access_log = config->access_log;
   api_options.counters.redis = config->counters.redis;
@@ -262,7 +275,7 @@ int Serve(const Flags& flags) {
   if (!server.ok()) return Failure(server.status());
   std::unique_ptr<grpc_api::GrpcServer> grpc;
   if (!config->grpc_listen.empty()) {
-    grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock, [c = config->catalog] { return c; }};
+    grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock, [a = api.get()] { return a->Catalog(); }};
     auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
     if (!started.ok()) return Failure(started.status());
     grpc = *std::move(started);
@@ -271,6 +284,7 @@ int Serve(const Flags& flags) {
 
   workflow::ExpiryScheduler expiry(ledger->get(), clock);
   expiry.Start();
+  (*webhook_dispatcher)->Start();
   workflow::DetectionRetention retention(&(*ledger)->store(), clock, config->detection_retention);
   retention.Start();
 
@@ -297,6 +311,7 @@ int Serve(const Flags& flags) {
   api->set_ready(false);
   (*server)->Shutdown();  // finishes in-flight requests
   expiry.Stop();
+  (*webhook_dispatcher)->Stop();  // before the ledger and its store go
   retention.Stop();
   stop_refresh.store(true);
   refresher.join();
