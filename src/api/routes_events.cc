@@ -18,6 +18,7 @@
 #include <atomic>
 #include <map>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/detection_codec.h"
@@ -270,6 +271,83 @@ absl::flat_hash_set<std::string> DeclaredTypes(const policy::PolicySet& set) {
   return out;
 }
 
+// An Environment for remote counters: count()/distinct() answer from a cache filled by
+// batched reads; a miss answers 0 and is queued, and the caller fetches the queue in one
+// Read() and evaluates again. Other functions go to `base`. One request's thread only.
+class BatchedCounterEnvironment final : public policy::Environment {
+ public:
+  BatchedCounterEnvironment(LiveEnvironment* base, const counters::CounterSet* set)
+      : base_(base), set_(set) {}
+
+  int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) override {
+    return Lookup(counter, key, window, false);
+  }
+  int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override {
+    return Lookup(counter, key, window, true);
+  }
+  bool InList(std::string_view list, std::string_view entity) override {
+    return base_->InList(list, entity);
+  }
+  bool Active(std::string_view entity, std::string_view action) override {
+    return base_->Active(entity, action);
+  }
+  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
+    return base_->Prior(entity, action, window);
+  }
+
+  bool missed() const { return missed_; }
+  void ClearMissed() { missed_ = false; }
+
+  //! Reads every queued counter in one batch into the cache.
+  absl::Status Fetch(counters::CounterStore& store, absl::Time now) {
+    std::vector<counters::ReadRequest> reads;
+    reads.reserve(pending_.size());
+    for (const Pending& p : pending_) reads.push_back({p.counter, p.key, p.window});
+    std::vector<int64_t> values(reads.size());
+    absl::Status s = store.Read(reads, now, absl::MakeSpan(values));
+    if (!s.ok()) return s;
+    for (size_t i = 0; i < pending_.size(); ++i) cache_[pending_[i].cache_key] = values[i];
+    pending_.clear();
+    return absl::OkStatus();
+  }
+  //! The store failed: every queued read answers 0 from now on.
+  void ZeroPending() {
+    for (const Pending& p : pending_) cache_[p.cache_key] = 0;
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    std::string cache_key;
+    int counter;
+    std::string key;
+    absl::Duration window;
+  };
+
+  int64_t Lookup(std::string_view name, std::string_view key, absl::Duration window,
+                 bool distinct) {
+    std::string ck =
+        absl::StrCat(AV(name), "\x1f", AV(key), "\x1f", absl::ToInt64Microseconds(window));
+    auto it = cache_.find(ck);
+    if (it != cache_.end()) return it->second;
+    const int c = set_->Find(name);
+    if (c < 0 || set_->spec(c).is_distinct() != distinct || set_->FindWindow(c, window) < 0) {
+      cache_[ck] = 0;  // not a readable counter: 0, as the live environment answers
+      return 0;
+    }
+    missed_ = true;
+    if (queued_.insert(ck).second) pending_.push_back({ck, c, std::string(key), window});
+    return 0;
+  }
+
+  LiveEnvironment* base_;
+  const counters::CounterSet* set_;
+  absl::flat_hash_map<std::string, int64_t> cache_;
+  absl::flat_hash_set<std::string> queued_;
+  std::vector<Pending> pending_;
+  bool missed_ = false;
+};
+
 void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
   rapidjson::Document doc;
   if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
@@ -380,16 +458,48 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
         // 2. Evaluate the `on: <type>` policies; each matching policy makes one detection.
         LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
         env.set_counters(unavailable ? nullptr : store.get());
+        std::vector<engine::Evaluation> evals(items.size());
+        std::vector<size_t> todo;
+        for (const EventItem& it : items) {
+          if (it.ok && declared.contains(quell::AV(it.event.type))) todo.push_back(it.index);
+        }
+        if (store != nullptr && !unavailable && st.counters.options().redis) {
+          // Remote counters: evaluate, read every counter the rules asked for in one
+          // batched round trip, evaluate again those that missed (a rule may read more
+          // after a first value; few rounds in practice).
+          BatchedCounterEnvironment batched(&env, &store->counters());
+          std::vector<size_t> round = todo;
+          for (int r = 0; r < 8 && !round.empty(); ++r) {
+            std::vector<size_t> again;
+            for (size_t i : round) {
+              batched.ClearMissed();
+              evals[i] = engine::EvaluateEvent(*set, items[i].event, batched, now);
+              if (batched.missed()) again.push_back(i);
+            }
+            if (again.empty()) break;
+            if (r == 7) break;
+            if (auto s = batched.Fetch(*store, now); !s.ok()) {
+              if (store_failed(s)) return;
+              for (size_t i : todo) items[i].unavailable = true;
+              batched.ZeroPending();
+            }
+            round = std::move(again);
+          }
+        } else {
+          for (size_t i : todo) {
+            evals[i] = engine::EvaluateEvent(*set, items[i].event, env, now);
+            if (env.counter_errors() > 0) {
+              env.reset_counter_errors();
+              if (store_failed(absl::UnavailableError("counter read failed"))) return;
+              items[i].unavailable = true;
+            }
+          }
+        }
         std::vector<workflow::DetectionWork> work;
         std::vector<size_t> slot_of;  // work index -> item index
-        for (EventItem& it : items) {
-          if (!it.ok || !declared.contains(quell::AV(it.event.type))) continue;
-          engine::Evaluation ev = engine::EvaluateEvent(*set, it.event, env, now);
-          if (env.counter_errors() > 0) {
-            env.reset_counter_errors();
-            if (store_failed(absl::UnavailableError("counter read failed"))) return;
-            it.unavailable = true;
-          }
+        for (size_t i : todo) {
+          EventItem& it = items[i];
+          engine::Evaluation& ev = evals[i];
           std::map<std::string, size_t> by_policy;  // policy -> index in work
           for (engine::Proposal& p : ev.proposals) {
             auto [pos, fresh] = by_policy.emplace(p.policy, work.size());
