@@ -393,7 +393,8 @@ int Migrate(const Flags& flags) {
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
   auto store = OpenStore(*config);  // opening applies pending migrations
   if (!store.ok()) return Failure(store.status());
-  std::printf("schema at version %d\n", ledger::SqliteSchemaVersion());
+  std::printf("schema at version %d\n", postgres_url.empty() ? ledger::SqliteSchemaVersion()
+                                                             : ledger::PostgresSchemaVersion());
   return kOk;
 }
 
