@@ -297,6 +297,11 @@ class WebhookDeadLetterTest(WebhookCase):
         wait_for(lambda: len(good.accepted()) >= 3, what="healthy subscription")
         self.assertEqual([e["seq"] for e in good.accepted()], expected)
         self.check_signed(good_sub, good.entries())
+        metrics = self.q.request("GET", "/metrics", auth=False)[1]
+        self.assertIn('quell_webhook_deliveries_total{result="dead_letter"} 3', metrics)
+        self.assertIn('quell_webhook_deliveries_total{result="failed"} 9', metrics)
+        wait_for(lambda: "quell_webhook_queue_depth 0\n" in
+                 self.q.request("GET", "/metrics", auth=False)[1], what="queue depth 0")
         # Dead letters and the cursor survive a restart; nothing is re-sent.
         self.q.stop()
         self.q.start()
