@@ -550,10 +550,16 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
         ctx.deps.ledger->Submit(
             workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
                                       out, workflow::SafeguardContext{ctx.safeguards, set}),
-            [shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
-                                                                std::vector<ledger::Change>) {
+            [&ctx, shared, out, slot_of = std::move(slot_of), finish](
+                absl::Status status, std::vector<ledger::Change>) {
               Call& call = shared->first;
               if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
+              int64_t duplicates = 0;
+              for (const auto& o : *out) duplicates += o.duplicate ? 1 : 0;
+              ctx.decision_metrics.Detections("rule", "duplicate", duplicates);
+              ctx.decision_metrics.Detections("rule", "accepted",
+                                              static_cast<int64_t>(out->size()) - duplicates);
+              ctx.decision_metrics.Decisions(*out);
               std::vector<std::string> detections(shared->second.size());
               for (size_t k = 0; k < out->size(); ++k) {
                 std::string reply = std::move((*out)[k].reply);

@@ -103,6 +103,7 @@ absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCata
     }
     QUELL_ASSIGN_OR_RETURN(CreateResult r, CreateOrExtend(txn, req, catalog, now));
     AppendDecision(r.mitigation, req.reason, &decisions);
+    out->decisions.push_back({p.policy, r.mitigation.action, r.mitigation.state});
   }
   decisions += "]";
   out->reply = "{\"id\":";

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/action.h"
+#include "core/mitigation.h"
 #include "engine/engine.h"
 #include "ledger/ledger.h"
 #include "policy/policy_set.h"
@@ -36,9 +37,17 @@ struct DetectionWork {
   std::string json;  // the detection as stored (normalised JSON)
 };
 
+// One decision, for metrics (the reply JSON has the full form).
+struct DecisionSummary {
+  std::string policy;
+  std::string action;
+  core::MitigationState state = core::MitigationState::kActive;
+};
+
 struct DetectionOutcome {
   bool duplicate = false;
   std::string reply;  // the per-item reply JSON (the stored one for a duplicate)
+  std::vector<DecisionSummary> decisions;  // made now (empty for a duplicate)
 };
 
 //! Applies a batch of detections in one step of one transaction. `out` gets one outcome

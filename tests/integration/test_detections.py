@@ -60,6 +60,12 @@ class DetectionsTest(unittest.TestCase):
         page = self.q.request("GET", "/v1/mitigations?entity=user:esc")[1]["mitigations"]
         self.assertTrue(all(m["policy"] == "bot-model-high" and m["policy_version"] >= 1 for m in page))
         self.assertTrue(all(m["source"] == "bot-model-v3" for m in page))
+        # On-call sees what decided what, with bounded labels (no entity ids).
+        metrics = self.q.request("GET", "/metrics", auth=False)[1]
+        self.assertIn('quell_decisions_total{policy="bot-model-high",action="suspend",state="active"}',
+                      metrics)
+        self.assertRegex(metrics, r'quell_detections_total\{origin="api",status="duplicate"\} [1-9]')
+        self.assertNotIn("user:esc", metrics)
 
     def test_batch_with_bad_items(self):
         body = {"detections": [

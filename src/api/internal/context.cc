@@ -94,6 +94,34 @@ Context::Context(ApiDeps d, ApiOptions o)
   deps.ledger->AddListener(&waiters);
 }
 
+DecisionMetrics::DecisionMetrics(obs::Registry* registry) {
+  if (registry == nullptr) return;
+  auto d = registry->AddCounterFamily("quell_detections_total",
+                                      "Detections received, by origin and outcome.",
+                                      {"origin", "status"});
+  auto m = registry->AddCounterFamily(
+      "quell_decisions_total", "Decisions made, by policy, action and resulting state.",
+      {"policy", "action", "state"});
+  if (d.ok()) detections_ = *d;
+  if (m.ok()) decisions_ = *m;
+}
+
+void DecisionMetrics::Detections(std::string_view origin, std::string_view status, int64_t n) {
+  if (detections_ == nullptr || n <= 0) return;
+  detections_->WithLabels({origin, status})->Increment(static_cast<uint64_t>(n));
+}
+
+void DecisionMetrics::Decisions(const std::vector<workflow::DetectionOutcome>& outcomes) {
+  for (const workflow::DetectionOutcome& o : outcomes) {
+    for (const workflow::DecisionSummary& d : o.decisions) {
+      if (decisions_ == nullptr) return;
+      decisions_->WithLabels({std::string_view(d.policy), std::string_view(d.action),
+                              core::StateName(d.state)})
+          ->Increment();
+    }
+  }
+}
+
 BackgroundTasks::~BackgroundTasks() {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [this] { return running_ == 0; });

@@ -25,6 +25,8 @@
 #include "api/internal/policy_holder.h"
 #include "auth/keys.h"
 #include "ledger/ledger.h"
+#include "obs/metrics.h"
+#include "workflow/decisions.h"
 #include "obs/trace.h"
 
 namespace quell::obs {
@@ -91,6 +93,22 @@ class BackgroundTasks {
   int running_ = 0;  // guarded by mu_
 };
 
+// Decision-path metrics shared by every route that applies detections:
+//   quell_detections_total{origin, status}   origin: api | rule | import; status:
+//                                            accepted | duplicate | rejected
+//   quell_decisions_total{policy, action, state}
+// Labels are bounded by the policy set and the catalog, never entity ids. Thread-safe.
+class DecisionMetrics {
+ public:
+  explicit DecisionMetrics(obs::Registry* registry);  // null: records nothing
+  void Detections(std::string_view origin, std::string_view status, int64_t n);
+  void Decisions(const std::vector<workflow::DetectionOutcome>& outcomes);
+
+ private:
+  obs::CounterFamily* detections_ = nullptr;
+  obs::CounterFamily* decisions_ = nullptr;
+};
+
 class Context {
  public:
   Context(ApiDeps deps, ApiOptions options);
@@ -102,6 +120,7 @@ class Context {
   ChangeWaiters waiters;
   PolicyHolder* policies = nullptr;  // set by the Api before routes are added
   BackgroundTasks background;
+  DecisionMetrics decision_metrics{deps.metrics};
   workflow::Safeguards* safeguards = nullptr;  // set by the Api before routes are added
 
   //! The action catalog in force: the active policy set's.
