@@ -14,24 +14,23 @@
 //
 // Entities cycle through the given list (default: user:bench-0..999, mostly misses).
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
-#include <mutex>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
-#include <fstream>
-#include <sstream>
 #include <vector>
-
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include "quell/v1/enforcement.grpc.pb.h"
 
@@ -79,7 +78,8 @@ class StreamCaller final : public ::grpc::ClientBidiReactor<v1::CheckRequest, v1
     if (!ok) return;  // OnDone follows
     auto now = Clock::now();
     if (resp_.error().empty()) {
-      latencies_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_).count());
+      latencies_ns.push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_).count());
     } else {
       ++errors;
     }
@@ -141,7 +141,8 @@ double ProcessCpuSeconds(int pid) {
 double SelfCpuSeconds() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
+         u.ru_stime.tv_usec / 1e6;
 }
 
 int Usage() {
@@ -194,8 +195,8 @@ int main(int argc, char** argv) {
   for (int c = 0; c < a.channels; ++c) {
     ::grpc::ChannelArguments ch_args;
     ch_args.SetInt("grpc.channel_id", c);  // distinct channels, distinct connections
-    stubs.push_back(v1::Enforcement::NewStub(::grpc::CreateCustomChannel(
-        a.target, ::grpc::InsecureChannelCredentials(), ch_args)));
+    stubs.push_back(v1::Enforcement::NewStub(
+        ::grpc::CreateCustomChannel(a.target, ::grpc::InsecureChannelCredentials(), ch_args)));
   }
   ::grpc::CompletionQueue cq;
   const std::string bearer = "Bearer " + a.key;
@@ -270,7 +271,8 @@ int main(int argc, char** argv) {
     auto now = Clock::now();
     if (got && slot.status.ok()) {
       ++ok;
-      latencies_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.start).count());
+      latencies_ns.push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.start).count());
     } else {
       if (errors++ == 0) first_error = slot.status.error_message();
     }
@@ -294,13 +296,15 @@ int main(int argc, char** argv) {
   std::printf(
       "grpc %s: %.0f checks/s (%lld ok, %lld errors in %.2f s; %d concurrent, %d channel(s)); "
       "latency us p50 %.0f p99 %.0f p99.9 %.0f\n",
-      a.mode == "stream" ? "CheckStream" : "Check", ok / elapsed, static_cast<long long>(ok), static_cast<long long>(errors), elapsed,
-      a.concurrency, a.channels, pct(0.5), pct(0.99), pct(0.999));
+      a.mode == "stream" ? "CheckStream" : "Check", ok / elapsed, static_cast<long long>(ok),
+      static_cast<long long>(errors), elapsed, a.concurrency, a.channels, pct(0.5), pct(0.99),
+      pct(0.999));
   if (a.server_pid > 0) {
-    std::printf("cpu: server %.2f s (%.0f calls per server CPU-second), bench client %.2f s; "
-                "machine has %ld cores\n",
-                server_cpu, server_cpu > 0 ? ok / server_cpu : 0.0, self_cpu,
-                sysconf(_SC_NPROCESSORS_ONLN));
+    std::printf(
+        "cpu: server %.2f s (%.0f calls per server CPU-second), bench client %.2f s; "
+        "machine has %ld cores\n",
+        server_cpu, server_cpu > 0 ? ok / server_cpu : 0.0, self_cpu,
+        sysconf(_SC_NPROCESSORS_ONLN));
   }
   if (errors > 0) std::printf("first error: %s\n", first_error.c_str());
   return errors > 0 ? 1 : 0;

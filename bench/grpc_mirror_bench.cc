@@ -8,6 +8,9 @@
 //
 //   grpc_mirror_bench --url http://127.0.0.1:8080 --key ADMIN_KEY [--writes 300]
 //                     [--skip-snapshot-get]
+#include <sys/resource.h>
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -17,9 +20,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <sys/resource.h>
-#include <time.h>
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
@@ -38,7 +38,8 @@ double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(
 double ProcessCpu() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec +
+         u.ru_stime.tv_usec / 1e6;
 }
 double ThreadCpu() {
   timespec ts{};
@@ -140,8 +141,10 @@ int main(int argc, char** argv) {
       auto b = Clock::now();
       const double cpu_ns = (ThreadCpu() - c0) * 1e9 / (rounds * es.size());
       double ns = std::chrono::duration<double, std::nano>(b - a).count() / (rounds * es.size());
-      std::printf("mirror Check (%s, %zu distinct entities): %.0f ns/check wall, %.0f ns CPU (%d non-allow)\n",
-                  what, es.size(), ns, cpu_ns, deny);
+      std::printf(
+          "mirror Check (%s, %zu distinct entities): %.0f ns/check wall, %.0f ns CPU (%d "
+          "non-allow)\n",
+          what, es.size(), ns, cpu_ns, deny);
     };
     run(hits, "hits");
     run(misses, "misses");
@@ -171,8 +174,9 @@ int main(int argc, char** argv) {
     std::vector<double> from_send, from_ack;
     int failed = 0;
     for (int i = 0; i < writes; ++i) {
-      std::string body = absl::StrCat(R"({"entity":")", entities[i].str(),
-                                      R"(","action":"block","ttl":"1h","reason":"propagation bench"})");
+      std::string body =
+          absl::StrCat(R"({"entity":")", entities[i].str(),
+                       R"(","action":"block","ttl":"1h","reason":"propagation bench"})");
       target.store(i);
       auto sent = Clock::now();
       auto code = conn.Request("POST", "/v1/mitigations", bearer, body, absl::Seconds(10),

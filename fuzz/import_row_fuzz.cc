@@ -45,8 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       quell::importer::ReaderOptions ro;
       ro.max_row_bytes = 256;
       auto format = mode == 2 ? quell::importer::Format::kCsv : quell::importer::Format::kNdjson;
-      auto reader = quell::importer::RowReader::Open(quell::importer::ByteSource::FromString(std::string(in)),
-                                                     format, ro);
+      auto reader = quell::importer::RowReader::Open(
+          quell::importer::ByteSource::FromString(std::string(in)), format, ro);
       if (!reader.ok()) break;
       quell::importer::Row row;
       int64_t last_line = 0;

@@ -16,13 +16,16 @@ void File(Context& ctx, Call&& call) {
   auto statement = r.String("statement", true, 4000);
   r.RejectUnknown();
   if (statement && statement->empty()) errors.push_back({"statement", "must not be empty"});
-  if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid appeal", std::move(errors)));
+  if (!errors.empty())
+    return call.Fail(ApiError::InvalidArgument("invalid appeal", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, mid = *mid, statement = *statement](Call& call) {
     int64_t seq = 0;
-    auto existing = workflow::LoadAppeal(ctx.deps.ledger->store(), workflow::AppealIdFor(mid), &seq);
+    auto existing =
+        workflow::LoadAppeal(ctx.deps.ledger->store(), workflow::AppealIdFor(mid), &seq);
     if (!existing.ok()) return call.Fail(ApiError::FromStatus(existing.status()));
     if (existing->has_value() && (*existing)->state == "open") {
-      return call.Fail(ApiError::Conflict(absl::StrCat("appeal ", (*existing)->id, " is already open")));
+      return call.Fail(
+          ApiError::Conflict(absl::StrCat("appeal ", (*existing)->id, " is already open")));
     }
     auto out = std::make_shared<workflow::Appeal>();
     SubmitSimple(ctx, std::move(call), workflow::FileAppeal(mid, statement, call.who.key_id, out),
@@ -35,7 +38,8 @@ void Get(Context& ctx, Call&& call) {
     int64_t seq = 0;
     auto a = workflow::LoadAppeal(ctx.deps.ledger->store(), call.params[0], &seq);
     if (!a.ok()) return call.Fail(ApiError::FromStatus(a.status()));
-    if (!a->has_value()) return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
+    if (!a->has_value())
+      return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
     call.Send(200, workflow::AppealJson(**a));
   });
 }
@@ -48,12 +52,14 @@ void Decide(Context& ctx, Call&& call) {
   auto grant = r.Bool("grant", true);
   auto note = r.String("note", false, 2000);
   r.RejectUnknown();
-  if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid appeal decision", std::move(errors)));
+  if (!errors.empty())
+    return call.Fail(ApiError::InvalidArgument("invalid appeal decision", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, grant = *grant, note = note.value_or("")](Call& call) {
     int64_t seq = 0;
     auto a = workflow::LoadAppeal(ctx.deps.ledger->store(), call.params[0], &seq);
     if (!a.ok()) return call.Fail(ApiError::FromStatus(a.status()));
-    if (!a->has_value()) return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
+    if (!a->has_value())
+      return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
     auto out = std::make_shared<workflow::Appeal>();
     SubmitSimple(ctx, std::move(call),
                  workflow::DecideAppeal(**std::move(a), seq, grant, note, call.who.key_id, out),

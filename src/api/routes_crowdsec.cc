@@ -218,8 +218,7 @@ bool StillHeld(Context& ctx, const core::Entity& entity, std::string_view type, 
   index::Hits hits;
   ctx.deps.index->Lookup(entity, now, &hits);
   for (const index::Hit& h : hits) {
-    if (h.cidr_prefix < 0 &&
-        TypeOf(*ctx.Catalog(), ctx.deps.index->ActionName(h.action)) == type) {
+    if (h.cidr_prefix < 0 && TypeOf(*ctx.Catalog(), ctx.deps.index->ActionName(h.action)) == type) {
       return true;
     }
   }
@@ -384,8 +383,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
   for (const core::Mitigation& m : last) {
     Scope scope;
     std::string_view type;
-    if (!AsDecision(*ctx.Catalog(), m, &scope, &type) || !f.Wants(scope, type, m.action))
-      continue;
+    if (!AsDecision(*ctx.Catalog(), m, &scope, &type) || !f.Wants(scope, type, m.action)) continue;
     if (m.state == core::MitigationState::kActive && m.expires_at > now) {
       if (only_deleted) continue;
       AppendMitigation(m, scope, type, now, m.expires_at, &out->added);

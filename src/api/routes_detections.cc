@@ -45,8 +45,8 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
   rapidjson::Document doc;
   if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
   if (!doc.IsObject()) {
-    return call.Fail(ApiError::InvalidArgument(
-        "body must be a detection object or {\"detections\": [...]}"));
+    return call.Fail(
+        ApiError::InvalidArgument("body must be a detection object or {\"detections\": [...]}"));
   }
   const absl::Time now = ctx.deps.clock->Now();
   std::vector<const rapidjson::Value*> values;
@@ -58,8 +58,9 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
     }
     const auto& arr = batch->value;
     if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_detections_batch)) {
-      return call.Fail(ApiError::TooLarge(absl::StrCat(
-          "a batch holds at most ", ctx.options.max_detections_batch, " detections, got ", arr.Size())));
+      return call.Fail(ApiError::TooLarge(absl::StrCat("a batch holds at most ",
+                                                       ctx.options.max_detections_batch,
+                                                       " detections, got ", arr.Size())));
     }
     if (arr.Empty()) return call.Fail(ApiError::Field("detections", "must not be empty"));
     for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
@@ -81,10 +82,12 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
     auto d = ReadDetection(*values[i], paths[i], now, limits, &errors);
     if (d.ok() && !known->KnowsDetectionType(d->type)) {
       std::string list;
-      for (const std::string& t : known->detection_types()) absl::StrAppend(&list, list.empty() ? "" : ", ", t);
-      errors.push_back({paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
-                        absl::StrCat("unknown detection type \"", d->type, "\"; the active policy set (v",
-                                     known->version(), ") declares: ", list)});
+      for (const std::string& t : known->detection_types())
+        absl::StrAppend(&list, list.empty() ? "" : ", ", t);
+      errors.push_back(
+          {paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
+           absl::StrCat("unknown detection type \"", d->type, "\"; the active policy set (v",
+                        known->version(), ") declares: ", list)});
       d = absl::InvalidArgumentError("unknown type");
     }
     if (!d.ok()) {
@@ -106,72 +109,74 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
     return call.Fail(e);
   }
 
-  ctx.OffLoop(std::move(call), [&ctx, &policies, items = std::move(items), now](Call& call) mutable {
-    auto set = policies.Current();
-    LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
-    std::vector<workflow::DetectionWork> work;
-    std::vector<size_t> slot_of;  // work index -> item index
-    for (Item& item : items) {
-      if (!item.detection) continue;
-      workflow::DetectionWork w;
-      engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
-      w.proposals = std::move(ev.proposals);
-      w.json = DetectionToJson(*item.detection);
-      w.detection = *std::move(item.detection);
-      item.detection.reset();
-      slot_of.push_back(item.index);
-      work.push_back(std::move(w));
-    }
-    auto finish = [](Call& call, const std::vector<Item>& items,
-                     const std::vector<std::string>& replies) {
-      std::string body = "{\"results\":[";
-      bool any_ok = false;
-      for (size_t i = 0; i < items.size(); ++i) {
-        if (i) body += ',';
-        if (!replies[i].empty()) {
-          body += replies[i];
-          any_ok = true;
-        } else {
-          body += items[i].rejected_reply;
+  ctx.OffLoop(
+      std::move(call), [&ctx, &policies, items = std::move(items), now](Call& call) mutable {
+        auto set = policies.Current();
+        LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+        std::vector<workflow::DetectionWork> work;
+        std::vector<size_t> slot_of;  // work index -> item index
+        for (Item& item : items) {
+          if (!item.detection) continue;
+          workflow::DetectionWork w;
+          engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
+          w.proposals = std::move(ev.proposals);
+          w.json = DetectionToJson(*item.detection);
+          w.detection = *std::move(item.detection);
+          item.detection.reset();
+          slot_of.push_back(item.index);
+          work.push_back(std::move(w));
         }
-      }
-      body += "]}";
-      // Every item rejected: a 400, still in the results shape.
-      call.Send(any_ok ? 200 : 400, std::move(body));
-    };
-    const int64_t rejected = static_cast<int64_t>(items.size() - work.size());
-    ctx.decision_metrics.Detections("api", "rejected", rejected);
-    if (work.empty()) {
-      return finish(call, items, std::vector<std::string>(items.size()));
-    }
-    auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    auto shared = std::make_shared<std::pair<Call, std::vector<Item>>>(std::move(call), std::move(items));
-    ctx.deps.ledger->Submit(
-        workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id, out,
-                                  workflow::SafeguardContext{ctx.safeguards, set}),
-        [&ctx, shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
-                                                                  std::vector<ledger::Change>) {
-          Call& call = shared->first;
-          if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
-          int64_t duplicates = 0;
-          for (const auto& o : *out) duplicates += o.duplicate ? 1 : 0;
-          ctx.decision_metrics.Detections("api", "duplicate", duplicates);
-          ctx.decision_metrics.Detections("api", "accepted",
-                                          static_cast<int64_t>(out->size()) - duplicates);
-          ctx.decision_metrics.Decisions(*out);
-          std::vector<std::string> replies(shared->second.size());
-          for (size_t k = 0; k < out->size(); ++k) {
-            std::string reply = std::move((*out)[k].reply);
-            if ((*out)[k].duplicate) {
-              // The stored reply, marked as the replay it is.
-              size_t pos = reply.find("\"status\":\"accepted\"");
-              if (pos != std::string::npos) reply.replace(pos, 19, "\"status\":\"duplicate\"");
+        auto finish = [](Call& call, const std::vector<Item>& items,
+                         const std::vector<std::string>& replies) {
+          std::string body = "{\"results\":[";
+          bool any_ok = false;
+          for (size_t i = 0; i < items.size(); ++i) {
+            if (i) body += ',';
+            if (!replies[i].empty()) {
+              body += replies[i];
+              any_ok = true;
+            } else {
+              body += items[i].rejected_reply;
             }
-            replies[slot_of[k]] = absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
           }
-          finish(call, shared->second, replies);
-        });
-  });
+          body += "]}";
+          // Every item rejected: a 400, still in the results shape.
+          call.Send(any_ok ? 200 : 400, std::move(body));
+        };
+        const int64_t rejected = static_cast<int64_t>(items.size() - work.size());
+        ctx.decision_metrics.Detections("api", "rejected", rejected);
+        if (work.empty()) {
+          return finish(call, items, std::vector<std::string>(items.size()));
+        }
+        auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
+        auto shared =
+            std::make_shared<std::pair<Call, std::vector<Item>>>(std::move(call), std::move(items));
+        ctx.deps.ledger->Submit(
+            workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
+                                      out, workflow::SafeguardContext{ctx.safeguards, set}),
+            [&ctx, shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
+                                                                      std::vector<ledger::Change>) {
+              Call& call = shared->first;
+              if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
+              int64_t duplicates = 0;
+              for (const auto& o : *out) duplicates += o.duplicate ? 1 : 0;
+              ctx.decision_metrics.Detections("api", "duplicate", duplicates);
+              ctx.decision_metrics.Detections("api", "accepted",
+                                              static_cast<int64_t>(out->size()) - duplicates);
+              ctx.decision_metrics.Decisions(*out);
+              std::vector<std::string> replies(shared->second.size());
+              for (size_t k = 0; k < out->size(); ++k) {
+                std::string reply = std::move((*out)[k].reply);
+                if ((*out)[k].duplicate) {
+                  // The stored reply, marked as the replay it is.
+                  size_t pos = reply.find("\"status\":\"accepted\"");
+                  if (pos != std::string::npos) reply.replace(pos, 19, "\"status\":\"duplicate\"");
+                }
+                replies[slot_of[k]] = absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
+              }
+              finish(call, shared->second, replies);
+            });
+      });
 }
 
 }  // namespace

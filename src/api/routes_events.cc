@@ -550,8 +550,8 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
         ctx.deps.ledger->Submit(
             workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
                                       out, workflow::SafeguardContext{ctx.safeguards, set}),
-            [&ctx, shared, out, slot_of = std::move(slot_of), finish](
-                absl::Status status, std::vector<ledger::Change>) {
+            [&ctx, shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
+                                                                      std::vector<ledger::Change>) {
               Call& call = shared->first;
               if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
               int64_t duplicates = 0;

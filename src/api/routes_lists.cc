@@ -80,14 +80,16 @@ std::string ListJson(const ListView& v, const std::vector<std::string>* entries)
 }
 
 // Reads and normalises an array of entities at `field`.
-std::vector<std::string> Entities(ObjectReader& r, std::string_view field, std::vector<FieldError>* errors) {
+std::vector<std::string> Entities(ObjectReader& r, std::string_view field,
+                                  std::vector<FieldError>* errors) {
   std::vector<std::string> out;
   auto list = r.Strings(field, false, 10000);
   if (!list) return out;
   for (size_t i = 0; i < list->size(); ++i) {
     auto e = core::Entity::Parse((*list)[i]);
     if (!e.ok()) {
-      errors->push_back({absl::StrCat(AV(field), "[", i, "]"), std::string(SV(e.status().message()))});
+      errors->push_back(
+          {absl::StrCat(AV(field), "[", i, "]"), std::string(SV(e.status().message()))});
     } else {
       out.push_back(e->str());
     }
@@ -126,7 +128,8 @@ ledger::Mutation ListChange(Context& ctx, std::string name, std::vector<std::str
   };
 }
 
-void ReplyList(Context& ctx, PolicyHolder& policies, Call& call, const std::string& name, int status) {
+void ReplyList(Context& ctx, PolicyHolder& policies, Call& call, const std::string& name,
+               int status) {
   auto v = Describe(ctx.deps.ledger->store(), *policies.Current(), name);
   if (!v.ok()) return call.Fail(ApiError::FromStatus(v.status()));
   if (!v->exists) return call.Fail(ApiError::NotFound(absl::StrCat("no list ", name)));
@@ -142,9 +145,8 @@ void SubmitThenReply(Context& ctx, PolicyHolder& policies, Call&& call, ledger::
                                             absl::Status s, std::vector<ledger::Change>) {
     if (!s.ok()) return shared->Fail(ApiError::FromStatus(s));
     // Reading the list back may wait on storage: not on the commit thread.
-    ctx.OffLoop(std::move(*shared), [&ctx, &policies, name](Call& call) {
-      ReplyList(ctx, policies, call, name, 200);
-    });
+    ctx.OffLoop(std::move(*shared),
+                [&ctx, &policies, name](Call& call) { ReplyList(ctx, policies, call, name, 200); });
   });
 }
 
@@ -184,10 +186,12 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
              [&ctx, &policies](Call&& call) {
                std::string name = call.params[0];
                if (!ValidName(name)) {
-                 return call.Fail(ApiError::Field("path.name", "list names match [a-z0-9][a-z0-9_-]{0,63}"));
+                 return call.Fail(
+                     ApiError::Field("path.name", "list names match [a-z0-9][a-z0-9_-]{0,63}"));
                }
                rapidjson::Document doc;
-               if (auto e = ParseJsonBody(call.req.body.empty() ? "{}" : call.req.body, &doc)) return call.Fail(*e);
+               if (auto e = ParseJsonBody(call.req.body.empty() ? "{}" : call.req.body, &doc))
+                 return call.Fail(*e);
                std::vector<FieldError> errors;
                ObjectReader r(doc, "", &errors);
                auto is_protected = r.Bool("protected", false);
@@ -195,10 +199,12 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
                bool replace = r.Raw("entries", false) != nullptr;
                std::vector<std::string> entries = Entities(r, "entries", &errors);
                r.RejectUnknown();
-               if (kind && *kind != "protected" && *kind != "allow" && *kind != "deny" && *kind != "watch") {
+               if (kind && *kind != "protected" && *kind != "allow" && *kind != "deny" &&
+                   *kind != "watch") {
                  errors.push_back({"kind", "one of protected, allow, deny, watch"});
                }
-               if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid list", std::move(errors)));
+               if (!errors.empty())
+                 return call.Fail(ApiError::InvalidArgument("invalid list", std::move(errors)));
                if (kind && *kind == "protected" && !is_protected) is_protected = true;
                if (!is_protected) is_protected = false;  // a PUT states the flag
                ctx.OffLoop(std::move(call), [&ctx, &policies, name, is_protected, kind, replace,
@@ -218,29 +224,32 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
                                  name);
                });
              });
-  router.Add("POST", "/v1/lists/{name}/entries", Access::Bearer(Permission::kAdmin),
-             [&ctx, &policies](Call&& call) {
-               std::string name = call.params[0];
-               if (!ValidName(name)) {
-                 return call.Fail(ApiError::Field("path.name", "list names match [a-z0-9][a-z0-9_-]{0,63}"));
-               }
-               rapidjson::Document doc;
-               if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
-               std::vector<FieldError> errors;
-               ObjectReader r(doc, "", &errors);
-               std::vector<std::string> add = Entities(r, "add", &errors);
-               std::vector<std::string> remove = Entities(r, "remove", &errors);
-               r.RejectUnknown();
-               if (add.empty() && remove.empty() && errors.empty()) {
-                 errors.push_back({"add", "give entities to add or remove"});
-               }
-               if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid list entries", std::move(errors)));
-               std::string actor = call.who.key_id;
-               SubmitThenReply(ctx, policies, std::move(call),
-                               ListChange(ctx, name, std::move(add), std::move(remove), std::nullopt,
-                                          std::nullopt, actor),
-                               name);
-             });
+  router.Add(
+      "POST", "/v1/lists/{name}/entries", Access::Bearer(Permission::kAdmin),
+      [&ctx, &policies](Call&& call) {
+        std::string name = call.params[0];
+        if (!ValidName(name)) {
+          return call.Fail(
+              ApiError::Field("path.name", "list names match [a-z0-9][a-z0-9_-]{0,63}"));
+        }
+        rapidjson::Document doc;
+        if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+        std::vector<FieldError> errors;
+        ObjectReader r(doc, "", &errors);
+        std::vector<std::string> add = Entities(r, "add", &errors);
+        std::vector<std::string> remove = Entities(r, "remove", &errors);
+        r.RejectUnknown();
+        if (add.empty() && remove.empty() && errors.empty()) {
+          errors.push_back({"add", "give entities to add or remove"});
+        }
+        if (!errors.empty())
+          return call.Fail(ApiError::InvalidArgument("invalid list entries", std::move(errors)));
+        std::string actor = call.who.key_id;
+        SubmitThenReply(ctx, policies, std::move(call),
+                        ListChange(ctx, name, std::move(add), std::move(remove), std::nullopt,
+                                   std::nullopt, actor),
+                        name);
+      });
 }
 
 void SubmitSimple(Context& ctx, Call&& call, ledger::Mutation inner,

@@ -56,9 +56,10 @@ void AppendCause(const ledger::Change& c, const Mitigation& m, std::string* out)
   out->append(",\"cause\":{\"state\":\"");
   out->append(core::StateName(m.state));
   out->append("\",\"by\":");
-  bool automatic = !m.policy.empty() && (c.actor == "system" || why.find("held for approval") != std::string::npos ||
-                                         m.state_reason.empty() || m.state_reason.rfind("hit again", 0) == 0 ||
-                                         m.state_reason.rfind("extended", 0) == 0);
+  bool automatic = !m.policy.empty() &&
+                   (c.actor == "system" || why.find("held for approval") != std::string::npos ||
+                    m.state_reason.empty() || m.state_reason.rfind("hit again", 0) == 0 ||
+                    m.state_reason.rfind("extended", 0) == 0);
   core::AppendJsonString(c.actor == "system" ? "system" : automatic ? "policy" : "person", out);
   out->append(",\"actor\":");
   core::AppendJsonString(c.actor, out);
@@ -79,7 +80,9 @@ void AppendCause(const ledger::Change& c, const Mitigation& m, std::string* out)
   if (size_t b = why.find("breaker "); b != std::string::npos) {
     size_t start = b + 8, end = why.find(' ', start);
     out->append(",\"breaker\":");
-    core::AppendJsonString(std::string_view(why).substr(start, end == std::string::npos ? std::string::npos : end - start), out);
+    core::AppendJsonString(std::string_view(why).substr(
+                               start, end == std::string::npos ? std::string::npos : end - start),
+                           out);
   }
   out->append(",\"why\":");
   core::AppendJsonString(why, out);
@@ -242,7 +245,8 @@ void CreateMitigation(Context& ctx, Call&& call) {
     const int64_t covered = safeguards::EntitiesCovered(cr.entity);
     const int64_t threshold = ctx.safeguards->options().bulk_threshold;
     const core::Action* a = catalog->Find(cr.action);
-    if (safeguards::BulkNeedsApproval(covered, threshold, a ? a->severity : core::Severity::kCritical)) {
+    if (safeguards::BulkNeedsApproval(covered, threshold,
+                                      a ? a->severity : core::Severity::kCritical)) {
       cr.state = core::MitigationState::kPendingApproval;
       absl::StrAppend(&cr.reason, "; held for approval: a manual action over ", covered,
                       " entities (more than ", threshold, ")");
@@ -343,7 +347,8 @@ void EntityView(Context& ctx, Call&& call) {
         if (i) body += ',';
         body += "{\"name\":";
         core::AppendJsonString(names[i], &body);
-        absl::StrAppend(&body, ",\"protected\":", protected_lists.count(names[i]) ? "true" : "false", "}");
+        absl::StrAppend(&body,
+                        ",\"protected\":", protected_lists.count(names[i]) ? "true" : "false", "}");
       }
       auto why = ctx.safeguards->WhyProtected(*set, entity);
       body += "],\"protected\":";

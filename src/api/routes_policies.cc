@@ -31,8 +31,8 @@ absl::StatusOr<std::shared_ptr<const policy::PolicySet>> Validate(std::string_vi
     details.push_back({absl::StrCat(d.line, ":", d.column), d.message});
   }
   *error = ApiError::InvalidArgument(
-      absl::StrCat("policy set rejected: ", details.size(), " error(s); first: ",
-                   details.empty() ? "" : details[0].field, " ",
+      absl::StrCat("policy set rejected: ", details.size(),
+                   " error(s); first: ", details.empty() ? "" : details[0].field, " ",
                    details.empty() ? "" : details[0].message),
       std::move(details));
   return absl::InvalidArgumentError("invalid");
@@ -110,9 +110,9 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
           auto n = workflow::PriorHitsCommitted(ctx.deps.ledger->store(), p, now);
           if (n.ok()) prior = *n;
         }
-        std::string_view state = p.shadow                          ? "shadow"
+        std::string_view state = p.shadow                         ? "shadow"
                                  : p.delay > absl::ZeroDuration() ? "scheduled"
-                                                                   : "active";
+                                                                  : "active";
         if (k) body += ',';
         body += "{\"entity\":";
         core::AppendJsonString(p.entity.str(), &body);
@@ -135,7 +135,7 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
 
 void AddPolicyRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
   using auth::Permission;
-  auto bind = [&ctx, &policies](void (*fn)(Context&, PolicyHolder&, Call&&)) {
+  auto bind = [&ctx, &policies](void (*fn)(Context&, PolicyHolder&, Call &&)) {
     return [&ctx, &policies, fn](Call&& call) { fn(ctx, policies, std::move(call)); };
   };
   router.Add("GET", "/v1/policies", Access::Bearer(Permission::kRead), bind(GetPolicies));

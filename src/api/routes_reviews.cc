@@ -26,15 +26,16 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
   core::AppendJsonString(m.entity.str(), out);
   out->append(",\"action\":");
   core::AppendJsonString(m.action, out);
-  absl::StrAppend(out, ",\"severity\":\"", AV(core::SeverityName(sev)), "\",\"approvals_needed\":",
-                  safeguards::RequiredApprovals(sev), ",\"approved_by\":[");
+  absl::StrAppend(out, ",\"severity\":\"", AV(core::SeverityName(sev)),
+                  "\",\"approvals_needed\":", safeguards::RequiredApprovals(sev),
+                  ",\"approved_by\":[");
   for (size_t i = 0; i < prior.size(); ++i) {
     if (i) out->push_back(',');
     core::AppendJsonString(prior[i], out);
   }
-  absl::StrAppend(out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at),
-                  "\",\"expires_at\":\"",
-                  core::FormatRfc3339(m.created_at + ctx.safeguards->options().pending_ttl), "\",\"reason\":");
+  absl::StrAppend(
+      out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at), "\",\"expires_at\":\"",
+      core::FormatRfc3339(m.created_at + ctx.safeguards->options().pending_ttl), "\",\"reason\":");
   core::AppendJsonString(m.reason, out);
   out->append(",\"evidence\":{\"policy\":");
   core::AppendJsonString(m.policy, out);
@@ -57,7 +58,8 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
 void ListReviews(Context& ctx, Call&& call) {
   for (const auto& [k, v] : call.req.query) {
     if (k == "state" && v != "open") {
-      return call.Fail(ApiError::Field("query.state", "only state=open is listed; closed reviews are in the entity timelines"));
+      return call.Fail(ApiError::Field(
+          "query.state", "only state=open is listed; closed reviews are in the entity timelines"));
     }
     if (k != "state" && k != "limit" && k != "cursor") {
       return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
@@ -94,7 +96,8 @@ void Decide(Context& ctx, Call&& call) {
   auto approve = r.Bool("approve", true);
   auto note = r.String("note", false, 2000);
   r.RejectUnknown();
-  if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid review decision", std::move(errors)));
+  if (!errors.empty())
+    return call.Fail(ApiError::InvalidArgument("invalid review decision", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, approve = *approve, note = note.value_or("")](Call& call) {
     const std::string& id = call.params[0];
     auto m = ctx.deps.ledger->store().GetMitigation(id);
@@ -103,12 +106,14 @@ void Decide(Context& ctx, Call&& call) {
     auto facts = workflow::LoadReviewFacts(ctx.deps.ledger->store(), **m);
     if (!facts.ok()) return call.Fail(ApiError::FromStatus(facts.status()));
     auto out = std::make_shared<workflow::ReviewOutcome>();
-    auto mutation = workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(), out);
+    auto mutation =
+        workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(), out);
     SubmitSimple(ctx, std::move(call), std::move(mutation), [out] {
-      std::string body = absl::StrCat("{\"id\":\"", out->mitigation.id, "\",\"state\":\"",
-                                      out->mitigation.state == core::MitigationState::kPendingApproval ? "open" : "closed",
-                                      "\",\"approvals\":", out->approvals, ",\"approvals_needed\":", out->needed,
-                                      ",\"mitigation\":");
+      std::string body = absl::StrCat(
+          "{\"id\":\"", out->mitigation.id, "\",\"state\":\"",
+          out->mitigation.state == core::MitigationState::kPendingApproval ? "open" : "closed",
+          "\",\"approvals\":", out->approvals, ",\"approvals_needed\":", out->needed,
+          ",\"mitigation\":");
       core::AppendMitigationJson(out->mitigation, &body);
       body += "}";
       return std::make_pair(200, std::move(body));

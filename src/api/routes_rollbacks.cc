@@ -40,10 +40,12 @@ void Rollback(Context& ctx, Call&& call) {
     }
     fr.RejectUnknown();
     if (errors.empty() && f.empty()) {
-      errors.push_back({"filter", "name at least one of policy, source, action, batch, since, until"});
+      errors.push_back(
+          {"filter", "name at least one of policy, source, action, batch, since, until"});
     }
   }
-  if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid rollback", std::move(errors)));
+  if (!errors.empty())
+    return call.Fail(ApiError::InvalidArgument("invalid rollback", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, f = std::move(f), dry = dry_run.value_or(false),
                                 reason = reason.value_or("rollback")](Call& call) {
     auto ids = workflow::FindRollbackTargets(ctx.deps.ledger->store(), f);
@@ -56,8 +58,9 @@ void Rollback(Context& ctx, Call&& call) {
     auto out = std::make_shared<workflow::RollbackResult>();
     auto m = workflow::Rollback(*std::move(ids), f, reason, call.who.key_id, id, out);
     SubmitSimple(ctx, std::move(call), std::move(m), [out, id] {
-      return std::make_pair(200, absl::StrCat("{\"id\":\"", id, "\",\"matched\":", out->matched,
-                                              ",\"revoked\":", out->revoked, ",\"dry_run\":false}"));
+      return std::make_pair(200,
+                            absl::StrCat("{\"id\":\"", id, "\",\"matched\":", out->matched,
+                                         ",\"revoked\":", out->revoked, ",\"dry_run\":false}"));
     });
   });
 }

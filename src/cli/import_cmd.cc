@@ -88,8 +88,10 @@ int ImportCommand(const std::vector<std::string>& args) {
   o.server_url = flags->Get("server").value_or("");
   o.key = flags->Get("key").value_or("");
   if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
-  if (!o.server_url.empty() && o.key.empty()) return Usage("--server needs --key KEY (or QUELL_KEY)");
-  if (!o.server_url.empty() && flags->Has("data")) return Usage("--server and --data exclude each other");
+  if (!o.server_url.empty() && o.key.empty())
+    return Usage("--server needs --key KEY (or QUELL_KEY)");
+  if (!o.server_url.empty() && flags->Has("data"))
+    return Usage("--server and --data exclude each other");
   if (const char* env = std::getenv("QUELL_DATA")) o.data_dir = env;
   if (auto v = flags->Get("data")) o.data_dir = *v;
   o.rejects_path = flags->Get("rejects").value_or("");
@@ -99,13 +101,15 @@ int ImportCommand(const std::vector<std::string>& args) {
   o.policies_file = flags->Get("policies").value_or("");
   if (!o.policies_file.empty() && !o.dry_run) return Usage("--policies is for --dry-run");
   if (o.dry_run && !o.server_url.empty()) {
-    return Usage("--dry-run reads the data directory (--data DIR; a running server may own it) "
-                 "and/or --policies FILE, not --server");
+    return Usage(
+        "--dry-run reads the data directory (--data DIR; a running server may own it) "
+        "and/or --policies FILE, not --server");
   }
   if (o.dry_run && o.resume) return Usage("--dry-run and --resume exclude each other");
   o.durable = !flags->Has("no-fsync");
   int64_t n = 0;
-  if (!ParseCount(flags->Get("batch-rows"), 1, 10000, &n)) return Usage("--batch-rows must be 1..10000");
+  if (!ParseCount(flags->Get("batch-rows"), 1, 10000, &n))
+    return Usage("--batch-rows must be 1..10000");
   if (flags->Get("batch-rows")) o.batch_rows = static_cast<size_t>(n);
   if (!ParseCount(flags->Get("in-flight"), 1, 64, &n)) return Usage("--in-flight must be 1..64");
   if (flags->Get("in-flight")) o.in_flight = static_cast<int>(n);

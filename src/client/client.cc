@@ -118,11 +118,12 @@ class Client::Impl {
     while (!done()) {
       absl::Time now = absl::Now();
       if (now >= deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("mirror not ", AV(what), " after ", absl::FormatDuration(timeout),
-                         "; last error: ", staleness().last_error));
+        return absl::DeadlineExceededError(absl::StrCat("mirror not ", AV(what), " after ",
+                                                        absl::FormatDuration(timeout),
+                                                        "; last error: ", staleness().last_error));
       }
-      progress_cv_.wait_for(lock, absl::ToChronoMicroseconds(std::min(deadline - now, absl::Milliseconds(100))));
+      progress_cv_.wait_for(
+          lock, absl::ToChronoMicroseconds(std::min(deadline - now, absl::Milliseconds(100))));
     }
     return absl::OkStatus();
   }
@@ -132,8 +133,8 @@ class Client::Impl {
     std::lock_guard<std::mutex> lock(held_mu_);
     lines.reserve(held_.size());
     for (const auto& [key, h] : held_) {
-      lines.push_back(absl::StrCat(index::DecodeId(key), " ", h.entity, " ", h.action, " ",
-                                   h.expires_us));
+      lines.push_back(
+          absl::StrCat(index::DecodeId(key), " ", h.entity, " ", h.action, " ", h.expires_us));
     }
     std::sort(lines.begin(), lines.end());
     return lines;
@@ -251,7 +252,8 @@ class Client::Impl {
                             if (bytes == 0) first_byte = absl::Now();
                             bytes += static_cast<int64_t>(piece.size());
                             if (conn_.status_code() != 200) {
-                              if (error_body.size() < 4096) error_body.append(piece.substr(0, 4096));
+                              if (error_body.size() < 4096)
+                                error_body.append(piece.substr(0, 4096));
                               return absl::OkStatus();
                             }
                             size_t start = 0;
@@ -279,7 +281,8 @@ class Client::Impl {
                           });
     if (!code.ok()) return code.status();
     if (*code != 200) {
-      return absl::UnavailableError(absl::StrCat("GET /v1/snapshot: HTTP ", *code, " ", error_body));
+      return absl::UnavailableError(
+          absl::StrCat("GET /v1/snapshot: HTTP ", *code, " ", error_body));
     }
     if (!partial.empty()) QUELL_RETURN_IF_ERROR(on_line(partial));
     if (!snapshot_seq.has_value()) return absl::DataLossError("empty snapshot");
@@ -393,7 +396,8 @@ Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
 absl::Status Client::WaitUntilSynced(absl::Duration timeout) const {
-  return impl_->WaitUntil(timeout, [this] { return impl_->synced_.load(); }, "synced");
+  return impl_->WaitUntil(
+      timeout, [this] { return impl_->synced_.load(); }, "synced");
 }
 
 absl::Status Client::WaitForSeq(int64_t seq, absl::Duration timeout) const {

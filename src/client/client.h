@@ -45,14 +45,14 @@ struct ClientOptions {
   std::string key;  // API key with the check permission (enforcer, viewer, admin...)
   std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();
   absl::Duration poll_wait = absl::Seconds(10);  // long-poll wait per /v1/changes request
-  int page = 1000;                                // changes per request
+  int page = 1000;                               // changes per request
   absl::Duration min_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration io_timeout = absl::Seconds(10);  // connect, and silence beyond poll_wait
   // Silence allowed while the server prepares the snapshot (today's server builds the
   // whole body before the first byte: seconds at a million mitigations).
   absl::Duration snapshot_timeout = absl::Seconds(300);
-  core::Clock* clock = nullptr;                   // for expiry; null: the real clock
+  core::Clock* clock = nullptr;  // for expiry; null: the real clock
 };
 
 // One active mitigation that applies, as the mirror holds it.
@@ -79,10 +79,10 @@ struct Staleness {
 
 struct ClientStats {
   int64_t snapshots_loaded = 0;
-  int64_t changes_applied = 0;   // upserts and deletes applied from the feed
-  int64_t stale_changes = 0;     // changes with seq <= the mirror's (never expected)
-  int64_t reconnects = 0;        // failed requests followed by a backoff
-  int64_t size = 0;              // active mitigations held
+  int64_t changes_applied = 0;  // upserts and deletes applied from the feed
+  int64_t stale_changes = 0;    // changes with seq <= the mirror's (never expected)
+  int64_t reconnects = 0;       // failed requests followed by a backoff
+  int64_t size = 0;             // active mitigations held
   // The last snapshot load: request to first body byte (the server preparing it), and
   // first byte to loaded (transfer, parsing and applying to the mirror).
   absl::Duration snapshot_wait;

@@ -49,17 +49,18 @@ TEST(FeedTest, ParsesSnapshotLinesAndPages) {
   EXPECT_FALSE(ParseSnapshotLine(R"({"id":"m_x"})").ok());
   EXPECT_FALSE(ParseSnapshotLine(M(Id(1), "nocolon", "block", "active")).ok());
 
-  auto page = ParseChangesPage(absl::StrCat(R"({"changes":[{"seq":5,"op":"upsert","mitigation":)",
-                                            M(Id(2), "user:u", "block", "active"),
-                                            R"(},{"seq":7,"op":"delete","mitigation":)",
-                                            M(Id(2), "user:u", "block", "revoked"), R"(}],"next":9})"));
+  auto page = ParseChangesPage(absl::StrCat(
+      R"({"changes":[{"seq":5,"op":"upsert","mitigation":)", M(Id(2), "user:u", "block", "active"),
+      R"(},{"seq":7,"op":"delete","mitigation":)", M(Id(2), "user:u", "block", "revoked"),
+      R"(}],"next":9})"));
   ASSERT_TRUE(page.ok()) << page.status();
   ASSERT_EQ(page->items.size(), 2u);
   EXPECT_EQ(page->items[0].seq, 5);
   EXPECT_TRUE(page->items[0].active);
   EXPECT_FALSE(page->items[1].active);
   EXPECT_EQ(page->next, 9);
-  EXPECT_FALSE(ParseChangesPage(R"({"changes":[{"seq":1,"op":"zap","mitigation":{}}],"next":1})").ok());
+  EXPECT_FALSE(
+      ParseChangesPage(R"({"changes":[{"seq":1,"op":"zap","mitigation":{}}],"next":1})").ok());
 }
 
 TEST(FeedTest, ReadsTimesAsCoreDoes) {
@@ -70,7 +71,8 @@ TEST(FeedTest, ReadsTimesAsCoreDoes) {
     ASSERT_TRUE(item.ok()) << t << " " << item.status();
     EXPECT_EQ(item->expires_us, core::ToMicros(*core::ParseRfc3339(t))) << t;
   }
-  EXPECT_FALSE(ParseSnapshotLine(M(Id(1), "user:a", "block", "active", "2026-13-01T00:00:00Z")).ok());
+  EXPECT_FALSE(
+      ParseSnapshotLine(M(Id(1), "user:a", "block", "active", "2026-13-01T00:00:00Z")).ok());
 }
 
 TEST(FeedTest, ParsesUrls) {
@@ -168,15 +170,13 @@ TEST(ClientTest, LoadsTheSnapshotFollowsTheFeedAndChecks) {
   std::mutex mu;
   std::vector<std::string> pages;  // served in order to /v1/changes; then empty pages
   int64_t last_next = 3;
-  pages.push_back(absl::StrCat(R"({"changes":[{"seq":4,"op":"upsert","mitigation":)",
-                               M(Id(3), "user:c", "exclude_royalties", "active"),
-                               R"(},{"seq":5,"op":"delete","mitigation":)",
-                               M(Id(1), "user:a", "block", "revoked"),
-                               R"(},{"seq":5,"op":"delete","mitigation":)",
-                               M(Id(1), "user:a", "block", "revoked"),
-                               R"(},{"seq":6,"op":"delete","mitigation":)",
-                               M(Id(2), "cidr:10.0.0.0/8", "challenge", "revoked"),
-                               R"(}],"next":6})"));
+  pages.push_back(absl::StrCat(
+      R"({"changes":[{"seq":4,"op":"upsert","mitigation":)",
+      M(Id(3), "user:c", "exclude_royalties", "active"),
+      R"(},{"seq":5,"op":"delete","mitigation":)", M(Id(1), "user:a", "block", "revoked"),
+      R"(},{"seq":5,"op":"delete","mitigation":)", M(Id(1), "user:a", "block", "revoked"),
+      R"(},{"seq":6,"op":"delete","mitigation":)",
+      M(Id(2), "cidr:10.0.0.0/8", "challenge", "revoked"), R"(}],"next":6})"));
   std::vector<std::string> seen;
   FakeServer server([&](const std::string& line) -> std::string {
     std::lock_guard<std::mutex> lock(mu);
@@ -197,8 +197,8 @@ TEST(ClientTest, LoadsTheSnapshotFollowsTheFeedAndChecks) {
     }
     return Reply(404, "{}");
   });
-  auto client = Client::Start({.url = absl::StrCat("http://127.0.0.1:", server.port()),
-                               .key = "k_test.secret"});
+  auto client = Client::Start(
+      {.url = absl::StrCat("http://127.0.0.1:", server.port()), .key = "k_test.secret"});
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE((*client)->WaitUntilSynced(absl::Seconds(10)).ok());
   ASSERT_TRUE((*client)->WaitForSeq(6, absl::Seconds(10)).ok());
@@ -208,8 +208,8 @@ TEST(ClientTest, LoadsTheSnapshotFollowsTheFeedAndChecks) {
   // exclude_royalties is an allow-verdict action of the payout surface.
   ASSERT_EQ((*client)->Lookup(e("user:c"), "payout").size(), 1u);
   EXPECT_EQ((*client)->Lookup(e("user:c"), "login").size(), 0u);
-  EXPECT_EQ((*client)->DumpForTest(),
-            std::vector<std::string>{absl::StrCat(Id(3), " user:c exclude_royalties 4102444800000000")});
+  EXPECT_EQ((*client)->DumpForTest(), std::vector<std::string>{absl::StrCat(
+                                          Id(3), " user:c exclude_royalties 4102444800000000")});
   auto stats = (*client)->stats();
   EXPECT_EQ(stats.snapshots_loaded, 1);
   EXPECT_EQ(stats.changes_applied, 3);
@@ -228,10 +228,10 @@ TEST(ClientTest, ChecksCidrAndReconnectsAfterErrors) {
   FakeServer server([&](const std::string& line) -> std::string {
     if (line.rfind("GET /v1/snapshot", 0) == 0) {
       int n = snapshot_calls.fetch_add(1);
-      if (n == 0) return "";                                  // connection dropped
+      if (n == 0) return "";  // connection dropped
       if (n == 1) return Reply(503, R"({"error":{"code":"unavailable"}})");
-      return Reply(200, absl::StrCat("{\"seq\":1}\n", M(Id(7), "cidr:10.0.0.0/8", "block", "active"),
-                                     "\n"));
+      return Reply(
+          200, absl::StrCat("{\"seq\":1}\n", M(Id(7), "cidr:10.0.0.0/8", "block", "active"), "\n"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     return Reply(200, R"({"changes":[],"next":1})");

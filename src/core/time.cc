@@ -96,10 +96,10 @@ namespace {
 void CivilFromDays(int64_t days, int64_t* year, int* month, int* day) {
   days += 719468;  // shift the epoch to 0000-03-01
   const int64_t era = (days >= 0 ? days : days - 146096) / 146097;
-  const int64_t doe = days - era * 146097;                                     // [0, 146096]
+  const int64_t doe = days - era * 146097;                                    // [0, 146096]
   const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;  // [0, 399]
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                 // [0, 365]
-  const int64_t mp = (5 * doy + 2) / 153;                                      // [0, 11]
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                // [0, 365]
+  const int64_t mp = (5 * doy + 2) / 153;                                     // [0, 11]
   *day = static_cast<int>(doy - (153 * mp + 2) / 5 + 1);
   *month = static_cast<int>(mp < 10 ? mp + 3 : mp - 9);
   *year = yoe + era * 400 + (*month <= 2 ? 1 : 0);

@@ -52,8 +52,17 @@ TEST(TimeTest, Rfc3339) {
 
 TEST(TimeTest, FastFormatAgreesWithAbseil) {
   // Every day boundary over centuries, leap days, negative times, fractions.
-  std::vector<int64_t> samples = {0, -1, 1, 951782400, 951868800, 4107542399, -30610224000,
-                                  253402300799, 1767225600, 1709164800, 1709251199};
+  std::vector<int64_t> samples = {0,
+                                  -1,
+                                  1,
+                                  951782400,
+                                  951868800,
+                                  4107542399,
+                                  -30610224000,
+                                  253402300799,
+                                  1767225600,
+                                  1709164800,
+                                  1709251199};
   for (int64_t s = -2208988800; s < 4102444800; s += 86400 * 37 + 3671) samples.push_back(s);
   for (int64_t s : samples) {
     for (int64_t us : {int64_t{0}, int64_t{1}, int64_t{999999}, int64_t{500000}}) {

@@ -168,7 +168,7 @@ class GrpcServer::Impl final
         out.set_seq(c.seq);
         // As the HTTP feed: the enforced set holds a mitigation while it is active.
         out.set_op(m->state == core::MitigationState::kActive ? v1::Change::OP_UPSERT
-                                                               : v1::Change::OP_DELETE);
+                                                              : v1::Change::OP_DELETE);
         internal::ToProto(*m, out.mutable_mitigation());
         if (!writer->Write(out)) return ::grpc::Status::CANCELLED;  // the client went away
       }

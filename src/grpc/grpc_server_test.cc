@@ -75,8 +75,7 @@ ledger::Mutation Revoke(std::string id) {
 class GrpcServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("quell-grpc-test-" + core::RandomHex(8));
+    dir_ = std::filesystem::temp_directory_path() / ("quell-grpc-test-" + core::RandomHex(8));
     auto store = ledger::OpenSqliteStore({.path = dir_.string(), .synchronous_full = false});
     ASSERT_TRUE(store.ok()) << store.status();
     auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock_);

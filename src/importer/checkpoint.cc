@@ -27,7 +27,8 @@ absl::Status WriteAll(int fd, std::string_view data, const std::string& path) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+    if (n < 0)
+      return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
     data.remove_prefix(static_cast<size_t>(n));
   }
   return absl::OkStatus();
@@ -46,9 +47,10 @@ std::string CheckpointToJson(const Checkpoint& c) {
     absl::StrAppend(&out, ",\"size\":", i < c.sizes.size() ? c.sizes[i] : -1, "}");
   }
   absl::StrAppend(&out, "],\"file\":", c.file, ",\"offset\":", c.offset, ",\"line\":", c.line,
-                  ",\"rows\":", c.rows, ",\"rejects_bytes\":", c.rejects_bytes, ",\"counts\":{\"read\":",
-                  c.counts.read, ",\"accepted\":", c.counts.accepted, ",\"duplicate\":", c.counts.duplicate,
-                  ",\"rejected\":", c.counts.rejected, ",\"decisions\":{");
+                  ",\"rows\":", c.rows, ",\"rejects_bytes\":", c.rejects_bytes,
+                  ",\"counts\":{\"read\":", c.counts.read, ",\"accepted\":", c.counts.accepted,
+                  ",\"duplicate\":", c.counts.duplicate, ",\"rejected\":", c.counts.rejected,
+                  ",\"decisions\":{");
   bool first = true;
   for (const auto& [state, n] : c.counts.decisions) {
     if (!first) out += ',';
@@ -91,7 +93,8 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
   }
   int64_t offset = 0, rejects = 0;
   if (!i64(doc, "file", &c.file) || !i64(doc, "offset", &offset) || !i64(doc, "line", &c.line) ||
-      !i64(doc, "rows", &c.rows) || !i64(doc, "rejects_bytes", &rejects) || offset < 0 || rejects < 0) {
+      !i64(doc, "rows", &c.rows) || !i64(doc, "rejects_bytes", &rejects) || offset < 0 ||
+      rejects < 0) {
     return bad();
   }
   c.offset = static_cast<uint64_t>(offset);
@@ -115,9 +118,11 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
 absl::Status WriteCheckpoint(const std::string& path, const Checkpoint& c) {
   const std::string tmp = absl::StrCat(path, ".tmp");
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+  if (fd < 0)
+    return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
   absl::Status s = WriteAll(fd, CheckpointToJson(c), tmp);
-  if (s.ok() && ::fsync(fd) != 0) s = absl::InternalError(absl::StrCat("fsync ", tmp, ": ", std::strerror(errno)));
+  if (s.ok() && ::fsync(fd) != 0)
+    s = absl::InternalError(absl::StrCat("fsync ", tmp, ": ", std::strerror(errno)));
   ::close(fd);
   if (!s.ok()) return s;
   if (::rename(tmp.c_str(), path.c_str()) != 0) {

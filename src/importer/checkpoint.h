@@ -20,23 +20,23 @@ namespace quell::importer {
 
 // What an import has done so far (also the final summary).
 struct Counts {
-  int64_t read = 0;       // rows read (valid or not)
-  int64_t accepted = 0;   // new detections stored
-  int64_t duplicate = 0;  // already stored (same source and id): nothing changed
-  int64_t rejected = 0;   // written to the rejects file
+  int64_t read = 0;                          // rows read (valid or not)
+  int64_t accepted = 0;                      // new detections stored
+  int64_t duplicate = 0;                     // already stored (same source and id): nothing changed
+  int64_t rejected = 0;                      // written to the rejects file
   std::map<std::string, int64_t> decisions;  // decisions of accepted rows, by state
   friend bool operator==(const Counts&, const Counts&) = default;
 };
 
 struct Checkpoint {
-  std::string batch;                 // the run's batch id, kept across resumes
-  std::vector<std::string> files;    // the inputs, in order
-  std::vector<int64_t> sizes;        // their sizes (-1: not a regular file)
-  int64_t file = 0;                  // index of the file being read (== files.size(): done)
-  uint64_t offset = 0;               // decompressed offset after the last acknowledged row
-  int64_t line = 0;                  // lines consumed up to there
-  int64_t rows = 0;                  // rows consumed up to there (Avro resumes by this)
-  uint64_t rejects_bytes = 0;        // the rejects file's length at that point
+  std::string batch;               // the run's batch id, kept across resumes
+  std::vector<std::string> files;  // the inputs, in order
+  std::vector<int64_t> sizes;      // their sizes (-1: not a regular file)
+  int64_t file = 0;                // index of the file being read (== files.size(): done)
+  uint64_t offset = 0;             // decompressed offset after the last acknowledged row
+  int64_t line = 0;                // lines consumed up to there
+  int64_t rows = 0;                // rows consumed up to there (Avro resumes by this)
+  uint64_t rejects_bytes = 0;      // the rejects file's length at that point
   Counts counts;
   friend bool operator==(const Checkpoint&, const Checkpoint&) = default;
 };

@@ -93,8 +93,9 @@ class DirectSink final : public Sink {
     if (latest) {
       auto set = policy::LoadPolicySet(latest->yaml, latest->version);
       if (!set.ok()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "the stored policy set v", latest->version, " does not load: ", set.status().message()));
+        return absl::FailedPreconditionError(
+            absl::StrCat("the stored policy set v", latest->version,
+                         " does not load: ", set.status().message()));
       }
       set_ = *std::move(set);
       catalog_ = set_->catalog_ptr();
@@ -103,19 +104,22 @@ class DirectSink final : public Sink {
     }
     // The server's safeguards (protected entities, breakers, immunity), loaded before the
     // ledger takes writes and following it afterwards.
-    safeguards_ = std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
+    safeguards_ =
+        std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
     QUELL_RETURN_IF_ERROR(safeguards_->Load(*store, absl::Now()));
     ledger::LedgerOptions lo;
-    QUELL_ASSIGN_OR_RETURN(ledger_, ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
+    QUELL_ASSIGN_OR_RETURN(ledger_,
+                           ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
     ledger_->AddListener(safeguards_.get());
     return absl::OkStatus();
   }
 
-  void Send(std::vector<engine::Detection> detections, std::function<void(BatchResult)> done) override {
+  void Send(std::vector<engine::Detection> detections,
+            std::function<void(BatchResult)> done) override {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
     auto mutation = [dets = std::move(detections), set = set_, catalog = catalog_, out,
-                     safeguards = safeguards_.get()](
-                        ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+                     safeguards = safeguards_.get()](ledger::Txn& txn,
+                                                     absl::Time now) mutable -> absl::Status {
       TxnEnvironment env(txn, now);
       std::vector<workflow::DetectionWork> work;
       work.reserve(dets.size());
@@ -132,22 +136,22 @@ class DirectSink final : public Sink {
       return workflow::ApplyDetections(std::move(work), catalog, "import", out,
                                        workflow::SafeguardContext{safeguards, set})(txn, now);
     };
-    ledger_->Submit(std::move(mutation),
-                    [out, done = std::move(done)](absl::Status status, std::vector<ledger::Change>) {
-                      BatchResult r;
-                      r.status = status;
-                      if (status.ok()) {
-                        r.items.resize(out->size());
-                        for (size_t i = 0; i < out->size(); ++i) {
-                          if ((*out)[i].duplicate) {
-                            r.items[i].status = ItemResult::Status::kDuplicate;
-                          } else {
-                            ParseStates((*out)[i].reply, &r.items[i].states);
-                          }
-                        }
-                      }
-                      done(std::move(r));
-                    });
+    ledger_->Submit(std::move(mutation), [out, done = std::move(done)](
+                                             absl::Status status, std::vector<ledger::Change>) {
+      BatchResult r;
+      r.status = status;
+      if (status.ok()) {
+        r.items.resize(out->size());
+        for (size_t i = 0; i < out->size(); ++i) {
+          if ((*out)[i].duplicate) {
+            r.items[i].status = ItemResult::Status::kDuplicate;
+          } else {
+            ParseStates((*out)[i].reply, &r.items[i].states);
+          }
+        }
+      }
+      done(std::move(r));
+    });
   }
 
   std::string Describe() const override { return absl::StrCat("data dir ", dir_); }
@@ -171,7 +175,8 @@ absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
   }
   std::string path = absl::StrCat(dir, "/", file);
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (fd < 0)
+    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
     ::close(fd);
@@ -186,10 +191,9 @@ absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& op
       int import_lock,
       LockDataDir(options.data_dir, "import.lock",
                   absl::StrCat("another quell import is writing ", options.data_dir)));
-  auto server_lock = LockDataDir(
-      options.data_dir, "server.lock",
-      absl::StrCat("a quell server owns ", options.data_dir,
-                   ": import through it with --server URL --key KEY"));
+  auto server_lock = LockDataDir(options.data_dir, "server.lock",
+                                 absl::StrCat("a quell server owns ", options.data_dir,
+                                              ": import through it with --server URL --key KEY"));
   if (!server_lock.ok()) {
     ::close(import_lock);
     return server_lock.status();

@@ -49,7 +49,10 @@ void PrepareDataDir(const std::string& dir) {
   ASSERT_TRUE(store.ok()) << store.status();
   auto ledger = ledger::Ledger::Open(*std::move(store), {}, core::RealClock::Get());
   ASSERT_TRUE(ledger.ok());
-  ASSERT_TRUE((*ledger)->SubmitAndWait(workflow::PublishPolicySet(kPolicies, "test", std::make_shared<int64_t>())).ok());
+  ASSERT_TRUE((*ledger)
+                  ->SubmitAndWait(
+                      workflow::PublishPolicySet(kPolicies, "test", std::make_shared<int64_t>()))
+                  .ok());
   ASSERT_TRUE((*ledger)
                   ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
                     ledger::Change c;
@@ -79,8 +82,8 @@ std::multiset<std::string> State(const std::string& dir, std::string* batch = nu
     for (const core::Mitigation& m : page->mitigations) {
       std::string d;
       for (const auto& id : m.detections) d += id + ",";
-      out.insert(m.entity.str() + " " + m.action + " " + std::string(core::StateName(m.state)) + " " + m.policy +
-                 " [" + d + "]");
+      out.insert(m.entity.str() + " " + m.action + " " + std::string(core::StateName(m.state)) +
+                 " " + m.policy + " [" + d + "]");
       if (batch != nullptr) *batch = m.batch;
     }
     if (page->next_cursor.empty()) break;
@@ -217,7 +220,8 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
   auto seq = *OpenStore(dir + "/var")->LastSeq();
 
   std::string file = dir + "/preview.ndjson";
-  std::string rows = Row("x1", "user:a", 0.95) + Row("x2", "user:vip", 0.95) + Row("x3", "user:c", 0.6) + "nope\n";
+  std::string rows =
+      Row("x1", "user:a", 0.95) + Row("x2", "user:vip", 0.95) + Row("x3", "user:c", 0.6) + "nope\n";
   for (std::string u : {"user:b", "user:d"}) {
     for (int i = 0; i < 3; ++i) rows += Row(std::string("y") + u + std::to_string(i), u, 0.97);
   }
@@ -230,9 +234,9 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
   const DryRunReport& d = *r.dry_run;
   EXPECT_EQ(d.seq, seq);
   EXPECT_EQ(r.counts.rejected, 1);
-  EXPECT_EQ(d.already, 1);     // user:a has exclude_royalties
-  EXPECT_EQ(d.protected_, 1);  // user:vip
-  EXPECT_EQ(d.shadow, 1);      // user:c flag
+  EXPECT_EQ(d.already, 1);                                // user:a has exclude_royalties
+  EXPECT_EQ(d.protected_, 1);                             // user:vip
+  EXPECT_EQ(d.shadow, 1);                                 // user:c flag
   EXPECT_EQ(d.new_by_action.at("exclude_royalties"), 2);  // b, d
   EXPECT_EQ(d.new_by_action.at("suspend"), 2);            // their 3rd hits escalate
   EXPECT_EQ(d.new_by_policy.at("bot"), 4);
@@ -256,7 +260,8 @@ TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
   ASSERT_TRUE(held.ok());
   ImportResult r = Import(Options(dir, file));
   EXPECT_TRUE(r.refused);
-  EXPECT_NE(std::string(r.status.message()).find("a quell server owns"), std::string::npos) << r.status;
+  EXPECT_NE(std::string(r.status.message()).find("a quell server owns"), std::string::npos)
+      << r.status;
   ::close(*held);
   EXPECT_TRUE(Import(Options(dir, file)).status.ok());
 }

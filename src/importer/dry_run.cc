@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "core/status.h"
 #include "core/mitigation.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
 #include "workflow/decisions.h"
@@ -61,17 +61,18 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const pol
     QUELL_ASSIGN_OR_RETURN(d->report_.seq, store->LastSeq());
     QUELL_ASSIGN_OR_RETURN(auto lists, store->Lists());
     for (const ledger::ListInfo& l : lists) {
-      if (l.is_protected &&
-          std::find(d->protected_lists_.begin(), d->protected_lists_.end(), l.name) == d->protected_lists_.end()) {
+      if (l.is_protected && std::find(d->protected_lists_.begin(), d->protected_lists_.end(),
+                                      l.name) == d->protected_lists_.end()) {
         d->protected_lists_.push_back(l.name);
       }
     }
-    QUELL_RETURN_IF_ERROR(store
-                              ->ScanListEntries([&](std::string_view list, std::string_view entity) {
-                                d->memberships_.insert(absl::StrCat(AV(list), "\n", AV(entity)));
-                                return absl::OkStatus();
-                              })
-                              .status());
+    QUELL_RETURN_IF_ERROR(
+        store
+            ->ScanListEntries([&](std::string_view list, std::string_view entity) {
+              d->memberships_.insert(absl::StrCat(AV(list), "\n", AV(entity)));
+              return absl::OkStatus();
+            })
+            .status());
   }
   return d;
 }
@@ -186,8 +187,8 @@ void JsonMap(const std::map<std::string, int64_t>& m, std::string* out) {
 }  // namespace
 
 std::string DryRunText(const DryRunReport& r) {
-  std::string out = absl::StrCat("dry run against policy set v", r.policy_version,
-                                 " (ledger seq ", r.seq, "; nothing was written)\n");
+  std::string out = absl::StrCat("dry run against policy set v", r.policy_version, " (ledger seq ",
+                                 r.seq, "; nothing was written)\n");
   if (r.policy_version == 0) out += "  no policy set: nothing would be mitigated\n";
   absl::StrAppend(&out, "  would newly mitigate: ", r.new_total, "\n");
   absl::StrAppend(&out, "    per action: ", Tally(r.new_by_action), "\n");
@@ -200,19 +201,21 @@ std::string DryRunText(const DryRunReport& r) {
   for (const BreakerImpact& b : r.breakers) open += b.would_open;
   absl::StrAppend(&out, "  breakers that would open: ", open, "\n");
   for (const BreakerImpact& b : r.breakers) {
-    absl::StrAppend(&out, "    ", b.would_open ? "OPEN   " : "closed ", b.name, " (", b.scope, "): +",
-                    b.would_add, " vs limit ", b.limit, " per ", b.window, "\n");
+    absl::StrAppend(&out, "    ", b.would_open ? "OPEN   " : "closed ", b.name, " (", b.scope,
+                    "): +", b.would_add, " vs limit ", b.limit, " per ", b.window, "\n");
   }
   return out;
 }
 
 std::string DryRunJson(const DryRunReport& r) {
-  std::string out = absl::StrCat("{\"policy_version\":", r.policy_version, ",\"seq\":", r.seq,
-                                 ",\"rows\":", r.rows, ",\"new\":{\"total\":", r.new_total, ",\"by_action\":");
+  std::string out =
+      absl::StrCat("{\"policy_version\":", r.policy_version, ",\"seq\":", r.seq,
+                   ",\"rows\":", r.rows, ",\"new\":{\"total\":", r.new_total, ",\"by_action\":");
   JsonMap(r.new_by_action, &out);
   out += ",\"by_policy\":";
   JsonMap(r.new_by_policy, &out);
-  absl::StrAppend(&out, "},\"already\":", r.already, ",\"protected\":{\"total\":", r.protected_, ",\"by_list\":");
+  absl::StrAppend(&out, "},\"already\":", r.already, ",\"protected\":{\"total\":", r.protected_,
+                  ",\"by_list\":");
   JsonMap(r.protected_by_list, &out);
   absl::StrAppend(&out, "},\"shadow\":", r.shadow, ",\"breakers\":[");
   for (size_t i = 0; i < r.breakers.size(); ++i) {
@@ -222,7 +225,8 @@ std::string DryRunJson(const DryRunReport& r) {
     core::AppendJsonString(b.name, &out);
     out += ",\"scope\":";
     core::AppendJsonString(b.scope, &out);
-    absl::StrAppend(&out, ",\"limit\":", b.limit, ",\"window\":\"", b.window, "\",\"would_add\":", b.would_add,
+    absl::StrAppend(&out, ",\"limit\":", b.limit, ",\"window\":\"", b.window,
+                    "\",\"would_add\":", b.would_add,
                     ",\"would_open\":", b.would_open ? "true" : "false", "}");
   }
   out += "]}";

@@ -55,8 +55,8 @@ struct DryRunReport {
 class DryRun {
  public:
   //! `store` may be null (no data directory). Loads list memberships once.
-  static absl::StatusOr<std::unique_ptr<DryRun>> Create(std::shared_ptr<const policy::PolicySet> set,
-                                                        ledger::Store* store);
+  static absl::StatusOr<std::unique_ptr<DryRun>> Create(
+      std::shared_ptr<const policy::PolicySet> set, ledger::Store* store);
   void Add(const engine::Detection& d);
   DryRunReport Report() const;
 
@@ -70,7 +70,7 @@ class DryRun {
   absl::Time now_;
   absl::flat_hash_set<std::string> memberships_;  // "list\nentity"
   std::vector<std::string> protected_lists_;
-  absl::flat_hash_set<std::string> seen_;          // "entity\naction" decided in this file
+  absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
   DryRunReport report_;
   std::map<std::string, int64_t> new_by_source_;

@@ -41,9 +41,11 @@ absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, si
                                                      const std::vector<std::string>& rows) {
   rapidjson::Document doc;
   doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) return absl::DataLossError("malformed reply from the server");
+  if (doc.HasParseError() || !doc.IsObject())
+    return absl::DataLossError("malformed reply from the server");
   auto results = doc.FindMember("results");
-  if (results == doc.MemberEnd() || !results->value.IsArray() || results->value.Size() != expected) {
+  if (results == doc.MemberEnd() || !results->value.IsArray() ||
+      results->value.Size() != expected) {
     return absl::DataLossError("the server's reply does not carry one result per detection");
   }
   std::vector<ItemResult> items(expected);
@@ -51,7 +53,8 @@ absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, si
     const rapidjson::Value& r = results->value[i];
     ItemResult& it = items[i];
     std::string status;
-    if (auto s = r.FindMember("status"); s != r.MemberEnd() && s->value.IsString()) status = s->value.GetString();
+    if (auto s = r.FindMember("status"); s != r.MemberEnd() && s->value.IsString())
+      status = s->value.GetString();
     if (status == "duplicate") {
       it.status = ItemResult::Status::kDuplicate;
     } else if (status == "accepted") {
@@ -60,7 +63,8 @@ absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, si
       if (ds != r.MemberEnd() && ds->value.IsArray()) {
         for (const rapidjson::Value& d : ds->value.GetArray()) {
           auto st = d.FindMember("state");
-          if (st != d.MemberEnd() && st->value.IsString()) it.states.emplace_back(st->value.GetString());
+          if (st != d.MemberEnd() && st->value.IsString())
+            it.states.emplace_back(st->value.GetString());
         }
       }
     } else {
@@ -84,7 +88,8 @@ std::string ReplyError(const HttpResponse& r) {
 
 class HttpSink final : public Sink {
  public:
-  HttpSink(const HttpSinkOptions& options, internal::Url url) : options_(options), url_(std::move(url)) {}
+  HttpSink(const HttpSinkOptions& options, internal::Url url)
+      : options_(options), url_(std::move(url)) {}
 
   ~HttpSink() override {
     {
@@ -103,7 +108,8 @@ class HttpSink final : public Sink {
     auto r = probe.Request("POST", "/v1/detections", AuthHeaders(), "{\"detections\":[]}");
     if (!r.ok()) return r.status();
     if (r->status == 401 || r->status == 403) {
-      return absl::PermissionDeniedError(absl::StrCat("the server refused the key: ", ReplyError(*r)));
+      return absl::PermissionDeniedError(
+          absl::StrCat("the server refused the key: ", ReplyError(*r)));
     }
     for (int i = 0; i < std::max(1, options_.connections); ++i) {
       workers_.emplace_back([this] { Work(); });
@@ -111,7 +117,8 @@ class HttpSink final : public Sink {
     return absl::OkStatus();
   }
 
-  void Send(std::vector<engine::Detection> detections, std::function<void(BatchResult)> done) override {
+  void Send(std::vector<engine::Detection> detections,
+            std::function<void(BatchResult)> done) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(Job{std::move(detections), std::move(done)});
@@ -160,7 +167,8 @@ class HttpSink final : public Sink {
       absl::Status retryable;
       if (!r.ok()) {
         retryable = r.status();
-      } else if (r->status == 200 || (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
+      } else if (r->status == 200 ||
+                 (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
         auto items = ParseResults(r->body, detections.size(), rows);
         if (!items.ok()) {
           result.status = items.status();

@@ -44,10 +44,10 @@ struct Mark {
 
 struct Pending {
   uint64_t seq = 0;
-  Mark mark;                  // where the input stands after this batch
-  std::vector<int64_t> lines;  // of the detections sent, in order
+  Mark mark;                    // where the input stands after this batch
+  std::vector<int64_t> lines;   // of the detections sent, in order
   std::vector<Reject> rejects;  // rows rejected while reading
-  int64_t read = 0;           // rows read into this batch (valid or not)
+  int64_t read = 0;             // rows read into this batch (valid or not)
   std::string file;
 };
 
@@ -95,16 +95,17 @@ class Run {
   }
 
   absl::Status GoInner() {
-    if (o_.files.empty()) return Refuse(absl::InvalidArgumentError("no input files (use - for standard input)"));
+    if (o_.files.empty())
+      return Refuse(absl::InvalidArgumentError("no input files (use - for standard input)"));
     const std::string& first = o_.files[0];
     res_.rejects_path = !o_.rejects_path.empty() ? o_.rejects_path
-                        : first == "-"         ? std::string("quell-import.rejects.ndjson")
-                                               : absl::StrCat(first, ".rejects.ndjson");
+                        : first == "-"           ? std::string("quell-import.rejects.ndjson")
+                                                 : absl::StrCat(first, ".rejects.ndjson");
     res_.checkpoint_path = !o_.checkpoint_path.empty()
                                ? o_.checkpoint_path
                                : absl::StrCat(!o_.rejects_path.empty() ? o_.rejects_path
-                                              : first == "-"          ? std::string("quell-import")
-                                                                      : first,
+                                              : first == "-"           ? std::string("quell-import")
+                                                                       : first,
                                               ".quell-checkpoint");
     // 1. Every input is opened and its header or schema checked before anything is
     //    written: a wrong container, compression or schema refuses the whole run.
@@ -131,8 +132,8 @@ class Run {
     QUELL_ASSIGN_OR_RETURN(auto existing, ReadCheckpoint(res_.checkpoint_path));
     if (o_.resume) {
       if (!existing) {
-        return Refuse(absl::FailedPreconditionError(
-            absl::StrCat("--resume: no checkpoint at ", res_.checkpoint_path, " (nothing to resume)")));
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "--resume: no checkpoint at ", res_.checkpoint_path, " (nothing to resume)")));
       }
       cp = *existing;
       if (cp.files != o_.files) {
@@ -141,16 +142,17 @@ class Run {
       }
       for (size_t i = 0; i < o_.files.size(); ++i) {
         if (cp.sizes[i] != FileSize(o_.files[i])) {
-          return Refuse(absl::FailedPreconditionError(absl::StrCat(
-              "--resume: ", o_.files[i], " changed size since the checkpoint (", cp.sizes[i], " -> ",
-              FileSize(o_.files[i]), " bytes)")));
+          return Refuse(absl::FailedPreconditionError(
+              absl::StrCat("--resume: ", o_.files[i], " changed size since the checkpoint (",
+                           cp.sizes[i], " -> ", FileSize(o_.files[i]), " bytes)")));
         }
       }
     } else {
       if (existing) {
-        return Refuse(absl::FailedPreconditionError(absl::StrCat(
-            "a checkpoint of an unfinished import (batch ", existing->batch, ") is at ", res_.checkpoint_path,
-            ": pass --resume to continue it, or delete the file to start over")));
+        return Refuse(absl::FailedPreconditionError(
+            absl::StrCat("a checkpoint of an unfinished import (batch ", existing->batch,
+                         ") is at ", res_.checkpoint_path,
+                         ": pass --resume to continue it, or delete the file to start over")));
       }
       cp.batch = core::NewId("b_", absl::Now());
       cp.files = o_.files;
@@ -182,16 +184,21 @@ class Run {
     // 4. Rejects file: a fresh run starts it empty; a resume cuts what was written after
     //    the checkpoint (those rows are read again).
     if (o_.resume) {
-      if (::truncate(res_.rejects_path.c_str(), static_cast<off_t>(cp.rejects_bytes)) != 0 && errno != ENOENT) {
-        return absl::InternalError(absl::StrCat("cannot truncate ", res_.rejects_path, ": ", std::strerror(errno)));
+      if (::truncate(res_.rejects_path.c_str(), static_cast<off_t>(cp.rejects_bytes)) != 0 &&
+          errno != ENOENT) {
+        return absl::InternalError(
+            absl::StrCat("cannot truncate ", res_.rejects_path, ": ", std::strerror(errno)));
       }
       rejects_bytes_ = cp.rejects_bytes;
-      std::fprintf(o_.notes_out, "quell import: resuming batch %s at %s line %lld (%lld rows done)\n",
-                   cp.batch.c_str(), cp.file < static_cast<int64_t>(o_.files.size()) ? o_.files[cp.file].c_str() : "end",
-                   static_cast<long long>(cp.line), static_cast<long long>(cp.counts.read));
+      std::fprintf(
+          o_.notes_out, "quell import: resuming batch %s at %s line %lld (%lld rows done)\n",
+          cp.batch.c_str(),
+          cp.file < static_cast<int64_t>(o_.files.size()) ? o_.files[cp.file].c_str() : "end",
+          static_cast<long long>(cp.line), static_cast<long long>(cp.counts.read));
     } else {
       ::unlink(res_.rejects_path.c_str());
-      std::fprintf(o_.notes_out, "quell import: batch %s into %s\n", cp.batch.c_str(), sink_->Describe().c_str());
+      std::fprintf(o_.notes_out, "quell import: batch %s into %s\n", cp.batch.c_str(),
+                   sink_->Describe().c_str());
     }
     std::fflush(o_.notes_out);
     QUELL_RETURN_IF_ERROR(SaveCheckpoint());
@@ -234,17 +241,18 @@ class Run {
       for (;;) {
         if (Stopping()) {
           if (!fatal_.ok()) return absl::OkStatus();
-          return absl::CancelledError(absl::StrCat("interrupted: continue with --resume (checkpoint ",
-                                                   res_.checkpoint_path, ")"));
+          return absl::CancelledError(absl::StrCat(
+              "interrupted: continue with --resume (checkpoint ", res_.checkpoint_path, ")"));
         }
         auto got = r.Next(&row);
         if (!got.ok()) {
           // The rows before stay imported (sent below); the checkpoint stops before the error.
           cur->mark = {f, r.position()};
           Submit(std::move(cur), std::move(dets));
-          return absl::Status(got.status().code(),
-                              absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
-                                           "checkpoint ", res_.checkpoint_path, " stops there"));
+          return absl::Status(
+              got.status().code(),
+              absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
+                           "checkpoint ", res_.checkpoint_path, " stops there"));
         }
         if (!*got) break;
         ++cur->read;
@@ -263,7 +271,8 @@ class Run {
           cur->file = o_.files[f];
           dets = {};
         }
-        if ((rows_this_run_ & 1023) == 0) progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));
+        if ((rows_this_run_ & 1023) == 0)
+          progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));
       }
       bytes_done_ += r.source().raw_bytes();
       cur->mark = {f + 1, Position{}};
@@ -276,7 +285,8 @@ class Run {
   int64_t InFlightRows() const { return in_flight_rows_; }
 
   void Submit(std::unique_ptr<Pending> p, std::vector<engine::Detection> dets) {
-    while (static_cast<int>(pending_.size()) >= std::max(1, o_.in_flight)) Acknowledge(/*wait=*/true);
+    while (static_cast<int>(pending_.size()) >= std::max(1, o_.in_flight))
+      Acknowledge(/*wait=*/true);
     p->seq = next_seq_++;
     in_flight_rows_ += p->read;
     uint64_t seq = p->seq;
@@ -352,7 +362,8 @@ class Run {
           break;
       }
     }
-    std::sort(rejects.begin(), rejects.end(), [](const Reject& a, const Reject& b) { return a.line < b.line; });
+    std::sort(rejects.begin(), rejects.end(),
+              [](const Reject& a, const Reject& b) { return a.line < b.line; });
     c.rejected += static_cast<int64_t>(rejects.size());
     c.read += p.read;
     if (!rejects.empty()) {
@@ -377,15 +388,19 @@ class Run {
 
   absl::Status WriteRejects(std::string_view data) {
     if (rejects_fd_ < 0) {
-      rejects_fd_ = ::open(res_.rejects_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      rejects_fd_ =
+          ::open(res_.rejects_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
       if (rejects_fd_ < 0) {
-        return absl::InternalError(absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
+        return absl::InternalError(
+            absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
       }
     }
     while (!data.empty()) {
       ssize_t n = ::write(rejects_fd_, data.data(), data.size());
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return absl::InternalError(absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
+      if (n < 0)
+        return absl::InternalError(
+            absl::StrCat("cannot write ", res_.rejects_path, ": ", std::strerror(errno)));
       data.remove_prefix(static_cast<size_t>(n));
       rejects_bytes_ += static_cast<uint64_t>(n);
     }
@@ -396,7 +411,8 @@ class Run {
   absl::Status SaveCheckpoint() {
     if (rejects_dirty_ && rejects_fd_ >= 0) {
       if (::fdatasync(rejects_fd_) != 0) {
-        return absl::InternalError(absl::StrCat("fsync ", res_.rejects_path, ": ", std::strerror(errno)));
+        return absl::InternalError(
+            absl::StrCat("fsync ", res_.rejects_path, ": ", std::strerror(errno)));
       }
       rejects_dirty_ = false;
     }
@@ -421,7 +437,8 @@ class Run {
     }
     if (!o_.policies_file.empty()) {
       FILE* f = std::fopen(o_.policies_file.c_str(), "rb");
-      if (f == nullptr) return Refuse(absl::NotFoundError(absl::StrCat("cannot read ", o_.policies_file)));
+      if (f == nullptr)
+        return Refuse(absl::NotFoundError(absl::StrCat("cannot read ", o_.policies_file)));
       std::string yaml;
       char buf[65536];
       size_t n;
@@ -429,7 +446,8 @@ class Run {
       std::fclose(f);
       auto loaded = policy::LoadPolicySet(yaml, 0);
       if (!loaded.ok()) {
-        return Refuse(absl::InvalidArgumentError(absl::StrCat(o_.policies_file, ": ", loaded.status().message())));
+        return Refuse(absl::InvalidArgumentError(
+            absl::StrCat(o_.policies_file, ": ", loaded.status().message())));
       }
       set = *std::move(loaded);
     } else if (store != nullptr) {
@@ -457,7 +475,8 @@ class Run {
                          static_cast<long long>(row.line), row.error.c_str());
           }
         }
-        if ((rows_this_run_ & 1023) == 0) progress_.Update(res_.counts.read, Bytes(static_cast<int64_t>(f)));
+        if ((rows_this_run_ & 1023) == 0)
+          progress_.Update(res_.counts.read, Bytes(static_cast<int64_t>(f)));
       }
       bytes_done_ += readers_[f]->source().raw_bytes();
     }
@@ -491,7 +510,8 @@ class Run {
 
 std::string StatesText(const std::map<std::string, int64_t>& m) {
   std::string out;
-  for (const auto& [k, n] : m) absl::StrAppend(&out, out.empty() ? "" : ", ", k, " ", WithCommas(n));
+  for (const auto& [k, n] : m)
+    absl::StrAppend(&out, out.empty() ? "" : ", ", k, " ", WithCommas(n));
   return out.empty() ? "none" : out;
 }
 
@@ -502,17 +522,19 @@ std::string SummaryText(const ImportResult& r) {
   double secs = absl::ToDoubleSeconds(r.elapsed);
   std::string out;
   if (!r.batch.empty()) absl::StrAppend(&out, "batch ", r.batch, "\n");
-  absl::StrAppend(&out, "read ", WithCommas(c.read), " rows (", HumanBytes(r.bytes), " in ",
-                  absl::FormatDuration(absl::Milliseconds(static_cast<int64_t>(secs * 1000))), ", ",
-                  WithCommas(secs > 0 ? static_cast<int64_t>(static_cast<double>(r.rows_this_run) / secs) : 0),
-                  " rows/s)\n");
+  absl::StrAppend(
+      &out, "read ", WithCommas(c.read), " rows (", HumanBytes(r.bytes), " in ",
+      absl::FormatDuration(absl::Milliseconds(static_cast<int64_t>(secs * 1000))), ", ",
+      WithCommas(secs > 0 ? static_cast<int64_t>(static_cast<double>(r.rows_this_run) / secs) : 0),
+      " rows/s)\n");
   if (r.dry_run) {
     absl::StrAppend(&out, "rejected ", WithCommas(c.rejected), "\n", DryRunText(*r.dry_run));
     return out;
   }
-  absl::StrAppend(&out, "accepted ", WithCommas(c.accepted), ", duplicate ", WithCommas(c.duplicate),
-                  ", rejected ", WithCommas(c.rejected));
-  if (c.rejected > 0 && !r.rejects_path.empty()) absl::StrAppend(&out, " (see ", r.rejects_path, ")");
+  absl::StrAppend(&out, "accepted ", WithCommas(c.accepted), ", duplicate ",
+                  WithCommas(c.duplicate), ", rejected ", WithCommas(c.rejected));
+  if (c.rejected > 0 && !r.rejects_path.empty())
+    absl::StrAppend(&out, " (see ", r.rejects_path, ")");
   absl::StrAppend(&out, "\ndecisions: ", StatesText(c.decisions), "\n");
   return out;
 }
@@ -527,8 +549,8 @@ std::string SummaryJson(const ImportResult& r) {
   }
   out += ",\"batch\":";
   core::AppendJsonString(r.batch, &out);
-  absl::StrAppend(&out, ",\"read\":", c.read, ",\"accepted\":", c.accepted, ",\"duplicate\":", c.duplicate,
-                  ",\"rejected\":", c.rejected, ",\"decisions\":{");
+  absl::StrAppend(&out, ",\"read\":", c.read, ",\"accepted\":", c.accepted,
+                  ",\"duplicate\":", c.duplicate, ",\"rejected\":", c.rejected, ",\"decisions\":{");
   bool first = true;
   for (const auto& [k, n] : c.decisions) {
     if (!first) out += ',';

@@ -39,7 +39,8 @@ struct ImportOptions {
   std::string data_dir = "./var";
   bool durable = true;  // embedded store: fsync every commit
 
-  std::string rejects_path;     // "" = <first file>.rejects.ndjson (quell-import.rejects.ndjson for stdin)
+  std::string
+      rejects_path;  // "" = <first file>.rejects.ndjson (quell-import.rejects.ndjson for stdin)
   std::string checkpoint_path;  // "" = <rejects path or first file>.quell-checkpoint
   bool resume = false;
 
@@ -64,14 +65,14 @@ struct ImportOptions {
 };
 
 struct ImportResult {
-  absl::Status status;  // OK, or why the run stopped (the checkpoint allows --resume)
+  absl::Status status;   // OK, or why the run stopped (the checkpoint allows --resume)
   bool refused = false;  // the run was refused before anything was written
   std::string batch;     // the batch id recorded on every detection and decision
   Counts counts;
   absl::Duration elapsed;
-  uint64_t bytes = 0;           // raw bytes read (this run)
-  int64_t rows_this_run = 0;    // rows read by this run (a resume skips the ones before)
-  std::string rejects_path;     // where rejected rows went ("" if none were rejected)
+  uint64_t bytes = 0;         // raw bytes read (this run)
+  int64_t rows_this_run = 0;  // rows read by this run (a resume skips the ones before)
+  std::string rejects_path;   // where rejected rows went ("" if none were rejected)
   std::string checkpoint_path;
   std::optional<DryRunReport> dry_run;
 };

@@ -16,9 +16,12 @@ namespace quell::importer {
 
 std::string_view CompressionName(Compression c) {
   switch (c) {
-    case Compression::kNone: return "none";
-    case Compression::kGzip: return "gzip";
-    case Compression::kZstd: return "zstd";
+    case Compression::kNone:
+      return "none";
+    case Compression::kGzip:
+      return "gzip";
+    case Compression::kZstd:
+      return "zstd";
   }
   return "none";
 }
@@ -45,7 +48,8 @@ class StreamSource final : public ByteSource {
   absl::Status Init() {
     if (fd_ >= 0) {
       struct stat st;
-      if (fstat(fd_, &st) == 0 && S_ISREG(st.st_mode)) raw_size_ = static_cast<uint64_t>(st.st_size);
+      if (fstat(fd_, &st) == 0 && S_ISREG(st.st_mode))
+        raw_size_ = static_cast<uint64_t>(st.st_size);
     } else {
       raw_size_ = data_.size();
     }
@@ -58,7 +62,8 @@ class StreamSource final : public ByteSource {
         static_cast<unsigned char>(head[1]) == 0x8b) {
       compression_ = Compression::kGzip;
       std::memset(&zs_, 0, sizeof zs_);
-      if (inflateInit2(&zs_, 15 + 16) != Z_OK) return absl::InternalError("zlib: inflateInit failed");
+      if (inflateInit2(&zs_, 15 + 16) != Z_OK)
+        return absl::InternalError("zlib: inflateInit failed");
       zs_ready_ = true;
     } else if (head.size() >= 4 && static_cast<unsigned char>(head[0]) == 0x28 &&
                static_cast<unsigned char>(head[1]) == 0xb5 &&
@@ -152,9 +157,9 @@ class StreamSource final : public ByteSource {
         case Compression::kGzip: {
           if (avail == 0) {
             if (gz_member_done_) return 0;
-            return absl::DataLossError(absl::StrCat(
-                name_, ": truncated gzip stream (the compressed data ends after ", raw_bytes_,
-                " bytes, in the middle of a member)"));
+            return absl::DataLossError(
+                absl::StrCat(name_, ": truncated gzip stream (the compressed data ends after ",
+                             raw_bytes_, " bytes, in the middle of a member)"));
           }
           if (gz_member_done_) {
             // Another member follows (concatenated gzip, as `cat a.gz b.gz` makes).
@@ -173,9 +178,9 @@ class StreamSource final : public ByteSource {
           if (rc == Z_STREAM_END) {
             gz_member_done_ = true;
           } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-            return absl::DataLossError(absl::StrCat(name_, ": corrupt gzip data after ", raw_bytes_,
-                                                    " compressed bytes: ",
-                                                    zs_.msg != nullptr ? zs_.msg : "inflate error"));
+            return absl::DataLossError(absl::StrCat(
+                name_, ": corrupt gzip data after ", raw_bytes_,
+                " compressed bytes: ", zs_.msg != nullptr ? zs_.msg : "inflate error"));
           }
           if (produced > 0) return produced;
           if (rc == Z_BUF_ERROR && used == 0 && raw_eof_) {
@@ -187,9 +192,9 @@ class StreamSource final : public ByteSource {
         case Compression::kZstd: {
           if (avail == 0) {
             if (zstd_frame_done_) return 0;
-            return absl::DataLossError(absl::StrCat(
-                name_, ": truncated zstd stream (the compressed data ends after ", raw_bytes_,
-                " bytes, in the middle of a frame)"));
+            return absl::DataLossError(
+                absl::StrCat(name_, ": truncated zstd stream (the compressed data ends after ",
+                             raw_bytes_, " bytes, in the middle of a frame)"));
           }
           ZSTD_inBuffer in{raw_.data() + raw_pos_, avail, 0};
           ZSTD_outBuffer out{buf, n, 0};

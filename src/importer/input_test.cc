@@ -33,8 +33,9 @@ std::string Text(size_t n) {
 
 TEST(ByteSourceTest, PlainGzipZstdAndConcatenatedMembers) {
   const std::string text = Text(300000);
-  for (const std::string& data : {text, testing::Gzip(text), testing::Zstd(text),
-                                  testing::Gzip(text.substr(0, 1000)) + testing::Gzip(text.substr(1000))}) {
+  for (const std::string& data :
+       {text, testing::Gzip(text), testing::Zstd(text),
+        testing::Gzip(text.substr(0, 1000)) + testing::Gzip(text.substr(1000))}) {
     auto src = ByteSource::FromString(data);
     absl::Status st;
     EXPECT_EQ(ReadAll(*src, &st), text);

@@ -30,7 +30,9 @@ std::string WithCommas(int64_t n) {
   return n < 0 ? "-" + out : out;
 }
 
-Progress::Mode Progress::AutoMode(FILE* out) { return isatty(fileno(out)) ? Mode::kBar : Mode::kLines; }
+Progress::Mode Progress::AutoMode(FILE* out) {
+  return isatty(fileno(out)) ? Mode::kBar : Mode::kLines;
+}
 
 Progress::Progress(FILE* out, Mode mode, absl::Duration line_every)
     : out_(out), mode_(mode), every_(line_every), start_(absl::Now()), last_(start_) {}
@@ -39,14 +41,16 @@ std::string Progress::Render(int64_t rows, uint64_t bytes, std::optional<uint64_
                              absl::Duration elapsed, int width) {
   double secs = absl::ToDoubleSeconds(elapsed);
   int64_t rate = secs > 0 ? static_cast<int64_t>(static_cast<double>(rows) / secs) : 0;
-  std::string text = absl::StrCat(WithCommas(rows), " rows  ", WithCommas(rate), " rows/s  ", HumanBytes(bytes));
+  std::string text =
+      absl::StrCat(WithCommas(rows), " rows  ", WithCommas(rate), " rows/s  ", HumanBytes(bytes));
   std::string bar;
   if (total && *total > 0) {
     double frac = std::min(1.0, static_cast<double>(bytes) / static_cast<double>(*total));
     absl::StrAppend(&text, " / ", HumanBytes(*total));
     if (frac > 0 && secs > 0) {
       double eta = secs * (1 - frac) / frac;
-      absl::StrAppend(&text, "  ETA ", absl::FormatDuration(absl::Seconds(static_cast<int64_t>(eta + 0.5))));
+      absl::StrAppend(&text, "  ETA ",
+                      absl::FormatDuration(absl::Seconds(static_cast<int64_t>(eta + 0.5))));
     }
     int cells = width - static_cast<int>(text.size()) - 10;
     if (cells >= 10) {

@@ -29,14 +29,18 @@ class TextReader final : public RowReader {
       Record rec;
       auto got = NextRecord(&rec);
       if (!got.ok()) return got.status();
-      if (!*got) return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": no CSV header row"));
+      if (!*got)
+        return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": no CSV header row"));
       if (rec.blank) continue;
       if (rec.too_long) {
-        return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": the CSV header row is longer than ",
+        return absl::InvalidArgumentError(absl::StrCat(source_->name(),
+                                                       ": the CSV header row is longer than ",
                                                        options_.max_row_bytes, " bytes"));
       }
       auto h = CsvHeader::Parse(rec.text);
-      if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": ", h.status().message()));
+      if (!h.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat(source_->name(), ": ", h.status().message()));
       header_ = *std::move(h);
       return absl::OkStatus();
     }
@@ -57,9 +61,9 @@ class TextReader final : public RowReader {
         row->text = Clip(rec.text);
         return true;
       }
-      absl::StatusOr<engine::Detection> d =
-          format_ == Format::kCsv ? DecodeCsvRow(*header_, rec.text, options_.decode)
-                                  : DecodeJsonRow(rec.text, options_.decode);
+      absl::StatusOr<engine::Detection> d = format_ == Format::kCsv
+                                                ? DecodeCsvRow(*header_, rec.text, options_.decode)
+                                                : DecodeJsonRow(rec.text, options_.decode);
       if (d.ok()) {
         row->detection = *std::move(d);
       } else {
@@ -73,14 +77,14 @@ class TextReader final : public RowReader {
   absl::Status SkipTo(const Position& pos) override {
     uint64_t here = buf_base_ + pos_;
     if (pos.offset < here) {
-      return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": checkpoint offset ", pos.offset,
-                                                     " lies inside the header"));
+      return absl::InvalidArgumentError(absl::StrCat(source_->name(), ": checkpoint offset ",
+                                                     pos.offset, " lies inside the header"));
     }
     while (buf_base_ + buf_.size() < pos.offset) {
       if (eof_) {
-        return absl::DataLossError(absl::StrCat(source_->name(), ": the input ends at byte ",
-                                                buf_base_ + buf_.size(), ", before the checkpoint (byte ",
-                                                pos.offset, "): is it the same file?"));
+        return absl::DataLossError(
+            absl::StrCat(source_->name(), ": the input ends at byte ", buf_base_ + buf_.size(),
+                         ", before the checkpoint (byte ", pos.offset, "): is it the same file?"));
       }
       buf_base_ += buf_.size();
       buf_.clear();

@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<RowReader>> OpenString(const std::string& data, F
 }
 
 TEST(ReaderTest, NdjsonRowsLinesAndRejects) {
-  std::string data = JsonRow(1) + "\n\n" + JsonRow(2) + "\r\n{bad json\n" + JsonRow(4, 3.0) + "\n" + JsonRow(5);
+  std::string data =
+      JsonRow(1) + "\n\n" + JsonRow(2) + "\r\n{bad json\n" + JsonRow(4, 3.0) + "\n" + JsonRow(5);
   auto r = OpenString(data, Format::kNdjson);
   ASSERT_TRUE(r.ok()) << r.status();
   Collected c = ReadAllRows(*std::move(r));
@@ -67,7 +68,8 @@ TEST(ReaderTest, HugeLineIsRejectedAndReadingContinues) {
   ASSERT_TRUE(c.status.ok()) << c.status;
   ASSERT_EQ(c.rows.size(), 3u);
   EXPECT_FALSE(c.rows[1].detection);
-  EXPECT_NE(c.rows[1].error.find("longer than the limit of 1048576 bytes"), std::string::npos) << c.rows[1].error;
+  EXPECT_NE(c.rows[1].error.find("longer than the limit of 1048576 bytes"), std::string::npos)
+      << c.rows[1].error;
   EXPECT_EQ(c.rows[1].text.size(), kMaxRejectText);
   EXPECT_EQ(c.rows[2].line, 3);
   ASSERT_TRUE(c.rows[2].detection);
@@ -77,7 +79,8 @@ TEST(ReaderTest, HugeLineIsRejectedAndReadingContinues) {
 TEST(ReaderTest, CsvWithQuotedNewlinesAndWrongColumnCount) {
   std::string data =
       "id,source,type,entity,score,observed_at,evidence,related\n"
-      "d1,s,t,user:u1,0.9,2024-05-01T10:00:00Z,\"{\"\"note\"\":\n\"\"two lines\"\"}\",device:a|device:b\n"
+      "d1,s,t,user:u1,0.9,2024-05-01T10:00:00Z,\"{\"\"note\"\":\n\"\"two "
+      "lines\"\"}\",device:a|device:b\n"
       "d2,s,t,user:u2,0.9,2024-05-01T10:00:00Z\n"
       "d3,s,t,user:u3,0.9,2024-05-01T10:00:00Z,,\n";
   auto r = OpenString(data, Format::kCsv);
@@ -94,8 +97,10 @@ TEST(ReaderTest, CsvWithQuotedNewlinesAndWrongColumnCount) {
 }
 
 TEST(ReaderTest, InputErrorsRefuse) {
-  EXPECT_NE(std::string(OpenString("", Format::kNdjson).status().message()).find("is empty"), std::string::npos);
-  EXPECT_NE(std::string(OpenString("id,source,colour\n", Format::kCsv).status().message()).find("unknown column"),
+  EXPECT_NE(std::string(OpenString("", Format::kNdjson).status().message()).find("is empty"),
+            std::string::npos);
+  EXPECT_NE(std::string(OpenString("id,source,colour\n", Format::kCsv).status().message())
+                .find("unknown column"),
             std::string::npos);
   EXPECT_EQ(OpenString("{}", Format::kAvro).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -135,8 +140,9 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
   std::string dir = testing::TempDir("avro");
   std::vector<testing::AvroRow> rows;
   for (int i = 0; i < 500; ++i) {
-    testing::AvroRow a{"d" + std::to_string(i), "s", "t", "user:u" + std::to_string(i), 0.5,
-                       "2024-05-01T10:00:00Z", i % 2 ? "{\"k\":1}" : "", {"device:x"}};
+    testing::AvroRow a{"d" + std::to_string(i),      "s",         "t",
+                       "user:u" + std::to_string(i), 0.5,         "2024-05-01T10:00:00Z",
+                       i % 2 ? "{\"k\":1}" : "",     {"device:x"}};
     rows.push_back(a);
   }
   rows[7].score = 9;  // a row-level error
@@ -167,20 +173,31 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
   }
   // Wrong schemas are refused with the reason.
   std::string path = dir + "/bad.avro";
-  ASSERT_EQ(testing::WriteAvroSchemaOnly(
-                path, R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"score","type":"string"}]})"),
-            "");
+  ASSERT_EQ(
+      testing::WriteAvroSchemaOnly(
+          path,
+          R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"score","type":"string"}]})"),
+      "");
   auto bad = RowReader::Open(*ByteSource::Open(path), Format::kAvro, {});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(std::string(bad.status().message()).find("\"score\" must be a double"), std::string::npos) << bad.status();
-  ASSERT_EQ(testing::WriteAvroSchemaOnly(path, R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"source","type":"string"},{"name":"type","type":"string"},{"name":"entity","type":"string"},{"name":"score","type":"double"},{"name":"observed_at","type":"string"},{"name":"country","type":"string"}]})"),
-            "");
+  EXPECT_NE(std::string(bad.status().message()).find("\"score\" must be a double"),
+            std::string::npos)
+      << bad.status();
+  ASSERT_EQ(
+      testing::WriteAvroSchemaOnly(
+          path,
+          R"({"type":"record","name":"X","fields":[{"name":"id","type":"string"},{"name":"source","type":"string"},{"name":"type","type":"string"},{"name":"entity","type":"string"},{"name":"score","type":"double"},{"name":"observed_at","type":"string"},{"name":"country","type":"string"}]})"),
+      "");
   bad = RowReader::Open(*ByteSource::Open(path), Format::kAvro, {});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(std::string(bad.status().message()).find("unknown field \"country\""), std::string::npos) << bad.status();
+  EXPECT_NE(std::string(bad.status().message()).find("unknown field \"country\""),
+            std::string::npos)
+      << bad.status();
   // A text file given as Avro, and an Avro file given as CSV.
   EXPECT_FALSE(RowReader::Open(ByteSource::FromString("id,source\n"), Format::kAvro, {}).ok());
-  EXPECT_FALSE(RowReader::Open(ByteSource::FromString(testing::ReadFileOrEmpty(dir + "/d.avro")), Format::kCsv, {}).ok());
+  EXPECT_FALSE(RowReader::Open(ByteSource::FromString(testing::ReadFileOrEmpty(dir + "/d.avro")),
+                               Format::kCsv, {})
+                   .ok());
 }
 
 }  // namespace

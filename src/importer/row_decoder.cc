@@ -24,9 +24,12 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 std::string_view FormatName(Format f) {
   switch (f) {
-    case Format::kNdjson: return "ndjson";
-    case Format::kCsv: return "csv";
-    case Format::kAvro: return "avro";
+    case Format::kNdjson:
+      return "ndjson";
+    case Format::kCsv:
+      return "csv";
+    case Format::kAvro:
+      return "avro";
   }
   return "ndjson";
 }
@@ -117,15 +120,18 @@ absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
   return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
 }
 
-absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text, const DecodeOptions& options) {
+absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
+                                                const DecodeOptions& options) {
   if (auto bad = FindInvalidUtf8(text)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }
   rapidjson::Document doc;
   doc.Parse(text.data(), text.size());
   if (doc.HasParseError()) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid JSON at byte ", doc.GetErrorOffset() + 1,
-                                                   ": ", rapidjson::GetParseError_En(doc.GetParseError())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid JSON at byte ", doc.GetErrorOffset() + 1, ": ",
+                     rapidjson::GetParseError_En(doc.GetParseError())));
   }
   return DecodeJsonValue(doc, options);
 }
@@ -150,7 +156,8 @@ absl::StatusOr<CsvHeader> CsvHeader::Parse(std::string_view line) {
     }
     for (const std::string& seen : h.names_) {
       if (seen == name) {
-        return absl::InvalidArgumentError(absl::StrCat("CSV header: column \"", name, "\" appears twice"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("CSV header: column \"", name, "\" appears twice"));
       }
     }
     h.names_.push_back(std::move(name));
@@ -242,9 +249,9 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
       rapidjson::Document ev(&a);
       ev.Parse(v.data(), v.size());
       if (ev.HasParseError()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "evidence: not valid JSON at byte ", ev.GetErrorOffset() + 1, ": ",
-            rapidjson::GetParseError_En(ev.GetParseError())));
+        return absl::InvalidArgumentError(
+            absl::StrCat("evidence: not valid JSON at byte ", ev.GetErrorOffset() + 1, ": ",
+                         rapidjson::GetParseError_En(ev.GetParseError())));
       }
       doc.AddMember(key, rapidjson::Value(ev, a), a);
       continue;
@@ -252,12 +259,14 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
       if (v.empty()) continue;
       rapidjson::Value arr(rapidjson::kArrayType);
       for (absl::string_view part : absl::StrSplit(v, '|')) {
-        arr.PushBack(rapidjson::Value(part.data(), static_cast<rapidjson::SizeType>(part.size()), a), a);
+        arr.PushBack(
+            rapidjson::Value(part.data(), static_cast<rapidjson::SizeType>(part.size()), a), a);
       }
       doc.AddMember(key, arr, a);
       continue;
     }
-    doc.AddMember(key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a), a);
+    doc.AddMember(key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a),
+                  a);
   }
   return DecodeJsonValue(doc, options);
 }
@@ -265,7 +274,8 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
 absl::StatusOr<engine::Detection> DecodeCsvRow(const CsvHeader& header, std::string_view text,
                                                const DecodeOptions& options) {
   if (auto bad = FindInvalidUtf8(text)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }
   if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
   std::vector<std::string> fields;

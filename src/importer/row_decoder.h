@@ -47,7 +47,8 @@ absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
                                                   const DecodeOptions& options);
 
 //! One NDJSON line (without its newline).
-absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text, const DecodeOptions& options);
+absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
+                                                const DecodeOptions& options);
 
 //! The CSV columns Quell knows. Required: id, source, type, entity, score, observed_at.
 //! Optional: evidence (a JSON object), related (entities separated by '|').

@@ -21,9 +21,12 @@ TEST(RowDecoderTest, JsonRowLikeTheApi) {
 }
 
 TEST(RowDecoderTest, JsonRowErrorsNameTheField) {
-  auto d = DecodeJsonRow(R"({"id":"d1","source":"s","type":"t","entity":"user:u1","score":7,"observed_at":"2024-05-01T10:00:00Z"})", {});
+  auto d = DecodeJsonRow(
+      R"({"id":"d1","source":"s","type":"t","entity":"user:u1","score":7,"observed_at":"2024-05-01T10:00:00Z"})",
+      {});
   ASSERT_FALSE(d.ok());
-  EXPECT_NE(std::string(d.status().message()).find("score: must be between 0 and 1"), std::string::npos)
+  EXPECT_NE(std::string(d.status().message()).find("score: must be between 0 and 1"),
+            std::string::npos)
       << d.status();
   d = DecodeJsonRow(R"({"id":"d1","nope":1})", {});
   ASSERT_FALSE(d.ok());
@@ -38,9 +41,9 @@ TEST(RowDecoderTest, JsonRowErrorsNameTheField) {
 TEST(RowDecoderTest, InvalidUtf8) {
   EXPECT_FALSE(FindInvalidUtf8("plain ascii and é and 😀").has_value());
   EXPECT_EQ(FindInvalidUtf8("abc\xff"), 3u);
-  EXPECT_EQ(FindInvalidUtf8("ab\xc3"), 2u);            // truncated sequence
-  EXPECT_EQ(FindInvalidUtf8("\xc0\xaf"), 0u);          // overlong
-  EXPECT_EQ(FindInvalidUtf8("x\xed\xa0\x80"), 1u);     // surrogate
+  EXPECT_EQ(FindInvalidUtf8("ab\xc3"), 2u);         // truncated sequence
+  EXPECT_EQ(FindInvalidUtf8("\xc0\xaf"), 0u);       // overlong
+  EXPECT_EQ(FindInvalidUtf8("x\xed\xa0\x80"), 1u);  // surrogate
   EXPECT_EQ(FindInvalidUtf8("12345678\xf5\x80\x80\x80"), 8u);
   std::string row = kRow;
   row.insert(20, "\xfe");
@@ -60,22 +63,27 @@ TEST(RowDecoderTest, FutureObservedAtIsRejected) {
 
 TEST(RowDecoderTest, CsvHeaderChecks) {
   EXPECT_TRUE(CsvHeader::Parse("id,source,type,entity,score,observed_at").ok());
-  auto h = CsvHeader::Parse("\xEF\xBB\xBFid,source,type,entity,score,observed_at,evidence,related\r");
+  auto h =
+      CsvHeader::Parse("\xEF\xBB\xBFid,source,type,entity,score,observed_at,evidence,related\r");
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->columns(), 8u);
   EXPECT_NE(std::string(CsvHeader::Parse("id,source,type,entity,score").status().message())
                 .find("missing required column \"observed_at\""),
             std::string::npos);
-  EXPECT_NE(std::string(CsvHeader::Parse("id,source,type,entity,score,observed_at,colour").status().message())
-                .find("unknown column \"colour\""),
-            std::string::npos);
+  EXPECT_NE(
+      std::string(
+          CsvHeader::Parse("id,source,type,entity,score,observed_at,colour").status().message())
+          .find("unknown column \"colour\""),
+      std::string::npos);
   EXPECT_FALSE(CsvHeader::Parse("id,id,source,type,entity,score,observed_at").ok());
 }
 
 TEST(RowDecoderTest, CsvSplitting) {
   std::vector<std::string> f;
   ASSERT_TRUE(SplitCsvRecord(R"(a,"b,c","say ""hi""",,"multi
-line")", &f).ok());
+line")",
+                             &f)
+                  .ok());
   EXPECT_EQ(f, (std::vector<std::string>{"a", "b,c", "say \"hi\"", "", "multi\nline"}));
   ASSERT_TRUE(SplitCsvRecord("a,", &f).ok());
   EXPECT_EQ(f, (std::vector<std::string>{"a", ""}));
@@ -87,9 +95,10 @@ line")", &f).ok());
 TEST(RowDecoderTest, CsvRows) {
   auto h = CsvHeader::Parse("id,source,type,entity,score,observed_at,evidence,related");
   ASSERT_TRUE(h.ok());
-  auto d = DecodeCsvRow(*h,
-                        R"(d1,bot-model-v3,artificial_streaming,user:u1,0.95,2024-05-01T10:00:00Z,"{""plays"":900}",device:a|ip:10.0.0.1)",
-                        {});
+  auto d = DecodeCsvRow(
+      *h,
+      R"(d1,bot-model-v3,artificial_streaming,user:u1,0.95,2024-05-01T10:00:00Z,"{""plays"":900}",device:a|ip:10.0.0.1)",
+      {});
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->evidence_json, R"({"plays":900})");
   ASSERT_EQ(d->related.size(), 2u);
@@ -100,7 +109,8 @@ TEST(RowDecoderTest, CsvRows) {
 
   d = DecodeCsvRow(*h, "d3,s,t,user:u2,0.5,2024-05-01T10:00:00Z", {});
   ASSERT_FALSE(d.ok());
-  EXPECT_NE(std::string(d.status().message()).find("wrong column count: the header has 8 columns, this row 6"),
+  EXPECT_NE(std::string(d.status().message())
+                .find("wrong column count: the header has 8 columns, this row 6"),
             std::string::npos)
       << d.status();
   d = DecodeCsvRow(*h, "d4,s,t,user:u2,high,2024-05-01T10:00:00Z,,", {});

@@ -28,7 +28,7 @@ struct ItemResult {
 };
 
 struct BatchResult {
-  absl::Status status;  // not OK: the batch was not applied (or not known to be)
+  absl::Status status;            // not OK: the batch was not applied (or not known to be)
   std::vector<ItemResult> items;  // one per detection, in order, when status is OK
 };
 
@@ -42,9 +42,9 @@ class Sink {
 };
 
 struct HttpSinkOptions {
-  std::string url;  // http://host:port[/prefix]
-  std::string key;  // bearer key (a detector key for the sources in the file, or admin)
-  int connections = 3;                          // batches in flight
+  std::string url;      // http://host:port[/prefix]
+  std::string key;      // bearer key (a detector key for the sources in the file, or admin)
+  int connections = 3;  // batches in flight
   absl::Duration retry_for = absl::Seconds(60);  // keep retrying 429/503/connection errors
 };
 

@@ -48,7 +48,8 @@ inline std::string ReadFileOrEmpty(const std::string& path) {
 }
 
 inline std::string TempDir(const std::string& name) {
-  std::string dir = std::string(::testing::TempDir()) + "quell_importer_" + name + "_" + std::to_string(::getpid());
+  std::string dir = std::string(::testing::TempDir()) + "quell_importer_" + name + "_" +
+                    std::to_string(::getpid());
   std::string cmd = "rm -rf '" + dir + "' && mkdir -p '" + dir + "'";
   if (std::system(cmd.c_str()) != 0) return "";
   return dir;
@@ -74,10 +75,12 @@ struct AvroRow {
 inline std::string WriteAvro(const std::string& path, const std::vector<AvroRow>& rows,
                              const char* codec = "null") {
   avro_schema_t schema;
-  if (avro_schema_from_json_length(kAvroSchema, sizeof(kAvroSchema) - 1, &schema)) return avro_strerror();
+  if (avro_schema_from_json_length(kAvroSchema, sizeof(kAvroSchema) - 1, &schema))
+    return avro_strerror();
   std::remove(path.c_str());
   avro_file_writer_t w;
-  if (avro_file_writer_create_with_codec(path.c_str(), schema, &w, codec, 0)) return avro_strerror();
+  if (avro_file_writer_create_with_codec(path.c_str(), schema, &w, codec, 0))
+    return avro_strerror();
   avro_value_iface_t* iface = avro_generic_class_from_schema(schema);
   avro_value_t v;
   avro_generic_value_new(iface, &v);

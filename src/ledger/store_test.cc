@@ -389,11 +389,11 @@ TEST_P(StoreTest, ScanActiveJsonGivesTheStoredRecordsOfActiveOnes) {
   int64_t started = -1;
   auto seq = store_->ScanActiveJson([&](int64_t s) { started = s; },
                                     [&](std::string_view json) -> absl::Status {
-    auto m = core::MitigationFromJson(json);
-    if (!m.ok()) return m.status();
-    seen[m->id] = *m;
-    return absl::OkStatus();
-  });
+                                      auto m = core::MitigationFromJson(json);
+                                      if (!m.ok()) return m.status();
+                                      seen[m->id] = *m;
+                                      return absl::OkStatus();
+                                    });
   ASSERT_OK(seq);
   EXPECT_EQ(*seq, 9);
   EXPECT_EQ(started, 9);

@@ -39,8 +39,8 @@ TEST(TraceparentTest, RejectsMalformed) {
       ok.substr(0, 54),
       ok + "-",
       ok + "0",
-      std::string("01").append(ok, 2),                                        // version 01 (strict: 00 only)
-      std::string("ff").append(ok, 2),                                        // forbidden version
+      std::string("01").append(ok, 2),                            // version 01 (strict: 00 only)
+      std::string("ff").append(ok, 2),                            // forbidden version
       "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // uppercase
       "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // zero trace id
       "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // zero span id

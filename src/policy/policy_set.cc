@@ -359,9 +359,8 @@ bool PolicySetBuilder::Sequence(const Entry& e, std::string_view what) {
 }
 
 bool PolicySet::KnowsDetectionType(std::string_view type) const {
-  return detection_types_.empty() ||
-         std::find(detection_types_.begin(), detection_types_.end(), type) !=
-             detection_types_.end();
+  return detection_types_.empty() || std::find(detection_types_.begin(), detection_types_.end(),
+                                               type) != detection_types_.end();
 }
 
 std::optional<std::vector<std::string>> PolicySetBuilder::StringList(const Entry& e,

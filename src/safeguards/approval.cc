@@ -17,8 +17,8 @@ absl::Status CheckReviewer(std::string_view reviewer, std::string_view requester
     return absl::PermissionDeniedError("a reviewer cannot approve their own request");
   }
   if (std::find(prior.begin(), prior.end(), reviewer) != prior.end()) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("reviewer ", AV(reviewer), " already approved this; a second, distinct reviewer must"));
+    return absl::AlreadyExistsError(absl::StrCat(
+        "reviewer ", AV(reviewer), " already approved this; a second, distinct reviewer must"));
   }
   return absl::OkStatus();
 }

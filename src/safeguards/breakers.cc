@@ -10,10 +10,14 @@ namespace quell::safeguards {
 
 std::string_view ScopeName(BreakerSpec::Scope s) {
   switch (s) {
-    case BreakerSpec::Scope::kGlobal: return "global";
-    case BreakerSpec::Scope::kPolicy: return "policy";
-    case BreakerSpec::Scope::kAction: return "action";
-    case BreakerSpec::Scope::kSource: return "source";
+    case BreakerSpec::Scope::kGlobal:
+      return "global";
+    case BreakerSpec::Scope::kPolicy:
+      return "policy";
+    case BreakerSpec::Scope::kAction:
+      return "action";
+    case BreakerSpec::Scope::kSource:
+      return "source";
   }
   return "global";
 }
@@ -31,10 +35,14 @@ int64_t Idx(absl::Time t, absl::Duration bucket) { return Div(t - absl::UnixEpoc
 
 bool BreakerBank::InScope(const BreakerSpec& spec, const DecisionKey& key) {
   switch (spec.scope) {
-    case BreakerSpec::Scope::kGlobal: return true;
-    case BreakerSpec::Scope::kPolicy: return key.policy == spec.scope_value;
-    case BreakerSpec::Scope::kAction: return key.action == spec.scope_value;
-    case BreakerSpec::Scope::kSource: return key.source == spec.scope_value;
+    case BreakerSpec::Scope::kGlobal:
+      return true;
+    case BreakerSpec::Scope::kPolicy:
+      return key.policy == spec.scope_value;
+    case BreakerSpec::Scope::kAction:
+      return key.action == spec.scope_value;
+    case BreakerSpec::Scope::kSource:
+      return key.source == spec.scope_value;
   }
   return false;
 }
@@ -117,7 +125,8 @@ BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now)
       double windows = absl::FDivDuration(s.spec.baseline, s.spec.window);
       double avg = windows > 0 ? static_cast<double>(s.total - count) / windows : 0;
       if (static_cast<double>(count) <= s.spec.factor * avg) continue;
-      absl::StrAppend(&why, absl::StrFormat(" and > %.3gx the trailing average %.3g", s.spec.factor, avg));
+      absl::StrAppend(
+          &why, absl::StrFormat(" and > %.3gx the trailing average %.3g", s.spec.factor, avg));
     }
     s.open = true;
     s.opened_at = now;

@@ -32,7 +32,7 @@ struct BreakerSpec {
   std::string scope_value;  // policy id, action or source; "" for global
   int64_t limit = 0;
   absl::Duration window = absl::Minutes(10);
-  double factor = 0;                    // > 0: relative limit on
+  double factor = 0;                               // > 0: relative limit on
   absl::Duration baseline = absl::ZeroDuration();  // trailing period for the relative limit
 };
 std::string_view ScopeName(BreakerSpec::Scope s);
@@ -57,8 +57,8 @@ class BreakerBank {
   void Configure(std::vector<BreakerSpec> specs);
 
   struct Outcome {
-    std::string held_by;                // "" = no breaker holds it; else the (first) open one
-    std::vector<std::string> opened;    // breakers this very decision opened
+    std::string held_by;              // "" = no breaker holds it; else the (first) open one
+    std::vector<std::string> opened;  // breakers this very decision opened
   };
   //! Counts one decision at `now` in every closed breaker in scope (opening those that
   //! trip) and says whether an open breaker holds it. Held decisions are not counted.
@@ -80,9 +80,9 @@ class BreakerBank {
     bool open = false;
     absl::Time opened_at = absl::InfinitePast();
     std::string reason;
-    absl::Duration bucket;                         // bucket width
+    absl::Duration bucket;                            // bucket width
     std::deque<std::pair<int64_t, int64_t>> buckets;  // (bucket index, count), ascending
-    int64_t total = 0;                             // sum of `buckets`
+    int64_t total = 0;                                // sum of `buckets`
   };
   static void Init(State& s);
   static void Evict(State& s, int64_t now_idx);

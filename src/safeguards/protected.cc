@@ -26,7 +26,8 @@ std::shared_ptr<const ProtectedSet> ProtectedSet::Build(
     if (e->is_ip()) {
       if (auto ip = core::ParseIp(e->id()); ip.ok()) set->ips_.push_back({*ip, text, list});
     } else if (e->is_cidr()) {
-      if (auto net = core::ParseNetwork(e->id()); net.ok()) set->nets_.push_back({*net, text, list});
+      if (auto net = core::ParseNetwork(e->id()); net.ok())
+        set->nets_.push_back({*net, text, list});
     }
   }
   return set;

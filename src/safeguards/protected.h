@@ -4,7 +4,8 @@
 // `related` propagation from a protected subject — must not be enforced without a human.
 //
 //   auto set = ProtectedSet::Build({{"verified_artists", "artist:42"}, {"staff", "ip:10.0.0.7"}});
-//   set->Why(Entity("cidr:10.0.0.0/24"))  // "cidr:10.0.0.0/24 covers ip:10.0.0.7 (protected list staff)"
+//   set->Why(Entity("cidr:10.0.0.0/24"))  // "cidr:10.0.0.0/24 covers ip:10.0.0.7 (protected list
+//   staff)"
 //
 // Thread-safety: immutable after Build; share as std::shared_ptr<const ProtectedSet>.
 #ifndef QUELL_SAFEGUARDS_PROTECTED_H_

@@ -111,7 +111,8 @@ TEST(Breakers, RelativeLimitNeedsBothConditions) {
 TEST(Breakers, ConfigureKeepsStateOfSurvivors) {
   BreakerBank bank;
   absl::Time t = absl::FromUnixSeconds(1700000000);
-  bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 0), Spec("b", BreakerSpec::Scope::kGlobal, "", 10)});
+  bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 0),
+                  Spec("b", BreakerSpec::Scope::kGlobal, "", 10)});
   EXPECT_EQ(bank.Record({"p", "x", "s"}, t).held_by, "a");
   bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 100)});
   EXPECT_TRUE(bank.Find("a", t)->open);

@@ -84,7 +84,8 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
   QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, store.GetMitigation(*mid));
   if (!m) return std::optional<Appeal>();
   *mitigation_seq = m->seq;
-  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes, store.ReadEntityChanges(m->entity, 10000));
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
+                         store.ReadEntityChanges(m->entity, 10000));
   std::optional<Appeal> out;
   for (const ledger::Change& c : changes) {
     if (c.kind != ledger::ChangeKind::kReview || c.subject != appeal_id) continue;
@@ -110,13 +111,14 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
 ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, std::string actor,
                             std::shared_ptr<Appeal> out) {
   return [mitigation_id = std::move(mitigation_id), statement = std::move(statement),
-          actor = std::move(actor), out = std::move(out)](ledger::Txn& txn,
-                                                          absl::Time now) -> absl::Status {
+          actor = std::move(actor),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(mitigation_id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", mitigation_id));
     if (!core::IsLive(m->state)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "mitigation ", mitigation_id, " is ", AV(core::StateName(m->state)), "; only live ones can be appealed"));
+      return absl::FailedPreconditionError(absl::StrCat("mitigation ", mitigation_id, " is ",
+                                                        AV(core::StateName(m->state)),
+                                                        "; only live ones can be appealed"));
     }
     Appeal a;
     a.id = AppealIdFor(m->id);
@@ -135,8 +137,8 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
 ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant, std::string note,
                               std::string reviewer, std::shared_ptr<Appeal> out) {
   return [a = std::move(appeal), mitigation_seq, grant, note = std::move(note),
-          reviewer = std::move(reviewer), out = std::move(out)](ledger::Txn& txn,
-                                                                absl::Time now) mutable -> absl::Status {
+          reviewer = std::move(reviewer),
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     if (a.state != "open") {
       return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already ", a.state));
     }
@@ -144,13 +146,14 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(a.mitigation_id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", a.mitigation_id));
     if (m->seq != mitigation_seq) {
-      return absl::AbortedError(absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
+      return absl::AbortedError(
+          absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
     }
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
     if (grant && core::IsLive(m->state)) {
       m->state = core::MitigationState::kRevoked;
-      m->state_reason = absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix,
-                                     "; entity reinstated");
+      m->state_reason =
+          absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix, "; entity reinstated");
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
     }
     a.state = grant ? "granted" : "denied";

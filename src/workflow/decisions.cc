@@ -37,8 +37,8 @@ void AppendDecision(const core::Mitigation& m, std::string_view reason, std::str
 // in the window plus the extra detections recorded on the live ones.
 absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, absl::Time now) {
   const absl::Time since = now - p.escalation_window;
-  QUELL_ASSIGN_OR_RETURN(int64_t hits,
-                         txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
+  QUELL_ASSIGN_OR_RETURN(
+      int64_t hits, txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
   std::vector<std::string_view> actions = {p.action};
   for (const engine::EscalationStep& step : p.escalate) {
     if (std::find(actions.begin(), actions.end(), step.action) == actions.end()) {
@@ -76,10 +76,10 @@ absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCata
     req.entity = p.entity;
     req.action = engine::EscalatedAction(p, prior);
     req.ttl = p.ttl;
-    req.reason = prior > 0 && req.action != p.action
-                     ? absl::StrCat(p.reason, "; escalated to ", req.action, " after ", prior,
-                                    " prior")
-                     : p.reason;
+    req.reason =
+        prior > 0 && req.action != p.action
+            ? absl::StrCat(p.reason, "; escalated to ", req.action, " after ", prior, " prior")
+            : p.reason;
     req.source = d.source;
     req.policy = p.policy;
     req.policy_version = p.policy_version;
@@ -131,8 +131,8 @@ absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCata
 absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::Proposal& p,
                                            absl::Time now) {
   const absl::Time since = now - p.escalation_window;
-  QUELL_ASSIGN_OR_RETURN(int64_t hits,
-                         store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
+  QUELL_ASSIGN_OR_RETURN(
+      int64_t hits, store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
   ledger::MitigationQuery q;
   q.entity = p.entity;
   q.policy = p.policy;
@@ -160,8 +160,8 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext sg) {
   return [work = std::move(work), catalog = std::move(catalog), actor = std::move(actor),
-          out = std::move(out), sg = std::move(sg)](ledger::Txn& txn,
-                                                    absl::Time now) mutable -> absl::Status {
+          out = std::move(out),
+          sg = std::move(sg)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     out->assign(work.size(), DetectionOutcome{});
     for (size_t i = 0; i < work.size(); ++i) {
       QUELL_RETURN_IF_ERROR(ApplyOne(txn, work[i], *catalog, actor, sg, now, &(*out)[i]));

@@ -61,7 +61,7 @@ class Safeguards;
 // What the decision path screens proposals with. An empty context means no safeguards
 // (benchmarks compare both; production always passes one).
 struct SafeguardContext {
-  Safeguards* safeguards = nullptr;  // borrowed; must outlive the mutation
+  Safeguards* safeguards = nullptr;              // borrowed; must outlive the mutation
   std::shared_ptr<const policy::PolicySet> set;  // the set the proposals came from
 };
 

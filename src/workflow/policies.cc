@@ -15,9 +15,8 @@ std::string PolicySetPayload(int64_t version, std::string_view yaml) {
 
 ledger::Mutation PublishPolicySet(std::string yaml, std::string actor,
                                   std::shared_ptr<int64_t> version_out) {
-  return [yaml = std::move(yaml), actor = std::move(actor),
-          version_out = std::move(version_out)](ledger::Txn& txn,
-                                                absl::Time now) -> absl::Status {
+  return [yaml = std::move(yaml), actor = std::move(actor), version_out = std::move(version_out)](
+             ledger::Txn& txn, absl::Time now) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(int64_t version, txn.NextPolicyVersion());
     ledger::Change c;
     c.kind = ledger::ChangeKind::kPolicySet;

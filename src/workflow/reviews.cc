@@ -47,9 +47,11 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
       return absl::AbortedError(absl::StrCat("review ", id, " changed meanwhile; read it again"));
     }
     std::vector<std::string> prior = PriorApprovers(*m);
-    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, facts.requester, approve ? prior : std::vector<std::string>{}));
+    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, facts.requester,
+                                                    approve ? prior : std::vector<std::string>{}));
     const core::Action* action = catalog->Find(m->action);
-    int needed = safeguards::RequiredApprovals(action ? action->severity : core::Severity::kCritical);
+    int needed =
+        safeguards::RequiredApprovals(action ? action->severity : core::Severity::kCritical);
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
     int approvals = static_cast<int>(prior.size());
     if (!approve) {

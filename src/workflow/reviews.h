@@ -24,8 +24,8 @@ namespace quell::workflow {
 
 // What a review decision is checked against, read from committed data.
 struct ReviewFacts {
-  std::string requester;   // who asked for the mitigation: the actor of its first change
-  int64_t seq = 0;         // the mitigation's seq when read; the decision needs it unchanged
+  std::string requester;  // who asked for the mitigation: the actor of its first change
+  int64_t seq = 0;        // the mitigation's seq when read; the decision needs it unchanged
 };
 
 //! The facts of mitigation `m` from its history. kNotFound if the store has no change of it.

@@ -22,7 +22,7 @@ namespace quell::workflow {
 
 struct RollbackFilter {
   std::string policy, source, action, batch;  // "" = any
-  std::optional<absl::Time> since, until;      // created_at in [since, until)
+  std::optional<absl::Time> since, until;     // created_at in [since, until)
   bool empty() const {
     return policy.empty() && source.empty() && action.empty() && batch.empty() && !since && !until;
   }

@@ -29,10 +29,18 @@ safeguards::BreakerSpec ToSpec(const policy::BreakerDef& d) {
   safeguards::BreakerSpec s;
   s.name = d.name;
   switch (d.scope) {
-    case policy::BreakerDef::Scope::kGlobal: s.scope = safeguards::BreakerSpec::Scope::kGlobal; break;
-    case policy::BreakerDef::Scope::kPolicy: s.scope = safeguards::BreakerSpec::Scope::kPolicy; break;
-    case policy::BreakerDef::Scope::kAction: s.scope = safeguards::BreakerSpec::Scope::kAction; break;
-    case policy::BreakerDef::Scope::kSource: s.scope = safeguards::BreakerSpec::Scope::kSource; break;
+    case policy::BreakerDef::Scope::kGlobal:
+      s.scope = safeguards::BreakerSpec::Scope::kGlobal;
+      break;
+    case policy::BreakerDef::Scope::kPolicy:
+      s.scope = safeguards::BreakerSpec::Scope::kPolicy;
+      break;
+    case policy::BreakerDef::Scope::kAction:
+      s.scope = safeguards::BreakerSpec::Scope::kAction;
+      break;
+    case policy::BreakerDef::Scope::kSource:
+      s.scope = safeguards::BreakerSpec::Scope::kSource;
+      break;
   }
   s.scope_value = d.scope_value;
   s.limit = d.limit;
@@ -44,7 +52,8 @@ safeguards::BreakerSpec ToSpec(const policy::BreakerDef& d) {
   return s;
 }
 
-std::string BreakerPayload(std::string_view name, bool open, std::string_view reason, int64_t count) {
+std::string BreakerPayload(std::string_view name, bool open, std::string_view reason,
+                           int64_t count) {
   std::string p = "{\"breaker\":";
   core::AppendJsonString(name, &p);
   absl::StrAppend(&p, ",\"state\":\"", open ? "open" : "closed", "\",\"count\":", count,
@@ -64,7 +73,8 @@ SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
     if (d.ok()) {
       *out = *d;
     } else {
-      std::fprintf(stderr, "quell: ignoring %s=%s: %s\n", name, v, std::string(SV(d.status().message())).c_str());
+      std::fprintf(stderr, "quell: ignoring %s=%s: %s\n", name, v,
+                   std::string(SV(d.status().message())).c_str());
     }
   };
   duration("QUELL_SAFEGUARDS_IMMUNITY", &o.immunity);
@@ -113,14 +123,16 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
     }
   }
   std::vector<core::Mitigation> human;
-  for (core::MitigationState state : {core::MitigationState::kRevoked, core::MitigationState::kRejected}) {
+  for (core::MitigationState state :
+       {core::MitigationState::kRevoked, core::MitigationState::kRejected}) {
     ledger::MitigationQuery q;
     q.state = state;
     q.limit = kMax;
     while (true) {
       QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
       for (core::Mitigation& m : page.mitigations) {
-        if (!m.policy.empty() && m.updated_at + options_.immunity > now) human.push_back(std::move(m));
+        if (!m.policy.empty() && m.updated_at + options_.immunity > now)
+          human.push_back(std::move(m));
       }
       if (page.next_cursor.empty()) break;
       q.cursor = page.next_cursor;
@@ -208,12 +220,14 @@ void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
   p.at = c.at;
   p.reason = std::string(Str(doc, "reason"));
   // Bring the bank in line (a change committed by another writer, or replayed at start).
-  if (auto st = bank_.Find(name, c.at); st && st->open != open) bank_.SetOpen(name, open, c.at, p.reason);
+  if (auto st = bank_.Find(name, c.at); st && st->open != open)
+    bank_.SetOpen(name, open, c.at, p.reason);
 }
 
 void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
   if (m.policy.empty()) return;
-  if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected) return;
+  if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected)
+    return;
   absl::Time until = at + options_.immunity;
   absl::Time& slot = immunity_[ImmunityKey(m.entity.str(), m.policy, m.action)];
   if (until > slot) slot = until;
@@ -228,7 +242,8 @@ std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
   return out;
 }
 
-void Safeguards::NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities) {
+void Safeguards::NoteProtectedAdds(std::string_view list,
+                                   const std::vector<std::string>& entities) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& set = lists_[std::string(list)];
   for (const std::string& e : entities) set.insert(e);
@@ -330,9 +345,9 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     c.payload = BreakerPayload(name, true, reason, st ? st->count : 0);
     QUELL_RETURN_IF_ERROR(txn.Append(std::move(c), nullptr).status());
     if (logger_ != nullptr) {
-      logger_->Warn("breaker opened: further decisions in its scope are held for approval",
-                    {{"breaker", name}, {"reason", reason}, {"policy", p.policy},
-                     {"source", d.source}});
+      logger_->Warn(
+          "breaker opened: further decisions in its scope are held for approval",
+          {{"breaker", name}, {"reason", reason}, {"policy", p.policy}, {"source", d.source}});
     }
   }
   if (!o.held_by.empty()) {
@@ -358,7 +373,8 @@ ledger::Mutation Safeguards::ResetBreaker(std::shared_ptr<const policy::PolicySe
     std::lock_guard<std::mutex> lock(mu_);
     ConfigureBreakers(*set);
     if (!bank_.Find(name, now)) {
-      return absl::NotFoundError(absl::StrCat("no breaker \"", name, "\" in the active policy set"));
+      return absl::NotFoundError(
+          absl::StrCat("no breaker \"", name, "\" in the active policy set"));
     }
     std::string reason = absl::StrCat("reset by ", actor);
     ledger::Change c;

@@ -41,8 +41,8 @@ class Logger;
 namespace quell::workflow {
 
 struct SafeguardOptions {
-  absl::Duration immunity = absl::Hours(24 * 30);     // human decisions outrank automatic ones
-  absl::Duration pending_ttl = absl::Hours(24 * 7);   // pending approvals expire after it
+  absl::Duration immunity = absl::Hours(24 * 30);    // human decisions outrank automatic ones
+  absl::Duration pending_ttl = absl::Hours(24 * 7);  // pending approvals expire after it
   // Manual actions over more entities (a network's IPv4 addresses or IPv6 /64s) need
   // approval: by default a /16 passes, a /15 waits.
   int64_t bulk_threshold = 65536;
@@ -107,11 +107,11 @@ class Safeguards final : public ledger::ChangeListener {
   Metrics& metrics() { return metrics_; }
 
  private:
-  void ApplyListChange(const ledger::Change& c);          // mu_ held
-  void ApplyBreakerChange(const ledger::Change& c);       // mu_ held
-  void NoteHumanDecision(const core::Mitigation& m, absl::Time at);  // mu_ held
+  void ApplyListChange(const ledger::Change& c);                               // mu_ held
+  void ApplyBreakerChange(const ledger::Change& c);                            // mu_ held
+  void NoteHumanDecision(const core::Mitigation& m, absl::Time at);            // mu_ held
   const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
-  void ConfigureBreakers(const policy::PolicySet& set);  // mu_ held
+  void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
 
   const SafeguardOptions options_;
   obs::Logger* logger_;
@@ -123,8 +123,8 @@ class Safeguards final : public ledger::ChangeListener {
   std::set<std::string, std::less<>> store_protected_;  // lists flagged protected in the store
   int64_t lists_version_ = 0;                           // bumps on every list change
   std::shared_ptr<const safeguards::ProtectedSet> protected_ = safeguards::ProtectedSet::Empty();
-  int64_t protected_built_lists_ = -1;   // lists_version_ protected_ was built from
-  int64_t protected_built_set_ = -1;     // policy set version it was built for
+  int64_t protected_built_lists_ = -1;  // lists_version_ protected_ was built from
+  int64_t protected_built_set_ = -1;    // policy set version it was built for
   // Breakers.
   safeguards::BreakerBank bank_;
   int64_t breakers_set_ = -1;  // policy set version the bank was configured from

@@ -47,7 +47,8 @@ class Applier final : public ledger::ChangeListener {
   explicit Applier(index::Index* index) : index_(index) {}
   void OnCommitted(const std::vector<ledger::Change>& changes) override {
     for (const auto& c : changes) {
-      if (c.kind == ledger::ChangeKind::kMitigation) (void)index_->Apply(*core::MitigationFromJson(c.payload));
+      if (c.kind == ledger::ChangeKind::kMitigation)
+        (void)index_->Apply(*core::MitigationFromJson(c.payload));
       index_->set_seq(c.seq);
     }
   }
@@ -70,8 +71,9 @@ struct Env {
     // 1,000 protected entries (half addresses, so CIDR coverage is checked for real).
     std::string add;
     for (int i = 0; i < 1000; ++i) {
-      absl::StrAppend(&add, i ? "," : "", i % 2 ? absl::StrCat("\"ip:10.", i / 250, ".", i % 250, ".1\"")
-                                               : absl::StrCat("\"user:vip", i, "\""));
+      absl::StrAppend(&add, i ? "," : "",
+                      i % 2 ? absl::StrCat("\"ip:10.", i / 250, ".", i % 250, ".1\"")
+                            : absl::StrCat("\"user:vip", i, "\""));
     }
     std::string payload = absl::StrCat("{\"list\":\"vips\",\"add\":[", add, "]}");
     (void)ledger->SubmitAndWait([payload](ledger::Txn& txn, absl::Time) {
@@ -126,8 +128,13 @@ void BM_ApplyDetections(benchmark::State& state) {
   }
   state.SetItemsProcessed(next);
 }
-BENCHMARK(BM_ApplyDetections)->ArgName("safeguards")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)
-    ->MinTime(5)->UseRealTime();
+BENCHMARK(BM_ApplyDetections)
+    ->ArgName("safeguards")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(5)
+    ->UseRealTime();
 
 void BM_Rollback(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
@@ -163,12 +170,14 @@ void BM_Rollback(benchmark::State& state) {
     auto ids = FindRollbackTargets(env.ledger->store(), f);
     double find_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     auto result = std::make_shared<RollbackResult>();
-    auto done = env.ledger->SubmitAndWait(Rollback(*ids, f, "bench", "k_admin", "rb_bench", result));
+    auto done =
+        env.ledger->SubmitAndWait(Rollback(*ids, f, "bench", "k_admin", "rb_bench", result));
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.PauseTiming();
     stop = true;
     reader.join();
-    if (!done.ok() || result->revoked != n || env.index.size() != 0) state.SkipWithError("rollback incomplete");
+    if (!done.ok() || result->revoked != n || env.index.size() != 0)
+      state.SkipWithError("rollback incomplete");
     std::sort(lat_us.begin(), lat_us.end());
     state.counters["rollback_s"] = secs;
     state.counters["find_s"] = find_s;

@@ -156,9 +156,9 @@ class SafeguardsProperty : public testing::TestWithParam<int> {
   std::unique_ptr<Applier> applier_;
   std::unique_ptr<ledger::Ledger> ledger_;
   std::set<std::string> protected_;
-  std::vector<std::string> entities_ = {"user:u0", "user:u1", "user:u2", "user:u3", "user:u4",
-                                        "user:u5", "user:u6", "user:u7", "ip:10.0.0.1",
-                                        "ip:10.0.0.2", "cidr:10.0.0.0/30", "cidr:10.0.1.0/24"};
+  std::vector<std::string> entities_ = {
+      "user:u0", "user:u1", "user:u2",     "user:u3",     "user:u4",          "user:u5",
+      "user:u6", "user:u7", "ip:10.0.0.1", "ip:10.0.0.2", "cidr:10.0.0.0/30", "cidr:10.0.1.0/24"};
 };
 
 TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
@@ -190,9 +190,11 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       auto out = std::make_shared<std::vector<DetectionOutcome>>();
       std::vector<DetectionWork> work;
       work.push_back(std::move(w));
-      ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDetections(std::move(work), set_->catalog_ptr(), "k_det",
-                                                         out, SafeguardContext{safeguards_.get(), set_}))
-                      .ok());
+      ASSERT_TRUE(
+          ledger_
+              ->SubmitAndWait(ApplyDetections(std::move(work), set_->catalog_ptr(), "k_det", out,
+                                              SafeguardContext{safeguards_.get(), set_}))
+              .ok());
       if (was_protected) {
         EXPECT_NE((*out)[0].reply.find("\"state\":\"pending_approval\""), std::string::npos)
             << entity << " " << (*out)[0].reply;
@@ -206,7 +208,8 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
         ledger::Change c;
         c.kind = ledger::ChangeKind::kList;
         c.subject = "vips";
-        c.payload = absl::StrCat("{\"list\":\"vips\",\"", add ? "add" : "remove", "\":[\"", e, "\"]}");
+        c.payload =
+            absl::StrCat("{\"list\":\"vips\",\"", add ? "add" : "remove", "\":[\"", e, "\"]}");
         auto s = txn.Append(std::move(c), nullptr);
         if (s.ok() && add) safeguards_->NoteProtectedAdds("vips", {e});
         return s.status();
@@ -224,14 +227,16 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       auto facts = LoadReviewFacts(ledger_->store(), m);
       ASSERT_TRUE(facts.ok());
       auto out = std::make_shared<ReviewOutcome>();
-      auto done = ledger_->SubmitAndWait(DecideReview(m.id, rng() % 4 != 0, "n", pick(reviewers), *facts,
-                                                      set_->catalog_ptr(), out));
-      if (!done.ok()) EXPECT_EQ(done.status().code(), absl::StatusCode::kAlreadyExists) << done.status();
+      auto done = ledger_->SubmitAndWait(DecideReview(m.id, rng() % 4 != 0, "n", pick(reviewers),
+                                                      *facts, set_->catalog_ptr(), out));
+      if (!done.ok())
+        EXPECT_EQ(done.status().code(), absl::StatusCode::kAlreadyExists) << done.status();
     } else if (op < 75) {  // a manual revoke
       auto active = All(core::MitigationState::kActive);
       if (active.empty()) continue;
       auto out = std::make_shared<core::Mitigation>();
-      ASSERT_TRUE(ledger_->SubmitAndWait(RevokeMitigation(pick(active).id, "manual", "k_r1", out)).ok());
+      ASSERT_TRUE(
+          ledger_->SubmitAndWait(RevokeMitigation(pick(active).id, "manual", "k_r1", out)).ok());
     } else if (op < 78) {  // a rollback
       RollbackFilter f;
       f.source = rng() % 2 ? "s1" : "s2";
@@ -242,7 +247,8 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       EXPECT_EQ(out->revoked, static_cast<int64_t>(ids->size()));
     } else if (op < 81) {  // a breaker reset
       auto out = std::make_shared<safeguards::BreakerStatus>();
-      ASSERT_TRUE(ledger_->SubmitAndWait(safeguards_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
+      ASSERT_TRUE(
+          ledger_->SubmitAndWait(safeguards_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
       EXPECT_FALSE(out->open);
     } else if (op < 95) {  // time passes: expiries and pending expiry
       clock_.Advance(absl::Minutes(1 + rng() % 240));
@@ -252,7 +258,9 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       for (const auto& m : *due) ids.push_back(m.id);
       ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue(ids, std::make_shared<int>())).ok());
       for (const auto& m : All(core::MitigationState::kPendingApproval)) pending.push_back(m.id);
-      ASSERT_TRUE(ledger_->SubmitAndWait(ExpirePending(pending, absl::Hours(6), std::make_shared<int>())).ok());
+      ASSERT_TRUE(
+          ledger_->SubmitAndWait(ExpirePending(pending, absl::Hours(6), std::make_shared<int>()))
+              .ok());
     } else {  // restart
       Close();
       Open();

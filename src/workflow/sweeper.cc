@@ -7,7 +7,8 @@
 
 namespace quell::workflow {
 
-SafeguardSweeper::SafeguardSweeper(ledger::Ledger* ledger, core::Clock* clock, Safeguards* safeguards)
+SafeguardSweeper::SafeguardSweeper(ledger::Ledger* ledger, core::Clock* clock,
+                                   Safeguards* safeguards)
     : ledger_(ledger), clock_(clock), safeguards_(safeguards) {}
 
 SafeguardSweeper::~SafeguardSweeper() { Stop(); }
@@ -57,7 +58,8 @@ absl::StatusOr<int> SafeguardSweeper::RunOnce() {
   for (size_t i = 0; i < due.size(); i += kChunk) {
     std::vector<std::string> chunk(due.begin() + i, due.begin() + std::min(due.size(), i + kChunk));
     auto n = std::make_shared<int>(0);
-    QUELL_RETURN_IF_ERROR(ledger_->SubmitAndWait(ExpirePending(std::move(chunk), o.pending_ttl, n)).status());
+    QUELL_RETURN_IF_ERROR(
+        ledger_->SubmitAndWait(ExpirePending(std::move(chunk), o.pending_ttl, n)).status());
     total += *n;
   }
   safeguards_->metrics().pending_expired.fetch_add(total, std::memory_order_relaxed);

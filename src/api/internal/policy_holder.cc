@@ -43,7 +43,8 @@ absl::Status PolicyHolder::Load(ledger::Store& store) {
     Set(*std::move(set));
     return absl::OkStatus();
   }
-  QUELL_ASSIGN_OR_RETURN(auto empty, policy::LoadPolicySet(EmptyPolicySetYaml(*fallback_catalog_), 0));
+  QUELL_ASSIGN_OR_RETURN(auto empty,
+                         policy::LoadPolicySet(EmptyPolicySetYaml(*fallback_catalog_), 0));
   Set(std::move(empty));
   return absl::OkStatus();
 }

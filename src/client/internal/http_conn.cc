@@ -7,8 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <optional>
 
@@ -91,7 +91,8 @@ absl::Status HttpConn::Connect(absl::Duration timeout) {
   }
   absl::Status last = absl::UnavailableError("no address");
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    int fd =
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) continue;
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -112,8 +113,8 @@ absl::Status HttpConn::Connect(absl::Duration timeout) {
       if (aborted_.load()) return absl::CancelledError("aborted");
       return absl::OkStatus();
     }
-    last = absl::UnavailableError(absl::StrCat("connect ", endpoint_.host, ":", endpoint_.port,
-                                               ": ", std::strerror(errno)));
+    last = absl::UnavailableError(
+        absl::StrCat("connect ", endpoint_.host, ":", endpoint_.port, ": ", std::strerror(errno)));
     ::close(fd);
   }
   ::freeaddrinfo(res);
@@ -192,18 +193,17 @@ absl::Status HttpConn::ReadBody(size_t length, absl::Duration timeout, const Bod
 }
 
 absl::StatusOr<int> HttpConn::Request(std::string_view method, std::string_view target,
-                                      std::string_view authorization,
-                                      std::string_view request_body, absl::Duration timeout,
-                                      const BodyFn& body) {
+                                      std::string_view authorization, std::string_view request_body,
+                                      absl::Duration timeout, const BodyFn& body) {
   if (aborted_.load()) return absl::CancelledError("aborted");
   bool reused = fd_ >= 0;
   if (!reused) QUELL_RETURN_IF_ERROR(Connect(timeout));
-  std::string req = absl::StrCat(AV(method), " ", AV(target), " HTTP/1.1\r\nHost: ",
-                                 endpoint_.host, ":", endpoint_.port, "\r\n");
+  std::string req = absl::StrCat(AV(method), " ", AV(target), " HTTP/1.1\r\nHost: ", endpoint_.host,
+                                 ":", endpoint_.port, "\r\n");
   if (!authorization.empty()) absl::StrAppend(&req, "Authorization: ", AV(authorization), "\r\n");
   if (!request_body.empty() || method != "GET") {
-    absl::StrAppend(&req, "Content-Type: application/json\r\nContent-Length: ",
-                    request_body.size(), "\r\n");
+    absl::StrAppend(&req, "Content-Type: application/json\r\nContent-Length: ", request_body.size(),
+                    "\r\n");
   }
   req += "\r\n";
   req.append(request_body);

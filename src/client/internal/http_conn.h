@@ -68,11 +68,11 @@ class HttpConn {
   absl::Status ReadBody(size_t length, absl::Duration timeout, const BodyFn& body);
 
   Endpoint endpoint_;
-  std::mutex mu_;                // guards fd_ against Abort from another thread
-  int fd_ = -1;                  // guarded by mu_ for writes
+  std::mutex mu_;  // guards fd_ against Abort from another thread
+  int fd_ = -1;    // guarded by mu_ for writes
   std::atomic<bool> aborted_{false};
-  std::string buf_;              // bytes read and not consumed
-  size_t pos_ = 0;               // first unconsumed byte of buf_
+  std::string buf_;  // bytes read and not consumed
+  size_t pos_ = 0;   // first unconsumed byte of buf_
   int status_code_ = 0;
 };
 

@@ -58,8 +58,8 @@ avro_schema_t Unwrap(avro_schema_t s, bool* nullable) {
 
 absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::string& name) {
   auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ": the Avro schema does not fit (", why, "); the expected schema is in docs/import.md"));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": the Avro schema does not fit (", why,
+                                                   "); the expected schema is in docs/import.md"));
   };
   if (!is_avro_record(schema)) return bad("the top-level type must be a record");
   std::vector<FieldPlan> plan;
@@ -78,7 +78,8 @@ absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::str
       if (p.name == kRequired[k]) req = k;
     }
     if (req >= 0) {
-      if (p.nullable) return bad(absl::StrCat("field \"", p.name, "\" is required, it cannot be null"));
+      if (p.nullable)
+        return bad(absl::StrCat("field \"", p.name, "\" is required, it cannot be null"));
       seen[req] = true;
     }
     if (p.name == "score") {
@@ -91,10 +92,12 @@ absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::str
         p.kind = Kind::kTime;
         p.time_is_long = true;
       } else {
-        return bad("field \"observed_at\" must be a string (RFC 3339) or a long (timestamp-micros)");
+        return bad(
+            "field \"observed_at\" must be a string (RFC 3339) or a long (timestamp-micros)");
       }
     } else if (p.name == "evidence") {
-      if (!is_avro_string(t)) return bad("field \"evidence\" must be a string holding a JSON object");
+      if (!is_avro_string(t))
+        return bad("field \"evidence\" must be a string holding a JSON object");
       p.kind = Kind::kEvidence;
     } else if (p.name == "related") {
       if (!is_avro_array(t) || !is_avro_string(avro_schema_array_items(t))) {
@@ -178,7 +181,8 @@ class AvroReader final : public RowReader {
       int rc = avro_file_reader_read_value(reader_, &value_);
       if (rc == EOF) {
         return absl::DataLossError(absl::StrCat(source_->name(), ": the file has ", rows_,
-                                                " records, fewer than the checkpoint's ", pos.rows));
+                                                " records, fewer than the checkpoint's ",
+                                                pos.rows));
       }
       if (rc != 0) return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
       ++rows_;
@@ -194,7 +198,6 @@ class AvroReader final : public RowReader {
   }
 
  private:
-
   // The record as a JSON object for ReadDetection (and, on error, for the rejects file).
   absl::StatusOr<engine::Detection> Decode() {
     rapidjson::Document doc;
@@ -207,7 +210,8 @@ class AvroReader final : public RowReader {
       }
       if (p.nullable) {
         avro_value_t branch;
-        if (avro_value_get_current_branch(&field, &branch) != 0) return absl::InternalError(avro_strerror());
+        if (avro_value_get_current_branch(&field, &branch) != 0)
+          return absl::InternalError(avro_strerror());
         if (avro_value_get_type(&branch) == AVRO_NULL) continue;
         field = branch;
       }
@@ -228,7 +232,8 @@ class AvroReader final : public RowReader {
             }
             doc.AddMember(key, rapidjson::Value(ev, a), a);
           } else {
-            doc.AddMember(key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a), a);
+            doc.AddMember(
+                key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a), a);
           }
           break;
         }
@@ -249,12 +254,15 @@ class AvroReader final : public RowReader {
             int64_t micros = 0;
             avro_value_get_long(&field, &micros);
             std::string t = core::FormatRfc3339(absl::FromUnixMicros(micros));
-            doc.AddMember(key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
+            doc.AddMember(
+                key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
           } else {
             const char* s = nullptr;
             size_t n = 0;
             avro_value_get_string(&field, &s, &n);
-            doc.AddMember(key, rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
+            doc.AddMember(
+                key, rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a),
+                a);
           }
           break;
         }
@@ -268,7 +276,8 @@ class AvroReader final : public RowReader {
             const char* s = nullptr;
             size_t n = 0;
             avro_value_get_string(&item, &s, &n);
-            arr.PushBack(rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
+            arr.PushBack(
+                rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
           }
           doc.AddMember(key, arr, a);
           break;

@@ -20,8 +20,8 @@ namespace quell::importer::internal {
 absl::StatusOr<Url> ParseUrl(std::string_view url) {
   constexpr std::string_view kScheme = "http://";
   if (url.substr(0, kScheme.size()) != kScheme) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--server must be an http:// URL (got \"", AV(url), "\"; TLS is not supported)"));
+    return absl::InvalidArgumentError(absl::StrCat("--server must be an http:// URL (got \"",
+                                                   AV(url), "\"; TLS is not supported)"));
   }
   url.remove_prefix(kScheme.size());
   Url u;
@@ -33,7 +33,8 @@ absl::StatusOr<Url> ParseUrl(std::string_view url) {
   }
   if (!hostport.empty() && hostport[0] == '[') {
     size_t close = hostport.find(']');
-    if (close == std::string_view::npos) return absl::InvalidArgumentError("--server: bad IPv6 address");
+    if (close == std::string_view::npos)
+      return absl::InvalidArgumentError("--server: bad IPv6 address");
     u.host = std::string(hostport.substr(1, close - 1));
     hostport.remove_prefix(close + 1);
     if (!hostport.empty() && hostport[0] == ':') {
@@ -71,7 +72,8 @@ absl::Status HttpConnection::Connect() {
   std::string port = std::to_string(url_.port);
   int rc = getaddrinfo(url_.host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve ", url_.host, ": ", gai_strerror(rc)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", url_.host, ": ", gai_strerror(rc)));
   }
   std::string last = "no address";
   for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
@@ -91,7 +93,8 @@ absl::Status HttpConnection::Connect() {
     ::close(fd);
   }
   freeaddrinfo(res);
-  return absl::UnavailableError(absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", last));
+  return absl::UnavailableError(
+      absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", last));
 }
 
 absl::Status HttpConnection::ReadMore() {
@@ -115,8 +118,9 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
   if (fresh) {
     if (auto s = Connect(); !s.ok()) return s;
   }
-  std::string head = absl::StrCat(AV(method), " ", url_.prefix, AV(path), " HTTP/1.1\r\nHost: ", url_.host,
-                                  ":", url_.port, "\r\nContent-Length: ", body.size(), "\r\n");
+  std::string head =
+      absl::StrCat(AV(method), " ", url_.prefix, AV(path), " HTTP/1.1\r\nHost: ", url_.host, ":",
+                   url_.port, "\r\nContent-Length: ", body.size(), "\r\n");
   for (const auto& [k, v] : headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
   head += "\r\n";
   auto fail = [this](absl::Status s) {
@@ -127,7 +131,8 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
     while (!part.empty()) {
       ssize_t n = ::send(fd_, part.data(), part.size(), MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return fail(absl::UnavailableError(absl::StrCat("write error: ", std::strerror(errno))));
+      if (n <= 0)
+        return fail(absl::UnavailableError(absl::StrCat("write error: ", std::strerror(errno))));
       part.remove_prefix(static_cast<size_t>(n));
     }
   }
@@ -147,7 +152,8 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
   while (line_start != std::string_view::npos && line_start < h.size()) {
     line_start += 2;
     size_t line_end = h.find("\r\n", line_start);
-    std::string_view line = h.substr(line_start, line_end == std::string_view::npos ? h.npos : line_end - line_start);
+    std::string_view line =
+        h.substr(line_start, line_end == std::string_view::npos ? h.npos : line_end - line_start);
     size_t colon = line.find(':');
     if (colon != std::string_view::npos) {
       std::string name = absl::AsciiStrToLower(AV(line.substr(0, colon)));

@@ -38,9 +38,9 @@ class HttpConnection {
 
   //! Sends one request (connecting first if needed) and reads the reply. kUnavailable
   //! for connection errors (the connection is closed; the next call reconnects).
-  absl::StatusOr<HttpResponse> Request(std::string_view method, std::string_view path,
-                                       const std::vector<std::pair<std::string, std::string>>& headers,
-                                       std::string_view body);
+  absl::StatusOr<HttpResponse> Request(
+      std::string_view method, std::string_view path,
+      const std::vector<std::pair<std::string, std::string>>& headers, std::string_view body);
   void Close();
 
  private:

@@ -1196,7 +1196,8 @@ absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
   return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
     QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
     start(seq);
-    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.state = 'active'"));
+    QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                           db.Prepare(QUELL_SELECT_MITIGATION " WHERE m.state = 'active'"));
     StmtUse use(s);
     while (true) {
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
