@@ -65,7 +65,7 @@ out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 30s -s "$her
   "http://127.0.0.1:$QUELL_PORT/v1/events")
 machine_load
 read -r accepted rate ok other p50 p99 sockerr < <(awk '/^EVENTS/{print $2, $3, $4, $5, $6, $7, $8}' <<<"$out")
-metrics=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" | grep -E '^quell_counter_(keys|store_errors_total|fail_open_total)' | tr '\n' ' ')
+metrics=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" | grep -E '^quell_velocity_(keys|store_errors_total|fail_open_total)' | tr '\n' ' ')
 if [ "$BACKEND" = redis ]; then
   echo "redis commandstats (calls, usec per call):"
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|pexpire|mget)' \

@@ -12,7 +12,7 @@
 // path: workflow::ApplyDetections with safeguards, one ledger step for the batch.
 //
 // Counter store failures (Redis down or slow): counters.on_error fail_open -> rules read
-// 0, quell_counter_store_errors_total and quell_counter_fail_open_total count it, and a
+// 0, quell_velocity_store_errors_total and quell_velocity_fail_open_total count it, and a
 // log line (at most one per 10 s) says so; fail_closed -> the request is answered 503 with
 // Retry-After, nothing is applied. The store reconnects by itself.
 #include <atomic>
@@ -584,11 +584,11 @@ absl::Status RegisterMetrics(Context& ctx, EventState& st) {
                                  {"type", "status"});
   if (!fam.ok()) return fam.status();
   st.events_total = *fam;
-  auto errs = r->AddCounter("quell_counter_store_errors_total",
+  auto errs = r->AddCounter("quell_velocity_store_errors_total",
                             "Counter store calls that failed (unavailable)");
   if (!errs.ok()) return errs.status();
   st.store_errors = *errs;
-  auto open = r->AddCounter("quell_counter_fail_open_total",
+  auto open = r->AddCounter("quell_velocity_fail_open_total",
                             "Counter store failures passed over (fail_open: rules read zero)");
   if (!open.ok()) return open.status();
   st.fail_open = *open;
@@ -600,15 +600,15 @@ absl::Status RegisterMetrics(Context& ctx, EventState& st) {
     bool counter;
   };
   for (const Def& d :
-       {Def{"quell_counter_keys", "Counter entries held (in process)", &counters::StoreStats::keys,
+       {Def{"quell_velocity_keys", "Counter entries held (in process)", &counters::StoreStats::keys,
             false},
-        Def{"quell_counter_evictions_expired_total",
+        Def{"quell_velocity_evictions_expired_total",
             "Counter entries dropped when every window passed",
             &counters::StoreStats::evicted_expired, true},
-        Def{"quell_counter_evictions_cap_total",
+        Def{"quell_velocity_evictions_cap_total",
             "Counter entries evicted early to stay under max_keys",
             &counters::StoreStats::evicted_cap, true},
-        Def{"quell_counter_redis_reconnects_total", "Counter store (Redis) reconnections",
+        Def{"quell_velocity_redis_reconnects_total", "Counter store (Redis) reconnections",
             &counters::StoreStats::reconnects, true}}) {
     auto field = d.field;
     auto cb = [h, field] { return static_cast<double>(h->Stats().*field); };

@@ -186,8 +186,8 @@ class EventsMemoryTest(unittest.TestCase):
         s, text, _ = self.q.request("GET", "/metrics", raw=True)
         self.assertEqual(s, 200)
         self.assertIn('quell_events_total{type="other",status="accepted"}', text)
-        self.assertIn("quell_counter_keys", text)
-        self.assertIn("quell_counter_evictions_cap_total", text)
+        self.assertIn("quell_velocity_keys", text)
+        self.assertIn("quell_velocity_evictions_cap_total", text)
 
 
 class EventsRedisTest(unittest.TestCase):
@@ -236,9 +236,9 @@ class EventsRedisTest(unittest.TestCase):
         self.assertEqual(r["results"][0]["status"], "accepted")
         self.assertTrue(r["results"][0]["outcomes"].get("unavailable"), r)
         s, text, _ = self.q_open.request("GET", "/metrics", raw=True)
-        fo = [l for l in text.splitlines() if l.startswith("quell_counter_fail_open_total")]
+        fo = [l for l in text.splitlines() if l.startswith("quell_velocity_fail_open_total")]
         self.assertTrue(fo and float(fo[0].split()[-1]) >= 1, fo)
-        er = [l for l in text.splitlines() if l.startswith("quell_counter_store_errors_total")]
+        er = [l for l in text.splitlines() if l.startswith("quell_velocity_store_errors_total")]
         self.assertTrue(er and float(er[0].split()[-1]) >= 1, er)
 
         # Redis returns (same port, empty): both nodes recover by themselves.
