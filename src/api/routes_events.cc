@@ -554,19 +554,10 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
                                                                       std::vector<ledger::Change>) {
               Call& call = shared->first;
               if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
-              int64_t duplicates = 0;
-              for (const auto& o : *out) duplicates += o.duplicate ? 1 : 0;
-              ctx.decision_metrics.Detections("rule", "duplicate", duplicates);
-              ctx.decision_metrics.Detections("rule", "accepted",
-                                              static_cast<int64_t>(out->size()) - duplicates);
-              ctx.decision_metrics.Decisions(*out);
+              ctx.decision_metrics.Outcomes("rule", *out);
               std::vector<std::string> detections(shared->second.size());
               for (size_t k = 0; k < out->size(); ++k) {
-                std::string reply = std::move((*out)[k].reply);
-                if ((*out)[k].duplicate) {
-                  size_t pos = reply.find("\"status\":\"accepted\"");
-                  if (pos != std::string::npos) reply.replace(pos, 19, "\"status\":\"duplicate\"");
-                }
+                std::string reply = TakeReply((*out)[k]);
                 std::string& d = detections[slot_of[k]];
                 if (!d.empty()) d += ',';
                 d += reply;

@@ -116,7 +116,8 @@ void Put(char* p, int64_t v, int width) {
 
 // Hand-written because this runs for every JSON record (ledger payloads, feeds,
 // snapshots): absl::FormatTime costs ~5,000 instructions a call.
-std::string FormatRfc3339(absl::Time t) {
+std::string_view FormatRfc3339To(absl::Time t, char* buf) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return {};
   const int64_t us = absl::ToUnixMicros(t);
   int64_t secs = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
   const int64_t frac = us - secs * 1000000;
@@ -125,10 +126,7 @@ std::string FormatRfc3339(absl::Time t) {
   int64_t year;
   int month, day;
   CivilFromDays(days, &year, &month, &day);
-  if (year < 0 || year > 9999) {  // outside RFC 3339's four-digit years: let abseil say it
-    return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
-  }
-  char buf[32];
+  if (year < 0 || year > 9999) return {};
   Put(buf, year, 4);
   buf[4] = '-';
   Put(buf + 5, month, 2);
@@ -147,7 +145,16 @@ std::string FormatRfc3339(absl::Time t) {
     n += 6;
   }
   buf[n++] = 'Z';
-  return std::string(buf, n);
+  return std::string_view(buf, n);
+}
+
+std::string FormatRfc3339(absl::Time t) {
+  char buf[kRfc3339MaxBytes];
+  std::string_view v = FormatRfc3339To(t, buf);
+  if (v.empty()) {  // outside RFC 3339's four-digit years: let abseil say it
+    return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+  }
+  return std::string(v);
 }
 
 }  // namespace quell::core

@@ -5,6 +5,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "engine/internal/json_map.h"
 
 namespace quell::engine {
@@ -39,59 +40,7 @@ uint64_t Mix(uint64_t x) {
 // RFC 3339 in UTC with microseconds when non-zero, exactly as core::FormatRfc3339 writes
 // it, into `buf` (>= 32 bytes) without allocating. Returns an absent view for an
 // infinite time.
-std::string_view FormatTimeFast(absl::Time t, char* buf) {
-  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return {};
-  int64_t us = absl::ToUnixMicros(t);
-  int64_t secs = us / 1000000;
-  int64_t frac = us % 1000000;
-  if (frac < 0) {
-    frac += 1000000;
-    secs -= 1;
-  }
-  int64_t days = secs / 86400;
-  int64_t rem = secs % 86400;
-  if (rem < 0) {
-    rem += 86400;
-    days -= 1;
-  }
-  // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-  int64_t z = days + 719468;
-  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  int64_t doe = z - era * 146097;
-  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  int64_t mp = (5 * doy + 2) / 153;
-  int64_t d = doy - (153 * mp + 2) / 5 + 1;
-  int64_t m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-  if (y < 0 || y > 9999) return {};
-  auto put = [](char* p, int64_t v, int width) {
-    for (int i = width - 1; i >= 0; --i) {
-      p[i] = static_cast<char>('0' + v % 10);
-      v /= 10;
-    }
-  };
-  put(buf, y, 4);
-  buf[4] = '-';
-  put(buf + 5, m, 2);
-  buf[7] = '-';
-  put(buf + 8, d, 2);
-  buf[10] = 'T';
-  put(buf + 11, rem / 3600, 2);
-  buf[13] = ':';
-  put(buf + 14, rem / 60 % 60, 2);
-  buf[16] = ':';
-  put(buf + 17, rem % 60, 2);
-  size_t n = 19;
-  if (frac != 0) {
-    buf[n++] = '.';
-    put(buf + n, frac, 6);
-    n += 6;
-  }
-  buf[n++] = 'Z';
-  return std::string_view(buf, n);
-}
+std::string_view FormatTimeFast(absl::Time t, char* buf) { return core::FormatRfc3339To(t, buf); }
 
 // One arena per thread: evidence and attrs are parsed into it at most once per call.
 internal::JsonMapArena& Arena() {

@@ -111,7 +111,12 @@ void DecisionMetrics::Detections(std::string_view origin, std::string_view statu
   detections_->WithLabels({origin, status})->Increment(static_cast<uint64_t>(n));
 }
 
-void DecisionMetrics::Decisions(const std::vector<workflow::DetectionOutcome>& outcomes) {
+void DecisionMetrics::Outcomes(std::string_view origin,
+                               const std::vector<workflow::DetectionOutcome>& outcomes) {
+  int64_t duplicates = 0;
+  for (const workflow::DetectionOutcome& o : outcomes) duplicates += o.duplicate ? 1 : 0;
+  Detections(origin, "duplicate", duplicates);
+  Detections(origin, "accepted", static_cast<int64_t>(outcomes.size()) - duplicates);
   for (const workflow::DetectionOutcome& o : outcomes) {
     for (const workflow::DecisionSummary& d : o.decisions) {
       if (decisions_ == nullptr) return;
@@ -359,6 +364,16 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
 }
 
 // ---- helpers ----
+
+std::string TakeReply(workflow::DetectionOutcome& outcome) {
+  std::string reply = std::move(outcome.reply);
+  if (outcome.duplicate) {
+    static constexpr std::string_view kAccepted = "\"status\":\"accepted\"";
+    size_t pos = reply.find(kAccepted);
+    if (pos != std::string::npos) reply.replace(pos, kAccepted.size(), "\"status\":\"duplicate\"");
+  }
+  return reply;
+}
 
 bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 

@@ -102,7 +102,8 @@ class DecisionMetrics {
  public:
   explicit DecisionMetrics(obs::Registry* registry);  // null: records nothing
   void Detections(std::string_view origin, std::string_view status, int64_t n);
-  void Decisions(const std::vector<workflow::DetectionOutcome>& outcomes);
+  //! Counts the applied outcomes (accepted / duplicate) and their decisions.
+  void Outcomes(std::string_view origin, const std::vector<workflow::DetectionOutcome>& outcomes);
 
  private:
   obs::CounterFamily* detections_ = nullptr;
@@ -190,6 +191,9 @@ void AddKeyRoutes(Router& router, Context& ctx);
 void AddCrowdSecRoutes(Router& router, Context& ctx);
 
 // Shared helpers for route code.
+//! The per-item reply of an applied detection; a replay's stored reply is marked as the
+//! duplicate it is. Moves the reply out of `outcome`.
+std::string TakeReply(workflow::DetectionOutcome& outcome);
 bool StartsWith(std::string_view s, std::string_view prefix);
 std::string Sha256Hex(std::string_view s);
 //! Parses an optional integer query parameter within [lo, hi].
