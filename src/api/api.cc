@@ -61,22 +61,26 @@ class Api::Impl {
       const char* help;
       std::atomic<int64_t>* value;
     };
-    for (const Def& d : {Def{"quell_safeguard_held_protected_total",
-                             "Automatic decisions held for approval: protected entity", &m.held_protected},
-                         Def{"quell_safeguard_held_breaker_total",
-                             "Automatic decisions held for approval: open breaker", &m.held_breaker},
-                         Def{"quell_safeguard_held_immunity_total",
-                             "Automatic decisions held for approval: human-decision immunity", &m.held_immunity},
-                         Def{"quell_breaker_opened_total", "Breakers opened", &m.breakers_opened},
-                         Def{"quell_pending_expired_total", "Pending approvals that expired", &m.pending_expired}}) {
+    for (const Def& d :
+         {Def{"quell_safeguard_held_protected_total",
+              "Automatic decisions held for approval: protected entity", &m.held_protected},
+          Def{"quell_safeguard_held_breaker_total",
+              "Automatic decisions held for approval: open breaker", &m.held_breaker},
+          Def{"quell_safeguard_held_immunity_total",
+              "Automatic decisions held for approval: human-decision immunity", &m.held_immunity},
+          Def{"quell_breaker_opened_total", "Breakers opened", &m.breakers_opened},
+          Def{"quell_pending_expired_total", "Pending approvals that expired",
+              &m.pending_expired}}) {
       auto* v = d.value;
-      auto h = r->AddCallbackCounter(d.name, d.help, [v] { return static_cast<double>(v->load()); });
+      auto h =
+          r->AddCallbackCounter(d.name, d.help, [v] { return static_cast<double>(v->load()); });
       if (!h.ok()) return h.status();
       metric_handles_.push_back(*std::move(h));
     }
     auto open = r->AddCallbackGauge("quell_breakers_open", "Breakers currently open", [this] {
       double n = 0;
-      for (const auto& b : safeguards_.Breakers(*policies_.Current(), ctx_.deps.clock->Now())) n += b.open;
+      for (const auto& b : safeguards_.Breakers(*policies_.Current(), ctx_.deps.clock->Now()))
+        n += b.open;
       return n;
     });
     if (!open.ok()) return open.status();

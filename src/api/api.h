@@ -33,12 +33,12 @@ namespace quell::api {
 
 // The velocity counters behind POST /v1/events (config `counters:`).
 struct CounterOptions {
-  bool redis = false;                // backend: memory (default) | redis
+  bool redis = false;  // backend: memory (default) | redis
   std::string redis_host = "127.0.0.1";
   int redis_port = 6379;
-  bool fail_closed = false;          // on_error: fail_open (default) | fail_closed
+  bool fail_closed = false;  // on_error: fail_open (default) | fail_closed
   absl::Duration lateness = absl::Minutes(5);
-  int64_t max_keys = 1'000'000;      // in-process cap on (counter, key) entries
+  int64_t max_keys = 1'000'000;  // in-process cap on (counter, key) entries
 };
 
 struct ApiOptions {
@@ -60,9 +60,9 @@ struct ApiDeps {
   auth::KeyRing* keys = nullptr;
   core::Clock* clock = nullptr;
   std::shared_ptr<const core::ActionCatalog> catalog;
-  obs::Registry* metrics = nullptr;  // may be null: no metrics
-  obs::Logger* logger = nullptr;     // may be null: no access log
-  obs::Tracer* tracer = nullptr;     // may be null: tracing off
+  obs::Registry* metrics = nullptr;          // may be null: no metrics
+  obs::Logger* logger = nullptr;             // may be null: no access log
+  obs::Tracer* tracer = nullptr;             // may be null: tracing off
   webhooks::Dispatcher* webhooks = nullptr;  // may be null: /v1/webhooks answers 503
 };
 

@@ -105,13 +105,15 @@ absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c) {
   std::string_view rest = url;
   if (rest.substr(0, 8) == "redis://") rest.remove_prefix(8);
   while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
-  if (rest.empty()) return absl::InvalidArgumentError(absl::StrCat("bad redis URL \"", AV(url), "\""));
+  if (rest.empty())
+    return absl::InvalidArgumentError(absl::StrCat("bad redis URL \"", AV(url), "\""));
   std::string host(rest);
   int port = 6379;
   size_t colon = rest.rfind(':');
   if (colon != std::string_view::npos) {
     host = std::string(rest.substr(0, colon));
-    if (!absl::SimpleAtoi(AV(rest.substr(colon + 1)), &port) || port <= 0 || port > 65535 || host.empty()) {
+    if (!absl::SimpleAtoi(AV(rest.substr(colon + 1)), &port) || port <= 0 || port > 65535 ||
+        host.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("bad redis URL \"", AV(url), "\": want redis://HOST:PORT"));
     }
@@ -124,7 +126,8 @@ absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c) {
 
 namespace {
 absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, CountersConfig* c) {
-  if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": counters must be a mapping"));
+  if (!v.IsMap())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": counters must be a mapping"));
   std::optional<std::string> backend;
   for (auto m = v.begin(); m != v.end(); ++m) {
     std::string k = m->first.as<std::string>();
@@ -132,7 +135,8 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
     if (k == "backend") {
       backend = x.as<std::string>();
       if (*backend != "memory" && *backend != "redis") {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.backend must be memory or redis"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": counters.backend must be memory or redis"));
       }
     } else if (k == "redis") {
       if (auto s = ParseRedisUrl(x.as<std::string>(), c); !s.ok()) {
@@ -148,12 +152,14 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
     } else if (k == "lateness") {
       auto d = core::ParseDuration(x.as<std::string>());
       if (!d.ok())
-        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.lateness: ", d.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": counters.lateness: ", d.status().message()));
       c->lateness = *d;
     } else if (k == "max_keys") {
       c->max_keys = x.as<int64_t>();
       if (c->max_keys <= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.max_keys must be positive"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": counters.max_keys must be positive"));
       }
     } else {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"counters.", k, "\""));
@@ -207,8 +213,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       } else if (key == "detections") {
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "retention") {
-            return absl::InvalidArgumentError(absl::StrCat(
-                path, ": unknown key \"detections.", m->first.as<std::string>(), "\""));
+            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"detections.",
+                                                           m->first.as<std::string>(), "\""));
           }
           auto d = core::ParseDuration(m->second.as<std::string>());
           if (!d.ok())
@@ -232,7 +238,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         c.policies_file = v.as<std::string>();
         if (!c.policies_file.empty() && c.policies_file[0] != '/') {
           size_t slash = path.rfind('/');
-          if (slash != std::string::npos) c.policies_file = path.substr(0, slash + 1) + c.policies_file;
+          if (slash != std::string::npos)
+            c.policies_file = path.substr(0, slash + 1) + c.policies_file;
         }
       } else if (key == "actions") {
         QUELL_ASSIGN_OR_RETURN(c.catalog, CatalogFromNode(v));

@@ -41,7 +41,7 @@ absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c);
 
 struct Config {
   std::string listen = "127.0.0.1:8080";
-  std::string grpc_listen;         // grpc_listen: HOST:PORT of the gRPC server; "" = none
+  std::string grpc_listen;  // grpc_listen: HOST:PORT of the gRPC server; "" = none
   std::string data = "./var";
   int threads = 0;                  // HTTP event loops; 0 = one per core
   bool synchronous_full = true;     // store.synchronous: full | normal

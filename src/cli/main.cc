@@ -5,8 +5,8 @@
 
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,9 +23,9 @@
 #include "cli/import_cmd.h"
 #include "cli/policy_cmd.h"
 #include "core/status.h"
+#include "core/strings.h"
 #include "grpc/grpc_server.h"
 #include "importer/sink.h"
-#include "core/strings.h"
 #include "index/index.h"
 #include "ledger/audit.h"
 #include "ledger/ledger.h"
@@ -37,8 +37,8 @@
 #include "policy/policy_set.h"
 #include "webhooks/dispatcher.h"
 #include "workflow/expiry.h"
-#include "workflow/retention.h"
 #include "workflow/policies.h"
+#include "workflow/retention.h"
 
 namespace quell::cli {
 namespace {
@@ -121,9 +121,10 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
 
 absl::Status SplitListen(const std::string& listen, std::string* host, int* port) {
   size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), port) || *port < 0 ||
-      *port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got \"", listen, "\""));
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), port) ||
+      *port < 0 || *port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen must be HOST:PORT, got \"", listen, "\""));
   }
   *host = listen.substr(0, colon);
   if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
@@ -139,7 +140,8 @@ absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger
                                     obs::Logger& logger) {
   if (config.policies_file.empty()) return absl::OkStatus();
   std::ifstream in(config.policies_file);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read policies file ", config.policies_file));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read policies file ", config.policies_file));
   std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   QUELL_ASSIGN_OR_RETURN(auto latest, ledger->store().LatestPolicySet());
   if (latest.has_value()) {
@@ -167,7 +169,8 @@ int Serve(const Flags& flags) {
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
   std::string host;
   int port = 0;
-  if (auto s = SplitListen(config->listen, &host, &port); !s.ok()) return Usage(std::string(SV(s.message())));
+  if (auto s = SplitListen(config->listen, &host, &port); !s.ok())
+    return Usage(std::string(SV(s.message())));
   auto level = obs::ParseLevel(config->log_level);
   if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
   obs::Logger logger(obs::Logger::Options{.min_level = *level});
@@ -178,7 +181,8 @@ int Serve(const Flags& flags) {
     obs::OtlpHttpExporter::Options eo;
     eo.resource.service_version = QUELL_VERSION;
     auto exporter = obs::OtlpHttpExporter::Create(config->tracing.endpoint, eo);
-    if (!exporter.ok()) return Usage(absl::StrCat("tracing.endpoint: ", exporter.status().message()));
+    if (!exporter.ok())
+      return Usage(absl::StrCat("tracing.endpoint: ", exporter.status().message()));
     obs::Tracer::Options to;
     to.sample_ratio = config->tracing.sample_ratio;
     to.max_queue_spans = static_cast<size_t>(config->tracing.max_queue_spans);
@@ -275,7 +279,8 @@ int Serve(const Flags& flags) {
   if (!server.ok()) return Failure(server.status());
   std::unique_ptr<grpc_api::GrpcServer> grpc;
   if (!config->grpc_listen.empty()) {
-    grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock, [a = api.get()] { return a->Catalog(); }};
+    grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock,
+                          [a = api.get()] { return a->Catalog(); }};
     auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
     if (!started.ok()) return Failure(started.status());
     grpc = *std::move(started);
@@ -297,13 +302,14 @@ int Serve(const Flags& flags) {
     }
   });
 
-  logger.Info("quell serving", {{"listen", absl::StrCat(host, ":", (*server)->port())},
-                                 {"data", config->data},
-                                 {"seq", (*ledger)->last_seq()},
-                                 {"active", index.size()},
-                                 {"version", QUELL_VERSION},
-                                 {"tracing", config->tracing.on() ? config->tracing.endpoint : "off"},
-                                 {"sample_ratio", config->tracing.sample_ratio}});
+  logger.Info("quell serving",
+              {{"listen", absl::StrCat(host, ":", (*server)->port())},
+               {"data", config->data},
+               {"seq", (*ledger)->last_seq()},
+               {"active", index.size()},
+               {"version", QUELL_VERSION},
+               {"tracing", config->tracing.on() ? config->tracing.endpoint : "off"},
+               {"sample_ratio", config->tracing.sample_ratio}});
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -319,7 +325,7 @@ int Serve(const Flags& flags) {
   if (grpc) grpc->Shutdown();  // before the ledger: open Watch streams end
   api.reset();
   ledger->reset();
-  metric_handles->clear();  // drains the commit queue
+  metric_handles->clear();                         // drains the commit queue
   if (tracer) tracer->Shutdown(absl::Seconds(2));  // exports what the last requests recorded
   logger.Info("stopped");
   return kOk;
@@ -335,14 +341,16 @@ int Keys(const Flags& flags) {
   const std::string& verb = pos[1];
   if (verb == "create") {
     auto role_text = flags.Get("role");
-    if (!role_text) return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer");
+    if (!role_text)
+      return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer");
     auto role = auth::ParseRole(*role_text);
     if (!role) return Usage(absl::StrCat("unknown role \"", *role_text, "\""));
     auto key = auth::MakeKey(*role, flags.All("source"), flags.Get("name").value_or(""),
                              core::RealClock::Get()->Now());
     if (!key.ok()) return Usage(std::string(SV(key.status().message())));
     if (auto s = (*store)->CreateKey(key->record); !s.ok()) return Failure(s);
-    std::cerr << "created " << key->record.role << " key " << key->record.id << " (the key is shown once)\n";
+    std::cerr << "created " << key->record.role << " key " << key->record.id
+              << " (the key is shown once)\n";
     std::cout << key->token << "\n";
     return kOk;
   }
@@ -354,14 +362,15 @@ int Keys(const Flags& flags) {
       std::string sources;
       for (const auto& s : k.sources) absl::StrAppend(&sources, sources.empty() ? "" : ",", s);
       std::printf("%-30s %-9s %-25s %-22s %s\n", k.id.c_str(), k.role.c_str(),
-                  sources.empty() ? "-" : sources.c_str(), core::FormatRfc3339(k.created_at).c_str(),
-                  k.revoked_at ? "revoked" : "active");
+                  sources.empty() ? "-" : sources.c_str(),
+                  core::FormatRfc3339(k.created_at).c_str(), k.revoked_at ? "revoked" : "active");
     }
     return kOk;
   }
   if (verb == "revoke") {
     if (pos.size() != 3) return Usage("keys revoke needs the key ID");
-    if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok()) return Failure(s);
+    if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok())
+      return Failure(s);
     std::cerr << "revoked " << pos[2] << "\n";
     return kOk;
   }
@@ -413,7 +422,9 @@ int Main(int argc, char** argv) {
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  auto flags = Flags::Parse(args, {"data", "postgres", "listen", "grpc-listen", "redis", "config", "threads", "role", "source", "name"},
+  auto flags = Flags::Parse(args,
+                            {"data", "postgres", "listen", "grpc-listen", "redis", "config",
+                             "threads", "role", "source", "name"},
                             {"dev", "help"});
   if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
   if (auto v = flags->Get("postgres")) {

@@ -28,7 +28,8 @@ struct RouteMetrics {
     obs::Counter* c = by_status[status].load(std::memory_order_acquire);
     if (c == nullptr) {
       std::string code = std::to_string(status);
-      c = requests->WithLabels({std::string_view(route), std::string_view(method), std::string_view(code)});
+      c = requests->WithLabels(
+          {std::string_view(route), std::string_view(method), std::string_view(code)});
       by_status[status].store(c, std::memory_order_release);
     }
     c->Increment();
@@ -99,9 +100,9 @@ DecisionMetrics::DecisionMetrics(obs::Registry* registry) {
   auto d = registry->AddCounterFamily("quell_detections_total",
                                       "Detections received, by origin and outcome.",
                                       {"origin", "status"});
-  auto m = registry->AddCounterFamily(
-      "quell_decisions_total", "Decisions made, by policy, action and resulting state.",
-      {"policy", "action", "state"});
+  auto m = registry->AddCounterFamily("quell_decisions_total",
+                                      "Decisions made, by policy, action and resulting state.",
+                                      {"policy", "action", "state"});
   if (d.ok()) detections_ = *d;
   if (m.ok()) decisions_ = *m;
 }
@@ -120,8 +121,9 @@ void DecisionMetrics::Outcomes(std::string_view origin,
   for (const workflow::DetectionOutcome& o : outcomes) {
     for (const workflow::DecisionSummary& d : o.decisions) {
       if (decisions_ == nullptr) return;
-      decisions_->WithLabels({std::string_view(d.policy), std::string_view(d.action),
-                              core::StateName(d.state)})
+      decisions_
+          ->WithLabels(
+              {std::string_view(d.policy), std::string_view(d.action), core::StateName(d.state)})
           ->Increment();
     }
   }
@@ -150,8 +152,8 @@ std::shared_ptr<const core::ActionCatalog> Context::Catalog() const {
 }
 
 void Context::OffLoop(Call call, absl::AnyInvocable<void(Call&)> task) {
-  auto shared = std::make_shared<std::pair<Call, absl::AnyInvocable<void(Call&)>>>(
-      std::move(call), std::move(task));
+  auto shared = std::make_shared<std::pair<Call, absl::AnyInvocable<void(Call&)>>>(std::move(call),
+                                                                                   std::move(task));
   if (!pool.Post([shared] { shared->second(shared->first); })) {
     shared->first.Fail(ApiError::Unavailable("server busy, retry shortly"));
   }
@@ -161,7 +163,8 @@ std::optional<ApiError> Context::ReadIdempotency(const Call& call,
                                                  std::optional<Idempotency>* out) const {
   std::string_view key = call.req.Header("idempotency-key");
   if (key.empty()) return std::nullopt;
-  if (key.size() > 255) return ApiError::Field("header.Idempotency-Key", "must be at most 255 bytes");
+  if (key.size() > 255)
+    return ApiError::Field("header.Idempotency-Key", "must be at most 255 bytes");
   *out = Idempotency{absl::StrCat(call.who.key_id, " ", call.req.method, " ", call.req.path),
                      std::string(key), Sha256Hex(call.req.body)};
   return std::nullopt;
@@ -199,23 +202,23 @@ ledger::Mutation Context::WithIdempotency(std::optional<Idempotency> idem, ledge
 void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call) {
   obs::Span commit = call.span.StartChild("ledger.commit");
   auto shared = std::make_shared<Call>(std::move(call));
-  deps.ledger->Submit(std::move(mutation), [out, shared, commit = std::move(commit)](
-                                               absl::Status status,
-                                               std::vector<ledger::Change> changes) mutable {
-    if (commit.recording()) {
-      commit.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
-      if (!changes.empty()) commit.SetAttribute("quell.ledger.seq", changes.back().seq);
-      if (!status.ok()) commit.SetStatus(obs::SpanStatus::kError, SV(status.message()));
-      commit.End();
-    }
-    if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
-    if (out->mismatch) return shared->Fail(ApiError::IdempotencyMismatch());
-    http::Response r;
-    r.status = out->status;
-    r.body = std::move(out->body);
-    if (out->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
-    shared->Reply(std::move(r));
-  });
+  deps.ledger->Submit(
+      std::move(mutation), [out, shared, commit = std::move(commit)](
+                               absl::Status status, std::vector<ledger::Change> changes) mutable {
+        if (commit.recording()) {
+          commit.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
+          if (!changes.empty()) commit.SetAttribute("quell.ledger.seq", changes.back().seq);
+          if (!status.ok()) commit.SetStatus(obs::SpanStatus::kError, SV(status.message()));
+          commit.End();
+        }
+        if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
+        if (out->mismatch) return shared->Fail(ApiError::IdempotencyMismatch());
+        http::Response r;
+        r.status = out->status;
+        r.body = std::move(out->body);
+        if (out->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
+        shared->Reply(std::move(r));
+      });
 }
 
 // ---- router ----
@@ -295,13 +298,14 @@ void Router::Add(std::string_view method, std::string_view pattern, Access acces
     auto fam = reg->AddCounterFamily("quell_http_requests_total",
                                      "HTTP requests answered, by route pattern, method and status.",
                                      {"route", "method", "code"});
-    auto lat = reg->AddHistogramFamily("quell_http_request_duration_seconds",
-                                       "Time from routing a request to its reply, by route pattern.",
-                                       {"route", "method"}, obs::DefaultLatencyBuckets());
+    auto lat =
+        reg->AddHistogramFamily("quell_http_request_duration_seconds",
+                                "Time from routing a request to its reply, by route pattern.",
+                                {"route", "method"}, obs::DefaultLatencyBuckets());
     if (fam.ok() && lat.ok()) {
       r->metrics.requests = *fam;
-      r->metrics.latency = (*lat)->WithLabels({std::string_view(r->metrics.route),
-                                               std::string_view(r->metrics.method)});
+      r->metrics.latency = (*lat)->WithLabels(
+          {std::string_view(r->metrics.route), std::string_view(r->metrics.method)});
     }
   }
   routes_.push_back(std::move(r));
@@ -326,8 +330,10 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
   if (found == nullptr) {
     Call call(std::move(req), std::move(respond), nullptr, access_logger());
     if (path_known) {
-      return call.Fail(ApiError{405, "method_not_allowed",
-                                absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}});
+      return call.Fail(ApiError{405,
+                                "method_not_allowed",
+                                absl::StrCat(call.req.method, " is not allowed on ", call.req.path),
+                                {}});
     }
     return call.Fail(ApiError::NotFound(absl::StrCat("no route ", call.req.path)));
   }
@@ -395,7 +401,8 @@ std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name
   if (!v) return std::nullopt;
   int64_t n;
   if (!absl::SimpleAtoi(AV(*v), &n) || n < lo || n > hi) {
-    return ApiError::Field(absl::StrCat("query.", AV(name)), absl::StrCat("must be an integer in ", lo, "..", hi));
+    return ApiError::Field(absl::StrCat("query.", AV(name)),
+                           absl::StrCat("must be an integer in ", lo, "..", hi));
   }
   *out = n;
   return std::nullopt;

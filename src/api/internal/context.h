@@ -9,9 +9,9 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,13 +21,13 @@
 #include "api/api.h"
 #include "api/errors.h"
 #include "api/internal/change_waiters.h"
-#include "api/internal/worker_pool.h"
 #include "api/internal/policy_holder.h"
+#include "api/internal/worker_pool.h"
 #include "auth/keys.h"
 #include "ledger/ledger.h"
 #include "obs/metrics.h"
-#include "workflow/decisions.h"
 #include "obs/trace.h"
+#include "workflow/decisions.h"
 
 namespace quell::obs {
 class Counter;
