@@ -20,7 +20,8 @@ absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, Mitigati
   c.actor = m.actor;
   c.subject = m.id;
   c.entity = m.entity.str();
-  c.payload = core::MitigationToJson(m);
+  // Left empty: the store serialises `m` into the payload once (a filled payload would be
+  // serialised a second time there, only to be compared).
   return txn.Append(std::move(c), &m);
 }
 
