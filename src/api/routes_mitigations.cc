@@ -23,10 +23,11 @@ using core::Mitigation;
 std::string Message(const absl::Status& s) { return std::string(SV(s.message())); }
 
 // Appends the check form of a hit: {"id","entity","action","verdict","expires_at"}.
-void AppendHit(const index::Index& index, const core::ActionCatalog& catalog, const Entity& asked,
+// `a` is the hit's action in the current catalog (null if the catalog no longer has it),
+// already looked up by the caller.
+void AppendHit(const index::Index& index, const core::Action* a, const Entity& asked,
                const index::Hit& h, std::string* out, core::Verdict* verdict) {
   std::string_view action = index.ActionName(h.action);
-  const core::Action* a = catalog.Find(action);
   core::Verdict v = a ? a->verdict : core::Verdict::kAllow;
   *verdict = std::max(*verdict, v);
   if (out->back() != '[') out->push_back(',');
@@ -139,7 +140,7 @@ void Check(Context& ctx, Call&& call) {
     for (const index::Hit& h : hits) {
       const core::Action* a = catalog.Find(ctx.deps.index->ActionName(h.action));
       if (a != nullptr && !a->AppliesTo(surface)) continue;
-      AppendHit(*ctx.deps.index, catalog, *entity, h, &items, &verdict);
+      AppendHit(*ctx.deps.index, a, *entity, h, &items, &verdict);
     }
   }
   call.Send(200, absl::StrCat("{\"verdict\":\"", AV(core::VerdictName(verdict)),
@@ -305,8 +306,10 @@ void EntityView(Context& ctx, Call&& call) {
     ctx.deps.index->Lookup(entity, ctx.deps.clock->Now(), &hits);
     core::Verdict verdict = core::Verdict::kAllow;
     std::string active = "[";
+    const std::shared_ptr<const core::ActionCatalog> catalog = ctx.Catalog();
     for (const index::Hit& h : hits)
-      AppendHit(*ctx.deps.index, *ctx.Catalog(), entity, h, &active, &verdict);
+      AppendHit(*ctx.deps.index, catalog->Find(ctx.deps.index->ActionName(h.action)), entity, h,
+                &active, &verdict);
     std::string body = "{\"entity\":";
     core::AppendJsonString(entity.str(), &body);
     absl::StrAppend(&body, ",\"verdict\":\"", AV(core::VerdictName(verdict)),

@@ -50,8 +50,7 @@ absl::Status PolicyHolder::Load(ledger::Store& store) {
 }
 
 std::shared_ptr<const policy::PolicySet> PolicyHolder::Current() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return current_;
+  return current_.load(std::memory_order_acquire);
 }
 
 std::shared_ptr<const core::ActionCatalog> PolicyHolder::Catalog() const {
@@ -59,8 +58,7 @@ std::shared_ptr<const core::ActionCatalog> PolicyHolder::Catalog() const {
 }
 
 void PolicyHolder::Set(std::shared_ptr<const policy::PolicySet> set) {
-  std::lock_guard<std::mutex> lock(mu_);
-  current_ = std::move(set);
+  current_.store(std::move(set), std::memory_order_release);
 }
 
 void PolicyHolder::OnCommitted(const std::vector<ledger::Change>& changes) {

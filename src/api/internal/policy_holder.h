@@ -8,8 +8,8 @@
 #ifndef QUELL_API_INTERNAL_POLICY_HOLDER_H_
 #define QUELL_API_INTERNAL_POLICY_HOLDER_H_
 
+#include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -38,8 +38,8 @@ class PolicyHolder final : public ledger::ChangeListener {
   void Set(std::shared_ptr<const policy::PolicySet> set);
 
   std::shared_ptr<const core::ActionCatalog> fallback_catalog_;
-  mutable std::mutex mu_;
-  std::shared_ptr<const policy::PolicySet> current_;  // guarded by mu_ (the pointer only)
+  // Swapped whole on publish; readers load it without a lock another thread can hold.
+  std::atomic<std::shared_ptr<const policy::PolicySet>> current_;
 };
 
 //! An empty set (no policies) of `version` with `catalog`, as YAML text.
