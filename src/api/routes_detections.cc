@@ -10,6 +10,7 @@
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "engine/engine.h"
+#include "obs/log.h"
 #include "workflow/decisions.h"
 
 namespace quell::api::internal {
@@ -125,6 +126,10 @@ void Submit(Context& ctx, PolicyHolder& policies, Call&& call) {
           item.detection.reset();
           slot_of.push_back(item.index);
           work.push_back(std::move(w));
+        }
+        if (env.store_errors() > 0 && ctx.deps.logger != nullptr) {
+          ctx.deps.logger->Warn("prior() could not read the store; counted as 0",
+                                {{"errors", env.store_errors()}});
         }
         auto finish = [](Call& call, const std::vector<Item>& items,
                          const std::vector<std::string>& replies) {

@@ -29,7 +29,7 @@ class LiveEnvironment final : public policy::Environment {
   bool Active(std::string_view entity, std::string_view action) override;
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override;
 
-  //! Store reads that failed (prior() then counts as 0); surfaced as a metric.
+  //! Store reads that failed (prior() then counts as 0); the caller logs them.
   int64_t store_errors() const { return store_errors_; }
   //! Counter reads that failed with kUnavailable (then read as 0); reset by the caller.
   int64_t counter_errors() const { return counter_errors_; }
