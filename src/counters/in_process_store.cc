@@ -22,15 +22,27 @@ struct Slot {
   P value;
 };
 
-// One window's ring, sparse: only buckets that saw events and may still be read, sorted.
+// How many slots an entry keeps inline before it allocates: a count entry of up to three
+// windows, each holding only its current bucket, fits in the hash map's slot (one cache
+// miss per write instead of one per window ring); a distinct entry keeps its one sketch.
 template <typename P>
-using Ring = std::vector<Slot<P>>;
+constexpr size_t kInlineSlots = 1;
+template <>
+constexpr size_t kInlineSlots<int64_t> = 4;
 
+// Every window's ring of one (counter, key), sparse: only buckets that saw events and may
+// still be read, in one vector, window after window, each window's slots sorted by bucket.
+// Window w holds slots [begin(w), ends[w]).
 template <typename P>
 struct Entry {
   int64_t newest_at_us = std::numeric_limits<int64_t>::min();
   int64_t touched_us = 0;  // `now` of the last write: the LRU-ish eviction order
-  absl::InlinedVector<Ring<P>, 1> windows;
+  absl::InlinedVector<uint32_t, 3> ends;
+  absl::InlinedVector<Slot<P>, kInlineSlots<P>> slots;
+
+  size_t begin(size_t w) const { return w == 0 ? 0 : ends[w - 1]; }
+  const Slot<P>* window_begin(size_t w) const { return slots.data() + begin(w); }
+  const Slot<P>* window_end(size_t w) const { return slots.data() + ends[w]; }
 };
 
 // A key with its hash, computed once per observation: the shard is picked by the top bits
@@ -63,9 +75,7 @@ int DenseIn(const Slot<Hll>& s) { return s.value.dense() ? 1 : 0; }
 template <typename P>
 int DenseIn(const Entry<P>& e) {
   int n = 0;
-  for (const auto& ring : e.windows) {
-    for (const auto& s : ring) n += DenseIn(s);
-  }
+  for (const auto& s : e.slots) n += DenseIn(s);
   return n;
 }
 
@@ -107,22 +117,33 @@ struct alignas(64) Shard {
 
 namespace {
 
-// The slot for bucket `b` in `ring`, created if missing; first drops slots older than
-// `oldest` (no read at or after now can see them). `dense` tracks dense sketches dropped.
+// The slot for bucket `b` of window `w`, created if missing; first drops that window's
+// slots older than `oldest` (no read at or after now can see them). `dense` tracks dense
+// sketches dropped.
 template <typename P>
-Slot<P>& SlotFor(Ring<P>& ring, int64_t b, int64_t oldest, int64_t& dense) {
-  if (!ring.empty() && ring.front().bucket < oldest) {
-    auto keep = ring.begin();
-    while (keep != ring.end() && keep->bucket < oldest) dense -= DenseIn(*keep++);
-    ring.erase(ring.begin(), keep);
+Slot<P>& SlotFor(Entry<P>& e, size_t w, int64_t b, int64_t oldest, int64_t& dense) {
+  auto& slots = e.slots;
+  const size_t first = e.begin(w);
+  size_t last = e.ends[w];
+  if (first < last && slots[first].bucket < oldest) {
+    size_t keep = first;
+    while (keep < last && slots[keep].bucket < oldest) dense -= DenseIn(slots[keep++]);
+    const uint32_t dropped = static_cast<uint32_t>(keep - first);
+    slots.erase(slots.begin() + first, slots.begin() + keep);
+    for (size_t v = w; v < e.ends.size(); ++v) e.ends[v] -= dropped;
+    last -= dropped;
   }
-  if (!ring.empty() && ring.back().bucket == b) return ring.back();
-  if (ring.empty() || ring.back().bucket < b) return ring.emplace_back(Slot<P>{b, P{}});
-  // A late event: its bucket is older than the newest one held.
-  auto it = std::lower_bound(ring.begin(), ring.end(), b,
-                             [](const Slot<P>& s, int64_t v) { return s.bucket < v; });
-  if (it != ring.end() && it->bucket == b) return *it;
-  return *ring.insert(it, Slot<P>{b, P{}});
+  if (first < last && slots[last - 1].bucket == b) return slots[last - 1];
+  size_t at = last;
+  if (first < last && slots[last - 1].bucket > b) {
+    // A late event: its bucket is older than the newest one held.
+    auto it = std::lower_bound(slots.begin() + first, slots.begin() + last, b,
+                               [](const Slot<P>& s, int64_t v) { return s.bucket < v; });
+    if (it->bucket == b) return *it;
+    at = static_cast<size_t>(it - slots.begin());
+  }
+  for (size_t v = w; v < e.ends.size(); ++v) ++e.ends[v];
+  return *slots.insert(slots.begin() + at, Slot<P>{b, P{}});
 }
 
 void AddTo(Slot<int64_t>& s, const Observation&, int64_t&) { ++s.value; }
@@ -221,8 +242,11 @@ InProcessCounterStore::InProcessCounterStore(CounterSet set, InProcessOptions op
     : set_(std::move(set)),
       options_(options),
       per_shard_cap_((options.max_keys + options.shards - 1) / options.shards),
+      sweep_interval_us_(absl::ToInt64Microseconds(options.sweep_interval)),
       shards_(std::make_unique<Shard[]>(options.shards)) {
+  window_base_.push_back(0);
   for (int c = 0; c < set_.size(); ++c) {
+    window_base_.push_back(window_base_.back() + set_.geometry(c).size());
     int64_t widest = 0;
     for (const auto& g : set_.geometry(c)) widest = std::max(widest, g.width_us);
     expiry_us_.push_back(absl::ToInt64Microseconds(set_.longest_window(c)) + widest);
@@ -251,11 +275,23 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
     return absl::InvalidArgumentError("outcomes must be empty or as long as the batch");
   }
   RecordSummary summary;
+  // Per window: the oldest bucket a read at `now` sums (the same for the whole batch) and
+  // the bucket of the last `at` seen.
+  thread_local BatchBuckets bb;
+  bb.oldest.resize(window_base_.back());
+  bb.at_bucket.resize(window_base_.back());
+  bb.at_us.assign(set_.size(), std::numeric_limits<int64_t>::min());
+  for (int c = 0; c < set_.size(); ++c) {
+    const auto& geometry = set_.geometry(c);
+    for (size_t w = 0; w < geometry.size(); ++w) {
+      bb.oldest[window_base_[c] + w] = geometry[w].OldestBucket(now);
+    }
+  }
   for (size_t i = 0; i < batch.size(); ++i) {
     const RecordOutcome outcome = internal::Classify(set_, batch[i], now);
     switch (outcome) {
       case RecordOutcome::kCounted:
-        Apply(batch[i], now);
+        Apply(batch[i], now, bb);
         ++summary.counted;
         break;
       case RecordOutcome::kTooLate:
@@ -277,14 +313,21 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
   return summary;
 }
 
-void InProcessCounterStore::Apply(const Observation& o, absl::Time now) {
+void InProcessCounterStore::Apply(const Observation& o, absl::Time now, BatchBuckets& bb) {
   const int64_t now_us = absl::ToUnixMicros(now);
   const int64_t at_us = absl::ToUnixMicros(o.at);
   const auto& geometry = set_.geometry(o.counter);
+  const size_t base = window_base_[o.counter];
+  // Buckets of `at` per window, recomputed only when `at` changes (events of a batch
+  // mostly share a few timestamps).
+  if (bb.at_us[o.counter] != at_us) {
+    bb.at_us[o.counter] = at_us;
+    for (size_t w = 0; w < geometry.size(); ++w) bb.at_bucket[base + w] = geometry[w].BucketOf(o.at);
+  }
   const internal::HashedKey hk{o.key, internal::HashValue(o.key)};
   Shard& shard = ShardOf(hk.hash);
   internal::ShardLock lock(&shard.mu);
-  if (now_us - shard.last_sweep_us >= absl::ToInt64Microseconds(options_.sweep_interval)) {
+  if (now_us - shard.last_sweep_us >= sweep_interval_us_) {
     SweepShard(shard, now_us, expiry_us_);
   }
   auto apply = [&](auto& map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
@@ -292,17 +335,17 @@ void InProcessCounterStore::Apply(const Observation& o, absl::Time now) {
     if (it == map.end()) {
       if (shard.keys >= per_shard_cap_) MakeRoom(shard, per_shard_cap_, now_us, expiry_us_);
       it = map.try_emplace(std::string(o.key)).first;
-      it->second.windows.resize(geometry.size());
+      it->second.ends.assign(geometry.size(), 0);
       ++shard.keys;
     }
     auto& entry = it->second;
     entry.touched_us = std::max(entry.touched_us, now_us);
     entry.newest_at_us = std::max(entry.newest_at_us, at_us);
     for (size_t w = 0; w < geometry.size(); ++w) {
-      const int64_t oldest = geometry[w].OldestBucket(now);
-      const int64_t b = geometry[w].BucketOf(o.at);
+      const int64_t oldest = bb.oldest[base + w];
+      const int64_t b = bb.at_bucket[base + w];
       if (b < oldest) continue;  // late, and already out of this (shorter) window
-      auto& slot = internal::SlotFor(entry.windows[w], b, oldest, shard.dense);
+      auto& slot = internal::SlotFor(entry, w, b, oldest, shard.dense);
       internal::AddTo(slot, o, shard.dense);
     }
   };
@@ -326,8 +369,9 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
     auto it = map.find(hk);
     if (it == map.end()) return 0;
     int64_t sum = 0;
-    for (const auto& s : it->second.windows[window]) {
-      if (s.bucket >= oldest && s.bucket <= newest) sum += s.value;
+    const auto& e = it->second;
+    for (auto* s = e.window_begin(window); s != e.window_end(window); ++s) {
+      if (s->bucket >= oldest && s->bucket <= newest) sum += s->value;
     }
     return sum;
   }
@@ -338,8 +382,21 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
     const auto& map = shard.sketches[counter];
     auto it = map.find(hk);
     if (it == map.end()) return 0;
-    for (const auto& s : it->second.windows[window]) {
-      if (s.bucket >= oldest && s.bucket <= newest) merger.Merge(s.value);
+    const auto& e = it->second;
+    const Hll* only = nullptr;
+    int in_window = 0;
+    for (auto* s = e.window_begin(window); s != e.window_end(window); ++s) {
+      if (s->bucket >= oldest && s->bucket <= newest) {
+        only = &s->value;
+        ++in_window;
+      }
+    }
+    if (in_window == 0) return 0;
+    // One bucket in the window: its own estimate is the union's (same registers), without
+    // copying it into the merger.
+    if (in_window == 1) return only->Estimate();
+    for (auto* s = e.window_begin(window); s != e.window_end(window); ++s) {
+      if (s->bucket >= oldest && s->bucket <= newest) merger.Merge(s->value);
     }
   }
   return merger.Estimate();

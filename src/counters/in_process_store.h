@@ -67,13 +67,21 @@ class InProcessCounterStore final : public CounterStore {
 
  private:
   InProcessCounterStore(CounterSet set, InProcessOptions options);
+  // Per-batch bucket numbers, indexed by window_base_[counter] + window.
+  struct BatchBuckets {
+    std::vector<int64_t> oldest;     // the oldest bucket a read at `now` sums
+    std::vector<int64_t> at_bucket;  // the bucket of at_us[counter]
+    std::vector<int64_t> at_us;      // by counter: the `at` at_bucket was computed for
+  };
   internal::Shard& ShardOf(uint64_t key_hash);
-  void Apply(const Observation& o, absl::Time now);
+  void Apply(const Observation& o, absl::Time now, BatchBuckets& bb);
   int64_t ReadOne(int counter, int window, std::string_view key, absl::Time now);
 
   const CounterSet set_;
   const InProcessOptions options_;
   const int64_t per_shard_cap_;
+  const int64_t sweep_interval_us_;
+  std::vector<size_t> window_base_;  // [counter]: index of its first window; back(): total
   std::vector<int64_t> expiry_us_;  // per counter: longest window + widest bucket
   std::unique_ptr<internal::Shard[]> shards_;
   std::atomic<int64_t> counted_{0};

@@ -121,7 +121,13 @@ double Hll::EstimateFromHistogram(const int* counts) {
   const double m = kRegisters;
   if (counts[0] == kRegisters) return 0.0;
   double z = m * Tau(1.0 - counts[kMaxRank] / m);
-  for (int k = kQ; k >= 1; --k) z = 0.5 * (z + counts[k]);
+  int k = kQ;
+  // While z is 0 and a rank is empty, z stays 0: start at the highest rank in use (the
+  // result is bit for bit the same, and a sparse sketch uses only the low ranks).
+  if (z == 0.0) {
+    while (k >= 1 && counts[k] == 0) --k;
+  }
+  for (; k >= 1; --k) z = 0.5 * (z + counts[k]);
   z += m * Sigma(counts[0] / m);
   constexpr double kAlphaInf = 0.7213475204444817;  // 1 / (2 ln 2)
   return kAlphaInf * m * m / z;
