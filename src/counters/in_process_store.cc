@@ -263,10 +263,12 @@ InProcessCounterStore::~InProcessCounterStore() = default;
 
 // The top bits pick the shard: the map inside uses the low bits (its control bytes), so
 // the two stay independent.
-Shard& InProcessCounterStore::ShardOf(uint64_t hash) {
+size_t InProcessCounterStore::ShardIndex(uint64_t hash) const {
   const int bits = __builtin_ctz(static_cast<unsigned>(options_.shards));
-  return shards_[bits == 0 ? 0 : hash >> (64 - bits)];
+  return bits == 0 ? 0 : static_cast<size_t>(hash >> (64 - bits));
 }
+
+Shard& InProcessCounterStore::ShardOf(uint64_t hash) { return shards_[ShardIndex(hash)]; }
 
 absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Observation> batch,
                                                             absl::Time now,
@@ -287,11 +289,21 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
       bb.oldest[window_base_[c] + w] = geometry[w].OldestBucket(now);
     }
   }
+  // Classify, and hash each counted key once. Counted observations are then applied
+  // shard by shard (in batch order within a shard): one lock per shard touched instead of
+  // one per observation, and while one is applied the hash-map slot of the next few is
+  // prefetched under the same lock, so their cache misses overlap.
+  thread_local std::vector<uint64_t> hashes;
+  thread_local std::vector<uint32_t> group_end;
+  thread_local std::vector<uint32_t> order;
+  hashes.resize(batch.size());
+  group_end.assign(static_cast<size_t>(options_.shards) + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) {
     const RecordOutcome outcome = internal::Classify(set_, batch[i], now);
     switch (outcome) {
       case RecordOutcome::kCounted:
-        Apply(batch[i], now, bb);
+        hashes[i] = internal::HashValue(batch[i].key);
+        ++group_end[ShardIndex(hashes[i]) + 1];
         ++summary.counted;
         break;
       case RecordOutcome::kTooLate:
@@ -306,6 +318,33 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
     }
     if (!outcomes.empty()) outcomes[i] = outcome;
   }
+  for (size_t s = 1; s < group_end.size(); ++s) group_end[s] += group_end[s - 1];
+  order.resize(static_cast<size_t>(summary.counted));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    // Counted observations: the ones with a hash slot reserved above. Re-classifying is
+    // cheaper than keeping a second array.
+    if (internal::Classify(set_, batch[i], now) != RecordOutcome::kCounted) continue;
+    order[group_end[ShardIndex(hashes[i])]++] = static_cast<uint32_t>(i);
+  }
+  // group_end[s] is now the end of shard s's group; its begin is group_end[s - 1].
+  const int64_t now_us = absl::ToUnixMicros(now);
+  constexpr size_t kAhead = 4;
+  for (int s = 0; s < options_.shards; ++s) {
+    const size_t begin = s == 0 ? 0 : group_end[s - 1];
+    const size_t end = group_end[s];
+    if (begin == end) continue;
+    Shard& shard = shards_[s];
+    internal::ShardLock lock(&shard.mu);
+    if (now_us - shard.last_sweep_us >= sweep_interval_us_) {
+      SweepShard(shard, now_us, expiry_us_);
+    }
+    for (size_t k = begin; k < std::min(end, begin + kAhead); ++k)
+      Prefetch(shard, batch[order[k]], hashes[order[k]]);
+    for (size_t k = begin; k < end; ++k) {
+      if (k + kAhead < end) Prefetch(shard, batch[order[k + kAhead]], hashes[order[k + kAhead]]);
+      ApplyLocked(shard, batch[order[k]], hashes[order[k]], now_us, bb);
+    }
+  }
   if (summary.counted) counted_.fetch_add(summary.counted, std::memory_order_relaxed);
   if (summary.too_late) too_late_.fetch_add(summary.too_late, std::memory_order_relaxed);
   if (summary.too_early) too_early_.fetch_add(summary.too_early, std::memory_order_relaxed);
@@ -313,8 +352,20 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
   return summary;
 }
 
-void InProcessCounterStore::Apply(const Observation& o, absl::Time now, BatchBuckets& bb) {
-  const int64_t now_us = absl::ToUnixMicros(now);
+// Both called with shard.mu held (Record); the header cannot name the lock.
+void InProcessCounterStore::Prefetch(Shard& shard, const Observation& o,
+                                     uint64_t hash) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  const internal::HashedKey hk{o.key, hash};
+  if (set_.spec(o.counter).is_distinct()) {
+    shard.sketches[o.counter].prefetch(hk);
+  } else {
+    shard.counts[o.counter].prefetch(hk);
+  }
+}
+
+void InProcessCounterStore::ApplyLocked(Shard& shard, const Observation& o, uint64_t hash,
+                                        int64_t now_us,
+                                        BatchBuckets& bb) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const int64_t at_us = absl::ToUnixMicros(o.at);
   const auto& geometry = set_.geometry(o.counter);
   const size_t base = window_base_[o.counter];
@@ -322,14 +373,10 @@ void InProcessCounterStore::Apply(const Observation& o, absl::Time now, BatchBuc
   // mostly share a few timestamps).
   if (bb.at_us[o.counter] != at_us) {
     bb.at_us[o.counter] = at_us;
-    for (size_t w = 0; w < geometry.size(); ++w) bb.at_bucket[base + w] = geometry[w].BucketOf(o.at);
+    for (size_t w = 0; w < geometry.size(); ++w)
+      bb.at_bucket[base + w] = geometry[w].BucketOf(o.at);
   }
-  const internal::HashedKey hk{o.key, internal::HashValue(o.key)};
-  Shard& shard = ShardOf(hk.hash);
-  internal::ShardLock lock(&shard.mu);
-  if (now_us - shard.last_sweep_us >= sweep_interval_us_) {
-    SweepShard(shard, now_us, expiry_us_);
-  }
+  const internal::HashedKey hk{o.key, hash};
   auto apply = [&](auto& map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
     auto it = map.find(hk);
     if (it == map.end()) {

@@ -73,8 +73,12 @@ class InProcessCounterStore final : public CounterStore {
     std::vector<int64_t> at_bucket;  // the bucket of at_us[counter]
     std::vector<int64_t> at_us;      // by counter: the `at` at_bucket was computed for
   };
+  size_t ShardIndex(uint64_t key_hash) const;
   internal::Shard& ShardOf(uint64_t key_hash);
-  void Apply(const Observation& o, absl::Time now, BatchBuckets& bb);
+  // Both require the shard's lock (annotated in the .cc, where Shard is complete).
+  void Prefetch(internal::Shard& shard, const Observation& o, uint64_t hash);
+  void ApplyLocked(internal::Shard& shard, const Observation& o, uint64_t hash, int64_t now_us,
+                   BatchBuckets& bb);
   int64_t ReadOne(int counter, int window, std::string_view key, absl::Time now);
 
   const CounterSet set_;
@@ -82,7 +86,7 @@ class InProcessCounterStore final : public CounterStore {
   const int64_t per_shard_cap_;
   const int64_t sweep_interval_us_;
   std::vector<size_t> window_base_;  // [counter]: index of its first window; back(): total
-  std::vector<int64_t> expiry_us_;  // per counter: longest window + widest bucket
+  std::vector<int64_t> expiry_us_;   // per counter: longest window + widest bucket
   std::unique_ptr<internal::Shard[]> shards_;
   std::atomic<int64_t> counted_{0};
   std::atomic<int64_t> too_late_{0};
