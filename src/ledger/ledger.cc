@@ -44,6 +44,13 @@ class RecordingTxn final : public Txn {
     return inner_.GetDetection(source, id);
   }
   absl::Status PutDetection(const StoredDetection& d) override { return inner_.PutDetection(d); }
+  absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
+      const std::vector<DetectionKey>& keys) override {
+    return inner_.GetDetectionReplies(keys);
+  }
+  absl::Status PutDetections(const std::vector<StoredDetection>& ds) override {
+    return inner_.PutDetections(ds);
+  }
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {

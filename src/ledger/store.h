@@ -66,6 +66,12 @@ struct StoredDetection {
   friend bool operator==(const StoredDetection&, const StoredDetection&) = default;
 };
 
+// Names one detection: (source, id). Views into strings the caller keeps alive.
+struct DetectionKey {
+  std::string_view source;
+  std::string_view id;
+};
+
 // One published policy set (a kPolicySet change, materialised).
 struct PolicySetVersion {
   int64_t version = 0;  // 1, 2, 3...; never repeats
@@ -137,6 +143,30 @@ class Txn {
   //! Stores `d`: kAlreadyExists if (source, id) is stored; kInvalidArgument if source or
   //! id is empty. Undone by a savepoint rollback like every other write.
   virtual absl::Status PutDetection(const StoredDetection& d) = 0;
+  //! For each key, in order, the reply stored with that detection, or nullopt if it is
+  //! not stored. Sees this Txn's own writes. The default asks GetDetection per key;
+  //! a backend answers a batch in a few statements.
+  virtual absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
+      const std::vector<DetectionKey>& keys) {
+    std::vector<std::optional<std::string>> out;
+    out.reserve(keys.size());
+    for (const DetectionKey& k : keys) {
+      absl::StatusOr<std::optional<StoredDetection>> d = GetDetection(k.source, k.id);
+      if (!d.ok()) return d.status();
+      out.push_back(*d ? std::optional<std::string>(std::move((*d)->reply)) : std::nullopt);
+    }
+    return out;
+  }
+  //! Stores each of `ds` in order, as PutDetection one by one would, with its codes. On
+  //! error some of them may be stored: the caller's savepoint undoes them. The default
+  //! calls PutDetection per item; a backend writes a batch in a few statements.
+  virtual absl::Status PutDetections(const std::vector<StoredDetection>& ds) {
+    for (const StoredDetection& d : ds) {
+      absl::Status st = PutDetection(d);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
   //! How many mitigations of `entity` were created at or after `since`, of `policy` ("" =
   //! any) and `action` ("" = any), in any state, or any but shadow if `exclude_shadow`.
   //! Sees this Txn's own writes. Escalation and prior() read it.

@@ -650,6 +650,76 @@ StoredDetection MakeDetection(std::string source, std::string id, absl::Time obs
   return d;
 }
 
+// The batch forms: a batch longer than a backend's chunk, two sources, repeats, a key
+// that is not stored, this Txn's own writes, and the undo of a savepoint.
+TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
+  std::vector<StoredDetection> rows;
+  for (int i = 0; i < 75; ++i) {
+    rows.push_back(MakeDetection(i % 10 == 9 ? "ato-model" : "bot-model", absl::StrCat("b", i),
+                                 kT0 + absl::Seconds(i), kT0));
+    rows.back().reply = absl::StrCat("{\"n\":", i, "}");
+  }
+  {
+    auto txn = Begin();
+    ASSERT_OK(V(txn->PutDetection(rows[0])));
+    std::vector<StoredDetection> rest(rows.begin() + 1, rows.end());
+    ASSERT_OK(V(txn->PutDetections(rest)));
+    // Every key, one not stored, a repeat; in a long run of one source.
+    std::vector<DetectionKey> keys;
+    for (const StoredDetection& d : rows) keys.push_back({d.source, d.id});
+    keys.push_back({"bot-model", "missing"});
+    keys.push_back({"bot-model", "b3"});
+    keys.push_back({"ato-model", "b3"});  // b3 is a bot-model detection only
+    auto replies = txn->GetDetectionReplies(keys);
+    ASSERT_OK(replies);
+    ASSERT_THAT(*replies, SizeIs(keys.size()));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ASSERT_TRUE((*replies)[i].has_value()) << i;
+      EXPECT_EQ(*(*replies)[i], rows[i].reply);
+    }
+    EXPECT_FALSE((*replies)[75].has_value());
+    ASSERT_TRUE((*replies)[76].has_value());
+    EXPECT_EQ(*(*replies)[76], "{\"n\":3}");
+    EXPECT_FALSE((*replies)[77].has_value());
+    std::vector<DetectionKey> run;
+    for (int i = 0; i < 70; ++i) {
+      run.push_back({"bot-model", i % 2 ? std::string_view("b0") : std::string_view("zz")});
+    }
+    auto run_replies = txn->GetDetectionReplies(run);
+    ASSERT_OK(run_replies);
+    for (int i = 0; i < 70; ++i) EXPECT_EQ((*run_replies)[i].has_value(), i % 2 == 1) << i;
+
+    // A batch that collides with a stored detection fails whole (with the rollback).
+    ASSERT_OK(V(txn->Savepoint()));
+    std::vector<StoredDetection> again;
+    for (int i = 0; i < 40; ++i) {
+      again.push_back(MakeDetection("bot-model", absl::StrCat("c", i), kT0, kT0));
+    }
+    again.push_back(rows[5]);
+    EXPECT_EQ(txn->PutDetections(again).code(), absl::StatusCode::kAlreadyExists);
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    // A batch undone by its savepoint.
+    ASSERT_OK(V(txn->Savepoint()));
+    again.pop_back();
+    ASSERT_OK(V(txn->PutDetections(again)));
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    std::vector<StoredDetection> bad = {MakeDetection("bot-model", "", kT0, kT0)};
+    EXPECT_EQ(txn->PutDetections(bad).code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_OK(V(txn->Commit()));
+  }
+  for (const StoredDetection& d : rows) {
+    auto got = store_->GetDetection(d.source, d.id);
+    ASSERT_OK(got);
+    ASSERT_TRUE(got->has_value()) << d.id;
+    EXPECT_EQ(**got, d);
+  }
+  for (int i = 0; i < 40; ++i) {
+    auto got = store_->GetDetection("bot-model", absl::StrCat("c", i));
+    ASSERT_OK(got);
+    EXPECT_FALSE(got->has_value()) << i;
+  }
+}
+
 TEST_P(StoreTest, DetectionsAreIdempotentScannedInObservedOrderAndPurged) {
   StoredDetection late = MakeDetection("bot-model", "d1", kT0 + absl::Seconds(20), kT0);
   StoredDetection early = MakeDetection("bot-model", "d2", kT0 + absl::Seconds(10), kT0);

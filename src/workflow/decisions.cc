@@ -1,7 +1,9 @@
 #include "workflow/decisions.h"
 
 #include <algorithm>
+#include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -31,6 +33,124 @@ void AppendDecision(const core::Mitigation& m, std::string_view reason, std::str
   out->append("}");
 }
 
+// The Txn the decision mutation works through: forwards to the ledger's, and remembers
+// FindLive answers until a write could change them, so the escalation count and the
+// create-or-extend step that follows it read an (entity, action) pair once, not twice.
+// Any mitigation append forgets that pair; a savepoint rollback forgets everything.
+// Confined to the commit thread, like the Txn it wraps (borrowed).
+class CachingTxn final : public ledger::Txn {
+ public:
+  explicit CachingTxn(ledger::Txn& inner) : inner_(inner) {}
+
+  absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
+    return inner_.GetMitigation(id);
+  }
+  absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
+                                                         std::string_view action) override {
+    std::string key = LiveKey(entity.str(), action);
+    auto it = live_.find(key);
+    if (it != live_.end()) return it->second;
+    QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> found, inner_.FindLive(entity, action));
+    live_.emplace(std::move(key), found);
+    return found;
+  }
+  absl::StatusOr<std::optional<ledger::IdempotencyRecord>> GetIdempotency(
+      std::string_view scope, std::string_view key) override {
+    return inner_.GetIdempotency(scope, key);
+  }
+  absl::Status PutIdempotency(const ledger::IdempotencyRecord& record) override {
+    return inner_.PutIdempotency(record);
+  }
+  absl::StatusOr<ledger::Change> Append(ledger::Change change,
+                                        const core::Mitigation* mitigation) override {
+    if (mitigation != nullptr) live_.erase(LiveKey(mitigation->entity.str(), mitigation->action));
+    return inner_.Append(std::move(change), mitigation);
+  }
+  int64_t NextSeq() const override { return inner_.NextSeq(); }
+  absl::StatusOr<std::optional<ledger::StoredDetection>> GetDetection(
+      std::string_view source, std::string_view id) override {
+    return inner_.GetDetection(source, id);
+  }
+  absl::Status PutDetection(const ledger::StoredDetection& d) override {
+    return inner_.PutDetection(d);
+  }
+  absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
+      const std::vector<ledger::DetectionKey>& keys) override {
+    return inner_.GetDetectionReplies(keys);
+  }
+  absl::Status PutDetections(const std::vector<ledger::StoredDetection>& ds) override {
+    return inner_.PutDetections(ds);
+  }
+  absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
+                                           std::string_view action, absl::Time since,
+                                           bool exclude_shadow) override {
+    return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
+  }
+  absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_.NextPolicyVersion(); }
+  absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
+    return inner_.ListHas(name, entity);
+  }
+  absl::Status Savepoint() override { return inner_.Savepoint(); }
+  absl::Status RollbackToSavepoint() override {
+    live_.clear();
+    return inner_.RollbackToSavepoint();
+  }
+  absl::Status ReleaseSavepoint() override { return inner_.ReleaseSavepoint(); }
+  absl::Status Commit() override { return inner_.Commit(); }
+  void Rollback() override {
+    live_.clear();
+    inner_.Rollback();
+  }
+
+ private:
+  static std::string LiveKey(std::string_view entity, std::string_view action) {
+    std::string key;
+    key.reserve(entity.size() + 1 + action.size());
+    key.append(entity);
+    key.push_back('\0');
+    key.append(action);
+    return key;
+  }
+  ledger::Txn& inner_;
+  absl::flat_hash_map<std::string, std::vector<core::Mitigation>> live_;
+};
+
+// What the caller's thread prepares for each detection, so that the commit thread only
+// decides and writes: the stored row (all but received_at and reply) and the reply's
+// fixed head.
+struct Prepared {
+  engine::Detection detection;
+  std::vector<engine::Proposal> proposals;
+  ledger::StoredDetection stored;
+  std::string reply_head;  // {"id":..,"source":..,"status":"accepted","decisions":[
+};
+
+std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
+  std::vector<Prepared> out(work.size());
+  for (size_t i = 0; i < work.size(); ++i) {
+    DetectionWork& w = work[i];
+    Prepared& p = out[i];
+    const engine::Detection& d = w.detection;
+    p.reply_head = "{\"id\":";
+    core::AppendJsonString(d.id, &p.reply_head);
+    p.reply_head += ",\"source\":";
+    core::AppendJsonString(d.source, &p.reply_head);
+    p.reply_head += ",\"status\":\"accepted\",\"decisions\":[";
+    ledger::StoredDetection& sd = p.stored;
+    sd.source = d.source;
+    sd.id = d.id;
+    sd.type = d.type;
+    sd.entity = d.entity.str();
+    sd.score = d.score;
+    sd.observed_at = d.observed_at;
+    sd.batch = d.batch;
+    sd.json = std::move(w.json);
+    p.detection = std::move(w.detection);
+    p.proposals = std::move(w.proposals);
+  }
+  return out;
+}
+
 // Escalation counts hits: every detection that earned a decision from this policy on this
 // entity within the window. A hit either created a mitigation or was recorded on a live
 // one (same action: extended instead of stacked), so the hits are the mitigations created
@@ -56,18 +176,14 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
   return hits;
 }
 
-absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCatalog& catalog,
+// Decides one new detection: fills `out` and completes p.stored (written later, with
+// the rest of the batch's).
+absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog& catalog,
                       const std::string& actor, const SafeguardContext& sg, absl::Time now,
                       DetectionOutcome* out) {
-  const engine::Detection& d = w.detection;
-  QUELL_ASSIGN_OR_RETURN(auto stored, txn.GetDetection(d.source, d.id));
-  if (stored) {
-    out->duplicate = true;
-    out->reply = std::move(stored->reply);
-    return absl::OkStatus();
-  }
-  std::string decisions = "[";
-  for (const engine::Proposal& p : w.proposals) {
+  const engine::Detection& d = pr.detection;
+  std::string reply = std::move(pr.reply_head);
+  for (const engine::Proposal& p : pr.proposals) {
     int64_t prior = 0;
     if (!p.escalate.empty()) {
       QUELL_ASSIGN_OR_RETURN(prior, PriorHits(txn, p, now));
@@ -102,28 +218,14 @@ absl::Status ApplyOne(ledger::Txn& txn, DetectionWork& w, const core::ActionCata
       }
     }
     QUELL_ASSIGN_OR_RETURN(CreateResult r, CreateOrExtend(txn, req, catalog, now));
-    AppendDecision(r.mitigation, req.reason, &decisions);
+    AppendDecision(r.mitigation, req.reason, &reply);
     out->decisions.push_back({p.policy, r.mitigation.action, r.mitigation.state});
   }
-  decisions += "]";
-  out->reply = "{\"id\":";
-  core::AppendJsonString(d.id, &out->reply);
-  out->reply += ",\"source\":";
-  core::AppendJsonString(d.source, &out->reply);
-  absl::StrAppend(&out->reply, ",\"status\":\"accepted\",\"decisions\":", decisions, "}");
-
-  ledger::StoredDetection sd;
-  sd.source = d.source;
-  sd.id = d.id;
-  sd.type = d.type;
-  sd.entity = d.entity.str();
-  sd.score = d.score;
-  sd.observed_at = d.observed_at;
-  sd.received_at = now;
-  sd.batch = d.batch;
-  sd.json = std::move(w.json);
-  sd.reply = out->reply;
-  return txn.PutDetection(sd);
+  reply += "]}";
+  pr.stored.received_at = now;
+  pr.stored.reply = reply;
+  out->reply = std::move(reply);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -159,14 +261,46 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext sg) {
-  return [work = std::move(work), catalog = std::move(catalog), actor = std::move(actor),
+  // Runs on the caller's thread: everything that does not depend on ledger state.
+  std::vector<Prepared> items = Prepare(std::move(work));
+  return [items = std::move(items), catalog = std::move(catalog), actor = std::move(actor),
           out = std::move(out),
-          sg = std::move(sg)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
-    out->assign(work.size(), DetectionOutcome{});
-    for (size_t i = 0; i < work.size(); ++i) {
-      QUELL_RETURN_IF_ERROR(ApplyOne(txn, work[i], *catalog, actor, sg, now, &(*out)[i]));
+          sg = std::move(sg)](ledger::Txn& ledger_txn, absl::Time now) mutable -> absl::Status {
+    CachingTxn txn(ledger_txn);
+    out->assign(items.size(), DetectionOutcome{});
+    // One duplicate check for the whole batch; a repeat within the batch is a duplicate
+    // of its first occurrence, as it would be had that been stored just before.
+    std::vector<ledger::DetectionKey> keys;
+    keys.reserve(items.size());
+    for (const Prepared& p : items) keys.push_back({p.stored.source, p.stored.id});
+    QUELL_ASSIGN_OR_RETURN(std::vector<std::optional<std::string>> stored,
+                           txn.GetDetectionReplies(keys));
+    absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, size_t> first;
+    if (items.size() > 1) first.reserve(items.size());
+    std::vector<size_t> fresh;  // items to store, in order
+    fresh.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      DetectionOutcome& o = (*out)[i];
+      if (stored[i]) {
+        o.duplicate = true;
+        o.reply = *std::move(stored[i]);
+        continue;
+      }
+      if (items.size() > 1) {
+        auto [it, inserted] = first.try_emplace({AV(keys[i].source), AV(keys[i].id)}, i);
+        if (!inserted) {
+          o.duplicate = true;
+          o.reply = (*out)[it->second].reply;
+          continue;
+        }
+      }
+      QUELL_RETURN_IF_ERROR(ApplyOne(txn, items[i], *catalog, actor, sg, now, &o));
+      fresh.push_back(i);
     }
-    return absl::OkStatus();
+    std::vector<ledger::StoredDetection> rows;
+    rows.reserve(fresh.size());
+    for (size_t i : fresh) rows.push_back(std::move(items[i].stored));
+    return txn.PutDetections(rows);
   };
 }
 
