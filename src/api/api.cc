@@ -16,7 +16,8 @@ class Api::Impl {
  public:
   Impl(ApiDeps deps, ApiOptions options)
       : policies_(deps.catalog),
-        safeguards_(workflow::SafeguardOptionsFromEnv(), deps.logger),
+        safeguards_(options.safeguards ? *options.safeguards : workflow::SafeguardOptionsFromEnv(),
+                    deps.logger),
         ctx_(std::move(deps), std::move(options)),
         router_(&ctx_),
         sweeper_(ctx_.deps.ledger, ctx_.deps.clock, &safeguards_) {}

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "api/http/http_server.h"
@@ -18,6 +19,7 @@
 #include "core/time.h"
 #include "index/index.h"
 #include "ledger/ledger.h"
+#include "workflow/safeguards.h"
 
 namespace quell::obs {
 class Logger;
@@ -53,6 +55,9 @@ struct ApiOptions {
   CounterOptions counters;
 };
 
+  // The safeguards' options (config `safeguards:`); unset: workflow::SafeguardOptions
+  // defaults overridden by QUELL_SAFEGUARDS_* (workflow::SafeguardOptionsFromEnv).
+  std::optional<workflow::SafeguardOptions> safeguards;
 // Everything the API uses, borrowed; all must outlive the Api.
 struct ApiDeps {
   ledger::Ledger* ledger = nullptr;

@@ -1,6 +1,9 @@
 // The review queue (SPEC GET /v1/reviews?state=open, POST /v1/reviews/{id}/decision):
 // every pending_approval mitigation, with the evidence a reviewer needs (the detections as
 // submitted — related entities included —, the policy and its version, why it was held).
+// Pending rollback requests (workflow/rollback.h) are reviews too: kind "rollback", id
+// "rb_...", listed first on the first page; deciding one approves (runs) or rejects it.
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "api/internal/safeguard_routes.h"
 #include "api/json_reader.h"
@@ -9,6 +12,7 @@
 #include "core/time.h"
 #include "safeguards/approval.h"
 #include "workflow/reviews.h"
+#include "workflow/rollback.h"
 #include "workflow/safeguards.h"
 
 namespace quell::api::internal {
@@ -55,6 +59,24 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
   out->append("}");
 }
 
+void AppendRollbackReview(Context& ctx, const workflow::RollbackRequest& r, std::string* out) {
+  const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
+  out->append("{\"id\":");
+  core::AppendJsonString(r.id, out);
+  out->append(
+      ",\"kind\":\"rollback\",\"state\":\"open\",\"approvals_needed\":1,"
+      "\"approved_by\":[],\"requested_by\":");
+  core::AppendJsonString(r.requested_by, out);
+  absl::StrAppend(out, ",\"requested_at\":\"", core::FormatRfc3339(r.requested_at),
+                  "\",\"expires_at\":\"", core::FormatRfc3339(r.requested_at + ttl),
+                  "\",\"reason\":");
+  core::AppendJsonString(r.reason, out);
+  absl::StrAppend(out, ",\"evidence\":{\"filter\":", workflow::RollbackFilterJson(r.filter),
+                  ",\"matched\":", r.matched, ",\"entities\":", r.entities,
+                  "},\"rollback\":", workflow::RollbackRequestJson(r, ttl, ctx.deps.clock->Now()),
+                  "}");
+}
+
 void ListReviews(Context& ctx, Call&& call) {
   for (const auto& [k, v] : call.req.query) {
     if (k == "state" && v != "open") {
@@ -77,14 +99,54 @@ void ListReviews(Context& ctx, Call&& call) {
     auto page = ctx.deps.ledger->store().ListMitigations(q);
     if (!page.ok()) return call.Fail(ApiError::FromStatus(page.status()));
     std::string body = "{\"reviews\":[";
-    for (size_t i = 0; i < page->mitigations.size(); ++i) {
-      if (i) body += ',';
-      AppendReview(ctx, page->mitigations[i], &body);
+    size_t n = 0;
+    if (q.cursor.empty()) {
+      for (const auto& r : ctx.safeguards->rollbacks().Pending(
+               ctx.deps.clock->Now(), ctx.safeguards->options().pending_ttl)) {
+        if (n++) body += ',';
+        AppendRollbackReview(ctx, r, &body);
+      }
+    }
+    for (const core::Mitigation& m : page->mitigations) {
+      if (n++) body += ',';
+      AppendReview(ctx, m, &body);
     }
     body += "],\"next_cursor\":";
     core::AppendJsonString(page->next_cursor, &body);
     body += "}";
     call.Send(200, std::move(body));
+  });
+}
+
+// A rollback request: checked here for clear errors, re-checked in the transaction.
+void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
+  ctx.OffLoop(std::move(call), [&ctx, approve, note = std::move(note)](Call& call) {
+    const std::string id = call.params[0];
+    workflow::RollbackRequests& requests = ctx.safeguards->rollbacks();
+    auto r = requests.Get(id);
+    if (!r) return call.Fail(ApiError::NotFound(absl::StrCat("no review ", id)));
+    if (auto st = safeguards::CheckReviewer(call.who.key_id, r->requested_by, {}); !st.ok())
+      return call.Fail(ApiError::FromStatus(st));
+    std::vector<std::string> ids;
+    if (approve && r->state == "pending_approval") {
+      auto targets = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter);
+      if (!targets.ok()) return call.Fail(ApiError::FromStatus(targets.status()));
+      ids = *std::move(targets);
+    }
+    auto out = std::make_shared<workflow::RollbackRequest>();
+    auto mutation = requests.Decide(id, approve, note, call.who.key_id, std::move(ids),
+                                    ctx.safeguards->options().pending_ttl, out);
+    SubmitSimple(ctx, std::move(call), std::move(mutation), [&ctx, out] {
+      std::string body =
+          absl::StrCat("{\"id\":\"", out->id,
+                       "\",\"kind\":\"rollback\",\"state\":\"closed\","
+                       "\"approvals\":",
+                       out->state == "done" ? 1 : 0, ",\"approvals_needed\":1,\"rollback\":");
+      body += workflow::RollbackRequestJson(*out, ctx.safeguards->options().pending_ttl,
+                                            ctx.deps.clock->Now());
+      body += "}";
+      return std::make_pair(200, std::move(body));
+    });
   });
 }
 
@@ -98,6 +160,9 @@ void Decide(Context& ctx, Call&& call) {
   r.RejectUnknown();
   if (!errors.empty())
     return call.Fail(ApiError::InvalidArgument("invalid review decision", std::move(errors)));
+  if (absl::StartsWith(call.params[0], "rb_")) {
+    return DecideRollback(ctx, std::move(call), *approve, note.value_or(""));
+  }
   ctx.OffLoop(std::move(call), [&ctx, approve = *approve, note = note.value_or("")](Call& call) {
     const std::string& id = call.params[0];
     auto m = ctx.deps.ledger->store().GetMitigation(id);

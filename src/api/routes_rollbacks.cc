@@ -1,13 +1,19 @@
 // POST /v1/rollbacks: {"filter": {"policy", "source", "action", "since", "until", "batch"},
-// "dry_run": bool, "reason": "..."} -> {"id", "matched", "revoked", "dry_run"}. The real run
-// revokes every match in one ledger transaction (workflow/rollback.h).
+// "dry_run": bool, "reason": "..."} -> {"id", "state", "matched", "entities", "revoked",
+// "dry_run", "needs_approval"}. The real run revokes every match in one ledger transaction
+// (workflow/rollback.h) — unless its matches span more entities than the safeguards'
+// bulk_threshold: then it is a rollback request (202, state pending_approval) that a
+// different admin or reviewer decides with POST /v1/reviews/{id}/decision.
+// GET /v1/rollbacks (requests, newest first) and GET /v1/rollbacks/{id}.
 #include "absl/strings/str_cat.h"
 #include "api/internal/safeguard_routes.h"
 #include "api/json_reader.h"
 #include "core/ids.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "safeguards/approval.h"
 #include "workflow/rollback.h"
+#include "workflow/safeguards.h"
 
 namespace quell::api::internal {
 namespace {
@@ -48,21 +54,87 @@ void Rollback(Context& ctx, Call&& call) {
     return call.Fail(ApiError::InvalidArgument("invalid rollback", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, f = std::move(f), dry = dry_run.value_or(false),
                                 reason = reason.value_or("rollback")](Call& call) {
-    auto ids = workflow::FindRollbackTargets(ctx.deps.ledger->store(), f);
-    if (!ids.ok()) return call.Fail(ApiError::FromStatus(ids.status()));
+    auto targets = workflow::FindRollbackTargetSet(ctx.deps.ledger->store(), f);
+    if (!targets.ok()) return call.Fail(ApiError::FromStatus(targets.status()));
     std::string id = core::NewId("rb_", ctx.deps.clock->Now());
+    const int64_t matched = static_cast<int64_t>(targets->ids.size());
+    const bool needs_approval =
+        safeguards::BulkNeedsApproval(targets->entities, ctx.safeguards->options().bulk_threshold);
     if (dry) {
-      return call.Send(200, absl::StrCat("{\"id\":\"", id, "\",\"matched\":", ids->size(),
-                                         ",\"revoked\":0,\"dry_run\":true}"));
+      return call.Send(200, absl::StrCat("{\"id\":\"", id, "\",\"state\":\"dry_run\",\"matched\":",
+                                         matched, ",\"entities\":", targets->entities,
+                                         ",\"revoked\":0,\"dry_run\":true,\"needs_approval\":",
+                                         needs_approval ? "true" : "false", "}"));
+    }
+    if (needs_approval) {
+      workflow::RollbackRequest req;
+      req.id = id;
+      req.filter = f;
+      req.reason = reason;
+      req.requested_by = call.who.key_id;
+      req.matched = matched;
+      req.entities = targets->entities;
+      const int64_t entities = targets->entities;
+      SubmitSimple(
+          ctx, std::move(call), ctx.safeguards->rollbacks().Request(std::move(req)),
+          [id, matched, entities, &ctx] {
+            std::string body = absl::StrCat(
+                "{\"id\":\"", id, "\",\"state\":\"pending_approval\",\"matched\":", matched,
+                ",\"entities\":", entities,
+                ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
+                "\"approvals_needed\":1,\"request\":");
+            auto r = ctx.safeguards->rollbacks().Get(id);
+            body += r ? workflow::RollbackRequestJson(*r, ctx.safeguards->options().pending_ttl,
+                                                      ctx.deps.clock->Now())
+                      : "null";
+            body += "}";
+            return std::make_pair(202, std::move(body));
+          });
+      return;
     }
     auto out = std::make_shared<workflow::RollbackResult>();
-    auto m = workflow::Rollback(*std::move(ids), f, reason, call.who.key_id, id, out);
-    SubmitSimple(ctx, std::move(call), std::move(m), [out, id] {
-      return std::make_pair(200,
-                            absl::StrCat("{\"id\":\"", id, "\",\"matched\":", out->matched,
-                                         ",\"revoked\":", out->revoked, ",\"dry_run\":false}"));
+    auto m = workflow::Rollback(std::move(targets->ids), f, reason, call.who.key_id, id, out);
+    const int64_t entities = targets->entities;
+    SubmitSimple(ctx, std::move(call), std::move(m), [out, id, entities] {
+      return std::make_pair(
+          200, absl::StrCat("{\"id\":\"", id, "\",\"state\":\"done\",\"matched\":", out->matched,
+                            ",\"entities\":", entities, ",\"revoked\":", out->revoked,
+                            ",\"dry_run\":false,\"needs_approval\":false}"));
     });
   });
+}
+
+void ListRollbacks(Context& ctx, Call&& call) {
+  int64_t limit = 100;
+  if (auto e = QueryInt(call.req, "limit", 1, ctx.options.max_page, &limit)) return call.Fail(*e);
+  std::string state;
+  for (const auto& [k, v] : call.req.query) {
+    if (k == "state") {
+      state = v;
+    } else if (k != "limit") {
+      return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
+    }
+  }
+  const absl::Time now = ctx.deps.clock->Now();
+  const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
+  std::string body = "{\"rollbacks\":[";
+  int64_t n = 0;
+  for (const auto& r : ctx.safeguards->rollbacks().All(static_cast<size_t>(-1))) {
+    if (n == limit) break;
+    if (!state.empty() && workflow::RollbackRequestState(r, ttl, now) != state) continue;
+    if (n++) body += ',';
+    body += workflow::RollbackRequestJson(r, ttl, now);
+  }
+  body += "]}";
+  call.Send(200, std::move(body));
+}
+
+void GetRollback(Context& ctx, Call&& call) {
+  auto r = ctx.safeguards->rollbacks().Get(call.params[0]);
+  if (!r)
+    return call.Fail(ApiError::NotFound(absl::StrCat("no rollback request ", call.params[0])));
+  call.Send(200, workflow::RollbackRequestJson(*r, ctx.safeguards->options().pending_ttl,
+                                               ctx.deps.clock->Now()));
 }
 
 }  // namespace
@@ -70,6 +142,10 @@ void Rollback(Context& ctx, Call&& call) {
 void AddRollbackRoutes(Router& router, Context& ctx) {
   router.Add("POST", "/v1/rollbacks", Access::Bearer(auth::Permission::kAdmin),
              [&ctx](Call&& call) { Rollback(ctx, std::move(call)); });
+  router.Add("GET", "/v1/rollbacks", Access::Bearer(auth::Permission::kRead),
+             [&ctx](Call&& call) { ListRollbacks(ctx, std::move(call)); });
+  router.Add("GET", "/v1/rollbacks/{id}", Access::Bearer(auth::Permission::kRead),
+             [&ctx](Call&& call) { GetRollback(ctx, std::move(call)); });
 }
 
 }  // namespace quell::api::internal

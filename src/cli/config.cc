@@ -1,7 +1,9 @@
 #include "cli/config.h"
 
 #include <cstdlib>
+#include <functional>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -85,6 +87,107 @@ absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, Traci
     } else {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"tracing.", key, "\""));
     }
+  }
+  return absl::OkStatus();
+}
+
+// One duration or integer setting of a `safeguards:`/`webhooks:` section, its YAML key
+// and environment variable, and its bounds.
+struct DurationKey {
+  const char* key;
+  const char* env;
+  std::optional<absl::Duration>* out;
+  bool allow_zero;
+};
+struct IntKey {
+  const char* key;
+  const char* env;
+  int64_t min, max;
+};
+
+absl::StatusOr<absl::Duration> CheckedDuration(std::string_view text, bool allow_zero,
+                                               std::string_view where) {
+  auto d = core::ParseDuration(text);
+  if (!d.ok())
+    return absl::InvalidArgumentError(absl::StrCat(AV(where), ": ", d.status().message()));
+  if (*d < absl::ZeroDuration() || (!allow_zero && *d == absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AV(where), allow_zero ? " must not be negative" : " must be positive"));
+  }
+  return *d;
+}
+
+absl::StatusOr<int64_t> CheckedInt(std::string_view text, const IntKey& k, std::string_view where) {
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(AV(text), &n) || n < k.min || n > k.max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AV(where), " must be an integer in [", k.min, ", ", k.max, "]"));
+  }
+  return n;
+}
+
+std::vector<DurationKey> SafeguardDurations(SafeguardsConfig* s) {
+  return {{"immunity", "QUELL_SAFEGUARDS_IMMUNITY", &s->immunity, false},
+          {"pending_ttl", "QUELL_SAFEGUARDS_PENDING_TTL", &s->pending_ttl, false},
+          {"sweep_interval", "QUELL_SAFEGUARDS_SWEEP_INTERVAL", &s->sweep_interval, false},
+          {"idempotency_retention", "QUELL_SAFEGUARDS_IDEMPOTENCY_RETENTION",
+           &s->idempotency_retention, false}};
+}
+constexpr IntKey kBulkThreshold{"bulk_threshold", "QUELL_SAFEGUARDS_BULK_THRESHOLD", 0,
+                                int64_t{1} << 62};
+
+std::vector<DurationKey> WebhookDurations(WebhooksConfig* w) {
+  return {{"backoff_initial", "QUELL_WEBHOOK_BACKOFF_INITIAL", &w->backoff_initial, false},
+          {"backoff_max", "QUELL_WEBHOOK_BACKOFF_MAX", &w->backoff_max, false},
+          {"timeout", "QUELL_WEBHOOK_TIMEOUT", &w->timeout, false},
+          {"poll", "QUELL_WEBHOOK_POLL", &w->poll, false}};
+}
+constexpr IntKey kMaxAttempts{"max_attempts", "QUELL_WEBHOOK_MAX_ATTEMPTS", 1, 1000};
+
+// Reads section `name` (a mapping of the given duration keys and one integer key).
+absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, std::string_view name,
+                             const std::vector<DurationKey>& durations, const IntKey& int_key,
+                             const std::function<void(int64_t)>& set_int) {
+  if (!v.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", AV(name), " must be a mapping"));
+  }
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    const std::string k = m->first.as<std::string>();
+    const std::string where = absl::StrCat(path, ": ", AV(name), ".", k);
+    if (!m->second.IsScalar()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " must be a single value"));
+    }
+    const std::string text = m->second.as<std::string>();
+    bool known = false;
+    for (const DurationKey& d : durations) {
+      if (k != d.key) continue;
+      QUELL_ASSIGN_OR_RETURN(*d.out, CheckedDuration(text, d.allow_zero, where));
+      known = true;
+    }
+    if (k == int_key.key) {
+      QUELL_ASSIGN_OR_RETURN(int64_t n, CheckedInt(text, int_key, where));
+      set_int(n);
+      known = true;
+    }
+    if (!known) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": unknown key \"", AV(name), ".", k, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The environment's overrides of one section.
+absl::Status SectionFromEnv(const std::vector<DurationKey>& durations, const IntKey& int_key,
+                            const std::function<void(int64_t)>& set_int) {
+  for (const DurationKey& d : durations) {
+    const char* v = std::getenv(d.env);
+    if (v == nullptr || *v == 0) continue;
+    QUELL_ASSIGN_OR_RETURN(*d.out, CheckedDuration(v, d.allow_zero, d.env));
+  }
+  if (const char* v = std::getenv(int_key.env); v != nullptr && *v != 0) {
+    QUELL_ASSIGN_OR_RETURN(int64_t n, CheckedInt(v, int_key, int_key.env));
+    set_int(n);
   }
   return absl::OkStatus();
 }
@@ -226,6 +329,14 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, &c.counters));
       } else if (key == "tracing") {
         QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c.tracing));
+      } else if (key == "safeguards") {
+        QUELL_RETURN_IF_ERROR(SectionFromNode(v, path, "safeguards",
+                                              SafeguardDurations(&c.safeguards), kBulkThreshold,
+                                              [&](int64_t n) { c.safeguards.bulk_threshold = n; }));
+      } else if (key == "webhooks") {
+        QUELL_RETURN_IF_ERROR(
+            SectionFromNode(v, path, "webhooks", WebhookDurations(&c.webhooks), kMaxAttempts,
+                            [&](int64_t n) { c.webhooks.max_attempts = static_cast<int>(n); }));
       } else if (key == "metrics") {
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "enabled") {
@@ -276,6 +387,11 @@ absl::Status ApplyEnvironment(Config* c) {
       return absl::InvalidArgumentError("QUELL_SYNCHRONOUS must be full or normal");
     c->synchronous_full = s == "full";
   }
+  QUELL_RETURN_IF_ERROR(SectionFromEnv(SafeguardDurations(&c->safeguards), kBulkThreshold,
+                                       [&](int64_t n) { c->safeguards.bulk_threshold = n; }));
+  QUELL_RETURN_IF_ERROR(
+      SectionFromEnv(WebhookDurations(&c->webhooks), kMaxAttempts,
+                     [&](int64_t n) { c->webhooks.max_attempts = static_cast<int>(n); }));
   return absl::OkStatus();
 }
 

@@ -5,7 +5,9 @@
 #ifndef QUELL_CLI_CONFIG_H_
 #define QUELL_CLI_CONFIG_H_
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,6 +41,26 @@ struct CountersConfig {
 //! redis backend). kInvalidArgument otherwise.
 absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c);
 
+// `safeguards:` — workflow::SafeguardOptions (docs/safeguards.md). Unset fields keep that
+// struct's defaults; QUELL_SAFEGUARDS_* environment variables override the file.
+struct SafeguardsConfig {
+  std::optional<absl::Duration> immunity;               // safeguards.immunity (> 0)
+  std::optional<absl::Duration> pending_ttl;            // safeguards.pending_ttl (> 0)
+  std::optional<int64_t> bulk_threshold;                // safeguards.bulk_threshold (>= 0)
+  std::optional<absl::Duration> sweep_interval;         // safeguards.sweep_interval (> 0)
+  std::optional<absl::Duration> idempotency_retention;  // safeguards.idempotency_retention (> 0)
+};
+
+// `webhooks:` — webhooks::DispatcherOptions (docs/webhooks.md). Unset fields keep that
+// struct's defaults; QUELL_WEBHOOK_* environment variables override the file.
+struct WebhooksConfig {
+  std::optional<int> max_attempts;                // webhooks.max_attempts, in [1, 1000]
+  std::optional<absl::Duration> backoff_initial;  // webhooks.backoff_initial (> 0)
+  std::optional<absl::Duration> backoff_max;      // webhooks.backoff_max (> 0)
+  std::optional<absl::Duration> timeout;          // webhooks.timeout (> 0)
+  std::optional<absl::Duration> poll;             // webhooks.poll (> 0)
+};
+
 struct Config {
   std::string listen = "127.0.0.1:8080";
   std::string grpc_listen;  // grpc_listen: HOST:PORT of the gRPC server; "" = none
@@ -61,12 +83,17 @@ struct Config {
   // (workflow/retention.h); a replay of a purged detection is no longer a duplicate.
   absl::Duration detection_retention = absl::Hours(24 * 30);
   CountersConfig counters;
+  SafeguardsConfig safeguards;
+  WebhooksConfig webhooks;
 };
 
 //! Reads `path` (YAML) over the defaults. kInvalidArgument names the key at fault.
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base);
 //! Applies QUELL_LISTEN, QUELL_DATA, QUELL_THREADS, QUELL_SYNCHRONOUS, QUELL_LOG_LEVEL,
-//! QUELL_TRACING_ENDPOINT, QUELL_TRACING_SAMPLE_RATIO.
+//! QUELL_TRACING_ENDPOINT, QUELL_TRACING_SAMPLE_RATIO, QUELL_SAFEGUARDS_IMMUNITY,
+//! _PENDING_TTL, _BULK_THRESHOLD, _SWEEP_INTERVAL, _IDEMPOTENCY_RETENTION and
+//! QUELL_WEBHOOK_MAX_ATTEMPTS, _BACKOFF_INITIAL, _BACKOFF_MAX, _TIMEOUT, _POLL, with the
+//! same checks as the file's keys (kInvalidArgument names the variable).
 absl::Status ApplyEnvironment(Config* config);
 //! Parses the `actions:` list of a YAML catalog (also used by policy sets).
 absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(

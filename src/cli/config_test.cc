@@ -61,6 +61,91 @@ TEST(ConfigTest, EnvironmentApplies) {
   unsetenv("QUELL_THREADS");
 }
 
+TEST(ConfigTest, SafeguardsAndWebhooksSections) {
+  auto c = LoadConfigFile(WriteTemp(R"(
+safeguards:
+  immunity: 90m
+  pending_ttl: 2d
+  bulk_threshold: 500
+  sweep_interval: 5s
+  idempotency_retention: 48h
+webhooks:
+  max_attempts: 3
+  backoff_initial: 100ms
+  backoff_max: 2s
+  timeout: 1s
+  poll: 250ms
+)"),
+                          Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->safeguards.immunity, absl::Minutes(90));
+  EXPECT_EQ(c->safeguards.pending_ttl, absl::Hours(48));
+  EXPECT_EQ(c->safeguards.bulk_threshold, 500);
+  EXPECT_EQ(c->safeguards.sweep_interval, absl::Seconds(5));
+  EXPECT_EQ(c->safeguards.idempotency_retention, absl::Hours(48));
+  EXPECT_EQ(c->webhooks.max_attempts, 3);
+  EXPECT_EQ(c->webhooks.backoff_initial, absl::Milliseconds(100));
+  EXPECT_EQ(c->webhooks.backoff_max, absl::Seconds(2));
+  EXPECT_EQ(c->webhooks.timeout, absl::Seconds(1));
+  EXPECT_EQ(c->webhooks.poll, absl::Milliseconds(250));
+
+  // Keys left out stay unset (the modules' defaults apply).
+  auto partial = LoadConfigFile(WriteTemp("safeguards: {bulk_threshold: 10}\n"), Config{});
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  EXPECT_FALSE(partial->safeguards.pending_ttl.has_value());
+  EXPECT_FALSE(partial->webhooks.max_attempts.has_value());
+}
+
+TEST(ConfigTest, SafeguardsAndWebhooksErrorsNameTheKey) {
+  struct Bad {
+    const char* yaml;
+    const char* names;
+  };
+  for (const Bad& b : {
+           Bad{"safeguards: {bulk_treshold: 5}\n", "safeguards.bulk_treshold"},
+           Bad{"safeguards: {bulk_threshold: -1}\n", "safeguards.bulk_threshold"},
+           Bad{"safeguards: {bulk_threshold: many}\n", "safeguards.bulk_threshold"},
+           Bad{"safeguards: {pending_ttl: 0s}\n", "safeguards.pending_ttl"},
+           Bad{"safeguards: {immunity: forever}\n", "safeguards.immunity"},
+           Bad{"safeguards: {sweep_interval: [1s]}\n", "safeguards.sweep_interval"},
+           Bad{"safeguards: 5\n", "safeguards"},
+           Bad{"webhooks: {max_attempts: 0}\n", "webhooks.max_attempts"},
+           Bad{"webhooks: {max_attempts: 1001}\n", "webhooks.max_attempts"},
+           Bad{"webhooks: {timeout: -1s}\n", "webhooks.timeout"},
+           Bad{"webhooks: {retries: 3}\n", "webhooks.retries"},
+       }) {
+    auto c = LoadConfigFile(WriteTemp(b.yaml), Config{});
+    ASSERT_FALSE(c.ok()) << b.yaml;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << b.yaml;
+    EXPECT_NE(c.status().message().find(b.names), absl::string_view::npos)
+        << b.yaml << " -> " << c.status();
+  }
+}
+
+TEST(ConfigTest, SafeguardsAndWebhooksEnvironmentOverridesFile) {
+  auto c = LoadConfigFile(
+      WriteTemp("safeguards: {bulk_threshold: 10, pending_ttl: 1h}\nwebhooks: {poll: 5s}\n"),
+      Config{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  setenv("QUELL_SAFEGUARDS_BULK_THRESHOLD", "20", 1);
+  setenv("QUELL_WEBHOOK_POLL", "100ms", 1);
+  ASSERT_TRUE(ApplyEnvironment(&*c).ok());
+  EXPECT_EQ(c->safeguards.bulk_threshold, 20);
+  EXPECT_EQ(c->safeguards.pending_ttl, absl::Hours(1));  // not in the environment: kept
+  EXPECT_EQ(c->webhooks.poll, absl::Milliseconds(100));
+  setenv("QUELL_SAFEGUARDS_BULK_THRESHOLD", "lots", 1);
+  auto st = ApplyEnvironment(&*c);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("QUELL_SAFEGUARDS_BULK_THRESHOLD"), absl::string_view::npos);
+  unsetenv("QUELL_SAFEGUARDS_BULK_THRESHOLD");
+  setenv("QUELL_WEBHOOK_MAX_ATTEMPTS", "0", 1);
+  st = ApplyEnvironment(&*c);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("QUELL_WEBHOOK_MAX_ATTEMPTS"), absl::string_view::npos);
+  unsetenv("QUELL_WEBHOOK_MAX_ATTEMPTS");
+  unsetenv("QUELL_WEBHOOK_POLL");
+}
+
 TEST(ConfigTest, TracingAndMetrics) {
   Config defaults;
   EXPECT_FALSE(defaults.tracing.on());

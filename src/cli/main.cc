@@ -231,13 +231,21 @@ int Serve(const Flags& flags) {
   }
 
   // Webhooks: their own state file beside the ledger (docs/webhooks.md).
-  auto webhook_options = webhooks::OptionsFromEnv();
-  if (!webhook_options.ok()) return Usage(std::string(SV(webhook_options.status().message())));
+  // `webhooks:` of the config file, QUELL_WEBHOOK_* over it (cli/config.cc).
+  webhooks::DispatcherOptions webhook_options;
+  const WebhooksConfig& wc = config->webhooks;
+  if (wc.max_attempts) webhook_options.max_attempts = *wc.max_attempts;
+  if (wc.backoff_initial) webhook_options.backoff_initial = *wc.backoff_initial;
+  if (wc.backoff_max) webhook_options.backoff_max = *wc.backoff_max;
+  if (wc.timeout) webhook_options.timeout = *wc.timeout;
+  if (wc.poll) webhook_options.poll = *wc.poll;
+  if (webhook_options.backoff_max < webhook_options.backoff_initial)
+    webhook_options.backoff_max = webhook_options.backoff_initial;
   auto webhook_state = webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"));
   if (!webhook_state.ok()) return Failure(webhook_state.status());
   auto webhook_dispatcher =
       webhooks::Dispatcher::Create(*std::move(webhook_state), &(*ledger)->store(), clock,
-                                   *webhook_options, config->metrics_enabled ? &metrics : nullptr);
+                                   webhook_options, config->metrics_enabled ? &metrics : nullptr);
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
   (*ledger)->AddListener(webhook_dispatcher->get());
 
@@ -272,6 +280,15 @@ int Serve(const Flags& flags) {
   so.port = port;
   so.threads = config->threads;
   so.max_body_bytes = config->max_body_bytes;
+  // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc).
+  workflow::SafeguardOptions& sg_options = api_options.safeguards.emplace();
+  const SafeguardsConfig& sg_config = config->safeguards;
+  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
+  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
+  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
+  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
+  if (sg_config.idempotency_retention)
+    sg_options.idempotency_retention = *sg_config.idempotency_retention;
   so.read_timeout = config->read_timeout;
   so.idle_timeout = config->idle_timeout;
   so.shutdown_grace = config->shutdown_grace;

@@ -1,10 +1,91 @@
 #include "workflow/rollback.h"
 
+#include <algorithm>
+
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "core/strings.h"
+#include "core/time.h"
+#include "rapidjson/document.h"
+#include "safeguards/approval.h"
 #include "workflow/mitigations.h"
 
 namespace quell::workflow {
+namespace {
+
+void Field(std::string* out, std::string_view name, std::string_view value) {
+  absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
+  core::AppendJsonString(value, out);
+}
+
+void IntField(std::string* out, std::string_view name, int64_t value) {
+  absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":", value);
+}
+
+std::string S(const rapidjson::Value& v, const char* name) {
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+int64_t I(const rapidjson::Value& v, const char* name) {
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsInt64()) return 0;
+  return it->value.GetInt64();
+}
+
+std::optional<absl::Time> T(const rapidjson::Value& v, const char* name) {
+  std::string text = S(v, name);
+  if (text.empty()) return std::nullopt;
+  auto t = core::ParseRfc3339(text);
+  if (!t.ok()) return std::nullopt;
+  return *t;
+}
+
+// The ledger payload: the request after the change.
+std::string Payload(const RollbackRequest& r) {
+  std::string p = "{";
+  Field(&p, "rollback", r.id);
+  Field(&p, "state", r.state);
+  p += ",\"filter\":";
+  p += RollbackFilterJson(r.filter);
+  Field(&p, "reason", r.reason);
+  Field(&p, "requested_by", r.requested_by);
+  Field(&p, "requested_at", core::FormatRfc3339(r.requested_at));
+  IntField(&p, "matched", r.matched);
+  IntField(&p, "entities", r.entities);
+  if (!r.decided_by.empty()) {
+    Field(&p, "decided_by", r.decided_by);
+    Field(&p, "decided_at", core::FormatRfc3339(r.decided_at));
+    Field(&p, "note", r.note);
+    IntField(&p, "revoked", r.revoked);
+  }
+  p += "}";
+  return p;
+}
+
+// Revokes each of `ids` still live and matching `f`, in `txn`.
+absl::Status RevokeMatching(ledger::Txn& txn, const std::vector<std::string>& ids,
+                            const RollbackFilter& f, const std::string& why,
+                            const std::string& actor, absl::Time now, RollbackResult* r) {
+  for (const std::string& id : ids) {
+    QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
+    if (!m || !Matches(f, *m)) continue;
+    ++r->matched;
+    m->state = core::MitigationState::kRevoked;
+    m->state_reason = why;
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
+    ++r->revoked;
+  }
+  return absl::OkStatus();
+}
+
+bool Expired(const RollbackRequest& r, absl::Duration ttl, absl::Time now) {
+  return r.state == "pending_approval" && r.requested_at + ttl <= now;
+}
+
+}  // namespace
 
 bool Matches(const RollbackFilter& f, const core::Mitigation& m) {
   if (!core::IsLive(m.state)) return false;
@@ -17,16 +98,39 @@ bool Matches(const RollbackFilter& f, const core::Mitigation& m) {
   return true;
 }
 
+std::string RollbackFilterJson(const RollbackFilter& f) {
+  std::string p = "{";
+  if (!f.policy.empty()) Field(&p, "policy", f.policy);
+  if (!f.source.empty()) Field(&p, "source", f.source);
+  if (!f.action.empty()) Field(&p, "action", f.action);
+  if (!f.batch.empty()) Field(&p, "batch", f.batch);
+  if (f.since) Field(&p, "since", core::FormatRfc3339(*f.since));
+  if (f.until) Field(&p, "until", core::FormatRfc3339(*f.until));
+  p += "}";
+  return p;
+}
+
 absl::StatusOr<std::vector<std::string>> FindRollbackTargets(ledger::Store& store,
                                                              const RollbackFilter& f) {
-  std::vector<std::string> ids;
+  QUELL_ASSIGN_OR_RETURN(RollbackTargets t, FindRollbackTargetSet(store, f));
+  return std::move(t.ids);
+}
+
+absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
+                                                      const RollbackFilter& f) {
+  RollbackTargets t;
+  absl::flat_hash_set<std::string> entities;
   QUELL_RETURN_IF_ERROR(store
                             .ScanLive([&](const core::Mitigation& m) {
-                              if (Matches(f, m)) ids.push_back(m.id);
+                              if (Matches(f, m)) {
+                                t.ids.push_back(m.id);
+                                entities.insert(m.entity.str());
+                              }
                               return absl::OkStatus();
                             })
                             .status());
-  return ids;
+  t.entities = static_cast<int64_t>(entities.size());
+  return t;
 }
 
 ledger::Mutation Rollback(std::vector<std::string> ids, RollbackFilter f, std::string reason,
@@ -37,14 +141,212 @@ ledger::Mutation Rollback(std::vector<std::string> ids, RollbackFilter f, std::s
           out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
     RollbackResult r;
     const std::string why = absl::StrCat("rollback ", rollback_id, ": ", reason);
-    for (const std::string& id : ids) {
-      QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
-      if (!m || !Matches(f, *m)) continue;
-      ++r.matched;
-      m->state = core::MitigationState::kRevoked;
-      m->state_reason = why;
-      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
-      ++r.revoked;
+    QUELL_RETURN_IF_ERROR(RevokeMatching(txn, ids, f, why, actor, now, &r));
+    *out = r;
+    return absl::OkStatus();
+  };
+}
+
+// ---- rollback requests ----
+
+std::string_view RollbackRequestState(const RollbackRequest& r, absl::Duration pending_ttl,
+                                      absl::Time now) {
+  return Expired(r, pending_ttl, now) ? std::string_view("expired") : std::string_view(r.state);
+}
+
+std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending_ttl,
+                                absl::Time now) {
+  std::string p = "{";
+  Field(&p, "id", r.id);
+  Field(&p, "state", RollbackRequestState(r, pending_ttl, now));
+  p += ",\"filter\":";
+  p += RollbackFilterJson(r.filter);
+  Field(&p, "reason", r.reason);
+  Field(&p, "requested_by", r.requested_by);
+  Field(&p, "requested_at", core::FormatRfc3339(r.requested_at));
+  Field(&p, "expires_at", core::FormatRfc3339(r.requested_at + pending_ttl));
+  IntField(&p, "matched", r.matched);
+  IntField(&p, "entities", r.entities);
+  IntField(&p, "revoked", r.revoked);
+  Field(&p, "decided_by", r.decided_by);
+  if (!r.decided_by.empty()) Field(&p, "decided_at", core::FormatRfc3339(r.decided_at));
+  Field(&p, "note", r.note);
+  p += "}";
+  return p;
+}
+
+absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payload,
+                                                           absl::Time at) {
+  rapidjson::Document doc;
+  doc.Parse(payload.data(), payload.size());
+  if (doc.HasParseError() || !doc.IsObject() || S(doc, "rollback").empty()) {
+    return absl::InvalidArgumentError("not a rollback request");
+  }
+  RollbackRequest r;
+  r.id = S(doc, "rollback");
+  r.state = S(doc, "state");
+  if (auto it = doc.FindMember("filter"); it != doc.MemberEnd() && it->value.IsObject()) {
+    const rapidjson::Value& f = it->value;
+    r.filter.policy = S(f, "policy");
+    r.filter.source = S(f, "source");
+    r.filter.action = S(f, "action");
+    r.filter.batch = S(f, "batch");
+    r.filter.since = T(f, "since");
+    r.filter.until = T(f, "until");
+  }
+  r.reason = S(doc, "reason");
+  r.requested_by = S(doc, "requested_by");
+  r.requested_at = T(doc, "requested_at").value_or(at);
+  r.matched = I(doc, "matched");
+  r.entities = I(doc, "entities");
+  r.decided_by = S(doc, "decided_by");
+  r.decided_at = T(doc, "decided_at").value_or(at);
+  r.note = S(doc, "note");
+  r.revoked = I(doc, "revoked");
+  if (r.filter.empty()) return absl::InvalidArgumentError("rollback request without a filter");
+  return r;
+}
+
+absl::Status RollbackRequests::Load(ledger::Store& store) {
+  QUELL_ASSIGN_OR_RETURN(core::Entity journal, core::Entity::Parse(kRollbackJournal));
+  constexpr int kMax = 10000;
+  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
+                         store.ReadEntityChanges(journal, kMax));
+  if (static_cast<int>(changes.size()) == kMax) {
+    // More than one read returns: walk the log (rare; start-up only).
+    changes.clear();
+    int64_t after = 0;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kMax));
+      if (page.empty()) break;
+      after = page.back().seq;
+      for (ledger::Change& c : page) {
+        if (c.kind == ledger::ChangeKind::kReview && c.entity == kRollbackJournal)
+          changes.push_back(std::move(c));
+      }
+    }
+  }
+  OnCommitted(changes);
+  return absl::OkStatus();
+}
+
+void RollbackRequests::OnCommitted(const std::vector<ledger::Change>& changes) {
+  if (changes.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const ledger::Change& c : changes) {
+    if (c.kind != ledger::ChangeKind::kReview || c.entity != kRollbackJournal) continue;
+    auto r = RollbackRequestFromPayload(c.payload, c.at);
+    if (!r.ok()) continue;
+    Entry& e = requests_[r->id];
+    e.committed = *std::move(r);
+  }
+  // Every decision appended at or below the last committed seq is now settled: either it
+  // committed (and was applied above) or its seq was reused by something else.
+  const int64_t last = changes.back().seq;
+  for (auto& [id, e] : requests_) {
+    if (e.tentative && e.tentative->first <= last) e.tentative.reset();
+  }
+}
+
+std::optional<RollbackRequest> RollbackRequests::Get(std::string_view id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return std::nullopt;
+  return it->second.committed;
+}
+
+std::vector<RollbackRequest> RollbackRequests::Pending(absl::Time now,
+                                                       absl::Duration pending_ttl) const {
+  std::vector<RollbackRequest> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, e] : requests_) {
+    if (e.committed.state == "pending_approval" && !Expired(e.committed, pending_ttl, now))
+      out.push_back(e.committed);
+  }
+  std::sort(out.begin(), out.end(), [](const RollbackRequest& a, const RollbackRequest& b) {
+    return a.requested_at < b.requested_at || (a.requested_at == b.requested_at && a.id < b.id);
+  });
+  return out;
+}
+
+std::vector<RollbackRequest> RollbackRequests::All(size_t limit) const {
+  std::vector<RollbackRequest> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, e] : requests_) out.push_back(e.committed);
+  std::sort(out.begin(), out.end(), [](const RollbackRequest& a, const RollbackRequest& b) {
+    return a.requested_at > b.requested_at || (a.requested_at == b.requested_at && a.id > b.id);
+  });
+  if (out.size() > limit) out.resize(limit);
+  return out;
+}
+
+absl::Status RollbackRequests::AppendRequest(ledger::Txn& txn, const RollbackRequest& r,
+                                             std::string_view actor) {
+  ledger::Change c;
+  c.kind = ledger::ChangeKind::kReview;
+  c.actor = std::string(actor);
+  c.subject = r.id;
+  c.entity = std::string(kRollbackJournal);
+  c.payload = Payload(r);
+  return txn.Append(std::move(c), nullptr).status();
+}
+
+ledger::Mutation RollbackRequests::Request(RollbackRequest request) {
+  return [this, request = std::move(request)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    if (request.state != "pending_approval" || request.id.empty() || request.filter.empty()) {
+      return absl::InvalidArgumentError("a rollback request needs an id, a filter and no decision");
+    }
+    RollbackRequest r = request;
+    r.requested_at = now;
+    return AppendRequest(txn, r, r.requested_by);
+  };
+}
+
+ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::string note,
+                                          std::string reviewer, std::vector<std::string> ids,
+                                          absl::Duration pending_ttl,
+                                          std::shared_ptr<RollbackRequest> out) {
+  return [this, id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
+          ids = std::move(ids), pending_ttl,
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    RollbackRequest r;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = requests_.find(id);
+      if (it == requests_.end()) {
+        return absl::NotFoundError(absl::StrCat("no rollback request ", id));
+      }
+      const Entry& e = it->second;
+      r = e.tentative && e.tentative->first < txn.NextSeq() ? e.tentative->second : e.committed;
+    }
+    if (r.state != "pending_approval") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("rollback request ", id, " is already ", r.state));
+    }
+    if (Expired(r, pending_ttl, now)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("rollback request ", id, " expired at ",
+                       core::FormatRfc3339(r.requested_at + pending_ttl), "; request it again"));
+    }
+    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, r.requested_by, {}));
+    r.decided_by = reviewer;
+    r.decided_at = now;
+    r.note = note;
+    if (approve) {
+      RollbackResult result;
+      const std::string why = absl::StrCat("rollback ", r.id, ": ", r.reason, " (requested by ",
+                                           r.requested_by, ", approved by ", reviewer, ")");
+      QUELL_RETURN_IF_ERROR(RevokeMatching(txn, ids, r.filter, why, reviewer, now, &result));
+      r.revoked = result.revoked;
+      r.state = "done";
+    } else {
+      r.state = "rejected";
+    }
+    const int64_t seq = txn.NextSeq();
+    QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, reviewer));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      requests_[id].tentative.emplace(seq, r);
     }
     *out = r;
     return absl::OkStatus();

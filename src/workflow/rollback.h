@@ -5,11 +5,21 @@
 // its entity's timeline naming the rollback); running it again matches nothing more, so
 // it is idempotent. Revoked mitigations of a policy leave the entity immune to it.
 //
-// Thread-safety: thread-safe functions; the mutation runs on the commit thread.
+// Approval (issue 5 item 3): a rollback whose matches span more distinct entities than
+// SafeguardOptions::bulk_threshold is not run at once: it becomes a rollback request
+// (state pending_approval), a kReview change filed under the entity kRollbackJournal.
+// A second, different admin or reviewer approves it (the rollback then runs, in the same
+// transaction as the approval) or rejects it; it expires after pending_ttl. The requests
+// are followed from the ledger by RollbackRequests (a view, like the breakers' state).
+//
+// Thread-safety: thread-safe functions; mutations run on the commit thread.
+// RollbackRequests is thread-safe (one mutex).
 #ifndef QUELL_WORKFLOW_ROLLBACK_H_
 #define QUELL_WORKFLOW_ROLLBACK_H_
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,10 +38,20 @@ struct RollbackFilter {
   }
 };
 bool Matches(const RollbackFilter& f, const core::Mitigation& m);
+//! {"policy": ..., ...} with only the set fields; times as RFC 3339.
+std::string RollbackFilterJson(const RollbackFilter& f);
 
 //! Ids of the live mitigations matching `f`, from one consistent read of the store.
 absl::StatusOr<std::vector<std::string>> FindRollbackTargets(ledger::Store& store,
                                                              const RollbackFilter& f);
+
+struct RollbackTargets {
+  std::vector<std::string> ids;  // live mitigations matching
+  int64_t entities = 0;          // distinct entities among them
+};
+//! As FindRollbackTargets, with the number of distinct entities (what approval counts).
+absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
+                                                      const RollbackFilter& f);
 
 struct RollbackResult {
   int64_t matched = 0;
@@ -42,6 +62,78 @@ struct RollbackResult {
 ledger::Mutation Rollback(std::vector<std::string> ids, RollbackFilter f, std::string reason,
                           std::string actor, std::string rollback_id,
                           std::shared_ptr<RollbackResult> out);
+
+// ---- rollback requests (approval) ----
+
+// The entity the ledger files rollback requests under (their timeline).
+inline constexpr std::string_view kRollbackJournal = "quell:rollbacks";
+
+struct RollbackRequest {
+  std::string id;  // "rb_..."
+  RollbackFilter filter;
+  std::string reason;
+  std::string requested_by;  // key id
+  absl::Time requested_at;
+  int64_t matched = 0;   // live mitigations matched when requested
+  int64_t entities = 0;  // distinct entities among them
+  // pending_approval | done (approved and run) | rejected | expired
+  std::string state = "pending_approval";
+  std::string decided_by;  // "" while pending
+  std::string note;
+  absl::Time decided_at;
+  int64_t revoked = 0;  // when done
+};
+//! The API's object: {"id", "state", "filter", "reason", "requested_by", "requested_at",
+//! "matched", "entities", "revoked", "decided_by", "decided_at", "note", "expires_at"}.
+//! A pending request past `pending_ttl` at `now` shows state "expired" (expiry is lazy:
+//! it can no longer be decided, and nothing is written for it).
+std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending_ttl,
+                                absl::Time now);
+//! r.state, or "expired" for a pending request past `pending_ttl` at `now`.
+std::string_view RollbackRequestState(const RollbackRequest& r, absl::Duration pending_ttl,
+                                      absl::Time now);
+//! Reads a kReview payload of a rollback request; kInvalidArgument if it is not one.
+absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payload, absl::Time at);
+
+// The rollback requests, as of the committed ledger plus the decisions of the
+// transaction being built (so two decisions in one commit batch cannot both pass).
+class RollbackRequests final : public ledger::ChangeListener {
+ public:
+  //! Reads every request from the journal. Call before the ledger takes writes.
+  absl::Status Load(ledger::Store& store);
+  void OnCommitted(const std::vector<ledger::Change>& changes) override;
+
+  std::optional<RollbackRequest> Get(std::string_view id) const;
+  //! Requests still pending_approval and not past `pending_ttl` at `now`, oldest first.
+  std::vector<RollbackRequest> Pending(absl::Time now, absl::Duration pending_ttl) const;
+  //! Every request, newest first, at most `limit`.
+  std::vector<RollbackRequest> All(size_t limit) const;
+
+  //! Files a new request (its state must be pending_approval).
+  ledger::Mutation Request(RollbackRequest request);
+
+  //! `reviewer`'s decision on pending request `id`. Approval revokes `ids` (as Rollback,
+  //! re-checked against the request's filter) in the same transaction. Errors: kNotFound,
+  //! kFailedPrecondition (decided already, or expired after `pending_ttl`),
+  //! kPermissionDenied (the requester deciding). *out = the request
+  //! after the decision.
+  ledger::Mutation Decide(std::string id, bool approve, std::string note, std::string reviewer,
+                          std::vector<std::string> ids, absl::Duration pending_ttl,
+                          std::shared_ptr<RollbackRequest> out);
+
+ private:
+  struct Entry {
+    RollbackRequest committed;
+    // A decision appended by a transaction not yet committed, with its change's seq: it
+    // counts while that seq is below the Txn's next one (a rolled-back savepoint or a
+    // failed batch rewinds the seq and so voids it), and is dropped once seq commits.
+    std::optional<std::pair<int64_t, RollbackRequest>> tentative;
+  };
+  absl::Status AppendRequest(ledger::Txn& txn, const RollbackRequest& r, std::string_view actor);
+
+  mutable std::mutex mu_;
+  std::map<std::string, Entry, std::less<>> requests_;
+};
 
 }  // namespace quell::workflow
 

@@ -138,6 +138,7 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
       q.cursor = page.next_cursor;
     }
   }
+  QUELL_RETURN_IF_ERROR(rollbacks_.Load(store));
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& l : lists) {
     if (l.is_protected) store_protected_.insert(l.name);
@@ -150,6 +151,7 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
 }
 
 void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
+  rollbacks_.OnCommitted(changes);
   std::lock_guard<std::mutex> lock(mu_);
   for (const ledger::Change& c : changes) {
     switch (c.kind) {

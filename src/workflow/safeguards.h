@@ -33,6 +33,7 @@
 #include "policy/policy_set.h"
 #include "safeguards/breakers.h"
 #include "safeguards/protected.h"
+#include "workflow/rollback.h"
 
 namespace quell::obs {
 class Logger;
@@ -62,8 +63,8 @@ class Safeguards final : public ledger::ChangeListener {
   // `logger` may be null.
   Safeguards(SafeguardOptions options, obs::Logger* logger);
 
-  //! Reads lists, breaker states and recent human decisions from the store. Call before
-  //! the ledger takes writes.
+  //! Reads lists, breaker states, recent human decisions and rollback requests from the
+  //! store. Call before the ledger takes writes.
   absl::Status Load(ledger::Store& store, absl::Time now);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
@@ -96,6 +97,8 @@ class Safeguards final : public ledger::ChangeListener {
                                         std::string_view action, absl::Time now) const;
 
   const SafeguardOptions& options() const { return options_; }
+  //! The rollback requests awaiting (or past) approval; loaded and followed with the rest.
+  RollbackRequests& rollbacks() { return rollbacks_; }
 
   struct Metrics {
     std::atomic<int64_t> held_protected{0};
@@ -116,6 +119,7 @@ class Safeguards final : public ledger::ChangeListener {
   const SafeguardOptions options_;
   obs::Logger* logger_;
   Metrics metrics_;
+  RollbackRequests rollbacks_;  // its own lock
 
   mutable std::mutex mu_;
   // Lists (all of them: a list may become protected later).

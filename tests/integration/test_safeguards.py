@@ -2,10 +2,12 @@
 binary: protected entities, breakers, reviews (two-reviewer rule, no self-approval),
 appeals, rollback, immunity, pending expiry and explanations."""
 import datetime
+import os
+import tempfile
 import time
 import unittest
 
-from harness import QuellServer
+from harness import QuellServer, run_cli
 
 POLICIES = """
 actions:
@@ -45,8 +47,12 @@ class Base(unittest.TestCase):
     ENV = {}
 
     @classmethod
+    def server_args(cls):
+        return []
+
+    @classmethod
     def setUpClass(cls):
-        cls.q = QuellServer(env=cls.ENV).start()
+        cls.q = QuellServer(env=cls.ENV, extra_args=cls.server_args()).start()
         s, body, _ = cls.q.request("PUT", "/v1/policies", POLICIES % {"limit": cls.LIMIT},
                                    headers={"Content-Type": "application/yaml"})
         assert s == 200, body
@@ -253,11 +259,20 @@ class RunawayTest(Base):
         self.assertEqual(s, 200, dry)
         self.assertEqual(dry["matched"], len(active) + len(pending))
         self.assertEqual(dry["revoked"], 0)
+        # ~99,500 entities is over the default bulk threshold (65,536): the rollback is a
+        # request that another reviewer approves; the approval runs it.
+        self.assertTrue(dry["needs_approval"])
+        s, req, _ = self.q.request("POST", "/v1/rollbacks", body)
+        self.assertEqual(s, 202, req)
+        self.assertEqual(req["state"], "pending_approval")
+        self.assertEqual(len(self.mitigations(source="runaway-model", state="active")), len(active))
         start = time.time()
-        s, rb, _ = self.q.request("POST", "/v1/rollbacks", body)
-        print("rollback of %d mitigations in %.2fs" % (rb.get("revoked", -1), time.time() - start))
-        self.assertEqual(s, 200, rb)
-        self.assertEqual(rb["matched"], rb["revoked"])
+        s, dec, _ = self.review(req["id"], True, self.r1, note="model v9 confirmed broken")
+        print("rollback of %d mitigations in %.2fs" % (dec.get("rollback", {}).get("revoked", -1),
+                                                      time.time() - start))
+        self.assertEqual(s, 200, dec)
+        rb = dec["rollback"]
+        self.assertEqual(rb["state"], "done")
         self.assertEqual(rb["revoked"], len(active) + len(pending))
         self.assertEqual(self.mitigations(source="runaway-model", state="active"), [])
         self.assertEqual(self.mitigations(source="runaway-model", state="pending_approval"), [])
@@ -269,9 +284,117 @@ class RunawayTest(Base):
         self.assertEqual((again["matched"], again["revoked"]), (0, 0))
 
 
+class RollbackApprovalTest(Base):
+    """A rollback over more entities than safeguards.bulk_threshold (set to 3 in the YAML
+    config file) waits for a second, different admin or reviewer."""
+    CONFIG = "safeguards:\n  bulk_threshold: 3\n  pending_ttl: 1h\nwebhooks:\n  max_attempts: 5\n"
+
+    @classmethod
+    def server_args(cls):
+        cls._cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        cls._cfg.write(cls.CONFIG)
+        cls._cfg.close()
+        return ["--config", cls._cfg.name]
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        os.unlink(cls._cfg.name)
+
+    def mitigate(self, source, n):
+        res = self.submit(*[det("%s-%d" % (source, i), "user:%s-%d" % (source, i), source=source)
+                            for i in range(n)])
+        self.assertEqual([r["decisions"][0]["state"] for r in res], ["active"] * n)
+        return [r["decisions"][0]["entity"] for r in res]
+
+    def verdict(self, entity):
+        return self.q.request("GET", "/v1/check?entity=" + entity)[1]["verdict"]
+
+    def test_over_threshold_waits_for_another_reviewer(self):
+        entities = self.mitigate("model-big", 5)
+        body = {"filter": {"source": "model-big"}, "reason": "bad model"}
+        s, dry, _ = self.q.request("POST", "/v1/rollbacks", dict(body, dry_run=True))
+        self.assertEqual((s, dry["matched"], dry["entities"], dry["needs_approval"]), (200, 5, 5, True))
+        s, req, _ = self.q.request("POST", "/v1/rollbacks", body)
+        self.assertEqual(s, 202, req)
+        self.assertEqual((req["state"], req["revoked"], req["entities"]), ("pending_approval", 0, 5))
+        rid = req["id"]
+        # Nothing is revoked while it waits; it is an open review and has its own resource.
+        self.assertEqual(self.verdict(entities[0]), "deny")
+        reviews = self.q.request("GET", "/v1/reviews?state=open")[1]["reviews"]
+        mine = [r for r in reviews if r["id"] == rid]
+        self.assertEqual(len(mine), 1, reviews)
+        self.assertEqual(mine[0]["kind"], "rollback")
+        self.assertEqual(mine[0]["evidence"]["matched"], 5)
+        s, got, _ = self.q.request("GET", "/v1/rollbacks/" + rid)
+        self.assertEqual((s, got["state"], got["requested_by"] != ""), (200, "pending_approval", True))
+        # The requester (the admin key) cannot approve their own request.
+        s, r, _ = self.review(rid, True, None)
+        self.assertEqual(s, 403, r)
+        self.assertEqual(self.verdict(entities[0]), "deny")
+        # A pending request survives a restart (it is in the ledger).
+        self.q.stop()
+        self.q.start()
+        s, got, _ = self.q.request("GET", "/v1/rollbacks/" + rid)
+        self.assertEqual((s, got["state"]), (200, "pending_approval"))
+        # Another reviewer approves: it runs, in the same transaction as the approval.
+        s, dec, _ = self.review(rid, True, self.r1, note="confirmed")
+        self.assertEqual(s, 200, dec)
+        self.assertEqual((dec["rollback"]["state"], dec["rollback"]["revoked"]), ("done", 5))
+        self.assertEqual(dec["rollback"]["note"], "confirmed")
+        for e in entities:
+            self.assertEqual(self.verdict(e), "allow", e)
+        view = self.q.request("GET", "/v1/entities/" + entities[0])[1]
+        reason = view["timeline"][-1]["mitigation"]["state_reason"]
+        self.assertIn(rid, reason)
+        self.assertIn("approved by", reason)
+        # Decided: no second decision, and it left the queue.
+        self.assertEqual(self.review(rid, True, self.r2)[0], 409)
+        self.assertEqual(self.review(rid, False, self.r2)[0], 409)
+        reviews = self.q.request("GET", "/v1/reviews?state=open")[1]["reviews"]
+        self.assertEqual([r for r in reviews if r["id"] == rid], [])
+        self.assertEqual(self.q.request("GET", "/v1/rollbacks/" + rid)[1]["state"], "done")
+
+    def test_rejected_request_revokes_nothing(self):
+        entities = self.mitigate("model-rej", 4)
+        s, req, _ = self.q.request("POST", "/v1/rollbacks", {"filter": {"source": "model-rej"}})
+        self.assertEqual(s, 202, req)
+        s, dec, _ = self.review(req["id"], False, self.r2, note="the model was right")
+        self.assertEqual(s, 200, dec)
+        self.assertEqual((dec["rollback"]["state"], dec["rollback"]["revoked"]), ("rejected", 0))
+        for e in entities:
+            self.assertEqual(self.verdict(e), "deny", e)
+        self.assertEqual(self.review(req["id"], True, self.r1)[0], 409)
+        listed = self.q.request("GET", "/v1/rollbacks?state=rejected")[1]["rollbacks"]
+        self.assertIn(req["id"], [r["id"] for r in listed])
+
+    def test_at_threshold_runs_at_once(self):
+        entities = self.mitigate("model-small", 3)
+        s, rb, _ = self.q.request("POST", "/v1/rollbacks", {"filter": {"source": "model-small"}})
+        self.assertEqual(s, 200, rb)
+        self.assertEqual((rb["state"], rb["revoked"], rb["needs_approval"]), ("done", 3, False))
+        self.assertEqual(self.verdict(entities[0]), "allow")
+        self.assertEqual(self.review("rb_nope", True, self.r1)[0], 404)
+
+    def test_bad_config_values_stop_the_server(self):
+        for text, key in (("safeguards: {bulk_threshold: -2}\n", "safeguards.bulk_threshold"),
+                          ("safeguards: {pendng_ttl: 1h}\n", "safeguards.pendng_ttl"),
+                          ("webhooks: {max_attempts: 0}\n", "webhooks.max_attempts"),
+                          ("webhooks: {timeout: soon}\n", "webhooks.timeout")):
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "quell.yaml")
+                with open(path, "w") as f:
+                    f.write(text)
+                rc, _, err = run_cli("serve", "--config", path, "--data", d, "--listen",
+                                     "127.0.0.1:0", check=False)
+                self.assertNotEqual(rc, 0, text)
+                self.assertIn(key, err)
+
+
 class ExpiryAndRestartTest(Base):
     LIMIT = 3
-    ENV = {"QUELL_SAFEGUARDS_PENDING_TTL": "1s", "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "200ms"}
+    ENV = {"QUELL_SAFEGUARDS_PENDING_TTL": "1s", "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "200ms",
+           "QUELL_SAFEGUARDS_BULK_THRESHOLD": "1"}
 
     def wait_state(self, mid, want, deadline=30):
         end = time.time() + deadline
@@ -291,6 +414,16 @@ class ExpiryAndRestartTest(Base):
         self.assertIn("pending approval expired", m["state_reason"])
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-exp")[1]["verdict"], "allow")
         self.assertEqual(self.review(d["mitigation_id"], True, self.r1)[0], 409)
+
+    def test_rollback_request_expires(self):
+        res = self.submit(*[det("rx-%d" % i, "user:rx%d" % i, source="model-rx") for i in range(2)])
+        self.assertEqual([r["decisions"][0]["state"] for r in res], ["active"] * 2)
+        s, req, _ = self.q.request("POST", "/v1/rollbacks", {"filter": {"source": "model-rx"}})
+        self.assertEqual(s, 202, req)
+        time.sleep(1.5)
+        self.assertEqual(self.q.request("GET", "/v1/rollbacks/" + req["id"])[1]["state"], "expired")
+        self.assertEqual(self.review(req["id"], True, self.r1)[0], 409)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:rx0")[1]["verdict"], "deny")
 
     def test_breaker_survives_restart_until_reset(self):
         res = self.submit(*[det("br-%d" % i, "user:br%d" % i, source="runaway-model") for i in range(6)])

@@ -1,0 +1,249 @@
+#include "workflow/rollback.h"
+
+#include <filesystem>
+
+#include "core/ids.h"
+#include "gtest/gtest.h"
+#include "ledger/audit.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "workflow/mitigations.h"
+
+namespace quell::workflow {
+namespace {
+
+using core::MitigationState;
+
+class RollbackTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempDir() + "/rb_" + core::RandomHex(6);
+    Open();
+  }
+  void TearDown() override {
+    ledger_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Open() {
+    auto store = ledger::OpenSqliteStore({.path = dir_});
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto l = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, &clock_);
+    ASSERT_TRUE(l.ok()) << l.status();
+    ledger_ = *std::move(l);
+    requests_ = std::make_unique<RollbackRequests>();
+    ASSERT_TRUE(requests_->Load(ledger_->store()).ok());
+    ledger_->AddListener(requests_.get());
+  }
+  void Reopen() {
+    ledger_.reset();
+    Open();
+  }
+
+  std::string Create(std::string entity, std::string source) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse(entity);
+    r.action = "block";
+    r.reason = "test";
+    r.actor = "k_detector";
+    r.source = std::move(source);
+    r.policy = "p1";
+    auto out = std::make_shared<CreateResult>();
+    auto done = ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out));
+    EXPECT_TRUE(done.ok()) << done.status();
+    return out->mitigation.id;
+  }
+  MitigationState State(const std::string& id) {
+    return (*ledger_->store().GetMitigation(id))->state;
+  }
+  std::string Request(const RollbackFilter& f, std::string requester = "k_admin1") {
+    RollbackRequest r;
+    r.id = core::NewId("rb_", clock_.Now());
+    r.filter = f;
+    r.reason = "bad model";
+    r.requested_by = std::move(requester);
+    auto t = FindRollbackTargetSet(ledger_->store(), f);
+    EXPECT_TRUE(t.ok());
+    r.matched = static_cast<int64_t>(t->ids.size());
+    r.entities = t->entities;
+    EXPECT_TRUE(ledger_->SubmitAndWait(requests_->Request(r)).ok());
+    return r.id;
+  }
+  absl::Status Decide(const std::string& id, bool approve, std::string reviewer,
+                      std::shared_ptr<RollbackRequest> out = nullptr) {
+    if (!out) out = std::make_shared<RollbackRequest>();
+    auto r = requests_->Get(id);
+    std::vector<std::string> ids;
+    if (r) ids = *FindRollbackTargets(ledger_->store(), r->filter);
+    return ledger_
+        ->SubmitAndWait(
+            requests_->Decide(id, approve, "note", std::move(reviewer), std::move(ids), kTtl, out))
+        .status();
+  }
+
+  static constexpr absl::Duration kTtl = absl::Hours(1);
+  core::FakeClock clock_;
+  std::string dir_;
+  std::unique_ptr<ledger::Ledger> ledger_;
+  std::unique_ptr<RollbackRequests> requests_;
+};
+
+TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
+  std::string a = Create("user:a", "model-v3");
+  std::string b = Create("user:b", "model-v3");
+  std::string c = Create("user:c", "model-v2");
+  RollbackFilter f;
+  f.source = "model-v3";
+  auto t = FindRollbackTargetSet(ledger_->store(), f);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->ids.size(), 2u);
+  EXPECT_EQ(t->entities, 2);
+  auto out = std::make_shared<RollbackResult>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(t->ids, f, "bad", "k_admin", "rb_1", out)).ok());
+  EXPECT_EQ(out->revoked, 2);
+  EXPECT_EQ(State(a), MitigationState::kRevoked);
+  EXPECT_EQ(State(b), MitigationState::kRevoked);
+  EXPECT_EQ(State(c), MitigationState::kActive);
+  EXPECT_NE((*ledger_->store().GetMitigation(a))->state_reason.find("rollback rb_1: bad"),
+            std::string::npos);
+  // Again with the same ids: nothing more.
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(t->ids, f, "bad", "k_admin", "rb_2", out)).ok());
+  EXPECT_EQ(out->revoked, 0);
+  EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f)->empty());
+  // One transaction: the chain still verifies.
+  auto audit = ledger::VerifyChain(ledger_->store());
+  ASSERT_TRUE(audit.ok());
+  EXPECT_TRUE(audit->ok()) << audit->reason;
+}
+
+TEST_F(RollbackTest, RequestWaitsThenAnotherReviewerApproves) {
+  std::string a = Create("user:a", "model-v3");
+  std::string b = Create("user:b", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  std::string id = Request(f);
+  auto got = requests_->Get(id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->state, "pending_approval");
+  EXPECT_EQ(got->matched, 2);
+  EXPECT_EQ(requests_->Pending(clock_.Now(), kTtl).size(), 1u);
+  EXPECT_EQ(State(a), MitigationState::kActive);
+
+  // The requester cannot approve it.
+  EXPECT_EQ(Decide(id, true, "k_admin1").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(State(a), MitigationState::kActive);
+
+  auto out = std::make_shared<RollbackRequest>();
+  ASSERT_TRUE(Decide(id, true, "k_reviewer", out).ok());
+  EXPECT_EQ(out->state, "done");
+  EXPECT_EQ(out->revoked, 2);
+  EXPECT_EQ(out->decided_by, "k_reviewer");
+  EXPECT_EQ(State(a), MitigationState::kRevoked);
+  EXPECT_EQ(State(b), MitigationState::kRevoked);
+  EXPECT_NE((*ledger_->store().GetMitigation(a))->state_reason.find("approved by k_reviewer"),
+            std::string::npos);
+  EXPECT_EQ(requests_->Get(id)->state, "done");
+  EXPECT_TRUE(requests_->Pending(clock_.Now(), kTtl).empty());
+  // Decided once only.
+  EXPECT_EQ(Decide(id, false, "k_other").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Decide("rb_missing", true, "k_other").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RollbackTest, RejectionRevokesNothing) {
+  std::string a = Create("user:a", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  std::string id = Request(f);
+  auto out = std::make_shared<RollbackRequest>();
+  ASSERT_TRUE(Decide(id, false, "k_reviewer", out).ok());
+  EXPECT_EQ(out->state, "rejected");
+  EXPECT_EQ(State(a), MitigationState::kActive);
+  EXPECT_EQ(Decide(id, true, "k_reviewer2").code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(RollbackTest, TwoDecisionsInOneCommitBatchCannotBothPass) {
+  Create("user:a", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  std::string id = Request(f);
+  std::vector<std::string> ids = *FindRollbackTargets(ledger_->store(), f);
+  // Both run in one transaction: the second sees the first's decision.
+  auto first = std::make_shared<RollbackRequest>();
+  auto second = std::make_shared<RollbackRequest>();
+  auto m1 = requests_->Decide(id, true, "", "k_r1", ids, kTtl, first);
+  auto m2 = requests_->Decide(id, false, "", "k_r2", ids, kTtl, second);
+  auto both = ledger_->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    if (auto s = m1(txn, now); !s.ok()) return s;
+    absl::Status s2 = m2(txn, now);
+    EXPECT_EQ(s2.code(), absl::StatusCode::kFailedPrecondition) << s2;
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(both.ok()) << both.status();
+  EXPECT_EQ(requests_->Get(id)->state, "done");
+}
+
+TEST_F(RollbackTest, FailedDecisionLeavesItPending) {
+  Create("user:a", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  std::string id = Request(f);
+  std::vector<std::string> ids = *FindRollbackTargets(ledger_->store(), f);
+  auto out = std::make_shared<RollbackRequest>();
+  auto m = requests_->Decide(id, true, "", "k_r1", ids, kTtl, out);
+  // The decision's mutation succeeds but its caller fails after it: all rolled back.
+  auto failed = ledger_->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    if (auto s = m(txn, now); !s.ok()) return s;
+    return absl::InternalError("later step failed");
+  });
+  EXPECT_FALSE(failed.ok());
+  EXPECT_EQ(requests_->Get(id)->state, "pending_approval");
+  // The voided decision does not block a real one.
+  ASSERT_TRUE(Decide(id, false, "k_r2").ok());
+  EXPECT_EQ(requests_->Get(id)->state, "rejected");
+}
+
+TEST_F(RollbackTest, ExpiredRequestCannotBeDecided) {
+  std::string a = Create("user:a", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  std::string id = Request(f);
+  clock_.Advance(kTtl + absl::Seconds(1));
+  EXPECT_TRUE(requests_->Pending(clock_.Now(), kTtl).empty());
+  EXPECT_EQ(RollbackRequestState(*requests_->Get(id), kTtl, clock_.Now()), "expired");
+  EXPECT_EQ(Decide(id, true, "k_reviewer").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(State(a), MitigationState::kActive);
+}
+
+TEST_F(RollbackTest, RequestsSurviveARestart) {
+  Create("user:a", "model-v3");
+  RollbackFilter f;
+  f.source = "model-v3";
+  f.since = clock_.Now() - absl::Hours(1);
+  std::string id = Request(f);
+  Reopen();
+  auto got = requests_->Get(id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->state, "pending_approval");
+  EXPECT_EQ(got->filter.source, "model-v3");
+  EXPECT_EQ(got->filter.since, f.since);
+  EXPECT_EQ(got->requested_by, "k_admin1");
+  ASSERT_TRUE(Decide(id, true, "k_reviewer").ok());
+  Reopen();
+  EXPECT_EQ(requests_->Get(id)->state, "done");
+  EXPECT_EQ(requests_->Get(id)->revoked, 1);
+}
+
+TEST(RollbackRequestJson, ShapeAndBadPayload) {
+  RollbackRequest r;
+  r.id = "rb_x";
+  r.filter.policy = "p\"1";
+  r.filter.until = absl::FromUnixSeconds(1767225600);
+  r.reason = "why";
+  r.requested_by = "k_a";
+  r.requested_at = absl::FromUnixSeconds(1767225000);
+  std::string json = RollbackRequestJson(r, absl::Hours(1), r.requested_at);
+  EXPECT_NE(json.find("\"state\":\"pending_approval\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"expires_at\":\"2026-01-01T00:50:00Z\""), std::string::npos) << json;
+  EXPECT_FALSE(RollbackRequestFromPayload("{\"x\":1}", absl::Now()).ok());
+}
+
+}  // namespace
+}  // namespace quell::workflow
