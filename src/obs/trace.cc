@@ -290,6 +290,13 @@ Span Span::StartChild(std::string_view name, SpanKind kind) const {
   return tracer_->NewSpan(name, kind, &data_->context, /*sampled=*/true);
 }
 
+Span Span::StartChildAt(std::string_view name, absl::Time start, SpanKind kind) const {
+  if (!data_) return Span();
+  Span child = tracer_->NewSpan(name, kind, &data_->context, /*sampled=*/true);
+  child.data_->start_unix_nanos = absl::ToUnixNanos(start);
+  return child;
+}
+
 void Span::SetAttribute(std::string_view key, std::string_view value) {
   if (data_) AppendStringAttribute(data_->attributes, key, std::string(value));
 }
@@ -312,6 +319,12 @@ void Span::SetStatus(SpanStatus status, std::string_view message) {
 void Span::End() {
   if (!data_) return;
   data_->end_unix_nanos = tracer_->NowNanos();
+  tracer_->Enqueue(std::move(data_));
+}
+
+void Span::EndAt(absl::Time end) {
+  if (!data_) return;
+  data_->end_unix_nanos = absl::ToUnixNanos(end);
   tracer_->Enqueue(std::move(data_));
 }
 
@@ -424,6 +437,14 @@ Span Tracer::StartRootSpan(std::string_view name, SpanKind kind) {
   FillRandom(id);
   if (!SampledByRatio(id, options_.sample_ratio)) return Span();
   return NewSpan(name, kind, nullptr, true, &id);
+}
+
+Span Tracer::StartSpanAt(std::string_view name, const SpanContext& parent, absl::Time start,
+                         SpanKind kind) {
+  if (!parent.sampled() || !parent.IsValid()) return Span();
+  Span span = NewSpan(name, kind, &parent, true);
+  span.data_->start_unix_nanos = absl::ToUnixNanos(start);
+  return span;
 }
 
 Span Tracer::NewSpan(std::string_view name, SpanKind kind, const SpanContext* parent, bool sampled,

@@ -132,6 +132,9 @@ class Span {
   const SpanContext& context() const;
   //! A child of this span (recorded iff this one is).
   Span StartChild(std::string_view name, SpanKind kind = SpanKind::kInternal) const;
+  //! A child that started at `start` (work timed elsewhere, e.g. on another thread).
+  Span StartChildAt(std::string_view name, absl::Time start,
+                    SpanKind kind = SpanKind::kInternal) const;
 
   void SetAttribute(std::string_view key, std::string_view value);
   void SetAttribute(std::string_view key, const char* value) {
@@ -143,6 +146,8 @@ class Span {
   void SetStatus(SpanStatus status, std::string_view message = {});
   //! Records the end time and queues the span for export. Idempotent.
   void End();
+  //! End() with an explicit end time (work timed elsewhere).
+  void EndAt(absl::Time end);
 
  private:
   friend class Tracer;
@@ -217,6 +222,11 @@ class Tracer {
                        std::string_view tracestate);
   //! The root of a new trace (background work), recorded by ratio.
   Span StartRootSpan(std::string_view name, SpanKind kind = SpanKind::kInternal);
+  //! A child of `parent` -- a span's context carried to another thread, where the
+  //! parent Span itself is not reachable -- that started at `start`. Recorded iff
+  //! `parent` is valid and sampled; otherwise a non-recording Span (no allocation).
+  Span StartSpanAt(std::string_view name, const SpanContext& parent, absl::Time start,
+                   SpanKind kind = SpanKind::kInternal);
 
   //! Stops accepting spans, exports what is queued (starting no export after
   //! `deadline`; one already running may take up to its request timeout),

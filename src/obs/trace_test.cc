@@ -146,6 +146,44 @@ TEST(TracerTest, ServerSpanContinuesIncomingTraceAndParentsChildren) {
   EXPECT_NE(registry.Render().find("quell_trace_spans_exported_total 2"), std::string::npos);
 }
 
+TEST(TracerTest, SpanAtExplicitParentAndTimes) {
+  auto e = std::make_unique<FakeExporter>();
+  FakeExporter* exporter = e.get();
+  Tracer::Options o;
+  o.flush_interval = absl::Milliseconds(5);
+  auto tracer = Tracer::Create(std::move(e), o, nullptr, nullptr);
+  ASSERT_TRUE(tracer.ok()) << tracer.status();
+  SpanContext parent = *ParseTraceparent(kParent);
+  const absl::Time t0 = absl::FromUnixSeconds(1700000000);
+  {
+    // Carried to another thread as a context: recorded with the given times.
+    Span commit = (*tracer)->StartSpanAt("ledger.commit", parent, t0);
+    ASSERT_TRUE(commit.recording());
+    Span apply = commit.StartChildAt("index.apply", t0 + absl::Milliseconds(2));
+    apply.EndAt(t0 + absl::Milliseconds(3));
+    commit.EndAt(t0 + absl::Milliseconds(2));
+    // Not sampled, or invalid: nothing recorded.
+    SpanContext unsampled = parent;
+    unsampled.flags = 0;
+    EXPECT_FALSE((*tracer)->StartSpanAt("x", unsampled, t0).recording());
+    EXPECT_FALSE((*tracer)->StartSpanAt("x", SpanContext{}, t0).recording());
+  }
+  (*tracer)->FlushForTest();
+  absl::MutexLock lock(&exporter->mu);
+  ASSERT_EQ(exporter->got.size(), 2u);
+  const SpanData& apply = exporter->got[0];
+  const SpanData& commit = exporter->got[1];
+  EXPECT_EQ(commit.name, "ledger.commit");
+  EXPECT_EQ(commit.context.trace_id, parent.trace_id);
+  EXPECT_EQ(commit.parent_span_id, parent.span_id);
+  EXPECT_EQ(commit.start_unix_nanos, absl::ToUnixNanos(t0));
+  EXPECT_EQ(commit.end_unix_nanos, absl::ToUnixNanos(t0 + absl::Milliseconds(2)));
+  EXPECT_EQ(apply.parent_span_id, commit.context.span_id);
+  EXPECT_EQ(apply.context.trace_id, parent.trace_id);
+  EXPECT_EQ(apply.start_unix_nanos, absl::ToUnixNanos(t0 + absl::Milliseconds(2)));
+  EXPECT_EQ(apply.end_unix_nanos, absl::ToUnixNanos(t0 + absl::Milliseconds(3)));
+}
+
 TEST(TracerTest, SamplingDecisions) {
   Tracer::Options o;
   o.sample_ratio = 0;
