@@ -96,6 +96,8 @@ class Index::Impl {
   static constexpr size_t kMaxActions = 65536;
   struct NameBlock {
     std::array<std::atomic<const std::string*>, kBlockSize> names{};
+    // Records held per action (written by the writer, read by CountsByAction).
+    std::array<std::atomic<int64_t>, kBlockSize> counts{};
   };
 
   internal::Table entities{5};
@@ -131,11 +133,18 @@ class Index::Impl {
       owned_blocks.push_back(std::make_unique<NameBlock>());
       block = owned_blocks.back().get();
       for (auto& p : block->names) p.store(nullptr, std::memory_order_relaxed);
+      for (auto& c : block->counts) c.store(0, std::memory_order_relaxed);
       blocks[id >> kBlockBits].store(block, std::memory_order_release);
     }
     block->names[id & (kBlockSize - 1)].store(&action_names.back(), std::memory_order_release);
     action_ids.emplace(name, static_cast<uint16_t>(id));
     return static_cast<uint16_t>(id);
+  }
+
+  // Writer only: `action` was interned before.
+  void CountAction(uint16_t action, int64_t delta) {
+    NameBlock* block = blocks[action >> kBlockBits].load(std::memory_order_relaxed);
+    block->counts[action & (kBlockSize - 1)].fetch_add(delta, std::memory_order_relaxed);
   }
 
   void CountNetwork(const core::Network& net, int delta) {
@@ -266,20 +275,30 @@ absl::Status Index::Apply(const core::Mitigation& m) {
     key = net_key.view();
     table = &impl_->networks;
   }
+  uint16_t old_action = 0;
   if (m.state != core::MitigationState::kActive) {
-    if (table->Remove(key, r.id) && is_cidr) impl_->CountNetwork(net, -1);
+    if (table->Remove(key, r.id, &old_action)) {
+      if (is_cidr) impl_->CountNetwork(net, -1);
+      impl_->CountAction(old_action, -1);
+    }
     return absl::OkStatus();
   }
   QUELL_ASSIGN_OR_RETURN(r.action, impl_->InternAction(m.action));
   r.expires_us = ToMicros(m.expires_at);
-  switch (table->Upsert(key, r)) {
+  switch (table->Upsert(key, r, &old_action)) {
     case internal::Table::UpsertResult::kAdded:
       if (is_cidr) impl_->CountNetwork(net, +1);
+      impl_->CountAction(r.action, +1);
       break;
     case internal::Table::UpsertResult::kRefused:
       return absl::ResourceExhaustedError(
           absl::StrCat("entity ", AV(m.entity.str()), " holds too many mitigations"));
     case internal::Table::UpsertResult::kUpdated:
+      if (old_action != r.action) {
+        impl_->CountAction(old_action, -1);
+        impl_->CountAction(r.action, +1);
+      }
+      break;
     case internal::Table::UpsertResult::kUnchanged:
       break;
   }
@@ -290,6 +309,21 @@ void Index::set_seq(int64_t seq) { impl_->seq.store(seq, std::memory_order_relea
 int64_t Index::seq() const { return impl_->seq.load(std::memory_order_acquire); }
 
 size_t Index::size() const { return impl_->entities.records() + impl_->networks.records(); }
+
+std::vector<std::pair<std::string, int64_t>> Index::CountsByAction() const {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (size_t id = 0; id < Impl::kMaxActions; ++id) {
+    const Impl::NameBlock* block =
+        impl_->blocks[id >> Impl::kBlockBits].load(std::memory_order_acquire);
+    if (block == nullptr) break;
+    const std::string* name =
+        block->names[id & (Impl::kBlockSize - 1)].load(std::memory_order_acquire);
+    if (name == nullptr) break;  // ids are dense: the first gap is the end
+    out.emplace_back(*name,
+                     block->counts[id & (Impl::kBlockSize - 1)].load(std::memory_order_relaxed));
+  }
+  return out;
+}
 
 size_t Index::MemoryBytes() const {
   size_t bytes = sizeof(Impl) + impl_->entities.MemoryBytes() + impl_->networks.MemoryBytes();

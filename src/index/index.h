@@ -9,8 +9,8 @@
 // address (all of them, not only the longest prefix). Expiry: a mitigation whose
 // expires_at has passed is never returned, even before its `expired` change is applied.
 //
-// Thread-safety: Lookup/size/seq/MemoryBytes are thread-safe; Upsert/Remove/set_seq must
-// be called from one thread at a time (the applier).
+// Thread-safety: Lookup/size/seq/MemoryBytes/CountsByAction are thread-safe; Upsert/Remove/set_seq
+// must be called from one thread at a time (the applier).
 #ifndef QUELL_INDEX_INDEX_H_
 #define QUELL_INDEX_INDEX_H_
 
@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
@@ -83,6 +84,10 @@ class Index {
   size_t size() const;
   //! Approximate heap bytes used by the index.
   size_t MemoryBytes() const;
+  //! Mitigations held per action name, for every action name ever applied (0 when none
+  //! is held now), in first-applied order. Thread-safe; each count is exact at some
+  //! instant during the call, and they sum to size() when no write runs meanwhile.
+  std::vector<std::pair<std::string, int64_t>> CountsByAction() const;
 
   //! Test hook: aborts if an internal invariant is broken. Applier thread only.
   void CheckInvariantsForTest() const;

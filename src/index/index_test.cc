@@ -125,6 +125,29 @@ TEST(IndexTest, ApplyLookupRemove) {
   index.CheckInvariantsForTest();
 }
 
+TEST(IndexTest, CountsByAction) {
+  Index index;
+  EXPECT_TRUE(index.CountsByAction().empty());
+  using Counts = std::vector<std::pair<std::string, int64_t>>;
+  ASSERT_TRUE(index.Apply(M("user:alice", Id(1), "suspend")).ok());
+  ASSERT_TRUE(index.Apply(M("user:bob", Id(2), "suspend")).ok());
+  ASSERT_TRUE(index.Apply(M("ip:10.0.0.1", Id(3), "block")).ok());
+  ASSERT_TRUE(index.Apply(M("cidr:10.0.0.0/8", Id(4), "block")).ok());
+  EXPECT_EQ(index.CountsByAction(), (Counts{{"suspend", 2}, {"block", 2}}));
+  // Re-applied unchanged: no double count. Re-applied with another action: moves.
+  ASSERT_TRUE(index.Apply(M("user:alice", Id(1), "suspend")).ok());
+  ASSERT_TRUE(index.Apply(M("user:bob", Id(2), "challenge")).ok());
+  EXPECT_EQ(index.CountsByAction(), (Counts{{"suspend", 1}, {"block", 2}, {"challenge", 1}}));
+  // Removed (and removing what is absent changes nothing).
+  ASSERT_TRUE(index.Apply(M("cidr:10.0.0.0/8", Id(4), "block", MitigationState::kRevoked)).ok());
+  ASSERT_TRUE(index.Apply(M("cidr:10.0.0.0/8", Id(4), "block", MitigationState::kRevoked)).ok());
+  ASSERT_TRUE(index.Apply(M("user:alice", Id(1), "suspend", MitigationState::kExpired)).ok());
+  EXPECT_EQ(index.CountsByAction(), (Counts{{"suspend", 0}, {"block", 1}, {"challenge", 1}}));
+  int64_t sum = 0;
+  for (const auto& [name, n] : index.CountsByAction()) sum += n;
+  EXPECT_EQ(sum, static_cast<int64_t>(index.size()));
+}
+
 TEST(IndexTest, LookupAppendsToExistingHits) {
   Index index;
   ASSERT_TRUE(index.Apply(M("user:a", Id(1))).ok());

@@ -593,7 +593,7 @@ class ShardWriter {
 
 }  // namespace
 
-Table::UpsertResult Table::Upsert(std::string_view key, const Record& r) {
+Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_t* old_action) {
   if (key.size() > kMaxKeyBytes) return UpsertResult::kRefused;
   const KeyWordsBuf kb(key);
   const uint64_t hash = HashKey(key);
@@ -617,6 +617,7 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r) {
     for (size_t i = 0; i < count; ++i) {
       uint64_t* q = recs + i * kRecordWords;
       if (q[0] != rec[0] || q[1] != rec[1]) continue;
+      if (old_action != nullptr) *old_action = static_cast<uint16_t>(q[3]);
       if (q[2] == rec[2] && q[3] == rec[3]) return UpsertResult::kUnchanged;
       s.BeginWrite();
       St(q + 2, rec[2]);
@@ -674,7 +675,7 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r) {
   return result;
 }
 
-bool Table::Remove(std::string_view key, const std::array<uint8_t, 16>& id) {
+bool Table::Remove(std::string_view key, const std::array<uint8_t, 16>& id, uint16_t* old_action) {
   if (key.size() > kMaxKeyBytes) return false;
   const KeyWordsBuf kb(key);
   const uint64_t hash = HashKey(key);
@@ -696,6 +697,7 @@ bool Table::Remove(std::string_view key, const std::array<uint8_t, 16>& id) {
     ++i;
   }
   if (i == count) return false;
+  if (old_action != nullptr) *old_action = static_cast<uint16_t>(recs[i * kRecordWords + 3]);
   if (count == 1) {
     s.BeginWrite();
     w.ClearSlot(static_cast<size_t>(p.found));

@@ -59,10 +59,14 @@ class Table {
   Table& operator=(const Table&) = delete;
 
   enum class UpsertResult { kAdded, kUpdated, kUnchanged, kRefused };
-  //! Writer only. Adds `r` under `key`, or updates the record with the same id.
-  UpsertResult Upsert(std::string_view key, const Record& r);
-  //! Writer only. Removes the record `id` under `key`; false if it was not there.
-  bool Remove(std::string_view key, const std::array<uint8_t, 16>& id);
+  //! Writer only. Adds `r` under `key`, or updates the record with the same id. When
+  //! `old_action` is given and the record existed (kUpdated, kUnchanged), it receives the
+  //! record's action before the update.
+  UpsertResult Upsert(std::string_view key, const Record& r, uint16_t* old_action = nullptr);
+  //! Writer only. Removes the record `id` under `key`; false if it was not there. When
+  //! `old_action` is given and a record was removed, it receives that record's action.
+  bool Remove(std::string_view key, const std::array<uint8_t, 16>& id,
+              uint16_t* old_action = nullptr);
 
   //! Appends to `out` the records under `key` with expires_us > now_us, each as a Hit with
   //! `cidr_prefix`. Returns how many were appended. Thread-safe, lock-free.
