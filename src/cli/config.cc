@@ -337,6 +337,8 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         QUELL_RETURN_IF_ERROR(
             SectionFromNode(v, path, "webhooks", WebhookDurations(&c.webhooks), kMaxAttempts,
                             [&](int64_t n) { c.webhooks.max_attempts = static_cast<int>(n); }));
+      } else if (key == "node") {
+        c.node_name = v.as<std::string>();
       } else if (key == "metrics") {
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "enabled") {
@@ -369,6 +371,7 @@ absl::Status ApplyEnvironment(Config* c) {
   if (const char* v = env("QUELL_LISTEN")) c->listen = v;
   if (const char* v = env("QUELL_DATA")) c->data = v;
   if (const char* v = env("QUELL_LOG_LEVEL")) c->log_level = v;
+  if (const char* v = env("QUELL_NODE_NAME")) c->node_name = v;
   if (const char* v = env("QUELL_TRACING_ENDPOINT")) c->tracing.endpoint = v;
   if (const char* v = env("QUELL_TRACING_SAMPLE_RATIO")) {
     if (!absl::SimpleAtod(v, &c->tracing.sample_ratio)) {

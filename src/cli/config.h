@@ -73,6 +73,7 @@ struct Config {
   absl::Duration idle_timeout = absl::Seconds(60);
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
+  std::string node_name;        // node: labels this node's feed-lag metrics; "" = the host name
   bool metrics_enabled = true;  // metrics.enabled: false renders an empty /metrics
   TracingConfig tracing;
   std::shared_ptr<const core::ActionCatalog> catalog = core::ActionCatalog::Default();

@@ -207,7 +207,10 @@ int Serve(const Flags& flags) {
   if (!data_lock.ok()) return Failure(data_lock.status());
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
-  auto ledger = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, clock);
+  ledger::LedgerOptions ledger_options;
+  ledger_options.metrics = config->metrics_enabled ? &metrics : nullptr;  // commit histograms
+  ledger_options.tracer = tracer.get();  // commit and apply spans of traced writes
+  auto ledger = ledger::Ledger::Open(*std::move(store), ledger_options, clock);
   if (!ledger.ok()) return Failure(ledger.status());
 
   index::Index index;
@@ -249,7 +252,8 @@ int Serve(const Flags& flags) {
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
   (*ledger)->AddListener(webhook_dispatcher->get());
 
-  auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index);
+  auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index,
+                                                   config->node_name);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
   api::ApiDeps deps;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
+#include "obs/metrics.h"
 
 namespace quell::ledger {
 namespace {
@@ -100,8 +101,14 @@ class RecordingTxn final : public Txn {
 
 class Ledger::Impl {
  public:
-  Impl(Store* store, const LedgerOptions& options, core::Clock* clock, int64_t last_seq)
-      : store_(store), options_(options), clock_(clock), last_seq_(last_seq) {
+  Impl(Store* store, const LedgerOptions& options, core::Clock* clock, int64_t last_seq,
+       obs::Histogram* commit_seconds, obs::Histogram* batch_size)
+      : store_(store),
+        options_(options),
+        clock_(clock),
+        commit_seconds_(commit_seconds),
+        batch_size_(batch_size),
+        last_seq_(last_seq) {
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -114,11 +121,11 @@ class Ledger::Impl {
     thread_.join();
   }
 
-  void Submit(Mutation mutation, Completion done) {
+  void Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent) {
     {
       absl::MutexLock lock(&mu_);
       if (!stopping_ && static_cast<int>(queue_.size()) < options_.max_queue) {
-        queue_.push_back({std::move(mutation), std::move(done)});
+        queue_.push_back({std::move(mutation), std::move(done), std::move(trace_parent)});
         wake_.Signal();
         return;
       }
@@ -142,6 +149,7 @@ class Ledger::Impl {
   struct Item {
     Mutation mutation;
     Completion done;
+    obs::SpanContext trace_parent;  // invalid: not traced
   };
   struct Outcome {
     absl::Status status;
@@ -230,17 +238,48 @@ class Ledger::Impl {
       stats_.last_batch_size = static_cast<int64_t>(batch.size());
       stats_.max_batch_size = std::max(stats_.max_batch_size, stats_.last_batch_size);
     }
+    if (commit_seconds_ != nullptr) commit_seconds_->Observe(absl::ToDoubleSeconds(took));
+    if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
     if (!committed.empty()) {
       for (ChangeListener* l : listeners) l->OnCommitted(committed);
     }
+    if (options_.tracer != nullptr) TraceBatch(batch, outcomes, started, started + took, absl::Now());
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
+    }
+  }
+
+  // Records each traced mutation's spans: "ledger.commit" over the batch's transaction
+  // (begin..commit) and, when it appended changes that committed, "index.apply" over
+  // the listeners. Runs before the completions, so the spans exist before the reply.
+  void TraceBatch(const std::vector<Item>& batch, const std::vector<Outcome>& outcomes,
+                  absl::Time begun, absl::Time committed, absl::Time applied) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const obs::SpanContext& parent = batch[i].trace_parent;
+      if (!parent.sampled()) continue;
+      obs::Span commit = options_.tracer->StartSpanAt("ledger.commit", parent, begun);
+      if (!commit.recording()) continue;
+      const std::vector<Change>& changes = outcomes[i].changes;
+      commit.SetAttribute("quell.ledger.batch_mutations", static_cast<int64_t>(batch.size()));
+      commit.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
+      if (!changes.empty()) commit.SetAttribute("quell.ledger.seq", changes.back().seq);
+      if (!outcomes[i].status.ok()) {
+        const absl::string_view message = outcomes[i].status.message();
+        commit.SetStatus(obs::SpanStatus::kError, std::string_view(message.data(), message.size()));
+      } else if (!changes.empty()) {
+        obs::Span apply = commit.StartChildAt("index.apply", committed);
+        apply.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
+        apply.EndAt(applied);
+      }
+      commit.EndAt(committed);
     }
   }
 
   Store* const store_;
   const LedgerOptions options_;
   core::Clock* const clock_;
+  obs::Histogram* const commit_seconds_;  // may be null
+  obs::Histogram* const batch_size_;      // may be null
   std::atomic<int64_t> last_seq_;
 
   absl::Mutex mu_;
@@ -265,18 +304,36 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(std::unique_ptr<Store> stor
     return absl::InvalidArgumentError("ledger max_batch and max_queue must be >= 1");
   }
   QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store->LastSeq());
-  return std::unique_ptr<Ledger>(new Ledger(std::move(store), options, clock, last_seq));
+  obs::Histogram* commit_seconds = nullptr;
+  obs::Histogram* batch_size = nullptr;
+  if (options.metrics != nullptr) {
+    QUELL_ASSIGN_OR_RETURN(
+        commit_seconds,
+        options.metrics->AddHistogram("quell_ledger_commit_duration_seconds",
+                                      "Duration of each group commit (begin to durable commit).",
+                                      obs::DefaultLatencyBuckets()));
+    QUELL_ASSIGN_OR_RETURN(batch_size, options.metrics->AddHistogram(
+                                           "quell_ledger_batch_size", "Mutations per group commit.",
+                                           obs::ExponentialBuckets(1, 2, 13)));
+  }
+  return std::unique_ptr<Ledger>(
+      new Ledger(std::move(store), options, clock, last_seq, commit_seconds, batch_size));
 }
 
 Ledger::Ledger(std::unique_ptr<Store> store, const LedgerOptions& options, core::Clock* clock,
-               int64_t last_seq)
+               int64_t last_seq, obs::Histogram* commit_seconds, obs::Histogram* batch_size)
     : store_(std::move(store)),
-      impl_(std::make_unique<Impl>(store_.get(), options, clock, last_seq)) {}
+      impl_(std::make_unique<Impl>(store_.get(), options, clock, last_seq, commit_seconds,
+                                   batch_size)) {}
 
 Ledger::~Ledger() { impl_.reset(); }  // drain and join before the store goes
 
 void Ledger::Submit(Mutation mutation, Completion done) {
-  impl_->Submit(std::move(mutation), std::move(done));
+  impl_->Submit(std::move(mutation), std::move(done), obs::SpanContext());
+}
+
+void Ledger::Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent) {
+  impl_->Submit(std::move(mutation), std::move(done), std::move(trace_parent));
 }
 
 absl::StatusOr<std::vector<Change>> Ledger::SubmitAndWait(Mutation mutation) {
@@ -287,12 +344,15 @@ absl::StatusOr<std::vector<Change>> Ledger::SubmitAndWait(Mutation mutation) {
     std::vector<Change> changes ABSL_GUARDED_BY(mu);
   };
   auto w = std::make_shared<Waiter>();
-  impl_->Submit(std::move(mutation), [w](absl::Status st, std::vector<Change> changes) {
-    absl::MutexLock lock(&w->mu);
-    w->status = std::move(st);
-    w->changes = std::move(changes);
-    w->done = true;
-  });
+  impl_->Submit(
+      std::move(mutation),
+      [w](absl::Status st, std::vector<Change> changes) {
+        absl::MutexLock lock(&w->mu);
+        w->status = std::move(st);
+        w->changes = std::move(changes);
+        w->done = true;
+      },
+      obs::SpanContext());
   absl::MutexLock lock(&w->mu);
   w->mu.Await(absl::Condition(&w->done));
   if (!w->status.ok()) return w->status;

@@ -19,6 +19,12 @@
 #include "absl/status/statusor.h"
 #include "core/time.h"
 #include "ledger/store.h"
+#include "obs/trace.h"
+
+namespace quell::obs {
+class Histogram;
+class Registry;
+}  // namespace quell::obs
 
 namespace quell::ledger {
 
@@ -45,6 +51,14 @@ class ChangeListener {
 struct LedgerOptions {
   int max_batch = 4096;    // mutations per transaction at most
   int max_queue = 100000;  // pending mutations past which Submit fails kUnavailable
+  // Borrowed, may be null; must outlive the ledger. `metrics` gets
+  // quell_ledger_commit_duration_seconds and quell_ledger_batch_size (histograms, one
+  // observation per group commit). `tracer` records, for each submission traced by its
+  // caller (Submit's trace_parent), a "ledger.commit" span (the batch's transaction) and
+  // its child "index.apply" (the listeners, or with external_delivery the wait for the
+  // feed to apply the batch), with the commit thread's timings.
+  obs::Registry* metrics = nullptr;
+  obs::Tracer* tracer = nullptr;
 };
 
 class Ledger {
@@ -61,6 +75,9 @@ class Ledger {
   //! thread, with kUnavailable (callers map it to 503 + Retry-After). A batch whose
   //! transaction cannot begin or commit completes every mutation with that error.
   void Submit(Mutation mutation, Completion done);
+  //! The same, traced: when `trace_parent` is sampled (and the ledger has a tracer) the
+  //! commit thread records this mutation's commit and apply spans as its children.
+  void Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent);
   //! Submit and block until done. Not for event-loop threads, nor the commit thread
   //! (a mutation, listener or completion calling it would deadlock).
   absl::StatusOr<std::vector<Change>> SubmitAndWait(Mutation mutation);
@@ -88,7 +105,7 @@ class Ledger {
 
  private:
   Ledger(std::unique_ptr<Store> store, const LedgerOptions& options, core::Clock* clock,
-         int64_t last_seq);
+         int64_t last_seq, obs::Histogram* commit_seconds, obs::Histogram* batch_size);
   class Impl;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Impl> impl_;

@@ -219,30 +219,44 @@ class TracingTest(unittest.TestCase):
             headers={"traceparent": "00-%s-%s-01" % (trace_id, parent_id),
                      "tracestate": "vendor=abc", "X-Request-Id": "trace-it-1"})
         self.assertEqual(status, 201, m)
+        names = {"POST /v1/mitigations", "ledger.submit", "ledger.commit", "index.apply"}
         spans = self.collector.wait_for(
-            lambda ss: {"POST /v1/mitigations", "ledger.commit"} <=
-            {s["name"] for s in ss if s["traceId"] == trace_id})
+            lambda ss: names <= {s["name"] for s in ss if s["traceId"] == trace_id})
         self.assertEqual({s["traceId"] for s in spans}, {trace_id})  # the unsampled one is absent
-        server = [s for s in spans if s["name"] == "POST /v1/mitigations"]
-        commit = [s for s in spans if s["name"] == "ledger.commit"]
-        self.assertEqual((len(server), len(commit)), (1, 1), spans)
-        server, commit = server[0], commit[0]
+        by_name = {}
+        for s in spans:
+            by_name.setdefault(s["name"], []).append(s)
+        self.assertEqual({n: len(v) for n, v in by_name.items()}, {n: 1 for n in names}, spans)
+        server, submit, commit, apply = (by_name[n][0] for n in (
+            "POST /v1/mitigations", "ledger.submit", "ledger.commit", "index.apply"))
+        # request -> ledger.submit (request side: queue, commit, apply) -> ledger.commit
+        # (the group commit, recorded on the commit thread) -> index.apply (listeners).
         self.assertEqual(server["parentSpanId"], parent_id)
         self.assertEqual(server["traceState"], "vendor=abc")
         self.assertEqual(server["kind"], 2)
-        self.assertEqual(commit["parentSpanId"], server["spanId"])
-        self.assertNotEqual(commit["spanId"], server["spanId"])
-        self.assertRegex(server["spanId"], r"^[0-9a-f]{16}$")
-        for s in (server, commit):
+        self.assertEqual(submit["parentSpanId"], server["spanId"])
+        self.assertEqual(commit["parentSpanId"], submit["spanId"])
+        self.assertEqual(apply["parentSpanId"], commit["spanId"])
+        ids = [s["spanId"] for s in (server, submit, commit, apply)]
+        self.assertEqual(len(set(ids)), 4, ids)
+        for s in (server, submit, commit, apply):
+            self.assertRegex(s["spanId"], r"^[0-9a-f]{16}$")
             self.assertIsInstance(s["startTimeUnixNano"], str)
             self.assertLessEqual(int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]))
-        self.assertLessEqual(int(server["startTimeUnixNano"]), int(commit["startTimeUnixNano"]))
+            self.assertEqual(s.get("traceState", ""), "vendor=abc")
+        self.assertLessEqual(int(server["startTimeUnixNano"]), int(submit["startTimeUnixNano"]))
+        self.assertLessEqual(int(submit["startTimeUnixNano"]), int(commit["startTimeUnixNano"]))
+        self.assertLessEqual(int(commit["endTimeUnixNano"]), int(apply["startTimeUnixNano"]))
+        self.assertLessEqual(int(apply["endTimeUnixNano"]), int(submit["endTimeUnixNano"]))
         a = attrs(server)
         self.assertEqual(a["http.route"], "/v1/mitigations")
         self.assertEqual(a["http.request.method"], "POST")
         self.assertEqual(a["http.response.status_code"], "201")
         self.assertEqual(a["quell.request_id"], "trace-it-1")
+        self.assertEqual(attrs(submit)["quell.ledger.seq"], str(m["seq"]))
         self.assertEqual(attrs(commit)["quell.ledger.seq"], str(m["seq"]))
+        self.assertGreaterEqual(int(attrs(commit)["quell.ledger.batch_mutations"]), 1)
+        self.assertEqual(attrs(apply)["quell.ledger.changes"], attrs(commit)["quell.ledger.changes"])
         # The access log line carries the same trace id.
         line = [l for l in log_lines(self.q) if l.get("request_id") == "trace-it-1"]
         self.assertEqual([l.get("trace_id") for l in line], [trace_id])
@@ -305,8 +319,116 @@ class TracingDropTest(unittest.TestCase):
             hole.close()
 
 
+class OperationalMetricsTest(unittest.TestCase):
+    """The ledger, index, review-queue and feed-lag metrics read back from a real scrape."""
+
+    def scrape(self, q):
+        status, text, _ = q.request("GET", "/metrics", auth=False, raw=True)
+        self.assertEqual(status, 200)
+        return text
+
+    def test_index_ledger_review_and_feed_metrics(self):
+        q = QuellServer(env={"QUELL_NODE_NAME": "quell-it-a"}).start()
+        try:
+            for entity in ("user:a", "user:b"):
+                s, m, _ = q.request("POST", "/v1/mitigations",
+                                    {"entity": entity, "action": "block", "ttl": "1h",
+                                     "reason": "t"})
+                self.assertEqual(s, 201, m)
+            s, m, _ = q.request("POST", "/v1/mitigations",
+                                {"entity": "user:c", "action": "challenge", "ttl": "1h",
+                                 "reason": "t"})
+            self.assertEqual(s, 201, m)
+            # A manual action over a /8 waits for someone else's approval: a review.
+            s, pending, _ = q.request("POST", "/v1/mitigations",
+                                      {"entity": "cidr:11.0.0.0/8", "action": "block",
+                                       "reason": "abuse"})
+            self.assertEqual(s, 201, pending)
+            self.assertEqual(pending["state"], "pending_approval")
+            # Revoke the challenge: its action stays listed, at 0.
+            s, r, _ = q.request("POST", "/v1/mitigations/%s/revoke" % m["id"], {"reason": "t"})
+            self.assertEqual(s, 200, r)
+            seq = q.request("GET", "/readyz", auth=False)[1]["seq"]
+            text = self.scrape(q)
+            self.assertEqual(metric_value(text, "quell_index_mitigations_by_action",
+                                          '{action="block"}'), 2)
+            self.assertEqual(metric_value(text, "quell_index_mitigations_by_action",
+                                          '{action="challenge"}'), 0)
+            self.assertEqual(metric_value(text, "quell_index_mitigations"), 2)
+            self.assertGreater(metric_value(text, "quell_index_memory_bytes"), 0)
+            self.assertEqual(metric_value(text, "quell_review_queue_depth"), 1)
+            age = metric_value(text, "quell_review_queue_oldest_age_seconds")
+            self.assertTrue(0 <= age < 3600, age)
+            self.assertEqual(metric_value(text, "quell_feed_lag_changes", '{node="quell-it-a"}'), 0)
+            self.assertEqual(metric_value(text, "quell_feed_lag_seconds", '{node="quell-it-a"}'), 0)
+            self.assertEqual(metric_value(text, "quell_ledger_seq"), seq)
+            commits = metric_value(text, "quell_ledger_commits_total")
+            self.assertGreaterEqual(commits, 5)
+            # One histogram observation per group commit.
+            self.assertEqual(metric_value(text, "quell_ledger_commit_duration_seconds_count"),
+                             commits)
+            self.assertEqual(metric_value(text, "quell_ledger_batch_size_count"), commits)
+            self.assertGreaterEqual(metric_value(text, "quell_ledger_batch_size_sum"), commits)
+            self.assertEqual(metric_value(text, "quell_ledger_batch_size_bucket",
+                                          '{le="+Inf"}'), commits)
+            self.assertIsNotNone(metric_value(text, "quell_webhook_queue_depth"))
+            # After a restart the open review is found in the store, not forgotten.
+            self.assertEqual(q.stop(), 0)
+            q.start()
+            text = self.scrape(q)
+            self.assertEqual(metric_value(text, "quell_review_queue_depth"), 1)
+            self.assertEqual(metric_value(text, "quell_index_mitigations_by_action",
+                                          '{action="block"}'), 2)
+        finally:
+            q.cleanup()
+
+    def test_node_label_defaults_to_the_host_name(self):
+        q = QuellServer()
+        q.env.pop("QUELL_NODE_NAME", None)
+        q.start()
+        try:
+            text = self.scrape(q)
+            self.assertEqual(metric_value(text, "quell_feed_lag_changes",
+                                          '{node="%s"}' % socket.gethostname()), 0)
+        finally:
+            q.cleanup()
+
+    def test_metrics_off_records_nothing(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write("metrics: {enabled: false}\n")
+        try:
+            q = QuellServer(extra_args=["--config", f.name]).start()
+            try:
+                self.assertEqual(q.request("POST", "/v1/mitigations",
+                                           {"entity": "user:off", "action": "block", "ttl": "1h",
+                                            "reason": "t"})[0], 201)
+                self.assertEqual(self.scrape(q), "")
+            finally:
+                q.cleanup()
+        finally:
+            os.unlink(f.name)
+
+
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
                       "prometheus")
+
+
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs")
+
+
+def used_metric_families():
+    """The metric families deploy/prometheus/alerts.yml and deploy/grafana/quell.json use."""
+    with open(os.path.join(DEPLOY, "alerts.yml"), encoding="utf-8") as f:
+        texts = [f.read()]
+    with open(os.path.join(DEPLOY, "..", "grafana", "quell.json"), encoding="utf-8") as f:
+        for panel in json.load(f)["panels"]:
+            texts += [t["expr"] for t in panel.get("targets", [])]
+    names = set()
+    for t in texts:
+        for n in re.findall(r"\bquell_[a-z_]+", t):
+            names.add(re.sub(r"_(bucket|sum|count)$", "", n)
+                      if re.search(r"_(seconds|size)_(bucket|sum|count)$", n) else n)
+    return names
 
 
 @unittest.skipUnless(shutil.which("promtool"), "promtool not installed")
@@ -335,10 +457,25 @@ class PromtoolTest(unittest.TestCase):
             self.assertTrue(hdrs["content-type"].startswith("text/plain; version=0.0.4"))
             for family in ["quell_http_requests_total", "quell_http_request_duration_seconds",
                            "quell_ledger_seq", "quell_index_mitigations", "quell_build_info",
-                           "quell_trace_spans_dropped_total", "quell_trace_spans_exported_total"]:
+                           "quell_trace_spans_dropped_total", "quell_trace_spans_exported_total",
+                           "quell_ledger_commit_duration_seconds", "quell_ledger_batch_size",
+                           "quell_index_mitigations_by_action", "quell_index_memory_bytes",
+                           "quell_feed_lag_changes", "quell_feed_lag_seconds",
+                           "quell_review_queue_depth", "quell_review_queue_oldest_age_seconds",
+                           "quell_webhook_queue_depth", "quell_webhook_deliveries_total"]:
                 self.assertIn("# TYPE %s " % family, text)
             code, out = self.check(text)
             self.assertEqual(code, 0, out)
+            # Every metric the alert rules and the dashboard use is exported (those of
+            # the decision path render once they have a sample) and documented.
+            exported = set(re.findall(r"^# TYPE (quell_[a-z_]+) ", text, re.M))
+            with open(os.path.join(DOCS, "metrics.md"), encoding="utf-8") as f:
+                documented = set(re.findall(r"`(quell_[a-z_]+)`", f.read()))
+            for name in used_metric_families():
+                self.assertIn(name, documented, "undocumented metric %s" % name)
+                if name not in ("quell_decisions_total", "quell_detections_total",
+                                "quell_events_total"):
+                    self.assertIn(name, exported, "alert/dashboard metric %s not exported" % name)
         finally:
             q.cleanup()
 

@@ -200,11 +200,16 @@ ledger::Mutation Context::WithIdempotency(std::optional<Idempotency> idem, ledge
 }
 
 void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call) {
-  obs::Span commit = call.span.StartChild("ledger.commit");
+  // "ledger.submit" spans queueing, the group commit and the index apply as this request
+  // sees them; the ledger parents its commit-thread spans ("ledger.commit", then
+  // "index.apply") on it.
+  obs::Span commit = call.span.StartChild("ledger.submit");
+  obs::SpanContext trace_parent = commit.context();
   auto shared = std::make_shared<Call>(std::move(call));
   deps.ledger->Submit(
-      std::move(mutation), [out, shared, commit = std::move(commit)](
-                               absl::Status status, std::vector<ledger::Change> changes) mutable {
+      std::move(mutation),
+      [out, shared, commit = std::move(commit)](absl::Status status,
+                                                std::vector<ledger::Change> changes) mutable {
         if (commit.recording()) {
           commit.SetAttribute("quell.ledger.changes", static_cast<int64_t>(changes.size()));
           if (!changes.empty()) commit.SetAttribute("quell.ledger.seq", changes.back().seq);
@@ -218,7 +223,8 @@ void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcom
         r.body = std::move(out->body);
         if (out->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
         shared->Reply(std::move(r));
-      });
+      },
+      std::move(trace_parent));
 }
 
 // ---- router ----
