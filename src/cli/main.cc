@@ -29,6 +29,8 @@
 #include "index/index.h"
 #include "ledger/audit.h"
 #include "ledger/ledger.h"
+#include "ledger/postgres/feed_follower.h"
+#include "ledger/postgres/lease.h"
 #include "ledger/postgres/postgres_store.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "obs/log.h"
@@ -207,7 +209,10 @@ int Serve(const Flags& flags) {
   if (!data_lock.ok()) return Failure(data_lock.status());
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
+  // Several nodes on PostgreSQL: listeners (index, policies, safeguards, feed waiters)
+  // follow the database's change feed, started below, not this node's commits.
   ledger::LedgerOptions ledger_options;
+  ledger_options.external_delivery = !postgres_url.empty();
   ledger_options.metrics = config->metrics_enabled ? &metrics : nullptr;  // commit histograms
   ledger_options.tracer = tracer.get();  // commit and apply spans of traced writes
   auto ledger = ledger::Ledger::Open(*std::move(store), ledger_options, clock);
@@ -277,6 +282,12 @@ int Serve(const Flags& flags) {
   auto created = api::Api::Create(deps, api_options);
   if (!created.ok()) return Failure(created.status());
   std::unique_ptr<api::Api> api = *std::move(created);
+  std::unique_ptr<ledger::PostgresChangeFeed> feed;  // every node's writes, from the index's seq
+  if (!postgres_url.empty()) {
+    auto started = ledger::FollowLedger(ledger->get(), {.url = postgres_url, .after = index.seq()});
+    if (!started.ok()) return Failure(started.status());
+    feed = *std::move(started);
+  }
   if (auto s = PublishInitialPolicies(*config, ledger->get(), logger); !s.ok()) return Failure(s);
 
   http::ServerOptions so;
@@ -309,7 +320,16 @@ int Serve(const Flags& flags) {
   }
 
   workflow::ExpiryScheduler expiry(ledger->get(), clock);
-  expiry.Start();
+  std::unique_ptr<ledger::PostgresLease> expiry_lease;
+  if (postgres_url.empty()) {
+    expiry.Start();
+  } else {  // several nodes: expiry runs on the one holding the lease (docs/cluster.md)
+    auto lease = ledger::PostgresLease::Start(
+        {.url = postgres_url, .name = "expiry"},
+        [&expiry](bool held) { held ? expiry.Start() : expiry.Stop(); });
+    if (!lease.ok()) return Failure(lease.status());
+    expiry_lease = *std::move(lease);
+  }
   (*webhook_dispatcher)->Start();
   workflow::DetectionRetention retention(&(*ledger)->store(), clock, config->detection_retention);
   retention.Start();
@@ -337,6 +357,7 @@ int Serve(const Flags& flags) {
   logger.Info("shutting down", {{"signal", sig}});
   api->set_ready(false);
   (*server)->Shutdown();  // finishes in-flight requests
+  expiry_lease.reset();   // releases it (another node takes over) and stops expiry
   expiry.Stop();
   (*webhook_dispatcher)->Stop();  // before the ledger and its store go
   retention.Stop();
@@ -344,6 +365,7 @@ int Serve(const Flags& flags) {
   refresher.join();
   server->reset();
   if (grpc) grpc->Shutdown();  // before the ledger: open Watch streams end
+  feed.reset();               // before the listeners it feeds (the api's) go
   api.reset();
   ledger->reset();
   metric_handles->clear();                         // drains the commit queue

@@ -108,7 +108,8 @@ class Ledger::Impl {
         clock_(clock),
         commit_seconds_(commit_seconds),
         batch_size_(batch_size),
-        last_seq_(last_seq) {
+        last_seq_(last_seq),
+        delivered_seq_(last_seq) {
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -117,6 +118,7 @@ class Ledger::Impl {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
       wake_.Signal();
+      delivered_.SignalAll();
     }
     thread_.join();
   }
@@ -139,6 +141,35 @@ class Ledger::Impl {
   }
 
   int64_t last_seq() const { return last_seq_.load(std::memory_order_acquire); }
+
+  int64_t delivered_seq() const {
+    if (!options_.external_delivery) return last_seq();
+    absl::MutexLock lock(&mu_);
+    return delivered_seq_;
+  }
+
+  void Deliver(const std::vector<Change>& changes) {
+    if (!options_.external_delivery || changes.empty()) return;
+    std::vector<ChangeListener*> listeners;
+    int64_t delivered;
+    {
+      absl::MutexLock lock(&mu_);
+      listeners = listeners_;
+      delivered = delivered_seq_;
+    }
+    // Only this thread moves delivered_seq_, so the copy stays exact while unlocked.
+    std::vector<Change> fresh;
+    for (const Change& c : changes) {
+      if (c.seq > delivered) fresh.push_back(c);
+    }
+    if (fresh.empty()) return;
+    for (ChangeListener* l : listeners) l->OnCommitted(fresh);
+    const int64_t last = fresh.back().seq;
+    RaiseLastSeq(last);
+    absl::MutexLock lock(&mu_);
+    delivered_seq_ = last;
+    delivered_.SignalAll();
+  }
 
   Stats stats() const {
     absl::MutexLock lock(&stats_mu_);
@@ -221,7 +252,7 @@ class Ledger::Impl {
         if (!o.status.ok()) ++failed;
         committed.insert(committed.end(), o.changes.begin(), o.changes.end());
       }
-      if (!committed.empty()) last_seq_.store(committed.back().seq, std::memory_order_release);
+      if (!committed.empty()) RaiseLastSeq(committed.back().seq);
     }
     {
       absl::MutexLock lock(&stats_mu_);
@@ -240,13 +271,35 @@ class Ledger::Impl {
     }
     if (commit_seconds_ != nullptr) commit_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
-    if (!committed.empty()) {
+    if (!committed.empty() && !options_.external_delivery) {
       for (ChangeListener* l : listeners) l->OnCommitted(committed);
+    } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
+      absl::MutexLock lock(&stats_mu_);
+      ++stats_.delivery_timeouts;
     }
     if (options_.tracer != nullptr) TraceBatch(batch, outcomes, started, started + took, absl::Now());
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
     }
+  }
+
+  // With external_delivery the feed may have moved it past this batch already.
+  void RaiseLastSeq(int64_t seq) {
+    int64_t seen = last_seq_.load(std::memory_order_acquire);
+    while (seen < seq && !last_seq_.compare_exchange_weak(seen, seq, std::memory_order_acq_rel)) {
+    }
+  }
+
+  // external_delivery: waits until the feed delivered `seq` (true), or delivery_wait
+  // passed or the ledger is stopping (false: the write is durable all the same, and the
+  // feed applies it when it catches up).
+  bool WaitDelivered(int64_t seq) {
+    const absl::Time deadline = absl::Now() + options_.delivery_wait;
+    absl::MutexLock lock(&mu_);
+    while (delivered_seq_ < seq && !stopping_) {
+      if (delivered_.WaitWithDeadline(&mu_, deadline)) break;
+    }
+    return delivered_seq_ >= seq;
   }
 
   // Records each traced mutation's spans: "ledger.commit" over the batch's transaction
@@ -282,8 +335,10 @@ class Ledger::Impl {
   obs::Histogram* const batch_size_;      // may be null
   std::atomic<int64_t> last_seq_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   absl::CondVar wake_;
+  absl::CondVar delivered_;                     // external_delivery: delivered_seq_ moved
+  int64_t delivered_seq_ ABSL_GUARDED_BY(mu_);  // external_delivery: last seq delivered
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(mu_);
@@ -360,6 +415,10 @@ absl::StatusOr<std::vector<Change>> Ledger::SubmitAndWait(Mutation mutation) {
 }
 
 void Ledger::AddListener(ChangeListener* listener) { impl_->AddListener(listener); }
+
+void Ledger::Deliver(const std::vector<Change>& changes) { impl_->Deliver(changes); }
+
+int64_t Ledger::delivered_seq() const { return impl_->delivered_seq(); }
 
 int64_t Ledger::last_seq() const { return impl_->last_seq(); }
 

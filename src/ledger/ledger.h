@@ -5,8 +5,9 @@
 // order, and only then completes each submitter's callback: an acknowledged write is
 // durable and already visible to `check`.
 //
-// Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations and
-// listeners run on the commit thread only.
+// Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations run on the
+// commit thread only; listeners too, except with LedgerOptions::external_delivery, where
+// they run on the thread that calls Deliver (the change feed's), one call at a time.
 #ifndef QUELL_LEDGER_LEDGER_H_
 #define QUELL_LEDGER_LEDGER_H_
 
@@ -17,6 +18,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "core/time.h"
 #include "ledger/store.h"
 #include "obs/trace.h"
@@ -51,6 +53,14 @@ class ChangeListener {
 struct LedgerOptions {
   int max_batch = 4096;    // mutations per transaction at most
   int max_queue = 100000;  // pending mutations past which Submit fails kUnavailable
+  // Several nodes write one store (PostgreSQL): listeners must hear of every node's
+  // changes, so the commit thread does not call them; whoever follows the store's change
+  // feed calls Deliver() with every committed change, in seq order. After a commit the
+  // commit thread waits until Deliver has passed the batch's last seq (at most
+  // `delivery_wait`) before completing the batch, so an acknowledged write is visible on
+  // this node as it is with local delivery, and no change reaches a listener twice.
+  bool external_delivery = false;
+  absl::Duration delivery_wait = absl::Seconds(5);
   // Borrowed, may be null; must outlive the ledger. `metrics` gets
   // quell_ledger_commit_duration_seconds and quell_ledger_batch_size (histograms, one
   // observation per group commit). `tracer` records, for each submission traced by its
@@ -85,7 +95,15 @@ class Ledger {
   //! Registers a listener (borrowed; must outlive the ledger). Register before writes.
   void AddListener(ChangeListener* listener);
 
-  //! The highest seq committed through this ledger (or found at Open).
+  //! With external_delivery: hands `changes` (committed, in seq order) to every listener,
+  //! skipping any with seq <= delivered_seq(), and releases the batches they complete.
+  //! Called from one thread at a time (the change feed's). Without external_delivery it
+  //! does nothing.
+  void Deliver(const std::vector<Change>& changes);
+  //! The seq of the last change listeners were told of (external_delivery), else last_seq().
+  int64_t delivered_seq() const;
+
+  //! The highest seq committed through this ledger (or found at Open, or delivered).
   int64_t last_seq() const;
   Store& store() { return *store_; }
 
@@ -100,6 +118,7 @@ class Ledger {
     double total_commit_seconds = 0;  // sum over all batches
     int64_t last_batch_size = 0;
     int64_t max_batch_size = 0;
+    int64_t delivery_timeouts = 0;  // external_delivery: batches completed before delivered
   };
   Stats stats() const;
 

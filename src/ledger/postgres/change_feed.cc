@@ -9,12 +9,23 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "ledger/postgres/postgres_store.h"
 
 namespace quell::ledger {
 
 absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> PostgresChangeFeed::Start(
     Store* store, ChangeFeedOptions options, Apply apply) {
+  if (!apply) return absl::InvalidArgumentError("change feed needs a store, a URL and apply");
+  return StartPaged(store, std::move(options),
+                    [apply = std::move(apply)](const std::vector<Change>& page) {
+                      for (const Change& c : page) QUELL_RETURN_IF_ERROR(apply(c));
+                      return absl::OkStatus();
+                    });
+}
+
+absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> PostgresChangeFeed::StartPaged(
+    Store* store, ChangeFeedOptions options, ApplyPage apply) {
   if (store == nullptr || options.url.empty() || !apply) {
     return absl::InvalidArgumentError("change feed needs a store, a URL and apply");
   }
@@ -30,7 +41,7 @@ absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> PostgresChangeFeed::Start(
   return feed;
 }
 
-PostgresChangeFeed::PostgresChangeFeed(Store* store, ChangeFeedOptions options, Apply apply,
+PostgresChangeFeed::PostgresChangeFeed(Store* store, ChangeFeedOptions options, ApplyPage apply,
                                        int wake_fd)
     : store_(store),
       options_(std::move(options)),
@@ -94,22 +105,25 @@ void PostgresChangeFeed::Run() {
         read_failed = true;
         break;
       }
+      int64_t expect = from + 1;
       for (const Change& c : *page) {
-        if (c.seq != applied_.load() + 1) {
+        if (c.seq != expect++) {
           SetStatus(absl::DataLossError(
-              absl::StrCat("change feed: expected seq ", applied_.load() + 1, ", read ", c.seq)));
+              absl::StrCat("change feed: expected seq ", expect - 1, ", read ", c.seq)));
           stopped_.store(true);
           PQfinish(conn);
           return;
         }
-        absl::Status st = apply_(c);
+      }
+      if (!page->empty()) {
+        absl::Status st = apply_(*page);
         if (!st.ok()) {
           SetStatus(st);
           stopped_.store(true);
           PQfinish(conn);
           return;
         }
-        applied_.store(c.seq);
+        applied_.store(page->back().seq);
       }
       if (static_cast<int>(page->size()) < options_.page) break;
     }

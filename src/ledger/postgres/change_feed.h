@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -44,11 +45,17 @@ struct ChangeFeedOptions {
 class PostgresChangeFeed {
  public:
   using Apply = std::function<absl::Status(const Change&)>;
+  //! Gets each page read (1..page changes, contiguous seqs, after applied()).
+  using ApplyPage = std::function<absl::Status(const std::vector<Change>&)>;
 
   //! Starts the feed's thread. kInvalidArgument on bad options.
   static absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> Start(Store* store,
                                                                    ChangeFeedOptions options,
                                                                    Apply apply);
+  //! The same, applying a page of changes at a time (one call per catch-up read).
+  static absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> StartPaged(Store* store,
+                                                                        ChangeFeedOptions options,
+                                                                        ApplyPage apply);
   ~PostgresChangeFeed();
   PostgresChangeFeed(const PostgresChangeFeed&) = delete;
   PostgresChangeFeed& operator=(const PostgresChangeFeed&) = delete;
@@ -62,13 +69,13 @@ class PostgresChangeFeed {
   bool stopped() const { return stopped_.load(); }
 
  private:
-  PostgresChangeFeed(Store* store, ChangeFeedOptions options, Apply apply, int wake_fd);
+  PostgresChangeFeed(Store* store, ChangeFeedOptions options, ApplyPage apply, int wake_fd);
   void Run();
   void SetStatus(absl::Status s);
 
   Store* const store_;
   const ChangeFeedOptions options_;
-  const Apply apply_;
+  const ApplyPage apply_;
   const int wake_fd_;  // eventfd: the destructor wakes the thread
   std::atomic<bool> stop_{false};
   std::atomic<bool> stopped_{false};

@@ -128,6 +128,15 @@ CREATE TABLE list_entries (
   PRIMARY KEY (list, entity)
 );
 )sql"},
+    // Leases for work that runs on one node at a time (lease.h). Expiry is on the
+    // server's clock, so nodes' clocks need not agree.
+    {2, R"sql(
+CREATE TABLE leases (
+  name       text PRIMARY KEY,
+  holder     text NOT NULL,
+  expires_at timestamptz NOT NULL
+);
+)sql"},
 };
 
 #define QUELL_NOTIFY_CHANNEL "quell_changes"

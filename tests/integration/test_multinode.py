@@ -1,0 +1,324 @@
+"""Several Quell nodes on one PostgreSQL (issue 8): three `quell serve --postgres`
+processes on a throwaway cluster (the same helper the C++ PostgreSQL tests use,
+quell_pg_test_cluster), concurrent writers on all of them, then every node's index
+(`check`) and snapshot equal the database's active set; a write on node A is seen by
+`check` on node C; kill -9 of one node under load loses no acknowledged write.
+
+Propagation A -> C is printed (percentiles), never asserted. QUELL_PROPAGATION_WRITES
+(default 200) and QUELL_PROPAGATION_RATE (writes/s of background load on all three
+nodes, default 0) make it a benchmark: see docs/benchmarks.md, issue 8.
+"""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import QUELL, QuellServer, run_cli
+
+CLUSTER_BIN = os.environ.get("QUELL_PG_CLUSTER_BIN") or os.path.join(
+    os.path.dirname(QUELL), "src", "ledger", "postgres", "quell_pg_test_cluster")
+
+# Bounds for waiting on convergence: they stop a hung test, they are not timing checks.
+CONVERGE_SECONDS = 120
+
+
+class PgCluster:
+    """A throwaway PostgreSQL 15 cluster, driven through quell_pg_test_cluster."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([CLUSTER_BIN], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("url "):
+            self.proc.wait(30)
+            raise AssertionError("quell_pg_test_cluster: %r" % line)
+        self.first_url = line[4:]
+        self._used_first = False
+
+    def _command(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("ok"):
+            raise AssertionError("quell_pg_test_cluster %s: %r" % (cmd, line))
+        return line[3:]
+
+    def new_database(self):
+        if not self._used_first:
+            self._used_first = True
+            return self.first_url
+        return self._command("newdb")
+
+    def close(self):
+        self.proc.stdin.close()  # the tool stops the cluster and removes its files
+        self.proc.wait(60)
+
+
+def psql(url, sql):
+    p = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", url,
+                        "-c", sql], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise AssertionError("psql failed: %s" % p.stderr)
+    return [l for l in p.stdout.splitlines() if l]
+
+
+def db_active(url):
+    """{id: entity} of every active mitigation."""
+    rows = psql(url, "SELECT id || ' ' || entity FROM mitigations WHERE state = 'active'")
+    return dict(r.split(" ", 1) for r in rows)
+
+
+def db_last_seq(url):
+    return int(psql(url, "SELECT seq FROM chain_head WHERE id = 1")[0])
+
+
+class Node(QuellServer):
+    def __init__(self, url, key):
+        super().__init__(extra_args=["--postgres", url])
+        self.key = key
+
+    def start_node(self):
+        self.start(dev=False)
+        self.admin_key = self.key
+        return self
+
+    def index_seq(self):
+        status, body, _ = self.request("GET", "/v1/check?entity=user:nobody")
+        assert status == 200, body
+        return body["seq"]
+
+    def index_ids(self, entities):
+        """The ids `check` returns for `entities` (100 per request): this node's index."""
+        ids = set()
+        conn = self.connection()
+        try:
+            for i in range(0, len(entities), 100):
+                status, body, _ = self.request(
+                    "POST", "/v1/check", {"entities": entities[i:i + 100]}, conn=conn)
+                assert status == 200, body
+                ids.update(m["id"] for m in body["mitigations"])
+        finally:
+            conn.close()
+        return ids
+
+    def snapshot_ids(self):
+        status, text, _ = self.request("GET", "/v1/snapshot", raw=True)
+        assert status == 200, text
+        lines = [json.loads(l) for l in text.splitlines() if l]
+        assert "seq" in lines[0] and "error" not in lines[-1], lines[-1]
+        return {m["id"] for m in lines[1:]}
+
+
+class Writers:
+    """Threads creating mitigations (and revoking some, on another node) until stopped.
+    Records what was acknowledged: created[entity] = id, revoked = {id}."""
+
+    def __init__(self, nodes, per_node, limit=None, tag="w", rate=None):
+        self.nodes = nodes
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.created = {}
+        self.revoked = set()
+        self.revoke_tried = set()
+        self.errors_by_node = [0] * len(nodes)
+        self.acks_by_node = [0] * len(nodes)
+        self.threads = []
+        for n in range(len(nodes)):
+            for w in range(per_node):
+                t = threading.Thread(target=self._run, args=(n, w, limit, tag, rate), daemon=True)
+                self.threads.append(t)
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self, stop=True):
+        """Stops the writers (or with stop=False, waits for their `limit`)."""
+        if stop:
+            self.stop.set()
+        for t in self.threads:
+            t.join(600)
+
+    def _post(self, node, conns, n, path, body):
+        try:
+            if conns.get(n) is None:
+                conns[n] = node.connection()
+            return node.request("POST", path, body, conn=conns[n])
+        except Exception:
+            conns[n] = None
+            return None, None, None
+
+    def _run(self, n, w, limit, tag, rate):
+        conns = {}
+        try:
+            self._write(n, w, limit, tag, rate, conns)
+        finally:
+            for c in conns.values():
+                if c is not None:
+                    c.close()
+
+    def _write(self, n, w, limit, tag, rate, conns):
+        node = self.nodes[n]
+        other = (n + 1) % len(self.nodes)
+        i = 0
+        next_at = time.time()
+        while not self.stop.is_set() and (limit is None or i < limit):
+            if rate:
+                next_at += 1.0 / rate
+                time.sleep(max(0.0, next_at - time.time()))
+            entity = "user:%s-n%d-w%d-%d" % (tag, n, w, i)
+            i += 1
+            status, body, _ = self._post(node, conns, n, "/v1/mitigations",
+                                         {"entity": entity, "action": "block", "ttl": "1d",
+                                          "reason": "multinode"})
+            if status != 201:
+                with self.lock:
+                    self.errors_by_node[n] += 1
+                if status is None:
+                    time.sleep(0.05)
+                continue
+            with self.lock:
+                self.created[entity] = body["id"]
+                self.acks_by_node[n] += 1
+            if i % 5 == 0:  # revoke one in five through the next node
+                with self.lock:
+                    self.revoke_tried.add(body["id"])
+                status, _, _ = self._post(self.nodes[other], conns, other,
+                                          "/v1/mitigations/%s/revoke" % body["id"],
+                                          {"reason": "multinode"})
+                if status == 200:
+                    with self.lock:
+                        self.revoked.add(body["id"])
+
+
+class MultiNodeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = PgCluster()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+
+    def setUp(self):
+        self.url = self.cluster.new_database()
+        run_cli("migrate", "--postgres", self.url)
+        self.key = run_cli("keys", "create", "--role", "admin", "--postgres", self.url)[1].strip()
+        self.nodes = [Node(self.url, self.key) for _ in range(3)]
+        for n in self.nodes:
+            self.addCleanup(n.cleanup)
+            n.start_node()
+
+    def wait_converged(self, nodes):
+        """Waits until every node's index is at the database's last seq; returns it."""
+        last = db_last_seq(self.url)
+        deadline = time.time() + CONVERGE_SECONDS
+        for n in nodes:
+            while n.index_seq() < last:
+                self.assertLess(time.time(), deadline, "node on :%d stuck at seq %d < %d" % (
+                    n.port, n.index_seq(), last))
+                time.sleep(0.05)
+        return last
+
+    def assert_every_node_equals_database(self, nodes, writers):
+        self.wait_converged(nodes)
+        by_id = db_active(self.url)
+        active = set(by_id)
+        # Every entity written (acknowledged or not: a killed node may have committed
+        # writes it never acknowledged) and every entity the database has active.
+        entities = sorted(set(writers.created) | set(by_id.values()))
+        for n in nodes:
+            self.assertEqual(n.snapshot_ids(), active, "snapshot of :%d" % n.port)
+            self.assertEqual(n.index_ids(entities), active, "index (check) of :%d" % n.port)
+        return active
+
+    def test_concurrent_writers_on_three_nodes_every_index_equals_the_database(self):
+        w = Writers(self.nodes, per_node=4, limit=60).start()
+        w.join(stop=False)
+        self.assertEqual(sum(w.errors_by_node), 0)
+        self.assertEqual(len(w.created), 3 * 4 * 60)
+        self.assertGreater(len(w.revoked), 0)
+        active = self.assert_every_node_equals_database(self.nodes, w)
+        # Nothing acknowledged is lost, nothing revoked is enforced.
+        self.assertEqual(active, set(w.created.values()) - w.revoked)
+        # The chain holds every change once: seqs 1..last, no gap (the feed never skips).
+        seqs = [int(s) for s in psql(self.url, "SELECT seq FROM changes ORDER BY seq")]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        code, out, _ = run_cli("audit", "verify", "--postgres", self.url)
+        self.assertIn("ok:", out)
+
+    def test_a_write_on_node_a_is_seen_by_check_on_node_c(self):
+        a, c = self.nodes[0], self.nodes[2]
+        count = int(os.environ.get("QUELL_PROPAGATION_WRITES", "200"))
+        rate = float(os.environ.get("QUELL_PROPAGATION_RATE", "0"))
+        background = None
+        if rate > 0:  # load on all three nodes while we measure (3 writers per node)
+            background = Writers(self.nodes, per_node=3, tag="bg", rate=rate / 9).start()
+        delays = []
+        conn_a, conn_c = a.connection(), c.connection()
+        try:
+            for i in range(count):
+                entity = "user:prop-%d" % i
+                status, body, _ = a.request("POST", "/v1/mitigations",
+                                            {"entity": entity, "action": "block", "ttl": "1d",
+                                             "reason": "propagation"}, conn=conn_a)
+                self.assertEqual(status, 201, body)
+                acked = time.time()
+                # An acknowledged write is already in the writing node's own index.
+                status, mine, _ = a.request("GET", "/v1/check?entity=" + entity, conn=conn_a)
+                self.assertEqual([m["id"] for m in mine["mitigations"]], [body["id"]])
+                deadline = acked + CONVERGE_SECONDS
+                while True:
+                    status, seen, _ = c.request("GET", "/v1/check?entity=" + entity, conn=conn_c)
+                    self.assertEqual(status, 200, seen)
+                    if any(m["id"] == body["id"] for m in seen["mitigations"]):
+                        break
+                    self.assertLess(time.time(), deadline, "%s never reached node C" % entity)
+                    time.sleep(0.0005)
+                delays.append(time.time() - acked)
+        finally:
+            conn_a.close()
+            conn_c.close()
+            if background:
+                background.join()
+        delays.sort()
+
+        def pct(p):
+            return delays[min(len(delays) - 1, int(p * len(delays)))] * 1000
+
+        bg = ""
+        if background:
+            bg = ", background %d writes acknowledged" % sum(background.acks_by_node)
+        print("\npropagation A->C over %d writes (background %.0f/s requested%s): "
+              "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms" % (
+                  count, rate, bg, pct(0.5), pct(0.9), pct(0.99), delays[-1] * 1000))
+
+    def test_kill9_of_one_node_under_load_loses_no_acknowledged_write(self):
+        w = Writers(self.nodes, per_node=3).start()
+        time.sleep(1.0)  # load before the kill (what is measured is correctness, not time)
+        victim = self.nodes[1]
+        victim.kill9()
+        acks_at_kill = list(w.acks_by_node)
+        time.sleep(1.5)
+        w.join()
+        survivors = [self.nodes[0], self.nodes[2]]
+        # The other two kept serving writes after the kill.
+        self.assertGreater(w.acks_by_node[0], acks_at_kill[0])
+        self.assertGreater(w.acks_by_node[2], acks_at_kill[2])
+        active = self.assert_every_node_equals_database(survivors, w)
+        # Every acknowledged create is in the database, and active unless revoked.
+        stored = set(psql(self.url, "SELECT id FROM mitigations"))
+        self.assertEqual(set(w.created.values()) - stored, set())
+        self.assertEqual(set(w.created.values()) - w.revoke_tried - active, set())
+        self.assertEqual(active & w.revoked, set())
+        # The killed node comes back and catches up with what it missed.
+        victim.start_node()
+        self.assert_every_node_equals_database([victim], w)
+
+
+if __name__ == "__main__":
+    unittest.main()
