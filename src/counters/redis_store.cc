@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -121,18 +122,28 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
 
 RedisCounterStore::~RedisCounterStore() = default;
 
-void RedisCounterStore::AppendKey(std::string& out, int counter, int window, std::string_view key,
-                                  int64_t bucket) const {
+void RedisCounterStore::AppendHashKey(std::string& out, int counter, int window,
+                                      std::string_view key) const {
   out += stems_[counter][window];
   out.append(key.data(), key.size());
-  out += "}:";
+  out += '}';
+}
+
+void RedisCounterStore::AppendKey(std::string& out, int counter, int window, std::string_view key,
+                                  int64_t bucket) const {
+  AppendHashKey(out, counter, window, key);
+  out += ':';
   absl::StrAppend(&out, bucket);
 }
 
 std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_view key,
                                           int64_t bucket) const {
   std::string out;
-  AppendKey(out, counter, window, key, bucket);
+  if (set_.spec(counter).is_distinct()) {
+    AppendKey(out, counter, window, key, bucket);
+  } else {
+    AppendHashKey(out, counter, window, key);
+  }
   return out;
 }
 
@@ -200,22 +211,86 @@ absl::Status ReplyError(const redisReply& r) {
 
 }  // namespace
 
+namespace {
+
+// The write script: one EVAL per Record() batch. For each window hash KEYS[i] its ARGV
+// group is: distinct (0/1), the hash's TTL in ms (its newest bucket written here), the
+// oldest bucket a read at `now` sums, the number of buckets m, then m times: the bucket
+// and either its increment (count) or the bucket key's TTL, the number of values and the
+// values (distinct). Only when a bucket is new to the hash does the script extend the
+// hash's TTL (never shortening it) and drop the fields no read can see any more, so a
+// busy key costs one HINCRBY (or PFADD + HSETNX) per bucket and batch.
+constexpr char kWriteScript[] = R"lua(
+local a = 1
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local distinct = ARGV[a] == '1'
+  local ttl = tonumber(ARGV[a + 1])
+  local oldest = tonumber(ARGV[a + 2])
+  local m = tonumber(ARGV[a + 3])
+  a = a + 4
+  local fresh = false
+  for j = 1, m do
+    local b = ARGV[a]
+    if distinct then
+      local bttl = ARGV[a + 1]
+      local nv = tonumber(ARGV[a + 2])
+      local bk = k .. ':' .. b
+      local v = a + 3
+      local last = a + 2 + nv
+      while v <= last do
+        local e = math.min(v + 499, last)
+        redis.call('PFADD', bk, unpack(ARGV, v, e))
+        v = e + 1
+      end
+      if redis.call('HSETNX', k, b, '1') == 1 then
+        redis.call('PEXPIRE', bk, bttl)
+        fresh = true
+      end
+      a = last + 1
+    else
+      local n = tonumber(ARGV[a + 1])
+      if redis.call('HINCRBY', k, b, n) == n then fresh = true end
+      a = a + 2
+    end
+  end
+  if fresh then
+    local p = redis.call('PTTL', k)
+    if p < ttl then redis.call('PEXPIRE', k, ttl) end
+    if p >= 0 then
+      for _, f in ipairs(redis.call('HKEYS', k)) do
+        if tonumber(f) < oldest then redis.call('HDEL', k, f) end
+      end
+    end
+  end
+end
+return 0
+)lua";
+
+}  // namespace
+
 absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observation> batch,
                                                         absl::Time now,
                                                         absl::Span<RecordOutcome> outcomes) {
   if (!outcomes.empty() && outcomes.size() != batch.size()) {
     return absl::InvalidArgumentError("outcomes must be empty or as long as the batch");
   }
-  // Sum observations per bucket key first: one INCRBY / PFADD per key.
-  struct Pending {
-    std::string key;
-    bool distinct = false;
+  // Group observations by window hash, then by bucket: one HINCRBY / PFADD per bucket.
+  struct Bucket {
+    int64_t bucket = 0;
     int64_t n = 0;
-    int64_t ttl_ms = 0;
+    int64_t ttl_ms = 0;  // distinct: the bucket key's TTL
     std::vector<std::string_view> values;
   };
-  std::vector<Pending> pending;                    // in first-seen order
-  absl::flat_hash_map<std::string, size_t> index;  // key -> position in `pending`
+  struct HashOp {
+    std::string key;
+    bool distinct = false;
+    int64_t ttl_ms = 0;
+    int64_t oldest = 0;
+    absl::InlinedVector<Bucket, 1> buckets;
+  };
+  std::vector<HashOp> ops;                         // in first-seen order
+  absl::flat_hash_map<std::string, size_t> index;  // hash key -> position in `ops`
   const int64_t now_us = absl::ToUnixMicros(now);
   const int64_t margin_ms = absl::ToInt64Milliseconds(options_.expire_margin);
   RecordSummary summary;
@@ -243,40 +318,57 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     for (size_t w = 0; w < geometry.size(); ++w) {
       const WindowGeometry& g = geometry[w];
       const int64_t b = g.BucketOf(o.at);
-      if (b < g.OldestBucket(now)) continue;  // late, and already out of this window
+      const int64_t oldest = g.OldestBucket(now);
+      if (b < oldest) continue;  // late, and already out of this window
       key.clear();
-      AppendKey(key, o.counter, static_cast<int>(w), o.key, b);
-      auto [it, inserted] = index.try_emplace(key, pending.size());
-      if (inserted) pending.emplace_back().key = key;
-      Pending& p = pending[it->second];
+      AppendHashKey(key, o.counter, static_cast<int>(w), o.key);
+      auto [it, inserted] = index.try_emplace(key, ops.size());
       if (inserted) {
-        p.distinct = distinct;
-        // The bucket is read until now >= (b + buckets) * width.
-        const int64_t until_us = (b + g.buckets) * g.width_us;
-        p.ttl_ms = (until_us - now_us + 999) / 1000 + margin_ms;
+        HashOp& op = ops.emplace_back();
+        op.key = key;
+        op.distinct = distinct;
+        op.oldest = oldest;
       }
-      ++p.n;
-      if (distinct) p.values.push_back(o.value);
+      HashOp& op = ops[it->second];
+      // The bucket is read until now >= (b + buckets) * width.
+      const int64_t until_us = (b + g.buckets) * g.width_us;
+      const int64_t ttl_ms = (until_us - now_us + 999) / 1000 + margin_ms;
+      op.ttl_ms = std::max(op.ttl_ms, ttl_ms);
+      Bucket* bucket = nullptr;
+      for (Bucket& x : op.buckets) {
+        if (x.bucket == b) bucket = &x;
+      }
+      if (bucket == nullptr) {
+        bucket = &op.buckets.emplace_back();
+        bucket->bucket = b;
+        bucket->ttl_ms = ttl_ms;
+      }
+      ++bucket->n;
+      if (distinct) bucket->values.push_back(o.value);
     }
   }
-  if (!pending.empty()) {
+  if (!ops.empty()) {
     Commands commands;
-    for (const Pending& p : pending) {
-      const std::string* k = &p.key;
-      commands.Begin();
-      if (p.distinct) {
-        commands.Arg("PFADD");
-        commands.Arg(*k);
-        for (std::string_view v : p.values) commands.Arg(v);
-      } else {
-        commands.Arg("INCRBY");
-        commands.Arg(*k);
-        commands.Arg(p.n);
+    commands.Begin();
+    commands.Arg("EVAL");
+    commands.Arg(kWriteScript);
+    commands.Arg(static_cast<int64_t>(ops.size()));
+    for (const HashOp& op : ops) commands.Arg(op.key);
+    for (const HashOp& op : ops) {
+      commands.Arg(op.distinct ? "1" : "0");
+      commands.Arg(op.ttl_ms);
+      commands.Arg(op.oldest);
+      commands.Arg(static_cast<int64_t>(op.buckets.size()));
+      for (const Bucket& x : op.buckets) {
+        commands.Arg(x.bucket);
+        if (op.distinct) {
+          commands.Arg(x.ttl_ms);
+          commands.Arg(static_cast<int64_t>(x.values.size()));
+          for (std::string_view v : x.values) commands.Arg(v);
+        } else {
+          commands.Arg(x.n);
+        }
       }
-      commands.Begin();
-      commands.Arg("PEXPIRE");
-      commands.Arg(*k);
-      commands.Arg(p.ttl_ms);
     }
     Replies replies;
     absl::Status s = Execute(commands, replies.items);
@@ -298,40 +390,76 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     return absl::InvalidArgumentError("values must be as long as reads");
   }
   if (reads.empty()) return absl::OkStatus();
+  // Round trip 1: each read's window hash (HGETALL: bucket -> count; HKEYS: the buckets a
+  // distinct counter has sketches for).
+  absl::InlinedVector<int, 8> windows;
   Commands commands;
   for (const ReadRequest& r : reads) {
     auto w = internal::ResolveRead(set_, r);
     if (!w.ok()) return w.status();
-    const WindowGeometry& g = set_.geometry(r.counter)[*w];
-    const int64_t newest = g.BucketOf(now);
+    windows.push_back(*w);
     commands.Begin();
-    commands.Arg(set_.spec(r.counter).is_distinct() ? "PFCOUNT" : "MGET");
-    for (int64_t b = newest - g.buckets + 1; b <= newest; ++b) {
-      commands.ArgBuilt([&](std::string& out) { AppendKey(out, r.counter, *w, r.key, b); });
-    }
+    commands.Arg(set_.spec(r.counter).is_distinct() ? "HKEYS" : "HGETALL");
+    commands.ArgBuilt([&](std::string& out) { AppendHashKey(out, r.counter, *w, r.key); });
   }
   Replies replies;
   absl::Status s = Execute(commands, replies.items);
   if (!s.ok()) return s;
+  // Round trip 2 (only if a distinct window holds sketches): PFCOUNT over the buckets
+  // inside the window, usually one key (Redis's cached cardinality, no merge).
+  Commands counts;
+  std::vector<size_t> counted_read;  // counts command -> read index
   for (size_t i = 0; i < reads.size(); ++i) {
     const redisReply& r = replies[i];
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
-    if (r.type == REDIS_REPLY_INTEGER) {  // PFCOUNT
-      values[i] = r.integer;
+    if (r.type != REDIS_REPLY_ARRAY) return absl::InternalError("redis: unexpected hash reply");
+    const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
+    const int64_t newest = g.BucketOf(now);
+    const int64_t oldest = newest - g.buckets + 1;
+    auto bucket_of = [](const redisReply& e, int64_t* b) {
+      return e.type == REDIS_REPLY_STRING && absl::SimpleAtoi(absl::string_view(e.str, e.len), b);
+    };
+    values[i] = 0;
+    if (set_.spec(reads[i].counter).is_distinct()) {
+      bool any = false;
+      for (size_t e = 0; e < r.elements; ++e) {
+        int64_t b;
+        if (!bucket_of(*r.element[e], &b)) {
+          return absl::InternalError("redis: a window hash field is not a bucket");
+        }
+        if (b < oldest || b > newest) continue;
+        if (!any) {
+          counts.Begin();
+          counts.Arg("PFCOUNT");
+          counted_read.push_back(i);
+          any = true;
+        }
+        counts.ArgBuilt([&](std::string& out) {
+          AppendKey(out, reads[i].counter, windows[i], reads[i].key, b);
+        });
+      }
       continue;
     }
-    if (r.type != REDIS_REPLY_ARRAY) return absl::InternalError("redis: unexpected MGET reply");
     int64_t sum = 0;
-    for (size_t e = 0; e < r.elements; ++e) {
-      const redisReply& item = *r.element[e];
-      if (item.type != REDIS_REPLY_STRING) continue;  // nil: an empty bucket
-      int64_t v;
-      if (!absl::SimpleAtoi(absl::string_view(item.str, item.len), &v)) {
-        return absl::InternalError("redis: a bucket key does not hold an integer");
+    for (size_t e = 0; e + 1 < r.elements; e += 2) {
+      int64_t b, v;
+      if (!bucket_of(*r.element[e], &b) || !bucket_of(*r.element[e + 1], &v)) {
+        return absl::InternalError("redis: a window hash does not hold bucket counts");
       }
-      sum += v;
+      if (b >= oldest && b <= newest) sum += v;
     }
     values[i] = sum;
+  }
+  if (counts.size() == 0) return absl::OkStatus();
+  Replies estimates;
+  s = Execute(counts, estimates.items);
+  if (!s.ok()) return s;
+  for (size_t k = 0; k < counted_read.size(); ++k) {
+    const redisReply& r = estimates[k];
+    if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
+    if (r.type != REDIS_REPLY_INTEGER)
+      return absl::InternalError("redis: unexpected PFCOUNT reply");
+    values[counted_read[k]] = r.integer;
   }
   return absl::OkStatus();
 }

@@ -79,6 +79,8 @@ class RedisCounterStore final : public CounterStore {
  private:
   class Commands;
   RedisCounterStore(CounterSet set, RedisOptions options);
+  // The window hash of (counter, window, key), and a distinct bucket's sketch key.
+  void AppendHashKey(std::string& out, int counter, int window, std::string_view key) const;
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
                  int64_t bucket) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
