@@ -2,7 +2,8 @@
 processes on a throwaway cluster (the same helper the C++ PostgreSQL tests use,
 quell_pg_test_cluster), concurrent writers on all of them, then every node's index
 (`check`) and snapshot equal the database's active set; a write on node A is seen by
-`check` on node C; kill -9 of one node under load loses no acknowledged write.
+`check` on node C; kill -9 of one node under load loses no acknowledged write; the
+expiry lease moves to a survivor when its holder is killed, which then expires.
 
 Propagation A -> C is printed (percentiles), never asserted. QUELL_PROPAGATION_WRITES
 (default 200) and QUELL_PROPAGATION_RATE (writes/s of background load on all three
@@ -256,9 +257,10 @@ class MultiNodeTest(unittest.TestCase):
         count = int(os.environ.get("QUELL_PROPAGATION_WRITES", "200"))
         rate = float(os.environ.get("QUELL_PROPAGATION_RATE", "0"))
         background = None
-        if rate > 0:  # load on all three nodes while we measure (3 writers per node)
-            background = Writers(self.nodes, per_node=3, tag="bg", rate=rate / 9).start()
+        if rate > 0:  # load on all three nodes while we measure (8 writers per node)
+            background = Writers(self.nodes, per_node=8, tag="bg", rate=rate / 24).start()
         delays = []
+        began = time.time()
         conn_a, conn_c = a.connection(), c.connection()
         try:
             for i in range(count):
@@ -292,7 +294,7 @@ class MultiNodeTest(unittest.TestCase):
 
         bg = ""
         if background:
-            bg = ", background %d writes acknowledged" % sum(background.acks_by_node)
+            bg = ", achieved %.0f/s" % (sum(background.acks_by_node) / (time.time() - began))
         print("\npropagation A->C over %d writes (background %.0f/s requested%s): "
               "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms" % (
                   count, rate, bg, pct(0.5), pct(0.9), pct(0.99), delays[-1] * 1000))
@@ -318,6 +320,32 @@ class MultiNodeTest(unittest.TestCase):
         # The killed node comes back and catches up with what it missed.
         victim.start_node()
         self.assert_every_node_equals_database([victim], w)
+
+    def test_expiry_runs_on_the_lease_holder_and_moves_when_it_dies(self):
+        def holder_pid():
+            rows = psql(self.url, "SELECT holder FROM leases WHERE name = 'expiry' "
+                                  "AND expires_at > clock_timestamp()")
+            return int(rows[0].split(":")[1]) if rows else None
+
+        by_pid = {n.proc.pid: n for n in self.nodes}
+        deadline = time.time() + CONVERGE_SECONDS
+        while holder_pid() not in by_pid:
+            self.assertLess(time.time(), deadline, "no node took the expiry lease")
+            time.sleep(0.1)
+        holder = by_pid[holder_pid()]
+        holder.kill9()  # no release: the others wait for the row to expire (ttl 10 s)
+        others = [n for n in self.nodes if n is not holder]
+        # Written on a survivor after the kill: only a new holder can expire it.
+        status, body, _ = others[0].request("POST", "/v1/mitigations", {
+            "entity": "user:short-lived", "action": "block", "ttl": "1s", "reason": "lease"})
+        self.assertEqual(status, 201, body)
+        while holder_pid() not in {n.proc.pid for n in others}:
+            self.assertLess(time.time(), deadline, "the lease never moved")
+            time.sleep(0.1)
+        while psql(self.url, "SELECT state FROM mitigations WHERE id = '%s'" % body["id"]) != [
+                "expired"]:
+            self.assertLess(time.time(), deadline, "the new holder never expired it")
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":
