@@ -3,7 +3,9 @@ processes on a throwaway cluster (the same helper the C++ PostgreSQL tests use,
 quell_pg_test_cluster), concurrent writers on all of them, then every node's index
 (`check`) and snapshot equal the database's active set; a write on node A is seen by
 `check` on node C; kill -9 of one node under load loses no acknowledged write; the
-expiry lease moves to a survivor when its holder is killed, which then expires.
+expiry lease moves to a survivor when its holder is killed, which then expires;
+PostgreSQL stopped and restarted: `check` keeps answering, writes get 503 + Retry-After,
+then succeed, and every feed catches up.
 
 Propagation A -> C is printed (percentiles), never asserted. QUELL_PROPAGATION_WRITES
 (default 200) and QUELL_PROPAGATION_RATE (writes/s of background load on all three
@@ -46,6 +48,12 @@ class PgCluster:
         if not line.startswith("ok"):
             raise AssertionError("quell_pg_test_cluster %s: %r" % (cmd, line))
         return line[3:]
+
+    def stop(self):
+        self._command("stop")
+
+    def restart(self):
+        self._command("restart")
 
     def new_database(self):
         if not self._used_first:
@@ -346,6 +354,38 @@ class MultiNodeTest(unittest.TestCase):
                 "expired"]:
             self.assertLess(time.time(), deadline, "the new holder never expired it")
             time.sleep(0.1)
+
+    def test_postgres_restart_checks_keep_answering_writes_503_then_catch_up(self):
+        a, c = self.nodes[0], self.nodes[2]
+        status, before, _ = a.request("POST", "/v1/mitigations", {
+            "entity": "user:before-outage", "action": "block", "ttl": "1d", "reason": "x"})
+        self.assertEqual(status, 201, before)
+        self.wait_converged(self.nodes)
+        self.cluster.stop()
+        try:
+            for n in self.nodes:  # check is answered from memory
+                status, body, _ = n.request("GET", "/v1/check?entity=user:before-outage")
+                self.assertEqual(status, 200, body)
+                self.assertEqual([m["id"] for m in body["mitigations"]], [before["id"]])
+            status, body, headers = c.request("POST", "/v1/mitigations", {
+                "entity": "user:during-outage", "action": "block", "ttl": "1d", "reason": "x"})
+            self.assertEqual(status, 503, body)
+            self.assertIn("retry-after", headers)
+        finally:
+            self.cluster.restart()
+        deadline = time.time() + CONVERGE_SECONDS
+        while True:  # the first attempts may still meet the dropped connections
+            status, after, _ = c.request("POST", "/v1/mitigations", {
+                "entity": "user:after-outage", "action": "block", "ttl": "1d", "reason": "x"})
+            if status == 201:
+                break
+            self.assertEqual(status, 503, after)
+            self.assertLess(time.time(), deadline, "writes never recovered")
+            time.sleep(0.2)
+        self.wait_converged(self.nodes)  # every feed reconnected and caught up
+        for n in self.nodes:
+            self.assertEqual(n.index_ids(["user:after-outage"]), {after["id"]})
+            self.assertEqual(n.index_ids(["user:during-outage"]), set())
 
 
 if __name__ == "__main__":
