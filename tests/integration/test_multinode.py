@@ -11,6 +11,7 @@ Propagation A -> C is printed (percentiles), never asserted. QUELL_PROPAGATION_W
 (default 200) and QUELL_PROPAGATION_RATE (writes/s of background load on all three
 nodes, default 0) make it a benchmark: see docs/benchmarks.md, issue 8.
 """
+import http.client
 import json
 import os
 import signal
@@ -328,6 +329,54 @@ class MultiNodeTest(unittest.TestCase):
         # The killed node comes back and catches up with what it missed.
         victim.start_node()
         self.assert_every_node_equals_database([victim], w)
+
+    def test_policies_and_long_polls_on_node_c_follow_node_a(self):
+        a, c = self.nodes[0], self.nodes[2]
+        # A long poll on C, parked before A writes, is woken by A's write (C's feed wakes
+        # its waiters): with wait=60 and a 30 s client timeout, a poll that is not woken
+        # fails the test instead of returning at its deadline.
+        after = c.index_seq()
+        result = {}
+
+        def poll():
+            conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=30)
+            try:
+                result["reply"] = c.request("GET", "/v1/changes?after=%d&wait=60" % after,
+                                            conn=conn)
+            except Exception as e:  # the timeout: reported below
+                result["error"] = e
+            finally:
+                conn.close()
+
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.5)  # let the poll park (if it has not, it simply reads the write)
+        status, body, _ = a.request("POST", "/v1/mitigations", {
+            "entity": "user:long-poll", "action": "block", "ttl": "1d", "reason": "x"})
+        self.assertEqual(status, 201, body)
+        t.join(60)
+        self.assertNotIn("error", result)
+        status, changes, _ = result["reply"]
+        self.assertEqual(status, 200, changes)
+        self.assertEqual([ch["mitigation"]["id"] for ch in changes["changes"]], [body["id"]])
+
+        # A policy set published on A becomes C's active set.
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "policies",
+                               "music.yaml")) as f:
+            yaml = f.read()
+        status, published, _ = a.request("PUT", "/v1/policies", yaml,
+                                          headers={"Content-Type": "application/yaml"})
+        self.assertIn(status, (200, 201), published)
+        version = str(published["version"])
+        deadline = time.time() + CONVERGE_SECONDS
+        while True:
+            status, text, headers = c.request("GET", "/v1/policies", raw=True)
+            self.assertEqual(status, 200, text)
+            if headers.get("x-quell-policy-version") == version:
+                break
+            self.assertLess(time.time(), deadline, "C never activated v%s" % version)
+            time.sleep(0.05)
+        self.assertEqual(text, yaml)
 
     def test_expiry_runs_on_the_lease_holder_and_moves_when_it_dies(self):
         def holder_pid():
