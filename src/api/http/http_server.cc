@@ -28,6 +28,7 @@
 #include <boost/beast/http/error.hpp>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <thread>
 
@@ -50,6 +51,11 @@ namespace {
 constexpr size_t kHeaderReadSize = 4096;     // a typical request fits in one read
 constexpr size_t kBodyReadSize = 64 * 1024;  // once the header is in
 constexpr size_t kStreamBatchBytes = 64 * 1024;
+// A streamed body whose producer has nothing yet: polls at once this many times, then
+// waits kStreamMinBackoff, doubling up to kStreamMaxBackoff.
+constexpr int kStreamSpinPolls = 8;
+constexpr std::chrono::microseconds kStreamMinBackoff{50};
+constexpr std::chrono::microseconds kStreamMaxBackoff{2000};
 constexpr size_t kMaxLingerBytes = 1 << 20;
 constexpr Clock::duration kMaxLinger = std::chrono::seconds(2);
 constexpr Clock::time_point kNever = Clock::time_point::max();
@@ -450,6 +456,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool no_body =
         head_request_ || status == 204 || status == 304 || (status >= 100 && status < 200);
     streaming_ = response_.stream != nullptr && !no_body;
+    empty_polls_ = 0;
     chunked_ = streaming_ && version_ >= 11;
     if (streaming_ && !chunked_) keep_alive_ = false;  // HTTP/1.0: the end is the close
 
@@ -512,12 +519,27 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     stream_more_ = more;
     if (chunk_.empty() && more && head_.empty()) {
-      // Nothing to send yet: yield to other connections and ask again.
-      asio::post(socket_.get_executor(), [self = shared_from_this()] {
-        if (self->state_ == State::kWriting) self->WriteStreamBatch();
+      // Nothing to send yet. Yield to other connections and ask again: at once for the
+      // first few tries, then after a timer that doubles up to kStreamMaxBackoff, so a
+      // slow producer (a snapshot scanning the store) does not have this loop's thread
+      // spinning on a core the producer needs.
+      if (empty_polls_ < kStreamSpinPolls) {
+        ++empty_polls_;
+        asio::post(socket_.get_executor(), [self = shared_from_this()] {
+          if (self->state_ == State::kWriting) self->WriteStreamBatch();
+        });
+        return;
+      }
+      if (!stream_timer_) stream_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
+      const int doublings = std::min(empty_polls_++ - kStreamSpinPolls, 10);
+      stream_timer_->expires_after(
+          std::min(kStreamMinBackoff * (1 << doublings), kStreamMaxBackoff));
+      stream_timer_->async_wait([self = shared_from_this()](const error_code& ec) {
+        if (!ec && self->state_ == State::kWriting) self->WriteStreamBatch();
       });
       return;
     }
+    empty_polls_ = 0;
     std::string_view tail;
     if (chunked_) {
       if (!chunk_.empty()) {
@@ -598,6 +620,7 @@ class Session : public std::enable_shared_from_this<Session> {
     deadline_ = kNever;
     error_code ec;
     socket_.close(ec);
+    if (stream_timer_) stream_timer_->cancel();
     response_.stream = nullptr;
   }
 
@@ -625,6 +648,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Response response_;
   std::string head_;   // status line + headers, or a chunk-size line
   std::string chunk_;  // one batch of a streamed body
+  int empty_polls_ = 0;  // consecutive polls of the stream that found nothing
+  std::unique_ptr<asio::steady_timer> stream_timer_;  // made on the first wait
   std::array<asio::const_buffer, 3> bufs_;
   size_t lingered_ = 0;
 };
