@@ -127,14 +127,14 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
     if (!r) return call.Fail(ApiError::NotFound(absl::StrCat("no review ", id)));
     if (auto st = safeguards::CheckReviewer(call.who.key_id, r->requested_by, {}); !st.ok())
       return call.Fail(ApiError::FromStatus(st));
-    std::vector<std::string> ids;
+    std::vector<core::Mitigation> targets;
     if (approve && r->state == "pending_approval") {
-      auto targets = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter);
-      if (!targets.ok()) return call.Fail(ApiError::FromStatus(targets.status()));
-      ids = *std::move(targets);
+      auto found = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter);
+      if (!found.ok()) return call.Fail(ApiError::FromStatus(found.status()));
+      targets = *std::move(found);
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
-    auto mutation = requests.Decide(id, approve, note, call.who.key_id, std::move(ids),
+    auto mutation = requests.Decide(id, approve, note, call.who.key_id, std::move(targets),
                                     ctx.safeguards->options().pending_ttl, out);
     SubmitSimple(ctx, std::move(call), std::move(mutation), [&ctx, out] {
       std::string body =

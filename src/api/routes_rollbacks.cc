@@ -57,7 +57,7 @@ void Rollback(Context& ctx, Call&& call) {
     auto targets = workflow::FindRollbackTargetSet(ctx.deps.ledger->store(), f);
     if (!targets.ok()) return call.Fail(ApiError::FromStatus(targets.status()));
     std::string id = core::NewId("rb_", ctx.deps.clock->Now());
-    const int64_t matched = static_cast<int64_t>(targets->ids.size());
+    const int64_t matched = static_cast<int64_t>(targets->mitigations.size());
     const bool needs_approval =
         safeguards::BulkNeedsApproval(targets->entities, ctx.safeguards->options().bulk_threshold);
     if (dry) {
@@ -93,7 +93,8 @@ void Rollback(Context& ctx, Call&& call) {
       return;
     }
     auto out = std::make_shared<workflow::RollbackResult>();
-    auto m = workflow::Rollback(std::move(targets->ids), f, reason, call.who.key_id, id, out);
+    auto m =
+        workflow::Rollback(std::move(targets->mitigations), f, reason, call.who.key_id, id, out);
     const int64_t entities = targets->entities;
     SubmitSimple(ctx, std::move(call), std::move(m), [out, id, entities] {
       return std::make_pair(

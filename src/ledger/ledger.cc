@@ -40,6 +40,13 @@ class RecordingTxn final : public Txn {
     return r;
   }
   int64_t NextSeq() const override { return inner_.NextSeq(); }
+  absl::StatusOr<std::optional<Change>> AppendMitigationIfAt(Change change,
+                                                             const core::Mitigation& mitigation,
+                                                             int64_t expected_seq) override {
+    auto r = inner_.AppendMitigationIfAt(std::move(change), mitigation, expected_seq);
+    if (r.ok() && r->has_value()) sink_->push_back(**r);
+    return r;
+  }
   absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
                                                               std::string_view id) override {
     return inner_.GetDetection(source, id);

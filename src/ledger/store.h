@@ -136,6 +136,27 @@ class Txn {
   virtual absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) = 0;
   //! The seq the next Append will assign.
   virtual int64_t NextSeq() const = 0;
+  //! Append of a kMitigation change for `mitigation` (its seq must be NextSeq()), but only
+  //! if the stored mitigation with its id is still the version at `expected_seq` (as read
+  //! earlier, e.g. by a scan outside this Txn) with the same entity, action, created_at,
+  //! source and policy: then it returns the completed change. Otherwise it writes nothing
+  //! and returns nullopt (the caller re-reads). For bulk updates of mitigations already
+  //! read, such as a rollback: a backend needs no read nor parse per row. Other errors as
+  //! Append's. The default reads the row with GetMitigation and calls Append.
+  virtual absl::StatusOr<std::optional<Change>> AppendMitigationIfAt(
+      Change change, const core::Mitigation& mitigation, int64_t expected_seq) {
+    absl::StatusOr<std::optional<core::Mitigation>> cur = GetMitigation(mitigation.id);
+    if (!cur.ok()) return cur.status();
+    const std::optional<core::Mitigation>& m = *cur;
+    if (!m || m->seq != expected_seq || m->entity.str() != mitigation.entity.str() ||
+        m->action != mitigation.action || m->created_at != mitigation.created_at ||
+        m->source != mitigation.source || m->policy != mitigation.policy) {
+      return std::nullopt;
+    }
+    absl::StatusOr<Change> c = Append(std::move(change), &mitigation);
+    if (!c.ok()) return c.status();
+    return std::optional<Change>(*std::move(c));
+  }
 
   //! The stored detection (source, id), or nullopt.
   virtual absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,

@@ -233,6 +233,71 @@ TEST_P(StoreTest, MitigationUpsertThroughAppend) {
   EXPECT_THAT(*other, IsEmpty());
 }
 
+TEST_P(StoreTest, AppendMitigationIfAtWritesOnlyTheVersionRead) {
+  core::Mitigation a = MakeMitigation(1, "user:u1", "block");
+  core::Mitigation b = MakeMitigation(2, "user:u2", "block");
+  Put(&a);
+  Put(&b);
+  const int64_t a_read = a.seq, b_read = b.seq;
+  // b moves on after it was read.
+  core::Mitigation b2 = b;
+  b2.expires_at += absl::Hours(1);
+  Put(&b2);
+
+  auto txn = Begin(kT0 + absl::Minutes(1));
+  auto revoke = [&](core::Mitigation m, int64_t read_at) {
+    m.state = core::MitigationState::kRevoked;
+    m.state_reason = "rollback";
+    m.seq = txn->NextSeq();
+    Change c;
+    c.kind = ChangeKind::kMitigation;
+    c.actor = "k_admin";
+    return std::make_pair(m, txn->AppendMitigationIfAt(std::move(c), m, read_at));
+  };
+  auto [a_rev, a_done] = revoke(a, a_read);
+  ASSERT_OK(a_done);
+  ASSERT_TRUE(a_done->has_value());
+  EXPECT_EQ((*a_done)->seq, 4);
+  EXPECT_EQ((*a_done)->payload, core::MitigationToJson(a_rev));
+  auto [b_rev, b_done] = revoke(b, b_read);
+  ASSERT_OK(b_done);
+  EXPECT_FALSE(b_done->has_value());  // stale: nothing written, seq not taken
+  EXPECT_EQ(txn->NextSeq(), 5);
+  // Identity columns must match the stored row too.
+  core::Mitigation other = a_rev;
+  other.entity = E("user:u9");
+  auto [o_rev, o_done] = revoke(other, 4);
+  ASSERT_OK(o_done);
+  EXPECT_FALSE(o_done->has_value());
+  // Inside the Txn the revocation is visible, as an Append's would be.
+  auto inside = txn->GetMitigation(a.id);
+  ASSERT_OK(inside);
+  EXPECT_EQ(**inside, a_rev);
+  // A savepoint rollback undoes it like any write.
+  ASSERT_OK(V(txn->Savepoint()));
+  core::Mitigation b_now = b2;
+  auto [b2_rev, b2_done] = revoke(b_now, b2.seq);
+  ASSERT_OK(b2_done);
+  ASSERT_TRUE(b2_done->has_value());
+  ASSERT_OK(V(txn->RollbackToSavepoint()));
+  auto b_back = txn->GetMitigation(b.id);
+  ASSERT_OK(b_back);
+  EXPECT_EQ(**b_back, b2);
+  EXPECT_EQ(txn->NextSeq(), 5);
+  ASSERT_OK(V(txn->Commit()));
+
+  auto got = store_->GetMitigation(a.id);
+  ASSERT_OK(got);
+  EXPECT_EQ(**got, a_rev);
+  auto live = store_->ListMitigations({.state = core::MitigationState::kActive});
+  ASSERT_OK(live);
+  EXPECT_EQ(Ids(live->mitigations), std::vector<std::string>{b.id});
+  auto timeline = store_->ReadEntityChanges(E("user:u1"), 10);
+  ASSERT_OK(timeline);
+  ASSERT_THAT(*timeline, SizeIs(2));
+  EXPECT_EQ((*timeline)[1].payload, core::MitigationToJson(a_rev));
+}
+
 TEST_P(StoreTest, FindLiveReturnsOnlyLiveMatches) {
   using S = core::MitigationState;
   core::Mitigation active = MakeMitigation(1, "user:u1", "block", S::kActive);

@@ -65,17 +65,32 @@ std::string Payload(const RollbackRequest& r) {
   return p;
 }
 
-// Revokes each of `ids` still live and matching `f`, in `txn`.
-absl::Status RevokeMatching(ledger::Txn& txn, const std::vector<std::string>& ids,
+// Revokes each of `targets` still live and matching `f`, in `txn`.
+absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& targets,
                             const RollbackFilter& f, const std::string& why,
                             const std::string& actor, absl::Time now, RollbackResult* r) {
-  for (const std::string& id : ids) {
-    QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
-    if (!m || !Matches(f, *m)) continue;
+  for (core::Mitigation& m : targets) {
+    if (!Matches(f, m)) continue;
+    const int64_t read_at = m.seq;
+    m.state = core::MitigationState::kRevoked;
+    m.state_reason = why;
+    m.seq = txn.NextSeq();
+    m.updated_at = now;
+    m.actor = actor;
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kMitigation;
+    c.actor = actor;
+    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::Change> done,
+                           txn.AppendMitigationIfAt(std::move(c), m, read_at));
+    if (!done) {
+      // Changed since the scan: read it again and decide on what it is now.
+      QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> cur, txn.GetMitigation(m.id));
+      if (!cur || !Matches(f, *cur)) continue;
+      cur->state = core::MitigationState::kRevoked;
+      cur->state_reason = why;
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
+    }
     ++r->matched;
-    m->state = core::MitigationState::kRevoked;
-    m->state_reason = why;
-    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
     ++r->revoked;
   }
   return absl::OkStatus();
@@ -110,10 +125,10 @@ std::string RollbackFilterJson(const RollbackFilter& f) {
   return p;
 }
 
-absl::StatusOr<std::vector<std::string>> FindRollbackTargets(ledger::Store& store,
-                                                             const RollbackFilter& f) {
+absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
+                                                                  const RollbackFilter& f) {
   QUELL_ASSIGN_OR_RETURN(RollbackTargets t, FindRollbackTargetSet(store, f));
-  return std::move(t.ids);
+  return std::move(t.mitigations);
 }
 
 absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
@@ -123,7 +138,7 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
   QUELL_RETURN_IF_ERROR(store
                             .ScanLive([&](const core::Mitigation& m) {
                               if (Matches(f, m)) {
-                                t.ids.push_back(m.id);
+                                t.mitigations.push_back(m);
                                 entities.insert(m.entity.str());
                               }
                               return absl::OkStatus();
@@ -133,15 +148,16 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
   return t;
 }
 
-ledger::Mutation Rollback(std::vector<std::string> ids, RollbackFilter f, std::string reason,
-                          std::string actor, std::string rollback_id,
+ledger::Mutation Rollback(std::vector<core::Mitigation> targets, RollbackFilter f,
+                          std::string reason, std::string actor, std::string rollback_id,
                           std::shared_ptr<RollbackResult> out) {
-  return [ids = std::move(ids), f = std::move(f), reason = std::move(reason),
+  return [targets = std::move(targets), f = std::move(f), reason = std::move(reason),
           actor = std::move(actor), rollback_id = std::move(rollback_id),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     RollbackResult r;
     const std::string why = absl::StrCat("rollback ", rollback_id, ": ", reason);
-    QUELL_RETURN_IF_ERROR(RevokeMatching(txn, ids, f, why, actor, now, &r));
+    // Revokes in place: the ledger runs a mutation once.
+    QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, f, why, actor, now, &r));
     *out = r;
     return absl::OkStatus();
   };
@@ -303,12 +319,13 @@ ledger::Mutation RollbackRequests::Request(RollbackRequest request) {
 }
 
 ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::string note,
-                                          std::string reviewer, std::vector<std::string> ids,
+                                          std::string reviewer,
+                                          std::vector<core::Mitigation> targets,
                                           absl::Duration pending_ttl,
                                           std::shared_ptr<RollbackRequest> out) {
   return [this, id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
-          ids = std::move(ids), pending_ttl,
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+          targets = std::move(targets), pending_ttl,
+          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     RollbackRequest r;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -336,7 +353,7 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
       RollbackResult result;
       const std::string why = absl::StrCat("rollback ", r.id, ": ", r.reason, " (requested by ",
                                            r.requested_by, ", approved by ", reviewer, ")");
-      QUELL_RETURN_IF_ERROR(RevokeMatching(txn, ids, r.filter, why, reviewer, now, &result));
+      QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter, why, reviewer, now, &result));
       r.revoked = result.revoked;
       r.state = "done";
     } else {

@@ -41,13 +41,13 @@ bool Matches(const RollbackFilter& f, const core::Mitigation& m);
 //! {"policy": ..., ...} with only the set fields; times as RFC 3339.
 std::string RollbackFilterJson(const RollbackFilter& f);
 
-//! Ids of the live mitigations matching `f`, from one consistent read of the store.
-absl::StatusOr<std::vector<std::string>> FindRollbackTargets(ledger::Store& store,
-                                                             const RollbackFilter& f);
+//! The live mitigations matching `f`, from one consistent read of the store.
+absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
+                                                                  const RollbackFilter& f);
 
 struct RollbackTargets {
-  std::vector<std::string> ids;  // live mitigations matching
-  int64_t entities = 0;          // distinct entities among them
+  std::vector<core::Mitigation> mitigations;  // live mitigations matching
+  int64_t entities = 0;                       // distinct entities among them
 };
 //! As FindRollbackTargets, with the number of distinct entities (what approval counts).
 absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
@@ -57,10 +57,12 @@ struct RollbackResult {
   int64_t matched = 0;
   int64_t revoked = 0;
 };
-//! Revokes each listed mitigation that is still live and still matches `f` (it re-reads
-//! them in the transaction), state_reason "rollback <rollback_id>: <reason>".
-ledger::Mutation Rollback(std::vector<std::string> ids, RollbackFilter f, std::string reason,
-                          std::string actor, std::string rollback_id,
+//! Revokes each of `targets` (as read by FindRollbackTargets) that is still live and
+//! still matches `f`, state_reason "rollback <rollback_id>: <reason>". A target still at
+//! the version read is revoked without being read again (Txn::AppendMitigationIfAt); one
+//! that changed since is re-read in the transaction and checked again.
+ledger::Mutation Rollback(std::vector<core::Mitigation> targets, RollbackFilter f,
+                          std::string reason, std::string actor, std::string rollback_id,
                           std::shared_ptr<RollbackResult> out);
 
 // ---- rollback requests (approval) ----
@@ -112,13 +114,13 @@ class RollbackRequests final : public ledger::ChangeListener {
   //! Files a new request (its state must be pending_approval).
   ledger::Mutation Request(RollbackRequest request);
 
-  //! `reviewer`'s decision on pending request `id`. Approval revokes `ids` (as Rollback,
-  //! re-checked against the request's filter) in the same transaction. Errors: kNotFound,
+  //! `reviewer`'s decision on pending request `id`. Approval revokes `targets` (as
+  //! Rollback, re-checked against the request's filter) in the same transaction. Errors: kNotFound,
   //! kFailedPrecondition (decided already, or expired after `pending_ttl`),
   //! kPermissionDenied (the requester deciding). *out = the request
   //! after the decision.
   ledger::Mutation Decide(std::string id, bool approve, std::string note, std::string reviewer,
-                          std::vector<std::string> ids, absl::Duration pending_ttl,
+                          std::vector<core::Mitigation> targets, absl::Duration pending_ttl,
                           std::shared_ptr<RollbackRequest> out);
 
  private:

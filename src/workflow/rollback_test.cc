@@ -62,7 +62,7 @@ class RollbackTest : public testing::Test {
     r.requested_by = std::move(requester);
     auto t = FindRollbackTargetSet(ledger_->store(), f);
     EXPECT_TRUE(t.ok());
-    r.matched = static_cast<int64_t>(t->ids.size());
+    r.matched = static_cast<int64_t>(t->mitigations.size());
     r.entities = t->entities;
     EXPECT_TRUE(ledger_->SubmitAndWait(requests_->Request(r)).ok());
     return r.id;
@@ -71,7 +71,7 @@ class RollbackTest : public testing::Test {
                       std::shared_ptr<RollbackRequest> out = nullptr) {
     if (!out) out = std::make_shared<RollbackRequest>();
     auto r = requests_->Get(id);
-    std::vector<std::string> ids;
+    std::vector<core::Mitigation> ids;
     if (r) ids = *FindRollbackTargets(ledger_->store(), r->filter);
     return ledger_
         ->SubmitAndWait(
@@ -94,18 +94,19 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   f.source = "model-v3";
   auto t = FindRollbackTargetSet(ledger_->store(), f);
   ASSERT_TRUE(t.ok());
-  EXPECT_EQ(t->ids.size(), 2u);
+  EXPECT_EQ(t->mitigations.size(), 2u);
   EXPECT_EQ(t->entities, 2);
   auto out = std::make_shared<RollbackResult>();
-  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(t->ids, f, "bad", "k_admin", "rb_1", out)).ok());
+  auto targets = t->mitigations;
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(targets, f, "bad", "k_admin", "rb_1", out)).ok());
   EXPECT_EQ(out->revoked, 2);
   EXPECT_EQ(State(a), MitigationState::kRevoked);
   EXPECT_EQ(State(b), MitigationState::kRevoked);
   EXPECT_EQ(State(c), MitigationState::kActive);
   EXPECT_NE((*ledger_->store().GetMitigation(a))->state_reason.find("rollback rb_1: bad"),
             std::string::npos);
-  // Again with the same ids: nothing more.
-  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(t->ids, f, "bad", "k_admin", "rb_2", out)).ok());
+  // Again with the same (now stale) targets: re-read, nothing more.
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(targets, f, "bad", "k_admin", "rb_2", out)).ok());
   EXPECT_EQ(out->revoked, 0);
   EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f)->empty());
   // One transaction: the chain still verifies.
@@ -164,7 +165,7 @@ TEST_F(RollbackTest, TwoDecisionsInOneCommitBatchCannotBothPass) {
   RollbackFilter f;
   f.source = "model-v3";
   std::string id = Request(f);
-  std::vector<std::string> ids = *FindRollbackTargets(ledger_->store(), f);
+  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f);
   // Both run in one transaction: the second sees the first's decision.
   auto first = std::make_shared<RollbackRequest>();
   auto second = std::make_shared<RollbackRequest>();
@@ -185,7 +186,7 @@ TEST_F(RollbackTest, FailedDecisionLeavesItPending) {
   RollbackFilter f;
   f.source = "model-v3";
   std::string id = Request(f);
-  std::vector<std::string> ids = *FindRollbackTargets(ledger_->store(), f);
+  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f);
   auto out = std::make_shared<RollbackRequest>();
   auto m = requests_->Decide(id, true, "", "k_r1", ids, kTtl, out);
   // The decision's mutation succeeds but its caller fails after it: all rolled back.
