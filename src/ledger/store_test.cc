@@ -1107,6 +1107,56 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   EXPECT_EQ(*busy, "5000");
 }
 
+// The WAL is copied into the database file by the background checkpointer: the writer
+// alone (below its backstop) never would. Seen from a copy of the file without its WAL.
+TEST(SqliteStore, CheckpointsRunOffTheWriter) {
+  testing::SqliteTestBackend backend;
+  SqliteOptions o;
+  o.path = backend.dir().string();
+  o.checkpoint_pages = 8;
+  auto store = OpenSqliteStore(o);
+  ASSERT_OK(store);
+  for (int t = 0; t < 6; ++t) {
+    auto txn = (*store)->Begin(kT0);
+    ASSERT_OK(txn);
+    std::vector<StoredDetection> rows;
+    for (int i = 0; i < 40; ++i) {
+      rows.push_back(MakeDetection("bot-model", absl::StrCat("w", t, "-", i), kT0, kT0));
+      rows.back().json = std::string(1000, 'x');
+    }
+    ASSERT_OK(V((*txn)->PutDetections(rows)));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  // Waits for the thread (no timing is asserted: the loop ends when it has run).
+  int64_t runs = 0;
+  for (int i = 0; i < 6000 && runs == 0; ++i) {
+    auto r = SqliteCheckpointRunsForTest(**store);
+    ASSERT_OK(r);
+    runs = *r;
+    if (runs == 0) absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_GT(runs, 0);
+  const std::filesystem::path copy = backend.dir() / "copy";
+  std::filesystem::create_directories(copy);
+  std::filesystem::copy_file(backend.dir() / std::string(kSqliteFileName),
+                             copy / std::string(kSqliteFileName));
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open_v2((copy / std::string(kSqliteFileName)).c_str(), &raw,
+                            SQLITE_OPEN_READWRITE, nullptr),
+            SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(raw, "SELECT count(*) FROM detections", -1, &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_GT(sqlite3_column_int64(st, 0), 0);
+  sqlite3_finalize(st);
+  sqlite3_close_v2(raw);
+  // Everything is still there through the store.
+  auto got = (*store)->GetDetection("bot-model", "w5-39");
+  ASSERT_OK(got);
+  EXPECT_TRUE(got->has_value());
+}
+
 TEST(SqliteStore, MigrationsRecordTheirVersionOnce) {
   testing::SqliteTestBackend backend;
   for (int i = 0; i < 3; ++i) {

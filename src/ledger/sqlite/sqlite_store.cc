@@ -6,6 +6,7 @@
 #include <limits>
 #include <optional>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -388,6 +389,86 @@ class ReadPool {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// Copies the WAL back into the database file on a thread and connection of its own, so
+// that the commit thread never does: SQLite's autocheckpoint would run it inside the
+// COMMIT that crosses the threshold, on the ledger's one writer (a sixth of its time
+// under load). The writer's WAL hook wakes it once the WAL holds `pages` pages; a PASSIVE
+// checkpoint never blocks the writer, and once it has copied everything the writer's next
+// transaction starts the WAL over. Durability is the WAL's (synced per commit), so a
+// checkpoint that fails or falls behind costs disk, not data; should the WAL still reach
+// kBackstop times `pages`, the writer checkpoints itself, as SQLite would.
+//
+// Thread-safety: OnWal is called on the writer's thread (inside its commits); the rest
+// is internal. Ownership: owns its connection and thread; the destructor joins it.
+class Checkpointer {
+ public:
+  static constexpr int kBackstop = 64;
+
+  Checkpointer(std::string file, DbOptions opts, int pages)
+      : file_(std::move(file)), opts_(opts), pages_(pages) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Checkpointer() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+      cv_.Signal();
+    }
+    thread_.join();
+  }
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  // The WAL hook of the writer connection (sqlite3_wal_hook).
+  static int OnWal(void* self, sqlite3* db, const char* name, int pages) {
+    auto* c = static_cast<Checkpointer*>(self);
+    if (pages >= c->pages_ * kBackstop) {
+      (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    } else if (pages >= c->pages_) {
+      absl::MutexLock lock(&c->mu_);
+      c->due_ = true;
+      c->cv_.Signal();
+    }
+    return SQLITE_OK;
+  }
+
+  //! Checkpoints run so far (attempts, whatever their outcome). For tests.
+  int64_t runs() const { return runs_.load(); }
+
+ private:
+  void Run() {
+    std::unique_ptr<Db> db;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        while (!due_ && !stop_) cv_.Wait(&mu_);
+        if (stop_) return;
+        due_ = false;
+      }
+      if (!db) {
+        auto opened = Db::Open(file_, opts_);
+        if (!opened.ok()) continue;  // the backstop covers a checkpointer that cannot open
+        db = *std::move(opened);
+      }
+      // SQLITE_BUSY (another checkpoint is running) and I/O errors leave the WAL as it is:
+      // the next wake-up or the backstop retries; no committed data depends on this.
+      (void)sqlite3_wal_checkpoint_v2(db->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                      nullptr);
+      runs_.fetch_add(1);
+    }
+  }
+
+  const std::string file_;
+  const DbOptions opts_;
+  const int pages_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  bool due_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> runs_{0};
+  std::thread thread_;  // last: starts after everything above is constructed
+};
+
 class SqliteStore;
 
 // The one write transaction. Confined to the commit thread.
@@ -597,13 +678,26 @@ class SqliteStore final : public Store {
     return writer_->QueryText(absl::StrCat("PRAGMA ", AV(name)));
   }
   void TxnFinished() { txn_open_.store(false); }
+  int64_t CheckpointRuns() const { return checkpointer_ ? checkpointer_->runs() : 0; }
+
+  ~SqliteStore() override {
+    // Unhook before the checkpointer goes: the writer outlives it (members die in reverse).
+    if (checkpointer_) sqlite3_wal_hook(writer_->raw(), nullptr, nullptr);
+    checkpointer_.reset();
+  }
 
  private:
-  SqliteStore(std::string file, DbOptions opts, int pool_size, std::unique_ptr<Db> writer)
+  SqliteStore(std::string file, DbOptions opts, int pool_size, std::unique_ptr<Db> writer,
+              int checkpoint_pages)
       : file_(std::move(file)),
         opts_(opts),
         writer_(std::move(writer)),
-        pool_(file_, opts, pool_size) {}
+        pool_(file_, opts, pool_size) {
+    if (checkpoint_pages > 0) {
+      checkpointer_ = std::make_unique<Checkpointer>(file_, opts_, checkpoint_pages);
+      sqlite3_wal_hook(writer_->raw(), &Checkpointer::OnWal, checkpointer_.get());
+    }
+  }
 
   // Runs `f(db)` inside one read transaction on a pooled connection.
   template <typename F>
@@ -619,6 +713,7 @@ class SqliteStore final : public Store {
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
+  std::unique_ptr<Checkpointer> checkpointer_;          // null: SQLite's autocheckpoint
 };
 
 template <typename F>
@@ -1240,8 +1335,8 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   QUELL_ASSIGN_OR_RETURN(int version, sqlite_internal::ApplyMigrations(
                                           *writer, options.apply_migrations, absl::Now()));
   (void)version;
-  return std::unique_ptr<SqliteStore>(
-      new SqliteStore(std::move(file), opts, options.read_pool_size, std::move(writer)));
+  return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(file), opts, options.read_pool_size,
+                                                      std::move(writer), options.checkpoint_pages));
 }
 
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
@@ -1642,6 +1737,12 @@ absl::StatusOr<std::string> SqlitePragmaForTest(Store& store, std::string_view n
   auto* s = dynamic_cast<SqliteStore*>(&store);
   if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
   return s->WriterPragma(name);
+}
+
+absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store) {
+  auto* s = dynamic_cast<SqliteStore*>(&store);
+  if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
+  return s->CheckpointRuns();
 }
 
 }  // namespace quell::ledger

@@ -4,7 +4,8 @@
 //
 // One write connection serves the (single) open Txn, with BEGIN IMMEDIATE so that other
 // processes writing the same file (`quell keys create`, `quell migrate`) are serialised by
-// SQLite's lock, and the chain head is read inside each transaction. Reads use a small
+// SQLite's lock, and the chain head is read inside each transaction. WAL checkpoints run
+// on a background thread with a connection of its own (see checkpoint_pages). Reads use a small
 // pool of connections, each read method being one consistent read transaction. Key
 // writes and PurgeIdempotency use a third connection of their own, so they never wait for
 // an open Txn of this process beyond SQLite's lock.
@@ -29,6 +30,9 @@ struct SqliteOptions {
   int busy_timeout_ms = 5000;    // how long to wait for another process's write lock
   int read_pool_size = 4;        // read connections, opened on demand
   bool apply_migrations = true;  // false: refuse (kFailedPrecondition) an out-of-date file
+  // WAL pages past which a background thread checkpoints (copies the WAL into the file),
+  // so the committing thread never does; 0: SQLite's own autocheckpoint, in the commit.
+  int checkpoint_pages = 1000;
 };
 
 // The database file's name inside the data directory.
@@ -46,6 +50,9 @@ int SqliteSchemaVersion();
 //! (e.g. "wal", "2" for synchronous FULL). `store` must come from OpenSqliteStore and
 //! have no open Txn. For tests.
 absl::StatusOr<std::string> SqlitePragmaForTest(Store& store, std::string_view name);
+
+//! How many background checkpoints `store` (from OpenSqliteStore) has run. For tests.
+absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store);
 
 }  // namespace quell::ledger
 
