@@ -261,6 +261,43 @@ class TracingTest(unittest.TestCase):
         line = [l for l in log_lines(self.q) if l.get("request_id") == "trace-it-1"]
         self.assertEqual([l.get("trace_id") for l in line], [trace_id])
 
+    def test_detection_spans_engine_commit_and_apply(self):
+        policies = ("actions:\n  - {name: block, verdict: deny, severity: high, ttl: 7d}\n"
+                    "policies:\n  - id: bot\n    on: detection\n"
+                    "    when: detection.type == \"bot\"\n    action: block\n")
+        s, body, _ = self.q.request("PUT", "/v1/policies", policies,
+                                    headers={"Content-Type": "application/yaml"})
+        self.assertIn(s, (200, 201), body)
+        trace_id = os.urandom(16).hex()
+        parent_id = os.urandom(8).hex()
+        det = {"id": "d-trace-1", "source": "model-a", "type": "bot", "entity": "user:tr",
+               "score": 0.9,
+               "observed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        s, body, _ = self.q.request("POST", "/v1/detections", det,
+                                    headers={"traceparent": "00-%s-%s-01" % (trace_id, parent_id)})
+        self.assertEqual(s, 200, body)
+        self.assertEqual(body["results"][0]["status"], "accepted", body)
+        names = {"POST /v1/detections", "engine.evaluate", "ledger.commit", "index.apply"}
+        spans = self.collector.wait_for(
+            lambda ss: names <= {s["name"] for s in ss if s["traceId"] == trace_id})
+        by_name = {}
+        for sp in spans:
+            if sp["traceId"] == trace_id:
+                by_name.setdefault(sp["name"], []).append(sp)
+        self.assertEqual({n: len(v) for n, v in by_name.items()}, {n: 1 for n in names})
+        server, engine, commit, apply = (by_name[n][0] for n in (
+            "POST /v1/detections", "engine.evaluate", "ledger.commit", "index.apply"))
+        # request -> engine (evaluation) and request -> ledger.commit -> index.apply.
+        self.assertEqual(server["parentSpanId"], parent_id)
+        self.assertEqual(engine["parentSpanId"], server["spanId"])
+        self.assertEqual(commit["parentSpanId"], server["spanId"])
+        self.assertEqual(apply["parentSpanId"], commit["spanId"])
+        self.assertLessEqual(int(engine["endTimeUnixNano"]), int(commit["startTimeUnixNano"]))
+        self.assertLessEqual(int(commit["endTimeUnixNano"]), int(apply["startTimeUnixNano"]))
+        self.assertLessEqual(int(apply["endTimeUnixNano"]), int(server["endTimeUnixNano"]))
+        a = attrs(engine)
+        self.assertEqual((a["quell.detections"], a["quell.proposals"]), ("1", "1"))
+
     def test_malformed_traceparent_is_ignored(self):
         for bad in ["00-%s-%s-01" % ("0" * 32, "1" * 16), "01-%s-%s-01" % ("a" * 32, "b" * 16),
                     "garbage"]:

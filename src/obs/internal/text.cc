@@ -119,6 +119,18 @@ void AppendJsonString(std::string& out, std::string_view in) {
   out.push_back('"');
   std::size_t i = 0;
   while (i < in.size()) {
+    // Runs of printable ASCII that need no escape (nearly everything) in one append.
+    std::size_t j = i;
+    while (j < in.size()) {
+      const unsigned char r = static_cast<unsigned char>(in[j]);
+      if (r < 0x20 || r >= 0x7F || r == '"' || r == '\\') break;
+      ++j;
+    }
+    if (j > i) {
+      out.append(in.data() + i, j - i);
+      i = j;
+      continue;
+    }
     const unsigned char c = static_cast<unsigned char>(in[i]);
     if (c >= 0x80) {
       const std::size_t n = SequenceLength(in, i);
