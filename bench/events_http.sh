@@ -68,9 +68,9 @@ read -r accepted rate ok other p50 p99 sockerr < <(awk '/^EVENTS/{print $2, $3, 
 metrics=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" | grep -E '^quell_velocity_(keys|store_errors_total|fail_open_total)' | tr '\n' ' ')
 if [ "$BACKEND" = redis ]; then
   echo "redis commandstats (calls, usec per call):"
-  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|pexpire|mget)' \
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|hincrby|hgetall|hkeys|hsetnx|hdel|pttl|pexpire|mget|eval)' \
     | sed 's/cmdstat_\([a-z]*\):calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/  \1 \2 calls, \3 us each/'
-  echo "redis-server CPU: $(ps -o cputime= -p "$REDIS_PID")"
+  echo "redis-server CPU: $(ps -o cputime= -p "$REDIS_PID"); quell CPU: $(ps -o cputime= -p "$QUELL_PID")"
 fi
 stop_quell
 printf 'backend %s: %s events accepted in %s = %s/s (batches of %s, %s connections); 200 replies %s, other %s; socket errors %s; latency per batch p50 %s us p99 %s us; %s\n' \

@@ -3,6 +3,8 @@
 // not installed; scripts/setup installs it).
 #include "counters/counter_store.h"
 
+#include <hiredis/hiredis.h>
+
 #include <cmath>
 #include <memory>
 #include <string>
@@ -238,6 +240,51 @@ TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
   clock_.Advance(Minutes(31));  // the first 21 have left the window
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.1", Hours(1), clock_.Now()), 15);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.9.9.9", Hours(1), clock_.Now()), 0);
+}
+
+// Redis keeps a window in one hash (count) or a bucket index hash (distinct): a bucket
+// that has left the window is deleted when the key starts a new bucket, so a key that
+// stays busy does not grow.
+TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
+  ASSERT_NE(redis, nullptr);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  auto hlen = [&](const std::string& key) {
+    auto* r = static_cast<redisReply*>(redisCommand(c, "HLEN %b", key.data(), key.size()));
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r) freeReplyObject(r);
+    return v;
+  };
+  const std::string plays_1m = redis->KeyForTest(0, 0, "user:busy", 0);
+  const std::string plays_1h = redis->KeyForTest(0, 1, "user:busy", 0);
+  const std::string ip_1h = redis->KeyForTest(2, 0, "ip:10.0.0.7", 0);
+  const std::string ip_index = ip_1h.substr(0, ip_1h.rfind(':'));
+  // Every 20 s for 3 minutes: a 1m window never holds more than its 60 buckets' worth.
+  for (int i = 0; i < 10; ++i) {
+    std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
+                                      {2, "ip:10.0.0.7", absl::StrCat("user:", i), clock_.Now()}};
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+    if (i < 9) clock_.Advance(Seconds(20));
+  }
+  EXPECT_EQ(CountOf(*store, "user:busy", Minutes(1)), 3);
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(1)), 10);
+  EXPECT_EQ(hlen(plays_1m), 3);  // 2m40s..3m: buckets 2:20, 2:40, 3:00
+  EXPECT_EQ(hlen(plays_1h), 4);  // one-minute buckets 0..3
+  EXPECT_EQ(hlen(ip_index), 4);
+  // Two hours on, one more event: every older bucket is gone from both hashes.
+  clock_.Advance(Hours(2));
+  std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
+                                    {2, "ip:10.0.0.7", "user:late", clock_.Now()}};
+  ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+  EXPECT_EQ(hlen(plays_1h), 1);
+  EXPECT_EQ(hlen(ip_index), 1);
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 11);
+  EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.7", Hours(1), clock_.Now()), 1);
+  redisFree(c);
 }
 
 TEST_P(CounterStoreTest, DistinctAccuracyOn100kValues) {

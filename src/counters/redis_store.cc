@@ -348,25 +348,32 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
   }
   if (!ops.empty()) {
+    // Several short scripts in one pipeline rather than one long one: Redis runs a
+    // script to the end before serving anyone else, and replies come back as each ends.
+    constexpr size_t kKeysPerScript = 64;
     Commands commands;
-    commands.Begin();
-    commands.Arg("EVAL");
-    commands.Arg(kWriteScript);
-    commands.Arg(static_cast<int64_t>(ops.size()));
-    for (const HashOp& op : ops) commands.Arg(op.key);
-    for (const HashOp& op : ops) {
-      commands.Arg(op.distinct ? "1" : "0");
-      commands.Arg(op.ttl_ms);
-      commands.Arg(op.oldest);
-      commands.Arg(static_cast<int64_t>(op.buckets.size()));
-      for (const Bucket& x : op.buckets) {
-        commands.Arg(x.bucket);
-        if (op.distinct) {
-          commands.Arg(x.ttl_ms);
-          commands.Arg(static_cast<int64_t>(x.values.size()));
-          for (std::string_view v : x.values) commands.Arg(v);
-        } else {
-          commands.Arg(x.n);
+    for (size_t first = 0; first < ops.size(); first += kKeysPerScript) {
+      const size_t last = std::min(ops.size(), first + kKeysPerScript);
+      commands.Begin();
+      commands.Arg("EVAL");
+      commands.Arg(kWriteScript);
+      commands.Arg(static_cast<int64_t>(last - first));
+      for (size_t k = first; k < last; ++k) commands.Arg(ops[k].key);
+      for (size_t k = first; k < last; ++k) {
+        const HashOp& op = ops[k];
+        commands.Arg(op.distinct ? "1" : "0");
+        commands.Arg(op.ttl_ms);
+        commands.Arg(op.oldest);
+        commands.Arg(static_cast<int64_t>(op.buckets.size()));
+        for (const Bucket& x : op.buckets) {
+          commands.Arg(x.bucket);
+          if (op.distinct) {
+            commands.Arg(x.ttl_ms);
+            commands.Arg(static_cast<int64_t>(x.values.size()));
+            for (std::string_view v : x.values) commands.Arg(v);
+          } else {
+            commands.Arg(x.n);
+          }
         }
       }
     }

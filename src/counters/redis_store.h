@@ -1,19 +1,29 @@
 // The Redis CounterStore: counters live in one Redis shared by every Quell node, so all
 // nodes see the same view. Uses hiredis over blocking sockets with timeouts, pipelined.
 //
-// Data layout (same bucket geometry as the in-process store; counters/counter_store.h):
-//   count:    "<prefix>{<counter>|<window>|<key>}:<bucket>" -> integer (INCRBY)
-//   distinct: the same name -> a Redis HyperLogLog (PFADD; 0.81% standard error)
-// where <window> is the duration string ("1h") and <bucket> the bucket number since the
-// epoch. Each write also sets PEXPIRE to the time its bucket leaves the window, plus
-// `expire_margin`, so keys expire with their windows and Redis needs no sweeping. A read
-// is one MGET of the window's bucket keys (summed here) or one PFCOUNT over them (Redis
-// merges the sketches). The braces are a Redis Cluster hash tag: a window's buckets share
-// one slot, so MGET / PFCOUNT over them stay single-slot commands.
+// Data layout (same bucket geometry as the in-process store; counters/counter_store.h).
+// Every (counter, window, key) has one *window hash* "<prefix>{<counter>|<window>|<key>}"
+// (<window> is the duration string, "1h"):
+//   count:    field <bucket> -> the bucket's count (HINCRBY)
+//   distinct: field <bucket> -> "1", an index of the buckets that have a sketch, each a
+//             Redis HyperLogLog "<window hash>:<bucket>" (PFADD; 0.81% standard error)
+// where <bucket> is the bucket number since the epoch. A read is one HGETALL (counts:
+// the fields inside the window are summed here) or one HKEYS and then one PFCOUNT over
+// the window's existing buckets only (usually one key: Redis's cached cardinality, no
+// 16K-register merge), instead of touching every bucket key of the window. The braces are
+// a Redis Cluster hash tag: a window's keys share one slot.
+//
+// Expiry and size. Writes run as short Lua scripts (EVAL, 64 window hashes each, all
+// pipelined in one round trip). When a write starts a new bucket in a window hash, the
+// script extends the hash's TTL to the time that bucket leaves the window plus
+// `expire_margin` (never shortening it) and deletes the fields of buckets that have
+// already left the window; a sketch key gets its own TTL when its bucket is created. So
+// keys expire with their windows, a busy hash holds at most the window's buckets (plus
+// those written ahead within max_future_skew), and Redis needs no sweeping.
 //
 // Round trips: a Record() batch is one pipelined round trip (observations of the same
-// bucket key are first summed into one INCRBY / one PFADD with several values); a Read()
-// batch is one round trip.
+// bucket are first summed into one HINCRBY / one PFADD with several values); a Read()
+// batch is one round trip, plus one more if it reads distinct windows that hold sketches.
 //
 // Failure: connect_timeout bounds connecting and io_timeout bounds each round trip; on a
 // failure the connection is dropped and the call returns kUnavailable. The next call
