@@ -1,5 +1,6 @@
 #include "api/api.h"
 
+#include "api/detection_intake.h"
 #include "api/internal/context.h"
 #include "api/internal/policy_holder.h"
 #include "api/internal/policy_routes.h"
@@ -93,6 +94,7 @@ class Api::Impl {
   workflow::Safeguards safeguards_;
   internal::Context ctx_;
   internal::Router router_;
+  DetectionIntake intake_{&ctx_, &policies_};
   workflow::SafeguardSweeper sweeper_;
   std::vector<obs::CallbackHandle> metric_handles_;
   std::shared_ptr<void> events_;  // POST /v1/events state (counter stores)
@@ -114,5 +116,7 @@ void Api::Handle(http::Request request, http::Responder respond) {
 void Api::set_ready(bool ready) { impl_->ctx_.ready.store(ready); }
 
 std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
+
+const DetectionIntake& Api::detection_intake() const { return impl_->intake_; }
 
 }  // namespace quell::api

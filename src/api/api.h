@@ -33,6 +33,8 @@ class Dispatcher;
 
 namespace quell::api {
 
+class DetectionIntake;
+
 // The velocity counters behind POST /v1/events (config `counters:`).
 struct CounterOptions {
   bool redis = false;  // backend: memory (default) | redis
@@ -84,6 +86,9 @@ class Api final : public http::Handler {
   void set_ready(bool ready);
   //! The action catalog of the active policy set (for other front ends: gRPC).
   std::shared_ptr<const core::ActionCatalog> Catalog() const;
+  //! The decision path of POST /v1/detections (for other front ends: gRPC's
+  //! Detections.Submit). Thread-safe; lives as long as the Api.
+  const DetectionIntake& detection_intake() const;
 
  private:
   class Impl;

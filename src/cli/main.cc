@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "api/api.h"
+#include "api/detection_intake.h"
 #include "api/http/http_server.h"
 #include "api/index_applier.h"
 #include "api/server_metrics.h"
@@ -313,6 +314,12 @@ int Serve(const Flags& flags) {
   if (!config->grpc_listen.empty()) {
     grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock,
                           [a = api.get()] { return a->Catalog(); }};
+    // Detections.Submit takes the HTTP API's decision path (same validation and semantics).
+    gd.submit_detections = [a = api.get()](const auth::Principal& who,
+                                           std::vector<std::string> items,
+                                           grpc_api::GrpcDeps::SubmitDone done) {
+      a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
+    };
     auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
     if (!started.ok()) return Failure(started.status());
     grpc = *std::move(started);

@@ -223,20 +223,106 @@ class GrpcServer::Impl final
     v1::CheckResponse response_;
   };
 
-  // Detections.Submit: not wired yet (see docs/grpc.md).
+  // Detections.Submit: reads the stream, applies it in chunks of options_.submit_chunk
+  // through deps_.submit_detections (the HTTP API's decision path) and answers one result
+  // per detection, in order. Sync API: the handler thread blocks while a chunk commits.
   class DetectionsImpl final : public v1::Detections::Service {
    public:
     explicit DetectionsImpl(Impl* owner) : owner_(owner) {}
-    ::grpc::Status Submit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>*,
-                          v1::SubmitResponse*) override {
-      if (auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit); !who.ok()) {
-        return ToGrpc(who.status());
+    ::grpc::Status Submit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>* reader,
+                          v1::SubmitResponse* response) override {
+      auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit);
+      if (!who.ok()) return ToGrpc(who.status());
+      if (!owner_->deps_.submit_detections) {
+        return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED,
+                              "Detections.Submit is not wired on this server");
       }
-      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED,
-                            "Detections.Submit is not available yet: use POST /v1/detections");
+      const absl::Time deadline = DeadlineOf(*ctx);
+      const size_t chunk_size = static_cast<size_t>(owner_->options_.submit_chunk);
+      Chunk chunk;
+      v1::Detection d;
+      int64_t n = 0;
+      while (reader->Read(&d)) {
+        v1::DetectionResult* result = response->add_results();
+        auto json = internal::DetectionJson(d);
+        if (json.ok()) {
+          chunk.items.push_back(*std::move(json));
+          chunk.results.push_back(result);
+        } else {
+          // Not even JSON: rejected here, in the intake's words as far as possible.
+          result->set_status(v1::DetectionResult::STATUS_REJECTED);
+          result->set_error(std::string(SV(json.status().message())));
+        }
+        ++n;
+        if (chunk.items.size() >= chunk_size) {
+          if (auto s = Apply(*ctx, *who, deadline, &chunk); !s.ok()) return s;
+        }
+      }
+      if (ctx->IsCancelled()) return Ended(deadline);
+      if (n == 0) {
+        return ::grpc::Status(::grpc::StatusCode::INVALID_ARGUMENT,
+                              "detections: at least one detection is required");
+      }
+      return Apply(*ctx, *who, deadline, &chunk);
     }
 
    private:
+    struct Chunk {
+      std::vector<std::string> items;             // detection JSON
+      std::vector<v1::DetectionResult*> results;  // where each item's result goes
+    };
+    // What the intake answers, handed from the commit thread to the waiting handler.
+    struct Outcome {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false;  // guarded by mu
+      absl::StatusOr<std::vector<std::string>> replies{absl::UnknownError("pending")};
+    };
+
+    static ::grpc::Status Ended(absl::Time deadline) {
+      if (absl::Now() >= deadline) {
+        return ::grpc::Status(::grpc::StatusCode::DEADLINE_EXCEEDED, "submit deadline reached");
+      }
+      return ::grpc::Status::CANCELLED;
+    }
+
+    // Applies the chunk (if any) and fills its results; empties it.
+    ::grpc::Status Apply(::grpc::ServerContext& ctx, const auth::Principal& who,
+                         absl::Time deadline, Chunk* chunk) {
+      if (chunk->items.empty()) return ::grpc::Status::OK;
+      if (ctx.IsCancelled()) return Ended(deadline);
+      auto outcome = std::make_shared<Outcome>();
+      owner_->deps_.submit_detections(who, std::move(chunk->items),
+                                      [outcome](absl::StatusOr<std::vector<std::string>> r) {
+                                        std::lock_guard<std::mutex> lock(outcome->mu);
+                                        outcome->replies = std::move(r);
+                                        outcome->done = true;
+                                        outcome->cv.notify_all();
+                                      });
+      chunk->items.clear();
+      {
+        // Waits for the chunk to be durable even when the call is cancelled or its
+        // deadline passes meanwhile (gRPC tells the client at once in both cases): the
+        // intake's completion borrows the API, which must not go before it runs, and a
+        // commit is short. Nothing is undone: a resend is idempotent.
+        std::unique_lock<std::mutex> lock(outcome->mu);
+        outcome->cv.wait(lock, [&] { return outcome->done; });
+      }
+      if (ctx.IsCancelled()) return Ended(deadline);
+      if (!outcome->replies.ok()) return ToGrpc(outcome->replies.status());
+      const std::vector<std::string>& replies = *outcome->replies;
+      if (replies.size() != chunk->results.size()) {
+        return ::grpc::Status(::grpc::StatusCode::INTERNAL, "detection replies out of step");
+      }
+      for (size_t i = 0; i < replies.size(); ++i) {
+        if (auto s = internal::ReadDetectionResult(replies[i], chunk->results[i]); !s.ok()) {
+          return ToGrpc(s);
+        }
+      }
+      chunk->results.clear();
+      return ::grpc::Status::OK;
+    }
+
     Impl* owner_;
   };
 

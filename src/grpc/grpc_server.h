@@ -1,6 +1,6 @@
 // The gRPC front end (proto/quell/v1): Enforcement.Check and Enforcement.Watch with the
-// semantics of GET /v1/check and GET /v1/changes, and Detections.Submit (answers
-// UNIMPLEMENTED for now). See docs/grpc.md.
+// semantics of GET /v1/check and GET /v1/changes, and Detections.Submit with those of
+// POST /v1/detections (through GrpcDeps::submit_detections). See docs/grpc.md.
 //
 // Auth is the HTTP API's: metadata `authorization: Bearer <key>`, the same roles
 // (Check and Watch need auth::Permission::kCheck). Status codes: UNAUTHENTICATED,
@@ -8,8 +8,9 @@
 // (storage), DEADLINE_EXCEEDED / CANCELLED.
 //
 // Threads: Check uses gRPC's callback API and runs on gRPC's own threads without
-// blocking (index lookups only). Watch uses the synchronous API: each open stream holds
-// one thread of gRPC's sync pool while it waits for commits.
+// blocking (index lookups only). Watch and Submit use the synchronous API: each open
+// stream holds one thread of gRPC's sync pool while it waits for commits (Submit also
+// evaluates its detections on that thread, never on an event loop).
 //
 // grpc++ headers stay inside this module: this header has none.
 #ifndef QUELL_GRPC_GRPC_SERVER_H_
@@ -18,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -38,6 +40,18 @@ struct GrpcDeps {
   // The action catalog in force (verdicts, surfaces); called on every Check, so it must
   // be cheap and thread-safe (e.g. a copy of a shared_ptr under a short lock).
   std::function<std::shared_ptr<const core::ActionCatalog>()> catalog;
+
+  // Detections.Submit's decision path: evaluates and applies one chunk of detections with
+  // the semantics of POST /v1/detections (quell serve passes api::DetectionIntake's
+  // SubmitJson; the gRPC module does not depend on the HTTP API). `items` are detection
+  // JSON objects; `done` is called once, on any thread, with one per-item reply per item
+  // in order (the HTTP per-item result object: "status" accepted | duplicate | rejected,
+  // "decisions", "error"), or with the chunk's error (kPermissionDenied: a source the key
+  // may not submit as, nothing of the chunk applied; a storage error). Called on a gRPC
+  // sync thread, which may block. Unset: Submit answers UNIMPLEMENTED.
+  using SubmitDone = std::function<void(absl::StatusOr<std::vector<std::string>>)>;
+  std::function<void(const auth::Principal& who, std::vector<std::string> items, SubmitDone done)>
+      submit_detections;
 };
 
 struct GrpcOptions {
@@ -47,6 +61,9 @@ struct GrpcOptions {
   // How long a Watch sleeps between store reads when no commit wakes it (a safety net;
   // commits wake it at once).
   absl::Duration watch_poll = absl::Seconds(1);
+  // Detections.Submit applies a stream in chunks of this many detections as they arrive
+  // (one ledger step each), so a long stream holds at most one chunk in memory.
+  int submit_chunk = 1000;
 };
 
 // A running gRPC server. Thread-safety: port() is thread-safe; Shutdown and the

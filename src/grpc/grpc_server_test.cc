@@ -8,17 +8,36 @@
 #include <string>
 #include <vector>
 
+#include "api/api.h"
+#include "api/detection_intake.h"
 #include "core/ids.h"
 #include "core/status.h"
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
+#include "workflow/policies.h"
 
 namespace quell::grpc_api {
 namespace {
 
 namespace v1 = ::quell::v1;
+
+// One detection type, one policy: a score of at least 0.9 blocks the entity for an hour.
+constexpr char kPolicies[] = R"(
+detection_types: [artificial_streaming]
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+  - {name: challenge, verdict: challenge, severity: low, ttl: 1d}
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d, surfaces: [payout]}
+policies:
+  - id: bots
+    mode: enforce
+    on: detection
+    when: detection.score >= 0.9
+    action: block
+    ttl: 1h
+)";
 
 // The index as a view of the ledger (what api::IndexApplier does in the server).
 class Applier final : public ledger::ChangeListener {
@@ -89,12 +108,32 @@ class GrpcServerTest : public ::testing::Test {
     enforcer_ = AddKey(auth::Role::kEnforcer, {});
     detector_ = AddKey(auth::Role::kDetector, {"d1"});
 
+    // The HTTP API's decision path, as quell serve wires it (no HTTP server needed).
+    api::ApiDeps api_deps;
+    api_deps.ledger = ledger_.get();
+    api_deps.index = &index_;
+    api_deps.keys = keys_.get();
+    api_deps.clock = &clock_;
+    api_deps.catalog = core::ActionCatalog::Default();
+    auto api = api::Api::Create(api_deps, {});
+    ASSERT_TRUE(api.ok()) << api.status();
+    api_ = *std::move(api);
+    auto published = ledger_->SubmitAndWait(
+        workflow::PublishPolicySet(kPolicies, "test", std::make_shared<int64_t>(0)));
+    ASSERT_TRUE(published.ok()) << published.status();
+    base_seq_ = ledger_->last_seq();  // the policy set's change
+
     GrpcDeps deps;
     deps.ledger = ledger_.get();
     deps.index = &index_;
     deps.keys = keys_.get();
     deps.clock = &clock_;
     deps.catalog = [] { return core::ActionCatalog::Default(); };
+    deps.submit_detections = [a = api_.get()](const auth::Principal& who,
+                                              std::vector<std::string> items,
+                                              GrpcDeps::SubmitDone done) {
+      a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
+    };
     GrpcOptions options;
     options.watch_page = 3;  // several pages on replay
     auto server = GrpcServer::Start(deps, options);
@@ -109,6 +148,7 @@ class GrpcServerTest : public ::testing::Test {
   void TearDown() override {
     if (server_) server_->Shutdown(absl::Seconds(1));
     server_.reset();
+    api_.reset();
     ledger_.reset();
     std::filesystem::remove_all(dir_);
   }
@@ -135,6 +175,30 @@ class GrpcServerTest : public ::testing::Test {
     return enforcement_->Check(&ctx, req, out);
   }
 
+  static v1::Detection Det(std::string id, std::string entity, double score,
+                           std::string source = "d1") {
+    v1::Detection d;
+    d.set_id(std::move(id));
+    d.set_source(std::move(source));
+    d.set_type("artificial_streaming");
+    d.set_entity(std::move(entity));
+    d.set_score(score);
+    d.mutable_observed_at()->set_seconds(1700000000 - 60);
+    return d;
+  }
+
+  ::grpc::Status Submit(const std::vector<v1::Detection>& items, v1::SubmitResponse* out,
+                        const std::string& key) {
+    ::grpc::ClientContext ctx;
+    if (!key.empty()) Auth(&ctx, key);
+    auto writer = detections_->Submit(&ctx, out);
+    for (const v1::Detection& d : items) {
+      if (!writer->Write(d)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
   std::filesystem::path dir_;
   core::FakeClock clock_{absl::FromUnixSeconds(1700000000)};
   std::unique_ptr<ledger::Ledger> ledger_;
@@ -142,6 +206,8 @@ class GrpcServerTest : public ::testing::Test {
   std::unique_ptr<Applier> applier_;
   std::unique_ptr<auth::KeyRing> keys_;
   std::string enforcer_, detector_;
+  int64_t base_seq_ = 0;  // the ledger's seq when a test starts
+  std::unique_ptr<api::Api> api_;
   std::unique_ptr<GrpcServer> server_;
   std::unique_ptr<v1::Enforcement::Stub> enforcement_;
   std::unique_ptr<v1::Detections::Stub> detections_;
@@ -183,7 +249,7 @@ TEST_F(GrpcServerTest, CheckReportsVerdictMitigationsAndSurfaces) {
   EXPECT_EQ(resp.mitigations(0).entity(), "user:u1");
   EXPECT_EQ(resp.mitigations(0).action(), "challenge");
   EXPECT_EQ(resp.mitigations(0).expires_at().seconds(), 1700000000 + 3600);
-  EXPECT_EQ(resp.seq(), 3);
+  EXPECT_EQ(resp.seq(), base_seq_ + 3);
 
   resp.Clear();
   ASSERT_TRUE(Check({"user:u1", "ip:10.1.2.3"}, "", &resp, enforcer_).ok());
@@ -247,20 +313,20 @@ TEST_F(GrpcServerTest, WatchReplaysThenStreamsLiveChangesInOrder) {
   Auth(&ctx, enforcer_);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   v1::WatchRequest req;
-  req.set_after_seq(1);
+  req.set_after_seq(base_seq_ + 1);
   auto reader = enforcement_->Watch(&ctx, req);
   v1::Change c;
-  for (int64_t seq = 2; seq <= 5; ++seq) {
+  for (int64_t seq = base_seq_ + 2; seq <= base_seq_ + 5; ++seq) {
     ASSERT_TRUE(reader->Read(&c));
     EXPECT_EQ(c.seq(), seq);
     EXPECT_EQ(c.op(), v1::Change::OP_UPSERT);
-    EXPECT_EQ(c.mitigation().id(), ids[seq - 1]);
+    EXPECT_EQ(c.mitigation().id(), ids[seq - base_seq_ - 1]);
     EXPECT_EQ(c.mitigation().state(), "active");
   }
   // Live: a revoke committed after the replay.
   ASSERT_TRUE(ledger_->SubmitAndWait(Revoke(ids[2])).ok());
   ASSERT_TRUE(reader->Read(&c));
-  EXPECT_EQ(c.seq(), 6);
+  EXPECT_EQ(c.seq(), base_seq_ + 6);
   EXPECT_EQ(c.op(), v1::Change::OP_DELETE);
   EXPECT_EQ(c.mitigation().id(), ids[2]);
   EXPECT_EQ(c.mitigation().state(), "revoked");
@@ -288,14 +354,135 @@ TEST_F(GrpcServerTest, WatchNeedsAKey) {
   EXPECT_EQ(reader->Finish().error_code(), ::grpc::StatusCode::UNAUTHENTICATED);
 }
 
-TEST_F(GrpcServerTest, SubmitSaysUnimplemented) {
+TEST_F(GrpcServerTest, SubmitAppliesDetectionsThenCheckSeesThem) {
+  v1::SubmitResponse resp;
+  ASSERT_TRUE(
+      Submit({Det("s-1", "user:bot1", 0.97), Det("s-2", "user:meh", 0.5)}, &resp, detector_).ok());
+  ASSERT_EQ(resp.results_size(), 2);
+  const v1::DetectionResult& r = resp.results(0);
+  EXPECT_EQ(r.status(), v1::DetectionResult::STATUS_ACCEPTED);
+  EXPECT_TRUE(r.error().empty());
+  ASSERT_EQ(r.decisions_size(), 1);
+  EXPECT_EQ(r.decisions(0).entity(), "user:bot1");
+  EXPECT_EQ(r.decisions(0).action(), "block");
+  EXPECT_EQ(r.decisions(0).state(), "active");
+  EXPECT_EQ(r.decisions(0).policy(), "bots");
+  EXPECT_FALSE(r.decisions(0).mitigation_id().empty());
+  // Below the policy's threshold: accepted, no decision.
+  EXPECT_EQ(resp.results(1).status(), v1::DetectionResult::STATUS_ACCEPTED);
+  EXPECT_EQ(resp.results(1).decisions_size(), 0);
+
+  // Durable when answered, and enforced: Check sees the mitigation.
+  v1::CheckResponse check;
+  ASSERT_TRUE(Check({"user:bot1"}, "", &check, enforcer_).ok());
+  EXPECT_EQ(check.verdict(), v1::VERDICT_DENY);
+  ASSERT_EQ(check.mitigations_size(), 1);
+  EXPECT_EQ(check.mitigations(0).id(), r.decisions(0).mitigation_id());
+}
+
+TEST_F(GrpcServerTest, SubmitResendIsADuplicateWithTheOriginalDecisions) {
+  v1::SubmitResponse first;
+  ASSERT_TRUE(Submit({Det("dup-1", "user:dup", 0.95)}, &first, detector_).ok());
+  ASSERT_EQ(first.results_size(), 1);
+  ASSERT_EQ(first.results(0).status(), v1::DetectionResult::STATUS_ACCEPTED);
+  const int64_t seq = ledger_->last_seq();
+  v1::SubmitResponse again;
+  ASSERT_TRUE(Submit({Det("dup-1", "user:dup", 0.95)}, &again, detector_).ok());
+  ASSERT_EQ(again.results_size(), 1);
+  EXPECT_EQ(again.results(0).status(), v1::DetectionResult::STATUS_DUPLICATE);
+  ASSERT_EQ(again.results(0).decisions_size(), 1);
+  EXPECT_EQ(again.results(0).decisions(0).mitigation_id(),
+            first.results(0).decisions(0).mitigation_id());
+  EXPECT_EQ(ledger_->last_seq(), seq);  // nothing changed
+}
+
+TEST_F(GrpcServerTest, SubmitRejectsBadItemsOnTheirOwnNamingTheField) {
+  v1::Detection unknown_type = Det("r-3", "user:r3", 0.95);
+  unknown_type.set_type("artifical_streaming");
+  v1::Detection no_time = Det("r-4", "user:r4", 0.95);
+  no_time.clear_observed_at();
+  v1::SubmitResponse resp;
+  ASSERT_TRUE(Submit({Det("r-1", "user:r1", 1.5), Det("r-2", "user:r2", 0.95), unknown_type,
+                      no_time, Det("", "User:bad", 0.95)},
+                     &resp, detector_)
+                  .ok());
+  ASSERT_EQ(resp.results_size(), 5);
+  EXPECT_EQ(resp.results(0).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_EQ(resp.results(0).error(), "score: must be between 0 and 1");
+  EXPECT_EQ(resp.results(0).decisions_size(), 0);
+  EXPECT_EQ(resp.results(1).status(), v1::DetectionResult::STATUS_ACCEPTED);
+  EXPECT_EQ(resp.results(2).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_NE(resp.results(2).error().find("type: unknown detection type"), std::string::npos)
+      << resp.results(2).error();
+  EXPECT_EQ(resp.results(3).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_NE(resp.results(3).error().find("observed_at"), std::string::npos)
+      << resp.results(3).error();
+  // Every field error of the item is named.
+  EXPECT_NE(resp.results(4).error().find("id: "), std::string::npos) << resp.results(4).error();
+  EXPECT_NE(resp.results(4).error().find("entity: "), std::string::npos) << resp.results(4).error();
+  // Only the good one was applied.
+  v1::CheckResponse check;
+  ASSERT_TRUE(Check({"user:r1", "user:r2", "user:r3"}, "", &check, enforcer_).ok());
+  ASSERT_EQ(check.mitigations_size(), 1);
+  EXPECT_EQ(check.mitigations(0).entity(), "user:r2");
+}
+
+TEST_F(GrpcServerTest, SubmitAsAForeignSourceIsRefusedWholeAndAppliesNothing) {
+  const int64_t seq = ledger_->last_seq();
+  v1::SubmitResponse resp;
+  auto s = Submit({Det("f-1", "user:f1", 0.95), Det("f-2", "user:f2", 0.95, "other-model")}, &resp,
+                  detector_);
+  EXPECT_EQ(s.error_code(), ::grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(s.error_message().find("other-model"), std::string::npos) << s.error_message();
+  EXPECT_EQ(ledger_->last_seq(), seq);
+  // An admin key may submit as any source.
+  std::string admin = AddKey(auth::Role::kAdmin, {});
+  resp.Clear();
+  ASSERT_TRUE(Submit({Det("f-2", "user:f2", 0.95, "other-model")}, &resp, admin).ok());
+  EXPECT_EQ(resp.results(0).status(), v1::DetectionResult::STATUS_ACCEPTED);
+}
+
+TEST_F(GrpcServerTest, SubmitNeedsAKeyThatMaySubmit) {
+  v1::SubmitResponse resp;
+  EXPECT_EQ(Submit({Det("a-1", "user:a1", 0.95)}, &resp, "").error_code(),
+            ::grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Submit({Det("a-1", "user:a1", 0.95)}, &resp, "k_nope.secret").error_code(),
+            ::grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Submit({Det("a-1", "user:a1", 0.95)}, &resp, enforcer_).error_code(),
+            ::grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Submit({}, &resp, detector_).error_code(), ::grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(GrpcServerTest, SubmitAppliesALongStreamInChunks) {
+  // Past the chunk size (1000): several ledger steps, every result in order.
+  std::vector<v1::Detection> items;
+  for (int i = 0; i < 2500; ++i) {
+    items.push_back(Det(absl::StrCat("long-", i), absl::StrCat("user:long", i), 0.95));
+  }
+  items[1700].set_score(-1);
+  v1::SubmitResponse resp;
+  ASSERT_TRUE(Submit(items, &resp, detector_).ok());
+  ASSERT_EQ(resp.results_size(), 2500);
+  for (int i = 0; i < 2500; ++i) {
+    if (i == 1700) {
+      EXPECT_EQ(resp.results(i).status(), v1::DetectionResult::STATUS_REJECTED);
+      continue;
+    }
+    ASSERT_EQ(resp.results(i).status(), v1::DetectionResult::STATUS_ACCEPTED) << i;
+    ASSERT_EQ(resp.results(i).decisions_size(), 1) << i;
+    EXPECT_EQ(resp.results(i).decisions(0).entity(), absl::StrCat("user:long", i));
+  }
+}
+
+TEST_F(GrpcServerTest, SubmitHonoursTheDeadline) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, detector_);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   v1::SubmitResponse resp;
   auto writer = detections_->Submit(&ctx, &resp);
-  writer->WritesDone();
-  auto s = writer->Finish();
-  EXPECT_EQ(s.error_code(), ::grpc::StatusCode::UNIMPLEMENTED);
+  ASSERT_TRUE(writer->Write(Det("dl-1", "user:dl", 0.95)));
+  // The client never finishes writing: the call ends at its deadline.
+  EXPECT_EQ(writer->Finish().error_code(), ::grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
 TEST_F(GrpcServerTest, ShutdownEndsOpenWatches) {

@@ -162,13 +162,119 @@ class GrpcTest(unittest.TestCase):
             list(self.stub.Watch(pb.WatchRequest(after_seq=-1), metadata=self.md(), timeout=10))
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
 
-    def test_submit_is_unimplemented_for_now(self):
+    def test_submit_needs_a_key_that_may_submit(self):
         stub = det_grpc.DetectionsStub(self.channel)
+        item = det_pb.Detection(id="1", source="d1", type="t", entity="user:a", score=0.5)
+        for md, code in [((), grpc.StatusCode.UNAUTHENTICATED),
+                         (self.md(), grpc.StatusCode.PERMISSION_DENIED)]:  # an enforcer key
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.Submit(iter([item]), metadata=md, timeout=10)
+            self.assertEqual(e.exception.code(), code)
+
+
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def _detection(id, entity, source="bot-model-v3", score=0.97, **kw):
+    d = det_pb.Detection(id=id, source=source, type="artificial_streaming", entity=entity,
+                         score=score, **kw)
+    d.observed_at.GetCurrentTime()
+    return d
+
+
+class GrpcSubmitTest(unittest.TestCase):
+    """Detections.Submit with the example policy set: the same decisions, errors and
+    idempotency as POST /v1/detections, enforced as soon as answered."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.grpc_port = free_port()
+        cls.q = QuellServer(extra_args=["--config", os.path.join(EXAMPLES, "quell.yaml"),
+                                        "--grpc-listen", "127.0.0.1:%d" % cls.grpc_port]).start()
+        cls.detector = cls.q.create_key("detector", "bot-model-v3")
+        cls.enforcer = cls.q.create_key("enforcer")
+        cls.channel = grpc.insecure_channel("127.0.0.1:%d" % cls.grpc_port)
+        grpc.channel_ready_future(cls.channel).result(timeout=30)
+        cls.det = det_grpc.DetectionsStub(cls.channel)
+        cls.enf = pb_grpc.EnforcementStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.q.stop()
+        cls.q.cleanup()
+
+    def submit(self, items, key=None):
+        return self.det.Submit(iter(items), timeout=30,
+                               metadata=(("authorization", "Bearer " + (key or self.detector)),))
+
+    def test_submit_then_check_sees_the_mitigation(self):
+        d = _detection("gs-1", "user:grpc-bot")
+        d.evidence.update({"plays": 1200, "model": "v3"})
+        r = self.submit([d])
+        self.assertEqual(len(r.results), 1)
+        res = r.results[0]
+        self.assertEqual(res.status, det_pb.DetectionResult.STATUS_ACCEPTED, res.error)
+        self.assertEqual([(x.action, x.state, x.policy, x.entity) for x in res.decisions],
+                         [("exclude_royalties", "active", "bot-model-high", "user:grpc-bot")])
+        mid = res.decisions[0].mitigation_id
+        # Enforced as soon as answered: gRPC Check (payout surface) and HTTP agree.
+        c = self.enf.Check(pb.CheckRequest(entities=["user:grpc-bot"], surface="payout"),
+                           metadata=(("authorization", "Bearer " + self.enforcer),), timeout=10)
+        self.assertEqual([m.id for m in c.mitigations], [mid])
+        self.assertEqual(c.mitigations[0].action, "exclude_royalties")
+        _, page, _ = self.q.request("GET", "/v1/mitigations?entity=user:grpc-bot")
+        self.assertEqual([m["id"] for m in page["mitigations"]], [mid])
+        self.assertEqual(page["mitigations"][0]["source"], "bot-model-v3")
+        # A resend is a duplicate with the original decisions; nothing changes.
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        r2 = self.submit([d])
+        self.assertEqual(r2.results[0].status, det_pb.DetectionResult.STATUS_DUPLICATE)
+        self.assertEqual([x.mitigation_id for x in r2.results[0].decisions], [mid])
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        # The same id over HTTP is the same detection.
+        s, h, _ = self.q.request("POST", "/v1/detections", {
+            "id": "gs-1", "source": "bot-model-v3", "type": "artificial_streaming",
+            "entity": "user:grpc-bot", "score": 0.97, "observed_at": "2020-01-01T00:00:00Z"})
+        self.assertEqual(h["results"][0]["status"], "duplicate")
+        metrics = self.q.request("GET", "/metrics", auth=False)[1]
+        self.assertRegex(metrics, r'quell_detections_total\{origin="api",status="duplicate"\} [1-9]')
+
+    def test_bad_items_get_the_http_errors(self):
+        bad_score = _detection("gb-2", "user:gb2", score=1.5)
+        bad_type = _detection("gb-3", "user:gb3")
+        bad_type.type = "artifical_streaming"
+        no_time = det_pb.Detection(id="gb-4", source="bot-model-v3", type="artificial_streaming",
+                                   entity="user:gb4", score=0.97)
+        r = self.submit([_detection("gb-1", "user:gb1"), bad_score, bad_type, no_time])
+        self.assertEqual([x.status for x in r.results],
+                         [det_pb.DetectionResult.STATUS_ACCEPTED] +
+                         [det_pb.DetectionResult.STATUS_REJECTED] * 3)
+        self.assertEqual(r.results[1].error, "score: must be between 0 and 1")
+        self.assertIn("type: unknown detection type", r.results[2].error)
+        self.assertTrue(r.results[3].error.startswith("observed_at: "), r.results[3].error)
+        # Word for word what HTTP answers for the same item.
+        s, h, _ = self.q.request("POST", "/v1/detections", {
+            "id": "gb-2h", "source": "bot-model-v3", "type": "artificial_streaming",
+            "entity": "user:gb2", "score": 1.5, "observed_at": "2020-01-01T00:00:00Z"})
+        self.assertEqual(s, 400)
+        e = h["results"][0]["error"]
+        self.assertEqual(r.results[1].error,
+                         "; ".join("%s: %s" % (x["field"], x["message"]) for x in e["details"]))
+        # Only the good item was applied.
+        c = self.enf.Check(pb.CheckRequest(entities=["user:gb1", "user:gb2", "user:gb3"],
+                                           surface="payout"),
+                           metadata=(("authorization", "Bearer " + self.enforcer),), timeout=10)
+        self.assertEqual([m.entity for m in c.mitigations], ["user:gb1"])
+
+    def test_foreign_source_refuses_the_stream(self):
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
         with self.assertRaises(grpc.RpcError) as e:
-            stub.Submit(iter([det_pb.Detection(id="1", source="d1", type="t", entity="user:a",
-                                               score=0.5)]),
-                        metadata=self.md(self.detector), timeout=10)
-        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            self.submit([_detection("gf-1", "user:gf1"),
+                         _detection("gf-2", "user:gf2", source="someone-else")])
+        self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertIn("someone-else", e.exception.details())
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
 
 
 class Mirror:

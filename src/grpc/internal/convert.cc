@@ -2,8 +2,12 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "core/strings.h"
 #include "core/time.h"
+#include "google/protobuf/struct.pb.h"
 #include "google/protobuf/timestamp.pb.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace quell::grpc_api::internal {
 
@@ -51,6 +55,77 @@ void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
   for (const std::string& d : m.detections) out->add_detections(d);
   out->set_state_reason(m.state_reason);
   out->set_seq(m.seq);
+}
+
+absl::StatusOr<std::string> DetectionJson(const quell::v1::Detection& d) {
+  // Going through JSON (rather than filling an engine::Detection directly) runs every
+  // item through the very reader HTTP uses (api::ReadDetection, behind the intake), so
+  // limits, field errors and their wording cannot drift between the two front ends. The
+  // cost is one print and one parse per item, small next to evaluation and the ledger.
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  auto s = google::protobuf::util::MessageToJsonString(d, &out, options);
+  if (!s.ok()) {
+    const auto& t = d.observed_at();
+    const bool bad_time =
+        d.has_observed_at() && (t.seconds() < -62135596800 || t.seconds() > 253402300799 ||
+                                t.nanos() < 0 || t.nanos() > 999999999);
+    return absl::InvalidArgumentError(absl::StrCat(
+        bad_time ? "observed_at: " : "",
+        "cannot be read as JSON: ", std::string(s.message().data(), s.message().size())));
+  }
+  return out;
+}
+
+absl::Status ReadDetectionResult(std::string_view reply, quell::v1::DetectionResult* out) {
+  google::protobuf::Struct r;
+  google::protobuf::util::JsonParseOptions options;
+  auto s = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(reply.data(), reply.size()), &r, options);
+  if (!s.ok()) return absl::InternalError("unreadable detection reply");
+  const auto& f = r.fields();
+  auto str = [](const google::protobuf::Struct& st, const char* name) -> std::string {
+    auto it = st.fields().find(name);
+    return it == st.fields().end() ? std::string() : it->second.string_value();
+  };
+  const std::string status = str(r, "status");
+  if (status == "accepted") {
+    out->set_status(quell::v1::DetectionResult::STATUS_ACCEPTED);
+  } else if (status == "duplicate") {
+    out->set_status(quell::v1::DetectionResult::STATUS_DUPLICATE);
+  } else if (status == "rejected") {
+    out->set_status(quell::v1::DetectionResult::STATUS_REJECTED);
+    auto err = f.find("error");
+    if (err == f.end()) return absl::InternalError("rejected detection reply without error");
+    const google::protobuf::Struct& e = err->second.struct_value();
+    std::string text;
+    auto details = e.fields().find("details");
+    if (details != e.fields().end()) {
+      for (const auto& v : details->second.list_value().values()) {
+        absl::StrAppend(&text, text.empty() ? "" : "; ", str(v.struct_value(), "field"), ": ",
+                        str(v.struct_value(), "message"));
+      }
+    }
+    out->set_error(text.empty() ? str(e, "message") : text);
+  } else {
+    return absl::InternalError(absl::StrCat("detection reply with status \"", status, "\""));
+  }
+  auto decisions = f.find("decisions");
+  if (decisions != f.end()) {
+    for (const auto& v : decisions->second.list_value().values()) {
+      const google::protobuf::Struct& d = v.struct_value();
+      quell::v1::Decision* o = out->add_decisions();
+      o->set_mitigation_id(str(d, "mitigation_id"));
+      o->set_entity(str(d, "entity"));
+      o->set_action(str(d, "action"));
+      o->set_state(str(d, "state"));
+      o->set_policy(str(d, "policy"));
+      o->set_reason(str(d, "reason"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 int GrpcCode(absl::StatusCode code) {

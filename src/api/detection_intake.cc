@@ -1,0 +1,172 @@
+#include "api/detection_intake.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "api/detection_codec.h"
+#include "api/internal/context.h"
+#include "api/internal/live_environment.h"
+#include "api/internal/policy_holder.h"
+#include "api/json_reader.h"
+#include "core/mitigation.h"
+#include "core/strings.h"
+#include "obs/log.h"
+#include "workflow/decisions.h"
+
+namespace quell::api {
+namespace {
+
+std::string RejectedReply(size_t index, const std::vector<FieldError>& errors,
+                          const rapidjson::Value* value) {
+  ApiError e = ApiError::InvalidArgument(
+      errors.empty() ? "invalid detection" : absl::StrCat(errors[0].field, ": ", errors[0].message),
+      errors);
+  std::string out = absl::StrCat("{\"index\":", index);
+  if (value != nullptr && value->IsObject()) {
+    auto id = value->FindMember("id");
+    if (id != value->MemberEnd() && id->value.IsString()) {
+      out += ",\"id\":";
+      core::AppendJsonString(std::string_view(id->value.GetString(), id->value.GetStringLength()),
+                             &out);
+    }
+  }
+  std::string error = ErrorJson(e);  // {"error":{...}}
+  absl::StrAppend(&out, ",\"status\":\"rejected\",",
+                  absl::string_view(error).substr(1, error.size() - 2), "}");
+  return out;
+}
+
+}  // namespace
+
+DetectionIntake::DetectionIntake(internal::Context* ctx, internal::PolicyHolder* policies)
+    : ctx_(ctx), policies_(policies) {}
+
+DetectionIntake::Validated DetectionIntake::Validate(
+    const auth::Principal& who, const std::vector<const rapidjson::Value*>& values,
+    const std::vector<std::string>& paths, absl::Time now) const {
+  DetectionLimits limits;
+  const std::shared_ptr<const policy::PolicySet> known = policies_->Current();
+  Validated out;
+  out.items.resize(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    Item& item = out.items[i];
+    item.index = i;
+    std::vector<FieldError> errors;
+    auto d = ReadDetection(*values[i], paths[i], now, limits, &errors);
+    if (d.ok() && !known->KnowsDetectionType(d->type)) {
+      std::string list;
+      for (const std::string& t : known->detection_types())
+        absl::StrAppend(&list, list.empty() ? "" : ", ", t);
+      errors.push_back(
+          {paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
+           absl::StrCat("unknown detection type \"", d->type, "\"; the active policy set (v",
+                        known->version(), ") declares: ", list)});
+      d = absl::InvalidArgumentError("unknown type");
+    }
+    if (!d.ok()) {
+      item.rejected_reply = RejectedReply(i, errors, values[i]);
+      continue;
+    }
+    if (!who.MaySubmitAs(d->source)) {
+      out.forbidden.push_back(
+          {paths[i].empty() ? "source" : absl::StrCat(paths[i], ".source"),
+           absl::StrCat("this key may not submit as source \"", d->source, "\"")});
+      continue;
+    }
+    item.detection = *std::move(d);
+  }
+  return out;
+}
+
+void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Principal& who,
+                                       absl::Time now, std::string origin, Done done,
+                                       obs::SpanContext trace_parent) const {
+  internal::Context& ctx = *ctx_;
+  obs::Span engine_span;
+  if (ctx.deps.tracer != nullptr) {
+    engine_span = ctx.deps.tracer->StartSpanAt("engine.evaluate", trace_parent, absl::Now());
+  }
+  auto set = policies_->Current();
+  internal::LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+  std::vector<workflow::DetectionWork> work;
+  std::vector<size_t> slot_of;  // work index -> item index
+  for (Item& item : items) {
+    if (!item.detection) continue;
+    workflow::DetectionWork w;
+    engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
+    w.proposals = std::move(ev.proposals);
+    w.json = DetectionToJson(*item.detection);
+    w.detection = *std::move(item.detection);
+    item.detection.reset();
+    slot_of.push_back(item.index);
+    work.push_back(std::move(w));
+  }
+  if (engine_span.recording()) {
+    int64_t proposals = 0;
+    for (const auto& w : work) proposals += static_cast<int64_t>(w.proposals.size());
+    engine_span.SetAttribute("quell.policy_set.version", set->version());
+    engine_span.SetAttribute("quell.detections", static_cast<int64_t>(work.size()));
+    engine_span.SetAttribute("quell.proposals", proposals);
+    engine_span.End();
+  }
+  if (env.store_errors() > 0 && ctx.deps.logger != nullptr) {
+    ctx.deps.logger->Warn("prior() could not read the store; counted as 0",
+                          {{"errors", env.store_errors()}});
+  }
+  const int64_t rejected = static_cast<int64_t>(items.size() - work.size());
+  ctx.decision_metrics.Detections(origin, "rejected", rejected);
+  // Rejected items keep their reply; applied ones get theirs from the ledger step.
+  auto replies = std::make_shared<std::vector<std::string>>(items.size());
+  for (Item& item : items) (*replies)[item.index] = std::move(item.rejected_reply);
+  if (work.empty()) return done(std::move(*replies));
+
+  auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
+  ctx.deps.ledger->Submit(
+      workflow::ApplyDetections(std::move(work), set->catalog_ptr(), who.key_id, out,
+                                workflow::SafeguardContext{ctx.safeguards, set}),
+      [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
+       done = std::move(done)](absl::Status status, std::vector<ledger::Change>) {
+        if (!status.ok()) return done(status);
+        ctx.decision_metrics.Outcomes(origin, *out);
+        for (size_t k = 0; k < out->size(); ++k) {
+          std::string reply = internal::TakeReply((*out)[k]);
+          (*replies)[slot_of[k]] = absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
+        }
+        done(std::move(*replies));
+      },
+      std::move(trace_parent));
+}
+
+void DetectionIntake::SubmitJson(const auth::Principal& who, std::vector<std::string> texts,
+                                 Done done) const {
+  const absl::Time now = ctx_->deps.clock->Now();
+  // Each text gets its own document: an unparseable one is a rejected item, not a failed
+  // batch (as a bad item of an HTTP batch).
+  std::vector<rapidjson::Document> docs(texts.size());
+  std::vector<const rapidjson::Value*> values(texts.size());
+  std::vector<std::string> paths(texts.size());
+  std::vector<std::optional<std::string>> unparsed(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (auto e = ParseJsonBody(texts[i], &docs[i])) {
+      unparsed[i] = e->message;
+      docs[i].SetObject();  // read as an empty object: its required fields are named
+    }
+    values[i] = &docs[i];
+  }
+  Validated v = Validate(who, values, paths, now);
+  if (!v.forbidden.empty()) {
+    return done(absl::PermissionDeniedError(
+        absl::StrCat(v.forbidden[0].field, ": ", v.forbidden[0].message)));
+  }
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (unparsed[i]) {
+      v.items[i].detection.reset();
+      v.items[i].rejected_reply = RejectedReply(i, {{"detection", *unparsed[i]}}, nullptr);
+    }
+  }
+  docs.clear();
+  EvaluateAndApply(std::move(v.items), who, now, "api", std::move(done));
+}
+
+}  // namespace quell::api
