@@ -11,6 +11,8 @@
 #include "core/time.h"
 #include "obs/log.h"
 #include "rapidjson/document.h"
+#include "rapidjson/memorystream.h"
+#include "rapidjson/reader.h"
 
 namespace quell::workflow {
 namespace {
@@ -61,6 +63,55 @@ std::string BreakerPayload(std::string_view name, bool open, std::string_view re
   core::AppendJsonString(reason, &p);
   p += "}";
   return p;
+}
+
+// The top-level fields of a mitigation's JSON that immunity needs, read without building
+// the document: a SAX pass that stops once it has all three.
+struct DecisionFields {
+  std::string state, policy, action;
+};
+
+class DecisionFieldsHandler
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, DecisionFieldsHandler> {
+ public:
+  explicit DecisionFieldsHandler(DecisionFields* out) : out_(out) {}
+  bool Default() { return true; }
+  bool StartObject() {
+    ++depth_;
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth_;
+    return true;
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    key_ = depth_ == 1 ? std::string_view(s, n) : std::string_view();
+    return true;
+  }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    std::string* slot = key_ == "state"    ? &out_->state
+                        : key_ == "policy" ? &out_->policy
+                        : key_ == "action" ? &out_->action
+                                           : nullptr;
+    if (slot == nullptr) return true;
+    slot->assign(s, n);
+    return ++found_ < 3;  // false stops the reader: everything needed is read
+  }
+  bool complete() const { return found_ == 3; }
+
+ private:
+  DecisionFields* out_;
+  int depth_ = 0;
+  int found_ = 0;
+  std::string key_;  // copies: the reader's key buffer is reused
+};
+
+bool ReadDecisionFields(std::string_view json, DecisionFields* out) {
+  DecisionFieldsHandler handler(out);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream ms(json.data(), json.size());
+  reader.Parse(ms, handler);
+  return handler.complete();
 }
 
 }  // namespace
@@ -168,8 +219,11 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
             p.find("\"state\":\"rejected\"") == std::string_view::npos) {
           break;
         }
-        auto m = core::MitigationFromJson(p);
-        if (m.ok()) NoteHumanDecision(*m, c.at);
+        // A rollback brings 100,000 of these at once: read only the fields immunity needs.
+        DecisionFields f;
+        if (ReadDecisionFields(p, &f) && (f.state == "revoked" || f.state == "rejected")) {
+          NoteHumanDecision(c.entity, f.policy, f.action, c.at);
+        }
         break;
       }
       default:
@@ -227,11 +281,16 @@ void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
 }
 
 void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
-  if (m.policy.empty()) return;
   if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected)
     return;
+  NoteHumanDecision(m.entity.str(), m.policy, m.action, at);
+}
+
+void Safeguards::NoteHumanDecision(std::string_view entity, std::string_view policy,
+                                   std::string_view action, absl::Time at) {
+  if (policy.empty()) return;
   absl::Time until = at + options_.immunity;
-  absl::Time& slot = immunity_[ImmunityKey(m.entity.str(), m.policy, m.action)];
+  absl::Time& slot = immunity_[ImmunityKey(entity, policy, action)];
   if (until > slot) slot = until;
 }
 

@@ -110,9 +110,11 @@ class Safeguards final : public ledger::ChangeListener {
   Metrics& metrics() { return metrics_; }
 
  private:
-  void ApplyListChange(const ledger::Change& c);                               // mu_ held
-  void ApplyBreakerChange(const ledger::Change& c);                            // mu_ held
-  void NoteHumanDecision(const core::Mitigation& m, absl::Time at);            // mu_ held
+  void ApplyListChange(const ledger::Change& c);                            // mu_ held
+  void ApplyBreakerChange(const ledger::Change& c);                         // mu_ held
+  void NoteHumanDecision(const core::Mitigation& m, absl::Time at);         // mu_ held
+  void NoteHumanDecision(std::string_view entity, std::string_view policy,  // mu_ held
+                         std::string_view action, absl::Time at);
   const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
   void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
 

@@ -2,8 +2,10 @@
 binary: protected entities, breakers, reviews (two-reviewer rule, no self-approval),
 appeals, rollback, immunity, pending expiry and explanations."""
 import datetime
+import json
 import os
 import tempfile
+import threading
 import time
 import unittest
 
@@ -266,11 +268,36 @@ class RunawayTest(Base):
         self.assertEqual(s, 202, req)
         self.assertEqual(req["state"], "pending_approval")
         self.assertEqual(len(self.mitigations(source="runaway-model", state="active")), len(active))
+        # `check` keeps answering while the rollback runs: a client on its own connection.
+        stop, lat, codes = threading.Event(), [], []
+
+        def checker():
+            conn = self.q.connection()
+            i = 0
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                s, v, _ = self.q.request("GET", "/v1/check?entity=user:fan%d" % (i * 7919 % 100000 or 1),
+                                         conn=conn)
+                lat.append(time.perf_counter() - t0)
+                codes.append(s)
+                i += 1
+            conn.close()
+
+        t = threading.Thread(target=checker)
+        t.start()
         start = time.time()
         s, dec, _ = self.review(req["id"], True, self.r1, note="model v9 confirmed broken")
-        print("rollback of %d mitigations in %.2fs" % (dec.get("rollback", {}).get("revoked", -1),
-                                                      time.time() - start))
+        took = time.time() - start
+        stop.set()
+        t.join()
+        lat.sort()
+        print("rollback of %d mitigations in %.2fs; %d checks meanwhile, p50 %.2f ms, p99 %.2f ms, "
+              "max %.2f ms" % (dec.get("rollback", {}).get("revoked", -1), took, len(lat),
+                               1000 * lat[len(lat) // 2], 1000 * lat[len(lat) * 99 // 100],
+                               1000 * lat[-1]))
         self.assertEqual(s, 200, dec)
+        self.assertGreater(len(codes), 0)
+        self.assertEqual(set(codes), {200})
         rb = dec["rollback"]
         self.assertEqual(rb["state"], "done")
         self.assertEqual(rb["revoked"], len(active) + len(pending))
@@ -375,6 +402,39 @@ class RollbackApprovalTest(Base):
         self.assertEqual((rb["state"], rb["revoked"], rb["needs_approval"]), ("done", 3, False))
         self.assertEqual(self.verdict(entities[0]), "allow")
         self.assertEqual(self.review("rb_nope", True, self.r1)[0], 404)
+
+    def test_kill9_during_an_approved_rollback_is_all_or_nothing(self):
+        n = 20000
+        for b in range(0, n, 5000):
+            self.submit(*[det("k9-%d" % i, "user:k9-%d" % i, source="model-k9")
+                          for i in range(b, b + 5000)])
+        s, req, _ = self.q.request("POST", "/v1/rollbacks", {"filter": {"source": "model-k9"}})
+        self.assertEqual(s, 202, req)
+        # Approve, and kill -9 the server while the revocations are being written.
+        conn = self.q.connection()
+        conn.request("POST", "/v1/reviews/%s/decision" % req["id"], json.dumps({"approve": True}),
+                     {"Authorization": "Bearer " + self.r1, "Content-Type": "application/json"})
+        time.sleep(0.4)  # about when the one transaction is being written (either outcome is checked)
+        self.q.kill9()
+        conn.close()
+        self.q.start()
+        state = self.q.request("GET", "/v1/rollbacks/" + req["id"])[1]["state"]
+        active = len(self.mitigations(source="model-k9", state="active"))
+        revoked = len(self.mitigations(source="model-k9", state="revoked"))
+        print("\nkill -9 during an approved rollback: request %s, %d active, %d revoked"
+              % (state, active, revoked))
+        if state == "done":
+            self.assertEqual((active, revoked), (0, n))
+        else:
+            self.assertEqual(state, "pending_approval")
+            self.assertEqual((active, revoked), (n, 0))
+            # Still decidable after the restart, and then complete.
+            s, dec, _ = self.review(req["id"], True, self.r1)
+            self.assertEqual((s, dec["rollback"]["revoked"]), (200, n), dec)
+        self.q.stop()
+        code, out, _ = run_cli("audit", "verify", "--data", self.q.data)
+        self.assertEqual(code, 0, out)
+        self.q.start()
 
     def test_bad_config_values_stop_the_server(self):
         for text, key in (("safeguards: {bulk_threshold: -2}\n", "safeguards.bulk_threshold"),
