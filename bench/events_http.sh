@@ -60,18 +60,28 @@ probe=$(curl -s -H "Authorization: Bearer $QUELL_KEY" \
   -d "{\"type\":\"play\",\"entity\":\"user:probe\",\"at\":\"$(date -u +%FT%TZ)\",\"attrs\":{\"ip\":\"ip:10.0.0.1\",\"track\":\"track:t1\"}}" \
   "http://127.0.0.1:$QUELL_PORT/v1/events")
 grep -q '"counted":2' <<<"$probe" || { echo "probe: $probe" >&2; exit 1; }
+# CPU seconds (user + system) a process has used, from /proc (10 ms resolution).
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+quell_cpu0=$(cpu_s "$QUELL_PID")
+redis_cpu0=0
+[ "$BACKEND" = redis ] && redis_cpu0=$(cpu_s "$REDIS_PID")
 machine_load
 out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 30s -s "$here/events.lua" \
   "http://127.0.0.1:$QUELL_PORT/v1/events")
 machine_load
+quell_cpu=$(awk -v a="$(cpu_s "$QUELL_PID")" -v b="$quell_cpu0" 'BEGIN{printf "%.2f", a - b}')
 read -r accepted rate ok other p50 p99 sockerr < <(awk '/^EVENTS/{print $2, $3, $4, $5, $6, $7, $8}' <<<"$out")
 metrics=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" | grep -E '^quell_velocity_(keys|store_errors_total|fail_open_total)' | tr '\n' ' ')
 if [ "$BACKEND" = redis ]; then
   echo "redis commandstats (calls, usec per call):"
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|hincrby|hgetall|hkeys|hsetnx|hdel|pttl|pexpire|mget|eval)' \
     | sed 's/cmdstat_\([a-z]*\):calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/  \1 \2 calls, \3 us each/'
-  echo "redis-server CPU: $(ps -o cputime= -p "$REDIS_PID"); quell CPU: $(ps -o cputime= -p "$QUELL_PID")"
+  redis_cpu=$(awk -v a="$(cpu_s "$REDIS_PID")" -v b="$redis_cpu0" 'BEGIN{printf "%.2f", a - b}')
+  echo "redis-server CPU during the run: ${redis_cpu}s ($(awk -v n="$accepted" -v c="$redis_cpu" 'BEGIN{printf "%.0f", (c > 0 ? n / c : 0)}') events per Redis CPU-second)"
 fi
+# On a shared machine the rate depends on what else runs; events per CPU-second of the
+# server does much less.
+echo "quell CPU during the run: ${quell_cpu}s ($(awk -v n="$accepted" -v c="$quell_cpu" 'BEGIN{printf "%.0f", (c > 0 ? n / c : 0)}') events per quell CPU-second)"
 stop_quell
 printf 'backend %s: %s events accepted in %s = %s/s (batches of %s, %s connections); 200 replies %s, other %s; socket errors %s; latency per batch p50 %s us p99 %s us; %s\n' \
   "$BACKEND" "$accepted" "$DURATION" "$rate" "$BATCH" "$CONNECTIONS" "$ok" "$other" "$sockerr" "$p50" "$p99" "$metrics"
