@@ -1136,21 +1136,26 @@ TEST(SqliteStore, CheckpointsRunOffTheWriter) {
     if (runs == 0) absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_GT(runs, 0);
-  const std::filesystem::path copy = backend.dir() / "copy";
-  std::filesystem::create_directories(copy);
-  std::filesystem::copy_file(backend.dir() / std::string(kSqliteFileName),
-                             copy / std::string(kSqliteFileName));
-  sqlite3* raw = nullptr;
-  ASSERT_EQ(sqlite3_open_v2((copy / std::string(kSqliteFileName)).c_str(), &raw,
-                            SQLITE_OPEN_READWRITE, nullptr),
-            SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(raw, "SELECT count(*) FROM detections", -1, &st, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_GT(sqlite3_column_int64(st, 0), 0);
-  sqlite3_finalize(st);
-  sqlite3_close_v2(raw);
+  // A copy taken while a later checkpoint is still writing may be torn: take another.
+  int64_t in_file = -1;
+  for (int attempt = 0; attempt < 100 && in_file <= 0; ++attempt) {
+    const std::filesystem::path copy = backend.dir() / absl::StrCat("copy", attempt);
+    std::filesystem::create_directories(copy);
+    std::filesystem::copy_file(backend.dir() / std::string(kSqliteFileName),
+                               copy / std::string(kSqliteFileName));
+    sqlite3* raw = nullptr;
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_open_v2((copy / std::string(kSqliteFileName)).c_str(), &raw, SQLITE_OPEN_READWRITE,
+                        nullptr) == SQLITE_OK &&
+        sqlite3_prepare_v2(raw, "SELECT count(*) FROM detections", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      in_file = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close_v2(raw);
+    if (in_file <= 0) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_GT(in_file, 0);
   // Everything is still there through the store.
   auto got = (*store)->GetDetection("bot-model", "w5-39");
   ASSERT_OK(got);
