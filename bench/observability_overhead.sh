@@ -9,6 +9,11 @@
 # The same closed-loop wrk run (bench/check.lua: GET /v1/check, 90% misses) goes against
 # each in turn, ROUNDS times each, interleaved (ON OFF, OFF ON, ...), and the script prints
 # every round's req/s and the median of the per-pair ratios ON/OFF (bar: >= 0.97).
+# On a shared, noisy machine the req/s of a round depends on what else runs; so the script
+# also reads each server's CPU time (utime + stime, /proc/PID/stat) around every run and
+# prints the CPU microseconds per request of each side and their ratio OFF/ON, which
+# other processes' load disturbs much less (the ON side's export thread is counted; the
+# sink collector's own CPU is not).
 #
 # Usage: bench/observability_overhead.sh [BUILD_DIR]    (default: build)
 # Env:   LOADED (100000 mitigations), THREADS (server threads, 2), DURATION (10s),
@@ -77,6 +82,7 @@ start_side() {  # name -> sets <NAME>_PORT
   done
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || { tail "$BENCH_TMP/$name.log" >&2; exit 1; }
   eval "${name^^}_PORT=$port"
+  eval "${name^^}_PID=${BENCH_PIDS[-1]}"
 }
 start_side off
 start_side on
@@ -88,14 +94,23 @@ for side in "off $OFF_PORT $QUELL_KEY" "on $ON_PORT $ON_KEY"; do
   grep -q '"verdict":"deny"' <<<"$hit" || { echo "$name: expected deny, got: $hit" >&2; exit 1; }
 done
 [ -z "$(curl -fsS "http://127.0.0.1:$OFF_PORT/metrics")" ] || { echo "OFF side exports metrics" >&2; exit 1; }
-curl -fsS "http://127.0.0.1:$ON_PORT/metrics" | grep -q '^quell_index_mitigations ' || { echo "ON side has no metrics" >&2; exit 1; }
+on_metrics=$(curl -fsS "http://127.0.0.1:$ON_PORT/metrics")
+grep -q '^quell_index_mitigations ' <<<"$on_metrics" || { echo "ON side has no metrics" >&2; exit 1; }
 
 # Prometheus' side of "on": a scrape every second while the ON side is measured.
 ( while sleep 1; do curl -fsS "http://127.0.0.1:$ON_PORT/metrics" >/dev/null 2>&1 || true; done ) &
 BENCH_PIDS+=("$!")
 
-run_wrk() {  # port key -> "rps p99_us errors"
-  QUELL_KEY=$2 wrk_result "$(QUELL_KEY=$2 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$here/check.lua" "http://127.0.0.1:$1/v1/check")"
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+secs=${DURATION%s}
+run_wrk() {  # port key pid -> "rps p99_us errors cpu_us_per_request"
+  local before after out
+  before=$(cpu_ticks "$3")
+  out=$(QUELL_KEY=$2 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$here/check.lua" "http://127.0.0.1:$1/v1/check")
+  after=$(cpu_ticks "$3")
+  read -r rps p99 err <<<"$(wrk_result "$out")"
+  echo "$rps $p99 $err $(awk -v t=$((after - before)) -v hz="$TICK" -v r="$rps" -v s="$secs" 'BEGIN { printf "%.2f", t / hz * 1e6 / (r * s) }')"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -104,19 +119,26 @@ echo "== $ROUNDS rounds x (ON, OFF), interleaved; wrk -t1 -c$CONNECTIONS -d$DURA
 ratios=()
 on_all=()
 off_all=()
+cpu_ratios=()
+on_cpu_all=()
+off_cpu_all=()
 for round in $(seq "$ROUNDS"); do
   machine_load
   if [ $((round % 2)) -eq 1 ]; then
-    read -r on_rps on_p99 on_err < <(run_wrk "$ON_PORT" "$ON_KEY")
-    read -r off_rps off_p99 off_err < <(run_wrk "$OFF_PORT" "$QUELL_KEY")
+    read -r on_rps on_p99 on_err on_cpu < <(run_wrk "$ON_PORT" "$ON_KEY" "$ON_PID")
+    read -r off_rps off_p99 off_err off_cpu < <(run_wrk "$OFF_PORT" "$QUELL_KEY" "$OFF_PID")
   else
-    read -r off_rps off_p99 off_err < <(run_wrk "$OFF_PORT" "$QUELL_KEY")
-    read -r on_rps on_p99 on_err < <(run_wrk "$ON_PORT" "$ON_KEY")
+    read -r off_rps off_p99 off_err off_cpu < <(run_wrk "$OFF_PORT" "$QUELL_KEY" "$OFF_PID")
+    read -r on_rps on_p99 on_err on_cpu < <(run_wrk "$ON_PORT" "$ON_KEY" "$ON_PID")
   fi
   r=$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN { printf "%.3f", a / b }')
-  printf 'round %d  ON %8s req/s (p99 %5s us, errors %s)  OFF %8s req/s (p99 %5s us, errors %s)  ON/OFF %s\n' \
-    "$round" "$on_rps" "$on_p99" "$on_err" "$off_rps" "$off_p99" "$off_err" "$r"
+  cr=$(awk -v a="$on_cpu" -v b="$off_cpu" 'BEGIN { printf "%.3f", b / a }')
+  printf 'round %d  ON %8s req/s (p99 %5s us, errors %s, %s cpu-us/req)  OFF %8s req/s (p99 %5s us, errors %s, %s cpu-us/req)  req/s ON/OFF %s  cpu OFF/ON %s\n' \
+    "$round" "$on_rps" "$on_p99" "$on_err" "$on_cpu" "$off_rps" "$off_p99" "$off_err" "$off_cpu" "$r" "$cr"
   ratios+=("$r")
+  cpu_ratios+=("$cr")
+  on_cpu_all+=("$on_cpu")
+  off_cpu_all+=("$off_cpu")
   on_all+=("$on_rps")
   off_all+=("$off_rps")
 done
@@ -125,4 +147,6 @@ dropped=$(curl -fsS "http://127.0.0.1:$ON_PORT/metrics" | awk '$1 ~ /^quell_trac
 echo "ON side exported $exported spans (dropped $dropped)"
 echo "median req/s: ON $(median "${on_all[@]}") OFF $(median "${off_all[@]}")"
 echo "median ratio ON/OFF over $ROUNDS rounds: $(median "${ratios[@]}") (bar: >= 0.970)"
+echo "median CPU per request: ON $(median "${on_cpu_all[@]}") us, OFF $(median "${off_cpu_all[@]}") us;" \
+     "median per-round OFF/ON $(median "${cpu_ratios[@]}") (bar: >= 0.970, i.e. ON costs at most ~3% more CPU per check)"
 machine_load
