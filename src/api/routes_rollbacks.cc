@@ -74,22 +74,21 @@ void Rollback(Context& ctx, Call&& call) {
       req.requested_by = call.who.key_id;
       req.matched = matched;
       req.entities = targets->entities;
-      const int64_t entities = targets->entities;
-      SubmitSimple(
-          ctx, std::move(call), ctx.safeguards->rollbacks().Request(std::move(req)),
-          [id, matched, entities, &ctx] {
-            std::string body = absl::StrCat(
-                "{\"id\":\"", id, "\",\"state\":\"pending_approval\",\"matched\":", matched,
-                ",\"entities\":", entities,
-                ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
-                "\"approvals_needed\":1,\"request\":");
-            auto r = ctx.safeguards->rollbacks().Get(id);
-            body += r ? workflow::RollbackRequestJson(*r, ctx.safeguards->options().pending_ttl,
-                                                      ctx.deps.clock->Now())
-                      : "null";
-            body += "}";
-            return std::make_pair(202, std::move(body));
-          });
+      auto stored = std::make_shared<workflow::RollbackRequest>();
+      SubmitSimple(ctx, std::move(call),
+                   ctx.safeguards->rollbacks().Request(std::move(req), stored), [stored, &ctx] {
+                     // Runs in the transaction, after the request was appended.
+                     std::string body = absl::StrCat(
+                         "{\"id\":\"", stored->id,
+                         "\",\"state\":\"pending_approval\",\"matched\":", stored->matched,
+                         ",\"entities\":", stored->entities,
+                         ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
+                         "\"approvals_needed\":1,\"request\":",
+                         workflow::RollbackRequestJson(
+                             *stored, ctx.safeguards->options().pending_ttl, stored->requested_at),
+                         "}");
+                     return std::make_pair(202, std::move(body));
+                   });
       return;
     }
     auto out = std::make_shared<workflow::RollbackResult>();

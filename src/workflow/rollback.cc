@@ -307,14 +307,18 @@ absl::Status RollbackRequests::AppendRequest(ledger::Txn& txn, const RollbackReq
   return txn.Append(std::move(c), nullptr).status();
 }
 
-ledger::Mutation RollbackRequests::Request(RollbackRequest request) {
-  return [this, request = std::move(request)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+ledger::Mutation RollbackRequests::Request(RollbackRequest request,
+                                           std::shared_ptr<RollbackRequest> out) {
+  return [this, request = std::move(request), out = std::move(out)](
+             ledger::Txn& txn, absl::Time now) -> absl::Status {
     if (request.state != "pending_approval" || request.id.empty() || request.filter.empty()) {
       return absl::InvalidArgumentError("a rollback request needs an id, a filter and no decision");
     }
     RollbackRequest r = request;
     r.requested_at = now;
-    return AppendRequest(txn, r, r.requested_by);
+    QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, r.requested_by));
+    *out = std::move(r);
+    return absl::OkStatus();
   };
 }
 

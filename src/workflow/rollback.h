@@ -111,8 +111,9 @@ class RollbackRequests final : public ledger::ChangeListener {
   //! Every request, newest first, at most `limit`.
   std::vector<RollbackRequest> All(size_t limit) const;
 
-  //! Files a new request (its state must be pending_approval).
-  ledger::Mutation Request(RollbackRequest request);
+  //! Files a new request (its state must be pending_approval); *out = the request as
+  //! stored (requested_at is the commit's clock).
+  ledger::Mutation Request(RollbackRequest request, std::shared_ptr<RollbackRequest> out);
 
   //! `reviewer`'s decision on pending request `id`. Approval revokes `targets` (as
   //! Rollback, re-checked against the request's filter) in the same transaction. Errors: kNotFound,

@@ -64,7 +64,10 @@ class RollbackTest : public testing::Test {
     EXPECT_TRUE(t.ok());
     r.matched = static_cast<int64_t>(t->mitigations.size());
     r.entities = t->entities;
-    EXPECT_TRUE(ledger_->SubmitAndWait(requests_->Request(r)).ok());
+    auto stored = std::make_shared<RollbackRequest>();
+    EXPECT_TRUE(ledger_->SubmitAndWait(requests_->Request(r, stored)).ok());
+    EXPECT_EQ(stored->id, r.id);
+    EXPECT_EQ(stored->requested_at, clock_.Now());
     return r.id;
   }
   absl::Status Decide(const std::string& id, bool approve, std::string reviewer,

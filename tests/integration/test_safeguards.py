@@ -348,6 +348,8 @@ class RollbackApprovalTest(Base):
         self.assertEqual(s, 202, req)
         self.assertEqual((req["state"], req["revoked"], req["entities"]), ("pending_approval", 0, 5))
         rid = req["id"]
+        self.assertEqual((req["request"]["id"], req["request"]["state"]), (rid, "pending_approval"))
+        self.assertEqual(req["request"]["filter"], {"source": "model-big"})
         # Nothing is revoked while it waits; it is an open review and has its own resource.
         self.assertEqual(self.verdict(entities[0]), "deny")
         reviews = self.q.request("GET", "/v1/reviews?state=open")[1]["reviews"]
