@@ -339,7 +339,9 @@ class GrpcServer::Impl final
     const std::string_view surface = request.surface();
     const absl::Time now = deps_.clock->Now();
     const int64_t seq = deps_.index->seq();
-    const std::shared_ptr<const core::ActionCatalog> catalog = deps_.catalog();
+    // Fetched at the first hit only: most checks hit nothing, and the fetch is a
+    // shared_ptr copy whose reference count every stream's thread would bounce.
+    std::shared_ptr<const core::ActionCatalog> catalog;
     core::Verdict verdict = core::Verdict::kAllow;
     index::Hits hits;
     for (int i = 0; i < n; ++i) {
@@ -352,6 +354,7 @@ class GrpcServer::Impl final
       deps_.index->Lookup(*entity, now, &hits);
       for (const index::Hit& h : hits) {
         std::string_view action = deps_.index->ActionName(h.action);
+        if (catalog == nullptr) catalog = deps_.catalog();
         const core::Action* a = catalog->Find(action);
         if (a != nullptr && !a->AppliesTo(surface)) continue;
         core::Verdict v = a != nullptr ? a->verdict : core::Verdict::kAllow;
