@@ -5,10 +5,13 @@
 //    The bar: safeguards cost <= 10%.
 //  * BM_Rollback: revoke 100,000 active mitigations in one rollback (find + one ledger
 //    transaction) while a reader thread keeps doing `check` lookups on the index that
-//    follows the ledger; reports the rollback time and the lookups' p99 meanwhile.
+//    follows the ledger; reports the rollback time (find, transaction, listeners), the CPU
+//    it used, and the lookups' p99 meanwhile. QUELL_BENCH_MARK=FILE: touch FILE and wait
+//    2 s before the rollback (to attach `perf record -p` to the rollback alone).
 //
 //   ninja -C build safeguards_bench && build/src/workflow/safeguards_bench
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -43,6 +46,14 @@ policies:
 )";
 
 core::Entity E(const std::string& s) { return *core::Entity::Parse(s); }
+
+// CPU seconds (user + system) this process used so far, all threads.
+double ProcessCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
 
 class Applier final : public ledger::ChangeListener {
  public:
@@ -172,6 +183,7 @@ void BM_Rollback(benchmark::State& state) {
       std::this_thread::sleep_for(std::chrono::seconds(2));
     }
     state.ResumeTiming();
+    const double cpu0 = ProcessCpuSeconds();
     auto t0 = std::chrono::steady_clock::now();
     RollbackFilter f;
     f.source = "bench";
@@ -181,6 +193,9 @@ void BM_Rollback(benchmark::State& state) {
     auto done = env.ledger->SubmitAndWait(
         Rollback(std::move(*ids), f, "bench", "k_admin", "rb_bench", result));
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // CPU the rollback used (the reader thread's share included): what it would take on
+    // an idle machine, where the wall time above is inflated by other processes.
+    const double cpu_s = ProcessCpuSeconds() - cpu0;
     // Begin..Commit of the rollback's batch; the rest after find is the listeners.
     const double txn_s = env.ledger->stats().last_commit_seconds;
     state.PauseTiming();
@@ -192,6 +207,7 @@ void BM_Rollback(benchmark::State& state) {
     state.counters["rollback_s"] = secs;
     state.counters["find_s"] = find_s;
     state.counters["txn_s"] = txn_s;
+    state.counters["cpu_s"] = cpu_s;
     state.counters["listeners_s"] = secs - find_s - txn_s;
     state.counters["revoked"] = static_cast<double>(result->revoked);
     state.counters["checks_during"] = static_cast<double>(lat_us.size());
