@@ -503,6 +503,7 @@ class PgTxn final : public Txn {
   }
   absl::Status PutIdempotency(const IdempotencyRecord& r) override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
+    QUELL_RETURN_IF_ERROR(Materialize());
     QUELL_ASSIGN_OR_RETURN(
         Result res,
         Track(db_->Query("INSERT INTO idempotency (scope, key, request_hash, status, response, "
@@ -524,6 +525,7 @@ class PgTxn final : public Txn {
     if (d.source.empty() || d.id.empty()) {
       return absl::InvalidArgumentError("a detection needs source and id");
     }
+    QUELL_RETURN_IF_ERROR(Materialize());
     QUELL_ASSIGN_OR_RETURN(
         Result res, Track(db_->Query("INSERT INTO detections (" QUELL_DETECTION_COLUMNS
                                      ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
@@ -553,10 +555,16 @@ class PgTxn final : public Txn {
   }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override;
   int64_t NextSeq() const override { return head_seq_ + 1; }
+  // Round trips: a SAVEPOINT is only sent once a write follows it (reads need none), and
+  // savepoints, releases and Append's inserts are deferred (Conn::Defer): they travel
+  // with the transaction's next query. A savepoint released while its SAVEPOINT is still
+  // queued is simply dropped from the queue. So a mutation that reads then appends costs
+  // one round trip (its read) and its rows. The price: a statement that fails after a
+  // savepoint whose SAVEPOINT was never sent cannot be undone by it (the whole
+  // transaction then fails); only reads run there, and they fail only with the server.
   absl::Status Savepoint() override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
-    QUELL_RETURN_IF_ERROR(Track(db_->Exec(absl::StrCat("SAVEPOINT sp", savepoints_.size() + 1))));
-    savepoints_.push_back({head_seq_, head_hash_});
+    savepoints_.push_back({head_seq_, head_hash_, /*materialized=*/false, 0, 0});
     return absl::OkStatus();
   }
   absl::Status RollbackToSavepoint() override {
@@ -565,13 +573,24 @@ class PgTxn final : public Txn {
     std::string name = absl::StrCat("sp", savepoints_.size());
     Mark mark = std::move(savepoints_.back());
     savepoints_.pop_back();
-    absl::Status st =
-        db_->Exec(absl::StrCat("ROLLBACK TO SAVEPOINT ", name, "; RELEASE SAVEPOINT ", name));
-    if (!st.ok()) {
-      aborted_ = true;
-      return st;
+    if (!mark.materialized) {
+      // Nothing was written since it (a write would have materialized it).
+      if (aborted_) {
+        return absl::AbortedError("a statement failed after a savepoint that was never sent");
+      }
+    } else if (mark.sends == db_->sends()) {
+      // Not sent yet: forget it and everything queued after it; nothing reached the server.
+      db_->DropDeferred(mark.deferred_at);
+    } else {
+      db_->DropDeferred(0);  // all of it was queued after the (sent) savepoint
+      absl::Status st =
+          db_->Exec(absl::StrCat("ROLLBACK TO SAVEPOINT ", name, "; RELEASE SAVEPOINT ", name));
+      if (!st.ok()) {
+        aborted_ = true;
+        return st;
+      }
+      aborted_ = false;  // PostgreSQL recovers an aborted transaction at the savepoint
     }
-    aborted_ = false;  // PostgreSQL recovers an aborted transaction at the savepoint
     head_seq_ = mark.seq;
     head_hash_ = std::move(mark.hash);
     return absl::OkStatus();
@@ -580,8 +599,13 @@ class PgTxn final : public Txn {
     QUELL_RETURN_IF_ERROR(CheckOpen());
     if (savepoints_.empty()) return absl::FailedPreconditionError("no savepoint");
     QUELL_RETURN_IF_ERROR(CheckUsable());
-    QUELL_RETURN_IF_ERROR(
-        Track(db_->Exec(absl::StrCat("RELEASE SAVEPOINT sp", savepoints_.size()))));
+    const Mark& mark = savepoints_.back();
+    if (mark.materialized && mark.sends == db_->sends()) {
+      db_->EraseDeferred(mark.deferred_at);  // its writes stay queued, in the outer scope
+    } else if (mark.materialized) {
+      QUELL_RETURN_IF_ERROR(
+          Track(db_->Defer(absl::StrCat("RELEASE SAVEPOINT sp", savepoints_.size()))));
+    }
     savepoints_.pop_back();
     return absl::OkStatus();
   }
@@ -592,7 +616,23 @@ class PgTxn final : public Txn {
   struct Mark {
     int64_t seq;
     std::string hash;
+    bool materialized;   // its SAVEPOINT was queued (a write followed it)
+    size_t deferred_at;  // then: its SAVEPOINT's index in the connection's deferred queue
+    uint64_t sends;      // and db_->sends() then: equal while the SAVEPOINT is unsent
   };
+  // Queues the SAVEPOINT of every savepoint no write has followed yet, outermost first.
+  // Called before every write.
+  absl::Status Materialize() {
+    for (size_t i = 0; i < savepoints_.size(); ++i) {
+      Mark& m = savepoints_[i];
+      if (m.materialized) continue;
+      m.materialized = true;
+      m.deferred_at = db_->deferred();
+      m.sends = db_->sends();
+      QUELL_RETURN_IF_ERROR(Track(db_->Defer(absl::StrCat("SAVEPOINT sp", i + 1))));
+    }
+    return absl::OkStatus();
+  }
   absl::Status CheckOpen() const {
     if (done_) return absl::FailedPreconditionError("transaction already finished");
     return absl::OkStatus();
@@ -921,14 +961,14 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
   // Validation is done: from here only a database failure can stop us, and it leaves the
   // transaction aborted (recoverable by RollbackToSavepoint), so nothing half-written
   // can ever commit.
+  QUELL_RETURN_IF_ERROR(Materialize());
   auto write = [&]() -> absl::Status {
     QUELL_RETURN_IF_ERROR(
-        db_->Query("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+        db_->Defer("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                    {P(change.seq), PTime(change.at), P(int64_t{static_cast<int>(change.kind)}),
                     P(change.actor), P(change.subject), P(change.entity), P(change.payload),
-                    P(change.prev_hash), P(change.hash)})
-            .status());
+                    P(change.prev_hash), P(change.hash)}));
     if (mitigation != nullptr) {
       const core::Mitigation& m = *mitigation;
       Param due = PNull();
@@ -938,15 +978,14 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
         due = PTime(m.starts_at);
       }
       QUELL_RETURN_IF_ERROR(
-          db_->Query("INSERT INTO mitigations (id, entity, action, state, created_at, due_at, "
+          db_->Defer("INSERT INTO mitigations (id, entity, action, state, created_at, due_at, "
                      "source, policy, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                      "ON CONFLICT (id) DO UPDATE SET entity = EXCLUDED.entity, "
                      "action = EXCLUDED.action, state = EXCLUDED.state, "
                      "created_at = EXCLUDED.created_at, due_at = EXCLUDED.due_at, "
                      "source = EXCLUDED.source, policy = EXCLUDED.policy, seq = EXCLUDED.seq",
                      {P(m.id), P(m.entity.str()), P(m.action), P(core::StateName(m.state)),
-                      PTime(m.created_at), due, P(m.source), P(m.policy), P(seq)})
-              .status());
+                      PTime(m.created_at), due, P(m.source), P(m.policy), P(seq)}));
     } else if (list) {
       QUELL_RETURN_IF_ERROR(ApplyListChange(*list));
     } else if (policy_set) {
@@ -992,6 +1031,7 @@ absl::Status PgTxn::Commit() {
 
 void PgTxn::Rollback() {
   if (done_) return;
+  db_->DropDeferred(0);
   if (db_->ok() && db_->InTransaction()) (void)db_->Exec("ROLLBACK");
   Finish();
 }
@@ -1074,7 +1114,8 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
       QUELL_ASSIGN_OR_RETURN(writer_, Conn::Open(opts_));
     }
     if (writer_->InTransaction()) QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
-    QUELL_RETURN_IF_ERROR(writer_->Exec("BEGIN"));
+    writer_->DropDeferred(0);
+    QUELL_RETURN_IF_ERROR(writer_->Defer("BEGIN"));  // sent with the head's SELECT
     // The head row lock serialises writers of every node; it is held until COMMIT, so the
     // next writer reads the head this one committed (READ COMMITTED re-reads the locked
     // row's newest version), and seqs become visible in order.
@@ -1082,7 +1123,8 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
     absl::Status st = r.status();
     if (st.ok() && r->rows() != 1) st = absl::DataLossError("chain_head row is missing");
     if (!st.ok()) {
-      if (writer_->ok()) (void)writer_->Exec("ROLLBACK");
+      writer_->DropDeferred(0);
+      if (writer_->ok() && writer_->InTransaction()) (void)writer_->Exec("ROLLBACK");
       return st;
     }
     int64_t seq = r->Int(0, 0);

@@ -179,6 +179,108 @@ TEST(PostgresStore, LostConnectionsAreUnavailableThenReopened) {
   EXPECT_TRUE((*txn)->Commit().ok());
 }
 
+std::vector<std::string> Subjects(Store& s) {
+  std::vector<std::string> out;
+  auto changes = s.ReadChanges(0, 100);
+  EXPECT_TRUE(changes.ok()) << changes.status();
+  if (!changes.ok()) return out;
+  for (size_t i = 0; i < changes->size(); ++i) {
+    EXPECT_EQ((*changes)[i].seq, static_cast<int64_t>(i + 1));
+    out.push_back((*changes)[i].subject);
+  }
+  return out;
+}
+
+// Writes are deferred and savepoints sent lazily (one round trip per read): rolling back
+// to a savepoint undoes exactly what followed it, whether its SAVEPOINT was still queued,
+// sent with a later read, or released inside an outer one; seqs stay gap-free.
+TEST(PostgresStore, DeferredWritesHonourSavepoints) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto txn = (*s)->Begin(kT0);
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  Txn& t = **txn;
+  ASSERT_TRUE(t.Savepoint().ok());  // queued, then dropped
+  ASSERT_TRUE(AppendNote(t, "a").ok());
+  ASSERT_TRUE(t.RollbackToSavepoint().ok());
+  ASSERT_TRUE(t.Savepoint().ok());  // nested, the inner one released while queued
+  ASSERT_TRUE(AppendNote(t, "b").ok());
+  ASSERT_TRUE(t.Savepoint().ok());
+  ASSERT_TRUE(AppendNote(t, "c").ok());
+  ASSERT_TRUE(t.ReleaseSavepoint().ok());
+  ASSERT_TRUE(t.ReleaseSavepoint().ok());
+  ASSERT_TRUE(t.Savepoint().ok());  // sent by a read, then rolled back on the server
+  ASSERT_TRUE(AppendNote(t, "d").ok());
+  ASSERT_TRUE(t.GetMitigation("m_none").ok());
+  ASSERT_TRUE(AppendNote(t, "d2").ok());
+  ASSERT_TRUE(t.RollbackToSavepoint().ok());
+  ASSERT_TRUE(t.Savepoint().ok());  // a savepoint no write followed
+  ASSERT_TRUE(t.GetMitigation("m_none").ok());
+  ASSERT_TRUE(t.RollbackToSavepoint().ok());
+  ASSERT_TRUE(t.Savepoint().ok());  // sent, then released
+  ASSERT_TRUE(AppendNote(t, "e").ok());
+  ASSERT_TRUE(t.GetMitigation("m_none").ok());
+  ASSERT_TRUE(t.ReleaseSavepoint().ok());
+  EXPECT_EQ(t.NextSeq(), 4);
+  ASSERT_TRUE(t.Commit().ok());
+  EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"b", "c", "e"}));
+}
+
+// A deferred insert that the server refuses fails the query it travelled with; a sent
+// savepoint before it recovers the transaction. One that only reaches the server with
+// the commit fails the commit, and nothing of the transaction is stored.
+TEST(PostgresStore, AFailedDeferredWriteFailsItsCarrierAndItsSavepointRecovers) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(TestCluster::Exec(url,
+                                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS "
+                                "$$BEGIN IF NEW.subject = 'bad' THEN RAISE EXCEPTION 'refused'; "
+                                "END IF; RETURN NEW; END$$; CREATE TRIGGER refuse BEFORE INSERT "
+                                "ON changes FOR EACH ROW EXECUTE FUNCTION refuse_bad()")
+                  .ok());
+  {
+    auto txn = (*s)->Begin(kT0);
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    Txn& t = **txn;
+    ASSERT_TRUE(t.Savepoint().ok());
+    ASSERT_TRUE(AppendNote(t, "ok1").ok());
+    ASSERT_TRUE(t.ReleaseSavepoint().ok());
+    ASSERT_TRUE(t.Savepoint().ok());
+    ASSERT_TRUE(AppendNote(t, "bad").ok());  // queued: nothing failed yet
+    auto read = t.GetMitigation("m_none");
+    EXPECT_FALSE(read.ok());
+    EXPECT_NE(read.status().message().find("refused"), std::string_view::npos) << read.status();
+    ASSERT_TRUE(t.RollbackToSavepoint().ok());
+    ASSERT_TRUE(t.Savepoint().ok());
+    ASSERT_TRUE(AppendNote(t, "ok2").ok());
+    ASSERT_TRUE(t.ReleaseSavepoint().ok());
+    ASSERT_TRUE(t.Commit().ok());
+  }
+  EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"ok1", "ok2"}));
+  {
+    auto txn = (*s)->Begin(kT0);
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    Txn& t = **txn;
+    ASSERT_TRUE(t.Savepoint().ok());
+    ASSERT_TRUE(AppendNote(t, "ok3").ok());
+    ASSERT_TRUE(AppendNote(t, "bad").ok());
+    ASSERT_TRUE(t.ReleaseSavepoint().ok());
+    absl::Status st = t.Commit();
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message().find("refused"), std::string_view::npos) << st;
+  }
+  EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"ok1", "ok2"}));
+  auto txn = (*s)->Begin(kT0);  // the connection is usable again
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  ASSERT_TRUE(AppendNote(**txn, "ok3").ok());
+  ASSERT_TRUE((*txn)->Commit().ok());
+  EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"ok1", "ok2", "ok3"}));
+}
+
 // A commit that appended changes wakes LISTENers with the new last seq; a commit that
 // appended nothing (or a rollback) sends nothing.
 TEST(PostgresStore, CommitNotifiesTheNewLastSeq) {

@@ -91,6 +91,10 @@ absl::Status Conn::Check(PGresult* r, std::string_view what) {
 }
 
 absl::Status Conn::Exec(std::string_view sql) {
+  if (!deferred_.empty()) {
+    absl::Status flushed = Flush();
+    if (!flushed.ok()) return flushed;
+  }
   std::string s(sql);
   PGresult* r = PQexec(conn_, s.c_str());
   absl::Status st = Check(r, sql.substr(0, 60));
@@ -98,10 +102,117 @@ absl::Status Conn::Exec(std::string_view sql) {
   return st;
 }
 
+absl::Status Conn::Defer(const std::string& sql, std::vector<Param> params) {
+  deferred_.push_back({sql, std::move(params)});
+  if (deferred_.size() > kMaxDeferred) return Flush();
+  return absl::OkStatus();
+}
+
+absl::Status Conn::Flush() {
+  if (deferred_.empty()) return absl::OkStatus();
+  return RunPipeline(nullptr).status();
+}
+
+absl::StatusOr<std::optional<Result>> Conn::RunPipeline(const Statement* last) {
+  std::vector<Statement> stmts = std::move(deferred_);
+  deferred_.clear();
+  ++sends_;
+  if (last != nullptr) stmts.push_back(*last);
+  if (PQenterPipelineMode(conn_) != 1) return ErrorStatus(conn_, nullptr, "pipeline mode");
+  // What each result in the stream answers: a Parse (prepare) or the i-th statement.
+  struct Expect {
+    bool prepare;
+    size_t stmt;
+  };
+  std::vector<Expect> expect;
+  std::vector<std::string> added;  // statements first prepared in this pipeline
+  absl::Status first;
+  for (size_t i = 0; i < stmts.size() && first.ok(); ++i) {
+    const Statement& s = stmts[i];
+    auto it = prepared_.find(s.sql);
+    if (it == prepared_.end()) {
+      std::string name = absl::StrCat("q", ++next_name_);
+      if (PQsendPrepare(conn_, name.c_str(), s.sql.c_str(), 0, nullptr) != 1) {
+        first = ErrorStatus(conn_, nullptr, absl::StrCat("prepare ", s.sql.substr(0, 60)));
+        break;
+      }
+      expect.push_back({true, i});
+      added.push_back(s.sql);
+      it = prepared_.emplace(s.sql, std::move(name)).first;
+    }
+    std::vector<const char*> values;
+    values.reserve(s.params.size());
+    for (const Param& p : s.params) values.push_back(p.null ? nullptr : p.value.c_str());
+    if (PQsendQueryPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
+                            values.data(), nullptr, nullptr, 0) != 1) {
+      first = ErrorStatus(conn_, nullptr, s.sql.substr(0, 60));
+      break;
+    }
+    expect.push_back({false, i});
+  }
+  if (first.ok() && PQpipelineSync(conn_) != 1) first = ErrorStatus(conn_, nullptr, "sync");
+  if (!first.ok()) {
+    // Nothing is known about what the server got: this connection is done.
+    broken_ = true;
+    return first;
+  }
+  std::optional<Result> out;
+  bool failed_prepare = false;
+  for (const Expect& e : expect) {
+    PGresult* r = PQgetResult(conn_);
+    if (r == nullptr) {
+      broken_ = true;
+      return ErrorStatus(conn_, nullptr, "pipeline result");
+    }
+    ExecStatusType st = PQresultStatus(r);
+    const std::string& sql = stmts[e.stmt].sql;
+    if (st == PGRES_PIPELINE_ABORTED) {
+      if (first.ok()) first = absl::AbortedError("postgres: pipeline aborted");
+      if (e.prepare) failed_prepare = true;
+      PQclear(r);
+    } else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      if (first.ok()) {
+        first = ErrorStatus(conn_, r, absl::StrCat(e.prepare ? "prepare " : "", sql.substr(0, 60)));
+      }
+      if (e.prepare) failed_prepare = true;
+      PQclear(r);
+    } else if (!e.prepare && last != nullptr && e.stmt + 1 == stmts.size()) {
+      out.emplace(r);
+    } else {
+      PQclear(r);
+    }
+    if (PGresult* end = PQgetResult(conn_)) {  // each statement's results end with nullptr
+      PQclear(end);
+      broken_ = true;
+      return absl::InternalError("postgres: unexpected extra result in a pipeline");
+    }
+  }
+  PGresult* sync = PQgetResult(conn_);
+  const bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced || PQexitPipelineMode(conn_) != 1) {
+    broken_ = true;
+    return first.ok() ? ErrorStatus(conn_, nullptr, "pipeline sync") : first;
+  }
+  if (failed_prepare) {
+    // Which of this pipeline's Parses the server kept is unknown: prepare them again
+    // under new names when next used.
+    for (const std::string& sql : added) prepared_.erase(sql);
+  }
+  if (!first.ok()) return first;
+  return out;
+}
+
 absl::StatusOr<Result> Conn::Query(const std::string& sql, const std::vector<Param>& params) {
+  if (!deferred_.empty()) {
+    Statement last{sql, params};
+    absl::StatusOr<std::optional<Result>> r = RunPipeline(&last);
+    if (!r.ok()) return r.status();
+    return std::move(**r);
+  }
   auto it = prepared_.find(sql);
   if (it == prepared_.end()) {
-    std::string name = absl::StrCat("q", prepared_.size() + 1);
+    std::string name = absl::StrCat("q", ++next_name_);
     PGresult* r = PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr);
     absl::Status st = Check(r, absl::StrCat("prepare ", sql.substr(0, 60)));
     PQclear(r);
@@ -126,6 +237,10 @@ absl::Status Conn::Stream(const std::string& sql, const std::vector<Param>& para
   // A scan streams as fast as its consumer goes (a backtest over a month of
   // detections): statement_timeout must not cut it off. SET LOCAL ends with the
   // surrounding read transaction.
+  if (!deferred_.empty()) {
+    absl::Status flushed = Flush();
+    if (!flushed.ok()) return flushed;
+  }
   if (InTransaction()) {
     absl::Status st = Exec("SET LOCAL statement_timeout = 0");
     if (!st.ok()) return st;

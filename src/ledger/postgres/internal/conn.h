@@ -1,5 +1,6 @@
 // Test-free internals of the PostgreSQL backend: a libpq connection with a cache of
-// prepared statements, text parameters and SQLSTATE-aware errors.
+// prepared statements, text parameters and SQLSTATE-aware errors, and deferred
+// statements that travel with the next query in one libpq pipeline (one round trip).
 //
 // Thread-safety: a Conn is used by one thread at a time (the pool or the Txn hands it
 // out). Ownership: a Conn owns its PGconn and closes it on destruction.
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,22 +72,53 @@ class Conn {
   //! Runs one or more statements without parameters (simple protocol).
   absl::Status Exec(std::string_view sql);
   //! Runs `sql` as a named prepared statement (prepared on first use on this connection).
+  //! Deferred statements are sent first, in the same pipeline (one round trip); the first
+  //! error among them and `sql` is returned (statements after an error are skipped).
   absl::StatusOr<Result> Query(const std::string& sql, const std::vector<Param>& params = {});
+  //! Queues `sql` (a statement whose result only matters if it fails) to be sent with
+  //! the next Query, Exec, Stream or Flush. Sends the queue when it grows past
+  //! kMaxDeferred; the returned error is then that flush's.
+  absl::Status Defer(const std::string& sql, std::vector<Param> params = {});
+  //! Sends the deferred statements (one round trip); the first error.
+  absl::Status Flush();
+  //! How many statements are deferred; DropDeferred(n) forgets all but the first n.
+  size_t deferred() const { return deferred_.size(); }
+  void DropDeferred(size_t n) {
+    if (n < deferred_.size()) deferred_.resize(n);
+  }
+  //! Forgets the i-th deferred statement (if it is queued).
+  void EraseDeferred(size_t i) {
+    if (i < deferred_.size()) deferred_.erase(deferred_.begin() + static_cast<ptrdiff_t>(i));
+  }
+  static constexpr size_t kMaxDeferred = 512;
+  //! Counts the times the deferred queue was sent: a statement queued at index i while
+  //! sends() was g is still unsent iff sends() is still g.
+  uint64_t sends() const { return sends_; }
   //! Runs `sql` in single-row mode, calling `row` for each row; stops calling it after an
   //! error (the rest of the result is drained). Returns the first error. Inside a
   //! transaction, lifts statement_timeout for the rest of it (long scans).
   absl::Status Stream(const std::string& sql, const std::vector<Param>& params,
                       const std::function<absl::Status(const Result&)>& row);
   //! Whether the connection is usable (not lost).
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  bool ok() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
   //! Whether the server reports we are inside a transaction block (ok or failed).
   bool InTransaction() const;
 
  private:
   explicit Conn(PGconn* c) : conn_(c) {}
+  struct Statement {
+    std::string sql;
+    std::vector<Param> params;
+  };
   absl::Status Check(PGresult* r, std::string_view what);
+  // Sends deferred_ (then `last`, if any) in pipeline mode with one sync; clears deferred_.
+  absl::StatusOr<std::optional<Result>> RunPipeline(const Statement* last);
   PGconn* conn_;
+  bool broken_ = false;  // a pipeline ended in an unknown state: the connection is dropped
+  int64_t next_name_ = 0;
+  uint64_t sends_ = 0;
   absl::flat_hash_map<std::string, std::string> prepared_;  // sql -> statement name
+  std::vector<Statement> deferred_;
 };
 
 //! An error status for a failed result (SQLSTATE in the message; 23505 -> kAlreadyExists,
