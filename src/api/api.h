@@ -55,11 +55,11 @@ struct ApiOptions {
   std::string version = "dev";
   int max_events_batch = 10000;  // events in one POST /v1/events; past it 413
   CounterOptions counters;
-};
-
   // The safeguards' options (config `safeguards:`); unset: workflow::SafeguardOptions
   // defaults overridden by QUELL_SAFEGUARDS_* (workflow::SafeguardOptionsFromEnv).
   std::optional<workflow::SafeguardOptions> safeguards;
+};
+
 // Everything the API uses, borrowed; all must outlive the Api.
 struct ApiDeps {
   ledger::Ledger* ledger = nullptr;

@@ -280,6 +280,15 @@ int Serve(const Flags& flags) {
   api_options.counters.fail_closed = config->counters.fail_closed;
   api_options.counters.lateness = config->counters.lateness;
   api_options.counters.max_keys = config->counters.max_keys;
+  // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc).
+  workflow::SafeguardOptions& sg_options = api_options.safeguards.emplace();
+  const SafeguardsConfig& sg_config = config->safeguards;
+  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
+  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
+  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
+  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
+  if (sg_config.idempotency_retention)
+    sg_options.idempotency_retention = *sg_config.idempotency_retention;
   auto created = api::Api::Create(deps, api_options);
   if (!created.ok()) return Failure(created.status());
   std::unique_ptr<api::Api> api = *std::move(created);
@@ -296,15 +305,6 @@ int Serve(const Flags& flags) {
   so.port = port;
   so.threads = config->threads;
   so.max_body_bytes = config->max_body_bytes;
-  // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc).
-  workflow::SafeguardOptions& sg_options = api_options.safeguards.emplace();
-  const SafeguardsConfig& sg_config = config->safeguards;
-  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
-  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
-  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
-  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
-  if (sg_config.idempotency_retention)
-    sg_options.idempotency_retention = *sg_config.idempotency_retention;
   so.read_timeout = config->read_timeout;
   so.idle_timeout = config->idle_timeout;
   so.shutdown_grace = config->shutdown_grace;
