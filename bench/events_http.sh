@@ -74,7 +74,7 @@ read -r accepted rate ok other p50 p99 sockerr < <(awk '/^EVENTS/{print $2, $3, 
 metrics=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" | grep -E '^quell_velocity_(keys|store_errors_total|fail_open_total)' | tr '\n' ' ')
 if [ "$BACKEND" = redis ]; then
   echo "redis commandstats (calls, usec per call):"
-  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|hincrby|hgetall|hkeys|hsetnx|hdel|pttl|pexpire|mget|eval)' \
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep -E 'cmdstat_(pfcount|pfadd|incrby|hincrby|hgetall|hkeys|hset|hsetnx|hdel|pttl|pexpire|mget|eval)' \
     | sed 's/cmdstat_\([a-z]*\):calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/  \1 \2 calls, \3 us each/'
   redis_cpu=$(awk -v a="$(cpu_s "$REDIS_PID")" -v b="$redis_cpu0" 'BEGIN{printf "%.2f", a - b}')
   echo "redis-server CPU during the run: ${redis_cpu}s ($(awk -v n="$accepted" -v c="$redis_cpu" 'BEGIN{printf "%.0f", (c > 0 ? n / c : 0)}') events per Redis CPU-second)"

@@ -213,55 +213,13 @@ absl::Status ReplyError(const redisReply& r) {
 
 namespace {
 
-// The write script: one EVAL per Record() batch. For each window hash KEYS[i] its ARGV
-// group is: distinct (0/1), the hash's TTL in ms (its newest bucket written here), the
-// oldest bucket a read at `now` sums, the number of buckets m, then m times: the bucket
-// and either its increment (count) or the bucket key's TTL, the number of values and the
-// values (distinct). Only when a bucket is new to the hash does the script extend the
-// hash's TTL (never shortening it) and drop the fields no read can see any more, so a
-// busy key costs one HINCRBY (or PFADD + HSETNX) per bucket and batch.
-constexpr char kWriteScript[] = R"lua(
-local a = 1
+// Drops the fields of window hash KEYS[i] older than bucket ARGV[i] (they have left
+// the window): a hash holds few fields, so HKEYS and the comparison run server side.
+constexpr char kCleanupScript[] = R"lua(
 for i = 1, #KEYS do
-  local k = KEYS[i]
-  local distinct = ARGV[a] == '1'
-  local ttl = tonumber(ARGV[a + 1])
-  local oldest = tonumber(ARGV[a + 2])
-  local m = tonumber(ARGV[a + 3])
-  a = a + 4
-  local fresh = false
-  for j = 1, m do
-    local b = ARGV[a]
-    if distinct then
-      local bttl = ARGV[a + 1]
-      local nv = tonumber(ARGV[a + 2])
-      local bk = k .. ':' .. b
-      local v = a + 3
-      local last = a + 2 + nv
-      while v <= last do
-        local e = math.min(v + 499, last)
-        redis.call('PFADD', bk, unpack(ARGV, v, e))
-        v = e + 1
-      end
-      if redis.call('HSETNX', k, b, '1') == 1 then
-        redis.call('PEXPIRE', bk, bttl)
-        fresh = true
-      end
-      a = last + 1
-    else
-      local n = tonumber(ARGV[a + 1])
-      if redis.call('HINCRBY', k, b, n) == n then fresh = true end
-      a = a + 2
-    end
-  end
-  if fresh then
-    local p = redis.call('PTTL', k)
-    if p < ttl then redis.call('PEXPIRE', k, ttl) end
-    if p >= 0 then
-      for _, f in ipairs(redis.call('HKEYS', k)) do
-        if tonumber(f) < oldest then redis.call('HDEL', k, f) end
-      end
-    end
+  local oldest = tonumber(ARGV[i])
+  for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
+    if tonumber(f) < oldest then redis.call('HDEL', KEYS[i], f) end
   end
 end
 return 0
@@ -348,40 +306,91 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
   }
   if (!ops.empty()) {
-    // Several short scripts in one pipeline rather than one long one: Redis runs a
-    // script to the end before serving anyone else, and replies come back as each ends.
-    constexpr size_t kKeysPerScript = 64;
+    // Round trip 1, plain pipelined commands: per bucket HINCRBY (count) or PFADD +
+    // PEXPIRE of the sketch + HSET of its index field (distinct); per window hash
+    // PEXPIRE NX (a hash this batch created) and PEXPIRE GT (an existing one: extended,
+    // never shortened).
     Commands commands;
-    for (size_t first = 0; first < ops.size(); first += kKeysPerScript) {
-      const size_t last = std::min(ops.size(), first + kKeysPerScript);
-      commands.Begin();
-      commands.Arg("EVAL");
-      commands.Arg(kWriteScript);
-      commands.Arg(static_cast<int64_t>(last - first));
-      for (size_t k = first; k < last; ++k) commands.Arg(ops[k].key);
-      for (size_t k = first; k < last; ++k) {
-        const HashOp& op = ops[k];
-        commands.Arg(op.distinct ? "1" : "0");
-        commands.Arg(op.ttl_ms);
-        commands.Arg(op.oldest);
-        commands.Arg(static_cast<int64_t>(op.buckets.size()));
-        for (const Bucket& x : op.buckets) {
+    for (const HashOp& op : ops) {
+      for (const Bucket& x : op.buckets) {
+        if (op.distinct) {
+          std::string bucket_key = absl::StrCat(op.key, ":", x.bucket);
+          commands.Begin();
+          commands.Arg("PFADD");
+          commands.Arg(bucket_key);
+          for (std::string_view v : x.values) commands.Arg(v);
+          commands.Begin();
+          commands.Arg("PEXPIRE");
+          commands.Arg(bucket_key);
+          commands.Arg(x.ttl_ms);
+          commands.Begin();
+          commands.Arg("HSET");
+          commands.Arg(op.key);
           commands.Arg(x.bucket);
-          if (op.distinct) {
-            commands.Arg(x.ttl_ms);
-            commands.Arg(static_cast<int64_t>(x.values.size()));
-            for (std::string_view v : x.values) commands.Arg(v);
-          } else {
-            commands.Arg(x.n);
-          }
+          commands.Arg("1");
+        } else {
+          commands.Begin();
+          commands.Arg("HINCRBY");
+          commands.Arg(op.key);
+          commands.Arg(x.bucket);
+          commands.Arg(x.n);
         }
       }
+      for (const char* mode : {"NX", "GT"}) {
+        commands.Begin();
+        commands.Arg("PEXPIRE");
+        commands.Arg(op.key);
+        commands.Arg(op.ttl_ms);
+        commands.Arg(mode);
+      }
     }
-    Replies replies;
-    absl::Status s = Execute(commands, replies.items);
-    if (!s.ok()) return s;
-    for (size_t i = 0; i < replies.items.size(); ++i) {
-      if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
+    std::vector<size_t> stale;  // ops whose existing hash just started a new bucket
+    {
+      Replies replies;
+      absl::Status s = Execute(commands, replies.items);
+      if (!s.ok()) return s;
+      size_t r = 0;
+      for (size_t k = 0; k < ops.size(); ++k) {
+        const HashOp& op = ops[k];
+        bool new_bucket = false;
+        for (const Bucket& x : op.buckets) {
+          const size_t field_reply = op.distinct ? r + 2 : r;
+          for (size_t end = r + (op.distinct ? 3 : 1); r < end; ++r) {
+            if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
+          }
+          const redisReply& f = replies[field_reply];
+          if (f.type == REDIS_REPLY_INTEGER && f.integer == (op.distinct ? 1 : x.n)) {
+            new_bucket = true;
+          }
+        }
+        const redisReply& nx = replies[r];
+        for (size_t end = r + 2; r < end; ++r) {
+          if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
+        }
+        const bool existed = nx.type == REDIS_REPLY_INTEGER && nx.integer == 0;
+        if (new_bucket && existed) stale.push_back(k);
+      }
+    }
+    // Round trip 2, only when an existing hash started a new bucket (a busy key, once per
+    // bucket width): drop its fields that have left the window, in short scripts.
+    if (!stale.empty()) {
+      constexpr size_t kKeysPerScript = 64;
+      Commands cleanup;
+      for (size_t first = 0; first < stale.size(); first += kKeysPerScript) {
+        const size_t last = std::min(stale.size(), first + kKeysPerScript);
+        cleanup.Begin();
+        cleanup.Arg("EVAL");
+        cleanup.Arg(kCleanupScript);
+        cleanup.Arg(static_cast<int64_t>(last - first));
+        for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].key);
+        for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].oldest);
+      }
+      Replies replies;
+      absl::Status s = Execute(cleanup, replies.items);
+      if (!s.ok()) return s;
+      for (size_t i = 0; i < replies.items.size(); ++i) {
+        if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
+      }
     }
   }
   if (summary.counted) counted_.fetch_add(summary.counted, std::memory_order_relaxed);

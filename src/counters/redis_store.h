@@ -13,16 +13,19 @@
 // 16K-register merge), instead of touching every bucket key of the window. The braces are
 // a Redis Cluster hash tag: a window's keys share one slot.
 //
-// Expiry and size. Writes run as short Lua scripts (EVAL, 64 window hashes each, all
-// pipelined in one round trip). When a write starts a new bucket in a window hash, the
-// script extends the hash's TTL to the time that bucket leaves the window plus
-// `expire_margin` (never shortening it) and deletes the fields of buckets that have
-// already left the window; a sketch key gets its own TTL when its bucket is created. So
-// keys expire with their windows, a busy hash holds at most the window's buckets (plus
-// those written ahead within max_future_skew), and Redis needs no sweeping.
+// Expiry and size. Writes are plain pipelined commands: per bucket HINCRBY (count) or
+// PFADD + PEXPIRE of the sketch + HSET of its index field (distinct), and per window
+// hash PEXPIRE NX (a hash the batch created) and PEXPIRE GT (an existing one), so a
+// hash's TTL is the time its newest bucket leaves the window plus `expire_margin`, and
+// is never shortened by a late event. When a reply shows that an existing hash started a
+// new bucket (a busy key, once per bucket width), a second round trip runs a short Lua
+// script that deletes the hash's fields of buckets that have left the window. So keys
+// expire with their windows, a busy hash holds at most the window's buckets (plus those
+// written ahead within max_future_skew), and Redis needs no sweeping.
 //
-// Round trips: a Record() batch is one pipelined round trip (observations of the same
-// bucket are first summed into one HINCRBY / one PFADD with several values); a Read()
+// Round trips: a Record() batch is one pipelined round trip, plus the cleanup one when
+// needed (observations of the same bucket are first summed into one HINCRBY / one PFADD
+// with several values); a Read()
 // batch is one round trip, plus one more if it reads distinct windows that hold sketches.
 //
 // Failure: connect_timeout bounds connecting and io_timeout bounds each round trip; on a
