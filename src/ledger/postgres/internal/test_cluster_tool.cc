@@ -5,14 +5,17 @@
 //   stop      pg_ctl stop -m fast           restart   start again (same data and port)
 //   newdb     a fresh database: "ok <connection string>"
 // At end of input (the test ended, or died) it stops the cluster and removes its files.
+// With --durable the cluster keeps PostgreSQL's durable defaults (fsync, synchronous_commit,
+// full_page_writes on: for benchmarks of durable writes); otherwise they are off.
 #include <iostream>
 #include <string>
 
 #include "ledger/postgres/internal/test_cluster.h"
 
-int main() {
+int main(int argc, char** argv) {
   using quell::ledger::pg_internal::TestCluster;
-  auto cluster = TestCluster::Start();
+  const bool durable = argc > 1 && std::string(argv[1]) == "--durable";
+  auto cluster = TestCluster::Start(durable);
   if (!cluster.ok()) {
     std::cout << "error " << cluster.status().message() << std::endl;
     return 1;
