@@ -23,14 +23,18 @@ bool PayloadIsPendingApproval(std::string_view payload) {
 }
 
 absl::Status ReviewQueueTracker::Load(ledger::Store& store) {
+  // Only the pending ones, a page at a time (the store indexes mitigations by state):
+  // not a second scan of every live mitigation at start.
   absl::flat_hash_map<std::string, absl::Time> open;
-  QUELL_RETURN_IF_ERROR(store
-                            .ScanLive([&open](const core::Mitigation& m) {
-                              if (m.state == core::MitigationState::kPendingApproval)
-                                open.emplace(m.id, m.created_at);
-                              return absl::OkStatus();
-                            })
-                            .status());
+  ledger::MitigationQuery q;
+  q.state = core::MitigationState::kPendingApproval;
+  q.limit = 1000;
+  while (true) {
+    QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
+    for (const core::Mitigation& m : page.mitigations) open.emplace(m.id, m.created_at);
+    if (page.next_cursor.empty()) break;
+    q.cursor = std::move(page.next_cursor);
+  }
   absl::MutexLock lock(&mu_);
   open_ = std::move(open);
   return absl::OkStatus();

@@ -33,7 +33,8 @@ namespace quell::api {
 // review).
 class ReviewQueueTracker final : public ledger::ChangeListener {
  public:
-  //! Adds every pending_approval mitigation in `store` (by created_at).
+  //! Adds every pending_approval mitigation in `store` (by created_at), paging through
+  //! ListMitigations by state.
   absl::Status Load(ledger::Store& store);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
