@@ -106,10 +106,13 @@ bool ValidType(std::string_view t) {
 
 std::string_view Str(const rapidjson::Value& v) { return {v.GetString(), v.GetStringLength()}; }
 
-void ReadEvent(const rapidjson::Value& v, const std::string& path, absl::Time now,
+// `batch_index` < 0 for a single event (no "events[i]." prefix in errors); the prefix is
+// only formatted for a rejected item.
+void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
                absl::Duration lateness, EventItem* item) {
   auto fail = [&](std::string field, std::string msg, std::string reason = "invalid") {
-    item->error = absl::StrCat(path.empty() ? "" : absl::StrCat(path, "."), field, ": ", msg);
+    item->error = absl::StrCat(batch_index < 0 ? "" : absl::StrCat("events[", batch_index, "]."),
+                               field, ": ", msg);
     item->reason = std::move(reason);
   };
   if (!v.IsObject()) return fail("event", "must be an object");
@@ -210,15 +213,14 @@ std::string RejectedReply(const EventItem& item) {
   return out;
 }
 
-std::string OutcomesJson(const EventItem& item) {
-  std::string out = absl::StrCat("{\"counted\":", item.counted);
-  if (item.too_late) absl::StrAppend(&out, ",\"too_late\":", item.too_late);
-  if (item.too_early) absl::StrAppend(&out, ",\"too_early\":", item.too_early);
-  if (item.invalid) absl::StrAppend(&out, ",\"invalid\":", item.invalid);
-  if (item.missing) absl::StrAppend(&out, ",\"missing_key\":", item.missing);
-  if (item.unavailable) out += ",\"unavailable\":true";
-  out += '}';
-  return out;
+void AppendOutcomesJson(const EventItem& item, std::string* out) {
+  absl::StrAppend(out, "{\"counted\":", item.counted);
+  if (item.too_late) absl::StrAppend(out, ",\"too_late\":", item.too_late);
+  if (item.too_early) absl::StrAppend(out, ",\"too_early\":", item.too_early);
+  if (item.invalid) absl::StrAppend(out, ",\"invalid\":", item.invalid);
+  if (item.missing) absl::StrAppend(out, ",\"missing_key\":", item.missing);
+  if (item.unavailable) *out += ",\"unavailable\":true";
+  *out += '}';
 }
 
 std::string EvidenceJson(const EventItem& item, std::string_view policy) {
@@ -372,11 +374,11 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
     items.resize(arr.Size());
     for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
       items[i].index = i;
-      ReadEvent(arr[i], absl::StrCat("events[", i, "]"), now, copt.lateness, &items[i]);
+      ReadEvent(arr[i], static_cast<int64_t>(i), now, copt.lateness, &items[i]);
     }
   } else {
     items.resize(1);
-    ReadEvent(doc, "", now, copt.lateness, &items[0]);
+    ReadEvent(doc, -1, now, copt.lateness, &items[0]);
   }
 
   ctx.OffLoop(
@@ -525,6 +527,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
         auto finish = [](Call& call, const std::vector<EventItem>& items,
                          const std::vector<std::string>& detections) {
           std::string body = "{\"results\":[";
+          body.reserve(items.size() * 96);
           bool any_ok = false;
           for (size_t i = 0; i < items.size(); ++i) {
             if (i) body += ',';
@@ -534,8 +537,8 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
               continue;
             }
             any_ok = true;
-            absl::StrAppend(&body, "{\"index\":", i,
-                            ",\"status\":\"accepted\",\"outcomes\":", OutcomesJson(it));
+            absl::StrAppend(&body, "{\"index\":", i, ",\"status\":\"accepted\",\"outcomes\":");
+            AppendOutcomesJson(it, &body);
             if (!detections[i].empty())
               absl::StrAppend(&body, ",\"detections\":[", detections[i], "]");
             body += '}';
