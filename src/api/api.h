@@ -9,6 +9,7 @@
 #define QUELL_API_API_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +72,10 @@ struct ApiDeps {
   obs::Logger* logger = nullptr;             // may be null: no access log
   obs::Tracer* tracer = nullptr;             // may be null: tracing off
   webhooks::Dispatcher* webhooks = nullptr;  // may be null: /v1/webhooks answers 503
+  // Several nodes: the status of the change feed this node's index follows (not OK while
+  // it reconnects or after it stopped: /readyz answers 503 "degraded"). Empty: one node.
+  // Called on request threads until the server stops.
+  std::function<absl::Status()> follower_status;
 };
 
 class Api final : public http::Handler {

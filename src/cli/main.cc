@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -262,7 +263,16 @@ int Serve(const Flags& flags) {
                                                    config->node_name);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
+  // The change feed (--postgres) as /readyz sees it: set once it runs; the server stops
+  // before the feed does.
+  std::atomic<ledger::PostgresChangeFeed*> feed_for_health{nullptr};
   api::ApiDeps deps;
+  if (!postgres_url.empty()) {
+    deps.follower_status = [&feed_for_health]() -> absl::Status {
+      ledger::PostgresChangeFeed* f = feed_for_health.load();
+      return f == nullptr ? absl::UnavailableError("not started") : f->status();
+    };
+  }
   deps.ledger = ledger->get();
   deps.index = &index;
   deps.keys = keys->get();
@@ -297,6 +307,7 @@ int Serve(const Flags& flags) {
     auto started = ledger::FollowLedger(ledger->get(), {.url = postgres_url, .after = index.seq()});
     if (!started.ok()) return Failure(started.status());
     feed = *std::move(started);
+    feed_for_health.store(feed.get());
   }
   if (auto s = PublishInitialPolicies(*config, ledger->get(), logger); !s.ok()) return Failure(s);
 

@@ -428,6 +428,9 @@ class MultiNodeTest(unittest.TestCase):
                 "entity": "user:during-outage", "action": "block", "ttl": "1d", "reason": "x"})
             self.assertEqual(status, 503, body)
             self.assertIn("retry-after", headers)
+            for n in self.nodes:  # not ready: HAProxy takes the node out of rotation
+                status, body, _ = n.request("GET", "/readyz", auth=False)
+                self.assertEqual(status, 503, body)
         finally:
             self.cluster.restart()
         deadline = time.time() + CONVERGE_SECONDS
@@ -443,6 +446,43 @@ class MultiNodeTest(unittest.TestCase):
         for n in self.nodes:
             self.assertEqual(n.index_ids(["user:after-outage"]), {after["id"]})
             self.assertEqual(n.index_ids(["user:during-outage"]), set())
+            while True:  # the store answers, the feed runs: ready again
+                status, body, _ = n.request("GET", "/readyz", auth=False)
+                if status == 200:
+                    break
+                self.assertLess(time.time(), deadline, "not ready again: %r" % body)
+                time.sleep(0.1)
+            self.assertEqual(body["status"], "ready")
+
+    def test_a_stopped_change_feed_makes_readyz_degraded_and_check_keeps_answering(self):
+        a = self.nodes[0]
+        status, m, _ = a.request("POST", "/v1/mitigations", {
+            "entity": "user:before-gap", "action": "block", "ttl": "1d", "reason": "x"})
+        self.assertEqual(status, 201, m)
+        last = self.wait_converged(self.nodes)
+        for n in self.nodes:
+            status, body, _ = n.request("GET", "/readyz", auth=False)
+            self.assertEqual(status, 200, body)
+        # A change after a hole in the seqs (never written by Quell): every feed stops with
+        # data loss rather than skip it.
+        psql(self.url, "INSERT INTO changes (seq, at, kind, actor, subject, entity, payload, "
+                       "prev_hash, hash) VALUES (%d, 0, 0, 'x', 'x', 'user:x', '{}', 'x', 'x'); "
+                       "NOTIFY quell_changes" % (last + 2))
+        deadline = time.time() + CONVERGE_SECONDS
+        for n in self.nodes:
+            while True:
+                status, body, _ = n.request("GET", "/readyz", auth=False)
+                if status == 503:
+                    break
+                self.assertEqual(status, 200, body)
+                self.assertLess(time.time(), deadline, "readyz stayed 200 with a stopped feed")
+                time.sleep(0.1)
+            text = json.dumps(body)
+            self.assertIn("degraded: change feed", text)
+            self.assertIn("expected seq %d" % (last + 1), text)
+            status, body, _ = n.request("GET", "/v1/check?entity=user:before-gap")
+            self.assertEqual(status, 200, body)
+            self.assertEqual([x["id"] for x in body["mitigations"]], [m["id"]])
 
 
 if __name__ == "__main__":
