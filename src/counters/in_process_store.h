@@ -2,12 +2,16 @@
 // memory, so each Quell node counts only the events it receives.
 //
 // Layout. (counter, key) entries are spread over `shards` shards (by a hash of the key),
-// each a mutex and one hash map per counter; an operation locks one shard for a few
-// hundred nanoseconds, so threads rarely meet. An entry holds one ring per declared
-// window (see counters/counter_store.h for the bucket geometry). A ring is stored
-// sparsely: a vector of (bucket, value) sorted by bucket holding only buckets that saw
-// events and can still be read (older ones are dropped on the next write), so an idle
-// key costs little and a busy one at most buckets + max_future_skew / width + 1 slots.
+// each a mutex and one hash map per counter. A read locks one shard for a few hundred
+// nanoseconds; Record() sorts its batch by shard and locks each shard once for that
+// shard's observations (prefetching their hash-map slots), so a batch of n observations
+// takes at most `shards` locks, each held for about n / shards writes. An entry holds
+// one ring per declared window (see counters/counter_store.h for the bucket geometry),
+// all in one slot vector (window after window; small entries inline, without a heap
+// allocation). A ring is stored sparsely: (bucket, value) slots sorted by bucket holding
+// only buckets that saw events and can still be read (older ones are dropped on the next
+// write), so an idle key costs little and a busy one at most
+// buckets + max_future_skew / width + 1 slots per window.
 // Count slots hold an int64; distinct slots hold a HyperLogLog sketch (p = 14, 0.81%
 // standard error; counters/internal/hll.h), and a window read merges its buckets'
 // sketches.
