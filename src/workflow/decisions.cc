@@ -159,6 +159,9 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
   const absl::Time since = now - p.escalation_window;
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
+  // Every live mitigation that could add hits below (this policy's, created in the window,
+  // live hence not shadow) is one of those counted: none counted, none to read.
+  if (hits == 0) return hits;
   std::vector<std::string_view> actions = {p.action};
   for (const engine::EscalationStep& step : p.escalate) {
     if (std::find(actions.begin(), actions.end(), step.action) == actions.end()) {
@@ -235,6 +238,7 @@ absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::P
   const absl::Time since = now - p.escalation_window;
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
+  if (hits == 0) return hits;  // as in PriorHits: no counted mitigation, no live one to read
   ledger::MitigationQuery q;
   q.entity = p.entity;
   q.policy = p.policy;
