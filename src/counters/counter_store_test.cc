@@ -245,6 +245,51 @@ TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
 // Redis keeps a window in one hash (count) or a bucket index hash (distinct): a bucket
 // that has left the window is deleted when the key starts a new bucket, so a key that
 // stays busy does not grow.
+// A node sends each key's PEXPIRE once per deadline; keys lost behind its back (FLUSHALL
+// on a live connection) get their TTLs back on the next write, and reads stay right.
+TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
+  ASSERT_NE(redis, nullptr);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  auto command = [&](const std::string& cmd, const std::string& key) {
+    auto* r = static_cast<redisReply*>(
+        redisCommand(c, "%b %b", cmd.data(), cmd.size(), key.data(), key.size()));
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -100;
+    if (r) freeReplyObject(r);
+    return v;
+  };
+  auto play = [&](std::string value) {
+    std::vector<Observation> batch = {{0, "user:lost", "", clock_.Now()},
+                                      {2, "ip:10.0.0.9", value, clock_.Now()}};
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+  };
+  play("user:a");
+  const int64_t commands_first = redis->Stats().commands;
+  play("user:b");  // same buckets: no PEXPIRE this time
+  const int64_t commands_second = redis->Stats().commands - commands_first;
+  EXPECT_LT(commands_second, commands_first);
+  auto* r = static_cast<redisReply*>(redisCommand(c, "FLUSHALL"));
+  ASSERT_NE(r, nullptr);
+  freeReplyObject(r);
+  play("user:c");
+  const auto& set = store->counters();
+  const int64_t b1h = set.geometry(2)[0].BucketOf(clock_.Now());
+  const std::string sketch = redis->KeyForTest(2, 0, "ip:10.0.0.9", b1h);
+  const std::string index = sketch.substr(0, sketch.rfind(':'));
+  for (const std::string& key :
+       {redis->KeyForTest(0, 0, "user:lost", 0), redis->KeyForTest(0, 1, "user:lost", 0),
+        redis->KeyForTest(0, 2, "user:lost", 0), sketch, index}) {
+    EXPECT_GT(command("PTTL", key), 0) << key;
+  }
+  EXPECT_EQ(CountOf(*store, "user:lost", Minutes(1)), 1);
+  EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.9", Hours(1), clock_.Now()), 1);
+  redisFree(c);
+}
+
 TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
   auto store = Make();
@@ -275,14 +320,20 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   EXPECT_EQ(hlen(plays_1m), 3);  // 2m40s..3m: buckets 2:20, 2:40, 3:00
   EXPECT_EQ(hlen(plays_1h), 4);  // one-minute buckets 0..3
   EXPECT_EQ(hlen(ip_index), 4);
-  // Two hours on, one more event: every older bucket is gone from both hashes.
+  // Two hours on (the fake clock; in real time Redis would have expired the 1h hashes,
+  // and this node's TTL cache takes them as gone, so its first write does not clean
+  // them), one event, and one more a minute later: the second new bucket of a hash the
+  // node knows to exist drops every bucket that left the window.
   clock_.Advance(Hours(2));
-  std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
-                                    {2, "ip:10.0.0.7", "user:late", clock_.Now()}};
-  ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
-  EXPECT_EQ(hlen(plays_1h), 1);
-  EXPECT_EQ(hlen(ip_index), 1);
-  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 11);
+  for (int i = 0; i < 2; ++i) {
+    std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
+                                      {2, "ip:10.0.0.7", "user:late", clock_.Now()}};
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+    if (i == 0) clock_.Advance(Minutes(1));
+  }
+  EXPECT_EQ(hlen(plays_1h), 2);
+  EXPECT_EQ(hlen(ip_index), 2);
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 12);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.7", Hours(1), clock_.Now()), 1);
   redisFree(c);
 }

@@ -32,6 +32,34 @@ struct RedisConn {
   }
 };
 
+// The keys whose TTL this node has set, and to which deadline (unix ms): a write to a
+// key whose TTL is already at least the deadline it needs sends no PEXPIRE. Keyed by a
+// 64-bit hash of the Redis key; cleared when full and whenever a connection is
+// (re)established or fails (Redis may have restarted and lost the keys).
+// Thread-safety: thread-safe.
+class TtlCache {
+ public:
+  static constexpr size_t kMaxEntries = 1 << 20;
+  // The deadline this node last set for `key_hash`, or 0.
+  int64_t Deadline(uint64_t key_hash) ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    auto it = set_.find(key_hash);
+    return it == set_.end() ? 0 : it->second;
+  }
+  void Note(uint64_t key_hash, int64_t deadline_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (set_.size() >= kMaxEntries) set_.clear();
+    int64_t& d = set_[key_hash];
+    d = std::max(d, deadline_ms);
+  }
+  void Clear() {
+    absl::MutexLock lock(&mu);
+    set_.clear();
+  }
+  absl::Mutex mu;
+
+ private:
+  absl::flat_hash_map<uint64_t, int64_t> set_ ABSL_GUARDED_BY(mu);
+};
+
 }  // namespace internal
 
 namespace {
@@ -118,6 +146,7 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
   for (int i = 0; i < options_.connections; ++i) {
     conns_.push_back(std::make_unique<internal::RedisConn>());
   }
+  ttl_cache_ = std::make_unique<internal::TtlCache>();
 }
 
 RedisCounterStore::~RedisCounterStore() = default;
@@ -147,7 +176,8 @@ std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_v
   return out;
 }
 
-absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<void*>& replies) {
+absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<void*>& replies,
+                                        bool* connected) {
   replies.clear();
   internal::RedisConn& conn =
       *conns_[next_conn_.fetch_add(1, std::memory_order_relaxed) % conns_.size()];
@@ -157,6 +187,7 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
     if (conn.ctx) redisFree(conn.ctx);
     conn.ctx = nullptr;
     conn.failed_at = absl::Now();
+    ttl_cache_->Clear();
     for (void* r : replies) freeReplyObject(r);
     replies.clear();
     unavailable_.fetch_add(1, std::memory_order_relaxed);
@@ -179,6 +210,9 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
       return fail("setting the timeout failed");
     }
     reconnects_.fetch_add(1, std::memory_order_relaxed);
+    // Redis may have restarted and lost every key: forget which TTLs are set.
+    ttl_cache_->Clear();
+    if (connected) *connected = true;
   }
   if (commands.AppendTo(conn.ctx) != REDIS_OK) return fail("append failed");
   commands_.fetch_add(static_cast<int64_t>(commands.size()), std::memory_order_relaxed);
@@ -214,16 +248,21 @@ absl::Status ReplyError(const redisReply& r) {
 namespace {
 
 // Drops the fields of window hash KEYS[i] older than bucket ARGV[i] (they have left
-// the window): a hash holds few fields, so HKEYS and the comparison run server side.
+// the window) and sets its TTL to ARGV[#KEYS + i] ms: a hash holds few fields, so HKEYS
+// and the comparison run server side.
 constexpr char kCleanupScript[] = R"lua(
-for i = 1, #KEYS do
+local n = #KEYS
+for i = 1, n do
   local oldest = tonumber(ARGV[i])
   for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
     if tonumber(f) < oldest then redis.call('HDEL', KEYS[i], f) end
   end
+  redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
 end
 return 0
 )lua";
+
+uint64_t KeyHash(std::string_view key) { return std::hash<std::string_view>{}(key); }
 
 }  // namespace
 
@@ -237,20 +276,30 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   struct Bucket {
     int64_t bucket = 0;
     int64_t n = 0;
-    int64_t ttl_ms = 0;  // distinct: the bucket key's TTL
+    int64_t deadline_ms = 0;  // distinct: the sketch key's expiry (unix ms)
+    uint64_t sketch_hash = 0;
+    bool ttl_known = false;  // distinct: this node already set the sketch's TTL
     std::vector<std::string_view> values;
   };
   struct HashOp {
     std::string key;
     bool distinct = false;
-    int64_t ttl_ms = 0;
+    bool ttl_known = false;  // this node already set the hash's TTL to >= deadline_ms
+    bool exists = false;     // this node wrote the hash, and it has not expired since
+    int64_t deadline_ms = 0;
     int64_t oldest = 0;
+    uint64_t hash = 0;
     absl::InlinedVector<Bucket, 1> buckets;
   };
   std::vector<HashOp> ops;                         // in first-seen order
   absl::flat_hash_map<std::string, size_t> index;  // hash key -> position in `ops`
-  const int64_t now_us = absl::ToUnixMicros(now);
+  const int64_t now_ms = absl::ToUnixMillis(now);
   const int64_t margin_ms = absl::ToInt64Milliseconds(options_.expire_margin);
+  const absl::Time newest_accepted = now + options_.time.max_future_skew;
+  // A bucket is read until now >= (b + buckets) * width; its key expires `margin` later.
+  auto deadline_of = [&](const WindowGeometry& g, int64_t b) {
+    return ((b + g.buckets) * g.width_us + 999) / 1000 + margin_ms;
+  };
   RecordSummary summary;
   std::string key;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -286,12 +335,14 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         op.key = key;
         op.distinct = distinct;
         op.oldest = oldest;
+        // A window hash lives until the newest bucket any accepted event can write
+        // (now + max_future_skew) leaves the window: the same for every event of the
+        // batch, never below what an earlier write needed (so a plain PEXPIRE never
+        // shortens it), and unchanged for a whole bucket width.
+        op.deadline_ms = deadline_of(g, g.BucketOf(newest_accepted));
+        op.hash = KeyHash(key);
       }
       HashOp& op = ops[it->second];
-      // The bucket is read until now >= (b + buckets) * width.
-      const int64_t until_us = (b + g.buckets) * g.width_us;
-      const int64_t ttl_ms = (until_us - now_us + 999) / 1000 + margin_ms;
-      op.ttl_ms = std::max(op.ttl_ms, ttl_ms);
       Bucket* bucket = nullptr;
       for (Bucket& x : op.buckets) {
         if (x.bucket == b) bucket = &x;
@@ -299,17 +350,33 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       if (bucket == nullptr) {
         bucket = &op.buckets.emplace_back();
         bucket->bucket = b;
-        bucket->ttl_ms = ttl_ms;
+        bucket->deadline_ms = deadline_of(g, b);
       }
       ++bucket->n;
       if (distinct) bucket->values.push_back(o.value);
     }
   }
   if (!ops.empty()) {
-    // Round trip 1, plain pipelined commands: per bucket HINCRBY (count) or PFADD +
-    // PEXPIRE of the sketch + HSET of its index field (distinct); per window hash
-    // PEXPIRE NX (a hash this batch created) and PEXPIRE GT (an existing one: extended,
-    // never shortened).
+    std::string sketch_key;
+    {
+      absl::ReaderMutexLock lock(&ttl_cache_->mu);
+      for (HashOp& op : ops) {
+        const int64_t set_until = ttl_cache_->Deadline(op.hash);
+        op.ttl_known = set_until >= op.deadline_ms;
+        op.exists = set_until > now_ms;
+        if (!op.distinct) continue;
+        for (Bucket& x : op.buckets) {
+          sketch_key = op.key;
+          absl::StrAppend(&sketch_key, ":", x.bucket);
+          x.sketch_hash = KeyHash(sketch_key);
+          x.ttl_known = ttl_cache_->Deadline(x.sketch_hash) >= x.deadline_ms;
+        }
+      }
+    }
+    // Round trip 1, plain pipelined commands: per bucket HINCRBY (count) or PFADD, a
+    // PEXPIRE of the sketch unless this node already set it, and HSET of its index field
+    // (distinct); per window hash whose TTL this node has not yet set to the deadline,
+    // one PEXPIRE.
     Commands commands;
     for (const HashOp& op : ops) {
       for (const Bucket& x : op.buckets) {
@@ -319,10 +386,14 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           commands.Arg("PFADD");
           commands.Arg(bucket_key);
           for (std::string_view v : x.values) commands.Arg(v);
-          commands.Begin();
-          commands.Arg("PEXPIRE");
-          commands.Arg(bucket_key);
-          commands.Arg(x.ttl_ms);
+          if (!x.ttl_known) {
+            commands.Begin();
+            commands.Arg("PEXPIRE");
+            commands.Arg(bucket_key);
+            commands.Arg(x.deadline_ms - now_ms);
+          }
+          // Always sent: a new field on a known sketch means the keys were lost and
+          // re-created (the sketch's TTL is then set in round trip 2).
           commands.Begin();
           commands.Arg("HSET");
           commands.Arg(op.key);
@@ -336,60 +407,98 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           commands.Arg(x.n);
         }
       }
-      for (const char* mode : {"NX", "GT"}) {
+      if (!op.ttl_known) {
         commands.Begin();
         commands.Arg("PEXPIRE");
         commands.Arg(op.key);
-        commands.Arg(op.ttl_ms);
-        commands.Arg(mode);
+        commands.Arg(op.deadline_ms - now_ms);
       }
     }
-    std::vector<size_t> stale;  // ops whose existing hash just started a new bucket
+    // Ops whose hash this node knows to exist and that just got a new bucket field (a
+    // busy key, once per bucket width): its fields that left the window are dropped, and
+    // its TTL set again (in case the hash was lost and re-created since).
+    std::vector<size_t> stale;
+    std::vector<std::pair<size_t, int64_t>> lost_sketches;  // (op, bucket): TTL to set again
+    bool connected = false;
     {
       Replies replies;
-      absl::Status s = Execute(commands, replies.items);
+      absl::Status s = Execute(commands, replies.items, &connected);
       if (!s.ok()) return s;
       size_t r = 0;
       for (size_t k = 0; k < ops.size(); ++k) {
         const HashOp& op = ops[k];
         bool new_bucket = false;
         for (const Bucket& x : op.buckets) {
-          const size_t field_reply = op.distinct ? r + 2 : r;
-          for (size_t end = r + (op.distinct ? 3 : 1); r < end; ++r) {
+          const size_t n = op.distinct ? (x.ttl_known ? 2 : 3) : 1;
+          const redisReply& f = replies[r + n - 1];
+          for (size_t end = r + n; r < end; ++r) {
             if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
           }
-          const redisReply& f = replies[field_reply];
           if (f.type == REDIS_REPLY_INTEGER && f.integer == (op.distinct ? 1 : x.n)) {
             new_bucket = true;
+            if (op.distinct && x.ttl_known) lost_sketches.push_back({k, x.bucket});
           }
         }
-        const redisReply& nx = replies[r];
-        for (size_t end = r + 2; r < end; ++r) {
+        if (!op.ttl_known) {
           if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
+          ++r;
         }
-        const bool existed = nx.type == REDIS_REPLY_INTEGER && nx.integer == 0;
-        if (new_bucket && existed) stale.push_back(k);
+        // A new connection: Redis may have restarted, so TTLs this node skipped are set.
+        if ((new_bucket && op.exists) || (connected && op.ttl_known)) stale.push_back(k);
       }
     }
-    // Round trip 2, only when an existing hash started a new bucket (a busy key, once per
-    // bucket width): drop its fields that have left the window, in short scripts.
-    if (!stale.empty()) {
-      constexpr size_t kKeysPerScript = 64;
-      Commands cleanup;
-      for (size_t first = 0; first < stale.size(); first += kKeysPerScript) {
-        const size_t last = std::min(stale.size(), first + kKeysPerScript);
-        cleanup.Begin();
-        cleanup.Arg("EVAL");
-        cleanup.Arg(kCleanupScript);
-        cleanup.Arg(static_cast<int64_t>(last - first));
-        for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].key);
-        for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].oldest);
+    // Round trip 2, only when a known hash started a new bucket (a busy key, once per
+    // bucket width) or the connection is new: short cleanup scripts, and the TTLs of
+    // sketches that were skipped but may have been lost (new connection, or a new index
+    // field for a known sketch).
+    Commands cleanup;
+    constexpr size_t kKeysPerScript = 64;
+    for (size_t first = 0; first < stale.size(); first += kKeysPerScript) {
+      const size_t last = std::min(stale.size(), first + kKeysPerScript);
+      cleanup.Begin();
+      cleanup.Arg("EVAL");
+      cleanup.Arg(kCleanupScript);
+      cleanup.Arg(static_cast<int64_t>(last - first));
+      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].key);
+      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].oldest);
+      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].deadline_ms - now_ms);
+    }
+    auto set_sketch_ttl = [&](const HashOp& op, const Bucket& x) {
+      cleanup.Begin();
+      cleanup.Arg("PEXPIRE");
+      cleanup.Arg(absl::StrCat(op.key, ":", x.bucket));
+      cleanup.Arg(x.deadline_ms - now_ms);
+    };
+    if (connected) {
+      for (const HashOp& op : ops) {
+        if (!op.distinct) continue;
+        for (const Bucket& x : op.buckets) {
+          if (x.ttl_known) set_sketch_ttl(op, x);
+        }
       }
+    } else {
+      for (const auto& [k, b] : lost_sketches) {
+        for (const Bucket& x : ops[k].buckets) {
+          if (x.bucket == b) set_sketch_ttl(ops[k], x);
+        }
+      }
+    }
+    if (cleanup.size() > 0) {
       Replies replies;
-      absl::Status s = Execute(cleanup, replies.items);
+      absl::Status s = Execute(cleanup, replies.items, &connected);
       if (!s.ok()) return s;
       for (size_t i = 0; i < replies.items.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
+      }
+    }
+    {
+      absl::MutexLock lock(&ttl_cache_->mu);
+      for (const HashOp& op : ops) {
+        if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
+        if (!op.distinct) continue;
+        for (const Bucket& x : op.buckets) {
+          if (!x.ttl_known) ttl_cache_->Note(x.sketch_hash, x.deadline_ms);
+        }
       }
     }
   }

@@ -13,15 +13,23 @@
 // 16K-register merge), instead of touching every bucket key of the window. The braces are
 // a Redis Cluster hash tag: a window's keys share one slot.
 //
-// Expiry and size. Writes are plain pipelined commands: per bucket HINCRBY (count) or
-// PFADD + PEXPIRE of the sketch + HSET of its index field (distinct), and per window
-// hash PEXPIRE NX (a hash the batch created) and PEXPIRE GT (an existing one), so a
-// hash's TTL is the time its newest bucket leaves the window plus `expire_margin`, and
-// is never shortened by a late event. When a reply shows that an existing hash started a
-// new bucket (a busy key, once per bucket width), a second round trip runs a short Lua
-// script that deletes the hash's fields of buckets that have left the window. So keys
-// expire with their windows, a busy hash holds at most the window's buckets (plus those
-// written ahead within max_future_skew), and Redis needs no sweeping.
+// Expiry and size. A window hash lives until the newest bucket an accepted event can
+// write (bucket of now + max_future_skew) leaves the window, plus `expire_margin`; a
+// sketch until its bucket leaves the window, plus the margin. That deadline only grows
+// with `now`, so a plain PEXPIRE never shortens a TTL, and it changes once per bucket
+// width: each node remembers (a bounded in-memory cache of key hashes) which deadline it
+// last set per key and sends a key's PEXPIRE only when the deadline moved. Writes are
+// plain pipelined commands: per bucket HINCRBY (count) or PFADD + HSET of its index
+// field (+ PEXPIRE of a sketch the node has not set up) (distinct), and per hash at most
+// one PEXPIRE. When a reply shows that a hash the node knows to exist got a new bucket
+// field (a busy key, once per bucket width), a second round trip runs a short Lua script
+// that deletes the hash's fields of buckets that have left the window and sets its TTL
+// again. Keys lost behind a node's back (Redis restarted: the node reconnects and drops
+// its cache; FLUSHALL: a write then creates a field the node took as existing) get their
+// TTLs in that second round trip. So keys expire with their windows, a busy hash holds at
+// most the window's buckets (plus those written ahead within max_future_skew), and Redis
+// needs no sweeping. Run Redis with maxmemory-policy noeviction (an evicted sketch
+// re-created by a node that took its TTL as set would have none).
 //
 // Round trips: a Record() batch is one pipelined round trip, plus the cleanup one when
 // needed (observations of the same bucket are first summed into one HINCRBY / one PFADD
@@ -65,7 +73,8 @@ struct RedisOptions {
 
 namespace internal {
 struct RedisConn;
-}
+class TtlCache;
+}  // namespace internal
 
 class RedisCounterStore final : public CounterStore {
  public:
@@ -97,12 +106,15 @@ class RedisCounterStore final : public CounterStore {
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
                  int64_t bucket) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
-  absl::Status Execute(const Commands& commands, std::vector<void*>& replies);
+  // Sets *connected (if given) when it opened a new connection for them.
+  absl::Status Execute(const Commands& commands, std::vector<void*>& replies,
+                       bool* connected = nullptr);
 
   const CounterSet set_;
   const RedisOptions options_;
   std::vector<std::vector<std::string>> stems_;  // [counter][window]: prefix{name|window|
   std::vector<std::unique_ptr<internal::RedisConn>> conns_;
+  std::unique_ptr<internal::TtlCache> ttl_cache_;  // TTLs this node has set
   std::atomic<uint64_t> next_conn_{0};
   std::atomic<int64_t> counted_{0};
   std::atomic<int64_t> too_late_{0};
