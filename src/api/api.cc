@@ -49,7 +49,7 @@ class Api::Impl {
     internal::AddRollbackRoutes(router_, ctx_);
     internal::AddAppealRoutes(router_, ctx_);
     internal::AddWebhookRoutes(router_, ctx_, ctx_.deps.webhooks);
-    sweeper_.Start();
+    if (ctx_.options.start_background) sweeper_.Start();
     return absl::OkStatus();
   }
 
@@ -114,6 +114,10 @@ void Api::Handle(http::Request request, http::Responder respond) {
 }
 
 void Api::set_ready(bool ready) { impl_->ctx_.ready.store(ready); }
+
+void Api::StartBackground() { impl_->sweeper_.Start(); }
+
+void Api::StopBackground() { impl_->sweeper_.Stop(); }
 
 std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
 

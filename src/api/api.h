@@ -59,6 +59,10 @@ struct ApiOptions {
   // The safeguards' options (config `safeguards:`); unset: workflow::SafeguardOptions
   // defaults overridden by QUELL_SAFEGUARDS_* (workflow::SafeguardOptionsFromEnv).
   std::optional<workflow::SafeguardOptions> safeguards;
+  // The background work that must run on one node at a time (the safeguards' sweeper:
+  // pending approvals that expire, stale idempotency keys). true: Create starts it; false:
+  // the caller does, with StartBackground/StopBackground (several nodes: under a lease).
+  bool start_background = true;
 };
 
 // Everything the API uses, borrowed; all must outlive the Api.
@@ -89,6 +93,10 @@ class Api final : public http::Handler {
 
   //! Readiness: false while draining for shutdown (/readyz answers 503).
   void set_ready(bool ready);
+  //! Starts / stops the background work of ApiOptions::start_background (idempotent;
+  //! StopBackground waits for a sweep in progress). Thread-safe.
+  void StartBackground();
+  void StopBackground();
   //! The action catalog of the active policy set (for other front ends: gRPC).
   std::shared_ptr<const core::ActionCatalog> Catalog() const;
   //! The decision path of POST /v1/detections (for other front ends: gRPC's

@@ -23,9 +23,9 @@ void AddHealthRoutes(Router& router, Context& ctx) {
       }
       if (ctx.deps.follower_status) {
         if (absl::Status feed = ctx.deps.follower_status(); !feed.ok()) {
-          return call.Fail(ApiError::Unavailable(
-              absl::StrCat("degraded: change feed at seq ", ctx.deps.index->seq(), " of ", *seq,
-                           ": ", feed.message())));
+          return call.Fail(ApiError::Unavailable(absl::StrCat("degraded: change feed at seq ",
+                                                              ctx.deps.index->seq(), " of ", *seq,
+                                                              ": ", feed.message())));
         }
       }
       call.Send(200, absl::StrCat("{\"status\":\"ready\",\"seq\":", *seq,

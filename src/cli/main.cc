@@ -299,6 +299,7 @@ int Serve(const Flags& flags) {
   if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
   if (sg_config.idempotency_retention)
     sg_options.idempotency_retention = *sg_config.idempotency_retention;
+  api_options.start_background = postgres_url.empty();  // else: under the lease, below
   auto created = api::Api::Create(deps, api_options);
   if (!created.ok()) return Failure(created.status());
   std::unique_ptr<api::Api> api = *std::move(created);
@@ -342,9 +343,18 @@ int Serve(const Flags& flags) {
   if (postgres_url.empty()) {
     expiry.Start();
   } else {  // several nodes: expiry runs on the one holding the lease (docs/cluster.md)
+    // The same lease runs the API's sweeper (pending approvals expiring, idempotency
+    // purge): one node at a time.
     auto lease = ledger::PostgresLease::Start(
-        {.url = postgres_url, .name = "expiry"},
-        [&expiry](bool held) { held ? expiry.Start() : expiry.Stop(); });
+        {.url = postgres_url, .name = "expiry"}, [&expiry, &api](bool held) {
+          if (held) {
+            expiry.Start();
+            api->StartBackground();
+          } else {
+            expiry.Stop();
+            api->StopBackground();
+          }
+        });
     if (!lease.ok()) return Failure(lease.status());
     expiry_lease = *std::move(lease);
   }

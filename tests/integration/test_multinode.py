@@ -16,7 +16,11 @@ see docs/benchmarks.md, issue 8.
 import http.client
 import json
 import os
+import re
+import shutil
 import signal
+import socket
+import tempfile
 import subprocess
 import threading
 import time
@@ -29,6 +33,8 @@ CLUSTER_BIN = os.environ.get("QUELL_PG_CLUSTER_BIN") or os.path.join(
 
 # Bounds for waiting on convergence: they stop a hung test, they are not timing checks.
 CONVERGE_SECONDS = 120
+HAPROXY_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
+                           "haproxy", "haproxy.cfg")
 
 
 class PgCluster:
@@ -87,9 +93,15 @@ def db_last_seq(url):
     return int(psql(url, "SELECT seq FROM chain_head WHERE id = 1")[0])
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Node(QuellServer):
-    def __init__(self, url, key):
-        super().__init__(extra_args=["--postgres", url])
+    def __init__(self, url, key, env=None):
+        super().__init__(extra_args=["--postgres", url], env=env)
         self.key = key
 
     def start_node(self):
@@ -411,6 +423,124 @@ class MultiNodeTest(unittest.TestCase):
                 "expired"]:
             self.assertLess(time.time(), deadline, "the new holder never expired it")
             time.sleep(0.1)
+
+    def lease_holder(self, nodes):
+        """The node holding the 'expiry' lease (waits until one does)."""
+        by_pid = {n.proc.pid: n for n in nodes}
+        deadline = time.time() + CONVERGE_SECONDS
+        while True:
+            rows = psql(self.url, "SELECT holder FROM leases WHERE name = 'expiry' "
+                                  "AND expires_at > clock_timestamp()")
+            pid = int(rows[0].split(":")[1]) if rows else None
+            if pid in by_pid:
+                return by_pid[pid]
+            self.assertLess(time.time(), deadline, "no node took the expiry lease")
+            time.sleep(0.1)
+
+    def test_the_safeguard_sweeper_runs_on_the_lease_holder_only(self):
+        for n in self.nodes:
+            n.cleanup()
+        env = {"QUELL_SAFEGUARDS_PENDING_TTL": "1s", "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "100ms",
+               "QUELL_SAFEGUARDS_BULK_THRESHOLD": "1"}
+        nodes = [Node(self.url, self.key, env=env) for _ in range(3)]
+        for n in nodes:
+            self.addCleanup(n.cleanup)
+            n.start_node()
+        holder = self.lease_holder(nodes)
+        other = next(n for n in nodes if n is not holder)
+        policies = ("actions:\n  - {name: block, verdict: deny, severity: high, ttl: 7d}\n"
+                    "lists:\n  - {name: vips, protected: true}\n"
+                    "policies:\n  - id: bot\n    on: detection\n"
+                    "    when: detection.type == \"bot\"\n    action: block\n")
+        status, body, _ = other.request("PUT", "/v1/policies", policies,
+                                        headers={"Content-Type": "application/yaml"})
+        self.assertEqual(status, 200, body)
+        status, body, _ = other.request("POST", "/v1/lists/vips/entries", {"add": ["user:vip"]})
+        self.assertEqual(status, 200, body)
+        # A decision on a protected entity waits for approval, and expires after 1 s.
+        status, body, _ = other.request("POST", "/v1/detections", {"detections": [{
+            "id": "d-sweep", "source": "model", "type": "bot", "entity": "user:vip",
+            "score": 0.99, "observed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]})
+        self.assertEqual(status, 200, body)
+        decision = body["results"][0]["decisions"][0]
+        self.assertEqual(decision["state"], "pending_approval", decision)
+        deadline = time.time() + CONVERGE_SECONDS
+        while other.request("GET", "/v1/mitigations/" + decision["mitigation_id"])[1][
+                "state"] != "expired":
+            self.assertLess(time.time(), deadline, "the pending mitigation never expired")
+            time.sleep(0.1)
+        time.sleep(0.5)  # a second sweeper, if one ran, had several more passes
+
+        def expired_count(n):
+            status, text, _ = n.request("GET", "/metrics", auth=False, raw=True)
+            self.assertEqual(status, 200)
+            for line in text.splitlines():
+                if line.startswith("quell_pending_expired_total "):
+                    return float(line.split()[1])
+            self.fail("no quell_pending_expired_total on :%d" % n.port)
+
+        self.assertEqual(expired_count(holder), 1)
+        for n in nodes:
+            if n is not holder:
+                self.assertEqual(expired_count(n), 0, "a node without the lease swept")
+
+    @unittest.skipUnless(shutil.which("haproxy"), "haproxy is not installed (scripts/setup)")
+    def test_deploy_haproxy_config_is_valid_and_balances_the_three_nodes(self):
+        for cfg in (HAPROXY_CFG, os.path.join(os.path.dirname(HAPROXY_CFG), "..", "patroni",
+                                              "haproxy-postgres.cfg")):
+            check = subprocess.run(["haproxy", "-c", "-f", cfg], capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, cfg + ": " + check.stdout + check.stderr)
+        # The shipped file with this test's addresses: a free port, the three nodes.
+        with open(HAPROXY_CFG) as f:
+            cfg = f.read()
+        port = free_port()
+        cfg = cfg.replace("bind :8080", "bind 127.0.0.1:%d" % port)
+        cfg = cfg.replace("bind 127.0.0.1:8404", "bind 127.0.0.1:%d" % free_port())
+        for i, n in enumerate(self.nodes):
+            cfg = re.sub(r"server node%d \S+" % (i + 1), "server node%d 127.0.0.1:%d" % (
+                i + 1, n.port), cfg)
+        with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
+            f.write(cfg)
+        self.addCleanup(os.unlink, f.name)
+        proc = subprocess.Popen(["haproxy", "-db", "-f", f.name], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (proc.kill(), proc.wait()))
+
+        def call(method, path, body=None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request(method, path, json.dumps(body) if body is not None else None,
+                             {"Authorization": "Bearer " + self.key,
+                              "Content-Type": "application/json"})
+                r = conn.getresponse()
+                return r.status, r.read()
+            except OSError as e:
+                return None, str(e)
+            finally:
+                conn.close()
+
+        deadline = time.time() + CONVERGE_SECONDS
+        while call("GET", "/readyz")[0] != 200:  # haproxy up, checks passed
+            self.assertLess(time.time(), deadline, "haproxy never answered /readyz with 200")
+            time.sleep(0.2)
+        ids = []
+        for i in range(6):
+            status, body = call("POST", "/v1/mitigations", {
+                "entity": "user:via-haproxy%d" % i, "action": "block", "ttl": "1d",
+                "reason": "x"})
+            self.assertEqual(status, 201, body)
+            ids.append(json.loads(body)["id"])
+        self.wait_converged(self.nodes)
+        self.nodes[0].kill9()  # out of rotation once its checks fail (inter 1s, fall 2)
+        ok = 0
+        while ok < 10:  # ten checks in a row answered by the survivors
+            status, body = call("GET", "/v1/check?entity=user:via-haproxy0")
+            if status == 200 and json.loads(body)["mitigations"][0]["id"] == ids[0]:
+                ok += 1
+            else:
+                ok = 0
+                self.assertLess(time.time(), deadline, "haproxy kept the dead node: %r" % body)
+                time.sleep(0.2)
 
     def test_postgres_restart_checks_keep_answering_writes_503_then_catch_up(self):
         a, c = self.nodes[0], self.nodes[2]
