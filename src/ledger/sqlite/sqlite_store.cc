@@ -528,6 +528,9 @@ class SqliteTxn final : public Txn {
   }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override;
   int64_t NextSeq() const override { return head_seq_ + 1; }
+  absl::StatusOr<std::optional<Change>> AppendMitigationIfAt(Change change,
+                                                             const core::Mitigation& mitigation,
+                                                             int64_t expected_seq) override;
   absl::Status Savepoint() override;
   absl::Status RollbackToSavepoint() override;
   absl::Status ReleaseSavepoint() override;
@@ -609,9 +612,6 @@ class SqliteTxn final : public Txn {
 class SqliteStore final : public Store {
  public:
   static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(const SqliteOptions& options);
-  absl::StatusOr<std::optional<Change>> AppendMitigationIfAt(Change change,
-                                                             const core::Mitigation& mitigation,
-                                                             int64_t expected_seq) override;
 
   absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) override;
 
@@ -1091,6 +1091,81 @@ absl::Status SqliteTxn::ApplyListChange(const ListChange& lc) {
   return absl::OkStatus();
 }
 
+// One guarded UPDATE of the view's changing columns (state, due_at, seq) instead of
+// Append's read-modify upsert, then the change row: two statements, no read, no parse.
+absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change change,
+                                                                      const core::Mitigation& m,
+                                                                      int64_t expected_seq) {
+  QUELL_RETURN_IF_ERROR(CheckWritable());
+  const int64_t seq = head_seq_ + 1;
+  if (change.kind != ChangeKind::kMitigation) {
+    return absl::InvalidArgumentError("AppendMitigationIfAt takes mitigation changes only");
+  }
+  if (m.seq != seq) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mitigation.seq is ", m.seq, " but this change gets seq ", seq));
+  }
+  if (change.payload.empty()) {
+    core::AppendMitigationJson(m, &change.payload);
+  } else if (change.payload != core::MitigationToJson(m)) {
+    return absl::InvalidArgumentError("change payload differs from the mitigation's JSON");
+  }
+  if (change.subject.empty()) change.subject = m.id;
+  if (change.entity.empty()) change.entity = m.entity.str();
+  const std::string& entity = m.entity.str();
+  QUELL_RETURN_IF_ERROR(
+      Run("UPDATE mitigations SET state = ?2, due_at = ?3, seq = ?4 "
+          "WHERE id = ?1 AND seq = ?5 AND entity = ?6 AND action = ?7 AND created_at = ?8 "
+          "AND source = ?9 AND policy = ?10",
+          [&](Stmt& s) {
+            s.BindTextStatic(1, m.id);
+            s.BindTextStatic(2, core::StateName(m.state));
+            if (m.state == core::MitigationState::kActive) {
+              s.BindTime(3, m.expires_at);
+            } else if (m.state == core::MitigationState::kScheduled) {
+              s.BindTime(3, m.starts_at);
+            } else {
+              s.BindNull(3);
+            }
+            s.BindInt(4, seq);
+            s.BindInt(5, expected_seq);
+            s.BindTextStatic(6, entity);
+            s.BindTextStatic(7, m.action);
+            s.BindTime(8, m.created_at);
+            s.BindTextStatic(9, m.source);
+            s.BindTextStatic(10, m.policy);
+          }));
+  if (db_->changes() == 0) return std::nullopt;  // moved on since it was read: nothing written
+  const size_t mark = undo_.size();
+  undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = expected_seq, .a = m.id});
+  change.seq = seq;
+  change.at = now_;
+  change.prev_hash = head_hash_;
+  change.hash = ChainHash(change);
+  absl::Status st = Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        [&](Stmt& s) {
+                          s.BindInt(1, change.seq);
+                          s.BindTime(2, change.at);
+                          s.BindInt(3, static_cast<int64_t>(change.kind));
+                          s.BindTextStatic(4, change.actor);
+                          s.BindTextStatic(5, change.subject);
+                          s.BindTextStatic(6, change.entity);
+                          s.BindTextStatic(7, change.payload);
+                          s.BindTextStatic(8, change.prev_hash);
+                          s.BindTextStatic(9, change.hash);
+                        });
+  if (!st.ok()) {
+    (void)UndoTo(mark);  // on failure it poisons the Txn; `st` is the error to report
+    TrimUndo();
+    return st;
+  }
+  TrimUndo();
+  head_seq_ = seq;
+  head_hash_ = change.hash;
+  return std::optional<Change>(std::move(change));
+}
+
 absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* mitigation) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
   const int64_t seq = head_seq_ + 1;
@@ -1184,81 +1259,6 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   head_seq_ = seq;
   head_hash_ = change.hash;
   return change;
-}
-
-// One guarded UPDATE of the view's changing columns (state, due_at, seq) instead of
-// Append's read-modify upsert, then the change row: two statements, no read, no parse.
-absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change change,
-                                                                      const core::Mitigation& m,
-                                                                      int64_t expected_seq) {
-  QUELL_RETURN_IF_ERROR(CheckWritable());
-  const int64_t seq = head_seq_ + 1;
-  if (change.kind != ChangeKind::kMitigation) {
-    return absl::InvalidArgumentError("AppendMitigationIfAt takes mitigation changes only");
-  }
-  if (m.seq != seq) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("mitigation.seq is ", m.seq, " but this change gets seq ", seq));
-  }
-  if (change.payload.empty()) {
-    core::AppendMitigationJson(m, &change.payload);
-  } else if (change.payload != core::MitigationToJson(m)) {
-    return absl::InvalidArgumentError("change payload differs from the mitigation's JSON");
-  }
-  if (change.subject.empty()) change.subject = m.id;
-  if (change.entity.empty()) change.entity = m.entity.str();
-  const std::string& entity = m.entity.str();
-  QUELL_RETURN_IF_ERROR(
-      Run("UPDATE mitigations SET state = ?2, due_at = ?3, seq = ?4 "
-          "WHERE id = ?1 AND seq = ?5 AND entity = ?6 AND action = ?7 AND created_at = ?8 "
-          "AND source = ?9 AND policy = ?10",
-          [&](Stmt& s) {
-            s.BindTextStatic(1, m.id);
-            s.BindTextStatic(2, core::StateName(m.state));
-            if (m.state == core::MitigationState::kActive) {
-              s.BindTime(3, m.expires_at);
-            } else if (m.state == core::MitigationState::kScheduled) {
-              s.BindTime(3, m.starts_at);
-            } else {
-              s.BindNull(3);
-            }
-            s.BindInt(4, seq);
-            s.BindInt(5, expected_seq);
-            s.BindTextStatic(6, entity);
-            s.BindTextStatic(7, m.action);
-            s.BindTime(8, m.created_at);
-            s.BindTextStatic(9, m.source);
-            s.BindTextStatic(10, m.policy);
-          }));
-  if (db_->changes() == 0) return std::nullopt;  // moved on since it was read: nothing written
-  const size_t mark = undo_.size();
-  undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = expected_seq, .a = m.id});
-  change.seq = seq;
-  change.at = now_;
-  change.prev_hash = head_hash_;
-  change.hash = ChainHash(change);
-  absl::Status st = Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
-                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        [&](Stmt& s) {
-                          s.BindInt(1, change.seq);
-                          s.BindTime(2, change.at);
-                          s.BindInt(3, static_cast<int64_t>(change.kind));
-                          s.BindTextStatic(4, change.actor);
-                          s.BindTextStatic(5, change.subject);
-                          s.BindTextStatic(6, change.entity);
-                          s.BindTextStatic(7, change.payload);
-                          s.BindTextStatic(8, change.prev_hash);
-                          s.BindTextStatic(9, change.hash);
-                        });
-  if (!st.ok()) {
-    (void)UndoTo(mark);  // on failure it poisons the Txn; `st` is the error to report
-    TrimUndo();
-    return st;
-  }
-  TrimUndo();
-  head_seq_ = seq;
-  head_hash_ = change.hash;
-  return std::optional<Change>(std::move(change));
 }
 
 absl::Status SqliteTxn::Savepoint() {
