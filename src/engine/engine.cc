@@ -187,21 +187,33 @@ Evaluation EvaluateEvent(const policy::PolicySet& set, const Event& e, policy::E
       Arena().Parse(e.attrs_json, &in.attrs);
       attrs_parsed = true;
     }
-    core::Entity target = e.entity;
-    if (!p.target_attr.empty()) {
+    // `target: attrs.x` is parsed (an IP canonicalised) only when it is needed: before
+    // the condition for a partial rollout (membership hashes the target), else only
+    // once the condition matched. Most events match nothing, and the condition does not
+    // read the target.
+    absl::StatusOr<core::Entity> parsed_target;
+    auto parse_target = [&]() -> const core::Entity* {
       const policy::Value* v = in.attrs.Find(p.target_attr);
-      absl::StatusOr<core::Entity> parsed = v != nullptr && v->kind() == policy::ValueKind::kString
-                                                ? core::Entity::Parse(v->string_value())
-                                                : absl::InvalidArgumentError("absent");
-      if (!parsed.ok()) {
+      parsed_target = v != nullptr && v->kind() == policy::ValueKind::kString
+                          ? core::Entity::Parse(v->string_value())
+                          : absl::InvalidArgumentError("absent");
+      if (!parsed_target.ok()) {
         ++out.target_errors;
-        continue;
+        return nullptr;
       }
-      target = *std::move(parsed);
+      return &*parsed_target;
+    };
+    const core::Entity* target = &e.entity;
+    const bool has_target = !p.target_attr.empty();
+    if (p.rollout < 100) {
+      if (has_target && (target = parse_target()) == nullptr) continue;
+      if (!InRollout(p.id, target->str(), p.rollout)) continue;
     }
-    if (p.rollout < 100 && !InRollout(p.id, target.str(), p.rollout)) continue;
-    ++out.policies_evaluated;
     policy::Result r = p.program->Eval(input, env);
+    if (r.matched() && has_target && p.rollout >= 100 && (target = parse_target()) == nullptr) {
+      continue;  // no proposal without a target; not counted as evaluated
+    }
+    ++out.policies_evaluated;
     if (r.outcome == policy::Outcome::kError) ++out.eval_errors;
     if (!r.matched()) continue;
     std::string_view seed = e.id;
@@ -209,7 +221,7 @@ Evaluation EvaluateEvent(const policy::PolicySet& set, const Event& e, policy::E
       if (at_seed.empty()) at_seed = absl::StrCat(absl::ToUnixMicros(e.at));
       seed = at_seed;
     }
-    Proposal prop = MakeProposal(set, p, target, seed, false);
+    Proposal prop = MakeProposal(set, p, *target, seed, false);
     prop.reason = absl::StrCat("policy ", p.id, " (v", set.version(), ") matched ", e.type,
                                " event of ", e.entity.str());
     out.proposals.push_back(std::move(prop));

@@ -75,7 +75,8 @@ struct Evaluation {
   int64_t policies_evaluated = 0;
   int64_t eval_errors = 0;    // `when` conditions that hit a runtime error (counted as false)
   int64_t target_errors = 0;  // event policies whose `target: attrs.x` was absent or not an
-                              // entity (no proposal is made)
+                              // entity when needed (a matched condition, or a partial
+                              // rollout's membership): no proposal is made
 };
 
 //! Evaluates every policy of `set` with `on: detection` and mode enforce or shadow (off is

@@ -276,8 +276,11 @@ policies:
   ev = EvaluateEvent(*set, e, env, kNow);
   EXPECT_THAT(Targets(ev), ElementsAre("self->user:u1", "rnd->user:u1"));
   EXPECT_EQ(ev.target_errors, 1);
-  e.attrs_json = "{}";
+  e.attrs_json = R"({"ms": 10})";
   EXPECT_EQ(EvaluateEvent(*set, e, env, kNow).target_errors, 1);
+  // A condition that does not match needs no target: a bad one is not an error then.
+  e.attrs_json = R"({"ip": "not an entity", "ms": 1})";
+  EXPECT_EQ(EvaluateEvent(*set, e, env, kNow).target_errors, 0);
 
   e.type = "signup";
   EXPECT_THAT(EvaluateEvent(*set, e, env, kNow).proposals, IsEmpty());
