@@ -470,6 +470,22 @@ class ReadPool {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A PostgreSQL array literal of `items`, each element quoted ({"a","b\"c"}).
+std::string TextArray(const std::vector<std::string_view>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char c : items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
+
 class PgStore;
 
 // The one write transaction. Confined to the commit thread. It holds the chain head row
@@ -536,6 +552,74 @@ class PgTxn final : public Txn {
     if (res.Affected() == 0) {
       return absl::AlreadyExistsError(
           absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
+    }
+    return absl::OkStatus();
+  }
+  // A batch of detections in one statement each way (unnest of array parameters).
+  absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
+      const std::vector<DetectionKey>& keys) override {
+    QUELL_RETURN_IF_ERROR(CheckUsable());
+    std::vector<std::optional<std::string>> out(keys.size());
+    if (keys.empty()) return out;
+    std::vector<std::string_view> sources, ids;
+    for (const DetectionKey& k : keys) {
+      sources.push_back(k.source);
+      ids.push_back(k.id);
+    }
+    QUELL_ASSIGN_OR_RETURN(
+        Result r, Track(db_->Query("SELECT k.i, d.reply FROM unnest($1::text[], $2::text[]) "
+                                   "WITH ORDINALITY AS k(source, id, i) JOIN detections d "
+                                   "ON d.source = k.source AND d.id = k.id",
+                                   {P(TextArray(sources)), P(TextArray(ids))})));
+    for (int row = 0; row < r.rows(); ++row) {
+      const int64_t i = r.Int(row, 0) - 1;
+      if (i >= 0 && i < static_cast<int64_t>(out.size())) out[i] = std::string(r.Text(row, 1));
+    }
+    return out;
+  }
+  absl::Status PutDetections(const std::vector<StoredDetection>& ds) override {
+    QUELL_RETURN_IF_ERROR(CheckUsable());
+    if (ds.empty()) return absl::OkStatus();
+    std::vector<std::string_view> source, id, type, entity, score, observed, received, batch, json,
+        reply;
+    std::vector<std::string> numbers;  // the text of the numeric columns
+    numbers.reserve(3 * ds.size());
+    for (const StoredDetection& d : ds) {
+      if (d.source.empty() || d.id.empty()) {
+        return absl::InvalidArgumentError("a detection needs source and id");
+      }
+      source.push_back(d.source);
+      id.push_back(d.id);
+      type.push_back(d.type);
+      entity.push_back(d.entity);
+      numbers.push_back(P(d.score).value);
+      numbers.push_back(PTime(d.observed_at).value);
+      numbers.push_back(PTime(d.received_at).value);
+      batch.push_back(d.batch);
+      json.push_back(d.json);
+      reply.push_back(d.reply);
+    }
+    for (size_t i = 0; i < ds.size(); ++i) {
+      score.push_back(numbers[3 * i]);
+      observed.push_back(numbers[3 * i + 1]);
+      received.push_back(numbers[3 * i + 2]);
+    }
+    QUELL_RETURN_IF_ERROR(Materialize());
+    QUELL_ASSIGN_OR_RETURN(
+        Result res,
+        Track(db_->Query(
+            "INSERT INTO detections (" QUELL_DETECTION_COLUMNS
+            ") SELECT source, id, type, entity, score, observed_at, received_at, batch, json, "
+            "reply FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::float8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[]) "
+            "WITH ORDINALITY AS t(source, id, type, entity, score, observed_at, received_at, "
+            "batch, json, reply, i) ORDER BY i ON CONFLICT DO NOTHING",
+            {P(TextArray(source)), P(TextArray(id)), P(TextArray(type)), P(TextArray(entity)),
+             P(TextArray(score)), P(TextArray(observed)), P(TextArray(received)),
+             P(TextArray(batch)), P(TextArray(json)), P(TextArray(reply))})));
+    if (res.Affected() != static_cast<int64_t>(ds.size())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          ds.size() - res.Affected(), " detection(s) of this batch are already stored"));
     }
     return absl::OkStatus();
   }

@@ -281,6 +281,67 @@ TEST(PostgresStore, AFailedDeferredWriteFailsItsCarrierAndItsSavepointRecovers) 
   EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"ok1", "ok2", "ok3"}));
 }
 
+// The batch detection statements pass their rows as array literals: ids and payloads
+// with quotes, backslashes, commas, braces and non-ASCII come back byte for byte, a key
+// repeated inside one batch is kAlreadyExists, and the batch keeps its order.
+TEST(PostgresStore, DetectionBatchesSurviveArrayQuotingAndRepeats) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::vector<std::string> ids = {"a\"b", "c\\d", "e,f", "{g}", "h i", "NULL", "é\\\"", ""};
+  std::vector<StoredDetection> ds;
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    StoredDetection d;
+    d.source = "src\"1";
+    d.id = ids[i];
+    d.type = "bot";
+    d.entity = "user:x";
+    d.score = 0.25 * static_cast<double>(i);
+    d.observed_at = kT0;  // one instant: ScanDetections orders them by insertion
+    d.received_at = kT0 + absl::Seconds(static_cast<int64_t>(i));
+    d.json = absl::StrCat("{\"id\":\"", i, "\",\"x\":[1,2]}");
+    d.reply = absl::StrCat("{\"r\":\"\\\\", ids[i], "\"}");
+    ds.push_back(d);
+  }
+  auto txn = (*s)->Begin(kT0);
+  ASSERT_TRUE(txn.ok()) << txn.status();
+  ASSERT_TRUE((*txn)->PutDetections(ds).ok());
+  std::vector<DetectionKey> keys;
+  for (const StoredDetection& d : ds) keys.push_back({d.source, d.id});
+  keys.push_back({"src\"1", "absent"});
+  auto replies = (*txn)->GetDetectionReplies(keys);
+  ASSERT_TRUE(replies.ok()) << replies.status();
+  ASSERT_EQ(replies->size(), keys.size());
+  for (size_t i = 0; i < ds.size(); ++i) {
+    ASSERT_TRUE((*replies)[i].has_value()) << i;
+    EXPECT_EQ(*(*replies)[i], ds[i].reply) << i;
+  }
+  EXPECT_FALSE(replies->back().has_value());
+  ASSERT_TRUE((*txn)->Savepoint().ok());
+  StoredDetection twice = ds[0];
+  twice.id = "twice";
+  EXPECT_EQ((*txn)->PutDetections({twice, twice}).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE((*txn)->RollbackToSavepoint().ok());
+  ASSERT_TRUE((*txn)->Commit().ok());
+  std::vector<StoredDetection> scanned;
+  ASSERT_TRUE((*s)->ScanDetections(kT0, kT0 + absl::Seconds(1),
+                                   [&](const StoredDetection& d) {
+                                     scanned.push_back(d);
+                                     return absl::OkStatus();
+                                   })
+                  .ok());
+  ASSERT_EQ(scanned.size(), ds.size());
+  for (size_t i = 0; i < ds.size(); ++i) {
+    EXPECT_EQ(scanned[i].id, ds[i].id);
+    EXPECT_EQ(scanned[i].source, ds[i].source);
+    EXPECT_EQ(scanned[i].json, ds[i].json);
+    EXPECT_DOUBLE_EQ(scanned[i].score, ds[i].score);
+    EXPECT_EQ(scanned[i].received_at, ds[i].received_at);
+  }
+  EXPECT_FALSE((*s)->GetDetection("src\"1", "twice")->has_value());
+}
+
 // A commit that appended changes wakes LISTENers with the new last seq; a commit that
 // appended nothing (or a rollback) sends nothing.
 TEST(PostgresStore, CommitNotifiesTheNewLastSeq) {
