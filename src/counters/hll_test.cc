@@ -85,3 +85,30 @@ TEST(HllMergerTest, UnionOfOverlappingSketches) {
 
 }  // namespace
 }  // namespace quell::counters::internal
+
+namespace quell::counters::internal {
+namespace {
+
+// The cached estimate follows every Add that changes a register, sparse and dense.
+TEST(HllTest, CachedEstimateFollowsAdds) {
+  Hll h;
+  EXPECT_EQ(h.Estimate(), 0);
+  for (int n = 1; n <= 3000; ++n) {
+    h.Add(HashValue(absl::StrCat("v", n)));
+    if (n % 250 == 0 || n < 10) {
+      const int64_t e = h.Estimate();
+      EXPECT_EQ(h.Estimate(), e);
+      EXPECT_NEAR(e, n, std::max(1.0, n * 0.02)) << n;
+    }
+  }
+  EXPECT_TRUE(h.dense());
+  const int64_t before = h.Estimate();
+  h.Add(HashValue("v1"));  // already counted: no register changes
+  EXPECT_EQ(h.Estimate(), before);
+  Hll moved = std::move(h);
+  EXPECT_EQ(moved.Estimate(), before);
+  EXPECT_EQ(h.Estimate(), 0);  // NOLINT(bugprone-use-after-move): a moved-from sketch is empty
+}
+
+}  // namespace
+}  // namespace quell::counters::internal

@@ -82,15 +82,22 @@ void Hll::Add(uint64_t hash) {
   const uint32_t index = IndexOf(hash);
   const uint8_t rank = RankOf(hash);
   if (dense_) {
-    if (dense_[index] < rank) dense_[index] = rank;
+    if (dense_[index] < rank) {
+      dense_[index] = rank;
+      estimate_ = -1;
+    }
     return;
   }
   const uint32_t entry = index << 8 | rank;
   auto it = std::lower_bound(sparse_.begin(), sparse_.end(), index << 8);
   if (it != sparse_.end() && EntryIndex(*it) == index) {
-    if (EntryRank(*it) < rank) *it = entry;
+    if (EntryRank(*it) < rank) {
+      *it = entry;
+      estimate_ = -1;
+    }
     return;
   }
+  estimate_ = -1;
   sparse_.insert(it, entry);
   if (sparse_.size() > kSparseLimit) ToDense();
 }
@@ -107,6 +114,7 @@ size_t Hll::MemoryBytes() const {
 }
 
 int64_t Hll::Estimate() const {
+  if (estimate_ >= 0) return estimate_;
   int counts[kMaxRank + 1] = {};
   if (dense_) {
     for (int i = 0; i < kRegisters; ++i) ++counts[dense_[i]];
@@ -114,7 +122,8 @@ int64_t Hll::Estimate() const {
     counts[0] = kRegisters - static_cast<int>(sparse_.size());
     for (uint32_t e : sparse_) ++counts[EntryRank(e)];
   }
-  return std::llround(EstimateFromHistogram(counts));
+  estimate_ = std::llround(EstimateFromHistogram(counts));
+  return estimate_;
 }
 
 double Hll::EstimateFromHistogram(const int* counts) {

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace quell::counters::internal {
@@ -28,6 +29,10 @@ namespace quell::counters::internal {
 // 64-bit finaliser). Deterministic across processes and runs.
 uint64_t HashValue(std::string_view bytes);
 
+// A HyperLogLog sketch (precision 14), sparse until kSparseLimit registers are set.
+// Estimate() caches its result until an Add() changes a register (as Redis does), so
+// repeated reads of a quiet sketch cost nothing. Thread-compatible: callers serialise
+// every call, Estimate() included (it writes the cache).
 class Hll {
  public:
   static constexpr int kPrecision = 14;
@@ -37,8 +42,19 @@ class Hll {
   static constexpr size_t kSparseLimit = 512;
 
   Hll() = default;
-  Hll(Hll&&) = default;
-  Hll& operator=(Hll&&) = default;
+  Hll(Hll&& o) noexcept
+      : sparse_(std::move(o.sparse_)),
+        dense_(std::move(o.dense_)),
+        estimate_(std::exchange(o.estimate_, -1)) {
+    o.sparse_.clear();
+  }
+  Hll& operator=(Hll&& o) noexcept {
+    sparse_ = std::move(o.sparse_);
+    o.sparse_.clear();
+    dense_ = std::move(o.dense_);
+    estimate_ = std::exchange(o.estimate_, -1);
+    return *this;
+  }
 
   void Add(uint64_t hash);
   bool dense() const { return dense_ != nullptr; }
@@ -63,6 +79,7 @@ class Hll {
 
   std::vector<uint32_t> sparse_;  // sorted by index; entry = index << 8 | rank
   std::unique_ptr<uint8_t[]> dense_;
+  mutable int64_t estimate_ = -1;  // the last Estimate(), -1 once a register changed
 };
 
 // Merges several sketches (the buckets of a window) and estimates the union. Reusable;
