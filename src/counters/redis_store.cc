@@ -79,7 +79,11 @@ class RedisCounterStore::Commands {
     arg_end_.push_back(bytes_.size());
     cmd_end_.back() = arg_end_.size();
   }
-  void Arg(int64_t v) { Arg(SV(absl::StrCat(v))); }
+  void Arg(int64_t v) {
+    absl::StrAppend(&bytes_, v);
+    arg_end_.push_back(bytes_.size());
+    cmd_end_.back() = arg_end_.size();
+  }
   // A key argument built in place by `build(std::string&)`.
   template <typename F>
   void ArgBuilt(F build) {
@@ -89,25 +93,36 @@ class RedisCounterStore::Commands {
   }
   size_t size() const { return cmd_end_.size(); }
 
-  // Appends every command to the context's output buffer.
+  // Appends every command to the context's output buffer, formatted here in Redis's
+  // protocol (RESP) in one buffer and handed over in one call (hiredis would format
+  // and allocate per command).
   int AppendTo(redisContext* ctx) const {
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
+    std::string resp;
+    resp.reserve(bytes_.size() + arg_end_.size() * 8 + cmd_end_.size() * 8);
+    char num[24];
+    auto put_len = [&](char tag, size_t n) {
+      char* end = num + sizeof(num);
+      char* p = end;
+      do {
+        *--p = static_cast<char>('0' + n % 10);
+        n /= 10;
+      } while (n != 0);
+      resp += tag;
+      resp.append(p, static_cast<size_t>(end - p));
+      resp += "\r\n";
+    };
     size_t arg = 0;
     for (size_t c = 0; c < cmd_end_.size(); ++c) {
-      argv.clear();
-      lens.clear();
+      const size_t first = arg;
+      put_len('*', cmd_end_[c] - first);
       for (; arg < cmd_end_[c]; ++arg) {
         const size_t begin = arg == 0 ? 0 : arg_end_[arg - 1];
-        argv.push_back(bytes_.data() + begin);
-        lens.push_back(arg_end_[arg] - begin);
-      }
-      if (redisAppendCommandArgv(ctx, static_cast<int>(argv.size()), argv.data(), lens.data()) !=
-          REDIS_OK) {
-        return REDIS_ERR;
+        put_len('$', arg_end_[arg] - begin);
+        resp.append(bytes_, begin, arg_end_[arg] - begin);
+        resp += "\r\n";
       }
     }
-    return REDIS_OK;
+    return redisAppendFormattedCommand(ctx, resp.data(), resp.size());
   }
 
  private:
