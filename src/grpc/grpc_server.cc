@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -81,11 +82,44 @@ absl::Time DeadlineOf(const ::grpc::ServerContext& ctx) {
   return absl::FromChrono(d);
 }
 
+// One completion queue of the Check path and the thread that polls it. Every operation
+// of a Check or CheckStream call is started through Issue, which refuses once the queue is
+// closed (a queue must not take operations after its Shutdown). Thread-safety: Issue and
+// Close are thread-safe; the queue is polled by `thread` only.
+struct CheckQueue {
+  std::unique_ptr<::grpc::ServerCompletionQueue> cq;
+  std::thread thread;
+  std::mutex mu;
+  bool closed = false;  // guarded by mu
+
+  // Runs `start` (which starts one operation on cq) unless the queue is closed.
+  template <typename F>
+  bool Issue(F&& start) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (closed) return false;
+    start();
+    return true;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu);
+    closed = true;
+    cq->Shutdown();
+  }
+};
+
+// A Check-path call waiting on a CheckQueue; the polling thread calls Proceed with the
+// outcome of its pending operation. Owned by itself (deletes itself when done).
+class CheckCall {
+ public:
+  virtual ~CheckCall() = default;
+  virtual void Proceed(bool ok) = 0;
+};
+
 }  // namespace
 
 class GrpcServer::Impl final
-    : public v1::Enforcement::WithCallbackMethod_CheckStream<
-          v1::Enforcement::WithCallbackMethod_Check<v1::Enforcement::Service>> {
+    : public v1::Enforcement::WithAsyncMethod_CheckStream<
+          v1::Enforcement::WithAsyncMethod_Check<v1::Enforcement::Service>> {
  public:
   Impl(GrpcDeps deps, GrpcOptions options)
       : deps_(std::move(deps)),
@@ -101,9 +135,30 @@ class GrpcServer::Impl final
     builder.AddListeningPort(options_.listen, ::grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(this);
     builder.RegisterService(&detections_);
+    int threads = options_.check_threads;
+    for (int i = 0; i < threads; ++i) {
+      queues_.push_back(std::make_unique<CheckQueue>());
+      queues_.back()->cq = builder.AddCompletionQueue();
+    }
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port_ == 0) {
+      for (auto& q : queues_) {
+        q->Close();
+        void* tag;
+        bool ok;
+        while (q->cq->Next(&tag, &ok)) {
+        }
+      }
       return absl::UnavailableError(absl::StrCat("gRPC cannot listen on ", options_.listen));
+    }
+    for (auto& q : queues_) {
+      UnaryCheck::Spawn(this, q.get());
+      StreamCheck::Spawn(this, q.get());
+      q->thread = std::thread([cq = q.get()] {
+        void* tag;
+        bool ok;
+        while (cq->cq->Next(&tag, &ok)) static_cast<CheckCall*>(tag)->Proceed(ok);
+      });
     }
     return absl::OkStatus();
   }
@@ -118,25 +173,16 @@ class GrpcServer::Impl final
       server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
       server_->Wait();
     }
+    // Only now (gRPC's rule): the queues take no more operations, their threads see the
+    // remaining completions (each call deletes itself) and end.
+    for (auto& q : queues_) q->Close();
+    for (auto& q : queues_) {
+      if (q->thread.joinable()) q->thread.join();
+    }
     slot_->Detach();
   }
 
   // ---- Enforcement ----
-
-  ::grpc::ServerUnaryReactor* Check(::grpc::CallbackServerContext* ctx,
-                                    const v1::CheckRequest* request,
-                                    v1::CheckResponse* response) override {
-    ::grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    absl::Status s = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck).status();
-    if (s.ok()) s = DoCheck(*request, response);
-    reactor->Finish(ToGrpc(s));
-    return reactor;
-  }
-
-  ::grpc::ServerBidiReactor<v1::CheckRequest, v1::CheckResponse>* CheckStream(
-      ::grpc::CallbackServerContext* ctx) override {
-    return new CheckStreamReactor(this, ctx);
-  }
 
   ::grpc::Status Watch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
                        ::grpc::ServerWriter<v1::Change>* writer) override {
@@ -182,45 +228,122 @@ class GrpcServer::Impl final
   }
 
  private:
-  // One CheckStream call: read a request, answer it, read the next. Runs on gRPC's
-  // callback threads; deletes itself when the call is done.
-  class CheckStreamReactor final
-      : public ::grpc::ServerBidiReactor<v1::CheckRequest, v1::CheckResponse> {
+  // One Enforcement.Check call, from its arrival to its answer, all on its queue's
+  // thread: authorize, look up, finish. Deletes itself when the answer is sent.
+  class UnaryCheck final : public CheckCall {
    public:
-    CheckStreamReactor(Impl* owner, ::grpc::CallbackServerContext* ctx) : owner_(owner) {
-      absl::Status s = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kCheck).status();
-      if (!s.ok()) {
-        Finish(ToGrpc(s));
+    // Waits for the next Check call on `q` (nothing if the queue is closed).
+    static void Spawn(Impl* owner, CheckQueue* q) {
+      auto* call = new UnaryCheck(owner, q);
+      if (!q->Issue([&] {
+            owner->RequestCheck(&call->ctx_, &call->request_, &call->responder_, q->cq.get(),
+                                q->cq.get(), call);
+          })) {
+        delete call;
+      }
+    }
+    void Proceed(bool ok) override {
+      if (!ok || finishing_) {  // no call (the server stops), or the answer went out
+        delete this;
         return;
       }
-      StartRead(&request_);
-    }
-    void OnReadDone(bool ok) override {
-      if (!ok) {  // the client finished writing (or the call broke)
-        Finish(::grpc::Status::OK);
-        return;
+      Spawn(owner_, q_);  // the next call
+      absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
+      if (s.ok()) s = owner_->DoCheck(request_, &response_);
+      finishing_ = true;
+      if (!q_->Issue([&] {
+            if (s.ok()) {
+              responder_.Finish(response_, ::grpc::Status::OK, this);
+            } else {
+              responder_.FinishWithError(ToGrpc(s), this);
+            }
+          })) {
+        delete this;
       }
-      response_.Clear();
-      absl::Status s = owner_->DoCheck(request_, &response_);
-      if (!s.ok()) {
-        response_.Clear();
-        response_.set_error(std::string(SV(s.message())));
-      }
-      StartWrite(&response_);
     }
-    void OnWriteDone(bool ok) override {
-      if (!ok) {
-        Finish(::grpc::Status::CANCELLED);
-        return;
-      }
-      StartRead(&request_);
-    }
-    void OnDone() override { delete this; }
 
    private:
+    UnaryCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), responder_(&ctx_) {}
     Impl* owner_;
+    CheckQueue* q_;
+    ::grpc::ServerContext ctx_;
     v1::CheckRequest request_;
     v1::CheckResponse response_;
+    ::grpc::ServerAsyncResponseWriter<v1::CheckResponse> responder_;
+    bool finishing_ = false;
+  };
+
+  // One CheckStream call: read a request, answer it, read the next, each step on its
+  // queue's thread (no hand-off to another thread). Deletes itself when the call is done.
+  class StreamCheck final : public CheckCall {
+   public:
+    static void Spawn(Impl* owner, CheckQueue* q) {
+      auto* call = new StreamCheck(owner, q);
+      if (!q->Issue([&] {
+            owner->RequestCheckStream(&call->ctx_, &call->stream_, q->cq.get(), q->cq.get(), call);
+          })) {
+        delete call;
+      }
+    }
+    void Proceed(bool ok) override {
+      switch (state_) {
+        case State::kArriving: {
+          if (!ok) break;  // the server stops
+          Spawn(owner_, q_);
+          absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
+          if (!s.ok()) {
+            Finish(ToGrpc(s));
+            return;
+          }
+          Read();
+          return;
+        }
+        case State::kReading: {
+          if (!ok) {  // the client finished writing (or the call broke)
+            Finish(::grpc::Status::OK);
+            return;
+          }
+          response_.Clear();
+          absl::Status s = owner_->DoCheck(request_, &response_);
+          if (!s.ok()) {
+            response_.Clear();
+            response_.set_error(std::string(SV(s.message())));
+          }
+          state_ = State::kWriting;
+          if (q_->Issue([&] { stream_.Write(response_, this); })) return;
+          break;
+        }
+        case State::kWriting:
+          if (!ok) {
+            Finish(::grpc::Status::CANCELLED);
+            return;
+          }
+          Read();
+          return;
+        case State::kFinishing:
+          break;
+      }
+      delete this;
+    }
+
+   private:
+    enum class State { kArriving, kReading, kWriting, kFinishing };
+    StreamCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), stream_(&ctx_) {}
+    void Read() {
+      state_ = State::kReading;
+      if (!q_->Issue([&] { stream_.Read(&request_, this); })) delete this;
+    }
+    void Finish(const ::grpc::Status& status) {
+      state_ = State::kFinishing;
+      if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
+    }
+    Impl* owner_;
+    CheckQueue* q_;
+    State state_ = State::kArriving;
+    ::grpc::ServerContext ctx_;
+    v1::CheckRequest request_;
+    v1::CheckResponse response_;
+    ::grpc::ServerAsyncReaderWriter<v1::CheckResponse, v1::CheckRequest> stream_;
   };
 
   // Detections.Submit: reads the stream, applies it in chunks of options_.submit_chunk
@@ -389,6 +512,8 @@ class GrpcServer::Impl final
   internal::SeqNotifier notifier_;
   ListenerSlot* slot_;  // never freed: see ListenerSlot
   DetectionsImpl detections_{this};
+  // Check's queues and their threads; they outlive server_ (gRPC's rule).
+  std::vector<std::unique_ptr<CheckQueue>> queues_;
   std::unique_ptr<::grpc::Server> server_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
