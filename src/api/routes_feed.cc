@@ -59,11 +59,12 @@ class SnapshotStream {
   static constexpr int kMaxConcurrent = 4;
 
   // Null when kMaxConcurrent snapshots are already being produced.
-  static std::shared_ptr<SnapshotStream> Start(Context& ctx) {
+  // `enforcement`: each line holds only id, entity, action, state and expires_at.
+  static std::shared_ptr<SnapshotStream> Start(Context& ctx, bool enforcement) {
     if (!ctx.background.TryEnter(kMaxConcurrent)) return nullptr;
     auto state = std::make_shared<State>();
-    std::thread([state, &ctx] {
-      Produce(*state, ctx.deps.ledger->store());
+    std::thread([state, &ctx, enforcement] {
+      Produce(*state, ctx.deps.ledger->store(), enforcement);
       ctx.background.Exit();
     }).detach();
     return std::shared_ptr<SnapshotStream>(new SnapshotStream(std::move(state)));
@@ -108,19 +109,38 @@ class SnapshotStream {
     return true;
   }
 
-  static void Produce(State& st, ledger::Store& store) {
+  static void Produce(State& st, ledger::Store& store, bool enforcement) {
     std::string buf;
     buf.reserve(kChunkBytes + 4096);
-    auto result = store.ScanActiveJson(
-        [&buf](int64_t seq) { absl::StrAppend(&buf, "{\"seq\":", seq, "}\n"); },
-        [&](std::string_view json) -> absl::Status {
-          buf.append(json);
-          buf.push_back('\n');
-          if (buf.size() >= kChunkBytes && !Push(st, &buf)) {
-            return absl::CancelledError("client went away");
-          }
-          return absl::OkStatus();
-        });
+    auto header = [&buf](int64_t seq) { absl::StrAppend(&buf, "{\"seq\":", seq, "}\n"); };
+    auto line_done = [&]() -> absl::Status {
+      buf.push_back('\n');
+      if (buf.size() >= kChunkBytes && !Push(st, &buf)) {
+        return absl::CancelledError("client went away");
+      }
+      return absl::OkStatus();
+    };
+    absl::StatusOr<int64_t> result;
+    if (enforcement) {
+      result = store.ScanActiveEntries(header, [&](const ledger::Store::ActiveEntry& e) {
+        buf += "{\"id\":";
+        core::AppendJsonString(e.id, &buf);
+        buf += ",\"entity\":";
+        core::AppendJsonString(e.entity, &buf);
+        buf += ",\"action\":";
+        core::AppendJsonString(e.action, &buf);
+        buf += ",\"state\":\"active\",\"expires_at\":\"";
+        char time[core::kRfc3339MaxBytes];
+        buf += core::FormatRfc3339To(e.expires_at, time);
+        buf += "\"}";
+        return line_done();
+      });
+    } else {
+      result = store.ScanActiveJson(header, [&](std::string_view json) {
+        buf.append(json);
+        return line_done();
+      });
+    }
     if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
       buf += ErrorJson(ApiError::FromStatus(result.status()));
       buf += '\n';
@@ -154,8 +174,15 @@ void AddFeedRoutes(Router& router, Context& ctx) {
   // with /v1/changes?after=N a client keeps an exact copy. Streamed: a producer thread
   // scans the store into a bounded queue of chunks that the connection drains, so a
   // million mitigations never sit in memory at once and the first bytes leave at once.
+  // ?view=enforcement: only what enforcing takes (id, entity, action, state, expires_at),
+  // a quarter of the bytes; what quell::client's mirror loads.
   router.Add("GET", "/v1/snapshot", Access::Bearer(Permission::kCheck), [&ctx](Call&& call) {
-    auto stream = SnapshotStream::Start(ctx);
+    if (auto e = OnlyParams(call.req, {"view"})) return call.Fail(*e);
+    const std::string_view view = call.req.QueryParam("view").value_or("");
+    if (!view.empty() && view != "full" && view != "enforcement") {
+      return call.Fail(ApiError::Field("view", "must be full or enforcement"));
+    }
+    auto stream = SnapshotStream::Start(ctx, view == "enforcement");
     if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
     http::Response r;
     r.content_type = "application/x-ndjson";

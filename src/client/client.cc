@@ -247,8 +247,8 @@ class Client::Impl {
     const absl::Time requested = absl::Now();
     absl::Time first_byte = absl::InfiniteFuture();
     int64_t bytes = 0;
-    auto code = conn_.Get("/v1/snapshot", authorization_, options_.snapshot_timeout,
-                          [&](std::string_view piece) -> absl::Status {
+    auto code = conn_.Get("/v1/snapshot?view=enforcement", authorization_,
+                          options_.snapshot_timeout, [&](std::string_view piece) -> absl::Status {
                             if (bytes == 0) first_byte = absl::Now();
                             bytes += static_cast<int64_t>(piece.size());
                             if (conn_.status_code() != 200) {

@@ -250,6 +250,25 @@ class Store {
   virtual absl::StatusOr<int64_t> ScanActiveJson(
       const std::function<void(int64_t seq)>& start,
       const std::function<absl::Status(std::string_view json)>& fn) = 0;
+  //! What enforcing an active mitigation takes (GET /v1/snapshot?view=enforcement):
+  //! the views are valid only during the callback.
+  struct ActiveEntry {
+    std::string_view id;
+    std::string_view entity;
+    std::string_view action;
+    absl::Time expires_at;
+  };
+  //! As ScanActiveJson, but only the enforcement fields of each ACTIVE mitigation. The
+  //! default parses the stored JSON; a backend may read its columns directly.
+  virtual absl::StatusOr<int64_t> ScanActiveEntries(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const ActiveEntry&)>& fn) {
+    return ScanActiveJson(start, [&fn](std::string_view json) -> absl::Status {
+      absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(json);
+      if (!m.ok()) return m.status();
+      return fn(ActiveEntry{m->id, m->entity.str(), m->action, m->expires_at});
+    });
+  }
   //! Up to `limit` live mitigations whose next transition is due at `now`: active ones
   //! with expires_at <= now, scheduled ones with starts_at <= now.
   virtual absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) = 0;

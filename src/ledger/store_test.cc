@@ -5,9 +5,11 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ledger/internal/test_backends.h"
@@ -462,6 +464,48 @@ TEST_P(StoreTest, ScanActiveJsonGivesTheStoredRecordsOfActiveOnes) {
   ASSERT_OK(seq);
   EXPECT_EQ(*seq, 9);
   EXPECT_EQ(started, 9);
+  EXPECT_EQ(seen, active);
+}
+
+TEST_P(StoreTest, ScanActiveEntriesGivesTheEnforcementFieldsOfActiveOnes) {
+  using S = core::MitigationState;
+  std::map<std::string, std::string> active;  // id -> "entity action expires_us"
+  auto txn = Begin();
+  for (int i = 0; i < 9; ++i) {
+    S state = i % 3 == 0 ? S::kActive : (i % 3 == 1 ? S::kScheduled : S::kRevoked);
+    core::Mitigation m =
+        MakeMitigation(i, i == 3 ? "cidr:10.0.0.0/8" : "user:k" + std::to_string(i),
+                       i == 6 ? "throttle" : "block", state);
+    m.expires_at = kT0 + absl::Seconds(100 + i);
+    ASSERT_OK(AppendMitigation(*txn, &m));
+    if (state == S::kActive) {
+      active[m.id] = absl::StrCat(m.entity.str(), " ", m.action, " ", core::ToMicros(m.expires_at));
+    }
+  }
+  ASSERT_OK(V(txn->Commit()));
+  // A later revoke of an active one: the scan sees the latest state.
+  auto gone = store_->GetMitigation(active.begin()->first);
+  ASSERT_OK(gone);
+  ASSERT_TRUE(gone->has_value());
+  core::Mitigation revoked = **gone;
+  revoked.state = S::kRevoked;
+  auto txn2 = Begin();
+  ASSERT_OK(AppendMitigation(*txn2, &revoked));
+  ASSERT_OK(V(txn2->Commit()));
+  active.erase(revoked.id);
+
+  std::map<std::string, std::string> seen;
+  int64_t started = -1;
+  auto seq = store_->ScanActiveEntries([&](int64_t s) { started = s; },
+                                       [&](const Store::ActiveEntry& e) -> absl::Status {
+                                         seen[std::string(e.id)] =
+                                             absl::StrCat(AV(e.entity), " ", AV(e.action), " ",
+                                                          core::ToMicros(e.expires_at));
+                                         return absl::OkStatus();
+                                       });
+  ASSERT_OK(seq);
+  EXPECT_EQ(*seq, 10);
+  EXPECT_EQ(started, 10);
   EXPECT_EQ(seen, active);
 }
 

@@ -228,6 +228,18 @@ class ApiTest(unittest.TestCase):
         ids = {json.loads(l)["id"] for l in lines[1:]}
         self.assertIn(m["id"], ids)
         self.assertTrue(all(json.loads(l)["state"] == "active" for l in lines[1:]))
+        # view=enforcement: the same mitigations, only the fields enforcing takes.
+        full = {json.loads(l)["id"]: json.loads(l) for l in lines[1:]}
+        status, text, _ = self.q.request("GET", "/v1/snapshot?view=enforcement", raw=True)
+        self.assertEqual(status, 200)
+        slim = text.strip().split("\n")
+        self.assertEqual(json.loads(slim[0]), head)
+        fields = ("id", "entity", "action", "state", "expires_at")
+        self.assertEqual({json.loads(l)["id"]: json.loads(l) for l in slim[1:]},
+                         {i: {f: m[f] for f in fields} for i, m in full.items()})
+        status, body, _ = self.q.request("GET", "/v1/snapshot?view=everything")
+        self.assertEqual(status, 400)
+        self.assertIn("view", json.dumps(body))
 
     def test_audit_route_chains(self):
         self.create("user:audit1")

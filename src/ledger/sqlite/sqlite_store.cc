@@ -630,6 +630,9 @@ class SqliteStore final : public Store {
   absl::StatusOr<int64_t> ScanActiveJson(
       const std::function<void(int64_t seq)>& start,
       const std::function<absl::Status(std::string_view json)>& fn) override;
+  absl::StatusOr<int64_t> ScanActiveEntries(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const ActiveEntry&)>& fn) override;
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override;
   absl::StatusOr<std::optional<absl::Time>> NextDue() override;
   absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override;
@@ -1486,6 +1489,29 @@ absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
       if (!row) break;
       QUELL_RETURN_IF_ERROR(fn(use->ColumnText(0)));
+    }
+    return seq;
+  });
+}
+
+// The view's columns only (due_at is expires_at for an active mitigation): no join with
+// the changes table, no JSON.
+absl::StatusOr<int64_t> SqliteStore::ScanActiveEntries(
+    const std::function<void(int64_t seq)>& start,
+    const std::function<absl::Status(const ActiveEntry&)>& fn) {
+  return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
+    start(seq);
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s,
+        db.Prepare("SELECT id, entity, action, due_at FROM mitigations WHERE state = 'active'"));
+    StmtUse use(s);
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      QUELL_RETURN_IF_ERROR(
+          fn(ActiveEntry{use->ColumnText(0), use->ColumnText(1), use->ColumnText(2),
+                         use->ColumnIsNull(3) ? absl::InfiniteFuture() : use->ColumnTime(3)}));
     }
     return seq;
   });
