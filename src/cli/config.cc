@@ -301,6 +301,16 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
           c.synchronous_full = s == "full";
         }
       } else if (key == "http") {
+        if (!v.IsMap()) {
+          return absl::InvalidArgumentError(absl::StrCat(path, ": http must be a mapping"));
+        }
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          const std::string k = m->first.as<std::string>();
+          if (k != "max_body_bytes" && k != "access_log" && k != "read_timeout" &&
+              k != "idle_timeout" && k != "shutdown_grace") {
+            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"http.", k, "\""));
+          }
+        }
         if (v["max_body_bytes"]) c.max_body_bytes = v["max_body_bytes"].as<size_t>();
         if (v["access_log"]) c.access_log = v["access_log"].as<bool>();
         for (auto [name, field] : {std::pair{"read_timeout", &c.read_timeout},

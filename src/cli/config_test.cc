@@ -43,6 +43,11 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   ASSERT_FALSE(bad_ttl.ok());
   EXPECT_NE(bad_ttl.status().message().find("actions[0].ttl"), absl::string_view::npos);
   EXPECT_FALSE(LoadConfigFile(WriteTemp("store: {synchronous: sometimes}\n"), Config{}).ok());
+  auto http_typo = LoadConfigFile(WriteTemp("http: {acess_log: false}\n"), Config{});
+  ASSERT_FALSE(http_typo.ok());
+  EXPECT_NE(http_typo.status().message().find("http.acess_log"), absl::string_view::npos);
+  EXPECT_TRUE(
+      LoadConfigFile(WriteTemp("http: {access_log: false, read_timeout: 5s}\n"), Config{}).ok());
   EXPECT_FALSE(LoadConfigFile(WriteTemp("[1, 2"), Config{}).ok());
   EXPECT_FALSE(LoadConfigFile("/nonexistent/quell.yaml", Config{}).ok());
 }
