@@ -2,11 +2,12 @@
 // multiplexes them), for a fixed time. Prints checks/s, errors and latency percentiles.
 //   --mode unary  : N unary Enforcement.Check calls in flight (async client API);
 //   --mode stream : N Enforcement.CheckStream streams, each one request in flight
-//                   (ping-pong; async client API, one thread). The default.
+//                   (ping-pong; async client API on T threads, each with its own
+//                   completion queue and every T-th stream; default 1). The default.
 //
 //   grpc_check_bench --target 127.0.0.1:50051 --key KEY [--concurrency 32]
 //                    [--seconds 10] [--entities user:a,ip:10.0.0.1] [--channels 1]
-//                    [--server-pid PID] [--mode stream|unary]
+//                    [--server-pid PID] [--mode stream|unary] [--threads T]
 //
 // On a shared machine the wall-clock rate depends on what else runs; with --server-pid
 // the bench also prints the server's and its own CPU seconds, and the calls per server
@@ -43,6 +44,7 @@ struct Args {
   int concurrency = 32;
   int seconds = 10;
   int channels = 1;
+  int threads = 1;  // stream mode: client completion queues / threads
   int server_pid = 0;
   std::string mode = "stream";
   std::vector<std::string> entities;
@@ -180,6 +182,8 @@ int main(int argc, char** argv) {
       a.concurrency = std::atoi(v.c_str());
     } else if (f == "--seconds") {
       a.seconds = std::atoi(v.c_str());
+    } else if (f == "--threads") {
+      a.threads = std::atoi(v.c_str());
     } else if (f == "--channels") {
       a.channels = std::atoi(v.c_str());
     } else if (f == "--mode") {
@@ -198,7 +202,8 @@ int main(int argc, char** argv) {
       return Usage();
     }
   }
-  if (a.key.empty() || a.concurrency < 1 || a.seconds < 1 || a.channels < 1) return Usage();
+  if (a.key.empty() || a.concurrency < 1 || a.seconds < 1 || a.channels < 1 || a.threads < 1)
+    return Usage();
   if (a.entities.empty()) {
     for (int i = 0; i < 1000; ++i) a.entities.push_back("user:bench-" + std::to_string(i));
   }
@@ -257,14 +262,32 @@ int main(int argc, char** argv) {
   void* tag;
   bool got;
   if (a.mode == "stream") {
+    // --threads T: T completion queues, each with its own thread and every T-th stream.
+    std::vector<std::unique_ptr<::grpc::CompletionQueue>> queues;
+    for (int t = 0; t < a.threads; ++t)
+      queues.push_back(std::make_unique<::grpc::CompletionQueue>());
     std::vector<std::unique_ptr<StreamCaller>> callers;
     for (int s = 0; s < a.concurrency; ++s) {
-      callers.push_back(std::make_unique<StreamCaller>(stubs[s % stubs.size()].get(), &cq, bearer,
+      callers.push_back(std::make_unique<StreamCaller>(stubs[s % stubs.size()].get(),
+                                                       queues[s % a.threads].get(), bearer,
                                                        &a.entities, s * 37, end));
     }
-    int open = a.concurrency;
-    while (open > 0 && cq.Next(&tag, &got)) {
-      if (!static_cast<StreamCaller*>(tag)->Proceed(got)) --open;
+    std::vector<std::thread> pollers;
+    for (int t = 0; t < a.threads; ++t) {
+      int open = (a.concurrency - t + a.threads - 1) / a.threads;  // streams s % T == t
+      pollers.emplace_back([q = queues[t].get(), open]() mutable {
+        void* tg;
+        bool g;
+        while (open > 0 && q->Next(&tg, &g)) {
+          if (!static_cast<StreamCaller*>(tg)->Proceed(g)) --open;
+        }
+      });
+    }
+    for (auto& p : pollers) p.join();
+    for (auto& q : queues) {
+      q->Shutdown();
+      while (q->Next(&tag, &got)) {
+      }
     }
     for (auto& c : callers) {
       ok += c->latencies_ns.size();
