@@ -21,6 +21,7 @@
 #include "core/time.h"
 #include "grpc/internal/convert.h"
 #include "grpc/internal/seq_notifier.h"
+#include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
 
@@ -72,6 +73,65 @@ absl::StatusOr<auth::Principal> Authorize(auth::KeyRing& keys, const ::grpc::Ser
         absl::StrCat("role ", AV(auth::RoleName(who->role)), " may not call this method"));
   }
   return who;
+}
+
+// A metadata value, or empty.
+std::string_view Metadata(const ::grpc::ServerContextBase& ctx, std::string_view key) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(::grpc::string_ref(key.data(), key.size()));
+  if (it == md.end()) return {};
+  return std::string_view(it->second.data(), it->second.size());
+}
+
+// A method as its server span names it.
+struct Method {
+  std::string_view full;  // the span name
+  std::string_view service;
+  std::string_view name;
+};
+constexpr Method kCheckMethod{"quell.v1.Enforcement/Check", "quell.v1.Enforcement", "Check"};
+constexpr Method kCheckStreamMethod{"quell.v1.Enforcement/CheckStream", "quell.v1.Enforcement",
+                                    "CheckStream"};
+constexpr Method kWatchMethod{"quell.v1.Enforcement/Watch", "quell.v1.Enforcement", "Watch"};
+constexpr Method kSubmitMethod{"quell.v1.Detections/Submit", "quell.v1.Detections", "Submit"};
+
+// The server span of a call: a child of the caller's `traceparent` metadata (with its
+// `tracestate`) when that parses, recorded by the HTTP API's rule (upstream-sampled, or
+// the tracer's ratio). Not recording (and no work) without a tracer.
+obs::Span StartCallSpan(obs::Tracer* tracer, const ::grpc::ServerContextBase& ctx,
+                        const Method& method) {
+  if (tracer == nullptr) return {};
+  obs::Span span = tracer->StartServerSpan(method.full, Metadata(ctx, "traceparent"),
+                                           Metadata(ctx, "tracestate"));
+  if (span.recording()) {
+    span.SetAttribute("rpc.system", "grpc");
+    span.SetAttribute("rpc.service", method.service);
+    span.SetAttribute("rpc.method", method.name);
+  }
+  return span;
+}
+
+// Records the call's status code and ends the span. As OpenTelemetry's gRPC server
+// convention (and HTTP's 5xx rule): only server-side failures mark the span an error.
+void EndCallSpan(obs::Span& span, ::grpc::StatusCode code, std::string_view message) {
+  if (!span.recording()) return;
+  span.SetAttribute("rpc.grpc.status_code", static_cast<int64_t>(code));
+  switch (code) {
+    case ::grpc::StatusCode::UNKNOWN:
+    case ::grpc::StatusCode::DEADLINE_EXCEEDED:
+    case ::grpc::StatusCode::UNIMPLEMENTED:
+    case ::grpc::StatusCode::INTERNAL:
+    case ::grpc::StatusCode::UNAVAILABLE:
+    case ::grpc::StatusCode::DATA_LOSS:
+      span.SetStatus(obs::SpanStatus::kError, message);
+      break;
+    default:
+      break;
+  }
+  span.End();
+}
+void EndCallSpan(obs::Span& span, const ::grpc::Status& status) {
+  if (span.recording()) EndCallSpan(span, status.error_code(), status.error_message());
 }
 
 absl::Time DeadlineOf(const ::grpc::ServerContext& ctx) {
@@ -186,6 +246,15 @@ class GrpcServer::Impl final
 
   ::grpc::Status Watch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
                        ::grpc::ServerWriter<v1::Change>* writer) override {
+    obs::Span span = StartCallSpan(deps_.tracer, *ctx, kWatchMethod);
+    ::grpc::Status status = DoWatch(ctx, request, writer);
+    EndCallSpan(span, status);
+    return status;
+  }
+
+ private:
+  ::grpc::Status DoWatch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
+                         ::grpc::ServerWriter<v1::Change>* writer) {
     if (auto who = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck); !who.ok()) {
       return ToGrpc(who.status());
     }
@@ -227,7 +296,6 @@ class GrpcServer::Impl final
     }
   }
 
- private:
   // One Enforcement.Check call, from its arrival to its answer, all on its queue's
   // thread: authorize, look up, finish. Deletes itself when the answer is sent.
   class UnaryCheck final : public CheckCall {
@@ -248,8 +316,13 @@ class GrpcServer::Impl final
         return;
       }
       Spawn(owner_, q_);  // the next call
+      obs::Span span = StartCallSpan(owner_->deps_.tracer, ctx_, kCheckMethod);
       absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
       if (s.ok()) s = owner_->DoCheck(request_, &response_);
+      if (span.recording()) {
+        EndCallSpan(span, static_cast<::grpc::StatusCode>(internal::GrpcCode(s.code())),
+                    SV(s.message()));
+      }
       finishing_ = true;
       if (!q_->Issue([&] {
             if (s.ok()) {
@@ -290,6 +363,8 @@ class GrpcServer::Impl final
         case State::kArriving: {
           if (!ok) break;  // the server stops
           Spawn(owner_, q_);
+          // One span for the whole stream (none per message).
+          span_ = StartCallSpan(owner_->deps_.tracer, ctx_, kCheckStreamMethod);
           absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
           if (!s.ok()) {
             Finish(ToGrpc(s));
@@ -304,6 +379,7 @@ class GrpcServer::Impl final
             return;
           }
           response_.Clear();
+          ++requests_;
           absl::Status s = owner_->DoCheck(request_, &response_);
           if (!s.ok()) {
             response_.Clear();
@@ -334,12 +410,18 @@ class GrpcServer::Impl final
       if (!q_->Issue([&] { stream_.Read(&request_, this); })) delete this;
     }
     void Finish(const ::grpc::Status& status) {
+      if (span_.recording()) {
+        span_.SetAttribute("quell.check.requests", requests_);
+        EndCallSpan(span_, status);
+      }
       state_ = State::kFinishing;
       if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
     }
     Impl* owner_;
     CheckQueue* q_;
     State state_ = State::kArriving;
+    obs::Span span_;  // the stream's server span (not recording when untraced)
+    int64_t requests_ = 0;
     ::grpc::ServerContext ctx_;
     v1::CheckRequest request_;
     v1::CheckResponse response_;
@@ -354,6 +436,18 @@ class GrpcServer::Impl final
     explicit DetectionsImpl(Impl* owner) : owner_(owner) {}
     ::grpc::Status Submit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>* reader,
                           v1::SubmitResponse* response) override {
+      obs::Span span = StartCallSpan(owner_->deps_.tracer, *ctx, kSubmitMethod);
+      ::grpc::Status status = DoSubmit(ctx, reader, response, span.context());
+      if (span.recording()) {
+        span.SetAttribute("quell.detections", static_cast<int64_t>(response->results_size()));
+        EndCallSpan(span, status);
+      }
+      return status;
+    }
+
+   private:
+    ::grpc::Status DoSubmit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>* reader,
+                            v1::SubmitResponse* response, const obs::SpanContext& trace) {
       auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit);
       if (!who.ok()) return ToGrpc(who.status());
       if (!owner_->deps_.submit_detections) {
@@ -378,7 +472,7 @@ class GrpcServer::Impl final
         }
         ++n;
         if (chunk.items.size() >= chunk_size) {
-          if (auto s = Apply(*ctx, *who, deadline, &chunk); !s.ok()) return s;
+          if (auto s = Apply(*ctx, *who, deadline, trace, &chunk); !s.ok()) return s;
         }
       }
       if (ctx->IsCancelled()) return Ended(deadline);
@@ -386,10 +480,9 @@ class GrpcServer::Impl final
         return ::grpc::Status(::grpc::StatusCode::INVALID_ARGUMENT,
                               "detections: at least one detection is required");
       }
-      return Apply(*ctx, *who, deadline, &chunk);
+      return Apply(*ctx, *who, deadline, trace, &chunk);
     }
 
-   private:
     struct Chunk {
       std::vector<std::string> items;             // detection JSON
       std::vector<v1::DetectionResult*> results;  // where each item's result goes
@@ -411,17 +504,19 @@ class GrpcServer::Impl final
 
     // Applies the chunk (if any) and fills its results; empties it.
     ::grpc::Status Apply(::grpc::ServerContext& ctx, const auth::Principal& who,
-                         absl::Time deadline, Chunk* chunk) {
+                         absl::Time deadline, const obs::SpanContext& trace, Chunk* chunk) {
       if (chunk->items.empty()) return ::grpc::Status::OK;
       if (ctx.IsCancelled()) return Ended(deadline);
       auto outcome = std::make_shared<Outcome>();
-      owner_->deps_.submit_detections(who, std::move(chunk->items),
-                                      [outcome](absl::StatusOr<std::vector<std::string>> r) {
-                                        std::lock_guard<std::mutex> lock(outcome->mu);
-                                        outcome->replies = std::move(r);
-                                        outcome->done = true;
-                                        outcome->cv.notify_all();
-                                      });
+      owner_->deps_.submit_detections(
+          who, std::move(chunk->items),
+          [outcome](absl::StatusOr<std::vector<std::string>> r) {
+            std::lock_guard<std::mutex> lock(outcome->mu);
+            outcome->replies = std::move(r);
+            outcome->done = true;
+            outcome->cv.notify_all();
+          },
+          trace);
       chunk->items.clear();
       {
         // Waits for the chunk to be durable even when the call is cancelled or its

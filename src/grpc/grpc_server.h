@@ -13,6 +13,11 @@
 // stream holds one thread of gRPC's sync pool while it waits for commits (Submit also
 // evaluates its detections on that thread, never on an event loop).
 //
+// Tracing (GrpcDeps::tracer set): each call reads the W3C `traceparent` / `tracestate`
+// metadata and records a server span named after the method ("quell.v1.Enforcement/Check")
+// as its child when sampled (upstream-sampled, or by the tracer's ratio), as the HTTP API
+// does for a request. A CheckStream gets one span for the whole stream, not one per message.
+//
 // grpc++ headers stay inside this module: this header has none.
 #ifndef QUELL_GRPC_GRPC_SERVER_H_
 #define QUELL_GRPC_GRPC_SERVER_H_
@@ -29,6 +34,7 @@
 #include "core/time.h"
 #include "index/index.h"
 #include "ledger/ledger.h"
+#include "obs/trace.h"
 
 namespace quell::grpc_api {
 
@@ -41,6 +47,8 @@ struct GrpcDeps {
   // The action catalog in force (verdicts, surfaces); called on every Check, so it must
   // be cheap and thread-safe (e.g. a copy of a shared_ptr under a short lock).
   std::function<std::shared_ptr<const core::ActionCatalog>()> catalog;
+  // Optional: records a server span per call (see above). Null: no tracing work at all.
+  obs::Tracer* tracer = nullptr;
 
   // Detections.Submit's decision path: evaluates and applies one chunk of detections with
   // the semantics of POST /v1/detections (quell serve passes api::DetectionIntake's
@@ -49,9 +57,12 @@ struct GrpcDeps {
   // in order (the HTTP per-item result object: "status" accepted | duplicate | rejected,
   // "decisions", "error"), or with the chunk's error (kPermissionDenied: a source the key
   // may not submit as, nothing of the chunk applied; a storage error). Called on a gRPC
-  // sync thread, which may block. Unset: Submit answers UNIMPLEMENTED.
+  // sync thread, which may block. Unset: Submit answers UNIMPLEMENTED. `trace_parent` is the
+  // Submit call's server span (invalid when not traced): the intake may parent its
+  // evaluation and ledger commit spans on it.
   using SubmitDone = std::function<void(absl::StatusOr<std::vector<std::string>>)>;
-  std::function<void(const auth::Principal& who, std::vector<std::string> items, SubmitDone done)>
+  std::function<void(const auth::Principal& who, std::vector<std::string> items, SubmitDone done,
+                     const obs::SpanContext& trace_parent)>
       submit_detections;
 };
 

@@ -6,14 +6,18 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "api/api.h"
 #include "api/detection_intake.h"
 #include "core/ids.h"
 #include "core/status.h"
+#include "core/strings.h"
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
 #include "workflow/policies.h"
@@ -131,9 +135,10 @@ class GrpcServerTest : public ::testing::Test {
     deps.catalog = [] { return core::ActionCatalog::Default(); };
     deps.submit_detections = [a = api_.get()](const auth::Principal& who,
                                               std::vector<std::string> items,
-                                              GrpcDeps::SubmitDone done) {
+                                              GrpcDeps::SubmitDone done, const obs::SpanContext&) {
       a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
     };
+    deps_ = deps;
     GrpcOptions options;
     options.watch_page = 3;  // several pages on replay
     auto server = GrpcServer::Start(deps, options);
@@ -208,6 +213,7 @@ class GrpcServerTest : public ::testing::Test {
   std::string enforcer_, detector_;
   int64_t base_seq_ = 0;  // the ledger's seq when a test starts
   std::unique_ptr<api::Api> api_;
+  GrpcDeps deps_;  // server_'s (no tracer)
   std::unique_ptr<GrpcServer> server_;
   std::unique_ptr<v1::Enforcement::Stub> enforcement_;
   std::unique_ptr<v1::Detections::Stub> detections_;
@@ -496,6 +502,194 @@ TEST_F(GrpcServerTest, ShutdownEndsOpenWatches) {
   v1::Change c;
   EXPECT_FALSE(reader->Read(&c));
   EXPECT_FALSE(reader->Finish().ok());
+}
+
+}  // namespace
+}  // namespace quell::grpc_api
+
+namespace quell::grpc_api {
+namespace {
+
+// Keeps every exported span. Thread-safe.
+class RecordingExporter final : public obs::SpanExporter {
+ public:
+  absl::Status Export(std::span<const obs::SpanData> spans) override {
+    absl::MutexLock lock(&mu_);
+    for (const obs::SpanData& s : spans) spans_.push_back(s);
+    return absl::OkStatus();
+  }
+  std::vector<obs::SpanData> Take() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(spans_, {});
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<obs::SpanData> spans_;
+};
+
+bool HasAttribute(const obs::SpanData& span, std::string_view key, const obs::AttributeValue& v) {
+  for (const obs::Attribute& a : span.attributes) {
+    if (a.key == key) return a.value == v;
+  }
+  return false;
+}
+
+// A second server on the fixture's ledger, with a tracer at sample ratio 0 (so only
+// upstream-sampled calls are recorded).
+class GrpcTraceTest : public GrpcServerTest {
+ protected:
+  void SetUp() override {
+    GrpcServerTest::SetUp();
+    auto exporter = std::make_unique<RecordingExporter>();
+    exporter_ = exporter.get();
+    auto tracer = obs::Tracer::Create(std::move(exporter), {.sample_ratio = 0}, nullptr, nullptr);
+    ASSERT_TRUE(tracer.ok()) << tracer.status();
+    tracer_ = *std::move(tracer);
+    GrpcDeps deps = deps_;
+    deps.tracer = tracer_.get();
+    deps.submit_detections = [this, a = api_.get()](
+                                 const auth::Principal& who, std::vector<std::string> items,
+                                 GrpcDeps::SubmitDone done, const obs::SpanContext& trace_parent) {
+      submit_parents_.push_back(trace_parent);
+      a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
+    };
+    auto server = GrpcServer::Start(deps, {});
+    ASSERT_TRUE(server.ok()) << server.status();
+    traced_ = *std::move(server);
+    auto channel = ::grpc::CreateChannel(absl::StrCat("127.0.0.1:", traced_->port()),
+                                         ::grpc::InsecureChannelCredentials());
+    traced_enforcement_ = v1::Enforcement::NewStub(channel);
+    traced_detections_ = v1::Detections::NewStub(channel);
+  }
+  void TearDown() override {
+    if (traced_) traced_->Shutdown(absl::Seconds(1));
+    traced_.reset();
+    tracer_.reset();
+    GrpcServerTest::TearDown();
+  }
+
+  // The spans exported so far.
+  std::vector<obs::SpanData> Spans() {
+    tracer_->FlushForTest();
+    return exporter_->Take();
+  }
+
+  static constexpr char kTraceId[] = "4bf92f3577b34da6a3ce929d0e0e4736";
+  static constexpr char kParentId[] = "00f067aa0ba902b7";
+  static std::string Traceparent(std::string_view flags) {
+    return absl::StrCat("00-", kTraceId, "-", kParentId, "-", AV(flags));
+  }
+
+  RecordingExporter* exporter_ = nullptr;
+  std::unique_ptr<obs::Tracer> tracer_;
+  std::vector<obs::SpanContext> submit_parents_;  // one per chunk (sync thread, then read)
+  std::unique_ptr<GrpcServer> traced_;
+  std::unique_ptr<v1::Enforcement::Stub> traced_enforcement_;
+  std::unique_ptr<v1::Detections::Stub> traced_detections_;
+};
+
+TEST_F(GrpcTraceTest, CheckWithASampledTraceparentRecordsAChildServerSpan) {
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  ctx.AddMetadata("traceparent", Traceparent("01"));
+  ctx.AddMetadata("tracestate", "vendor=abc");
+  v1::CheckRequest req;
+  req.add_entities("user:a");
+  v1::CheckResponse resp;
+  ASSERT_TRUE(traced_enforcement_->Check(&ctx, req, &resp).ok());
+
+  std::vector<obs::SpanData> spans = Spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const obs::SpanData& s = spans[0];
+  EXPECT_EQ(s.name, "quell.v1.Enforcement/Check");
+  EXPECT_EQ(s.kind, obs::SpanKind::kServer);
+  EXPECT_EQ(obs::HexId(s.context.trace_id), kTraceId);
+  EXPECT_EQ(obs::HexId(s.parent_span_id), kParentId);
+  EXPECT_NE(obs::HexId(s.context.span_id), kParentId);
+  EXPECT_TRUE(s.context.sampled());
+  EXPECT_EQ(s.context.trace_state, "vendor=abc");
+  EXPECT_TRUE(HasAttribute(s, "rpc.system", std::string("grpc")));
+  EXPECT_TRUE(HasAttribute(s, "rpc.method", std::string("Check")));
+  EXPECT_TRUE(HasAttribute(s, "rpc.grpc.status_code", int64_t{0}));
+  EXPECT_EQ(s.status, obs::SpanStatus::kUnset);
+}
+
+TEST_F(GrpcTraceTest, UnsampledOrMissingTraceparentAtRatioZeroRecordsNothing) {
+  for (std::string flags : {"", "00"}) {
+    ::grpc::ClientContext ctx;
+    Auth(&ctx, enforcer_);
+    if (!flags.empty()) ctx.AddMetadata("traceparent", Traceparent(flags));
+    v1::CheckRequest req;
+    req.add_entities("user:a");
+    v1::CheckResponse resp;
+    ASSERT_TRUE(traced_enforcement_->Check(&ctx, req, &resp).ok());
+  }
+  // And the untraced server records nothing either (it has no tracer).
+  v1::CheckResponse resp;
+  ASSERT_TRUE(Check({"user:a"}, "", &resp, enforcer_).ok());
+  EXPECT_TRUE(Spans().empty());
+}
+
+TEST_F(GrpcTraceTest, CheckStreamRecordsOneSpanForTheWholeStream) {
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  ctx.AddMetadata("traceparent", Traceparent("01"));
+  auto stream = traced_enforcement_->CheckStream(&ctx);
+  for (int i = 0; i < 3; ++i) {
+    v1::CheckRequest req;
+    req.add_entities("user:a");
+    ASSERT_TRUE(stream->Write(req));
+    v1::CheckResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+  }
+  stream->WritesDone();
+  ASSERT_TRUE(stream->Finish().ok());
+
+  std::vector<obs::SpanData> spans = Spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].name, "quell.v1.Enforcement/CheckStream");
+  EXPECT_EQ(obs::HexId(spans[0].parent_span_id), kParentId);
+  EXPECT_TRUE(HasAttribute(spans[0], "quell.check.requests", int64_t{3}));
+}
+
+TEST_F(GrpcTraceTest, SubmitPassesItsSpanToTheIntakeAndAuthFailuresAreNotErrors) {
+  {
+    ::grpc::ClientContext ctx;
+    Auth(&ctx, detector_);
+    ctx.AddMetadata("traceparent", Traceparent("01"));
+    v1::SubmitResponse resp;
+    auto writer = traced_detections_->Submit(&ctx, &resp);
+    ASSERT_TRUE(writer->Write(Det("t1", "user:t1", 0.95)));
+    writer->WritesDone();
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+  {
+    ::grpc::ClientContext ctx;  // no key
+    ctx.AddMetadata("traceparent", Traceparent("01"));
+    v1::CheckRequest req;
+    req.add_entities("user:a");
+    v1::CheckResponse resp;
+    EXPECT_EQ(traced_enforcement_->Check(&ctx, req, &resp).error_code(),
+              ::grpc::StatusCode::UNAUTHENTICATED);
+  }
+  std::vector<obs::SpanData> spans = Spans();
+  ASSERT_EQ(spans.size(), 2u);
+  const obs::SpanData* submit = nullptr;
+  const obs::SpanData* check = nullptr;
+  for (const obs::SpanData& s : spans) {
+    if (s.name == "quell.v1.Detections/Submit") submit = &s;
+    if (s.name == "quell.v1.Enforcement/Check") check = &s;
+  }
+  ASSERT_NE(submit, nullptr);
+  ASSERT_NE(check, nullptr);
+  ASSERT_EQ(submit_parents_.size(), 1u);
+  EXPECT_EQ(submit_parents_[0].span_id, submit->context.span_id);
+  EXPECT_EQ(submit_parents_[0].trace_id, submit->context.trace_id);
+  EXPECT_TRUE(HasAttribute(*submit, "quell.detections", int64_t{1}));
+  EXPECT_TRUE(HasAttribute(*check, "rpc.grpc.status_code",
+                           static_cast<int64_t>(::grpc::StatusCode::UNAUTHENTICATED)));
+  EXPECT_EQ(check->status, obs::SpanStatus::kUnset);
 }
 
 }  // namespace
