@@ -139,7 +139,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
 }
 
 void DetectionIntake::SubmitJson(const auth::Principal& who, std::vector<std::string> texts,
-                                 Done done) const {
+                                 Done done, obs::SpanContext trace_parent) const {
   const absl::Time now = ctx_->deps.clock->Now();
   // Each text gets its own document: an unparseable one is a rejected item, not a failed
   // batch (as a bad item of an HTTP batch).
@@ -166,7 +166,7 @@ void DetectionIntake::SubmitJson(const auth::Principal& who, std::vector<std::st
     }
   }
   docs.clear();
-  EvaluateAndApply(std::move(v.items), who, now, "api", std::move(done));
+  EvaluateAndApply(std::move(v.items), who, now, "api", std::move(done), std::move(trace_parent));
 }
 
 }  // namespace quell::api

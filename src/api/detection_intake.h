@@ -78,8 +78,10 @@ class DetectionIntake {
   //! Both stages for detections given as JSON object texts, each read at path "" (the
   //! field names of errors are bare: "score"). A text that is not a JSON object is a
   //! rejected item. A forbidden source: kPermissionDenied, nothing applied. For front
-  //! ends other than HTTP (gRPC); call it off any event loop.
-  void SubmitJson(const auth::Principal& who, std::vector<std::string> items, Done done) const;
+  //! ends other than HTTP (gRPC); call it off any event loop. `trace_parent` as for
+  //! EvaluateAndApply (the gRPC call's server span).
+  void SubmitJson(const auth::Principal& who, std::vector<std::string> items, Done done,
+                  obs::SpanContext trace_parent = {}) const;
 
  private:
   internal::Context* ctx_;

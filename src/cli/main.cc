@@ -328,12 +328,12 @@ int Serve(const Flags& flags) {
                           [a = api.get()] { return a->Catalog(); }};
     gd.tracer = tracer.get();  // a server span per call, continuing the caller's traceparent
     // Detections.Submit takes the HTTP API's decision path (same validation and semantics).
-    // TODO(issue 9): pass the call's span context once SubmitJson takes a trace_parent.
+    // The call's span context goes along: the ledger's commit spans parent on it.
     gd.submit_detections = [a = api.get()](const auth::Principal& who,
                                            std::vector<std::string> items,
                                            grpc_api::GrpcDeps::SubmitDone done,
-                                           const obs::SpanContext& /*trace_parent*/) {
-      a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
+                                           const obs::SpanContext& trace_parent) {
+      a->detection_intake().SubmitJson(who, std::move(items), std::move(done), trace_parent);
     };
     auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
     if (!started.ok()) return Failure(started.status());
