@@ -198,23 +198,49 @@ class Client::Impl {
 
   absl::Status Apply(const FeedItem& item) {
     Key key;
-    if (!index::EncodeId(item.id, &key)) {
+    QUELL_RETURN_IF_ERROR(ApplyToIndex(item, &key));
+    std::lock_guard<std::mutex> lock(held_mu_);
+    Hold(item, key);
+    return absl::OkStatus();
+  }
+
+  // As Apply for each item, in order, taking held_mu_ once (a snapshot's lines arrive
+  // by the thousand per read).
+  absl::Status ApplyAll(const std::vector<FeedItem>& items) {
+    keys_.resize(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      absl::Status st = ApplyToIndex(items[i], &keys_[i]);
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(held_mu_);
+        for (size_t k = 0; k < i; ++k) Hold(items[k], keys_[k]);
+        return st;
+      }
+    }
+    std::lock_guard<std::mutex> lock(held_mu_);
+    for (size_t i = 0; i < items.size(); ++i) Hold(items[i], keys_[i]);
+    return absl::OkStatus();
+  }
+
+  absl::Status ApplyToIndex(const FeedItem& item, Key* key) {
+    if (!index::EncodeId(item.id, key)) {
       return absl::DataLossError(absl::StrCat("not a mitigation id: ", item.id));
     }
-    core::Mitigation m;
-    m.id = item.id;
-    m.entity = item.entity;
-    m.action = item.action;
-    m.state = item.active ? core::MitigationState::kActive : core::MitigationState::kRevoked;
-    m.expires_at = core::FromMicros(item.expires_us);
-    QUELL_RETURN_IF_ERROR(index_.Apply(m));
-    std::lock_guard<std::mutex> lock(held_mu_);
+    mitigation_.id = item.id;
+    mitigation_.entity = item.entity;
+    mitigation_.action = item.action;
+    mitigation_.state =
+        item.active ? core::MitigationState::kActive : core::MitigationState::kRevoked;
+    mitigation_.expires_at = core::FromMicros(item.expires_us);
+    return index_.Apply(mitigation_);
+  }
+
+  // Caller holds held_mu_.
+  void Hold(const FeedItem& item, const Key& key) {
     if (item.active) {
       held_[key] = Held{item.entity.str(), item.action, item.expires_us};
     } else {
       held_.erase(key);
     }
-    return absl::OkStatus();
   }
 
   // GET /v1/snapshot, streamed line by line into the index. When the mirror already holds
@@ -227,6 +253,7 @@ class Client::Impl {
     }
     absl::flat_hash_set<Key> seen;
     std::optional<int64_t> snapshot_seq;
+    std::vector<FeedItem> batch;
     std::string partial;
     absl::Status apply_error;
     std::string error_body;
@@ -241,7 +268,14 @@ class Client::Impl {
         Key key;
         if (index::EncodeId(item.id, &key)) seen.insert(key);
       }
-      return Apply(item);
+      batch.push_back(std::move(item));
+      return absl::OkStatus();
+    };
+    // The lines of one read are applied together, after it is split.
+    auto flush = [&]() -> absl::Status {
+      absl::Status st = ApplyAll(batch);
+      batch.clear();
+      return st;
     };
     // An error reply's body is kept for the message, not parsed.
     const absl::Time requested = absl::Now();
@@ -277,7 +311,7 @@ class Client::Impl {
                               QUELL_RETURN_IF_ERROR(on_line(piece.substr(start, nl - start)));
                               start = nl + 1;
                             }
-                            return absl::OkStatus();
+                            return flush();
                           });
     if (!code.ok()) return code.status();
     if (*code != 200) {
@@ -285,6 +319,7 @@ class Client::Impl {
           absl::StrCat("GET /v1/snapshot: HTTP ", *code, " ", error_body));
     }
     if (!partial.empty()) QUELL_RETURN_IF_ERROR(on_line(partial));
+    QUELL_RETURN_IF_ERROR(flush());
     if (!snapshot_seq.has_value()) return absl::DataLossError("empty snapshot");
     if (reconcile) {
       std::vector<std::pair<Key, Held>> gone;
@@ -360,6 +395,10 @@ class Client::Impl {
   internal::HttpConn conn_;  // sync thread only (Abort from the destructor)
   index::Index index_;       // written by the sync thread only
 
+  // Sync thread only: reused by ApplyAll / ApplyToIndex so that a snapshot's million
+  // lines do not allocate a Mitigation and a key vector each.
+  std::vector<Key> keys_;
+  core::Mitigation mitigation_;
   mutable std::mutex held_mu_;
   absl::flat_hash_map<Key, Held> held_;  // guarded by held_mu_: what the index holds, by id
 

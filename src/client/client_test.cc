@@ -63,6 +63,44 @@ TEST(FeedTest, ParsesSnapshotLinesAndPages) {
       ParseChangesPage(R"({"changes":[{"seq":1,"op":"zap","mitigation":{}}],"next":1})").ok());
 }
 
+// The enforcement view's lines (GET /v1/snapshot?view=enforcement) take a fast path that
+// must agree with the JSON path; anything it does not recognise goes to the JSON path.
+TEST(FeedTest, EnforcementLinesTakeTheFastPathAndAgreeWithJson) {
+  auto line = [](std::string entity, std::string state = "active",
+                 std::string expires = "2100-01-01T00:00:00.25Z") {
+    return absl::StrCat(R"({"id":")", Id(3), R"(","entity":")", entity, R"(","action":"block",)",
+                        R"("state":")", state, R"(","expires_at":")", expires, R"("})");
+  };
+  internal::FeedItem fast;
+  ASSERT_TRUE(internal::ParseEnforcementLine(line("cidr:10.0.0.0/8"), &fast));
+  auto slow = internal::ParseSnapshotLineJson(line("cidr:10.0.0.0/8"));
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  EXPECT_EQ(fast.id, slow->id);
+  EXPECT_EQ(fast.entity.str(), "cidr:10.0.0.0/8");
+  EXPECT_EQ(fast.entity.str(), slow->entity.str());
+  EXPECT_EQ(fast.action, "block");
+  EXPECT_TRUE(fast.active);
+  EXPECT_EQ(fast.expires_us, slow->expires_us);
+  EXPECT_EQ(fast.expires_us % 1000000, 250000);
+  // An escape, a revoked state, a zone offset, trailing bytes: not the fast shape; the
+  // JSON path decides (and decodes the escape).
+  EXPECT_FALSE(internal::ParseEnforcementLine(line("user:b\\u0030"), &fast));
+  auto escaped = ParseSnapshotLine(line("user:b\\u0030"));
+  ASSERT_TRUE(escaped.ok()) << escaped.status();
+  EXPECT_EQ(escaped->entity.str(), "user:b0");
+  EXPECT_FALSE(internal::ParseEnforcementLine(line("user:a", "revoked"), &fast));
+  EXPECT_FALSE(ParseSnapshotLine(line("user:a", "revoked")).ok());
+  EXPECT_FALSE(
+      internal::ParseEnforcementLine(line("user:a", "active", "2100-01-01T01:00:00+01:00"), &fast));
+  auto zoned = ParseSnapshotLine(line("user:a", "active", "2100-01-01T01:00:00+01:00"));
+  ASSERT_TRUE(zoned.ok()) << zoned.status();
+  EXPECT_EQ(zoned->expires_us,
+            core::ToMicros(absl::FromCivil(absl::CivilSecond(2100, 1, 1), absl::UTCTimeZone())));
+  EXPECT_FALSE(internal::ParseEnforcementLine(line("user:a") + " ", &fast));
+  EXPECT_FALSE(internal::ParseEnforcementLine(line("nocolon"), &fast));
+  EXPECT_FALSE(ParseSnapshotLine(line("nocolon")).ok());
+}
+
 TEST(FeedTest, ReadsTimesAsCoreDoes) {
   for (const char* t : {"2100-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.5Z",
                         "2026-11-28T12:00:00.123456Z", "2026-11-28T12:00:00.123456789Z",

@@ -99,13 +99,66 @@ absl::StatusOr<int64_t> ParseSnapshotHeader(std::string_view line) {
   return seq->GetInt64();
 }
 
-absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line) {
+namespace {
+
+// Consumes `literal` at the front of `s`.
+bool Eat(std::string_view* s, std::string_view literal) {
+  if (s->substr(0, literal.size()) != literal) return false;
+  s->remove_prefix(literal.size());
+  return true;
+}
+
+// Consumes a JSON string's content up to its closing quote (which it also consumes),
+// accepting only what needs no unescaping: no backslash, no control character.
+bool EatPlainString(std::string_view* s, std::string_view* value) {
+  for (size_t i = 0; i < s->size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>((*s)[i]);
+    if (c == '"') {
+      *value = s->substr(0, i);
+      s->remove_prefix(i + 1);
+      return true;
+    }
+    if (c == '\\' || c < 0x20) return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool ParseEnforcementLine(std::string_view line, FeedItem* out) {
+  std::string_view id, entity, action, expires;
+  if (!Eat(&line, "{\"id\":\"") || !EatPlainString(&line, &id) || !Eat(&line, ",\"entity\":\"") ||
+      !EatPlainString(&line, &entity) || !Eat(&line, ",\"action\":\"") ||
+      !EatPlainString(&line, &action) || !Eat(&line, ",\"state\":\"active\",\"expires_at\":\"") ||
+      !EatPlainString(&line, &expires) || line != "}") {
+    return false;
+  }
+  int64_t expires_us = 0;
+  if (!FastUtcMicros(expires, &expires_us)) return false;
+  auto e = core::Entity::Parse(entity);
+  if (!e.ok()) return false;
+  out->seq = 0;
+  out->id.assign(id);
+  out->entity = *std::move(e);
+  out->action.assign(action);
+  out->active = true;
+  out->expires_us = expires_us;
+  return true;
+}
+
+absl::StatusOr<FeedItem> ParseSnapshotLineJson(std::string_view line) {
   rapidjson::Document doc;
   doc.Parse(line.data(), line.size());
   if (doc.HasParseError()) return Bad("snapshot line");
   QUELL_ASSIGN_OR_RETURN(FeedItem item, ReadMitigation(doc));
   if (!item.active) return Bad("snapshot holds an inactive mitigation");
   return item;
+}
+
+absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line) {
+  FeedItem item;
+  if (ParseEnforcementLine(line, &item)) return item;
+  return ParseSnapshotLineJson(line);
 }
 
 absl::StatusOr<ChangesPage> ParseChangesPage(std::string_view body) {

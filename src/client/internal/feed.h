@@ -26,8 +26,16 @@ struct FeedItem {
 
 //! The first snapshot line, {"seq": N}. kDataLoss otherwise.
 absl::StatusOr<int64_t> ParseSnapshotHeader(std::string_view line);
-//! A snapshot line: one active mitigation. kDataLoss if malformed.
+//! A snapshot line: one active mitigation. kDataLoss if malformed. Lines of the
+//! `view=enforcement` shape take ParseEnforcementLine; anything else is parsed as JSON.
 absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line);
+//! The fast path: exactly {"id":"…","entity":"…","action":"…","state":"active",
+//! "expires_at":"…"} as the server writes it, with no escape in any value and a UTC
+//! time. True and `out` filled, or false (nothing decided: parse it as JSON). Whenever
+//! it returns true, ParseSnapshotLineJson gives the same item (the fuzz target checks).
+bool ParseEnforcementLine(std::string_view line, FeedItem* out);
+//! The general path: the line as a JSON object (whole records or the enforcement view).
+absl::StatusOr<FeedItem> ParseSnapshotLineJson(std::string_view line);
 
 struct ChangesPage {
   std::vector<FeedItem> items;  // in the page's order
