@@ -259,8 +259,8 @@ int Serve(const Flags& flags) {
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
   (*ledger)->AddListener(webhook_dispatcher->get());
 
-  auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index,
-                                                   config->node_name);
+  auto metric_handles =
+      api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index, config->node_name);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
   // The change feed (--postgres) as /readyz sees it: set once it runs; the server stops
@@ -329,12 +329,11 @@ int Serve(const Flags& flags) {
     gd.tracer = tracer.get();  // a server span per call, continuing the caller's traceparent
     // Detections.Submit takes the HTTP API's decision path (same validation and semantics).
     // The call's span context goes along: the ledger's commit spans parent on it.
-    gd.submit_detections = [a = api.get()](const auth::Principal& who,
-                                           std::vector<std::string> items,
-                                           grpc_api::GrpcDeps::SubmitDone done,
-                                           const obs::SpanContext& trace_parent) {
-      a->detection_intake().SubmitJson(who, std::move(items), std::move(done), trace_parent);
-    };
+    gd.submit_detections =
+        [a = api.get()](const auth::Principal& who, std::vector<std::string> items,
+                        grpc_api::GrpcDeps::SubmitDone done, const obs::SpanContext& trace_parent) {
+          a->detection_intake().SubmitJson(who, std::move(items), std::move(done), trace_parent);
+        };
     auto started = grpc_api::GrpcServer::Start(std::move(gd), {.listen = config->grpc_listen});
     if (!started.ok()) return Failure(started.status());
     grpc = *std::move(started);
@@ -348,16 +347,16 @@ int Serve(const Flags& flags) {
   } else {  // several nodes: expiry runs on the one holding the lease (docs/cluster.md)
     // The same lease runs the API's sweeper (pending approvals expiring, idempotency
     // purge): one node at a time.
-    auto lease = ledger::PostgresLease::Start(
-        {.url = postgres_url, .name = "expiry"}, [&expiry, &api](bool held) {
-          if (held) {
-            expiry.Start();
-            api->StartBackground();
-          } else {
-            expiry.Stop();
-            api->StopBackground();
-          }
-        });
+    auto lease = ledger::PostgresLease::Start({.url = postgres_url, .name = "expiry"},
+                                              [&expiry, &api](bool held) {
+                                                if (held) {
+                                                  expiry.Start();
+                                                  api->StartBackground();
+                                                } else {
+                                                  expiry.Stop();
+                                                  api->StopBackground();
+                                                }
+                                              });
     if (!lease.ok()) return Failure(lease.status());
     expiry_lease = *std::move(lease);
   }
@@ -396,7 +395,7 @@ int Serve(const Flags& flags) {
   refresher.join();
   server->reset();
   if (grpc) grpc->Shutdown();  // before the ledger: open Watch streams end
-  feed.reset();               // before the listeners it feeds (the api's) go
+  feed.reset();                // before the listeners it feeds (the api's) go
   api.reset();
   ledger->reset();
   metric_handles->clear();                         // drains the commit queue

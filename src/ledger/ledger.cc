@@ -284,7 +284,8 @@ class Ledger::Impl {
       absl::MutexLock lock(&stats_mu_);
       ++stats_.delivery_timeouts;
     }
-    if (options_.tracer != nullptr) TraceBatch(batch, outcomes, started, started + took, absl::Now());
+    if (options_.tracer != nullptr)
+      TraceBatch(batch, outcomes, started, started + took, absl::Now());
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
     }

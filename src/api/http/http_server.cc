@@ -530,7 +530,8 @@ class Session : public std::enable_shared_from_this<Session> {
         });
         return;
       }
-      if (!stream_timer_) stream_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
+      if (!stream_timer_)
+        stream_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
       const int doublings = std::min(empty_polls_++ - kStreamSpinPolls, 10);
       stream_timer_->expires_after(
           std::min(kStreamMinBackoff * (1 << doublings), kStreamMaxBackoff));
@@ -646,8 +647,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool chunked_ = false;
   bool stream_more_ = false;
   Response response_;
-  std::string head_;   // status line + headers, or a chunk-size line
-  std::string chunk_;  // one batch of a streamed body
+  std::string head_;     // status line + headers, or a chunk-size line
+  std::string chunk_;    // one batch of a streamed body
   int empty_polls_ = 0;  // consecutive polls of the stream that found nothing
   std::unique_ptr<asio::steady_timer> stream_timer_;  // made on the first wait
   std::array<asio::const_buffer, 3> bufs_;
