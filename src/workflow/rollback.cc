@@ -7,6 +7,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
 #include "workflow/mitigations.h"
@@ -224,24 +225,8 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 }
 
 absl::Status RollbackRequests::Load(ledger::Store& store) {
-  QUELL_ASSIGN_OR_RETURN(core::Entity journal, core::Entity::Parse(kRollbackJournal));
-  constexpr int kMax = 10000;
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
-                         store.ReadEntityChanges(journal, kMax));
-  if (static_cast<int>(changes.size()) == kMax) {
-    // More than one read returns: walk the log (rare; start-up only).
-    changes.clear();
-    int64_t after = 0;
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kMax));
-      if (page.empty()) break;
-      after = page.back().seq;
-      for (ledger::Change& c : page) {
-        if (c.kind == ledger::ChangeKind::kReview && c.entity == kRollbackJournal)
-          changes.push_back(std::move(c));
-      }
-    }
-  }
+                         ledger::ReadJournal(store, kRollbackJournal, ledger::ChangeKind::kReview));
   OnCommitted(changes);
   return absl::OkStatus();
 }

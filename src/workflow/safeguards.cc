@@ -9,6 +9,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/journal.h"
 #include "obs/log.h"
 #include "rapidjson/document.h"
 #include "rapidjson/memorystream.h"
@@ -155,30 +156,15 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
                               return absl::OkStatus();
                             })
                             .status());
-  // Breaker states: their changes are filed under one entity; the log is the fallback
-  // when there are more of them than one read returns.
-  QUELL_ASSIGN_OR_RETURN(core::Entity journal, core::Entity::Parse(kBreakerJournal));
-  constexpr int kMax = 10000;
+  // Breaker states: their changes are filed under one journal entity.
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> breaker_changes,
-                         store.ReadEntityChanges(journal, kMax));
-  if (static_cast<int>(breaker_changes.size()) == kMax) {
-    breaker_changes.clear();
-    int64_t after = 0;
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kMax));
-      if (page.empty()) break;
-      after = page.back().seq;
-      for (ledger::Change& c : page) {
-        if (c.kind == ledger::ChangeKind::kBreaker) breaker_changes.push_back(std::move(c));
-      }
-    }
-  }
+                         ledger::ReadJournal(store, kBreakerJournal, ledger::ChangeKind::kBreaker));
   std::vector<core::Mitigation> human;
   for (core::MitigationState state :
        {core::MitigationState::kRevoked, core::MitigationState::kRejected}) {
     ledger::MitigationQuery q;
     q.state = state;
-    q.limit = kMax;
+    q.limit = 10000;  // the store's page limit
     while (true) {
       QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
       for (core::Mitigation& m : page.mitigations) {

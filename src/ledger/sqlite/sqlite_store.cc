@@ -567,6 +567,8 @@ class SqliteTxn final : public Txn {
     if (poisoned_) return absl::AbortedError("transaction is poisoned by a failed undo");
     return absl::OkStatus();
   }
+  // The change row of `change` (seq, hash and all set).
+  absl::Status InsertChangeRow(const Change& change);
   // Runs the statement for `sql` with `bind` applied, expecting no rows.
   template <typename Bind>
   absl::Status Run(std::string_view sql, Bind&& bind) {
@@ -1145,19 +1147,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   change.at = now_;
   change.prev_hash = head_hash_;
   change.hash = ChainHash(change);
-  absl::Status st = Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
-                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        [&](Stmt& s) {
-                          s.BindInt(1, change.seq);
-                          s.BindTime(2, change.at);
-                          s.BindInt(3, static_cast<int64_t>(change.kind));
-                          s.BindTextStatic(4, change.actor);
-                          s.BindTextStatic(5, change.subject);
-                          s.BindTextStatic(6, change.entity);
-                          s.BindTextStatic(7, change.payload);
-                          s.BindTextStatic(8, change.prev_hash);
-                          s.BindTextStatic(9, change.hash);
-                        });
+  absl::Status st = InsertChangeRow(change);
   if (!st.ok()) {
     (void)UndoTo(mark);  // on failure it poisons the Txn; `st` is the error to report
     TrimUndo();
@@ -1167,6 +1157,22 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   head_seq_ = seq;
   head_hash_ = change.hash;
   return std::optional<Change>(std::move(change));
+}
+
+absl::Status SqliteTxn::InsertChangeRow(const Change& change) {
+  return Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             [&](Stmt& s) {
+               s.BindInt(1, change.seq);
+               s.BindTime(2, change.at);
+               s.BindInt(3, static_cast<int64_t>(change.kind));
+               s.BindTextStatic(4, change.actor);
+               s.BindTextStatic(5, change.subject);
+               s.BindTextStatic(6, change.entity);
+               s.BindTextStatic(7, change.payload);
+               s.BindTextStatic(8, change.prev_hash);
+               s.BindTextStatic(9, change.hash);
+             });
 }
 
 absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* mitigation) {
@@ -1213,19 +1219,7 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
 
   // This Append's own writes are undone if a later step of it fails, savepoint or not.
   const size_t mark = undo_.size();
-  absl::Status st = Run("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
-                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        [&](Stmt& s) {
-                          s.BindInt(1, change.seq);
-                          s.BindTime(2, change.at);
-                          s.BindInt(3, static_cast<int64_t>(change.kind));
-                          s.BindTextStatic(4, change.actor);
-                          s.BindTextStatic(5, change.subject);
-                          s.BindTextStatic(6, change.entity);
-                          s.BindTextStatic(7, change.payload);
-                          s.BindTextStatic(8, change.prev_hash);
-                          s.BindTextStatic(9, change.hash);
-                        });
+  absl::Status st = InsertChangeRow(change);
   if (!st.ok()) return st;
   undo_.push_back({.kind = Undo::Kind::kChange, .n = seq});
   absl::Status view = absl::OkStatus();
