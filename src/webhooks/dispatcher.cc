@@ -264,25 +264,8 @@ absl::Time Dispatcher::Step(const std::string& id) {
   }
 
   if (result.ok()) {
-    auto st = state_->AdvanceCursor(s.id, pending_seq);
-    std::lock_guard lock(mu_);
-    if (absl::IsNotFound(st)) {
-      sub->deleted = true;
-      return absl::InfiniteFuture();
-    }
-    if (!st.ok()) {  // delivered but not recorded: delivered again later (at least once)
-      sub->last_error = std::string(SV(st.message()));
-      sub->next_attempt = now + absl::Seconds(1);
-      return sub->next_attempt;
-    }
-    if (delivered_) delivered_->Increment();
-    sub->delivered++;
-    sub->s.cursor = std::max(sub->s.cursor, pending_seq);
-    sub->failures = 0;
-    sub->pending_seq = 0;
-    sub->pending_body.clear();
-    sub->next_attempt = absl::InfinitePast();
-    return absl::Now();
+    return Settled(*sub, state_->AdvanceCursor(s.id, pending_seq), pending_seq, now,
+                   /*dead_letter=*/false);
   }
 
   if (failed_) failed_->Increment();
@@ -301,24 +284,33 @@ absl::Time Dispatcher::Step(const std::string& id) {
     return sub->next_attempt;
   }
   DeadLetter letter{s.id, pending_seq, failures, error, clock_->Now(), body};
-  auto st = state_->AddDeadLetter(letter);
+  return Settled(*sub, state_->AddDeadLetter(letter), pending_seq, now, /*dead_letter=*/true);
+}
+
+absl::Time Dispatcher::Settled(Sub& sub, const absl::Status& recorded, int64_t pending_seq,
+                               absl::Time now, bool dead_letter) {
   std::lock_guard lock(mu_);
-  if (absl::IsNotFound(st)) {
-    sub->deleted = true;
+  if (absl::IsNotFound(recorded)) {
+    sub.deleted = true;
     return absl::InfiniteFuture();
   }
-  if (!st.ok()) {
-    sub->last_error = std::string(SV(st.message()));
-    sub->next_attempt = now + absl::Seconds(1);
-    return sub->next_attempt;
+  if (!recorded.ok()) {  // not recorded: the change is sent again later (at least once)
+    sub.last_error = std::string(SV(recorded.message()));
+    sub.next_attempt = now + absl::Seconds(1);
+    return sub.next_attempt;
   }
-  if (dead_) dead_->Increment();
-  sub->dead_letters++;
-  sub->s.cursor = std::max(sub->s.cursor, pending_seq);
-  sub->failures = 0;
-  sub->pending_seq = 0;
-  sub->pending_body.clear();
-  sub->next_attempt = absl::InfinitePast();
+  if (dead_letter) {
+    if (dead_) dead_->Increment();
+    sub.dead_letters++;
+  } else {
+    if (delivered_) delivered_->Increment();
+    sub.delivered++;
+  }
+  sub.s.cursor = std::max(sub.s.cursor, pending_seq);
+  sub.failures = 0;
+  sub.pending_seq = 0;
+  sub.pending_body.clear();
+  sub.next_attempt = absl::InfinitePast();
   return absl::Now();
 }
 

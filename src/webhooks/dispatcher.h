@@ -120,6 +120,11 @@ class Dispatcher final : public ledger::ChangeListener {
   void Run();
   // Works on `id` once if due; returns when it should next be looked at.
   absl::Time Step(const std::string& id);
+  // The pending change is done with (delivered, or dead-lettered), `recorded` being the
+  // state store's answer: moves the cursor past it, or retries the recording in 1 s, or
+  // drops a subscription deleted meanwhile. Returns when to look at `sub` next.
+  absl::Time Settled(Sub& sub, const absl::Status& recorded, int64_t pending_seq, absl::Time now,
+                     bool dead_letter);
 
   std::unique_ptr<StateStore> state_;
   ledger::Store* ledger_store_;
