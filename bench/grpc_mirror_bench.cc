@@ -7,7 +7,10 @@
 //      from the write's acknowledgement.
 //
 //   grpc_mirror_bench --url http://127.0.0.1:8080 --key ADMIN_KEY [--writes 300]
-//                     [--skip-snapshot-get]
+//                     [--skip-snapshot-get] [--loads N] [--load-only]
+//
+// --loads N starts N mirrors one after the other (each timed from Start to synced, then
+// destroyed but the last); --load-only stops after the loads (for `perf record`).
 #include <sys/resource.h>
 #include <time.h>
 
@@ -59,10 +62,16 @@ int main(int argc, char** argv) {
   std::string url, key;
   int writes = 300;
   bool skip_get = false;
+  bool load_only = false;
+  int loads = 1;
   for (int i = 1; i < argc; ++i) {
     std::string f = argv[i];
     if (f == "--skip-snapshot-get") {
       skip_get = true;
+    } else if (f == "--load-only") {
+      load_only = true;
+    } else if (i + 1 < argc && f == "--loads") {
+      loads = std::max(1, std::atoi(argv[++i]));
     } else if (i + 1 < argc && f == "--url") {
       url = argv[++i];
     } else if (i + 1 < argc && f == "--key") {
@@ -103,22 +112,28 @@ int main(int argc, char** argv) {
         "transfer)\n",
         lines - 1, bytes / 1e6, Ms(t1 - t0));
   }
-  const double cpu0 = ProcessCpu();
-  auto t0 = Clock::now();
-  auto client = Client::Start({.url = url, .key = key});
-  if (!client.ok()) return 1;
-  if (auto s = (*client)->WaitUntilSynced(absl::Seconds(300)); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(quell::SV(s.message())).c_str());
-    return 1;
+  absl::StatusOr<std::unique_ptr<Client>> client;
+  for (int round = 0; round < loads; ++round) {
+    client = nullptr;  // the previous mirror is destroyed outside the timed part
+    const double cpu0 = ProcessCpu();
+    auto t0 = Clock::now();
+    client = Client::Start({.url = url, .key = key});
+    if (!client.ok()) return 1;
+    if (auto s = (*client)->WaitUntilSynced(absl::Seconds(300)); !s.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(quell::SV(s.message())).c_str());
+      return 1;
+    }
+    auto t1 = Clock::now();
+    const double load_cpu = ProcessCpu() - cpu0;
+    auto st = (*client)->stats();
+    std::printf(
+        "mirror load: %lld mitigations synced in %.0f ms (request to ready): server preparing "
+        "%.0f ms, then transfer + parse + load of %.1f MB %.0f ms (%.2f CPU-s in the client)\n",
+        static_cast<long long>(st.size), Ms(t1 - t0), absl::ToDoubleMilliseconds(st.snapshot_wait),
+        st.snapshot_bytes / 1e6, absl::ToDoubleMilliseconds(st.snapshot_load), load_cpu);
+    std::fflush(stdout);
   }
-  auto t1 = Clock::now();
-  const double load_cpu = ProcessCpu() - cpu0;
-  auto st = (*client)->stats();
-  std::printf(
-      "mirror load: %lld mitigations synced in %.0f ms (request to ready): server preparing "
-      "%.0f ms, then transfer + parse + load of %.1f MB %.0f ms (%.2f CPU-s in the client)\n",
-      static_cast<long long>(st.size), Ms(t1 - t0), absl::ToDoubleMilliseconds(st.snapshot_wait),
-      st.snapshot_bytes / 1e6, absl::ToDoubleMilliseconds(st.snapshot_load), load_cpu);
+  if (load_only) return 0;
 
   // 2. Check latency.
   {

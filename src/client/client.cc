@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal/feed.h"
@@ -130,12 +130,13 @@ class Client::Impl {
 
   std::vector<std::string> Dump() const {
     std::vector<std::string> lines;
-    std::lock_guard<std::mutex> lock(held_mu_);
-    lines.reserve(held_.size());
-    for (const auto& [key, h] : held_) {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    lines.reserve(index_.size());
+    index_.ForEach([&lines](const Key& id, std::string_view entity, std::string_view action,
+                            int64_t expires_us) {
       lines.push_back(
-          absl::StrCat(index::DecodeId(key), " ", h.entity, " ", h.action, " ", h.expires_us));
-    }
+          absl::StrCat(index::DecodeId(id), " ", AV(entity), " ", AV(action), " ", expires_us));
+    });
     std::sort(lines.begin(), lines.end());
     return lines;
   }
@@ -144,12 +145,34 @@ class Client::Impl {
   std::atomic<bool> synced_{false};
 
  private:
-  struct Held {
-    std::string entity;
-    std::string action;
-    int64_t expires_us = 0;
-  };
   using Key = std::array<uint8_t, 16>;
+
+  // A snapshot's mitigations as they are read, applied to the index together once the
+  // whole snapshot is in (index::Index::ApplyActive sizes its tables once). The entity
+  // texts live in blocks that never move, so the entries' views stay valid. Sync thread
+  // only; one per load.
+  class SnapshotEntries {
+   public:
+    std::vector<index::Index::ActiveEntry> entries;
+
+    std::string_view Keep(std::string_view text) {
+      if (used_ + text.size() > capacity_) {
+        capacity_ = std::max(kBlockBytes, text.size());
+        blocks_.push_back(std::make_unique<char[]>(capacity_));
+        used_ = 0;
+      }
+      char* at = blocks_.back().get() + used_;
+      std::memcpy(at, text.data(), text.size());
+      used_ += text.size();
+      return std::string_view(at, text.size());
+    }
+
+   private:
+    static constexpr size_t kBlockBytes = size_t{1} << 20;
+    std::vector<std::unique_ptr<char[]>> blocks_;
+    size_t used_ = 0;
+    size_t capacity_ = 0;
+  };
 
   // ---- the sync thread ----
 
@@ -196,33 +219,10 @@ class Client::Impl {
     progress_cv_.notify_all();
   }
 
+  // Caller holds apply_mu_.
   absl::Status Apply(const FeedItem& item) {
     Key key;
-    QUELL_RETURN_IF_ERROR(ApplyToIndex(item, &key));
-    std::lock_guard<std::mutex> lock(held_mu_);
-    Hold(item, key);
-    return absl::OkStatus();
-  }
-
-  // As Apply for each item, in order, taking held_mu_ once (a snapshot's lines arrive
-  // by the thousand per read).
-  absl::Status ApplyAll(const std::vector<FeedItem>& items) {
-    keys_.resize(items.size());
-    for (size_t i = 0; i < items.size(); ++i) {
-      absl::Status st = ApplyToIndex(items[i], &keys_[i]);
-      if (!st.ok()) {
-        std::lock_guard<std::mutex> lock(held_mu_);
-        for (size_t k = 0; k < i; ++k) Hold(items[k], keys_[k]);
-        return st;
-      }
-    }
-    std::lock_guard<std::mutex> lock(held_mu_);
-    for (size_t i = 0; i < items.size(); ++i) Hold(items[i], keys_[i]);
-    return absl::OkStatus();
-  }
-
-  absl::Status ApplyToIndex(const FeedItem& item, Key* key) {
-    if (!index::EncodeId(item.id, key)) {
+    if (!index::EncodeId(item.id, &key)) {
       return absl::DataLossError(absl::StrCat("not a mitigation id: ", item.id));
     }
     mitigation_.id = item.id;
@@ -234,28 +234,50 @@ class Client::Impl {
     return index_.Apply(mitigation_);
   }
 
-  // Caller holds held_mu_.
-  void Hold(const FeedItem& item, const Key& key) {
-    if (item.active) {
-      held_[key] = Held{item.entity.str(), item.action, item.expires_us};
-    } else {
-      held_.erase(key);
-    }
+  // The index's id for an action name; the last one is remembered (a snapshot's lines
+  // mostly repeat a few names).
+  absl::StatusOr<uint16_t> ActionId(std::string_view name) {
+    if (!last_action_.empty() && name == last_action_) return last_action_id_;
+    QUELL_ASSIGN_OR_RETURN(uint16_t id, index_.InternAction(name));
+    last_action_ = index_.ActionName(id);  // interned names live as long as the index
+    last_action_id_ = id;
+    return id;
   }
 
-  // GET /v1/snapshot, streamed line by line into the index. When the mirror already holds
-  // something (a retried or repeated load), what the snapshot lacks is removed after.
-  absl::Status LoadSnapshot() {
-    bool reconcile;
-    {
-      std::lock_guard<std::mutex> lock(held_mu_);
-      reconcile = !held_.empty();
+  // One snapshot line (not the header) into `out`: the enforcement view's lines by the
+  // fast path, anything else (or anything it declines) as JSON.
+  absl::Status AddSnapshotLine(std::string_view line, SnapshotEntries* out) {
+    index::Index::ActiveEntry e;
+    internal::EnforcementView v;
+    if (internal::ParseEnforcementView(line, &v) && index::EncodeId(v.id, &e.id)) {
+      auto entity = core::Entity::Parse(v.entity);
+      if (entity.ok()) {
+        QUELL_ASSIGN_OR_RETURN(e.action, ActionId(v.action));
+        e.entity = out->Keep(entity->str());
+        e.expires_us = v.expires_us;
+        out->entries.push_back(e);
+        return absl::OkStatus();
+      }
     }
-    absl::flat_hash_set<Key> seen;
+    QUELL_ASSIGN_OR_RETURN(FeedItem item, internal::ParseSnapshotLine(line));
+    if (!index::EncodeId(item.id, &e.id)) {
+      return absl::DataLossError(absl::StrCat("not a mitigation id: ", item.id));
+    }
+    QUELL_ASSIGN_OR_RETURN(e.action, ActionId(item.action));
+    e.entity = out->Keep(item.entity.str());
+    e.expires_us = item.expires_us;
+    out->entries.push_back(e);
+    return absl::OkStatus();
+  }
+
+  // GET /v1/snapshot, parsed line by line as it streams in, then applied to the index at
+  // once. When the mirror already holds something (a retried load), what the snapshot
+  // lacks is removed after.
+  absl::Status LoadSnapshot() {
     std::optional<int64_t> snapshot_seq;
-    std::vector<FeedItem> batch;
+    SnapshotEntries snapshot;
+    snapshot.entries.reserve(size_t{1} << 16);
     std::string partial;
-    absl::Status apply_error;
     std::string error_body;
     auto on_line = [&](std::string_view line) -> absl::Status {
       if (line.empty()) return absl::OkStatus();
@@ -263,19 +285,7 @@ class Client::Impl {
         QUELL_ASSIGN_OR_RETURN(snapshot_seq, internal::ParseSnapshotHeader(line));
         return absl::OkStatus();
       }
-      QUELL_ASSIGN_OR_RETURN(FeedItem item, internal::ParseSnapshotLine(line));
-      if (reconcile) {
-        Key key;
-        if (index::EncodeId(item.id, &key)) seen.insert(key);
-      }
-      batch.push_back(std::move(item));
-      return absl::OkStatus();
-    };
-    // The lines of one read are applied together, after it is split.
-    auto flush = [&]() -> absl::Status {
-      absl::Status st = ApplyAll(batch);
-      batch.clear();
-      return st;
+      return AddSnapshotLine(line, &snapshot);
     };
     // An error reply's body is kept for the message, not parsed.
     const absl::Time requested = absl::Now();
@@ -311,7 +321,7 @@ class Client::Impl {
                               QUELL_RETURN_IF_ERROR(on_line(piece.substr(start, nl - start)));
                               start = nl + 1;
                             }
-                            return flush();
+                            return absl::OkStatus();
                           });
     if (!code.ok()) return code.status();
     if (*code != 200) {
@@ -319,24 +329,12 @@ class Client::Impl {
           absl::StrCat("GET /v1/snapshot: HTTP ", *code, " ", error_body));
     }
     if (!partial.empty()) QUELL_RETURN_IF_ERROR(on_line(partial));
-    QUELL_RETURN_IF_ERROR(flush());
     if (!snapshot_seq.has_value()) return absl::DataLossError("empty snapshot");
-    if (reconcile) {
-      std::vector<std::pair<Key, Held>> gone;
-      {
-        std::lock_guard<std::mutex> lock(held_mu_);
-        for (const auto& [key, h] : held_) {
-          if (!seen.contains(key)) gone.emplace_back(key, h);
-        }
-      }
-      for (const auto& [key, h] : gone) {
-        FeedItem item;
-        item.id = index::DecodeId(key);
-        QUELL_ASSIGN_OR_RETURN(item.entity, core::Entity::Parse(h.entity));
-        item.action = h.action;
-        item.active = false;
-        QUELL_RETURN_IF_ERROR(Apply(item));
-      }
+    {
+      std::lock_guard<std::mutex> lock(apply_mu_);
+      const bool reconcile = index_.size() > 0;
+      QUELL_RETURN_IF_ERROR(index_.ApplyActive(snapshot.entries));
+      if (reconcile) QUELL_RETURN_IF_ERROR(RemoveAllBut(snapshot.entries));
     }
     index_.set_seq(*snapshot_seq);
     const absl::Time loaded = absl::Now();
@@ -349,6 +347,35 @@ class Client::Impl {
     synced_.store(true, std::memory_order_release);
     MarkOk();
     Progress();
+    return absl::OkStatus();
+  }
+
+  // Removes from the index every mitigation whose id is not in `keep`. Caller holds
+  // apply_mu_.
+  absl::Status RemoveAllBut(const std::vector<index::Index::ActiveEntry>& keep) {
+    absl::flat_hash_set<Key> seen;
+    seen.reserve(keep.size());
+    for (const index::Index::ActiveEntry& e : keep) seen.insert(e.id);
+    std::vector<FeedItem> gone;
+    absl::Status st;
+    index_.ForEach(
+        [&](const Key& id, std::string_view entity, std::string_view action, int64_t expires_us) {
+          if (seen.contains(id) || !st.ok()) return;
+          FeedItem item;
+          item.id = index::DecodeId(id);
+          auto e = core::Entity::Parse(entity);
+          if (!e.ok()) {
+            st = e.status();
+            return;
+          }
+          item.entity = *std::move(e);
+          item.action = std::string(action);
+          item.expires_us = expires_us;
+          item.active = false;
+          gone.push_back(std::move(item));
+        });
+    QUELL_RETURN_IF_ERROR(st);
+    for (const FeedItem& item : gone) QUELL_RETURN_IF_ERROR(Apply(item));
     return absl::OkStatus();
   }
 
@@ -371,14 +398,17 @@ class Client::Impl {
     }
     QUELL_ASSIGN_OR_RETURN(internal::ChangesPage page, internal::ParseChangesPage(body));
     int64_t seq = after;
-    for (const FeedItem& item : page.items) {
-      if (item.seq <= seq) {  // a duplicate or out of order: never expected from the server
-        stale_.fetch_add(1);
-        continue;
+    {
+      std::lock_guard<std::mutex> lock(apply_mu_);
+      for (const FeedItem& item : page.items) {
+        if (item.seq <= seq) {  // a duplicate or out of order: never expected from the server
+          stale_.fetch_add(1);
+          continue;
+        }
+        QUELL_RETURN_IF_ERROR(Apply(item));
+        seq = item.seq;
+        applied_.fetch_add(1);
       }
-      QUELL_RETURN_IF_ERROR(Apply(item));
-      seq = item.seq;
-      applied_.fetch_add(1);
     }
     seq = std::max(seq, page.next);
     index_.set_seq(seq);
@@ -395,12 +425,13 @@ class Client::Impl {
   internal::HttpConn conn_;  // sync thread only (Abort from the destructor)
   index::Index index_;       // written by the sync thread only
 
-  // Sync thread only: reused by ApplyAll / ApplyToIndex so that a snapshot's million
-  // lines do not allocate a Mitigation and a key vector each.
-  std::vector<Key> keys_;
+  // Sync thread only: reused by Apply so that a feed's changes do not allocate a
+  // Mitigation each; the last action name ActionId interned.
   core::Mitigation mitigation_;
-  mutable std::mutex held_mu_;
-  absl::flat_hash_map<Key, Held> held_;  // guarded by held_mu_: what the index holds, by id
+  std::string_view last_action_;
+  uint16_t last_action_id_ = 0;
+  // Held by the sync thread while it writes the index, and by Dump while it lists it.
+  mutable std::mutex apply_mu_;
 
   std::atomic<int64_t> server_seq_{0};
   std::atomic<bool> connected_{false};

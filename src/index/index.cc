@@ -120,14 +120,14 @@ class Index::Impl {
 
   std::atomic<int64_t> seq{0};
 
-  absl::StatusOr<uint16_t> InternAction(const std::string& name) {
-    auto it = action_ids.find(name);
+  absl::StatusOr<uint16_t> InternAction(std::string_view name) {
+    auto it = action_ids.find(AV(name));
     if (it != action_ids.end()) return it->second;
     const size_t id = action_names.size();
     if (id >= kMaxActions) {
       return absl::ResourceExhaustedError("the index holds at most 65536 action names");
     }
-    action_names.push_back(name);
+    action_names.emplace_back(name);
     NameBlock* block = blocks[id >> kBlockBits].load(std::memory_order_relaxed);
     if (block == nullptr) {
       owned_blocks.push_back(std::make_unique<NameBlock>());
@@ -137,7 +137,7 @@ class Index::Impl {
       blocks[id >> kBlockBits].store(block, std::memory_order_release);
     }
     block->names[id & (kBlockSize - 1)].store(&action_names.back(), std::memory_order_release);
-    action_ids.emplace(name, static_cast<uint16_t>(id));
+    action_ids.emplace(std::string(name), static_cast<uint16_t>(id));
     return static_cast<uint16_t>(id);
   }
 
@@ -303,6 +303,123 @@ absl::Status Index::Apply(const core::Mitigation& m) {
       break;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<uint16_t> Index::InternAction(std::string_view name) {
+  return impl_->InternAction(name);
+}
+
+absl::Status Index::ApplyActive(std::span<const ActiveEntry> entries) {
+  // Keys per table, as Apply derives them.
+  std::vector<std::string_view> entity_keys;
+  std::vector<uint32_t> entity_at;  // entries[entity_at[i]] has entity_keys[i]
+  std::vector<NetworkKey> net_keys;
+  std::vector<core::Network> nets;
+  std::vector<uint32_t> net_at;
+  entity_keys.reserve(entries.size());
+  entity_at.reserve(entries.size());
+  const size_t actions = impl_->action_names.size();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const ActiveEntry& e = entries[i];
+    if (e.entity.empty()) return absl::InvalidArgumentError("mitigation has no entity");
+    if (e.action >= actions) {
+      return absl::InvalidArgumentError(absl::StrCat("action id ", e.action, " is not interned"));
+    }
+    if (e.entity.starts_with("cidr:")) {
+      QUELL_ASSIGN_OR_RETURN(core::Network net, core::ParseNetwork(e.entity.substr(5)));
+      net_keys.push_back(MakeNetworkKey(net.address, net.prefix));
+      nets.push_back(net);
+      net_at.push_back(static_cast<uint32_t>(i));
+    } else {
+      entity_keys.push_back(e.entity);
+      entity_at.push_back(static_cast<uint32_t>(i));
+    }
+  }
+  auto upsert = [this](internal::Table& table, std::string_view key, const internal::Record& r,
+                       const core::Network* net) -> absl::Status {
+    uint16_t old_action = 0;
+    switch (table.Upsert(key, r, &old_action)) {
+      case internal::Table::UpsertResult::kAdded:
+        if (net != nullptr) impl_->CountNetwork(*net, +1);
+        impl_->CountAction(r.action, +1);
+        break;
+      case internal::Table::UpsertResult::kRefused:
+        return absl::ResourceExhaustedError(
+            absl::StrCat("entity ", AV(net != nullptr ? "cidr:" + core::FormatNetwork(*net) : key),
+                         " holds too many mitigations"));
+      case internal::Table::UpsertResult::kUpdated:
+        if (old_action != r.action) {
+          impl_->CountAction(old_action, -1);
+          impl_->CountAction(r.action, +1);
+        }
+        break;
+      case internal::Table::UpsertResult::kUnchanged:
+        break;
+    }
+    return absl::OkStatus();
+  };
+  auto record = [](const ActiveEntry& e) {
+    internal::Record r;
+    r.id = e.id;
+    r.action = e.action;
+    r.expires_us = e.expires_us;
+    return r;
+  };
+  // Entries on different keys commute, and the order keeps those on one key in sequence.
+  // The entries are scattered into that order (reading them in sequence) rather than
+  // gathered in it: at a million entries the gather is a cache miss per entry.
+  {
+    struct Pending {
+      std::string_view key;
+      internal::Record r;
+    };
+    const std::vector<uint32_t> place = impl_->entities.PrepareBulk(entity_keys);
+    std::vector<Pending> pending(entity_keys.size());
+    for (size_t i = 0; i < entity_keys.size(); ++i) {
+      pending[place[i]] = Pending{entity_keys[i], record(entries[entity_at[i]])};
+    }
+    constexpr size_t kAhead = 8;  // the key bytes the upsert kAhead later hashes
+    for (size_t i = 0; i < pending.size(); ++i) {
+      if (i + kAhead < pending.size()) __builtin_prefetch(pending[i + kAhead].key.data());
+      QUELL_RETURN_IF_ERROR(upsert(impl_->entities, pending[i].key, pending[i].r, nullptr));
+    }
+  }
+  if (!net_keys.empty()) {
+    std::vector<std::string_view> views;
+    views.reserve(net_keys.size());
+    for (const NetworkKey& k : net_keys) views.push_back(k.view());
+    const std::vector<uint32_t> place = impl_->networks.PrepareBulk(views);
+    std::vector<uint32_t> order(views.size());
+    for (size_t i = 0; i < views.size(); ++i) order[place[i]] = static_cast<uint32_t>(i);
+    for (uint32_t k : order) {
+      QUELL_RETURN_IF_ERROR(
+          upsert(impl_->networks, views[k], record(entries[net_at[k]]), &nets[k]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Index::ForEach(
+    const std::function<void(const std::array<uint8_t, 16>& id, std::string_view entity,
+                             std::string_view action, int64_t expires_us)>& fn) const {
+  impl_->entities.ForEach([&](std::string_view key, const internal::Record& r) {
+    fn(r.id, key, ActionName(r.action), r.expires_us);
+  });
+  impl_->networks.ForEach([&](std::string_view key, const internal::Record& r) {
+    // Back from the NetworkKey layout: family, prefix, address bytes.
+    core::Network net;
+    net.prefix = static_cast<uint8_t>(key[1]);
+    net.address.v4 = key[0] == 4;
+    if (net.address.v4) {
+      net.address.bytes[10] = 0xff;
+      net.address.bytes[11] = 0xff;
+      std::memcpy(&net.address.bytes[12], key.data() + 2, 4);
+    } else {
+      std::memcpy(net.address.bytes.data(), key.data() + 2, 16);
+    }
+    const std::string entity = absl::StrCat("cidr:", core::FormatNetwork(net));
+    fn(r.id, entity, ActionName(r.action), r.expires_us);
+  });
 }
 
 void Index::set_seq(int64_t seq) { impl_->seq.store(seq, std::memory_order_release); }

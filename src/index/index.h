@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -25,6 +26,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/entity.h"
 #include "core/mitigation.h"
@@ -76,6 +78,30 @@ class Index {
   //! m.id is not a mitigation id or m.entity is empty; kResourceExhausted past 65536
   //! distinct action names or 65535 mitigations on one entity.
   absl::Status Apply(const core::Mitigation& m);
+  //! Applier only. The id Hit::action carries for `name` (interned as Apply interns it; an
+  //! interned name shows in CountsByAction with 0 until something holds it).
+  //! kResourceExhausted past 65536 distinct names.
+  absl::StatusOr<uint16_t> InternAction(std::string_view name);
+
+  // An active mitigation for ApplyActive: what Apply takes of one, pre-digested.
+  struct ActiveEntry {
+    std::array<uint8_t, 16> id{};  // EncodeId of the mitigation id
+    std::string_view entity;       // canonical "type:id", as core::Entity::str() gives it
+    uint16_t action = 0;           // from InternAction
+    int64_t expires_us = 0;        // expires_at, microseconds since the epoch
+  };
+  //! Applier only. The same as Apply of each entry (as an active mitigation) in order, but
+  //! faster for many (a snapshot load): the tables are sized once for all of them and
+  //! filled shard by shard. Readers see the entries appear one by one, as with Apply.
+  //! Errors as Apply's, and kInvalidArgument for an action id InternAction did not give;
+  //! on an error the entries of some shards may have been applied and others not.
+  absl::Status ApplyActive(std::span<const ActiveEntry> entries);
+
+  //! Applier only (or while no Apply runs): calls `fn` for every mitigation held with its
+  //! entity (canonical text), action name and expiry, in no particular order.
+  void ForEach(const std::function<void(const std::array<uint8_t, 16>& id, std::string_view entity,
+                                        std::string_view action, int64_t expires_us)>& fn) const;
+
   //! Applier only. The seq of the last applied change.
   void set_seq(int64_t seq);
   int64_t seq() const;

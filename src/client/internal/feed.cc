@@ -125,24 +125,26 @@ bool EatPlainString(std::string_view* s, std::string_view* value) {
 
 }  // namespace
 
+bool ParseEnforcementView(std::string_view line, EnforcementView* out) {
+  std::string_view expires;
+  return Eat(&line, "{\"id\":\"") && EatPlainString(&line, &out->id) &&
+         Eat(&line, ",\"entity\":\"") && EatPlainString(&line, &out->entity) &&
+         Eat(&line, ",\"action\":\"") && EatPlainString(&line, &out->action) &&
+         Eat(&line, ",\"state\":\"active\",\"expires_at\":\"") && EatPlainString(&line, &expires) &&
+         line == "}" && FastUtcMicros(expires, &out->expires_us);
+}
+
 bool ParseEnforcementLine(std::string_view line, FeedItem* out) {
-  std::string_view id, entity, action, expires;
-  if (!Eat(&line, "{\"id\":\"") || !EatPlainString(&line, &id) || !Eat(&line, ",\"entity\":\"") ||
-      !EatPlainString(&line, &entity) || !Eat(&line, ",\"action\":\"") ||
-      !EatPlainString(&line, &action) || !Eat(&line, ",\"state\":\"active\",\"expires_at\":\"") ||
-      !EatPlainString(&line, &expires) || line != "}") {
-    return false;
-  }
-  int64_t expires_us = 0;
-  if (!FastUtcMicros(expires, &expires_us)) return false;
-  auto e = core::Entity::Parse(entity);
+  EnforcementView v;
+  if (!ParseEnforcementView(line, &v)) return false;
+  auto e = core::Entity::Parse(v.entity);
   if (!e.ok()) return false;
   out->seq = 0;
-  out->id.assign(id);
+  out->id.assign(v.id);
   out->entity = *std::move(e);
-  out->action.assign(action);
+  out->action.assign(v.action);
   out->active = true;
-  out->expires_us = expires_us;
+  out->expires_us = v.expires_us;
   return true;
 }
 

@@ -29,6 +29,16 @@ absl::StatusOr<int64_t> ParseSnapshotHeader(std::string_view line);
 //! A snapshot line: one active mitigation. kDataLoss if malformed. Lines of the
 //! `view=enforcement` shape take ParseEnforcementLine; anything else is parsed as JSON.
 absl::StatusOr<FeedItem> ParseSnapshotLine(std::string_view line);
+// The values of an enforcement-view line, as views into the line.
+struct EnforcementView {
+  std::string_view id;
+  std::string_view entity;  // as written: not yet validated nor canonical
+  std::string_view action;
+  int64_t expires_us = 0;
+};
+//! The shape test of ParseEnforcementLine, without building an item: true and `out`
+//! filled for a line of exactly that shape (the entity still to be parsed), else false.
+bool ParseEnforcementView(std::string_view line, EnforcementView* out);
 //! The fast path: exactly {"id":"…","entity":"…","action":"…","state":"active",
 //! "expires_at":"…"} as the server writes it, with no escape in any value and a UTC
 //! time. True and `out` filled, or false (nothing decided: parse it as JSON). Whenever

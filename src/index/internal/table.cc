@@ -434,6 +434,14 @@ class ShardWriter {
     }
   }
 
+  // Sizes the slot array for `keys` more keys and the arena for `words` more words (as
+  // Alloc lays entries out), so that adding them rebuilds and grows nothing.
+  void ReserveBulk(size_t keys, size_t words) {
+    const size_t slots = std::max(kMinSlots, RoundUpPow2((s_.live + keys + 1) * 2));
+    if (slots > s_.slot_count) RebuildSlots(slots);
+    if (s_.arena_used + words > s_.arena_cap) GrowArena(s_.arena_used + words);
+  }
+
   // An entry of `words` words, from a free list or the arena's end. May move the arena.
   uint32_t Alloc(size_t words) {
     if (words < s_.free_lists.size() && !s_.free_lists[words].empty()) {
@@ -673,6 +681,62 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_
   memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
   s.accounted_bytes = now_bytes;
   return result;
+}
+
+std::vector<uint32_t> Table::PrepareBulk(std::span<const std::string_view> keys) {
+  const size_t shards = size_t{1} << shard_bits_;
+  std::vector<uint32_t> shard_of(keys.size());
+  std::vector<size_t> count(shards + 1, 0);
+  std::vector<size_t> words(shards, 0);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const size_t k = HashKey(keys[i]) & (shards - 1);
+    shard_of[i] = static_cast<uint32_t>(k);
+    ++count[k + 1];
+    // As Alloc lays a new one-record entry out at the arena's end (alignment included).
+    const size_t w = EntryWords(keys[i].size(), 1);
+    const size_t used = shards_[k].arena_used + words[k];
+    words[k] = AlignEntry(used, w) + w - shards_[k].arena_used;
+  }
+  for (size_t k = 0; k < shards; ++k) {
+    if (count[k + 1] > 0) ShardWriter(shards_[k], shard_bits_).ReserveBulk(count[k + 1], words[k]);
+    count[k + 1] += count[k];
+  }
+  // Each key's place: shard_of becomes it.
+  for (size_t i = 0; i < keys.size(); ++i) {
+    shard_of[i] = static_cast<uint32_t>(count[shard_of[i]]++);
+  }
+  size_t bytes = 0;
+  for (size_t k = 0; k < shards; ++k) {
+    const size_t now_bytes = ShardWriter(shards_[k], shard_bits_).Accounted();
+    bytes += now_bytes - shards_[k].accounted_bytes;
+    shards_[k].accounted_bytes = now_bytes;
+  }
+  memory_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  return shard_of;
+}
+
+void Table::ForEach(const std::function<void(std::string_view key, const Record& r)>& fn) const {
+  for (size_t k = 0; k < (size_t{1} << shard_bits_); ++k) {
+    const Shard& s = shards_[k];
+    const uint64_t* slots = s.slots_w();
+    const uint64_t* arena = s.arena_w();
+    for (size_t i = 0; slots != nullptr && i < s.slot_count; ++i) {
+      const uint32_t ref = static_cast<uint32_t>(slots[1 + i]);
+      if (ref == kEmpty || ref == kTomb) continue;
+      const uint64_t* e = arena + ref;
+      const size_t klen = HeaderKeyLen(e[0]);
+      const std::string_view key(reinterpret_cast<const char*>(e + 1), klen);
+      const uint64_t* r = e + 1 + KeyWords(klen);
+      for (size_t j = 0; j < HeaderCount(e[0]); ++j, r += kRecordWords) {
+        Record rec;
+        std::memcpy(rec.id.data(), &r[0], 8);
+        std::memcpy(rec.id.data() + 8, &r[1], 8);
+        rec.expires_us = static_cast<int64_t>(r[2]);
+        rec.action = static_cast<uint16_t>(r[3]);
+        fn(key, rec);
+      }
+    }
+  }
 }
 
 bool Table::Remove(std::string_view key, const std::array<uint8_t, 16>& id, uint16_t* old_action) {

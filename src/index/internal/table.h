@@ -30,7 +30,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -67,6 +69,18 @@ class Table {
   //! `old_action` is given and a record was removed, it receives that record's action.
   bool Remove(std::string_view key, const std::array<uint8_t, 16>& id,
               uint16_t* old_action = nullptr);
+
+  //! Writer only. Prepares adding many keys at once: returns, for each key, its place in
+  //! the order in which to Upsert them (the keys of one shard together, in their given
+  //! order within a shard, so one shard's slots stay in cache while it is filled), and
+  //! sizes each shard's slot array and arena so that adding them, each a new key with one
+  //! record, rebuilds no slot array and grows no arena. (Keys that are already held or
+  //! repeated only make the sizes generous.)
+  std::vector<uint32_t> PrepareBulk(std::span<const std::string_view> keys);
+
+  //! Writer only (or with the writer stopped): calls `fn` for every record held with its
+  //! key, shard by shard, in no particular order.
+  void ForEach(const std::function<void(std::string_view key, const Record& r)>& fn) const;
 
   //! Appends to `out` the records under `key` with expires_us > now_us, each as a Hit with
   //! `cidr_prefix`. Returns how many were appended. Thread-safe, lock-free.
