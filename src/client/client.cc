@@ -107,6 +107,7 @@ class Client::Impl {
     s.size = static_cast<int64_t>(index_.size());
     s.snapshot_wait = absl::Microseconds(snapshot_wait_us_.load());
     s.snapshot_load = absl::Microseconds(snapshot_load_us_.load());
+    s.snapshot_apply = absl::Microseconds(snapshot_apply_us_.load());
     s.snapshot_bytes = snapshot_bytes_.load();
     return s;
   }
@@ -146,14 +147,27 @@ class Client::Impl {
 
  private:
   using Key = std::array<uint8_t, 16>;
+  // Threads that insert a loaded snapshot into the index (the sync thread and one more:
+  // once the snapshot is in, the server that sent it has no more work for the cores).
+  static constexpr int kLoadThreads = 2;
 
-  // A snapshot's mitigations as they are read, applied to the index together once the
-  // whole snapshot is in (index::Index::ApplyActive sizes its tables once). The entity
-  // texts live in blocks that never move, so the entries' views stay valid. Sync thread
-  // only; one per load.
+  // A snapshot's mitigations as they are read: handed to a bulk loader of the index
+  // (which hashes and groups each at once, and applies them all once the whole snapshot
+  // is in, sizing its tables once). The entity texts live in blocks that never move, so
+  // the loader's views stay valid. Sync thread only; one per load.
   class SnapshotEntries {
    public:
-    std::vector<index::Index::ActiveEntry> entries;
+    explicit SnapshotEntries(index::Index* index, bool keep_ids) : loader(index) {
+      if (keep_ids) ids.emplace();
+    }
+
+    index::Index::BulkLoader loader;
+    std::optional<absl::flat_hash_set<Key>> ids;  // when reconciling: every id loaded
+
+    absl::Status Add(const index::Index::ActiveEntry& e) {
+      if (ids.has_value()) ids->insert(e.id);
+      return loader.Add(e);
+    }
 
     std::string_view Keep(std::string_view text) {
       if (used_ + text.size() > capacity_) {
@@ -255,8 +269,7 @@ class Client::Impl {
         QUELL_ASSIGN_OR_RETURN(e.action, ActionId(v.action));
         e.entity = out->Keep(entity->str());
         e.expires_us = v.expires_us;
-        out->entries.push_back(e);
-        return absl::OkStatus();
+        return out->Add(e);
       }
     }
     QUELL_ASSIGN_OR_RETURN(FeedItem item, internal::ParseSnapshotLine(line));
@@ -266,8 +279,7 @@ class Client::Impl {
     QUELL_ASSIGN_OR_RETURN(e.action, ActionId(item.action));
     e.entity = out->Keep(item.entity.str());
     e.expires_us = item.expires_us;
-    out->entries.push_back(e);
-    return absl::OkStatus();
+    return out->Add(e);
   }
 
   // GET /v1/snapshot, parsed line by line as it streams in, then applied to the index at
@@ -275,8 +287,9 @@ class Client::Impl {
   // lacks is removed after.
   absl::Status LoadSnapshot() {
     std::optional<int64_t> snapshot_seq;
-    SnapshotEntries snapshot;
-    snapshot.entries.reserve(size_t{1} << 16);
+    // Only the sync thread writes the index, so what it holds now it holds at the end.
+    const bool reconcile = index_.size() > 0;
+    SnapshotEntries snapshot(&index_, reconcile);
     std::string partial;
     std::string error_body;
     auto on_line = [&](std::string_view line) -> absl::Status {
@@ -330,17 +343,18 @@ class Client::Impl {
     }
     if (!partial.empty()) QUELL_RETURN_IF_ERROR(on_line(partial));
     if (!snapshot_seq.has_value()) return absl::DataLossError("empty snapshot");
+    const absl::Time received = absl::Now();
     {
       std::lock_guard<std::mutex> lock(apply_mu_);
-      const bool reconcile = index_.size() > 0;
-      QUELL_RETURN_IF_ERROR(index_.ApplyActive(snapshot.entries));
-      if (reconcile) QUELL_RETURN_IF_ERROR(RemoveAllBut(snapshot.entries));
+      QUELL_RETURN_IF_ERROR(snapshot.loader.Finish(kLoadThreads));
+      if (reconcile) QUELL_RETURN_IF_ERROR(RemoveAllBut(*snapshot.ids));
     }
     index_.set_seq(*snapshot_seq);
     const absl::Time loaded = absl::Now();
     snapshot_wait_us_.store(absl::ToInt64Microseconds(std::min(first_byte, loaded) - requested));
     snapshot_load_us_.store(absl::ToInt64Microseconds(loaded - std::min(first_byte, loaded)));
     snapshot_bytes_.store(bytes);
+    snapshot_apply_us_.store(absl::ToInt64Microseconds(loaded - received));
     seq_.store(*snapshot_seq, std::memory_order_release);
     server_seq_.store(std::max(server_seq_.load(), *snapshot_seq), std::memory_order_release);
     snapshots_.fetch_add(1);
@@ -352,10 +366,7 @@ class Client::Impl {
 
   // Removes from the index every mitigation whose id is not in `keep`. Caller holds
   // apply_mu_.
-  absl::Status RemoveAllBut(const std::vector<index::Index::ActiveEntry>& keep) {
-    absl::flat_hash_set<Key> seen;
-    seen.reserve(keep.size());
-    for (const index::Index::ActiveEntry& e : keep) seen.insert(e.id);
+  absl::Status RemoveAllBut(const absl::flat_hash_set<Key>& seen) {
     std::vector<FeedItem> gone;
     absl::Status st;
     index_.ForEach(
@@ -440,6 +451,7 @@ class Client::Impl {
   std::string last_error_;  // guarded by error_mu_
   std::atomic<int64_t> snapshots_{0}, applied_{0}, stale_{0}, reconnects_{0};
   std::atomic<int64_t> snapshot_wait_us_{0}, snapshot_load_us_{0}, snapshot_bytes_{0};
+  std::atomic<int64_t> snapshot_apply_us_{0};
 
   mutable std::mutex progress_mu_;
   mutable std::condition_variable progress_cv_;

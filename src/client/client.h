@@ -87,6 +87,8 @@ struct ClientStats {
   // first byte to loaded (transfer, parsing and applying to the mirror).
   absl::Duration snapshot_wait;
   absl::Duration snapshot_load;
+  // Of snapshot_load: applying the parsed snapshot to the index once it was all in.
+  absl::Duration snapshot_apply;
   int64_t snapshot_bytes = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -309,48 +310,87 @@ absl::StatusOr<uint16_t> Index::InternAction(std::string_view name) {
   return impl_->InternAction(name);
 }
 
-absl::Status Index::ApplyActive(std::span<const ActiveEntry> entries) {
-  // Keys per table, as Apply derives them.
-  std::vector<std::string_view> entity_keys;
-  std::vector<uint32_t> entity_at;  // entries[entity_at[i]] has entity_keys[i]
-  std::vector<NetworkKey> net_keys;
-  std::vector<core::Network> nets;
-  std::vector<uint32_t> net_at;
-  entity_keys.reserve(entries.size());
-  entity_at.reserve(entries.size());
-  const size_t actions = impl_->action_names.size();
-  for (size_t i = 0; i < entries.size(); ++i) {
-    const ActiveEntry& e = entries[i];
-    if (e.entity.empty()) return absl::InvalidArgumentError("mitigation has no entity");
-    if (e.action >= actions) {
-      return absl::InvalidArgumentError(absl::StrCat("action id ", e.action, " is not interned"));
+// One entry of a bulk load on its way to the entities table.
+struct Index::BulkLoader::State {
+  struct Pending {
+    std::string_view key;
+    uint64_t hash;
+    internal::Record r;
+  };
+  // A shard's entries in Add order, in chunks that never move.
+  struct Bucket {
+    static constexpr size_t kChunk = 1024;
+    std::vector<std::unique_ptr<Pending[]>> chunks;
+    size_t n = 0;
+    size_t words = 0;  // arena words the new keys may take
+    Pending& Next() {
+      if (n == chunks.size() * kChunk) chunks.push_back(std::make_unique<Pending[]>(kChunk));
+      return chunks[n / kChunk][n % kChunk];
     }
-    if (e.entity.starts_with("cidr:")) {
-      QUELL_ASSIGN_OR_RETURN(core::Network net, core::ParseNetwork(e.entity.substr(5)));
-      net_keys.push_back(MakeNetworkKey(net.address, net.prefix));
-      nets.push_back(net);
-      net_at.push_back(static_cast<uint32_t>(i));
-    } else {
-      entity_keys.push_back(e.entity);
-      entity_at.push_back(static_cast<uint32_t>(i));
-    }
+    const Pending& at(size_t i) const { return chunks[i / kChunk][i % kChunk]; }
+  };
+  struct Network {
+    NetworkKey key;
+    core::Network net;
+    internal::Record r;
+  };
+
+  Index* index;
+  std::vector<Bucket> buckets;  // by shard of the entities table
+  std::vector<Network> networks;
+  size_t size = 0;
+};
+
+Index::BulkLoader::BulkLoader(Index* index) : state_(std::make_unique<State>()) {
+  state_->index = index;
+  state_->buckets.resize(index->impl_->entities.shard_count());
+}
+
+Index::BulkLoader::~BulkLoader() = default;
+
+size_t Index::BulkLoader::size() const { return state_->size; }
+
+absl::Status Index::BulkLoader::Add(const ActiveEntry& e) {
+  Impl& impl = *state_->index->impl_;
+  if (e.entity.empty()) return absl::InvalidArgumentError("mitigation has no entity");
+  if (e.action >= impl.action_names.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("action id ", e.action, " is not interned"));
   }
-  auto upsert = [this](internal::Table& table, std::string_view key, const internal::Record& r,
-                       const core::Network* net) -> absl::Status {
-    uint16_t old_action = 0;
-    switch (table.Upsert(key, r, &old_action)) {
+  internal::Record r;
+  r.id = e.id;
+  r.action = e.action;
+  r.expires_us = e.expires_us;
+  if (e.entity.starts_with("cidr:")) {
+    QUELL_ASSIGN_OR_RETURN(core::Network net, core::ParseNetwork(e.entity.substr(5)));
+    state_->networks.push_back(State::Network{MakeNetworkKey(net.address, net.prefix), net, r});
+  } else {
+    const uint64_t hash = internal::Table::Hash(e.entity);
+    State::Bucket& b = state_->buckets[impl.entities.ShardOf(hash)];
+    b.Next() = State::Pending{e.entity, hash, r};
+    ++b.n;
+    b.words += internal::Table::NewKeyWords(e.entity.size());
+  }
+  ++state_->size;
+  return absl::OkStatus();
+}
+
+absl::Status Index::BulkLoader::Finish(int threads) {
+  Impl& impl = *state_->index->impl_;
+  // Counting as Apply counts; CountAction is atomic, so threads may share it.
+  auto counted = [&impl](internal::Table::UpsertResult result, uint16_t action, uint16_t old,
+                         const core::Network* net, std::string_view entity) -> absl::Status {
+    switch (result) {
       case internal::Table::UpsertResult::kAdded:
-        if (net != nullptr) impl_->CountNetwork(*net, +1);
-        impl_->CountAction(r.action, +1);
+        if (net != nullptr) impl.CountNetwork(*net, +1);
+        impl.CountAction(action, +1);
         break;
       case internal::Table::UpsertResult::kRefused:
         return absl::ResourceExhaustedError(
-            absl::StrCat("entity ", AV(net != nullptr ? "cidr:" + core::FormatNetwork(*net) : key),
-                         " holds too many mitigations"));
+            absl::StrCat("entity ", AV(entity), " holds too many mitigations"));
       case internal::Table::UpsertResult::kUpdated:
-        if (old_action != r.action) {
-          impl_->CountAction(old_action, -1);
-          impl_->CountAction(r.action, +1);
+        if (old != action) {
+          impl.CountAction(old, -1);
+          impl.CountAction(action, +1);
         }
         break;
       case internal::Table::UpsertResult::kUnchanged:
@@ -358,45 +398,60 @@ absl::Status Index::ApplyActive(std::span<const ActiveEntry> entries) {
     }
     return absl::OkStatus();
   };
-  auto record = [](const ActiveEntry& e) {
-    internal::Record r;
-    r.id = e.id;
-    r.action = e.action;
-    r.expires_us = e.expires_us;
-    return r;
+  // Networks (few, usually) on this thread: CountNetwork is the writer's alone. The two
+  // tables hold different keys, so the order between them does not matter.
+  absl::Status status;
+  for (const State::Network& n : state_->networks) {
+    uint16_t old = 0;
+    const auto result = impl.networks.Upsert(n.key.view(), n.r, &old);
+    status = counted(result, n.r.action, old, &n.net, "");
+    if (!status.ok()) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("entity cidr:", core::FormatNetwork(n.net), " holds too many mitigations"));
+      break;
+    }
+  }
+  // Entities, shard by shard: shard k on thread k % threads.
+  internal::Table& table = impl.entities;
+  auto run = [&](size_t first, size_t step) -> absl::Status {
+    for (size_t k = first; k < state_->buckets.size(); k += step) {
+      const State::Bucket& b = state_->buckets[k];
+      if (b.n == 0) continue;
+      table.ReserveShard(k, b.n, b.words);
+      constexpr size_t kAhead = 8;  // the key bytes the upsert kAhead later reads
+      for (size_t i = 0; i < b.n; ++i) {
+        if (i + kAhead < b.n) __builtin_prefetch(b.at(i + kAhead).key.data());
+        const State::Pending& p = b.at(i);
+        uint16_t old = 0;
+        const auto result = table.UpsertHashed(p.key, p.hash, p.r, &old);
+        QUELL_RETURN_IF_ERROR(counted(result, p.r.action, old, nullptr, p.key));
+      }
+    }
+    return absl::OkStatus();
   };
-  // Entries on different keys commute, and the order keeps those on one key in sequence.
-  // The entries are scattered into that order (reading them in sequence) rather than
-  // gathered in it: at a million entries the gather is a cache miss per entry.
-  {
-    struct Pending {
-      std::string_view key;
-      internal::Record r;
-    };
-    const std::vector<uint32_t> place = impl_->entities.PrepareBulk(entity_keys);
-    std::vector<Pending> pending(entity_keys.size());
-    for (size_t i = 0; i < entity_keys.size(); ++i) {
-      pending[place[i]] = Pending{entity_keys[i], record(entries[entity_at[i]])};
-    }
-    constexpr size_t kAhead = 8;  // the key bytes the upsert kAhead later hashes
-    for (size_t i = 0; i < pending.size(); ++i) {
-      if (i + kAhead < pending.size()) __builtin_prefetch(pending[i + kAhead].key.data());
-      QUELL_RETURN_IF_ERROR(upsert(impl_->entities, pending[i].key, pending[i].r, nullptr));
-    }
+  const size_t n = status.ok() ? static_cast<size_t>(std::clamp(threads, 1, 16)) : 0;
+  std::vector<absl::Status> results(n);
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < n; ++t) {
+    helpers.emplace_back([&, t] { results[t] = run(t, n); });
   }
-  if (!net_keys.empty()) {
-    std::vector<std::string_view> views;
-    views.reserve(net_keys.size());
-    for (const NetworkKey& k : net_keys) views.push_back(k.view());
-    const std::vector<uint32_t> place = impl_->networks.PrepareBulk(views);
-    std::vector<uint32_t> order(views.size());
-    for (size_t i = 0; i < views.size(); ++i) order[place[i]] = static_cast<uint32_t>(i);
-    for (uint32_t k : order) {
-      QUELL_RETURN_IF_ERROR(
-          upsert(impl_->networks, views[k], record(entries[net_at[k]]), &nets[k]));
-    }
+  if (n > 0) results[0] = run(0, n);
+  for (std::thread& h : helpers) h.join();
+  for (const absl::Status& r : results) {
+    if (status.ok() && !r.ok()) status = r;
   }
-  return absl::OkStatus();
+  const size_t shards = state_->buckets.size();
+  state_->buckets.clear();
+  state_->buckets.resize(shards);
+  state_->networks.clear();
+  state_->size = 0;
+  return status;
+}
+
+absl::Status Index::ApplyActive(std::span<const ActiveEntry> entries) {
+  BulkLoader loader(this);
+  for (const ActiveEntry& e : entries) QUELL_RETURN_IF_ERROR(loader.Add(e));
+  return loader.Finish(1);
 }
 
 void Index::ForEach(

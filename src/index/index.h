@@ -91,11 +91,38 @@ class Index {
     int64_t expires_us = 0;        // expires_at, microseconds since the epoch
   };
   //! Applier only. The same as Apply of each entry (as an active mitigation) in order, but
-  //! faster for many (a snapshot load): the tables are sized once for all of them and
-  //! filled shard by shard. Readers see the entries appear one by one, as with Apply.
-  //! Errors as Apply's, and kInvalidArgument for an action id InternAction did not give;
-  //! on an error the entries of some shards may have been applied and others not.
+  //! faster for many: a BulkLoader of them all, finished on this thread. Nothing is
+  //! applied if an entry is refused by BulkLoader::Add (kInvalidArgument).
   absl::Status ApplyActive(std::span<const ActiveEntry> entries);
+
+  // Loads many active mitigations as they arrive (a snapshot being read): Add hashes and
+  // groups each as it comes, so that Finish is left with the inserts, shard by shard
+  // (each shard sized once), which it may spread over threads. The index ends as Apply of
+  // each entry in order (as an active mitigation) would leave it. Applier thread only, one
+  // loader at a time per index; the index sees nothing of a load before Finish, and then
+  // readers see the entries appear one by one, as with Apply.
+  class BulkLoader {
+   public:
+    explicit BulkLoader(Index* index);
+    ~BulkLoader();
+    BulkLoader(const BulkLoader&) = delete;
+    BulkLoader& operator=(const BulkLoader&) = delete;
+
+    //! Buffers `e`, whose entity text must stay valid until Finish. kInvalidArgument
+    //! (nothing buffered) for an empty entity, an action id InternAction did not give, or
+    //! a cidr: entity that is not a network.
+    absl::Status Add(const ActiveEntry& e);
+    //! Entries buffered.
+    size_t size() const;
+    //! Applies what was buffered and empties the loader. `threads` (clamped to 1..16)
+    //! threads insert into distinct shards at once, the calling one among them. Errors as
+    //! Apply's; after one, some entries may have been applied and others not.
+    absl::Status Finish(int threads = 1);
+
+   private:
+    struct State;
+    std::unique_ptr<State> state_;
+  };
 
   //! Applier only (or while no Apply runs): calls `fn` for every mitigation held with its
   //! entity (canonical text), action name and expiry, in no particular order.

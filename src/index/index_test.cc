@@ -482,7 +482,7 @@ TEST(IndexTest, ApplyActiveEqualsApplyOfEach) {
   for (int i = 0; i < 20; ++i) entities.push_back(absl::StrCat("cidr:2001:db8:", i, "::/48"));
   const std::vector<std::string> actions = {"block", "challenge", "throttle"};
   for (const bool preload : {false, true}) {
-    Index bulk, each;
+    Index bulk, each, loaded;  // ApplyActive; Apply of each; a BulkLoader on 3 threads
     std::vector<std::string> id_entity(6000);
     auto make = [&](int n) {
       if (id_entity[n].empty()) id_entity[n] = E(entities[rng() % entities.size()]).str();
@@ -494,6 +494,7 @@ TEST(IndexTest, ApplyActiveEqualsApplyOfEach) {
         core::Mitigation m = make(static_cast<int>(rng() % 6000));
         ASSERT_TRUE(bulk.Apply(m).ok());
         ASSERT_TRUE(each.Apply(m).ok());
+        ASSERT_TRUE(loaded.Apply(m).ok());
       }
     }
     std::vector<core::Mitigation> input;
@@ -512,6 +513,20 @@ TEST(IndexTest, ApplyActiveEqualsApplyOfEach) {
     }
     ASSERT_TRUE(bulk.ApplyActive(entries).ok());
     bulk.CheckInvariantsForTest();
+    {
+      Index::BulkLoader loader(&loaded);
+      const size_t before = loaded.size();
+      for (Index::ActiveEntry e : entries) {
+        e.action = *loaded.InternAction(bulk.ActionName(e.action));
+        ASSERT_TRUE(loader.Add(e).ok());
+      }
+      EXPECT_EQ(loader.size(), entries.size());
+      EXPECT_EQ(loaded.size(), before);  // nothing applied before Finish
+      ASSERT_TRUE(loader.Finish(3).ok());
+      EXPECT_EQ(loader.size(), 0u);
+    }
+    loaded.CheckInvariantsForTest();
+    EXPECT_EQ(Contents(loaded), Contents(each));
     EXPECT_EQ(bulk.size(), each.size());
     const std::vector<std::string> contents = Contents(bulk);
     EXPECT_EQ(contents, Contents(each));
@@ -536,9 +551,12 @@ TEST(IndexTest, ApplyActiveEqualsApplyOfEach) {
       if (rng() % 2) m.state = MitigationState::kRevoked;
       ASSERT_TRUE(bulk.Apply(m).ok());
       ASSERT_TRUE(each.Apply(m).ok());
+      ASSERT_TRUE(loaded.Apply(m).ok());
     }
     bulk.CheckInvariantsForTest();
+    loaded.CheckInvariantsForTest();
     EXPECT_EQ(Contents(bulk), Contents(each));
+    EXPECT_EQ(Contents(loaded), Contents(each));
   }
 }
 
@@ -560,6 +578,54 @@ TEST(IndexTest, ApplyActiveRefusesBadEntries) {
   EXPECT_TRUE(index.ApplyActive({&e, 1}).ok());
   EXPECT_EQ(Ids(Find(index, "user:a")), std::set<std::string>{Id(1)});
   EXPECT_EQ(*index.InternAction("block"), 0);
+}
+
+// Readers look up entities held before a large bulk load while its Finish inserts on two
+// threads (sizing every shard on the way): they always find exactly those, and every
+// loaded entity once Finish returns.
+TEST(IndexConcurrencyTest, ReadersDuringBulkLoadFinish) {
+  Index index;
+  constexpr int kStable = 500;
+  for (int i = 0; i < kStable; ++i) {
+    ASSERT_TRUE(index.Apply(M(absl::StrCat("user:stable", i), Id(i))).ok());
+  }
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200000; ++i) texts.push_back(absl::StrCat("user:loaded", i));
+  Index::BulkLoader loader(&index);
+  const uint16_t action = *index.InternAction("challenge");
+  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+    Index::ActiveEntry e;
+    ASSERT_TRUE(EncodeId(Id(kStable + i), &e.id));
+    e.entity = texts[i];
+    e.action = action;
+    e.expires_us = absl::ToUnixMicros(kNow + absl::Hours(1));
+    ASSERT_TRUE(loader.Add(e).ok());
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> bad{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t) {
+    readers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      while (!stop.load()) {
+        const int i = static_cast<int>(rng() % kStable);
+        Hits hits;
+        index.Lookup(E(absl::StrCat("user:stable", i)), kNow, &hits);
+        if (hits.size() != 1 || DecodeId(hits[0].id) != Id(i)) bad.fetch_add(1);
+        reads.fetch_add(1);
+      }
+    });
+  }
+  ASSERT_TRUE(loader.Finish(2).ok());
+  stop.store(true);
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+  EXPECT_EQ(index.size(), kStable + texts.size());
+  index.CheckInvariantsForTest();
+  for (int i = 0; i < static_cast<int>(texts.size()); i += 997) {
+    EXPECT_EQ(Ids(Find(index, texts[i])), std::set<std::string>{Id(kStable + i)});
+  }
 }
 
 // One writer churns other entities (growing, rebuilding and compacting shards) while readers

@@ -601,10 +601,32 @@ class ShardWriter {
 
 }  // namespace
 
+uint64_t Table::Hash(std::string_view key) { return HashKey(key); }
+
+size_t Table::NewKeyWords(size_t key_len) {
+  // A one-line entry may leave the rest of its line empty (AlignEntry); a longer one is
+  // not aligned, and the one-line entry after it may have to skip the rest of its line.
+  const size_t w = EntryWords(key_len, 1);
+  return w <= kLineWords ? kLineWords : w + kLineWords - 1;
+}
+
+void Table::ReserveShard(size_t shard, size_t keys, size_t words) {
+  Shard& s = shards_[shard];
+  ShardWriter w(s, shard_bits_);
+  w.ReserveBulk(keys, words + kLineWords);
+  const size_t now_bytes = w.Accounted();
+  memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
+  s.accounted_bytes = now_bytes;
+}
+
 Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_t* old_action) {
+  return UpsertHashed(key, HashKey(key), r, old_action);
+}
+
+Table::UpsertResult Table::UpsertHashed(std::string_view key, uint64_t hash, const Record& r,
+                                        uint16_t* old_action) {
   if (key.size() > kMaxKeyBytes) return UpsertResult::kRefused;
   const KeyWordsBuf kb(key);
-  const uint64_t hash = HashKey(key);
   Shard& s = ShardFor(hash);
   ShardWriter w(s, shard_bits_);
   const size_t kw = kb.n();
@@ -681,38 +703,6 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_
   memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
   s.accounted_bytes = now_bytes;
   return result;
-}
-
-std::vector<uint32_t> Table::PrepareBulk(std::span<const std::string_view> keys) {
-  const size_t shards = size_t{1} << shard_bits_;
-  std::vector<uint32_t> shard_of(keys.size());
-  std::vector<size_t> count(shards + 1, 0);
-  std::vector<size_t> words(shards, 0);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const size_t k = HashKey(keys[i]) & (shards - 1);
-    shard_of[i] = static_cast<uint32_t>(k);
-    ++count[k + 1];
-    // As Alloc lays a new one-record entry out at the arena's end (alignment included).
-    const size_t w = EntryWords(keys[i].size(), 1);
-    const size_t used = shards_[k].arena_used + words[k];
-    words[k] = AlignEntry(used, w) + w - shards_[k].arena_used;
-  }
-  for (size_t k = 0; k < shards; ++k) {
-    if (count[k + 1] > 0) ShardWriter(shards_[k], shard_bits_).ReserveBulk(count[k + 1], words[k]);
-    count[k + 1] += count[k];
-  }
-  // Each key's place: shard_of becomes it.
-  for (size_t i = 0; i < keys.size(); ++i) {
-    shard_of[i] = static_cast<uint32_t>(count[shard_of[i]]++);
-  }
-  size_t bytes = 0;
-  for (size_t k = 0; k < shards; ++k) {
-    const size_t now_bytes = ShardWriter(shards_[k], shard_bits_).Accounted();
-    bytes += now_bytes - shards_[k].accounted_bytes;
-    shards_[k].accounted_bytes = now_bytes;
-  }
-  memory_bytes_.fetch_add(bytes, std::memory_order_relaxed);
-  return shard_of;
 }
 
 void Table::ForEach(const std::function<void(std::string_view key, const Record& r)>& fn) const {

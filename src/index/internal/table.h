@@ -65,18 +65,28 @@ class Table {
   //! `old_action` is given and the record existed (kUpdated, kUnchanged), it receives the
   //! record's action before the update.
   UpsertResult Upsert(std::string_view key, const Record& r, uint16_t* old_action = nullptr);
+  //! Upsert with `hash` = Hash(key) computed before.
+  UpsertResult UpsertHashed(std::string_view key, uint64_t hash, const Record& r,
+                            uint16_t* old_action = nullptr);
+
+  // For loading many keys shard by shard:
+  //! The hash Upsert takes of `key` (the same for every table of this process).
+  static uint64_t Hash(std::string_view key);
+  //! Shards, and the shard of a hash.
+  size_t shard_count() const { return size_t{1} << shard_bits_; }
+  size_t ShardOf(uint64_t hash) const { return hash & (shard_count() - 1); }
+  //! An upper bound of the arena words a new key of `key_len` bytes with one record takes.
+  static size_t NewKeyWords(size_t key_len);
+  //! Writer only. Sizes shard `shard` so that adding `keys` new keys of one record each,
+  //! taking at most `words` arena words in all (sum of NewKeyWords), rebuilds no slot
+  //! array and grows no arena. Upserts on distinct shards touch nothing in common but
+  //! the table's counters, which are atomic: the writer may run the upserts of a bulk
+  //! load for different shards on different threads at once (never two on one shard).
+  void ReserveShard(size_t shard, size_t keys, size_t words);
   //! Writer only. Removes the record `id` under `key`; false if it was not there. When
   //! `old_action` is given and a record was removed, it receives that record's action.
   bool Remove(std::string_view key, const std::array<uint8_t, 16>& id,
               uint16_t* old_action = nullptr);
-
-  //! Writer only. Prepares adding many keys at once: returns, for each key, its place in
-  //! the order in which to Upsert them (the keys of one shard together, in their given
-  //! order within a shard, so one shard's slots stay in cache while it is filled), and
-  //! sizes each shard's slot array and arena so that adding them, each a new key with one
-  //! record, rebuilds no slot array and grows no arena. (Keys that are already held or
-  //! repeated only make the sizes generous.)
-  std::vector<uint32_t> PrepareBulk(std::span<const std::string_view> keys);
 
   //! Writer only (or with the writer stopped): calls `fn` for every record held with its
   //! key, shard by shard, in no particular order.
