@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -101,6 +103,37 @@ TEST(FeedTest, EnforcementLinesTakeTheFastPathAndAgreeWithJson) {
   EXPECT_FALSE(ParseSnapshotLine(line("nocolon")).ok());
 }
 
+// The scanner reads 16 bytes at a time: an escape or a control character anywhere in a
+// long value, on either side of a 16-byte boundary, still sends the line to the JSON path.
+TEST(FeedTest, FastPathSeesEscapesAndControlsAtEveryPosition) {
+  auto line = [](const std::string& entity) {
+    return absl::StrCat(
+        R"({"id":")", Id(5), R"(","entity":")", entity,
+        R"(","action":"block","state":"active","expires_at":"2100-01-01T00:00:00Z"})");
+  };
+  internal::FeedItem item;
+  for (size_t at = 0; at < 40; ++at) {
+    std::string id(40, 'x');
+    ASSERT_TRUE(internal::ParseEnforcementLine(line("user:" + id), &item)) << at;
+    EXPECT_EQ(item.entity.str(), "user:" + id);
+    std::string escaped = id;
+    escaped.replace(at, 1, "\\u0079");  // y
+    EXPECT_FALSE(internal::ParseEnforcementLine(line("user:" + escaped), &item)) << at;
+    auto slow = ParseSnapshotLine(line("user:" + escaped));
+    ASSERT_TRUE(slow.ok()) << at << " " << slow.status();
+    std::string want = id;
+    want[at] = 'y';
+    EXPECT_EQ(slow->entity.str(), "user:" + want);
+    std::string control = id;
+    control[at] = '\x01';
+    EXPECT_FALSE(internal::ParseEnforcementLine(line("user:" + control), &item)) << at;
+    EXPECT_FALSE(ParseSnapshotLine(line("user:" + control)).ok()) << at;
+    std::string quote = id;
+    quote[at] = '"';  // ends the string early: not the shape
+    EXPECT_FALSE(internal::ParseEnforcementLine(line("user:" + quote), &item)) << at;
+  }
+}
+
 TEST(FeedTest, ReadsTimesAsCoreDoes) {
   for (const char* t : {"2100-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.5Z",
                         "2026-11-28T12:00:00.123456Z", "2026-11-28T12:00:00.123456789Z",
@@ -151,6 +184,11 @@ class FakeServer {
     for (auto& t : conns_) t.join();
   }
   int port() const { return port_; }
+  // Replies go out in pieces of this many bytes with `piece_delay` between them (0: at once).
+  void SlowReplies(size_t piece_bytes, std::chrono::microseconds piece_delay) {
+    piece_bytes_ = piece_bytes;
+    piece_delay_ = piece_delay;
+  }
 
  private:
   void Accept() {
@@ -178,11 +216,17 @@ class FakeServer {
       buf.erase(0, end + 4);
       std::string reply = handler_(line);
       if (reply.empty()) break;
-      ::send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
+      const size_t piece = piece_bytes_ > 0 ? piece_bytes_.load() : reply.size();
+      for (size_t at = 0; at < reply.size(); at += piece) {
+        if (at > 0) std::this_thread::sleep_for(piece_delay_.load());
+        ::send(c, reply.data() + at, std::min(piece, reply.size() - at), MSG_NOSIGNAL);
+      }
     }
     ::close(c);
   }
   Handler handler_;
+  std::atomic<size_t> piece_bytes_{0};
+  std::atomic<std::chrono::microseconds> piece_delay_{std::chrono::microseconds(0)};
   int fd_;
   int port_ = 0;
   std::atomic<bool> stop_{false};
@@ -288,6 +332,155 @@ TEST(ClientTest, ChecksCidrAndReconnectsAfterErrors) {
   EXPECT_FALSE((*client)->Check("bad entity").ok());
   EXPECT_EQ((*client)->stats().reconnects, 2);
   EXPECT_EQ(snapshot_calls.load(), 3);
+}
+
+// A snapshot of thousands of lines (entities of every kind, several actions, lines the
+// fast path declines) goes through the bulk load; the feed then deletes, updates and adds,
+// starting right after the snapshot's seq. The mirror ends as a model of the same changes.
+TEST(ClientTest, BulkLoadsALargeSnapshotThenFollowsTheFeed) {
+  constexpr int kLines = 6000;
+  constexpr int64_t kSnapshotSeq = 9000;
+  const std::vector<std::string> actions = {"block", "challenge", "exclude_royalties"};
+  std::map<std::string, std::string> model;  // id -> "entity action expires_us"
+  const std::string expires = "2100-01-01T00:00:00Z";
+  const int64_t expires_us = core::ToMicros(*core::ParseRfc3339(expires));
+  auto entity_of = [](int i) -> std::string {
+    switch (i % 5) {
+      case 0:
+        return absl::StrCat("ip:10.", (i / 256) % 256, ".", i % 256, ".1");
+      case 1:
+        return absl::StrCat("cidr:10.", i % 200, ".", i % 7, ".0/24");
+      case 2:
+        return absl::StrCat("ip:2001:db8::", absl::Hex(i));
+      default:
+        return absl::StrCat("user:u", i % 4000);  // some users hold several
+    }
+  };
+  std::string snapshot = absl::StrCat("{\"seq\":", kSnapshotSeq, "}\n");
+  for (int i = 0; i < kLines; ++i) {
+    const std::string entity = entity_of(i);
+    const std::string& action = actions[i % actions.size()];
+    // Every 50th line in the full view's shape (extra fields): the JSON path.
+    if (i % 50 == 0) {
+      absl::StrAppend(&snapshot, M(Id(i), entity, action, "active", expires), "\n");
+    } else {
+      absl::StrAppend(&snapshot, R"({"id":")", Id(i), R"(","entity":")", entity, R"(","action":")",
+                      action, R"(","state":"active","expires_at":")", expires, "\"}\n");
+    }
+    model[Id(i)] = absl::StrCat(core::Entity::Parse(entity)->str(), " ", action, " ", expires_us);
+  }
+  // The feed: delete every 7th, re-action every 11th, add 100 new.
+  std::string changes = "{\"changes\":[";
+  int64_t seq = kSnapshotSeq;
+  auto change = [&](int i, const std::string& op, const std::string& action) {
+    if (seq > kSnapshotSeq) changes += ",";
+    ++seq;
+    absl::StrAppend(&changes, R"({"seq":)", seq, R"(,"op":")", op, R"(","mitigation":)",
+                    M(Id(i), entity_of(i), action, op == "upsert" ? "active" : "revoked", expires),
+                    "}");
+    if (op == "upsert") {
+      model[Id(i)] =
+          absl::StrCat(core::Entity::Parse(entity_of(i))->str(), " ", action, " ", expires_us);
+    } else {
+      model.erase(Id(i));
+    }
+  };
+  for (int i = 0; i < kLines; i += 7) change(i, "delete", "block");
+  for (int i = 1; i < kLines; i += 11) change(i, "upsert", "throttle");
+  for (int i = kLines; i < kLines + 100; ++i) change(i, "upsert", "block");
+  absl::StrAppend(&changes, "],\"next\":", seq, "}");
+  const int64_t last_seq = seq;
+
+  std::mutex mu;
+  std::vector<std::string> seen;
+  bool served_changes = false;
+  FakeServer server([&](const std::string& line) -> std::string {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(line);
+    if (line.rfind("GET /v1/snapshot", 0) == 0) return Reply(200, snapshot);
+    if (line.rfind(absl::StrCat("GET /v1/changes?after=", kSnapshotSeq, "&"), 0) == 0 &&
+        !served_changes) {
+      served_changes = true;
+      return Reply(200, changes);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return Reply(200, absl::StrCat(R"({"changes":[],"next":)", last_seq, "}"));
+  });
+  auto client = Client::Start(
+      {.url = absl::StrCat("http://127.0.0.1:", server.port()), .key = "k_test.secret"});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->WaitForSeq(last_seq, absl::Seconds(20)).ok());
+  std::vector<std::string> want;
+  for (const auto& [id, rest] : model) want.push_back(absl::StrCat(id, " ", rest));
+  EXPECT_EQ((*client)->DumpForTest(), want);
+  EXPECT_EQ((*client)->stats().size, static_cast<int64_t>(model.size()));
+  EXPECT_EQ((*client)->stats().snapshots_loaded, 1);
+  EXPECT_EQ((*client)->stats().stale_changes, 0);
+  // Verdicts from the mirror: a blocked user, a removed one, an address under a network.
+  EXPECT_EQ(*(*client)->Check("user:u3"), core::Verdict::kDeny);  // line 3: block
+  EXPECT_EQ(*(*client)->Check(entity_of(kLines + 3)), core::Verdict::kDeny);
+  EXPECT_EQ(*(*client)->Check("ip:10.0.0.1"), core::Verdict::kAllow);     // line 0, deleted
+  auto covered = (*client)->Lookup(*core::Entity::Parse("ip:10.6.6.9"));  // cidr:10.6.6.0/24
+  ASSERT_FALSE(covered.empty());
+  EXPECT_EQ(covered[0].entity, "cidr:10.6.6.0/24");
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_EQ(seen[1].rfind(absl::StrCat("GET /v1/changes?after=", kSnapshotSeq, "&"), 0), 0u)
+      << seen[1];
+}
+
+// Checks run on other threads while a snapshot streams in slowly and is applied: they
+// answer (allow until the mitigation is loaded, its verdict after), never anything else.
+TEST(ClientTest, ChecksAreAnsweredDuringALoad) {
+  constexpr int kLines = 3000;
+  std::string snapshot = "{\"seq\":5}\n";
+  for (int i = 0; i < kLines; ++i) {
+    absl::StrAppend(
+        &snapshot, R"({"id":")", Id(i), R"(","entity":"user:c)", i,
+        R"(","action":"challenge","state":"active","expires_at":"2100-01-01T00:00:00Z"})", "\n");
+  }
+  FakeServer server([&](const std::string& line) -> std::string {
+    if (line.rfind("GET /v1/snapshot", 0) == 0) return Chunked(snapshot);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return Reply(200, R"({"changes":[],"next":5})");
+  });
+  server.SlowReplies(4096, std::chrono::microseconds(300));
+  auto client =
+      Client::Start({.url = absl::StrCat("http://127.0.0.1:", server.port()), .key = "k"});
+  ASSERT_TRUE(client.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> wrong{0}, checks{0}, challenged{0};
+  std::vector<std::thread> checkers;
+  for (int t = 0; t < 2; ++t) {
+    checkers.emplace_back([&, t] {
+      std::vector<core::Entity> entities;
+      for (int i = t; i < kLines; i += 97) {
+        entities.push_back(*core::Entity::Parse(absl::StrCat("user:c", i)));
+      }
+      const core::Entity other = *core::Entity::Parse("user:other");
+      while (!stop.load()) {
+        for (const core::Entity& e : entities) {
+          const core::Verdict v = (*client)->Check(e);
+          if (v != core::Verdict::kAllow && v != core::Verdict::kChallenge) wrong.fetch_add(1);
+          if (v == core::Verdict::kChallenge) challenged.fetch_add(1);
+          if ((*client)->Check(other) != core::Verdict::kAllow) wrong.fetch_add(1);
+          checks.fetch_add(1);
+        }
+      }
+    });
+  }
+  const absl::Status synced = (*client)->WaitUntilSynced(absl::Seconds(30));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  stop.store(true);
+  for (auto& t : checkers) t.join();
+  ASSERT_TRUE(synced.ok()) << synced;
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(checks.load(), 0);
+  EXPECT_GT(challenged.load(), 0);
+  for (int i = 0; i < kLines; i += 13) {
+    EXPECT_EQ(*(*client)->Check(absl::StrCat("user:c", i)), core::Verdict::kChallenge) << i;
+  }
+  EXPECT_EQ((*client)->stats().size, kLines);
 }
 
 TEST(ClientTest, RejectsBadOptions) {
