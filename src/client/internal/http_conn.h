@@ -71,8 +71,11 @@ class HttpConn {
   std::mutex mu_;  // guards fd_ against Abort from another thread
   int fd_ = -1;    // guarded by mu_ for writes
   std::atomic<bool> aborted_{false};
-  std::string buf_;  // bytes read and not consumed
-  size_t pos_ = 0;   // first unconsumed byte of buf_
+  // Bytes read and not consumed are buf_[pos_, end_); recv writes straight after end_
+  // (buf_ is storage: its size is its capacity, grown rarely).
+  std::string buf_;
+  size_t pos_ = 0;
+  size_t end_ = 0;
   int status_code_ = 0;
 };
 
