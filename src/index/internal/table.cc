@@ -440,6 +440,20 @@ class ShardWriter {
     const size_t slots = std::max(kMinSlots, RoundUpPow2((s_.live + keys + 1) * 2));
     if (slots > s_.slot_count) RebuildSlots(slots);
     if (s_.arena_used + words > s_.arena_cap) GrowArena(s_.arena_used + words);
+#ifdef MADV_POPULATE_WRITE
+    // The pages about to be written, faulted in by one call rather than one fault each
+    // (at a million keys that is tens of thousands of faults). Only a hint: on a kernel
+    // without it, the pages fault in as they are written.
+    Populate(s_.slots_w(), (s_.slot_count + 1) * 8);
+    Populate(s_.arena_w() + s_.arena_used, std::min(words, s_.arena_cap - s_.arena_used) * 8);
+#endif
+  }
+
+  static void Populate(const void* p, size_t bytes) {
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto start = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+    const auto end = reinterpret_cast<uintptr_t>(p) + bytes;
+    if (bytes > 0) madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_WRITE);
   }
 
   // An entry of `words` words, from a free list or the arena's end. May move the arena.
