@@ -343,7 +343,8 @@ struct Index::BulkLoader::State {
     size_t n = 0;
     size_t words = 0;  // arena words the new keys may take
     Pending& Next() {
-      if (n == chunks.size() * kChunk) chunks.push_back(std::make_unique<Pending[]>(kChunk));
+      // Default-initialised (not zeroed): every element is assigned before it is read.
+      if (n == chunks.size() * kChunk) chunks.emplace_back(new Pending[kChunk]);
       return chunks[n / kChunk][n % kChunk];
     }
     const Pending& at(size_t i) const { return chunks[i / kChunk][i % kChunk]; }
