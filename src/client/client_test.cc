@@ -483,6 +483,44 @@ TEST(ClientTest, ChecksAreAnsweredDuringALoad) {
   EXPECT_EQ((*client)->stats().size, kLines);
 }
 
+// A load that fails half-applied (an entity over the index's 65535 mitigations) is
+// retried; the retry removes what the new snapshot lacks.
+TEST(ClientTest, ARetriedLoadRemovesWhatTheNewSnapshotLacks) {
+  auto big_id = [](int i) {
+    std::string n = absl::StrCat(i);
+    return "m_01HZZZZZZZZZZZZZZZ" + std::string(8 - n.size(), '0') + n;
+  };
+  std::string bad = "{\"seq\":2}\n";
+  for (int i = 0; i < 65536; ++i) {
+    absl::StrAppend(&bad, R"({"id":")", big_id(i), R"(","entity":"user:hot","action":"block",)",
+                    R"("state":"active","expires_at":"2100-01-01T00:00:00Z"})", "\n");
+  }
+  const std::string good =
+      absl::StrCat("{\"seq\":3}\n", M(big_id(1), "user:hot", "block", "active"), "\n",
+                   M(Id(7), "user:y", "challenge", "active"), "\n");
+  std::atomic<int> snapshots{0};
+  FakeServer server([&](const std::string& line) -> std::string {
+    if (line.rfind("GET /v1/snapshot", 0) == 0) {
+      return Reply(200, snapshots.fetch_add(1) == 0 ? bad : good);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return Reply(200, R"({"changes":[],"next":3})");
+  });
+  auto client = Client::Start({.url = absl::StrCat("http://127.0.0.1:", server.port()),
+                               .key = "k",
+                               .min_backoff = absl::Milliseconds(5),
+                               .max_backoff = absl::Milliseconds(20)});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->WaitUntilSynced(absl::Seconds(30)).ok());
+  EXPECT_EQ(snapshots.load(), 2);
+  EXPECT_EQ((*client)->stats().reconnects, 1);
+  EXPECT_EQ((*client)->DumpForTest(),
+            (std::vector<std::string>{absl::StrCat(big_id(1), " user:hot block 4102444800000000"),
+                                      absl::StrCat(Id(7), " user:y challenge 4102444800000000")}));
+  EXPECT_EQ((*client)->stats().size, 2);
+  EXPECT_EQ(*(*client)->Check("user:hot"), core::Verdict::kDeny);
+}
+
 TEST(ClientTest, RejectsBadOptions) {
   EXPECT_FALSE(Client::Start({.url = "ftp://x:1", .key = "k"}).ok());
   EXPECT_FALSE(Client::Start({.url = "http://x:1", .key = ""}).ok());
