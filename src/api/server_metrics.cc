@@ -8,6 +8,8 @@
 #include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "rapidjson/document.h"
+#include "workflow/rollback.h"
 
 namespace quell::api {
 
@@ -22,47 +24,125 @@ bool PayloadIsPendingApproval(std::string_view payload) {
   return payload.substr(at + kKey.size(), kPending.size()) == kPending;
 }
 
-absl::Status ReviewQueueTracker::Load(ledger::Store& store) {
-  // Only the pending ones, a page at a time (the store indexes mitigations by state):
-  // not a second scan of every live mitigation at start.
-  absl::flat_hash_map<std::string, absl::Time> open;
-  ledger::MitigationQuery q;
-  q.state = core::MitigationState::kPendingApproval;
-  q.limit = 1000;
-  while (true) {
-    QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
-    for (const core::Mitigation& m : page.mitigations) open.emplace(m.id, m.created_at);
-    if (page.next_cursor.empty()) break;
-    q.cursor = std::move(page.next_cursor);
+std::string_view ReviewKindName(ReviewKind kind) {
+  switch (kind) {
+    case ReviewKind::kMitigation:
+      return "mitigation";
+    case ReviewKind::kRollback:
+      return "rollback";
+    case ReviewKind::kAppeal:
+      return "appeal";
   }
+  return "unknown";
+}
+
+ReviewQueueTracker::ReviewQueueTracker(ReviewQueueOptions options)
+    : clock_(options.clock != nullptr ? options.clock : core::RealClock::Get()),
+      pending_ttl_(options.pending_ttl) {}
+
+absl::Status ReviewQueueTracker::Load(ledger::Store& store) {
+  // Open appeals are only in the log (kReview changes on their entities' timelines), so
+  // the log is replayed once, through the same rules as the change stream: the figures
+  // of a restarted node are those of one that followed every change.
+  constexpr int kPage = 10000;
   absl::MutexLock lock(&mu_);
-  open_ = std::move(open);
+  for (auto& m : open_) m.clear();
+  int64_t after = 0;
+  while (true) {
+    QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kPage));
+    if (page.empty()) break;
+    after = page.back().seq;
+    for (const ledger::Change& c : page) ApplyLocked(c);
+    if (static_cast<int>(page.size()) < kPage) break;
+  }
+  loaded_seq_ = after;
   return absl::OkStatus();
 }
 
 void ReviewQueueTracker::OnCommitted(const std::vector<ledger::Change>& changes) {
   absl::MutexLock lock(&mu_);
   for (const ledger::Change& c : changes) {
-    if (c.kind != ledger::ChangeKind::kMitigation) continue;
-    if (PayloadIsPendingApproval(c.payload)) {
-      open_.emplace(c.subject, c.at);  // keeps the first time it was seen pending
-    } else if (!open_.empty()) {
-      open_.erase(c.subject);
-    }
+    if (c.seq != 0 && c.seq <= loaded_seq_) continue;  // already read by Load
+    ApplyLocked(c);
   }
 }
 
-int64_t ReviewQueueTracker::Depth() const {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(open_.size());
+void ReviewQueueTracker::OpenLocked(ReviewKind kind, const std::string& id, absl::Time since,
+                                    bool expires) {
+  open_[static_cast<int>(kind)].insert_or_assign(
+      id, Item{since, expires ? since + pending_ttl_ : absl::InfiniteFuture()});
 }
 
-std::optional<absl::Time> ReviewQueueTracker::OldestSince() const {
+namespace {
+
+std::string StringField(const rapidjson::Value& v, const char* name) {
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+}  // namespace
+
+void ReviewQueueTracker::ApplyLocked(const ledger::Change& c) {
+  if (c.kind == ledger::ChangeKind::kMitigation) {
+    auto& pending = open_[static_cast<int>(ReviewKind::kMitigation)];
+    if (!PayloadIsPendingApproval(c.payload)) {
+      if (!pending.empty()) pending.erase(c.subject);
+      return;
+    }
+    if (pending.contains(c.subject)) return;  // e.g. a first approval of two: still open
+    // Rare (a held decision): parse it for created_at, what pending_ttl runs from.
+    absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(c.payload);
+    OpenLocked(ReviewKind::kMitigation, m.ok() ? m->id : c.subject, m.ok() ? m->created_at : c.at,
+               /*expires=*/true);
+    return;
+  }
+  if (c.kind != ledger::ChangeKind::kReview) return;
+  if (c.entity == workflow::kRollbackJournal) {
+    absl::StatusOr<workflow::RollbackRequest> r =
+        workflow::RollbackRequestFromPayload(c.payload, c.at);
+    if (!r.ok()) return;
+    if (r->state == "pending_approval") {
+      OpenLocked(ReviewKind::kRollback, r->id, r->requested_at, /*expires=*/true);
+    } else {
+      open_[static_cast<int>(ReviewKind::kRollback)].erase(r->id);
+    }
+    return;
+  }
+  // An appeal (workflow/appeals.cc): {"appeal": id, "state": open|granted|denied, ...}.
+  rapidjson::Document doc;
+  doc.Parse(c.payload.data(), c.payload.size());
+  if (doc.HasParseError() || !doc.IsObject()) return;
+  const std::string id = StringField(doc, "appeal");
+  if (id.empty()) return;
+  if (StringField(doc, "state") == "open") {
+    auto& appeals = open_[static_cast<int>(ReviewKind::kAppeal)];
+    if (appeals.contains(id)) return;
+    OpenLocked(ReviewKind::kAppeal, id,
+               core::ParseRfc3339(StringField(doc, "filed_at")).value_or(c.at),
+               /*expires=*/false);
+  } else {
+    open_[static_cast<int>(ReviewKind::kAppeal)].erase(id);
+  }
+}
+
+ReviewQueueFigures ReviewQueueTracker::Figures(ReviewKind kind) const {
+  const absl::Time now = clock_->Now();
+  ReviewQueueFigures out;
   absl::MutexLock lock(&mu_);
-  if (open_.empty()) return std::nullopt;
-  absl::Time oldest = absl::InfiniteFuture();
-  for (const auto& [id, since] : open_) oldest = std::min(oldest, since);
-  return oldest;
+  auto& items = open_[static_cast<int>(kind)];
+  for (auto it = items.begin(); it != items.end();) {
+    if (it->second.expires <= now) {
+      items.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  out.depth = static_cast<int64_t>(items.size());
+  for (const auto& [id, item] : items) {
+    if (!out.oldest || item.since < *out.oldest) out.oldest = item.since;
+  }
+  return out;
 }
 
 std::string NodeName(std::string_view configured) {
@@ -116,11 +196,9 @@ class FeedLag {
 
 }  // namespace
 
-absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(obs::Registry& registry,
-                                                                       std::string_view version,
-                                                                       ledger::Ledger* ledger,
-                                                                       index::Index* index,
-                                                                       std::string_view node) {
+absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(
+    obs::Registry& registry, std::string_view version, ledger::Ledger* ledger, index::Index* index,
+    std::string_view node, ReviewQueueOptions review_options) {
   QUELL_RETURN_IF_ERROR(obs::AddBuildInfo(registry, version));
   std::vector<obs::CallbackHandle> handles;
   auto gauge = [&](std::string_view name, std::string_view help,
@@ -193,19 +271,38 @@ absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(obs::Regi
                  return std::vector<obs::LabelledValue>{{{node_name}, lag->Get().seconds}};
                }));
 
-  // Review queue: pending approvals, tracked from the change stream.
-  auto reviews = std::make_shared<ReviewQueueTracker>();
+  // Review queue: pending approvals, rollback requests and open appeals, per kind, tracked
+  // from the change stream. Every kind is exported, 0 when it has no open item.
+  auto reviews = std::make_shared<ReviewQueueTracker>(review_options);
   QUELL_RETURN_IF_ERROR(reviews->Load(ledger->store()));
   ledger->AddListener(reviews.get());
-  QUELL_RETURN_IF_ERROR(gauge("quell_review_queue_depth",
-                              "Open reviews (mitigations pending approval).",
-                              [reviews] { return static_cast<double>(reviews->Depth()); }));
-  QUELL_RETURN_IF_ERROR(
-      gauge("quell_review_queue_oldest_age_seconds",
-            "Age of the oldest open review (0 when the queue is empty).", [reviews] {
-              auto since = reviews->OldestSince();
-              return since ? std::max(0.0, absl::ToDoubleSeconds(absl::Now() - *since)) : 0.0;
-            }));
+  QUELL_RETURN_IF_ERROR(labelled(
+      "quell_review_queue_depth",
+      "Open reviews per kind: mitigation (pending approval), rollback (bulk rollback request "
+      "pending approval), appeal (open appeal). Expired items do not count.",
+      {"kind"}, [reviews] {
+        std::vector<obs::LabelledValue> out;
+        for (ReviewKind k : kReviewKinds) {
+          out.push_back(
+              {{std::string(ReviewKindName(k))}, static_cast<double>(reviews->Figures(k).depth)});
+        }
+        return out;
+      }));
+  const core::Clock* clock =
+      review_options.clock != nullptr ? review_options.clock : core::RealClock::Get();
+  QUELL_RETURN_IF_ERROR(labelled(
+      "quell_review_queue_oldest_age_seconds",
+      "Age of the oldest open review per kind (0 when that kind has none).", {"kind"},
+      [reviews, clock] {
+        std::vector<obs::LabelledValue> out;
+        const absl::Time now = clock->Now();
+        for (ReviewKind k : kReviewKinds) {
+          auto since = reviews->Figures(k).oldest;
+          out.push_back({{std::string(ReviewKindName(k))},
+                         since ? std::max(0.0, absl::ToDoubleSeconds(now - *since)) : 0.0});
+        }
+        return out;
+      }));
   return handles;
 }
 

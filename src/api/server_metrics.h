@@ -18,33 +18,81 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/time.h"
 #include "index/index.h"
 #include "ledger/ledger.h"
 #include "obs/metrics.h"
 
 namespace quell::api {
 
-// The open review queue (pending_approval mitigations) as seen through the ledger's
-// change stream: depth and the age of the oldest item, without a store query per
-// scrape. Load it from the store, then register it as a ledger listener.
+// What an open review is, as GET /v1/reviews and the appeals API name it (the `kind`
+// label of the review-queue gauges):
+//   kMitigation: a mitigation pending approval (GET /v1/reviews kind "mitigation");
+//                open until decided or past created_at + pending_ttl.
+//   kRollback:   a bulk rollback request pending approval (kind "rollback", id "rb_...");
+//                open until decided or past requested_at + pending_ttl.
+//   kAppeal:     an open appeal (POST /v1/appeals, id "ap_..."); open until granted or
+//                denied (appeals do not expire).
+enum class ReviewKind { kMitigation = 0, kRollback = 1, kAppeal = 2 };
+inline constexpr ReviewKind kReviewKinds[] = {ReviewKind::kMitigation, ReviewKind::kRollback,
+                                              ReviewKind::kAppeal};
+//! "mitigation", "rollback", "appeal".
+std::string_view ReviewKindName(ReviewKind kind);
+
+struct ReviewQueueOptions {
+  const core::Clock* clock = nullptr;  // nullptr = core::RealClock::Get()
+  // SafeguardOptions::pending_ttl: pending approvals and rollback requests stop counting
+  // once this old, even though nothing is written when a rollback request expires (and
+  // the sweeper expires approvals only on its next pass).
+  absl::Duration pending_ttl = absl::Hours(24 * 7);
+};
+
+// Depth and age of the oldest item of one kind of the open review queue.
+struct ReviewQueueFigures {
+  int64_t depth = 0;
+  std::optional<absl::Time> oldest;  // when the oldest open item was requested
+};
+
+// The open review queue (pending approvals, pending rollback requests, open appeals) as
+// seen through the ledger's change stream: depth and the age of the oldest item per
+// kind, without a store query per scrape. Load it from the store, then register it as a
+// ledger listener (on PostgreSQL the change feed delivers every node's changes to it).
+// Items past their expiry are not counted, and dropped, when the figures are read.
 //
-// Thread-safety: OnCommitted runs on the ledger's listener thread; Load before writes;
-// Depth/OldestSince from any thread. Ownership: owns its small map (one entry per open
-// review).
+// Thread-safety: OnCommitted runs on the ledger's listener (or change-feed) thread; Load
+// before the listener is added; Figures/Depth/OldestSince from any thread. Ownership:
+// owns its small maps (one entry per open item); borrows the clock, which must outlive it.
 class ReviewQueueTracker final : public ledger::ChangeListener {
  public:
-  //! Adds every pending_approval mitigation in `store` (by created_at), paging through
-  //! ListMitigations by state.
+  explicit ReviewQueueTracker(ReviewQueueOptions options = {});
+
+  //! Replays the whole change log (a page of 10,000 changes at a time) to find every
+  //! open item: open appeals are only in the log. Changes up to the last one read are
+  //! then ignored by OnCommitted (a change feed may start earlier and deliver them again).
   absl::Status Load(ledger::Store& store);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
-  int64_t Depth() const;
-  //! When the oldest open review was requested; nullopt when the queue is empty.
-  std::optional<absl::Time> OldestSince() const;
+  //! The open items of `kind` at the clock's now (expired ones are dropped).
+  ReviewQueueFigures Figures(ReviewKind kind) const;
+  int64_t Depth(ReviewKind kind) const { return Figures(kind).depth; }
+  //! When the oldest open item of `kind` was requested; nullopt when there is none.
+  std::optional<absl::Time> OldestSince(ReviewKind kind) const { return Figures(kind).oldest; }
 
  private:
+  struct Item {
+    absl::Time since;
+    absl::Time expires = absl::InfiniteFuture();
+  };
+  void ApplyLocked(const ledger::Change& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OpenLocked(ReviewKind kind, const std::string& id, absl::Time since, bool expires)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const core::Clock* const clock_;
+  const absl::Duration pending_ttl_;
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, absl::Time> open_ ABSL_GUARDED_BY(mu_);  // id -> since
+  int64_t loaded_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the last change Load read
+  // Per kind (index = ReviewKind): id -> when requested, when it expires.
+  mutable absl::flat_hash_map<std::string, Item> open_[3] ABSL_GUARDED_BY(mu_);
 };
 
 //! True when a mitigation change's payload (core::MitigationToJson bytes) has the state
@@ -59,12 +107,11 @@ std::string NodeName(std::string_view configured);
 //! `ledger` and `index` are borrowed and must outlive the handles. The review-queue
 //! tracker is created here, loaded from the ledger's store and added as a ledger
 //! listener; the handles keep it alive (destroy them after the ledger, as with every
-//! listener). `node` labels quell_feed_lag_* (see NodeName).
-absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(obs::Registry& registry,
-                                                                       std::string_view version,
-                                                                       ledger::Ledger* ledger,
-                                                                       index::Index* index,
-                                                                       std::string_view node = {});
+//! listener). `node` labels quell_feed_lag_* (see NodeName). `review_options` gives the
+//! tracker its clock and the safeguards' pending_ttl (pass the one the API uses).
+absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(
+    obs::Registry& registry, std::string_view version, ledger::Ledger* ledger, index::Index* index,
+    std::string_view node = {}, ReviewQueueOptions review_options = {});
 
 }  // namespace quell::api
 

@@ -259,8 +259,14 @@ int Serve(const Flags& flags) {
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
   (*ledger)->AddListener(webhook_dispatcher->get());
 
-  auto metric_handles =
-      api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index, config->node_name);
+  // The review-queue gauges drop approvals and rollback requests past the same
+  // pending_ttl as the API's safeguards (below).
+  api::ReviewQueueOptions review_queue{
+      .clock = clock,
+      .pending_ttl =
+          config->safeguards.pending_ttl.value_or(workflow::SafeguardOptions().pending_ttl)};
+  auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index,
+                                                   config->node_name, review_queue);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
 
   // The change feed (--postgres) as /readyz sees it: set once it runs; the server stops

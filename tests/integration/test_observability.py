@@ -1,6 +1,7 @@
 """Integration tests for observability (issue 9): structured logs without secrets,
 request ids, W3C trace propagation and OTLP export, and a real Prometheus scraping
 the real binary."""
+import calendar
 import http.server
 import json
 import os
@@ -187,6 +188,13 @@ def attrs(span):
         v = a["value"]
         out[a["key"]] = next(iter(v.values()))
     return out
+
+
+def parse_rfc3339(text):
+    """Unix seconds of an RFC 3339 UTC time such as 2026-01-01T00:00:00.123Z."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", text)
+    assert m, text
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
 
 
 def metric_value(text, name, labels=""):
@@ -393,8 +401,8 @@ class OperationalMetricsTest(unittest.TestCase):
                                           '{action="challenge"}'), 0)
             self.assertEqual(metric_value(text, "quell_index_mitigations"), 2)
             self.assertGreater(metric_value(text, "quell_index_memory_bytes"), 0)
-            self.assertEqual(metric_value(text, "quell_review_queue_depth"), 1)
-            age = metric_value(text, "quell_review_queue_oldest_age_seconds")
+            self.assertEqual(metric_value(text, "quell_review_queue_depth", '{kind="mitigation"}'), 1)
+            age = metric_value(text, "quell_review_queue_oldest_age_seconds", '{kind="mitigation"}')
             self.assertTrue(0 <= age < 3600, age)
             self.assertEqual(metric_value(text, "quell_feed_lag_changes", '{node="quell-it-a"}'), 0)
             self.assertEqual(metric_value(text, "quell_feed_lag_seconds", '{node="quell-it-a"}'), 0)
@@ -413,9 +421,115 @@ class OperationalMetricsTest(unittest.TestCase):
             self.assertEqual(q.stop(), 0)
             q.start()
             text = self.scrape(q)
-            self.assertEqual(metric_value(text, "quell_review_queue_depth"), 1)
+            self.assertEqual(metric_value(text, "quell_review_queue_depth", '{kind="mitigation"}'), 1)
             self.assertEqual(metric_value(text, "quell_index_mitigations_by_action",
                                           '{action="block"}'), 2)
+        finally:
+            q.cleanup()
+
+    def review_queue(self, q):
+        """{kind: (depth, oldest age)} from a scrape; every kind must be exported."""
+        text = self.scrape(q)
+        out = {}
+        for kind in ("mitigation", "rollback", "appeal"):
+            label = '{kind="%s"}' % kind
+            depth = metric_value(text, "quell_review_queue_depth", label)
+            age = metric_value(text, "quell_review_queue_oldest_age_seconds", label)
+            self.assertIsNotNone(depth, "no depth for %s:\n%s" % (kind, text))
+            self.assertIsNotNone(age, "no age for %s" % kind)
+            self.assertTrue(0 <= age < 3600, (kind, age))
+            self.assertEqual(age == 0, depth == 0, (kind, depth, age))
+            out[kind] = depth
+        return out
+
+    def test_review_queue_depth_by_kind(self):
+        # Rollbacks over more than one entity wait for approval.
+        q = QuellServer(env={"QUELL_SAFEGUARDS_BULK_THRESHOLD": "1"}).start()
+        try:
+            reviewer = q.create_key("reviewer")
+            self.assertEqual(self.review_queue(q), {"mitigation": 0, "rollback": 0, "appeal": 0})
+            # A pending approval: a manual block over a /8.
+            s, pending, _ = q.request("POST", "/v1/mitigations",
+                                      {"entity": "cidr:11.0.0.0/8", "action": "block",
+                                       "reason": "abuse"})
+            self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
+            # A rollback request: two entities challenged, over the threshold of 1.
+            for entity in ("user:rq-1", "user:rq-2"):
+                s, m, _ = q.request("POST", "/v1/mitigations",
+                                    {"entity": entity, "action": "challenge", "ttl": "1h",
+                                     "reason": "t"})
+                self.assertEqual(s, 201, m)
+            s, rb, _ = q.request("POST", "/v1/rollbacks",
+                                 {"filter": {"action": "challenge"}, "reason": "bad rule"})
+            self.assertEqual((s, rb["state"]), (202, "pending_approval"), rb)
+            # An appeal against a live block.
+            s, m, _ = q.request("POST", "/v1/mitigations",
+                                {"entity": "user:rq-appellant", "action": "block", "ttl": "1h",
+                                 "reason": "t"})
+            self.assertEqual(s, 201, m)
+            s, appeal, _ = q.request("POST", "/v1/appeals",
+                                     {"mitigation_id": m["id"], "statement": "not me"})
+            self.assertEqual((s, appeal["state"]), (201, "open"), appeal)
+            # The gauges agree with the review queue the API lists.
+            reviews = q.request("GET", "/v1/reviews?state=open")[1]["reviews"]
+            self.assertEqual(sorted(r["kind"] for r in reviews), ["mitigation", "rollback"])
+            self.assertEqual(self.review_queue(q), {"mitigation": 1, "rollback": 1, "appeal": 1})
+            # A restarted node rebuilds the same figures from the store.
+            self.assertEqual(q.stop(), 0)
+            q.start()
+            self.assertEqual(self.review_queue(q), {"mitigation": 1, "rollback": 1, "appeal": 1})
+            # Decided, each by another key: out of the queue.
+            s, r, _ = q.request("POST", "/v1/appeals/%s/decision" % appeal["id"],
+                                {"grant": False, "note": "seen it"}, key=reviewer)
+            self.assertEqual((s, r["state"]), (200, "denied"), r)
+            self.assertEqual(self.review_queue(q), {"mitigation": 1, "rollback": 1, "appeal": 0})
+            s, r, _ = q.request("POST", "/v1/reviews/%s/decision" % rb["id"],
+                                {"approve": False, "note": "the rule was right"}, key=reviewer)
+            self.assertEqual(s, 200, r)
+            self.assertEqual(self.review_queue(q), {"mitigation": 1, "rollback": 0, "appeal": 0})
+            s, r, _ = q.request("POST", "/v1/reviews/%s/decision" % pending["id"],
+                                {"approve": False, "note": "too wide"}, key=reviewer)
+            self.assertEqual((s, r["mitigation"]["state"]), (200, "rejected"), r)
+            self.assertEqual(self.review_queue(q), {"mitigation": 0, "rollback": 0, "appeal": 0})
+            self.assertEqual(q.request("GET", "/v1/reviews?state=open")[1]["reviews"], [])
+        finally:
+            q.cleanup()
+
+    def test_expired_reviews_stop_counting_though_nothing_is_written(self):
+        # A rollback request expires lazily (nothing is written); the sweeper, which would
+        # expire pending approvals, runs only once a day here.
+        q = QuellServer(env={"QUELL_SAFEGUARDS_BULK_THRESHOLD": "1",
+                             "QUELL_SAFEGUARDS_PENDING_TTL": "10s",
+                             "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "24h"}).start()
+        try:
+            s, pending, _ = q.request("POST", "/v1/mitigations",
+                                      {"entity": "cidr:11.0.0.0/8", "action": "block",
+                                       "reason": "abuse"})
+            self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
+            for entity in ("user:ex-1", "user:ex-2"):
+                self.assertEqual(q.request("POST", "/v1/mitigations",
+                                           {"entity": entity, "action": "challenge", "ttl": "1h",
+                                            "reason": "t"})[0], 201)
+            s, rb, _ = q.request("POST", "/v1/rollbacks", {"filter": {"action": "challenge"}})
+            self.assertEqual(s, 202, rb)
+            seq = q.request("GET", "/readyz", auth=False)[1]["seq"]
+            expires = min(parse_rfc3339(rb["request"]["expires_at"]),
+                          parse_rfc3339(pending["created_at"]) + 10)
+            counts = self.review_queue(q)
+            if time.time() < expires:  # scraped before either expired (not on a stalled host)
+                self.assertEqual(counts, {"mitigation": 1, "rollback": 1, "appeal": 0})
+            # Then neither counts, with no change written.
+            deadline = time.time() + 60
+            while counts != {"mitigation": 0, "rollback": 0, "appeal": 0}:
+                self.assertLess(time.time(), deadline, counts)
+                time.sleep(0.2)
+                counts = self.review_queue(q)
+            self.assertEqual(q.request("GET", "/v1/rollbacks/" + rb["id"])[1]["state"], "expired")
+            self.assertEqual(q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+            # And a restart does not bring them back.
+            self.assertEqual(q.stop(), 0)
+            q.start()
+            self.assertEqual(self.review_queue(q), {"mitigation": 0, "rollback": 0, "appeal": 0})
         finally:
             q.cleanup()
 
