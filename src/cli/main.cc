@@ -251,7 +251,12 @@ int Serve(const Flags& flags) {
   if (wc.poll) webhook_options.poll = *wc.poll;
   if (webhook_options.backoff_max < webhook_options.backoff_initial)
     webhook_options.backoff_max = webhook_options.backoff_initial;
-  auto webhook_state = webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"));
+  // Several nodes (--postgres): the state is shared in the ledger's database and only the
+  // "webhooks" lease holder delivers (below; docs/cluster.md).
+  auto webhook_state =
+      postgres_url.empty()
+          ? webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"))
+          : webhooks::OpenPostgresStateStore({.url = postgres_url});
   if (!webhook_state.ok()) return Failure(webhook_state.status());
   auto webhook_dispatcher =
       webhooks::Dispatcher::Create(*std::move(webhook_state), &(*ledger)->store(), clock,
@@ -366,7 +371,16 @@ int Serve(const Flags& flags) {
     if (!lease.ok()) return Failure(lease.status());
     expiry_lease = *std::move(lease);
   }
-  (*webhook_dispatcher)->Start();
+  std::unique_ptr<ledger::PostgresLease> webhooks_lease;
+  if (postgres_url.empty()) {
+    (*webhook_dispatcher)->Start();
+  } else {  // delivery on one node at a time; a new holder resumes from the shared cursors
+    auto lease = ledger::PostgresLease::Start(
+        {.url = postgres_url, .name = "webhooks"},
+        [d = webhook_dispatcher->get()](bool held) { held ? d->Start() : d->Stop(); });
+    if (!lease.ok()) return Failure(lease.status());
+    webhooks_lease = *std::move(lease);
+  }
   workflow::DetectionRetention retention(&(*ledger)->store(), clock, config->detection_retention);
   retention.Start();
 
@@ -395,6 +409,7 @@ int Serve(const Flags& flags) {
   (*server)->Shutdown();  // finishes in-flight requests
   expiry_lease.reset();   // releases it (another node takes over) and stops expiry
   expiry.Stop();
+  webhooks_lease.reset();         // releases it: another node delivers
   (*webhook_dispatcher)->Stop();  // before the ledger and its store go
   retention.Stop();
   stop_refresh.store(true);

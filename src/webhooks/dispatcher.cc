@@ -112,24 +112,76 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(std::unique_ptr<S
         metrics->AddGauge("quell_webhook_queue_depth",
                           "Ledger changes not yet handled, summed over webhook subscriptions."));
   }
+  d->worker_ = std::thread([p = d.get()] { p->Run(); });  // in standby until Start
   return d;
 }
 
-Dispatcher::~Dispatcher() { Stop(); }
-
-void Dispatcher::Start() {
-  std::lock_guard lock(mu_);
-  if (worker_.joinable() || stop_) return;
-  worker_ = std::thread([this] { Run(); });
-}
-
-void Dispatcher::Stop() {
+Dispatcher::~Dispatcher() {
   {
     std::lock_guard lock(mu_);
-    stop_ = true;
+    shutdown_ = true;
+    active_ = false;
   }
   cv_.notify_all();
   if (worker_.joinable()) worker_.join();
+}
+
+void Dispatcher::Start() {
+  {
+    std::lock_guard lock(mu_);
+    if (shutdown_) return;
+    if (!active_) {
+      active_ = true;
+      reload_ = true;
+    }
+    wake_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Dispatcher::Stop() {
+  std::unique_lock lock(mu_);
+  active_ = false;
+  cv_.notify_all();
+  cv_.wait(lock, [this] { return !busy_; });
+}
+
+bool Dispatcher::running() const {
+  std::lock_guard lock(mu_);
+  return active_;
+}
+
+absl::Status Dispatcher::Refresh(bool reload) {
+  std::lock_guard refresh(refresh_mu_);
+  QUELL_ASSIGN_OR_RETURN(auto stored, state_->ListSubscriptions());
+  std::lock_guard lock(mu_);
+  std::map<std::string, std::shared_ptr<Sub>> next;
+  for (Subscription& s : stored) {
+    auto it = subs_.find(s.id);
+    std::shared_ptr<Sub> sub;
+    if (it == subs_.end()) {
+      sub = std::make_shared<Sub>();
+      sub->s = std::move(s);
+    } else {
+      sub = it->second;
+      const int64_t cursor =
+          reload ? s.cursor : std::max(sub->s.cursor, s.cursor);  // forward only while running
+      sub->s = std::move(s);
+      sub->s.cursor = cursor;
+      if (reload) {  // the delivery starts again from the recorded cursor
+        sub->failures = 0;
+        sub->pending_seq = 0;
+        sub->pending_body.clear();
+        sub->next_attempt = absl::InfinitePast();
+      }
+    }
+    next.emplace(sub->s.id, std::move(sub));
+  }
+  for (auto& [id, sub] : subs_) {
+    if (next.find(id) == next.end()) sub->deleted = true;  // deleted through another node
+  }
+  subs_ = std::move(next);
+  return absl::OkStatus();
 }
 
 void Dispatcher::OnCommitted(const std::vector<ledger::Change>& changes) {
@@ -137,23 +189,67 @@ void Dispatcher::OnCommitted(const std::vector<ledger::Change>& changes) {
     std::lock_guard lock(mu_);
     wake_ = true;
   }
-  cv_.notify_one();
+  cv_.notify_all();  // all: a Stop may be waiting on cv_ too
 }
 
 void Dispatcher::Run() {
+  absl::Time refreshed = absl::InfinitePast();
   for (;;) {
+    bool active = false, reload = false;
+    {
+      std::unique_lock lock(mu_);
+      if (shutdown_ || !active_) {
+        if (busy_) {  // a Stop may be waiting for the delivery round to end
+          busy_ = false;
+          cv_.notify_all();
+          if (depth_ != nullptr) depth_->Set(0);  // another node delivers now
+        }
+        if (shutdown_) return;
+        const absl::Duration since = absl::Now() - refreshed;
+        if (since < options_.poll) {
+          cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.poll - since),
+                       [this] { return shutdown_ || active_; });
+          continue;
+        }
+      } else {
+        busy_ = true;
+        active = true;
+        reload = reload_;
+      }
+    }
+    if (!active) {  // standby: keep this node's view of the shared state fresh
+      (void)Refresh(/*reload=*/false);
+      refreshed = absl::Now();
+      continue;
+    }
+    if (reload || absl::Now() - refreshed >= options_.poll) {
+      absl::Status st = Refresh(reload);
+      if (st.ok()) {
+        refreshed = absl::Now();
+        std::lock_guard lock(mu_);
+        reload_ = false;
+      } else if (reload) {  // no delivery before the recorded cursors are known
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, std::chrono::seconds(1), [this] { return shutdown_ || !active_; });
+        continue;
+      }
+    }
     std::vector<std::string> ids;
     {
       std::lock_guard lock(mu_);
-      if (stop_) return;
       for (const auto& [id, sub] : subs_) ids.push_back(id);
     }
     absl::Time next = absl::Now() + options_.poll;
+    bool stopped = false;
     for (const std::string& id : ids) {
       next = std::min(next, Step(id));
       std::lock_guard lock(mu_);
-      if (stop_) return;
+      if (shutdown_ || !active_) {
+        stopped = true;
+        break;
+      }
     }
+    if (stopped) continue;
     if (depth_ != nullptr) {
       auto last = ledger_store_->LastSeq();
       if (last.ok()) {
@@ -168,8 +264,9 @@ void Dispatcher::Run() {
     }
     std::unique_lock lock(mu_);
     const absl::Duration wait = next - absl::Now();
-    if (wait > absl::ZeroDuration() && !wake_ && !stop_) {
-      cv_.wait_for(lock, absl::ToChronoNanoseconds(wait), [this] { return wake_ || stop_; });
+    if (wait > absl::ZeroDuration() && !wake_ && active_ && !shutdown_) {
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(wait),
+                   [this] { return wake_ || !active_ || shutdown_; });
     }
     wake_ = false;
   }
@@ -337,6 +434,7 @@ absl::StatusOr<Subscription> Dispatcher::Subscribe(const NewSubscription& reques
   } else {
     QUELL_ASSIGN_OR_RETURN(s.cursor, ledger_store_->LastSeq());
   }
+  std::lock_guard refresh(refresh_mu_);
   QUELL_RETURN_IF_ERROR(state_->CreateSubscription(s));
   {
     std::lock_guard lock(mu_);
@@ -345,11 +443,12 @@ absl::StatusOr<Subscription> Dispatcher::Subscribe(const NewSubscription& reques
     subs_[s.id] = std::move(sub);
     wake_ = true;
   }
-  cv_.notify_one();
+  cv_.notify_all();  // all: a Stop may be waiting on cv_ too
   return s;
 }
 
 absl::Status Dispatcher::Unsubscribe(std::string_view id) {
+  std::lock_guard refresh(refresh_mu_);
   QUELL_RETURN_IF_ERROR(state_->DeleteSubscription(id));
   std::lock_guard lock(mu_);
   auto it = subs_.find(std::string(id));
@@ -380,7 +479,13 @@ std::vector<SubscriptionStatus> Dispatcher::List() const {
 
 absl::StatusOr<std::vector<DeadLetter>> Dispatcher::DeadLetters(std::string_view id, int64_t after,
                                                                 int limit) {
+  bool known = false;
   {
+    std::lock_guard lock(mu_);
+    known = subs_.find(std::string(id)) != subs_.end();
+  }
+  if (!known) {  // perhaps created through another node
+    QUELL_RETURN_IF_ERROR(Refresh(/*reload=*/false));
     std::lock_guard lock(mu_);
     if (subs_.find(std::string(id)) == subs_.end())
       return absl::NotFoundError("no such webhook subscription");

@@ -14,6 +14,15 @@
 // delivery continues with the next change. Commits wake the worker (the dispatcher is a
 // ledger::ChangeListener); a periodic poll covers anything else.
 //
+// Several nodes sharing one StateStore (PostgreSQL): delivery runs on one node at a
+// time (Start when it takes the "webhooks" lease, Stop when it loses it). Start reloads
+// every subscription and its durable cursor from the store before the first delivery
+// (retrying until the store answers), so a new holder resumes where the last one's
+// recorded cursor is: at least once, no change skipped. The worker thread lives from
+// Create to the destructor; it re-reads the subscriptions from the store every `poll`
+// whether delivering or not (ones created or deleted through other nodes), so List on
+// any node shows the shared state without touching the store itself.
+//
 // Thread-safety: all public methods are thread-safe. Ownership: the Dispatcher borrows
 // the ledger Store, the Clock and the metrics Registry (all must outlive it) and owns
 // its StateStore.
@@ -89,11 +98,16 @@ class Dispatcher final : public ledger::ChangeListener {
                                                             core::Clock* clock,
                                                             DispatcherOptions options,
                                                             obs::Registry* metrics);
-  ~Dispatcher() override;  // stops the worker
+  ~Dispatcher() override;  // stops the worker thread
 
+  //! Starts delivering (no-op if delivering). May follow Stop: the worker then reloads
+  //! the subscriptions and cursors from the store before the first delivery.
   void Start();
-  //! Stops the worker; an in-flight POST finishes (bounded by the timeout) first.
+  //! Stops delivering; returns once an in-flight POST (bounded by the timeout) is done.
+  //! The worker stays in standby (it refreshes this node's view of the state).
   void Stop();
+  //! Whether delivering (between Start and Stop).
+  bool running() const;
 
   //! Wakes the worker (commit thread; does not block).
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
@@ -108,6 +122,8 @@ class Dispatcher final : public ledger::ChangeListener {
   //! Validates (http:// URL) and stores a subscription; the result holds the secret.
   absl::StatusOr<Subscription> Subscribe(const NewSubscription& request);
   absl::Status Unsubscribe(std::string_view id);
+  //! Every subscription with this node's delivery state (from memory: the worker
+  //! refreshes it from the store every `poll`, delivering or not).
   std::vector<SubscriptionStatus> List() const;
   //! kNotFound if no such subscription.
   absl::StatusOr<std::vector<DeadLetter>> DeadLetters(std::string_view id, int64_t after,
@@ -118,6 +134,10 @@ class Dispatcher final : public ledger::ChangeListener {
   Dispatcher(std::unique_ptr<StateStore> state, ledger::Store* ledger_store, core::Clock* clock,
              DispatcherOptions options);
   void Run();
+  // Merges the store's subscriptions into subs_: new ones are added, ones gone from the
+  // store dropped; with `reload`, every delivery state restarts from the store's cursor
+  // (a new lease holder), else a cursor only moves forward.
+  absl::Status Refresh(bool reload);
   // Works on `id` once if due; returns when it should next be looked at.
   absl::Time Step(const std::string& id);
   // The pending change is done with (delivered, or dead-lettered), `recorded` being the
@@ -131,12 +151,16 @@ class Dispatcher final : public ledger::ChangeListener {
   core::Clock* clock_;
   const DispatcherOptions options_;
 
+  std::mutex refresh_mu_;  // a Refresh does not interleave with Subscribe/Unsubscribe
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Sub>> subs_;  // guarded by mu_
   bool wake_ = false;                                 // guarded by mu_
-  bool stop_ = false;                                 // guarded by mu_
-  std::thread worker_;
+  bool active_ = false;                               // guarded by mu_: between Start and Stop
+  bool busy_ = false;      // guarded by mu_: the worker is in a delivery round
+  bool reload_ = false;    // guarded by mu_: Refresh(true) before the next delivery
+  bool shutdown_ = false;  // guarded by mu_: the destructor runs
+  std::thread worker_;     // from Create to the destructor
 
   obs::Counter* delivered_ = nullptr;
   obs::Counter* failed_ = nullptr;

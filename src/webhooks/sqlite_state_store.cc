@@ -68,9 +68,9 @@ class SqliteStateStore final : public StateStore {
 
   absl::Status Init() {
     for (const char* sql : {
+             "PRAGMA busy_timeout=5000",  // first: another opener may hold the lock
              "PRAGMA journal_mode=WAL",
              "PRAGMA synchronous=FULL",
-             "PRAGMA busy_timeout=5000",
              "CREATE TABLE IF NOT EXISTS subscriptions(id TEXT PRIMARY KEY, url TEXT NOT NULL,"
              " secret TEXT NOT NULL, actions TEXT NOT NULL, entity_types TEXT NOT NULL,"
              " created_at INTEGER NOT NULL, enabled INTEGER NOT NULL, cursor INTEGER NOT NULL)",

@@ -1,8 +1,10 @@
 // The webhook module's durable state: subscriptions, each one's delivery cursor and its
 // dead letters. Kept apart from the ledger Store on purpose (the ledger seam stays as it
 // is): the default implementation is a small SQLite file in the data directory
-// (DIR/webhooks.db, WAL, synchronous=FULL), which ties webhook delivery to one node. A
-// PostgreSQL implementation of this interface can follow for clusters.
+// (DIR/webhooks.db, WAL, synchronous=FULL), which ties webhook delivery to one node. With
+// several nodes on PostgreSQL (`quell serve --postgres`) the state lives in the ledger's
+// database instead (OpenPostgresStateStore), shared by every node, and only the node
+// holding the "webhooks" lease runs the dispatcher (docs/cluster.md).
 //
 // Thread-safety: every method of a StateStore is thread-safe. Ownership: callers own the
 // StateStore they open.
@@ -66,6 +68,18 @@ class StateStore {
 
 //! Opens (creating if needed) the SQLite state file at `path`.
 absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::string& path);
+
+struct PostgresStateOptions {
+  std::string url;                   // libpq connection string or URI (the ledger's)
+  int connect_timeout_s = 5;         // connect_timeout
+  int statement_timeout_ms = 10000;  // statement_timeout and lock_timeout
+};
+
+//! Connects to PostgreSQL and creates the tables webhook_subscriptions and
+//! webhook_dead_letters if they do not exist (under an advisory lock: several nodes may
+//! start at once). kUnavailable if the server cannot be reached. Later calls reconnect
+//! by themselves after a lost connection (kUnavailable until it is back).
+absl::StatusOr<std::unique_ptr<StateStore>> OpenPostgresStateStore(PostgresStateOptions options);
 
 }  // namespace quell::webhooks
 

@@ -10,8 +10,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "gtest/gtest.h"
+#include "ledger/postgres/internal/test_cluster.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "webhooks/dispatcher.h"
 #include "webhooks/http_post.h"
@@ -130,48 +132,163 @@ TEST(Url, Parses) {
   }
 }
 
-// ---- state persistence ----
+// ---- state stores: the same suite against SQLite and PostgreSQL ----
 
-TEST(StateStore, SurvivesReopen) {
-  const std::string dir = TempDir("state");
-  const std::string path = dir + "/webhooks.db";
+// Fresh, isolated state of one backend, opened as many times as needed (a restart, or
+// another node sharing it).
+class StateBackend {
+ public:
+  virtual ~StateBackend() = default;
+  virtual absl::StatusOr<std::unique_ptr<StateStore>> Open() = 0;
+};
+
+class SqliteStateBackend final : public StateBackend {
+ public:
+  SqliteStateBackend() : dir_(TempDir("state")) {}
+  ~SqliteStateBackend() override { std::filesystem::remove_all(dir_); }
+  absl::StatusOr<std::unique_ptr<StateStore>> Open() override {
+    return OpenSqliteStateStore(dir_ + "/webhooks.db");
+  }
+
+ private:
+  std::string dir_;
+};
+
+class PostgresStateBackend final : public StateBackend {
+ public:
+  explicit PostgresStateBackend(std::string url) : url_(std::move(url)) {}
+  absl::StatusOr<std::unique_ptr<StateStore>> Open() override {
+    return OpenPostgresStateStore({.url = url_});
+  }
+
+ private:
+  std::string url_;  // a fresh database of the test binary's throwaway cluster
+};
+
+// kFailedPrecondition (the test fails) if PostgreSQL 15 is not installed (scripts/setup).
+absl::StatusOr<std::unique_ptr<StateBackend>> MakeBackend(const std::string& name) {
+  if (name == "sqlite") return std::make_unique<SqliteStateBackend>();
+  QUELL_ASSIGN_OR_RETURN(auto* cluster, ledger::pg_internal::TestCluster::Shared());
+  QUELL_ASSIGN_OR_RETURN(std::string url, cluster->NewDatabase());
+  return std::make_unique<PostgresStateBackend>(std::move(url));
+}
+
+std::string BackendName(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
+
+class StateStoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto b = MakeBackend(GetParam());
+    ASSERT_TRUE(b.ok()) << b.status();
+    backend_ = *std::move(b);
+  }
+  std::unique_ptr<StateStore> Open() {
+    auto st = backend_->Open();
+    EXPECT_TRUE(st.ok()) << st.status();
+    return st.ok() ? *std::move(st) : nullptr;
+  }
+  std::unique_ptr<StateBackend> backend_;
+};
+
+Subscription MakeSubscription(std::string id, absl::Time created, int64_t cursor) {
   Subscription s;
-  s.id = "wh_1";
+  s.id = std::move(id);
   s.url = "http://127.0.0.1:1/h";
   s.secret = "whsec_abc";
   s.actions = {"block", "throttle"};
   s.entity_types = {"ip"};
-  s.created_at = kT0;
-  s.cursor = 5;
+  s.created_at = created;
+  s.cursor = cursor;
+  return s;
+}
+
+TEST_P(StateStoreTest, SurvivesReopen) {
+  Subscription s = MakeSubscription("wh_1", kT0, 5);
   {
-    auto st = OpenSqliteStateStore(path);
-    ASSERT_TRUE(st.ok()) << st.status();
-    ASSERT_TRUE((*st)->CreateSubscription(s).ok());
-    EXPECT_TRUE(absl::IsAlreadyExists((*st)->CreateSubscription(s)));
-    ASSERT_TRUE((*st)->AdvanceCursor("wh_1", 9).ok());
-    ASSERT_TRUE((*st)->AdvanceCursor("wh_1", 3).ok());  // never backwards
-    EXPECT_TRUE(absl::IsNotFound((*st)->AdvanceCursor("wh_missing", 3)));
-    ASSERT_TRUE((*st)->AddDeadLetter({"wh_1", 12, 8, "HTTP 500", kT0, "{\"seq\":12}"}).ok());
+    auto st = Open();
+    ASSERT_NE(st, nullptr);
+    ASSERT_TRUE(st->CreateSubscription(s).ok());
+    EXPECT_TRUE(absl::IsAlreadyExists(st->CreateSubscription(s)));
+    ASSERT_TRUE(st->AdvanceCursor("wh_1", 9).ok());
+    ASSERT_TRUE(st->AdvanceCursor("wh_1", 3).ok());  // never backwards
+    EXPECT_TRUE(absl::IsNotFound(st->AdvanceCursor("wh_missing", 3)));
+    ASSERT_TRUE(st->AddDeadLetter({"wh_1", 12, 8, "HTTP 500", kT0, "{\"seq\":12}"}).ok());
+    EXPECT_TRUE(absl::IsNotFound(st->AddDeadLetter({"wh_missing", 1, 1, "x", kT0, "{}"})));
   }
-  auto st = OpenSqliteStateStore(path);
-  ASSERT_TRUE(st.ok()) << st.status();
-  auto subs = (*st)->ListSubscriptions();
+  auto st = Open();
+  ASSERT_NE(st, nullptr);
+  auto subs = st->ListSubscriptions();
   ASSERT_TRUE(subs.ok());
   ASSERT_EQ(subs->size(), 1u);
   Subscription want = s;
   want.cursor = 12;  // the dead letter advanced it
   EXPECT_EQ((*subs)[0], want);
-  auto dl = (*st)->DeadLetters("wh_1", 0, 10);
+  auto dl = st->DeadLetters("wh_1", 0, 10);
   ASSERT_TRUE(dl.ok());
   ASSERT_EQ(dl->size(), 1u);
   EXPECT_EQ((*dl)[0], (DeadLetter{"wh_1", 12, 8, "HTTP 500", kT0, "{\"seq\":12}"}));
-  EXPECT_TRUE((*st)->DeadLetters("wh_1", 12, 10)->empty());
-  ASSERT_TRUE((*st)->DeleteSubscription("wh_1").ok());
-  EXPECT_TRUE(absl::IsNotFound((*st)->DeleteSubscription("wh_1")));
-  EXPECT_TRUE((*st)->ListSubscriptions()->empty());
-  EXPECT_TRUE((*st)->DeadLetters("wh_1", 0, 10)->empty());
-  std::filesystem::remove_all(dir);
+  EXPECT_TRUE(st->DeadLetters("wh_1", 12, 10)->empty());
+  EXPECT_TRUE(st->DeadLetters("wh_missing", 0, 10)->empty());
+  ASSERT_TRUE(st->DeleteSubscription("wh_1").ok());
+  EXPECT_TRUE(absl::IsNotFound(st->DeleteSubscription("wh_1")));
+  EXPECT_TRUE(st->ListSubscriptions()->empty());
+  EXPECT_TRUE(st->DeadLetters("wh_1", 0, 10)->empty());
 }
+
+TEST_P(StateStoreTest, ListsOldestFirstAndPagesDeadLetters) {
+  auto st = Open();
+  ASSERT_NE(st, nullptr);
+  Subscription empty_filters = MakeSubscription("wh_b", kT0, 0);
+  empty_filters.actions.clear();
+  empty_filters.entity_types.clear();
+  ASSERT_TRUE(st->CreateSubscription(empty_filters).ok());
+  ASSERT_TRUE(st->CreateSubscription(MakeSubscription("wh_a", kT0 + absl::Seconds(1), 0)).ok());
+  ASSERT_TRUE(st->CreateSubscription(MakeSubscription("wh_c", kT0, 0)).ok());
+  auto subs = st->ListSubscriptions();
+  ASSERT_TRUE(subs.ok());
+  ASSERT_EQ(subs->size(), 3u);
+  EXPECT_EQ((*subs)[0], empty_filters);  // empty lists stay empty
+  EXPECT_EQ((*subs)[1].id, "wh_c");
+  EXPECT_EQ((*subs)[2].id, "wh_a");
+  for (int seq = 1; seq <= 5; ++seq) {
+    ASSERT_TRUE(st->AddDeadLetter({"wh_a", seq, 2, "HTTP 503", kT0, "{}"}).ok());
+  }
+  // The same seq again replaces the letter (a re-recorded dead letter).
+  ASSERT_TRUE(st->AddDeadLetter({"wh_a", 3, 4, "timeout", kT0, "{\"x\":1}"}).ok());
+  auto page = st->DeadLetters("wh_a", 1, 2);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 2u);
+  EXPECT_EQ((*page)[0].seq, 2);
+  EXPECT_EQ((*page)[1].seq, 3);
+  EXPECT_EQ((*page)[1].attempts, 4);
+  EXPECT_EQ((*page)[1].last_error, "timeout");
+  EXPECT_EQ(st->DeadLetters("wh_a", 3, 100)->size(), 2u);
+  EXPECT_TRUE(st->DeadLetters("wh_b", 0, 100)->empty());
+}
+
+TEST_P(StateStoreTest, TwoOpenStoresShareOneState) {
+  // Two nodes (or a restart) opening the same state at once: both see every write.
+  std::unique_ptr<StateStore> a, b;
+  std::thread ta([&] { a = Open(); });
+  std::thread tb([&] { b = Open(); });
+  ta.join();
+  tb.join();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(a->CreateSubscription(MakeSubscription("wh_1", kT0, 0)).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(b->CreateSubscription(MakeSubscription("wh_1", kT0, 0))));
+  ASSERT_TRUE(b->AdvanceCursor("wh_1", 7).ok());
+  ASSERT_TRUE(a->AdvanceCursor("wh_1", 6).ok());
+  auto subs = a->ListSubscriptions();
+  ASSERT_TRUE(subs.ok());
+  ASSERT_EQ(subs->size(), 1u);
+  EXPECT_EQ((*subs)[0].cursor, 7);
+  ASSERT_TRUE(b->DeleteSubscription("wh_1").ok());
+  EXPECT_TRUE(absl::IsNotFound(a->AdvanceCursor("wh_1", 8)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StateStoreTest, ::testing::Values("sqlite", "postgres"),
+                         BackendName);
 
 // ---- delivery, end to end with a loopback receiver ----
 
@@ -256,9 +373,12 @@ class Receiver {
   std::thread thread_;
 };
 
-class DispatcherTest : public ::testing::Test {
+class DispatcherTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    auto b = MakeBackend(GetParam());
+    ASSERT_TRUE(b.ok()) << b.status();
+    state_ = *std::move(b);
     dir_ = TempDir("dispatch");
     ledger::SqliteOptions o;
     o.path = dir_;
@@ -280,8 +400,8 @@ class DispatcherTest : public ::testing::Test {
   }
 
   std::unique_ptr<Dispatcher> Make(DispatcherOptions o) {
-    auto st = OpenSqliteStateStore(dir_ + "/webhooks.db");
-    EXPECT_TRUE(st.ok());
+    auto st = state_->Open();
+    EXPECT_TRUE(st.ok()) << st.status();
     auto d = Dispatcher::Create(*std::move(st), store_.get(), &clock_, o, nullptr);
     EXPECT_TRUE(d.ok()) << d.status();
     return *std::move(d);
@@ -297,6 +417,7 @@ class DispatcherTest : public ::testing::Test {
     return pred();
   }
 
+  std::unique_ptr<StateBackend> state_;
   std::string dir_;
   std::unique_ptr<ledger::Store> store_;
   core::FakeClock clock_{kT0};
@@ -311,7 +432,7 @@ DispatcherOptions Fast() {
   return o;
 }
 
-TEST_F(DispatcherTest, RetriesThenDeliversInOrderFilteredAndSigned) {
+TEST_P(DispatcherTest, RetriesThenDeliversInOrderFilteredAndSigned) {
   Receiver rx(/*fail_first=*/3);
   auto d = Make(Fast());
   auto sub =
@@ -351,7 +472,7 @@ TEST_F(DispatcherTest, RetriesThenDeliversInOrderFilteredAndSigned) {
   EXPECT_TRUE(d->DeadLetters(sub->id, 0, 10)->empty());
 }
 
-TEST_F(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
+TEST_P(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
   Receiver rx(/*fail_first=*/1000000);
   DispatcherOptions o = Fast();
   o.max_attempts = 3;
@@ -373,7 +494,7 @@ TEST_F(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
     EXPECT_EQ(dl[0].last_error, "HTTP 500");
   }
   EXPECT_EQ(rx.requests().size(), 6u);
-  // A new dispatcher over the same state file resumes after the dead letters.
+  // A new dispatcher over the same state resumes after the dead letters.
   auto d = Make(o);
   auto list = d->List();
   ASSERT_EQ(list.size(), 1u);
@@ -383,7 +504,7 @@ TEST_F(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
   EXPECT_TRUE(absl::IsNotFound(d->DeadLetters(id, 0, 10).status()));
 }
 
-TEST_F(DispatcherTest, ConnectionRefusedIsAFailure) {
+TEST_P(DispatcherTest, ConnectionRefusedIsAFailure) {
   int port = 0;
   {
     Receiver rx(0);
@@ -400,11 +521,74 @@ TEST_F(DispatcherTest, ConnectionRefusedIsAFailure) {
   EXPECT_NE((*d->DeadLetters(sub->id, 0, 10))[0].last_error.find("connect"), std::string::npos);
 }
 
-TEST_F(DispatcherTest, RejectsNonHttpUrls) {
+TEST_P(DispatcherTest, RejectsNonHttpUrls) {
   auto d = Make(Fast());
   EXPECT_TRUE(absl::IsInvalidArgument(d->Subscribe({"https://x/h", {}, {}, {}}).status()));
   EXPECT_TRUE(absl::IsInvalidArgument(d->Subscribe({"http://x/h", {""}, {}, {}}).status()));
 }
+
+// The seq and subscription id of a delivered body ({"seq":N,"op":..,"subscription":"wh_..",..}).
+std::pair<int64_t, std::string> SeqAndSubscription(const std::string& body) {
+  int64_t seq = 0;
+  (void)absl::SimpleAtoi(AV(std::string_view(body).substr(7, body.find(',') - 7)), &seq);
+  const std::string key = "\"subscription\":\"";
+  size_t at = body.find(key);
+  if (at == std::string::npos) return {seq, ""};
+  at += key.size();
+  return {seq, body.substr(at, body.find('"', at) - at)};
+}
+
+TEST_P(DispatcherTest, NodesSharingTheStateHandOverDeliveryAtTheRecordedCursor) {
+  Receiver rx(0);
+  auto a = Make(Fast());  // node A: serves the API, does not hold the lease at first
+  auto b = Make(Fast());  // node B: the first holder
+  const std::string url = absl::StrCat("http://127.0.0.1:", rx.port(), "/h");
+  auto sub = a->Subscribe({url, {}, {}, 0});
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  // B's API shows A's subscription (the shared store, re-read every poll).
+  ASSERT_TRUE(WaitFor([&] { return b->List().size() == 1; }));
+  EXPECT_EQ(b->List()[0].subscription.id, sub->id);
+  EXPECT_TRUE(b->DeadLetters(sub->id, 0, 10).ok());
+
+  auto delivered = [&](const std::string& id) {
+    std::vector<int64_t> seqs;
+    for (const auto& r : rx.requests()) {
+      auto [seq, sub_id] = SeqAndSubscription(r.body);
+      if (r.status == 200 && sub_id == id) seqs.push_back(seq);
+    }
+    return seqs;
+  };
+  b->Start();
+  EXPECT_TRUE(b->running());
+  for (int i = 1; i <= 3; ++i) Put(MakeMitigation(i, absl::StrCat("ip:10.0.0.", i), "block"));
+  ASSERT_TRUE(WaitFor([&] { return delivered(sub->id).size() >= 3; }));
+  b->Stop();  // B loses the lease
+  EXPECT_FALSE(b->running());
+  for (int i = 4; i <= 6; ++i) Put(MakeMitigation(i, absl::StrCat("ip:10.0.0.", i), "block"));
+  a->Start();  // A takes over from the cursor B recorded
+  ASSERT_TRUE(WaitFor([&] { return delivered(sub->id).size() >= 6; }));
+  a->Stop();
+  EXPECT_EQ(delivered(sub->id), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));  // once each
+  // The stopped node's view follows the store.
+  EXPECT_TRUE(WaitFor([&] { return b->List()[0].subscription.cursor == 6; }));
+
+  // B holds the lease again (Start after Stop). A subscription created through A while B
+  // runs is picked up by B's worker; one deleted through A is no longer delivered.
+  b->Start();
+  ASSERT_TRUE(a->Unsubscribe(sub->id).ok());
+  ASSERT_TRUE(WaitFor([&] { return b->List().empty(); }));
+  auto sub2 = a->Subscribe({url, {}, {}, 6});
+  ASSERT_TRUE(sub2.ok()) << sub2.status();
+  Put(MakeMitigation(7, "ip:10.0.0.7", "block"));
+  ASSERT_TRUE(WaitFor([&] { return !delivered(sub2->id).empty(); }));
+  b->Stop();
+  EXPECT_EQ(delivered(sub2->id), (std::vector<int64_t>{7}));
+  EXPECT_EQ(delivered(sub->id), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_TRUE(absl::IsNotFound(b->DeadLetters(sub->id, 0, 10).status()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, DispatcherTest, ::testing::Values("sqlite", "postgres"),
+                         BackendName);
 
 }  // namespace
 }  // namespace quell::webhooks

@@ -5,7 +5,11 @@ quell_pg_test_cluster), concurrent writers on all of them, then every node's ind
 `check` on node C; kill -9 of one node under load loses no acknowledged write; the
 expiry lease moves to a survivor when its holder is killed, which then expires;
 PostgreSQL stopped and restarted: `check` keeps answering, writes get 503 + Retry-After,
-then succeed, and every feed catches up.
+then succeed, and every feed catches up. Webhooks: a subscription made on any node is
+delivered by the "webhooks" lease holder only, each change once while every node lives,
+and after kill -9 of the holder a survivor resumes from the shared cursor (at least
+once). Redis shared by three nodes: counters add up across nodes, fail_open/fail_closed
+while Redis is down, and counting resumes by itself on every node when it is back.
 
 Propagation A -> C is printed (percentiles), never asserted. QUELL_PROPAGATION_WRITES
 (default 200) and QUELL_PROPAGATION_RATE (writes/s of background load on all three
@@ -13,6 +17,8 @@ nodes, default 0) make it a benchmark, as QUELL_MULTINODE_WRITERS (per node, def
 and QUELL_MULTINODE_WRITES (per writer, default 60) do for the concurrent-writers test:
 see docs/benchmarks.md, issue 8.
 """
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -27,6 +33,8 @@ import time
 import unittest
 
 from harness import QUELL, QuellServer, run_cli
+from test_events import RedisServer, config_file, now, rule_detections, ts
+from test_webhooks import Receiver, wait_for
 
 CLUSTER_BIN = os.environ.get("QUELL_PG_CLUSTER_BIN") or os.path.join(
     os.path.dirname(QUELL), "src", "ledger", "postgres", "quell_pg_test_cluster")
@@ -100,8 +108,8 @@ def free_port():
 
 
 class Node(QuellServer):
-    def __init__(self, url, key, env=None):
-        super().__init__(extra_args=["--postgres", url], env=env)
+    def __init__(self, url, key, env=None, extra_args=()):
+        super().__init__(extra_args=["--postgres", url, *extra_args], env=env)
         self.key = key
 
     def start_node(self):
@@ -436,6 +444,219 @@ class MultiNodeTest(unittest.TestCase):
                 return by_pid[pid]
             self.assertLess(time.time(), deadline, "no node took the expiry lease")
             time.sleep(0.1)
+
+    def lease_holder_of(self, name, nodes):
+        """The node holding lease `name` (waits until one of `nodes` does)."""
+        by_pid = {n.proc.pid: n for n in nodes}
+        deadline = time.time() + CONVERGE_SECONDS
+        while True:
+            rows = psql(self.url, "SELECT holder FROM leases WHERE name = '%s' "
+                                  "AND expires_at > clock_timestamp()" % name)
+            pid = int(rows[0].split(":")[1]) if rows else None
+            if pid in by_pid:
+                return by_pid[pid]
+            self.assertLess(time.time(), deadline, "no node took the %s lease" % name)
+            time.sleep(0.1)
+
+    def test_webhooks_are_delivered_once_by_the_lease_holder_and_resume_after_it_dies(self):
+        for n in self.nodes:
+            n.stop()  # SIGTERM: they release their leases
+        env = {"QUELL_WEBHOOK_POLL": "200ms", "QUELL_WEBHOOK_BACKOFF_INITIAL": "50ms",
+               "QUELL_WEBHOOK_BACKOFF_MAX": "300ms", "QUELL_WEBHOOK_TIMEOUT": "2s"}
+        nodes = [Node(self.url, self.key, env=env) for _ in range(3)]
+        for n in nodes:
+            self.addCleanup(n.cleanup)
+            n.start_node()
+        a, b, c = nodes
+        rx = Receiver().start()
+        self.addCleanup(rx.stop)
+        status, sub, _ = a.request("POST", "/v1/webhooks", {"url": rx.url})
+        self.assertEqual(status, 201, sub)
+        def listed_ids(n):
+            status, listed, _ = n.request("GET", "/v1/webhooks")
+            self.assertEqual(status, 200, listed)
+            return [w["id"] for w in listed["webhooks"]]
+
+        for n in nodes:  # one shared subscription, seen through every node's API (each
+            # node re-reads the shared state every poll)
+            wait_for(lambda: listed_ids(n) == [sub["id"]], CONVERGE_SECONDS,
+                     "the subscription listed on :%d" % n.port)
+
+        def write(node, i, tag):
+            status, body, _ = node.request("POST", "/v1/mitigations", {
+                "entity": "user:wh-%s-%d" % (tag, i), "action": "block", "ttl": "1d",
+                "reason": "webhooks"})
+            return status
+
+        def expected():  # every mitigation change after the subscription's start
+            return {int(x) for x in psql(self.url, "SELECT seq FROM changes WHERE kind = 1 "
+                                                   "AND seq > %d" % sub["cursor"])}
+
+        def seqs():
+            return [e["seq"] for e in rx.accepted()]
+
+        def check_entries():
+            for e in rx.entries():
+                mac = hmac.new(sub["secret"].encode(), e["body"], hashlib.sha256).hexdigest()
+                self.assertEqual(e["headers"]["X-Quell-Signature"], "sha256=" + mac)
+                self.assertEqual(int(e["headers"]["X-Quell-Seq"]), e["seq"])
+                self.assertEqual(json.loads(e["body"])["subscription"], sub["id"])
+
+        # Writes through B and C (not the node the subscription was made on).
+        for i in range(40):
+            self.assertEqual(write(b if i % 2 else c, i, "live"), 201)
+        want = expected()
+        self.assertEqual(len(want), 40)
+        wait_for(lambda: want <= set(seqs()), CONVERGE_SECONDS, "every change delivered")
+        holder = self.lease_holder_of("webhooks", nodes)
+        got = seqs()
+        self.assertEqual(sorted(got), sorted(want), "exactly once per seq while all nodes live")
+        self.assertEqual(got, sorted(got), "in seq order")
+        check_entries()
+
+        def delivered_by(n):
+            status, text, _ = n.request("GET", "/metrics", auth=False, raw=True)
+            self.assertEqual(status, 200)
+            for line in text.splitlines():
+                if line.startswith('quell_webhook_deliveries_total{result="ok"}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        for n in nodes:  # only the holder delivers
+            self.assertEqual(delivered_by(n), 40.0 if n is holder else 0.0, n.port)
+
+        # The holder dies (no release) while writes continue on the survivors.
+        survivors = [n for n in nodes if n is not holder]
+        stop = threading.Event()
+        statuses = []
+
+        def load():
+            i = 0
+            while not stop.is_set():
+                statuses.append(write(survivors[i % 2], i, "load"))
+                i += 1
+                time.sleep(0.02)
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            time.sleep(0.5)  # changes in flight when the holder dies
+            holder.kill9()
+            new_holder = self.lease_holder_of("webhooks", survivors)
+            time.sleep(0.5)  # the new holder delivers under load too
+        finally:
+            stop.set()
+            t.join(60)
+        for i in range(10):  # and after it
+            self.assertEqual(write(survivors[i % 2], i, "after"), 201)
+        self.assertEqual(set(statuses), {201})
+        want = expected()
+        wait_for(lambda: want <= set(seqs()), CONVERGE_SECONDS, "every change delivered after "
+                 "the holder died: missing %s" % sorted(want - set(seqs()))[:10])
+        got = seqs()
+        self.assertEqual(set(got), want)
+        # At least once: only a change in flight when the holder died can come twice (one
+        # worker, one change in flight per subscription).
+        dups = sorted({s for s in got if got.count(s) > 1})
+        self.assertLessEqual(len(dups), 1, dups)
+        self.assertEqual(sorted(set(got)), [s for i, s in enumerate(got) if s not in got[:i]])
+        check_entries()
+        self.assertGreater(delivered_by(new_holder), 0.0)
+        print("\nwebhooks: %d changes, holder :%d killed, :%d took over, duplicates %s" % (
+            len(want), holder.port, new_holder.port, dups))
+
+    @unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
+    def test_redis_shared_by_three_nodes_fails_open_or_closed_and_recovers(self):
+        for n in self.nodes:
+            n.stop()
+        redis = RedisServer().start()
+        self.addCleanup(redis.cleanup)
+        tmp = tempfile.TemporaryDirectory(prefix="quell-mn-redis-")
+        self.addCleanup(tmp.cleanup)
+        os.makedirs(os.path.join(tmp.name, "closed"))
+        open_cfg = config_file(tmp.name, {"on_error": "fail_open"})
+        closed_cfg = config_file(os.path.join(tmp.name, "closed"), {"on_error": "fail_closed"})
+        redis_url = "redis://127.0.0.1:%d" % redis.port
+        # A and B fail open, C fails closed; all three count in the same Redis.
+        nodes = [Node(self.url, self.key, extra_args=["--config", cfg, "--redis", redis_url])
+                 for cfg in (open_cfg, open_cfg, closed_cfg)]
+        for n in nodes:
+            self.addCleanup(n.cleanup)
+            n.start_node()
+        a, b, c = nodes
+
+        def post(node, events):
+            return node.request("POST", "/v1/events", {"events": events})
+
+        def failed_login(user):
+            return {"type": "login_failed", "entity": user, "at": ts(now())}
+
+        def shared_count_fires(user, first, second):
+            # brute-force-account fires at 10 failed logins: 6 + 6 only add up if shared.
+            status, r, _ = post(first, [failed_login(user) for _ in range(6)])
+            self.assertEqual(status, 200, r)
+            self.assertFalse(any(rule_detections(x) for x in r["results"]), r)
+            status, r, _ = post(second, [failed_login(user) for _ in range(6)])
+            self.assertEqual(status, 200, r)
+            self.assertTrue(any(rule_detections(x) for x in r["results"]), r)
+
+        shared_count_fires("user:mn-redis-1", a, b)
+
+        # Events keep flowing through the three nodes while Redis stops.
+        stop = threading.Event()
+        replies = {n.port: [] for n in nodes}
+
+        def flow(node):
+            conn = node.connection()
+            try:
+                while not stop.is_set():
+                    status, _, _ = node.request("POST", "/v1/events", {"events": [
+                        {"type": "play", "entity": "user:mn-flow", "at": ts(now()),
+                         "attrs": {"ip": "ip:10.7.7.7", "track": "track:t1"}}]}, conn=conn)
+                    replies[node.port].append(status)
+                    time.sleep(0.02)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=flow, args=(n,)) for n in nodes]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            redis.stop()
+            for n in (a, b):  # fail_open: accepted, not counted, and said so
+                status, r, _ = post(n, [failed_login("user:mn-redis-2")])
+                self.assertEqual(status, 200, r)
+                self.assertEqual(r["results"][0]["status"], "accepted", r)
+                self.assertTrue(r["results"][0]["outcomes"].get("unavailable"), r)
+                status, text, _ = n.request("GET", "/metrics", auth=False, raw=True)
+                fo = [l for l in text.splitlines()
+                      if l.startswith("quell_velocity_fail_open_total")]
+                self.assertTrue(fo and float(fo[0].split()[-1]) >= 1, fo)
+            status, r, headers = post(c, [failed_login("user:mn-redis-2")])  # fail_closed
+            self.assertEqual(status, 503, r)
+            self.assertIn("retry-after", headers)
+            time.sleep(0.3)
+            redis.start()  # same port, empty
+            for n in nodes:  # every node counts again by itself
+                deadline = time.time() + 30
+                while True:
+                    status, r, _ = post(n, [failed_login("user:mn-redis-3")])
+                    if status == 200 and r["results"][0]["outcomes"].get("counted") == 1:
+                        break
+                    self.assertLess(time.time(), deadline, (n.port, status, r))
+                    time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        # The flow saw only the configured answers: 200 on A and B, 200 or 503 on C.
+        self.assertEqual(set(replies[a.port]) | set(replies[b.port]), {200})
+        self.assertIn(503, replies[c.port])
+        self.assertLessEqual(set(replies[c.port]), {200, 503})
+        # Counters are shared again after the outage.
+        shared_count_fires("user:mn-redis-4", b, a)
+        shared_count_fires("user:mn-redis-5", a, c)
 
     def test_the_safeguard_sweeper_runs_on_the_lease_holder_only(self):
         for n in self.nodes:
