@@ -432,9 +432,21 @@ absl::Status Index::BulkLoader::Finish(int threads) {
       break;
     }
   }
-  // Entities, shard by shard: shard k on thread k % threads.
+  // Entities, shard by shard: shard k on thread k % threads. The table's and the actions'
+  // counters are added once per shard (see Table::Deferred); CountAction is atomic, so
+  // threads may share it.
   internal::Table& table = impl.entities;
+  const size_t actions = impl.action_names.size();
   auto run = [&](size_t first, size_t step) -> absl::Status {
+    internal::Table::Deferred deferred;
+    std::vector<int64_t> action_deltas(actions, 0);
+    auto publish = [&] {
+      table.Publish(&deferred);
+      for (size_t a = 0; a < actions; ++a) {
+        if (action_deltas[a] != 0) impl.CountAction(static_cast<uint16_t>(a), action_deltas[a]);
+        action_deltas[a] = 0;
+      }
+    };
     for (size_t k = first; k < state_->buckets.size(); k += step) {
       const State::Bucket& b = state_->buckets[k];
       if (b.n == 0) continue;
@@ -449,9 +461,23 @@ absl::Status Index::BulkLoader::Finish(int threads) {
         r.action = p.action;
         r.expires_us = p.expires_us;
         uint16_t old = 0;
-        const auto result = table.Upsert(key, r, &old);
-        QUELL_RETURN_IF_ERROR(counted(result, r.action, old, nullptr, key));
+        switch (table.UpsertHashed(key, internal::Table::Hash(key), r, &old, &deferred)) {
+          case internal::Table::UpsertResult::kAdded:
+            ++action_deltas[r.action];
+            break;
+          case internal::Table::UpsertResult::kRefused:
+            publish();
+            return absl::ResourceExhaustedError(
+                absl::StrCat("entity ", AV(key), " holds too many mitigations"));
+          case internal::Table::UpsertResult::kUpdated:
+            --action_deltas[old];
+            ++action_deltas[r.action];
+            break;
+          case internal::Table::UpsertResult::kUnchanged:
+            break;
+        }
       }
+      publish();
     }
     return absl::OkStatus();
   };

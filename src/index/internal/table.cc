@@ -637,8 +637,20 @@ Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_
   return UpsertHashed(key, HashKey(key), r, old_action);
 }
 
+void Table::Publish(Deferred* deferred) {
+  records_.fetch_add(static_cast<size_t>(deferred->records), std::memory_order_relaxed);
+  keys_.fetch_add(static_cast<size_t>(deferred->keys), std::memory_order_relaxed);
+  for (uint32_t k : deferred->shards) {
+    Shard& s = shards_[k];
+    const size_t now_bytes = ShardWriter(s, shard_bits_).Accounted();
+    memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
+    s.accounted_bytes = now_bytes;
+  }
+  *deferred = Deferred();
+}
+
 Table::UpsertResult Table::UpsertHashed(std::string_view key, uint64_t hash, const Record& r,
-                                        uint16_t* old_action) {
+                                        uint16_t* old_action, Deferred* deferred) {
   if (key.size() > kMaxKeyBytes) return UpsertResult::kRefused;
   const KeyWordsBuf kb(key);
   Shard& s = ShardFor(hash);
@@ -710,7 +722,17 @@ Table::UpsertResult Table::UpsertHashed(std::string_view key, uint64_t hash, con
     s.EndWrite();
     if (was_tomb) --s.tombs;
     ++s.live;
-    keys_.fetch_add(1, std::memory_order_relaxed);
+    if (deferred != nullptr) {
+      ++deferred->keys;
+    } else {
+      keys_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (deferred != nullptr) {
+    ++deferred->records;
+    const auto k = static_cast<uint32_t>(ShardOf(hash));
+    if (deferred->shards.empty() || deferred->shards.back() != k) deferred->shards.push_back(k);
+    return result;
   }
   records_.fetch_add(1, std::memory_order_relaxed);
   const size_t now_bytes = w.Accounted();

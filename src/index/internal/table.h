@@ -65,9 +65,22 @@ class Table {
   //! `old_action` is given and the record existed (kUpdated, kUnchanged), it receives the
   //! record's action before the update.
   UpsertResult Upsert(std::string_view key, const Record& r, uint16_t* old_action = nullptr);
-  //! Upsert with `hash` = Hash(key) computed before.
+  // What upserts made with a `deferred` argument changed in records(), keys() and
+  // MemoryBytes() but have not added yet: Publish adds it. (The counters are atomics that
+  // every upsert would otherwise update with a locked instruction each, which waits for
+  // the upsert's stores to reach the cache: in a bulk load, most of an insert's time.)
+  struct Deferred {
+    int64_t records = 0;
+    int64_t keys = 0;
+    std::vector<uint32_t> shards;  // whose memory accounting is behind
+  };
+  //! Upsert with `hash` = Hash(key) computed before; with `deferred`, the table's counters
+  //! are left to Publish(deferred).
   UpsertResult UpsertHashed(std::string_view key, uint64_t hash, const Record& r,
-                            uint16_t* old_action = nullptr);
+                            uint16_t* old_action = nullptr, Deferred* deferred = nullptr);
+  //! Writer only (the thread that made the deferred upserts). Adds what `deferred` holds
+  //! to the counters and empties it.
+  void Publish(Deferred* deferred);
 
   // For loading many keys shard by shard:
   //! The hash Upsert takes of `key` (the same for every table of this process).
