@@ -115,8 +115,9 @@ class Index {
     //! Entries buffered.
     size_t size() const;
     //! Applies what was buffered and empties the loader. `threads` (clamped to 1..16)
-    //! threads insert into distinct shards at once, the calling one among them. Errors as
-    //! Apply's; after one, some entries may have been applied and others not.
+    //! threads insert into distinct shards at once, the calling one among them. size(),
+    //! MemoryBytes() and CountsByAction() catch up shard by shard. Errors as Apply's;
+    //! after one, some entries may have been applied and others not.
     absl::Status Finish(int threads = 1);
 
    private:
