@@ -287,6 +287,33 @@ TEST_P(StateStoreTest, TwoOpenStoresShareOneState) {
   EXPECT_TRUE(absl::IsNotFound(a->AdvanceCursor("wh_1", 8)));
 }
 
+TEST(PostgresStateStore, ReconnectsByItselfAfterTheServerRestarts) {
+  auto cluster = ledger::pg_internal::TestCluster::Shared();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto url = (*cluster)->NewDatabase();
+  ASSERT_TRUE(url.ok()) << url.status();
+  auto st = OpenPostgresStateStore({.url = *url, .connect_timeout_s = 2});
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_TRUE((*st)->CreateSubscription(MakeSubscription("wh_1", kT0, 0)).ok());
+  ASSERT_TRUE((*cluster)->Stop().ok());
+  absl::Status down = (*st)->AdvanceCursor("wh_1", 4);
+  EXPECT_TRUE(absl::IsUnavailable(down)) << down;
+  EXPECT_TRUE(absl::IsUnavailable((*st)->ListSubscriptions().status()));
+  ASSERT_TRUE((*cluster)->Restart().ok());
+  ASSERT_TRUE((*st)->AdvanceCursor("wh_1", 4).ok());
+  auto subs = (*st)->ListSubscriptions();
+  ASSERT_TRUE(subs.ok()) << subs.status();
+  ASSERT_EQ(subs->size(), 1u);
+  EXPECT_EQ((*subs)[0].cursor, 4);
+}
+
+TEST(PostgresStateStore, UnreachableServerIsUnavailable) {
+  auto st =
+      OpenPostgresStateStore({.url = "postgresql://127.0.0.1:1/none", .connect_timeout_s = 2});
+  EXPECT_TRUE(absl::IsUnavailable(st.status())) << st.status();
+  EXPECT_TRUE(absl::IsInvalidArgument(OpenPostgresStateStore({}).status()));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StateStoreTest, ::testing::Values("sqlite", "postgres"),
                          BackendName);
 
