@@ -636,6 +636,9 @@ class MultiNodeTest(unittest.TestCase):
             status, r, headers = post(c, [failed_login("user:mn-redis-2")])  # fail_closed
             self.assertEqual(status, 503, r)
             self.assertIn("retry-after", headers)
+            for n in nodes:  # Redis is not part of readiness: check and writes still work
+                status, body, _ = n.request("GET", "/readyz", auth=False)
+                self.assertEqual(status, 200, body)
             time.sleep(0.3)
             redis.start()  # same port, empty
             for n in nodes:  # every node counts again by itself
