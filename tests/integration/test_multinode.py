@@ -542,7 +542,9 @@ class MultiNodeTest(unittest.TestCase):
         try:
             time.sleep(0.5)  # changes in flight when the holder dies
             holder.kill9()
+            killed_at = time.time()
             new_holder = self.lease_holder_of("webhooks", survivors)
+            handover = time.time() - killed_at
             time.sleep(0.5)  # the new holder delivers under load too
         finally:
             stop.set()
@@ -562,8 +564,8 @@ class MultiNodeTest(unittest.TestCase):
         self.assertEqual(sorted(set(got)), [s for i, s in enumerate(got) if s not in got[:i]])
         check_entries()
         self.assertGreater(delivered_by(new_holder), 0.0)
-        print("\nwebhooks: %d changes, holder :%d killed, :%d took over, duplicates %s" % (
-            len(want), holder.port, new_holder.port, dups))
+        print("\nwebhooks: %d changes, holder :%d killed, :%d took over after %.1f s, "
+              "duplicates %s" % (len(want), holder.port, new_holder.port, handover, dups))
 
     @unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
     def test_redis_shared_by_three_nodes_fails_open_or_closed_and_recovers(self):
