@@ -17,7 +17,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from harness import QuellServer, free_port
+from harness import QUELL, QuellServer, free_port, run_cli
 
 
 def log_lines(server):
@@ -364,13 +364,31 @@ class TracingDropTest(unittest.TestCase):
             hole.close()
 
 
-class OperationalMetricsTest(unittest.TestCase):
-    """The ledger, index, review-queue and feed-lag metrics read back from a real scrape."""
-
+class ScrapeMixin:
     def scrape(self, q):
         status, text, _ = q.request("GET", "/metrics", auth=False, raw=True)
         self.assertEqual(status, 200)
         return text
+
+    def review_queue(self, q):
+        """{kind: depth} from a scrape. Every kind must be exported, with an oldest age
+        that is 0 exactly when its depth is."""
+        text = self.scrape(q)
+        out = {}
+        for kind in ("mitigation", "rollback", "appeal"):
+            label = '{kind="%s"}' % kind
+            depth = metric_value(text, "quell_review_queue_depth", label)
+            age = metric_value(text, "quell_review_queue_oldest_age_seconds", label)
+            self.assertIsNotNone(depth, "no depth for %s:\n%s" % (kind, text))
+            self.assertIsNotNone(age, "no age for %s" % kind)
+            self.assertTrue(0 <= age < 3600, (kind, age))
+            self.assertEqual(age == 0, depth == 0, (kind, depth, age))
+            out[kind] = depth
+        return out
+
+
+class OperationalMetricsTest(ScrapeMixin, unittest.TestCase):
+    """The ledger, index, review-queue and feed-lag metrics read back from a real scrape."""
 
     def test_index_ledger_review_and_feed_metrics(self):
         q = QuellServer(env={"QUELL_NODE_NAME": "quell-it-a"}).start()
@@ -426,21 +444,6 @@ class OperationalMetricsTest(unittest.TestCase):
                                           '{action="block"}'), 2)
         finally:
             q.cleanup()
-
-    def review_queue(self, q):
-        """{kind: (depth, oldest age)} from a scrape; every kind must be exported."""
-        text = self.scrape(q)
-        out = {}
-        for kind in ("mitigation", "rollback", "appeal"):
-            label = '{kind="%s"}' % kind
-            depth = metric_value(text, "quell_review_queue_depth", label)
-            age = metric_value(text, "quell_review_queue_oldest_age_seconds", label)
-            self.assertIsNotNone(depth, "no depth for %s:\n%s" % (kind, text))
-            self.assertIsNotNone(age, "no age for %s" % kind)
-            self.assertTrue(0 <= age < 3600, (kind, age))
-            self.assertEqual(age == 0, depth == 0, (kind, depth, age))
-            out[kind] = depth
-        return out
 
     def test_review_queue_depth_by_kind(self):
         # Rollbacks over more than one entity wait for approval.
@@ -558,6 +561,86 @@ class OperationalMetricsTest(unittest.TestCase):
                 q.cleanup()
         finally:
             os.unlink(f.name)
+
+
+PG_CLUSTER_BIN = os.environ.get("QUELL_PG_CLUSTER_BIN") or os.path.join(
+    os.path.dirname(QUELL), "src", "ledger", "postgres", "quell_pg_test_cluster")
+
+
+@unittest.skipUnless(os.path.exists(PG_CLUSTER_BIN), "quell_pg_test_cluster not built")
+class ReviewQueueClusterTest(ScrapeMixin, unittest.TestCase):
+    """Two nodes on one PostgreSQL: the review items written through one node show in the
+    other's gauges (the change feed), and a restarted node rebuilds the same figures."""
+
+    def setUp(self):
+        # A throwaway PostgreSQL cluster: the tool prints its URL, stops when stdin closes.
+        self.pg = subprocess.Popen([PG_CLUSTER_BIN], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: (self.pg.stdin.close(), self.pg.wait(60), self.pg.stdout.close()))
+        line = self.pg.stdout.readline().strip()
+        self.assertTrue(line.startswith("url "), line)
+        url = line[4:]
+        run_cli("migrate", "--postgres", url)
+        self.admin = run_cli("keys", "create", "--role", "admin", "--postgres", url)[1].strip()
+        self.reviewer = run_cli("keys", "create", "--role", "reviewer", "--postgres",
+                                url)[1].strip()
+        self.nodes = []
+        for _ in range(2):
+            n = QuellServer(extra_args=["--postgres", url],
+                            env={"QUELL_SAFEGUARDS_BULK_THRESHOLD": "1"})
+            self.addCleanup(n.cleanup)
+            n.start(dev=False)
+            n.admin_key = self.admin
+            self.nodes.append(n)
+
+    def wait_queue(self, node, want):
+        """Waits (bounded: not a timing check) until `node` reports `want`."""
+        deadline = time.time() + 120
+        got = self.review_queue(node)
+        while got != want:
+            self.assertLess(time.time(), deadline, "node :%d reports %s" % (node.port, got))
+            time.sleep(0.1)
+            got = self.review_queue(node)
+
+    def test_every_node_counts_the_shared_queue(self):
+        a, b = self.nodes
+        s, pending, _ = a.request("POST", "/v1/mitigations",
+                                  {"entity": "cidr:11.0.0.0/8", "action": "block",
+                                   "reason": "abuse"})
+        self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
+        for entity in ("user:pg-1", "user:pg-2"):
+            self.assertEqual(a.request("POST", "/v1/mitigations",
+                                       {"entity": entity, "action": "challenge", "ttl": "1h",
+                                        "reason": "t"})[0], 201)
+        s, rb, _ = a.request("POST", "/v1/rollbacks", {"filter": {"action": "challenge"}})
+        self.assertEqual(s, 202, rb)
+        s, m, _ = a.request("POST", "/v1/mitigations",
+                            {"entity": "user:pg-appellant", "action": "block", "ttl": "1h",
+                             "reason": "t"})
+        self.assertEqual(s, 201, m)
+        s, appeal, _ = a.request("POST", "/v1/appeals",
+                                 {"mitigation_id": m["id"], "statement": "not me"})
+        self.assertEqual(s, 201, appeal)
+        for n in (a, b):
+            self.wait_queue(n, {"mitigation": 1, "rollback": 1, "appeal": 1})
+        # Decided on node b: node a's gauges follow.
+        s, r, _ = b.request("POST", "/v1/appeals/%s/decision" % appeal["id"], {"grant": True},
+                            key=self.reviewer)
+        self.assertEqual((s, r["state"]), (200, "granted"), r)
+        s, r, _ = b.request("POST", "/v1/reviews/%s/decision" % rb["id"], {"approve": False},
+                            key=self.reviewer)
+        self.assertEqual(s, 200, r)
+        for n in (a, b):
+            self.wait_queue(n, {"mitigation": 1, "rollback": 0, "appeal": 0})
+        # A restarted node rebuilds the same figures from the database.
+        self.assertEqual(b.stop(), 0)
+        b.start(dev=False)
+        self.assertEqual(self.review_queue(b), {"mitigation": 1, "rollback": 0, "appeal": 0})
+        s, r, _ = a.request("POST", "/v1/reviews/%s/decision" % pending["id"], {"approve": False},
+                            key=self.reviewer)
+        self.assertEqual(s, 200, r)
+        for n in (a, b):
+            self.wait_queue(n, {"mitigation": 0, "rollback": 0, "appeal": 0})
 
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
