@@ -135,6 +135,11 @@ int main(int argc, char** argv) {
         absl::ToDoubleMilliseconds(st.snapshot_apply), load_cpu);
     std::fflush(stdout);
   }
+  {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    std::printf("bench process peak RSS after the load: %.0f MB\n", u.ru_maxrss / 1024.0);
+  }
   if (load_only) return 0;
 
   // 2. Check latency.

@@ -172,7 +172,7 @@ class Client::Impl {
     std::string_view Keep(std::string_view text) {
       if (used_ + text.size() > capacity_) {
         capacity_ = std::max(kBlockBytes, text.size());
-        blocks_.push_back(std::make_unique<char[]>(capacity_));
+        blocks_.emplace_back(new char[capacity_]);  // not zeroed: written before read
         used_ = 0;
       }
       char* at = blocks_.back().get() + used_;
