@@ -707,8 +707,9 @@ Table::UpsertResult Table::UpsertHashed(std::string_view key, uint64_t hash, con
       w.MaybeCompact();
     }
   } else {
+    const uint64_t* slots_before = s.slots_w();
     w.ReserveSlot();
-    p = w.Find(hash, kb);  // the slots may have been rebuilt
+    if (s.slots_w() != slots_before) p = w.Find(hash, kb);  // the slots were rebuilt
     QUELL_CHECK(p.found < 0 && p.insert >= 0);
     const uint32_t nref = w.Alloc(EntryWords(kb.len(), 1));
     uint64_t* ne = s.arena_w() + nref;
