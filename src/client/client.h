@@ -18,7 +18,8 @@
 // catalog if that was configured differently.
 //
 // Thread-safety: Check, Lookup, staleness() and stats() are thread-safe and lock-free
-// (they read the index, which one sync thread writes). Start/destructor from one thread.
+// (they read the index, which the sync thread writes — with one helper thread, on other
+// shards, while it inserts a loaded snapshot). Start/destructor from one thread.
 // Ownership: the Client owns its sync thread; destroying it stops the thread (aborting a
 // long-poll in flight).
 #ifndef QUELL_CLIENT_CLIENT_H_
