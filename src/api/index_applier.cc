@@ -15,15 +15,16 @@ absl::Status IndexApplier::Load(ledger::Store& store) {
 }
 
 void IndexApplier::OnCommitted(const std::vector<ledger::Change>& changes) {
+  core::Mitigation scratch;  // for changes that come without their record (another node's)
   for (const ledger::Change& c : changes) {
     if (c.kind == ledger::ChangeKind::kMitigation) {
-      auto m = core::MitigationFromJson(c.payload);
-      // The payload was written by this binary a moment ago; failing to read it back is a
-      // broken invariant, not bad input.
+      absl::StatusOr<const core::Mitigation*> m = ledger::MitigationOf(c, &scratch);
+      // The payload was written by a Quell binary; failing to read it back is a broken
+      // invariant, not bad input.
       QUELL_CHECK(m.ok());
       // Apply fails only on shapes the ledger never writes (a foreign id, 65,536 action
       // names); say so loudly rather than stop enforcing everything else.
-      if (absl::Status s = index_->Apply(*m); !s.ok()) {
+      if (absl::Status s = index_->Apply(**m); !s.ok()) {
         std::fprintf(stderr,
                      "{\"level\":\"error\",\"msg\":\"index apply failed\",\"seq\":%lld,"
                      "\"error\":\"%s\"}\n",

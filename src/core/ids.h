@@ -13,7 +13,8 @@
 namespace quell::core {
 
 // `prefix` + 26 characters of Crockford base32: 48 bits of milliseconds since the
-// epoch then 80 random bits, so ids sort by creation time and never collide in practice.
+// epoch then 80 random bits (a per-thread generator seeded from the OS), so ids sort by
+// creation time and never collide in practice. Ids are not secrets: use RandomHex for those.
 std::string NewId(std::string_view prefix, absl::Time now);
 
 // `n` random bytes from the OS CSPRNG, as lowercase hex (2n characters). For secrets.

@@ -5,6 +5,7 @@
 #include <array>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "core/status.h"
 
 namespace quell::ledger {
@@ -80,6 +81,17 @@ std::string ChainHash(const Change& c) {
     hex[2 * i + 1] = kHex[md[i] & 15];
   }
   return hex;
+}
+
+absl::StatusOr<const core::Mitigation*> MitigationOf(const Change& c, core::Mitigation* scratch) {
+  if (c.mitigation != nullptr) return c.mitigation.get();
+  absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(c.payload);
+  if (!m.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("change ", c.seq, ": mitigation does not parse: ", m.status().message()));
+  }
+  *scratch = *std::move(m);
+  return scratch;
 }
 
 }  // namespace quell::ledger

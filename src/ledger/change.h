@@ -7,11 +7,14 @@
 #define QUELL_LEDGER_CHANGE_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/mitigation.h"
 
 namespace quell::ledger {
 
@@ -37,7 +40,16 @@ struct Change {
   std::string payload;    // JSON, deterministic bytes
   std::string prev_hash;  // hex SHA-256 of the previous change; 64 zeros before the first
   std::string hash;       // hex SHA-256 over the fields above, see ChainHash
+  // Neither stored nor hashed: on a kMitigation change this process has just committed,
+  // the record its payload encodes, so that listeners need not parse the payload. Null
+  // on changes read back from a store or another node's feed. Read it with MitigationOf.
+  std::shared_ptr<const core::Mitigation> mitigation;
 };
+
+// The mitigation a kMitigation change carries: the attached record if there is one,
+// else the payload parsed into *scratch (kDataLoss if it does not parse). The pointer
+// is valid while `c` and *scratch are.
+absl::StatusOr<const core::Mitigation*> MitigationOf(const Change& c, core::Mitigation* scratch);
 
 // The hash of the very first link's predecessor.
 inline constexpr std::string_view kGenesisHash =

@@ -36,7 +36,7 @@ class RecordingTxn final : public Txn {
   }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override {
     auto r = inner_.Append(std::move(change), mitigation);
-    if (r.ok()) sink_->push_back(*r);
+    if (r.ok()) Record(*r, mitigation);
     return r;
   }
   int64_t NextSeq() const override { return inner_.NextSeq(); }
@@ -44,7 +44,7 @@ class RecordingTxn final : public Txn {
                                                              const core::Mitigation& mitigation,
                                                              int64_t expected_seq) override {
     auto r = inner_.AppendMitigationIfAt(std::move(change), mitigation, expected_seq);
-    if (r.ok() && r->has_value()) sink_->push_back(**r);
+    if (r.ok() && r->has_value()) Record(**r, &mitigation);
     return r;
   }
   absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
@@ -98,6 +98,13 @@ class RecordingTxn final : public Txn {
   size_t open_marks() const { return marks_.size(); }
 
  private:
+  // Keeps a copy for the listeners, with the mitigation attached so that they need not
+  // parse the payload the store has just serialised from it.
+  void Record(const Change& c, const core::Mitigation* mitigation) {
+    Change& recorded = sink_->emplace_back(c);
+    if (mitigation != nullptr) recorded.mitigation = std::make_shared<const core::Mitigation>(*mitigation);
+  }
+
   Txn& inner_;
   std::vector<Change>* sink_;
   std::vector<size_t> marks_;

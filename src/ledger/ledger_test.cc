@@ -290,6 +290,40 @@ TEST_P(LedgerTest, ConcurrentSubmittersGetUniqueGapFreeSeqsListenersFirst) {
   EXPECT_EQ(report->last_seq, kThreads * kPerThread);
 }
 
+TEST_P(LedgerTest, CommittedMitigationChangesCarryTheRecordTheirPayloadEncodes) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  absl::Notification done;
+  std::vector<Change> committed;
+  ledger->Submit(CreateMitigation("user:carried"), [&](absl::Status st, std::vector<Change> cs) {
+    EXPECT_TRUE(st.ok()) << st;
+    committed = std::move(cs);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  ASSERT_EQ(committed.size(), 1u);
+  const Change& c = committed[0];
+  ASSERT_NE(c.mitigation, nullptr);
+  absl::StatusOr<core::Mitigation> parsed = core::MitigationFromJson(c.payload);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(*c.mitigation, *parsed);
+  EXPECT_EQ(c.mitigation->seq, c.seq);
+
+  // Read back from the store: nothing attached, MitigationOf parses the payload.
+  auto stored = ledger->store().ReadChanges(0, 10);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->size(), 1u);
+  EXPECT_EQ((*stored)[0].mitigation, nullptr);
+  core::Mitigation scratch;
+  absl::StatusOr<const core::Mitigation*> read = MitigationOf((*stored)[0], &scratch);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(**read, *parsed);
+
+  Change broken = (*stored)[0];
+  broken.payload = "{\"id\":";
+  EXPECT_EQ(MitigationOf(broken, &scratch).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST_P(LedgerTest, FailingMutationDoesNotSinkItsBatch) {
   auto ledger = OpenLedger();
   ASSERT_NE(ledger, nullptr);

@@ -157,16 +157,66 @@ Logger::Logger(Options options) : Logger(std::make_unique<FileSink>(stderr), std
 Logger::Logger(std::unique_ptr<LogSink> sink, Options options)
     : min_level_(static_cast<int>(options.min_level)),
       now_(options.now ? std::move(options.now) : [] { return absl::Now(); }),
-      sink_(std::move(sink)) {}
+      flush_interval_(options.flush_interval),
+      buffered_(flush_interval_ > absl::ZeroDuration()),
+      sink_(std::move(sink)) {
+  if (buffered_) flusher_ = std::thread([this] { RunFlusher(); });
+}
+
+Logger::~Logger() {
+  if (flusher_.joinable()) {
+    stop_.Notify();
+    flusher_.join();
+  }
+  absl::MutexLock lock(&sink_mu_);
+  FlushLocked();
+}
+
+void Logger::RunFlusher() {
+  bool stopping = false;
+  while (!stopping) {
+    stopping = stop_.WaitForNotificationWithTimeout(flush_interval_);
+    absl::MutexLock lock(&sink_mu_);
+    FlushLocked();
+  }
+}
+
+void Logger::FlushLocked() {
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&buffer_mu_);
+    to_write_.swap(buffer_);
+    std::swap(dropped, dropped_);
+  }
+  if (!to_write_.empty()) sink_->Write(to_write_);
+  // Keep one buffer's worth of capacity for the next round, not a burst's.
+  if (to_write_.capacity() > (1 << 20)) std::string().swap(to_write_);
+  to_write_.clear();
+  if (dropped > 0) {
+    const Field fields[] = {{"lines", dropped}};
+    FormatLogLine(to_write_, now_(), Level::kWarn, "log lines dropped: the log sink is behind",
+                  fields);
+    sink_->Write(to_write_);
+    to_write_.clear();
+  }
+}
 
 void Logger::Write(Level level, std::string_view msg, std::span<const Field> fields) {
-  // Format outside the lock into a per-thread buffer, so the critical section
-  // is only the write itself.
+  // Format outside the locks into a per-thread buffer, so the critical section is only
+  // the append or the write itself.
   thread_local std::string line;
   line.clear();
   FormatLogLine(line, now_(), level, msg, fields);
-  {
-    absl::MutexLock lock(&mu_);
+  if (buffered_ && level < Level::kWarn) {
+    absl::MutexLock lock(&buffer_mu_);
+    if (buffer_.size() + line.size() <= kMaxBufferedBytes) {
+      buffer_.append(line);
+    } else {
+      ++dropped_;
+    }
+  } else {
+    absl::MutexLock lock(&sink_mu_);
+    if (buffered_) FlushLocked();  // what was logged before this line goes first
     sink_->Write(line);
   }
   if (line.capacity() > (64 << 10)) std::string().swap(line);  // do not pin a huge line

@@ -33,10 +33,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 
 namespace quell::obs {
@@ -93,9 +95,9 @@ bool IsRedactedField(std::string_view name);
 void FormatLogLine(std::string& out, absl::Time time, Level level, std::string_view msg,
                    std::span<const Field> fields);
 
-// Where lines go. Write is called with one complete line (ending in '\n') at a
-// time: the Logger serialises calls, so implementations need no locking of
-// their own.
+// Where lines go. Write is called with one or more complete lines (each ending in
+// '\n') at a time: the Logger serialises calls, so implementations need no locking
+// of their own.
 class LogSink {
  public:
   virtual ~LogSink() = default;
@@ -124,19 +126,29 @@ class FileSink final : public LogSink {
   bool owned_;
 };
 
-// The JSON logger. Thread-safe. Owns its sink.
+// The JSON logger. Thread-safe. Owns its sink, and with a flush interval a
+// background thread that writes to it.
 class Logger {
  public:
   struct Options {
     Level min_level = Level::kInfo;
     // The clock; absl::Now when empty. Tests pass a fixed time.
     std::function<absl::Time()> now;
+    // Zero: every line reaches the sink before the call returns. Positive: debug and
+    // info lines (the access log) are appended to a buffer that a background thread
+    // hands to the sink once per interval, so a request costs no write(2); a warn or
+    // error line writes the buffer and then itself before the call returns, in order.
+    // Lines buffered beyond kMaxBufferedBytes are dropped and counted (a warn line says
+    // how many). Lost on kill -9: at most the last interval's debug and info lines.
+    absl::Duration flush_interval = absl::ZeroDuration();
   };
+  static constexpr size_t kMaxBufferedBytes = 16 << 20;
 
   // Logs to stderr.
   Logger() : Logger(Options{}) {}
   explicit Logger(Options options);
   Logger(std::unique_ptr<LogSink> sink, Options options);
+  ~Logger();  // writes what is buffered
   Logger(const Logger&) = delete;
   Logger& operator=(const Logger&) = delete;
 
@@ -171,11 +183,23 @@ class Logger {
 
  private:
   void Write(Level level, std::string_view msg, std::span<const Field> fields);
+  // Hands the buffered lines to the sink. Caller holds sink_mu_.
+  void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sink_mu_);
+  void RunFlusher();
 
   std::atomic<int> min_level_;
   const std::function<absl::Time()> now_;
-  absl::Mutex mu_;
-  const std::unique_ptr<LogSink> sink_ ABSL_PT_GUARDED_BY(mu_);
+  const absl::Duration flush_interval_;
+  const bool buffered_;  // flush_interval_ > 0: a flusher thread runs
+  // Lock order: sink_mu_, then buffer_mu_. Appending a buffered line takes only buffer_mu_.
+  absl::Mutex sink_mu_;
+  const std::unique_ptr<LogSink> sink_ ABSL_PT_GUARDED_BY(sink_mu_);
+  std::string to_write_ ABSL_GUARDED_BY(sink_mu_);  // the flusher's side of the buffer
+  absl::Mutex buffer_mu_;
+  std::string buffer_ ABSL_GUARDED_BY(buffer_mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(buffer_mu_) = 0;
+  absl::Notification stop_;
+  std::thread flusher_;  // running iff flush_interval_ > 0
 };
 
 }  // namespace quell::obs

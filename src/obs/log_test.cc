@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,6 +256,111 @@ TEST(FileSinkTest, OpenFailureIsAStatus) {
   absl::StatusOr<std::unique_ptr<FileSink>> sink =
       FileSink::Open(::testing::TempDir() + "/no/such/dir/x.log");
   EXPECT_EQ(sink.status().code(), absl::StatusCode::kNotFound);
+}
+
+// A sink whose writes outlive the logger that owns it, split into lines.
+class SharedSink : public LogSink {
+ public:
+  struct State {
+    absl::Mutex mu;
+    std::vector<std::string> writes ABSL_GUARDED_BY(mu);
+  };
+  explicit SharedSink(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  void Write(std::string_view text) override {
+    absl::MutexLock lock(&state_->mu);
+    state_->writes.emplace_back(text);
+  }
+  static std::vector<std::string> Lines(State& state) {
+    absl::MutexLock lock(&state.mu);
+    std::vector<std::string> out;
+    for (const std::string& w : state.writes) {
+      EXPECT_EQ(w.back(), '\n') << "a write ends with a complete line";
+      for (size_t start = 0; start < w.size();) {
+        const size_t nl = w.find('\n', start);
+        out.push_back(w.substr(start, nl + 1 - start));
+        start = nl + 1;
+      }
+    }
+    return out;
+  }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+std::unique_ptr<Logger> BufferedLogger(std::shared_ptr<SharedSink::State> state,
+                                       absl::Duration interval) {
+  return std::make_unique<Logger>(
+      std::make_unique<SharedSink>(std::move(state)),
+      Logger::Options{.min_level = Level::kDebug, .now = [] { return kTime; },
+                      .flush_interval = interval});
+}
+
+TEST(BufferedLoggerTest, InfoWaitsForTheFlusherAndAWarnWritesEverythingBeforeItInOrder) {
+  auto state = std::make_shared<SharedSink::State>();
+  auto logger = BufferedLogger(state, absl::Hours(1));
+  logger->Info("first");
+  logger->Debug("second");
+  EXPECT_TRUE(SharedSink::Lines(*state).empty()) << "buffered until the next flush";
+  logger->Warn("third");
+  std::vector<std::string> lines = SharedSink::Lines(*state);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(std::string(ParseLine(lines[0])["msg"].GetString()), "first");
+  EXPECT_EQ(std::string(ParseLine(lines[1])["msg"].GetString()), "second");
+  EXPECT_EQ(std::string(ParseLine(lines[2])["msg"].GetString()), "third");
+}
+
+TEST(BufferedLoggerTest, TheFlusherWritesWithoutAnyFurtherCall) {
+  auto state = std::make_shared<SharedSink::State>();
+  auto logger = BufferedLogger(state, absl::Milliseconds(5));
+  logger->Info("soon");
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (SharedSink::Lines(*state).empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  std::vector<std::string> lines = SharedSink::Lines(*state);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(std::string(ParseLine(lines[0])["msg"].GetString()), "soon");
+}
+
+TEST(BufferedLoggerTest, ConcurrentLinesAllArriveWholeAndTheDestructorFlushes) {
+  auto state = std::make_shared<SharedSink::State>();
+  auto logger = BufferedLogger(state, absl::Milliseconds(1));
+  constexpr int kThreads = 4, kPerThread = 2000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) logger->Info("line", {{"t", t}, {"i", i}});
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  logger.reset();
+  std::vector<std::string> lines = SharedSink::Lines(*state);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kThreads * kPerThread));
+  std::vector<int> next(kThreads, 0);  // each thread's lines arrive in its order
+  for (const std::string& line : lines) {
+    rapidjson::Document doc = ParseLine(line);
+    const int t = doc["t"].GetInt();
+    EXPECT_EQ(doc["i"].GetInt(), next[t]++);
+  }
+}
+
+TEST(BufferedLoggerTest, LinesBeyondTheCapAreDroppedAndCounted) {
+  auto state = std::make_shared<SharedSink::State>();
+  auto logger = BufferedLogger(state, absl::Hours(1));
+  const std::string big(60000, 'x');
+  constexpr int kLines = 300;  // 300 x ~60 KB > Logger::kMaxBufferedBytes
+  for (int i = 0; i < kLines; ++i) logger->Info(big);
+  logger.reset();
+  std::vector<std::string> lines = SharedSink::Lines(*state);
+  ASSERT_FALSE(lines.empty());
+  rapidjson::Document last = ParseLine(lines.back());
+  EXPECT_EQ(std::string(last["level"].GetString()), "warn");
+  EXPECT_THAT(last["msg"].GetString(), HasSubstr("dropped"));
+  const int kept = static_cast<int>(lines.size()) - 1;
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, kLines);
+  EXPECT_EQ(last["lines"].GetInt(), kLines - kept);
 }
 
 }  // namespace

@@ -20,15 +20,27 @@ import urllib.request
 from harness import QUELL, QuellServer, free_port, run_cli
 
 
-def log_lines(server):
-    """The server's stderr, parsed: every line must be one JSON object."""
-    out = []
-    with open(server.log_path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
-    return out
+def log_lines(server, until=None, timeout=10.0):
+    """The server's stderr, parsed: every line must be one JSON object.
+
+    Info lines (the access log) reach the file from the server's log flusher within
+    ~10 ms (src/obs/log.h), so a caller waiting for lines passes `until`, a predicate on
+    the parsed lines, and this polls until it holds or `timeout` passes."""
+    deadline = time.time() + timeout
+    while True:
+        out = []
+        with open(server.log_path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
+        if until is None or until(out) or time.time() > deadline:
+            return out
+        time.sleep(0.02)
+
+
+def with_request_id(rid):
+    return lambda lines: any(l.get("request_id") == rid for l in lines)
 
 
 class LogTest(unittest.TestCase):
@@ -61,7 +73,7 @@ class LogTest(unittest.TestCase):
         secrets.append(k["key"])
         q.request("GET", "/v1/keys", key=k["key"])
         q.request("GET", "/v1/no/such/route", key=q.admin_key)
-        lines = log_lines(q)
+        lines = log_lines(q, until=lambda ls: sum(l.get("msg") == "request" for l in ls) >= 9)
         access = [l for l in lines if l.get("msg") == "request"]
         self.assertGreaterEqual(len(access), 9, lines)
         with open(q.log_path, encoding="utf-8") as f:
@@ -78,7 +90,8 @@ class LogTest(unittest.TestCase):
                                          headers={"X-Request-Id": "it-req-42"})
         self.assertEqual(status, 200)
         self.assertEqual(hdrs["x-request-id"], "it-req-42")
-        line = [l for l in log_lines(self.q) if l.get("request_id") == "it-req-42"]
+        line = [l for l in log_lines(self.q, until=with_request_id("it-req-42"))
+                if l.get("request_id") == "it-req-42"]
         self.assertEqual(len(line), 1, line)
         l = line[0]
         self.assertEqual(l["level"], "info")
@@ -106,7 +119,7 @@ class LogTest(unittest.TestCase):
         status, _, hdrs = self.q.request("GET", "/nowhere", auth=False)
         self.assertEqual(status, 404)
         rid = hdrs["x-request-id"]
-        lines = log_lines(self.q)
+        lines = log_lines(self.q, until=with_request_id(rid))
         self.assertTrue(any(l.get("msg") == "quell serving" and "listen" in l for l in lines))
         mine = [l for l in lines if l.get("request_id") == rid]
         self.assertEqual(len(mine), 1)
@@ -266,7 +279,8 @@ class TracingTest(unittest.TestCase):
         self.assertGreaterEqual(int(attrs(commit)["quell.ledger.batch_mutations"]), 1)
         self.assertEqual(attrs(apply)["quell.ledger.changes"], attrs(commit)["quell.ledger.changes"])
         # The access log line carries the same trace id.
-        line = [l for l in log_lines(self.q) if l.get("request_id") == "trace-it-1"]
+        line = [l for l in log_lines(self.q, until=with_request_id("trace-it-1"))
+                if l.get("request_id") == "trace-it-1"]
         self.assertEqual([l.get("trace_id") for l in line], [trace_id])
 
     def test_detection_spans_engine_commit_and_apply(self):

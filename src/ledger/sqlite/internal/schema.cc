@@ -137,6 +137,13 @@ CREATE TABLE list_entries (
   PRIMARY KEY (list, entity)
 ) WITHOUT ROWID;
 )sql"},
+    // Mitigations are found by entity through the changes' (entity, seq) index (every
+    // mitigation change carries its mitigation's id and entity), so the mitigations view
+    // drops its own entity index: each write touches one random B-tree page less, and
+    // group commits write and fsync fewer WAL pages.
+    {4, R"sql(
+DROP INDEX mitigations_entity;
+)sql"},
 };
 
 }  // namespace
