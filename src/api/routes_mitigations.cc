@@ -259,7 +259,9 @@ void CreateMitigation(Context& ctx, Call&& call) {
   auto out = std::make_shared<Context::WriteOutcome>();
   auto inner = workflow::CreateMitigation(std::move(cr), catalog, result);
   auto render = [result] {
-    return std::make_pair(result->created ? 201 : 200, core::MitigationToJson(result->mitigation));
+    return std::make_pair(result->created ? 201 : 200,
+                          result->json.empty() ? core::MitigationToJson(result->mitigation)
+                                               : std::move(result->json));
   };
   ctx.SubmitWrite(
       Context::WithIdempotency(std::move(idem), std::move(inner), std::move(render), out), out,

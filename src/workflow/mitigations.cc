@@ -48,7 +48,9 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
       if (later) existing.expires_at = expires;
       for (const std::string& d : req.detections) existing.detections.push_back(d);
       existing.state_reason = absl::StrCat(later ? "extended: " : "hit again: ", req.reason);
-      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, req.actor, now).status());
+      QUELL_ASSIGN_OR_RETURN(ledger::Change c,
+                             AppendMitigationChange(txn, existing, req.actor, now));
+      out.json = std::move(c.payload);
     }
     out.mitigation = std::move(existing);
     return out;
@@ -69,7 +71,8 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   m.policy_version = req.policy_version;
   m.batch = req.batch;
   m.detections = req.detections;
-  QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, req.actor, now).status());
+  QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, m, req.actor, now));
+  out.json = std::move(c.payload);
   out.created = true;
   out.mitigation = std::move(m);
   return out;

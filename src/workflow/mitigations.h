@@ -42,6 +42,9 @@ struct CreateResult {
   // False when an existing live mitigation of the same entity and action absorbed the
   // request (its expiry extended if the new one was later): no duplicate is stacked.
   bool created = false;
+  // core::MitigationToJson(mitigation) as the ledger change recorded it, when this request
+  // appended one ("" when it changed nothing): replies reuse it instead of formatting again.
+  std::string json;
 };
 
 //! Creates a mitigation, or extends the live one of the same entity and action (the later

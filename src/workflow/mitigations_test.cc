@@ -52,12 +52,15 @@ TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
   EXPECT_TRUE(first->created);
   EXPECT_EQ(first->mitigation.state, MitigationState::kActive);
   EXPECT_EQ(first->mitigation.expires_at, clock_.Now() + absl::Hours(1));
+  // The reply's JSON is the recorded change's payload: the mitigation as stored.
+  EXPECT_EQ(first->json, core::MitigationToJson(first->mitigation));
 
   auto longer = Create("user:u1", "suspend", absl::Hours(5));
   ASSERT_TRUE(longer.ok());
   EXPECT_FALSE(longer->created);
   EXPECT_EQ(longer->mitigation.id, first->mitigation.id);
   EXPECT_EQ(longer->mitigation.expires_at, clock_.Now() + absl::Hours(5));
+  EXPECT_EQ(longer->json, core::MitigationToJson(longer->mitigation));
 
   // A shorter one changes nothing: the longer expiry wins.
   int64_t seq = ledger_->last_seq();
@@ -65,6 +68,7 @@ TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
   ASSERT_TRUE(shorter.ok());
   EXPECT_EQ(shorter->mitigation.expires_at, clock_.Now() + absl::Hours(5));
   EXPECT_EQ(ledger_->last_seq(), seq);
+  EXPECT_EQ(shorter->json, "") << "nothing recorded, nothing to reuse";
 
   // Another action is another mitigation.
   auto other = Create("user:u1", "flag", absl::Hours(1));
