@@ -151,12 +151,10 @@ absl::StatusOr<std::unique_ptr<RedisCounterStore>> RedisCounterStore::Create(
 RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
     : set_(std::move(set)), options_(std::move(options)) {
   for (int c = 0; c < set_.size(); ++c) {
-    std::vector<std::string> stems;
-    for (absl::Duration w : set_.spec(c).windows) {
-      stems.push_back(absl::StrCat(options_.key_prefix, "{", set_.spec(c).name, "|",
-                                   core::DurationString(w), "|"));
-    }
-    stems_.push_back(std::move(stems));
+    stems_.push_back(absl::StrCat(options_.key_prefix, "{", set_.spec(c).name, "|"));
+    std::vector<std::string> tags;
+    for (absl::Duration w : set_.spec(c).windows) tags.push_back(core::DurationString(w));
+    tags_.push_back(std::move(tags));
   }
   for (int i = 0; i < options_.connections; ++i) {
     conns_.push_back(std::make_unique<internal::RedisConn>());
@@ -166,18 +164,24 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
 
 RedisCounterStore::~RedisCounterStore() = default;
 
-void RedisCounterStore::AppendHashKey(std::string& out, int counter, int window,
-                                      std::string_view key) const {
-  out += stems_[counter][window];
+void RedisCounterStore::AppendHashKey(std::string& out, int counter, std::string_view key) const {
+  out += stems_[counter];
   out.append(key.data(), key.size());
   out += '}';
 }
 
-void RedisCounterStore::AppendKey(std::string& out, int counter, int window, std::string_view key,
-                                  int64_t bucket) const {
-  AppendHashKey(out, counter, window, key);
+void RedisCounterStore::AppendField(std::string& out, int counter, int window,
+                                    int64_t bucket) const {
+  out += tags_[counter][window];
   out += ':';
   absl::StrAppend(&out, bucket);
+}
+
+void RedisCounterStore::AppendKey(std::string& out, int counter, int window, std::string_view key,
+                                  int64_t bucket) const {
+  AppendHashKey(out, counter, key);
+  out += ':';
+  AppendField(out, counter, window, bucket);
 }
 
 std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_view key,
@@ -186,7 +190,7 @@ std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_v
   if (set_.spec(counter).is_distinct()) {
     AppendKey(out, counter, window, key, bucket);
   } else {
-    AppendHashKey(out, counter, window, key);
+    AppendHashKey(out, counter, key);
   }
   return out;
 }
@@ -262,17 +266,23 @@ absl::Status ReplyError(const redisReply& r) {
 
 namespace {
 
-// Drops the fields of window hash KEYS[i] older than bucket ARGV[i] (they have left
-// the window) and sets its TTL to ARGV[#KEYS + i] ms: a hash holds few fields, so HKEYS
-// and the comparison run server side.
+// Drops the fields "<window>:<bucket>" of hash KEYS[i] whose bucket has left its window
+// (ARGV[1] = the number of windows n, then n pairs (window, oldest bucket it reads); a
+// field of a window not listed is kept: another node may declare it) and sets the
+// hash's TTL to ARGV[2n + 1 + i] ms. A hash holds few fields, so HKEYS and the
+// comparisons run server side.
 constexpr char kCleanupScript[] = R"lua(
-local n = #KEYS
-for i = 1, n do
-  local oldest = tonumber(ARGV[i])
+local nw = tonumber(ARGV[1])
+local oldest = {}
+for j = 1, nw do oldest[ARGV[2 * j]] = tonumber(ARGV[2 * j + 1]) end
+local base = 2 * nw + 1
+for i = 1, #KEYS do
   for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
-    if tonumber(f) < oldest then redis.call('HDEL', KEYS[i], f) end
+    local c = string.find(f, ':', 1, true)
+    local o = c and oldest[string.sub(f, 1, c - 1)]
+    if o and tonumber(string.sub(f, c + 1)) < o then redis.call('HDEL', KEYS[i], f) end
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[base + i])
 end
 return 0
 )lua";
@@ -287,8 +297,10 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   if (!outcomes.empty() && outcomes.size() != batch.size()) {
     return absl::InvalidArgumentError("outcomes must be empty or as long as the batch");
   }
-  // Group observations by window hash, then by bucket: one HINCRBY / PFADD per bucket.
+  // Group observations by (counter, key) hash, then by (window, bucket) field: one
+  // HINCRBY / PFADD per field.
   struct Bucket {
+    int window = 0;
     int64_t bucket = 0;
     int64_t n = 0;
     int64_t deadline_ms = 0;  // distinct: the sketch key's expiry (unix ms)
@@ -298,13 +310,13 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   };
   struct HashOp {
     std::string key;
+    int counter = 0;
     bool distinct = false;
     bool ttl_known = false;  // this node already set the hash's TTL to >= deadline_ms
     bool exists = false;     // this node wrote the hash, and it has not expired since
     int64_t deadline_ms = 0;
-    int64_t oldest = 0;
     uint64_t hash = 0;
-    absl::InlinedVector<Bucket, 1> buckets;
+    absl::InlinedVector<Bucket, 3> buckets;
   };
   std::vector<HashOp> ops;                         // in first-seen order
   absl::flat_hash_map<std::string, size_t> index;  // hash key -> position in `ops`
@@ -314,6 +326,17 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   // A bucket is read until now >= (b + buckets) * width; its key expires `margin` later.
   auto deadline_of = [&](const WindowGeometry& g, int64_t b) {
     return ((b + g.buckets) * g.width_us + 999) / 1000 + margin_ms;
+  };
+  // A (counter, key) hash lives until the newest bucket any accepted event can write (now
+  // + max_future_skew) leaves the counter's longest window: the same for every event of
+  // the batch, never below what an earlier write needed (so a plain PEXPIRE never
+  // shortens it), and unchanged for a whole bucket width of that window.
+  auto hash_deadline = [&](int counter) {
+    int64_t d = 0;
+    for (const WindowGeometry& g : set_.geometry(counter)) {
+      d = std::max(d, deadline_of(g, g.BucketOf(newest_accepted)));
+    }
+    return d;
   };
   RecordSummary summary;
   std::string key;
@@ -337,33 +360,32 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
     const bool distinct = set_.spec(o.counter).is_distinct();
     const auto& geometry = set_.geometry(o.counter);
+    key.clear();
+    AppendHashKey(key, o.counter, o.key);
+    HashOp* op = nullptr;
     for (size_t w = 0; w < geometry.size(); ++w) {
       const WindowGeometry& g = geometry[w];
       const int64_t b = g.BucketOf(o.at);
-      const int64_t oldest = g.OldestBucket(now);
-      if (b < oldest) continue;  // late, and already out of this window
-      key.clear();
-      AppendHashKey(key, o.counter, static_cast<int>(w), o.key);
-      auto [it, inserted] = index.try_emplace(key, ops.size());
-      if (inserted) {
-        HashOp& op = ops.emplace_back();
-        op.key = key;
-        op.distinct = distinct;
-        op.oldest = oldest;
-        // A window hash lives until the newest bucket any accepted event can write
-        // (now + max_future_skew) leaves the window: the same for every event of the
-        // batch, never below what an earlier write needed (so a plain PEXPIRE never
-        // shortens it), and unchanged for a whole bucket width.
-        op.deadline_ms = deadline_of(g, g.BucketOf(newest_accepted));
-        op.hash = KeyHash(key);
+      if (b < g.OldestBucket(now)) continue;  // late, and already out of this window
+      if (op == nullptr) {
+        auto [it, inserted] = index.try_emplace(key, ops.size());
+        if (inserted) {
+          HashOp& added = ops.emplace_back();
+          added.key = key;
+          added.counter = o.counter;
+          added.distinct = distinct;
+          added.deadline_ms = hash_deadline(o.counter);
+          added.hash = KeyHash(key);
+        }
+        op = &ops[it->second];
       }
-      HashOp& op = ops[it->second];
       Bucket* bucket = nullptr;
-      for (Bucket& x : op.buckets) {
-        if (x.bucket == b) bucket = &x;
+      for (Bucket& x : op->buckets) {
+        if (x.bucket == b && x.window == static_cast<int>(w)) bucket = &x;
       }
       if (bucket == nullptr) {
-        bucket = &op.buckets.emplace_back();
+        bucket = &op->buckets.emplace_back();
+        bucket->window = static_cast<int>(w);
         bucket->bucket = b;
         bucket->deadline_ms = deadline_of(g, b);
       }
@@ -382,29 +404,39 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         if (!op.distinct) continue;
         for (Bucket& x : op.buckets) {
           sketch_key = op.key;
-          absl::StrAppend(&sketch_key, ":", x.bucket);
+          sketch_key += ':';
+          AppendField(sketch_key, op.counter, x.window, x.bucket);
           x.sketch_hash = KeyHash(sketch_key);
           x.ttl_known = ttl_cache_->Deadline(x.sketch_hash) >= x.deadline_ms;
         }
       }
     }
-    // Round trip 1, plain pipelined commands: per bucket HINCRBY (count) or PFADD, a
+    auto arg_sketch = [&](Commands& cmds, const HashOp& op, const Bucket& x) {
+      cmds.ArgBuilt([&](std::string& out) {
+        out += op.key;
+        out += ':';
+        AppendField(out, op.counter, x.window, x.bucket);
+      });
+    };
+    auto arg_field = [&](Commands& cmds, const HashOp& op, const Bucket& x) {
+      cmds.ArgBuilt([&](std::string& out) { AppendField(out, op.counter, x.window, x.bucket); });
+    };
+    // Round trip 1, plain pipelined commands: per field HINCRBY (count) or PFADD, a
     // PEXPIRE of the sketch unless this node already set it, and HSET of its index field
-    // (distinct); per window hash whose TTL this node has not yet set to the deadline,
-    // one PEXPIRE.
+    // (distinct); per hash whose TTL this node has not yet set to the deadline, one
+    // PEXPIRE.
     Commands commands;
     for (const HashOp& op : ops) {
       for (const Bucket& x : op.buckets) {
         if (op.distinct) {
-          std::string bucket_key = absl::StrCat(op.key, ":", x.bucket);
           commands.Begin();
           commands.Arg("PFADD");
-          commands.Arg(bucket_key);
+          arg_sketch(commands, op, x);
           for (std::string_view v : x.values) commands.Arg(v);
           if (!x.ttl_known) {
             commands.Begin();
             commands.Arg("PEXPIRE");
-            commands.Arg(bucket_key);
+            arg_sketch(commands, op, x);
             commands.Arg(x.deadline_ms - now_ms);
           }
           // Always sent: a new field on a known sketch means the keys were lost and
@@ -412,13 +444,13 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           commands.Begin();
           commands.Arg("HSET");
           commands.Arg(op.key);
-          commands.Arg(x.bucket);
+          arg_field(commands, op, x);
           commands.Arg("1");
         } else {
           commands.Begin();
           commands.Arg("HINCRBY");
           commands.Arg(op.key);
-          commands.Arg(x.bucket);
+          arg_field(commands, op, x);
           commands.Arg(x.n);
         }
       }
@@ -429,11 +461,11 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         commands.Arg(op.deadline_ms - now_ms);
       }
     }
-    // Ops whose hash this node knows to exist and that just got a new bucket field (a
-    // busy key, once per bucket width): its fields that left the window are dropped, and
-    // its TTL set again (in case the hash was lost and re-created since).
+    // Ops whose hash this node knows to exist and that just got a new field (a busy key,
+    // once per bucket width of its shortest window): its fields that left their windows
+    // are dropped, and its TTL set again (in case the hash was lost and re-created since).
     std::vector<size_t> stale;
-    std::vector<std::pair<size_t, int64_t>> lost_sketches;  // (op, bucket): TTL to set again
+    std::vector<std::pair<size_t, size_t>> lost_sketches;  // (op, bucket): TTL to set again
     bool connected = false;
     {
       Replies replies;
@@ -442,16 +474,17 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       size_t r = 0;
       for (size_t k = 0; k < ops.size(); ++k) {
         const HashOp& op = ops[k];
-        bool new_bucket = false;
-        for (const Bucket& x : op.buckets) {
+        bool new_field = false;
+        for (size_t j = 0; j < op.buckets.size(); ++j) {
+          const Bucket& x = op.buckets[j];
           const size_t n = op.distinct ? (x.ttl_known ? 2 : 3) : 1;
           const redisReply& f = replies[r + n - 1];
           for (size_t end = r + n; r < end; ++r) {
             if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
           }
           if (f.type == REDIS_REPLY_INTEGER && f.integer == (op.distinct ? 1 : x.n)) {
-            new_bucket = true;
-            if (op.distinct && x.ttl_known) lost_sketches.push_back({k, x.bucket});
+            new_field = true;
+            if (op.distinct && x.ttl_known) lost_sketches.push_back({k, j});
           }
         }
         if (!op.ttl_known) {
@@ -459,29 +492,42 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           ++r;
         }
         // A new connection: Redis may have restarted, so TTLs this node skipped are set.
-        if ((new_bucket && op.exists) || (connected && op.ttl_known)) stale.push_back(k);
+        if ((new_field && op.exists) || (connected && op.ttl_known)) stale.push_back(k);
       }
     }
-    // Round trip 2, only when a known hash started a new bucket (a busy key, once per
-    // bucket width) or the connection is new: short cleanup scripts, and the TTLs of
-    // sketches that were skipped but may have been lost (new connection, or a new index
-    // field for a known sketch).
+    // Round trip 2, only when a known hash got a new field or the connection is new:
+    // short cleanup scripts (one per counter and 64 hashes), and the TTLs of sketches
+    // that were skipped but may have been lost (new connection, or a new index field
+    // for a known sketch).
     Commands cleanup;
     constexpr size_t kKeysPerScript = 64;
-    for (size_t first = 0; first < stale.size(); first += kKeysPerScript) {
-      const size_t last = std::min(stale.size(), first + kKeysPerScript);
+    std::stable_sort(stale.begin(), stale.end(),
+                     [&](size_t a, size_t b) { return ops[a].counter < ops[b].counter; });
+    for (size_t first = 0; first < stale.size();) {
+      const int counter = ops[stale[first]].counter;
+      size_t last = first;
+      while (last < stale.size() && last - first < kKeysPerScript &&
+             ops[stale[last]].counter == counter) {
+        ++last;
+      }
+      const auto& geometry = set_.geometry(counter);
       cleanup.Begin();
       cleanup.Arg("EVAL");
       cleanup.Arg(kCleanupScript);
       cleanup.Arg(static_cast<int64_t>(last - first));
       for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].key);
-      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].oldest);
+      cleanup.Arg(static_cast<int64_t>(geometry.size()));
+      for (size_t w = 0; w < geometry.size(); ++w) {
+        cleanup.Arg(tags_[counter][w]);
+        cleanup.Arg(geometry[w].OldestBucket(now));
+      }
       for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].deadline_ms - now_ms);
+      first = last;
     }
     auto set_sketch_ttl = [&](const HashOp& op, const Bucket& x) {
       cleanup.Begin();
       cleanup.Arg("PEXPIRE");
-      cleanup.Arg(absl::StrCat(op.key, ":", x.bucket));
+      arg_sketch(cleanup, op, x);
       cleanup.Arg(x.deadline_ms - now_ms);
     };
     if (connected) {
@@ -492,11 +538,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         }
       }
     } else {
-      for (const auto& [k, b] : lost_sketches) {
-        for (const Bucket& x : ops[k].buckets) {
-          if (x.bucket == b) set_sketch_ttl(ops[k], x);
-        }
-      }
+      for (const auto& [k, j] : lost_sketches) set_sketch_ttl(ops[k], ops[k].buckets[j]);
     }
     if (cleanup.size() > 0) {
       Replies replies;
@@ -530,8 +572,9 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     return absl::InvalidArgumentError("values must be as long as reads");
   }
   if (reads.empty()) return absl::OkStatus();
-  // Round trip 1: each read's window hash (HGETALL: bucket -> count; HKEYS: the buckets a
-  // distinct counter has sketches for).
+  // Round trip 1: each read's (counter, key) hash (HGETALL: "<window>:<bucket>" ->
+  // count; HKEYS: the buckets a distinct counter has sketches for); only the fields of
+  // the window read are used.
   absl::InlinedVector<int, 8> windows;
   Commands commands;
   for (const ReadRequest& r : reads) {
@@ -540,7 +583,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     windows.push_back(*w);
     commands.Begin();
     commands.Arg(set_.spec(r.counter).is_distinct() ? "HKEYS" : "HGETALL");
-    commands.ArgBuilt([&](std::string& out) { AppendHashKey(out, r.counter, *w, r.key); });
+    commands.ArgBuilt([&](std::string& out) { AppendHashKey(out, r.counter, r.key); });
   }
   Replies replies;
   absl::Status s = Execute(commands, replies.items);
@@ -556,8 +599,19 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
     const int64_t newest = g.BucketOf(now);
     const int64_t oldest = newest - g.buckets + 1;
-    auto bucket_of = [](const redisReply& e, int64_t* b) {
-      return e.type == REDIS_REPLY_STRING && absl::SimpleAtoi(absl::string_view(e.str, e.len), b);
+    // A field "<window>:<bucket>": false if it is not one; *b = -1 for another window.
+    const std::string& tag = tags_[reads[i].counter][windows[i]];
+    auto bucket_of = [&](const redisReply& e, int64_t* b) {
+      if (e.type != REDIS_REPLY_STRING) return false;
+      std::string_view f(e.str, e.len);
+      const size_t colon = f.find(':');
+      if (colon == std::string_view::npos) return false;
+      if (!absl::SimpleAtoi(AV(f.substr(colon + 1)), b)) return false;
+      if (f.substr(0, colon) != tag) *b = -1;
+      return true;
+    };
+    auto number_of = [](const redisReply& e, int64_t* v) {
+      return e.type == REDIS_REPLY_STRING && absl::SimpleAtoi(absl::string_view(e.str, e.len), v);
     };
     values[i] = 0;
     if (set_.spec(reads[i].counter).is_distinct()) {
@@ -565,7 +619,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
       for (size_t e = 0; e < r.elements; ++e) {
         int64_t b;
         if (!bucket_of(*r.element[e], &b)) {
-          return absl::InternalError("redis: a window hash field is not a bucket");
+          return absl::InternalError("redis: a counter hash field is not a bucket");
         }
         if (b < oldest || b > newest) continue;
         if (!any) {
@@ -583,8 +637,8 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     int64_t sum = 0;
     for (size_t e = 0; e + 1 < r.elements; e += 2) {
       int64_t b, v;
-      if (!bucket_of(*r.element[e], &b) || !bucket_of(*r.element[e + 1], &v)) {
-        return absl::InternalError("redis: a window hash does not hold bucket counts");
+      if (!bucket_of(*r.element[e], &b) || !number_of(*r.element[e + 1], &v)) {
+        return absl::InternalError("redis: a counter hash does not hold bucket counts");
       }
       if (b >= oldest && b <= newest) sum += v;
     }

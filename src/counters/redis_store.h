@@ -95,14 +95,17 @@ class RedisCounterStore final : public CounterStore {
                     absl::Span<int64_t> values) override;
   StoreStats Stats() const override;
 
-  // The Redis key of `bucket` of window `window` (an index) of `counter`, for tests.
+  // The Redis key of `bucket` of window `window` (an index) of `counter`, for tests: the
+  // (counter, key) hash of a count counter (every window), a distinct bucket's sketch.
   std::string KeyForTest(int counter, int window, std::string_view key, int64_t bucket) const;
 
  private:
   class Commands;
   RedisCounterStore(CounterSet set, RedisOptions options);
-  // The window hash of (counter, window, key), and a distinct bucket's sketch key.
-  void AppendHashKey(std::string& out, int counter, int window, std::string_view key) const;
+  // The hash of (counter, key), a bucket's field "<window>:<bucket>" in it, and a
+  // distinct bucket's sketch key "<hash>:<window>:<bucket>".
+  void AppendHashKey(std::string& out, int counter, std::string_view key) const;
+  void AppendField(std::string& out, int counter, int window, int64_t bucket) const;
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
                  int64_t bucket) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
@@ -112,7 +115,8 @@ class RedisCounterStore final : public CounterStore {
 
   const CounterSet set_;
   const RedisOptions options_;
-  std::vector<std::vector<std::string>> stems_;  // [counter][window]: prefix{name|window|
+  std::vector<std::string> stems_;              // [counter]: prefix{name|
+  std::vector<std::vector<std::string>> tags_;  // [counter][window]: "1h"
   std::vector<std::unique_ptr<internal::RedisConn>> conns_;
   std::unique_ptr<internal::TtlCache> ttl_cache_;  // TTLs this node has set
   std::atomic<uint64_t> next_conn_{0};

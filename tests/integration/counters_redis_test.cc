@@ -3,6 +3,7 @@
 // turns into kUnavailable, and the same store object recovers when Redis comes back.
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -79,14 +80,21 @@ TEST_F(RedisCounterStoreTest, KeysExpireWithTheirWindows) {
   const auto& set = store_->counters();
   const int64_t b1m = set.geometry(0)[0].BucketOf(clock_.Now());
   const int64_t b1h = set.geometry(0)[1].BucketOf(clock_.Now());
-  // 1m window, 1 s buckets: a window hash lives until the newest bucket an accepted event
-  // can write (now + 5 s max_future_skew) leaves the window, + a 10 s margin.
-  long long ttl = pttl(store_->KeyForTest(0, 0, "user:u1", b1m));
-  EXPECT_GT(ttl, 60'000);
-  EXPECT_LE(ttl, 76'000);
-  ttl = pttl(store_->KeyForTest(0, 1, "user:u1", b1h));
+  // Both windows of a (counter, key) share one hash, fields "<window>:<bucket>". It lives
+  // until the newest bucket an accepted event can write (now + 5 s max_future_skew)
+  // leaves the longest window (1h, 1 min buckets), + a 10 s margin.
+  const std::string plays = store_->KeyForTest(0, 0, "user:u1", b1m);
+  EXPECT_EQ(plays, store_->KeyForTest(0, 1, "user:u1", b1h));
+  long long ttl = pttl(plays);
   EXPECT_GT(ttl, 3'600'000);
   EXPECT_LE(ttl, 3'671'000);
+  auto* fields = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", plays.data(), plays.size()));
+  ASSERT_NE(fields, nullptr);
+  std::vector<std::string> names;
+  for (size_t i = 0; i < fields->elements; ++i) names.push_back(fields->element[i]->str);
+  freeReplyObject(fields);
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{absl::StrCat("1h:", b1h), absl::StrCat("1m:", b1m)}));
   ttl = pttl(store_->KeyForTest(1, 0, "ip:10.0.0.1", b1h));
   EXPECT_GT(ttl, 3'600'000);
   std::string hll_key = store_->KeyForTest(1, 0, "ip:10.0.0.1", b1h);
