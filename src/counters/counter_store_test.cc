@@ -5,6 +5,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -336,23 +337,59 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   EXPECT_EQ(hlen(ip_index, "1h"), 4);
   // Two hours on (the fake clock; in real time Redis would have expired the 1h index
   // hash, and this node's TTL cache takes it as gone, so its first write does not clean
-  // it; the plays hash lives as long as its 24h window, so its first write does), one
-  // event, and one more a minute later: a new bucket of a hash the node knows to exist
-  // drops every bucket that left its window.
+  // it but starts its cleanup interval, 10 min for a 1h window; the plays hash lives as
+  // long as its 24h window, so its first write cleans it), one event, one a minute later
+  // and one 10 minutes after that: a new bucket of a hash the node knows to exist drops
+  // every bucket that left its window once per cleanup interval.
   clock_.Advance(Hours(2));
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 3; ++i) {
     std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
                                       {2, "ip:10.0.0.7", "user:late", clock_.Now()}};
     ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
-    if (i == 0) clock_.Advance(Minutes(1));
+    if (i == 1) {
+      EXPECT_EQ(hlen(plays, "1m"), 1);
+      EXPECT_EQ(hlen(plays, "1h"), 2);
+      EXPECT_EQ(hlen(ip_index, "1h"), 6);  // not yet: within the interval
+    }
+    if (i < 2) clock_.Advance(Minutes(i == 0 ? 1 : 10));
   }
   EXPECT_EQ(hlen(plays, "1m"), 1);
-  EXPECT_EQ(hlen(plays, "1h"), 2);
-  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))),
-            2);  // 24-minute buckets 0 and 5: both inside 24h
-  EXPECT_EQ(hlen(ip_index, "1h"), 2);
-  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 12);
+  EXPECT_EQ(hlen(plays, "1h"), 3);
+  // 24-minute buckets 0 and 5: both inside 24h.
+  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 2);
+  EXPECT_EQ(hlen(ip_index, "1h"), 3);
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 13);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.7", Hours(1), clock_.Now()), 1);
+  redisFree(c);
+}
+
+// A key written every second: its hash is cleaned about six times per 1m window (not at
+// every new bucket), so it holds the window's 60 buckets plus at most two cleanup
+// intervals (10 s each) of old ones, and reads stay exact.
+TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
+  ASSERT_NE(redis, nullptr);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  const std::string plays = redis->KeyForTest(0, 0, "user:steady", 0);
+  int64_t most = 0;
+  for (int i = 0; i < 150; ++i) {
+    std::vector<Observation> batch = {{0, "user:steady", "", clock_.Now()}};
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+    auto* r = static_cast<redisReply*>(redisCommand(c, "HLEN %b", plays.data(), plays.size()));
+    ASSERT_NE(r, nullptr);
+    most = std::max<int64_t>(most, r->integer);
+    freeReplyObject(r);
+    if (i < 149) clock_.Advance(Seconds(1));
+  }
+  // Fields: 1m buckets (<= 60 + 20 old), 3 1h buckets, 1 24h bucket.
+  EXPECT_GT(most, 60 + 3 + 1);
+  EXPECT_LE(most, 60 + 20 + 3 + 1);
+  EXPECT_EQ(CountOf(*store, "user:steady", Minutes(1)), 60);
+  EXPECT_EQ(CountOf(*store, "user:steady", Hours(1)), 150);
   redisFree(c);
 }
 

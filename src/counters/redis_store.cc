@@ -4,6 +4,7 @@
 #include <sys/time.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -33,22 +34,29 @@ struct RedisConn {
 };
 
 // The keys whose TTL this node has set, and to which deadline (unix ms): a write to a
-// key whose TTL is already at least the deadline it needs sends no PEXPIRE. Keyed by a
-// 64-bit hash of the Redis key; cleared when full and whenever a connection is
-// (re)established or fails (Redis may have restarted and lost the keys).
+// key whose TTL is already at least the deadline it needs sends no PEXPIRE; and when
+// this node last dropped a hash's fields that left their windows. Keyed by a 64-bit hash
+// of the Redis key; cleared when full and whenever a connection is (re)established or
+// fails (Redis may have restarted and lost the keys).
 // Thread-safety: thread-safe.
 class TtlCache {
  public:
   static constexpr size_t kMaxEntries = 1 << 20;
-  // The deadline this node last set for `key_hash`, or 0.
-  int64_t Deadline(uint64_t key_hash) ABSL_SHARED_LOCKS_REQUIRED(mu) {
+  struct Entry {
+    int64_t deadline_ms = 0;  // the TTL this node last set, or 0
+    int64_t cleaned_ms = 0;   // when this node last cleaned the hash, or 0
+  };
+  Entry Get(uint64_t key_hash) ABSL_SHARED_LOCKS_REQUIRED(mu) {
     auto it = set_.find(key_hash);
-    return it == set_.end() ? 0 : it->second;
+    return it == set_.end() ? Entry() : it->second;
   }
   void Note(uint64_t key_hash, int64_t deadline_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (set_.size() >= kMaxEntries) set_.clear();
-    int64_t& d = set_[key_hash];
-    d = std::max(d, deadline_ms);
+    Entry& e = Slot(key_hash);
+    e.deadline_ms = std::max(e.deadline_ms, deadline_ms);
+  }
+  void NoteCleaned(uint64_t key_hash, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = Slot(key_hash);
+    e.cleaned_ms = std::max(e.cleaned_ms, now_ms);
   }
   void Clear() {
     absl::MutexLock lock(&mu);
@@ -57,7 +65,11 @@ class TtlCache {
   absl::Mutex mu;
 
  private:
-  absl::flat_hash_map<uint64_t, int64_t> set_ ABSL_GUARDED_BY(mu);
+  Entry& Slot(uint64_t key_hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (set_.size() >= kMaxEntries) set_.clear();
+    return set_[key_hash];
+  }
+  absl::flat_hash_map<uint64_t, Entry> set_ ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace internal
@@ -155,6 +167,12 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
     std::vector<std::string> tags;
     for (absl::Duration w : set_.spec(c).windows) tags.push_back(core::DurationString(w));
     tags_.push_back(std::move(tags));
+    // Clean a busy hash about six times per shortest window (at most once per bucket).
+    int64_t interval_us = std::numeric_limits<int64_t>::max();
+    for (const WindowGeometry& g : set_.geometry(c)) {
+      interval_us = std::min(interval_us, std::max(g.width_us, g.width_us * g.buckets / 6));
+    }
+    cleanup_interval_ms_.push_back(interval_us / 1000);
   }
   for (int i = 0; i < options_.connections; ++i) {
     conns_.push_back(std::make_unique<internal::RedisConn>());
@@ -314,6 +332,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     bool distinct = false;
     bool ttl_known = false;  // this node already set the hash's TTL to >= deadline_ms
     bool exists = false;     // this node wrote the hash, and it has not expired since
+    bool clean_due = false;  // this node has not cleaned the hash for a cleanup interval
     int64_t deadline_ms = 0;
     uint64_t hash = 0;
     absl::InlinedVector<Bucket, 3> buckets;
@@ -398,16 +417,17 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     {
       absl::ReaderMutexLock lock(&ttl_cache_->mu);
       for (HashOp& op : ops) {
-        const int64_t set_until = ttl_cache_->Deadline(op.hash);
-        op.ttl_known = set_until >= op.deadline_ms;
-        op.exists = set_until > now_ms;
+        const internal::TtlCache::Entry e = ttl_cache_->Get(op.hash);
+        op.ttl_known = e.deadline_ms >= op.deadline_ms;
+        op.exists = e.deadline_ms > now_ms;
+        op.clean_due = now_ms - e.cleaned_ms >= cleanup_interval_ms_[op.counter];
         if (!op.distinct) continue;
         for (Bucket& x : op.buckets) {
           sketch_key = op.key;
           sketch_key += ':';
           AppendField(sketch_key, op.counter, x.window, x.bucket);
           x.sketch_hash = KeyHash(sketch_key);
-          x.ttl_known = ttl_cache_->Deadline(x.sketch_hash) >= x.deadline_ms;
+          x.ttl_known = ttl_cache_->Get(x.sketch_hash).deadline_ms >= x.deadline_ms;
         }
       }
     }
@@ -462,9 +482,11 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       }
     }
     // Ops whose hash this node knows to exist and that just got a new field (a busy key,
-    // once per bucket width of its shortest window): its fields that left their windows
-    // are dropped, and its TTL set again (in case the hash was lost and re-created since).
+    // once per bucket width of its shortest window): its TTL is set again (in case the
+    // hash was lost and re-created since), and once per cleanup interval its fields
+    // that left their windows are dropped.
     std::vector<size_t> stale;
+    std::vector<size_t> reexpire;
     std::vector<std::pair<size_t, size_t>> lost_sketches;  // (op, bucket): TTL to set again
     bool connected = false;
     {
@@ -492,7 +514,11 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           ++r;
         }
         // A new connection: Redis may have restarted, so TTLs this node skipped are set.
-        if ((new_field && op.exists) || (connected && op.ttl_known)) stale.push_back(k);
+        if (new_field && op.exists && op.clean_due) {
+          stale.push_back(k);
+        } else if ((new_field && op.exists) || (connected && op.ttl_known)) {
+          reexpire.push_back(k);
+        }
       }
     }
     // Round trip 2, only when a known hash got a new field or the connection is new:
@@ -524,6 +550,12 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].deadline_ms - now_ms);
       first = last;
     }
+    for (size_t k : reexpire) {
+      cleanup.Begin();
+      cleanup.Arg("PEXPIRE");
+      cleanup.Arg(ops[k].key);
+      cleanup.Arg(ops[k].deadline_ms - now_ms);
+    }
     auto set_sketch_ttl = [&](const HashOp& op, const Bucket& x) {
       cleanup.Begin();
       cleanup.Arg("PEXPIRE");
@@ -550,6 +582,13 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
     {
       absl::MutexLock lock(&ttl_cache_->mu);
+      // A hash this node did not know counts as cleaned now: it is cleaned one interval
+      // later if it stays busy (a busy hash holds at most two intervals' worth of old
+      // buckets, and a key seen once costs no cleanup).
+      for (size_t k : stale) ttl_cache_->NoteCleaned(ops[k].hash, now_ms);
+      for (const HashOp& op : ops) {
+        if (!op.exists) ttl_cache_->NoteCleaned(op.hash, now_ms);
+      }
       for (const HashOp& op : ops) {
         if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
         if (!op.distinct) continue;

@@ -117,6 +117,7 @@ class RedisCounterStore final : public CounterStore {
   const RedisOptions options_;
   std::vector<std::string> stems_;              // [counter]: prefix{name|
   std::vector<std::vector<std::string>> tags_;  // [counter][window]: "1h"
+  std::vector<int64_t> cleanup_interval_ms_;    // [counter]
   std::vector<std::unique_ptr<internal::RedisConn>> conns_;
   std::unique_ptr<internal::TtlCache> ttl_cache_;  // TTLs this node has set
   std::atomic<uint64_t> next_conn_{0};
