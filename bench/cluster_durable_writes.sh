@@ -102,6 +102,11 @@ for n in 1 2 3; do
 done
 echo "quell total: $total created in $DURATION = $total_rate/s (bar: >= 10000/s);" \
   "changes appended $((seq_after - seq_before)); mitigations in the database $stored (3 probes)"
+# Which tables PostgreSQL scanned how (a sequential scan under the chain head lock shows here).
+sql "SELECT '  table ' || relname || ': seq_scan ' || seq_scan || ' (' || seq_tup_read ||
+            ' rows), idx_scan ' || COALESCE(idx_scan, 0) || ', dead rows ' || n_dead_tup
+     FROM pg_stat_user_tables WHERE seq_scan + COALESCE(idx_scan, 0) > 0
+     ORDER BY seq_tup_read DESC LIMIT 6"
 machine_load
 
 # Reference: pgbench, the same two rows per mitigation, one transaction each.

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
@@ -486,6 +488,48 @@ std::string TextArray(const std::vector<std::string_view>& items) {
   return out;
 }
 
+// The entities that have (or had) a mitigation, as hashes of their text, complete up to
+// the chain head seq(): a Txn answers FindLive and CountMitigations for every other
+// entity (a new one: most creates) without a round trip. Mitigation rows are never
+// deleted, so the set only grows; a hash collision or a write that was rolled back only
+// costs a query. Loaded on the writer connection outside the chain head lock (one
+// consistent read of the mitigations table), then caught up at every Begin, under the
+// lock, from the kMitigation changes after seq() (a change's entity is its mitigation's:
+// Append enforces it). Not loaded (or disabled past kMaxEntities): every entity may have
+// mitigations. Confined to the commit thread (whoever holds the Store's one Txn).
+class KnownEntities {
+ public:
+  static constexpr size_t kMaxEntities = 4000000;  // ~16 B each; past it: disabled
+  static constexpr int64_t kMaxCatchUp = 100000;   // more at one Begin: reload instead
+
+  bool loaded() const { return seq_ >= 0; }
+  bool disabled() const { return disabled_; }
+  int64_t seq() const { return seq_; }
+  void set_seq(int64_t seq) { seq_ = seq; }
+  void Reset() {
+    hashes_ = absl::flat_hash_set<uint64_t>();
+    seq_ = -1;
+  }
+  void Add(std::string_view entity) {
+    if (disabled_) return;
+    hashes_.insert(Hash(entity));
+    if (hashes_.size() > kMaxEntities) {
+      disabled_ = true;
+      Reset();
+    }
+  }
+  //! False only if `entity` certainly has no mitigation (as of seq() and this Txn's writes).
+  bool MayHave(std::string_view entity) const {
+    return !loaded() || hashes_.contains(Hash(entity));
+  }
+
+ private:
+  static uint64_t Hash(std::string_view entity) { return std::hash<std::string_view>()(entity); }
+  absl::flat_hash_set<uint64_t> hashes_;
+  int64_t seq_ = -1;  // -1: not loaded
+  bool disabled_ = false;
+};
+
 class PgStore;
 
 // The one write transaction. Confined to the commit thread. It holds the chain head row
@@ -494,9 +538,11 @@ class PgStore;
 // is open), Rollback, and Commit (which rolls back and fails).
 class PgTxn final : public Txn {
  public:
-  PgTxn(PgStore* store, Conn* db, absl::Time now, int64_t head_seq, std::string head_hash)
+  PgTxn(PgStore* store, Conn* db, KnownEntities* known, absl::Time now, int64_t head_seq,
+        std::string head_hash)
       : store_(store),
         db_(db),
+        known_(known),
         now_(now),
         start_seq_(head_seq),
         head_seq_(head_seq),
@@ -510,6 +556,7 @@ class PgTxn final : public Txn {
   absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
                                                          std::string_view action) override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
+    if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
     return Track(QueryLive(*db_, entity, action));
   }
   absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
@@ -627,6 +674,7 @@ class PgTxn final : public Txn {
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
+    if (!known_->MayHave(entity.str())) return int64_t{0};
     return Track(QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow));
   }
   absl::StatusOr<int64_t> NextPolicyVersion() override {
@@ -739,6 +787,7 @@ class PgTxn final : public Txn {
 
   PgStore* store_;
   Conn* db_;
+  KnownEntities* known_;  // the store's
   const absl::Time now_;
   const int64_t start_seq_;
   int64_t head_seq_;
@@ -935,9 +984,13 @@ class PgStore final : public Store {
   auto WithRead(F&& f) -> decltype(f(std::declval<Conn&>()));
   template <typename F>
   auto WithSideWrite(F&& f) -> decltype(f(std::declval<Conn&>()));
+  // Loads known_ on the writer connection, in a read-only transaction of its own (outside
+  // the chain head lock). On error known_ stays unloaded (every entity may have some).
+  void LoadKnown();
 
   const ConnOptions opts_;
   std::unique_ptr<Conn> writer_;  // used only by the open Txn (and Open)
+  KnownEntities known_;           // used only by Begin and the open Txn
   std::atomic<bool> txn_open_{false};
   ReadPool pool_;
   absl::Mutex side_mu_;
@@ -1020,6 +1073,11 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
     }
     if (change.subject.empty()) change.subject = mitigation->id;
     if (change.entity.empty()) change.entity = mitigation->entity.str();
+    // The known-entities catch-up (and FindLive's readers elsewhere) rely on it.
+    if (change.subject != mitigation->id || change.entity != mitigation->entity.str()) {
+      return absl::InvalidArgumentError(
+          "a mitigation change's subject and entity are its mitigation's id and entity");
+    }
   } else if (mitigation != nullptr) {
     return absl::InvalidArgumentError("only mitigation changes carry a mitigation");
   }
@@ -1046,6 +1104,7 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
   // transaction aborted (recoverable by RollbackToSavepoint), so nothing half-written
   // can ever commit.
   QUELL_RETURN_IF_ERROR(Materialize());
+  if (mitigation != nullptr) known_->Add(change.entity);  // before it can be read back
   auto write = [&]() -> absl::Status {
     QUELL_RETURN_IF_ERROR(
         db_->Defer("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
@@ -1096,19 +1155,26 @@ absl::Status PgTxn::Commit() {
   absl::Status st;
   if (head_seq_ != start_seq_) {
     // The new head, and a wake-up for tailers on every node: NOTIFY is delivered at
-    // commit, in commit order; its payload (the new last seq) is only a hint.
-    auto r = db_->Query(
+    // commit, in commit order; its payload (the new last seq) is only a hint. The row
+    // exists: Begin locked it. Sent with the writes and the COMMIT: one round trip.
+    st = Track(db_->Defer(
         "WITH u AS (UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1 RETURNING seq) "
         "SELECT pg_notify('" QUELL_NOTIFY_CHANNEL "', seq::text) FROM u",
-        {P(head_seq_), P(head_hash_)});
-    st = r.status();
-    if (st.ok() && r->rows() != 1) st = absl::DataLossError("chain_head row is missing");
+        {P(head_seq_), P(head_hash_)}));
   }
-  if (st.ok()) st = db_->Exec("COMMIT");
+  if (st.ok()) {
+    auto r = db_->Query("COMMIT");
+    st = r.status();
+    // COMMIT of a transaction that failed answers ROLLBACK, not an error.
+    if (st.ok() && r->CommandTag() != "COMMIT") {
+      st = absl::AbortedError("postgres: the transaction was rolled back at COMMIT");
+    }
+  }
   if (!st.ok()) {
     Rollback();
     return st;
   }
+  if (known_->loaded()) known_->set_seq(head_seq_);  // its own writes were added by Append
   Finish();
   return absl::OkStatus();
 }
@@ -1199,27 +1265,73 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
     }
     if (writer_->InTransaction()) QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
     writer_->DropDeferred(0);
+    if (!known_.loaded() && !known_.disabled()) LoadKnown();
     QUELL_RETURN_IF_ERROR(writer_->Defer("BEGIN"));  // sent with the head's SELECT
     // The head row lock serialises writers of every node; it is held until COMMIT, so the
     // next writer reads the head this one committed (READ COMMITTED re-reads the locked
-    // row's newest version), and seqs become visible in order.
-    auto r = writer_->Query("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE");
+    // row's newest version), and seqs become visible in order. The catch-up of known_
+    // runs after the lock is granted (its own snapshot): every change up to the head is
+    // committed and visible to it.
+    std::vector<Conn::Statement> stmts;
+    stmts.push_back({"SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE", {}});
+    const bool catch_up = known_.loaded();
+    if (catch_up) {
+      // Bounded on both sides: a prepared statement's generic plan for an open range
+      // (planned while the table was small) is a sequential scan of every change.
+      stmts.push_back(
+          {"SELECT entity FROM changes WHERE seq > $1 AND kind = $2 AND "
+           "seq <= LEAST((SELECT seq FROM chain_head WHERE id = 1), $1 + $3)",
+           {P(known_.seq()), P(int64_t{static_cast<int>(ChangeKind::kMitigation)}),
+            P(KnownEntities::kMaxCatchUp)}});
+    }
+    auto r = writer_->QueryAll(std::move(stmts));
     absl::Status st = r.status();
-    if (st.ok() && r->rows() != 1) st = absl::DataLossError("chain_head row is missing");
+    if (st.ok() && (*r)[0].rows() != 1) st = absl::DataLossError("chain_head row is missing");
     if (!st.ok()) {
       writer_->DropDeferred(0);
       if (writer_->ok() && writer_->InTransaction()) (void)writer_->Exec("ROLLBACK");
       return st;
     }
-    int64_t seq = r->Int(0, 0);
-    std::string hash(r->Text(0, 1));
+    const Result& head = (*r)[0];
+    int64_t seq = head.Int(0, 0);
+    std::string hash(head.Text(0, 1));
     if (seq == 0) hash = std::string(kGenesisHash);
+    if (catch_up) {
+      const Result& added = (*r)[1];
+      if (seq < known_.seq() || seq - known_.seq() > KnownEntities::kMaxCatchUp) {
+        known_.Reset();  // another database, or far behind: reload outside the lock
+      } else {
+        for (int i = 0; i < added.rows(); ++i) known_.Add(added.Text(i, 0));
+        if (known_.loaded()) known_.set_seq(seq);
+      }
+    }
     absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
-    return std::unique_ptr<Txn>(new PgTxn(this, writer_.get(), at, seq, std::move(hash)));
+    return std::unique_ptr<Txn>(new PgTxn(this, writer_.get(), &known_, at, seq, std::move(hash)));
   };
   auto txn = start();
   if (!txn.ok()) txn_open_.store(false);
   return txn;
+}
+
+void PgStore::LoadKnown() {
+  Conn& db = *writer_;
+  if (!db.Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ok()) return;
+  auto load = [&]() -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(Result head, db.Query("SELECT seq FROM chain_head WHERE id = 1"));
+    if (head.rows() != 1) return absl::DataLossError("chain_head row is missing");
+    QUELL_RETURN_IF_ERROR(
+        db.Stream("SELECT entity FROM mitigations", {}, [&](const Result& row) -> absl::Status {
+          known_.Add(row.Text(0, 0));
+          if (known_.disabled()) {
+            return absl::ResourceExhaustedError("too many");
+          }
+          return absl::OkStatus();
+        }));
+    known_.set_seq(head.Int(0, 0));  // same snapshot as the rows
+    return absl::OkStatus();
+  };
+  if (!load().ok()) known_.Reset();
+  if (db.ok() && db.InTransaction()) (void)db.Exec("ROLLBACK");
 }
 
 absl::StatusOr<MitigationPage> PgStore::ListMitigations(const MitigationQuery& q) {

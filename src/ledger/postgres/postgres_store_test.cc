@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/entity.h"
+#include "core/mitigation.h"
 #include "gtest/gtest.h"
 #include "ledger/internal/test_backends.h"
 #include "ledger/postgres/internal/test_cluster.h"
@@ -226,6 +228,104 @@ TEST(PostgresStore, DeferredWritesHonourSavepoints) {
   EXPECT_EQ(t.NextSeq(), 4);
   ASSERT_TRUE(t.Commit().ok());
   EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"b", "c", "e"}));
+}
+
+absl::StatusOr<Change> AppendMitigation(Txn& txn, std::string_view id, std::string_view entity,
+                                        std::string subject = "", std::string change_entity = "") {
+  core::Mitigation m;
+  m.id = id;
+  m.entity = *core::Entity::Parse(entity);
+  m.action = "block";
+  m.state = core::MitigationState::kActive;
+  m.created_at = m.updated_at = m.starts_at = kT0;
+  m.expires_at = kT0 + absl::Hours(1);
+  m.source = "manual";
+  m.seq = txn.NextSeq();
+  Change c;
+  c.kind = ChangeKind::kMitigation;
+  c.actor = "node";
+  c.subject = std::move(subject);
+  c.entity = std::move(change_entity);
+  return txn.Append(std::move(c), &m);
+}
+
+// A Txn answers FindLive and CountMitigations without a query for entities its store
+// knows to have no mitigation; what other nodes wrote since its last Begin, and its own
+// uncommitted writes, must still be seen (the set is caught up under the chain head lock).
+TEST(PostgresStore, FindLiveSeesWhatOtherNodesWroteSinceTheLastBegin) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto a = OpenPostgresStore({.url = url});
+  auto b = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(a.ok() && b.ok());
+  const core::Entity x = *core::Entity::Parse("user:x");
+  const core::Entity y = *core::Entity::Parse("user:y");
+  auto live = [&](Store& s, const core::Entity& e) -> int64_t {
+    auto txn = s.Begin(kT0);
+    EXPECT_TRUE(txn.ok()) << txn.status();
+    if (!txn.ok()) return -1;
+    auto found = (*txn)->FindLive(e, "block");
+    auto count = (*txn)->CountMitigations(e, "", "", kT0 - absl::Hours(1), false);
+    EXPECT_TRUE(found.ok() && count.ok());
+    if (!found.ok() || !count.ok()) return -1;
+    EXPECT_EQ(static_cast<int64_t>(found->size()), *count);
+    (*txn)->Rollback();
+    return *count;
+  };
+  EXPECT_EQ(live(**a, x), 0);  // a's set is loaded (empty)
+  {
+    auto txn = (*b)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(AppendMitigation(**txn, "m_x1", "user:x").ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  EXPECT_EQ(live(**a, x), 1);  // caught up at Begin
+  EXPECT_EQ(live(**a, y), 0);
+  {
+    // Its own writes, and again after a rolled-back transaction and a savepoint.
+    auto txn = (*a)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE((*txn)->Savepoint().ok());
+    ASSERT_TRUE(AppendMitigation(**txn, "m_y1", "user:y").ok());
+    auto found = (*txn)->FindLive(y, "block");
+    ASSERT_TRUE(found.ok());
+    EXPECT_EQ(found->size(), 1u);
+    ASSERT_TRUE((*txn)->RollbackToSavepoint().ok());
+    found = (*txn)->FindLive(y, "block");
+    ASSERT_TRUE(found.ok());
+    EXPECT_EQ(found->size(), 0u);
+    (*txn)->Rollback();
+  }
+  {
+    auto txn = (*b)->Begin(kT0);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(AppendMitigation(**txn, "m_y2", "user:y").ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  EXPECT_EQ(live(**a, y), 1);
+  // A store opened after the writes loads them from the mitigations table.
+  auto c = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(live(**c, x), 1);
+  EXPECT_EQ(live(**c, y), 1);
+}
+
+// The catch-up reads a change's entity as its mitigation's: Append refuses others.
+TEST(PostgresStore, AMitigationChangeCarriesItsMitigationsIdAndEntity) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok());
+  auto txn = (*s)->Begin(kT0);
+  ASSERT_TRUE(txn.ok());
+  EXPECT_EQ(AppendMitigation(**txn, "m_1", "user:x", "", "user:other").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(AppendMitigation(**txn, "m_1", "user:x", "m_2").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto ok = AppendMitigation(**txn, "m_1", "user:x", "m_1", "user:x");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->seq, 1);
+  ASSERT_TRUE((*txn)->Commit().ok());
 }
 
 // A deferred insert that the server refuses fails the query it travelled with; a sent

@@ -110,14 +110,19 @@ absl::Status Conn::Defer(const std::string& sql, std::vector<Param> params) {
 
 absl::Status Conn::Flush() {
   if (deferred_.empty()) return absl::OkStatus();
-  return RunPipeline(nullptr).status();
+  return RunPipeline({}).status();
 }
 
-absl::StatusOr<std::optional<Result>> Conn::RunPipeline(const Statement* last) {
+absl::StatusOr<std::vector<Result>> Conn::QueryAll(std::vector<Statement> stmts) {
+  return RunPipeline(std::move(stmts));
+}
+
+absl::StatusOr<std::vector<Result>> Conn::RunPipeline(std::vector<Statement> tail) {
   std::vector<Statement> stmts = std::move(deferred_);
   deferred_.clear();
   ++sends_;
-  if (last != nullptr) stmts.push_back(*last);
+  const size_t first_tail = stmts.size();
+  for (Statement& s : tail) stmts.push_back(std::move(s));
   if (PQenterPipelineMode(conn_) != 1) return ErrorStatus(conn_, nullptr, "pipeline mode");
   // What each result in the stream answers: a Parse (prepare) or the i-th statement.
   struct Expect {
@@ -156,7 +161,8 @@ absl::StatusOr<std::optional<Result>> Conn::RunPipeline(const Statement* last) {
     broken_ = true;
     return first;
   }
-  std::optional<Result> out;
+  std::vector<Result> out;
+  out.reserve(stmts.size() - first_tail);
   bool failed_prepare = false;
   for (const Expect& e : expect) {
     PGresult* r = PQgetResult(conn_);
@@ -176,8 +182,8 @@ absl::StatusOr<std::optional<Result>> Conn::RunPipeline(const Statement* last) {
       }
       if (e.prepare) failed_prepare = true;
       PQclear(r);
-    } else if (!e.prepare && last != nullptr && e.stmt + 1 == stmts.size()) {
-      out.emplace(r);
+    } else if (!e.prepare && e.stmt >= first_tail) {
+      out.emplace_back(r);
     } else {
       PQclear(r);
     }
@@ -205,10 +211,12 @@ absl::StatusOr<std::optional<Result>> Conn::RunPipeline(const Statement* last) {
 
 absl::StatusOr<Result> Conn::Query(const std::string& sql, const std::vector<Param>& params) {
   if (!deferred_.empty()) {
-    Statement last{sql, params};
-    absl::StatusOr<std::optional<Result>> r = RunPipeline(&last);
+    std::vector<Statement> last;
+    last.push_back({sql, params});
+    absl::StatusOr<std::vector<Result>> r = RunPipeline(std::move(last));
     if (!r.ok()) return r.status();
-    return std::move(**r);
+    if (r->size() != 1) return absl::InternalError("postgres: pipeline lost a result");
+    return std::move(r->front());
   }
   auto it = prepared_.find(sql);
   if (it == prepared_.end()) {

@@ -49,6 +49,8 @@ class Result {
   absl::Time Time(int row, int col) const { return absl::FromUnixMicros(Int(row, col)); }
   //! Rows affected by an INSERT/UPDATE/DELETE.
   int64_t Affected() const;
+  //! The command tag ("COMMIT", "ROLLBACK", "INSERT 0 1", ...).
+  std::string_view CommandTag() const { return PQcmdStatus(r_.get()); }
 
  private:
   std::unique_ptr<PGresult, void (*)(PGresult*)> r_;
@@ -75,6 +77,14 @@ class Conn {
   //! Deferred statements are sent first, in the same pipeline (one round trip); the first
   //! error among them and `sql` is returned (statements after an error are skipped).
   absl::StatusOr<Result> Query(const std::string& sql, const std::vector<Param>& params = {});
+  //! A statement of QueryAll.
+  struct Statement {
+    std::string sql;
+    std::vector<Param> params;
+  };
+  //! As Query, for several statements sent together after the deferred ones (one round
+  //! trip): the result of each of `stmts`, in order; the first error otherwise.
+  absl::StatusOr<std::vector<Result>> QueryAll(std::vector<Statement> stmts);
   //! Queues `sql` (a statement whose result only matters if it fails) to be sent with
   //! the next Query, Exec, Stream or Flush. Sends the queue when it grows past
   //! kMaxDeferred; the returned error is then that flush's.
@@ -106,13 +116,10 @@ class Conn {
 
  private:
   explicit Conn(PGconn* c) : conn_(c) {}
-  struct Statement {
-    std::string sql;
-    std::vector<Param> params;
-  };
   absl::Status Check(PGresult* r, std::string_view what);
-  // Sends deferred_ (then `last`, if any) in pipeline mode with one sync; clears deferred_.
-  absl::StatusOr<std::optional<Result>> RunPipeline(const Statement* last);
+  // Sends deferred_ (then `tail`) in pipeline mode with one sync; clears deferred_.
+  // Returns the results of `tail`'s statements.
+  absl::StatusOr<std::vector<Result>> RunPipeline(std::vector<Statement> tail);
   PGconn* conn_;
   bool broken_ = false;  // a pipeline ended in an unknown state: the connection is dropped
   int64_t next_name_ = 0;
