@@ -2,39 +2,46 @@
 // nodes see the same view. Uses hiredis over blocking sockets with timeouts, pipelined.
 //
 // Data layout (same bucket geometry as the in-process store; counters/counter_store.h).
-// Every (counter, window, key) has one *window hash* "<prefix>{<counter>|<window>|<key>}"
-// (<window> is the duration string, "1h"):
-//   count:    field <bucket> -> the bucket's count (HINCRBY)
-//   distinct: field <bucket> -> "1", an index of the buckets that have a sketch, each a
-//             Redis HyperLogLog "<window hash>:<bucket>" (PFADD; 0.81% standard error)
-// where <bucket> is the bucket number since the epoch. A read is one HGETALL (counts:
-// the fields inside the window are summed here) or one HKEYS and then one PFCOUNT over
-// the window's existing buckets only (usually one key: Redis's cached cardinality, no
-// 16K-register merge), instead of touching every bucket key of the window. The braces are
-// a Redis Cluster hash tag: a window's keys share one slot.
+// Every (counter, key) has one hash "<prefix>{<counter>|<key>}" holding all the counter's
+// windows, one field per bucket "<window>:<bucket>" (<window> is the duration string,
+// "1h"; <bucket> the bucket number since the epoch):
+//   count:    field -> the bucket's count (HINCRBY)
+//   distinct: field -> "1", an index of the buckets that have a sketch, each a Redis
+//             HyperLogLog "<hash>:<window>:<bucket>" (PFADD; 0.81% standard error)
+// A read is one HGETALL (counts: the fields of the window read, inside it, are summed
+// here) or one HKEYS and then one PFCOUNT over the window's existing buckets only
+// (usually one key: Redis's cached cardinality, no 16K-register merge). The braces are a
+// Redis Cluster hash tag: a counter key's hash and sketches share one slot. (The previous
+// layout had one hash per window, "{<counter>|<window>|<key>}"; nodes of the two layouts
+// do not share counts, so upgrade every node together: counts then start from zero.)
 //
-// Expiry and size. A window hash lives until the newest bucket an accepted event can
-// write (bucket of now + max_future_skew) leaves the window, plus `expire_margin`; a
-// sketch until its bucket leaves the window, plus the margin. That deadline only grows
-// with `now`, so a plain PEXPIRE never shortens a TTL, and it changes once per bucket
-// width: each node remembers (a bounded in-memory cache of key hashes) which deadline it
-// last set per key and sends a key's PEXPIRE only when the deadline moved. Writes are
-// plain pipelined commands: per bucket HINCRBY (count) or PFADD + HSET of its index
-// field (+ PEXPIRE of a sketch the node has not set up) (distinct), and per hash at most
-// one PEXPIRE. When a reply shows that a hash the node knows to exist got a new bucket
-// field (a busy key, once per bucket width), a second round trip runs a short Lua script
-// that deletes the hash's fields of buckets that have left the window and sets its TTL
-// again. Keys lost behind a node's back (Redis restarted: the node reconnects and drops
-// its cache; FLUSHALL: a write then creates a field the node took as existing) get their
-// TTLs in that second round trip. So keys expire with their windows, a busy hash holds at
-// most the window's buckets (plus those written ahead within max_future_skew), and Redis
-// needs no sweeping. Run Redis with maxmemory-policy noeviction (an evicted sketch
-// re-created by a node that took its TTL as set would have none).
+// Expiry and size. A hash lives until the newest bucket an accepted event can write
+// (bucket of now + max_future_skew) leaves the counter's longest window, plus
+// `expire_margin`; a sketch until its bucket leaves the window, plus the margin. That
+// deadline only grows with `now`, so a plain PEXPIRE never shortens a TTL, and it
+// changes once per bucket width of the longest window: each node remembers (a bounded
+// in-memory cache of key hashes) which deadline it last set per key and sends a key's
+// PEXPIRE only when the deadline moved. Writes are plain pipelined commands: per bucket
+// HINCRBY (count) or PFADD + HSET of its index field (+ PEXPIRE of a sketch the node has
+// not set up) (distinct), and per hash at most one PEXPIRE. Observations of the same
+// (counter, key, window, bucket) in one batch are summed first: one HINCRBY with the sum,
+// one PFADD with all the values. When a reply shows that a hash the node knows to exist
+// got a new field, a second round trip sets its TTL again (the hash may have been lost
+// and re-created behind the node, e.g. FLUSHALL) and, once per cleanup interval (a sixth
+// of the counter's shortest window, at least one bucket width; counted from the first
+// write this node made to the hash), runs a short Lua script that deletes the fields of
+// buckets that have left their window (fields of windows this node does not declare are
+// kept: another node may). Keys lost when Redis restarts get their TTLs back because the
+// node reconnects and drops its cache. So keys expire with their longest window, a busy
+// hash holds at most each window's buckets plus two cleanup intervals of old ones (plus
+// those written ahead within max_future_skew), and Redis needs no sweeping. Run Redis
+// with maxmemory-policy noeviction (an evicted sketch re-created by a node that took its
+// TTL as set would have none). Nothing is cached on the read side: every Read() asks
+// Redis, so all nodes see one view, exact within one bucket's width.
 //
-// Round trips: a Record() batch is one pipelined round trip, plus the cleanup one when
-// needed (observations of the same bucket are first summed into one HINCRBY / one PFADD
-// with several values); a Read()
-// batch is one round trip, plus one more if it reads distinct windows that hold sketches.
+// Round trips: a Record() batch is one pipelined round trip, plus the TTL/cleanup one
+// when needed; a Read() batch is one round trip, plus one more if it reads distinct
+// windows that hold sketches.
 //
 // Failure: connect_timeout bounds connecting and io_timeout bounds each round trip; on a
 // failure the connection is dropped and the call returns kUnavailable. The next call
