@@ -86,15 +86,20 @@ std::string StringField(const rapidjson::Value& v, const char* name) {
 void ReviewQueueTracker::ApplyLocked(const ledger::Change& c) {
   if (c.kind == ledger::ChangeKind::kMitigation) {
     auto& pending = open_[static_cast<int>(ReviewKind::kMitigation)];
-    if (!PayloadIsPendingApproval(c.payload)) {
+    const bool held = c.mitigation != nullptr
+                          ? c.mitigation->state == core::MitigationState::kPendingApproval
+                          : PayloadIsPendingApproval(c.payload);
+    if (!held) {
       if (!pending.empty()) pending.erase(c.subject);
       return;
     }
     if (pending.contains(c.subject)) return;  // e.g. a first approval of two: still open
-    // Rare (a held decision): parse it for created_at, what pending_ttl runs from.
-    absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(c.payload);
-    OpenLocked(ReviewKind::kMitigation, m.ok() ? m->id : c.subject, m.ok() ? m->created_at : c.at,
-               /*expires=*/true);
+    // created_at is what pending_ttl runs from: the committed record's, else the payload's
+    // (policies that hold many decisions make this common: no parse when it is attached).
+    core::Mitigation scratch;
+    absl::StatusOr<const core::Mitigation*> m = ledger::MitigationOf(c, &scratch);
+    OpenLocked(ReviewKind::kMitigation, m.ok() ? (*m)->id : c.subject,
+               m.ok() ? (*m)->created_at : c.at, /*expires=*/true);
     return;
   }
   if (c.kind != ledger::ChangeKind::kReview) return;

@@ -35,6 +35,26 @@ class DetectionsTest(unittest.TestCase):
     def check(self, entity):
         return self.q.request("GET", "/v1/check?entity=" + entity)[1]
 
+    def test_one_batch_on_a_new_entity_escalates_and_repeats_answer_alike(self):
+        # All in one batch, on an entity with no history: what the batch itself writes
+        # must be seen by the detections after it (the same mitigation extended, then
+        # escalated), and a repeat of an id in the batch gets its first occurrence's
+        # decisions.
+        batch = [det("nb-1", "user:newbatch"), det("nb-2", "user:newbatch"),
+                 det("nb-1", "user:newbatch"), det("nb-3", "user:newbatch")]
+        s, r, _ = self.submit({"detections": batch})
+        self.assertEqual(s, 200, r)
+        res = r["results"]
+        self.assertEqual([x["status"] for x in res],
+                         ["accepted", "accepted", "duplicate", "accepted"])
+        first = res[0]["decisions"]
+        self.assertEqual([(d["action"], d["state"]) for d in first],
+                         [("exclude_royalties", "active")])
+        self.assertEqual(res[1]["decisions"][0]["mitigation_id"], first[0]["mitigation_id"])
+        self.assertEqual(res[2]["decisions"], first)
+        self.assertEqual(res[3]["decisions"][0]["action"], "suspend")
+        self.assertEqual(self.check("user:newbatch")["verdict"], "deny")
+
     def test_single_duplicate_and_escalation(self):
         s, r, _ = self.submit(det("esc-1", "user:esc"))
         self.assertEqual(s, 200, r)
