@@ -4,6 +4,7 @@
 #include "core/ids.h"
 #include "core/time.h"
 #include "gtest/gtest.h"
+#include "rapidjson/document.h"
 
 namespace quell::core {
 namespace {
@@ -28,6 +29,27 @@ TEST(MitigationTest, JsonRoundTrip) {
   auto back = MitigationFromJson(MitigationToJson(m));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
+}
+
+// Every ASCII byte, alone and between plain runs, at the start, middle and end: the
+// escaped text parses back (RapidJSON) to exactly the input.
+TEST(MitigationTest, JsonStringEscapesEveryByteThatNeedsIt) {
+  for (int c = 0; c < 0x80; ++c) {
+    const std::string ch(1, static_cast<char>(c));
+    for (const std::string& s : {ch, "ab" + ch, ch + "cd", "ab" + ch + "cd" + ch + ch + "ef"}) {
+      std::string json;
+      AppendJsonString(s, &json);
+      rapidjson::Document doc;
+      doc.Parse(json.c_str(), json.size());
+      ASSERT_FALSE(doc.HasParseError()) << "byte " << c << ": " << json;
+      ASSERT_TRUE(doc.IsString());
+      EXPECT_EQ(std::string(doc.GetString(), doc.GetStringLength()), s) << "byte " << c;
+      if (c >= 0x20 && c != '"' && c != '\\') EXPECT_EQ(json, "\"" + s + "\"");
+    }
+  }
+  std::string empty;
+  AppendJsonString("", &empty);
+  EXPECT_EQ(empty, "\"\"");
 }
 
 TEST(MitigationTest, RejectsMalformed) {
