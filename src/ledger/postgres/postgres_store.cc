@@ -804,11 +804,11 @@ class PgStore final : public Store {
   absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) override;
 
   absl::StatusOr<int64_t> LastSeq() override {
-    return WithRead([](Conn& db) { return QueryLastSeq(db); });
+    return WithOneRead([](Conn& db) { return QueryLastSeq(db); });
   }
   absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
       QUELL_ASSIGN_OR_RETURN(Result r,
                              db.Query("SELECT " QUELL_CHANGE_COLUMNS
                                       " FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -821,7 +821,7 @@ class PgStore final : public Store {
   absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
                                                         int limit) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
       QUELL_ASSIGN_OR_RETURN(Result r,
                              db.Query("SELECT " QUELL_CHANGE_COLUMNS
                                       " FROM changes WHERE entity = $1 ORDER BY seq LIMIT $2",
@@ -832,7 +832,7 @@ class PgStore final : public Store {
     });
   }
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
-    return WithRead([&](Conn& db) { return QueryMitigation(db, id); });
+    return WithOneRead([&](Conn& db) { return QueryMitigation(db, id); });
   }
   absl::StatusOr<MitigationPage> ListMitigations(const MitigationQuery& q) override;
   absl::StatusOr<int64_t> ScanLive(
@@ -861,7 +861,7 @@ class PgStore final : public Store {
   }
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<core::Mitigation>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<core::Mitigation>> {
       QUELL_ASSIGN_OR_RETURN(
           Result r,
           db.Query(QUELL_SELECT_MITIGATION " WHERE m.due_at <= $1 ORDER BY m.due_at, m.id LIMIT $2",
@@ -870,7 +870,7 @@ class PgStore final : public Store {
     });
   }
   absl::StatusOr<std::optional<absl::Time>> NextDue() override {
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::optional<absl::Time>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::optional<absl::Time>> {
       QUELL_ASSIGN_OR_RETURN(
           Result r, db.Query("SELECT MIN(due_at) FROM mitigations WHERE due_at IS NOT NULL"));
       if (r.rows() == 0 || r.IsNull(0, 0)) return std::optional<absl::Time>();
@@ -886,7 +886,7 @@ class PgStore final : public Store {
   }
   absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
                                                               std::string_view id) override {
-    return WithRead([&](Conn& db) { return QueryDetection(db, source, id); });
+    return WithOneRead([&](Conn& db) { return QueryDetection(db, source, id); });
   }
   absl::Status ScanDetections(
       absl::Time from, absl::Time to,
@@ -908,12 +908,12 @@ class PgStore final : public Store {
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
-    return WithRead([&](Conn& db) {
+    return WithOneRead([&](Conn& db) {
       return QueryCountMitigations(db, entity, policy, action, since, exclude_shadow);
     });
   }
   absl::StatusOr<std::optional<PolicySetVersion>> GetPolicySet(int64_t version) override {
-    return WithRead([&](Conn& db) {
+    return WithOneRead([&](Conn& db) {
       return QueryPolicySet(db,
                             "SELECT version, seq, yaml, created_at, actor FROM policy_sets "
                             "WHERE version = $1",
@@ -921,7 +921,7 @@ class PgStore final : public Store {
     });
   }
   absl::StatusOr<std::optional<PolicySetVersion>> LatestPolicySet() override {
-    return WithRead([&](Conn& db) {
+    return WithOneRead([&](Conn& db) {
       return QueryPolicySet(db,
                             "SELECT version, seq, yaml, created_at, actor FROM policy_sets "
                             "WHERE version >= $1 ORDER BY version DESC LIMIT 1",
@@ -929,7 +929,7 @@ class PgStore final : public Store {
     });
   }
   absl::StatusOr<std::vector<ListInfo>> Lists() override {
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<ListInfo>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<ListInfo>> {
       QUELL_ASSIGN_OR_RETURN(Result r,
                              db.Query("SELECT name, protected, kind FROM lists ORDER BY name"));
       std::vector<ListInfo> out;
@@ -942,7 +942,7 @@ class PgStore final : public Store {
     });
   }
   absl::StatusOr<std::vector<std::string>> ListEntries(std::string_view name) override {
-    return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<std::string>> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<std::string>> {
       QUELL_ASSIGN_OR_RETURN(
           Result r,
           db.Query("SELECT entity FROM list_entries WHERE list = $1 ORDER BY entity", {P(name)}));
@@ -966,7 +966,7 @@ class PgStore final : public Store {
   absl::StatusOr<std::vector<ApiKey>> ListKeys() override;
   absl::Status RevokeKey(std::string_view id, absl::Time at) override;
   absl::StatusOr<int64_t> KeysVersion() override {
-    return WithRead([&](Conn& db) -> absl::StatusOr<int64_t> {
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<int64_t> {
       QUELL_ASSIGN_OR_RETURN(Result r,
                              db.Query("SELECT value FROM meta WHERE key = 'keys_version'"));
       if (r.rows() == 0) return absl::DataLossError("meta row keys_version is missing");
@@ -982,6 +982,11 @@ class PgStore final : public Store {
 
   template <typename F>
   auto WithRead(F&& f) -> decltype(f(std::declval<Conn&>()));
+  // For a read of one statement: its own snapshot is consistent, no transaction needed
+  // (one round trip instead of BEGIN, the query and ROLLBACK). Changes become visible
+  // in seq order: each writer holds the chain head lock until its commit is visible.
+  template <typename F>
+  auto WithOneRead(F&& f) -> decltype(f(std::declval<Conn&>()));
   template <typename F>
   auto WithSideWrite(F&& f) -> decltype(f(std::declval<Conn&>()));
   // Loads known_ on the writer connection, in a read-only transaction of its own (outside
@@ -1005,6 +1010,12 @@ auto PgStore::WithRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
   absl::Status end = lease->Exec("ROLLBACK");  // nothing to keep
   if (!end.ok() && result.ok()) return end;
   return result;
+}
+
+template <typename F>
+auto PgStore::WithOneRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
+  QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
+  return f(*lease);
 }
 
 template <typename F>
@@ -1350,7 +1361,7 @@ absl::StatusOr<MitigationPage> PgStore::ListMitigations(const MitigationQuery& q
   if (!q.cursor.empty()) add("m.id <", P(q.cursor));
   params.push_back(P(int64_t{q.limit + 1}));
   absl::StrAppend(&sql, " ORDER BY m.id DESC LIMIT $", params.size());
-  return WithRead([&](Conn& db) -> absl::StatusOr<MitigationPage> {
+  return WithOneRead([&](Conn& db) -> absl::StatusOr<MitigationPage> {
     QUELL_ASSIGN_OR_RETURN(Result r, db.Query(sql, params));
     QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> rows, CollectMitigations(r));
     MitigationPage page;
@@ -1366,7 +1377,7 @@ absl::StatusOr<MitigationPage> PgStore::ListMitigations(const MitigationQuery& q
 absl::StatusOr<int64_t> PgStore::PurgeDetections(absl::Time received_before) {
   // Detections are stored in commit order (ord; writers hold the chain head lock), so the
   // ones to delete are a prefix in ord order; delete it in small transactions.
-  QUELL_ASSIGN_OR_RETURN(int64_t end, WithRead([&](Conn& db) -> absl::StatusOr<int64_t> {
+  QUELL_ASSIGN_OR_RETURN(int64_t end, WithOneRead([&](Conn& db) -> absl::StatusOr<int64_t> {
                            QUELL_ASSIGN_OR_RETURN(Result r,
                                                   db.Query("SELECT ord FROM detections WHERE "
                                                            "received_at >= $1 ORDER BY ord LIMIT 1",
@@ -1420,7 +1431,7 @@ absl::Status PgStore::CreateKey(const ApiKey& key) {
 }
 
 absl::StatusOr<std::vector<ApiKey>> PgStore::ListKeys() {
-  return WithRead([&](Conn& db) -> absl::StatusOr<std::vector<ApiKey>> {
+  return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<ApiKey>> {
     QUELL_ASSIGN_OR_RETURN(Result r,
                            db.Query("SELECT id, secret_hash, role, sources, name, created_at, "
                                     "revoked_at FROM api_keys ORDER BY created_at, id"));
