@@ -339,6 +339,8 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   };
   std::vector<HashOp> ops;                         // in first-seen order
   absl::flat_hash_map<std::string, size_t> index;  // hash key -> position in `ops`
+  ops.reserve(batch.size());
+  index.reserve(batch.size());
   const int64_t now_ms = absl::ToUnixMillis(now);
   const int64_t margin_ms = absl::ToInt64Milliseconds(options_.expire_margin);
   const absl::Time newest_accepted = now + options_.time.max_future_skew;
