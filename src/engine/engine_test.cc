@@ -113,7 +113,9 @@ TEST(Engine, RolloutIsDeterministicAndProportional) {
       bool a = InRollout("fake-account-throttle", e, percent);
       EXPECT_EQ(a, InRollout("fake-account-throttle", e, percent));
       // Monotone: raising the percentage never drops an entity.
-      if (a) EXPECT_TRUE(InRollout("fake-account-throttle", e, percent + 5));
+      if (a) {
+        EXPECT_TRUE(InRollout("fake-account-throttle", e, percent + 5));
+      }
       in += a;
     }
     double share = static_cast<double>(in) / kN;

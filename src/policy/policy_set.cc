@@ -258,7 +258,7 @@ bool PolicySetBuilder::ReadMap(const YAML::Node& n, Pos where, std::string_view 
   absl::flat_hash_set<std::string> seen;
   for (auto it = n.begin(); it != n.end(); ++it) {
     if (Full()) break;
-    const YAML::Node& k = it->first;
+    const YAML::Node k = it->first;  // a handle: copying it is cheap, and it owns no temporary
     Pos kp = PosOf(k, where);
     if (!k.IsScalar()) {
       Error(kp, absl::StrCat(AV(what), ": keys must be plain names"));

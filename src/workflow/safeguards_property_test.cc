@@ -229,8 +229,9 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       auto out = std::make_shared<ReviewOutcome>();
       auto done = ledger_->SubmitAndWait(DecideReview(m.id, rng() % 4 != 0, "n", pick(reviewers),
                                                       *facts, set_->catalog_ptr(), out));
-      if (!done.ok())
+      if (!done.ok()) {
         EXPECT_EQ(done.status().code(), absl::StatusCode::kAlreadyExists) << done.status();
+      }
     } else if (op < 75) {  // a manual revoke
       auto active = All(core::MitigationState::kActive);
       if (active.empty()) continue;
