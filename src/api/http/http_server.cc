@@ -226,11 +226,23 @@ class Loop {
     asio::post(ioc_, std::forward<Fn>(fn));
     return true;
   }
+  // Hands `response` for `session` to the loop from another thread, unless it stopped.
+  // Responses are queued and the loop is woken once per burst, not once per response:
+  // the ledger's commit thread answers a whole group commit at once, and each wake-up
+  // of an idle loop costs the poster a syscall (epoll_ctl).
+  void PostResponse(std::shared_ptr<Session> session, Response response) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    const bool wake = inbox_.empty();
+    inbox_.emplace_back(std::move(session), std::move(response));
+    if (wake) asio::post(ioc_, [this] { DrainResponses(); });
+  }
 
  private:
   void DoAccept();
   void ArmSweep();
   void Sweep();
+  void DrainResponses();
   std::vector<std::shared_ptr<Session>> Snapshot();
 
   const std::shared_ptr<const Config> config_;
@@ -241,6 +253,9 @@ class Loop {
   std::mutex mu_;
   std::vector<Session*> sessions_;  // guarded by mu_; order irrelevant
   bool closed_ = false;             // guarded by mu_
+  using Inbox = std::vector<std::pair<std::shared_ptr<Session>, Response>>;
+  Inbox inbox_;    // guarded by mu_: responses posted by other threads, not yet sent
+  Inbox sending_;  // loop thread only: the batch being sent (its capacity is reused)
   std::atomic<int> live_{0};
 
   asio::io_context ioc_{1};
@@ -681,6 +696,15 @@ std::vector<std::shared_ptr<Session>> Loop::Snapshot() {
   return out;
 }
 
+void Loop::DrainResponses() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sending_.swap(inbox_);
+  }
+  for (auto& [session, response] : sending_) session->OnResponse(std::move(response));
+  sending_.clear();
+}
+
 void Loop::DoAccept() {
   if (!acceptor_ || !acceptor_->is_open() || draining_) return;
   acceptor_->async_accept([this](const error_code& ec, tcp::socket socket) {
@@ -768,9 +792,7 @@ void Responder::operator()(Response response) && {
     session->OnResponse(std::move(response));
     return;
   }
-  loop.PostIfRunning([session = std::move(session), response = std::move(response)]() mutable {
-    session->OnResponse(std::move(response));
-  });
+  loop.PostResponse(std::move(session), std::move(response));
 }
 
 // --- Server ------------------------------------------------------------------

@@ -465,6 +465,34 @@ TEST(HttpServerTest, RespondsFromAnotherThread) {
   handler.Stop();
 }
 
+// A burst answered at once from one foreign thread (as the ledger's commit thread answers
+// a group commit): every connection gets its own response, none lost or crossed.
+TEST(HttpServerTest, BurstOfResponsesFromAnotherThreadReachesEachClient) {
+  AsyncHandler handler;
+  auto server = Server::Start(TestOptions(), &handler);
+  ASSERT_TRUE(server.ok()) << server.status();
+  constexpr int kClients = 24;
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<Client>((*server)->port()));
+    ASSERT_TRUE(clients.back()->Send(Get(absl::StrCat("/c", i))));
+  }
+  handler.WaitReceived(kClients);
+  handler.StartWorker([](Request request, Responder respond) {
+    Response response;
+    response.status = 200;
+    response.body = request.path;
+    std::move(respond)(std::move(response));
+  });
+  for (int i = 0; i < kClients; ++i) {
+    ClientResponse r = clients[i]->Read();
+    ASSERT_TRUE(r.ok) << i;
+    EXPECT_EQ(r.body, absl::StrCat("/c", i));
+  }
+  (*server)->Shutdown();
+  handler.Stop();
+}
+
 TEST(HttpServerTest, DroppedResponderAnswers500) {
   AsyncHandler handler;
   handler.StartWorker([](Request, Responder) {});  // drops it
