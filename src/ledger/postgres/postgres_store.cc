@@ -530,6 +530,31 @@ class KnownEntities {
   bool disabled_ = false;
 };
 
+// The rows every Append writes. Deferred, and sent merged: the rows of a group commit
+// reach the server as two INSERT statements, not two per mutation.
+const pg_internal::RowTemplate kChangeRow{
+    .single = "INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+              ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    .multi = "INSERT INTO changes (" QUELL_CHANGE_COLUMNS
+             ") SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], "
+             "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
+};
+#define QUELL_UPSERT_MITIGATION                                                          \
+  " ON CONFLICT (id) DO UPDATE SET entity = EXCLUDED.entity, action = EXCLUDED.action, " \
+  "state = EXCLUDED.state, created_at = EXCLUDED.created_at, due_at = EXCLUDED.due_at, " \
+  "source = EXCLUDED.source, policy = EXCLUDED.policy, seq = EXCLUDED.seq"
+const pg_internal::RowTemplate kMitigationRow{
+    .single =
+        "INSERT INTO mitigations (id, entity, action, state, created_at, due_at, source, "
+        "policy, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)" QUELL_UPSERT_MITIGATION,
+    .multi =
+        "INSERT INTO mitigations (id, entity, action, state, created_at, due_at, source, "
+        "policy, seq) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::int8[], $6::int8[], $7::text[], $8::text[], $9::int8[])" QUELL_UPSERT_MITIGATION,
+    .key =
+        0,  // an id twice in one statement: "ON CONFLICT DO UPDATE cannot affect row a second time"
+};
+
 class PgStore;
 
 // The one write transaction. Confined to the commit thread. It holds the chain head row
@@ -1117,12 +1142,10 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
   QUELL_RETURN_IF_ERROR(Materialize());
   if (mitigation != nullptr) known_->Add(change.entity);  // before it can be read back
   auto write = [&]() -> absl::Status {
-    QUELL_RETURN_IF_ERROR(
-        db_->Defer("INSERT INTO changes (" QUELL_CHANGE_COLUMNS
-                   ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                   {P(change.seq), PTime(change.at), P(int64_t{static_cast<int>(change.kind)}),
-                    P(change.actor), P(change.subject), P(change.entity), P(change.payload),
-                    P(change.prev_hash), P(change.hash)}));
+    QUELL_RETURN_IF_ERROR(db_->DeferRow(
+        kChangeRow, {P(change.seq), PTime(change.at), P(int64_t{static_cast<int>(change.kind)}),
+                     P(change.actor), P(change.subject), P(change.entity), P(change.payload),
+                     P(change.prev_hash), P(change.hash)}));
     if (mitigation != nullptr) {
       const core::Mitigation& m = *mitigation;
       Param due = PNull();
@@ -1131,15 +1154,9 @@ absl::StatusOr<Change> PgTxn::Append(Change change, const core::Mitigation* miti
       } else if (m.state == core::MitigationState::kScheduled) {
         due = PTime(m.starts_at);
       }
-      QUELL_RETURN_IF_ERROR(
-          db_->Defer("INSERT INTO mitigations (id, entity, action, state, created_at, due_at, "
-                     "source, policy, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                     "ON CONFLICT (id) DO UPDATE SET entity = EXCLUDED.entity, "
-                     "action = EXCLUDED.action, state = EXCLUDED.state, "
-                     "created_at = EXCLUDED.created_at, due_at = EXCLUDED.due_at, "
-                     "source = EXCLUDED.source, policy = EXCLUDED.policy, seq = EXCLUDED.seq",
-                     {P(m.id), P(m.entity.str()), P(m.action), P(core::StateName(m.state)),
-                      PTime(m.created_at), due, P(m.source), P(m.policy), P(seq)}));
+      QUELL_RETURN_IF_ERROR(db_->DeferRow(
+          kMitigationRow, {P(m.id), P(m.entity.str()), P(m.action), P(core::StateName(m.state)),
+                           PTime(m.created_at), due, P(m.source), P(m.policy), P(seq)}));
     } else if (list) {
       QUELL_RETURN_IF_ERROR(ApplyListChange(*list));
     } else if (policy_set) {

@@ -310,6 +310,56 @@ TEST(PostgresStore, FindLiveSeesWhatOtherNodesWroteSinceTheLastBegin) {
   EXPECT_EQ(live(**c, y), 1);
 }
 
+// A group's rows reach the server as multi-row INSERTs (array literals): quotes,
+// backslashes and NULLs survive them, and a mitigation written twice in one group is
+// split across statements (the later version wins).
+TEST(PostgresStore, MergedRowsKeepTheirTextNullsAndOrder) {
+  std::string url = FreshDatabase();
+  ASSERT_FALSE(url.empty());
+  auto s = OpenPostgresStore({.url = url});
+  ASSERT_TRUE(s.ok());
+  auto txn = (*s)->Begin(kT0);
+  ASSERT_TRUE(txn.ok());
+  std::vector<core::Mitigation> written;
+  for (int i = 0; i < 5; ++i) {
+    core::Mitigation m;
+    m.id = absl::StrCat("m_", i % 3);  // m_0 and m_1 twice
+    m.entity = *core::Entity::Parse(absl::StrCat("user:u", i % 3));
+    m.action = "block";
+    m.state = i >= 3 ? core::MitigationState::kRevoked : core::MitigationState::kActive;
+    m.created_at = m.updated_at = m.starts_at = kT0;
+    m.expires_at = kT0 + absl::Hours(1);
+    m.reason = absl::StrCat("a \\ \"quoted\" {x,y} NULL ", i);
+    m.source = "manual";
+    m.seq = (*txn)->NextSeq();
+    Change c;
+    c.kind = ChangeKind::kMitigation;
+    c.actor = "node \"1\"";
+    auto appended = (*txn)->Append(std::move(c), &m);
+    ASSERT_TRUE(appended.ok()) << appended.status();
+    written.push_back(m);
+  }
+  ASSERT_TRUE((*txn)->Commit().ok());
+  auto changes = (*s)->ReadChanges(0, 100);
+  ASSERT_TRUE(changes.ok());
+  ASSERT_EQ(changes->size(), 5u);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ((*changes)[i].payload, core::MitigationToJson(written[i]));
+    EXPECT_EQ((*changes)[i].actor, "node \"1\"");
+  }
+  for (int id = 0; id < 3; ++id) {
+    auto m = (*s)->GetMitigation(absl::StrCat("m_", id));
+    ASSERT_TRUE(m.ok() && m->has_value());
+    const core::Mitigation& want = written[id < 2 ? id + 3 : id];
+    EXPECT_EQ((*m)->reason, want.reason);
+    EXPECT_EQ((*m)->state, want.state);
+  }
+  auto due = (*s)->ListDue(kT0 + absl::Hours(2), 100);  // revoked ones have no due_at
+  ASSERT_TRUE(due.ok());
+  ASSERT_EQ(due->size(), 1u);
+  EXPECT_EQ((*due)[0].id, "m_2");
+}
+
 // The catch-up reads a change's entity as its mitigation's: Append refuses others.
 TEST(PostgresStore, AMitigationChangeCarriesItsMitigationsIdAndEntity) {
   std::string url = FreshDatabase();

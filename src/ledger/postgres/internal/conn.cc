@@ -1,7 +1,9 @@
 #include "ledger/postgres/internal/conn.h"
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
@@ -17,6 +19,29 @@ Param P(double d) {
 }
 Param PTime(absl::Time t) { return P(static_cast<int64_t>(absl::ToUnixMicros(t))); }
 Param PNull() { return {"", true}; }
+
+std::string ArrayLiteral(const std::vector<const Param*>& items) {
+  size_t size = 2;
+  for (const Param* p : items) size += p->value.size() + 4;
+  std::string out;
+  out.reserve(size);
+  out += '{';
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    if (items[i]->null) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (char c : items[i]->value) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
 
 int64_t Result::Int(int row, int col) const {
   int64_t v = 0;
@@ -108,6 +133,68 @@ absl::Status Conn::Defer(const std::string& sql, std::vector<Param> params) {
   return absl::OkStatus();
 }
 
+absl::Status Conn::DeferRow(const RowTemplate& t, std::vector<Param> params) {
+  deferred_.push_back({t.single, std::move(params), &t});
+  if (deferred_.size() > kMaxDeferred) return Flush();
+  return absl::OkStatus();
+}
+
+std::vector<Conn::Statement> Conn::MergeRows(std::vector<Statement> stmts) {
+  std::vector<Statement> out;
+  out.reserve(stmts.size());
+  size_t i = 0;
+  while (i < stmts.size()) {
+    if (stmts[i].row == nullptr) {
+      out.push_back(std::move(stmts[i++]));
+      continue;
+    }
+    size_t end = i;
+    while (end < stmts.size() && stmts[end].row != nullptr) ++end;
+    // The run [i, end): one batch per template, in order of first appearance.
+    std::vector<const RowTemplate*> templates;
+    for (size_t k = i; k < end; ++k) {
+      if (std::find(templates.begin(), templates.end(), stmts[k].row) == templates.end()) {
+        templates.push_back(stmts[k].row);
+      }
+    }
+    for (const RowTemplate* t : templates) {
+      std::vector<size_t> batch;
+      absl::flat_hash_set<std::string_view> keys;
+      auto emit = [&] {
+        if (batch.size() == 1) {
+          out.push_back({t->single, std::move(stmts[batch[0]].params), nullptr});
+        } else if (!batch.empty()) {
+          const size_t columns = stmts[batch[0]].params.size();
+          Statement merged{t->multi, {}, nullptr};
+          merged.params.reserve(columns);
+          std::vector<const Param*> column(batch.size());
+          for (size_t c = 0; c < columns; ++c) {
+            for (size_t r = 0; r < batch.size(); ++r) column[r] = &stmts[batch[r]].params[c];
+            merged.params.push_back({ArrayLiteral(column), false});
+          }
+          out.push_back(std::move(merged));
+        }
+        batch.clear();
+        keys.clear();
+      };
+      for (size_t k = i; k < end; ++k) {
+        if (stmts[k].row != t) continue;
+        if (t->key >= 0) {
+          std::string_view key = stmts[k].params[t->key].value;
+          if (!keys.insert(key).second) {
+            emit();
+            keys.insert(key);
+          }
+        }
+        batch.push_back(k);
+      }
+      emit();
+    }
+    i = end;
+  }
+  return out;
+}
+
 absl::Status Conn::Flush() {
   if (deferred_.empty()) return absl::OkStatus();
   return RunPipeline({}).status();
@@ -118,7 +205,7 @@ absl::StatusOr<std::vector<Result>> Conn::QueryAll(std::vector<Statement> stmts)
 }
 
 absl::StatusOr<std::vector<Result>> Conn::RunPipeline(std::vector<Statement> tail) {
-  std::vector<Statement> stmts = std::move(deferred_);
+  std::vector<Statement> stmts = MergeRows(std::move(deferred_));
   deferred_.clear();
   ++sends_;
   const size_t first_tail = stmts.size();

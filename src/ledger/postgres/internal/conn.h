@@ -35,6 +35,20 @@ Param P(double d);
 Param PTime(absl::Time t);
 Param PNull();
 
+// An INSERT of one row that may travel merged with its deferred neighbours (Conn::DeferRow):
+// `single` inserts one row from $1..$n; `multi` inserts many from one array per column
+// ($1::type[] .. $n::type[], e.g. SELECT * FROM unnest(...)). Rows with equal values in
+// column `key` (if >= 0) never share a statement (an ON CONFLICT DO UPDATE may not touch
+// a row twice). Must outlive the Conn (a static).
+struct RowTemplate {
+  std::string single;
+  std::string multi;
+  int key = -1;
+};
+
+//! A PostgreSQL array literal of `items` ({"a",NULL,"b\"c"}): each quoted, nulls NULL.
+std::string ArrayLiteral(const std::vector<const Param*>& items);
+
 // A query result; rows are read as text.
 class Result {
  public:
@@ -81,6 +95,7 @@ class Conn {
   struct Statement {
     std::string sql;
     std::vector<Param> params;
+    const RowTemplate* row = nullptr;  // a DeferRow row (sql is row->single)
   };
   //! As Query, for several statements sent together after the deferred ones (one round
   //! trip): the result of each of `stmts`, in order; the first error otherwise.
@@ -89,6 +104,11 @@ class Conn {
   //! the next Query, Exec, Stream or Flush. Sends the queue when it grows past
   //! kMaxDeferred; the returned error is then that flush's.
   absl::Status Defer(const std::string& sql, std::vector<Param> params = {});
+  //! Defer of `t.single` with `params` (one row), except that when the queue is sent, the
+  //! rows between two other statements are sent as one `t.multi` per template (rows of
+  //! different templates may be reordered among themselves; those of one template keep
+  //! their order; an equal key splits them). Fewer statements for the server to run.
+  absl::Status DeferRow(const RowTemplate& t, std::vector<Param> params);
   //! Sends the deferred statements (one round trip); the first error.
   absl::Status Flush();
   //! How many statements are deferred; DropDeferred(n) forgets all but the first n.
@@ -117,6 +137,8 @@ class Conn {
  private:
   explicit Conn(PGconn* c) : conn_(c) {}
   absl::Status Check(PGresult* r, std::string_view what);
+  // Merges the runs of DeferRow rows in `stmts` (see DeferRow).
+  static std::vector<Statement> MergeRows(std::vector<Statement> stmts);
   // Sends deferred_ (then `tail`) in pipeline mode with one sync; clears deferred_.
   // Returns the results of `tail`'s statements.
   absl::StatusOr<std::vector<Result>> RunPipeline(std::vector<Statement> tail);
