@@ -43,6 +43,25 @@ def with_request_id(rid):
     return lambda lines: any(l.get("request_id") == rid for l in lines)
 
 
+def open_approval_and_rollback(test, q, prefix):
+    """Opens two reviews on `q` (its bulk threshold must be 1): a pending approval (a
+    manual block over a /8) and a rollback request (of two `challenge` mitigations).
+    Returns (the pending mitigation, the rollback reply)."""
+    s, pending, _ = q.request("POST", "/v1/mitigations",
+                              {"entity": "cidr:11.0.0.0/8", "action": "block",
+                               "reason": "abuse"})
+    test.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
+    for entity in (prefix + "-1", prefix + "-2"):
+        s, m, _ = q.request("POST", "/v1/mitigations",
+                            {"entity": entity, "action": "challenge", "ttl": "1h",
+                             "reason": "t"})
+        test.assertEqual(s, 201, m)
+    s, rb, _ = q.request("POST", "/v1/rollbacks",
+                         {"filter": {"action": "challenge"}, "reason": "bad rule"})
+    test.assertEqual((s, rb["state"]), (202, "pending_approval"), rb)
+    return pending, rb
+
+
 class LogTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -465,20 +484,8 @@ class OperationalMetricsTest(ScrapeMixin, unittest.TestCase):
         try:
             reviewer = q.create_key("reviewer")
             self.assertEqual(self.review_queue(q), {"mitigation": 0, "rollback": 0, "appeal": 0})
-            # A pending approval: a manual block over a /8.
-            s, pending, _ = q.request("POST", "/v1/mitigations",
-                                      {"entity": "cidr:11.0.0.0/8", "action": "block",
-                                       "reason": "abuse"})
-            self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
-            # A rollback request: two entities challenged, over the threshold of 1.
-            for entity in ("user:rq-1", "user:rq-2"):
-                s, m, _ = q.request("POST", "/v1/mitigations",
-                                    {"entity": entity, "action": "challenge", "ttl": "1h",
-                                     "reason": "t"})
-                self.assertEqual(s, 201, m)
-            s, rb, _ = q.request("POST", "/v1/rollbacks",
-                                 {"filter": {"action": "challenge"}, "reason": "bad rule"})
-            self.assertEqual((s, rb["state"]), (202, "pending_approval"), rb)
+            # A pending approval and a rollback request (two entities, over the threshold).
+            pending, rb = open_approval_and_rollback(self, q, "user:rq")
             # An appeal against a live block.
             s, m, _ = q.request("POST", "/v1/mitigations",
                                 {"entity": "user:rq-appellant", "action": "block", "ttl": "1h",
@@ -519,16 +526,7 @@ class OperationalMetricsTest(ScrapeMixin, unittest.TestCase):
                              "QUELL_SAFEGUARDS_PENDING_TTL": "10s",
                              "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "24h"}).start()
         try:
-            s, pending, _ = q.request("POST", "/v1/mitigations",
-                                      {"entity": "cidr:11.0.0.0/8", "action": "block",
-                                       "reason": "abuse"})
-            self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
-            for entity in ("user:ex-1", "user:ex-2"):
-                self.assertEqual(q.request("POST", "/v1/mitigations",
-                                           {"entity": entity, "action": "challenge", "ttl": "1h",
-                                            "reason": "t"})[0], 201)
-            s, rb, _ = q.request("POST", "/v1/rollbacks", {"filter": {"action": "challenge"}})
-            self.assertEqual(s, 202, rb)
+            pending, rb = open_approval_and_rollback(self, q, "user:ex")
             seq = q.request("GET", "/readyz", auth=False)[1]["seq"]
             expires = min(parse_rfc3339(rb["request"]["expires_at"]),
                           parse_rfc3339(pending["created_at"]) + 10)
@@ -618,16 +616,7 @@ class ReviewQueueClusterTest(ScrapeMixin, unittest.TestCase):
 
     def test_every_node_counts_the_shared_queue(self):
         a, b = self.nodes
-        s, pending, _ = a.request("POST", "/v1/mitigations",
-                                  {"entity": "cidr:11.0.0.0/8", "action": "block",
-                                   "reason": "abuse"})
-        self.assertEqual((s, pending["state"]), (201, "pending_approval"), pending)
-        for entity in ("user:pg-1", "user:pg-2"):
-            self.assertEqual(a.request("POST", "/v1/mitigations",
-                                       {"entity": entity, "action": "challenge", "ttl": "1h",
-                                        "reason": "t"})[0], 201)
-        s, rb, _ = a.request("POST", "/v1/rollbacks", {"filter": {"action": "challenge"}})
-        self.assertEqual(s, 202, rb)
+        pending, rb = open_approval_and_rollback(self, a, "user:pg")
         s, m, _ = a.request("POST", "/v1/mitigations",
                             {"entity": "user:pg-appellant", "action": "block", "ttl": "1h",
                              "reason": "t"})
