@@ -41,21 +41,32 @@ ReviewQueueTracker::ReviewQueueTracker(ReviewQueueOptions options)
       pending_ttl_(options.pending_ttl) {}
 
 absl::Status ReviewQueueTracker::Load(ledger::Store& store) {
-  // Open appeals are only in the log (kReview changes on their entities' timelines), so
-  // the log is replayed once, through the same rules as the change stream: the figures
-  // of a restarted node are those of one that followed every change.
+  // Rollback requests and appeals are only in the log (kReview changes), so those are
+  // replayed through the same rules as the change stream; pending approvals are the
+  // mitigations in that state now. Both reads may see changes past `last`: the stream
+  // applies those again, and every rule is idempotent (open an open item, close a
+  // closed one), so a restarted node shows the figures of one that followed every change.
   constexpr int kPage = 10000;
+  QUELL_ASSIGN_OR_RETURN(const int64_t last, store.LastSeq());
   absl::MutexLock lock(&mu_);
   for (auto& m : open_) m.clear();
-  int64_t after = 0;
-  while (true) {
-    QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page, store.ReadChanges(after, kPage));
-    if (page.empty()) break;
-    after = page.back().seq;
+  for (int64_t after = 0;;) {
+    QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page,
+                           store.ReadChangesOfKind(ledger::ChangeKind::kReview, after, kPage));
     for (const ledger::Change& c : page) ApplyLocked(c);
     if (static_cast<int>(page.size()) < kPage) break;
+    after = page.back().seq;
   }
-  loaded_seq_ = after;
+  ledger::MitigationQuery held{.state = core::MitigationState::kPendingApproval, .limit = kPage};
+  while (true) {
+    QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(held));
+    for (const core::Mitigation& m : page.mitigations) {
+      OpenLocked(ReviewKind::kMitigation, m.id, m.created_at, /*expires=*/true);
+    }
+    if (page.next_cursor.empty()) break;
+    held.cursor = page.next_cursor;
+  }
+  loaded_seq_ = last;
   return absl::OkStatus();
 }
 

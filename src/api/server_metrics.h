@@ -66,9 +66,10 @@ class ReviewQueueTracker final : public ledger::ChangeListener {
  public:
   explicit ReviewQueueTracker(ReviewQueueOptions options = {});
 
-  //! Replays the whole change log (a page of 10,000 changes at a time) to find every
-  //! open item: open appeals are only in the log. Changes up to the last one read are
-  //! then ignored by OnCommitted (a change feed may start earlier and deliver them again).
+  //! Finds every open item: replays the review changes (rollback requests and appeals are
+  //! only in the log; Store::ReadChangesOfKind, not the whole log) and lists the pending
+  //! approvals. Changes up to the log head it saw are then ignored by OnCommitted (a
+  //! change feed may start earlier and deliver them again).
   absl::Status Load(ledger::Store& store);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
@@ -90,7 +91,7 @@ class ReviewQueueTracker final : public ledger::ChangeListener {
   const core::Clock* const clock_;
   const absl::Duration pending_ttl_;
   mutable absl::Mutex mu_;
-  int64_t loaded_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the last change Load read
+  int64_t loaded_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the log head when Load read it
   // Per kind (index = ReviewKind): id -> when requested, when it expires.
   mutable absl::flat_hash_map<std::string, Item> open_[3] ABSL_GUARDED_BY(mu_);
 };

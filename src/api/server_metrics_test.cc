@@ -356,7 +356,7 @@ TEST(ServerMetricsTest, ReviewQueueLoadsEveryPendingMitigationAcrossLogPages) {
     core::FakeClock clock(kT0);
     auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
     ASSERT_TRUE(ledger.ok()) << ledger.status();
-    // 10,000 pending and 3 active, one transaction: the log walk reads two pages.
+    // 10,000 pending and 3 active, one transaction: the pending list is two pages.
     auto added = (*ledger)->SubmitAndWait([](ledger::Txn& txn, absl::Time now) -> absl::Status {
       for (int i = 0; i < 10003; ++i) {
         core::Mitigation m;

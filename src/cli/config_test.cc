@@ -1,7 +1,11 @@
 #include "cli/config.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "cli/flags.h"
 #include "gtest/gtest.h"
@@ -9,9 +13,21 @@
 namespace quell::cli {
 namespace {
 
+// A file of its own per call: ctest runs these tests as separate processes, in parallel,
+// in the same temporary directory.
+// Removed when the test process exits.
 std::string WriteTemp(const std::string& text) {
-  std::string path = testing::TempDir() + "/quell_config_test.yaml";
+  struct Written {
+    std::vector<std::string> paths;
+    ~Written() {
+      for (const std::string& p : paths) unlink(p.c_str());
+    }
+  };
+  static Written written;
+  std::string path = testing::TempDir() + "/quell_config_test." + std::to_string(getpid()) + "." +
+                     std::to_string(written.paths.size()) + ".yaml";
   std::ofstream(path) << text;
+  written.paths.push_back(path);
   return path;
 }
 

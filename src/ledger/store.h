@@ -233,6 +233,23 @@ class Store {
 
   //! Changes with seq > after, in seq order, at most `limit`.
   virtual absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) = 0;
+  //! As ReadChanges, of one kind only: for readers of a rare kind (reviews) that would
+  //! otherwise page through the whole log. The default filters ReadChanges pages; the
+  //! backends answer it with one query.
+  virtual absl::StatusOr<std::vector<Change>> ReadChangesOfKind(ChangeKind kind, int64_t after,
+                                                                int limit) {
+    std::vector<Change> out;
+    while (static_cast<int>(out.size()) < limit) {
+      absl::StatusOr<std::vector<Change>> page = ReadChanges(after, limit);
+      if (!page.ok()) return page.status();
+      for (Change& c : *page) {
+        if (c.kind == kind && static_cast<int>(out.size()) < limit) out.push_back(std::move(c));
+      }
+      if (static_cast<int>(page->size()) < limit) break;
+      after = page->back().seq;
+    }
+    return out;
+  }
   //! Changes about `entity`, oldest first, at most `limit`.
   virtual absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
                                                                 int limit) = 0;

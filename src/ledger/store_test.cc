@@ -319,6 +319,34 @@ TEST_P(StoreTest, FindLiveReturnsOnlyLiveMatches) {
   ASSERT_OK(V(txn->Commit()));
 }
 
+TEST_P(StoreTest, ReadChangesOfKindPagesThroughOneKindInSeqOrder) {
+  auto txn = Begin();
+  std::vector<int64_t> notes;
+  for (int i = 0; i < 5; ++i) {
+    core::Mitigation m = MakeMitigation(i + 1, absl::StrCat("user:k", i), "block");
+    ASSERT_OK(AppendMitigation(*txn, &m));
+    notes.push_back(Note(*txn, absl::StrCat("n", i)).seq);
+  }
+  ASSERT_OK(V(txn->Commit()));
+  auto first = store_->ReadChangesOfKind(ChangeKind::kReview, 0, 3);
+  ASSERT_OK(first);
+  ASSERT_EQ(first->size(), 3u);
+  std::vector<int64_t> seqs;
+  for (const Change& c : *first) {
+    EXPECT_EQ(c.kind, ChangeKind::kReview);
+    seqs.push_back(c.seq);
+  }
+  auto rest = store_->ReadChangesOfKind(ChangeKind::kReview, seqs.back(), 3);
+  ASSERT_OK(rest);
+  for (const Change& c : *rest) seqs.push_back(c.seq);
+  EXPECT_EQ(seqs, notes);
+  auto none = store_->ReadChangesOfKind(ChangeKind::kBreaker, 0, 10);
+  ASSERT_OK(none);
+  EXPECT_TRUE(none->empty());
+  EXPECT_EQ(store_->ReadChangesOfKind(ChangeKind::kReview, 0, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(StoreTest, ListMitigationsPagesNewestFirstAndFilters) {
   using S = core::MitigationState;
   std::vector<core::Mitigation> all;

@@ -843,6 +843,19 @@ class PgStore final : public Store {
       return out;
     });
   }
+  absl::StatusOr<std::vector<Change>> ReadChangesOfKind(ChangeKind kind, int64_t after,
+                                                        int limit) override {
+    QUELL_RETURN_IF_ERROR(CheckLimit(limit));
+    return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
+      QUELL_ASSIGN_OR_RETURN(
+          Result r, db.Query("SELECT " QUELL_CHANGE_COLUMNS
+                             " FROM changes WHERE seq > $1 AND kind = $2 ORDER BY seq LIMIT $3",
+                             {P(after), P(int64_t{static_cast<int>(kind)}), P(int64_t{limit})}));
+      std::vector<Change> out;
+      for (int i = 0; i < r.rows(); ++i) out.push_back(ReadChangeRow(r, i));
+      return out;
+    });
+  }
   absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
                                                         int limit) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));

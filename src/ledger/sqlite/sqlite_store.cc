@@ -651,6 +651,8 @@ class SqliteStore final : public Store {
     return WithRead([](Db& db) { return QueryLastSeq(db); });
   }
   absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) override;
+  absl::StatusOr<std::vector<Change>> ReadChangesOfKind(ChangeKind kind, int64_t after,
+                                                        int limit) override;
   absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
                                                         int limit) override;
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
@@ -1399,6 +1401,27 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadChanges(int64_t after, int 
     StmtUse use(s);
     use->BindInt(1, after);
     use->BindInt(2, limit);
+    std::vector<Change> out;
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      out.push_back(ReadChangeRow(*use));
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<std::vector<Change>> SqliteStore::ReadChangesOfKind(ChangeKind kind, int64_t after,
+                                                                   int limit) {
+  QUELL_RETURN_IF_ERROR(CheckLimit(limit));
+  return WithRead([&](Db& db) -> absl::StatusOr<std::vector<Change>> {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT " QUELL_CHANGE_COLUMNS
+                                                " FROM changes WHERE seq > ?1 AND kind = ?2 "
+                                                "ORDER BY seq LIMIT ?3"));
+    StmtUse use(s);
+    use->BindInt(1, after);
+    use->BindInt(2, static_cast<int64_t>(kind));
+    use->BindInt(3, limit);
     std::vector<Change> out;
     while (true) {
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
