@@ -24,7 +24,7 @@ std::string NewId(std::string_view prefix, absl::Time now) {
   // instead of the CSPRNG, whose call cost a few percent of the commit thread per id.
   thread_local absl::BitGen gen;
   const uint64_t hi = absl::Uniform<uint64_t>(gen) & 0xFFFF;  // 16 bits
-  const uint64_t lo = absl::Uniform<uint64_t>(gen);            // 64 bits
+  const uint64_t lo = absl::Uniform<uint64_t>(gen);           // 64 bits
   // 128 bits: 48 of time, 80 of randomness, written 5 bits at a time (26 chars, 130 bits).
   unsigned __int128 v = static_cast<uint64_t>(absl::ToUnixMillis(now)) & ((1ULL << 48) - 1);
   v = (v << 16) | hi;

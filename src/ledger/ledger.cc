@@ -102,7 +102,8 @@ class RecordingTxn final : public Txn {
   // parse the payload the store has just serialised from it.
   void Record(const Change& c, const core::Mitigation* mitigation) {
     Change& recorded = sink_->emplace_back(c);
-    if (mitigation != nullptr) recorded.mitigation = std::make_shared<const core::Mitigation>(*mitigation);
+    if (mitigation != nullptr)
+      recorded.mitigation = std::make_shared<const core::Mitigation>(*mitigation);
   }
 
   Txn& inner_;

@@ -292,8 +292,8 @@ std::unique_ptr<Logger> BufferedLogger(std::shared_ptr<SharedSink::State> state,
                                        absl::Duration interval) {
   return std::make_unique<Logger>(
       std::make_unique<SharedSink>(std::move(state)),
-      Logger::Options{.min_level = Level::kDebug, .now = [] { return kTime; },
-                      .flush_interval = interval});
+      Logger::Options{
+          .min_level = Level::kDebug, .now = [] { return kTime; }, .flush_interval = interval});
 }
 
 TEST(BufferedLoggerTest, InfoWaitsForTheFlusherAndAWarnWritesEverythingBeforeItInOrder) {
