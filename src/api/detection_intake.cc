@@ -126,14 +126,22 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
       workflow::ApplyDetections(std::move(work), set->catalog_ptr(), who.key_id, out,
                                 workflow::SafeguardContext{ctx.safeguards, set}),
       [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
-       done = std::move(done)](absl::Status status, std::vector<ledger::Change>) {
+       done = std::move(done)](absl::Status status, std::vector<ledger::Change>) mutable {
         if (!status.ok()) return done(status);
-        ctx.decision_metrics.Outcomes(origin, *out);
-        for (size_t k = 0; k < out->size(); ++k) {
-          std::string reply = internal::TakeReply((*out)[k]);
-          (*replies)[slot_of[k]] = absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
-        }
-        done(std::move(*replies));
+        // Runs on the commit thread: a batch's replies (a thousand strings) are built on
+        // the worker pool instead, or here if the pool refuses (stopping or full).
+        auto finish = std::make_shared<absl::AnyInvocable<void()>>(
+            [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
+             done = std::move(done)]() mutable {
+              ctx.decision_metrics.Outcomes(origin, *out);
+              for (size_t k = 0; k < out->size(); ++k) {
+                std::string reply = internal::TakeReply((*out)[k]);
+                (*replies)[slot_of[k]] =
+                    absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
+              }
+              done(std::move(*replies));
+            });
+        if (!ctx.pool.Post([finish] { (*finish)(); })) (*finish)();
       },
       std::move(trace_parent));
 }
