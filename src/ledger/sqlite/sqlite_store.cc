@@ -82,6 +82,18 @@ absl::Status CompleteMitigationChange(Change& change, const core::Mitigation& m,
   return absl::OkStatus();
 }
 
+// The mitigations view's due_at: the next transition of a live mitigation (starts_at when
+// scheduled, expires_at when active), NULL otherwise.
+void BindDueAt(Stmt& s, int index, const core::Mitigation& m) {
+  if (m.state == core::MitigationState::kActive) {
+    s.BindTime(index, m.expires_at);
+  } else if (m.state == core::MitigationState::kScheduled) {
+    s.BindTime(index, m.starts_at);
+  } else {
+    s.BindNull(index);
+  }
+}
+
 Change ReadChangeRow(const Stmt& s) {
   Change c;
   c.seq = s.ColumnInt(0);
@@ -597,8 +609,26 @@ class SqliteTxn final : public Txn {
     if (poisoned_) return absl::AbortedError("transaction is poisoned by a failed undo");
     return absl::OkStatus();
   }
-  // The change row of `change` (seq, hash and all set).
+  // Gives `change` the next seq, this Txn's time and its link in the hash chain.
+  void Seal(Change& change) const {
+    change.seq = head_seq_ + 1;
+    change.at = now_;
+    change.prev_hash = head_hash_;
+    change.hash = ChainHash(change);
+  }
+  // The change row of `change` (sealed).
   absl::Status InsertChangeRow(const Change& change);
+  // Ends an append whose writes were logged after undo mark `mark`: if `st` failed they
+  // are undone (poisoning the Txn if that fails) and `st` is returned; else the chain's
+  // head moves to `change`.
+  absl::Status EndAppend(absl::Status st, size_t mark, const Change& change) {
+    if (!st.ok()) (void)UndoTo(mark);  // `st` is the error to report
+    TrimUndo();
+    if (!st.ok()) return st;
+    head_seq_ = change.seq;
+    head_hash_ = change.hash;
+    return absl::OkStatus();
+  }
   // Runs the statement for `sql` with `bind` applied, expecting no rows.
   template <typename Bind>
   absl::Status Run(std::string_view sql, Bind&& bind) {
@@ -828,13 +858,7 @@ absl::StatusOr<int64_t> SqliteTxn::UpsertMitigationRow(const core::Mitigation& m
     s.BindTextStatic(3, m.action);
     s.BindTextStatic(4, state);
     s.BindTime(5, m.created_at);
-    if (m.state == core::MitigationState::kActive) {
-      s.BindTime(6, m.expires_at);
-    } else if (m.state == core::MitigationState::kScheduled) {
-      s.BindTime(6, m.starts_at);
-    } else {
-      s.BindNull(6);
-    }
+    BindDueAt(s, 6, m);
     s.BindTextStatic(7, m.source);
     s.BindTextStatic(8, m.policy);
     s.BindInt(9, seq);
@@ -1147,13 +1171,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
           [&](Stmt& s) {
             s.BindTextStatic(1, m.id);
             s.BindTextStatic(2, core::StateName(m.state));
-            if (m.state == core::MitigationState::kActive) {
-              s.BindTime(3, m.expires_at);
-            } else if (m.state == core::MitigationState::kScheduled) {
-              s.BindTime(3, m.starts_at);
-            } else {
-              s.BindNull(3);
-            }
+            BindDueAt(s, 3, m);
             s.BindInt(4, seq);
             s.BindInt(5, expected_seq);
             s.BindTextStatic(6, entity);
@@ -1165,19 +1183,8 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   if (db_->changes() == 0) return std::nullopt;  // moved on since it was read: nothing written
   const size_t mark = undo_.size();
   undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = expected_seq, .a = m.id});
-  change.seq = seq;
-  change.at = now_;
-  change.prev_hash = head_hash_;
-  change.hash = ChainHash(change);
-  absl::Status st = InsertChangeRow(change);
-  if (!st.ok()) {
-    (void)UndoTo(mark);  // on failure it poisons the Txn; `st` is the error to report
-    TrimUndo();
-    return st;
-  }
-  TrimUndo();
-  head_seq_ = seq;
-  head_hash_ = change.hash;
+  Seal(change);
+  QUELL_RETURN_IF_ERROR(EndAppend(InsertChangeRow(change), mark, change));
   return std::optional<Change>(std::move(change));
 }
 
@@ -1223,10 +1230,7 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
     }
     if (change.subject.empty()) change.subject = absl::StrCat(policy_set->version);
   }
-  change.seq = seq;
-  change.at = now_;
-  change.prev_hash = head_hash_;
-  change.hash = ChainHash(change);
+  Seal(change);
 
   // This Append's own writes are undone if a later step of it fails, savepoint or not.
   const size_t mark = undo_.size();
@@ -1258,14 +1262,7 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
             });
     if (view.ok()) undo_.push_back({.kind = Undo::Kind::kPolicySet, .n = policy_set->version});
   }
-  if (!view.ok()) {
-    (void)UndoTo(mark);  // on failure it poisons the Txn; `view` is the error to report
-    TrimUndo();
-    return view;
-  }
-  TrimUndo();
-  head_seq_ = seq;
-  head_hash_ = change.hash;
+  QUELL_RETURN_IF_ERROR(EndAppend(std::move(view), mark, change));
   return change;
 }
 
