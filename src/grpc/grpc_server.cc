@@ -195,7 +195,10 @@ class GrpcServer::Impl final
     builder.AddListeningPort(options_.listen, ::grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(this);
     builder.RegisterService(&detections_);
-    int threads = options_.check_threads;
+    // 0: one per core (as documented); never none, or Check calls would wait forever.
+    const int threads = options_.check_threads > 0
+                            ? options_.check_threads
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     for (int i = 0; i < threads; ++i) {
       queues_.push_back(std::make_unique<CheckQueue>());
       queues_.back()->cq = builder.AddCompletionQueue();
@@ -626,6 +629,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcDeps deps, Grp
   }
   if (options.watch_page < 1 || options.watch_page > 10000) {
     return absl::InvalidArgumentError("watch_page must be in [1, 10000]");
+  }
+  if (options.check_threads < 0) {
+    return absl::InvalidArgumentError("check_threads must be >= 0 (0: one per core)");
   }
   auto impl = std::make_unique<Impl>(std::move(deps), std::move(options));
   QUELL_RETURN_IF_ERROR(impl->Start());

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdlib>
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <utility>
@@ -489,6 +490,29 @@ TEST_F(GrpcServerTest, SubmitHonoursTheDeadline) {
   ASSERT_TRUE(writer->Write(Det("dl-1", "user:dl", 0.95)));
   // The client never finishes writing: the call ends at its deadline.
   EXPECT_EQ(writer->Finish().error_code(), ::grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+// check_threads 0 means one Check thread per core, not none (a Check would then wait for
+// its deadline); a negative count is refused.
+TEST_F(GrpcServerTest, ZeroCheckThreadsMeansOnePerCore) {
+  GrpcOptions options;
+  options.check_threads = -1;
+  EXPECT_EQ(GrpcServer::Start(deps_, options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.check_threads = 0;
+  auto server = GrpcServer::Start(deps_, options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Enforcement::NewStub(::grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), ::grpc::InsecureChannelCredentials()));
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::CheckRequest req;
+  req.add_entities("user:a");
+  v1::CheckResponse resp;
+  ::grpc::Status st = stub->Check(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.verdict(), v1::VERDICT_ALLOW);
+  (*server)->Shutdown(absl::Seconds(1));
 }
 
 TEST_F(GrpcServerTest, ShutdownEndsOpenWatches) {
