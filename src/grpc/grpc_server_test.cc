@@ -3,8 +3,8 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <cstdlib>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <utility>

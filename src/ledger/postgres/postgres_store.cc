@@ -1304,8 +1304,9 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
       writer_.reset();
       QUELL_ASSIGN_OR_RETURN(writer_, Conn::Open(opts_));
     }
-    if (writer_->InTransaction()) QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
+    // Writes a failed batch left queued are dropped, not sent only to be rolled back.
     writer_->DropDeferred(0);
+    if (writer_->InTransaction()) QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
     if (!known_.loaded() && !known_.disabled()) LoadKnown();
     QUELL_RETURN_IF_ERROR(writer_->Defer("BEGIN"));  // sent with the head's SELECT
     // The head row lock serialises writers of every node; it is held until COMMIT, so the
