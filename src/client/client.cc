@@ -272,7 +272,9 @@ class Client::Impl {
         return out->Add(e);
       }
     }
-    QUELL_ASSIGN_OR_RETURN(FeedItem item, internal::ParseSnapshotLine(line));
+    // The fast path declined it: the JSON path (not ParseSnapshotLine, which would try the
+    // fast path again) reads it or says what is wrong.
+    QUELL_ASSIGN_OR_RETURN(FeedItem item, internal::ParseSnapshotLineJson(line));
     if (!index::EncodeId(item.id, &e.id)) {
       return absl::DataLossError(absl::StrCat("not a mitigation id: ", item.id));
     }
