@@ -381,6 +381,7 @@ TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
     ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
     auto* r = static_cast<redisReply*>(redisCommand(c, "HLEN %b", plays.data(), plays.size()));
     ASSERT_NE(r, nullptr);
+    ASSERT_EQ(r->type, REDIS_REPLY_INTEGER);
     most = std::max<int64_t>(most, r->integer);
     freeReplyObject(r);
     if (i < 149) clock_.Advance(Seconds(1));

@@ -17,6 +17,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "counters/internal/hll.h"
 
 namespace quell::counters {
 namespace internal {
@@ -111,17 +112,8 @@ class RedisCounterStore::Commands {
   int AppendTo(redisContext* ctx) const {
     std::string resp;
     resp.reserve(bytes_.size() + arg_end_.size() * 8 + cmd_end_.size() * 8);
-    char num[24];
     auto put_len = [&](char tag, size_t n) {
-      char* end = num + sizeof(num);
-      char* p = end;
-      do {
-        *--p = static_cast<char>('0' + n % 10);
-        n /= 10;
-      } while (n != 0);
-      resp += tag;
-      resp.append(p, static_cast<size_t>(end - p));
-      resp += "\r\n";
+      absl::StrAppend(&resp, absl::string_view(&tag, 1), n, "\r\n");
     };
     size_t arg = 0;
     for (size_t c = 0; c < cmd_end_.size(); ++c) {
@@ -305,8 +297,6 @@ end
 return 0
 )lua";
 
-uint64_t KeyHash(std::string_view key) { return std::hash<std::string_view>{}(key); }
-
 }  // namespace
 
 absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observation> batch,
@@ -396,7 +386,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           added.counter = o.counter;
           added.distinct = distinct;
           added.deadline_ms = hash_deadline(o.counter);
-          added.hash = KeyHash(key);
+          added.hash = internal::HashValue(key);
         }
         op = &ops[it->second];
       }
@@ -428,7 +418,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           sketch_key = op.key;
           sketch_key += ':';
           AppendField(sketch_key, op.counter, x.window, x.bucket);
-          x.sketch_hash = KeyHash(sketch_key);
+          x.sketch_hash = internal::HashValue(sketch_key);
           x.ttl_known = ttl_cache_->Get(x.sketch_hash).deadline_ms >= x.deadline_ms;
         }
       }
