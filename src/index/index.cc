@@ -500,12 +500,6 @@ absl::Status Index::BulkLoader::Finish(int threads) {
   return status;
 }
 
-absl::Status Index::ApplyActive(std::span<const ActiveEntry> entries) {
-  BulkLoader loader(this);
-  for (const ActiveEntry& e : entries) QUELL_RETURN_IF_ERROR(loader.Add(e));
-  return loader.Finish(1);
-}
-
 void Index::ForEach(
     const std::function<void(const std::array<uint8_t, 16>& id, std::string_view entity,
                              std::string_view action, int64_t expires_us)>& fn) const {

@@ -83,17 +83,13 @@ class Index {
   //! kResourceExhausted past 65536 distinct names.
   absl::StatusOr<uint16_t> InternAction(std::string_view name);
 
-  // An active mitigation for ApplyActive: what Apply takes of one, pre-digested.
+  // An active mitigation for BulkLoader: what Apply takes of one, pre-digested.
   struct ActiveEntry {
     std::array<uint8_t, 16> id{};  // EncodeId of the mitigation id
     std::string_view entity;       // canonical "type:id", as core::Entity::str() gives it
     uint16_t action = 0;           // from InternAction
     int64_t expires_us = 0;        // expires_at, microseconds since the epoch
   };
-  //! Applier only. The same as Apply of each entry (as an active mitigation) in order, but
-  //! faster for many: a BulkLoader of them all, finished on this thread. Nothing is
-  //! applied if an entry is refused by BulkLoader::Add (kInvalidArgument).
-  absl::Status ApplyActive(std::span<const ActiveEntry> entries);
 
   // Loads many active mitigations as they arrive (a snapshot being read): Add hashes and
   // groups each as it comes, so that Finish is left with the inserts, shard by shard
