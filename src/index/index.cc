@@ -164,6 +164,31 @@ class Index::Impl {
     block->counts[action & (kBlockSize - 1)].fetch_add(delta, std::memory_order_relaxed);
   }
 
+  // Writer only: counts what an upsert of `action` did (`old`: the action it replaced;
+  // `net`: the network, for the networks table). kResourceExhausted if it was refused,
+  // naming `entity`.
+  absl::Status CountUpsert(internal::Table::UpsertResult result, uint16_t action, uint16_t old,
+                           const core::Network* net, std::string_view entity) {
+    switch (result) {
+      case internal::Table::UpsertResult::kAdded:
+        if (net != nullptr) CountNetwork(*net, +1);
+        CountAction(action, +1);
+        break;
+      case internal::Table::UpsertResult::kRefused:
+        return absl::ResourceExhaustedError(
+            absl::StrCat("entity ", AV(entity), " holds too many mitigations"));
+      case internal::Table::UpsertResult::kUpdated:
+        if (old != action) {
+          CountAction(old, -1);
+          CountAction(action, +1);
+        }
+        break;
+      case internal::Table::UpsertResult::kUnchanged:
+        break;
+    }
+    return absl::OkStatus();
+  }
+
   void CountNetwork(const core::Network& net, int delta) {
     const int p = net.prefix;
     if (net.address.v4) {
@@ -302,24 +327,8 @@ absl::Status Index::Apply(const core::Mitigation& m) {
   }
   QUELL_ASSIGN_OR_RETURN(r.action, impl_->InternAction(m.action));
   r.expires_us = ToMicros(m.expires_at);
-  switch (table->Upsert(key, r, &old_action)) {
-    case internal::Table::UpsertResult::kAdded:
-      if (is_cidr) impl_->CountNetwork(net, +1);
-      impl_->CountAction(r.action, +1);
-      break;
-    case internal::Table::UpsertResult::kRefused:
-      return absl::ResourceExhaustedError(
-          absl::StrCat("entity ", AV(m.entity.str()), " holds too many mitigations"));
-    case internal::Table::UpsertResult::kUpdated:
-      if (old_action != r.action) {
-        impl_->CountAction(old_action, -1);
-        impl_->CountAction(r.action, +1);
-      }
-      break;
-    case internal::Table::UpsertResult::kUnchanged:
-      break;
-  }
-  return absl::OkStatus();
+  const internal::Table::UpsertResult result = table->Upsert(key, r, &old_action);
+  return impl_->CountUpsert(result, r.action, old_action, is_cidr ? &net : nullptr, m.entity.str());
 }
 
 absl::StatusOr<uint16_t> Index::InternAction(std::string_view name) {
@@ -397,40 +406,18 @@ absl::Status Index::BulkLoader::Add(const ActiveEntry& e) {
 
 absl::Status Index::BulkLoader::Finish(int threads) {
   Impl& impl = *state_->index->impl_;
-  // Counting as Apply counts; CountAction is atomic, so threads may share it.
-  auto counted = [&impl](internal::Table::UpsertResult result, uint16_t action, uint16_t old,
-                         const core::Network* net, std::string_view entity) -> absl::Status {
-    switch (result) {
-      case internal::Table::UpsertResult::kAdded:
-        if (net != nullptr) impl.CountNetwork(*net, +1);
-        impl.CountAction(action, +1);
-        break;
-      case internal::Table::UpsertResult::kRefused:
-        return absl::ResourceExhaustedError(
-            absl::StrCat("entity ", AV(entity), " holds too many mitigations"));
-      case internal::Table::UpsertResult::kUpdated:
-        if (old != action) {
-          impl.CountAction(old, -1);
-          impl.CountAction(action, +1);
-        }
-        break;
-      case internal::Table::UpsertResult::kUnchanged:
-        break;
-    }
-    return absl::OkStatus();
-  };
   // Networks (few, usually) on this thread: CountNetwork is the writer's alone. The two
   // tables hold different keys, so the order between them does not matter.
   absl::Status status;
   for (const State::Network& n : state_->networks) {
     uint16_t old = 0;
     const auto result = impl.networks.Upsert(n.key.view(), n.r, &old);
-    status = counted(result, n.r.action, old, &n.net, "");
-    if (!status.ok()) {
-      status = absl::ResourceExhaustedError(
-          absl::StrCat("entity cidr:", core::FormatNetwork(n.net), " holds too many mitigations"));
-      break;
-    }
+    // The entity's text only for the error (a refusal): formatting it costs.
+    const std::string entity = result == internal::Table::UpsertResult::kRefused
+                                   ? absl::StrCat("cidr:", core::FormatNetwork(n.net))
+                                   : std::string();
+    status = impl.CountUpsert(result, n.r.action, old, &n.net, entity);
+    if (!status.ok()) break;
   }
   // Entities, shard by shard: shard k on thread k % threads. The table's and the actions'
   // counters are added once per shard (see Table::Deferred); CountAction is atomic, so
