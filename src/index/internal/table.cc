@@ -624,13 +624,16 @@ size_t Table::NewKeyWords(size_t key_len) {
   return w <= kLineWords ? kLineWords : w + kLineWords - 1;
 }
 
+void Table::Account(Shard& s, size_t now_bytes) {
+  memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
+  s.accounted_bytes = now_bytes;
+}
+
 void Table::ReserveShard(size_t shard, size_t keys, size_t words) {
   Shard& s = shards_[shard];
   ShardWriter w(s, shard_bits_);
   w.ReserveBulk(keys, words + kLineWords);
-  const size_t now_bytes = w.Accounted();
-  memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
-  s.accounted_bytes = now_bytes;
+  Account(s, w.Accounted());
 }
 
 Table::UpsertResult Table::Upsert(std::string_view key, const Record& r, uint16_t* old_action) {
@@ -642,9 +645,7 @@ void Table::Publish(Deferred* deferred) {
   keys_.fetch_add(static_cast<size_t>(deferred->keys), std::memory_order_relaxed);
   for (uint32_t k : deferred->shards) {
     Shard& s = shards_[k];
-    const size_t now_bytes = ShardWriter(s, shard_bits_).Accounted();
-    memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
-    s.accounted_bytes = now_bytes;
+    Account(s, ShardWriter(s, shard_bits_).Accounted());
   }
   *deferred = Deferred();
 }
@@ -736,9 +737,7 @@ Table::UpsertResult Table::UpsertHashed(std::string_view key, uint64_t hash, con
     return result;
   }
   records_.fetch_add(1, std::memory_order_relaxed);
-  const size_t now_bytes = w.Accounted();
-  memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
-  s.accounted_bytes = now_bytes;
+  Account(s, w.Accounted());
   return result;
 }
 
@@ -809,9 +808,7 @@ bool Table::Remove(std::string_view key, const std::array<uint8_t, 16>& id, uint
     s.EndWrite();
   }
   records_.fetch_sub(1, std::memory_order_relaxed);
-  const size_t now_bytes = w.Accounted();
-  memory_bytes_.fetch_add(now_bytes - s.accounted_bytes, std::memory_order_relaxed);
-  s.accounted_bytes = now_bytes;
+  Account(s, w.Accounted());
   return true;
 }
 

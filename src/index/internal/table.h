@@ -133,6 +133,8 @@ class Table {
 
  private:
   Shard& ShardFor(uint64_t hash) const;
+  // Brings MemoryBytes() in line with shard `s` now taking `now_bytes`.
+  void Account(Shard& s, size_t now_bytes);
 
   int shard_bits_;
   std::unique_ptr<Shard[]> shards_;
