@@ -5,6 +5,8 @@
 #include <atomic>
 #include <filesystem>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -24,6 +26,16 @@ namespace quell::webhooks {
 namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1767225600);
+
+// The seq of a delivered body ({"seq":N,...}), or nullopt if it does not start so.
+std::optional<int64_t> SeqOf(std::string_view body) {
+  constexpr std::string_view kHead = "{\"seq\":";
+  if (body.substr(0, kHead.size()) != kHead) return std::nullopt;
+  int64_t seq = 0;
+  const std::string_view digits = body.substr(kHead.size(), body.find(',') - kHead.size());
+  if (!absl::SimpleAtoi(AV(digits), &seq)) return std::nullopt;
+  return seq;
+}
 
 std::string TempDir(std::string_view name) {
   auto dir = std::filesystem::temp_directory_path() /
@@ -485,11 +497,9 @@ TEST_P(DispatcherTest, RetriesThenDeliversInOrderFilteredAndSigned) {
       ++failed;
       continue;
     }
-    int64_t seq = 0;
-    ASSERT_TRUE(
-        absl::SimpleAtoi(AV(std::string_view(r.body).substr(7, r.body.find(',') - 7)), &seq))
-        << r.body;
-    delivered.push_back(seq);
+    const std::optional<int64_t> seq = SeqOf(r.body);
+    ASSERT_TRUE(seq.has_value()) << r.body;
+    delivered.push_back(*seq);
   }
   EXPECT_EQ(failed, 3);
   EXPECT_EQ(delivered, (std::vector<int64_t>{1, 4, 5}));
@@ -556,8 +566,7 @@ TEST_P(DispatcherTest, RejectsNonHttpUrls) {
 
 // The seq and subscription id of a delivered body ({"seq":N,"op":..,"subscription":"wh_..",..}).
 std::pair<int64_t, std::string> SeqAndSubscription(const std::string& body) {
-  int64_t seq = 0;
-  (void)absl::SimpleAtoi(AV(std::string_view(body).substr(7, body.find(',') - 7)), &seq);
+  const int64_t seq = SeqOf(body).value_or(0);
   const std::string key = "\"subscription\":\"";
   size_t at = body.find(key);
   if (at == std::string::npos) return {seq, ""};
