@@ -62,6 +62,17 @@ def open_approval_and_rollback(test, q, prefix):
     return pending, rb
 
 
+def open_appeal(test, q, entity):
+    """Blocks `entity` on `q` and files an appeal against it: returns the open appeal."""
+    s, m, _ = q.request("POST", "/v1/mitigations",
+                        {"entity": entity, "action": "block", "ttl": "1h", "reason": "t"})
+    test.assertEqual(s, 201, m)
+    s, appeal, _ = q.request("POST", "/v1/appeals",
+                             {"mitigation_id": m["id"], "statement": "not me"})
+    test.assertEqual((s, appeal["state"]), (201, "open"), appeal)
+    return appeal
+
+
 class LogTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -487,13 +498,7 @@ class OperationalMetricsTest(ScrapeMixin, unittest.TestCase):
             # A pending approval and a rollback request (two entities, over the threshold).
             pending, rb = open_approval_and_rollback(self, q, "user:rq")
             # An appeal against a live block.
-            s, m, _ = q.request("POST", "/v1/mitigations",
-                                {"entity": "user:rq-appellant", "action": "block", "ttl": "1h",
-                                 "reason": "t"})
-            self.assertEqual(s, 201, m)
-            s, appeal, _ = q.request("POST", "/v1/appeals",
-                                     {"mitigation_id": m["id"], "statement": "not me"})
-            self.assertEqual((s, appeal["state"]), (201, "open"), appeal)
+            appeal = open_appeal(self, q, "user:rq-appellant")
             # The gauges agree with the review queue the API lists.
             reviews = q.request("GET", "/v1/reviews?state=open")[1]["reviews"]
             self.assertEqual(sorted(r["kind"] for r in reviews), ["mitigation", "rollback"])
@@ -617,13 +622,7 @@ class ReviewQueueClusterTest(ScrapeMixin, unittest.TestCase):
     def test_every_node_counts_the_shared_queue(self):
         a, b = self.nodes
         pending, rb = open_approval_and_rollback(self, a, "user:pg")
-        s, m, _ = a.request("POST", "/v1/mitigations",
-                            {"entity": "user:pg-appellant", "action": "block", "ttl": "1h",
-                             "reason": "t"})
-        self.assertEqual(s, 201, m)
-        s, appeal, _ = a.request("POST", "/v1/appeals",
-                                 {"mitigation_id": m["id"], "statement": "not me"})
-        self.assertEqual(s, 201, appeal)
+        appeal = open_appeal(self, a, "user:pg-appellant")
         for n in (a, b):
             self.wait_queue(n, {"mitigation": 1, "rollback": 1, "appeal": 1})
         # Decided on node b: node a's gauges follow.
