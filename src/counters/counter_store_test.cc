@@ -66,6 +66,13 @@ class CounterStoreTest : public ::testing::TestWithParam<Backend> {
     return store.ok() ? *std::move(store) : nullptr;
   }
 
+  // A direct connection to the test's Redis, for looking at the layout (freed however the
+  // test ends).
+  using RedisConn = std::unique_ptr<redisContext, decltype(&redisFree)>;
+  static RedisConn ConnectRedis() {
+    return RedisConn(redisConnect("127.0.0.1", redis_->port()), &redisFree);
+  }
+
   int64_t CountOf(CounterStore& s, std::string_view key, absl::Duration window) {
     auto v = s.Count("plays", key, window, clock_.Now());
     EXPECT_TRUE(v.ok()) << v.status();
@@ -255,8 +262,9 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
   ASSERT_NE(redis, nullptr);
-  redisContext* c = redisConnect("127.0.0.1", redis_->port());
-  ASSERT_TRUE(c != nullptr && c->err == 0);
+  RedisConn conn = ConnectRedis();
+  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  redisContext* c = conn.get();
   auto command = [&](const std::string& cmd, const std::string& key) {
     auto* r = static_cast<redisReply*>(
         redisCommand(c, "%b %b", cmd.data(), cmd.size(), key.data(), key.size()));
@@ -295,7 +303,6 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
   }
   EXPECT_EQ(CountOf(*store, "user:lost", Minutes(1)), 1);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.9", Hours(1), clock_.Now()), 1);
-  redisFree(c);
 }
 
 TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
@@ -304,8 +311,9 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
   ASSERT_NE(redis, nullptr);
-  redisContext* c = redisConnect("127.0.0.1", redis_->port());
-  ASSERT_TRUE(c != nullptr && c->err == 0);
+  RedisConn conn = ConnectRedis();
+  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  redisContext* c = conn.get();
   // The fields of `key` that belong to window `window` ("<window>:<bucket>").
   auto hlen = [&](const std::string& key, std::string_view window) {
     auto* r = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", key.data(), key.size()));
@@ -360,7 +368,6 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   EXPECT_EQ(hlen(ip_index, "1h"), 3);
   EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 13);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.7", Hours(1), clock_.Now()), 1);
-  redisFree(c);
 }
 
 // A key written every second: its hash is cleaned about six times per 1m window (not at
@@ -372,8 +379,9 @@ TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
   ASSERT_NE(redis, nullptr);
-  redisContext* c = redisConnect("127.0.0.1", redis_->port());
-  ASSERT_TRUE(c != nullptr && c->err == 0);
+  RedisConn conn = ConnectRedis();
+  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  redisContext* c = conn.get();
   const std::string plays = redis->KeyForTest(0, 0, "user:steady", 0);
   int64_t most = 0;
   for (int i = 0; i < 150; ++i) {
@@ -391,7 +399,6 @@ TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
   EXPECT_LE(most, 60 + 20 + 3 + 1);
   EXPECT_EQ(CountOf(*store, "user:steady", Minutes(1)), 60);
   EXPECT_EQ(CountOf(*store, "user:steady", Hours(1)), 150);
-  redisFree(c);
 }
 
 TEST_P(CounterStoreTest, DistinctAccuracyOn100kValues) {
