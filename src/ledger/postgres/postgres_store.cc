@@ -20,6 +20,7 @@
 namespace quell::ledger {
 namespace {
 
+using pg_internal::ArrayLiteral;
 using pg_internal::Conn;
 using pg_internal::ConnOptions;
 using pg_internal::P;
@@ -472,22 +473,6 @@ class ReadPool {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// A PostgreSQL array literal of `items`, each element quoted ({"a","b\"c"}).
-std::string TextArray(const std::vector<std::string_view>& items) {
-  std::string out = "{";
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += '"';
-    for (char c : items[i]) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
-  }
-  out += '}';
-  return out;
-}
-
 // The entities that have (or had) a mitigation, as hashes of their text, complete up to
 // the chain head seq(): a Txn answers FindLive and CountMitigations for every other
 // entity (a new one: most creates) without a round trip. Mitigation rows are never
@@ -642,7 +627,7 @@ class PgTxn final : public Txn {
         Result r, Track(db_->Query("SELECT k.i, d.reply FROM unnest($1::text[], $2::text[]) "
                                    "WITH ORDINALITY AS k(source, id, i) JOIN detections d "
                                    "ON d.source = k.source AND d.id = k.id",
-                                   {P(TextArray(sources)), P(TextArray(ids))})));
+                                   {P(ArrayLiteral(sources)), P(ArrayLiteral(ids))})));
     for (int row = 0; row < r.rows(); ++row) {
       const int64_t i = r.Int(row, 0) - 1;
       if (i >= 0 && i < static_cast<int64_t>(out.size())) out[i] = std::string(r.Text(row, 1));
@@ -686,9 +671,10 @@ class PgTxn final : public Txn {
             "$5::float8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[]) "
             "WITH ORDINALITY AS t(source, id, type, entity, score, observed_at, received_at, "
             "batch, json, reply, i) ORDER BY i ON CONFLICT DO NOTHING",
-            {P(TextArray(source)), P(TextArray(id)), P(TextArray(type)), P(TextArray(entity)),
-             P(TextArray(score)), P(TextArray(observed)), P(TextArray(received)),
-             P(TextArray(batch)), P(TextArray(json)), P(TextArray(reply))})));
+            {P(ArrayLiteral(source)), P(ArrayLiteral(id)), P(ArrayLiteral(type)),
+             P(ArrayLiteral(entity)), P(ArrayLiteral(score)), P(ArrayLiteral(observed)),
+             P(ArrayLiteral(received)), P(ArrayLiteral(batch)), P(ArrayLiteral(json)),
+             P(ArrayLiteral(reply))})));
     if (res.Affected() != static_cast<int64_t>(ds.size())) {
       return absl::AlreadyExistsError(absl::StrCat(
           ds.size() - res.Affected(), " detection(s) of this batch are already stored"));

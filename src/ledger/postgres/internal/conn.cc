@@ -20,6 +20,20 @@ Param P(double d) {
 Param PTime(absl::Time t) { return P(static_cast<int64_t>(absl::ToUnixMicros(t))); }
 Param PNull() { return {"", true}; }
 
+namespace {
+
+// One element of an array literal: quoted, with '"' and '\\' escaped.
+void AppendArrayElement(std::string_view v, std::string& out) {
+  out += '"';
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '"';
+}
+
+}  // namespace
+
 std::string ArrayLiteral(const std::vector<const Param*>& items) {
   size_t size = 2;
   for (const Param* p : items) size += p->value.size() + 4;
@@ -30,14 +44,19 @@ std::string ArrayLiteral(const std::vector<const Param*>& items) {
     if (i > 0) out += ',';
     if (items[i]->null) {
       out += "NULL";
-      continue;
+    } else {
+      AppendArrayElement(items[i]->value, out);
     }
-    out += '"';
-    for (char c : items[i]->value) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
+  }
+  out += '}';
+  return out;
+}
+
+std::string ArrayLiteral(const std::vector<std::string_view>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    AppendArrayElement(items[i], out);
   }
   out += '}';
   return out;

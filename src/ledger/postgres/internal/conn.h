@@ -47,6 +47,8 @@ struct RowTemplate {
 
 //! A PostgreSQL array literal of `items` ({"a",NULL,"b\"c"}): each quoted, nulls NULL.
 std::string ArrayLiteral(const std::vector<const Param*>& items);
+//! The same for non-null texts.
+std::string ArrayLiteral(const std::vector<std::string_view>& items);
 
 // A query result; rows are read as text.
 class Result {
