@@ -4,6 +4,7 @@
 #include <sys/time.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <string>
 #include <utility>
@@ -38,7 +39,8 @@ struct RedisConn {
 // key whose TTL is already at least the deadline it needs sends no PEXPIRE; and when
 // this node last dropped a hash's fields that left their windows. Keyed by a 64-bit hash
 // of the Redis key; cleared when full and whenever a connection is (re)established or
-// fails (Redis may have restarted and lost the keys).
+// fails (Redis may have restarted and lost the keys): such a Clear moves epoch(), so a
+// batch that read the cache before it knows its skipped TTLs may be gone.
 // Thread-safety: thread-safe.
 class TtlCache {
  public:
@@ -62,7 +64,9 @@ class TtlCache {
   void Clear() {
     absl::MutexLock lock(&mu);
     set_.clear();
+    epoch_.fetch_add(1, std::memory_order_relaxed);
   }
+  uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
   absl::Mutex mu;
 
  private:
@@ -71,6 +75,7 @@ class TtlCache {
     return set_[key_hash];
   }
   absl::flat_hash_map<uint64_t, Entry> set_ ABSL_GUARDED_BY(mu);
+  std::atomic<uint64_t> epoch_{0};  // Clear()s so far
 };
 
 }  // namespace internal
@@ -205,8 +210,7 @@ std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_v
   return out;
 }
 
-absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<void*>& replies,
-                                        bool* connected) {
+absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<void*>& replies) {
   replies.clear();
   internal::RedisConn& conn =
       *conns_[next_conn_.fetch_add(1, std::memory_order_relaxed) % conns_.size()];
@@ -241,7 +245,6 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
     reconnects_.fetch_add(1, std::memory_order_relaxed);
     // Redis may have restarted and lost every key: forget which TTLs are set.
     ttl_cache_->Clear();
-    if (connected) *connected = true;
   }
   if (commands.AppendTo(conn.ctx) != REDIS_OK) return fail("append failed");
   commands_.fetch_add(static_cast<int64_t>(commands.size()), std::memory_order_relaxed);
@@ -406,8 +409,10 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
   }
   if (!ops.empty()) {
     std::string sketch_key;
+    uint64_t epoch = 0;  // of what this batch read from the cache
     {
       absl::ReaderMutexLock lock(&ttl_cache_->mu);
+      epoch = ttl_cache_->epoch();
       for (HashOp& op : ops) {
         const internal::TtlCache::Entry e = ttl_cache_->Get(op.hash);
         op.ttl_known = e.deadline_ms >= op.deadline_ms;
@@ -480,11 +485,16 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     std::vector<size_t> stale;
     std::vector<size_t> reexpire;
     std::vector<std::pair<size_t, size_t>> lost_sketches;  // (op, bucket): TTL to set again
-    bool connected = false;
+    // Cleared (a connection opened or failed) since this batch read the cache: every TTL
+    // it skipped is set in round trip 2, and what it sets is good from round trip 1 on.
+    bool cleared = false;
+    uint64_t epoch_after_first = 0;
     {
       Replies replies;
-      absl::Status s = Execute(commands, replies.items, &connected);
+      absl::Status s = Execute(commands, replies.items);
       if (!s.ok()) return s;
+      epoch_after_first = ttl_cache_->epoch();
+      cleared = epoch_after_first != epoch;
       size_t r = 0;
       for (size_t k = 0; k < ops.size(); ++k) {
         const HashOp& op = ops[k];
@@ -505,18 +515,18 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
           ++r;
         }
-        // A new connection: Redis may have restarted, so TTLs this node skipped are set.
+        // The cache was cleared: Redis may have restarted, so TTLs this batch skipped are set.
         if (new_field && op.exists && op.clean_due) {
           stale.push_back(k);
-        } else if ((new_field && op.exists) || (connected && op.ttl_known)) {
+        } else if ((new_field && op.exists) || (cleared && op.ttl_known)) {
           reexpire.push_back(k);
         }
       }
     }
-    // Round trip 2, only when a known hash got a new field or the connection is new:
+    // Round trip 2, only when a known hash got a new field or the cache was cleared:
     // short cleanup scripts (one per counter and 64 hashes), and the TTLs of sketches
-    // that were skipped but may have been lost (new connection, or a new index field
-    // for a known sketch).
+    // that were skipped but may have been lost (cache cleared, or a new index field for a
+    // known sketch).
     Commands cleanup;
     constexpr size_t kKeysPerScript = 64;
     std::stable_sort(stale.begin(), stale.end(),
@@ -554,7 +564,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       arg_sketch(cleanup, op, x);
       cleanup.Arg(x.deadline_ms - now_ms);
     };
-    if (connected) {
+    if (cleared) {
       for (const HashOp& op : ops) {
         if (!op.distinct) continue;
         for (const Bucket& x : op.buckets) {
@@ -566,22 +576,22 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
     if (cleanup.size() > 0) {
       Replies replies;
-      absl::Status s = Execute(cleanup, replies.items, &connected);
+      absl::Status s = Execute(cleanup, replies.items);
       if (!s.ok()) return s;
       for (size_t i = 0; i < replies.items.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
       }
     }
-    {
-      absl::MutexLock lock(&ttl_cache_->mu);
+    absl::MutexLock lock(&ttl_cache_->mu);
+    // Cleared again after round trip 1 (a new connection for round trip 2): what this
+    // batch set may have gone with the old server; note nothing, later writes set it again.
+    if (ttl_cache_->epoch() == epoch_after_first) {
       // A hash this node did not know counts as cleaned now: it is cleaned one interval
       // later if it stays busy (a busy hash holds at most two intervals' worth of old
       // buckets, and a key seen once costs no cleanup).
       for (size_t k : stale) ttl_cache_->NoteCleaned(ops[k].hash, now_ms);
       for (const HashOp& op : ops) {
         if (!op.exists) ttl_cache_->NoteCleaned(op.hash, now_ms);
-      }
-      for (const HashOp& op : ops) {
         if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
         if (!op.distinct) continue;
         for (const Bucket& x : op.buckets) {

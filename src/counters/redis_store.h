@@ -116,9 +116,8 @@ class RedisCounterStore final : public CounterStore {
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
                  int64_t bucket) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
-  // Sets *connected (if given) when it opened a new connection for them.
-  absl::Status Execute(const Commands& commands, std::vector<void*>& replies,
-                       bool* connected = nullptr);
+  // Opening or losing a connection clears the TTL cache (moving its epoch).
+  absl::Status Execute(const Commands& commands, std::vector<void*>& replies);
 
   const CounterSet set_;
   const RedisOptions options_;
