@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "workflow/appeals.h"
+#include "workflow/mitigations.h"
 #include "workflow/rollback.h"
 
 namespace quell::api {
@@ -313,12 +314,7 @@ TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
     decided = ledger.SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
       QUELL_ASSIGN_OR_RETURN(auto m, txn.GetMitigation(ids[3]));
       m->state = core::MitigationState::kActive;
-      m->updated_at = now;
-      m->seq = txn.NextSeq();
-      ledger::Change c;
-      c.kind = ledger::ChangeKind::kMitigation;
-      c.actor = "k_b";
-      return txn.Append(std::move(c), &*m).status();
+      return workflow::AppendMitigationChange(txn, *m, "k_b", now).status();
     });
     ASSERT_TRUE(decided.ok()) << decided.status();
 

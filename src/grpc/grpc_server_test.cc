@@ -21,6 +21,7 @@
 #include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
+#include "workflow/mitigations.h"
 #include "workflow/policies.h"
 
 namespace quell::grpc_api {
@@ -87,12 +88,7 @@ ledger::Mutation Revoke(std::string id) {
     QUELL_ASSIGN_OR_RETURN(auto m, txn.GetMitigation(id));
     if (!m.has_value()) return absl::NotFoundError(id);
     m->state = core::MitigationState::kRevoked;
-    m->updated_at = now;
-    m->seq = txn.NextSeq();
-    ledger::Change c;
-    c.kind = ledger::ChangeKind::kMitigation;
-    c.actor = "k_test";
-    return txn.Append(std::move(c), &*m).status();
+    return workflow::AppendMitigationChange(txn, *m, "k_test", now).status();
   };
 }
 
