@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -79,10 +80,14 @@ void BreakerBank::Configure(std::vector<BreakerSpec> specs) {
   breakers_ = std::move(next);
 }
 
-void BreakerBank::Evict(State& s, int64_t now_idx) {
+int64_t BreakerBank::KeepBuckets(const State& s) {
   absl::Duration keep = s.spec.window;
   if (s.spec.factor > 0) keep = std::max(keep, s.spec.baseline + s.spec.window);
-  int64_t keep_buckets = Div(keep, s.bucket) + 1;
+  return Div(keep, s.bucket) + 1;
+}
+
+void BreakerBank::Evict(State& s, int64_t now_idx) {
+  const int64_t keep_buckets = KeepBuckets(s);
   while (!s.buckets.empty() && s.buckets.front().first <= now_idx - keep_buckets) {
     s.total -= s.buckets.front().second;
     s.buckets.pop_front();
@@ -135,6 +140,32 @@ BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now)
     if (out.held_by.empty()) out.held_by = name;
   }
   return out;
+}
+
+std::string BreakerBank::HeldBy(const DecisionKey& key) const {
+  for (const auto& [name, s] : breakers_) {
+    if (s.open && InScope(s.spec, key)) return name;
+  }
+  return "";
+}
+
+void BreakerBank::CountRemote(const DecisionKey& key, absl::Time at) {
+  for (auto& [name, s] : breakers_) {
+    if (s.open || !InScope(s.spec, key)) continue;
+    const int64_t idx = Idx(at, s.bucket);
+    const int64_t newest = s.buckets.empty() ? idx : std::max(idx, s.buckets.back().first);
+    Evict(s, newest);
+    if (idx <= newest - KeepBuckets(s)) continue;  // older than anything kept
+    // Another node's clock, or the feed's delay: `at` may fall before the newest bucket.
+    auto it = s.buckets.end();
+    while (it != s.buckets.begin() && std::prev(it)->first > idx) --it;
+    if (it != s.buckets.begin() && std::prev(it)->first == idx) {
+      ++std::prev(it)->second;
+    } else {
+      s.buckets.insert(it, {idx, 1});
+    }
+    ++s.total;
+  }
 }
 
 bool BreakerBank::SetOpen(std::string_view name, bool open, absl::Time at, std::string reason) {

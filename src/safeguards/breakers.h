@@ -8,6 +8,10 @@
 // Windows are approximated with buckets of window/16 (the count may include up to one
 // bucket of decisions older than the window; never fewer than the window's).
 //
+// With several nodes (docs/cluster.md) each node's bank also counts the decisions the
+// other nodes made (CountRemote, from the ledger's change feed), so the limit applies to
+// the cluster's decisions in all.
+//
 // Thread-safety: BreakerBank is not thread-safe; its owner serialises access (the
 // commit thread, under workflow::Safeguards' mutex). Pure: time comes from the caller.
 #ifndef QUELL_SAFEGUARDS_BREAKERS_H_
@@ -63,6 +67,14 @@ class BreakerBank {
   //! Counts one decision at `now` in every closed breaker in scope (opening those that
   //! trip) and says whether an open breaker holds it. Held decisions are not counted.
   Outcome Record(const DecisionKey& key, absl::Time now);
+  //! The first open breaker in scope of `key`, or "": for a decision that is held by an
+  //! open breaker but would not be counted by a closed one.
+  std::string HeldBy(const DecisionKey& key) const;
+  //! Counts one decision made elsewhere (another node, read from the ledger) at `at` in
+  //! every closed breaker in scope, in the bucket of `at` (older than every window kept:
+  //! not counted). Never opens a breaker: the next Record in scope sees the count past
+  //! the limit and opens it.
+  void CountRemote(const DecisionKey& key, absl::Time at);
 
   //! Forces a breaker's state (ledger replay at start, admin reset). Reset clears the
   //! counts. Returns false if there is no such breaker.
@@ -71,6 +83,7 @@ class BreakerBank {
   std::vector<BreakerStatus> Status(absl::Time now) const;
   std::optional<BreakerStatus> Find(std::string_view name, absl::Time now) const;
   bool any_open() const;
+  bool empty() const { return breakers_.empty(); }
 
   static bool InScope(const BreakerSpec& spec, const DecisionKey& key);
 
@@ -85,6 +98,7 @@ class BreakerBank {
     int64_t total = 0;                                // sum of `buckets`
   };
   static void Init(State& s);
+  static int64_t KeepBuckets(const State& s);
   static void Evict(State& s, int64_t now_idx);
   static int64_t WindowCount(const State& s, int64_t now_idx);
   static BreakerStatus ToStatus(const State& s, absl::Time now);

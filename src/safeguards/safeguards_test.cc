@@ -120,6 +120,44 @@ TEST(Breakers, ConfigureKeepsStateOfSurvivors) {
   EXPECT_EQ(bank.Status(t).size(), 1u);
 }
 
+TEST(Breakers, RemoteCountsNeverOpenButTheNextLocalDecisionDoes) {
+  BreakerBank bank;
+  bank.Configure({Spec("src", BreakerSpec::Scope::kSource, "bot", 4)});
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  // Four decisions of other nodes: the count reaches the limit, nothing opens.
+  for (int i = 0; i < 4; ++i) bank.CountRemote({"p", "a", "bot"}, t);
+  bank.CountRemote({"p", "a", "other"}, t);  // out of scope
+  EXPECT_EQ(bank.Find("src", t)->count, 4);
+  EXPECT_FALSE(bank.Find("src", t)->open);
+  EXPECT_EQ(bank.HeldBy({"p", "a", "bot"}), "");
+  // The fifth decision in all is this node's: it opens the breaker and is held.
+  auto o = bank.Record({"p", "a", "bot"}, t);
+  EXPECT_EQ(o.held_by, "src");
+  EXPECT_EQ(o.opened.size(), 1u);
+  EXPECT_EQ(bank.HeldBy({"p", "a", "bot"}), "src");
+  EXPECT_EQ(bank.HeldBy({"p", "a", "other"}), "");
+  // Open: remote decisions are not counted (as held ones are not).
+  EXPECT_EQ(bank.Find("src", t)->count, 5);
+  bank.CountRemote({"p", "a", "bot"}, t);
+  EXPECT_EQ(bank.Find("src", t)->count, 5);
+}
+
+TEST(Breakers, RemoteCountsLandInTheBucketOfTheirTime) {
+  BreakerBank bank;
+  bank.Configure({Spec("g", BreakerSpec::Scope::kGlobal, "", 100)});
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  bank.Record({"p", "a", "s"}, t + absl::Minutes(5));
+  // Delivered late: an older time goes before the newest bucket, and slides out of the
+  // window before it.
+  bank.CountRemote({"p", "a", "s"}, t);
+  bank.CountRemote({"p", "a", "s"}, t + absl::Minutes(2));
+  bank.CountRemote({"p", "a", "s"}, t - absl::Hours(1));  // older than the window: ignored
+  EXPECT_EQ(bank.Find("g", t + absl::Minutes(5))->count, 3);
+  EXPECT_EQ(bank.Find("g", t + absl::Minutes(11))->count, 2);
+  EXPECT_EQ(bank.Find("g", t + absl::Minutes(13))->count, 1);
+  EXPECT_EQ(bank.Find("g", t + absl::Minutes(16))->count, 0);
+}
+
 TEST(Approval, Rules) {
   EXPECT_EQ(RequiredApprovals(core::Severity::kCritical), 2);
   EXPECT_EQ(RequiredApprovals(core::Severity::kHigh), 1);

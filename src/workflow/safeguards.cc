@@ -115,6 +115,81 @@ bool ReadDecisionFields(std::string_view json, DecisionFields* out) {
   return handler.complete();
 }
 
+// What OnCommitted needs of a mitigation another node created, read from its JSON without
+// building the document (every node reads every other node's creations).
+struct CreationFields {
+  std::string state, policy, action, source, state_reason, detection;  // the first detection
+};
+
+class CreationFieldsHandler
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CreationFieldsHandler> {
+ public:
+  explicit CreationFieldsHandler(CreationFields* out) : out_(out) {}
+  bool Default() { return true; }
+  bool StartObject() {
+    ++depth_;
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth_;
+    return true;
+  }
+  bool StartArray() {
+    in_detections_ = depth_ == 1 && key_ == "detections";
+    return true;
+  }
+  bool EndArray(rapidjson::SizeType) {
+    in_detections_ = false;
+    return true;
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    if (depth_ == 1) key_.assign(s, n);
+    return true;
+  }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    if (in_detections_) {
+      if (!seen_detection_) out_->detection.assign(s, n);
+      seen_detection_ = true;
+      return true;
+    }
+    if (depth_ != 1) return true;
+    std::string* slot = key_ == "state"          ? &out_->state
+                        : key_ == "policy"       ? &out_->policy
+                        : key_ == "action"       ? &out_->action
+                        : key_ == "source"       ? &out_->source
+                        : key_ == "state_reason" ? &out_->state_reason
+                                                 : nullptr;
+    if (slot != nullptr) slot->assign(s, n);
+    return true;
+  }
+
+ private:
+  CreationFields* out_;
+  int depth_ = 0;
+  bool in_detections_ = false;
+  bool seen_detection_ = false;
+  std::string key_;  // a copy: the reader's key buffer is reused
+};
+
+bool ReadCreationFields(std::string_view json, CreationFields* out) {
+  CreationFieldsHandler handler(out);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream ms(json.data(), json.size());
+  return !reader.Parse(ms, handler).IsError();
+}
+
+// The state a decision's mitigation is created in when no safeguard holds it (as
+// decisions.cc sets it): the live mitigation it would extend is in the same state.
+core::MitigationState UnheldState(const engine::Proposal& p) {
+  return p.delay > absl::ZeroDuration() ? core::MitigationState::kScheduled
+                                        : core::MitigationState::kActive;
+}
+
+// Other nodes' decisions kept while no policy set has configured the bank yet.
+constexpr size_t kMaxEarly = 100000;
+// This process's decisions awaiting their change from the feed.
+constexpr size_t kMaxLocal = 1000000;
+
 }  // namespace
 
 SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
@@ -191,6 +266,8 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
   rollbacks_.OnCommitted(changes);
   std::lock_guard<std::mutex> lock(mu_);
   for (const ledger::Change& c : changes) {
+    // This process's decisions whose seq passed without their change: rolled back.
+    while (!local_.empty() && local_.front().seq < c.seq) local_.pop_front();
     switch (c.kind) {
       case ledger::ChangeKind::kList:
         ApplyListChange(c);
@@ -199,6 +276,7 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
         ApplyBreakerChange(c);
         break;
       case ledger::ChangeKind::kMitigation: {
+        NoteMitigationChange(c);
         // Cheap filter first: most changes are creations and expiries.
         std::string_view p = c.payload;
         if (p.find("\"state\":\"revoked\"") == std::string_view::npos &&
@@ -215,7 +293,59 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
       default:
         break;
     }
+    while (!local_.empty() && local_.front().seq <= c.seq) local_.pop_front();
   }
+}
+
+void Safeguards::NoteMitigationChange(const ledger::Change& c) {
+  // What Screen counts: a mitigation created by a policy's decision, enforced now or
+  // later: its first change, active or scheduled with no state_reason (approvals,
+  // extensions and scheduled starts all set one); shadow, pending and manual ones (no
+  // policy) are not counted. Cheap filters on the payload first: its fields are
+  // in a fixed order and quotes inside strings are escaped, so neither can be faked.
+  if (breakers_set_ >= 0 && bank_.empty()) return;  // no breaker to count in
+  CreationFields f;
+  if (c.mitigation != nullptr) {
+    const core::Mitigation& m = *c.mitigation;
+    f.state = std::string(core::StateName(m.state));
+    f.policy = m.policy;
+    f.action = m.action;
+    f.source = m.source;
+    f.state_reason = m.state_reason;
+    if (!m.detections.empty()) f.detection = m.detections.front();
+  } else {
+    std::string_view p = c.payload;
+    if (p.rfind("\"state_reason\":\"\"") == std::string_view::npos) return;
+    if (p.find("\"state\":\"active\"") == std::string_view::npos &&
+        p.find("\"state\":\"scheduled\"") == std::string_view::npos) {
+      return;
+    }
+    if (!ReadCreationFields(p, &f)) return;
+  }
+  if ((f.state != "active" && f.state != "scheduled") || !f.state_reason.empty() ||
+      f.policy.empty()) {
+    return;
+  }
+  // This process's own decision: Screen counted it already.
+  for (const LocalDecision& l : local_) {
+    if (l.seq > c.seq) break;
+    if (l.seq == c.seq && l.source == f.source && l.detection == f.detection) return;
+  }
+  metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
+  if (breakers_set_ < 0) {
+    if (early_.size() == kMaxEarly) early_.pop_front();
+    early_.push_back({std::move(f.policy), std::move(f.action), std::move(f.source), c.at});
+    return;
+  }
+  bank_.CountRemote({f.policy, f.action, f.source}, c.at);
+}
+
+void Safeguards::NoteLocal(int64_t seq, const engine::Detection& d) {
+  // Bounded, should the feed stay down for long (the commit thread then completes
+  // batches undelivered): the oldest are dropped, and counted once more when they come
+  // back (more, never fewer).
+  if (local_.size() == kMaxLocal) local_.pop_front();
+  local_.push_back({seq, d.source, d.id});
 }
 
 void Safeguards::ApplyListChange(const ledger::Change& c) {
@@ -327,6 +457,8 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
     }
   }
   breakers_set_ = set.version();
+  for (const EarlyDecision& e : early_) bank_.CountRemote({e.policy, e.action, e.source}, e.at);
+  early_.clear();
 }
 
 std::optional<absl::Time> Safeguards::ImmuneUntil(std::string_view entity, std::string_view policy,
@@ -349,6 +481,18 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
                                                     std::string_view action, absl::Time now) {
   Hold hold;
   if (p.shadow) return hold;
+  // Only a creation counts in the breakers: a decision that the live mitigation of the
+  // same entity and action absorbs (CreateOrExtend extends it) adds nobody to the blast
+  // radius, and other nodes can tell creations only from the ledger. The decision path's
+  // Txn caches this read for the CreateOrExtend that follows; outside mu_.
+  bool creates = true;
+  if (!set.breakers().empty()) {
+    QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> live, txn.FindLive(p.entity, action));
+    const core::MitigationState unheld = UnheldState(p);
+    for (const core::Mitigation& m : live) {
+      if (m.state == unheld) creates = false;
+    }
+  }
   std::unique_lock<std::mutex> lock(mu_);
   const safeguards::ProtectedSet& prot = ProtectedFor(set);
   if (auto why = prot.Why(p.entity)) {
@@ -375,9 +519,24 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
       return hold;
     }
   }
-  if (set.breakers().empty()) return hold;
+  if (set.breakers().empty()) {
+    // Noted all the same: uncounted here, it must not count as another node's decision
+    // if the set gains breakers before it comes back.
+    NoteLocal(txn.NextSeq(), d);
+    return hold;
+  }
   ConfigureBreakers(set);
-  safeguards::BreakerBank::Outcome o = bank_.Record({p.policy, action, d.source}, now);
+  const safeguards::DecisionKey key{p.policy, action, d.source};
+  if (!creates) {
+    hold.reason = bank_.HeldBy(key);
+    if (!hold.reason.empty()) {
+      hold.held = true;
+      hold.reason = absl::StrCat("breaker ", hold.reason, " is open");
+      metrics_.held_breaker.fetch_add(1, std::memory_order_relaxed);
+    }
+    return hold;
+  }
+  safeguards::BreakerBank::Outcome o = bank_.Record(key, now);
   for (const std::string& name : o.opened) {
     auto st = bank_.Find(name, now);
     std::string reason = st ? st->reason : "";
@@ -401,6 +560,10 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     hold.held = true;
     hold.reason = absl::StrCat("breaker ", o.held_by, " is open");
     metrics_.held_breaker.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    // Counted: its change (appended next by the caller) must not count again when it
+    // comes back through OnCommitted.
+    NoteLocal(txn.NextSeq(), d);
   }
   return hold;
 }

@@ -9,7 +9,12 @@
 // committed change. List changes made by the lists routes are also noted at once on the
 // commit thread (NoteProtectedAdds), so a decision later in the same commit batch already
 // sees a new protected entry; removals take effect once committed (never less protection).
-// Breaker window counts live in memory only (they restart empty).
+// Breaker window counts live in memory only (they restart empty). They count the
+// decisions of every node writing the ledger: this process's own when Screen passes
+// them, every other node's when OnCommitted sees their creations (several nodes on one
+// PostgreSQL, docs/cluster.md). Screen notes the seq its decision's change will get, so
+// that the change, when it comes back through the feed, is recognised and not counted
+// twice.
 //
 // Thread-safety: thread-safe (one mutex); Screen/ResetBreaker/NoteProtectedAdds run on
 // the commit thread, readers (status routes, metrics) on any thread.
@@ -17,6 +22,7 @@
 #define QUELL_WORKFLOW_SAFEGUARDS_H_
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -73,8 +79,11 @@ class Safeguards final : public ledger::ChangeListener {
     std::string reason;
   };
   //! Decides whether proposal `p` of detection `d`, which would create `action`, must be
-  //! held for approval. Counts it in the breakers in scope; a breaker that opens appends
-  //! its kBreaker change to `txn`. Shadow proposals are never held nor counted.
+  //! held for approval. Counts it in the breakers in scope if it creates a mitigation
+  //! (not if it will extend the live one of the same entity and action, found through
+  //! txn.FindLive; an open breaker in scope holds it all the same); a breaker that opens
+  //! appends its kBreaker change to `txn`. Shadow proposals are never held nor counted.
+  //! The caller appends the decision's change next (its seq is txn.NextSeq() on return).
   absl::StatusOr<Hold> Screen(ledger::Txn& txn, const policy::PolicySet& set,
                               const engine::Detection& d, const engine::Proposal& p,
                               std::string_view action, absl::Time now);
@@ -106,6 +115,7 @@ class Safeguards final : public ledger::ChangeListener {
     std::atomic<int64_t> held_immunity{0};
     std::atomic<int64_t> breakers_opened{0};
     std::atomic<int64_t> pending_expired{0};
+    std::atomic<int64_t> remote_decisions{0};  // other nodes' creations counted
   };
   Metrics& metrics() { return metrics_; }
 
@@ -117,6 +127,8 @@ class Safeguards final : public ledger::ChangeListener {
                          std::string_view action, absl::Time at);
   const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
   void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
+  void NoteMitigationChange(const ledger::Change& c);                          // mu_ held
+  void NoteLocal(int64_t seq, const engine::Detection& d);                     // mu_ held
 
   const SafeguardOptions options_;
   obs::Logger* logger_;
@@ -140,6 +152,23 @@ class Safeguards final : public ledger::ChangeListener {
     std::string reason;
   };
   std::map<std::string, Persisted, std::less<>> persisted_;  // the ledger's latest per breaker
+  // Decisions Screen passed (counted, or with no breaker in the set not) whose change
+  // has not come back yet, in seq order: the seq it predicted (Txn::NextSeq) and what
+  // identifies the creation there; at most kMaxLocal, the newest. An entry goes
+  // when OnCommitted reaches its seq, whoever's change that is (a rolled-back decision
+  // leaves its seq to another change).
+  struct LocalDecision {
+    int64_t seq = 0;
+    std::string source, detection;
+  };
+  std::deque<LocalDecision> local_;
+  // Other nodes' decisions seen before the bank was first configured (no policy set
+  // known yet), counted when it is; at most kMaxEarly, the newest.
+  struct EarlyDecision {
+    std::string policy, action, source;
+    absl::Time at;
+  };
+  std::deque<EarlyDecision> early_;
   // Immunity: "entity|policy|action" -> until.
   absl::flat_hash_map<std::string, absl::Time> immunity_;
 };

@@ -1,0 +1,208 @@
+// Breaker windows counted across nodes (issue 8): two Safeguards, each the view of one
+// "node", follow the same committed changes (as every node follows the PostgreSQL feed)
+// while the decisions are split between them. The breaker must open at its limit counted
+// over both nodes' decisions, each counted once.
+//
+// Node A hears the changes as the commit thread hands them over (mitigation attached);
+// node B as a feed delivers them, read back from the store (payload only).
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/ids.h"
+#include "core/time.h"
+#include "gtest/gtest.h"
+#include "ledger/ledger.h"
+#include "ledger/sqlite/sqlite_store.h"
+#include "policy/policy_set.h"
+#include "workflow/decisions.h"
+#include "workflow/mitigations.h"
+#include "workflow/safeguards.h"
+
+namespace quell::workflow {
+namespace {
+
+constexpr char kYaml[] = R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: s1-rate, source: s1, limit: 6, window: 1h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)";
+
+// Forwards every committed change without the attached mitigation, as a change read
+// back from the store (another node's feed) arrives.
+class AsReadFromStore final : public ledger::ChangeListener {
+ public:
+  explicit AsReadFromStore(ledger::ChangeListener* next) : next_(next) {}
+  void OnCommitted(const std::vector<ledger::Change>& changes) override {
+    std::vector<ledger::Change> copy = changes;
+    for (ledger::Change& c : copy) c.mitigation.reset();
+    next_->OnCommitted(copy);
+  }
+
+ private:
+  ledger::ChangeListener* next_;
+};
+
+class SafeguardsCluster : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempDir() + "/sgc_" + core::RandomHex(6);
+    auto set = policy::LoadPolicySet(kYaml, 1);
+    ASSERT_TRUE(set.ok()) << set.status();
+    set_ = *set;
+    auto store = ledger::OpenSqliteStore({.path = dir_});
+    ASSERT_TRUE(store.ok()) << store.status();
+    a_ = std::make_unique<Safeguards>(SafeguardOptions{}, nullptr);
+    b_ = std::make_unique<Safeguards>(SafeguardOptions{}, nullptr);
+    ASSERT_TRUE(a_->Load(**store, clock_.Now()).ok());
+    ASSERT_TRUE(b_->Load(**store, clock_.Now()).ok());
+    b_feed_ = std::make_unique<AsReadFromStore>(b_.get());
+    auto l = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, &clock_);
+    ASSERT_TRUE(l.ok()) << l.status();
+    ledger_ = *std::move(l);
+    ledger_->AddListener(a_.get());
+    ledger_->AddListener(b_feed_.get());
+  }
+  void TearDown() override {
+    ledger_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  struct Decided {
+    std::string state;
+    std::string reply;
+  };
+  // One detection of `source` on `entity`, decided by `node` (its safeguards screen it).
+  Decided Decide(Safeguards* node, std::string_view entity, std::string source = "s1",
+                 bool shadow = false, absl::Duration delay = absl::ZeroDuration()) {
+    engine::Proposal p;
+    p.policy = "p1";
+    p.policy_version = 1;
+    p.entity = *core::Entity::Parse(entity);
+    p.action = "block";
+    p.ttl = absl::Hours(2);
+    p.reason = "test";
+    p.shadow = shadow;
+    p.delay = delay;
+    DetectionWork w;
+    w.detection.id = absl::StrCat("d", ++detections_);
+    w.detection.source = std::move(source);
+    w.detection.type = "t";
+    w.detection.entity = p.entity;
+    w.detection.observed_at = clock_.Now();
+    w.json = "{}";
+    w.proposals = {p};
+    std::vector<DetectionWork> work;
+    work.push_back(std::move(w));
+    auto out = std::make_shared<std::vector<DetectionOutcome>>();
+    auto done = ledger_->SubmitAndWait(ApplyDetections(std::move(work), set_->catalog_ptr(),
+                                                       "k_det", out, SafeguardContext{node, set_}));
+    EXPECT_TRUE(done.ok()) << done.status();
+    if (!done.ok() || out->size() != 1 || (*out)[0].decisions.size() != 1) return {};
+    return {std::string(core::StateName((*out)[0].decisions[0].state)), (*out)[0].reply};
+  }
+
+  safeguards::BreakerStatus Breaker(Safeguards* node) {
+    auto list = node->Breakers(*set_, clock_.Now());
+    EXPECT_EQ(list.size(), 1u);
+    return list.empty() ? safeguards::BreakerStatus{} : list[0];
+  }
+
+  int BreakerChanges() {
+    auto page = ledger_->store().ReadChangesOfKind(ledger::ChangeKind::kBreaker, 0, 1000);
+    EXPECT_TRUE(page.ok());
+    return page.ok() ? static_cast<int>(page->size()) : -1;
+  }
+
+  std::string dir_;
+  core::FakeClock clock_{absl::FromUnixSeconds(1800000000)};
+  std::shared_ptr<const policy::PolicySet> set_;
+  std::unique_ptr<Safeguards> a_, b_;
+  std::unique_ptr<AsReadFromStore> b_feed_;
+  std::unique_ptr<ledger::Ledger> ledger_;
+  int detections_ = 0;
+};
+
+TEST_F(SafeguardsCluster, TheLimitAppliesToBothNodesDecisionsInAll) {
+  // Six creations in all pass, three by each node; both count all six, each once.
+  for (int i = 0; i < 6; ++i) {
+    Safeguards* node = i % 2 ? b_.get() : a_.get();
+    EXPECT_EQ(Decide(node, absl::StrCat("user:u", i)).state, "active") << i;
+    EXPECT_EQ(Breaker(a_.get()).count, i + 1) << i;
+    EXPECT_EQ(Breaker(b_.get()).count, i + 1) << i;
+    // Shadow decisions and other sources' are not in its count.
+    Decide(node, absl::StrCat("user:s", i), "s1", /*shadow=*/true);
+    Decide(node, absl::StrCat("user:o", i), "s2");
+  }
+  EXPECT_EQ(Breaker(a_.get()).count, 6);
+  EXPECT_EQ(Breaker(b_.get()).count, 6);
+  EXPECT_FALSE(Breaker(a_.get()).open);
+  EXPECT_FALSE(Breaker(b_.get()).open);
+  // The seventh, on either node, opens it there; the other node follows the change.
+  Decided seventh = Decide(b_.get(), "user:u6");
+  EXPECT_EQ(seventh.state, "pending_approval");
+  EXPECT_NE(seventh.reply.find("breaker s1-rate is open"), std::string::npos) << seventh.reply;
+  EXPECT_TRUE(Breaker(a_.get()).open);
+  EXPECT_TRUE(Breaker(b_.get()).open);
+  EXPECT_EQ(BreakerChanges(), 1);
+  EXPECT_EQ(Decide(a_.get(), "user:u7").state, "pending_approval");
+  EXPECT_EQ(Decide(b_.get(), "user:u8").state, "pending_approval");
+  EXPECT_EQ(Decide(a_.get(), "user:o9", "s2").state, "active");  // out of scope
+  // A counted B's creations (three of s1, three of s2 out of scope) as remote, none of
+  // its own; B's held ones are no creations.
+  EXPECT_EQ(a_->metrics().remote_decisions.load(), 6);
+  EXPECT_EQ(b_->metrics().remote_decisions.load(), 7);
+  EXPECT_EQ(BreakerChanges(), 1);
+}
+
+TEST_F(SafeguardsCluster, ScheduledCreationsCountExtensionsDoNotAndAnOpenBreakerHoldsThem) {
+  // Repeated hits on one entity extend its live mitigation: one creation, counted once.
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Decide(i % 2 ? b_.get() : a_.get(), "user:x").state, "active") << i;
+  }
+  EXPECT_EQ(Breaker(a_.get()).count, 1);
+  EXPECT_EQ(Breaker(b_.get()).count, 1);
+  // Delayed enforcement: scheduled creations count (and a repeat extends them).
+  EXPECT_EQ(Decide(b_.get(), "user:later", "s1", false, absl::Hours(1)).state, "scheduled");
+  EXPECT_EQ(Decide(a_.get(), "user:later", "s1", false, absl::Hours(1)).state, "scheduled");
+  EXPECT_EQ(Breaker(a_.get()).count, 2);
+  EXPECT_EQ(Breaker(b_.get()).count, 2);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Decide(i % 2 ? a_.get() : b_.get(), absl::StrCat("user:n", i)).state, "active");
+  }
+  EXPECT_EQ(Breaker(a_.get()).count, 6);
+  EXPECT_EQ(Decide(a_.get(), "user:n4").state, "pending_approval");
+  // Open: a hit on a live mitigation is held too, on both nodes.
+  EXPECT_EQ(Decide(b_.get(), "user:x").state, "pending_approval");
+  EXPECT_EQ(Decide(a_.get(), "user:x").state, "pending_approval");
+}
+
+TEST_F(SafeguardsCluster, ANodeThatNeverScreenedCountsWhatTheOtherDecided) {
+  // B has no policy set yet (nothing asked it): it keeps A's decisions until it has one.
+  for (int i = 0; i < 6; ++i)
+    EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:u", i)).state, "active");
+  EXPECT_EQ(Decide(b_.get(), "user:u6").state, "pending_approval");
+  EXPECT_TRUE(Breaker(a_.get()).open);
+  EXPECT_EQ(BreakerChanges(), 1);
+}
+
+TEST_F(SafeguardsCluster, AResetClosesItOnBothNodesAndTheyCountAfreshTogether) {
+  for (int i = 0; i < 7; ++i) Decide(i % 2 ? b_.get() : a_.get(), absl::StrCat("user:u", i));
+  ASSERT_TRUE(Breaker(b_.get()).open);
+  auto out = std::make_shared<safeguards::BreakerStatus>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
+  EXPECT_FALSE(Breaker(a_.get()).open);
+  EXPECT_FALSE(Breaker(b_.get()).open);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(Decide(i % 2 ? a_.get() : b_.get(), absl::StrCat("user:v", i)).state, "active");
+  }
+  EXPECT_EQ(Decide(a_.get(), "user:v6").state, "pending_approval");
+}
+
+}  // namespace
+}  // namespace quell::workflow
