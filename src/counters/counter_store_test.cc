@@ -251,9 +251,11 @@ TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.9.9.9", Hours(1), clock_.Now()), 0);
 }
 
-// Redis keeps every window of a (counter, key) in one hash (count) or bucket index hash
-// (distinct), fields "<window>:<bucket>": a bucket that has left its window is deleted
-// when the key starts a new bucket, so a key that stays busy does not grow.
+// Redis keeps every window of a (counter, key) in one hash, fields "<window>:<bucket>"
+// (count), "<window>:<bucket>:<value>" (a distinct bucket's exact values) or
+// "<window>:<bucket>" indexing a sketch (a distinct hash past its first 32 values): a
+// bucket that has left its window is deleted when the key starts a new bucket, so a key
+// that stays busy does not grow.
 // A node sends each key's PEXPIRE once per deadline; keys lost behind its back (FLUSHALL
 // on a live connection) get their TTLs back on the next write, and reads stay right.
 TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
@@ -272,9 +274,13 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
     if (r) freeReplyObject(r);
     return v;
   };
+  // "ip:10.0.0.9" holds its values exactly; "ip:10.0.0.8" gets 40 at once: sketches.
+  std::vector<std::string> many;
+  for (int i = 0; i < 40; ++i) many.push_back(absl::StrCat("user:m", i));
   auto play = [&](std::string value) {
     std::vector<Observation> batch = {{0, "user:lost", "", clock_.Now()},
                                       {2, "ip:10.0.0.9", value, clock_.Now()}};
+    for (const auto& m : many) batch.push_back({2, "ip:10.0.0.8", m, clock_.Now()});
     ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
   };
   play("user:a");
@@ -293,16 +299,20 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
   play("user:c");
   const auto& set = store->counters();
   const int64_t b1h = set.geometry(2)[0].BucketOf(clock_.Now());
-  const std::string sketch = redis->KeyForTest(2, 0, "ip:10.0.0.9", b1h);
+  const std::string sketch = redis->KeyForTest(2, 0, "ip:10.0.0.8", b1h);
   // The sketch is "<index hash>:<window>:<bucket>".
   const std::string index = sketch.substr(0, sketch.rfind(':', sketch.rfind(':') - 1));
+  const std::string exact = redis->KeyForTest(2, 0, "ip:10.0.0.9", b1h);
+  EXPECT_EQ(command("EXISTS", exact), 0) << "a sketch for a hash of 1 value: " << exact;
+  const std::string exact_index = exact.substr(0, exact.rfind(':', exact.rfind(':') - 1));
   for (const std::string& key :
        {redis->KeyForTest(0, 0, "user:lost", 0), redis->KeyForTest(0, 1, "user:lost", 0),
-        redis->KeyForTest(0, 2, "user:lost", 0), sketch, index}) {
+        redis->KeyForTest(0, 2, "user:lost", 0), sketch, index, exact_index}) {
     EXPECT_GT(command("PTTL", key), 0) << key;
   }
   EXPECT_EQ(CountOf(*store, "user:lost", Minutes(1)), 1);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.9", Hours(1), clock_.Now()), 1);
+  EXPECT_NEAR(*store->Distinct("accounts_per_ip", "ip:10.0.0.8", Hours(1), clock_.Now()), 40, 1);
 }
 
 TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
@@ -314,16 +324,22 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   RedisConn conn = ConnectRedis();
   ASSERT_TRUE(conn != nullptr && conn->err == 0);
   redisContext* c = conn.get();
-  // The fields of `key` that belong to window `window` ("<window>:<bucket>").
+  // The buckets of window `window` that `key` has fields for ("<window>:<bucket>", or
+  // "<window>:<bucket>:<value>" for a distinct bucket's exact values).
   auto hlen = [&](const std::string& key, std::string_view window) {
     auto* r = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", key.data(), key.size()));
-    long long v = r && r->type == REDIS_REPLY_ARRAY ? 0 : -1;
-    for (size_t i = 0; v >= 0 && i < r->elements; ++i) {
+    std::vector<std::string> buckets;
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; ++i) {
       std::string_view f(r->element[i]->str, r->element[i]->len);
-      if (f.substr(0, f.find(':')) == window) ++v;
+      const size_t colon = f.find(':');
+      if (colon == std::string_view::npos || f.substr(0, colon) != window) continue;
+      buckets.emplace_back(f.substr(0, f.find(':', colon + 1)));
     }
+    const bool ok = r && r->type == REDIS_REPLY_ARRAY;
     if (r) freeReplyObject(r);
-    return v;
+    std::sort(buckets.begin(), buckets.end());
+    buckets.erase(std::unique(buckets.begin(), buckets.end()), buckets.end());
+    return ok ? static_cast<long long>(buckets.size()) : -1LL;
   };
   // One hash per (counter, key) holds every window of the counter.
   const std::string plays = redis->KeyForTest(0, 0, "user:busy", 0);
@@ -399,6 +415,128 @@ TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
   EXPECT_LE(most, 60 + 20 + 3 + 1);
   EXPECT_EQ(CountOf(*store, "user:steady", Minutes(1)), 60);
   EXPECT_EQ(CountOf(*store, "user:steady", Hours(1)), 150);
+}
+
+// The exact fields of a distinct hash ("<window>:<bucket>:<value>") and its sketch keys.
+struct DistinctLayout {
+  int64_t exact = 0;
+  int64_t sketches = 0;
+};
+
+DistinctLayout LayoutOf(redisContext* c, RedisCounterStore& store, int counter,
+                        std::string_view key, absl::Time now) {
+  DistinctLayout out;
+  const WindowGeometry& g = store.counters().geometry(counter)[0];
+  const std::string any = store.KeyForTest(counter, 0, key, 0);
+  const std::string hash = any.substr(0, any.rfind(':', any.rfind(':') - 1));
+  auto* r = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", hash.data(), hash.size()));
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; ++i) {
+    std::string_view f(r->element[i]->str, r->element[i]->len);
+    if (std::count(f.begin(), f.end(), ':') >= 2) ++out.exact;
+  }
+  if (r) freeReplyObject(r);
+  for (int64_t b = g.OldestBucket(now); b <= g.BucketOf(now); ++b) {
+    const std::string sketch = store.KeyForTest(counter, 0, key, b);
+    r = static_cast<redisReply*>(redisCommand(c, "EXISTS %b", sketch.data(), sketch.size()));
+    if (r && r->type == REDIS_REPLY_INTEGER) out.sketches += r->integer;
+    if (r) freeReplyObject(r);
+  }
+  return out;
+}
+
+// A distinct hash holds its first values exactly (no sketch key; reads are exact) and
+// moves them into HyperLogLog sketches once 32 values have been written to it.
+TEST_P(CounterStoreTest, RedisDistinctBucketsStayExactUntilTheyFill) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
+  ASSERT_NE(redis, nullptr);
+  RedisConn conn = ConnectRedis();
+  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  int next = 0;
+  // `n` new accounts (and one repeat of the first) from one IP, one batch.
+  auto logins = [&](int n) {
+    std::vector<std::string> users;
+    for (int i = 0; i < n; ++i) users.push_back(absl::StrCat("user:", next++));
+    std::vector<Observation> batch;
+    for (const auto& u : users) batch.push_back({2, "ip:10.1.1.1", u, clock_.Now()});
+    batch.push_back({2, "ip:10.1.1.1", "user:0", clock_.Now()});
+    ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
+  };
+  auto distinct = [&] {
+    auto d = store->Distinct("accounts_per_ip", "ip:10.1.1.1", Hours(1), clock_.Now());
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? *d : -1;
+  };
+  for (int i = 0; i < 3; ++i) {
+    logins(5);
+    clock_.Advance(Minutes(2));  // a new bucket of the 1h window each time
+  }
+  EXPECT_EQ(distinct(), 15);
+  DistinctLayout layout = LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now());
+  EXPECT_EQ(layout.sketches, 0);
+  EXPECT_EQ(layout.exact, 15 + 2);  // user:0 again in the second and third bucket
+  logins(10);                       // 10 + 1 more: 29 values written, still exact
+  EXPECT_EQ(distinct(), 25);
+  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now()).sketches, 0);
+  clock_.Advance(Minutes(2));
+  logins(10);  // past 32: every bucket moves to a sketch
+  layout = LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now());
+  EXPECT_EQ(layout.exact, 0);
+  EXPECT_EQ(layout.sketches, 5);
+  EXPECT_NEAR(distinct(), 35, 1);
+  logins(5);  // written to the sketch directly
+  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now()).exact, 0);
+  EXPECT_NEAR(distinct(), 40, 1);
+  // 55 minutes on, the buckets of minutes 0 and 2 have left the window; those of minutes
+  // 4 (5 accounts and user:0), 6 (10) and 8 (15) have not.
+  clock_.Advance(Minutes(55));
+  EXPECT_NEAR(distinct(), 31, 1);
+}
+
+// Two nodes on one Redis count one distinct set together, across the promotion: a node
+// that still takes the hash as exact writes exact values, learns from its reply that the
+// other node promoted it, and moves them into the sketches.
+TEST_P(CounterStoreTest, RedisTwoNodesShareDistinctCountsAcrossThePromotion) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto first = Make();
+  ASSERT_NE(first, nullptr);
+  RedisOptions options;
+  options.port = redis_->port();
+  options.key_prefix = absl::StrCat("test", store_serial_, ":");  // the first node's
+  auto second = RedisCounterStore::Create(ExampleSpecs(), options);
+  ASSERT_TRUE(second.ok()) << second.status();
+  RedisConn conn = ConnectRedis();
+  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  auto logins = [&](CounterStore& node, int from, int to) {
+    std::vector<std::string> users;
+    for (int i = from; i < to; ++i) users.push_back(absl::StrCat("user:", i));
+    std::vector<Observation> batch;
+    for (const auto& u : users) batch.push_back({2, "ip:10.2.2.2", u, clock_.Now()});
+    ASSERT_TRUE(node.Record(batch, clock_.Now()).ok());
+  };
+  auto distinct = [&](CounterStore& node) {
+    auto d = node.Distinct("accounts_per_ip", "ip:10.2.2.2", Hours(1), clock_.Now());
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? *d : -1;
+  };
+  logins(*first, 0, 10);
+  logins(**second, 5, 15);
+  EXPECT_EQ(distinct(*first), 15);
+  EXPECT_EQ(distinct(**second), 15);
+  logins(*first, 15, 45);  // 50 values written: the first node promotes the hash
+  EXPECT_NEAR(distinct(**second), 45, 1);
+  auto* redis = dynamic_cast<RedisCounterStore*>(first.get());
+  ASSERT_NE(redis, nullptr);
+  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  logins(**second, 45, 50);  // as exact values, then moved by the second node itself
+  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  EXPECT_NEAR(distinct(*first), 50, 1);
+  EXPECT_NEAR(distinct(**second), 50, 1);
+  logins(**second, 50, 55);  // the second node now writes to the sketch
+  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  EXPECT_NEAR(distinct(*first), 55, 1);
 }
 
 TEST_P(CounterStoreTest, DistinctAccuracyOn100kValues) {

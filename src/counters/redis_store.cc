@@ -37,8 +37,9 @@ struct RedisConn {
 
 // The keys whose TTL this node has set, and to which deadline (unix ms): a write to a
 // key whose TTL is already at least the deadline it needs sends no PEXPIRE; and when
-// this node last dropped a hash's fields that left their windows. Keyed by a 64-bit hash
-// of the Redis key; cleared when full and whenever a connection is (re)established or
+// this node last dropped a hash's fields that left their windows, and whether a distinct
+// hash has been promoted to sketches (valid while the hash's deadline has not passed). Keyed by a
+// 64-bit hash of the Redis key; cleared when full and whenever a connection is (re)established or
 // fails (Redis may have restarted and lost the keys): such a Clear moves epoch(), so a
 // batch that read the cache before it knows its skipped TTLs may be gone.
 // Thread-safety: thread-safe.
@@ -48,6 +49,7 @@ class TtlCache {
   struct Entry {
     int64_t deadline_ms = 0;  // the TTL this node last set, or 0
     int64_t cleaned_ms = 0;   // when this node last cleaned the hash, or 0
+    bool promoted = false;    // a distinct hash this node saw holding sketches
   };
   Entry Get(uint64_t key_hash) ABSL_SHARED_LOCKS_REQUIRED(mu) {
     auto it = set_.find(key_hash);
@@ -60,6 +62,9 @@ class TtlCache {
   void NoteCleaned(uint64_t key_hash, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = Slot(key_hash);
     e.cleaned_ms = std::max(e.cleaned_ms, now_ms);
+  }
+  void NotePromoted(uint64_t key_hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Slot(key_hash).promoted = true;
   }
   void Clear() {
     absl::MutexLock lock(&mu);
@@ -279,23 +284,74 @@ absl::Status ReplyError(const redisReply& r) {
 
 namespace {
 
-// Drops the fields "<window>:<bucket>" of hash KEYS[i] whose bucket has left its window
-// (ARGV[1] = the number of windows n, then n pairs (window, oldest bucket it reads); a
-// field of a window not listed is kept: another node may declare it) and sets the
-// hash's TTL to ARGV[2n + 1 + i] ms. A hash holds few fields, so HKEYS and the
-// comparisons run server side.
-constexpr char kCleanupScript[] = R"lua(
+// A distinct counter's hash holds its buckets' values exactly (fields
+// "<window>:<bucket>:<value>") until kExactLimit values have been written to it; then its
+// buckets move to HyperLogLog sketches (fields "<window>:<bucket>" -> "1" index them).
+// The field kAddsField counts the values written while exact, plus kPromoted once the
+// hash has sketches, so every writer learns from its own HINCRBY reply which mode the
+// hash is in.
+constexpr std::string_view kAddsField = "n";
+constexpr int64_t kExactLimit = 32;
+constexpr int64_t kPromoted = int64_t{1} << 40;
+static_assert(kPromoted == 1099511627776, "kMaintainScript spells kPromoted out");
+
+// For each hash KEYS[i]: drops the fields of buckets that have left their window
+// ("<window>:<bucket>" or "<window>:<bucket>:<value>"; a field of a window not listed is
+// kept: another node may declare it); if its flag is 1, moves every exact value
+// "<window>:<bucket>:<value>" into the bucket's sketch "KEYS[i]:<window>:<bucket>" (PFADD,
+// TTL until the bucket leaves its window plus the margin), indexes the sketch and marks
+// the hash promoted (adds field >= 2^40); and sets the hash's TTL. Atomic, so no value
+// written before it is lost, and a value written after it is a straggler that its writer
+// moves by running this script again (its HINCRBY reply shows the promotion).
+// ARGV: the number of windows nw; per window its tag, oldest bucket read, bucket width
+// (us) and buckets per read; the margin (ms); now (unix ms); per key its TTL (ms) and flag.
+constexpr char kMaintainScript[] = R"lua(
 local nw = tonumber(ARGV[1])
-local oldest = {}
-for j = 1, nw do oldest[ARGV[2 * j]] = tonumber(ARGV[2 * j + 1]) end
-local base = 2 * nw + 1
+local win = {}
+for j = 0, nw - 1 do
+  win[ARGV[2 + 4 * j]] = {tonumber(ARGV[3 + 4 * j]), tonumber(ARGV[4 + 4 * j]),
+                          tonumber(ARGV[5 + 4 * j])}
+end
+local base = 1 + 4 * nw
+local margin = tonumber(ARGV[base + 1])
+local now = tonumber(ARGV[base + 2])
 for i = 1, #KEYS do
-  for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
-    local c = string.find(f, ':', 1, true)
-    local o = c and oldest[string.sub(f, 1, c - 1)]
-    if o and tonumber(string.sub(f, c + 1)) < o then redis.call('HDEL', KEYS[i], f) end
+  local key = KEYS[i]
+  local promote = ARGV[base + 2 + 2 * i] == '1'
+  local sketches = {}
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    local c1 = string.find(f, ':', 1, true)
+    local g = c1 and win[string.sub(f, 1, c1 - 1)]
+    if g then
+      local c2 = string.find(f, ':', c1 + 1, true)
+      local b = tonumber(string.sub(f, c1 + 1, c2 and c2 - 1 or -1))
+      if b and b < g[1] then
+        redis.call('HDEL', key, f)
+      elseif b and c2 and promote then
+        local s = string.sub(f, 1, c2 - 1)
+        local t = sketches[s]
+        if not t then
+          t = {g = g, b = b, v = {}}
+          sketches[s] = t
+        end
+        t.v[#t.v + 1] = string.sub(f, c2 + 1)
+        redis.call('HDEL', key, f)
+      end
+    end
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[base + i])
+  if promote then
+    for s, t in pairs(sketches) do
+      local sk = key .. ':' .. s
+      for first = 1, #t.v, 500 do
+        redis.call('PFADD', sk, unpack(t.v, first, math.min(first + 499, #t.v)))
+      end
+      redis.call('PEXPIRE', sk, math.floor(((t.b + t.g[3]) * t.g[2] + 999) / 1000) + margin - now)
+      redis.call('HSET', key, s, '1')
+    end
+    local n = tonumber(redis.call('HGET', key, 'n') or '0') or 0
+    if n < 1099511627776 then redis.call('HINCRBY', key, 'n', 1099511627776) end
+  end
+  redis.call('PEXPIRE', key, ARGV[base + 1 + 2 * i])
 end
 return 0
 )lua";
@@ -326,6 +382,8 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     bool ttl_known = false;  // this node already set the hash's TTL to >= deadline_ms
     bool exists = false;     // this node wrote the hash, and it has not expired since
     bool clean_due = false;  // this node has not cleaned the hash for a cleanup interval
+    bool sketched = false;   // distinct: written to sketches (else as exact values)
+    int64_t adds = 0;        // distinct: values written (distinct per bucket)
     int64_t deadline_ms = 0;
     uint64_t hash = 0;
     absl::InlinedVector<Bucket, 3> buckets;
@@ -407,6 +465,16 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       if (distinct) bucket->values.push_back(o.value);
     }
   }
+  for (HashOp& op : ops) {
+    if (!op.distinct) continue;
+    for (Bucket& x : op.buckets) {
+      if (x.values.size() > 1) {
+        std::sort(x.values.begin(), x.values.end());
+        x.values.erase(std::unique(x.values.begin(), x.values.end()), x.values.end());
+      }
+      op.adds += static_cast<int64_t>(x.values.size());
+    }
+  }
   if (!ops.empty()) {
     std::string sketch_key;
     uint64_t epoch = 0;  // of what this batch read from the cache
@@ -419,6 +487,10 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         op.exists = e.deadline_ms > now_ms;
         op.clean_due = now_ms - e.cleaned_ms >= cleanup_interval_ms_[op.counter];
         if (!op.distinct) continue;
+        // A hash this node saw promoted, or one this batch alone would fill, is written
+        // to sketches (the HINCRBY reply then tells whether older exact values must move).
+        op.sketched = (op.exists && e.promoted) || op.adds >= kExactLimit;
+        if (!op.sketched) continue;
         for (Bucket& x : op.buckets) {
           sketch_key = op.key;
           sketch_key += ':';
@@ -438,14 +510,37 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     auto arg_field = [&](Commands& cmds, const HashOp& op, const Bucket& x) {
       cmds.ArgBuilt([&](std::string& out) { AppendField(out, op.counter, x.window, x.bucket); });
     };
-    // Round trip 1, plain pipelined commands: per field HINCRBY (count) or PFADD, a
-    // PEXPIRE of the sketch unless this node already set it, and HSET of its index field
-    // (distinct); per hash whose TTL this node has not yet set to the deadline, one
-    // PEXPIRE.
+    // Round trip 1, plain pipelined commands. Count: per field HINCRBY. Distinct, exact:
+    // one HSET of every "<window>:<bucket>:<value>" field; sketched: per bucket PFADD, a
+    // PEXPIRE of the sketch unless this node already set it, and HSET of its index field;
+    // both then HINCRBY of the adds field. Per hash whose TTL this node has not yet set
+    // to the deadline, one PEXPIRE.
     Commands commands;
     for (const HashOp& op : ops) {
-      for (const Bucket& x : op.buckets) {
-        if (op.distinct) {
+      if (!op.distinct) {
+        for (const Bucket& x : op.buckets) {
+          commands.Begin();
+          commands.Arg("HINCRBY");
+          commands.Arg(op.key);
+          arg_field(commands, op, x);
+          commands.Arg(x.n);
+        }
+      } else if (!op.sketched) {
+        commands.Begin();
+        commands.Arg("HSET");
+        commands.Arg(op.key);
+        for (const Bucket& x : op.buckets) {
+          for (std::string_view v : x.values) {
+            commands.ArgBuilt([&](std::string& out) {
+              AppendField(out, op.counter, x.window, x.bucket);
+              out += ':';
+              out.append(v.data(), v.size());
+            });
+            commands.Arg("1");
+          }
+        }
+      } else {
+        for (const Bucket& x : op.buckets) {
           commands.Begin();
           commands.Arg("PFADD");
           arg_sketch(commands, op, x);
@@ -463,13 +558,14 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           commands.Arg(op.key);
           arg_field(commands, op, x);
           commands.Arg("1");
-        } else {
-          commands.Begin();
-          commands.Arg("HINCRBY");
-          commands.Arg(op.key);
-          arg_field(commands, op, x);
-          commands.Arg(x.n);
         }
+      }
+      if (op.distinct) {
+        commands.Begin();
+        commands.Arg("HINCRBY");
+        commands.Arg(op.key);
+        commands.Arg(kAddsField);
+        commands.Arg(op.adds);
       }
       if (!op.ttl_known) {
         commands.Begin();
@@ -478,13 +574,20 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         commands.Arg(op.deadline_ms - now_ms);
       }
     }
-    // Ops whose hash this node knows to exist and that just got a new field (a busy key,
-    // once per bucket width of its shortest window): its TTL is set again (in case the
-    // hash was lost and re-created since), and once per cleanup interval its fields
-    // that left their windows are dropped.
-    std::vector<size_t> stale;
+    // Round trip 2 is for hashes that need the maintenance script: cleaning (a hash this
+    // node knows to exist got a new field, and its cleanup interval has passed) or
+    // promotion (a distinct hash reached kExactLimit values, or has exact values although
+    // promoted); for TTLs set again (a hash re-created behind this node: a count hash
+    // that got a new field, a distinct hash whose adds field was missing); and for the
+    // TTLs of sketches that may have been lost.
+    struct Maintain {
+      size_t op;
+      bool promote;
+    };
+    std::vector<Maintain> maintain;
     std::vector<size_t> reexpire;
     std::vector<std::pair<size_t, size_t>> lost_sketches;  // (op, bucket): TTL to set again
+    std::vector<size_t> promoted;                          // ops whose hash has sketches now
     // Cleared (a connection opened or failed) since this batch read the cache: every TTL
     // it skipped is set in round trip 2, and what it sets is good from round trip 1 on.
     bool cleared = false;
@@ -495,78 +598,106 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       if (!s.ok()) return s;
       epoch_after_first = ttl_cache_->epoch();
       cleared = epoch_after_first != epoch;
+      for (size_t i = 0; i < replies.items.size(); ++i) {
+        if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
+      }
+      auto integer = [&](size_t i) -> absl::StatusOr<int64_t> {
+        if (replies[i].type != REDIS_REPLY_INTEGER) {
+          return absl::InternalError("redis: unexpected reply to a counter write");
+        }
+        return replies[i].integer;
+      };
       size_t r = 0;
       for (size_t k = 0; k < ops.size(); ++k) {
         const HashOp& op = ops[k];
-        bool new_field = false;
-        for (size_t j = 0; j < op.buckets.size(); ++j) {
-          const Bucket& x = op.buckets[j];
-          const size_t n = op.distinct ? (x.ttl_known ? 2 : 3) : 1;
-          const redisReply& f = replies[r + n - 1];
-          for (size_t end = r + n; r < end; ++r) {
-            if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
+        bool new_field = false;  // the hash got a field it did not have
+        bool lost = false;       // the hash was re-created behind this node
+        bool promote = false;
+        if (!op.distinct) {
+          for (const Bucket& x : op.buckets) {
+            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+            if (v == x.n) new_field = true;
           }
-          if (f.type == REDIS_REPLY_INTEGER && f.integer == (op.distinct ? 1 : x.n)) {
-            new_field = true;
-            if (op.distinct && x.ttl_known) lost_sketches.push_back({k, j});
+          lost = new_field && op.exists;
+        } else {
+          if (!op.sketched) {
+            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+            new_field = v > 0;
+          } else {
+            for (size_t j = 0; j < op.buckets.size(); ++j) {
+              r += op.buckets[j].ttl_known ? 1 : 2;  // PFADD [, PEXPIRE]
+              QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+              if (v == 1) {
+                new_field = true;
+                if (op.buckets[j].ttl_known) lost_sketches.push_back({k, j});
+              }
+            }
           }
+          QUELL_ASSIGN_OR_RETURN(const int64_t adds, integer(r++));
+          lost = adds == op.adds && op.exists;
+          // Sketched, but the hash was not promoted: promote it (older exact values move
+          // to the sketches). Exact, but the hash is full or promoted: move them.
+          promote = op.sketched ? adds < kPromoted : adds >= kExactLimit;
+          if (op.sketched || adds >= kPromoted || promote) promoted.push_back(k);
         }
-        if (!op.ttl_known) {
-          if (replies[r].type == REDIS_REPLY_ERROR) return ReplyError(replies[r]);
-          ++r;
-        }
-        // The cache was cleared: Redis may have restarted, so TTLs this batch skipped are set.
-        if (new_field && op.exists && op.clean_due) {
-          stale.push_back(k);
-        } else if ((new_field && op.exists) || (cleared && op.ttl_known)) {
+        if (!op.ttl_known) ++r;
+        if (promote || (new_field && op.exists && op.clean_due)) {
+          maintain.push_back({k, promote});
+        } else if (lost || (cleared && op.ttl_known)) {
+          // The cache was cleared: Redis may have restarted, so TTLs this batch skipped
+          // are set.
           reexpire.push_back(k);
         }
       }
     }
-    // Round trip 2, only when a known hash got a new field or the cache was cleared:
-    // short cleanup scripts (one per counter and 64 hashes), and the TTLs of sketches
-    // that were skipped but may have been lost (cache cleared, or a new index field for a
-    // known sketch).
-    Commands cleanup;
+    Commands second;
     constexpr size_t kKeysPerScript = 64;
-    std::stable_sort(stale.begin(), stale.end(),
-                     [&](size_t a, size_t b) { return ops[a].counter < ops[b].counter; });
-    for (size_t first = 0; first < stale.size();) {
-      const int counter = ops[stale[first]].counter;
+    std::stable_sort(maintain.begin(), maintain.end(), [&](const Maintain& a, const Maintain& b) {
+      return ops[a.op].counter < ops[b.op].counter;
+    });
+    for (size_t first = 0; first < maintain.size();) {
+      const int counter = ops[maintain[first].op].counter;
       size_t last = first;
-      while (last < stale.size() && last - first < kKeysPerScript &&
-             ops[stale[last]].counter == counter) {
+      while (last < maintain.size() && last - first < kKeysPerScript &&
+             ops[maintain[last].op].counter == counter) {
         ++last;
       }
       const auto& geometry = set_.geometry(counter);
-      cleanup.Begin();
-      cleanup.Arg("EVAL");
-      cleanup.Arg(kCleanupScript);
-      cleanup.Arg(static_cast<int64_t>(last - first));
-      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].key);
-      cleanup.Arg(static_cast<int64_t>(geometry.size()));
+      second.Begin();
+      second.Arg("EVAL");
+      second.Arg(kMaintainScript);
+      second.Arg(static_cast<int64_t>(last - first));
+      for (size_t k = first; k < last; ++k) second.Arg(ops[maintain[k].op].key);
+      second.Arg(static_cast<int64_t>(geometry.size()));
       for (size_t w = 0; w < geometry.size(); ++w) {
-        cleanup.Arg(tags_[counter][w]);
-        cleanup.Arg(geometry[w].OldestBucket(now));
+        second.Arg(tags_[counter][w]);
+        second.Arg(geometry[w].OldestBucket(now));
+        second.Arg(geometry[w].width_us);
+        second.Arg(geometry[w].buckets);
       }
-      for (size_t k = first; k < last; ++k) cleanup.Arg(ops[stale[k]].deadline_ms - now_ms);
+      second.Arg(margin_ms);
+      second.Arg(now_ms);
+      for (size_t k = first; k < last; ++k) {
+        second.Arg(ops[maintain[k].op].deadline_ms - now_ms);
+        second.Arg(maintain[k].promote ? "1" : "0");
+      }
       first = last;
     }
     for (size_t k : reexpire) {
-      cleanup.Begin();
-      cleanup.Arg("PEXPIRE");
-      cleanup.Arg(ops[k].key);
-      cleanup.Arg(ops[k].deadline_ms - now_ms);
+      second.Begin();
+      second.Arg("PEXPIRE");
+      second.Arg(ops[k].key);
+      second.Arg(ops[k].deadline_ms - now_ms);
     }
     auto set_sketch_ttl = [&](const HashOp& op, const Bucket& x) {
-      cleanup.Begin();
-      cleanup.Arg("PEXPIRE");
-      arg_sketch(cleanup, op, x);
-      cleanup.Arg(x.deadline_ms - now_ms);
+      second.Begin();
+      second.Arg("PEXPIRE");
+      arg_sketch(second, op, x);
+      second.Arg(x.deadline_ms - now_ms);
     };
     if (cleared) {
       for (const HashOp& op : ops) {
-        if (!op.distinct) continue;
+        if (!op.sketched) continue;
         for (const Bucket& x : op.buckets) {
           if (x.ttl_known) set_sketch_ttl(op, x);
         }
@@ -574,9 +705,9 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     } else {
       for (const auto& [k, j] : lost_sketches) set_sketch_ttl(ops[k], ops[k].buckets[j]);
     }
-    if (cleanup.size() > 0) {
+    if (second.size() > 0) {
       Replies replies;
-      absl::Status s = Execute(cleanup, replies.items);
+      absl::Status s = Execute(second, replies.items);
       if (!s.ok()) return s;
       for (size_t i = 0; i < replies.items.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
@@ -589,15 +720,16 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       // A hash this node did not know counts as cleaned now: it is cleaned one interval
       // later if it stays busy (a busy hash holds at most two intervals' worth of old
       // buckets, and a key seen once costs no cleanup).
-      for (size_t k : stale) ttl_cache_->NoteCleaned(ops[k].hash, now_ms);
+      for (const Maintain& m : maintain) ttl_cache_->NoteCleaned(ops[m.op].hash, now_ms);
       for (const HashOp& op : ops) {
         if (!op.exists) ttl_cache_->NoteCleaned(op.hash, now_ms);
         if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
-        if (!op.distinct) continue;
+        if (!op.sketched) continue;
         for (const Bucket& x : op.buckets) {
           if (!x.ttl_known) ttl_cache_->Note(x.sketch_hash, x.deadline_ms);
         }
       }
+      for (size_t k : promoted) ttl_cache_->NotePromoted(ops[k].hash);
     }
   }
   if (summary.counted) counted_.fetch_add(summary.counted, std::memory_order_relaxed);
@@ -614,8 +746,8 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
   }
   if (reads.empty()) return absl::OkStatus();
   // Round trip 1: each read's (counter, key) hash (HGETALL: "<window>:<bucket>" ->
-  // count; HKEYS: the buckets a distinct counter has sketches for); only the fields of
-  // the window read are used.
+  // count; HKEYS: a distinct counter's exact values and the buckets it has sketches for);
+  // only the fields of the window read are used.
   absl::InlinedVector<int, 8> windows;
   Commands commands;
   for (const ReadRequest& r : reads) {
@@ -633,6 +765,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
   // inside the window, usually one key (Redis's cached cardinality, no merge).
   Commands counts;
   std::vector<size_t> counted_read;  // counts command -> read index
+  std::vector<std::string_view> exact;
   for (size_t i = 0; i < reads.size(); ++i) {
     const redisReply& r = replies[i];
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
@@ -640,14 +773,18 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
     const int64_t newest = g.BucketOf(now);
     const int64_t oldest = newest - g.buckets + 1;
-    // A field "<window>:<bucket>": false if it is not one; *b = -1 for another window.
     const std::string& tag = tags_[reads[i].counter][windows[i]];
-    auto bucket_of = [&](const redisReply& e, int64_t* b) {
+    // A field "<window>:<bucket>[:<value>]": false if it is not one; *b = -1 for another
+    // window; *value is empty unless the field holds an exact value.
+    auto bucket_of = [&](const redisReply& e, int64_t* b, std::string_view* value) {
       if (e.type != REDIS_REPLY_STRING) return false;
       std::string_view f(e.str, e.len);
       const size_t colon = f.find(':');
       if (colon == std::string_view::npos) return false;
-      if (!absl::SimpleAtoi(AV(f.substr(colon + 1)), b)) return false;
+      std::string_view rest = f.substr(colon + 1);
+      const size_t colon2 = rest.find(':');
+      *value = colon2 == std::string_view::npos ? std::string_view() : rest.substr(colon2 + 1);
+      if (!absl::SimpleAtoi(AV(rest.substr(0, colon2)), b)) return false;
       if (f.substr(0, colon) != tag) *b = -1;
       return true;
     };
@@ -656,13 +793,27 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     };
     values[i] = 0;
     if (set_.spec(reads[i].counter).is_distinct()) {
+      // Buckets with a sketch are estimated together (PFCOUNT); without any, the exact
+      // values are counted. Exact values beside sketches are stragglers their writer is
+      // moving into the sketches (see kMaintainScript): not counted twice.
       bool any = false;
+      exact.clear();
       for (size_t e = 0; e < r.elements; ++e) {
+        const redisReply& field = *r.element[e];
+        if (field.type == REDIS_REPLY_STRING &&
+            std::string_view(field.str, field.len) == kAddsField) {
+          continue;
+        }
         int64_t b;
-        if (!bucket_of(*r.element[e], &b)) {
+        std::string_view value;
+        if (!bucket_of(field, &b, &value)) {
           return absl::InternalError("redis: a counter hash field is not a bucket");
         }
         if (b < oldest || b > newest) continue;
+        if (!value.empty()) {
+          exact.push_back(value);
+          continue;
+        }
         if (!any) {
           counts.Begin();
           counts.Arg("PFCOUNT");
@@ -673,12 +824,18 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
           AppendKey(out, reads[i].counter, windows[i], reads[i].key, b);
         });
       }
+      if (!any && !exact.empty()) {
+        std::sort(exact.begin(), exact.end());
+        values[i] = std::unique(exact.begin(), exact.end()) - exact.begin();
+      }
       continue;
     }
     int64_t sum = 0;
     for (size_t e = 0; e + 1 < r.elements; e += 2) {
       int64_t b, v;
-      if (!bucket_of(*r.element[e], &b) || !number_of(*r.element[e + 1], &v)) {
+      std::string_view value;
+      if (!bucket_of(*r.element[e], &b, &value) || !value.empty() ||
+          !number_of(*r.element[e + 1], &v)) {
         return absl::InternalError("redis: a counter hash does not hold bucket counts");
       }
       if (b >= oldest && b <= newest) sum += v;
