@@ -88,6 +88,10 @@ class DirectSink final : public Sink {
     ledger::SqliteOptions so;
     so.path = dir_;
     so.synchronous_full = options.durable;
+    // Pages read through the memory map stay in the process's RSS: over a 10M-row import
+    // the 256 MiB map alone breaks the memory bound (docs/import.md). Reads go through the
+    // page cache (16 MiB per connection) and pread instead.
+    so.mmap_bytes = 0;
     QUELL_ASSIGN_OR_RETURN(auto store, ledger::OpenSqliteStore(so));
     QUELL_ASSIGN_OR_RETURN(auto latest, store->LatestPolicySet());
     if (latest) {
@@ -117,18 +121,21 @@ class DirectSink final : public Sink {
   void Send(std::vector<engine::Detection> detections,
             std::function<void(BatchResult)> done) override {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    auto mutation = [dets = std::move(detections), set = set_, catalog = catalog_, out,
+    // The stored form needs no ledger state: it is built here, on the caller's thread, so
+    // that the commit thread only evaluates, decides and writes.
+    std::vector<workflow::DetectionWork> prepared(detections.size());
+    for (size_t i = 0; i < detections.size(); ++i) {
+      prepared[i].json = api::DetectionToJson(detections[i]);
+      prepared[i].detection = std::move(detections[i]);
+    }
+    auto mutation = [work = std::move(prepared), set = set_, catalog = catalog_, out,
                      safeguards = safeguards_.get()](ledger::Txn& txn,
                                                      absl::Time now) mutable -> absl::Status {
-      TxnEnvironment env(txn, now);
-      std::vector<workflow::DetectionWork> work;
-      work.reserve(dets.size());
-      for (engine::Detection& d : dets) {
-        workflow::DetectionWork w;
-        if (set != nullptr) w.proposals = engine::Evaluate(*set, d, env, now).proposals;
-        w.json = api::DetectionToJson(d);
-        w.detection = std::move(d);
-        work.push_back(std::move(w));
+      if (set != nullptr) {
+        TxnEnvironment env(txn, now);
+        for (workflow::DetectionWork& w : work) {
+          w.proposals = engine::Evaluate(*set, w.detection, env, now).proposals;
+        }
       }
       if (set == nullptr) {
         return workflow::ApplyDetections(std::move(work), catalog, "import", out)(txn, now);

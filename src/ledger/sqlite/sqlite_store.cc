@@ -560,6 +560,11 @@ class SqliteTxn final : public Txn {
     QUELL_RETURN_IF_ERROR(CheckOpen());
     return QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow);
   }
+  absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
+                                                                  absl::Time since) override {
+    QUELL_RETURN_IF_ERROR(CheckOpen());
+    return QueryEntityMitigations(*db_, entity, since);
+  }
   absl::StatusOr<int64_t> NextPolicyVersion() override {
     QUELL_RETURN_IF_ERROR(CheckOpen());
     return QueryNextPolicyVersion(*db_);

@@ -33,6 +33,11 @@ struct SqliteOptions {
   // WAL pages past which a background thread checkpoints (copies the WAL into the file),
   // so the committing thread never does; 0: SQLite's own autocheckpoint, in the commit.
   int checkpoint_pages = 1000;
+  // How much of the file each connection reads through a memory map (PRAGMA mmap_size).
+  // Mapped pages that were read stay resident and count in the process's RSS (they are
+  // the kernel's page cache, shared and reclaimable): a long-running server gains from the
+  // map, a bulk writer that must keep a small footprint (quell import) sets it low.
+  int64_t mmap_bytes = int64_t{256} << 20;
 };
 
 // The database file's name inside the data directory.

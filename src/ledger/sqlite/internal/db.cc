@@ -77,7 +77,7 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& file, const DbOp
   QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA temp_store=MEMORY"));
   QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA cache_size=-", opts.cache_kib)));
   // Reads through a memory map save a pread per page; writes still go through the WAL.
-  QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA mmap_size=268435456"));
+  QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA mmap_size=", opts.mmap_bytes)));
   return db;
 }
 

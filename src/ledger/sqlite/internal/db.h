@@ -100,7 +100,8 @@ struct DbOptions {
   bool synchronous_full = true;
   int busy_timeout_ms = 5000;
   bool read_only = false;
-  int cache_kib = 16384;  // page cache per connection
+  int cache_kib = 16384;                    // page cache per connection
+  int64_t mmap_bytes = int64_t{256} << 20;  // PRAGMA mmap_size per connection
 };
 
 // One connection with a cache of prepared statements keyed by SQL text.
