@@ -64,6 +64,10 @@ class RecordingTxn final : public Txn {
                                            bool exclude_shadow) override {
     return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
   }
+  absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
+                                                                  absl::Time since) override {
+    return inner_.EntityMitigations(entity, since);
+  }
   absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_.NextPolicyVersion(); }
   absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
     return inner_.ListHas(name, entity);

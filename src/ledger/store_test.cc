@@ -22,6 +22,7 @@ using testing::BackendFactory;
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
+using ::testing::UnorderedElementsAre;
 
 #define ASSERT_OK(expr)                                \
   do {                                                 \
@@ -317,6 +318,47 @@ TEST_P(StoreTest, FindLiveReturnsOnlyLiveMatches) {
   ASSERT_OK(live);
   EXPECT_THAT(Ids(*live), ElementsAre(active.id, scheduled.id, pending.id));
   ASSERT_OK(V(txn->Commit()));
+}
+
+TEST_P(StoreTest, EntityMitigationsAreTheLiveOnesAndThoseCreatedSince) {
+  using S = core::MitigationState;
+  core::Mitigation old_expired = MakeMitigation(1, "user:u1", "block", S::kExpired);
+  core::Mitigation old_active = MakeMitigation(2, "user:u1", "block", S::kActive);
+  core::Mitigation recent_revoked = MakeMitigation(3, "user:u1", "flag", S::kRevoked);
+  core::Mitigation recent_shadow = MakeMitigation(4, "user:u1", "block", S::kShadow);
+  core::Mitigation old_scheduled = MakeMitigation(1, "user:u1", "flag", S::kScheduled);
+  core::Mitigation other_entity = MakeMitigation(5, "user:u2", "block", S::kActive);
+  auto txn = Begin();
+  for (auto* m : {&old_expired, &old_active, &recent_revoked, &recent_shadow, &old_scheduled,
+                  &other_entity}) {
+    ASSERT_OK(AppendMitigation(*txn, m));
+  }
+  auto check = [&](Txn& t) {
+    auto got = t.EntityMitigations(E("user:u1"), kT0 + absl::Seconds(3));
+    ASSERT_OK(got);
+    EXPECT_THAT(Ids(*got), UnorderedElementsAre(old_active.id, recent_revoked.id, recent_shadow.id,
+                                                old_scheduled.id));
+    for (const core::Mitigation& m : *got) {
+      if (m.id == recent_shadow.id) {
+        EXPECT_EQ(m, recent_shadow);
+      }
+    }
+    auto none = t.EntityMitigations(E("user:u3"), kT0);
+    ASSERT_OK(none);
+    EXPECT_THAT(*none, IsEmpty());
+  };
+  check(*txn);  // this Txn's own writes
+  ASSERT_OK(V(txn->Commit()));
+  // An update moves a mitigation in or out: revoking the old active one drops it.
+  auto txn2 = Begin();
+  core::Mitigation revoked = old_active;
+  revoked.state = S::kRevoked;
+  ASSERT_OK(AppendMitigation(*txn2, &revoked));
+  auto got = txn2->EntityMitigations(E("user:u1"), kT0 + absl::Seconds(3));
+  ASSERT_OK(got);
+  EXPECT_THAT(Ids(*got),
+              UnorderedElementsAre(recent_revoked.id, recent_shadow.id, old_scheduled.id));
+  ASSERT_OK(V(txn2->Commit()));
 }
 
 TEST_P(StoreTest, ReadChangesOfKindPagesThroughOneKindInSeqOrder) {

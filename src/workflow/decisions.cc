@@ -34,9 +34,13 @@ void AppendDecision(const core::Mitigation& m, std::string_view reason, std::str
 }
 
 // The Txn the decision mutation works through: forwards to the ledger's, and remembers
-// FindLive answers until a write could change them, so the escalation count and the
-// create-or-extend step that follows it read an (entity, action) pair once, not twice.
-// Any mitigation append forgets that pair; a savepoint rollback forgets everything.
+// what it read about an entity until a write could change it, so that the escalation
+// count and the create-or-extend step that follows it read the entity once. The first
+// CountMitigations of an entity reads its mitigations whole (EntityMitigations: the live
+// ones and those created since the window's start) and answers it, and the FindLive
+// calls after it, from them; a backend without EntityMitigations is asked per call, with
+// FindLive answers remembered per (entity, action). A mitigation append forgets its
+// entity; a savepoint rollback forgets everything.
 // Confined to the commit thread, like the Txn it wraps (borrowed).
 class CachingTxn final : public ledger::Txn {
  public:
@@ -47,6 +51,16 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
                                                          std::string_view action) override {
+    if (auto it = entities_.find(AV(entity.str())); it != entities_.end()) {
+      std::vector<core::Mitigation> live;
+      for (const core::Mitigation& m : it->second.mitigations) {
+        if (m.action == action && core::IsLive(m.state)) live.push_back(m);
+      }
+      // As the store orders them.
+      std::sort(live.begin(), live.end(),
+                [](const core::Mitigation& a, const core::Mitigation& b) { return a.id < b.id; });
+      return live;
+    }
     std::string key = LiveKey(entity.str(), action);
     auto it = live_.find(key);
     if (it != live_.end()) return it->second;
@@ -63,7 +77,10 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::StatusOr<ledger::Change> Append(ledger::Change change,
                                         const core::Mitigation* mitigation) override {
-    if (mitigation != nullptr) live_.erase(LiveKey(mitigation->entity.str(), mitigation->action));
+    if (mitigation != nullptr) {
+      live_.erase(LiveKey(mitigation->entity.str(), mitigation->action));
+      entities_.erase(AV(mitigation->entity.str()));
+    }
     return inner_.Append(std::move(change), mitigation);
   }
   int64_t NextSeq() const override { return inner_.NextSeq(); }
@@ -84,7 +101,22 @@ class CachingTxn final : public ledger::Txn {
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
-    return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
+    QUELL_ASSIGN_OR_RETURN(const EntityView* view, View(entity, since));
+    if (view == nullptr)
+      return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
+    int64_t n = 0;
+    for (const core::Mitigation& m : view->mitigations) {
+      if (m.created_at >= since && (policy.empty() || m.policy == policy) &&
+          (action.empty() || m.action == action) &&
+          !(exclude_shadow && m.state == MitigationState::kShadow)) {
+        ++n;
+      }
+    }
+    return n;
+  }
+  absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
+                                                                  absl::Time since) override {
+    return inner_.EntityMitigations(entity, since);
   }
   absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_.NextPolicyVersion(); }
   absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
@@ -93,16 +125,41 @@ class CachingTxn final : public ledger::Txn {
   absl::Status Savepoint() override { return inner_.Savepoint(); }
   absl::Status RollbackToSavepoint() override {
     live_.clear();
+    entities_.clear();
     return inner_.RollbackToSavepoint();
   }
   absl::Status ReleaseSavepoint() override { return inner_.ReleaseSavepoint(); }
   absl::Status Commit() override { return inner_.Commit(); }
   void Rollback() override {
     live_.clear();
+    entities_.clear();
     inner_.Rollback();
   }
 
  private:
+  // An entity's mitigations that are live or were created at or after `since`.
+  struct EntityView {
+    absl::Time since;
+    std::vector<core::Mitigation> mitigations;
+  };
+  // The entity's view covering `since`, read if needed; null if the backend cannot
+  // answer EntityMitigations.
+  absl::StatusOr<const EntityView*> View(const core::Entity& entity, absl::Time since) {
+    auto it = entities_.find(AV(entity.str()));
+    if (it != entities_.end() && it->second.since <= since) return &it->second;
+    if (!entity_reads_) return nullptr;
+    absl::StatusOr<std::vector<core::Mitigation>> read = inner_.EntityMitigations(entity, since);
+    if (read.status().code() == absl::StatusCode::kUnimplemented) {
+      entity_reads_ = false;
+      return nullptr;
+    }
+    if (!read.ok()) return read.status();
+    EntityView& v = entities_[AV(entity.str())];
+    v.since = since;
+    v.mitigations = *std::move(read);
+    return &v;
+  }
+
   static std::string LiveKey(std::string_view entity, std::string_view action) {
     std::string key;
     key.reserve(entity.size() + 1 + action.size());
@@ -113,6 +170,8 @@ class CachingTxn final : public ledger::Txn {
   }
   ledger::Txn& inner_;
   absl::flat_hash_map<std::string, std::vector<core::Mitigation>> live_;
+  absl::flat_hash_map<std::string, EntityView> entities_;
+  bool entity_reads_ = true;  // false once the backend answered kUnimplemented
 };
 
 // What the caller's thread prepares for each detection, so that the commit thread only

@@ -222,6 +222,16 @@ absl::StatusOr<std::vector<core::Mitigation>> QueryLive(Conn& db, const core::En
   return CollectMitigations(r);
 }
 
+absl::StatusOr<std::vector<core::Mitigation>> QueryEntityMitigations(Conn& db,
+                                                                     const core::Entity& entity,
+                                                                     absl::Time since) {
+  QUELL_ASSIGN_OR_RETURN(
+      Result r, db.Query(QUELL_SELECT_MITIGATION " WHERE m.entity = $1 AND (m.created_at >= $2 OR "
+                                                 "m.state IN " QUELL_LIVE_STATES ")",
+                         {P(entity.str()), PTime(since)}));
+  return CollectMitigations(r);
+}
+
 absl::StatusOr<std::optional<IdempotencyRecord>> QueryIdempotency(Conn& db, std::string_view scope,
                                                                   std::string_view key) {
   QUELL_ASSIGN_OR_RETURN(Result r, db.Query("SELECT request_hash, status, response, created_at "
@@ -687,6 +697,12 @@ class PgTxn final : public Txn {
     QUELL_RETURN_IF_ERROR(CheckUsable());
     if (!known_->MayHave(entity.str())) return int64_t{0};
     return Track(QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow));
+  }
+  absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
+                                                                  absl::Time since) override {
+    QUELL_RETURN_IF_ERROR(CheckUsable());
+    if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
+    return Track(QueryEntityMitigations(*db_, entity, since));
   }
   absl::StatusOr<int64_t> NextPolicyVersion() override {
     QUELL_RETURN_IF_ERROR(CheckUsable());

@@ -143,6 +143,18 @@ absl::StatusOr<std::vector<core::Mitigation>> QueryLive(Db& db, const core::Enti
   return CollectMitigations(*use);
 }
 
+absl::StatusOr<std::vector<core::Mitigation>> QueryEntityMitigations(Db& db,
+                                                                     const core::Entity& entity,
+                                                                     absl::Time since) {
+  QUELL_ASSIGN_OR_RETURN(
+      Stmt * s, db.Prepare(QUELL_SELECT_MITIGATION_OF_ENTITY
+                           " AND (m.created_at >= ?2 OR m.state IN " QUELL_LIVE_STATES ")"));
+  StmtUse use(s);
+  use->BindTextStatic(1, entity.str());
+  use->BindTime(2, since);
+  return CollectMitigations(*use);
+}
+
 absl::StatusOr<std::optional<IdempotencyRecord>> QueryIdempotency(Db& db, std::string_view scope,
                                                                   std::string_view key) {
   QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT request_hash, status, response, created_at "
@@ -1337,7 +1349,8 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   }
   std::string file = (std::filesystem::path(options.path) / kSqliteFileName).string();
   DbOptions opts{.synchronous_full = options.synchronous_full,
-                 .busy_timeout_ms = options.busy_timeout_ms};
+                 .busy_timeout_ms = options.busy_timeout_ms,
+                 .mmap_bytes = options.mmap_bytes};
   QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Db> writer, Db::Open(file, opts));
   QUELL_ASSIGN_OR_RETURN(std::string mode, writer->QueryText("PRAGMA journal_mode=WAL"));
   if (mode != "wal") {
