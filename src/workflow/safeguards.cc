@@ -307,6 +307,11 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c) {
   CreationFields f;
   if (c.mitigation != nullptr) {
     const core::Mitigation& m = *c.mitigation;
+    if ((m.state != core::MitigationState::kActive &&
+         m.state != core::MitigationState::kScheduled) ||
+        !m.state_reason.empty() || m.policy.empty()) {
+      return;
+    }
     f.state = std::string(core::StateName(m.state));
     f.policy = m.policy;
     f.action = m.action;
