@@ -591,6 +591,33 @@ TEST_P(CounterStoreTest, BatchedReadsMatchSingleReads) {
   EXPECT_EQ(values[11], 0);
 }
 
+// Pipelines whose replies run to megabytes (Redis: replies cross every read's end,
+// inside arrays too) come back whole and in order.
+TEST_P(CounterStoreTest, LargeBatchesReadBackExactly) {
+  auto store = Make();
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  std::vector<std::string> users, ips, tracks;
+  for (int i = 0; i < 3000; ++i) users.push_back(absl::StrCat("user:large-", i));
+  for (int i = 0; i < 600; ++i) ips.push_back(absl::StrCat("ip:10.9.", i / 256, ".", i % 256));
+  for (int i = 0; i < 31; ++i) tracks.push_back(absl::StrCat("track:a-rather-long-name-", i));
+  std::vector<Observation> batch;
+  for (int i = 0; i < 3000; ++i) {
+    for (int j = 0; j <= i % 3; ++j) batch.push_back({0, users[i], "", now - Seconds(j)});
+  }
+  for (int i = 0; i < 600; ++i) {
+    for (int j = 0; j <= i % 31; ++j) batch.push_back({1, ips[i], tracks[j], now});
+  }
+  ASSERT_TRUE(store->Record(batch, now).ok());
+  std::vector<ReadRequest> reads;
+  for (int i = 0; i < 3000; ++i) reads.push_back({0, users[i], Hours(24)});
+  for (int i = 0; i < 600; ++i) reads.push_back({1, ips[i], Hours(1)});
+  std::vector<int64_t> values(reads.size(), -1);
+  ASSERT_TRUE(store->Read(reads, now, absl::MakeSpan(values)).ok());
+  for (int i = 0; i < 3000; ++i) ASSERT_EQ(values[i], i % 3 + 1) << users[i];
+  for (int i = 0; i < 600; ++i) ASSERT_EQ(values[3000 + i], i % 31 + 1) << ips[i];
+}
+
 TEST_P(CounterStoreTest, ConcurrentWritersLoseNothing) {
   auto store = Make();
   ASSERT_NE(store, nullptr);

@@ -3,8 +3,13 @@
 #include <hiredis/hiredis.h>
 #include <sys/time.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
@@ -27,6 +32,7 @@ namespace internal {
 struct RedisConn {
   absl::Mutex mu;
   redisContext* ctx ABSL_GUARDED_BY(mu) = nullptr;
+  std::string out ABSL_GUARDED_BY(mu);  // the pipeline being sent (kept for its capacity)
   absl::Time failed_at ABSL_GUARDED_BY(mu) = absl::InfinitePast();  // real time
 
   ~RedisConn() {
@@ -87,11 +93,167 @@ class TtlCache {
 
 namespace {
 
-struct ReplyDeleter {
-  void operator()(void* r) const { freeReplyObject(r); }
-};
+// Writes the decimal digits of `v` at `p`; returns the end.
+char* PutInt(char* p, int64_t v) {
+  return std::to_chars(p, p + 20, v).ptr;
+}
 
 }  // namespace
+
+namespace internal {
+
+// One reply of a pipeline (RESP2), as hiredis would give it but without an allocation per
+// reply: `str` points into the Replies that own it, and an array's elements follow it in
+// one vector (`element[0 .. elements)`; arrays in arrays are refused, no command sent here
+// returns them).
+struct RedisReply {
+  int type = 0;               // REDIS_REPLY_STRING, _ARRAY, _INTEGER, _NIL, _STATUS, _ERROR
+  long long integer = 0;      // REDIS_REPLY_INTEGER
+  const char* str = nullptr;  // REDIS_REPLY_STRING, _STATUS, _ERROR
+  size_t len = 0;
+  size_t elements = 0;              // REDIS_REPLY_ARRAY
+  const RedisReply* element = nullptr;  // REDIS_REPLY_ARRAY
+  size_t offset = 0;                // while parsing: of `str` in the buffer
+};
+
+// The replies of one pipeline, read from the socket into one buffer and parsed in place.
+// Confined to the thread that called Execute().
+class RedisReplies {
+ public:
+  size_t size() const { return top_.size(); }
+  const RedisReply& operator[](size_t i) const { return all_[top_[i]]; }
+
+  // Reads from `fd` (blocking, with SO_RCVTIMEO) until `count` replies are parsed.
+  // Returns "" or what went wrong.
+  std::string_view ReadFrom(int fd, size_t count) {
+    top_.reserve(count);
+    all_.reserve(count);
+    size_t pos = 0;
+    while (top_.size() < count) {
+      int r = 1;
+      while (top_.size() < count && (r = ParseOne(pos)) == 1) {
+      }
+      if (r < 0) return "protocol error";
+      if (top_.size() == count) break;
+      if (cap_ - len_ < kChunk) Grow(std::max(cap_ * 2, len_ + kChunk));
+      const ssize_t n = recv(fd, data_.get() + len_, cap_ - len_, 0);
+      if (n > 0) {
+        len_ += static_cast<size_t>(n);
+      } else if (n == 0) {
+        return "connection closed";
+      } else if (errno != EINTR) {
+        return errno == EAGAIN || errno == EWOULDBLOCK ? "timed out" : "read failed";
+      }
+    }
+    if (pos != len_) return "more replies than commands";
+    for (RedisReply& r : all_) {
+      r.str = data_.get() + r.offset;
+      if (r.type == REDIS_REPLY_ARRAY) r.element = &r + 1;
+    }
+    return "";
+  }
+
+ private:
+  static constexpr size_t kChunk = 64 * 1024;
+
+  void Grow(size_t cap) {
+    std::unique_ptr<char[]> bigger(new char[cap]);
+    if (len_) std::memcpy(bigger.get(), data_.get(), len_);
+    data_ = std::move(bigger);
+    cap_ = cap;
+  }
+  // The line at `pos` ("<tag><text>\r\n"): its text's end, or npos if incomplete.
+  size_t LineEnd(size_t pos) const {
+    const char* begin = data_.get() + pos;
+    const void* cr = std::memchr(begin, '\r', len_ - pos);
+    if (cr == nullptr) return std::string_view::npos;
+    const size_t end = static_cast<const char*>(cr) - data_.get();
+    return end + 1 < len_ ? end : std::string_view::npos;
+  }
+  bool ParseInt(size_t begin, size_t end, long long* v) const {
+    return absl::SimpleAtoi(absl::string_view(data_.get() + begin, end - begin), v);
+  }
+  // One reply (or one element, `nested`) at `pos`: 1 parsed (pos moved past it), 0
+  // incomplete (nothing kept), -1 malformed.
+  int ParseOne(size_t& pos, bool nested = false) {
+    const size_t start = pos;
+    const size_t kept = all_.size();
+    auto incomplete = [&] {
+      pos = start;
+      all_.resize(kept);
+      return 0;
+    };
+    if (pos >= len_) return 0;
+    const size_t end = LineEnd(pos);
+    if (end == std::string_view::npos) return incomplete();
+    RedisReply r;
+    const char tag = data_[pos];
+    switch (tag) {
+      case '+':
+      case '-':
+        r.type = tag == '+' ? REDIS_REPLY_STATUS : REDIS_REPLY_ERROR;
+        r.offset = pos + 1;
+        r.len = end - pos - 1;
+        pos = end + 2;
+        break;
+      case ':':
+        r.type = REDIS_REPLY_INTEGER;
+        if (!ParseInt(pos + 1, end, &r.integer)) return -1;
+        pos = end + 2;
+        break;
+      case '$': {
+        long long n = 0;
+        if (!ParseInt(pos + 1, end, &n) || n < -1) return -1;
+        if (n == -1) {
+          r.type = REDIS_REPLY_NIL;
+          pos = end + 2;
+          break;
+        }
+        if (end + 2 + static_cast<size_t>(n) + 2 > len_) return incomplete();
+        r.type = REDIS_REPLY_STRING;
+        r.offset = end + 2;
+        r.len = static_cast<size_t>(n);
+        pos = end + 2 + r.len + 2;
+        break;
+      }
+      case '*': {
+        long long n = 0;
+        if (nested || !ParseInt(pos + 1, end, &n) || n < -1) return -1;
+        pos = end + 2;
+        if (n == -1) {
+          r.type = REDIS_REPLY_NIL;
+          break;
+        }
+        r.type = REDIS_REPLY_ARRAY;
+        r.elements = static_cast<size_t>(n);
+        all_.push_back(r);
+        for (long long i = 0; i < n; ++i) {
+          const int e = ParseOne(pos, /*nested=*/true);
+          if (e < 0) return -1;
+          if (e == 0) return incomplete();
+        }
+        if (!nested) top_.push_back(kept);
+        return 1;
+      }
+      default:
+        return -1;
+    }
+    all_.push_back(r);
+    if (!nested) top_.push_back(kept);
+    return 1;
+  }
+
+  std::unique_ptr<char[]> data_;
+  size_t cap_ = 0;
+  size_t len_ = 0;
+  std::vector<RedisReply> all_;  // every reply and array element, in order
+  std::vector<size_t> top_;  // [command] -> its reply in all_
+};
+
+}  // namespace internal
+
+using Reply = internal::RedisReply;
+using Replies = internal::RedisReplies;
 
 // Commands of one pipeline, their arguments packed in one buffer.
 class RedisCounterStore::Commands {
@@ -103,7 +265,8 @@ class RedisCounterStore::Commands {
     cmd_end_.back() = arg_end_.size();
   }
   void Arg(int64_t v) {
-    absl::StrAppend(&bytes_, v);
+    char digits[24];
+    bytes_.append(digits, PutInt(digits, v) - digits);
     arg_end_.push_back(bytes_.size());
     cmd_end_.back() = arg_end_.size();
   }
@@ -116,14 +279,17 @@ class RedisCounterStore::Commands {
   }
   size_t size() const { return cmd_end_.size(); }
 
-  // Appends every command to the context's output buffer, formatted here in Redis's
-  // protocol (RESP) in one buffer and handed over in one call (hiredis would format
-  // and allocate per command).
-  int AppendTo(redisContext* ctx) const {
-    std::string resp;
-    resp.reserve(bytes_.size() + arg_end_.size() * 8 + cmd_end_.size() * 8);
+  // Writes every command to `out` in Redis's protocol (RESP), for one write.
+  void Serialize(std::string& out) const {
+    out.clear();
+    out.reserve(bytes_.size() + arg_end_.size() * 8 + cmd_end_.size() * 8);
+    char head[32];
     auto put_len = [&](char tag, size_t n) {
-      absl::StrAppend(&resp, absl::string_view(&tag, 1), n, "\r\n");
+      head[0] = tag;
+      char* p = PutInt(head + 1, static_cast<int64_t>(n));
+      *p++ = '\r';
+      *p++ = '\n';
+      out.append(head, p - head);
     };
     size_t arg = 0;
     for (size_t c = 0; c < cmd_end_.size(); ++c) {
@@ -132,11 +298,10 @@ class RedisCounterStore::Commands {
       for (; arg < cmd_end_[c]; ++arg) {
         const size_t begin = arg == 0 ? 0 : arg_end_[arg - 1];
         put_len('$', arg_end_[arg] - begin);
-        resp.append(bytes_, begin, arg_end_[arg] - begin);
-        resp += "\r\n";
+        out.append(bytes_, begin, arg_end_[arg] - begin);
+        out += "\r\n";
       }
     }
-    return redisAppendFormattedCommand(ctx, resp.data(), resp.size());
   }
 
  private:
@@ -215,8 +380,7 @@ std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_v
   return out;
 }
 
-absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<void*>& replies) {
-  replies.clear();
+absl::Status RedisCounterStore::Execute(const Commands& commands, Replies& replies) {
   internal::RedisConn& conn =
       *conns_[next_conn_.fetch_add(1, std::memory_order_relaxed) % conns_.size()];
   absl::MutexLock lock(&conn.mu);
@@ -226,8 +390,6 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
     conn.ctx = nullptr;
     conn.failed_at = absl::Now();
     ttl_cache_->Clear();
-    for (void* r : replies) freeReplyObject(r);
-    replies.clear();
     unavailable_.fetch_add(1, std::memory_order_relaxed);
     return absl::UnavailableError(absl::StrCat("redis ", options_.host, ":", options_.port, ": ",
                                                AV(what), detail.empty() ? "" : ": ", detail));
@@ -251,15 +413,21 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
     // Redis may have restarted and lost every key: forget which TTLs are set.
     ttl_cache_->Clear();
   }
-  if (commands.AppendTo(conn.ctx) != REDIS_OK) return fail("append failed");
+  // The connection's socket is used directly (hiredis only connects and sets the
+  // timeouts): one send of the whole pipeline, replies parsed from one buffer.
+  commands.Serialize(conn.out);
   commands_.fetch_add(static_cast<int64_t>(commands.size()), std::memory_order_relaxed);
-  replies.reserve(commands.size());
-  for (size_t i = 0; i < commands.size(); ++i) {
-    void* reply = nullptr;
-    if (redisGetReply(conn.ctx, &reply) != REDIS_OK || reply == nullptr) {
-      return fail("request failed");
+  const int fd = conn.ctx->fd;
+  for (size_t sent = 0; sent < conn.out.size();) {
+    const ssize_t n = send(fd, conn.out.data() + sent, conn.out.size() - sent, MSG_NOSIGNAL);
+    if (n >= 0) {
+      sent += static_cast<size_t>(n);
+    } else if (errno != EINTR) {
+      return fail(errno == EAGAIN || errno == EWOULDBLOCK ? "write timed out" : "write failed");
     }
-    replies.push_back(reply);
+  }
+  if (std::string_view error = replies.ReadFrom(fd, commands.size()); !error.empty()) {
+    return fail(error);
   }
   last_success_us_.store(absl::ToUnixMicros(absl::Now()), std::memory_order_relaxed);
   return absl::OkStatus();
@@ -267,16 +435,7 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, std::vector<vo
 
 namespace {
 
-// Frees replies when it goes out of scope.
-struct Replies {
-  std::vector<void*> items;
-  ~Replies() {
-    for (void* r : items) freeReplyObject(r);
-  }
-  const redisReply& operator[](size_t i) const { return *static_cast<redisReply*>(items[i]); }
-};
-
-absl::Status ReplyError(const redisReply& r) {
+absl::Status ReplyError(const Reply& r) {
   return absl::InternalError(absl::StrCat("redis error: ", std::string(r.str, r.len)));
 }
 
@@ -594,11 +753,11 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     uint64_t epoch_after_first = 0;
     {
       Replies replies;
-      absl::Status s = Execute(commands, replies.items);
+      absl::Status s = Execute(commands, replies);
       if (!s.ok()) return s;
       epoch_after_first = ttl_cache_->epoch();
       cleared = epoch_after_first != epoch;
-      for (size_t i = 0; i < replies.items.size(); ++i) {
+      for (size_t i = 0; i < replies.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
       }
       auto integer = [&](size_t i) -> absl::StatusOr<int64_t> {
@@ -707,9 +866,9 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     }
     if (second.size() > 0) {
       Replies replies;
-      absl::Status s = Execute(second, replies.items);
+      absl::Status s = Execute(second, replies);
       if (!s.ok()) return s;
-      for (size_t i = 0; i < replies.items.size(); ++i) {
+      for (size_t i = 0; i < replies.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
       }
     }
@@ -759,7 +918,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     commands.ArgBuilt([&](std::string& out) { AppendHashKey(out, r.counter, r.key); });
   }
   Replies replies;
-  absl::Status s = Execute(commands, replies.items);
+  absl::Status s = Execute(commands, replies);
   if (!s.ok()) return s;
   // Round trip 2 (only if a distinct window holds sketches): PFCOUNT over the buckets
   // inside the window, usually one key (Redis's cached cardinality, no merge).
@@ -767,7 +926,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
   std::vector<size_t> counted_read;  // counts command -> read index
   std::vector<std::string_view> exact;
   for (size_t i = 0; i < reads.size(); ++i) {
-    const redisReply& r = replies[i];
+    const Reply& r = replies[i];
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
     if (r.type != REDIS_REPLY_ARRAY) return absl::InternalError("redis: unexpected hash reply");
     const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
@@ -776,7 +935,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     const std::string& tag = tags_[reads[i].counter][windows[i]];
     // A field "<window>:<bucket>[:<value>]": false if it is not one; *b = -1 for another
     // window; *value is empty unless the field holds an exact value.
-    auto bucket_of = [&](const redisReply& e, int64_t* b, std::string_view* value) {
+    auto bucket_of = [&](const Reply& e, int64_t* b, std::string_view* value) {
       if (e.type != REDIS_REPLY_STRING) return false;
       std::string_view f(e.str, e.len);
       const size_t colon = f.find(':');
@@ -788,7 +947,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
       if (f.substr(0, colon) != tag) *b = -1;
       return true;
     };
-    auto number_of = [](const redisReply& e, int64_t* v) {
+    auto number_of = [](const Reply& e, int64_t* v) {
       return e.type == REDIS_REPLY_STRING && absl::SimpleAtoi(absl::string_view(e.str, e.len), v);
     };
     values[i] = 0;
@@ -799,7 +958,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
       bool any = false;
       exact.clear();
       for (size_t e = 0; e < r.elements; ++e) {
-        const redisReply& field = *r.element[e];
+        const Reply& field = r.element[e];
         if (field.type == REDIS_REPLY_STRING &&
             std::string_view(field.str, field.len) == kAddsField) {
           continue;
@@ -834,8 +993,8 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     for (size_t e = 0; e + 1 < r.elements; e += 2) {
       int64_t b, v;
       std::string_view value;
-      if (!bucket_of(*r.element[e], &b, &value) || !value.empty() ||
-          !number_of(*r.element[e + 1], &v)) {
+      if (!bucket_of(r.element[e], &b, &value) || !value.empty() ||
+          !number_of(r.element[e + 1], &v)) {
         return absl::InternalError("redis: a counter hash does not hold bucket counts");
       }
       if (b >= oldest && b <= newest) sum += v;
@@ -844,10 +1003,10 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
   }
   if (counts.size() == 0) return absl::OkStatus();
   Replies estimates;
-  s = Execute(counts, estimates.items);
+  s = Execute(counts, estimates);
   if (!s.ok()) return s;
   for (size_t k = 0; k < counted_read.size(); ++k) {
-    const redisReply& r = estimates[k];
+    const Reply& r = estimates[k];
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
     if (r.type != REDIS_REPLY_INTEGER)
       return absl::InternalError("redis: unexpected PFCOUNT reply");

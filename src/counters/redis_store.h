@@ -80,6 +80,8 @@ struct RedisOptions {
 
 namespace internal {
 struct RedisConn;
+struct RedisReply;
+class RedisReplies;
 class TtlCache;
 }  // namespace internal
 
@@ -117,7 +119,7 @@ class RedisCounterStore final : public CounterStore {
                  int64_t bucket) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
   // Opening or losing a connection clears the TTL cache (moving its epoch).
-  absl::Status Execute(const Commands& commands, std::vector<void*>& replies);
+  absl::Status Execute(const Commands& commands, internal::RedisReplies& replies);
 
   const CounterSet set_;
   const RedisOptions options_;
