@@ -66,6 +66,26 @@ struct StoredDetection {
   friend bool operator==(const StoredDetection&, const StoredDetection&) = default;
 };
 
+//! Appends the head of the per-item reply to an accepted detection, up to its decisions:
+//! {"id":ID,"source":SOURCE,"status":"accepted","decisions":[ — the decision path
+//! appends its decisions and "]}".
+inline void AppendAcceptedReplyHead(std::string_view source, std::string_view id,
+                                    std::string* out) {
+  out->append("{\"id\":");
+  core::AppendJsonString(id, out);
+  out->append(",\"source\":");
+  core::AppendJsonString(source, out);
+  out->append(",\"status\":\"accepted\",\"decisions\":[");
+}
+//! The reply to an accepted detection that earned no decision. Most detections earn
+//! none: a backend may store this reply as a marker and rebuild it when read.
+inline std::string NoDecisionReply(std::string_view source, std::string_view id) {
+  std::string out;
+  AppendAcceptedReplyHead(source, id, &out);
+  out.append("]}");
+  return out;
+}
+
 // Names one detection: (source, id). Views into strings the caller keeps alive.
 struct DetectionKey {
   std::string_view source;

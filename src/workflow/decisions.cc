@@ -190,11 +190,7 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
     DetectionWork& w = work[i];
     Prepared& p = out[i];
     const engine::Detection& d = w.detection;
-    p.reply_head = "{\"id\":";
-    core::AppendJsonString(d.id, &p.reply_head);
-    p.reply_head += ",\"source\":";
-    core::AppendJsonString(d.source, &p.reply_head);
-    p.reply_head += ",\"status\":\"accepted\",\"decisions\":[";
+    ledger::AppendAcceptedReplyHead(d.source, d.id, &p.reply_head);
     ledger::StoredDetection& sd = p.stored;
     sd.source = d.source;
     sd.id = d.id;

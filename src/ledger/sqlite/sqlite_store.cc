@@ -184,6 +184,20 @@ absl::StatusOr<int64_t> QueryLastSeq(Db& db) {
 #define QUELL_DETECTION_COLUMNS \
   "source, id, type, entity, score, observed_at, received_at, batch, json, reply"
 
+// Most detections earn no decision, and their reply is NoDecisionReply(source, id): the
+// reply column holds '' for it (a reply is never empty) and readers rebuild it, ~75 bytes
+// less in every such row, its page and its WAL frame.
+std::string_view ReplyToStore(const StoredDetection& d) {
+  thread_local std::string no_decision;
+  no_decision.clear();
+  AppendAcceptedReplyHead(d.source, d.id, &no_decision);
+  no_decision.append("]}");
+  return d.reply == no_decision ? std::string_view() : std::string_view(d.reply);
+}
+std::string StoredReply(std::string_view column, std::string_view source, std::string_view id) {
+  return column.empty() ? NoDecisionReply(source, id) : std::string(column);
+}
+
 // Assigns into `d`, reusing its strings' capacity (ScanDetections streams into one).
 void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   d->source.assign(s.ColumnText(0));
@@ -195,7 +209,11 @@ void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   d->received_at = s.ColumnTime(6);
   d->batch.assign(s.ColumnText(7));
   d->json.assign(s.ColumnText(8));
-  d->reply.assign(s.ColumnText(9));
+  if (s.ColumnText(9).empty()) {
+    d->reply = NoDecisionReply(d->source, d->id);
+  } else {
+    d->reply.assign(s.ColumnText(9));
+  }
 }
 
 absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::string_view source,
@@ -990,7 +1008,7 @@ absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
                           s.BindTime(7, d.received_at);
                           s.BindTextStatic(8, d.batch);
                           s.BindTextStatic(9, d.json);
-                          s.BindTextStatic(10, d.reply);
+                          s.BindTextStatic(10, ReplyToStore(d));
                         });
   if (st.code() == absl::StatusCode::kAlreadyExists) {
     return absl::AlreadyExistsError(
@@ -1060,7 +1078,7 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
       // Rare (a resubmitted detection): find every key of the chunk with this id.
       const std::string_view id = use->ColumnText(0);
       for (size_t k = i; k < end; ++k) {
-        if (keys[k].id == id) out[k] = std::string(use->ColumnText(1));
+        if (keys[k].id == id) out[k] = StoredReply(use->ColumnText(1), keys[k].source, id);
       }
     }
     i = end;
@@ -1090,7 +1108,7 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
         s.BindTime(b + 7, d.received_at);
         s.BindTextStatic(b + 8, d.batch);
         s.BindTextStatic(b + 9, d.json);
-        s.BindTextStatic(b + 10, d.reply);
+        s.BindTextStatic(b + 10, ReplyToStore(d));
       }
     });
     if (st.code() == absl::StatusCode::kAlreadyExists) {
