@@ -1,6 +1,8 @@
 #include "ledger/ledger.h"
 
+#include <algorithm>
 #include <deque>
+#include <iterator>
 #include <thread>
 #include <utility>
 
@@ -267,9 +269,14 @@ class Ledger::Impl {
       }
       failed = static_cast<int64_t>(batch.size());
     } else {
-      for (const Outcome& o : outcomes) {
+      // Moved out for the listeners and back for the completions: a change's payload is
+      // most of its size, and copying every one was a few percent of the commit thread.
+      size_t total = 0;
+      for (const Outcome& o : outcomes) total += o.changes.size();
+      committed.reserve(total);
+      for (Outcome& o : outcomes) {
         if (!o.status.ok()) ++failed;
-        committed.insert(committed.end(), o.changes.begin(), o.changes.end());
+        std::move(o.changes.begin(), o.changes.end(), std::back_inserter(committed));
       }
       if (!committed.empty()) RaiseLastSeq(committed.back().seq);
     }
@@ -295,6 +302,14 @@ class Ledger::Impl {
     } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
       absl::MutexLock lock(&stats_mu_);
       ++stats_.delivery_timeouts;
+    }
+    if (!committed.empty()) {
+      auto next = committed.begin();
+      for (Outcome& o : outcomes) {
+        const auto n = static_cast<std::ptrdiff_t>(o.changes.size());
+        std::move(next, next + n, o.changes.begin());
+        next += n;
+      }
     }
     if (options_.tracer != nullptr)
       TraceBatch(batch, outcomes, started, started + took, absl::Now());
