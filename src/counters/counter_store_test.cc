@@ -324,13 +324,15 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   RedisConn conn = ConnectRedis();
   ASSERT_TRUE(conn != nullptr && conn->err == 0);
   redisContext* c = conn.get();
-  // The buckets of window `window` that `key` has fields for ("<window>:<bucket>", or
-  // "<window>:<bucket>:<value>" for a distinct bucket's exact values).
+  // The buckets of window `window` that `key` has fields for ("<window>:<bucket>",
+  // "+<window>:<bucket>" for a nested count counter's, or "<window>:<bucket>:<value>" for
+  // a distinct bucket's exact values).
   auto hlen = [&](const std::string& key, std::string_view window) {
     auto* r = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", key.data(), key.size()));
     std::vector<std::string> buckets;
     for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; ++i) {
       std::string_view f(r->element[i]->str, r->element[i]->len);
+      if (!f.empty() && f[0] == '+') f.remove_prefix(1);
       const size_t colon = f.find(':');
       if (colon == std::string_view::npos || f.substr(0, colon) != window) continue;
       buckets.emplace_back(f.substr(0, f.find(':', colon + 1)));
@@ -346,6 +348,9 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   EXPECT_EQ(plays, redis->KeyForTest(0, 2, "user:busy", 0));
   const std::string ip_1h = redis->KeyForTest(2, 0, "ip:10.0.0.7", 0);
   const std::string ip_index = ip_1h.substr(0, ip_1h.rfind(':', ip_1h.rfind(':') - 1));
+  // `plays` (1m, 1h, 24h: bucket widths 1 s, 1 min, 24 min divide one another) is nested:
+  // an event is one field of the narrowest window that reads it, and moves to the next
+  // wider window when the hash is cleaned after it left that window.
   // Every 20 s for 3 minutes: a 1m window never holds more than its 60 buckets' worth.
   for (int i = 0; i < 10; ++i) {
     std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
@@ -355,9 +360,10 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   }
   EXPECT_EQ(CountOf(*store, "user:busy", Minutes(1)), 3);
   EXPECT_EQ(CountOf(*store, "user:busy", Hours(1)), 10);
-  EXPECT_EQ(hlen(plays, "1m"), 3);  // 2m40s..3m: buckets 2:20, 2:40, 3:00
-  EXPECT_EQ(hlen(plays, "1h"), 4);  // one-minute buckets 0..3
-  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 1);  // 24-minute bucket 0
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 10);
+  EXPECT_EQ(hlen(plays, "1m"), 3);  // 2m20s..3m: buckets 2:20, 2:40, 3:00
+  EXPECT_EQ(hlen(plays, "1h"), 3);  // the older ones, in one-minute buckets 0..2
+  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 0);
   EXPECT_EQ(hlen(ip_index, "1h"), 4);
   // Two hours on (the fake clock; in real time Redis would have expired the 1h index
   // hash, and this node's TTL cache takes it as gone, so its first write does not clean
@@ -371,17 +377,21 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
                                       {2, "ip:10.0.0.7", "user:late", clock_.Now()}};
     ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
     if (i == 1) {
+      // The first write moved the 10 of two hours ago to 24-minute bucket 0, the
+      // second the first one to its one-minute bucket.
       EXPECT_EQ(hlen(plays, "1m"), 1);
-      EXPECT_EQ(hlen(plays, "1h"), 2);
+      EXPECT_EQ(hlen(plays, "1h"), 1);
+      EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 1);
       EXPECT_EQ(hlen(ip_index, "1h"), 6);  // not yet: within the interval
     }
     if (i < 2) clock_.Advance(Minutes(i == 0 ? 1 : 10));
   }
   EXPECT_EQ(hlen(plays, "1m"), 1);
-  EXPECT_EQ(hlen(plays, "1h"), 3);
-  // 24-minute buckets 0 and 5: both inside 24h.
-  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 2);
+  EXPECT_EQ(hlen(plays, "1h"), 2);
+  EXPECT_EQ(hlen(plays, core::DurationString(Hours(24))), 1);
   EXPECT_EQ(hlen(ip_index, "1h"), 3);
+  EXPECT_EQ(CountOf(*store, "user:busy", Minutes(1)), 1);
+  EXPECT_EQ(CountOf(*store, "user:busy", Hours(1)), 3);
   EXPECT_EQ(CountOf(*store, "user:busy", Hours(24)), 13);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.7", Hours(1), clock_.Now()), 1);
 }
@@ -537,6 +547,31 @@ TEST_P(CounterStoreTest, RedisTwoNodesShareDistinctCountsAcrossThePromotion) {
   logins(**second, 50, 55);  // the second node now writes to the sketch
   EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(*first), 55, 1);
+}
+
+// Nodes whose policy sets declare different windows for one counter (a new set being
+// rolled out) still count together: a nested writer's fields are read by a node that
+// does not declare their window, and the other way round.
+TEST_P(CounterStoreTest, RedisNodesWithDifferentWindowsCountTogether) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  auto nested = Make({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}});
+  ASSERT_NE(nested, nullptr);
+  RedisOptions options;
+  options.port = redis_->port();
+  options.key_prefix = absl::StrCat("test", store_serial_, ":");  // the first node's
+  auto flat = RedisCounterStore::Create({{"plays", "play", "entity", "", {Hours(1)}}}, options);
+  ASSERT_TRUE(flat.ok()) << flat.status();
+  const absl::Time t0 = clock_.Now();
+  Play(*nested, "user:mixed", t0, 3);
+  Play(**flat, "user:mixed", t0, 2);
+  EXPECT_EQ(*(*flat)->Count("plays", "user:mixed", Hours(1), t0), 5);
+  EXPECT_EQ(*nested->Count("plays", "user:mixed", Hours(1), t0), 5);
+  EXPECT_EQ(*nested->Count("plays", "user:mixed", Minutes(1), t0), 3);  // the flat node has no 1m
+  clock_.Advance(Minutes(5));
+  Play(*nested, "user:mixed", clock_.Now());  // cleans: the first 3 move to their 1h bucket
+  EXPECT_EQ(*(*flat)->Count("plays", "user:mixed", Hours(1), clock_.Now()), 6);
+  EXPECT_EQ(*nested->Count("plays", "user:mixed", Hours(1), clock_.Now()), 6);
+  EXPECT_EQ(*nested->Count("plays", "user:mixed", Minutes(1), clock_.Now()), 1);
 }
 
 TEST_P(CounterStoreTest, DistinctAccuracyOn100kValues) {

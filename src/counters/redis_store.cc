@@ -1,9 +1,8 @@
 #include "counters/redis_store.h"
 
 #include <hiredis/hiredis.h>
-#include <sys/time.h>
-
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -94,9 +93,7 @@ class TtlCache {
 namespace {
 
 // Writes the decimal digits of `v` at `p`; returns the end.
-char* PutInt(char* p, int64_t v) {
-  return std::to_chars(p, p + 20, v).ptr;
-}
+char* PutInt(char* p, int64_t v) { return std::to_chars(p, p + 20, v).ptr; }
 
 }  // namespace
 
@@ -111,9 +108,9 @@ struct RedisReply {
   long long integer = 0;      // REDIS_REPLY_INTEGER
   const char* str = nullptr;  // REDIS_REPLY_STRING, _STATUS, _ERROR
   size_t len = 0;
-  size_t elements = 0;              // REDIS_REPLY_ARRAY
+  size_t elements = 0;                  // REDIS_REPLY_ARRAY
   const RedisReply* element = nullptr;  // REDIS_REPLY_ARRAY
-  size_t offset = 0;                // while parsing: of `str` in the buffer
+  size_t offset = 0;                    // while parsing: of `str` in the buffer
 };
 
 // The replies of one pipeline, read from the socket into one buffer and parsed in place.
@@ -247,7 +244,7 @@ class RedisReplies {
   size_t cap_ = 0;
   size_t len_ = 0;
   std::vector<RedisReply> all_;  // every reply and array element, in order
-  std::vector<size_t> top_;  // [command] -> its reply in all_
+  std::vector<size_t> top_;      // [command] -> its reply in all_
 };
 
 }  // namespace internal
@@ -340,6 +337,20 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
       interval_us = std::min(interval_us, std::max(g.width_us, g.width_us * g.buckets / 6));
     }
     cleanup_interval_ms_.push_back(interval_us / 1000);
+    const auto& geometry = set_.geometry(c);
+    std::vector<int> order(geometry.size());
+    for (size_t w = 0; w < order.size(); ++w) order[w] = static_cast<int>(w);
+    std::sort(order.begin(), order.end(),
+              [&](int a, int b) { return geometry[a].width_us < geometry[b].width_us; });
+    bool nested = !set_.spec(c).is_distinct() && order.size() >= 2;
+    std::vector<int> wider(order.size(), -1);
+    for (size_t k = 0; k + 1 < order.size(); ++k) {
+      nested = nested && geometry[order[k + 1]].width_us % geometry[order[k]].width_us == 0;
+      wider[order[k]] = order[k + 1];
+    }
+    nested_.push_back(nested ? 1 : 0);
+    narrow_first_.push_back(std::move(order));
+    wider_.push_back(std::move(wider));
   }
   for (int i = 0; i < options_.connections; ++i) {
     conns_.push_back(std::make_unique<internal::RedisConn>());
@@ -357,6 +368,7 @@ void RedisCounterStore::AppendHashKey(std::string& out, int counter, std::string
 
 void RedisCounterStore::AppendField(std::string& out, int counter, int window,
                                     int64_t bucket) const {
+  if (nested_[counter]) out += '+';
   out += tags_[counter][window];
   out += ':';
   absl::StrAppend(&out, bucket);
@@ -456,22 +468,27 @@ static_assert(kPromoted == 1099511627776, "kMaintainScript spells kPromoted out"
 
 // For each hash KEYS[i]: drops the fields of buckets that have left their window
 // ("<window>:<bucket>" or "<window>:<bucket>:<value>"; a field of a window not listed is
-// kept: another node may declare it); if its flag is 1, moves every exact value
-// "<window>:<bucket>:<value>" into the bucket's sketch "KEYS[i]:<window>:<bucket>" (PFADD,
-// TTL until the bucket leaves its window plus the margin), indexes the sketch and marks
-// the hash promoted (adds field >= 2^40); and sets the hash's TTL. Atomic, so no value
-// written before it is lost, and a value written after it is a straggler that its writer
-// moves by running this script again (its HINCRBY reply shows the promotion).
+// kept: another node may declare it), except that a nested count field
+// "+<window>:<bucket>" moves its count into the bucket of the next wider window that
+// still reads it (HINCRBY; dropped if none does); if its flag is 1, moves every exact
+// value "<window>:<bucket>:<value>" into the bucket's sketch "KEYS[i]:<window>:<bucket>"
+// (PFADD, TTL until the bucket leaves its window plus the margin), indexes the sketch and
+// marks the hash promoted (adds field >= 2^40); and sets the hash's TTL. Atomic, so
+// readers never see a count twice or a value lost, and a value written after it is a
+// straggler that its writer moves by running this script again (its HINCRBY reply shows
+// the promotion).
 // ARGV: the number of windows nw; per window its tag, oldest bucket read, bucket width
-// (us) and buckets per read; the margin (ms); now (unix ms); per key its TTL (ms) and flag.
+// (us), buckets per read, next wider window's tag ("" if none) and width ratio to it;
+// the margin (ms); now (unix ms); per key its TTL (ms) and flag.
 constexpr char kMaintainScript[] = R"lua(
 local nw = tonumber(ARGV[1])
 local win = {}
 for j = 0, nw - 1 do
-  win[ARGV[2 + 4 * j]] = {tonumber(ARGV[3 + 4 * j]), tonumber(ARGV[4 + 4 * j]),
-                          tonumber(ARGV[5 + 4 * j])}
+  local a = 2 + 6 * j
+  win[ARGV[a]] = {tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+                  ARGV[a + 4], tonumber(ARGV[a + 5])}
 end
-local base = 1 + 4 * nw
+local base = 1 + 6 * nw
 local margin = tonumber(ARGV[base + 1])
 local now = tonumber(ARGV[base + 2])
 for i = 1, #KEYS do
@@ -479,12 +496,26 @@ for i = 1, #KEYS do
   local promote = ARGV[base + 2 + 2 * i] == '1'
   local sketches = {}
   for _, f in ipairs(redis.call('HKEYS', key)) do
+    local nested = string.byte(f, 1) == 43
     local c1 = string.find(f, ':', 1, true)
-    local g = c1 and win[string.sub(f, 1, c1 - 1)]
+    local g = c1 and win[string.sub(f, nested and 2 or 1, c1 - 1)]
     if g then
       local c2 = string.find(f, ':', c1 + 1, true)
       local b = tonumber(string.sub(f, c1 + 1, c2 and c2 - 1 or -1))
       if b and b < g[1] then
+        if nested then
+          local cur, nb = g, b
+          while cur[4] ~= '' and win[cur[4]] do
+            local up = win[cur[4]]
+            nb = math.floor(nb / cur[5])
+            if nb >= up[1] then
+              redis.call('HINCRBY', key, '+' .. cur[4] .. ':' .. string.format('%d', nb),
+                         redis.call('HGET', key, f))
+              break
+            end
+            cur = up
+          end
+        end
         redis.call('HDEL', key, f)
       elseif b and c2 and promote then
         local s = string.sub(f, 1, c2 - 1)
@@ -594,7 +625,9 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     key.clear();
     AppendHashKey(key, o.counter, o.key);
     HashOp* op = nullptr;
-    for (size_t w = 0; w < geometry.size(); ++w) {
+    const bool nested = nested_[o.counter];
+    for (size_t k = 0; k < geometry.size(); ++k) {
+      const size_t w = nested ? narrow_first_[o.counter][k] : k;
       const WindowGeometry& g = geometry[w];
       const int64_t b = g.BucketOf(o.at);
       if (b < g.OldestBucket(now)) continue;  // late, and already out of this window
@@ -622,6 +655,9 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       }
       ++bucket->n;
       if (distinct) bucket->values.push_back(o.value);
+      // Nested: the narrowest window that reads the bucket holds the event; the wider
+      // ones read it from there.
+      if (nested) break;
     }
   }
   for (HashOp& op : ops) {
@@ -833,6 +869,9 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         second.Arg(geometry[w].OldestBucket(now));
         second.Arg(geometry[w].width_us);
         second.Arg(geometry[w].buckets);
+        const int wider = nested_[counter] ? wider_[counter][w] : -1;
+        second.Arg(wider < 0 ? std::string_view() : std::string_view(tags_[counter][wider]));
+        second.Arg(wider < 0 ? int64_t{1} : geometry[wider].width_us / geometry[w].width_us);
       }
       second.Arg(margin_ms);
       second.Arg(now_ms);
@@ -989,12 +1028,31 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
       }
       continue;
     }
+    // Fields "<window>:<bucket>" of the window read, and nested fields
+    // "+<window>:<bucket>" of any window whose buckets divide this window's (mapped to the
+    // bucket of this window that holds them).
     int64_t sum = 0;
     for (size_t e = 0; e + 1 < r.elements; e += 2) {
+      const Reply& field = r.element[e];
       int64_t b, v;
+      if (!number_of(r.element[e + 1], &v)) {
+        return absl::InternalError("redis: a counter hash does not hold bucket counts");
+      }
+      if (field.type == REDIS_REPLY_STRING && field.len > 0 && field.str[0] == '+') {
+        std::string_view f(field.str + 1, field.len - 1);
+        const size_t colon = f.find(':');
+        if (colon == std::string_view::npos || !absl::SimpleAtoi(AV(f.substr(colon + 1)), &b)) {
+          return absl::InternalError("redis: a counter hash field is not a bucket");
+        }
+        const int64_t width = NestedWidth(reads[i].counter, f.substr(0, colon));
+        if (width <= 0 || g.width_us % width != 0) continue;
+        const int64_t ratio = g.width_us / width;
+        const int64_t mapped = b >= 0 ? b / ratio : -((-b + ratio - 1) / ratio);
+        if (mapped >= oldest && mapped <= newest) sum += v;
+        continue;
+      }
       std::string_view value;
-      if (!bucket_of(r.element[e], &b, &value) || !value.empty() ||
-          !number_of(r.element[e + 1], &v)) {
+      if (!bucket_of(field, &b, &value) || !value.empty()) {
         return absl::InternalError("redis: a counter hash does not hold bucket counts");
       }
       if (b >= oldest && b <= newest) sum += v;
@@ -1013,6 +1071,17 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     values[counted_read[k]] = r.integer;
   }
   return absl::OkStatus();
+}
+
+int64_t RedisCounterStore::NestedWidth(int counter, std::string_view tag) const {
+  const auto& tags = tags_[counter];
+  for (size_t w = 0; w < tags.size(); ++w) {
+    if (tags[w] == tag) return set_.geometry(counter)[w].width_us;
+  }
+  // A window another node declares (a policy set being rolled out).
+  auto d = core::ParseDuration(tag);
+  if (!d.ok() || *d <= absl::ZeroDuration()) return 0;
+  return WindowGeometry::Of(*d, options_.time.buckets_per_window).width_us;
 }
 
 absl::StatusOr<int64_t> RedisCounterStore::Count(std::string_view counter, std::string_view key,

@@ -117,6 +117,9 @@ class RedisCounterStore final : public CounterStore {
   void AppendField(std::string& out, int counter, int window, int64_t bucket) const;
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
                  int64_t bucket) const;
+  // The bucket width (us) of window `tag` ("1h") of a nested count counter: one of
+  // `counter`'s windows, else parsed (0 if it is not a duration).
+  int64_t NestedWidth(int counter, std::string_view tag) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
   // Opening or losing a connection clears the TTL cache (moving its epoch).
   absl::Status Execute(const Commands& commands, internal::RedisReplies& replies);
@@ -126,6 +129,12 @@ class RedisCounterStore final : public CounterStore {
   std::vector<std::string> stems_;              // [counter]: prefix{name|
   std::vector<std::vector<std::string>> tags_;  // [counter][window]: "1h"
   std::vector<int64_t> cleanup_interval_ms_;    // [counter]
+  // Count counters whose windows' bucket widths divide one another ("nested"): an event is
+  // written once, in the narrowest window that still reads its bucket, and wider windows
+  // read those fields too. [counter]: 1 if nested.
+  std::vector<uint8_t> nested_;
+  std::vector<std::vector<int>> narrow_first_;  // [counter]: window indices, narrowest first
+  std::vector<std::vector<int>> wider_;         // [counter][window]: next wider, or -1
   std::vector<std::unique_ptr<internal::RedisConn>> conns_;
   std::unique_ptr<internal::TtlCache> ttl_cache_;  // TTLs this node has set
   std::atomic<uint64_t> next_conn_{0};
