@@ -168,6 +168,14 @@ void BreakerBank::CountRemote(const DecisionKey& key, absl::Time at) {
   }
 }
 
+bool BreakerBank::MayTrip(const DecisionKey& key, absl::Time now, int64_t more) const {
+  for (const auto& [name, s] : breakers_) {
+    if (s.open || !InScope(s.spec, key)) continue;
+    if (WindowCount(s, Idx(now, s.bucket)) + 1 + more > s.spec.limit) return true;
+  }
+  return false;
+}
+
 bool BreakerBank::SetOpen(std::string_view name, bool open, absl::Time at, std::string reason) {
   auto it = breakers_.find(name);
   if (it == breakers_.end()) return false;

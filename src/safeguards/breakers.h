@@ -75,6 +75,10 @@ class BreakerBank {
   //! not counted). Never opens a breaker: the next Record in scope sees the count past
   //! the limit and opens it.
   void CountRemote(const DecisionKey& key, absl::Time at);
+  //! Whether counting one decision of `key` at `now` plus `more` others could take a
+  //! closed breaker in scope past its limit (the plain limit: a relative breaker may
+  //! still stay closed). Cheap; for deciding whether unseen decisions must be read first.
+  bool MayTrip(const DecisionKey& key, absl::Time now, int64_t more) const;
 
   //! Forces a breaker's state (ledger replay at start, admin reset). Reset clears the
   //! counts. Returns false if there is no such breaker.

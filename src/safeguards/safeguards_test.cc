@@ -130,6 +130,8 @@ TEST(Breakers, RemoteCountsNeverOpenButTheNextLocalDecisionDoes) {
   EXPECT_EQ(bank.Find("src", t)->count, 4);
   EXPECT_FALSE(bank.Find("src", t)->open);
   EXPECT_EQ(bank.HeldBy({"p", "a", "bot"}), "");
+  EXPECT_TRUE(bank.MayTrip({"p", "a", "bot"}, t, 0));  // 4 + this one > 4
+  EXPECT_FALSE(bank.MayTrip({"p", "a", "other"}, t, 100));
   // The fifth decision in all is this node's: it opens the breaker and is held.
   auto o = bank.Record({"p", "a", "bot"}, t);
   EXPECT_EQ(o.held_by, "src");
@@ -153,6 +155,8 @@ TEST(Breakers, RemoteCountsLandInTheBucketOfTheirTime) {
   bank.CountRemote({"p", "a", "s"}, t + absl::Minutes(2));
   bank.CountRemote({"p", "a", "s"}, t - absl::Hours(1));  // older than the window: ignored
   EXPECT_EQ(bank.Find("g", t + absl::Minutes(5))->count, 3);
+  EXPECT_FALSE(bank.MayTrip({"p", "a", "s"}, t + absl::Minutes(5), 96));  // 3 + 1 + 96
+  EXPECT_TRUE(bank.MayTrip({"p", "a", "s"}, t + absl::Minutes(5), 97));
   EXPECT_EQ(bank.Find("g", t + absl::Minutes(11))->count, 2);
   EXPECT_EQ(bank.Find("g", t + absl::Minutes(13))->count, 1);
   EXPECT_EQ(bank.Find("g", t + absl::Minutes(16))->count, 0);

@@ -189,6 +189,8 @@ core::MitigationState UnheldState(const engine::Proposal& p) {
 constexpr size_t kMaxEarly = 100000;
 // This process's decisions awaiting their change from the feed.
 constexpr size_t kMaxLocal = 1000000;
+// Screen reads at most this many undelivered changes (one query).
+constexpr int kMaxCatchUp = 10000;
 
 }  // namespace
 
@@ -223,6 +225,9 @@ Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
     : options_(options), logger_(logger) {}
 
 absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
+  // First: every breaker change up to it is in the journal read below; later ones come
+  // through OnCommitted.
+  QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store.LastSeq());
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
   std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> entries;
   QUELL_RETURN_IF_ERROR(store
@@ -252,6 +257,8 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
   }
   QUELL_RETURN_IF_ERROR(rollbacks_.Load(store));
   std::lock_guard<std::mutex> lock(mu_);
+  store_ = &store;
+  seen_ = last_seq;
   for (const auto& l : lists) {
     if (l.is_protected) store_protected_.insert(l.name);
   }
@@ -273,10 +280,10 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
         ApplyListChange(c);
         break;
       case ledger::ChangeKind::kBreaker:
-        ApplyBreakerChange(c);
+        if (c.seq > seen_) ApplyBreakerChange(c);  // else read by Screen or by Load
         break;
       case ledger::ChangeKind::kMitigation: {
-        NoteMitigationChange(c);
+        if (c.seq > seen_) NoteMitigationChange(c);  // else read by Screen, or before Load
         // Cheap filter first: most changes are creations and expiries.
         std::string_view p = c.payload;
         if (p.find("\"state\":\"revoked\"") == std::string_view::npos &&
@@ -294,6 +301,39 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
         break;
     }
     while (!local_.empty() && local_.front().seq <= c.seq) local_.pop_front();
+    if (c.seq > seen_) seen_ = c.seq;
+  }
+}
+
+void Safeguards::CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, absl::Time now) {
+  // Inside the transaction nothing else commits (PostgreSQL: the chain-head lock), so
+  // the other nodes' changes this node has not seen are among those after seen_ up to
+  // NextSeq() - 1, less this process's own decisions there (counted already: this
+  // transaction's, or earlier ones the feed has not brought back yet). Only if that many
+  // could take a breaker past its limit are they read: near the limit, about one query
+  // per transaction (more if the transaction appended other changes).
+  const int64_t last = txn.NextSeq() - 1;
+  if (store_ == nullptr || last <= seen_ || !bank_.MayTrip(key, now, last - seen_)) return;
+  int64_t own = 0;
+  for (auto it = local_.rbegin(); it != local_.rend() && it->seq > seen_; ++it) {
+    if (it->seq <= last) ++own;
+  }
+  if (!bank_.MayTrip(key, now, last - seen_ - own)) return;
+  absl::StatusOr<std::vector<ledger::Change>> page = store_->ReadChanges(seen_, kMaxCatchUp);
+  if (!page.ok()) {
+    // Dropped on purpose: the decision goes on with the counts it has (the feed's), as
+    // a breaker check must not fail a decision the transaction can still make.
+    if (logger_ != nullptr) {
+      logger_->Warn("breakers: could not read the changes the feed has not delivered yet",
+                    {{"error", std::string(SV(page.status().message()))}});
+    }
+    return;
+  }
+  for (const ledger::Change& c : *page) {
+    if (c.seq <= seen_) continue;
+    if (c.kind == ledger::ChangeKind::kMitigation) NoteMitigationChange(c);
+    if (c.kind == ledger::ChangeKind::kBreaker) ApplyBreakerChange(c);  // opened elsewhere
+    seen_ = c.seq;
   }
 }
 
@@ -541,6 +581,7 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     }
     return hold;
   }
+  CatchUp(txn, key, now);
   safeguards::BreakerBank::Outcome o = bank_.Record(key, now);
   for (const std::string& name : o.opened) {
     auto st = bank_.Find(name, now);

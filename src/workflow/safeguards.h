@@ -14,7 +14,8 @@
 // them, every other node's when OnCommitted sees their creations (several nodes on one
 // PostgreSQL, docs/cluster.md). Screen notes the seq its decision's change will get, so
 // that the change, when it comes back through the feed, is recognised and not counted
-// twice.
+// twice; and when the changes committed since the last one seen (not delivered yet)
+// could take a breaker past its limit, it reads them from the store first.
 //
 // Thread-safety: thread-safe (one mutex); Screen/ResetBreaker/NoteProtectedAdds run on
 // the commit thread, readers (status routes, metrics) on any thread.
@@ -83,7 +84,9 @@ class Safeguards final : public ledger::ChangeListener {
   //! (not if it will extend the live one of the same entity and action, found through
   //! txn.FindLive; an open breaker in scope holds it all the same); a breaker that opens
   //! appends its kBreaker change to `txn`. Shadow proposals are never held nor counted.
-  //! The caller appends the decision's change next (its seq is txn.NextSeq() on return).
+  //! When the changes committed after the last one OnCommitted saw could take a breaker
+  //! past its limit, it first reads them from Load's store (one query). The caller
+  //! appends the decision's change next (its seq is txn.NextSeq() on return).
   absl::StatusOr<Hold> Screen(ledger::Txn& txn, const policy::PolicySet& set,
                               const engine::Detection& d, const engine::Proposal& p,
                               std::string_view action, absl::Time now);
@@ -125,10 +128,11 @@ class Safeguards final : public ledger::ChangeListener {
   void NoteHumanDecision(const core::Mitigation& m, absl::Time at);         // mu_ held
   void NoteHumanDecision(std::string_view entity, std::string_view policy,  // mu_ held
                          std::string_view action, absl::Time at);
-  const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
-  void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
-  void NoteMitigationChange(const ledger::Change& c);                          // mu_ held
-  void NoteLocal(int64_t seq, const engine::Detection& d);                     // mu_ held
+  const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);          // mu_ held
+  void ConfigureBreakers(const policy::PolicySet& set);                                // mu_ held
+  void NoteMitigationChange(const ledger::Change& c);                                  // mu_ held
+  void NoteLocal(int64_t seq, const engine::Detection& d);                             // mu_ held
+  void CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, absl::Time now);  // mu_
 
   const SafeguardOptions options_;
   obs::Logger* logger_;
@@ -169,6 +173,12 @@ class Safeguards final : public ledger::ChangeListener {
     absl::Time at;
   };
   std::deque<EarlyDecision> early_;
+  // The store Load read (borrowed; the ledger's, which outlives this): Screen reads from
+  // it the changes the feed has not delivered yet when they could open a breaker.
+  ledger::Store* store_ = nullptr;
+  // The last seq whose decisions the breakers have seen (delivered, or read by Screen;
+  // the store's last at Load: windows restart empty).
+  int64_t seen_ = 0;
   // Immunity: "entity|policy|action" -> until.
   absl::flat_hash_map<std::string, absl::Time> immunity_;
 };

@@ -7,6 +7,7 @@
 // node B as a feed delivers them, read back from the store (payload only).
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -34,18 +35,38 @@ policies:
 )";
 
 // Forwards every committed change without the attached mitigation, as a change read
-// back from the store (another node's feed) arrives.
+// back from the store (another node's feed) arrives; while lagging, holds them back
+// until Flush.
 class AsReadFromStore final : public ledger::ChangeListener {
  public:
   explicit AsReadFromStore(ledger::ChangeListener* next) : next_(next) {}
   void OnCommitted(const std::vector<ledger::Change>& changes) override {
-    std::vector<ledger::Change> copy = changes;
-    for (ledger::Change& c : copy) c.mitigation.reset();
-    next_->OnCommitted(copy);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const ledger::Change& c : changes) {
+      held_.push_back(c);
+      held_.back().mitigation.reset();
+    }
+    if (!lagging_) Deliver();
+  }
+  void Lag() {
+    std::lock_guard<std::mutex> lock(mu_);
+    lagging_ = true;
+  }
+  void Flush() {
+    std::lock_guard<std::mutex> lock(mu_);
+    lagging_ = false;
+    Deliver();
   }
 
  private:
+  void Deliver() {
+    next_->OnCommitted(held_);
+    held_.clear();
+  }
   ledger::ChangeListener* next_;
+  std::mutex mu_;
+  bool lagging_ = false;
+  std::vector<ledger::Change> held_;
 };
 
 class SafeguardsCluster : public testing::Test {
@@ -202,6 +223,41 @@ TEST_F(SafeguardsCluster, AResetClosesItOnBothNodesAndTheyCountAfreshTogether) {
     EXPECT_EQ(Decide(i % 2 ? a_.get() : b_.get(), absl::StrCat("user:v", i)).state, "active");
   }
   EXPECT_EQ(Decide(a_.get(), "user:v6").state, "pending_approval");
+}
+
+TEST_F(SafeguardsCluster, NearTheLimitANodeReadsWhatItsLaggingFeedHasNotDelivered) {
+  EXPECT_EQ(Breaker(b_.get()).count, 0);
+  b_feed_->Lag();  // B's feed stops: A's decisions reach B only through the store
+  for (std::string_view e : {"user:a0", "user:a0", "user:a1", "user:a1"}) {
+    EXPECT_EQ(Decide(a_.get(), e).state, "active") << e;  // the repeats extend
+  }
+  // Four changes B has not seen, two of them creations. Far from the limit (its count
+  // + this one + 4 unseen <= 6) B reads nothing.
+  EXPECT_EQ(Decide(b_.get(), "user:b0").state, "active");
+  EXPECT_EQ(Decide(b_.get(), "user:b1").state, "active");
+  EXPECT_EQ(Breaker(b_.get()).count, 2);
+  // Near it (2 + 1 + 4 > 6) B reads them: A's two creations count, its own not again.
+  EXPECT_EQ(Decide(b_.get(), "user:b2").state, "active");
+  EXPECT_EQ(Breaker(b_.get()).count, 5);
+  EXPECT_EQ(Breaker(a_.get()).count, 5);
+  // The feed catches up: nothing it delivers now is counted a second time.
+  b_feed_->Flush();
+  EXPECT_EQ(Breaker(b_.get()).count, 5);
+  EXPECT_EQ(Decide(b_.get(), "user:b3").state, "active");
+  EXPECT_EQ(Decide(b_.get(), "user:b4").state, "pending_approval");
+  EXPECT_EQ(Decide(a_.get(), "user:a2").state, "pending_approval");
+  // Again with the feed lagging, now on the other side of a reset: six in all pass.
+  auto out = std::make_shared<safeguards::BreakerStatus>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
+  b_feed_->Lag();
+  int active = 0;
+  for (int i = 0; i < 12; ++i) {
+    // A decides three for each of B's, and B never hears of them from its feed.
+    Safeguards* node = i % 4 == 3 ? b_.get() : a_.get();
+    active += Decide(node, absl::StrCat("user:c", i)).state == "active";
+  }
+  b_feed_->Flush();
+  EXPECT_EQ(active, 6);
 }
 
 }  // namespace

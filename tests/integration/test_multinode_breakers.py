@@ -5,11 +5,11 @@ safeguards follow the ledger's change feed), so L mitigations are created in all
 the breaker opens — not L per node — and every node then reports it open and holds
 further decisions.
 
-Sequential (each decision reaches every node's feed before the next is sent): exactly L.
-Concurrent (one client per node, QUELL_BREAKER_CLIENTS to change): L plus the
-in-flight slack documented in docs/cluster.md (decisions another node committed that
-the deciding node's feed had not yet delivered when it screened), printed; the
-assertion only bounds it well below what per-node counting lets through (about 3 x L).
+Sequential (each decision reaches every node's feed before the next is sent) and
+concurrent (one client per node, QUELL_BREAKER_CLIENTS to change): exactly L. With
+concurrent clients a deciding node's feed often has not delivered the other nodes'
+latest decisions yet; near the limit Screen reads them from PostgreSQL inside its
+transaction (docs/cluster.md, "Breakers across nodes"), so none is missed.
 
 Run: QUELL_BIN=build/quell QUELL_PG_CLUSTER_BIN=build/src/ledger/postgres/quell_pg_test_cluster
 python3 -m unittest -v test_multinode_breakers
@@ -146,9 +146,9 @@ class MultiNodeBreakerTest(unittest.TestCase):
               "slack %d; per node %s)" % (clients, active, 3 * clients * per_client, self.LIMIT,
                                           active - self.LIMIT, per))
         self.assertEqual(self.db_states().get("active"), active)
-        self.assertGreaterEqual(active, self.LIMIT)
-        # Per-node counting lets about 3 x LIMIT through; the in-flight slack is a few.
-        self.assertLessEqual(active, self.LIMIT + self.LIMIT // 2)
+        # Per-node counting let about 3 x LIMIT through; without Screen's read of what
+        # the feed had not delivered, 0-1 more than LIMIT passed.
+        self.assertEqual(active, self.LIMIT)
         self.assert_open_everywhere()
 
 
