@@ -315,6 +315,42 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
   EXPECT_NEAR(*store->Distinct("accounts_per_ip", "ip:10.0.0.8", Hours(1), clock_.Now()), 40, 1);
 }
 
+// The node's memory of the TTLs it set keeps two generations: a key written again while
+// other keys fill the cache keeps its entry (no second PEXPIRE), one that was not
+// written for two generations loses it (its next write sets the TTL again).
+TEST_P(CounterStoreTest, RedisTtlCacheKeepsKeysInUse) {
+  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+  absl::Status started = redis_->Start();
+  ASSERT_TRUE(started.ok()) << started;
+  RedisOptions options;
+  options.port = redis_->port();
+  options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
+  options.connections = 1;
+  options.ttl_cache_entries = 4;
+  auto made = RedisCounterStore::Create({{"plays", "play", "entity", "", {Hours(1)}}}, options);
+  ASSERT_TRUE(made.ok()) << made.status();
+  RedisCounterStore& store = **made;
+  int other = 0;
+  // Commands one write of `user` sends (HINCRBY, and PEXPIRE unless remembered).
+  auto write = [&](std::string_view user) {
+    const int64_t before = store.Stats().commands;
+    Play(store, user, clock_.Now());
+    return store.Stats().commands - before;
+  };
+  auto others = [&](int n) {
+    for (int i = 0; i < n; ++i) EXPECT_EQ(write(absl::StrCat("user:other", other++)), 2);
+  };
+  EXPECT_EQ(write("user:kept"), 2);
+  EXPECT_EQ(write("user:kept"), 1);
+  for (int round = 0; round < 4; ++round) {
+    others(3);  // a generation turns over every 4 entries
+    EXPECT_EQ(write("user:kept"), 1) << round;
+  }
+  others(9);  // two generations without user:kept
+  EXPECT_EQ(write("user:kept"), 2);
+  EXPECT_EQ(CountOf(store, "user:kept", Hours(1)), 7);
+}
+
 TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
   auto store = Make();

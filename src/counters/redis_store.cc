@@ -43,14 +43,18 @@ struct RedisConn {
 // The keys whose TTL this node has set, and to which deadline (unix ms): a write to a
 // key whose TTL is already at least the deadline it needs sends no PEXPIRE; and when
 // this node last dropped a hash's fields that left their windows, and whether a distinct
-// hash has been promoted to sketches (valid while the hash's deadline has not passed). Keyed by a
-// 64-bit hash of the Redis key; cleared when full and whenever a connection is (re)established or
-// fails (Redis may have restarted and lost the keys): such a Clear moves epoch(), so a
-// batch that read the cache before it knows its skipped TTLs may be gone.
+// hash has been promoted to sketches (valid while the hash's deadline has not passed). Keyed
+// by a 64-bit hash of the Redis key. Bounded by two generations: when the current one is
+// full it becomes the old one (the previous old one is dropped), and an entry found in the
+// old one moves back to the current one when used (Touch), so keys written again within a
+// generation (users, playlists) keep their entries while one-off keys (a new IP per
+// event) age out. Cleared whenever a connection is (re)established or fails (Redis may
+// have restarted and lost the keys): such a Clear moves epoch(), so a batch that read the
+// cache before it knows its skipped TTLs may be gone.
 // Thread-safety: thread-safe.
 class TtlCache {
  public:
-  static constexpr size_t kMaxEntries = 1 << 20;
+  explicit TtlCache(size_t max_entries) : max_entries_(max_entries) {}
   struct Entry {
     int64_t deadline_ms = 0;  // the TTL this node last set, or 0
     int64_t cleaned_ms = 0;   // when this node last cleaned the hash, or 0
@@ -58,7 +62,13 @@ class TtlCache {
   };
   Entry Get(uint64_t key_hash) ABSL_SHARED_LOCKS_REQUIRED(mu) {
     auto it = set_.find(key_hash);
-    return it == set_.end() ? Entry() : it->second;
+    if (it != set_.end()) return it->second;
+    it = old_.find(key_hash);
+    return it == old_.end() ? Entry() : it->second;
+  }
+  // Keeps the entry of a key this node is using in the current generation.
+  void Touch(uint64_t key_hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!set_.contains(key_hash) && old_.contains(key_hash)) Slot(key_hash);
   }
   void Note(uint64_t key_hash, int64_t deadline_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = Slot(key_hash);
@@ -74,6 +84,7 @@ class TtlCache {
   void Clear() {
     absl::MutexLock lock(&mu);
     set_.clear();
+    old_.clear();
     epoch_.fetch_add(1, std::memory_order_relaxed);
   }
   uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
@@ -81,11 +92,20 @@ class TtlCache {
 
  private:
   Entry& Slot(uint64_t key_hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (set_.size() >= kMaxEntries) set_.clear();
-    return set_[key_hash];
+    auto it = set_.find(key_hash);
+    if (it != set_.end()) return it->second;
+    if (set_.size() >= max_entries_) {
+      old_.swap(set_);
+      set_.clear();
+    }
+    Entry& e = set_[key_hash];
+    if (auto was = old_.find(key_hash); was != old_.end()) e = was->second;
+    return e;
   }
-  absl::flat_hash_map<uint64_t, Entry> set_ ABSL_GUARDED_BY(mu);
-  std::atomic<uint64_t> epoch_{0};  // Clear()s so far
+  const size_t max_entries_;                                      // per generation
+  absl::flat_hash_map<uint64_t, Entry> set_ ABSL_GUARDED_BY(mu);  // current generation
+  absl::flat_hash_map<uint64_t, Entry> old_ ABSL_GUARDED_BY(mu);  // previous generation
+  std::atomic<uint64_t> epoch_{0};                                // Clear()s so far
 };
 
 }  // namespace internal
@@ -312,6 +332,9 @@ absl::StatusOr<std::unique_ptr<RedisCounterStore>> RedisCounterStore::Create(
   if (options.connections < 1 || options.connections > 256) {
     return absl::InvalidArgumentError("connections must be in 1..256");
   }
+  if (options.ttl_cache_entries < 1) {
+    return absl::InvalidArgumentError("ttl_cache_entries must be >= 1");
+  }
   if (options.host.empty() || options.port < 1 || options.port > 65535) {
     return absl::InvalidArgumentError("redis host and port are required");
   }
@@ -355,7 +378,7 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
   for (int i = 0; i < options_.connections; ++i) {
     conns_.push_back(std::make_unique<internal::RedisConn>());
   }
-  ttl_cache_ = std::make_unique<internal::TtlCache>();
+  ttl_cache_ = std::make_unique<internal::TtlCache>(options_.ttl_cache_entries);
 }
 
 RedisCounterStore::~RedisCounterStore() = default;
@@ -920,11 +943,16 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       // buckets, and a key seen once costs no cleanup).
       for (const Maintain& m : maintain) ttl_cache_->NoteCleaned(ops[m.op].hash, now_ms);
       for (const HashOp& op : ops) {
+        ttl_cache_->Touch(op.hash);
         if (!op.exists) ttl_cache_->NoteCleaned(op.hash, now_ms);
         if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
         if (!op.sketched) continue;
         for (const Bucket& x : op.buckets) {
-          if (!x.ttl_known) ttl_cache_->Note(x.sketch_hash, x.deadline_ms);
+          if (x.ttl_known) {
+            ttl_cache_->Touch(x.sketch_hash);
+          } else {
+            ttl_cache_->Note(x.sketch_hash, x.deadline_ms);
+          }
         }
       }
       for (size_t k : promoted) ttl_cache_->NotePromoted(ops[k].hash);

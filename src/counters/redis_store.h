@@ -76,6 +76,9 @@ struct RedisOptions {
   absl::Duration reconnect_backoff = absl::Milliseconds(500);
   absl::Duration expire_margin = absl::Seconds(10);  // slack for clock skew between nodes
   int connections = 4;
+  // Keys whose TTL a node remembers having set, per generation (two are kept; see
+  // TtlCache in redis_store.cc): ~40 bytes each.
+  int ttl_cache_entries = 1 << 19;
 };
 
 namespace internal {
