@@ -18,7 +18,8 @@
 // could take a breaker past its limit, it reads them from the store first.
 //
 // Thread-safety: thread-safe (one mutex); Screen/ResetBreaker/NoteProtectedAdds run on
-// the commit thread, readers (status routes, metrics) on any thread.
+// the commit thread, readers (status routes, metrics) on any thread. Near a breaker's
+// limit Screen holds the mutex over one read of the store (see Screen).
 #ifndef QUELL_WORKFLOW_SAFEGUARDS_H_
 #define QUELL_WORKFLOW_SAFEGUARDS_H_
 
