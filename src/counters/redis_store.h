@@ -1,46 +1,60 @@
 // The Redis CounterStore: counters live in one Redis shared by every Quell node, so all
-// nodes see the same view. Uses hiredis over blocking sockets with timeouts, pipelined.
+// nodes see the same view. hiredis connects (with timeouts); pipelines are written to its
+// socket in one send and their replies parsed in place (no allocation per reply).
 //
 // Data layout (same bucket geometry as the in-process store; counters/counter_store.h).
 // Every (counter, key) has one hash "<prefix>{<counter>|<key>}" holding all the counter's
-// windows, one field per bucket "<window>:<bucket>" (<window> is the duration string,
-// "1h"; <bucket> the bucket number since the epoch):
-//   count:    field -> the bucket's count (HINCRBY)
-//   distinct: field -> "1", an index of the buckets that have a sketch, each a Redis
-//             HyperLogLog "<hash>:<window>:<bucket>" (PFADD; 0.81% standard error)
+// windows (<window> is the duration string, "1h"; <bucket> the bucket number since the
+// epoch):
+//   count:    "<window>:<bucket>" -> the bucket's count (HINCRBY), one field per window.
+//             A counter whose windows' bucket widths divide one another is *nested*: an
+//             event is one field "+<window>:<bucket>" of the narrowest window that still
+//             reads its bucket, and a wider window's read adds the nested fields of
+//             narrower windows (any, also windows this node does not declare) into its
+//             own buckets, so a play of `plays` (1m, 1h, 24h) is one HINCRBY.
+//   distinct: "<window>:<bucket>:<value>" -> "1", the bucket's values kept exactly, while
+//             the hash's field "n" (values written, HINCRBY with every write) is below
+//             kExactLimit (32); then the hash is promoted: a script moves the values into
+//             one Redis HyperLogLog per bucket, "<hash>:<window>:<bucket>" (PFADD; 0.81%
+//             standard error), indexed by fields "<window>:<bucket>" -> "1", and adds 2^40
+//             to "n". Each writer learns the hash's state from its HINCRBY reply: a node
+//             that wrote exact values into a hash promoted meanwhile runs the script again
+//             to move them (reads ignore exact values beside sketches until then).
 // A read is one HGETALL (counts: the fields of the window read, inside it, are summed
-// here) or one HKEYS and then one PFCOUNT over the window's existing buckets only
-// (usually one key: Redis's cached cardinality, no 16K-register merge). The braces are a
-// Redis Cluster hash tag: a counter key's hash and sketches share one slot. (The previous
-// layout had one hash per window, "{<counter>|<window>|<key>}"; nodes of the two layouts
-// do not share counts, so upgrade every node together: counts then start from zero.)
+// here) or one HKEYS (distinct: the exact values of the window's buckets are counted
+// here, or, if the window has sketches, one PFCOUNT over them follows, usually one key:
+// Redis's cached cardinality, no 16K-register merge). The braces are a Redis Cluster hash
+// tag: a counter key's hash and sketches share one slot. (Upgrades: docs/counters.md.)
 //
 // Expiry and size. A hash lives until the newest bucket an accepted event can write
 // (bucket of now + max_future_skew) leaves the counter's longest window, plus
 // `expire_margin`; a sketch until its bucket leaves the window, plus the margin. That
 // deadline only grows with `now`, so a plain PEXPIRE never shortens a TTL, and it
 // changes once per bucket width of the longest window: each node remembers (a bounded
-// in-memory cache of key hashes) which deadline it last set per key and sends a key's
-// PEXPIRE only when the deadline moved. Writes are plain pipelined commands: per bucket
-// HINCRBY (count) or PFADD + HSET of its index field (+ PEXPIRE of a sketch the node has
-// not set up) (distinct), and per hash at most one PEXPIRE. Observations of the same
-// (counter, key, window, bucket) in one batch are summed first: one HINCRBY with the sum,
-// one PFADD with all the values. When a reply shows that a hash the node knows to exist
-// got a new field, a second round trip sets its TTL again (the hash may have been lost
-// and re-created behind the node, e.g. FLUSHALL) and, once per cleanup interval (a sixth
-// of the counter's shortest window, at least one bucket width; counted from the first
-// write this node made to the hash), runs a short Lua script that deletes the fields of
-// buckets that have left their window (fields of windows this node does not declare are
-// kept: another node may). Keys lost when Redis restarts get their TTLs back because the
-// node reconnects and drops its cache. So keys expire with their longest window, a busy
-// hash holds at most each window's buckets plus two cleanup intervals of old ones (plus
-// those written ahead within max_future_skew), and Redis needs no sweeping. Run Redis
-// with maxmemory-policy noeviction (an evicted sketch re-created by a node that took its
-// TTL as set would have none). Nothing is cached on the read side: every Read() asks
-// Redis, so all nodes see one view, exact within one bucket's width.
+// in-memory cache of key hashes, two generations of `ttl_cache_entries`) which deadline
+// it last set per key and sends a key's PEXPIRE only when the deadline moved. Writes
+// are plain pipelined commands: per bucket HINCRBY (count); per distinct hash one HSET of
+// its exact values, or per bucket PFADD + HSET of its index field (+ PEXPIRE of a sketch
+// the node has not set up), then HINCRBY "n"; per hash at most one PEXPIRE. Observations
+// of the same (counter, key, window, bucket) in one batch are summed first: one HINCRBY
+// with the sum, one HSET/PFADD with all the values. When a reply shows that a hash the
+// node knows to exist was re-created (a count hash got a new field; a distinct hash's
+// "n" was missing), a second round trip sets its TTL again (e.g. after FLUSHALL), and,
+// once per cleanup interval (a sixth of the counter's shortest window, at least one
+// bucket width; counted from the first write this node made to the hash), a hash that
+// got a new field runs a short Lua script that deletes the fields of buckets that have
+// left their window, or moves a nested one into the next wider window that still reads
+// it (fields of windows this node does not declare are kept: another node may). Keys
+// lost when Redis restarts get their TTLs back because the node reconnects and drops its
+// cache. So keys expire with their longest window, a busy hash holds at most each
+// window's buckets plus two cleanup intervals of old ones (plus those written ahead
+// within max_future_skew), and Redis needs no sweeping. Run Redis with maxmemory-policy
+// noeviction (an evicted sketch re-created by a node that took its TTL as set would have
+// none). Nothing is cached on the read side: every Read() asks Redis, so all nodes see
+// one view, exact within one bucket's width.
 //
-// Round trips: a Record() batch is one pipelined round trip, plus the TTL/cleanup one
-// when needed; a Read() batch is one round trip, plus one more if it reads distinct
+// Round trips: a Record() batch is one pipelined round trip, plus the TTL/cleanup/
+// promotion one when needed; a Read() batch is one round trip, plus one more if it reads distinct
 // windows that hold sketches.
 //
 // Failure: connect_timeout bounds connecting and io_timeout bounds each round trip; on a
