@@ -1,12 +1,11 @@
 #include "api/detection_codec.h"
 
-#include <charconv>
-
 #include "absl/strings/str_cat.h"
 #include "api/json_reader.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/store.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 
@@ -135,19 +134,12 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
 }
 
 std::string DetectionToJson(const engine::Detection& d) {
-  std::string out = "{\"id\":";
-  core::AppendJsonString(d.id, &out);
-  out += ",\"source\":";
-  core::AppendJsonString(d.source, &out);
-  out += ",\"type\":";
-  core::AppendJsonString(d.type, &out);
-  out += ",\"entity\":";
-  core::AppendJsonString(d.entity.str(), &out);
-  char score[32];
-  auto [end, ec] = std::to_chars(score, score + sizeof(score), d.score);  // shortest round-trip
-  absl::StrAppend(&out, ",\"score\":", absl::string_view(score, end - score), ",\"observed_at\":\"",
-                  core::FormatRfc3339(d.observed_at), "\",\"evidence\":", d.evidence_json,
-                  ",\"related\":[");
+  // The head is the store's (ledger::AppendDetectionJsonHead), so that a backend can
+  // keep only the rest of the text.
+  std::string out;
+  ledger::AppendDetectionJsonHead(d.id, d.source, d.type, d.entity.str(), d.score, d.observed_at,
+                                  &out);
+  absl::StrAppend(&out, ",\"evidence\":", d.evidence_json, ",\"related\":[");
   for (size_t i = 0; i < d.related.size(); ++i) {
     if (i) out += ',';
     core::AppendJsonString(d.related[i].str(), &out);

@@ -66,6 +66,16 @@ struct StoredDetection {
   friend bool operator==(const StoredDetection&, const StoredDetection&) = default;
 };
 
+//! Appends the head of a stored detection's JSON, its key fields in this order (score in
+//! the shortest form that reads back the same double, observed_at in RFC 3339):
+//! {"id":..,"source":..,"type":..,"entity":..,"score":..,"observed_at":".." — the
+//! detection codec appends the rest (evidence, related, batch) and "}". Most stored
+//! detections start with the head of their own columns: a backend may store only the
+//! rest and rebuild the head when read.
+void AppendDetectionJsonHead(std::string_view id, std::string_view source, std::string_view type,
+                             std::string_view entity, double score, absl::Time observed_at,
+                             std::string* out);
+
 //! Appends the head of the per-item reply to an accepted detection, up to its decisions:
 //! {"id":ID,"source":SOURCE,"status":"accepted","decisions":[ — the decision path
 //! appends its decisions and "]}".

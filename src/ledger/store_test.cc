@@ -843,6 +843,20 @@ TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
     if (i == 6) rows.back().id = "b\"6\\";
     if (i == 6) rows.back().reply = NoDecisionReply(rows.back().source, rows.back().id);
     if (i == 4) rows.back().reply = NoDecisionReply(rows.back().source, "b5");
+    // JSON that starts with the head of the row's own fields (a backend may store only the
+    // rest), one that is only the head, and one with another row's head.
+    StoredDetection& d = rows.back();
+    if (i % 4 == 1 || i == 6) {
+      d.score = 0.1 * i;
+      d.json.clear();
+      AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &d.json);
+      if (i != 9) absl::StrAppend(&d.json, ",\"evidence\":{\"i\":", i, "},\"related\":[]}");
+    }
+    if (i == 13) {
+      d.json.clear();
+      AppendDetectionJsonHead("b12", d.source, d.type, d.entity, d.score, d.observed_at, &d.json);
+      d.json.append("}");
+    }
   }
   {
     auto txn = Begin();

@@ -198,6 +198,22 @@ std::string StoredReply(std::string_view column, std::string_view source, std::s
   return column.empty() ? NoDecisionReply(source, id) : std::string(column);
 }
 
+// Likewise a detection's JSON almost always starts with the head of its own columns
+// (AppendDetectionJsonHead): the json column then holds only the rest, as a BLOB, and
+// readers put the head back; a JSON without that head is stored whole, as TEXT. The
+// storage class tells them apart whatever the text. ~150 bytes less per row.
+void BindJson(Stmt& s, int i, const StoredDetection& d) {
+  thread_local std::string head;
+  head.clear();
+  AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &head);
+  const std::string_view json = d.json;
+  if (json.size() > head.size() && json.substr(0, head.size()) == head) {
+    s.BindBlobStatic(i, json.substr(head.size()));
+  } else {
+    s.BindTextStatic(i, json);
+  }
+}
+
 // Assigns into `d`, reusing its strings' capacity (ScanDetections streams into one).
 void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   d->source.assign(s.ColumnText(0));
@@ -208,7 +224,14 @@ void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   d->observed_at = s.ColumnTime(5);
   d->received_at = s.ColumnTime(6);
   d->batch.assign(s.ColumnText(7));
-  d->json.assign(s.ColumnText(8));
+  if (s.ColumnIsBlob(8)) {
+    d->json.clear();
+    AppendDetectionJsonHead(d->id, d->source, d->type, d->entity, d->score, d->observed_at,
+                            &d->json);
+    d->json.append(s.ColumnText(8));
+  } else {
+    d->json.assign(s.ColumnText(8));
+  }
   if (s.ColumnText(9).empty()) {
     d->reply = NoDecisionReply(d->source, d->id);
   } else {
@@ -1007,7 +1030,7 @@ absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
                           s.BindTime(6, d.observed_at);
                           s.BindTime(7, d.received_at);
                           s.BindTextStatic(8, d.batch);
-                          s.BindTextStatic(9, d.json);
+                          BindJson(s, 9, d);
                           s.BindTextStatic(10, ReplyToStore(d));
                         });
   if (st.code() == absl::StatusCode::kAlreadyExists) {
@@ -1107,7 +1130,7 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
         s.BindTime(b + 6, d.observed_at);
         s.BindTime(b + 7, d.received_at);
         s.BindTextStatic(b + 8, d.batch);
-        s.BindTextStatic(b + 9, d.json);
+        BindJson(s, b + 9, d);
         s.BindTextStatic(b + 10, ReplyToStore(d));
       }
     });

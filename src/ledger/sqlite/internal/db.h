@@ -45,6 +45,10 @@ class Stmt {
   void BindTextStatic(int i, std::string_view v) {
     Check(sqlite3_bind_text(stmt_, i, Data(v), static_cast<int>(v.size()), SQLITE_STATIC));
   }
+  // The bytes of `v` as a BLOB (not text), kept alive by the caller like BindTextStatic.
+  void BindBlobStatic(int i, std::string_view v) {
+    Check(sqlite3_bind_blob(stmt_, i, Data(v), static_cast<int>(v.size()), SQLITE_STATIC));
+  }
   void BindDouble(int i, double v) { Check(sqlite3_bind_double(stmt_, i, v)); }
   void BindTime(int i, absl::Time t) { BindInt(i, absl::ToUnixMicros(t)); }
   void BindNull(int i) { Check(sqlite3_bind_null(stmt_, i)); }
@@ -57,6 +61,7 @@ class Stmt {
   int64_t ColumnInt(int i) const { return sqlite3_column_int64(stmt_, i); }
   double ColumnDouble(int i) const { return sqlite3_column_double(stmt_, i); }
   bool ColumnIsNull(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_NULL; }
+  bool ColumnIsBlob(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_BLOB; }
   std::string_view ColumnText(int i) const {
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
     return p ? std::string_view(p, sqlite3_column_bytes(stmt_, i)) : std::string_view();
