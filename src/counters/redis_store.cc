@@ -31,7 +31,6 @@ namespace internal {
 struct RedisConn {
   absl::Mutex mu;
   redisContext* ctx ABSL_GUARDED_BY(mu) = nullptr;
-  std::string out ABSL_GUARDED_BY(mu);  // the pipeline being sent (kept for its capacity)
   absl::Time failed_at ABSL_GUARDED_BY(mu) = absl::InfinitePast();  // real time
 
   ~RedisConn() {
@@ -275,56 +274,62 @@ using Replies = internal::RedisReplies;
 // Commands of one pipeline, their arguments packed in one buffer.
 class RedisCounterStore::Commands {
  public:
-  void Begin() { cmd_end_.push_back(arg_end_.size()); }
+  // Starts the next command; its arguments follow.
+  void Begin() {
+    Close();
+    start_ = out_.size();
+    args_ = 0;
+    open_ = true;
+    ++count_;
+  }
   void Arg(std::string_view a) {
-    bytes_.append(a.data(), a.size());
-    arg_end_.push_back(bytes_.size());
-    cmd_end_.back() = arg_end_.size();
+    PutLen(out_.size(), '$', a.size());
+    out_.append(a.data(), a.size());
+    out_ += "\r\n";
+    ++args_;
   }
   void Arg(int64_t v) {
     char digits[24];
-    bytes_.append(digits, PutInt(digits, v) - digits);
-    arg_end_.push_back(bytes_.size());
-    cmd_end_.back() = arg_end_.size();
+    Arg(std::string_view(digits, PutInt(digits, v) - digits));
   }
-  // A key argument built in place by `build(std::string&)`.
+  // An argument built in place by `build(std::string&)` (appending to it).
   template <typename F>
   void ArgBuilt(F build) {
-    build(bytes_);
-    arg_end_.push_back(bytes_.size());
-    cmd_end_.back() = arg_end_.size();
+    const size_t at = out_.size();
+    build(out_);
+    PutLen(at, '$', out_.size() - at);
+    out_ += "\r\n";
+    ++args_;
   }
-  size_t size() const { return cmd_end_.size(); }
-
-  // Writes every command to `out` in Redis's protocol (RESP), for one write.
-  void Serialize(std::string& out) const {
-    out.clear();
-    out.reserve(bytes_.size() + arg_end_.size() * 8 + cmd_end_.size() * 8);
-    char head[32];
-    auto put_len = [&](char tag, size_t n) {
-      head[0] = tag;
-      char* p = PutInt(head + 1, static_cast<int64_t>(n));
-      *p++ = '\r';
-      *p++ = '\n';
-      out.append(head, p - head);
-    };
-    size_t arg = 0;
-    for (size_t c = 0; c < cmd_end_.size(); ++c) {
-      const size_t first = arg;
-      put_len('*', cmd_end_[c] - first);
-      for (; arg < cmd_end_[c]; ++arg) {
-        const size_t begin = arg == 0 ? 0 : arg_end_[arg - 1];
-        put_len('$', arg_end_[arg] - begin);
-        out.append(bytes_, begin, arg_end_[arg] - begin);
-        out += "\r\n";
-      }
-    }
+  size_t size() const { return count_; }
+  // The commands in Redis's protocol (RESP), for one write.
+  const std::string& Finish() {
+    Close();
+    return out_;
   }
 
  private:
-  std::string bytes_;
-  std::vector<size_t> arg_end_;  // end offset in bytes_ of each argument
-  std::vector<size_t> cmd_end_;  // end index in arg_end_ of each command
+  // Inserts "<tag><n>\r\n" at `at`: the commands are written in RESP as they are built,
+  // and a length is known only once its argument (or command) is complete, so it goes in
+  // front of it then (moving a few dozen bytes, not the whole pipeline).
+  void PutLen(size_t at, char tag, size_t n) {
+    char head[24];
+    head[0] = tag;
+    char* p = PutInt(head + 1, static_cast<int64_t>(n));
+    *p++ = '\r';
+    *p++ = '\n';
+    out_.insert(at, head, p - head);
+  }
+  void Close() {
+    if (open_) PutLen(start_, '*', args_);
+    open_ = false;
+  }
+
+  std::string out_;
+  size_t start_ = 0;  // of the open command in out_
+  size_t args_ = 0;   // of the open command
+  size_t count_ = 0;
+  bool open_ = false;
 };
 
 absl::StatusOr<std::unique_ptr<RedisCounterStore>> RedisCounterStore::Create(
@@ -415,7 +420,7 @@ std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_v
   return out;
 }
 
-absl::Status RedisCounterStore::Execute(const Commands& commands, Replies& replies) {
+absl::Status RedisCounterStore::Execute(Commands& commands, Replies& replies) {
   internal::RedisConn& conn =
       *conns_[next_conn_.fetch_add(1, std::memory_order_relaxed) % conns_.size()];
   absl::MutexLock lock(&conn.mu);
@@ -450,11 +455,11 @@ absl::Status RedisCounterStore::Execute(const Commands& commands, Replies& repli
   }
   // The connection's socket is used directly (hiredis only connects and sets the
   // timeouts): one send of the whole pipeline, replies parsed from one buffer.
-  commands.Serialize(conn.out);
+  const std::string& out = commands.Finish();
   commands_.fetch_add(static_cast<int64_t>(commands.size()), std::memory_order_relaxed);
   const int fd = conn.ctx->fd;
-  for (size_t sent = 0; sent < conn.out.size();) {
-    const ssize_t n = send(fd, conn.out.data() + sent, conn.out.size() - sent, MSG_NOSIGNAL);
+  for (size_t sent = 0; sent < out.size();) {
+    const ssize_t n = send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
     if (n >= 0) {
       sent += static_cast<size_t>(n);
     } else if (errno != EINTR) {
@@ -601,8 +606,10 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     uint64_t hash = 0;
     absl::InlinedVector<Bucket, 3> buckets;
   };
-  std::vector<HashOp> ops;                         // in first-seen order
-  absl::flat_hash_map<std::string, size_t> index;  // hash key -> position in `ops`
+  std::vector<HashOp> ops;  // in first-seen order
+  // Hash key (a view of the op's own key: `ops` never grows past batch.size(), so it is
+  // never moved) -> position in `ops`.
+  absl::flat_hash_map<absl::string_view, size_t> index;
   ops.reserve(batch.size());
   index.reserve(batch.size());
   const int64_t now_ms = absl::ToUnixMillis(now);
@@ -655,14 +662,15 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       const int64_t b = g.BucketOf(o.at);
       if (b < g.OldestBucket(now)) continue;  // late, and already out of this window
       if (op == nullptr) {
-        auto [it, inserted] = index.try_emplace(key, ops.size());
-        if (inserted) {
+        auto it = index.find(AV(key));
+        if (it == index.end()) {
           HashOp& added = ops.emplace_back();
           added.key = key;
           added.counter = o.counter;
           added.distinct = distinct;
           added.deadline_ms = hash_deadline(o.counter);
           added.hash = internal::HashValue(key);
+          it = index.emplace(AV(added.key), ops.size() - 1).first;
         }
         op = &ops[it->second];
       }

@@ -128,8 +128,9 @@ class RedisCounterStore final : public CounterStore {
  private:
   class Commands;
   RedisCounterStore(CounterSet set, RedisOptions options);
-  // The hash of (counter, key), a bucket's field "<window>:<bucket>" in it, and a
-  // distinct bucket's sketch key "<hash>:<window>:<bucket>".
+  // The hash of (counter, key), a bucket's field "<window>:<bucket>" in it
+  // ("+<window>:<bucket>" for a nested counter), and a distinct bucket's sketch key
+  // "<hash>:<window>:<bucket>".
   void AppendHashKey(std::string& out, int counter, std::string_view key) const;
   void AppendField(std::string& out, int counter, int window, int64_t bucket) const;
   void AppendKey(std::string& out, int counter, int window, std::string_view key,
@@ -139,7 +140,7 @@ class RedisCounterStore final : public CounterStore {
   int64_t NestedWidth(int counter, std::string_view tag) const;
   // Sends `commands` in one pipelined round trip and returns their replies in order.
   // Opening or losing a connection clears the TTL cache (moving its epoch).
-  absl::Status Execute(const Commands& commands, internal::RedisReplies& replies);
+  absl::Status Execute(Commands& commands, internal::RedisReplies& replies);
 
   const CounterSet set_;
   const RedisOptions options_;
