@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -66,65 +67,23 @@ std::string BreakerPayload(std::string_view name, bool open, std::string_view re
   return p;
 }
 
-// The top-level fields of a mitigation's JSON that immunity needs, read without building
-// the document: a SAX pass that stops once it has all three.
-struct DecisionFields {
-  std::string state, policy, action;
+// Top-level string fields of a mitigation's JSON, and the first of its detections, read
+// without building the document: a SAX pass that stops once it has every one asked for.
+// Immunity reads three fields of each revoked mitigation (a rollback brings 100,000 at
+// once); the breakers read other nodes' creations (every node reads all of them).
+struct MitigationField {
+  std::string_view key;
+  std::string* out;
 };
 
-class DecisionFieldsHandler
-    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, DecisionFieldsHandler> {
+class MitigationFieldsHandler
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, MitigationFieldsHandler> {
  public:
-  explicit DecisionFieldsHandler(DecisionFields* out) : out_(out) {}
-  bool Default() { return true; }
-  bool StartObject() {
-    ++depth_;
-    return true;
-  }
-  bool EndObject(rapidjson::SizeType) {
-    --depth_;
-    return true;
-  }
-  bool Key(const char* s, rapidjson::SizeType n, bool) {
-    key_ = depth_ == 1 ? std::string_view(s, n) : std::string_view();
-    return true;
-  }
-  bool String(const char* s, rapidjson::SizeType n, bool) {
-    std::string* slot = key_ == "state"    ? &out_->state
-                        : key_ == "policy" ? &out_->policy
-                        : key_ == "action" ? &out_->action
-                                           : nullptr;
-    if (slot == nullptr) return true;
-    slot->assign(s, n);
-    return ++found_ < 3;  // false stops the reader: everything needed is read
-  }
-  bool complete() const { return found_ == 3; }
-
- private:
-  DecisionFields* out_;
-  int depth_ = 0;
-  int found_ = 0;
-  std::string key_;  // copies: the reader's key buffer is reused
-};
-
-bool ReadDecisionFields(std::string_view json, DecisionFields* out) {
-  DecisionFieldsHandler handler(out);
-  rapidjson::Reader reader;
-  rapidjson::MemoryStream ms(json.data(), json.size());
-  reader.Parse(ms, handler);
-  return handler.complete();
-}
-
-// What OnCommitted needs of a mitigation another node created, read from its JSON without
-// building the document (every node reads every other node's creations).
-struct CreationFields {
-  std::string state, policy, action, source, state_reason, detection;  // the first detection
-};
-
-class CreationFieldsHandler
-    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CreationFieldsHandler> {
- public:
-  explicit CreationFieldsHandler(CreationFields* out) : out_(out) {}
+  MitigationFieldsHandler(std::initializer_list<MitigationField> fields,
+                          std::string* first_detection)
+      : fields_(fields),
+        first_detection_(first_detection),
+        missing_(fields.size() + (first_detection != nullptr ? 1 : 0)) {}
   bool Default() { return true; }
   bool StartObject() {
     ++depth_;
@@ -135,48 +94,63 @@ class CreationFieldsHandler
     return true;
   }
   bool StartArray() {
-    in_detections_ = depth_ == 1 && key_ == "detections";
+    ++arrays_;
+    in_detections_ = depth_ == 1 && arrays_ == 1 && key_ == "detections";
     return true;
   }
   bool EndArray(rapidjson::SizeType) {
-    in_detections_ = false;
+    if (--arrays_ == 0) in_detections_ = false;
     return true;
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    if (depth_ == 1) key_.assign(s, n);
+    if (depth_ == 1 && arrays_ == 0) key_.assign(s, n);
     return true;
   }
   bool String(const char* s, rapidjson::SizeType n, bool) {
     if (in_detections_) {
-      if (!seen_detection_) out_->detection.assign(s, n);
-      seen_detection_ = true;
-      return true;
+      if (first_detection_ != nullptr && !seen_detection_) {
+        first_detection_->assign(s, n);
+        seen_detection_ = true;
+        --missing_;
+      }
+    } else if (depth_ == 1 && arrays_ == 0) {
+      for (const MitigationField& f : fields_) {
+        if (f.key == key_) {
+          f.out->assign(s, n);
+          --missing_;
+          break;
+        }
+      }
     }
-    if (depth_ != 1) return true;
-    std::string* slot = key_ == "state"          ? &out_->state
-                        : key_ == "policy"       ? &out_->policy
-                        : key_ == "action"       ? &out_->action
-                        : key_ == "source"       ? &out_->source
-                        : key_ == "state_reason" ? &out_->state_reason
-                                                 : nullptr;
-    if (slot != nullptr) slot->assign(s, n);
-    return true;
+    return missing_ > 0;  // false stops the reader: everything asked for is read
   }
+  bool complete() const { return missing_ == 0; }
 
  private:
-  CreationFields* out_;
+  std::initializer_list<MitigationField> fields_;
+  std::string* first_detection_;
+  size_t missing_;
   int depth_ = 0;
+  int arrays_ = 0;
   bool in_detections_ = false;
   bool seen_detection_ = false;
   std::string key_;  // a copy: the reader's key buffer is reused
 };
 
-bool ReadCreationFields(std::string_view json, CreationFields* out) {
-  CreationFieldsHandler handler(out);
+// True if `json` parsed, or the pass stopped early with every field read. A field absent
+// from the JSON is left as it was.
+bool ReadMitigationFields(std::string_view json, std::initializer_list<MitigationField> fields,
+                          std::string* first_detection = nullptr) {
+  MitigationFieldsHandler handler(fields, first_detection);
   rapidjson::Reader reader;
   rapidjson::MemoryStream ms(json.data(), json.size());
-  return !reader.Parse(ms, handler).IsError();
+  return !reader.Parse(ms, handler).IsError() || handler.complete();
 }
+
+// What OnCommitted needs of a mitigation another node created.
+struct CreationFields {
+  std::string state, policy, action, source, state_reason, detection;  // the first detection
+};
 
 // The state a decision's mitigation is created in when no safeguard holds it (as
 // decisions.cc sets it): the live mitigation it would extend is in the same state.
@@ -291,9 +265,11 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
           break;
         }
         // A rollback brings 100,000 of these at once: read only the fields immunity needs.
-        DecisionFields f;
-        if (ReadDecisionFields(p, &f) && (f.state == "revoked" || f.state == "rejected")) {
-          NoteHumanDecision(c.entity, f.policy, f.action, c.at);
+        std::string state, policy, action;
+        if (ReadMitigationFields(p,
+                                 {{"state", &state}, {"policy", &policy}, {"action", &action}}) &&
+            (state == "revoked" || state == "rejected")) {
+          NoteHumanDecision(c.entity, policy, action, c.at);
         }
         break;
       }
@@ -365,7 +341,15 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c) {
         p.find("\"state\":\"scheduled\"") == std::string_view::npos) {
       return;
     }
-    if (!ReadCreationFields(p, &f)) return;
+    if (!ReadMitigationFields(p,
+                              {{"state", &f.state},
+                               {"policy", &f.policy},
+                               {"action", &f.action},
+                               {"source", &f.source},
+                               {"state_reason", &f.state_reason}},
+                              &f.detection)) {
+      return;
+    }
   }
   if ((f.state != "active" && f.state != "scheduled") || !f.state_reason.empty() ||
       f.policy.empty()) {

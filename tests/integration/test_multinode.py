@@ -227,7 +227,10 @@ class Writers:
                         self.revoked.add(body["id"])
 
 
-class MultiNodeTest(unittest.TestCase):
+class ThreeNodes(unittest.TestCase):
+    """One throwaway PostgreSQL cluster per class; per test a fresh database, migrated,
+    an admin key, and three started nodes on it (self.nodes), stopped at cleanup."""
+
     @classmethod
     def setUpClass(cls):
         cls.cluster = PgCluster()
@@ -244,6 +247,9 @@ class MultiNodeTest(unittest.TestCase):
         for n in self.nodes:
             self.addCleanup(n.cleanup)
             n.start_node()
+
+
+class MultiNodeTest(ThreeNodes):
 
     def wait_converged(self, nodes):
         """Waits until every node's index is at the database's last seq; returns it."""

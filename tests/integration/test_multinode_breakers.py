@@ -19,8 +19,7 @@ import threading
 import time
 import unittest
 
-from harness import run_cli
-from test_multinode import CONVERGE_SECONDS, Node, PgCluster, db_last_seq, psql
+from test_multinode import CONVERGE_SECONDS, ThreeNodes, db_last_seq, psql
 from test_safeguards import now
 
 SOURCE = "bot-model"
@@ -37,25 +36,11 @@ policies:
 """
 
 
-class MultiNodeBreakerTest(unittest.TestCase):
+class MultiNodeBreakerTest(ThreeNodes):
     LIMIT = 30
 
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = PgCluster()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.close()
-
     def setUp(self):
-        self.url = self.cluster.new_database()
-        run_cli("migrate", "--postgres", self.url)
-        self.key = run_cli("keys", "create", "--role", "admin", "--postgres", self.url)[1].strip()
-        self.nodes = [Node(self.url, self.key) for _ in range(3)]
-        for n in self.nodes:
-            self.addCleanup(n.cleanup)
-            n.start_node()
+        super().setUp()
         status, body, _ = self.nodes[0].request(
             "PUT", "/v1/policies", POLICIES % {"source": SOURCE, "limit": self.LIMIT},
             headers={"Content-Type": "application/yaml"})
