@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -384,6 +385,7 @@ RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
     conns_.push_back(std::make_unique<internal::RedisConn>());
   }
   ttl_cache_ = std::make_unique<internal::TtlCache>(options_.ttl_cache_entries);
+  sentinel_ = absl::StrCat(options_.key_prefix, "node:", core::RandomHex(8));
 }
 
 RedisCounterStore::~RedisCounterStore() = default;
@@ -490,6 +492,8 @@ namespace {
 // hash has sketches, so every writer learns from its own HINCRBY reply which mode the
 // hash is in.
 constexpr std::string_view kAddsField = "n";
+// A node's sentinel key lives this long without writes (each batch's PEXPIRE renews it).
+constexpr int64_t kSentinelTtlMs = 24 * 3600 * 1000;
 constexpr int64_t kExactLimit = 32;
 constexpr int64_t kPromoted = int64_t{1} << 40;
 static_assert(kPromoted == 1099511627776, "kMaintainScript spells kPromoted out");
@@ -800,12 +804,18 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         commands.Arg(op.deadline_ms - now_ms);
       }
     }
+    // Last, this node's sentinel key: if it is gone, so may be every key this batch took
+    // as having its TTL (FLUSHALL, FLUSHDB, a restart behind a live connection).
+    commands.Begin();
+    commands.Arg("PEXPIRE");
+    commands.Arg(sentinel_);
+    commands.Arg(kSentinelTtlMs);
     // Round trip 2 is for hashes that need the maintenance script: cleaning (a hash this
     // node knows to exist got a new field, and its cleanup interval has passed) or
     // promotion (a distinct hash reached kExactLimit values, or has exact values although
-    // promoted); for TTLs set again (a hash re-created behind this node: a count hash
-    // that got a new field, a distinct hash whose adds field was missing); and for the
-    // TTLs of sketches that may have been lost.
+    // promoted); for TTLs set again (the sentinel was gone, or a distinct hash's adds
+    // field was missing: re-created behind this node); and for the TTLs of sketches that
+    // may have been lost.
     struct Maintain {
       size_t op;
       bool promote;
@@ -817,16 +827,27 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     // Cleared (a connection opened or failed) since this batch read the cache: every TTL
     // it skipped is set in round trip 2, and what it sets is good from round trip 1 on.
     bool cleared = false;
+    bool sentinel_missing = false;
     uint64_t epoch_after_first = 0;
     {
       Replies replies;
       absl::Status s = Execute(commands, replies);
       if (!s.ok()) return s;
-      epoch_after_first = ttl_cache_->epoch();
-      cleared = epoch_after_first != epoch;
       for (size_t i = 0; i < replies.size(); ++i) {
         if (replies[i].type == REDIS_REPLY_ERROR) return ReplyError(replies[i]);
       }
+      const Reply& sentinel = replies[replies.size() - 1];
+      if (sentinel.type != REDIS_REPLY_INTEGER) {
+        return absl::InternalError("redis: unexpected reply to the sentinel's PEXPIRE");
+      }
+      if (sentinel.integer == 0) {
+        // Keys may have gone behind this node: forget every TTL it set (a later write
+        // sets it again), set this batch's in round trip 2, and the sentinel again.
+        ttl_cache_->Clear();
+        sentinel_missing = true;
+      }
+      epoch_after_first = ttl_cache_->epoch();
+      cleared = epoch_after_first != epoch;
       auto integer = [&](size_t i) -> absl::StatusOr<int64_t> {
         if (replies[i].type != REDIS_REPLY_INTEGER) {
           return absl::InternalError("redis: unexpected reply to a counter write");
@@ -844,7 +865,6 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
             QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
             if (v == x.n) new_field = true;
           }
-          lost = new_field && op.exists;
         } else {
           if (!op.sketched) {
             QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
@@ -912,6 +932,14 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       }
       first = last;
     }
+    if (sentinel_missing) {
+      second.Begin();
+      second.Arg("SET");
+      second.Arg(sentinel_);
+      second.Arg("1");
+      second.Arg("PX");
+      second.Arg(kSentinelTtlMs);
+    }
     for (size_t k : reexpire) {
       second.Begin();
       second.Arg("PEXPIRE");
@@ -953,10 +981,11 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
       for (const HashOp& op : ops) {
         ttl_cache_->Touch(op.hash);
         if (!op.exists) ttl_cache_->NoteCleaned(op.hash, now_ms);
-        if (!op.ttl_known) ttl_cache_->Note(op.hash, op.deadline_ms);
+        // (Cleared: round trip 2 set the TTLs this batch had skipped.)
+        if (!op.ttl_known || cleared) ttl_cache_->Note(op.hash, op.deadline_ms);
         if (!op.sketched) continue;
         for (const Bucket& x : op.buckets) {
-          if (x.ttl_known) {
+          if (x.ttl_known && !cleared) {
             ttl_cache_->Touch(x.sketch_hash);
           } else {
             ttl_cache_->Note(x.sketch_hash, x.deadline_ms);

@@ -37,9 +37,12 @@
 // its exact values, or per bucket PFADD + HSET of its index field (+ PEXPIRE of a sketch
 // the node has not set up), then HINCRBY "n"; per hash at most one PEXPIRE. Observations
 // of the same (counter, key, window, bucket) in one batch are summed first: one HINCRBY
-// with the sum, one HSET/PFADD with all the values. When a reply shows that a hash the
-// node knows to exist was re-created (a count hash got a new field; a distinct hash's
-// "n" was missing), a second round trip sets its TTL again (e.g. after FLUSHALL), and,
+// with the sum, one HSET/PFADD with all the values. Each batch ends with a PEXPIRE of
+// the node's sentinel key "<prefix>node:<random>" (SET when missing, 24 h TTL): if it is
+// gone, keys went behind the node's back (FLUSHALL, FLUSHDB, a restart on a live
+// connection), so the node forgets every TTL it set and a second round trip sets this
+// batch's. A distinct hash whose "n" was missing (re-created) gets its TTL again too. (A
+// single key deleted by hand gets its TTL back when its deadline next moves.) And,
 // once per cleanup interval (a sixth of the counter's shortest window, at least one
 // bucket width; counted from the first write this node made to the hash), a hash that
 // got a new field runs a short Lua script that deletes the fields of buckets that have
@@ -155,6 +158,7 @@ class RedisCounterStore final : public CounterStore {
   std::vector<std::vector<int>> wider_;         // [counter][window]: next wider, or -1
   std::vector<std::unique_ptr<internal::RedisConn>> conns_;
   std::unique_ptr<internal::TtlCache> ttl_cache_;  // TTLs this node has set
+  std::string sentinel_;  // "<prefix>node:<random>": gone means keys went behind our back
   std::atomic<uint64_t> next_conn_{0};
   std::atomic<int64_t> counted_{0};
   std::atomic<int64_t> too_late_{0};
