@@ -431,8 +431,9 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
   // wider window when the hash is cleaned after it left that window.
   // Every 20 s for 3 minutes: a 1m window never holds more than its 60 buckets' worth.
   for (int i = 0; i < 10; ++i) {
+    const std::string user = absl::StrCat("user:", i);  // outlives the batch's views
     std::vector<Observation> batch = {{0, "user:busy", "", clock_.Now()},
-                                      {2, "ip:10.0.0.7", absl::StrCat("user:", i), clock_.Now()}};
+                                      {2, "ip:10.0.0.7", user, clock_.Now()}};
     ASSERT_TRUE(store->Record(batch, clock_.Now()).ok());
     if (i < 9) clock_.Advance(Seconds(20));
   }
