@@ -144,6 +144,14 @@ CREATE TABLE list_entries (
     {4, R"sql(
 DROP INDEX mitigations_entity;
 )sql"},
+    // Detections are written compactly from here on: a reply without decisions as '', a
+    // JSON that starts with the head of its own columns without that head, as a BLOB
+    // (sqlite_store.cc, "Most detections earn no decision"). Rows written before are read
+    // as they are. No table changes: the version only stops an older binary, which
+    // would read those rows as they are stored, from opening the file.
+    {5, R"sql(
+SELECT 1;
+)sql"},
 };
 
 }  // namespace
