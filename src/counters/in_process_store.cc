@@ -335,7 +335,9 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
     if (begin == end) continue;
     Shard& shard = shards_[s];
     internal::ShardLock lock(&shard.mu);
-    if (now_us - shard.last_sweep_us >= sweep_interval_us_) {
+    // The sentinel (never swept) is compared first: subtracting it would overflow.
+    if (shard.last_sweep_us == std::numeric_limits<int64_t>::min() ||
+        now_us - shard.last_sweep_us >= sweep_interval_us_) {
       SweepShard(shard, now_us, expiry_us_);
     }
     for (size_t k = begin; k < std::min(end, begin + kAhead); ++k)
