@@ -1,4 +1,4 @@
-#include "ledger/postgres/internal/conn.h"
+#include "pg/conn.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
 
-namespace quell::ledger::pg_internal {
+namespace quell::pg {
 
 Param P(std::string_view s) { return {std::string(s), false}; }
 Param P(int64_t n) { return {absl::StrCat(n), false}; }
@@ -106,7 +106,8 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const ConnOptions& o) {
       absl::StrCat("-c statement_timeout=", o.statement_timeout_ms,
                    " -c lock_timeout=", o.lock_timeout_ms, " -c client_min_messages=warning");
   const char* keys[] = {"dbname", "connect_timeout", "options", "application_name", nullptr};
-  const char* values[] = {o.url.c_str(), timeout.c_str(), options.c_str(), "quell", nullptr};
+  const char* values[] = {o.url.c_str(), timeout.c_str(), options.c_str(),
+                          o.application_name.c_str(), nullptr};
   // expand_dbname=1: `dbname` may be a full connection string or URI.
   PGconn* c = PQconnectdbParams(keys, values, 1);
   if (c == nullptr) return absl::ResourceExhaustedError("postgres: out of memory");
@@ -120,6 +121,15 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const ConnOptions& o) {
 }
 
 Conn::~Conn() { PQfinish(conn_); }
+
+absl::Status Reconnect(std::unique_ptr<Conn>& conn, const ConnOptions& o) {
+  if (conn != nullptr && conn->ok()) return absl::OkStatus();
+  conn.reset();  // closed before the new one opens: never two sessions for one owner
+  absl::StatusOr<std::unique_ptr<Conn>> opened = Conn::Open(o);
+  if (!opened.ok()) return opened.status();
+  conn = *std::move(opened);
+  return absl::OkStatus();
+}
 
 bool Conn::InTransaction() const {
   PGTransactionStatusType s = PQtransactionStatus(conn_);
@@ -380,4 +390,4 @@ absl::Status Conn::Stream(const std::string& sql, const std::vector<Param>& para
   return first;
 }
 
-}  // namespace quell::ledger::pg_internal
+}  // namespace quell::pg

@@ -1,11 +1,17 @@
-// Test-free internals of the PostgreSQL backend: a libpq connection with a cache of
-// prepared statements, text parameters and SQLSTATE-aware errors, and deferred
-// statements that travel with the next query in one libpq pipeline (one round trip).
+// The PostgreSQL client layer shared by every module that talks to the server (the
+// ledger backend, its lease, the webhooks state store): a libpq connection with a cache
+// of prepared statements, text parameters, results read as text, errors as absl::Status
+// with the SQLSTATE mapped to a code (ErrorStatus), deferred statements that travel with
+// the next query in one libpq pipeline (one round trip), and re-opening a lost
+// connection (Reconnect).
 //
-// Thread-safety: a Conn is used by one thread at a time (the pool or the Txn hands it
-// out). Ownership: a Conn owns its PGconn and closes it on destruction.
-#ifndef QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_
-#define QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_
+// Thread-safety: a Conn is not thread-safe; it is used by one thread at a time (its
+// owner serialises calls: a pool, a transaction, a mutex). Param, RowTemplate and
+// ConnOptions are plain values; a Result is immutable once returned and may be read from
+// any thread. Ownership: a Conn owns its PGconn and closes it on destruction; a Result
+// owns its PGresult.
+#ifndef QUELL_PG_CONN_H_
+#define QUELL_PG_CONN_H_
 
 #include <libpq-fe.h>
 
@@ -21,7 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-namespace quell::ledger::pg_internal {
+namespace quell::pg {
 
 // One text-format parameter ($n). Times are microseconds since the epoch.
 struct Param {
@@ -72,12 +78,14 @@ class Result {
 };
 
 struct ConnOptions {
-  std::string url;                   // libpq connection string or URI
-  int connect_timeout_s = 5;         // connect_timeout
-  int statement_timeout_ms = 30000;  // statement_timeout; 0 = none
-  int lock_timeout_ms = 10000;       // lock_timeout (the chain head row); 0 = none
+  std::string url;                         // libpq connection string or URI
+  int connect_timeout_s = 5;               // connect_timeout
+  int statement_timeout_ms = 30000;        // statement_timeout; 0 = none
+  int lock_timeout_ms = 10000;             // lock_timeout; 0 = none
+  std::string application_name = "quell";  // shown in pg_stat_activity
 };
 
+// One server connection (see the file comment for threading and ownership).
 class Conn {
  public:
   //! Connects; kUnavailable if the server cannot be reached.
@@ -151,11 +159,17 @@ class Conn {
   std::vector<Statement> deferred_;
 };
 
+//! Makes `conn` usable: keeps it if it is open and ok(), otherwise closes it (a lost
+//! connection, or a pipeline left in an unknown state) and opens a new one with `o`
+//! (prepared statements are prepared again on first use). On error `conn` is null and
+//! the status is Conn::Open's (kUnavailable if the server cannot be reached).
+absl::Status Reconnect(std::unique_ptr<Conn>& conn, const ConnOptions& o);
+
 //! An error status for a failed result (SQLSTATE in the message; 23505 -> kAlreadyExists,
 //! class 08 or a lost connection -> kUnavailable, 57014 -> kDeadlineExceeded, 55P03 ->
 //! kUnavailable, 40001/40P01 -> kAborted, class 22 -> kInvalidArgument).
 absl::Status ErrorStatus(PGconn* conn, const PGresult* r, std::string_view what);
 
-}  // namespace quell::ledger::pg_internal
+}  // namespace quell::pg
 
-#endif  // QUELL_LEDGER_POSTGRES_INTERNAL_CONN_H_
+#endif  // QUELL_PG_CONN_H_

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
-#include "ledger/postgres/internal/conn.h"
+#include "pg/conn.h"
 
 namespace quell::ledger {
 namespace {
@@ -60,11 +60,11 @@ PostgresLease::~PostgresLease() {
 }
 
 void PostgresLease::Run() {
-  using pg_internal::Conn;
-  using pg_internal::P;
+  using pg::Conn;
+  using pg::P;
   // A statement never blocks past the next renewal, so belief in the lease is
   // re-evaluated well before the row can expire (renew < ttl / 2).
-  pg_internal::ConnOptions co;
+  pg::ConnOptions co;
   co.url = options_.url;
   co.connect_timeout_s = std::max<int64_t>(2, absl::ToInt64Seconds(options_.renew));
   co.statement_timeout_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.renew));

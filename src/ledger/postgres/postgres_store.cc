@@ -14,20 +14,20 @@
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
-#include "ledger/postgres/internal/conn.h"
+#include "pg/conn.h"
 #include "rapidjson/document.h"
 
 namespace quell::ledger {
 namespace {
 
-using pg_internal::ArrayLiteral;
-using pg_internal::Conn;
-using pg_internal::ConnOptions;
-using pg_internal::P;
-using pg_internal::Param;
-using pg_internal::PNull;
-using pg_internal::PTime;
-using pg_internal::Result;
+using pg::ArrayLiteral;
+using pg::Conn;
+using pg::ConnOptions;
+using pg::P;
+using pg::Param;
+using pg::PNull;
+using pg::PTime;
+using pg::Result;
 
 constexpr int kMaxLimit = 10000;
 // Serialises migrations of nodes starting together (any constant unique to Quell).
@@ -527,7 +527,7 @@ class KnownEntities {
 
 // The rows every Append writes. Deferred, and sent merged: the rows of a group commit
 // reach the server as two INSERT statements, not two per mutation.
-const pg_internal::RowTemplate kChangeRow{
+const pg::RowTemplate kChangeRow{
     .single = "INSERT INTO changes (" QUELL_CHANGE_COLUMNS
               ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     .multi = "INSERT INTO changes (" QUELL_CHANGE_COLUMNS
@@ -538,7 +538,7 @@ const pg_internal::RowTemplate kChangeRow{
   " ON CONFLICT (id) DO UPDATE SET entity = EXCLUDED.entity, action = EXCLUDED.action, " \
   "state = EXCLUDED.state, created_at = EXCLUDED.created_at, due_at = EXCLUDED.due_at, " \
   "source = EXCLUDED.source, policy = EXCLUDED.policy, seq = EXCLUDED.seq"
-const pg_internal::RowTemplate kMitigationRow{
+const pg::RowTemplate kMitigationRow{
     .single =
         "INSERT INTO mitigations (id, entity, action, state, created_at, due_at, source, "
         "policy, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)" QUELL_UPSERT_MITIGATION,
@@ -1061,10 +1061,7 @@ auto PgStore::WithOneRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
 template <typename F>
 auto PgStore::WithSideWrite(F&& f) -> decltype(f(std::declval<Conn&>())) {
   absl::MutexLock lock(&side_mu_);
-  if (!side_ || !side_->ok()) {
-    side_.reset();
-    QUELL_ASSIGN_OR_RETURN(side_, Conn::Open(opts_));
-  }
+  QUELL_RETURN_IF_ERROR(pg::Reconnect(side_, opts_));
   QUELL_RETURN_IF_ERROR(side_->Exec("BEGIN"));
   auto result = f(*side_);
   absl::Status end = result.ok() ? side_->Exec("COMMIT") : absl::OkStatus();
@@ -1302,10 +1299,7 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
     return absl::FailedPreconditionError("a write transaction is already open");
   }
   auto start = [&]() -> absl::StatusOr<std::unique_ptr<Txn>> {
-    if (!writer_ || !writer_->ok()) {
-      writer_.reset();
-      QUELL_ASSIGN_OR_RETURN(writer_, Conn::Open(opts_));
-    }
+    QUELL_RETURN_IF_ERROR(pg::Reconnect(writer_, opts_));
     // Writes a failed batch left queued are dropped, not sent only to be rolled back.
     writer_->DropDeferred(0);
     if (writer_->InTransaction()) QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));
