@@ -71,8 +71,10 @@ class Api::Impl {
           Def{"quell_safeguard_held_immunity_total",
               "Automatic decisions held for approval: human-decision immunity", &m.held_immunity},
           Def{"quell_breaker_opened_total", "Breakers opened", &m.breakers_opened},
-          Def{"quell_pending_expired_total", "Pending approvals that expired",
-              &m.pending_expired}}) {
+          Def{"quell_pending_expired_total", "Pending approvals that expired", &m.pending_expired},
+          Def{"quell_breaker_remote_decisions_total",
+              "Other nodes' decisions counted in this node's breaker windows",
+              &m.remote_decisions}}) {
       auto* v = d.value;
       auto h =
           r->AddCallbackCounter(d.name, d.help, [v] { return static_cast<double>(v->load()); });

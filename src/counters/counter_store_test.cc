@@ -258,8 +258,10 @@ TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
 // that stays busy does not grow.
 // A node sends each key's PEXPIRE once per deadline; keys lost behind its back (FLUSHALL
 // on a live connection) get their TTLs back on the next write, and reads stay right.
-TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+// Tests of the Redis backend's own layout (keys, TTLs, promotion), on Redis only.
+class RedisLayoutTest : public CounterStoreTest {};
+
+TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
   auto store = Make();
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
@@ -318,8 +320,7 @@ TEST_P(CounterStoreTest, RedisKeysLostBehindTheNodeGetTheirTtlsBack) {
 // The node's memory of the TTLs it set keeps two generations: a key written again while
 // other keys fill the cache keeps its entry (no second PEXPIRE), one that was not
 // written for two generations loses it (its next write sets the TTL again).
-TEST_P(CounterStoreTest, RedisTtlCacheKeepsKeysInUse) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, TtlCacheKeepsKeysInUse) {
   absl::Status started = redis_->Start();
   ASSERT_TRUE(started.ok()) << started;
   RedisOptions options;
@@ -355,8 +356,7 @@ TEST_P(CounterStoreTest, RedisTtlCacheKeepsKeysInUse) {
 // A key this node has set up costs one command per write, also when the write opens a
 // new bucket (plus one per batch for the node's sentinel key); after FLUSHALL the
 // sentinel is gone, and the next write sets the TTLs again.
-TEST_P(CounterStoreTest, RedisKnownKeysSendOnlyTheirWrites) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, KnownKeysSendOnlyTheirWrites) {
   absl::Status started = redis_->Start();
   ASSERT_TRUE(started.ok()) << started;
   RedisOptions options;
@@ -393,8 +393,7 @@ TEST_P(CounterStoreTest, RedisKnownKeysSendOnlyTheirWrites) {
   EXPECT_EQ(write(), 2);
 }
 
-TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, WindowHashesDropBucketsThatLeftTheWindow) {
   auto store = Make();
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
@@ -478,8 +477,7 @@ TEST_P(CounterStoreTest, RedisWindowHashesDropBucketsThatLeftTheWindow) {
 // A key written every second: its hash is cleaned about six times per 1m window (not at
 // every new bucket), so it holds the window's 60 buckets plus at most two cleanup
 // intervals (10 s each) of old ones, and reads stay exact.
-TEST_P(CounterStoreTest, RedisBusyHashIsCleanedEveryInterval) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, BusyHashIsCleanedEveryInterval) {
   auto store = Make();
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
@@ -535,8 +533,7 @@ DistinctLayout LayoutOf(redisContext* c, RedisCounterStore& store, int counter,
 
 // A distinct hash holds its first values exactly (no sketch key; reads are exact) and
 // moves them into HyperLogLog sketches once 32 values have been written to it.
-TEST_P(CounterStoreTest, RedisDistinctBucketsStayExactUntilTheyFill) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
   auto store = Make();
   ASSERT_NE(store, nullptr);
   auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
@@ -587,8 +584,7 @@ TEST_P(CounterStoreTest, RedisDistinctBucketsStayExactUntilTheyFill) {
 // Two nodes on one Redis count one distinct set together, across the promotion: a node
 // that still takes the hash as exact writes exact values, learns from its reply that the
 // other node promoted it, and moves them into the sketches.
-TEST_P(CounterStoreTest, RedisTwoNodesShareDistinctCountsAcrossThePromotion) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
   auto first = Make();
   ASSERT_NE(first, nullptr);
   RedisOptions options;
@@ -631,8 +627,7 @@ TEST_P(CounterStoreTest, RedisTwoNodesShareDistinctCountsAcrossThePromotion) {
 // Nodes whose policy sets declare different windows for one counter (a new set being
 // rolled out) still count together: a nested writer's fields are read by a node that
 // does not declare their window, and the other way round.
-TEST_P(CounterStoreTest, RedisNodesWithDifferentWindowsCountTogether) {
-  if (GetParam() != Backend::kRedis) GTEST_SKIP() << "Redis layout";
+TEST_P(RedisLayoutTest, NodesWithDifferentWindowsCountTogether) {
   auto nested = Make({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}});
   ASSERT_NE(nested, nullptr);
   RedisOptions options;
@@ -763,6 +758,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, CounterStoreTest,
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return info.param == Backend::kRedis ? "Redis" : "InProcess";
                          });
+INSTANTIATE_TEST_SUITE_P(Redis, RedisLayoutTest, ::testing::Values(Backend::kRedis));
 
 TEST(CounterSetTest, ValidatesSpecs) {
   auto ok = CounterSet::Create(ExampleSpecs(), {});

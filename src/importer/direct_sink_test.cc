@@ -3,6 +3,7 @@
 // run's preview (and that it writes nothing), and the data-directory lock.
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "importer/importer.h"
 #include "importer/sink.h"
@@ -104,7 +105,7 @@ ImportOptions Options(const std::string& dir, const std::string& file) {
 std::string MixedFile() {
   std::string f;
   for (int i = 0; i < 200; ++i) {
-    f += Row("d" + std::to_string(i), "user:u" + std::to_string(i % 37), (i % 10) / 10.0 + 0.05);
+    f += Row(absl::StrCat("d", i), absl::StrCat("user:u", i % 37), (i % 10) / 10.0 + 0.05);
     if (i % 50 == 3) f += "{\"id\": broken\n";
   }
   return f;

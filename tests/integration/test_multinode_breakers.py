@@ -74,6 +74,14 @@ class MultiNodeBreakerTest(ThreeNodes):
         self.assertEqual(result["status"], "accepted", result)
         return result["decisions"][0]["state"]
 
+    def remote_decisions(self, node):
+        status, text, _ = node.request("GET", "/metrics", auth=False, raw=True)
+        self.assertEqual(status, 200)
+        for line in text.splitlines():
+            if line.startswith("quell_breaker_remote_decisions_total "):
+                return float(line.split()[-1])
+        self.fail("no quell_breaker_remote_decisions_total on :%d" % node.port)
+
     def db_states(self):
         rows = psql(self.url, "SELECT state || ' ' || count(*) FROM mitigations "
                               "WHERE source = '%s' GROUP BY state" % SOURCE)
@@ -100,6 +108,10 @@ class MultiNodeBreakerTest(ThreeNodes):
         self.assertEqual(states, ["active"] * self.LIMIT + ["pending_approval"] * (2 * self.LIMIT))
         self.assertEqual(self.db_states(), {"active": self.LIMIT, "pending_approval": 2 * self.LIMIT})
         self.assertEqual(len(psql(self.url, "SELECT seq FROM changes WHERE kind = 4")), 1)
+        # Each node made a third of the creations and counted the other two thirds from
+        # the feed (held decisions are not creations).
+        for n in self.nodes:
+            self.assertEqual(self.remote_decisions(n), 2 * self.LIMIT / 3, n.port)
         self.assert_open_everywhere()
 
     def test_concurrent_decisions_on_three_nodes_stop_near_the_limit_in_all(self):
