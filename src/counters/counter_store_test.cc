@@ -54,13 +54,29 @@ class CounterStoreTest : public ::testing::TestWithParam<Backend> {
       EXPECT_TRUE(store.ok()) << store.status();
       return store.ok() ? *std::move(store) : nullptr;
     }
+    RedisOptions options;
+    options.time = time;
+    return MakeRedis(std::move(specs), options);
+  }
+
+  // A Redis store on the test's server (started if needed) under a prefix of its own;
+  // `options` gives the rest. Null, with a failure recorded, if it cannot be made.
+  std::unique_ptr<RedisCounterStore> MakeRedis(std::vector<CounterSpec> specs,
+                                               RedisOptions options) {
     absl::Status started = redis_->Start();
     EXPECT_TRUE(started.ok()) << started;
     if (!started.ok()) return nullptr;
-    RedisOptions options;
-    options.time = time;
     options.port = redis_->port();
     options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
+    auto store = RedisCounterStore::Create(std::move(specs), options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+  // Another node sharing the last store's keys (same server and prefix).
+  std::unique_ptr<RedisCounterStore> MakeRedisPeer(std::vector<CounterSpec> specs) {
+    RedisOptions options;
+    options.port = redis_->port();
+    options.key_prefix = absl::StrCat("test", store_serial_, ":");
     auto store = RedisCounterStore::Create(std::move(specs), options);
     EXPECT_TRUE(store.ok()) << store.status();
     return store.ok() ? *std::move(store) : nullptr;
@@ -321,16 +337,12 @@ TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
 // other keys fill the cache keeps its entry (no second PEXPIRE), one that was not
 // written for two generations loses it (its next write sets the TTL again).
 TEST_P(RedisLayoutTest, TtlCacheKeepsKeysInUse) {
-  absl::Status started = redis_->Start();
-  ASSERT_TRUE(started.ok()) << started;
   RedisOptions options;
-  options.port = redis_->port();
-  options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
   options.connections = 1;
   options.ttl_cache_entries = 4;
-  auto made = RedisCounterStore::Create({{"plays", "play", "entity", "", {Hours(1)}}}, options);
-  ASSERT_TRUE(made.ok()) << made.status();
-  RedisCounterStore& store = **made;
+  auto made = MakeRedis({{"plays", "play", "entity", "", {Hours(1)}}}, options);
+  ASSERT_NE(made, nullptr);
+  RedisCounterStore& store = *made;
   int other = 0;
   // Commands one write of `user` sends: HINCRBY, PEXPIRE unless remembered, and the
   // PEXPIRE of the node's sentinel key (SET once more on the first write).
@@ -357,16 +369,11 @@ TEST_P(RedisLayoutTest, TtlCacheKeepsKeysInUse) {
 // new bucket (plus one per batch for the node's sentinel key); after FLUSHALL the
 // sentinel is gone, and the next write sets the TTLs again.
 TEST_P(RedisLayoutTest, KnownKeysSendOnlyTheirWrites) {
-  absl::Status started = redis_->Start();
-  ASSERT_TRUE(started.ok()) << started;
   RedisOptions options;
-  options.port = redis_->port();
-  options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
   options.connections = 1;
-  auto made =
-      RedisCounterStore::Create({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}}, options);
-  ASSERT_TRUE(made.ok()) << made.status();
-  RedisCounterStore& store = **made;
+  auto made = MakeRedis({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}}, options);
+  ASSERT_NE(made, nullptr);
+  RedisCounterStore& store = *made;
   auto write = [&] {
     const int64_t before = store.Stats().commands;
     Play(store, "user:known", clock_.Now());
@@ -587,11 +594,8 @@ TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
 TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
   auto first = Make();
   ASSERT_NE(first, nullptr);
-  RedisOptions options;
-  options.port = redis_->port();
-  options.key_prefix = absl::StrCat("test", store_serial_, ":");  // the first node's
-  auto second = RedisCounterStore::Create(ExampleSpecs(), options);
-  ASSERT_TRUE(second.ok()) << second.status();
+  auto second = MakeRedisPeer(ExampleSpecs());
+  ASSERT_NE(second, nullptr);
   RedisConn conn = ConnectRedis();
   ASSERT_TRUE(conn != nullptr && conn->err == 0);
   auto logins = [&](CounterStore& node, int from, int to) {
@@ -607,19 +611,19 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
     return d.ok() ? *d : -1;
   };
   logins(*first, 0, 10);
-  logins(**second, 5, 15);
+  logins(*second, 5, 15);
   EXPECT_EQ(distinct(*first), 15);
-  EXPECT_EQ(distinct(**second), 15);
+  EXPECT_EQ(distinct(*second), 15);
   logins(*first, 15, 45);  // 50 values written: the first node promotes the hash
-  EXPECT_NEAR(distinct(**second), 45, 1);
+  EXPECT_NEAR(distinct(*second), 45, 1);
   auto* redis = dynamic_cast<RedisCounterStore*>(first.get());
   ASSERT_NE(redis, nullptr);
   EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
-  logins(**second, 45, 50);  // as exact values, then moved by the second node itself
+  logins(*second, 45, 50);  // as exact values, then moved by the second node itself
   EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(*first), 50, 1);
-  EXPECT_NEAR(distinct(**second), 50, 1);
-  logins(**second, 50, 55);  // the second node now writes to the sketch
+  EXPECT_NEAR(distinct(*second), 50, 1);
+  logins(*second, 50, 55);  // the second node now writes to the sketch
   EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(*first), 55, 1);
 }
@@ -630,20 +634,17 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
 TEST_P(RedisLayoutTest, NodesWithDifferentWindowsCountTogether) {
   auto nested = Make({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}});
   ASSERT_NE(nested, nullptr);
-  RedisOptions options;
-  options.port = redis_->port();
-  options.key_prefix = absl::StrCat("test", store_serial_, ":");  // the first node's
-  auto flat = RedisCounterStore::Create({{"plays", "play", "entity", "", {Hours(1)}}}, options);
-  ASSERT_TRUE(flat.ok()) << flat.status();
+  auto flat = MakeRedisPeer({{"plays", "play", "entity", "", {Hours(1)}}});
+  ASSERT_NE(flat, nullptr);
   const absl::Time t0 = clock_.Now();
   Play(*nested, "user:mixed", t0, 3);
-  Play(**flat, "user:mixed", t0, 2);
-  EXPECT_EQ(*(*flat)->Count("plays", "user:mixed", Hours(1), t0), 5);
+  Play(*flat, "user:mixed", t0, 2);
+  EXPECT_EQ(*flat->Count("plays", "user:mixed", Hours(1), t0), 5);
   EXPECT_EQ(*nested->Count("plays", "user:mixed", Hours(1), t0), 5);
   EXPECT_EQ(*nested->Count("plays", "user:mixed", Minutes(1), t0), 3);  // the flat node has no 1m
   clock_.Advance(Minutes(5));
   Play(*nested, "user:mixed", clock_.Now());  // cleans: the first 3 move to their 1h bucket
-  EXPECT_EQ(*(*flat)->Count("plays", "user:mixed", Hours(1), clock_.Now()), 6);
+  EXPECT_EQ(*flat->Count("plays", "user:mixed", Hours(1), clock_.Now()), 6);
   EXPECT_EQ(*nested->Count("plays", "user:mixed", Hours(1), clock_.Now()), 6);
   EXPECT_EQ(*nested->Count("plays", "user:mixed", Minutes(1), clock_.Now()), 1);
 }
