@@ -188,6 +188,8 @@ absl::StatusOr<int64_t> QueryLastSeq(Db& db) {
 // reply column holds '' for it (a reply is never empty) and readers rebuild it, ~75 bytes
 // less in every such row, its page and its WAL frame.
 std::string_view ReplyToStore(const StoredDetection& d) {
+  constexpr std::string_view kNoDecisions = "\"decisions\":[]}";
+  if (!std::string_view(d.reply).ends_with(kNoDecisions)) return d.reply;  // the quick no
   thread_local std::string no_decision;
   no_decision.clear();
   AppendAcceptedReplyHead(d.source, d.id, &no_decision);
@@ -201,7 +203,7 @@ std::string StoredReply(std::string_view column, std::string_view source, std::s
 // Likewise a detection's JSON almost always starts with the head of its own columns
 // (AppendDetectionJsonHead): the json column then holds only the rest, as a BLOB, and
 // readers put the head back; a JSON without that head is stored whole, as TEXT. The
-// storage class tells them apart whatever the text. ~150 bytes less per row.
+// storage class tells them apart whatever the text. ~100-150 bytes less per row.
 void BindJson(Stmt& s, int i, const StoredDetection& d) {
   thread_local std::string head;
   head.clear();
