@@ -1,5 +1,6 @@
 #include "importer/reader.h"
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "importer/test_util.h"
 
@@ -140,9 +141,9 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
   std::string dir = testing::TempDir("avro");
   std::vector<testing::AvroRow> rows;
   for (int i = 0; i < 500; ++i) {
-    testing::AvroRow a{"d" + std::to_string(i),      "s",         "t",
-                       "user:u" + std::to_string(i), 0.5,         "2024-05-01T10:00:00Z",
-                       i % 2 ? "{\"k\":1}" : "",     {"device:x"}};
+    testing::AvroRow a{absl::StrCat("d", i),      "s",         "t",
+                       absl::StrCat("user:u", i), 0.5,         "2024-05-01T10:00:00Z",
+                       i % 2 ? "{\"k\":1}" : "",  {"device:x"}};
     rows.push_back(a);
   }
   rows[7].score = 9;  // a row-level error

@@ -46,7 +46,7 @@ TEST(RowDecoderTest, InvalidUtf8) {
   EXPECT_EQ(FindInvalidUtf8("x\xed\xa0\x80"), 1u);  // surrogate
   EXPECT_EQ(FindInvalidUtf8("12345678\xf5\x80\x80\x80"), 8u);
   std::string row = kRow;
-  row.insert(20, "\xfe");
+  row.insert(row.begin() + 20, '\xfe');
   auto d = DecodeJsonRow(row, {});
   ASSERT_FALSE(d.ok());
   EXPECT_NE(std::string(d.status().message()).find("invalid UTF-8 at byte 21"), std::string::npos)

@@ -207,7 +207,7 @@ void SplitTarget(Request* request) {
   if (hash != std::string_view::npos) target = target.substr(0, hash);
   const size_t question = target.find('?');
   request->path = PercentDecode(target.substr(0, question), false);
-  if (request->path.empty()) request->path = "/";
+  if (request->path.empty()) request->path.push_back('/');  // (GCC 12 -Wrestrict on = "/")
   request->query.clear();
   if (question != std::string_view::npos) request->query = ParseQuery(target.substr(question + 1));
 }
