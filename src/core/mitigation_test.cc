@@ -44,7 +44,9 @@ TEST(MitigationTest, JsonStringEscapesEveryByteThatNeedsIt) {
       ASSERT_FALSE(doc.HasParseError()) << "byte " << c << ": " << json;
       ASSERT_TRUE(doc.IsString());
       EXPECT_EQ(std::string(doc.GetString(), doc.GetStringLength()), s) << "byte " << c;
-      if (c >= 0x20 && c != '"' && c != '\\') EXPECT_EQ(json, "\"" + s + "\"");
+      if (c >= 0x20 && c != '"' && c != '\\') {
+        EXPECT_EQ(json, "\"" + s + "\"");
+      }
     }
   }
   std::string empty;
