@@ -121,28 +121,26 @@ class DirectSink final : public Sink {
   void Send(std::vector<engine::Detection> detections,
             std::function<void(BatchResult)> done) override {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    // The stored form needs no ledger state: it is built here, on the caller's thread, so
-    // that the commit thread only evaluates, decides and writes.
-    std::vector<workflow::DetectionWork> prepared(detections.size());
+    // What needs no ledger state (the stored form, the reply heads) is built here, on the
+    // caller's thread; the commit thread evaluates each row just before deciding it (so
+    // it sees the rows before it, in this batch too), decides and writes.
+    std::vector<workflow::DetectionWork> work(detections.size());
     for (size_t i = 0; i < detections.size(); ++i) {
-      prepared[i].json = api::DetectionToJson(detections[i]);
-      prepared[i].detection = std::move(detections[i]);
+      work[i].json = api::DetectionToJson(detections[i]);
+      work[i].detection = std::move(detections[i]);
     }
-    auto mutation = [work = std::move(prepared), set = set_, catalog = catalog_, out,
-                     safeguards = safeguards_.get()](ledger::Txn& txn,
-                                                     absl::Time now) mutable -> absl::Status {
-      if (set != nullptr) {
+    ledger::Mutation mutation;
+    if (set_ == nullptr) {
+      mutation = workflow::ApplyDetections(std::move(work), catalog_, "import", out);
+    } else {
+      auto evaluate = [set = set_](ledger::Txn& txn, const engine::Detection& d, absl::Time now) {
         TxnEnvironment env(txn, now);
-        for (workflow::DetectionWork& w : work) {
-          w.proposals = engine::Evaluate(*set, w.detection, env, now).proposals;
-        }
-      }
-      if (set == nullptr) {
-        return workflow::ApplyDetections(std::move(work), catalog, "import", out)(txn, now);
-      }
-      return workflow::ApplyDetections(std::move(work), catalog, "import", out,
-                                       workflow::SafeguardContext{safeguards, set})(txn, now);
-    };
+        return engine::Evaluate(*set, d, env, now).proposals;
+      };
+      mutation = workflow::ApplyDetections(std::move(work), catalog_, "import", out,
+                                           workflow::SafeguardContext{safeguards_.get(), set_},
+                                           std::move(evaluate));
+    }
     ledger_->Submit(std::move(mutation), [out, done = std::move(done)](
                                              absl::Status status, std::vector<ledger::Change>) {
       BatchResult r;

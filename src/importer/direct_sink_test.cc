@@ -43,17 +43,17 @@ std::string Row(const std::string& id, const std::string& entity, double score) 
          "\",\"score\":" + std::to_string(score) + ",\"observed_at\":\"2024-05-01T10:00:00Z\"}\n";
 }
 
-void PrepareDataDir(const std::string& dir) {
+void PrepareDataDir(const std::string& dir, const char* policies = kPolicies) {
   ledger::SqliteOptions so;
   so.path = dir;
   auto store = ledger::OpenSqliteStore(so);
   ASSERT_TRUE(store.ok()) << store.status();
   auto ledger = ledger::Ledger::Open(*std::move(store), {}, core::RealClock::Get());
   ASSERT_TRUE(ledger.ok());
-  ASSERT_TRUE((*ledger)
-                  ->SubmitAndWait(
-                      workflow::PublishPolicySet(kPolicies, "test", std::make_shared<int64_t>()))
-                  .ok());
+  ASSERT_TRUE(
+      (*ledger)
+          ->SubmitAndWait(workflow::PublishPolicySet(policies, "test", std::make_shared<int64_t>()))
+          .ok());
   ASSERT_TRUE((*ledger)
                   ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
                     ledger::Change c;
@@ -143,6 +143,49 @@ TEST(DirectImportTest, CountsRejectsBatchAndIdempotentReimport) {
   EXPECT_EQ(again.counts.rejected, 4);
   EXPECT_EQ(State(dir + "/var"), state);
   EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), *seq);
+}
+
+// A row's decision that depends on the rows before it (active() of what an earlier row of
+// the same file created) is the same however the file is cut into batches: every row is
+// evaluated just before it is decided, after the rows before it in its own batch.
+TEST(DirectImportTest, RowsSeeTheRowsBeforeThemWhateverTheBatching) {
+  constexpr char kRepeat[] = R"(actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+policies:
+  - id: bot
+    on: detection
+    when: detection.score >= 0.9
+    action: exclude_royalties
+  - id: known
+    on: detection
+    when: detection.score >= 0.99 && active(entity, "exclude_royalties")
+    action: flag
+)";
+  std::string f;
+  for (int u = 0; u < 20; ++u) {
+    f += Row(absl::StrCat("a", u), absl::StrCat("user:u", u), 0.95);   // exclude_royalties
+    f += Row(absl::StrCat("b", u), absl::StrCat("user:u", u), 0.995);  // then known: flag
+  }
+  std::multiset<std::string> first;
+  for (size_t batch_rows : {size_t{1000}, size_t{1}, size_t{3}}) {
+    std::string dir = testing::TempDir("batching");
+    PrepareDataDir(dir + "/var", kRepeat);
+    std::string file = dir + "/in.ndjson";
+    testing::WriteFile(file, f);
+    ImportOptions o = Options(dir, file);
+    o.batch_rows = batch_rows;
+    ImportResult r = Import(o);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.counts.accepted, 40);
+    std::multiset<std::string> state = State(dir + "/var");
+    EXPECT_EQ(std::count_if(state.begin(), state.end(),
+                            [](const std::string& s) { return s.find(" flag ") != s.npos; }),
+              20)
+        << "batch_rows " << batch_rows;
+    if (first.empty()) first = state;
+    EXPECT_EQ(state, first) << "batch_rows " << batch_rows;
+  }
 }
 
 TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {

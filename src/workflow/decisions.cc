@@ -320,11 +320,20 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext sg) {
+  return ApplyDetections(std::move(work), std::move(catalog), std::move(actor), std::move(out),
+                         std::move(sg), nullptr);
+}
+
+ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
+                                 std::shared_ptr<const core::ActionCatalog> catalog,
+                                 std::string actor,
+                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
+                                 SafeguardContext sg, ProposeFn propose) {
   // Runs on the caller's thread: everything that does not depend on ledger state.
   std::vector<Prepared> items = Prepare(std::move(work));
   return [items = std::move(items), catalog = std::move(catalog), actor = std::move(actor),
-          out = std::move(out),
-          sg = std::move(sg)](ledger::Txn& ledger_txn, absl::Time now) mutable -> absl::Status {
+          out = std::move(out), sg = std::move(sg), propose = std::move(propose)](
+             ledger::Txn& ledger_txn, absl::Time now) mutable -> absl::Status {
     CachingTxn txn(ledger_txn);
     out->assign(items.size(), DetectionOutcome{});
     // One duplicate check for the whole batch; a repeat within the batch is a duplicate
@@ -353,6 +362,7 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
           continue;
         }
       }
+      if (propose) items[i].proposals = propose(txn, items[i].detection, now);
       QUELL_RETURN_IF_ERROR(ApplyOne(txn, items[i], *catalog, actor, sg, now, &o));
       fresh.push_back(i);
     }

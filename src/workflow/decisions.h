@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "core/action.h"
 #include "core/mitigation.h"
 #include "engine/engine.h"
@@ -76,6 +77,21 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext safeguards);
+
+// Computes a detection's proposals inside the transaction, just before the detection is
+// decided, so that its reads (active(), prior(), lists) see every decision before it,
+// those of earlier items of the same batch included. For quell import, whose outcome
+// must depend on the file's order alone, not on how it is cut into batches.
+using ProposeFn = absl::AnyInvocable<std::vector<engine::Proposal>(
+    ledger::Txn& txn, const engine::Detection& d, absl::Time now)>;
+
+//! As above, with each new item's proposals computed by `propose` (DetectionWork's
+//! proposals are ignored); duplicates are not evaluated.
+ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
+                                 std::shared_ptr<const core::ActionCatalog> catalog,
+                                 std::string actor,
+                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
+                                 SafeguardContext safeguards, ProposeFn propose);
 
 //! The escalation count of `p` on committed data (for dry runs: policies/test, backtest):
 //! the same hits ApplyDetections counts inside its transaction.
