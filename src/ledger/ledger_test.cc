@@ -163,6 +163,10 @@ class FaultyStore final : public Store {
                                                            std::string_view a) override {
       return inner_->FindLive(e, a);
     }
+    absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& e,
+                                                                    absl::Time since) override {
+      return inner_->EntityMitigations(e, since);
+    }
     absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view s,
                                                                     std::string_view k) override {
       return inner_->GetIdempotency(s, k);

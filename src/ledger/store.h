@@ -227,15 +227,10 @@ class Txn {
   //! Every mitigation of `entity` that is live or was created at or after `since`, in
   //! no particular order: what CountMitigations (with that `since` or a later one) and
   //! FindLive answer, read at once, so that a caller asking both about one entity (the
-  //! escalation count, then create-or-extend) reads the entity once. Sees this Txn's own
-  //! writes. The default is kUnimplemented: callers then ask CountMitigations and
-  //! FindLive; a backend that answers it in one query overrides it.
+  //! escalation count, then create-or-extend) reads the entity once. InfiniteFuture: the
+  //! live ones only. Sees this Txn's own writes.
   virtual absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(
-      const core::Entity& entity, absl::Time since) {
-    (void)entity;
-    (void)since;
-    return absl::UnimplementedError("EntityMitigations");
-  }
+      const core::Entity& entity, absl::Time since) = 0;
   //! The version the next kPolicySet change must carry: 1 + the highest published.
   virtual absl::StatusOr<int64_t> NextPolicyVersion() = 0;
   //! Whether `entity` is on list `name` (false if there is no such list).

@@ -343,6 +343,9 @@ TEST_P(StoreTest, EntityMitigationsAreTheLiveOnesAndThoseCreatedSince) {
         EXPECT_EQ(m, recent_shadow);
       }
     }
+    auto live = t.EntityMitigations(E("user:u1"), absl::InfiniteFuture());
+    ASSERT_OK(live);
+    EXPECT_THAT(Ids(*live), UnorderedElementsAre(old_active.id, old_scheduled.id));
     auto none = t.EntityMitigations(E("user:u3"), kT0);
     ASSERT_OK(none);
     EXPECT_THAT(*none, IsEmpty());

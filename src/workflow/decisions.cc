@@ -35,12 +35,10 @@ void AppendDecision(const core::Mitigation& m, std::string_view reason, std::str
 
 // The Txn the decision mutation works through: forwards to the ledger's, and remembers
 // what it read about an entity until a write could change it, so that the escalation
-// count and the create-or-extend step that follows it read the entity once. The first
-// CountMitigations of an entity reads its mitigations whole (EntityMitigations: the live
-// ones and those created since the window's start) and answers it, and the FindLive
-// calls after it, from them; a backend without EntityMitigations is asked per call, with
-// FindLive answers remembered per (entity, action). A mitigation append forgets its
-// entity; a savepoint rollback forgets everything.
+// count, the safeguards' and the create-or-extend step's live reads read the entity once.
+// An entity is read whole (EntityMitigations: its live mitigations and, for a count,
+// those created since the window's start), and CountMitigations and FindLive are answered
+// from that. A mitigation append forgets its entity; a savepoint rollback forgets all.
 // Confined to the commit thread, like the Txn it wraps (borrowed).
 class CachingTxn final : public ledger::Txn {
  public:
@@ -51,22 +49,16 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
                                                          std::string_view action) override {
-    if (auto it = entities_.find(AV(entity.str())); it != entities_.end()) {
-      std::vector<core::Mitigation> live;
-      for (const core::Mitigation& m : it->second.mitigations) {
-        if (m.action == action && core::IsLive(m.state)) live.push_back(m);
-      }
-      // As the store orders them.
-      std::sort(live.begin(), live.end(),
-                [](const core::Mitigation& a, const core::Mitigation& b) { return a.id < b.id; });
-      return live;
+    // Any view holds every live mitigation; a live read alone asks for no other.
+    QUELL_ASSIGN_OR_RETURN(const EntityView* view, View(entity, absl::InfiniteFuture()));
+    std::vector<core::Mitigation> live;
+    for (const core::Mitigation& m : view->mitigations) {
+      if (m.action == action && core::IsLive(m.state)) live.push_back(m);
     }
-    std::string key = LiveKey(entity.str(), action);
-    auto it = live_.find(key);
-    if (it != live_.end()) return it->second;
-    QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> found, inner_.FindLive(entity, action));
-    live_.emplace(std::move(key), found);
-    return found;
+    // As the store orders them.
+    std::sort(live.begin(), live.end(),
+              [](const core::Mitigation& a, const core::Mitigation& b) { return a.id < b.id; });
+    return live;
   }
   absl::StatusOr<std::optional<ledger::IdempotencyRecord>> GetIdempotency(
       std::string_view scope, std::string_view key) override {
@@ -77,10 +69,7 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::StatusOr<ledger::Change> Append(ledger::Change change,
                                         const core::Mitigation* mitigation) override {
-    if (mitigation != nullptr) {
-      live_.erase(LiveKey(mitigation->entity.str(), mitigation->action));
-      entities_.erase(AV(mitigation->entity.str()));
-    }
+    if (mitigation != nullptr) entities_.erase(AV(mitigation->entity.str()));
     return inner_.Append(std::move(change), mitigation);
   }
   int64_t NextSeq() const override { return inner_.NextSeq(); }
@@ -102,8 +91,6 @@ class CachingTxn final : public ledger::Txn {
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
     QUELL_ASSIGN_OR_RETURN(const EntityView* view, View(entity, since));
-    if (view == nullptr)
-      return inner_.CountMitigations(entity, policy, action, since, exclude_shadow);
     int64_t n = 0;
     for (const core::Mitigation& m : view->mitigations) {
       if (m.created_at >= since && (policy.empty() || m.policy == policy) &&
@@ -124,14 +111,12 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::Status Savepoint() override { return inner_.Savepoint(); }
   absl::Status RollbackToSavepoint() override {
-    live_.clear();
     entities_.clear();
     return inner_.RollbackToSavepoint();
   }
   absl::Status ReleaseSavepoint() override { return inner_.ReleaseSavepoint(); }
   absl::Status Commit() override { return inner_.Commit(); }
   void Rollback() override {
-    live_.clear();
     entities_.clear();
     inner_.Rollback();
   }
@@ -142,36 +127,20 @@ class CachingTxn final : public ledger::Txn {
     absl::Time since;
     std::vector<core::Mitigation> mitigations;
   };
-  // The entity's view covering `since`, read if needed; null if the backend cannot
-  // answer EntityMitigations.
+  // The entity's view covering `since`, read if it has none that does.
   absl::StatusOr<const EntityView*> View(const core::Entity& entity, absl::Time since) {
     auto it = entities_.find(AV(entity.str()));
     if (it != entities_.end() && it->second.since <= since) return &it->second;
-    if (!entity_reads_) return nullptr;
-    absl::StatusOr<std::vector<core::Mitigation>> read = inner_.EntityMitigations(entity, since);
-    if (read.status().code() == absl::StatusCode::kUnimplemented) {
-      entity_reads_ = false;
-      return nullptr;
-    }
-    if (!read.ok()) return read.status();
+    QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> read,
+                           inner_.EntityMitigations(entity, since));
     EntityView& v = entities_[AV(entity.str())];
     v.since = since;
-    v.mitigations = *std::move(read);
+    v.mitigations = std::move(read);
     return &v;
   }
 
-  static std::string LiveKey(std::string_view entity, std::string_view action) {
-    std::string key;
-    key.reserve(entity.size() + 1 + action.size());
-    key.append(entity);
-    key.push_back('\0');
-    key.append(action);
-    return key;
-  }
   ledger::Txn& inner_;
-  absl::flat_hash_map<std::string, std::vector<core::Mitigation>> live_;
   absl::flat_hash_map<std::string, EntityView> entities_;
-  bool entity_reads_ = true;  // false once the backend answered kUnimplemented
 };
 
 // What the caller's thread prepares for each detection, so that the commit thread only

@@ -108,6 +108,17 @@ Change ReadChangeRow(const Stmt& s) {
   return c;
 }
 
+// Runs `stmt` (already bound, selecting QUELL_CHANGE_COLUMNS) and reads every row.
+absl::StatusOr<std::vector<Change>> CollectChanges(Stmt& s) {
+  std::vector<Change> out;
+  while (true) {
+    QUELL_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back(ReadChangeRow(s));
+  }
+  return out;
+}
+
 // Runs `stmt` (already bound) and parses column 0 of every row as a mitigation.
 absl::StatusOr<std::vector<core::Mitigation>> CollectMitigations(Stmt& s) {
   std::vector<core::Mitigation> out;
@@ -234,11 +245,7 @@ void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   } else {
     d->json.assign(s.ColumnText(8));
   }
-  if (s.ColumnText(9).empty()) {
-    d->reply = NoDecisionReply(d->source, d->id);
-  } else {
-    d->reply.assign(s.ColumnText(9));
-  }
+  d->reply = StoredReply(s.ColumnText(9), d->source, d->id);
 }
 
 absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::string_view source,
@@ -1459,13 +1466,7 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadChanges(int64_t after, int 
     StmtUse use(s);
     use->BindInt(1, after);
     use->BindInt(2, limit);
-    std::vector<Change> out;
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (!row) break;
-      out.push_back(ReadChangeRow(*use));
-    }
-    return out;
+    return CollectChanges(*use);
   });
 }
 
@@ -1480,13 +1481,7 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadChangesOfKind(ChangeKind ki
     use->BindInt(1, after);
     use->BindInt(2, static_cast<int64_t>(kind));
     use->BindInt(3, limit);
-    std::vector<Change> out;
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (!row) break;
-      out.push_back(ReadChangeRow(*use));
-    }
-    return out;
+    return CollectChanges(*use);
   });
 }
 
@@ -1500,13 +1495,7 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadEntityChanges(const core::E
     StmtUse use(s);
     use->BindTextStatic(1, entity.str());
     use->BindInt(2, limit);
-    std::vector<Change> out;
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (!row) break;
-      out.push_back(ReadChangeRow(*use));
-    }
-    return out;
+    return CollectChanges(*use);
   });
 }
 
