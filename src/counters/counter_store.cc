@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "counters/internal/floor_div.h"
 
 namespace quell::counters {
 namespace {
@@ -18,12 +19,6 @@ bool ValidName(std::string_view name) {
     if (!ok) return false;
   }
   return true;
-}
-
-int64_t FloorDiv(int64_t a, int64_t b) {
-  int64_t q = a / b;
-  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
-  return q;
 }
 
 }  // namespace
@@ -55,7 +50,7 @@ WindowGeometry WindowGeometry::Of(absl::Duration window, int buckets_per_window)
 }
 
 int64_t WindowGeometry::BucketOf(absl::Time t) const {
-  return FloorDiv(absl::ToUnixMicros(t), width_us);
+  return internal::FloorDiv(absl::ToUnixMicros(t), width_us);
 }
 
 absl::StatusOr<CounterSet> CounterSet::Create(std::vector<CounterSpec> specs, TimeOptions options) {

@@ -318,14 +318,13 @@ TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
   const auto& set = store->counters();
   const int64_t b1h = set.geometry(2)[0].BucketOf(clock_.Now());
   const std::string sketch = redis->KeyForTest(2, 0, "ip:10.0.0.8", b1h);
-  // The sketch is "<index hash>:<window>:<bucket>".
-  const std::string index = sketch.substr(0, sketch.rfind(':', sketch.rfind(':') - 1));
+  const std::string index = redis->HashKeyForTest(2, "ip:10.0.0.8");
   const std::string exact = redis->KeyForTest(2, 0, "ip:10.0.0.9", b1h);
   EXPECT_EQ(command("EXISTS", exact), 0) << "a sketch for a hash of 1 value: " << exact;
-  const std::string exact_index = exact.substr(0, exact.rfind(':', exact.rfind(':') - 1));
+  const std::string exact_index = redis->HashKeyForTest(2, "ip:10.0.0.9");
+  // One hash holds every window of a count counter.
   for (const std::string& key :
-       {redis->KeyForTest(0, 0, "user:lost", 0), redis->KeyForTest(0, 1, "user:lost", 0),
-        redis->KeyForTest(0, 2, "user:lost", 0), sketch, index, exact_index}) {
+       {redis->HashKeyForTest(0, "user:lost"), sketch, index, exact_index}) {
     EXPECT_GT(command("PTTL", key), 0) << key;
   }
   EXPECT_EQ(CountOf(*store, "user:lost", Minutes(1)), 1);
@@ -430,8 +429,7 @@ TEST_P(RedisLayoutTest, WindowHashesDropBucketsThatLeftTheWindow) {
   // One hash per (counter, key) holds every window of the counter.
   const std::string plays = redis->KeyForTest(0, 0, "user:busy", 0);
   EXPECT_EQ(plays, redis->KeyForTest(0, 2, "user:busy", 0));
-  const std::string ip_1h = redis->KeyForTest(2, 0, "ip:10.0.0.7", 0);
-  const std::string ip_index = ip_1h.substr(0, ip_1h.rfind(':', ip_1h.rfind(':') - 1));
+  const std::string ip_index = redis->HashKeyForTest(2, "ip:10.0.0.7");
   // `plays` (1m, 1h, 24h: bucket widths 1 s, 1 min, 24 min divide one another) is nested:
   // an event is one field of the narrowest window that reads it, and moves to the next
   // wider window when the hash is cleaned after it left that window.
@@ -521,8 +519,7 @@ DistinctLayout LayoutOf(redisContext* c, RedisCounterStore& store, int counter,
                         std::string_view key, absl::Time now) {
   DistinctLayout out;
   const WindowGeometry& g = store.counters().geometry(counter)[0];
-  const std::string any = store.KeyForTest(counter, 0, key, 0);
-  const std::string hash = any.substr(0, any.rfind(':', any.rfind(':') - 1));
+  const std::string hash = store.HashKeyForTest(counter, key);
   auto* r = static_cast<redisReply*>(redisCommand(c, "HKEYS %b", hash.data(), hash.size()));
   for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; ++i) {
     std::string_view f(r->element[i]->str, r->element[i]->len);

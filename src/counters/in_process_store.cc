@@ -112,7 +112,7 @@ struct alignas(64) Shard {
   int64_t dense ABSL_GUARDED_BY(mu) = 0;
   int64_t evicted_expired ABSL_GUARDED_BY(mu) = 0;
   int64_t evicted_cap ABSL_GUARDED_BY(mu) = 0;
-  int64_t last_sweep_us ABSL_GUARDED_BY(mu) = std::numeric_limits<int64_t>::min();
+  int64_t last_sweep_us ABSL_GUARDED_BY(mu) = 0;  // the epoch: a first batch sweeps
 };
 
 namespace {
@@ -335,9 +335,7 @@ absl::StatusOr<RecordSummary> InProcessCounterStore::Record(absl::Span<const Obs
     if (begin == end) continue;
     Shard& shard = shards_[s];
     internal::ShardLock lock(&shard.mu);
-    // The sentinel (never swept) is compared first: subtracting it would overflow.
-    if (shard.last_sweep_us == std::numeric_limits<int64_t>::min() ||
-        now_us - shard.last_sweep_us >= sweep_interval_us_) {
+    if (now_us - shard.last_sweep_us >= sweep_interval_us_) {
       SweepShard(shard, now_us, expiry_us_);
     }
     for (size_t k = begin; k < std::min(end, begin + kAhead); ++k)

@@ -23,6 +23,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "counters/internal/floor_div.h"
 #include "counters/internal/hll.h"
 
 namespace quell::counters {
@@ -409,6 +410,12 @@ void RedisCounterStore::AppendKey(std::string& out, int counter, int window, std
   AppendHashKey(out, counter, key);
   out += ':';
   AppendField(out, counter, window, bucket);
+}
+
+std::string RedisCounterStore::HashKeyForTest(int counter, std::string_view key) const {
+  std::string out;
+  AppendHashKey(out, counter, key);
+  return out;
 }
 
 std::string RedisCounterStore::KeyForTest(int counter, int window, std::string_view key,
@@ -1112,7 +1119,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
         const int64_t width = NestedWidth(reads[i].counter, f.substr(0, colon));
         if (width <= 0 || g.width_us % width != 0) continue;
         const int64_t ratio = g.width_us / width;
-        const int64_t mapped = b >= 0 ? b / ratio : -((-b + ratio - 1) / ratio);
+        const int64_t mapped = internal::FloorDiv(b, ratio);
         if (mapped >= oldest && mapped <= newest) sum += v;
         continue;
       }

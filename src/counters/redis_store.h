@@ -127,6 +127,8 @@ class RedisCounterStore final : public CounterStore {
   // The Redis key of `bucket` of window `window` (an index) of `counter`, for tests: the
   // (counter, key) hash of a count counter (every window), a distinct bucket's sketch.
   std::string KeyForTest(int counter, int window, std::string_view key, int64_t bucket) const;
+  // The hash of (counter, key), for tests (a distinct counter's exact values and index).
+  std::string HashKeyForTest(int counter, std::string_view key) const;
 
  private:
   class Commands;

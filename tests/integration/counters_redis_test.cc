@@ -102,7 +102,8 @@ TEST_F(RedisCounterStoreTest, KeysExpireWithTheirWindows) {
   // "<window>:<bucket>:<value>", beside "n" (values written); its sketch key
   // "<hash>:<window>:<bucket>" appears once the hash has had 32 values.
   const std::string hll_key = store_->KeyForTest(1, 0, "ip:10.0.0.1", b1h);
-  const std::string ip_hash = hll_key.substr(0, hll_key.rfind(':', hll_key.rfind(':') - 1));
+  const std::string ip_hash = store_->HashKeyForTest(1, "ip:10.0.0.1");
+  EXPECT_EQ(hll_key.rfind(ip_hash + ":", 0), 0u) << hll_key;  // "<hash>:<window>:<bucket>"
   ttl = pttl(ip_hash);
   EXPECT_GT(ttl, 3'600'000);
   EXPECT_LE(ttl, 3'671'000);
