@@ -24,6 +24,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "pg/conn.h"
+#include "webhooks/internal/list_column.h"
 #include "webhooks/state_store.h"
 
 namespace quell::webhooks {
@@ -44,11 +45,8 @@ constexpr char kSchema[] =
     " seq bigint NOT NULL, attempts integer NOT NULL, last_error text NOT NULL,"
     " failed_at bigint NOT NULL, body text NOT NULL, PRIMARY KEY (subscription_id, seq));";
 
-std::string JoinList(const std::vector<std::string>& v) { return absl::StrJoin(v, "\n"); }
-std::vector<std::string> SplitList(std::string_view s) {
-  if (s.empty()) return {};
-  return absl::StrSplit(AV(s), '\n');
-}
+using internal::JoinList;
+using internal::SplitList;
 
 // The same code, with the message saying whose state it is (as the SQLite store's do).
 absl::Status Tagged(const absl::Status& st) {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "webhooks/internal/list_column.h"
 #include "webhooks/state_store.h"
 
 namespace quell::webhooks {
@@ -55,11 +56,8 @@ class Stmt {
   int rc_ = SQLITE_OK;
 };
 
-std::string JoinList(const std::vector<std::string>& v) { return absl::StrJoin(v, "\n"); }
-std::vector<std::string> SplitList(const std::string& s) {
-  if (s.empty()) return {};
-  return absl::StrSplit(s, '\n');
-}
+using internal::JoinList;
+using internal::SplitList;
 
 class SqliteStateStore final : public StateStore {
  public:

@@ -85,18 +85,12 @@ void PostgresLease::Run() {
   while (!stop_.load()) {
     const absl::Time sent = absl::Now();
     bool answered = false, got = false;
-    if (conn == nullptr) {
-      auto opened = Conn::Open(co);
-      if (opened.ok()) conn = *std::move(opened);
-    }
-    if (conn != nullptr) {
+    if (pg::Reconnect(conn, co).ok()) {  // a lost connection is re-opened here
       auto r = conn->Query(
           kAcquire, {P(options_.name), P(options_.holder), P(absl::ToDoubleSeconds(options_.ttl))});
       if (r.ok()) {
         answered = true;
         got = r->rows() == 1;
-      } else if (!conn->ok()) {
-        conn.reset();
       }
     }
     if (got) valid_until = sent + options_.ttl;

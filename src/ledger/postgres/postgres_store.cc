@@ -180,6 +180,14 @@ Change ReadChangeRow(const Result& r, int i) {
   return c;
 }
 
+// Every row of `r` (selecting QUELL_CHANGE_COLUMNS) as a change.
+std::vector<Change> CollectChanges(const Result& r) {
+  std::vector<Change> out;
+  out.reserve(r.rows());
+  for (int i = 0; i < r.rows(); ++i) out.push_back(ReadChangeRow(r, i));
+  return out;
+}
+
 absl::StatusOr<std::vector<core::Mitigation>> CollectMitigations(const Result& r) {
   std::vector<core::Mitigation> out;
   out.reserve(r.rows());
@@ -840,9 +848,7 @@ class PgStore final : public Store {
                              db.Query("SELECT " QUELL_CHANGE_COLUMNS
                                       " FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                                       {P(after), P(int64_t{limit})}));
-      std::vector<Change> out;
-      for (int i = 0; i < r.rows(); ++i) out.push_back(ReadChangeRow(r, i));
-      return out;
+      return CollectChanges(r);
     });
   }
   absl::StatusOr<std::vector<Change>> ReadChangesOfKind(ChangeKind kind, int64_t after,
@@ -853,9 +859,7 @@ class PgStore final : public Store {
           Result r, db.Query("SELECT " QUELL_CHANGE_COLUMNS
                              " FROM changes WHERE seq > $1 AND kind = $2 ORDER BY seq LIMIT $3",
                              {P(after), P(int64_t{static_cast<int>(kind)}), P(int64_t{limit})}));
-      std::vector<Change> out;
-      for (int i = 0; i < r.rows(); ++i) out.push_back(ReadChangeRow(r, i));
-      return out;
+      return CollectChanges(r);
     });
   }
   absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
@@ -866,9 +870,7 @@ class PgStore final : public Store {
                              db.Query("SELECT " QUELL_CHANGE_COLUMNS
                                       " FROM changes WHERE entity = $1 ORDER BY seq LIMIT $2",
                                       {P(entity.str()), P(int64_t{limit})}));
-      std::vector<Change> out;
-      for (int i = 0; i < r.rows(); ++i) out.push_back(ReadChangeRow(r, i));
-      return out;
+      return CollectChanges(r);
     });
   }
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
