@@ -268,11 +268,18 @@ int Serve(const Flags& flags) {
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
   (*ledger)->AddListener(webhook_dispatcher->get());
 
-  // The review-queue gauges drop approvals and rollback requests past the same
-  // pending_ttl as the API's safeguards (below).
-  api::ReviewQueueOptions review_queue{.clock = clock,
-                                       .pending_ttl = config->safeguards.pending_ttl.value_or(
-                                           workflow::SafeguardOptions().pending_ttl)};
+  // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc): the
+  // API's (below), whose pending_ttl the review-queue gauges also use to drop approvals
+  // and rollback requests.
+  workflow::SafeguardOptions sg_options;
+  const SafeguardsConfig& sg_config = config->safeguards;
+  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
+  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
+  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
+  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
+  if (sg_config.idempotency_retention)
+    sg_options.idempotency_retention = *sg_config.idempotency_retention;
+  api::ReviewQueueOptions review_queue{.clock = clock, .pending_ttl = sg_options.pending_ttl};
   auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index,
                                                    config->node_name, review_queue);
   if (!metric_handles.ok()) return Failure(metric_handles.status());
@@ -304,15 +311,7 @@ int Serve(const Flags& flags) {
   api_options.counters.fail_closed = config->counters.fail_closed;
   api_options.counters.lateness = config->counters.lateness;
   api_options.counters.max_keys = config->counters.max_keys;
-  // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc).
-  workflow::SafeguardOptions& sg_options = api_options.safeguards.emplace();
-  const SafeguardsConfig& sg_config = config->safeguards;
-  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
-  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
-  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
-  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
-  if (sg_config.idempotency_retention)
-    sg_options.idempotency_retention = *sg_config.idempotency_retention;
+  api_options.safeguards = sg_options;
   api_options.start_background = postgres_url.empty();  // else: under the lease, below
   auto created = api::Api::Create(deps, api_options);
   if (!created.ok()) return Failure(created.status());

@@ -158,9 +158,8 @@ Logger::Logger(std::unique_ptr<LogSink> sink, Options options)
     : min_level_(static_cast<int>(options.min_level)),
       now_(options.now ? std::move(options.now) : [] { return absl::Now(); }),
       flush_interval_(options.flush_interval),
-      buffered_(flush_interval_ > absl::ZeroDuration()),
       sink_(std::move(sink)) {
-  if (buffered_) flusher_ = std::thread([this] { RunFlusher(); });
+  if (buffered()) flusher_ = std::thread([this] { RunFlusher(); });
 }
 
 Logger::~Logger() {
@@ -207,7 +206,7 @@ void Logger::Write(Level level, std::string_view msg, std::span<const Field> fie
   thread_local std::string line;
   line.clear();
   FormatLogLine(line, now_(), level, msg, fields);
-  if (buffered_ && level < Level::kWarn) {
+  if (buffered() && level < Level::kWarn) {
     absl::MutexLock lock(&buffer_mu_);
     if (buffer_.size() + line.size() <= kMaxBufferedBytes) {
       buffer_.append(line);
@@ -216,7 +215,7 @@ void Logger::Write(Level level, std::string_view msg, std::span<const Field> fie
     }
   } else {
     absl::MutexLock lock(&sink_mu_);
-    if (buffered_) FlushLocked();  // what was logged before this line goes first
+    if (buffered()) FlushLocked();  // what was logged before this line goes first
     sink_->Write(line);
   }
   if (line.capacity() > (64 << 10)) std::string().swap(line);  // do not pin a huge line

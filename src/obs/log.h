@@ -186,11 +186,12 @@ class Logger {
   // Hands the buffered lines to the sink. Caller holds sink_mu_.
   void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sink_mu_);
   void RunFlusher();
+  // A flusher thread runs and info lines are buffered.
+  bool buffered() const { return flush_interval_ > absl::ZeroDuration(); }
 
   std::atomic<int> min_level_;
   const std::function<absl::Time()> now_;
   const absl::Duration flush_interval_;
-  const bool buffered_;  // flush_interval_ > 0: a flusher thread runs
   // Lock order: sink_mu_, then buffer_mu_. Appending a buffered line takes only buffer_mu_.
   absl::Mutex sink_mu_;
   const std::unique_ptr<LogSink> sink_ ABSL_PT_GUARDED_BY(sink_mu_);

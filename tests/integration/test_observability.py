@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 
 from harness import QUELL, QuellServer, free_port, run_cli
+from test_multinode import CLUSTER_BIN, PgCluster
 
 
 def log_lines(server, until=None, timeout=10.0):
@@ -580,23 +581,15 @@ class OperationalMetricsTest(ScrapeMixin, unittest.TestCase):
             os.unlink(f.name)
 
 
-PG_CLUSTER_BIN = os.environ.get("QUELL_PG_CLUSTER_BIN") or os.path.join(
-    os.path.dirname(QUELL), "src", "ledger", "postgres", "quell_pg_test_cluster")
-
-
-@unittest.skipUnless(os.path.exists(PG_CLUSTER_BIN), "quell_pg_test_cluster not built")
+@unittest.skipUnless(os.path.exists(CLUSTER_BIN), "quell_pg_test_cluster not built")
 class ReviewQueueClusterTest(ScrapeMixin, unittest.TestCase):
     """Two nodes on one PostgreSQL: the review items written through one node show in the
     other's gauges (the change feed), and a restarted node rebuilds the same figures."""
 
     def setUp(self):
-        # A throwaway PostgreSQL cluster: the tool prints its URL, stops when stdin closes.
-        self.pg = subprocess.Popen([PG_CLUSTER_BIN], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: (self.pg.stdin.close(), self.pg.wait(60), self.pg.stdout.close()))
-        line = self.pg.stdout.readline().strip()
-        self.assertTrue(line.startswith("url "), line)
-        url = line[4:]
+        self.pg = PgCluster()
+        self.addCleanup(self.pg.close)
+        url = self.pg.new_database()
         run_cli("migrate", "--postgres", url)
         self.admin = run_cli("keys", "create", "--role", "admin", "--postgres", url)[1].strip()
         self.reviewer = run_cli("keys", "create", "--role", "reviewer", "--postgres",
