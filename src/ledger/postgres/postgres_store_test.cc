@@ -230,8 +230,8 @@ TEST(PostgresStore, DeferredWritesHonourSavepoints) {
   EXPECT_EQ(Subjects(**s), (std::vector<std::string>{"b", "c", "e"}));
 }
 
-absl::StatusOr<Change> AppendMitigation(Txn& txn, std::string_view id, std::string_view entity,
-                                        std::string subject = "", std::string change_entity = "") {
+// An active manual block of `entity` from kT0, for an hour.
+core::Mitigation MakeMitigation(std::string_view id, std::string_view entity) {
   core::Mitigation m;
   m.id = id;
   m.entity = *core::Entity::Parse(entity);
@@ -240,13 +240,25 @@ absl::StatusOr<Change> AppendMitigation(Txn& txn, std::string_view id, std::stri
   m.created_at = m.updated_at = m.starts_at = kT0;
   m.expires_at = kT0 + absl::Hours(1);
   m.source = "manual";
+  return m;
+}
+
+// Appends the kMitigation change of `m`, whose seq becomes the next one.
+absl::StatusOr<Change> AppendRecord(Txn& txn, core::Mitigation& m, std::string actor = "node",
+                                    std::string subject = "", std::string change_entity = "") {
   m.seq = txn.NextSeq();
   Change c;
   c.kind = ChangeKind::kMitigation;
-  c.actor = "node";
+  c.actor = std::move(actor);
   c.subject = std::move(subject);
   c.entity = std::move(change_entity);
   return txn.Append(std::move(c), &m);
+}
+
+absl::StatusOr<Change> AppendMitigation(Txn& txn, std::string_view id, std::string_view entity,
+                                        std::string subject = "", std::string change_entity = "") {
+  core::Mitigation m = MakeMitigation(id, entity);
+  return AppendRecord(txn, m, "node", std::move(subject), std::move(change_entity));
 }
 
 // A Txn answers FindLive and CountMitigations without a query for entities its store
@@ -322,20 +334,11 @@ TEST(PostgresStore, MergedRowsKeepTheirTextNullsAndOrder) {
   ASSERT_TRUE(txn.ok());
   std::vector<core::Mitigation> written;
   for (int i = 0; i < 5; ++i) {
-    core::Mitigation m;
-    m.id = absl::StrCat("m_", i % 3);  // m_0 and m_1 twice
-    m.entity = *core::Entity::Parse(absl::StrCat("user:u", i % 3));
-    m.action = "block";
-    m.state = i >= 3 ? core::MitigationState::kRevoked : core::MitigationState::kActive;
-    m.created_at = m.updated_at = m.starts_at = kT0;
-    m.expires_at = kT0 + absl::Hours(1);
+    // m_0 and m_1 twice
+    core::Mitigation m = MakeMitigation(absl::StrCat("m_", i % 3), absl::StrCat("user:u", i % 3));
+    if (i >= 3) m.state = core::MitigationState::kRevoked;
     m.reason = absl::StrCat("a \\ \"quoted\" {x,y} NULL ", i);
-    m.source = "manual";
-    m.seq = (*txn)->NextSeq();
-    Change c;
-    c.kind = ChangeKind::kMitigation;
-    c.actor = "node \"1\"";
-    auto appended = (*txn)->Append(std::move(c), &m);
+    auto appended = AppendRecord(**txn, m, "node \"1\"");
     ASSERT_TRUE(appended.ok()) << appended.status();
     written.push_back(m);
   }
