@@ -8,7 +8,7 @@
 #include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
-#include "rapidjson/document.h"
+#include "workflow/appeals.h"
 #include "workflow/rollback.h"
 
 namespace quell::api {
@@ -84,16 +84,6 @@ void ReviewQueueTracker::OpenLocked(ReviewKind kind, const std::string& id, absl
       id, Item{since, expires ? since + pending_ttl_ : absl::InfiniteFuture()});
 }
 
-namespace {
-
-std::string StringField(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
-}
-
-}  // namespace
-
 void ReviewQueueTracker::ApplyLocked(const ledger::Change& c) {
   if (c.kind == ledger::ChangeKind::kMitigation) {
     auto& pending = open_[static_cast<int>(ReviewKind::kMitigation)];
@@ -125,20 +115,14 @@ void ReviewQueueTracker::ApplyLocked(const ledger::Change& c) {
     }
     return;
   }
-  // An appeal (workflow/appeals.cc): {"appeal": id, "state": open|granted|denied, ...}.
-  rapidjson::Document doc;
-  doc.Parse(c.payload.data(), c.payload.size());
-  if (doc.HasParseError() || !doc.IsObject()) return;
-  const std::string id = StringField(doc, "appeal");
-  if (id.empty()) return;
-  if (StringField(doc, "state") == "open") {
-    auto& appeals = open_[static_cast<int>(ReviewKind::kAppeal)];
-    if (appeals.contains(id)) return;
-    OpenLocked(ReviewKind::kAppeal, id,
-               core::ParseRfc3339(StringField(doc, "filed_at")).value_or(c.at),
-               /*expires=*/false);
+  absl::StatusOr<workflow::Appeal> a = workflow::AppealFromPayload(c.payload, c.at);
+  if (!a.ok()) return;
+  auto& appeals = open_[static_cast<int>(ReviewKind::kAppeal)];
+  if (a->state == "open") {
+    if (!appeals.contains(a->id))
+      OpenLocked(ReviewKind::kAppeal, a->id, a->filed_at, /*expires=*/false);
   } else {
-    open_[static_cast<int>(ReviewKind::kAppeal)].erase(id);
+    appeals.erase(a->id);
   }
 }
 

@@ -77,6 +77,24 @@ std::optional<std::string> MitigationOfAppeal(std::string_view appeal_id) {
   return absl::StrCat("m_", AV(appeal_id.substr(3)));
 }
 
+absl::StatusOr<Appeal> AppealFromPayload(std::string_view payload, absl::Time at) {
+  rapidjson::Document doc;
+  doc.Parse(payload.data(), payload.size());
+  if (doc.HasParseError() || !doc.IsObject() || S(doc, "appeal").empty()) {
+    return absl::InvalidArgumentError("not an appeal's change");
+  }
+  Appeal a;
+  a.id = S(doc, "appeal");
+  a.state = S(doc, "state");
+  a.statement = S(doc, "statement");
+  a.filed_by = S(doc, "filed_by");
+  a.decided_by = S(doc, "decided_by");
+  a.note = S(doc, "note");
+  a.filed_at = core::ParseRfc3339(S(doc, "filed_at")).value_or(at);
+  a.decided_at = at;
+  return a;
+}
+
 absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::string_view appeal_id,
                                                  int64_t* mitigation_seq) {
   auto mid = MitigationOfAppeal(appeal_id);
@@ -89,21 +107,12 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
   std::optional<Appeal> out;
   for (const ledger::Change& c : changes) {
     if (c.kind != ledger::ChangeKind::kReview || c.subject != appeal_id) continue;
-    rapidjson::Document doc;
-    doc.Parse(c.payload.data(), c.payload.size());
-    if (doc.HasParseError() || !doc.IsObject()) continue;
-    Appeal a;
-    a.id = std::string(appeal_id);
-    a.mitigation_id = *mid;
-    a.entity = m->entity.str();
-    a.state = S(doc, "state");
-    a.statement = S(doc, "statement");
-    a.filed_by = S(doc, "filed_by");
-    a.decided_by = S(doc, "decided_by");
-    a.note = S(doc, "note");
-    a.filed_at = core::ParseRfc3339(S(doc, "filed_at")).value_or(c.at);
-    a.decided_at = c.at;
-    out = std::move(a);
+    absl::StatusOr<Appeal> a = AppealFromPayload(c.payload, c.at);
+    if (!a.ok()) continue;
+    a->id = std::string(appeal_id);
+    a->mitigation_id = *mid;
+    a->entity = m->entity.str();
+    out = *std::move(a);
   }
   return out;
 }

@@ -37,6 +37,11 @@ std::string AppealIdFor(std::string_view mitigation_id);
 //! nullopt if `appeal_id` is not of the AppealIdFor form.
 std::optional<std::string> MitigationOfAppeal(std::string_view appeal_id);
 
+//! The appeal a kReview change's payload records ({"appeal": id, "state": ...}) as of
+//! that change, committed at `at` (filed_at defaults to it); its mitigation and entity
+//! are not in the payload and stay empty. kInvalidArgument if it is not an appeal's.
+absl::StatusOr<Appeal> AppealFromPayload(std::string_view payload, absl::Time at);
+
 //! The appeal's latest state from committed data, with the mitigation's seq at that read
 //! in *mitigation_seq; nullopt if there is none.
 absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::string_view appeal_id,
