@@ -142,6 +142,7 @@ ReviewQueueFigures ReviewQueueTracker::Figures(ReviewKind kind) const {
   for (const auto& [id, item] : items) {
     if (!out.oldest || item.since < *out.oldest) out.oldest = item.since;
   }
+  if (out.oldest) out.oldest_age = std::max(absl::ZeroDuration(), now - *out.oldest);
   return out;
 }
 
@@ -288,18 +289,13 @@ absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(
         }
         return out;
       }));
-  const core::Clock* clock =
-      review_options.clock != nullptr ? review_options.clock : core::RealClock::Get();
   QUELL_RETURN_IF_ERROR(labelled(
       "quell_review_queue_oldest_age_seconds",
-      "Age of the oldest open review per kind (0 when that kind has none).", {"kind"},
-      [reviews, clock] {
+      "Age of the oldest open review per kind (0 when that kind has none).", {"kind"}, [reviews] {
         std::vector<obs::LabelledValue> out;
-        const absl::Time now = clock->Now();
         for (ReviewKind k : kReviewKinds) {
-          auto since = reviews->Figures(k).oldest;
           out.push_back({{std::string(ReviewKindName(k))},
-                         since ? std::max(0.0, absl::ToDoubleSeconds(now - *since)) : 0.0});
+                         absl::ToDoubleSeconds(reviews->Figures(k).oldest_age)});
         }
         return out;
       }));

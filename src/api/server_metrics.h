@@ -51,6 +51,7 @@ struct ReviewQueueOptions {
 struct ReviewQueueFigures {
   int64_t depth = 0;
   std::optional<absl::Time> oldest;  // when the oldest open item was requested
+  absl::Duration oldest_age;         // its age at the tracker's clock (0 if none)
 };
 
 // The open review queue (pending approvals, pending rollback requests, open appeals) as
