@@ -36,6 +36,45 @@ ledger::Change MitigationChange(const std::string& id, core::MitigationState sta
   return c;
 }
 
+// A ledger on a fresh SQLite data directory, removed with it (however the test ends).
+class TempLedger {
+ public:
+  TempLedger(const std::string& name, core::Clock* clock)
+      : dir_(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(getpid()))) {
+    std::filesystem::remove_all(dir_);
+    auto store = ledger::OpenSqliteStore({.path = dir_.string()});
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return;
+    auto opened = ledger::Ledger::Open(*std::move(store), {}, clock);
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    if (opened.ok()) ledger_ = *std::move(opened);
+  }
+  ~TempLedger() {
+    ledger_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  ledger::Ledger* get() const { return ledger_.get(); }
+
+ private:
+  std::filesystem::path dir_;
+  std::unique_ptr<ledger::Ledger> ledger_;
+};
+
+// Appends a manual block of `entity` in `state`, created at `created`; its id in *id.
+absl::Status AppendBlock(ledger::Txn& txn, const std::string& entity, core::MitigationState state,
+                         absl::Time created, absl::Time now, std::string* id = nullptr) {
+  core::Mitigation m;
+  m.id = core::NewId("m_", now);
+  QUELL_ASSIGN_OR_RETURN(m.entity, core::Entity::Parse(entity));
+  m.action = "block";
+  m.state = state;
+  m.created_at = m.starts_at = created;
+  m.expires_at = now + absl::Hours(100);
+  m.source = "manual";
+  if (id != nullptr) *id = m.id;
+  return workflow::AppendMitigationChange(txn, m, "k_a", now).status();
+}
+
 TEST(ServerMetricsTest, PendingApprovalIsReadFromTheTopLevelStateOnly) {
   using core::MitigationState;
   EXPECT_TRUE(PayloadIsPendingApproval(
@@ -196,49 +235,37 @@ TEST(ServerMetricsTest, AppealsCountUntilDecidedAndDoNotExpire) {
 TEST(ServerMetricsTest, ChangesLoadAlreadyReadAreNotAppliedTwice) {
   core::FakeClock clock(kT0);
   ReviewQueueTracker t({.clock = &clock, .pending_ttl = kTtl});
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("quell-rq-empty-" + std::to_string(getpid()));
-  std::filesystem::remove_all(dir);
-  {
-    auto store = ledger::OpenSqliteStore({.path = dir.string()});
-    ASSERT_TRUE(store.ok()) << store.status();
-    auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
-    ASSERT_TRUE((*ledger)
-                    ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
-                      ledger::Change c = AppealChange("ap_9", "open", kT0, kT0);
-                      QUELL_RETURN_IF_ERROR(txn.Append(c, nullptr).status());
-                      c = AppealChange("ap_9", "denied", kT0, kT0);
-                      return txn.Append(c, nullptr).status();
-                    })
-                    .ok());
-    ASSERT_TRUE(t.Load((*ledger)->store()).ok());
-    EXPECT_EQ(t.Depth(kAp), 0);
-    // A change feed that starts earlier delivers seq 1 (the filing) again: ignored.
-    ledger::Change again = AppealChange("ap_9", "open", kT0, kT0);
-    again.seq = 1;
-    t.OnCommitted({again});
-    EXPECT_EQ(t.Depth(kAp), 0);
-    again.seq = 3;  // a new one is applied
-    t.OnCommitted({again});
-    EXPECT_EQ(t.Depth(kAp), 1);
-  }
-  std::filesystem::remove_all(dir);
+  TempLedger temp("quell-rq-empty", &clock);
+  ASSERT_NE(temp.get(), nullptr);
+  ledger::Ledger& ledger = *temp.get();
+  ASSERT_TRUE(ledger
+                  .SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
+                    ledger::Change c = AppealChange("ap_9", "open", kT0, kT0);
+                    QUELL_RETURN_IF_ERROR(txn.Append(c, nullptr).status());
+                    c = AppealChange("ap_9", "denied", kT0, kT0);
+                    return txn.Append(c, nullptr).status();
+                  })
+                  .ok());
+  ASSERT_TRUE(t.Load(ledger.store()).ok());
+  EXPECT_EQ(t.Depth(kAp), 0);
+  // A change feed that starts earlier delivers seq 1 (the filing) again: ignored.
+  ledger::Change again = AppealChange("ap_9", "open", kT0, kT0);
+  again.seq = 1;
+  t.OnCommitted({again});
+  EXPECT_EQ(t.Depth(kAp), 0);
+  again.seq = 3;  // a new one is applied
+  t.OnCommitted({again});
+  EXPECT_EQ(t.Depth(kAp), 1);
 }
 
 // Every kind through the real workflow mutations, followed live by one tracker, then a
 // second tracker loaded from the store (a restarted node) shows the same figures.
 TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("quell-rq-live-" + std::to_string(getpid()));
-  std::filesystem::remove_all(dir);
   {
-    auto store = ledger::OpenSqliteStore({.path = dir.string()});
-    ASSERT_TRUE(store.ok()) << store.status();
     core::FakeClock clock(kT0);
-    auto opened = ledger::Ledger::Open(*std::move(store), {}, &clock);
-    ASSERT_TRUE(opened.ok()) << opened.status();
-    ledger::Ledger& ledger = **opened;
+    TempLedger temp("quell-rq-live", &clock);
+    ASSERT_NE(temp.get(), nullptr);
+    ledger::Ledger& ledger = *temp.get();
     workflow::RollbackRequests rollbacks;
     ASSERT_TRUE(rollbacks.Load(ledger.store()).ok());
     ledger.AddListener(&rollbacks);
@@ -251,21 +278,10 @@ TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
     for (int i = 0; i < 5; ++i) {
       clock.Advance(absl::Minutes(1));
       auto added = ledger.SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
-        core::Mitigation m;
-        m.id = core::NewId("m_", now);
-        QUELL_ASSIGN_OR_RETURN(m.entity, core::Entity::Parse("user:p" + std::to_string(i)));
-        m.action = "block";
-        m.state = i < 3 ? core::MitigationState::kActive : core::MitigationState::kPendingApproval;
-        m.created_at = m.updated_at = m.starts_at = now;
-        m.expires_at = now + absl::Hours(100);
-        m.source = "manual";
-        m.actor = "k_a";
-        m.seq = txn.NextSeq();
-        ids.push_back(m.id);
-        ledger::Change c;
-        c.kind = ledger::ChangeKind::kMitigation;
-        c.actor = "k_a";
-        return txn.Append(std::move(c), &m).status();
+        return AppendBlock(
+            txn, "user:p" + std::to_string(i),
+            i < 3 ? core::MitigationState::kActive : core::MitigationState::kPendingApproval, now,
+            now, &ids.emplace_back());
       });
       ASSERT_TRUE(added.ok()) << added.status();
     }
@@ -339,48 +355,28 @@ TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
       EXPECT_EQ(t->Depth(kAp), 2);
     }
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(ServerMetricsTest, ReviewQueueLoadsEveryPendingMitigationAcrossLogPages) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("quell-server-metrics-" + std::to_string(getpid()));
-  std::filesystem::remove_all(dir);
-  {
-    auto store = ledger::OpenSqliteStore({.path = dir.string()});
-    ASSERT_TRUE(store.ok()) << store.status();
-    core::FakeClock clock(kT0);
-    auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
-    // 10,000 pending and 3 active, one transaction: the pending list is two pages.
-    auto added = (*ledger)->SubmitAndWait([](ledger::Txn& txn, absl::Time now) -> absl::Status {
-      for (int i = 0; i < 10003; ++i) {
-        core::Mitigation m;
-        m.id = core::NewId("m_", now);
-        QUELL_ASSIGN_OR_RETURN(m.entity, core::Entity::Parse("user:p" + std::to_string(i)));
-        m.action = "block";
-        m.state =
-            i < 10000 ? core::MitigationState::kPendingApproval : core::MitigationState::kActive;
-        m.created_at = m.updated_at = m.starts_at = now - absl::Seconds(i);
-        m.expires_at = now + absl::Hours(1);
-        m.source = "manual";
-        m.actor = "k_test";
-        m.seq = txn.NextSeq();
-        ledger::Change c;
-        c.kind = ledger::ChangeKind::kMitigation;
-        c.actor = "k_test";
-        QUELL_RETURN_IF_ERROR(txn.Append(std::move(c), &m).status());
-      }
-      return absl::OkStatus();
-    });
-    ASSERT_TRUE(added.ok()) << added.status();
-    // Pending ones expire 24 h after creation.
-    ReviewQueueTracker t({.clock = &clock, .pending_ttl = absl::Hours(24)});
-    ASSERT_TRUE(t.Load((*ledger)->store()).ok());
-    EXPECT_EQ(t.Depth(ReviewKind::kMitigation), 10000);
-    EXPECT_EQ(t.OldestSince(ReviewKind::kMitigation), kT0 - absl::Seconds(9999));
-  }
-  std::filesystem::remove_all(dir);
+  core::FakeClock clock(kT0);
+  TempLedger temp("quell-server-metrics", &clock);
+  ASSERT_NE(temp.get(), nullptr);
+  // 10,000 pending and 3 active, one transaction: the pending list is two pages.
+  auto added = temp.get()->SubmitAndWait([](ledger::Txn& txn, absl::Time now) -> absl::Status {
+    for (int i = 0; i < 10003; ++i) {
+      QUELL_RETURN_IF_ERROR(AppendBlock(
+          txn, "user:p" + std::to_string(i),
+          i < 10000 ? core::MitigationState::kPendingApproval : core::MitigationState::kActive,
+          now - absl::Seconds(i), now));
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(added.ok()) << added.status();
+  // Pending ones expire 24 h after creation.
+  ReviewQueueTracker t({.clock = &clock, .pending_ttl = absl::Hours(24)});
+  ASSERT_TRUE(t.Load(temp.get()->store()).ok());
+  EXPECT_EQ(t.Depth(ReviewKind::kMitigation), 10000);
+  EXPECT_EQ(t.OldestSince(ReviewKind::kMitigation), kT0 - absl::Seconds(9999));
 }
 
 TEST(ServerMetricsTest, NodeName) {
