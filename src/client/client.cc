@@ -262,15 +262,18 @@ class Client::Impl {
   // fast path, anything else (or anything it declines) as JSON.
   absl::Status AddSnapshotLine(std::string_view line, SnapshotEntries* out) {
     index::Index::ActiveEntry e;
+    // `e.id` is set; the rest, from either path.
+    auto add = [&](std::string_view entity, std::string_view action,
+                   int64_t expires_us) -> absl::Status {
+      QUELL_ASSIGN_OR_RETURN(e.action, ActionId(action));
+      e.entity = out->Keep(entity);
+      e.expires_us = expires_us;
+      return out->Add(e);
+    };
     internal::EnforcementView v;
     if (internal::ParseEnforcementView(line, &v) && index::EncodeId(v.id, &e.id)) {
       auto entity = core::Entity::Parse(v.entity);
-      if (entity.ok()) {
-        QUELL_ASSIGN_OR_RETURN(e.action, ActionId(v.action));
-        e.entity = out->Keep(entity->str());
-        e.expires_us = v.expires_us;
-        return out->Add(e);
-      }
+      if (entity.ok()) return add(entity->str(), v.action, v.expires_us);
     }
     // The fast path declined it: the JSON path (not ParseSnapshotLine, which would try the
     // fast path again) reads it or says what is wrong.
@@ -278,10 +281,7 @@ class Client::Impl {
     if (!index::EncodeId(item.id, &e.id)) {
       return absl::DataLossError(absl::StrCat("not a mitigation id: ", item.id));
     }
-    QUELL_ASSIGN_OR_RETURN(e.action, ActionId(item.action));
-    e.entity = out->Keep(item.entity.str());
-    e.expires_us = item.expires_us;
-    return out->Add(e);
+    return add(item.entity.str(), item.action, item.expires_us);
   }
 
   // GET /v1/snapshot, parsed line by line as it streams in, then applied to the index at
