@@ -57,6 +57,34 @@ int64_t ToMicros(absl::Time t) {
   return absl::ToUnixMicros(t);
 }
 
+// Applies what an upsert of `action` did to the per-action counts through
+// count(action, delta) (`old`: the action it replaced); false if it was refused.
+template <typename Count>
+bool CountActions(internal::Table::UpsertResult result, uint16_t action, uint16_t old,
+                  Count&& count) {
+  switch (result) {
+    case internal::Table::UpsertResult::kAdded:
+      count(action, +1);
+      return true;
+    case internal::Table::UpsertResult::kRefused:
+      return false;
+    case internal::Table::UpsertResult::kUpdated:
+      if (old != action) {
+        count(old, -1);
+        count(action, +1);
+      }
+      return true;
+    case internal::Table::UpsertResult::kUnchanged:
+      return true;
+  }
+  return true;
+}
+
+absl::Status TooManyMitigations(std::string_view entity) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("entity ", AV(entity), " holds too many mitigations"));
+}
+
 }  // namespace
 
 bool EncodeId(std::string_view id, std::array<uint8_t, 16>* out) {
@@ -169,23 +197,10 @@ class Index::Impl {
   // naming `entity`.
   absl::Status CountUpsert(internal::Table::UpsertResult result, uint16_t action, uint16_t old,
                            const core::Network* net, std::string_view entity) {
-    switch (result) {
-      case internal::Table::UpsertResult::kAdded:
-        if (net != nullptr) CountNetwork(*net, +1);
-        CountAction(action, +1);
-        break;
-      case internal::Table::UpsertResult::kRefused:
-        return absl::ResourceExhaustedError(
-            absl::StrCat("entity ", AV(entity), " holds too many mitigations"));
-      case internal::Table::UpsertResult::kUpdated:
-        if (old != action) {
-          CountAction(old, -1);
-          CountAction(action, +1);
-        }
-        break;
-      case internal::Table::UpsertResult::kUnchanged:
-        break;
+    if (!CountActions(result, action, old, [&](uint16_t a, int64_t d) { CountAction(a, d); })) {
+      return TooManyMitigations(entity);
     }
+    if (result == internal::Table::UpsertResult::kAdded && net != nullptr) CountNetwork(*net, +1);
     return absl::OkStatus();
   }
 
@@ -448,20 +463,12 @@ absl::Status Index::BulkLoader::Finish(int threads) {
         r.action = p.action;
         r.expires_us = p.expires_us;
         uint16_t old = 0;
-        switch (table.UpsertHashed(key, internal::Table::Hash(key), r, &old, &deferred)) {
-          case internal::Table::UpsertResult::kAdded:
-            ++action_deltas[r.action];
-            break;
-          case internal::Table::UpsertResult::kRefused:
-            publish();
-            return absl::ResourceExhaustedError(
-                absl::StrCat("entity ", AV(key), " holds too many mitigations"));
-          case internal::Table::UpsertResult::kUpdated:
-            --action_deltas[old];
-            ++action_deltas[r.action];
-            break;
-          case internal::Table::UpsertResult::kUnchanged:
-            break;
+        const internal::Table::UpsertResult result =
+            table.UpsertHashed(key, internal::Table::Hash(key), r, &old, &deferred);
+        if (!CountActions(result, r.action, old,
+                          [&](uint16_t a, int64_t d) { action_deltas[a] += d; })) {
+          publish();
+          return TooManyMitigations(key);
         }
       }
       publish();
