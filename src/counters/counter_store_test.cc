@@ -275,23 +275,30 @@ TEST_P(CounterStoreTest, DistinctSmallCountsAreExactAndSlide) {
 // A node sends each key's PEXPIRE once per deadline; keys lost behind its back (FLUSHALL
 // on a live connection) get their TTLs back on the next write, and reads stay right.
 // Tests of the Redis backend's own layout (keys, TTLs, promotion), on Redis only.
-class RedisLayoutTest : public CounterStoreTest {};
-
-TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
-  auto store = Make();
-  ASSERT_NE(store, nullptr);
-  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
-  ASSERT_NE(redis, nullptr);
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
-  redisContext* c = conn.get();
-  auto command = [&](const std::string& cmd, const std::string& key) {
+class RedisLayoutTest : public CounterStoreTest {
+ protected:
+  void SetUp() override {
+    absl::Status started = redis_->Start();
+    ASSERT_TRUE(started.ok()) << started;
+    conn_ = ConnectRedis();
+    ASSERT_TRUE(conn_ != nullptr && conn_->err == 0);
+  }
+  // `cmd key` on the test's own connection: its integer reply, -100 for any other.
+  long long Int(std::string_view cmd, std::string_view key) {
     auto* r = static_cast<redisReply*>(
-        redisCommand(c, "%b %b", cmd.data(), cmd.size(), key.data(), key.size()));
+        redisCommand(conn_.get(), "%b %b", cmd.data(), cmd.size(), key.data(), key.size()));
     long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -100;
     if (r) freeReplyObject(r);
     return v;
-  };
+  }
+  RedisConn conn_{nullptr, &redisFree};
+};
+
+TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
+  auto store = MakeRedis(ExampleSpecs(), {});
+  ASSERT_NE(store, nullptr);
+  RedisCounterStore* redis = store.get();
+  redisContext* c = conn_.get();
   // "ip:10.0.0.9" holds its values exactly; "ip:10.0.0.8" gets 40 at once: sketches.
   std::vector<std::string> many;
   for (int i = 0; i < 40; ++i) many.push_back(absl::StrCat("user:m", i));
@@ -320,12 +327,12 @@ TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
   const std::string sketch = redis->KeyForTest(2, 0, "ip:10.0.0.8", b1h);
   const std::string index = redis->HashKeyForTest(2, "ip:10.0.0.8");
   const std::string exact = redis->KeyForTest(2, 0, "ip:10.0.0.9", b1h);
-  EXPECT_EQ(command("EXISTS", exact), 0) << "a sketch for a hash of 1 value: " << exact;
+  EXPECT_EQ(Int("EXISTS", exact), 0) << "a sketch for a hash of 1 value: " << exact;
   const std::string exact_index = redis->HashKeyForTest(2, "ip:10.0.0.9");
   // One hash holds every window of a count counter.
   for (const std::string& key :
        {redis->HashKeyForTest(0, "user:lost"), sketch, index, exact_index}) {
-    EXPECT_GT(command("PTTL", key), 0) << key;
+    EXPECT_GT(Int("PTTL", key), 0) << key;
   }
   EXPECT_EQ(CountOf(*store, "user:lost", Minutes(1)), 1);
   EXPECT_EQ(*store->Distinct("accounts_per_ip", "ip:10.0.0.9", Hours(1), clock_.Now()), 1);
@@ -383,30 +390,21 @@ TEST_P(RedisLayoutTest, KnownKeysSendOnlyTheirWrites) {
     clock_.Advance(Seconds(1));  // a new one-second bucket, the same one-minute deadline
     EXPECT_EQ(write(), 2) << i;
   }
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
-  auto* r = static_cast<redisReply*>(redisCommand(conn.get(), "FLUSHALL"));
+  auto* r = static_cast<redisReply*>(redisCommand(conn_.get(), "FLUSHALL"));
   ASSERT_NE(r, nullptr);
   freeReplyObject(r);
   clock_.Advance(Seconds(1));
   EXPECT_EQ(write(), 4);  // HINCRBY, sentinel PEXPIRE; then PEXPIRE and SET of the sentinel
-  const std::string key = store.KeyForTest(0, 0, "user:known", 0);
-  r = static_cast<redisReply*>(redisCommand(conn.get(), "PTTL %b", key.data(), key.size()));
-  ASSERT_NE(r, nullptr);
-  EXPECT_GT(r->integer, 3'600'000);
-  freeReplyObject(r);
+  EXPECT_GT(Int("PTTL", store.HashKeyForTest(0, "user:known")), 3'600'000);
   EXPECT_EQ(CountOf(store, "user:known", Minutes(1)), 1);
   EXPECT_EQ(write(), 2);
 }
 
 TEST_P(RedisLayoutTest, WindowHashesDropBucketsThatLeftTheWindow) {
-  auto store = Make();
+  auto store = MakeRedis(ExampleSpecs(), {});
   ASSERT_NE(store, nullptr);
-  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
-  ASSERT_NE(redis, nullptr);
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
-  redisContext* c = conn.get();
+  RedisCounterStore* redis = store.get();
+  redisContext* c = conn_.get();
   // The buckets of window `window` that `key` has fields for ("<window>:<bucket>",
   // "+<window>:<bucket>" for a nested count counter's, or "<window>:<bucket>:<value>" for
   // a distinct bucket's exact values).
@@ -483,13 +481,10 @@ TEST_P(RedisLayoutTest, WindowHashesDropBucketsThatLeftTheWindow) {
 // every new bucket), so it holds the window's 60 buckets plus at most two cleanup
 // intervals (10 s each) of old ones, and reads stay exact.
 TEST_P(RedisLayoutTest, BusyHashIsCleanedEveryInterval) {
-  auto store = Make();
+  auto store = MakeRedis(ExampleSpecs(), {});
   ASSERT_NE(store, nullptr);
-  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
-  ASSERT_NE(redis, nullptr);
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
-  redisContext* c = conn.get();
+  RedisCounterStore* redis = store.get();
+  redisContext* c = conn_.get();
   const std::string plays = redis->KeyForTest(0, 0, "user:steady", 0);
   int64_t most = 0;
   for (int i = 0; i < 150; ++i) {
@@ -538,12 +533,10 @@ DistinctLayout LayoutOf(redisContext* c, RedisCounterStore& store, int counter,
 // A distinct hash holds its first values exactly (no sketch key; reads are exact) and
 // moves them into HyperLogLog sketches once 32 values have been written to it.
 TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
-  auto store = Make();
+  auto store = MakeRedis(ExampleSpecs(), {});
   ASSERT_NE(store, nullptr);
-  auto* redis = dynamic_cast<RedisCounterStore*>(store.get());
-  ASSERT_NE(redis, nullptr);
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  RedisCounterStore* redis = store.get();
+  redisContext* c = conn_.get();
   int next = 0;
   // `n` new accounts (and one repeat of the first) from one IP, one batch.
   auto logins = [&](int n) {
@@ -564,20 +557,20 @@ TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
     clock_.Advance(Minutes(2));  // a new bucket of the 1h window each time
   }
   EXPECT_EQ(distinct(), 15);
-  DistinctLayout layout = LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now());
+  DistinctLayout layout = LayoutOf(c, *redis, 2, "ip:10.1.1.1", clock_.Now());
   EXPECT_EQ(layout.sketches, 0);
   EXPECT_EQ(layout.exact, 15 + 2);  // user:0 again in the second and third bucket
   logins(10);                       // 10 + 1 more: 29 values written, still exact
   EXPECT_EQ(distinct(), 25);
-  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now()).sketches, 0);
+  EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.1.1.1", clock_.Now()).sketches, 0);
   clock_.Advance(Minutes(2));
   logins(10);  // past 32: every bucket moves to a sketch
-  layout = LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now());
+  layout = LayoutOf(c, *redis, 2, "ip:10.1.1.1", clock_.Now());
   EXPECT_EQ(layout.exact, 0);
   EXPECT_EQ(layout.sketches, 5);
   EXPECT_NEAR(distinct(), 35, 1);
   logins(5);  // written to the sketch directly
-  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.1.1.1", clock_.Now()).exact, 0);
+  EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.1.1.1", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(), 40, 1);
   // 55 minutes on, the buckets of minutes 0 and 2 have left the window; those of minutes
   // 4 (5 accounts and user:0), 6 (10) and 8 (15) have not.
@@ -593,8 +586,7 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
   ASSERT_NE(first, nullptr);
   auto second = MakeRedisPeer(ExampleSpecs());
   ASSERT_NE(second, nullptr);
-  RedisConn conn = ConnectRedis();
-  ASSERT_TRUE(conn != nullptr && conn->err == 0);
+  redisContext* c = conn_.get();
   auto logins = [&](CounterStore& node, int from, int to) {
     std::vector<std::string> users;
     for (int i = from; i < to; ++i) users.push_back(absl::StrCat("user:", i));
@@ -615,13 +607,13 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
   EXPECT_NEAR(distinct(*second), 45, 1);
   auto* redis = dynamic_cast<RedisCounterStore*>(first.get());
   ASSERT_NE(redis, nullptr);
-  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   logins(*second, 45, 50);  // as exact values, then moved by the second node itself
-  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(*first), 50, 1);
   EXPECT_NEAR(distinct(*second), 50, 1);
   logins(*second, 50, 55);  // the second node now writes to the sketch
-  EXPECT_EQ(LayoutOf(conn.get(), *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
+  EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   EXPECT_NEAR(distinct(*first), 55, 1);
 }
 
