@@ -218,14 +218,6 @@ class Loop {
   void Register(Session* session);
   void Unregister(Session* session);
 
-  // Posts `fn` to the loop unless it stopped; returns false if it stopped.
-  template <typename Fn>
-  bool PostIfRunning(Fn&& fn) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return false;
-    asio::post(ioc_, std::forward<Fn>(fn));
-    return true;
-  }
   // Hands `response` for `session` to the loop from another thread, unless it stopped.
   // Responses are queued and the loop is woken once per burst, not once per response:
   // the ledger's commit thread answers a whole group commit at once, and each wake-up
@@ -779,9 +771,8 @@ Responder::~Responder() {
   // Never re-enter the session from a destructor: always post.
   std::shared_ptr<internal::Session> session = std::move(session_);
   internal::Loop& loop = session->loop();
-  loop.PostIfRunning([session = std::move(session)]() mutable {
-    session->OnResponse(ErrorResponse(500, "internal", "the handler did not answer"));
-  });
+  loop.PostResponse(std::move(session),
+                    ErrorResponse(500, "internal", "the handler did not answer"));
 }
 
 void Responder::operator()(Response response) && {
