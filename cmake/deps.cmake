@@ -8,6 +8,11 @@ find_package(RapidJSON REQUIRED)
 find_package(yaml-cpp REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
+# The quell binary's allocator (src/cli/CMakeLists.txt). Not under the sanitizers, which
+# bring their own.
+if(NOT CMAKE_BUILD_TYPE MATCHES "^(Asan|Tsan|ASAN|TSAN)$" AND NOT QUELL_BUILD_FUZZ)
+  pkg_check_modules(JEMALLOC REQUIRED IMPORTED_TARGET jemalloc)
+endif()
 if(QUELL_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

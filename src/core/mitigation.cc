@@ -114,31 +114,45 @@ std::string MitigationToJson(const Mitigation& m) {
 }
 
 absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
-  rapidjson::Document doc;
+  // A stored record is a few hundred bytes: its DOM fits in these buffers, and the parse
+  // allocates nothing of its own (a default Document mallocs a 64 KiB chunk per parse).
+  char value_buffer[4096];
+  char parse_buffer[1024];
+  rapidjson::MemoryPoolAllocator<> value_alloc(value_buffer, sizeof(value_buffer));
+  rapidjson::MemoryPoolAllocator<> parse_alloc(parse_buffer, sizeof(parse_buffer));
+  rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>,
+                             rapidjson::MemoryPoolAllocator<>>
+      doc(&value_alloc, sizeof(parse_buffer), &parse_alloc);
   doc.Parse(json.data(), json.size());
   if (doc.HasParseError() || !doc.IsObject()) {
     return absl::InvalidArgumentError("mitigation: malformed JSON");
   }
   Mitigation m;
-  auto str = [&](const char* name, std::string* out) -> absl::Status {
+  auto view = [&](const char* name, std::string_view* out) -> absl::Status {
     auto it = doc.FindMember(name);
     if (it == doc.MemberEnd() || !it->value.IsString()) {
       return absl::InvalidArgumentError(absl::StrCat("mitigation: missing string ", name));
     }
-    out->assign(it->value.GetString(), it->value.GetStringLength());
+    *out = std::string_view(it->value.GetString(), it->value.GetStringLength());
+    return absl::OkStatus();
+  };
+  auto str = [&](const char* name, std::string* out) -> absl::Status {
+    std::string_view v;
+    if (auto st = view(name, &v); !st.ok()) return st;
+    out->assign(v);
     return absl::OkStatus();
   };
   auto time = [&](const char* name, absl::Time* out) -> absl::Status {
-    std::string s;
-    if (auto st = str(name, &s); !st.ok()) return st;
-    auto t = ParseRfc3339(s);
+    std::string_view v;
+    if (auto st = view(name, &v); !st.ok()) return st;
+    auto t = ParseRfc3339(v);
     if (!t.ok()) return t.status();
     *out = *t;
     return absl::OkStatus();
   };
-  std::string entity, state;
+  std::string_view entity, state;
   for (auto st :
-       {str("id", &m.id), str("entity", &entity), str("action", &m.action), str("state", &state),
+       {str("id", &m.id), view("entity", &entity), str("action", &m.action), view("state", &state),
         time("created_at", &m.created_at), time("updated_at", &m.updated_at),
         time("starts_at", &m.starts_at), time("expires_at", &m.expires_at),
         str("reason", &m.reason), str("source", &m.source), str("policy", &m.policy),
@@ -160,6 +174,7 @@ absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
   }
   m.policy_version = pv->value.GetInt64();
   m.seq = seq->value.GetInt64();
+  m.detections.reserve(det->value.Size());
   for (const auto& d : det->value.GetArray()) {
     if (!d.IsString()) return absl::InvalidArgumentError("mitigation: detections must be strings");
     m.detections.emplace_back(d.GetString(), d.GetStringLength());

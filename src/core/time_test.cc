@@ -1,5 +1,7 @@
 #include "core/time.h"
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -72,6 +74,42 @@ TEST(TimeTest, FastFormatAgreesWithAbseil) {
       ASSERT_EQ(FormatRfc3339(t), want) << s << " " << us;
       ASSERT_EQ(*ParseRfc3339(FormatRfc3339(t)), t);
     }
+  }
+}
+
+// ParseRfc3339 reads the canonical form itself and leaves the rest to absl::ParseTime:
+// both must give the same answer for every text, valid or not.
+TEST(TimeTest, FastParseAgreesWithAbseil) {
+  auto absl_parse = [](const std::string& text) -> std::optional<absl::Time> {
+    absl::Time t;
+    std::string err;
+    if (!absl::ParseTime("%Y-%m-%d%ET%H:%M:%E*S%Ez", text, &t, &err)) return std::nullopt;
+    return t;
+  };
+  std::vector<std::string> texts = {"2024-02-29T23:59:59Z",  "2023-02-29T00:00:00Z",
+                                    "2100-02-29T00:00:00Z",  "2000-02-29T12:00:00Z",
+                                    "2026-04-31T00:00:00Z",  "2026-11-28T24:00:00Z",
+                                    "2026-11-28T23:60:00Z",  "2026-11-28T23:59:60Z",
+                                    "0000-01-01T00:00:00Z",  "9999-12-31T23:59:59.999999999Z",
+                                    "2026-11-28T12:00:00.Z", "2026-11-28T12:00:00.1234567891Z",
+                                    "2026-11-28t12:00:00z",  "2026-11-28T12:00:00+00:00",
+                                    "2026-1-28T12:00:00Z",   "2026-11-28T12:00:0aZ",
+                                    "2026-00-10T00:00:00Z",  "2026-11-00T00:00:00Z",
+                                    "+026-11-28T12:00:00Z",  "2026-11-28T12:00:00.5"};
+  // Every day of a few centuries' first and leap years, with fractions of 1-9 digits.
+  for (int64_t s = -2208988800; s < 4102444800; s += 86400 * 11 + 3599) {
+    std::string base =
+        absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(s), absl::UTCTimeZone());
+    const int digits = static_cast<int>(s % 10 < 0 ? -(s % 10) : s % 10);
+    std::string text = base;
+    if (digits > 0) text += "." + std::string("123456789").substr(0, digits);
+    texts.push_back(text + "Z");
+  }
+  for (const std::string& text : texts) {
+    std::optional<absl::Time> want = absl_parse(text);
+    absl::StatusOr<absl::Time> got = ParseRfc3339(text);
+    ASSERT_EQ(got.ok(), want.has_value()) << text;
+    if (want) ASSERT_EQ(*got, *want) << text;
   }
 }
 
