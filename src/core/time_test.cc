@@ -102,14 +102,19 @@ TEST(TimeTest, FastParseAgreesWithAbseil) {
         absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(s), absl::UTCTimeZone());
     const int digits = static_cast<int>(s % 10 < 0 ? -(s % 10) : s % 10);
     std::string text = base;
-    if (digits > 0) text += "." + std::string("123456789").substr(0, digits);
+    if (digits > 0) {
+      text.push_back('.');
+      text.append(std::string_view("123456789").substr(0, digits));
+    }
     texts.push_back(text + "Z");
   }
   for (const std::string& text : texts) {
     std::optional<absl::Time> want = absl_parse(text);
     absl::StatusOr<absl::Time> got = ParseRfc3339(text);
     ASSERT_EQ(got.ok(), want.has_value()) << text;
-    if (want) ASSERT_EQ(*got, *want) << text;
+    if (want) {
+      ASSERT_EQ(*got, *want) << text;
+    }
   }
 }
 
