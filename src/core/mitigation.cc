@@ -1,9 +1,12 @@
 #include "core/mitigation.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
-#include "rapidjson/document.h"
+#include "rapidjson/encodedstream.h"
+#include "rapidjson/memorystream.h"
+#include "rapidjson/reader.h"
 
 namespace quell::core {
 namespace {
@@ -113,72 +116,233 @@ std::string MitigationToJson(const Mitigation& m) {
   return out;
 }
 
-absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
-  // A stored record is a few hundred bytes: its DOM fits in these buffers, and the parse
-  // allocates nothing of its own (a default Document mallocs a 64 KiB chunk per parse).
-  char value_buffer[4096];
-  char parse_buffer[1024];
-  rapidjson::MemoryPoolAllocator<> value_alloc(value_buffer, sizeof(value_buffer));
-  rapidjson::MemoryPoolAllocator<> parse_alloc(parse_buffer, sizeof(parse_buffer));
-  rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>,
-                             rapidjson::MemoryPoolAllocator<>>
-      doc(&value_alloc, sizeof(parse_buffer), &parse_alloc);
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError() || !doc.IsObject()) {
-    return absl::InvalidArgumentError("mitigation: malformed JSON");
+namespace {
+
+// The fields of a mitigation record, in the order AppendMitigationJson writes them.
+enum Field : uint8_t {
+  kId,
+  kEntity,
+  kAction,
+  kState,
+  kCreatedAt,
+  kUpdatedAt,
+  kStartsAt,
+  kExpiresAt,
+  kReason,
+  kSource,
+  kPolicy,
+  kPolicyVersion,
+  kActor,
+  kBatch,
+  kDetections,
+  kStateReason,
+  kSeq,
+  kFieldCount,
+  kUnknown = kFieldCount,
+};
+constexpr std::string_view kFieldNames[kFieldCount] = {
+    "id",        "entity",     "action",     "state",        "created_at", "updated_at",
+    "starts_at", "expires_at", "reason",     "source",       "policy",     "policy_version",
+    "actor",     "batch",      "detections", "state_reason", "seq"};
+
+// Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
+// read for every decision on an entity that has some, and building a DOM first, then
+// looking each field up in it, was most of the cost. As the DOM reader did: a field's
+// first occurrence counts, unknown fields (any shape) are skipped, every field must be
+// there with its type.
+class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, MitigationReader> {
+ public:
+  explicit MitigationReader(Mitigation* m) : m_(m) {}
+
+  bool StartObject() { return Open(); }
+  bool EndObject(rapidjson::SizeType) { return Close(); }
+  bool StartArray() {
+    if (depth_ == 0) return Fail("mitigation: malformed JSON");
+    if (depth_ == 1 && field_ == kDetections) in_detections_ = true;
+    return Open();
   }
-  Mitigation m;
-  auto view = [&](const char* name, std::string_view* out) -> absl::Status {
-    auto it = doc.FindMember(name);
-    if (it == doc.MemberEnd() || !it->value.IsString()) {
-      return absl::InvalidArgumentError(absl::StrCat("mitigation: missing string ", name));
+  bool EndArray(rapidjson::SizeType) {
+    if (depth_ == 2 && in_detections_) {
+      in_detections_ = false;
+      Mark(kDetections);
     }
-    *out = std::string_view(it->value.GetString(), it->value.GetStringLength());
+    return Close();
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    if (depth_ != 1) return true;
+    const std::string_view name(s, n);
+    // Records come in write order: try the field after the last one first.
+    Field f = next_ < kFieldCount && kFieldNames[next_] == name ? next_ : kUnknown;
+    for (uint8_t i = 0; f == kUnknown && i < kFieldCount; ++i) {
+      if (kFieldNames[i] == name) f = static_cast<Field>(i);
+    }
+    if (f != kUnknown) next_ = static_cast<Field>(f + 1);
+    // A repeated field keeps its first value.
+    field_ = f != kUnknown && (seen_ >> f & 1) != 0 ? kUnknown : f;
+    return true;
+  }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    const std::string_view v(s, n);
+    if (depth_ == 0) return Fail("mitigation: malformed JSON");
+    if (in_detections_ && depth_ == 2) {
+      m_->detections.emplace_back(v);
+      return true;
+    }
+    if (depth_ != 1) return true;
+    if (in_detections_field()) return Fail("mitigation: missing policy_version, seq or detections");
+    switch (field_) {
+      case kId:
+        m_->id.assign(v);
+        break;
+      case kEntity: {
+        auto e = Entity::Parse(v);
+        if (!e.ok()) return Fail(e.status());
+        m_->entity = *std::move(e);
+        break;
+      }
+      case kAction:
+        m_->action.assign(v);
+        break;
+      case kState: {
+        auto st = ParseState(v);
+        if (!st) return Fail("mitigation: unknown state");
+        m_->state = *st;
+        break;
+      }
+      case kCreatedAt:
+        return Time(v, &m_->created_at);
+      case kUpdatedAt:
+        return Time(v, &m_->updated_at);
+      case kStartsAt:
+        return Time(v, &m_->starts_at);
+      case kExpiresAt:
+        return Time(v, &m_->expires_at);
+      case kReason:
+        m_->reason.assign(v);
+        break;
+      case kSource:
+        m_->source.assign(v);
+        break;
+      case kPolicy:
+        m_->policy.assign(v);
+        break;
+      case kActor:
+        m_->actor.assign(v);
+        break;
+      case kBatch:
+        m_->batch.assign(v);
+        break;
+      case kStateReason:
+        m_->state_reason.assign(v);
+        break;
+      case kPolicyVersion:
+      case kSeq:
+        return Fail("mitigation: missing policy_version, seq or detections");
+      default:
+        return true;
+    }
+    Mark(field_);
+    return true;
+  }
+  bool Int(int v) { return Integer(v); }
+  bool Uint(unsigned v) { return Integer(v); }
+  bool Int64(int64_t v) { return Integer(v); }
+  bool Uint64(uint64_t v) {
+    if (v > static_cast<uint64_t>(INT64_MAX)) return Default();
+    return Integer(static_cast<int64_t>(v));
+  }
+  // Anything else (null, bool, double) is the wrong type for a known field.
+  bool Default() {
+    if (depth_ == 0) return Fail("mitigation: malformed JSON");
+    if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
+    if (depth_ != 1 || field_ == kUnknown) return true;
+    return Fail(WrongType(field_));
+  }
+
+  // The record's outcome once the reader is done: OK only with every field read.
+  absl::Status Finish(bool parsed) {
+    if (!error_.ok()) return error_;
+    if (!parsed) return absl::InvalidArgumentError("mitigation: malformed JSON");
+    for (uint8_t f = 0; f < kFieldCount; ++f) {
+      if ((seen_ >> f & 1) == 0) return WrongType(static_cast<Field>(f));
+    }
     return absl::OkStatus();
-  };
-  auto str = [&](const char* name, std::string* out) -> absl::Status {
-    std::string_view v;
-    if (auto st = view(name, &v); !st.ok()) return st;
-    out->assign(v);
-    return absl::OkStatus();
-  };
-  auto time = [&](const char* name, absl::Time* out) -> absl::Status {
-    std::string_view v;
-    if (auto st = view(name, &v); !st.ok()) return st;
+  }
+
+ private:
+  bool in_detections_field() const { return field_ == kDetections; }
+  static absl::Status WrongType(Field f) {
+    if (f == kPolicyVersion || f == kSeq || f == kDetections) {
+      return absl::InvalidArgumentError("mitigation: missing policy_version, seq or detections");
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("mitigation: missing string ", AV(kFieldNames[f])));
+  }
+  bool Open() {
+    // The record must be an object; a known field must not be one (nor an array, but
+    // for detections).
+    if (depth_ == 0 && !root_open_) {
+      root_open_ = true;
+    } else if (depth_ == 1 && field_ != kUnknown && !in_detections_) {
+      return Fail(WrongType(field_));
+    } else if (depth_ == 2 && in_detections_) {
+      return Fail("mitigation: detections must be strings");
+    }
+    ++depth_;
+    return true;
+  }
+  bool Close() {
+    --depth_;
+    return true;
+  }
+  bool Integer(int64_t v) {
+    if (depth_ == 0) return Fail("mitigation: malformed JSON");
+    if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
+    if (depth_ != 1 || field_ == kUnknown) return true;
+    if (field_ == kPolicyVersion) {
+      m_->policy_version = v;
+    } else if (field_ == kSeq) {
+      m_->seq = v;
+    } else {
+      return Fail(WrongType(field_));
+    }
+    Mark(field_);
+    return true;
+  }
+  bool Time(std::string_view v, absl::Time* out) {
     auto t = ParseRfc3339(v);
-    if (!t.ok()) return t.status();
+    if (!t.ok()) return Fail(t.status());
     *out = *t;
-    return absl::OkStatus();
-  };
-  std::string_view entity, state;
-  for (auto st :
-       {str("id", &m.id), view("entity", &entity), str("action", &m.action), view("state", &state),
-        time("created_at", &m.created_at), time("updated_at", &m.updated_at),
-        time("starts_at", &m.starts_at), time("expires_at", &m.expires_at),
-        str("reason", &m.reason), str("source", &m.source), str("policy", &m.policy),
-        str("actor", &m.actor), str("batch", &m.batch), str("state_reason", &m.state_reason)}) {
-    if (!st.ok()) return st;
+    Mark(field_);
+    return true;
   }
-  auto e = Entity::Parse(entity);
-  if (!e.ok()) return e.status();
-  m.entity = *std::move(e);
-  auto s = ParseState(state);
-  if (!s) return absl::InvalidArgumentError("mitigation: unknown state");
-  m.state = *s;
-  auto pv = doc.FindMember("policy_version");
-  auto seq = doc.FindMember("seq");
-  auto det = doc.FindMember("detections");
-  if (pv == doc.MemberEnd() || !pv->value.IsInt64() || seq == doc.MemberEnd() ||
-      !seq->value.IsInt64() || det == doc.MemberEnd() || !det->value.IsArray()) {
-    return absl::InvalidArgumentError("mitigation: missing policy_version, seq or detections");
+  void Mark(Field f) { seen_ |= uint32_t{1} << f; }
+  bool Fail(std::string_view message) { return Fail(absl::InvalidArgumentError(AV(message))); }
+  bool Fail(absl::Status st) {
+    error_ = std::move(st);
+    return false;
   }
-  m.policy_version = pv->value.GetInt64();
-  m.seq = seq->value.GetInt64();
-  m.detections.reserve(det->value.Size());
-  for (const auto& d : det->value.GetArray()) {
-    if (!d.IsString()) return absl::InvalidArgumentError("mitigation: detections must be strings");
-    m.detections.emplace_back(d.GetString(), d.GetStringLength());
-  }
+
+  Mitigation* m_;
+  int depth_ = 0;
+  bool root_open_ = false;
+  bool in_detections_ = false;
+  Field field_ = kUnknown;
+  Field next_ = kId;
+  uint32_t seen_ = 0;
+  absl::Status error_;
+};
+
+}  // namespace
+
+absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
+  Mitigation m;
+  MitigationReader handler(&m);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream ms(json.data(), json.size());
+  rapidjson::EncodedInputStream<rapidjson::UTF8<>, rapidjson::MemoryStream> in(ms);
+  const bool parsed = !reader.Parse(in, handler).IsError();
+  QUELL_RETURN_IF_ERROR(handler.Finish(parsed));
   return m;
 }
 

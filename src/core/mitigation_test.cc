@@ -1,10 +1,15 @@
 #include "core/mitigation.h"
 
+#include <string>
+#include <vector>
+
 #include "core/action.h"
 #include "core/ids.h"
 #include "core/time.h"
 #include "gtest/gtest.h"
 #include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 
 namespace quell::core {
 namespace {
@@ -55,9 +60,105 @@ TEST(MitigationTest, JsonStringEscapesEveryByteThatNeedsIt) {
 }
 
 TEST(MitigationTest, RejectsMalformed) {
-  EXPECT_FALSE(MitigationFromJson("").ok());
-  EXPECT_FALSE(MitigationFromJson("[]").ok());
-  EXPECT_FALSE(MitigationFromJson("{\"id\":1}").ok());
+  for (const char* bad : {"", "[]", "{\"id\":1}", "1", "\"x\"", "null", "{", "{} {}"}) {
+    EXPECT_FALSE(MitigationFromJson(bad).ok()) << bad;
+  }
+}
+
+Mitigation Sample() {
+  Mitigation m;
+  m.id = "m_01";
+  m.entity = *Entity::Parse("user:u1");
+  m.action = "suspend";
+  m.state = MitigationState::kActive;
+  m.created_at = *ParseRfc3339("2026-11-28T12:00:00.25Z");
+  m.updated_at = m.created_at + absl::Seconds(1);
+  m.starts_at = m.created_at + absl::Seconds(2);
+  m.expires_at = m.created_at + absl::Hours(24);
+  m.reason = "r";
+  m.source = "bot-v3";
+  m.policy = "p";
+  m.policy_version = 3;
+  m.actor = "k_1";
+  m.batch = "b";
+  m.detections = {"d1", "d2"};
+  m.state_reason = "s";
+  m.seq = 9;
+  return m;
+}
+
+std::string Serialize(const rapidjson::Document& doc) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  doc.Accept(w);
+  return buf.GetString();
+}
+
+// The reader takes the fields in any order, skips unknown ones of any shape and keeps a
+// repeated field's first value.
+TEST(MitigationTest, FieldsInAnyOrderUnknownOnesSkipped) {
+  const Mitigation m = Sample();
+  rapidjson::Document doc;
+  doc.Parse(MitigationToJson(m).c_str());
+  ASSERT_TRUE(doc.IsObject());
+  rapidjson::Document reversed(rapidjson::kObjectType);
+  auto& a = reversed.GetAllocator();
+  reversed.AddMember("extra", rapidjson::Value(rapidjson::kObjectType), a);
+  reversed["extra"].AddMember("id", "not-this", a);
+  reversed["extra"].AddMember("list", rapidjson::Value(rapidjson::kArrayType), a);
+  std::vector<const rapidjson::Value::Member*> members;
+  for (const auto& mem : doc.GetObject()) members.push_back(&mem);
+  for (auto it = members.rbegin(); it != members.rend(); ++it) {
+    reversed.AddMember(rapidjson::Value((*it)->name, a), rapidjson::Value((*it)->value, a), a);
+  }
+  reversed.AddMember("id", "second", a);  // a repeated field: the first one counts
+  reversed.AddMember("more", 1.5, a);
+  auto back = MitigationFromJson(Serialize(reversed));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, m);
+}
+
+// Each field missing, or of the wrong type, is an error naming it.
+TEST(MitigationTest, EveryFieldIsRequiredWithItsType) {
+  rapidjson::Document doc;
+  doc.Parse(MitigationToJson(Sample()).c_str());
+  std::vector<std::string> names;
+  for (const auto& mem : doc.GetObject()) names.emplace_back(mem.name.GetString());
+  ASSERT_EQ(names.size(), 17u);
+  for (const std::string& name : names) {
+    const bool number = name == "seq" || name == "policy_version";
+    const bool list = name == "detections";
+    std::vector<rapidjson::Value> wrong;
+    wrong.emplace_back();  // null
+    wrong.emplace_back(true);
+    wrong.emplace_back(2.5);
+    wrong.emplace_back(rapidjson::kObjectType);
+    if (!list) wrong.emplace_back(rapidjson::kArrayType);
+    if (!number) wrong.emplace_back(7);
+    if (number || list) wrong.emplace_back("text");
+    for (rapidjson::Value& w : wrong) {
+      rapidjson::Document d;
+      d.CopyFrom(doc, d.GetAllocator());
+      d[name.c_str()] = rapidjson::Value(w, d.GetAllocator());
+      auto r = MitigationFromJson(Serialize(d));
+      ASSERT_FALSE(r.ok()) << name << " " << Serialize(d);
+      const std::string expect = number || list ? "policy_version, seq or detections" : name;
+      EXPECT_NE(r.status().message().find(expect), std::string::npos) << r.status();
+    }
+    rapidjson::Document d;
+    d.CopyFrom(doc, d.GetAllocator());
+    d.RemoveMember(name.c_str());
+    EXPECT_FALSE(MitigationFromJson(Serialize(d)).ok()) << "without " << name;
+  }
+  for (const char* detections : {"[1]", "[null]", "[[\"a\"]]", "[{}]"}) {
+    std::string json = MitigationToJson(Sample());
+    const std::string from = "\"detections\":[\"d1\",\"d2\"]";
+    json.replace(json.find(from), from.size(), std::string("\"detections\":") + detections);
+    EXPECT_FALSE(MitigationFromJson(json).ok()) << json;
+  }
+  std::string bad_state = MitigationToJson(Sample());
+  bad_state.replace(bad_state.find("\"active\""), 8, "\"dormant\"");
+  EXPECT_FALSE(MitigationFromJson(bad_state).ok());
 }
 
 TEST(IdsTest, SortByTimeAndDiffer) {
