@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "api/detection_codec.h"
@@ -60,6 +61,42 @@ class TxnEnvironment final : public policy::Environment {
  private:
   ledger::Txn& txn_;
   absl::Time now_;
+};
+
+// Evaluates a row ahead, on the reader's thread, while the commit thread decides the
+// rows before it: the lists are read from a snapshot (only a server changes them, and
+// none runs during a direct import) and counters are empty as in TxnEnvironment, but an
+// active() or prior() call depends on the rows before this one, so it only marks the
+// evaluation as needing the ledger; the commit thread then evaluates the row itself.
+// Most rows never reach such a call (it comes after cheaper tests in a condition).
+class AheadEnvironment final : public policy::Environment {
+ public:
+  explicit AheadEnvironment(const absl::flat_hash_set<std::string>& list_entries)
+      : list_entries_(list_entries) {}
+  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  bool InList(std::string_view list, std::string_view entity) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return false;
+    return list_entries_.contains(ListEntryKey(list, e->str()));
+  }
+  bool Active(std::string_view, std::string_view) override {
+    needs_ledger_ = true;
+    return false;
+  }
+  int64_t Prior(std::string_view, std::string_view, absl::Duration) override {
+    needs_ledger_ = true;
+    return 0;
+  }
+  bool needs_ledger() const { return needs_ledger_; }
+
+  static std::string ListEntryKey(std::string_view list, std::string_view entity) {
+    return absl::StrCat(AV(list), "\n", AV(entity));
+  }
+
+ private:
+  const absl::flat_hash_set<std::string>& list_entries_;
+  bool needs_ledger_ = false;
 };
 
 void ParseStates(std::string_view reply, std::vector<std::string>* states) {
@@ -111,6 +148,12 @@ class DirectSink final : public Sink {
     safeguards_ =
         std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
     QUELL_RETURN_IF_ERROR(safeguards_->Load(*store, absl::Now()));
+    QUELL_RETURN_IF_ERROR(store
+                              ->ScanListEntries([&](std::string_view list, std::string_view e) {
+                                list_entries_.insert(AheadEnvironment::ListEntryKey(list, e));
+                                return absl::OkStatus();
+                              })
+                              .status());
     ledger::LedgerOptions lo;
     QUELL_ASSIGN_OR_RETURN(ledger_,
                            ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
@@ -121,12 +164,21 @@ class DirectSink final : public Sink {
   void Send(std::vector<engine::Detection> detections,
             std::function<void(BatchResult)> done) override {
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    // What needs no ledger state (the stored form, the reply heads) is built here, on the
-    // caller's thread; the commit thread evaluates each row just before deciding it (so
-    // it sees the rows before it, in this batch too), decides and writes.
+    // What needs no ledger state (the stored form, the reply heads, the evaluation of a row
+    // that reads no ledger state) is done here, on the caller's thread; the commit thread
+    // evaluates each other row just before deciding it (so it sees the rows before it, in
+    // this batch too), decides and writes.
     std::vector<workflow::DetectionWork> work(detections.size());
     for (size_t i = 0; i < detections.size(); ++i) {
       work[i].json = api::DetectionToJson(detections[i]);
+      if (set_ != nullptr) {
+        AheadEnvironment env(list_entries_);
+        engine::Evaluation ahead = engine::Evaluate(*set_, detections[i], env, absl::Now());
+        if (!env.needs_ledger()) {
+          work[i].proposals = std::move(ahead.proposals);
+          work[i].proposals_final = true;
+        }
+      }
       work[i].detection = std::move(detections[i]);
     }
     ledger::Mutation mutation;
@@ -167,6 +219,7 @@ class DirectSink final : public Sink {
   int server_lock_;
   std::shared_ptr<const policy::PolicySet> set_;
   std::shared_ptr<const core::ActionCatalog> catalog_;
+  absl::flat_hash_set<std::string> list_entries_;     // "list\nentity", as of Init
   std::unique_ptr<workflow::Safeguards> safeguards_;  // outlives ledger_ (declared first)
   std::unique_ptr<ledger::Ledger> ledger_;
 };

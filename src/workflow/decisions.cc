@@ -149,6 +149,7 @@ class CachingTxn final : public ledger::Txn {
 struct Prepared {
   engine::Detection detection;
   std::vector<engine::Proposal> proposals;
+  bool proposals_final = false;
   ledger::StoredDetection stored;
   std::string reply_head;  // {"id":..,"source":..,"status":"accepted","decisions":[
 };
@@ -171,6 +172,7 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
     sd.json = std::move(w.json);
     p.detection = std::move(w.detection);
     p.proposals = std::move(w.proposals);
+    p.proposals_final = w.proposals_final;
   }
   return out;
 }
@@ -331,7 +333,9 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
           continue;
         }
       }
-      if (propose) items[i].proposals = propose(txn, items[i].detection, now);
+      if (propose && !items[i].proposals_final) {
+        items[i].proposals = propose(txn, items[i].detection, now);
+      }
       QUELL_RETURN_IF_ERROR(ApplyOne(txn, items[i], *catalog, actor, sg, now, &o));
       fresh.push_back(i);
     }

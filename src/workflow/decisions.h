@@ -41,6 +41,10 @@ struct DetectionWork {
   engine::Detection detection;
   std::vector<engine::Proposal> proposals;
   std::string json;  // the detection as stored (normalised JSON)
+  // With a ProposeFn: `proposals` were computed without reading any ledger state (no
+  // active(), prior() or list whose answer could change), so they are what `propose`
+  // would compute, and it is not called for this item.
+  bool proposals_final = false;
 };
 
 // One decision, for metrics (the reply JSON has the full form).
@@ -86,7 +90,7 @@ using ProposeFn = absl::AnyInvocable<std::vector<engine::Proposal>(
     ledger::Txn& txn, const engine::Detection& d, absl::Time now)>;
 
 //! As above, with each new item's proposals computed by `propose` (DetectionWork's
-//! proposals are ignored); duplicates are not evaluated.
+//! proposals are ignored unless proposals_final); duplicates are not evaluated.
 ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,
