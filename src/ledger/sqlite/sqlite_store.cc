@@ -656,6 +656,7 @@ class SqliteTxn final : public Txn {
       kMitigationUpdated,  // rewrite mitigation `a` from the payload of change `n`
       kIdempotency,        // DELETE idempotency (a, b)
       kDetection,          // DELETE detection (a, b)
+      kDetectionsAfter,    // DELETE the detections with rowid > `n` (rowids only grow)
       kPolicySet,          // DELETE policy set version `n`
       kListCreated,        // DELETE list `a`
       kListUpdated,        // restore list `a` to protected `n`, kind `b`
@@ -987,6 +988,8 @@ absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
         s.BindTextStatic(1, u.a);
         s.BindTextStatic(2, u.b);
       });
+    case Undo::Kind::kDetectionsAfter:
+      return Run("DELETE FROM detections WHERE rowid > ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
     case Undo::Kind::kDetection:
       return Run("DELETE FROM detections WHERE source = ?1 AND id = ?2", [&](Stmt& s) {
         s.BindTextStatic(1, u.a);
@@ -1125,6 +1128,17 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
 
 absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
+  // One undo record for every row below: a new row's rowid is above every stored one
+  // (SQLite gives max + 1), so the rows written here are those above today's maximum.
+  // A record per row cost two key copies per detection.
+  if (!savepoints_.empty() && ds.size() >= kDetectionChunk) {
+    QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                           db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
+    StmtUse use(s);
+    QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+    if (!row) return absl::InternalError("no MAX(rowid) row");
+    undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = use->ColumnInt(0)});
+  }
   size_t i = 0;
   for (; i + kDetectionChunk <= ds.size(); i += kDetectionChunk) {
     for (size_t k = i; k < i + kDetectionChunk; ++k) {
@@ -1153,11 +1167,6 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
                                                    " among ", ds[i].id, "... is already stored"));
     }
     QUELL_RETURN_IF_ERROR(st);
-    if (!savepoints_.empty()) {
-      for (size_t k = i; k < i + kDetectionChunk; ++k) {
-        undo_.push_back({.kind = Undo::Kind::kDetection, .a = ds[k].source, .b = ds[k].id});
-      }
-    }
   }
   for (; i < ds.size(); ++i) QUELL_RETURN_IF_ERROR(PutDetection(ds[i]));
   return absl::OkStatus();
