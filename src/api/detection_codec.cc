@@ -133,12 +133,13 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
   return d;
 }
 
-std::string DetectionToJson(const engine::Detection& d) {
+std::string DetectionToJson(const engine::Detection& d, size_t* head_bytes) {
   // The head is the store's (ledger::AppendDetectionJsonHead), so that a backend can
   // keep only the rest of the text.
   std::string out;
   ledger::AppendDetectionJsonHead(d.id, d.source, d.type, d.entity.str(), d.score, d.observed_at,
                                   &out);
+  if (head_bytes != nullptr) *head_bytes = out.size();
   absl::StrAppend(&out, ",\"evidence\":", d.evidence_json, ",\"related\":[");
   for (size_t i = 0; i < d.related.size(); ++i) {
     if (i) out += ',';

@@ -29,7 +29,9 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
                                                 std::vector<FieldError>* errors);
 
 //! The normalised JSON form stored with a detection (canonical entities, RFC 3339 time).
-std::string DetectionToJson(const engine::Detection& d);
+//! It starts with ledger::AppendDetectionJsonHead of d's own fields; `head_bytes`, if
+//! given, is set to that head's length (see StoredDetection::json_head_bytes).
+std::string DetectionToJson(const engine::Detection& d, size_t* head_bytes = nullptr);
 
 //! Parses what DetectionToJson wrote (for backtests and imports).
 absl::StatusOr<engine::Detection> DetectionFromJson(std::string_view json);

@@ -96,7 +96,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
     workflow::DetectionWork w;
     engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
     w.proposals = std::move(ev.proposals);
-    w.json = DetectionToJson(*item.detection);
+    w.json = DetectionToJson(*item.detection, &w.json_head_bytes);
     w.detection = *std::move(item.detection);
     item.detection.reset();
     slot_of.push_back(item.index);

@@ -521,7 +521,9 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
             work[pos->second].proposals.push_back(std::move(p));
           }
         }
-        for (workflow::DetectionWork& w : work) w.json = DetectionToJson(w.detection);
+        for (workflow::DetectionWork& w : work) {
+          w.json = DetectionToJson(w.detection, &w.json_head_bytes);
+        }
         CountEvents(st, declared, items, false);
 
         auto finish = [](Call& call, const std::vector<EventItem>& items,

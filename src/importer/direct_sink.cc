@@ -170,7 +170,7 @@ class DirectSink final : public Sink {
     // this batch too), decides and writes.
     std::vector<workflow::DetectionWork> work(detections.size());
     for (size_t i = 0; i < detections.size(); ++i) {
-      work[i].json = api::DetectionToJson(detections[i]);
+      work[i].json = api::DetectionToJson(detections[i], &work[i].json_head_bytes);
       if (set_ != nullptr) {
         AheadEnvironment env(list_entries_);
         engine::Evaluation ahead = engine::Evaluate(*set_, detections[i], env, absl::Now());

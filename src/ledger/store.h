@@ -63,7 +63,15 @@ struct StoredDetection {
   std::string batch;       // import batch, if any
   std::string json;        // the detection as submitted, normalised
   std::string reply;       // the per-item reply JSON returned the first time (decisions)
-  friend bool operator==(const StoredDetection&, const StoredDetection&) = default;
+  // A hint from the writer, not part of the value: json starts with
+  // AppendDetectionJsonHead of this row's own fields and that head is this long (0: not
+  // known; a backend that elides the head then checks for it).
+  size_t json_head_bytes = 0;
+  friend bool operator==(const StoredDetection& a, const StoredDetection& b) {
+    return a.source == b.source && a.id == b.id && a.type == b.type && a.entity == b.entity &&
+           a.score == b.score && a.observed_at == b.observed_at && a.received_at == b.received_at &&
+           a.batch == b.batch && a.json == b.json && a.reply == b.reply;
+  }
 };
 
 //! Appends the head of a stored detection's JSON, its key fields in this order (score in

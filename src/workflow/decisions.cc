@@ -170,6 +170,7 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
     sd.observed_at = d.observed_at;
     sd.batch = d.batch;
     sd.json = std::move(w.json);
+    sd.json_head_bytes = w.json_head_bytes;
     p.detection = std::move(w.detection);
     p.proposals = std::move(w.proposals);
     p.proposals_final = w.proposals_final;

@@ -40,7 +40,8 @@ namespace quell::workflow {
 struct DetectionWork {
   engine::Detection detection;
   std::vector<engine::Proposal> proposals;
-  std::string json;  // the detection as stored (normalised JSON)
+  std::string json;            // the detection as stored (normalised JSON)
+  size_t json_head_bytes = 0;  // as in ledger::StoredDetection
   // With a ProposeFn: `proposals` were computed without reading any ledger state (no
   // active(), prior() or list whose answer could change), so they are what `propose`
   // would compute, and it is not called for this item.

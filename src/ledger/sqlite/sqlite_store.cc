@@ -216,6 +216,10 @@ std::string StoredReply(std::string_view column, std::string_view source, std::s
 // readers put the head back; a JSON without that head is stored whole, as TEXT. The
 // storage class tells them apart whatever the text. ~100-150 bytes less per row.
 void BindJson(Stmt& s, int i, const StoredDetection& d) {
+  if (d.json_head_bytes > 0 && d.json_head_bytes < d.json.size()) {  // the writer knows
+    s.BindBlobStatic(i, std::string_view(d.json).substr(d.json_head_bytes));
+    return;
+  }
   thread_local std::string head;
   head.clear();
   AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &head);
