@@ -61,6 +61,10 @@ class RecordingTxn final : public Txn {
   absl::Status PutDetections(const std::vector<StoredDetection>& ds) override {
     return inner_.PutDetections(ds);
   }
+  absl::StatusOr<std::vector<bool>> PutNewDetections(
+      const std::vector<StoredDetection>& ds) override {
+    return inner_.PutNewDetections(ds);
+  }
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {

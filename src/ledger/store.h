@@ -226,6 +226,14 @@ class Txn {
     }
     return absl::OkStatus();
   }
+  //! Stores, in order, each of `ds` whose key is not stored yet (the keys of `ds` differ)
+  //! and says for each whether it was stored: false means the key was already stored
+  //! and the row was not written. For detections whose row is complete before the
+  //! duplicate check (no decision to wait for): one pass instead of a check, then a write.
+  //! kInvalidArgument if a source or id is empty. The default asks GetDetectionReplies,
+  //! then calls PutDetections with the new ones.
+  virtual absl::StatusOr<std::vector<bool>> PutNewDetections(
+      const std::vector<StoredDetection>& ds);
   //! How many mitigations of `entity` were created at or after `since`, of `policy` ("" =
   //! any) and `action` ("" = any), in any state, or any but shadow if `exclude_shadow`.
   //! Sees this Txn's own writes. Escalation and prior() read it.

@@ -929,6 +929,48 @@ TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
   }
 }
 
+// PutNewDetections writes the rows whose key is not stored (by an earlier Txn or this
+// one) and says which; a savepoint rollback undoes them.
+TEST_P(StoreTest, PutNewDetectionsWritesOnlyNewKeysAndSaysWhich) {
+  std::vector<StoredDetection> rows;
+  for (int i = 0; i < 70; ++i) {
+    rows.push_back(MakeDetection(i % 7 == 6 ? "ato-model" : "bot-model", absl::StrCat("n", i),
+                                 kT0 + absl::Seconds(i), kT0));
+  }
+  {
+    auto txn = Begin();
+    ASSERT_OK(V(txn->PutDetection(rows[3])));
+    ASSERT_OK(V(txn->Commit()));
+  }
+  {
+    auto txn = Begin();
+    ASSERT_OK(V(txn->PutDetection(rows[40])));  // this Txn's own write
+    ASSERT_OK(V(txn->Savepoint()));
+    auto undone = txn->PutNewDetections(rows);
+    ASSERT_OK(undone);
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    auto stored = txn->PutNewDetections(rows);
+    ASSERT_OK(stored);
+    ASSERT_EQ(stored->size(), rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      EXPECT_EQ((*stored)[i], i != 3 && i != 40) << i;
+      EXPECT_EQ((*undone)[i], (*stored)[i]) << i;
+    }
+    std::vector<StoredDetection> bad = {MakeDetection("bot-model", "", kT0, kT0)};
+    EXPECT_EQ(txn->PutNewDetections(bad).status().code(), absl::StatusCode::kInvalidArgument);
+    auto none = txn->PutNewDetections({});
+    ASSERT_OK(none);
+    EXPECT_TRUE(none->empty());
+    ASSERT_OK(V(txn->Commit()));
+  }
+  for (const StoredDetection& d : rows) {
+    auto got = store_->GetDetection(d.source, d.id);
+    ASSERT_OK(got);
+    ASSERT_TRUE(got->has_value()) << d.id;
+    EXPECT_EQ(**got, d);
+  }
+}
+
 TEST_P(StoreTest, DetectionsAreIdempotentScannedInObservedOrderAndPurged) {
   StoredDetection late = MakeDetection("bot-model", "d1", kT0 + absl::Seconds(20), kT0);
   StoredDetection early = MakeDetection("bot-model", "d2", kT0 + absl::Seconds(10), kT0);

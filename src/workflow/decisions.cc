@@ -87,6 +87,10 @@ class CachingTxn final : public ledger::Txn {
   absl::Status PutDetections(const std::vector<ledger::StoredDetection>& ds) override {
     return inner_.PutDetections(ds);
   }
+  absl::StatusOr<std::vector<bool>> PutNewDetections(
+      const std::vector<ledger::StoredDetection>& ds) override {
+    return inner_.PutNewDetections(ds);
+  }
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
@@ -308,41 +312,79 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
              ledger::Txn& ledger_txn, absl::Time now) mutable -> absl::Status {
     CachingTxn txn(ledger_txn);
     out->assign(items.size(), DetectionOutcome{});
-    // One duplicate check for the whole batch; a repeat within the batch is a duplicate
-    // of its first occurrence, as it would be had that been stored just before.
-    std::vector<ledger::DetectionKey> keys;
-    keys.reserve(items.size());
-    for (const Prepared& p : items) keys.push_back({p.stored.source, p.stored.id});
-    QUELL_ASSIGN_OR_RETURN(std::vector<std::optional<std::string>> stored,
-                           txn.GetDetectionReplies(keys));
-    absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, size_t> first;
-    if (items.size() > 1) first.reserve(items.size());
-    std::vector<size_t> fresh;  // items to store, in order
-    fresh.reserve(items.size());
-    for (size_t i = 0; i < items.size(); ++i) {
-      DetectionOutcome& o = (*out)[i];
-      if (stored[i]) {
-        o.duplicate = true;
-        o.reply = *std::move(stored[i]);
-        continue;
+    // A repeat within the batch is a duplicate of its first occurrence, as it would be had
+    // that been stored just before; it is answered once that one is.
+    std::vector<size_t> repeat_of(items.size(), SIZE_MAX);
+    if (items.size() > 1) {
+      absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, size_t> first;
+      first.reserve(items.size());
+      for (size_t i = 0; i < items.size(); ++i) {
+        auto [it, inserted] =
+            first.try_emplace({AV(items[i].stored.source), AV(items[i].stored.id)}, i);
+        if (!inserted) repeat_of[i] = it->second;
       }
-      if (items.size() > 1) {
-        auto [it, inserted] = first.try_emplace({AV(keys[i].source), AV(keys[i].id)}, i);
-        if (!inserted) {
-          o.duplicate = true;
-          o.reply = (*out)[it->second].reply;
-          continue;
+    }
+    // Most detections earn nothing whatever the ledger holds (no proposal, and proposals
+    // that need no ledger state to compute): their rows are complete now, and writing them
+    // with PutNewDetections is also their duplicate check. The others are checked, then
+    // decided in order, then written.
+    std::vector<size_t> quiet, decide;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (repeat_of[i] != SIZE_MAX) continue;
+      const bool final = !propose || items[i].proposals_final;
+      (final && items[i].proposals.empty() ? quiet : decide).push_back(i);
+    }
+    std::vector<size_t> check;  // items whose stored reply is read
+    if (!quiet.empty()) {
+      std::vector<ledger::StoredDetection> rows;
+      rows.reserve(quiet.size());
+      for (size_t i : quiet) {
+        Prepared& p = items[i];
+        p.stored.received_at = now;
+        p.stored.reply = std::move(p.reply_head);
+        p.stored.reply += "]}";
+        rows.push_back(std::move(p.stored));
+      }
+      QUELL_ASSIGN_OR_RETURN(std::vector<bool> written, txn.PutNewDetections(rows));
+      for (size_t k = 0; k < quiet.size(); ++k) {
+        if (written[k]) {
+          (*out)[quiet[k]].reply = std::move(rows[k].reply);
+        } else {
+          check.push_back(quiet[k]);
         }
       }
+    }
+    const size_t quiet_stored = check.size();
+    check.insert(check.end(), decide.begin(), decide.end());
+    std::vector<ledger::DetectionKey> keys;
+    keys.reserve(check.size());
+    for (size_t i : check) keys.push_back({items[i].detection.source, items[i].detection.id});
+    std::vector<std::optional<std::string>> stored;
+    if (!keys.empty()) {
+      QUELL_ASSIGN_OR_RETURN(stored, txn.GetDetectionReplies(keys));
+    }
+    std::vector<ledger::StoredDetection> rows;
+    rows.reserve(decide.size());
+    for (size_t k = 0; k < check.size(); ++k) {
+      const size_t i = check[k];
+      DetectionOutcome& o = (*out)[i];
+      if (stored[k]) {
+        o.duplicate = true;
+        o.reply = *std::move(stored[k]);
+        continue;
+      }
+      if (k < quiet_stored) return absl::InternalError("a detection neither written nor stored");
       if (propose && !items[i].proposals_final) {
         items[i].proposals = propose(txn, items[i].detection, now);
       }
       QUELL_RETURN_IF_ERROR(ApplyOne(txn, items[i], *catalog, actor, sg, now, &o));
-      fresh.push_back(i);
+      rows.push_back(std::move(items[i].stored));
     }
-    std::vector<ledger::StoredDetection> rows;
-    rows.reserve(fresh.size());
-    for (size_t i : fresh) rows.push_back(std::move(items[i].stored));
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (repeat_of[i] == SIZE_MAX) continue;
+      (*out)[i].duplicate = true;
+      (*out)[i].reply = (*out)[repeat_of[i]].reply;
+    }
     return txn.PutDetections(rows);
   };
 }

@@ -655,6 +655,31 @@ class PgTxn final : public Txn {
   absl::Status PutDetections(const std::vector<StoredDetection>& ds) override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
     if (ds.empty()) return absl::OkStatus();
+    QUELL_ASSIGN_OR_RETURN(Result res, InsertDetections(ds, /*returning=*/false));
+    if (res.Affected() != static_cast<int64_t>(ds.size())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          ds.size() - res.Affected(), " detection(s) of this batch are already stored"));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<bool>> PutNewDetections(
+      const std::vector<StoredDetection>& ds) override {
+    QUELL_RETURN_IF_ERROR(CheckUsable());
+    std::vector<bool> out(ds.size(), false);
+    if (ds.empty()) return out;
+    QUELL_ASSIGN_OR_RETURN(Result res, InsertDetections(ds, /*returning=*/true));
+    absl::flat_hash_map<std::pair<std::string_view, std::string_view>, size_t> index;
+    index.reserve(ds.size());
+    for (size_t i = 0; i < ds.size(); ++i) index.try_emplace({ds[i].source, ds[i].id}, i);
+    for (int row = 0; row < res.rows(); ++row) {
+      auto it = index.find({res.Text(row, 0), res.Text(row, 1)});
+      if (it != index.end()) out[it->second] = true;
+    }
+    return out;
+  }
+  // One INSERT of every row of `ds` (unnest of array parameters), skipping stored keys;
+  // `returning`: the written rows' keys.
+  absl::StatusOr<Result> InsertDetections(const std::vector<StoredDetection>& ds, bool returning) {
     std::vector<std::string_view> source, id, type, entity, score, observed, received, batch, json,
         reply;
     std::vector<std::string> numbers;  // the text of the numeric columns
@@ -680,25 +705,20 @@ class PgTxn final : public Txn {
       received.push_back(numbers[3 * i + 2]);
     }
     QUELL_RETURN_IF_ERROR(Materialize());
-    QUELL_ASSIGN_OR_RETURN(
-        Result res,
-        Track(db_->Query(
-            "INSERT INTO detections (" QUELL_DETECTION_COLUMNS
-            ") SELECT source, id, type, entity, score, observed_at, received_at, batch, json, "
-            "reply FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-            "$5::float8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[]) "
-            "WITH ORDINALITY AS t(source, id, type, entity, score, observed_at, received_at, "
-            "batch, json, reply, i) ORDER BY i ON CONFLICT DO NOTHING",
-            {P(ArrayLiteral(source)), P(ArrayLiteral(id)), P(ArrayLiteral(type)),
-             P(ArrayLiteral(entity)), P(ArrayLiteral(score)), P(ArrayLiteral(observed)),
-             P(ArrayLiteral(received)), P(ArrayLiteral(batch)), P(ArrayLiteral(json)),
-             P(ArrayLiteral(reply))})));
-    if (res.Affected() != static_cast<int64_t>(ds.size())) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          ds.size() - res.Affected(), " detection(s) of this batch are already stored"));
-    }
-    return absl::OkStatus();
+    return Track(db_->Query(
+        "INSERT INTO detections (" QUELL_DETECTION_COLUMNS
+        ") SELECT source, id, type, entity, score, observed_at, received_at, batch, json, "
+        "reply FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::float8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[]) "
+        "WITH ORDINALITY AS t(source, id, type, entity, score, observed_at, received_at, "
+        "batch, json, reply, i) ORDER BY i ON CONFLICT DO NOTHING" +
+            std::string(returning ? " RETURNING source, id" : ""),
+        {P(ArrayLiteral(source)), P(ArrayLiteral(id)), P(ArrayLiteral(type)),
+         P(ArrayLiteral(entity)), P(ArrayLiteral(score)), P(ArrayLiteral(observed)),
+         P(ArrayLiteral(received)), P(ArrayLiteral(batch)), P(ArrayLiteral(json)),
+         P(ArrayLiteral(reply))}));
   }
+
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {

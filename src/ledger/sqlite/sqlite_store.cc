@@ -231,6 +231,20 @@ void BindJson(Stmt& s, int i, const StoredDetection& d) {
   }
 }
 
+// Binds the ten columns of `d` (QUELL_DETECTION_COLUMNS order) from parameter base + 1.
+void BindDetection(Stmt& s, int base, const StoredDetection& d) {
+  s.BindTextStatic(base + 1, d.source);
+  s.BindTextStatic(base + 2, d.id);
+  s.BindTextStatic(base + 3, d.type);
+  s.BindTextStatic(base + 4, d.entity);
+  s.BindDouble(base + 5, d.score);
+  s.BindTime(base + 6, d.observed_at);
+  s.BindTime(base + 7, d.received_at);
+  s.BindTextStatic(base + 8, d.batch);
+  BindJson(s, base + 9, d);
+  s.BindTextStatic(base + 10, ReplyToStore(d));
+}
+
 // Assigns into `d`, reusing its strings' capacity (ScanDetections streams into one).
 void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   d->source.assign(s.ColumnText(0));
@@ -620,6 +634,8 @@ class SqliteTxn final : public Txn {
   absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
       const std::vector<DetectionKey>& keys) override;
   absl::Status PutDetections(const std::vector<StoredDetection>& ds) override;
+  absl::StatusOr<std::vector<bool>> PutNewDetections(
+      const std::vector<StoredDetection>& ds) override;
   absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity, std::string_view policy,
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
@@ -716,6 +732,11 @@ class SqliteTxn final : public Txn {
   }
   // Writes (inserts or replaces) the mitigations row of `m` as of change `seq`.
   absl::Status UpsertMitigationRow(const core::Mitigation& m, int64_t seq);
+  // Logs one undo record for the detection rows the caller is about to write: a new
+  // row's rowid is above every stored one (SQLite gives max + 1), so they are the rows
+  // above today's maximum. A record per row cost two key copies per detection.
+  absl::Status MarkDetectionsUndo();
+  absl::StatusOr<int64_t> MaxDetectionRowid();
   // Puts mitigation `id` of `entity` back as it was before change `seq`.
   absl::Status RestoreMitigationBefore(std::string_view id, std::string_view entity, int64_t seq);
   absl::Status ApplyUndo(const Undo& u);
@@ -1042,18 +1063,7 @@ absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
   }
   absl::Status st = Run("INSERT INTO detections (" QUELL_DETECTION_COLUMNS
                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                        [&](Stmt& s) {
-                          s.BindTextStatic(1, d.source);
-                          s.BindTextStatic(2, d.id);
-                          s.BindTextStatic(3, d.type);
-                          s.BindTextStatic(4, d.entity);
-                          s.BindDouble(5, d.score);
-                          s.BindTime(6, d.observed_at);
-                          s.BindTime(7, d.received_at);
-                          s.BindTextStatic(8, d.batch);
-                          BindJson(s, 9, d);
-                          s.BindTextStatic(10, ReplyToStore(d));
-                        });
+                        [&](Stmt& s) { BindDetection(s, 0, d); });
   if (st.code() == absl::StatusCode::kAlreadyExists) {
     return absl::AlreadyExistsError(
         absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
@@ -1080,16 +1090,19 @@ const std::string& ReplyChunkSql() {
   return *sql;
 }
 
+// The INSERT of `rows` detections; `if_new`: skipping the stored keys.
+std::string InsertRowsSql(int rows, bool if_new) {
+  std::string s("INSERT INTO detections (" QUELL_DETECTION_COLUMNS ") VALUES ");
+  for (int r = 0; r < rows; ++r) {
+    s.append(r ? ", (" : "(");
+    for (int c = 0; c < 10; ++c) absl::StrAppend(&s, c ? ", ?" : "?", r * 10 + c + 1);
+    s.append(")");
+  }
+  if (if_new) s.append(" ON CONFLICT (source, id) DO NOTHING");
+  return s;
+}
 const std::string& InsertChunkSql() {
-  static const std::string* sql = [] {
-    auto* s = new std::string("INSERT INTO detections (" QUELL_DETECTION_COLUMNS ") VALUES ");
-    for (int r = 0; r < kDetectionChunk; ++r) {
-      s->append(r ? ", (" : "(");
-      for (int c = 0; c < 10; ++c) absl::StrAppend(s, c ? ", ?" : "?", r * 10 + c + 1);
-      s->append(")");
-    }
-    return s;
-  }();
+  static const std::string* sql = new std::string(InsertRowsSql(kDetectionChunk, false));
   return *sql;
 }
 
@@ -1132,17 +1145,7 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
 
 absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
-  // One undo record for every row below: a new row's rowid is above every stored one
-  // (SQLite gives max + 1), so the rows written here are those above today's maximum.
-  // A record per row cost two key copies per detection.
-  if (!savepoints_.empty() && ds.size() >= kDetectionChunk) {
-    QUELL_ASSIGN_OR_RETURN(Stmt * s,
-                           db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
-    StmtUse use(s);
-    QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-    if (!row) return absl::InternalError("no MAX(rowid) row");
-    undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = use->ColumnInt(0)});
-  }
+  if (ds.size() >= kDetectionChunk) QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   size_t i = 0;
   for (; i + kDetectionChunk <= ds.size(); i += kDetectionChunk) {
     for (size_t k = i; k < i + kDetectionChunk; ++k) {
@@ -1152,18 +1155,7 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
     }
     absl::Status st = Run(InsertChunkSql(), [&](Stmt& s) {
       for (size_t k = 0; k < kDetectionChunk; ++k) {
-        const StoredDetection& d = ds[i + k];
-        const int b = static_cast<int>(k) * 10;
-        s.BindTextStatic(b + 1, d.source);
-        s.BindTextStatic(b + 2, d.id);
-        s.BindTextStatic(b + 3, d.type);
-        s.BindTextStatic(b + 4, d.entity);
-        s.BindDouble(b + 5, d.score);
-        s.BindTime(b + 6, d.observed_at);
-        s.BindTime(b + 7, d.received_at);
-        s.BindTextStatic(b + 8, d.batch);
-        BindJson(s, b + 9, d);
-        s.BindTextStatic(b + 10, ReplyToStore(d));
+        BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
       }
     });
     if (st.code() == absl::StatusCode::kAlreadyExists) {
@@ -1174,6 +1166,69 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
   }
   for (; i < ds.size(); ++i) QUELL_RETURN_IF_ERROR(PutDetection(ds[i]));
   return absl::OkStatus();
+}
+
+absl::Status SqliteTxn::MarkDetectionsUndo() {
+  if (savepoints_.empty()) return absl::OkStatus();
+  QUELL_ASSIGN_OR_RETURN(int64_t max_rowid, MaxDetectionRowid());
+  undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = max_rowid});
+  return absl::OkStatus();
+}
+
+// Chunks of kDetectionChunk rows, then one row at a time, each an INSERT that skips the
+// stored keys. Almost always it writes every row; when it does not, the rows above the
+// chunk's starting rowid are the ones it wrote (rowids only grow). A RETURNING clause
+// would name them every time, but costs more than the duplicate check it replaces.
+absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
+    const std::vector<StoredDetection>& ds) {
+  QUELL_RETURN_IF_ERROR(CheckWritable());
+  for (const StoredDetection& d : ds) {
+    if (d.source.empty() || d.id.empty()) {
+      return absl::InvalidArgumentError("a detection needs source and id");
+    }
+  }
+  std::vector<bool> out(ds.size(), false);
+  if (ds.empty()) return out;
+  QUELL_ASSIGN_OR_RETURN(int64_t max_rowid, MaxDetectionRowid());
+  if (!savepoints_.empty()) {
+    undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = max_rowid});
+  }
+  static const std::string* chunk_sql = new std::string(InsertRowsSql(kDetectionChunk, true));
+  static const std::string* one_sql = new std::string(InsertRowsSql(1, true));
+  for (size_t i = 0; i < ds.size();) {
+    const size_t n = ds.size() - i >= kDetectionChunk ? kDetectionChunk : 1;
+    QUELL_RETURN_IF_ERROR(Run(n == 1 ? *one_sql : *chunk_sql, [&](Stmt& s) {
+      for (size_t k = 0; k < n; ++k) BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
+    }));
+    const auto written = static_cast<size_t>(db_->changes());
+    if (written == n) {
+      std::fill(out.begin() + static_cast<std::ptrdiff_t>(i),
+                out.begin() + static_cast<std::ptrdiff_t>(i + n), true);
+    } else if (written > 0) {
+      QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                             db_->Prepare("SELECT source, id FROM detections WHERE rowid > ?1"));
+      StmtUse use(s);
+      use->BindInt(1, max_rowid);
+      while (true) {
+        QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+        if (!row) break;
+        for (size_t k = i; k < i + n; ++k) {
+          if (ds[k].source == use->ColumnText(0) && ds[k].id == use->ColumnText(1)) out[k] = true;
+        }
+      }
+    }
+    if (written > 0) max_rowid = sqlite3_last_insert_rowid(db_->raw());
+    i += n;
+  }
+  return out;
+}
+
+absl::StatusOr<int64_t> SqliteTxn::MaxDetectionRowid() {
+  QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
+  StmtUse use(s);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  if (!row) return absl::InternalError("no MAX(rowid) row");
+  return use->ColumnInt(0);
 }
 
 absl::Status SqliteTxn::ApplyListChange(const ListChange& lc) {
