@@ -89,10 +89,20 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
   field("entity", m.entity.str());
   field("action", m.action);
   field("state", StateName(m.state));
-  field("created_at", FormatRfc3339(m.created_at));
-  field("updated_at", FormatRfc3339(m.updated_at));
-  field("starts_at", FormatRfc3339(m.starts_at));
-  field("expires_at", FormatRfc3339(m.expires_at));
+  // Times through a stack buffer: this runs for every change the ledger writes.
+  auto time = [&](std::string_view name, absl::Time t) {
+    char buf[kRfc3339MaxBytes];
+    std::string_view v = FormatRfc3339To(t, buf);
+    if (v.empty()) {
+      field(name, FormatRfc3339(t));  // outside four-digit years
+    } else {
+      field(name, v);
+    }
+  };
+  time("created_at", m.created_at);
+  time("updated_at", m.updated_at);
+  time("starts_at", m.starts_at);
+  time("expires_at", m.expires_at);
   field("reason", m.reason);
   field("source", m.source);
   field("policy", m.policy);
@@ -339,6 +349,11 @@ absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json) {
   Mitigation m;
   MitigationReader handler(&m);
   rapidjson::Reader reader;
+  // RapidJSON stops at a NUL as at the end of the text: a raw NUL (never valid JSON) is
+  // refused here, or a record followed by one would read as that record.
+  if (json.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError("mitigation: malformed JSON");
+  }
   rapidjson::MemoryStream ms(json.data(), json.size());
   rapidjson::EncodedInputStream<rapidjson::UTF8<>, rapidjson::MemoryStream> in(ms);
   const bool parsed = !reader.Parse(in, handler).IsError();

@@ -156,6 +156,10 @@ TEST(MitigationTest, EveryFieldIsRequiredWithItsType) {
     json.replace(json.find(from), from.size(), std::string("\"detections\":") + detections);
     EXPECT_FALSE(MitigationFromJson(json).ok()) << json;
   }
+  std::string with_nul = MitigationToJson(Sample());
+  with_nul.insert(with_nul.find("\"r\""), std::string(1, '\0'));
+  EXPECT_FALSE(MitigationFromJson(with_nul).ok());
+  EXPECT_FALSE(MitigationFromJson(MitigationToJson(Sample()) + std::string(1, '\0')).ok());
   std::string bad_state = MitigationToJson(Sample());
   bad_state.replace(bad_state.find("\"active\""), 8, "\"dormant\"");
   EXPECT_FALSE(MitigationFromJson(bad_state).ok());
