@@ -1,9 +1,10 @@
 // DirectSink: detections straight into the data directory, with the server's semantics.
-// Evaluation runs inside the ledger transaction (on the commit thread) against an
-// Environment over that transaction, so every row sees the effects of the rows before it:
-// the outcome is a function of the file's order alone, whatever the batching, the number
-// of batches in flight or an interruption and resume — which is what makes a resumed
-// import end in exactly the state of an uninterrupted one.
+// Every row sees the effects of the rows before it: a row whose evaluation reads ledger
+// state (active(), prior()) is evaluated inside the ledger transaction (on the commit
+// thread) against an Environment over that transaction; the others, evaluated ahead on
+// the caller's thread, cannot tell. The outcome is a function of the file's order alone,
+// whatever the batching, the number of batches in flight or an interruption and resume —
+// which is what makes a resumed import end in exactly the state of an uninterrupted one.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
