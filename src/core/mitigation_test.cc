@@ -14,23 +14,37 @@
 namespace quell::core {
 namespace {
 
-TEST(MitigationTest, JsonRoundTrip) {
+// A record with every field set, for the reader's tests.
+Mitigation Sample() {
   Mitigation m;
+  m.id = "m_01";
+  m.entity = *Entity::Parse("user:u1");
+  m.action = "suspend";
+  m.state = MitigationState::kActive;
+  m.created_at = *ParseRfc3339("2026-11-28T12:00:00.25Z");
+  m.updated_at = m.created_at + absl::Seconds(1);
+  m.starts_at = m.created_at + absl::Seconds(2);
+  m.expires_at = m.created_at + absl::Hours(24);
+  m.reason = "r";
+  m.source = "bot-v3";
+  m.policy = "p";
+  m.policy_version = 3;
+  m.actor = "k_1";
+  m.batch = "b";
+  m.detections = {"d1", "d2"};
+  m.state_reason = "s";
+  m.seq = 9;
+  return m;
+}
+
+TEST(MitigationTest, JsonRoundTrip) {
+  Mitigation m = Sample();
   m.id = NewId("m_", absl::Now());
   m.entity = *Entity::Parse("user:u\"1\\x");
-  m.action = "suspend";
   m.state = MitigationState::kPendingApproval;
   m.created_at = *ParseRfc3339("2026-11-28T12:00:00.5Z");
-  m.updated_at = m.created_at;
-  m.starts_at = m.created_at;
-  m.expires_at = m.created_at + absl::Hours(24);
   m.reason = "line\nbreak \x01 ctl";
-  m.source = "bot-v3";
-  m.policy = "bot-model-high";
-  m.policy_version = 7;
-  m.actor = "k_1";
-  m.detections = {"d1", "d2"};
-  m.seq = 42;
+  m.batch.clear();
   auto back = MitigationFromJson(MitigationToJson(m));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
@@ -63,28 +77,6 @@ TEST(MitigationTest, RejectsMalformed) {
   for (const char* bad : {"", "[]", "{\"id\":1}", "1", "\"x\"", "null", "{", "{} {}"}) {
     EXPECT_FALSE(MitigationFromJson(bad).ok()) << bad;
   }
-}
-
-Mitigation Sample() {
-  Mitigation m;
-  m.id = "m_01";
-  m.entity = *Entity::Parse("user:u1");
-  m.action = "suspend";
-  m.state = MitigationState::kActive;
-  m.created_at = *ParseRfc3339("2026-11-28T12:00:00.25Z");
-  m.updated_at = m.created_at + absl::Seconds(1);
-  m.starts_at = m.created_at + absl::Seconds(2);
-  m.expires_at = m.created_at + absl::Hours(24);
-  m.reason = "r";
-  m.source = "bot-v3";
-  m.policy = "p";
-  m.policy_version = 3;
-  m.actor = "k_1";
-  m.batch = "b";
-  m.detections = {"d1", "d2"};
-  m.state_reason = "s";
-  m.seq = 9;
-  return m;
 }
 
 std::string Serialize(const rapidjson::Document& doc) {

@@ -79,6 +79,16 @@ class StoreTest : public ::testing::TestWithParam<BackendFactory> {
     return t.ok() ? *std::move(t) : nullptr;
   }
 
+  // Every one of `rows` is stored, as it is.
+  void ExpectStored(const std::vector<StoredDetection>& rows) {
+    for (const StoredDetection& d : rows) {
+      auto got = store_->GetDetection(d.source, d.id);
+      ASSERT_OK(got);
+      ASSERT_TRUE(got->has_value()) << d.id;
+      EXPECT_EQ(**got, d);
+    }
+  }
+
   // Appends `m` as a mitigation change inside `txn`, setting m->seq.
   absl::StatusOr<Change> AppendMitigation(Txn& txn, core::Mitigation* m) {
     m->seq = txn.NextSeq();
@@ -916,12 +926,7 @@ TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
     EXPECT_EQ(txn->PutDetections(bad).code(), absl::StatusCode::kInvalidArgument);
     ASSERT_OK(V(txn->Commit()));
   }
-  for (const StoredDetection& d : rows) {
-    auto got = store_->GetDetection(d.source, d.id);
-    ASSERT_OK(got);
-    ASSERT_TRUE(got->has_value()) << d.id;
-    EXPECT_EQ(**got, d);
-  }
+  ExpectStored(rows);
   for (int i = 0; i < 40; ++i) {
     auto got = store_->GetDetection("bot-model", absl::StrCat("c", i));
     ASSERT_OK(got);
@@ -963,12 +968,7 @@ TEST_P(StoreTest, PutNewDetectionsWritesOnlyNewKeysAndSaysWhich) {
     EXPECT_TRUE(none->empty());
     ASSERT_OK(V(txn->Commit()));
   }
-  for (const StoredDetection& d : rows) {
-    auto got = store_->GetDetection(d.source, d.id);
-    ASSERT_OK(got);
-    ASSERT_TRUE(got->has_value()) << d.id;
-    EXPECT_EQ(**got, d);
-  }
+  ExpectStored(rows);
 }
 
 TEST_P(StoreTest, DetectionsAreIdempotentScannedInObservedOrderAndPurged) {
