@@ -30,18 +30,25 @@
 namespace quell::importer {
 namespace {
 
-// policy::Environment over the open transaction: reads see the batch's own writes.
-class TxnEnvironment final : public policy::Environment {
+// What the import's evaluations have in common: counters are empty (they are the events
+// path's), and a list is asked about the entity in its normal form.
+class ImportEnvironment : public policy::Environment {
  public:
-  TxnEnvironment(ledger::Txn& txn, absl::Time now) : txn_(txn), now_(now) {}
   int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
   int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  bool InList(std::string_view list, std::string_view entity) override {
+  bool InList(std::string_view list, std::string_view entity) final {
     auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return false;
-    auto has = txn_.ListHas(list, *e);
-    return has.ok() && *has;
+    return e.ok() && Listed(list, *e);
   }
+
+ protected:
+  virtual bool Listed(std::string_view list, const core::Entity& e) = 0;
+};
+
+// Over the open transaction: reads see the batch's own writes.
+class TxnEnvironment final : public ImportEnvironment {
+ public:
+  TxnEnvironment(ledger::Txn& txn, absl::Time now) : txn_(txn), now_(now) {}
   bool Active(std::string_view entity, std::string_view action) override {
     auto e = core::Entity::Parse(entity);
     if (!e.ok()) return false;
@@ -60,27 +67,25 @@ class TxnEnvironment final : public policy::Environment {
   }
 
  private:
+  bool Listed(std::string_view list, const core::Entity& e) override {
+    auto has = txn_.ListHas(list, e);
+    return has.ok() && *has;
+  }
+
   ledger::Txn& txn_;
   absl::Time now_;
 };
 
 // Evaluates a row ahead, on the reader's thread, while the commit thread decides the
 // rows before it: the lists are read from a snapshot (only a server changes them, and
-// none runs during a direct import) and counters are empty as in TxnEnvironment, but an
-// active() or prior() call depends on the rows before this one, so it only marks the
-// evaluation as needing the ledger; the commit thread then evaluates the row itself.
-// Most rows never reach such a call (it comes after cheaper tests in a condition).
-class AheadEnvironment final : public policy::Environment {
+// none runs during a direct import), but an active() or prior() call depends on the rows
+// before this one, so it only marks the evaluation as needing the ledger; the commit
+// thread then evaluates the row itself. Most rows never reach such a call (it comes
+// after cheaper tests in a condition).
+class AheadEnvironment final : public ImportEnvironment {
  public:
   explicit AheadEnvironment(const absl::flat_hash_set<std::string>& list_entries)
       : list_entries_(list_entries) {}
-  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  bool InList(std::string_view list, std::string_view entity) override {
-    auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return false;
-    return list_entries_.contains(ListEntryKey(list, e->str()));
-  }
   bool Active(std::string_view, std::string_view) override {
     needs_ledger_ = true;
     return false;
@@ -96,6 +101,10 @@ class AheadEnvironment final : public policy::Environment {
   }
 
  private:
+  bool Listed(std::string_view list, const core::Entity& e) override {
+    return list_entries_.contains(ListEntryKey(list, e.str()));
+  }
+
   const absl::flat_hash_set<std::string>& list_entries_;
   bool needs_ledger_ = false;
 };

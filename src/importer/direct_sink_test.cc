@@ -237,6 +237,25 @@ policies:
   EXPECT_EQ(state.size(), 12u);
 }
 
+// A repeat of an id in the same batch is a duplicate of its first occurrence, whichever
+// of the two would earn a decision: rows without one are written before the others.
+TEST(DirectImportTest, RepeatsInABatchAnswerAsTheirFirstOccurrence) {
+  std::string dir = testing::TempDir("repeats");
+  PrepareDataDir(dir + "/var");
+  std::string f = Row("q1", "user:quiet", 0.1) + Row("d1", "user:decided", 0.95) +
+                  Row("q1", "user:quiet", 0.95) + Row("d1", "user:decided", 0.1);
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, f);
+  ImportOptions o = Options(dir, file);
+  o.batch_rows = 100;
+  ImportResult r = Import(o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.counts.accepted, 2);
+  EXPECT_EQ(r.counts.duplicate, 2);
+  EXPECT_EQ(State(dir + "/var"),
+            (std::multiset<std::string>{"user:decided exclude_royalties active bot [d1,]"}));
+}
+
 TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
   std::string dir = testing::TempDir("resume");
   PrepareDataDir(dir + "/a/var");

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -67,10 +68,12 @@ struct StoredDetection {
   // AppendDetectionJsonHead of this row's own fields and that head is this long (0: not
   // known; a backend that elides the head then checks for it).
   size_t json_head_bytes = 0;
+  // The value's fields: every one but the hint.
+  auto Fields() const {
+    return std::tie(source, id, type, entity, score, observed_at, received_at, batch, json, reply);
+  }
   friend bool operator==(const StoredDetection& a, const StoredDetection& b) {
-    return a.source == b.source && a.id == b.id && a.type == b.type && a.entity == b.entity &&
-           a.score == b.score && a.observed_at == b.observed_at && a.received_at == b.received_at &&
-           a.batch == b.batch && a.json == b.json && a.reply == b.reply;
+    return a.Fields() == b.Fields();
   }
 };
 
@@ -351,9 +354,11 @@ class Store {
   //! The stored detection (source, id), or nullopt.
   virtual absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view source,
                                                                       std::string_view id) = 0;
-  //! Calls `fn` for every detection with from <= observed_at < to, in observed_at order,
-  //! from one consistent read, streaming (no result set in memory); for backtests. Stops
-  //! early with fn's error. `fn` must not call back into the Store.
+  //! Calls `fn` for every detection with from <= observed_at < to, in observed_at order
+  //! (ties in storage order, which is not submission order: within a batch, detections
+  //! that earned no decision are stored first), from one consistent read, streaming (no
+  //! result set in memory); for backtests. Stops early with fn's error. `fn` must not
+  //! call back into the Store.
   virtual absl::Status ScanDetections(
       absl::Time from, absl::Time to,
       const std::function<absl::Status(const StoredDetection&)>& fn) = 0;

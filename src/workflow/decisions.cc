@@ -210,6 +210,13 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
   return hits;
 }
 
+// Completes p.stored with its reply (the reply head, decisions appended) and time.
+void CompleteStored(Prepared& p, std::string reply, absl::Time now) {
+  reply += "]}";
+  p.stored.received_at = now;
+  p.stored.reply = std::move(reply);
+}
+
 // Decides one new detection: fills `out` and completes p.stored (written later, with
 // the rest of the batch's).
 absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog& catalog,
@@ -255,10 +262,8 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
     AppendDecision(r.mitigation, req.reason, &reply);
     out->decisions.push_back({p.policy, r.mitigation.action, r.mitigation.state});
   }
-  reply += "]}";
-  pr.stored.received_at = now;
-  pr.stored.reply = reply;
-  out->reply = std::move(reply);
+  CompleteStored(pr, std::move(reply), now);
+  out->reply = pr.stored.reply;
   return absl::OkStatus();
 }
 
@@ -340,9 +345,7 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
       rows.reserve(quiet.size());
       for (size_t i : quiet) {
         Prepared& p = items[i];
-        p.stored.received_at = now;
-        p.stored.reply = std::move(p.reply_head);
-        p.stored.reply += "]}";
+        CompleteStored(p, std::move(p.reply_head), now);
         rows.push_back(std::move(p.stored));
       }
       QUELL_ASSIGN_OR_RETURN(std::vector<bool> written, txn.PutNewDetections(rows));

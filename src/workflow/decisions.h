@@ -12,12 +12,13 @@
 //   3. with safeguards (the overload taking a SafeguardContext), each non-shadow proposal
 //      is screened first (protected entities, immunity, breakers; see safeguards.h): a
 //      held one becomes pending_approval, its reason saying why;
-//   4. the detection and its reply are stored, for idempotency, timelines and backtests
-//      (the batch's new detections in one PutDetections, after their decisions).
-// The duplicate check is one GetDetectionReplies for the batch; a repeat of an earlier
-// item of the same batch is a duplicate of it. The factory prepares what needs no ledger
-// state (stored rows, reply heads) on the caller's thread, so the commit thread only
-// decides and writes.
+//   4. the detection and its reply are stored, for idempotency, timelines and backtests.
+// A repeat of an earlier item of the same batch is a duplicate of it. Items that earn no
+// decision whatever the ledger holds (no proposals, computed without ledger state) are
+// stored first, by one PutNewDetections that is also their duplicate check; the others
+// are checked with one GetDetectionReplies, decided in order, then stored by one
+// PutDetections. The factory prepares what needs no ledger state (stored rows, reply
+// heads) on the caller's thread, so the commit thread only decides and writes.
 //
 // Thread-safety: the factory is thread-safe; the mutation runs on the commit thread and
 // fills `out`, which the caller reads after the Completion.

@@ -188,13 +188,17 @@ class ServerImportTest(unittest.TestCase):
                     "--rejects", rejects, "--batch-rows", "500", "--progress", "lines", "--json",
                     "--in-flight", "1"]
             p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            # The import may take less than its checkpoint interval (500 ms). The server is
-            # paused for longer than that, so the first reply after it resumes writes a
-            # checkpoint with rows in it while most of the file is still to be sent.
+            checkpoint = rejects + ".quell-checkpoint"
+            # The whole import may take less than its checkpoint interval (500 ms). Once it
+            # has started (its first checkpoint, at offset 0, exists) the server is paused
+            # for longer than that, so the first reply after it resumes writes a checkpoint
+            # with rows in it while most of the file is still to be sent.
+            deadline = time.time() + 60
+            while not os.path.exists(checkpoint) and p.poll() is None and time.time() < deadline:
+                time.sleep(0.002)
             q.proc.send_signal(signal.SIGSTOP)
             time.sleep(0.7)
             q.proc.send_signal(signal.SIGCONT)
-            checkpoint = rejects + ".quell-checkpoint"
             deadline = time.time() + 60
             while time.time() < deadline:
                 try:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -216,11 +217,16 @@ std::string StoredReply(std::string_view column, std::string_view source, std::s
 // readers put the head back; a JSON without that head is stored whole, as TEXT. The
 // storage class tells them apart whatever the text. ~100-150 bytes less per row.
 void BindJson(Stmt& s, int i, const StoredDetection& d) {
+  thread_local std::string head;
   if (d.json_head_bytes > 0 && d.json_head_bytes < d.json.size()) {  // the writer knows
+#ifndef NDEBUG
+    head.clear();
+    AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &head);
+    assert(std::string_view(d.json).substr(0, d.json_head_bytes) == head);
+#endif
     s.BindBlobStatic(i, std::string_view(d.json).substr(d.json_head_bytes));
     return;
   }
-  thread_local std::string head;
   head.clear();
   AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &head);
   const std::string_view json = d.json;
@@ -736,7 +742,8 @@ class SqliteTxn final : public Txn {
   // row's rowid is above every stored one (SQLite gives max + 1), so they are the rows
   // above today's maximum. A record per row cost two key copies per detection.
   absl::Status MarkDetectionsUndo();
-  absl::StatusOr<int64_t> MaxDetectionRowid();
+  // Inserts one detection row (no undo record): kAlreadyExists if its key is stored.
+  absl::Status InsertDetectionRow(const StoredDetection& d);
   // Puts mitigation `id` of `entity` back as it was before change `seq`.
   absl::Status RestoreMitigationBefore(std::string_view id, std::string_view entity, int64_t seq);
   absl::Status ApplyUndo(const Undo& u);
@@ -948,25 +955,34 @@ absl::Status SqliteTxn::PutIdempotency(const IdempotencyRecord& r) {
 // seq first (for its undo) and then write it, three B-tree descents instead of one. The
 // undo, which almost never runs, finds the prior version itself.
 absl::Status SqliteTxn::UpsertMitigationRow(const core::Mitigation& m, int64_t seq) {
-  return Run(
-      "INSERT INTO mitigations (id, entity, action, state, created_at, due_at, source, policy, "
-      "seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
-      "ON CONFLICT (id) DO UPDATE SET entity = ?2, action = ?3, state = ?4, created_at = ?5, "
-      "due_at = ?6, source = ?7, policy = ?8, seq = ?9",
-      [&](Stmt& s) {
-        s.BindTextStatic(1, m.id);
-        s.BindTextStatic(2, m.entity.str());
-        s.BindTextStatic(3, m.action);
-        s.BindTextStatic(4, core::StateName(m.state));
-        s.BindTime(5, m.created_at);
-        BindDueAt(s, 6, m);
-        s.BindTextStatic(7, m.source);
-        s.BindTextStatic(8, m.policy);
-        s.BindInt(9, seq);
-      });
+  // A mitigation keeps its entity (RestoreMitigationBefore finds its versions by it): an
+  // update that would change it writes nothing and is refused.
+  QUELL_RETURN_IF_ERROR(
+      Run("INSERT INTO mitigations (id, entity, action, state, created_at, due_at, source, policy, "
+          "seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+          "ON CONFLICT (id) DO UPDATE SET action = ?3, state = ?4, created_at = ?5, due_at = ?6, "
+          "source = ?7, policy = ?8, seq = ?9 WHERE entity = ?2",
+          [&](Stmt& s) {
+            s.BindTextStatic(1, m.id);
+            s.BindTextStatic(2, m.entity.str());
+            s.BindTextStatic(3, m.action);
+            s.BindTextStatic(4, core::StateName(m.state));
+            s.BindTime(5, m.created_at);
+            BindDueAt(s, 6, m);
+            s.BindTextStatic(7, m.source);
+            s.BindTextStatic(8, m.policy);
+            s.BindInt(9, seq);
+          }));
+  if (db_->changes() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mitigation ", m.id, " belongs to another entity than ", m.entity.str()));
+  }
+  return absl::OkStatus();
 }
 
-// The mitigation's latest change before `seq`, through the changes' (entity, seq) index.
+// The mitigation's latest change before `seq`, through the changes' (entity, seq) index
+// (walking back the entity's changes: slow for an entity with a long history, but an
+// undo runs only when a mutation fails).
 absl::Status SqliteTxn::RestoreMitigationBefore(std::string_view id, std::string_view entity,
                                                 int64_t seq) {
   std::optional<std::pair<int64_t, std::string>> prior;
@@ -1061,14 +1077,7 @@ absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
   if (d.source.empty() || d.id.empty()) {
     return absl::InvalidArgumentError("a detection needs source and id");
   }
-  absl::Status st = Run("INSERT INTO detections (" QUELL_DETECTION_COLUMNS
-                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                        [&](Stmt& s) { BindDetection(s, 0, d); });
-  if (st.code() == absl::StatusCode::kAlreadyExists) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
-  }
-  QUELL_RETURN_IF_ERROR(st);
+  QUELL_RETURN_IF_ERROR(InsertDetectionRow(d));
   if (!savepoints_.empty()) {
     undo_.push_back({.kind = Undo::Kind::kDetection, .a = d.source, .b = d.id});
   }
@@ -1101,9 +1110,13 @@ std::string InsertRowsSql(int rows, bool if_new) {
   if (if_new) s.append(" ON CONFLICT (source, id) DO NOTHING");
   return s;
 }
-const std::string& InsertChunkSql() {
-  static const std::string* sql = new std::string(InsertRowsSql(kDetectionChunk, false));
-  return *sql;
+// The four INSERTs: a chunk or one row, of new rows only or not. Built once.
+const std::string& InsertSql(bool chunk, bool if_new) {
+  static const std::string* const kSql[2][2] = {
+      {new std::string(InsertRowsSql(1, false)), new std::string(InsertRowsSql(1, true))},
+      {new std::string(InsertRowsSql(kDetectionChunk, false)),
+       new std::string(InsertRowsSql(kDetectionChunk, true))}};
+  return *kSql[chunk][if_new];
 }
 
 absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionReplies(
@@ -1143,9 +1156,23 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
   return out;
 }
 
+absl::Status SqliteTxn::InsertDetectionRow(const StoredDetection& d) {
+  if (d.source.empty() || d.id.empty()) {
+    return absl::InvalidArgumentError("a detection needs source and id");
+  }
+  absl::Status st =
+      Run(InsertSql(/*chunk=*/false, /*if_new=*/false), [&](Stmt& s) { BindDetection(s, 0, d); });
+  if (st.code() == absl::StatusCode::kAlreadyExists) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
+  }
+  return st;
+}
+
 absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
-  if (ds.size() >= kDetectionChunk) QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
+  if (ds.empty()) return absl::OkStatus();
+  QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   size_t i = 0;
   for (; i + kDetectionChunk <= ds.size(); i += kDetectionChunk) {
     for (size_t k = i; k < i + kDetectionChunk; ++k) {
@@ -1153,7 +1180,7 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
         return absl::InvalidArgumentError("a detection needs source and id");
       }
     }
-    absl::Status st = Run(InsertChunkSql(), [&](Stmt& s) {
+    absl::Status st = Run(InsertSql(/*chunk=*/true, /*if_new=*/false), [&](Stmt& s) {
       for (size_t k = 0; k < kDetectionChunk; ++k) {
         BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
       }
@@ -1164,20 +1191,23 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
     }
     QUELL_RETURN_IF_ERROR(st);
   }
-  for (; i < ds.size(); ++i) QUELL_RETURN_IF_ERROR(PutDetection(ds[i]));
+  for (; i < ds.size(); ++i) QUELL_RETURN_IF_ERROR(InsertDetectionRow(ds[i]));
   return absl::OkStatus();
 }
 
 absl::Status SqliteTxn::MarkDetectionsUndo() {
   if (savepoints_.empty()) return absl::OkStatus();
-  QUELL_ASSIGN_OR_RETURN(int64_t max_rowid, MaxDetectionRowid());
-  undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = max_rowid});
+  QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
+  StmtUse use(s);
+  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+  if (!row) return absl::InternalError("no MAX(rowid) row");
+  undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = use->ColumnInt(0)});
   return absl::OkStatus();
 }
 
 // Chunks of kDetectionChunk rows, then one row at a time, each an INSERT that skips the
-// stored keys. Almost always it writes every row; when it does not, the rows above the
-// chunk's starting rowid are the ones it wrote (rowids only grow). A RETURNING clause
+// stored keys. Almost always it writes every row; when it writes only some, they are the
+// last `written` rowids (one statement's rows get consecutive ones). A RETURNING clause
 // would name them every time, but costs more than the duplicate check it replaces.
 absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
     const std::vector<StoredDetection>& ds) {
@@ -1189,15 +1219,10 @@ absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
   }
   std::vector<bool> out(ds.size(), false);
   if (ds.empty()) return out;
-  QUELL_ASSIGN_OR_RETURN(int64_t max_rowid, MaxDetectionRowid());
-  if (!savepoints_.empty()) {
-    undo_.push_back({.kind = Undo::Kind::kDetectionsAfter, .n = max_rowid});
-  }
-  static const std::string* chunk_sql = new std::string(InsertRowsSql(kDetectionChunk, true));
-  static const std::string* one_sql = new std::string(InsertRowsSql(1, true));
+  QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   for (size_t i = 0; i < ds.size();) {
     const size_t n = ds.size() - i >= kDetectionChunk ? kDetectionChunk : 1;
-    QUELL_RETURN_IF_ERROR(Run(n == 1 ? *one_sql : *chunk_sql, [&](Stmt& s) {
+    QUELL_RETURN_IF_ERROR(Run(InsertSql(/*chunk=*/n > 1, /*if_new=*/true), [&](Stmt& s) {
       for (size_t k = 0; k < n; ++k) BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
     }));
     const auto written = static_cast<size_t>(db_->changes());
@@ -1208,7 +1233,7 @@ absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
       QUELL_ASSIGN_OR_RETURN(Stmt * s,
                              db_->Prepare("SELECT source, id FROM detections WHERE rowid > ?1"));
       StmtUse use(s);
-      use->BindInt(1, max_rowid);
+      use->BindInt(1, sqlite3_last_insert_rowid(db_->raw()) - static_cast<int64_t>(written));
       while (true) {
         QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
         if (!row) break;
@@ -1217,18 +1242,9 @@ absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
         }
       }
     }
-    if (written > 0) max_rowid = sqlite3_last_insert_rowid(db_->raw());
     i += n;
   }
   return out;
-}
-
-absl::StatusOr<int64_t> SqliteTxn::MaxDetectionRowid() {
-  QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
-  StmtUse use(s);
-  QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-  if (!row) return absl::InternalError("no MAX(rowid) row");
-  return use->ColumnInt(0);
 }
 
 absl::Status SqliteTxn::ApplyListChange(const ListChange& lc) {
