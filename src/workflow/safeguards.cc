@@ -258,12 +258,13 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
         break;
       case ledger::ChangeKind::kMitigation: {
         if (c.seq > seen_) NoteMitigationChange(c);  // else read by Screen, or before Load
-        // Cheap filter first: most changes are creations and expiries.
+        // Cheap filter first: most changes are creations and expiries. The record's state
+        // key comes fourth, and its text cannot occur inside a string (quotes there are
+        // escaped); only "revoked" and "rejected" start with "re".
         std::string_view p = c.payload;
-        if (p.find("\"state\":\"revoked\"") == std::string_view::npos &&
-            p.find("\"state\":\"rejected\"") == std::string_view::npos) {
-          break;
-        }
+        constexpr std::string_view kState = "\"state\":\"";
+        const size_t at = p.find(kState);
+        if (at == std::string_view::npos || p.substr(at + kState.size(), 2) != "re") break;
         // A rollback brings 100,000 of these at once: read only the fields immunity needs.
         std::string state, policy, action;
         if (ReadMitigationFields(p,
