@@ -32,7 +32,11 @@ struct SqliteOptions {
   bool apply_migrations = true;  // false: refuse (kFailedPrecondition) an out-of-date file
   // WAL pages past which a background thread checkpoints (copies the WAL into the file),
   // so the committing thread never does; 0: SQLite's own autocheckpoint, in the commit.
-  int checkpoint_pages = 1000;
+  // A group commit of 8,000 detections writes ~2,500 pages: at 1,000 the background
+  // checkpoint fell behind and the writer copied pages itself at the 4x backstop (5% of
+  // it); 8,000 (a WAL of up to 32 MiB, 128 MiB at the backstop) gave +9% detections/s,
+  // 16,000 no more (docs/benchmarks.md).
+  int checkpoint_pages = 8000;
   // How much of the file each connection reads through a memory map (PRAGMA mmap_size).
   // Mapped pages that were read stay resident and count in the process's RSS (they are
   // the kernel's page cache, shared and reclaimable): a long-running server gains from the
