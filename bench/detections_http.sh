@@ -9,7 +9,7 @@
 #
 # Usage: bench/detections_http.sh [BUILD_DIR]       (default: build)
 # Env:   DURATION (15s), CONNECTIONS (8), WRK_THREADS (2), THREADS (quell event loops, 2),
-#        BATCH (1000), ROUNDS (1), PERF=1 (perf record the server; report to perf.txt),
+#        BATCH (1000), ROUNDS (1), PERF=1 (perf record the server; report printed and in $BENCH_TMP/perf.txt, kept with KEEP_TMP=1),
 #        BENCH_TMPDIR (/var/tmp: the real disk, not tmpfs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -64,7 +64,7 @@ for round in $(seq "$ROUNDS"); do
   if [ -n "${PERF:-}" ]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf script -i "$BENCH_TMP/perf.data" -F tid,ip,sym 2>/dev/null >"$BENCH_TMP/perf.script" || true
-    python3 "$here/perf_classify.py" "$BENCH_TMP/perf.script" | tee perf.txt
+    python3 "$here/perf_classify.py" "$BENCH_TMP/perf.script" | tee "$BENCH_TMP/perf.txt"
   fi
   read -r accepted rate ok other p50 p99 sockerr < <(awk '/^DETECTIONS/{print $2, $3, $4, $5, $6, $7, $8}' <<<"$out")
   stop_quell
