@@ -681,7 +681,6 @@ class SqliteTxn final : public Txn {
                            // from its latest earlier change, or DELETEd if it has none
       kMitigationUpdated,  // rewrite mitigation `a` from the payload of change `n`
       kIdempotency,        // DELETE idempotency (a, b)
-      kDetection,          // DELETE detection (a, b)
       kDetectionsAfter,    // DELETE the detections with rowid > `n` (rowids only grow)
       kPolicySet,          // DELETE policy set version `n`
       kListCreated,        // DELETE list `a`
@@ -1031,11 +1030,6 @@ absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
       });
     case Undo::Kind::kDetectionsAfter:
       return Run("DELETE FROM detections WHERE rowid > ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
-    case Undo::Kind::kDetection:
-      return Run("DELETE FROM detections WHERE source = ?1 AND id = ?2", [&](Stmt& s) {
-        s.BindTextStatic(1, u.a);
-        s.BindTextStatic(2, u.b);
-      });
     case Undo::Kind::kPolicySet:
       return Run("DELETE FROM policy_sets WHERE version = ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
     case Undo::Kind::kListCreated:
@@ -1072,16 +1066,11 @@ absl::Status SqliteTxn::UndoTo(size_t mark) {
   return absl::OkStatus();
 }
 
+// Undone like a batch (MarkDetectionsUndo), by the rowids above today's maximum.
 absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
-  if (d.source.empty() || d.id.empty()) {
-    return absl::InvalidArgumentError("a detection needs source and id");
-  }
-  QUELL_RETURN_IF_ERROR(InsertDetectionRow(d));
-  if (!savepoints_.empty()) {
-    undo_.push_back({.kind = Undo::Kind::kDetection, .a = d.source, .b = d.id});
-  }
-  return absl::OkStatus();
+  QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
+  return InsertDetectionRow(d);
 }
 
 // Batches of detections: one statement per kDetectionChunk keys or rows instead of one per
