@@ -59,24 +59,16 @@ class CounterStoreTest : public ::testing::TestWithParam<Backend> {
     return MakeRedis(std::move(specs), options);
   }
 
-  // A Redis store on the test's server (started if needed) under a prefix of its own;
+  // A Redis store on the test's server (started if needed) under a prefix of its own, or
+  // with `peer` another node sharing the last store's keys (same server and prefix);
   // `options` gives the rest. Null, with a failure recorded, if it cannot be made.
-  std::unique_ptr<RedisCounterStore> MakeRedis(std::vector<CounterSpec> specs,
-                                               RedisOptions options) {
+  std::unique_ptr<RedisCounterStore> MakeRedis(std::vector<CounterSpec> specs, RedisOptions options,
+                                               bool peer = false) {
     absl::Status started = redis_->Start();
     EXPECT_TRUE(started.ok()) << started;
     if (!started.ok()) return nullptr;
     options.port = redis_->port();
-    options.key_prefix = absl::StrCat("test", ++store_serial_, ":");
-    auto store = RedisCounterStore::Create(std::move(specs), options);
-    EXPECT_TRUE(store.ok()) << store.status();
-    return store.ok() ? *std::move(store) : nullptr;
-  }
-  // Another node sharing the last store's keys (same server and prefix).
-  std::unique_ptr<RedisCounterStore> MakeRedisPeer(std::vector<CounterSpec> specs) {
-    RedisOptions options;
-    options.port = redis_->port();
-    options.key_prefix = absl::StrCat("test", store_serial_, ":");
+    options.key_prefix = absl::StrCat("test", peer ? store_serial_ : ++store_serial_, ":");
     auto store = RedisCounterStore::Create(std::move(specs), options);
     EXPECT_TRUE(store.ok()) << store.status();
     return store.ok() ? *std::move(store) : nullptr;
@@ -582,9 +574,9 @@ TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
 // that still takes the hash as exact writes exact values, learns from its reply that the
 // other node promoted it, and moves them into the sketches.
 TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
-  auto first = Make();
+  auto first = MakeRedis(ExampleSpecs(), {});
   ASSERT_NE(first, nullptr);
-  auto second = MakeRedisPeer(ExampleSpecs());
+  auto second = MakeRedis(ExampleSpecs(), {}, /*peer=*/true);
   ASSERT_NE(second, nullptr);
   redisContext* c = conn_.get();
   auto logins = [&](CounterStore& node, int from, int to) {
@@ -605,8 +597,7 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
   EXPECT_EQ(distinct(*second), 15);
   logins(*first, 15, 45);  // 50 values written: the first node promotes the hash
   EXPECT_NEAR(distinct(*second), 45, 1);
-  auto* redis = dynamic_cast<RedisCounterStore*>(first.get());
-  ASSERT_NE(redis, nullptr);
+  RedisCounterStore* redis = first.get();
   EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
   logins(*second, 45, 50);  // as exact values, then moved by the second node itself
   EXPECT_EQ(LayoutOf(c, *redis, 2, "ip:10.2.2.2", clock_.Now()).exact, 0);
@@ -623,7 +614,7 @@ TEST_P(RedisLayoutTest, TwoNodesShareDistinctCountsAcrossThePromotion) {
 TEST_P(RedisLayoutTest, NodesWithDifferentWindowsCountTogether) {
   auto nested = Make({{"plays", "play", "entity", "", {Minutes(1), Hours(1)}}});
   ASSERT_NE(nested, nullptr);
-  auto flat = MakeRedisPeer({{"plays", "play", "entity", "", {Hours(1)}}});
+  auto flat = MakeRedis({{"plays", "play", "entity", "", {Hours(1)}}}, {}, /*peer=*/true);
   ASSERT_NE(flat, nullptr);
   const absl::Time t0 = clock_.Now();
   Play(*nested, "user:mixed", t0, 3);

@@ -1042,7 +1042,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     if (r.type != REDIS_REPLY_ARRAY) return absl::InternalError("redis: unexpected hash reply");
     const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
     const int64_t newest = g.BucketOf(now);
-    const int64_t oldest = newest - g.buckets + 1;
+    const int64_t oldest = g.OldestBucket(now);
     const std::string& tag = tags_[reads[i].counter][windows[i]];
     // A field "<window>:<bucket>[:<value>]": false if it is not one; *b = -1 for another
     // window; *value is empty unless the field holds an exact value.
