@@ -89,15 +89,13 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
   field("entity", m.entity.str());
   field("action", m.action);
   field("state", StateName(m.state));
-  // Times through a stack buffer: this runs for every change the ledger writes.
-  auto time = [&](std::string_view name, absl::Time t) {
-    char buf[kRfc3339MaxBytes];
-    std::string_view v = FormatRfc3339To(t, buf);
-    if (v.empty()) {
-      field(name, FormatRfc3339(t));  // outside four-digit years
-    } else {
-      field(name, v);
-    }
+  // Appended in place (a time's text needs no escaping): every ledger change writes four.
+  auto time = [out](std::string_view name, absl::Time t) {
+    out->push_back('"');
+    out->append(name);
+    out->append("\":\"");
+    AppendRfc3339(t, out);
+    out->append("\",");
   };
   time("created_at", m.created_at);
   time("updated_at", m.updated_at);

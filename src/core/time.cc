@@ -208,13 +208,20 @@ std::string_view FormatRfc3339To(absl::Time t, char* buf) {
   return std::string_view(buf, n);
 }
 
-std::string FormatRfc3339(absl::Time t) {
+void AppendRfc3339(absl::Time t, std::string* out) {
   char buf[kRfc3339MaxBytes];
   std::string_view v = FormatRfc3339To(t, buf);
   if (v.empty()) {  // outside RFC 3339's four-digit years: let abseil say it
-    return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+    out->append(absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone()));
+  } else {
+    out->append(v);
   }
-  return std::string(v);
+}
+
+std::string FormatRfc3339(absl::Time t) {
+  std::string out;
+  AppendRfc3339(t, &out);
+  return out;
 }
 
 }  // namespace quell::core

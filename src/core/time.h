@@ -52,6 +52,8 @@ std::string DurationString(absl::Duration d);
 absl::StatusOr<absl::Time> ParseRfc3339(std::string_view text);
 // RFC 3339 in UTC with microseconds when non-zero ("2026-11-28T12:00:00.123456Z").
 std::string FormatRfc3339(absl::Time t);
+// The same appended to `out`, allocating nothing of its own for years 0000-9999.
+void AppendRfc3339(absl::Time t, std::string* out);
 // The same into `buf` (at least kRfc3339MaxBytes) without allocating; returns the view
 // written. Empty for times outside the years 0000-9999 (and infinite times).
 inline constexpr size_t kRfc3339MaxBytes = 32;

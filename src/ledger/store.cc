@@ -23,13 +23,7 @@ void AppendDetectionJsonHead(std::string_view id, std::string_view source, std::
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), score);  // shortest round-trip
   out->append(buf, end);
   out->append(",\"observed_at\":\"");
-  char time_buf[core::kRfc3339MaxBytes];
-  std::string_view t = core::FormatRfc3339To(observed_at, time_buf);
-  if (t.empty()) {
-    out->append(core::FormatRfc3339(observed_at));
-  } else {
-    out->append(t);
-  }
+  core::AppendRfc3339(observed_at, out);
   out->push_back('"');
 }
 
