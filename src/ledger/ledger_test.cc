@@ -183,6 +183,10 @@ class FaultyStore final : public Store {
       return inner_->GetDetection(s, id);
     }
     absl::Status PutDetection(const StoredDetection& d) override { return inner_->PutDetection(d); }
+    absl::StatusOr<std::vector<bool>> PutNewDetections(
+        const std::vector<StoredDetection>& ds) override {
+      return inner_->PutNewDetections(ds);
+    }
     absl::StatusOr<int64_t> CountMitigations(const core::Entity& e, std::string_view p,
                                              std::string_view a, absl::Time since,
                                              bool no_shadow) override {

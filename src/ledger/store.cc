@@ -27,21 +27,4 @@ void AppendDetectionJsonHead(std::string_view id, std::string_view source, std::
   out->push_back('"');
 }
 
-absl::StatusOr<std::vector<bool>> Txn::PutNewDetections(const std::vector<StoredDetection>& ds) {
-  std::vector<DetectionKey> keys;
-  keys.reserve(ds.size());
-  for (const StoredDetection& d : ds) keys.push_back({d.source, d.id});
-  absl::StatusOr<std::vector<std::optional<std::string>>> stored = GetDetectionReplies(keys);
-  if (!stored.ok()) return stored.status();
-  std::vector<bool> out(ds.size());
-  std::vector<StoredDetection> fresh;
-  for (size_t i = 0; i < ds.size(); ++i) {
-    out[i] = !(*stored)[i].has_value();
-    if (out[i]) fresh.push_back(ds[i]);
-  }
-  absl::Status st = PutDetections(fresh);
-  if (!st.ok()) return st;
-  return out;
-}
-
 }  // namespace quell::ledger

@@ -100,10 +100,13 @@ inline void AppendAcceptedReplyHead(std::string_view source, std::string_view id
 }
 //! The reply to an accepted detection that earned no decision. Most detections earn
 //! none: a backend may store this reply as a marker and rebuild it when read.
+inline void AppendNoDecisionReply(std::string_view source, std::string_view id, std::string* out) {
+  AppendAcceptedReplyHead(source, id, out);
+  out->append("]}");
+}
 inline std::string NoDecisionReply(std::string_view source, std::string_view id) {
   std::string out;
-  AppendAcceptedReplyHead(source, id, &out);
-  out.append("]}");
+  AppendNoDecisionReply(source, id, &out);
   return out;
 }
 
@@ -233,10 +236,9 @@ class Txn {
   //! and says for each whether it was stored: false means the key was already stored
   //! and the row was not written. For detections whose row is complete before the
   //! duplicate check (no decision to wait for): one pass instead of a check, then a write.
-  //! kInvalidArgument if a source or id is empty. The default asks GetDetectionReplies,
-  //! then calls PutDetections with the new ones.
+  //! kInvalidArgument if a source or id is empty.
   virtual absl::StatusOr<std::vector<bool>> PutNewDetections(
-      const std::vector<StoredDetection>& ds);
+      const std::vector<StoredDetection>& ds) = 0;
   //! How many mitigations of `entity` were created at or after `since`, of `policy` ("" =
   //! any) and `action` ("" = any), in any state, or any but shadow if `exclude_shadow`.
   //! Sees this Txn's own writes. Escalation and prior() read it.

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cassert>
 #include <filesystem>
 #include <limits>
 #include <optional>
+#include <span>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -204,8 +204,7 @@ std::string_view ReplyToStore(const StoredDetection& d) {
   if (!std::string_view(d.reply).ends_with(kNoDecisions)) return d.reply;  // the quick no
   thread_local std::string no_decision;
   no_decision.clear();
-  AppendAcceptedReplyHead(d.source, d.id, &no_decision);
-  no_decision.append("]}");
+  AppendNoDecisionReply(d.source, d.id, &no_decision);
   return d.reply == no_decision ? std::string_view() : std::string_view(d.reply);
 }
 std::string StoredReply(std::string_view column, std::string_view source, std::string_view id) {
@@ -222,7 +221,7 @@ void BindJson(Stmt& s, int i, const StoredDetection& d) {
 #ifndef NDEBUG
     head.clear();
     AppendDetectionJsonHead(d.id, d.source, d.type, d.entity, d.score, d.observed_at, &head);
-    assert(std::string_view(d.json).substr(0, d.json_head_bytes) == head);
+    QUELL_CHECK(std::string_view(d.json).substr(0, d.json_head_bytes) == head);
 #endif
     s.BindBlobStatic(i, std::string_view(d.json).substr(d.json_head_bytes));
     return;
@@ -269,7 +268,12 @@ void ReadDetectionRow(const Stmt& s, StoredDetection* d) {
   } else {
     d->json.assign(s.ColumnText(8));
   }
-  d->reply = StoredReply(s.ColumnText(9), d->source, d->id);
+  if (const std::string_view reply = s.ColumnText(9); reply.empty()) {
+    d->reply.clear();
+    AppendNoDecisionReply(d->source, d->id, &d->reply);
+  } else {
+    d->reply.assign(reply);
+  }
 }
 
 absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::string_view source,
@@ -679,7 +683,6 @@ class SqliteTxn final : public Txn {
       kChange,             // DELETE the change with seq `n`
       kMitigationWritten,  // mitigation `a` of entity `b` as before change `n`: rewritten
                            // from its latest earlier change, or DELETEd if it has none
-      kMitigationUpdated,  // rewrite mitigation `a` from the payload of change `n`
       kIdempotency,        // DELETE idempotency (a, b)
       kDetectionsAfter,    // DELETE the detections with rowid > `n` (rowids only grow)
       kPolicySet,          // DELETE policy set version `n`
@@ -1009,20 +1012,6 @@ absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
       return Run("DELETE FROM changes WHERE seq = ?1", [&](Stmt& s) { s.BindInt(1, u.n); });
     case Undo::Kind::kMitigationWritten:
       return RestoreMitigationBefore(u.a, u.b, u.n);
-    case Undo::Kind::kMitigationUpdated: {
-      std::string payload;
-      {
-        QUELL_ASSIGN_OR_RETURN(Stmt * s,
-                               db_->Prepare("SELECT payload FROM changes WHERE seq = ?1"));
-        StmtUse use(s);
-        use->BindInt(1, u.n);
-        QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-        if (!row) return absl::DataLossError(absl::StrCat("change ", u.n, " is missing"));
-        payload = use->ColumnText(0);
-      }
-      QUELL_ASSIGN_OR_RETURN(core::Mitigation m, ParseStoredMitigation(payload));
-      return UpsertMitigationRow(m, u.n);
-    }
     case Undo::Kind::kIdempotency:
       return Run("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2", [&](Stmt& s) {
         s.BindTextStatic(1, u.a);
@@ -1066,9 +1055,20 @@ absl::Status SqliteTxn::UndoTo(size_t mark) {
   return absl::OkStatus();
 }
 
+// Every detection written needs its key: checked before anything of a batch is written.
+absl::Status CheckDetectionKeys(std::span<const StoredDetection> ds) {
+  for (const StoredDetection& d : ds) {
+    if (d.source.empty() || d.id.empty()) {
+      return absl::InvalidArgumentError("a detection needs source and id");
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Undone like a batch (MarkDetectionsUndo), by the rowids above today's maximum.
 absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
+  QUELL_RETURN_IF_ERROR(CheckDetectionKeys({&d, 1}));
   QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   return InsertDetectionRow(d);
 }
@@ -1146,9 +1146,6 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
 }
 
 absl::Status SqliteTxn::InsertDetectionRow(const StoredDetection& d) {
-  if (d.source.empty() || d.id.empty()) {
-    return absl::InvalidArgumentError("a detection needs source and id");
-  }
   absl::Status st =
       Run(InsertSql(/*chunk=*/false, /*if_new=*/false), [&](Stmt& s) { BindDetection(s, 0, d); });
   if (st.code() == absl::StatusCode::kAlreadyExists) {
@@ -1160,15 +1157,11 @@ absl::Status SqliteTxn::InsertDetectionRow(const StoredDetection& d) {
 
 absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
+  QUELL_RETURN_IF_ERROR(CheckDetectionKeys(ds));
   if (ds.empty()) return absl::OkStatus();
   QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   size_t i = 0;
   for (; i + kDetectionChunk <= ds.size(); i += kDetectionChunk) {
-    for (size_t k = i; k < i + kDetectionChunk; ++k) {
-      if (ds[k].source.empty() || ds[k].id.empty()) {
-        return absl::InvalidArgumentError("a detection needs source and id");
-      }
-    }
     absl::Status st = Run(InsertSql(/*chunk=*/true, /*if_new=*/false), [&](Stmt& s) {
       for (size_t k = 0; k < kDetectionChunk; ++k) {
         BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
@@ -1201,11 +1194,7 @@ absl::Status SqliteTxn::MarkDetectionsUndo() {
 absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
     const std::vector<StoredDetection>& ds) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
-  for (const StoredDetection& d : ds) {
-    if (d.source.empty() || d.id.empty()) {
-      return absl::InvalidArgumentError("a detection needs source and id");
-    }
-  }
+  QUELL_RETURN_IF_ERROR(CheckDetectionKeys(ds));
   std::vector<bool> out(ds.size(), false);
   if (ds.empty()) return out;
   QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
@@ -1327,7 +1316,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
           }));
   if (db_->changes() == 0) return std::nullopt;  // moved on since it was read: nothing written
   const size_t mark = undo_.size();
-  undo_.push_back({.kind = Undo::Kind::kMitigationUpdated, .n = expected_seq, .a = m.id});
+  undo_.push_back({.kind = Undo::Kind::kMitigationWritten, .n = seq, .a = m.id, .b = entity});
   Seal(change);
   QUELL_RETURN_IF_ERROR(EndAppend(InsertChangeRow(change), mark, change));
   return std::optional<Change>(std::move(change));
