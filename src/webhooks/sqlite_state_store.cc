@@ -5,8 +5,6 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "webhooks/internal/list_column.h"
