@@ -13,12 +13,12 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "api/detection_codec.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "engine/backtest.h"
 #include "engine/engine.h"
 #include "importer/sink.h"
 #include "ledger/ledger.h"
@@ -84,8 +84,7 @@ class TxnEnvironment final : public ImportEnvironment {
 // after cheaper tests in a condition).
 class AheadEnvironment final : public ImportEnvironment {
  public:
-  explicit AheadEnvironment(const absl::flat_hash_set<std::string>& list_entries)
-      : list_entries_(list_entries) {}
+  explicit AheadEnvironment(const engine::ReplayLists& lists) : lists_(lists) {}
   bool Active(std::string_view, std::string_view) override {
     needs_ledger_ = true;
     return false;
@@ -96,16 +95,13 @@ class AheadEnvironment final : public ImportEnvironment {
   }
   bool needs_ledger() const { return needs_ledger_; }
 
-  static std::string ListEntryKey(std::string_view list, std::string_view entity) {
-    return absl::StrCat(AV(list), "\n", AV(entity));
-  }
-
  private:
   bool Listed(std::string_view list, const core::Entity& e) override {
-    return list_entries_.contains(ListEntryKey(list, e.str()));
+    auto it = lists_.entries.find(AV(list));
+    return it != lists_.entries.end() && it->second.contains(AV(e.str()));
   }
 
-  const absl::flat_hash_set<std::string>& list_entries_;
+  const engine::ReplayLists& lists_;
   bool needs_ledger_ = false;
 };
 
@@ -158,12 +154,9 @@ class DirectSink final : public Sink {
     safeguards_ =
         std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
     QUELL_RETURN_IF_ERROR(safeguards_->Load(*store, absl::Now()));
-    QUELL_RETURN_IF_ERROR(store
-                              ->ScanListEntries([&](std::string_view list, std::string_view e) {
-                                list_entries_.insert(AheadEnvironment::ListEntryKey(list, e));
-                                return absl::OkStatus();
-                              })
-                              .status());
+    if (set_ != nullptr) {  // the lists its policies can name (they must be declared)
+      QUELL_ASSIGN_OR_RETURN(lists_, engine::LoadReplayLists(*store, *set_));
+    }
     ledger::LedgerOptions lo;
     QUELL_ASSIGN_OR_RETURN(ledger_,
                            ledger::Ledger::Open(std::move(store), lo, core::RealClock::Get()));
@@ -182,7 +175,7 @@ class DirectSink final : public Sink {
     for (size_t i = 0; i < detections.size(); ++i) {
       work[i].json = api::DetectionToJson(detections[i], &work[i].json_head_bytes);
       if (set_ != nullptr) {
-        AheadEnvironment env(list_entries_);
+        AheadEnvironment env(lists_);
         engine::Evaluation ahead = engine::Evaluate(*set_, detections[i], env, absl::Now());
         if (!env.needs_ledger()) {
           work[i].proposals = std::move(ahead.proposals);
@@ -229,7 +222,7 @@ class DirectSink final : public Sink {
   int server_lock_;
   std::shared_ptr<const policy::PolicySet> set_;
   std::shared_ptr<const core::ActionCatalog> catalog_;
-  absl::flat_hash_set<std::string> list_entries_;     // "list\nentity", as of Init
+  engine::ReplayLists lists_;                         // as of Init, for the evaluation ahead
   std::unique_ptr<workflow::Safeguards> safeguards_;  // outlives ledger_ (declared first)
   std::unique_ptr<ledger::Ledger> ledger_;
 };
