@@ -291,23 +291,6 @@ absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::P
 ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,
-                                 std::shared_ptr<std::vector<DetectionOutcome>> out) {
-  return ApplyDetections(std::move(work), std::move(catalog), std::move(actor), std::move(out),
-                         SafeguardContext{});
-}
-
-ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
-                                 std::shared_ptr<const core::ActionCatalog> catalog,
-                                 std::string actor,
-                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
-                                 SafeguardContext sg) {
-  return ApplyDetections(std::move(work), std::move(catalog), std::move(actor), std::move(out),
-                         std::move(sg), nullptr);
-}
-
-ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
-                                 std::shared_ptr<const core::ActionCatalog> catalog,
-                                 std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext sg, ProposeFn propose) {
   // Runs on the caller's thread: everything that does not depend on ledger state.

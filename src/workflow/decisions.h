@@ -62,13 +62,6 @@ struct DetectionOutcome {
   std::vector<DecisionSummary> decisions;  // made now (empty for a duplicate)
 };
 
-//! Applies a batch of detections in one step of one transaction. `out` gets one outcome
-//! per item, in order. `actor` is the submitting key id; `received_at` is stored.
-ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
-                                 std::shared_ptr<const core::ActionCatalog> catalog,
-                                 std::string actor,
-                                 std::shared_ptr<std::vector<DetectionOutcome>> out);
-
 class Safeguards;
 // What the decision path screens proposals with. An empty context means no safeguards
 // (benchmarks compare both; production always passes one).
@@ -77,13 +70,6 @@ struct SafeguardContext {
   std::shared_ptr<const policy::PolicySet> set;  // the set the proposals came from
 };
 
-//! As above, screening every proposal through `safeguards`.
-ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
-                                 std::shared_ptr<const core::ActionCatalog> catalog,
-                                 std::string actor,
-                                 std::shared_ptr<std::vector<DetectionOutcome>> out,
-                                 SafeguardContext safeguards);
-
 // Computes a detection's proposals inside the transaction, just before the detection is
 // decided, so that its reads (active(), prior(), lists) see every decision before it,
 // those of earlier items of the same batch included. For quell import, whose outcome
@@ -91,13 +77,16 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
 using ProposeFn = absl::AnyInvocable<std::vector<engine::Proposal>(
     ledger::Txn& txn, const engine::Detection& d, absl::Time now)>;
 
-//! As above, with each new item's proposals computed by `propose` (DetectionWork's
-//! proposals are ignored unless proposals_final); duplicates are not evaluated.
+//! Applies a batch of detections in one step of one transaction. `out` gets one outcome
+//! per item, in order. `actor` is the submitting key id; `received_at` is stored. Every
+//! proposal is screened through `safeguards` (none if empty). With `propose`, each new
+//! item's proposals are computed by it (DetectionWork's proposals are ignored unless
+//! proposals_final); duplicates are not evaluated.
 ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
-                                 SafeguardContext safeguards, ProposeFn propose);
+                                 SafeguardContext safeguards = {}, ProposeFn propose = nullptr);
 
 //! The escalation count of `p` on committed data (for dry runs: policies/test, backtest):
 //! the same hits ApplyDetections counts inside its transaction.
