@@ -1410,6 +1410,39 @@ TEST(SqliteStore, MigrationsRecordTheirVersionOnce) {
                    " THEN 1 ELSE abs(-9223372036854775807 - 1) END"))));
 }
 
+// The compact row form is what is written: a reply without decisions as '', a JSON that
+// starts with its own columns' head as the BLOB of the rest; other rows as they are.
+TEST(SqliteStore, CompactDetectionRowsAreWritten) {
+  testing::SqliteTestBackend backend;
+  {
+    auto store = backend.Open();
+    ASSERT_OK(store);
+    StoredDetection quiet = MakeDetection("bot-model", "q", kT0, kT0);
+    quiet.reply = NoDecisionReply(quiet.source, quiet.id);
+    quiet.json.clear();
+    AppendDetectionJsonHead(quiet.id, quiet.source, quiet.type, quiet.entity, quiet.score,
+                            quiet.observed_at, &quiet.json);
+    quiet.json_head_bytes = quiet.json.size();
+    quiet.json.append(",\"evidence\":{},\"related\":[]}");
+    StoredDetection whole = MakeDetection("bot-model", "w", kT0, kT0);  // other JSON, a reply
+    auto txn = (*store)->Begin(kT0);
+    ASSERT_OK(txn);
+    ASSERT_OK(V((*txn)->PutDetections({quiet, whole})));
+    ASSERT_OK(V((*txn)->Commit()));
+    txn->reset();
+    for (const StoredDetection& d : {quiet, whole}) {
+      auto got = (*store)->GetDetection(d.source, d.id);
+      ASSERT_OK(got);
+      ASSERT_TRUE(got->has_value());
+      EXPECT_EQ(**got, d);
+    }
+  }
+  ASSERT_OK(V(backend.ExecRaw(
+      "SELECT CASE WHEN (SELECT reply = '' AND typeof(json) = 'blob' FROM detections "
+      "WHERE id = 'q') AND (SELECT reply <> '' AND typeof(json) = 'text' FROM detections "
+      "WHERE id = 'w') THEN 1 ELSE abs(-9223372036854775807 - 1) END")));
+}
+
 TEST(SqliteStore, OutOfDateFileNeedsMigrateWhenNotApplying) {
   testing::SqliteTestBackend backend;
   auto store = OpenSqliteStore({.path = backend.dir().string(), .apply_migrations = false});
