@@ -753,9 +753,16 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
     // both then HINCRBY of the adds field. Per hash whose TTL this node has not yet set
     // to the deadline, one PEXPIRE.
     Commands commands;
-    for (const HashOp& op : ops) {
+    // The replies round trip 1 reads, noted as their commands are added: each count
+    // bucket's HINCRBY, an exact distinct hash's HSET, each sketched bucket's index HSET
+    // (in ops' and buckets' order), and each distinct hash's adds HINCRBY.
+    std::vector<size_t> field_reply;
+    std::vector<size_t> adds_reply(ops.size());
+    for (size_t k = 0; k < ops.size(); ++k) {
+      const HashOp& op = ops[k];
       if (!op.distinct) {
         for (const Bucket& x : op.buckets) {
+          field_reply.push_back(commands.size());
           commands.Begin();
           commands.Arg("HINCRBY");
           commands.Arg(op.key);
@@ -763,6 +770,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           commands.Arg(x.n);
         }
       } else if (!op.sketched) {
+        field_reply.push_back(commands.size());
         commands.Begin();
         commands.Arg("HSET");
         commands.Arg(op.key);
@@ -790,6 +798,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
           }
           // Always sent: a new field on a known sketch means the keys were lost and
           // re-created (the sketch's TTL is then set in round trip 2).
+          field_reply.push_back(commands.size());
           commands.Begin();
           commands.Arg("HSET");
           commands.Arg(op.key);
@@ -798,6 +807,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         }
       }
       if (op.distinct) {
+        adds_reply[k] = commands.size();
         commands.Begin();
         commands.Arg("HINCRBY");
         commands.Arg(op.key);
@@ -861,7 +871,7 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         }
         return replies[i].integer;
       };
-      size_t r = 0;
+      size_t f = 0;  // next of field_reply
       for (size_t k = 0; k < ops.size(); ++k) {
         const HashOp& op = ops[k];
         bool new_field = false;  // the hash got a field it did not have
@@ -869,31 +879,29 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
         bool promote = false;
         if (!op.distinct) {
           for (const Bucket& x : op.buckets) {
-            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(field_reply[f++]));
             if (v == x.n) new_field = true;
           }
         } else {
           if (!op.sketched) {
-            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+            QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(field_reply[f++]));
             new_field = v > 0;
           } else {
             for (size_t j = 0; j < op.buckets.size(); ++j) {
-              r += op.buckets[j].ttl_known ? 1 : 2;  // PFADD [, PEXPIRE]
-              QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(r++));
+              QUELL_ASSIGN_OR_RETURN(const int64_t v, integer(field_reply[f++]));
               if (v == 1) {
                 new_field = true;
                 if (op.buckets[j].ttl_known) lost_sketches.push_back({k, j});
               }
             }
           }
-          QUELL_ASSIGN_OR_RETURN(const int64_t adds, integer(r++));
+          QUELL_ASSIGN_OR_RETURN(const int64_t adds, integer(adds_reply[k]));
           lost = adds == op.adds && op.exists;
           // Sketched, but the hash was not promoted: promote it (older exact values move
           // to the sketches). Exact, but the hash is full or promoted: move them.
           promote = op.sketched ? adds < kPromoted : adds >= kExactLimit;
           if (op.sketched || adds >= kPromoted || promote) promoted.push_back(k);
         }
-        if (!op.ttl_known) ++r;
         if (promote || (new_field && op.exists && op.clean_due)) {
           maintain.push_back({k, promote});
         } else if (lost || (cleared && op.ttl_known)) {
