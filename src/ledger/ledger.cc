@@ -5,6 +5,7 @@
 #include <iterator>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -135,6 +136,7 @@ class Ledger::Impl {
         batch_size_(batch_size),
         last_seq_(last_seq),
         delivered_seq_(last_seq) {
+    finisher_ = std::thread([this] { FinishLoop(); });
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -146,6 +148,7 @@ class Ledger::Impl {
       delivered_.SignalAll();
     }
     thread_.join();
+    finisher_.join();  // the commit thread's exit tells it to finish and stop
   }
 
   void Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent) {
@@ -212,6 +215,19 @@ class Ledger::Impl {
     std::vector<Change> changes;
   };
 
+  // A batch whose transaction has run: committed (visible, not yet known durable) or
+  // failed, waiting for the finisher.
+  struct Executed {
+    std::vector<Item> items;
+    std::vector<Outcome> outcomes;
+    std::vector<ChangeListener*> listeners;
+    absl::Status batch_error;
+    absl::Time started, committed;
+  };
+
+  // The commit thread runs transactions back to back and hands each to the finisher
+  // thread, which syncs the store (one SyncCommitted for every batch waiting), then tells
+  // the listeners and completes the batches, in commit order.
   void Run() {
     std::vector<Item> batch;
     std::vector<ChangeListener*> listeners;
@@ -220,28 +236,56 @@ class Ledger::Impl {
       {
         absl::MutexLock lock(&mu_);
         while (queue_.empty() && !stopping_) wake_.Wait(&mu_);
-        if (queue_.empty()) return;  // stopping, and drained
-        // Everything that queued up while the previous commit was syncing: group commit.
+        if (queue_.empty()) break;  // stopping, and drained
+        // Everything that queued up while the previous commit was running: group commit.
         while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch) {
           batch.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
         listeners = listeners_;
       }
-      RunBatch(batch, listeners);
+      Executed e = Execute(std::move(batch), listeners);
+      absl::MutexLock lock(&finish_mu_);
+      executed_.push_back(std::move(e));
+      finish_wake_.Signal();
+    }
+    absl::MutexLock lock(&finish_mu_);
+    commits_done_ = true;
+    finish_wake_.Signal();
+  }
+
+  void FinishLoop() {
+    std::deque<Executed> ready;
+    while (true) {
+      {
+        absl::MutexLock lock(&finish_mu_);
+        while (executed_.empty() && !commits_done_) finish_wake_.Wait(&finish_mu_);
+        if (executed_.empty()) return;  // the commit thread stopped, everything finished
+        ready.swap(executed_);
+      }
+      // One sync covers every transaction committed before it started.
+      bool any_committed = false;
+      for (const Executed& e : ready) any_committed |= e.batch_error.ok();
+      const absl::Status synced = any_committed ? store_->SyncCommitted() : absl::OkStatus();
+      for (Executed& e : ready) Finish(e, synced);
+      ready.clear();
     }
   }
 
-  void RunBatch(std::vector<Item>& batch, const std::vector<ChangeListener*>& listeners) {
-    const absl::Time started = absl::Now();
+  Executed Execute(std::vector<Item> batch, const std::vector<ChangeListener*>& listeners) {
+    Executed e;
+    e.started = absl::Now();
+    e.items = std::move(batch);
+    e.listeners = listeners;
     const absl::Time now = clock_->Now();
-    std::vector<Outcome> outcomes(batch.size());
-    absl::Status batch_error = [&]() -> absl::Status {
+    std::vector<Item>& items = e.items;
+    e.outcomes.resize(items.size());
+    e.batch_error = [&]() -> absl::Status {
       QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Txn> txn, store_->Begin(now));
-      for (size_t i = 0; i < batch.size(); ++i) {
+      for (size_t i = 0; i < items.size(); ++i) {
         QUELL_RETURN_IF_ERROR(txn->Savepoint());
-        RecordingTxn rec(*txn, &outcomes[i].changes);
-        absl::Status st = batch[i].mutation(rec, now);
+        RecordingTxn rec(*txn, &e.outcomes[i].changes);
+        absl::Status st = items[i].mutation(rec, now);
         if (st.ok() && rec.misused()) {
           st = absl::FailedPreconditionError(
               "mutation finished the transaction or left a savepoint open");
@@ -254,13 +298,31 @@ class Ledger::Impl {
           QUELL_RETURN_IF_ERROR(txn->ReleaseSavepoint());
         } else {
           QUELL_RETURN_IF_ERROR(txn->RollbackToSavepoint());
-          outcomes[i].status = std::move(st);
-          outcomes[i].changes.clear();
+          e.outcomes[i].status = std::move(st);
+          e.outcomes[i].changes.clear();
         }
       }
-      return txn->Commit();
+      return txn->CommitVisible();
     }();
-    const absl::Duration took = absl::Now() - started;
+    e.committed = absl::Now();
+    return e;
+  }
+
+  // After the sync that covers the batch (`synced`, its status): tells the listeners and
+  // completes each mutation.
+  void Finish(Executed& e, const absl::Status& synced) {
+    if (e.batch_error.ok() && !synced.ok()) {
+      // The transaction committed (it is visible, and the listeners must follow the
+      // store), but it may not survive a crash of the machine: its submitters are told.
+      for (Outcome& o : e.outcomes) {
+        if (o.status.ok()) o.status = synced;
+      }
+    }
+    const absl::Time durable = absl::Now();
+    const absl::Duration took = durable - e.started;
+    std::vector<Item>& batch = e.items;
+    std::vector<Outcome>& outcomes = e.outcomes;
+    const absl::Status& batch_error = e.batch_error;
 
     std::vector<Change> committed;
     int64_t failed = 0;
@@ -302,7 +364,7 @@ class Ledger::Impl {
     if (commit_seconds_ != nullptr) commit_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
     if (!committed.empty() && !options_.external_delivery) {
-      for (ChangeListener* l : listeners) l->OnCommitted(committed);
+      for (ChangeListener* l : e.listeners) l->OnCommitted(committed);
     } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
       absl::MutexLock lock(&stats_mu_);
       ++stats_.delivery_timeouts;
@@ -315,8 +377,7 @@ class Ledger::Impl {
         next += n;
       }
     }
-    if (options_.tracer != nullptr)
-      TraceBatch(batch, outcomes, started, started + took, absl::Now());
+    if (options_.tracer != nullptr) TraceBatch(batch, outcomes, e.started, durable, absl::Now());
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
     }
@@ -385,7 +446,14 @@ class Ledger::Impl {
   mutable absl::Mutex stats_mu_;
   Stats stats_ ABSL_GUARDED_BY(stats_mu_);
 
-  std::thread thread_;  // last: starts after everything above is constructed
+  absl::Mutex finish_mu_;
+  absl::CondVar finish_wake_;
+  std::deque<Executed> executed_ ABSL_GUARDED_BY(finish_mu_);
+  bool commits_done_ ABSL_GUARDED_BY(finish_mu_) = false;
+
+  // Last: they start after everything above is constructed.
+  std::thread finisher_;  // syncs, runs listeners and completions
+  std::thread thread_;    // the commit thread
 };
 
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(std::unique_ptr<Store> store,

@@ -3,7 +3,12 @@
 // submission order inside ONE transaction (group commit), commits once, tells the
 // listeners (the index applier, change-feed waiters) about the committed changes in seq
 // order, and only then completes each submitter's callback: an acknowledged write is
-// durable and already visible to `check`.
+// durable and already visible to `check`. The commit is pipelined with the store's sync
+// (Txn::CommitVisible, Store::SyncCommitted): while one batch's fsync runs on a sync
+// thread, the commit thread runs the next batch's transaction, then tells the listeners
+// of the first and completes it. So a store read may see a batch a few milliseconds
+// before it is durable (lost only if the machine, not the process, crashes then), and a
+// mutation may run before the listeners heard of the batch committed just before it.
 //
 // Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations run on the
 // commit thread only; listeners too, except with LedgerOptions::external_delivery, where

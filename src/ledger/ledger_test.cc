@@ -79,6 +79,19 @@ class FaultyStore final : public Store {
  public:
   explicit FaultyStore(std::unique_ptr<Store> inner) : inner_(std::move(inner)) {}
   std::atomic<bool> fail_next_commit{false};
+  std::atomic<bool> fail_next_sync{false};
+  // When set, the next SyncCommitted notifies sync_entered and waits for sync_release.
+  std::atomic<bool> hold_sync{false};
+  absl::Notification sync_entered, sync_release;
+
+  absl::Status SyncCommitted() override {
+    if (hold_sync.exchange(false)) {
+      sync_entered.Notify();
+      sync_release.WaitForNotification();
+    }
+    if (fail_next_sync.exchange(false)) return absl::DataLossError("fsync failed (injected)");
+    return inner_->SyncCommitted();
+  }
 
   absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) override {
     QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Txn> txn, inner_->Begin(now));
@@ -205,6 +218,13 @@ class FaultyStore final : public Store {
         return absl::ResourceExhaustedError("disk full (injected)");
       }
       return inner_->Commit();
+    }
+    absl::Status CommitVisible() override {
+      if (store_->fail_next_commit.exchange(false)) {
+        inner_->Rollback();
+        return absl::ResourceExhaustedError("disk full (injected)");
+      }
+      return inner_->CommitVisible();
     }
     void Rollback() override { inner_->Rollback(); }
 
@@ -418,6 +438,55 @@ TEST_P(LedgerTest, CommitFailureFailsTheWholeBatchAndNotifiesNoListener) {
   ASSERT_THAT(*next, SizeIs(1));
   EXPECT_EQ((*next)[0].seq, 2);
   EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2}));
+}
+
+TEST_P(LedgerTest, AcknowledgesABatchAfterItsSyncWhileTheNextOneRuns) {
+  FaultyStore* faulty = nullptr;
+  auto ledger = OpenLedger({}, &faulty);
+  ASSERT_NE(ledger, nullptr);
+  RecordingListener listener;
+  ledger->AddListener(&listener);
+  faulty->hold_sync = true;
+  absl::Notification a_done, b_ran, b_done;
+  ledger->Submit(CreateMitigation("user:a"), [&](absl::Status st, std::vector<Change> changes) {
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_THAT(changes, SizeIs(1));
+    a_done.Notify();
+  });
+  faulty->sync_entered.WaitForNotification();  // a committed; its fsync is in flight
+  ledger->Submit(
+      [&](Txn& txn, absl::Time now) -> absl::Status {
+        b_ran.Notify();
+        return CreateMitigation("user:b")(txn, now);
+      },
+      [&](absl::Status st, std::vector<Change>) {
+        EXPECT_TRUE(st.ok()) << st;
+        b_done.Notify();
+      });
+  b_ran.WaitForNotification();             // the next batch runs meanwhile...
+  EXPECT_FALSE(a_done.HasBeenNotified());  // ...but a is not acknowledged before its sync
+  EXPECT_TRUE(listener.seen().empty());
+  faulty->sync_release.Notify();
+  a_done.WaitForNotification();
+  b_done.WaitForNotification();
+  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2}));
+  EXPECT_FALSE(listener.out_of_order());
+}
+
+TEST_P(LedgerTest, SyncFailureFailsItsBatchButListenersFollowTheStore) {
+  FaultyStore* faulty = nullptr;
+  auto ledger = OpenLedger({}, &faulty);
+  ASSERT_NE(ledger, nullptr);
+  RecordingListener listener;
+  ledger->AddListener(&listener);
+  faulty->fail_next_sync = true;
+  auto r = ledger->SubmitAndWait(CreateMitigation("user:unsure"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  // Committed and visible all the same: the listeners (the index) follow the store.
+  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1}));
+  auto next = ledger->SubmitAndWait(CreateMitigation("user:next"));
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*next)[0].seq, 2);
 }
 
 TEST_P(LedgerTest, MutationMustNotFinishTheTransaction) {

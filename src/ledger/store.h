@@ -265,8 +265,14 @@ class Txn {
   virtual absl::Status ReleaseSavepoint() = 0;
 
   //! Makes every write durable (per the configured synchronous mode). After an error
-  //! nothing of this Txn is visible.
+  //! nothing of this Txn is visible, except where a backend says otherwise (the SQLite
+  //! store: a commit whose WAL fsync then failed is visible, kDataLoss).
   virtual absl::Status Commit() = 0;
+  //! Commits like Commit(), but the writes may not be durable yet: they are visible at
+  //! once and durable once the Store's SyncCommitted() has returned OK. The ledger uses
+  //! it to run the next batch while this one's fsync is in flight, and acknowledges a
+  //! batch only after its sync. The default is Commit(): durable at once.
+  virtual absl::Status CommitVisible() { return Commit(); }
   //! Abandons the transaction. Also done by the destructor if neither was called.
   virtual void Rollback() = 0;
 };
@@ -282,8 +288,12 @@ class Store {
   //! this Store is still open; kUnavailable if another process holds the lock too long.
   //! The Txn must not outlive the Store.
   virtual absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) = 0;
+  //! Makes every transaction committed so far with CommitVisible() durable. Thread-safe:
+  //! may run on another thread while the next Txn is open. Nothing to do by default.
+  virtual absl::Status SyncCommitted() { return absl::OkStatus(); }
 
-  // ---- reads: thread-safe, committed data only ----
+  // ---- reads: thread-safe, committed data only (after CommitVisible, possibly before
+  // SyncCommitted: visible a few milliseconds before durable) ----
 
   //! The highest committed seq (0 if the log is empty).
   virtual absl::StatusOr<int64_t> LastSeq() = 0;

@@ -1323,9 +1323,38 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   auto mode = SqlitePragmaForTest(**store, "journal_mode");
   ASSERT_OK(mode);
   EXPECT_EQ(*mode, "wal");
+  // FULL: the write connection runs at NORMAL and the store syncs the WAL itself, on
+  // Commit() and, after CommitVisible(), on SyncCommitted().
   auto sync = SqlitePragmaForTest(**store, "synchronous");
   ASSERT_OK(sync);
-  EXPECT_EQ(*sync, "2");  // FULL
+  EXPECT_EQ(*sync, "1");
+  auto syncs = [&](Store& s) {
+    auto n = SqliteWalSyncsForTest(s);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : -1;
+  };
+  auto note = [](Store& s, std::string_view what) -> absl::StatusOr<std::unique_ptr<Txn>> {
+    QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Txn> txn, s.Begin(absl::Now()));
+    Change c;
+    c.kind = ChangeKind::kReview;  // a kind the store does not materialise
+    c.actor = "test";
+    c.subject = std::string(what);
+    c.payload = R"({"note":"x"})";
+    QUELL_RETURN_IF_ERROR(txn->Append(std::move(c), nullptr).status());
+    return txn;
+  };
+  const int64_t before = syncs(**store);
+  auto txn = note(**store, "durable");
+  ASSERT_OK(txn);
+  ASSERT_OK(V((*txn)->Commit()));
+  EXPECT_EQ(syncs(**store), before + 1);
+  txn = note(**store, "visible first");
+  ASSERT_OK(txn);
+  ASSERT_OK(V((*txn)->CommitVisible()));
+  EXPECT_EQ(syncs(**store), before + 1);
+  ASSERT_OK(V((*store)->SyncCommitted()));
+  EXPECT_EQ(syncs(**store), before + 2);
+  txn->reset();
   store->reset();
 
   auto normal = OpenSqliteStore({.path = backend.dir().string(), .synchronous_full = false});
@@ -1333,6 +1362,12 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   sync = SqlitePragmaForTest(**normal, "synchronous");
   ASSERT_OK(sync);
   EXPECT_EQ(*sync, "1");  // NORMAL
+  auto txn2 = note(**normal, "not synced");
+  ASSERT_OK(txn2);
+  ASSERT_OK(V((*txn2)->Commit()));
+  ASSERT_OK(V((*normal)->SyncCommitted()));
+  EXPECT_EQ(syncs(**normal), 0);
+  txn2->reset();
   auto busy = SqlitePragmaForTest(**normal, "busy_timeout");
   ASSERT_OK(busy);
   EXPECT_EQ(*busy, "5000");

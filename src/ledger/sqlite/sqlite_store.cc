@@ -1,7 +1,13 @@
 #include "ledger/sqlite/sqlite_store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -534,6 +540,64 @@ class ReadPool {
 //
 // Thread-safety: OnWal is called on the writer's thread (inside its commits); the rest
 // is internal. Ownership: owns its connection and thread; the destructor joins it.
+// The WAL's fsync for synchronous FULL, done by the store instead of inside SQLite's
+// COMMIT: the write connection runs at synchronous=NORMAL (a commit writes its WAL frames
+// and returns; checkpoints still sync the WAL before and the database after copying) and
+// Sync() fdatasyncs the WAL file, covering every frame written before it was called. So
+// the ledger can run the next transaction while this fsync is in flight
+// (Txn::CommitVisible, Store::SyncCommitted). The WAL is the same file for as long as the
+// write connection is open (SQLite deletes it only when the last connection closes, after
+// checkpointing it into the synced database file); Sync() reopens it if its inode changed.
+// Thread-safety: thread-safe (one mutex).
+class WalSyncer {
+ public:
+  explicit WalSyncer(std::string path) : path_(std::move(path)) {}
+  ~WalSyncer() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  WalSyncer(const WalSyncer&) = delete;
+  WalSyncer& operator=(const WalSyncer&) = delete;
+
+  absl::Status Sync() {
+    absl::MutexLock lock(&mu_);
+    struct stat now;
+    if (::stat(path_.c_str(), &now) != 0) {
+      // No WAL: everything is in the database file, synced when the WAL was folded in.
+      if (errno == ENOENT) return absl::OkStatus();
+      return Errno("stat");
+    }
+    if (fd_ < 0 || now.st_ino != ino_ || now.st_dev != dev_) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd_ < 0) return Errno("open");
+      ino_ = now.st_ino;
+      dev_ = now.st_dev;
+    }
+    if (::fdatasync(fd_) != 0) return Errno("fdatasync");
+    ++syncs_;
+    return absl::OkStatus();
+  }
+
+  //! Successful fdatasyncs so far. For tests.
+  int64_t syncs() {
+    absl::MutexLock lock(&mu_);
+    return syncs_;
+  }
+
+ private:
+  absl::Status Errno(std::string_view what) const {
+    return absl::DataLossError(absl::StrCat(AV(what), " ", path_, ": ", std::strerror(errno),
+                                            " (a commit may not be durable)"));
+  }
+
+  const std::string path_;
+  absl::Mutex mu_;
+  int fd_ ABSL_GUARDED_BY(mu_) = -1;
+  ino_t ino_ ABSL_GUARDED_BY(mu_) = 0;
+  dev_t dev_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class Checkpointer {
  public:
   static constexpr int kBackstop = 4;
@@ -674,6 +738,7 @@ class SqliteTxn final : public Txn {
   absl::Status RollbackToSavepoint() override;
   absl::Status ReleaseSavepoint() override;
   absl::Status Commit() override;
+  absl::Status CommitVisible() override;
   void Rollback() override;
 
  private:
@@ -780,6 +845,9 @@ class SqliteStore final : public Store {
   static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(const SqliteOptions& options);
 
   absl::StatusOr<std::unique_ptr<Txn>> Begin(absl::Time now) override;
+  absl::Status SyncCommitted() override {
+    return wal_syncer_ ? wal_syncer_->Sync() : absl::OkStatus();
+  }
 
   absl::StatusOr<int64_t> LastSeq() override {
     return WithRead([](Db& db) { return QueryLastSeq(db); });
@@ -852,6 +920,7 @@ class SqliteStore final : public Store {
   }
   void TxnFinished() { txn_open_.store(false); }
   int64_t CheckpointRuns() const { return checkpointer_ ? checkpointer_->runs() : 0; }
+  int64_t WalSyncs() const { return wal_syncer_ ? wal_syncer_->syncs() : 0; }
 
   ~SqliteStore() override {
     // Unhook before the checkpointer goes: the writer outlives it (members die in reverse).
@@ -866,6 +935,7 @@ class SqliteStore final : public Store {
         opts_(opts),
         writer_(std::move(writer)),
         pool_(file_, opts, pool_size) {
+    if (opts_.synchronous_full) wal_syncer_ = std::make_unique<WalSyncer>(file_ + "-wal");
     if (checkpoint_pages > 0) {
       checkpointer_ = std::make_unique<Checkpointer>(file_, opts_, checkpoint_pages);
       sqlite3_wal_hook(writer_->raw(), &Checkpointer::OnWal, checkpointer_.get());
@@ -887,6 +957,7 @@ class SqliteStore final : public Store {
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
   std::unique_ptr<Checkpointer> checkpointer_;          // null: SQLite's autocheckpoint
+  std::unique_ptr<WalSyncer> wal_syncer_;               // synchronous FULL only
 };
 
 template <typename F>
@@ -1426,6 +1497,11 @@ absl::Status SqliteTxn::ReleaseSavepoint() {
 }
 
 absl::Status SqliteTxn::Commit() {
+  QUELL_RETURN_IF_ERROR(CommitVisible());
+  return store_->SyncCommitted();
+}
+
+absl::Status SqliteTxn::CommitVisible() {
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (poisoned_) {
     Rollback();
@@ -1467,7 +1543,11 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   DbOptions opts{.synchronous_full = options.synchronous_full,
                  .busy_timeout_ms = options.busy_timeout_ms,
                  .mmap_bytes = options.mmap_bytes};
-  QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Db> writer, Db::Open(file, opts));
+  // The writer's commits fsync through the store's WalSyncer (synchronous FULL), not
+  // inside SQLite: see WalSyncer. The other connections keep the configured mode.
+  DbOptions writer_opts = opts;
+  writer_opts.synchronous_full = false;
+  QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Db> writer, Db::Open(file, writer_opts));
   QUELL_ASSIGN_OR_RETURN(std::string mode, writer->QueryText("PRAGMA journal_mode=WAL"));
   if (mode != "wal") {
     return absl::FailedPreconditionError(
@@ -1910,6 +1990,12 @@ absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store) {
   auto* s = dynamic_cast<SqliteStore*>(&store);
   if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
   return s->CheckpointRuns();
+}
+
+absl::StatusOr<int64_t> SqliteWalSyncsForTest(Store& store) {
+  auto* s = dynamic_cast<SqliteStore*>(&store);
+  if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
+  return s->WalSyncs();
 }
 
 }  // namespace quell::ledger

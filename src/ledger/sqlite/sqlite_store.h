@@ -5,7 +5,9 @@
 // One write connection serves the (single) open Txn, with BEGIN IMMEDIATE so that other
 // processes writing the same file (`quell keys create`, `quell migrate`) are serialised by
 // SQLite's lock, and the chain head is read inside each transaction. WAL checkpoints run
-// on a background thread with a connection of its own (see checkpoint_pages). Reads use a small
+// on a background thread with a connection of its own (see checkpoint_pages). With
+// synchronous_full the store fdatasyncs the WAL itself (Commit, SyncCommitted), so that
+// the ledger can overlap one group's fsync with the next group's work. Reads use a small
 // pool of connections, each read method being one consistent read transaction. Key
 // writes and PurgeIdempotency use a third connection of their own, so they never wait for
 // an open Txn of this process beyond SQLite's lock.
@@ -25,8 +27,12 @@
 namespace quell::ledger {
 
 struct SqliteOptions {
-  std::string path;              // data directory (created if missing); file path/quell.db
-  bool synchronous_full = true;  // FULL: fsync the WAL on every commit; false: NORMAL
+  std::string path;  // data directory (created if missing); file path/quell.db
+  // FULL: every commit is durable before Commit() returns (or, after CommitVisible, once
+  // SyncCommitted returns): the store fdatasyncs the WAL itself, its write connection
+  // running at synchronous=NORMAL. false: NORMAL (durable across a crash of the process,
+  // not of the machine).
+  bool synchronous_full = true;
   int busy_timeout_ms = 5000;    // how long to wait for another process's write lock
   int read_pool_size = 4;        // read connections, opened on demand
   bool apply_migrations = true;  // false: refuse (kFailedPrecondition) an out-of-date file
@@ -62,6 +68,11 @@ absl::StatusOr<std::string> SqlitePragmaForTest(Store& store, std::string_view n
 
 //! How many background checkpoints `store` (from OpenSqliteStore) has run. For tests.
 absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store);
+
+//! How many fdatasyncs of the WAL `store` (from OpenSqliteStore) has made itself: with
+//! synchronous_full, the write connection runs at NORMAL and Txn::Commit and
+//! Store::SyncCommitted sync the WAL through the store. For tests.
+absl::StatusOr<int64_t> SqliteWalSyncsForTest(Store& store);
 
 }  // namespace quell::ledger
 
