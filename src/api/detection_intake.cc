@@ -128,7 +128,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
       [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
        done = std::move(done)](absl::Status status, std::vector<ledger::Change>) mutable {
         if (!status.ok()) return done(status);
-        // Runs on the commit thread: a batch's replies (a thousand strings) are built on
+        // Runs on the ledger's finisher thread: a batch's replies (a thousand strings) are built on
         // the worker pool instead, or here if the pool refuses (stopping or full).
         auto finish = std::make_shared<absl::AnyInvocable<void()>>(
             [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),

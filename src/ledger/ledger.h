@@ -4,15 +4,17 @@
 // listeners (the index applier, change-feed waiters) about the committed changes in seq
 // order, and only then completes each submitter's callback: an acknowledged write is
 // durable and already visible to `check`. The commit is pipelined with the store's sync
-// (Txn::CommitVisible, Store::SyncCommitted): while one batch's fsync runs on a sync
-// thread, the commit thread runs the next batch's transaction, then tells the listeners
-// of the first and completes it. So a store read may see a batch a few milliseconds
-// before it is durable (lost only if the machine, not the process, crashes then), and a
-// mutation may run before the listeners heard of the batch committed just before it.
+// (Txn::CommitVisible, Store::SyncCommitted): the commit thread hands each committed
+// batch to a finisher thread, which syncs the store (one sync for every batch waiting),
+// tells the listeners and completes the batch, while the commit thread already runs the
+// next one. So a store read may see a batch a few milliseconds before it is durable (lost
+// only if the machine, not the process, crashes then), and a mutation may run before the
+// listeners heard of the batch committed just before it (as on a cluster node).
 //
 // Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations run on the
-// commit thread only; listeners too, except with LedgerOptions::external_delivery, where
-// they run on the thread that calls Deliver (the change feed's), one call at a time.
+// commit thread only. Listeners and completions run on the finisher thread, one call at
+// a time, concurrently with mutations; with LedgerOptions::external_delivery listeners
+// run on the thread that calls Deliver (the change feed's) instead.
 #ifndef QUELL_LEDGER_LEDGER_H_
 #define QUELL_LEDGER_LEDGER_H_
 
@@ -44,10 +46,10 @@ namespace quell::ledger {
 using Mutation = absl::AnyInvocable<absl::Status(Txn& txn, absl::Time now)>;
 
 // Completion: the mutation's status (or the commit's error) and the changes it appended,
-// with their seq. Called once, on the commit thread; must not block.
+// with their seq. Called once, on the finisher thread; must not block.
 using Completion = absl::AnyInvocable<void(absl::Status status, std::vector<Change> changes)>;
 
-// Sees every committed change, in seq order, on the commit thread, after the commit is
+// Sees every committed change, in seq order, on the finisher thread, after the commit is
 // durable and before any Completion of that batch runs.
 class ChangeListener {
  public:
@@ -59,9 +61,9 @@ struct LedgerOptions {
   int max_batch = 4096;    // mutations per transaction at most
   int max_queue = 100000;  // pending mutations past which Submit fails kUnavailable
   // Several nodes write one store (PostgreSQL): listeners must hear of every node's
-  // changes, so the commit thread does not call them; whoever follows the store's change
+  // changes, so the ledger does not call them; whoever follows the store's change
   // feed calls Deliver() with every committed change, in seq order. After a commit the
-  // commit thread waits until Deliver has passed the batch's last seq (at most
+  // finisher thread waits until Deliver has passed the batch's last seq (at most
   // `delivery_wait`) before completing the batch, so an acknowledged write is visible on
   // this node as it is with local delivery, and no change reaches a listener twice.
   bool external_delivery = false;
@@ -71,7 +73,7 @@ struct LedgerOptions {
   // observation per group commit). `tracer` records, for each submission traced by its
   // caller (Submit's trace_parent), a "ledger.commit" span (the batch's transaction) and
   // its child "index.apply" (the listeners, or with external_delivery the wait for the
-  // feed to apply the batch), with the commit thread's timings.
+  // feed to apply the batch), with the ledger's timings.
   obs::Registry* metrics = nullptr;
   obs::Tracer* tracer = nullptr;
 };
@@ -93,7 +95,7 @@ class Ledger {
   //! The same, traced: when `trace_parent` is sampled (and the ledger has a tracer) the
   //! commit thread records this mutation's commit and apply spans as its children.
   void Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent);
-  //! Submit and block until done. Not for event-loop threads, nor the commit thread
+  //! Submit and block until done. Not for event-loop threads, nor the ledger's threads
   //! (a mutation, listener or completion calling it would deadlock).
   absl::StatusOr<std::vector<Change>> SubmitAndWait(Mutation mutation);
 
