@@ -11,7 +11,7 @@
 //      may not submit as fails the whole batch (`forbidden`), so nothing is half-applied.
 //   2. EvaluateAndApply (may wait on storage: never on an event loop): evaluates the valid
 //      items on the calling thread and submits one ledger step; `done` is called once,
-//      from the commit thread (or the calling thread when nothing is to be applied).
+//      from the ledger's finisher thread (or the calling thread when nothing is to be applied).
 //
 // The per-item replies are the HTTP API's per-item result objects (SPEC "HTTP API"):
 //   {"index":i,"id":...,"source":...,"status":"accepted"|"duplicate","decisions":[...]}

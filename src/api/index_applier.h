@@ -1,7 +1,7 @@
 // Keeps the in-memory index a view of the ledger: applies every committed mitigation
 // change in seq order, and loads the live set from the store at start.
 //
-// Thread-safety: OnCommitted runs on the ledger's finisher thread (the index's only
+// Thread-safety: OnCommitted runs on the ledger's commit thread (the index's only
 // writer); Load must run before the ledger accepts writes.
 #ifndef QUELL_API_INDEX_APPLIER_H_
 #define QUELL_API_INDEX_APPLIER_H_

@@ -360,7 +360,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
   while (read < kMaxChangesPerPull && (upto < 0 || seq < upto)) {
     int limit = kReadBatch;
     if (upto >= 0) limit = static_cast<int>(std::min<int64_t>(limit, upto - seq));
-    auto changes = ctx.deps.ledger->store().ReadChanges(seq, limit);
+    auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, seq, limit);
     if (!changes.ok()) return changes.status();
     for (const ledger::Change& c : *changes) {
       seq = c.seq;

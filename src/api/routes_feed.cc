@@ -18,7 +18,7 @@ namespace {
 
 void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time deadline) {
   ctx.OffLoop(std::move(call), [&ctx, after, limit, deadline](Call& call) {
-    auto changes = ctx.deps.ledger->store().ReadChanges(after, limit);
+    auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, limit);
     if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
     if (changes->empty() && absl::Now() < deadline) {
       auto shared = std::make_shared<Call>(std::move(call));
@@ -196,7 +196,7 @@ void AddFeedRoutes(Router& router, Context& ctx) {
     if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
     if (auto e = QueryInt(call.req, "limit", 1, 10000, &limit)) return call.Fail(*e);
     ctx.OffLoop(std::move(call), [&ctx, after, limit](Call& call) {
-      auto changes = ctx.deps.ledger->store().ReadChanges(after, static_cast<int>(limit));
+      auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, static_cast<int>(limit));
       if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
       std::string body = "{\"changes\":[";
       int64_t next = after;

@@ -144,7 +144,7 @@ void SubmitThenReply(Context& ctx, PolicyHolder& policies, Call&& call, ledger::
   ctx.deps.ledger->Submit(std::move(m), [&ctx, &policies, shared, name = std::move(name)](
                                             absl::Status s, std::vector<ledger::Change>) {
     if (!s.ok()) return shared->Fail(ApiError::FromStatus(s));
-    // Reading the list back may wait on storage: not on the commit thread.
+    // Reading the list back may wait on storage: not on the ledger's finisher thread.
     ctx.OffLoop(std::move(*shared),
                 [&ctx, &policies, name](Call& call) { ReplyList(ctx, policies, call, name, 200); });
   });

@@ -262,11 +262,12 @@ int Serve(const Flags& flags) {
           ? webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"))
           : webhooks::OpenPostgresStateStore({.url = postgres_url});
   if (!webhook_state.ok()) return Failure(webhook_state.status());
+  webhook_options.durable_seq = [l = ledger->get()] { return l->last_seq(); };
   auto webhook_dispatcher =
       webhooks::Dispatcher::Create(*std::move(webhook_state), &(*ledger)->store(), clock,
                                    webhook_options, config->metrics_enabled ? &metrics : nullptr);
   if (!webhook_dispatcher.ok()) return Failure(webhook_dispatcher.status());
-  (*ledger)->AddListener(webhook_dispatcher->get());
+  (*ledger)->AddListener(webhook_dispatcher->get(), ledger::ListenerTiming::kDurable);
 
   // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc): the
   // API's (below), whose pending_ttl the review-queue gauges also use to drop approvals

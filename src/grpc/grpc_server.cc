@@ -190,7 +190,7 @@ class GrpcServer::Impl final
   ~Impl() override { Shutdown(absl::ZeroDuration()); }
 
   absl::Status Start() {
-    deps_.ledger->AddListener(slot_);
+    deps_.ledger->AddListener(slot_, ledger::ListenerTiming::kDurable);
     ::grpc::ServerBuilder builder;
     builder.AddListeningPort(options_.listen, ::grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(this);
@@ -272,7 +272,7 @@ class GrpcServer::Impl final
       if (stopping_.load()) {
         return ::grpc::Status(::grpc::StatusCode::UNAVAILABLE, "server shutting down");
       }
-      auto changes = deps_.ledger->store().ReadChanges(cursor, options_.watch_page);
+      auto changes = ledger::ReadDurableChanges(*deps_.ledger, cursor, options_.watch_page);
       if (!changes.ok()) return ToGrpc(changes.status());
       for (const ledger::Change& c : *changes) {
         cursor = c.seq;
@@ -490,7 +490,7 @@ class GrpcServer::Impl final
       std::vector<std::string> items;             // detection JSON
       std::vector<v1::DetectionResult*> results;  // where each item's result goes
     };
-    // What the intake answers, handed from the commit thread to the waiting handler.
+    // What the intake answers, handed from the ledger's finisher thread to the waiting handler.
     struct Outcome {
       std::mutex mu;
       std::condition_variable cv;

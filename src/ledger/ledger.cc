@@ -163,9 +163,11 @@ class Ledger::Impl {
     done(absl::UnavailableError("ledger queue is full or the ledger is stopping"), {});
   }
 
-  void AddListener(ChangeListener* listener) {
+  void AddListener(ChangeListener* listener, ListenerTiming timing) {
     absl::MutexLock lock(&mu_);
     listeners_.push_back(listener);
+    (timing == ListenerTiming::kCommitted ? committed_listeners_ : durable_listeners_)
+        .push_back(listener);
   }
 
   int64_t last_seq() const { return last_seq_.load(std::memory_order_acquire); }
@@ -216,21 +218,29 @@ class Ledger::Impl {
   };
 
   // A batch whose transaction has run: committed (visible, not yet known durable) or
-  // failed, waiting for the finisher.
+  // failed, waiting for the finisher. `changes`: the committed changes in seq order, moved
+  // out of the outcomes for the listeners (a change's payload is most of its size, and
+  // copying every one was a few percent of the commit thread) and back for completions.
   struct Executed {
     std::vector<Item> items;
     std::vector<Outcome> outcomes;
-    std::vector<ChangeListener*> listeners;
+    std::vector<Change> changes;
+    std::vector<ChangeListener*> durable_listeners;
     absl::Status batch_error;
     absl::Time started, committed;
   };
 
-  // The commit thread runs transactions back to back and hands each to the finisher
-  // thread, which syncs the store (one SyncCommitted for every batch waiting), then tells
-  // the listeners and completes the batches, in commit order.
+  // Executed batches waiting for the finisher at most: past it the commit thread waits,
+  // so that the queue bound (max_queue) still bounds what is in flight.
+  static constexpr size_t kMaxExecuted = 2;
+
+  // The commit thread runs transactions back to back: each committed batch goes to the
+  // kCommitted listeners at once, then to the finisher thread, which syncs the store (one
+  // SyncCommitted for every batch waiting), tells the kDurable listeners and completes
+  // the batches, in commit order.
   void Run() {
     std::vector<Item> batch;
-    std::vector<ChangeListener*> listeners;
+    std::vector<ChangeListener*> committed_listeners, durable_listeners;
     while (true) {
       batch.clear();
       {
@@ -242,10 +252,18 @@ class Ledger::Impl {
           batch.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
-        listeners = listeners_;
+        committed_listeners = committed_listeners_;
+        durable_listeners = durable_listeners_;
       }
-      Executed e = Execute(std::move(batch), listeners);
+      Executed e = Execute(std::move(batch));
+      if (!e.changes.empty() && !options_.external_delivery) {
+        // Before the next batch runs: its mutations may depend on what these listeners
+        // keep (the safeguards' immunity and protected lists, the index).
+        for (ChangeListener* l : committed_listeners) l->OnCommitted(e.changes);
+      }
+      e.durable_listeners = durable_listeners;
       absl::MutexLock lock(&finish_mu_);
+      while (executed_.size() >= kMaxExecuted) finish_room_.Wait(&finish_mu_);
       executed_.push_back(std::move(e));
       finish_wake_.Signal();
     }
@@ -262,6 +280,7 @@ class Ledger::Impl {
         while (executed_.empty() && !commits_done_) finish_wake_.Wait(&finish_mu_);
         if (executed_.empty()) return;  // the commit thread stopped, everything finished
         ready.swap(executed_);
+        finish_room_.Signal();
       }
       // One sync covers every transaction committed before it started.
       bool any_committed = false;
@@ -272,11 +291,10 @@ class Ledger::Impl {
     }
   }
 
-  Executed Execute(std::vector<Item> batch, const std::vector<ChangeListener*>& listeners) {
+  Executed Execute(std::vector<Item> batch) {
     Executed e;
     e.started = absl::Now();
     e.items = std::move(batch);
-    e.listeners = listeners;
     const absl::Time now = clock_->Now();
     std::vector<Item>& items = e.items;
     e.outcomes.resize(items.size());
@@ -305,11 +323,19 @@ class Ledger::Impl {
       return txn->CommitVisible();
     }();
     e.committed = absl::Now();
+    if (e.batch_error.ok()) {
+      size_t total = 0;
+      for (const Outcome& o : e.outcomes) total += o.changes.size();
+      e.changes.reserve(total);
+      for (Outcome& o : e.outcomes) {
+        std::move(o.changes.begin(), o.changes.end(), std::back_inserter(e.changes));
+      }
+    }
     return e;
   }
 
-  // After the sync that covers the batch (`synced`, its status): tells the listeners and
-  // completes each mutation.
+  // After the sync that covers the batch (`synced`, its status): tells the kDurable
+  // listeners and completes each mutation.
   void Finish(Executed& e, const absl::Status& synced) {
     if (e.batch_error.ok() && !synced.ok()) {
       // The transaction committed (it is visible, and the listeners must follow the
@@ -324,7 +350,7 @@ class Ledger::Impl {
     std::vector<Outcome>& outcomes = e.outcomes;
     const absl::Status& batch_error = e.batch_error;
 
-    std::vector<Change> committed;
+    std::vector<Change>& committed = e.changes;
     int64_t failed = 0;
     if (!batch_error.ok()) {
       // Nothing of the batch is durable: every mutation that had succeeded gets the
@@ -335,15 +361,10 @@ class Ledger::Impl {
       }
       failed = static_cast<int64_t>(batch.size());
     } else {
-      // Moved out for the listeners and back for the completions: a change's payload is
-      // most of its size, and copying every one was a few percent of the commit thread.
-      size_t total = 0;
-      for (const Outcome& o : outcomes) total += o.changes.size();
-      committed.reserve(total);
-      for (Outcome& o : outcomes) {
+      for (const Outcome& o : outcomes) {
         if (!o.status.ok()) ++failed;
-        std::move(o.changes.begin(), o.changes.end(), std::back_inserter(committed));
       }
+      // The durable watermark: readers that pass changes on (feeds) stop at it.
       if (!committed.empty()) RaiseLastSeq(committed.back().seq);
     }
     {
@@ -364,7 +385,7 @@ class Ledger::Impl {
     if (commit_seconds_ != nullptr) commit_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
     if (!committed.empty() && !options_.external_delivery) {
-      for (ChangeListener* l : e.listeners) l->OnCommitted(committed);
+      for (ChangeListener* l : e.durable_listeners) l->OnCommitted(committed);
     } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
       absl::MutexLock lock(&stats_mu_);
       ++stats_.delivery_timeouts;
@@ -441,13 +462,16 @@ class Ledger::Impl {
   int64_t delivered_seq_ ABSL_GUARDED_BY(mu_);  // external_delivery: last seq delivered
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(mu_);
+  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(mu_);  // all (external_delivery)
+  std::vector<ChangeListener*> committed_listeners_ ABSL_GUARDED_BY(mu_);
+  std::vector<ChangeListener*> durable_listeners_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex stats_mu_;
   Stats stats_ ABSL_GUARDED_BY(stats_mu_);
 
   absl::Mutex finish_mu_;
   absl::CondVar finish_wake_;
+  absl::CondVar finish_room_;  // executed_ fell below kMaxExecuted
   std::deque<Executed> executed_ ABSL_GUARDED_BY(finish_mu_);
   bool commits_done_ ABSL_GUARDED_BY(finish_mu_) = false;
 
@@ -521,7 +545,9 @@ absl::StatusOr<std::vector<Change>> Ledger::SubmitAndWait(Mutation mutation) {
   return std::move(w->changes);
 }
 
-void Ledger::AddListener(ChangeListener* listener) { impl_->AddListener(listener); }
+void Ledger::AddListener(ChangeListener* listener, ListenerTiming timing) {
+  impl_->AddListener(listener, timing);
+}
 
 void Ledger::Deliver(const std::vector<Change>& changes) { impl_->Deliver(changes); }
 
@@ -530,5 +556,13 @@ int64_t Ledger::delivered_seq() const { return impl_->delivered_seq(); }
 int64_t Ledger::last_seq() const { return impl_->last_seq(); }
 
 Ledger::Stats Ledger::stats() const { return impl_->stats(); }
+
+absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t after, int limit) {
+  const int64_t durable = ledger.last_seq();
+  if (after >= durable || limit <= 0) return std::vector<Change>();
+  // Seqs have no gaps: (after, durable] holds durable - after changes.
+  return ledger.store().ReadChanges(after,
+                                    static_cast<int>(std::min<int64_t>(limit, durable - after)));
+}
 
 }  // namespace quell::ledger

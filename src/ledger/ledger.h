@@ -4,17 +4,20 @@
 // listeners (the index applier, change-feed waiters) about the committed changes in seq
 // order, and only then completes each submitter's callback: an acknowledged write is
 // durable and already visible to `check`. The commit is pipelined with the store's sync
-// (Txn::CommitVisible, Store::SyncCommitted): the commit thread hands each committed
-// batch to a finisher thread, which syncs the store (one sync for every batch waiting),
-// tells the listeners and completes the batch, while the commit thread already runs the
-// next one. So a store read may see a batch a few milliseconds before it is durable (lost
-// only if the machine, not the process, crashes then), and a mutation may run before the
-// listeners heard of the batch committed just before it (as on a cluster node).
+// (Txn::CommitVisible, Store::SyncCommitted): the commit thread tells the kCommitted
+// listeners (views the next mutations depend on: index, safeguards, policies) at once and
+// hands the batch to a finisher thread, which syncs the store (one sync for every batch
+// waiting), tells the kDurable listeners (whatever passes changes on outside the process:
+// feeds, watch streams, webhooks) and completes the batch, while the commit thread
+// already runs the next one. So store reads and kCommitted views may show a batch a few
+// milliseconds before it is durable (lost only if the machine, not the process, crashes
+// then); last_seq() is the durable watermark that change feeds stop at.
 //
-// Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations run on the
-// commit thread only. Listeners and completions run on the finisher thread, one call at
-// a time, concurrently with mutations; with LedgerOptions::external_delivery listeners
-// run on the thread that calls Deliver (the change feed's) instead.
+// Thread-safety: Submit/SubmitAndWait/AddListener are thread-safe. Mutations and
+// kCommitted listeners run on the commit thread; kDurable listeners and completions on
+// the finisher thread, one call at a time, concurrently with mutations. With
+// LedgerOptions::external_delivery every listener runs on the thread that calls Deliver
+// (the change feed's) instead.
 #ifndef QUELL_LEDGER_LEDGER_H_
 #define QUELL_LEDGER_LEDGER_H_
 
@@ -46,15 +49,27 @@ namespace quell::ledger {
 using Mutation = absl::AnyInvocable<absl::Status(Txn& txn, absl::Time now)>;
 
 // Completion: the mutation's status (or the commit's error) and the changes it appended,
-// with their seq. Called once, on the finisher thread; must not block.
+// with their seq. Called once, on the finisher thread; must not block. If the store
+// committed the changes but could not make them durable (a failed fsync: kDataLoss), the
+// status is that error and the changes are given all the same (they are visible).
 using Completion = absl::AnyInvocable<void(absl::Status status, std::vector<Change> changes)>;
 
-// Sees every committed change, in seq order, on the finisher thread, after the commit is
-// durable and before any Completion of that batch runs.
+// Sees every committed change, in seq order, before any Completion of its batch runs:
+// see ListenerTiming for when and on which thread.
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
   virtual void OnCommitted(const std::vector<Change>& changes) = 0;
+};
+
+// When a listener hears of a batch (without external_delivery).
+enum class ListenerTiming {
+  // On the commit thread, as soon as the batch committed and before the next batch runs,
+  // possibly before it is durable: for views later mutations read.
+  kCommitted,
+  // On the finisher thread, once the batch is durable: for whatever passes changes on
+  // outside the process.
+  kDurable,
 };
 
 struct LedgerOptions {
@@ -80,11 +95,12 @@ struct LedgerOptions {
 
 class Ledger {
  public:
-  // Takes the store; starts the commit thread. `clock` is borrowed and must outlive it.
+  // Takes the store; starts the commit and finisher threads. `clock` is borrowed and must outlive
+  // it.
   static absl::StatusOr<std::unique_ptr<Ledger>> Open(std::unique_ptr<Store> store,
                                                       const LedgerOptions& options,
                                                       core::Clock* clock);
-  // Drains queued mutations, stops the commit thread.
+  // Drains queued mutations, finishes every batch, stops both threads.
   ~Ledger();
 
   //! Queues `mutation`; `done` runs once it is committed (or failed). If the queue is
@@ -93,14 +109,14 @@ class Ledger {
   //! transaction cannot begin or commit completes every mutation with that error.
   void Submit(Mutation mutation, Completion done);
   //! The same, traced: when `trace_parent` is sampled (and the ledger has a tracer) the
-  //! commit thread records this mutation's commit and apply spans as its children.
+  //! ledger records this mutation's commit and apply spans as its children.
   void Submit(Mutation mutation, Completion done, obs::SpanContext trace_parent);
   //! Submit and block until done. Not for event-loop threads, nor the ledger's threads
   //! (a mutation, listener or completion calling it would deadlock).
   absl::StatusOr<std::vector<Change>> SubmitAndWait(Mutation mutation);
 
   //! Registers a listener (borrowed; must outlive the ledger). Register before writes.
-  void AddListener(ChangeListener* listener);
+  void AddListener(ChangeListener* listener, ListenerTiming timing = ListenerTiming::kCommitted);
 
   //! With external_delivery: hands `changes` (committed, in seq order) to every listener,
   //! skipping any with seq <= delivered_seq(), and releases the batches they complete.
@@ -110,7 +126,8 @@ class Ledger {
   //! The seq of the last change listeners were told of (external_delivery), else last_seq().
   int64_t delivered_seq() const;
 
-  //! The highest seq committed through this ledger (or found at Open, or delivered).
+  //! The highest seq committed through this ledger and durable (or found at Open, or
+  //! delivered): what a reader that passes changes on may read up to.
   int64_t last_seq() const;
   Store& store() { return *store_; }
 
@@ -136,6 +153,12 @@ class Ledger {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Impl> impl_;
 };
+
+//! The changes after `after` up to the durable watermark (ledger.last_seq()), at most
+//! `limit`: what a reader that passes changes on outside the process (feeds, watch
+//! streams, webhooks) may hand out. Store::ReadChanges may also return visible changes
+//! whose fsync is still in flight. Thread-safe.
+absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t after, int limit);
 
 }  // namespace quell::ledger
 

@@ -444,18 +444,23 @@ TEST_P(LedgerTest, AcknowledgesABatchAfterItsSyncWhileTheNextOneRuns) {
   FaultyStore* faulty = nullptr;
   auto ledger = OpenLedger({}, &faulty);
   ASSERT_NE(ledger, nullptr);
-  RecordingListener listener;
-  ledger->AddListener(&listener);
+  RecordingListener committed, durable;
+  ledger->AddListener(&committed);  // kCommitted: before the next batch runs
+  ledger->AddListener(&durable, ListenerTiming::kDurable);
   faulty->hold_sync = true;
+  const absl::Duration kLong = absl::Seconds(30);  // a hang fails the test, not CI
   absl::Notification a_done, b_ran, b_done;
   ledger->Submit(CreateMitigation("user:a"), [&](absl::Status st, std::vector<Change> changes) {
     EXPECT_TRUE(st.ok()) << st;
     EXPECT_THAT(changes, SizeIs(1));
     a_done.Notify();
   });
-  faulty->sync_entered.WaitForNotification();  // a committed; its fsync is in flight
+  // a committed; its fsync is in flight.
+  ASSERT_TRUE(faulty->sync_entered.WaitForNotificationWithTimeout(kLong));
+  std::vector<int64_t> committed_seen_by_b;
   ledger->Submit(
       [&](Txn& txn, absl::Time now) -> absl::Status {
+        committed_seen_by_b = committed.seen();
         b_ran.Notify();
         return CreateMitigation("user:b")(txn, now);
       },
@@ -463,14 +468,46 @@ TEST_P(LedgerTest, AcknowledgesABatchAfterItsSyncWhileTheNextOneRuns) {
         EXPECT_TRUE(st.ok()) << st;
         b_done.Notify();
       });
-  b_ran.WaitForNotification();             // the next batch runs meanwhile...
-  EXPECT_FALSE(a_done.HasBeenNotified());  // ...but a is not acknowledged before its sync
-  EXPECT_TRUE(listener.seen().empty());
+  ASSERT_TRUE(b_ran.WaitForNotificationWithTimeout(kLong));   // the next batch runs meanwhile,
+  EXPECT_EQ(committed_seen_by_b, (std::vector<int64_t>{1}));  // after the views heard of a,
+  EXPECT_FALSE(a_done.HasBeenNotified());  // but a is not acknowledged before its sync,
+  EXPECT_TRUE(durable.seen().empty());     // nor passed on
   faulty->sync_release.Notify();
-  a_done.WaitForNotification();
-  b_done.WaitForNotification();
-  EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2}));
-  EXPECT_FALSE(listener.out_of_order());
+  ASSERT_TRUE(a_done.WaitForNotificationWithTimeout(kLong));
+  ASSERT_TRUE(b_done.WaitForNotificationWithTimeout(kLong));
+  EXPECT_EQ(committed.seen(), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(durable.seen(), (std::vector<int64_t>{1, 2}));
+  EXPECT_FALSE(committed.out_of_order());
+  EXPECT_FALSE(durable.out_of_order());
+  EXPECT_EQ(ledger->last_seq(), 2);
+}
+
+// The durable watermark: a reader that passes changes on stops at last_seq().
+TEST_P(LedgerTest, ReadDurableChangesStopsAtTheSyncedSeq) {
+  FaultyStore* faulty = nullptr;
+  auto ledger = OpenLedger({}, &faulty);
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation("user:a")).ok());
+  faulty->hold_sync = true;
+  absl::Notification done;
+  ledger->Submit(CreateMitigation("user:b"),
+                 [&](absl::Status, std::vector<Change>) { done.Notify(); });
+  ASSERT_TRUE(faulty->sync_entered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  auto visible = ledger->store().ReadChanges(0, 10);
+  ASSERT_TRUE(visible.ok()) << visible.status();
+  EXPECT_THAT(*visible, SizeIs(2));  // the store shows b already
+  auto durable = ReadDurableChanges(*ledger, 0, 10);
+  ASSERT_TRUE(durable.ok()) << durable.status();
+  ASSERT_THAT(*durable, SizeIs(1));
+  EXPECT_EQ((*durable)[0].seq, 1);
+  faulty->sync_release.Notify();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  durable = ReadDurableChanges(*ledger, 0, 10);
+  ASSERT_TRUE(durable.ok());
+  EXPECT_THAT(*durable, SizeIs(2));
+  durable = ReadDurableChanges(*ledger, 2, 10);
+  ASSERT_TRUE(durable.ok());
+  EXPECT_TRUE(durable->empty());
 }
 
 TEST_P(LedgerTest, SyncFailureFailsItsBatchButListenersFollowTheStore) {

@@ -292,7 +292,12 @@ absl::Time Dispatcher::Step(const std::string& id) {
 
   if (pending_seq == 0) {
     // Find the next matching change after the cursor.
-    auto changes = ledger_store_->ReadChanges(s.cursor, options_.page);
+    int page = options_.page;
+    if (options_.durable_seq) {
+      page = static_cast<int>(std::min<int64_t>(page, options_.durable_seq() - s.cursor));
+      if (page <= 0) return absl::InfiniteFuture();  // a durable commit wakes us
+    }
+    auto changes = ledger_store_->ReadChanges(s.cursor, page);
     if (!changes.ok()) {
       std::lock_guard lock(mu_);
       sub->last_error = std::string(SV(changes.status().message()));

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,9 @@ struct DispatcherOptions {
   absl::Duration timeout = absl::Seconds(5);  // connect + request + status line
   absl::Duration poll = absl::Seconds(1);     // wake-up without commits
   int page = 100;                             // ledger changes read at once
+  // The highest seq known durable (Ledger::last_seq): changes past it are not sent yet.
+  // Empty: every committed change may be sent (a store whose commits are durable).
+  std::function<int64_t()> durable_seq;
 };
 
 //! Reads QUELL_WEBHOOK_MAX_ATTEMPTS, QUELL_WEBHOOK_BACKOFF_INITIAL,

@@ -371,7 +371,7 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c) {
 }
 
 void Safeguards::NoteLocal(int64_t seq, const engine::Detection& d) {
-  // Bounded, should the feed stay down for long (the commit thread then completes
+  // Bounded, should the feed stay down for long (the ledger then completes
   // batches undelivered): the oldest are dropped, and counted once more when they come
   // back (more, never fewer).
   if (local_.size() == kMaxLocal) local_.pop_front();

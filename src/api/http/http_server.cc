@@ -220,7 +220,7 @@ class Loop {
 
   // Hands `response` for `session` to the loop from another thread, unless it stopped.
   // Responses are queued and the loop is woken once per burst, not once per response:
-  // the ledger's commit thread answers a whole group commit at once, and each wake-up
+  // the ledger's finisher thread answers a whole group commit at once, and each wake-up
   // of an idle loop costs the poster a syscall (epoll_ctl).
   void PostResponse(std::shared_ptr<Session> session, Response response) {
     std::lock_guard<std::mutex> lock(mu_);

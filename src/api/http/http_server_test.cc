@@ -465,7 +465,7 @@ TEST(HttpServerTest, RespondsFromAnotherThread) {
   handler.Stop();
 }
 
-// A burst answered at once from one foreign thread (as the ledger's commit thread answers
+// A burst answered at once from one foreign thread (as the ledger's finisher thread answers
 // a group commit): every connection gets its own response, none lost or crossed.
 TEST(HttpServerTest, BurstOfResponsesFromAnotherThreadReachesEachClient) {
   AsyncHandler handler;

@@ -92,7 +92,7 @@ Context::Context(ApiDeps d, ApiOptions o)
       options(std::move(o)),
       pool(options.worker_threads),
       waiters(deps.ledger->last_seq()) {
-  deps.ledger->AddListener(&waiters);
+  deps.ledger->AddListener(&waiters, ledger::ListenerTiming::kDurable);
 }
 
 DecisionMetrics::DecisionMetrics(obs::Registry* registry) {

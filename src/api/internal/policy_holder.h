@@ -4,7 +4,7 @@
 // and every decision records the version it was made with.
 //
 // Thread-safety: Current() is thread-safe and never waits for a publish; OnCommitted
-// runs on the ledger's finisher thread.
+// runs on the ledger's commit thread.
 #ifndef QUELL_API_INTERNAL_POLICY_HOLDER_H_
 #define QUELL_API_INTERNAL_POLICY_HOLDER_H_
 

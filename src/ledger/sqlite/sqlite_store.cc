@@ -1,7 +1,6 @@
 #include "ledger/sqlite/sqlite_store.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -527,57 +526,48 @@ class ReadPool {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Copies the WAL back into the database file on a thread and connection of its own, so
-// that the commit thread never does: SQLite's autocheckpoint would run it inside the
-// COMMIT that crosses the threshold, on the ledger's one writer (a sixth of its time
-// under load). The writer's WAL hook wakes it once the WAL holds `pages` pages; a PASSIVE
-// checkpoint never blocks the writer, and once it has copied everything the writer's next
-// transaction starts the WAL over. Durability is the WAL's (synced per commit), so a
-// checkpoint that fails or falls behind costs disk, not data. A busy writer rarely finds
-// the WAL wholly copied, though, and a WAL that only grows makes every page lookup
-// slower (one more hash table per 4,096 frames): at kBackstop times `pages` the writer
-// checkpoints itself, copying only what the thread has not, and so starts the WAL over.
-//
-// Thread-safety: OnWal is called on the writer's thread (inside its commits); the rest
-// is internal. Ownership: owns its connection and thread; the destructor joins it.
 // The WAL's fsync for synchronous FULL, done by the store instead of inside SQLite's
 // COMMIT: the write connection runs at synchronous=NORMAL (a commit writes its WAL frames
-// and returns; checkpoints still sync the WAL before and the database after copying) and
-// Sync() fdatasyncs the WAL file, covering every frame written before it was called. So
-// the ledger can run the next transaction while this fsync is in flight
-// (Txn::CommitVisible, Store::SyncCommitted). The WAL is the same file for as long as the
-// write connection is open (SQLite deletes it only when the last connection closes, after
-// checkpointing it into the synced database file); Sync() reopens it if its inode changed.
+// and returns; SQLite still syncs the WAL header when it starts the WAL over, and
+// checkpoints sync the WAL before and the database after copying) and Sync() fdatasyncs
+// the WAL file, covering every frame written before it was called. So the ledger can run
+// the next transaction while this fsync is in flight (Txn::CommitVisible,
+// Store::SyncCommitted). The WAL is opened once, when the store opens: it is the same
+// file for as long as the write connection is open (SQLite deletes it only when the last
+// connection closes). A failed fsync is final: Linux reports a writeback error once and
+// may drop the pages, so every later Sync() fails too (and the store refuses new
+// transactions) until the process restarts and SQLite recovers the WAL.
 // Thread-safety: thread-safe (one mutex).
 class WalSyncer {
  public:
-  explicit WalSyncer(std::string path) : path_(std::move(path)) {}
-  ~WalSyncer() {
-    if (fd_ >= 0) ::close(fd_);
+  static absl::StatusOr<std::unique_ptr<WalSyncer>> Open(std::string path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+    }
+    return std::unique_ptr<WalSyncer>(new WalSyncer(std::move(path), fd));
   }
+  ~WalSyncer() { ::close(fd_); }
   WalSyncer(const WalSyncer&) = delete;
   WalSyncer& operator=(const WalSyncer&) = delete;
 
   absl::Status Sync() {
     absl::MutexLock lock(&mu_);
-    struct stat now;
-    if (::stat(path_.c_str(), &now) != 0) {
-      // No WAL: everything is in the database file, synced when the WAL was folded in.
-      if (errno == ENOENT) return absl::OkStatus();
-      return Errno("stat");
+    if (!failed_.ok()) return failed_;
+    if (::fdatasync(fd_) != 0) {
+      failed_ = absl::DataLossError(absl::StrCat("fdatasync ", path_, ": ", std::strerror(errno),
+                                                 " (commits since the last sync may not be "
+                                                 "durable; restart quell once the disk is fixed)"));
+      return failed_;
     }
-    if (fd_ < 0 || now.st_ino != ino_ || now.st_dev != dev_) {
-      if (fd_ >= 0) ::close(fd_);
-      fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd_ < 0) return Errno("open");
-      ino_ = now.st_ino;
-      dev_ = now.st_dev;
-    }
-    if (::fdatasync(fd_) != 0) return Errno("fdatasync");
     ++syncs_;
     return absl::OkStatus();
   }
-
+  //! OK, or the failure that ended syncing.
+  absl::Status failed() {
+    absl::MutexLock lock(&mu_);
+    return failed_;
+  }
   //! Successful fdatasyncs so far. For tests.
   int64_t syncs() {
     absl::MutexLock lock(&mu_);
@@ -585,19 +575,28 @@ class WalSyncer {
   }
 
  private:
-  absl::Status Errno(std::string_view what) const {
-    return absl::DataLossError(absl::StrCat(AV(what), " ", path_, ": ", std::strerror(errno),
-                                            " (a commit may not be durable)"));
-  }
+  WalSyncer(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
 
   const std::string path_;
+  const int fd_;
   absl::Mutex mu_;
-  int fd_ ABSL_GUARDED_BY(mu_) = -1;
-  ino_t ino_ ABSL_GUARDED_BY(mu_) = 0;
-  dev_t dev_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status failed_ ABSL_GUARDED_BY(mu_);
   int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// Copies the WAL back into the database file on a thread and connection of its own, so
+// that the commit thread never does: SQLite's autocheckpoint would run it inside the
+// COMMIT that crosses the threshold, on the ledger's one writer (a sixth of its time
+// under load). The writer's WAL hook wakes it once the WAL holds `pages` pages; a PASSIVE
+// checkpoint never blocks the writer, and once it has copied everything the writer's next
+// transaction starts the WAL over. Durability is the WAL's (synced before acknowledging), so a
+// checkpoint that fails or falls behind costs disk, not data. A busy writer rarely finds
+// the WAL wholly copied, though, and a WAL that only grows makes every page lookup
+// slower (one more hash table per 4,096 frames): at kBackstop times `pages` the writer
+// checkpoints itself, copying only what the thread has not, and so starts the WAL over.
+//
+// Thread-safety: OnWal is called on the writer's thread (inside its commits); the rest
+// is internal. Ownership: owns its connection and thread; the destructor joins it.
 class Checkpointer {
  public:
   static constexpr int kBackstop = 4;
@@ -930,12 +929,12 @@ class SqliteStore final : public Store {
 
  private:
   SqliteStore(std::string file, DbOptions opts, int pool_size, std::unique_ptr<Db> writer,
-              int checkpoint_pages)
+              int checkpoint_pages, std::unique_ptr<WalSyncer> wal_syncer)
       : file_(std::move(file)),
         opts_(opts),
         writer_(std::move(writer)),
-        pool_(file_, opts, pool_size) {
-    if (opts_.synchronous_full) wal_syncer_ = std::make_unique<WalSyncer>(file_ + "-wal");
+        pool_(file_, opts, pool_size),
+        wal_syncer_(std::move(wal_syncer)) {
     if (checkpoint_pages > 0) {
       checkpointer_ = std::make_unique<Checkpointer>(file_, opts_, checkpoint_pages);
       sqlite3_wal_hook(writer_->raw(), &Checkpointer::OnWal, checkpointer_.get());
@@ -956,8 +955,8 @@ class SqliteStore final : public Store {
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
-  std::unique_ptr<Checkpointer> checkpointer_;          // null: SQLite's autocheckpoint
   std::unique_ptr<WalSyncer> wal_syncer_;               // synchronous FULL only
+  std::unique_ptr<Checkpointer> checkpointer_;          // null: SQLite's autocheckpoint
 };
 
 template <typename F>
@@ -1556,11 +1555,17 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   QUELL_ASSIGN_OR_RETURN(int version, sqlite_internal::ApplyMigrations(
                                           *writer, options.apply_migrations, absl::Now()));
   (void)version;
+  std::unique_ptr<WalSyncer> wal_syncer;
+  if (opts.synchronous_full) {  // the WAL exists from journal_mode=WAL on
+    QUELL_ASSIGN_OR_RETURN(wal_syncer, WalSyncer::Open(file + "-wal"));
+  }
   return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(file), opts, options.read_pool_size,
-                                                      std::move(writer), options.checkpoint_pages));
+                                                      std::move(writer), options.checkpoint_pages,
+                                                      std::move(wal_syncer)));
 }
 
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
+  if (wal_syncer_) QUELL_RETURN_IF_ERROR(wal_syncer_->failed());
   if (txn_open_.exchange(true)) {
     return absl::FailedPreconditionError("a write transaction is already open");
   }
