@@ -444,6 +444,13 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
         if (!s.ok()) seq = s.status();
       }
     }
+    // The cursor kept for this bouncer must be durable: a crash could reuse a later seq.
+    if (seq.ok()) {
+      if (absl::Status st = ledger::WaitDurable(*ctx.deps.ledger, *seq, absl::Seconds(10));
+          !st.ok()) {
+        seq = st;
+      }
+    }
     if (!seq.ok()) return call.Fail(ApiError::FromStatus(seq.status()));
     auto list = [](std::string& items) {
       return items.size() <= 1 ? std::string("null") : items + "]";

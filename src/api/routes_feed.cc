@@ -64,7 +64,7 @@ class SnapshotStream {
     if (!ctx.background.TryEnter(kMaxConcurrent)) return nullptr;
     auto state = std::make_shared<State>();
     std::thread([state, &ctx, enforcement] {
-      Produce(*state, ctx.deps.ledger->store(), enforcement);
+      Produce(*state, *ctx.deps.ledger, enforcement);
       ctx.background.Exit();
     }).detach();
     return std::shared_ptr<SnapshotStream>(new SnapshotStream(std::move(state)));
@@ -109,11 +109,19 @@ class SnapshotStream {
     return true;
   }
 
-  static void Produce(State& st, ledger::Store& store, bool enforcement) {
+  static void Produce(State& st, ledger::Ledger& ledger, bool enforcement) {
+    ledger::Store& store = ledger.store();
     std::string buf;
     buf.reserve(kChunkBytes + 4096);
-    auto header = [&buf](int64_t seq) { absl::StrAppend(&buf, "{\"seq\":", seq, "}\n"); };
+    // The client continues with /v1/changes?after=seq: seq must be durable (a crash could
+    // reuse it otherwise), so the header waits for it; the scan's read holds meanwhile.
+    absl::Status durable;
+    auto header = [&](int64_t seq) {
+      durable = ledger::WaitDurable(ledger, seq, absl::Seconds(10));
+      if (durable.ok()) absl::StrAppend(&buf, "{\"seq\":", seq, "}\n");
+    };
     auto line_done = [&]() -> absl::Status {
+      if (!durable.ok()) return durable;
       buf.push_back('\n');
       if (buf.size() >= kChunkBytes && !Push(st, &buf)) {
         return absl::CancelledError("client went away");
@@ -141,6 +149,7 @@ class SnapshotStream {
         return line_done();
       });
     }
+    if (result.ok() && !durable.ok()) result = durable;  // an empty scan never checked it
     if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
       buf += ErrorJson(ApiError::FromStatus(result.status()));
       buf += '\n';

@@ -238,7 +238,7 @@ absl::StatusOr<std::vector<obs::CallbackHandle>> RegisterServerMetrics(
   QUELL_RETURN_IF_ERROR(gauge("quell_index_seq",
                               "Ledger seq of the last change applied to the index.",
                               [index] { return static_cast<double>(index->seq()); }));
-  QUELL_RETURN_IF_ERROR(gauge("quell_ledger_seq", "Last committed ledger seq.",
+  QUELL_RETURN_IF_ERROR(gauge("quell_ledger_seq", "Last committed and durable ledger seq.",
                               [ledger] { return static_cast<double>(ledger->last_seq()); }));
   QUELL_RETURN_IF_ERROR(counter("quell_ledger_commits_total",
                                 "Group-commit transactions committed.",

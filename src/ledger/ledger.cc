@@ -10,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "core/status.h"
 #include "obs/metrics.h"
 
@@ -193,9 +194,10 @@ class Ledger::Impl {
       if (c.seq > delivered) fresh.push_back(c);
     }
     if (fresh.empty()) return;
-    for (ChangeListener* l : listeners) l->OnCommitted(fresh);
+    // The watermark first: a listener woken by these changes may read up to it.
     const int64_t last = fresh.back().seq;
     RaiseLastSeq(last);
+    for (ChangeListener* l : listeners) l->OnCommitted(fresh);
     absl::MutexLock lock(&mu_);
     delivered_seq_ = last;
     delivered_.SignalAll();
@@ -364,8 +366,9 @@ class Ledger::Impl {
       for (const Outcome& o : outcomes) {
         if (!o.status.ok()) ++failed;
       }
-      // The durable watermark: readers that pass changes on (feeds) stop at it.
-      if (!committed.empty()) RaiseLastSeq(committed.back().seq);
+      // The durable watermark: readers that pass changes on (feeds) stop at it. Not past
+      // a failed sync: those changes may be lost (and the store takes no more writes).
+      if (!committed.empty() && synced.ok()) RaiseLastSeq(committed.back().seq);
     }
     {
       absl::MutexLock lock(&stats_mu_);
@@ -385,7 +388,9 @@ class Ledger::Impl {
     if (commit_seconds_ != nullptr) commit_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
     if (!committed.empty() && !options_.external_delivery) {
-      for (ChangeListener* l : e.durable_listeners) l->OnCommitted(committed);
+      if (synced.ok()) {
+        for (ChangeListener* l : e.durable_listeners) l->OnCommitted(committed);
+      }
     } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
       absl::MutexLock lock(&stats_mu_);
       ++stats_.delivery_timeouts;
@@ -558,11 +563,32 @@ int64_t Ledger::last_seq() const { return impl_->last_seq(); }
 Ledger::Stats Ledger::stats() const { return impl_->stats(); }
 
 absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t after, int limit) {
+  // A store whose commits are durable when visible (PostgreSQL) needs no clamp, and its
+  // feeds do not wait for this node's follower to deliver other nodes' changes.
+  if (!ledger.store().DefersSync()) return ledger.store().ReadChanges(after, limit);
   const int64_t durable = ledger.last_seq();
   if (after >= durable || limit <= 0) return std::vector<Change>();
-  // Seqs have no gaps: (after, durable] holds durable - after changes.
-  return ledger.store().ReadChanges(after,
-                                    static_cast<int>(std::min<int64_t>(limit, durable - after)));
+  // (after, durable] holds durable - after changes (seqs have no gaps); a read past a
+  // missing row could return more, which are dropped.
+  QUELL_ASSIGN_OR_RETURN(std::vector<Change> changes,
+                         ledger.store().ReadChanges(
+                             after, static_cast<int>(std::min<int64_t>(limit, durable - after))));
+  while (!changes.empty() && changes.back().seq > durable) changes.pop_back();
+  return changes;
+}
+
+absl::Status WaitDurable(Ledger& ledger, int64_t seq, absl::Duration timeout) {
+  if (!ledger.store().DefersSync()) return absl::OkStatus();
+  const absl::Time deadline = absl::Now() + timeout;
+  // Polls: a sync takes milliseconds, and only snapshots (rare) wait.
+  while (ledger.last_seq() < seq) {
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(
+          absl::StrCat("seq ", seq, " is not durable yet (durable: ", ledger.last_seq(), ")"));
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace quell::ledger

@@ -160,6 +160,11 @@ class Ledger {
 //! whose fsync is still in flight. Thread-safe.
 absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t after, int limit);
 
+//! Waits until `seq` is durable (ledger.last_seq() >= seq), at most `timeout`
+//! (kUnavailable then): for a reader that hands out a cursor taken from a store scan
+//! (snapshots), so that a client never continues after a seq a crash could reuse.
+absl::Status WaitDurable(Ledger& ledger, int64_t seq, absl::Duration timeout);
+
 }  // namespace quell::ledger
 
 #endif  // QUELL_LEDGER_LEDGER_H_

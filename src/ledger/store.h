@@ -291,6 +291,9 @@ class Store {
   //! Makes every transaction committed so far with CommitVisible() durable. Thread-safe:
   //! may run on another thread while the next Txn is open. Nothing to do by default.
   virtual absl::Status SyncCommitted() { return absl::OkStatus(); }
+  //! Whether CommitVisible can leave a commit visible before it is durable (then readers
+  //! that pass changes on stop at the ledger's durable seq). False by default.
+  virtual bool DefersSync() const { return false; }
 
   // ---- reads: thread-safe, committed data only (after CommitVisible, possibly before
   // SyncCommitted: visible a few milliseconds before durable) ----

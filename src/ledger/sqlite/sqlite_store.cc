@@ -551,20 +551,26 @@ class WalSyncer {
   WalSyncer(const WalSyncer&) = delete;
   WalSyncer& operator=(const WalSyncer&) = delete;
 
+  // The fdatasync runs outside the mutex: Begin (failed()) must not wait for it.
   absl::Status Sync() {
+    if (failing_.load(std::memory_order_acquire)) return failed();
+    const int rc = ::fdatasync(fd_);
+    const int err = errno;
     absl::MutexLock lock(&mu_);
-    if (!failed_.ok()) return failed_;
-    if (::fdatasync(fd_) != 0) {
-      failed_ = absl::DataLossError(absl::StrCat("fdatasync ", path_, ": ", std::strerror(errno),
+    if (rc != 0 && failed_.ok()) {
+      failed_ = absl::DataLossError(absl::StrCat("fdatasync ", path_, ": ", std::strerror(err),
                                                  " (commits since the last sync may not be "
                                                  "durable; restart quell once the disk is fixed)"));
-      return failed_;
+      failing_.store(true, std::memory_order_release);
     }
+    // A concurrent sync's failure may have taken the error this one would have seen.
+    if (!failed_.ok()) return failed_;
     ++syncs_;
     return absl::OkStatus();
   }
-  //! OK, or the failure that ended syncing.
+  //! OK, or the failure that ended syncing. Does not wait for a sync in flight.
   absl::Status failed() {
+    if (!failing_.load(std::memory_order_acquire)) return absl::OkStatus();
     absl::MutexLock lock(&mu_);
     return failed_;
   }
@@ -579,6 +585,7 @@ class WalSyncer {
 
   const std::string path_;
   const int fd_;
+  std::atomic<bool> failing_{false};  // failed_ is set: read without the mutex
   absl::Mutex mu_;
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
@@ -847,6 +854,7 @@ class SqliteStore final : public Store {
   absl::Status SyncCommitted() override {
     return wal_syncer_ ? wal_syncer_->Sync() : absl::OkStatus();
   }
+  bool DefersSync() const override { return wal_syncer_ != nullptr; }
 
   absl::StatusOr<int64_t> LastSeq() override {
     return WithRead([](Db& db) { return QueryLastSeq(db); });
@@ -1556,7 +1564,7 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
                                           *writer, options.apply_migrations, absl::Now()));
   (void)version;
   std::unique_ptr<WalSyncer> wal_syncer;
-  if (opts.synchronous_full) {  // the WAL exists from journal_mode=WAL on
+  if (opts.synchronous_full) {  // the migrations' first read opened (created) the WAL
     QUELL_ASSIGN_OR_RETURN(wal_syncer, WalSyncer::Open(file + "-wal"));
   }
   return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(file), opts, options.read_pool_size,
