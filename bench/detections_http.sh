@@ -10,6 +10,8 @@
 # Usage: bench/detections_http.sh [BUILD_DIR]       (default: build)
 # Env:   DURATION (15s), CONNECTIONS (8), WRK_THREADS (2), THREADS (quell event loops, 2),
 #        BATCH (1000), ROUNDS (1), PERF=1 (perf record the server; report printed and in $BENCH_TMP/perf.txt, kept with KEEP_TMP=1),
+#        RATES=1 (print the ledger changes, i.e. decisions, committed in each second of the run:
+#        how the rate moves as the store fills),
 #        BENCH_TMPDIR (/var/tmp: the real disk, not tmpfs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,9 +60,27 @@ for round in $(seq "$ROUNDS"); do
     perf_pid=$!
   fi
   machine_load
+  if [ -n "${RATES:-}" ]; then
+    (
+      prev=""
+      while kill -0 "$QUELL_PID" 2>/dev/null; do
+        n=$(curl -fsS -H "Authorization: Bearer $QUELL_KEY" "http://127.0.0.1:$QUELL_PORT/metrics" 2>/dev/null |
+          awk '/^quell_ledger_changes_total /{printf "%d", $2}')
+        [ -n "$n" ] && [ -n "$prev" ] && printf '%s ' "$((n - prev))" >>"$BENCH_TMP/rates$round"
+        prev=$n
+        sleep 1
+      done
+    ) &
+    rates_pid=$!
+  fi
   out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 30s -s "$here/detections.lua" \
     "http://127.0.0.1:$QUELL_PORT/v1/detections")
   machine_load
+  if [ -n "${RATES:-}" ]; then
+    kill "$rates_pid" 2>/dev/null || true
+    wait "$rates_pid" 2>/dev/null || true
+    echo "round $round ledger changes per second: $(cat "$BENCH_TMP/rates$round" 2>/dev/null)"
+  fi
   if [ -n "${PERF:-}" ]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf script -i "$BENCH_TMP/perf.data" -F tid,ip,sym 2>/dev/null >"$BENCH_TMP/perf.script" || true
