@@ -1,12 +1,14 @@
 #include "ledger/postgres/internal/test_cluster.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -44,6 +46,41 @@ absl::Status RunTool(const std::string& args) {
   return absl::OkStatus();
 }
 
+// Forks a process that waits for end-of-file on a pipe whose write end only this process
+// holds (close-on-exec, so no child program keeps it), i.e. for this process to die or
+// to close it, and then runs `cleanup` with /bin/sh. Returns the write end, or -1. The
+// child calls only async-signal-safe functions: this process may have threads.
+int StartWatchdog(const std::string& cleanup) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+  const int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    if (devnull >= 0) close(devnull);
+    return -1;
+  }
+  if (pid == 0) {
+    close(fds[1]);
+    // Not the test's output: a runner waiting for its pipes would wait for us too.
+    if (devnull >= 0) {
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+    }
+    char byte;
+    while (read(fds[0], &byte, 1) != 0) {
+      if (errno != EINTR) break;
+    }
+    execl("/bin/sh", "sh", "-c", cleanup.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[0]);
+  if (devnull >= 0) close(devnull);
+  return fds[1];
+}
+
 }  // namespace
 
 absl::StatusOr<TestCluster*> TestCluster::Start(bool durable) {
@@ -64,6 +101,9 @@ absl::StatusOr<TestCluster*> TestCluster::Start(bool durable) {
     }
   }
   std::string data = c->dir_ + "/data";
+  c->watchdog_fd_ = StartWatchdog(
+      absl::StrCat(geteuid() == 0 ? "runuser -u postgres -- " : "", kBinDir, "/pg_ctl -D ", data,
+                   " -m immediate -w stop >/dev/null 2>&1; rm -rf ", c->dir_));
   absl::Status st = RunTool(
       absl::StrCat("initdb -D ", data, " -A trust -U postgres -E UTF8 --no-sync --locale=C"));
   if (!st.ok()) return st;
@@ -98,6 +138,7 @@ TestCluster::~TestCluster() {
   if (running_) (void)RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -m immediate -w stop"));
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
+  if (watchdog_fd_ >= 0) close(watchdog_fd_);  // nothing left for it to do
 }
 
 absl::Status TestCluster::Stop() {

@@ -2,8 +2,10 @@
 // pg_ctl start on a free loopback port (as the `postgres` user when running as root,
 // since initdb and pg_ctl refuse root), and on destruction pg_ctl stop and removal of the
 // directory. Shared() starts one cluster per test binary on first use and stops it at
-// exit. If the server binaries are missing, Start fails loudly (scripts/setup installs
-// postgresql-15).
+// exit. A watchdog process stops the server and removes the directory when the process
+// that started it dies without that (a test that aborts or is killed), so no cluster
+// outlives its test. If the server binaries are missing, Start fails loudly
+// (scripts/setup installs postgresql-15).
 //
 // Thread-safety: Shared() is thread-safe; a TestCluster is otherwise used by one thread.
 #ifndef QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
@@ -44,6 +46,7 @@ class TestCluster {
   bool running_ = false;
   std::string server_options_;
   int next_db_ = 0;
+  int watchdog_fd_ = -1;  // the write end of the watchdog's pipe: closing it wakes it
 };
 
 }  // namespace quell::ledger::pg_internal
