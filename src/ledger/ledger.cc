@@ -166,7 +166,6 @@ class Ledger::Impl {
 
   void AddListener(ChangeListener* listener, ListenerTiming timing) {
     absl::MutexLock lock(&mu_);
-    listeners_.push_back(listener);
     (timing == ListenerTiming::kCommitted ? committed_listeners_ : durable_listeners_)
         .push_back(listener);
   }
@@ -185,7 +184,8 @@ class Ledger::Impl {
     int64_t delivered;
     {
       absl::MutexLock lock(&mu_);
-      listeners = listeners_;
+      listeners = committed_listeners_;  // every listener: the changes are durable
+      listeners.insert(listeners.end(), durable_listeners_.begin(), durable_listeners_.end());
       delivered = delivered_seq_;
     }
     // Only this thread moves delivered_seq_, so the copy stays exact while unlocked.
@@ -227,9 +227,9 @@ class Ledger::Impl {
     std::vector<Item> items;
     std::vector<Outcome> outcomes;
     std::vector<Change> changes;
-    std::vector<ChangeListener*> durable_listeners;
     absl::Status batch_error;
-    absl::Time started, committed;
+    absl::Time started;
+    absl::Time applied;  // the transaction committed and the kCommitted listeners ran
   };
 
   // Executed batches waiting for the finisher at most: past it the commit thread waits,
@@ -242,7 +242,7 @@ class Ledger::Impl {
   // the batches, in commit order.
   void Run() {
     std::vector<Item> batch;
-    std::vector<ChangeListener*> committed_listeners, durable_listeners;
+    std::vector<ChangeListener*> committed_listeners;
     while (true) {
       batch.clear();
       {
@@ -255,7 +255,6 @@ class Ledger::Impl {
           queue_.pop_front();
         }
         committed_listeners = committed_listeners_;
-        durable_listeners = durable_listeners_;
       }
       Executed e = Execute(std::move(batch));
       if (!e.changes.empty() && !options_.external_delivery) {
@@ -263,7 +262,7 @@ class Ledger::Impl {
         // keep (the safeguards' immunity and protected lists, the index).
         for (ChangeListener* l : committed_listeners) l->OnCommitted(e.changes);
       }
-      e.durable_listeners = durable_listeners;
+      e.applied = absl::Now();
       absl::MutexLock lock(&finish_mu_);
       while (executed_.size() >= kMaxExecuted) finish_room_.Wait(&finish_mu_);
       executed_.push_back(std::move(e));
@@ -324,7 +323,6 @@ class Ledger::Impl {
       }
       return txn->CommitVisible();
     }();
-    e.committed = absl::Now();
     if (e.batch_error.ok()) {
       size_t total = 0;
       for (const Outcome& o : e.outcomes) total += o.changes.size();
@@ -389,7 +387,12 @@ class Ledger::Impl {
     if (batch_size_ != nullptr) batch_size_->Observe(static_cast<double>(batch.size()));
     if (!committed.empty() && !options_.external_delivery) {
       if (synced.ok()) {
-        for (ChangeListener* l : e.durable_listeners) l->OnCommitted(committed);
+        std::vector<ChangeListener*> listeners;
+        {
+          absl::MutexLock lock(&mu_);
+          listeners = durable_listeners_;
+        }
+        for (ChangeListener* l : listeners) l->OnCommitted(committed);
       }
     } else if (!committed.empty() && !WaitDelivered(committed.back().seq)) {
       absl::MutexLock lock(&stats_mu_);
@@ -403,19 +406,35 @@ class Ledger::Impl {
         next += n;
       }
     }
-    if (options_.tracer != nullptr) TraceBatch(batch, outcomes, e.started, durable, absl::Now());
+    if (options_.tracer != nullptr) TraceBatch(batch, outcomes, e.started, e.applied, durable);
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].done(std::move(outcomes[i].status), std::move(outcomes[i].changes));
     }
   }
 
-  // With external_delivery the feed may have moved it past this batch already.
+  // With external_delivery the feed may have moved it past this batch already. Wakes
+  // WaitDurable.
   void RaiseLastSeq(int64_t seq) {
     int64_t seen = last_seq_.load(std::memory_order_acquire);
     while (seen < seq && !last_seq_.compare_exchange_weak(seen, seq, std::memory_order_acq_rel)) {
     }
+    absl::MutexLock lock(&mu_);
+    durable_.SignalAll();
   }
 
+ public:
+  absl::Status WaitDurable(int64_t seq, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    absl::MutexLock lock(&mu_);
+    while (last_seq() < seq && !stopping_) {
+      if (durable_.WaitWithDeadline(&mu_, deadline)) break;
+    }
+    if (last_seq() >= seq) return absl::OkStatus();
+    return absl::UnavailableError(
+        absl::StrCat("seq ", seq, " is not durable yet (durable: ", last_seq(), ")"));
+  }
+
+ private:
   // external_delivery: waits until the feed delivered `seq` (true), or delivery_wait
   // passed or the ledger is stopping (false: the write is durable all the same, and the
   // feed applies it when it catches up).
@@ -428,9 +447,10 @@ class Ledger::Impl {
     return delivered_seq_ >= seq;
   }
 
-  // Records each traced mutation's spans: "ledger.commit" over the batch's transaction
-  // (begin..commit) and, when it appended changes that committed, "index.apply" over
-  // the listeners. Runs before the completions, so the spans exist before the reply.
+  // Records each traced mutation's spans: "ledger.commit" from the batch's begin until it
+  // committed and its views (kCommitted listeners) were told, and, when it appended
+  // changes that committed, "index.apply" from then until durable (the sync and the
+  // kDurable listeners). Runs before the completions, so the spans exist before the reply.
   void TraceBatch(const std::vector<Item>& batch, const std::vector<Outcome>& outcomes,
                   absl::Time begun, absl::Time committed, absl::Time applied) {
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -467,7 +487,7 @@ class Ledger::Impl {
   int64_t delivered_seq_ ABSL_GUARDED_BY(mu_);  // external_delivery: last seq delivered
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<ChangeListener*> listeners_ ABSL_GUARDED_BY(mu_);  // all (external_delivery)
+  absl::CondVar durable_;  // last_seq_ rose
   std::vector<ChangeListener*> committed_listeners_ ABSL_GUARDED_BY(mu_);
   std::vector<ChangeListener*> durable_listeners_ ABSL_GUARDED_BY(mu_);
 
@@ -579,16 +599,7 @@ absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t a
 
 absl::Status WaitDurable(Ledger& ledger, int64_t seq, absl::Duration timeout) {
   if (!ledger.store().DefersSync()) return absl::OkStatus();
-  const absl::Time deadline = absl::Now() + timeout;
-  // Polls: a sync takes milliseconds, and only snapshots (rare) wait.
-  while (ledger.last_seq() < seq) {
-    if (absl::Now() >= deadline) {
-      return absl::UnavailableError(
-          absl::StrCat("seq ", seq, " is not durable yet (durable: ", ledger.last_seq(), ")"));
-    }
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return absl::OkStatus();
+  return ledger.impl_->WaitDurable(seq, timeout);
 }
 
 }  // namespace quell::ledger

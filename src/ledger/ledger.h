@@ -138,7 +138,7 @@ class Ledger {
     int64_t failed_commits = 0;       // batches whose Begin/Commit failed
     int64_t failed_mutations = 0;     // mutations completed with an error
     int64_t changes = 0;              // changes committed
-    double last_commit_seconds = 0;   // Begin..Commit of the last batch
+    double last_commit_seconds = 0;   // Begin..durable (synced) of the last batch
     double total_commit_seconds = 0;  // sum over all batches
     int64_t last_batch_size = 0;
     int64_t max_batch_size = 0;
@@ -149,6 +149,7 @@ class Ledger {
  private:
   Ledger(std::unique_ptr<Store> store, const LedgerOptions& options, core::Clock* clock,
          int64_t last_seq, obs::Histogram* commit_seconds, obs::Histogram* batch_size);
+  friend absl::Status WaitDurable(Ledger& ledger, int64_t seq, absl::Duration timeout);
   class Impl;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Impl> impl_;

@@ -502,7 +502,14 @@ TEST_P(LedgerTest, ReadDurableChangesStopsAtTheSyncedSeq) {
   ASSERT_TRUE(durable.ok()) << durable.status();
   ASSERT_THAT(*durable, SizeIs(1));
   EXPECT_EQ((*durable)[0].seq, 1);
+  EXPECT_TRUE(WaitDurable(*ledger, 1, absl::Seconds(30)).ok());
+  // Seq 2 is held: a short wait gives up, a long one returns once the sync is released.
+  EXPECT_EQ(WaitDurable(*ledger, 2, absl::Milliseconds(20)).code(), absl::StatusCode::kUnavailable);
+  absl::Status waited = absl::UnknownError("not run");
+  std::thread waiter([&] { waited = WaitDurable(*ledger, 2, absl::Seconds(30)); });
   faulty->sync_release.Notify();
+  waiter.join();
+  EXPECT_TRUE(waited.ok()) << waited;
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
   durable = ReadDurableChanges(*ledger, 0, 10);
   ASSERT_TRUE(durable.ok());
