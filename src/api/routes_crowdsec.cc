@@ -437,18 +437,19 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
       seq = AppendChanges(ctx, f, *cursor, -1, false, now, &out);
     } else {
       seq = AppendAllActive(ctx, f, now, &out);
+      // The cursor kept for this bouncer must be durable (a crash could reuse a later
+      // seq), and the lookback below reads only durable changes: wait for the scan's seq.
+      if (seq.ok()) {
+        if (absl::Status st = ledger::WaitDurable(*ctx.deps.ledger, *seq, absl::Seconds(10));
+            !st.ok()) {
+          seq = st;
+        }
+      }
       if (seq.ok() && !startup) {
         int64_t from =
             std::max<int64_t>({0, cs.boot_seq - kRestartLookback, *seq - kMaxChangesPerPull});
         auto s = AppendChanges(ctx, f, from, *seq, true, now, &out);
         if (!s.ok()) seq = s.status();
-      }
-    }
-    // The cursor kept for this bouncer must be durable: a crash could reuse a later seq.
-    if (seq.ok()) {
-      if (absl::Status st = ledger::WaitDurable(*ctx.deps.ledger, *seq, absl::Seconds(10));
-          !st.ok()) {
-        seq = st;
       }
     }
     if (!seq.ok()) return call.Fail(ApiError::FromStatus(seq.status()));

@@ -262,9 +262,7 @@ int Serve(const Flags& flags) {
           ? webhooks::OpenSqliteStateStore(absl::StrCat(config->data, "/webhooks.db"))
           : webhooks::OpenPostgresStateStore({.url = postgres_url});
   if (!webhook_state.ok()) return Failure(webhook_state.status());
-  if ((*ledger)->store().DefersSync()) {
-    webhook_options.durable_seq = [l = ledger->get()] { return l->last_seq(); };
-  }
+  webhook_options.ledger = ledger->get();
   auto webhook_dispatcher =
       webhooks::Dispatcher::Create(*std::move(webhook_state), &(*ledger)->store(), clock,
                                    webhook_options, config->metrics_enabled ? &metrics : nullptr);

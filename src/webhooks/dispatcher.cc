@@ -184,6 +184,11 @@ absl::Status Dispatcher::Refresh(bool reload) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> Dispatcher::LastSeq() {
+  if (options_.ledger != nullptr) return options_.ledger->last_seq();
+  return ledger_store_->LastSeq();
+}
+
 void Dispatcher::OnCommitted(const std::vector<ledger::Change>& changes) {
   {
     std::lock_guard lock(mu_);
@@ -251,7 +256,7 @@ void Dispatcher::Run() {
     }
     if (stopped) continue;
     if (depth_ != nullptr) {
-      auto last = ledger_store_->LastSeq();
+      auto last = LastSeq();
       if (last.ok()) {
         double depth = 0;
         std::lock_guard lock(mu_);
@@ -292,12 +297,9 @@ absl::Time Dispatcher::Step(const std::string& id) {
 
   if (pending_seq == 0) {
     // Find the next matching change after the cursor.
-    int page = options_.page;
-    if (options_.durable_seq) {
-      page = static_cast<int>(std::min<int64_t>(page, options_.durable_seq() - s.cursor));
-      if (page <= 0) return absl::InfiniteFuture();  // a durable commit wakes us
-    }
-    auto changes = ledger_store_->ReadChanges(s.cursor, page);
+    auto changes = options_.ledger != nullptr
+                       ? ledger::ReadDurableChanges(*options_.ledger, s.cursor, options_.page)
+                       : ledger_store_->ReadChanges(s.cursor, options_.page);
     if (!changes.ok()) {
       std::lock_guard lock(mu_);
       sub->last_error = std::string(SV(changes.status().message()));
@@ -437,7 +439,7 @@ absl::StatusOr<Subscription> Dispatcher::Subscribe(const NewSubscription& reques
     if (*request.from_seq < 0) return absl::InvalidArgumentError("from_seq must be >= 0");
     s.cursor = *request.from_seq;
   } else {
-    QUELL_ASSIGN_OR_RETURN(s.cursor, ledger_store_->LastSeq());
+    QUELL_ASSIGN_OR_RETURN(s.cursor, LastSeq());
   }
   std::lock_guard refresh(refresh_mu_);
   QUELL_RETURN_IF_ERROR(state_->CreateSubscription(s));

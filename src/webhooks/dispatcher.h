@@ -32,7 +32,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,9 +63,10 @@ struct DispatcherOptions {
   absl::Duration timeout = absl::Seconds(5);  // connect + request + status line
   absl::Duration poll = absl::Seconds(1);     // wake-up without commits
   int page = 100;                             // ledger changes read at once
-  // The highest seq known durable (Ledger::last_seq): changes past it are not sent yet.
-  // Empty: every committed change may be sent (a store whose commits are durable).
-  std::function<int64_t()> durable_seq;
+  // Borrowed, may be null. When set, changes are read through it up to its durable seq
+  // (ledger::ReadDurableChanges) and new subscriptions start there, so nothing a crash
+  // could undo is sent; null: straight from the store (tests).
+  ledger::Ledger* ledger = nullptr;
 };
 
 //! Reads QUELL_WEBHOOK_MAX_ATTEMPTS, QUELL_WEBHOOK_BACKOFF_INITIAL,
@@ -113,7 +113,7 @@ class Dispatcher final : public ledger::ChangeListener {
   //! Whether delivering (between Start and Stop).
   bool running() const;
 
-  //! Wakes the worker (commit thread; does not block).
+  //! Wakes the worker (a kDurable listener: the ledger's finisher thread; does not block).
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
   struct NewSubscription {
@@ -149,6 +149,8 @@ class Dispatcher final : public ledger::ChangeListener {
   // drops a subscription deleted meanwhile. Returns when to look at `sub` next.
   absl::Time Settled(Sub& sub, const absl::Status& recorded, int64_t pending_seq, absl::Time now,
                      bool dead_letter);
+  // The last change that may be sent: options_.ledger's durable seq, else the store's.
+  absl::StatusOr<int64_t> LastSeq();
 
   std::unique_ptr<StateStore> state_;
   ledger::Store* ledger_store_;
