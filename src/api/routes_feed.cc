@@ -149,7 +149,8 @@ class SnapshotStream {
         return line_done();
       });
     }
-    if (result.ok() && !durable.ok()) result = durable;  // an empty scan never checked it
+    // With no entries, no line_done returned the header's error: report it here.
+    if (result.ok() && !durable.ok()) result = durable;
     if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
       buf += ErrorJson(ApiError::FromStatus(result.status()));
       buf += '\n';

@@ -599,7 +599,7 @@ class GrpcServer::Impl final
     return absl::OkStatus();
   }
 
-  // Blocks until a change after `after` commits, `until`, a cancel or shutdown. The store
+  // Blocks until a change after `after` is durable, `until`, a cancel or shutdown. The store
   // is read again afterwards in every case, so a missed wake-up costs at most `until`.
   void WaitForCommit(::grpc::ServerContext& ctx, int64_t after, absl::Time until) {
     notifier_.WaitPast(after, until, [&] { return ctx.IsCancelled() || stopping_.load(); });

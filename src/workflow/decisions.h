@@ -9,7 +9,7 @@
 //      or, when the same action is already live on the entity, extended (the later
 //      expiry wins) — shadow policies record `shadow` mitigations, delayed ones
 //      `scheduled` mitigations that the expiry scheduler activates;
-//   3. with safeguards (the overload taking a SafeguardContext), each non-shadow proposal
+//   3. with safeguards (a non-empty SafeguardContext), each non-shadow proposal
 //      is screened first (protected entities, immunity, breakers; see safeguards.h): a
 //      held one becomes pending_approval, its reason saying why;
 //   4. the detection and its reply are stored, for idempotency, timelines and backtests.

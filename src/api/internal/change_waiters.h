@@ -1,5 +1,6 @@
 // Long-poll support for the change feed: requests waiting for a change after some seq.
-// It listens to the ledger; when a commit moves the last seq past a waiter's, or the
+// It listens to the ledger (kDurable); when a durable commit moves the last seq past a
+// waiter's, or the
 // waiter's deadline passes, the waiter's callback runs (once) on this object's thread.
 //
 // Thread-safety: thread-safe. Callbacks must not block (they post work elsewhere).

@@ -1,6 +1,6 @@
-// Wakes threads waiting for the ledger to commit past a seq (Watch streams, which hold a
-// thread each). A ledger listener: OnCommitted publishes the last seq and wakes every
-// waiter, who re-check their own condition.
+// Wakes threads waiting for the ledger's durable seq to pass a seq (Watch streams, which
+// hold a thread each). A kDurable ledger listener: OnCommitted publishes the last seq and wakes
+// every waiter, who re-check their own condition.
 //
 // Thread-safety: thread-safe.
 #ifndef QUELL_GRPC_INTERNAL_SEQ_NOTIFIER_H_
@@ -23,7 +23,7 @@ class SeqNotifier final : public ledger::ChangeListener {
 
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
-  //! Blocks until a change with seq > `after` is committed (true), or `until` passes,
+  //! Blocks until a change with seq > `after` is durable (true), or `until` passes,
   //! or `stop()` turns true (false). `stop` is polled every `slice`: it is for cancels
   //! and shutdown, which do not notify.
   bool WaitPast(int64_t after, absl::Time until, const std::function<bool()>& stop,
