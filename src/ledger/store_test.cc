@@ -1006,6 +1006,19 @@ TEST_P(StoreTest, PutNewDetectionsWritesOnlyNewKeysAndSaysWhich) {
       EXPECT_EQ((*stored)[i], i != 3 && i != 40) << i;
       EXPECT_EQ((*undone)[i], (*stored)[i]) << i;
     }
+    // Two batches under one savepoint (a decision mutation's quiet rows, then the
+    // others): one rollback undoes both.
+    ASSERT_OK(V(txn->Savepoint()));
+    StoredDetection quiet = MakeDetection("bot-model", "later-quiet", kT0, kT0);
+    StoredDetection decided = MakeDetection("bot-model", "later-decided", kT0, kT0);
+    ASSERT_OK(txn->PutNewDetections({quiet}));
+    ASSERT_OK(V(txn->PutDetections({decided})));
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    for (const StoredDetection& d : {quiet, decided}) {
+      auto gone = txn->GetDetection(d.source, d.id);
+      ASSERT_OK(gone);
+      EXPECT_FALSE(gone->has_value()) << d.id;
+    }
     std::vector<StoredDetection> bad = {MakeDetection("bot-model", "", kT0, kT0)};
     EXPECT_EQ(txn->PutNewDetections(bad).status().code(), absl::StatusCode::kInvalidArgument);
     auto none = txn->PutNewDetections({});

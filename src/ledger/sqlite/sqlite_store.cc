@@ -1257,6 +1257,11 @@ absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
 
 absl::Status SqliteTxn::MarkDetectionsUndo() {
   if (savepoints_.empty()) return absl::OkStatus();
+  // One record per savepoint is enough: undoing the first deletes every row after it,
+  // those of later batches too (a decision mutation writes quiet rows, then the others).
+  for (size_t i = savepoints_.back().undo; i < undo_.size(); ++i) {
+    if (undo_[i].kind == Undo::Kind::kDetectionsAfter) return absl::OkStatus();
+  }
   QUELL_ASSIGN_OR_RETURN(Stmt * s, db_->Prepare("SELECT COALESCE(MAX(rowid), 0) FROM detections"));
   StmtUse use(s);
   QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
