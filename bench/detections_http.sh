@@ -87,10 +87,12 @@ for round in $(seq "$ROUNDS"); do
     python3 "$here/perf_classify.py" "$BENCH_TMP/perf.script" | tee "$BENCH_TMP/perf.txt"
   fi
   read -r accepted rate ok other p50 p99 sockerr < <(awk '/^DETECTIONS/{print $2, $3, $4, $5, $6, $7, $8}' <<<"$out")
+  # Memory at the end: anonymous (heap: caches, queues) apart from the mapped file pages.
+  mem=$(awk '/^(VmHWM|RssAnon|RssFile):/{printf "%s %d MiB  ", $1, $2/1024}' "/proc/$QUELL_PID/status" 2>/dev/null || echo "?")
   stop_quell
   stored=$(sqlite3 "$data/quell.db" 'SELECT count(*) FROM detections' 2>/dev/null || echo "?")
   mitigations=$(sqlite3 "$data/quell.db" 'SELECT count(*) FROM mitigations' 2>/dev/null || echo "?")
-  printf 'round %d  policy set v%s, journal %s, synchronous=FULL: %s detections accepted in %s = %s/s (batches of %s, %s connections); 200 replies %s, other %s; socket errors %s; latency per batch p50 %s us p99 %s us; detections stored %s; mitigations %s\n' \
-    "$round" "$version" "$sync_mode" "$accepted" "$DURATION" "$rate" "$BATCH" "$CONNECTIONS" "$ok" "$other" "$sockerr" "$p50" "$p99" "$stored" "$mitigations"
+  printf 'round %d  policy set v%s, journal %s, synchronous=FULL: %s detections accepted in %s = %s/s (batches of %s, %s connections); 200 replies %s, other %s; socket errors %s; latency per batch p50 %s us p99 %s us; detections stored %s; mitigations %s; server memory %s\n' \
+    "$round" "$version" "$sync_mode" "$accepted" "$DURATION" "$rate" "$BATCH" "$CONNECTIONS" "$ok" "$other" "$sockerr" "$p50" "$p99" "$stored" "$mitigations" "$mem"
 done
 echo "(bar: >= 100000 durable detections/s)"

@@ -374,6 +374,69 @@ TEST_P(StoreTest, EntityMitigationsAreTheLiveOnesAndThoseCreatedSince) {
   ASSERT_OK(V(txn2->Commit()));
 }
 
+// An entity read in one transaction and written in a later one that rolls back (whole,
+// to a savepoint, or, on SQLite, one failed append) reads as committed; so does one that another
+// writer changed since. (The SQLite store keeps entities it read in memory across
+// transactions: these are the ways that memory could lie.)
+TEST_P(StoreTest, EntityMitigationsFollowRollbacksAndOtherWriters) {
+  using S = core::MitigationState;
+  const core::Entity u1 = E("user:u1");
+  core::Mitigation m = MakeMitigation(1, "user:u1", "block");
+  Put(&m);
+  auto read = [&](Txn& t) -> std::vector<core::Mitigation> {
+    auto got = t.EntityMitigations(u1, kT0);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.ok() ? *got : std::vector<core::Mitigation>{};
+  };
+  {  // rolled back whole
+    auto txn = Begin();
+    EXPECT_THAT(read(*txn), ElementsAre(m));
+    core::Mitigation extended = m;
+    extended.expires_at += absl::Hours(5);
+    ASSERT_OK(AppendMitigation(*txn, &extended));
+    EXPECT_THAT(read(*txn), ElementsAre(extended));
+    txn->Rollback();
+  }
+  {  // to a savepoint; then one append that fails (a mitigation keeps its entity)
+    auto txn = Begin();
+    EXPECT_THAT(read(*txn), ElementsAre(m));
+    ASSERT_OK(V(txn->Savepoint()));
+    core::Mitigation added = MakeMitigation(2, "user:u1", "flag");
+    ASSERT_OK(AppendMitigation(*txn, &added));
+    EXPECT_THAT(read(*txn), SizeIs(2));
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    EXPECT_THAT(read(*txn), ElementsAre(m));
+    if (GetParam().name == "sqlite") {  // PostgreSQL defers its writes; SQLite refuses here
+      core::Mitigation moved = m;
+      moved.entity = E("user:u2");
+      moved.state = S::kRevoked;
+      EXPECT_FALSE(AppendMitigation(*txn, &moved).ok());
+      EXPECT_THAT(read(*txn), ElementsAre(m));
+    }
+    ASSERT_OK(V(txn->Commit()));
+  }
+  {
+    auto txn = Begin();
+    EXPECT_THAT(read(*txn), ElementsAre(m));
+  }
+  // Another writer on the same data (a CLI process) revokes it.
+  auto other = backend_->Open();
+  ASSERT_OK(other);
+  core::Mitigation revoked = m;
+  revoked.state = S::kRevoked;
+  {
+    auto txn = (*other)->Begin(kT0);
+    ASSERT_OK(txn);
+    ASSERT_OK(AppendMitigation(**txn, &revoked));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  auto txn = Begin();
+  EXPECT_THAT(read(*txn), ElementsAre(revoked));
+  auto live = txn->EntityMitigations(u1, absl::InfiniteFuture());
+  ASSERT_OK(live);
+  EXPECT_THAT(*live, IsEmpty());
+}
+
 TEST_P(StoreTest, ReadChangesOfKindPagesThroughOneKindInSeqOrder) {
   auto txn = Begin();
   std::vector<int64_t> notes;

@@ -22,6 +22,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "ledger/sqlite/internal/db.h"
+#include "ledger/sqlite/internal/entity_cache.h"
 #include "ledger/sqlite/internal/schema.h"
 #include "rapidjson/document.h"
 
@@ -30,6 +31,7 @@ namespace {
 
 using sqlite_internal::Db;
 using sqlite_internal::DbOptions;
+using sqlite_internal::EntityCache;
 using sqlite_internal::Stmt;
 using sqlite_internal::StmtUse;
 
@@ -686,8 +688,14 @@ class SqliteStore;
 // Txn is poisoned: it refuses to commit (the batch fails, nothing is written).
 class SqliteTxn final : public Txn {
  public:
-  SqliteTxn(SqliteStore* store, Db* db, absl::Time now, int64_t head_seq, std::string head_hash)
-      : store_(store), db_(db), now_(now), head_seq_(head_seq), head_hash_(std::move(head_hash)) {}
+  SqliteTxn(SqliteStore* store, Db* db, EntityCache* cache, absl::Time now, int64_t head_seq,
+            std::string head_hash)
+      : store_(store),
+        db_(db),
+        cache_(cache),
+        now_(now),
+        head_seq_(head_seq),
+        head_hash_(std::move(head_hash)) {}
   ~SqliteTxn() override { Rollback(); }
 
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
@@ -723,10 +731,7 @@ class SqliteTxn final : public Txn {
     return QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow);
   }
   absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
-                                                                  absl::Time since) override {
-    QUELL_RETURN_IF_ERROR(CheckOpen());
-    return QueryEntityMitigations(*db_, entity, since);
-  }
+                                                                  absl::Time since) override;
   absl::StatusOr<int64_t> NextPolicyVersion() override {
     QUELL_RETURN_IF_ERROR(CheckOpen());
     return QueryNextPolicyVersion(*db_);
@@ -827,10 +832,17 @@ class SqliteTxn final : public Txn {
   void TrimUndo() {
     if (savepoints_.empty()) undo_.clear();
   }
+  // The entity cache forgets every entity this Txn wrote: its writes are being undone.
+  void ForgetWritten() {
+    for (const std::string& e : written_) cache_->Erase(e);
+    written_.clear();
+  }
   void Finish();
 
   SqliteStore* store_;
   Db* db_;
+  EntityCache* cache_;                // the store's, for the write connection
+  std::vector<std::string> written_;  // entities whose mitigations this Txn wrote
   const absl::Time now_;
   int64_t head_seq_;
   std::string head_hash_;
@@ -926,6 +938,8 @@ class SqliteStore final : public Store {
     return writer_->QueryText(absl::StrCat("PRAGMA ", AV(name)));
   }
   void TxnFinished() { txn_open_.store(false); }
+  // The open Txn committed up to `head_seq`: the entity cache is the store as of then.
+  void Committed(int64_t head_seq) { cache_head_seq_ = head_seq; }
   int64_t CheckpointRuns() const { return checkpointer_ ? checkpointer_->runs() : 0; }
   int64_t WalSyncs() const { return wal_syncer_ ? wal_syncer_->syncs() : 0; }
 
@@ -937,10 +951,11 @@ class SqliteStore final : public Store {
 
  private:
   SqliteStore(std::string file, DbOptions opts, int pool_size, std::unique_ptr<Db> writer,
-              int checkpoint_pages, std::unique_ptr<WalSyncer> wal_syncer)
+              int checkpoint_pages, std::unique_ptr<WalSyncer> wal_syncer, size_t entity_cache)
       : file_(std::move(file)),
         opts_(opts),
         writer_(std::move(writer)),
+        entity_cache_(entity_cache),
         pool_(file_, opts, pool_size),
         wal_syncer_(std::move(wal_syncer)) {
     if (checkpoint_pages > 0) {
@@ -960,6 +975,10 @@ class SqliteStore final : public Store {
   const DbOptions opts_;
   std::unique_ptr<Db> writer_;  // used only by the open Txn (and Open)
   std::atomic<bool> txn_open_{false};
+  // The write connection's entity cache, used only by the open Txn, and the chain head it
+  // is true of: a Begin that finds another head (another process appended) clears it.
+  EntityCache entity_cache_;
+  int64_t cache_head_seq_ = -1;
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
@@ -1122,6 +1141,7 @@ absl::Status SqliteTxn::ApplyUndo(const Undo& u) {
 }
 
 absl::Status SqliteTxn::UndoTo(size_t mark) {
+  ForgetWritten();
   while (undo_.size() > mark) {
     absl::Status st = ApplyUndo(undo_.back());
     undo_.pop_back();
@@ -1401,7 +1421,11 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   const size_t mark = undo_.size();
   undo_.push_back({.kind = Undo::Kind::kMitigationWritten, .n = seq, .a = m.id, .b = entity});
   Seal(change);
+  written_.push_back(entity);
   QUELL_RETURN_IF_ERROR(EndAppend(InsertChangeRow(change), mark, change));
+  core::Mitigation stored = m;
+  stored.seq = seq;
+  cache_->Written(stored);
   return std::optional<Change>(std::move(change));
 }
 
@@ -1456,6 +1480,7 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   undo_.push_back({.kind = Undo::Kind::kChange, .n = seq});
   absl::Status view = absl::OkStatus();
   if (mitigation != nullptr) {
+    written_.push_back(mitigation->entity.str());
     view = UpsertMitigationRow(*mitigation, seq);
     if (view.ok()) {
       undo_.push_back({.kind = Undo::Kind::kMitigationWritten,
@@ -1479,7 +1504,25 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
     if (view.ok()) undo_.push_back({.kind = Undo::Kind::kPolicySet, .n = policy_set->version});
   }
   QUELL_RETURN_IF_ERROR(EndAppend(std::move(view), mark, change));
+  if (mitigation != nullptr) cache_->Written(*mitigation);
   return change;
+}
+
+absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
+    const core::Entity& entity, absl::Time since) {
+  QUELL_RETURN_IF_ERROR(CheckOpen());
+  if (const std::vector<core::Mitigation>* cached = cache_->Find(entity.str(), since)) {
+    std::vector<core::Mitigation> out;
+    out.reserve(cached->size());
+    for (const core::Mitigation& m : *cached) {
+      if (m.created_at >= since || core::IsLive(m.state)) out.push_back(m);
+    }
+    return out;
+  }
+  QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> read,
+                         QueryEntityMitigations(*db_, entity, since));
+  cache_->Put(entity.str(), since, read);
+  return read;
 }
 
 absl::Status SqliteTxn::Savepoint() {
@@ -1524,12 +1567,14 @@ absl::Status SqliteTxn::CommitVisible() {
     Rollback();
     return st;
   }
+  store_->Committed(head_seq_);
   Finish();
   return absl::OkStatus();
 }
 
 void SqliteTxn::Rollback() {
   if (done_) return;
+  ForgetWritten();
   // If ROLLBACK itself fails the connection may still be inside a transaction; the next
   // Begin notices (sqlite3_get_autocommit) and retries before starting a new one.
   if (sqlite3_get_autocommit(db_->raw()) == 0) (void)db_->Exec("ROLLBACK");
@@ -1574,7 +1619,7 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   }
   return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(file), opts, options.read_pool_size,
                                                       std::move(writer), options.checkpoint_pages,
-                                                      std::move(wal_syncer)));
+                                                      std::move(wal_syncer), options.entity_cache));
 }
 
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
@@ -1611,10 +1656,14 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
       (void)writer_->Exec("ROLLBACK");  // `st` is the error that matters
       return st;
     }
+    if (head_seq != cache_head_seq_) {
+      entity_cache_.Clear();
+      cache_head_seq_ = head_seq;
+    }
     // Stored times have microsecond precision; truncate so returned changes equal read ones.
     absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
     return std::unique_ptr<Txn>(
-        new SqliteTxn(this, writer_.get(), at, head_seq, std::move(head_hash)));
+        new SqliteTxn(this, writer_.get(), &entity_cache_, at, head_seq, std::move(head_hash)));
   };
   auto txn = start();
   if (!txn.ok()) txn_open_.store(false);

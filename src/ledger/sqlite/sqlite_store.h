@@ -17,6 +17,8 @@
 #ifndef QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
 #define QUELL_LEDGER_SQLITE_SQLITE_STORE_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -48,6 +50,10 @@ struct SqliteOptions {
   // the kernel's page cache, shared and reclaimable): a long-running server gains from the
   // map, a bulk writer that must keep a small footprint (quell import) sets it low.
   int64_t mmap_bytes = int64_t{256} << 20;
+  // Entities whose mitigations the write connection keeps in memory (see
+  // internal/entity_cache.h): a decision on one of them reads no rows. About 1 KiB per
+  // cached mitigation; 0 keeps none.
+  size_t entity_cache = 262144;
 };
 
 // The database file's name inside the data directory.

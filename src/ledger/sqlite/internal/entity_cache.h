@@ -1,0 +1,81 @@
+// What the SQLite store's write connection remembers of entities' mitigations, so that a
+// decision on an entity seen recently reads no rows. Reading an entity's mitigations
+// walks the changes' (entity, seq) index, fetches each change row and seeks each
+// mitigation row (a quarter of the commit thread under detections, more as the file
+// outgrows memory); a hit is a hash lookup and a copy.
+//
+// An entry holds, for one entity, every mitigation that is live or was created at or
+// after the entry's `since` (it may hold more: readers filter), as committed and as
+// written by the open Txn, in the order the store returns them (by latest change).
+// The Txn keeps entries true: a mitigation it writes replaces its copy (Written), and
+// when it undoes writes or rolls back it erases the entities it wrote (Erase). Changes
+// appended by another process make the store Clear it.
+//
+// Bounded: at most `capacity` entities, in two generations of capacity/2. A hit in the
+// old generation moves the entry to the new one; when the new one is full, the old one
+// is dropped and the new one becomes old. That keeps the recently used half at least,
+// at a hash lookup per access and no per-entry list. An entity with more than
+// kMaxMitigations mitigations in view is not kept (it would pin its memory).
+//
+// Thread-safety: none. It belongs to the store's write connection, used by the one open
+// Txn at a time.
+#ifndef QUELL_LEDGER_SQLITE_INTERNAL_ENTITY_CACHE_H_
+#define QUELL_LEDGER_SQLITE_INTERNAL_ENTITY_CACHE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "core/mitigation.h"
+
+namespace quell::ledger::sqlite_internal {
+
+class EntityCache {
+ public:
+  static constexpr size_t kMaxMitigations = 32;
+
+  // capacity 0: keeps nothing.
+  explicit EntityCache(size_t capacity) : half_(capacity / 2) {}
+
+  // The entity's entry if it covers `since` (its own since is not later), else null.
+  // Valid until the next call on this cache.
+  const std::vector<core::Mitigation>* Find(std::string_view entity, absl::Time since);
+  // Remembers what a read of the entity's mitigations live or created since `since`
+  // returned, replacing any entry.
+  void Put(std::string_view entity, absl::Time since, const std::vector<core::Mitigation>& read);
+  // `m` was written: its copy in its entity's entry (if any) is replaced and moves to
+  // the end, or it is added.
+  void Written(const core::Mitigation& m);
+  void Erase(std::string_view entity);
+  void Clear();
+
+  size_t size() const { return young_.size() + old_.size(); }
+  int64_t hits() const { return hits_; }
+  int64_t misses() const { return misses_; }
+
+ private:
+  struct Entry {
+    absl::Time since;
+    std::vector<core::Mitigation> mitigations;
+  };
+  using Map = absl::flat_hash_map<std::string, Entry>;
+
+  // The entry of `entity` in the young generation (moved there from the old one), or null.
+  Entry* Lookup(std::string_view entity);
+  // Makes room for one more young entry.
+  void Reserve();
+
+  const size_t half_;
+  Map young_;
+  Map old_;
+  int64_t hits_ = 0;
+  int64_t misses_ = 0;
+};
+
+}  // namespace quell::ledger::sqlite_internal
+
+#endif  // QUELL_LEDGER_SQLITE_INTERNAL_ENTITY_CACHE_H_
