@@ -419,15 +419,18 @@ TEST_P(StoreTest, EntityMitigationsFollowRollbacksAndOtherWriters) {
     auto txn = Begin();
     EXPECT_THAT(read(*txn), ElementsAre(m));
   }
-  // Another writer on the same data (a CLI process) revokes it.
+  // Another writer on the same data (a CLI process) revokes it, and mitigates an entity
+  // this store has never seen written.
   auto other = backend_->Open();
   ASSERT_OK(other);
   core::Mitigation revoked = m;
   revoked.state = S::kRevoked;
+  core::Mitigation stranger = MakeMitigation(3, "user:u9", "block");
   {
     auto txn = (*other)->Begin(kT0);
     ASSERT_OK(txn);
     ASSERT_OK(AppendMitigation(**txn, &revoked));
+    ASSERT_OK(AppendMitigation(**txn, &stranger));
     ASSERT_OK(V((*txn)->Commit()));
   }
   auto txn = Begin();
@@ -435,6 +438,15 @@ TEST_P(StoreTest, EntityMitigationsFollowRollbacksAndOtherWriters) {
   auto live = txn->EntityMitigations(u1, absl::InfiniteFuture());
   ASSERT_OK(live);
   EXPECT_THAT(*live, IsEmpty());
+  auto found = txn->EntityMitigations(E("user:u9"), kT0);
+  ASSERT_OK(found);
+  EXPECT_THAT(*found, ElementsAre(stranger));
+  auto found_live = txn->FindLive(E("user:u9"), "block");
+  ASSERT_OK(found_live);
+  EXPECT_THAT(*found_live, ElementsAre(stranger));
+  auto counted = txn->CountMitigations(E("user:u9"), "", "", kT0, false);
+  ASSERT_OK(counted);
+  EXPECT_EQ(*counted, 1);
 }
 
 TEST_P(StoreTest, ReadChangesOfKindPagesThroughOneKindInSeqOrder) {

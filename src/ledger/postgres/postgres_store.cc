@@ -9,11 +9,11 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "ledger/internal/known_entities.h"
 #include "pg/conn.h"
 #include "rapidjson/document.h"
 
@@ -489,48 +489,6 @@ class ReadPool {
   absl::CondVar returned_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-// The entities that have (or had) a mitigation, as hashes of their text, complete up to
-// the chain head seq(): a Txn answers FindLive and CountMitigations for every other
-// entity (a new one: most creates) without a round trip. Mitigation rows are never
-// deleted, so the set only grows; a hash collision or a write that was rolled back only
-// costs a query. Loaded on the writer connection outside the chain head lock (one
-// consistent read of the mitigations table), then caught up at every Begin, under the
-// lock, from the kMitigation changes after seq() (a change's entity is its mitigation's:
-// Append enforces it). Not loaded (or disabled past kMaxEntities): every entity may have
-// mitigations. Confined to the commit thread (whoever holds the Store's one Txn).
-class KnownEntities {
- public:
-  static constexpr size_t kMaxEntities = 4000000;  // ~16 B each; past it: disabled
-  static constexpr int64_t kMaxCatchUp = 100000;   // more at one Begin: reload instead
-
-  bool loaded() const { return seq_ >= 0; }
-  bool disabled() const { return disabled_; }
-  int64_t seq() const { return seq_; }
-  void set_seq(int64_t seq) { seq_ = seq; }
-  void Reset() {
-    hashes_ = absl::flat_hash_set<uint64_t>();
-    seq_ = -1;
-  }
-  void Add(std::string_view entity) {
-    if (disabled_) return;
-    hashes_.insert(Hash(entity));
-    if (hashes_.size() > kMaxEntities) {
-      disabled_ = true;
-      Reset();
-    }
-  }
-  //! False only if `entity` certainly has no mitigation (as of seq() and this Txn's writes).
-  bool MayHave(std::string_view entity) const {
-    return !loaded() || hashes_.contains(Hash(entity));
-  }
-
- private:
-  static uint64_t Hash(std::string_view entity) { return std::hash<std::string_view>()(entity); }
-  absl::flat_hash_set<uint64_t> hashes_;
-  int64_t seq_ = -1;  // -1: not loaded
-  bool disabled_ = false;
 };
 
 // The rows every Append writes. Deferred, and sent merged: the rows of a group commit

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "ledger/internal/known_entities.h"
 #include "ledger/sqlite/internal/db.h"
 #include "ledger/sqlite/internal/entity_cache.h"
 #include "ledger/sqlite/internal/schema.h"
@@ -688,10 +689,11 @@ class SqliteStore;
 // Txn is poisoned: it refuses to commit (the batch fails, nothing is written).
 class SqliteTxn final : public Txn {
  public:
-  SqliteTxn(SqliteStore* store, Db* db, EntityCache* cache, absl::Time now, int64_t head_seq,
-            std::string head_hash)
+  SqliteTxn(SqliteStore* store, Db* db, KnownEntities* known, EntityCache* cache, absl::Time now,
+            int64_t head_seq, std::string head_hash)
       : store_(store),
         db_(db),
+        known_(known),
         cache_(cache),
         now_(now),
         head_seq_(head_seq),
@@ -705,6 +707,7 @@ class SqliteTxn final : public Txn {
   absl::StatusOr<std::vector<core::Mitigation>> FindLive(const core::Entity& entity,
                                                          std::string_view action) override {
     QUELL_RETURN_IF_ERROR(CheckOpen());
+    if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
     return QueryLive(*db_, entity, action);
   }
   absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
@@ -728,6 +731,7 @@ class SqliteTxn final : public Txn {
                                            std::string_view action, absl::Time since,
                                            bool exclude_shadow) override {
     QUELL_RETURN_IF_ERROR(CheckOpen());
+    if (!known_->MayHave(entity.str())) return int64_t{0};
     return QueryCountMitigations(*db_, entity, policy, action, since, exclude_shadow);
   }
   absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
@@ -841,6 +845,7 @@ class SqliteTxn final : public Txn {
 
   SqliteStore* store_;
   Db* db_;
+  KnownEntities* known_;              // the store's, for the write connection
   EntityCache* cache_;                // the store's, for the write connection
   std::vector<std::string> written_;  // entities whose mitigations this Txn wrote
   const absl::Time now_;
@@ -938,8 +943,12 @@ class SqliteStore final : public Store {
     return writer_->QueryText(absl::StrCat("PRAGMA ", AV(name)));
   }
   void TxnFinished() { txn_open_.store(false); }
-  // The open Txn committed up to `head_seq`: the entity cache is the store as of then.
-  void Committed(int64_t head_seq) { cache_head_seq_ = head_seq; }
+  // The open Txn committed up to `head_seq`: the entity cache and the known entities are
+  // the store as of then.
+  void Committed(int64_t head_seq) {
+    cache_head_seq_ = head_seq;
+    if (known_.loaded()) known_.set_seq(head_seq);
+  }
   int64_t CheckpointRuns() const { return checkpointer_ ? checkpointer_->runs() : 0; }
   int64_t WalSyncs() const { return wal_syncer_ ? wal_syncer_->syncs() : 0; }
 
@@ -964,6 +973,10 @@ class SqliteStore final : public Store {
     }
   }
 
+  // Brings known_ to `head_seq` inside the open write transaction (a consistent read):
+  // loads it the first time, then reads the entities of kMitigation changes appended
+  // since by another process. On error it is reset (every entity may have some).
+  void UpdateKnown(int64_t head_seq);
   // Runs `f(db)` inside one read transaction on a pooled connection.
   template <typename F>
   auto WithRead(F&& f) -> decltype(f(std::declval<Db&>()));
@@ -979,6 +992,7 @@ class SqliteStore final : public Store {
   // is true of: a Begin that finds another head (another process appended) clears it.
   EntityCache entity_cache_;
   int64_t cache_head_seq_ = -1;
+  KnownEntities known_;  // used only by Begin and the open Txn
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
@@ -1479,7 +1493,11 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   if (!st.ok()) return st;
   undo_.push_back({.kind = Undo::Kind::kChange, .n = seq});
   absl::Status view = absl::OkStatus();
+  // A first mitigation of an entity is all it has: the cache can hold it as complete.
+  bool first_of_entity = false;
   if (mitigation != nullptr) {
+    first_of_entity = known_->loaded() && !known_->MayHave(mitigation->entity.str());
+    known_->Add(mitigation->entity.str());  // before it can be read back
     written_.push_back(mitigation->entity.str());
     view = UpsertMitigationRow(*mitigation, seq);
     if (view.ok()) {
@@ -1504,13 +1522,18 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
     if (view.ok()) undo_.push_back({.kind = Undo::Kind::kPolicySet, .n = policy_set->version});
   }
   QUELL_RETURN_IF_ERROR(EndAppend(std::move(view), mark, change));
-  if (mitigation != nullptr) cache_->Written(*mitigation);
+  if (first_of_entity) {
+    cache_->Put(mitigation->entity.str(), absl::InfinitePast(), {*mitigation});
+  } else if (mitigation != nullptr) {
+    cache_->Written(*mitigation);
+  }
   return change;
 }
 
 absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
     const core::Entity& entity, absl::Time since) {
   QUELL_RETURN_IF_ERROR(CheckOpen());
+  if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
   if (const std::vector<core::Mitigation>* cached = cache_->Find(entity.str(), since)) {
     std::vector<core::Mitigation> out;
     out.reserve(cached->size());
@@ -1567,7 +1590,7 @@ absl::Status SqliteTxn::CommitVisible() {
     Rollback();
     return st;
   }
-  store_->Committed(head_seq_);
+  store_->Committed(head_seq_);  // this Txn's own entities were added by Append
   Finish();
   return absl::OkStatus();
 }
@@ -1622,6 +1645,32 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
                                                       std::move(wal_syncer), options.entity_cache));
 }
 
+void SqliteStore::UpdateKnown(int64_t head_seq) {
+  if (known_.disabled() || (known_.loaded() && known_.seq() == head_seq)) return;
+  if (known_.loaded() &&
+      (head_seq < known_.seq() || head_seq - known_.seq() > KnownEntities::kMaxCatchUp)) {
+    known_.Reset();  // another file, or far behind: reload
+  }
+  const bool catch_up = known_.loaded();
+  absl::Status st = [&]() -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s,
+        writer_->Prepare(catch_up ? "SELECT entity FROM changes WHERE seq > ?1 AND kind = 1"
+                                  : "SELECT entity FROM mitigations"));
+    StmtUse use(s);
+    if (catch_up) use->BindInt(1, known_.seq());
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      known_.Add(use->ColumnText(0));
+      if (known_.disabled()) return absl::OkStatus();
+    }
+    known_.set_seq(head_seq);
+    return absl::OkStatus();
+  }();
+  if (!st.ok()) known_.Reset();
+}
+
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
   if (wal_syncer_) QUELL_RETURN_IF_ERROR(wal_syncer_->failed());
   if (txn_open_.exchange(true)) {
@@ -1660,10 +1709,11 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
       entity_cache_.Clear();
       cache_head_seq_ = head_seq;
     }
+    UpdateKnown(head_seq);
     // Stored times have microsecond precision; truncate so returned changes equal read ones.
     absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
-    return std::unique_ptr<Txn>(
-        new SqliteTxn(this, writer_.get(), &entity_cache_, at, head_seq, std::move(head_hash)));
+    return std::unique_ptr<Txn>(new SqliteTxn(this, writer_.get(), &known_, &entity_cache_, at,
+                                              head_seq, std::move(head_hash)));
   };
   auto txn = start();
   if (!txn.ok()) txn_open_.store(false);
