@@ -65,8 +65,11 @@ struct Config {
   std::string listen = "127.0.0.1:8080";
   std::string grpc_listen;  // grpc_listen: HOST:PORT of the gRPC server; "" = none
   std::string data = "./var";
-  int threads = 0;                  // HTTP event loops; 0 = one per core
-  bool synchronous_full = true;     // store.synchronous: full | normal
+  int threads = 0;               // HTTP event loops; 0 = one per core
+  bool synchronous_full = true;  // store.synchronous: full | normal
+  // store.entity_cache: entities whose mitigations the embedded store's writer keeps in
+  // memory (ledger::SqliteOptions::entity_cache).
+  size_t entity_cache = 262144;
   size_t max_body_bytes = 8 << 20;  // http.max_body_bytes
   bool access_log = true;           // http.access_log: one JSON line per request
   absl::Duration read_timeout = absl::Seconds(10);
