@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
@@ -13,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ledger/internal/test_backends.h"
+#include "ledger/sqlite/internal/wal_vfs.h"
 #include "ledger/sqlite/sqlite_store.h"
 
 namespace quell::ledger {
@@ -1463,6 +1465,78 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
 
 // The WAL is copied into the database file by the background checkpointer: the writer
 // alone (below its backstop) never would. Seen from a copy of the file without its WAL.
+// A commit's WAL frames go out in large writes (sqlite/internal/wal_vfs.h) before the
+// commit publishes them: another connection reads a commit larger than the buffer (one
+// that spills, so SQLite rewrites frame headers) at once, and a copy of the files taken
+// as a crash would leave them recovers every commit from the WAL alone.
+TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
+  testing::SqliteTestBackend backend;
+  // No checkpoint at all: the commits stay in the WAL.
+  auto store = OpenSqliteStore({.path = backend.dir().string(), .checkpoint_pages = 1 << 30});
+  ASSERT_OK(store);
+  const int64_t flushes = sqlite_internal::WalCommitFlushesForTest();
+  std::vector<StoredDetection> rows;
+  for (int i = 0; i < 5000; ++i) {  // ~10 MiB of pages: past the buffer and the page cache
+    rows.push_back(MakeDetection("bot-model", absl::StrCat("big-", i), kT0, kT0));
+    rows.back().json = std::string(2000, static_cast<char>('a' + i % 26));
+  }
+  {
+    auto txn = (*store)->Begin(kT0);
+    ASSERT_OK(txn);
+    ASSERT_OK(V((*txn)->PutDetections(rows)));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  EXPECT_EQ(sqlite_internal::WalCommitFlushesForTest() - flushes, 1);
+  // The files as a crash would leave them now (the store still open), recovered by a
+  // plain SQLite: WAL recovery checks every frame's checksum chain up to the last commit.
+  auto recovered = [&](const std::string& name) -> std::tuple<int64_t, int64_t, int64_t> {
+    const std::filesystem::path copy = backend.dir() / name;
+    std::filesystem::create_directories(copy);
+    for (const char* suffix : {"", "-wal"}) {
+      const std::string file = std::string(kSqliteFileName) + suffix;
+      std::filesystem::copy_file(backend.dir() / file, copy / file);
+    }
+    sqlite3* raw = nullptr;
+    sqlite3_stmt* st = nullptr;
+    std::tuple<int64_t, int64_t, int64_t> got{-1, -1, -1};
+    const std::string file = (copy / std::string(kSqliteFileName)).string();
+    if (sqlite3_open_v2(file.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK &&
+        sqlite3_prepare_v2(raw,
+                           "SELECT (SELECT count(*) FROM detections WHERE id LIKE 'big-%'), "
+                           "(SELECT sum(length(json)) FROM detections WHERE id LIKE 'big-%'), "
+                           "(SELECT count(*) FROM mitigations)",
+                           -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      got = {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2)};
+    }
+    sqlite3_finalize(st);
+    sqlite3_close_v2(raw);
+    return got;
+  };
+  EXPECT_EQ(recovered("after-first"), std::make_tuple(5000, 5000 * 2000, 0));
+  for (size_t i : {size_t{0}, size_t{2500}, rows.size() - 1}) {  // a pooled connection
+    auto got = (*store)->GetDetection("bot-model", rows[i].id);
+    ASSERT_OK(got);
+    ASSERT_TRUE(got->has_value()) << rows[i].id;
+    EXPECT_EQ((*got)->json, rows[i].json);
+  }
+  core::Mitigation m = MakeMitigation(1, "user:u1", "block");
+  {
+    auto txn = (*store)->Begin(kT0);
+    ASSERT_OK(txn);
+    m.seq = (*txn)->NextSeq();
+    ASSERT_OK((*txn)->Append(Change{.kind = ChangeKind::kMitigation, .actor = "k"}, &m));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  EXPECT_EQ(sqlite_internal::WalCommitFlushesForTest() - flushes, 2);
+  auto read = (*store)->GetMitigation(m.id);
+  ASSERT_OK(read);
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ(**read, m);
+
+  EXPECT_EQ(recovered("after-second"), std::make_tuple(5000, 5000 * 2000, 1));
+}
+
 TEST(SqliteStore, CheckpointsRunOffTheWriter) {
   testing::SqliteTestBackend backend;
   SqliteOptions o;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "ledger/sqlite/internal/wal_vfs.h"
 
 namespace quell::ledger::sqlite_internal {
 
@@ -57,7 +58,8 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& file, const DbOp
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX |
               (opts.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  int rc = sqlite3_open_v2(file.c_str(), &raw, flags, nullptr);
+  // WAL frames go out in large writes (wal_vfs.h); null: the default VFS.
+  int rc = sqlite3_open_v2(file.c_str(), &raw, flags, WalBufferingVfs());
   if (rc != SQLITE_OK) {
     absl::Status st = SqliteError(rc, raw, absl::StrCat("open ", file));
     sqlite3_close_v2(raw);
