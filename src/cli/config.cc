@@ -292,23 +292,24 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       } else if (key == "log_level") {
         c.log_level = v.as<std::string>();
       } else if (key == "store") {
+        if (v.IsNull()) continue;
         if (!v.IsMap()) {
           return absl::InvalidArgumentError(absl::StrCat(path, ": store must be a mapping"));
         }
         for (auto m = v.begin(); m != v.end(); ++m) {
           const std::string k = m->first.as<std::string>();
-          if (k != "synchronous" && k != "entity_cache") {
+          if (k != "synchronous" && k != "entity_cache_mib") {
             return absl::InvalidArgumentError(
                 absl::StrCat(path, ": unknown key \"store.", k, "\""));
           }
         }
-        if (v["entity_cache"]) {
-          const int64_t n = v["entity_cache"].as<int64_t>();
-          if (n < 0) {
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": store.entity_cache must be a number of entities >= 0"));
+        if (v["entity_cache_mib"]) {
+          const int64_t n = v["entity_cache_mib"].as<int64_t>();
+          if (n < 0 || n > (int64_t{1} << 20)) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                path, ": store.entity_cache_mib must be a number of MiB in [0, 1048576]"));
           }
-          c.entity_cache = static_cast<size_t>(n);
+          c.entity_cache_mib = static_cast<size_t>(n);
         }
         if (v["synchronous"]) {
           std::string s = v["synchronous"].as<std::string>();

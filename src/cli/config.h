@@ -67,9 +67,9 @@ struct Config {
   std::string data = "./var";
   int threads = 0;               // HTTP event loops; 0 = one per core
   bool synchronous_full = true;  // store.synchronous: full | normal
-  // store.entity_cache: entities whose mitigations the embedded store's writer keeps in
-  // memory (ledger::SqliteOptions::entity_cache).
-  size_t entity_cache = 262144;
+  // store.entity_cache_mib: memory for the mitigations the embedded store's writer keeps
+  // (ledger::SqliteOptions::entity_cache_bytes).
+  size_t entity_cache_mib = 256;
   size_t max_body_bytes = 8 << 20;  // http.max_body_bytes
   bool access_log = true;           // http.access_log: one JSON line per request
   absl::Duration read_timeout = absl::Seconds(10);

@@ -35,7 +35,7 @@ TEST(ConfigTest, FileOverridesDefaults) {
   auto c = LoadConfigFile(WriteTemp(R"(
 listen: 127.0.0.1:9999
 data: /tmp/q
-store: {synchronous: normal, entity_cache: 1000}
+store: {synchronous: normal, entity_cache_mib: 64}
 http: {read_timeout: 5s, max_body_bytes: 1024}
 actions:
   - {name: block, verdict: deny, severity: high, ttl: 7d}
@@ -45,7 +45,7 @@ actions:
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->listen, "127.0.0.1:9999");
   EXPECT_FALSE(c->synchronous_full);
-  EXPECT_EQ(c->entity_cache, 1000u);
+  EXPECT_EQ(c->entity_cache_mib, 64u);
   EXPECT_EQ(c->read_timeout, absl::Seconds(5));
   EXPECT_EQ(c->max_body_bytes, 1024u);
   ASSERT_EQ(c->catalog->size(), 2u);
@@ -63,7 +63,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   auto store_typo = LoadConfigFile(WriteTemp("store: {synchronus: normal}\n"), Config{});
   ASSERT_FALSE(store_typo.ok());
   EXPECT_NE(store_typo.status().message().find("store.synchronus"), absl::string_view::npos);
-  EXPECT_FALSE(LoadConfigFile(WriteTemp("store: {entity_cache: -1}\n"), Config{}).ok());
+  EXPECT_FALSE(LoadConfigFile(WriteTemp("store: {entity_cache_mib: -1}\n"), Config{}).ok());
+  EXPECT_TRUE(LoadConfigFile(WriteTemp("store:\n"), Config{}).ok());
   auto http_typo = LoadConfigFile(WriteTemp("http: {acess_log: false}\n"), Config{});
   ASSERT_FALSE(http_typo.ok());
   EXPECT_NE(http_typo.status().message().find("http.acess_log"), absl::string_view::npos);

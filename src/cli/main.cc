@@ -93,7 +93,7 @@ absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c) {
   ledger::SqliteOptions o;
   o.path = c.data;
   o.synchronous_full = c.synchronous_full;
-  o.entity_cache = c.entity_cache;
+  o.entity_cache_bytes = c.entity_cache_mib << 20;
   return ledger::OpenSqliteStore(o);
 }
 

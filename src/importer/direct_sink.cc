@@ -135,8 +135,8 @@ class DirectSink final : public Sink {
     // the 256 MiB map alone breaks the memory bound (docs/import.md). Reads go through the
     // page cache (16 MiB per connection) and pread instead.
     so.mmap_bytes = 0;
-    // The same bound for the entity cache (~1 KiB per cached mitigation): 32 MiB at most.
-    so.entity_cache = 32768;
+    // The same bound for the entity cache.
+    so.entity_cache_bytes = size_t{32} << 20;
     QUELL_ASSIGN_OR_RETURN(auto store, ledger::OpenSqliteStore(so));
     QUELL_ASSIGN_OR_RETURN(auto latest, store->LatestPolicySet());
     if (latest) {

@@ -417,6 +417,18 @@ TEST_P(StoreTest, EntityMitigationsFollowRollbacksAndOtherWriters) {
     }
     ASSERT_OK(V(txn->Commit()));
   }
+  {  // written, then a savepoint undoes another entity's write, then read and rolled back
+    auto txn = Begin();
+    core::Mitigation extended = m;
+    extended.expires_at += absl::Hours(7);
+    ASSERT_OK(AppendMitigation(*txn, &extended));
+    ASSERT_OK(V(txn->Savepoint()));
+    core::Mitigation other = MakeMitigation(5, "user:u5", "flag");
+    ASSERT_OK(AppendMitigation(*txn, &other));
+    ASSERT_OK(V(txn->RollbackToSavepoint()));
+    EXPECT_THAT(read(*txn), ElementsAre(extended));
+    txn->Rollback();
+  }
   {
     auto txn = Begin();
     EXPECT_THAT(read(*txn), ElementsAre(m));
@@ -1463,20 +1475,19 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   EXPECT_EQ(*busy, "5000");
 }
 
-// The WAL is copied into the database file by the background checkpointer: the writer
-// alone (below its backstop) never would. Seen from a copy of the file without its WAL.
 // A commit's WAL frames go out in large writes (sqlite/internal/wal_vfs.h) before the
 // commit publishes them: another connection reads a commit larger than the buffer (one
 // that spills, so SQLite rewrites frame headers) at once, and a copy of the files taken
 // as a crash would leave them recovers every commit from the WAL alone.
 TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
+  if (sqlite_internal::WalBufferingVfs() == nullptr) GTEST_SKIP() << "SQLite version unchecked";
   testing::SqliteTestBackend backend;
   // No checkpoint at all: the commits stay in the WAL.
-  auto store = OpenSqliteStore({.path = backend.dir().string(), .checkpoint_pages = 1 << 30});
+  auto store = OpenSqliteStore({.path = backend.dir().string(), .checkpoint_pages = 1 << 20});
   ASSERT_OK(store);
   const int64_t flushes = sqlite_internal::WalCommitFlushesForTest();
   std::vector<StoredDetection> rows;
-  for (int i = 0; i < 5000; ++i) {  // ~10 MiB of pages: past the buffer and the page cache
+  for (int i = 0; i < 5000; ++i) {  // ~20 MiB of pages: past the buffer and the page cache
     rows.push_back(MakeDetection("bot-model", absl::StrCat("big-", i), kT0, kT0));
     rows.back().json = std::string(2000, static_cast<char>('a' + i % 26));
   }
@@ -1537,6 +1548,122 @@ TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
   EXPECT_EQ(recovered("after-second"), std::make_tuple(5000, 5000 * 2000, 1));
 }
 
+// Frames a transaction spilled and then rolled back may still be in its connection's
+// buffer: they must never reach the file, where another writer's commit now lies.
+TEST(SqliteStore, RolledBackSpillNeverOverwritesAnotherWritersCommit) {
+  if (sqlite_internal::WalBufferingVfs() == nullptr) GTEST_SKIP() << "SQLite version unchecked";
+  testing::SqliteTestBackend backend;
+  const SqliteOptions o{.path = backend.dir().string(), .checkpoint_pages = 1 << 20};
+  auto a = OpenSqliteStore(o);
+  ASSERT_OK(a);
+  auto b = OpenSqliteStore(o);  // another writer of the same file (a CLI process)
+  ASSERT_OK(b);
+  // An empty WAL: the rollback then reads its pages from the database file, not the
+  // WAL, so what the spill left buffered is still there when the write lock is released.
+  ASSERT_OK(SqlitePragmaForTest(**a, "wal_checkpoint(TRUNCATE)"));
+  {
+    auto txn = (*a)->Begin(kT0);
+    ASSERT_OK(txn);
+    std::vector<StoredDetection> rows;
+    for (int i = 0; i < 4400; ++i) {  // ~18 MiB: spills a little past the 16 MiB page cache
+      rows.push_back(MakeDetection("bot-model", absl::StrCat("spill-", i), kT0, kT0));
+      rows.back().json = std::string(4000, 's');
+    }
+    ASSERT_OK(V((*txn)->PutDetections(rows)));
+    (*txn)->Rollback();
+  }
+  std::vector<StoredDetection> theirs;
+  for (int i = 0; i < 2000; ++i) {  // ~8 MiB over the frames A spilled
+    theirs.push_back(MakeDetection("bot-model", absl::StrCat("b-", i), kT0, kT0));
+    theirs.back().json = std::string(3000, static_cast<char>('a' + i % 26));
+  }
+  {
+    auto txn = (*b)->Begin(kT0);
+    ASSERT_OK(txn);
+    ASSERT_OK(V((*txn)->PutDetections(theirs)));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  {  // A writes again: its connection reads the WAL (and would flush anything it kept)
+    auto txn = (*a)->Begin(kT0);
+    ASSERT_OK(txn);
+    for (const StoredDetection& d : {theirs.front(), theirs.back()}) {
+      auto got = (*txn)->GetDetection(d.source, d.id);
+      ASSERT_OK(got);
+      ASSERT_TRUE(got->has_value()) << d.id;
+      EXPECT_EQ((*got)->json, d.json);
+    }
+    ASSERT_OK(V((*txn)->PutDetection(MakeDetection("bot-model", "a-after", kT0, kT0))));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  sqlite3* raw = nullptr;
+  sqlite3_stmt* st = nullptr;
+  const std::string file = (backend.dir() / std::string(kSqliteFileName)).string();
+  ASSERT_EQ(sqlite3_open_v2(file.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_prepare_v2(raw,
+                               "SELECT count(*), sum(length(json)), "
+                               "(SELECT count(*) FROM detections WHERE id LIKE 'spill-%') "
+                               "FROM detections WHERE id LIKE 'b-%'",
+                               -1, &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(st, 0), 2000);
+  EXPECT_EQ(sqlite3_column_int64(st, 1), 2000 * 3000);
+  EXPECT_EQ(sqlite3_column_int64(st, 2), 0);
+  sqlite3_finalize(st);
+  ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "ok");
+  sqlite3_finalize(st);
+  sqlite3_close_v2(raw);
+}
+
+// With synchronous=FULL on a device without power-safe overwrite, SQLite pads a commit
+// to a sector boundary with copies of its last frame, splitting one write around a sync:
+// all of it is on file when the commit is published.
+TEST(SqliteStore, WalPaddingAfterACommitIsWrittenBeforeItIsPublished) {
+  const char* vfs = sqlite_internal::WalBufferingVfs();
+  if (vfs == nullptr) GTEST_SKIP() << "SQLite version unchecked";
+  testing::SqliteTestBackend backend;
+  std::filesystem::create_directories(backend.dir());
+  const std::string file = (backend.dir() / "padded.db").string();
+  sqlite3* w = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(absl::StrCat("file:", file, "?psow=0").c_str(), &w,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, vfs),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(w,
+                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                         "PRAGMA wal_autocheckpoint=0; CREATE TABLE t (k INTEGER, v TEXT);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3* r = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(file.c_str(), &r, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  for (int round = 1; round <= 5; ++round) {
+    ASSERT_EQ(sqlite3_exec(
+                  w,
+                  absl::StrCat("BEGIN; WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                               "SELECT x + 1 FROM c WHERE x < ",
+                               37 * round, ") INSERT INTO t SELECT x, printf('%.*c', 900, '",
+                               std::string(1, static_cast<char>('a' + round)), "') FROM c; COMMIT;")
+                      .c_str(),
+                  nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(w);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(r, "SELECT count(*), sum(length(v)) FROM t", -1, &st, nullptr),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW) << sqlite3_errmsg(r);
+    int64_t rows = 0;
+    for (int k = 1; k <= round; ++k) rows += 37 * k;
+    EXPECT_EQ(sqlite3_column_int64(st, 0), rows);
+    EXPECT_EQ(sqlite3_column_int64(st, 1), rows * 900);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close_v2(r);
+  sqlite3_close_v2(w);
+}
+
+// The WAL is copied into the database file by the background checkpointer: the writer
+// alone (below its backstop) never would. Seen from a copy of the file without its WAL.
 TEST(SqliteStore, CheckpointsRunOffTheWriter) {
   testing::SqliteTestBackend backend;
   SqliteOptions o;

@@ -20,7 +20,7 @@
 
 #include "absl/container/flat_hash_set.h"
 
-namespace quell::ledger {
+namespace quell::ledger::internal {
 
 class KnownEntities {
  public:
@@ -55,6 +55,6 @@ class KnownEntities {
   bool disabled_ = false;
 };
 
-}  // namespace quell::ledger
+}  // namespace quell::ledger::internal
 
 #endif  // QUELL_LEDGER_INTERNAL_KNOWN_ENTITIES_H_

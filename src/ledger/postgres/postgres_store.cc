@@ -20,6 +20,8 @@
 namespace quell::ledger {
 namespace {
 
+using internal::KnownEntities;
+
 using pg::ArrayLiteral;
 using pg::Conn;
 using pg::ConnOptions;

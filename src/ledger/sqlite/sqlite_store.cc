@@ -30,6 +30,7 @@
 namespace quell::ledger {
 namespace {
 
+using internal::KnownEntities;
 using sqlite_internal::Db;
 using sqlite_internal::DbOptions;
 using sqlite_internal::EntityCache;
@@ -629,7 +630,7 @@ class Checkpointer {
   // The WAL hook of the writer connection (sqlite3_wal_hook).
   static int OnWal(void* self, sqlite3* db, const char* name, int pages) {
     auto* c = static_cast<Checkpointer*>(self);
-    if (pages >= c->pages_ * kBackstop) {
+    if (int64_t{pages} >= int64_t{c->pages_} * kBackstop) {
       (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     } else if (pages >= c->pages_) {
       absl::MutexLock lock(&c->mu_);
@@ -836,10 +837,11 @@ class SqliteTxn final : public Txn {
   void TrimUndo() {
     if (savepoints_.empty()) undo_.clear();
   }
-  // The entity cache forgets every entity this Txn wrote: its writes are being undone.
+  // The entity cache forgets every entity this Txn wrote: (some of) its writes are being
+  // undone. They stay listed: a later read may cache what this Txn wrote before the undo
+  // mark, which a rollback must forget too.
   void ForgetWritten() {
     for (const std::string& e : written_) cache_->Erase(e);
-    written_.clear();
   }
   void Finish();
 
@@ -973,10 +975,14 @@ class SqliteStore final : public Store {
     }
   }
 
-  // Brings known_ to `head_seq` inside the open write transaction (a consistent read):
-  // loads it the first time, then reads the entities of kMitigation changes appended
-  // since by another process. On error it is reset (every entity may have some).
-  void UpdateKnown(int64_t head_seq);
+  // Loads known_ (once) in one read transaction on a pooled connection, outside the write
+  // lock: a first Begin on a large store does not hold other writers for the scan. A
+  // failure leaves it unloaded for good (known_load_): every entity may have mitigations.
+  void LoadKnown();
+  // Brings a loaded known_ to `head_seq` under the write lock, from the kMitigation
+  // changes appended since (by another process, or since the load); far behind, it is
+  // reset to be reloaded. An error resets it and is returned.
+  absl::Status CatchUpKnown(int64_t head_seq);
   // Runs `f(db)` inside one read transaction on a pooled connection.
   template <typename F>
   auto WithRead(F&& f) -> decltype(f(std::declval<Db&>()));
@@ -988,11 +994,13 @@ class SqliteStore final : public Store {
   const DbOptions opts_;
   std::unique_ptr<Db> writer_;  // used only by the open Txn (and Open)
   std::atomic<bool> txn_open_{false};
-  // The write connection's entity cache, used only by the open Txn, and the chain head it
-  // is true of: a Begin that finds another head (another process appended) clears it.
+  // The write connection's entity cache (used by Begin and the open Txn) and the chain
+  // head it is true of: a Begin that finds another head (another process appended)
+  // clears it.
   EntityCache entity_cache_;
   int64_t cache_head_seq_ = -1;
   KnownEntities known_;  // used only by Begin and the open Txn
+  absl::Status known_load_;
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
@@ -1437,9 +1445,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   Seal(change);
   written_.push_back(entity);
   QUELL_RETURN_IF_ERROR(EndAppend(InsertChangeRow(change), mark, change));
-  core::Mitigation stored = m;
-  stored.seq = seq;
-  cache_->Written(stored);
+  cache_->Written(m);
   return std::optional<Change>(std::move(change));
 }
 
@@ -1534,6 +1540,10 @@ absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
     const core::Entity& entity, absl::Time since) {
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
+  // As the query compares it: to the microsecond.
+  if (since != absl::InfinitePast() && since != absl::InfiniteFuture()) {
+    since = absl::FromUnixMicros(absl::ToUnixMicros(since));
+  }
   if (const std::vector<core::Mitigation>* cached = cache_->Find(entity.str(), since)) {
     std::vector<core::Mitigation> out;
     out.reserve(cached->size());
@@ -1606,6 +1616,7 @@ void SqliteTxn::Rollback() {
 
 void SqliteTxn::Finish() {
   done_ = true;
+  written_.clear();
   store_->TxnFinished();
 }
 
@@ -1640,35 +1651,53 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
   if (opts.synchronous_full) {  // the migrations' first read opened (created) the WAL
     QUELL_ASSIGN_OR_RETURN(wal_syncer, WalSyncer::Open(file + "-wal"));
   }
-  return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(file), opts, options.read_pool_size,
-                                                      std::move(writer), options.checkpoint_pages,
-                                                      std::move(wal_syncer), options.entity_cache));
+  return std::unique_ptr<SqliteStore>(
+      new SqliteStore(std::move(file), opts, options.read_pool_size, std::move(writer),
+                      options.checkpoint_pages, std::move(wal_syncer), options.entity_cache_bytes));
 }
 
-void SqliteStore::UpdateKnown(int64_t head_seq) {
-  if (known_.disabled() || (known_.loaded() && known_.seq() == head_seq)) return;
-  if (known_.loaded() &&
-      (head_seq < known_.seq() || head_seq - known_.seq() > KnownEntities::kMaxCatchUp)) {
-    known_.Reset();  // another file, or far behind: reload
-  }
-  const bool catch_up = known_.loaded();
-  absl::Status st = [&]() -> absl::Status {
-    QUELL_ASSIGN_OR_RETURN(
-        Stmt * s,
-        writer_->Prepare(catch_up ? "SELECT entity FROM changes WHERE seq > ?1 AND kind = 1"
-                                  : "SELECT entity FROM mitigations"));
+void SqliteStore::LoadKnown() {
+  if (known_.loaded() || known_.disabled() || !known_load_.ok()) return;
+  known_load_ = WithRead([&](Db& db) -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(int64_t head, QueryLastSeq(db));  // the rows' snapshot
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT entity FROM mitigations"));
     StmtUse use(s);
-    if (catch_up) use->BindInt(1, known_.seq());
     while (true) {
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
       if (!row) break;
       known_.Add(use->ColumnText(0));
       if (known_.disabled()) return absl::OkStatus();
     }
-    known_.set_seq(head_seq);
+    known_.set_seq(head);
+    return absl::OkStatus();
+  });
+  if (!known_load_.ok()) known_.Reset();  // and not retried: every entity may have some
+}
+
+absl::Status SqliteStore::CatchUpKnown(int64_t head_seq) {
+  if (!known_.loaded() || known_.seq() == head_seq) return absl::OkStatus();
+  if (head_seq < known_.seq() || head_seq - known_.seq() > KnownEntities::kMaxCatchUp) {
+    known_.Reset();  // another file, or far behind: reloaded before the next Begin
+    return absl::OkStatus();
+  }
+  absl::Status st = [&]() -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, writer_->Prepare("SELECT entity FROM changes WHERE seq > ?1 AND kind = 1"));
+    StmtUse use(s);
+    use->BindInt(1, known_.seq());
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      known_.Add(use->ColumnText(0));
+    }
     return absl::OkStatus();
   }();
-  if (!st.ok()) known_.Reset();
+  if (!st.ok()) {
+    known_.Reset();
+    return st;
+  }
+  if (known_.loaded()) known_.set_seq(head_seq);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
@@ -1677,6 +1706,7 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
     return absl::FailedPreconditionError("a write transaction is already open");
   }
   auto start = [&]() -> absl::StatusOr<std::unique_ptr<Txn>> {
+    LoadKnown();  // the first time, in a read transaction of its own: not under the lock
     if (sqlite3_get_autocommit(writer_->raw()) == 0) {
       QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));  // left over from a failed rollback
     }
@@ -1709,7 +1739,12 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
       entity_cache_.Clear();
       cache_head_seq_ = head_seq;
     }
-    UpdateKnown(head_seq);
+    st = CatchUpKnown(head_seq);
+    // A failed read can make SQLite roll the transaction back: then nothing may be written
+    // outside it. Otherwise the known entities are only reset (every entity may have some).
+    if (sqlite3_get_autocommit(writer_->raw()) != 0) {
+      return st.ok() ? absl::InternalError("the write transaction ended at its start") : st;
+    }
     // Stored times have microsecond precision; truncate so returned changes equal read ones.
     absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
     return std::unique_ptr<Txn>(new SqliteTxn(this, writer_.get(), &known_, &entity_cache_, at,

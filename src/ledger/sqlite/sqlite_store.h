@@ -50,10 +50,10 @@ struct SqliteOptions {
   // the kernel's page cache, shared and reclaimable): a long-running server gains from the
   // map, a bulk writer that must keep a small footprint (quell import) sets it low.
   int64_t mmap_bytes = int64_t{256} << 20;
-  // Entities whose mitigations the write connection keeps in memory (see
-  // internal/entity_cache.h): a decision on one of them reads no rows. About 1 KiB per
-  // cached mitigation; 0 keeps none.
-  size_t entity_cache = 262144;
+  // Memory for the entities' mitigations the write connection keeps (see
+  // internal/entity_cache.h): a decision on a cached entity reads no rows. About 1 KiB
+  // per cached mitigation; 0 keeps none.
+  size_t entity_cache_bytes = size_t{256} << 20;
 };
 
 // The database file's name inside the data directory.

@@ -11,11 +11,13 @@
 // when it undoes writes or rolls back it erases the entities it wrote (Erase). Changes
 // appended by another process make the store Clear it.
 //
-// Bounded: at most `capacity` entities, in two generations of capacity/2. A hit in the
-// old generation moves the entry to the new one; when the new one is full, the old one
-// is dropped and the new one becomes old. That keeps the recently used half at least,
-// at a hash lookup per access and no per-entry list. An entity with more than
-// kMaxMitigations mitigations in view is not kept (it would pin its memory).
+// Bounded by memory: about `capacity_bytes` (an estimate of each entry's heap and
+// struct bytes), in two generations of half each. A hit in the old generation moves the
+// entry to the new one; when the new one is full, the old one is dropped and the new
+// one becomes old. That keeps the recently used half at least, at a hash lookup per
+// access and no per-entry list. An entity with more than kMaxMitigations mitigations in
+// view is not kept (it would pin its memory). Copies are kept as a read of the store
+// would return them (times to the microsecond, as stored).
 //
 // Thread-safety: none. It belongs to the store's write connection, used by the one open
 // Txn at a time.
@@ -38,8 +40,8 @@ class EntityCache {
  public:
   static constexpr size_t kMaxMitigations = 32;
 
-  // capacity 0: keeps nothing.
-  explicit EntityCache(size_t capacity) : half_(capacity / 2) {}
+  // capacity_bytes 0: keeps nothing.
+  explicit EntityCache(size_t capacity_bytes) : half_(capacity_bytes / 2) {}
 
   // The entity's entry if it covers `since` (its own since is not later), else null.
   // Valid until the next call on this cache.
@@ -54,6 +56,7 @@ class EntityCache {
   void Clear();
 
   size_t size() const { return young_.size() + old_.size(); }
+  size_t bytes() const { return young_bytes_ + old_bytes_; }
   int64_t hits() const { return hits_; }
   int64_t misses() const { return misses_; }
 
@@ -61,17 +64,23 @@ class EntityCache {
   struct Entry {
     absl::Time since;
     std::vector<core::Mitigation> mitigations;
+    size_t bytes = 0;  // estimate, with the key
   };
   using Map = absl::flat_hash_map<std::string, Entry>;
 
   // The entry of `entity` in the young generation (moved there from the old one), or null.
   Entry* Lookup(std::string_view entity);
-  // Makes room for one more young entry.
-  void Reserve();
+  // Makes room for `bytes` more in the young generation.
+  void Reserve(size_t bytes);
+  // Sets e's estimate (e is young, `entity`'s) and the young generation's total, turning
+  // the generations over if that passes half the budget. May move or drop e.
+  void Account(std::string_view entity, Entry& e);
 
   const size_t half_;
   Map young_;
   Map old_;
+  size_t young_bytes_ = 0;
+  size_t old_bytes_ = 0;
   int64_t hits_ = 0;
   int64_t misses_ = 0;
 };
