@@ -6,21 +6,29 @@
 // frame is 4,120 bytes). Here a WAL file keeps contiguous appends in a buffer (at most
 // kMaxBuffer) and writes them in 64 KiB calls when
 //   - the page of a commit frame has been appended (its header's "database size after
-//     commit" field is non-zero: WAL file format, sqlite.org/fileformat2.html#walformat);
-//     this is inside the commit, before the WAL index publishes the frames, and a failed
-//     write fails the commit, as a failed frame write would;
-//   - anything else touches the file: a read, a write elsewhere, sync, size, truncate,
-//     file control, close.
-// So another connection never reads a published frame that is still in a buffer, and a
-// crash loses only what was not committed yet (the fsync comes after, as before).
-// Database files, journals and everything else pass straight through.
+//     commit" field is non-zero: WAL file format, sqlite.org/fileformat2.html#walformat).
+//     This is inside the commit, before the WAL index publishes the frames, and a failed
+//     write fails the commit as a failed frame write would;
+//   - anything else touches the file: a read, size, truncate, sync or file control (a
+//     failure there is reported as SQLITE_IOERR_WRITE, which rolls the transaction back).
+// Writes that are not appends (a WAL header after a restart, a page overwritten in place,
+// a frame header rewritten with a new checksum) and the padding SQLite may append after a
+// commit frame (synchronous=FULL without power-safe overwrite) go out at once. The
+// database file is wrapped too, as a pass-through, for one thing: when its connection
+// releases the WAL write lock, its transaction is over, and whatever is still buffered
+// (frames a rolled-back transaction spilled) is dropped, never written over frames
+// another writer may append next. A WAL whose database file was not opened here (an
+// unwrappable one) is not buffered. So no connection reads a published frame that is
+// still in a buffer, and an fsync of the WAL after a commit covers all of it.
 //
-// It relies on SQLite writing a frame's header and page in two calls, which is how every
-// version since WAL appeared does it; WalBufferingVfs() returns null (use the default)
-// for a library outside the versions checked (kMinVersion..kMaxVersion).
+// It relies on SQLite writing a frame's header and page in two calls and on shared-memory
+// lock 0 being the WAL write lock, as in every version since WAL appeared;
+// WalBufferingVfs() returns null (use the default) for a library outside the versions
+// checked (kMinVersion..kMaxVersion in wal_vfs.cc).
 //
-// Thread-safety: registration is once per process and thread-safe. A file's buffer is
-// its connection's, and a connection is used by one thread at a time (db.h).
+// Thread-safety: registration is once per process and thread-safe; the pairing of files
+// is under a mutex. A file's buffer is its connection's, and a connection is used by one
+// thread at a time (db.h).
 #ifndef QUELL_LEDGER_SQLITE_INTERNAL_WAL_VFS_H_
 #define QUELL_LEDGER_SQLITE_INTERNAL_WAL_VFS_H_
 
