@@ -1561,6 +1561,7 @@ TEST(SqliteStore, RolledBackSpillNeverOverwritesAnotherWritersCommit) {
   // An empty WAL: the rollback then reads its pages from the database file, not the
   // WAL, so what the spill left buffered is still there when the write lock is released.
   ASSERT_OK(SqlitePragmaForTest(**a, "wal_checkpoint(TRUNCATE)"));
+  const int64_t dropped = sqlite_internal::WalDroppedBytesForTest();
   {
     auto txn = (*a)->Begin(kT0);
     ASSERT_OK(txn);
@@ -1572,6 +1573,8 @@ TEST(SqliteStore, RolledBackSpillNeverOverwritesAnotherWritersCommit) {
     ASSERT_OK(V((*txn)->PutDetections(rows)));
     (*txn)->Rollback();
   }
+  // The case this is about: spilled frames were still buffered at the rollback.
+  ASSERT_GT(sqlite_internal::WalDroppedBytesForTest() - dropped, 0);
   std::vector<StoredDetection> theirs;
   for (int i = 0; i < 2000; ++i) {  // ~8 MiB over the frames A spilled
     theirs.push_back(MakeDetection("bot-model", absl::StrCat("b-", i), kT0, kT0));

@@ -28,6 +28,7 @@ sqlite3_vfs g_vfs;
 sqlite3_io_methods g_db_methods;
 sqlite3_io_methods g_wal_methods;
 std::atomic<int64_t> g_commit_flushes{0};
+std::atomic<int64_t> g_dropped_bytes{0};
 
 struct WalFile;
 
@@ -96,11 +97,11 @@ bool IsCommitFrameHeader(const void* data, int n) {
 int WalWrite(sqlite3_file* pf, const void* data, int n, sqlite3_int64 off) {
   WalFile* f = W(pf);
   const bool append = off == f->next;  // right after the previous write
-  f->next = off + n;
-  const bool commit_header = IsCommitFrameHeader(data, n);
   const bool page_of_commit = append && f->commit_page_next;
-  f->commit_page_next = commit_header;
-  if (n == kFrameHeader && !commit_header) f->after_commit = false;  // a new frame set
+  f->next = off + n;
+  f->commit_page_next = IsCommitFrameHeader(data, n);
+  // after_commit lasts until the write lock's release: in a transaction, only padding
+  // (copies of the commit frame, a page possibly split around a sync) follows a commit.
   if (f->pending == nullptr || !append || f->after_commit) {
     // Unpaired; or a WAL header after a restart, a page overwritten in place, a frame
     // header rewritten with a new checksum; or padding after a commit: out at once,
@@ -116,6 +117,7 @@ int WalWrite(sqlite3_file* pf, const void* data, int n, sqlite3_int64 off) {
   try {
     pending.append(static_cast<const char*>(data), n);
   } catch (const std::bad_alloc&) {
+    f->next = -1;  // nothing after this can be an append
     return SQLITE_IOERR_NOMEM;
   }
   if (page_of_commit) {  // the commit's frames are all here: out before they are published
@@ -176,7 +178,11 @@ int DbClose(sqlite3_file* pf) {
   {
     std::lock_guard<std::mutex> lock(g_mu);
     Databases().erase(d->name);
-    if (d->wal != nullptr) d->wal->db = nullptr;
+    if (d->wal != nullptr) {  // SQLite closes the WAL first; a WAL left over buffers no more
+      d->wal->db = nullptr;
+      delete d->wal->pending;
+      d->wal->pending = nullptr;
+    }
   }
   return d->w.real->pMethods->xClose(d->w.real);
 }
@@ -201,14 +207,20 @@ int DbShmMap(sqlite3_file* pf, int page, int size, int extend, void volatile** o
 }
 // Releasing the WAL write lock ends the connection's write transaction: a commit has
 // written its frames already, so what is pending is a rolled-back transaction's spilled
-// frames, which must not reach the file once another writer may append.
+// frames, which must not reach the file once another writer may append. Taking it starts
+// one: nothing from before counts.
 int DbShmLock(sqlite3_file* pf, int offset, int n, int flags) {
   DbFile* d = D(pf);
   if (d->wal != nullptr && offset == kWalWriteLock && n == 1 &&
-      flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE)) {
-    if (d->wal->pending != nullptr) d->wal->pending->clear();
-    d->wal->commit_page_next = false;
-    d->wal->after_commit = false;
+      (flags & SQLITE_SHM_EXCLUSIVE) != 0) {
+    WalFile* f = d->wal;
+    if (f->pending != nullptr) {
+      g_dropped_bytes.fetch_add(static_cast<int64_t>(f->pending->size()),
+                                std::memory_order_relaxed);
+      f->pending->clear();
+    }
+    f->commit_page_next = false;
+    f->after_commit = false;
   }
   return d->w.real->pMethods->xShmLock(d->w.real, offset, n, flags);
 }
@@ -232,9 +244,9 @@ int OpenDb(sqlite3_filename name, sqlite3_file* pf, int flags, int* out_flags) {
     if (d->w.real->pMethods != nullptr) d->w.real->pMethods->xClose(d->w.real);
     return rc;
   }
-  if (d->w.real->pMethods->iVersion < 3 || name == nullptr) {
-    // Not wrappable as version 3: the default VFS's own file, in place; its WAL (if any)
-    // finds no database and is not buffered.
+  if (d->w.real->pMethods->iVersion < 3) {
+    // Not wrappable as version 3 (not the unix VFS's): the default VFS's own file, in
+    // place; its WAL (if any) finds no database and is not buffered.
     d->w.real->pMethods->xClose(d->w.real);
     return g_default->xOpen(g_default, name, pf, flags, out_flags);
   }
@@ -338,5 +350,6 @@ const char* WalBufferingVfs() {
 }
 
 int64_t WalCommitFlushesForTest() { return g_commit_flushes.load(std::memory_order_relaxed); }
+int64_t WalDroppedBytesForTest() { return g_dropped_bytes.load(std::memory_order_relaxed); }
 
 }  // namespace quell::ledger::sqlite_internal

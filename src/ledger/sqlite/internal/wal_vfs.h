@@ -22,8 +22,11 @@
 // still in a buffer, and an fsync of the WAL after a commit covers all of it.
 //
 // It relies on SQLite writing a frame's header and page in two calls and on shared-memory
-// lock 0 being the WAL write lock, as in every version since WAL appeared;
-// WalBufferingVfs() returns null (use the default) for a library outside the versions
+// lock 0 being the WAL write lock, as in every version since WAL appeared, and on the
+// connection releasing that lock after each transaction: in locking_mode=EXCLUSIVE
+// (which Quell never sets) a rolled-back spill stays buffered until the next write, which
+// is harmless while exclusive but not after leaving that mode. WalBufferingVfs() returns
+// null (use the default) for a library outside the versions
 // checked (kMinVersion..kMaxVersion in wal_vfs.cc).
 //
 // Thread-safety: registration is once per process and thread-safe; the pairing of files
@@ -42,6 +45,8 @@ const char* WalBufferingVfs();
 
 //! Commit frames whose WAL writes went out together so far, in this process. For tests.
 int64_t WalCommitFlushesForTest();
+//! Bytes of rolled-back transactions dropped at the write lock so far. For tests.
+int64_t WalDroppedBytesForTest();
 
 }  // namespace quell::ledger::sqlite_internal
 
