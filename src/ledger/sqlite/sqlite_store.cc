@@ -977,8 +977,9 @@ class SqliteStore final : public Store {
 
   // Loads known_ (once) in one read transaction on a pooled connection, outside the write
   // lock: a first Begin on a large store does not hold other writers for the scan. A
-  // failure leaves it unloaded for good (known_load_): every entity may have mitigations.
-  void LoadKnown();
+  // failure leaves it unloaded (every entity may have mitigations) until a retry a
+  // minute later (by `now`, the Begin's time).
+  void LoadKnown(absl::Time now);
   // Brings a loaded known_ to `head_seq` under the write lock, from the kMitigation
   // changes appended since (by another process, or since the load); far behind, it is
   // reset to be reloaded. An error resets it and is returned.
@@ -999,8 +1000,8 @@ class SqliteStore final : public Store {
   // clears it.
   EntityCache entity_cache_;
   int64_t cache_head_seq_ = -1;
-  KnownEntities known_;  // used only by Begin and the open Txn
-  absl::Status known_load_;
+  KnownEntities known_;                            // used only by Begin and the open Txn
+  absl::Time known_retry_ = absl::InfinitePast();  // no load before this, after a failure
   ReadPool pool_;
   absl::Mutex side_mu_;
   std::unique_ptr<Db> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
@@ -1656,9 +1657,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
                       options.checkpoint_pages, std::move(wal_syncer), options.entity_cache_bytes));
 }
 
-void SqliteStore::LoadKnown() {
-  if (known_.loaded() || known_.disabled() || !known_load_.ok()) return;
-  known_load_ = WithRead([&](Db& db) -> absl::Status {
+void SqliteStore::LoadKnown(absl::Time now) {
+  if (known_.loaded() || known_.disabled() || now < known_retry_) return;
+  absl::Status st = WithRead([&](Db& db) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(int64_t head, QueryLastSeq(db));  // the rows' snapshot
     QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT entity FROM mitigations"));
     StmtUse use(s);
@@ -1671,7 +1672,10 @@ void SqliteStore::LoadKnown() {
     known_.set_seq(head);
     return absl::OkStatus();
   });
-  if (!known_load_.ok()) known_.Reset();  // and not retried: every entity may have some
+  if (!st.ok()) {
+    known_.Reset();
+    known_retry_ = now + absl::Minutes(1);
+  }
 }
 
 absl::Status SqliteStore::CatchUpKnown(int64_t head_seq) {
@@ -1706,7 +1710,7 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
     return absl::FailedPreconditionError("a write transaction is already open");
   }
   auto start = [&]() -> absl::StatusOr<std::unique_ptr<Txn>> {
-    LoadKnown();  // the first time, in a read transaction of its own: not under the lock
+    LoadKnown(now);  // the first time, in a read transaction of its own: not under the lock
     if (sqlite3_get_autocommit(writer_->raw()) == 0) {
       QUELL_RETURN_IF_ERROR(writer_->Exec("ROLLBACK"));  // left over from a failed rollback
     }
