@@ -62,6 +62,11 @@ std::string_view FormatRfc3339To(absl::Time t, char* buf);
 // Microseconds since the Unix epoch: how times are stored.
 inline int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
 inline absl::Time FromMicros(int64_t us) { return absl::FromUnixMicros(us); }
+// `t` as a store gives it back: to the microsecond (infinite times stay infinite).
+inline absl::Time ToStoredPrecision(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return t;
+  return FromMicros(ToMicros(t));
+}
 
 }  // namespace quell::core
 

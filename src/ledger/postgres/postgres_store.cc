@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "ledger/internal/known_entities.h"
 #include "pg/conn.h"
 #include "rapidjson/document.h"
@@ -1325,7 +1326,7 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
         if (known_.loaded()) known_.set_seq(seq);
       }
     }
-    absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
+    absl::Time at = core::ToStoredPrecision(now);
     return std::unique_ptr<Txn>(new PgTxn(this, writer_.get(), &known_, at, seq, std::move(hash)));
   };
   auto txn = start();

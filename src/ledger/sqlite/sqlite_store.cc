@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "ledger/internal/known_entities.h"
 #include "ledger/sqlite/internal/db.h"
 #include "ledger/sqlite/internal/entity_cache.h"
@@ -1541,10 +1542,7 @@ absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
     const core::Entity& entity, absl::Time since) {
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
-  // As the query compares it: to the microsecond.
-  if (since != absl::InfinitePast() && since != absl::InfiniteFuture()) {
-    since = absl::FromUnixMicros(absl::ToUnixMicros(since));
-  }
+  since = core::ToStoredPrecision(since);  // as the query compares it
   if (const std::vector<core::Mitigation>* cached = cache_->Find(entity.str(), since)) {
     std::vector<core::Mitigation> out;
     out.reserve(cached->size());
@@ -1750,7 +1748,7 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
       return st.ok() ? absl::InternalError("the write transaction ended at its start") : st;
     }
     // Stored times have microsecond precision; truncate so returned changes equal read ones.
-    absl::Time at = absl::FromUnixMicros(absl::ToUnixMicros(now));
+    absl::Time at = core::ToStoredPrecision(now);
     return std::unique_ptr<Txn>(new SqliteTxn(this, writer_.get(), &known_, &entity_cache_, at,
                                               head_seq, std::move(head_hash)));
   };

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "core/strings.h"
+#include "core/time.h"
 
 namespace quell::ledger::sqlite_internal {
 namespace {
@@ -20,16 +21,11 @@ size_t Bytes(const core::Mitigation& m) {
   return n;
 }
 
-absl::Time Micros(absl::Time t) {
-  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return t;
-  return absl::FromUnixMicros(absl::ToUnixMicros(t));
-}
-
 // `m` as the store gives it back: its JSON keeps times to the microsecond.
 core::Mitigation AsStored(const core::Mitigation& m) {
   core::Mitigation s = m;
   for (absl::Time* t : {&s.created_at, &s.updated_at, &s.starts_at, &s.expires_at}) {
-    *t = Micros(*t);
+    *t = core::ToStoredPrecision(*t);
   }
   return s;
 }
