@@ -1655,19 +1655,25 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptio
                       options.checkpoint_pages, std::move(wal_syncer), options.entity_cache_bytes));
 }
 
+// Adds the entity in column 0 of every row `s` (bound) returns; stops early if the set
+// turns itself off (past its maximum).
+absl::Status AddEntities(Stmt& s, KnownEntities& known) {
+  while (!known.disabled()) {
+    QUELL_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    known.Add(s.ColumnText(0));
+  }
+  return absl::OkStatus();
+}
+
 void SqliteStore::LoadKnown(absl::Time now) {
   if (known_.loaded() || known_.disabled() || now < known_retry_) return;
   absl::Status st = WithRead([&](Db& db) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(int64_t head, QueryLastSeq(db));  // the rows' snapshot
     QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT entity FROM mitigations"));
     StmtUse use(s);
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (!row) break;
-      known_.Add(use->ColumnText(0));
-      if (known_.disabled()) return absl::OkStatus();
-    }
-    known_.set_seq(head);
+    QUELL_RETURN_IF_ERROR(AddEntities(*use, known_));
+    if (!known_.disabled()) known_.set_seq(head);
     return absl::OkStatus();
   });
   if (!st.ok()) {
@@ -1687,12 +1693,7 @@ absl::Status SqliteStore::CatchUpKnown(int64_t head_seq) {
         Stmt * s, writer_->Prepare("SELECT entity FROM changes WHERE seq > ?1 AND kind = 1"));
     StmtUse use(s);
     use->BindInt(1, known_.seq());
-    while (true) {
-      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-      if (!row) break;
-      known_.Add(use->ColumnText(0));
-    }
-    return absl::OkStatus();
+    return AddEntities(*use, known_);
   }();
   if (!st.ok()) {
     known_.Reset();
