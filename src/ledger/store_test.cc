@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <map>
 #include <set>
-#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
@@ -1475,6 +1474,25 @@ TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   EXPECT_EQ(*busy, "5000");
 }
 
+// The first row `sql` returns, as text, read by a plain SQLite (the default VFS) opening
+// `file` read-write, so that it recovers a WAL left behind; empty if anything fails.
+std::vector<std::string> PlainSqliteRow(const std::string& file, const std::string& sql) {
+  sqlite3* db = nullptr;
+  sqlite3_stmt* st = nullptr;
+  std::vector<std::string> row;
+  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    for (int i = 0; i < sqlite3_column_count(st); ++i) {
+      const unsigned char* text = sqlite3_column_text(st, i);
+      row.emplace_back(text == nullptr ? "" : reinterpret_cast<const char*>(text));
+    }
+  }
+  sqlite3_finalize(st);
+  sqlite3_close_v2(db);
+  return row;
+}
+
 // A commit's WAL frames go out in large writes (sqlite/internal/wal_vfs.h) before the
 // commit publishes them: another connection reads a commit larger than the buffer (one
 // that spills, so SQLite rewrites frame headers) at once, and a copy of the files taken
@@ -1500,31 +1518,19 @@ TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
   EXPECT_EQ(sqlite_internal::WalCommitFlushesForTest() - flushes, 1);
   // The files as a crash would leave them now (the store still open), recovered by a
   // plain SQLite: WAL recovery checks every frame's checksum chain up to the last commit.
-  auto recovered = [&](const std::string& name) -> std::tuple<int64_t, int64_t, int64_t> {
+  auto recovered = [&](const std::string& name) {
     const std::filesystem::path copy = backend.dir() / name;
     std::filesystem::create_directories(copy);
     for (const char* suffix : {"", "-wal"}) {
       const std::string file = std::string(kSqliteFileName) + suffix;
       std::filesystem::copy_file(backend.dir() / file, copy / file);
     }
-    sqlite3* raw = nullptr;
-    sqlite3_stmt* st = nullptr;
-    std::tuple<int64_t, int64_t, int64_t> got{-1, -1, -1};
-    const std::string file = (copy / std::string(kSqliteFileName)).string();
-    if (sqlite3_open_v2(file.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK &&
-        sqlite3_prepare_v2(raw,
-                           "SELECT (SELECT count(*) FROM detections WHERE id LIKE 'big-%'), "
-                           "(SELECT sum(length(json)) FROM detections WHERE id LIKE 'big-%'), "
-                           "(SELECT count(*) FROM mitigations)",
-                           -1, &st, nullptr) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-      got = {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2)};
-    }
-    sqlite3_finalize(st);
-    sqlite3_close_v2(raw);
-    return got;
+    return PlainSqliteRow((copy / std::string(kSqliteFileName)).string(),
+                          "SELECT (SELECT count(*) FROM detections WHERE id LIKE 'big-%'), "
+                          "(SELECT sum(length(json)) FROM detections WHERE id LIKE 'big-%'), "
+                          "(SELECT count(*) FROM mitigations)");
   };
-  EXPECT_EQ(recovered("after-first"), std::make_tuple(5000, 5000 * 2000, 0));
+  EXPECT_THAT(recovered("after-first"), ElementsAre("5000", "10000000", "0"));
   for (size_t i : {size_t{0}, size_t{2500}, rows.size() - 1}) {  // a pooled connection
     auto got = (*store)->GetDetection("bot-model", rows[i].id);
     ASSERT_OK(got);
@@ -1545,7 +1551,7 @@ TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
   ASSERT_TRUE(read->has_value());
   EXPECT_EQ(**read, m);
 
-  EXPECT_EQ(recovered("after-second"), std::make_tuple(5000, 5000 * 2000, 1));
+  EXPECT_THAT(recovered("after-second"), ElementsAre("5000", "10000000", "1"));
 }
 
 // Frames a transaction spilled and then rolled back may still be in its connection's
@@ -1598,26 +1604,13 @@ TEST(SqliteStore, RolledBackSpillNeverOverwritesAnotherWritersCommit) {
     ASSERT_OK(V((*txn)->PutDetection(MakeDetection("bot-model", "a-after", kT0, kT0))));
     ASSERT_OK(V((*txn)->Commit()));
   }
-  sqlite3* raw = nullptr;
-  sqlite3_stmt* st = nullptr;
   const std::string file = (backend.dir() / std::string(kSqliteFileName)).string();
-  ASSERT_EQ(sqlite3_open_v2(file.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  ASSERT_EQ(sqlite3_prepare_v2(raw,
-                               "SELECT count(*), sum(length(json)), "
-                               "(SELECT count(*) FROM detections WHERE id LIKE 'spill-%') "
-                               "FROM detections WHERE id LIKE 'b-%'",
-                               -1, &st, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int64(st, 0), 2000);
-  EXPECT_EQ(sqlite3_column_int64(st, 1), 2000 * 3000);
-  EXPECT_EQ(sqlite3_column_int64(st, 2), 0);
-  sqlite3_finalize(st);
-  ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA integrity_check", -1, &st, nullptr), SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "ok");
-  sqlite3_finalize(st);
-  sqlite3_close_v2(raw);
+  EXPECT_THAT(PlainSqliteRow(file,
+                             "SELECT count(*), sum(length(json)), "
+                             "(SELECT count(*) FROM detections WHERE id LIKE 'spill-%') "
+                             "FROM detections WHERE id LIKE 'b-%'"),
+              ElementsAre("2000", "6000000", "0"));
+  EXPECT_THAT(PlainSqliteRow(file, "PRAGMA integrity_check"), ElementsAre("ok"));
 }
 
 // With synchronous=FULL on a device without power-safe overwrite, SQLite pads a commit
@@ -1638,8 +1631,7 @@ TEST(SqliteStore, WalPaddingAfterACommitIsWrittenBeforeItIsPublished) {
                          "PRAGMA wal_autocheckpoint=0; CREATE TABLE t (k INTEGER, v TEXT);",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
-  sqlite3* r = nullptr;
-  ASSERT_EQ(sqlite3_open_v2(file.c_str(), &r, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  int64_t rows = 0;
   for (int round = 1; round <= 5; ++round) {
     ASSERT_EQ(sqlite3_exec(
                   w,
@@ -1651,17 +1643,10 @@ TEST(SqliteStore, WalPaddingAfterACommitIsWrittenBeforeItIsPublished) {
                   nullptr, nullptr, nullptr),
               SQLITE_OK)
         << sqlite3_errmsg(w);
-    sqlite3_stmt* st = nullptr;
-    ASSERT_EQ(sqlite3_prepare_v2(r, "SELECT count(*), sum(length(v)) FROM t", -1, &st, nullptr),
-              SQLITE_OK);
-    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW) << sqlite3_errmsg(r);
-    int64_t rows = 0;
-    for (int k = 1; k <= round; ++k) rows += 37 * k;
-    EXPECT_EQ(sqlite3_column_int64(st, 0), rows);
-    EXPECT_EQ(sqlite3_column_int64(st, 1), rows * 900);
-    sqlite3_finalize(st);
+    rows += 37 * round;
+    EXPECT_THAT(PlainSqliteRow(file, "SELECT count(*), sum(length(v)) FROM t"),
+                ElementsAre(absl::StrCat(rows), absl::StrCat(rows * 900)));
   }
-  sqlite3_close_v2(r);
   sqlite3_close_v2(w);
 }
 
@@ -1701,16 +1686,9 @@ TEST(SqliteStore, CheckpointsRunOffTheWriter) {
     std::filesystem::create_directories(copy);
     std::filesystem::copy_file(backend.dir() / std::string(kSqliteFileName),
                                copy / std::string(kSqliteFileName));
-    sqlite3* raw = nullptr;
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_open_v2((copy / std::string(kSqliteFileName)).c_str(), &raw, SQLITE_OPEN_READWRITE,
-                        nullptr) == SQLITE_OK &&
-        sqlite3_prepare_v2(raw, "SELECT count(*) FROM detections", -1, &st, nullptr) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-      in_file = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    sqlite3_close_v2(raw);
+    const std::vector<std::string> row = PlainSqliteRow(
+        (copy / std::string(kSqliteFileName)).string(), "SELECT count(*) FROM detections");
+    if (row.size() == 1) in_file = std::stoll(row[0]);
     if (in_file <= 0) absl::SleepFor(absl::Milliseconds(50));
   }
   EXPECT_GT(in_file, 0);
