@@ -146,34 +146,51 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
       std::move(trace_parent));
 }
 
+std::unique_ptr<DetectionIntake::ParsedTexts> DetectionIntake::ParseTexts(
+    const std::vector<std::string_view>& texts) {
+  auto out = std::make_unique<ParsedTexts>();
+  out->values.resize(texts.size());
+  out->unparsed.resize(texts.size());
+  // One parser (its stack reused) whose values go to the shared pool, then move out.
+  rapidjson::Document parser(&out->pool);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (auto e = ParseJsonBody(texts[i], &parser)) {
+      out->unparsed[i] = e->message;
+      out->values[i].SetObject();  // read as an empty object: its required fields are named
+    } else {
+      out->values[i] = std::move(static_cast<rapidjson::Value&>(parser));
+    }
+  }
+  return out;
+}
+
+DetectionIntake::Validated DetectionIntake::ValidateTexts(const auth::Principal& who,
+                                                          const ParsedTexts& texts,
+                                                          absl::Time now) const {
+  std::vector<const rapidjson::Value*> values(texts.values.size());
+  for (size_t i = 0; i < values.size(); ++i) values[i] = &texts.values[i];
+  Validated v = Validate(who, values, std::vector<std::string>(values.size()), now);
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!texts.unparsed[i]) continue;
+    v.items[i].detection.reset();
+    v.items[i].rejected_reply = RejectedReply(i, {{"detection", *texts.unparsed[i]}}, nullptr);
+  }
+  return v;
+}
+
 void DetectionIntake::SubmitJson(const auth::Principal& who, std::vector<std::string> texts,
                                  Done done, obs::SpanContext trace_parent) const {
   const absl::Time now = ctx_->deps.clock->Now();
-  // Each text gets its own document: an unparseable one is a rejected item, not a failed
+  // Each text is an item of its own: an unparseable one is a rejected item, not a failed
   // batch (as a bad item of an HTTP batch).
-  std::vector<rapidjson::Document> docs(texts.size());
-  std::vector<const rapidjson::Value*> values(texts.size());
-  std::vector<std::string> paths(texts.size());
-  std::vector<std::optional<std::string>> unparsed(texts.size());
-  for (size_t i = 0; i < texts.size(); ++i) {
-    if (auto e = ParseJsonBody(texts[i], &docs[i])) {
-      unparsed[i] = e->message;
-      docs[i].SetObject();  // read as an empty object: its required fields are named
-    }
-    values[i] = &docs[i];
-  }
-  Validated v = Validate(who, values, paths, now);
+  std::unique_ptr<ParsedTexts> parsed =
+      ParseTexts(std::vector<std::string_view>(texts.begin(), texts.end()));
+  Validated v = ValidateTexts(who, *parsed, now);
   if (!v.forbidden.empty()) {
     return done(absl::PermissionDeniedError(
         absl::StrCat(v.forbidden[0].field, ": ", v.forbidden[0].message)));
   }
-  for (size_t i = 0; i < texts.size(); ++i) {
-    if (unparsed[i]) {
-      v.items[i].detection.reset();
-      v.items[i].rejected_reply = RejectedReply(i, {{"detection", *unparsed[i]}}, nullptr);
-    }
-  }
-  docs.clear();
+  parsed.reset();
   EvaluateAndApply(std::move(v.items), who, now, "api", std::move(done), std::move(trace_parent));
 }
 

@@ -24,8 +24,10 @@
 #define QUELL_API_DETECTION_INTAKE_H_
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -74,6 +76,21 @@ class DetectionIntake {
   //! commit-thread spans ("ledger.commit", "index.apply") as its children too.
   void EvaluateAndApply(std::vector<Item> items, const auth::Principal& who, absl::Time now,
                         std::string origin, Done done, obs::SpanContext trace_parent = {}) const;
+
+  // Items given as JSON texts (gRPC's, the lines of an NDJSON body), parsed into one
+  // pool: values[i] is the i-th text's value, or an empty object when the text is not
+  // JSON (why in unparsed[i]). Not movable: the values point into the pool.
+  struct ParsedTexts {
+    rapidjson::MemoryPoolAllocator<> pool;
+    std::vector<rapidjson::Value> values;
+    std::vector<std::optional<std::string>> unparsed;
+  };
+  static std::unique_ptr<ParsedTexts> ParseTexts(const std::vector<std::string_view>& texts);
+
+  //! Stage 1 for parsed texts: each is read at path "" (errors name bare fields:
+  //! "score"); a text that did not parse is a rejected item with its parse error.
+  Validated ValidateTexts(const auth::Principal& who, const ParsedTexts& texts,
+                          absl::Time now) const;
 
   //! Both stages for detections given as JSON object texts, each read at path "" (the
   //! field names of errors are bare: "score"). A text that is not a JSON object is a

@@ -21,6 +21,18 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
   return std::nullopt;
 }
 
+std::vector<std::string_view> SplitNdjsonLines(std::string_view body) {
+  std::vector<std::string_view> lines;
+  while (!body.empty()) {
+    const size_t nl = body.find('\n');
+    std::string_view line = body.substr(0, nl);
+    body.remove_prefix(nl == std::string_view::npos ? body.size() : nl + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.find_first_not_of(" \t") != std::string_view::npos) lines.push_back(line);
+  }
+  return lines;
+}
+
 ObjectReader::ObjectReader(const rapidjson::Value& value, std::string path,
                            std::vector<FieldError>* errors)
     : value_(value), path_(std::move(path)), errors_(errors) {

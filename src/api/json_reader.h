@@ -2,7 +2,8 @@
 // are errors, and every error names its field path ("detections[2].score"), so a client
 // learns everything wrong with a request in one reply.
 //
-// Thread-safety: a reader is confined to one thread; ParseJsonBody is thread-safe.
+// Thread-safety: a reader is confined to one thread; ParseJsonBody and SplitNdjsonLines
+// are thread-safe.
 #ifndef QUELL_API_JSON_READER_H_
 #define QUELL_API_JSON_READER_H_
 
@@ -19,6 +20,10 @@ namespace quell::api {
 
 //! Parses `body` into `doc`. On failure returns an error naming the byte offset.
 std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc);
+
+//! The lines of an NDJSON body that hold anything but spaces and tabs, without their
+//! "\n" or "\r\n": views into `body`.
+std::vector<std::string_view> SplitNdjsonLines(std::string_view body);
 
 // Reads the members of one JSON object, collecting errors into `errors`.
 class ObjectReader {

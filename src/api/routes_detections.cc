@@ -1,9 +1,16 @@
-// POST /v1/detections: one detection or {"detections": [...]}. Each item is validated on
-// its own (a bad item gets its own error and does not sink the batch), evaluated against
-// the active policy set off the event loop, and the whole batch is applied in one ledger
-// step (workflow::ApplyDetections): idempotent per (source, id), durable when answered.
+// POST /v1/detections: one detection or {"detections": [...]}, or (Content-Type
+// application/x-ndjson) one detection per line; `?batch=` records an import batch on every
+// item. Each item is validated on its own (a bad item gets its own error and does not sink
+// the batch), evaluated against the active policy set off the event loop, and the whole
+// batch is applied in one ledger step (workflow::ApplyDetections): idempotent per
+// (source, id), durable when answered.
 // The decision path itself is api::DetectionIntake, shared with gRPC's Detections.Submit;
 // this file reads the body and chooses the HTTP status codes.
+#include <algorithm>
+#include <cctype>
+#include <optional>
+#include <string_view>
+
 #include "absl/strings/str_cat.h"
 #include "api/detection_intake.h"
 #include "api/internal/policy_routes.h"
@@ -12,44 +19,80 @@
 namespace quell::api::internal {
 namespace {
 
+// The media type of a Content-Type value, without parameters, lower-cased.
+std::string MediaType(std::string_view content_type) {
+  std::string_view t = content_type.substr(0, content_type.find(';'));
+  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+  while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+  std::string out(t);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
 void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
-  rapidjson::Document doc;
-  if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
-  if (!doc.IsObject()) {
-    return call.Fail(
-        ApiError::InvalidArgument("body must be a detection object or {\"detections\": [...]}"));
+  if (auto e = OnlyParams(call.req, {"batch"})) return call.Fail(*e);
+  std::optional<std::string_view> batch = call.req.QueryParam("batch");
+  if (batch && (batch->empty() || batch->size() > 64 ||
+                std::any_of(batch->begin(), batch->end(), [](char c) {
+                  return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+                }))) {
+    return call.Fail(ApiError::Field("batch", "must be 1-64 bytes without control characters"));
   }
   const absl::Time now = ctx.deps.clock->Now();
-  std::vector<const rapidjson::Value*> values;
-  std::vector<std::string> paths;
-  auto batch = doc.FindMember("detections");
-  if (batch != doc.MemberEnd()) {
-    if (doc.MemberCount() != 1 || !batch->value.IsArray()) {
-      return call.Fail(ApiError::Field("detections", "must be the only field, an array"));
-    }
-    const auto& arr = batch->value;
-    if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_detections_batch)) {
+  DetectionIntake::Validated v;
+  const std::string media = MediaType(call.req.Header("content-type"));
+  if (media == "application/x-ndjson") {
+    // One detection per line: what `quell import` sends, the file's lines as they are.
+    std::vector<std::string_view> lines = SplitNdjsonLines(call.req.body);
+    if (lines.empty()) return call.Fail(ApiError::InvalidArgument("body has no detection lines"));
+    if (lines.size() > static_cast<size_t>(ctx.options.max_detections_batch)) {
       return call.Fail(ApiError::TooLarge(absl::StrCat("a batch holds at most ",
                                                        ctx.options.max_detections_batch,
-                                                       " detections, got ", arr.Size())));
+                                                       " detections, got ", lines.size())));
     }
-    if (arr.Empty()) return call.Fail(ApiError::Field("detections", "must not be empty"));
-    for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
-      values.push_back(&arr[i]);
-      paths.push_back(absl::StrCat("detections[", i, "]"));
-    }
+    v = intake.ValidateTexts(call.who, *DetectionIntake::ParseTexts(lines), now);
   } else {
-    values.push_back(&doc);
-    paths.emplace_back("");
+    rapidjson::Document doc;
+    if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
+    if (!doc.IsObject()) {
+      return call.Fail(
+          ApiError::InvalidArgument("body must be a detection object or {\"detections\": [...]}"));
+    }
+    std::vector<const rapidjson::Value*> values;
+    std::vector<std::string> paths;
+    auto items = doc.FindMember("detections");
+    if (items != doc.MemberEnd()) {
+      if (doc.MemberCount() != 1 || !items->value.IsArray()) {
+        return call.Fail(ApiError::Field("detections", "must be the only field, an array"));
+      }
+      const auto& arr = items->value;
+      if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_detections_batch)) {
+        return call.Fail(ApiError::TooLarge(absl::StrCat("a batch holds at most ",
+                                                         ctx.options.max_detections_batch,
+                                                         " detections, got ", arr.Size())));
+      }
+      if (arr.Empty()) return call.Fail(ApiError::Field("detections", "must not be empty"));
+      for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
+        values.push_back(&arr[i]);
+        paths.push_back(absl::StrCat("detections[", i, "]"));
+      }
+    } else {
+      values.push_back(&doc);
+      paths.emplace_back("");
+    }
+    v = intake.Validate(call.who, values, paths, now);
   }
-
-  DetectionIntake::Validated v = intake.Validate(call.who, values, paths, now);
   // A detector key bound to other sources is a misconfiguration, not a bad item: refuse
   // the request whole so that nothing is half-applied.
   if (!v.forbidden.empty()) {
     ApiError e = ApiError::Forbidden(v.forbidden[0].message);
     e.details = std::move(v.forbidden);
     return call.Fail(e);
+  }
+  if (batch) {
+    for (DetectionIntake::Item& item : v.items) {
+      if (item.detection) item.detection->batch = std::string(*batch);
+    }
   }
 
   bool any_valid = false;

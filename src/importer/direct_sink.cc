@@ -169,8 +169,10 @@ class DirectSink final : public Sink {
     return absl::OkStatus();
   }
 
-  void Send(std::vector<engine::Detection> detections,
-            std::function<void(BatchResult)> done) override {
+  bool TakesJson() const override { return false; }
+
+  void Send(Rows rows, std::function<void(BatchResult)> done) override {
+    std::vector<engine::Detection>& detections = rows.detections;
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
     // What needs no ledger state (the stored form, the reply heads, the evaluation of a row
     // that reads no ledger state) is done here, on the caller's thread; the commit thread

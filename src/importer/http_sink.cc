@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "api/detection_codec.h"
 #include "core/strings.h"
 #include "importer/internal/http_client.h"
+#include "importer/reader.h"
 #include "importer/sink.h"
 #include "rapidjson/document.h"
 
@@ -23,7 +23,7 @@ using internal::HttpConnection;
 using internal::HttpResponse;
 
 struct Job {
-  std::vector<engine::Detection> detections;
+  std::vector<std::string> rows;
   std::function<void(BatchResult)> done;
 };
 
@@ -70,7 +70,7 @@ absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, si
     } else {
       it.status = ItemResult::Status::kRejected;
       it.error = ErrorMessage(r);
-      it.row = rows[i];
+      it.row = rows[i].substr(0, kMaxRejectText);
     }
   }
   return items;
@@ -89,7 +89,11 @@ std::string ReplyError(const HttpResponse& r) {
 class HttpSink final : public Sink {
  public:
   HttpSink(const HttpSinkOptions& options, internal::Url url)
-      : options_(options), url_(std::move(url)) {}
+      : options_(options),
+        url_(std::move(url)),
+        target_(options.batch.empty() ? std::string("/v1/detections")
+                                      : absl::StrCat("/v1/detections?batch=",
+                                                     internal::PercentEncode(options.batch))) {}
 
   ~HttpSink() override {
     {
@@ -117,11 +121,12 @@ class HttpSink final : public Sink {
     return absl::OkStatus();
   }
 
-  void Send(std::vector<engine::Detection> detections,
-            std::function<void(BatchResult)> done) override {
+  bool TakesJson() const override { return true; }
+
+  void Send(Rows rows, std::function<void(BatchResult)> done) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(Job{std::move(detections), std::move(done)});
+      queue_.push_back(Job{std::move(rows.json), std::move(done)});
     }
     cv_.notify_one();
   }
@@ -129,9 +134,10 @@ class HttpSink final : public Sink {
   std::string Describe() const override { return absl::StrCat("server ", options_.url); }
 
  private:
-  std::vector<std::pair<std::string, std::string>> AuthHeaders() const {
+  std::vector<std::pair<std::string, std::string>> AuthHeaders(
+      std::string_view content_type = "application/json") const {
     return {{"Authorization", absl::StrCat("Bearer ", options_.key)},
-            {"Content-Type", "application/json"}};
+            {"Content-Type", std::string(content_type)}};
   }
 
   void Work() {
@@ -145,31 +151,31 @@ class HttpSink final : public Sink {
         job = std::move(queue_.front());
         queue_.pop_front();
       }
-      job.done(Post(conn, job.detections));
+      job.done(Post(conn, job.rows));
     }
   }
 
-  BatchResult Post(HttpConnection& conn, const std::vector<engine::Detection>& detections) {
-    std::vector<std::string> rows;
-    rows.reserve(detections.size());
-    std::string body = "{\"detections\":[";
-    for (size_t i = 0; i < detections.size(); ++i) {
-      rows.push_back(api::DetectionToJson(detections[i]));
-      if (i) body += ',';
-      body += rows.back();
+  // The rows as an NDJSON body: the server reads each line as one detection.
+  BatchResult Post(HttpConnection& conn, const std::vector<std::string>& rows) {
+    size_t bytes = 0;
+    for (const std::string& row : rows) bytes += row.size() + 1;
+    std::string body;
+    body.reserve(bytes);
+    for (const std::string& row : rows) {
+      body += row;
+      body += '\n';
     }
-    body += "]}";
     BatchResult result;
     const absl::Time give_up = absl::Now() + options_.retry_for;
     absl::Duration backoff = absl::Milliseconds(100);
     for (;;) {
-      auto r = conn.Request("POST", "/v1/detections", AuthHeaders(), body);
+      auto r = conn.Request("POST", target_, AuthHeaders("application/x-ndjson"), body);
       absl::Status retryable;
       if (!r.ok()) {
         retryable = r.status();
       } else if (r->status == 200 ||
                  (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
-        auto items = ParseResults(r->body, detections.size(), rows);
+        auto items = ParseResults(r->body, rows.size(), rows);
         if (!items.ok()) {
           result.status = items.status();
         } else {
@@ -197,6 +203,7 @@ class HttpSink final : public Sink {
 
   HttpSinkOptions options_;
   internal::Url url_;
+  std::string target_;  // POST /v1/detections[?batch=]
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;  // guarded by mu_

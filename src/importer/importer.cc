@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "api/detection_codec.h"
 #include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -112,6 +113,8 @@ class Run {
     ReaderOptions ro;
     ro.max_row_bytes = o_.max_row_bytes;
     ro.decode.now = absl::Now();
+    // A server decodes and validates the rows itself: an NDJSON line goes to it as read.
+    ro.ndjson_as_text = !o_.server_url.empty() && !o_.dry_run;
     std::optional<uint64_t> total = 0;
     for (const std::string& path : o_.files) {
       auto src = ByteSource::Open(path);
@@ -167,6 +170,7 @@ class Run {
       HttpSinkOptions ho;
       ho.url = o_.server_url;
       ho.key = o_.key;
+      ho.batch = cp.batch;
       ho.connections = o_.in_flight;
       ho.retry_for = o_.retry_for;
       auto sink = OpenHttpSink(ho);
@@ -236,7 +240,8 @@ class Run {
       }
       auto cur = std::make_unique<Pending>();
       cur->file = o_.files[f];
-      std::vector<engine::Detection> dets;
+      const bool json = sink_->TakesJson();
+      Rows rows;
       Row row;
       for (;;) {
         if (Stopping()) {
@@ -248,7 +253,7 @@ class Run {
         if (!got.ok()) {
           // The rows before stay imported (sent below); the checkpoint stops before the error.
           cur->mark = {f, r.position()};
-          Submit(std::move(cur), std::move(dets));
+          Submit(std::move(cur), std::move(rows));
           return absl::Status(
               got.status().code(),
               absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
@@ -260,23 +265,30 @@ class Run {
         if (row.detection) {
           row.detection->batch = res_.batch;
           cur->lines.push_back(row.line);
-          dets.push_back(*std::move(row.detection));
+          if (json) {
+            rows.json.push_back(api::DetectionToJson(*row.detection));
+          } else {
+            rows.detections.push_back(*std::move(row.detection));
+          }
+        } else if (!row.json.empty()) {
+          cur->lines.push_back(row.line);
+          rows.json.push_back(std::move(row.json));
         } else {
           cur->rejects.push_back(Reject{row.line, std::move(row.error), std::move(row.text)});
         }
-        if (dets.size() + cur->rejects.size() >= o_.batch_rows) {
+        if (rows.size() + cur->rejects.size() >= o_.batch_rows) {
           cur->mark = {f, r.position()};
-          Submit(std::move(cur), std::move(dets));
+          Submit(std::move(cur), std::move(rows));
           cur = std::make_unique<Pending>();
           cur->file = o_.files[f];
-          dets = {};
+          rows = {};
         }
         if ((rows_this_run_ & 1023) == 0)
           progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));
       }
       bytes_done_ += r.source().raw_bytes();
       cur->mark = {f + 1, Position{}};
-      Submit(std::move(cur), std::move(dets));
+      Submit(std::move(cur), std::move(rows));
     }
     return absl::OkStatus();
   }
@@ -284,18 +296,18 @@ class Run {
   uint64_t Bytes(int64_t f) const { return bytes_done_ + readers_[f]->source().raw_bytes(); }
   int64_t InFlightRows() const { return in_flight_rows_; }
 
-  void Submit(std::unique_ptr<Pending> p, std::vector<engine::Detection> dets) {
+  void Submit(std::unique_ptr<Pending> p, Rows rows) {
     while (static_cast<int>(pending_.size()) >= std::max(1, o_.in_flight))
       Acknowledge(/*wait=*/true);
     p->seq = next_seq_++;
     in_flight_rows_ += p->read;
     uint64_t seq = p->seq;
     pending_[seq] = std::move(p);
-    if (dets.empty()) {
+    if (rows.size() == 0) {
       Complete(seq, BatchResult{});
       return;
     }
-    sink_->Send(std::move(dets), [this, seq](BatchResult r) { Complete(seq, std::move(r)); });
+    sink_->Send(std::move(rows), [this, seq](BatchResult r) { Complete(seq, std::move(r)); });
     Acknowledge(/*wait=*/false);
   }
 

@@ -61,6 +61,15 @@ class TextReader final : public RowReader {
         row->text = Clip(rec.text);
         return true;
       }
+      if (format_ != Format::kCsv && options_.ndjson_as_text) {
+        if (absl::Status s = CheckRowUtf8(rec.text); !s.ok()) {
+          row->error = std::string(SV(s.message()));
+          row->text = Clip(rec.text);
+        } else {
+          row->json.assign(rec.text);
+        }
+        return true;
+      }
       absl::StatusOr<engine::Detection> d = format_ == Format::kCsv
                                                 ? DecodeCsvRow(*header_, rec.text, options_.decode)
                                                 : DecodeJsonRow(rec.text, options_.decode);

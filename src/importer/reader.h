@@ -35,6 +35,9 @@ struct Position {
 struct Row {
   int64_t line = 0;  // 1-based line where the row starts (NDJSON/CSV) or record number (Avro)
   std::optional<engine::Detection> detection;  // empty: rejected, see `error`
+  // With ReaderOptions::ndjson_as_text, an NDJSON row comes here instead of `detection`:
+  // the line as read, checked only for size and UTF-8 (the server validates the rest).
+  std::string json;
   std::string error;
   std::string text;  // the row as read (at most kMaxRejectText bytes), only when rejected
 };
@@ -45,6 +48,7 @@ inline constexpr size_t kMaxRejectText = 4096;
 struct ReaderOptions {
   size_t max_row_bytes = 1 << 20;  // longer rows are rejected (and skipped to the next line)
   DecodeOptions decode;
+  bool ndjson_as_text = false;  // NDJSON rows in Row::json, not decoded (CSV, Avro: decoded)
 };
 
 class RowReader {

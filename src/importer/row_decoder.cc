@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "rapidjson/error/en.h"
 
@@ -120,12 +121,17 @@ absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
   return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
 }
 
-absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
-                                                const DecodeOptions& options) {
+absl::Status CheckRowUtf8(std::string_view text) {
   if (auto bad = FindInvalidUtf8(text)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
+                                                const DecodeOptions& options) {
+  QUELL_RETURN_IF_ERROR(CheckRowUtf8(text));
   rapidjson::Document doc;
   doc.Parse(text.data(), text.size());
   if (doc.HasParseError()) {

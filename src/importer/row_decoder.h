@@ -42,6 +42,9 @@ struct DecodeOptions {
 //! The byte offset of the first invalid UTF-8 sequence in `s`, or nullopt.
 std::optional<size_t> FindInvalidUtf8(std::string_view s);
 
+//! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8.
+absl::Status CheckRowUtf8(std::string_view text);
+
 //! Reads a detection from a JSON value (a parsed row), as POST /v1/detections would.
 absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
                                                   const DecodeOptions& options);

@@ -1,5 +1,6 @@
-// Where decoded detections go: a running server (HttpSink, POST /v1/detections over
-// keep-alive HTTP/1.1) or the data directory itself (DirectSink: the same evaluation and
+// Where rows go: a running server (HttpSink, POST /v1/detections over keep-alive
+// HTTP/1.1, the rows as NDJSON: the server decodes and validates them) or, decoded, the
+// data directory itself (DirectSink: the same evaluation and
 // workflow::ApplyDetections the server runs, through a Ledger of its own). Both are
 // idempotent per (source, id), so replaying a batch after an interruption is safe.
 //
@@ -32,11 +33,20 @@ struct BatchResult {
   std::vector<ItemResult> items;  // one per detection, in order, when status is OK
 };
 
+// A batch of rows, in the form its sink takes (Sink::TakesJson).
+struct Rows {
+  std::vector<engine::Detection> detections;  // decoded
+  std::vector<std::string> json;              // or one JSON object text per row
+  size_t size() const { return detections.size() + json.size(); }
+};
+
 class Sink {
  public:
   virtual ~Sink() = default;
-  virtual void Send(std::vector<engine::Detection> detections,
-                    std::function<void(BatchResult)> done) = 0;
+  //! Whether Send takes rows as JSON texts (an NDJSON line as read, a CSV or Avro row
+  //! decoded and encoded again), which the sink's far end validates, or decoded.
+  virtual bool TakesJson() const = 0;
+  virtual void Send(Rows rows, std::function<void(BatchResult)> done) = 0;
   //! How the sink is described in messages ("server http://..", "data dir ./var").
   virtual std::string Describe() const = 0;
 };
@@ -44,6 +54,7 @@ class Sink {
 struct HttpSinkOptions {
   std::string url;      // http://host:port[/prefix]
   std::string key;      // bearer key (a detector key for the sources in the file, or admin)
+  std::string batch;    // the import batch, recorded on every detection (?batch=)
   int connections = 3;  // batches in flight
   absl::Duration retry_for = absl::Seconds(60);  // keep retrying 429/503/connection errors
 };

@@ -1,6 +1,7 @@
 """Integration tests for detections and policies (issue 3) against the real binary,
 with the example music-streaming policy set published at start."""
 import datetime
+import json
 import os
 import unittest
 
@@ -125,6 +126,40 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual(self.submit({"detections": []})[0], 400)
         self.assertEqual(self.submit([det("arr", "user:arr")])[0], 400)
         self.assertEqual(self.submit({"detections": [], "extra": 1})[0], 400)
+
+    def test_ndjson_body_and_batch_parameter(self):
+        # What `quell import --server` sends: one detection per line, the batch id once.
+        lines = [json.dumps(det("nd-1", "user:nd1")),
+                 "",                                           # blank: not an item
+                 "{not json",                                  # item 1: rejected, parse error
+                 json.dumps(det("nd-3", "user:nd3", score=2)),  # item 2: rejected, field error
+                 json.dumps(det("nd-4", "user:nd4", batch="b_own")) + "\r"]
+        ndjson = {"Content-Type": "application/x-ndjson; charset=utf-8"}
+        s, r, _ = self.q.request("POST", "/v1/detections?batch=b_ndjson", "\n".join(lines),
+                                 headers=ndjson)
+        self.assertEqual(s, 200, r)
+        res = r["results"]
+        self.assertEqual([(x["index"], x["status"]) for x in res],
+                         [(0, "accepted"), (1, "rejected"), (2, "rejected"), (3, "accepted")])
+        self.assertIn("malformed JSON", res[1]["error"]["message"])
+        self.assertEqual([d["field"] for d in res[2]["error"]["details"]], ["score"])
+        # The batch parameter is recorded on every decision, over an item's own.
+        for entity in ("user:nd1", "user:nd4"):
+            page = self.q.request("GET", "/v1/mitigations?entity=" + entity)[1]["mitigations"]
+            self.assertEqual([m["batch"] for m in page], ["b_ndjson"], entity)
+        # The same lines again are duplicates.
+        s, r, _ = self.q.request("POST", "/v1/detections", lines[0], headers=ndjson)
+        self.assertEqual((s, r["results"][0]["status"]), (200, "duplicate"))
+        # Refused whole: no lines, an empty or control-character batch, unknown parameters.
+        self.assertEqual(self.q.request("POST", "/v1/detections", "\n \n", headers=ndjson)[0], 400)
+        for target in ("/v1/detections?batch=", "/v1/detections?batch=a%01b",
+                       "/v1/detections?colour=red"):
+            s, e, _ = self.q.request("POST", target, lines[0], headers=ndjson)
+            self.assertEqual(s, 400, target)
+        s, e, _ = self.q.request("POST", "/v1/detections",
+                                 "\n".join(json.dumps(det("ndl-%d" % i, "user:l")) for i in range(10001)),
+                                 headers=ndjson)
+        self.assertEqual(s, 413, e)
 
     def test_detector_key_bound_to_its_sources(self):
         key = self.q.create_key("detector", "bot-model-v3")

@@ -263,6 +263,43 @@ class ServerImportTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_rows_the_server_rejects_go_to_the_rejects_file(self):
+        # Through a server, NDJSON lines are sent as read and the server validates them:
+        # its per-row reasons must reach the rejects file with the rows' line numbers, and
+        # CSV rows (decoded, then encoded) must carry the batch like the NDJSON ones.
+        q = QuellServer(extra_args=["--config", CONFIG]).start()
+        try:
+            f = os.path.join(self.tmp.name, "mixed.ndjson")
+            with open(f, "wb") as out:
+                out.write((json.dumps(dict(row(0), id="m1", entity="user:mixed1")) + "\n").encode())
+                out.write(b'{"id": "m2", "score": \n')                                   # line 2
+                out.write((json.dumps(dict(row(0), id="m3", score=2)) + "\n").encode())  # line 3
+                out.write(b"\n")
+                out.write(b'{"id": "m5\xff"}\n')                                         # line 5
+                out.write((json.dumps(dict(row(0), id="m6", type="no_such_type")) + "\n").encode())
+            c = os.path.join(self.tmp.name, "more.csv")
+            with open(c, "w") as out:
+                out.write("id,source,type,entity,score,observed_at\n")
+                out.write("c1,bot-model-v3,artificial_streaming,user:mixed2,0.97,%s\n" % ts(5))
+            rejects = os.path.join(self.tmp.name, "mixed.rejects")
+            code, out, err = import_cmd(f, c, "--server", "http://127.0.0.1:%d" % q.port,
+                                        "--key", q.admin_key, "--json", "--rejects", rejects)
+            self.assertEqual(code, 0, err)
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (6, 2, 4))
+            with open(rejects) as r:
+                got = [json.loads(l) for l in r]
+            self.assertEqual([(r["file"], r["line"]) for r in got], [(f, 2), (f, 3), (f, 5), (f, 6)])
+            self.assertIn("malformed JSON", got[0]["error"])
+            self.assertIn("score", got[1]["error"])
+            self.assertIn("invalid UTF-8", got[2]["error"])
+            self.assertIn("unknown detection type", got[3]["error"])
+            self.assertIn('"id": "m3"', got[1]["row"])  # the row as it was in the file
+            self.assertEqual({m[4] for m in mitigations(q)}, {s["batch"]})
+            self.assertEqual({m[0] for m in mitigations(q)}, {"user:mixed1", "user:mixed2"})
+        finally:
+            q.cleanup()
+
     def test_wrong_key_and_direct_import_refused_while_server_runs(self):
         code, _, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
                                   "--key", "k_nope.nope")

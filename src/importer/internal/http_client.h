@@ -23,6 +23,9 @@ struct Url {
 //! Parses "http://host[:port][/prefix]". kInvalidArgument otherwise (https included).
 absl::StatusOr<Url> ParseUrl(std::string_view url);
 
+//! `s` as a query parameter value: every byte but A-Z a-z 0-9 - _ . ~ as %XX.
+std::string PercentEncode(std::string_view s);
+
 struct HttpResponse {
   int status = 0;
   std::string body;
