@@ -42,7 +42,7 @@ output:
   --json                   the final summary as one JSON object on stdout
   --progress auto|bar|lines|off   (default auto: a bar on a terminal)
 tuning:
-  --batch-rows N (1000)  --in-flight N (3)  --retry-for DURATION (60s)  --no-fsync
+  --batch-rows N (1000)  --in-flight N (8)  --retry-for DURATION (60s)  --no-fsync
 )";
 
 std::atomic<bool> g_stop{false};
