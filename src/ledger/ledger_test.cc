@@ -202,6 +202,18 @@ class FaultyStore final : public Store {
         const std::vector<StoredDetection>& ds) override {
       return inner_->PutNewDetections(ds);
     }
+    // The batched forms too, so a test through this store runs the backend's own.
+    absl::StatusOr<std::vector<std::optional<std::string>>> GetDetectionReplies(
+        const std::vector<DetectionKey>& keys) override {
+      return inner_->GetDetectionReplies(keys);
+    }
+    absl::Status PutDetections(const std::vector<StoredDetection>& ds) override {
+      return inner_->PutDetections(ds);
+    }
+    absl::StatusOr<std::optional<Change>> AppendMitigationIfAt(Change c, const core::Mitigation& m,
+                                                               int64_t expected_seq) override {
+      return inner_->AppendMitigationIfAt(std::move(c), m, expected_seq);
+    }
     absl::StatusOr<int64_t> CountMitigations(const core::Entity& e, std::string_view p,
                                              std::string_view a, absl::Time since,
                                              bool no_shadow) override {
