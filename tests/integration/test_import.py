@@ -300,6 +300,43 @@ class ServerImportTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_rollback_of_one_import_batch(self):
+        # Two imports on disjoint users: undoing the first by its batch id leaves the
+        # second exactly as it was.
+        q = QuellServer(extra_args=["--config", CONFIG]).start()
+        try:
+            batches = []
+            for name, users in (("first", "a"), ("second", "b")):
+                f = os.path.join(self.tmp.name, name + ".ndjson")
+                with open(f, "w") as out:
+                    for i in range(200):
+                        out.write(json.dumps(dict(row(i), id="%s%d" % (name, i),
+                                                  entity="user:%s%d" % (users, i % 40))) + "\n")
+                code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % q.port,
+                                            "--key", q.admin_key, "--json")
+                self.assertEqual(code, 0, err)
+                batches.append(json.loads(out)["batch"])
+            before = mitigations(q)
+            mine = [m for m in before if m[4] == batches[0]]
+            theirs = [m for m in before if m[4] == batches[1]]
+            self.assertTrue(mine and theirs)
+            live = [m for m in mine if m[2] in ("active", "scheduled", "pending_approval", "shadow")]
+            # user:a0 had five high-score hits: suspended (deny) until the rollback.
+            self.assertEqual(q.request("GET", "/v1/check?entity=user:a0")[1]["verdict"], "deny")
+            self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
+            s, r, _ = q.request("POST", "/v1/rollbacks",
+                                {"filter": {"batch": batches[0]}, "reason": "bad export"})
+            self.assertEqual(s, 200, r)
+            self.assertEqual((r["state"], r["revoked"]), ("done", len(live)))
+            after = mitigations(q)
+            self.assertEqual([m for m in after if m[4] == batches[1]], theirs)
+            self.assertEqual({m[2] for m in after if m[4] == batches[0]} - {"revoked", "expired"},
+                             set())
+            self.assertEqual(q.request("GET", "/v1/check?entity=user:a0")[1]["verdict"], "allow")
+            self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
+        finally:
+            q.cleanup()
+
     def test_wrong_key_and_direct_import_refused_while_server_runs(self):
         code, _, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
                                   "--key", "k_nope.nope")
