@@ -1,7 +1,7 @@
 """Integration tests for `quell import` (issue 7) against the real binary: through a
 running server (batch ids on mitigations, idempotent re-import, kill -9 of the import and
 of the server mid-file then --resume, compared with an uninterrupted import into a second
-server), directly into a data directory (lock, dry run that writes nothing), and bad input
+server, rows the server rejects, a rollback of one import by its batch id), directly into a data directory (lock, dry run that writes nothing), and bad input
 (truncated gzip, wrong column count, invalid UTF-8, a 10 MB line, wrong Avro schema,
 empty file)."""
 import datetime
