@@ -3,7 +3,9 @@
 # set, a detector key): `quell import --server`. Bar: >= 200,000 rows/s.
 #
 #   bench/import_server.sh [ROWS] [IN_FLIGHT]      QUELL_BIN=build/quell by default; IN_FLIGHT:
-#   the importer's default (8) unless given
+#   the importer's default (8) unless given. SCHEDSTAT=1 also prints, for each server thread
+#   that ran over 0.1 s, its CPU time and its time waiting runnable during the import
+#   (/proc/PID/task/TID/schedstat): the busiest is the ledger's commit thread.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -23,11 +25,19 @@ for _ in $(seq 600); do curl -fsS "http://127.0.0.1:$QUELL_PORT/healthz" >/dev/n
 key=$("$BIN" keys create --role detector --source bot-model-v3 --data "$BENCH_TMP/var" 2>/dev/null)
 # The previous run's gigabyte or so may still be in writeback: let it finish first.
 sync
+schedstat() { for t in /proc/"$pid"/task/*; do echo "${t##*/} $(cat "$t/schedstat")"; done | sort; }
+[ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.before"
 start=$(date +%s.%N)
 "$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
   ${IN_FLIGHT:+--in-flight "$IN_FLIGHT"} --progress off --json >"$BENCH_TMP/quell.json"
 end=$(date +%s.%N)
+[ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.after"
 cat "$BENCH_TMP/quell.json"; echo
 s=$(echo "$end - $start" | bc -l)
 printf 'quell import --server (%s in flight): %.2fs  %.0f rows/s (bar >= 200000)\n' "${IN_FLIGHT:-default}" "$s" "$(echo "$ROWS / $s" | bc -l)"
+if [ -n "${SCHEDSTAT:-}" ]; then
+  join "$BENCH_TMP/sched.before" "$BENCH_TMP/sched.after" | sort -k5 -n -r |
+    awk -v wall="$s" '{run = ($5 - $2) / 1e9; wait = ($6 - $3) / 1e9;
+      if (run > 0.1) printf "server thread %s: ran %.2f s (%.0f%% of the import), waited runnable %.2f s\n", $1, run, 100 * run / wall, wait}'
+fi
 machine_load

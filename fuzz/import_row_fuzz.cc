@@ -83,7 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const int forms = row.detection.has_value() + !row.json.empty() + !row.error.empty();
         if (forms != 1) std::abort();
         if (!row.json.empty() &&
-            (quell::importer::FindInvalidUtf8(row.json) || row.json.find('\n') != row.json.npos))
+            (quell::core::FindInvalidUtf8(row.json) || row.json.find('\n') != row.json.npos))
           std::abort();
         if (row.text.size() > quell::importer::kMaxRejectText) std::abort();
       }

@@ -5,6 +5,7 @@
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "core/utf8.h"
 #include "ledger/store.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -29,6 +30,11 @@ bool ValidName(std::string_view s) {
 }
 
 }  // namespace
+
+bool ValidBatchId(std::string_view batch) {
+  return !batch.empty() && batch.size() <= 64 && ValidName(batch) &&
+         !core::FindInvalidUtf8(batch).has_value();
+}
 
 absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
                                                 const std::string& path, absl::Time now,
@@ -121,8 +127,8 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
     }
   }
   if (batch) {
-    if (!ValidName(*batch)) {
-      r.Fail("batch", "must be 1-64 bytes without control characters");
+    if (!ValidBatchId(*batch)) {
+      r.Fail("batch", std::string(kBatchIdRule));
     } else {
       d.batch = *batch;
     }

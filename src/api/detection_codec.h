@@ -28,6 +28,12 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
                                                 const DetectionLimits& limits,
                                                 std::vector<FieldError>* errors);
 
+//! An import batch id, as a detection's `batch` or POST /v1/detections?batch=: 1-64 bytes
+//! of UTF-8 without control characters.
+bool ValidBatchId(std::string_view batch);
+inline constexpr std::string_view kBatchIdRule =
+    "must be 1-64 bytes of UTF-8 without control characters";
+
 //! The normalised JSON form stored with a detection (canonical entities, RFC 3339 time).
 //! It starts with ledger::AppendDetectionJsonHead of d's own fields; `head_bytes`, if
 //! given, is set to that head's length (see StoredDetection::json_head_bytes).

@@ -151,7 +151,7 @@ std::unique_ptr<DetectionIntake::ParsedTexts> DetectionIntake::ParseTexts(
   auto out = std::make_unique<ParsedTexts>();
   out->values.resize(texts.size());
   out->unparsed.resize(texts.size());
-  // One parser (its stack reused) whose values go to the shared pool, then move out.
+  // One parser whose values are allocated in the shared pool, then moved out of it.
   rapidjson::Document parser(&out->pool);
   for (size_t i = 0; i < texts.size(); ++i) {
     if (auto e = ParseJsonBody(texts[i], &parser)) {

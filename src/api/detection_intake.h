@@ -77,9 +77,9 @@ class DetectionIntake {
   void EvaluateAndApply(std::vector<Item> items, const auth::Principal& who, absl::Time now,
                         std::string origin, Done done, obs::SpanContext trace_parent = {}) const;
 
-  // Items given as JSON texts (gRPC's, the lines of an NDJSON body), parsed into one
-  // pool: values[i] is the i-th text's value, or an empty object when the text is not
-  // JSON (why in unparsed[i]). Not movable: the values point into the pool.
+  //! Items given as JSON texts (gRPC's, the lines of an NDJSON body), parsed into one
+  //! pool: values[i] is the i-th text's value, or an empty object when the text is not
+  //! JSON (why in unparsed[i]). Not movable: the values point into the pool.
   struct ParsedTexts {
     rapidjson::MemoryPoolAllocator<> pool;
     std::vector<rapidjson::Value> values;

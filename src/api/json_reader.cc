@@ -28,7 +28,7 @@ std::vector<std::string_view> SplitNdjsonLines(std::string_view body) {
     std::string_view line = body.substr(0, nl);
     body.remove_prefix(nl == std::string_view::npos ? body.size() : nl + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.find_first_not_of(" \t") != std::string_view::npos) lines.push_back(line);
+    if (line.find_first_not_of(" \t\r") != std::string_view::npos) lines.push_back(line);
   }
   return lines;
 }

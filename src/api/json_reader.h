@@ -21,8 +21,8 @@ namespace quell::api {
 //! Parses `body` into `doc`. On failure returns an error naming the byte offset.
 std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc);
 
-//! The lines of an NDJSON body that hold anything but spaces and tabs, without their
-//! "\n" or "\r\n": views into `body`.
+//! The lines of an NDJSON body that hold anything but spaces, tabs and "\r" (what
+//! `quell import` skips as blank too), without their "\n" or "\r\n": views into `body`.
 std::vector<std::string_view> SplitNdjsonLines(std::string_view body);
 
 // Reads the members of one JSON object, collecting errors into `errors`.

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "api/detection_codec.h"
 #include "api/detection_intake.h"
 #include "api/internal/policy_routes.h"
 #include "api/json_reader.h"
@@ -29,14 +30,20 @@ std::string MediaType(std::string_view content_type) {
   return out;
 }
 
+ApiError TooManyDetections(const Context& ctx, size_t n) {
+  return ApiError::TooLarge(absl::StrCat("a batch holds at most ", ctx.options.max_detections_batch,
+                                         " detections, got ", n));
+}
+
 void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
   if (auto e = OnlyParams(call.req, {"batch"})) return call.Fail(*e);
   std::optional<std::string_view> batch = call.req.QueryParam("batch");
-  if (batch && (batch->empty() || batch->size() > 64 ||
-                std::any_of(batch->begin(), batch->end(), [](char c) {
-                  return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-                }))) {
-    return call.Fail(ApiError::Field("batch", "must be 1-64 bytes without control characters"));
+  if (batch && !ValidBatchId(*batch)) {
+    return call.Fail(ApiError::Field("query.batch", std::string(kBatchIdRule)));
+  }
+  if (batch && std::count_if(call.req.query.begin(), call.req.query.end(),
+                             [](const auto& q) { return q.first == "batch"; }) > 1) {
+    return call.Fail(ApiError::Field("query.batch", "must be given once"));
   }
   const absl::Time now = ctx.deps.clock->Now();
   DetectionIntake::Validated v;
@@ -46,9 +53,7 @@ void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
     std::vector<std::string_view> lines = SplitNdjsonLines(call.req.body);
     if (lines.empty()) return call.Fail(ApiError::InvalidArgument("body has no detection lines"));
     if (lines.size() > static_cast<size_t>(ctx.options.max_detections_batch)) {
-      return call.Fail(ApiError::TooLarge(absl::StrCat("a batch holds at most ",
-                                                       ctx.options.max_detections_batch,
-                                                       " detections, got ", lines.size())));
+      return call.Fail(TooManyDetections(ctx, lines.size()));
     }
     v = intake.ValidateTexts(call.who, *DetectionIntake::ParseTexts(lines), now);
   } else {
@@ -67,9 +72,7 @@ void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
       }
       const auto& arr = items->value;
       if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_detections_batch)) {
-        return call.Fail(ApiError::TooLarge(absl::StrCat("a batch holds at most ",
-                                                         ctx.options.max_detections_batch,
-                                                         " detections, got ", arr.Size())));
+        return call.Fail(TooManyDetections(ctx, arr.Size()));
       }
       if (arr.Empty()) return call.Fail(ApiError::Field("detections", "must not be empty"));
       for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {

@@ -172,6 +172,11 @@ class DirectSink final : public Sink {
   bool TakesJson() const override { return false; }
 
   void Send(Rows rows, std::function<void(BatchResult)> done) override {
+    if (!rows.json.empty()) {  // TakesJson() is false: the importer decodes for this sink
+      BatchResult r;
+      r.status = absl::InternalError("the data directory sink takes decoded rows, not JSON");
+      return done(std::move(r));
+    }
     std::vector<engine::Detection>& detections = rows.detections;
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
     // What needs no ledger state (the stored form, the reply heads, the evaluation of a row

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "api/detection_codec.h"
 #include "core/strings.h"
 #include "importer/internal/http_client.h"
 #include "importer/reader.h"
@@ -27,12 +28,28 @@ struct Job {
   std::function<void(BatchResult)> done;
 };
 
+// The item's field errors as a direct import words them ("score: must be ...; entity:
+// ..."), or its message when it has none.
 std::string ErrorMessage(const rapidjson::Value& item) {
   auto e = item.FindMember("error");
-  if (e != item.MemberEnd() && e->value.IsObject()) {
-    auto m = e->value.FindMember("message");
-    if (m != e->value.MemberEnd() && m->value.IsString()) return m->value.GetString();
+  if (e == item.MemberEnd() || !e->value.IsObject()) return "rejected by the server";
+  std::string out;
+  if (auto ds = e->value.FindMember("details"); ds != e->value.MemberEnd() && ds->value.IsArray()) {
+    for (const rapidjson::Value& d : ds->value.GetArray()) {
+      if (!d.IsObject()) continue;
+      auto f = d.FindMember("field");
+      auto m = d.FindMember("message");
+      if (f == d.MemberEnd() || m == d.MemberEnd() || !f->value.IsString() ||
+          !m->value.IsString()) {
+        continue;
+      }
+      absl::StrAppend(&out, out.empty() ? "" : "; ", f->value.GetString(), ": ",
+                      m->value.GetString());
+    }
   }
+  if (!out.empty()) return out;
+  auto m = e->value.FindMember("message");
+  if (m != e->value.MemberEnd() && m->value.IsString()) return m->value.GetString();
   return "rejected by the server";
 }
 
@@ -105,15 +122,23 @@ class HttpSink final : public Sink {
   }
 
   absl::Status Start() {
-    // One request up front, so a wrong address or key fails before any row is read.
+    // One request up front, so that a wrong address, a wrong key or a server that does
+    // not take NDJSON bodies fails before any row is read. Two empty objects: a server
+    // that reads the body as NDJSON rejects both items (400, one result each) and writes
+    // nothing; one that reads it as a single JSON document (before NDJSON bodies and
+    // ?batch=) fails to parse it, so it could never import a batch without its id.
     HttpConnection probe(url_);
-    // An empty batch: authentication and the submit permission are checked, nothing is
-    // written (the reply is 400 "must not be empty").
-    auto r = probe.Request("POST", "/v1/detections", AuthHeaders(), "{\"detections\":[]}");
+    auto r = probe.Request("POST", target_, AuthHeaders("application/x-ndjson"), "{}\n{}\n");
     if (!r.ok()) return r.status();
     if (r->status == 401 || r->status == 403) {
       return absl::PermissionDeniedError(
           absl::StrCat("the server refused the key: ", ReplyError(*r)));
+    }
+    if (r->status != 400 || !ParseResults(r->body, 2, {"{}", "{}"}).ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the server at ", options_.url,
+          " does not take NDJSON detection batches (a quell older than this client?): ",
+          ReplyError(*r), "; upgrade it, or import with the quell version it runs"));
     }
     for (int i = 0; i < std::max(1, options_.connections); ++i) {
       workers_.emplace_back([this] { Work(); });
@@ -124,6 +149,7 @@ class HttpSink final : public Sink {
   bool TakesJson() const override { return true; }
 
   void Send(Rows rows, std::function<void(BatchResult)> done) override {
+    for (const engine::Detection& d : rows.detections) rows.json.push_back(api::DetectionToJson(d));
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(Job{std::move(rows.json), std::move(done)});

@@ -38,6 +38,10 @@ struct Reject {
   std::string text;
 };
 
+// A batch for a server is cut at this many bytes of rows too: a server takes bodies of up
+// to 8 MiB by default (http.max_body_bytes), and a row sent as read may be 64 KiB.
+constexpr size_t kMaxBatchBytes = 4 << 20;
+
 struct Mark {
   int64_t file = 0;
   Position pos;
@@ -242,6 +246,7 @@ class Run {
       cur->file = o_.files[f];
       const bool json = sink_->TakesJson();
       Rows rows;
+      size_t rows_bytes = 0;  // rows.json in a request body
       Row row;
       for (;;) {
         if (Stopping()) {
@@ -267,21 +272,24 @@ class Run {
           cur->lines.push_back(row.line);
           if (json) {
             rows.json.push_back(api::DetectionToJson(*row.detection));
+            rows_bytes += rows.json.back().size() + 1;
           } else {
             rows.detections.push_back(*std::move(row.detection));
           }
         } else if (!row.json.empty()) {
           cur->lines.push_back(row.line);
+          rows_bytes += row.json.size() + 1;
           rows.json.push_back(std::move(row.json));
         } else {
           cur->rejects.push_back(Reject{row.line, std::move(row.error), std::move(row.text)});
         }
-        if (rows.size() + cur->rejects.size() >= o_.batch_rows) {
+        if (rows.size() + cur->rejects.size() >= o_.batch_rows || rows_bytes >= kMaxBatchBytes) {
           cur->mark = {f, r.position()};
           Submit(std::move(cur), std::move(rows));
           cur = std::make_unique<Pending>();
           cur->file = o_.files[f];
           rows = {};
+          rows_bytes = 0;
         }
         if ((rows_this_run_ & 1023) == 0)
           progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));

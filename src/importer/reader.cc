@@ -61,7 +61,8 @@ class TextReader final : public RowReader {
         row->text = Clip(rec.text);
         return true;
       }
-      if (format_ != Format::kCsv && options_.ndjson_as_text) {
+      if (format_ != Format::kCsv && options_.ndjson_as_text &&
+          rec.text.size() <= kMaxTextRowBytes) {
         if (absl::Status s = CheckRowUtf8(rec.text); !s.ok()) {
           row->error = std::string(SV(s.message()));
           row->text = Clip(rec.text);

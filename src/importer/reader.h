@@ -35,8 +35,9 @@ struct Position {
 struct Row {
   int64_t line = 0;  // 1-based line where the row starts (NDJSON/CSV) or record number (Avro)
   std::optional<engine::Detection> detection;  // empty: rejected, see `error`
-  // With ReaderOptions::ndjson_as_text, an NDJSON row comes here instead of `detection`:
-  // the line as read, checked only for size and UTF-8 (the server validates the rest).
+  // With ReaderOptions::ndjson_as_text, an NDJSON row of at most kMaxTextRowBytes comes
+  // here instead of `detection`: the line as read, checked only for UTF-8 (the server
+  // validates the rest). A longer one is decoded, so a valid one travels compact.
   std::string json;
   std::string error;
   std::string text;  // the row as read (at most kMaxRejectText bytes), only when rejected
@@ -44,6 +45,9 @@ struct Row {
 
 // How much of a rejected row goes to the rejects file.
 inline constexpr size_t kMaxRejectText = 4096;
+// The longest NDJSON row sent as read (ReaderOptions::ndjson_as_text). A valid detection
+// is shorter once compact (evidence <= 16 KiB, <= 100 related entities of <= 300 bytes).
+inline constexpr size_t kMaxTextRowBytes = 64 * 1024;
 
 struct ReaderOptions {
   size_t max_row_bytes = 1 << 20;  // longer rows are rejected (and skipped to the next line)

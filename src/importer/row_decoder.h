@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "api/detection_codec.h"
+#include "core/utf8.h"
 #include "engine/engine.h"
 #include "rapidjson/document.h"
 
@@ -39,8 +40,7 @@ struct DecodeOptions {
   api::DetectionLimits limits;
 };
 
-//! The byte offset of the first invalid UTF-8 sequence in `s`, or nullopt.
-std::optional<size_t> FindInvalidUtf8(std::string_view s);
+using core::FindInvalidUtf8;
 
 //! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8.
 absl::Status CheckRowUtf8(std::string_view text);

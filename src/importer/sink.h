@@ -33,7 +33,9 @@ struct BatchResult {
   std::vector<ItemResult> items;  // one per detection, in order, when status is OK
 };
 
-// A batch of rows, in the form its sink takes (Sink::TakesJson).
+// A batch of rows, in the form its sink takes (Sink::TakesJson). A sink that takes JSON
+// encodes decoded rows too (after the JSON ones: a batch holds one form); one that takes
+// decoded rows fails a batch that holds JSON (kInternal).
 struct Rows {
   std::vector<engine::Detection> detections;  // decoded
   std::vector<std::string> json;              // or one JSON object text per row
@@ -55,7 +57,7 @@ struct HttpSinkOptions {
   std::string url;      // http://host:port[/prefix]
   std::string key;      // bearer key (a detector key for the sources in the file, or admin)
   std::string batch;    // the import batch, recorded on every detection (?batch=)
-  int connections = 3;  // batches in flight
+  int connections = 8;  // batches in flight
   absl::Duration retry_for = absl::Seconds(60);  // keep retrying 429/503/connection errors
 };
 

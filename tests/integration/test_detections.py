@@ -153,9 +153,11 @@ class DetectionsTest(unittest.TestCase):
         # Refused whole: no lines, an empty or control-character batch, unknown parameters.
         self.assertEqual(self.q.request("POST", "/v1/detections", "\n \n", headers=ndjson)[0], 400)
         for target in ("/v1/detections?batch=", "/v1/detections?batch=a%01b",
+                       "/v1/detections?batch=%FF", "/v1/detections?batch=a&batch=b",
                        "/v1/detections?colour=red"):
             s, e, _ = self.q.request("POST", target, lines[0], headers=ndjson)
             self.assertEqual(s, 400, target)
+            self.assertTrue(e["error"]["details"][0]["field"].startswith("query."), e)
         s, e, _ = self.q.request("POST", "/v1/detections",
                                  "\n".join(json.dumps(det("ndl-%d" % i, "user:l")) for i in range(10001)),
                                  headers=ndjson)

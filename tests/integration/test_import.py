@@ -6,12 +6,14 @@ server, rows the server rejects, a rollback of one import by its batch id), dire
 empty file)."""
 import datetime
 import gzip
+import http.server
 import json
 import os
 import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -273,10 +275,15 @@ class ServerImportTest(unittest.TestCase):
             with open(f, "wb") as out:
                 out.write((json.dumps(dict(row(0), id="m1", entity="user:mixed1")) + "\n").encode())
                 out.write(b'{"id": "m2", "score": \n')                                   # line 2
-                out.write((json.dumps(dict(row(0), id="m3", score=2)) + "\n").encode())  # line 3
-                out.write(b"\n")
+                out.write((json.dumps(dict(row(0), id="m3", score=2, entity="User:x")) + "\n").encode())
+                out.write(b" \r\n")                                                   # blank
                 out.write(b'{"id": "m5\xff"}\n')                                         # line 5
                 out.write((json.dumps(dict(row(0), id="m6", type="no_such_type")) + "\n").encode())
+                # Over 64 KiB as written, valid once compact: decoded here, accepted.
+                padded = json.dumps(dict(row(0), id="m7", entity="user:mixed3")).replace(",", "," + " " * 9000)
+                out.write((padded + "\n").encode())
+                # Evidence over the server's 16 KiB: sent as read, rejected by the server.
+                out.write((json.dumps(dict(row(0), id="m8", evidence={"x": "y" * 17000})) + "\n").encode())
             c = os.path.join(self.tmp.name, "more.csv")
             with open(c, "w") as out:
                 out.write("id,source,type,entity,score,observed_at\n")
@@ -286,19 +293,72 @@ class ServerImportTest(unittest.TestCase):
                                         "--key", q.admin_key, "--json", "--rejects", rejects)
             self.assertEqual(code, 0, err)
             s = json.loads(out)
-            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (6, 2, 4))
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (8, 3, 5))
             with open(rejects) as r:
                 got = [json.loads(l) for l in r]
-            self.assertEqual([(r["file"], r["line"]) for r in got], [(f, 2), (f, 3), (f, 5), (f, 6)])
+            self.assertEqual([(r["file"], r["line"]) for r in got],
+                             [(f, 2), (f, 3), (f, 5), (f, 6), (f, 8)])
             self.assertIn("malformed JSON", got[0]["error"])
-            self.assertIn("score", got[1]["error"])
+            self.assertIn("score: must be", got[1]["error"])  # every field error, as --data words them
+            self.assertIn("entity: ", got[1]["error"])
             self.assertIn("invalid UTF-8", got[2]["error"])
             self.assertIn("unknown detection type", got[3]["error"])
+            self.assertIn("evidence", got[4]["error"])
             self.assertIn('"id": "m3"', got[1]["row"])  # the row as it was in the file
             self.assertEqual({m[4] for m in mitigations(q)}, {s["batch"]})
-            self.assertEqual({m[0] for m in mitigations(q)}, {"user:mixed1", "user:mixed2"})
+            self.assertEqual({m[0] for m in mitigations(q)},
+                             {"user:mixed1", "user:mixed2", "user:mixed3"})
         finally:
             q.cleanup()
+
+    def test_batches_are_cut_by_bytes_too(self):
+        # 600 rows of ~15 KiB evidence are 9 MB: one batch of --batch-rows (1,000) would be
+        # over the server's 8 MiB body limit (413); cut at 4 MiB, every row goes in.
+        q = QuellServer(extra_args=["--config", CONFIG]).start()
+        try:
+            f = os.path.join(self.tmp.name, "wide.ndjson")
+            with open(f, "w") as out:
+                for i in range(600):
+                    out.write(json.dumps(dict(row(i), id="w%d" % i, evidence={"x": "y" * 15000})) + "\n")
+            self.assertGreater(os.path.getsize(f), 8 << 20)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % q.port,
+                                        "--key", q.admin_key, "--json")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(json.loads(out)["accepted"], 600)
+        finally:
+            q.cleanup()
+
+    def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
+        # A server from before NDJSON bodies reads the probe as one JSON document and fails
+        # to parse it; without the refusal a one-row batch would go in without its batch id.
+        class OldServer(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = b'{"error":{"code":"invalid_argument","message":"malformed JSON at byte 3"}}'
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldServer)
+        t = threading.Thread(target=srv.serve_forever)
+        t.start()
+        try:
+            f = os.path.join(self.tmp.name, "one.ndjson")
+            write_ndjson(f, 1)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+                                        "--key", "k_x.y")
+            self.assertEqual(code, 1)
+            self.assertIn("does not take NDJSON detection batches", err)
+            self.assertFalse(os.path.exists(f + ".quell-checkpoint"))
+        finally:
+            srv.shutdown()
+            t.join()
+            srv.server_close()
 
     def test_rollback_of_one_import_batch(self):
         # Two imports on disjoint users: undoing the first by its batch id leaves the
