@@ -137,7 +137,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
               for (size_t k = 0; k < out->size(); ++k) {
                 std::string reply = internal::TakeReply((*out)[k]);
                 (*replies)[slot_of[k]] =
-                    absl::StrCat("{\"index\":", slot_of[k], ",", reply.substr(1));
+                    absl::StrCat("{\"index\":", slot_of[k], ",", AV(reply).substr(1));
               }
               done(std::move(*replies));
             });
