@@ -149,6 +149,11 @@ class HttpSink final : public Sink {
   bool TakesJson() const override { return true; }
 
   void Send(Rows rows, std::function<void(BatchResult)> done) override {
+    if (!rows.json.empty() && !rows.detections.empty()) {  // their order would be lost
+      BatchResult r;
+      r.status = absl::InternalError("a batch holds decoded rows or JSON rows, not both");
+      return done(std::move(r));
+    }
     for (const engine::Detection& d : rows.detections) rows.json.push_back(api::DetectionToJson(d));
     {
       std::lock_guard<std::mutex> lock(mu_);
