@@ -93,6 +93,11 @@ absl::StatusOr<std::vector<ItemResult>> ParseResults(const std::string& body, si
   return items;
 }
 
+// Overload or a server (re)starting: worth asking again after a pause.
+bool Retryable(int status) {
+  return status == 429 || status == 502 || status == 503 || status == 504;
+}
+
 std::string ReplyError(const HttpResponse& r) {
   rapidjson::Document doc;
   doc.Parse(r.body.data(), r.body.size());
@@ -127,9 +132,22 @@ class HttpSink final : public Sink {
     // that reads the body as NDJSON rejects both items (400, one result each) and writes
     // nothing; one that reads it as a single JSON document (before NDJSON bodies and
     // ?batch=) fails to parse it, so it could never import a batch without its id.
+    // An overloaded or starting server (429, 502-504) is asked again, as a batch would be.
     HttpConnection probe(url_);
-    auto r = probe.Request("POST", target_, AuthHeaders("application/x-ndjson"), "{}\n{}\n");
+    absl::StatusOr<HttpResponse> r;
+    const absl::Time give_up = absl::Now() + options_.retry_for;
+    for (absl::Duration backoff = absl::Milliseconds(100);;
+         backoff = std::min(backoff * 2, absl::Seconds(2))) {
+      r = probe.Request("POST", target_, AuthHeaders("application/x-ndjson"), "{}\n{}\n");
+      if (!r.ok() || !Retryable(r->status) || absl::Now() + backoff > give_up) break;
+      absl::SleepFor(backoff);
+    }
     if (!r.ok()) return r.status();
+    if (Retryable(r->status)) {
+      return absl::UnavailableError(absl::StrCat("the server did not take a request within ",
+                                                 absl::FormatDuration(options_.retry_for),
+                                                 " (--retry-for): ", ReplyError(*r)));
+    }
     if (r->status == 401 || r->status == 403) {
       return absl::PermissionDeniedError(
           absl::StrCat("the server refused the key: ", ReplyError(*r)));
@@ -213,7 +231,7 @@ class HttpSink final : public Sink {
           result.items = *std::move(items);
         }
         return result;
-      } else if (r->status == 429 || r->status == 502 || r->status == 503 || r->status == 504) {
+      } else if (Retryable(r->status)) {
         retryable = absl::UnavailableError(ReplyError(*r));
       } else {
         std::string hint = r->status == 413 ? " (lower --batch-rows)" : "";

@@ -331,11 +331,15 @@ class ServerImportTest(unittest.TestCase):
     def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
         # A server from before NDJSON bodies reads the probe as one JSON document and fails
         # to parse it; without the refusal a one-row batch would go in without its batch id.
+        # A busy server (503) is asked again until --retry-for, then reported as busy.
+        replies = {"status": 400}
+
         class OldServer(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 body = b'{"error":{"code":"invalid_argument","message":"malformed JSON at byte 3"}}'
-                self.send_response(400)
+                replies["posts"] = replies.get("posts", 0) + 1
+                self.send_response(replies["status"])
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -355,6 +359,12 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(code, 1)
             self.assertIn("does not take NDJSON detection batches", err)
             self.assertFalse(os.path.exists(f + ".quell-checkpoint"))
+            replies.update(status=503, posts=0)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+                                        "--key", "k_x.y", "--retry-for", "1s")
+            self.assertEqual(code, 1)
+            self.assertIn("did not take a request within 1s", err)
+            self.assertGreater(replies["posts"], 1)
         finally:
             srv.shutdown()
             t.join()

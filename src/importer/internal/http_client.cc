@@ -164,7 +164,10 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
     return fail(absl::UnavailableError("malformed HTTP status line"));
   }
   int64_t length = -1;
-  bool chunked = false, close = false;
+  bool chunked = false;
+  // An HTTP/1.0 reply closes the connection unless it says keep-alive.
+  const bool http10 = h.substr(0, sp) == "HTTP/1.0";
+  bool close = http10;
   size_t line_start = h.find("\r\n");
   while (line_start != std::string_view::npos && line_start < h.size()) {
     line_start += 2;
@@ -180,7 +183,8 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
       } else if (name == "transfer-encoding") {
         chunked = absl::AsciiStrToLower(value).find("chunked") != std::string::npos;
       } else if (name == "connection") {
-        close = absl::AsciiStrToLower(value) == "close";
+        const std::string v = absl::AsciiStrToLower(value);
+        close = v == "close" || (http10 && v != "keep-alive");
       } else if (name == "retry-after") {
         r.retry_after = value;
       }
