@@ -10,7 +10,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "api/detection_codec.h"
 #include "core/strings.h"
 #include "importer/internal/http_client.h"
 #include "importer/reader.h"
@@ -132,22 +131,10 @@ class HttpSink final : public Sink {
     // that reads the body as NDJSON rejects both items (400, one result each) and writes
     // nothing; one that reads it as a single JSON document (before NDJSON bodies and
     // ?batch=) fails to parse it, so it could never import a batch without its id.
-    // An overloaded or starting server (429, 502-504) is asked again, as a batch would be.
+    // An overloaded or starting server is asked again, as a batch would be.
     HttpConnection probe(url_);
-    absl::StatusOr<HttpResponse> r;
-    const absl::Time give_up = absl::Now() + options_.retry_for;
-    for (absl::Duration backoff = absl::Milliseconds(100);;
-         backoff = std::min(backoff * 2, absl::Seconds(2))) {
-      r = probe.Request("POST", target_, AuthHeaders("application/x-ndjson"), "{}\n{}\n");
-      if (!r.ok() || !Retryable(r->status) || absl::Now() + backoff > give_up) break;
-      absl::SleepFor(backoff);
-    }
+    auto r = PostRetrying(probe, "{}\n{}\n", "a request", /*retry_unreachable=*/false);
     if (!r.ok()) return r.status();
-    if (Retryable(r->status)) {
-      return absl::UnavailableError(absl::StrCat("the server did not take a request within ",
-                                                 absl::FormatDuration(options_.retry_for),
-                                                 " (--retry-for): ", ReplyError(*r)));
-    }
     if (r->status == 401 || r->status == 403) {
       return absl::PermissionDeniedError(
           absl::StrCat("the server refused the key: ", ReplyError(*r)));
@@ -167,12 +154,11 @@ class HttpSink final : public Sink {
   bool TakesJson() const override { return true; }
 
   void Send(Rows rows, std::function<void(BatchResult)> done) override {
-    if (!rows.json.empty() && !rows.detections.empty()) {  // their order would be lost
+    if (!rows.detections.empty()) {  // TakesJson(): the importer encodes decoded rows
       BatchResult r;
-      r.status = absl::InternalError("a batch holds decoded rows or JSON rows, not both");
+      r.status = absl::InternalError("the server sink takes JSON rows, not decoded ones");
       return done(std::move(r));
     }
-    for (const engine::Detection& d : rows.detections) rows.json.push_back(api::DetectionToJson(d));
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(Job{std::move(rows.json), std::move(done)});
@@ -183,10 +169,9 @@ class HttpSink final : public Sink {
   std::string Describe() const override { return absl::StrCat("server ", options_.url); }
 
  private:
-  std::vector<std::pair<std::string, std::string>> AuthHeaders(
-      std::string_view content_type = "application/json") const {
+  std::vector<std::pair<std::string, std::string>> AuthHeaders() const {
     return {{"Authorization", absl::StrCat("Bearer ", options_.key)},
-            {"Content-Type", std::string(content_type)}};
+            {"Content-Type", "application/x-ndjson"}};
   }
 
   void Work() {
@@ -215,38 +200,49 @@ class HttpSink final : public Sink {
       body += '\n';
     }
     BatchResult result;
+    auto r = PostRetrying(conn, body, "a batch", /*retry_unreachable=*/true);
+    if (!r.ok()) {
+      result.status = r.status();
+    } else if (r->status == 200 ||
+               (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
+      auto items = ParseResults(r->body, rows.size(), rows);
+      if (!items.ok()) {
+        result.status = items.status();
+      } else {
+        result.items = *std::move(items);
+      }
+    } else {
+      std::string hint = r->status == 413 ? " (lower --batch-rows)" : "";
+      result.status = absl::FailedPreconditionError(
+          absl::StrCat("the server refused a batch: ", ReplyError(*r), hint));
+    }
+    return result;
+  }
+
+  // POSTs the NDJSON `body` to target_ until the reply is not one worth asking again
+  // (429, 502-504, or with `retry_unreachable` a connection error), backing off, for at
+  // most --retry-for: then kUnavailable, saying the server did not take `what`.
+  absl::StatusOr<HttpResponse> PostRetrying(HttpConnection& conn, std::string_view body,
+                                            std::string_view what, bool retry_unreachable) {
     const absl::Time give_up = absl::Now() + options_.retry_for;
-    absl::Duration backoff = absl::Milliseconds(100);
-    for (;;) {
-      auto r = conn.Request("POST", target_, AuthHeaders("application/x-ndjson"), body);
+    for (absl::Duration backoff = absl::Milliseconds(100);;
+         backoff = std::min(backoff * 2, absl::Seconds(2))) {
+      auto r = conn.Request("POST", target_, AuthHeaders(), body);
       absl::Status retryable;
       if (!r.ok()) {
+        if (!retry_unreachable) return r.status();
         retryable = r.status();
-      } else if (r->status == 200 ||
-                 (r->status == 400 && r->body.find("\"results\"") != std::string::npos)) {
-        auto items = ParseResults(r->body, rows.size(), rows);
-        if (!items.ok()) {
-          result.status = items.status();
-        } else {
-          result.items = *std::move(items);
-        }
-        return result;
       } else if (Retryable(r->status)) {
         retryable = absl::UnavailableError(ReplyError(*r));
       } else {
-        std::string hint = r->status == 413 ? " (lower --batch-rows)" : "";
-        result.status = absl::FailedPreconditionError(
-            absl::StrCat("the server refused a batch: ", ReplyError(*r), hint));
-        return result;
+        return r;
       }
       if (absl::Now() + backoff > give_up) {
-        result.status = absl::UnavailableError(absl::StrCat(
-            "the server did not take a batch within ", absl::FormatDuration(options_.retry_for),
-            " (--retry-for): ", retryable.message()));
-        return result;
+        return absl::UnavailableError(absl::StrCat("the server did not take ", AV(what), " within ",
+                                                   absl::FormatDuration(options_.retry_for),
+                                                   " (--retry-for): ", retryable.message()));
       }
       absl::SleepFor(backoff);
-      backoff = std::min(backoff * 2, absl::Seconds(2));
     }
   }
 

@@ -33,9 +33,8 @@ struct BatchResult {
   std::vector<ItemResult> items;  // one per detection, in order, when status is OK
 };
 
-// A batch of rows, in one form: the one its sink takes (Sink::TakesJson). A sink that
-// takes JSON encodes a batch of decoded rows itself; a batch with both forms, or JSON for
-// a sink that takes decoded rows, fails whole (kInternal).
+// A batch of rows, in the form its sink takes (Sink::TakesJson); a batch holding rows of
+// the other form fails whole (kInternal).
 struct Rows {
   std::vector<engine::Detection> detections;  // decoded
   std::vector<std::string> json;              // or one JSON object text per row
