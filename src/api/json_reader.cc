@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/strings.h"
 #include "rapidjson/error/en.h"
 
 namespace quell::api {
@@ -18,6 +19,36 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
         absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset(), ": ",
                      rapidjson::GetParseError_En(doc->GetParseError())));
   }
+  return std::nullopt;
+}
+
+ApiError TooManyItems(std::string_view noun, size_t max, size_t got) {
+  return ApiError::TooLarge(
+      absl::StrCat("a batch holds at most ", max, " ", AV(noun), ", got ", got));
+}
+
+std::optional<ApiError> ReadBodyItems(const rapidjson::Document& doc, std::string_view field,
+                                      std::string_view item, size_t max_items, BodyItems* out) {
+  if (!doc.IsObject()) {
+    return ApiError::InvalidArgument(
+        absl::StrCat("body must be ", AV(item), " object or {\"", AV(field), "\": [...]}"));
+  }
+  auto batch = doc.FindMember(rapidjson::StringRef(field.data(), field.size()));
+  if (batch == doc.MemberEnd()) {
+    out->values = {&doc};
+    out->batch = false;
+    return std::nullopt;
+  }
+  const std::string name(field);
+  if (doc.MemberCount() != 1 || !batch->value.IsArray()) {
+    return ApiError::Field(name, "must be the only field, an array");
+  }
+  const auto& arr = batch->value;
+  if (arr.Size() > max_items) return TooManyItems(field, max_items, arr.Size());
+  if (arr.Empty()) return ApiError::Field(name, "must not be empty");
+  out->values.clear();
+  for (const rapidjson::Value& v : arr.GetArray()) out->values.push_back(&v);
+  out->batch = true;
   return std::nullopt;
 }
 

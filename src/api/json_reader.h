@@ -21,6 +21,22 @@ namespace quell::api {
 //! Parses `body` into `doc`. On failure returns an error naming the byte offset.
 std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc);
 
+//! A 413 for a batch of `got` items where at most `max` are taken: "a batch holds at
+//! most MAX NOUN, got GOT".
+ApiError TooManyItems(std::string_view noun, size_t max, size_t got);
+
+// The items of a body that is one object or {"FIELD": [object, ...]}.
+struct BodyItems {
+  std::vector<const rapidjson::Value*> values;  // into the document, in order
+  bool batch = false;                           // the {"FIELD": [...]} form
+};
+//! Reads `doc` as one object or {`field`: [1..max_items objects]}; `item` names one in
+//! the error for a body that is not an object ("a detection"). Other errors: `field` not the only
+//! member or not an array, an empty array (400), more than `max_items` (413, TooManyItems(field,
+//! ...)). The items themselves are not checked.
+std::optional<ApiError> ReadBodyItems(const rapidjson::Document& doc, std::string_view field,
+                                      std::string_view item, size_t max_items, BodyItems* out);
+
 //! The lines of an NDJSON body that hold anything but spaces, tabs and "\r" (what
 //! `quell import` skips as blank too), without their "\n" or "\r\n": views into `body`.
 std::vector<std::string_view> SplitNdjsonLines(std::string_view body);

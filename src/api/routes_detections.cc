@@ -7,32 +7,24 @@
 // The decision path itself is api::DetectionIntake, shared with gRPC's Detections.Submit;
 // this file reads the body and chooses the HTTP status codes.
 #include <algorithm>
-#include <cctype>
 #include <optional>
 #include <string_view>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "api/detection_codec.h"
 #include "api/detection_intake.h"
 #include "api/internal/policy_routes.h"
 #include "api/json_reader.h"
+#include "core/strings.h"
 
 namespace quell::api::internal {
 namespace {
 
 // The media type of a Content-Type value, without parameters, lower-cased.
 std::string MediaType(std::string_view content_type) {
-  std::string_view t = content_type.substr(0, content_type.find(';'));
-  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-  while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-  std::string out(t);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-ApiError TooManyDetections(const Context& ctx, size_t n) {
-  return ApiError::TooLarge(absl::StrCat("a batch holds at most ", ctx.options.max_detections_batch,
-                                         " detections, got ", n));
+  return absl::AsciiStrToLower(
+      absl::StripAsciiWhitespace(AV(content_type.substr(0, content_type.find(';')))));
 }
 
 void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
@@ -53,37 +45,23 @@ void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
     std::vector<std::string_view> lines = SplitNdjsonLines(call.req.body);
     if (lines.empty()) return call.Fail(ApiError::InvalidArgument("body has no detection lines"));
     if (lines.size() > static_cast<size_t>(ctx.options.max_detections_batch)) {
-      return call.Fail(TooManyDetections(ctx, lines.size()));
+      return call.Fail(TooManyItems(
+          "detections", static_cast<size_t>(ctx.options.max_detections_batch), lines.size()));
     }
     v = intake.ValidateTexts(call.who, *DetectionIntake::ParseTexts(lines), now);
   } else {
     rapidjson::Document doc;
     if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
-    if (!doc.IsObject()) {
-      return call.Fail(
-          ApiError::InvalidArgument("body must be a detection object or {\"detections\": [...]}"));
+    BodyItems items;
+    if (auto e = ReadBodyItems(doc, "detections", "a detection",
+                               static_cast<size_t>(ctx.options.max_detections_batch), &items)) {
+      return call.Fail(*e);
     }
-    std::vector<const rapidjson::Value*> values;
-    std::vector<std::string> paths;
-    auto items = doc.FindMember("detections");
-    if (items != doc.MemberEnd()) {
-      if (doc.MemberCount() != 1 || !items->value.IsArray()) {
-        return call.Fail(ApiError::Field("detections", "must be the only field, an array"));
-      }
-      const auto& arr = items->value;
-      if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_detections_batch)) {
-        return call.Fail(TooManyDetections(ctx, arr.Size()));
-      }
-      if (arr.Empty()) return call.Fail(ApiError::Field("detections", "must not be empty"));
-      for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
-        values.push_back(&arr[i]);
-        paths.push_back(absl::StrCat("detections[", i, "]"));
-      }
-    } else {
-      values.push_back(&doc);
-      paths.emplace_back("");
+    std::vector<std::string> paths(items.values.size());
+    for (size_t i = 0; items.batch && i < paths.size(); ++i) {
+      paths[i] = absl::StrCat("detections[", i, "]");
     }
-    v = intake.Validate(call.who, values, paths, now);
+    v = intake.Validate(call.who, items.values, paths, now);
   }
   // A detector key bound to other sources is a misconfiguration, not a bad item: refuse
   // the request whole so that nothing is half-applied.

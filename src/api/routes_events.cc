@@ -353,32 +353,18 @@ class BatchedCounterEnvironment final : public policy::Environment {
 void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
   rapidjson::Document doc;
   if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
-  if (!doc.IsObject()) {
-    return call.Fail(
-        ApiError::InvalidArgument("body must be an event object or {\"events\": [...]}"));
+  BodyItems body;
+  if (auto e = ReadBodyItems(doc, "events", "an event",
+                             static_cast<size_t>(ctx.options.max_events_batch), &body)) {
+    return call.Fail(*e);
   }
   const absl::Time now = ctx.deps.clock->Now();
   const CounterOptions& copt = st.counters.options();
-  std::vector<EventItem> items;
-  auto batch = doc.FindMember("events");
-  if (batch != doc.MemberEnd()) {
-    if (doc.MemberCount() != 1 || !batch->value.IsArray()) {
-      return call.Fail(ApiError::Field("events", "must be the only field, an array"));
-    }
-    const auto& arr = batch->value;
-    if (arr.Size() > static_cast<rapidjson::SizeType>(ctx.options.max_events_batch)) {
-      return call.Fail(ApiError::TooLarge(absl::StrCat(
-          "a batch holds at most ", ctx.options.max_events_batch, " events, got ", arr.Size())));
-    }
-    if (arr.Empty()) return call.Fail(ApiError::Field("events", "must not be empty"));
-    items.resize(arr.Size());
-    for (rapidjson::SizeType i = 0; i < arr.Size(); ++i) {
-      items[i].index = i;
-      ReadEvent(arr[i], static_cast<int64_t>(i), now, copt.lateness, &items[i]);
-    }
-  } else {
-    items.resize(1);
-    ReadEvent(doc, -1, now, copt.lateness, &items[0]);
+  std::vector<EventItem> items(body.values.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    items[i].index = i;
+    ReadEvent(*body.values[i], body.batch ? static_cast<int64_t>(i) : -1, now, copt.lateness,
+              &items[i]);
   }
 
   ctx.OffLoop(
