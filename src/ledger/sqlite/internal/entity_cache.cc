@@ -45,7 +45,10 @@ EntityCache::Entry* EntityCache::Lookup(std::string_view entity) {
 }
 
 void EntityCache::Reserve(size_t bytes) {
-  if (young_bytes_ + bytes <= half_) return;
+  if (young_bytes_ + bytes > half_) TurnOver();
+}
+
+void EntityCache::TurnOver() {
   old_ = std::move(young_);
   old_bytes_ = young_bytes_;
   young_ = Map();
@@ -67,10 +70,7 @@ void EntityCache::Account(std::string_view entity, Entry& e) {
   Entry kept = std::move(e);
   young_.erase(AV(entity));
   young_bytes_ -= kept.bytes;
-  old_ = std::move(young_);
-  old_bytes_ = young_bytes_;
-  young_ = Map();
-  young_bytes_ = 0;
+  TurnOver();
   if (kept.bytes > half_) return;
   young_bytes_ = kept.bytes;
   young_.emplace(std::string(entity), std::move(kept));

@@ -72,6 +72,8 @@ class EntityCache {
   Entry* Lookup(std::string_view entity);
   // Makes room for `bytes` more in the young generation.
   void Reserve(size_t bytes);
+  // Drops the old generation; the young one becomes old.
+  void TurnOver();
   // Sets e's estimate (e is young, `entity`'s) and the young generation's total, turning
   // the generations over if that passes half the budget. May move or drop e.
   void Account(std::string_view entity, Entry& e);
