@@ -975,6 +975,18 @@ StoredDetection MakeDetection(std::string source, std::string id, absl::Time obs
   return d;
 }
 
+// `n` bot-model detections with ids PREFIX0, PREFIX1, ..., each carrying a JSON of
+// `json_bytes` bytes of `fill` (0: a letter per row, 'a' to 'z'): bulk that fills pages.
+std::vector<StoredDetection> BulkDetections(std::string_view prefix, int n, size_t json_bytes,
+                                            char fill = 0) {
+  std::vector<StoredDetection> rows;
+  for (int i = 0; i < n; ++i) {
+    rows.push_back(MakeDetection("bot-model", absl::StrCat(AV(prefix), i), kT0, kT0));
+    rows.back().json = std::string(json_bytes, fill != 0 ? fill : static_cast<char>('a' + i % 26));
+  }
+  return rows;
+}
+
 // The batch forms: a batch longer than a backend's chunk, two sources, repeats, a key
 // that is not stored, this Txn's own writes, and the undo of a savepoint.
 TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
@@ -1504,11 +1516,8 @@ TEST(SqliteStore, WalFramesOfACommitGoOutTogetherBeforeTheyArePublished) {
   auto store = OpenSqliteStore({.path = backend.dir().string(), .checkpoint_pages = 1 << 20});
   ASSERT_OK(store);
   const int64_t flushes = sqlite_internal::WalCommitFlushesForTest();
-  std::vector<StoredDetection> rows;
-  for (int i = 0; i < 5000; ++i) {  // ~20 MiB of pages: past the buffer and the page cache
-    rows.push_back(MakeDetection("bot-model", absl::StrCat("big-", i), kT0, kT0));
-    rows.back().json = std::string(2000, static_cast<char>('a' + i % 26));
-  }
+  // ~20 MiB of pages: past the buffer and the page cache.
+  const std::vector<StoredDetection> rows = BulkDetections("big-", 5000, 2000);
   {
     auto txn = (*store)->Begin(kT0);
     ASSERT_OK(txn);
@@ -1571,21 +1580,14 @@ TEST(SqliteStore, RolledBackSpillNeverOverwritesAnotherWritersCommit) {
   {
     auto txn = (*a)->Begin(kT0);
     ASSERT_OK(txn);
-    std::vector<StoredDetection> rows;
-    for (int i = 0; i < 4400; ++i) {  // ~18 MiB: spills a little past the 16 MiB page cache
-      rows.push_back(MakeDetection("bot-model", absl::StrCat("spill-", i), kT0, kT0));
-      rows.back().json = std::string(4000, 's');
-    }
-    ASSERT_OK(V((*txn)->PutDetections(rows)));
+    // ~18 MiB: spills a little past the 16 MiB page cache.
+    ASSERT_OK(V((*txn)->PutDetections(BulkDetections("spill-", 4400, 4000, 's'))));
     (*txn)->Rollback();
   }
   // The case this is about: spilled frames were still buffered at the rollback.
   ASSERT_GT(sqlite_internal::WalDroppedBytesForTest() - dropped, 0);
-  std::vector<StoredDetection> theirs;
-  for (int i = 0; i < 2000; ++i) {  // ~8 MiB over the frames A spilled
-    theirs.push_back(MakeDetection("bot-model", absl::StrCat("b-", i), kT0, kT0));
-    theirs.back().json = std::string(3000, static_cast<char>('a' + i % 26));
-  }
+  // ~8 MiB over the frames A spilled.
+  const std::vector<StoredDetection> theirs = BulkDetections("b-", 2000, 3000);
   {
     auto txn = (*b)->Begin(kT0);
     ASSERT_OK(txn);
@@ -1662,12 +1664,7 @@ TEST(SqliteStore, CheckpointsRunOffTheWriter) {
   for (int t = 0; t < 6; ++t) {
     auto txn = (*store)->Begin(kT0);
     ASSERT_OK(txn);
-    std::vector<StoredDetection> rows;
-    for (int i = 0; i < 40; ++i) {
-      rows.push_back(MakeDetection("bot-model", absl::StrCat("w", t, "-", i), kT0, kT0));
-      rows.back().json = std::string(1000, 'x');
-    }
-    ASSERT_OK(V((*txn)->PutDetections(rows)));
+    ASSERT_OK(V((*txn)->PutDetections(BulkDetections(absl::StrCat("w", t, "-"), 40, 1000, 'x'))));
     ASSERT_OK(V((*txn)->Commit()));
   }
   // Waits for the thread (no timing is asserted: the loop ends when it has run).
