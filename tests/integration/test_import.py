@@ -4,6 +4,7 @@ of the server mid-file then --resume, compared with an uninterrupted import into
 server, rows the server rejects, a rollback of one import by its batch id), directly into a data directory (lock, dry run that writes nothing), and bad input
 (truncated gzip, wrong column count, invalid UTF-8, a 10 MB line, wrong Avro schema,
 empty file)."""
+import contextlib
 import datetime
 import gzip
 import http.server
@@ -44,6 +45,16 @@ def write_ndjson(path, n, bad_every=0):
             f.write(json.dumps(row(i)) + "\n")
             if bad_every and i % bad_every == bad_every - 1:
                 f.write('{"id": "broken\n')
+
+
+@contextlib.contextmanager
+def example_server():
+    """A server of its own with the example configuration, cleaned up after the block."""
+    q = QuellServer(extra_args=["--config", CONFIG]).start()
+    try:
+        yield q
+    finally:
+        q.cleanup()
 
 
 def import_cmd(*args, check=False, timeout=300):
@@ -269,8 +280,7 @@ class ServerImportTest(unittest.TestCase):
         # Through a server, NDJSON lines are sent as read and the server validates them:
         # its per-row reasons must reach the rejects file with the rows' line numbers, and
         # CSV rows (decoded, then encoded) must carry the batch like the NDJSON ones.
-        q = QuellServer(extra_args=["--config", CONFIG]).start()
-        try:
+        with example_server() as q:
             f = os.path.join(self.tmp.name, "mixed.ndjson")
             with open(f, "wb") as out:
                 out.write((json.dumps(dict(row(0), id="m1", entity="user:mixed1")) + "\n").encode())
@@ -284,6 +294,8 @@ class ServerImportTest(unittest.TestCase):
                 out.write((padded + "\n").encode())
                 # Evidence over the server's 16 KiB: sent as read, rejected by the server.
                 out.write((json.dumps(dict(row(0), id="m8", evidence={"x": "y" * 17000})) + "\n").encode())
+                # Over 64 KiB and not JSON: decoded here, so rejected in this client's words.
+                out.write(b'{"id": "m9", "pad": "' + b"p" * 70000 + b'"\n')
             c = os.path.join(self.tmp.name, "more.csv")
             with open(c, "w") as out:
                 out.write("id,source,type,entity,score,observed_at\n")
@@ -293,29 +305,27 @@ class ServerImportTest(unittest.TestCase):
                                         "--key", q.admin_key, "--json", "--rejects", rejects)
             self.assertEqual(code, 0, err)
             s = json.loads(out)
-            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (8, 3, 5))
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (9, 3, 6))
             with open(rejects) as r:
                 got = [json.loads(l) for l in r]
             self.assertEqual([(r["file"], r["line"]) for r in got],
-                             [(f, 2), (f, 3), (f, 5), (f, 6), (f, 8)])
+                             [(f, 2), (f, 3), (f, 5), (f, 6), (f, 8), (f, 9)])
             self.assertIn("malformed JSON", got[0]["error"])
             self.assertIn("score: must be", got[1]["error"])  # every field error, as --data words them
             self.assertIn("entity: ", got[1]["error"])
             self.assertIn("invalid UTF-8", got[2]["error"])
             self.assertIn("unknown detection type", got[3]["error"])
             self.assertIn("evidence", got[4]["error"])
+            self.assertIn("invalid JSON at byte", got[5]["error"])  # not the server's wording
             self.assertIn('"id": "m3"', got[1]["row"])  # the row as it was in the file
             self.assertEqual({m[4] for m in mitigations(q)}, {s["batch"]})
             self.assertEqual({m[0] for m in mitigations(q)},
                              {"user:mixed1", "user:mixed2", "user:mixed3"})
-        finally:
-            q.cleanup()
 
     def test_batches_are_cut_by_bytes_too(self):
         # 600 rows of ~15 KiB evidence are 9 MB: one batch of --batch-rows (1,000) would be
         # over the server's 8 MiB body limit (413); cut at 4 MiB, every row goes in.
-        q = QuellServer(extra_args=["--config", CONFIG]).start()
-        try:
+        with example_server() as q:
             f = os.path.join(self.tmp.name, "wide.ndjson")
             with open(f, "w") as out:
                 for i in range(600):
@@ -325,8 +335,6 @@ class ServerImportTest(unittest.TestCase):
                                         "--key", q.admin_key, "--json")
             self.assertEqual(code, 0, err)
             self.assertEqual(json.loads(out)["accepted"], 600)
-        finally:
-            q.cleanup()
 
     def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
         # A server from before NDJSON bodies reads the probe as one JSON document and fails
@@ -373,8 +381,7 @@ class ServerImportTest(unittest.TestCase):
     def test_rollback_of_one_import_batch(self):
         # Two imports on disjoint users: undoing the first by its batch id leaves the
         # second exactly as it was.
-        q = QuellServer(extra_args=["--config", CONFIG]).start()
-        try:
+        with example_server() as q:
             batches = []
             for name, users in (("first", "a"), ("second", "b")):
                 f = os.path.join(self.tmp.name, name + ".ndjson")
@@ -404,8 +411,6 @@ class ServerImportTest(unittest.TestCase):
                              set())
             self.assertEqual(q.request("GET", "/v1/check?entity=user:a0")[1]["verdict"], "allow")
             self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
-        finally:
-            q.cleanup()
 
     def test_wrong_key_and_direct_import_refused_while_server_runs(self):
         code, _, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
