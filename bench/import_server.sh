@@ -5,7 +5,8 @@
 #   bench/import_server.sh [ROWS] [IN_FLIGHT]      QUELL_BIN=build/quell by default; IN_FLIGHT:
 #   the importer's default (8) unless given. SCHEDSTAT=1 also prints, for each server thread
 #   that ran over 0.1 s, its CPU time and its time waiting runnable during the import
-#   (/proc/PID/task/TID/schedstat): the busiest is the ledger's commit thread.
+#   (/proc/PID/task/TID/schedstat): the busiest is the ledger's commit thread. HIGH_EVERY=K
+#   (4 unless given; 0: none) makes one row in K earn a decision: the bar's file has 4.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -15,7 +16,7 @@ ROWS=${1:-1000000}
 IN_FLIGHT=${2:-}
 bench_init
 machine_load
-python3 "$here/import_gen.py" "$ROWS" ndjson >"$BENCH_TMP/rows.ndjson"
+python3 "$here/import_gen.py" "$ROWS" ndjson 250000 "${HIGH_EVERY:-4}" >"$BENCH_TMP/rows.ndjson"
 QUELL_PORT=$(free_port)
 "$BIN" serve --data "$BENCH_TMP/var" --listen "127.0.0.1:$QUELL_PORT" --config "$here/../examples/quell.yaml" \
   --dev >"$BENCH_TMP/serve.out" 2>"$BENCH_TMP/serve.log" &
