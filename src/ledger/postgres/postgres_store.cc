@@ -143,6 +143,22 @@ CREATE TABLE leases (
   expires_at timestamptz NOT NULL
 );
 )sql"},
+    // A mitigation keeps its entity, as on SQLite (RestoreMitigationBefore and the
+    // entity-ordered reads find its versions by it). Mitigation rows are upserted in
+    // deferred batches, so the refusal is the server's: the statement that would move one
+    // fails with SQLSTATE 22023 (InvalidArgument), at the transaction's next round trip.
+    // The WHEN clause is evaluated without entering PL/pgSQL: an update that keeps the
+    // entity costs one comparison.
+    {3, R"sql(
+CREATE FUNCTION quell_mitigation_keeps_entity() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'mitigation % belongs to another entity than %', OLD.id, NEW.entity
+    USING ERRCODE = '22023';
+END
+$$;
+CREATE TRIGGER mitigations_keep_entity BEFORE UPDATE ON mitigations FOR EACH ROW
+  WHEN (OLD.entity IS DISTINCT FROM NEW.entity) EXECUTE FUNCTION quell_mitigation_keeps_entity();
+)sql"},
 };
 
 #define QUELL_NOTIFY_CHANNEL "quell_changes"
