@@ -826,8 +826,12 @@ class SqliteTxn final : public Txn {
   // row's rowid is above every stored one (SQLite gives max + 1), so they are the rows
   // above today's maximum. A record per row cost two key copies per detection.
   absl::Status MarkDetectionsUndo();
-  // Inserts one detection row (no undo record): kAlreadyExists if its key is stored.
-  absl::Status InsertDetectionRow(const StoredDetection& d);
+  // Checks, marks the undo and inserts `ds` in statements of kDetectionChunk rows, the
+  // tail one row each. `if_new`: a stored key's row is skipped, and `written` (when
+  // given, sized like `ds`) says which were written; otherwise a stored key fails the
+  // call with kAlreadyExists.
+  absl::Status InsertDetections(std::span<const StoredDetection> ds, bool if_new,
+                                std::vector<bool>* written);
   // Puts mitigation `id` of `entity` back as it was before change `seq`.
   absl::Status RestoreMitigationBefore(std::string_view id, std::string_view entity, int64_t seq);
   absl::Status ApplyUndo(const Undo& u);
@@ -1187,14 +1191,6 @@ absl::Status CheckDetectionKeys(std::span<const StoredDetection> ds) {
   return absl::OkStatus();
 }
 
-// Undone like a batch (MarkDetectionsUndo), by the rowids above today's maximum.
-absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
-  QUELL_RETURN_IF_ERROR(CheckWritable());
-  QUELL_RETURN_IF_ERROR(CheckDetectionKeys({&d, 1}));
-  QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
-  return InsertDetectionRow(d);
-}
-
 // Batches of detections: one statement per kDetectionChunk keys or rows instead of one per
 // detection (SQLite's per-statement cost is a good part of a small insert's). The SQL
 // for a full chunk is built once; a short tail uses the one-row statements.
@@ -1267,38 +1263,6 @@ absl::StatusOr<std::vector<std::optional<std::string>>> SqliteTxn::GetDetectionR
   return out;
 }
 
-absl::Status SqliteTxn::InsertDetectionRow(const StoredDetection& d) {
-  absl::Status st =
-      Run(InsertSql(/*chunk=*/false, /*if_new=*/false), [&](Stmt& s) { BindDetection(s, 0, d); });
-  if (st.code() == absl::StatusCode::kAlreadyExists) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("detection ", d.id, " of source ", d.source, " is already stored"));
-  }
-  return st;
-}
-
-absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
-  QUELL_RETURN_IF_ERROR(CheckWritable());
-  QUELL_RETURN_IF_ERROR(CheckDetectionKeys(ds));
-  if (ds.empty()) return absl::OkStatus();
-  QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
-  size_t i = 0;
-  for (; i + kDetectionChunk <= ds.size(); i += kDetectionChunk) {
-    absl::Status st = Run(InsertSql(/*chunk=*/true, /*if_new=*/false), [&](Stmt& s) {
-      for (size_t k = 0; k < kDetectionChunk; ++k) {
-        BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
-      }
-    });
-    if (st.code() == absl::StatusCode::kAlreadyExists) {
-      return absl::AlreadyExistsError(absl::StrCat("a detection of source ", ds[i].source,
-                                                   " among ", ds[i].id, "... is already stored"));
-    }
-    QUELL_RETURN_IF_ERROR(st);
-  }
-  for (; i < ds.size(); ++i) QUELL_RETURN_IF_ERROR(InsertDetectionRow(ds[i]));
-  return absl::OkStatus();
-}
-
 absl::Status SqliteTxn::MarkDetectionsUndo() {
   if (savepoints_.empty()) return absl::OkStatus();
   // One record per savepoint is enough: undoing the first deletes every row after it,
@@ -1314,42 +1278,69 @@ absl::Status SqliteTxn::MarkDetectionsUndo() {
   return absl::OkStatus();
 }
 
-// Chunks of kDetectionChunk rows, then one row at a time, each an INSERT that skips the
-// stored keys. Almost always it writes every row; when it writes only some, they are the
-// last `written` rowids (one statement's rows get consecutive ones). A RETURNING clause
-// would name them every time, but costs more than the duplicate check it replaces.
+// Undone like a batch (MarkDetectionsUndo), by the rowids above today's maximum.
+absl::Status SqliteTxn::PutDetection(const StoredDetection& d) {
+  return InsertDetections({&d, 1}, /*if_new=*/false, nullptr);
+}
+
+absl::Status SqliteTxn::PutDetections(const std::vector<StoredDetection>& ds) {
+  return InsertDetections(ds, /*if_new=*/false, nullptr);
+}
+
 absl::StatusOr<std::vector<bool>> SqliteTxn::PutNewDetections(
     const std::vector<StoredDetection>& ds) {
+  std::vector<bool> written(ds.size(), false);
+  QUELL_RETURN_IF_ERROR(InsertDetections(ds, /*if_new=*/true, &written));
+  return written;
+}
+
+// When a statement that skips stored keys writes only some of its rows (almost always it
+// writes all), they are the last `changes` rowids: one statement's rows get consecutive
+// ones. A RETURNING clause would name them every time, but costs more than the duplicate
+// check it replaces.
+absl::Status SqliteTxn::InsertDetections(std::span<const StoredDetection> ds, bool if_new,
+                                         std::vector<bool>* written) {
   QUELL_RETURN_IF_ERROR(CheckWritable());
   QUELL_RETURN_IF_ERROR(CheckDetectionKeys(ds));
-  std::vector<bool> out(ds.size(), false);
-  if (ds.empty()) return out;
+  if (ds.empty()) return absl::OkStatus();
   QUELL_RETURN_IF_ERROR(MarkDetectionsUndo());
   for (size_t i = 0; i < ds.size();) {
     const size_t n = ds.size() - i >= kDetectionChunk ? kDetectionChunk : 1;
-    QUELL_RETURN_IF_ERROR(Run(InsertSql(/*chunk=*/n > 1, /*if_new=*/true), [&](Stmt& s) {
+    absl::Status st = Run(InsertSql(/*chunk=*/n > 1, if_new), [&](Stmt& s) {
       for (size_t k = 0; k < n; ++k) BindDetection(s, static_cast<int>(k) * 10, ds[i + k]);
-    }));
-    const auto written = static_cast<size_t>(db_->changes());
-    if (written == n) {
-      std::fill(out.begin() + static_cast<std::ptrdiff_t>(i),
-                out.begin() + static_cast<std::ptrdiff_t>(i + n), true);
-    } else if (written > 0) {
-      QUELL_ASSIGN_OR_RETURN(Stmt * s,
-                             db_->Prepare("SELECT source, id FROM detections WHERE rowid > ?1"));
-      StmtUse use(s);
-      use->BindInt(1, sqlite3_last_insert_rowid(db_->raw()) - static_cast<int64_t>(written));
-      while (true) {
-        QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-        if (!row) break;
-        for (size_t k = i; k < i + n; ++k) {
-          if (ds[k].source == use->ColumnText(0) && ds[k].id == use->ColumnText(1)) out[k] = true;
+    });
+    if (st.code() == absl::StatusCode::kAlreadyExists) {
+      return absl::AlreadyExistsError(n == 1 ? absl::StrCat("detection ", ds[i].id, " of source ",
+                                                            ds[i].source, " is already stored")
+                                             : absl::StrCat("a detection of source ", ds[i].source,
+                                                            " among ", ds[i].id,
+                                                            "... is already stored"));
+    }
+    QUELL_RETURN_IF_ERROR(st);
+    if (written != nullptr) {
+      const auto changes = static_cast<size_t>(db_->changes());
+      if (changes == n) {
+        std::fill(written->begin() + static_cast<std::ptrdiff_t>(i),
+                  written->begin() + static_cast<std::ptrdiff_t>(i + n), true);
+      } else if (changes > 0) {
+        QUELL_ASSIGN_OR_RETURN(Stmt * s,
+                               db_->Prepare("SELECT source, id FROM detections WHERE rowid > ?1"));
+        StmtUse use(s);
+        use->BindInt(1, sqlite3_last_insert_rowid(db_->raw()) - static_cast<int64_t>(changes));
+        while (true) {
+          QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+          if (!row) break;
+          for (size_t k = i; k < i + n; ++k) {
+            if (ds[k].source == use->ColumnText(0) && ds[k].id == use->ColumnText(1)) {
+              (*written)[k] = true;
+            }
+          }
         }
       }
     }
     i += n;
   }
-  return out;
+  return absl::OkStatus();
 }
 
 absl::Status SqliteTxn::ApplyListChange(const ListChange& lc) {
