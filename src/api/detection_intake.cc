@@ -55,13 +55,8 @@ DetectionIntake::Validated DetectionIntake::Validate(
     std::vector<FieldError> errors;
     auto d = ReadDetection(*values[i], paths[i], now, limits, &errors);
     if (d.ok() && !known->KnowsDetectionType(d->type)) {
-      std::string list;
-      for (const std::string& t : known->detection_types())
-        absl::StrAppend(&list, list.empty() ? "" : ", ", t);
-      errors.push_back(
-          {paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
-           absl::StrCat("unknown detection type \"", d->type, "\"; the active policy set (v",
-                        known->version(), ") declares: ", list)});
+      errors.push_back({paths[i].empty() ? "type" : absl::StrCat(paths[i], ".type"),
+                        known->UnknownDetectionTypeError(d->type)});
       d = absl::InvalidArgumentError("unknown type");
     }
     if (!d.ok()) {

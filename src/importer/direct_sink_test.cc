@@ -379,6 +379,39 @@ TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
   EXPECT_TRUE(Import(Options(dir, file)).status.ok());
 }
 
+// A set that declares its detection types: a row of another type is rejected with its
+// line, in the server's words, by the import and by its dry run; the rows around it go in.
+TEST(DirectImportTest, UndeclaredTypesAreRejectedAsTheServerRejectsThem) {
+  std::string dir = testing::TempDir("types");
+  const std::string policies = std::string("detection_types: [bot, farm]\n") + kPolicies;
+  PrepareDataDir(dir + "/var", policies.c_str());
+  std::string other = Row("t2", "user:b", 0.95);
+  other.replace(other.find("\"type\":\"bot\""), 12, "\"type\":\"spam\"");
+  std::string file = dir + "/typed.ndjson";
+  testing::WriteFile(file, Row("t1", "user:a", 0.95) + other + Row("t3", "user:c", 0.95));
+
+  ImportOptions dry = Options(dir, file);
+  dry.dry_run = true;
+  ImportResult preview = Import(dry);
+  ASSERT_TRUE(preview.status.ok()) << preview.status;
+  EXPECT_EQ(preview.counts.rejected, 1);
+  EXPECT_EQ(preview.dry_run->new_total, 2);
+
+  ImportResult r = Import(Options(dir, file));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.counts.accepted, 2);
+  EXPECT_EQ(r.counts.rejected, 1);
+  std::string rejects = testing::ReadFileOrEmpty(r.rejects_path);
+  EXPECT_NE(rejects.find(R"("line":2,"error":"type: unknown detection type \"spam\"; )"
+                         R"(policy set v1 declares: bot, farm")"),
+            std::string::npos)
+      << rejects;
+  EXPECT_NE(rejects.find("t2"), std::string::npos) << rejects;  // the row, as decoded
+  EXPECT_EQ(State(dir + "/var"),
+            (std::multiset<std::string>{"user:a exclude_royalties active bot [t1,]",
+                                        "user:c exclude_royalties active bot [t3,]"}));
+}
+
 TEST(DirectImportTest, BadInputRefusesBeforeWriting) {
   std::string dir = testing::TempDir("refuse");
   PrepareDataDir(dir + "/var");

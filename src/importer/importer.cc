@@ -486,6 +486,10 @@ class Run {
         if (!got) break;
         ++res_.counts.read;
         ++rows_this_run_;
+        if (row.detection && set != nullptr && !set->KnowsDetectionType(row.detection->type)) {
+          row.error = absl::StrCat("type: ", set->UnknownDetectionTypeError(row.detection->type));
+          row.detection.reset();  // rejected, as the import itself would reject it
+        }
         if (row.detection) {
           dry->Add(*row.detection);
         } else {

@@ -363,6 +363,12 @@ bool PolicySet::KnowsDetectionType(std::string_view type) const {
                                                type) != detection_types_.end();
 }
 
+std::string PolicySet::UnknownDetectionTypeError(std::string_view type) const {
+  if (KnowsDetectionType(type)) return "";
+  return absl::StrCat("unknown detection type \"", AV(type), "\"; policy set v", version_,
+                      " declares: ", absl::StrJoin(detection_types_, ", "));
+}
+
 std::optional<std::vector<std::string>> PolicySetBuilder::StringList(const Entry& e,
                                                                      std::string_view what) {
   if (!Sequence(e, what)) return std::nullopt;
