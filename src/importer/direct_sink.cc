@@ -20,6 +20,7 @@
 #include "core/strings.h"
 #include "engine/backtest.h"
 #include "engine/engine.h"
+#include "importer/reader.h"
 #include "importer/sink.h"
 #include "ledger/ledger.h"
 #include "ledger/sqlite/sqlite_store.h"
@@ -193,7 +194,8 @@ class DirectSink final : public Sink {
       engine::Detection& d = detections[i];
       if (set_ != nullptr && !set_->KnowsDetectionType(d.type)) {
         (*rejected)[i] = absl::StrCat("type: ", set_->UnknownDetectionTypeError(d.type));
-        rejected_rows.push_back(api::DetectionToJson(d));
+        // The row as decoded (a CSV or Avro row too), cut as the readers cut theirs.
+        rejected_rows.push_back(api::DetectionToJson(d).substr(0, kMaxRejectText));
         continue;
       }
       workflow::DetectionWork& w = work.emplace_back();

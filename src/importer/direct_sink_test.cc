@@ -401,6 +401,7 @@ TEST(DirectImportTest, UndeclaredTypesAreRejectedAsTheServerRejectsThem) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.counts.accepted, 2);
   EXPECT_EQ(r.counts.rejected, 1);
+  EXPECT_EQ(r.counts.decisions["active"], 2);
   std::string rejects = testing::ReadFileOrEmpty(r.rejects_path);
   EXPECT_NE(rejects.find(R"("line":2,"error":"type: unknown detection type \"spam\"; )"
                          R"(policy set v1 declares: bot, farm")"),
@@ -410,6 +411,15 @@ TEST(DirectImportTest, UndeclaredTypesAreRejectedAsTheServerRejectsThem) {
   EXPECT_EQ(State(dir + "/var"),
             (std::multiset<std::string>{"user:a exclude_royalties active bot [t1,]",
                                         "user:c exclude_royalties active bot [t3,]"}));
+
+  // Again, in one-row batches: the rows around the rejected one come back duplicate.
+  ImportOptions again = Options(dir, file);
+  again.batch_rows = 1;
+  ImportResult r2 = Import(again);
+  ASSERT_TRUE(r2.status.ok()) << r2.status;
+  EXPECT_EQ(r2.counts.duplicate, 2);
+  EXPECT_EQ(r2.counts.rejected, 1);
+  EXPECT_EQ(r2.counts.accepted, 0);
 }
 
 TEST(DirectImportTest, BadInputRefusesBeforeWriting) {

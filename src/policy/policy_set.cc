@@ -365,7 +365,9 @@ bool PolicySet::KnowsDetectionType(std::string_view type) const {
 
 std::string PolicySet::UnknownDetectionTypeError(std::string_view type) const {
   if (KnowsDetectionType(type)) return "";
-  return absl::StrCat("unknown detection type \"", AV(type), "\"; policy set v", version_,
+  // Version 0: a set read from a file, never published (a dry run's --policies).
+  return absl::StrCat("unknown detection type \"", AV(type), "\"; ",
+                      version_ > 0 ? absl::StrCat("policy set v", version_) : "the policy set",
                       " declares: ", absl::StrJoin(detection_types_, ", "));
 }
 

@@ -141,7 +141,8 @@ class PolicySet {
   //! True if `type` is declared, or if the set declares no types at all.
   bool KnowsDetectionType(std::string_view type) const;
   //! Why a detection of `type` is refused (`unknown detection type "x"; policy set v3
-  //! declares: a, b`), or "" if KnowsDetectionType. One wording for every intake: the
+  //! declares: a, b`; "the policy set" for an unpublished one, version 0), or "" if
+  //! KnowsDetectionType. One wording for every intake: the
   //! server's routes, and `quell import` into a data directory or as a dry run.
   std::string UnknownDetectionTypeError(std::string_view type) const;
   // The declarations `when` expressions were compiled against.

@@ -439,6 +439,15 @@ TEST(PolicySetDetectionTypes, DeclaredTypesAreTheOnlyOnesKnown) {
   ASSERT_NE(r.set, nullptr) << (r.errors.empty() ? "" : r.errors[0].ToString());
   EXPECT_TRUE(r.set->KnowsDetectionType("stream_farm"));
   EXPECT_FALSE(r.set->KnowsDetectionType("artifical_streaming"));
+  EXPECT_EQ(r.set->UnknownDetectionTypeError("stream_farm"), "");
+  EXPECT_EQ(r.set->UnknownDetectionTypeError("artifical_streaming"),
+            "unknown detection type \"artifical_streaming\"; policy set v1 declares: "
+            "artificial_streaming, stream_farm");
+  LoadResult unpublished = LoadPolicySetWithDiagnostics(
+      "detection_types: [artificial_streaming]\npolicies: []\n", 0);  // a --policies file
+  ASSERT_NE(unpublished.set, nullptr);
+  EXPECT_EQ(unpublished.set->UnknownDetectionTypeError("x"),
+            "unknown detection type \"x\"; the policy set declares: artificial_streaming");
   LoadResult bad = LoadPolicySetWithDiagnostics(
       "detection_types: [Bad Type, ok_type, ok_type]\npolicies: []\n", 1);
   ASSERT_EQ(bad.set, nullptr);
