@@ -461,17 +461,21 @@ class DirectImportTest(unittest.TestCase):
         csv += 'c1,bot-model-v3,artificial_streaming,user:c1,0.97,%s,"{""k"":1}",device:d1|ip:10.0.0.1\n' % ts(5)
         csv += "c2,bot-model-v3,artificial_streaming,user:c2,0.97,%s\n" % ts(5)  # wrong column count
         csv += "c3,bot-model-v3,artificial_streaming,user:c\xe93,0.97,%s,,\n" % ts(5)
+        csv += "c4,bot-model-v3,no_such_type,user:c4,0.97,%s,,\n" % ts(5)  # as the server rejects it
         p = subprocess.run([QUELL, "import", "-", "--format", "csv", "--data", self.data, "--json",
                             "--rejects", self.path("r.ndjson")],
                            input=csv.encode("latin-1"), capture_output=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stderr)
         s = json.loads(p.stdout)
-        self.assertEqual((s["read"], s["accepted"], s["rejected"]), (3, 1, 2))
+        self.assertEqual((s["read"], s["accepted"], s["rejected"]), (4, 1, 3))
         with open(self.path("r.ndjson")) as f:
             rejects = [json.loads(l) for l in f]
-        self.assertEqual([r["line"] for r in rejects], [3, 4])
+        self.assertEqual([r["line"] for r in rejects], [3, 4, 5])
         self.assertIn("wrong column count", rejects[0]["error"])
         self.assertIn("invalid UTF-8", rejects[1]["error"])
+        self.assertIn('type: unknown detection type "no_such_type"; policy set v1 declares: ',
+                      rejects[2]["error"])
+        self.assertEqual(json.loads(rejects[2]["row"])["id"], "c4")  # the decoded row, as JSON
 
     def test_bad_inputs(self):
         good = self.path("good.ndjson")
