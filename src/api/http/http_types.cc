@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "core/mitigation.h"
+
 namespace quell::http {
 namespace {
 
@@ -28,47 +30,15 @@ std::optional<std::string_view> Request::QueryParam(std::string_view name) const
   return std::nullopt;
 }
 
-void AppendJsonEscaped(std::string_view s, std::string* out) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (u < 0x20) {
-          out->append("\\u00");
-          out->push_back(kHex[u >> 4]);
-          out->push_back(kHex[u & 0xf]);
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
-}
-
 Response ErrorResponse(int status, std::string_view code, std::string_view message) {
   Response response;
   response.status = status;
   response.body.reserve(40 + code.size() + message.size());
-  response.body.append(R"({"error":{"code":")");
-  AppendJsonEscaped(code, &response.body);
-  response.body.append(R"(","message":")");
-  AppendJsonEscaped(message, &response.body);
-  response.body.append("\"}}");
+  response.body.append(R"({"error":{"code":)");
+  core::AppendJsonString(code, &response.body);
+  response.body.append(R"(,"message":)");
+  core::AppendJsonString(message, &response.body);
+  response.body.append("}}");
   return response;
 }
 

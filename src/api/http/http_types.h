@@ -55,9 +55,6 @@ struct Response {
 //! A JSON error reply in SPEC's shape: {"error":{"code":CODE,"message":MESSAGE}}.
 Response ErrorResponse(int status, std::string_view code, std::string_view message);
 
-//! Appends `s` to `out` as the body of a JSON string (quotes not included).
-void AppendJsonEscaped(std::string_view s, std::string* out);
-
 //! The standard reason phrase of `status` ("OK", "Not Found"), or "Unknown".
 std::string_view ReasonPhrase(int status);
 
