@@ -336,6 +336,37 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(code, 0, err)
             self.assertEqual(json.loads(out)["accepted"], 600)
 
+    def test_a_server_that_takes_small_bodies_gets_the_batch_in_halves(self):
+        # http.max_body_bytes 8000: a 1,000-row batch (~60 KB) is refused with 413, so the
+        # client sends it in halves until each fits; the one row over 8000 bytes alone is
+        # rejected with its line, and every other row goes in, in order.
+        config = os.path.join(self.tmp.name, "small-bodies.yaml")
+        with open(CONFIG) as src, open(config, "w") as out:
+            text = src.read().replace("max_body_bytes: 8388608", "max_body_bytes: 8000")
+            out.write(text.replace("policies/music.yaml", os.path.join(EXAMPLES, "policies", "music.yaml")))
+        q = QuellServer(extra_args=["--config", config]).start()
+        try:
+            f = os.path.join(self.tmp.name, "for-small-bodies.ndjson")
+            with open(f, "w") as out:
+                for i in range(300):
+                    out.write(json.dumps(dict(row(i), id="s%d" % i)) + "\n")
+                    if i == 150:  # line 152
+                        out.write(json.dumps(dict(row(i), id="huge", evidence={"x": "y" * 9000})) + "\n")
+            rejects = os.path.join(self.tmp.name, "small-bodies.rejects")
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % q.port, "--key", q.admin_key,
+                                        "--json", "--rejects", rejects)
+            self.assertEqual(code, 0, err)
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (301, 300, 1))
+            with open(rejects) as r:
+                got = [json.loads(l) for l in r]
+            self.assertEqual([g["line"] for g in got], [152])
+            self.assertIn("does not take a row this long", got[0]["error"])
+            self.assertIn('"huge"', got[0]["row"])
+            self.assertEqual(len(mitigations(q)), len({row(i)["entity"] for i in range(0, 300, 4)}))
+        finally:
+            q.cleanup()
+
     def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
         # A server from before NDJSON bodies reads the probe as one JSON document and fails
         # to parse it; without the refusal a one-row batch would go in without its batch id.
