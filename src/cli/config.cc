@@ -234,7 +234,7 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
   std::optional<std::string> backend;
   for (auto m = v.begin(); m != v.end(); ++m) {
     std::string k = m->first.as<std::string>();
-    const YAML::Node& x = m->second;
+    const YAML::Node x = m->second;  // a copy: m->second is a member of a temporary proxy
     if (k == "backend") {
       backend = x.as<std::string>();
       if (*backend != "memory" && *backend != "redis") {
@@ -280,7 +280,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
     for (auto it = root.begin(); it != root.end(); ++it) {
       std::string key = it->first.as<std::string>();
-      const YAML::Node& v = it->second;
+      const YAML::Node v = it->second;  // a copy: it->second is a member of a temporary proxy
       if (key == "listen") {
         c.listen = v.as<std::string>();
       } else if (key == "grpc_listen") {
