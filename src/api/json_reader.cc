@@ -170,7 +170,7 @@ void ObjectReader::RejectUnknown() {
   for (auto it = value_.MemberBegin(); it != value_.MemberEnd(); ++it) {
     std::string_view key(it->name.GetString(), it->name.GetStringLength());
     if (std::find(seen_.begin(), seen_.end(), key) == seen_.end()) {
-      Fail(key, "unknown field");
+      Fail(key.empty() ? "\"\"" : key, "unknown field");  // a field named "" is named so
     }
   }
 }
