@@ -20,7 +20,6 @@
 #include "core/strings.h"
 #include "engine/backtest.h"
 #include "engine/engine.h"
-#include "importer/reader.h"
 #include "importer/sink.h"
 #include "ledger/ledger.h"
 #include "ledger/sqlite/sqlite_store.h"
@@ -180,35 +179,22 @@ class DirectSink final : public Sink {
     }
     std::vector<engine::Detection>& detections = rows.detections;
     auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-    // A type the policy set does not declare is rejected, as the server rejects it; the
-    // other rows keep their order. rejected[i]: row i's reason ("" if it goes in).
-    auto rejected = std::make_shared<std::vector<std::string>>(detections.size());
-    std::vector<std::string> rejected_rows;  // their JSON, for the rejects file
     // What needs no ledger state (the stored form, the reply heads, the evaluation of a row
     // that reads no ledger state) is done here, on the caller's thread; the commit thread
     // evaluates each other row just before deciding it (so it sees the rows before it, in
     // this batch too), decides and writes.
-    std::vector<workflow::DetectionWork> work;
-    work.reserve(detections.size());
+    std::vector<workflow::DetectionWork> work(detections.size());
     for (size_t i = 0; i < detections.size(); ++i) {
-      engine::Detection& d = detections[i];
-      if (set_ != nullptr && !set_->KnowsDetectionType(d.type)) {
-        (*rejected)[i] = absl::StrCat("type: ", set_->UnknownDetectionTypeError(d.type));
-        // The row as decoded (a CSV or Avro row too), cut as the readers cut theirs.
-        rejected_rows.push_back(api::DetectionToJson(d).substr(0, kMaxRejectText));
-        continue;
-      }
-      workflow::DetectionWork& w = work.emplace_back();
-      w.json = api::DetectionToJson(d, &w.json_head_bytes);
+      work[i].json = api::DetectionToJson(detections[i], &work[i].json_head_bytes);
       if (set_ != nullptr) {
         AheadEnvironment env(lists_);
-        engine::Evaluation ahead = engine::Evaluate(*set_, d, env, absl::Now());
+        engine::Evaluation ahead = engine::Evaluate(*set_, detections[i], env, absl::Now());
         if (!env.needs_ledger()) {
-          w.proposals = std::move(ahead.proposals);
-          w.proposals_final = true;
+          work[i].proposals = std::move(ahead.proposals);
+          work[i].proposals_final = true;
         }
       }
-      w.detection = std::move(d);
+      work[i].detection = std::move(detections[i]);
     }
     ledger::Mutation mutation;
     if (set_ == nullptr) {
@@ -222,34 +208,26 @@ class DirectSink final : public Sink {
                                            workflow::SafeguardContext{safeguards_.get(), set_},
                                            std::move(evaluate));
     }
-    ledger_->Submit(
-        std::move(mutation),
-        [out, rejected, rejected_rows = std::move(rejected_rows), done = std::move(done)](
-            absl::Status status, std::vector<ledger::Change>) mutable {
-          BatchResult r;
-          r.status = status;
-          if (status.ok()) {
-            r.items.resize(rejected->size());
-            size_t next = 0;  // the next outcome, of the rows that went in
-            size_t next_rejected = 0;
-            for (size_t i = 0; i < rejected->size(); ++i) {
-              ItemResult& item = r.items[i];
-              if (!(*rejected)[i].empty()) {
-                item.status = ItemResult::Status::kRejected;
-                item.error = std::move((*rejected)[i]);
-                item.row = std::move(rejected_rows[next_rejected++]);
-              } else if (const workflow::DetectionOutcome& o = (*out)[next++]; o.duplicate) {
-                item.status = ItemResult::Status::kDuplicate;
-              } else {
-                ParseStates(o.reply, &item.states);
-              }
-            }
+    ledger_->Submit(std::move(mutation), [out, done = std::move(done)](
+                                             absl::Status status, std::vector<ledger::Change>) {
+      BatchResult r;
+      r.status = status;
+      if (status.ok()) {
+        r.items.resize(out->size());
+        for (size_t i = 0; i < out->size(); ++i) {
+          if ((*out)[i].duplicate) {
+            r.items[i].status = ItemResult::Status::kDuplicate;
+          } else {
+            ParseStates((*out)[i].reply, &r.items[i].states);
           }
-          done(std::move(r));
-        });
+        }
+      }
+      done(std::move(r));
+    });
   }
 
   std::string Describe() const override { return absl::StrCat("data dir ", dir_); }
+  const policy::PolicySet* DeclaredTypes() const override { return set_.get(); }
 
  private:
   std::string dir_;

@@ -38,6 +38,17 @@ struct Reject {
   std::string text;
 };
 
+// A decoded row whose type `set` does not declare becomes a reject, in the server's words,
+// with the row as decoded (a CSV or Avro row too) as its text. A null set checks nothing.
+void RejectUndeclaredType(const policy::PolicySet* set, Row* row) {
+  if (set == nullptr || !row->detection) return;
+  std::string why = set->UnknownDetectionTypeError(row->detection->type);
+  if (why.empty()) return;
+  row->error = absl::StrCat("type: ", why);
+  row->text = api::DetectionToJson(*row->detection).substr(0, kMaxRejectText);
+  row->detection.reset();
+}
+
 // A batch for a server is cut at this many bytes of rows too: a server takes bodies of up
 // to 8 MiB by default (http.max_body_bytes), and a row sent as read may be 64 KiB.
 constexpr size_t kMaxBatchBytes = 4 << 20;
@@ -267,6 +278,7 @@ class Run {
         if (!*got) break;
         ++cur->read;
         ++rows_this_run_;
+        RejectUndeclaredType(sink_->DeclaredTypes(), &row);
         if (row.detection) {
           row.detection->batch = res_.batch;
           cur->lines.push_back(row.line);
@@ -486,10 +498,7 @@ class Run {
         if (!got) break;
         ++res_.counts.read;
         ++rows_this_run_;
-        if (row.detection && set != nullptr && !set->KnowsDetectionType(row.detection->type)) {
-          row.error = absl::StrCat("type: ", set->UnknownDetectionTypeError(row.detection->type));
-          row.detection.reset();  // rejected, as the import itself would reject it
-        }
+        RejectUndeclaredType(set.get(), &row);
         if (row.detection) {
           dry->Add(*row.detection);
         } else {

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "policy/policy_set.h"
 
 namespace quell::importer {
 
@@ -50,6 +51,10 @@ class Sink {
   virtual void Send(Rows rows, std::function<void(BatchResult)> done) = 0;
   //! How the sink is described in messages ("server http://..", "data dir ./var").
   virtual std::string Describe() const = 0;
+  //! The policy set whose declared detection types the importer checks before sending
+  //! (a row of another type is rejected as the server would), or null when the far end
+  //! checks them itself or no set is published.
+  virtual const policy::PolicySet* DeclaredTypes() const { return nullptr; }
 };
 
 struct HttpSinkOptions {
