@@ -14,6 +14,7 @@
 #include "api/detection_codec.h"
 #include "api/detection_intake.h"
 #include "api/json_reader.h"
+#include "core/utf8.h"
 #include "importer/reader.h"
 #include "importer/row_decoder.h"
 

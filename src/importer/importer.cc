@@ -24,6 +24,7 @@
 #include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 #include "importer/reader.h"
 #include "importer/sink.h"
 #include "ledger/sqlite/sqlite_store.h"
@@ -71,7 +72,7 @@ struct Pending {
 std::string ValidUtf8(std::string_view s) {
   std::string out;
   while (!s.empty()) {
-    auto bad = FindInvalidUtf8(s);
+    auto bad = core::FindInvalidUtf8(s);
     if (!bad) {
       out.append(s);
       break;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 #include "rapidjson/error/en.h"
 
 namespace quell::importer {
@@ -81,7 +82,7 @@ absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
 }
 
 absl::Status CheckRowUtf8(std::string_view text) {
-  if (auto bad = FindInvalidUtf8(text)) {
+  if (auto bad = core::FindInvalidUtf8(text)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }
@@ -238,7 +239,7 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
 
 absl::StatusOr<engine::Detection> DecodeCsvRow(const CsvHeader& header, std::string_view text,
                                                const DecodeOptions& options) {
-  if (auto bad = FindInvalidUtf8(text)) {
+  if (auto bad = core::FindInvalidUtf8(text)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }

@@ -18,7 +18,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "api/detection_codec.h"
-#include "core/utf8.h"
 #include "engine/engine.h"
 #include "rapidjson/document.h"
 
@@ -39,8 +38,6 @@ struct DecodeOptions {
   absl::Time now = absl::InfiniteFuture();  // observed_at may be at most limits' skew ahead
   api::DetectionLimits limits;
 };
-
-using core::FindInvalidUtf8;
 
 //! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8.
 absl::Status CheckRowUtf8(std::string_view text);
