@@ -201,5 +201,65 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
                    .ok());
 }
 
+// A file cut anywhere (a transfer that stopped): opening it is refused with libavro's
+// reason, or the rows before the cut come and then an input error; never a crash
+// (closing libavro's FILE a second time after a failed open was a double free). The
+// format has no end marker: a cut right after a block's sync marker is a valid, shorter
+// file (docs/import.md).
+TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
+  std::string dir = testing::TempDir("avro_cut");
+  std::vector<testing::AvroRow> rows;
+  for (int i = 0; i < 1000; ++i) {  // several of libavro's 16 KiB blocks
+    rows.push_back({absl::StrCat("d", i),
+                    "s",
+                    "t",
+                    absl::StrCat("user:u", i),
+                    0.5,
+                    "2024-05-01T10:00:00Z",
+                    absl::StrCat("{\"plays\":", i, "}"),
+                    {}});
+  }
+  for (const char* codec : {"null", "deflate"}) {
+    ASSERT_EQ(testing::WriteAvro(dir + "/d.avro", rows, codec), "");
+    const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
+    ASSERT_GT(bytes.size(), 2000u);
+    const std::string sync = bytes.substr(bytes.size() - 16);  // ends the header and each block
+    int refused = 0, cut_in_rows = 0, boundaries = 0;
+    // Every length through the header and into the first block, then every 31st.
+    for (size_t n = 4; n < bytes.size(); n += n < 1200 ? 1 : 31) {
+      auto r = RowReader::Open(ByteSource::FromString(bytes.substr(0, n), "cut.avro"),
+                               Format::kAvro, {});
+      if (!r.ok()) {
+        ++refused;
+        EXPECT_NE(std::string(r.status().message()).find("cut.avro: not a readable Avro container"),
+                  std::string::npos)
+            << n << ": " << r.status();
+        continue;
+      }
+      Collected c = ReadAllRows(*std::move(r));
+      for (size_t i = 0; i < c.rows.size(); ++i) {
+        ASSERT_TRUE(c.rows[i].detection) << n;
+        ASSERT_EQ(c.rows[i].detection->id, rows[i].id) << n;
+      }
+      if (c.status.ok()) {
+        const bool at_boundary = n >= 16 && bytes.compare(n - 16, 16, sync) == 0;
+        EXPECT_TRUE(at_boundary) << codec << " cut at " << n << " read " << c.rows.size()
+                                 << " rows as a whole file";
+        boundaries += at_boundary;
+        continue;
+      }
+      EXPECT_EQ(c.status.code(), absl::StatusCode::kDataLoss) << n << ": " << c.status;
+      EXPECT_NE(std::string(c.status.message()).find("corrupt Avro data after record"),
+                std::string::npos)
+          << c.status;
+      ++cut_in_rows;
+    }
+    EXPECT_GT(refused, 0) << codec;
+    EXPECT_GT(cut_in_rows, 0) << codec;
+    // The header's end; the blocks' ends are seen only where the stride lands on one.
+    EXPECT_GE(boundaries, 1) << codec;
+  }
+}
+
 }  // namespace
 }  // namespace quell::importer

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,16 +28,46 @@ struct FieldPlan {
   bool time_is_long = false;
 };
 
-// fopencookie glue: libavro reads a FILE*, the bytes come from the ByteSource (so
-// compression and stdin work the same as for the text formats).
-ssize_t CookieRead(void* cookie, char* buf, size_t size) {
-  auto* src = static_cast<ByteSource*>(cookie);
-  auto got = src->Read(buf, size);
-  if (!got.ok()) {
-    errno = EIO;
-    return -1;
+// Reads one zigzag varint (Avro's int and long) from `in` at `*pos`; false if cut short.
+bool ReadAvroLong(std::string_view in, size_t* pos, int64_t* out) {
+  uint64_t u = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*pos >= in.size()) return false;
+    const auto b = static_cast<uint8_t>(in[(*pos)++]);
+    u |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) {
+      *out = static_cast<int64_t>(u >> 1) ^ -static_cast<int64_t>(u & 1);
+      return true;
+    }
   }
-  return static_cast<ssize_t>(*got);
+  return false;
+}
+
+// The sync marker that ends the header of an object container whose start is `head`
+// (magic, then the metadata map: blocks of string keys and bytes values, a 0 count last),
+// or "" if `head` is cut short of it.
+std::string HeaderSync(std::string_view head) {
+  size_t pos = 4;
+  for (;;) {
+    int64_t count = 0;
+    if (!ReadAvroLong(head, &pos, &count)) return "";
+    if (count == 0) break;
+    if (count < 0) {
+      int64_t block_bytes = 0;
+      if (!ReadAvroLong(head, &pos, &block_bytes)) return "";
+      count = -count;
+    }
+    for (int64_t i = 0; i < 2 * count; ++i) {  // key, then value
+      int64_t len = 0;
+      if (!ReadAvroLong(head, &pos, &len) || len < 0 ||
+          static_cast<uint64_t>(len) > head.size() - pos) {
+        return "";
+      }
+      pos += static_cast<size_t>(len);
+    }
+  }
+  if (head.size() - pos < 16) return "";
+  return std::string(head.substr(pos, 16));
 }
 
 // The type of a field, seen through an optional ["null", T] union.
@@ -132,13 +163,22 @@ class AvroReader final : public RowReader {
   absl::Status Init() {
     cookie_io_functions_t io{};
     io.read = &CookieRead;
-    FILE* f = fopencookie(source_.get(), "r", io);
+    FILE* f = fopencookie(this, "r", io);
     if (f == nullptr) return absl::InternalError("fopencookie failed");
+    // should_close = 1: the reader owns `f` from here, and libavro closes it on its own
+    // failure paths too (closing it again was a double free on any truncated file).
     if (avro_file_reader_fp(f, source_->name().c_str(), 1, &reader_) != 0) {
       reader_ = nullptr;
-      fclose(f);
       return absl::InvalidArgumentError(
           absl::StrCat(source_->name(), ": not a readable Avro container: ", avro_strerror()));
+    }
+    sync_ = HeaderSync(head_);
+    head_.clear();
+    head_.shrink_to_fit();
+    capture_head_ = false;
+    if (sync_.empty()) {  // libavro read a header that we cannot: refuse rather than guess
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_->name(), ": not a readable Avro container: bad header"));
     }
     schema_ = avro_file_reader_get_writer_schema(reader_);
     auto plan = Plan(schema_, source_->name());
@@ -157,6 +197,14 @@ class AvroReader final : public RowReader {
     int rc = avro_file_reader_read_value(reader_, &value_);
     if (rc == EOF) {
       done_ = true;
+      // libavro also reports a file cut inside a block's count or size as its end. Every
+      // whole file ends with its sync marker; a cut right after one is a shorter whole file
+      // (the format has no end marker), anywhere else is refused.
+      if (tail_ != sync_) {
+        return absl::DataLossError(
+            absl::StrCat(source_->name(), ": corrupt Avro data after record ", rows_,
+                         ": the file is cut short (it does not end with its sync marker)"));
+      }
       return false;
     }
     if (rc != 0) {
@@ -295,7 +343,32 @@ class AvroReader final : public RowReader {
     return d;
   }
 
+  // fopencookie glue: libavro reads a FILE*, the bytes come from the ByteSource (so
+  // compression and stdin work the same as for the text formats). Keeps what Init needs
+  // of them (the header, read first) and the last 16 bytes read.
+  static ssize_t CookieRead(void* cookie, char* buf, size_t size) {
+    auto* self = static_cast<AvroReader*>(cookie);
+    auto got = self->source_->Read(buf, size);
+    if (!got.ok()) {
+      errno = EIO;
+      return -1;
+    }
+    std::string_view read(buf, *got);
+    if (self->capture_head_) self->head_.append(read);
+    if (read.size() >= 16) {
+      self->tail_.assign(read.substr(read.size() - 16));
+    } else {
+      self->tail_.append(read);
+      if (self->tail_.size() > 16) self->tail_.erase(0, self->tail_.size() - 16);
+    }
+    return static_cast<ssize_t>(*got);
+  }
+
   ReaderOptions options_;
+  bool capture_head_ = true;  // until Init has read the header
+  std::string head_;          // the bytes libavro read during Init
+  std::string sync_;          // the file's sync marker, from its header
+  std::string tail_;          // the last (up to) 16 bytes libavro read
   avro_file_reader_t reader_ = nullptr;
   avro_schema_t schema_ = nullptr;
   avro_value_iface_t* iface_ = nullptr;
