@@ -271,6 +271,7 @@ class Run {
           // The rows before stay imported (sent below); the checkpoint stops before the error.
           cur->mark = {f, r.position()};
           Submit(std::move(cur), std::move(rows));
+          bytes_done_ += r.source().raw_bytes();  // the summary counts what was read
           return absl::Status(
               got.status().code(),
               absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
