@@ -57,8 +57,9 @@ class QuellServer:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError("quell exited with %d; log:\n%s" % (
-                    self.proc.returncode, open(self.log_path).read()[-3000:]))
+                with open(self.log_path) as log:
+                    tail = log.read()[-3000:]
+                raise AssertionError("quell exited with %d; log:\n%s" % (self.proc.returncode, tail))
             try:
                 status, _, _ = self.request("GET", "/healthz", auth=False)
                 if status == 200:
