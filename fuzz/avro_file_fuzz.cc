@@ -21,13 +21,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!reader.ok()) return 0;
   quell::importer::Row row;
   int64_t expected = 1;
+  bool ended = false;
   for (int i = 0; i < 10000; ++i) {
     auto got = (*reader)->Next(&row);
-    if (!got.ok() || !*got) break;
+    if (!got.ok() || !*got) {
+      ended = true;
+      break;
+    }
     if (row.line != expected++) std::abort();
     if (row.detection.has_value() == !row.error.empty()) std::abort();
     if (row.text.size() > quell::importer::kMaxRejectText) std::abort();
     if ((*reader)->position().rows != row.line) std::abort();
+  }
+  if (ended) {
+    auto again = (*reader)->Next(&row);
+    if (again.ok() && *again) std::abort();
   }
   return 0;
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -100,7 +101,8 @@ class Run {
     res_.status = s;
     res_.elapsed = absl::Now() - start;
     res_.rows_this_run = rows_this_run_;
-    res_.bytes = bytes_done_;
+    // A run that stopped inside a file counts what it read of it.
+    res_.bytes = reading_ >= 0 ? Bytes(reading_) : bytes_done_;
     progress_.Finish();
     return std::move(res_);
   }
@@ -247,6 +249,7 @@ class Run {
   absl::Status ReadAll(const Checkpoint& cp) {
     for (int64_t f = cp.file; f < static_cast<int64_t>(readers_.size()); ++f) {
       RowReader& r = *readers_[f];
+      reading_ = f;
       if (f == cp.file && (cp.offset > 0 || cp.rows > 0)) {
         Position pos;
         pos.offset = cp.offset;
@@ -271,7 +274,6 @@ class Run {
           // The rows before stay imported (sent below); the checkpoint stops before the error.
           cur->mark = {f, r.position()};
           Submit(std::move(cur), std::move(rows));
-          bytes_done_ += r.source().raw_bytes();  // the summary counts what was read
           return absl::Status(
               got.status().code(),
               absl::StrCat(got.status().message(), "; the rows before it were imported, the ",
@@ -309,6 +311,7 @@ class Run {
           progress_.Update(res_.counts.read + InFlightRows(), Bytes(f));
       }
       bytes_done_ += r.source().raw_bytes();
+      reading_ = -1;
       cur->mark = {f + 1, Position{}};
       Submit(std::move(cur), std::move(rows));
     }
@@ -494,6 +497,7 @@ class Run {
     Row row;
     int shown = 0;
     for (size_t f = 0; f < readers_.size(); ++f) {
+      reading_ = static_cast<int64_t>(f);
       for (;;) {
         if (o_.stop != nullptr && o_.stop->load()) return absl::CancelledError("interrupted");
         QUELL_ASSIGN_OR_RETURN(bool got, readers_[f]->Next(&row));
@@ -514,6 +518,7 @@ class Run {
           progress_.Update(res_.counts.read, Bytes(static_cast<int64_t>(f)));
       }
       bytes_done_ += readers_[f]->source().raw_bytes();
+      reading_ = -1;
     }
     res_.dry_run = dry->Report();
     res_.rejects_path.clear();
@@ -533,7 +538,8 @@ class Run {
   std::map<uint64_t, BatchResult> results_;               // finished out of order
   int64_t in_flight_rows_ = 0;
   int64_t rows_this_run_ = 0;
-  uint64_t bytes_done_ = 0;
+  uint64_t bytes_done_ = 0;  // of the files read to their end
+  int64_t reading_ = -1;     // the file being read, if any
   int rejects_fd_ = -1;
   uint64_t rejects_bytes_ = 0;
   bool rejects_dirty_ = false;
@@ -559,7 +565,9 @@ std::string SummaryText(const ImportResult& r) {
   if (!r.batch.empty()) absl::StrAppend(&out, "batch ", r.batch, "\n");
   absl::StrAppend(
       &out, "read ", WithCommas(c.read), " rows (", HumanBytes(r.bytes), " in ",
-      absl::FormatDuration(absl::Milliseconds(static_cast<int64_t>(secs * 1000))), ", ",
+      secs < 0.0005 ? std::string("<1ms")
+                    : absl::FormatDuration(absl::Milliseconds(std::llround(secs * 1000))),
+      ", ",
       WithCommas(secs > 0 ? static_cast<int64_t>(static_cast<double>(r.rows_this_run) / secs) : 0),
       " rows/s)\n");
   if (r.dry_run) {

@@ -1,5 +1,7 @@
 #include "importer/reader.h"
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "importer/test_util.h"
@@ -224,9 +226,21 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
     const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
     ASSERT_GT(bytes.size(), 2000u);
     const std::string sync = bytes.substr(bytes.size() - 16);  // ends the header and each block
+    // Every length through the header and into the first block, then every 31st; and at
+    // each block's end, one byte more (inside the next block's record count, which libavro
+    // reads as the end of the file) and two (inside its size).
+    std::set<size_t> lengths;
+    for (size_t n = 4; n < bytes.size(); n += n < 1200 ? 1 : 31) lengths.insert(n);
+    std::set<size_t> in_count;
+    for (size_t at = bytes.find(sync); at != std::string::npos; at = bytes.find(sync, at + 1)) {
+      if (at + 18 < bytes.size()) {  // counts of 64 records and more take two bytes
+        lengths.insert({at + 17, at + 18});
+        in_count.insert(at + 17);
+      }
+    }
+    ASSERT_GE(in_count.size(), 3u) << codec;  // the header and two blocks at least
     int refused = 0, cut_in_rows = 0, boundaries = 0;
-    // Every length through the header and into the first block, then every 31st.
-    for (size_t n = 4; n < bytes.size(); n += n < 1200 ? 1 : 31) {
+    for (size_t n : lengths) {
       auto r = RowReader::Open(ByteSource::FromString(bytes.substr(0, n), "cut.avro"),
                                Format::kAvro, {});
       if (!r.ok()) {
@@ -252,6 +266,11 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
       EXPECT_NE(std::string(c.status.message()).find("corrupt Avro data after record"),
                 std::string::npos)
           << c.status;
+      if (in_count.contains(n)) {
+        EXPECT_NE(std::string(c.status.message()).find("the data ends inside a block"),
+                  std::string::npos)
+            << n << ": " << c.status;
+      }
       ++cut_in_rows;
     }
     EXPECT_GT(refused, 0) << codec;

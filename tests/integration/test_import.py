@@ -578,21 +578,32 @@ class DirectImportTest(unittest.TestCase):
         s = json.loads(out)
         self.assertEqual((s["read"], s["accepted"]), (100, 100))
         self.assertEqual(s["decisions"].get("active"), 100)
-        # Cut short (a transfer that stopped): in its second block, the first block's rows
-        # are imported and the run stops; in its only block, the file is refused. Before,
-        # the refusal closed libavro's FILE twice: a double free, which the ASan pass of
-        # scripts/test reports (the Release binary's allocator let it pass silently).
+        # Cut short (a transfer that stopped). One byte into the second block's record count
+        # (64 records: two bytes), which libavro reads as the end of the file: the first
+        # block's rows are imported and the run stops, where it used to end with exit 0.
+        # Inside the only block: refused. Before, a refusal closed libavro's FILE twice: a
+        # double free, which the ASan pass of scripts/test reports (the Release binary's
+        # allocator let it pass silently).
         def cut(path, name, n):
             with open(path, "rb") as src, open(self.path(name), "wb") as dst:
-                dst.write(src.read()[:-n])
+                dst.write(src.read()[:n])
             return self.path(name)
-        write_avro(f, AVRO_SCHEMA, [dict(r, id="c" + r["id"]) for r in recs], blocks=2)
-        code, out, err = import_cmd(cut(f, "cut.avro", 40), "--data", self.data, "--json")
+        more = [dict(r, id="c%d" % i) for i, r in enumerate(recs + recs[:28])]
+        write_avro(f, AVRO_SCHEMA, more, blocks=2)
+        with open(f, "rb") as src:
+            whole = src.read()
+        sync = whole[-16:]
+        first_block_end = whole.index(sync, whole.index(sync) + 16) + 16
+        code, out, err = import_cmd(cut(f, "cut.avro", first_block_end + 1), "--data", self.data,
+                                    "--json")
         self.assertEqual(code, 1, err)
-        self.assertIn("cut.avro: corrupt Avro data after record 50", err)
-        self.assertEqual(json.loads(out)["accepted"], 50)
+        self.assertIn("cut.avro: corrupt Avro data after record 64: the data ends inside a block",
+                      err)
+        s = json.loads(out)
+        self.assertEqual(s["accepted"], 64)
+        self.assertGreater(s["bytes"], 0)
         write_avro(f, AVRO_SCHEMA, recs[:10])
-        code, out, err = import_cmd(cut(f, "one.avro", 40), "--data", self.data)
+        code, out, err = import_cmd(cut(f, "one.avro", os.path.getsize(f) - 40), "--data", self.data)
         self.assertEqual(code, 1, err)
         self.assertIn("one.avro: not a readable Avro container", err)
 

@@ -3,6 +3,7 @@
 #include <avro.h>
 #include <stdio.h>
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -54,9 +55,11 @@ std::string HeaderSync(std::string_view head) {
     if (count == 0) break;
     if (count < 0) {
       int64_t block_bytes = 0;
-      if (!ReadAvroLong(head, &pos, &block_bytes)) return "";
+      if (count == INT64_MIN || !ReadAvroLong(head, &pos, &block_bytes)) return "";
       count = -count;
     }
+    // Each entry takes at least two bytes (two lengths): more than fit is a bad header.
+    if (static_cast<uint64_t>(count) > (head.size() - pos) / 2) return "";
     for (int64_t i = 0; i < 2 * count; ++i) {  // key, then value
       int64_t len = 0;
       if (!ReadAvroLong(head, &pos, &len) || len < 0 ||
@@ -172,13 +175,13 @@ class AvroReader final : public RowReader {
       return absl::InvalidArgumentError(
           absl::StrCat(source_->name(), ": not a readable Avro container: ", avro_strerror()));
     }
-    sync_ = HeaderSync(head_);
     head_.clear();
     head_.shrink_to_fit();
-    capture_head_ = false;
     if (sync_.empty()) {  // libavro read a header that we cannot: refuse rather than guess
       return absl::InvalidArgumentError(
-          absl::StrCat(source_->name(), ": not a readable Avro container: bad header"));
+          absl::StrCat(source_->name(),
+                       ": not a readable Avro container: no metadata and sync marker within "
+                       "its first MiB"));
     }
     schema_ = avro_file_reader_get_writer_schema(reader_);
     auto plan = Plan(schema_, source_->name());
@@ -193,23 +196,29 @@ class AvroReader final : public RowReader {
   }
 
   absl::StatusOr<bool> Next(Row* row) override {
+    if (!failed_.ok()) return failed_;  // libavro's state after an error is not to be read
     if (done_) return false;
     int rc = avro_file_reader_read_value(reader_, &value_);
     if (rc == EOF) {
       done_ = true;
-      // libavro also reports a file cut inside a block's count or size as its end. Every
-      // whole file ends with its sync marker; a cut right after one is a shorter whole file
-      // (the format has no end marker), anywhere else is refused.
+      // libavro also reports a file cut inside a block's count as its end. Every whole
+      // file ends with its sync marker; a cut right after one is a shorter whole file (the
+      // format has no end marker), anywhere else is refused. libavro also stops at a block
+      // of 0 records (which writers do not make) even if more follow: refused as well,
+      // unless the whole file was read ahead by then.
       if (tail_ != sync_) {
-        return absl::DataLossError(
-            absl::StrCat(source_->name(), ": corrupt Avro data after record ", rows_,
-                         ": the file is cut short (it does not end with its sync marker)"));
+        failed_ = absl::DataLossError(absl::StrCat(
+            source_->name(), ": corrupt Avro data after record ", rows_,
+            ": the data ends inside a block (the file is cut short, or libavro stopped at an "
+            "empty block)"));
+        return failed_;
       }
       return false;
     }
     if (rc != 0) {
-      return absl::DataLossError(absl::StrCat(source_->name(), ": corrupt Avro data after record ",
-                                              rows_, ": ", avro_strerror()));
+      failed_ = absl::DataLossError(absl::StrCat(
+          source_->name(), ": corrupt Avro data after record ", rows_, ": ", avro_strerror()));
+      return failed_;
     }
     *row = Row{};
     row->line = ++rows_;
@@ -354,7 +363,11 @@ class AvroReader final : public RowReader {
       return -1;
     }
     std::string_view read(buf, *got);
-    if (self->capture_head_) self->head_.append(read);
+    if (self->sync_.empty() && self->head_.size() < kMaxHeaderBytes) {
+      self->head_.append(read.substr(0, kMaxHeaderBytes - self->head_.size()));
+      self->sync_ = HeaderSync(self->head_);
+      if (!self->sync_.empty()) std::string().swap(self->head_);  // the first block stays out
+    }
     if (read.size() >= 16) {
       self->tail_.assign(read.substr(read.size() - 16));
     } else {
@@ -365,10 +378,12 @@ class AvroReader final : public RowReader {
   }
 
   ReaderOptions options_;
-  bool capture_head_ = true;  // until Init has read the header
-  std::string head_;          // the bytes libavro read during Init
-  std::string sync_;          // the file's sync marker, from its header
-  std::string tail_;          // the last (up to) 16 bytes libavro read
+  // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
+  // the file is refused.
+  static constexpr size_t kMaxHeaderBytes = 1 << 20;
+  std::string head_;  // the bytes read until the header parses (libavro reads it first)
+  std::string sync_;  // the file's sync marker, from its header
+  std::string tail_;  // the last (up to) 16 bytes libavro read
   avro_file_reader_t reader_ = nullptr;
   avro_schema_t schema_ = nullptr;
   avro_value_iface_t* iface_ = nullptr;
@@ -377,6 +392,7 @@ class AvroReader final : public RowReader {
   std::vector<FieldPlan> plan_;
   int64_t rows_ = 0;
   bool done_ = false;
+  absl::Status failed_;  // the error Next returned, returned again
   std::string text_;
 };
 
