@@ -94,7 +94,8 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
   int64_t offset = 0, rejects = 0;
   if (!i64(doc, "file", &c.file) || !i64(doc, "offset", &offset) || !i64(doc, "line", &c.line) ||
       !i64(doc, "rows", &c.rows) || !i64(doc, "rejects_bytes", &rejects) || offset < 0 ||
-      rejects < 0) {
+      rejects < 0 || c.line < 0 || c.rows < 0 || c.file < 0 ||
+      c.file > static_cast<int64_t>(c.files.size())) {  // files.size(): all read
     return bad();
   }
   c.offset = static_cast<uint64_t>(offset);

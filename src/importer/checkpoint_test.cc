@@ -1,5 +1,7 @@
 #include "importer/checkpoint.h"
 
+#include <tuple>
+
 #include "gtest/gtest.h"
 #include "importer/test_util.h"
 
@@ -36,6 +38,19 @@ TEST(CheckpointTest, RoundTripAndAtomicReplace) {
   EXPECT_FALSE(ReadCheckpoint(path)->has_value());
   testing::WriteFile(path, "{\"x\":1}");
   EXPECT_EQ(ReadCheckpoint(path).status().code(), absl::StatusCode::kInvalidArgument);
+  // Positions out of range (a file edited by hand or damaged) are refused, not used as
+  // indexes: the file index may be 2 here (both read), not 3 or -1.
+  for (auto [file, line, rows, ok] : {std::tuple{2, 0, 0, true},
+                                      {3, 0, 0, false},
+                                      {-1, 0, 0, false},
+                                      {1, -1, 0, false},
+                                      {1, 0, -5, false}}) {
+    c.file = file;
+    c.line = line;
+    c.rows = rows;
+    ASSERT_TRUE(WriteCheckpoint(path, c).ok());
+    EXPECT_EQ(ReadCheckpoint(path).ok(), ok) << file << " " << line << " " << rows;
+  }
 }
 
 }  // namespace
