@@ -206,12 +206,24 @@ class Run {
     // 4. Rejects file: a fresh run starts it empty; a resume cuts what was written after
     //    the checkpoint (those rows are read again).
     if (o_.resume) {
-      if (::truncate(res_.rejects_path.c_str(), static_cast<off_t>(cp.rejects_bytes)) != 0 &&
-          errno != ENOENT) {
+      // Never extend it (truncate would pad with NUL bytes): one shorter than the
+      // checkpoint says was cut or edited since, and is kept as it is.
+      struct stat st {};
+      uint64_t keep = cp.rejects_bytes;
+      if (::stat(res_.rejects_path.c_str(), &st) == 0 &&
+          static_cast<uint64_t>(st.st_size) < cp.rejects_bytes) {
+        keep = static_cast<uint64_t>(st.st_size);
+        std::fprintf(o_.notes_out,
+                     "quell import: %s is shorter than the checkpoint records (%llu < %llu "
+                     "bytes): rows rejected before the interruption may be missing from it\n",
+                     res_.rejects_path.c_str(), static_cast<unsigned long long>(keep),
+                     static_cast<unsigned long long>(cp.rejects_bytes));
+      }
+      if (::truncate(res_.rejects_path.c_str(), static_cast<off_t>(keep)) != 0 && errno != ENOENT) {
         return absl::InternalError(
             absl::StrCat("cannot truncate ", res_.rejects_path, ": ", std::strerror(errno)));
       }
-      rejects_bytes_ = cp.rejects_bytes;
+      rejects_bytes_ = keep;
       std::fprintf(
           o_.notes_out, "quell import: resuming batch %s at %s line %lld (%lld rows done)\n",
           cp.batch.c_str(),

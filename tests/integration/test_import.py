@@ -566,6 +566,29 @@ class DirectImportTest(unittest.TestCase):
         s = json.loads(out)
         self.assertEqual((s["accepted"], s["duplicate"]), (5000 - from_truncated, from_truncated), err)
 
+    def test_resume_never_pads_a_shortened_rejects_file(self):
+        # A run stopped by a truncated gzip stream leaves a checkpoint that records how long
+        # the rejects file was. If that file is cut since, --resume keeps it as it is (with
+        # a note) instead of extending it to the recorded length with NUL bytes.
+        plain = self.path("some-bad.ndjson")
+        write_ndjson(plain, 4000, bad_every=100)
+        with open(plain, "rb") as f:
+            data = gzip.compress(f.read())
+        trunc = self.path("some-bad.ndjson.gz")
+        with open(trunc, "wb") as f:
+            f.write(data[: len(data) * 2 // 3])
+        rejects = self.path("some-bad.rejects")
+        code, _, err = import_cmd(trunc, "--data", self.data, "--rejects", rejects)
+        self.assertEqual(code, 1, err)
+        self.assertGreater(os.path.getsize(rejects), 0)
+        with open(rejects, "r+b") as f:
+            f.truncate(10)
+        code, _, err = import_cmd(trunc, "--data", self.data, "--rejects", rejects, "--resume")
+        self.assertEqual(code, 1, err)  # the same damage stops it again
+        self.assertIn("is shorter than the checkpoint records", err)
+        with open(rejects, "rb") as f:
+            self.assertNotIn(b"\0", f.read())
+
     def test_avro_file(self):
         f = self.path("d.avro")
         recs = [{"id": "a%d" % i, "source": "bot-model-v3", "type": "artificial_streaming",
