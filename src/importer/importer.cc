@@ -126,6 +126,26 @@ class Run {
                                               : first == "-"           ? std::string("quell-import")
                                                                        : first,
                                               ".quell-checkpoint");
+    // The rejects file is emptied and the checkpoint replaced: neither may be an input
+    // (a fresh run unlinked an input given as --rejects), nor a directory.
+    for (const std::string* out : {&res_.rejects_path, &res_.checkpoint_path}) {
+      struct stat os {};
+      if (::stat(out->c_str(), &os) != 0) continue;
+      if (S_ISDIR(os.st_mode)) {
+        return Refuse(absl::InvalidArgumentError(
+            absl::StrCat(out == &res_.rejects_path ? "--rejects " : "the checkpoint ", *out,
+                         " is a directory; give a file path")));
+      }
+      for (const std::string& in : o_.files) {
+        struct stat is {};
+        if (in != "-" && ::stat(in.c_str(), &is) == 0 && is.st_dev == os.st_dev &&
+            is.st_ino == os.st_ino) {
+          return Refuse(absl::InvalidArgumentError(
+              absl::StrCat(out == &res_.rejects_path ? "--rejects " : "the checkpoint ", *out,
+                           " is the input ", in, ": it would be overwritten; give another path")));
+        }
+      }
+    }
     // 1. Every input is opened and its header or schema checked before anything is
     //    written: a wrong container, compression or schema refuses the whole run.
     ReaderOptions ro;

@@ -566,6 +566,21 @@ class DirectImportTest(unittest.TestCase):
         s = json.loads(out)
         self.assertEqual((s["accepted"], s["duplicate"]), (5000 - from_truncated, from_truncated), err)
 
+    def test_an_input_given_as_rejects_file_is_refused_not_deleted(self):
+        # A fresh run empties the rejects file: given an input's path (here through another
+        # spelling of it), it used to unlink the input, rows imported, file gone.
+        f = self.path("keep.ndjson")
+        write_ndjson(f, 20)
+        size = os.path.getsize(f)
+        spelled = os.path.join(os.path.dirname(f), ".", "keep.ndjson")
+        code, out, err = import_cmd(f, "--data", self.data, "--rejects", spelled)
+        self.assertEqual(code, 1, err)
+        self.assertIn("is the input", err)
+        self.assertEqual(os.path.getsize(f), size)
+        code, out, err = import_cmd(f, "--data", self.data, "--rejects", self.tmp.name)
+        self.assertEqual(code, 1, err)
+        self.assertIn("is a directory", err)
+
     def test_resume_never_pads_a_shortened_rejects_file(self):
         # A run stopped by a truncated gzip stream leaves a checkpoint that records how long
         # the rejects file was. If that file is cut since, --resume keeps it as it is (with
