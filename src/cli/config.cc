@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cli/files.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -274,8 +275,9 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
 }  // namespace
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
+  QUELL_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   try {
-    YAML::Node root = YAML::LoadFile(path);
+    YAML::Node root = YAML::Load(text);
     if (!root.IsMap())
       return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
     for (auto it = root.begin(); it != root.end(); ++it) {
@@ -343,6 +345,10 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
           *field = *d;
         }
       } else if (key == "detections") {
+        if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": detections must be a mapping (detections: {retention: 30d})"));
+        }
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "retention") {
             return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"detections.",
@@ -369,6 +375,10 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
       } else if (key == "node") {
         c.node_name = v.as<std::string>();
       } else if (key == "metrics") {
+        if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": metrics must be a mapping (metrics: {enabled: false})"));
+        }
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (m->first.as<std::string>() != "enabled") {
             return absl::InvalidArgumentError(

@@ -72,6 +72,21 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       LoadConfigFile(WriteTemp("http: {access_log: false, read_timeout: 5s}\n"), Config{}).ok());
   EXPECT_FALSE(LoadConfigFile(WriteTemp("[1, 2"), Config{}).ok());
   EXPECT_FALSE(LoadConfigFile("/nonexistent/quell.yaml", Config{}).ok());
+  // A plain value where a section is a mapping was read as an empty section: metrics
+  // stayed on under `metrics: false`.
+  const Config defaults;
+  for (const char* text : {"metrics: false\n", "detections: 1d\n"}) {
+    auto plain = LoadConfigFile(WriteTemp(text), defaults);
+    ASSERT_FALSE(plain.ok()) << text;
+    EXPECT_NE(plain.status().message().find("must be a mapping"), absl::string_view::npos)
+        << plain.status();
+  }
+  EXPECT_TRUE(LoadConfigFile(WriteTemp("metrics:\ndetections:\n"), defaults).ok());
+  // A directory is an error, not an exception out of yaml-cpp's file reading (which
+  // aborted every command given `--config DIR`).
+  auto dir = LoadConfigFile(testing::TempDir(), defaults);
+  ASSERT_FALSE(dir.ok());
+  EXPECT_NE(dir.status().message().find("is a directory"), absl::string_view::npos) << dir.status();
 }
 
 TEST(ConfigTest, EnvironmentApplies) {

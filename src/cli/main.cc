@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "api/server_metrics.h"
 #include "auth/keys.h"
 #include "cli/config.h"
+#include "cli/files.h"
 #include "cli/flags.h"
 #include "cli/import_cmd.h"
 #include "cli/policy_cmd.h"
@@ -97,6 +100,27 @@ absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c) {
   return ledger::OpenSqliteStore(o);
 }
 
+// For commands that read or change what is there (audit, keys list/revoke): a data
+// directory without a ledger is a mistyped --data, not an empty ledger to create.
+absl::Status LedgerExists(const std::string& data) {
+  if (!postgres_url.empty() ||
+      std::filesystem::exists(std::filesystem::path(data) / ledger::kSqliteFileName)) {
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no ledger in ", data, " (no ", AV(ledger::kSqliteFileName), "): check --data"));
+}
+
+// A command that takes no arguments: a stray one is most often a path meant for --data.
+std::optional<int> NoArguments(const Flags& flags, size_t expected) {
+  const auto& pos = flags.positional();
+  if (pos.size() <= expected) return std::nullopt;
+  return Usage(absl::StrCat(pos[0], ": unexpected argument \"", pos[expected], "\"",
+                            pos[expected].find('/') != std::string::npos
+                                ? absl::StrCat(" (--data ", pos[expected], "?)")
+                                : ""));
+}
+
 // Defaults <- --config file <- QUELL_* <- flags.
 absl::StatusOr<Config> BuildConfig(const Flags& flags) {
   Config c;
@@ -144,10 +168,12 @@ absl::Status SplitListen(const std::string& listen, std::string* host, int* port
 absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger,
                                     obs::Logger& logger) {
   if (config.policies_file.empty()) return absl::OkStatus();
-  std::ifstream in(config.policies_file);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("cannot read policies file ", config.policies_file));
-  std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<std::string> yaml_or = ReadFile(config.policies_file);
+  if (!yaml_or.ok()) {
+    return absl::Status(yaml_or.status().code(),
+                        absl::StrCat("policies file: ", yaml_or.status().message()));
+  }
+  const std::string& yaml = *yaml_or;
   QUELL_ASSIGN_OR_RETURN(auto latest, ledger->store().LatestPolicySet());
   if (latest.has_value()) {
     if (latest->yaml != yaml) {
@@ -170,6 +196,7 @@ absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger
 }
 
 int Serve(const Flags& flags) {
+  if (auto usage = NoArguments(flags, 1)) return *usage;
   auto config = BuildConfig(flags);
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
   std::string host;
@@ -434,10 +461,9 @@ int Keys(const Flags& flags) {
   if (pos.size() < 2) return Usage("keys: create, list or revoke ID");
   auto config = BuildConfig(flags);
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
-  auto store = OpenStore(*config);
-  if (!store.ok()) return Failure(store.status());
   const std::string& verb = pos[1];
   if (verb == "create") {
+    if (auto usage = NoArguments(flags, 2)) return *usage;
     auto role_text = flags.Get("role");
     if (!role_text)
       return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer");
@@ -446,12 +472,22 @@ int Keys(const Flags& flags) {
     auto key = auth::MakeKey(*role, flags.All("source"), flags.Get("name").value_or(""),
                              core::RealClock::Get()->Now());
     if (!key.ok()) return Usage(std::string(SV(key.status().message())));
+    // Creates the ledger if there is none yet: a key before the first start is fine.
+    auto store = OpenStore(*config);
+    if (!store.ok()) return Failure(store.status());
     if (auto s = (*store)->CreateKey(key->record); !s.ok()) return Failure(s);
     std::cerr << "created " << key->record.role << " key " << key->record.id
               << " (the key is shown once)\n";
     std::cout << key->token << "\n";
     return kOk;
   }
+  if (verb != "list" && verb != "revoke") {
+    return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
+  }
+  if (auto usage = NoArguments(flags, verb == "list" ? 2 : 3)) return *usage;
+  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
+  auto store = OpenStore(*config);
+  if (!store.ok()) return Failure(store.status());
   if (verb == "list") {
     auto keys = (*store)->ListKeys();
     if (!keys.ok()) return Failure(keys.status());
@@ -465,14 +501,11 @@ int Keys(const Flags& flags) {
     }
     return kOk;
   }
-  if (verb == "revoke") {
-    if (pos.size() != 3) return Usage("keys revoke needs the key ID");
-    if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok())
-      return Failure(s);
-    std::cerr << "revoked " << pos[2] << "\n";
-    return kOk;
-  }
-  return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
+  if (pos.size() != 3) return Usage("keys revoke needs the key ID");
+  if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok())
+    return Failure(s);
+  std::cerr << "revoked " << pos[2] << "\n";
+  return kOk;
 }
 
 int Audit(const Flags& flags) {
@@ -480,6 +513,7 @@ int Audit(const Flags& flags) {
   if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]");
   auto config = BuildConfig(flags);
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
   auto report = ledger::VerifyChain(**store);
@@ -496,6 +530,7 @@ int Audit(const Flags& flags) {
 }
 
 int Migrate(const Flags& flags) {
+  if (auto usage = NoArguments(flags, 1)) return *usage;
   auto config = BuildConfig(flags);
   if (!config.ok()) return Usage(std::string(SV(config.status().message())));
   auto store = OpenStore(*config);  // opening applies pending migrations

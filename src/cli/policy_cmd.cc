@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cli/files.h"
 #include "cli/flags.h"
 #include "core/time.h"
 #include "engine/backtest.h"
@@ -40,15 +41,6 @@ int Usage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell policy: " << message << "\n\n";
   std::cerr << kPolicyUsage;
   return kUsage;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  if (!in.good() && !in.eof()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return s.str();
 }
 
 // Loads FILE; on failure prints every error and returns null.

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -244,9 +245,10 @@ class DirectSink final : public Sink {
 
 absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
                                 const std::string& holder_message) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", std::strerror(errno)));
-  }
+  // With its parents, as the store creates it (`--data a/b/new` works for every command).
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   std::string path = absl::StrCat(dir, "/", file);
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0)

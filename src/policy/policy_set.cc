@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "core/utf8.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quell::policy {
@@ -393,6 +394,17 @@ LoadResult PolicySetBuilder::Load() {
   LoadResult result;
   if (yaml_.size() > kMaxPolicySetBytes) {
     Error({1, 1}, absl::StrCat("the policy set is larger than ", kMaxPolicySetBytes, " bytes"));
+    result.errors = std::move(errors_);
+    return result;
+  }
+  // Stored in the ledger and served as JSON: text only (yaml-cpp passes any byte through).
+  if (std::optional<size_t> bad = core::FindInvalidUtf8(yaml_)) {
+    const std::string_view before = std::string_view(yaml_).substr(0, *bad);
+    const size_t line_start =
+        before.rfind('\n') == std::string_view::npos ? 0 : before.rfind('\n') + 1;
+    Error({static_cast<int>(std::count(before.begin(), before.end(), '\n')) + 1,
+           static_cast<int>(*bad - line_start) + 1},
+          "invalid UTF-8: a policy set is text");
     result.errors = std::move(errors_);
     return result;
   }

@@ -138,6 +138,15 @@ TEST(PolicySet, EmptySetIsValidButEmptyFileIsNot) {
   EXPECT_THAT(OnlyError(""), HasSubstr("empty"));
 }
 
+// yaml-cpp passes any byte through; the set is stored in the ledger and served as JSON.
+TEST(PolicySet, InvalidUtf8IsRefusedWhereItIs) {
+  LoadResult r = Load(WithPolicy("    when: true\n    description: \"caf\xe9\"\n"));
+  ASSERT_EQ(r.set, nullptr);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].ToString(), "6:22: invalid UTF-8: a policy set is text");
+  EXPECT_NE(Load(WithPolicy("    when: true\n    description: \"caf\xc3\xa9\"\n")).set, nullptr);
+}
+
 TEST(PolicySet, UnknownKeySuggestsTheRightOne) {
   LoadResult typo = Load(WithPolicy("    wehn: true\n"));
   ASSERT_THAT(typo.errors, SizeIs(2)) << "the typo alone must not satisfy `when`";

@@ -3,11 +3,12 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
 
-from harness import QuellServer, run_cli
+from harness import QuellServer, free_port, run_cli
 
 
 class ApiTest(unittest.TestCase):
@@ -312,6 +313,38 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(code, 2)
         code, out, _ = run_cli("--help")
         self.assertIn("serve", out)
+
+    def test_cli_slips_are_refused_before_anything_is_touched(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            typo = os.path.join(tmp, "typo")
+            # A path where --data was meant: bad usage, not the default ./var.
+            for args in (["serve", typo], ["migrate", typo], ["keys", "list", typo]):
+                code, _, err = run_cli(*args, check=False)
+                self.assertEqual(code, 2, (args, err))
+                self.assertIn('unexpected argument "%s" (--data %s?)' % (typo, typo), err)
+            # Reading commands on a directory without a ledger: an error, no empty ledger
+            # created (audit verify used to answer "ok: 0 changes verified").
+            for args in (["audit", "verify"], ["keys", "list"], ["keys", "revoke", "k_x"]):
+                code, _, err = run_cli(*args, "--data", typo, check=False)
+                self.assertEqual(code, 1, (args, err))
+                self.assertIn("no ledger in %s" % typo, err)
+            # A usage error creates nothing either; a good key creates the ledger and its
+            # parent directories.
+            run_cli("keys", "create", "--role", "wizard", "--data", typo, check=False)
+            self.assertFalse(os.path.exists(typo))
+            run_cli("keys", "create", "--role", "admin", "--data", os.path.join(typo, "a", "b"))
+            self.assertTrue(os.path.exists(os.path.join(typo, "a", "b", "quell.db")))
+            # A directory given as a config file or a policies file: an error, not an abort.
+            code, _, err = run_cli("keys", "list", "--config", tmp, "--data", typo, check=False)
+            self.assertEqual(code, 2, err)
+            self.assertIn("is a directory", err)
+            conf = os.path.join(tmp, "policies-dir.yaml")
+            with open(conf, "w") as f:
+                f.write("policies: %s\nmetrics: {enabled: false}\n" % tmp)
+            code, _, err = run_cli("serve", "--config", conf, "--data", os.path.join(tmp, "d"),
+                                   "--listen", "127.0.0.1:%d" % free_port(), check=False)
+            self.assertEqual(code, 1, err)
+            self.assertIn("policies file: %s is a directory" % tmp, err)
 
 
 if __name__ == "__main__":
