@@ -519,13 +519,16 @@ int Audit(const Flags& flags) {
   auto report = ledger::VerifyChain(**store);
   if (!report.ok()) return Failure(report.status());
   if (report->ok()) {
-    std::printf("ok: %lld changes verified, chain intact up to seq %lld\n",
-                static_cast<long long>(report->checked), static_cast<long long>(report->last_seq));
+    std::printf(
+        "ok: %lld changes verified, chain intact up to seq %lld (hash %s); the mitigations "
+        "table and the policy sets agree with it\n",
+        static_cast<long long>(report->checked), static_cast<long long>(report->last_seq),
+        report->last_seq > 0 ? report->last_hash.c_str() : "-");
     return kOk;
   }
-  std::printf("BROKEN at seq %lld: %s (%lld changes verified before it)\n",
+  std::printf("BROKEN at seq %lld: %s (the chain verified up to seq %lld)\n",
               static_cast<long long>(report->broken_seq), report->reason.c_str(),
-              static_cast<long long>(report->checked));
+              static_cast<long long>(report->last_seq));
   return kFailure;
 }
 

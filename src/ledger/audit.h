@@ -15,8 +15,9 @@
 namespace quell::ledger {
 
 struct AuditReport {
-  int64_t checked = 0;   // changes whose link verified
-  int64_t last_seq = 0;  // seq of the last change that verified (0 if none)
+  int64_t checked = 0;    // changes whose link verified
+  int64_t last_seq = 0;   // seq of the last change that verified (0 if none)
+  std::string last_hash;  // its hash: record it, and a later run that lacks it shows a cut
   bool ok() const { return broken_seq == 0; }
   int64_t broken_seq = 0;  // the first change that does not verify (0 if the chain is whole)
   std::string reason;      // why it does not ("hash mismatch", "gap: expected seq 7"...)
@@ -28,10 +29,17 @@ struct AuditOptions {
   std::function<bool(const AuditReport&)> progress;
 };
 
-//! Walks every change from seq 1 in order and checks seq continuity (no gap, no repeat),
-//! that each prev_hash is the previous change's hash (the genesis hash for seq 1) and that
-//! each stored hash equals ChainHash of its fields. Stops at the first broken link.
-//! A broken chain is a normal result (report.ok() false); errors are for failed reads.
+//! Walks every change in seq order and checks that seqs run 1, 2, 3... (no gap, no
+//! repeat, nothing below 1), that each prev_hash is the previous change's hash (the
+//! genesis hash for seq 1) and that each stored hash equals ChainHash of its fields. Then
+//! what is served from outside the chain: the mitigations table's live rows (which the
+//! server's index loads) must be exactly those the changes up to that snapshot's head
+//! leave live, each as of its latest change, and the latest policy set must come from a
+//! change the chain has (which also shows a cut at the chain's tail, where no link can,
+//! when the table or a policy set still refers to a change cut). Stops at the first
+//! disagreement; a progress callback that stops the walk skips the table check. A broken ledger is
+//! a normal result (report.ok() false); errors are for failed reads. Memory: two hash maps of the
+//! live mitigations.
 absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& options = {});
 
 }  // namespace quell::ledger

@@ -252,6 +252,10 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(without_batch(state), without_batch(self.reference_state))
             self.assertEqual({m[4] for m in state}, {summary["batch"]})  # one batch across the resume
             self.assertFalse(os.path.exists(os.path.join(q.data, "rejects.ndjson.quell-checkpoint")))
+            # The chain, and the mitigations table the index loads, agree (a running server).
+            code, out, err = run_cli("audit", "verify", "--data", q.data, check=False)
+            self.assertEqual(code, 0, out + err)
+            self.assertIn("the mitigations table and the policy sets agree with it", out)
         finally:
             q.cleanup()
 
