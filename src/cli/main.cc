@@ -1,10 +1,14 @@
 // The `quell` binary: wires the modules together and runs one subcommand (SPEC "CLI").
 // Exit status: 0 success, 1 failure, 2 bad usage.
+#include <netdb.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -162,6 +166,37 @@ absl::Status SplitListen(const std::string& listen, std::string* host, int* port
   return absl::OkStatus();
 }
 
+// Whether HOST:PORT can be listened on, asked before anything is written (the data
+// directory, the --dev key, the first policy set), which a start failing at the bind used
+// to leave behind. The server binds for real later: a port taken in between still fails
+// there. Port 0 and names that do not resolve are left to the server.
+absl::Status ProbeListen(const std::string& host, int port) {
+  if (port == 0) return absl::OkStatus();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found) != 0) {
+    return absl::OkStatus();
+  }
+  absl::Status st;
+  const int fd = ::socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+  if (fd >= 0) {
+    const int one = 1;
+    (void)::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // as the server does
+    if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 &&
+        (errno == EADDRINUSE || errno == EACCES)) {
+      st = absl::FailedPreconditionError(
+          absl::StrCat("cannot listen on ", host, ":", port, ": ", std::strerror(errno)));
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return st;
+}
+
 // First start with `policies: FILE` configured and nothing published yet: the file
 // becomes version 1. Afterwards the ledger's latest version wins (publish new ones with
 // PUT /v1/policies), and a differing file is only reported.
@@ -203,6 +238,7 @@ int Serve(const Flags& flags) {
   int port = 0;
   if (auto s = SplitListen(config->listen, &host, &port); !s.ok())
     return Usage(std::string(SV(s.message())));
+  if (auto s = ProbeListen(host, port); !s.ok()) return Failure(s);
   auto level = obs::ParseLevel(config->log_level);
   if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
   // Info lines (one access-log line per request) are written by a background thread

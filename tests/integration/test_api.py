@@ -346,6 +346,21 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("policies file: %s is a directory" % tmp, err)
 
+    def test_a_start_on_a_busy_port_writes_nothing(self):
+        # The --dev key and the first policy set were written before the bind failed: the
+        # next start printed no key, and an edited policies file was then ignored.
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            data = os.path.join(tmp, "d")
+            code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
+                                     "127.0.0.1:%d" % port, check=False)
+            self.assertEqual(code, 1, err)
+            self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+            self.assertNotIn("admin key", out)
+            self.assertFalse(os.path.exists(data))
+
 
 if __name__ == "__main__":
     unittest.main()
