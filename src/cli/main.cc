@@ -13,7 +13,9 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,7 +68,7 @@ commands:
   keys create      make an API key      (--role ROLE [--source NAME]... [--name TEXT] [--data DIR])
   keys list        list API keys        ([--data DIR])
   keys revoke ID   revoke an API key    ([--data DIR])
-  audit verify     walk the ledger's hash chain and name the first broken link ([--data DIR])
+  audit verify     walk the hash chain, check the tables served from it, name the first break ([--data DIR])
   migrate          apply schema migrations ([--data DIR])
   import FILE...   bulk detections (NDJSON, CSV, Avro; gzip/zstd; - for stdin)
                    ([--server URL --key KEY | --data DIR] [--rejects PATH] [--resume] [--dry-run] [--json])
@@ -521,6 +523,7 @@ int Keys(const Flags& flags) {
     return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
   }
   if (auto usage = NoArguments(flags, verb == "list" ? 2 : 3)) return *usage;
+  if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID");
   if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
@@ -537,7 +540,6 @@ int Keys(const Flags& flags) {
     }
     return kOk;
   }
-  if (pos.size() != 3) return Usage("keys revoke needs the key ID");
   if (auto s = (*store)->RevokeKey(pos[2], core::RealClock::Get()->Now()); !s.ok())
     return Failure(s);
   std::cerr << "revoked " << pos[2] << "\n";
@@ -594,11 +596,25 @@ int Main(int argc, char** argv) {
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  auto flags = Flags::Parse(args,
-                            {"data", "postgres", "listen", "grpc-listen", "redis", "config",
-                             "threads", "role", "source", "name"},
-                            {"dev", "help"});
-  if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
+  // Each command takes its own flags: one meant for another (`migrate --listen X`) is a
+  // slip to report, not to ignore.
+  struct Known {
+    std::set<std::string> with_value, booleans;
+  };
+  static const std::map<std::string, Known> kCommands = {
+      {"serve",
+       {{"data", "postgres", "listen", "grpc-listen", "redis", "config", "threads"},
+        {"dev", "help"}}},
+      {"keys", {{"data", "postgres", "config", "role", "source", "name"}, {"help"}}},
+      {"audit", {{"data", "postgres", "config"}, {"help"}}},
+      {"migrate", {{"data", "postgres", "config"}, {"help"}}},
+  };
+  auto known = kCommands.find(cmd);
+  if (known == kCommands.end()) return Usage(absl::StrCat("unknown command \"", cmd, "\""));
+  auto flags = Flags::Parse(args, known->second.with_value, known->second.booleans);
+  if (!flags.ok()) {
+    return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
+  }
   if (auto v = flags->Get("postgres")) {
     postgres_url = *v;
   } else if (const char* env = std::getenv("QUELL_POSTGRES")) {

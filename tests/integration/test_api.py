@@ -322,6 +322,12 @@ class LifecycleTest(unittest.TestCase):
                 code, _, err = run_cli(*args, check=False)
                 self.assertEqual(code, 2, (args, err))
                 self.assertIn('unexpected argument "%s" (--data %s?)' % (typo, typo), err)
+            # A flag of another command (all used to share one set, silently).
+            code, _, err = run_cli("migrate", "--listen", "127.0.0.1:1", "--data", typo,
+                                   check=False)
+            self.assertEqual(code, 2, err)
+            self.assertIn("migrate: unknown flag --listen", err)
+            self.assertFalse(os.path.exists(typo))
             # Reading commands on a directory without a ledger: an error, no empty ledger
             # created (audit verify used to answer "ok: 0 changes verified").
             for args in (["audit", "verify"], ["keys", "list"], ["keys", "revoke", "k_x"]):
