@@ -528,7 +528,8 @@ class DirectImportTest(unittest.TestCase):
         with open(good, "rb") as f:
             data = gzip.compress(f.read())
         trunc = self.path("trunc.ndjson.gz")
-        open(trunc, "wb").write(data[: len(data) * 2 // 3])
+        with open(trunc, "wb") as f:
+            f.write(data[: len(data) * 2 // 3])
         code, out, err = import_cmd(trunc, "--data", self.data, "--json")
         self.assertEqual(code, 1)
         self.assertIn("truncated gzip", err)
@@ -547,7 +548,8 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 0, err)
         s = json.loads(out)
         self.assertEqual((s["accepted"], s["rejected"]), (2, 1))
-        rej = json.loads(open(big + ".rejects.ndjson").readline())
+        with open(big + ".rejects.ndjson") as f:
+            rej = json.loads(f.readline())
         self.assertEqual(rej["line"], 2)
         self.assertIn("longer than the limit", rej["error"])
         # Refused before writing anything: empty file, wrong Avro schema, unknown CSV column.
@@ -558,7 +560,8 @@ class DirectImportTest(unittest.TestCase):
             {"name": "id", "type": "string"}, {"name": "score", "type": "string"}]},
             [{"id": "a", "score": "high"}])
         bad_csv = self.path("bad.csv")
-        open(bad_csv, "w").write("id,source,colour\n")
+        with open(bad_csv, "w") as f:
+            f.write("id,source,colour\n")
         for f, message in [(empty, "is empty"), (bad_avro, "Avro schema does not fit"),
                            (bad_csv, "unknown column")]:
             code, out, err = import_cmd(good, f, "--data", self.data)

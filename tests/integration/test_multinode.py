@@ -181,6 +181,8 @@ class Writers:
                 conns[n] = node.connection()
             return node.request("POST", path, body, conn=conns[n])
         except Exception:
+            if conns.get(n) is not None:
+                conns[n].close()
             conns[n] = None
             return None, None, None
 
