@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/json_text.h"
 #include "core/strings.h"
 #include "rapidjson/error/en.h"
 
@@ -11,6 +12,11 @@ namespace quell::api {
 
 std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document* doc) {
   if (body.empty()) return ApiError::InvalidArgument("request body is empty; JSON expected");
+  // Before the parser, which recurses per level (a deep enough body overflowed the stack).
+  if (std::optional<size_t> at = core::FindJsonNestingOver(body)) {
+    return ApiError::InvalidArgument(
+        absl::StrCat("JSON nested deeper than ", core::kMaxJsonDepth, " levels at byte ", *at));
+  }
   // kParseValidateEncodingFlag: invalid UTF-8 is a syntax error, not stored bytes.
   // Trailing content after the value is an error ("root not singular").
   doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());

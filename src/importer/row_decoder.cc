@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/json_text.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/utf8.h"
@@ -81,6 +82,14 @@ absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
   return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
 }
 
+absl::Status CheckJsonDepth(std::string_view text, std::string_view what) {
+  if (std::optional<size_t> at = core::FindJsonNestingOver(text)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        AV(what), "JSON nested deeper than ", core::kMaxJsonDepth, " levels at byte ", *at + 1));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckRowUtf8(std::string_view text) {
   if (auto bad = core::FindInvalidUtf8(text)) {
     return absl::InvalidArgumentError(
@@ -92,6 +101,7 @@ absl::Status CheckRowUtf8(std::string_view text) {
 absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
                                                 const DecodeOptions& options) {
   QUELL_RETURN_IF_ERROR(CheckRowUtf8(text));
+  QUELL_RETURN_IF_ERROR(CheckJsonDepth(text, ""));
   rapidjson::Document doc;
   doc.Parse(text.data(), text.size());
   if (doc.HasParseError()) {
@@ -212,6 +222,7 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
       // Not a number: ReadDetection names the field and the expected type.
     } else if (name == "evidence") {
       if (v.empty()) continue;
+      QUELL_RETURN_IF_ERROR(CheckJsonDepth(v, "evidence: "));
       rapidjson::Document ev(&a);
       ev.Parse(v.data(), v.size());
       if (ev.HasParseError()) {

@@ -42,6 +42,11 @@ struct DecodeOptions {
 //! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8.
 absl::Status CheckRowUtf8(std::string_view text);
 
+//! kInvalidArgument ("<what>JSON nested deeper than 100 levels at byte N", 1-based) if
+//! `text` nests arrays and objects deeper than core::kMaxJsonDepth: checked before any
+//! parser, which recurses per level.
+absl::Status CheckJsonDepth(std::string_view text, std::string_view what);
+
 //! Reads a detection from a JSON value (a parsed row), as POST /v1/detections would.
 absl::StatusOr<engine::Detection> DecodeJsonValue(const rapidjson::Value& value,
                                                   const DecodeOptions& options);

@@ -1,5 +1,7 @@
 #include "importer/row_decoder.h"
 
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace quell::importer {
@@ -36,6 +38,11 @@ TEST(RowDecoderTest, JsonRowErrorsNameTheField) {
   EXPECT_NE(std::string(d.status().message()).find("invalid JSON at byte"), std::string::npos);
   d = DecodeJsonRow("[1,2]", {});
   EXPECT_FALSE(d.ok());
+  // Nesting past core::kMaxJsonDepth is refused before rapidjson recurses into it (a
+  // 200,000-deep line overflowed the stack).
+  d = DecodeJsonRow(std::string(200000, '[') + std::string(200000, ']'), {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().message(), "JSON nested deeper than 100 levels at byte 101");
 }
 
 TEST(RowDecoderTest, InvalidUtf8) {

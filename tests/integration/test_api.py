@@ -41,6 +41,22 @@ class ApiTest(unittest.TestCase):
         self.assertIn("quell_ledger_seq", text)
         self.assertTrue(hdrs["content-type"].startswith("text/plain"))
 
+    def test_deeply_nested_json_is_refused_and_the_server_stays_up(self):
+        # 200,000 levels used to overflow a server thread's stack (a segfault) on any JSON
+        # route, for any key. Now a 400 before the parser, whatever the route.
+        deep = "[" * 200000 + "]" * 200000
+        for method, path in (("POST", "/v1/check"), ("POST", "/v1/mitigations"),
+                             ("POST", "/v1/detections")):
+            status, body, _ = self.q.request(method, path, deep)
+            self.assertEqual(status, 400, (path, body))
+            self.assertIn("JSON nested deeper than 100 levels at byte 100", body["error"]["message"])
+        ndjson = '{"id":"d1","evidence":' + "[" * 500 + "]" * 500 + "}\n"
+        status, body, _ = self.q.request("POST", "/v1/detections", ndjson,
+                                         headers={"Content-Type": "application/x-ndjson"})
+        self.assertEqual(status, 400, body)
+        self.assertIn("nested deeper", body["results"][0]["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/healthz", auth=False)[0], 200)
+
     def test_create_check_revoke(self):
         status, m, _ = self.create("user:alice", action="suspend")
         self.assertEqual(status, 201, m)

@@ -281,6 +281,10 @@ class AvroReader final : public RowReader {
           avro_value_get_string(&field, &s, &n);
           std::string_view v(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
           if (p.kind == Kind::kEvidence) {
+            if (absl::Status deep = CheckJsonDepth(v, "evidence: "); !deep.ok()) {
+              text_ = std::string(v.substr(0, kMaxRejectText));
+              return deep;
+            }
             rapidjson::Document ev(&a);
             ev.Parse(v.data(), v.size());
             if (ev.HasParseError()) {
