@@ -30,11 +30,11 @@ absl::StatusOr<std::shared_ptr<const policy::PolicySet>> Validate(std::string_vi
   for (const auto& d : r.errors) {
     details.push_back({absl::StrCat(d.line, ":", d.column), d.message});
   }
-  *error = ApiError::InvalidArgument(
-      absl::StrCat("policy set rejected: ", details.size(),
-                   " error(s); first: ", details.empty() ? "" : details[0].field, " ",
-                   details.empty() ? "" : details[0].message),
-      std::move(details));
+  // The message first: `details` is moved into the error after it.
+  std::string message = absl::StrCat("policy set rejected: ", details.size(),
+                                     " error(s); first: ", details.empty() ? "" : details[0].field,
+                                     " ", details.empty() ? "" : details[0].message);
+  *error = ApiError::InvalidArgument(std::move(message), std::move(details));
   return absl::InvalidArgumentError("invalid");
 }
 

@@ -460,7 +460,12 @@ LoadResult PolicySetBuilder::Load() {
           }
           for (const ListDef& l : set_->lists_) d.lists.push_back(l.name);
           for (const core::Action& a : set_->catalog_->actions()) d.actions.push_back(a.name);
-          if (const Entry* e = Get(top, "policies")) LoadPolicies(*e);
+          if (const Entry* e = Get(top, "policies")) {
+            LoadPolicies(*e);
+          } else {
+            // `{}` or a set of only actions would replace every policy with none: say so.
+            Error({1, 1}, "the policy set has no `policies:` (write `policies: []` to have none)");
+          }
           CheckBreakerRefs();
         }
       } catch (const std::exception& e) {

@@ -136,6 +136,10 @@ TEST(PolicySet, EmptySetIsValidButEmptyFileIsNot) {
   ASSERT_NE(r.set, nullptr);
   EXPECT_THAT(r.set->policies(), IsEmpty());
   EXPECT_THAT(OnlyError(""), HasSubstr("empty"));
+  // A mapping without `policies:` (`{}` over the API) would have replaced every policy
+  // with none.
+  EXPECT_THAT(OnlyError("{}\n"), HasSubstr("no `policies:`"));
+  EXPECT_THAT(OnlyError("detection_types: [a]\n"), HasSubstr("no `policies:`"));
 }
 
 // yaml-cpp passes any byte through; the set is stored in the ledger and served as JSON.

@@ -57,6 +57,18 @@ class ApiTest(unittest.TestCase):
         self.assertIn("nested deeper", body["results"][0]["error"]["message"])
         self.assertEqual(self.q.request("GET", "/healthz", auth=False)[0], 200)
 
+    def test_a_policy_set_without_policies_is_refused_with_its_reason(self):
+        # `{}` used to publish an empty set (every policy and breaker gone), and every
+        # refusal read "0 error(s); first:  " (the details were moved out first).
+        _, _, before = self.q.request("GET", "/v1/policies", raw=True)
+        status, body, _ = self.q.request("PUT", "/v1/policies", "{}",
+                                         headers={"Content-Type": "application/yaml"})
+        self.assertEqual(status, 400, body)
+        self.assertIn("policy set rejected: 1 error(s); first: 1:1 the policy set has no "
+                      "`policies:`", body["error"]["message"])
+        _, _, after = self.q.request("GET", "/v1/policies", raw=True)
+        self.assertEqual(after.get("x-quell-policy-version"), before.get("x-quell-policy-version"))
+
     def test_create_check_revoke(self):
         status, m, _ = self.create("user:alice", action="suspend")
         self.assertEqual(status, 201, m)
