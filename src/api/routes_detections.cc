@@ -105,8 +105,10 @@ void Submit(Context& ctx, const DetectionIntake& intake, Call&& call) {
 void AddDetectionRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
   // Shared by every request of the route; lives as long as the router's route table.
   auto intake = std::make_shared<DetectionIntake>(&ctx, &policies);
-  router.Add("POST", "/v1/detections", Access::Bearer(auth::Permission::kSubmit),
-             [&ctx, intake](Call&& call) { Submit(ctx, *intake, std::move(call)); });
+  router.Add(
+      "POST", "/v1/detections", Access::Bearer(auth::Permission::kSubmit),
+      [&ctx, intake](Call&& call) { Submit(ctx, *intake, std::move(call)); },
+      Router::Query::kHandler);
 }
 
 }  // namespace quell::api::internal

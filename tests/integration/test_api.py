@@ -69,6 +69,19 @@ class ApiTest(unittest.TestCase):
         _, _, after = self.q.request("GET", "/v1/policies", raw=True)
         self.assertEqual(after.get("x-quell-policy-version"), before.get("x-quell-policy-version"))
 
+    def test_writes_refuse_query_parameters_they_do_not_take(self):
+        # `?dry_run=true` used to be ignored: the rollback or revocation really happened.
+        status, m, _ = self.create("user:dryrun", action="block")
+        self.assertEqual(status, 201, m)
+        status, body, _ = self.q.request("POST", "/v1/mitigations/%s/revoke?dry_run=true" % m["id"],
+                                         {"reason": "preview"})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["details"][0]["field"], "query.dry_run")
+        status, body, _ = self.q.request("POST", "/v1/rollbacks?dry_run=true",
+                                         {"filter": {"entity": "user:dryrun"}, "reason": "preview"})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(self.q.request("GET", "/v1/mitigations/" + m["id"])[1]["state"], "active")
+
     def test_create_check_revoke(self):
         status, m, _ = self.create("user:alice", action="suspend")
         self.assertEqual(status, 201, m)

@@ -235,7 +235,8 @@ struct Router::Route {
   Access access;
   Fn fn;
   RouteMetrics metrics;
-  std::string span_name;  // "GET /v1/check"
+  std::string span_name;       // "GET /v1/check"
+  bool refuses_query = false;  // a write whose handler reads no query parameter
 };
 
 namespace {
@@ -291,9 +292,11 @@ bool Match(const std::vector<std::string>& segments, std::string_view path,
 Router::Router(Context* context) : context_(context) {}
 Router::~Router() = default;
 
-void Router::Add(std::string_view method, std::string_view pattern, Access access, Fn fn) {
+void Router::Add(std::string_view method, std::string_view pattern, Access access, Fn fn,
+                 Query query) {
   auto r = std::make_unique<Route>();
   r->method = std::string(method);
+  r->refuses_query = method != "GET" && query == Query::kDefault;
   for (std::string_view s : SplitPath(pattern)) r->segments.emplace_back(s);
   r->access = access;
   r->fn = std::move(fn);
@@ -371,6 +374,10 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
       }
       break;
     }
+  }
+  if (found->refuses_query && !call.req.query.empty()) {
+    return call.Fail(ApiError::Field(absl::StrCat("query.", call.req.query.front().first),
+                                     "unknown parameter (this route takes none)"));
   }
   found->fn(std::move(call));
 }

@@ -170,9 +170,15 @@ class Router {
   explicit Router(Context* context);
   ~Router();
 
+  // Who checks a route's query parameters. A write (any method but GET) takes none unless
+  // its handler says which (`kHandler`, with OnlyParams): the router refuses any other, so
+  // `POST /v1/rollbacks?dry_run=true` is a 400, not a rollback. GET handlers check their
+  // own.
+  enum class Query { kDefault, kHandler };
   //! Registers a route; call before serving. The pattern is also the metrics label.
-  void Add(std::string_view method, std::string_view pattern, Access access, Fn fn);
-  //! Finds, authenticates and runs the route; 401/403/404/405 otherwise.
+  void Add(std::string_view method, std::string_view pattern, Access access, Fn fn,
+           Query query = Query::kDefault);
+  //! Finds, authenticates and runs the route; 400/401/403/404/405 otherwise.
   void Dispatch(http::Request req, http::Responder respond);
 
  private:
