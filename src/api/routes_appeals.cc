@@ -23,9 +23,14 @@ void File(Context& ctx, Call&& call) {
     auto existing =
         workflow::LoadAppeal(ctx.deps.ledger->store(), workflow::AppealIdFor(mid), &seq);
     if (!existing.ok()) return call.Fail(ApiError::FromStatus(existing.status()));
-    if (existing->has_value() && (*existing)->state == "open") {
-      return call.Fail(
-          ApiError::Conflict(absl::StrCat("appeal ", (*existing)->id, " is already open")));
+    // One appeal per mitigation (its id is the mitigation's): a second one filed after the
+    // decision used to overwrite it, decision and note gone from the API.
+    if (existing->has_value()) {
+      return call.Fail(ApiError::Conflict(
+          (*existing)->state == "open"
+              ? absl::StrCat("appeal ", (*existing)->id, " is already open")
+              : absl::StrCat("appeal ", (*existing)->id, " was already decided (",
+                             (*existing)->state, "); a mitigation has one appeal")));
     }
     auto out = std::make_shared<workflow::Appeal>();
     SubmitSimple(ctx, std::move(call), workflow::FileAppeal(mid, statement, call.who.key_id, out),

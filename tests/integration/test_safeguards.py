@@ -198,6 +198,25 @@ class SafeguardsTest(Base):
         self.assertEqual(d2["state"], "pending_approval")
         self.assertIn("immunity", d2["reason"])
 
+    def test_a_denied_appeal_is_kept_not_refiled_over(self):
+        # The appeal id is the mitigation's: a second appeal after a denial used to reuse
+        # it, and the decision, its author and note vanished from GET /v1/appeals/{id}.
+        d = self.submit(det("apd-1", "user:appellant-2"))[0]["decisions"][0]
+        s, a, _ = self.q.request("POST", "/v1/appeals",
+                                 {"mitigation_id": d["mitigation_id"], "statement": "first"},
+                                 key=self.r1)
+        self.assertEqual(s, 201, a)
+        s, denied, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"],
+                                      {"grant": False, "note": "bot-like sessions"}, key=self.r2)
+        self.assertEqual((s, denied["state"]), (200, "denied"), denied)
+        s, again, _ = self.q.request("POST", "/v1/appeals", {"mitigation_id": d["mitigation_id"],
+                                                             "statement": "second"}, key=self.r1)
+        self.assertEqual(s, 409, again)
+        self.assertIn("already decided (denied)", again["error"]["message"])
+        kept = self.q.request("GET", "/v1/appeals/" + a["id"])[1]
+        self.assertEqual((kept["state"], kept["statement"], kept["note"]),
+                         ("denied", "first", "bot-like sessions"))
+
     def test_explanations_in_entity_view(self):
         self.protect("user:vip-why")
         d = self.submit(det("why-1", "user:vip-why"))[0]["decisions"][0]
