@@ -55,6 +55,7 @@ void AddWebhookRoutes(Router& router, Context& ctx, webhooks::Dispatcher* dispat
     auto entity_types = r.Strings("entity_types", false, 100);
     auto from_seq = r.Int("from_seq", false);
     r.RejectUnknown();
+    if (from_seq && *from_seq < 0) errors.push_back({"from_seq", "must be >= 0"});
     if (!errors.empty())
       return call.Fail(ApiError::InvalidArgument("invalid webhook", std::move(errors)));
     webhooks::Dispatcher::NewSubscription req;

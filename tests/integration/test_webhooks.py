@@ -171,6 +171,9 @@ class WebhookDeliveryTest(WebhookCase):
         self.assertEqual(listed["entity_types"], ["ip"])
         self.assertEqual(self.q.request("POST", "/v1/webhooks", {"url": "https://x/h"})[0], 400)
         self.assertEqual(self.q.request("POST", "/v1/webhooks", {"nope": 1})[0], 400)
+        s, e, _ = self.q.request("POST", "/v1/webhooks", {"url": r.url, "from_seq": -1})
+        self.assertEqual(s, 400, e)
+        self.assertEqual(e["error"]["details"][0]["field"], "from_seq")  # was "url"
         viewer = self.q.create_key("viewer")
         self.assertEqual(self.q.request("GET", "/v1/webhooks", key=viewer)[0], 403)
         self.assertEqual(self.q.request("GET", "/v1/webhooks/%s/dead_letters" % sub["id"])[0], 200)
