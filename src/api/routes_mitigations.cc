@@ -6,6 +6,7 @@
 #include "api/internal/context.h"
 #include "api/json_reader.h"
 #include "core/entity.h"
+#include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -149,7 +150,13 @@ void Check(Context& ctx, Call&& call) {
 
 void ListMitigations(Context& ctx, Call&& call) {
   ledger::MitigationQuery q;
+  std::vector<std::string_view> seen;
   for (const auto& [k, v] : call.req.query) {
+    // `state=active&state=shadow` answered for the last one: a filter is given once.
+    if (std::find(seen.begin(), seen.end(), k) != seen.end()) {
+      return call.Fail(ApiError::Field(absl::StrCat("query.", k), "must be given once"));
+    }
+    seen.push_back(k);
     if (k == "entity") {
       auto e = Entity::Parse(v);
       if (!e.ok()) return call.Fail(ApiError::Field("query.entity", Message(e.status())));
@@ -164,6 +171,11 @@ void ListMitigations(Context& ctx, Call&& call) {
     } else if (k == "source") {
       q.source = v;
     } else if (k == "cursor") {
+      // Read as "ids before this one": anything but an id answered an empty or a full page.
+      if (!v.empty() && !core::IsId(v, "m_")) {
+        return call.Fail(
+            ApiError::Field("query.cursor", "not a cursor (the next_cursor of a previous page)"));
+      }
       q.cursor = v;
     } else if (k != "limit") {
       return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));

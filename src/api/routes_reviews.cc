@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "api/internal/safeguard_routes.h"
 #include "api/json_reader.h"
+#include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -93,7 +94,12 @@ void ListReviews(Context& ctx, Call&& call) {
   q.state = core::MitigationState::kPendingApproval;
   q.limit = static_cast<int>(limit);
   for (const auto& [k, v] : call.req.query) {
-    if (k == "cursor") q.cursor = v;
+    if (k != "cursor") continue;
+    if (!v.empty() && !core::IsId(v, "m_")) {
+      return call.Fail(
+          ApiError::Field("query.cursor", "not a cursor (the next_cursor of a previous page)"));
+    }
+    q.cursor = v;
   }
   ctx.OffLoop(std::move(call), [&ctx, q](Call& call) {
     auto page = ctx.deps.ledger->store().ListMitigations(q);

@@ -18,8 +18,18 @@ void RandomBytes(uint8_t* out, size_t n) {
 
 }  // namespace
 
+constexpr std::string_view kIdAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+bool IsId(std::string_view id, std::string_view prefix) {
+  if (id.size() != prefix.size() + 26 || id.substr(0, prefix.size()) != prefix) return false;
+  for (char c : id.substr(prefix.size())) {
+    if (kIdAlphabet.find(c) == std::string_view::npos) return false;
+  }
+  return true;
+}
+
 std::string NewId(std::string_view prefix, absl::Time now) {
-  static constexpr char kAlphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  static constexpr const char* kAlphabet = kIdAlphabet.data();
   // Ids are unique, not secret: a per-thread generator seeded from the OS (absl::BitGen)
   // instead of the CSPRNG, whose call cost a few percent of the commit thread per id.
   thread_local absl::BitGen gen;

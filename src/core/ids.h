@@ -17,6 +17,10 @@ namespace quell::core {
 // creation time and never collide in practice. Ids are not secrets: use RandomHex for those.
 std::string NewId(std::string_view prefix, absl::Time now);
 
+// Whether `id` is `prefix` + 26 characters of NewId's alphabet: for ids that come back
+// from clients (pagination cursors), which must not be read as "nothing after this".
+bool IsId(std::string_view id, std::string_view prefix);
+
 // `n` random bytes from the OS CSPRNG, as lowercase hex (2n characters). For secrets.
 std::string RandomHex(size_t n);
 

@@ -82,6 +82,24 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(status, 400, body)
         self.assertEqual(self.q.request("GET", "/v1/mitigations/" + m["id"])[1]["state"], "active")
 
+    def test_list_cursors_and_filters_are_checked(self):
+        # A garbage cursor answered an empty page (as if there were no more), a repeated
+        # filter answered for its last value.
+        for e in ("user:page-a", "user:page-b"):
+            self.assertEqual(self.create(e, action="flag")[0], 201)
+        status, page, _ = self.q.request("GET", "/v1/mitigations?action=flag&limit=1")
+        self.assertEqual(status, 200, page)
+        status, nxt, _ = self.q.request("GET", "/v1/mitigations?action=flag&limit=1&cursor=" +
+                                        page["next_cursor"])
+        self.assertEqual(status, 200, nxt)
+        self.assertNotEqual(nxt["mitigations"][0]["id"], page["mitigations"][0]["id"])
+        for qs, field in (("cursor=garbage", "query.cursor"), ("state=active&state=shadow", "query.state")):
+            status, body, _ = self.q.request("GET", "/v1/mitigations?" + qs)
+            self.assertEqual(status, 400, body)
+            self.assertEqual(body["error"]["details"][0]["field"], field)
+        status, body, _ = self.q.request("GET", "/v1/reviews?cursor=zzz")
+        self.assertEqual(status, 400, body)
+
     def test_create_check_revoke(self):
         status, m, _ = self.create("user:alice", action="suspend")
         self.assertEqual(status, 201, m)
