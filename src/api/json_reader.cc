@@ -177,6 +177,15 @@ void ObjectReader::RejectUnknown() {
     std::string_view key(it->name.GetString(), it->name.GetStringLength());
     if (std::find(seen_.begin(), seen_.end(), key) == seen_.end()) {
       Fail(key.empty() ? "\"\"" : key, "unknown field");  // a field named "" is named so
+      continue;
+    }
+    // A known field given twice: this reader took the first, many clients' libraries
+    // keep the last. Neither is safe to guess.
+    for (auto prev = value_.MemberBegin(); prev != it; ++prev) {
+      if (std::string_view(prev->name.GetString(), prev->name.GetStringLength()) == key) {
+        Fail(key, "given twice");
+        break;
+      }
     }
   }
 }

@@ -60,7 +60,8 @@ class ObjectReader {
   //! Any value (object, array...), returned as-is for the caller to read further.
   const rapidjson::Value* Raw(std::string_view name, bool required);
 
-  //! Adds an error for every member that was never asked for.
+  //! Adds an error for every member that was never asked for, and for a known one given
+  //! twice ("given twice": which one counts is not to be guessed).
   void RejectUnknown();
 
   //! Adds an error at `name` under this object's path.

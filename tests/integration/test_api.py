@@ -100,6 +100,15 @@ class ApiTest(unittest.TestCase):
         status, body, _ = self.q.request("GET", "/v1/reviews?cursor=zzz")
         self.assertEqual(status, 400, body)
 
+    def test_a_field_given_twice_is_refused(self):
+        # {"action":"flag","action":"block"} created a flag (the first); many client
+        # libraries would have read block (the last).
+        body = '{"entity":"user:dupkey","action":"flag","action":"block","ttl":"1h","reason":"x"}'
+        status, err, _ = self.q.request("POST", "/v1/mitigations", body)
+        self.assertEqual(status, 400, err)
+        self.assertEqual(err["error"]["details"][0], {"field": "action", "message": "given twice"})
+        self.assertEqual(self.check("user:dupkey")[1]["verdict"], "allow")
+
     def test_create_check_revoke(self):
         status, m, _ = self.create("user:alice", action="suspend")
         self.assertEqual(status, 201, m)
