@@ -45,6 +45,9 @@ void Rollback(Context& ctx, Call&& call) {
       }
     }
     fr.RejectUnknown();
+    if (f.since && f.until && *f.since >= *f.until) {  // matched nothing, answered 200 "done"
+      errors.push_back({"filter.until", "must be after filter.since"});
+    }
     if (errors.empty() && f.empty()) {
       errors.push_back(
           {"filter", "name at least one of policy, source, action, batch, since, until"});
@@ -110,6 +113,10 @@ void ListRollbacks(Context& ctx, Call&& call) {
   std::string state;
   for (const auto& [k, v] : call.req.query) {
     if (k == "state") {
+      if (v != "pending_approval" && v != "done" && v != "rejected" && v != "expired") {
+        return call.Fail(
+            ApiError::Field("query.state", "one of pending_approval, done, rejected, expired"));
+      }
       state = v;
     } else if (k != "limit") {
       return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));

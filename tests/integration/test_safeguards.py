@@ -417,6 +417,12 @@ class RollbackApprovalTest(Base):
         self.assertEqual(self.review(req["id"], True, self.r1)[0], 409)
         listed = self.q.request("GET", "/v1/rollbacks?state=rejected")[1]["rollbacks"]
         self.assertIn(req["id"], [r["id"] for r in listed])
+        # Filters that can match nothing are refused, not answered "done" or [].
+        s, e, _ = self.q.request("GET", "/v1/rollbacks?state=bogus")
+        self.assertEqual((s, e["error"]["details"][0]["field"]), (400, "query.state"), e)
+        s, e, _ = self.q.request("POST", "/v1/rollbacks", {"filter": {
+            "source": "model-rej", "since": "2026-12-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}})
+        self.assertEqual((s, e["error"]["details"][0]["field"]), (400, "filter.until"), e)
 
     def test_at_threshold_runs_at_once(self):
         entities = self.mitigate("model-small", 3)
