@@ -6,7 +6,6 @@
 #include "api/internal/context.h"
 #include "api/json_reader.h"
 #include "core/entity.h"
-#include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -171,11 +170,7 @@ void ListMitigations(Context& ctx, Call&& call) {
     } else if (k == "source") {
       q.source = v;
     } else if (k == "cursor") {
-      // Read as "ids before this one": anything but an id answered an empty or a full page.
-      if (!v.empty() && !core::IsId(v, "m_")) {
-        return call.Fail(
-            ApiError::Field("query.cursor", "not a cursor (the next_cursor of a previous page)"));
-      }
+      if (auto e = CheckMitigationCursor(v)) return call.Fail(*e);
       q.cursor = v;
     } else if (k != "limit") {
       return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));

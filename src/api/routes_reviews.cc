@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "api/internal/safeguard_routes.h"
 #include "api/json_reader.h"
-#include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -95,10 +94,7 @@ void ListReviews(Context& ctx, Call&& call) {
   q.limit = static_cast<int>(limit);
   for (const auto& [k, v] : call.req.query) {
     if (k != "cursor") continue;
-    if (!v.empty() && !core::IsId(v, "m_")) {
-      return call.Fail(
-          ApiError::Field("query.cursor", "not a cursor (the next_cursor of a previous page)"));
-    }
+    if (auto e = CheckMitigationCursor(v)) return call.Fail(*e);
     q.cursor = v;
   }
   ctx.OffLoop(std::move(call), [&ctx, q](Call& call) {

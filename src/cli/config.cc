@@ -7,7 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cli/files.h"
+#include "core/files.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -275,7 +275,7 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
 }  // namespace
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
-  QUELL_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  QUELL_ASSIGN_OR_RETURN(std::string text, core::ReadFile(path));
   try {
     YAML::Node root = YAML::Load(text);
     if (!root.IsMap())

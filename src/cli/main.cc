@@ -29,10 +29,10 @@
 #include "api/server_metrics.h"
 #include "auth/keys.h"
 #include "cli/config.h"
-#include "cli/files.h"
 #include "cli/flags.h"
 #include "cli/import_cmd.h"
 #include "cli/policy_cmd.h"
+#include "core/files.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "grpc/grpc_server.h"
@@ -205,7 +205,7 @@ absl::Status ProbeListen(const std::string& host, int port) {
 absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger,
                                     obs::Logger& logger) {
   if (config.policies_file.empty()) return absl::OkStatus();
-  absl::StatusOr<std::string> yaml_or = ReadFile(config.policies_file);
+  absl::StatusOr<std::string> yaml_or = core::ReadFile(config.policies_file);
   if (!yaml_or.ok()) {
     return absl::Status(yaml_or.status().code(),
                         absl::StrCat("policies file: ", yaml_or.status().message()));
@@ -598,23 +598,23 @@ int Main(int argc, char** argv) {
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   // Each command takes its own flags: one meant for another (`migrate --listen X`) is a
   // slip to report, not to ignore.
-  struct Known {
+  struct Command {
     std::set<std::string> with_value, booleans;
+    int (*run)(const Flags&);
   };
-  static const std::map<std::string, Known> kCommands = {
+  static const std::map<std::string, Command> kCommands = {
       {"serve",
        {{"data", "postgres", "listen", "grpc-listen", "redis", "config", "threads"},
-        {"dev", "help"}}},
-      {"keys", {{"data", "postgres", "config", "role", "source", "name"}, {"help"}}},
-      {"audit", {{"data", "postgres", "config"}, {"help"}}},
-      {"migrate", {{"data", "postgres", "config"}, {"help"}}},
+        {"dev", "help"},
+        &Serve}},
+      {"keys", {{"data", "postgres", "config", "role", "source", "name"}, {"help"}, &Keys}},
+      {"audit", {{"data", "postgres", "config"}, {"help"}, &Audit}},
+      {"migrate", {{"data", "postgres", "config"}, {"help"}, &Migrate}},
   };
-  auto known = kCommands.find(cmd);
-  if (known == kCommands.end()) return Usage(absl::StrCat("unknown command \"", cmd, "\""));
-  auto flags = Flags::Parse(args, known->second.with_value, known->second.booleans);
-  if (!flags.ok()) {
-    return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
-  }
+  auto command = kCommands.find(cmd);
+  if (command == kCommands.end()) return Usage(absl::StrCat("unknown command \"", cmd, "\""));
+  auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans);
+  if (!flags.ok()) return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
   if (auto v = flags->Get("postgres")) {
     postgres_url = *v;
   } else if (const char* env = std::getenv("QUELL_POSTGRES")) {
@@ -624,11 +624,7 @@ int Main(int argc, char** argv) {
     std::cout << kUsageText;
     return kOk;
   }
-  if (cmd == "serve") return Serve(*flags);
-  if (cmd == "keys") return Keys(*flags);
-  if (cmd == "audit") return Audit(*flags);
-  if (cmd == "migrate") return Migrate(*flags);
-  return Usage(absl::StrCat("unknown command \"", cmd, "\""));
+  return command->second.run(*flags);
 }
 
 }  // namespace

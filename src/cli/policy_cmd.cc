@@ -9,8 +9,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cli/files.h"
 #include "cli/flags.h"
+#include "core/files.h"
 #include "core/time.h"
 #include "engine/backtest.h"
 #include "engine/policy_cases.h"
@@ -45,7 +45,7 @@ int Usage(const std::string& message) {
 
 // Loads FILE; on failure prints every error and returns null.
 std::shared_ptr<const policy::PolicySet> LoadOrReport(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
+  absl::StatusOr<std::string> text = core::ReadFile(path);
   if (!text.ok()) {
     std::cerr << "quell policy: " << text.status().message() << "\n";
     return nullptr;

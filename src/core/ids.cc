@@ -29,7 +29,6 @@ bool IsId(std::string_view id, std::string_view prefix) {
 }
 
 std::string NewId(std::string_view prefix, absl::Time now) {
-  static constexpr const char* kAlphabet = kIdAlphabet.data();
   // Ids are unique, not secret: a per-thread generator seeded from the OS (absl::BitGen)
   // instead of the CSPRNG, whose call cost a few percent of the commit thread per id.
   thread_local absl::BitGen gen;
@@ -42,7 +41,7 @@ std::string NewId(std::string_view prefix, absl::Time now) {
   std::string out(prefix);
   out.resize(prefix.size() + 26);
   for (int i = 25; i >= 0; --i) {
-    out[prefix.size() + i] = kAlphabet[static_cast<int>(v & 31)];
+    out[prefix.size() + i] = kIdAlphabet[static_cast<size_t>(v & 31)];
     v >>= 5;
   }
   return out;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "api/detection_codec.h"
+#include "core/files.h"
 #include "core/ids.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -128,21 +129,20 @@ class Run {
                                               ".quell-checkpoint");
     // The rejects file is emptied and the checkpoint replaced: neither may be an input
     // (a fresh run unlinked an input given as --rejects), nor a directory.
-    for (const std::string* out : {&res_.rejects_path, &res_.checkpoint_path}) {
+    for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
+                             std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
       struct stat os {};
       if (::stat(out->c_str(), &os) != 0) continue;
       if (S_ISDIR(os.st_mode)) {
         return Refuse(absl::InvalidArgumentError(
-            absl::StrCat(out == &res_.rejects_path ? "--rejects " : "the checkpoint ", *out,
-                         " is a directory; give a file path")));
+            absl::StrCat(what, *out, " is a directory; give a file path")));
       }
       for (const std::string& in : o_.files) {
         struct stat is {};
         if (in != "-" && ::stat(in.c_str(), &is) == 0 && is.st_dev == os.st_dev &&
             is.st_ino == os.st_ino) {
-          return Refuse(absl::InvalidArgumentError(
-              absl::StrCat(out == &res_.rejects_path ? "--rejects " : "the checkpoint ", *out,
-                           " is the input ", in, ": it would be overwritten; give another path")));
+          return Refuse(absl::InvalidArgumentError(absl::StrCat(
+              what, *out, " is the input ", in, ": it would be overwritten; give another path")));
         }
       }
     }
@@ -505,15 +505,9 @@ class Run {
       store = *std::move(opened);
     }
     if (!o_.policies_file.empty()) {
-      FILE* f = std::fopen(o_.policies_file.c_str(), "rb");
-      if (f == nullptr)
-        return Refuse(absl::NotFoundError(absl::StrCat("cannot read ", o_.policies_file)));
-      std::string yaml;
-      char buf[65536];
-      size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) yaml.append(buf, n);
-      std::fclose(f);
-      auto loaded = policy::LoadPolicySet(yaml, 0);
+      absl::StatusOr<std::string> yaml = core::ReadFile(o_.policies_file);
+      if (!yaml.ok()) return Refuse(yaml.status());
+      auto loaded = policy::LoadPolicySet(*yaml, 0);
       if (!loaded.ok()) {
         return Refuse(absl::InvalidArgumentError(
             absl::StrCat(o_.policies_file, ": ", loaded.status().message())));

@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "obs/log.h"
@@ -419,6 +420,11 @@ std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name
   }
   *out = n;
   return std::nullopt;
+}
+
+std::optional<ApiError> CheckMitigationCursor(std::string_view cursor) {
+  if (cursor.empty() || core::IsId(cursor, "m_")) return std::nullopt;
+  return ApiError::Field("query.cursor", "not a cursor (the next_cursor of a previous page)");
 }
 
 std::optional<ApiError> OnlyParams(const http::Request& req,

@@ -206,6 +206,10 @@ std::string Sha256Hex(std::string_view s);
 std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name, int64_t lo,
                                  int64_t hi, int64_t* out);
 //! Fails on any query parameter not in `allowed`.
+//! 400 at query.cursor unless `cursor` is empty or a mitigation id (what a list's
+//! next_cursor is): anything else was read as "ids before it", an empty or a full page.
+std::optional<ApiError> CheckMitigationCursor(std::string_view cursor);
+
 std::optional<ApiError> OnlyParams(const http::Request& req,
                                    std::initializer_list<std::string_view> allowed);
 

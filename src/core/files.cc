@@ -1,4 +1,4 @@
-#include "cli/files.h"
+#include "core/files.h"
 
 #include <sys/stat.h>
 
@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace quell::cli {
+namespace quell::core {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   struct stat st {};
@@ -30,4 +30,4 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
-}  // namespace quell::cli
+}  // namespace quell::core
