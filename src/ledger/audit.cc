@@ -13,8 +13,8 @@
 namespace quell::ledger {
 namespace {
 
-// Live mitigations by a 64-bit hash of their id (a collision among even 10^8 ids is
-// about one chance in 10^3; it could only hide a disagreement, never invent one), with
+// Live mitigations by a 64-bit hash of their id (a collision among 10^8 ids is about
+// one chance in 4,000; it could only hide a disagreement, never invent one), with
 // the seq of the change that made each what it is. Half the memory of the ids.
 using LiveBySeq = absl::flat_hash_map<uint64_t, int64_t>;
 
