@@ -16,14 +16,17 @@ ApiError ApiError::Field(std::string field, std::string message) {
 ApiError ApiError::NotFound(std::string message) {
   return {404, "not_found", std::move(message), {}};
 }
-ApiError ApiError::Unauthenticated() {
-  return {401, "unauthenticated", "missing or invalid API key (Authorization: Bearer <key>)", {}};
+ApiError ApiError::Unauthenticated(std::string_view how) {
+  return {401, "unauthenticated", absl::StrCat("missing or invalid API key (", AV(how), ")"), {}};
 }
 ApiError ApiError::Forbidden(std::string message) {
   return {403, "permission_denied", std::move(message), {}};
 }
 ApiError ApiError::Conflict(std::string message) {
   return {409, "conflict", std::move(message), {}};
+}
+ApiError ApiError::CursorAhead(std::string message) {
+  return {409, "cursor_ahead", std::move(message), {}};
 }
 ApiError ApiError::TooLarge(std::string message) {
   return {413, "too_large", std::move(message), {}};

@@ -31,9 +31,12 @@ struct ApiError {
   static ApiError InvalidArgument(std::string message, std::vector<FieldError> details = {});
   static ApiError Field(std::string field, std::string message);
   static ApiError NotFound(std::string message);
-  static ApiError Unauthenticated();
+  // `how` names the credential the route takes.
+  static ApiError Unauthenticated(std::string_view how = "Authorization: Bearer <key>");
   static ApiError Forbidden(std::string message);
   static ApiError Conflict(std::string message);
+  // 409 cursor_ahead: a feed cursor past the ledger's last change (ledger::CheckCursor).
+  static ApiError CursorAhead(std::string message);
   static ApiError TooLarge(std::string message);
   static ApiError IdempotencyMismatch();
   static ApiError Unavailable(std::string message, int retry_after_seconds = 1);

@@ -69,6 +69,7 @@ struct Filter {
   bool ip = true, range = true;
   bool ban = true, captcha = true;
   bool origin_ok = true;
+  int exact_prefix = -1;  // >= 0: only ranges of exactly this length (a `value` query)
   std::vector<std::string> scenarios_containing, scenarios_not_containing;
 
   bool Wants(Scope scope, std::string_view type, std::string_view scenario) const {
@@ -249,6 +250,7 @@ void LiveFromIndex(Context& ctx, const Filter& f, const core::IpAddress& ip, int
       AppendDecision(DecisionId(h.id), Scope::kIp, type, entity->id(), action, left, out);
     } else {
       if (is_range && h.cidr_prefix > prefix) continue;
+      if (f.exact_prefix >= 0 && h.cidr_prefix != f.exact_prefix) continue;
       if (!f.Wants(Scope::kRange, type, action)) continue;
       core::Network net{core::MaskIp(ip, h.cidr_prefix), h.cidr_prefix};
       AppendDecision(DecisionId(h.id), Scope::kRange, type, core::FormatNetwork(net), action, left,
@@ -283,6 +285,20 @@ void LiveDecisions(CrowdSec& cs, Call&& call) {
       (f.ip ? ip_text : range_text) = value;
   }
   std::string items = "[";
+  if (value && scope.empty() && !ip_text && !range_text) {
+    // CrowdSec's `value` alone matches a decision's value exactly, whatever its scope: an
+    // address is the ip decision on it, a CIDR the range decision on exactly that range.
+    // A value that is neither has no decision here (Quell answers the ip and range scopes).
+    if (auto ip = core::ParseIp(*value); ip.ok()) {
+      f.range = false;
+      LiveFromIndex(ctx, f, *ip, ip->bits(), false, &items);
+    } else if (auto net = core::ParseNetwork(*value); net.ok()) {
+      f.ip = false;
+      f.exact_prefix = net->prefix;
+      LiveFromIndex(ctx, f, net->address, net->prefix, true, &items);
+    }
+    return ReplyList(call, std::move(items));
+  }
   if (ip_text) {
     auto ip = core::ParseIp(*ip_text);
     if (!ip.ok()) return call.Fail(ApiError::Field("query.ip", "not an IP address"));

@@ -16,16 +16,31 @@
 namespace quell::api::internal {
 namespace {
 
-void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time deadline) {
-  ctx.OffLoop(std::move(call), [&ctx, after, limit, deadline](Call& call) {
+// Fails a read that found nothing after a cursor past the ledger's last change (a
+// waiting feed would skip every change up to it); false if the cursor is fine.
+bool FailCursorAhead(Context& ctx, Call& call, int64_t after) {
+  absl::Status st = ledger::CheckCursor(*ctx.deps.ledger, after);
+  if (st.ok()) return false;
+  call.Fail(absl::IsOutOfRange(st) ? ApiError::CursorAhead(std::string(SV(st.message())))
+                                   : ApiError::FromStatus(st));
+  return true;
+}
+
+// `first`: the request's first read (a later one, after a wait, need not check the cursor
+// again: the ledger's last change only moves forward).
+void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time deadline,
+                  bool first) {
+  ctx.OffLoop(std::move(call), [&ctx, after, limit, deadline, first](Call& call) {
     auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, limit);
     if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
+    if (changes->empty() && first && FailCursorAhead(ctx, call, after)) return;
     if (changes->empty() && absl::Now() < deadline) {
       auto shared = std::make_shared<Call>(std::move(call));
       ctx.waiters.Wait(after, deadline, [&ctx, shared, after, limit, deadline] {
         // A commit or the deadline: read again. Past the deadline the reply goes out even
         // if empty.
-        ServeChanges(ctx, std::move(*shared), after, limit, std::min(deadline, absl::Now()));
+        ServeChanges(ctx, std::move(*shared), after, limit, std::min(deadline, absl::Now()),
+                     /*first=*/false);
       });
       return;
     }
@@ -177,7 +192,7 @@ void AddFeedRoutes(Router& router, Context& ctx) {
       return call.Fail(*e);
     }
     ServeChanges(ctx, std::move(call), after, static_cast<int>(limit),
-                 absl::Now() + absl::Seconds(wait));
+                 absl::Now() + absl::Seconds(wait), /*first=*/true);
   });
 
   // NDJSON: {"seq": N} then one active mitigation per line, from one consistent read;
@@ -208,6 +223,7 @@ void AddFeedRoutes(Router& router, Context& ctx) {
     ctx.OffLoop(std::move(call), [&ctx, after, limit](Call& call) {
       auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, static_cast<int>(limit));
       if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
+      if (changes->empty() && FailCursorAhead(ctx, call, after)) return;
       std::string body = "{\"changes\":[";
       int64_t next = after;
       for (size_t i = 0; i < changes->size(); ++i) {

@@ -244,11 +244,24 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
         }
         if (!errors.empty())
           return call.Fail(ApiError::InvalidArgument("invalid list entries", std::move(errors)));
-        std::string actor = call.who.key_id;
-        SubmitThenReply(ctx, policies, std::move(call),
-                        ListChange(ctx, name, std::move(add), std::move(remove), std::nullopt,
-                                   std::nullopt, actor),
-                        name);
+        // Entries go to a list that exists (PUT /v1/lists/{name}, or declared by the
+        // policy set): a misspelt name would otherwise start a new list, and the entities
+        // meant for a protected one would stay unprotected.
+        ctx.OffLoop(std::move(call), [&ctx, &policies, name, add = std::move(add),
+                                      remove = std::move(remove)](Call& call) mutable {
+          auto v = Describe(ctx.deps.ledger->store(), *policies.Current(), name);
+          if (!v.ok()) return call.Fail(ApiError::FromStatus(v.status()));
+          if (!v->exists) {
+            return call.Fail(
+                ApiError::NotFound(absl::StrCat("no list ", name, ": create it with PUT /v1/lists/",
+                                                name, " or declare it in the policy set")));
+          }
+          std::string actor = call.who.key_id;
+          SubmitThenReply(ctx, policies, std::move(call),
+                          ListChange(ctx, name, std::move(add), std::move(remove), std::nullopt,
+                                     std::nullopt, std::move(actor)),
+                          name);
+        });
       });
 }
 

@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "api/internal/webhook_routes.h"
 #include "api/json_reader.h"
+#include "core/action.h"
+#include "core/entity.h"
 #include "core/mitigation.h"
 #include "core/time.h"
 #include "webhooks/dispatcher.h"
@@ -56,6 +58,24 @@ void AddWebhookRoutes(Router& router, Context& ctx, webhooks::Dispatcher* dispat
     auto from_seq = r.Int("from_seq", false);
     r.RejectUnknown();
     if (from_seq && *from_seq < 0) errors.push_back({"from_seq", "must be >= 0"});
+    // A filter that names no real action or type would match nothing, silently.
+    if (actions) {
+      const std::shared_ptr<const core::ActionCatalog> catalog = ctx.Catalog();
+      for (size_t i = 0; i < actions->size(); ++i) {
+        if (catalog->Find((*actions)[i]) == nullptr) {
+          errors.push_back({absl::StrCat("actions[", i, "]"),
+                            absl::StrCat("no action ", (*actions)[i], " in the action catalog")});
+        }
+      }
+    }
+    if (entity_types) {
+      for (size_t i = 0; i < entity_types->size(); ++i) {
+        if (!core::IsEntityType((*entity_types)[i])) {
+          errors.push_back({absl::StrCat("entity_types[", i, "]"),
+                            "an entity type matches [a-z][a-z0-9_]{0,31}"});
+        }
+      }
+    }
     if (!errors.empty())
       return call.Fail(ApiError::InvalidArgument("invalid webhook", std::move(errors)));
     webhooks::Dispatcher::NewSubscription req;

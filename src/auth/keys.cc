@@ -64,10 +64,13 @@ bool Principal::MaySubmitAs(std::string_view source) const {
 absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std::string name,
                                absl::Time now) {
   if (role == Role::kDetector && sources.empty()) {
-    return absl::InvalidArgumentError("a detector key needs at least one --source");
+    return absl::InvalidArgumentError(
+        "a detector key needs at least one source (--source on the command line, \"sources\" in "
+        "the API)");
   }
   if (role != Role::kDetector && !sources.empty()) {
-    return absl::InvalidArgumentError("only detector keys are bound to sources");
+    return absl::InvalidArgumentError(
+        "only detector keys are bound to sources (--source, \"sources\")");
   }
   for (const std::string& s : sources) {
     if (s.empty() || s.size() > 128) {

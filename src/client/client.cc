@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal/feed.h"
 #include "client/internal/http_conn.h"
@@ -405,6 +406,12 @@ class Client::Impl {
                             return absl::OkStatus();
                           });
     if (!code.ok()) return code.status();
+    if (*code == 409 && absl::StrContains(body, "\"cursor_ahead\"")) {
+      // The mirror is ahead of the server's ledger (restored from an older backup, or
+      // another cluster): following on would skip every change up to its seq. Reload.
+      synced_.store(false, std::memory_order_release);
+      return absl::OkStatus();
+    }
     if (*code != 200) {
       return absl::UnavailableError(
           absl::StrCat("GET /v1/changes: HTTP ", *code, " ", body.substr(0, 4096)));

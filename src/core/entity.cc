@@ -9,12 +9,10 @@
 #include "core/strings.h"
 
 namespace quell::core {
-namespace {
 
-constexpr size_t kMaxIdBytes = 256;
 constexpr size_t kMaxTypeBytes = 32;
 
-bool ValidType(std::string_view t) {
+bool IsEntityType(std::string_view t) {
   if (t.empty() || t.size() > kMaxTypeBytes) return false;
   if (t[0] < 'a' || t[0] > 'z') return false;
   for (char c : t) {
@@ -22,6 +20,10 @@ bool ValidType(std::string_view t) {
   }
   return true;
 }
+
+namespace {
+
+constexpr size_t kMaxIdBytes = 256;
 
 // Validates UTF-8 and rejects control characters (C0, DEL and C1).
 bool ValidId(std::string_view s) {
@@ -156,7 +158,7 @@ absl::StatusOr<Entity> Entity::Parse(std::string_view text) {
   }
   std::string_view type = text.substr(0, colon);
   std::string_view id = text.substr(colon + 1);
-  if (!ValidType(type)) {
+  if (!IsEntityType(type)) {
     return absl::InvalidArgumentError(absl::StrCat("entity type \"", AV(type.substr(0, 40)),
                                                    "\" must match [a-z][a-z0-9_]{0,31}"));
   }

@@ -42,6 +42,9 @@ std::string FormatNetwork(const Network& net);
 // Clears the bits of `ip` after the first `prefix` bits of its family.
 IpAddress MaskIp(const IpAddress& ip, int prefix);
 
+// True if `t` is a valid entity type: [a-z][a-z0-9_]{0,31}.
+bool IsEntityType(std::string_view t);
+
 // A validated entity in canonical form. `ip:` and `cidr:` ids are normalised, so two
 // spellings of one address compare equal.
 class Entity {

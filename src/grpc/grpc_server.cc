@@ -274,6 +274,13 @@ class GrpcServer::Impl final
       }
       auto changes = ledger::ReadDurableChanges(*deps_.ledger, cursor, options_.watch_page);
       if (!changes.ok()) return ToGrpc(changes.status());
+      if (changes->empty() && cursor == request->after_seq()) {
+        // Waiting on a cursor past the ledger's last change would skip every change up to
+        // it: OUT_OF_RANGE, and the client reloads. (Once past it, the cursor is a real seq.)
+        if (absl::Status st = ledger::CheckCursor(*deps_.ledger, cursor); !st.ok()) {
+          return ToGrpc(st);
+        }
+      }
       for (const ledger::Change& c : *changes) {
         cursor = c.seq;
         if (c.kind != ledger::ChangeKind::kMitigation) continue;

@@ -597,6 +597,16 @@ absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t a
   return changes;
 }
 
+absl::Status CheckCursor(Ledger& ledger, int64_t after) {
+  if (after == 0) return absl::OkStatus();
+  QUELL_ASSIGN_OR_RETURN(int64_t last, ledger.store().LastSeq());
+  if (after <= last) return absl::OkStatus();
+  return absl::OutOfRangeError(absl::StrCat("after=", after, " is past the ledger's last change (",
+                                            last,
+                                            "): this cursor is not from this ledger (restored "
+                                            "from a backup?); reload a snapshot"));
+}
+
 absl::Status WaitDurable(Ledger& ledger, int64_t seq, absl::Duration timeout) {
   if (!ledger.store().DefersSync()) return absl::OkStatus();
   return ledger.impl_->WaitDurable(seq, timeout);

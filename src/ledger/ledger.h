@@ -161,6 +161,12 @@ class Ledger {
 //! whose fsync is still in flight. Thread-safe.
 absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t after, int limit);
 
+//! kOutOfRange if `after` is past the store's last change: a cursor from another ledger
+//! (a data directory restored from an older backup, a different cluster). A feed that
+//! waited on such a cursor would skip every change up to it once they were written; its
+//! reader must reload a snapshot instead. Reads the store (one query). Thread-safe.
+absl::Status CheckCursor(Ledger& ledger, int64_t after);
+
 //! Waits until `seq` is durable (ledger.last_seq() >= seq), at most `timeout`
 //! (kUnavailable then): for a reader that hands out a cursor taken from a store scan
 //! (snapshots), so that a client never continues after a seq a crash could reuse.

@@ -216,6 +216,19 @@ class ApiTest(unittest.TestCase):
         self.assertNotIn("secret", json.dumps(listing))
         self.assertNotIn(k["key"].split(".")[1], json.dumps(listing))
 
+    def test_list_entries_need_a_list(self):
+        # A misspelt list name is refused, not started as a new list.
+        status, body, _ = self.q.request("POST", "/v1/lists/vip-artsts/entries",
+                                         {"add": ["user:a1"]})
+        self.assertEqual(status, 404, body)
+        self.assertIn("PUT /v1/lists/vip-artsts", body["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/v1/lists/vip-artsts")[0], 404)
+        status, body, _ = self.q.request("PUT", "/v1/lists/vip-artists", {"protected": True})
+        self.assertEqual(status, 200, body)
+        status, body, _ = self.q.request("POST", "/v1/lists/vip-artists/entries",
+                                         {"add": ["user:a1"]})
+        self.assertEqual((status, body["entries"]), (200, ["user:a1"]), body)
+
     def assertError(self, resp, status, field=None):
         got_status, body, _ = resp
         self.assertEqual(got_status, status, body)
@@ -286,8 +299,18 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(body["changes"][0]["op"], "upsert")
         self.assertEqual(body["next"], body["changes"][-1]["seq"])
         # An empty poll with wait=0 answers at once with next == after.
-        status, body, _ = self.q.request("GET", "/v1/changes?after=%d" % (m["seq"] + 10**6))
-        self.assertEqual(body, {"changes": [], "next": m["seq"] + 10**6})
+        head = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]
+        status, body, _ = self.q.request("GET", "/v1/changes?after=%d" % head)
+        self.assertEqual((status, body), (200, {"changes": [], "next": head}))
+        # A cursor past the ledger's last change is not from this ledger: waiting on it
+        # would skip the changes up to it once written. 409 cursor_ahead, for both logs,
+        # at once even when asked to wait.
+        for path in ("/v1/changes?after=%d&wait=20" % (head + 10**6),
+                     "/v1/audit?after=%d" % (head + 1)):
+            status, body, _ = self.q.request("GET", path)
+            self.assertEqual(status, 409, (path, body))
+            self.assertEqual(body["error"]["code"], "cursor_ahead", body)
+            self.assertIn("past the ledger's last change (%d)" % head, body["error"]["message"])
         # Snapshot: first line is the seq, then every active mitigation.
         status, text, hdrs = self.q.request("GET", "/v1/snapshot", raw=True)
         self.assertEqual(status, 200)
@@ -352,6 +375,27 @@ class LifecycleTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_last_admin_key_is_kept(self):
+        q = QuellServer()
+        try:
+            q.start()
+            dev_id = q.admin_key.split(".")[0]
+            status, body, _ = q.request("DELETE", "/v1/keys/" + dev_id)
+            self.assertEqual(status, 409, body)
+            self.assertIn("last active admin key", body["error"]["message"])
+            status, second, _ = q.request("POST", "/v1/keys", {"role": "admin", "name": "ops"})
+            self.assertEqual(status, 201, second)
+            # With another admin key, either may go; then the other is the last again.
+            self.assertEqual(q.request("DELETE", "/v1/keys/" + dev_id)[0], 200)
+            status, body, _ = q.request("DELETE", "/v1/keys/" + second["id"], key=second["key"])
+            self.assertEqual(status, 409, body)
+            status, body, _ = q.request("POST", "/v1/keys", {"role": "detector"},
+                                        key=second["key"])
+            self.assertEqual(status, 400, body)
+            self.assertIn('"sources" in the API', body["error"]["message"])
+        finally:
+            q.cleanup()
+
     def test_in_flight_request_finishes_on_sigterm(self):
         q = QuellServer()
         try:
@@ -359,7 +403,8 @@ class LifecycleTest(unittest.TestCase):
             result = {}
 
             def poll():
-                result["resp"] = q.request("GET", "/v1/changes?after=1000000&wait=2")
+                head = q.request("GET", "/readyz", auth=False)[1]["seq"]
+                result["resp"] = q.request("GET", "/v1/changes?after=%d&wait=2" % head)
 
             t = threading.Thread(target=poll)
             t.start()

@@ -84,7 +84,9 @@ class CrowdSecApiTest(unittest.TestCase):
             self.assertEqual(status, 403, text)
             status, text, _ = self.cs("/v1/decisions/stream?startup=true", new_key(self.q, role))
             self.assertEqual(status, 403, text)
-        self.assertEqual(self.cs("/v1/decisions?ip=1.1.1.1", "k_nope.secret")[0], 401)
+        status, text, _ = self.cs("/v1/decisions?ip=1.1.1.1", "k_nope.secret")
+        self.assertEqual(status, 401)
+        self.assertIn("X-Api-Key", text)  # the header this API takes, not Bearer
         # The key goes in X-Api-Key; a Bearer header alone is not CrowdSec's way.
         status, _, _ = self.q.request("GET", "/v1/decisions?ip=1.1.1.1", key=enforcer)
         self.assertEqual(status, 401)
@@ -124,6 +126,14 @@ class CrowdSecApiTest(unittest.TestCase):
         self.assertEqual([d["scope"] for d in got], ["Ip"])
         got, _ = self.cs_json("/v1/decisions?scope=range&value=198.51.100.0/24", key)
         self.assertEqual([d["value"] for d in got], ["198.51.100.0/24"])
+        # value alone matches a decision's value exactly, in any scope (it listed every
+        # decision before: a live bouncer asking about one address was told of all).
+        got, _ = self.cs_json("/v1/decisions?value=198.51.100.7", key)
+        self.assertEqual([(d["scope"], d["value"]) for d in got], [("Ip", "198.51.100.7")])
+        got, _ = self.cs_json("/v1/decisions?value=198.51.100.0/24", key)
+        self.assertEqual([(d["scope"], d["value"]) for d in got], [("Range", "198.51.100.0/24")])
+        for value in ("198.51.100.9", "198.51.100.0/25", "cs-live"):
+            self.assertEqual(self.cs("/v1/decisions?value=" + value, key)[1], "null", value)
         self.assertEqual(self.cs("/v1/decisions?ip=198.51.100.7&type=captcha", key)[1][:1], "[")
         got, _ = self.cs_json("/v1/decisions?ip=198.51.100.7&type=captcha", key)
         self.assertEqual([d["type"] for d in got], ["captcha"])

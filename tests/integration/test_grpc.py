@@ -150,11 +150,18 @@ class GrpcTest(unittest.TestCase):
                            c.mitigation.id) for c in [first] + got])
 
     def test_watch_deadline_and_auth(self):
-        stream = self.stub.Watch(pb.WatchRequest(after_seq=10 ** 12), metadata=self.md(),
+        head = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        stream = self.stub.Watch(pb.WatchRequest(after_seq=head), metadata=self.md(),
                                  timeout=0.5)
         with self.assertRaises(grpc.RpcError) as e:
             list(stream)
         self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # A cursor past the last change is from another ledger: refused at once, not waited on.
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.stub.Watch(pb.WatchRequest(after_seq=head + 10 ** 6), metadata=self.md(),
+                                 timeout=30))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.OUT_OF_RANGE)
+        self.assertIn("past the ledger's last change", e.exception.details())
         with self.assertRaises(grpc.RpcError) as e:
             list(self.stub.Watch(pb.WatchRequest(), timeout=10))
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)

@@ -174,6 +174,13 @@ class WebhookDeliveryTest(WebhookCase):
         s, e, _ = self.q.request("POST", "/v1/webhooks", {"url": r.url, "from_seq": -1})
         self.assertEqual(s, 400, e)
         self.assertEqual(e["error"]["details"][0]["field"], "from_seq")  # was "url"
+        # Filters that could match nothing: an action not in the catalog, a malformed type.
+        s, e, _ = self.q.request("POST", "/v1/webhooks",
+                                 {"url": r.url, "actions": ["block", "blok"], "entity_types": ["IP"]})
+        self.assertEqual(s, 400, e)
+        self.assertEqual([d["field"] for d in e["error"]["details"]],
+                         ["actions[1]", "entity_types[0]"], e)
+        self.assertIn("no action blok", e["error"]["details"][0]["message"])
         viewer = self.q.create_key("viewer")
         self.assertEqual(self.q.request("GET", "/v1/webhooks", key=viewer)[0], 403)
         self.assertEqual(self.q.request("GET", "/v1/webhooks/%s/dead_letters" % sub["id"])[0], 200)

@@ -367,7 +367,11 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
                                         ? call.req.Header("authorization")
                                         : call.req.Header("x-api-key");
       auto who = context_->deps.keys->Authenticate(credential);
-      if (!who.ok()) return call.Fail(ApiError::Unauthenticated());
+      if (!who.ok()) {
+        return call.Fail(found->access.kind == Access::Kind::kBearer
+                             ? ApiError::Unauthenticated()
+                             : ApiError::Unauthenticated("X-Api-Key: <enforcer key>"));
+      }
       call.who = *std::move(who);
       if (!auth::Allows(call.who.role, found->access.permission)) {
         return call.Fail(ApiError::Forbidden(
