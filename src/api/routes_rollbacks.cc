@@ -94,15 +94,22 @@ void Rollback(Context& ctx, Call&& call) {
                    });
       return;
     }
-    auto out = std::make_shared<workflow::RollbackResult>();
-    auto m =
-        workflow::Rollback(std::move(targets->mitigations), f, reason, call.who.key_id, id, out);
-    const int64_t entities = targets->entities;
-    SubmitSimple(ctx, std::move(call), std::move(m), [out, id, entities] {
+    // Filed as a done request, so that GET /v1/rollbacks/{id} answers for it too.
+    workflow::RollbackRequest req;
+    req.id = id;
+    req.filter = f;
+    req.reason = reason;
+    req.requested_by = call.who.key_id;
+    req.matched = matched;
+    req.entities = targets->entities;
+    auto out = std::make_shared<workflow::RollbackRequest>();
+    auto m = workflow::Rollback(std::move(req), std::move(targets->mitigations), out);
+    SubmitSimple(ctx, std::move(call), std::move(m), [out] {
       return std::make_pair(
-          200, absl::StrCat("{\"id\":\"", id, "\",\"state\":\"done\",\"matched\":", out->matched,
-                            ",\"entities\":", entities, ",\"revoked\":", out->revoked,
-                            ",\"dry_run\":false,\"needs_approval\":false}"));
+          200,
+          absl::StrCat("{\"id\":\"", out->id, "\",\"state\":\"done\",\"matched\":", out->matched,
+                       ",\"entities\":", out->entities, ",\"revoked\":", out->revoked,
+                       ",\"dry_run\":false,\"needs_approval\":false}"));
     });
   });
 }

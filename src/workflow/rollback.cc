@@ -101,6 +101,17 @@ bool Expired(const RollbackRequest& r, absl::Duration ttl, absl::Time now) {
   return r.state == "pending_approval" && r.requested_at + ttl <= now;
 }
 
+// Files `r` (its current state) in the rollback journal.
+absl::Status AppendRequest(ledger::Txn& txn, const RollbackRequest& r, std::string_view actor) {
+  ledger::Change c;
+  c.kind = ledger::ChangeKind::kReview;
+  c.actor = std::string(actor);
+  c.subject = r.id;
+  c.entity = std::string(kRollbackJournal);
+  c.payload = Payload(r);
+  return txn.Append(std::move(c), nullptr).status();
+}
+
 }  // namespace
 
 bool Matches(const RollbackFilter& f, const core::Mitigation& m) {
@@ -147,21 +158,6 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
                             .status());
   t.entities = static_cast<int64_t>(entities.size());
   return t;
-}
-
-ledger::Mutation Rollback(std::vector<core::Mitigation> targets, RollbackFilter f,
-                          std::string reason, std::string actor, std::string rollback_id,
-                          std::shared_ptr<RollbackResult> out) {
-  return [targets = std::move(targets), f = std::move(f), reason = std::move(reason),
-          actor = std::move(actor), rollback_id = std::move(rollback_id),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
-    RollbackResult r;
-    const std::string why = absl::StrCat("rollback ", rollback_id, ": ", reason);
-    // Revokes in place: the ledger runs a mutation once.
-    QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, f, why, actor, now, &r));
-    *out = r;
-    return absl::OkStatus();
-  };
 }
 
 // ---- rollback requests ----
@@ -281,17 +277,6 @@ std::vector<RollbackRequest> RollbackRequests::All(size_t limit) const {
   return out;
 }
 
-absl::Status RollbackRequests::AppendRequest(ledger::Txn& txn, const RollbackRequest& r,
-                                             std::string_view actor) {
-  ledger::Change c;
-  c.kind = ledger::ChangeKind::kReview;
-  c.actor = std::string(actor);
-  c.subject = r.id;
-  c.entity = std::string(kRollbackJournal);
-  c.payload = Payload(r);
-  return txn.Append(std::move(c), nullptr).status();
-}
-
 ledger::Mutation RollbackRequests::Request(RollbackRequest request,
                                            std::shared_ptr<RollbackRequest> out) {
   return [this, request = std::move(request), out = std::move(out)](
@@ -301,6 +286,31 @@ ledger::Mutation RollbackRequests::Request(RollbackRequest request,
     }
     RollbackRequest r = request;
     r.requested_at = now;
+    QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, r.requested_by));
+    *out = std::move(r);
+    return absl::OkStatus();
+  };
+}
+
+ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
+                          std::shared_ptr<RollbackRequest> out) {
+  return [request = std::move(request), targets = std::move(targets), out = std::move(out)](
+             ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+    if (request.id.empty() || request.filter.empty()) {
+      return absl::InvalidArgumentError("a rollback needs an id and a filter");
+    }
+    RollbackRequest r = request;
+    r.requested_at = now;
+    RollbackResult result;
+    // Revokes in place: the ledger runs a mutation once.
+    QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter,
+                                         absl::StrCat("rollback ", r.id, ": ", r.reason),
+                                         r.requested_by, now, &result));
+    r.matched = result.matched;  // as the transaction found them
+    r.revoked = result.revoked;
+    r.state = "done";
+    r.decided_by = r.requested_by;
+    r.decided_at = now;
     QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, r.requested_by));
     *out = std::move(r);
     return absl::OkStatus();

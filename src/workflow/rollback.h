@@ -57,13 +57,6 @@ struct RollbackResult {
   int64_t matched = 0;
   int64_t revoked = 0;
 };
-//! Revokes each of `targets` (as read by FindRollbackTargets) that is still live and
-//! still matches `f`, state_reason "rollback <rollback_id>: <reason>". A target still at
-//! the version read is revoked without being read again (Txn::AppendMitigationIfAt); one
-//! that changed since is re-read in the transaction and checked again.
-ledger::Mutation Rollback(std::vector<core::Mitigation> targets, RollbackFilter f,
-                          std::string reason, std::string actor, std::string rollback_id,
-                          std::shared_ptr<RollbackResult> out);
 
 // ---- rollback requests (approval) ----
 
@@ -96,6 +89,17 @@ std::string_view RollbackRequestState(const RollbackRequest& r, absl::Duration p
                                       absl::Time now);
 //! Reads a kReview payload of a rollback request; kInvalidArgument if it is not one.
 absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payload, absl::Time at);
+
+//! Runs a rollback that needs no approval: revokes each of `targets` (as read by
+//! FindRollbackTargets) that is still live and still matches the request's filter,
+//! state_reason "rollback <id>: <reason>", and files the request in the rollback journal
+//! as done by its requester, with what it matched and revoked, in the same transaction:
+//! RollbackRequests (GET /v1/rollbacks/{id}) then answers for it as for an approved one.
+//! A target still at the version read is revoked without being read again
+//! (Txn::AppendMitigationIfAt); one that changed since is re-read in the transaction and
+//! checked again. *out = the request as filed.
+ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
+                          std::shared_ptr<RollbackRequest> out);
 
 // The rollback requests, as of the committed ledger plus the decisions of the
 // transaction being built (so two decisions in one commit batch cannot both pass).
@@ -132,7 +136,6 @@ class RollbackRequests final : public ledger::ChangeListener {
     // failed batch rewinds the seq and so voids it), and is dropped once seq commits.
     std::optional<std::pair<int64_t, RollbackRequest>> tentative;
   };
-  absl::Status AppendRequest(ledger::Txn& txn, const RollbackRequest& r, std::string_view actor);
 
   mutable std::mutex mu_;
   std::map<std::string, Entry, std::less<>> requests_;

@@ -99,18 +99,38 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->mitigations.size(), 2u);
   EXPECT_EQ(t->entities, 2);
-  auto out = std::make_shared<RollbackResult>();
+  auto run = [&](std::string id, std::vector<core::Mitigation> targets) {
+    RollbackRequest r;
+    r.id = std::move(id);
+    r.filter = f;
+    r.reason = "bad";
+    r.requested_by = "k_admin";
+    auto out = std::make_shared<RollbackRequest>();
+    EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, std::move(targets), out)).ok());
+    return out;
+  };
   auto targets = t->mitigations;
-  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(targets, f, "bad", "k_admin", "rb_1", out)).ok());
+  auto out = run("rb_1", targets);
   EXPECT_EQ(out->revoked, 2);
   EXPECT_EQ(State(a), MitigationState::kRevoked);
   EXPECT_EQ(State(b), MitigationState::kRevoked);
   EXPECT_EQ(State(c), MitigationState::kActive);
   EXPECT_NE((*ledger_->store().GetMitigation(a))->state_reason.find("rollback rb_1: bad"),
             std::string::npos);
+  // Filed as done by its requester, as an approved request would be; also after a reopen.
+  for (int pass = 0; pass < 2; ++pass) {
+    auto filed = requests_->Get("rb_1");
+    ASSERT_TRUE(filed.has_value());
+    EXPECT_EQ(filed->state, "done");
+    EXPECT_EQ(filed->revoked, 2);
+    EXPECT_EQ(filed->decided_by, "k_admin");
+    EXPECT_EQ(filed->filter.source, "model-v3");
+    if (pass == 0) Reopen();
+  }
   // Again with the same (now stale) targets: re-read, nothing more.
-  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(targets, f, "bad", "k_admin", "rb_2", out)).ok());
+  out = run("rb_2", targets);
   EXPECT_EQ(out->revoked, 0);
+  EXPECT_EQ(requests_->Get("rb_2")->revoked, 0);
   EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f)->empty());
   // One transaction: the chain still verifies.
   auto audit = ledger::VerifyChain(ledger_->store());

@@ -189,9 +189,13 @@ void BM_Rollback(benchmark::State& state) {
     f.source = "bench";
     auto ids = FindRollbackTargets(env.ledger->store(), f);
     double find_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    auto result = std::make_shared<RollbackResult>();
-    auto done = env.ledger->SubmitAndWait(
-        Rollback(std::move(*ids), f, "bench", "k_admin", "rb_bench", result));
+    RollbackRequest request;
+    request.id = "rb_bench";
+    request.filter = f;
+    request.reason = "bench";
+    request.requested_by = "k_admin";
+    auto result = std::make_shared<RollbackRequest>();
+    auto done = env.ledger->SubmitAndWait(Rollback(std::move(request), std::move(*ids), result));
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // CPU the rollback used (the reader thread's share included): what it would take on
     // an idle machine, where the wall time above is inflated by other processes.

@@ -243,8 +243,13 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       f.source = rng() % 2 ? "s1" : "s2";
       auto ids = FindRollbackTargets(ledger_->store(), f);
       ASSERT_TRUE(ids.ok());
-      auto out = std::make_shared<RollbackResult>();
-      ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(*ids, f, "oops", "k_admin", "rb_1", out)).ok());
+      RollbackRequest r;
+      r.id = core::NewId("rb_", clock_.Now());
+      r.filter = f;
+      r.reason = "oops";
+      r.requested_by = "k_admin";
+      auto out = std::make_shared<RollbackRequest>();
+      ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, *ids, out)).ok());
       EXPECT_EQ(out->revoked, static_cast<int64_t>(ids->size()));
     } else if (op < 81) {  // a breaker reset
       auto out = std::make_shared<safeguards::BreakerStatus>();

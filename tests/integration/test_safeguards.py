@@ -430,6 +430,14 @@ class RollbackApprovalTest(Base):
         self.assertEqual(s, 200, rb)
         self.assertEqual((rb["state"], rb["revoked"], rb["needs_approval"]), ("done", 3, False))
         self.assertEqual(self.verdict(entities[0]), "allow")
+        # Filed like an approved request: who rolled back what is on record.
+        s, got, _ = self.q.request("GET", "/v1/rollbacks/" + rb["id"])
+        self.assertEqual(s, 200, got)
+        self.assertEqual((got["state"], got["revoked"], got["matched"], got["filter"]),
+                         ("done", 3, 3, {"source": "model-small"}), got)
+        self.assertEqual(got["decided_by"], got["requested_by"])
+        done = self.q.request("GET", "/v1/rollbacks?state=done")[1]["rollbacks"]
+        self.assertIn(rb["id"], [r["id"] for r in done])
         self.assertEqual(self.review("rb_nope", True, self.r1)[0], 404)
 
     def test_kill9_during_an_approved_rollback_is_all_or_nothing(self):
