@@ -526,10 +526,12 @@ void AddCrowdSecRoutes(Router& router, Context& ctx) {
   cs->ctx = &ctx;
   cs->boot_seq = ctx.deps.ledger->last_seq();
   const Access access{Access::Kind::kCrowdSecKey, auth::Permission::kCheck};
-  router.Add("GET", "/v1/decisions", access,
-             [cs](Call&& call) { LiveDecisions(*cs, std::move(call)); });
-  router.Add("GET", "/v1/decisions/stream", access,
-             [cs](Call&& call) { StreamDecisions(cs, std::move(call)); });
+  router.Add(
+      "GET", "/v1/decisions", access, [cs](Call&& call) { LiveDecisions(*cs, std::move(call)); },
+      Router::Query::kHandler);
+  router.Add(
+      "GET", "/v1/decisions/stream", access,
+      [cs](Call&& call) { StreamDecisions(cs, std::move(call)); }, Router::Query::kHandler);
 }
 
 }  // namespace quell::api::internal

@@ -183,17 +183,21 @@ class SnapshotStream {
 void AddFeedRoutes(Router& router, Context& ctx) {
   using auth::Permission;
 
-  router.Add("GET", "/v1/changes", Access::Bearer(Permission::kCheck), [&ctx](Call&& call) {
-    int64_t after = 0, limit = 1000, wait = 0;
-    if (auto e = OnlyParams(call.req, {"after", "limit", "wait"})) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "limit", 1, 10000, &limit)) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "wait", 0, absl::ToInt64Seconds(ctx.options.max_wait), &wait)) {
-      return call.Fail(*e);
-    }
-    ServeChanges(ctx, std::move(call), after, static_cast<int>(limit),
-                 absl::Now() + absl::Seconds(wait), /*first=*/true);
-  });
+  router.Add(
+      "GET", "/v1/changes", Access::Bearer(Permission::kCheck),
+      [&ctx](Call&& call) {
+        int64_t after = 0, limit = 1000, wait = 0;
+        if (auto e = OnlyParams(call.req, {"after", "limit", "wait"})) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "limit", 1, 10000, &limit)) return call.Fail(*e);
+        if (auto e =
+                QueryInt(call.req, "wait", 0, absl::ToInt64Seconds(ctx.options.max_wait), &wait)) {
+          return call.Fail(*e);
+        }
+        ServeChanges(ctx, std::move(call), after, static_cast<int>(limit),
+                     absl::Now() + absl::Seconds(wait), /*first=*/true);
+      },
+      Router::Query::kHandler);
 
   // NDJSON: {"seq": N} then one active mitigation per line, from one consistent read;
   // with /v1/changes?after=N a client keeps an exact copy. Streamed: a producer thread
@@ -201,49 +205,56 @@ void AddFeedRoutes(Router& router, Context& ctx) {
   // million mitigations never sit in memory at once and the first bytes leave at once.
   // ?view=enforcement: only what enforcing takes (id, entity, action, state, expires_at),
   // a quarter of the bytes; what quell::client's mirror loads.
-  router.Add("GET", "/v1/snapshot", Access::Bearer(Permission::kCheck), [&ctx](Call&& call) {
-    if (auto e = OnlyParams(call.req, {"view"})) return call.Fail(*e);
-    const std::string_view view = call.req.QueryParam("view").value_or("");
-    if (!view.empty() && view != "full" && view != "enforcement") {
-      return call.Fail(ApiError::Field("view", "must be full or enforcement"));
-    }
-    auto stream = SnapshotStream::Start(ctx, view == "enforcement");
-    if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
-    http::Response r;
-    r.content_type = "application/x-ndjson";
-    r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
-    call.Reply(std::move(r));
-  });
+  router.Add(
+      "GET", "/v1/snapshot", Access::Bearer(Permission::kCheck),
+      [&ctx](Call&& call) {
+        if (auto e = OnlyParams(call.req, {"view"})) return call.Fail(*e);
+        const std::string_view view = call.req.QueryParam("view").value_or("");
+        if (!view.empty() && view != "full" && view != "enforcement") {
+          return call.Fail(ApiError::Field("view", "must be full or enforcement"));
+        }
+        auto stream = SnapshotStream::Start(ctx, view == "enforcement");
+        if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
+        http::Response r;
+        r.content_type = "application/x-ndjson";
+        r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
+        call.Reply(std::move(r));
+      },
+      Router::Query::kHandler);
 
-  router.Add("GET", "/v1/audit", Access::Bearer(Permission::kRead), [&ctx](Call&& call) {
-    int64_t after = 0, limit = 1000;
-    if (auto e = OnlyParams(call.req, {"after", "limit"})) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "limit", 1, 10000, &limit)) return call.Fail(*e);
-    ctx.OffLoop(std::move(call), [&ctx, after, limit](Call& call) {
-      auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, static_cast<int>(limit));
-      if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
-      if (changes->empty() && FailCursorAhead(ctx, call, after)) return;
-      std::string body = "{\"changes\":[";
-      int64_t next = after;
-      for (size_t i = 0; i < changes->size(); ++i) {
-        const ledger::Change& c = (*changes)[i];
-        next = c.seq;
-        if (i) body += ',';
-        absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at),
-                        "\",\"kind\":\"", AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
-        core::AppendJsonString(c.actor, &body);
-        body += ",\"subject\":";
-        core::AppendJsonString(c.subject, &body);
-        body += ",\"entity\":";
-        core::AppendJsonString(c.entity, &body);
-        absl::StrAppend(&body, ",\"payload\":", c.payload, ",\"prev_hash\":\"", c.prev_hash,
-                        "\",\"hash\":\"", c.hash, "\"}");
-      }
-      absl::StrAppend(&body, "],\"next\":", next, "}");
-      call.Send(200, std::move(body));
-    });
-  });
+  router.Add(
+      "GET", "/v1/audit", Access::Bearer(Permission::kRead),
+      [&ctx](Call&& call) {
+        int64_t after = 0, limit = 1000;
+        if (auto e = OnlyParams(call.req, {"after", "limit"})) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "limit", 1, 10000, &limit)) return call.Fail(*e);
+        ctx.OffLoop(std::move(call), [&ctx, after, limit](Call& call) {
+          auto changes =
+              ledger::ReadDurableChanges(*ctx.deps.ledger, after, static_cast<int>(limit));
+          if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
+          if (changes->empty() && FailCursorAhead(ctx, call, after)) return;
+          std::string body = "{\"changes\":[";
+          int64_t next = after;
+          for (size_t i = 0; i < changes->size(); ++i) {
+            const ledger::Change& c = (*changes)[i];
+            next = c.seq;
+            if (i) body += ',';
+            absl::StrAppend(&body, "{\"seq\":", c.seq, ",\"at\":\"", core::FormatRfc3339(c.at),
+                            "\",\"kind\":\"", AV(ledger::ChangeKindName(c.kind)), "\",\"actor\":");
+            core::AppendJsonString(c.actor, &body);
+            body += ",\"subject\":";
+            core::AppendJsonString(c.subject, &body);
+            body += ",\"entity\":";
+            core::AppendJsonString(c.entity, &body);
+            absl::StrAppend(&body, ",\"payload\":", c.payload, ",\"prev_hash\":\"", c.prev_hash,
+                            "\",\"hash\":\"", c.hash, "\"}");
+          }
+          absl::StrAppend(&body, "],\"next\":", next, "}");
+          call.Send(200, std::move(body));
+        });
+      },
+      Router::Query::kHandler);
 }
 
 }  // namespace quell::api::internal

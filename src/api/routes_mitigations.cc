@@ -380,9 +380,11 @@ void AddMitigationRoutes(Router& router, Context& ctx) {
   auto bind = [&ctx](void (*fn)(Context&, Call &&)) {
     return [&ctx, fn](Call&& call) { fn(ctx, std::move(call)); };
   };
-  router.Add("GET", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
+  router.Add("GET", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check),
+             Router::Query::kHandler);
   router.Add("POST", "/v1/check", Access::Bearer(Permission::kCheck), bind(Check));
-  router.Add("GET", "/v1/mitigations", Access::Bearer(Permission::kRead), bind(ListMitigations));
+  router.Add("GET", "/v1/mitigations", Access::Bearer(Permission::kRead), bind(ListMitigations),
+             Router::Query::kHandler);
   router.Add("POST", "/v1/mitigations", Access::Bearer(Permission::kMitigate),
              bind(CreateMitigation));
   router.Add("GET", "/v1/mitigations/{id}", Access::Bearer(Permission::kRead), bind(GetMitigation));

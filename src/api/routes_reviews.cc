@@ -78,6 +78,7 @@ void AppendRollbackReview(Context& ctx, const workflow::RollbackRequest& r, std:
 }
 
 void ListReviews(Context& ctx, Call&& call) {
+  if (auto e = OnlyParams(call.req, {"state", "limit", "cursor"})) return call.Fail(*e);
   for (const auto& [k, v] : call.req.query) {
     if (k == "state" && v != "open") {
       return call.Fail(ApiError::Field(
@@ -192,8 +193,9 @@ void Decide(Context& ctx, Call&& call) {
 
 void AddReviewRoutes(Router& router, Context& ctx) {
   using auth::Permission;
-  router.Add("GET", "/v1/reviews", Access::Bearer(Permission::kRead),
-             [&ctx](Call&& call) { ListReviews(ctx, std::move(call)); });
+  router.Add(
+      "GET", "/v1/reviews", Access::Bearer(Permission::kRead),
+      [&ctx](Call&& call) { ListReviews(ctx, std::move(call)); }, Router::Query::kHandler);
   router.Add("POST", "/v1/reviews/{id}/decision", Access::Bearer(Permission::kMitigate),
              [&ctx](Call&& call) { Decide(ctx, std::move(call)); });
 }

@@ -115,6 +115,7 @@ void Rollback(Context& ctx, Call&& call) {
 }
 
 void ListRollbacks(Context& ctx, Call&& call) {
+  if (auto e = OnlyParams(call.req, {"state", "limit"})) return call.Fail(*e);
   int64_t limit = 100;
   if (auto e = QueryInt(call.req, "limit", 1, ctx.options.max_page, &limit)) return call.Fail(*e);
   std::string state;
@@ -156,8 +157,9 @@ void GetRollback(Context& ctx, Call&& call) {
 void AddRollbackRoutes(Router& router, Context& ctx) {
   router.Add("POST", "/v1/rollbacks", Access::Bearer(auth::Permission::kAdmin),
              [&ctx](Call&& call) { Rollback(ctx, std::move(call)); });
-  router.Add("GET", "/v1/rollbacks", Access::Bearer(auth::Permission::kRead),
-             [&ctx](Call&& call) { ListRollbacks(ctx, std::move(call)); });
+  router.Add(
+      "GET", "/v1/rollbacks", Access::Bearer(auth::Permission::kRead),
+      [&ctx](Call&& call) { ListRollbacks(ctx, std::move(call)); }, Router::Query::kHandler);
   router.Add("GET", "/v1/rollbacks/{id}", Access::Bearer(auth::Permission::kRead),
              [&ctx](Call&& call) { GetRollback(ctx, std::move(call)); });
 }

@@ -124,32 +124,35 @@ void AddWebhookRoutes(Router& router, Context& ctx, webhooks::Dispatcher* dispat
     });
   });
 
-  router.Add("GET", "/v1/webhooks/{id}/dead_letters", admin, [&ctx, dispatcher](Call&& call) {
-    if (dispatcher == nullptr) return call.Fail(NotRunning());
-    int64_t after = 0, limit = 100;
-    if (auto e = OnlyParams(call.req, {"after", "limit"})) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
-    if (auto e = QueryInt(call.req, "limit", 1, 1000, &limit)) return call.Fail(*e);
-    ctx.OffLoop(std::move(call), [dispatcher, after, limit](Call& call) {
-      auto letters = dispatcher->DeadLetters(call.params[0], after, static_cast<int>(limit));
-      if (!letters.ok()) return call.Fail(ApiError::FromStatus(letters.status()));
-      std::string body = "{\"dead_letters\":[";
-      for (size_t i = 0; i < letters->size(); ++i) {
-        const auto& d = (*letters)[i];
-        if (i) body += ',';
-        absl::StrAppend(&body, "{\"seq\":", d.seq, ",\"attempts\":", d.attempts,
-                        ",\"failed_at\":\"", core::FormatRfc3339(d.failed_at),
-                        "\",\"last_error\":");
-        core::AppendJsonString(d.last_error, &body);
-        body += ",\"delivery\":";
-        body += d.body;  // the JSON object that was POSTed
-        body += '}';
-      }
-      absl::StrAppend(&body, "],\"next_after\":", letters->empty() ? after : letters->back().seq,
-                      "}");
-      call.Send(200, std::move(body));
-    });
-  });
+  router.Add(
+      "GET", "/v1/webhooks/{id}/dead_letters", admin,
+      [&ctx, dispatcher](Call&& call) {
+        if (dispatcher == nullptr) return call.Fail(NotRunning());
+        int64_t after = 0, limit = 100;
+        if (auto e = OnlyParams(call.req, {"after", "limit"})) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
+        if (auto e = QueryInt(call.req, "limit", 1, 1000, &limit)) return call.Fail(*e);
+        ctx.OffLoop(std::move(call), [dispatcher, after, limit](Call& call) {
+          auto letters = dispatcher->DeadLetters(call.params[0], after, static_cast<int>(limit));
+          if (!letters.ok()) return call.Fail(ApiError::FromStatus(letters.status()));
+          std::string body = "{\"dead_letters\":[";
+          for (size_t i = 0; i < letters->size(); ++i) {
+            const auto& d = (*letters)[i];
+            if (i) body += ',';
+            absl::StrAppend(&body, "{\"seq\":", d.seq, ",\"attempts\":", d.attempts,
+                            ",\"failed_at\":\"", core::FormatRfc3339(d.failed_at),
+                            "\",\"last_error\":");
+            core::AppendJsonString(d.last_error, &body);
+            body += ",\"delivery\":";
+            body += d.body;  // the JSON object that was POSTed
+            body += '}';
+          }
+          absl::StrAppend(&body,
+                          "],\"next_after\":", letters->empty() ? after : letters->back().seq, "}");
+          call.Send(200, std::move(body));
+        });
+      },
+      Router::Query::kHandler);
 }
 
 }  // namespace quell::api::internal

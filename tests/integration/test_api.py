@@ -262,6 +262,14 @@ class ApiTest(unittest.TestCase):
         self.assertError(self.q.request("GET", "/v1/check?entity=nocolon"), 400, "entity")
         self.assertError(self.q.request("GET", "/v1/mitigations?limit=0"), 400, "query.limit")
         self.assertError(self.q.request("GET", "/v1/mitigations?state=sleeping"), 400, "query.state")
+        # A route reads only the parameters it documents, each once: anything else is a
+        # 400 naming it, never a silent "everything" or a guess at which of two wins.
+        self.assertError(self.q.request("GET", "/v1/breakers?name=x"), 400, "query.name")
+        self.assertError(self.q.request("GET", "/v1/mitigations/m_x?full=1"), 400, "query.full")
+        self.assertError(self.q.request("GET", "/v1/changes?after=1&after=2"), 400, "query.after")
+        self.assertError(self.q.request("GET", "/v1/rollbacks?limit=1&limit=2"), 400, "query.limit")
+        self.assertError(self.q.request("GET", "/v1/reviews?limit=1&limit=2"), 400, "query.limit")
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:a&entity=user:b")[0], 200)
         self.assertError(self.q.request("GET", "/v1/nope"), 404)
         self.assertError(self.q.request("DELETE", "/v1/check"), 405)
         # Oversized body: 413 from the server's limit (8 MiB by default).

@@ -237,7 +237,7 @@ struct Router::Route {
   Fn fn;
   RouteMetrics metrics;
   std::string span_name;       // "GET /v1/check"
-  bool refuses_query = false;  // a write whose handler reads no query parameter
+  bool refuses_query = false;  // a route whose handler reads no query parameter
 };
 
 namespace {
@@ -297,7 +297,7 @@ void Router::Add(std::string_view method, std::string_view pattern, Access acces
                  Query query) {
   auto r = std::make_unique<Route>();
   r->method = std::string(method);
-  r->refuses_query = method != "GET" && query == Query::kDefault;
+  r->refuses_query = query == Query::kDefault;
   for (std::string_view s : SplitPath(pattern)) r->segments.emplace_back(s);
   r->access = access;
   r->fn = std::move(fn);
@@ -433,10 +433,16 @@ std::optional<ApiError> CheckMitigationCursor(std::string_view cursor) {
 
 std::optional<ApiError> OnlyParams(const http::Request& req,
                                    std::initializer_list<std::string_view> allowed) {
-  for (const auto& [k, v] : req.query) {
+  for (size_t i = 0; i < req.query.size(); ++i) {
+    const std::string& k = req.query[i].first;
     bool ok = false;
     for (std::string_view a : allowed) ok = ok || a == k;
     if (!ok) return ApiError::Field(absl::StrCat("query.", k), "unknown parameter");
+    for (size_t j = 0; j < i; ++j) {
+      if (req.query[j].first == k) {
+        return ApiError::Field(absl::StrCat("query.", k), "must be given once");
+      }
+    }
   }
   return std::nullopt;
 }

@@ -170,10 +170,10 @@ class Router {
   explicit Router(Context* context);
   ~Router();
 
-  // Who checks a route's query parameters. A write (any method but GET) takes none unless
-  // its handler says which (`kHandler`, with OnlyParams): the router refuses any other, so
-  // `POST /v1/rollbacks?dry_run=true` is a 400, not a rollback. GET handlers check their
-  // own.
+  // Who checks a route's query parameters. A route takes none unless its handler says
+  // which (`kHandler`, with OnlyParams or its own loop): the router refuses any other, so
+  // `POST /v1/rollbacks?dry_run=true` is a 400, not a rollback, and `GET /v1/breakers?name=x`
+  // a 400, not every breaker.
   enum class Query { kDefault, kHandler };
   //! Registers a route; call before serving. The pattern is also the metrics label.
   void Add(std::string_view method, std::string_view pattern, Access access, Fn fn,
@@ -205,11 +205,12 @@ std::string Sha256Hex(std::string_view s);
 //! Parses an optional integer query parameter within [lo, hi].
 std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name, int64_t lo,
                                  int64_t hi, int64_t* out);
-//! Fails on any query parameter not in `allowed`.
 //! 400 at query.cursor unless `cursor` is empty or a mitigation id (what a list's
 //! next_cursor is): anything else was read as "ids before it", an empty or a full page.
 std::optional<ApiError> CheckMitigationCursor(std::string_view cursor);
 
+//! Fails on any query parameter not in `allowed`, and on one given twice (which of the
+//! two would win is not the client's guess to make).
 std::optional<ApiError> OnlyParams(const http::Request& req,
                                    std::initializer_list<std::string_view> allowed);
 
