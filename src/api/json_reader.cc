@@ -15,14 +15,15 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
   // Before the parser, which recurses per level (a deep enough body overflowed the stack).
   if (std::optional<size_t> at = core::FindJsonNestingOver(body)) {
     return ApiError::InvalidArgument(
-        absl::StrCat("JSON nested deeper than ", core::kMaxJsonDepth, " levels at byte ", *at));
+        absl::StrCat("JSON nested deeper than ", core::kMaxJsonDepth, " levels at byte ", *at + 1));
   }
   // kParseValidateEncodingFlag: invalid UTF-8 is a syntax error, not stored bytes.
-  // Trailing content after the value is an error ("root not singular").
+  // Trailing content after the value is an error ("root not singular"). Byte offsets in
+  // messages count from 1, as the importer's do.
   doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
   if (doc->HasParseError()) {
     return ApiError::InvalidArgument(
-        absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset(), ": ",
+        absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset() + 1, ": ",
                      rapidjson::GetParseError_En(doc->GetParseError())));
   }
   return std::nullopt;
