@@ -44,8 +44,9 @@ constexpr absl::Duration kFutureSkew = absl::Seconds(5);
 struct EventItem {
   size_t index = 0;
   bool ok = false;
-  std::string error;   // rejected: the reason
-  std::string reason;  // rejected: stable code ("invalid", "too_late", "too_early")
+  std::string error;  // rejected: the reason
+  // rejected: stable code ("invalid", "too_late", "too_early", "unknown_type")
+  std::string reason;
   engine::Event event;
   std::string attrs_canonical;                             // attrs as re-serialised JSON
   std::vector<std::pair<std::string, std::string>> attrs;  // scalar attrs as text
@@ -367,195 +368,205 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
               &items[i]);
   }
 
-  ctx.OffLoop(
-      std::move(call), [&ctx, &policies, &st, items = std::move(items), now](Call& call) mutable {
-        auto set = policies.Current();
-        const bool fail_closed = st.counters.options().fail_closed;
-        auto declared = DeclaredTypes(*set);
-        auto store_or = st.counters.For(set);
-        std::shared_ptr<counters::CounterStore> store;
-        if (store_or.ok()) {
-          store = *std::move(store_or);
-        } else if (ctx.deps.logger != nullptr) {
-          ctx.deps.logger->Warn("counters of the active policy set not usable",
-                                {{"error", std::string(store_or.status().message())}});
-        }
-        auto store_failed = [&](const absl::Status& s) {
-          if (st.store_errors) st.store_errors->Increment();
-          LogStoreError(st, ctx, s, fail_closed);
-          if (fail_closed) {
-            CountEvents(st, declared, items, /*all_unavailable=*/true);
-            call.Fail(ApiError::Unavailable("counter store unavailable; retry later", 1));
-            return true;
-          }
-          if (st.fail_open) st.fail_open->Increment();
-          return false;
-        };
+  ctx.OffLoop(std::move(call), [&ctx, &policies, &st, items = std::move(items), now,
+                                batch = body.batch](Call& call) mutable {
+    auto set = policies.Current();
+    const bool fail_closed = st.counters.options().fail_closed;
+    auto declared = DeclaredTypes(*set);
+    // An event of a type that no counter or policy of the active set is on would be
+    // accepted and change nothing: a misspelt type ("plays") must not look as if it
+    // worked. Rejected (unknown_type), as a field error is.
+    for (EventItem& it : items) {
+      if (!it.ok || declared.contains(quell::AV(it.event.type))) continue;
+      it.ok = false;
+      it.reason = "unknown_type";
+      it.error = absl::StrCat(batch ? absl::StrCat("events[", it.index, "].") : "",
+                              "type: no counter or policy of the active policy set (version ",
+                              set->version(), ") is on \"", it.event.type, "\"");
+    }
+    auto store_or = st.counters.For(set);
+    std::shared_ptr<counters::CounterStore> store;
+    if (store_or.ok()) {
+      store = *std::move(store_or);
+    } else if (ctx.deps.logger != nullptr) {
+      ctx.deps.logger->Warn("counters of the active policy set not usable",
+                            {{"error", std::string(store_or.status().message())}});
+    }
+    auto store_failed = [&](const absl::Status& s) {
+      if (st.store_errors) st.store_errors->Increment();
+      LogStoreError(st, ctx, s, fail_closed);
+      if (fail_closed) {
+        CountEvents(st, declared, items, /*all_unavailable=*/true);
+        call.Fail(ApiError::Unavailable("counter store unavailable; retry later", 1));
+        return true;
+      }
+      if (st.fail_open) st.fail_open->Increment();
+      return false;
+    };
 
-        // 1. Record every accepted event in its counters, in one batch.
-        bool unavailable = false;
-        if (store != nullptr) {
-          const counters::CounterSet& cs = store->counters();
-          std::vector<counters::Observation> obs;
-          std::vector<size_t> owner;
-          for (EventItem& it : items) {
-            if (!it.ok) continue;
-            for (int c : cs.ForEvent(it.event.type)) {
-              const std::string* key = FieldOf(cs.key_field(c), it);
-              const std::string* value = nullptr;
-              if (cs.spec(c).is_distinct()) value = FieldOf(cs.distinct_field(c), it);
-              if (key == nullptr || key->empty() ||
-                  (cs.spec(c).is_distinct() && (value == nullptr || value->empty()))) {
-                ++it.missing;
-                continue;
-              }
-              obs.push_back(
-                  {c, *key, value ? std::string_view(*value) : std::string_view(), it.event.at});
-              owner.push_back(it.index);
-            }
+    // 1. Record every accepted event in its counters, in one batch.
+    bool unavailable = false;
+    if (store != nullptr) {
+      const counters::CounterSet& cs = store->counters();
+      std::vector<counters::Observation> obs;
+      std::vector<size_t> owner;
+      for (EventItem& it : items) {
+        if (!it.ok) continue;
+        for (int c : cs.ForEvent(it.event.type)) {
+          const std::string* key = FieldOf(cs.key_field(c), it);
+          const std::string* value = nullptr;
+          if (cs.spec(c).is_distinct()) value = FieldOf(cs.distinct_field(c), it);
+          if (key == nullptr || key->empty() ||
+              (cs.spec(c).is_distinct() && (value == nullptr || value->empty()))) {
+            ++it.missing;
+            continue;
           }
-          if (!obs.empty()) {
-            std::vector<counters::RecordOutcome> outcomes(obs.size());
-            auto rec = store->Record(obs, now, absl::MakeSpan(outcomes));
-            if (!rec.ok()) {
-              if (store_failed(rec.status())) return;
-              unavailable = true;
-              for (size_t k = 0; k < obs.size(); ++k) items[owner[k]].unavailable = true;
-            } else {
-              for (size_t k = 0; k < obs.size(); ++k) {
-                EventItem& it = items[owner[k]];
-                switch (outcomes[k]) {
-                  case counters::RecordOutcome::kCounted:
-                    ++it.counted;
-                    break;
-                  case counters::RecordOutcome::kTooLate:
-                    ++it.too_late;
-                    break;
-                  case counters::RecordOutcome::kTooEarly:
-                    ++it.too_early;
-                    break;
-                  case counters::RecordOutcome::kInvalid:
-                    ++it.invalid;
-                    break;
-                }
-              }
-            }
-          }
+          obs.push_back(
+              {c, *key, value ? std::string_view(*value) : std::string_view(), it.event.at});
+          owner.push_back(it.index);
         }
-
-        // 2. Evaluate the `on: <type>` policies; each matching policy makes one detection.
-        LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
-        env.set_counters(unavailable ? nullptr : store.get());
-        std::vector<engine::Evaluation> evals(items.size());
-        std::vector<size_t> todo;
-        for (const EventItem& it : items) {
-          if (it.ok && declared.contains(quell::AV(it.event.type))) todo.push_back(it.index);
-        }
-        if (store != nullptr && !unavailable && st.counters.options().redis) {
-          // Remote counters: evaluate, read every counter the rules asked for in one
-          // batched round trip, evaluate again those that missed (a rule may read more
-          // after a first value; few rounds in practice).
-          BatchedCounterEnvironment batched(&env, &store->counters());
-          std::vector<size_t> round = todo;
-          for (int r = 0; r < 8 && !round.empty(); ++r) {
-            std::vector<size_t> again;
-            for (size_t i : round) {
-              batched.ClearMissed();
-              evals[i] = engine::EvaluateEvent(*set, items[i].event, batched, now);
-              if (batched.missed()) again.push_back(i);
-            }
-            if (again.empty()) break;
-            if (r == 7) break;
-            if (auto s = batched.Fetch(*store, now); !s.ok()) {
-              if (store_failed(s)) return;
-              for (size_t i : todo) items[i].unavailable = true;
-              batched.ZeroPending();
-            }
-            round = std::move(again);
-          }
+      }
+      if (!obs.empty()) {
+        std::vector<counters::RecordOutcome> outcomes(obs.size());
+        auto rec = store->Record(obs, now, absl::MakeSpan(outcomes));
+        if (!rec.ok()) {
+          if (store_failed(rec.status())) return;
+          unavailable = true;
+          for (size_t k = 0; k < obs.size(); ++k) items[owner[k]].unavailable = true;
         } else {
-          for (size_t i : todo) {
-            evals[i] = engine::EvaluateEvent(*set, items[i].event, env, now);
-            if (env.counter_errors() > 0) {
-              env.reset_counter_errors();
-              if (store_failed(absl::UnavailableError("counter read failed"))) return;
-              items[i].unavailable = true;
+          for (size_t k = 0; k < obs.size(); ++k) {
+            EventItem& it = items[owner[k]];
+            switch (outcomes[k]) {
+              case counters::RecordOutcome::kCounted:
+                ++it.counted;
+                break;
+              case counters::RecordOutcome::kTooLate:
+                ++it.too_late;
+                break;
+              case counters::RecordOutcome::kTooEarly:
+                ++it.too_early;
+                break;
+              case counters::RecordOutcome::kInvalid:
+                ++it.invalid;
+                break;
             }
           }
         }
-        std::vector<workflow::DetectionWork> work;
-        std::vector<size_t> slot_of;  // work index -> item index
-        for (size_t i : todo) {
-          EventItem& it = items[i];
-          engine::Evaluation& ev = evals[i];
-          std::map<std::string, size_t> by_policy;  // policy -> index in work
-          for (engine::Proposal& p : ev.proposals) {
-            auto [pos, fresh] = by_policy.emplace(p.policy, work.size());
-            if (fresh) {
-              workflow::DetectionWork w;
-              engine::Detection& d = w.detection;
-              d.id = absl::StrCat(p.policy, ":", EventHash(it));
-              d.source = absl::StrCat("rule:", p.policy);
-              d.type = it.event.type;
-              d.entity = p.entity;
-              d.score = 1;
-              d.observed_at = it.event.at;
-              d.evidence_json = EvidenceJson(it, p.policy);
-              work.push_back(std::move(w));
-              slot_of.push_back(it.index);
-            }
-            work[pos->second].proposals.push_back(std::move(p));
-          }
-        }
-        for (workflow::DetectionWork& w : work) {
-          w.json = DetectionToJson(w.detection, &w.json_head_bytes);
-        }
-        CountEvents(st, declared, items, false);
+      }
+    }
 
-        auto finish = [](Call& call, const std::vector<EventItem>& items,
-                         const std::vector<std::string>& detections) {
-          std::string body = "{\"results\":[";
-          body.reserve(items.size() * 96);
-          bool any_ok = false;
-          for (size_t i = 0; i < items.size(); ++i) {
-            if (i) body += ',';
-            const EventItem& it = items[i];
-            if (!it.ok) {
-              body += RejectedReply(it);
-              continue;
-            }
-            any_ok = true;
-            absl::StrAppend(&body, "{\"index\":", i, ",\"status\":\"accepted\",\"outcomes\":");
-            AppendOutcomesJson(it, &body);
-            if (!detections[i].empty())
-              absl::StrAppend(&body, ",\"detections\":[", detections[i], "]");
-            body += '}';
+    // 2. Evaluate the `on: <type>` policies; each matching policy makes one detection.
+    LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+    env.set_counters(unavailable ? nullptr : store.get());
+    std::vector<engine::Evaluation> evals(items.size());
+    std::vector<size_t> todo;
+    for (const EventItem& it : items) {
+      if (it.ok && declared.contains(quell::AV(it.event.type))) todo.push_back(it.index);
+    }
+    if (store != nullptr && !unavailable && st.counters.options().redis) {
+      // Remote counters: evaluate, read every counter the rules asked for in one
+      // batched round trip, evaluate again those that missed (a rule may read more
+      // after a first value; few rounds in practice).
+      BatchedCounterEnvironment batched(&env, &store->counters());
+      std::vector<size_t> round = todo;
+      for (int r = 0; r < 8 && !round.empty(); ++r) {
+        std::vector<size_t> again;
+        for (size_t i : round) {
+          batched.ClearMissed();
+          evals[i] = engine::EvaluateEvent(*set, items[i].event, batched, now);
+          if (batched.missed()) again.push_back(i);
+        }
+        if (again.empty()) break;
+        if (r == 7) break;
+        if (auto s = batched.Fetch(*store, now); !s.ok()) {
+          if (store_failed(s)) return;
+          for (size_t i : todo) items[i].unavailable = true;
+          batched.ZeroPending();
+        }
+        round = std::move(again);
+      }
+    } else {
+      for (size_t i : todo) {
+        evals[i] = engine::EvaluateEvent(*set, items[i].event, env, now);
+        if (env.counter_errors() > 0) {
+          env.reset_counter_errors();
+          if (store_failed(absl::UnavailableError("counter read failed"))) return;
+          items[i].unavailable = true;
+        }
+      }
+    }
+    std::vector<workflow::DetectionWork> work;
+    std::vector<size_t> slot_of;  // work index -> item index
+    for (size_t i : todo) {
+      EventItem& it = items[i];
+      engine::Evaluation& ev = evals[i];
+      std::map<std::string, size_t> by_policy;  // policy -> index in work
+      for (engine::Proposal& p : ev.proposals) {
+        auto [pos, fresh] = by_policy.emplace(p.policy, work.size());
+        if (fresh) {
+          workflow::DetectionWork w;
+          engine::Detection& d = w.detection;
+          d.id = absl::StrCat(p.policy, ":", EventHash(it));
+          d.source = absl::StrCat("rule:", p.policy);
+          d.type = it.event.type;
+          d.entity = p.entity;
+          d.score = 1;
+          d.observed_at = it.event.at;
+          d.evidence_json = EvidenceJson(it, p.policy);
+          work.push_back(std::move(w));
+          slot_of.push_back(it.index);
+        }
+        work[pos->second].proposals.push_back(std::move(p));
+      }
+    }
+    for (workflow::DetectionWork& w : work) {
+      w.json = DetectionToJson(w.detection, &w.json_head_bytes);
+    }
+    CountEvents(st, declared, items, false);
+
+    auto finish = [](Call& call, const std::vector<EventItem>& items,
+                     const std::vector<std::string>& detections) {
+      std::string body = "{\"results\":[";
+      body.reserve(items.size() * 96);
+      bool any_ok = false;
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (i) body += ',';
+        const EventItem& it = items[i];
+        if (!it.ok) {
+          body += RejectedReply(it);
+          continue;
+        }
+        any_ok = true;
+        absl::StrAppend(&body, "{\"index\":", i, ",\"status\":\"accepted\",\"outcomes\":");
+        AppendOutcomesJson(it, &body);
+        if (!detections[i].empty()) absl::StrAppend(&body, ",\"detections\":[", detections[i], "]");
+        body += '}';
+      }
+      body += "]}";
+      call.Send(any_ok ? 200 : 400, std::move(body));
+    };
+    if (work.empty()) return finish(call, items, std::vector<std::string>(items.size()));
+    auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
+    auto shared = std::make_shared<std::pair<Call, std::vector<EventItem>>>(std::move(call),
+                                                                            std::move(items));
+    ctx.deps.ledger->Submit(
+        workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
+                                  out, workflow::SafeguardContext{ctx.safeguards, set}),
+        [&ctx, shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
+                                                                  std::vector<ledger::Change>) {
+          Call& call = shared->first;
+          if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
+          ctx.decision_metrics.Outcomes("rule", *out);
+          std::vector<std::string> detections(shared->second.size());
+          for (size_t k = 0; k < out->size(); ++k) {
+            std::string reply = TakeReply((*out)[k]);
+            std::string& d = detections[slot_of[k]];
+            if (!d.empty()) d += ',';
+            d += reply;
           }
-          body += "]}";
-          call.Send(any_ok ? 200 : 400, std::move(body));
-        };
-        if (work.empty()) return finish(call, items, std::vector<std::string>(items.size()));
-        auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
-        auto shared = std::make_shared<std::pair<Call, std::vector<EventItem>>>(std::move(call),
-                                                                                std::move(items));
-        ctx.deps.ledger->Submit(
-            workflow::ApplyDetections(std::move(work), set->catalog_ptr(), shared->first.who.key_id,
-                                      out, workflow::SafeguardContext{ctx.safeguards, set}),
-            [&ctx, shared, out, slot_of = std::move(slot_of), finish](absl::Status status,
-                                                                      std::vector<ledger::Change>) {
-              Call& call = shared->first;
-              if (!status.ok()) return call.Fail(ApiError::FromStatus(status));
-              ctx.decision_metrics.Outcomes("rule", *out);
-              std::vector<std::string> detections(shared->second.size());
-              for (size_t k = 0; k < out->size(); ++k) {
-                std::string reply = TakeReply((*out)[k]);
-                std::string& d = detections[slot_of[k]];
-                if (!d.empty()) d += ',';
-                d += reply;
-              }
-              finish(call, shared->second, detections);
-            });
-      });
+          finish(call, shared->second, detections);
+        });
+  });
 }
 
 absl::Status RegisterMetrics(Context& ctx, EventState& st) {

@@ -182,10 +182,22 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(s, 403)
 
     def test_metrics(self):
-        self.q.request("POST", "/v1/events", {"type": "weird_type", "entity": "user:m1"})
+        # A type no counter or policy is on is refused (it used to be "accepted", counting
+        # nothing: a misspelt type looked as if it worked), and counted as "other".
+        s, r, _ = self.q.request("POST", "/v1/events", {"type": "weird_type", "entity": "user:m1"})
+        self.assertEqual(s, 400, r)
+        self.assertEqual(r["results"][0]["reason"], "unknown_type", r)
+        self.assertIn('type: no counter or policy of the active policy set', r["results"][0]["error"])
+        self.assertIn('is on "weird_type"', r["results"][0]["error"])
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": [
+            {"type": "play", "entity": "user:m1", "attrs": {"ip": "10.0.0.1", "track": "t"}},
+            {"type": "plays", "entity": "user:m1"}]})
+        self.assertEqual(s, 200, r)
+        self.assertEqual([x["status"] for x in r["results"]], ["accepted", "rejected"], r)
+        self.assertTrue(r["results"][1]["error"].startswith("events[1].type: "), r)
         s, text, _ = self.q.request("GET", "/metrics", raw=True)
         self.assertEqual(s, 200)
-        self.assertIn('quell_events_total{type="other",status="accepted"}', text)
+        self.assertIn('quell_events_total{type="other",status="rejected"}', text)
         self.assertIn("quell_velocity_keys", text)
         self.assertIn("quell_velocity_evictions_cap_total", text)
 
