@@ -84,6 +84,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
   }
   auto set = policies_->Current();
   internal::LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+  env.set_lists(ctx.safeguards);
   std::vector<workflow::DetectionWork> work;
   std::vector<size_t> slot_of;  // work index -> item index
   for (Item& item : items) {

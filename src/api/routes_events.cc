@@ -457,6 +457,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
 
     // 2. Evaluate the `on: <type>` policies; each matching policy makes one detection.
     LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+    env.set_lists(ctx.safeguards);
     env.set_counters(unavailable ? nullptr : store.get());
     std::vector<engine::Evaluation> evals(items.size());
     std::vector<size_t> todo;

@@ -96,6 +96,7 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
   if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid detections", errors));
   ctx.OffLoop(std::move(call), [&ctx, set, detections = std::move(detections), now](Call& call) {
     LiveEnvironment env(ctx.deps.index, &ctx.deps.ledger->store(), now);
+    env.set_lists(ctx.safeguards);
     std::string body = absl::StrCat("{\"version\":", set->version(), ",\"results\":[");
     for (size_t i = 0; i < detections.size(); ++i) {
       engine::Evaluation ev = engine::Evaluate(*set, detections[i], env, now);

@@ -449,6 +449,12 @@ std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
   return out;
 }
 
+bool Safeguards::ListHas(std::string_view list, const core::Entity& e) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = lists_.find(list);
+  return it != lists_.end() && it->second.contains(e.str());
+}
+
 void Safeguards::NoteProtectedAdds(std::string_view list,
                                    const std::vector<std::string>& entities) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -103,6 +103,9 @@ class Safeguards final : public ledger::ChangeListener {
   std::optional<std::string> WhyProtected(const policy::PolicySet& set, const core::Entity& e);
   //! The lists `e` is on (from the followed ledger), by name.
   std::vector<std::string> Memberships(const core::Entity& e) const;
+  //! True if list `list` holds `e`, as of the followed ledger (with the entries noted by
+  //! NoteProtectedAdds): what a live evaluation's in_list() reads.
+  bool ListHas(std::string_view list, const core::Entity& e) const;
   //! Commit thread, inside a list mutation: entries added to `list` count at once.
   void NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities);
   //! The immunity end for (entity, policy, action), if one is running at `now`.

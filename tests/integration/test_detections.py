@@ -56,6 +56,33 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual(res[3]["decisions"][0]["action"], "suspend")
         self.assertEqual(self.check("user:newbatch")["verdict"], "deny")
 
+    def test_policies_read_the_lists(self):
+        # in_list() read every list as empty on the server (only `policy test`, backtests
+        # and imports read them): a verified artist got bot-model-high's decision, held
+        # only by the protected-list safeguard, and no chargeback card was ever blocked.
+        s, r, _ = self.q.request("POST", "/v1/lists/verified_artists/entries",
+                                 {"add": ["user:artist-il"]})
+        self.assertEqual(s, 200, r)
+        s, r, _ = self.submit({"detections": [det("il-1", "user:artist-il"),
+                                              det("il-2", "user:fan-il")]})
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["results"][0]["decisions"], [], r)  # the model alone: nothing
+        self.assertEqual([(d["policy"], d["state"]) for d in r["results"][1]["decisions"]],
+                         [("bot-model-high", "active")], r)
+        # An event rule on a deny list, through the policy test route and for real.
+        s, r, _ = self.q.request("POST", "/v1/lists/chargeback_cards/entries",
+                                 {"add": ["card:c-bad"]})
+        self.assertEqual(s, 200, r)
+        for card, blocked in (("card:c-bad", True), ("card:c-good", False)):
+            s, r, _ = self.q.request("POST", "/v1/events", {
+                "type": "trial_start", "entity": "user:trial-" + card[-3:],
+                "attrs": {"card": card}})
+            self.assertEqual(s, 200, r)
+            got = [(x["entity"], x["action"]) for d in r["results"][0].get("detections", [])
+                   for x in d["decisions"]]
+            self.assertEqual(got, [(card, "block")] if blocked else [], r)
+        self.assertEqual(self.check("card:c-bad")["verdict"], "deny")
+
     def test_single_duplicate_and_escalation(self):
         s, r, _ = self.submit(det("esc-1", "user:esc"))
         self.assertEqual(s, 200, r)

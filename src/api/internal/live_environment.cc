@@ -16,6 +16,12 @@ bool LiveEnvironment::Active(std::string_view entity, std::string_view action) {
   return false;
 }
 
+bool LiveEnvironment::InList(std::string_view list, std::string_view entity) {
+  if (lists_ == nullptr) return false;
+  auto e = core::Entity::Parse(entity);  // entries are kept in normal form
+  return e.ok() && lists_->ListHas(list, *e);
+}
+
 int64_t LiveEnvironment::Prior(std::string_view entity, std::string_view action,
                                absl::Duration window) {
   if (store_ == nullptr) return 0;

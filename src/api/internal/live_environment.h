@@ -1,7 +1,7 @@
 // The state a live policy evaluation reads: the in-memory index for active(), the store
 // for prior(), the velocity counters for count()/distinct() (counters::CounterStore; a
 // failed read counts as 0 and is counted in counter_errors(), so the caller applies
-// fail_open / fail_closed), and lists for in_list() (empty until the safeguards issue).
+// fail_open / fail_closed), and the safeguards' view of the entity lists for in_list().
 //
 // Thread-safety: one instance per evaluation thread; the borrowed parts are thread-safe.
 #ifndef QUELL_API_INTERNAL_LIVE_ENVIRONMENT_H_
@@ -12,6 +12,7 @@
 #include "index/index.h"
 #include "ledger/store.h"
 #include "policy/expr.h"
+#include "workflow/safeguards.h"
 
 namespace quell::api::internal {
 
@@ -22,10 +23,12 @@ class LiveEnvironment final : public policy::Environment {
 
   //! Reads count()/distinct() from `counters` (borrowed; null: every counter reads 0).
   void set_counters(counters::CounterStore* counters) { counters_ = counters; }
+  //! Reads in_list() from `lists` (borrowed; null: every list is empty).
+  void set_lists(const workflow::Safeguards* lists) { lists_ = lists; }
 
   int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) override;
   int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override;
-  bool InList(std::string_view, std::string_view) override { return false; }
+  bool InList(std::string_view list, std::string_view entity) override;
   bool Active(std::string_view entity, std::string_view action) override;
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override;
 
@@ -40,6 +43,7 @@ class LiveEnvironment final : public policy::Environment {
   ledger::Store* store_;
   absl::Time now_;
   counters::CounterStore* counters_ = nullptr;
+  const workflow::Safeguards* lists_ = nullptr;
   int64_t store_errors_ = 0;
   int64_t counter_errors_ = 0;
 };
