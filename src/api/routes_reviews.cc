@@ -110,7 +110,11 @@ void ListReviews(Context& ctx, Call&& call) {
         AppendRollbackReview(ctx, r, &body);
       }
     }
+    // Expired ones the sweeper has not marked yet are not open: they cannot be decided.
+    const absl::Time now = ctx.deps.clock->Now();
+    const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
     for (const core::Mitigation& m : page->mitigations) {
+      if (m.created_at + ttl <= now) continue;
       if (n++) body += ',';
       AppendReview(ctx, m, &body);
     }
@@ -175,7 +179,8 @@ void Decide(Context& ctx, Call&& call) {
     if (!facts.ok()) return call.Fail(ApiError::FromStatus(facts.status()));
     auto out = std::make_shared<workflow::ReviewOutcome>();
     auto mutation =
-        workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(), out);
+        workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(),
+                               ctx.safeguards->options().pending_ttl, out);
     SubmitSimple(ctx, std::move(call), std::move(mutation), [out] {
       std::string body = absl::StrCat(
           "{\"id\":\"", out->mitigation.id, "\",\"state\":\"",

@@ -33,15 +33,23 @@ std::vector<std::string> PriorApprovers(const core::Mitigation& m) {
 
 ledger::Mutation DecideReview(std::string id, bool approve, std::string note, std::string reviewer,
                               ReviewFacts facts, std::shared_ptr<const core::ActionCatalog> catalog,
-                              std::shared_ptr<ReviewOutcome> out) {
+                              absl::Duration pending_ttl, std::shared_ptr<ReviewOutcome> out) {
   return [id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
-          facts = std::move(facts), catalog = std::move(catalog),
+          facts = std::move(facts), catalog = std::move(catalog), pending_ttl,
           out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
     if (!m) return absl::NotFoundError(absl::StrCat("no review ", id));
     if (m->state != core::MitigationState::kPendingApproval) {
       return absl::FailedPreconditionError(absl::StrCat(
           "review ", id, " is closed: the mitigation is ", AV(core::StateName(m->state))));
+    }
+    // Past its time it is expired whether or not the sweeper has marked it yet: it never
+    // becomes active late (ExpirePending uses the same bound).
+    if (m->created_at + pending_ttl <= now) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "review ", id, " expired at ", core::FormatRfc3339(m->created_at + pending_ttl),
+          " (pending_ttl ", absl::FormatDuration(pending_ttl),
+          "): it can no longer be approved or rejected"));
     }
     if (m->seq != facts.seq) {
       return absl::AbortedError(absl::StrCat("review ", id, " changed meanwhile; read it again"));

@@ -41,13 +41,14 @@ struct ReviewOutcome {
 };
 
 //! Records reviewer's decision on pending mitigation `id`. Errors: kNotFound (no such
-//! mitigation), kFailedPrecondition (not pending_approval), kAborted (it changed since
-//! `facts` were read: read again), kPermissionDenied (self-approval), kAlreadyExists
+//! mitigation), kFailedPrecondition (not pending_approval, or pending for `pending_ttl`
+//! or longer: it expired, even if the sweeper has not marked it yet), kAborted (it changed
+//! since `facts` were read: read again), kPermissionDenied (self-approval), kAlreadyExists
 //! (the same reviewer approving twice). Approval with enough distinct approvals makes it
 //! active from now for its original duration.
 ledger::Mutation DecideReview(std::string id, bool approve, std::string note, std::string reviewer,
                               ReviewFacts facts, std::shared_ptr<const core::ActionCatalog> catalog,
-                              std::shared_ptr<ReviewOutcome> out);
+                              absl::Duration pending_ttl, std::shared_ptr<ReviewOutcome> out);
 
 //! Expires each listed mitigation that is still pending_approval and was created at or
 //! before now - `ttl` (state expired, "pending approval expired"). *out = how many.

@@ -542,5 +542,26 @@ class ExpiryAndRestartTest(Base):
         self.assertEqual(self.q.request("POST", "/v1/breakers/nope/reset")[0], 404)
 
 
+class LateApprovalTest(Base):
+    # The sweeper runs rarely here: between pending_ttl and the next sweep, a pending
+    # decision is expired all the same and can be neither listed nor approved (it used to
+    # be approvable, and then active).
+    ENV = {"QUELL_SAFEGUARDS_PENDING_TTL": "1s", "QUELL_SAFEGUARDS_SWEEP_INTERVAL": "1h"}
+
+    def test_pending_past_its_ttl_is_not_approved(self):
+        self.protect("user:vip-late")
+        d = self.submit(det("late-1", "user:vip-late"))[0]["decisions"][0]
+        self.assertEqual(d["state"], "pending_approval")
+        time.sleep(1.2)
+        open_ids = [r["id"] for r in self.q.request("GET", "/v1/reviews?state=open")[1]["reviews"]]
+        self.assertNotIn(d["mitigation_id"], open_ids)
+        s, e, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 409, e)
+        self.assertIn("expired at", e["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-late")[1]["verdict"], "allow")
+        self.assertEqual(self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]["state"],
+                         "pending_approval")  # until the sweeper marks it expired
+
+
 if __name__ == "__main__":
     unittest.main()
