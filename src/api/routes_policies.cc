@@ -121,7 +121,8 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
         core::AppendJsonString(engine::EscalatedAction(p, prior), &body);
         absl::StrAppend(&body, ",\"state\":\"", AV(state), "\",\"policy\":");
         core::AppendJsonString(p.policy, &body);
-        absl::StrAppend(&body, ",\"ttl\":\"", core::DurationString(p.ttl), "\",\"reason\":");
+        absl::StrAppend(&body, ",\"ttl\":\"", core::DurationString(engine::EscalatedTtl(p, prior)),
+                        "\",\"reason\":");
         core::AppendJsonString(p.reason, &body);
         body += "}";
       }

@@ -237,4 +237,12 @@ const std::string& EscalatedAction(const Proposal& p, int64_t prior) {
   return *action;
 }
 
+absl::Duration EscalatedTtl(const Proposal& p, int64_t prior) {
+  absl::Duration ttl = p.ttl;
+  for (const EscalationStep& s : p.escalate) {
+    if (s.after <= prior) ttl = s.ttl;
+  }
+  return ttl;
+}
+
 }  // namespace quell::engine

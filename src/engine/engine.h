@@ -111,6 +111,9 @@ absl::Duration DrawDelay(std::string_view policy_id, std::string_view entity, st
 //! entity within its escalation window: the last step with after <= prior, else the
 //! proposal's own action.
 const std::string& EscalatedAction(const Proposal& p, int64_t prior);
+//! How long the action EscalatedAction names lasts: that step's ttl (its own `ttl:`, else
+//! its action's catalog default), else the proposal's.
+absl::Duration EscalatedTtl(const Proposal& p, int64_t prior);
 
 }  // namespace quell::engine
 

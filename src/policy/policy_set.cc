@@ -1039,7 +1039,7 @@ void PolicySetBuilder::LoadPolicy(const YAML::Node& n, Pos where, size_t index) 
         const YAML::Node step = e->value[i];
         Pos sp = PosOf(step, e->key_pos);
         Entries sm;
-        if (!ReadMap(step, sp, "an escalation step", {"after", "action"}, &sm)) continue;
+        if (!ReadMap(step, sp, "an escalation step", {"after", "action", "ttl"}, &sm)) continue;
         EscalationStep st;
         const Entry* after = Get(sm, "after");
         const Entry* act = Get(sm, "action");
@@ -1062,6 +1062,12 @@ void PolicySetBuilder::LoadPolicy(const YAML::Node& n, Pos where, size_t index) 
         }
         st.after = *a;
         st.action = *name;
+        st.ttl = catalog.Find(st.action)->default_ttl;
+        if (const Entry* t = Get(sm, "ttl")) {
+          auto d = Duration(*t, "ttl", false);
+          if (!d) continue;
+          st.ttl = *d;
+        }
         p.escalate.push_back(std::move(st));
       }
     }

@@ -94,6 +94,9 @@ std::string_view BreakerScopeName(BreakerDef::Scope scope);
 struct EscalationStep {
   int64_t after = 0;   // prior mitigations from the same policy within the window
   std::string action;  // the action the next hit earns
+  // How long that action lasts: the step's own `ttl`, else the action's catalog default
+  // (not the policy's ttl, which is its own action's).
+  absl::Duration ttl;
 };
 
 struct Policy {

@@ -258,6 +258,24 @@ TEST(PolicySet, EscalationMustAscend) {
               HasSubstr("6:5: escalate_window without escalate"));
 }
 
+TEST(PolicySet, EscalationStepsLastTheirOwnTime) {
+  // The policy's ttl is its own action's; a step's action lasts the step's ttl, else that
+  // action's catalog default.
+  LoadResult r = Load(
+      WithPolicy("    ttl: 2d\n    when: true\n    escalate:\n      - {after: 1, action: suspend}\n"
+                 "      - {after: 2, action: block, ttl: 12h}\n"));
+  ASSERT_NE(r.set, nullptr) << (r.errors.empty() ? "" : r.errors[0].ToString());
+  const Policy& p = r.set->policies()[0];
+  EXPECT_EQ(p.ttl, absl::Hours(48));
+  ASSERT_THAT(p.escalate, SizeIs(2));
+  EXPECT_EQ(p.escalate[0].ttl, r.set->catalog().Find("suspend")->default_ttl);
+  EXPECT_NE(p.escalate[0].ttl, p.ttl);
+  EXPECT_EQ(p.escalate[1].ttl, absl::Hours(12));
+  EXPECT_THAT(OnlyError(WithPolicy("    when: true\n    escalate: [{after: 1, action: block, "
+                                   "ttl: soon}]\n")),
+              HasSubstr("ttl"));
+}
+
 TEST(PolicySet, RolloutTargetRelated) {
   EXPECT_THAT(OnlyError(WithPolicy("    when: true\n    rollout: 101\n")),
               HasSubstr("6:14: rollout \"101\" must be a whole percentage from 0 to 100"));

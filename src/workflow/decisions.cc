@@ -232,7 +232,7 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
     CreateRequest req;
     req.entity = p.entity;
     req.action = engine::EscalatedAction(p, prior);
-    req.ttl = p.ttl;
+    req.ttl = engine::EscalatedTtl(p, prior);
     req.reason =
         prior > 0 && req.action != p.action
             ? absl::StrCat(p.reason, "; escalated to ", req.action, " after ", prior, " prior")

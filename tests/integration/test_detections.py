@@ -106,6 +106,12 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual(self.check("user:esc")["verdict"], "deny")
         # Every decision records the policy and the set version.
         page = self.q.request("GET", "/v1/mitigations?entity=user:esc")[1]["mitigations"]
+        # Each action lasts its own time: exclude_royalties the policy's 90d, the escalated
+        # suspend its catalog default, 30d (it used to take the policy's 90d).
+        days = {m["action"]: (datetime.datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
+                              - datetime.datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))).days
+                for m in page}
+        self.assertEqual(days, {"exclude_royalties": 90, "suspend": 30}, page)
         self.assertTrue(all(m["policy"] == "bot-model-high" and m["policy_version"] >= 1 for m in page))
         self.assertTrue(all(m["source"] == "bot-model-v3" for m in page))
         # On-call sees what decided what, with bounded labels (no entity ids).
