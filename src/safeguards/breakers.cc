@@ -106,29 +106,25 @@ int64_t BreakerBank::WindowCount(const State& s, int64_t now_idx) {
 
 BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now) {
   Outcome out;
+  // Held by an open breaker: counted nowhere (it creates nothing).
+  out.held_by = HeldBy(key);
+  if (!out.held_by.empty()) return out;
+  // Would this decision take a closed breaker past its limit? Then it opens that breaker
+  // and is held, and so counted nowhere either; else it is counted in every breaker in
+  // scope.
+  std::vector<State*> in_scope;
   for (auto& [name, s] : breakers_) {
     if (!InScope(s.spec, key)) continue;
-    if (s.open) {
-      if (out.held_by.empty()) out.held_by = name;
-      continue;
-    }
-    int64_t idx = Idx(now, s.bucket);
+    in_scope.push_back(&s);
+    const int64_t idx = Idx(now, s.bucket);
     Evict(s, idx);
-    if (!s.buckets.empty() && s.buckets.back().first == idx) {
-      ++s.buckets.back().second;
-    } else if (s.buckets.empty() || s.buckets.back().first < idx) {
-      s.buckets.emplace_back(idx, 1);
-    } else {
-      ++s.buckets.back().second;  // the clock stepped back: count it in the newest bucket
-    }
-    ++s.total;
-    int64_t count = WindowCount(s, idx);
+    const int64_t count = WindowCount(s, idx) + 1;  // with this decision
     if (count <= s.spec.limit) continue;
-    std::string why = absl::StrCat(count, " decisions in ", absl::FormatDuration(s.spec.window),
-                                   " > limit ", s.spec.limit);
+    std::string why = absl::StrCat("decision ", count, " in ", absl::FormatDuration(s.spec.window),
+                                   " over limit ", s.spec.limit);
     if (s.spec.factor > 0) {
       double windows = absl::FDivDuration(s.spec.baseline, s.spec.window);
-      double avg = windows > 0 ? static_cast<double>(s.total - count) / windows : 0;
+      double avg = windows > 0 ? static_cast<double>(s.total + 1 - count) / windows : 0;
       if (static_cast<double>(count) <= s.spec.factor * avg) continue;
       absl::StrAppend(
           &why, absl::StrFormat(" and > %.3gx the trailing average %.3g", s.spec.factor, avg));
@@ -138,6 +134,18 @@ BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now)
     s.reason = std::move(why);
     out.opened.push_back(name);
     if (out.held_by.empty()) out.held_by = name;
+  }
+  if (!out.held_by.empty()) return out;
+  for (State* s : in_scope) {
+    const int64_t idx = Idx(now, s->bucket);
+    if (!s->buckets.empty() && s->buckets.back().first == idx) {
+      ++s->buckets.back().second;
+    } else if (s->buckets.empty() || s->buckets.back().first < idx) {
+      s->buckets.emplace_back(idx, 1);
+    } else {
+      ++s->buckets.back().second;  // the clock stepped back: count it in the newest bucket
+    }
+    ++s->total;
   }
   return out;
 }

@@ -64,8 +64,9 @@ class BreakerBank {
     std::string held_by;              // "" = no breaker holds it; else the (first) open one
     std::vector<std::string> opened;  // breakers this very decision opened
   };
-  //! Counts one decision at `now` in every closed breaker in scope (opening those that
-  //! trip) and says whether an open breaker holds it. Held decisions are not counted.
+  //! Counts one decision at `now` in every breaker in scope and says whether a breaker
+  //! holds it: one already open in scope, or one this decision would take past its limit
+  //! (it opens). A held decision creates nothing and is counted in no breaker.
   Outcome Record(const DecisionKey& key, absl::Time now);
   //! The first open breaker in scope of `key`, or "": for a decision that is held by an
   //! open breaker but would not be counted by a closed one.

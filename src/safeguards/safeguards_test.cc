@@ -65,6 +65,28 @@ TEST(Breakers, OpensPastLimitHoldsEverythingInScopeUntilReset) {
   EXPECT_FALSE(bank.SetOpen("nope", true, t, ""));
 }
 
+// A decision an open breaker holds creates nothing: another breaker in its scope must not
+// count it (it used to, and could open with no mitigation created); nor one whose
+// decision trips a third breaker.
+TEST(Breakers, HeldDecisionsAreCountedNowhere) {
+  BreakerBank bank;
+  bank.Configure({Spec("blocks", BreakerSpec::Scope::kAction, "block", 1),
+                  Spec("src", BreakerSpec::Scope::kSource, "s", 2)});
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  EXPECT_TRUE(bank.Record({"p", "block", "s"}, t).held_by.empty());
+  auto trip = bank.Record({"p", "block", "s"}, t);  // the second block trips "blocks"
+  EXPECT_EQ(trip.held_by, "blocks");
+  EXPECT_EQ(trip.opened, std::vector<std::string>{"blocks"});
+  EXPECT_EQ(bank.Find("blocks", t)->count, 1);
+  EXPECT_EQ(bank.Find("src", t)->count, 1);  // the tripping decision was not counted
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(bank.Record({"p", "block", "s"}, t).held_by, "blocks");
+  EXPECT_EQ(bank.Find("src", t)->count, 1);
+  EXPECT_FALSE(bank.Find("src", t)->open);
+  // A decision only "src" covers still passes: one more fits under its limit of 2.
+  EXPECT_TRUE(bank.Record({"p", "flag", "s"}, t).held_by.empty());
+  EXPECT_EQ(bank.Find("src", t)->count, 2);
+}
+
 TEST(Breakers, WindowSlides) {
   BreakerBank bank;
   bank.Configure({Spec("g", BreakerSpec::Scope::kGlobal, "", 2)});
@@ -138,10 +160,11 @@ TEST(Breakers, RemoteCountsNeverOpenButTheNextLocalDecisionDoes) {
   EXPECT_EQ(o.opened.size(), 1u);
   EXPECT_EQ(bank.HeldBy({"p", "a", "bot"}), "src");
   EXPECT_EQ(bank.HeldBy({"p", "a", "other"}), "");
-  // Open: remote decisions are not counted (as held ones are not).
-  EXPECT_EQ(bank.Find("src", t)->count, 5);
+  // The decision that opened it is held, so not counted; open, remote decisions are not
+  // counted either (as held ones are not).
+  EXPECT_EQ(bank.Find("src", t)->count, 4);
   bank.CountRemote({"p", "a", "bot"}, t);
-  EXPECT_EQ(bank.Find("src", t)->count, 5);
+  EXPECT_EQ(bank.Find("src", t)->count, 4);
 }
 
 TEST(Breakers, RemoteCountsLandInTheBucketOfTheirTime) {
