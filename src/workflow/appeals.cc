@@ -12,6 +12,9 @@
 namespace quell::workflow {
 namespace {
 
+// The idempotency-table scope of the one-appeal-per-mitigation markers (FileAppeal).
+constexpr std::string_view kAppealMarkers = "quell:appeals";
+
 void Field(std::string* out, std::string_view name, std::string_view value) {
   absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
   core::AppendJsonString(value, out);
@@ -129,8 +132,23 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
                                                         AV(core::StateName(m->state)),
                                                         "; only live ones can be appealed"));
     }
+    // One appeal per mitigation, also when two are filed at once (one group commit, or
+    // two nodes on PostgreSQL, whose ledger transactions are serialised): a marker in the
+    // idempotency table, which the transaction reads with its own writes. It is purged
+    // after idempotency_retention, long after the appeal itself is in the journal, where
+    // the route's check finds it.
+    const std::string id = AppealIdFor(m->id);
+    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> filed,
+                           txn.GetIdempotency(kAppealMarkers, id));
+    if (filed) return absl::AlreadyExistsError(absl::StrCat("appeal ", id, " is already open"));
+    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kAppealMarkers),
+                                              .key = id,
+                                              .request_hash = "",
+                                              .status = 201,
+                                              .response = "",
+                                              .created_at = now}));
     Appeal a;
-    a.id = AppealIdFor(m->id);
+    a.id = id;
     a.mitigation_id = m->id;
     a.entity = m->entity.str();
     a.state = "open";
@@ -158,8 +176,15 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
       return absl::AbortedError(
           absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
     }
+    if (grant && !core::IsLive(m->state)) {
+      // Nothing to revoke, and nothing would make the entity immune: refuse rather than
+      // record a grant that did nothing.
+      return absl::FailedPreconditionError(
+          absl::StrCat("mitigation ", m->id, " is ", AV(core::StateName(m->state)),
+                       ": nothing to revoke; deny the appeal, or mitigate again and appeal that"));
+    }
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
-    if (grant && core::IsLive(m->state)) {
+    if (grant) {
       m->state = core::MitigationState::kRevoked;
       m->state_reason =
           absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix, "; entity reinstated");

@@ -217,6 +217,43 @@ class SafeguardsTest(Base):
         self.assertEqual((kept["state"], kept["statement"], kept["note"]),
                          ("denied", "first", "bot-like sessions"))
 
+    def test_concurrent_appeals_file_one(self):
+        # Six filings at once used to give five 201s (the one-appeal check ran outside the
+        # transaction): the last filer's name won, and an earlier filer could then decide
+        # "their" appeal. Exactly one passes now.
+        d = self.submit(det("apc-1", "user:appellant-3"))[0]["decisions"][0]
+        codes = []
+
+        def file(key):
+            codes.append(self.q.request("POST", "/v1/appeals", {"mitigation_id": d["mitigation_id"],
+                                                                "statement": "race"}, key=key)[0])
+
+        threads = [threading.Thread(target=file, args=(k,)) for k in (self.r1, self.r2) * 3]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(sorted(codes), [201] + [409] * 5, codes)
+
+    def test_a_grant_on_a_mitigation_no_longer_live_is_refused(self):
+        d = self.submit(det("apx-1", "user:appellant-4"))[0]["decisions"][0]
+        s, a, _ = self.q.request("POST", "/v1/appeals",
+                                 {"mitigation_id": d["mitigation_id"], "statement": "fan"},
+                                 key=self.r1)
+        self.assertEqual(s, 201, a)
+        s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % d["mitigation_id"],
+                                 {"reason": "analyst: false positive"})
+        self.assertEqual(s, 200, r)
+        # It used to answer 200 "granted", revoking nothing and granting no immunity.
+        s, e, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": True},
+                                 key=self.r2)
+        self.assertEqual(s, 409, e)
+        self.assertIn("nothing to revoke", e["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/v1/appeals/" + a["id"])[1]["state"], "open")
+        s, denied, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": False},
+                                      key=self.r2)
+        self.assertEqual((s, denied["state"]), (200, "denied"), denied)
+
     def test_explanations_in_entity_view(self):
         self.protect("user:vip-why")
         d = self.submit(det("why-1", "user:vip-why"))[0]["decisions"][0]
