@@ -186,8 +186,14 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
 // entity within the window. A hit either created a mitigation or was recorded on a live
 // one (same action: extended instead of stacked), so the hits are the mitigations created
 // in the window plus the extra detections recorded on the live ones.
+//
+// A shadow policy's hits are its shadow mitigations (each recorded on its own, never
+// live): counted, so that its record shows the escalations enforcing it would make.
 absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, absl::Time now) {
   const absl::Time since = now - p.escalation_window;
+  if (p.shadow) {
+    return txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/false);
+  }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
   // Every live mitigation that could add hits below (this policy's, created in the window,
@@ -272,6 +278,9 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
 absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::Proposal& p,
                                            absl::Time now) {
   const absl::Time since = now - p.escalation_window;
+  if (p.shadow) {  // as in PriorHits
+    return store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/false);
+  }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
   if (hits == 0) return hits;  // as in PriorHits: no counted mitigation, no live one to read

@@ -220,6 +220,16 @@ class DetectionsTest(unittest.TestCase):
                                           if d["state"] == "shadow"]], [])
         page = self.q.request("GET", "/v1/mitigations?entity=user:shadow&state=shadow")[1]
         self.assertEqual(len(page["mitigations"]), 1)
+        # Shadow decisions escalate as enforcing ones would (escalate: after 2 -> suspend);
+        # they used to stay exclude_royalties forever, their own hits never counted.
+        actions = []
+        for i in (2, 3):
+            r = self.submit(det("sh-%d" % i, "user:shadow", source="bot-model-v4",
+                                score=0.9))[1]["results"][0]
+            actions += [(d["action"], d["state"]) for d in r["decisions"]
+                        if d["policy"] == "bot-model-v4-trial"]
+        self.assertEqual(actions, [("exclude_royalties", "shadow"), ("suspend", "shadow")])
+        self.assertEqual(self.check("user:shadow")["verdict"], "allow")
 
     def test_delay_schedules_and_related_propagates(self):
         r = self.submit(det("pay-1", "payment:card-9", type="payment_fraud", source="payments-model",
