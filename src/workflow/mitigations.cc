@@ -78,6 +78,26 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   return out;
 }
 
+absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::string_view actor,
+                                     absl::Time now) {
+  QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(m.entity, m.action));
+  for (Mitigation& existing : live) {
+    if (existing.id == m.id || existing.state != MitigationState::kActive) continue;
+    if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
+    for (const std::string& d : m.detections) existing.detections.push_back(d);
+    existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());
+    m.state = MitigationState::kExpired;
+    m.state_reason = absl::StrCat(m.state_reason, "; merged into ", existing.id,
+                                  ", already active for this entity and action");
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
+    return existing.id;
+  }
+  m.state = MitigationState::kActive;
+  QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
+  return m.id;
+}
+
 ledger::Mutation CreateMitigation(CreateRequest req,
                                   std::shared_ptr<const core::ActionCatalog> catalog,
                                   std::shared_ptr<CreateResult> out) {
@@ -117,8 +137,14 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
       if (m->state == MitigationState::kActive && m->expires_at <= now) {
         m->state = MitigationState::kExpired;
         m->state_reason = "expired";
+      } else if (m->state == MitigationState::kScheduled && m->starts_at <= now &&
+                 m->expires_at > now) {
+        m->state_reason = "scheduled start reached";
+        QUELL_RETURN_IF_ERROR(Activate(txn, *m, "system", now).status());
+        ++n;
+        continue;
       } else if (m->state == MitigationState::kScheduled && m->starts_at <= now) {
-        m->state = m->expires_at <= now ? MitigationState::kExpired : MitigationState::kActive;
+        m->state = MitigationState::kExpired;
         m->state_reason = "scheduled start reached";
       } else {
         continue;

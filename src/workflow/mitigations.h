@@ -67,6 +67,15 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
 //! may have won the race). Writes the count of transitions to *out.
 ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out);
 
+//! Makes `m` (pending_approval or scheduled, its state_reason set by the caller) active
+//! from now, or, when a mitigation of the same entity and action is already active, lets
+//! that one absorb it: extended to m's expiry if later, m's detections added, and m ends
+//! expired, "merged into <id>". An entity has one active mitigation per action, so that
+//! one revocation lifts it (a second active copy used to survive a revoke). Appends the
+//! changes. Returns the id of the one in force (m's own, or the absorbing one's).
+absl::StatusOr<std::string> Activate(ledger::Txn& txn, core::Mitigation& m, std::string_view actor,
+                                     absl::Time now);
+
 //! Appends the ledger change for `m` (sets m.seq, m.updated_at, m.actor) in `txn`.
 absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, core::Mitigation& m,
                                                       std::string_view actor, absl::Time now);

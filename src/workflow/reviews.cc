@@ -69,12 +69,17 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
       m->state_reason = absl::StrCat(AV(kPartial), reviewer, suffix);
     } else {
       absl::Duration length = m->expires_at - m->starts_at;
-      m->state = core::MitigationState::kActive;
       m->starts_at = now;
       m->expires_at = now + length;
       std::string by = reviewer;
       for (const std::string& p : prior) by = absl::StrCat(p, " and ", by);
       m->state_reason = absl::StrCat("approved by ", by, suffix);
+      // Active now, or absorbed by the entity's active one of the same action.
+      QUELL_RETURN_IF_ERROR(Activate(txn, *m, reviewer, now).status());
+      out->mitigation = *std::move(m);
+      out->approvals = approvals;
+      out->needed = needed;
+      return absl::OkStatus();
     }
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
     out->mitigation = *std::move(m);

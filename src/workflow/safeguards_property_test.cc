@@ -116,11 +116,15 @@ class SafeguardsProperty : public testing::TestWithParam<int> {
     EXPECT_EQ(index_->seq(), after);
     const absl::Time now = clock_.Now();
     std::map<std::string, std::set<std::string>> want;  // entity -> active ids
+    std::map<std::pair<std::string, std::string>, int> per_action;
     size_t active = 0;
     for (const auto& [id, m] : last) {
       if (m.state == core::MitigationState::kActive) {
         ++active;
         if (m.expires_at > now) want[m.entity.str()].insert(id);
+        // One active mitigation per entity and action: a revocation lifts it.
+        const int n = ++per_action[std::make_pair(m.entity.str(), m.action)];
+        EXPECT_EQ(n, 1) << m.entity.str() << " " << m.action;
       }
     }
     EXPECT_EQ(index_->size(), active);

@@ -217,6 +217,33 @@ class SafeguardsTest(Base):
         self.assertEqual((kept["state"], kept["statement"], kept["note"]),
                          ("denied", "first", "bot-like sessions"))
 
+    def test_an_approved_decision_never_stacks_on_an_active_one(self):
+        # An analyst blocks a protected entity by hand while a model's block on it waits for
+        # approval. Approving the model's used to make a second active block, and revoking
+        # the analyst's then left the entity blocked. The active one absorbs it now.
+        self.protect("user:vip-stack")
+        s, manual, _ = self.q.request("POST", "/v1/mitigations", {
+            "entity": "user:vip-stack", "action": "block", "ttl": "1h", "reason": "case 12"})
+        self.assertIn(s, (200, 201), manual)
+        d = self.submit(det("stk-1", "user:vip-stack"))[0]["decisions"][0]
+        self.assertEqual((d["action"], d["state"]), ("block", "pending_approval"))
+        self.assertNotEqual(d["mitigation_id"], manual["id"])
+        s, r, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["mitigation"]["state"], "expired", r)
+        self.assertIn("merged into " + manual["id"], r["mitigation"]["state_reason"])
+        kept = self.q.request("GET", "/v1/mitigations/" + manual["id"])[1]
+        self.assertEqual(kept["state"], "active")
+        self.assertIn("stk-1", kept["detections"])  # the model's evidence, kept
+        self.assertGreater(kept["expires_at"], manual["expires_at"])  # the 7d block's expiry
+        blocks = [m for m in self.q.request("GET", "/v1/check?entity=user:vip-stack")[1]["mitigations"]
+                  if m["action"] == "block"]
+        self.assertEqual([m["id"] for m in blocks], [manual["id"]])
+        s, _, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % manual["id"],
+                                 {"reason": "false positive"})
+        self.assertEqual(s, 200)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-stack")[1]["verdict"], "allow")
+
     def test_concurrent_appeals_file_one(self):
         # Six filings at once used to give five 201s (the one-appeal check ran outside the
         # transaction): the last filer's name won, and an earlier filer could then decide
