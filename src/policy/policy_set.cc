@@ -740,6 +740,13 @@ void PolicySetBuilder::LoadLists(const Entry& e) {
         }
       }
     }
+    // `protected: false` with `kind: protected` contradicts itself whichever comes first.
+    if (const Entry* p = Get(m, "protected"); p != nullptr && l.kind == "protected") {
+      if (auto b = Bool(*p, "protected"); b && !*b) {
+        Error(PosOf(p->value, where),
+              absl::StrCat("list ", l.name, " says protected: false but kind: protected"));
+      }
+    }
     if (l.kind.empty()) l.kind = l.is_protected ? "protected" : "watch";
     set_->lists_.push_back(std::move(l));
   }
@@ -822,14 +829,16 @@ void PolicySetBuilder::LoadBreakers(const Entry& e) {
           if (*v <= 1) Error(PosOf(f->value, r->key_pos), "relative factor must be greater than 1");
           rel.factor = *v;
         }
-        if (const Entry* bl = Get(rm, "baseline")) {
-          if (auto d = Duration(*bl, "baseline", false)) {
-            rel.baseline = *d;
-            if (rel.baseline <= b.window) {
-              Error(PosOf(bl->value, r->key_pos),
-                    "relative baseline must be longer than the window");
-            }
-          }
+        const Entry* bl = Get(rm, "baseline");
+        if (bl != nullptr) {
+          if (auto d = Duration(*bl, "baseline", false)) rel.baseline = *d;
+        }
+        // The default (7d) too: a window of 8d has no trailing average to compare with.
+        if (rel.baseline <= b.window) {
+          Error(
+              bl != nullptr ? PosOf(bl->value, r->key_pos) : r->key_pos,
+              absl::StrCat("relative baseline (", bl != nullptr ? "" : "the default ",
+                           absl::FormatDuration(rel.baseline), ") must be longer than the window"));
         }
         b.relative = rel;
       }
@@ -1164,6 +1173,20 @@ void PolicySetBuilder::LoadPolicy(const YAML::Node& n, Pos where, size_t index) 
     }
     p.program = std::move(c.program);
     p.uses_evidence = p.when.find(p.on_detection ? "evidence" : "attrs") != std::string::npos;
+    // `detection.type == "bto"` with types declared: a typo the set would never let match
+    // (such a detection is refused at the door), so the policy could never fire.
+    if (p.program != nullptr && p.on_detection && !set_->detection_types_.empty() &&
+        p.program->detection_types().has_value()) {
+      for (const std::string& t : *p.program->detection_types()) {
+        if (std::find(set_->detection_types_.begin(), set_->detection_types_.end(), t) ==
+            set_->detection_types_.end()) {
+          Error(PosOf(when->value, when->key_pos),
+                absl::StrCat("when: detection type ", Quoted(t), " is not in detection_types (",
+                             absl::StrJoin(set_->detection_types_, ", "),
+                             "): such detections are refused, so this could never match"));
+        }
+      }
+    }
   }
 
   if (ok) set_->by_id_.emplace(p.id, static_cast<uint32_t>(set_->policies_.size()));

@@ -258,6 +258,34 @@ TEST(PolicySet, EscalationMustAscend) {
               HasSubstr("6:5: escalate_window without escalate"));
 }
 
+TEST(PolicySet, AGuardOnAnUndeclaredDetectionTypeIsATypo) {
+  const std::string head =
+      "detection_types: [bot, farm]\npolicies:\n  - id: p1\n    on: detection\n"
+      "    action: flag\n";
+  EXPECT_THAT(OnlyError(head + "    when: detection.type == \"bto\" && detection.score > 0.5\n"),
+              HasSubstr("detection type \"bto\" is not in detection_types (bot, farm)"));
+  EXPECT_THAT(OnlyError(head + "    when: detection.type in [\"bot\", \"frm\"]\n"),
+              HasSubstr("detection type \"frm\""));
+  EXPECT_NE(Load(head + "    when: detection.type in [\"bot\", \"farm\"]\n").set, nullptr);
+  // Without declared types any type may come: nothing to check against.
+  EXPECT_NE(Load(WithPolicy("    when: detection.type == \"bto\"\n")).set, nullptr);
+}
+
+TEST(PolicySet, SelfContradictionsAreRefused) {
+  EXPECT_THAT(
+      OnlyError("lists:\n  - {name: l1, protected: false, kind: protected}\npolicies: []\n"),
+      HasSubstr("list l1 says protected: false but kind: protected"));
+  EXPECT_THAT(OnlyError("lists:\n  - {name: l1, kind: deny, protected: true}\npolicies: []\n"),
+              HasSubstr("list l1 says protected: true but kind: deny"));
+  // The default baseline (7d) is checked as a written one is.
+  EXPECT_THAT(OnlyError("breakers:\n  - {name: b1, limit: 5, window: 8d, relative: {factor: 2}}\n"
+                        "policies: []\n"),
+              HasSubstr("relative baseline (the default 168h) must be longer than the window"));
+  EXPECT_THAT(OnlyError("breakers:\n  - {name: b1, limit: 5, window: 8d, relative: {factor: 2, "
+                        "baseline: 7d}}\npolicies: []\n"),
+              HasSubstr("relative baseline (168h) must be longer than the window"));
+}
+
 TEST(PolicySet, EscalationStepsLastTheirOwnTime) {
   // The policy's ttl is its own action's; a step's action lasts the step's ttl, else that
   // action's catalog default.
