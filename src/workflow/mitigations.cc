@@ -42,16 +42,17 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
     // A new hit is recorded on the mitigation even when it does not extend it: the
-    // detection ids are the evidence, and escalation counts them (see decisions.cc).
+    // detection ids are the evidence, and escalation counts them (see decisions.cc); a
+    // person's request, who asked and why, is on the record too.
     bool later = expires > existing.expires_at;
-    if (later || !req.detections.empty()) {
-      if (later) existing.expires_at = expires;
-      for (const std::string& d : req.detections) existing.detections.push_back(d);
-      existing.state_reason = absl::StrCat(later ? "extended: " : "hit again: ", req.reason);
-      QUELL_ASSIGN_OR_RETURN(ledger::Change c,
-                             AppendMitigationChange(txn, existing, req.actor, now));
-      out.json = std::move(c.payload);
-    }
+    if (later) existing.expires_at = expires;
+    for (const std::string& d : req.detections) existing.detections.push_back(d);
+    existing.state_reason = absl::StrCat(later                    ? "extended: "
+                                         : req.detections.empty() ? "confirmed: "
+                                                                  : "hit again: ",
+                                         req.reason);
+    QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, existing, req.actor, now));
+    out.json = std::move(c.payload);
     out.mitigation = std::move(existing);
     return out;
   }

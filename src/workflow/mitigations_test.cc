@@ -62,13 +62,16 @@ TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
   EXPECT_EQ(longer->mitigation.expires_at, clock_.Now() + absl::Hours(5));
   EXPECT_EQ(longer->json, core::MitigationToJson(longer->mitigation));
 
-  // A shorter one changes nothing: the longer expiry wins.
+  // A shorter one changes no expiry (the longer wins), but the request is on the record:
+  // who asked and why, in a change of its own.
   int64_t seq = ledger_->last_seq();
   auto shorter = Create("user:u1", "suspend", absl::Minutes(1));
   ASSERT_TRUE(shorter.ok());
   EXPECT_EQ(shorter->mitigation.expires_at, clock_.Now() + absl::Hours(5));
-  EXPECT_EQ(ledger_->last_seq(), seq);
-  EXPECT_EQ(shorter->json, "") << "nothing recorded, nothing to reuse";
+  EXPECT_EQ(ledger_->last_seq(), seq + 1);
+  EXPECT_EQ(shorter->mitigation.state_reason.rfind("confirmed: ", 0), 0u)
+      << shorter->mitigation.state_reason;
+  EXPECT_EQ(shorter->json, core::MitigationToJson(shorter->mitigation));
 
   // Another action is another mitigation.
   auto other = Create("user:u1", "flag", absl::Hours(1));

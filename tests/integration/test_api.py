@@ -174,6 +174,16 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(a["id"], b["id"])
         self.assertGreater(b["expires_at"], a["expires_at"])
+        # A shorter one changes no expiry, but who asked and why is on the record (it left
+        # no trace: an analyst's confirmation was invisible in the timeline and the audit).
+        reviewer = self.q.create_key("reviewer")
+        status, c, _ = self.create("user:carol", ttl="10m", reason="analyst confirmed, case 77",
+                                   key=reviewer)
+        self.assertEqual((status, c["id"], c["expires_at"]), (200, a["id"], b["expires_at"]))
+        timeline = self.q.request("GET", "/v1/entities/user:carol")[1]["timeline"]
+        last = timeline[-1]
+        self.assertEqual(last["actor"], reviewer.split(".")[0], last)
+        self.assertIn("confirmed: analyst confirmed, case 77", json.dumps(last))
 
     def test_idempotency_key(self):
         body = {"entity": "user:dave", "action": "flag", "ttl": "1h", "reason": "idem"}
