@@ -304,10 +304,14 @@ absl::StatusOr<PolicyCase> ParseNode(const YAML::Node& top) {
     if (auto e = r.Ent(n, "entity", what)) d.entity = e->str();
     if (auto s = r.Str(n, "action", true, what)) d.action = *s;
     d.state = r.Str(n, "state", false, what).value_or("active");
-    if (d.state != "active" && d.state != "shadow" && d.state != "scheduled" &&
-        d.state != "suppressed") {
+    if (d.state == "suppressed") {
+      r.Error(n["state"], absl::StrCat(what,
+                                       ".state suppressed: a decision on a protected entity is "
+                                       "held for review, as the server does: pending_approval"));
+    } else if (d.state != "active" && d.state != "shadow" && d.state != "scheduled" &&
+               d.state != "pending_approval") {
       r.Error(n["state"],
-              absl::StrCat(what, ".state must be active, shadow, scheduled or suppressed"));
+              absl::StrCat(what, ".state must be active, shadow, scheduled or pending_approval"));
     }
     if (auto s = r.Str(n, "policy", true, what)) d.policy = *s;
     c.expect.push_back(std::move(d));
@@ -359,7 +363,12 @@ class CaseEnvironment final : public policy::Environment {
   }
   void Record(const CaseDecision& d) {
     by_policy_[{d.entity, d.policy}] += 1;
-    if (d.state == "active" || d.state == "scheduled") by_action_[{d.entity, d.action}] += 1;
+    // prior() counts mitigations, as the server does: a decision on an entity that already
+    // has a live one of that action extends it (no new mitigation, no count).
+    if ((d.state == "active" || d.state == "scheduled") &&
+        live_.insert({d.entity, d.action}).second) {
+      by_action_[{d.entity, d.action}] += 1;
+    }
     if (d.state == "active") active_.insert({d.entity, d.action});
   }
 
@@ -367,6 +376,7 @@ class CaseEnvironment final : public policy::Environment {
   using Key = std::pair<std::string, std::string>;
   std::set<Key> lists_;
   std::set<Key> active_;
+  std::set<Key> live_;  // (entity, action) given a mitigation by this case's decisions
   std::map<Key, int64_t> counters_;
   std::map<Key, int64_t> by_policy_;
   std::map<Key, int64_t> by_action_;
@@ -413,9 +423,38 @@ std::string CaseResult::Report() const {
   return out;
 }
 
+// What the case names that the set does not declare: such a case would test nothing (a
+// misspelt list or counter reads as empty, a detection of an undeclared type is refused
+// by the server). One message per name, or "".
+std::string UndeclaredInCase(const policy::PolicySet& set, const PolicyCase& c) {
+  std::vector<std::string> errors;
+  for (size_t i = 0; i < c.detections.size(); ++i) {
+    std::string e = set.UnknownDetectionTypeError(c.detections[i].type);
+    if (!e.empty()) errors.push_back(absl::StrCat("detections[", i, "].type: ", e));
+  }
+  for (const auto& [name, members] : c.lists) {
+    bool declared = false;
+    for (const policy::ListDef& l : set.lists()) declared = declared || l.name == name;
+    if (!declared) errors.push_back(absl::StrCat("lists: ", name, " is not declared by the set"));
+  }
+  for (size_t i = 0; i < c.counters.size(); ++i) {
+    bool declared = false;
+    for (const policy::CounterDef& d : set.counters()) {
+      declared = declared || d.name == c.counters[i].counter;
+    }
+    if (!declared) {
+      errors.push_back(absl::StrCat("counters[", i, "].counter: ", c.counters[i].counter,
+                                    " is not declared by the set"));
+    }
+  }
+  return absl::StrJoin(errors, "\n");
+}
+
 CaseResult RunCase(const policy::PolicySet& set, const PolicyCase& c) {
   CaseResult result;
   result.name = c.name;
+  result.error = UndeclaredInCase(set, c);
+  if (!result.error.empty()) return result;
   CaseEnvironment env(set, c);
   std::set<std::string> protected_lists;
   for (const policy::ListDef& l : set.lists()) {
@@ -435,7 +474,7 @@ CaseResult RunCase(const policy::PolicySet& set, const PolicyCase& c) {
       if (p.shadow) {
         d.state = "shadow";
       } else if (is_protected) {
-        d.state = "suppressed";
+        d.state = "pending_approval";  // held for review, as the server's safeguard does
       } else if (p.delay > absl::ZeroDuration()) {
         d.state = "scheduled";
       } else {

@@ -22,10 +22,12 @@
 // Each proposal's action is engine::EscalatedAction(proposal, prior), where prior is the
 // case's `prior` count for (entity, policy) plus the decisions already made in this case
 // for that pair (every input is taken to fall inside the escalation window). Its state is
-// `shadow` for a shadow-mode policy, else `suppressed` if the target is in a list declared
-// `protected` (the safeguard), else `scheduled` if it has a delay, else `active`. Active
-// decisions become visible to active() and prior() for the inputs that follow; prior()
-// also counts `prior` entries, whose action is `action:` if given, else the policy's.
+// `shadow` for a shadow-mode policy, else `pending_approval` if the target is in a list
+// declared `protected` (held for review, as the server's safeguard does), else `scheduled`
+// if it has a delay, else `active`. Active decisions become visible to active() for the
+// inputs that follow; prior() counts the mitigations they created (a second decision on
+// the same entity and action extends the first, as on the server, and is not counted) and
+// the `prior` entries, whose action is `action:` if given, else the policy's.
 // Counters: count()/distinct() return the matching `counters` value for (counter, key)
 // (any window), else 0.
 //
@@ -49,7 +51,7 @@ namespace quell::engine {
 struct CaseDecision {
   std::string entity;
   std::string action;
-  std::string state;  // active | shadow | scheduled | suppressed
+  std::string state;  // active | shadow | scheduled | pending_approval
   std::string policy;
 
   std::string ToString() const;  // "user:u1 suspend active (policy bot-model-high)"

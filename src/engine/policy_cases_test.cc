@@ -63,6 +63,58 @@ expect:
             "  + unexpected: user:u1 exclude_royalties active (policy bot-model-high)");
 }
 
+// A case that names what the set does not declare tests nothing: refused, each name said.
+TEST(PolicyCases, UndeclaredNamesAreErrors) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  CaseResult r = RunCaseText(*set, R"(name: typos
+lists: {verified_artsts: ["artist:1"]}
+counters: [{counter: plays_per_hour, key: "user:u1", value: 3}]
+detections:
+  - {id: d1, source: bot-model-v3, type: artificial_streamin, entity: "user:u1", score: 0.95}
+expect: []
+)");
+  EXPECT_FALSE(r.passed);
+  EXPECT_THAT(r.error,
+              HasSubstr("detections[0].type: unknown detection type \"artificial_streamin\""));
+  EXPECT_THAT(r.error, HasSubstr("lists: verified_artsts is not declared by the set"));
+  EXPECT_THAT(r.error, HasSubstr("counters[0].counter: plays_per_hour is not declared by the set"));
+  // The server's states: a protected entity's decision waits for review.
+  CaseResult old = RunCaseText(*set, R"(name: old state
+detections: []
+expect:
+  - {entity: "user:u1", action: flag, state: suppressed, policy: manual-report}
+)");
+  EXPECT_THAT(old.error, HasSubstr("held for review, as the server does: pending_approval"));
+}
+
+// prior() counts mitigations as the server does: a second hit of the same action on the
+// same entity extends the first mitigation, it does not make a second.
+TEST(PolicyCases, PriorCountsMitigationsNotDecisions) {
+  auto set = policy::LoadPolicySet(R"(
+detection_types: [manual]
+actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+policies:
+  - {id: fl, on: detection, when: 'detection.type == "manual"', action: flag}
+  - {id: pr, on: detection, when: 'detection.type == "manual" && prior(entity, "flag", "30d") >= 2', action: block}
+)",
+                                   1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  CaseResult r = RunCaseText(**set, R"(name: three flags
+detections:
+  - {id: d1, source: s, type: manual, entity: "user:p", score: 1}
+  - {id: d2, source: s, type: manual, entity: "user:p", score: 1}
+  - {id: d3, source: s, type: manual, entity: "user:p", score: 1}
+expect:
+  - {entity: "user:p", action: flag, state: active, policy: fl}
+  - {entity: "user:p", action: flag, state: active, policy: fl}
+  - {entity: "user:p", action: flag, state: active, policy: fl}
+)");
+  EXPECT_TRUE(r.passed) << r.Report();
+}
+
 TEST(PolicyCases, ExpectationsAreAMultiset) {
   auto set = MusicSet();
   ASSERT_NE(set, nullptr);
