@@ -91,6 +91,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
     if (!item.detection) continue;
     workflow::DetectionWork w;
     engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
+    ctx.decision_metrics.Errors(ev);
     w.proposals = std::move(ev.proposals);
     w.json = DetectionToJson(*item.detection, &w.json_head_bytes);
     w.detection = *std::move(item.detection);

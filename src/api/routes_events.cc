@@ -501,6 +501,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
     for (size_t i : todo) {
       EventItem& it = items[i];
       engine::Evaluation& ev = evals[i];
+      ctx.decision_metrics.Errors(ev);
       std::map<std::string, size_t> by_policy;  // policy -> index in work
       for (engine::Proposal& p : ev.proposals) {
         auto [pos, fresh] = by_policy.emplace(p.policy, work.size());

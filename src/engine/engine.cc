@@ -106,7 +106,10 @@ Evaluation EvaluateDetection(const PolicySet& set, const Detection& d, policy::E
     }
     ++out.policies_evaluated;
     policy::Result r = p.program->Eval(input, env);
-    if (r.outcome == policy::Outcome::kError) ++out.eval_errors;
+    if (r.outcome == policy::Outcome::kError) {
+      ++out.eval_errors;
+      out.errors.emplace_back("condition", &p.id);
+    }
     if (!r.matched()) continue;
 
     Proposal first = MakeProposal(set, p, d.entity, d.id, false);
@@ -199,6 +202,7 @@ Evaluation EvaluateEvent(const policy::PolicySet& set, const Event& e, policy::E
                           : absl::InvalidArgumentError("absent");
       if (!parsed_target.ok()) {
         ++out.target_errors;
+        out.errors.emplace_back("target", &p.id);
         return nullptr;
       }
       return &*parsed_target;
@@ -214,7 +218,10 @@ Evaluation EvaluateEvent(const policy::PolicySet& set, const Event& e, policy::E
       continue;  // no proposal without a target; not counted as evaluated
     }
     ++out.policies_evaluated;
-    if (r.outcome == policy::Outcome::kError) ++out.eval_errors;
+    if (r.outcome == policy::Outcome::kError) {
+      ++out.eval_errors;
+      out.errors.emplace_back("condition", &p.id);
+    }
     if (!r.matched()) continue;
     std::string_view seed = e.id;
     if (seed.empty()) {

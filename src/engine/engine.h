@@ -77,6 +77,9 @@ struct Evaluation {
   int64_t target_errors = 0;  // event policies whose `target: attrs.x` was absent or not an
                               // entity when needed (a matched condition, or a partial
                               // rollout's membership): no proposal is made
+  // The ids of the policies behind eval_errors (kind "condition") and target_errors
+  // ("target"), one entry per error; they point into the evaluated set's policies.
+  std::vector<std::pair<std::string_view, const std::string*>> errors;
 };
 
 //! Evaluates every policy of `set` with `on: detection` and mode enforce or shadow (off is

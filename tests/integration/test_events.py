@@ -195,9 +195,15 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(s, 200, r)
         self.assertEqual([x["status"] for x in r["results"]], ["accepted", "rejected"], r)
         self.assertTrue(r["results"][1]["error"].startswith("events[1].type: "), r)
+        # A login without attrs.ip: credential-stuffing's distinct() on it fails at run time
+        # and reads as false. The reply cannot say (the event is fine); the metric does.
+        s, r, _ = self.q.request("POST", "/v1/events", {"type": "login", "entity": "user:m2"})
+        self.assertEqual(s, 200, r)
         s, text, _ = self.q.request("GET", "/metrics", raw=True)
         self.assertEqual(s, 200)
         self.assertIn('quell_events_total{type="other",status="rejected"}', text)
+        self.assertRegex(text, r'quell_policy_errors_total\{policy="credential-stuffing",'
+                               r'kind="condition"\} [1-9]')
         self.assertIn("quell_velocity_keys", text)
         self.assertIn("quell_velocity_evictions_cap_total", text)
 

@@ -104,8 +104,19 @@ DecisionMetrics::DecisionMetrics(obs::Registry* registry) {
   auto m = registry->AddCounterFamily("quell_decisions_total",
                                       "Decisions made, by policy, action and resulting state.",
                                       {"policy", "action", "state"});
+  auto e = registry->AddCounterFamily(
+      "quell_policy_errors_total",
+      "Policy evaluations that failed, by policy and kind: condition (a runtime error, read as "
+      "false) or target (an event policy's target attribute absent or not an entity).",
+      {"policy", "kind"});
   if (d.ok()) detections_ = *d;
   if (m.ok()) decisions_ = *m;
+  if (e.ok()) errors_ = *e;
+}
+
+void DecisionMetrics::Errors(const engine::Evaluation& ev) {
+  if (errors_ == nullptr) return;
+  for (const auto& [kind, policy] : ev.errors) errors_->WithLabels({*policy, kind})->Increment();
 }
 
 void DecisionMetrics::Detections(std::string_view origin, std::string_view status, int64_t n) {

@@ -104,10 +104,15 @@ class DecisionMetrics {
   void Detections(std::string_view origin, std::string_view status, int64_t n);
   //! Counts the applied outcomes (accepted / duplicate) and their decisions.
   void Outcomes(std::string_view origin, const std::vector<workflow::DetectionOutcome>& outcomes);
+  //! Counts an evaluation's errors by policy and kind (a condition that failed at run time,
+  //! read as false; an event policy's target absent or not an entity): invisible in the
+  //! replies, they would otherwise stop a policy from ever firing unseen.
+  void Errors(const engine::Evaluation& ev);
 
  private:
   obs::CounterFamily* detections_ = nullptr;
   obs::CounterFamily* decisions_ = nullptr;
+  obs::CounterFamily* errors_ = nullptr;
 };
 
 class Context {
