@@ -4,6 +4,7 @@
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "workflow/reviews.h"
 
 namespace quell::workflow {
 
@@ -47,10 +48,11 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     bool later = expires > existing.expires_at;
     if (later) existing.expires_at = expires;
     for (const std::string& d : req.detections) existing.detections.push_back(d);
-    existing.state_reason = absl::StrCat(later                    ? "extended: "
-                                         : req.detections.empty() ? "confirmed: "
-                                                                  : "hit again: ",
-                                         req.reason);
+    existing.state_reason =
+        KeepingApproval(existing, absl::StrCat(later                    ? "extended: "
+                                               : req.detections.empty() ? "confirmed: "
+                                                                        : "hit again: ",
+                                               req.reason));
     QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, existing, req.actor, now));
     out.json = std::move(c.payload);
     out.mitigation = std::move(existing);

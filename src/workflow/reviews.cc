@@ -23,12 +23,27 @@ absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mi
   return absl::NotFoundError(absl::StrCat("no history for mitigation ", m.id));
 }
 
-std::vector<std::string> PriorApprovers(const core::Mitigation& m) {
-  if (m.state == core::MitigationState::kPendingApproval &&
-      absl::StartsWith(m.state_reason, AV(kPartial))) {
-    return {m.actor};
+// "approved 1 of 2 by <key>[: note][; later changes]": the key (key ids hold no ':' or
+// ';'), or "" when `m` has no partial approval.
+std::string_view PartialApprover(const core::Mitigation& m) {
+  if (m.state != core::MitigationState::kPendingApproval ||
+      !absl::StartsWith(m.state_reason, AV(kPartial))) {
+    return {};
   }
-  return {};
+  std::string_view rest = std::string_view(m.state_reason).substr(kPartial.size());
+  return rest.substr(0, rest.find_first_of(":;"));
+}
+
+std::vector<std::string> PriorApprovers(const core::Mitigation& m) {
+  std::string_view key = PartialApprover(m);
+  if (key.empty()) return {};
+  return {std::string(key)};
+}
+
+std::string KeepingApproval(const core::Mitigation& m, std::string change) {
+  if (PartialApprover(m).empty()) return change;
+  std::string_view approval = m.state_reason;
+  return absl::StrCat(AV(approval.substr(0, approval.find(';'))), "; ", change);
 }
 
 ledger::Mutation DecideReview(std::string id, bool approve, std::string note, std::string reviewer,

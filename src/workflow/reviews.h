@@ -34,6 +34,11 @@ absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mi
 //! Reviewers who already approved `m` (the partial approval recorded on it), if any.
 std::vector<std::string> PriorApprovers(const core::Mitigation& m);
 
+//! The state_reason for `m` changed by `change` (e.g. "extended: <reason>"): `change`,
+//! after m's partial approval when it has one, so that a new hit on a critical decision
+//! waiting for its second approval keeps the first (it used to drop it silently).
+std::string KeepingApproval(const core::Mitigation& m, std::string change);
+
 struct ReviewOutcome {
   core::Mitigation mitigation;
   int approvals = 0;  // approvals so far (after this one)

@@ -128,6 +128,13 @@ class SafeguardsTest(Base):
         self.assertEqual(s, 200, r)
         self.assertEqual((r["state"], r["approvals"]), ("open", 1))
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-crit")[1]["verdict"], "allow")
+        # A new hit on it keeps the first approval (it was dropped silently, and the first
+        # reviewer's second approval then counted as a first).
+        again = self.submit(det("c-2", "user:vip-crit", type="takeover"))[0]["decisions"][0]
+        self.assertEqual(again["mitigation_id"], d["mitigation_id"])
+        m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
+        self.assertTrue(m["state_reason"].startswith("approved 1 of 2 by "), m)
+        self.assertIn("; extended: policy takeover (v1) matched detection c-2", m["state_reason"])
         # The same reviewer twice is not two reviewers.
         s, r, _ = self.review(d["mitigation_id"], True, self.r1)
         self.assertEqual(s, 409, r)
