@@ -111,7 +111,13 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
           auto n = workflow::PriorHitsCommitted(ctx.deps.ledger->store(), p, now);
           if (n.ok()) prior = *n;
         }
+        // A protected entity's decision waits for review, as it would for real (breakers
+        // and immunity are not simulated: they depend on the moment of the decision).
+        std::optional<std::string> held;
+        if (!p.shadow && ctx.safeguards != nullptr)
+          held = ctx.safeguards->WhyProtected(*set, p.entity);
         std::string_view state = p.shadow                         ? "shadow"
+                                 : held                           ? "pending_approval"
                                  : p.delay > absl::ZeroDuration() ? "scheduled"
                                                                   : "active";
         if (k) body += ',';
@@ -124,6 +130,10 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
         absl::StrAppend(&body, ",\"ttl\":\"", core::DurationString(engine::EscalatedTtl(p, prior)),
                         "\",\"reason\":");
         core::AppendJsonString(p.reason, &body);
+        if (held) {
+          body += ",\"held\":";
+          core::AppendJsonString(*held, &body);
+        }
         body += "}";
       }
       body += "]}";

@@ -263,7 +263,17 @@ class DetectionsTest(unittest.TestCase):
                                  {"policy_set": candidate, "detections": [det("t-1", "user:t1", score=0.6)]})
         self.assertEqual(s, 200, t)
         self.assertEqual([d["policy"] for d in t["results"][0]["decisions"]], ["bot-model-high"])
-        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        # A protected entity's decision would wait for review, and says so (it read
+        # "active"). The example set protects employees: a manual report on one.
+        s, _, _ = self.q.request("POST", "/v1/lists/employees/entries", {"add": ["user:staff-t"]})
+        self.assertEqual(s, 200)
+        s, t2, _ = self.q.request("POST", "/v1/policies/test", {"detections": [
+            det("t-2", "user:staff-t", type="harassment", source="manual", score=0.5)]})
+        self.assertEqual(s, 200, t2)
+        got = [(d["policy"], d["state"]) for d in t2["results"][0]["decisions"]]
+        self.assertEqual(got, [("manual-report", "pending_approval")], t2)
+        self.assertIn("protected", t2["results"][0]["decisions"][0]["held"])
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq + 1)  # the list
         # Publish it: a new version, used by the next decision.
         s, p, _ = self.q.request("PUT", "/v1/policies", candidate)
         self.assertEqual(s, 200, p)
