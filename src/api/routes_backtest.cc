@@ -72,8 +72,9 @@ void Backtest(Context& ctx, PolicyHolder& policies,
       for (const auto& d : loaded.errors) {
         details.push_back({absl::StrCat(d.line, ":", d.column), d.message});
       }
-      return call.Fail(ApiError::InvalidArgument(
-          absl::StrCat("policy set rejected: ", details.size(), " error(s)"), std::move(details)));
+      // The message first: an argument moved from in the same call could be read empty.
+      std::string message = absl::StrCat("policy set rejected: ", details.size(), " error(s)");
+      return call.Fail(ApiError::InvalidArgument(std::move(message), std::move(details)));
     }
     set = std::move(loaded.set);
   }

@@ -208,7 +208,7 @@ struct CrowdSec {
 
 bool MayPull(Call& call) {
   if (call.who.role == auth::Role::kEnforcer || call.who.role == auth::Role::kAdmin) return true;
-  call.Fail(ApiError::Forbidden(absl::StrCat("a ", AV(auth::RoleName(call.who.role)),
+  call.Fail(ApiError::Forbidden(absl::StrCat(AV(auth::RoleWithArticle(call.who.role)),
                                              " key may not read decisions; use an enforcer key")));
   return false;
 }

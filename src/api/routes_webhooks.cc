@@ -88,6 +88,8 @@ void AddWebhookRoutes(Router& router, Context& ctx, webhooks::Dispatcher* dispat
       if (!s.ok()) {
         if (absl::IsInvalidArgument(s.status()))
           return call.Fail(ApiError::Field("url", std::string(s.status().message())));
+        if (absl::IsOutOfRange(s.status()))
+          return call.Fail(ApiError::Field("from_seq", std::string(s.status().message())));
         return call.Fail(ApiError::FromStatus(s.status()));
       }
       call.Send(201, SubscriptionJson(*s, true) + "}");

@@ -29,6 +29,13 @@ std::string Sha256Hex(std::string_view s) {
 
 std::string_view RoleName(Role r) { return kRoleNames[static_cast<int>(r)]; }
 
+std::string RoleWithArticle(Role r) {
+  std::string_view name = RoleName(r);
+  const bool vowel =
+      !name.empty() && std::string_view("aeiou").find(name[0]) != std::string_view::npos;
+  return absl::StrCat(vowel ? "an " : "a ", AV(name));
+}
+
 std::optional<Role> ParseRole(std::string_view name) {
   for (size_t i = 0; i < std::size(kRoleNames); ++i) {
     if (kRoleNames[i] == name) return static_cast<Role>(i);

@@ -27,6 +27,8 @@ namespace quell::auth {
 
 enum class Role : uint8_t { kAdmin, kDetector, kEnforcer, kReviewer, kViewer };
 std::string_view RoleName(Role r);
+//! "an admin", "a detector", "an enforcer"...: for messages.
+std::string RoleWithArticle(Role r);
 std::optional<Role> ParseRole(std::string_view name);
 
 // What a route needs. Each role grants a fixed set (see Allows).

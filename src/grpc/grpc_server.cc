@@ -277,7 +277,7 @@ class GrpcServer::Impl final
       if (changes->empty() && cursor == request->after_seq()) {
         // Waiting on a cursor past the ledger's last change would skip every change up to
         // it: OUT_OF_RANGE, and the client reloads. (Once past it, the cursor is a real seq.)
-        if (absl::Status st = ledger::CheckCursor(*deps_.ledger, cursor); !st.ok()) {
+        if (absl::Status st = ledger::CheckCursor(*deps_.ledger, cursor, "after_seq"); !st.ok()) {
           return ToGrpc(st);
         }
       }

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/status.h"
+#include "core/strings.h"
 #include "obs/metrics.h"
 
 namespace quell::ledger {
@@ -597,12 +598,12 @@ absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t a
   return changes;
 }
 
-absl::Status CheckCursor(Ledger& ledger, int64_t after) {
+absl::Status CheckCursor(Ledger& ledger, int64_t after, std::string_view field) {
   if (after == 0) return absl::OkStatus();
   QUELL_ASSIGN_OR_RETURN(int64_t last, ledger.store().LastSeq());
   if (after <= last) return absl::OkStatus();
-  return absl::OutOfRangeError(absl::StrCat("after=", after, " is past the ledger's last change (",
-                                            last,
+  return absl::OutOfRangeError(absl::StrCat(AV(field), "=", after,
+                                            " is past the ledger's last change (", last,
                                             "): this cursor is not from this ledger (restored "
                                             "from a backup?); reload a snapshot"));
 }

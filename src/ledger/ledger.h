@@ -165,7 +165,8 @@ absl::StatusOr<std::vector<Change>> ReadDurableChanges(Ledger& ledger, int64_t a
 //! (a data directory restored from an older backup, a different cluster). A feed that
 //! waited on such a cursor would skip every change up to it once they were written; its
 //! reader must reload a snapshot instead. Reads the store (one query). Thread-safe.
-absl::Status CheckCursor(Ledger& ledger, int64_t after);
+//! `field` names the cursor in the message ("after", "after_seq").
+absl::Status CheckCursor(Ledger& ledger, int64_t after, std::string_view field = "after");
 
 //! Waits until `seq` is durable (ledger.last_seq() >= seq), at most `timeout`
 //! (kUnavailable then): for a reader that hands out a cursor taken from a store scan

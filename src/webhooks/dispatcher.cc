@@ -437,6 +437,14 @@ absl::StatusOr<Subscription> Dispatcher::Subscribe(const NewSubscription& reques
   s.enabled = true;
   if (request.from_seq) {
     if (*request.from_seq < 0) return absl::InvalidArgumentError("from_seq must be >= 0");
+    // Past the ledger's last change it is not from this ledger, and would skip every
+    // change up to it once written (as /v1/changes and Watch refuse such a cursor).
+    QUELL_ASSIGN_OR_RETURN(int64_t last, LastSeq());
+    if (*request.from_seq > last) {
+      return absl::OutOfRangeError(absl::StrCat("from_seq ", *request.from_seq,
+                                                " is past the ledger's last change (", last,
+                                                "): deliveries would skip every change up to it"));
+    }
     s.cursor = *request.from_seq;
   } else {
     QUELL_ASSIGN_OR_RETURN(s.cursor, LastSeq());

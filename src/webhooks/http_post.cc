@@ -77,6 +77,10 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
     if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
       return absl::InvalidArgumentError("url path has spaces or control characters");
   }
+  // A fragment is the client's, never sent in a request target (RFC 9110 4.2.4).
+  if (url.find('#') != std::string_view::npos) {
+    return absl::InvalidArgumentError("url has a #fragment, which is never sent: leave it out");
+  }
   out.host = std::string(host);
   return out;
 }
@@ -120,9 +124,12 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
   freeaddrinfo(found);
   if (sock.fd < 0) return last;
 
-  std::string request = absl::StrCat("POST ", url.path, " HTTP/1.1\r\nHost: ", url.host, ":",
-                                     url.port, "\r\nContent-Length: ", body.size(),
-                                     "\r\nConnection: close\r\nUser-Agent: quell-webhooks\r\n");
+  // An IPv6 literal is bracketed in Host, as in the URL (RFC 9110 7.2).
+  const bool v6 = url.host.find(':') != std::string::npos;
+  std::string request =
+      absl::StrCat("POST ", url.path, " HTTP/1.1\r\nHost: ", v6 ? "[" : "", url.host, v6 ? "]" : "",
+                   ":", url.port, "\r\nContent-Length: ", body.size(),
+                   "\r\nConnection: close\r\nUser-Agent: quell-webhooks\r\n");
   for (const auto& [k, v] : headers) absl::StrAppend(&request, k, ": ", v, "\r\n");
   request += "\r\n";
   request.append(body.data(), body.size());

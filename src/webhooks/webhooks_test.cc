@@ -138,10 +138,51 @@ TEST(Url, Parses) {
   ASSERT_TRUE(v6.ok());
   EXPECT_EQ(v6->host, "::1");
   EXPECT_EQ(v6->port, 9000);
-  for (const char* bad : {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/",
-                          "http://x:99999/", "http://u@x/", "http://x/a b", "http://x:abc/"}) {
+  for (const char* bad :
+       {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/", "http://x:99999/",
+        "http://u@x/", "http://x/a b", "http://x:abc/", "http://x/h#frag"}) {
     EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
   }
+}
+
+// An IPv6 literal goes into Host bracketed, as in the URL ("Host: ::1:9000" is not a
+// valid header and strict receivers refuse it).
+TEST(Url, HostOfAnIpv6LiteralIsBracketed) {
+  int fd = socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    if (fd >= 0) close(fd);
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin6_port);
+  listen(fd, 1);
+  std::string got;
+  std::thread server([&] {
+    int c = accept(fd, nullptr, nullptr);
+    if (c < 0) return;
+    char buf[4096];
+    while (got.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = recv(c, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      got.append(buf, n);
+    }
+    const std::string reply = "HTTP/1.1 204 X\r\nContent-Length: 0\r\n\r\n";
+    send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
+    close(c);
+  });
+  auto url = ParseHttpUrl(absl::StrCat("http://[::1]:", port, "/h?x=1"));
+  ASSERT_TRUE(url.ok()) << url.status();
+  auto status = HttpPost(*url, {}, "{}", absl::Seconds(5));
+  server.join();
+  close(fd);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, 204);
+  EXPECT_EQ(got.rfind("POST /h?x=1 HTTP/1.1\r\n", 0), 0u) << got;
+  EXPECT_NE(got.find(absl::StrCat("\r\nHost: [::1]:", port, "\r\n")), std::string::npos) << got;
 }
 
 // ---- state stores: the same suite against SQLite and PostgreSQL ----

@@ -161,7 +161,8 @@ class GrpcTest(unittest.TestCase):
             list(self.stub.Watch(pb.WatchRequest(after_seq=head + 10 ** 6), metadata=self.md(),
                                  timeout=30))
         self.assertEqual(e.exception.code(), grpc.StatusCode.OUT_OF_RANGE)
-        self.assertIn("past the ledger's last change", e.exception.details())
+        self.assertIn("after_seq=%d is past the ledger's last change" % (head + 10 ** 6),
+                      e.exception.details())
         with self.assertRaises(grpc.RpcError) as e:
             list(self.stub.Watch(pb.WatchRequest(), timeout=10))
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)

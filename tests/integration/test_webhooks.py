@@ -174,6 +174,14 @@ class WebhookDeliveryTest(WebhookCase):
         s, e, _ = self.q.request("POST", "/v1/webhooks", {"url": r.url, "from_seq": -1})
         self.assertEqual(s, 400, e)
         self.assertEqual(e["error"]["details"][0]["field"], "from_seq")  # was "url"
+        # Past the ledger's last change: it would skip every change up to it, silently.
+        head = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+        s, e, _ = self.q.request("POST", "/v1/webhooks", {"url": r.url, "from_seq": head + 1000})
+        self.assertEqual(s, 400, e)
+        self.assertEqual(e["error"]["details"][0]["field"], "from_seq", e)
+        self.assertIn("past the ledger's last change (%d)" % head, e["error"]["message"])
+        s, e, _ = self.q.request("POST", "/v1/webhooks", {"url": r.url + "#frag"})
+        self.assertEqual((s, e["error"]["details"][0]["field"]), (400, "url"), e)
         # Filters that could match nothing: an action not in the catalog, a malformed type.
         s, e, _ = self.q.request("POST", "/v1/webhooks",
                                  {"url": r.url, "actions": ["block", "blok"], "entity_types": ["IP"]})

@@ -386,7 +386,7 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
       call.who = *std::move(who);
       if (!auth::Allows(call.who.role, found->access.permission)) {
         return call.Fail(ApiError::Forbidden(
-            absl::StrCat("a ", AV(auth::RoleName(call.who.role)), " key may not do this")));
+            absl::StrCat(AV(auth::RoleWithArticle(call.who.role)), " key may not do this")));
       }
       break;
     }
