@@ -473,11 +473,17 @@ absl::StatusOr<ReplayLists> LoadReplayLists(ledger::Store& store,
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
   for (const ledger::ListInfo& info : lists) {
     bool declared = false;
-    for (const policy::ListDef& def : candidate.lists())
-      declared = declared || def.name == info.name;
-    if (!declared && !info.is_protected) continue;
+    // Protected if the store says so or the candidate declares it protected (as the
+    // safeguard decides live: either flags it).
+    bool is_protected = info.is_protected;
+    for (const policy::ListDef& def : candidate.lists()) {
+      if (def.name != info.name) continue;
+      declared = true;
+      is_protected = is_protected || def.is_protected;
+    }
+    if (!declared && !is_protected) continue;
     QUELL_ASSIGN_OR_RETURN(std::vector<std::string> entries, store.ListEntries(info.name));
-    if (info.is_protected) {
+    if (is_protected) {
       for (const std::string& e : entries) out.protected_entities.insert(e);
     }
     if (declared) {

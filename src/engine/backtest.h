@@ -158,7 +158,7 @@ class Backtester {
 };
 
 //! Loads the lists `candidate` declares plus every protected list of `store` (one read
-//! each).
+//! each); a list is protected if the store or the candidate flags it.
 absl::StatusOr<ReplayLists> LoadReplayLists(ledger::Store& store,
                                             const policy::PolicySet& candidate);
 

@@ -22,6 +22,7 @@ constexpr char kSet[] = R"(
 lists:
   - {name: vip, protected: true}
   - {name: watched}
+  - {name: staff, protected: true}
 policies:
   - id: high
     on: detection
@@ -250,6 +251,10 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
     c.payload = R"({"list":"watched","add":["user:p"]})";
     ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
+    // Protected by the set's declaration only (the stored list is not flagged): counted
+    // protected all the same, as the live safeguard does.
+    c.payload = R"({"list":"staff","add":["user:q"]})";
+    ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
     // Stored out of observed_at order on purpose.
     int n = 0;
     for (int hour : {5, 1, 3, 9}) {
@@ -272,6 +277,7 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     auto lists = LoadReplayLists(**store, *Load(kSet));
     ASSERT_TRUE(lists.ok());
     EXPECT_TRUE(lists->protected_entities.contains("user:p"));
+    EXPECT_TRUE(lists->protected_entities.contains("user:q"));
     EXPECT_TRUE(lists->entries["watched"].contains("user:p"));
 
     BacktestOptions options;

@@ -16,7 +16,10 @@ namespace {
 
 using core::MitigationState;
 
-void AppendDecision(const core::Mitigation& m, std::string_view reason, std::string* out) {
+// `policy` is the deciding one: the mitigation may be another policy's, which this decision
+// extended (the same entity and action), and carries that one's name.
+void AppendDecision(const core::Mitigation& m, std::string_view policy, std::string_view reason,
+                    std::string* out) {
   if (out->back() != '[') out->push_back(',');
   out->append("{\"mitigation_id\":");
   core::AppendJsonString(m.id, out);
@@ -27,7 +30,7 @@ void AppendDecision(const core::Mitigation& m, std::string_view reason, std::str
   out->append(",\"state\":\"");
   out->append(core::StateName(m.state));
   out->append("\",\"policy\":");
-  core::AppendJsonString(m.policy, out);
+  core::AppendJsonString(policy, out);
   out->append(",\"reason\":");
   core::AppendJsonString(reason, out);
   out->append("}");
@@ -265,7 +268,7 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
       }
     }
     QUELL_ASSIGN_OR_RETURN(CreateResult r, CreateOrExtend(txn, req, catalog, now));
-    AppendDecision(r.mitigation, req.reason, &reply);
+    AppendDecision(r.mitigation, p.policy, req.reason, &reply);
     out->decisions.push_back({p.policy, r.mitigation.action, r.mitigation.state});
   }
   CompleteStored(pr, std::move(reply), now);

@@ -83,6 +83,16 @@ class DetectionsTest(unittest.TestCase):
             self.assertEqual(got, [(card, "block")] if blocked else [], r)
         self.assertEqual(self.check("card:c-bad")["verdict"], "deny")
 
+    def test_a_decision_names_its_own_policy(self):
+        # bot-model-high's hit extends the exclude_royalties that bot-model-medium created:
+        # the reply named the mitigation's policy (medium, for a 0.95 score) instead of the
+        # policy that decided, and the backtest attributed it so.
+        r1 = self.submit(det("own-1", "user:own", score=0.8))[1]["results"][0]["decisions"]
+        self.assertEqual([d["policy"] for d in r1], ["bot-model-medium"])
+        r2 = self.submit(det("own-2", "user:own", score=0.95))[1]["results"][0]["decisions"]
+        self.assertEqual([(d["policy"], d["mitigation_id"]) for d in r2],
+                         [("bot-model-high", r1[0]["mitigation_id"])])
+
     def test_single_duplicate_and_escalation(self):
         s, r, _ = self.submit(det("esc-1", "user:esc"))
         self.assertEqual(s, 200, r)
