@@ -28,6 +28,7 @@
 #include "api/index_applier.h"
 #include "api/server_metrics.h"
 #include "auth/keys.h"
+#include "cli/check_cmd.h"
 #include "cli/config.h"
 #include "cli/flags.h"
 #include "cli/import_cmd.h"
@@ -72,8 +73,10 @@ commands:
   migrate          apply schema migrations ([--data DIR])
   import FILE...   bulk detections (NDJSON, CSV, Avro; gzip/zstd; - for stdin)
                    ([--server URL --key KEY | --data DIR] [--rejects PATH] [--resume] [--dry-run] [--json])
+  check ENTITY...  the verdict, for people ([--server URL] [--key KEY] [--surface S] [--json])
   policy check FILE                validate a policy set; every error as FILE:line:col
   policy test FILE --cases DIR     run policy-as-code test cases
+  policy backtest FILE --from T --to T   replay stored detections against a candidate set
   version          print the version
 
 serve, keys, audit and migrate take --postgres URL (or QUELL_POSTGRES): the ledger is
@@ -596,6 +599,7 @@ int Main(int argc, char** argv) {
   // `quell policy ...` parses its own flags (--cases...).
   if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
+  if (cmd == "check") return CheckCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   // Each command takes its own flags: one meant for another (`migrate --listen X`) is a
   // slip to report, not to ignore.
   struct Command {

@@ -227,6 +227,26 @@ class ApiTest(unittest.TestCase):
         self.assertNotIn("secret", json.dumps(listing))
         self.assertNotIn(k["key"].split(".")[1], json.dumps(listing))
 
+    def test_cli_check_gives_the_verdict_and_why(self):
+        # `quell check` (SPEC's CLI) was missing: "unknown command".
+        _, m, _ = self.create("cidr:10.77.0.0/16", action="challenge", reason="proxy farm 77")
+        url = "http://127.0.0.1:%d" % self.q.port
+        code, out, err = run_cli("check", "ip:10.77.3.4", "user:nobody-77", "--server", url,
+                                 "--key", self.q.admin_key)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.startswith("verdict: challenge\n"), out)
+        self.assertIn("cidr:10.77.0.0/16  challenge (challenge) until ", out)
+        self.assertIn(m["id"], out)
+        self.assertIn("proxy farm 77", out)
+        code, out, _ = run_cli("check", "user:nobody-77", "--server", url, "--key",
+                               self.q.admin_key, "--json")
+        self.assertEqual((code, json.loads(out)["verdict"]), (0, "allow"))
+        code, _, err = run_cli("check", "nocolon", "--server", url, "--key", self.q.admin_key,
+                               check=False)
+        self.assertEqual(code, 1)
+        self.assertIn("entities[0]", err)
+        self.assertEqual(run_cli("check", "user:x", "--server", url, check=False)[0], 2)  # no key
+
     def test_list_entries_need_a_list(self):
         # A misspelt list name is refused, not started as a new list.
         status, body, _ = self.q.request("POST", "/v1/lists/vip-artsts/entries",
