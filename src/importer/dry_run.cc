@@ -89,6 +89,18 @@ bool DryRun::IsProtected(const std::string& entity, std::string* list) const {
 
 void DryRun::Add(const engine::Detection& d) {
   ++report_.rows;
+  // A re-sent row changes nothing: the import answers it duplicate without deciding.
+  if (!keys_.insert(absl::HashOf(d.source, d.id)).second) {
+    ++report_.duplicates;
+    return;
+  }
+  if (store_ != nullptr) {
+    auto stored = store_->GetDetection(d.source, d.id);
+    if (stored.ok() && stored->has_value()) {
+      ++report_.duplicates;
+      return;
+    }
+  }
   if (set_ == nullptr) return;
   Env env(*this);
   engine::Evaluation ev = engine::Evaluate(*set_, d, env, now_);
@@ -190,6 +202,11 @@ std::string DryRunText(const DryRunReport& r) {
   std::string out = absl::StrCat("dry run against policy set v", r.policy_version, " (ledger seq ",
                                  r.seq, "; nothing was written)\n");
   if (r.policy_version == 0) out += "  no policy set: nothing would be mitigated\n";
+  if (r.duplicates > 0) {
+    absl::StrAppend(&out,
+                    "  duplicates (stored already or repeated; change nothing): ", r.duplicates,
+                    " of ", r.rows, " rows\n");
+  }
   absl::StrAppend(&out, "  would newly mitigate: ", r.new_total, "\n");
   absl::StrAppend(&out, "    per action: ", Tally(r.new_by_action), "\n");
   absl::StrAppend(&out, "    per policy: ", Tally(r.new_by_policy), "\n");
@@ -208,9 +225,9 @@ std::string DryRunText(const DryRunReport& r) {
 }
 
 std::string DryRunJson(const DryRunReport& r) {
-  std::string out =
-      absl::StrCat("{\"policy_version\":", r.policy_version, ",\"seq\":", r.seq,
-                   ",\"rows\":", r.rows, ",\"new\":{\"total\":", r.new_total, ",\"by_action\":");
+  std::string out = absl::StrCat("{\"policy_version\":", r.policy_version, ",\"seq\":", r.seq,
+                                 ",\"rows\":", r.rows, ",\"duplicates\":", r.duplicates,
+                                 ",\"new\":{\"total\":", r.new_total, ",\"by_action\":");
   JsonMap(r.new_by_action, &out);
   out += ",\"by_policy\":";
   JsonMap(r.new_by_policy, &out);

@@ -41,7 +41,10 @@ struct BreakerImpact {
 struct DryRunReport {
   int64_t policy_version = 0;  // 0: no policy set
   int64_t seq = 0;             // the ledger seq seen (unchanged by a dry run)
-  int64_t rows = 0;            // valid rows evaluated
+  int64_t rows = 0;            // valid rows read
+  // Rows the import would report duplicate (their (source, id) stored already, or earlier
+  // in the input): evaluated by nobody, as the import would not decide them.
+  int64_t duplicates = 0;
   int64_t new_total = 0;
   std::map<std::string, int64_t> new_by_action;
   std::map<std::string, int64_t> new_by_policy;
@@ -72,6 +75,9 @@ class DryRun {
   std::vector<std::string> protected_lists_;
   absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
+  // Hashes of the (source, id) read so far (8 bytes a row: 10M rows ~ 100 MB; a collision,
+  // about 1 in 10^5 for 10M rows, counts one row as a duplicate in the preview only).
+  absl::flat_hash_set<uint64_t> keys_;
   DryRunReport report_;
   std::map<std::string, int64_t> new_by_source_;
 };

@@ -662,6 +662,22 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 0, err)
         s = json.loads(out)
         self.assertGreater(s["accepted"], 0)
+        # Again: every row is stored already, so the preview is "nothing" as the import
+        # would be (it used to predict the first run's mitigations again).
+        code, out, err = import_cmd(f, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        again = json.loads(out)["dry_run"]
+        self.assertEqual((again["duplicates"], again["new"]["total"]), (again["rows"], 0), again)
+        # Rows repeated within the file count once.
+        rep = self.path("rep.ndjson")
+        with open(rep, "w") as fh:
+            line = json.dumps({"id": "rep-1", "source": "bot-model-v3", "type": "artificial_streaming",
+                               "entity": "user:rep-1", "score": 0.97, "observed_at": ts(3)})
+            fh.write((line + "\n") * 3)
+        code, out, err = import_cmd(rep, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d3 = json.loads(out)["dry_run"]
+        self.assertEqual((d3["rows"], d3["duplicates"], d3["new"]["total"]), (3, 2, 1), d3)
         # The preview's new mitigations are the ones the import created.
         q = QuellServer(data_dir=self.data, extra_args=["--config", CONFIG]).start(dev=False)
         try:
