@@ -90,10 +90,12 @@ bool DryRun::IsProtected(const std::string& entity, std::string* list) const {
 void DryRun::Add(const engine::Detection& d) {
   ++report_.rows;
   // A re-sent row changes nothing: the import answers it duplicate without deciding.
-  if (!keys_.insert(absl::HashOf(d.source, d.id)).second) {
+  const uint64_t key = absl::HashOf(d.source, d.id);
+  if (keys_.contains(key)) {
     ++report_.duplicates;
     return;
   }
+  if (keys_.size() < kMaxKeys) keys_.insert(key);
   if (store_ != nullptr) {
     auto stored = store_->GetDetection(d.source, d.id);
     if (stored.ok() && stored->has_value()) {

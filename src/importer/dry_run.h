@@ -75,8 +75,10 @@ class DryRun {
   std::vector<std::string> protected_lists_;
   absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
-  // Hashes of the (source, id) read so far (8 bytes a row: 10M rows ~ 100 MB; a collision,
-  // about 1 in 10^5 for 10M rows, counts one row as a duplicate in the preview only).
+  // Hashes of the first kMaxKeys (source, id) read, for repeats within the input (a
+  // collision counts one row as a duplicate in the preview only). Bounded: the preview's
+  // memory must not grow with the file; repeats past that many rows go uncounted.
+  static constexpr size_t kMaxKeys = size_t{1} << 21;  // ~40 MB
   absl::flat_hash_set<uint64_t> keys_;
   DryRunReport report_;
   std::map<std::string, int64_t> new_by_source_;
