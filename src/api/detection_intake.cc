@@ -87,11 +87,20 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
   env.set_lists(ctx.safeguards);
   std::vector<workflow::DetectionWork> work;
   std::vector<size_t> slot_of;  // work index -> item index
+  // An evaluation that read ledger state (active(), prior()) after an earlier item of this
+  // batch earned a decision may answer otherwise once that decision is made: it is done
+  // again in the transaction, just before deciding (as quell import --data does), so that
+  // the outcome does not depend on how detections are cut into requests.
+  bool decided_before = false, again = false;
   for (Item& item : items) {
     if (!item.detection) continue;
     workflow::DetectionWork w;
-    engine::Evaluation ev = engine::Evaluate(*set, *item.detection, env, now);
+    internal::TrackingEnvironment tracking(env);
+    engine::Evaluation ev = engine::Evaluate(*set, *item.detection, tracking, now);
     ctx.decision_metrics.Errors(ev);
+    w.proposals_final = !(decided_before && tracking.read_ledger());
+    again = again || !w.proposals_final;
+    decided_before = decided_before || !ev.proposals.empty();
     w.proposals = std::move(ev.proposals);
     w.json = DetectionToJson(*item.detection, &w.json_head_bytes);
     w.detection = *std::move(item.detection);
@@ -120,8 +129,16 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
 
   auto out = std::make_shared<std::vector<workflow::DetectionOutcome>>();
   ctx.deps.ledger->Submit(
-      workflow::ApplyDetections(std::move(work), set->catalog_ptr(), who.key_id, out,
-                                workflow::SafeguardContext{ctx.safeguards, set}),
+      workflow::ApplyDetections(
+          std::move(work), set->catalog_ptr(), who.key_id, out,
+          workflow::SafeguardContext{ctx.safeguards, set},
+          again ? workflow::ProposeFn([set, lists = ctx.safeguards](ledger::Txn& txn,
+                                                                    const engine::Detection& d,
+                                                                    absl::Time now) {
+            internal::TxnEnvironment txn_env(txn, lists, now);
+            return engine::Evaluate(*set, d, txn_env, now).proposals;
+          })
+                : workflow::ProposeFn(nullptr)),
       [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
        done = std::move(done)](absl::Status status, std::vector<ledger::Change>) mutable {
         if (!status.ok()) return done(status);

@@ -83,6 +83,20 @@ class DetectionsTest(unittest.TestCase):
             self.assertEqual(got, [(card, "block")] if blocked else [], r)
         self.assertEqual(self.check("card:c-bad")["verdict"], "deny")
 
+    def test_a_batch_decides_as_the_same_detections_sent_one_by_one(self):
+        # bot-known-offender suspends a 0.98+ bot already excluded from royalties
+        # (active()). Sent in one request, the second detection used to be evaluated before
+        # the first's exclusion existed, and escaped; sent one by one, it was suspended.
+        for entity, batched in (("user:kb-1", True), ("user:kb-2", False)):
+            dets = [det(entity + "-a", entity, score=0.95), det(entity + "-b", entity, score=0.99)]
+            if batched:
+                results = self.submit({"detections": dets})[1]["results"]
+            else:
+                results = [self.submit(d)[1]["results"][0] for d in dets]
+            got = sorted((d["policy"], d["action"]) for d in results[1]["decisions"])
+            self.assertEqual(got, [("bot-known-offender", "suspend"),
+                                   ("bot-model-high", "exclude_royalties")], (entity, results))
+
     def test_a_decision_names_its_own_policy(self):
         # bot-model-high's hit extends the exclude_royalties that bot-model-medium created:
         # the reply named the mitigation's policy (medium, for a 0.95 score) instead of the

@@ -59,4 +59,29 @@ int64_t LiveEnvironment::Distinct(std::string_view counter, std::string_view key
   return *n;
 }
 
+bool TxnEnvironment::InList(std::string_view list, std::string_view entity) {
+  if (lists_ == nullptr) return false;
+  auto e = core::Entity::Parse(entity);
+  return e.ok() && lists_->ListHas(list, *e);
+}
+
+bool TxnEnvironment::Active(std::string_view entity, std::string_view action) {
+  auto e = core::Entity::Parse(entity);
+  if (!e.ok()) return false;
+  auto live = txn_.FindLive(*e, action);
+  if (!live.ok()) return false;
+  for (const core::Mitigation& m : *live) {
+    if (m.state == core::MitigationState::kActive && m.expires_at > now_) return true;
+  }
+  return false;
+}
+
+int64_t TxnEnvironment::Prior(std::string_view entity, std::string_view action,
+                              absl::Duration window) {
+  auto e = core::Entity::Parse(entity);
+  if (!e.ok()) return 0;
+  auto n = txn_.CountMitigations(*e, "", action, now_ - window, /*exclude_shadow=*/true);
+  return n.ok() ? *n : 0;
+}
+
 }  // namespace quell::api::internal
