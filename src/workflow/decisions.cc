@@ -262,8 +262,9 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
       QUELL_ASSIGN_OR_RETURN(Safeguards::Hold hold,
                              sg.safeguards->Screen(txn, *sg.set, d, p, req.action, now));
       if (hold.held) {
+        // A delayed decision keeps its start (approval schedules it, when still ahead):
+        // the delay is there so that fraudsters cannot tell what gave them away.
         req.state = MitigationState::kPendingApproval;
-        req.starts_at.reset();
         req.reason = absl::StrCat(req.reason, "; held for approval: ", hold.reason);
       }
     }

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "safeguards/approval.h"
 #include "workflow/mitigations.h"
 
@@ -77,17 +78,23 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
         safeguards::RequiredApprovals(action ? action->severity : core::Severity::kCritical);
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
     int approvals = static_cast<int>(prior.size());
+    std::string by = reviewer;  // every approver, for the record
+    for (const std::string& p : prior) by = absl::StrCat(p, " and ", by);
     if (!approve) {
       m->state = core::MitigationState::kRejected;
       m->state_reason = absl::StrCat("rejected by ", reviewer, suffix);
     } else if (++approvals < needed) {
       m->state_reason = absl::StrCat(AV(kPartial), reviewer, suffix);
+    } else if (m->starts_at > now) {
+      // A delayed decision approved before its start: scheduled for it, as it would have
+      // been without the hold.
+      m->state = core::MitigationState::kScheduled;
+      m->state_reason = absl::StrCat("approved by ", by, suffix, "; starts at ",
+                                     core::FormatRfc3339(m->starts_at));
     } else {
       absl::Duration length = m->expires_at - m->starts_at;
       m->starts_at = now;
       m->expires_at = now + length;
-      std::string by = reviewer;
-      for (const std::string& p : prior) by = absl::StrCat(p, " and ", by);
       m->state_reason = absl::StrCat("approved by ", by, suffix);
       // Active now, or absorbed by the entity's active one of the same action.
       QUELL_RETURN_IF_ERROR(Activate(txn, *m, reviewer, now).status());

@@ -261,6 +261,21 @@ class DetectionsTest(unittest.TestCase):
         d = [x for x in r["decisions"] if x["policy"] == "payment-fraud-block"]
         self.assertEqual(d[0]["state"], "scheduled")
         self.assertEqual(self.check("payment:card-9")["verdict"], "allow")  # not yet
+        # Held for review (a protected card), it keeps its delay: approved before its start,
+        # it is scheduled for it (approval used to make it active at once, showing the
+        # fraudster which transaction gave them away).
+        s, _, _ = self.q.request("POST", "/v1/lists/employees/entries", {"add": ["payment:card-held"]})
+        self.assertEqual(s, 200)
+        r = self.submit(det("pay-2", "payment:card-held", type="payment_fraud",
+                            source="payments-model", score=0.99))[1]["results"][0]
+        held = [x for x in r["decisions"] if x["policy"] == "payment-fraud-block"][0]
+        self.assertEqual(held["state"], "pending_approval")
+        s, ok, _ = self.q.request("POST", "/v1/reviews/%s/decision" % held["mitigation_id"],
+                                  {"approve": True}, key=self.q.create_key("reviewer"))
+        self.assertEqual(s, 200, ok)
+        self.assertEqual(ok["mitigation"]["state"], "scheduled", ok)
+        self.assertGreater(ok["mitigation"]["starts_at"], now())
+        self.assertEqual(self.check("payment:card-held")["verdict"], "allow")
         r = self.submit(det("farm-1", "user:farm-main", type="stream_farm", source="farm-model",
                             related=["device:f1", "device:f2", "ip:198.51.100.7", "user:other"]))[1]
         targets = {x["entity"] for x in r["results"][0]["decisions"] if x["policy"] == "stream-farm-network"}
