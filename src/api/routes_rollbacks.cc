@@ -69,14 +69,16 @@ void Rollback(Context& ctx, Call&& call) {
                                          ",\"revoked\":0,\"dry_run\":true,\"needs_approval\":",
                                          needs_approval ? "true" : "false", "}"));
     }
+    // The request, filed either way: pending approval, or done at once (so that
+    // GET /v1/rollbacks/{id} answers for every rollback).
+    workflow::RollbackRequest req;
+    req.id = id;
+    req.filter = f;
+    req.reason = reason;
+    req.requested_by = call.who.key_id;
+    req.matched = matched;
+    req.entities = targets->entities;
     if (needs_approval) {
-      workflow::RollbackRequest req;
-      req.id = id;
-      req.filter = f;
-      req.reason = reason;
-      req.requested_by = call.who.key_id;
-      req.matched = matched;
-      req.entities = targets->entities;
       auto stored = std::make_shared<workflow::RollbackRequest>();
       SubmitSimple(ctx, std::move(call),
                    ctx.safeguards->rollbacks().Request(std::move(req), stored), [stored, &ctx] {
@@ -94,14 +96,6 @@ void Rollback(Context& ctx, Call&& call) {
                    });
       return;
     }
-    // Filed as a done request, so that GET /v1/rollbacks/{id} answers for it too.
-    workflow::RollbackRequest req;
-    req.id = id;
-    req.filter = f;
-    req.reason = reason;
-    req.requested_by = call.who.key_id;
-    req.matched = matched;
-    req.entities = targets->entities;
     auto out = std::make_shared<workflow::RollbackRequest>();
     auto m = workflow::Rollback(std::move(req), std::move(targets->mitigations), out);
     SubmitSimple(ctx, std::move(call), std::move(m), [out] {

@@ -16,10 +16,19 @@ bool LiveEnvironment::Active(std::string_view entity, std::string_view action) {
   return false;
 }
 
+namespace {
+
+// in_list() for both environments: the entity in its normal form (as entries are kept).
+bool ListHas(const workflow::Safeguards* lists, std::string_view list, std::string_view entity) {
+  if (lists == nullptr) return false;
+  auto e = core::Entity::Parse(entity);
+  return e.ok() && lists->ListHas(list, *e);
+}
+
+}  // namespace
+
 bool LiveEnvironment::InList(std::string_view list, std::string_view entity) {
-  if (lists_ == nullptr) return false;
-  auto e = core::Entity::Parse(entity);  // entries are kept in normal form
-  return e.ok() && lists_->ListHas(list, *e);
+  return ListHas(lists_, list, entity);
 }
 
 int64_t LiveEnvironment::Prior(std::string_view entity, std::string_view action,
@@ -60,9 +69,7 @@ int64_t LiveEnvironment::Distinct(std::string_view counter, std::string_view key
 }
 
 bool TxnEnvironment::InList(std::string_view list, std::string_view entity) {
-  if (lists_ == nullptr) return false;
-  auto e = core::Entity::Parse(entity);
-  return e.ok() && lists_->ListHas(list, *e);
+  return ListHas(lists_, list, entity);
 }
 
 bool TxnEnvironment::Active(std::string_view entity, std::string_view action) {
