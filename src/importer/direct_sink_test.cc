@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "importer/importer.h"
 #include "importer/sink.h"
@@ -362,6 +363,45 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
   EXPECT_NE(DryRunText(d).find("OPEN   suspend-rate"), std::string::npos) << DryRunText(d);
   EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), seq);  // nothing written
   EXPECT_FALSE(ReadCheckpoint(file + ".quell-checkpoint")->has_value());
+}
+
+// Policies that read active() and prior(): a later row of the file sees what an earlier
+// row of it created, in the preview as in the import that follows it.
+TEST(DirectImportTest, DryRunSeesWhatEarlierRowsOfTheFileCreate) {
+  constexpr char kStateful[] = R"(actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+policies:
+  - {id: bot, mode: enforce, on: detection, when: detection.score >= 0.9,
+     action: exclude_royalties}
+  - {id: known, mode: enforce, on: detection, action: suspend,
+     when: 'detection.score >= 0.98 && active(entity, "exclude_royalties")'}
+  - {id: repeat, mode: enforce, on: detection, action: flag,
+     when: 'detection.score >= 0.95 && prior(entity, "exclude_royalties", "1h") >= 1'}
+)";
+  std::string dir = testing::TempDir("dryrun-state");
+  PrepareDataDir(dir + "/var", kStateful);
+  std::string file = dir + "/in.ndjson";
+  // user:n: excluded by its first row, suspended and flagged by its second; user:m once.
+  testing::WriteFile(
+      file, Row("n1", "user:n", 0.95) + Row("n2", "user:n", 0.99) + Row("m1", "user:m", 0.99));
+  ImportOptions dry = Options(dir, file);
+  dry.dry_run = true;
+  ImportResult preview = Import(dry);
+  ASSERT_TRUE(preview.status.ok()) << preview.status;
+  const DryRunReport& d = *preview.dry_run;
+  EXPECT_EQ(d.new_by_action,
+            (std::map<std::string, int64_t>{{"exclude_royalties", 2}, {"flag", 1}, {"suspend", 1}}))
+      << DryRunText(d);
+
+  ASSERT_TRUE(Import(Options(dir, file)).status.ok());
+  std::map<std::string, int64_t> created;
+  for (const std::string& m : State(dir + "/var")) {
+    std::vector<std::string> fields = absl::StrSplit(m, ' ');  // entity action state ...
+    ++created[fields[1]];
+  }
+  EXPECT_EQ(created, d.new_by_action);
 }
 
 TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {

@@ -21,7 +21,10 @@ class DryRun::Env final : public policy::Environment {
   bool InList(std::string_view list, std::string_view entity) override {
     return owner_.memberships_.contains(absl::StrCat(AV(list), "\n", AV(entity)));
   }
+  // The store's state, then the file's earlier rows: as the import decides row after
+  // row, a mitigation an earlier row creates is active (or counted) for the later ones.
   bool Active(std::string_view entity, std::string_view action) override {
+    if (owner_.file_active_.contains(absl::StrCat(AV(entity), "\n", AV(action)))) return true;
     if (owner_.store_ == nullptr) return false;
     auto e = core::Entity::Parse(entity);
     if (!e.ok()) return false;
@@ -34,11 +37,13 @@ class DryRun::Env final : public policy::Environment {
     return page.ok() && !page->mitigations.empty();
   }
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
-    if (owner_.store_ == nullptr) return 0;
+    auto in_file = owner_.file_created_.find(absl::StrCat(AV(entity), "\n", AV(action)));
+    const int64_t file = in_file == owner_.file_created_.end() ? 0 : in_file->second;
+    if (owner_.store_ == nullptr) return file;
     auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return 0;
+    if (!e.ok()) return file;
     auto n = owner_.store_->CountMitigations(*e, "", action, owner_.now_ - window, true);
-    return n.ok() ? *n : 0;
+    return file + (n.ok() ? *n : 0);
   }
 
  private:
@@ -124,17 +129,20 @@ void DryRun::Add(const engine::Detection& d) {
       ++hits_[hit_key];
     }
     const std::string& action = engine::EscalatedAction(p, prior);
-    if (!seen_.insert(absl::StrCat(entity, "\n", action)).second) continue;  // extended, not new
+    std::string entity_action = absl::StrCat(entity, "\n", action);
+    if (!seen_.insert(entity_action).second) continue;  // extended, not new
     if (env.Active(entity, action)) {
       ++report_.already;
       continue;
     }
+    ++file_created_[entity_action];  // pending or active: prior() counts both
     std::string list;
     if (IsProtected(entity, &list)) {
       ++report_.protected_;
       ++report_.protected_by_list[list];
       continue;
     }
+    file_active_.insert(std::move(entity_action));
     ++report_.new_total;
     ++report_.new_by_action[action];
     ++report_.new_by_policy[p.policy];

@@ -6,7 +6,8 @@
 // extend it for the repeats: "new" (would be mitigated, per action and per policy),
 // "already" (the same action is active on the entity now), "protected" (the entity is on
 // a protected list: would go to review), "shadow" (shadow policies: recorded, never
-// enforced). Escalation counts earlier hits in the store and in the file. Breakers: the
+// enforced). Escalation counts earlier hits in the store and in the file, and active() and
+// prior() see the mitigations the file's earlier rows would create. Breakers: the
 // new mitigations per breaker scope (global, policy, action, source) against the set's
 // limits; a breaker "would open" when this import alone exceeds its limit.
 //
@@ -75,6 +76,10 @@ class DryRun {
   std::vector<std::string> protected_lists_;
   absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
+  // What the file's earlier rows would create, for active() and prior() of the later ones
+  // ("entity\naction"): active (new, not held) ones, and every creation with its count.
+  absl::flat_hash_set<std::string> file_active_;
+  absl::flat_hash_map<std::string, int64_t> file_created_;
   // Hashes of the first kMaxKeys (source, id) read, for repeats within the input (a
   // collision counts one row as a duplicate in the preview only). Bounded: the preview's
   // memory must not grow with the file; repeats past that many rows go uncounted.
