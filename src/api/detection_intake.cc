@@ -132,13 +132,7 @@ void DetectionIntake::EvaluateAndApply(std::vector<Item> items, const auth::Prin
       workflow::ApplyDetections(
           std::move(work), set->catalog_ptr(), who.key_id, out,
           workflow::SafeguardContext{ctx.safeguards, set},
-          again ? workflow::ProposeFn([set, lists = ctx.safeguards](ledger::Txn& txn,
-                                                                    const engine::Detection& d,
-                                                                    absl::Time now) {
-            internal::TxnEnvironment txn_env(txn, lists, now);
-            return engine::Evaluate(*set, d, txn_env, now).proposals;
-          })
-                : workflow::ProposeFn(nullptr)),
+          again ? workflow::EvaluateInTxn(set) : workflow::ProposeFn(nullptr)),
       [&ctx, replies, out, slot_of = std::move(slot_of), origin = std::move(origin),
        done = std::move(done)](absl::Status status, std::vector<ledger::Change>) mutable {
         if (!status.ok()) return done(status);

@@ -31,61 +31,23 @@
 namespace quell::importer {
 namespace {
 
-// What the import's evaluations have in common: counters are empty (they are the events
-// path's), and a list is asked about the entity in its normal form.
-class ImportEnvironment : public policy::Environment {
- public:
-  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  bool InList(std::string_view list, std::string_view entity) final {
-    auto e = core::Entity::Parse(entity);
-    return e.ok() && Listed(list, *e);
-  }
-
- protected:
-  virtual bool Listed(std::string_view list, const core::Entity& e) = 0;
-};
-
-// Over the open transaction: reads see the batch's own writes.
-class TxnEnvironment final : public ImportEnvironment {
- public:
-  TxnEnvironment(ledger::Txn& txn, absl::Time now) : txn_(txn), now_(now) {}
-  bool Active(std::string_view entity, std::string_view action) override {
-    auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return false;
-    auto live = txn_.FindLive(*e, action);
-    if (!live.ok()) return false;
-    for (const core::Mitigation& m : *live) {
-      if (m.state == core::MitigationState::kActive) return true;
-    }
-    return false;
-  }
-  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
-    auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return 0;
-    auto n = txn_.CountMitigations(*e, "", action, now_ - window, /*exclude_shadow=*/true);
-    return n.ok() ? *n : 0;
-  }
-
- private:
-  bool Listed(std::string_view list, const core::Entity& e) override {
-    auto has = txn_.ListHas(list, e);
-    return has.ok() && *has;
-  }
-
-  ledger::Txn& txn_;
-  absl::Time now_;
-};
-
 // Evaluates a row ahead, on the reader's thread, while the commit thread decides the
 // rows before it: the lists are read from a snapshot (only a server changes them, and
 // none runs during a direct import), but an active() or prior() call depends on the rows
 // before this one, so it only marks the evaluation as needing the ledger; the commit
 // thread then evaluates the row itself. Most rows never reach such a call (it comes
 // after cheaper tests in a condition).
-class AheadEnvironment final : public ImportEnvironment {
+class AheadEnvironment final : public policy::Environment {
  public:
   explicit AheadEnvironment(const engine::ReplayLists& lists) : lists_(lists) {}
+  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  bool InList(std::string_view list, std::string_view entity) override {
+    auto e = core::Entity::Parse(entity);  // entries are kept in the normal form
+    if (!e.ok()) return false;
+    auto it = lists_.entries.find(AV(list));
+    return it != lists_.entries.end() && it->second.contains(AV(e->str()));
+  }
   bool Active(std::string_view, std::string_view) override {
     needs_ledger_ = true;
     return false;
@@ -97,11 +59,6 @@ class AheadEnvironment final : public ImportEnvironment {
   bool needs_ledger() const { return needs_ledger_; }
 
  private:
-  bool Listed(std::string_view list, const core::Entity& e) override {
-    auto it = lists_.entries.find(AV(list));
-    return it != lists_.entries.end() && it->second.contains(AV(e.str()));
-  }
-
   const engine::ReplayLists& lists_;
   bool needs_ledger_ = false;
 };
@@ -201,13 +158,9 @@ class DirectSink final : public Sink {
     if (set_ == nullptr) {
       mutation = workflow::ApplyDetections(std::move(work), catalog_, "import", out);
     } else {
-      auto evaluate = [set = set_](ledger::Txn& txn, const engine::Detection& d, absl::Time now) {
-        TxnEnvironment env(txn, now);
-        return engine::Evaluate(*set, d, env, now).proposals;
-      };
       mutation = workflow::ApplyDetections(std::move(work), catalog_, "import", out,
                                            workflow::SafeguardContext{safeguards_.get(), set_},
-                                           std::move(evaluate));
+                                           workflow::EvaluateInTxn(set_));
     }
     ledger_->Submit(std::move(mutation), [out, done = std::move(done)](
                                              absl::Status status, std::vector<ledger::Change>) {

@@ -5,12 +5,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/ids.h"
 #include "gtest/gtest.h"
 #include "importer/importer.h"
 #include "importer/sink.h"
 #include "importer/test_util.h"
 #include "ledger/ledger.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "workflow/mitigations.h"
 #include "workflow/policies.h"
 
 namespace quell::importer {
@@ -402,6 +404,42 @@ policies:
     ++created[fields[1]];
   }
   EXPECT_EQ(created, d.new_by_action);
+}
+
+// An active mitigation past its expiry, not yet swept: active() answers false for it, as
+// the live path's index does, so the import decides as the server would.
+TEST(DirectImportTest, AnExpiredMitigationIsNotActiveBeforeTheSweep) {
+  constexpr char kKnown[] = R"(actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}
+policies:
+  - {id: known, mode: enforce, on: detection, action: suspend,
+     when: 'active(entity, "exclude_royalties")'}
+)";
+  std::string dir = testing::TempDir("expired");
+  PrepareDataDir(dir + "/var", kKnown);
+  {
+    auto ledger = ledger::Ledger::Open(OpenStore(dir + "/var"), {}, core::RealClock::Get()).value();
+    ASSERT_TRUE(ledger
+                    ->SubmitAndWait([](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                      core::Mitigation m;
+                      m.id = core::NewId("m_", now);
+                      m.entity = core::Entity::Parse("user:old").value();
+                      m.action = "exclude_royalties";
+                      m.created_at = m.updated_at = m.starts_at = now - absl::Hours(2);
+                      m.expires_at = now - absl::Hours(1);
+                      m.source = "manual";
+                      return workflow::AppendMitigationChange(txn, m, "test", now).status();
+                    })
+                    .ok());
+  }
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, Row("o1", "user:old", 0.5));
+  ImportResult r = Import(Options(dir, file));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  for (const std::string& m : State(dir + "/var")) {
+    EXPECT_EQ(m.find(" suspend "), std::string::npos) << m;
+  }
 }
 
 TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {

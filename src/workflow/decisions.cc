@@ -277,7 +277,48 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
   return absl::OkStatus();
 }
 
+// The policy environment of EvaluateInTxn. Confined to the commit thread, like the Txn.
+class TxnEnvironment final : public policy::Environment {
+ public:
+  TxnEnvironment(ledger::Txn& txn, absl::Time now) : txn_(txn), now_(now) {}
+  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
+  bool InList(std::string_view list, std::string_view entity) override {
+    auto e = core::Entity::Parse(entity);  // entries are kept in the normal form
+    if (!e.ok()) return false;
+    auto has = txn_.ListHas(list, *e);
+    return has.ok() && *has;
+  }
+  bool Active(std::string_view entity, std::string_view action) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return false;
+    auto live = txn_.FindLive(*e, action);
+    if (!live.ok()) return false;
+    for (const core::Mitigation& m : *live) {
+      if (m.state == core::MitigationState::kActive && m.expires_at > now_) return true;
+    }
+    return false;
+  }
+  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
+    auto e = core::Entity::Parse(entity);
+    if (!e.ok()) return 0;
+    auto n = txn_.CountMitigations(*e, "", action, now_ - window, /*exclude_shadow=*/true);
+    return n.ok() ? *n : 0;
+  }
+
+ private:
+  ledger::Txn& txn_;
+  const absl::Time now_;
+};
+
 }  // namespace
+
+ProposeFn EvaluateInTxn(std::shared_ptr<const policy::PolicySet> set) {
+  return [set = std::move(set)](ledger::Txn& txn, const engine::Detection& d, absl::Time now) {
+    TxnEnvironment env(txn, now);
+    return engine::Evaluate(*set, d, env, now).proposals;
+  };
+}
 
 absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::Proposal& p,
                                            absl::Time now) {

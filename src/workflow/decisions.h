@@ -77,6 +77,12 @@ struct SafeguardContext {
 using ProposeFn = absl::AnyInvocable<std::vector<engine::Proposal>(
     ledger::Txn& txn, const engine::Detection& d, absl::Time now)>;
 
+//! The ProposeFn that evaluates `set` in the transaction: active() and prior() read the
+//! Txn (so they see the batch's earlier decisions; active() as the index answers it: an
+//! active mitigation not yet expired), in_list() the Txn's lists, and count()/distinct()
+//! read 0, as for every detection (counters are the events path's).
+ProposeFn EvaluateInTxn(std::shared_ptr<const policy::PolicySet> set);
+
 //! Applies a batch of detections in one step of one transaction. `out` gets one outcome
 //! per item, in order. `actor` is the submitting key id; `received_at` is stored. Every
 //! proposal is screened through `safeguards` (none if empty). With `propose`, each new

@@ -16,19 +16,10 @@ bool LiveEnvironment::Active(std::string_view entity, std::string_view action) {
   return false;
 }
 
-namespace {
-
-// in_list() for both environments: the entity in its normal form (as entries are kept).
-bool ListHas(const workflow::Safeguards* lists, std::string_view list, std::string_view entity) {
-  if (lists == nullptr) return false;
-  auto e = core::Entity::Parse(entity);
-  return e.ok() && lists->ListHas(list, *e);
-}
-
-}  // namespace
-
 bool LiveEnvironment::InList(std::string_view list, std::string_view entity) {
-  return ListHas(lists_, list, entity);
+  if (lists_ == nullptr) return false;
+  auto e = core::Entity::Parse(entity);  // entries are kept in the normal form
+  return e.ok() && lists_->ListHas(list, *e);
 }
 
 int64_t LiveEnvironment::Prior(std::string_view entity, std::string_view action,
@@ -66,29 +57,6 @@ int64_t LiveEnvironment::Distinct(std::string_view counter, std::string_view key
     return 0;
   }
   return *n;
-}
-
-bool TxnEnvironment::InList(std::string_view list, std::string_view entity) {
-  return ListHas(lists_, list, entity);
-}
-
-bool TxnEnvironment::Active(std::string_view entity, std::string_view action) {
-  auto e = core::Entity::Parse(entity);
-  if (!e.ok()) return false;
-  auto live = txn_.FindLive(*e, action);
-  if (!live.ok()) return false;
-  for (const core::Mitigation& m : *live) {
-    if (m.state == core::MitigationState::kActive && m.expires_at > now_) return true;
-  }
-  return false;
-}
-
-int64_t TxnEnvironment::Prior(std::string_view entity, std::string_view action,
-                              absl::Duration window) {
-  auto e = core::Entity::Parse(entity);
-  if (!e.ok()) return 0;
-  auto n = txn_.CountMitigations(*e, "", action, now_ - window, /*exclude_shadow=*/true);
-  return n.ok() ? *n : 0;
 }
 
 }  // namespace quell::api::internal

@@ -78,26 +78,6 @@ class TrackingEnvironment final : public policy::Environment {
   bool read_ledger_ = false;
 };
 
-// An evaluation inside the ledger's transaction, on the commit thread: active() and prior()
-// read the transaction, so they see the decisions made just before in the same batch; lists
-// as LiveEnvironment reads them; counters read 0 (as for detections on the live path).
-// Confined to the commit thread, like the Txn it borrows.
-class TxnEnvironment final : public policy::Environment {
- public:
-  TxnEnvironment(ledger::Txn& txn, const workflow::Safeguards* lists, absl::Time now)
-      : txn_(txn), lists_(lists), now_(now) {}
-  int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
-  bool InList(std::string_view list, std::string_view entity) override;
-  bool Active(std::string_view entity, std::string_view action) override;
-  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override;
-
- private:
-  ledger::Txn& txn_;
-  const workflow::Safeguards* lists_;
-  absl::Time now_;
-};
-
 }  // namespace quell::api::internal
 
 #endif  // QUELL_API_INTERNAL_LIVE_ENVIRONMENT_H_
