@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
 #include "core/status.h"
@@ -138,11 +139,17 @@ absl::Status KeyRing::Refresh() {
   return Reload();
 }
 
+absl::StatusOr<Principal> KeyRing::AuthenticateBearer(std::string_view authorization) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() < kScheme.size() ||
+      !absl::EqualsIgnoreCase(AV(authorization.substr(0, kScheme.size())), AV(kScheme))) {
+    return absl::UnauthenticatedError("missing or invalid API key");
+  }
+  return Authenticate(authorization.substr(kScheme.size()));
+}
+
 absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
   auto denied = [] { return absl::UnauthenticatedError("missing or invalid API key"); };
-  if (credential.substr(0, 7) == "Bearer " || credential.substr(0, 7) == "bearer ") {
-    credential.remove_prefix(7);
-  }
   while (!credential.empty() && credential.front() == ' ') credential.remove_prefix(1);
   while (!credential.empty() && credential.back() == ' ') credential.remove_suffix(1);
   size_t dot = credential.find('.');

@@ -63,9 +63,12 @@ class KeyRing {
   // Borrows `store` and `clock`. Loads the keys once; kUnavailable if the store fails.
   static absl::StatusOr<std::unique_ptr<KeyRing>> Create(ledger::Store* store, core::Clock* clock);
 
-  //! Checks an Authorization header value ("Bearer <token>") or a bare token.
+  //! Checks a key as given (CrowdSec's X-Api-Key), surrounding spaces ignored.
   //! kUnauthenticated (missing, malformed, unknown, revoked) — never says which.
-  absl::StatusOr<Principal> Authenticate(std::string_view credential);
+  absl::StatusOr<Principal> Authenticate(std::string_view key);
+  //! Checks an Authorization value: "Bearer <key>" (the scheme in any case, RFC 7235).
+  //! A bare key or another scheme is kUnauthenticated, as Authenticate's failures are.
+  absl::StatusOr<Principal> AuthenticateBearer(std::string_view authorization);
 
   //! Reloads if the store's keys version moved. Call periodically (the server does every
   //! 200 ms); cheap when nothing changed.

@@ -66,7 +66,7 @@ absl::StatusOr<auth::Principal> Authorize(auth::KeyRing& keys, const ::grpc::Ser
     return absl::UnauthenticatedError("missing metadata \"authorization: Bearer <key>\"");
   }
   std::string_view credential(it->second.data(), it->second.size());
-  auto who = keys.Authenticate(credential);
+  auto who = keys.AuthenticateBearer(credential);
   if (!who.ok()) return absl::UnauthenticatedError("invalid or revoked key");
   if (!auth::Allows(who->role, permission)) {
     return absl::PermissionDeniedError(

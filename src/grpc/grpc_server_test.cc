@@ -225,6 +225,21 @@ TEST_F(GrpcServerTest, CheckNeedsAKeyThatMayCheck) {
             ::grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_TRUE(Check({"user:a"}, "", &resp, enforcer_).ok());
   EXPECT_EQ(resp.verdict(), v1::VERDICT_ALLOW);
+  // The key without its scheme, or under another one, is not a bearer credential.
+  for (const std::string& value : {enforcer_, "Basic " + enforcer_}) {
+    ::grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", value);
+    v1::CheckRequest req;
+    req.add_entities("user:a");
+    EXPECT_EQ(enforcement_->Check(&ctx, req, &resp).error_code(),
+              ::grpc::StatusCode::UNAUTHENTICATED)
+        << value;
+  }
+  ::grpc::ClientContext lower;  // the scheme's case does not matter (RFC 7235)
+  lower.AddMetadata("authorization", "bearer " + enforcer_);
+  v1::CheckRequest req;
+  req.add_entities("user:a");
+  EXPECT_TRUE(enforcement_->Check(&lower, req, &resp).ok());
 }
 
 TEST_F(GrpcServerTest, CheckRejectsBadEntitiesNamingTheField) {

@@ -203,6 +203,14 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key="k_bad.secret")[0], 401)
         bad = self.q.admin_key[:-1] + ("0" if self.q.admin_key[-1] != "0" else "1")
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=bad)[0], 401)
+        # Authorization carries a scheme: the bare key, or under another one, is refused.
+        for value in (self.q.admin_key, "Basic " + self.q.admin_key):
+            s, e, _ = self.q.request("GET", "/v1/check?entity=user:x", auth=False,
+                                     headers={"Authorization": value})
+            self.assertEqual(s, 401, value)
+            self.assertIn("Bearer", e["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", auth=False,
+                                        headers={"Authorization": "bearer " + self.q.admin_key})[0], 200)
         # A key made by the CLI against the running server's data works at once.
         enforcer = self.q.create_key("enforcer")
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=enforcer)[0], 200)

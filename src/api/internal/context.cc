@@ -374,10 +374,10 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
       break;
     case Access::Kind::kBearer:
     case Access::Kind::kCrowdSecKey: {
-      std::string_view credential = found->access.kind == Access::Kind::kBearer
-                                        ? call.req.Header("authorization")
-                                        : call.req.Header("x-api-key");
-      auto who = context_->deps.keys->Authenticate(credential);
+      auth::KeyRing& keys = *context_->deps.keys;
+      auto who = found->access.kind == Access::Kind::kBearer
+                     ? keys.AuthenticateBearer(call.req.Header("authorization"))
+                     : keys.Authenticate(call.req.Header("x-api-key"));
       if (!who.ok()) {
         return call.Fail(found->access.kind == Access::Kind::kBearer
                              ? ApiError::Unauthenticated()
