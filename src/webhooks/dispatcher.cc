@@ -372,7 +372,6 @@ absl::Time Dispatcher::Step(const std::string& id) {
                    /*dead_letter=*/false);
   }
 
-  if (failed_) failed_->Increment();
   std::string error(SV(result.message()));
   int failures = 0;
   {
@@ -381,6 +380,8 @@ absl::Time Dispatcher::Step(const std::string& id) {
     sub->last_error = error;
   }
   if (failures < options_.max_attempts) {
+    // One result per attempt: a failed one is retried; the last is counted dead_letter.
+    if (failed_) failed_->Increment();
     thread_local std::mt19937_64 rng{std::random_device{}()};
     const double jitter = std::uniform_real_distribution<double>(0, 1)(rng);
     std::lock_guard lock(mu_);
