@@ -113,8 +113,31 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
     AppendJsonString(m.detections[i], out);
   }
   out->append("],");
+  if (!m.detection_policies.empty()) {  // only on a record that another policy extended
+    out->append("\"detection_policies\":[");
+    for (size_t i = 0; i < m.detection_policies.size(); ++i) {
+      if (i) out->push_back(',');
+      AppendJsonString(m.detection_policies[i], out);
+    }
+    out->append("],");
+  }
   field("state_reason", m.state_reason);
   absl::StrAppend(out, "\"seq\":", m.seq, "}");
+}
+
+std::string_view DetectionPolicy(const Mitigation& m, size_t i) {
+  return i < m.detection_policies.size() ? std::string_view(m.detection_policies[i])
+                                         : std::string_view(m.policy);
+}
+
+void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy) {
+  if (m.detection_policies.empty() && policy != m.policy && !ids.empty()) {
+    m.detection_policies.assign(m.detections.size(), m.policy);
+  }
+  for (const std::string& id : ids) {
+    m.detections.push_back(id);
+    if (!m.detection_policies.empty()) m.detection_policies.emplace_back(policy);
+  }
 }
 
 std::string MitigationToJson(const Mitigation& m) {
@@ -143,15 +166,18 @@ enum Field : uint8_t {
   kActor,
   kBatch,
   kDetections,
+  kDetectionPolicies,  // the one optional field
   kStateReason,
   kSeq,
   kFieldCount,
   kUnknown = kFieldCount,
 };
 constexpr std::string_view kFieldNames[kFieldCount] = {
-    "id",        "entity",     "action",     "state",        "created_at", "updated_at",
-    "starts_at", "expires_at", "reason",     "source",       "policy",     "policy_version",
-    "actor",     "batch",      "detections", "state_reason", "seq"};
+    "id",           "entity",     "action",     "state",
+    "created_at",   "updated_at", "starts_at",  "expires_at",
+    "reason",       "source",     "policy",     "policy_version",
+    "actor",        "batch",      "detections", "detection_policies",
+    "state_reason", "seq"};
 
 // Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
 // read for every decision on an entity that has some, and building a DOM first, then
@@ -166,13 +192,16 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   bool EndObject(rapidjson::SizeType) { return Close(); }
   bool StartArray() {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
-    if (depth_ == 1 && field_ == kDetections) in_detections_ = true;
+    if (depth_ == 1 && field_ == kDetections) array_ = &m_->detections;
+    if (depth_ == 1 && field_ == kDetectionPolicies) array_ = &m_->detection_policies;
+    in_detections_ = array_ != nullptr;
     return Open();
   }
   bool EndArray(rapidjson::SizeType) {
     if (depth_ == 2 && in_detections_) {
       in_detections_ = false;
-      Mark(kDetections);
+      array_ = nullptr;
+      Mark(field_);
     }
     return Close();
   }
@@ -193,7 +222,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     const std::string_view v(s, n);
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (in_detections_ && depth_ == 2) {
-      m_->detections.emplace_back(v);
+      array_->emplace_back(v);
       return true;
     }
     if (depth_ != 1) return true;
@@ -245,7 +274,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
         break;
       case kPolicyVersion:
       case kSeq:
-        return Fail("mitigation: missing policy_version, seq or detections");
+      case kDetectionPolicies:
+        return Fail(WrongType(field_));
       default:
         return true;
     }
@@ -272,7 +302,11 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (!error_.ok()) return error_;
     if (!parsed) return absl::InvalidArgumentError("mitigation: malformed JSON");
     for (uint8_t f = 0; f < kFieldCount; ++f) {
-      if ((seen_ >> f & 1) == 0) return WrongType(static_cast<Field>(f));
+      if ((seen_ >> f & 1) == 0 && f != kDetectionPolicies) return WrongType(static_cast<Field>(f));
+    }
+    if (!m_->detection_policies.empty() && m_->detection_policies.size() != m_->detections.size()) {
+      return absl::InvalidArgumentError(
+          "mitigation: detection_policies must have one entry per detection");
     }
     return absl::OkStatus();
   }
@@ -280,6 +314,9 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
  private:
   bool in_detections_field() const { return field_ == kDetections; }
   static absl::Status WrongType(Field f) {
+    if (f == kDetectionPolicies) {
+      return absl::InvalidArgumentError("mitigation: detection_policies must be strings");
+    }
     if (f == kPolicyVersion || f == kSeq || f == kDetections) {
       return absl::InvalidArgumentError("mitigation: missing policy_version, seq or detections");
     }
@@ -334,7 +371,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   Mitigation* m_;
   int depth_ = 0;
   bool root_open_ = false;
-  bool in_detections_ = false;
+  bool in_detections_ = false;                 // inside detections or detection_policies
+  std::vector<std::string>* array_ = nullptr;  // which of the two
   Field field_ = kUnknown;
   Field next_ = kId;
   uint32_t seen_ = 0;

@@ -51,11 +51,20 @@ struct Mitigation {
   std::string actor;                    // who caused the last change: key id, "system", reviewer
   std::string batch;                    // import batch, if any
   std::vector<std::string> detections;  // detection ids that caused it
+  // The policy whose hit recorded each detection, in the same order, when some are not
+  // `policy`'s (another policy's hit extended this mitigation); empty: all are `policy`'s.
+  // Escalation counts a policy's hits by it. Use DetectionPolicy() and AddDetections().
+  std::vector<std::string> detection_policies;
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it
 
   bool operator==(const Mitigation&) const = default;
 };
+
+//! The policy whose hit recorded m.detections[i] (i < m.detections.size()).
+std::string_view DetectionPolicy(const Mitigation& m, size_t i);
+//! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).
+void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy);
 
 // Serialises to the JSON object of the HTTP API and of ledger payloads. Field order is
 // fixed, so the bytes are deterministic (the hash chain depends on it).

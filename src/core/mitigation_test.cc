@@ -110,6 +110,29 @@ TEST(MitigationTest, FieldsInAnyOrderUnknownOnesSkipped) {
   EXPECT_EQ(*back, m);
 }
 
+// detection_policies is written only once another policy's hit is recorded, then kept in
+// step with detections; it reads back, and a malformed one is an error.
+TEST(MitigationTest, DetectionPoliciesAppearWhenAnotherPolicyHits) {
+  Mitigation m = Sample();
+  AddDetections(m, {"d3"}, "p");
+  EXPECT_TRUE(m.detection_policies.empty());
+  EXPECT_EQ(MitigationToJson(m).find("detection_policies"), std::string::npos);
+  AddDetections(m, {"d4", "d5"}, "q");
+  EXPECT_EQ(m.detection_policies, (std::vector<std::string>{"p", "p", "p", "q", "q"}));
+  AddDetections(m, {"d6"}, "p");
+  EXPECT_EQ(DetectionPolicy(m, 4), "q");
+  EXPECT_EQ(DetectionPolicy(m, 5), "p");
+  auto back = MitigationFromJson(MitigationToJson(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, m);
+  for (const char* bad : {"[\"p\"]", "\"p\"", "[1,2,3,4,5,6]", "{}"}) {
+    std::string json = MitigationToJson(m);
+    const size_t at = json.find("\"detection_policies\":") + 21;
+    json.replace(at, json.find(']', at) + 1 - at, bad);
+    EXPECT_FALSE(MitigationFromJson(json).ok()) << json;
+  }
+}
+
 // Each field missing, or of the wrong type, is an error naming it.
 TEST(MitigationTest, EveryFieldIsRequiredWithItsType) {
   rapidjson::Document doc;

@@ -442,6 +442,43 @@ policies:
   }
 }
 
+// Two policies on one action: a hit extends the live mitigation whichever policy made it,
+// and escalation counts each policy's own hits, not the mitigation's.
+TEST(DirectImportTest, EscalationCountsThePolicysOwnHits) {
+  constexpr char kTwo[] = R"(actions:
+  - {name: exclude_royalties, verdict: allow, severity: medium, ttl: 90d}
+  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}
+policies:
+  - {id: other, mode: enforce, on: detection, when: 'detection.source == "other"',
+     action: exclude_royalties}
+  - {id: bot, mode: enforce, on: detection, when: 'detection.source == "model"',
+     action: exclude_royalties, escalate: [{after: 2, action: suspend}]}
+)";
+  std::string dir = testing::TempDir("escalation");
+  PrepareDataDir(dir + "/var", kTwo);
+  auto row = [](const std::string& id, const std::string& source, const std::string& entity) {
+    std::string r = Row(id, entity, 0.95);
+    r.replace(r.find("\"model\""), 7, "\"" + source + "\"");
+    return r;
+  };
+  // user:a: made by `other`, then three `bot` hits: the third escalates (2 prior).
+  // user:b: made by `bot`, three `other` hits on it, then one more `bot` hit: 1 prior.
+  std::string rows = row("a0", "other", "user:a");
+  for (int i = 1; i <= 3; ++i) rows += row("a" + std::to_string(i), "model", "user:a");
+  rows += row("b0", "model", "user:b");
+  for (int i = 1; i <= 3; ++i) rows += row("b" + std::to_string(i), "other", "user:b");
+  rows += row("b4", "model", "user:b");
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, rows);
+  ImportResult r = Import(Options(dir, file));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  std::multiset<std::string> suspended;
+  for (const std::string& m : State(dir + "/var")) {
+    if (m.find(" suspend ") != std::string::npos) suspended.insert(m);
+  }
+  EXPECT_EQ(suspended, (std::multiset<std::string>{"user:a suspend active bot [a3,]"}));
+}
+
 TEST(DirectImportTest, RefusedWhileAServerOwnsTheDataDir) {
   std::string dir = testing::TempDir("lock");
   PrepareDataDir(dir + "/var");

@@ -185,10 +185,30 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
   return out;
 }
 
+// The hits of `policy` recorded on `m` after its first detection (which created it, and is
+// counted as a creation): another policy's hits on it count for that policy, not for m's.
+int64_t LaterHits(const core::Mitigation& m, std::string_view policy) {
+  int64_t n = 0;
+  for (size_t i = 1; i < m.detections.size(); ++i) n += core::DetectionPolicy(m, i) == policy;
+  return n;
+}
+
+// The actions a hit of `p` may have been recorded on: its own and its escalation steps'.
+std::vector<std::string_view> EscalationActions(const engine::Proposal& p) {
+  std::vector<std::string_view> actions = {p.action};
+  for (const engine::EscalationStep& step : p.escalate) {
+    if (std::find(actions.begin(), actions.end(), step.action) == actions.end()) {
+      actions.push_back(step.action);
+    }
+  }
+  return actions;
+}
+
 // Escalation counts hits: every detection that earned a decision from this policy on this
 // entity within the window. A hit either created a mitigation or was recorded on a live
-// one (same action: extended instead of stacked), so the hits are the mitigations created
-// in the window plus the extra detections recorded on the live ones.
+// one (same action: extended instead of stacked, whichever policy created it), so the
+// hits are the mitigations created in the window plus this policy's later detections
+// recorded on the live ones created in it.
 //
 // A shadow policy's hits are its shadow mitigations (each recorded on its own, never
 // live): counted, so that its record shows the escalations enforcing it would make.
@@ -199,21 +219,10 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
   }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
-  // Every live mitigation that could add hits below (this policy's, created in the window,
-  // live hence not shadow) is one of those counted: none counted, none to read.
-  if (hits == 0) return hits;
-  std::vector<std::string_view> actions = {p.action};
-  for (const engine::EscalationStep& step : p.escalate) {
-    if (std::find(actions.begin(), actions.end(), step.action) == actions.end()) {
-      actions.push_back(step.action);
-    }
-  }
-  for (std::string_view action : actions) {
+  for (std::string_view action : EscalationActions(p)) {
     QUELL_ASSIGN_OR_RETURN(auto live, txn.FindLive(p.entity, action));
     for (const core::Mitigation& m : live) {
-      if (m.policy == p.policy && m.created_at >= since && m.detections.size() > 1) {
-        hits += static_cast<int64_t>(m.detections.size()) - 1;
-      }
+      if (m.created_at >= since) hits += LaterHits(m, p.policy);
     }
   }
   return hits;
@@ -328,15 +337,15 @@ absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::P
   }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
-  if (hits == 0) return hits;  // as in PriorHits: no counted mitigation, no live one to read
-  ledger::MitigationQuery q;
+  const std::vector<std::string_view> actions = EscalationActions(p);
+  ledger::MitigationQuery q;  // as in PriorHits: the live ones, whichever policy made them
   q.entity = p.entity;
-  q.policy = p.policy;
   q.limit = 1000;
   QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
   for (const core::Mitigation& m : page.mitigations) {
-    if (core::IsLive(m.state) && m.created_at >= since && m.detections.size() > 1) {
-      hits += static_cast<int64_t>(m.detections.size()) - 1;
+    if (core::IsLive(m.state) && m.created_at >= since &&
+        std::find(actions.begin(), actions.end(), m.action) != actions.end()) {
+      hits += LaterHits(m, p.policy);
     }
   }
   return hits;

@@ -47,7 +47,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // person's request, who asked and why, is on the record too.
     bool later = expires > existing.expires_at;
     if (later) existing.expires_at = expires;
-    for (const std::string& d : req.detections) existing.detections.push_back(d);
+    core::AddDetections(existing, req.detections, req.policy);
     existing.state_reason =
         KeepingApproval(existing, absl::StrCat(later                    ? "extended: "
                                                : req.detections.empty() ? "confirmed: "
@@ -87,7 +87,9 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
   for (Mitigation& existing : live) {
     if (existing.id == m.id || existing.state != MitigationState::kActive) continue;
     if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
-    for (const std::string& d : m.detections) existing.detections.push_back(d);
+    for (size_t i = 0; i < m.detections.size(); ++i) {
+      core::AddDetections(existing, {m.detections[i]}, core::DetectionPolicy(m, i));
+    }
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());
     m.state = MitigationState::kExpired;
