@@ -17,6 +17,12 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
     return ApiError::InvalidArgument(
         absl::StrCat("JSON nested deeper than ", core::kMaxJsonDepth, " levels at byte ", *at + 1));
   }
+  // A raw NUL is never valid JSON, and the parser would take it for the end of the text
+  // (what follows it, another value or junk, would pass unseen).
+  if (const size_t nul = body.find('\0'); nul != std::string_view::npos) {
+    return ApiError::InvalidArgument(
+        absl::StrCat("malformed JSON at byte ", nul + 1, ": a NUL byte (write it as \\u0000)"));
+  }
   // kParseValidateEncodingFlag: invalid UTF-8 is a syntax error, not stored bytes.
   // Trailing content after the value is an error ("root not singular"). Byte offsets in
   // messages count from 1, as the importer's do.

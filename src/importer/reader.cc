@@ -103,7 +103,7 @@ class TextReader final : public RowReader {
     }
     pos_ = pos.offset - buf_base_;
     scan_ = pos_;
-    in_quotes_ = false;
+    csv_ = Csv::kFieldStart;
     pos_state_.line = pos.line;
     pos_state_.rows = pos.rows;
     return absl::OkStatus();
@@ -153,12 +153,29 @@ class TextReader final : public RowReader {
       }
       return static_cast<const char*>(p) - buf_.data();
     }
+    // RFC 4180: only a quote that opens a field starts a quoted section (a stray one in an
+    // unquoted field is the row decoder's error, not the start of a section that would
+    // swallow the rows after it); inside one, "" is a quote and a lone " ends it.
     for (; scan_ < buf_.size(); ++scan_) {
-      char c = buf_[scan_];
-      if (c == '"') {
-        in_quotes_ = !in_quotes_;
-      } else if (c == '\n' && !in_quotes_) {
-        return scan_;
+      const char c = buf_[scan_];
+      switch (csv_) {
+        case Csv::kFieldStart:
+        case Csv::kUnquoted:
+        case Csv::kQuoteInQuoted:
+          if (c == '\n') return scan_;
+          if (c == ',') {
+            csv_ = Csv::kFieldStart;
+          } else if (c == '"' && csv_ == Csv::kFieldStart) {
+            csv_ = Csv::kQuoted;
+          } else if (c == '"' && csv_ == Csv::kQuoteInQuoted) {
+            csv_ = Csv::kQuoted;  // "" inside a quoted field
+          } else {
+            csv_ = Csv::kUnquoted;
+          }
+          break;
+        case Csv::kQuoted:
+          if (c == '"') csv_ = Csv::kQuoteInQuoted;
+          break;
       }
     }
     return std::string::npos;
@@ -176,6 +193,19 @@ class TextReader final : public RowReader {
       }
       if (end == std::string::npos && pos_ == buf_.size()) return false;  // eof
       size_t stop = end == std::string::npos ? buf_.size() : end;
+      if (stop - pos_ > options_.max_row_bytes) {  // whole in the buffer, still too long
+        std::string_view row(buf_.data() + pos_, stop - pos_);
+        long_prefix_.assign(row.substr(0, kMaxRejectText));
+        rec->line = pos_state_.line + 1;
+        pos_state_.line += 1 + std::count(row.begin(), row.end(), '\n');
+        rec->text = long_prefix_;
+        rec->too_long = true;
+        rec->length = row.size();
+        pos_ = end == std::string::npos ? buf_.size() : end + 1;
+        scan_ = pos_;
+        csv_ = Csv::kFieldStart;
+        return true;
+      }
       std::string_view text(buf_.data() + pos_, stop - pos_);
       if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
       if (pos_state_.line == 0 && text.size() >= 3 && text.substr(0, 3) == "\xEF\xBB\xBF") {
@@ -187,17 +217,22 @@ class TextReader final : public RowReader {
       rec->blank = text.find_first_not_of(" \t\r") == std::string_view::npos;
       pos_ = end == std::string::npos ? buf_.size() : end + 1;
       scan_ = pos_;
-      in_quotes_ = false;
+      csv_ = Csv::kFieldStart;
       return true;
     }
   }
 
-  // The row at pos_ is over the limit: keep its start for the rejects file and drop the
-  // rest up to the next physical newline (quotes are ignored: resynchronise on lines).
+  // The row at pos_ is over the limit (more than max_row_bytes in the buffer, no end
+  // found): keep its start for the rejects file and drop the rest up to the first
+  // physical newline past the limit (quotes are ignored: resynchronise on lines; a
+  // newline inside the row's first max_row_bytes is not its end).
   absl::StatusOr<bool> SkipLongRow(Record* rec) {
     long_prefix_.assign(buf_.data() + pos_, std::min(kMaxRejectText, buf_.size() - pos_));
     rec->line = pos_state_.line + 1;
-    uint64_t length = 0;
+    const std::string_view within(buf_.data() + pos_, options_.max_row_bytes);
+    pos_state_.line += std::count(within.begin(), within.end(), '\n');
+    uint64_t length = options_.max_row_bytes;
+    pos_ += options_.max_row_bytes;
     for (;;) {
       const void* p = std::memchr(buf_.data() + pos_, '\n', buf_.size() - pos_);
       if (p != nullptr) {
@@ -214,7 +249,7 @@ class TextReader final : public RowReader {
     }
     pos_state_.line += 1;
     scan_ = pos_;
-    in_quotes_ = false;
+    csv_ = Csv::kFieldStart;
     rec->text = long_prefix_;
     rec->too_long = true;
     rec->length = length;
@@ -227,7 +262,9 @@ class TextReader final : public RowReader {
   std::string buf_;
   size_t pos_ = 0;   // start of the next record in buf_
   size_t scan_ = 0;  // where the search for its end resumes
-  bool in_quotes_ = false;
+  // Where FindEnd's CSV scan is in the record (kept across Fill).
+  enum class Csv : uint8_t { kFieldStart, kUnquoted, kQuoted, kQuoteInQuoted };
+  Csv csv_ = Csv::kFieldStart;
   bool eof_ = false;
   uint64_t buf_base_ = 0;  // decompressed offset of buf_[0]
   Position pos_state_;

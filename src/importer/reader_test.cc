@@ -99,6 +99,76 @@ TEST(ReaderTest, CsvWithQuotedNewlinesAndWrongColumnCount) {
   EXPECT_TRUE(c.rows[2].detection);
 }
 
+// A quote inside an unquoted field does not open a quoted section: that row alone is an
+// error, and the rows after it are read (they were swallowed into one reject).
+TEST(ReaderTest, CsvStrayQuoteRejectsItsRowOnly) {
+  std::string data = "id,source,type,entity,score,observed_at\n";
+  for (int i = 1; i <= 5; ++i) {
+    data +=
+        absl::StrCat("s", i, ",s,t,user:a", i == 2 ? "\"" : "", i, ",0.5,2024-05-01T10:00:00Z\n");
+  }
+  data += "s6,s,t,\"user:q\"\"6\",0.5,2024-05-01T10:00:00Z\n";  // "" inside quotes: a quote
+  auto r = OpenString(data, Format::kCsv);
+  ASSERT_TRUE(r.ok()) << r.status();
+  Collected c = ReadAllRows(*std::move(r));
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ASSERT_EQ(c.rows.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(c.rows[i].line, static_cast<int64_t>(i + 2));
+    EXPECT_EQ(c.rows[i].detection.has_value(), i != 1) << i << " " << c.rows[i].error;
+  }
+  EXPECT_NE(c.rows[1].error.find("quote"), std::string::npos) << c.rows[1].error;
+  EXPECT_EQ(c.rows[5].detection->entity.str(), "user:q\"6");
+}
+
+// A raw NUL ends a JSON parser's input: the row is an error, not its first half.
+TEST(ReaderTest, NulByteRejectsTheRow) {
+  std::string data = JsonRow(1) + std::string(1, '\0') + JsonRow(2) + "\n" + JsonRow(3) + "\n";
+  for (bool as_text : {false, true}) {
+    ReaderOptions o;
+    o.ndjson_as_text = as_text;
+    auto r = OpenString(data, Format::kNdjson, o);
+    ASSERT_TRUE(r.ok());
+    Collected c = ReadAllRows(*std::move(r));
+    ASSERT_EQ(c.rows.size(), 2u);
+    EXPECT_NE(c.rows[0].error.find("NUL byte at byte"), std::string::npos) << c.rows[0].error;
+    EXPECT_TRUE(c.rows[0].json.empty());
+    EXPECT_FALSE(c.rows[0].detection);
+  }
+}
+
+// --max-row-bytes holds for every row, not only those that cross a read chunk; a long row
+// with a newline inside its first max_row_bytes (quoted, in CSV) is one reject.
+TEST(ReaderTest, RowLimitHoldsForShortRowsToo) {
+  ReaderOptions o;
+  o.max_row_bytes = 64;
+  auto r = OpenString(JsonRow(1) + "\n" + JsonRow(2) + "\n{}\n", Format::kNdjson, o);
+  ASSERT_TRUE(r.ok());
+  Collected c = ReadAllRows(*std::move(r));
+  ASSERT_EQ(c.rows.size(), 3u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_NE(c.rows[i].error.find("longer than the limit of 64 bytes (" +
+                                   std::to_string(JsonRow(i + 1).size()) + " bytes"),
+              std::string::npos)
+        << c.rows[i].error;
+  }
+  EXPECT_EQ(c.rows[2].line, 3);
+
+  o.max_row_bytes = 1 << 20;
+  std::string data =
+      "id,source,type,entity,score,observed_at,evidence\n"
+      "c1,s,t,user:a,0.5,2024-05-01T10:00:00Z,\"{\"\"a\"\":\n\"\"" +
+      std::string(2 << 20, 'x') + "\"\"}\"\nc2,s,t,user:b,0.5,2024-05-01T10:00:00Z,\n";
+  r = OpenString(data, Format::kCsv, o);
+  ASSERT_TRUE(r.ok());
+  c = ReadAllRows(*std::move(r));
+  ASSERT_EQ(c.rows.size(), 2u);
+  EXPECT_NE(c.rows[0].error.find("longer than the limit"), std::string::npos);
+  EXPECT_EQ(c.rows[1].line, 4);  // the long row had two lines
+  ASSERT_TRUE(c.rows[1].detection) << c.rows[1].error;
+  EXPECT_EQ(c.rows[1].detection->id, "c2");
+}
+
 TEST(ReaderTest, InputErrorsRefuse) {
   EXPECT_NE(std::string(OpenString("", Format::kNdjson).status().message()).find("is empty"),
             std::string::npos);
@@ -148,7 +218,9 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
                        i % 2 ? "{\"k\":1}" : "",  {"device:x"}};
     rows.push_back(a);
   }
-  rows[7].score = 9;  // a row-level error
+  rows[7].score = 9;      // a row-level error
+  rows[9].id = "d9\xc3";  // invalid UTF-8 (Avro does not check it)
+  rows[11].evidence = "{\"k\":\"\xff\"}";
   for (const char* codec : {"null", "deflate"}) {
     std::string path = dir + "/d.avro";
     ASSERT_EQ(testing::WriteAvro(path, rows, codec), "");
@@ -165,6 +237,10 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
       EXPECT_FALSE(c.rows[7].detection);
       EXPECT_EQ(c.rows[7].line, 8);
       EXPECT_NE(c.rows[7].text.find("\"score\":9"), std::string::npos) << c.rows[7].text;
+      for (size_t i : {size_t{9}, size_t{11}}) {
+        EXPECT_FALSE(c.rows[i].detection) << i;
+        EXPECT_NE(c.rows[i].error.find("invalid UTF-8"), std::string::npos) << c.rows[i].error;
+      }
     }
     auto r = RowReader::Open(ByteSource::FromString(bytes), Format::kAvro, {});
     Position p;

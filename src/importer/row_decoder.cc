@@ -95,6 +95,9 @@ absl::Status CheckRowUtf8(std::string_view text) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
   }
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("NUL byte at byte ", nul + 1, " of the row"));
+  }
   return absl::OkStatus();
 }
 
@@ -250,10 +253,7 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
 
 absl::StatusOr<engine::Detection> DecodeCsvRow(const CsvHeader& header, std::string_view text,
                                                const DecodeOptions& options) {
-  if (auto bad = core::FindInvalidUtf8(text)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid UTF-8 at byte ", *bad + 1, " of the row"));
-  }
+  QUELL_RETURN_IF_ERROR(CheckRowUtf8(text));
   if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
   std::vector<std::string> fields;
   if (auto s = SplitCsvRecord(text, &fields); !s.ok()) return s;

@@ -39,7 +39,9 @@ struct DecodeOptions {
   api::DetectionLimits limits;
 };
 
-//! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8.
+//! kInvalidArgument "invalid UTF-8 at byte N of the row" unless `text` is valid UTF-8,
+//! or "NUL byte at byte N of the row" for a raw NUL (never valid in a JSON or CSV text;
+//! a JSON parser would take it for the end of the row and drop what follows).
 absl::Status CheckRowUtf8(std::string_view text);
 
 //! kInvalidArgument ("<what>JSON nested deeper than 100 levels at byte N", 1-based) if

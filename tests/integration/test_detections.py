@@ -204,6 +204,13 @@ class DetectionsTest(unittest.TestCase):
         for entity in ("user:nd1", "user:nd4"):
             page = self.q.request("GET", "/v1/mitigations?entity=" + entity)[1]["mitigations"]
             self.assertEqual([m["batch"] for m in page], ["b_ndjson"], entity)
+        # A raw NUL is not the end of a line's JSON: the line is rejected, the next one kept
+        # (what followed the NUL used to be dropped unseen).
+        nul = json.dumps(det("nd-5", "user:nd5")) + "\0" + json.dumps(det("nd-6", "user:nd6"))
+        s, r, _ = self.q.request("POST", "/v1/detections", nul + "\n" + json.dumps(
+            det("nd-7", "user:nd7")), headers=ndjson)
+        self.assertEqual([x["status"] for x in r["results"]], ["rejected", "accepted"], r)
+        self.assertIn("NUL byte", r["results"][0]["error"]["message"])
         # The same lines again are duplicates.
         s, r, _ = self.q.request("POST", "/v1/detections", lines[0], headers=ndjson)
         self.assertEqual((s, r["results"][0]["status"]), (200, "duplicate"))

@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "core/utf8.h"
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -260,6 +262,20 @@ class AvroReader final : public RowReader {
     rapidjson::Document doc;
     doc.SetObject();
     auto& a = doc.GetAllocator();
+    // A string field's bytes: Avro promises UTF-8 but does not check it (as JSON rows are,
+    // they are checked, so that no sink stores invalid text).
+    auto text = [&](avro_value_t& v, const FieldPlan& p) -> absl::StatusOr<std::string_view> {
+      const char* s = nullptr;
+      size_t n = 0;
+      avro_value_get_string(&v, &s, &n);
+      std::string_view out(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
+      if (auto bad = core::FindInvalidUtf8(out)) {
+        text_ = std::string(out.substr(0, kMaxRejectText));
+        return absl::InvalidArgumentError(
+            absl::StrCat("field \"", p.name, "\": invalid UTF-8 at byte ", *bad + 1));
+      }
+      return out;
+    };
     for (const FieldPlan& p : plan_) {
       avro_value_t field;
       if (avro_value_get_by_index(&value_, p.index, &field, nullptr) != 0) {
@@ -276,10 +292,7 @@ class AvroReader final : public RowReader {
       switch (p.kind) {
         case Kind::kString:
         case Kind::kEvidence: {
-          const char* s = nullptr;
-          size_t n = 0;
-          avro_value_get_string(&field, &s, &n);
-          std::string_view v(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
+          QUELL_ASSIGN_OR_RETURN(std::string_view v, text(field, p));
           if (p.kind == Kind::kEvidence) {
             if (absl::Status deep = CheckJsonDepth(v, "evidence: "); !deep.ok()) {
               text_ = std::string(v.substr(0, kMaxRejectText));
@@ -318,12 +331,9 @@ class AvroReader final : public RowReader {
             doc.AddMember(
                 key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
           } else {
-            const char* s = nullptr;
-            size_t n = 0;
-            avro_value_get_string(&field, &s, &n);
+            QUELL_ASSIGN_OR_RETURN(std::string_view t, text(field, p));
             doc.AddMember(
-                key, rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a),
-                a);
+                key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
           }
           break;
         }
@@ -334,11 +344,9 @@ class AvroReader final : public RowReader {
           for (size_t i = 0; i < count; ++i) {
             avro_value_t item;
             avro_value_get_by_index(&field, i, &item, nullptr);
-            const char* s = nullptr;
-            size_t n = 0;
-            avro_value_get_string(&item, &s, &n);
-            arr.PushBack(
-                rapidjson::Value(s, static_cast<rapidjson::SizeType>(n > 0 ? n - 1 : 0), a), a);
+            QUELL_ASSIGN_OR_RETURN(std::string_view t, text(item, p));
+            arr.PushBack(rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a),
+                         a);
           }
           doc.AddMember(key, arr, a);
           break;
@@ -349,7 +357,10 @@ class AvroReader final : public RowReader {
     if (!d.ok()) {
       // The rejects file gets the record as JSON.
       rapidjson::StringBuffer buf;
-      rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+      // NaN and infinities as the words: a rejected score must not cut the record short.
+      rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::UTF8<>,
+                        rapidjson::CrtAllocator, rapidjson::kWriteNanAndInfFlag>
+          w(buf);
       doc.Accept(w);
       text_.assign(buf.GetString(), buf.GetSize());
     }
