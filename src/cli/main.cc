@@ -562,7 +562,7 @@ int Audit(const Flags& flags) {
   if (report->ok()) {
     std::printf(
         "ok: %lld changes verified, chain intact up to seq %lld (hash %s); the mitigations "
-        "table and the policy sets agree with it\n",
+        "table, the policy sets and the lists agree with it\n",
         static_cast<long long>(report->checked), static_cast<long long>(report->last_seq),
         report->last_seq > 0 ? report->last_hash.c_str() : "-");
     return kOk;

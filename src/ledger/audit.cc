@@ -1,14 +1,18 @@
 #include "ledger/audit.h"
 
 #include <algorithm>
+#include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
+#include "ledger/internal/payloads.h"
 
 namespace quell::ledger {
 namespace {
@@ -52,14 +56,77 @@ std::optional<std::string> ViewDisagreement(Store& store, const LiveBySeq& view,
   return std::nullopt;
 }
 
+// The enforcement fields of an active mitigation, as one number to compare.
+uint64_t EntryHash(std::string_view entity, std::string_view action, absl::Time expires_at) {
+  return absl::HashOf(entity, action, absl::ToUnixMicros(expires_at));
+}
+
+// The lists as their changes leave them.
+struct ListState {
+  bool is_protected = false;
+  std::string kind;
+  absl::flat_hash_set<std::string> entries;
+};
+
+// Why the list tables (entries as of one snapshot, flags as read) are not what the
+// changes make them, or nullopt.
+std::optional<std::string> ListDisagreement(
+    const std::map<std::string, ListState, std::less<>>& chain,
+    const std::map<std::string, absl::flat_hash_set<std::string>, std::less<>>& entries,
+    const std::vector<ListInfo>* flags) {
+  for (const auto& [name, state] : chain) {
+    auto it = entries.find(name);
+    for (const std::string& e : state.entries) {
+      if (it == entries.end() || !it->second.contains(e)) {
+        return absl::StrCat("the list tables disagree with the chain: the changes put ", e,
+                            " on list ", name, ", the table does not have it");
+      }
+    }
+  }
+  for (const auto& [name, set] : entries) {
+    auto it = chain.find(name);
+    for (const std::string& e : set) {
+      if (it == chain.end() || !it->second.entries.contains(e)) {
+        return absl::StrCat("the list tables disagree with the chain: list ", name, " holds ", e,
+                            ", which no change leaves on it");
+      }
+    }
+  }
+  if (flags == nullptr) return std::nullopt;
+  for (const ListInfo& l : *flags) {
+    auto it = chain.find(l.name);
+    if (it == chain.end()) {
+      return absl::StrCat("the list tables disagree with the chain: list ", l.name,
+                          " exists, no change made it");
+    }
+    if (it->second.is_protected != l.is_protected || it->second.kind != l.kind) {
+      return absl::StrCat("the list tables disagree with the chain: list ", l.name, " is ",
+                          l.is_protected ? "protected" : "not protected", " (kind \"", l.kind,
+                          "\"), the changes leave it ",
+                          it->second.is_protected ? "protected" : "not protected", " (kind \"",
+                          it->second.kind, "\")");
+    }
+  }
+  if (flags->size() != chain.size()) {
+    return absl::StrCat("the list tables disagree with the chain: ", flags->size(),
+                        " lists, the changes make ", chain.size());
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& options) {
   if (options.page_size < 1) return absl::InvalidArgumentError("page_size must be >= 1");
   AuditReport report;
-  // The live mitigations as the server loads them (its index is built from the same
-  // table), in one snapshot whose head is `view_head`: the changes up to that head must
-  // leave exactly these live, each as of its latest change.
+  auto fail = [&](int64_t seq, std::string reason) {
+    report.broken = true;
+    report.broken_seq = seq;
+    report.reason = std::move(reason);
+  };
+  // What the server serves from outside the chain, each read in one snapshot whose head
+  // is known: the changes up to that head must make exactly that. (1) The live
+  // mitigations (ScanLive, through each row's latest change): each live, as of that change.
   LiveBySeq view, chain;
   absl::StatusOr<int64_t> scanned = store.ScanLive([&](const core::Mitigation& m) {
     view[Key(m.id)] = m.seq;
@@ -70,6 +137,36 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   if (!scanned.ok() && scanned.status().code() != absl::StatusCode::kDataLoss) {
     return scanned.status();
   }
+  // (2) What the index loads: each active row's own id, entity, action and expiry columns.
+  absl::flat_hash_map<uint64_t, uint64_t> entries_view, entries_chain;
+  int64_t entries_rows = 0;
+  absl::StatusOr<int64_t> entries_scanned = store.ScanActiveEntries(
+      [](int64_t) {},
+      [&](const Store::ActiveEntry& e) {
+        ++entries_rows;
+        entries_view[Key(e.id)] = EntryHash(e.entity, e.action, e.expires_at);
+        return absl::OkStatus();
+      });
+  // A backend that reads the entries from the changes fails on an altered payload, as
+  // ScanLive does: reported after the walk, which names the change.
+  if (!entries_scanned.ok() && !absl::IsDataLoss(entries_scanned.status()) &&
+      !absl::IsInvalidArgument(entries_scanned.status())) {
+    return entries_scanned.status();
+  }
+  const int64_t entries_head =
+      entries_scanned.ok() ? *entries_scanned : std::numeric_limits<int64_t>::max();
+  // (3) The lists: entries as of one snapshot; their flags are read just after it.
+  std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> list_view;
+  QUELL_ASSIGN_OR_RETURN(const int64_t lists_head,
+                         store.ScanListEntries([&](std::string_view list, std::string_view e) {
+                           list_view[std::string(list)].emplace(e);
+                           return absl::OkStatus();
+                         }));
+  QUELL_ASSIGN_OR_RETURN(const std::vector<ListInfo> list_flags, store.Lists());
+  std::map<std::string, ListState, std::less<>> lists_chain;
+  int64_t last_list_change = 0;
+  int64_t chain_policy_version = 0;
+
   const int64_t view_head = scanned.ok() ? *scanned : std::numeric_limits<int64_t>::max();
   auto check_view = [&]() -> bool {
     int64_t seq = 0;
@@ -80,11 +177,59 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
       reason = ViewDisagreement(store, view, chain, &seq);
     }
     if (!reason) return true;
-    report.broken_seq = seq > 0 ? seq : std::max<int64_t>(report.last_seq, 1);
-    report.reason = *std::move(reason);
+    fail(seq > 0 ? seq : std::max<int64_t>(report.last_seq, 1), *std::move(reason));
     return false;
   };
-  bool view_checked = scanned.ok() && *scanned == 0 && view.empty();
+  auto check_entries = [&]() -> bool {
+    if (!entries_scanned.ok()) {
+      fail(std::max<int64_t>(report.last_seq, 1),
+           absl::StrCat("the active mitigations cannot be read: ",
+                        entries_scanned.status().message()));
+      return false;
+    }
+    for (const auto& [key, hash] : entries_view) {
+      auto it = entries_chain.find(key);
+      if (it != entries_chain.end() && it->second == hash) continue;
+      fail(std::max<int64_t>(std::min(report.last_seq, entries_head), 1),
+           it == entries_chain.end()
+               ? "the mitigations table serves an active mitigation (id, entity, action, "
+                 "expiry columns) that no change leaves active"
+               : "the mitigations table serves an active mitigation whose entity, action or "
+                 "expiry columns are not those of its latest change");
+      return false;
+    }
+    if (entries_rows != static_cast<int64_t>(entries_chain.size())) {
+      fail(std::max<int64_t>(std::min(report.last_seq, entries_head), 1),
+           absl::StrCat("the mitigations table serves ", entries_rows,
+                        " active mitigations, the changes leave ", entries_chain.size()));
+      return false;
+    }
+    return true;
+  };
+  auto check_lists = [&]() -> bool {
+    // The flags were read after the entries' snapshot: comparable only if no list change
+    // came between (a running server's), which the walk sees as a list change past it.
+    const bool flags_comparable = last_list_change <= lists_head;
+    std::optional<std::string> reason =
+        ListDisagreement(lists_chain, list_view, flags_comparable ? &list_flags : nullptr);
+    if (!reason) return true;
+    fail(std::max<int64_t>(std::min(report.last_seq, lists_head), 1), *std::move(reason));
+    return false;
+  };
+  struct Checkpoint {
+    int64_t head;
+    std::function<bool()> check;
+    bool done = false;
+  };
+  Checkpoint checkpoints[] = {
+      {view_head, check_view}, {entries_head, check_entries}, {lists_head, check_lists}};
+  // An empty ledger's snapshots are checked before the walk (which sees no change).
+  for (Checkpoint& cp : checkpoints) {
+    if (cp.head == 0) {
+      cp.done = true;
+      if (!cp.check()) return report;
+    }
+  }
 
   std::string prev_hash(kGenesisHash);
   // From the lowest seq there is: a row below 1 is not a ledger position, and would be
@@ -95,62 +240,108 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     if (page.empty()) break;
     for (const Change& c : page) {
       const int64_t expected = report.last_seq + 1;
-      auto broken = [&](std::string reason) {
-        report.broken_seq = c.seq;
-        report.reason = std::move(reason);
-      };
       if (c.seq < 1) {
-        broken(absl::StrCat("seq ", c.seq, " is not a ledger position (the chain starts at 1)"));
+        fail(c.seq,
+             absl::StrCat("seq ", c.seq, " is not a ledger position (the chain starts at 1)"));
         return report;
       }
       if (c.seq != expected) {
         // ReadChanges returns seq > after in order, so a repeat shows as seq < expected
         // only if the store is broken; a gap as seq > expected.
-        broken(c.seq > expected ? absl::StrCat("gap: expected seq ", expected)
-                                : absl::StrCat("repeat: expected seq ", expected));
+        fail(c.seq, c.seq > expected ? absl::StrCat("gap: expected seq ", expected)
+                                     : absl::StrCat("repeat: expected seq ", expected));
         return report;
       }
       if (c.prev_hash != prev_hash) {
-        broken(absl::StrCat("prev_hash does not match the hash of seq ", report.last_seq));
+        fail(c.seq, absl::StrCat("prev_hash does not match the hash of seq ", report.last_seq));
         return report;
       }
       if (ChainHash(c) != c.hash) {
-        broken("hash mismatch: the change's fields were altered");
+        fail(c.seq, "hash mismatch: the change's fields were altered");
         return report;
       }
-      if (c.kind == ChangeKind::kMitigation && c.seq <= view_head) {
+      if (c.kind == ChangeKind::kMitigation) {
         absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(c.payload);
         if (!m.ok()) {  // hashed as it is: written so, not altered since
-          broken(absl::StrCat("the payload is not a mitigation: ", m.status().message()));
+          fail(c.seq, absl::StrCat("the payload is not a mitigation: ", m.status().message()));
           return report;
         }
-        if (core::IsLive(m->state)) {
-          chain[Key(c.subject)] = c.seq;
-        } else {
-          chain.erase(Key(c.subject));
+        if (c.seq <= view_head) {
+          if (core::IsLive(m->state)) {
+            chain[Key(c.subject)] = c.seq;
+          } else {
+            chain.erase(Key(c.subject));
+          }
         }
+        if (c.seq <= entries_head) {
+          if (m->state == core::MitigationState::kActive) {
+            entries_chain[Key(m->id)] = EntryHash(m->entity.str(), m->action, m->expires_at);
+          } else {
+            entries_chain.erase(Key(m->id));
+          }
+        }
+      } else if (c.kind == ChangeKind::kList) {
+        absl::StatusOr<internal::ListChange> lc = internal::ParseListChange(c.payload);
+        if (!lc.ok()) {
+          fail(c.seq, absl::StrCat("the payload is not a list change: ", lc.status().message()));
+          return report;
+        }
+        last_list_change = c.seq;
+        if (c.seq <= lists_head) {
+          ListState& l = lists_chain[lc->list];
+          if (lc->is_protected) l.is_protected = *lc->is_protected;
+          if (lc->kind) l.kind = *lc->kind;
+          for (std::string& e : lc->add) l.entries.insert(std::move(e));
+          for (const std::string& e : lc->remove) l.entries.erase(e);
+        }
+      } else if (c.kind == ChangeKind::kPolicySet) {
+        // Policy sets are written once: the table's row must be the change's, as served.
+        absl::StatusOr<internal::PolicySetChange> ps = internal::ParsePolicySetChange(c.payload);
+        if (!ps.ok()) {
+          fail(c.seq, absl::StrCat("the payload is not a policy set: ", ps.status().message()));
+          return report;
+        }
+        QUELL_ASSIGN_OR_RETURN(std::optional<PolicySetVersion> stored,
+                               store.GetPolicySet(ps->version));
+        if (!stored || stored->seq != c.seq || stored->yaml != ps->yaml) {
+          fail(c.seq, absl::StrCat("the policy_sets table disagrees with the chain: version ",
+                                   ps->version, " is ",
+                                   !stored ? "missing"
+                                   : stored->seq != c.seq
+                                       ? absl::StrCat("recorded as published by seq ", stored->seq)
+                                       : "not the YAML this change published"));
+          return report;
+        }
+        chain_policy_version = ps->version;
       }
       prev_hash = c.hash;
       report.last_seq = c.seq;
       report.last_hash = c.hash;
       ++report.checked;
-      if (c.seq == view_head) {
-        view_checked = true;
-        if (!check_view()) return report;
+      for (Checkpoint& cp : checkpoints) {
+        if (cp.done || cp.head != c.seq) continue;
+        cp.done = true;
+        if (!cp.check()) return report;
       }
     }
     after = page.back().seq;
     if (options.progress && !options.progress(report)) return report;
   }
-  // The walk ended before the view's head (the changes after it were cut): the table
-  // still refers to them.
-  if (!view_checked && !check_view()) return report;
-  // Nor may a policy set come from a change the chain does not have.
+  // The walk ended before a snapshot's head (the changes after it were cut): the tables
+  // still refer to them.
+  for (Checkpoint& cp : checkpoints) {
+    if (!cp.done && !cp.check()) return report;
+  }
+  // The policy set served is the newest the table holds: it must be the chain's newest.
   QUELL_ASSIGN_OR_RETURN(std::optional<PolicySetVersion> latest, store.LatestPolicySet());
   if (latest && latest->seq > report.last_seq) {
-    report.broken_seq = latest->seq;
-    report.reason = absl::StrCat("policy set version ", latest->version, " was published by seq ",
-                                 latest->seq, ", beyond the chain's last change ", report.last_seq);
+    fail(latest->seq,
+         absl::StrCat("policy set version ", latest->version, " was published by seq ", latest->seq,
+                      ", beyond the chain's last change ", report.last_seq));
+  } else if ((latest ? latest->version : 0) != chain_policy_version) {
+    fail(std::max<int64_t>(report.last_seq, 1),
+         absl::StrCat("the policy_sets table serves version ", latest ? latest->version : 0,
+                      ", the chain's newest is version ", chain_policy_version));
   }
   return report;
 }

@@ -18,8 +18,9 @@ struct AuditReport {
   int64_t checked = 0;    // changes whose link verified
   int64_t last_seq = 0;   // seq of the last change that verified (0 if none)
   std::string last_hash;  // its hash: record it, and a later run that lacks it shows a cut
-  bool ok() const { return broken_seq == 0; }
-  int64_t broken_seq = 0;  // the first change that does not verify (0 if the chain is whole)
+  bool ok() const { return !broken; }
+  bool broken = false;
+  int64_t broken_seq = 0;  // the first change that does not verify (if broken; may be <= 0)
   std::string reason;      // why it does not ("hash mismatch", "gap: expected seq 7"...)
 };
 
@@ -32,14 +33,17 @@ struct AuditOptions {
 //! Walks every change in seq order and checks that seqs run 1, 2, 3... (no gap, no
 //! repeat, nothing below 1), that each prev_hash is the previous change's hash (the
 //! genesis hash for seq 1) and that each stored hash equals ChainHash of its fields. Then
-//! what is served from outside the chain: the mitigations table's live rows (which the
-//! server's index loads) must be exactly those the changes up to that snapshot's head
-//! leave live, each as of its latest change, and the latest policy set must come from a
-//! change the chain has (which also shows a cut at the chain's tail, where no link can,
-//! when the table or a policy set still refers to a change cut). Stops at the first
-//! disagreement; a progress callback that stops the walk skips the table check. A broken ledger is
-//! a normal result (report.ok() false); errors are for failed reads. Memory: two hash maps of the
-//! live mitigations.
+//! what is served from outside the chain, each table as of its snapshot's head: the
+//! mitigations table's live rows must be exactly those the changes leave live, each as of
+//! its latest change, and its active rows' own id, entity, action and expiry columns
+//! (what the server's index and the enforcement snapshot load) those of that change; the
+//! list entries those the list changes leave (and each list's protected flag and kind,
+//! unless a list change came after the entries' snapshot); every policy set row the YAML
+//! and seq of the change that published it, the newest row the chain's newest. A table
+//! still referring to a change cut from the tail shows the cut no link can. Stops at the
+//! first disagreement; a progress callback that stops the walk skips the table checks. A
+//! broken ledger is a normal result (report.ok() false); errors are for failed reads.
+//! Memory: four hash maps of the live mitigations, and the list entries.
 absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& options = {});
 
 }  // namespace quell::ledger

@@ -255,7 +255,7 @@ class ServerImportTest(unittest.TestCase):
             # The chain, and the mitigations table the index loads, agree (a running server).
             code, out, err = run_cli("audit", "verify", "--data", q.data, check=False)
             self.assertEqual(code, 0, out + err)
-            self.assertIn("the mitigations table and the policy sets agree with it", out)
+            self.assertIn("the mitigations table, the policy sets and the lists agree with it", out)
         finally:
             q.cleanup()
 
