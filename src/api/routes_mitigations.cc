@@ -297,19 +297,26 @@ void Revoke(Context& ctx, Call&& call) {
 }
 
 // The answer to "why is this entity mitigated?": verdict, what applies now (including
-// covering networks), every mitigation of it, and its timeline of ledger changes.
+// covering networks), every mitigation of it, and its timeline of ledger changes (a page
+// of them, oldest first from ?after=SEQ; timeline_next continues when there are more).
 void EntityView(Context& ctx, Call&& call) {
   auto entity = Entity::Parse(call.params[0]);
   if (!entity.ok()) return call.Fail(ApiError::Field("path.entity", Message(entity.status())));
-  ctx.OffLoop(std::move(call), [&ctx, entity = *std::move(entity)](Call& call) {
+  if (auto e = OnlyParams(call.req, {"after"})) return call.Fail(*e);
+  int64_t after = 0;
+  if (auto e = QueryInt(call.req, "after", 0, INT64_MAX, &after)) return call.Fail(*e);
+  ctx.OffLoop(std::move(call), [&ctx, after, entity = *std::move(entity)](Call& call) {
     ledger::Store& store = ctx.deps.ledger->store();
     ledger::MitigationQuery q;
     q.entity = entity;
     q.limit = ctx.options.max_page;
     auto page = store.ListMitigations(q);
     if (!page.ok()) return call.Fail(ApiError::FromStatus(page.status()));
-    auto changes = store.ReadEntityChanges(entity, ctx.options.max_page);
+    // One more than a page: whether another follows.
+    auto changes = store.ReadEntityChanges(entity, ctx.options.max_page + 1, after);
     if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
+    const bool more = static_cast<int>(changes->size()) > ctx.options.max_page;
+    if (more) changes->pop_back();
 
     index::Hits hits;
     ctx.deps.index->Lookup(entity, ctx.deps.clock->Now(), &hits);
@@ -342,7 +349,13 @@ void EntityView(Context& ctx, Call&& call) {
       }
       body += "}";
     }
-    body += "],\"lists\":[";
+    body += "]";
+    if (more) absl::StrAppend(&body, ",\"timeline_next\":", changes->back().seq);
+    if (!page->next_cursor.empty()) {
+      body += ",\"mitigations_next_cursor\":";  // GET /v1/mitigations?entity=E&cursor=...
+      core::AppendJsonString(page->next_cursor, &body);
+    }
+    body += ",\"lists\":[";
     if (ctx.safeguards != nullptr && ctx.policies != nullptr) {
       auto set = ctx.policies->Current();
       std::set<std::string> protected_lists;
@@ -390,7 +403,8 @@ void AddMitigationRoutes(Router& router, Context& ctx) {
   router.Add("GET", "/v1/mitigations/{id}", Access::Bearer(Permission::kRead), bind(GetMitigation));
   router.Add("POST", "/v1/mitigations/{id}/revoke", Access::Bearer(Permission::kMitigate),
              bind(Revoke));
-  router.Add("GET", "/v1/entities/{entity*}", Access::Bearer(Permission::kRead), bind(EntityView));
+  router.Add("GET", "/v1/entities/{entity*}", Access::Bearer(Permission::kRead), bind(EntityView),
+             Router::Query::kHandler);
 }
 
 }  // namespace quell::api::internal

@@ -103,8 +103,9 @@ class FaultyStore final : public Store {
   absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) override {
     return inner_->ReadChanges(after, limit);
   }
-  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& e, int limit) override {
-    return inner_->ReadEntityChanges(e, limit);
+  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& e, int limit,
+                                                        int64_t after) override {
+    return inner_->ReadEntityChanges(e, limit, after);
   }
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
     return inner_->GetMitigation(id);

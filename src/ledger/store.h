@@ -321,9 +321,10 @@ class Store {
     }
     return out;
   }
-  //! Changes about `entity`, oldest first, at most `limit`.
+  //! Changes about `entity` with seq > `after`, oldest first, at most `limit` (page on
+  //! with the last one's seq; ForEachEntityChange reads them all).
   virtual absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
-                                                                int limit) = 0;
+                                                                int limit, int64_t after = 0) = 0;
   virtual absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) = 0;
   //! Newest first by id; every set filter must match; `cursor` continues after that id.
   virtual absl::StatusOr<MitigationPage> ListMitigations(const MitigationQuery& query) = 0;

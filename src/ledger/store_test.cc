@@ -254,6 +254,10 @@ TEST_P(StoreTest, MitigationUpsertThroughAppend) {
   ASSERT_THAT(*timeline, SizeIs(2));
   EXPECT_EQ((*timeline)[0].hash, first.hash);
   EXPECT_EQ((*timeline)[1].payload, core::MitigationToJson(revoked));
+  auto rest = store_->ReadEntityChanges(E("user:u1"), 10, (*timeline)[0].seq);  // paging on
+  ASSERT_OK(rest);
+  ASSERT_THAT(*rest, SizeIs(1));
+  EXPECT_EQ((*rest)[0].seq, (*timeline)[1].seq);
   auto other = store_->ReadEntityChanges(E("user:u2"), 10);
   ASSERT_OK(other);
   EXPECT_THAT(*other, IsEmpty());

@@ -5,6 +5,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
 #include "workflow/mitigations.h"
@@ -105,18 +106,17 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
   QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, store.GetMitigation(*mid));
   if (!m) return std::optional<Appeal>();
   *mitigation_seq = m->seq;
-  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
-                         store.ReadEntityChanges(m->entity, 10000));
-  std::optional<Appeal> out;
-  for (const ledger::Change& c : changes) {
-    if (c.kind != ledger::ChangeKind::kReview || c.subject != appeal_id) continue;
+  std::optional<Appeal> out;  // its latest record, however long the entity's timeline
+  QUELL_RETURN_IF_ERROR(ledger::ForEachEntityChange(store, m->entity, [&](const ledger::Change& c) {
+    if (c.kind != ledger::ChangeKind::kReview || c.subject != appeal_id) return true;
     absl::StatusOr<Appeal> a = AppealFromPayload(c.payload, c.at);
-    if (!a.ok()) continue;
+    if (!a.ok()) return true;
     a->id = std::string(appeal_id);
     a->mitigation_id = *mid;
     a->entity = m->entity.str();
     out = *std::move(a);
-  }
+    return true;
+  }));
   return out;
 }
 

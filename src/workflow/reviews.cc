@@ -5,6 +5,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/journal.h"
 #include "safeguards/approval.h"
 #include "workflow/mitigations.h"
 
@@ -14,13 +15,14 @@ constexpr std::string_view kPartial = "approved 1 of 2 by ";
 }  // namespace
 
 absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mitigation& m) {
-  QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> changes,
-                         store.ReadEntityChanges(m.entity, 10000));
-  for (const ledger::Change& c : changes) {
-    if (c.kind == ledger::ChangeKind::kMitigation && c.subject == m.id) {
-      return ReviewFacts{c.actor, m.seq};
-    }
-  }
+  // The mitigation's first change (who asked), however long the entity's timeline.
+  std::optional<ReviewFacts> facts;
+  QUELL_RETURN_IF_ERROR(ledger::ForEachEntityChange(store, m.entity, [&](const ledger::Change& c) {
+    if (c.kind != ledger::ChangeKind::kMitigation || c.subject != m.id) return true;
+    facts = ReviewFacts{c.actor, m.seq};
+    return false;
+  }));
+  if (facts) return *facts;
   return absl::NotFoundError(absl::StrCat("no history for mitigation ", m.id));
 }
 

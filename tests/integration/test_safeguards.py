@@ -251,6 +251,32 @@ class SafeguardsTest(Base):
         self.assertEqual(s, 200)
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-stack")[1]["verdict"], "allow")
 
+    def test_a_long_timeline_pages_and_stays_reviewable(self):
+        # 10,001 changes on one entity (one block, extended by every hit). The entity view
+        # used to show the first 1,000 changes with no sign of more, and a review (or an
+        # appeal) of a mitigation made after the first 10,000 failed: "no history".
+        entity = "user:long-history"
+        for b in range(10):
+            res = self.submit(*[det("lh-%d-%d" % (b, i), entity) for i in range(1000)])
+            self.assertEqual({r["status"] for r in res}, {"accepted"})
+        s, view, _ = self.q.request("GET", "/v1/entities/" + entity)
+        self.assertEqual(s, 200, view)
+        self.assertEqual(len(view["timeline"]), 1000)
+        seqs = [c["seq"] for c in view["timeline"]]
+        self.assertEqual(view["timeline_next"], seqs[-1])
+        s, rest, _ = self.q.request("GET", "/v1/entities/%s?after=%d" % (entity, seqs[-1]))
+        self.assertEqual(s, 200, rest)
+        self.assertGreater(rest["timeline"][0]["seq"], seqs[-1])
+        self.assertEqual(self.q.request("GET", "/v1/entities/%s?after=x" % entity)[0], 400)
+        # A decision held for approval now, reviewed by two people.
+        self.protect(entity)
+        d = self.submit(det("lh-takeover", entity, type="takeover"))[0]["decisions"][0]
+        self.assertEqual((d["action"], d["state"]), ("suspend", "pending_approval"))
+        s, r, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 200, r)
+        s, r, _ = self.review(d["mitigation_id"], True, self.r2)
+        self.assertEqual((s, r["mitigation"]["state"]), (200, "active"), r)
+
     def test_concurrent_appeals_file_one(self):
         # Six filings at once used to give five 201s (the one-appeal check ran outside the
         # transaction): the last filer's name won, and an earlier filer could then decide

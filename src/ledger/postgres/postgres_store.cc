@@ -750,14 +750,14 @@ class PgStore final : public Store {
       return CollectChanges(r);
     });
   }
-  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
-                                                        int limit) override {
+  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity, int limit,
+                                                        int64_t after) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));
     return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<Change>> {
-      QUELL_ASSIGN_OR_RETURN(Result r,
-                             db.Query("SELECT " QUELL_CHANGE_COLUMNS
-                                      " FROM changes WHERE entity = $1 ORDER BY seq LIMIT $2",
-                                      {P(entity.str()), P(int64_t{limit})}));
+      QUELL_ASSIGN_OR_RETURN(
+          Result r, db.Query("SELECT " QUELL_CHANGE_COLUMNS
+                             " FROM changes WHERE entity = $1 AND seq > $3 ORDER BY seq LIMIT $2",
+                             {P(entity.str()), P(int64_t{limit}), P(after)}));
       return CollectChanges(r);
     });
   }

@@ -776,8 +776,8 @@ class SqliteStore final : public Store {
   absl::StatusOr<std::vector<Change>> ReadChanges(int64_t after, int limit) override;
   absl::StatusOr<std::vector<Change>> ReadChangesOfKind(ChangeKind kind, int64_t after,
                                                         int limit) override;
-  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity,
-                                                        int limit) override;
+  absl::StatusOr<std::vector<Change>> ReadEntityChanges(const core::Entity& entity, int limit,
+                                                        int64_t after) override;
   absl::StatusOr<std::optional<core::Mitigation>> GetMitigation(std::string_view id) override {
     return WithRead([&](Db& db) { return QueryMitigation(db, id); });
   }
@@ -1668,15 +1668,16 @@ absl::StatusOr<std::vector<Change>> SqliteStore::ReadChangesOfKind(ChangeKind ki
 }
 
 absl::StatusOr<std::vector<Change>> SqliteStore::ReadEntityChanges(const core::Entity& entity,
-                                                                   int limit) {
+                                                                   int limit, int64_t after) {
   QUELL_RETURN_IF_ERROR(CheckLimit(limit));
   return WithRead([&](Db& db) -> absl::StatusOr<std::vector<Change>> {
     QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT " QUELL_CHANGE_COLUMNS
-                                                " FROM changes WHERE entity = ?1 ORDER BY seq "
-                                                "LIMIT ?2"));
+                                                " FROM changes WHERE entity = ?1 AND seq > ?3 "
+                                                "ORDER BY seq LIMIT ?2"));
     StmtUse use(s);
     use->BindTextStatic(1, entity.str());
     use->BindInt(2, limit);
+    use->BindInt(3, after);
     return CollectChanges(*use);
   });
 }
