@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <functional>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -278,10 +279,16 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
   QUELL_ASSIGN_OR_RETURN(std::string text, core::ReadFile(path));
   try {
     YAML::Node root = YAML::Load(text);
+    if (root.IsNull()) return c;  // empty, or comments only: every key is optional
     if (!root.IsMap())
       return absl::InvalidArgumentError(absl::StrCat(path, ": must be a YAML mapping"));
+    std::set<std::string> seen;
     for (auto it = root.begin(); it != root.end(); ++it) {
       std::string key = it->first.as<std::string>();
+      if (!seen.insert(key).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", key, " is given twice (which one was meant?)"));
+      }
       const YAML::Node v = it->second;  // a copy: it->second is a member of a temporary proxy
       if (key == "listen") {
         c.listen = v.as<std::string>();
@@ -291,6 +298,10 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         c.data = v.as<std::string>();
       } else if (key == "threads") {
         c.threads = v.as<int>();
+        if (c.threads < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": threads must be a non-negative integer"));
+        }
       } else if (key == "log_level") {
         c.log_level = v.as<std::string>();
       } else if (key == "store") {

@@ -82,6 +82,18 @@ TEST(ConfigTest, ErrorsNameTheKey) {
         << plain.status();
   }
   EXPECT_TRUE(LoadConfigFile(WriteTemp("metrics:\ndetections:\n"), defaults).ok());
+  // Every key is optional: a file of comments only is the defaults.
+  auto comments = LoadConfigFile(WriteTemp("# nothing to change yet\n"), defaults);
+  ASSERT_TRUE(comments.ok()) << comments.status();
+  EXPECT_EQ(comments->listen, defaults.listen);
+  // A key given twice is a mistake to point at, not one to resolve silently.
+  auto twice = LoadConfigFile(WriteTemp("log_level: debug\nlog_level: warn\n"), defaults);
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("log_level is given twice"), absl::string_view::npos)
+      << twice.status();
+  auto threads = LoadConfigFile(WriteTemp("threads: -3\n"), defaults);
+  ASSERT_FALSE(threads.ok());
+  EXPECT_NE(threads.status().message().find("threads must be"), absl::string_view::npos);
   // A directory is an error, not an exception out of yaml-cpp's file reading (which
   // aborted every command given `--config DIR`).
   auto dir = LoadConfigFile(testing::TempDir(), defaults);

@@ -183,23 +183,27 @@ absl::Status ProbeListen(const std::string& host, int port) {
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   const std::string service = std::to_string(port);
-  if (::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found) != 0) {
-    return absl::OkStatus();
+  if (int rc =
+          ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found);
+      rc != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", host, ":", port, ": ", ::gai_strerror(rc)));
   }
-  absl::Status st;
+  // Any failure to bind (in use, not permitted, not an address of this machine) stops
+  // the start before anything is written.
   const int fd = ::socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+  bool bound = false;
   if (fd >= 0) {
     const int one = 1;
     (void)::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // as the server does
-    if (::bind(fd, found->ai_addr, found->ai_addrlen) != 0 &&
-        (errno == EADDRINUSE || errno == EACCES)) {
-      st = absl::FailedPreconditionError(
-          absl::StrCat("cannot listen on ", host, ":", port, ": ", std::strerror(errno)));
-    }
-    ::close(fd);
+    bound = ::bind(fd, found->ai_addr, found->ai_addrlen) == 0;
   }
+  const int err = errno;
+  if (fd >= 0) ::close(fd);
   ::freeaddrinfo(found);
-  return st;
+  if (bound) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot listen on ", host, ":", port, ": ", std::strerror(err)));
 }
 
 // First start with `policies: FILE` configured and nothing published yet: the file

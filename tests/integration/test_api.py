@@ -526,6 +526,14 @@ class LifecycleTest(unittest.TestCase):
             self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
             self.assertNotIn("admin key", out)
             self.assertFalse(os.path.exists(data))
+            # Nor on an address this machine does not have, or a name that does not resolve
+            # (only "in use" and "not permitted" used to stop the start).
+            for listen in ("192.0.2.1:%d" % port, "nohost.invalid:%d" % port):
+                code, out, err = run_cli("serve", "--dev", "--data", data, "--listen", listen,
+                                         check=False)
+                self.assertEqual(code, 1, err)
+                self.assertIn("cannot listen on", err)
+                self.assertFalse(os.path.exists(data), listen)
 
 
 if __name__ == "__main__":
