@@ -96,6 +96,7 @@ http::Response ToResponse(const ApiError& e) {
   http::Response r;
   r.status = e.status;
   r.body = ErrorJson(e);
+  if (!e.allow.empty()) r.headers.emplace_back("Allow", e.allow);
   if (e.retry_after_seconds > 0) {
     r.headers.emplace_back("Retry-After", std::to_string(e.retry_after_seconds));
   }

@@ -27,6 +27,7 @@ struct ApiError {
   std::string message;  // for people
   std::vector<FieldError> details;
   int retry_after_seconds = 0;  // > 0: sent as Retry-After (429/503)
+  std::string allow;            // non-empty: sent as Allow (405: the methods the path takes)
 
   static ApiError InvalidArgument(std::string message, std::vector<FieldError> details = {});
   static ApiError Field(std::string field, std::string message);

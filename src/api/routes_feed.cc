@@ -211,7 +211,7 @@ void AddFeedRoutes(Router& router, Context& ctx) {
         if (auto e = OnlyParams(call.req, {"view"})) return call.Fail(*e);
         const std::string_view view = call.req.QueryParam("view").value_or("");
         if (!view.empty() && view != "full" && view != "enforcement") {
-          return call.Fail(ApiError::Field("view", "must be full or enforcement"));
+          return call.Fail(ApiError::Field("query.view", "must be full or enforcement"));
         }
         auto stream = SnapshotStream::Start(ctx, view == "enforcement");
         if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));

@@ -241,7 +241,7 @@ metrics: {enabled: false}
 TEST(FlagsTest, ParsesFormsAndRejectsUnknown) {
   auto f =
       Flags::Parse({"keys", "create", "--role", "detector", "--source=a", "--source", "b", "--dev"},
-                   {"role", "source"}, {"dev"});
+                   {"role", "source"}, {"dev"}, {"source"});
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(f->positional(), (std::vector<std::string>{"keys", "create"}));
   EXPECT_EQ(*f->Get("role"), "detector");
@@ -250,6 +250,10 @@ TEST(FlagsTest, ParsesFormsAndRejectsUnknown) {
   EXPECT_FALSE(Flags::Parse({"--nope"}, {}, {}).ok());
   EXPECT_FALSE(Flags::Parse({"--role"}, {"role"}, {}).ok());
   EXPECT_FALSE(Flags::Parse({"--dev=1"}, {}, {"dev"}).ok());
+  // A value flag twice: which one was meant? (The last one used to win silently.)
+  auto twice = Flags::Parse({"--role", "admin", "--role=viewer"}, {"role"}, {});
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("--role is given twice"), absl::string_view::npos);
 }
 
 }  // namespace

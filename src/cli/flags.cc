@@ -6,7 +6,8 @@ namespace quell::cli {
 
 absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
                                    const std::set<std::string>& with_value,
-                                   const std::set<std::string>& booleans) {
+                                   const std::set<std::string>& booleans,
+                                   const std::set<std::string>& repeatable) {
   Flags f;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -29,6 +30,9 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
           return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
         value = args[++i];
       }
+      if (f.values_.count(name) > 0 && repeatable.count(name) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " is given twice"));
+      }
       f.values_.emplace(name, *value);
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -40,7 +44,7 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
 std::optional<std::string> Flags::Get(const std::string& name) const {
   auto range = values_.equal_range(name);
   if (range.first == range.second) return std::nullopt;
-  return std::prev(range.second)->second;  // the last one wins
+  return std::prev(range.second)->second;  // the only one (Parse refuses repeats)
 }
 
 std::vector<std::string> Flags::All(const std::string& name) const {

@@ -1,5 +1,6 @@
 // A small command-line parser: `--name value`, `--name=value`, boolean `--name`,
-// repeatable flags, positional arguments. Unknown flags are errors (exit status 2).
+// repeatable flags, positional arguments. Unknown flags are errors (exit status 2), and so
+// is a value flag given twice unless it is repeatable (which of the two was meant?).
 //
 // Thread-safety: confined to main.
 #ifndef QUELL_CLI_FLAGS_H_
@@ -17,10 +18,12 @@ namespace quell::cli {
 
 class Flags {
  public:
-  // `with_value`: flags that take a value; `booleans`: flags that do not.
+  // `with_value`: flags that take a value; `booleans`: flags that do not; `repeatable`:
+  // value flags that may be given more than once (read with All()).
   static absl::StatusOr<Flags> Parse(const std::vector<std::string>& args,
                                      const std::set<std::string>& with_value,
-                                     const std::set<std::string>& booleans);
+                                     const std::set<std::string>& booleans,
+                                     const std::set<std::string>& repeatable = {});
 
   std::optional<std::string> Get(const std::string& name) const;
   std::vector<std::string> All(const std::string& name) const;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -80,6 +81,9 @@ int ImportCommand(const std::vector<std::string>& args) {
   importer::ImportOptions o;
   o.files = flags->positional();
   if (o.files.empty()) return Usage("no input: name one or more files, or - for standard input");
+  if (std::count(o.files.begin(), o.files.end(), "-") > 1) {
+    return Usage("- (standard input) can be read only once");
+  }
   if (auto v = flags->Get("format")) {
     auto f = importer::ParseFormat(*v);
     if (!f.ok()) return Usage(std::string(f.status().message()));

@@ -530,6 +530,11 @@ int Keys(const Flags& flags) {
     return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
   }
   if (auto usage = NoArguments(flags, verb == "list" ? 2 : 3)) return *usage;
+  for (const char* only_create : {"role", "source", "name"}) {
+    if (flags.Has(only_create)) {
+      return Usage(absl::StrCat("keys ", verb, ": --", only_create, " is for keys create"));
+    }
+  }
   if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID");
   if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config);
@@ -597,6 +602,7 @@ int Main(int argc, char** argv) {
     return kOk;
   }
   if (cmd == "version" || cmd == "--version") {
+    if (args.size() > 1) return Usage(absl::StrCat(cmd, ": unexpected argument \"", args[1], "\""));
     std::cout << "quell " << QUELL_VERSION << "\n";
     return kOk;
   }
@@ -609,19 +615,22 @@ int Main(int argc, char** argv) {
   struct Command {
     std::set<std::string> with_value, booleans;
     int (*run)(const Flags&);
+    std::set<std::string> repeatable = {};
   };
   static const std::map<std::string, Command> kCommands = {
       {"serve",
        {{"data", "postgres", "listen", "grpc-listen", "redis", "config", "threads"},
         {"dev", "help"},
         &Serve}},
-      {"keys", {{"data", "postgres", "config", "role", "source", "name"}, {"help"}, &Keys}},
+      {"keys",
+       {{"data", "postgres", "config", "role", "source", "name"}, {"help"}, &Keys, {"source"}}},
       {"audit", {{"data", "postgres", "config"}, {"help"}, &Audit}},
       {"migrate", {{"data", "postgres", "config"}, {"help"}, &Migrate}},
   };
   auto command = kCommands.find(cmd);
   if (command == kCommands.end()) return Usage(absl::StrCat("unknown command \"", cmd, "\""));
-  auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans);
+  auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans,
+                            command->second.repeatable);
   if (!flags.ok()) return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
   if (auto v = flags->Get("postgres")) {
     postgres_url = *v;

@@ -311,6 +311,9 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:a&entity=user:b")[0], 200)
         self.assertError(self.q.request("GET", "/v1/nope"), 404)
         self.assertError(self.q.request("DELETE", "/v1/check"), 405)
+        # A 405 says which methods the path takes (RFC 9110).
+        self.assertEqual(self.q.request("DELETE", "/v1/check")[2].get("allow"), "GET, HEAD, POST")
+        self.assertError(self.q.request("GET", "/v1/snapshot?view=bogus"), 400, "query.view")
         # Oversized body: 413 from the server's limit (8 MiB by default).
         # The server answers as soon as it reads Content-Length, before the body, so the
         # client must read the reply instead of insisting on sending 9 MiB.
@@ -487,6 +490,17 @@ class LifecycleTest(unittest.TestCase):
                                    check=False)
             self.assertEqual(code, 2, err)
             self.assertIn("migrate: unknown flag --listen", err)
+            self.assertFalse(os.path.exists(typo))
+            # Stray arguments, a flag given twice, a flag of another verb, stdin twice:
+            # usage errors, each (they ran, or the last value silently won).
+            for args, says in ((["version", "extra"], 'unexpected argument "extra"'),
+                               (["keys", "create", "--role", "admin", "--role", "viewer"],
+                                "--role is given twice"),
+                               (["keys", "list", "--role", "admin"], "--role is for keys create"),
+                               (["import", "-", "-"], "can be read only once")):
+                code, _, err = run_cli(*args, "--data", typo, check=False)
+                self.assertEqual(code, 2, (args, err))
+                self.assertIn(says, err)
             self.assertFalse(os.path.exists(typo))
             # Reading commands on a directory without a ledger: an error, no empty ledger
             # created (audit verify used to answer "ok: 0 changes verified").

@@ -339,22 +339,23 @@ obs::Logger* Router::access_logger() const {
 void Router::Dispatch(http::Request req, http::Responder respond) {
   std::vector<std::string> params;
   Route* found = nullptr;
-  bool path_known = false;
+  std::string allow;  // the methods the path takes, for a 405 (RFC 9110: Allow)
   for (auto& r : routes_) {
     if (!Match(r->segments, req.path, &params)) continue;
-    path_known = true;
     if (r->method == req.method || (r->method == "GET" && req.method == "HEAD")) {
       found = r.get();
       break;
     }
+    absl::StrAppend(&allow, allow.empty() ? "" : ", ", r->method,
+                    r->method == "GET" ? ", HEAD" : "");
   }
   if (found == nullptr) {
     Call call(std::move(req), std::move(respond), nullptr, access_logger());
-    if (path_known) {
-      return call.Fail(ApiError{405,
-                                "method_not_allowed",
-                                absl::StrCat(call.req.method, " is not allowed on ", call.req.path),
-                                {}});
+    if (!allow.empty()) {
+      ApiError e{405, "method_not_allowed",
+                 absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}};
+      e.allow = std::move(allow);
+      return call.Fail(e);
     }
     return call.Fail(ApiError::NotFound(absl::StrCat("no route ", call.req.path)));
   }
