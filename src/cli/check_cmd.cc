@@ -7,7 +7,7 @@
 #include "cli/flags.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
-#include "importer/internal/http_client.h"
+#include "http_client/http_client.h"
 #include "rapidjson/document.h"
 
 namespace quell::cli {
@@ -65,7 +65,7 @@ int CheckCommand(const std::vector<std::string>& args) {
   if (const char* env = std::getenv("QUELL_KEY")) key = env;
   if (auto v = flags->Get("key")) key = *v;
   if (key.empty()) return Usage("--key KEY (or QUELL_KEY) is needed");
-  auto url = importer::internal::ParseUrl(server);
+  auto url = http_client::ParseUrl(server);
   if (!url.ok()) return Usage(absl::StrCat("--server: ", url.status().message()));
 
   std::string body = "{\"entities\":[";
@@ -79,7 +79,7 @@ int CheckCommand(const std::vector<std::string>& args) {
     core::AppendJsonString(*s, &body);
   }
   body += "}";
-  importer::internal::HttpConnection conn(*url);
+  http_client::HttpConnection conn(*url);
   auto reply = conn.Request(
       "POST", "/v1/check",
       {{"Authorization", absl::StrCat("Bearer ", key)}, {"Content-Type", "application/json"}},

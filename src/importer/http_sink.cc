@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/strings.h"
-#include "importer/internal/http_client.h"
+#include "http_client/http_client.h"
 #include "importer/reader.h"
 #include "importer/sink.h"
 #include "rapidjson/document.h"
@@ -21,8 +21,8 @@
 namespace quell::importer {
 namespace {
 
-using internal::HttpConnection;
-using internal::HttpResponse;
+using http_client::HttpConnection;
+using http_client::HttpResponse;
 
 struct Job {
   std::vector<std::string> rows;
@@ -111,12 +111,12 @@ std::string ReplyError(const HttpResponse& r) {
 
 class HttpSink final : public Sink {
  public:
-  HttpSink(const HttpSinkOptions& options, internal::Url url)
+  HttpSink(const HttpSinkOptions& options, http_client::Url url)
       : options_(options),
         url_(std::move(url)),
         target_(options.batch.empty() ? std::string("/v1/detections")
                                       : absl::StrCat("/v1/detections?batch=",
-                                                     internal::PercentEncode(options.batch))) {}
+                                                     http_client::PercentEncode(options.batch))) {}
 
   ~HttpSink() override {
     {
@@ -264,7 +264,7 @@ class HttpSink final : public Sink {
   }
 
   HttpSinkOptions options_;
-  internal::Url url_;
+  http_client::Url url_;
   std::string target_;  // POST /v1/detections[?batch=]
   std::mutex mu_;
   std::condition_variable cv_;
@@ -276,7 +276,7 @@ class HttpSink final : public Sink {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Sink>> OpenHttpSink(const HttpSinkOptions& options) {
-  auto url = internal::ParseUrl(options.url);
+  auto url = http_client::ParseUrl(options.url);
   if (!url.ok()) return url.status();
   auto sink = std::make_unique<HttpSink>(options, *url);
   if (auto s = sink->Start(); !s.ok()) return s;

@@ -1,10 +1,11 @@
-// A small blocking HTTP/1.1 client on POSIX sockets: one keep-alive connection, POST
-// with a Content-Length body, responses with Content-Length or chunked bodies. Enough
-// for streaming import batches to a Quell server; no TLS (use a local proxy).
+// A small blocking HTTP/1.1 client on POSIX sockets: one keep-alive connection, requests
+// with a Content-Length body, responses with Content-Length or chunked bodies. For the
+// CLI's commands that talk to a Quell server (`quell import --server` streams its batches
+// through it, `quell check` asks for verdicts); no TLS (use a local proxy).
 //
 // Thread-safety: one connection per thread; not thread-safe.
-#ifndef QUELL_IMPORTER_INTERNAL_HTTP_CLIENT_H_
-#define QUELL_IMPORTER_INTERNAL_HTTP_CLIENT_H_
+#ifndef QUELL_HTTP_CLIENT_HTTP_CLIENT_H_
+#define QUELL_HTTP_CLIENT_HTTP_CLIENT_H_
 
 #include <string>
 #include <string_view>
@@ -12,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace quell::importer::internal {
+namespace quell::http_client {
 
 struct Url {
   std::string host;
@@ -55,6 +56,6 @@ class HttpConnection {
   std::string in_;  // bytes read and not yet consumed
 };
 
-}  // namespace quell::importer::internal
+}  // namespace quell::http_client
 
-#endif  // QUELL_IMPORTER_INTERNAL_HTTP_CLIENT_H_
+#endif  // QUELL_HTTP_CLIENT_HTTP_CLIENT_H_

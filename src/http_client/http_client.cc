@@ -1,4 +1,4 @@
-#include "importer/internal/http_client.h"
+#include "http_client/http_client.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
 
-namespace quell::importer::internal {
+namespace quell::http_client {
 
 std::string PercentEncode(std::string_view s) {
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -223,4 +223,4 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
   return r;
 }
 
-}  // namespace quell::importer::internal
+}  // namespace quell::http_client
