@@ -121,6 +121,14 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
     }
     out->append("],");
   }
+  if (!m.approvals.empty()) {  // only once a reviewer approved it
+    out->append("\"approvals\":[");
+    for (size_t i = 0; i < m.approvals.size(); ++i) {
+      if (i) out->push_back(',');
+      AppendJsonString(m.approvals[i], out);
+    }
+    out->append("],");
+  }
   field("state_reason", m.state_reason);
   absl::StrAppend(out, "\"seq\":", m.seq, "}");
 }
@@ -166,18 +174,19 @@ enum Field : uint8_t {
   kActor,
   kBatch,
   kDetections,
-  kDetectionPolicies,  // the one optional field
+  kDetectionPolicies,  // optional
+  kApprovals,          // optional
   kStateReason,
   kSeq,
   kFieldCount,
   kUnknown = kFieldCount,
 };
 constexpr std::string_view kFieldNames[kFieldCount] = {
-    "id",           "entity",     "action",     "state",
-    "created_at",   "updated_at", "starts_at",  "expires_at",
-    "reason",       "source",     "policy",     "policy_version",
-    "actor",        "batch",      "detections", "detection_policies",
-    "state_reason", "seq"};
+    "id",         "entity",       "action",     "state",
+    "created_at", "updated_at",   "starts_at",  "expires_at",
+    "reason",     "source",       "policy",     "policy_version",
+    "actor",      "batch",        "detections", "detection_policies",
+    "approvals",  "state_reason", "seq"};
 
 // Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
 // read for every decision on an entity that has some, and building a DOM first, then
@@ -194,6 +203,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (depth_ == 1 && field_ == kDetections) array_ = &m_->detections;
     if (depth_ == 1 && field_ == kDetectionPolicies) array_ = &m_->detection_policies;
+    if (depth_ == 1 && field_ == kApprovals) array_ = &m_->approvals;
     in_detections_ = array_ != nullptr;
     return Open();
   }
@@ -275,6 +285,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       case kPolicyVersion:
       case kSeq:
       case kDetectionPolicies:
+      case kApprovals:
         return Fail(WrongType(field_));
       default:
         return true;
@@ -302,7 +313,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (!error_.ok()) return error_;
     if (!parsed) return absl::InvalidArgumentError("mitigation: malformed JSON");
     for (uint8_t f = 0; f < kFieldCount; ++f) {
-      if ((seen_ >> f & 1) == 0 && f != kDetectionPolicies) return WrongType(static_cast<Field>(f));
+      const bool optional = f == kDetectionPolicies || f == kApprovals;
+      if ((seen_ >> f & 1) == 0 && !optional) return WrongType(static_cast<Field>(f));
     }
     if (!m_->detection_policies.empty() && m_->detection_policies.size() != m_->detections.size()) {
       return absl::InvalidArgumentError(
@@ -314,8 +326,9 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
  private:
   bool in_detections_field() const { return field_ == kDetections; }
   static absl::Status WrongType(Field f) {
-    if (f == kDetectionPolicies) {
-      return absl::InvalidArgumentError("mitigation: detection_policies must be strings");
+    if (f == kDetectionPolicies || f == kApprovals) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mitigation: ", AV(kFieldNames[f]), " must be strings"));
     }
     if (f == kPolicyVersion || f == kSeq || f == kDetections) {
       return absl::InvalidArgumentError("mitigation: missing policy_version, seq or detections");
@@ -371,8 +384,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   Mitigation* m_;
   int depth_ = 0;
   bool root_open_ = false;
-  bool in_detections_ = false;                 // inside detections or detection_policies
-  std::vector<std::string>* array_ = nullptr;  // which of the two
+  bool in_detections_ = false;                 // inside a field that is an array of strings
+  std::vector<std::string>* array_ = nullptr;  // which one
   Field field_ = kUnknown;
   Field next_ = kId;
   uint32_t seen_ = 0;

@@ -55,6 +55,9 @@ struct Mitigation {
   // `policy`'s (another policy's hit extended this mitigation); empty: all are `policy`'s.
   // Escalation counts a policy's hits by it. Use DetectionPolicy() and AddDetections().
   std::vector<std::string> detection_policies;
+  // Reviewers who approved it (key ids, in order): the two-person rule's record while it
+  // is pending (a critical action's first approval), every approver once approved.
+  std::vector<std::string> approvals;
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it
 

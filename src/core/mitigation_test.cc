@@ -120,6 +120,7 @@ TEST(MitigationTest, DetectionPoliciesAppearWhenAnotherPolicyHits) {
   AddDetections(m, {"d4", "d5"}, "q");
   EXPECT_EQ(m.detection_policies, (std::vector<std::string>{"p", "p", "p", "q", "q"}));
   AddDetections(m, {"d6"}, "p");
+  m.approvals = {"k_a", "k_b"};  // the other optional array
   EXPECT_EQ(DetectionPolicy(m, 4), "q");
   EXPECT_EQ(DetectionPolicy(m, 5), "p");
   auto back = MitigationFromJson(MitigationToJson(m));

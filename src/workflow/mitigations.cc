@@ -48,11 +48,13 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     bool later = expires > existing.expires_at;
     if (later) existing.expires_at = expires;
     core::AddDetections(existing, req.detections, req.policy);
-    existing.state_reason =
-        KeepingApproval(existing, absl::StrCat(later                    ? "extended: "
-                                               : req.detections.empty() ? "confirmed: "
-                                                                        : "hit again: ",
-                                               req.reason));
+    // A partial approval is kept as data (approvals), whatever the new state_reason says;
+    // a legacy record's, written only in its state_reason, becomes data before that goes.
+    if (existing.approvals.empty()) existing.approvals = PriorApprovers(existing);
+    existing.state_reason = absl::StrCat(later                    ? "extended: "
+                                         : req.detections.empty() ? "confirmed: "
+                                                                  : "hit again: ",
+                                         req.reason);
     QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, existing, req.actor, now));
     out.json = std::move(c.payload);
     out.mitigation = std::move(existing);

@@ -7,6 +7,7 @@
 #include "ledger/audit.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "workflow/expiry.h"
+#include "workflow/reviews.h"
 
 namespace quell::workflow {
 namespace {
@@ -78,6 +79,38 @@ TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
   ASSERT_TRUE(other.ok());
   EXPECT_TRUE(other->created);
   EXPECT_NE(other->mitigation.id, first->mitigation.id);
+}
+
+// A partial approval is data (approvals) that an extension keeps; a record written before
+// that, whose approver is only named in its state_reason, keeps it too (as data).
+TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
+  for (bool legacy : {false, true}) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse(legacy ? "user:legacy" : "user:pending");
+    r.action = "suspend";
+    r.reason = "model";
+    r.actor = "k_model";
+    r.state = MitigationState::kPendingApproval;
+    auto out = std::make_shared<CreateResult>();
+    ASSERT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    core::Mitigation m = out->mitigation;
+    ASSERT_TRUE(ledger_
+                    ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                      if (!legacy) m.approvals = {"k_first"};
+                      m.state_reason = "approved 1 of 2 by k_first: looks right";
+                      return AppendMitigationChange(txn, m, "k_first", now).status();
+                    })
+                    .ok());
+    if (!legacy) EXPECT_EQ(PriorApprovers(m), std::vector<std::string>{"k_first"});
+    r.detections = {"d2"};
+    ASSERT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    EXPECT_EQ(out->mitigation.id, m.id);
+    EXPECT_EQ(out->mitigation.state_reason.rfind("hit again: ", 0), 0u);
+    EXPECT_EQ(out->mitigation.approvals, std::vector<std::string>{"k_first"}) << legacy;
+    EXPECT_EQ(PriorApprovers(out->mitigation), std::vector<std::string>{"k_first"});
+  }
 }
 
 TEST_F(MitigationsTest, UnknownActionIsRejected) {

@@ -11,7 +11,20 @@
 
 namespace quell::workflow {
 namespace {
+
 constexpr std::string_view kPartial = "approved 1 of 2 by ";
+
+// A record written before approvals were data: "approved 1 of 2 by <key>[: note][; later
+// changes]" in its state_reason gives the key (key ids hold no ':' or ';'); "" if none.
+std::string_view LegacyPartialApprover(const core::Mitigation& m) {
+  if (m.state != core::MitigationState::kPendingApproval ||
+      !absl::StartsWith(m.state_reason, AV(kPartial))) {
+    return {};
+  }
+  std::string_view rest = std::string_view(m.state_reason).substr(kPartial.size());
+  return rest.substr(0, rest.find_first_of(":;"));
+}
+
 }  // namespace
 
 absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mitigation& m) {
@@ -26,27 +39,12 @@ absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mi
   return absl::NotFoundError(absl::StrCat("no history for mitigation ", m.id));
 }
 
-// "approved 1 of 2 by <key>[: note][; later changes]": the key (key ids hold no ':' or
-// ';'), or "" when `m` has no partial approval.
-std::string_view PartialApprover(const core::Mitigation& m) {
-  if (m.state != core::MitigationState::kPendingApproval ||
-      !absl::StartsWith(m.state_reason, AV(kPartial))) {
-    return {};
-  }
-  std::string_view rest = std::string_view(m.state_reason).substr(kPartial.size());
-  return rest.substr(0, rest.find_first_of(":;"));
-}
-
 std::vector<std::string> PriorApprovers(const core::Mitigation& m) {
-  std::string_view key = PartialApprover(m);
+  if (m.state != core::MitigationState::kPendingApproval) return {};
+  if (!m.approvals.empty()) return m.approvals;
+  std::string_view key = LegacyPartialApprover(m);
   if (key.empty()) return {};
   return {std::string(key)};
-}
-
-std::string KeepingApproval(const core::Mitigation& m, std::string change) {
-  if (PartialApprover(m).empty()) return change;
-  std::string_view approval = m.state_reason;
-  return absl::StrCat(AV(approval.substr(0, approval.find(';'))), "; ", change);
 }
 
 ledger::Mutation DecideReview(std::string id, bool approve, std::string note, std::string reviewer,
@@ -82,6 +80,10 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
     int approvals = static_cast<int>(prior.size());
     std::string by = reviewer;  // every approver, for the record
     for (const std::string& p : prior) by = absl::StrCat(p, " and ", by);
+    if (approve) {  // every approver, as data (a legacy record's text approver too)
+      m->approvals = prior;
+      m->approvals.push_back(reviewer);
+    }
     if (!approve) {
       m->state = core::MitigationState::kRejected;
       m->state_reason = absl::StrCat("rejected by ", reviewer, suffix);

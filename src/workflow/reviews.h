@@ -31,13 +31,9 @@ struct ReviewFacts {
 //! The facts of mitigation `m` from its history. kNotFound if the store has no change of it.
 absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mitigation& m);
 
-//! Reviewers who already approved `m` (the partial approval recorded on it), if any.
+//! Reviewers who already approved `m` while it is pending (m.approvals; for a record
+//! written before approvals were data, the approver its state_reason names), if any.
 std::vector<std::string> PriorApprovers(const core::Mitigation& m);
-
-//! The state_reason for `m` changed by `change` (e.g. "extended: <reason>"): `change`,
-//! after m's partial approval when it has one, so that a new hit on a critical decision
-//! waiting for its second approval keeps the first (it used to drop it silently).
-std::string KeepingApproval(const core::Mitigation& m, std::string change);
 
 struct ReviewOutcome {
   core::Mitigation mitigation;
