@@ -213,17 +213,23 @@ bool MayPull(Call& call) {
   return false;
 }
 
-// True if the index holds an active mitigation on exactly `entity` whose CrowdSec type is
-// `type`.
-bool StillHeld(Context& ctx, const core::Entity& entity, std::string_view type, absl::Time now) {
+// The longest-lasting active mitigation the index holds on exactly `entity` (an ip: or
+// cidr: entity) with CrowdSec type `type` that the bouncer's filter lets it see, if any.
+// A decision the filter hides holds nothing for this bouncer: it never saw it, and would
+// never see its end either.
+std::optional<index::Hit> LongestHeld(Context& ctx, const Filter& f, const core::Entity& entity,
+                                      std::string_view type, absl::Time now) {
+  const Scope scope = entity.is_ip() ? Scope::kIp : Scope::kRange;
   index::Hits hits;
   ctx.deps.index->Lookup(entity, now, &hits);
+  std::optional<index::Hit> longest;
   for (const index::Hit& h : hits) {
-    if (h.cidr_prefix < 0 && TypeOf(*ctx.Catalog(), ctx.deps.index->ActionName(h.action)) == type) {
-      return true;
-    }
+    if (h.cidr_prefix >= 0) continue;
+    const std::string_view action = ctx.deps.index->ActionName(h.action);
+    if (TypeOf(*ctx.Catalog(), action) != type || !f.Wants(scope, type, action)) continue;
+    if (!longest || h.expires_us > longest->expires_us) longest = h;
   }
-  return false;
+  return longest;
 }
 
 // ---- live mode ----
@@ -281,21 +287,20 @@ void LiveDecisions(CrowdSec& cs, Call&& call) {
   if (!scope.empty()) {
     f.ip = scope == "ip";
     f.range = scope == "range";
-    if (value && !ip_text && !range_text && (f.ip || f.range))
-      (f.ip ? ip_text : range_text) = value;
   }
   std::string items = "[";
-  if (value && scope.empty() && !ip_text && !range_text) {
-    // CrowdSec's `value` alone matches a decision's value exactly, whatever its scope: an
-    // address is the ip decision on it, a CIDR the range decision on exactly that range.
-    // A value that is neither has no decision here (Quell answers the ip and range scopes).
+  if (value && !ip_text && !range_text) {
+    // CrowdSec's `value` (with or without `scope`) matches a decision's value exactly: an
+    // address is the ip decision on it, a CIDR the range decision on exactly that range
+    // (`ip=` and `range=` are the queries that also return covering ranges). A value that
+    // is neither has no decision here (Quell answers the ip and range scopes).
     if (auto ip = core::ParseIp(*value); ip.ok()) {
       f.range = false;
-      LiveFromIndex(ctx, f, *ip, ip->bits(), false, &items);
+      if (f.ip) LiveFromIndex(ctx, f, *ip, ip->bits(), false, &items);
     } else if (auto net = core::ParseNetwork(*value); net.ok()) {
       f.ip = false;
       f.exact_prefix = net->prefix;
-      LiveFromIndex(ctx, f, net->address, net->prefix, true, &items);
+      if (f.range) LiveFromIndex(ctx, f, net->address, net->prefix, true, &items);
     }
     return ReplyList(call, std::move(items));
   }
@@ -338,14 +343,45 @@ void LiveDecisions(CrowdSec& cs, Call&& call) {
 
 // ---- stream mode ----
 
+// What one pull sends. One new decision per (type, value), the longest-lasting, as
+// CrowdSec does (crowdsecurity/crowdsec#1158): a bouncer sets one timeout per value, so a
+// shorter decision sent after a longer one would end the ban early.
 struct StreamOut {
-  std::string added = "[";
+  struct Added {
+    int64_t id;
+    Scope scope;
+    std::string type, value, scenario;
+    absl::Time end;
+  };
+  std::vector<std::string> order;                 // value keys, first seen first
+  absl::flat_hash_map<std::string, Added> added;  // by ValueKey
   std::string deleted = "[";
-  absl::flat_hash_set<std::string> added_keys;  // "type value" of every decision in `added`
+
+  void Add(Added a) {
+    std::string key = absl::StrCat(a.type, " ", a.value);
+    auto [it, inserted] = added.try_emplace(key, a);
+    if (inserted) {
+      order.push_back(std::move(key));
+    } else if (a.end > it->second.end) {
+      it->second = std::move(a);
+    }
+  }
+  bool Has(std::string_view type, std::string_view value) const {
+    return added.contains(absl::StrCat(AV(type), " ", AV(value)));
+  }
+  std::string AddedJson(absl::Time now) const {
+    std::string out = "[";
+    for (const std::string& key : order) {
+      const Added& a = added.at(key);
+      AppendDecision(a.id, a.scope, a.type, a.value, a.scenario, a.end - now, &out);
+    }
+    return out;
+  }
 };
 
-std::string ValueKey(std::string_view type, std::string_view value) {
-  return absl::StrCat(AV(type), " ", AV(value));
+StreamOut::Added AsAdded(const core::Mitigation& m, Scope scope, std::string_view type) {
+  return {DecisionId(m.id),           scope,    std::string(type),
+          std::string(m.entity.id()), m.action, m.expires_at};
 }
 
 // Every active decision, as of one consistent read; returns that read's seq.
@@ -356,8 +392,7 @@ absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const Filter& f, absl::Tim
     std::string_view type;
     if (m.state == core::MitigationState::kActive && m.expires_at > now &&
         AsDecision(*ctx.Catalog(), m, &scope, &type) && f.Wants(scope, type, m.action)) {
-      AppendMitigation(m, scope, type, now, m.expires_at, &out->added);
-      out->added_keys.insert(ValueKey(type, m.entity.id()));
+      out->Add(AsAdded(m, scope, type));
     }
     return absl::OkStatus();
   });
@@ -402,8 +437,13 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     if (!AsDecision(*ctx.Catalog(), m, &scope, &type) || !f.Wants(scope, type, m.action)) continue;
     if (m.state == core::MitigationState::kActive && m.expires_at > now) {
       if (only_deleted) continue;
-      AppendMitigation(m, scope, type, now, m.expires_at, &out->added);
-      out->added_keys.insert(ValueKey(type, m.entity.id()));
+      out->Add(AsAdded(m, scope, type));
+      // A longer decision on the value from before this window is the one to keep.
+      if (std::optional<index::Hit> held = LongestHeld(ctx, f, m.entity, type, now)) {
+        const std::string_view action = ctx.deps.index->ActionName(held->action);
+        out->Add({DecisionId(held->id), scope, std::string(type), std::string(m.entity.id()),
+                  std::string(action), core::FromMicros(held->expires_us)});
+      }
     } else if (m.state == core::MitigationState::kActive ||
                m.state == core::MitigationState::kExpired ||
                m.state == core::MitigationState::kRevoked) {
@@ -414,8 +454,8 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     Scope scope;
     std::string_view type;
     AsDecision(*ctx.Catalog(), *m, &scope, &type);
-    if (out->added_keys.contains(ValueKey(type, m->entity.id()))) continue;
-    if (StillHeld(ctx, m->entity, type, now)) continue;
+    if (out->Has(type, m->entity.id())) continue;
+    if (LongestHeld(ctx, f, m->entity, type, now)) continue;
     // Negative, like CrowdSec's for an ended decision: it ended at the earlier of its
     // expiry and its last change.
     AppendMitigation(*m, scope, type, now, std::min(m->expires_at, m->updated_at), &out->deleted);
@@ -472,8 +512,9 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
     auto list = [](std::string& items) {
       return items.size() <= 1 ? std::string("null") : items + "]";
     };
+    std::string added = out.AddedJson(now);
     std::string body =
-        absl::StrCat("{\"deleted\":", list(out.deleted), ",\"new\":", list(out.added), "}");
+        absl::StrCat("{\"deleted\":", list(out.deleted), ",\"new\":", list(added), "}");
     cs.cursors.Set(key, *seq);
     call.Send(200, std::move(body));
   });

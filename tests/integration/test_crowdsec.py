@@ -126,6 +126,9 @@ class CrowdSecApiTest(unittest.TestCase):
         self.assertEqual([d["scope"] for d in got], ["Ip"])
         got, _ = self.cs_json("/v1/decisions?scope=range&value=198.51.100.0/24", key)
         self.assertEqual([d["value"] for d in got], ["198.51.100.0/24"])
+        # With a scope too, a value matches exactly (as CrowdSec's): no covering range.
+        self.assertEqual(self.cs("/v1/decisions?scope=range&value=198.51.100.0/25", key)[1], "null")
+        self.assertEqual(self.cs("/v1/decisions?scope=ip&value=198.51.100.8", key)[1], "null")
         # value alone matches a decision's value exactly, in any scope (it listed every
         # decision before: a live bouncer asking about one address was told of all).
         got, _ = self.cs_json("/v1/decisions?value=198.51.100.7", key)
@@ -207,11 +210,43 @@ class CrowdSecApiTest(unittest.TestCase):
         m1 = self.create("ip:203.0.113.50", "block", "1h")
         self.create("ip:203.0.113.50", "suspend", "2h")
         got, _ = self.cs_json("/v1/decisions/stream", key)
-        self.assertEqual(len(got["new"]), 2)
+        # One decision per value, the longest (a bouncer keeps one timeout per value).
+        self.assertEqual([(d["value"], d["scenario"]) for d in got["new"]],
+                         [("203.0.113.50", "suspend")])
         self.revoke(m1["id"])
         got, _ = self.cs_json("/v1/decisions/stream", key)
         self.assertIsNone(got["deleted"], got)  # still banned by the suspend
         self.assertEqual(len(self.cs_json("/v1/decisions?ip=203.0.113.50", key)[0]), 1)
+
+    def test_a_shorter_ban_never_shortens_a_longer_one(self):
+        # Sent after the 1h ban, a 30s one made bouncers that set a timeout per add lift
+        # the ban after 30 s (CrowdSec sends only the longest: crowdsec#1158).
+        key = new_key(self.q, "enforcer")
+        self.cs_json("/v1/decisions/stream?startup=true", key)
+        self.create("ip:203.0.113.60", "block", "1h")
+        self.cs_json("/v1/decisions/stream", key)
+        self.create("ip:203.0.113.60", "suspend", "30s")
+        got, _ = self.cs_json("/v1/decisions/stream", key)
+        self.assertEqual([d["scenario"] for d in got["new"]], ["block"], got)
+        self.assertGreater(go_seconds(got["new"][0]["duration"]), 3000)
+        fresh = new_key(self.q, "enforcer")
+        got, _ = self.cs_json("/v1/decisions/stream?startup=true", fresh)
+        self.assertEqual([d["scenario"] for d in got["new"] if d["value"] == "203.0.113.60"],
+                         ["block"])
+
+    def test_a_decision_hidden_by_filters_does_not_hold_back_a_delete(self):
+        # The suspend is filtered out for this bouncer: it never saw it, nor would it see
+        # its end; the block's revoke used to be held back by it, leaving the ban forever.
+        key = new_key(self.q, "enforcer")
+        flt = "scenarios_not_containing=suspend"
+        self.cs_json("/v1/decisions/stream?startup=true&" + flt, key)
+        block = self.create("ip:203.0.113.70", "block", "1h")
+        self.create("ip:203.0.113.70", "suspend", "2h")
+        got, _ = self.cs_json("/v1/decisions/stream?" + flt, key)
+        self.assertEqual([d["scenario"] for d in got["new"]], ["block"])
+        self.revoke(block["id"])
+        got, _ = self.cs_json("/v1/decisions/stream?" + flt, key)
+        self.assertEqual([d["value"] for d in got["deleted"] or []], ["203.0.113.70"], got)
 
 
 class CrowdSecRestartTest(unittest.TestCase):
