@@ -94,11 +94,16 @@ void Check(Context& ctx, Call&& call) {
   std::vector<std::string> texts;
   std::string surface;
   const int max = ctx.options.max_check_entities;
-  if (call.req.method != "POST") {
+  const bool get = call.req.method != "POST";
+  if (get) {
+    bool surface_given = false;
     for (const auto& [k, v] : call.req.query) {
       if (k == "entity") {
         texts.push_back(v);
       } else if (k == "surface") {
+        // Only `entity` repeats: with two surfaces, the last one silently won.
+        if (surface_given) return call.Fail(ApiError::Field("query.surface", "must be given once"));
+        surface_given = true;
         surface = v;
       } else {
         return call.Fail(ApiError::Field(absl::StrCat("query.", k), "unknown parameter"));
@@ -117,10 +122,13 @@ void Check(Context& ctx, Call&& call) {
     texts = std::move(*list);
     surface = s.value_or("");
   }
-  if (texts.empty()) return call.Fail(ApiError::Field("entity", "at least one entity is required"));
+  const std::string_view list_field = get ? "query.entity" : "entities";
+  if (texts.empty()) {
+    return call.Fail(ApiError::Field(std::string(list_field), "at least one entity is required"));
+  }
   if (static_cast<int>(texts.size()) > max) {
-    return call.Fail(
-        ApiError::Field("entity", absl::StrCat("at most ", max, " entities per check")));
+    return call.Fail(ApiError::Field(std::string(list_field),
+                                     absl::StrCat("at most ", max, " entities per check")));
   }
   absl::Time now = ctx.deps.clock->Now();
   int64_t seq = ctx.deps.index->seq();
@@ -132,7 +140,7 @@ void Check(Context& ctx, Call&& call) {
   for (size_t i = 0; i < texts.size(); ++i) {
     auto entity = Entity::Parse(texts[i]);
     if (!entity.ok()) {
-      std::string field = call.req.method == "POST" ? absl::StrCat("entities[", i, "]") : "entity";
+      std::string field = absl::StrCat(AV(list_field), "[", i, "]");
       return call.Fail(ApiError::Field(field, Message(entity.status())));
     }
     hits.clear();

@@ -359,7 +359,9 @@ class Client::Impl {
     snapshot_bytes_.store(bytes);
     snapshot_apply_us_.store(absl::ToInt64Microseconds(loaded - received));
     seq_.store(*snapshot_seq, std::memory_order_release);
-    server_seq_.store(std::max(server_seq_.load(), *snapshot_seq), std::memory_order_release);
+    // The snapshot is the server's state as of its seq, newer than anything it said before
+    // (after a cursor_ahead reload, the older ledger's head is below what it said then).
+    server_seq_.store(*snapshot_seq, std::memory_order_release);
     snapshots_.fetch_add(1);
     synced_.store(true, std::memory_order_release);
     MarkOk();

@@ -559,6 +559,9 @@ TEST(ClientTest, ACursorAheadOfTheServerReloadsTheSnapshot) {
   EXPECT_EQ((*client)->DumpForTest(),
             std::vector<std::string>{absl::StrCat(Id(2), " user:b block 4102444800000000")});
   EXPECT_EQ(*(*client)->Check("user:a"), core::Verdict::kAllow);
+  // The server's head is now 2, not the 9 the older ledger had: no lag (it stayed 7).
+  EXPECT_EQ((*client)->staleness().server_seq, 2);
+  EXPECT_EQ((*client)->staleness().lag, 0);
   std::lock_guard<std::mutex> lock(mu);
   ASSERT_GE(seen.size(), 3u);
   EXPECT_EQ(seen[1].rfind("GET /v1/changes?after=9&", 0), 0u) << seen[1];

@@ -297,8 +297,13 @@ class ApiTest(unittest.TestCase):
         self.assertError(post({"entity": "user:a", "action": "block", "reason": "x", "ttl": "soon"}),
                          400, "ttl")
         self.assertError(post({"entity": "user:a", "action": "block"}), 400, "reason")
-        self.assertError(self.q.request("GET", "/v1/check"), 400)
-        self.assertError(self.q.request("GET", "/v1/check?entity=nocolon"), 400, "entity")
+        self.assertError(self.q.request("GET", "/v1/check"), 400, "query.entity")
+        self.assertError(self.q.request("GET", "/v1/check?entity=user:a&entity=nocolon"), 400,
+                         "query.entity[1]")
+        self.assertError(self.q.request("POST", "/v1/check", {"entities": []}), 400, "entities")
+        # Only entity repeats: with two surfaces, the last one silently won.
+        self.assertError(self.q.request("GET", "/v1/check?entity=user:a&surface=login&surface=charts"),
+                         400, "query.surface")
         self.assertError(self.q.request("GET", "/v1/mitigations?limit=0"), 400, "query.limit")
         self.assertError(self.q.request("GET", "/v1/mitigations?state=sleeping"), 400, "query.state")
         # A route reads only the parameters it documents, each once: anything else is a
