@@ -14,7 +14,9 @@
 // Counter store failures (Redis down or slow): counters.on_error fail_open -> rules read
 // 0, quell_velocity_store_errors_total and quell_velocity_fail_open_total count it, and a
 // log line (at most one per 10 s) says so; fail_closed -> the request is answered 503 with
-// Retry-After, nothing is applied. The store reconnects by itself.
+// Retry-After and no rule runs, nothing is decided. Counting is at least once: a store that
+// failed after taking the batch's writes (the read failing, or a reply lost) has counted
+// them, and the retry counts them again. The store reconnects by itself.
 #include <atomic>
 #include <map>
 
@@ -154,11 +156,25 @@ void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
   auto attrs = v.FindMember("attrs");
   if (attrs != v.MemberEnd()) {
     if (!attrs->value.IsObject()) return fail("attrs", "must be an object");
+    // An attribute naming an entity ("ip:2001:DB8::1") in its normal form, as entities
+    // are everywhere else: one address spelt two ways is one counter key, and the rules
+    // (event.attrs.*) see the same text.
+    rapidjson::Document normal;
+    normal.CopyFrom(attrs->value, normal.GetAllocator());
+    for (auto m = normal.MemberBegin(); m != normal.MemberEnd(); ++m) {
+      if (!m->value.IsString()) continue;
+      auto as_entity = core::Entity::Parse(Str(m->value));
+      if (as_entity.ok() && as_entity->str() != Str(m->value)) {
+        m->value.SetString(as_entity->str().data(),
+                           static_cast<rapidjson::SizeType>(as_entity->str().size()),
+                           normal.GetAllocator());
+      }
+    }
     rapidjson::StringBuffer buf;
     rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-    attrs->value.Accept(w);
+    normal.Accept(w);
     item->attrs_canonical.assign(buf.GetString(), buf.GetSize());
-    for (auto m = attrs->value.MemberBegin(); m != attrs->value.MemberEnd(); ++m) {
+    for (auto m = normal.MemberBegin(); m != normal.MemberEnd(); ++m) {
       const rapidjson::Value& a = m->value;
       std::string text;
       if (a.IsString()) {
@@ -421,8 +437,10 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
             ++it.missing;
             continue;
           }
-          obs.push_back(
-              {c, *key, value ? std::string_view(*value) : std::string_view(), it.event.at});
+          // An event up to the future skew ahead counts now: reads stop at now's bucket,
+          // and an accepted event must count for the rules that follow it at once.
+          obs.push_back({c, *key, value ? std::string_view(*value) : std::string_view(),
+                         std::min(it.event.at, now)});
           owner.push_back(it.index);
         }
       }

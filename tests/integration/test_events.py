@@ -138,6 +138,31 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(len(dups), 10, r2)
         self.assertEqual({d["status"] for d in dups}, {"duplicate"}, dups)
 
+    def test_one_address_spelt_two_ways_is_one_counter_key(self):
+        # ip:2001:DB8::1 and ip:2001:db8:0:0:0:0:0:1 are one address; as counter keys they
+        # were three, and stuffing from it spread over the spellings escaped the rule.
+        spellings = ["ip:2001:DB8::7", "ip:2001:db8::7", "ip:2001:db8:0:0:0:0:0:7"]
+        fired = []
+        for i in range(21):
+            s, r, _ = self.q.request("POST", "/v1/events",
+                                     login("user:spell%d" % i, spellings[i % 3]))
+            self.assertEqual(s, 200, r)
+            fired += rule_detections(r["results"][0])
+        self.assertEqual(len(fired), 1, fired)  # the 21st distinct account
+        self.assertEqual(fired[0]["decisions"][0]["entity"], "ip:2001:db8::7")
+
+    def test_an_event_slightly_ahead_counts_at_once(self):
+        # Up to 5 s ahead is accepted; it was counted in its future bucket, which reads
+        # (up to now) did not see: accepted and "counted", yet invisible to its own rule.
+        user = "user:ahead"
+        at = now() + datetime.timedelta(seconds=3)
+        events = [{"type": "login_failed", "entity": user, "at": ts(at)} for _ in range(10)]
+        for i, e in enumerate(events):
+            e["id"] = "ahead-%d" % i
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": events})
+        self.assertEqual(s, 200, r)
+        self.assertTrue(any(rule_detections(x) for x in r["results"]), r)
+
     def test_brute_force_counts_and_late_events(self):
         user = "user:bf1"
         t = now()
