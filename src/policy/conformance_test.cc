@@ -120,6 +120,8 @@ const Case kCases[] = {
     // ---- ternary
     {In::kDet, "true ? 1 : 2", "1"},
     {In::kDet, "false ? 1 : 2.5", "2.5"},
+    // Typed double (an int branch, a double one): the int is promoted, as the type says.
+    {In::kDet, "(true ? 1 : 2.5) / 2", "0.5"},
     {In::kDet, "1 < 2 ? \"yes\" : \"no\"", "\"yes\""},
     {In::kDet, "false ? 1 : true ? 2 : 3", "2"},
     {In::kDet, "true ? 1 : 1 / 0", "1"},
@@ -251,7 +253,7 @@ const Case kCases[] = {
     {In::kSparse, "detection.score > 0.5 || false", "error(missing)"},
     {In::kSparse, "!(detection.score > 0.5)", "error(missing)"},
     {In::kSparse, "detection.score > 0.5 ? 1 : 2", "error(missing)"},
-    {In::kSparse, "true ? 1 : detection.score", "1"},
+    {In::kSparse, "true ? 1 : detection.score", "1.0"},  // typed double: promoted
     {In::kSparse, "detection.score == detection.score", "error(missing)"},
     {In::kSparse, "has(detection.score) && detection.score > 0.5", "false"},
     {In::kSparse, "!has(detection.score) || detection.score > 0.5", "true"},

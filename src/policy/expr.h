@@ -17,7 +17,8 @@
 //
 // Static types: bool, int, double, string, null, list<T>, map, dyn. Values inside
 // detection.evidence / event.attrs are `dyn` and are checked at run time. int and double
-// mix in arithmetic and comparisons (promoted to double).
+// mix in arithmetic and comparisons (promoted to double), and a ?: with an int branch and
+// a double one is a double (an int result is promoted).
 //
 // Runtime error semantics (CEL-like). Some operations produce the *error* value instead of
 // a result:

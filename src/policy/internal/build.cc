@@ -346,20 +346,26 @@ class ArithNode final : public Node {
   NodePtr r_;
 };
 
+// `to_double`: the checker typed the ?: double (an int branch and a double one), so an
+// int result is promoted, as the static type promises: (c ? 1 : 2.5) / 2 is 0.5, not 0.
 class TernaryNode final : public Node {
  public:
-  TernaryNode(NodePtr c, NodePtr t, NodePtr e)
-      : c_(std::move(c)), t_(std::move(t)), e_(std::move(e)) {}
+  TernaryNode(NodePtr c, NodePtr t, NodePtr e, bool to_double)
+      : c_(std::move(c)), t_(std::move(t)), e_(std::move(e)), to_double_(to_double) {}
   Value Eval(const Frame& f) const override {
     Value c = c_->Eval(f);
-    if (c.kind() == ValueKind::kBool) return c.bool_value() ? t_->Eval(f) : e_->Eval(f);
-    return c.is_error() ? c : Value::Error(EvalError::kTypeMismatch);
+    if (c.kind() != ValueKind::kBool)
+      return c.is_error() ? c : Value::Error(EvalError::kTypeMismatch);
+    Value v = c.bool_value() ? t_->Eval(f) : e_->Eval(f);
+    if (to_double_ && v.kind() == ValueKind::kInt) return Value::Double(v.AsDouble());
+    return v;
   }
 
  private:
   NodePtr c_;
   NodePtr t_;
   NodePtr e_;
+  bool to_double_;
 };
 
 // x in [e1, e2, ...] with arbitrary elements.
@@ -936,7 +942,7 @@ class Builder {
         return BuildBinary(e);
       case ExprKind::kTernary:
         return std::make_unique<TernaryNode>(Build(*e.args[0]), Build(*e.args[1]),
-                                             Build(*e.args[2]));
+                                             Build(*e.args[2]), e.type == Type::kDouble);
       case ExprKind::kList:
         break;  // only under `in` and size(), handled there
       case ExprKind::kCall:
