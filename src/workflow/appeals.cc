@@ -170,6 +170,21 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
       return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already ", a.state));
     }
     QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, a.filed_by, {}));
+    // One decision per appeal, also when two are sent at once (the appeal was read before
+    // this transaction, and a denial does not change the mitigation): a marker, as for
+    // filing. Two at once were both answered 200, a denial then overturned by a grant.
+    const std::string decided = absl::StrCat(a.id, "/decided");
+    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> earlier,
+                           txn.GetIdempotency(kAppealMarkers, decided));
+    if (earlier) {
+      return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already decided"));
+    }
+    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kAppealMarkers),
+                                              .key = decided,
+                                              .request_hash = "",
+                                              .status = 200,
+                                              .response = "",
+                                              .created_at = now}));
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(a.mitigation_id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", a.mitigation_id));
     if (m->seq != mitigation_seq) {

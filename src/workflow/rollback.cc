@@ -15,6 +15,10 @@
 namespace quell::workflow {
 namespace {
 
+// Idempotency-table scope of the decided-request markers (purged with the other keys
+// after idempotency_retention, long after the decision is in the journal).
+constexpr std::string_view kRollbackMarkers = "quell:rollbacks";
+
 void Field(std::string* out, std::string_view name, std::string_view value) {
   absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
   core::AppendJsonString(value, out);
@@ -345,6 +349,22 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
                        core::FormatRfc3339(r.requested_at + pending_ttl), "; request it again"));
     }
     QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, r.requested_by, {}));
+    // One decision per request across nodes too: this node's view of the request follows
+    // the change feed, which may not have brought another node's decision yet; a marker
+    // the transaction reads (the chain-head lock orders it after that decision) does.
+    const std::string decided = absl::StrCat(id, "/decided");
+    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> earlier,
+                           txn.GetIdempotency(kRollbackMarkers, decided));
+    if (earlier) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("rollback request ", id, " is already decided"));
+    }
+    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kRollbackMarkers),
+                                              .key = decided,
+                                              .request_hash = "",
+                                              .status = 200,
+                                              .response = "",
+                                              .created_at = now}));
     r.decided_by = reviewer;
     r.decided_at = now;
     r.note = note;

@@ -89,6 +89,24 @@ class RollbackTest : public testing::Test {
   std::unique_ptr<RollbackRequests> requests_;
 };
 
+// Another node (on PostgreSQL) knows of a request only through the change feed: deciding
+// it before the feed brings this node's decision must still be refused (it was answered
+// 200, and the record ended "rejected, revoked 0" after everything was revoked).
+TEST_F(RollbackTest, ARequestIsDecidedOnceWhateverANodeHasSeen) {
+  Create("user:n1", "bad-model");
+  RollbackFilter f;
+  f.source = "bad-model";
+  std::string id = Request(f);
+  RollbackRequests other;  // the other node: loaded now, its feed lags from here on
+  ASSERT_TRUE(other.Load(ledger_->store()).ok());
+  ASSERT_TRUE(Decide(id, true, "k_reviewer").ok());
+  auto out = std::make_shared<RollbackRequest>();
+  absl::Status st =
+      ledger_->SubmitAndWait(other.Decide(id, false, "", "k_reviewer2", {}, kTtl, out)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(requests_->Get(id)->state, "done");
+}
+
 TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   std::string a = Create("user:a", "model-v3");
   std::string b = Create("user:b", "model-v3");

@@ -295,6 +295,32 @@ class SafeguardsTest(Base):
             t.join(30)
         self.assertEqual(sorted(codes), [201] + [409] * 5, codes)
 
+    def test_two_decisions_on_one_appeal_at_once_one_wins(self):
+        # A denial and a grant sent together were both answered 200: the appeal was read
+        # before the transaction, and a denial does not change the mitigation. The second
+        # is a 409 now, whichever comes first.
+        for i in range(8):
+            d = self.submit(det("apd-%d" % i, "user:appellant-d%d" % i))[0]["decisions"][0]
+            s, a, _ = self.q.request("POST", "/v1/appeals",
+                                     {"mitigation_id": d["mitigation_id"], "statement": "me"},
+                                     key=self.r1)
+            self.assertEqual(s, 201, a)
+            codes = []
+            barrier = threading.Barrier(2)
+
+            def decide(grant, key):
+                barrier.wait(10)
+                codes.append(self.q.request("POST", "/v1/appeals/%s/decision" % a["id"],
+                                            {"grant": grant}, key=key)[0])
+
+            threads = [threading.Thread(target=decide, args=(False, None)),
+                       threading.Thread(target=decide, args=(True, self.r2))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            self.assertEqual(sorted(codes), [200, 409], (i, codes))
+
     def test_a_grant_on_a_mitigation_no_longer_live_is_refused(self):
         d = self.submit(det("apx-1", "user:appellant-4"))[0]["decisions"][0]
         s, a, _ = self.q.request("POST", "/v1/appeals",
