@@ -117,7 +117,9 @@ class PolicySetBuilder {
   void LoadPolicies(const Entry& e);
   void LoadPolicy(const YAML::Node& n, Pos where, size_t index);
   // The `when` source as the compiler should see it, and where it starts.
-  std::string WhenSource(const YAML::Node& n, const std::string& value, Position* base) const;
+  std::string WhenSource(const YAML::Node& n, const std::string& value, Position* base,
+                         std::vector<Position>* quoted) const;
+  bool QuotedPositions(size_t pos, const std::string& value, std::vector<Position>* out) const;
   void CheckBreakerRefs();
   void BuildIndex();
 
@@ -856,8 +858,130 @@ void PolicySetBuilder::LoadPolicies(const Entry& e) {
   }
 }
 
+// A quoted scalar's value rebuilt from its source as YAML reads it (escapes, '' in single
+// quotes, line folding), noting where each byte of it comes from, and one more position
+// for its end (the closing quote): `out` maps an offset in the value to the file. False,
+// with `out` untouched, if the rebuilt value is not `value` (a form this reader does not
+// follow): the caller falls back to the scalar's start.
+bool PolicySetBuilder::QuotedPositions(size_t pos, const std::string& value,
+                                       std::vector<Position>* out) const {
+  auto position = [&](size_t at) {
+    // lines_ are views into yaml_: the line holding `at`, by binary search.
+    auto it = std::upper_bound(lines_.begin(), lines_.end(), at, [&](size_t a, std::string_view l) {
+      return a < static_cast<size_t>(l.data() - yaml_.data());
+    });
+    const size_t line = static_cast<size_t>(it - lines_.begin()) - 1;
+    return Position{
+        static_cast<int>(line) + 1,
+        static_cast<int>(at - static_cast<size_t>(lines_[line].data() - yaml_.data())) + 1, 0};
+  };
+  const char quote = yaml_[pos];
+  std::string text;
+  std::vector<size_t> from;  // source offset of each byte of `text`
+  size_t keep = 0;           // text.size() after the last byte a line break must not trim
+  auto emit = [&](std::string_view bytes, size_t at, bool trimmable) {
+    text.append(bytes);
+    from.insert(from.end(), bytes.size(), at);
+    if (!trimmable) keep = text.size();
+  };
+  size_t i = pos + 1;
+  while (true) {
+    if (i >= yaml_.size()) return false;
+    const char c = yaml_[i];
+    if (c == quote) {
+      if (quote == '\'' && i + 1 < yaml_.size() && yaml_[i + 1] == '\'') {
+        emit("'", i, false);
+        i += 2;
+        continue;
+      }
+      break;
+    }
+    if (c == '\n' || c == '\r') {
+      // Folding: white space before the break goes; the break and the next line's
+      // leading white space become one space, or a newline per empty line between.
+      text.resize(keep);
+      from.resize(keep);
+      int empty = 0;
+      while (i < yaml_.size() && (yaml_[i] == '\n' || yaml_[i] == '\r')) {
+        if (yaml_[i] == '\r' && i + 1 < yaml_.size() && yaml_[i + 1] == '\n') ++i;
+        ++i;
+        while (i < yaml_.size() && (yaml_[i] == ' ' || yaml_[i] == '\t')) ++i;
+        if (i < yaml_.size() && (yaml_[i] == '\n' || yaml_[i] == '\r')) ++empty;
+      }
+      emit(empty == 0 ? std::string(" ") : std::string(static_cast<size_t>(empty), '\n'), i, true);
+      continue;
+    }
+    if (quote == '"' && c == '\\') {
+      if (i + 1 >= yaml_.size()) return false;
+      const char e = yaml_[i + 1];
+      if (e == '\n' || e == '\r') {  // an escaped line break: nothing, nor the next indent
+        i += (e == '\r' && i + 2 < yaml_.size() && yaml_[i + 2] == '\n') ? 3 : 2;
+        while (i < yaml_.size() && (yaml_[i] == ' ' || yaml_[i] == '\t')) ++i;
+        keep = text.size();
+        continue;
+      }
+      static constexpr std::pair<char, char> kSimple[] = {
+          {'n', '\n'}, {'t', '\t'}, {'\t', '\t'}, {'"', '"'},  {'\\', '\\'},
+          {'/', '/'},  {'0', '\0'}, {'a', '\a'},  {'b', '\b'}, {'e', '\x1b'},
+          {'f', '\f'}, {'r', '\r'}, {'v', '\v'},  {' ', ' '}};
+      bool done = false;
+      for (const auto& [k, v] : kSimple) {
+        if (e == k) {
+          emit(std::string_view(&v, 1), i, false);
+          i += 2;
+          done = true;
+          break;
+        }
+      }
+      if (done) continue;
+      int digits = e == 'x' ? 2 : e == 'u' ? 4 : e == 'U' ? 8 : 0;
+      uint32_t cp = e == 'N' ? 0x85 : e == '_' ? 0xA0 : e == 'L' ? 0x2028 : e == 'P' ? 0x2029 : 0;
+      if (digits == 0 && cp == 0) return false;
+      if (digits > 0) {
+        if (i + 2 + static_cast<size_t>(digits) > yaml_.size()) return false;
+        for (int d = 0; d < digits; ++d) {
+          const char h = yaml_[i + 2 + static_cast<size_t>(d)];
+          const int v = h >= '0' && h <= '9'   ? h - '0'
+                        : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                        : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                               : -1;
+          if (v < 0) return false;
+          cp = cp << 4 | static_cast<uint32_t>(v);
+        }
+      }
+      std::string utf8;
+      if (cp < 0x80) {
+        utf8 += static_cast<char>(cp);
+      } else if (cp < 0x800) {
+        utf8 += static_cast<char>(0xC0 | cp >> 6);
+        utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+      } else if (cp < 0x10000) {
+        utf8 += static_cast<char>(0xE0 | cp >> 12);
+        utf8 += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
+        utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+      } else {
+        utf8 += static_cast<char>(0xF0 | cp >> 18);
+        utf8 += static_cast<char>(0x80 | (cp >> 12 & 0x3F));
+        utf8 += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
+        utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      emit(utf8, i, false);
+      i += 2 + static_cast<size_t>(digits);
+      continue;
+    }
+    emit(std::string_view(&c, 1), i, c != ' ' && c != '\t' ? false : true);
+    ++i;
+  }
+  if (text != value) return false;
+  out->clear();
+  out->reserve(from.size() + 1);
+  for (size_t at : from) out->push_back(position(at));
+  out->push_back(position(i));  // the closing quote
+  return true;
+}
+
 std::string PolicySetBuilder::WhenSource(const YAML::Node& n, const std::string& value,
-                                         Position* base) const {
+                                         Position* base, std::vector<Position>* quoted) const {
   YAML::Mark m = n.Mark();
   *base = Position{m.line + 1, m.column + 1, 0};
   if (m.is_null() || m.pos < 0 || static_cast<size_t>(m.pos) >= yaml_.size() ||
@@ -866,7 +990,10 @@ std::string PolicySetBuilder::WhenSource(const YAML::Node& n, const std::string&
   }
   char first = yaml_[static_cast<size_t>(m.pos)];
   if (first == '"' || first == '\'') {
-    base->column += 1;  // after the quote; escapes may shift later columns
+    // Escapes and folded lines move later characters: positions come from the map (the
+    // caller compiles against line 1, column 1 and maps each error back), or, for a form
+    // the map does not follow, from just after the quote.
+    if (!QuotedPositions(static_cast<size_t>(m.pos), value, quoted)) base->column += 1;
     return value;
   }
   if (first == '|' || first == '>') {
@@ -1164,12 +1291,23 @@ void PolicySetBuilder::LoadPolicy(const YAML::Node& n, Pos where, size_t index) 
     Error(PosOf(when->value, when->key_pos), "when must be an expression (a string)");
   } else if (on_ok) {
     Position base;
-    p.when = WhenSource(when->value, when->value.Scalar(), &base);
-    Compilation c = CompileWithDiagnostics(
-        p.when, p.on_detection ? Schema::Detection() : Schema::Event(), set_->declarations_, base);
+    std::vector<Position> quoted;  // for a quoted scalar: the file position of each byte
+    p.when = WhenSource(when->value, when->value.Scalar(), &base, &quoted);
+    Compilation c =
+        CompileWithDiagnostics(p.when, p.on_detection ? Schema::Detection() : Schema::Event(),
+                               set_->declarations_, quoted.empty() ? base : Position{});
     for (Diagnostic& d : c.errors) {
       if (Full()) break;
-      Error(Pos{d.line, d.column}, absl::StrCat("when: ", d.message));
+      Pos at{d.line, d.column};
+      if (!quoted.empty()) {  // line:column in the value -> its byte -> the file
+        size_t offset = 0;
+        for (int line = 1; line < d.line && offset < p.when.size(); ++offset) {
+          if (p.when[offset] == '\n') ++line;
+        }
+        offset = std::min(offset + static_cast<size_t>(std::max(d.column, 1) - 1), p.when.size());
+        at = Pos{quoted[offset].line, quoted[offset].column};
+      }
+      Error(at, absl::StrCat("when: ", d.message));
     }
     p.program = std::move(c.program);
     p.uses_evidence = p.when.find(p.on_detection ? "evidence" : "attrs") != std::string::npos;

@@ -403,6 +403,21 @@ TEST(PolicySet, WhenErrorsPointInsideTheFile) {
   ASSERT_THAT(r.errors, SizeIs(1));
   EXPECT_EQ(r.errors[0].column, 22);
 
+  // Quoted over several lines, escapes before the error: the file's line and column (the
+  // folded value put it at line 5, column 72, past the line's end).
+  yaml = WithPolicy(
+      "    when: \"detection.score > 0.5 && detection.type == \\\"x\\\" &&\n"
+      "      detection.tpye == \\\"x\\\"\"\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 6);
+  EXPECT_EQ(r.errors[0].column, 17);  // at "tpye"
+  yaml = WithPolicy("    when: 'detection.type == ''x'' &&\n\n      detection.tpye == ''x'''\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 7);
+  EXPECT_EQ(r.errors[0].column, 17);
+
   // Type error on line 40 reports line 40.
   std::string many = "policies:\n";
   for (int i = 0; i < 7; ++i) {
