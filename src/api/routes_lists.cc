@@ -203,10 +203,14 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
                    *kind != "watch") {
                  errors.push_back({"kind", "one of protected, allow, deny, watch"});
                }
+               if (kind && *kind == "protected" && is_protected && !*is_protected) {
+                 errors.push_back({"protected", "a list of kind protected is protected"});
+               }
                if (!errors.empty())
                  return call.Fail(ApiError::InvalidArgument("invalid list", std::move(errors)));
-               if (kind && *kind == "protected" && !is_protected) is_protected = true;
-               if (!is_protected) is_protected = false;  // a PUT states the flag
+               // What the body leaves out stays as it is (a new list: not protected, no
+               // kind): a PUT of the entries alone used to unprotect a protected list.
+               if (kind && *kind == "protected") is_protected = true;
                ctx.OffLoop(std::move(call), [&ctx, &policies, name, is_protected, kind, replace,
                                              entries = std::move(entries)](Call& call) mutable {
                  std::vector<std::string> add = entries, remove;

@@ -131,8 +131,8 @@ class FaultyStore final : public Store {
   }
   absl::Status CreateKey(const ApiKey& key) override { return inner_->CreateKey(key); }
   absl::StatusOr<std::vector<ApiKey>> ListKeys() override { return inner_->ListKeys(); }
-  absl::Status RevokeKey(std::string_view id, absl::Time at) override {
-    return inner_->RevokeKey(id, at);
+  absl::Status RevokeKey(std::string_view id, absl::Time at, bool keep_last_admin) override {
+    return inner_->RevokeKey(id, at, keep_last_admin);
   }
   absl::StatusOr<int64_t> KeysVersion() override { return inner_->KeysVersion(); }
   absl::StatusOr<std::optional<StoredDetection>> GetDetection(std::string_view s,

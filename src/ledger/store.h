@@ -412,8 +412,11 @@ class Store {
   virtual absl::Status CreateKey(const ApiKey& key) = 0;
   //! Every key, revoked ones included, oldest first.
   virtual absl::StatusOr<std::vector<ApiKey>> ListKeys() = 0;
-  //! kNotFound if no such key; revoking twice is OK.
-  virtual absl::Status RevokeKey(std::string_view id, absl::Time at) = 0;
+  //! kNotFound if no such key; revoking twice is OK. With `keep_last_admin`,
+  //! kFailedPrecondition if the key is the last active admin key (checked in the same
+  //! transaction as the revoke, so two revokes at once cannot both pass it).
+  virtual absl::Status RevokeKey(std::string_view id, absl::Time at,
+                                 bool keep_last_admin = false) = 0;
   //! A number that changes whenever any process creates or revokes a key.
   virtual absl::StatusOr<int64_t> KeysVersion() = 0;
 };

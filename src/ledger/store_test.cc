@@ -2,8 +2,10 @@
 #include "ledger/store.h"
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
@@ -1097,6 +1099,38 @@ TEST_P(StoreTest, DetectionBatchesAreStoredAndFoundAsOneByOne) {
 
 // PutNewDetections writes the rows whose key is not stored (by an earlier Txn or this
 // one) and says which; a savepoint rollback undoes them.
+// The last active admin key survives two revokes at once (two DELETEs, or two nodes):
+// the count is checked with the revoke, not read before it.
+TEST_P(StoreTest, TwoRevokesAtOnceKeepTheLastAdminKey) {
+  auto other = backend_->Open();  // a second handle: another node or process
+  ASSERT_OK(other);
+  for (int round = 0; round < 5; ++round) {
+    const std::string a = absl::StrCat("k_a", round), b = absl::StrCat("k_b", round);
+    for (const std::string& id : {a, b}) {
+      ASSERT_OK(V(store_->CreateKey({.id = id,
+                                     .secret_hash = std::string(64, 'a' + (round * 2 + (id == b))),
+                                     .role = "admin",
+                                     .created_at = kT0})));
+    }
+    std::atomic<int> ready{0};
+    absl::Status sa, sb;
+    auto revoke = [&](Store* s, const std::string& id, absl::Status* out) {
+      ready.fetch_add(1);
+      while (ready.load() < 2) {
+      }
+      *out = s->RevokeKey(id, kT0, /*keep_last_admin=*/true);
+    };
+    std::thread ta(revoke, store_.get(), a, &sa), tb(revoke, other->get(), b, &sb);
+    ta.join();
+    tb.join();
+    EXPECT_EQ(sa.ok() + sb.ok(), 1) << sa << " / " << sb;
+    // The survivor is the last one: it stays (and the next round's pair is on top of it).
+    const std::string& kept = sa.ok() ? b : a;
+    EXPECT_EQ(store_->RevokeKey(kept, kT0, true).code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_OK(V(store_->RevokeKey(kept, kT0)));  // without the guard (the CLI): revoked
+  }
+}
+
 TEST_P(StoreTest, PutNewDetectionsWritesOnlyNewKeysAndSaysWhich) {
   std::vector<StoredDetection> rows;
   for (int i = 0; i < 70; ++i) {

@@ -267,6 +267,11 @@ class ApiTest(unittest.TestCase):
         status, body, _ = self.q.request("POST", "/v1/lists/vip-artists/entries",
                                          {"add": ["user:a1"]})
         self.assertEqual((status, body["entries"]), (200, ["user:a1"]), body)
+        # A PUT of the entries alone keeps the list protected (it silently unprotected it).
+        status, body, _ = self.q.request("PUT", "/v1/lists/vip-artists", {"entries": ["user:a2"]})
+        self.assertEqual((status, body["protected"], body["entries"]), (200, True, ["user:a2"]), body)
+        self.assertError(self.q.request("PUT", "/v1/lists/vip-artists",
+                                        {"kind": "protected", "protected": False}), 400, "protected")
 
     def assertError(self, resp, status, field=None):
         got_status, body, _ = resp

@@ -894,7 +894,7 @@ class PgStore final : public Store {
 
   absl::Status CreateKey(const ApiKey& key) override;
   absl::StatusOr<std::vector<ApiKey>> ListKeys() override;
-  absl::Status RevokeKey(std::string_view id, absl::Time at) override;
+  absl::Status RevokeKey(std::string_view id, absl::Time at, bool keep_last_admin) override;
   absl::StatusOr<int64_t> KeysVersion() override {
     return WithOneRead([&](Conn& db) -> absl::StatusOr<int64_t> {
       QUELL_ASSIGN_OR_RETURN(Result r,
@@ -1368,14 +1368,29 @@ absl::StatusOr<std::vector<ApiKey>> PgStore::ListKeys() {
   });
 }
 
-absl::Status PgStore::RevokeKey(std::string_view id, absl::Time at) {
+absl::Status PgStore::RevokeKey(std::string_view id, absl::Time at, bool keep_last_admin) {
   absl::StatusOr<bool> r = WithSideWrite([&](Conn& db) -> absl::StatusOr<bool> {
+    if (keep_last_admin) {
+      // Lock every active admin row first: two revokes at once (two nodes) queue here,
+      // and the second, re-reading after the first commits, counts one admin fewer.
+      QUELL_RETURN_IF_ERROR(db.Query("SELECT id FROM api_keys WHERE role = 'admin' AND "
+                                     "revoked_at IS NULL ORDER BY id FOR UPDATE")
+                                .status());
+    }
     QUELL_ASSIGN_OR_RETURN(Result cur,
-                           db.Query("SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1 "
-                                    "FOR UPDATE",
+                           db.Query("SELECT revoked_at IS NOT NULL, role = 'admin' FROM api_keys "
+                                    "WHERE id = $1 FOR UPDATE",
                                     {P(id)}));
     if (cur.rows() == 0) return absl::NotFoundError(absl::StrCat("no api key ", AV(id)));
     if (cur.Text(0, 0) == "t") return true;  // revoking twice is fine and changes nothing
+    if (keep_last_admin && cur.Text(0, 1) == "t") {
+      QUELL_ASSIGN_OR_RETURN(Result n, db.Query("SELECT COUNT(*) FROM api_keys WHERE role = "
+                                                "'admin' AND revoked_at IS NULL"));
+      if (n.Int(0, 0) <= 1) {
+        return absl::FailedPreconditionError(
+            "this is the last active admin key: create another admin key before revoking it");
+      }
+    }
     QUELL_RETURN_IF_ERROR(
         db.Query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1", {P(id), PTime(at)}).status());
     QUELL_RETURN_IF_ERROR(BumpKeysVersion(db));

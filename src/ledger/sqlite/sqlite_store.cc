@@ -832,7 +832,7 @@ class SqliteStore final : public Store {
 
   absl::Status CreateKey(const ApiKey& key) override;
   absl::StatusOr<std::vector<ApiKey>> ListKeys() override;
-  absl::Status RevokeKey(std::string_view id, absl::Time at) override;
+  absl::Status RevokeKey(std::string_view id, absl::Time at, bool keep_last_admin) override;
   absl::StatusOr<int64_t> KeysVersion() override;
 
   absl::StatusOr<std::string> WriterPragma(std::string_view name) {
@@ -1972,19 +1972,30 @@ absl::StatusOr<std::vector<ApiKey>> SqliteStore::ListKeys() {
   });
 }
 
-absl::Status SqliteStore::RevokeKey(std::string_view id, absl::Time at) {
+absl::Status SqliteStore::RevokeKey(std::string_view id, absl::Time at, bool keep_last_admin) {
   absl::StatusOr<bool> r = WithSideWrite([&](Db& db) -> absl::StatusOr<bool> {
-    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT revoked_at IS NOT NULL FROM api_keys "
-                                                "WHERE id = ?1"));
-    bool revoked = false;
+    QUELL_ASSIGN_OR_RETURN(Stmt * s, db.Prepare("SELECT revoked_at IS NOT NULL, role = 'admin' "
+                                                "FROM api_keys WHERE id = ?1"));
+    bool revoked = false, admin = false;
     {
       StmtUse use(s);
       use->BindTextStatic(1, id);
       QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
       if (!row) return absl::NotFoundError(absl::StrCat("no api key ", AV(id)));
       revoked = use->ColumnInt(0) != 0;
+      admin = use->ColumnInt(1) != 0;
     }
-    if (revoked) return true;  // revoking twice is fine and changes nothing
+    if (revoked) return true;        // revoking twice is fine and changes nothing
+    if (keep_last_admin && admin) {  // the write lock is held: no other revoke in between
+      QUELL_ASSIGN_OR_RETURN(Stmt * c, db.Prepare("SELECT COUNT(*) FROM api_keys "
+                                                  "WHERE role = 'admin' AND revoked_at IS NULL"));
+      StmtUse use(c);
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (row && use->ColumnInt(0) <= 1) {
+        return absl::FailedPreconditionError(
+            "this is the last active admin key: create another admin key before revoking it");
+      }
+    }
     QUELL_ASSIGN_OR_RETURN(Stmt * u, db.Prepare("UPDATE api_keys SET revoked_at = ?2 "
                                                 "WHERE id = ?1"));
     StmtUse use(u);
