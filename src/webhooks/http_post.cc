@@ -6,9 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -43,6 +45,18 @@ absl::Status Wait(int fd, short events, absl::Time deadline, const char* what) {
   }
 }
 
+// 1 to 5 digits, nothing else (SimpleAtoi took " 80" and "+80").
+bool ParsePort(std::string_view s, int* port) {
+  if (s.empty() || s.size() > 5) return false;
+  int v = 0;
+  for (char c : s) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return false;
+    v = v * 10 + (c - '0');
+  }
+  *port = v;
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
@@ -51,9 +65,14 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
     return absl::InvalidArgumentError("url must start with http://");
   std::string_view rest = url.substr(kScheme.size());
   HttpUrl out;
-  const size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  if (slash != std::string_view::npos) out.path = std::string(rest.substr(slash));
+  // The authority ends at the first '/', '?' or '#' (RFC 3986 3.2); a query right after it
+  // is the root path's ("http://h?x=1" posts to "/?x=1").
+  const size_t end = rest.find_first_of("/?#");
+  std::string_view authority = rest.substr(0, end);
+  if (end != std::string_view::npos) {
+    const std::string_view path = rest.substr(end);
+    out.path = absl::StrCat(path.front() == '?' ? "/" : "", AV(path));
+  }
   if (authority.empty() || authority.find('@') != std::string_view::npos)
     return absl::InvalidArgumentError("url needs a host (and no user info)");
   std::string_view host = authority;
@@ -63,13 +82,28 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
     host = authority.substr(1, close - 1);
     std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
-      if (after.front() != ':' || !absl::SimpleAtoi(AV(after.substr(1)), &out.port))
+      if (after.front() != ':' || !ParsePort(after.substr(1), &out.port))
         return absl::InvalidArgumentError("bad port");
     }
-  } else if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    if (!absl::SimpleAtoi(AV(authority.substr(colon + 1)), &out.port))
-      return absl::InvalidArgumentError("bad port");
+    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != host.npos)
+      return absl::InvalidArgumentError("bad IPv6 host");
+  } else {
+    if (std::count(authority.begin(), authority.end(), ':') > 1) {
+      return absl::InvalidArgumentError("an IPv6 host is written in brackets: http://[::1]:8080/");
+    }
+    if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      if (!ParsePort(authority.substr(colon + 1), &out.port))
+        return absl::InvalidArgumentError("bad port");
+    }
+    // A DNS name or an IPv4 address (RFC 3986 reg-name, without percent-encoding).
+    for (char c : host) {
+      if (!(absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' ||
+            c == '_')) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("url host has a character a host name cannot hold: ", AV(host)));
+      }
+    }
   }
   if (host.empty()) return absl::InvalidArgumentError("url needs a host");
   if (out.port < 1 || out.port > 65535) return absl::InvalidArgumentError("port out of range");
@@ -150,12 +184,25 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
   for (;;) {
     if (size_t eol = in.find("\r\n"); eol != std::string::npos) {
       std::string_view line(in.data(), eol);
-      // "HTTP/1.x NNN reason"
-      int code = 0;
-      if (line.substr(0, 5) != "HTTP/" || line.size() < 12 || line[8] != ' ' ||
-          !absl::SimpleAtoi(AV(line.substr(9, 3)), &code))
+      // "HTTP/1.x NNN[ reason]": exactly three digits.
+      const bool digits = line.size() >= 12 && absl::ascii_isdigit(line[9]) &&
+                          absl::ascii_isdigit(line[10]) && absl::ascii_isdigit(line[11]);
+      if (line.substr(0, 5) != "HTTP/" || line[8] != ' ' || !digits ||
+          (line.size() > 12 && line[12] != ' ')) {
         return absl::UnavailableError("malformed response status line");
-      return code;
+      }
+      const int code = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+      if (code >= 100 && code < 200) {
+        // An interim response (100 Continue, 103 Early Hints): its header block ends at a
+        // blank line; the final status follows (RFC 9110 15.2).
+        const size_t end = in.find("\r\n\r\n");
+        if (end != std::string::npos) {
+          in.erase(0, end + 4);
+          continue;
+        }
+      } else {
+        return code;
+      }
     }
     if (in.size() > 8192) return absl::UnavailableError("response status line too long");
     ssize_t n = recv(sock.fd, buf, sizeof(buf), 0);

@@ -140,8 +140,85 @@ TEST(Url, Parses) {
   EXPECT_EQ(v6->port, 9000);
   for (const char* bad :
        {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/", "http://x:99999/",
-        "http://u@x/", "http://x/a b", "http://x:abc/", "http://x/h#frag"}) {
+        "http://u@x/", "http://x/a b", "http://x:abc/", "http://x/h#frag",
+        // Accepted before, then never deliverable (every change a dead letter): an IPv6
+        // host without brackets, a space or other non-host byte in the host, a port with
+        // a sign or a space.
+        "http://::1/hook", "http://127.0.0.1 x:8080/", "http://x:+80/", "http://x: 80/",
+        "http://[::1 ]/", "http://x%41/"}) {
     EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
+  }
+  // A query right after the host is the root path's (the host used to run to the '/').
+  auto q = ParseHttpUrl("http://127.0.0.1?x=1");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->host, "127.0.0.1");
+  EXPECT_EQ(q->path, "/?x=1");
+}
+
+// Answers one request with `reply` (raw bytes) on an IPv4 loopback port.
+class RawServer {
+ public:
+  explicit RawServer(std::string reply) : reply_(std::move(reply)) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    listen(fd_, 1);
+    thread_ = std::thread([this] {
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string got;
+      char buf[4096];
+      while (got.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = recv(c, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        got.append(buf, n);
+      }
+      send(c, reply_.data(), reply_.size(), MSG_NOSIGNAL);
+      close(c);
+    });
+  }
+  ~RawServer() {
+    thread_.join();
+    close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  std::string reply_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// The status is exactly three digits ("2004" read as 200 moved the cursor past a change
+// never accepted), and interim 1xx responses come before the final one ("100 Continue"
+// then 200 was a failure, re-sent until dead-lettered).
+TEST(Url, TheStatusIsTheFinalResponsesThreeDigits) {
+  struct Case {
+    std::string reply;
+    int want;  // 0: an error
+  };
+  for (const Case& c : std::vector<Case>{
+           {"HTTP/1.1 2004 Weird\r\nContent-Length: 0\r\n\r\n", 0},
+           {"HTTP/1.1 200x\r\n\r\n", 0},
+           {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200},
+           {"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 503 No\r\n\r\n", 503},
+           {"HTTP/1.1 204\r\n\r\n", 204}}) {
+    RawServer server(c.reply);
+    auto url = ParseHttpUrl(absl::StrCat("http://127.0.0.1:", server.port(), "/h"));
+    ASSERT_TRUE(url.ok());
+    auto status = HttpPost(*url, {}, "{}", absl::Seconds(5));
+    if (c.want == 0) {
+      EXPECT_FALSE(status.ok()) << c.reply;
+    } else {
+      ASSERT_TRUE(status.ok()) << c.reply << status.status();
+      EXPECT_EQ(*status, c.want) << c.reply;
+    }
   }
 }
 
