@@ -77,7 +77,7 @@ struct BucketAcc {
   void Add(std::string_view entity, uint64_t key, const ReplayLists& lists, size_t max_samples) {
     ++decisions;
     if (!seen.insert(key).second) return;
-    if (lists.protected_entities.contains(AV(entity))) ++protected_entities;
+    if (lists.IsProtected(entity)) ++protected_entities;
     if (samples.size() < max_samples) samples.emplace_back(entity);
   }
 
@@ -467,9 +467,17 @@ std::string BacktestReportToText(const BacktestReport& r) {
   return out;
 }
 
+bool ReplayLists::IsProtected(std::string_view entity) const {
+  if (protected_entities.contains(AV(entity))) return true;
+  if (protected_set == nullptr) return false;
+  auto e = core::Entity::Parse(entity);
+  return e.ok() && protected_set->Why(*e).has_value();
+}
+
 absl::StatusOr<ReplayLists> LoadReplayLists(ledger::Store& store,
                                             const policy::PolicySet& candidate) {
   ReplayLists out;
+  std::vector<std::pair<std::string, std::string>> protected_entries;
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
   for (const ledger::ListInfo& info : lists) {
     bool declared = false;
@@ -484,13 +492,17 @@ absl::StatusOr<ReplayLists> LoadReplayLists(ledger::Store& store,
     if (!declared && !is_protected) continue;
     QUELL_ASSIGN_OR_RETURN(std::vector<std::string> entries, store.ListEntries(info.name));
     if (is_protected) {
-      for (const std::string& e : entries) out.protected_entities.insert(e);
+      for (const std::string& e : entries) {
+        out.protected_entities.insert(e);
+        protected_entries.emplace_back(info.name, e);
+      }
     }
     if (declared) {
       auto& set = out.entries[info.name];
       for (std::string& e : entries) set.insert(std::move(e));
     }
   }
+  out.protected_set = safeguards::ProtectedSet::Build(protected_entries);
   return out;
 }
 

@@ -61,6 +61,7 @@
 #include "absl/time/time.h"
 #include "ledger/store.h"
 #include "policy/policy_set.h"
+#include "safeguards/protected.h"
 
 namespace quell::engine {
 
@@ -85,6 +86,12 @@ struct ReplayLists {
   absl::flat_hash_map<std::string, absl::flat_hash_set<std::string>> entries;
   // Every entity of every protected list.
   absl::flat_hash_set<std::string> protected_entities;
+  // The same, matched as the server's safeguard matches (an ip inside a protected cidr,
+  // a cidr over a protected ip): LoadReplayLists builds it; null: exact matches only.
+  std::shared_ptr<const safeguards::ProtectedSet> protected_set;
+
+  //! Whether a decision on `entity` would wait for review (a protected list covers it).
+  bool IsProtected(std::string_view entity) const;
 };
 
 struct BacktestOptions {

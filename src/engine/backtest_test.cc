@@ -253,7 +253,7 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
     // Protected by the set's declaration only (the stored list is not flagged): counted
     // protected all the same, as the live safeguard does.
-    c.payload = R"({"list":"staff","add":["user:q"]})";
+    c.payload = R"({"list":"staff","add":["user:q","cidr:10.0.0.0/8"]})";
     ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
     // Stored out of observed_at order on purpose.
     int n = 0;
@@ -279,6 +279,10 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     EXPECT_TRUE(lists->protected_entities.contains("user:p"));
     EXPECT_TRUE(lists->protected_entities.contains("user:q"));
     EXPECT_TRUE(lists->entries["watched"].contains("user:p"));
+    // Covered, not named: held live, so counted protected (it was missed).
+    EXPECT_TRUE(lists->IsProtected("ip:10.5.5.5"));
+    EXPECT_TRUE(lists->IsProtected("cidr:10.1.0.0/16"));
+    EXPECT_FALSE(lists->IsProtected("ip:11.0.0.1"));
 
     BacktestOptions options;
     options.from = T(1);

@@ -17,6 +17,7 @@
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "safeguards/protected.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quell::engine {
@@ -456,21 +457,27 @@ CaseResult RunCase(const policy::PolicySet& set, const PolicyCase& c) {
   result.error = UndeclaredInCase(set, c);
   if (!result.error.empty()) return result;
   CaseEnvironment env(set, c);
-  std::set<std::string> protected_lists;
+  // The protected lists' members, matched as the server's safeguard matches them (an ip
+  // inside a protected cidr, a cidr over a protected ip, a related entity of a protected
+  // one), not by exact text alone.
+  std::vector<std::pair<std::string, std::string>> protected_entries;
   for (const policy::ListDef& l : set.lists()) {
-    if (l.is_protected) protected_lists.insert(l.name);
+    if (!l.is_protected) continue;
+    auto it = c.lists.find(l.name);
+    if (it == c.lists.end()) continue;
+    for (const std::string& e : it->second) protected_entries.emplace_back(l.name, e);
   }
-  auto decide = [&](const Evaluation& ev) {
+  const std::shared_ptr<const safeguards::ProtectedSet> prot =
+      safeguards::ProtectedSet::Build(protected_entries);
+  auto decide = [&](const Evaluation& ev, const core::Entity* source) {
     result.eval_errors += ev.eval_errors;
     for (const Proposal& p : ev.proposals) {
       CaseDecision d;
       d.entity = p.entity.str();
       d.policy = p.policy;
       d.action = EscalatedAction(p, env.PriorFromPolicy(d.entity, d.policy));
-      bool is_protected = false;
-      for (const std::string& l : protected_lists) {
-        is_protected = is_protected || env.InList(l, d.entity);
-      }
+      const bool is_protected = prot->Why(p.entity).has_value() ||
+                                (p.via_related && source != nullptr && prot->Why(*source));
       if (p.shadow) {
         d.state = "shadow";
       } else if (is_protected) {
@@ -484,8 +491,8 @@ CaseResult RunCase(const policy::PolicySet& set, const PolicyCase& c) {
       result.actual.push_back(std::move(d));
     }
   };
-  for (const Detection& d : c.detections) decide(Evaluate(set, d, env, c.now));
-  for (const Event& e : c.events) decide(EvaluateEvent(set, e, env, c.now));
+  for (const Detection& d : c.detections) decide(Evaluate(set, d, env, c.now), &d.entity);
+  for (const Event& e : c.events) decide(EvaluateEvent(set, e, env, c.now), nullptr);
 
   std::sort(result.actual.begin(), result.actual.end());
   std::vector<CaseDecision> expect = c.expect;

@@ -115,6 +115,25 @@ expect:
   EXPECT_TRUE(r.passed) << r.Report();
 }
 
+// Protection as the server's safeguard applies it: an ip inside a protected cidr is held
+// (the runner matched list members by exact text, and said active).
+TEST(PolicyCases, AnIpInsideAProtectedNetworkIsHeld) {
+  auto set = MusicSet();
+  ASSERT_NE(set, nullptr);
+  CaseResult r = RunCaseText(*set, R"(name: office network
+lists: {employees: ["cidr:10.0.0.0/8", "ip:2001:db8::1"]}
+detections:
+  - {id: d1, source: manual, type: harassment, entity: "ip:10.5.5.5", score: 0.5}
+  - {id: d2, source: manual, type: harassment, entity: "ip:2001:DB8:0::1", score: 0.5}
+  - {id: d3, source: manual, type: harassment, entity: "ip:11.0.0.1", score: 0.5}
+expect:
+  - {entity: "ip:10.5.5.5", action: flag, state: pending_approval, policy: manual-report}
+  - {entity: "ip:2001:db8::1", action: flag, state: pending_approval, policy: manual-report}
+  - {entity: "ip:11.0.0.1", action: flag, state: active, policy: manual-report}
+)");
+  EXPECT_TRUE(r.passed) << r.Report() << r.error;
+}
+
 TEST(PolicyCases, ExpectationsAreAMultiset) {
   auto set = MusicSet();
   ASSERT_NE(set, nullptr);

@@ -406,6 +406,34 @@ policies:
   EXPECT_EQ(created, d.new_by_action);
 }
 
+// A protected network: a row for an address inside it would be held, and the preview
+// says so (it matched list members by exact text).
+TEST(DirectImportTest, DryRunHoldsAnAddressInsideAProtectedNetwork) {
+  std::string dir = testing::TempDir("dryrun-cidr");
+  PrepareDataDir(dir + "/var");
+  {
+    auto ledger = ledger::Ledger::Open(OpenStore(dir + "/var"), {}, core::RealClock::Get()).value();
+    ASSERT_TRUE(ledger
+                    ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
+                      ledger::Change c;
+                      c.kind = ledger::ChangeKind::kList;
+                      c.actor = "test";
+                      c.payload = R"({"list":"vip","add":["cidr:10.0.0.0/8"]})";
+                      return txn.Append(c, nullptr).status();
+                    })
+                    .ok());
+  }
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, Row("c1", "ip:10.5.5.5", 0.95) + Row("c2", "ip:11.0.0.1", 0.95));
+  ImportOptions dry = Options(dir, file);
+  dry.dry_run = true;
+  ImportResult preview = Import(dry);
+  ASSERT_TRUE(preview.status.ok()) << preview.status;
+  EXPECT_EQ(preview.dry_run->protected_, 1) << DryRunText(*preview.dry_run);
+  EXPECT_EQ(preview.dry_run->protected_by_list.at("vip"), 1);
+  EXPECT_EQ(preview.dry_run->new_total, 1);
+}
+
 // An active mitigation past its expiry, not yet swept: active() answers false for it, as
 // the live path's index does, so the import decides as the server would.
 TEST(DirectImportTest, AnExpiredMitigationIsNotActiveBeforeTheSweep) {

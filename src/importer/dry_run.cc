@@ -71,21 +71,36 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const pol
         d->protected_lists_.push_back(l.name);
       }
     }
+    std::map<std::string, std::vector<std::pair<std::string, std::string>>> protected_entries;
     QUELL_RETURN_IF_ERROR(
         store
             ->ScanListEntries([&](std::string_view list, std::string_view entity) {
               d->memberships_.insert(absl::StrCat(AV(list), "\n", AV(entity)));
+              if (std::find(d->protected_lists_.begin(), d->protected_lists_.end(), list) !=
+                  d->protected_lists_.end()) {
+                protected_entries[std::string(list)].emplace_back(list, entity);
+              }
               return absl::OkStatus();
             })
             .status());
+    for (const auto& [name, entries] : protected_entries) {
+      d->protected_sets_.emplace_back(name, safeguards::ProtectedSet::Build(entries));
+    }
   }
   return d;
 }
 
-bool DryRun::IsProtected(const std::string& entity, std::string* list) const {
+bool DryRun::IsProtected(const core::Entity& entity, std::string* list) const {
   for (const std::string& l : protected_lists_) {
-    if (memberships_.contains(absl::StrCat(l, "\n", entity))) {
+    if (memberships_.contains(absl::StrCat(l, "\n", entity.str()))) {
       *list = l;
+      return true;
+    }
+  }
+  // Covered rather than named (an ip inside a protected cidr), as the safeguard holds it.
+  for (const auto& [name, set] : protected_sets_) {
+    if (set->Why(entity)) {
+      *list = name;
       return true;
     }
   }
@@ -137,7 +152,7 @@ void DryRun::Add(const engine::Detection& d) {
     }
     ++file_created_[entity_action];  // pending or active: prior() counts both
     std::string list;
-    if (IsProtected(entity, &list)) {
+    if (IsProtected(p.entity, &list)) {
       ++report_.protected_;
       ++report_.protected_by_list[list];
       continue;

@@ -27,6 +27,7 @@
 #include "engine/engine.h"
 #include "ledger/store.h"
 #include "policy/policy_set.h"
+#include "safeguards/protected.h"
 
 namespace quell::importer {
 
@@ -67,12 +68,15 @@ class DryRun {
  private:
   class Env;
   DryRun(std::shared_ptr<const policy::PolicySet> set, ledger::Store* store);
-  bool IsProtected(const std::string& entity, std::string* list) const;
+  bool IsProtected(const core::Entity& entity, std::string* list) const;
 
   std::shared_ptr<const policy::PolicySet> set_;
   ledger::Store* store_;
   absl::Time now_;
   absl::flat_hash_set<std::string> memberships_;  // "list\nentity"
+  // Each protected list's entries, matched as the safeguard matches (an ip inside a cidr).
+  std::vector<std::pair<std::string, std::shared_ptr<const safeguards::ProtectedSet>>>
+      protected_sets_;
   std::vector<std::string> protected_lists_;
   absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
