@@ -302,6 +302,21 @@ absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteS
     return absl::InvalidArgumentError(absl::StrCat(source->name(), " is an Avro file, not ",
                                                    AV(FormatName(format)), " (drop --format)"));
   }
+  const bool blank_start = head->find_first_not_of(" \t\r\n\xEF\xBB\xBF") == std::string_view::npos;
+  if (format == Format::kNdjson && blank_start) {
+    // Blank lines (or a byte order mark) alone are as empty as no bytes at all: refused
+    // the same way, not imported as 0 rows. Looked at only when the input starts blank
+    // (a stream of rows is not held up waiting for 64 KiB of it).
+    constexpr size_t kLook = size_t{1} << 16;
+    auto start = source->Peek(kLook);
+    if (!start.ok()) return start.status();
+    std::string_view text = *start;
+    if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
+    if (start->size() < kLook && text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source->name(), " is empty: no rows to import (blank lines only)"));
+    }
+  }
   auto r = std::make_unique<TextReader>(std::move(source), format, options);
   if (auto s = r->Init(); !s.ok()) return s;
   return std::unique_ptr<RowReader>(std::move(r));

@@ -172,6 +172,12 @@ TEST(ReaderTest, RowLimitHoldsForShortRowsToo) {
 TEST(ReaderTest, InputErrorsRefuse) {
   EXPECT_NE(std::string(OpenString("", Format::kNdjson).status().message()).find("is empty"),
             std::string::npos);
+  // Blank lines or a byte order mark alone are as empty (they were 0 rows and exit 0).
+  for (const char* blank : {"\n\n  \n", "\xEF\xBB\xBF", "\xEF\xBB\xBF\r\n"}) {
+    EXPECT_NE(std::string(OpenString(blank, Format::kNdjson).status().message()).find("is empty"),
+              std::string::npos)
+        << blank;
+  }
   EXPECT_NE(std::string(OpenString("id,source,colour\n", Format::kCsv).status().message())
                 .find("unknown column"),
             std::string::npos);
