@@ -300,7 +300,7 @@ class SafeguardsTest(Base):
         # before the transaction, and a denial does not change the mitigation. The second
         # is a 409 now, whichever comes first.
         for i in range(8):
-            d = self.submit(det("apd-%d" % i, "user:appellant-d%d" % i))[0]["decisions"][0]
+            d = self.submit(det("apr-%d" % i, "user:appellant-r%d" % i))[0]["decisions"][0]
             s, a, _ = self.q.request("POST", "/v1/appeals",
                                      {"mitigation_id": d["mitigation_id"], "statement": "me"},
                                      key=self.r1)
