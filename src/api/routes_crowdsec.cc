@@ -217,14 +217,19 @@ bool MayPull(Call& call) {
 // cidr: entity) with CrowdSec type `type` that the bouncer's filter lets it see, if any.
 // A decision the filter hides holds nothing for this bouncer: it never saw it, and would
 // never see its end either.
+// `ended`: mitigations the pull's changes show ended, which the index may still hold (it
+// follows the feed; on PostgreSQL another node's changes can be read before it applied
+// them): they hold nothing.
+using IdSet = absl::flat_hash_set<std::array<uint8_t, 16>>;
 std::optional<index::Hit> LongestHeld(Context& ctx, const Filter& f, const core::Entity& entity,
-                                      std::string_view type, absl::Time now) {
+                                      std::string_view type, absl::Time now,
+                                      const IdSet& ended = {}) {
   const Scope scope = entity.is_ip() ? Scope::kIp : Scope::kRange;
   index::Hits hits;
   ctx.deps.index->Lookup(entity, now, &hits);
   std::optional<index::Hit> longest;
   for (const index::Hit& h : hits) {
-    if (h.cidr_prefix >= 0) continue;
+    if (h.cidr_prefix >= 0 || ended.contains(h.id)) continue;
     const std::string_view action = ctx.deps.index->ActionName(h.action);
     if (TypeOf(*ctx.Catalog(), action) != type || !f.Wants(scope, type, action)) continue;
     if (!longest || h.expires_us > longest->expires_us) longest = h;
@@ -430,6 +435,13 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     read += static_cast<int64_t>(changes->size());
     if (static_cast<int>(changes->size()) < limit) break;
   }
+  // Ended in this window, whatever the (possibly lagging) index still holds.
+  IdSet ended_ids;
+  for (const core::Mitigation& m : last) {
+    if (m.state == core::MitigationState::kActive && m.expires_at > now) continue;
+    std::array<uint8_t, 16> bin{};
+    if (index::EncodeId(m.id, &bin)) ended_ids.insert(bin);
+  }
   std::vector<const core::Mitigation*> ended;
   for (const core::Mitigation& m : last) {
     Scope scope;
@@ -439,7 +451,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
       if (only_deleted) continue;
       out->Add(AsAdded(m, scope, type));
       // A longer decision on the value from before this window is the one to keep.
-      if (std::optional<index::Hit> held = LongestHeld(ctx, f, m.entity, type, now)) {
+      if (std::optional<index::Hit> held = LongestHeld(ctx, f, m.entity, type, now, ended_ids)) {
         const std::string_view action = ctx.deps.index->ActionName(held->action);
         out->Add({DecisionId(held->id), scope, std::string(type), std::string(m.entity.id()),
                   std::string(action), core::FromMicros(held->expires_us)});
@@ -455,7 +467,7 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     std::string_view type;
     AsDecision(*ctx.Catalog(), *m, &scope, &type);
     if (out->Has(type, m->entity.id())) continue;
-    if (LongestHeld(ctx, f, m->entity, type, now)) continue;
+    if (LongestHeld(ctx, f, m->entity, type, now, ended_ids)) continue;
     // Negative, like CrowdSec's for an ended decision: it ended at the earlier of its
     // expiry and its last change.
     AppendMitigation(*m, scope, type, now, std::min(m->expires_at, m->updated_at), &out->deleted);

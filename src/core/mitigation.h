@@ -52,7 +52,8 @@ struct Mitigation {
   std::string batch;                    // import batch, if any
   std::vector<std::string> detections;  // detection ids that caused it
   // The policy whose hit recorded each detection, in the same order, when some are not
-  // `policy`'s (another policy's hit extended this mitigation); empty: all are `policy`'s.
+  // `policy`'s (another policy's hit extended this mitigation; "" for a detection merged in
+  // from another mitigation, whose creation counted it); empty: all are `policy`'s.
   // Escalation counts a policy's hits by it. Use DetectionPolicy() and AddDetections().
   std::vector<std::string> detection_policies;
   // Reviewers who approved it (key ids, in order): the two-person rule's record while it

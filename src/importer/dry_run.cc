@@ -152,7 +152,9 @@ void DryRun::Add(const engine::Detection& d) {
     }
     ++file_created_[entity_action];  // pending or active: prior() counts both
     std::string list;
-    if (IsProtected(p.entity, &list)) {
+    // A related entity's decision is held when the detection's own entity is protected,
+    // as the safeguard holds it ("propagated from a protected entity").
+    if (IsProtected(p.entity, &list) || (p.via_related && IsProtected(d.entity, &list))) {
       ++report_.protected_;
       ++report_.protected_by_list[list];
       continue;

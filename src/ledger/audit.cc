@@ -68,12 +68,11 @@ struct ListState {
   absl::flat_hash_set<std::string> entries;
 };
 
-// Why the list tables (entries as of one snapshot, flags as read) are not what the
-// changes make them, or nullopt.
-std::optional<std::string> ListDisagreement(
+// Why the list entries (as of one snapshot) are not what the changes up to it make them,
+// or nullopt.
+std::optional<std::string> EntriesDisagreement(
     const std::map<std::string, ListState, std::less<>>& chain,
-    const std::map<std::string, absl::flat_hash_set<std::string>, std::less<>>& entries,
-    const std::vector<ListInfo>* flags) {
+    const std::map<std::string, absl::flat_hash_set<std::string>, std::less<>>& entries) {
   for (const auto& [name, state] : chain) {
     auto it = entries.find(name);
     for (const std::string& e : state.entries) {
@@ -92,7 +91,14 @@ std::optional<std::string> ListDisagreement(
       }
     }
   }
-  if (flags == nullptr) return std::nullopt;
+  return std::nullopt;
+}
+
+// Why the lists' flags are not what the changes make them, or nullopt. `chain`: each
+// list's protected flag and kind as the changes leave them (no entries).
+std::optional<std::string> FlagsDisagreement(
+    const std::map<std::string, ListState, std::less<>>& chain,
+    const std::vector<ListInfo>* flags) {
   for (const ListInfo& l : *flags) {
     auto it = chain.find(l.name);
     if (it == chain.end()) {
@@ -206,12 +212,13 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     }
     return true;
   };
+  // The lists' flags as the changes up to lists_head leave them (kept for after the walk).
+  std::map<std::string, ListState, std::less<>> flags_at_head;
   auto check_lists = [&]() -> bool {
-    // The flags were read after the entries' snapshot: comparable only if no list change
-    // came between (a running server's), which the walk sees as a list change past it.
-    const bool flags_comparable = last_list_change <= lists_head;
-    std::optional<std::string> reason =
-        ListDisagreement(lists_chain, list_view, flags_comparable ? &list_flags : nullptr);
+    for (const auto& [name, state] : lists_chain) {
+      flags_at_head[name] = ListState{state.is_protected, state.kind, {}};
+    }
+    std::optional<std::string> reason = EntriesDisagreement(lists_chain, list_view);
     if (!reason) return true;
     fail(std::max<int64_t>(std::min(report.last_seq, lists_head), 1), *std::move(reason));
     return false;
@@ -331,6 +338,15 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   // still refer to them.
   for (Checkpoint& cp : checkpoints) {
     if (!cp.done && !cp.check()) return report;
+  }
+  // The flags were read after the entries' snapshot, before the walk: comparable with
+  // those at its head unless a list changed after it (a running server's), which the walk
+  // then saw, as it sees every change committed before it started.
+  if (last_list_change <= lists_head) {
+    if (std::optional<std::string> reason = FlagsDisagreement(flags_at_head, &list_flags)) {
+      fail(std::max<int64_t>(std::min(report.last_seq, lists_head), 1), *std::move(reason));
+      return report;
+    }
   }
   // The policy set served is the newest the table holds: it must be the chain's newest.
   QUELL_ASSIGN_OR_RETURN(std::optional<PolicySetVersion> latest, store.LatestPolicySet());

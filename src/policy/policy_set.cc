@@ -871,9 +871,12 @@ bool PolicySetBuilder::QuotedPositions(size_t pos, const std::string& value,
       return a < static_cast<size_t>(l.data() - yaml_.data());
     });
     const size_t line = static_cast<size_t>(it - lines_.begin()) - 1;
-    return Position{
-        static_cast<int>(line) + 1,
-        static_cast<int>(at - static_cast<size_t>(lines_[line].data() - yaml_.data())) + 1, 0};
+    // The column in characters, as the file's other positions count them.
+    int column = 1;
+    for (size_t k = static_cast<size_t>(lines_[line].data() - yaml_.data()); k < at; ++k) {
+      if ((static_cast<unsigned char>(yaml_[k]) & 0xC0) != 0x80) ++column;
+    }
+    return Position{static_cast<int>(line) + 1, column, 0};
   };
   const char quote = yaml_[pos];
   std::string text;
@@ -1304,7 +1307,14 @@ void PolicySetBuilder::LoadPolicy(const YAML::Node& n, Pos where, size_t index) 
         for (int line = 1; line < d.line && offset < p.when.size(); ++offset) {
           if (p.when[offset] == '\n') ++line;
         }
-        offset = std::min(offset + static_cast<size_t>(std::max(d.column, 1) - 1), p.when.size());
+        // Columns count characters (the lexer's), offsets bytes: step over UTF-8 ones.
+        for (int col = 1; col < d.column && offset < p.when.size(); ++col) {
+          ++offset;
+          while (offset < p.when.size() &&
+                 (static_cast<unsigned char>(p.when[offset]) & 0xC0) == 0x80) {
+            ++offset;
+          }
+        }
         at = Pos{quoted[offset].line, quoted[offset].column};
       }
       Error(at, absl::StrCat("when: ", d.message));

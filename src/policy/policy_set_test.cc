@@ -418,6 +418,13 @@ TEST(PolicySet, WhenErrorsPointInsideTheFile) {
   EXPECT_EQ(r.errors[0].line, 7);
   EXPECT_EQ(r.errors[0].column, 17);
 
+  // Columns count characters, in the file and in the expression alike.
+  yaml = WithPolicy("    when: \"detection.type == '\xc3\xa9' && detection.scor > 1\"\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 5);
+  EXPECT_EQ(r.errors[0].column, 47);
+
   // Type error on line 40 reports line 40.
   std::string many = "policies:\n";
   for (int i = 0; i < 7; ++i) {

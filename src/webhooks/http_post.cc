@@ -187,7 +187,7 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
       // "HTTP/1.x NNN[ reason]": exactly three digits.
       const bool digits = line.size() >= 12 && absl::ascii_isdigit(line[9]) &&
                           absl::ascii_isdigit(line[10]) && absl::ascii_isdigit(line[11]);
-      if (line.substr(0, 5) != "HTTP/" || line[8] != ' ' || !digits ||
+      if (!digits || line.substr(0, 5) != "HTTP/" || line[8] != ' ' ||
           (line.size() > 12 && line[12] != ' ')) {
         return absl::UnavailableError("malformed response status line");
       }
@@ -195,6 +195,11 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
       if (code >= 100 && code < 200) {
         // An interim response (100 Continue, 103 Early Hints): its header block ends at a
         // blank line; the final status follows (RFC 9110 15.2).
+        // The timeout bounds them all: a stream of 1xx read as fast as it comes never
+        // waits in Wait(), where the deadline is otherwise checked.
+        if (absl::Now() >= deadline) {
+          return absl::DeadlineExceededError("timeout while waiting for the response");
+        }
         const size_t end = in.find("\r\n\r\n");
         if (end != std::string::npos) {
           in.erase(0, end + 4);

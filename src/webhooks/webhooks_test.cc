@@ -206,6 +206,7 @@ TEST(Url, TheStatusIsTheFinalResponsesThreeDigits) {
   for (const Case& c : std::vector<Case>{
            {"HTTP/1.1 2004 Weird\r\nContent-Length: 0\r\n\r\n", 0},
            {"HTTP/1.1 200x\r\n\r\n", 0},
+           {"HTTP/\r\n\r\n", 0},  // shorter than a status line
            {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200},
            {"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 503 No\r\n\r\n", 503},
            {"HTTP/1.1 204\r\n\r\n", 204}}) {

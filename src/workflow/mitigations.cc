@@ -89,8 +89,12 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
   for (Mitigation& existing : live) {
     if (existing.id == m.id || existing.state != MitigationState::kActive) continue;
     if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
+    // m's detections are kept as evidence; its first is its creation, which escalation
+    // counts as m (expired, merged, still counted as created): recorded with no policy,
+    // so that it is not counted a second time as a later hit on `existing`.
     for (size_t i = 0; i < m.detections.size(); ++i) {
-      core::AddDetections(existing, {m.detections[i]}, core::DetectionPolicy(m, i));
+      core::AddDetections(existing, {m.detections[i]},
+                          i == 0 ? std::string_view() : core::DetectionPolicy(m, i));
     }
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());

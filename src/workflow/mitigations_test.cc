@@ -113,6 +113,39 @@ TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
   }
 }
 
+// Merged into the active one, a mitigation's first detection is its creation, which
+// escalation counts as that (expired) mitigation: it is recorded with no policy, not as a
+// later hit of its policy (which counted it twice and escalated a step early).
+TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
+  CreateRequest q;
+  q.entity = *core::Entity::Parse("user:merge");
+  q.action = "suspend";
+  q.reason = "q";
+  q.policy = "q";
+  q.detections = {"dq"};
+  auto out = std::make_shared<CreateResult>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(q, core::ActionCatalog::Default(), out)).ok());
+  const std::string active_id = out->mitigation.id;
+  CreateRequest p = q;
+  p.policy = "p";
+  p.detections = {"dp"};
+  p.state = MitigationState::kPendingApproval;
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(p, core::ActionCatalog::Default(), out)).ok());
+  core::Mitigation pending = out->mitigation;
+  ASSERT_NE(pending.id, active_id);
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                    return Activate(txn, pending, "k_reviewer", now).status();
+                  })
+                  .ok());
+  auto merged = *ledger_->store().GetMitigation(active_id);
+  ASSERT_TRUE(merged.has_value());
+  EXPECT_EQ(merged->detections, (std::vector<std::string>{"dq", "dp"}));
+  EXPECT_EQ(merged->detection_policies, (std::vector<std::string>{"q", ""}));
+}
+
 TEST_F(MitigationsTest, UnknownActionIsRejected) {
   auto r = Create("user:u1", "obliterate", absl::Hours(1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
