@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <set>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "api/internal/context.h"
 #include "api/json_reader.h"
@@ -137,6 +138,9 @@ void Check(Context& ctx, Call&& call) {
   core::Verdict verdict = core::Verdict::kAllow;
   std::string items = "[";
   index::Hits hits;
+  // A mitigation is listed once, however many of the asked entities it applies to (two
+  // addresses of one covered /24 listed its mitigation twice).
+  absl::InlinedVector<std::array<uint8_t, 16>, 8> listed;
   for (size_t i = 0; i < texts.size(); ++i) {
     auto entity = Entity::Parse(texts[i]);
     if (!entity.ok()) {
@@ -148,6 +152,8 @@ void Check(Context& ctx, Call&& call) {
     for (const index::Hit& h : hits) {
       const core::Action* a = catalog.Find(ctx.deps.index->ActionName(h.action));
       if (a != nullptr && !a->AppliesTo(surface)) continue;
+      if (std::find(listed.begin(), listed.end(), h.id) != listed.end()) continue;
+      listed.push_back(h.id);
       AppendHit(*ctx.deps.index, a, *entity, h, &items, &verdict);
     }
   }

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "core/entity.h"
 #include "core/mitigation.h"
@@ -572,6 +573,8 @@ class GrpcServer::Impl final
     std::shared_ptr<const core::ActionCatalog> catalog;
     core::Verdict verdict = core::Verdict::kAllow;
     index::Hits hits;
+    // Each mitigation once, however many asked entities it applies to (as over HTTP).
+    absl::InlinedVector<std::array<uint8_t, 16>, 8> listed;
     for (int i = 0; i < n; ++i) {
       auto entity = core::Entity::Parse(request.entities(i));
       if (!entity.ok()) {
@@ -587,6 +590,8 @@ class GrpcServer::Impl final
         if (a != nullptr && !a->AppliesTo(surface)) continue;
         core::Verdict v = a != nullptr ? a->verdict : core::Verdict::kAllow;
         verdict = std::max(verdict, v);
+        if (std::find(listed.begin(), listed.end(), h.id) != listed.end()) continue;
+        listed.push_back(h.id);
         v1::CheckedMitigation* m = response->add_mitigations();
         m->set_id(index::DecodeId(h.id));
         if (h.cidr_prefix >= 0) {

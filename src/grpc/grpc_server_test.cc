@@ -275,6 +275,10 @@ TEST_F(GrpcServerTest, CheckReportsVerdictMitigationsAndSurfaces) {
   ASSERT_EQ(resp.mitigations_size(), 2);
   EXPECT_EQ(resp.mitigations(1).entity(), "cidr:10.1.0.0/16");
   EXPECT_EQ(resp.mitigations(1).verdict(), v1::VERDICT_DENY);
+  // Two addresses the network covers: its mitigation once (it was listed twice).
+  resp.Clear();
+  ASSERT_TRUE(Check({"ip:10.1.2.3", "ip:10.1.9.9"}, "", &resp, enforcer_).ok());
+  EXPECT_EQ(resp.mitigations_size(), 1);
 
   // exclude_royalties applies to the payout surface only.
   resp.Clear();

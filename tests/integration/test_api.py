@@ -162,6 +162,9 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(v["verdict"], "deny")
         self.assertEqual(v["mitigations"][0]["entity"], "cidr:10.20.0.0/16")
         self.assertEqual(self.check("ip:10.21.0.1")[1]["verdict"], "allow")
+        # Two addresses of the network: its mitigation is listed once (it was twice).
+        both = self.q.request("GET", "/v1/check?entity=ip:10.20.3.4&entity=ip:10.20.9.9")[1]
+        self.assertEqual([x["id"] for x in both["mitigations"]], [m["id"]], both)
         v = self.check("ip:2001:0db8:0000::0001")[1]
         self.assertEqual(v["verdict"], "challenge")
         status, m, _ = self.create("ip:2001:DB8:0:0::7")
