@@ -31,6 +31,12 @@ int64_t Div(absl::Duration num, absl::Duration den) {
   absl::Duration rem;
   return absl::IDivDuration(num, den, &rem);
 }
+// How many whole buckets cover `d` (rounded up).
+int64_t Cover(absl::Duration d, absl::Duration bucket) {
+  absl::Duration rem;
+  const int64_t n = absl::IDivDuration(d, bucket, &rem);
+  return rem > absl::ZeroDuration() ? n + 1 : n;
+}
 int64_t Idx(absl::Time t, absl::Duration bucket) { return Div(t - absl::UnixEpoch(), bucket); }
 }  // namespace
 
@@ -83,7 +89,7 @@ void BreakerBank::Configure(std::vector<BreakerSpec> specs) {
 int64_t BreakerBank::KeepBuckets(const State& s) {
   absl::Duration keep = s.spec.window;
   if (s.spec.factor > 0) keep = std::max(keep, s.spec.baseline + s.spec.window);
-  return Div(keep, s.bucket) + 1;
+  return Cover(keep, s.bucket) + 1;
 }
 
 void BreakerBank::Evict(State& s, int64_t now_idx) {
@@ -94,11 +100,14 @@ void BreakerBank::Evict(State& s, int64_t now_idx) {
   }
 }
 
+// The current (partial) bucket and the whole ones before it that cover the window: at
+// least the window's decisions, and at most one bucket more. Counting only window/bucket
+// buckets in all covered part of the window, and let up to twice the limit through when
+// a burst straddled its start (worse with a relative breaker's wider buckets).
 int64_t BreakerBank::WindowCount(const State& s, int64_t now_idx) {
-  int64_t n = Div(s.spec.window, s.bucket);
-  if (n < 1) n = 1;
+  const int64_t n = std::max<int64_t>(1, Cover(s.spec.window, s.bucket));
   int64_t count = 0;
-  for (auto it = s.buckets.rbegin(); it != s.buckets.rend() && it->first > now_idx - n; ++it) {
+  for (auto it = s.buckets.rbegin(); it != s.buckets.rend() && it->first >= now_idx - n; ++it) {
     count += it->second;
   }
   return count;

@@ -5,8 +5,10 @@
 // that decision and every further one in scope are held for approval until an admin
 // resets it. So at most `limit` decisions per window pass a closed breaker.
 //
-// Windows are approximated with buckets of window/16 (the count may include up to one
-// bucket of decisions older than the window; never fewer than the window's).
+// Windows are approximated with buckets of window/16 (wider for a relative breaker whose
+// baseline needs more than 20,000 of them): the count covers the current bucket and the
+// whole ones before it that span the window, so it may include up to one bucket of
+// decisions older than the window, never fewer than the window's.
 //
 // With several nodes (docs/cluster.md) each node's bank also counts the decisions the
 // other nodes made (CountRemote, from the ledger's change feed), so the limit applies to

@@ -99,6 +99,37 @@ TEST(Breakers, WindowSlides) {
   EXPECT_EQ(bank.Record({"p", "a", "s"}, t + absl::Minutes(11)).held_by, "g");
 }
 
+// A burst straddling the window's start: the count covers the whole window (the bucket
+// holding its start included), so no more than `limit` pass in any window. It counted
+// window/bucket buckets only — up to a bucket short of the window, and for a relative
+// breaker with the default baseline (30 s buckets) half of a 1m window: twice the limit
+// passed.
+TEST(Breakers, NoMoreThanTheLimitPassInAnyWindow) {
+  for (bool relative : {false, true}) {
+    BreakerBank bank;
+    BreakerSpec s = Spec("p", BreakerSpec::Scope::kPolicy, "pol", 3);
+    s.window = relative ? absl::Minutes(1) : absl::Seconds(16);
+    if (relative) {
+      s.factor = 2;
+      s.baseline = absl::Hours(24 * 7);
+    }
+    bank.Configure({s});
+    // Starts at several offsets within a bucket; three decisions, then three more just
+    // inside one window of the first.
+    for (int offset_ms : {0, 300, 800, 999}) {
+      bank.SetOpen("p", false, absl::UnixEpoch(), "");  // closed, counts cleared
+      absl::Time t = absl::FromUnixSeconds(1700000000) + absl::Milliseconds(offset_ms);
+      int passed = 0;
+      for (int i = 0; i < 3; ++i) passed += bank.Record({"pol", "a", "s"}, t).held_by.empty();
+      const absl::Time later = t + s.window - absl::Milliseconds(50);
+      for (int i = 0; i < 3; ++i) {
+        passed += bank.Record({"pol", "a", "s"}, later).held_by.empty();
+      }
+      EXPECT_EQ(passed, 3) << "relative " << relative << " offset " << offset_ms;
+    }
+  }
+}
+
 TEST(Breakers, RelativeLimitNeedsBothConditions) {
   BreakerBank bank;
   BreakerSpec s = Spec("rel", BreakerSpec::Scope::kSource, "bot", 25);
@@ -107,19 +138,21 @@ TEST(Breakers, RelativeLimitNeedsBothConditions) {
   s.baseline = absl::Hours(24 * 7);
   bank.Configure({s});
   absl::Time t0 = absl::FromUnixSeconds(1700000000);
-  // A steady 20 per hour for a week: under `limit`, never opens.
+  // A steady 20 per hour for a week (one every 3 minutes): under `limit`, never opens.
   for (int h = 0; h < 24 * 7; ++h) {
     for (int i = 0; i < 20; ++i) {
-      ASSERT_TRUE(bank.Record({"p", "a", "bot"}, t0 + absl::Hours(h)).held_by.empty())
+      const absl::Time at = t0 + absl::Hours(h) + absl::Minutes(3 * i);
+      ASSERT_TRUE(bank.Record({"p", "a", "bot"}, at).held_by.empty())
           << "hour " << h << " item " << i;
     }
   }
-  // A spike past 3x the trailing average (20) opens it.
+  // A spike past 3x the trailing average (20) opens it: the window already holds the
+  // last hour's 20 (and up to a bucket more), so about 40 more pass.
   absl::Time t = t0 + absl::Hours(24 * 7);
   int passed = 0;
   while (bank.Record({"p", "a", "bot"}, t).held_by.empty()) ++passed;
-  EXPECT_GE(passed, 60);
-  EXPECT_LE(passed, 62);
+  EXPECT_GE(passed, 37);
+  EXPECT_LE(passed, 41);
   EXPECT_EQ(bank.Record({"p", "a", "other"}, t).held_by, "");
 
   // Without history the trailing average is 0: `limit` alone decides.
