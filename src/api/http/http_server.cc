@@ -35,6 +35,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "obs/request_id.h"
 
 namespace quell::http {
 
@@ -430,12 +431,17 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  // Answers a request we could not read, then closes.
+  // Answers a request we could not read, then closes. Like every reply it carries an
+  // X-Request-Id: the client's when the headers were read and it is a sane one.
   void SendError(int status, std::string_view code, std::string_view message) {
     keep_alive_ = false;
     head_request_ = false;
     version_ = 11;
     response_ = ErrorResponse(status, code, message);
+    const std::string_view incoming = request_.Header("x-request-id");
+    response_.headers.emplace_back("X-Request-Id", obs::IsSaneRequestId(incoming)
+                                                       ? std::string(incoming)
+                                                       : obs::NewRequestId());
     WriteResponse();
   }
 

@@ -302,11 +302,14 @@ TEST(HttpServerTest, OversizedBodyGets413) {
   ASSERT_TRUE(server.ok()) << server.status();
   {
     Client client((*server)->port());
-    ASSERT_TRUE(client.Send("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n"));
+    ASSERT_TRUE(client.Send(
+        "POST /big HTTP/1.1\r\nHost: t\r\nX-Request-Id: big-1\r\nContent-Length: 1001\r\n\r\n"));
     client.Send(std::string(1001, 'x'));
     ClientResponse r = client.Read();
     ASSERT_TRUE(r.ok);
     EXPECT_EQ(r.status, 413);
+    // Every reply carries a request id, this one too (the client's: its headers were read).
+    EXPECT_EQ(r.Header("x-request-id"), "big-1");
     EXPECT_EQ(r.Header("content-type"), "application/json");
     EXPECT_EQ(r.Header("connection"), "close");
     EXPECT_THAT(r.body, HasSubstr(R"({"error":{"code":"too_large","message":")"));
@@ -333,6 +336,7 @@ TEST(HttpServerTest, HugeHeaderGets431) {
   ClientResponse r = client.Read();
   ASSERT_TRUE(r.ok);
   EXPECT_EQ(r.status, 431);
+  EXPECT_EQ(r.Header("x-request-id").size(), 16u);  // a new one: the headers were not read
   EXPECT_THAT(r.body, HasSubstr(R"("code":"too_large")"));
   EXPECT_TRUE(client.ReadsEof());
   EXPECT_EQ(handler.calls(), 0);
