@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
@@ -277,6 +278,11 @@ void Dispatcher::Run() {
   }
 }
 
+namespace {
+// The start of the last_error a cursor past the ledger's head sets (and clears).
+constexpr std::string_view kCursorAhead = "the subscription's cursor ";
+}  // namespace
+
 absl::Time Dispatcher::Step(const std::string& id) {
   const absl::Time now = absl::Now();
   std::shared_ptr<Sub> sub;
@@ -306,7 +312,22 @@ absl::Time Dispatcher::Step(const std::string& id) {
       sub->next_attempt = now + absl::Seconds(1);
       return sub->next_attempt;
     }
-    if (changes->empty()) return absl::InfiniteFuture();  // the poll or a commit wakes us
+    if (changes->empty()) {
+      // A cursor past the ledger's head (the ledger restored from a backup older than
+      // webhooks.db): the changes that reuse those seqs will never be sent. Said where an
+      // operator looks (GET /v1/webhooks); docs/operations.md, "Backups".
+      absl::StatusOr<int64_t> last = LastSeq();
+      std::lock_guard lock(mu_);
+      if (last.ok() && s.cursor > *last) {
+        sub->last_error = absl::StrCat(
+            AV(kCursorAhead), s.cursor, " is past the ledger's last change ", *last,
+            " (restored from an older backup?): the changes that take seqs up to ", s.cursor,
+            " are not delivered; re-create the subscription with from_seq ", *last);
+      } else if (absl::StartsWith(sub->last_error, AV(kCursorAhead))) {
+        sub->last_error.clear();
+      }
+      return absl::InfiniteFuture();  // the poll or a commit wakes us
+    }
     int64_t skipped_to = s.cursor;
     for (const ledger::Change& c : *changes) {
       if (c.kind == ledger::ChangeKind::kMitigation) {

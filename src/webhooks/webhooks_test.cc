@@ -660,6 +660,35 @@ TEST_P(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
   EXPECT_TRUE(absl::IsNotFound(d->DeadLetters(id, 0, 10).status()));
 }
 
+// webhooks.db newer than the ledger (restored alone from an older backup): the cursor is
+// past the head, and the changes that reuse those seqs are never sent. It said nothing;
+// the subscription's last_error says so now, until the ledger passes the cursor.
+TEST_P(DispatcherTest, ACursorPastTheLedgerSaysSo) {
+  Receiver rx(/*fail_first=*/0);
+  {
+    auto st = state_->Open();
+    ASSERT_TRUE(st.ok());
+    Subscription s;
+    s.id = "wh_restored";
+    s.url = absl::StrCat("http://127.0.0.1:", rx.port(), "/h");
+    s.secret = "s";
+    s.created_at = kT0;
+    s.cursor = 3;  // the ledger below has no change yet
+    ASSERT_TRUE((*st)->CreateSubscription(s).ok());
+  }
+  auto d = Make(Fast());
+  d->Start();
+  auto error = [&] { return d->List()[0].last_error; };
+  ASSERT_TRUE(WaitFor([&] { return !error().empty(); }));
+  EXPECT_NE(error().find("past the ledger's last change 0"), std::string::npos) << error();
+  for (int i = 1; i <= 4; ++i) Put(MakeMitigation(i, absl::StrCat("ip:10.0.0.", i), "block"));
+  d->OnCommitted({});
+  ASSERT_TRUE(WaitFor([&] { return rx.requests().size() == 1 && error().empty(); }));
+  // 1..3 were the cursor's: not sent.
+  EXPECT_NE(rx.requests()[0].body.find("\"seq\":4"), std::string::npos) << rx.requests()[0].body;
+  d->Stop();
+}
+
 TEST_P(DispatcherTest, ConnectionRefusedIsAFailure) {
   int port = 0;
   {
