@@ -8,6 +8,7 @@
 #include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
+#include "workflow/markers.h"
 #include "workflow/mitigations.h"
 
 namespace quell::workflow {
@@ -138,15 +139,8 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
     // after idempotency_retention, long after the appeal itself is in the journal, where
     // the route's check finds it.
     const std::string id = AppealIdFor(m->id);
-    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> filed,
-                           txn.GetIdempotency(kAppealMarkers, id));
-    if (filed) return absl::AlreadyExistsError(absl::StrCat("appeal ", id, " is already open"));
-    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kAppealMarkers),
-                                              .key = id,
-                                              .request_hash = "",
-                                              .status = 201,
-                                              .response = "",
-                                              .created_at = now}));
+    QUELL_ASSIGN_OR_RETURN(bool first, ClaimMarker(txn, kAppealMarkers, id, now));
+    if (!first) return absl::AlreadyExistsError(absl::StrCat("appeal ", id, " is already open"));
     Appeal a;
     a.id = id;
     a.mitigation_id = m->id;
@@ -173,18 +167,11 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
     // One decision per appeal, also when two are sent at once (the appeal was read before
     // this transaction, and a denial does not change the mitigation): a marker, as for
     // filing. Two at once were both answered 200, a denial then overturned by a grant.
-    const std::string decided = absl::StrCat(a.id, "/decided");
-    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> earlier,
-                           txn.GetIdempotency(kAppealMarkers, decided));
-    if (earlier) {
+    QUELL_ASSIGN_OR_RETURN(bool first,
+                           ClaimMarker(txn, kAppealMarkers, absl::StrCat(a.id, "/decided"), now));
+    if (!first) {
       return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already decided"));
     }
-    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kAppealMarkers),
-                                              .key = decided,
-                                              .request_hash = "",
-                                              .status = 200,
-                                              .response = "",
-                                              .created_at = now}));
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(a.mitigation_id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", a.mitigation_id));
     if (m->seq != mitigation_seq) {

@@ -10,6 +10,7 @@
 #include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
+#include "workflow/markers.h"
 #include "workflow/mitigations.h"
 
 namespace quell::workflow {
@@ -352,19 +353,12 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
     // One decision per request across nodes too: this node's view of the request follows
     // the change feed, which may not have brought another node's decision yet; a marker
     // the transaction reads (the chain-head lock orders it after that decision) does.
-    const std::string decided = absl::StrCat(id, "/decided");
-    QUELL_ASSIGN_OR_RETURN(std::optional<ledger::IdempotencyRecord> earlier,
-                           txn.GetIdempotency(kRollbackMarkers, decided));
-    if (earlier) {
+    QUELL_ASSIGN_OR_RETURN(bool first,
+                           ClaimMarker(txn, kRollbackMarkers, absl::StrCat(id, "/decided"), now));
+    if (!first) {
       return absl::FailedPreconditionError(
           absl::StrCat("rollback request ", id, " is already decided"));
     }
-    QUELL_RETURN_IF_ERROR(txn.PutIdempotency({.scope = std::string(kRollbackMarkers),
-                                              .key = decided,
-                                              .request_hash = "",
-                                              .status = 200,
-                                              .response = "",
-                                              .created_at = now}));
     r.decided_by = reviewer;
     r.decided_at = now;
     r.note = note;

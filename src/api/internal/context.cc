@@ -352,8 +352,10 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
   if (found == nullptr) {
     Call call(std::move(req), std::move(respond), nullptr, access_logger());
     if (!allow.empty()) {
-      ApiError e{405, "method_not_allowed",
-                 absl::StrCat(call.req.method, " is not allowed on ", call.req.path), {}};
+      ApiError e{405,
+                 "method_not_allowed",
+                 absl::StrCat(call.req.method, " is not allowed on ", call.req.path),
+                 {}};
       e.allow = std::move(allow);
       return call.Fail(e);
     }
