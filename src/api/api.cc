@@ -28,7 +28,10 @@ class Api::Impl {
     QUELL_RETURN_IF_ERROR(policies_.Load(ctx_.deps.ledger->store()));
     ctx_.deps.ledger->AddListener(&policies_);
     ctx_.policies = &policies_;
-    QUELL_RETURN_IF_ERROR(safeguards_.Load(ctx_.deps.ledger->store(), ctx_.deps.clock->Now()));
+    QUELL_RETURN_IF_ERROR(safeguards_.Load(ctx_.deps.ledger->store(), ctx_.deps.clock->Now(),
+                                           ctx_.deps.ledger->external_delivery()
+                                               ? workflow::Safeguards::Delivery::kFeed
+                                               : workflow::Safeguards::Delivery::kLocal));
     ctx_.deps.ledger->AddListener(&safeguards_);
     ctx_.safeguards = &safeguards_;
     QUELL_RETURN_IF_ERROR(RegisterMetrics());

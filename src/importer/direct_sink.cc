@@ -116,7 +116,8 @@ class DirectSink final : public Sink {
     // ledger takes writes and following it afterwards.
     safeguards_ =
         std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
-    QUELL_RETURN_IF_ERROR(safeguards_->Load(*store, absl::Now()));
+    QUELL_RETURN_IF_ERROR(
+        safeguards_->Load(*store, absl::Now(), workflow::Safeguards::Delivery::kLocal));
     if (set_ != nullptr) {  // the lists its policies can name (they must be declared)
       QUELL_ASSIGN_OR_RETURN(lists_, engine::LoadReplayLists(*store, *set_));
     }

@@ -173,6 +173,8 @@ class Ledger::Impl {
 
   int64_t last_seq() const { return last_seq_.load(std::memory_order_acquire); }
 
+  bool external_delivery() const { return options_.external_delivery; }
+
   int64_t delivered_seq() const {
     if (!options_.external_delivery) return last_seq();
     absl::MutexLock lock(&mu_);
@@ -578,6 +580,8 @@ void Ledger::AddListener(ChangeListener* listener, ListenerTiming timing) {
 void Ledger::Deliver(const std::vector<Change>& changes) { impl_->Deliver(changes); }
 
 int64_t Ledger::delivered_seq() const { return impl_->delivered_seq(); }
+
+bool Ledger::external_delivery() const { return impl_->external_delivery(); }
 
 int64_t Ledger::last_seq() const { return impl_->last_seq(); }
 

@@ -125,6 +125,8 @@ class Ledger {
   void Deliver(const std::vector<Change>& changes);
   //! The seq of the last change listeners were told of (external_delivery), else last_seq().
   int64_t delivered_seq() const;
+  //! LedgerOptions::external_delivery: listeners hear of changes from a feed, later.
+  bool external_delivery() const;
 
   //! The highest seq committed through this ledger and durable (or found at Open, or
   //! delivered): what a reader that passes changes on may read up to.

@@ -102,7 +102,9 @@ TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
                       return AppendMitigationChange(txn, m, "k_first", now).status();
                     })
                     .ok());
-    if (!legacy) EXPECT_EQ(PriorApprovers(m), std::vector<std::string>{"k_first"});
+    if (!legacy) {
+      EXPECT_EQ(PriorApprovers(m), std::vector<std::string>{"k_first"});
+    }
     r.detections = {"d2"};
     ASSERT_TRUE(
         ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());

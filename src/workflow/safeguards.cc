@@ -198,7 +198,7 @@ SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
 Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
     : options_(options), logger_(logger) {}
 
-absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
+absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery delivery) {
   // First: every breaker change up to it is in the journal read below; later ones come
   // through OnCommitted.
   QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store.LastSeq());
@@ -231,7 +231,7 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now) {
   }
   QUELL_RETURN_IF_ERROR(rollbacks_.Load(store));
   std::lock_guard<std::mutex> lock(mu_);
-  store_ = &store;
+  store_ = delivery == Delivery::kFeed ? &store : nullptr;
   seen_ = last_seq;
   for (const auto& l : lists) {
     if (l.is_protected) store_protected_.insert(l.name);

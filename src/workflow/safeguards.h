@@ -71,9 +71,18 @@ class Safeguards final : public ledger::ChangeListener {
   // `logger` may be null.
   Safeguards(SafeguardOptions options, obs::Logger* logger);
 
+  // Whether changes can commit before OnCommitted hears of them.
+  enum class Delivery {
+    // This object is a kCommitted listener of the only ledger that writes the store: every
+    // committed change reaches OnCommitted before the next transaction runs.
+    kLocal,
+    // Other nodes write the store too and a change feed delivers their changes later:
+    // Screen reads the undelivered ones from the store when they could open a breaker.
+    kFeed,
+  };
   //! Reads lists, breaker states, recent human decisions and rollback requests from the
   //! store. Call before the ledger takes writes.
-  absl::Status Load(ledger::Store& store, absl::Time now);
+  absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
   struct Hold {
@@ -85,8 +94,9 @@ class Safeguards final : public ledger::ChangeListener {
   //! (not if it will extend the live one of the same entity and action, found through
   //! txn.FindLive; an open breaker in scope holds it all the same); a breaker that opens
   //! appends its kBreaker change to `txn`. Shadow proposals are never held nor counted.
-  //! When the changes committed after the last one OnCommitted saw could take a breaker
-  //! past its limit, it first reads them from Load's store (one query). The caller
+  //! With Delivery::kFeed, when the changes committed after the last one OnCommitted saw
+  //! could take a breaker past its limit, it first reads them from Load's store (one
+  //! query). The caller
   //! appends the decision's change next (its seq is txn.NextSeq() on return).
   absl::StatusOr<Hold> Screen(ledger::Txn& txn, const policy::PolicySet& set,
                               const engine::Detection& d, const engine::Proposal& p,
@@ -177,8 +187,9 @@ class Safeguards final : public ledger::ChangeListener {
     absl::Time at;
   };
   std::deque<EarlyDecision> early_;
-  // The store Load read (borrowed; the ledger's, which outlives this): Screen reads from
-  // it the changes the feed has not delivered yet when they could open a breaker.
+  // With Delivery::kFeed, the store Load read (borrowed; the ledger's, which outlives
+  // this): Screen reads from it the changes the feed has not delivered yet when they could
+  // open a breaker. Null with kLocal: there are none.
   ledger::Store* store_ = nullptr;
   // The last seq whose decisions the breakers have seen (delivered, or read by Screen;
   // the store's last at Load: windows restart empty).

@@ -80,8 +80,8 @@ class SafeguardsCluster : public testing::Test {
     ASSERT_TRUE(store.ok()) << store.status();
     a_ = std::make_unique<Safeguards>(SafeguardOptions{}, nullptr);
     b_ = std::make_unique<Safeguards>(SafeguardOptions{}, nullptr);
-    ASSERT_TRUE(a_->Load(**store, clock_.Now()).ok());
-    ASSERT_TRUE(b_->Load(**store, clock_.Now()).ok());
+    ASSERT_TRUE(a_->Load(**store, clock_.Now(), Safeguards::Delivery::kFeed).ok());
+    ASSERT_TRUE(b_->Load(**store, clock_.Now(), Safeguards::Delivery::kFeed).ok());
     b_feed_ = std::make_unique<AsReadFromStore>(b_.get());
     auto l = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, &clock_);
     ASSERT_TRUE(l.ok()) << l.status();

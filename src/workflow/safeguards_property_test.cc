@@ -78,7 +78,7 @@ class SafeguardsProperty : public testing::TestWithParam<int> {
     o.pending_ttl = absl::Hours(6);
     o.immunity = absl::Hours(3);
     safeguards_ = std::make_unique<Safeguards>(o, nullptr);
-    ASSERT_TRUE(safeguards_->Load(**store, clock_.Now()).ok());
+    ASSERT_TRUE(safeguards_->Load(**store, clock_.Now(), Safeguards::Delivery::kLocal).ok());
     applier_ = std::make_unique<Applier>(index_.get());
     auto l = ledger::Ledger::Open(*std::move(store), ledger::LedgerOptions{}, &clock_);
     ASSERT_TRUE(l.ok()) << l.status();
