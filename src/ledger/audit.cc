@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
+#include "core/time.h"
 #include "ledger/internal/payloads.h"
 
 namespace quell::ledger {
@@ -161,7 +163,21 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   }
   const int64_t entries_head =
       entries_scanned.ok() ? *entries_scanned : std::numeric_limits<int64_t>::max();
-  // (3) The lists: entries as of one snapshot; their flags are read just after it.
+  // (3) What the scheduler goes by: each row's due_at (an active row's expiry, a scheduled
+  // one's start). A scheduled row's start moved later would keep its mitigation from ever
+  // being enforced.
+  // id -> due_at (micros); the chain's with the seq of the change that set it.
+  absl::flat_hash_map<uint64_t, int64_t> due_view;
+  absl::flat_hash_map<uint64_t, std::pair<int64_t, int64_t>> due_chain;
+  int64_t due_rows = 0;
+  QUELL_ASSIGN_OR_RETURN(const int64_t due_head, store.ScanDue([](int64_t) {},
+                                                               [&](const Store::DueEntry& e) {
+                                                                 ++due_rows;
+                                                                 due_view[Key(e.id)] =
+                                                                     absl::ToUnixMicros(e.due_at);
+                                                                 return absl::OkStatus();
+                                                               }));
+  // (4) The lists: entries as of one snapshot; their flags are read just after it.
   std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> list_view;
   QUELL_ASSIGN_OR_RETURN(const int64_t lists_head,
                          store.ScanListEntries([&](std::string_view list, std::string_view e) {
@@ -212,6 +228,33 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     }
     return true;
   };
+  auto check_due = [&]() -> bool {
+    const int64_t at = std::max<int64_t>(std::min(report.last_seq, due_head), 1);
+    for (const auto& [key, due] : due_view) {
+      auto it = due_chain.find(key);
+      if (it != due_chain.end() && it->second.first == due) continue;
+      if (it == due_chain.end()) {
+        fail(at,
+             "the mitigations table gives a transition time (due_at) to a mitigation that no "
+             "change leaves active or scheduled");
+      } else {
+        const int64_t seq = it->second.second;
+        fail(seq, absl::StrCat("the mitigations table disagrees with the chain: change ", seq,
+                               " makes mitigation ", SubjectOf(store, seq), " due at ",
+                               core::FormatRfc3339(absl::FromUnixMicros(it->second.first)),
+                               ", the table's due_at says ",
+                               core::FormatRfc3339(absl::FromUnixMicros(due))));
+      }
+      return false;
+    }
+    if (due_rows != static_cast<int64_t>(due_chain.size())) {
+      fail(at, absl::StrCat("the mitigations table has ", due_rows,
+                            " rows with a transition time (due_at), the changes leave ",
+                            due_chain.size(), " mitigations active or scheduled"));
+      return false;
+    }
+    return true;
+  };
   // The lists' flags as the changes up to lists_head leave them (kept for after the walk).
   std::map<std::string, ListState, std::less<>> flags_at_head;
   auto check_lists = [&]() -> bool {
@@ -228,8 +271,10 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     std::function<bool()> check;
     bool done = false;
   };
-  Checkpoint checkpoints[] = {
-      {view_head, check_view}, {entries_head, check_entries}, {lists_head, check_lists}};
+  Checkpoint checkpoints[] = {{view_head, check_view},
+                              {entries_head, check_entries},
+                              {due_head, check_due},
+                              {lists_head, check_lists}};
   // An empty ledger's snapshots are checked before the walk (which sees no change).
   for (Checkpoint& cp : checkpoints) {
     if (cp.head == 0) {
@@ -285,6 +330,15 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
             entries_chain[Key(m->id)] = EntryHash(m->entity.str(), m->action, m->expires_at);
           } else {
             entries_chain.erase(Key(m->id));
+          }
+        }
+        if (c.seq <= due_head) {
+          if (m->state == core::MitigationState::kActive) {
+            due_chain[Key(m->id)] = {absl::ToUnixMicros(m->expires_at), c.seq};
+          } else if (m->state == core::MitigationState::kScheduled) {
+            due_chain[Key(m->id)] = {absl::ToUnixMicros(m->starts_at), c.seq};
+          } else {
+            due_chain.erase(Key(m->id));
           }
         }
       } else if (c.kind == ChangeKind::kList) {

@@ -22,16 +22,20 @@ using ::testing::SizeIs;
 
 const absl::Time kT0 = absl::FromUnixSeconds(1767225600);
 
-// A mutation that creates one active mitigation on `entity`.
-Mutation CreateMitigation(std::string entity, std::string actor = "k_test") {
-  return [entity = std::move(entity), actor = std::move(actor)](Txn& txn,
-                                                                absl::Time now) -> absl::Status {
+// A mutation that creates one mitigation on `entity`: active for an hour, or scheduled to
+// start in an hour, or pending approval.
+Mutation CreateMitigation(std::string entity, std::string actor = "k_test",
+                          core::MitigationState state = core::MitigationState::kActive) {
+  return [entity = std::move(entity), actor = std::move(actor), state](
+             Txn& txn, absl::Time now) -> absl::Status {
     core::Mitigation m;
     m.id = core::NewId("m_", now);
     QUELL_ASSIGN_OR_RETURN(m.entity, core::Entity::Parse(entity));
     m.action = "block";
+    m.state = state;
     m.created_at = m.updated_at = m.starts_at = now;
-    m.expires_at = now + absl::Hours(1);
+    if (state == core::MitigationState::kScheduled) m.starts_at = now + absl::Hours(1);
+    m.expires_at = m.starts_at + absl::Hours(1);
     m.source = "manual";
     m.actor = actor;
     m.seq = txn.NextSeq();
@@ -121,6 +125,10 @@ class FaultyStore final : public Store {
       const std::function<void(int64_t)>& start,
       const std::function<absl::Status(std::string_view)>& fn) override {
     return inner_->ScanActiveJson(start, fn);
+  }
+  absl::StatusOr<int64_t> ScanDue(const std::function<void(int64_t)>& start,
+                                  const std::function<absl::Status(const DueEntry&)>& fn) override {
+    return inner_->ScanDue(start, fn);
   }
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override {
     return inner_->ListDue(now, limit);
@@ -751,6 +759,61 @@ TEST_P(LedgerTest, AuditComparesTheMitigationsTableWithTheChain) {
   EXPECT_THAT(r.reason, HasSubstr("the table does not have it live"));
 }
 
+// The scheduler starts and expires mitigations by the table's due_at: a scheduled
+// mitigation's start moved later (or dropped) would never be enforced, a due_at given to a
+// pending one would be acted on by no change. Each is found, on both backends.
+TEST_P(LedgerTest, AuditComparesTheSchedulersTransitionTimes) {
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  using core::MitigationState;
+  ASSERT_TRUE(
+      ledger->SubmitAndWait(CreateMitigation("user:s1", "k_test", MitigationState::kScheduled))
+          .ok());
+  ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation("user:a2")).ok());
+  ASSERT_TRUE(
+      ledger
+          ->SubmitAndWait(CreateMitigation("user:p3", "k_test", MitigationState::kPendingApproval))
+          .ok());
+  auto verify = [&]() {
+    auto r = VerifyChain(ledger->store(), {.page_size = 2});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : AuditReport{};
+  };
+  ASSERT_TRUE(verify().ok()) << verify().reason;
+  auto first = ledger->store().ReadChanges(0, 1);
+  ASSERT_TRUE(first.ok());
+  const std::string scheduled_id = (*first)[0].subject;
+
+  // The scheduled one's start a day later.
+  ASSERT_TRUE(
+      backend_->ExecRaw("UPDATE mitigations SET due_at = due_at + 86400000000 WHERE seq = 1").ok());
+  AuditReport r = verify();
+  EXPECT_EQ(r.broken_seq, 1);
+  EXPECT_THAT(r.reason,
+              HasSubstr(absl::StrCat("change 1 makes mitigation ", scheduled_id, " due at ")));
+  EXPECT_THAT(r.reason, HasSubstr("the table's due_at says"));
+  EXPECT_EQ(r.checked, 3);  // the chain itself is whole
+  ASSERT_TRUE(
+      backend_->ExecRaw("UPDATE mitigations SET due_at = due_at - 86400000000 WHERE seq = 1").ok());
+  ASSERT_TRUE(verify().ok()) << verify().reason;
+
+  // A transition time given to the pending one.
+  ASSERT_TRUE(backend_->ExecRaw("UPDATE mitigations SET due_at = 1 WHERE seq = 3").ok());
+  r = verify();
+  EXPECT_FALSE(r.ok());
+  EXPECT_THAT(r.reason, HasSubstr("gives a transition time (due_at) to a mitigation that no "
+                                  "change leaves active or scheduled"));
+  ASSERT_TRUE(backend_->ExecRaw("UPDATE mitigations SET due_at = NULL WHERE seq = 3").ok());
+  ASSERT_TRUE(verify().ok()) << verify().reason;
+
+  // No start at all: the scheduler would never start it.
+  ASSERT_TRUE(backend_->ExecRaw("UPDATE mitigations SET due_at = NULL WHERE seq = 1").ok());
+  r = verify();
+  EXPECT_FALSE(r.ok());
+  EXPECT_THAT(r.reason, HasSubstr("has 1 rows with a transition time (due_at), the changes "
+                                  "leave 2 mitigations active or scheduled"));
+}
+
 // What the server loads from outside the chain besides the live set: the active rows' own
 // columns (the index and the enforcement snapshot read them), the policy sets and the
 // lists. A row at seq 0 is no ledger position either.
@@ -805,9 +868,11 @@ TEST_P(LedgerTest, AuditComparesServedColumnsPolicySetsAndLists) {
   };
   for (const auto& [tamper, undo] : tamperings) {
     // PostgreSQL serves the active entries from the changes' payloads, not these columns
-    // (and its trigger refuses a row changing entity): nothing served to verify there.
+    // (and its trigger refuses a row changing entity): nothing served to verify there. Its
+    // scheduler reads due_at, as SQLite's does.
     if (GetParam().name == std::string("postgres") &&
-        tamper.rfind("UPDATE mitigations SET", 0) == 0) {
+        tamper.rfind("UPDATE mitigations SET", 0) == 0 &&
+        tamper.rfind("UPDATE mitigations SET due_at", 0) != 0) {
       continue;
     }
     absl::Status st = backend_->ExecRaw(tamper);

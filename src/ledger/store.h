@@ -358,6 +358,18 @@ class Store {
       return fn(ActiveEntry{m->id, m->entity.str(), m->action, m->expires_at});
     });
   }
+  //! The scheduler's own column: calls `start` with the seq of one consistent read, then
+  //! `fn` with the id and next transition time (due_at) of every mitigation row that has
+  //! one, as of that seq; returns the seq. What ListDue and NextDue go by: for `quell
+  //! audit verify`, which checks it against the changes (active: expires_at, scheduled:
+  //! starts_at, any other state: none). The id is valid only during the callback.
+  struct DueEntry {
+    std::string_view id;
+    absl::Time due_at;
+  };
+  virtual absl::StatusOr<int64_t> ScanDue(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const DueEntry&)>& fn) = 0;
   //! Up to `limit` live mitigations whose next transition is due at `now`: active ones
   //! with expires_at <= now, scheduled ones with starts_at <= now.
   virtual absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) = 0;

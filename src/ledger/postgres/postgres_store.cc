@@ -789,6 +789,18 @@ class PgStore final : public Store {
       return seq;
     });
   }
+  absl::StatusOr<int64_t> ScanDue(const std::function<void(int64_t seq)>& start,
+                                  const std::function<absl::Status(const DueEntry&)>& fn) override {
+    return WithRead([&](Conn& db) -> absl::StatusOr<int64_t> {
+      QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));  // same snapshot
+      start(seq);
+      QUELL_RETURN_IF_ERROR(db.Stream("SELECT id, due_at FROM mitigations WHERE due_at IS NOT NULL",
+                                      {}, [&](const Result& r) {
+                                        return fn(DueEntry{r.Text(0, 0), r.Time(0, 1)});
+                                      }));
+      return seq;
+    });
+  }
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override {
     QUELL_RETURN_IF_ERROR(CheckLimit(limit));
     return WithOneRead([&](Conn& db) -> absl::StatusOr<std::vector<core::Mitigation>> {

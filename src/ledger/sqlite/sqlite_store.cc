@@ -790,6 +790,8 @@ class SqliteStore final : public Store {
   absl::StatusOr<int64_t> ScanActiveEntries(
       const std::function<void(int64_t seq)>& start,
       const std::function<absl::Status(const ActiveEntry&)>& fn) override;
+  absl::StatusOr<int64_t> ScanDue(const std::function<void(int64_t seq)>& start,
+                                  const std::function<absl::Status(const DueEntry&)>& fn) override;
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override;
   absl::StatusOr<std::optional<absl::Time>> NextDue() override;
   absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override;
@@ -1752,6 +1754,24 @@ absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
 
 // The view's columns only (due_at is expires_at for an active mitigation): no join with
 // the changes table, no JSON.
+absl::StatusOr<int64_t> SqliteStore::ScanDue(
+    const std::function<void(int64_t seq)>& start,
+    const std::function<absl::Status(const DueEntry&)>& fn) {
+  return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
+    start(seq);
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, db.Prepare("SELECT id, due_at FROM mitigations WHERE due_at IS NOT NULL"));
+    StmtUse use(s);
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      QUELL_RETURN_IF_ERROR(fn(DueEntry{use->ColumnText(0), use->ColumnTime(1)}));
+    }
+    return seq;
+  });
+}
+
 absl::StatusOr<int64_t> SqliteStore::ScanActiveEntries(
     const std::function<void(int64_t seq)>& start,
     const std::function<absl::Status(const ActiveEntry&)>& fn) {
