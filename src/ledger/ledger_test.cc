@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "ledger/audit.h"
 #include "ledger/internal/test_backends.h"
+#include "ledger/sqlite/sqlite_store.h"
 
 namespace quell::ledger {
 namespace {
@@ -461,6 +462,37 @@ TEST_P(LedgerTest, CommitFailureFailsTheWholeBatchAndNotifiesNoListener) {
   ASSERT_THAT(*next, SizeIs(1));
   EXPECT_EQ((*next)[0].seq, 2);
   EXPECT_EQ(listener.seen(), (std::vector<int64_t>{1, 2}));
+}
+
+// A full disk (here: the database file at its page limit) fails the writes that do not
+// fit as unavailable (the API's 503 + Retry-After, not a client's fault), keeps every
+// acknowledged one, and writes again once there is room.
+TEST_P(LedgerTest, AFullDiskIsUnavailableAndWritesResumeOnceThereIsRoom) {
+  if (GetParam().name != std::string("sqlite")) GTEST_SKIP() << "the page limit is SQLite's";
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation("user:before")).ok());
+  auto pages = SqlitePragmaForTest(ledger->store(), "page_count");
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_TRUE(SqlitePragmaForTest(ledger->store(), absl::StrCat("max_page_count=", *pages)).ok());
+  absl::Status failed;
+  int64_t acked = 1;
+  for (int i = 0; i < 500 && failed.ok(); ++i) {
+    auto r = ledger->SubmitAndWait(CreateMitigation(absl::StrCat("user:f", i)));
+    if (r.ok()) {
+      ++acked;
+    } else {
+      failed = r.status();
+    }
+  }
+  EXPECT_EQ(failed.code(), absl::StatusCode::kUnavailable) << failed;
+  EXPECT_THAT(failed.message(), HasSubstr("full"));
+  ASSERT_TRUE(SqlitePragmaForTest(ledger->store(), "max_page_count=1073741823").ok());
+  ASSERT_TRUE(ledger->SubmitAndWait(CreateMitigation("user:after")).ok());
+  auto report = VerifyChain(ledger->store());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->reason;
+  EXPECT_EQ(report->checked, acked + 1);
 }
 
 TEST_P(LedgerTest, AcknowledgesABatchAfterItsSyncWhileTheNextOneRuns) {

@@ -95,6 +95,9 @@ absl::Status ErrorStatus(PGconn* conn, const PGresult* r, std::string_view what)
     return absl::UnavailableError(text);
   }
   if (sqlstate == "40001" || sqlstate == "40P01") return absl::AbortedError(text);
+  // Class 53, insufficient resources (disk_full, out_of_memory, too_many_connections):
+  // the server's, and passing; retry later, as with a full disk under SQLite.
+  if (sqlstate.rfind("53", 0) == 0) return absl::UnavailableError(text);
   if (sqlstate.rfind("22", 0) == 0) return absl::InvalidArgumentError(text);
   if (sqlstate.empty()) return absl::UnavailableError(text);  // no server answer
   return absl::InternalError(text);

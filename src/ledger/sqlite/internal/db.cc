@@ -22,8 +22,8 @@ absl::Status SqliteError(int rc, sqlite3* db, std::string_view context) {
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
       return absl::DataLossError(text);
-    case SQLITE_FULL:
-      return absl::ResourceExhaustedError(text);
+    case SQLITE_FULL:  // the disk (or the file's page limit): retry once there is room
+      return absl::UnavailableError(text);
     case SQLITE_CANTOPEN:
     case SQLITE_PERM:
     case SQLITE_READONLY:
