@@ -360,6 +360,12 @@ absl::Time Dispatcher::Step(const std::string& id) {
     sub->s.cursor = std::max(sub->s.cursor, skipped_to);  // skipped seqs: in memory only
     sub->pending_seq = pending_seq;
     sub->pending_body = body;
+    // The attempts made before a restart (or by the node that delivered before this one)
+    // go on counting: a receiver that fails every time still gets its dead letter.
+    if (sub->failures == 0 && s.failed_seq == pending_seq && s.failures > 0) {
+      sub->failures = s.failures;
+      sub->last_error = s.last_error;
+    }
   }
 
   // Deliver the pending change.
@@ -401,6 +407,13 @@ absl::Time Dispatcher::Step(const std::string& id) {
     sub->last_error = error;
   }
   if (failures < options_.max_attempts) {
+    // Recorded for a restart to go on counting from (if it cannot be, a restart counts
+    // this change's attempts from 1 again: more retries, nothing lost).
+    if (absl::IsNotFound(state_->RecordFailure(s.id, pending_seq, failures, error))) {
+      std::lock_guard lock(mu_);
+      sub->deleted = true;
+      return absl::InfiniteFuture();
+    }
     // One result per attempt: a failed one is retried; the last is counted dead_letter.
     if (failed_) failed_->Increment();
     thread_local std::mt19937_64 rng{std::random_device{}()};

@@ -8,6 +8,8 @@
 //                         enabled, cursor_seq)
 //   webhook_dead_letters(subscription_id FK ON DELETE CASCADE, seq, attempts, last_error,
 //                        failed_at (µs), body, PK (subscription_id, seq))
+//   webhook_delivery_failures(subscription_id PK FK ON DELETE CASCADE, seq, failures,
+//                             last_error): stale once the cursor reached seq
 // Every method is one statement (autocommit), so each is atomic by itself: AddDeadLetter
 // advances the cursor and inserts the letter in one statement (a data-modifying WITH).
 //
@@ -41,7 +43,10 @@ constexpr char kSchema[] =
     "CREATE TABLE IF NOT EXISTS webhook_dead_letters ("
     " subscription_id text NOT NULL REFERENCES webhook_subscriptions (id) ON DELETE CASCADE,"
     " seq bigint NOT NULL, attempts integer NOT NULL, last_error text NOT NULL,"
-    " failed_at bigint NOT NULL, body text NOT NULL, PRIMARY KEY (subscription_id, seq));";
+    " failed_at bigint NOT NULL, body text NOT NULL, PRIMARY KEY (subscription_id, seq));"
+    "CREATE TABLE IF NOT EXISTS webhook_delivery_failures ("
+    " subscription_id text PRIMARY KEY REFERENCES webhook_subscriptions (id) ON DELETE CASCADE,"
+    " seq bigint NOT NULL, failures integer NOT NULL, last_error text NOT NULL);";
 
 using internal::JoinList;
 using internal::SplitList;
@@ -93,8 +98,11 @@ class PostgresStateStore final : public StateStore {
     absl::MutexLock lock(&mu_);
     QUELL_ASSIGN_OR_RETURN(
         pg::Result r,
-        QueryLocked("SELECT id, url, secret, actions, entity_types, created_at, enabled,"
-                    " cursor_seq FROM webhook_subscriptions ORDER BY created_at, id"));
+        QueryLocked("SELECT s.id, s.url, s.secret, s.actions, s.entity_types, s.created_at,"
+                    " s.enabled, s.cursor_seq, f.seq, f.failures, f.last_error"
+                    " FROM webhook_subscriptions s LEFT JOIN webhook_delivery_failures f"
+                    " ON f.subscription_id = s.id AND f.seq > s.cursor_seq"
+                    " ORDER BY s.created_at, s.id"));
     std::vector<Subscription> out;
     out.reserve(r.rows());
     for (int i = 0; i < r.rows(); ++i) {
@@ -107,6 +115,11 @@ class PostgresStateStore final : public StateStore {
       s.created_at = r.Time(i, 5);
       s.enabled = r.Text(i, 6) == "t";
       s.cursor = r.Int(i, 7);
+      if (!r.IsNull(i, 8)) {  // a failure recorded past the cursor
+        s.failed_seq = r.Int(i, 8);
+        s.failures = static_cast<int>(r.Int(i, 9));
+        s.last_error = std::string(r.Text(i, 10));
+      }
       out.push_back(std::move(s));
     }
     return out;
@@ -128,6 +141,20 @@ class PostgresStateStore final : public StateStore {
         QueryLocked("UPDATE webhook_subscriptions SET cursor_seq = GREATEST(cursor_seq, $2)"
                     " WHERE id = $1",
                     {P(id), P(seq)}));
+    if (r.Affected() == 0) return absl::NotFoundError("no such webhook subscription");
+    return absl::OkStatus();
+  }
+
+  absl::Status RecordFailure(std::string_view id, int64_t seq, int failures,
+                             std::string_view error) override {
+    absl::MutexLock lock(&mu_);
+    QUELL_ASSIGN_OR_RETURN(
+        pg::Result r,
+        QueryLocked("INSERT INTO webhook_delivery_failures (subscription_id, seq, failures,"
+                    " last_error) SELECT id, $2, $3, $4 FROM webhook_subscriptions WHERE id = $1"
+                    " ON CONFLICT (subscription_id) DO UPDATE SET seq = EXCLUDED.seq,"
+                    " failures = EXCLUDED.failures, last_error = EXCLUDED.last_error",
+                    {P(id), P(seq), P(int64_t{failures}), P(error)}));
     if (r.Affected() == 0) return absl::NotFoundError("no such webhook subscription");
     return absl::OkStatus();
   }

@@ -70,6 +70,10 @@ class SqliteStateStore final : public StateStore {
              "CREATE TABLE IF NOT EXISTS subscriptions(id TEXT PRIMARY KEY, url TEXT NOT NULL,"
              " secret TEXT NOT NULL, actions TEXT NOT NULL, entity_types TEXT NOT NULL,"
              " created_at INTEGER NOT NULL, enabled INTEGER NOT NULL, cursor INTEGER NOT NULL)",
+             // Added after the first release: a table of its own, so that an older file
+             // needs no ALTER. A row is stale once its subscription's cursor reached seq.
+             "CREATE TABLE IF NOT EXISTS delivery_failures(subscription_id TEXT PRIMARY KEY,"
+             " seq INTEGER NOT NULL, failures INTEGER NOT NULL, last_error TEXT NOT NULL)",
              "CREATE TABLE IF NOT EXISTS dead_letters(subscription_id TEXT NOT NULL,"
              " seq INTEGER NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL,"
              " failed_at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(subscription_id, seq))",
@@ -99,8 +103,10 @@ class SqliteStateStore final : public StateStore {
   absl::StatusOr<std::vector<Subscription>> ListSubscriptions() override {
     std::lock_guard lock(mu_);
     Stmt st(db_,
-            "SELECT id, url, secret, actions, entity_types, created_at, enabled, cursor"
-            " FROM subscriptions ORDER BY created_at, id");
+            "SELECT s.id, s.url, s.secret, s.actions, s.entity_types, s.created_at, s.enabled,"
+            " s.cursor, f.seq, f.failures, f.last_error FROM subscriptions s"
+            " LEFT JOIN delivery_failures f ON f.subscription_id = s.id AND f.seq > s.cursor"
+            " ORDER BY s.created_at, s.id");
     QUELL_RETURN_IF_ERROR(st.status());
     std::vector<Subscription> out;
     for (;;) {
@@ -115,6 +121,9 @@ class SqliteStateStore final : public StateStore {
       s.created_at = absl::FromUnixMicros(st.ColInt(5));
       s.enabled = st.ColInt(6) != 0;
       s.cursor = st.ColInt(7);
+      s.failed_seq = st.ColInt(8);  // 0 when NULL: no failure recorded past the cursor
+      s.failures = static_cast<int>(st.ColInt(9));
+      s.last_error = st.ColText(10);
       out.push_back(std::move(s));
     }
     return out;
@@ -129,10 +138,14 @@ class SqliteStateStore final : public StateStore {
       del.Text(1, id);
       QUELL_RETURN_IF_ERROR(del.Step().status());
       if (sqlite3_changes(db_) == 0) return absl::NotFoundError("no such webhook subscription");
-      Stmt dl(db_, "DELETE FROM dead_letters WHERE subscription_id = ?");
-      QUELL_RETURN_IF_ERROR(dl.status());
-      dl.Text(1, id);
-      return dl.Step().status();
+      for (const char* sql : {"DELETE FROM dead_letters WHERE subscription_id = ?",
+                              "DELETE FROM delivery_failures WHERE subscription_id = ?"}) {
+        Stmt dl(db_, sql);
+        QUELL_RETURN_IF_ERROR(dl.status());
+        dl.Text(1, id);
+        QUELL_RETURN_IF_ERROR(dl.Step().status());
+      }
+      return absl::OkStatus();
     }();
     return Finish(s);
   }
@@ -140,6 +153,22 @@ class SqliteStateStore final : public StateStore {
   absl::Status AdvanceCursor(std::string_view id, int64_t seq) override {
     std::lock_guard lock(mu_);
     return AdvanceLocked(id, seq);
+  }
+
+  absl::Status RecordFailure(std::string_view id, int64_t seq, int failures,
+                             std::string_view error) override {
+    std::lock_guard lock(mu_);
+    Stmt st(db_,
+            "INSERT OR REPLACE INTO delivery_failures(subscription_id, seq, failures, last_error)"
+            " SELECT id, ?, ?, ? FROM subscriptions WHERE id = ?");
+    QUELL_RETURN_IF_ERROR(st.status());
+    st.Int(1, seq);
+    st.Int(2, failures);
+    st.Text(3, error);
+    st.Text(4, id);
+    QUELL_RETURN_IF_ERROR(st.Step().status());
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError("no such webhook subscription");
+    return absl::OkStatus();
   }
 
   absl::Status AddDeadLetter(const DeadLetter& d) override {

@@ -33,6 +33,13 @@ struct Subscription {
   absl::Time created_at;
   bool enabled = true;
   int64_t cursor = 0;  // highest seq handled (delivered, skipped or dead-lettered)
+  // The consecutive failed attempts at delivering change `failed_seq` and the last one's
+  // error, as RecordFailure left them: what a restarted (or another) dispatcher goes on
+  // counting from while failed_seq > cursor, so that a receiver that fails every attempt
+  // still dead-letters after max_attempts across restarts. Stale once cursor >= failed_seq.
+  int64_t failed_seq = 0;
+  int failures = 0;
+  std::string last_error;
   friend bool operator==(const Subscription&, const Subscription&) = default;
 };
 
@@ -59,6 +66,11 @@ class StateStore {
   //! Durably sets the cursor (only forward; a lower value is ignored). kNotFound if the
   //! subscription is gone.
   virtual absl::Status AdvanceCursor(std::string_view id, int64_t seq) = 0;
+  //! Durably records that delivering change `seq` has failed `failures` times in a row,
+  //! the last with `error` (replacing what was recorded). kNotFound if the subscription is
+  //! gone.
+  virtual absl::Status RecordFailure(std::string_view id, int64_t seq, int failures,
+                                     std::string_view error) = 0;
   //! Atomically stores `letter` and advances its subscription's cursor to letter.seq.
   virtual absl::Status AddDeadLetter(const DeadLetter& letter) = 0;
   //! The subscription's dead letters in seq order, at most `limit`, with seq > after.

@@ -660,6 +660,41 @@ TEST_P(DispatcherTest, DeadLettersAfterMaxAttemptsAndCursorSurvivesRestart) {
   EXPECT_TRUE(absl::IsNotFound(d->DeadLetters(id, 0, 10).status()));
 }
 
+// A receiver that fails every time gets its dead letter after max_attempts in all, however
+// often the server restarts in between (a crash loop, or the lease moving to another
+// node): the attempts are recorded, not kept in memory only.
+TEST_P(DispatcherTest, AttemptsGoOnCountingAcrossARestart) {
+  Receiver rx(/*fail_first=*/1000000);
+  DispatcherOptions o = Fast();
+  o.max_attempts = 4;
+  o.backoff_initial = o.backoff_max = absl::Milliseconds(300);  // no attempt slips in at Stop
+  std::string id;
+  {
+    auto d = Make(o);
+    auto sub = d->Subscribe({absl::StrCat("http://127.0.0.1:", rx.port(), "/h"), {}, {}, 0});
+    ASSERT_TRUE(sub.ok());
+    id = sub->id;
+    Put(MakeMitigation(1, "ip:10.0.0.1", "block"));
+    d->Start();
+    ASSERT_TRUE(WaitFor([&] { return d->List()[0].failures == 2; }));
+    d->Stop();
+  }
+  ASSERT_EQ(rx.requests().size(), 2u);
+  auto d = Make(o);
+  ASSERT_EQ(d->List().size(), 1u);
+  d->Start();
+  ASSERT_TRUE(WaitFor([&] { return d->DeadLetters(id, 0, 10)->size() == 1; }));
+  d->Stop();
+  EXPECT_EQ(rx.requests().size(), 4u);  // 2 + 2, not 2 + 4
+  auto dl = *d->DeadLetters(id, 0, 10);
+  EXPECT_EQ(dl[0].seq, 1);
+  EXPECT_EQ(dl[0].attempts, 4);
+  // Stale once the cursor passed the change: nothing is carried over to the next one.
+  auto list = d->List();
+  EXPECT_EQ(list[0].subscription.cursor, 1);
+  EXPECT_EQ(list[0].failures, 0);
+}
+
 // webhooks.db newer than the ledger (restored alone from an older backup): the cursor is
 // past the head, and the changes that reuse those seqs are never sent. It said nothing;
 // the subscription's last_error says so now, until the ledger passes the cursor.
