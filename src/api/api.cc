@@ -118,6 +118,8 @@ void Api::Handle(http::Request request, http::Responder respond) {
   impl_->router_.Dispatch(std::move(request), std::move(respond));
 }
 
+void Api::OnRefused(const http::Refusal& refusal) { impl_->router_.Refused(refusal); }
+
 void Api::set_ready(bool ready) { impl_->ctx_.ready.store(ready); }
 
 void Api::StartBackground() { impl_->sweeper_.Start(); }

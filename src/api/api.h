@@ -90,6 +90,7 @@ class Api final : public http::Handler {
   ~Api() override;
 
   void Handle(http::Request request, http::Responder respond) override;
+  void OnRefused(const http::Refusal& refusal) override;
 
   //! Readiness: false while draining for shutdown (/readyz answers 503).
   void set_ready(bool ready);

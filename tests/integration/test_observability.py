@@ -158,6 +158,39 @@ class LogTest(unittest.TestCase):
         self.assertEqual(mine[0]["status"], 404)
 
 
+    def test_the_http_layers_own_refusals_are_logged_and_counted(self):
+        # 413 (body over the limit) and 400 (unreadable): answered before any route, in
+        # the access log with route "-" and counted in quell_http_refused_total.
+        def refused(code):
+            text = self.q.request("GET", "/metrics", auth=False, raw=True)[1]
+            m = re.search(r'^quell_http_refused_total\{code="%d"\} (\d+)' % code, text, re.M)
+            return int(m.group(1)) if m else 0
+        before = {413: refused(413), 400: refused(400)}
+        for request, rid in (
+                (b"POST /v1/detections HTTP/1.1\r\nHost: x\r\nX-Request-Id: it-big-1\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (9 << 20), "it-big-1"),
+                (b"GET /v1/check HTTP/1.1\r\nHost: x\r\nX-Request-Id: it-bad-1\r\n"
+                 b"Content-Length: nope\r\n\r\n", "it-bad-1")):
+            with socket.create_connection(("127.0.0.1", self.q.port), timeout=10) as s:
+                s.sendall(request)
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+            self.assertIn(("x-request-id: %s" % rid).encode(), reply.lower())
+            lines = log_lines(self.q, until=with_request_id(rid))
+            mine = [l for l in lines if l.get("request_id") == rid]
+            self.assertEqual(len(mine), 1, lines[-3:])
+            self.assertEqual(mine[0]["route"], "-")
+            self.assertEqual(mine[0]["remote"], "127.0.0.1")
+            self.assertIn(mine[0]["status"], (413, 400))
+            self.assertTrue(mine[0]["error"])
+        self.assertEqual(refused(413), before[413] + 1)
+        self.assertEqual(refused(400), before[400] + 1)
+
+
 class LogLevelTest(unittest.TestCase):
     def test_warn_level_silences_access_log(self):
         q = QuellServer(env={"QUELL_LOG_LEVEL": "warn"}).start()

@@ -439,9 +439,11 @@ class Session : public std::enable_shared_from_this<Session> {
     version_ = 11;
     response_ = ErrorResponse(status, code, message);
     const std::string_view incoming = request_.Header("x-request-id");
-    response_.headers.emplace_back("X-Request-Id", obs::IsSaneRequestId(incoming)
-                                                       ? std::string(incoming)
-                                                       : obs::NewRequestId());
+    const std::string request_id =
+        obs::IsSaneRequestId(incoming) ? std::string(incoming) : obs::NewRequestId();
+    response_.headers.emplace_back("X-Request-Id", request_id);
+    config_.handler->OnRefused(
+        Refusal{status, request_.method, request_id, request_.remote_address, message});
     WriteResponse();
   }
 

@@ -51,15 +51,29 @@ class Responder {
   std::shared_ptr<internal::Session> session_;
 };
 
+// A request the server answered itself, without the handler: it could not be read (400),
+// was not received in time (408), or was over a limit (413 body, 431 header). The views
+// are valid during the OnRefused call only.
+struct Refusal {
+  int status = 0;
+  std::string_view method;          // "" when the request line was not read
+  std::string_view request_id;      // the X-Request-Id of the reply
+  std::string_view remote_address;  // the peer's IP
+  std::string_view message;         // the error message of the reply
+};
+
 // What the application implements. Borrowed by the Server; must outlive it (or
 // at least its Shutdown()).
-// Thread-safety: Handle is called concurrently from all IO threads.
+// Thread-safety: Handle and OnRefused are called concurrently from all IO threads.
 class Handler {
  public:
   virtual ~Handler() = default;
   //! Called on an IO thread, once per request. Must not block: answer through
   //! `respond` now (inline is fine and fastest) or later from any thread.
   virtual void Handle(Request request, Responder respond) = 0;
+  //! Called on an IO thread when the server refuses a request itself, as it sends the
+  //! reply: for access logs and metrics. Must not block. The default does nothing.
+  virtual void OnRefused(const Refusal& refusal) { (void)refusal; }
 };
 
 struct ServerOptions {

@@ -21,13 +21,17 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace quell::http {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 struct ClientResponse {
   bool ok = false;  // a complete response was read
@@ -170,8 +174,21 @@ class EchoHandler : public Handler {
   }
   int calls() const { return calls_.load(); }
 
+  // The refusals the server reported, as "status method request_id remote".
+  void OnRefused(const Refusal& r) override {
+    std::lock_guard lock(mu_);
+    refusals_.push_back(absl::StrCat(r.status, " ", AV(r.method), " ", AV(r.request_id), " ",
+                                     AV(r.remote_address), r.message.empty() ? "" : " +message"));
+  }
+  std::vector<std::string> refusals() {
+    std::lock_guard lock(mu_);
+    return refusals_;
+  }
+
  private:
   std::atomic<int> calls_{0};
+  std::mutex mu_;
+  std::vector<std::string> refusals_;
 };
 
 ServerOptions TestOptions() {
@@ -324,6 +341,11 @@ TEST(HttpServerTest, OversizedBodyGets413) {
     EXPECT_EQ(r.status, 413);
   }
   EXPECT_EQ(handler.calls(), 0);
+  // Both reported to the application (its access log and metrics), with the reply's id.
+  const std::vector<std::string> refusals = handler.refusals();
+  ASSERT_EQ(refusals.size(), 2u);
+  EXPECT_EQ(refusals[0], "413 POST big-1 127.0.0.1 +message");
+  EXPECT_THAT(refusals[1], StartsWith("413 POST "));
 }
 
 TEST(HttpServerTest, HugeHeaderGets431) {
@@ -340,6 +362,8 @@ TEST(HttpServerTest, HugeHeaderGets431) {
   EXPECT_THAT(r.body, HasSubstr(R"("code":"too_large")"));
   EXPECT_TRUE(client.ReadsEof());
   EXPECT_EQ(handler.calls(), 0);
+  EXPECT_THAT(handler.refusals(),
+              ElementsAre(AllOf(StartsWith("431 "), HasSubstr(r.Header("x-request-id")))));
 }
 
 TEST(HttpServerTest, GarbageGets400AndClose) {

@@ -301,7 +301,26 @@ bool Match(const std::vector<std::string>& segments, std::string_view path,
 
 }  // namespace
 
-Router::Router(Context* context) : context_(context) {}
+Router::Router(Context* context) : context_(context) {
+  if (obs::Registry* reg = context_->deps.metrics) {
+    auto fam = reg->AddCounterFamily(
+        "quell_http_refused_total",
+        "Requests the HTTP layer answered itself, before any route: 400 unreadable, 408 not "
+        "received in time, 413 body too large, 431 header too large.",
+        {"code"});
+    if (fam.ok()) refused_ = *fam;
+  }
+}
+
+void Router::Refused(const http::Refusal& r) {
+  if (refused_ != nullptr) refused_->WithLabels({std::to_string(r.status)})->Increment();
+  obs::Logger* logger = access_logger();
+  if (logger == nullptr || !logger->Enabled(obs::Level::kInfo)) return;
+  const obs::Field fields[] = {
+      {"request_id", r.request_id}, {"method", r.method},         {"route", "-"},
+      {"status", r.status},         {"remote", r.remote_address}, {"error", r.message}};
+  logger->Log(obs::Level::kInfo, "request", fields);
+}
 Router::~Router() = default;
 
 void Router::Add(std::string_view method, std::string_view pattern, Access access, Fn fn,

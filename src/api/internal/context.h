@@ -185,13 +185,16 @@ class Router {
            Query query = Query::kDefault);
   //! Finds, authenticates and runs the route; 400/401/403/404/405 otherwise.
   void Dispatch(http::Request req, http::Responder respond);
+  //! A request the HTTP layer refused itself: an access log line (route "-") and
+  //! quell_http_refused_total{code}. Thread-safe.
+  void Refused(const http::Refusal& refusal);
 
  private:
   struct Route;
   obs::Logger* access_logger() const;
   Context* context_;
   std::vector<std::unique_ptr<Route>> routes_;
-  RouteMetrics* unrouted_metrics_ = nullptr;
+  obs::CounterFamily* refused_ = nullptr;  // null: metrics off
 };
 
 // Route groups (one file each).
