@@ -213,6 +213,29 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
                if (kind && *kind == "protected") is_protected = true;
                ctx.OffLoop(std::move(call), [&ctx, &policies, name, is_protected, kind, replace,
                                              entries = std::move(entries)](Call& call) mutable {
+                 if (is_protected && !*is_protected) {
+                   // Unprotecting: not a list whose kind is protected (stored, not only
+                   // named in this body), nor one the active policy set protects (which
+                   // this write could not change: it was ignored, silently).
+                   auto lists = ctx.deps.ledger->store().Lists();
+                   if (!lists.ok()) return call.Fail(ApiError::FromStatus(lists.status()));
+                   for (const ledger::ListInfo& l : *lists) {
+                     if (l.name == name && !kind && l.kind == "protected") {
+                       return call.Fail(
+                           ApiError::Field("protected",
+                                           "a list of kind protected is protected: give it another "
+                                           "kind in the same request to unprotect it"));
+                     }
+                   }
+                   auto set = policies.Current();
+                   for (const auto& l : set->lists()) {
+                     if (l.name == name && l.is_protected) {
+                       return call.Fail(ApiError::Conflict(absl::StrCat(
+                           "list ", name, " is protected by the active policy set (version ",
+                           set->version(), "): unprotect it there")));
+                     }
+                   }
+                 }
                  std::vector<std::string> add = entries, remove;
                  if (replace) {
                    auto current = ctx.deps.ledger->store().ListEntries(name);

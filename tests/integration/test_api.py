@@ -275,6 +275,16 @@ class ApiTest(unittest.TestCase):
         self.assertEqual((status, body["protected"], body["entries"]), (200, True, ["user:a2"]), body)
         self.assertError(self.q.request("PUT", "/v1/lists/vip-artists",
                                         {"kind": "protected", "protected": False}), 400, "protected")
+        # Nor in two requests: the stored kind counts (a PUT of protected=false alone left
+        # a kind-protected list unprotected, its entries' decisions no longer held).
+        self.assertEqual(self.q.request("PUT", "/v1/lists/plist",
+                                        {"kind": "protected", "entries": ["user:p1"]})[0], 200)
+        self.assertError(self.q.request("PUT", "/v1/lists/plist", {"protected": False}),
+                         400, "protected")
+        self.assertEqual(self.q.request("GET", "/v1/lists/plist")[1]["protected"], True)
+        status, body, _ = self.q.request("PUT", "/v1/lists/plist",
+                                         {"kind": "watch", "protected": False})
+        self.assertEqual((status, body["protected"], body["kind"]), (200, False, "watch"), body)
 
     def assertError(self, resp, status, field=None):
         got_status, body, _ = resp

@@ -110,6 +110,11 @@ class SafeguardsTest(Base):
         self.assertEqual(s, 200)
         self.assertTrue(l["protected"])
         self.assertIn("ip:10.1.1.7", l["entries"])
+        # The policy set protects it: unprotecting it here is refused, not a 200 that
+        # changes nothing.
+        s, body, _ = self.q.request("PUT", "/v1/lists/vips", {"protected": False})
+        self.assertEqual(s, 409, body)
+        self.assertIn("protected by the active policy set", body["error"]["message"])
         metrics = self.q.request("GET", "/metrics", auth=False, raw=True)[1]
         held = [ln for ln in metrics.splitlines() if ln.startswith("quell_safeguard_held_protected_total")]
         self.assertTrue(held and float(held[0].split()[-1]) >= 3, held)
