@@ -18,6 +18,18 @@
 namespace quell::api::internal {
 namespace {
 
+// A reason is read by people, in the API, the audit and `quell check`: it may hold line
+// breaks and tabs, no other control character (a NUL cut it short in printouts, an
+// escape sequence could rewrite a reviewer's terminal).
+constexpr char kNoControlText[] = "must not hold control characters other than tab and line breaks";
+bool HasControlText(std::string_view s) {
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f) return true;
+  }
+  return false;
+}
+
 using core::Entity;
 using core::Mitigation;
 
@@ -253,6 +265,7 @@ void CreateMitigation(Context& ctx, Call&& call) {
     }
   }
   if (reason && reason->empty()) errors.push_back({"reason", "must not be empty"});
+  if (reason && HasControlText(*reason)) errors.push_back({"reason", kNoControlText});
   if (!errors.empty()) {
     std::string summary =
         absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
@@ -297,6 +310,7 @@ void Revoke(Context& ctx, Call&& call) {
     std::vector<FieldError> errors;
     ObjectReader r(doc, "", &errors);
     reason = r.String("reason", false, 2000).value_or("");
+    if (HasControlText(reason)) errors.push_back({"reason", kNoControlText});
     r.RejectUnknown();
     if (!errors.empty())
       return call.Fail(ApiError::InvalidArgument("invalid revoke", std::move(errors)));

@@ -3,6 +3,8 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
@@ -80,10 +82,25 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
     return absl::InvalidArgumentError(
         "only detector keys are bound to sources (--source, \"sources\")");
   }
-  for (const std::string& s : sources) {
-    if (s.empty() || s.size() > 128) {
-      return absl::InvalidArgumentError("a source name must be 1-128 bytes");
+  // As detections' own fields are checked: a source a detection cannot carry would make
+  // a key that can never submit, and a control character garbles `keys list`.
+  auto has_control = [](std::string_view s) {
+    return std::any_of(s.begin(), s.end(),
+                       [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+  };
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const std::string& s = sources[i];
+    if (s.empty() || s.size() > 128 || has_control(s)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sources[", i, "]: a source name is 1-128 bytes without control characters"));
     }
+    if (std::find(sources.begin(), sources.begin() + static_cast<std::ptrdiff_t>(i), s) !=
+        sources.begin() + static_cast<std::ptrdiff_t>(i)) {
+      return absl::InvalidArgumentError(absl::StrCat("sources[", i, "]: ", s, " is given twice"));
+    }
+  }
+  if (has_control(name)) {
+    return absl::InvalidArgumentError("name: a key's name has no control characters");
   }
   NewKey k;
   k.record.id = core::NewId("k_", now);

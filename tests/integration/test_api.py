@@ -308,6 +308,18 @@ class ApiTest(unittest.TestCase):
         self.assertError(post({"entity": "user:a", "action": "block", "reason": "x", "colour": 1}),
                          400, "colour")
         self.assertError(post({"entity": "User:a", "action": "block", "reason": "x"}), 400, "entity")
+        # A reason is read by people: no NUL, no terminal escape (line breaks are fine).
+        self.assertError(post({"entity": "user:a", "action": "block", "reason": "a\u0000b"}),
+                         400, "reason")
+        self.assertError(post({"entity": "user:a", "action": "block",
+                               "reason": "\u001b[31mred"}), 400, "reason")
+        # A key's sources and name hold what a detection can carry, each source once.
+        for body in ({"role": "detector", "sources": ["a\u0000b"]},
+                     {"role": "detector", "sources": ["x\u001by"]},
+                     {"role": "detector", "sources": ["s1", "s1"]},
+                     {"role": "viewer", "name": "a\u0001"}):
+            status, err, _ = self.q.request("POST", "/v1/keys", body)
+            self.assertEqual(status, 400, (body, err))
         self.assertError(post({"entity": "ip:999.1.1.1", "action": "block", "reason": "x"}), 400, "entity")
         self.assertError(post({"entity": "cidr:10.0.0.1/8", "action": "block", "reason": "x"}),
                          400, "entity")
