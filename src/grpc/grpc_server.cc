@@ -1,6 +1,7 @@
 #include "grpc/grpc_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/method_handler.h>
 
 #include <algorithm>
 #include <atomic>
@@ -95,6 +96,27 @@ constexpr Method kCheckStreamMethod{"quell.v1.Enforcement/CheckStream", "quell.v
                                     "CheckStream"};
 constexpr Method kWatchMethod{"quell.v1.Enforcement/Watch", "quell.v1.Enforcement", "Watch"};
 constexpr Method kSubmitMethod{"quell.v1.Detections/Submit", "quell.v1.Detections", "Submit"};
+constexpr char kSubmitPath[] = "/quell.v1.Detections/Submit";  // gRPC's method path
+
+// Check, CheckStream and Submit read their messages raw and parse them here. With a typed
+// reader, gRPC treats a message it cannot parse (a string field that is not UTF-8, nesting
+// deeper than protobuf's limit) as the end of a client stream: the rest of a Submit was
+// dropped and the call answered OK, a CheckStream ended early, a unary Check was INTERNAL
+// before its key was even read. Parsed here, it is that one message's error.
+template <typename M>
+bool ParseRaw(::grpc::ByteBuffer* raw, M* out) {
+  return ::grpc::SerializationTraits<M>::Deserialize(raw, out).ok();
+}
+template <typename M>
+void SerializeRaw(const M& message, ::grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  (void)::grpc::SerializationTraits<M>::Serialize(message, out, &own_buffer);
+}
+std::string Unreadable(std::string_view type) {
+  return absl::StrCat("not a ", AV(type),
+                      " message the server can read (a string field that is not UTF-8, "
+                      "nesting deeper than 100, or broken wire data)");
+}
 
 // The server span of a call: a child of the caller's `traceparent` metadata (with its
 // `tracestate`) when that parses, recorded by the HTTP API's rule (upstream-sampled, or
@@ -178,9 +200,8 @@ class CheckCall {
 
 }  // namespace
 
-class GrpcServer::Impl final
-    : public v1::Enforcement::WithAsyncMethod_CheckStream<
-          v1::Enforcement::WithAsyncMethod_Check<v1::Enforcement::Service>> {
+class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream<
+                                   v1::Enforcement::WithRawMethod_Check<v1::Enforcement::Service>> {
  public:
   Impl(GrpcDeps deps, GrpcOptions options)
       : deps_(std::move(deps)),
@@ -315,7 +336,7 @@ class GrpcServer::Impl final
     static void Spawn(Impl* owner, CheckQueue* q) {
       auto* call = new UnaryCheck(owner, q);
       if (!q->Issue([&] {
-            owner->RequestCheck(&call->ctx_, &call->request_, &call->responder_, q->cq.get(),
+            owner->RequestCheck(&call->ctx_, &call->raw_request_, &call->responder_, q->cq.get(),
                                 q->cq.get(), call);
           })) {
         delete call;
@@ -329,6 +350,9 @@ class GrpcServer::Impl final
       Spawn(owner_, q_);  // the next call
       obs::Span span = StartCallSpan(owner_->deps_.tracer, ctx_, kCheckMethod);
       absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
+      if (s.ok() && !ParseRaw(&raw_request_, &request_)) {
+        s = absl::InvalidArgumentError(absl::StrCat("request: ", Unreadable("CheckRequest")));
+      }
       if (s.ok()) s = owner_->DoCheck(request_, &response_);
       if (span.recording()) {
         EndCallSpan(span, static_cast<::grpc::StatusCode>(internal::GrpcCode(s.code())),
@@ -337,7 +361,8 @@ class GrpcServer::Impl final
       finishing_ = true;
       if (!q_->Issue([&] {
             if (s.ok()) {
-              responder_.Finish(response_, ::grpc::Status::OK, this);
+              SerializeRaw(response_, &raw_response_);
+              responder_.Finish(raw_response_, ::grpc::Status::OK, this);
             } else {
               responder_.FinishWithError(ToGrpc(s), this);
             }
@@ -351,9 +376,10 @@ class GrpcServer::Impl final
     Impl* owner_;
     CheckQueue* q_;
     ::grpc::ServerContext ctx_;
+    ::grpc::ByteBuffer raw_request_, raw_response_;
     v1::CheckRequest request_;
     v1::CheckResponse response_;
-    ::grpc::ServerAsyncResponseWriter<v1::CheckResponse> responder_;
+    ::grpc::ServerAsyncResponseWriter<::grpc::ByteBuffer> responder_;
     bool finishing_ = false;
   };
 
@@ -391,13 +417,18 @@ class GrpcServer::Impl final
           }
           response_.Clear();
           ++requests_;
-          absl::Status s = owner_->DoCheck(request_, &response_);
+          absl::Status s = ParseRaw(&raw_request_, &request_)
+                               ? owner_->DoCheck(request_, &response_)
+                               : absl::InvalidArgumentError(
+                                     absl::StrCat("request: ", Unreadable("CheckRequest")));
           if (!s.ok()) {
             response_.Clear();
             response_.set_error(std::string(SV(s.message())));
           }
+          raw_response_.Clear();
+          SerializeRaw(response_, &raw_response_);
           state_ = State::kWriting;
-          if (q_->Issue([&] { stream_.Write(response_, this); })) return;
+          if (q_->Issue([&] { stream_.Write(raw_response_, this); })) return;
           break;
         }
         case State::kWriting:
@@ -418,7 +449,7 @@ class GrpcServer::Impl final
     StreamCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), stream_(&ctx_) {}
     void Read() {
       state_ = State::kReading;
-      if (!q_->Issue([&] { stream_.Read(&request_, this); })) delete this;
+      if (!q_->Issue([&] { stream_.Read(&raw_request_, this); })) delete this;
     }
     void Finish(const ::grpc::Status& status) {
       if (span_.recording()) {
@@ -434,30 +465,46 @@ class GrpcServer::Impl final
     obs::Span span_;  // the stream's server span (not recording when untraced)
     int64_t requests_ = 0;
     ::grpc::ServerContext ctx_;
+    ::grpc::ByteBuffer raw_request_, raw_response_;
     v1::CheckRequest request_;
     v1::CheckResponse response_;
-    ::grpc::ServerAsyncReaderWriter<v1::CheckResponse, v1::CheckRequest> stream_;
+    ::grpc::ServerAsyncReaderWriter<::grpc::ByteBuffer, ::grpc::ByteBuffer> stream_;
   };
 
   // Detections.Submit: reads the stream, applies it in chunks of options_.submit_chunk
   // through deps_.submit_detections (the HTTP API's decision path) and answers one result
   // per detection, in order. Sync API: the handler thread blocks while a chunk commits.
-  class DetectionsImpl final : public v1::Detections::Service {
+  // The service is registered by hand, as generated code would, but with a raw reader
+  // (sync raw methods are not generated): see ParseRaw.
+  class DetectionsImpl final : public ::grpc::Service {
    public:
-    explicit DetectionsImpl(Impl* owner) : owner_(owner) {}
-    ::grpc::Status Submit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>* reader,
-                          v1::SubmitResponse* response) override {
+    explicit DetectionsImpl(Impl* owner) : owner_(owner) {
+      using Handler = ::grpc::internal::ClientStreamingHandler<DetectionsImpl, ::grpc::ByteBuffer,
+                                                               ::grpc::ByteBuffer>;
+      AddMethod(new ::grpc::internal::RpcServiceMethod(
+          kSubmitPath, ::grpc::internal::RpcMethod::CLIENT_STREAMING,
+          new Handler([](DetectionsImpl* self, ::grpc::ServerContext* ctx,
+                         ::grpc::ServerReader<::grpc::ByteBuffer>* reader,
+                         ::grpc::ByteBuffer* out) { return self->Submit(ctx, reader, out); },
+                      this)));
+    }
+    ::grpc::Status Submit(::grpc::ServerContext* ctx,
+                          ::grpc::ServerReader<::grpc::ByteBuffer>* reader,
+                          ::grpc::ByteBuffer* out) {
       obs::Span span = StartCallSpan(owner_->deps_.tracer, *ctx, kSubmitMethod);
-      ::grpc::Status status = DoSubmit(ctx, reader, response, span.context());
+      v1::SubmitResponse response;
+      ::grpc::Status status = DoSubmit(ctx, reader, &response, span.context());
+      if (status.ok()) SerializeRaw(response, out);
       if (span.recording()) {
-        span.SetAttribute("quell.detections", static_cast<int64_t>(response->results_size()));
+        span.SetAttribute("quell.detections", static_cast<int64_t>(response.results_size()));
         EndCallSpan(span, status);
       }
       return status;
     }
 
    private:
-    ::grpc::Status DoSubmit(::grpc::ServerContext* ctx, ::grpc::ServerReader<v1::Detection>* reader,
+    ::grpc::Status DoSubmit(::grpc::ServerContext* ctx,
+                            ::grpc::ServerReader<::grpc::ByteBuffer>* reader,
                             v1::SubmitResponse* response, const obs::SpanContext& trace) {
       auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit);
       if (!who.ok()) return ToGrpc(who.status());
@@ -468,11 +515,13 @@ class GrpcServer::Impl final
       const absl::Time deadline = DeadlineOf(*ctx);
       const size_t chunk_size = static_cast<size_t>(owner_->options_.submit_chunk);
       Chunk chunk;
+      ::grpc::ByteBuffer raw;
       v1::Detection d;
       int64_t n = 0;
-      while (reader->Read(&d)) {
+      while (reader->Read(&raw)) {
         v1::DetectionResult* result = response->add_results();
-        auto json = internal::DetectionJson(d);
+        auto json = ParseRaw(&raw, &d) ? internal::DetectionJson(d)
+                                       : absl::InvalidArgumentError(Unreadable("Detection"));
         if (json.ok()) {
           chunk.items.push_back(*std::move(json));
           chunk.results.push_back(result);

@@ -449,6 +449,66 @@ TEST_F(GrpcServerTest, SubmitRejectsBadItemsOnTheirOwnNamingTheField) {
   EXPECT_EQ(check.mitigations(0).entity(), "user:r2");
 }
 
+// A message the server cannot parse (here: a string field that is not UTF-8, which
+// protobuf refuses to read) is that item's rejection: the items after it are applied and
+// answered. gRPC's typed reader ended the stream there, answering OK for what came before.
+TEST_F(GrpcServerTest, SubmitRejectsAnUnreadableMessageAndGoesOn) {
+  v1::Detection bad = Det("u-2", "user:u2", 0.95);
+  bad.set_entity("user:\xff\xfe");  // sent as is: the C++ client only logs it
+  v1::SubmitResponse resp;
+  ASSERT_TRUE(
+      Submit({Det("u-1", "user:u1", 0.95), bad, Det("u-3", "user:u3", 0.95)}, &resp, detector_)
+          .ok());
+  ASSERT_EQ(resp.results_size(), 3);
+  EXPECT_EQ(resp.results(0).status(), v1::DetectionResult::STATUS_ACCEPTED);
+  EXPECT_EQ(resp.results(1).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_NE(resp.results(1).error().find("not a Detection message the server can read"),
+            std::string::npos)
+      << resp.results(1).error();
+  EXPECT_EQ(resp.results(2).status(), v1::DetectionResult::STATUS_ACCEPTED);
+  v1::CheckResponse check;
+  ASSERT_TRUE(Check({"user:u1", "user:u3"}, "", &check, enforcer_).ok());
+  EXPECT_EQ(check.mitigations_size(), 2);
+}
+
+// The same for Check: an unreadable request is INVALID_ARGUMENT (after the key, as any
+// other bad request), and in a CheckStream that request's answer; the stream goes on.
+TEST_F(GrpcServerTest, CheckAnswersAnUnreadableRequestAsInvalid) {
+  v1::CheckRequest bad;
+  bad.add_entities("user:\xff");
+  {
+    ::grpc::ClientContext ctx;
+    Auth(&ctx, enforcer_);
+    v1::CheckResponse resp;
+    ::grpc::Status st = enforcement_->Check(&ctx, bad, &resp);
+    EXPECT_EQ(st.error_code(), ::grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("not a CheckRequest message"), std::string::npos)
+        << st.error_message();
+  }
+  {
+    ::grpc::ClientContext ctx;  // no key: that comes first
+    v1::CheckResponse resp;
+    EXPECT_EQ(enforcement_->Check(&ctx, bad, &resp).error_code(),
+              ::grpc::StatusCode::UNAUTHENTICATED);
+  }
+  ASSERT_TRUE(ledger_->SubmitAndWait(Create("user:s9", "block")).ok());
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  auto stream = enforcement_->CheckStream(&ctx);
+  v1::CheckRequest good;
+  good.add_entities("user:s9");
+  v1::CheckResponse resp;
+  ASSERT_TRUE(stream->Write(bad));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_NE(resp.error().find("not a CheckRequest message"), std::string::npos) << resp.error();
+  ASSERT_TRUE(stream->Write(good));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.verdict(), v1::VERDICT_DENY);
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 TEST_F(GrpcServerTest, SubmitAsAForeignSourceIsRefusedWholeAndAppliesNothing) {
   const int64_t seq = ledger_->last_seq();
   v1::SubmitResponse resp;
