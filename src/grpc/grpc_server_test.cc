@@ -16,11 +16,14 @@
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpc/internal/convert.h"
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
+#include "rapidjson/document.h"
 #include "workflow/mitigations.h"
 #include "workflow/policies.h"
 
@@ -356,6 +359,37 @@ TEST_F(GrpcServerTest, WatchReplaysThenStreamsLiveChangesInOrder) {
   while (reader->Read(&c)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), ::grpc::StatusCode::CANCELLED);
+}
+
+// The proto Mitigation carries every field of the HTTP object (docs/grpc.md): each key of
+// core::MitigationToJson for a mitigation with every field set is a field of the message.
+TEST(GrpcConvert, MitigationCarriesEveryFieldOfTheHttpObject) {
+  core::Mitigation m;
+  m.id = "m_1";
+  m.entity = *core::Entity::Parse("user:a");
+  m.action = "block";
+  m.reason = m.source = m.policy = m.actor = m.batch = m.state_reason = "x";
+  m.policy_version = 3;
+  m.detections = {"d1", "d2"};
+  m.detection_policies = {"p", "q"};
+  m.approvals = {"k_1"};
+  m.seq = 9;
+  v1::Mitigation proto;
+  internal::ToProto(m, &proto);
+  std::string proto_json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(proto, &proto_json, options).ok());
+  rapidjson::Document http, grpc;
+  http.Parse(core::MitigationToJson(m).c_str());
+  grpc.Parse(proto_json.c_str());
+  ASSERT_TRUE(http.IsObject() && grpc.IsObject());
+  for (auto it = http.MemberBegin(); it != http.MemberEnd(); ++it) {
+    EXPECT_TRUE(grpc.HasMember(it->name)) << it->name.GetString() << " is not in the proto";
+  }
+  EXPECT_EQ(proto.approvals_size(), 1);
+  EXPECT_EQ(proto.detection_policies(1), "q");
 }
 
 TEST_F(GrpcServerTest, WatchEndsAtItsDeadline) {

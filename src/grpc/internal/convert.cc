@@ -55,6 +55,8 @@ void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
   for (const std::string& d : m.detections) out->add_detections(d);
   out->set_state_reason(m.state_reason);
   out->set_seq(m.seq);
+  for (const std::string& p : m.detection_policies) out->add_detection_policies(p);
+  for (const std::string& a : m.approvals) out->add_approvals(a);
 }
 
 absl::StatusOr<std::string> DetectionJson(const quell::v1::Detection& d) {
