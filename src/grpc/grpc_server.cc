@@ -294,6 +294,11 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       if (stopping_.load()) {
         return ::grpc::Status(::grpc::StatusCode::UNAVAILABLE, "server shutting down");
       }
+      // Checked again at every wake-up (a commit, or watch_poll): a key revoked meanwhile
+      // ends the stream, as it fails any new call.
+      if (auto again = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck); !again.ok()) {
+        return ToGrpc(again.status());
+      }
       auto changes = ledger::ReadDurableChanges(*deps_.ledger, cursor, options_.watch_page);
       if (!changes.ok()) return ToGrpc(changes.status());
       if (changes->empty() && cursor == request->after_seq()) {
@@ -407,6 +412,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
             Finish(ToGrpc(s));
             return;
           }
+          authorized_at_ = absl::Now();
           Read();
           return;
         }
@@ -414,6 +420,16 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
           if (!ok) {  // the client finished writing (or the call broke)
             Finish(::grpc::Status::OK);
             return;
+          }
+          // The key again, at most once a second: a key revoked meanwhile ends the stream.
+          if (const absl::Time now = absl::Now(); now - authorized_at_ >= absl::Seconds(1)) {
+            absl::Status again =
+                Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
+            if (!again.ok()) {
+              Finish(ToGrpc(again));
+              return;
+            }
+            authorized_at_ = now;
           }
           response_.Clear();
           ++requests_;
@@ -464,6 +480,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     State state_ = State::kArriving;
     obs::Span span_;  // the stream's server span (not recording when untraced)
     int64_t requests_ = 0;
+    absl::Time authorized_at_;  // the key's last check
     ::grpc::ServerContext ctx_;
     ::grpc::ByteBuffer raw_request_, raw_response_;
     v1::CheckRequest request_;

@@ -392,6 +392,42 @@ TEST(GrpcConvert, MitigationCarriesEveryFieldOfTheHttpObject) {
   EXPECT_EQ(proto.detection_policies(1), "q");
 }
 
+// A key revoked while its streams are open ends them, as it fails any new call: a Watch
+// at its next wake-up, a CheckStream at its next request (keys are checked again at most
+// once a second there).
+TEST_F(GrpcServerTest, ARevokedKeyEndsItsOpenStreams) {
+  const std::string key = AddKey(auth::Role::kEnforcer, {});
+  ::grpc::ClientContext watch_ctx, stream_ctx;
+  Auth(&watch_ctx, key);
+  Auth(&stream_ctx, key);
+  // Deadlines, so that a stream that does not end fails the test instead of hanging it.
+  watch_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  stream_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::WatchRequest req;
+  req.set_after_seq(ledger_->last_seq());
+  auto watch = enforcement_->Watch(&watch_ctx, req);
+  auto stream = enforcement_->CheckStream(&stream_ctx);
+  v1::CheckRequest check;
+  check.add_entities("user:k1");
+  v1::CheckResponse resp;
+  ASSERT_TRUE(stream->Write(check));
+  ASSERT_TRUE(stream->Read(&resp));  // the stream is open and answering
+  ASSERT_TRUE(ledger_->SubmitAndWait(Create("user:k1", "block")).ok());
+  v1::Change c;
+  ASSERT_TRUE(watch->Read(&c));  // and the watch delivering
+
+  ASSERT_TRUE(ledger_->store().RevokeKey(key.substr(0, key.find('.')), clock_.Now(), false).ok());
+  ASSERT_TRUE(keys_->Refresh().ok());
+  ASSERT_TRUE(ledger_->SubmitAndWait(Create("user:k2", "block")).ok());
+  EXPECT_FALSE(watch->Read(&c)) << "delivered " << c.mitigation().entity() << " to a revoked key";
+  EXPECT_EQ(watch->Finish().error_code(), ::grpc::StatusCode::UNAUTHENTICATED);
+
+  absl::SleepFor(absl::Milliseconds(1100));  // past the stream's once-a-second check
+  stream->Write(check);
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::UNAUTHENTICATED);
+}
+
 TEST_F(GrpcServerTest, WatchEndsAtItsDeadline) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, enforcer_);
