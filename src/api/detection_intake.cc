@@ -186,13 +186,20 @@ DetectionIntake::Validated DetectionIntake::ValidateTexts(const auth::Principal&
   return v;
 }
 
-void DetectionIntake::SubmitJson(const auth::Principal& who, std::vector<std::string> texts,
-                                 Done done, obs::SpanContext trace_parent) const {
+void DetectionIntake::SubmitJson(const auth::Principal& who,
+                                 std::vector<absl::StatusOr<std::string>> texts, Done done,
+                                 obs::SpanContext trace_parent) const {
   const absl::Time now = ctx_->deps.clock->Now();
   // Each text is an item of its own: an unparseable one is a rejected item, not a failed
-  // batch (as a bad item of an HTTP batch).
-  std::unique_ptr<ParsedTexts> parsed =
-      ParseTexts(std::vector<std::string_view>(texts.begin(), texts.end()));
+  // batch (as a bad item of an HTTP batch); an error item is one already.
+  std::vector<std::string_view> views;
+  views.reserve(texts.size());
+  for (const absl::StatusOr<std::string>& t : texts)
+    views.push_back(t.ok() ? std::string_view(*t) : std::string_view("{}"));
+  std::unique_ptr<ParsedTexts> parsed = ParseTexts(views);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (!texts[i].ok()) parsed->unparsed[i] = std::string(SV(texts[i].status().message()));
+  }
   Validated v = ValidateTexts(who, *parsed, now);
   if (!v.forbidden.empty()) {
     return done(absl::PermissionDeniedError(

@@ -94,11 +94,12 @@ class DetectionIntake {
 
   //! Both stages for detections given as JSON object texts, each read at path "" (the
   //! field names of errors are bare: "score"). A text that is not a JSON object is a
-  //! rejected item. A forbidden source: kPermissionDenied, nothing applied. For front
-  //! ends other than HTTP (gRPC); call it off any event loop. `trace_parent` as for
-  //! EvaluateAndApply (the gRPC call's server span).
-  void SubmitJson(const auth::Principal& who, std::vector<std::string> items, Done done,
-                  obs::SpanContext trace_parent = {}) const;
+  //! rejected item, and so is an error item (the front end could not read it: its message
+  //! is the item's error, field "detection"). A forbidden source: kPermissionDenied,
+  //! nothing applied. For front ends other than HTTP (gRPC); call it off any event loop.
+  //! `trace_parent` as for EvaluateAndApply (the gRPC call's server span).
+  void SubmitJson(const auth::Principal& who, std::vector<absl::StatusOr<std::string>> items,
+                  Done done, obs::SpanContext trace_parent = {}) const;
 
  private:
   internal::Context* ctx_;

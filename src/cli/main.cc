@@ -417,7 +417,7 @@ int Serve(const Flags& flags) {
     // Detections.Submit takes the HTTP API's decision path (same validation and semantics).
     // The call's span context goes along: the ledger's commit spans parent on it.
     gd.submit_detections =
-        [a = api.get()](const auth::Principal& who, std::vector<std::string> items,
+        [a = api.get()](const auth::Principal& who, std::vector<absl::StatusOr<std::string>> items,
                         grpc_api::GrpcDeps::SubmitDone done, const obs::SpanContext& trace_parent) {
           a->detection_intake().SubmitJson(who, std::move(items), std::move(done), trace_parent);
         };

@@ -536,17 +536,12 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       v1::Detection d;
       int64_t n = 0;
       while (reader->Read(&raw)) {
-        v1::DetectionResult* result = response->add_results();
-        auto json = ParseRaw(&raw, &d) ? internal::DetectionJson(d)
-                                       : absl::InvalidArgumentError(Unreadable("Detection"));
-        if (json.ok()) {
-          chunk.items.push_back(*std::move(json));
-          chunk.results.push_back(result);
-        } else {
-          // Not even JSON: rejected here, in the intake's words as far as possible.
-          result->set_status(v1::DetectionResult::STATUS_REJECTED);
-          result->set_error(std::string(SV(json.status().message())));
-        }
+        // An item that is not even JSON goes too, as its error: the intake rejects it with
+        // that message and counts it, as any rejected item.
+        chunk.items.push_back(ParseRaw(&raw, &d)
+                                  ? internal::DetectionJson(d)
+                                  : absl::InvalidArgumentError(Unreadable("Detection")));
+        chunk.results.push_back(response->add_results());
         ++n;
         if (chunk.items.size() >= chunk_size) {
           if (auto s = Apply(*ctx, *who, deadline, trace, &chunk); !s.ok()) return s;
@@ -561,8 +556,8 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     }
 
     struct Chunk {
-      std::vector<std::string> items;             // detection JSON
-      std::vector<v1::DetectionResult*> results;  // where each item's result goes
+      std::vector<absl::StatusOr<std::string>> items;  // detection JSON, or why it is not
+      std::vector<v1::DetectionResult*> results;       // where each item's result goes
     };
     // What the intake answers, handed from the ledger's finisher thread to the waiting handler.
     struct Outcome {

@@ -53,7 +53,9 @@ struct GrpcDeps {
   // Detections.Submit's decision path: evaluates and applies one chunk of detections with
   // the semantics of POST /v1/detections (quell serve passes api::DetectionIntake's
   // SubmitJson; the gRPC module does not depend on the HTTP API). `items` are detection
-  // JSON objects; `done` is called once, on any thread, with one per-item reply per item
+  // JSON objects, or why an item could not even be made one (a message protobuf cannot
+  // read): rejected with that message, and counted, as any rejected item; `done` is
+  // called once, on any thread, with one per-item reply per item
   // in order (the HTTP per-item result object: "status" accepted | duplicate | rejected,
   // "decisions", "error"), or with the chunk's error (kPermissionDenied: a source the key
   // may not submit as, nothing of the chunk applied; a storage error). Called on a gRPC
@@ -61,8 +63,8 @@ struct GrpcDeps {
   // Submit call's server span (invalid when not traced): the intake may parent its
   // evaluation and ledger commit spans on it.
   using SubmitDone = std::function<void(absl::StatusOr<std::vector<std::string>>)>;
-  std::function<void(const auth::Principal& who, std::vector<std::string> items, SubmitDone done,
-                     const obs::SpanContext& trace_parent)>
+  std::function<void(const auth::Principal& who, std::vector<absl::StatusOr<std::string>> items,
+                     SubmitDone done, const obs::SpanContext& trace_parent)>
       submit_detections;
 };
 

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "api/api.h"
 #include "api/detection_intake.h"
@@ -20,6 +21,7 @@
 #include "grpc/internal/convert.h"
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "obs/metrics.h"
 #include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
@@ -119,6 +121,7 @@ class GrpcServerTest : public ::testing::Test {
     api_deps.keys = keys_.get();
     api_deps.clock = &clock_;
     api_deps.catalog = core::ActionCatalog::Default();
+    api_deps.metrics = &metrics_;
     auto api = api::Api::Create(api_deps, {});
     ASSERT_TRUE(api.ok()) << api.status();
     api_ = *std::move(api);
@@ -134,7 +137,7 @@ class GrpcServerTest : public ::testing::Test {
     deps.clock = &clock_;
     deps.catalog = [] { return core::ActionCatalog::Default(); };
     deps.submit_detections = [a = api_.get()](const auth::Principal& who,
-                                              std::vector<std::string> items,
+                                              std::vector<absl::StatusOr<std::string>> items,
                                               GrpcDeps::SubmitDone done, const obs::SpanContext&) {
       a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
     };
@@ -204,6 +207,16 @@ class GrpcServerTest : public ::testing::Test {
     return writer->Finish();
   }
 
+  // The value of sample `series` (name and labels as rendered) in metrics_, 0 if absent.
+  double Metric(std::string_view series) {
+    const std::string text = metrics_.Render();
+    const std::string needle = absl::StrCat("\n", AV(series), " ");
+    const size_t at = text.find(needle);
+    if (at == std::string::npos) return 0;
+    return std::stod(text.substr(at + needle.size()));
+  }
+
+  obs::Registry metrics_;
   std::filesystem::path dir_;
   core::FakeClock clock_{absl::FromUnixSeconds(1700000000)};
   std::unique_ptr<ledger::Ledger> ledger_;
@@ -539,6 +552,9 @@ TEST_F(GrpcServerTest, SubmitRejectsAnUnreadableMessageAndGoesOn) {
   v1::CheckResponse check;
   ASSERT_TRUE(Check({"user:u1", "user:u3"}, "", &check, enforcer_).ok());
   EXPECT_EQ(check.mitigations_size(), 2);
+  // Counted with the rest, as the HTTP API counts its rejected items.
+  EXPECT_EQ(Metric(R"(quell_detections_total{origin="api",status="rejected"})"), 1);
+  EXPECT_EQ(Metric(R"(quell_detections_total{origin="api",status="accepted"})"), 2);
 }
 
 // The same for Check: an unreadable request is INVALID_ARGUMENT (after the key, as any
@@ -717,9 +733,10 @@ class GrpcTraceTest : public GrpcServerTest {
     tracer_ = *std::move(tracer);
     GrpcDeps deps = deps_;
     deps.tracer = tracer_.get();
-    deps.submit_detections = [this, a = api_.get()](
-                                 const auth::Principal& who, std::vector<std::string> items,
-                                 GrpcDeps::SubmitDone done, const obs::SpanContext& trace_parent) {
+    deps.submit_detections = [this, a = api_.get()](const auth::Principal& who,
+                                                    std::vector<absl::StatusOr<std::string>> items,
+                                                    GrpcDeps::SubmitDone done,
+                                                    const obs::SpanContext& trace_parent) {
       submit_parents_.push_back(trace_parent);
       a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
     };
