@@ -269,6 +269,14 @@ void AddListRoutes(Router& router, Context& ctx, PolicyHolder& policies) {
         if (add.empty() && remove.empty() && errors.empty()) {
           errors.push_back({"add", "give entities to add or remove"});
         }
+        // Both at once has no one meaning (which applies first?): the caller must choose.
+        const std::set<std::string_view> adding(add.begin(), add.end());
+        for (size_t i = 0; i < remove.size(); ++i) {
+          if (adding.count(remove[i]) > 0) {
+            errors.push_back(
+                {absl::StrCat("remove[", i, "]"), absl::StrCat(remove[i], " is also in add")});
+          }
+        }
         if (!errors.empty())
           return call.Fail(ApiError::InvalidArgument("invalid list entries", std::move(errors)));
         // Entries go to a list that exists (PUT /v1/lists/{name}, or declared by the

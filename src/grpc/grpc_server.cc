@@ -67,6 +67,9 @@ absl::StatusOr<auth::Principal> Authorize(auth::KeyRing& keys, const ::grpc::Ser
   if (it == md.end()) {
     return absl::UnauthenticatedError("missing metadata \"authorization: Bearer <key>\"");
   }
+  if (md.count("authorization") > 1) {  // which one counts would be a guess (as over HTTP)
+    return absl::UnauthenticatedError("metadata \"authorization\" given more than once");
+  }
   std::string_view credential(it->second.data(), it->second.size());
   auto who = keys.AuthenticateBearer(credential);
   if (!who.ok()) return absl::UnauthenticatedError("invalid or revoked key");

@@ -251,6 +251,15 @@ TEST_F(GrpcServerTest, CheckNeedsAKeyThatMayCheck) {
               ::grpc::StatusCode::UNAUTHENTICATED)
         << value;
   }
+  {  // Two credentials: which one counts would be a guess, so neither does.
+    ::grpc::ClientContext twice;
+    twice.AddMetadata("authorization", "Bearer " + detector_);
+    twice.AddMetadata("authorization", "Bearer " + enforcer_);
+    v1::CheckRequest req;
+    req.add_entities("user:a");
+    EXPECT_EQ(enforcement_->Check(&twice, req, &resp).error_code(),
+              ::grpc::StatusCode::UNAUTHENTICATED);
+  }
   ::grpc::ClientContext lower;  // the scheme's case does not matter (RFC 7235)
   lower.AddMetadata("authorization", "bearer " + enforcer_);
   v1::CheckRequest req;

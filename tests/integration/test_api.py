@@ -200,12 +200,47 @@ class ApiTest(unittest.TestCase):
         s3, e, _ = self.q.request("POST", "/v1/mitigations", body, headers=h)
         self.assertEqual(s3, 422, e)
         self.assertEqual(e["error"]["code"], "idempotency_key_reused")
+        # Given, the key is meant: empty (a client's unset variable) or twice is a 400,
+        # not a request quietly made without one.
+        self.assertError(self.q.request("POST", "/v1/mitigations", body,
+                                        headers={"Idempotency-Key": ""}),
+                         400, "header.Idempotency-Key")
+        self.assertError(self.raw_request("POST", "/v1/mitigations", body,
+                                          [("Authorization", "Bearer " + self.q.admin_key),
+                                           ("Idempotency-Key", "a"), ("Idempotency-Key", "b")]),
+                         400, "header.Idempotency-Key")
+
+    def raw_request(self, method, path, body, extra_headers):
+        """As q.request, with header lines given in order (names may repeat)."""
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.q.port, timeout=10)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            c.putrequest(method, path)
+            c.putheader("Content-Type", "application/json")
+            for name, value in extra_headers:
+                c.putheader(name, value)
+            if data is not None:
+                c.putheader("Content-Length", str(len(data)))
+            c.endheaders(data)
+            r = c.getresponse()
+            text = r.read().decode()
+            return r.status, json.loads(text) if text else None, dict(r.getheaders())
+        finally:
+            c.close()
 
     def test_auth_and_roles(self):
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", auth=False)[0], 401)
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key="k_bad.secret")[0], 401)
         bad = self.q.admin_key[:-1] + ("0" if self.q.admin_key[-1] != "0" else "1")
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:x", key=bad)[0], 401)
+        # One credential: two Authorization lines are a 400 (which one counts is a guess),
+        # whichever order the keys come in.
+        viewer = self.q.create_key("viewer")
+        for pair in ((viewer, self.q.admin_key), (self.q.admin_key, viewer)):
+            self.assertError(self.raw_request("GET", "/v1/keys", None,
+                                              [("Authorization", "Bearer " + k) for k in pair]),
+                             400, "header.Authorization")
         # Authorization carries a scheme: the bare key, or under another one, is refused.
         for value in (self.q.admin_key, "Basic " + self.q.admin_key):
             s, e, _ = self.q.request("GET", "/v1/check?entity=user:x", auth=False,
@@ -275,6 +310,11 @@ class ApiTest(unittest.TestCase):
         self.assertEqual((status, body["protected"], body["entries"]), (200, True, ["user:a2"]), body)
         self.assertError(self.q.request("PUT", "/v1/lists/vip-artists",
                                         {"kind": "protected", "protected": False}), 400, "protected")
+        # An entity both added and removed has no one meaning: refused, nothing written.
+        self.assertError(self.q.request("POST", "/v1/lists/vip-artists/entries",
+                                        {"add": ["user:a3"], "remove": ["user:a3"]}),
+                         400, "remove[0]")
+        self.assertEqual(self.q.request("GET", "/v1/lists/vip-artists")[1]["entries"], ["user:a2"])
         # Nor in two requests: the stored kind counts (a PUT of protected=false alone left
         # a kind-protected list unprotected, its entries' decisions no longer held).
         self.assertEqual(self.q.request("PUT", "/v1/lists/plist",

@@ -23,6 +23,12 @@ std::string_view Request::Header(std::string_view lower_name) const {
   return {};
 }
 
+size_t Request::HeaderCount(std::string_view lower_name) const {
+  size_t n = 0;
+  for (const auto& [name, value] : headers) n += name == lower_name;
+  return n;
+}
+
 std::optional<std::string_view> Request::QueryParam(std::string_view name) const {
   for (const auto& [key, value] : query) {
     if (key == name) return std::string_view(value);

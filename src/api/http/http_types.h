@@ -32,6 +32,8 @@ struct Request {
 
   //! Value of the first header named `lower_name` (lower case), or "" if absent.
   std::string_view Header(std::string_view lower_name) const;
+  //! How many header lines are named `lower_name` (lower case).
+  size_t HeaderCount(std::string_view lower_name) const;
   //! Value of the first query parameter named `name`, or nullopt if absent.
   std::optional<std::string_view> QueryParam(std::string_view name) const;
 };
