@@ -18,6 +18,11 @@ absl::StatusOr<absl::Duration> ParseDuration(std::string_view text, bool allow_z
         absl::StrCat("invalid duration \"", AV(text.substr(0, 40)),
                      "\": write a number and a unit (ms, s, m, h, d, w), as in 90s, 15m, 30d"));
   };
+  // Well formed, but past what any expiry may be: said so, not "write a number and a unit".
+  auto too_long = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("invalid duration \"", AV(text.substr(0, 40)),
+                                                   "\": at most 100 years (36500d)"));
+  };
   if (text.empty() || text.size() > 40) return bad();
   absl::Duration total = absl::ZeroDuration();
   size_t i = 0;
@@ -25,7 +30,7 @@ absl::StatusOr<absl::Duration> ParseDuration(std::string_view text, bool allow_z
     int64_t n = 0;
     size_t start = i;
     while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
-      if (n > 1'000'000'000'000) return bad();
+      if (n > 1'000'000'000'000) return too_long();
       n = n * 10 + (text[i] - '0');
       ++i;
     }
@@ -52,7 +57,7 @@ absl::StatusOr<absl::Duration> ParseDuration(std::string_view text, bool allow_z
     total += n * u;
   }
   // Cap at 100 years: longer is a typo, and it keeps every expiry representable.
-  if (total > absl::Hours(24 * 365 * 100)) return bad();
+  if (total > absl::Hours(24 * 365 * 100)) return too_long();
   if (!allow_zero && total <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("duration \"", AV(text), "\" must be positive"));
   }

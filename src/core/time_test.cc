@@ -24,6 +24,14 @@ TEST(DurationTest, RejectsBadSpellings) {
     EXPECT_FALSE(ParseDuration(bad).ok()) << bad;
   }
   EXPECT_TRUE(ParseDuration("0s", /*allow_zero=*/true).ok());
+  // Well formed but too long: the message says what the limit is, not how to spell one.
+  for (const char* too_long : {"100000d", "99999999999999d", "36501d"}) {
+    auto d = ParseDuration(too_long);
+    ASSERT_FALSE(d.ok()) << too_long;
+    EXPECT_NE(d.status().message().find("at most 100 years"), absl::string_view::npos)
+        << d.status();
+  }
+  EXPECT_TRUE(ParseDuration("36500d").ok());
 }
 
 TEST(DurationTest, FormatRoundTrips) {
