@@ -1,6 +1,7 @@
 // The `quell` binary: wires the modules together and runs one subcommand (SPEC "CLI").
 // Exit status: 0 success, 1 failure, 2 bad usage.
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -206,6 +207,43 @@ absl::Status ProbeListen(const std::string& host, int port) {
       absl::StrCat("cannot listen on ", host, ":", port, ": ", std::strerror(err)));
 }
 
+// Whether a TCP connection to HOST:PORT opens within `timeout` (for a start-up warning:
+// a dependency the server can run without, but not as configured).
+absl::Status ProbeConnect(const std::string& host, int port, absl::Duration timeout) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0) {
+    return absl::UnavailableError(::gai_strerror(rc));
+  }
+  absl::Status result = absl::UnavailableError("no address");
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      rc = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) == 1 ? 0 : -1;
+      int err = rc == 0 ? 0 : ETIMEDOUT;
+      socklen_t len = sizeof err;
+      if (rc == 0) (void)::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      errno = err;
+      rc = err == 0 ? 0 : -1;
+    }
+    const int err = errno;
+    ::close(fd);
+    if (rc == 0) {
+      result = absl::OkStatus();
+      break;
+    }
+    result = absl::UnavailableError(std::strerror(err));
+  }
+  ::freeaddrinfo(found);
+  return result;
+}
+
 // First start with `policies: FILE` configured and nothing published yet: the file
 // becomes version 1. Afterwards the ledger's latest version wins (publish new ones with
 // PUT /v1/policies), and a differing file is only reported.
@@ -248,6 +286,33 @@ int Serve(const Flags& flags) {
   if (auto s = SplitListen(config->listen, &host, &port); !s.ok())
     return Usage(std::string(SV(s.message())));
   if (auto s = ProbeListen(host, port); !s.ok()) return Failure(s);
+  // The gRPC address too, before anything is written (it failed after the data directory
+  // and a --dev key were made), and never the HTTP one: gRPC binds with SO_REUSEPORT, so
+  // it shared the port and every connection went to one of the two.
+  if (!config->grpc_listen.empty()) {
+    std::string grpc_host;
+    int grpc_port = 0;
+    if (auto s = SplitListen(config->grpc_listen, &grpc_host, &grpc_port); !s.ok())
+      return Usage(absl::StrCat("grpc_listen: ", s.message()));
+    if (grpc_port != 0 && grpc_port == port && grpc_host == host) {
+      return Usage(absl::StrCat("grpc_listen: ", config->grpc_listen,
+                                " is the HTTP address (listen): give gRPC a port of its own"));
+    }
+    if (auto s = ProbeListen(grpc_host, grpc_port); !s.ok()) return Failure(s);
+  }
+  // The policies file loads before anything is written either: a typo in its name left a
+  // data directory and a --dev key (shown once, then lost) behind.
+  if (!config->policies_file.empty()) {
+    absl::StatusOr<std::string> yaml = core::ReadFile(config->policies_file);
+    if (!yaml.ok()) {
+      return Failure(absl::Status(yaml.status().code(),
+                                  absl::StrCat("policies file: ", yaml.status().message())));
+    }
+    if (auto set = policy::LoadPolicySet(*yaml, 1); !set.ok()) {
+      return Failure(absl::InvalidArgumentError(
+          absl::StrCat(config->policies_file, " does not load:\n", set.status().message())));
+    }
+  }
   auto level = obs::ParseLevel(config->log_level);
   if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
   // Info lines (one access-log line per request) are written by a background thread
@@ -277,6 +342,9 @@ int Serve(const Flags& flags) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  // A closed terminal or ssh session: the same drain as SIGTERM, not the default abrupt
+  // exit (there is no configuration to reload).
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -469,8 +537,25 @@ int Serve(const Flags& flags) {
     }
   });
 
+  // Redis may come up after Quell (the counters connect on first use), but one that does
+  // not answer at start is most often a wrong address: said now, not at the first event.
+  const std::string counters =
+      config->counters.redis
+          ? absl::StrCat("redis://", config->counters.redis_host, ":", config->counters.redis_port)
+          : "memory";
+  if (config->counters.redis) {
+    if (absl::Status up = ProbeConnect(config->counters.redis_host, config->counters.redis_port,
+                                       absl::Seconds(1));
+        !up.ok()) {
+      logger.Warn(
+          "counters: redis does not answer; velocity rules read their counts as 0 (or fail, "
+          "with counters.fail_closed) until it does",
+          {{"redis", counters}, {"error", std::string(SV(up.message()))}});
+    }
+  }
   logger.Info("quell serving",
               {{"listen", absl::StrCat(host, ":", (*server)->port())},
+               {"counters", counters},
                {"data", config->data},
                {"seq", (*ledger)->last_seq()},
                {"active", index.size()},

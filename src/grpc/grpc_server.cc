@@ -218,6 +218,9 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     deps_.ledger->AddListener(slot_, ledger::ListenerTiming::kDurable);
     ::grpc::ServerBuilder builder;
     builder.AddListeningPort(options_.listen, ::grpc::InsecureServerCredentials(), &port_);
+    // Not gRPC's default SO_REUSEPORT: with it a second server (another Quell's gRPC, or
+    // its HTTP port, itself SO_REUSEPORT) bound the same port and took half its connections.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.RegisterService(this);
     builder.RegisterService(&detections_);
     // 0: one per core (as documented); never none, or Check calls would wait forever.

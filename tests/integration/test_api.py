@@ -494,7 +494,11 @@ class LifecycleTest(unittest.TestCase):
             q.admin_key = key
             v = q.request("GET", "/v1/check?entity=user:keep&entity=user:short")[1]
             self.assertEqual([m["id"] for m in v["mitigations"]], [keep["id"]])
-            self.assertEqual(q.stop(), 0)
+            # SIGHUP (a closed terminal or session) drains as SIGTERM does; it killed the
+            # server at once (exit 129), requests in flight and all.
+            self.assertEqual(q.stop(signal.SIGHUP), 0)
+            with open(q.log_path, encoding="utf-8") as f:
+                self.assertIn('"signal":%d' % signal.SIGHUP, f.read())
             code, out, _ = run_cli("audit", "verify", "--data", q.data)
             self.assertIn("ok:", out)
         finally:
@@ -601,6 +605,30 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("policies file: %s is a directory" % tmp, err)
 
+    def test_an_unreachable_redis_is_said_at_start(self):
+        # The server starts (Redis may come later), but says so at once, not at the first
+        # event; the serving line names the counters backend.
+        port = free_port()  # nothing listens there
+        q = QuellServer(extra_args=["--redis", "redis://127.0.0.1:%d" % port])
+        try:
+            q.start()
+            deadline = time.time() + 10
+            lines = []
+            while time.time() < deadline:
+                with open(q.log_path, encoding="utf-8") as f:
+                    lines = [json.loads(l) for l in f if l.strip()]
+                if any(l.get("msg") == "quell serving" for l in lines):
+                    break
+                time.sleep(0.05)
+            warn = [l for l in lines if l.get("msg", "").startswith("counters: redis does not answer")]
+            self.assertEqual(len(warn), 1, lines)
+            self.assertEqual(warn[0]["redis"], "redis://127.0.0.1:%d" % port)
+            serving = [l for l in lines if l.get("msg") == "quell serving"]
+            self.assertEqual(serving[0]["counters"], "redis://127.0.0.1:%d" % port)
+        finally:
+            q.stop()
+            q.cleanup()
+
     def test_a_start_on_a_busy_port_writes_nothing(self):
         # The --dev key and the first policy set were written before the bind failed: the
         # next start printed no key, and an edited policies file was then ignored.
@@ -623,6 +651,35 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(code, 1, err)
                 self.assertIn("cannot listen on", err)
                 self.assertFalse(os.path.exists(data), listen)
+            # The gRPC address is checked as early: busy, or the HTTP address itself (gRPC's
+            # SO_REUSEPORT shared it, and one of the two never saw a connection).
+            free = free_port()
+            code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
+                                     "127.0.0.1:%d" % free, "--grpc-listen",
+                                     "127.0.0.1:%d" % port, check=False)
+            self.assertEqual(code, 1, err)
+            self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+            self.assertNotIn("admin key", out)
+            self.assertFalse(os.path.exists(data))
+            code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
+                                     "127.0.0.1:%d" % free, "--grpc-listen",
+                                     "127.0.0.1:%d" % free, check=False)
+            self.assertEqual(code, 2, err)
+            self.assertIn("is the HTTP address", err)
+            self.assertFalse(os.path.exists(data))
+            # And a policies file that is missing or does not load.
+            for policies in (os.path.join(tmp, "missing.yaml"), os.path.join(tmp, "bad.yaml")):
+                if policies.endswith("bad.yaml"):
+                    with open(policies, "w") as f:
+                        f.write("policies: [{id: x}]\n")
+                conf = os.path.join(tmp, "conf.yaml")
+                with open(conf, "w") as f:
+                    f.write("policies: %s\n" % policies)
+                code, out, err = run_cli("serve", "--dev", "--config", conf, "--data", data,
+                                         "--listen", "127.0.0.1:%d" % free, check=False)
+                self.assertEqual(code, 1, err)
+                self.assertNotIn("admin key", out)
+                self.assertFalse(os.path.exists(data), policies)
 
 
 if __name__ == "__main__":
