@@ -87,6 +87,79 @@ Every command takes --help. Configuration: --config FILE (YAML), QUELL_* environ
 variables, then flags; flags win.
 )";
 
+// `quell COMMAND --help` for the commands parsed here (import, check and policy have
+// their own): what the command does, its flags, their environment variables, exit codes.
+constexpr char kServeHelp[] = R"(usage: quell serve [flags]
+
+Runs the server: the HTTP API (and gRPC with --grpc-listen) over the embedded store
+(DIR/quell.db, SQLite) or, with --postgres, over PostgreSQL (several nodes).
+
+flags (configuration file < QUELL_* environment < flags):
+  --data DIR                data directory (./var; QUELL_DATA; data: in the file)
+  --listen HOST:PORT        HTTP address (127.0.0.1:8080; QUELL_LISTEN; listen:)
+  --grpc-listen HOST:PORT   gRPC address, not --listen's (off unless given; grpc_listen:)
+  --config FILE             YAML configuration (QUELL_CONFIG): docs/operations.md
+  --threads N               HTTP event loops, 0 = one per core (QUELL_THREADS; threads:)
+  --redis URL               velocity counters in Redis, redis://HOST:PORT (counters.redis:);
+                            in this process's memory otherwise
+  --postgres URL            the ledger in PostgreSQL (QUELL_POSTGRES)
+  --dev                     on a ledger with no API key, create an admin key and print it once
+  --help                    this text
+
+SIGTERM, SIGINT or SIGHUP: drain in-flight requests and queued writes, exit 0.
+exit status: 0 stopped by a signal; 1 could not start (address in use, data directory,
+store, policies file); 2 bad usage or configuration.
+)";
+
+constexpr char kKeysHelp[] =
+    R"(usage: quell keys create --role ROLE [--source NAME]... [--name TEXT] [flags]
+       quell keys list [flags]
+       quell keys revoke ID [flags]
+
+API keys, in the store itself (a running server sees a new key on first use and a
+revoked one within 200 ms). Roles: admin, detector (needs --source: the detection
+sources it may submit as), enforcer, reviewer, viewer.
+
+flags:
+  --data DIR        data directory (./var; QUELL_DATA)
+  --postgres URL    the ledger in PostgreSQL (QUELL_POSTGRES)
+  --config FILE     take data: from a configuration file (QUELL_CONFIG)
+  --help            this text
+
+create prints the key (shown once); list prints id, role, sources, created, status, name.
+exit status: 0 ok; 1 failed (no ledger there, unknown id, the last admin key); 2 bad usage.
+)";
+
+constexpr char kAuditHelp[] = R"(usage: quell audit verify [flags]
+
+Walks the hash chain from seq 1, checks every change's hash and link, and checks the
+tables served from it (the mitigations table and its due times, the policy sets, the
+lists) against what the changes make. Safe on a running server's data (WAL).
+Prints "ok: N changes verified ..." or "BROKEN at seq N: <reason>".
+
+flags:
+  --data DIR        data directory (./var; QUELL_DATA)
+  --postgres URL    the ledger in PostgreSQL (QUELL_POSTGRES)
+  --config FILE     take data: from a configuration file (QUELL_CONFIG)
+  --help            this text
+
+exit status: 0 ok; 1 BROKEN or could not read; 2 bad usage.
+)";
+
+constexpr char kMigrateHelp[] = R"(usage: quell migrate [flags]
+
+Applies the store's schema migrations (serve applies them too when it starts) and prints
+the schema version. A store of a newer version is refused: upgrade quell.
+
+flags:
+  --data DIR        data directory (./var; QUELL_DATA)
+  --postgres URL    the ledger in PostgreSQL (QUELL_POSTGRES)
+  --config FILE     take data: from a configuration file (QUELL_CONFIG)
+  --help            this text
+
+exit status: 0 ok; 1 failed; 2 bad usage.
+)";
+
 int Usage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell: " << message << "\n\n";
   std::cerr << kUsageText;
@@ -627,13 +700,16 @@ int Keys(const Flags& flags) {
   if (verb == "list") {
     auto keys = (*store)->ListKeys();
     if (!keys.ok()) return Failure(keys.status());
-    std::printf("%-30s %-9s %-25s %-22s %s\n", "ID", "ROLE", "SOURCES", "CREATED", "STATUS");
+    // The name last: it is free text (spaces), and what tells keys of one role apart.
+    std::printf("%-30s %-9s %-25s %-22s %-8s %s\n", "ID", "ROLE", "SOURCES", "CREATED", "STATUS",
+                "NAME");
     for (const auto& k : *keys) {
       std::string sources;
       for (const auto& s : k.sources) absl::StrAppend(&sources, sources.empty() ? "" : ",", s);
-      std::printf("%-30s %-9s %-25s %-22s %s\n", k.id.c_str(), k.role.c_str(),
+      std::printf("%-30s %-9s %-25s %-22s %-8s %s\n", k.id.c_str(), k.role.c_str(),
                   sources.empty() ? "-" : sources.c_str(),
-                  core::FormatRfc3339(k.created_at).c_str(), k.revoked_at ? "revoked" : "active");
+                  core::FormatRfc3339(k.created_at).c_str(), k.revoked_at ? "revoked" : "active",
+                  k.name.c_str());
     }
     return kOk;
   }
@@ -687,14 +763,22 @@ int Main(int argc, char** argv) {
     return kOk;
   }
   if (cmd == "version" || cmd == "--version") {
+    if (args.size() == 2 && (args[1] == "--help" || args[1] == "-h")) {
+      std::cout << "usage: quell version\n\nPrints the version. exit status: 0.\n";
+      return kOk;
+    }
     if (args.size() > 1) return Usage(absl::StrCat(cmd, ": unexpected argument \"", args[1], "\""));
     std::cout << "quell " << QUELL_VERSION << "\n";
     return kOk;
   }
-  // `quell policy ...` parses its own flags (--cases...).
-  if (cmd == "policy") return PolicyCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  if (cmd == "import") return ImportCommand(std::vector<std::string>(args.begin() + 1, args.end()));
-  if (cmd == "check") return CheckCommand(std::vector<std::string>(args.begin() + 1, args.end()));
+  // `quell policy ...` parses its own flags (--cases...); -h is --help for every command.
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  for (std::string& a : rest) {
+    if (a == "-h") a = "--help";
+  }
+  if (cmd == "policy") return PolicyCommand(rest);
+  if (cmd == "import") return ImportCommand(rest);
+  if (cmd == "check") return CheckCommand(rest);
   // Each command takes its own flags: one meant for another (`migrate --listen X`) is a
   // slip to report, not to ignore.
   struct Command {
@@ -714,6 +798,18 @@ int Main(int argc, char** argv) {
   };
   auto command = kCommands.find(cmd);
   if (command == kCommands.end()) return Usage(absl::StrCat("unknown command \"", cmd, "\""));
+  // --help (or -h) anywhere among the command's arguments: its own text, whatever else
+  // is there (a half-typed command line asking for help is not bad usage).
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") {
+      static const std::map<std::string, const char*> kHelp = {{"serve", kServeHelp},
+                                                               {"keys", kKeysHelp},
+                                                               {"audit", kAuditHelp},
+                                                               {"migrate", kMigrateHelp}};
+      std::cout << kHelp.at(cmd);
+      return kOk;
+    }
+  }
   auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans,
                             command->second.repeatable);
   if (!flags.ok()) return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
@@ -721,10 +817,6 @@ int Main(int argc, char** argv) {
     postgres_url = *v;
   } else if (const char* env = std::getenv("QUELL_POSTGRES")) {
     postgres_url = env;
-  }
-  if (flags->Has("help")) {
-    std::cout << kUsageText;
-    return kOk;
   }
   return command->second.run(*flags);
 }

@@ -24,17 +24,18 @@ constexpr int kOk = 0, kFailure = 1, kUsage = 2;
 
 constexpr char kPolicyUsage[] = R"(usage:
   quell policy check FILE              validate a policy set (exit 1 with every error)
-  quell policy test FILE --cases DIR   run the test cases (*.yaml) of DIR against FILE
+  quell policy test FILE --cases DIR [--verbose]
+                                       run the test cases (*.yaml) of DIR against FILE
   quell policy backtest FILE --from T --to T [--data DIR] [--json] [--samples N]
                                        replay the detections stored in DIR (default ./var)
                                        observed in [T, T) (RFC 3339) against FILE
 
-Errors are printed as FILE:line:column: message. `test` prints one line per case and a
-summary "N passed, M failed"; it exits 1 if any case fails. `backtest` reads the data
-directory directly (a running server may keep writing it) and prints, per policy, the
-entities that would newly be mitigated, would no longer be, are unchanged, or are only
-shadowed, with how many of them are on protected lists; --json prints the same report
-as POST /v1/policies/backtest. Escalation counts only the hits replayed in the window.
+Errors are printed as FILE:line:column: message. `test` prints each failing case (every
+case with --verbose) and a summary "N passed, M failed"; it exits 1 if any case fails.
+`backtest` reads the data directory directly (a running server may keep writing it) and
+prints, per policy, the entities that would newly be mitigated, would no longer be, are
+unchanged, or are only shadowed, with how many of them are on protected lists; --json
+prints the same report as POST /v1/policies/backtest. Escalation counts only the hits replayed in the window.
 )";
 
 int Usage(const std::string& message) {

@@ -605,6 +605,26 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("policies file: %s is a directory" % tmp, err)
 
+    def test_every_command_has_its_help(self):
+        # SPEC: every command has --help (serve, keys, audit and migrate printed the global
+        # usage; -h was a file name to import, an entity to check, bad usage to serve).
+        for args, says in ((["serve"], "--grpc-listen"), (["keys", "create"], "--role ROLE"),
+                           (["keys"], "keys revoke ID"), (["audit", "verify"], "BROKEN at seq"),
+                           (["migrate"], "schema migrations"), (["version"], "Prints the version"),
+                           (["import"], "usage: quell import"), (["check"], "usage: quell check"),
+                           (["policy"], "policy test FILE")):
+            for flag in ("--help", "-h"):
+                code, out, err = run_cli(*args, flag, check=False)
+                self.assertEqual(code, 0, (args, flag, err))
+                self.assertIn(says, out, (args, flag))
+        # keys list shows each key's name: what tells keys of one role apart.
+        with tempfile.TemporaryDirectory() as tmp:
+            run_cli("keys", "create", "--role", "viewer", "--name", "checkout service",
+                    "--data", tmp)
+            out = run_cli("keys", "list", "--data", tmp)[1]
+            self.assertIn("NAME", out.splitlines()[0])
+            self.assertTrue(out.splitlines()[1].endswith("checkout service"), out)
+
     def test_an_unreachable_redis_is_said_at_start(self):
         # The server starts (Redis may come later), but says so at once, not at the first
         # event; the serving line names the counters backend.
