@@ -273,6 +273,136 @@ absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, Coun
   if (backend) c->redis = *backend == "redis";
   return absl::OkStatus();
 }
+// One top-level key of a configuration file. `path` is the file, `at` FILE:LINE of the
+// key, which errors name. YAML::Exception (a value of the wrong type) propagates.
+absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std::string& path,
+                         const std::string& at, Config* c) {
+  if (key == "listen") {
+    c->listen = v.as<std::string>();
+  } else if (key == "grpc_listen") {
+    c->grpc_listen = v.as<std::string>();
+  } else if (key == "data") {
+    c->data = v.as<std::string>();
+  } else if (key == "threads") {
+    c->threads = v.as<int>();
+    if (c->threads < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": threads must be a non-negative integer"));
+    }
+  } else if (key == "log_level") {
+    c->log_level = v.as<std::string>();
+  } else if (key == "store") {
+    if (v.IsNull()) return absl::OkStatus();
+    if (!v.IsMap()) {
+      return absl::InvalidArgumentError(absl::StrCat(at, ": store must be a mapping"));
+    }
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      const std::string k = m->first.as<std::string>();
+      if (k != "synchronous" && k != "entity_cache_mib") {
+        return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"store.", k, "\""));
+      }
+    }
+    if (v["entity_cache_mib"]) {
+      const int64_t n = v["entity_cache_mib"].as<int64_t>();
+      if (n < 0 || n > (int64_t{1} << 20)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": store.entity_cache_mib must be a number of MiB in [0, 1048576]"));
+      }
+      c->entity_cache_mib = static_cast<size_t>(n);
+    }
+    if (v["synchronous"]) {
+      std::string s = v["synchronous"].as<std::string>();
+      if (s != "full" && s != "normal") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": store.synchronous must be full or normal"));
+      }
+      c->synchronous_full = s == "full";
+    }
+  } else if (key == "http") {
+    if (!v.IsMap()) {
+      return absl::InvalidArgumentError(absl::StrCat(at, ": http must be a mapping"));
+    }
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      const std::string k = m->first.as<std::string>();
+      if (k != "max_body_bytes" && k != "access_log" && k != "read_timeout" &&
+          k != "idle_timeout" && k != "shutdown_grace") {
+        return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"http.", k, "\""));
+      }
+    }
+    if (v["max_body_bytes"]) c->max_body_bytes = v["max_body_bytes"].as<size_t>();
+    if (v["access_log"]) c->access_log = v["access_log"].as<bool>();
+    for (auto [name, field] :
+         {std::pair{"read_timeout", &c->read_timeout}, std::pair{"idle_timeout", &c->idle_timeout},
+          std::pair{"shutdown_grace", &c->shutdown_grace}}) {
+      if (!v[name]) continue;
+      auto d = core::ParseDuration(v[name].as<std::string>());
+      if (!d.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": http.", name, ": ", d.status().message()));
+      *field = *d;
+    }
+  } else if (key == "detections") {
+    if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": detections must be a mapping (detections: {retention: 30d})"));
+    }
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      if (m->first.as<std::string>() != "retention") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": unknown key \"detections.", m->first.as<std::string>(), "\""));
+      }
+      auto d = core::ParseDuration(m->second.as<std::string>());
+      if (!d.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": detections.retention: ", d.status().message()));
+      c->detection_retention = *d;
+    }
+  } else if (key == "counters") {
+    QUELL_RETURN_IF_ERROR(CountersFromNode(v, at, &c->counters));
+  } else if (key == "tracing") {
+    QUELL_RETURN_IF_ERROR(TracingFromNode(v, at, &c->tracing));
+  } else if (key == "safeguards") {
+    QUELL_RETURN_IF_ERROR(SectionFromNode(v, at, "safeguards", SafeguardDurations(&c->safeguards),
+                                          kBulkThreshold,
+                                          [&](int64_t n) { c->safeguards.bulk_threshold = n; }));
+  } else if (key == "webhooks") {
+    QUELL_RETURN_IF_ERROR(
+        SectionFromNode(v, at, "webhooks", WebhookDurations(&c->webhooks), kMaxAttempts,
+                        [&](int64_t n) { c->webhooks.max_attempts = static_cast<int>(n); }));
+  } else if (key == "node") {
+    c->node_name = v.as<std::string>();
+  } else if (key == "metrics") {
+    if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": metrics must be a mapping (metrics: {enabled: false})"));
+    }
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      if (m->first.as<std::string>() != "enabled") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
+      }
+      c->metrics_enabled = m->second.as<bool>();
+    }
+  } else if (key == "policies") {
+    c->policies_file = v.as<std::string>();
+    if (!c->policies_file.empty() && c->policies_file[0] != '/') {
+      size_t slash = path.rfind('/');
+      if (slash != std::string::npos)
+        c->policies_file = path.substr(0, slash + 1) + c->policies_file;
+    }
+  } else if (key == "actions") {
+    auto catalog = CatalogFromNode(v);
+    if (!catalog.ok()) {
+      return absl::Status(catalog.status().code(),
+                          absl::StrCat(at, ": ", catalog.status().message()));
+    }
+    c->catalog = *std::move(catalog);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"", key, "\""));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
@@ -285,130 +415,22 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
     std::set<std::string> seen;
     for (auto it = root.begin(); it != root.end(); ++it) {
       std::string key = it->first.as<std::string>();
+      // Errors about this key name its line: FILE:LINE.
+      const std::string at = absl::StrCat(path, ":", it->first.Mark().line + 1);
       if (!seen.insert(key).second) {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ": ", key, " is given twice (which one was meant?)"));
+            absl::StrCat(at, ": ", key, " is given twice (which one was meant?)"));
       }
       const YAML::Node v = it->second;  // a copy: it->second is a member of a temporary proxy
-      if (key == "listen") {
-        c.listen = v.as<std::string>();
-      } else if (key == "grpc_listen") {
-        c.grpc_listen = v.as<std::string>();
-      } else if (key == "data") {
-        c.data = v.as<std::string>();
-      } else if (key == "threads") {
-        c.threads = v.as<int>();
-        if (c.threads < 0) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(path, ": threads must be a non-negative integer"));
+      absl::Status st = [&]() -> absl::Status {
+        try {
+          return ApplyTopKey(key, v, path, at, &c);
+        } catch (const YAML::Exception& e) {  // a value of the wrong type: name the key
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", key, ": ", e.msg));
         }
-      } else if (key == "log_level") {
-        c.log_level = v.as<std::string>();
-      } else if (key == "store") {
-        if (v.IsNull()) continue;
-        if (!v.IsMap()) {
-          return absl::InvalidArgumentError(absl::StrCat(path, ": store must be a mapping"));
-        }
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          const std::string k = m->first.as<std::string>();
-          if (k != "synchronous" && k != "entity_cache_mib") {
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": unknown key \"store.", k, "\""));
-          }
-        }
-        if (v["entity_cache_mib"]) {
-          const int64_t n = v["entity_cache_mib"].as<int64_t>();
-          if (n < 0 || n > (int64_t{1} << 20)) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                path, ": store.entity_cache_mib must be a number of MiB in [0, 1048576]"));
-          }
-          c.entity_cache_mib = static_cast<size_t>(n);
-        }
-        if (v["synchronous"]) {
-          std::string s = v["synchronous"].as<std::string>();
-          if (s != "full" && s != "normal") {
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": store.synchronous must be full or normal"));
-          }
-          c.synchronous_full = s == "full";
-        }
-      } else if (key == "http") {
-        if (!v.IsMap()) {
-          return absl::InvalidArgumentError(absl::StrCat(path, ": http must be a mapping"));
-        }
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          const std::string k = m->first.as<std::string>();
-          if (k != "max_body_bytes" && k != "access_log" && k != "read_timeout" &&
-              k != "idle_timeout" && k != "shutdown_grace") {
-            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"http.", k, "\""));
-          }
-        }
-        if (v["max_body_bytes"]) c.max_body_bytes = v["max_body_bytes"].as<size_t>();
-        if (v["access_log"]) c.access_log = v["access_log"].as<bool>();
-        for (auto [name, field] : {std::pair{"read_timeout", &c.read_timeout},
-                                   std::pair{"idle_timeout", &c.idle_timeout},
-                                   std::pair{"shutdown_grace", &c.shutdown_grace}}) {
-          if (!v[name]) continue;
-          auto d = core::ParseDuration(v[name].as<std::string>());
-          if (!d.ok())
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": http.", name, ": ", d.status().message()));
-          *field = *d;
-        }
-      } else if (key == "detections") {
-        if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
-          return absl::InvalidArgumentError(
-              absl::StrCat(path, ": detections must be a mapping (detections: {retention: 30d})"));
-        }
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (m->first.as<std::string>() != "retention") {
-            return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"detections.",
-                                                           m->first.as<std::string>(), "\""));
-          }
-          auto d = core::ParseDuration(m->second.as<std::string>());
-          if (!d.ok())
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": detections.retention: ", d.status().message()));
-          c.detection_retention = *d;
-        }
-      } else if (key == "counters") {
-        QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, &c.counters));
-      } else if (key == "tracing") {
-        QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c.tracing));
-      } else if (key == "safeguards") {
-        QUELL_RETURN_IF_ERROR(SectionFromNode(v, path, "safeguards",
-                                              SafeguardDurations(&c.safeguards), kBulkThreshold,
-                                              [&](int64_t n) { c.safeguards.bulk_threshold = n; }));
-      } else if (key == "webhooks") {
-        QUELL_RETURN_IF_ERROR(
-            SectionFromNode(v, path, "webhooks", WebhookDurations(&c.webhooks), kMaxAttempts,
-                            [&](int64_t n) { c.webhooks.max_attempts = static_cast<int>(n); }));
-      } else if (key == "node") {
-        c.node_name = v.as<std::string>();
-      } else if (key == "metrics") {
-        if (!v.IsMap() && !v.IsNull()) {  // empty, like `store:`
-          return absl::InvalidArgumentError(
-              absl::StrCat(path, ": metrics must be a mapping (metrics: {enabled: false})"));
-        }
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (m->first.as<std::string>() != "enabled") {
-            return absl::InvalidArgumentError(
-                absl::StrCat(path, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
-          }
-          c.metrics_enabled = m->second.as<bool>();
-        }
-      } else if (key == "policies") {
-        c.policies_file = v.as<std::string>();
-        if (!c.policies_file.empty() && c.policies_file[0] != '/') {
-          size_t slash = path.rfind('/');
-          if (slash != std::string::npos)
-            c.policies_file = path.substr(0, slash + 1) + c.policies_file;
-        }
-      } else if (key == "actions") {
-        QUELL_ASSIGN_OR_RETURN(c.catalog, CatalogFromNode(v));
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
-      }
+      }();
+      if (!st.ok()) return st;
     }
     return c;
   } catch (const YAML::Exception& e) {

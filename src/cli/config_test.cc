@@ -52,6 +52,23 @@ actions:
   EXPECT_EQ(c->catalog->Find("block")->verdict, core::Verdict::kDeny);
 }
 
+// An error names the file and the key's line (and column for a value of the wrong type),
+// the actions' too: an operator goes straight to it.
+TEST(ConfigTest, ErrorsNameTheFileAndLine) {
+  const std::string unknown_path = WriteTemp("listen: 127.0.0.1:9999\nlistn: x\n");
+  auto unknown = LoadConfigFile(unknown_path, Config{});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().message(), unknown_path + ":2: unknown key \"listn\"");
+  const std::string type_path = WriteTemp("data: ./v\nthreads: many\n");
+  auto type = LoadConfigFile(type_path, Config{});
+  ASSERT_FALSE(type.ok());
+  EXPECT_EQ(type.status().message(), type_path + ":2:10: threads: bad conversion");
+  const std::string actions_path = WriteTemp("\nactions:\n  - {name: block, verdit: deny}\n");
+  auto actions = LoadConfigFile(actions_path, Config{});
+  ASSERT_FALSE(actions.ok());
+  EXPECT_EQ(actions.status().message(), actions_path + ":2: actions[0]: unknown key verdit");
+}
+
 TEST(ConfigTest, ErrorsNameTheKey) {
   auto unknown = LoadConfigFile(WriteTemp("listne: x\n"), Config{});
   ASSERT_FALSE(unknown.ok());

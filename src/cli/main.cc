@@ -166,6 +166,13 @@ int Usage(const std::string& message) {
   return kUsage;
 }
 
+// A configuration that does not hold (the file, a QUELL_* variable, a flag's value): the
+// message alone, which names where (FILE:LINE, the variable), not the whole usage text.
+int ConfigError(const absl::Status& s) {
+  std::cerr << "quell: " << s.message() << "\n";
+  return kUsage;
+}
+
 int Failure(const absl::Status& s) {
   std::cerr << "quell: " << s.message() << "\n";
   return kFailure;
@@ -353,7 +360,7 @@ absl::Status PublishInitialPolicies(const Config& config, ledger::Ledger* ledger
 int Serve(const Flags& flags) {
   if (auto usage = NoArguments(flags, 1)) return *usage;
   auto config = BuildConfig(flags);
-  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  if (!config.ok()) return ConfigError(config.status());
   std::string host;
   int port = 0;
   if (auto s = SplitListen(config->listen, &host, &port); !s.ok())
@@ -663,7 +670,7 @@ int Keys(const Flags& flags) {
   const auto& pos = flags.positional();
   if (pos.size() < 2) return Usage("keys: create, list or revoke ID");
   auto config = BuildConfig(flags);
-  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  if (!config.ok()) return ConfigError(config.status());
   const std::string& verb = pos[1];
   if (verb == "create") {
     if (auto usage = NoArguments(flags, 2)) return *usage;
@@ -723,7 +730,7 @@ int Audit(const Flags& flags) {
   const auto& pos = flags.positional();
   if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]");
   auto config = BuildConfig(flags);
-  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  if (!config.ok()) return ConfigError(config.status());
   if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
@@ -746,7 +753,7 @@ int Audit(const Flags& flags) {
 int Migrate(const Flags& flags) {
   if (auto usage = NoArguments(flags, 1)) return *usage;
   auto config = BuildConfig(flags);
-  if (!config.ok()) return Usage(std::string(SV(config.status().message())));
+  if (!config.ok()) return ConfigError(config.status());
   auto store = OpenStore(*config);  // opening applies pending migrations
   if (!store.ok()) return Failure(store.status());
   std::printf("schema at version %d\n", postgres_url.empty() ? ledger::SqliteSchemaVersion()
