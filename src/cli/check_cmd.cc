@@ -25,8 +25,9 @@ it, and the mitigations that make it: asks a running server (POST /v1/check).
   --surface NAME   only actions that apply to this surface (payout, login...)
   --json           the server's answer as it is, on one line
 
-Exit status: 0 the verdict was printed (whatever it is), 1 the server did not answer,
-2 bad usage.
+Exit status: 0 the verdict was printed (whatever it is), 1 no verdict (the server did
+not answer, or refused the key), 2 bad usage (an entity the server reads as malformed
+included).
 )";
 
 int Usage(const std::string& message) {
@@ -92,6 +93,10 @@ int CheckCommand(const std::vector<std::string>& args) {
     if (!doc.HasParseError() && doc.IsObject() && doc.HasMember("error") &&
         doc["error"].IsObject()) {
       message = Str(doc["error"], "message");
+    }
+    if (reply->status == 400) {  // the server read the request as malformed: the input
+      std::cerr << "quell check: " << message << "\n";
+      return kUsage;
     }
     return Failure(absl::StrCat("HTTP ", reply->status, ": ", message));
   }

@@ -754,6 +754,8 @@ int Migrate(const Flags& flags) {
   if (auto usage = NoArguments(flags, 1)) return *usage;
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
+  // Migrates a ledger; does not make one where --data is mistyped (serve makes them).
+  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config);  // opening applies pending migrations
   if (!store.ok()) return Failure(store.status());
   std::printf("schema at version %d\n", postgres_url.empty() ? ledger::SqliteSchemaVersion()

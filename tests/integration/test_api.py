@@ -289,7 +289,7 @@ class ApiTest(unittest.TestCase):
         self.assertEqual((code, json.loads(out)["verdict"]), (0, "allow"))
         code, _, err = run_cli("check", "nocolon", "--server", url, "--key", self.q.admin_key,
                                check=False)
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 2)  # bad usage, as the server read it: not "did not answer"
         self.assertIn("entities[0]", err)
         self.assertEqual(run_cli("check", "user:x", "--server", url, check=False)[0], 2)  # no key
 
@@ -569,6 +569,11 @@ class LifecycleTest(unittest.TestCase):
                                    check=False)
             self.assertEqual(code, 2, err)
             self.assertIn("migrate: unknown flag --listen", err)
+            self.assertFalse(os.path.exists(typo))
+            # A mistyped --data is not a new, empty ledger "migrated" with exit 0.
+            code, _, err = run_cli("migrate", "--data", typo, check=False)
+            self.assertEqual(code, 1, err)
+            self.assertIn("no ledger in %s" % typo, err)
             self.assertFalse(os.path.exists(typo))
             # Stray arguments, a flag given twice, a flag of another verb, stdin twice:
             # usage errors, each (they ran, or the last value silently won).
