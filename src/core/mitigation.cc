@@ -31,6 +31,10 @@ bool IsLive(MitigationState s) {
          s == MitigationState::kActive;
 }
 
+bool LiveAt(const Mitigation& m, absl::Time now) {
+  return IsLive(m.state) && !(m.state == MitigationState::kActive && m.expires_at <= now);
+}
+
 namespace {
 
 // True for the bytes a JSON string cannot hold as they are.

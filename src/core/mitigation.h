@@ -65,6 +65,11 @@ struct Mitigation {
   bool operator==(const Mitigation&) const = default;
 };
 
+// Live at `now`: IsLive, and not an active mitigation past its expiry whose `expired`
+// change the scheduler has yet to write (it stops being enforced at expires_at, and is
+// not revoked, appealed or extended after that).
+bool LiveAt(const Mitigation& m, absl::Time now);
+
 //! The policy whose hit recorded m.detections[i] (i < m.detections.size()).
 std::string_view DetectionPolicy(const Mitigation& m, size_t i);
 //! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).

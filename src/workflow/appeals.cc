@@ -133,6 +133,11 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
                                                         AV(core::StateName(m->state)),
                                                         "; only live ones can be appealed"));
     }
+    if (!core::LiveAt(*m, now)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("mitigation ", mitigation_id, " expired at ",
+                       core::FormatRfc3339(m->expires_at), "; only live ones can be appealed"));
+    }
     // One appeal per mitigation, also when two are filed at once (one group commit, or
     // two nodes on PostgreSQL, whose ledger transactions are serialised): a marker in the
     // idempotency table, which the transaction reads with its own writes. It is purged
@@ -178,7 +183,7 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
       return absl::AbortedError(
           absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
     }
-    if (grant && !core::IsLive(m->state)) {
+    if (grant && !core::LiveAt(*m, now)) {
       // Nothing to revoke, and nothing would make the entity immune: refuse rather than
       // record a grant that did nothing.
       return absl::FailedPreconditionError(

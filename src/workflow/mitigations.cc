@@ -4,6 +4,7 @@
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/time.h"
 #include "workflow/reviews.h"
 
 namespace quell::workflow {
@@ -42,6 +43,15 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // Only merge into a mitigation of the same kind of enforcement: an active request
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
+    // One that has expired, its `expired` change not written yet, is over: its expiry is
+    // written here (the scheduler then finds nothing to do) and a new one is created,
+    // rather than bringing it back.
+    if (!core::LiveAt(existing, now)) {
+      existing.state = MitigationState::kExpired;
+      existing.state_reason = "expired";
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, "system", now).status());
+      continue;
+    }
     // A new hit is recorded on the mitigation even when it does not extend it: the
     // detection ids are the evidence, and escalation counts them (see decisions.cc); a
     // person's request, who asked and why, is on the record too.
@@ -88,6 +98,7 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
   QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(m.entity, m.action));
   for (Mitigation& existing : live) {
     if (existing.id == m.id || existing.state != MitigationState::kActive) continue;
+    if (!core::LiveAt(existing, now)) continue;  // over; the scheduler expires it too
     if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
     // m's detections are kept as evidence; its first is its creation, which escalation
     // counts as m (expired, merged, still counted as created): recorded with no policy,
@@ -128,6 +139,11 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
     if (!core::IsLive(m->state)) {
       return absl::FailedPreconditionError(absl::StrCat("mitigation ", id, " is ",
                                                         AV(core::StateName(m->state)),
+                                                        "; only live ones can be revoked"));
+    }
+    if (!core::LiveAt(*m, now)) {  // its expiry is not written yet, but it is over
+      return absl::FailedPreconditionError(absl::StrCat("mitigation ", id, " expired at ",
+                                                        core::FormatRfc3339(m->expires_at),
                                                         "; only live ones can be revoked"));
     }
     m->state = MitigationState::kRevoked;

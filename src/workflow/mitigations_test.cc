@@ -47,6 +47,32 @@ class MitigationsTest : public testing::Test {
   std::unique_ptr<ledger::Ledger> ledger_;
 };
 
+// Past its expiry, before the scheduler writes its `expired` change (up to a fraction of a
+// second under a mass expiry), a mitigation is over: check no longer enforces it, so it is
+// not revoked (which would record a person's revocation, and immunity, on it), nor
+// extended back to life: a new one is created and the old one's expiry written.
+TEST_F(MitigationsTest, AnActiveOnePastItsExpiryIsOverBeforeTheSchedulerWritesIt) {
+  auto first = Create("user:late", "block", absl::Hours(1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  clock_.Advance(absl::Hours(1) + absl::Milliseconds(150));  // no ApplyDue has run
+  auto revoked = std::make_shared<core::Mitigation>();
+  auto revoke =
+      ledger_->SubmitAndWait(RevokeMitigation(first->mitigation.id, "late", "k_reviewer", revoked));
+  ASSERT_FALSE(revoke.ok());
+  EXPECT_EQ(revoke.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(revoke.status().message().find("expired at"), absl::string_view::npos)
+      << revoke.status();
+
+  auto again = Create("user:late", "block", absl::Hours(1));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->created);
+  EXPECT_NE(again->mitigation.id, first->mitigation.id);
+  auto old = ledger_->store().GetMitigation(first->mitigation.id);
+  ASSERT_TRUE(old.ok() && old->has_value());
+  EXPECT_EQ((*old)->state, MitigationState::kExpired);
+  EXPECT_EQ((*old)->expires_at, first->mitigation.expires_at);  // not brought back
+}
+
 TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
   auto first = Create("user:u1", "suspend", absl::Hours(1));
   ASSERT_TRUE(first.ok()) << first.status();
