@@ -122,6 +122,11 @@ void Api::OnRefused(const http::Refusal& refusal) { impl_->router_.Refused(refus
 
 void Api::set_ready(bool ready) { impl_->ctx_.ready.store(ready); }
 
+void Api::Drain() {
+  impl_->ctx_.ready.store(false);
+  impl_->ctx_.waiters.Close();
+}
+
 void Api::StartBackground() { impl_->sweeper_.Start(); }
 
 void Api::StopBackground() { impl_->sweeper_.Stop(); }

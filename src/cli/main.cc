@@ -646,7 +646,7 @@ int Serve(const Flags& flags) {
   int sig = 0;
   sigwait(&signals, &sig);
   logger.Info("shutting down", {{"signal", sig}});
-  api->set_ready(false);
+  api->Drain();           // not ready; long-polls answer now
   (*server)->Shutdown();  // finishes in-flight requests
   expiry_lease.reset();   // releases it (another node takes over) and stops expiry
   expiry.Stop();

@@ -667,7 +667,7 @@ TEST_P(DispatcherTest, AttemptsGoOnCountingAcrossARestart) {
   Receiver rx(/*fail_first=*/1000000);
   DispatcherOptions o = Fast();
   o.max_attempts = 4;
-  o.backoff_initial = o.backoff_max = absl::Milliseconds(300);  // no attempt slips in at Stop
+  o.backoff_initial = o.backoff_max = absl::Seconds(1);  // Stop comes before a third attempt
   std::string id;
   {
     auto d = Make(o);
@@ -679,13 +679,15 @@ TEST_P(DispatcherTest, AttemptsGoOnCountingAcrossARestart) {
     ASSERT_TRUE(WaitFor([&] { return d->List()[0].failures == 2; }));
     d->Stop();
   }
-  ASSERT_EQ(rx.requests().size(), 2u);
+  const size_t before = rx.requests().size();  // 2 (3 if the machine stalled a second)
+  ASSERT_GE(before, 2u);
+  ASSERT_LT(before, 4u);
   auto d = Make(o);
   ASSERT_EQ(d->List().size(), 1u);
   d->Start();
   ASSERT_TRUE(WaitFor([&] { return d->DeadLetters(id, 0, 10)->size() == 1; }));
   d->Stop();
-  EXPECT_EQ(rx.requests().size(), 4u);  // 2 + 2, not 2 + 4
+  EXPECT_EQ(rx.requests().size(), 4u);  // 4 in all (2 + 2), not 2 + 4
   auto dl = *d->DeadLetters(id, 0, 10);
   EXPECT_EQ(dl[0].seq, 1);
   EXPECT_EQ(dl[0].attempts, 4);

@@ -610,6 +610,31 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("policies file: %s is a directory" % tmp, err)
 
+    def test_a_long_poll_is_answered_at_shutdown(self):
+        # It was cut off after the whole grace (10 s: an empty reply, the server's log
+        # saying 200), holding the shutdown that long.
+        q = QuellServer()
+        try:
+            q.start()
+            head = q.request("GET", "/readyz", auth=False)[1]["seq"]
+            got = {}
+
+            def poll():
+                got["reply"] = q.request("GET", "/v1/changes?after=%d&wait=30" % head)
+
+            t = threading.Thread(target=poll)
+            t.start()
+            time.sleep(0.5)
+            self.assertEqual(q.stop(), 0)
+            t.join(timeout=30)
+            # Answered, with what there was (no timing asserted: cut off, it got no reply).
+            self.assertIn("reply", got, "the long-poll got no reply")
+            status, body, _ = got["reply"]
+            self.assertEqual((status, body["changes"], body["next"]), (200, [], head))
+        finally:
+            q.stop()
+            q.cleanup()
+
     def test_every_command_has_its_help(self):
         # SPEC: every command has --help (serve, keys, audit and migrate printed the global
         # usage; -h was a file name to import, an entity to check, bad usage to serve).

@@ -9,12 +9,16 @@ ChangeWaiters::ChangeWaiters(int64_t last_seq) : last_seq_(last_seq) {
 }
 
 ChangeWaiters::~ChangeWaiters() {
+  Close();
+  timer_.join();
+}
+
+void ChangeWaiters::Close() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
-  timer_.join();
+  cv_.notify_all();  // the timer fires every waiter, and Wait fires later ones at once
 }
 
 void ChangeWaiters::OnCommitted(const std::vector<ledger::Change>& changes) {

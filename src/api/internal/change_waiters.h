@@ -25,6 +25,10 @@ class ChangeWaiters final : public ledger::ChangeListener {
   explicit ChangeWaiters(int64_t last_seq);
   ~ChangeWaiters() override;  // fires every pending waiter, joins
 
+  //! Fires every pending waiter now, and every later one at once (shutdown: a long-poll
+  //! answers with what it has instead of waiting out the server's grace). Idempotent.
+  void Close();
+
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
   //! Runs `wake` once a change with seq > after is committed or at `deadline`,
