@@ -94,8 +94,8 @@ class Api final : public http::Handler {
 
   //! Readiness: false while draining for shutdown (/readyz answers 503).
   void set_ready(bool ready);
-  //! Shutdown begins: not ready, and the long-polls waiting (GET /v1/changes?wait=, the
-  //! CrowdSec stream) answer now with what they have. Call before the HTTP server's
+  //! Shutdown begins: not ready, and the long-polls waiting (GET /v1/changes?wait=)
+  //! answer now with what they have. Call before the HTTP server's
   //! Shutdown, which waits for in-flight requests.
   void Drain();
   //! Starts / stops the background work of ApiOptions::start_background (idempotent;

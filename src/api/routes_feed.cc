@@ -209,8 +209,8 @@ void AddFeedRoutes(Router& router, Context& ctx) {
       "GET", "/v1/snapshot", Access::Bearer(Permission::kCheck),
       [&ctx](Call&& call) {
         if (auto e = OnlyParams(call.req, {"view"})) return call.Fail(*e);
-        const std::string_view view = call.req.QueryParam("view").value_or("");
-        if (!view.empty() && view != "full" && view != "enforcement") {
+        const std::string_view view = call.req.QueryParam("view").value_or("full");
+        if (view != "full" && view != "enforcement") {  // `view=` (empty) too
           return call.Fail(ApiError::Field("query.view", "must be full or enforcement"));
         }
         auto stream = SnapshotStream::Start(ctx, view == "enforcement");

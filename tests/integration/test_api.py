@@ -389,6 +389,7 @@ class ApiTest(unittest.TestCase):
         # A 405 says which methods the path takes (RFC 9110).
         self.assertEqual(self.q.request("DELETE", "/v1/check")[2].get("allow"), "GET, HEAD, POST")
         self.assertError(self.q.request("GET", "/v1/snapshot?view=bogus"), 400, "query.view")
+        self.assertError(self.q.request("GET", "/v1/snapshot?view="), 400, "query.view")
         # Oversized body: 413 from the server's limit (8 MiB by default).
         # The server answers as soon as it reads Content-Length, before the body, so the
         # client must read the reply instead of insisting on sending 9 MiB.
