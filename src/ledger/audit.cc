@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
+#include "core/strings.h"
 #include "core/time.h"
 #include "ledger/internal/payloads.h"
 
@@ -120,6 +121,40 @@ std::optional<std::string> FlagsDisagreement(
                         " lists, the changes make ", chain.size());
   }
   return std::nullopt;
+}
+
+// Why a row of the mitigations table is not the mitigation its change (the one its seq
+// names) records, or "" if it is.
+std::string RowDisagreement(const Store::MitigationRow& row) {
+  const std::string head = absl::StrCat(
+      "the mitigations table disagrees with the chain: the row of mitigation ", AV(row.id), " ");
+  if (row.payload.empty()) {
+    return absl::StrCat(head, "points at seq ", row.seq, ", which is no change");
+  }
+  absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(row.payload);
+  if (!m.ok() || m->id != row.id) {
+    return absl::StrCat(head, "points at change ", row.seq, ", which is not one of its own");
+  }
+  const std::string created = core::FormatRfc3339(row.created_at);
+  const std::string chain_created = core::FormatRfc3339(m->created_at);
+  const std::pair<std::string_view, std::pair<std::string_view, std::string_view>> columns[] = {
+      {"entity", {row.entity, m->entity.str()}},
+      {"action", {row.action, m->action}},
+      {"state", {row.state, core::StateName(m->state)}},
+      {"source", {row.source, m->source}},
+      {"policy", {row.policy, m->policy}},
+      {"created_at",
+       {absl::ToUnixMicros(row.created_at) == absl::ToUnixMicros(m->created_at)
+            ? std::string_view(chain_created)
+            : std::string_view(created),
+        chain_created}},
+  };
+  for (const auto& [name, values] : columns) {
+    if (values.first == values.second) continue;
+    return absl::StrCat(head, "has ", AV(name), " \"", AV(values.first),
+                        "\", its latest change (seq ", row.seq, ") \"", AV(values.second), "\"");
+  }
+  return "";
 }
 
 }  // namespace
@@ -402,6 +437,25 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
       return report;
     }
   }
+  // (5) Every row of the mitigations table, live or not, against the change its seq names:
+  // the list filters (source, policy, state) and the timelines read these columns. After
+  // the walk, so that an altered change is reported as such first.
+  std::string row_reason;
+  int64_t row_seq = 0;
+  absl::Status rows = store
+                          .ScanMitigationRows([](int64_t) {},
+                                              [&](const Store::MitigationRow& row) {
+                                                row_reason = RowDisagreement(row);
+                                                if (row_reason.empty()) return absl::OkStatus();
+                                                row_seq = row.seq;
+                                                return absl::CancelledError("found");
+                                              })
+                          .status();
+  if (!row_reason.empty()) {
+    fail(std::max<int64_t>(row_seq, 1), std::move(row_reason));
+    return report;
+  }
+  QUELL_RETURN_IF_ERROR(rows);
   // The policy set served is the newest the table holds: it must be the chain's newest.
   QUELL_ASSIGN_OR_RETURN(std::optional<PolicySetVersion> latest, store.LatestPolicySet());
   if (latest && latest->seq > report.last_seq) {

@@ -370,6 +370,20 @@ class Store {
   virtual absl::StatusOr<int64_t> ScanDue(
       const std::function<void(int64_t seq)>& start,
       const std::function<absl::Status(const DueEntry&)>& fn) = 0;
+  //! Every row of the mitigations table as stored, with the payload of the change its
+  //! `seq` names ("" if there is no such change), from one consistent read: calls
+  //! `start` with that read's seq, `fn` per row; returns the seq. For `quell audit
+  //! verify`, which checks each row's columns against its change (the list filters and
+  //! the timelines read these columns). The views are valid only during the callback.
+  struct MitigationRow {
+    std::string_view id, entity, action, state, source, policy;
+    absl::Time created_at;
+    int64_t seq = 0;
+    std::string_view payload;
+  };
+  virtual absl::StatusOr<int64_t> ScanMitigationRows(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const MitigationRow&)>& fn) = 0;
   //! Up to `limit` live mitigations whose next transition is due at `now`: active ones
   //! with expires_at <= now, scheduled ones with starts_at <= now.
   virtual absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) = 0;

@@ -789,6 +789,29 @@ class PgStore final : public Store {
       return seq;
     });
   }
+  absl::StatusOr<int64_t> ScanMitigationRows(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const MitigationRow&)>& fn) override {
+    return WithRead([&](Conn& db) -> absl::StatusOr<int64_t> {
+      QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));  // same snapshot
+      start(seq);
+      QUELL_RETURN_IF_ERROR(db.Stream(
+          "SELECT m.id, m.entity, m.action, m.state, m.created_at, m.source, m.policy, m.seq, "
+          "c.payload FROM mitigations m LEFT JOIN changes c ON c.seq = m.seq",
+          {}, [&](const Result& r) {
+            return fn(MitigationRow{.id = r.Text(0, 0),
+                                    .entity = r.Text(0, 1),
+                                    .action = r.Text(0, 2),
+                                    .state = r.Text(0, 3),
+                                    .source = r.Text(0, 5),
+                                    .policy = r.Text(0, 6),
+                                    .created_at = r.Time(0, 4),
+                                    .seq = r.Int(0, 7),
+                                    .payload = r.IsNull(0, 8) ? std::string_view() : r.Text(0, 8)});
+          }));
+      return seq;
+    });
+  }
   absl::StatusOr<int64_t> ScanDue(const std::function<void(int64_t seq)>& start,
                                   const std::function<absl::Status(const DueEntry&)>& fn) override {
     return WithRead([&](Conn& db) -> absl::StatusOr<int64_t> {

@@ -792,6 +792,9 @@ class SqliteStore final : public Store {
       const std::function<absl::Status(const ActiveEntry&)>& fn) override;
   absl::StatusOr<int64_t> ScanDue(const std::function<void(int64_t seq)>& start,
                                   const std::function<absl::Status(const DueEntry&)>& fn) override;
+  absl::StatusOr<int64_t> ScanMitigationRows(
+      const std::function<void(int64_t seq)>& start,
+      const std::function<absl::Status(const MitigationRow&)>& fn) override;
   absl::StatusOr<std::vector<core::Mitigation>> ListDue(absl::Time now, int limit) override;
   absl::StatusOr<std::optional<absl::Time>> NextDue() override;
   absl::StatusOr<int64_t> PurgeIdempotency(absl::Time before) override;
@@ -1754,6 +1757,35 @@ absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
 
 // The view's columns only (due_at is expires_at for an active mitigation): no join with
 // the changes table, no JSON.
+absl::StatusOr<int64_t> SqliteStore::ScanMitigationRows(
+    const std::function<void(int64_t seq)>& start,
+    const std::function<absl::Status(const MitigationRow&)>& fn) {
+  return WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq, QueryLastSeq(db));
+    start(seq);
+    QUELL_ASSIGN_OR_RETURN(
+        Stmt * s, db.Prepare("SELECT m.id, m.entity, m.action, m.state, m.created_at, m.source, "
+                             "m.policy, m.seq, c.payload FROM mitigations m "
+                             "LEFT JOIN changes c ON c.seq = m.seq"));
+    StmtUse use(s);
+    while (true) {
+      QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
+      if (!row) break;
+      QUELL_RETURN_IF_ERROR(fn(MitigationRow{
+          .id = use->ColumnText(0),
+          .entity = use->ColumnText(1),
+          .action = use->ColumnText(2),
+          .state = use->ColumnText(3),
+          .source = use->ColumnText(5),
+          .policy = use->ColumnText(6),
+          .created_at = use->ColumnTime(4),
+          .seq = use->ColumnInt(7),
+          .payload = use->ColumnIsNull(8) ? std::string_view() : use->ColumnText(8)}));
+    }
+    return seq;
+  });
+}
+
 absl::StatusOr<int64_t> SqliteStore::ScanDue(
     const std::function<void(int64_t seq)>& start,
     const std::function<absl::Status(const DueEntry&)>& fn) {
