@@ -152,14 +152,6 @@ DROP INDEX mitigations_entity;
     {5, R"sql(
 SELECT 1;
 )sql"},
-    // An entity's mitigations are read through the changes' entity index (schema v4): with
-    // kind and subject in the index, the join to the mitigations table and its m.seq =
-    // e.seq filter run on index entries alone, and only the latest change of each of the
-    // entity's mitigations is read from the table (its payload), not every change.
-    {6, R"sql(
-DROP INDEX changes_entity_seq;
-CREATE INDEX changes_entity_seq ON changes (entity, seq, kind, subject);
-)sql"},
 };
 
 }  // namespace
