@@ -23,6 +23,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def send_raw(port, data, timeout=10):
+    """Sends `data` (bytes) on a new connection to 127.0.0.1:PORT and returns the reply
+    up to the end of its header block (the server may answer before reading it all)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
 def run_cli(*args, check=True):
     """Runs `quell ARGS...` and returns (exit code, stdout, stderr)."""
     p = subprocess.run([QUELL, *args], capture_output=True, text=True, timeout=60)

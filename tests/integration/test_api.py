@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from harness import QuellServer, free_port, run_cli
+from harness import QuellServer, free_port, run_cli, send_raw
 
 
 class ApiTest(unittest.TestCase):
@@ -393,16 +393,10 @@ class ApiTest(unittest.TestCase):
         # Oversized body: 413 from the server's limit (8 MiB by default).
         # The server answers as soon as it reads Content-Length, before the body, so the
         # client must read the reply instead of insisting on sending 9 MiB.
-        with socket.create_connection(("127.0.0.1", self.q.port), timeout=10) as s:
-            s.sendall(("POST /v1/mitigations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-                       "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                       % (self.q.admin_key, 9 << 20)).encode() + b'{"entity":')
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+        reply = send_raw(self.q.port, (
+            "POST /v1/mitigations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (self.q.admin_key, 9 << 20)).encode() + b'{"entity":')
         self.assertTrue(reply.startswith(b"HTTP/1.1 413"), reply[:100])
         # None of it wrote anything.
         self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)

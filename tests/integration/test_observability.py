@@ -17,7 +17,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from harness import QUELL, QuellServer, free_port, run_cli
+from harness import QUELL, QuellServer, free_port, run_cli, send_raw
 from test_multinode import CLUSTER_BIN, PgCluster
 
 
@@ -171,14 +171,7 @@ class LogTest(unittest.TestCase):
                  b"Content-Length: %d\r\n\r\n" % (9 << 20), "it-big-1"),
                 (b"GET /v1/check HTTP/1.1\r\nHost: x\r\nX-Request-Id: it-bad-1\r\n"
                  b"Content-Length: nope\r\n\r\n", "it-bad-1")):
-            with socket.create_connection(("127.0.0.1", self.q.port), timeout=10) as s:
-                s.sendall(request)
-                reply = b""
-                while b"\r\n\r\n" not in reply:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
+            reply = send_raw(self.q.port, request)
             self.assertIn(("x-request-id: %s" % rid).encode(), reply.lower())
             lines = log_lines(self.q, until=with_request_id(rid))
             mine = [l for l in lines if l.get("request_id") == rid]
