@@ -76,7 +76,8 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
                             const RollbackFilter& f, const std::string& why,
                             const std::string& actor, absl::Time now, RollbackResult* r) {
   for (core::Mitigation& m : targets) {
-    if (!Matches(f, m)) continue;
+    // One past its expiry is over (its `expired` change is the scheduler's to write).
+    if (!Matches(f, m) || !core::LiveAt(m, now)) continue;
     const int64_t read_at = m.seq;
     m.state = core::MitigationState::kRevoked;
     m.state_reason = why;
@@ -91,7 +92,7 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     if (!done) {
       // Changed since the scan: read it again and decide on what it is now.
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> cur, txn.GetMitigation(m.id));
-      if (!cur || !Matches(f, *cur)) continue;
+      if (!cur || !Matches(f, *cur) || !core::LiveAt(*cur, now)) continue;
       cur->state = core::MitigationState::kRevoked;
       cur->state_reason = why;
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());

@@ -156,6 +156,39 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   EXPECT_TRUE(audit->ok()) << audit->reason;
 }
 
+// A mitigation past its expiry, its `expired` change not written yet, is over: a rollback
+// leaves it for the scheduler to expire rather than recording it revoked.
+TEST_F(RollbackTest, RollbackLeavesOnesPastTheirExpiry) {
+  CreateRequest req;
+  req.entity = *core::Entity::Parse("user:short");
+  req.action = "block";
+  req.ttl = absl::Minutes(1);
+  req.reason = "test";
+  req.actor = "k_detector";
+  req.source = "model-v3";
+  req.policy = "p1";
+  auto created = std::make_shared<CreateResult>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(req, core::ActionCatalog::Default(), created)).ok());
+  const std::string live = Create("user:long", "model-v3");  // the default ttl: days
+  RollbackFilter f;
+  f.source = "model-v3";
+  auto t = FindRollbackTargetSet(ledger_->store(), f);
+  ASSERT_TRUE(t.ok());
+  ASSERT_EQ(t->mitigations.size(), 2u);
+  clock_.Advance(absl::Minutes(2));  // past the short one's expiry; no scheduler runs here
+  RollbackRequest r;
+  r.id = "rb_late";
+  r.filter = f;
+  r.reason = "bad";
+  r.requested_by = "k_admin";
+  auto out = std::make_shared<RollbackRequest>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out)).ok());
+  EXPECT_EQ(out->revoked, 1);
+  EXPECT_EQ(State(live), MitigationState::kRevoked);
+  EXPECT_EQ(State(created->mitigation.id), MitigationState::kActive);  // the scheduler's
+}
+
 TEST_F(RollbackTest, RequestWaitsThenAnotherReviewerApproves) {
   std::string a = Create("user:a", "model-v3");
   std::string b = Create("user:b", "model-v3");
