@@ -181,7 +181,9 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     return scanned.status();
   }
   // (2) What the index loads: each active row's own id, entity, action and expiry columns.
-  absl::flat_hash_map<uint64_t, uint64_t> entries_view, entries_chain;
+  // id -> the enforcement fields' hash; the chain's with the seq of the change that set them.
+  absl::flat_hash_map<uint64_t, uint64_t> entries_view;
+  absl::flat_hash_map<uint64_t, std::pair<uint64_t, int64_t>> entries_chain;
   int64_t entries_rows = 0;
   absl::StatusOr<int64_t> entries_scanned = store.ScanActiveEntries(
       [](int64_t) {},
@@ -246,13 +248,18 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     }
     for (const auto& [key, hash] : entries_view) {
       auto it = entries_chain.find(key);
-      if (it != entries_chain.end() && it->second == hash) continue;
-      fail(std::max<int64_t>(std::min(report.last_seq, entries_head), 1),
-           it == entries_chain.end()
-               ? "the mitigations table serves an active mitigation (id, entity, action, "
-                 "expiry columns) that no change leaves active"
-               : "the mitigations table serves an active mitigation whose entity, action or "
-                 "expiry columns are not those of its latest change");
+      if (it != entries_chain.end() && it->second.first == hash) continue;
+      if (it == entries_chain.end()) {
+        fail(std::max<int64_t>(std::min(report.last_seq, entries_head), 1),
+             "the mitigations table serves an active mitigation (id, entity, action, expiry "
+             "columns) that no change leaves active");
+      } else {  // named: its latest change is known
+        const int64_t seq = it->second.second;
+        fail(seq, absl::StrCat("the mitigations table serves mitigation ", SubjectOf(store, seq),
+                               " with entity, action or expiry columns that are not those of "
+                               "its latest change (seq ",
+                               seq, ")"));
+      }
       return false;
     }
     if (entries_rows != static_cast<int64_t>(entries_chain.size())) {
@@ -362,7 +369,8 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
         }
         if (c.seq <= entries_head) {
           if (m->state == core::MitigationState::kActive) {
-            entries_chain[Key(m->id)] = EntryHash(m->entity.str(), m->action, m->expires_at);
+            entries_chain[Key(m->id)] = {EntryHash(m->entity.str(), m->action, m->expires_at),
+                                         c.seq};
           } else {
             entries_chain.erase(Key(m->id));
           }

@@ -920,6 +920,19 @@ TEST_P(LedgerTest, AuditComparesServedColumnsPolicySetsAndLists) {
        "VALUES (0, 0, 1, 'mallory', 'm_x', 'user:v1', '{}', '', '')",
        "DELETE FROM changes WHERE seq = 0"},
   };
+  // An active row's enforcement columns altered: the report names the mitigation and its
+  // latest change, not only the snapshot's head.
+  if (GetParam().name == std::string("sqlite")) {
+    auto fourth = ledger->store().ReadChanges(3, 1);
+    ASSERT_TRUE(fourth.ok() && fourth->size() == 1);
+    ASSERT_TRUE(backend_->ExecRaw("UPDATE mitigations SET action = 'allow' WHERE seq = 4").ok());
+    AuditReport r = verify();
+    EXPECT_EQ(r.broken_seq, 4);
+    EXPECT_THAT(r.reason, HasSubstr(absl::StrCat("serves mitigation ", (*fourth)[0].subject,
+                                                 " with entity, action or expiry columns")));
+    EXPECT_THAT(r.reason, HasSubstr("(seq 4)"));
+    ASSERT_TRUE(backend_->ExecRaw("UPDATE mitigations SET action = 'block' WHERE seq = 4").ok());
+  }
   for (const auto& [tamper, undo] : tamperings) {
     // PostgreSQL's trigger refuses a row changing entity; every other column is checked
     // on both backends (each row against its change).
