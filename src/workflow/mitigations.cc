@@ -39,17 +39,25 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   CreateResult out;
 
   QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(req.entity, req.action));
+  // Ones that have expired, their `expired` change not written yet, are over: a new one is
+  // created rather than bringing them back, and their expiry is written after it (the
+  // scheduler then finds nothing to do). After: the decision's own change comes first, at
+  // the seq the safeguards predicted for it (Screen's NoteLocal).
+  std::vector<Mitigation*> over;
+  auto expire_over = [&]() -> absl::Status {
+    for (Mitigation* m : over) {
+      m->state = MitigationState::kExpired;
+      m->state_reason = "expired";
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
+    }
+    return absl::OkStatus();
+  };
   for (Mitigation& existing : live) {
     // Only merge into a mitigation of the same kind of enforcement: an active request
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
-    // One that has expired, its `expired` change not written yet, is over: its expiry is
-    // written here (the scheduler then finds nothing to do) and a new one is created,
-    // rather than bringing it back.
     if (!core::LiveAt(existing, now)) {
-      existing.state = MitigationState::kExpired;
-      existing.state_reason = "expired";
-      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, "system", now).status());
+      over.push_back(&existing);
       continue;
     }
     // A new hit is recorded on the mitigation even when it does not extend it: the
@@ -66,6 +74,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
                                                                   : "hit again: ",
                                          req.reason);
     QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, existing, req.actor, now));
+    QUELL_RETURN_IF_ERROR(expire_over());
     out.json = std::move(c.payload);
     out.mitigation = std::move(existing);
     return out;
@@ -87,6 +96,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   m.batch = req.batch;
   m.detections = req.detections;
   QUELL_ASSIGN_OR_RETURN(ledger::Change c, AppendMitigationChange(txn, m, req.actor, now));
+  QUELL_RETURN_IF_ERROR(expire_over());
   out.json = std::move(c.payload);
   out.created = true;
   out.mitigation = std::move(m);

@@ -526,7 +526,8 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> live, txn.FindLive(p.entity, action));
     const core::MitigationState unheld = UnheldState(p);
     for (const core::Mitigation& m : live) {
-      if (m.state == unheld) creates = false;
+      // One past its expiry is not extended: CreateOrExtend creates anew (core::LiveAt).
+      if (m.state == unheld && core::LiveAt(m, now)) creates = false;
     }
   }
   std::unique_lock<std::mutex> lock(mu_);

@@ -149,6 +149,22 @@ class SafeguardsCluster : public testing::Test {
   int detections_ = 0;
 };
 
+// A decision on an entity whose mitigation of the action is past its expiry (its
+// `expired` change not written yet) creates a new one: it counts in the breakers. It was
+// screened as an extension of the old one and never counted.
+TEST_F(SafeguardsCluster, ACreationAfterAnUnsweptExpiryCounts) {
+  EXPECT_EQ(Decide(a_.get(), "user:again").state, "active");
+  clock_.Advance(absl::Hours(2) + absl::Seconds(1));  // past the 2h ttl; no scheduler here
+  EXPECT_EQ(Breaker(a_.get()).count, 0);              // and out of the 1h window
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:n", i)).state, "active") << i;
+  }
+  // The seventh creation in the window opens the breaker and is held, as any would be
+  // (screened as an extension, it went through active and was counted only afterwards).
+  EXPECT_EQ(Decide(a_.get(), "user:again").state, "pending_approval");
+  EXPECT_TRUE(Breaker(a_.get()).open);
+}
+
 TEST_F(SafeguardsCluster, TheLimitAppliesToBothNodesDecisionsInAll) {
   // Six creations in all pass, three by each node; both count all six, each once.
   for (int i = 0; i < 6; ++i) {
