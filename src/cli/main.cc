@@ -1,5 +1,6 @@
 // The `quell` binary: wires the modules together and runs one subcommand (SPEC "CLI").
 // Exit status: 0 success, 1 failure, 2 bad usage.
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -367,22 +368,35 @@ int Serve(const Flags& flags) {
     return Usage(std::string(SV(s.message())));
   if (auto s = ProbeListen(host, port); !s.ok()) return Failure(s);
   // The gRPC address too, before anything is written (it failed after the data directory
-  // and a --dev key were made), and never the HTTP one: gRPC binds with SO_REUSEPORT, so
-  // it shared the port and every connection went to one of the two.
+  // and a --dev key were made), and never the HTTP one's port on an overlapping address
+  // (gRPC used to bind with SO_REUSEPORT and share it; it fails now, but only after the
+  // data directory is written).
   if (!config->grpc_listen.empty()) {
     std::string grpc_host;
     int grpc_port = 0;
     if (auto s = SplitListen(config->grpc_listen, &grpc_host, &grpc_port); !s.ok())
       return Usage(absl::StrCat("grpc_listen: ", s.message()));
-    if (grpc_port != 0 && grpc_port == port && grpc_host == host) {
+    // The same port on the same address, or on any address when either is a wildcard or
+    // a name (which may resolve to the other's address).
+    auto literal = [](std::string h) {  // an IP address, not the wildcard
+      if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+      in6_addr a6;
+      in_addr a4;
+      if (::inet_pton(AF_INET, h.c_str(), &a4) == 1) return a4.s_addr != INADDR_ANY;
+      return ::inet_pton(AF_INET6, h.c_str(), &a6) == 1 && !IN6_IS_ADDR_UNSPECIFIED(&a6);
+    };
+    const bool distinct = literal(host) && literal(grpc_host) && host != grpc_host;
+    if (grpc_port != 0 && grpc_port == port && !distinct) {
       return Usage(absl::StrCat("grpc_listen: ", config->grpc_listen,
                                 " is the HTTP address (listen): give gRPC a port of its own"));
     }
     if (auto s = ProbeListen(grpc_host, grpc_port); !s.ok()) return Failure(s);
   }
-  // The policies file loads before anything is written either: a typo in its name left a
-  // data directory and a --dev key (shown once, then lost) behind.
-  if (!config->policies_file.empty()) {
+  // On a first start the policies file loads before anything is written either: a typo in
+  // its name left a data directory and a --dev key (shown once, then lost) behind. Later
+  // starts keep the ledger's version (PublishInitialPolicies), so a file edited since is
+  // not checked here.
+  if (!config->policies_file.empty() && postgres_url.empty() && !LedgerExists(config->data).ok()) {
     absl::StatusOr<std::string> yaml = core::ReadFile(config->policies_file);
     if (!yaml.ok()) {
       return Failure(absl::Status(yaml.status().code(),
@@ -629,7 +643,7 @@ int Serve(const Flags& flags) {
         !up.ok()) {
       logger.Warn(
           "counters: redis does not answer; velocity rules read their counts as 0 (or fail, "
-          "with counters.fail_closed) until it does",
+          "with counters.on_error: fail_closed) until it does",
           {{"redis", counters}, {"error", std::string(SV(up.message()))}});
     }
   }

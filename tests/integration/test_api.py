@@ -706,12 +706,13 @@ class LifecycleTest(unittest.TestCase):
             self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
             self.assertNotIn("admin key", out)
             self.assertFalse(os.path.exists(data))
-            code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
-                                     "127.0.0.1:%d" % free, "--grpc-listen",
-                                     "127.0.0.1:%d" % free, check=False)
-            self.assertEqual(code, 2, err)
-            self.assertIn("is the HTTP address", err)
-            self.assertFalse(os.path.exists(data))
+            for grpc_host in ("127.0.0.1", "0.0.0.0", "localhost"):  # overlapping addresses
+                code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
+                                         "127.0.0.1:%d" % free, "--grpc-listen",
+                                         "%s:%d" % (grpc_host, free), check=False)
+                self.assertEqual(code, 2, (grpc_host, err))
+                self.assertIn("is the HTTP address", err)
+                self.assertFalse(os.path.exists(data))
             # And a policies file that is missing or does not load.
             for policies in (os.path.join(tmp, "missing.yaml"), os.path.join(tmp, "bad.yaml")):
                 if policies.endswith("bad.yaml"):
@@ -725,6 +726,24 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(code, 1, err)
                 self.assertNotIn("admin key", out)
                 self.assertFalse(os.path.exists(data), policies)
+            # That check is a first start's: later starts keep the ledger's policy set, so a
+            # policies file edited since (here: broken) does not stop a restart.
+            good = os.path.join(tmp, "good.yaml")
+            with open(good, "w") as f:
+                f.write("policies: []\n")
+            with open(conf, "w") as f:
+                f.write("policies: %s\n" % good)
+            os.makedirs(data)
+            q = QuellServer(data_dir=data, extra_args=["--config", conf])
+            try:
+                q.start()
+                self.assertEqual(q.stop(), 0)
+                with open(good, "w") as f:
+                    f.write("policies: [{id: x}]\n")
+                q.start(dev=False)
+                self.assertEqual(q.request("GET", "/healthz", auth=False)[0], 200)
+            finally:
+                q.stop()
 
 
 if __name__ == "__main__":
