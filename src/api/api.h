@@ -90,12 +90,13 @@ class Api final : public http::Handler {
   ~Api() override;
 
   void Handle(http::Request request, http::Responder respond) override;
+  //! An access log line and quell_http_refused_total. Thread-safe (any IO thread).
   void OnRefused(const http::Refusal& refusal) override;
 
   //! Readiness: false while draining for shutdown (/readyz answers 503).
   void set_ready(bool ready);
   //! Shutdown begins: not ready, and the long-polls waiting (GET /v1/changes?wait=)
-  //! answer now with what they have. Call before the HTTP server's
+  //! answer now with what they have. Thread-safe. Call before the HTTP server's
   //! Shutdown, which waits for in-flight requests.
   void Drain();
   //! Starts / stops the background work of ApiOptions::start_background (idempotent;

@@ -418,7 +418,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
             Finish(ToGrpc(s));
             return;
           }
-          authorized_at_ = absl::Now();
+          authorized_at_ = owner_->deps_.clock->Now();
           Read();
           return;
         }
@@ -428,7 +428,8 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
             return;
           }
           // The key again, at most once a second: a key revoked meanwhile ends the stream.
-          if (const absl::Time now = absl::Now(); now - authorized_at_ >= absl::Seconds(1)) {
+          if (const absl::Time now = owner_->deps_.clock->Now();
+              now - authorized_at_ >= absl::Seconds(1)) {
             absl::Status again =
                 Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
             if (!again.ok()) {

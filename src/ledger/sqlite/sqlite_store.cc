@@ -1755,8 +1755,6 @@ absl::StatusOr<int64_t> SqliteStore::ScanActiveJson(
   });
 }
 
-// The view's columns only (due_at is expires_at for an active mitigation): no join with
-// the changes table, no JSON.
 absl::StatusOr<int64_t> SqliteStore::ScanMitigationRows(
     const std::function<void(int64_t seq)>& start,
     const std::function<absl::Status(const MitigationRow&)>& fn) {
@@ -1804,6 +1802,8 @@ absl::StatusOr<int64_t> SqliteStore::ScanDue(
   });
 }
 
+// The view's columns only (due_at is expires_at for an active mitigation): no join with
+// the changes table, no JSON.
 absl::StatusOr<int64_t> SqliteStore::ScanActiveEntries(
     const std::function<void(int64_t seq)>& start,
     const std::function<absl::Status(const ActiveEntry&)>& fn) {
