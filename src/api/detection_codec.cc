@@ -21,12 +21,9 @@ bool ValidType(std::string_view t) {
   return true;
 }
 
-bool ValidName(std::string_view s) {
-  if (s.empty() || s.size() > 128) return false;
-  for (char c : s) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
-  }
-  return true;
+// 1 to `max` bytes, no control character.
+bool ValidName(std::string_view s, size_t max = 128) {
+  return !s.empty() && s.size() <= max && !core::HasControlCharacter(s);
 }
 
 }  // namespace
@@ -55,7 +52,7 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
   r.RejectUnknown();
 
   if (id) {
-    if (id->empty() || !ValidName(*id)) {
+    if (!ValidName(*id, 256)) {  // the 129-256 byte ids were refused, the message said 256
       r.Fail("id", "must be 1-256 bytes without control characters");
     } else {
       d.id = *id;

@@ -10,6 +10,7 @@
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "core/utf8.h"
 #include "index/index.h"
 #include "safeguards/approval.h"
 #include "workflow/mitigations.h"
@@ -22,13 +23,7 @@ namespace {
 // breaks and tabs, no other control character (a NUL cut it short in printouts, an
 // escape sequence could rewrite a reviewer's terminal).
 constexpr char kNoControlText[] = "must not hold control characters other than tab and line breaks";
-bool HasControlText(std::string_view s) {
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f) return true;
-  }
-  return false;
-}
+bool HasControlText(std::string_view s) { return core::HasControlCharacter(s, "\t\n\r"); }
 
 using core::Entity;
 using core::Mitigation;

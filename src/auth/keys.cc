@@ -10,6 +10,7 @@
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 
 namespace quell::auth {
 namespace {
@@ -84,13 +85,9 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
   }
   // As detections' own fields are checked: a source a detection cannot carry would make
   // a key that can never submit, and a control character garbles `keys list`.
-  auto has_control = [](std::string_view s) {
-    return std::any_of(s.begin(), s.end(),
-                       [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-  };
   for (size_t i = 0; i < sources.size(); ++i) {
     const std::string& s = sources[i];
-    if (s.empty() || s.size() > 128 || has_control(s)) {
+    if (s.empty() || s.size() > 128 || core::HasControlCharacter(s)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "sources[", i, "]: a source name is 1-128 bytes without control characters"));
     }
@@ -99,7 +96,7 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
       return absl::InvalidArgumentError(absl::StrCat("sources[", i, "]: ", s, " is given twice"));
     }
   }
-  if (has_control(name)) {
+  if (core::HasControlCharacter(name)) {
     return absl::InvalidArgumentError("name: a key's name has no control characters");
   }
   NewKey k;

@@ -5,6 +5,14 @@
 
 namespace quell::core {
 
+bool HasControlCharacter(std::string_view s, std::string_view allowed) {
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 || c == 0x7f) && allowed.find(ch) == std::string_view::npos) return true;
+  }
+  return false;
+}
+
 std::optional<size_t> FindInvalidUtf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();

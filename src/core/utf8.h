@@ -15,6 +15,11 @@ namespace quell::core {
 //! The byte offset of the first invalid UTF-8 sequence in `s`, or nullopt.
 std::optional<size_t> FindInvalidUtf8(std::string_view s);
 
+//! Whether `s` holds a control character (C0, 0x00-0x1f, or DEL) other than those in
+//! `allowed`: the one rule for names and ids people read (detection ids and sources, key
+//! sources and names), and with allowed = "\t\n\r" for free text (reasons).
+bool HasControlCharacter(std::string_view s, std::string_view allowed = {});
+
 }  // namespace quell::core
 
 #endif  // QUELL_CORE_UTF8_H_

@@ -16,5 +16,15 @@ TEST(Utf8Test, FindsTheFirstInvalidSequence) {
             8u);  // above U+10FFFF, after the fast path
 }
 
+TEST(ControlCharacters, C0AndDelUnlessAllowed) {
+  EXPECT_FALSE(HasControlCharacter("plain text, \xc3\xa9 too"));
+  EXPECT_TRUE(HasControlCharacter(std::string_view("a\0b", 3)));
+  EXPECT_TRUE(HasControlCharacter("\x1b[31mred"));
+  EXPECT_TRUE(HasControlCharacter("del\x7f"));
+  EXPECT_TRUE(HasControlCharacter("line\nbreak"));
+  EXPECT_FALSE(HasControlCharacter("line\nbreak\ttab\r", "\t\n\r"));
+  EXPECT_TRUE(HasControlCharacter("line\nbreak\x01", "\t\n\r"));
+}
+
 }  // namespace
 }  // namespace quell::core

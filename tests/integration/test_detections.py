@@ -172,6 +172,11 @@ class DetectionsTest(unittest.TestCase):
         self.assertIn("detections[7].type", fields[7])  # unknown to the active set
         self.assertIn("unknown detection type", res[7]["error"]["message"])
         self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 8)))
+        # An id is 1-256 bytes (SPEC): 256 is accepted (129-256 were refused, the message
+        # saying 256), 257 is not.
+        s, r, _ = self.submit({"detections": [det("i" * 256, "user:long-id"),
+                                              det("j" * 257, "user:long-id2")]})
+        self.assertEqual([x["status"] for x in r["results"]], ["accepted", "rejected"], r)
         # A single bad detection: 400, still in the results shape.
         s, r, _ = self.submit(det("bad-1", "user:x", score=-1))
         self.assertEqual(s, 400)
