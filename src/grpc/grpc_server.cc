@@ -110,10 +110,12 @@ template <typename M>
 bool ParseRaw(::grpc::ByteBuffer* raw, M* out) {
   return ::grpc::SerializationTraits<M>::Deserialize(raw, out).ok();
 }
+// The reply's bytes. Fails only for a message protobuf cannot serialise (over 2 GiB):
+// the call's error then, never an empty reply.
 template <typename M>
-void SerializeRaw(const M& message, ::grpc::ByteBuffer* out) {
+::grpc::Status SerializeRaw(const M& message, ::grpc::ByteBuffer* out) {
   bool own_buffer = false;
-  (void)::grpc::SerializationTraits<M>::Serialize(message, out, &own_buffer);
+  return ::grpc::SerializationTraits<M>::Serialize(message, out, &own_buffer);
 }
 std::string Unreadable(std::string_view type) {
   return absl::StrCat("not a ", AV(type),
@@ -371,11 +373,11 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       }
       finishing_ = true;
       if (!q_->Issue([&] {
-            if (s.ok()) {
-              SerializeRaw(response_, &raw_response_);
+            ::grpc::Status sent = s.ok() ? SerializeRaw(response_, &raw_response_) : ToGrpc(s);
+            if (sent.ok()) {
               responder_.Finish(raw_response_, ::grpc::Status::OK, this);
             } else {
-              responder_.FinishWithError(ToGrpc(s), this);
+              responder_.FinishWithError(sent, this);
             }
           })) {
         delete this;
@@ -449,7 +451,10 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
             response_.set_error(std::string(SV(s.message())));
           }
           raw_response_.Clear();
-          SerializeRaw(response_, &raw_response_);
+          if (::grpc::Status sent = SerializeRaw(response_, &raw_response_); !sent.ok()) {
+            Finish(sent);
+            return;
+          }
           state_ = State::kWriting;
           if (q_->Issue([&] { stream_.Write(raw_response_, this); })) return;
           break;
@@ -518,7 +523,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       obs::Span span = StartCallSpan(owner_->deps_.tracer, *ctx, kSubmitMethod);
       v1::SubmitResponse response;
       ::grpc::Status status = DoSubmit(ctx, reader, &response, span.context());
-      if (status.ok()) SerializeRaw(response, out);
+      if (status.ok()) status = SerializeRaw(response, out);
       if (span.recording()) {
         span.SetAttribute("quell.detections", static_cast<int64_t>(response.results_size()));
         EndCallSpan(span, status);

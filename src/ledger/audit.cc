@@ -276,9 +276,17 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
       auto it = due_chain.find(key);
       if (it != due_chain.end() && it->second.first == due) continue;
       if (it == due_chain.end()) {
-        fail(at,
-             "the mitigations table gives a transition time (due_at) to a mitigation that no "
-             "change leaves active or scheduled");
+        // Named by a second read (the first kept hashes only, to keep memory small): the
+        // row with this id's hash.
+        std::string id;
+        (void)store.ScanDue([](int64_t) {},
+                            [&](const Store::DueEntry& e) {
+                              if (id.empty() && Key(e.id) == key) id = std::string(e.id);
+                              return absl::OkStatus();
+                            });
+        fail(at, absl::StrCat("the mitigations table gives a transition time (due_at) to ",
+                              id.empty() ? "a mitigation" : absl::StrCat("mitigation ", id),
+                              " that no change leaves active or scheduled"));
       } else {
         const int64_t seq = it->second.second;
         fail(seq, absl::StrCat("the mitigations table disagrees with the chain: change ", seq,
