@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -1807,6 +1809,16 @@ TEST(SqliteStore, UnusableDirectoryIsAnError) {
   auto store = OpenSqliteStore({.path = "/proc/quell-cannot-create-this"});
   EXPECT_FALSE(store.ok());
   EXPECT_EQ(OpenSqliteStore({}).status().code(), absl::StatusCode::kInvalidArgument);
+  // A file that opens but cannot be used (here: not a database; an immutable directory
+  // fails at the same first statement) is named: SQLite's own message does not say which.
+  const std::string dir = ::testing::TempDir() + "/unopenable_" + core::RandomHex(6);
+  std::filesystem::create_directories(dir);
+  std::ofstream(std::filesystem::path(dir) / kSqliteFileName) << std::string(8192, 'x');
+  auto unopenable = OpenSqliteStore({.path = dir});
+  ASSERT_FALSE(unopenable.ok());
+  EXPECT_NE(unopenable.status().message().find(dir + "/quell.db: "), absl::string_view::npos)
+      << unopenable.status();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

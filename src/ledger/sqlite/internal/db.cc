@@ -69,17 +69,24 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& file, const DbOp
   sqlite3_extended_result_codes(raw, 1);
   rc = sqlite3_busy_timeout(raw, opts.busy_timeout_ms);
   if (rc != SQLITE_OK) return SqliteError(rc, raw, "busy_timeout");
-  // synchronous is a per-connection setting; journal_mode=WAL is persistent in the file
-  // and is set once by the store on its write connection.
-  QUELL_RETURN_IF_ERROR(
-      db->Exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
-  // Savepoints write the pages they touch to a sub-journal; keep it (and temp tables) in
-  // memory rather than in a temporary file: the ledger takes one savepoint per mutation.
-  // A larger page cache keeps a big batch from spilling to the WAL before COMMIT.
-  QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA temp_store=MEMORY"));
-  QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA cache_size=-", opts.cache_kib)));
-  // Reads through a memory map save a pread per page; writes still go through the WAL.
-  QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA mmap_size=", opts.mmap_bytes)));
+  // The first statements are where a file that opened but cannot be read or written
+  // fails (an immutable directory, no room for the -wal/-shm files): say which file, as
+  // SQLite's "unable to open database file" does not.
+  absl::Status set = [&]() -> absl::Status {
+    // synchronous is a per-connection setting; journal_mode=WAL is persistent in the file
+    // and is set once by the store on its write connection.
+    QUELL_RETURN_IF_ERROR(
+        db->Exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+    // Savepoints write the pages they touch to a sub-journal; keep it (and temp tables)
+    // in memory rather than in a temporary file: the ledger takes one savepoint per
+    // mutation. A larger page cache keeps a big batch from spilling to the WAL before
+    // COMMIT.
+    QUELL_RETURN_IF_ERROR(db->Exec("PRAGMA temp_store=MEMORY"));
+    QUELL_RETURN_IF_ERROR(db->Exec(absl::StrCat("PRAGMA cache_size=-", opts.cache_kib)));
+    // Reads through a memory map save a pread per page; writes still go through the WAL.
+    return db->Exec(absl::StrCat("PRAGMA mmap_size=", opts.mmap_bytes));
+  }();
+  if (!set.ok()) return absl::Status(set.code(), absl::StrCat(file, ": ", set.message()));
   return db;
 }
 
