@@ -38,10 +38,13 @@ class RollbackTest : public testing::Test {
     Open();
   }
 
-  std::string Create(std::string entity, std::string source) {
+  // A block of `policy` p1 on `entity`; the action's default ttl unless `ttl` is given.
+  std::string Create(std::string entity, std::string source,
+                     std::optional<absl::Duration> ttl = std::nullopt) {
     CreateRequest r;
     r.entity = *core::Entity::Parse(entity);
     r.action = "block";
+    r.ttl = ttl;
     r.reason = "test";
     r.actor = "k_detector";
     r.source = std::move(source);
@@ -159,17 +162,7 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
 // A mitigation past its expiry, its `expired` change not written yet, is over: a rollback
 // leaves it for the scheduler to expire rather than recording it revoked.
 TEST_F(RollbackTest, RollbackLeavesOnesPastTheirExpiry) {
-  CreateRequest req;
-  req.entity = *core::Entity::Parse("user:short");
-  req.action = "block";
-  req.ttl = absl::Minutes(1);
-  req.reason = "test";
-  req.actor = "k_detector";
-  req.source = "model-v3";
-  req.policy = "p1";
-  auto created = std::make_shared<CreateResult>();
-  ASSERT_TRUE(
-      ledger_->SubmitAndWait(CreateMitigation(req, core::ActionCatalog::Default(), created)).ok());
+  const std::string short_lived = Create("user:short", "model-v3", absl::Minutes(1));
   const std::string live = Create("user:long", "model-v3");  // the default ttl: days
   RollbackFilter f;
   f.source = "model-v3";
@@ -186,7 +179,7 @@ TEST_F(RollbackTest, RollbackLeavesOnesPastTheirExpiry) {
   ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out)).ok());
   EXPECT_EQ(out->revoked, 1);
   EXPECT_EQ(State(live), MitigationState::kRevoked);
-  EXPECT_EQ(State(created->mitigation.id), MitigationState::kActive);  // the scheduler's
+  EXPECT_EQ(State(short_lived), MitigationState::kActive);  // the scheduler's
 }
 
 TEST_F(RollbackTest, RequestWaitsThenAnotherReviewerApproves) {
