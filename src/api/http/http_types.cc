@@ -23,10 +23,20 @@ std::string_view Request::Header(std::string_view lower_name) const {
   return {};
 }
 
-size_t Request::HeaderCount(std::string_view lower_name) const {
-  size_t n = 0;
-  for (const auto& [name, value] : headers) n += name == lower_name;
-  return n;
+std::string_view Request::Header(std::string_view lower_name, bool* repeated) const {
+  std::string_view first;
+  bool found = false;
+  *repeated = false;
+  for (const auto& [name, value] : headers) {
+    if (name != lower_name) continue;
+    if (found) {
+      *repeated = true;
+      break;
+    }
+    found = true;
+    first = value;
+  }
+  return first;
 }
 
 std::optional<std::string_view> Request::QueryParam(std::string_view name) const {

@@ -32,8 +32,9 @@ struct Request {
 
   //! Value of the first header named `lower_name` (lower case), or "" if absent.
   std::string_view Header(std::string_view lower_name) const;
-  //! How many header lines are named `lower_name` (lower case).
-  size_t HeaderCount(std::string_view lower_name) const;
+  //! As Header, in the same one pass telling whether more than one line has that name
+  //! (`*repeated`): for fields that must be given once (credentials, idempotency keys).
+  std::string_view Header(std::string_view lower_name, bool* repeated) const;
   //! Value of the first query parameter named `name`, or nullopt if absent.
   std::optional<std::string_view> QueryParam(std::string_view name) const;
 };

@@ -173,12 +173,12 @@ void Context::OffLoop(Call call, absl::AnyInvocable<void(Call&)> task) {
 
 std::optional<ApiError> Context::ReadIdempotency(const Call& call,
                                                  std::optional<Idempotency>* out) const {
-  const size_t given = call.req.HeaderCount("idempotency-key");
-  if (given == 0) return std::nullopt;
+  bool repeated = false;
+  const std::string_view key = call.req.Header("idempotency-key", &repeated);
   // Given, it is meant: an empty one (a client's unset variable) or two must not quietly
   // turn into a request that is not idempotent at all.
-  if (given > 1) return ApiError::Field("header.Idempotency-Key", "given more than once");
-  std::string_view key = call.req.Header("idempotency-key");
+  if (repeated) return ApiError::Field("header.Idempotency-Key", "given more than once");
+  if (key.data() == nullptr) return std::nullopt;  // absent (a present empty one is "")
   if (key.empty() || key.size() > 255)
     return ApiError::Field("header.Idempotency-Key", "must be 1-255 bytes");
   *out = Idempotency{absl::StrCat(call.who.key_id, " ", call.req.method, " ", call.req.path),
@@ -400,19 +400,17 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
       break;
     case Access::Kind::kBearer:
     case Access::Kind::kCrowdSecKey: {
+      const bool bearer = found->access.kind == Access::Kind::kBearer;
       // One credential: with two, which one a proxy or this server reads is a guess.
-      const std::string_view header =
-          found->access.kind == Access::Kind::kBearer ? "authorization" : "x-api-key";
-      if (call.req.HeaderCount(header) > 1) {
-        return call.Fail(ApiError::Field(
-            absl::StrCat("header.", found->access.kind == Access::Kind::kBearer ? "Authorization"
-                                                                                : "X-Api-Key"),
-            "given more than once: send one credential"));
+      bool repeated = false;
+      const std::string_view credential =
+          call.req.Header(bearer ? "authorization" : "x-api-key", &repeated);
+      if (repeated) {
+        return call.Fail(ApiError::Field(bearer ? "header.Authorization" : "header.X-Api-Key",
+                                         "given more than once: send one credential"));
       }
       auth::KeyRing& keys = *context_->deps.keys;
-      auto who = found->access.kind == Access::Kind::kBearer
-                     ? keys.AuthenticateBearer(call.req.Header("authorization"))
-                     : keys.Authenticate(call.req.Header("x-api-key"));
+      auto who = bearer ? keys.AuthenticateBearer(credential) : keys.Authenticate(credential);
       if (!who.ok()) {
         return call.Fail(found->access.kind == Access::Kind::kBearer
                              ? ApiError::Unauthenticated()
