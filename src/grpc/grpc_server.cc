@@ -1,5 +1,6 @@
 #include "grpc/grpc_server.h"
 
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/method_handler.h>
 
@@ -117,6 +118,12 @@ template <typename M>
   bool own_buffer = false;
   return ::grpc::SerializationTraits<M>::Serialize(message, out, &own_buffer);
 }
+// protobuf logs each message it cannot parse on stderr (a line per string that is not
+// UTF-8): any client could flood the server's log, and the disk under it. Every such
+// failure is already the call's answer and counted, so its lines are dropped; protobuf
+// logs nothing else a server acts on (a FATAL one still aborts, after the handler).
+void DropProtobufLogLine(google::protobuf::LogLevel, const char*, int, const std::string&) {}
+
 std::string Unreadable(std::string_view type) {
   return absl::StrCat("not a ", AV(type),
                       " message the server can read (a string field that is not UTF-8, "
@@ -718,6 +725,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcDeps deps, Grp
   if (options.check_threads < 0) {
     return absl::InvalidArgumentError("check_threads must be >= 0 (0: one per core)");
   }
+  static std::once_flag quiet_protobuf;  // SetLogHandler is not thread-safe: once, up front
+  std::call_once(quiet_protobuf, [] { google::protobuf::SetLogHandler(&DropProtobufLogLine); });
   auto impl = std::make_unique<Impl>(std::move(deps), std::move(options));
   QUELL_RETURN_IF_ERROR(impl->Start());
   return std::unique_ptr<GrpcServer>(new GrpcServer(std::move(impl)));

@@ -92,7 +92,9 @@ class GrpcServer {
  public:
   //! Registers a ledger listener (for Watch wake-ups; safe while the ledger takes
   //! writes) and starts serving. kInvalidArgument for a bad listen address or missing
-  //! deps; kUnavailable if the port cannot be bound.
+  //! deps; kUnavailable if the port cannot be bound. The first call also makes protobuf
+  //! drop its non-fatal log lines, process-wide: it logged one on stderr for each message
+  //! a client sent that it could not parse, which is that call's answered error instead.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(GrpcDeps deps, GrpcOptions options);
   //! Shuts down (see Shutdown).
   ~GrpcServer();

@@ -126,6 +126,25 @@ class GrpcTest(unittest.TestCase):
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("entities[1]", e.exception.details())
 
+    def test_unreadable_requests_do_not_write_the_servers_log(self):
+        # A CheckRequest whose entity is not UTF-8, sent as raw bytes: protobuf's parser
+        # logged a line to the server's stderr for each one, so any client could flood
+        # the log (and the disk under it). The client's INVALID_ARGUMENT is the report.
+        raw = self.channel.unary_unary("/quell.v1.Enforcement/Check",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+        before = os.path.getsize(self.q.log_path)
+        for _ in range(20):
+            with self.assertRaises(grpc.RpcError) as e:
+                raw(b"\x0a\x06user:\xff", metadata=self.md(), timeout=10)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("not a CheckRequest message", e.exception.details())
+        # protobuf wrote its line before the parse returned, so before the answer.
+        with open(self.q.log_path, "rb") as log:
+            log.seek(before)
+            added = log.read().decode(errors="replace")
+        self.assertNotIn("UTF-8", added)
+
     def test_watch_replays_then_streams(self):
         _, page, _ = self.q.request("GET", "/v1/changes?after=0&limit=10000")
         start = page["next"]
