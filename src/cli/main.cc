@@ -443,11 +443,16 @@ int Serve(const Flags& flags) {
   signal(SIGPIPE, SIG_IGN);
 
   core::Clock* clock = core::RealClock::Get();
-  // One owner per data directory: `quell import --data DIR` takes the same lock.
-  auto data_lock = importer::LockDataDir(
-      config->data, "server.lock",
-      absl::StrCat(config->data, " is in use by another quell server or import"));
-  if (!data_lock.ok()) return Failure(data_lock.status());
+  // One owner per data directory: `quell import --data DIR` takes the same lock. On
+  // PostgreSQL the directory holds nothing of the ledger (webhook state is in the
+  // database too), and several nodes may run from one directory: no lock.
+  absl::StatusOr<int> data_lock = -1;
+  if (postgres_url.empty()) {
+    data_lock = importer::LockDataDir(
+        config->data, "server.lock",
+        absl::StrCat(config->data, " is in use by another quell server or import"));
+    if (!data_lock.ok()) return Failure(data_lock.status());
+  }
   auto store = OpenStore(*config);
   if (!store.ok()) return Failure(store.status());
   // Several nodes on PostgreSQL: listeners (index, policies, safeguards, feed waiters)

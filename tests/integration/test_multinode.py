@@ -108,8 +108,8 @@ def free_port():
 
 
 class Node(QuellServer):
-    def __init__(self, url, key, env=None, extra_args=()):
-        super().__init__(extra_args=["--postgres", url, *extra_args], env=env)
+    def __init__(self, url, key, env=None, extra_args=(), data_dir=None):
+        super().__init__(data_dir=data_dir, extra_args=["--postgres", url, *extra_args], env=env)
         self.key = key
 
     def start_node(self):
@@ -296,6 +296,20 @@ class MultiNodeTest(ThreeNodes):
         self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
         code, out, _ = run_cli("audit", "verify", "--postgres", self.url)
         self.assertIn("ok:", out)
+
+    def test_nodes_sharing_a_working_directory_both_serve(self):
+        # On PostgreSQL the --data directory holds nothing of the ledger: a second node
+        # started from the same directory (two units on one host, both with the default
+        # ./var) was refused as "in use by another quell server or import".
+        twin = Node(self.url, self.key, data_dir=self.nodes[0].data)
+        self.addCleanup(twin.cleanup)  # its directory is node 0's: not removed
+        twin.start_node()
+        status, body, _ = twin.request("POST", "/v1/mitigations", {
+            "entity": "user:twin", "action": "block", "ttl": "1h", "reason": "twin"})
+        self.assertEqual(status, 201, body)
+        self.wait_converged([self.nodes[0], twin])
+        _, seen, _ = self.nodes[0].request("GET", "/v1/check?entity=user:twin")
+        self.assertEqual([m["id"] for m in seen["mitigations"]], [body["id"]])
 
     def test_a_write_on_node_a_is_seen_by_check_on_node_c(self):
         a, c = self.nodes[0], self.nodes[2]
