@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "obs/trace.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quell::cli {
@@ -67,6 +68,17 @@ absl::Status CheckSampleRatio(double r, std::string_view where) {
   return absl::OkStatus();
 }
 
+// An endpoint the exporter would refuse, named as the user gave it (the file's key or
+// the environment variable), not later by serve as "tracing.endpoint".
+absl::Status CheckEndpoint(const std::string& url, std::string_view where) {
+  if (url.empty()) return absl::OkStatus();
+  auto exporter = obs::OtlpHttpExporter::Create(url, {});
+  if (!exporter.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(AV(where), ": ", exporter.status().message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, TracingConfig* t) {
   if (!v.IsMap())
     return absl::InvalidArgumentError(absl::StrCat(path, ": tracing must be a mapping"));
@@ -74,6 +86,7 @@ absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, Traci
     const std::string key = it->first.as<std::string>();
     if (key == "endpoint") {
       t->endpoint = it->second.as<std::string>();
+      QUELL_RETURN_IF_ERROR(CheckEndpoint(t->endpoint, absl::StrCat(path, ": tracing.endpoint")));
     } else if (key == "sample_ratio") {
       t->sample_ratio = it->second.as<double>();
       QUELL_RETURN_IF_ERROR(
@@ -444,7 +457,10 @@ absl::Status ApplyEnvironment(Config* c) {
   if (const char* v = env("QUELL_DATA")) c->data = v;
   if (const char* v = env("QUELL_LOG_LEVEL")) c->log_level = v;
   if (const char* v = env("QUELL_NODE_NAME")) c->node_name = v;
-  if (const char* v = env("QUELL_TRACING_ENDPOINT")) c->tracing.endpoint = v;
+  if (const char* v = env("QUELL_TRACING_ENDPOINT")) {
+    c->tracing.endpoint = v;
+    QUELL_RETURN_IF_ERROR(CheckEndpoint(c->tracing.endpoint, "QUELL_TRACING_ENDPOINT"));
+  }
   if (const char* v = env("QUELL_TRACING_SAMPLE_RATIO")) {
     if (!absl::SimpleAtod(v, &c->tracing.sample_ratio)) {
       return absl::InvalidArgumentError("QUELL_TRACING_SAMPLE_RATIO must be a number in [0, 1]");

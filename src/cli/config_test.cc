@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "cli/flags.h"
 #include "gtest/gtest.h"
 
@@ -242,6 +243,11 @@ metrics: {enabled: false}
   auto typo = LoadConfigFile(WriteTemp("tracing: {endpiont: x}\n"), Config{});
   ASSERT_FALSE(typo.ok());
   EXPECT_NE(typo.status().message().find("tracing.endpiont"), absl::string_view::npos);
+  // An endpoint the exporter refuses is named where it was written.
+  auto https = LoadConfigFile(WriteTemp("tracing:\n  endpoint: https://h/v1/traces\n"), Config{});
+  ASSERT_FALSE(https.ok());
+  EXPECT_NE(https.status().message().find(": tracing.endpoint: "), absl::string_view::npos)
+      << https.status().message();
 
   setenv("QUELL_TRACING_ENDPOINT", "http://127.0.0.1:1/v1/traces", 1);
   setenv("QUELL_TRACING_SAMPLE_RATIO", "0.5", 1);
@@ -251,6 +257,12 @@ metrics: {enabled: false}
   EXPECT_DOUBLE_EQ(e.tracing.sample_ratio, 0.5);
   setenv("QUELL_TRACING_SAMPLE_RATIO", "-1", 1);
   EXPECT_FALSE(ApplyEnvironment(&e).ok());
+  setenv("QUELL_TRACING_SAMPLE_RATIO", "0.5", 1);
+  setenv("QUELL_TRACING_ENDPOINT", "127.0.0.1:4318", 1);  // no scheme
+  auto no_scheme = ApplyEnvironment(&e);
+  ASSERT_FALSE(no_scheme.ok());
+  EXPECT_TRUE(absl::StartsWith(no_scheme.message(), "QUELL_TRACING_ENDPOINT: "))
+      << no_scheme.message();
   unsetenv("QUELL_TRACING_ENDPOINT");
   unsetenv("QUELL_TRACING_SAMPLE_RATIO");
 }
