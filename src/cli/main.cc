@@ -36,6 +36,7 @@
 #include "cli/import_cmd.h"
 #include "cli/policy_cmd.h"
 #include "core/files.h"
+#include "core/net.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "grpc/grpc_server.h"
@@ -291,38 +292,10 @@ absl::Status ProbeListen(const std::string& host, int port) {
 // Whether a TCP connection to HOST:PORT opens within `timeout` (for a start-up warning:
 // a dependency the server can run without, but not as configured).
 absl::Status ProbeConnect(const std::string& host, int port, absl::Duration timeout) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  const std::string service = std::to_string(port);
-  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0) {
-    return absl::UnavailableError(::gai_strerror(rc));
-  }
-  absl::Status result = absl::UnavailableError("no address");
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) continue;
-    int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
-    if (rc != 0 && errno == EINPROGRESS) {
-      pollfd p{fd, POLLOUT, 0};
-      rc = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) == 1 ? 0 : -1;
-      int err = rc == 0 ? 0 : ETIMEDOUT;
-      socklen_t len = sizeof err;
-      if (rc == 0) (void)::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      errno = err;
-      rc = err == 0 ? 0 : -1;
-    }
-    const int err = errno;
-    ::close(fd);
-    if (rc == 0) {
-      result = absl::OkStatus();
-      break;
-    }
-    result = absl::UnavailableError(std::strerror(err));
-  }
-  ::freeaddrinfo(found);
-  return result;
+  absl::StatusOr<int> fd = core::ConnectTcp(host, port, absl::Now() + timeout);
+  if (!fd.ok()) return fd.status();
+  ::close(*fd);
+  return absl::OkStatus();
 }
 
 // First start with `policies: FILE` configured and nothing published yet: the file

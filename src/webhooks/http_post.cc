@@ -1,7 +1,6 @@
 #include "webhooks/http_post.h"
 
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/net.h"
 #include "core/status.h"
 #include "core/strings.h"
 
@@ -123,40 +123,9 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
                              const std::vector<std::pair<std::string, std::string>>& headers,
                              std::string_view body, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(url.port);
-  if (int rc = getaddrinfo(url.host.c_str(), port.c_str(), &hints, &found); rc != 0)
-    return absl::UnavailableError(absl::StrCat("resolve ", url.host, ": ", gai_strerror(rc)));
-  Fd sock;
-  absl::Status last = absl::UnavailableError("no address");
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    Fd s{socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol)};
-    if (s.fd < 0) continue;
-    int rc = connect(s.fd, a->ai_addr, a->ai_addrlen);
-    if (rc != 0 && errno != EINPROGRESS) {
-      last = absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
-      continue;
-    }
-    if (rc != 0) {
-      last = Wait(s.fd, POLLOUT, deadline, "connecting");
-      if (!last.ok()) continue;
-      int err = 0;
-      socklen_t len = sizeof(err);
-      getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0) {
-        last = absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
-        continue;
-      }
-    }
-    sock.fd = s.fd;
-    s.fd = -1;
-    break;
-  }
-  freeaddrinfo(found);
-  if (sock.fd < 0) return last;
+  absl::StatusOr<int> connected = core::ConnectTcp(url.host, url.port, deadline);
+  if (!connected.ok()) return connected.status();
+  Fd sock{*connected};
 
   // An IPv6 literal is bracketed in Host, as in the URL (RFC 9110 7.2).
   const bool v6 = url.host.find(':') != std::string::npos;

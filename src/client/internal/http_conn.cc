@@ -1,6 +1,5 @@
 #include "client/internal/http_conn.h"
 
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -15,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/net.h"
 #include "core/status.h"
 #include "core/strings.h"
 
@@ -79,46 +79,14 @@ void HttpConn::Close() {
 }
 
 absl::Status HttpConn::Connect(absl::Duration timeout) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  std::string port = std::to_string(endpoint_.port);
-  int rc = ::getaddrinfo(endpoint_.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("resolve ", endpoint_.host, ": ", ::gai_strerror(rc)));
-  }
-  absl::Status last = absl::UnavailableError("no address");
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    int fd =
-        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) continue;
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    int r = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
-    if (r != 0 && errno == EINPROGRESS) {
-      absl::Status w = WaitFd(fd, POLLOUT, timeout);
-      int err = 0;
-      socklen_t len = sizeof(err);
-      if (w.ok()) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      r = w.ok() && err == 0 ? 0 : -1;
-      if (w.ok() && err != 0) errno = err;
-      if (!w.ok()) last = absl::UnavailableError("connect timed out");
-    }
-    if (r == 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      fd_ = fd;
-      ::freeaddrinfo(res);
-      if (aborted_.load()) return absl::CancelledError("aborted");
-      return absl::OkStatus();
-    }
-    last = absl::UnavailableError(
-        absl::StrCat("connect ", endpoint_.host, ":", endpoint_.port, ": ", std::strerror(errno)));
-    ::close(fd);
-  }
-  ::freeaddrinfo(res);
-  return last;
+  absl::StatusOr<int> fd = core::ConnectTcp(endpoint_.host, endpoint_.port, absl::Now() + timeout);
+  if (!fd.ok()) return fd.status();
+  int one = 1;
+  ::setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  std::lock_guard<std::mutex> lock(mu_);
+  fd_ = *fd;
+  if (aborted_.load()) return absl::CancelledError("aborted");
+  return absl::OkStatus();
 }
 
 absl::Status HttpConn::SendAll(std::string_view data, absl::Duration timeout) {

@@ -1,7 +1,6 @@
 #include "obs/internal/http_client.h"
 
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/net.h"
 #include "core/strings.h"
 
 namespace quell::obs::internal {
@@ -53,55 +53,6 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline, std::string_view
       return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
     }
   }
-}
-
-absl::StatusOr<int> ConnectOne(const addrinfo* ai, absl::Time deadline) {
-  const int fd =
-      ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-  if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) return fd;
-  if (errno != EINPROGRESS) {
-    const int err = errno;
-    ::close(fd);
-    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
-  }
-  if (absl::Status s = WaitFor(fd, POLLOUT, deadline, "connecting"); !s.ok()) {
-    ::close(fd);
-    return s;
-  }
-  int err = 0;
-  socklen_t len = sizeof(err);
-  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err != 0) {
-    ::close(fd);
-    return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(err)));
-  }
-  return fd;
-}
-
-absl::StatusOr<int> Connect(const HttpUrl& url, absl::Time deadline) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  const std::string port = std::to_string(url.port);
-  // getaddrinfo has no timeout; numeric hosts (the usual collector address) never block.
-  const int rc = ::getaddrinfo(url.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) {
-    return absl::UnavailableError(absl::StrCat("resolve ", url.host, ": ", gai_strerror(rc)));
-  }
-  absl::Status last = absl::UnavailableError("no address");
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    absl::StatusOr<int> fd = ConnectOne(ai, deadline);
-    if (fd.ok()) {
-      ::freeaddrinfo(res);
-      return fd;
-    }
-    last = fd.status();
-    if (absl::IsDeadlineExceeded(last)) break;
-  }
-  ::freeaddrinfo(res);
-  return last;
 }
 
 absl::Status SendAll(int fd, std::string_view data, absl::Time deadline) {
@@ -208,7 +159,7 @@ absl::StatusOr<HttpResponse> HttpPost(const HttpUrl& url, std::string_view conte
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + request_timeout;
   const absl::Time connect_deadline = std::min(deadline, start + connect_timeout);
-  absl::StatusOr<int> connected = Connect(url, connect_deadline);
+  absl::StatusOr<int> connected = core::ConnectTcp(url.host, url.port, connect_deadline);
   if (!connected.ok()) return connected.status();
   Fd fd(*connected);
 

@@ -28,7 +28,8 @@ struct HttpResponse {
   std::string body;  // at most the first 64 KiB
 };
 
-//! POSTs `body`. The connect step gives up after `connect_timeout`, the whole exchange
+//! POSTs `body`. The connect step (name resolution included) gives up after
+//! `connect_timeout`, the whole exchange
 //! after `request_timeout`. Errors: kUnavailable (resolution, connection refused or
 //! reset, malformed reply), kDeadlineExceeded (a timeout).
 absl::StatusOr<HttpResponse> HttpPost(const HttpUrl& url, std::string_view content_type,

@@ -1,0 +1,128 @@
+#include "core/net.h"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace quell::core {
+namespace {
+
+struct AddrInfoFree {
+  void operator()(addrinfo* a) const {
+    if (a != nullptr) ::freeaddrinfo(a);
+  }
+};
+using AddrList = std::unique_ptr<addrinfo, AddrInfoFree>;
+
+// One resolution, shared by the caller and its helper thread: whichever leaves last
+// frees it (the caller may leave at its deadline, before the resolver answers).
+struct Resolution {
+  std::mutex mu;
+  std::condition_variable done_cv;
+  bool done = false;
+  int rc = 0;
+  AddrList list;
+};
+
+absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time deadline) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const std::string service = std::to_string(port);
+  // An address literal never asks a resolver: answered here at once.
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+  if (rc == 0) return AddrList(found);
+  if (rc != EAI_NONAME) {
+    return absl::UnavailableError(absl::StrCat("resolve ", host, ": ", ::gai_strerror(rc)));
+  }
+  if (deadline <= absl::Now()) {
+    return absl::DeadlineExceededError(absl::StrCat("timed out resolving ", host));
+  }
+  auto r = std::make_shared<Resolution>();
+  hints.ai_flags = AI_NUMERICSERV;
+  std::thread([r, host, service, hints] {
+    addrinfo* out = nullptr;
+    const int code = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &out);
+    std::lock_guard<std::mutex> lock(r->mu);
+    r->rc = code;
+    r->list.reset(out);
+    r->done = true;
+    r->done_cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(r->mu);
+  const absl::Duration left = deadline - absl::Now();
+  const bool answered =
+      left > absl::ZeroDuration() &&
+      r->done_cv.wait_for(lock, absl::ToChronoNanoseconds(left), [&] { return r->done; });
+  if (!answered && !r->done) {
+    return absl::DeadlineExceededError(absl::StrCat("timed out resolving ", host));
+  }
+  if (r->rc != 0) {
+    return absl::UnavailableError(absl::StrCat("resolve ", host, ": ", ::gai_strerror(r->rc)));
+  }
+  return std::move(r->list);
+}
+
+// Milliseconds left until `deadline` for poll(2): at least 1 while any time is left.
+int PollMillis(absl::Time deadline) {
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 60'000));
+}
+
+}  // namespace
+
+absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline) {
+  absl::StatusOr<AddrList> list = Resolve(host, port, deadline);
+  if (!list.ok()) return list.status();
+  const std::string where = absl::StrCat(host, ":", port);
+  absl::Status last = absl::UnavailableError(absl::StrCat("connect ", where, ": no address"));
+  for (const addrinfo* a = list->get(); a != nullptr; a = a->ai_next) {
+    const int fd =
+        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      last = absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
+      continue;
+    }
+    int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    if (err == EINPROGRESS) {
+      for (;;) {
+        const int ms = PollMillis(deadline);
+        if (ms == 0) {
+          ::close(fd);
+          return absl::DeadlineExceededError(absl::StrCat("timed out connecting to ", where));
+        }
+        pollfd p{fd, POLLOUT, 0};
+        const int n = ::poll(&p, 1, ms);
+        if (n > 0) break;
+        if (n < 0 && errno != EINTR) {
+          err = errno;
+          break;
+        }
+      }
+      if (err == EINPROGRESS) {
+        socklen_t len = sizeof(err);
+        if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      }
+    }
+    if (err == 0) return fd;
+    ::close(fd);
+    last = absl::UnavailableError(absl::StrCat("connect ", where, ": ", std::strerror(err)));
+  }
+  return last;
+}
+
+}  // namespace quell::core

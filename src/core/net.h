@@ -1,0 +1,30 @@
+// Opening a TCP connection to HOST:PORT within a deadline, name resolution included: the
+// one connect step of Quell's small HTTP clients (webhooks, OTLP export, the importer's
+// and mirror's client, serve's start-up probes).
+//
+// getaddrinfo has no timeout of its own: a resolver that does not answer would hold the
+// caller (a webhook delivery, an import) for as long as the system's resolver retries.
+// A name that is not an address literal is resolved on a helper thread that the call
+// stops waiting for at the deadline; the thread ends when the resolver answers.
+//
+// Thread-safety: thread-safe; each call has its own socket and resolution.
+#ifndef QUELL_CORE_NET_H_
+#define QUELL_CORE_NET_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace quell::core {
+
+//! A connected TCP socket to `host` (a name, an IPv4 or an IPv6 literal without brackets)
+//! on `port`, non-blocking and close-on-exec: every address `host` resolves to is tried in
+//! order until one connects. Errors: kUnavailable ("resolve HOST: ...", or the last
+//! address's "connect HOST:PORT: <reason>"), kDeadlineExceeded when `deadline` passes
+//! while resolving or connecting (the message says which).
+absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline);
+
+}  // namespace quell::core
+
+#endif  // QUELL_CORE_NET_H_

@@ -1,0 +1,79 @@
+#include "core/net.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace quell::core {
+namespace {
+
+// A loopback listener on a free port; `backlog` as listen(2)'s. Never accepts.
+struct Listener {
+  explicit Listener(int backlog) {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(fd, backlog), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~Listener() { ::close(fd); }
+  int fd = -1;
+  int port = 0;
+};
+
+absl::Time In(absl::Duration d) { return absl::Now() + d; }
+
+TEST(ConnectTcpTest, ConnectsToALiteralAndToAName) {
+  Listener l(16);
+  for (const char* host : {"127.0.0.1", "localhost"}) {
+    absl::StatusOr<int> fd = ConnectTcp(host, l.port, In(absl::Seconds(10)));
+    ASSERT_TRUE(fd.ok()) << host << ": " << fd.status();
+    ::close(*fd);
+  }
+}
+
+TEST(ConnectTcpTest, ARefusedPortIsUnavailableAndNamed) {
+  int port;
+  {
+    Listener l(1);
+    port = l.port;
+  }  // closed: nothing listens there now
+  absl::StatusOr<int> fd = ConnectTcp("127.0.0.1", port, In(absl::Seconds(10)));
+  ASSERT_EQ(fd.status().code(), absl::StatusCode::kUnavailable) << fd.status();
+  EXPECT_TRUE(absl::StartsWith(fd.status().message(), absl::StrCat("connect 127.0.0.1:", port)))
+      << fd.status();
+}
+
+// A listener whose accept queue is full drops new SYNs (Linux, tcp_abort_on_overflow=0):
+// the connect hangs, and the deadline ends it.
+TEST(ConnectTcpTest, AConnectThatHangsEndsAtTheDeadline) {
+  Listener l(0);
+  std::vector<int> held;
+  absl::StatusOr<int> fd;
+  for (int i = 0; i < 8; ++i) {  // fill the queue; the first that does not connect is it
+    fd = ConnectTcp("127.0.0.1", l.port, In(absl::Milliseconds(300)));
+    if (!fd.ok()) break;
+    held.push_back(*fd);
+  }
+  for (int h : held) ::close(h);
+  ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
+  EXPECT_EQ(fd.status().message(), absl::StrCat("timed out connecting to 127.0.0.1:", l.port));
+}
+
+TEST(ConnectTcpTest, ANameIsNotResolvedPastTheDeadline) {
+  absl::StatusOr<int> fd = ConnectTcp("localhost", 80, absl::Now() - absl::Seconds(1));
+  ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
+  EXPECT_EQ(fd.status().message(), "timed out resolving localhost");
+}
+
+}  // namespace
+}  // namespace quell::core
