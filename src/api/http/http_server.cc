@@ -101,12 +101,18 @@ class RequestParser final : public bhttp::basic_parser<true> {
     auto& header = request_->headers.emplace_back(std::string(name.data(), name.size()),
                                                   std::string(value.data(), value.size()));
     absl::AsciiStrToLower(&header.first);
+    if (field == bhttp::field::transfer_encoding) saw_transfer_encoding_ = true;
     if (field == bhttp::field::expect &&
         absl::EqualsIgnoreCase(absl::string_view(value.data(), value.size()), "100-continue")) {
       expect_continue_ = true;
     }
   }
-  void on_header_impl(error_code&) override {}
+  // A Transfer-Encoding whose last coding is not chunked leaves a request's body with no
+  // framing (RFC 9112 6.3): Beast would read it as the next request on the connection,
+  // which a proxy in front may frame differently (request smuggling). 400, then close.
+  void on_header_impl(error_code& ec) override {
+    if (saw_transfer_encoding_ && !chunked()) ec = bhttp::error::bad_transfer_encoding;
+  }
   void on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) override {
     // Beast has already checked the length against body_limit.
     if (length) request_->body.reserve(static_cast<size_t>(*length));
@@ -124,6 +130,7 @@ class RequestParser final : public bhttp::basic_parser<true> {
 
   Request* request_;
   bool expect_continue_ = false;
+  bool saw_transfer_encoding_ = false;
 };
 
 // (This abseil's string_view is not std::string_view.)

@@ -380,6 +380,14 @@ TEST(HttpServerTest, GarbageGets400AndClose) {
         std::string("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
         std::string("POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
                     "0\r\n\r\n"),
+        // A coding other than chunked last: no framing the server can tell, so the body
+        // would be read as the next request (RFC 9112 6.3: 400 and close).
+        std::string("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"
+                    "GET /smuggled HTTP/1.1\r\n\r\n"),
+        std::string("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                    "GET /smuggled HTTP/1.1\r\n\r\n"),
+        std::string("POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"
+                    "GET /smuggled HTTP/1.1\r\n\r\n"),
         std::string(kTlsHello, sizeof(kTlsHello) - 1)}) {
     Client client((*server)->port());
     ASSERT_TRUE(client.Send(garbage));
