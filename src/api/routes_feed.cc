@@ -31,6 +31,11 @@ bool FailCursorAhead(Context& ctx, Call& call, int64_t after) {
 void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time deadline,
                   bool first) {
   ctx.OffLoop(std::move(call), [&ctx, after, limit, deadline, first](Call& call) {
+    // Woken by a commit or the deadline: the key is checked again, so one revoked while
+    // the poll waited gets no change written after its revocation (as gRPC's Watch).
+    if (!first && !ctx.deps.keys->AuthenticateBearer(call.req.Header("authorization")).ok()) {
+      return call.Fail(ApiError::Unauthenticated());
+    }
     auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, limit);
     if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
     if (changes->empty() && first && FailCursorAhead(ctx, call, after)) return;

@@ -401,6 +401,27 @@ class ApiTest(unittest.TestCase):
         # None of it wrote anything.
         self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
 
+    def test_a_long_poll_ends_when_its_key_is_revoked(self):
+        # A revoked key's parked /v1/changes poll was answered with the changes written
+        # after the revocation (for up to `wait`, 60 s at most); now 401, as any request.
+        status, k, _ = self.q.request("POST", "/v1/keys", {"role": "enforcer", "name": "feed"})
+        self.assertEqual(status, 201, k)
+        head = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]
+        result = {}
+
+        def poll():
+            result["resp"] = self.q.request("GET", "/v1/changes?after=%d&wait=20" % head,
+                                            key=k["key"])
+
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.2)  # let the poll park (if it has not, it is refused as it arrives)
+        self.assertEqual(self.q.request("DELETE", "/v1/keys/" + k["id"])[0], 200)
+        self.create("device:after-revoke", action="throttle")
+        t.join(30)
+        status, body, _ = result["resp"]
+        self.assertEqual(status, 401, body)
+
     def test_change_feed_long_poll_and_snapshot(self):
         start = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]
         result = {}
