@@ -59,14 +59,25 @@ DetectionIntake::Validated DetectionIntake::Validate(
                         known->UnknownDetectionTypeError(d->type)});
       d = absl::InvalidArgumentError("unknown type");
     }
-    if (!d.ok()) {
-      item.rejected_reply = RejectedReply(i, errors, values[i]);
-      continue;
+    // The source as given decides, valid item or not: a foreign item refuses the whole
+    // request even when it is also invalid (rejected alone, it let the rest apply).
+    std::string_view source;
+    if (d.ok()) {
+      source = d->source;
+    } else if (values[i]->IsObject()) {
+      auto it = values[i]->FindMember("source");
+      if (it != values[i]->MemberEnd() && it->value.IsString()) {
+        source = std::string_view(it->value.GetString(), it->value.GetStringLength());
+      }
     }
-    if (!who.MaySubmitAs(d->source)) {
+    if ((d.ok() || !source.empty()) && !who.MaySubmitAs(source)) {
       out.forbidden.push_back(
           {paths[i].empty() ? "source" : absl::StrCat(paths[i], ".source"),
-           absl::StrCat("this key may not submit as source \"", d->source, "\"")});
+           absl::StrCat("this key may not submit as source \"", AV(source), "\"")});
+      continue;
+    }
+    if (!d.ok()) {
+      item.rejected_reply = RejectedReply(i, errors, values[i]);
       continue;
     }
     item.detection = *std::move(d);

@@ -243,6 +243,14 @@ class DetectionsTest(unittest.TestCase):
                                               det("k-4", "user:k4", source="other")]}, key=key)
         self.assertEqual(s, 403)
         self.assertEqual(self.check("user:k3")["verdict"], "allow")  # nothing half-applied
+        # A foreign item that is also invalid (a score out of range) is still foreign: it
+        # was rejected alone, and the key's own items before it applied.
+        bad = det("k-7", "user:k7", source="other")
+        bad["score"] = 7
+        s, e, _ = self.submit({"detections": [det("k-6", "user:k6"), bad]}, key=key)
+        self.assertEqual(s, 403, e)
+        self.assertEqual(e["error"]["details"][0]["field"], "detections[1].source")
+        self.assertEqual(self.check("user:k6")["verdict"], "allow")
         enforcer = self.q.create_key("enforcer")
         self.assertEqual(self.submit(det("k-5", "user:k5"), key=enforcer)[0], 403)
 
