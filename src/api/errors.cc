@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 
 namespace quell::api {
 
@@ -71,19 +72,30 @@ ApiError ApiError::FromStatus(const absl::Status& s) {
   }
 }
 
+namespace {
+
+// Messages may quote what a client sent (a percent-decoded path, a name): bytes that are
+// not UTF-8 become U+FFFD, so the body stays JSON a client can decode.
+void AppendText(std::string_view s, std::string* out) {
+  if (!core::FindInvalidUtf8(s)) return core::AppendJsonString(s, out);
+  core::AppendJsonString(core::ReplaceInvalidUtf8(s), out);
+}
+
+}  // namespace
+
 std::string ErrorJson(const ApiError& e) {
   std::string out = "{\"error\":{\"code\":";
   core::AppendJsonString(e.code, &out);
   out += ",\"message\":";
-  core::AppendJsonString(e.message, &out);
+  AppendText(e.message, &out);
   if (!e.details.empty()) {
     out += ",\"details\":[";
     for (size_t i = 0; i < e.details.size(); ++i) {
       if (i) out += ',';
       out += "{\"field\":";
-      core::AppendJsonString(e.details[i].field, &out);
+      AppendText(e.details[i].field, &out);
       out += ",\"message\":";
-      core::AppendJsonString(e.details[i].message, &out);
+      AppendText(e.details[i].message, &out);
       out += '}';
     }
     out += ']';

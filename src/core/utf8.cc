@@ -54,4 +54,15 @@ std::optional<size_t> FindInvalidUtf8(std::string_view s) {
   return std::nullopt;
 }
 
+std::string ReplaceInvalidUtf8(std::string_view s) {
+  std::string out;
+  while (std::optional<size_t> bad = FindInvalidUtf8(s)) {
+    out.append(s.data(), *bad);
+    out += "\xef\xbf\xbd";  // U+FFFD
+    s.remove_prefix(*bad + 1);
+  }
+  out.append(s.data(), s.size());
+  return out;
+}
+
 }  // namespace quell::core

@@ -8,12 +8,17 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace quell::core {
 
 //! The byte offset of the first invalid UTF-8 sequence in `s`, or nullopt.
 std::optional<size_t> FindInvalidUtf8(std::string_view s);
+
+//! `s` with each byte that starts no valid sequence replaced by U+FFFD: for echoing
+//! untrusted bytes (a percent-decoded path) into text that must be UTF-8 (JSON).
+std::string ReplaceInvalidUtf8(std::string_view s);
 
 //! Whether `s` holds a control character (C0, 0x00-0x1f, or DEL) other than those in
 //! `allowed`: the one rule for names and ids people read (detection ids and sources, key

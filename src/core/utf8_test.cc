@@ -16,6 +16,14 @@ TEST(Utf8Test, FindsTheFirstInvalidSequence) {
             8u);  // above U+10FFFF, after the fast path
 }
 
+TEST(Utf8Test, ReplacesEachInvalidByte) {
+  EXPECT_EQ(ReplaceInvalidUtf8("caf\xc3\xa9"), "caf\xc3\xa9");
+  EXPECT_EQ(ReplaceInvalidUtf8("a\xff\"b"), "a\xef\xbf\xbd\"b");
+  EXPECT_EQ(ReplaceInvalidUtf8("\xc0\xaf"), "\xef\xbf\xbd\xef\xbf\xbd");  // overlong
+  EXPECT_EQ(ReplaceInvalidUtf8("ok\xc3"), "ok\xef\xbf\xbd");              // truncated
+  EXPECT_FALSE(FindInvalidUtf8(ReplaceInvalidUtf8("\xed\xa0\x80\xf5")).has_value());
+}
+
 TEST(ControlCharacters, C0AndDelUnlessAllowed) {
   EXPECT_FALSE(HasControlCharacter("plain text, \xc3\xa9 too"));
   EXPECT_TRUE(HasControlCharacter(std::string_view("a\0b", 3)));

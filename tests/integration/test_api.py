@@ -401,6 +401,23 @@ class ApiTest(unittest.TestCase):
         # None of it wrote anything.
         self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
 
+    def test_error_bodies_are_utf8_whatever_the_path_decodes_to(self):
+        # A percent-encoded path that decodes to bytes that are not UTF-8 was echoed
+        # into the error message as is: the JSON body could not be decoded (RFC 8259).
+        for path in ("/v1/%ff%22x", "/v1/mitigations/m_%ff%fe", "/v1/lists/%c0%af"):
+            c = self.q.connection()
+            try:
+                c.request("GET", path, headers={"Authorization": "Bearer " + self.q.admin_key})
+                r = c.getresponse()
+                status, data = r.status, r.read()
+            finally:
+                c.close()
+            self.assertIn(status, (400, 404), data)
+            body = json.loads(data.decode("utf-8"))  # strict: raises on a bad byte
+            self.assertIn("\ufffd", body["error"]["message"] +
+                          "".join(d["message"] + d["field"] for d in body["error"].get(
+                              "details", [])), body)
+
     def test_a_long_poll_ends_when_its_key_is_revoked(self):
         # A revoked key's parked /v1/changes poll was answered with the changes written
         # after the revocation (for up to `wait`, 60 s at most); now 401, as any request.
