@@ -1,5 +1,6 @@
 #include "api/detection_codec.h"
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/json_reader.h"
 #include "core/mitigation.h"
@@ -24,6 +25,30 @@ bool ValidType(std::string_view t) {
 // 1 to `max` bytes, no control character.
 bool ValidName(std::string_view s, size_t max = 128) {
   return !s.empty() && s.size() <= max && !core::HasControlCharacter(s);
+}
+
+// The path below `v` ("a", "a.b", "a[2].c") of the first key an object in it holds twice,
+// or empty. Which of the two counts is not to be guessed: the policy engine read the
+// first, most JSON libraries (a reviewer's tool) keep the last.
+std::string RepeatedKey(const rapidjson::Value& v) {
+  if (v.IsArray()) {
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+      std::string below = RepeatedKey(v[i]);
+      if (!below.empty()) return absl::StrCat("[", i, "]", below.front() == '[' ? "" : ".", below);
+    }
+  }
+  if (!v.IsObject()) return {};
+  absl::flat_hash_set<std::string_view> keys;
+  keys.reserve(v.MemberCount());
+  for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
+    std::string_view key(it->name.GetString(), it->name.GetStringLength());
+    if (!keys.insert(key).second) return std::string(key.empty() ? "\"\"" : key);
+    std::string below = RepeatedKey(it->value);
+    if (!below.empty()) {
+      return absl::StrCat(AV(key), below.front() == '[' ? "" : ".", below);
+    }
+  }
+  return {};
 }
 
 }  // namespace
@@ -108,6 +133,8 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
       evidence->Accept(w);
       if (buf.GetSize() > limits.max_evidence_bytes) {
         r.Fail("evidence", absl::StrCat("must be at most ", limits.max_evidence_bytes, " bytes"));
+      } else if (std::string twice = RepeatedKey(*evidence); !twice.empty()) {
+        r.Fail(absl::StrCat("evidence.", twice), "given twice");
       } else {
         d.evidence_json.assign(buf.GetString(), buf.GetSize());
       }

@@ -1,6 +1,8 @@
 #include "importer/row_decoder.h"
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -43,6 +45,25 @@ TEST(RowDecoderTest, JsonRowErrorsNameTheField) {
   d = DecodeJsonRow(std::string(200000, '[') + std::string(200000, ']'), {});
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.status().message(), "JSON nested deeper than 100 levels at byte 101");
+}
+
+// A key repeated anywhere in evidence is refused, as at the top level: the policy engine
+// read the first value, a reviewer's JSON tool shows the last.
+TEST(RowDecoderTest, EvidenceKeyGivenTwice) {
+  const std::string head = R"({"id":"d1","source":"s","type":"t","entity":"user:u1","score":0.9,)"
+                           R"("observed_at":"2024-05-01T10:00:00Z","evidence":)";
+  for (const auto& [evidence, path] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"k":1,"k":2})", "evidence.k"},
+           {R"({"a":{"b":[{"c":1},{"c":1,"c":2}]}})", "evidence.a.b[1].c"},
+           {R"({"":1,"":2})", R"(evidence."")"}}) {
+    auto d = DecodeJsonRow(head + evidence + "}", {});
+    ASSERT_FALSE(d.ok()) << evidence;
+    EXPECT_NE(std::string(d.status().message()).find(path + ": given twice"), std::string::npos)
+        << d.status();
+  }
+  // The same key in two objects is no repeat.
+  auto d = DecodeJsonRow(head + R"({"a":{"k":1},"b":{"k":1}})" + "}", {});
+  EXPECT_TRUE(d.ok()) << d.status();
 }
 
 TEST(RowDecoderTest, InvalidUtf8) {
