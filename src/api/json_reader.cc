@@ -25,8 +25,11 @@ std::optional<ApiError> ParseJsonBody(std::string_view body, rapidjson::Document
   }
   // kParseValidateEncodingFlag: invalid UTF-8 is a syntax error, not stored bytes.
   // Trailing content after the value is an error ("root not singular"). Byte offsets in
-  // messages count from 1, as the importer's do.
-  doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
+  // messages count from 1, as the importer's do. kParseFullPrecisionFlag: a number is the
+  // double nearest its decimal text (the fast path put 0.99999999999999999 above 1, while
+  // 1.000000000000000000000000001 came out 1), as strtod and other JSON libraries read it.
+  doc->Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseFullPrecisionFlag>(
+      body.data(), body.size());
   if (doc->HasParseError()) {
     return ApiError::InvalidArgument(
         absl::StrCat("malformed JSON at byte ", doc->GetErrorOffset() + 1, ": ",

@@ -106,7 +106,7 @@ absl::StatusOr<engine::Detection> DecodeJsonRow(std::string_view text,
   QUELL_RETURN_IF_ERROR(CheckRowUtf8(text));
   QUELL_RETURN_IF_ERROR(CheckJsonDepth(text, ""));
   rapidjson::Document doc;
-  doc.Parse(text.data(), text.size());
+  doc.Parse<rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());  // as the API reads
   if (doc.HasParseError()) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid JSON at byte ", doc.GetErrorOffset() + 1, ": ",
@@ -227,7 +227,7 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
       if (v.empty()) continue;
       QUELL_RETURN_IF_ERROR(CheckJsonDepth(v, "evidence: "));
       rapidjson::Document ev(&a);
-      ev.Parse(v.data(), v.size());
+      ev.Parse<rapidjson::kParseFullPrecisionFlag>(v.data(), v.size());
       if (ev.HasParseError()) {
         return absl::InvalidArgumentError(
             absl::StrCat("evidence: not valid JSON at byte ", ev.GetErrorOffset() + 1, ": ",

@@ -66,6 +66,16 @@ TEST(RowDecoderTest, EvidenceKeyGivenTwice) {
   EXPECT_TRUE(d.ok()) << d.status();
 }
 
+// A number is the double nearest its text: 0.99999999999999999 is 1 (in range), as
+// strtod, Python and the CSV path read it; rapidjson's fast path made it 1.0000000000000002.
+TEST(RowDecoderTest, ScoresAreReadAtFullPrecision) {
+  std::string row = kRow;
+  row.replace(row.find("0.95"), 4, "0.99999999999999999");
+  auto d = DecodeJsonRow(row, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->score, 1.0);
+}
+
 TEST(RowDecoderTest, InvalidUtf8) {
   std::string row = kRow;
   row.insert(row.begin() + 20, '\xfe');

@@ -128,7 +128,8 @@ bool JsonMapArena::Parse(std::string_view json, policy::MapView* out) {
   JsonMapHandler handler(*this);
   rapidjson::Reader reader;
   rapidjson::InsituStringStream stream(buffer_.data());  // buffer_ is NUL-terminated
-  constexpr unsigned kFlags = rapidjson::kParseInsituFlag | rapidjson::kParseIterativeFlag;
+  constexpr unsigned kFlags = rapidjson::kParseInsituFlag | rapidjson::kParseIterativeFlag |
+                              rapidjson::kParseFullPrecisionFlag;  // as the API reads numbers
   rapidjson::ParseResult r = reader.Parse<kFlags>(stream, handler);
   if (r.IsError() || !done_) return false;
   *out = root_;
