@@ -61,6 +61,11 @@ absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> CatalogFromNode(const
   return core::ActionCatalog::Create(std::move(actions));
 }
 
+// FILE:LINE of a node (a key, or a value on its key's line): what an error about it names.
+std::string KeyAt(const std::string& file, const YAML::Node& node) {
+  return absl::StrCat(file, ":", node.Mark().line + 1);
+}
+
 absl::Status CheckSampleRatio(double r, std::string_view where) {
   if (!(r >= 0 && r <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(AV(where), " must be a number in [0, 1]"));
@@ -81,26 +86,27 @@ absl::Status CheckEndpoint(const std::string& url, std::string_view where) {
 
 absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, TracingConfig* t) {
   if (!v.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tracing must be a mapping"));
+    return absl::InvalidArgumentError(absl::StrCat(KeyAt(path, v), ": tracing must be a mapping"));
   for (auto it = v.begin(); it != v.end(); ++it) {
     const std::string key = it->first.as<std::string>();
+    const std::string at = KeyAt(path, it->first);
     if (key == "endpoint") {
       t->endpoint = it->second.as<std::string>();
-      QUELL_RETURN_IF_ERROR(CheckEndpoint(t->endpoint, absl::StrCat(path, ": tracing.endpoint")));
+      QUELL_RETURN_IF_ERROR(CheckEndpoint(t->endpoint, absl::StrCat(at, ": tracing.endpoint")));
     } else if (key == "sample_ratio") {
       t->sample_ratio = it->second.as<double>();
       QUELL_RETURN_IF_ERROR(
-          CheckSampleRatio(t->sample_ratio, absl::StrCat(path, ": tracing.sample_ratio")));
+          CheckSampleRatio(t->sample_ratio, absl::StrCat(at, ": tracing.sample_ratio")));
     } else if (key == "enabled") {
       t->enabled = it->second.as<bool>();
     } else if (key == "max_queue_spans") {
       t->max_queue_spans = it->second.as<int>();
       if (t->max_queue_spans < 1) {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ": tracing.max_queue_spans must be positive"));
+            absl::StrCat(at, ": tracing.max_queue_spans must be positive"));
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"tracing.", key, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"tracing.", key, "\""));
     }
   }
   return absl::OkStatus();
@@ -164,11 +170,13 @@ absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, std::
                              const std::vector<DurationKey>& durations, const IntKey& int_key,
                              const std::function<void(int64_t)>& set_int) {
   if (!v.IsMap()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", AV(name), " must be a mapping"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(KeyAt(path, v), ": ", AV(name), " must be a mapping"));
   }
   for (auto m = v.begin(); m != v.end(); ++m) {
     const std::string k = m->first.as<std::string>();
-    const std::string where = absl::StrCat(path, ": ", AV(name), ".", k);
+    const std::string at = KeyAt(path, m->first);
+    const std::string where = absl::StrCat(at, ": ", AV(name), ".", k);
     if (!m->second.IsScalar()) {
       return absl::InvalidArgumentError(absl::StrCat(where, " must be a single value"));
     }
@@ -186,7 +194,7 @@ absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, std::
     }
     if (!known) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": unknown key \"", AV(name), ".", k, "\""));
+          absl::StrCat(at, ": unknown key \"", AV(name), ".", k, "\""));
     }
   }
   return absl::OkStatus();
@@ -245,49 +253,50 @@ absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c) {
 namespace {
 absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, CountersConfig* c) {
   if (!v.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(path, ": counters must be a mapping"));
+    return absl::InvalidArgumentError(absl::StrCat(KeyAt(path, v), ": counters must be a mapping"));
   std::optional<std::string> backend;
   for (auto m = v.begin(); m != v.end(); ++m) {
     std::string k = m->first.as<std::string>();
+    const std::string at = KeyAt(path, m->first);
     const YAML::Node x = m->second;  // a copy: m->second is a member of a temporary proxy
     if (k == "backend") {
       backend = x.as<std::string>();
       if (*backend != "memory" && *backend != "redis") {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ": counters.backend must be memory or redis"));
+            absl::StrCat(at, ": counters.backend must be memory or redis"));
       }
     } else if (k == "redis") {
       if (auto s = ParseRedisUrl(x.as<std::string>(), c); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": counters.redis: ", s.message()));
+        return absl::InvalidArgumentError(absl::StrCat(at, ": counters.redis: ", s.message()));
       }
     } else if (k == "on_error") {
       std::string e = x.as<std::string>();
       if (e != "fail_open" && e != "fail_closed") {
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ": counters.on_error must be fail_open or fail_closed"));
+            absl::StrCat(at, ": counters.on_error must be fail_open or fail_closed"));
       }
       c->fail_closed = e == "fail_closed";
     } else if (k == "lateness") {
       auto d = core::ParseDuration(x.as<std::string>());
       if (!d.ok())
         return absl::InvalidArgumentError(
-            absl::StrCat(path, ": counters.lateness: ", d.status().message()));
+            absl::StrCat(at, ": counters.lateness: ", d.status().message()));
       c->lateness = *d;
     } else if (k == "max_keys") {
       c->max_keys = x.as<int64_t>();
       if (c->max_keys <= 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": counters.max_keys must be positive"));
+        return absl::InvalidArgumentError(absl::StrCat(at, ": counters.max_keys must be positive"));
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"counters.", k, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"counters.", k, "\""));
     }
   }
   if (backend) c->redis = *backend == "redis";
   return absl::OkStatus();
 }
 // One top-level key of a configuration file. `path` is the file, `at` FILE:LINE of the
-// key, which errors name. YAML::Exception (a value of the wrong type) propagates.
+// key, which errors about it name; an error about a key inside its section names that
+// key's line. YAML::Exception (a value of the wrong type) propagates.
 absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std::string& path,
                          const std::string& at, Config* c) {
   if (key == "listen") {
@@ -312,22 +321,24 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     for (auto m = v.begin(); m != v.end(); ++m) {
       const std::string k = m->first.as<std::string>();
       if (k != "synchronous" && k != "entity_cache_mib") {
-        return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"store.", k, "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat(KeyAt(path, m->first), ": unknown key \"store.", k, "\""));
       }
     }
     if (v["entity_cache_mib"]) {
       const int64_t n = v["entity_cache_mib"].as<int64_t>();
       if (n < 0 || n > (int64_t{1} << 20)) {
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": store.entity_cache_mib must be a number of MiB in [0, 1048576]"));
+            absl::StrCat(KeyAt(path, v["entity_cache_mib"]),
+                         ": store.entity_cache_mib must be a number of MiB in [0, 1048576]"));
       }
       c->entity_cache_mib = static_cast<size_t>(n);
     }
     if (v["synchronous"]) {
       std::string s = v["synchronous"].as<std::string>();
       if (s != "full" && s != "normal") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(at, ": store.synchronous must be full or normal"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            KeyAt(path, v["synchronous"]), ": store.synchronous must be full or normal"));
       }
       c->synchronous_full = s == "full";
     }
@@ -339,7 +350,8 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
       const std::string k = m->first.as<std::string>();
       if (k != "max_body_bytes" && k != "access_log" && k != "read_timeout" &&
           k != "idle_timeout" && k != "shutdown_grace") {
-        return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"http.", k, "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat(KeyAt(path, m->first), ": unknown key \"http.", k, "\""));
       }
     }
     if (v["max_body_bytes"]) c->max_body_bytes = v["max_body_bytes"].as<size_t>();
@@ -351,7 +363,7 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
       auto d = core::ParseDuration(v[name].as<std::string>());
       if (!d.ok())
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": http.", name, ": ", d.status().message()));
+            absl::StrCat(KeyAt(path, v[name]), ": http.", name, ": ", d.status().message()));
       *field = *d;
     }
   } else if (key == "detections") {
@@ -361,26 +373,27 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     }
     for (auto m = v.begin(); m != v.end(); ++m) {
       if (m->first.as<std::string>() != "retention") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(at, ": unknown key \"detections.", m->first.as<std::string>(), "\""));
+        return absl::InvalidArgumentError(absl::StrCat(KeyAt(path, m->first),
+                                                       ": unknown key \"detections.",
+                                                       m->first.as<std::string>(), "\""));
       }
       auto d = core::ParseDuration(m->second.as<std::string>());
       if (!d.ok())
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": detections.retention: ", d.status().message()));
+            absl::StrCat(KeyAt(path, m->first), ": detections.retention: ", d.status().message()));
       c->detection_retention = *d;
     }
   } else if (key == "counters") {
-    QUELL_RETURN_IF_ERROR(CountersFromNode(v, at, &c->counters));
+    QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, &c->counters));
   } else if (key == "tracing") {
-    QUELL_RETURN_IF_ERROR(TracingFromNode(v, at, &c->tracing));
+    QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c->tracing));
   } else if (key == "safeguards") {
-    QUELL_RETURN_IF_ERROR(SectionFromNode(v, at, "safeguards", SafeguardDurations(&c->safeguards),
+    QUELL_RETURN_IF_ERROR(SectionFromNode(v, path, "safeguards", SafeguardDurations(&c->safeguards),
                                           kBulkThreshold,
                                           [&](int64_t n) { c->safeguards.bulk_threshold = n; }));
   } else if (key == "webhooks") {
     QUELL_RETURN_IF_ERROR(
-        SectionFromNode(v, at, "webhooks", WebhookDurations(&c->webhooks), kMaxAttempts,
+        SectionFromNode(v, path, "webhooks", WebhookDurations(&c->webhooks), kMaxAttempts,
                         [&](int64_t n) { c->webhooks.max_attempts = static_cast<int>(n); }));
   } else if (key == "node") {
     c->node_name = v.as<std::string>();
@@ -391,8 +404,8 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     }
     for (auto m = v.begin(); m != v.end(); ++m) {
       if (m->first.as<std::string>() != "enabled") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(at, ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
+        return absl::InvalidArgumentError(absl::StrCat(
+            KeyAt(path, m->first), ": unknown key \"metrics.", m->first.as<std::string>(), "\""));
       }
       c->metrics_enabled = m->second.as<bool>();
     }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -68,6 +69,22 @@ TEST(ConfigTest, ErrorsNameTheFileAndLine) {
   auto actions = LoadConfigFile(actions_path, Config{});
   ASSERT_FALSE(actions.ok());
   EXPECT_EQ(actions.status().message(), actions_path + ":2: actions[0]: unknown key verdit");
+  // Inside a section, the key's own line, not the section's.
+  for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
+           {"listen: x\nhttp:\n  access_log: true\n  bogus: 1\n", ":4: unknown key \"http.bogus\""},
+           {"safeguards:\n  pendng_ttl: 1d\n", ":2: unknown key \"safeguards.pendng_ttl\""},
+           {"webhooks:\n  timeout: 5s\n  poll: 0s\n", ":3: webhooks.poll: "},
+           {"store:\n  entity_cache_mib: 1\n  synchronous: sometimes\n", ":3: store.synchronous"},
+           {"counters:\n  backend: memory\n  max_keys: 0\n", ":3: counters.max_keys"},
+           {"tracing:\n  sample_ratio: 0.5\n  endpiont: x\n",
+            ":3: unknown key \"tracing.endpiont\""},
+           {"detections:\n\n  retention: forever\n", ":3: detections.retention: "},
+           {"http:\n  read_timeout: 5s\n  idle_timeout: soon\n", ":3: http.idle_timeout: "}}) {
+    const std::string path = WriteTemp(text);
+    auto bad = LoadConfigFile(path, Config{});
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_TRUE(absl::StartsWith(bad.status().message(), path + want)) << bad.status().message();
+  }
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {

@@ -129,7 +129,9 @@ flags:
   --help            this text
 
 create prints the key (shown once); list prints id, role, sources, created, status, name.
-exit status: 0 ok; 1 failed (no ledger there, unknown id, the last admin key); 2 bad usage.
+revoke may revoke the last active admin key (the API refuses that with a 409): whoever
+can reach the store can create another with `keys create --role admin`.
+exit status: 0 ok; 1 failed (no ledger there, unknown id); 2 bad usage.
 )";
 
 constexpr char kAuditHelp[] = R"(usage: quell audit verify [flags]
