@@ -1,6 +1,7 @@
 #include "api/detection_intake.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -60,20 +61,29 @@ DetectionIntake::Validated DetectionIntake::Validate(
       d = absl::InvalidArgumentError("unknown type");
     }
     // The source as given decides, valid item or not: a foreign item refuses the whole
-    // request even when it is also invalid (rejected alone, it let the rest apply).
-    std::string_view source;
-    if (d.ok()) {
-      source = d->source;
-    } else if (values[i]->IsObject()) {
-      auto it = values[i]->FindMember("source");
-      if (it != values[i]->MemberEnd() && it->value.IsString()) {
-        source = std::string_view(it->value.GetString(), it->value.GetStringLength());
+    // request even when it is also invalid (rejected alone, it let the rest apply), and
+    // so does any of a repeated "source" (the item is invalid for the repeat too).
+    std::optional<std::string_view> foreign;
+    if (values[i]->IsObject()) {
+      for (auto m = values[i]->MemberBegin(); m != values[i]->MemberEnd() && !foreign; ++m) {
+        if (!m->value.IsString() ||
+            std::string_view(m->name.GetString(), m->name.GetStringLength()) != "source") {
+          continue;
+        }
+        std::string_view given(m->value.GetString(), m->value.GetStringLength());
+        if (!who.MaySubmitAs(given)) foreign = given;
       }
     }
-    if ((d.ok() || !source.empty()) && !who.MaySubmitAs(source)) {
-      out.forbidden.push_back(
-          {paths[i].empty() ? "source" : absl::StrCat(paths[i], ".source"),
-           absl::StrCat("this key may not submit as source \"", AV(source), "\"")});
+    if (foreign) {
+      // Quoted up to 128 bytes (a source's longest), cut on a character boundary.
+      std::string_view shown = foreign->substr(0, 128);
+      while (shown.size() < foreign->size() && !shown.empty() &&
+             (static_cast<unsigned char>((*foreign)[shown.size()]) & 0xC0) == 0x80) {
+        shown.remove_suffix(1);
+      }
+      out.forbidden.push_back({paths[i].empty() ? "source" : absl::StrCat(paths[i], ".source"),
+                               absl::StrCat("this key may not submit as source \"", AV(shown),
+                                            shown.size() < foreign->size() ? "...\"" : "\"")});
       continue;
     }
     if (!d.ok()) {

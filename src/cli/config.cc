@@ -12,7 +12,6 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
-#include "obs/trace.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quell::cli {
@@ -73,40 +72,33 @@ absl::Status CheckSampleRatio(double r, std::string_view where) {
   return absl::OkStatus();
 }
 
-// An endpoint the exporter would refuse, named as the user gave it (the file's key or
-// the environment variable), not later by serve as "tracing.endpoint".
-absl::Status CheckEndpoint(const std::string& url, std::string_view where) {
-  if (url.empty()) return absl::OkStatus();
-  auto exporter = obs::OtlpHttpExporter::Create(url, {});
-  if (!exporter.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(AV(where), ": ", exporter.status().message()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, TracingConfig* t) {
+// `path`: the file; `at`: FILE:LINE of the section's key (an empty section's null value
+// sits at the next key's line), which errors about the section itself name.
+absl::Status TracingFromNode(const YAML::Node& v, const std::string& path, const std::string& at,
+                             TracingConfig* t) {
   if (!v.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(KeyAt(path, v), ": tracing must be a mapping"));
+    return absl::InvalidArgumentError(absl::StrCat(at, ": tracing must be a mapping"));
   for (auto it = v.begin(); it != v.end(); ++it) {
     const std::string key = it->first.as<std::string>();
-    const std::string at = KeyAt(path, it->first);
+    const std::string key_at = KeyAt(path, it->first);
     if (key == "endpoint") {
       t->endpoint = it->second.as<std::string>();
-      QUELL_RETURN_IF_ERROR(CheckEndpoint(t->endpoint, absl::StrCat(at, ": tracing.endpoint")));
+      t->endpoint_from = absl::StrCat(key_at, ": tracing.endpoint");
     } else if (key == "sample_ratio") {
       t->sample_ratio = it->second.as<double>();
       QUELL_RETURN_IF_ERROR(
-          CheckSampleRatio(t->sample_ratio, absl::StrCat(at, ": tracing.sample_ratio")));
+          CheckSampleRatio(t->sample_ratio, absl::StrCat(key_at, ": tracing.sample_ratio")));
     } else if (key == "enabled") {
       t->enabled = it->second.as<bool>();
     } else if (key == "max_queue_spans") {
       t->max_queue_spans = it->second.as<int>();
       if (t->max_queue_spans < 1) {
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": tracing.max_queue_spans must be positive"));
+            absl::StrCat(key_at, ": tracing.max_queue_spans must be positive"));
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"tracing.", key, "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(key_at, ": unknown key \"tracing.", key, "\""));
     }
   }
   return absl::OkStatus();
@@ -166,17 +158,16 @@ std::vector<DurationKey> WebhookDurations(WebhooksConfig* w) {
 constexpr IntKey kMaxAttempts{"max_attempts", "QUELL_WEBHOOK_MAX_ATTEMPTS", 1, 1000};
 
 // Reads section `name` (a mapping of the given duration keys and one integer key).
-absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, std::string_view name,
-                             const std::vector<DurationKey>& durations, const IntKey& int_key,
-                             const std::function<void(int64_t)>& set_int) {
+absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, const std::string& at,
+                             std::string_view name, const std::vector<DurationKey>& durations,
+                             const IntKey& int_key, const std::function<void(int64_t)>& set_int) {
   if (!v.IsMap()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(KeyAt(path, v), ": ", AV(name), " must be a mapping"));
+    return absl::InvalidArgumentError(absl::StrCat(at, ": ", AV(name), " must be a mapping"));
   }
   for (auto m = v.begin(); m != v.end(); ++m) {
     const std::string k = m->first.as<std::string>();
-    const std::string at = KeyAt(path, m->first);
-    const std::string where = absl::StrCat(at, ": ", AV(name), ".", k);
+    const std::string key_at = KeyAt(path, m->first);
+    const std::string where = absl::StrCat(key_at, ": ", AV(name), ".", k);
     if (!m->second.IsScalar()) {
       return absl::InvalidArgumentError(absl::StrCat(where, " must be a single value"));
     }
@@ -194,7 +185,7 @@ absl::Status SectionFromNode(const YAML::Node& v, const std::string& path, std::
     }
     if (!known) {
       return absl::InvalidArgumentError(
-          absl::StrCat(at, ": unknown key \"", AV(name), ".", k, "\""));
+          absl::StrCat(key_at, ": unknown key \"", AV(name), ".", k, "\""));
     }
   }
   return absl::OkStatus();
@@ -251,44 +242,46 @@ absl::Status ParseRedisUrl(std::string_view url, CountersConfig* c) {
 }
 
 namespace {
-absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, CountersConfig* c) {
+absl::Status CountersFromNode(const YAML::Node& v, const std::string& path, const std::string& at,
+                              CountersConfig* c) {
   if (!v.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(KeyAt(path, v), ": counters must be a mapping"));
+    return absl::InvalidArgumentError(absl::StrCat(at, ": counters must be a mapping"));
   std::optional<std::string> backend;
   for (auto m = v.begin(); m != v.end(); ++m) {
     std::string k = m->first.as<std::string>();
-    const std::string at = KeyAt(path, m->first);
+    const std::string key_at = KeyAt(path, m->first);
     const YAML::Node x = m->second;  // a copy: m->second is a member of a temporary proxy
     if (k == "backend") {
       backend = x.as<std::string>();
       if (*backend != "memory" && *backend != "redis") {
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": counters.backend must be memory or redis"));
+            absl::StrCat(key_at, ": counters.backend must be memory or redis"));
       }
     } else if (k == "redis") {
       if (auto s = ParseRedisUrl(x.as<std::string>(), c); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(at, ": counters.redis: ", s.message()));
+        return absl::InvalidArgumentError(absl::StrCat(key_at, ": counters.redis: ", s.message()));
       }
     } else if (k == "on_error") {
       std::string e = x.as<std::string>();
       if (e != "fail_open" && e != "fail_closed") {
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": counters.on_error must be fail_open or fail_closed"));
+            absl::StrCat(key_at, ": counters.on_error must be fail_open or fail_closed"));
       }
       c->fail_closed = e == "fail_closed";
     } else if (k == "lateness") {
       auto d = core::ParseDuration(x.as<std::string>());
       if (!d.ok())
         return absl::InvalidArgumentError(
-            absl::StrCat(at, ": counters.lateness: ", d.status().message()));
+            absl::StrCat(key_at, ": counters.lateness: ", d.status().message()));
       c->lateness = *d;
     } else if (k == "max_keys") {
       c->max_keys = x.as<int64_t>();
       if (c->max_keys <= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(at, ": counters.max_keys must be positive"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(key_at, ": counters.max_keys must be positive"));
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"counters.", k, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(key_at, ": unknown key \"counters.", k, "\""));
     }
   }
   if (backend) c->redis = *backend == "redis";
@@ -384,16 +377,16 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
       c->detection_retention = *d;
     }
   } else if (key == "counters") {
-    QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, &c->counters));
+    QUELL_RETURN_IF_ERROR(CountersFromNode(v, path, at, &c->counters));
   } else if (key == "tracing") {
-    QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, &c->tracing));
+    QUELL_RETURN_IF_ERROR(TracingFromNode(v, path, at, &c->tracing));
   } else if (key == "safeguards") {
-    QUELL_RETURN_IF_ERROR(SectionFromNode(v, path, "safeguards", SafeguardDurations(&c->safeguards),
-                                          kBulkThreshold,
+    QUELL_RETURN_IF_ERROR(SectionFromNode(v, path, at, "safeguards",
+                                          SafeguardDurations(&c->safeguards), kBulkThreshold,
                                           [&](int64_t n) { c->safeguards.bulk_threshold = n; }));
   } else if (key == "webhooks") {
     QUELL_RETURN_IF_ERROR(
-        SectionFromNode(v, path, "webhooks", WebhookDurations(&c->webhooks), kMaxAttempts,
+        SectionFromNode(v, path, at, "webhooks", WebhookDurations(&c->webhooks), kMaxAttempts,
                         [&](int64_t n) { c->webhooks.max_attempts = static_cast<int>(n); }));
   } else if (key == "node") {
     c->node_name = v.as<std::string>();
@@ -472,7 +465,7 @@ absl::Status ApplyEnvironment(Config* c) {
   if (const char* v = env("QUELL_NODE_NAME")) c->node_name = v;
   if (const char* v = env("QUELL_TRACING_ENDPOINT")) {
     c->tracing.endpoint = v;
-    QUELL_RETURN_IF_ERROR(CheckEndpoint(c->tracing.endpoint, "QUELL_TRACING_ENDPOINT"));
+    c->tracing.endpoint_from = "QUELL_TRACING_ENDPOINT";
   }
   if (const char* v = env("QUELL_TRACING_SAMPLE_RATIO")) {
     if (!absl::SimpleAtod(v, &c->tracing.sample_ratio)) {

@@ -19,8 +19,11 @@ namespace quell::cli {
 
 // `tracing:` — OTLP/HTTP span export (obs/trace.h). Off unless an endpoint is set.
 struct TracingConfig {
-  bool enabled = true;         // tracing.enabled: false keeps it off even with an endpoint
-  std::string endpoint;        // e.g. http://127.0.0.1:4318/v1/traces; empty: off
+  bool enabled = true;   // tracing.enabled: false keeps it off even with an endpoint
+  std::string endpoint;  // e.g. http://127.0.0.1:4318/v1/traces; empty: off
+  // Where `endpoint` was set, for an error about it: "FILE:LINE: tracing.endpoint" or
+  // "QUELL_TRACING_ENDPOINT" (checked by serve, once the configuration is complete).
+  std::string endpoint_from = "tracing.endpoint";
   double sample_ratio = 0;     // traces not sampled upstream; 0 records only sampled parents
   int max_queue_spans = 2048;  // finished spans waiting for export; more are dropped
 

@@ -397,7 +397,7 @@ int Serve(const Flags& flags) {
     eo.resource.service_version = QUELL_VERSION;
     auto exporter = obs::OtlpHttpExporter::Create(config->tracing.endpoint, eo);
     if (!exporter.ok())
-      return Usage(absl::StrCat("tracing.endpoint: ", exporter.status().message()));
+      return Usage(absl::StrCat(config->tracing.endpoint_from, ": ", exporter.status().message()));
     obs::Tracer::Options to;
     to.sample_ratio = config->tracing.sample_ratio;
     to.max_queue_spans = static_cast<size_t>(config->tracing.max_queue_spans);

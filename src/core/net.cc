@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -30,10 +32,12 @@ using AddrList = std::unique_ptr<addrinfo, AddrInfoFree>;
 struct Resolution {
   std::mutex mu;
   std::condition_variable done_cv;
-  bool done = false;
+  bool done = false;  // guarded by mu, as rc and list
   int rc = 0;
   AddrList list;
 };
+
+std::atomic<internal::ResolverFn> resolver{&::getaddrinfo};
 
 absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time deadline) {
   addrinfo hints{};
@@ -53,22 +57,28 @@ absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time d
   }
   auto r = std::make_shared<Resolution>();
   hints.ai_flags = AI_NUMERICSERV;
-  std::thread([r, host, service, hints] {
-    addrinfo* out = nullptr;
-    const int code = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &out);
-    std::lock_guard<std::mutex> lock(r->mu);
-    r->rc = code;
-    r->list.reset(out);
-    r->done = true;
-    r->done_cv.notify_all();
-  }).detach();
+  try {
+    std::thread([r, host, service, hints, lookup = resolver.load()] {
+      addrinfo* out = nullptr;
+      const int code = lookup(host.c_str(), service.c_str(), &hints, &out);
+      std::lock_guard<std::mutex> lock(r->mu);
+      r->rc = code;
+      r->list.reset(out);
+      r->done = true;
+      r->done_cv.notify_all();
+    }).detach();
+  } catch (const std::system_error& e) {  // no thread to be had (a pids limit)
+    return absl::UnavailableError(
+        absl::StrCat("resolve ", host, ": cannot start a resolver thread: ", e.what()));
+  }
   std::unique_lock<std::mutex> lock(r->mu);
-  const absl::Duration left = deadline - absl::Now();
-  const bool answered =
-      left > absl::ZeroDuration() &&
-      r->done_cv.wait_for(lock, absl::ToChronoNanoseconds(left), [&] { return r->done; });
-  if (!answered && !r->done) {
-    return absl::DeadlineExceededError(absl::StrCat("timed out resolving ", host));
+  while (!r->done) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrCat("timed out resolving ", host));
+    }
+    // In steps of at most an hour: an infinite deadline would overflow the clock's math.
+    r->done_cv.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, absl::Hours(1))));
   }
   if (r->rc != 0) {
     return absl::UnavailableError(absl::StrCat("resolve ", host, ": ", ::gai_strerror(r->rc)));
@@ -80,10 +90,15 @@ absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time d
 int PollMillis(absl::Time deadline) {
   const absl::Duration left = deadline - absl::Now();
   if (left <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 60'000));
+  if (left >= absl::Minutes(1)) return 60'000;  // an infinite deadline included
+  return static_cast<int>(absl::ToInt64Milliseconds(left) + 1);
 }
 
 }  // namespace
+
+namespace internal {
+void SetResolverForTest(ResolverFn fn) { resolver.store(fn == nullptr ? &::getaddrinfo : fn); }
+}  // namespace internal
 
 absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline) {
   absl::StatusOr<AddrList> list = Resolve(host, port, deadline);

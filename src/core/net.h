@@ -16,6 +16,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+struct addrinfo;
+
 namespace quell::core {
 
 //! A connected TCP socket to `host` (a name, an IPv4 or an IPv6 literal without brackets)
@@ -24,6 +26,13 @@ namespace quell::core {
 //! address's "connect HOST:PORT: <reason>"), kDeadlineExceeded when `deadline` passes
 //! while resolving or connecting (the message says which).
 absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline);
+
+namespace internal {
+// Test-only: the resolver names go to (getaddrinfo's signature; nullptr: getaddrinfo).
+// A resolution already started keeps the one it started with.
+using ResolverFn = int (*)(const char*, const char*, const addrinfo*, addrinfo**);
+void SetResolverForTest(ResolverFn fn);
+}  // namespace internal
 
 }  // namespace quell::core
 

@@ -1,12 +1,16 @@
 #include "core/net.h"
 
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <mutex>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace quell::core {
@@ -67,6 +71,49 @@ TEST(ConnectTcpTest, AConnectThatHangsEndsAtTheDeadline) {
   for (int h : held) ::close(h);
   ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
   EXPECT_EQ(fd.status().message(), absl::StrCat("timed out connecting to 127.0.0.1:", l.port));
+}
+
+// A resolver that answers only when released: the state outlives the test, since the
+// resolver thread left behind at the deadline still runs until it is released.
+std::mutex hung_mu;
+std::condition_variable hung_cv;
+bool hung_released = false;
+int HungResolver(const char*, const char*, const addrinfo*, addrinfo** out) {
+  std::unique_lock<std::mutex> lock(hung_mu);
+  hung_cv.wait(lock, [] { return hung_released; });
+  *out = nullptr;
+  return EAI_AGAIN;
+}
+
+TEST(ConnectTcpTest, AResolverThatDoesNotAnswerEndsAtTheDeadline) {
+  internal::SetResolverForTest(&HungResolver);
+  absl::StatusOr<int> fd = ConnectTcp("quell.test", 80, In(absl::Milliseconds(200)));
+  internal::SetResolverForTest(nullptr);
+  {
+    std::lock_guard<std::mutex> lock(hung_mu);
+    hung_released = true;
+  }
+  hung_cv.notify_all();
+  ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
+  EXPECT_EQ(fd.status().message(), "timed out resolving quell.test");
+}
+
+// A name's resolver answering; an infinite deadline is no deadline (it overflowed the
+// clock's math and timed out at once).
+int LoopbackResolver(const char*, const char* service, const addrinfo* hints, addrinfo** out) {
+  return ::getaddrinfo("127.0.0.1", service, hints, out);
+}
+
+TEST(ConnectTcpTest, AnInfiniteDeadlineWaitsAsLongAsItTakes) {
+  Listener l(16);
+  absl::StatusOr<int> literal = ConnectTcp("127.0.0.1", l.port, absl::InfiniteFuture());
+  ASSERT_TRUE(literal.ok()) << literal.status();
+  ::close(*literal);
+  internal::SetResolverForTest(&LoopbackResolver);
+  absl::StatusOr<int> named = ConnectTcp("quell.test", l.port, absl::InfiniteFuture());
+  internal::SetResolverForTest(nullptr);
+  ASSERT_TRUE(named.ok()) << named.status();
+  ::close(*named);
 }
 
 TEST(ConnectTcpTest, ANameIsNotResolvedPastTheDeadline) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -118,11 +119,21 @@ template <typename M>
   bool own_buffer = false;
   return ::grpc::SerializationTraits<M>::Serialize(message, out, &own_buffer);
 }
-// protobuf logs each message it cannot parse on stderr (a line per string that is not
-// UTF-8): any client could flood the server's log, and the disk under it. Every such
-// failure is already the call's answer and counted, so its lines are dropped; protobuf
-// logs nothing else a server acts on (a FATAL one still aborts, after the handler).
-void DropProtobufLogLine(google::protobuf::LogLevel, const char*, int, const std::string&) {}
+// protobuf logs a line on stderr for each string it cannot parse as UTF-8: any client
+// could flood the server's log, and the disk under it, with them. Each such failure is
+// already its call's answer and counted, so that line is dropped; every other line is
+// written as protobuf's own handler writes it (a FATAL one, then aborting, included).
+void FilterProtobufLogLine(google::protobuf::LogLevel level, const char* file, int line,
+                           const std::string& message) {
+  if (level == google::protobuf::LOGLEVEL_ERROR &&
+      message.find("when parsing a protocol buffer") != std::string::npos) {
+    return;
+  }
+  static constexpr const char* kNames[] = {"INFO", "WARNING", "ERROR", "FATAL"};
+  const int i = std::clamp(static_cast<int>(level), 0, 3);
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", kNames[i], file, line, message.c_str());
+  std::fflush(stderr);
+}
 
 std::string Unreadable(std::string_view type) {
   return absl::StrCat("not a ", AV(type),
@@ -726,7 +737,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcDeps deps, Grp
     return absl::InvalidArgumentError("check_threads must be >= 0 (0: one per core)");
   }
   static std::once_flag quiet_protobuf;  // SetLogHandler is not thread-safe: once, up front
-  std::call_once(quiet_protobuf, [] { google::protobuf::SetLogHandler(&DropProtobufLogLine); });
+  std::call_once(quiet_protobuf, [] { google::protobuf::SetLogHandler(&FilterProtobufLogLine); });
   auto impl = std::make_unique<Impl>(std::move(deps), std::move(options));
   QUELL_RETURN_IF_ERROR(impl->Start());
   return std::unique_ptr<GrpcServer>(new GrpcServer(std::move(impl)));

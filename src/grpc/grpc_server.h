@@ -92,9 +92,10 @@ class GrpcServer {
  public:
   //! Registers a ledger listener (for Watch wake-ups; safe while the ledger takes
   //! writes) and starts serving. kInvalidArgument for a bad listen address or missing
-  //! deps; kUnavailable if the port cannot be bound. The first call also makes protobuf
-  //! drop its non-fatal log lines, process-wide: it logged one on stderr for each message
-  //! a client sent that it could not parse, which is that call's answered error instead.
+  //! deps; kUnavailable if the port cannot be bound. The first call also installs a
+  //! process-wide protobuf log handler that drops one line: the one protobuf wrote on
+  //! stderr for each string a client sent that is not UTF-8 (that call's answered error
+  //! instead); every other line is written as protobuf writes it.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(GrpcDeps deps, GrpcOptions options);
   //! Shuts down (see Shutdown).
   ~GrpcServer();

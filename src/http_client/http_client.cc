@@ -1,6 +1,6 @@
 #include "http_client/http_client.h"
 
-#include <netdb.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -14,6 +14,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/net.h"
 #include "core/strings.h"
 
 namespace quell::http_client {
@@ -82,36 +84,26 @@ void HttpConnection::Close() {
 }
 
 absl::Status HttpConnection::Connect() {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  std::string port = std::to_string(url_.port);
-  int rc = getaddrinfo(url_.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) {
+  // Resolution and connect together within 30 s; afterwards a blocking socket whose reads
+  // and writes each give up after 300 s.
+  absl::StatusOr<int> fd = core::ConnectTcp(url_.host, url_.port, absl::Now() + absl::Seconds(30));
+  if (!fd.ok()) {
     return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", url_.host, ": ", gai_strerror(rc)));
+        absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", fd.status().message()));
   }
-  std::string last = "no address";
-  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      timeval tv{300, 0};  // a durable commit of a big batch on a busy server takes a while
-      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-      fd_ = fd;
-      freeaddrinfo(res);
-      return absl::OkStatus();
-    }
-    last = std::strerror(errno);
-    ::close(fd);
+  const int flags = ::fcntl(*fd, F_GETFL);
+  if (flags < 0 || ::fcntl(*fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    const int err = errno;
+    ::close(*fd);
+    return absl::UnavailableError(absl::StrCat("fcntl: ", std::strerror(err)));
   }
-  freeaddrinfo(res);
-  return absl::UnavailableError(
-      absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", last));
+  int one = 1;
+  setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  timeval tv{300, 0};  // a durable commit of a big batch on a busy server takes a while
+  setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(*fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  fd_ = *fd;
+  return absl::OkStatus();
 }
 
 absl::Status HttpConnection::ReadMore() {

@@ -11,6 +11,23 @@ import unittest
 from harness import QuellServer, free_port, run_cli, send_raw
 
 
+def wait_until_read_by_server(server_port, client_port, timeout=10):
+    """Waits until the server's end of the loopback connection from CLIENT_PORT has
+    nothing left to read (/proc/net/tcp's rx_queue): the server has read the request."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote, queues = fields[1], fields[2], fields[4]
+                if (int(local.split(":")[1], 16) == server_port and
+                        int(remote.split(":")[1], 16) == client_port and
+                        int(queues.split(":")[1], 16) == 0):
+                    return
+        time.sleep(0.01)
+    raise AssertionError("the server did not read the request in %ds" % timeout)
+
+
 class ApiTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -424,20 +441,20 @@ class ApiTest(unittest.TestCase):
         status, k, _ = self.q.request("POST", "/v1/keys", {"role": "enforcer", "name": "feed"})
         self.assertEqual(status, 201, k)
         head = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]
-        result = {}
-
-        def poll():
-            result["resp"] = self.q.request("GET", "/v1/changes?after=%d&wait=20" % head,
-                                            key=k["key"])
-
-        t = threading.Thread(target=poll)
-        t.start()
-        time.sleep(0.2)  # let the poll park (if it has not, it is refused as it arrives)
-        self.assertEqual(self.q.request("DELETE", "/v1/keys/" + k["id"])[0], 200)
-        self.create("device:after-revoke", action="throttle")
-        t.join(30)
-        status, body, _ = result["resp"]
-        self.assertEqual(status, 401, body)
+        with socket.create_connection(("127.0.0.1", self.q.port), timeout=30) as s:
+            s.sendall(("GET /v1/changes?after=%d&wait=20 HTTP/1.1\r\nHost: t\r\n"
+                       "Authorization: Bearer %s\r\n\r\n" % (head, k["key"])).encode())
+            # Parked before the revocation: the server has read the request (nothing
+            # left in its socket's receive queue) and has not answered it.
+            wait_until_read_by_server(self.q.port, s.getsockname()[1])
+            s.setblocking(False)
+            with self.assertRaises(BlockingIOError):
+                s.recv(1)
+            s.setblocking(True)
+            self.assertEqual(self.q.request("DELETE", "/v1/keys/" + k["id"])[0], 200)
+            self.create("device:after-revoke", action="throttle")
+            reply = s.recv(65536)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 401"), reply[:200])
 
     def test_change_feed_long_poll_and_snapshot(self):
         start = self.q.request("GET", "/v1/changes?after=0&limit=10000")[1]["next"]

@@ -251,6 +251,13 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual(s, 403, e)
         self.assertEqual(e["error"]["details"][0]["field"], "detections[1].source")
         self.assertEqual(self.check("user:k6")["verdict"], "allow")
+        # So is one whose "source" is given twice, its own first.
+        twice = '{"detections": [%s, %s]}' % (
+            json.dumps(det("k-8", "user:k8")),
+            json.dumps(det("k-9", "user:k9"))[:-1] + ', "source": "other"}')
+        s, e, _ = self.submit(twice, key=key)
+        self.assertEqual(s, 403, e)
+        self.assertEqual(self.check("user:k8")["verdict"], "allow")
         enforcer = self.q.create_key("enforcer")
         self.assertEqual(self.submit(det("k-5", "user:k5"), key=enforcer)[0], 403)
 

@@ -390,6 +390,24 @@ class TracingTest(unittest.TestCase):
         self.assertEqual([s["traceId"] for s in spans], [marker])
 
 
+class TracingEndpointTest(unittest.TestCase):
+    def test_a_bad_endpoint_is_named_where_it_was_set(self):
+        # serve said "tracing.endpoint: ..." for an endpoint set by the environment, a key
+        # the user never wrote. With tracing off, a bad endpoint is never looked at.
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, QUELL_TRACING_ENDPOINT="127.0.0.1:4318")
+            p = subprocess.run([QUELL, "serve", "--data", d, "--listen", "127.0.0.1:%d" % free_port()],
+                               env=env, capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("quell: QUELL_TRACING_ENDPOINT: ", p.stderr)
+            off = os.path.join(d, "off.yaml")
+            with open(off, "w") as f:
+                f.write("tracing: {enabled: false, endpoint: 'https://collector/v1/traces'}\n")
+            code, out, err = run_cli("keys", "create", "--role", "admin", "--data", d,
+                                     "--config", off)
+            self.assertEqual(code, 0, err)
+
+
 class TracingDropTest(unittest.TestCase):
     def run_against(self, endpoint):
         q = QuellServer(env={"QUELL_TRACING_ENDPOINT": endpoint,

@@ -80,7 +80,9 @@ void HttpConn::Close() {
 
 absl::Status HttpConn::Connect(absl::Duration timeout) {
   absl::StatusOr<int> fd = core::ConnectTcp(endpoint_.host, endpoint_.port, absl::Now() + timeout);
-  if (!fd.ok()) return fd.status();
+  if (!fd.ok()) {  // a timeout too: kUnavailable, as this class reports every wait's
+    return absl::UnavailableError(fd.status().message());
+  }
   int one = 1;
   ::setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   std::lock_guard<std::mutex> lock(mu_);

@@ -299,7 +299,7 @@ class AvroReader final : public RowReader {
               return deep;
             }
             rapidjson::Document ev(&a);
-            ev.Parse(v.data(), v.size());
+            ev.Parse<rapidjson::kParseFullPrecisionFlag>(v.data(), v.size());  // as the API reads
             if (ev.HasParseError()) {
               text_ = std::string(v);
               return absl::InvalidArgumentError("evidence: not valid JSON");
