@@ -31,7 +31,8 @@ class Api::Impl {
     QUELL_RETURN_IF_ERROR(safeguards_.Load(ctx_.deps.ledger->store(), ctx_.deps.clock->Now(),
                                            ctx_.deps.ledger->external_delivery()
                                                ? workflow::Safeguards::Delivery::kFeed
-                                               : workflow::Safeguards::Delivery::kLocal));
+                                               : workflow::Safeguards::Delivery::kLocal,
+                                           policies_.Current().get()));
     ctx_.deps.ledger->AddListener(&safeguards_);
     ctx_.safeguards = &safeguards_;
     QUELL_RETURN_IF_ERROR(RegisterMetrics());

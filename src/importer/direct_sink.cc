@@ -117,7 +117,7 @@ class DirectSink final : public Sink {
     safeguards_ =
         std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
     QUELL_RETURN_IF_ERROR(
-        safeguards_->Load(*store, absl::Now(), workflow::Safeguards::Delivery::kLocal));
+        safeguards_->Load(*store, absl::Now(), workflow::Safeguards::Delivery::kLocal, set_.get()));
     if (set_ != nullptr) {  // the lists its policies can name (they must be declared)
       QUELL_ASSIGN_OR_RETURN(lists_, engine::LoadReplayLists(*store, *set_));
     }

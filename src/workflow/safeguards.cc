@@ -165,6 +165,25 @@ constexpr size_t kMaxEarly = 100000;
 constexpr size_t kMaxLocal = 1000000;
 // Screen reads at most this many undelivered changes (one query).
 constexpr int kMaxCatchUp = 10000;
+// Load counts the decisions of at most this many of the ledger's last changes again.
+constexpr int64_t kMaxRecount = 100000;  // as many as early_ keeps
+
+// The first seq in [from, last] whose change was committed at or after `since`, or
+// last + 1: a binary search on seqs (dense, and in commit order, as their times are).
+absl::StatusOr<int64_t> FirstSeqSince(ledger::Store& store, int64_t from, int64_t last,
+                                      absl::Time since) {
+  int64_t lo = from, hi = last + 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> one, store.ReadChanges(mid - 1, 1));
+    if (!one.empty() && one[0].seq == mid && one[0].at < since) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
 
 }  // namespace
 
@@ -198,10 +217,35 @@ SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
 Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
     : options_(options), logger_(logger) {}
 
-absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery delivery) {
+absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery delivery,
+                              const policy::PolicySet* set) {
   // First: every breaker change up to it is in the journal read below; later ones come
   // through OnCommitted.
   QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store.LastSeq());
+  // The decisions within the longest breaker window, counted again: a restart (or an
+  // import resumed after Ctrl-C) must not let a breaker's window start empty.
+  absl::Duration longest = absl::ZeroDuration();
+  if (set != nullptr) {
+    for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
+  }
+  if (longest > absl::ZeroDuration() && last_seq > 0) {
+    QUELL_ASSIGN_OR_RETURN(int64_t seq,
+                           FirstSeqSince(store, std::max<int64_t>(1, last_seq - kMaxRecount + 1),
+                                         last_seq, now - longest));
+    while (seq <= last_seq) {
+      QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page,
+                             store.ReadChanges(seq - 1, static_cast<int>(std::min<int64_t>(
+                                                            1000, last_seq - seq + 1))));
+      if (page.empty()) break;
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const ledger::Change& c : page) {
+        if (c.kind == ledger::ChangeKind::kMitigation && c.seq <= last_seq) {
+          NoteMitigationChange(c, /*recounted=*/true);
+        }
+      }
+      seq = page.back().seq + 1;
+    }
+  }
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
   std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> entries;
   QUELL_RETURN_IF_ERROR(store
@@ -314,7 +358,7 @@ void Safeguards::CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, a
   }
 }
 
-void Safeguards::NoteMitigationChange(const ledger::Change& c) {
+void Safeguards::NoteMitigationChange(const ledger::Change& c, bool recounted) {
   // What Screen counts: a mitigation created by a policy's decision, enforced now or
   // later: its first change, active or scheduled with no state_reason (approvals,
   // extensions and scheduled starts all set one); shadow, pending and manual ones (no
@@ -361,7 +405,7 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c) {
     if (l.seq > c.seq) break;
     if (l.seq == c.seq && l.source == f.source && l.detection == f.detection) return;
   }
-  metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
+  if (!recounted) metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
   if (breakers_set_ < 0) {
     if (early_.size() == kMaxEarly) early_.pop_front();
     early_.push_back({std::move(f.policy), std::move(f.action), std::move(f.source), c.at});

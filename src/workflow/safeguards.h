@@ -9,13 +9,13 @@
 // committed change. List changes made by the lists routes are also noted at once on the
 // commit thread (NoteProtectedAdds), so a decision later in the same commit batch already
 // sees a new protected entry; removals take effect once committed (never less protection).
-// Breaker window counts live in memory only (they restart empty). They count the
-// decisions of every node writing the ledger: this process's own when Screen passes
-// them, every other node's when OnCommitted sees their creations (several nodes on one
-// PostgreSQL, docs/cluster.md). Screen notes the seq its decision's change will get, so
-// that the change, when it comes back through the feed, is recognised and not counted
-// twice; and when the changes committed since the last one seen (not delivered yet)
-// could take a breaker past its limit, it reads them from the store first.
+// Breaker window counts live in memory (Load counts the ledger's recent decisions again). They
+// count the decisions of every node writing the ledger: this process's own when Screen passes them,
+// every other node's when OnCommitted sees their creations (several nodes on one PostgreSQL,
+// docs/cluster.md). Screen notes the seq its decision's change will get, so that the change, when
+// it comes back through the feed, is recognised and not counted twice; and when the changes
+// committed since the last one seen (not delivered yet) could take a breaker past its limit, it
+// reads them from the store first.
 //
 // Thread-safety: thread-safe (one mutex); Screen/ResetBreaker/NoteProtectedAdds run on
 // the commit thread, readers (status routes, metrics) on any thread. Near a breaker's
@@ -81,8 +81,13 @@ class Safeguards final : public ledger::ChangeListener {
     kFeed,
   };
   //! Reads lists, breaker states, recent human decisions and rollback requests from the
-  //! store. Call before the ledger takes writes.
-  absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery);
+  //! store. Call before the ledger takes writes. With `set` (the policy set in force; may
+  //! be null), the decisions of the changes committed within its longest breaker window
+  //! (of the ledger's last 100,000 changes at most) are counted again, so that a restart
+  //! or a resumed import does not start the windows empty; a later set's longer windows
+  //! count from Load on. Relative breakers' baselines restart empty.
+  absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery,
+                    const policy::PolicySet* set = nullptr);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
 
   struct Hold {
@@ -142,9 +147,10 @@ class Safeguards final : public ledger::ChangeListener {
   void NoteHumanDecision(const core::Mitigation& m, absl::Time at);         // mu_ held
   void NoteHumanDecision(std::string_view entity, std::string_view policy,  // mu_ held
                          std::string_view action, absl::Time at);
-  const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);          // mu_ held
-  void ConfigureBreakers(const policy::PolicySet& set);                                // mu_ held
-  void NoteMitigationChange(const ledger::Change& c);                                  // mu_ held
+  const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
+  void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
+  // `recounted`: read by Load, not another node's news (not in the metrics).
+  void NoteMitigationChange(const ledger::Change& c, bool recounted = false);          // mu_ held
   void NoteLocal(int64_t seq, const engine::Detection& d);                             // mu_ held
   void CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, absl::Time now);  // mu_
 
@@ -192,7 +198,7 @@ class Safeguards final : public ledger::ChangeListener {
   // open a breaker. Null with kLocal: there are none.
   ledger::Store* store_ = nullptr;
   // The last seq whose decisions the breakers have seen (delivered, or read by Screen;
-  // the store's last at Load: windows restart empty).
+  // the store's last at Load, which counts the recent ones again).
   int64_t seen_ = 0;
   // Immunity: "entity|policy|action" -> until.
   absl::flat_hash_map<std::string, absl::Time> immunity_;

@@ -228,6 +228,30 @@ TEST_F(SafeguardsCluster, ANodeThatNeverScreenedCountsWhatTheOtherDecided) {
   EXPECT_EQ(BreakerChanges(), 1);
 }
 
+// A node started afresh (a restart, or an import resumed after Ctrl-C: both build their
+// safeguards anew) counts the decisions the ledger holds within the window: its breaker
+// opens at the limit counted over them. It started empty, and let a whole limit more pass.
+TEST_F(SafeguardsCluster, ARestartedNodeCountsTheWindowFromTheLedger) {
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:u", i)).state, "active");
+  }
+  clock_.Advance(absl::Minutes(30));  // still within the 1h window
+  Safeguards restarted(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
+          .ok());
+  EXPECT_EQ(Decide(&restarted, "user:u4").state, "active");
+  EXPECT_EQ(Decide(&restarted, "user:u5").state, "active");
+  EXPECT_EQ(Decide(&restarted, "user:u6").state, "pending_approval");
+  EXPECT_TRUE(Breaker(&restarted).open);
+  // Past the window, a node started afresh counts none of them.
+  clock_.Advance(absl::Hours(2));
+  Safeguards later(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      later.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
+  EXPECT_EQ(Breaker(&later).count, 0);
+}
+
 TEST_F(SafeguardsCluster, AResetClosesItOnBothNodesAndTheyCountAfreshTogether) {
   for (int i = 0; i < 7; ++i) Decide(i % 2 ? b_.get() : a_.get(), absl::StrCat("user:u", i));
   ASSERT_TRUE(Breaker(b_.get()).open);

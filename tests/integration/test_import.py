@@ -652,6 +652,27 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 1, err)
         self.assertIn("one.avro: not a readable Avro container", err)
 
+    def test_a_second_import_counts_the_first_in_the_breakers_window(self):
+        # Each import (and each resume after Ctrl-C or kill -9) builds its safeguards anew:
+        # their breaker windows started empty, so two imports minutes apart let 2 x 100
+        # suspensions through the example set's suspend-rate breaker (100 per 10 minutes).
+        def hits(users, name):
+            with open(self.path(name), "w") as f:
+                for u in users:  # the third hit on a user escalates to suspend
+                    for j in range(3):
+                        d = row(0)
+                        d.update(id="b%d-%d" % (u, j), entity="user:b%d" % u)
+                        f.write(json.dumps(d) + "\n")
+            return self.path(name)
+        runs = []
+        for users, name in ((range(0, 60), "first.ndjson"), (range(60, 120), "second.ndjson")):
+            code, out, err = import_cmd(hits(users, name), "--data", self.data, "--json")
+            self.assertEqual(code, 0, err)
+            runs.append(json.loads(out)["decisions"])
+        self.assertEqual(runs[0], {"active": 180})
+        # 100 suspensions in all pass; the second run's last 20 wait for a reviewer.
+        self.assertEqual(runs[1], {"active": 160, "pending_approval": 20})
+
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
         write_ndjson(f, 400)
