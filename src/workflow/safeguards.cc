@@ -340,7 +340,20 @@ void Safeguards::CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, a
     if (it->seq <= last) ++own;
   }
   if (!bank_.MayTrip(key, now, last - seen_ - own)) return;
-  absl::StatusOr<std::vector<ledger::Change>> page = store_->ReadChanges(seen_, kMaxCatchUp);
+  // Only as many as are committed (the store's head): a read for more would walk on
+  // through this transaction's own uncommitted rows to find none visible — once per
+  // decision near the limit, quadratic in a large batch, with the chain-head lock held
+  // (every node's writes waited). Once read, the rest after seen_ are this transaction's.
+  absl::StatusOr<int64_t> committed = store_->LastSeq();
+  absl::StatusOr<std::vector<ledger::Change>> page;
+  if (!committed.ok()) {
+    page = committed.status();
+  } else if (*committed <= seen_) {
+    return;
+  } else {
+    page = store_->ReadChanges(
+        seen_, static_cast<int>(std::min<int64_t>(kMaxCatchUp, *committed - seen_)));
+  }
   if (!page.ok()) {
     // Dropped on purpose: the decision goes on with the counts it has (the feed's), as
     // a breaker check must not fail a decision the transaction can still make.
