@@ -33,8 +33,12 @@ void ServeChanges(Context& ctx, Call call, int64_t after, int limit, absl::Time 
   ctx.OffLoop(std::move(call), [&ctx, after, limit, deadline, first](Call& call) {
     // Woken by a commit or the deadline: the key is checked again, so one revoked while
     // the poll waited gets no change written after its revocation (as gRPC's Watch).
-    if (!first && !ctx.deps.keys->AuthenticateBearer(call.req.Header("authorization")).ok()) {
-      return call.Fail(ApiError::Unauthenticated());
+    if (!first) {
+      auto who = ctx.deps.keys->AuthenticateBearer(call.req.Header("authorization"));
+      if (!who.ok()) {
+        return call.Fail(absl::IsUnavailable(who.status()) ? ApiError::FromStatus(who.status())
+                                                           : ApiError::Unauthenticated());
+      }
     }
     auto changes = ledger::ReadDurableChanges(*ctx.deps.ledger, after, limit);
     if (!changes.ok()) return call.Fail(ApiError::FromStatus(changes.status()));
@@ -96,6 +100,15 @@ class SnapshotStream {
     state_->cv.notify_all();
   }
 
+  // Waits until the body's first line (the seq) is ready, or the scan failed before it:
+  // that error is the request's answer (a 503 while the store is down), not a 200 whose
+  // body is only an error line.
+  absl::Status WaitForHeader() {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->cv.wait(lock, [&] { return state_->started || state_->done; });
+    return state_->started ? absl::OkStatus() : state_->early_error;
+  }
+
   bool Next(std::string* chunk) {
     std::lock_guard<std::mutex> lock(state_->mu);
     if (!state_->chunks.empty()) {
@@ -114,6 +127,8 @@ class SnapshotStream {
     std::deque<std::string> chunks;  // guarded by mu
     bool done = false;               // guarded by mu
     bool cancelled = false;          // guarded by mu
+    bool started = false;            // guarded by mu: the seq line is in the body
+    absl::Status early_error;        // guarded by mu: the scan failed before it
   };
 
   explicit SnapshotStream(std::shared_ptr<State> state) : state_(std::move(state)) {}
@@ -138,7 +153,11 @@ class SnapshotStream {
     absl::Status durable;
     auto header = [&](int64_t seq) {
       durable = ledger::WaitDurable(ledger, seq, absl::Seconds(10));
-      if (durable.ok()) absl::StrAppend(&buf, "{\"seq\":", seq, "}\n");
+      if (!durable.ok()) return;
+      absl::StrAppend(&buf, "{\"seq\":", seq, "}\n");
+      std::lock_guard<std::mutex> lock(st.mu);
+      st.started = true;
+      st.cv.notify_all();
     };
     auto line_done = [&]() -> absl::Status {
       if (!durable.ok()) return durable;
@@ -171,6 +190,16 @@ class SnapshotStream {
     }
     // With no entries, no line_done returned the header's error: report it here.
     if (result.ok() && !durable.ok()) result = durable;
+    {
+      std::lock_guard<std::mutex> lock(st.mu);
+      if (!st.started) {  // nothing sent yet: the error is the reply's status
+        st.early_error =
+            result.ok() ? absl::InternalError("snapshot without a seq") : result.status();
+        st.done = true;
+        st.cv.notify_all();
+        return;
+      }
+    }
     if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
       buf += ErrorJson(ApiError::FromStatus(result.status()));
       buf += '\n';
@@ -220,10 +249,15 @@ void AddFeedRoutes(Router& router, Context& ctx) {
         }
         auto stream = SnapshotStream::Start(ctx, view == "enforcement");
         if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
-        http::Response r;
-        r.content_type = "application/x-ndjson";
-        r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
-        call.Reply(std::move(r));
+        ctx.OffLoop(std::move(call), [stream](Call& call) {
+          if (absl::Status st = stream->WaitForHeader(); !st.ok()) {
+            return call.Fail(ApiError::FromStatus(st));
+          }
+          http::Response r;
+          r.content_type = "application/x-ndjson";
+          r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
+          call.Reply(std::move(r));
+        });
       },
       Router::Query::kHandler);
 

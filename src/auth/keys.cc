@@ -183,14 +183,27 @@ absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
       return denied();
     }
     // Unknown id: maybe a key created a moment ago by another process. Reload, but at
-    // most every 10 ms, so a flood of bad keys cannot hammer the store.
+    // most every 10 ms, so a flood of bad keys cannot hammer the store. A store that
+    // cannot be read leaves the key unchecked, not refused: kUnavailable (a 503 the
+    // client retries; a 401 would tell it its valid key is wrong), for any unknown id.
+    auto unavailable = [] {
+      return absl::UnavailableError("cannot check the API key: the store is unavailable");
+    };
     {
       std::lock_guard<std::mutex> lock(mu_);
       absl::Time now = clock_->Now();
-      if (attempt > 0 || now - last_miss_reload_ < absl::Milliseconds(10)) return denied();
+      if (attempt > 0) return denied();
+      if (now - last_miss_reload_ < absl::Milliseconds(10)) {
+        return last_miss_failed_ ? unavailable() : denied();
+      }
       last_miss_reload_ = now;
     }
-    if (!Refresh().ok()) return denied();
+    const absl::Status reloaded = Refresh();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_miss_failed_ = !reloaded.ok();
+    }
+    if (!reloaded.ok()) return unavailable();
   }
   return denied();
 }

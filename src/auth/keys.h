@@ -64,7 +64,9 @@ class KeyRing {
   static absl::StatusOr<std::unique_ptr<KeyRing>> Create(ledger::Store* store, core::Clock* clock);
 
   //! Checks a key as given (CrowdSec's X-Api-Key), surrounding spaces ignored.
-  //! kUnauthenticated (missing, malformed, unknown, revoked) — never says which.
+  //! kUnauthenticated (missing, malformed, unknown, revoked) — never says which;
+  //! kUnavailable for an id not loaded yet while the store cannot be read (the key may
+  //! be valid: unchecked, not refused).
   absl::StatusOr<Principal> Authenticate(std::string_view key);
   //! Checks an Authorization value: "Bearer <key>" (the scheme in any case, RFC 7235).
   //! A bare key or another scheme is kUnauthenticated, as Authenticate's failures are.
@@ -91,6 +93,7 @@ class KeyRing {
   std::shared_ptr<const Map> keys_;  // guarded by mu_ (the pointer; the map is immutable)
   int64_t version_ = -1;             // guarded by mu_
   absl::Time last_miss_reload_ = absl::InfinitePast();  // guarded by mu_
+  bool last_miss_failed_ = false;  // guarded by mu_: that reload could not read the store
 };
 
 }  // namespace quell::auth

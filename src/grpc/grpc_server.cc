@@ -74,6 +74,7 @@ absl::StatusOr<auth::Principal> Authorize(auth::KeyRing& keys, const ::grpc::Ser
   }
   std::string_view credential(it->second.data(), it->second.size());
   auto who = keys.AuthenticateBearer(credential);
+  if (absl::IsUnavailable(who.status())) return who.status();  // UNAVAILABLE: retry
   if (!who.ok()) return absl::UnauthenticatedError("invalid or revoked key");
   if (!auth::Allows(who->role, permission)) {
     return absl::PermissionDeniedError(

@@ -802,6 +802,19 @@ class MultiNodeTest(ThreeNodes):
                 status, body, _ = n.request("GET", "/v1/check?entity=user:before-outage")
                 self.assertEqual(status, 200, body)
                 self.assertEqual([m["id"] for m in body["mitigations"]], [before["id"]])
+            # A key id this node has not loaded (one made a moment before the outage, or
+            # none at all: the same answer, whatever the key) cannot be checked: 503,
+            # retry. It was a 401, telling the owner of a valid new key that it is wrong.
+            status, body, headers = a.request("GET", "/v1/check?entity=user:x",
+                                              key="k_01M8P0000000000000000000XX.secret")
+            self.assertEqual(status, 503, body)
+            self.assertIn("retry-after", headers)
+            # A snapshot that cannot start is a 503 (it was a 200 whose only line was an
+            # error: an empty snapshot to a client that looks at the status).
+            for view in ("full", "enforcement"):
+                status, body, headers = a.request("GET", "/v1/snapshot?view=" + view)
+                self.assertEqual(status, 503, body)
+                self.assertIn("retry-after", headers)
             status, body, headers = c.request("POST", "/v1/mitigations", {
                 "entity": "user:during-outage", "action": "block", "ttl": "1d", "reason": "x"})
             self.assertEqual(status, 503, body)

@@ -411,6 +411,9 @@ void Router::Dispatch(http::Request req, http::Responder respond) {
       }
       auth::KeyRing& keys = *context_->deps.keys;
       auto who = bearer ? keys.AuthenticateBearer(credential) : keys.Authenticate(credential);
+      if (absl::IsUnavailable(who.status())) {
+        return call.Fail(ApiError::FromStatus(who.status()));  // 503: the store is down
+      }
       if (!who.ok()) {
         return call.Fail(found->access.kind == Access::Kind::kBearer
                              ? ApiError::Unauthenticated()
