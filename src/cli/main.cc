@@ -185,8 +185,13 @@ int Failure(const absl::Status& s) {
 // From --postgres or QUELL_POSTGRES, set once in Main: the ledger is in PostgreSQL.
 std::string postgres_url;
 
-absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c) {
-  if (!postgres_url.empty()) return ledger::OpenPostgresStore({.url = postgres_url});
+// `create`: a store with no ledger yet gets one (serve, keys create, migrate); otherwise
+// (commands that read or change what is there) an empty PostgreSQL database is refused,
+// as LedgerExists refuses a data directory without one.
+absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c, bool create = true) {
+  if (!postgres_url.empty()) {
+    return ledger::OpenPostgresStore({.url = postgres_url, .create_schema = create});
+  }
   ledger::SqliteOptions o;
   o.path = c.data;
   o.synchronous_full = c.synchronous_full;
@@ -696,7 +701,7 @@ int Keys(const Flags& flags) {
   }
   if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID");
   if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
-  auto store = OpenStore(*config);
+  auto store = OpenStore(*config, /*create=*/false);
   if (!store.ok()) return Failure(store.status());
   if (verb == "list") {
     auto keys = (*store)->ListKeys();
@@ -726,7 +731,7 @@ int Audit(const Flags& flags) {
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
   if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
-  auto store = OpenStore(*config);
+  auto store = OpenStore(*config, /*create=*/false);
   if (!store.ok()) return Failure(store.status());
   auto report = ledger::VerifyChain(**store);
   if (!report.ok()) return Failure(report.status());

@@ -229,6 +229,34 @@ class Writers:
                         self.revoked.add(body["id"])
 
 
+class ReadCommandsTest(unittest.TestCase):
+    """The commands that read what is there, pointed at a database without a ledger."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = PgCluster()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+
+    def test_they_refuse_a_database_without_a_ledger_and_create_nothing(self):
+        # audit verify, keys list and keys revoke created Quell's twelve tables in a
+        # mistyped (another application's) database and reported "ok: 0 changes".
+        url = self.cluster.new_database()
+        psql(url, "CREATE TABLE app_users (id int)")
+        for args in (["audit", "verify"], ["keys", "list"], ["keys", "revoke", "k_x"]):
+            code, out, err = run_cli(*args, "--postgres", url, check=False)
+            self.assertEqual(code, 1, out + err)
+            self.assertIn("no Quell ledger in this database", err)
+        self.assertEqual(psql(url, "SELECT table_name FROM information_schema.tables "
+                                   "WHERE table_schema = 'public'"), ["app_users"])
+        # migrate makes one; then they read it.
+        run_cli("migrate", "--postgres", url)
+        code, out, err = run_cli("audit", "verify", "--postgres", url, check=False)
+        self.assertEqual(code, 0, out + err)
+
+
 class ThreeNodes(unittest.TestCase):
     """One throwaway PostgreSQL cluster per class; per test a fresh database, migrated,
     an admin key, and three started nodes on it (self.nodes), stopped at cleanup."""

@@ -1167,9 +1167,18 @@ absl::StatusOr<int> CurrentVersion(Conn& db) {
   return r.rows() ? static_cast<int>(r.Int(0, 0)) : 0;
 }
 
-absl::Status ApplyMigrations(Conn& db, bool apply) {
+absl::Status ApplyMigrations(Conn& db, bool apply, bool create) {
   const int latest = kMigrations[std::size(kMigrations) - 1].version;
   auto steps = [&]() -> absl::Status {
+    if (!create) {
+      QUELL_ASSIGN_OR_RETURN(Result r,
+                             db.Query("SELECT to_regclass('schema_version') IS NOT NULL"));
+      if (r.rows() != 1 || r.Text(0, 0) != "t") {
+        return absl::NotFoundError(
+            "no Quell ledger in this database (it has no schema_version table): check "
+            "--postgres (`quell migrate` or a first `quell serve` creates one)");
+      }
+    }
     QUELL_RETURN_IF_ERROR(
         db.Exec("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
                 "applied_at bigint NOT NULL)"));
@@ -1218,7 +1227,7 @@ absl::StatusOr<std::unique_ptr<PgStore>> PgStore::Open(const PostgresOptions& op
                    .statement_timeout_ms = options.statement_timeout_ms,
                    .lock_timeout_ms = options.lock_timeout_ms};
   QUELL_ASSIGN_OR_RETURN(std::unique_ptr<Conn> writer, Conn::Open(opts));
-  QUELL_RETURN_IF_ERROR(ApplyMigrations(*writer, options.apply_migrations));
+  QUELL_RETURN_IF_ERROR(ApplyMigrations(*writer, options.apply_migrations, options.create_schema));
   return std::unique_ptr<PgStore>(new PgStore(opts, options.read_pool_size, std::move(writer)));
 }
 

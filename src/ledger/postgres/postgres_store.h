@@ -37,6 +37,9 @@ struct PostgresOptions {
   int lock_timeout_ms = 10000;       // waiting for the chain head (other writers); 0 = none
   int read_pool_size = 4;            // read connections, opened on demand
   bool apply_migrations = true;      // false: refuse (kFailedPrecondition) an old schema
+  // false: a database without Quell's schema (no schema_version table: empty, or another
+  // application's) is kNotFound, not given one; for commands that read what is there.
+  bool create_schema = true;
 };
 
 //! The channel every commit that appended changes notifies.
