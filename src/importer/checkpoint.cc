@@ -47,10 +47,11 @@ std::string CheckpointToJson(const Checkpoint& c) {
     absl::StrAppend(&out, ",\"size\":", i < c.sizes.size() ? c.sizes[i] : -1, "}");
   }
   absl::StrAppend(&out, "],\"file\":", c.file, ",\"offset\":", c.offset, ",\"line\":", c.line,
-                  ",\"rows\":", c.rows, ",\"rejects_bytes\":", c.rejects_bytes,
-                  ",\"counts\":{\"read\":", c.counts.read, ",\"accepted\":", c.counts.accepted,
-                  ",\"duplicate\":", c.counts.duplicate, ",\"rejected\":", c.counts.rejected,
-                  ",\"decisions\":{");
+                  ",\"rows\":", c.rows, ",\"rejects_bytes\":", c.rejects_bytes, ",\"rejects\":");
+  core::AppendJsonString(c.rejects, &out);
+  absl::StrAppend(&out, ",\"counts\":{\"read\":", c.counts.read,
+                  ",\"accepted\":", c.counts.accepted, ",\"duplicate\":", c.counts.duplicate,
+                  ",\"rejected\":", c.counts.rejected, ",\"decisions\":{");
   bool first = true;
   for (const auto& [state, n] : c.counts.decisions) {
     if (!first) out += ',';
@@ -100,6 +101,10 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
   }
   c.offset = static_cast<uint64_t>(offset);
   c.rejects_bytes = static_cast<uint64_t>(rejects);
+  if (auto r = doc.FindMember("rejects"); r != doc.MemberEnd()) {  // absent before it was kept
+    if (!r->value.IsString()) return bad();
+    c.rejects = r->value.GetString();
+  }
   auto counts = doc.FindMember("counts");
   if (counts == doc.MemberEnd() || !counts->value.IsObject()) return bad();
   const rapidjson::Value& k = counts->value;

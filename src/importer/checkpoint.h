@@ -37,6 +37,7 @@ struct Checkpoint {
   int64_t line = 0;                // lines consumed up to there
   int64_t rows = 0;                // rows consumed up to there (Avro resumes by this)
   uint64_t rejects_bytes = 0;      // the rejects file's length at that point
+  std::string rejects;             // the rejects file, absolute ("": a checkpoint before it)
   Counts counts;
   friend bool operator==(const Checkpoint&, const Checkpoint&) = default;
 };

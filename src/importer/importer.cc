@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 
@@ -84,6 +85,13 @@ std::string ValidUtf8(std::string_view s) {
     s.remove_prefix(*bad + 1);
   }
   return out;
+}
+
+// `path` made absolute (against the working directory) and normalised, for comparing.
+std::string AbsolutePath(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
 }
 
 int64_t FileSize(const std::string& path) {
@@ -181,6 +189,14 @@ class Run {
         return Refuse(absl::FailedPreconditionError(absl::StrCat(
             "--resume: the checkpoint ", res_.checkpoint_path, " is for other files")));
       }
+      // The rows rejected before the interruption are in the checkpoint's rejects file:
+      // going on in another would leave them in a file this run never names.
+      if (!cp.rejects.empty() && cp.rejects != AbsolutePath(res_.rejects_path)) {
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "--resume: the checkpoint's rejects file is ", cp.rejects,
+            " (the rows rejected before the interruption are there): resume with --rejects ",
+            cp.rejects)));
+      }
       for (size_t i = 0; i < o_.files.size(); ++i) {
         if (cp.sizes[i] != FileSize(o_.files[i])) {
           return Refuse(absl::FailedPreconditionError(
@@ -196,6 +212,7 @@ class Run {
                          ": pass --resume to continue it, or delete the file to start over")));
       }
       cp.batch = core::NewId("b_", absl::Now());
+      cp.rejects = AbsolutePath(res_.rejects_path);
       cp.files = o_.files;
       for (const std::string& f : o_.files) cp.sizes.push_back(FileSize(f));
     }
@@ -230,8 +247,8 @@ class Run {
       // checkpoint says was cut or edited since, and is kept as it is.
       struct stat st {};
       uint64_t keep = cp.rejects_bytes;
-      if (::stat(res_.rejects_path.c_str(), &st) == 0 &&
-          static_cast<uint64_t>(st.st_size) < cp.rejects_bytes) {
+      if (::stat(res_.rejects_path.c_str(), &st) != 0) st.st_size = 0;  // gone: as empty
+      if (static_cast<uint64_t>(st.st_size) < cp.rejects_bytes) {
         keep = static_cast<uint64_t>(st.st_size);
         std::fprintf(o_.notes_out,
                      "quell import: %s is shorter than the checkpoint records (%llu < %llu "

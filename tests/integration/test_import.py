@@ -610,6 +610,20 @@ class DirectImportTest(unittest.TestCase):
         self.assertIn("is shorter than the checkpoint records", err)
         with open(rejects, "rb") as f:
             self.assertNotIn(b"\0", f.read())
+        # Gone altogether: the same note (it said nothing, and the rows rejected before
+        # the interruption were in no file the run named).
+        os.unlink(rejects)
+        code, _, err = import_cmd(trunc, "--data", self.data, "--rejects", rejects, "--resume")
+        self.assertEqual(code, 1, err)
+        self.assertIn("is shorter than the checkpoint records (0 < ", err)
+        # Another rejects file for the same checkpoint: refused, naming the one to use.
+        checkpoint = rejects + ".quell-checkpoint"
+        other = self.path("other.rejects")
+        code, _, err = import_cmd(trunc, "--data", self.data, "--rejects", other,
+                                  "--checkpoint", checkpoint, "--resume")
+        self.assertEqual(code, 1, err)
+        self.assertIn("the checkpoint's rejects file is " + rejects, err)
+        self.assertFalse(os.path.exists(other))
 
     def test_avro_file(self):
         f = self.path("d.avro")
