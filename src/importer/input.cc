@@ -8,9 +8,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/strings.h"
 
 namespace quell::importer {
 
@@ -73,6 +77,24 @@ class StreamSource final : public ByteSource {
       zstd_ = ZSTD_createDStream();
       if (zstd_ == nullptr) return absl::InternalError("zstd: cannot create a stream");
       ZSTD_initDStream(zstd_);
+    } else if (raw_eof_ && !head.empty()) {
+      // The whole input is shorter than the magic bytes: a .gz or .zst file cut inside
+      // them was read as plain text (one rejected row, exit 0).
+      auto cut = [&](std::string_view magic, std::initializer_list<std::string_view> exts) {
+        bool named = false;
+        for (std::string_view e : exts) named = named || absl::EndsWith(name_, AV(e));
+        return named && head.size() < magic.size() && magic.substr(0, head.size()) == head;
+      };
+      for (auto [kind, magic, exts] :
+           {std::tuple{"gzip", std::string_view("\x1f\x8b", 2),
+                       std::initializer_list<std::string_view>{".gz", ".gzip"}},
+            std::tuple{"zstd", std::string_view("\x28\xb5\x2f\xfd", 4),
+                       std::initializer_list<std::string_view>{".zst", ".zstd"}}}) {
+        if (cut(magic, exts)) {
+          return absl::DataLossError(absl::StrCat(name_, ": truncated ", kind, " stream (",
+                                                  head.size(), " bytes, inside its magic number)"));
+        }
+      }
     }
     return absl::OkStatus();
   }

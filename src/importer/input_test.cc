@@ -3,6 +3,11 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
 #include "gtest/gtest.h"
 #include "importer/test_util.h"
 
@@ -72,6 +77,35 @@ TEST(ByteSourceTest, TruncatedAndCorruptZstd) {
   bad[bad.size() / 2 + 1] ^= 0x55;
   ReadAll(*ByteSource::FromString(bad), &st);
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+}
+
+// A .gz or .zst file cut inside its magic number was read as plain text: one rejected
+// row "\u001f" and exit 0, where a cut anywhere later is a truncated stream.
+TEST(ByteSourceTest, ACompressedFileCutInsideItsMagicIsTruncated) {
+  const std::string dir = ::testing::TempDir();
+  for (const auto& [name, bytes, kind] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"cut1.ndjson.gz", std::string("\x1f", 1), "gzip"},
+           {"cut3.ndjson.zst", std::string("\x28\xb5\x2f", 3), "zstd"}}) {
+    const std::string path = dir + "/" + name;
+    {
+      std::ofstream f(path, std::ios::binary);
+      f << bytes;
+    }
+    auto src = ByteSource::Open(path);
+    ASSERT_FALSE(src.ok()) << name;
+    EXPECT_EQ(src.status().code(), absl::StatusCode::kDataLoss) << src.status();
+    EXPECT_NE(std::string(src.status().message()).find("truncated " + kind + " stream"),
+              std::string::npos)
+        << src.status();
+  }
+  // The same byte in a file not named as compressed is text (the reader judges it).
+  const std::string plain = dir + "/one-byte.ndjson";
+  {
+    std::ofstream f(plain, std::ios::binary);
+    f << '\x1f';
+  }
+  EXPECT_TRUE(ByteSource::Open(plain).ok());
 }
 
 TEST(ByteSourceTest, PeekDoesNotConsume) {
