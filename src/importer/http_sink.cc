@@ -254,6 +254,9 @@ class HttpSink final : public Sink {
       } else {
         return r;
       }
+      if (options_.stop != nullptr && options_.stop->load()) {
+        return absl::CancelledError(absl::StrCat("interrupted while retrying ", AV(what)));
+      }
       if (absl::Now() + backoff > give_up) {
         return absl::UnavailableError(absl::StrCat("the server did not take ", AV(what), " within ",
                                                    absl::FormatDuration(options_.retry_for),

@@ -228,6 +228,7 @@ class Run {
       ho.batch = cp.batch;
       ho.connections = o_.in_flight;
       ho.retry_for = o_.retry_for;
+      ho.stop = o_.stop;
       auto sink = OpenHttpSink(ho);
       if (!sink.ok()) return Refuse(sink.status());
       sink_ = *std::move(sink);
@@ -279,7 +280,16 @@ class Run {
     WaitAll();
     sink_.reset();  // a direct sink drains its ledger
     absl::Status save = SaveCheckpoint();
-    if (!fatal_.ok()) return fatal_;
+    // Interrupted while a batch was being retried: that batch's kCancelled is the
+    // interruption itself, reported as such ("continue with --resume").
+    const bool interrupted = o_.stop != nullptr && o_.stop->load();
+    if (!fatal_.ok()) {
+      if (!interrupted || !absl::IsCancelled(fatal_)) return fatal_;
+      if (read_status.ok()) {  // every row was read before the signal, not acknowledged
+        read_status = absl::CancelledError(absl::StrCat(
+            "interrupted: continue with --resume (checkpoint ", res_.checkpoint_path, ")"));
+      }
+    }
     if (!read_status.ok()) return read_status;
     QUELL_RETURN_IF_ERROR(save);
     if (acked_.file == static_cast<int64_t>(o_.files.size())) {

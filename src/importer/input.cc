@@ -8,13 +8,10 @@
 
 #include <cerrno>
 #include <cstring>
-#include <initializer_list>
-#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "core/strings.h"
 
 namespace quell::importer {
 
@@ -80,18 +77,18 @@ class StreamSource final : public ByteSource {
     } else if (raw_eof_ && !head.empty()) {
       // The whole input is shorter than the magic bytes: a .gz or .zst file cut inside
       // them was read as plain text (one rejected row, exit 0).
-      auto cut = [&](std::string_view magic, std::initializer_list<std::string_view> exts) {
-        bool named = false;
-        for (std::string_view e : exts) named = named || absl::EndsWith(name_, AV(e));
-        return named && head.size() < magic.size() && magic.substr(0, head.size()) == head;
+      struct Magic {
+        const char* kind;
+        std::string_view bytes;
+        const char* exts[2];
       };
-      for (auto [kind, magic, exts] :
-           {std::tuple{"gzip", std::string_view("\x1f\x8b", 2),
-                       std::initializer_list<std::string_view>{".gz", ".gzip"}},
-            std::tuple{"zstd", std::string_view("\x28\xb5\x2f\xfd", 4),
-                       std::initializer_list<std::string_view>{".zst", ".zstd"}}}) {
-        if (cut(magic, exts)) {
-          return absl::DataLossError(absl::StrCat(name_, ": truncated ", kind, " stream (",
+      static constexpr Magic kMagics[] = {
+          {"gzip", std::string_view("\x1f\x8b", 2), {".gz", ".gzip"}},
+          {"zstd", std::string_view("\x28\xb5\x2f\xfd", 4), {".zst", ".zstd"}}};
+      for (const Magic& m : kMagics) {
+        const bool named = absl::EndsWith(name_, m.exts[0]) || absl::EndsWith(name_, m.exts[1]);
+        if (named && head.size() < m.bytes.size() && m.bytes.substr(0, head.size()) == head) {
+          return absl::DataLossError(absl::StrCat(name_, ": truncated ", m.kind, " stream (",
                                                   head.size(), " bytes, inside its magic number)"));
         }
       }

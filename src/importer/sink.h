@@ -9,6 +9,7 @@
 #ifndef QUELL_IMPORTER_SINK_H_
 #define QUELL_IMPORTER_SINK_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -63,6 +64,9 @@ struct HttpSinkOptions {
   std::string batch;    // the import batch, recorded on every detection (?batch=)
   int connections = 8;  // batches in flight
   absl::Duration retry_for = absl::Seconds(60);  // keep retrying 429/503/connection errors
+  // Set: retrying stops (the batch fails kCancelled), so Ctrl-C is not held for retry_for
+  // by a server that is down. May be null; must outlive the sink.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 //! Connects once to check the address (kUnavailable if nothing answers; kInvalidArgument

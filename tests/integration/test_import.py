@@ -200,14 +200,14 @@ class ServerImportTest(unittest.TestCase):
         self.assertEqual(seq(self.reference), before)  # nothing changed
         self.assertEqual(mitigations(self.reference), self.reference_state)
 
-    def interrupted_then_resumed(self, interrupt):
+    def interrupted_then_resumed(self, interrupt, extra=()):
         q = FixedPortServer(extra_args=["--config", CONFIG]).start()
         try:
             key = q.create_key("detector", "bot-model-v3")
             rejects = os.path.join(q.data, "rejects.ndjson")
             args = [QUELL, "import", self.file, "--server", "http://127.0.0.1:%d" % q.port, "--key", key,
                     "--rejects", rejects, "--batch-rows", "500", "--progress", "lines", "--json",
-                    "--in-flight", "1"]
+                    "--in-flight", "1", *extra]
             p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             checkpoint = rejects + ".quell-checkpoint"
             # The whole import may take less than its checkpoint interval (500 ms). Once it
@@ -230,7 +230,7 @@ class ServerImportTest(unittest.TestCase):
                     pass
                 time.sleep(0.01)
             interrupt(p, q)
-            out, err = p.communicate(timeout=300)
+            out, err = p.communicate(timeout=120)
             return q, p.returncode, out, err, args
         except BaseException:
             q.cleanup()
@@ -268,6 +268,28 @@ class ServerImportTest(unittest.TestCase):
                 self.skipTest("the import finished before the signal")
             self.assertEqual(code, 1, err)
             self.assertIn("--resume", err)
+            code, out, err = import_cmd(*args[2:], "--resume")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
+        finally:
+            q.cleanup()
+
+    def test_ctrl_c_while_the_server_is_down_interrupts(self):
+        # Ctrl-C while a batch was being retried against a dead server waited out the whole
+        # --retry-for (here 10 minutes; 60 s by default) and then failed "the server did not
+        # take a batch" instead of stopping as interrupted.
+        def down_then_ctrl_c(p, q):
+            q.kill9()
+            time.sleep(0.5)  # the next batch meets the dead server and retries
+            p.send_signal(signal.SIGINT)
+        q, code, out, err, args = self.interrupted_then_resumed(down_then_ctrl_c,
+                                                                ["--retry-for", "10m"])
+        try:
+            if code == 0:
+                self.skipTest("the import finished before the server stopped")
+            self.assertEqual(code, 1, err)
+            self.assertIn("interrupted: continue with --resume", err)
+            q.start()
             code, out, err = import_cmd(*args[2:], "--resume")
             self.assertEqual(code, 0, err)
             self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
