@@ -970,20 +970,33 @@ class PgStore final : public Store {
   std::unique_ptr<Conn> side_ ABSL_GUARDED_BY(side_mu_);  // keys and purges
 };
 
+// A pooled connection the server closed while it was idle (a PostgreSQL restart) fails
+// its first statement, and only then knows it is closed: that first statement is tried
+// once more on a fresh connection (the bad one is dropped when returned). Only a first
+// statement, which changed nothing and handed nothing to a caller's callback.
 template <typename F>
 auto PgStore::WithRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
-  QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
-  QUELL_RETURN_IF_ERROR(lease->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
-  auto result = f(*lease);
-  absl::Status end = lease->Exec("ROLLBACK");  // nothing to keep
-  if (!end.ok() && result.ok()) return end;
-  return result;
+  for (int attempt = 0;; ++attempt) {
+    QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
+    if (absl::Status begin = lease->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+        !begin.ok()) {
+      if (attempt == 0 && !lease->ok()) continue;
+      return begin;
+    }
+    auto result = f(*lease);
+    absl::Status end = lease->Exec("ROLLBACK");  // nothing to keep
+    if (!end.ok() && result.ok()) return end;
+    return result;
+  }
 }
 
 template <typename F>
 auto PgStore::WithOneRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
-  QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
-  return f(*lease);
+  for (int attempt = 0;; ++attempt) {
+    QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
+    auto result = f(*lease);  // one statement, a read: safe to repeat (see WithRead)
+    if (result.ok() || attempt > 0 || lease->ok()) return result;
+  }
 }
 
 template <typename F>
@@ -1259,7 +1272,15 @@ absl::StatusOr<std::unique_ptr<Txn>> PgStore::Begin(absl::Time now) {
            {P(known_.seq()), P(int64_t{static_cast<int>(ChangeKind::kMitigation)}),
             P(KnownEntities::kMaxCatchUp)}});
     }
-    auto r = writer_->QueryAll(std::move(stmts));
+    auto r = writer_->QueryAll(stmts);
+    if (!r.ok() && !writer_->ok()) {
+      // Closed by the server while idle (a restart): only this first exchange knows.
+      // It wrote nothing; once more on a fresh connection.
+      writer_->DropDeferred(0);
+      QUELL_RETURN_IF_ERROR(pg::Reconnect(writer_, opts_));
+      QUELL_RETURN_IF_ERROR(writer_->Defer("BEGIN"));
+      r = writer_->QueryAll(std::move(stmts));
+    }
     absl::Status st = r.status();
     if (st.ok() && (*r)[0].rows() != 1) st = absl::DataLossError("chain_head row is missing");
     if (!st.ok()) {
