@@ -98,20 +98,24 @@ void AddWebhookRoutes(Router& router, Context& ctx, webhooks::Dispatcher* dispat
 
   router.Add("GET", "/v1/webhooks", admin, [&ctx, dispatcher](Call&& call) {
     if (dispatcher == nullptr) return call.Fail(NotRunning());
-    std::string body = "{\"webhooks\":[";
-    bool first = true;
-    for (const auto& st : dispatcher->List()) {
-      if (!first) body += ',';
-      first = false;
-      body += SubscriptionJson(st.subscription, false);
-      absl::StrAppend(&body, ",\"delivery\":{\"pending_seq\":", st.pending_seq,
-                      ",\"failures\":", st.failures, ",\"delivered\":", st.delivered,
-                      ",\"dead_letters\":", st.dead_letters, ",\"last_error\":");
-      core::AppendJsonString(st.last_error, &body);
-      body += "}}";
-    }
-    body += "]}";
-    call.Send(200, std::move(body));
+    ctx.OffLoop(std::move(call), [dispatcher](Call& call) {
+      auto list = dispatcher->ListCurrent();  // as the store has them (other nodes' too)
+      if (!list.ok()) return call.Fail(ApiError::FromStatus(list.status()));
+      std::string body = "{\"webhooks\":[";
+      bool first = true;
+      for (const auto& st : *list) {
+        if (!first) body += ',';
+        first = false;
+        body += SubscriptionJson(st.subscription, false);
+        absl::StrAppend(&body, ",\"delivery\":{\"pending_seq\":", st.pending_seq,
+                        ",\"failures\":", st.failures, ",\"delivered\":", st.delivered,
+                        ",\"dead_letters\":", st.dead_letters, ",\"last_error\":");
+        core::AppendJsonString(st.last_error, &body);
+        body += "}}";
+      }
+      body += "]}";
+      call.Send(200, std::move(body));
+    });
   });
 
   router.Add("DELETE", "/v1/webhooks/{id}", admin, [&ctx, dispatcher](Call&& call) {

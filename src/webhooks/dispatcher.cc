@@ -509,6 +509,11 @@ absl::Status Dispatcher::Unsubscribe(std::string_view id) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<SubscriptionStatus>> Dispatcher::ListCurrent() {
+  QUELL_RETURN_IF_ERROR(Refresh(/*reload=*/false));
+  return List();
+}
+
 std::vector<SubscriptionStatus> Dispatcher::List() const {
   std::lock_guard lock(mu_);
   std::vector<SubscriptionStatus> out;

@@ -129,6 +129,9 @@ class Dispatcher final : public ledger::ChangeListener {
   //! Every subscription with this node's delivery state (from memory: the worker
   //! refreshes it from the store every `poll`, delivering or not).
   std::vector<SubscriptionStatus> List() const;
+  //! As List, after reading the subscriptions from the store: with several nodes, one
+  //! created or deleted through another is listed as it is now, not as of the last poll.
+  absl::StatusOr<std::vector<SubscriptionStatus>> ListCurrent();
   //! kNotFound if no such subscription.
   absl::StatusOr<std::vector<DeadLetter>> DeadLetters(std::string_view id, int64_t after,
                                                       int limit);

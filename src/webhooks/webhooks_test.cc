@@ -759,6 +759,27 @@ std::pair<int64_t, std::string> SeqAndSubscription(const std::string& body) {
   return {seq, body.substr(at, body.find('"', at) - at)};
 }
 
+// GET /v1/webhooks lists from the store: a subscription created or deleted through
+// another node is listed as it is at once, not after that node's next poll (an admin
+// behind a load balancer did not see the one just created, and made it twice).
+TEST_P(DispatcherTest, ListCurrentShowsAnotherNodesChangesAtOnce) {
+  DispatcherOptions slow = Fast();
+  slow.poll = absl::Hours(1);  // no refresh of its own during the test
+  auto a = Make(slow);
+  auto b = Make(slow);
+  auto sub = a->Subscribe({"http://127.0.0.1:9/h", {}, {}, 0});
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  EXPECT_TRUE(b->List().empty());  // B's memory, as of its last read
+  auto listed = b->ListCurrent();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].subscription.id, sub->id);
+  ASSERT_TRUE(a->Unsubscribe(sub->id).ok());
+  listed = b->ListCurrent();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty());
+}
+
 TEST_P(DispatcherTest, NodesSharingTheStateHandOverDeliveryAtTheRecordedCursor) {
   Receiver rx(0);
   auto a = Make(Fast());  // node A: serves the API, does not hold the lease at first
