@@ -103,6 +103,11 @@ int64_t FileSize(const std::string& path) {
 class Run {
  public:
   explicit Run(const ImportOptions& o) : o_(o), progress_(o.progress_out, o.progress) {}
+  ~Run() {
+    if (checkpoint_lock_ >= 0) ::close(checkpoint_lock_);
+  }
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
 
   ImportResult Go() {
     const absl::Time start = absl::Now();
@@ -176,7 +181,17 @@ class Run {
     progress_.SetTotal(total);
     if (o_.dry_run) return DryRunAll();
 
-    // 2. The checkpoint: continue it, or refuse to silently start over.
+    // 2. The checkpoint: continue it, or refuse to silently start over. One run at a time
+    //    per checkpoint (a --resume started twice wrote both into one rejects file).
+    {
+      const std::filesystem::path ck(res_.checkpoint_path);
+      const std::string dir = ck.has_parent_path() ? ck.parent_path().string() : ".";
+      auto lock = LockDataDir(
+          dir, absl::StrCat(ck.filename().string(), ".lock"),
+          absl::StrCat("another quell import is using the checkpoint ", res_.checkpoint_path));
+      if (!lock.ok()) return Refuse(lock.status());
+      checkpoint_lock_ = *lock;
+    }
     Checkpoint cp;
     QUELL_ASSIGN_OR_RETURN(auto existing, ReadCheckpoint(res_.checkpoint_path));
     if (o_.resume) {
@@ -294,6 +309,7 @@ class Run {
     QUELL_RETURN_IF_ERROR(save);
     if (acked_.file == static_cast<int64_t>(o_.files.size())) {
       QUELL_RETURN_IF_ERROR(RemoveCheckpoint(res_.checkpoint_path));
+      ::unlink(absl::StrCat(res_.checkpoint_path, ".lock").c_str());  // held: nobody waits on it
     }
     if (rejects_fd_ < 0 && rejects_bytes_ == 0) res_.rejects_path.clear();
     if (rejects_fd_ >= 0) ::close(rejects_fd_);
@@ -594,6 +610,7 @@ class Run {
   uint64_t bytes_done_ = 0;  // of the files read to their end
   int64_t reading_ = -1;     // the file being read, if any
   int rejects_fd_ = -1;
+  int checkpoint_lock_ = -1;  // flock on CHECKPOINT.lock, for the run
   uint64_t rejects_bytes_ = 0;
   bool rejects_dirty_ = false;
   absl::Time last_checkpoint_ = absl::InfinitePast();

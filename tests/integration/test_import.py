@@ -296,6 +296,24 @@ class ServerImportTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_a_second_run_on_the_same_checkpoint_is_refused(self):
+        # Two runs (a --resume started twice) both wrote the one checkpoint and rejects file.
+        def second_run_while_the_first_waits(p, q):
+            q.proc.send_signal(signal.SIGSTOP)  # the first run waits on its batch
+            try:
+                args = [a for a in p.args[2:]]
+                code, out, err = import_cmd(*args, "--resume")
+                self.assertEqual(code, 1, err)
+                self.assertIn("another quell import is using the checkpoint", err)
+            finally:
+                q.proc.send_signal(signal.SIGCONT)
+        q, code, out, err, _ = self.interrupted_then_resumed(second_run_while_the_first_waits)
+        try:
+            self.assertEqual(code, 0, err)  # the first run was not disturbed
+            self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
+        finally:
+            q.cleanup()
+
     def test_server_restart_mid_import(self):
         def restart_server(p, q):
             q.kill9()
