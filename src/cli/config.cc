@@ -298,6 +298,8 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     c->grpc_listen = v.as<std::string>();
   } else if (key == "data") {
     c->data = v.as<std::string>();
+  } else if (key == "postgres") {
+    c->postgres = v.as<std::string>();
   } else if (key == "threads") {
     c->threads = v.as<int>();
     if (c->threads < 0) {

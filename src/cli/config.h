@@ -68,6 +68,9 @@ struct Config {
   std::string listen = "127.0.0.1:8080";
   std::string grpc_listen;  // grpc_listen: HOST:PORT of the gRPC server; "" = none
   std::string data = "./var";
+  // postgres: the ledger in PostgreSQL (a libpq URL); --postgres and QUELL_POSTGRES
+  // override it. Empty: the embedded store in `data`.
+  std::string postgres;
   int threads = 0;               // HTTP event loops; 0 = one per core
   bool synchronous_full = true;  // store.synchronous: full | normal
   // store.entity_cache_mib: memory for the mitigations the embedded store's writer keeps

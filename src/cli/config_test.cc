@@ -69,6 +69,10 @@ TEST(ConfigTest, ErrorsNameTheFileAndLine) {
   auto actions = LoadConfigFile(actions_path, Config{});
   ASSERT_FALSE(actions.ok());
   EXPECT_EQ(actions.status().message(), actions_path + ":2: actions[0]: unknown key verdit");
+  // postgres: is a top-level key (the ledger's database).
+  auto pg = LoadConfigFile(WriteTemp("postgres: 'postgresql://q@db/quell'\n"), Config{});
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  EXPECT_EQ(pg->postgres, "postgresql://q@db/quell");
   // Inside a section, the key's own line, not the section's.
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
            {"listen: x\nhttp:\n  access_log: true\n  bogus: 1\n", ":4: unknown key \"http.bogus\""},

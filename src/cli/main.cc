@@ -231,6 +231,8 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
     QUELL_ASSIGN_OR_RETURN(c, LoadConfigFile(*file, c));
   }
   QUELL_RETURN_IF_ERROR(ApplyEnvironment(&c));
+  // --postgres and QUELL_POSTGRES (read in Main) win over the file's postgres:.
+  if (postgres_url.empty()) postgres_url = c.postgres;
   if (auto v = flags.Get("data")) c.data = *v;
   if (auto v = flags.Get("listen")) c.listen = *v;
   if (auto v = flags.Get("grpc-listen")) c.grpc_listen = *v;

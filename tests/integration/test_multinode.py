@@ -255,6 +255,17 @@ class ReadCommandsTest(unittest.TestCase):
         run_cli("migrate", "--postgres", url)
         code, out, err = run_cli("audit", "verify", "--postgres", url, check=False)
         self.assertEqual(code, 0, out + err)
+        # The database named by a configuration file's postgres: (it was an unknown key).
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as cfg:
+            cfg.write("postgres: '%s'\n" % url)
+            cfg.flush()
+            code, out, err = run_cli("keys", "create", "--role", "viewer", "--config", cfg.name,
+                                     check=False)
+            self.assertEqual(code, 0, err)
+            code, out, err = run_cli("keys", "list", "--config", cfg.name, check=False)
+            self.assertEqual(code, 0, err)
+            self.assertIn("viewer", out)
+        self.assertEqual(psql(url, "SELECT count(*) FROM api_keys WHERE role = 'viewer'"), ["1"])
 
 
 class ThreeNodes(unittest.TestCase):
