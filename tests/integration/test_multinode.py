@@ -229,8 +229,8 @@ class Writers:
                         self.revoked.add(body["id"])
 
 
-class ReadCommandsTest(unittest.TestCase):
-    """The commands that read what is there, pointed at a database without a ledger."""
+class WithCluster(unittest.TestCase):
+    """One throwaway PostgreSQL cluster per class (self.cluster)."""
 
     @classmethod
     def setUpClass(cls):
@@ -239,6 +239,10 @@ class ReadCommandsTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.cluster.close()
+
+
+class ReadCommandsTest(WithCluster):
+    """The commands that read what is there, pointed at a database without a ledger."""
 
     def test_they_refuse_a_database_without_a_ledger_and_create_nothing(self):
         # audit verify, keys list and keys revoke created Quell's twelve tables in a
@@ -268,17 +272,9 @@ class ReadCommandsTest(unittest.TestCase):
         self.assertEqual(psql(url, "SELECT count(*) FROM api_keys WHERE role = 'viewer'"), ["1"])
 
 
-class ThreeNodes(unittest.TestCase):
-    """One throwaway PostgreSQL cluster per class; per test a fresh database, migrated,
-    an admin key, and three started nodes on it (self.nodes), stopped at cleanup."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = PgCluster()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.close()
+class ThreeNodes(WithCluster):
+    """Per test a fresh database, migrated, an admin key, and three started nodes on it
+    (self.nodes), stopped at cleanup."""
 
     def setUp(self):
         self.url = self.cluster.new_database()
