@@ -1,5 +1,6 @@
 #include "workflow/safeguards.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
@@ -229,9 +230,12 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery del
     for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
   }
   if (longest > absl::ZeroDuration() && last_seq > 0) {
+    // From twice the window back: the search assumes times rise with seqs, and on
+    // PostgreSQL each node stamps its changes with its own clock. A start too early costs
+    // nothing (the bank drops what is older than its windows); too late, it undercounts.
     QUELL_ASSIGN_OR_RETURN(int64_t seq,
                            FirstSeqSince(store, std::max<int64_t>(1, last_seq - kMaxRecount + 1),
-                                         last_seq, now - longest));
+                                         last_seq, now - 2 * longest));
     while (seq <= last_seq) {
       QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page,
                              store.ReadChanges(seq - 1, static_cast<int>(std::min<int64_t>(
@@ -544,14 +548,35 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   std::vector<safeguards::BreakerSpec> specs;
   for (const policy::BreakerDef& d : set.breakers()) specs.push_back(ToSpec(d));
   bank_.Configure(std::move(specs));
+  breakers_set_ = set.version();
+  // The decisions kept before a set was known (Load's recount, other nodes'), replayed
+  // in time order with the resets they straddle: a breaker closed by a reset at T counts
+  // afresh from T (SetOpen(false) clears its counts), so that a restart does not count
+  // back what a reset wiped. Replayed before the ledger's open states are applied: an
+  // open breaker keeps, and shows, the count it opened at (one does not count).
+  std::vector<std::pair<absl::Time, std::string>> resets;
+  for (const auto& [name, p] : persisted_) {
+    if (!p.open) resets.emplace_back(p.at, name);
+  }
+  std::sort(resets.begin(), resets.end());
+  size_t next_reset = 0;
+  for (const EarlyDecision& e : early_) {
+    for (; next_reset < resets.size() && resets[next_reset].first < e.at; ++next_reset) {
+      const auto& [at, name] = resets[next_reset];
+      bank_.SetOpen(name, false, at, persisted_.find(name)->second.reason);
+    }
+    bank_.CountRemote({e.policy, e.action, e.source}, e.at);
+  }
+  early_.clear();
+  for (; next_reset < resets.size(); ++next_reset) {  // resets after the last decision
+    const auto& [at, name] = resets[next_reset];
+    bank_.SetOpen(name, false, at, persisted_.find(name)->second.reason);
+  }
   for (const auto& [name, p] : persisted_) {
     if (auto st = bank_.Find(name, p.at); st && st->open != p.open) {
       bank_.SetOpen(name, p.open, p.at, p.reason);
     }
   }
-  breakers_set_ = set.version();
-  for (const EarlyDecision& e : early_) bank_.CountRemote({e.policy, e.action, e.source}, e.at);
-  early_.clear();
 }
 
 std::optional<absl::Time> Safeguards::ImmuneUntil(std::string_view entity, std::string_view policy,

@@ -84,8 +84,9 @@ class Safeguards final : public ledger::ChangeListener {
   //! store. Call before the ledger takes writes. With `set` (the policy set in force; may
   //! be null), the decisions of the changes committed within its longest breaker window
   //! (of the ledger's last 100,000 changes at most) are counted again, so that a restart
-  //! or a resumed import does not start the windows empty; a later set's longer windows
-  //! count from Load on. Relative breakers' baselines restart empty.
+  //! or a resumed import does not start the windows empty (decisions before a breaker's
+  //! last reset are not counted in it); a breaker a later set adds or reshapes starts
+  //! empty. Relative breakers' baselines restart empty.
   absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery,
                     const policy::PolicySet* set = nullptr);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;

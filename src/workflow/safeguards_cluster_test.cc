@@ -244,12 +244,39 @@ TEST_F(SafeguardsCluster, ARestartedNodeCountsTheWindowFromTheLedger) {
   EXPECT_EQ(Decide(&restarted, "user:u5").state, "active");
   EXPECT_EQ(Decide(&restarted, "user:u6").state, "pending_approval");
   EXPECT_TRUE(Breaker(&restarted).open);
+  // Open, it keeps (and shows) the count it opened at across another restart.
+  Safeguards again(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      again.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
+  EXPECT_TRUE(Breaker(&again).open);
+  EXPECT_EQ(Breaker(&again).count, 6);
   // Past the window, a node started afresh counts none of them.
   clock_.Advance(absl::Hours(2));
   Safeguards later(SafeguardOptions{}, nullptr);
   ASSERT_TRUE(
       later.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
   EXPECT_EQ(Breaker(&later).count, 0);
+}
+
+// A reset wipes the breaker's counts; a restart afterwards must not count the decisions
+// before the reset back in (the recount did, and the next decision reopened it).
+TEST_F(SafeguardsCluster, ARestartAfterAResetCountsOnlyWhatCameAfterIt) {
+  for (int i = 0; i < 7; ++i) Decide(a_.get(), absl::StrCat("user:u", i));
+  ASSERT_TRUE(Breaker(a_.get()).open);
+  clock_.Advance(absl::Minutes(1));
+  auto out = std::make_shared<safeguards::BreakerStatus>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
+  clock_.Advance(absl::Minutes(1));
+  EXPECT_EQ(Decide(a_.get(), "user:v0").state, "active");  // one after the reset
+  Safeguards restarted(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
+          .ok());
+  EXPECT_EQ(Breaker(&restarted).count, 1);
+  for (int i = 1; i < 6; ++i) {
+    EXPECT_EQ(Decide(&restarted, absl::StrCat("user:v", i)).state, "active") << i;
+  }
+  EXPECT_EQ(Decide(&restarted, "user:v6").state, "pending_approval");
 }
 
 TEST_F(SafeguardsCluster, AResetClosesItOnBothNodesAndTheyCountAfreshTogether) {
