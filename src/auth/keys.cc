@@ -128,10 +128,12 @@ absl::Status KeyRing::Reload() {
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ApiKey> list, store_->ListKeys());
   auto map = std::make_shared<Map>();
   for (ledger::ApiKey& k : list) {
-    if (k.revoked_at.has_value()) continue;
     auto role = ParseRole(k.role);
     if (!role) continue;  // a role this binary does not know grants nothing
     Entry e;
+    // Kept, refused: a revoked id is answered from memory, never by a reload (which
+    // would tell it apart from a live one while the store is down: 503 against 401).
+    e.revoked = k.revoked_at.has_value();
     e.secret_hash = std::move(k.secret_hash);
     e.principal.key_id = k.id;
     e.principal.role = *role;
@@ -176,6 +178,7 @@ absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
     std::shared_ptr<const Map> map = keys();
     auto it = map->find(AV(id));
     if (it != map->end()) {
+      if (it->second.revoked) return denied();  // from memory, store down or not
       const std::string& want = it->second.secret_hash;
       if (want.size() == hash.size() && CRYPTO_memcmp(want.data(), hash.data(), hash.size()) == 0) {
         return it->second.principal;
@@ -193,15 +196,20 @@ absl::StatusOr<Principal> KeyRing::Authenticate(std::string_view credential) {
       std::lock_guard<std::mutex> lock(mu_);
       absl::Time now = clock_->Now();
       if (attempt > 0) return denied();
+      // A reload in flight (it may wait out a connect timeout) has not answered yet:
+      // unchecked, as when it fails, rather than refused or waited for.
+      if (miss_reloading_) return unavailable();
       if (now - last_miss_reload_ < absl::Milliseconds(10)) {
         return last_miss_failed_ ? unavailable() : denied();
       }
       last_miss_reload_ = now;
+      miss_reloading_ = true;
     }
     const absl::Status reloaded = Refresh();
     {
       std::lock_guard<std::mutex> lock(mu_);
       last_miss_failed_ = !reloaded.ok();
+      miss_reloading_ = false;
     }
     if (!reloaded.ok()) return unavailable();
   }

@@ -80,6 +80,7 @@ class KeyRing {
   struct Entry {
     std::string secret_hash;
     Principal principal;
+    bool revoked = false;  // refused whatever the secret
   };
   using Map = absl::flat_hash_map<std::string, Entry>;
 
@@ -94,6 +95,7 @@ class KeyRing {
   int64_t version_ = -1;             // guarded by mu_
   absl::Time last_miss_reload_ = absl::InfinitePast();  // guarded by mu_
   bool last_miss_failed_ = false;  // guarded by mu_: that reload could not read the store
+  bool miss_reloading_ = false;    // guarded by mu_: a miss's reload is in flight
 };
 
 }  // namespace quell::auth

@@ -831,6 +831,10 @@ class MultiNodeTest(ThreeNodes):
             "entity": "user:before-outage", "action": "block", "ttl": "1d", "reason": "x"})
         self.assertEqual(status, 201, before)
         self.wait_converged(self.nodes)
+        # A revoked key, once met by node a (its reload then knows it is revoked).
+        revoked = run_cli("keys", "create", "--role", "enforcer", "--postgres", self.url)[1].strip()
+        run_cli("keys", "revoke", revoked.split(".")[0], "--postgres", self.url)
+        self.assertEqual(a.request("GET", "/v1/check?entity=user:x", key=revoked)[0], 401)
         self.cluster.stop()
         try:
             for n in self.nodes:  # check is answered from memory
@@ -844,6 +848,10 @@ class MultiNodeTest(ThreeNodes):
                                               key="k_01M8P0000000000000000000XX.secret")
             self.assertEqual(status, 503, body)
             self.assertIn("retry-after", headers)
+            # A revoked one is refused from memory: 401 still (a 503 told it apart from
+            # a live key with a wrong secret, which is 401).
+            status, body, _ = a.request("GET", "/v1/check?entity=user:x", key=revoked)
+            self.assertEqual(status, 401, body)
             # A snapshot that cannot start is a 503 (it was a 200 whose only line was an
             # error: an empty snapshot to a client that looks at the status).
             for view in ("full", "enforcement"):

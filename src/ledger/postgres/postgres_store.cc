@@ -385,6 +385,15 @@ class ReadPool {
     return c.status();
   }
 
+  //! Closes every idle connection: one was found closed by the server (a restart), and
+  //! so, most likely, are the others, which a retry must not take next.
+  void DropIdle() {
+    absl::MutexLock lock(&mu_);
+    open_ -= static_cast<int>(idle_.size());
+    idle_.clear();
+    returned_.SignalAll();
+  }
+
  private:
   void Return(std::unique_ptr<Conn> c) {
     absl::MutexLock lock(&mu_);
@@ -980,7 +989,10 @@ auto PgStore::WithRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
     QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
     if (absl::Status begin = lease->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         !begin.ok()) {
-      if (attempt == 0 && !lease->ok()) continue;
+      if (attempt == 0 && !lease->ok()) {
+        pool_.DropIdle();
+        continue;
+      }
       return begin;
     }
     auto result = f(*lease);
@@ -996,6 +1008,7 @@ auto PgStore::WithOneRead(F&& f) -> decltype(f(std::declval<Conn&>())) {
     QUELL_ASSIGN_OR_RETURN(ReadPool::Lease lease, pool_.Acquire());
     auto result = f(*lease);  // one statement, a read: safe to repeat (see WithRead)
     if (result.ok() || attempt > 0 || lease->ok()) return result;
+    pool_.DropIdle();
   }
 }
 
