@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "api/detection_codec.h"
@@ -140,6 +141,24 @@ class Run {
                                               : first == "-"           ? std::string("quell-import")
                                                                        : first,
                                               ".quell-checkpoint");
+    // Each would destroy the other, or a store's files: the rejects file is emptied and
+    // the checkpoint replaced (and removed at the end).
+    if (AbsolutePath(res_.rejects_path) == AbsolutePath(res_.checkpoint_path)) {
+      return Refuse(absl::InvalidArgumentError(absl::StrCat(
+          "--rejects and --checkpoint are the same file (", res_.rejects_path,
+          "): the checkpoint would replace the rejects, and go at the end; give two paths")));
+    }
+    if (!o_.data_dir.empty()) {
+      const std::string data = AbsolutePath(o_.data_dir) + "/";
+      for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
+                               std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
+        if (absl::StartsWith(AbsolutePath(*out), data)) {
+          return Refuse(absl::InvalidArgumentError(
+              absl::StrCat(what, *out, " is inside the data directory ", o_.data_dir,
+                           ", which holds the ledger's files: give a path outside it")));
+        }
+      }
+    }
     // The rejects file is emptied and the checkpoint replaced: neither may be an input
     // (a fresh run unlinked an input given as --rejects), nor a directory.
     for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
@@ -200,7 +219,16 @@ class Run {
             "--resume: no checkpoint at ", res_.checkpoint_path, " (nothing to resume)")));
       }
       cp = *existing;
-      if (cp.files != o_.files) {
+      // Paths recorded absolute (older checkpoints: as typed, compared so): the same
+      // name in another working directory is another file.
+      std::vector<std::string> given;
+      for (size_t i = 0; i < o_.files.size(); ++i) {
+        const bool recorded_absolute =
+            i < cp.files.size() && !cp.files[i].empty() && cp.files[i][0] == '/';
+        given.push_back(recorded_absolute && o_.files[i] != "-" ? AbsolutePath(o_.files[i])
+                                                                : o_.files[i]);
+      }
+      if (cp.files != given) {
         return Refuse(absl::FailedPreconditionError(absl::StrCat(
             "--resume: the checkpoint ", res_.checkpoint_path, " is for other files")));
       }
@@ -228,7 +256,7 @@ class Run {
       }
       cp.batch = core::NewId("b_", absl::Now());
       cp.rejects = AbsolutePath(res_.rejects_path);
-      cp.files = o_.files;
+      for (const std::string& f : o_.files) cp.files.push_back(f == "-" ? f : AbsolutePath(f));
       for (const std::string& f : o_.files) cp.sizes.push_back(FileSize(f));
     }
     res_.batch = cp.batch;

@@ -628,6 +628,47 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 1, err)
         self.assertIn("is a directory", err)
 
+    def test_paths_that_would_destroy_each_other_or_the_ledger_are_refused(self):
+        f = self.path("small.ndjson")
+        write_ndjson(f, 50, bad_every=10)
+        db = os.path.join(self.data, "quell.db")
+        size = os.path.getsize(db)
+        # --rejects onto the ledger's database wrote NDJSON over it (exit 0).
+        code, _, err = import_cmd(f, "--data", self.data, "--rejects", db)
+        self.assertEqual(code, 1, err)
+        self.assertIn("inside the data directory", err)
+        self.assertEqual(os.path.getsize(db), size)
+        # --rejects and --checkpoint one file: the rejects were gone at the end (exit 0).
+        same = self.path("same.ndjson")
+        code, _, err = import_cmd(f, "--data", self.data, "--rejects", same, "--checkpoint", same)
+        self.assertEqual(code, 1, err)
+        self.assertIn("are the same file", err)
+
+    def test_resume_in_another_directory_is_not_another_file_of_that_name(self):
+        # The checkpoint kept inputs as typed: `day.ndjson.gz` resumed from another working
+        # directory continued that directory's file of the same name and size.
+        a, b = self.path("a"), self.path("b")
+        os.makedirs(a)
+        os.makedirs(b)
+        plain = self.path("day.ndjson")
+        write_ndjson(plain, 2000)
+        with open(plain, "rb") as f:
+            data = gzip.compress(f.read())
+        for d in (a, b):  # cut short: the run stops there and leaves its checkpoint
+            with open(os.path.join(d, "day.ndjson.gz"), "wb") as f:
+                f.write(data[: len(data) // 2])
+        ck, rej = self.path("day.ck"), self.path("day.rejects")
+        args = [QUELL, "import", "day.ndjson.gz", "--data", self.data, "--checkpoint", ck,
+                "--rejects", rej, "--progress", "off"]
+        p = subprocess.run(args, cwd=a, capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("truncated gzip", p.stderr)
+        p = subprocess.run(args + ["--resume"], cwd=b, capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("is for other files", p.stderr)
+        p = subprocess.run(args + ["--resume"], cwd=a, capture_output=True, text=True, timeout=120)
+        self.assertIn("resuming batch", p.stderr)  # its own file: past the checks
+
     def test_resume_never_pads_a_shortened_rejects_file(self):
         # A run stopped by a truncated gzip stream leaves a checkpoint that records how long
         # the rejects file was. If that file is cut since, --resume keeps it as it is (with
