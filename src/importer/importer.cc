@@ -427,6 +427,9 @@ class Run {
   void Submit(std::unique_ptr<Pending> p, Rows rows) {
     while (static_cast<int>(pending_.size()) >= std::max(1, o_.in_flight))
       Acknowledge(/*wait=*/true);
+    // A batch failed while this one waited: it is not sent (it would retry for a whole
+    // --retry-for of its own, doubling the wait); the checkpoint stays before the failure.
+    if (!fatal_.ok()) return;
     p->seq = next_seq_++;
     in_flight_rows_ += p->read;
     uint64_t seq = p->seq;

@@ -419,6 +419,50 @@ class ServerImportTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_after_a_batch_gives_up_no_other_is_sent(self):
+        # A batch that gave up after --retry-for was followed by the next one, which had
+        # waited for its slot: it was sent and retried for a whole --retry-for of its own
+        # (the run took twice as long as asked). A server that takes the probe, then is
+        # busy (503) for good; the first row of every batch it is sent is recorded.
+        firsts = set()
+
+        class BusyServer(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if body == b"{}\n{}\n":  # the probe: two rejected items
+                    status, reply = 400, json.dumps({"results": [
+                        {"index": i, "status": "rejected",
+                         "error": {"code": "invalid_argument", "message": "id: missing"}}
+                        for i in range(2)]}).encode()
+                else:
+                    firsts.add(json.loads(body.split(b"\n", 1)[0])["id"])
+                    status, reply = 503, b'{"error":{"code":"unavailable","message":"busy"}}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BusyServer)
+        t = threading.Thread(target=srv.serve_forever)
+        t.start()
+        try:
+            f = os.path.join(self.tmp.name, "three-batches.ndjson")
+            write_ndjson(f, 30)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+                                        "--key", "k_x.y", "--retry-for", "1s", "--in-flight", "1",
+                                        "--batch-rows", "10")
+            self.assertEqual(code, 1, err)
+            self.assertIn("did not take a batch within 1s", err)
+            self.assertEqual(firsts, {"r0"})
+        finally:
+            srv.shutdown()
+            t.join()
+            srv.server_close()
+
     def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
         # A server from before NDJSON bodies reads the probe as one JSON document and fails
         # to parse it; without the refusal a one-row batch would go in without its batch id.
