@@ -217,6 +217,15 @@ absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
 }
 
 absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& options) {
+  // A mistyped --data made a new, empty ledger, with no policy set: every row was stored
+  // undecided, and the same rows imported later into the right place are duplicates.
+  std::error_code ec;
+  if (!std::filesystem::exists(
+          std::filesystem::path(options.data_dir) / std::string(ledger::kSqliteFileName), ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        "no ledger in ", options.data_dir, " (no ", AV(ledger::kSqliteFileName),
+        "): check --data; a first `quell serve --data DIR` (with its policy set) makes one"));
+  }
   QUELL_ASSIGN_OR_RETURN(
       int import_lock,
       LockDataDir(options.data_dir, "import.lock",

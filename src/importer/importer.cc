@@ -282,6 +282,12 @@ class Run {
       auto sink = OpenDirectSink(dso);
       if (!sink.ok()) return Refuse(sink.status());
       sink_ = *std::move(sink);
+      if (sink_->DeclaredTypes() == nullptr) {
+        std::fprintf(o_.notes_out,
+                     "quell import: %s has no published policy set: the rows are stored "
+                     "without decisions (imported again later, they are duplicates)\n",
+                     o_.data_dir.c_str());
+      }
     }
 
     // 4. Rejects file: a fresh run starts it empty; a resume cuts what was written after

@@ -672,6 +672,22 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 1, err)
         self.assertIn("is a directory", err)
 
+    def test_a_data_directory_without_a_ledger_or_policies(self):
+        f = self.path("few.ndjson")
+        write_ndjson(f, 20)
+        # Mistyped: it was created, every row stored without decisions (exit 0).
+        missing = self.path("no-such-var")
+        code, _, err = import_cmd(f, "--data", missing)
+        self.assertEqual(code, 1, err)
+        self.assertIn("no ledger in " + missing, err)
+        self.assertFalse(os.path.exists(missing))
+        # A ledger with no policy set: imported, and said.
+        bare = self.path("bare")
+        run_cli("keys", "create", "--role", "admin", "--data", bare)
+        code, out, err = import_cmd(f, "--data", bare, "--json")
+        self.assertEqual(code, 0, err)
+        self.assertIn("has no published policy set", err)
+
     def test_paths_that_would_destroy_each_other_or_the_ledger_are_refused(self):
         f = self.path("small.ndjson")
         write_ndjson(f, 50, bad_every=10)
