@@ -6,6 +6,7 @@
 #include "importer/importer.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -95,6 +96,32 @@ std::string AbsolutePath(const std::string& path) {
   return ec ? path : abs.lexically_normal().string();
 }
 
+// The descriptor of `path`, created if needed and flock'ed (exclusive, not waiting):
+// kFailedPrecondition `holder` if another run holds it. The file may be removed by its
+// holder when done: a lock taken on a file that is no longer the one at `path` is
+// dropped and taken again, so two runs never hold two files of one name.
+absl::StatusOr<int> LockCheckpoint(const std::string& path, const std::string& holder) {
+  for (;;) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      ::close(fd);
+      if (e == EWOULDBLOCK) return absl::FailedPreconditionError(holder);
+      return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(e)));
+    }
+    struct stat held {
+    }, named{};
+    if (::fstat(fd, &held) == 0 && ::stat(path.c_str(), &named) == 0 &&
+        held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+      return fd;
+    }
+    ::close(fd);  // removed (or replaced) meanwhile: again, on what is there now
+  }
+}
+
 int64_t FileSize(const std::string& path) {
   struct stat st;
   if (path == "-" || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return -1;
@@ -105,7 +132,14 @@ class Run {
  public:
   explicit Run(const ImportOptions& o) : o_(o), progress_(o.progress_out, o.progress) {}
   ~Run() {
-    if (checkpoint_lock_ >= 0) ::close(checkpoint_lock_);
+    if (checkpoint_lock_ < 0) return;
+    // No checkpoint left (a run that completed, or failed before writing one): its lock
+    // file goes too, removed while held (LockCheckpoint copes with a removed one).
+    struct stat st {};
+    if (::stat(checkpoint_path_.c_str(), &st) != 0) {
+      ::unlink(absl::StrCat(checkpoint_path_, ".lock").c_str());
+    }
+    ::close(checkpoint_lock_);
   }
   Run(const Run&) = delete;
   Run& operator=(const Run&) = delete;
@@ -203,13 +237,12 @@ class Run {
     // 2. The checkpoint: continue it, or refuse to silently start over. One run at a time
     //    per checkpoint (a --resume started twice wrote both into one rejects file).
     {
-      const std::filesystem::path ck(res_.checkpoint_path);
-      const std::string dir = ck.has_parent_path() ? ck.parent_path().string() : ".";
-      auto lock = LockDataDir(
-          dir, absl::StrCat(ck.filename().string(), ".lock"),
+      auto lock = LockCheckpoint(
+          absl::StrCat(res_.checkpoint_path, ".lock"),
           absl::StrCat("another quell import is using the checkpoint ", res_.checkpoint_path));
       if (!lock.ok()) return Refuse(lock.status());
       checkpoint_lock_ = *lock;
+      checkpoint_path_ = res_.checkpoint_path;  // res_ is moved out by Go()
     }
     Checkpoint cp;
     QUELL_ASSIGN_OR_RETURN(auto existing, ReadCheckpoint(res_.checkpoint_path));
@@ -342,8 +375,7 @@ class Run {
     if (!read_status.ok()) return read_status;
     QUELL_RETURN_IF_ERROR(save);
     if (acked_.file == static_cast<int64_t>(o_.files.size())) {
-      QUELL_RETURN_IF_ERROR(RemoveCheckpoint(res_.checkpoint_path));
-      ::unlink(absl::StrCat(res_.checkpoint_path, ".lock").c_str());  // held: nobody waits on it
+      QUELL_RETURN_IF_ERROR(RemoveCheckpoint(res_.checkpoint_path));  // its lock: ~Run
     }
     if (rejects_fd_ < 0 && rejects_bytes_ == 0) res_.rejects_path.clear();
     if (rejects_fd_ >= 0) ::close(rejects_fd_);
@@ -647,7 +679,8 @@ class Run {
   uint64_t bytes_done_ = 0;  // of the files read to their end
   int64_t reading_ = -1;     // the file being read, if any
   int rejects_fd_ = -1;
-  int checkpoint_lock_ = -1;  // flock on CHECKPOINT.lock, for the run
+  int checkpoint_lock_ = -1;     // flock on CHECKPOINT.lock, for the run
+  std::string checkpoint_path_;  // CHECKPOINT, once locked
   uint64_t rejects_bytes_ = 0;
   bool rejects_dirty_ = false;
   absl::Time last_checkpoint_ = absl::InfinitePast();

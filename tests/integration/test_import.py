@@ -547,6 +547,9 @@ class ServerImportTest(unittest.TestCase):
         code, _, err = import_cmd(self.file, "--data", self.reference.data)
         self.assertEqual(code, 1)
         self.assertIn("a quell server owns", err)
+        # Neither left a checkpoint, nor the lock file that goes with it.
+        self.assertFalse(os.path.exists(self.file + ".quell-checkpoint"))
+        self.assertFalse(os.path.exists(self.file + ".quell-checkpoint.lock"))
 
     def test_dry_run_against_a_running_server_writes_nothing(self):
         f = os.path.join(self.tmp.name, "preview.ndjson")
