@@ -231,8 +231,18 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
     QUELL_ASSIGN_OR_RETURN(c, LoadConfigFile(*file, c));
   }
   QUELL_RETURN_IF_ERROR(ApplyEnvironment(&c));
-  // --postgres and QUELL_POSTGRES (read in Main) win over the file's postgres:.
-  if (postgres_url.empty()) postgres_url = c.postgres;
+  // --postgres and QUELL_POSTGRES (read in Main) win over the file's postgres:. An
+  // explicit --data with it names two ledgers: which one was meant is not guessed (an
+  // audit of a backup directory verified the production database instead).
+  if (postgres_url.empty() && !c.postgres.empty()) {
+    if (flags.Has("data")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--data ", *flags.Get("data"),
+                       " and the configuration's postgres: both name a "
+                       "ledger: drop one (or pass --postgres to use the database)"));
+    }
+    postgres_url = c.postgres;
+  }
   if (auto v = flags.Get("data")) c.data = *v;
   if (auto v = flags.Get("listen")) c.listen = *v;
   if (auto v = flags.Get("grpc-listen")) c.grpc_listen = *v;

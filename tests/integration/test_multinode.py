@@ -269,6 +269,11 @@ class ReadCommandsTest(WithCluster):
             code, out, err = run_cli("keys", "list", "--config", cfg.name, check=False)
             self.assertEqual(code, 0, err)
             self.assertIn("viewer", out)
+            # With an explicit --data too, which ledger was meant is not guessed.
+            code, out, err = run_cli("audit", "verify", "--config", cfg.name, "--data",
+                                     "/tmp/some-backup", check=False)
+            self.assertEqual(code, 2, out + err)
+            self.assertIn("both name a ledger", err)
         self.assertEqual(psql(url, "SELECT count(*) FROM api_keys WHERE role = 'viewer'"), ["1"])
 
 
