@@ -267,7 +267,8 @@ class Run {
       }
       // The rows rejected before the interruption are in the checkpoint's rejects file:
       // going on in another would leave them in a file this run never names.
-      if (!cp.rejects.empty() && cp.rejects != AbsolutePath(res_.rejects_path)) {
+      if (cp.rejects.empty()) cp.rejects = AbsolutePath(res_.rejects_path);  // older: now
+      if (cp.rejects != AbsolutePath(res_.rejects_path)) {
         return Refuse(absl::FailedPreconditionError(absl::StrCat(
             "--resume: the checkpoint's rejects file is ", cp.rejects,
             " (the rows rejected before the interruption are there): resume with --rejects ",
