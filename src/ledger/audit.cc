@@ -439,6 +439,16 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     after = page.back().seq;
     if (options.progress && !options.progress(report)) return report;
   }
+  // Changes past the store's head (read after the walk: a running server's later commits
+  // only raise it): on PostgreSQL the head is chain_head, written by each commit, so a
+  // row beyond it was not committed by Quell (an appended one, hash chained or not; every
+  // later write would then collide with it).
+  QUELL_ASSIGN_OR_RETURN(int64_t head_after, store.LastSeq());
+  if (report.last_seq > head_after) {
+    fail(report.last_seq, absl::StrCat("seq ", report.last_seq, " is past the ledger's head ",
+                                       head_after, " (a change no commit wrote)"));
+    return report;
+  }
   // The walk ended before a snapshot's head (the changes after it were cut): the tables
   // still refer to them.
   for (Checkpoint& cp : checkpoints) {

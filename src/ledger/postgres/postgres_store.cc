@@ -287,7 +287,8 @@ absl::StatusOr<std::optional<IdempotencyRecord>> QueryIdempotency(Conn& db, std:
 // through every one of them: a reader near a 30,000-change transaction paid for each).
 absl::StatusOr<int64_t> QueryLastSeq(Conn& db) {
   QUELL_ASSIGN_OR_RETURN(Result r, db.Query("SELECT seq FROM chain_head WHERE id = 1"));
-  return r.rows() ? r.Int(0, 0) : 0;
+  if (r.rows() != 1) return absl::DataLossError("chain_head row is missing");
+  return r.Int(0, 0);
 }
 
 absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Conn& db, std::string_view source,
