@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -82,31 +83,35 @@ class SnapshotStream {
   static constexpr size_t kMaxQueued = 16;
   static constexpr int kMaxConcurrent = 4;
 
-  // Null when kMaxConcurrent snapshots are already being produced.
+  // Called once, on the producer's thread: with the stream once the body's first line
+  // (the seq) is ready, or with the error that stopped the scan before it — that error is
+  // the request's answer (a 503 while the store is down), not a 200 whose body is only an
+  // error line. Until then the producer holds the stream; afterwards whoever on_start
+  // gave it to (the connection: its going away cancels the scan).
+  using OnStart = std::function<void(std::shared_ptr<SnapshotStream>, absl::Status)>;
+
+  // False when kMaxConcurrent snapshots are already being produced (on_start not called).
   // `enforcement`: each line holds only id, entity, action, state and expires_at.
-  static std::shared_ptr<SnapshotStream> Start(Context& ctx, bool enforcement) {
-    if (!ctx.background.TryEnter(kMaxConcurrent)) return nullptr;
+  static bool Start(Context& ctx, bool enforcement, OnStart on_start) {
+    if (!ctx.background.TryEnter(kMaxConcurrent)) return false;
     auto state = std::make_shared<State>();
-    std::thread([state, &ctx, enforcement] {
-      Produce(*state, *ctx.deps.ledger, enforcement);
+    std::shared_ptr<SnapshotStream> stream(new SnapshotStream(state));
+    std::thread([state, stream = std::move(stream), on_start = std::move(on_start), &ctx,
+                 enforcement]() mutable {
+      auto started = [&](absl::Status st) {  // once: hands the stream over
+        OnStart call = std::move(on_start);
+        call(std::move(stream), std::move(st));
+      };
+      Produce(*state, *ctx.deps.ledger, enforcement, started);
       ctx.background.Exit();
     }).detach();
-    return std::shared_ptr<SnapshotStream>(new SnapshotStream(std::move(state)));
+    return true;
   }
 
   ~SnapshotStream() {
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->cancelled = true;
     state_->cv.notify_all();
-  }
-
-  // Waits until the body's first line (the seq) is ready, or the scan failed before it:
-  // that error is the request's answer (a 503 while the store is down), not a 200 whose
-  // body is only an error line.
-  absl::Status WaitForHeader() {
-    std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [&] { return state_->started || state_->done; });
-    return state_->started ? absl::OkStatus() : state_->early_error;
   }
 
   bool Next(std::string* chunk) {
@@ -127,8 +132,6 @@ class SnapshotStream {
     std::deque<std::string> chunks;  // guarded by mu
     bool done = false;               // guarded by mu
     bool cancelled = false;          // guarded by mu
-    bool started = false;            // guarded by mu: the seq line is in the body
-    absl::Status early_error;        // guarded by mu: the scan failed before it
   };
 
   explicit SnapshotStream(std::shared_ptr<State> state) : state_(std::move(state)) {}
@@ -144,20 +147,21 @@ class SnapshotStream {
     return true;
   }
 
-  static void Produce(State& st, ledger::Ledger& ledger, bool enforcement) {
+  static void Produce(State& st, ledger::Ledger& ledger, bool enforcement,
+                      const std::function<void(absl::Status)>& started) {
     ledger::Store& store = ledger.store();
     std::string buf;
     buf.reserve(kChunkBytes + 4096);
     // The client continues with /v1/changes?after=seq: seq must be durable (a crash could
     // reuse it otherwise), so the header waits for it; the scan's read holds meanwhile.
     absl::Status durable;
+    bool sent_header = false;
     auto header = [&](int64_t seq) {
       durable = ledger::WaitDurable(ledger, seq, absl::Seconds(10));
       if (!durable.ok()) return;
       absl::StrAppend(&buf, "{\"seq\":", seq, "}\n");
-      std::lock_guard<std::mutex> lock(st.mu);
-      st.started = true;
-      st.cv.notify_all();
+      sent_header = true;
+      started(absl::OkStatus());
     };
     auto line_done = [&]() -> absl::Status {
       if (!durable.ok()) return durable;
@@ -190,15 +194,13 @@ class SnapshotStream {
     }
     // With no entries, no line_done returned the header's error: report it here.
     if (result.ok() && !durable.ok()) result = durable;
-    {
-      std::lock_guard<std::mutex> lock(st.mu);
-      if (!st.started) {  // nothing sent yet: the error is the reply's status
-        st.early_error =
-            result.ok() ? absl::InternalError("snapshot without a seq") : result.status();
+    if (!sent_header) {  // nothing sent yet: the error is the reply's status
+      {
+        std::lock_guard<std::mutex> lock(st.mu);
         st.done = true;
-        st.cv.notify_all();
-        return;
       }
+      started(result.ok() ? absl::InternalError("snapshot without a seq") : result.status());
+      return;
     }
     if (!result.ok() && result.status().code() != absl::StatusCode::kCancelled) {
       buf += ErrorJson(ApiError::FromStatus(result.status()));
@@ -247,17 +249,21 @@ void AddFeedRoutes(Router& router, Context& ctx) {
         if (view != "full" && view != "enforcement") {  // `view=` (empty) too
           return call.Fail(ApiError::Field("query.view", "must be full or enforcement"));
         }
-        auto stream = SnapshotStream::Start(ctx, view == "enforcement");
-        if (!stream) return call.Fail(ApiError::Unavailable("too many snapshots in progress"));
-        ctx.OffLoop(std::move(call), [stream](Call& call) {
-          if (absl::Status st = stream->WaitForHeader(); !st.ok()) {
-            return call.Fail(ApiError::FromStatus(st));
-          }
-          http::Response r;
-          r.content_type = "application/x-ndjson";
-          r.stream = [stream](std::string* chunk) { return stream->Next(chunk); };
-          call.Reply(std::move(r));
-        });
+        auto pending = std::make_shared<Call>(std::move(call));
+        const bool started = SnapshotStream::Start(
+            ctx, view == "enforcement",
+            [pending](std::shared_ptr<SnapshotStream> stream, absl::Status st) {
+              if (!st.ok()) return pending->Fail(ApiError::FromStatus(st));
+              http::Response r;
+              r.content_type = "application/x-ndjson";
+              r.stream = [stream = std::move(stream)](std::string* chunk) {
+                return stream->Next(chunk);
+              };
+              pending->Reply(std::move(r));
+            });
+        if (!started) {
+          return pending->Fail(ApiError::Unavailable("too many snapshots in progress"));
+        }
       },
       Router::Query::kHandler);
 
