@@ -255,6 +255,14 @@ class ReadCommandsTest(WithCluster):
             self.assertIn("no Quell ledger in this database", err)
         self.assertEqual(psql(url, "SELECT table_name FROM information_schema.tables "
                                    "WHERE table_schema = 'public'"), ["app_users"])
+        # Another tool's (or a failed first start's) schema_version without a version is
+        # no ledger either.
+        psql(url, "CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                  "applied_at bigint NOT NULL)")
+        code, out, err = run_cli("audit", "verify", "--postgres", url, check=False)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("no Quell ledger in this database", err)
+        psql(url, "DROP TABLE schema_version")
         # migrate makes one; then they read it.
         run_cli("migrate", "--postgres", url)
         code, out, err = run_cli("audit", "verify", "--postgres", url, check=False)

@@ -1200,10 +1200,17 @@ absl::Status ApplyMigrations(Conn& db, bool apply, bool create) {
     if (!create) {
       QUELL_ASSIGN_OR_RETURN(Result r,
                              db.Query("SELECT to_regclass('schema_version') IS NOT NULL"));
-      if (r.rows() != 1 || r.Text(0, 0) != "t") {
+      // And a version in it: a generic name (other tools use it), and a first start that
+      // failed leaves it empty.
+      bool versioned = r.rows() == 1 && r.Text(0, 0) == "t";
+      if (versioned) {
+        auto v = db.Query("SELECT count(*) FROM schema_version WHERE version >= 1");
+        versioned = v.ok() && v->rows() == 1 && v->Int(0, 0) > 0;
+      }
+      if (!versioned) {
         return absl::NotFoundError(
-            "no Quell ledger in this database (it has no schema_version table): check "
-            "--postgres (`quell migrate` or a first `quell serve` creates one)");
+            "no Quell ledger in this database (no schema_version table with a version): "
+            "check --postgres (`quell migrate` or a first `quell serve` creates one)");
       }
     }
     QUELL_RETURN_IF_ERROR(
