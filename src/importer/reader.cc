@@ -317,8 +317,25 @@ absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteS
           absl::StrCat(source->name(), " is empty: no rows to import (blank lines only)"));
     }
   }
+  // A CSV header and nothing after it is as empty as an empty NDJSON file: refused (once
+  // the header itself is found right), not imported as 0 rows. In the first 64 KiB.
+  bool header_only = false;
+  if (format == Format::kCsv) {
+    constexpr size_t kLook = size_t{1} << 16;
+    auto start = source->Peek(kLook);
+    if (!start.ok()) return start.status();
+    const size_t eol = start->find('\n');
+    header_only = start->size() < kLook &&
+                  (eol == std::string_view::npos ||
+                   start->substr(eol + 1).find_first_not_of(" \t\r\n") == std::string_view::npos);
+  }
+  const std::string name = source->name();
   auto r = std::make_unique<TextReader>(std::move(source), format, options);
   if (auto s = r->Init(); !s.ok()) return s;
+  if (header_only) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " has a header and no rows: no rows to import"));
+  }
   return std::unique_ptr<RowReader>(std::move(r));
 }
 

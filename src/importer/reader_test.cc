@@ -182,6 +182,18 @@ TEST(ReaderTest, InputErrorsRefuse) {
                 .find("unknown column"),
             std::string::npos);
   EXPECT_EQ(OpenString("{}", Format::kAvro).status().code(), absl::StatusCode::kInvalidArgument);
+  // A header alone (with a byte order mark, blank lines after it) was 0 rows, exit 0.
+  for (const char* header : {"id,source,type,entity,score,observed_at\n",
+                             "\xEF\xBB\xBFid,source,type,entity,score,observed_at\r\n\r\n",
+                             "id,source,type,entity,score,observed_at"}) {
+    EXPECT_NE(std::string(OpenString(header, Format::kCsv).status().message()).find("no rows"),
+              std::string::npos)
+        << header;
+  }
+  EXPECT_TRUE(OpenString("id,source,type,entity,score,observed_at\nd1,s,t,user:u,0.5,"
+                         "2024-05-01T10:00:00Z\n",
+                         Format::kCsv)
+                  .ok());
 }
 
 TEST(ReaderTest, TruncatedGzipKeepsTheRowsBefore) {
