@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
 #include "core/time.h"
+#include "http_client/http_client.h"
 #include "importer/importer.h"
 
 namespace quell::cli {
@@ -94,6 +95,11 @@ int ImportCommand(const std::vector<std::string>& args) {
   if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
   if (!o.server_url.empty() && o.key.empty())
     return Usage("--server needs --key KEY (or QUELL_KEY)");
+  if (!o.server_url.empty()) {  // a malformed URL is bad usage (exit 2), found before any file
+    if (auto u = http_client::ParseUrl(o.server_url); !u.ok()) {
+      return Usage(std::string(u.status().message()));
+    }
+  }
   if (!o.server_url.empty() && flags->Has("data"))
     return Usage("--server and --data exclude each other");
   if (const char* env = std::getenv("QUELL_DATA")) o.data_dir = env;

@@ -39,8 +39,10 @@ std::string PercentEncode(std::string_view s) {
 absl::StatusOr<Url> ParseUrl(std::string_view url) {
   constexpr std::string_view kScheme = "http://";
   if (url.substr(0, kScheme.size()) != kScheme) {
-    return absl::InvalidArgumentError(absl::StrCat("--server must be an http:// URL (got \"",
-                                                   AV(url), "\"; TLS is not supported)"));
+    const bool tls = url.substr(0, 8) == "https://";
+    return absl::InvalidArgumentError(
+        absl::StrCat("--server must be an http:// URL (got \"", AV(url), "\"",
+                     tls ? "; TLS is not supported: reach the server over plain HTTP" : "", ")"));
   }
   url.remove_prefix(kScheme.size());
   Url u;

@@ -547,6 +547,12 @@ class ServerImportTest(unittest.TestCase):
         code, _, err = import_cmd(self.file, "--data", self.reference.data)
         self.assertEqual(code, 1)
         self.assertIn("a quell server owns", err)
+        # A malformed --server is bad usage (it was exit 1, and "TLS is not supported" for
+        # ftp://), before any file is read.
+        for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9"):
+            code, _, err = import_cmd(self.file, "--server", url, "--key", "k_x.y")
+            self.assertEqual(code, 2, err)
+            self.assertNotIn("TLS", err)
         # Neither left a checkpoint, nor the lock file that goes with it.
         self.assertFalse(os.path.exists(self.file + ".quell-checkpoint"))
         self.assertFalse(os.path.exists(self.file + ".quell-checkpoint.lock"))
