@@ -217,8 +217,10 @@ absl::StatusOr<engine::Detection> DecodeFields(const std::vector<std::string>& n
     if (name == "score") {
       char* end = nullptr;
       std::string trimmed(absl::StripAsciiWhitespace(v));
-      double x = std::strtod(trimmed.c_str(), &end);
-      if (!trimmed.empty() && end == trimmed.c_str() + trimmed.size()) {
+      // A decimal number only: strtod also reads hex ("0x1", "0x0.8p0"), "nan" and "inf".
+      const bool decimal = trimmed.find_first_not_of("0123456789.eE+-") == std::string::npos;
+      double x = decimal ? std::strtod(trimmed.c_str(), &end) : 0;
+      if (decimal && !trimmed.empty() && end == trimmed.c_str() + trimmed.size()) {
         doc.AddMember(key, rapidjson::Value(x), a);
         continue;
       }

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace quell::importer {
@@ -74,6 +75,21 @@ TEST(RowDecoderTest, ScoresAreReadAtFullPrecision) {
   auto d = DecodeJsonRow(row, {});
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->score, 1.0);
+}
+
+// A CSV score is a decimal number (surrounding spaces aside): strtod also took hex
+// ("0x1" was a score of 1), "nan" and "inf".
+TEST(RowDecoderTest, CsvScoreIsADecimalNumber) {
+  auto h = CsvHeader::Parse("id,source,type,entity,score,observed_at");
+  ASSERT_TRUE(h.ok()) << h.status();
+  for (const char* score : {"0x1", "0x0.8p0", "nan", "inf", "1e", ""}) {
+    auto d = DecodeCsvRow(*h, absl::StrCat("d1,s,t,user:u1,", score, ",2024-05-01T10:00:00Z"), {});
+    EXPECT_FALSE(d.ok()) << score;
+  }
+  for (const char* score : {"0.5", " 0.5 ", "5e-1", "1"}) {
+    auto d = DecodeCsvRow(*h, absl::StrCat("d1,s,t,user:u1,", score, ",2024-05-01T10:00:00Z"), {});
+    EXPECT_TRUE(d.ok()) << score << ": " << d.status();
+  }
 }
 
 TEST(RowDecoderTest, InvalidUtf8) {
