@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -498,7 +499,14 @@ class Run {
     std::deque<std::pair<uint64_t, BatchResult>> got;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (wait) cv_.wait(lock, [this] { return !done_.empty(); });
+      // While waiting (a busy or unreachable server being retried), the progress lines go
+      // on: nothing said for a whole --retry-for looked like a hang.
+      while (wait &&
+             !cv_.wait_for(lock, std::chrono::seconds(1), [this] { return !done_.empty(); })) {
+        lock.unlock();
+        if (reading_ >= 0) progress_.Update(res_.counts.read + InFlightRows(), Bytes(reading_));
+        lock.lock();
+      }
       got.swap(done_);
     }
     for (auto& [seq, r] : got) results_[seq] = std::move(r);

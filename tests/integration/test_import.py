@@ -458,6 +458,15 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("did not take a batch within 1s", err)
             self.assertEqual(firsts, {"r0"})
+            # Waiting on the busy server, the progress lines go on (nothing was said for
+            # the whole --retry-for: it looked like a hang).
+            firsts.clear()
+            os.unlink(f + ".quell-checkpoint")  # the failed run's (it stopped at row 0)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+                                        "--key", "k_x.y", "--retry-for", "6s", "--in-flight", "1",
+                                        "--batch-rows", "10", "--progress", "lines")
+            self.assertEqual(code, 1, err)
+            self.assertRegex(err, r"quell import: \d+ rows  \d+ rows/s")
         finally:
             srv.shutdown()
             t.join()
