@@ -548,15 +548,18 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   std::vector<safeguards::BreakerSpec> specs;
   for (const policy::BreakerDef& d : set.breakers()) specs.push_back(ToSpec(d));
   bank_.Configure(std::move(specs));
+  const bool first = breakers_set_ < 0;
   breakers_set_ = set.version();
   // The decisions kept before a set was known (Load's recount, other nodes'), replayed
   // in time order with the resets they straddle: a breaker closed by a reset at T counts
   // afresh from T (SetOpen(false) clears its counts), so that a restart does not count
   // back what a reset wiped. Replayed before the ledger's open states are applied: an
   // open breaker keeps, and shows, the count it opened at (one does not count).
+  // Only at the first configuration: a later publish keeps the counts of the breakers
+  // it does not reshape (replaying the resets then would wipe them).
   std::vector<std::pair<absl::Time, std::string>> resets;
   for (const auto& [name, p] : persisted_) {
-    if (!p.open) resets.emplace_back(p.at, name);
+    if (first && !p.open) resets.emplace_back(p.at, name);
   }
   std::sort(resets.begin(), resets.end());
   size_t next_reset = 0;

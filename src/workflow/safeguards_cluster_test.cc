@@ -268,6 +268,15 @@ TEST_F(SafeguardsCluster, ARestartAfterAResetCountsOnlyWhatCameAfterIt) {
   ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
   clock_.Advance(absl::Minutes(1));
   EXPECT_EQ(Decide(a_.get(), "user:v0").state, "active");  // one after the reset
+  // A later publish (the breaker not reshaped) keeps its counts: the reset is not
+  // replayed then (it wiped them at every publish).
+  const int64_t before = Breaker(a_.get()).count;
+  EXPECT_GT(before, 0);
+  auto set2 = policy::LoadPolicySet(kYaml, 2);
+  ASSERT_TRUE(set2.ok()) << set2.status();
+  auto after_publish = a_->Breakers(**set2, clock_.Now());
+  ASSERT_EQ(after_publish.size(), 1u);
+  EXPECT_EQ(after_publish[0].count, before);
   Safeguards restarted(SafeguardOptions{}, nullptr);
   ASSERT_TRUE(
       restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
