@@ -183,8 +183,10 @@ class Run {
           "--rejects and --checkpoint are the same file (", res_.rejects_path,
           "): the checkpoint would replace the rejects, and go at the end; give two paths")));
     }
-    if (!o_.data_dir.empty()) {
-      const std::string data = AbsolutePath(o_.data_dir) + "/";
+    if (o_.server_url.empty() && !o_.data_dir.empty()) {  // --server writes no directory
+      std::string data = AbsolutePath(o_.data_dir);
+      while (data.size() > 1 && data.back() == '/') data.pop_back();  // "var/" is "var"
+      data += '/';
       for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
                                std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
         if (absl::StartsWith(AbsolutePath(*out), data)) {
@@ -504,7 +506,8 @@ class Run {
       while (wait &&
              !cv_.wait_for(lock, std::chrono::seconds(1), [this] { return !done_.empty(); })) {
         lock.unlock();
-        if (reading_ >= 0) progress_.Update(res_.counts.read + InFlightRows(), Bytes(reading_));
+        progress_.Update(res_.counts.read + InFlightRows(),
+                         reading_ >= 0 ? Bytes(reading_) : bytes_done_);
         lock.lock();
       }
       got.swap(done_);

@@ -321,13 +321,20 @@ absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteS
   // the header itself is found right), not imported as 0 rows. In the first 64 KiB.
   bool header_only = false;
   if (format == Format::kCsv) {
-    constexpr size_t kLook = size_t{1} << 16;
-    auto start = source->Peek(kLook);
-    if (!start.ok()) return start.status();
-    const size_t eol = start->find('\n');
-    header_only = start->size() < kLook &&
-                  (eol == std::string_view::npos ||
-                   start->substr(eol + 1).find_first_not_of(" \t\r\n") == std::string_view::npos);
+    // Peeked a little at a time, only as far as the first row after the header: a CSV
+    // stream is not held up, and an error there (a cut stream) is the reader's to report.
+    for (size_t look = 512; look <= (size_t{1} << 16); look *= 4) {
+      auto start = source->Peek(look);
+      if (!start.ok()) break;
+      const size_t eol = start->find('\n');
+      const bool more = eol != std::string_view::npos && start->substr(eol + 1).find_first_not_of(
+                                                             " \t\r\n") != std::string_view::npos;
+      if (more) break;
+      if (start->size() < look) {  // all of it: a header and nothing after it
+        header_only = true;
+        break;
+      }
+    }
   }
   const std::string name = source->name();
   auto r = std::make_unique<TextReader>(std::move(source), format, options);

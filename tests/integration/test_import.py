@@ -548,6 +548,18 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(q.request("GET", "/v1/check?entity=user:a0")[1]["verdict"], "allow")
             self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
 
+    def test_through_a_server_a_file_under_var_is_fine(self):
+        # The data-directory guard for --rejects looked at the default ./var with --server,
+        # which writes no directory: `quell import var/day.ndjson --server ...` was refused.
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "var"))
+            write_ndjson(os.path.join(d, "var", "few.ndjson"), 10)
+            p = subprocess.run([QUELL, "import", "var/few.ndjson", "--server",
+                                "http://127.0.0.1:%d" % self.reference.port, "--key",
+                                self.reference.admin_key, "--progress", "off"],
+                               cwd=d, capture_output=True, text=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr)
+
     def test_wrong_key_and_direct_import_refused_while_server_runs(self):
         code, _, err = import_cmd(self.file, "--server", "http://127.0.0.1:%d" % self.reference.port,
                                   "--key", "k_nope.nope")

@@ -1205,6 +1205,7 @@ absl::Status ApplyMigrations(Conn& db, bool apply, bool create) {
       bool versioned = r.rows() == 1 && r.Text(0, 0) == "t";
       if (versioned) {
         auto v = db.Query("SELECT count(*) FROM schema_version WHERE version >= 1");
+        if (absl::IsUnavailable(v.status())) return v.status();  // the server, not the table
         versioned = v.ok() && v->rows() == 1 && v->Int(0, 0) > 0;
       }
       if (!versioned) {
