@@ -185,29 +185,19 @@ int Failure(const absl::Status& s) {
 // From --postgres or QUELL_POSTGRES, set once in Main: the ledger is in PostgreSQL.
 std::string postgres_url;
 
-// `create`: a store with no ledger yet gets one (serve, keys create, migrate); otherwise
-// (commands that read or change what is there) an empty PostgreSQL database is refused,
-// as LedgerExists refuses a data directory without one.
+// `create`: a store with no ledger yet gets one (serve, keys create); otherwise (commands
+// that read or change what is there) a data directory without one, or a PostgreSQL
+// database without Quell's schema, is refused: a mistyped --data, not a ledger to make.
 absl::StatusOr<std::unique_ptr<ledger::Store>> OpenStore(const Config& c, bool create = true) {
   if (!postgres_url.empty()) {
     return ledger::OpenPostgresStore({.url = postgres_url, .create_schema = create});
   }
   ledger::SqliteOptions o;
   o.path = c.data;
+  o.create = create;
   o.synchronous_full = c.synchronous_full;
   o.entity_cache_bytes = c.entity_cache_mib << 20;
   return ledger::OpenSqliteStore(o);
-}
-
-// For commands that read or change what is there (audit, keys list/revoke): a data
-// directory without a ledger is a mistyped --data, not an empty ledger to create.
-absl::Status LedgerExists(const std::string& data) {
-  if (!postgres_url.empty() ||
-      std::filesystem::exists(std::filesystem::path(data) / ledger::kSqliteFileName)) {
-    return absl::OkStatus();
-  }
-  return absl::NotFoundError(
-      absl::StrCat("no ledger in ", data, " (no ", AV(ledger::kSqliteFileName), "): check --data"));
 }
 
 // A command that takes no arguments: a stray one is most often a path meant for --data.
@@ -388,7 +378,8 @@ int Serve(const Flags& flags) {
   // its name left a data directory and a --dev key (shown once, then lost) behind. Later
   // starts keep the ledger's version (PublishInitialPolicies), so a file edited since is
   // not checked here.
-  if (!config->policies_file.empty() && postgres_url.empty() && !LedgerExists(config->data).ok()) {
+  if (!config->policies_file.empty() && postgres_url.empty() &&
+      !ledger::CheckSqliteLedger(config->data).ok()) {
     absl::StatusOr<std::string> yaml = core::ReadFile(config->policies_file);
     if (!yaml.ok()) {
       return Failure(absl::Status(yaml.status().code(),
@@ -712,7 +703,6 @@ int Keys(const Flags& flags) {
     }
   }
   if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID");
-  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config, /*create=*/false);
   if (!store.ok()) return Failure(store.status());
   if (verb == "list") {
@@ -742,7 +732,6 @@ int Audit(const Flags& flags) {
   if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]");
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
-  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
   auto store = OpenStore(*config, /*create=*/false);
   if (!store.ok()) return Failure(store.status());
   auto report = ledger::VerifyChain(**store);
@@ -766,8 +755,9 @@ int Migrate(const Flags& flags) {
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
   // Migrates a ledger; does not make one where --data is mistyped (serve makes them).
-  if (auto s = LedgerExists(config->data); !s.ok()) return Failure(s);
-  auto store = OpenStore(*config);  // opening applies pending migrations
+  // Opening applies pending migrations. A data directory is made by serve, not here (a
+  // mistyped --data); on PostgreSQL, migrate is how the schema is made.
+  auto store = OpenStore(*config, /*create=*/!postgres_url.empty());
   if (!store.ok()) return Failure(store.status());
   std::printf("schema at version %d\n", postgres_url.empty() ? ledger::SqliteSchemaVersion()
                                                              : ledger::PostgresSchemaVersion());

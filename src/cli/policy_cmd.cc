@@ -132,14 +132,8 @@ int Backtest(const std::vector<std::string>& args) {
   auto set = LoadOrReport(flags->positional()[0]);
   if (set == nullptr) return kFailure;
   const std::string data = flags->Get("data").value_or("./var");
-  std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::path(data) / ledger::kSqliteFileName, ec)) {
-    std::cerr << "quell policy: no store in " << data << " (" << ledger::kSqliteFileName
-              << " not found; use --data DIR)\n";
-    return kFailure;
-  }
-  // Read-only use: never migrate a file a newer or older server owns.
-  auto store = ledger::OpenSqliteStore({.path = data, .apply_migrations = false});
+  // Read-only use: never migrate a file a newer or older server owns, nor make one.
+  auto store = ledger::OpenSqliteStore({.path = data, .apply_migrations = false, .create = false});
   if (!store.ok()) {
     std::cerr << "quell policy: " << store.status().message() << "\n";
     return kFailure;

@@ -98,6 +98,7 @@ class DirectSink final : public Sink {
     // import's rows/s, docs/benchmarks.md); the known-entities set still skips the reads
     // of entities without mitigations.
     so.entity_cache_bytes = 0;
+    so.create = false;  // checked by OpenDirectSink, before its locks make the directory
     QUELL_ASSIGN_OR_RETURN(auto store, ledger::OpenSqliteStore(so));
     QUELL_ASSIGN_OR_RETURN(auto latest, store->LatestPolicySet());
     if (latest) {
@@ -197,35 +198,41 @@ class DirectSink final : public Sink {
 
 }  // namespace
 
+absl::StatusOr<int> LockFile(const std::string& path, const std::string& holder_message) {
+  for (;;) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      ::close(fd);
+      if (e == EWOULDBLOCK) return absl::FailedPreconditionError(holder_message);
+      return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(e)));
+    }
+    struct stat held {
+    }, named{};
+    if (::fstat(fd, &held) == 0 && ::stat(path.c_str(), &named) == 0 &&
+        held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+      return fd;
+    }
+    ::close(fd);  // removed (or replaced) meanwhile: again, on what is there now
+  }
+}
+
 absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
                                 const std::string& holder_message) {
   // With its parents, as the store creates it (`--data a/b/new` works for every command).
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  std::string path = absl::StrCat(dir, "/", file);
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-    ::close(fd);
-    if (e == EWOULDBLOCK) return absl::FailedPreconditionError(holder_message);
-    return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(e)));
-  }
-  return fd;
+  return LockFile(absl::StrCat(dir, "/", file), holder_message);
 }
 
 absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& options) {
-  // A mistyped --data made a new, empty ledger, with no policy set: every row was stored
-  // undecided, and the same rows imported later into the right place are duplicates.
-  std::error_code ec;
-  if (!std::filesystem::exists(
-          std::filesystem::path(options.data_dir) / std::string(ledger::kSqliteFileName), ec)) {
-    return absl::NotFoundError(absl::StrCat(
-        "no ledger in ", options.data_dir, " (no ", AV(ledger::kSqliteFileName),
-        "): check --data; a first `quell serve --data DIR` (with its policy set) makes one"));
-  }
+  // A mistyped --data made a new, empty ledger with no policy set: every row was stored
+  // undecided, and the same rows imported into the right place later were duplicates.
+  QUELL_RETURN_IF_ERROR(ledger::CheckSqliteLedger(options.data_dir));
   QUELL_ASSIGN_OR_RETURN(
       int import_lock,
       LockDataDir(options.data_dir, "import.lock",

@@ -90,37 +90,15 @@ std::string ValidUtf8(std::string_view s) {
   return out;
 }
 
-// `path` made absolute (against the working directory) and normalised, for comparing.
+// `path` made absolute (against the working directory) and normalised, for comparing:
+// "var/" is "var".
 std::string AbsolutePath(const std::string& path) {
   std::error_code ec;
   std::filesystem::path abs = std::filesystem::absolute(path, ec);
-  return ec ? path : abs.lexically_normal().string();
-}
-
-// The descriptor of `path`, created if needed and flock'ed (exclusive, not waiting):
-// kFailedPrecondition `holder` if another run holds it. The file may be removed by its
-// holder when done: a lock taken on a file that is no longer the one at `path` is
-// dropped and taken again, so two runs never hold two files of one name.
-absl::StatusOr<int> LockCheckpoint(const std::string& path, const std::string& holder) {
-  for (;;) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-    }
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      const int e = errno;
-      ::close(fd);
-      if (e == EWOULDBLOCK) return absl::FailedPreconditionError(holder);
-      return absl::InternalError(absl::StrCat("cannot lock ", path, ": ", std::strerror(e)));
-    }
-    struct stat held {
-    }, named{};
-    if (::fstat(fd, &held) == 0 && ::stat(path.c_str(), &named) == 0 &&
-        held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
-      return fd;
-    }
-    ::close(fd);  // removed (or replaced) meanwhile: again, on what is there now
-  }
+  if (ec) return path;
+  std::string out = abs.lexically_normal().string();
+  if (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
 }
 
 int64_t FileSize(const std::string& path) {
@@ -135,7 +113,7 @@ class Run {
   ~Run() {
     if (checkpoint_lock_ < 0) return;
     // No checkpoint left (a run that completed, or failed before writing one): its lock
-    // file goes too, removed while held (LockCheckpoint copes with a removed one).
+    // file goes too, removed while held (LockFile copes with a removed one).
     struct stat st {};
     if (::stat(checkpoint_path_.c_str(), &st) != 0) {
       ::unlink(absl::StrCat(checkpoint_path_, ".lock").c_str());
@@ -178,15 +156,14 @@ class Run {
                                               ".quell-checkpoint");
     // Each would destroy the other, or a store's files: the rejects file is emptied and
     // the checkpoint replaced (and removed at the end).
-    if (AbsolutePath(res_.rejects_path) == AbsolutePath(res_.checkpoint_path)) {
+    const std::string rejects_abs = AbsolutePath(res_.rejects_path);
+    if (rejects_abs == AbsolutePath(res_.checkpoint_path)) {
       return Refuse(absl::InvalidArgumentError(absl::StrCat(
           "--rejects and --checkpoint are the same file (", res_.rejects_path,
           "): the checkpoint would replace the rejects, and go at the end; give two paths")));
     }
     if (o_.server_url.empty() && !o_.data_dir.empty()) {  // --server writes no directory
-      std::string data = AbsolutePath(o_.data_dir);
-      while (data.size() > 1 && data.back() == '/') data.pop_back();  // "var/" is "var"
-      data += '/';
+      const std::string data = AbsolutePath(o_.data_dir) + "/";
       for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
                                std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
         if (absl::StartsWith(AbsolutePath(*out), data)) {
@@ -240,7 +217,7 @@ class Run {
     // 2. The checkpoint: continue it, or refuse to silently start over. One run at a time
     //    per checkpoint (a --resume started twice wrote both into one rejects file).
     {
-      auto lock = LockCheckpoint(
+      auto lock = LockFile(
           absl::StrCat(res_.checkpoint_path, ".lock"),
           absl::StrCat("another quell import is using the checkpoint ", res_.checkpoint_path));
       if (!lock.ok()) return Refuse(lock.status());
@@ -270,8 +247,8 @@ class Run {
       }
       // The rows rejected before the interruption are in the checkpoint's rejects file:
       // going on in another would leave them in a file this run never names.
-      if (cp.rejects.empty()) cp.rejects = AbsolutePath(res_.rejects_path);  // older: now
-      if (cp.rejects != AbsolutePath(res_.rejects_path)) {
+      if (cp.rejects.empty()) cp.rejects = rejects_abs;  // an older checkpoint: from now
+      if (cp.rejects != rejects_abs) {
         return Refuse(absl::FailedPreconditionError(absl::StrCat(
             "--resume: the checkpoint's rejects file is ", cp.rejects,
             " (the rows rejected before the interruption are there): resume with --rejects ",
@@ -292,7 +269,7 @@ class Run {
                          ": pass --resume to continue it, or delete the file to start over")));
       }
       cp.batch = core::NewId("b_", absl::Now());
-      cp.rejects = AbsolutePath(res_.rejects_path);
+      cp.rejects = rejects_abs;
       for (const std::string& f : o_.files) cp.files.push_back(f == "-" ? f : AbsolutePath(f));
       for (const std::string& f : o_.files) cp.sizes.push_back(FileSize(f));
     }
@@ -618,9 +595,7 @@ class Run {
   absl::Status DryRunAll() {
     std::shared_ptr<const policy::PolicySet> set;
     std::unique_ptr<ledger::Store> store;
-    struct stat st;
-    std::string db = absl::StrCat(o_.data_dir, "/", AV(ledger::kSqliteFileName));
-    if (::stat(db.c_str(), &st) == 0) {
+    if (ledger::CheckSqliteLedger(o_.data_dir).ok()) {
       ledger::SqliteOptions so;
       so.path = o_.data_dir;
       so.apply_migrations = false;  // a dry run writes nothing, not even a migration

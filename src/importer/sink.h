@@ -83,8 +83,16 @@ struct DirectSinkOptions {
 //! policy set (none: detections are stored and earn no decisions).
 absl::StatusOr<std::unique_ptr<Sink>> OpenDirectSink(const DirectSinkOptions& options);
 
+//! An exclusive flock on `path` (created if needed), not waiting: the descriptor to keep
+//! open, or kFailedPrecondition `holder_message` if another process holds it. The file may
+//! be removed by its holder when done (a checkpoint's lock): a lock taken on a file that is
+//! no longer the one at `path` is dropped and taken again, so two holders never hold two
+//! files of one name.
+absl::StatusOr<int> LockFile(const std::string& path, const std::string& holder_message);
+
 //! The lock a `quell serve` on DIR holds for its lifetime (DIR/server.lock, flock
-//! exclusive). Returns the descriptor to keep open; kFailedPrecondition if held.
+//! exclusive; DIR created if needed). Returns the descriptor to keep open;
+//! kFailedPrecondition if held.
 absl::StatusOr<int> LockDataDir(const std::string& dir, const std::string& file,
                                 const std::string& holder_message);
 

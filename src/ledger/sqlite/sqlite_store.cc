@@ -1509,6 +1509,7 @@ void SqliteTxn::Finish() {
 
 absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const SqliteOptions& options) {
   if (options.path.empty()) return absl::InvalidArgumentError("sqlite store: empty data path");
+  if (!options.create) QUELL_RETURN_IF_ERROR(CheckSqliteLedger(options.path));
   std::error_code ec;
   std::filesystem::create_directories(options.path, ec);
   if (ec) {
@@ -2072,6 +2073,15 @@ absl::StatusOr<int64_t> SqliteStore::KeysVersion() {
 }
 
 }  // namespace
+
+absl::Status CheckSqliteLedger(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(dir) / kSqliteFileName, ec)) {
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no ledger in ", dir, " (no ", AV(kSqliteFileName), "): check --data"));
+}
 
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options) {
   QUELL_ASSIGN_OR_RETURN(std::unique_ptr<SqliteStore> store, SqliteStore::Open(options));

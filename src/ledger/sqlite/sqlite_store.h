@@ -54,12 +54,19 @@ struct SqliteOptions {
   // internal/entity_cache.h): a decision on a cached entity reads no rows. About 1 KiB
   // per cached mitigation; 0 keeps none.
   size_t entity_cache_bytes = size_t{256} << 20;
+  // false: a directory without a ledger (no quell.db) is kNotFound, "no ledger in DIR",
+  // and nothing is created (commands that read or change what is there).
+  bool create = true;
 };
 
 // The database file's name inside the data directory.
 inline constexpr std::string_view kSqliteFileName = "quell.db";
 
-//! Opens (creating if needed) the store and applies pending schema migrations.
+//! OK if `dir` holds a ledger (its quell.db); else kNotFound "no ledger in DIR (no
+//! quell.db): check --data", for commands that must not make one where --data is mistyped.
+absl::Status CheckSqliteLedger(const std::string& dir);
+
+//! Opens (creating if needed, unless !create) the store and applies pending migrations.
 //! kFailedPrecondition if the file's schema is newer than this binary knows (or older
 //! and !apply_migrations), or WAL cannot be enabled; other codes for I/O errors.
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options);
