@@ -282,6 +282,30 @@ absl::StatusOr<Format> DetectFormat(ByteSource& source, const std::string& path,
   return FormatFromContent(*head);
 }
 
+namespace {
+
+// Whether all of `source` after its first `skip_lines` lines (0 or 1) is blank (spaces,
+// line ends, a byte order mark at its start): peeked a little at a time, only as far as the
+// first other byte, within 64 KiB (more: false). A read error answers false: it is the
+// reader's to report (a cut stream stops after the rows before it).
+bool BlankAfter(ByteSource& source, int skip_lines) {
+  for (size_t look = 512; look <= (size_t{1} << 16); look *= 4) {
+    auto start = source.Peek(look);
+    if (!start.ok()) return false;
+    std::string_view text = *start;
+    if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
+    if (skip_lines > 0) {
+      const size_t eol = text.find('\n');
+      text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+    }
+    if (text.find_first_not_of(" \t\r\n") != std::string_view::npos) return false;
+    if (start->size() < look) return true;  // all of it
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteSource> source,
                                                            Format format,
                                                            const ReaderOptions& options) {
@@ -302,40 +326,15 @@ absl::StatusOr<std::unique_ptr<RowReader>> RowReader::Open(std::unique_ptr<ByteS
     return absl::InvalidArgumentError(absl::StrCat(source->name(), " is an Avro file, not ",
                                                    AV(FormatName(format)), " (drop --format)"));
   }
+  // Blank lines (or a byte order mark) alone, or a CSV header and nothing after it, are
+  // as empty as no bytes at all: refused the same way, not imported as 0 rows. NDJSON is
+  // looked at only when it starts blank, so a stream of rows is never held up.
   const bool blank_start = head->find_first_not_of(" \t\r\n\xEF\xBB\xBF") == std::string_view::npos;
-  if (format == Format::kNdjson && blank_start) {
-    // Blank lines (or a byte order mark) alone are as empty as no bytes at all: refused
-    // the same way, not imported as 0 rows. Looked at only when the input starts blank
-    // (a stream of rows is not held up waiting for 64 KiB of it).
-    constexpr size_t kLook = size_t{1} << 16;
-    auto start = source->Peek(kLook);
-    if (!start.ok()) return start.status();
-    std::string_view text = *start;
-    if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
-    if (start->size() < kLook && text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source->name(), " is empty: no rows to import (blank lines only)"));
-    }
+  if (format == Format::kNdjson && blank_start && BlankAfter(*source, /*skip_lines=*/0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source->name(), " is empty: no rows to import (blank lines only)"));
   }
-  // A CSV header and nothing after it is as empty as an empty NDJSON file: refused (once
-  // the header itself is found right), not imported as 0 rows. In the first 64 KiB.
-  bool header_only = false;
-  if (format == Format::kCsv) {
-    // Peeked a little at a time, only as far as the first row after the header: a CSV
-    // stream is not held up, and an error there (a cut stream) is the reader's to report.
-    for (size_t look = 512; look <= (size_t{1} << 16); look *= 4) {
-      auto start = source->Peek(look);
-      if (!start.ok()) break;
-      const size_t eol = start->find('\n');
-      const bool more = eol != std::string_view::npos && start->substr(eol + 1).find_first_not_of(
-                                                             " \t\r\n") != std::string_view::npos;
-      if (more) break;
-      if (start->size() < look) {  // all of it: a header and nothing after it
-        header_only = true;
-        break;
-      }
-    }
-  }
+  const bool header_only = format == Format::kCsv && BlankAfter(*source, /*skip_lines=*/1);
   const std::string name = source->name();
   auto r = std::make_unique<TextReader>(std::move(source), format, options);
   if (auto s = r->Init(); !s.ok()) return s;
