@@ -86,6 +86,34 @@ def seq(q):
     return r["seq"]
 
 
+@contextlib.contextmanager
+def fake_server(answer):
+    """A stand-in HTTP server on a free port: `answer(body)` gives each POST's (status,
+    reply bytes), sent as JSON. Yields the port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            status, reply = answer(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever)
+    t.start()
+    try:
+        yield srv.server_port
+    finally:
+        srv.shutdown()
+        t.join()
+        srv.server_close()
+
+
 class FixedPortServer(QuellServer):
     """Restarts on the same port, so a running import finds it again."""
 
@@ -426,33 +454,19 @@ class ServerImportTest(unittest.TestCase):
         # busy (503) for good; the first row of every batch it is sent is recorded.
         firsts = set()
 
-        class BusyServer(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if body == b"{}\n{}\n":  # the probe: two rejected items
-                    status, reply = 400, json.dumps({"results": [
-                        {"index": i, "status": "rejected",
-                         "error": {"code": "invalid_argument", "message": "id: missing"}}
-                        for i in range(2)]}).encode()
-                else:
-                    firsts.add(json.loads(body.split(b"\n", 1)[0])["id"])
-                    status, reply = 503, b'{"error":{"code":"unavailable","message":"busy"}}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+        def busy(body):
+            if body == b"{}\n{}\n":  # the probe: two rejected items
+                return 400, json.dumps({"results": [
+                    {"index": i, "status": "rejected",
+                     "error": {"code": "invalid_argument", "message": "id: missing"}}
+                    for i in range(2)]}).encode()
+            firsts.add(json.loads(body.split(b"\n", 1)[0])["id"])
+            return 503, b'{"error":{"code":"unavailable","message":"busy"}}'
 
-            def log_message(self, *args):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BusyServer)
-        t = threading.Thread(target=srv.serve_forever)
-        t.start()
-        try:
+        with fake_server(busy) as port:
             f = os.path.join(self.tmp.name, "three-batches.ndjson")
             write_ndjson(f, 30)
-            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % port,
                                         "--key", "k_x.y", "--retry-for", "1s", "--in-flight", "1",
                                         "--batch-rows", "10")
             self.assertEqual(code, 1, err)
@@ -462,15 +476,11 @@ class ServerImportTest(unittest.TestCase):
             # the whole --retry-for: it looked like a hang).
             firsts.clear()
             os.unlink(f + ".quell-checkpoint")  # the failed run's (it stopped at row 0)
-            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % port,
                                         "--key", "k_x.y", "--retry-for", "6s", "--in-flight", "1",
                                         "--batch-rows", "10", "--progress", "lines")
             self.assertEqual(code, 1, err)
             self.assertRegex(err, r"quell import: \d+ rows  \d+ rows/s")
-        finally:
-            srv.shutdown()
-            t.join()
-            srv.server_close()
 
     def test_a_server_that_does_not_take_ndjson_is_refused_before_any_row(self):
         # A server from before NDJSON bodies reads the probe as one JSON document and fails
@@ -478,41 +488,25 @@ class ServerImportTest(unittest.TestCase):
         # A busy server (503) is asked again until --retry-for, then reported as busy.
         replies = {"status": 400}
 
-        class OldServer(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                body = b'{"error":{"code":"invalid_argument","message":"malformed JSON at byte 3"}}'
-                replies["posts"] = replies.get("posts", 0) + 1
-                self.send_response(replies["status"])
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def old(body):
+            replies["posts"] = replies.get("posts", 0) + 1
+            return (replies["status"],
+                    b'{"error":{"code":"invalid_argument","message":"malformed JSON at byte 3"}}')
 
-            def log_message(self, *args):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldServer)
-        t = threading.Thread(target=srv.serve_forever)
-        t.start()
-        try:
+        with fake_server(old) as port:
             f = os.path.join(self.tmp.name, "one.ndjson")
             write_ndjson(f, 1)
-            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % port,
                                         "--key", "k_x.y")
             self.assertEqual(code, 1)
             self.assertIn("does not take NDJSON detection batches", err)
             self.assertFalse(os.path.exists(f + ".quell-checkpoint"))
             replies.update(status=503, posts=0)
-            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % srv.server_port,
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % port,
                                         "--key", "k_x.y", "--retry-for", "1s")
             self.assertEqual(code, 1)
             self.assertIn("did not take a request within 1s", err)
             self.assertGreater(replies["posts"], 1)
-        finally:
-            srv.shutdown()
-            t.join()
-            srv.server_close()
 
     def test_rollback_of_one_import_batch(self):
         # Two imports on disjoint users: undoing the first by its batch id leaves the
