@@ -93,10 +93,12 @@ class DirectSink final : public Sink {
     // the 256 MiB map alone breaks the memory bound (docs/import.md). Reads go through the
     // page cache (16 MiB per connection) and pread instead.
     so.mmap_bytes = 0;
-    // No entity cache: a bulk file names most entities once or a few times far apart (the
-    // benchmark's round-robin over 250k users never hit it, and its copies cost 5% of the
-    // import's rows/s, docs/benchmarks.md); the known-entities set still skips the reads
-    // of entities without mitigations.
+    // No entity cache: a bulk file names most entities once or a few times far apart, and
+    // a budget large enough to keep them breaks the memory bound. On the benchmark's
+    // round-robin over 250k users, 96 MiB made the import ~6% faster but its peak RSS
+    // 227.6 MiB on 10M rows, and 128 MiB 256.8 MiB (docs/benchmarks.md, 2026-11-30
+    // 13:30); 64 MiB gained nothing. The known-entities set still skips the reads of
+    // entities without mitigations.
     so.entity_cache_bytes = 0;
     so.create = false;  // checked by OpenDirectSink, before its locks make the directory
     QUELL_ASSIGN_OR_RETURN(auto store, ledger::OpenSqliteStore(so));

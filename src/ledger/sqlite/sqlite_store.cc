@@ -1429,12 +1429,10 @@ absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
   since = core::ToStoredPrecision(since);  // as the query compares it
-  if (const std::vector<core::Mitigation>* cached = cache_->Find(entity.str(), since)) {
-    std::vector<core::Mitigation> out;
-    out.reserve(cached->size());
-    for (const core::Mitigation& m : *cached) {
-      if (m.created_at >= since || core::IsLive(m.state)) out.push_back(m);
-    }
+  if (std::vector<core::Mitigation> out; cache_->Find(entity.str(), since, &out)) {
+    std::erase_if(out, [&](const core::Mitigation& m) {
+      return m.created_at < since && !core::IsLive(m.state);
+    });
     return out;
   }
   QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> read,

@@ -2,7 +2,7 @@
 // decision on an entity seen recently reads no rows. Reading an entity's mitigations
 // walks the changes' (entity, seq) index, fetches each change row and seeks each
 // mitigation row (a quarter of the commit thread under detections, more as the file
-// outgrows memory); a hit is a hash lookup and a copy.
+// outgrows memory); a hit is a hash lookup and a decode.
 //
 // An entry holds, for one entity, every mitigation that is live or was created at or
 // after the entry's `since` (it may hold more: readers filter), as committed and as
@@ -11,16 +11,21 @@
 // when it undoes writes or rolls back it erases the entities it wrote (Erase). Changes
 // appended by another process make the store Clear it.
 //
-// Bounded by memory: about `capacity_bytes` (an estimate of each entry's heap and
-// struct bytes), in two generations of half each. A hit in the old generation moves the
-// entry to the new one; when the new one is full, the old one is dropped and the new
-// one becomes old. That keeps the recently used half at least, at a hash lookup per
-// access and no per-entry list. An entity with more than kMaxMitigations mitigations in
-// view is not kept (it would pin its memory). Copies are kept as a read of the store
-// would return them (times to the microsecond, as stored).
+// Copies are kept encoded (EncodeMitigation: one string per mitigation, its fields
+// length-prefixed, times as microseconds): a policy decision's mitigation takes ~330
+// bytes so, against ~750 for a core::Mitigation with its strings, and the same budget
+// holds twice as many entities. A decode costs what the copy it replaces did. Copies are
+// kept as a read of the store would return them (times to the microsecond, as stored).
+//
+// Bounded by memory: about `capacity_bytes` (each entry's heap and struct bytes), in two
+// generations of half each. A hit in the old generation moves the entry to the new one;
+// when the new one is full, the old one is dropped and the new one becomes old. That
+// keeps the recently used half at least, at a hash lookup per access and no per-entry
+// list. An entity with more than kMaxMitigations mitigations in view is not kept (it
+// would pin its memory).
 //
 // Thread-safety: none. It belongs to the store's write connection, used by the one open
-// Txn at a time.
+// Txn at a time. EncodeMitigation and DecodeMitigation are thread-safe.
 #ifndef QUELL_LEDGER_SQLITE_INTERNAL_ENTITY_CACHE_H_
 #define QUELL_LEDGER_SQLITE_INTERNAL_ENTITY_CACHE_H_
 
@@ -43,9 +48,9 @@ class EntityCache {
   // capacity_bytes 0: keeps nothing.
   explicit EntityCache(size_t capacity_bytes) : half_(capacity_bytes / 2) {}
 
-  // The entity's entry if it covers `since` (its own since is not later), else null.
-  // Valid until the next call on this cache.
-  const std::vector<core::Mitigation>* Find(std::string_view entity, absl::Time since);
+  // When the entity's entry covers `since` (its own since is not later): appends its
+  // mitigations to `out` and returns true. Otherwise false, and `out` is as it was.
+  bool Find(std::string_view entity, absl::Time since, std::vector<core::Mitigation>* out);
   // Remembers what a read of the entity's mitigations live or created since `since`
   // returned, replacing any entry.
   void Put(std::string_view entity, absl::Time since, const std::vector<core::Mitigation>& read);
@@ -63,8 +68,8 @@ class EntityCache {
  private:
   struct Entry {
     absl::Time since;
-    std::vector<core::Mitigation> mitigations;
-    size_t bytes = 0;  // estimate, with the key
+    std::vector<std::string> mitigations;  // EncodeMitigation's
+    size_t bytes = 0;                      // estimate, with the key
   };
   using Map = absl::flat_hash_map<std::string, Entry>;
 
@@ -86,6 +91,12 @@ class EntityCache {
   int64_t hits_ = 0;
   int64_t misses_ = 0;
 };
+
+// The cache's own compact copy of `m`, appended to `out` (times to the microsecond, as
+// stored). Not a storage format: it lives only in this process's memory.
+void EncodeMitigation(const core::Mitigation& m, std::string* out);
+// What EncodeMitigation wrote; false (and `m` unspecified) for anything else.
+bool DecodeMitigation(std::string_view in, core::Mitigation* m);
 
 }  // namespace quell::ledger::sqlite_internal
 
