@@ -51,8 +51,8 @@ struct SqliteOptions {
   // map, a bulk writer that must keep a small footprint (quell import) sets it low.
   int64_t mmap_bytes = int64_t{256} << 20;
   // Memory for the entities' mitigations the write connection keeps (see
-  // internal/entity_cache.h): a decision on a cached entity reads no rows. About 1 KiB
-  // per cached mitigation; 0 keeps none.
+  // internal/entity_cache.h): a decision on a cached entity reads no rows. About 350
+  // bytes per cached mitigation (kept encoded) and 160 per entity; 0 keeps none.
   size_t entity_cache_bytes = size_t{256} << 20;
   // false: a directory without a ledger (no quell.db) is kNotFound, "no ledger in DIR",
   // and nothing is created (commands that read or change what is there).
