@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -194,13 +196,21 @@ class AvroReader final : public RowReader {
       return absl::InternalError(absl::StrCat("libavro: ", avro_strerror()));
     }
     value_ready_ = true;
+    // A header and no block is an empty file: refused as an empty NDJSON or CSV file is,
+    // before anything is written, not imported as 0 rows. The first record is read here
+    // (libavro has its block already) and handed out by the first Next.
+    first_rc_ = avro_file_reader_read_value(reader_, &value_);
+    if (first_rc_ == EOF && tail_ == sync_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source_->name(), " is empty: no rows to import (an Avro header and no records)"));
+    }
     return absl::OkStatus();
   }
 
   absl::StatusOr<bool> Next(Row* row) override {
     if (!failed_.ok()) return failed_;  // libavro's state after an error is not to be read
     if (done_) return false;
-    int rc = avro_file_reader_read_value(reader_, &value_);
+    int rc = ReadValue();
     if (rc == EOF) {
       done_ = true;
       // libavro also reports a file cut inside a block's count as its end. Every whole
@@ -237,7 +247,7 @@ class AvroReader final : public RowReader {
   absl::Status SkipTo(const Position& pos) override {
     Row row;
     while (rows_ < pos.rows) {
-      int rc = avro_file_reader_read_value(reader_, &value_);
+      int rc = ReadValue();
       if (rc == EOF) {
         return absl::DataLossError(absl::StrCat(source_->name(), ": the file has ", rows_,
                                                 " records, fewer than the checkpoint's ",
@@ -392,6 +402,12 @@ class AvroReader final : public RowReader {
     return static_cast<ssize_t>(*got);
   }
 
+  // The next record into value_: the one Init read first, then libavro's next.
+  int ReadValue() {
+    if (first_rc_) return *std::exchange(first_rc_, std::nullopt);
+    return avro_file_reader_read_value(reader_, &value_);
+  }
+
   ReaderOptions options_;
   // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
   // the file is refused.
@@ -404,6 +420,7 @@ class AvroReader final : public RowReader {
   avro_value_iface_t* iface_ = nullptr;
   avro_value_t value_;
   bool value_ready_ = false;
+  std::optional<int> first_rc_;  // Init's read of the first record, until ReadValue takes it
   std::vector<FieldPlan> plan_;
   int64_t rows_ = 0;
   bool done_ = false;
