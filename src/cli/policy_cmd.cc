@@ -1,9 +1,11 @@
 #include "cli/policy_cmd.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "absl/status/statusor.h"
@@ -14,6 +16,7 @@
 #include "core/time.h"
 #include "engine/backtest.h"
 #include "engine/policy_cases.h"
+#include "ledger/postgres/postgres_store.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "policy/policy_set.h"
 
@@ -26,13 +29,15 @@ constexpr char kPolicyUsage[] = R"(usage:
   quell policy check FILE              validate a policy set (exit 1 with every error)
   quell policy test FILE --cases DIR [--verbose]
                                        run the test cases (*.yaml) of DIR against FILE
-  quell policy backtest FILE --from T --to T [--data DIR] [--json] [--samples N]
-                                       replay the detections stored in DIR (default ./var)
+  quell policy backtest FILE --from T --to T [--data DIR | --postgres URL] [--json]
+                     [--samples N]     replay the detections stored in DIR (default ./var)
+                                       or in the PostgreSQL ledger at URL (or
+                                       QUELL_POSTGRES, when --data is not given)
                                        observed in [T, T) (RFC 3339) against FILE
 
 Errors are printed as FILE:line:column: message. `test` prints each failing case (every
 case with --verbose) and a summary "N passed, M failed"; it exits 1 if any case fails.
-`backtest` reads the data directory directly (a running server may keep writing it) and
+`backtest` reads the ledger directly (a running server may keep writing it) and
 prints, per policy, the entities that would newly be mitigated, would no longer be, are
 unchanged, or are only shadowed, with how many of them are on protected lists; --json
 prints the same report as POST /v1/policies/backtest. Escalation counts only the hits replayed in the window.
@@ -44,14 +49,15 @@ int Usage(const std::string& message) {
   return kUsage;
 }
 
-// Loads FILE; on failure prints every error and returns null.
-std::shared_ptr<const policy::PolicySet> LoadOrReport(const std::string& path) {
+// Loads FILE as policy set `version`; on failure prints every error and returns null.
+std::shared_ptr<const policy::PolicySet> LoadOrReport(const std::string& path,
+                                                      int64_t version = 1) {
   absl::StatusOr<std::string> text = core::ReadFile(path);
   if (!text.ok()) {
     std::cerr << "quell policy: " << text.status().message() << "\n";
     return nullptr;
   }
-  policy::LoadResult r = policy::LoadPolicySetWithDiagnostics(*text, 1);
+  policy::LoadResult r = policy::LoadPolicySetWithDiagnostics(*text, version);
   for (const policy::Diagnostic& d : r.errors) {
     std::cerr << path << ":" << d.line << ":" << d.column << ": " << d.message << "\n";
   }
@@ -108,7 +114,7 @@ int Test(const std::vector<std::string>& args) {
 }
 
 int Backtest(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args, {"from", "to", "data", "samples"}, {"help", "json"});
+  auto flags = Flags::Parse(args, {"from", "to", "data", "postgres", "samples"}, {"help", "json"});
   if (!flags.ok()) return Usage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kPolicyUsage;
@@ -129,11 +135,27 @@ int Backtest(const std::vector<std::string>& args) {
     if (!absl::SimpleAtoi(*n, &v) || v < 0 || v > 1000) return Usage("--samples: 0-1000");
     options.samples = static_cast<size_t>(v);
   }
-  auto set = LoadOrReport(flags->positional()[0]);
+  // The ledger: --postgres (or QUELL_POSTGRES when no --data is given), else --data.
+  std::optional<std::string> postgres = flags->Get("postgres");
+  if (postgres && flags->Get("data")) {
+    return Usage("--data and --postgres both name a ledger: give one");
+  }
+  if (const char* env = std::getenv("QUELL_POSTGRES");
+      !postgres && !flags->Get("data") && env != nullptr && *env != '\0') {
+    postgres = env;
+  }
+  // Version 0, an unpublished candidate, as POST /v1/policies/backtest loads one: the
+  // --json report is the route's.
+  auto set = LoadOrReport(flags->positional()[0], /*version=*/0);
   if (set == nullptr) return kFailure;
-  const std::string data = flags->Get("data").value_or("./var");
-  // Read-only use: never migrate a file a newer or older server owns, nor make one.
-  auto store = ledger::OpenSqliteStore({.path = data, .apply_migrations = false, .create = false});
+  // Read-only use: never migrate a file or database a newer or older server owns, nor
+  // make one.
+  absl::StatusOr<std::unique_ptr<ledger::Store>> store =
+      postgres ? ledger::OpenPostgresStore(
+                     {.url = *postgres, .apply_migrations = false, .create_schema = false})
+               : ledger::OpenSqliteStore({.path = flags->Get("data").value_or("./var"),
+                                          .apply_migrations = false,
+                                          .create = false});
   if (!store.ok()) {
     std::cerr << "quell policy: " << store.status().message() << "\n";
     return kFailure;

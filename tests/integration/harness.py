@@ -37,9 +37,10 @@ def send_raw(port, data, timeout=10):
         return reply
 
 
-def run_cli(*args, check=True):
-    """Runs `quell ARGS...` and returns (exit code, stdout, stderr)."""
-    p = subprocess.run([QUELL, *args], capture_output=True, text=True, timeout=60)
+def run_cli(*args, check=True, env=None):
+    """Runs `quell ARGS...` (in `env`, or this process's environment) and returns
+    (exit code, stdout, stderr)."""
+    p = subprocess.run([QUELL, *args], capture_output=True, text=True, timeout=60, env=env)
     if check and p.returncode != 0:
         raise AssertionError("quell %s failed (%d): %s" % (" ".join(args), p.returncode, p.stderr))
     return p.returncode, p.stdout, p.stderr

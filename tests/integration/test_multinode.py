@@ -17,6 +17,7 @@ nodes, default 0) make it a benchmark, as QUELL_MULTINODE_WRITERS (per node, def
 and QUELL_MULTINODE_WRITES (per writer, default 60) do for the concurrent-writers test:
 see docs/benchmarks.md, issue 8.
 """
+import datetime
 import hashlib
 import hmac
 import http.client
@@ -283,6 +284,60 @@ class ReadCommandsTest(WithCluster):
             self.assertEqual(code, 2, out + err)
             self.assertIn("both name a ledger", err)
         self.assertEqual(psql(url, "SELECT count(*) FROM api_keys WHERE role = 'viewer'"), ["1"])
+
+
+class PolicyBacktestTest(WithCluster):
+    def test_the_cli_backtests_a_postgres_ledger_as_the_route_does(self):
+        # `policy backtest` read only a data directory: a PostgreSQL deployment could
+        # backtest only through a running node.
+        url = self.cluster.new_database()
+        run_cli("migrate", "--postgres", url)
+        key = run_cli("keys", "create", "--role", "admin", "--postgres", url)[1].strip()
+        node = Node(url, key)
+        self.addCleanup(node.cleanup)
+        node.start_node()
+        at = now()
+        items = [{"id": "pb-%d" % i, "source": "bot-model-v3", "type": "artificial_streaming",
+                  "entity": "user:pb-%d" % (i % 4), "score": [0.95, 0.8, 0.6][i % 3],
+                  "observed_at": ts(at - datetime.timedelta(seconds=60 - i))}
+                 for i in range(9)]
+        status, body, _ = node.request("POST", "/v1/detections", {"detections": items})
+        self.assertEqual(status, 200, body)
+        policies = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "examples", "policies", "music.yaml")
+        with open(policies) as f:
+            yaml = f.read()
+        window = {"from": ts(at - datetime.timedelta(minutes=2)),
+                  "to": ts(at + datetime.timedelta(seconds=1))}
+        status, want, _ = node.request("POST", "/v1/policies/backtest",
+                                       dict(window, policy_set=yaml))
+        self.assertEqual(status, 200, want)
+        self.assertEqual(want["detections"], 9)
+        code, out, err = run_cli("policy", "backtest", policies, "--from", window["from"],
+                                 "--to", window["to"], "--postgres", url, "--json",
+                                 check=False)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), want)  # the CLI reported the candidate as v1
+        # QUELL_POSTGRES names it too; with --data as well, which ledger was meant is
+        # not guessed.
+        code, out, err = run_cli("policy", "backtest", policies, "--from", window["from"],
+                                 "--to", window["to"], "--json", check=False,
+                                 env=dict(os.environ, QUELL_POSTGRES=url))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), want)
+        code, _, err = run_cli("policy", "backtest", policies, "--from", window["from"],
+                               "--to", window["to"], "--postgres", url, "--data", "/tmp/x",
+                               check=False)
+        self.assertEqual(code, 2, err)
+        self.assertIn("both name a ledger", err)
+        # A database without a ledger is refused, and left without one.
+        other = self.cluster.new_database()
+        code, _, err = run_cli("policy", "backtest", policies, "--from", window["from"],
+                               "--to", window["to"], "--postgres", other, check=False)
+        self.assertEqual(code, 1, err)
+        self.assertIn("no Quell ledger in this database", err)
+        self.assertEqual(psql(other, "SELECT count(*) FROM information_schema.tables "
+                                     "WHERE table_schema = 'public'"), ["0"])
 
 
 class ThreeNodes(WithCluster):
