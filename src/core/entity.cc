@@ -69,7 +69,9 @@ bool ValidId(std::string_view s) {
 
 absl::StatusOr<IpAddress> ParseIp(std::string_view text) {
   char buf[64];
-  if (text.empty() || text.size() >= sizeof(buf)) {
+  // inet_pton reads a C string: a NUL inside would end it early ("203.0.113.9\0junk"
+  // parsed as 203.0.113.9).
+  if (text.empty() || text.size() >= sizeof(buf) || text.find('\0') != std::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat("not an IP address: \"", AV(text), "\""));
   }
   std::memcpy(buf, text.data(), text.size());

@@ -50,6 +50,15 @@ TEST(EntityTest, HostBitsErrorSuggestsNetwork) {
       << e.status();
 }
 
+TEST(NetworkTest, ANulInsideAnAddressIsNotAnAddress) {
+  // inet_pton stops at the NUL: CrowdSec's ?ip=203.0.113.9%00junk matched 203.0.113.9.
+  using namespace std::string_view_literals;
+  EXPECT_FALSE(ParseIp("203.0.113.9\0junk"sv).ok());
+  EXPECT_FALSE(ParseIp("2001:db8::1\0"sv).ok());
+  EXPECT_FALSE(ParseNetwork("198.51.0.0/16\0junk"sv).ok());
+  EXPECT_TRUE(ParseIp("203.0.113.9"sv).ok());
+}
+
 TEST(NetworkTest, Contains) {
   auto net = ParseNetwork("10.0.0.0/8");
   ASSERT_TRUE(net.ok());

@@ -99,6 +99,18 @@ class CrowdSecApiTest(unittest.TestCase):
         self.assertEqual((status, text), (200, "null"))
         self.assertTrue(hdrs["content-type"].startswith("application/json"))
 
+    def test_an_address_with_a_nul_inside_is_refused(self):
+        # inet_pton stopped at the NUL: ?ip=A%00junk answered A's decisions.
+        key = new_key(self.q, "enforcer")
+        self.q.request("POST", "/v1/mitigations", {"entity": "ip:192.0.2.78", "action": "block",
+                                                   "ttl": "1h", "reason": "nul"})
+        self.assertEqual(len(self.cs_json("/v1/decisions?ip=192.0.2.78", key)[0]), 1)
+        for query in ("ip=192.0.2.78%00junk", "range=192.0.2.0/24%00junk"):
+            status, text, _ = self.cs("/v1/decisions?" + query, key)
+            self.assertEqual(status, 400, (query, text))
+        # value= has no error of its own: it names no decision.
+        self.assertEqual(self.cs("/v1/decisions?value=192.0.2.78%00junk", key)[1], "null")
+
     def test_live_ip_range_scope_type(self):
         key = new_key(self.q, "enforcer")
         ip = self.create("ip:198.51.100.7", "block", "4h")
