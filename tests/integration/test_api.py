@@ -398,6 +398,11 @@ class ApiTest(unittest.TestCase):
         self.assertError(self.q.request("GET", "/v1/breakers?name=x"), 400, "query.name")
         self.assertError(self.q.request("GET", "/v1/mitigations/m_x?full=1"), 400, "query.full")
         self.assertError(self.q.request("GET", "/v1/changes?after=1&after=2"), 400, "query.after")
+        # Integers are decimal digits: a sign or spaces around them were taken too.
+        for after in ("+5", "5%20", "%205", "0x10", ""):
+            self.assertError(self.q.request("GET", "/v1/changes?after=" + after), 400,
+                             "query.after")
+        self.assertError(self.q.request("GET", "/v1/mitigations?limit=%2B3"), 400, "query.limit")
         self.assertError(self.q.request("GET", "/v1/rollbacks?limit=1&limit=2"), 400, "query.limit")
         self.assertError(self.q.request("GET", "/v1/reviews?limit=1&limit=2"), 400, "query.limit")
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:a&entity=user:b")[0], 200)

@@ -464,8 +464,12 @@ std::optional<ApiError> QueryInt(const http::Request& req, std::string_view name
                                  int64_t hi, int64_t* out) {
   auto v = req.QueryParam(name);
   if (!v) return std::nullopt;
+  // Decimal digits with an optional '-' only: SimpleAtoi alone also took "+5" and " 5 ".
+  const std::string_view text = *v;
+  const std::string_view digits = text.starts_with('-') ? text.substr(1) : text;
   int64_t n;
-  if (!absl::SimpleAtoi(AV(*v), &n) || n < lo || n > hi) {
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string_view::npos ||
+      !absl::SimpleAtoi(AV(text), &n) || n < lo || n > hi) {
     return ApiError::Field(absl::StrCat("query.", AV(name)),
                            absl::StrCat("must be an integer in ", lo, "..", hi));
   }
