@@ -444,6 +444,7 @@ absl::Time Dispatcher::Settled(Sub& sub, const absl::Status& recorded, int64_t p
   } else {
     if (delivered_) delivered_->Increment();
     sub.delivered++;
+    sub.last_error.clear();  // delivering again: the failure it reported is over
   }
   sub.s.cursor = std::max(sub.s.cursor, pending_seq);
   sub.failures = 0;

@@ -248,6 +248,12 @@ class WebhookDeliveryTest(WebhookCase):
         self.check_in_order(r.entries())
         self.check_signed(sub, r.entries())
         self.assertEqual([e["seq"] for e in r.accepted()], expected)
+        # Delivered again: the subscription no longer reports the outage's error (it did,
+        # so a healthy subscription read as failing).
+        wait_for(lambda: self.status_of(sub["id"])["delivery"]["pending_seq"] == 0,
+                 what="nothing pending")
+        delivery = self.status_of(sub["id"])["delivery"]
+        self.assertEqual((delivery["failures"], delivery["last_error"]), (0, ""), delivery)
 
     def test_d_restart_resumes_from_durable_cursor(self):
         r = self.receiver()
