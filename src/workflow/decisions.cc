@@ -274,6 +274,7 @@ absl::Status ApplyOne(ledger::Txn& txn, Prepared& pr, const core::ActionCatalog&
         // A delayed decision keeps its start (approval schedules it, when still ahead):
         // the delay is there so that fraudsters cannot tell what gave them away.
         req.state = MitigationState::kPendingApproval;
+        req.pending_ttl = sg.safeguards->options().pending_ttl;
         req.reason = absl::StrCat(req.reason, "; held for approval: ", hold.reason);
       }
     }

@@ -43,11 +43,16 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   // created rather than bringing them back, and their expiry is written after it (the
   // scheduler then finds nothing to do). After: the decision's own change comes first, at
   // the seq the safeguards predicted for it (Screen's NoteLocal).
+  // Likewise a pending approval past pending_ttl, which nobody can approve any more: the
+  // sweeper would expire it, with ExpirePending's reason.
   std::vector<Mitigation*> over;
   auto expire_over = [&]() -> absl::Status {
     for (Mitigation* m : over) {
+      m->state_reason = m->state == MitigationState::kPendingApproval
+                            ? absl::StrCat("pending approval expired: nobody approved it within ",
+                                           absl::FormatDuration(*req.pending_ttl))
+                            : "expired";
       m->state = MitigationState::kExpired;
-      m->state_reason = "expired";
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
     }
     return absl::OkStatus();
@@ -56,7 +61,9 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // Only merge into a mitigation of the same kind of enforcement: an active request
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
-    if (!core::LiveAt(existing, now)) {
+    const bool pending_over = existing.state == MitigationState::kPendingApproval &&
+                              req.pending_ttl && existing.created_at + *req.pending_ttl <= now;
+    if (!core::LiveAt(existing, now) || pending_over) {
       over.push_back(&existing);
       continue;
     }

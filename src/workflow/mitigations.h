@@ -35,6 +35,10 @@ struct CreateRequest {
   std::vector<std::string> detections;
   core::MitigationState state = core::MitigationState::kActive;
   std::optional<absl::Time> starts_at;  // for kScheduled
+  // SafeguardOptions::pending_ttl, for a kPendingApproval request: a pending approval
+  // created that long ago can no longer be approved (ReviewMitigation, ExpirePending), so
+  // the request is not folded into it: it is expired and a new one waits in Reviews.
+  std::optional<absl::Duration> pending_ttl;
 };
 
 struct CreateResult {

@@ -141,6 +141,38 @@ TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
   }
 }
 
+// A pending approval past pending_ttl can no longer be approved: a new held request is
+// not folded into it (it answered 200 with the dead one's id, never to be reviewed,
+// until the sweeper ran); the old one is expired with the sweeper's reason.
+TEST_F(MitigationsTest, APendingApprovalPastItsTtlTakesNoNewRequest) {
+  CreateRequest r;
+  r.entity = *core::Entity::Parse("user:held");
+  r.action = "suspend";
+  r.reason = "model";
+  r.actor = "k_model";
+  r.state = MitigationState::kPendingApproval;
+  r.pending_ttl = absl::Hours(1);
+  auto out = std::make_shared<CreateResult>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+  const core::Mitigation first = out->mitigation;
+  clock_.Advance(absl::Minutes(59));  // still approvable: folded in
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+  EXPECT_FALSE(out->created);
+  EXPECT_EQ(out->mitigation.id, first.id);
+  clock_.Advance(absl::Minutes(1));  // created_at + pending_ttl: over
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+  EXPECT_TRUE(out->created);
+  EXPECT_NE(out->mitigation.id, first.id);
+  EXPECT_EQ(out->mitigation.state, MitigationState::kPendingApproval);
+  auto old = *ledger_->store().GetMitigation(first.id);
+  ASSERT_TRUE(old.has_value());
+  EXPECT_EQ(old->state, MitigationState::kExpired);
+  EXPECT_EQ(old->state_reason, "pending approval expired: nobody approved it within 1h");
+}
+
 // Merged into the active one, a mitigation's first detection is its creation, which
 // escalation counts as that (expired) mitigation: it is recorded with no policy, not as a
 // later hit of its policy (which counted it twice and escalated a step early).
