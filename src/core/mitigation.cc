@@ -143,12 +143,16 @@ std::string_view DetectionPolicy(const Mitigation& m, size_t i) {
 }
 
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy) {
-  if (m.detection_policies.empty() && policy != m.policy && !ids.empty()) {
+  // Per detection once another policy's hit is recorded (even as the first detection of a
+  // manual mitigation, which has none: then the list starts with this hit).
+  bool per_detection = !m.detection_policies.empty();
+  if (!per_detection && policy != m.policy && !ids.empty()) {
     m.detection_policies.assign(m.detections.size(), m.policy);
+    per_detection = true;
   }
   for (const std::string& id : ids) {
     m.detections.push_back(id);
-    if (!m.detection_policies.empty()) m.detection_policies.emplace_back(policy);
+    if (per_detection) m.detection_policies.emplace_back(policy);
   }
 }
 

@@ -126,6 +126,15 @@ TEST(MitigationTest, DetectionPoliciesAppearWhenAnotherPolicyHits) {
   auto back = MitigationFromJson(MitigationToJson(m));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
+  // A manual mitigation (no policy, no detection yet) that a policy hits records the hit
+  // as that policy's: it was attributed to no policy (an empty list read as "all are the
+  // mitigation's own").
+  Mitigation manual = Sample();
+  manual.policy.clear();
+  manual.detections.clear();
+  AddDetections(manual, {"d1"}, "p");
+  EXPECT_EQ(manual.detection_policies, std::vector<std::string>{"p"});
+  EXPECT_EQ(DetectionPolicy(manual, 0), "p");
   for (const char* bad : {"[\"p\"]", "\"p\"", "[1,2,3,4,5,6]", "{}"}) {
     std::string json = MitigationToJson(m);
     const size_t at = json.find("\"detection_policies\":") + 21;

@@ -313,7 +313,12 @@ void Safeguards::OnCommitted(const std::vector<ledger::Change>& changes) {
         constexpr std::string_view kState = "\"state\":\"";
         const size_t at = p.find(kState);
         if (at == std::string_view::npos || p.substr(at + kState.size(), 2) != "re") break;
-        // A rollback brings 100,000 of these at once: read only the fields immunity needs.
+        // A rollback brings 100,000 of these at once: read only the fields immunity needs,
+        // unless other policies' hits are on it (then all of it, for their names).
+        if (p.find("\"detection_policies\":[\"") != std::string_view::npos) {
+          if (auto m = core::MitigationFromJson(p); m.ok()) NoteHumanDecision(*m, c.at);
+          break;
+        }
         std::string state, policy, action;
         if (ReadMitigationFields(p,
                                  {{"state", &state}, {"policy", &policy}, {"action", &action}}) &&
@@ -490,7 +495,13 @@ void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
 void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
   if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected)
     return;
+  // Every policy whose hit is on it: a person said no to this action on this entity, and
+  // another policy's next hit re-blocked it at once (a manual mitigation has no policy of
+  // its own, only its hits').
   NoteHumanDecision(m.entity.str(), m.policy, m.action, at);
+  for (const std::string& policy : m.detection_policies) {
+    if (policy != m.policy) NoteHumanDecision(m.entity.str(), policy, m.action, at);
+  }
 }
 
 void Safeguards::NoteHumanDecision(std::string_view entity, std::string_view policy,

@@ -210,6 +210,31 @@ class SafeguardsTest(Base):
         self.assertEqual(d2["state"], "pending_approval")
         self.assertIn("immunity", d2["reason"])
 
+    def test_a_granted_appeal_covers_the_policies_whose_hits_are_on_it(self):
+        # A manual block that a policy then hit: the grant made the entity immune to no
+        # policy (the mitigation has none of its own) and the policy's next hit re-blocked
+        # it at once; the hit was not even recorded as the policy's.
+        s, m, _ = self.q.request("POST", "/v1/mitigations",
+                                 {"entity": "user:man-ap", "action": "block", "reason": "analyst"},
+                                 key=self.r1)
+        self.assertEqual((s, m["state"]), (201, "active"), m)
+        d = self.submit(det("ma-1", "user:man-ap"))[0]["decisions"][0]
+        self.assertEqual(d["mitigation_id"], m["id"])
+        m = self.q.request("GET", "/v1/mitigations/" + m["id"])[1]
+        self.assertEqual(m["detection_policies"], ["bot"], m)
+        s, a, _ = self.q.request("POST", "/v1/appeals",
+                                 {"mitigation_id": m["id"], "statement": "a real listener"},
+                                 key=self.r1)
+        self.assertEqual(s, 201, a)
+        s, g, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": True},
+                                 key=self.r2)
+        self.assertEqual((s, g["state"]), (200, "granted"), g)
+        d2 = self.submit(det("ma-2", "user:man-ap"))[0]["decisions"][0]
+        self.assertEqual(d2["state"], "pending_approval", d2)
+        self.assertIn("immunity", d2["reason"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:man-ap")[1]["verdict"],
+                         "allow")
+
     def test_a_denied_appeal_is_kept_not_refiled_over(self):
         # The appeal id is the mitigation's: a second appeal after a denial used to reuse
         # it, and the decision, its author and note vanished from GET /v1/appeals/{id}.
