@@ -14,6 +14,8 @@ namespace quell::cli {
 namespace {
 
 constexpr int kOk = 0, kFailure = 1, kUsage = 2;
+// A person is waiting: a server that accepted and never answers is given up after this.
+constexpr absl::Duration kTimeout = absl::Seconds(30);
 
 constexpr char kCheckUsage[] = R"(usage: quell check ENTITY... [flags]
 
@@ -26,8 +28,8 @@ it, and the mitigations that make it: asks a running server (POST /v1/check).
   --json           the server's answer as it is, on one line
 
 Exit status: 0 the verdict was printed (whatever it is), 1 no verdict (the server did
-not answer, or refused the key), 2 bad usage (an entity the server reads as malformed
-included).
+not answer within 30 s, or refused the key), 2 bad usage (an entity the server reads as
+malformed included).
 )";
 
 int Usage(const std::string& message) {
@@ -83,8 +85,8 @@ int CheckCommand(const std::vector<std::string>& args) {
   http_client::HttpConnection conn(*url);
   auto reply = conn.Request(
       "POST", "/v1/check",
-      {{"Authorization", absl::StrCat("Bearer ", key)}, {"Content-Type", "application/json"}},
-      body);
+      {{"Authorization", absl::StrCat("Bearer ", key)}, {"Content-Type", "application/json"}}, body,
+      kTimeout);
   if (!reply.ok()) return Failure(absl::StrCat(server, ": ", reply.status().message()));
   rapidjson::Document doc;
   doc.Parse(reply->body.data(), reply->body.size());
@@ -117,7 +119,7 @@ int CheckCommand(const std::vector<std::string>& args) {
     std::cout << "\n";
     // Why, if the key may read mitigations (an enforcer key may not: the verdict stands).
     auto detail = conn.Request("GET", absl::StrCat("/v1/mitigations/", Str(m, "id")),
-                               {{"Authorization", absl::StrCat("Bearer ", key)}}, "");
+                               {{"Authorization", absl::StrCat("Bearer ", key)}}, "", kTimeout);
     rapidjson::Document d;
     if (detail.ok() && detail->status == 200 &&
         !d.Parse(detail->body.data(), detail->body.size()).HasParseError() && d.IsObject()) {

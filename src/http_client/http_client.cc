@@ -3,10 +3,11 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -86,26 +87,50 @@ void HttpConnection::Close() {
 }
 
 absl::Status HttpConnection::Connect() {
-  // Resolution and connect together within 30 s; afterwards a blocking socket whose reads
-  // and writes each give up after 300 s.
-  absl::StatusOr<int> fd = core::ConnectTcp(url_.host, url_.port, absl::Now() + absl::Seconds(30));
+  // Resolution and connect within 30 s, and within the request's time. The socket stays
+  // non-blocking: every read and write waits in Wait, which keeps the deadline and the
+  // cancel flag.
+  absl::StatusOr<int> fd =
+      core::ConnectTcp(url_.host, url_.port, std::min(deadline_, absl::Now() + absl::Seconds(30)));
   if (!fd.ok()) {
     return absl::UnavailableError(
         absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", fd.status().message()));
   }
   const int flags = ::fcntl(*fd, F_GETFL);
-  if (flags < 0 || ::fcntl(*fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+  if (flags < 0 || ::fcntl(*fd, F_SETFL, flags | O_NONBLOCK) != 0) {
     const int err = errno;
     ::close(*fd);
     return absl::UnavailableError(absl::StrCat("fcntl: ", std::strerror(err)));
   }
   int one = 1;
   setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  timeval tv{300, 0};  // a durable commit of a big batch on a busy server takes a while
-  setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(*fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   fd_ = *fd;
   return absl::OkStatus();
+}
+
+absl::Status HttpConnection::Wait(short events) {
+  for (;;) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline_) {
+      return absl::UnavailableError(absl::StrCat("no reply from ", url_.host, ":", url_.port,
+                                                 " within ", absl::FormatDuration(timeout_)));
+    }
+    if (cancel_ != nullptr && cancel_->load()) {
+      if (cancel_seen_ == absl::InfiniteFuture()) cancel_seen_ = now;
+      if (now - cancel_seen_ >= cancel_grace_) {
+        return absl::CancelledError("interrupted while waiting for the server's reply");
+      }
+    }
+    // Short slices, so that a cancel is seen soon.
+    const int ms = static_cast<int>(
+        std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline_ - now) + 1, 1, 200));
+    pollfd p{fd_, events, 0};
+    const int n = ::poll(&p, 1, ms);
+    if (n > 0) return absl::OkStatus();  // ready, or an error the next call reports
+    if (n < 0 && errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+  }
 }
 
 absl::Status HttpConnection::ReadMore() {
@@ -117,6 +142,10 @@ absl::Status HttpConnection::ReadMore() {
       return absl::OkStatus();
     }
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (auto s = Wait(POLLIN); !s.ok()) return s;
+      continue;
+    }
     return absl::UnavailableError(n == 0 ? "the server closed the connection"
                                          : absl::StrCat("read error: ", std::strerror(errno)));
   }
@@ -124,7 +153,11 @@ absl::Status HttpConnection::ReadMore() {
 
 absl::StatusOr<HttpResponse> HttpConnection::Request(
     std::string_view method, std::string_view path,
-    const std::vector<std::pair<std::string, std::string>>& headers, std::string_view body) {
+    const std::vector<std::pair<std::string, std::string>>& headers, std::string_view body,
+    absl::Duration timeout) {
+  timeout_ = timeout;
+  deadline_ = absl::Now() + timeout;
+  cancel_seen_ = absl::InfiniteFuture();
   bool fresh = fd_ < 0;
   if (fresh) {
     if (auto s = Connect(); !s.ok()) return s;
@@ -142,6 +175,10 @@ absl::StatusOr<HttpResponse> HttpConnection::Request(
     while (!part.empty()) {
       ssize_t n = ::send(fd_, part.data(), part.size(), MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (auto s = Wait(POLLOUT); !s.ok()) return fail(s);
+        continue;
+      }
       if (n <= 0)
         return fail(absl::UnavailableError(absl::StrCat("write error: ", std::strerror(errno))));
       part.remove_prefix(static_cast<size_t>(n));

@@ -134,7 +134,7 @@ class HttpSink final : public Sink {
     // nothing; one that reads it as a single JSON document (before NDJSON bodies and
     // ?batch=) fails to parse it, so it could never import a batch without its id.
     // An overloaded or starting server is asked again, as a batch would be.
-    HttpConnection probe(url_);
+    HttpConnection probe(url_, options_.stop);
     auto r = PostRetrying(probe, "{}\n{}\n", "a request", /*retry_unreachable=*/false);
     if (!r.ok()) return r.status();
     if (r->status == 401 || r->status == 403) {
@@ -178,7 +178,7 @@ class HttpSink final : public Sink {
   }
 
   void Work() {
-    HttpConnection conn(url_);
+    HttpConnection conn(url_, options_.stop);
     for (;;) {
       Job job;
       {
@@ -242,9 +242,13 @@ class HttpSink final : public Sink {
   absl::StatusOr<HttpResponse> PostRetrying(HttpConnection& conn, std::string_view body,
                                             std::string_view what, bool retry_unreachable) {
     const absl::Time give_up = absl::Now() + options_.retry_for;
+    // A server that took the request and never answers holds it no longer than the retries
+    // would last (30 s at least: a commit on a busy server takes a while); once the stop
+    // flag is set, the connection gives it HttpConnection::kCancelGrace more.
+    const absl::Duration timeout = std::max(options_.retry_for, absl::Seconds(30));
     for (absl::Duration backoff = absl::Milliseconds(100);;
          backoff = std::min(backoff * 2, absl::Seconds(2))) {
-      auto r = conn.Request("POST", target_, AuthHeaders(), body);
+      auto r = conn.Request("POST", target_, AuthHeaders(), body, timeout);
       absl::Status retryable;
       if (!r.ok()) {
         if (!retry_unreachable) return r.status();

@@ -324,6 +324,29 @@ class ServerImportTest(unittest.TestCase):
         finally:
             q.cleanup()
 
+    def test_ctrl_c_while_the_server_hangs_interrupts(self):
+        # A server that took a batch and never answers (here: stopped) held the import:
+        # Ctrl-C did nothing and no timeout ended the request (a hunt's ran 6m40s, until
+        # the listener died). The batch in flight now gets HttpConnection::kCancelGrace.
+        def hang_then_ctrl_c(p, q):
+            q.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # the next batch is sent and waits
+            p.send_signal(signal.SIGINT)
+        q, code, out, err, args = self.interrupted_then_resumed(hang_then_ctrl_c,
+                                                                ["--retry-for", "10m"])
+        try:
+            q.proc.send_signal(signal.SIGCONT)
+            if code == 0:
+                self.skipTest("the import finished before the server stopped")
+            self.assertEqual(code, 1, err)
+            self.assertIn("interrupted: continue with --resume", err)
+            code, out, err = import_cmd(*args[2:], "--resume")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(without_batch(mitigations(q)), without_batch(self.reference_state))
+        finally:
+            q.proc.send_signal(signal.SIGCONT)
+            q.cleanup()
+
     def test_a_second_run_on_the_same_checkpoint_is_refused(self):
         # Two runs (a --resume started twice) both wrote the one checkpoint and rejects file.
         def second_run_while_the_first_waits(p, q):
