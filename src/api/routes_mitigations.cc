@@ -98,6 +98,9 @@ void AppendCause(const ledger::Change& c, const Mitigation& m, std::string* out)
   out->append("}");
 }
 
+// A surface name's longest spelling, on every path (GET, POST, gRPC Check).
+constexpr size_t kMaxSurfaceBytes = 64;
+
 void Check(Context& ctx, Call&& call) {
   std::vector<std::string> texts;
   std::string surface;
@@ -111,6 +114,11 @@ void Check(Context& ctx, Call&& call) {
       } else if (k == "surface") {
         // Only `entity` repeats: with two surfaces, the last one silently won.
         if (surface_given) return call.Fail(ApiError::Field("query.surface", "must be given once"));
+        // The limit POST /v1/check and gRPC Check keep (it was not checked here).
+        if (v.size() > kMaxSurfaceBytes) {
+          return call.Fail(ApiError::Field(
+              "query.surface", absl::StrCat("must be at most ", kMaxSurfaceBytes, " bytes")));
+        }
         surface_given = true;
         surface = v;
       } else {
@@ -123,10 +131,13 @@ void Check(Context& ctx, Call&& call) {
     std::vector<FieldError> errors;
     ObjectReader r(doc, "", &errors);
     auto list = r.Strings("entities", true, max);
-    auto s = r.String("surface", false, 64);
+    auto s = r.String("surface", false, kMaxSurfaceBytes);
     r.RejectUnknown();
-    if (!errors.empty())
-      return call.Fail(ApiError::InvalidArgument("invalid check", std::move(errors)));
+    if (!errors.empty()) {  // the first error in the message, as the other routes put it
+      std::string summary =
+          absl::StrCat("invalid check: ", errors[0].field, ": ", errors[0].message);
+      return call.Fail(ApiError::InvalidArgument(std::move(summary), std::move(errors)));
+    }
     texts = std::move(*list);
     surface = s.value_or("");
   }

@@ -388,6 +388,14 @@ class ApiTest(unittest.TestCase):
         self.assertError(self.q.request("GET", "/v1/check?entity=user:a&entity=nocolon"), 400,
                          "query.entity[1]")
         self.assertError(self.q.request("POST", "/v1/check", {"entities": []}), 400, "entities")
+        # One surface limit on every path (GET took any length), and the message names the
+        # field (POST said only "invalid check").
+        self.assertError(self.q.request("GET", "/v1/check?entity=user:a&surface=" + "x" * 65),
+                         400, "query.surface")
+        s, body, _ = self.q.request("POST", "/v1/check", {"entities": ["user:a"], "surface": "x" * 65})
+        self.assertEqual(s, 400, body)
+        self.assertEqual(body["error"]["message"],
+                         "invalid check: surface: must be at most 64 bytes", body)
         # Only entity repeats: with two surfaces, the last one silently won.
         self.assertError(self.q.request("GET", "/v1/check?entity=user:a&surface=login&surface=charts"),
                          400, "query.surface")
