@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/json_text.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 #include "rapidjson/error/en.h"
 
 namespace quell::api {
@@ -120,6 +121,21 @@ std::optional<std::string> ObjectReader::String(std::string_view name, bool requ
     return std::nullopt;
   }
   return std::string(v->GetString(), v->GetStringLength());
+}
+
+// Read by people, in the API, the audit and `quell check`: line breaks and tabs are fine;
+// a NUL cut it short in printouts, an escape sequence could rewrite a reviewer's terminal.
+constexpr std::string_view kNoControlText =
+    "must not hold control characters other than tab and line breaks";
+
+std::optional<std::string> ObjectReader::Text(std::string_view name, bool required,
+                                              size_t max_bytes) {
+  std::optional<std::string> s = String(name, required, max_bytes);
+  if (s && core::HasControlCharacter(*s, "\t\n\r")) {
+    Fail(name, std::string(kNoControlText));
+    return std::nullopt;
+  }
+  return s;
 }
 
 std::optional<double> ObjectReader::Number(std::string_view name, bool required) {

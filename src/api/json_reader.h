@@ -51,6 +51,9 @@ class ObjectReader {
 
   //! A string member. Absent -> nullopt (an error if `required`). Wrong type -> error.
   std::optional<std::string> String(std::string_view name, bool required, size_t max_bytes = 4096);
+  //! A string a person wrote (a reason, a note, a statement): as String, and no control
+  //! character but tab and line breaks (it lands in records, logs and terminals).
+  std::optional<std::string> Text(std::string_view name, bool required, size_t max_bytes);
   std::optional<double> Number(std::string_view name, bool required);
   std::optional<int64_t> Int(std::string_view name, bool required);
   std::optional<bool> Bool(std::string_view name, bool required);

@@ -13,7 +13,7 @@ void File(Context& ctx, Call&& call) {
   std::vector<FieldError> errors;
   ObjectReader r(doc, "", &errors);
   auto mid = r.String("mitigation_id", true, 64);
-  auto statement = r.String("statement", true, 4000);
+  auto statement = r.Text("statement", true, 4000);
   r.RejectUnknown();
   if (statement && statement->empty()) errors.push_back({"statement", "must not be empty"});
   if (!errors.empty())
@@ -55,7 +55,7 @@ void Decide(Context& ctx, Call&& call) {
   std::vector<FieldError> errors;
   ObjectReader r(doc, "", &errors);
   auto grant = r.Bool("grant", true);
-  auto note = r.String("note", false, 2000);
+  auto note = r.Text("note", false, 2000);
   r.RejectUnknown();
   if (!errors.empty())
     return call.Fail(ApiError::InvalidArgument("invalid appeal decision", std::move(errors)));

@@ -19,12 +19,6 @@
 namespace quell::api::internal {
 namespace {
 
-// A reason is read by people, in the API, the audit and `quell check`: it may hold line
-// breaks and tabs, no other control character (a NUL cut it short in printouts, an
-// escape sequence could rewrite a reviewer's terminal).
-constexpr char kNoControlText[] = "must not hold control characters other than tab and line breaks";
-bool HasControlText(std::string_view s) { return core::HasControlCharacter(s, "\t\n\r"); }
-
 using core::Entity;
 using core::Mitigation;
 
@@ -244,7 +238,7 @@ void CreateMitigation(Context& ctx, Call&& call) {
   auto entity_text = r.String("entity", true, 300);
   auto action = r.String("action", true, 64);
   auto ttl_text = r.String("ttl", false, 40);
-  auto reason = r.String("reason", true, 2000);
+  auto reason = r.Text("reason", true, 2000);
   r.RejectUnknown();
   workflow::CreateRequest cr;
   if (entity_text) {
@@ -271,7 +265,6 @@ void CreateMitigation(Context& ctx, Call&& call) {
     }
   }
   if (reason && reason->empty()) errors.push_back({"reason", "must not be empty"});
-  if (reason && HasControlText(*reason)) errors.push_back({"reason", kNoControlText});
   if (!errors.empty()) {
     std::string summary =
         absl::StrCat("invalid mitigation: ", errors[0].field, ": ", errors[0].message);
@@ -316,8 +309,7 @@ void Revoke(Context& ctx, Call&& call) {
     if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
     std::vector<FieldError> errors;
     ObjectReader r(doc, "", &errors);
-    reason = r.String("reason", false, 2000).value_or("");
-    if (HasControlText(reason)) errors.push_back({"reason", kNoControlText});
+    reason = r.Text("reason", false, 2000).value_or("");
     r.RejectUnknown();
     if (!errors.empty())
       return call.Fail(ApiError::InvalidArgument("invalid revoke", std::move(errors)));

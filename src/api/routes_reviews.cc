@@ -163,7 +163,7 @@ void Decide(Context& ctx, Call&& call) {
   std::vector<FieldError> errors;
   ObjectReader r(doc, "", &errors);
   auto approve = r.Bool("approve", true);
-  auto note = r.String("note", false, 2000);
+  auto note = r.Text("note", false, 2000);
   r.RejectUnknown();
   if (!errors.empty())
     return call.Fail(ApiError::InvalidArgument("invalid review decision", std::move(errors)));

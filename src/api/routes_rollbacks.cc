@@ -25,7 +25,7 @@ void Rollback(Context& ctx, Call&& call) {
   ObjectReader r(doc, "", &errors);
   const rapidjson::Value* filter = r.Raw("filter", true);
   auto dry_run = r.Bool("dry_run", false);
-  auto reason = r.String("reason", false, 2000);
+  auto reason = r.Text("reason", false, 2000);
   r.RejectUnknown();
   workflow::RollbackFilter f;
   if (filter != nullptr) {

@@ -370,6 +370,18 @@ class ApiTest(unittest.TestCase):
                          400, "reason")
         self.assertError(post({"entity": "user:a", "action": "block",
                                "reason": "\u001b[31mred"}), 400, "reason")
+        # Every other text a person writes too: a rollback's reason (it became the revoked
+        # mitigations' state_reason), review and appeal notes, appeal statements.
+        self.assertError(self.q.request("POST", "/v1/rollbacks",
+                                        {"filter": {"source": "nobody"}, "dry_run": True,
+                                         "reason": "a\u001b[2Jb"}), 400, "reason")
+        self.assertError(self.q.request("POST", "/v1/reviews/m_nope/decision",
+                                        {"approve": True, "note": "ok\u001b[2Jx"}), 400, "note")
+        self.assertError(self.q.request("POST", "/v1/appeals",
+                                        {"mitigation_id": "m_nope", "statement": "a\u0001b"}),
+                         400, "statement")
+        self.assertError(self.q.request("POST", "/v1/appeals/ap_nope/decision",
+                                        {"grant": False, "note": "a\u0000b"}), 400, "note")
         # A key's sources and name hold what a detection can carry, each source once.
         for body in ({"role": "detector", "sources": ["a\u0000b"]},
                      {"role": "detector", "sources": ["x\u001by"]},
