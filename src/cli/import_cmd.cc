@@ -97,7 +97,7 @@ int ImportCommand(const std::vector<std::string>& args) {
     return Usage("--server needs --key KEY (or QUELL_KEY)");
   if (!o.server_url.empty()) {  // a malformed URL is bad usage (exit 2), found before any file
     if (auto u = http_client::ParseUrl(o.server_url); !u.ok()) {
-      return Usage(std::string(u.status().message()));
+      return Usage(absl::StrCat("--server: ", u.status().message()));
     }
   }
   if (!o.server_url.empty() && flags->Has("data"))

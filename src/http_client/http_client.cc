@@ -42,26 +42,36 @@ absl::StatusOr<Url> ParseUrl(std::string_view url) {
   if (url.substr(0, kScheme.size()) != kScheme) {
     const bool tls = url.substr(0, 8) == "https://";
     return absl::InvalidArgumentError(
-        absl::StrCat("--server must be an http:// URL (got \"", AV(url), "\"",
+        absl::StrCat("must be an http:// URL (got \"", AV(url), "\"",
                      tls ? "; TLS is not supported: reach the server over plain HTTP" : "", ")"));
   }
   url.remove_prefix(kScheme.size());
   Url u;
-  size_t slash = url.find('/');
-  std::string_view hostport = url.substr(0, slash);
-  if (slash != std::string_view::npos) {
-    u.prefix = std::string(url.substr(slash));
+  const size_t end = url.find_first_of("/?#");
+  std::string_view hostport = url.substr(0, end);
+  if (end != std::string_view::npos) {
+    if (url[end] != '/') {
+      return absl::InvalidArgumentError(
+          "a server URL takes no query or fragment: http://host[:port][/prefix]");
+    }
+    u.prefix = std::string(url.substr(end));
     while (!u.prefix.empty() && u.prefix.back() == '/') u.prefix.pop_back();
+  }
+  // Credentials in the URL are not sent (the key is), and echoing them in an error would
+  // print a password: refused without repeating them.
+  if (hostport.find('@') != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        "a server URL takes no user or password (http://user:pass@...): authenticate with "
+        "--key");
   }
   if (!hostport.empty() && hostport[0] == '[') {
     size_t close = hostport.find(']');
-    if (close == std::string_view::npos)
-      return absl::InvalidArgumentError("--server: bad IPv6 address");
+    if (close == std::string_view::npos) return absl::InvalidArgumentError("bad IPv6 address");
     u.host = std::string(hostport.substr(1, close - 1));
     hostport.remove_prefix(close + 1);
-    if (!hostport.empty() && hostport[0] == ':') {
-      if (!absl::SimpleAtoi(AV(hostport.substr(1)), &u.port)) {
-        return absl::InvalidArgumentError("--server: bad port");
+    if (!hostport.empty()) {
+      if (hostport[0] != ':' || !absl::SimpleAtoi(AV(hostport.substr(1)), &u.port)) {
+        return absl::InvalidArgumentError("bad port");
       }
     }
   } else {
@@ -69,11 +79,11 @@ absl::StatusOr<Url> ParseUrl(std::string_view url) {
     u.host = std::string(hostport.substr(0, colon));
     if (colon != std::string_view::npos &&
         !absl::SimpleAtoi(AV(hostport.substr(colon + 1)), &u.port)) {
-      return absl::InvalidArgumentError("--server: bad port");
+      return absl::InvalidArgumentError("bad port");
     }
   }
   if (u.host.empty() || u.port <= 0 || u.port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--server: bad URL \"http://", AV(url), "\""));
+    return absl::InvalidArgumentError(absl::StrCat("bad URL \"http://", AV(url), "\""));
   }
   return u;
 }

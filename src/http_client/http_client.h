@@ -24,7 +24,8 @@ struct Url {
   std::string prefix;  // path prefix without the trailing '/', "" for the root
 };
 
-//! Parses "http://host[:port][/prefix]". kInvalidArgument otherwise (https included).
+//! Parses "http://host[:port][/prefix]". kInvalidArgument otherwise (https included, and
+//! user info, a query or a fragment), with a message that names no flag (callers do).
 absl::StatusOr<Url> ParseUrl(std::string_view url);
 
 //! `s` as a query parameter value: every byte but A-Z a-z 0-9 - _ . ~ as %XX.

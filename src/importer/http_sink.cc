@@ -284,7 +284,9 @@ class HttpSink final : public Sink {
 
 absl::StatusOr<std::unique_ptr<Sink>> OpenHttpSink(const HttpSinkOptions& options) {
   auto url = http_client::ParseUrl(options.url);
-  if (!url.ok()) return url.status();
+  if (!url.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--server: ", url.status().message()));
+  }
   auto sink = std::make_unique<HttpSink>(options, *url);
   if (auto s = sink->Start(); !s.ok()) return s;
   return std::unique_ptr<Sink>(std::move(sink));

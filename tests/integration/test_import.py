@@ -587,10 +587,13 @@ class ServerImportTest(unittest.TestCase):
         self.assertIn("a quell server owns", err)
         # A malformed --server is bad usage (it was exit 1, and "TLS is not supported" for
         # ftp://), before any file is read.
-        for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9"):
+        for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9", "http://user:pw@127.0.0.1:9",
+                    "http://127.0.0.1:9?x=1"):
             code, _, err = import_cmd(self.file, "--server", url, "--key", "k_x.y")
             self.assertEqual(code, 2, err)
             self.assertNotIn("TLS", err)
+            self.assertNotIn("--server: --server", err)  # the flag was named twice
+            self.assertNotIn("pw", err)  # nor was a password in the URL echoed
         # Neither left a checkpoint, nor the lock file that goes with it.
         self.assertFalse(os.path.exists(self.file + ".quell-checkpoint"))
         self.assertFalse(os.path.exists(self.file + ".quell-checkpoint.lock"))
