@@ -1481,6 +1481,23 @@ INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::ValuesIn(testing::AllBa
 
 // ---- SQLite specifics ----
 
+// `--data DIR/quell.db` (the file, not its directory) said "no ledger in DIR/quell.db (no
+// quell.db)" of the ledger it named.
+TEST(SqliteStore, CheckSqliteLedgerNamesAFileGivenForTheDirectory) {
+  const std::string dir = ::testing::TempDir() + "/check_ledger_" + core::RandomHex(6);
+  ASSERT_TRUE(OpenSqliteStore({.path = dir}).ok());
+  EXPECT_TRUE(CheckSqliteLedger(dir).ok());
+  absl::Status file = CheckSqliteLedger(dir + "/quell.db");
+  EXPECT_EQ(file.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(file.message(), absl::StrCat(dir,
+                                         "/quell.db is a file: --data takes the data "
+                                         "directory (the one that holds quell.db)"));
+  absl::Status none = CheckSqliteLedger(dir + "/nothing");
+  EXPECT_EQ(none.message(),
+            absl::StrCat("no ledger in ", dir, "/nothing (no quell.db): check --data"));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SqliteStore, WalAndSynchronousAreReallySet) {
   testing::SqliteTestBackend backend;
   auto store = backend.Open();

@@ -2077,6 +2077,11 @@ absl::Status CheckSqliteLedger(const std::string& dir) {
   if (std::filesystem::exists(std::filesystem::path(dir) / kSqliteFileName, ec)) {
     return absl::OkStatus();
   }
+  // --data naming the database file itself (or any file) is a slip worth naming.
+  if (std::filesystem::is_regular_file(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat(dir, " is a file: --data takes the data directory",
+                                            " (the one that holds ", AV(kSqliteFileName), ")"));
+  }
   return absl::NotFoundError(
       absl::StrCat("no ledger in ", dir, " (no ", AV(kSqliteFileName), "): check --data"));
 }
