@@ -8,10 +8,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/entity.h"
 #include "core/net.h"
 #include "core/status.h"
 #include "core/strings.h"
@@ -57,6 +61,25 @@ bool ParsePort(std::string_view s, int* port) {
   return true;
 }
 
+// Why `host` (letters, digits, '-', '.', '_') cannot name a host, or nullopt. All-numeric
+// labels make an IPv4 address, which must be one (999.0.0.1 only fails at resolution,
+// every change a dead letter); a DNS label is 1-63 bytes and neither starts nor ends with
+// '-' (RFC 1123); one trailing '.' (a rooted name) is fine.
+std::optional<std::string> BadHostName(std::string_view host) {
+  if (host.find_first_not_of("0123456789.") == std::string_view::npos) {
+    if (!core::ParseIp(host).ok()) return "not an IPv4 address";
+    return std::nullopt;
+  }
+  if (host.back() == '.') host.remove_suffix(1);
+  for (absl::string_view label : absl::StrSplit(AV(host), '.')) {
+    if (label.empty() || label.size() > 63) return "a name's labels are 1-63 bytes";
+    if (label.front() == '-' || label.back() == '-') {
+      return "a name's labels neither start nor end with '-'";
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
@@ -85,7 +108,8 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
       if (after.front() != ':' || !ParsePort(after.substr(1), &out.port))
         return absl::InvalidArgumentError("bad port");
     }
-    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != host.npos)
+    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != host.npos ||
+        !core::ParseIp(host).ok())
       return absl::InvalidArgumentError("bad IPv6 host");
   } else {
     if (std::count(authority.begin(), authority.end(), ':') > 1) {
@@ -104,12 +128,27 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
             absl::StrCat("url host has a character a host name cannot hold: ", AV(host)));
       }
     }
+    if (auto why = BadHostName(host)) {
+      return absl::InvalidArgumentError(absl::StrCat("url host ", AV(host), ": ", *why));
+    }
   }
   if (host.empty()) return absl::InvalidArgumentError("url needs a host");
   if (out.port < 1 || out.port > 65535) return absl::InvalidArgumentError("port out of range");
-  for (char c : out.path) {
-    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+  for (size_t i = 0; i < out.path.size(); ++i) {
+    const auto c = static_cast<unsigned char>(out.path[i]);
+    if (c <= ' ' || c == 0x7f)
       return absl::InvalidArgumentError("url path has spaces or control characters");
+    // Sent as it is in the request line, which takes ASCII with %XX escapes (RFC 3986):
+    // a raw UTF-8 byte or a stray '%' makes a request a strict receiver refuses.
+    if (c >= 0x80) {
+      return absl::InvalidArgumentError(
+          "url path has a non-ASCII byte: percent-encode it (%C3%A9 for \"\u00e9\")");
+    }
+    if (c == '%' && (i + 2 >= out.path.size() ||
+                     !absl::ascii_isxdigit(static_cast<unsigned char>(out.path[i + 1])) ||
+                     !absl::ascii_isxdigit(static_cast<unsigned char>(out.path[i + 2])))) {
+      return absl::InvalidArgumentError("url path has a '%' that is not a %XX escape");
+    }
   }
   // A fragment is the client's, never sent in a request target (RFC 9110 4.2.4).
   if (url.find('#') != std::string_view::npos) {

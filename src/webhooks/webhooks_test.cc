@@ -145,8 +145,16 @@ TEST(Url, Parses) {
         // host without brackets, a space or other non-host byte in the host, a port with
         // a sign or a space.
         "http://::1/hook", "http://127.0.0.1 x:8080/", "http://x:+80/", "http://x: 80/",
-        "http://[::1 ]/", "http://x%41/"}) {
+        "http://[::1 ]/", "http://x%41/",
+        // Accepted before, then every delivery failed (resolution) or went out as a
+        // request line a strict receiver refuses.
+        "http://999.0.0.1:8080/x", "http://1.2.3/x", "http://-a-:8080/x", "http://a..b/",
+        "http://[::g]/", "http://127.0.0.1/\xc3\xa9", "http://127.0.0.1/%zz", "http://x/a%4"}) {
     EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
+  }
+  for (const char* good :
+       {"http://hooks.example.com./x", "http://my_host:8080/%C3%A9?a=%20", "http://10.0.0.1/"}) {
+    EXPECT_TRUE(ParseHttpUrl(good).ok()) << good;
   }
   // A query right after the host is the root path's (the host used to run to the '/').
   auto q = ParseHttpUrl("http://127.0.0.1?x=1");
