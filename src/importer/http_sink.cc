@@ -10,6 +10,7 @@
 #include <span>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/strings.h"
@@ -35,6 +36,8 @@ std::string ErrorMessage(const rapidjson::Value& item) {
   auto e = item.FindMember("error");
   if (e == item.MemberEnd() || !e->value.IsObject()) return "rejected by the server";
   std::string out;
+  // Each distinct one once: a request refused for its rows' source names it per row.
+  absl::flat_hash_set<std::string> seen;
   if (auto ds = e->value.FindMember("details"); ds != e->value.MemberEnd() && ds->value.IsArray()) {
     for (const rapidjson::Value& d : ds->value.GetArray()) {
       if (!d.IsObject()) continue;
@@ -44,8 +47,9 @@ std::string ErrorMessage(const rapidjson::Value& item) {
           !m->value.IsString()) {
         continue;
       }
-      absl::StrAppend(&out, out.empty() ? "" : "; ", f->value.GetString(), ": ",
-                      m->value.GetString());
+      std::string one = absl::StrCat(f->value.GetString(), ": ", m->value.GetString());
+      if (!seen.insert(one).second) continue;
+      absl::StrAppend(&out, out.empty() ? "" : "; ", one);
     }
   }
   if (!out.empty()) return out;

@@ -129,6 +129,8 @@ class Run {
     res_.status = s;
     res_.elapsed = absl::Now() - start;
     res_.rows_this_run = rows_this_run_;
+    res_.unacknowledged =
+        std::max<int64_t>(0, rows_this_run_ - (res_.counts.read - read_at_start_));
     // A run that stopped inside a file counts what it read of it.
     res_.bytes = reading_ >= 0 ? Bytes(reading_) : bytes_done_;
     progress_.Finish();
@@ -275,6 +277,7 @@ class Run {
     }
     res_.batch = cp.batch;
     res_.counts = cp.counts;
+    read_at_start_ = cp.counts.read;
     acked_ = cp;
 
     // 3. The sink (locks the data directory, or checks the server and the key).
@@ -663,8 +666,9 @@ class Run {
   std::map<uint64_t, BatchResult> results_;               // finished out of order
   int64_t in_flight_rows_ = 0;
   int64_t rows_this_run_ = 0;
-  uint64_t bytes_done_ = 0;  // of the files read to their end
-  int64_t reading_ = -1;     // the file being read, if any
+  int64_t read_at_start_ = 0;  // counts.read of the checkpoint resumed from
+  uint64_t bytes_done_ = 0;    // of the files read to their end
+  int64_t reading_ = -1;       // the file being read, if any
   int rejects_fd_ = -1;
   int checkpoint_lock_ = -1;     // flock on CHECKPOINT.lock, for the run
   std::string checkpoint_path_;  // CHECKPOINT, once locked
@@ -706,6 +710,11 @@ std::string SummaryText(const ImportResult& r) {
   if (c.rejected > 0 && !r.rejects_path.empty())
     absl::StrAppend(&out, " (see ", r.rejects_path, ")");
   absl::StrAppend(&out, "\ndecisions: ", StatesText(c.decisions), "\n");
+  if (r.unacknowledged > 0) {  // "read 0 rows" of a run that sent rows the server refused
+    absl::StrAppend(&out, "not acknowledged: ", WithCommas(r.unacknowledged),
+                    " more rows read (not in the counts above nor in the checkpoint: --resume "
+                    "sends them again)\n");
+  }
   return out;
 }
 
@@ -730,7 +739,8 @@ std::string SummaryJson(const ImportResult& r) {
   }
   out += "},\"rejects\":";
   core::AppendJsonString(c.rejected > 0 ? r.rejects_path : "", &out);
-  absl::StrAppend(&out, ",\"rows_this_run\":", r.rows_this_run, ",\"bytes\":", r.bytes,
+  absl::StrAppend(&out, ",\"rows_this_run\":", r.rows_this_run,
+                  ",\"unacknowledged\":", r.unacknowledged, ",\"bytes\":", r.bytes,
                   ",\"seconds\":", absl::ToDoubleSeconds(r.elapsed));
   if (r.dry_run) absl::StrAppend(&out, ",\"dry_run\":", DryRunJson(*r.dry_run));
   out += "}";

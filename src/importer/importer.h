@@ -75,7 +75,10 @@ struct ImportResult {
   absl::Duration elapsed;
   uint64_t bytes = 0;         // raw bytes read (this run)
   int64_t rows_this_run = 0;  // rows read by this run (a resume skips the ones before)
-  std::string rejects_path;   // where rejected rows went ("" if none were rejected)
+  // Rows this run read whose batch was not acknowledged (a failed or interrupted run):
+  // not in counts nor in the checkpoint; --resume reads them again.
+  int64_t unacknowledged = 0;
+  std::string rejects_path;  // where rejected rows went ("" if none were rejected)
   std::string checkpoint_path;
   std::optional<DryRunReport> dry_run;
 };

@@ -585,6 +585,19 @@ class ServerImportTest(unittest.TestCase):
         code, _, err = import_cmd(self.file, "--data", self.reference.data)
         self.assertEqual(code, 1)
         self.assertIn("a quell server owns", err)
+        # A key for another source: the batch is refused. The summary said "read 0 rows"
+        # of rows it had sent, and the reason came once per row.
+        s, key, _ = self.reference.request("POST", "/v1/keys",
+                                           {"role": "detector", "sources": ["other-model"]})
+        self.assertEqual(s, 201, key)
+        with tempfile.TemporaryDirectory() as d:
+            f = os.path.join(d, "three.ndjson")
+            write_ndjson(f, 3)
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % self.reference.port,
+                                        "--key", key["key"], "--progress", "off")
+            self.assertEqual(code, 1, err)
+            self.assertIn("not acknowledged: 3 more rows read", out + err)
+            self.assertEqual(err.count("this key may not submit as source"), 1, err)
         # A malformed --server is bad usage (it was exit 1, and "TLS is not supported" for
         # ftp://), before any file is read.
         for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9", "http://user:pw@127.0.0.1:9",
