@@ -1,12 +1,15 @@
 #include "grpc/grpc_server.h"
 
+#include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/method_handler.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -109,9 +112,27 @@ constexpr char kSubmitPath[] = "/quell.v1.Detections/Submit";  // gRPC's method 
 // deeper than protobuf's limit) as the end of a client stream: the rest of a Submit was
 // dropped and the call answered OK, a CheckStream ended early, a unary Check was INTERNAL
 // before its key was even read. Parsed here, it is that one message's error.
+//
+// Protobuf's recursion limit (100) counts every message level, and a JSON level of a
+// Detection's `evidence` (google.protobuf.Struct) takes three (Struct, map entry, Value):
+// evidence nested 33 deep was refused, which POST /v1/detections takes up to its own limit
+// of 100 (api::DetectionIntake checks it for both). The limit here only keeps the parser's
+// stack bounded; the intake decides.
+constexpr int kRecursionLimit = 3 * 100 + 20;
 template <typename M>
 bool ParseRaw(::grpc::ByteBuffer* raw, M* out) {
-  return ::grpc::SerializationTraits<M>::Deserialize(raw, out).ok();
+  bool ok = false;
+  {
+    ::grpc::ProtoBufferReader reader(raw);
+    if (reader.status().ok()) {
+      google::protobuf::io::CodedInputStream in(&reader);
+      in.SetTotalBytesLimit(INT_MAX);  // gRPC's max receive size bounds it already
+      in.SetRecursionLimit(kRecursionLimit);
+      ok = out->ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
+    }
+  }
+  raw->Clear();
+  return ok;
 }
 // The reply's bytes. Fails only for a message protobuf cannot serialise (over 2 GiB):
 // the call's error then, never an empty reply.

@@ -541,6 +541,34 @@ TEST_F(GrpcServerTest, SubmitRejectsBadItemsOnTheirOwnNamingTheField) {
   EXPECT_EQ(check.mitigations(0).entity(), "user:r2");
 }
 
+// Evidence nested as deep as POST /v1/detections takes it is taken here too: protobuf's
+// recursion limit (100) counts three per JSON level of a Struct, and refused anything past
+// 32 levels as an unreadable message. Past the API's own limit both refuse it.
+TEST_F(GrpcServerTest, SubmitTakesEvidenceAsDeepAsTheHttpApi) {
+  auto nested = [](int depth) {
+    google::protobuf::Struct s;
+    (*s.mutable_fields())["leaf"].set_number_value(1);
+    for (int i = 1; i < depth; ++i) {
+      google::protobuf::Struct outer;
+      *(*outer.mutable_fields())["k"].mutable_struct_value() = std::move(s);
+      s = std::move(outer);
+    }
+    return s;
+  };
+  v1::Detection deep = Det("deep-60", "user:deep60", 0.95);
+  *deep.mutable_evidence() = nested(60);
+  v1::Detection too_deep = Det("deep-150", "user:deep150", 0.95);
+  *too_deep.mutable_evidence() = nested(150);
+  v1::SubmitResponse resp;
+  ASSERT_TRUE(Submit({deep, too_deep}, &resp, detector_).ok());
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(resp.results(0).status(), v1::DetectionResult::STATUS_ACCEPTED)
+      << resp.results(0).error();
+  EXPECT_EQ(resp.results(1).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_NE(resp.results(1).error().find("deeper than 100"), std::string::npos)
+      << resp.results(1).error();
+}
+
 // A message the server cannot parse (here: a string field that is not UTF-8, which
 // protobuf refuses to read) is that item's rejection: the items after it are applied and
 // answered. gRPC's typed reader ended the stream there, answering OK for what came before.

@@ -1,6 +1,10 @@
 #include "grpc/internal/convert.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
@@ -59,6 +63,71 @@ void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
   for (const std::string& a : m.approvals) out->add_approvals(a);
 }
 
+namespace {
+
+// protobuf's JSON printer stops at 100 message levels, and a JSON level of a Struct takes
+// three: evidence nested 33 deep could not be printed, which POST /v1/detections takes up
+// to its own limit (the intake checks the depth of what is printed here). This printer
+// has no limit of its own: the message was parsed with a bounded recursion (ParseRaw).
+bool AppendValueJson(const google::protobuf::Value& v, std::string* out);
+
+bool AppendStructJson(const google::protobuf::Struct& s, std::string* out) {
+  // Keys in order, as protobuf prints a map (the stored JSON does not depend on the wire
+  // order of map entries).
+  std::vector<const std::string*> keys;
+  keys.reserve(s.fields_size());
+  for (const auto& [k, unused] : s.fields()) keys.push_back(&k);
+  std::sort(keys.begin(), keys.end(),
+            [](const std::string* a, const std::string* b) { return *a < *b; });
+  out->push_back('{');
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i > 0) out->push_back(',');
+    core::AppendJsonString(*keys[i], out);
+    out->push_back(':');
+    if (!AppendValueJson(s.fields().at(*keys[i]), out)) return false;
+  }
+  out->push_back('}');
+  return true;
+}
+
+bool AppendValueJson(const google::protobuf::Value& v, std::string* out) {
+  switch (v.kind_case()) {
+    case google::protobuf::Value::kNumberValue: {
+      const double x = v.number_value();
+      if (!std::isfinite(x)) return false;  // JSON has no NaN or infinity (nor has protobuf's)
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.17g", x);  // exact; the intake prints it shortest
+      out->append(buf);
+      return true;
+    }
+    case google::protobuf::Value::kStringValue:
+      core::AppendJsonString(v.string_value(), out);
+      return true;
+    case google::protobuf::Value::kBoolValue:
+      out->append(v.bool_value() ? "true" : "false");
+      return true;
+    case google::protobuf::Value::kStructValue:
+      return AppendStructJson(v.struct_value(), out);
+    case google::protobuf::Value::kListValue: {
+      out->push_back('[');
+      const auto& values = v.list_value().values();
+      for (int i = 0; i < values.size(); ++i) {
+        if (i > 0) out->push_back(',');
+        if (!AppendValueJson(values[i], out)) return false;
+      }
+      out->push_back(']');
+      return true;
+    }
+    case google::protobuf::Value::kNullValue:
+    case google::protobuf::Value::KIND_NOT_SET:  // as protobuf prints it
+      out->append("null");
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> DetectionJson(const quell::v1::Detection& d) {
   // Going through JSON (rather than filling an engine::Detection directly) runs every
   // item through the very reader HTTP uses (api::ReadDetection, behind the intake), so
@@ -68,7 +137,15 @@ absl::StatusOr<std::string> DetectionJson(const quell::v1::Detection& d) {
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
   std::string out;
-  auto s = google::protobuf::util::MessageToJsonString(d, &out, options);
+  // The evidence is printed apart (AppendStructJson), the rest by protobuf.
+  const quell::v1::Detection* printed = &d;
+  quell::v1::Detection without_evidence;
+  if (d.has_evidence()) {
+    without_evidence = d;
+    without_evidence.clear_evidence();
+    printed = &without_evidence;
+  }
+  auto s = google::protobuf::util::MessageToJsonString(*printed, &out, options);
   if (!s.ok()) {
     const auto& t = d.observed_at();
     const bool bad_time =
@@ -77,6 +154,14 @@ absl::StatusOr<std::string> DetectionJson(const quell::v1::Detection& d) {
     return absl::InvalidArgumentError(absl::StrCat(
         bad_time ? "observed_at: " : "",
         "cannot be read as JSON: ", std::string(s.message().data(), s.message().size())));
+  }
+  if (d.has_evidence() && !out.empty() && out.back() == '}') {
+    out.pop_back();
+    out.append(out.size() > 1 ? ",\"evidence\":" : "\"evidence\":");
+    if (!AppendStructJson(d.evidence(), &out)) {
+      return absl::InvalidArgumentError("evidence: a number that is not finite");
+    }
+    out.push_back('}');
   }
   return out;
 }
