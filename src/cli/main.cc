@@ -564,6 +564,8 @@ int Serve(const Flags& flags) {
     grpc_api::GrpcDeps gd{ledger->get(), &index, keys->get(), clock,
                           [a = api.get()] { return a->Catalog(); }};
     gd.tracer = tracer.get();  // a server span per call, continuing the caller's traceparent
+    gd.metrics = deps.metrics;
+    gd.access_log = config->access_log ? &logger : nullptr;
     // Detections.Submit takes the HTTP API's decision path (same validation and semantics).
     // The call's span context goes along: the ledger's commit spans parent on it.
     gd.submit_detections =

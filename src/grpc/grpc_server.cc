@@ -7,6 +7,7 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -28,6 +29,8 @@
 #include "core/time.h"
 #include "grpc/internal/convert.h"
 #include "grpc/internal/seq_notifier.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
 #include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
 #include "quell/v1/enforcement.grpc.pb.h"
@@ -202,6 +205,88 @@ void EndCallSpan(obs::Span& span, const ::grpc::Status& status) {
   if (span.recording()) EndCallSpan(span, status.error_code(), status.error_message());
 }
 
+// Each call's access-log line and its count and duration in the metrics, as the HTTP API
+// records a request: the method (never what it was asked), the status code, the duration,
+// the peer, the caller (its key id, once authenticated: never the secret) and the trace id.
+// Thread-safety: Record is thread-safe (lock-free metrics, a thread-safe logger).
+class CallRecorder {
+ public:
+  CallRecorder(obs::Registry* metrics, obs::Logger* log) : log_(log) {
+    if (metrics == nullptr) return;
+    auto calls = metrics->AddCounterFamily("quell_grpc_requests_total",
+                                           "gRPC calls ended, by method and status code.",
+                                           {"method", "code"});
+    auto seconds = metrics->AddHistogramFamily(
+        "quell_grpc_request_duration_seconds",
+        "Time from a gRPC call's start to its end (a stream: its whole life), by method.",
+        {"method"}, obs::DefaultLatencyBuckets());
+    if (!calls.ok() || !seconds.ok()) return;
+    for (size_t m = 0; m < kMethods.size(); ++m) {
+      for (int code = 0; code < kCodes; ++code) {
+        calls_[m][code] = (*calls)->WithLabels({kMethods[m]->full, CodeName(code)});
+      }
+      seconds_[m] = (*seconds)->WithLabels({kMethods[m]->full});
+    }
+  }
+
+  void Record(const Method& method, ::grpc::StatusCode code, absl::Duration elapsed,
+              const ::grpc::ServerContextBase& ctx, std::string_view caller,
+              const obs::Span& span) const {
+    const int c = static_cast<int>(code);
+    const size_t m = Index(method);
+    if (m < kMethods.size() && c >= 0 && c < kCodes && calls_[m][c] != nullptr) {
+      calls_[m][c]->Increment();
+      seconds_[m]->Observe(absl::ToDoubleSeconds(elapsed));
+    }
+    if (log_ == nullptr || !log_->Enabled(obs::Level::kInfo)) return;
+    const std::string trace_id = span.recording() ? obs::HexId(span.context().trace_id) : "";
+    const std::string peer = ctx.peer();
+    const obs::Field fields[] = {{"method", method.full},
+                                 {"code", CodeName(c)},
+                                 {"duration_us", absl::ToInt64Microseconds(elapsed)},
+                                 {"remote", peer},
+                                 {"caller", caller},
+                                 {"trace_id", trace_id}};
+    log_->Log(obs::Level::kInfo, "rpc",
+              std::span<const obs::Field>(fields, trace_id.empty() ? 5 : 6));
+  }
+
+ private:
+  static constexpr int kCodes = 17;  // OK .. UNAUTHENTICATED
+  static constexpr std::array<const Method*, 4> kMethods = {&kCheckMethod, &kCheckStreamMethod,
+                                                            &kWatchMethod, &kSubmitMethod};
+  static size_t Index(const Method& method) {
+    for (size_t i = 0; i < kMethods.size(); ++i) {
+      if (kMethods[i] == &method) return i;
+    }
+    return kMethods.size();
+  }
+  static std::string_view CodeName(int code) {
+    static constexpr std::string_view kNames[kCodes] = {"OK",
+                                                        "CANCELLED",
+                                                        "UNKNOWN",
+                                                        "INVALID_ARGUMENT",
+                                                        "DEADLINE_EXCEEDED",
+                                                        "NOT_FOUND",
+                                                        "ALREADY_EXISTS",
+                                                        "PERMISSION_DENIED",
+                                                        "RESOURCE_EXHAUSTED",
+                                                        "FAILED_PRECONDITION",
+                                                        "ABORTED",
+                                                        "OUT_OF_RANGE",
+                                                        "UNIMPLEMENTED",
+                                                        "INTERNAL",
+                                                        "UNAVAILABLE",
+                                                        "DATA_LOSS",
+                                                        "UNAUTHENTICATED"};
+    return code >= 0 && code < kCodes ? kNames[code] : std::string_view("UNKNOWN");
+  }
+
+  obs::Logger* log_;
+  std::array<std::array<obs::Counter*, kCodes>, 4> calls_{};
+  std::array<obs::Histogram*, 4> seconds_{};
+};
+
 absl::Time DeadlineOf(const ::grpc::ServerContext& ctx) {
   auto d = ctx.deadline();
   if (d >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
@@ -251,6 +336,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
   Impl(GrpcDeps deps, GrpcOptions options)
       : deps_(std::move(deps)),
         options_(std::move(options)),
+        recorder_(deps_.metrics, deps_.access_log),
         notifier_(deps_.ledger->last_seq()),
         slot_(new ListenerSlot(&notifier_)) {}
 
@@ -319,18 +405,21 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
 
   ::grpc::Status Watch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
                        ::grpc::ServerWriter<v1::Change>* writer) override {
+    const absl::Time start = absl::Now();
     obs::Span span = StartCallSpan(deps_.tracer, *ctx, kWatchMethod);
-    ::grpc::Status status = DoWatch(ctx, request, writer);
+    std::string caller;
+    ::grpc::Status status = DoWatch(ctx, request, writer, &caller);
     EndCallSpan(span, status);
+    recorder_.Record(kWatchMethod, status.error_code(), absl::Now() - start, *ctx, caller, span);
     return status;
   }
 
  private:
   ::grpc::Status DoWatch(::grpc::ServerContext* ctx, const v1::WatchRequest* request,
-                         ::grpc::ServerWriter<v1::Change>* writer) {
-    if (auto who = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck); !who.ok()) {
-      return ToGrpc(who.status());
-    }
+                         ::grpc::ServerWriter<v1::Change>* writer, std::string* caller) {
+    auto who = Authorize(*deps_.keys, *ctx, auth::Permission::kCheck);
+    if (!who.ok()) return ToGrpc(who.status());
+    *caller = who->key_id;
     if (request->after_seq() < 0) {
       return ::grpc::Status(::grpc::StatusCode::INVALID_ARGUMENT, "after_seq: must be >= 0");
     }
@@ -401,16 +490,18 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
         return;
       }
       Spawn(owner_, q_);  // the next call
+      const absl::Time start = absl::Now();
       obs::Span span = StartCallSpan(owner_->deps_.tracer, ctx_, kCheckMethod);
-      absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
+      auto who = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck);
+      absl::Status s = who.status();
       if (s.ok() && !ParseRaw(&raw_request_, &request_)) {
         s = absl::InvalidArgumentError(absl::StrCat("request: ", Unreadable("CheckRequest")));
       }
       if (s.ok()) s = owner_->DoCheck(request_, &response_);
-      if (span.recording()) {
-        EndCallSpan(span, static_cast<::grpc::StatusCode>(internal::GrpcCode(s.code())),
-                    SV(s.message()));
-      }
+      const auto code = static_cast<::grpc::StatusCode>(internal::GrpcCode(s.code()));
+      if (span.recording()) EndCallSpan(span, code, SV(s.message()));
+      owner_->recorder_.Record(kCheckMethod, code, absl::Now() - start, ctx_,
+                               who.ok() ? std::string_view(who->key_id) : std::string_view(), span);
       finishing_ = true;
       if (!q_->Issue([&] {
             ::grpc::Status sent = s.ok() ? SerializeRaw(response_, &raw_response_) : ToGrpc(s);
@@ -454,12 +545,14 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
           if (!ok) break;  // the server stops
           Spawn(owner_, q_);
           // One span for the whole stream (none per message).
+          start_ = absl::Now();
           span_ = StartCallSpan(owner_->deps_.tracer, ctx_, kCheckStreamMethod);
-          absl::Status s = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck).status();
-          if (!s.ok()) {
-            Finish(ToGrpc(s));
+          auto who = Authorize(*owner_->deps_.keys, ctx_, auth::Permission::kCheck);
+          if (!who.ok()) {
+            Finish(ToGrpc(who.status()));
             return;
           }
+          caller_ = who->key_id;
           authorized_at_ = owner_->deps_.clock->Now();
           Read();
           return;
@@ -524,6 +617,8 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
         span_.SetAttribute("quell.check.requests", requests_);
         EndCallSpan(span_, status);
       }
+      owner_->recorder_.Record(kCheckStreamMethod, status.error_code(), absl::Now() - start_, ctx_,
+                               caller_, span_);
       state_ = State::kFinishing;
       if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
     }
@@ -531,6 +626,8 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     CheckQueue* q_;
     State state_ = State::kArriving;
     obs::Span span_;  // the stream's server span (not recording when untraced)
+    absl::Time start_;
+    std::string caller_;  // the key id, once authorized
     int64_t requests_ = 0;
     absl::Time authorized_at_;  // the key's last check
     ::grpc::ServerContext ctx_;
@@ -560,23 +657,29 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     ::grpc::Status Submit(::grpc::ServerContext* ctx,
                           ::grpc::ServerReader<::grpc::ByteBuffer>* reader,
                           ::grpc::ByteBuffer* out) {
+      const absl::Time start = absl::Now();
       obs::Span span = StartCallSpan(owner_->deps_.tracer, *ctx, kSubmitMethod);
       v1::SubmitResponse response;
-      ::grpc::Status status = DoSubmit(ctx, reader, &response, span.context());
+      std::string caller;
+      ::grpc::Status status = DoSubmit(ctx, reader, &response, span.context(), &caller);
       if (status.ok()) status = SerializeRaw(response, out);
       if (span.recording()) {
         span.SetAttribute("quell.detections", static_cast<int64_t>(response.results_size()));
         EndCallSpan(span, status);
       }
+      owner_->recorder_.Record(kSubmitMethod, status.error_code(), absl::Now() - start, *ctx,
+                               caller, span);
       return status;
     }
 
    private:
     ::grpc::Status DoSubmit(::grpc::ServerContext* ctx,
                             ::grpc::ServerReader<::grpc::ByteBuffer>* reader,
-                            v1::SubmitResponse* response, const obs::SpanContext& trace) {
+                            v1::SubmitResponse* response, const obs::SpanContext& trace,
+                            std::string* caller) {
       auto who = Authorize(*owner_->deps_.keys, *ctx, auth::Permission::kSubmit);
       if (!who.ok()) return ToGrpc(who.status());
+      *caller = who->key_id;
       if (!owner_->deps_.submit_detections) {
         return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED,
                               "Detections.Submit is not wired on this server");
@@ -732,6 +835,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
 
   GrpcDeps deps_;
   GrpcOptions options_;
+  CallRecorder recorder_;
   internal::SeqNotifier notifier_;
   ListenerSlot* slot_;  // never freed: see ListenerSlot
   DetectionsImpl detections_{this};

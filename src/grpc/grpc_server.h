@@ -36,6 +36,11 @@
 #include "ledger/ledger.h"
 #include "obs/trace.h"
 
+namespace quell::obs {
+class Logger;
+class Registry;
+}  // namespace quell::obs
+
 namespace quell::grpc_api {
 
 // Everything the service uses, borrowed; all must outlive the GrpcServer.
@@ -49,6 +54,13 @@ struct GrpcDeps {
   std::function<std::shared_ptr<const core::ActionCatalog>()> catalog;
   // Optional: records a server span per call (see above). Null: no tracing work at all.
   obs::Tracer* tracer = nullptr;
+  // Optional: quell_grpc_requests_total{method, code} and
+  // quell_grpc_request_duration_seconds{method} for every call, as the HTTP API's
+  // quell_http_requests_total.
+  obs::Registry* metrics = nullptr;
+  // Optional: one info line "rpc" per call when it ends (the HTTP access log's "request"):
+  // method, code, duration_us, remote, caller (the key id once authenticated), trace_id.
+  obs::Logger* access_log = nullptr;
 
   // Detections.Submit's decision path: evaluates and applies one chunk of detections with
   // the semantics of POST /v1/detections (quell serve passes api::DetectionIntake's

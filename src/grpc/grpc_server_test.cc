@@ -21,6 +21,7 @@
 #include "grpc/internal/convert.h"
 #include "gtest/gtest.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/trace.h"
 #include "quell/v1/detections.grpc.pb.h"
@@ -755,6 +756,74 @@ bool HasAttribute(const obs::SpanData& span, std::string_view key, const obs::At
     if (a.key == key) return a.value == v;
   }
   return false;
+}
+
+// Every call ends in one access-log line and one count, as an HTTP request does: gRPC
+// traffic left no trace in the log or in /metrics (only quell_detections_total).
+class CaptureSink final : public obs::LogSink {
+ public:
+  void Write(std::string_view line) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    lines_.emplace_back(line);
+  }
+  std::vector<std::string> lines() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return lines_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
+TEST_F(GrpcServerTest, EveryCallIsLoggedAndCountedByMethodAndCode) {
+  obs::Registry metrics;
+  auto sink = std::make_unique<CaptureSink>();
+  CaptureSink* lines = sink.get();
+  obs::Logger log(std::move(sink), {});
+  GrpcDeps deps = deps_;
+  deps.metrics = &metrics;
+  deps.access_log = &log;
+  auto server = GrpcServer::Start(deps, {});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = ::grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
+                                       ::grpc::InsecureChannelCredentials());
+  auto stub = v1::Enforcement::NewStub(channel);
+  for (const std::string& key : {enforcer_, std::string("k_nope.secret")}) {
+    ::grpc::ClientContext ctx;
+    Auth(&ctx, key);
+    v1::CheckRequest req;
+    req.add_entities("user:logged");
+    v1::CheckResponse resp;
+    (void)stub->Check(&ctx, req, &resp);
+  }
+  (*server)->Shutdown(absl::Seconds(1));
+  const std::string text = metrics.Render();
+  EXPECT_NE(text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/Check\","
+                      "code=\"OK\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/Check\","
+                      "code=\"UNAUTHENTICATED\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("quell_grpc_request_duration_seconds_count{method=\"quell.v1.Enforcement/"
+                      "Check\"} 2"),
+            std::string::npos)
+      << text;
+  std::vector<std::string> rpc;
+  for (const std::string& l : lines->lines()) {
+    if (l.find("\"msg\":\"rpc\"") != std::string::npos) rpc.push_back(l);
+  }
+  ASSERT_EQ(rpc.size(), 2u);
+  const std::string key_id = enforcer_.substr(0, enforcer_.find('.'));
+  EXPECT_NE(rpc[0].find("\"code\":\"OK\""), std::string::npos) << rpc[0];
+  EXPECT_NE(rpc[0].find(absl::StrCat("\"caller\":\"", key_id, "\"")), std::string::npos) << rpc[0];
+  EXPECT_NE(rpc[1].find("\"code\":\"UNAUTHENTICATED\""), std::string::npos) << rpc[1];
+  for (const std::string& l : rpc) {
+    EXPECT_EQ(l.find(enforcer_.substr(enforcer_.find('.') + 1)), std::string::npos) << l;
+    EXPECT_EQ(l.find("secret"), std::string::npos) << l;  // a key's secret is never logged
+  }
 }
 
 // A second server on the fixture's ledger, with a tracer at sample ratio 0 (so only
