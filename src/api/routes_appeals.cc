@@ -33,7 +33,8 @@ void File(Context& ctx, Call&& call) {
                              (*existing)->state, "); a mitigation has one appeal")));
     }
     auto out = std::make_shared<workflow::Appeal>();
-    SubmitSimple(ctx, std::move(call), workflow::FileAppeal(mid, statement, call.who.key_id, out),
+    SubmitSimple(ctx, std::move(call),
+                 workflow::FileAppeal(mid, statement, call.who.key_id, out, ctx.pending_ttl()),
                  [out] { return std::make_pair(201, workflow::AppealJson(*out)); });
   });
 }
@@ -67,7 +68,8 @@ void Decide(Context& ctx, Call&& call) {
       return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
     auto out = std::make_shared<workflow::Appeal>();
     SubmitSimple(ctx, std::move(call),
-                 workflow::DecideAppeal(**std::move(a), seq, grant, note, call.who.key_id, out),
+                 workflow::DecideAppeal(**std::move(a), seq, grant, note, call.who.key_id, out,
+                                        ctx.pending_ttl()),
                  [out] { return std::make_pair(200, workflow::AppealJson(*out)); });
   });
 }

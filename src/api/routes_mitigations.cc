@@ -317,7 +317,8 @@ void Revoke(Context& ctx, Call&& call) {
   if (reason.empty()) reason = "revoked";
   auto m = std::make_shared<Mitigation>();
   auto out = std::make_shared<Context::WriteOutcome>();
-  auto inner = workflow::RevokeMitigation(call.params[0], std::move(reason), call.who.key_id, m);
+  auto inner = workflow::RevokeMitigation(call.params[0], std::move(reason), call.who.key_id, m,
+                                          ctx.pending_ttl());
   auto render = [m] { return std::make_pair(200, core::MitigationToJson(*m)); };
   ctx.SubmitWrite(Context::WithIdempotency(std::nullopt, std::move(inner), std::move(render), out),
                   out, std::move(call));

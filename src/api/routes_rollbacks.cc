@@ -97,7 +97,8 @@ void Rollback(Context& ctx, Call&& call) {
       return;
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
-    auto m = workflow::Rollback(std::move(req), std::move(targets->mitigations), out);
+    auto m =
+        workflow::Rollback(std::move(req), std::move(targets->mitigations), out, ctx.pending_ttl());
     SubmitSimple(ctx, std::move(call), std::move(m), [out] {
       return std::make_pair(
           200,

@@ -35,6 +35,15 @@ bool LiveAt(const Mitigation& m, absl::Time now) {
   return IsLive(m.state) && !(m.state == MitigationState::kActive && m.expires_at <= now);
 }
 
+absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl) {
+  return m.state == MitigationState::kPendingApproval ? m.created_at + pending_ttl : m.expires_at;
+}
+
+bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl) {
+  return LiveAt(m, now) &&
+         !(m.state == MitigationState::kPendingApproval && m.created_at + pending_ttl <= now);
+}
+
 namespace {
 
 // True for the bytes a JSON string cannot hold as they are.

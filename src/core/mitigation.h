@@ -69,6 +69,12 @@ struct Mitigation {
 // change the scheduler has yet to write (it stops being enforced at expires_at, and is
 // not revoked, appealed or extended after that).
 bool LiveAt(const Mitigation& m, absl::Time now);
+// The same, and not a pending approval created `pending_ttl` or more ago (it can no longer
+// be approved; the sweeper writes its expiry): what a person can still act on.
+bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl);
+// When a mitigation of a live state is over by that rule: a pending approval's end of its
+// approval window, else its expiry.
+absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl);
 
 //! The policy whose hit recorded m.detections[i] (i < m.detections.size()).
 std::string_view DetectionPolicy(const Mitigation& m, size_t i);

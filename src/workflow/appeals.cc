@@ -122,10 +122,10 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
 }
 
 ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, std::string actor,
-                            std::shared_ptr<Appeal> out) {
+                            std::shared_ptr<Appeal> out, absl::Duration pending_ttl) {
   return [mitigation_id = std::move(mitigation_id), statement = std::move(statement),
-          actor = std::move(actor),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+          actor = std::move(actor), out = std::move(out),
+          pending_ttl](ledger::Txn& txn, absl::Time now) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(mitigation_id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", mitigation_id));
     if (!core::IsLive(m->state)) {
@@ -133,10 +133,10 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
                                                         AV(core::StateName(m->state)),
                                                         "; only live ones can be appealed"));
     }
-    if (!core::LiveAt(*m, now)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("mitigation ", mitigation_id, " expired at ",
-                       core::FormatRfc3339(m->expires_at), "; only live ones can be appealed"));
+    if (!core::LiveAt(*m, now, pending_ttl)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "mitigation ", mitigation_id, " expired at ",
+          core::FormatRfc3339(core::OverAt(*m, pending_ttl)), "; only live ones can be appealed"));
     }
     // One appeal per mitigation, also when two are filed at once (one group commit, or
     // two nodes on PostgreSQL, whose ledger transactions are serialised): a marker in the
@@ -161,10 +161,11 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
 }
 
 ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant, std::string note,
-                              std::string reviewer, std::shared_ptr<Appeal> out) {
+                              std::string reviewer, std::shared_ptr<Appeal> out,
+                              absl::Duration pending_ttl) {
   return [a = std::move(appeal), mitigation_seq, grant, note = std::move(note),
-          reviewer = std::move(reviewer),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+          reviewer = std::move(reviewer), out = std::move(out),
+          pending_ttl](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     if (a.state != "open") {
       return absl::FailedPreconditionError(absl::StrCat("appeal ", a.id, " is already ", a.state));
     }
@@ -183,12 +184,13 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
       return absl::AbortedError(
           absl::StrCat("mitigation ", m->id, " changed meanwhile; read the appeal again"));
     }
-    if (grant && !core::LiveAt(*m, now)) {
+    if (grant && !core::LiveAt(*m, now, pending_ttl)) {
       // Nothing to revoke, and nothing would make the entity immune: refuse rather than
-      // record a grant that did nothing.
-      return absl::FailedPreconditionError(
-          absl::StrCat("mitigation ", m->id, " is ", AV(core::StateName(m->state)),
-                       ": nothing to revoke; deny the appeal, or mitigate again and appeal that"));
+      // record a grant that did nothing (a pending approval past its window included).
+      return absl::FailedPreconditionError(absl::StrCat(
+          "mitigation ", m->id, " is ",
+          AV(core::LiveAt(*m, now) ? std::string_view("over") : core::StateName(m->state)),
+          ": nothing to revoke; deny the appeal, or mitigate again and appeal that"));
     }
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
     if (grant) {

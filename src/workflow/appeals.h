@@ -50,15 +50,18 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
 //! Files an appeal against live mitigation `mitigation_id`. kNotFound; kFailedPrecondition
 //! if it is not live; kAlreadyExists if another filing of it came first (checked in the
 //! transaction: concurrent filings cannot both pass).
+//! A pending approval past `pending_ttl` (SafeguardOptions) is not live.
 ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, std::string actor,
-                            std::shared_ptr<Appeal> out);
+                            std::shared_ptr<Appeal> out,
+                            absl::Duration pending_ttl = absl::InfiniteDuration());
 
 //! Decides open appeal `appeal` (as loaded, with the mitigation's seq then). Errors:
 //! kPermissionDenied (the filer deciding), kAborted (the mitigation changed meanwhile),
 //! kFailedPrecondition (a grant on a mitigation no longer live: nothing to revoke).
 //! A grant revokes the mitigation.
 ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant, std::string note,
-                              std::string reviewer, std::shared_ptr<Appeal> out);
+                              std::string reviewer, std::shared_ptr<Appeal> out,
+                              absl::Duration pending_ttl = absl::InfiniteDuration());
 
 }  // namespace quell::workflow
 

@@ -148,9 +148,9 @@ ledger::Mutation CreateMitigation(CreateRequest req,
 }
 
 ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::string actor,
-                                  std::shared_ptr<Mitigation> out) {
+                                  std::shared_ptr<Mitigation> out, absl::Duration pending_ttl) {
   return [id = std::move(id), reason = std::move(reason), actor = std::move(actor),
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) -> absl::Status {
+          out = std::move(out), pending_ttl](ledger::Txn& txn, absl::Time now) -> absl::Status {
     QUELL_ASSIGN_OR_RETURN(std::optional<Mitigation> m, txn.GetMitigation(id));
     if (!m) return absl::NotFoundError(absl::StrCat("no mitigation ", id));
     if (!core::IsLive(m->state)) {
@@ -158,10 +158,10 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
                                                         AV(core::StateName(m->state)),
                                                         "; only live ones can be revoked"));
     }
-    if (!core::LiveAt(*m, now)) {  // its expiry is not written yet, but it is over
-      return absl::FailedPreconditionError(absl::StrCat("mitigation ", id, " expired at ",
-                                                        core::FormatRfc3339(m->expires_at),
-                                                        "; only live ones can be revoked"));
+    if (!core::LiveAt(*m, now, pending_ttl)) {  // its expiry is not written yet, but it is over
+      return absl::FailedPreconditionError(absl::StrCat(
+          "mitigation ", id, " expired at ", core::FormatRfc3339(core::OverAt(*m, pending_ttl)),
+          "; only live ones can be revoked"));
     }
     m->state = MitigationState::kRevoked;
     m->state_reason = reason;

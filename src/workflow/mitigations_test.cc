@@ -6,8 +6,10 @@
 #include "gtest/gtest.h"
 #include "ledger/audit.h"
 #include "ledger/sqlite/sqlite_store.h"
+#include "workflow/appeals.h"
 #include "workflow/expiry.h"
 #include "workflow/reviews.h"
+#include "workflow/rollback.h"
 
 namespace quell::workflow {
 namespace {
@@ -171,6 +173,50 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlTakesNoNewRequest) {
   ASSERT_TRUE(old.has_value());
   EXPECT_EQ(old->state, MitigationState::kExpired);
   EXPECT_EQ(old->state_reason, "pending approval expired: nobody approved it within 1h");
+}
+
+// Nor can a person act on it any more: a revoke, an appeal (whose grant made the entity
+// immune) and a rollback treated it as live until the sweeper expired it.
+TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRollbacks) {
+  CreateRequest r;
+  r.entity = *core::Entity::Parse("user:held-over");
+  r.action = "block";
+  r.reason = "bulk";
+  r.state = MitigationState::kPendingApproval;
+  auto created = std::make_shared<CreateResult>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), created)).ok());
+  const core::Mitigation m = created->mitigation;
+  const absl::Duration ttl = absl::Hours(1);
+  clock_.Advance(ttl);
+  auto revoked = std::make_shared<core::Mitigation>();
+  absl::Status revoke =
+      ledger_->SubmitAndWait(RevokeMitigation(m.id, "no", "k_reviewer", revoked, ttl)).status();
+  EXPECT_EQ(revoke.code(), absl::StatusCode::kFailedPrecondition) << revoke;
+  EXPECT_NE(revoke.message().find("expired at"), std::string_view::npos) << revoke;
+  auto appeal = std::make_shared<Appeal>();
+  absl::Status filed =
+      ledger_->SubmitAndWait(FileAppeal(m.id, "not me", "k_user", appeal, ttl)).status();
+  EXPECT_EQ(filed.code(), absl::StatusCode::kFailedPrecondition) << filed;
+  RollbackRequest rb;
+  rb.id = "rb_test";
+  rb.filter.source = "manual";
+  rb.requested_by = "k_admin";
+  auto done = std::make_shared<RollbackRequest>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(rb, {m}, done, ttl)).ok());
+  EXPECT_EQ(done->matched, 0);
+  auto now = *ledger_->store().GetMitigation(m.id);
+  ASSERT_TRUE(now.has_value());
+  EXPECT_EQ(now->state, MitigationState::kPendingApproval);  // the sweeper's to expire
+  // Within its window, the same revoke goes through.
+  CreateRequest r2 = r;
+  r2.entity = *core::Entity::Parse("user:held-in");
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r2, core::ActionCatalog::Default(), created)).ok());
+  EXPECT_TRUE(ledger_
+                  ->SubmitAndWait(
+                      RevokeMitigation(created->mitigation.id, "no", "k_reviewer", revoked, ttl))
+                  .ok());
 }
 
 // Merged into the active one, a mitigation's first detection is its creation, which

@@ -74,10 +74,12 @@ std::string Payload(const RollbackRequest& r) {
 // Revokes each of `targets` still live and matching `f`, in `txn`.
 absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& targets,
                             const RollbackFilter& f, const std::string& why,
-                            const std::string& actor, absl::Time now, RollbackResult* r) {
+                            const std::string& actor, absl::Time now, absl::Duration pending_ttl,
+                            RollbackResult* r) {
   for (core::Mitigation& m : targets) {
-    // One past its expiry is over (its `expired` change is the scheduler's to write).
-    if (!Matches(f, m) || !core::LiveAt(m, now)) continue;
+    // One past its expiry is over (its `expired` change is the scheduler's to write), and a
+    // pending approval past pending_ttl (the sweeper's).
+    if (!Matches(f, m) || !core::LiveAt(m, now, pending_ttl)) continue;
     const int64_t read_at = m.seq;
     m.state = core::MitigationState::kRevoked;
     m.state_reason = why;
@@ -92,7 +94,7 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     if (!done) {
       // Changed since the scan: read it again and decide on what it is now.
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> cur, txn.GetMitigation(m.id));
-      if (!cur || !Matches(f, *cur) || !core::LiveAt(*cur, now)) continue;
+      if (!cur || !Matches(f, *cur) || !core::LiveAt(*cur, now, pending_ttl)) continue;
       cur->state = core::MitigationState::kRevoked;
       cur->state_reason = why;
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
@@ -299,9 +301,9 @@ ledger::Mutation RollbackRequests::Request(RollbackRequest request,
 }
 
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
-                          std::shared_ptr<RollbackRequest> out) {
-  return [request = std::move(request), targets = std::move(targets), out = std::move(out)](
-             ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl) {
+  return [request = std::move(request), targets = std::move(targets), out = std::move(out),
+          pending_ttl](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
     if (request.id.empty() || request.filter.empty()) {
       return absl::InvalidArgumentError("a rollback needs an id and a filter");
     }
@@ -311,7 +313,7 @@ ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation>
     // Revokes in place: the ledger runs a mutation once.
     QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter,
                                          absl::StrCat("rollback ", r.id, ": ", r.reason),
-                                         r.requested_by, now, &result));
+                                         r.requested_by, now, pending_ttl, &result));
     r.matched = result.matched;  // as the transaction found them
     r.revoked = result.revoked;
     r.state = "done";
@@ -367,7 +369,8 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
       RollbackResult result;
       const std::string why = absl::StrCat("rollback ", r.id, ": ", r.reason, " (requested by ",
                                            r.requested_by, ", approved by ", reviewer, ")");
-      QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter, why, reviewer, now, &result));
+      QUELL_RETURN_IF_ERROR(
+          RevokeMatching(txn, targets, r.filter, why, reviewer, now, pending_ttl, &result));
       r.revoked = result.revoked;
       r.state = "done";
     } else {

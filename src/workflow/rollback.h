@@ -99,7 +99,8 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 //! (Txn::AppendMitigationIfAt); one that changed since is re-read in the transaction and
 //! checked again. *out = the request as filed.
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
-                          std::shared_ptr<RollbackRequest> out);
+                          std::shared_ptr<RollbackRequest> out,
+                          absl::Duration pending_ttl = absl::InfiniteDuration());
 
 // The rollback requests, as of the committed ledger plus the decisions of the
 // transaction being built (so two decisions in one commit batch cannot both pass).

@@ -88,6 +88,10 @@ void Call::Send(int status, std::string body) {
 
 void Call::Fail(const ApiError& error) { Reply(ToResponse(error)); }
 
+absl::Duration Context::pending_ttl() const {
+  return safeguards != nullptr ? safeguards->options().pending_ttl : absl::InfiniteDuration();
+}
+
 Context::Context(ApiDeps d, ApiOptions o)
     : deps(std::move(d)),
       options(std::move(o)),

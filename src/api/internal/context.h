@@ -128,6 +128,9 @@ class Context {
   BackgroundTasks background;
   DecisionMetrics decision_metrics{deps.metrics};
   workflow::Safeguards* safeguards = nullptr;  // set by the Api before routes are added
+  //! How long a pending approval can be approved (SafeguardOptions::pending_ttl): past
+  //! it, one is over for revokes, appeals and rollbacks too. Infinite without safeguards.
+  absl::Duration pending_ttl() const;
 
   //! The action catalog in force: the active policy set's.
   std::shared_ptr<const core::ActionCatalog> Catalog() const;
