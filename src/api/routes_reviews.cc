@@ -136,7 +136,8 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
       return call.Fail(ApiError::FromStatus(st));
     std::vector<core::Mitigation> targets;
     if (approve && r->state == "pending_approval") {
-      auto found = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter);
+      auto found = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter,
+                                                 ctx.deps.clock->Now(), ctx.pending_ttl());
       if (!found.ok()) return call.Fail(ApiError::FromStatus(found.status()));
       targets = *std::move(found);
     }

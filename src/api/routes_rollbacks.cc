@@ -57,7 +57,8 @@ void Rollback(Context& ctx, Call&& call) {
     return call.Fail(ApiError::InvalidArgument("invalid rollback", std::move(errors)));
   ctx.OffLoop(std::move(call), [&ctx, f = std::move(f), dry = dry_run.value_or(false),
                                 reason = reason.value_or("rollback")](Call& call) {
-    auto targets = workflow::FindRollbackTargetSet(ctx.deps.ledger->store(), f);
+    auto targets = workflow::FindRollbackTargetSet(ctx.deps.ledger->store(), f,
+                                                   ctx.deps.clock->Now(), ctx.pending_ttl());
     if (!targets.ok()) return call.Fail(ApiError::FromStatus(targets.status()));
     std::string id = core::NewId("rb_", ctx.deps.clock->Now());
     const int64_t matched = static_cast<int64_t>(targets->mitigations.size());

@@ -32,7 +32,7 @@ constexpr char kPolicyUsage[] = R"(usage:
   quell policy backtest FILE --from T --to T [--data DIR | --postgres URL] [--json]
                      [--samples N]     replay the detections stored in DIR (default ./var)
                                        or in the PostgreSQL ledger at URL (or
-                                       QUELL_POSTGRES, when --data is not given)
+                                       QUELL_POSTGRES); not both
                                        observed in [T, T) (RFC 3339) against FILE
 
 Errors are printed as FILE:line:column: message. `test` prints each failing case (every
@@ -135,14 +135,15 @@ int Backtest(const std::vector<std::string>& args) {
     if (!absl::SimpleAtoi(*n, &v) || v < 0 || v > 1000) return Usage("--samples: 0-1000");
     options.samples = static_cast<size_t>(v);
   }
-  // The ledger: --postgres (or QUELL_POSTGRES when no --data is given), else --data.
+  // The ledger: --postgres (or QUELL_POSTGRES), else --data. The two naming a ledger each
+  // is refused rather than one chosen silently (--data is this command's ledger only).
   std::optional<std::string> postgres = flags->Get("postgres");
+  const char* env = std::getenv("QUELL_POSTGRES");
+  if (!postgres && env != nullptr && *env != '\0') postgres = env;
   if (postgres && flags->Get("data")) {
-    return Usage("--data and --postgres both name a ledger: give one");
-  }
-  if (const char* env = std::getenv("QUELL_POSTGRES");
-      !postgres && !flags->Get("data") && env != nullptr && *env != '\0') {
-    postgres = env;
+    return Usage(flags->Get("postgres")
+                     ? "--data and --postgres both name a ledger: give one"
+                     : "--data and QUELL_POSTGRES both name a ledger: unset one");
   }
   // Version 0, an unpublished candidate, as POST /v1/policies/backtest loads one: the
   // --json report is the route's.

@@ -55,7 +55,7 @@ TEST(NetworkTest, ANulInsideAnAddressIsNotAnAddress) {
   using namespace std::string_view_literals;
   EXPECT_FALSE(ParseIp("203.0.113.9\0junk"sv).ok());
   EXPECT_FALSE(ParseIp("2001:db8::1\0"sv).ok());
-  EXPECT_FALSE(ParseNetwork("198.51.0.0/16\0junk"sv).ok());
+  EXPECT_FALSE(ParseNetwork("198.51.0.0\0junk/16"sv).ok());
   EXPECT_TRUE(ParseIp("203.0.113.9"sv).ok());
 }
 

@@ -163,7 +163,7 @@ void FilterProtobufLogLine(google::protobuf::LogLevel level, const char* file, i
 std::string Unreadable(std::string_view type) {
   return absl::StrCat("not a ", AV(type),
                       " message the server can read (a string field that is not UTF-8, "
-                      "nesting deeper than 100, or broken wire data)");
+                      "nesting past the API's limit, or broken wire data)");
 }
 
 // The server span of a call: a child of the caller's `traceparent` metadata (with its

@@ -556,18 +556,28 @@ TEST_F(GrpcServerTest, SubmitTakesEvidenceAsDeepAsTheHttpApi) {
     }
     return s;
   };
-  v1::Detection deep = Det("deep-60", "user:deep60", 0.95);
-  *deep.mutable_evidence() = nested(60);
-  v1::Detection too_deep = Det("deep-150", "user:deep150", 0.95);
-  *too_deep.mutable_evidence() = nested(150);
+  // The detection object is the first JSON level: evidence 99 deep is 100 levels, the API's
+  // limit; 100 deep is one too many, refused by the intake's own check (as HTTP words it),
+  // not by the parser.
+  v1::Detection deep = Det("deep-99", "user:deep99", 0.95);
+  *deep.mutable_evidence() = nested(99);
+  v1::Detection too_deep = Det("deep-100", "user:deep100", 0.95);
+  *too_deep.mutable_evidence() = nested(100);
+  v1::Detection unreadable = Det("deep-150", "user:deep150", 0.95);
+  *unreadable.mutable_evidence() = nested(150);
   v1::SubmitResponse resp;
-  ASSERT_TRUE(Submit({deep, too_deep}, &resp, detector_).ok());
-  ASSERT_EQ(resp.results_size(), 2);
+  ASSERT_TRUE(Submit({deep, too_deep, unreadable}, &resp, detector_).ok());
+  ASSERT_EQ(resp.results_size(), 3);
   EXPECT_EQ(resp.results(0).status(), v1::DetectionResult::STATUS_ACCEPTED)
       << resp.results(0).error();
   EXPECT_EQ(resp.results(1).status(), v1::DetectionResult::STATUS_REJECTED);
-  EXPECT_NE(resp.results(1).error().find("deeper than 100"), std::string::npos)
+  EXPECT_NE(resp.results(1).error().find("JSON nested deeper than 100 levels"), std::string::npos)
       << resp.results(1).error();
+  // Past the parser's bound it is an unreadable message: an error all the same.
+  EXPECT_EQ(resp.results(2).status(), v1::DetectionResult::STATUS_REJECTED);
+  EXPECT_NE(resp.results(2).error().find("not a Detection message the server can read"),
+            std::string::npos)
+      << resp.results(2).error();
 }
 
 // A message the server cannot parse (here: a string field that is not UTF-8, which

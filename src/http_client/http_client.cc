@@ -55,6 +55,10 @@ absl::StatusOr<Url> ParseUrl(std::string_view url) {
           "a server URL takes no query or fragment: http://host[:port][/prefix]");
     }
     u.prefix = std::string(url.substr(end));
+    if (u.prefix.find_first_of("?#") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          "a server URL takes no query or fragment: http://host[:port][/prefix]");
+    }
     while (!u.prefix.empty() && u.prefix.back() == '/') u.prefix.pop_back();
   }
   // Credentials in the URL are not sent (the key is), and echoing them in an error would
@@ -132,8 +136,8 @@ absl::Status HttpConnection::Wait(short events) {
       }
     }
     // Short slices, so that a cancel is seen soon.
-    const int ms = static_cast<int>(
-        std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline_ - now) + 1, 1, 200));
+    const absl::Duration left = std::min(deadline_ - now, absl::Milliseconds(200));
+    const int ms = static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
     pollfd p{fd_, events, 0};
     const int n = ::poll(&p, 1, ms);
     if (n > 0) return absl::OkStatus();  // ready, or an error the next call reports

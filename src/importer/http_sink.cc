@@ -246,10 +246,10 @@ class HttpSink final : public Sink {
   absl::StatusOr<HttpResponse> PostRetrying(HttpConnection& conn, std::string_view body,
                                             std::string_view what, bool retry_unreachable) {
     const absl::Time give_up = absl::Now() + options_.retry_for;
-    // A server that took the request and never answers holds it no longer than the retries
-    // would last (30 s at least: a commit on a busy server takes a while); once the stop
-    // flag is set, the connection gives it HttpConnection::kCancelGrace more.
-    const absl::Duration timeout = std::max(options_.retry_for, absl::Seconds(30));
+    // A server that took the request and never answers holds it 5 minutes (a durable
+    // commit of a big batch on a busy server takes a while), or --retry-for if longer; once
+    // the stop flag is set, the connection gives it HttpConnection::kCancelGrace more.
+    const absl::Duration timeout = std::max(options_.retry_for, HttpConnection::kDefaultTimeout);
     for (absl::Duration backoff = absl::Milliseconds(100);;
          backoff = std::min(backoff * 2, absl::Seconds(2))) {
       auto r = conn.Request("POST", target_, AuthHeaders(), body, timeout);

@@ -63,8 +63,8 @@ struct HttpSinkOptions {
   std::string key;      // bearer key (a detector key for the sources in the file, or admin)
   std::string batch;    // the import batch, recorded on every detection (?batch=)
   int connections = 8;  // batches in flight
-  // Keep retrying 429/503/connection errors this long; a request waits as long (30 s at
-  // least) for its reply.
+  // Keep retrying 429/503/connection errors this long; a request waits as long (5 minutes
+  // at least) for its reply.
   absl::Duration retry_for = absl::Seconds(60);
   // Set: retrying stops, and a request still waiting for its reply ends within
   // HttpConnection::kCancelGrace (the batch fails kCancelled), so Ctrl-C is held neither by

@@ -128,6 +128,7 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
             absl::StrCat("url host has a character a host name cannot hold: ", AV(host)));
       }
     }
+    if (host.empty()) return absl::InvalidArgumentError("url needs a host");
     if (auto why = BadHostName(host)) {
       return absl::InvalidArgumentError(absl::StrCat("url host ", AV(host), ": ", *why));
     }

@@ -152,6 +152,7 @@ TEST(Url, Parses) {
         "http://[::g]/", "http://127.0.0.1/\xc3\xa9", "http://127.0.0.1/%zz", "http://x/a%4"}) {
     EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
   }
+  EXPECT_EQ(ParseHttpUrl("http://:8080/x").status().message(), "url needs a host");
   for (const char* good :
        {"http://hooks.example.com./x", "http://my_host:8080/%C3%A9?a=%20", "http://10.0.0.1/"}) {
     EXPECT_TRUE(ParseHttpUrl(good).ok()) << good;

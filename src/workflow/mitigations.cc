@@ -27,6 +27,11 @@ absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, Mitigati
   return txn.Append(std::move(c), &m);
 }
 
+std::string PendingExpiredReason(absl::Duration pending_ttl) {
+  return absl::StrCat("pending approval expired: nobody approved it within ",
+                      absl::FormatDuration(pending_ttl));
+}
+
 absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateRequest& req,
                                             const core::ActionCatalog& catalog, absl::Time now) {
   const core::Action* action = catalog.Find(req.action);
@@ -49,8 +54,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   auto expire_over = [&]() -> absl::Status {
     for (Mitigation* m : over) {
       m->state_reason = m->state == MitigationState::kPendingApproval
-                            ? absl::StrCat("pending approval expired: nobody approved it within ",
-                                           absl::FormatDuration(*req.pending_ttl))
+                            ? PendingExpiredReason(*req.pending_ttl)
                             : "expired";
       m->state = MitigationState::kExpired;
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
@@ -61,9 +65,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // Only merge into a mitigation of the same kind of enforcement: an active request
     // extends an active one; a pending one never silently extends an active one.
     if (existing.state != req.state) continue;
-    const bool pending_over = existing.state == MitigationState::kPendingApproval &&
-                              req.pending_ttl && existing.created_at + *req.pending_ttl <= now;
-    if (!core::LiveAt(existing, now) || pending_over) {
+    if (!core::LiveAt(existing, now, req.pending_ttl.value_or(absl::InfiniteDuration()))) {
       over.push_back(&existing);
       continue;
     }

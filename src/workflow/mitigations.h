@@ -51,6 +51,10 @@ struct CreateResult {
   std::string json;
 };
 
+//! The state_reason of a pending approval expired after `pending_ttl` (the sweeper's, and
+//! CreateOrExtend's for one it finds over).
+std::string PendingExpiredReason(absl::Duration pending_ttl);
+
 //! Creates a mitigation, or extends the live one of the same entity and action (the later
 //! expiry wins). kInvalidArgument for an unknown action.
 ledger::Mutation CreateMitigation(CreateRequest request,

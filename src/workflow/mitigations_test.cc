@@ -188,7 +188,21 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRoll
       ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), created)).ok());
   const core::Mitigation m = created->mitigation;
   const absl::Duration ttl = absl::Hours(1);
+  // An appeal filed within the window, decided after it: a grant is refused.
+  auto appealed = std::make_shared<Appeal>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(FileAppeal(m.id, "not me", "k_user", appealed, ttl)).status().ok());
+  int64_t seq = 0;
+  auto loaded = LoadAppeal(ledger_->store(), appealed->id, &seq);
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
   clock_.Advance(ttl);
+  auto decided = std::make_shared<Appeal>();
+  absl::Status grant = ledger_
+                           ->SubmitAndWait(DecideAppeal(**loaded, seq, /*grant=*/true, "",
+                                                        "k_reviewer", decided, ttl))
+                           .status();
+  EXPECT_EQ(grant.code(), absl::StatusCode::kFailedPrecondition) << grant;
+  EXPECT_NE(grant.message().find("is over: nothing to revoke"), std::string_view::npos) << grant;
   auto revoked = std::make_shared<core::Mitigation>();
   absl::Status revoke =
       ledger_->SubmitAndWait(RevokeMitigation(m.id, "no", "k_reviewer", revoked, ttl)).status();
@@ -217,6 +231,14 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRoll
                   ->SubmitAndWait(
                       RevokeMitigation(created->mitigation.id, "no", "k_reviewer", revoked, ttl))
                   .ok());
+  // And a rollback within the window matches what it filters.
+  CreateRequest r3 = r;
+  r3.entity = *core::Entity::Parse("user:held-rollback");
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r3, core::ActionCatalog::Default(), created)).ok());
+  rb.id = "rb_test2";
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(rb, {created->mitigation}, done, ttl)).ok());
+  EXPECT_EQ(done->matched, 1);
 }
 
 // Merged into the active one, a mitigation's first detection is its creation, which

@@ -126,8 +126,7 @@ ledger::Mutation ExpirePending(std::vector<std::string> ids, absl::Duration ttl,
         continue;
       }
       m->state = core::MitigationState::kExpired;
-      m->state_reason = absl::StrCat("pending approval expired: nobody approved it within ",
-                                     absl::FormatDuration(ttl));
+      m->state_reason = PendingExpiredReason(ttl);
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
       ++n;
     }

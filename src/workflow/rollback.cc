@@ -146,18 +146,20 @@ std::string RollbackFilterJson(const RollbackFilter& f) {
 }
 
 absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
-                                                                  const RollbackFilter& f) {
-  QUELL_ASSIGN_OR_RETURN(RollbackTargets t, FindRollbackTargetSet(store, f));
+                                                                  const RollbackFilter& f,
+                                                                  absl::Time now,
+                                                                  absl::Duration pending_ttl) {
+  QUELL_ASSIGN_OR_RETURN(RollbackTargets t, FindRollbackTargetSet(store, f, now, pending_ttl));
   return std::move(t.mitigations);
 }
 
-absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
-                                                      const RollbackFilter& f) {
+absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, const RollbackFilter& f,
+                                                      absl::Time now, absl::Duration pending_ttl) {
   RollbackTargets t;
   absl::flat_hash_set<std::string> entities;
   QUELL_RETURN_IF_ERROR(store
                             .ScanLive([&](const core::Mitigation& m) {
-                              if (Matches(f, m)) {
+                              if (Matches(f, m) && core::LiveAt(m, now, pending_ttl)) {
                                 t.mitigations.push_back(m);
                                 entities.insert(m.entity.str());
                               }

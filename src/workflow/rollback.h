@@ -41,17 +41,21 @@ bool Matches(const RollbackFilter& f, const core::Mitigation& m);
 //! {"policy": ..., ...} with only the set fields; times as RFC 3339.
 std::string RollbackFilterJson(const RollbackFilter& f);
 
-//! The live mitigations matching `f`, from one consistent read of the store.
-absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
-                                                                  const RollbackFilter& f);
+//! The live mitigations matching `f`, from one consistent read of the store; with `now`,
+//! live as a rollback run then finds them (core::LiveAt with `pending_ttl`: not one past
+//! its expiry or its approval window), so a dry run counts what the run would revoke.
+absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(
+    ledger::Store& store, const RollbackFilter& f, absl::Time now = absl::InfinitePast(),
+    absl::Duration pending_ttl = absl::InfiniteDuration());
 
 struct RollbackTargets {
   std::vector<core::Mitigation> mitigations;  // live mitigations matching
   int64_t entities = 0;                       // distinct entities among them
 };
 //! As FindRollbackTargets, with the number of distinct entities (what approval counts).
-absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store,
-                                                      const RollbackFilter& f);
+absl::StatusOr<RollbackTargets> FindRollbackTargetSet(
+    ledger::Store& store, const RollbackFilter& f, absl::Time now = absl::InfinitePast(),
+    absl::Duration pending_ttl = absl::InfiniteDuration());
 
 struct RollbackResult {
   int64_t matched = 0;

@@ -270,7 +270,9 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery del
     while (true) {
       QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
       for (core::Mitigation& m : page.mitigations) {
-        if (!m.policy.empty() && m.updated_at + options_.immunity > now)
+        // A manual one (no policy) counts when policies' hits are on it (NoteHumanDecision).
+        if ((!m.policy.empty() || !m.detection_policies.empty()) &&
+            m.updated_at + options_.immunity > now)
           human.push_back(std::move(m));
       }
       if (page.next_cursor.empty()) break;

@@ -105,7 +105,8 @@ class CrowdSecApiTest(unittest.TestCase):
         self.q.request("POST", "/v1/mitigations", {"entity": "ip:192.0.2.78", "action": "block",
                                                    "ttl": "1h", "reason": "nul"})
         self.assertEqual(len(self.cs_json("/v1/decisions?ip=192.0.2.78", key)[0]), 1)
-        for query in ("ip=192.0.2.78%00junk", "range=192.0.2.0/24%00junk"):
+        for query in ("ip=192.0.2.78%00junk", "range=192.0.2.0%00junk/24",
+                      "range=192.0.2.78%00junk"):
             status, text, _ = self.cs("/v1/decisions?" + query, key)
             self.assertEqual(status, 400, (query, text))
         # value= has no error of its own: it names no decision.

@@ -601,7 +601,7 @@ class ServerImportTest(unittest.TestCase):
         # A malformed --server is bad usage (it was exit 1, and "TLS is not supported" for
         # ftp://), before any file is read.
         for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9", "http://user:pw@127.0.0.1:9",
-                    "http://127.0.0.1:9?x=1"):
+                    "http://127.0.0.1:9?x=1", "http://127.0.0.1:9/q?x=1"):
             code, _, err = import_cmd(self.file, "--server", url, "--key", "k_x.y")
             self.assertEqual(code, 2, err)
             self.assertNotIn("TLS", err)

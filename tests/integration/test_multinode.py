@@ -318,8 +318,8 @@ class PolicyBacktestTest(WithCluster):
                                  check=False)
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out), want)  # the CLI reported the candidate as v1
-        # QUELL_POSTGRES names it too; with --data as well, which ledger was meant is
-        # not guessed.
+        # QUELL_POSTGRES names it too; with --data as well (flag or environment), which
+        # ledger was meant is not guessed.
         code, out, err = run_cli("policy", "backtest", policies, "--from", window["from"],
                                  "--to", window["to"], "--json", check=False,
                                  env=dict(os.environ, QUELL_POSTGRES=url))
@@ -330,6 +330,11 @@ class PolicyBacktestTest(WithCluster):
                                check=False)
         self.assertEqual(code, 2, err)
         self.assertIn("both name a ledger", err)
+        code, _, err = run_cli("policy", "backtest", policies, "--from", window["from"],
+                               "--to", window["to"], "--data", "/tmp/x", check=False,
+                               env=dict(os.environ, QUELL_POSTGRES=url))
+        self.assertEqual(code, 2, err)
+        self.assertIn("--data and QUELL_POSTGRES both name a ledger", err)
         # A database without a ledger is refused, and left without one.
         other = self.cluster.new_database()
         code, _, err = run_cli("policy", "backtest", policies, "--from", window["from"],

@@ -228,8 +228,9 @@ void EntityCache::Clear() {
   young_bytes_ = old_bytes_ = 0;
 }
 
-// Every field of core::Mitigation is encoded below: a new field changes its size, and then
-// the codec (and its test, EncodedCopiesKeepEveryField) must learn it before this builds.
+// Every field of core::Mitigation is encoded below. A new field almost always changes its
+// size, and then the codec (and its test, EncodedCopiesKeepEveryField) must learn it before
+// this builds; one small enough for the padding after `state` would not: check there.
 static_assert(sizeof(core::Mitigation) == 456,
               "core::Mitigation changed: encode the new field in EncodeMitigation and "
               "DecodeMitigation, then update this size");
