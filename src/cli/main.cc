@@ -164,9 +164,9 @@ flags:
 exit status: 0 ok; 1 failed; 2 bad usage.
 )";
 
-int Usage(const std::string& message) {
+int Usage(const std::string& message, const char* usage_text = kUsageText) {
   if (!message.empty()) std::cerr << "quell: " << message << "\n\n";
-  std::cerr << kUsageText;
+  std::cerr << usage_text;
   return kUsage;
 }
 
@@ -249,12 +249,14 @@ absl::StatusOr<Config> BuildConfig(const Flags& flags) {
   return c;
 }
 
-absl::Status SplitListen(const std::string& listen, std::string* host, int* port) {
+// `flag`: how the address was given, for the message ("--listen (listen:)").
+absl::Status SplitListen(const std::string& listen, std::string_view flag, std::string* host,
+                         int* port) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), port) ||
       *port < 0 || *port > 65535) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--listen must be HOST:PORT, got \"", listen, "\""));
+        absl::StrCat(AV(flag), " must be HOST:PORT, got \"", listen, "\""));
   }
   *host = listen.substr(0, colon);
   if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
@@ -346,8 +348,8 @@ int Serve(const Flags& flags) {
   if (!config.ok()) return ConfigError(config.status());
   std::string host;
   int port = 0;
-  if (auto s = SplitListen(config->listen, &host, &port); !s.ok())
-    return Usage(std::string(SV(s.message())));
+  if (auto s = SplitListen(config->listen, "--listen (listen:)", &host, &port); !s.ok())
+    return Usage(std::string(SV(s.message())), kServeHelp);
   if (auto s = ProbeListen(host, port); !s.ok()) return Failure(s);
   // The gRPC address too, before anything is written (it failed after the data directory
   // and a --dev key were made), and never the HTTP one's port on an overlapping address
@@ -356,8 +358,10 @@ int Serve(const Flags& flags) {
   if (!config->grpc_listen.empty()) {
     std::string grpc_host;
     int grpc_port = 0;
-    if (auto s = SplitListen(config->grpc_listen, &grpc_host, &grpc_port); !s.ok())
-      return Usage(absl::StrCat("grpc_listen: ", s.message()));
+    if (auto s = SplitListen(config->grpc_listen, "--grpc-listen (grpc_listen:)", &grpc_host,
+                             &grpc_port);
+        !s.ok())
+      return Usage(std::string(SV(s.message())), kServeHelp);
     // The same port on the same address, or on any address when either is a wildcard or
     // a name (which may resolve to the other's address).
     auto literal = [](std::string h) {  // an IP address, not the wildcard
@@ -370,7 +374,8 @@ int Serve(const Flags& flags) {
     const bool distinct = literal(host) && literal(grpc_host) && host != grpc_host;
     if (grpc_port != 0 && grpc_port == port && !distinct) {
       return Usage(absl::StrCat("grpc_listen: ", config->grpc_listen,
-                                " is the HTTP address (listen): give gRPC a port of its own"));
+                                " is the HTTP address (listen): give gRPC a port of its own"),
+                   kServeHelp);
     }
     if (auto s = ProbeListen(grpc_host, grpc_port); !s.ok()) return Failure(s);
   }
@@ -391,7 +396,7 @@ int Serve(const Flags& flags) {
     }
   }
   auto level = obs::ParseLevel(config->log_level);
-  if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()));
+  if (!level.ok()) return Usage(absl::StrCat("log_level: ", level.status().message()), kServeHelp);
   // Info lines (one access-log line per request) are written by a background thread
   // every 10 ms, so a request thread never waits in write(2); warnings and errors
   // are written at once (obs/log.h).
@@ -405,12 +410,13 @@ int Serve(const Flags& flags) {
     eo.resource.service_version = QUELL_VERSION;
     auto exporter = obs::OtlpHttpExporter::Create(config->tracing.endpoint, eo);
     if (!exporter.ok())
-      return Usage(absl::StrCat(config->tracing.endpoint_from, ": ", exporter.status().message()));
+      return Usage(absl::StrCat(config->tracing.endpoint_from, ": ", exporter.status().message()),
+                   kServeHelp);
     obs::Tracer::Options to;
     to.sample_ratio = config->tracing.sample_ratio;
     to.max_queue_spans = static_cast<size_t>(config->tracing.max_queue_spans);
     auto t = obs::Tracer::Create(*std::move(exporter), to, &metrics, &logger);
-    if (!t.ok()) return Usage(absl::StrCat("tracing: ", t.status().message()));
+    if (!t.ok()) return Usage(absl::StrCat("tracing: ", t.status().message()), kServeHelp);
     tracer = *std::move(t);
   }
 
@@ -672,7 +678,7 @@ int Serve(const Flags& flags) {
 
 int Keys(const Flags& flags) {
   const auto& pos = flags.positional();
-  if (pos.size() < 2) return Usage("keys: create, list or revoke ID");
+  if (pos.size() < 2) return Usage("keys: create, list or revoke ID", kKeysHelp);
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
   const std::string& verb = pos[1];
@@ -680,12 +686,12 @@ int Keys(const Flags& flags) {
     if (auto usage = NoArguments(flags, 2)) return *usage;
     auto role_text = flags.Get("role");
     if (!role_text)
-      return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer");
+      return Usage("keys create needs --role admin|detector|enforcer|reviewer|viewer", kKeysHelp);
     auto role = auth::ParseRole(*role_text);
-    if (!role) return Usage(absl::StrCat("unknown role \"", *role_text, "\""));
+    if (!role) return Usage(absl::StrCat("unknown role \"", *role_text, "\""), kKeysHelp);
     auto key = auth::MakeKey(*role, flags.All("source"), flags.Get("name").value_or(""),
                              core::RealClock::Get()->Now());
-    if (!key.ok()) return Usage(std::string(SV(key.status().message())));
+    if (!key.ok()) return Usage(std::string(SV(key.status().message())), kKeysHelp);
     // Creates the ledger if there is none yet: a key before the first start is fine.
     auto store = OpenStore(*config);
     if (!store.ok()) return Failure(store.status());
@@ -696,15 +702,16 @@ int Keys(const Flags& flags) {
     return kOk;
   }
   if (verb != "list" && verb != "revoke") {
-    return Usage(absl::StrCat("keys: unknown command \"", verb, "\""));
+    return Usage(absl::StrCat("keys: unknown command \"", verb, "\""), kKeysHelp);
   }
   if (auto usage = NoArguments(flags, verb == "list" ? 2 : 3)) return *usage;
   for (const char* only_create : {"role", "source", "name"}) {
     if (flags.Has(only_create)) {
-      return Usage(absl::StrCat("keys ", verb, ": --", only_create, " is for keys create"));
+      return Usage(absl::StrCat("keys ", verb, ": --", only_create, " is for keys create"),
+                   kKeysHelp);
     }
   }
-  if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID");
+  if (verb == "revoke" && pos.size() != 3) return Usage("keys revoke needs the key ID", kKeysHelp);
   auto store = OpenStore(*config, /*create=*/false);
   if (!store.ok()) return Failure(store.status());
   if (verb == "list") {
@@ -731,7 +738,7 @@ int Keys(const Flags& flags) {
 
 int Audit(const Flags& flags) {
   const auto& pos = flags.positional();
-  if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]");
+  if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]", kAuditHelp);
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
   auto store = OpenStore(*config, /*create=*/false);
@@ -824,7 +831,13 @@ int Main(int argc, char** argv) {
   }
   auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans,
                             command->second.repeatable);
-  if (!flags.ok()) return Usage(absl::StrCat(cmd, ": ", flags.status().message()));
+  if (!flags.ok()) {
+    static const std::map<std::string, const char*> kOwnUsage = {{"serve", kServeHelp},
+                                                                 {"keys", kKeysHelp},
+                                                                 {"audit", kAuditHelp},
+                                                                 {"migrate", kMigrateHelp}};
+    return Usage(absl::StrCat(cmd, ": ", flags.status().message()), kOwnUsage.at(cmd));
+  }
   if (auto v = flags->Get("postgres")) {
     postgres_url = *v;
   } else if (const char* env = std::getenv("QUELL_POSTGRES")) {

@@ -624,10 +624,18 @@ class LifecycleTest(unittest.TestCase):
     def test_cli_usage_errors(self):
         code, _, err = run_cli("frobnicate", check=False)
         self.assertEqual(code, 2)
-        code, _, _ = run_cli("keys", "create", "--data", "/tmp/unused", "--role", "wizard", check=False)
+        code, _, err = run_cli("keys", "create", "--data", "/tmp/unused", "--role", "wizard",
+                               check=False)
         self.assertEqual(code, 2)
-        code, _, _ = run_cli("serve", "--listen", "nope", check=False)
+        # A command's slip shows that command's usage, not the 25-line overview.
+        self.assertIn("usage: quell keys create", err)
+        self.assertNotIn("usage: quell <command>", err)
+        code, _, err = run_cli("keys", "list", "--dat", "d1", check=False)
         self.assertEqual(code, 2)
+        self.assertIn("usage: quell keys create", err)
+        code, _, err = run_cli("serve", "--listen", "nope", check=False)
+        self.assertEqual(code, 2)
+        self.assertIn("usage: quell serve", err)
         code, out, _ = run_cli("--help")
         self.assertIn("serve", out)
 
@@ -793,6 +801,13 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(code, 2, (grpc_host, err))
                 self.assertIn("is the HTTP address", err)
                 self.assertFalse(os.path.exists(data))
+            # A malformed gRPC address is named as such (the message named --listen).
+            code, out, err = run_cli("serve", "--dev", "--data", data, "--listen",
+                                     "127.0.0.1:%d" % free, "--grpc-listen", "nonsense",
+                                     check=False)
+            self.assertEqual(code, 2, err)
+            self.assertIn("--grpc-listen (grpc_listen:) must be HOST:PORT", err)
+            self.assertFalse(os.path.exists(data))
             # And a policies file that is missing or does not load.
             for policies in (os.path.join(tmp, "missing.yaml"), os.path.join(tmp, "bad.yaml")):
                 if policies.endswith("bad.yaml"):
