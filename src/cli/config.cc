@@ -419,7 +419,18 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     }
     c->catalog = *std::move(catalog);
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(at, ": unknown key \"", key, "\""));
+    // A key name is echoed to say which; anything else is not repeated: --config naming
+    // another file (a password file, a key) printed its first line.
+    const bool name_like =
+        !key.empty() && key.size() <= 64 &&
+        key.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") ==
+            std::string::npos;
+    return absl::InvalidArgumentError(
+        name_like ? absl::StrCat(at, ": unknown key \"", key, "\"")
+                  : absl::StrCat(at,
+                                 ": a key that no Quell configuration has (not repeated here):"
+                                 " is this a Quell configuration file?"));
   }
   return absl::OkStatus();
 }

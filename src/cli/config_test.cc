@@ -61,6 +61,17 @@ TEST(ConfigTest, ErrorsNameTheFileAndLine) {
   auto unknown = LoadConfigFile(unknown_path, Config{});
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().message(), unknown_path + ":2: unknown key \"listn\"");
+  // Another kind of file given as --config: its content is not printed (a password file's
+  // first line was).
+  const std::string shadow_path =
+      WriteTemp("root:$y$j9T$Secret/Hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n");
+  auto shadow = LoadConfigFile(shadow_path, Config{});
+  ASSERT_FALSE(shadow.ok());
+  EXPECT_EQ(std::string(shadow.status().message()).find("Secret"), std::string::npos)
+      << shadow.status();
+  EXPECT_NE(std::string(shadow.status().message()).find("is this a Quell configuration file?"),
+            std::string::npos)
+      << shadow.status();
   const std::string type_path = WriteTemp("data: ./v\nthreads: many\n");
   auto type = LoadConfigFile(type_path, Config{});
   ASSERT_FALSE(type.ok());
