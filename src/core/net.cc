@@ -39,7 +39,13 @@ struct Resolution {
 
 std::atomic<internal::ResolverFn> resolver{&::getaddrinfo};
 
-absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time deadline) {
+// How long one wait may last before the cancel flag is looked at again.
+constexpr absl::Duration kCancelCheck = absl::Milliseconds(200);
+
+bool Cancelled(const std::atomic<bool>* cancel) { return cancel != nullptr && cancel->load(); }
+
+absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time deadline,
+                                 const std::atomic<bool>* cancel) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -77,8 +83,12 @@ absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time d
     if (left <= absl::ZeroDuration()) {
       return absl::DeadlineExceededError(absl::StrCat("timed out resolving ", host));
     }
+    if (Cancelled(cancel)) {
+      return absl::CancelledError(absl::StrCat("interrupted while resolving ", host));
+    }
     // In steps of at most an hour: an infinite deadline would overflow the clock's math.
-    r->done_cv.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, absl::Hours(1))));
+    const absl::Duration step = cancel != nullptr ? kCancelCheck : absl::Hours(1);
+    r->done_cv.wait_for(lock, absl::ToChronoNanoseconds(std::min(left, step)));
   }
   if (r->rc != 0) {
     return absl::UnavailableError(absl::StrCat("resolve ", host, ": ", ::gai_strerror(r->rc)));
@@ -100,8 +110,9 @@ namespace internal {
 void SetResolverForTest(ResolverFn fn) { resolver.store(fn == nullptr ? &::getaddrinfo : fn); }
 }  // namespace internal
 
-absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline) {
-  absl::StatusOr<AddrList> list = Resolve(host, port, deadline);
+absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline,
+                               const std::atomic<bool>* cancel) {
+  absl::StatusOr<AddrList> list = Resolve(host, port, deadline, cancel);
   if (!list.ok()) return list.status();
   const std::string where = absl::StrCat(host, ":", port);
   absl::Status last = absl::UnavailableError(absl::StrCat("connect ", where, ": no address"));
@@ -115,10 +126,17 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
     int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
     if (err == EINPROGRESS) {
       for (;;) {
-        const int ms = PollMillis(deadline);
+        int ms = PollMillis(deadline);
         if (ms == 0) {
           ::close(fd);
           return absl::DeadlineExceededError(absl::StrCat("timed out connecting to ", where));
+        }
+        if (Cancelled(cancel)) {
+          ::close(fd);
+          return absl::CancelledError(absl::StrCat("interrupted while connecting to ", where));
+        }
+        if (cancel != nullptr) {
+          ms = std::min<int>(ms, static_cast<int>(absl::ToInt64Milliseconds(kCancelCheck)));
         }
         pollfd p{fd, POLLOUT, 0};
         const int n = ::poll(&p, 1, ms);

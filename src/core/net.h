@@ -11,6 +11,7 @@
 #ifndef QUELL_CORE_NET_H_
 #define QUELL_CORE_NET_H_
 
+#include <atomic>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -24,8 +25,10 @@ namespace quell::core {
 //! on `port`, non-blocking and close-on-exec: every address `host` resolves to is tried in
 //! order until one connects. Errors: kUnavailable ("resolve HOST: ...", or the last
 //! address's "connect HOST:PORT: <reason>"), kDeadlineExceeded when `deadline` passes
-//! while resolving or connecting (the message says which).
-absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline);
+//! while resolving or connecting (the message says which), kCancelled soon after *cancel
+//! (may be null; e.g. set by a signal handler) is set.
+absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline,
+                               const std::atomic<bool>* cancel = nullptr);
 
 namespace internal {
 // Test-only: the resolver names go to (getaddrinfo's signature; nullptr: getaddrinfo).

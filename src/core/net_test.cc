@@ -5,8 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -96,6 +98,31 @@ TEST(ConnectTcpTest, AResolverThatDoesNotAnswerEndsAtTheDeadline) {
   hung_cv.notify_all();
   ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
   EXPECT_EQ(fd.status().message(), "timed out resolving quell.test");
+}
+
+// A cancel flag ends the wait (Ctrl-C during `quell import --server`'s first connect waited
+// out its 30 s).
+TEST(ConnectTcpTest, ACancelEndsAResolutionThatDoesNotAnswer) {
+  {
+    std::lock_guard<std::mutex> lock(hung_mu);
+    hung_released = false;  // another test may have released it
+  }
+  internal::SetResolverForTest(&HungResolver);
+  std::atomic<bool> cancel{false};
+  std::thread setter([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    cancel.store(true);
+  });
+  absl::StatusOr<int> fd = ConnectTcp("quell.test", 80, absl::InfiniteFuture(), &cancel);
+  setter.join();
+  internal::SetResolverForTest(nullptr);
+  {
+    std::lock_guard<std::mutex> lock(hung_mu);
+    hung_released = true;
+  }
+  hung_cv.notify_all();
+  ASSERT_EQ(fd.status().code(), absl::StatusCode::kCancelled) << fd.status();
+  EXPECT_EQ(fd.status().message(), "interrupted while resolving quell.test");
 }
 
 // A name's resolver answering; an infinite deadline is no deadline (it overflowed the

@@ -104,10 +104,12 @@ absl::Status HttpConnection::Connect() {
   // Resolution and connect within 30 s, and within the request's time. The socket stays
   // non-blocking: every read and write waits in Wait, which keeps the deadline and the
   // cancel flag.
-  absl::StatusOr<int> fd =
-      core::ConnectTcp(url_.host, url_.port, std::min(deadline_, absl::Now() + absl::Seconds(30)));
-  if (!fd.ok()) {
-    return absl::UnavailableError(
+  absl::StatusOr<int> fd = core::ConnectTcp(
+      url_.host, url_.port, std::min(deadline_, absl::Now() + absl::Seconds(30)), cancel_);
+  if (!fd.ok()) {  // a cancel stays one (the caller stops, it does not retry)
+    return absl::Status(
+        absl::IsCancelled(fd.status()) ? absl::StatusCode::kCancelled
+                                       : absl::StatusCode::kUnavailable,
         absl::StrCat("cannot connect to ", url_.host, ":", url_.port, ": ", fd.status().message()));
   }
   const int flags = ::fcntl(*fd, F_GETFL);

@@ -56,7 +56,8 @@ class HttpConnection {
 
   //! Sends one request (connecting first if needed) and reads the reply, all within
   //! `timeout`. kUnavailable for connection errors and for no reply within `timeout`;
-  //! kCancelled when *cancel was set and the reply had not come cancel_grace later. On
+  //! kCancelled when *cancel was set and the reply had not come cancel_grace later (or
+  //! while still connecting: at once). On
   //! every error the connection is closed (the next call reconnects).
   absl::StatusOr<HttpResponse> Request(
       std::string_view method, std::string_view path,
