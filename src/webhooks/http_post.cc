@@ -80,6 +80,19 @@ std::optional<std::string> BadHostName(std::string_view host) {
   return std::nullopt;
 }
 
+// Where the header block that starts `in` ends (just past its blank line, CRLF or LF), or
+// npos while it is incomplete.
+size_t HeaderBlockEnd(std::string_view in) {
+  for (size_t start = 0;;) {
+    const size_t eol = in.find('\n', start);
+    if (eol == std::string_view::npos) return std::string_view::npos;
+    std::string_view line = in.substr(start, eol - start);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() && start > 0) return eol + 1;
+    start = eol + 1;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
@@ -191,8 +204,11 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
   std::string in;
   char buf[4096];
   for (;;) {
-    if (size_t eol = in.find("\r\n"); eol != std::string::npos) {
+    // Lines end at LF, a CR before it dropped (RFC 9112 2.2 lets a recipient take a bare
+    // LF: a receiver answering "HTTP/1.1 204 No Content\n\n" was read as no answer).
+    if (size_t eol = in.find('\n'); eol != std::string::npos) {
       std::string_view line(in.data(), eol);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       // "HTTP/1.x NNN[ reason]": exactly three digits.
       const bool digits = line.size() >= 12 && absl::ascii_isdigit(line[9]) &&
                           absl::ascii_isdigit(line[10]) && absl::ascii_isdigit(line[11]);
@@ -209,9 +225,8 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
         if (absl::Now() >= deadline) {
           return absl::DeadlineExceededError("timeout while waiting for the response");
         }
-        const size_t end = in.find("\r\n\r\n");
-        if (end != std::string::npos) {
-          in.erase(0, end + 4);
+        if (const size_t end = HeaderBlockEnd(in); end != std::string::npos) {
+          in.erase(0, end);
           continue;
         }
       } else {

@@ -218,7 +218,10 @@ TEST(Url, TheStatusIsTheFinalResponsesThreeDigits) {
            {"HTTP/\r\n\r\n", 0},  // shorter than a status line
            {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200},
            {"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 503 No\r\n\r\n", 503},
-           {"HTTP/1.1 204\r\n\r\n", 204}}) {
+           {"HTTP/1.1 204\r\n\r\n", 204},
+           // Bare LF line ends (RFC 9112 2.2): read as "connection closed before a response".
+           {"HTTP/1.1 204 No Content\n\n", 204},
+           {"HTTP/1.1 100 Continue\n\nHTTP/1.1 202 Accepted\nContent-Length: 0\n\n", 202}}) {
     RawServer server(c.reply);
     auto url = ParseHttpUrl(absl::StrCat("http://127.0.0.1:", server.port(), "/h"));
     ASSERT_TRUE(url.ok());
