@@ -605,6 +605,15 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       delete this;
     }
 
+    // A stream that ends without Finish (its queue refused the next operation: the server
+    // stops) is still logged and counted once, as UNAVAILABLE.
+    ~StreamCheck() override {
+      if (start_ != absl::InfinitePast() && !recorded_) {
+        owner_->recorder_.Record(kCheckStreamMethod, ::grpc::StatusCode::UNAVAILABLE,
+                                 absl::Now() - start_, ctx_, caller_, span_);
+      }
+    }
+
    private:
     enum class State { kArriving, kReading, kWriting, kFinishing };
     StreamCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), stream_(&ctx_) {}
@@ -619,6 +628,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       }
       owner_->recorder_.Record(kCheckStreamMethod, status.error_code(), absl::Now() - start_, ctx_,
                                caller_, span_);
+      recorded_ = true;
       state_ = State::kFinishing;
       if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
     }
@@ -626,8 +636,9 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     CheckQueue* q_;
     State state_ = State::kArriving;
     obs::Span span_;  // the stream's server span (not recording when untraced)
-    absl::Time start_;
-    std::string caller_;  // the key id, once authorized
+    absl::Time start_ = absl::InfinitePast();  // when the call arrived; past: it never did
+    bool recorded_ = false;                    // logged and counted (by Finish)
+    std::string caller_;                       // the key id, once authorized
     int64_t requests_ = 0;
     absl::Time authorized_at_;  // the key's last check
     ::grpc::ServerContext ctx_;
