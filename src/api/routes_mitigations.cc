@@ -92,9 +92,6 @@ void AppendCause(const ledger::Change& c, const Mitigation& m, std::string* out)
   out->append("}");
 }
 
-// A surface name's longest spelling, on every path (GET, POST, gRPC Check).
-constexpr size_t kMaxSurfaceBytes = 64;
-
 void Check(Context& ctx, Call&& call) {
   std::vector<std::string> texts;
   std::string surface;
@@ -109,9 +106,10 @@ void Check(Context& ctx, Call&& call) {
         // Only `entity` repeats: with two surfaces, the last one silently won.
         if (surface_given) return call.Fail(ApiError::Field("query.surface", "must be given once"));
         // The limit POST /v1/check and gRPC Check keep (it was not checked here).
-        if (v.size() > kMaxSurfaceBytes) {
+        if (v.size() > core::Action::kMaxSurfaceBytes) {
           return call.Fail(ApiError::Field(
-              "query.surface", absl::StrCat("must be at most ", kMaxSurfaceBytes, " bytes")));
+              "query.surface",
+              absl::StrCat("must be at most ", core::Action::kMaxSurfaceBytes, " bytes")));
         }
         surface_given = true;
         surface = v;
@@ -125,7 +123,7 @@ void Check(Context& ctx, Call&& call) {
     std::vector<FieldError> errors;
     ObjectReader r(doc, "", &errors);
     auto list = r.Strings("entities", true, max);
-    auto s = r.String("surface", false, kMaxSurfaceBytes);
+    auto s = r.String("surface", false, core::Action::kMaxSurfaceBytes);
     r.RejectUnknown();
     if (!errors.empty()) {  // the first error in the message, as the other routes put it
       std::string summary =

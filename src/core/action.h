@@ -37,6 +37,8 @@ struct Action {
 
   // True if the action applies to `surface` ("" means the caller asked about every surface).
   bool AppliesTo(std::string_view surface) const;
+  // The longest surface a check may name, on every path (HTTP GET and POST, gRPC).
+  static constexpr size_t kMaxSurfaceBytes = 64;
 };
 
 // The action catalog. Each action has a small dense id (its position) so that hot

@@ -789,8 +789,9 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       return absl::InvalidArgumentError(
           absl::StrCat("entities: at most ", options_.max_check_entities, " entities per check"));
     }
-    if (request.surface().size() > 64) {
-      return absl::InvalidArgumentError("surface: at most 64 bytes");
+    if (request.surface().size() > core::Action::kMaxSurfaceBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("surface: at most ", core::Action::kMaxSurfaceBytes, " bytes"));
     }
     const std::string_view surface = request.surface();
     const absl::Time now = deps_.clock->Now();
