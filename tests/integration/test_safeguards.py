@@ -229,6 +229,9 @@ class SafeguardsTest(Base):
         s, g, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": True},
                                  key=self.r2)
         self.assertEqual((s, g["state"]), (200, "granted"), g)
+        # Across a restart too (the start-up read skipped mitigations with no policy).
+        self.q.stop()
+        self.q.start()
         d2 = self.submit(det("ma-2", "user:man-ap"))[0]["decisions"][0]
         self.assertEqual(d2["state"], "pending_approval", d2)
         self.assertIn("immunity", d2["reason"])
