@@ -241,8 +241,9 @@ class CallRecorder {
     if (log_ == nullptr || !log_->Enabled(obs::Level::kInfo)) return;
     const std::string trace_id = span.recording() ? obs::HexId(span.context().trace_id) : "";
     const std::string peer = ctx.peer();
+    const std::string code_name = CodeName(c);
     const obs::Field fields[] = {{"method", method.full},
-                                 {"code", CodeName(c)},
+                                 {"code", code_name},
                                  {"duration_us", absl::ToInt64Microseconds(elapsed)},
                                  {"remote", peer},
                                  {"caller", caller},
@@ -261,25 +262,9 @@ class CallRecorder {
     }
     return kMethods.size();
   }
-  static std::string_view CodeName(int code) {
-    static constexpr std::string_view kNames[kCodes] = {"OK",
-                                                        "CANCELLED",
-                                                        "UNKNOWN",
-                                                        "INVALID_ARGUMENT",
-                                                        "DEADLINE_EXCEEDED",
-                                                        "NOT_FOUND",
-                                                        "ALREADY_EXISTS",
-                                                        "PERMISSION_DENIED",
-                                                        "RESOURCE_EXHAUSTED",
-                                                        "FAILED_PRECONDITION",
-                                                        "ABORTED",
-                                                        "OUT_OF_RANGE",
-                                                        "UNIMPLEMENTED",
-                                                        "INTERNAL",
-                                                        "UNAVAILABLE",
-                                                        "DATA_LOSS",
-                                                        "UNAUTHENTICATED"};
-    return code >= 0 && code < kCodes ? kNames[code] : std::string_view("UNKNOWN");
+  // gRPC's code names are absl's (the same numbering): "OK" .. "UNAUTHENTICATED".
+  static std::string CodeName(int code) {
+    return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
   }
 
   obs::Logger* log_;
