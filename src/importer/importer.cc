@@ -131,8 +131,7 @@ class Run {
     res_.rows_this_run = rows_this_run_;
     res_.unacknowledged =
         std::max<int64_t>(0, rows_this_run_ - (res_.counts.read - read_at_start_));
-    // A run that stopped inside a file counts what it read of it.
-    res_.bytes = reading_ >= 0 ? Bytes(reading_) : bytes_done_;
+    res_.bytes = BytesSoFar();
     progress_.Finish();
     return std::move(res_);
   }
@@ -444,6 +443,8 @@ class Run {
   }
 
   uint64_t Bytes(int64_t f) const { return bytes_done_ + readers_[f]->source().raw_bytes(); }
+  // Raw bytes read so far: a run that stopped inside a file counts what it read of it.
+  uint64_t BytesSoFar() const { return reading_ >= 0 ? Bytes(reading_) : bytes_done_; }
   int64_t InFlightRows() const { return in_flight_rows_; }
 
   void Submit(std::unique_ptr<Pending> p, Rows rows) {
@@ -486,8 +487,7 @@ class Run {
       while (wait &&
              !cv_.wait_for(lock, std::chrono::seconds(1), [this] { return !done_.empty(); })) {
         lock.unlock();
-        progress_.Update(res_.counts.read + InFlightRows(),
-                         reading_ >= 0 ? Bytes(reading_) : bytes_done_);
+        progress_.Update(res_.counts.read + InFlightRows(), BytesSoFar());
         lock.lock();
       }
       got.swap(done_);
