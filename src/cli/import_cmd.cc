@@ -15,6 +15,7 @@
 #include "core/time.h"
 #include "http_client/http_client.h"
 #include "importer/importer.h"
+#include "ledger/postgres/postgres_store.h"
 
 namespace quell::cli {
 namespace {
@@ -40,6 +41,8 @@ safety:
   --resume                 continue an interrupted import from its checkpoint
   --dry-run                evaluate every row, print the impact, write nothing
   --policies FILE          dry run against this policy set instead of the stored one
+  --postgres URL           dry run against a PostgreSQL ledger (QUELL_POSTGRES), read
+                           only; an import into one goes through a node (--server)
 output:
   --json                   the final summary as one JSON object on stdout
   --progress auto|bar|lines|off   (default auto: a bar on a terminal)
@@ -70,10 +73,11 @@ bool ParseCount(const std::optional<std::string>& v, int64_t lo, int64_t hi, int
 }  // namespace
 
 int ImportCommand(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args,
-                            {"server", "key", "data", "format", "rejects", "checkpoint", "policies",
-                             "batch-rows", "in-flight", "retry-for", "max-row-bytes", "progress"},
-                            {"resume", "dry-run", "json", "help", "no-fsync"});
+  auto flags = Flags::Parse(
+      args,
+      {"server", "key", "data", "postgres", "format", "rejects", "checkpoint", "policies",
+       "batch-rows", "in-flight", "retry-for", "max-row-bytes", "progress"},
+      {"resume", "dry-run", "json", "help", "no-fsync"});
   if (!flags.ok()) return Usage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kImportUsage;
@@ -112,10 +116,40 @@ int ImportCommand(const std::vector<std::string>& args) {
   if (!o.policies_file.empty() && !o.dry_run) return Usage("--policies is for --dry-run");
   if (o.dry_run && !o.server_url.empty()) {
     return Usage(
-        "--dry-run reads the data directory (--data DIR; a running server may own it) "
-        "and/or --policies FILE, not --server");
+        "--dry-run reads the data directory (--data DIR; a running server may own it) or "
+        "a PostgreSQL ledger (--postgres URL), and/or --policies FILE, not --server");
   }
   if (o.dry_run && o.resume) return Usage("--dry-run and --resume exclude each other");
+  // A PostgreSQL ledger (--postgres, or QUELL_POSTGRES): a dry run reads it. An import
+  // writes it through a node, whose commit path holds the cluster's breakers and feeds
+  // the others; writing ./var instead because the variable was not looked at would
+  // import into the wrong ledger without a word.
+  std::optional<std::string> postgres = flags->Get("postgres");
+  const bool postgres_flag = postgres.has_value();
+  if (const char* env = std::getenv("QUELL_POSTGRES"); !postgres && env != nullptr && *env) {
+    postgres = env;
+  }
+  if (postgres_flag && !o.server_url.empty()) {
+    return Usage("--server and --postgres exclude each other");
+  }
+  if (postgres && o.server_url.empty()) {
+    if (!o.dry_run) {
+      return Usage(absl::StrCat(
+          postgres_flag ? "--postgres is for --dry-run"
+                        : "QUELL_POSTGRES names a PostgreSQL ledger",
+          ": import into it through a node (--server URL --key KEY)",
+          postgres_flag ? "" : ", or unset it to write a data directory (--data DIR)"));
+    }
+    if (flags->Has("data")) {
+      return Usage(postgres_flag ? "--data and --postgres both name a ledger: give one"
+                                 : "--data and QUELL_POSTGRES both name a ledger: unset one");
+    }
+    // Read-only: never migrate a database a newer or older node owns, nor make one.
+    o.dry_run_ledger = [url = *postgres]() {
+      return ledger::OpenPostgresStore(
+          {.url = url, .apply_migrations = false, .create_schema = false});
+    };
+  }
   o.durable = !flags->Has("no-fsync");
   int64_t n = 0;
   if (!ParseCount(flags->Get("batch-rows"), 1, 10000, &n))

@@ -82,8 +82,9 @@ commands:
   policy backtest FILE --from T --to T   replay stored detections against a candidate set
   version          print the version
 
-serve, keys, audit, migrate and policy backtest take --postgres URL (or QUELL_POSTGRES):
-the ledger is then that PostgreSQL database instead of the SQLite file under --data.
+serve, keys, audit, migrate, policy backtest and import --dry-run take --postgres URL (or
+QUELL_POSTGRES): the ledger is then that PostgreSQL database instead of the SQLite file
+under --data.
 
 Every command takes --help. Configuration: --config FILE (YAML), QUELL_* environment
 variables, then flags; flags win.

@@ -598,7 +598,11 @@ class Run {
   absl::Status DryRunAll() {
     std::shared_ptr<const policy::PolicySet> set;
     std::unique_ptr<ledger::Store> store;
-    if (ledger::CheckSqliteLedger(o_.data_dir).ok()) {
+    if (o_.dry_run_ledger) {
+      auto opened = o_.dry_run_ledger();
+      if (!opened.ok()) return Refuse(opened.status());
+      store = *std::move(opened);
+    } else if (ledger::CheckSqliteLedger(o_.data_dir).ok()) {
       ledger::SqliteOptions so;
       so.path = o_.data_dir;
       so.apply_migrations = false;  // a dry run writes nothing, not even a migration

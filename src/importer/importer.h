@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,10 @@ struct ImportOptions {
 
   bool dry_run = false;
   std::string policies_file;  // dry run: evaluate against this set instead of the stored one
+  // Dry run: opens the ledger it reads (the CLI's --postgres, read-only); unset, the data
+  // directory's (none there: an empty state). Called once, on Import's thread; its error
+  // refuses the run.
+  std::function<absl::StatusOr<std::unique_ptr<ledger::Store>>()> dry_run_ledger;
 
   size_t batch_rows = 1000;
   // Batches sent and not yet acknowledged. A server's commit thread takes every batch

@@ -345,6 +345,78 @@ class PolicyBacktestTest(WithCluster):
                                      "WHERE table_schema = 'public'"), ["0"])
 
 
+class ImportDryRunTest(WithCluster):
+    def test_the_impact_preview_reads_a_postgres_ledger_and_writes_nothing(self):
+        # `quell import --dry-run` read only a data directory: a PostgreSQL deployment had
+        # no impact preview. And with QUELL_POSTGRES set, an import wrote ./var.
+        url = self.cluster.new_database()
+        run_cli("migrate", "--postgres", url)
+        key = run_cli("keys", "create", "--role", "admin", "--postgres", url)[1].strip()
+        config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "examples", "quell.yaml")
+        node = Node(url, key, extra_args=["--config", config])
+        self.addCleanup(node.cleanup)
+        node.start_node()
+
+        def det(i, entity):
+            return {"id": "dr-%d" % i, "source": "bot-model-v3", "type": "artificial_streaming",
+                    "entity": entity, "score": 0.97,
+                    "observed_at": ts(now() - datetime.timedelta(minutes=5))}
+        status, body, _ = node.request("POST", "/v1/detections", {"detections": [det(0, "user:dr-old")]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(db_active(url)), 1)
+        tmp = tempfile.TemporaryDirectory(prefix="quell-pg-dry-")
+        self.addCleanup(tmp.cleanup)
+        rows = os.path.join(tmp.name, "rows.ndjson")
+        with open(rows, "w") as f:
+            f.write(json.dumps(det(0, "user:dr-old")) + "\n")  # stored already: a duplicate
+            f.write(json.dumps(det(1, "user:dr-old")) + "\n")  # already mitigated
+            for i in range(2, 7):
+                f.write(json.dumps(det(i, "user:dr-new%d" % i)) + "\n")
+        last = db_last_seq(url)
+
+        def dry_run(*args, env=None, cwd=None):
+            p = subprocess.run([QUELL, "import", rows, "--dry-run", *args], capture_output=True,
+                               text=True, timeout=60, env=env, cwd=cwd)
+            return p.returncode, p.stdout, p.stderr
+
+        code, out, err = dry_run("--postgres", url, "--json")
+        self.assertEqual(code, 0, err)
+        report = json.loads(out)["dry_run"]
+        self.assertEqual(report["seq"], last, report)
+        self.assertEqual(report["policy_version"], 1, report)
+        self.assertEqual((report["rows"], report["duplicates"], report["already"]), (7, 1, 1), report)
+        self.assertEqual(report["new"]["by_action"], {"exclude_royalties": 5}, report)
+        self.assertEqual(db_last_seq(url), last)
+        # QUELL_POSTGRES names it as well, and the text report says so too.
+        env = dict(os.environ, QUELL_POSTGRES=url)
+        code, out, err = dry_run(env=env)
+        self.assertEqual(code, 0, err)
+        self.assertIn("would newly mitigate: 5", out)
+        self.assertIn("already mitigated:    1", out)
+        # --data with either names two ledgers.
+        code, _, err = dry_run("--postgres", url, "--data", tmp.name)
+        self.assertEqual((code, "--data and --postgres both name a ledger" in err), (2, True), err)
+        code, _, err = dry_run("--data", tmp.name, env=env)
+        self.assertEqual((code, "--data and QUELL_POSTGRES both name a ledger" in err), (2, True),
+                         err)
+        # An import is not written around the node: refused, and ./var not made.
+        for args, env_ in ((["--postgres", url], None), ([], env)):
+            p = subprocess.run([QUELL, "import", rows, *args], capture_output=True, text=True,
+                               timeout=60, env=env_, cwd=tmp.name)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("through a node (--server URL --key KEY)", p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(tmp.name, "var")))
+        self.assertEqual(db_last_seq(url), last)
+        # A database without a ledger is refused, and left without one.
+        other = self.cluster.new_database()
+        code, out, err = dry_run("--postgres", other, "--json")
+        self.assertEqual(code, 1, err)
+        self.assertIn("no Quell ledger in this database", err)
+        self.assertEqual(psql(other, "SELECT count(*) FROM information_schema.tables "
+                                     "WHERE table_schema = 'public'"), ["0"])
+
+
 class ThreeNodes(WithCluster):
     """Per test a fresh database, migrated, an admin key, and three started nodes on it
     (self.nodes), stopped at cleanup."""
