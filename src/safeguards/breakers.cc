@@ -65,25 +65,28 @@ void BreakerBank::Init(State& s) {
   s.total = 0;
 }
 
-void BreakerBank::Configure(std::vector<BreakerSpec> specs) {
+std::vector<std::string> BreakerBank::Configure(std::vector<BreakerSpec> specs) {
   std::map<std::string, State, std::less<>> next;
+  std::vector<std::string> fresh;
   for (BreakerSpec& spec : specs) {
     State s;
     auto it = breakers_.find(spec.name);
-    if (it != breakers_.end()) {
-      s = std::move(it->second);
-      bool same_shape = s.spec.window == spec.window && s.spec.baseline == spec.baseline &&
-                        s.spec.factor == spec.factor;
-      s.spec = std::move(spec);
-      if (!same_shape) Init(s);
-    } else {
-      s.spec = std::move(spec);
+    // A new limit keeps the counts; a new shape or scope makes them another breaker's.
+    const bool same_shape =
+        it != breakers_.end() && it->second.spec.window == spec.window &&
+        it->second.spec.baseline == spec.baseline && it->second.spec.factor == spec.factor &&
+        it->second.spec.scope == spec.scope && it->second.spec.scope_value == spec.scope_value;
+    if (it != breakers_.end()) s = std::move(it->second);
+    s.spec = std::move(spec);
+    if (!same_shape) {
       Init(s);
+      fresh.push_back(s.spec.name);
     }
     std::string name = s.spec.name;
     next.emplace(std::move(name), std::move(s));
   }
   breakers_ = std::move(next);
+  return fresh;
 }
 
 int64_t BreakerBank::KeepBuckets(const State& s) {
@@ -166,22 +169,32 @@ std::string BreakerBank::HeldBy(const DecisionKey& key) const {
   return "";
 }
 
+void BreakerBank::CountAt(State& s, absl::Time at) {
+  const int64_t idx = Idx(at, s.bucket);
+  const int64_t newest = s.buckets.empty() ? idx : std::max(idx, s.buckets.back().first);
+  Evict(s, newest);
+  if (idx <= newest - KeepBuckets(s)) return;  // older than anything kept
+  // Another node's clock, or the feed's delay: `at` may fall before the newest bucket.
+  auto it = s.buckets.end();
+  while (it != s.buckets.begin() && std::prev(it)->first > idx) --it;
+  if (it != s.buckets.begin() && std::prev(it)->first == idx) {
+    ++std::prev(it)->second;
+  } else {
+    s.buckets.insert(it, {idx, 1});
+  }
+  ++s.total;
+}
+
 void BreakerBank::CountRemote(const DecisionKey& key, absl::Time at) {
   for (auto& [name, s] : breakers_) {
-    if (s.open || !InScope(s.spec, key)) continue;
-    const int64_t idx = Idx(at, s.bucket);
-    const int64_t newest = s.buckets.empty() ? idx : std::max(idx, s.buckets.back().first);
-    Evict(s, newest);
-    if (idx <= newest - KeepBuckets(s)) continue;  // older than anything kept
-    // Another node's clock, or the feed's delay: `at` may fall before the newest bucket.
-    auto it = s.buckets.end();
-    while (it != s.buckets.begin() && std::prev(it)->first > idx) --it;
-    if (it != s.buckets.begin() && std::prev(it)->first == idx) {
-      ++std::prev(it)->second;
-    } else {
-      s.buckets.insert(it, {idx, 1});
-    }
-    ++s.total;
+    if (!s.open && InScope(s.spec, key)) CountAt(s, at);
+  }
+}
+
+void BreakerBank::CountIn(std::string_view name, const DecisionKey& key, absl::Time at) {
+  auto it = breakers_.find(name);
+  if (it != breakers_.end() && !it->second.open && InScope(it->second.spec, key)) {
+    CountAt(it->second, at);
   }
 }
 

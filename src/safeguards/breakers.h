@@ -59,8 +59,10 @@ struct BreakerStatus {
 class BreakerBank {
  public:
   //! Installs the declared breakers; a breaker whose name survives keeps its state and
-  //! counts (its spec is updated), others are dropped.
-  void Configure(std::vector<BreakerSpec> specs);
+  //! counts (its spec is updated), others are dropped. Returns the names of those that
+  //! start with no counts: new ones, and those whose window, baseline, factor or scope
+  //! changed (their counts were of another shape). CountIn fills them again.
+  std::vector<std::string> Configure(std::vector<BreakerSpec> specs);
 
   struct Outcome {
     std::string held_by;              // "" = no breaker holds it; else the (first) open one
@@ -78,6 +80,8 @@ class BreakerBank {
   //! not counted). Never opens a breaker: the next Record in scope sees the count past
   //! the limit and opens it.
   void CountRemote(const DecisionKey& key, absl::Time at);
+  //! As CountRemote, in the breaker `name` only (if closed and `key` is in its scope).
+  void CountIn(std::string_view name, const DecisionKey& key, absl::Time at);
   //! Whether counting one decision of `key` at `now` plus `more` others could take a
   //! closed breaker in scope past its limit (the plain limit: a relative breaker may
   //! still stay closed). Cheap; for deciding whether unseen decisions must be read first.
@@ -107,6 +111,7 @@ class BreakerBank {
   static void Init(State& s);
   static int64_t KeepBuckets(const State& s);
   static void Evict(State& s, int64_t now_idx);
+  static void CountAt(State& s, absl::Time at);  // CountRemote's count in one breaker
   static int64_t WindowCount(const State& s, int64_t now_idx);
   static BreakerStatus ToStatus(const State& s, absl::Time now);
 

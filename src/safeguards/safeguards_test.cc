@@ -175,6 +175,28 @@ TEST(Breakers, ConfigureKeepsStateOfSurvivors) {
   EXPECT_EQ(bank.Status(t).size(), 1u);
 }
 
+TEST(Breakers, ConfigureNamesTheBreakersThatStartEmptyAndCountInFillsOne) {
+  BreakerBank bank;
+  absl::Time t = absl::FromUnixSeconds(1700000000);
+  EXPECT_EQ(bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 10),
+                            Spec("b", BreakerSpec::Scope::kSource, "bot", 10)}),
+            (std::vector<std::string>{"a", "b"}));
+  bank.Record({"p", "x", "bot"}, t);
+  // A new limit keeps the counts; a new scope (or window) does not; c is new.
+  BreakerSpec b = Spec("b", BreakerSpec::Scope::kSource, "other", 10);
+  EXPECT_EQ(bank.Configure({Spec("a", BreakerSpec::Scope::kGlobal, "", 20), b,
+                            Spec("c", BreakerSpec::Scope::kGlobal, "", 10)}),
+            (std::vector<std::string>{"b", "c"}));
+  EXPECT_EQ(bank.Find("a", t)->count, 1);
+  EXPECT_EQ(bank.Find("b", t)->count, 0);
+  bank.CountIn("b", {"p", "x", "other"}, t);
+  bank.CountIn("b", {"p", "x", "bot"}, t);  // out of its scope now
+  bank.CountIn("nope", {"p", "x", "other"}, t);
+  EXPECT_EQ(bank.Find("b", t)->count, 1);
+  EXPECT_EQ(bank.Find("c", t)->count, 0);  // CountIn counts in the one named only
+  EXPECT_EQ(bank.Find("a", t)->count, 1);
+}
+
 TEST(Breakers, RemoteCountsNeverOpenButTheNextLocalDecisionDoes) {
   BreakerBank bank;
   bank.Configure({Spec("src", BreakerSpec::Scope::kSource, "bot", 4)});

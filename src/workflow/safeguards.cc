@@ -160,14 +160,16 @@ core::MitigationState UnheldState(const engine::Proposal& p) {
                                         : core::MitigationState::kActive;
 }
 
-// Other nodes' decisions kept while no policy set has configured the bank yet.
-constexpr size_t kMaxEarly = 100000;
+// The decisions kept for breakers configured later (Safeguards::recent_): at least this
+// long back, at most this many.
+constexpr absl::Duration kRecentHorizon = absl::Hours(24);
+constexpr size_t kMaxRecent = 100000;
 // This process's decisions awaiting their change from the feed.
 constexpr size_t kMaxLocal = 1000000;
 // Screen reads at most this many undelivered changes (one query).
 constexpr int kMaxCatchUp = 10000;
 // Load counts the decisions of at most this many of the ledger's last changes again.
-constexpr int64_t kMaxRecount = 100000;  // as many as early_ keeps
+constexpr int64_t kMaxRecount = kMaxRecent;
 
 // The first seq in [from, last] whose change was committed at or after `since`, or
 // last + 1: a binary search on seqs (dense, and in commit order, as their times are).
@@ -216,26 +218,26 @@ SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
 }
 
 Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
-    : options_(options), logger_(logger) {}
+    : options_(options), logger_(logger), recent_horizon_(kRecentHorizon) {}
 
 absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery delivery,
                               const policy::PolicySet* set) {
   // First: every breaker change up to it is in the journal read below; later ones come
   // through OnCommitted.
   QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store.LastSeq());
-  // The decisions within the longest breaker window, counted again: a restart (or an
-  // import resumed after Ctrl-C) must not let a breaker's window start empty.
+  // The recent decisions, counted again: a restart (or an import resumed after Ctrl-C)
+  // must not let a breaker's window start empty, nor one that a later set adds.
   absl::Duration longest = absl::ZeroDuration();
   if (set != nullptr) {
     for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
   }
-  if (longest > absl::ZeroDuration() && last_seq > 0) {
+  if (last_seq > 0) {
     // From twice the window back: the search assumes times rise with seqs, and on
     // PostgreSQL each node stamps its changes with its own clock. A start too early costs
     // nothing (the bank drops what is older than its windows); too late, it undercounts.
     QUELL_ASSIGN_OR_RETURN(int64_t seq,
                            FirstSeqSince(store, std::max<int64_t>(1, last_seq - kMaxRecount + 1),
-                                         last_seq, now - 2 * longest));
+                                         last_seq, now - std::max(2 * longest, kRecentHorizon)));
     while (seq <= last_seq) {
       QUELL_ASSIGN_OR_RETURN(std::vector<ledger::Change> page,
                              store.ReadChanges(seq - 1, static_cast<int>(std::min<int64_t>(
@@ -388,7 +390,6 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c, bool recounted) {
   // extensions and scheduled starts all set one); shadow, pending and manual ones (no
   // policy) are not counted. Cheap filters on the payload first: its fields are
   // in a fixed order and quotes inside strings are escaped, so neither can be faked.
-  if (breakers_set_ >= 0 && bank_.empty()) return;  // no breaker to count in
   CreationFields f;
   if (c.mitigation != nullptr) {
     const core::Mitigation& m = *c.mitigation;
@@ -424,18 +425,27 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c, bool recounted) {
       f.policy.empty()) {
     return;
   }
+  // Kept, whoever decided it, for the breakers a later set adds or reshapes.
+  NoteRecent(f.policy, f.action, f.source, c.at);
   // This process's own decision: Screen counted it already.
   for (const LocalDecision& l : local_) {
     if (l.seq > c.seq) break;
     if (l.seq == c.seq && l.source == f.source && l.detection == f.detection) return;
   }
   if (!recounted) metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
-  if (breakers_set_ < 0) {
-    if (early_.size() == kMaxEarly) early_.pop_front();
-    early_.push_back({std::move(f.policy), std::move(f.action), std::move(f.source), c.at});
-    return;
-  }
+  if (breakers_set_ < 0) return;  // counted from recent_ when the bank is configured
   bank_.CountRemote({f.policy, f.action, f.source}, c.at);
+}
+
+void Safeguards::NoteRecent(std::string_view policy, std::string_view action,
+                            std::string_view source, absl::Time at) {
+  auto intern = [this](std::string_view name) -> std::string_view {
+    return *names_.emplace(name).first;
+  };
+  recent_.push_back({intern(policy), intern(action), intern(source), at});
+  while (recent_.size() > kMaxRecent || recent_.front().at < at - recent_horizon_) {
+    recent_.pop_front();
+  }
 }
 
 void Safeguards::NoteLocal(int64_t seq, const engine::Detection& d) {
@@ -559,31 +569,47 @@ const safeguards::ProtectedSet& Safeguards::ProtectedFor(const policy::PolicySet
 void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   if (breakers_set_ == set.version()) return;
   std::vector<safeguards::BreakerSpec> specs;
-  for (const policy::BreakerDef& d : set.breakers()) specs.push_back(ToSpec(d));
-  bank_.Configure(std::move(specs));
+  recent_horizon_ = kRecentHorizon;
+  for (const policy::BreakerDef& d : set.breakers()) {
+    specs.push_back(ToSpec(d));
+    recent_horizon_ = std::max(recent_horizon_, d.window);
+  }
+  const std::vector<std::string> fresh = bank_.Configure(std::move(specs));
   const bool first = breakers_set_ < 0;
   breakers_set_ = set.version();
-  // The decisions kept before a set was known (Load's recount, other nodes'), replayed
-  // in time order with the resets they straddle: a breaker closed by a reset at T counts
-  // afresh from T (SetOpen(false) clears its counts), so that a restart does not count
-  // back what a reset wiped. Replayed before the ledger's open states are applied: an
-  // open breaker keeps, and shows, the count it opened at (one does not count).
-  // Only at the first configuration: a later publish keeps the counts of the breakers
-  // it does not reshape (replaying the resets then would wipe them).
+  if (!first) {
+    // A breaker this set adds or reshapes counts the recent decisions in its scope again,
+    // those after its last reset if it had one (an open one stays open and counts none).
+    // It started empty: a publish let a whole limit more through.
+    for (const std::string& name : fresh) {
+      auto p = persisted_.find(name);
+      const absl::Time after = p != persisted_.end() ? p->second.at : absl::InfinitePast();
+      for (const RecentDecision& e : recent_) {
+        if (e.at > after) bank_.CountIn(name, {e.policy, e.action, e.source}, e.at);
+      }
+    }
+    return;
+  }
+  // The first configuration: the decisions kept so far (Load's recount, other nodes',
+  // this node's under a set without breakers), replayed in time order with the resets
+  // they straddle: a breaker closed by a reset at T counts afresh from T (SetOpen(false)
+  // clears its counts), so that a restart does not count back what a reset wiped.
+  // Replayed before the ledger's open states are applied: an open breaker keeps, and
+  // shows, the count it opened at (one does not count). Not at a later publish: it keeps
+  // the counts of the breakers it does not reshape (replaying the resets would wipe them).
   std::vector<std::pair<absl::Time, std::string>> resets;
   for (const auto& [name, p] : persisted_) {
-    if (first && !p.open) resets.emplace_back(p.at, name);
+    if (!p.open) resets.emplace_back(p.at, name);
   }
   std::sort(resets.begin(), resets.end());
   size_t next_reset = 0;
-  for (const EarlyDecision& e : early_) {
+  for (const RecentDecision& e : recent_) {
     for (; next_reset < resets.size() && resets[next_reset].first < e.at; ++next_reset) {
       const auto& [at, name] = resets[next_reset];
       bank_.SetOpen(name, false, at, persisted_.find(name)->second.reason);
     }
     bank_.CountRemote({e.policy, e.action, e.source}, e.at);
   }
-  early_.clear();
   for (; next_reset < resets.size(); ++next_reset) {  // resets after the last decision
     const auto& [at, name] = resets[next_reset];
     bank_.SetOpen(name, false, at, persisted_.find(name)->second.reason);

@@ -31,10 +31,12 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_set.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "ledger/ledger.h"
@@ -81,12 +83,14 @@ class Safeguards final : public ledger::ChangeListener {
     kFeed,
   };
   //! Reads lists, breaker states, recent human decisions and rollback requests from the
-  //! store. Call before the ledger takes writes. With `set` (the policy set in force; may
-  //! be null), the decisions of the changes committed within its longest breaker window
-  //! (of the ledger's last 100,000 changes at most) are counted again, so that a restart
-  //! or a resumed import does not start the windows empty (decisions before a breaker's
-  //! last reset are not counted in it); a breaker a later set adds or reshapes starts
-  //! empty. Relative breakers' baselines restart empty.
+  //! store. Call before the ledger takes writes. The decisions of the changes committed
+  //! within the last 24 hours, or twice the longest breaker window of `set` (the policy
+  //! set in force; may be null) if longer (of the ledger's last 100,000 changes at most),
+  //! are counted again, so that a restart or a resumed import does not start the windows
+  //! empty (decisions before a breaker's last reset are not counted in it). A breaker a
+  //! later set adds, or whose window, baseline, factor or scope it changes, counts the
+  //! decisions of those 24 hours (or its window) this object has seen again. Relative
+  //! breakers' baselines restart with what those hold.
   absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery,
                     const policy::PolicySet* set = nullptr);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
@@ -187,13 +191,21 @@ class Safeguards final : public ledger::ChangeListener {
     std::string source, detection;
   };
   std::deque<LocalDecision> local_;
-  // Other nodes' decisions seen before the bank was first configured (no policy set
-  // known yet), counted when it is; at most kMaxEarly, the newest.
-  struct EarlyDecision {
-    std::string policy, action, source;
+  // The decisions breakers count (creations) of the last recent_horizon_, at most
+  // kMaxRecent, the newest, as the ledger brought them: this node's, other nodes', Load's
+  // recount of the ledger. The bank counts them when it is first configured (the first set
+  // with breakers), and a breaker a later set adds or reshapes counts them again, so that
+  // neither starts empty. Their names are interned in names_ (policies, actions, sources:
+  // a few dozen).
+  struct RecentDecision {
+    std::string_view policy, action, source;
     absl::Time at;
   };
-  std::deque<EarlyDecision> early_;
+  void NoteRecent(std::string_view policy, std::string_view action, std::string_view source,
+                  absl::Time at);  // mu_ held
+  std::deque<RecentDecision> recent_;
+  absl::node_hash_set<std::string> names_;
+  absl::Duration recent_horizon_;  // kRecentHorizon, or the set's longest window if longer
   // With Delivery::kFeed, the store Load read (borrowed; the ledger's, which outlives
   // this): Screen reads from it the changes the feed has not delivered yet when they could
   // open a breaker. Null with kLocal: there are none.

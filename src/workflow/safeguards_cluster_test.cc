@@ -6,6 +6,7 @@
 // Node A hears the changes as the commit thread hands them over (mitigation attached);
 // node B as a feed delivers them, read back from the store (payload only).
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -334,6 +335,84 @@ TEST_F(SafeguardsCluster, NearTheLimitANodeReadsWhatItsLaggingFeedHasNotDelivere
   }
   b_feed_->Flush();
   EXPECT_EQ(active, 6);
+}
+
+// A policy set published later that adds a breaker, or reshapes one (window, scope),
+// counts the decisions already made in its window: they started empty, and the publish
+// let a whole limit more through. Node A hears the decisions from its commit thread, B
+// from its feed; both count them, and a reset before the publish still wipes what came
+// before it.
+TEST_F(SafeguardsCluster, ABreakerALaterSetAddsOrReshapesCountsTheRecentDecisions) {
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:u", i)).state, "active");
+    if (i < 2) {
+      EXPECT_EQ(Decide(b_.get(), absl::StrCat("user:v", i), "s2").state, "active");
+    }
+  }
+  EXPECT_EQ(Breaker(a_.get()).count, 3);  // s1's only
+  clock_.Advance(absl::Minutes(5));
+  auto set2 = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: s1-rate, source: s2, limit: 6, window: 1h}
+  - {name: all-rate, limit: 6, window: 30m}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                    2);
+  ASSERT_TRUE(set2.ok()) << set2.status();
+  set_ = *set2;
+  for (Safeguards* node : {a_.get(), b_.get()}) {
+    std::map<std::string, int64_t> counts;
+    for (const auto& b : node->Breakers(*set_, clock_.Now())) counts[b.spec.name] = b.count;
+    // s1-rate now counts source s2: its two, not s1's three.
+    EXPECT_EQ(counts, (std::map<std::string, int64_t>{{"all-rate", 5}, {"s1-rate", 2}}));
+  }
+  EXPECT_EQ(Decide(b_.get(), "user:w0", "s3").state, "active");  // the 6th in 30 minutes
+  EXPECT_EQ(Decide(a_.get(), "user:w1", "s3").state, "pending_approval");
+  // Reset, then reshaped again: it counts only what came after the reset.
+  auto out = std::make_shared<safeguards::BreakerStatus>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "all-rate", "k_admin", out)).ok());
+  clock_.Advance(absl::Minutes(1));
+  EXPECT_EQ(Decide(a_.get(), "user:w2", "s3").state, "active");
+  auto set3 = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: all-rate, limit: 7, window: 1h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                    3);
+  ASSERT_TRUE(set3.ok()) << set3.status();
+  set_ = *set3;
+  EXPECT_EQ(Breaker(a_.get()).count, 1);
+  EXPECT_EQ(Breaker(b_.get()).count, 1);
+}
+
+// The first set with breakers counts the decisions made before, under a set without
+// any: this node's own too (they were never counted, the other node's were).
+TEST_F(SafeguardsCluster, TheFirstSetWithBreakersCountsTheDecisionsMadeWithoutThem) {
+  auto none = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                    1);
+  ASSERT_TRUE(none.ok()) << none.status();
+  auto with = set_;
+  set_ = *none;
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:u", i)).state, "active");
+  }
+  set_ = with;
+  EXPECT_EQ(Breaker(a_.get()).count, 4);
+  EXPECT_EQ(Breaker(b_.get()).count, 4);
+  EXPECT_EQ(Decide(a_.get(), "user:u4").state, "active");
+  EXPECT_EQ(Decide(b_.get(), "user:u5").state, "active");
+  EXPECT_EQ(Decide(a_.get(), "user:u6").state, "pending_approval");
 }
 
 }  // namespace
