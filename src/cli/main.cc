@@ -171,6 +171,14 @@ int Usage(const std::string& message, const char* usage_text = kUsageText) {
   return kUsage;
 }
 
+// The usage text of serve, keys, audit or migrate (the overview for another name).
+const char* CommandHelp(std::string_view cmd) {
+  static const std::map<std::string_view, const char*> kHelp = {
+      {"serve", kServeHelp}, {"keys", kKeysHelp}, {"audit", kAuditHelp}, {"migrate", kMigrateHelp}};
+  auto it = kHelp.find(cmd);
+  return it == kHelp.end() ? kUsageText : it->second;
+}
+
 // A configuration that does not hold (the file, a QUELL_* variable, a flag's value): the
 // message alone, which names where (FILE:LINE, the variable), not the whole usage text.
 int ConfigError(const absl::Status& s) {
@@ -208,7 +216,8 @@ std::optional<int> NoArguments(const Flags& flags, size_t expected) {
   return Usage(absl::StrCat(pos[0], ": unexpected argument \"", pos[expected], "\"",
                             pos[expected].find('/') != std::string::npos
                                 ? absl::StrCat(" (--data ", pos[expected], "?)")
-                                : ""));
+                                : ""),
+               CommandHelp(pos[0]));
 }
 
 // Defaults <- --config file <- QUELL_* <- flags.
@@ -822,23 +831,14 @@ int Main(int argc, char** argv) {
   // is there (a half-typed command line asking for help is not bad usage).
   for (size_t i = 1; i < args.size(); ++i) {
     if (args[i] == "--help" || args[i] == "-h") {
-      static const std::map<std::string, const char*> kHelp = {{"serve", kServeHelp},
-                                                               {"keys", kKeysHelp},
-                                                               {"audit", kAuditHelp},
-                                                               {"migrate", kMigrateHelp}};
-      std::cout << kHelp.at(cmd);
+      std::cout << CommandHelp(cmd);
       return kOk;
     }
   }
   auto flags = Flags::Parse(args, command->second.with_value, command->second.booleans,
                             command->second.repeatable);
-  if (!flags.ok()) {
-    static const std::map<std::string, const char*> kOwnUsage = {{"serve", kServeHelp},
-                                                                 {"keys", kKeysHelp},
-                                                                 {"audit", kAuditHelp},
-                                                                 {"migrate", kMigrateHelp}};
-    return Usage(absl::StrCat(cmd, ": ", flags.status().message()), kOwnUsage.at(cmd));
-  }
+  if (!flags.ok())
+    return Usage(absl::StrCat(cmd, ": ", flags.status().message()), CommandHelp(cmd));
   if (auto v = flags->Get("postgres")) {
     postgres_url = *v;
   } else if (const char* env = std::getenv("QUELL_POSTGRES")) {

@@ -647,6 +647,9 @@ class LifecycleTest(unittest.TestCase):
                 code, _, err = run_cli(*args, check=False)
                 self.assertEqual(code, 2, (args, err))
                 self.assertIn('unexpected argument "%s" (--data %s?)' % (typo, typo), err)
+                # The command's own usage, not the overview of every command.
+                self.assertIn("usage: quell %s" % args[0], err)
+                self.assertNotIn("usage: quell <command>", err)
             # A flag of another command (all used to share one set, silently).
             code, _, err = run_cli("migrate", "--listen", "127.0.0.1:1", "--data", typo,
                                    check=False)
