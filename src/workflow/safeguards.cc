@@ -164,6 +164,8 @@ core::MitigationState UnheldState(const engine::Proposal& p) {
 // long back, at most this many.
 constexpr absl::Duration kRecentHorizon = absl::Hours(24);
 constexpr size_t kMaxRecent = 100000;
+// Safeguards::names_ is compacted past this many names at least.
+constexpr size_t kMinNamesCompaction = 1024;
 // This process's decisions awaiting their change from the feed.
 constexpr size_t kMaxLocal = 1000000;
 // Screen reads at most this many undelivered changes (one query).
@@ -226,12 +228,14 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery del
   // through OnCommitted.
   QUELL_ASSIGN_OR_RETURN(int64_t last_seq, store.LastSeq());
   // The recent decisions, counted again: a restart (or an import resumed after Ctrl-C)
-  // must not let a breaker's window start empty, nor one that a later set adds.
+  // must not let a breaker's window start empty, nor one that a later set adds. Not with
+  // a set without breakers: every start would read up to kMaxRecount changes for none.
   absl::Duration longest = absl::ZeroDuration();
   if (set != nullptr) {
     for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
   }
-  if (last_seq > 0) {
+  recent_horizon_ = std::max(kRecentHorizon, longest);
+  if (longest > absl::ZeroDuration() && last_seq > 0) {
     // From twice the window back: the search assumes times rise with seqs, and on
     // PostgreSQL each node stamps its changes with its own clock. A start too early costs
     // nothing (the bank drops what is older than its windows); too late, it undercounts.
@@ -425,15 +429,26 @@ void Safeguards::NoteMitigationChange(const ledger::Change& c, bool recounted) {
       f.policy.empty()) {
     return;
   }
-  // Kept, whoever decided it, for the breakers a later set adds or reshapes.
-  NoteRecent(f.policy, f.action, f.source, c.at);
-  // This process's own decision: Screen counted it already.
+  // This process's own decision: Screen counted it already and kept it in recent_,
+  // unless the set it screened had no breakers (it could not tell a creation then).
   for (const LocalDecision& l : local_) {
     if (l.seq > c.seq) break;
-    if (l.seq == c.seq && l.source == f.source && l.detection == f.detection) return;
+    if (l.seq == c.seq && l.source == f.source && l.detection == f.detection) {
+      if (l.noted) return;
+      NoteRecent(f.policy, f.action, f.source, c.at);
+      // Breakers configured since (a set with them came): it counts in them now, once.
+      if (breakers_set_ >= 0) bank_.CountRemote({f.policy, f.action, f.source}, c.at);
+      return;
+    }
   }
+  // Kept, for the breakers a later set adds or reshapes.
+  NoteRecent(f.policy, f.action, f.source, c.at);
+  if (breakers_set_ < 0) {  // counted from recent_ when the bank is configured
+    if (!recounted) metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (bank_.empty()) return;
   if (!recounted) metrics_.remote_decisions.fetch_add(1, std::memory_order_relaxed);
-  if (breakers_set_ < 0) return;  // counted from recent_ when the bank is configured
   bank_.CountRemote({f.policy, f.action, f.source}, c.at);
 }
 
@@ -446,14 +461,26 @@ void Safeguards::NoteRecent(std::string_view policy, std::string_view action,
   while (recent_.size() > kMaxRecent || recent_.front().at < at - recent_horizon_) {
     recent_.pop_front();
   }
+  // Sources are clients' names: the names no kept decision uses any more go, now and
+  // then (when the set has doubled since the last time).
+  if (names_.size() > names_compact_at_) {
+    absl::node_hash_set<std::string> kept;
+    for (RecentDecision& e : recent_) {
+      e.policy = *kept.emplace(e.policy).first;
+      e.action = *kept.emplace(e.action).first;
+      e.source = *kept.emplace(e.source).first;
+    }
+    names_ = std::move(kept);  // nodes move with the set: the views stay valid
+    names_compact_at_ = std::max(kMinNamesCompaction, 2 * names_.size());
+  }
 }
 
-void Safeguards::NoteLocal(int64_t seq, const engine::Detection& d) {
+void Safeguards::NoteLocal(int64_t seq, const engine::Detection& d, bool noted) {
   // Bounded, should the feed stay down for long (the ledger then completes
   // batches undelivered): the oldest are dropped, and counted once more when they come
   // back (more, never fewer).
   if (local_.size() == kMaxLocal) local_.pop_front();
-  local_.push_back({seq, d.source, d.id});
+  local_.push_back({seq, d.source, d.id, noted});
 }
 
 void Safeguards::ApplyListChange(const ledger::Change& c) {
@@ -579,24 +606,37 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   breakers_set_ = set.version();
   if (!first) {
     // A breaker this set adds or reshapes counts the recent decisions in its scope again,
-    // those after its last reset if it had one (an open one stays open and counts none).
-    // It started empty: a publish let a whole limit more through.
+    // those after its last reset if it had one; one the ledger has open is opened below
+    // and counts none. It started empty: a publish let a whole limit more through.
     for (const std::string& name : fresh) {
       auto p = persisted_.find(name);
+      if (p != persisted_.end() && p->second.open) continue;
       const absl::Time after = p != persisted_.end() ? p->second.at : absl::InfinitePast();
       for (const RecentDecision& e : recent_) {
         if (e.at > after) bank_.CountIn(name, {e.policy, e.action, e.source}, e.at);
       }
     }
-    return;
+  } else {
+    ReplayRecent();
   }
+  // The ledger's open states: a breaker that opened (here or on another node) while no
+  // set configured here had it is open when one does.
+  for (const auto& [name, p] : persisted_) {
+    if (auto st = bank_.Find(name, p.at); st && st->open != p.open) {
+      bank_.SetOpen(name, p.open, p.at, p.reason);
+    }
+  }
+}
+
+void Safeguards::ReplayRecent() {
   // The first configuration: the decisions kept so far (Load's recount, other nodes',
   // this node's under a set without breakers), replayed in time order with the resets
   // they straddle: a breaker closed by a reset at T counts afresh from T (SetOpen(false)
   // clears its counts), so that a restart does not count back what a reset wiped.
-  // Replayed before the ledger's open states are applied: an open breaker keeps, and
-  // shows, the count it opened at (one does not count). Not at a later publish: it keeps
-  // the counts of the breakers it does not reshape (replaying the resets would wipe them).
+  // Replayed before ConfigureBreakers applies the ledger's open states: an open breaker
+  // keeps, and shows, the count it opened at (one does not count). Not at a later
+  // publish: it keeps the counts of the breakers it does not reshape (replaying the
+  // resets would wipe them).
   std::vector<std::pair<absl::Time, std::string>> resets;
   for (const auto& [name, p] : persisted_) {
     if (!p.open) resets.emplace_back(p.at, name);
@@ -613,11 +653,6 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   for (; next_reset < resets.size(); ++next_reset) {  // resets after the last decision
     const auto& [at, name] = resets[next_reset];
     bank_.SetOpen(name, false, at, persisted_.find(name)->second.reason);
-  }
-  for (const auto& [name, p] : persisted_) {
-    if (auto st = bank_.Find(name, p.at); st && st->open != p.open) {
-      bank_.SetOpen(name, p.open, p.at, p.reason);
-    }
   }
 }
 
@@ -683,7 +718,7 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
   if (set.breakers().empty()) {
     // Noted all the same: uncounted here, it must not count as another node's decision
     // if the set gains breakers before it comes back.
-    NoteLocal(txn.NextSeq(), d);
+    NoteLocal(txn.NextSeq(), d, /*noted=*/false);
     return hold;
   }
   ConfigureBreakers(set);
@@ -724,8 +759,10 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     metrics_.held_breaker.fetch_add(1, std::memory_order_relaxed);
   } else {
     // Counted: its change (appended next by the caller) must not count again when it
-    // comes back through OnCommitted.
-    NoteLocal(txn.NextSeq(), d);
+    // comes back through OnCommitted. Kept in recent_ now: a breaker a set published
+    // before that counts it too.
+    NoteRecent(p.policy, action, d.source, now);
+    NoteLocal(txn.NextSeq(), d, /*noted=*/true);
   }
   return hold;
 }

@@ -83,14 +83,15 @@ class Safeguards final : public ledger::ChangeListener {
     kFeed,
   };
   //! Reads lists, breaker states, recent human decisions and rollback requests from the
-  //! store. Call before the ledger takes writes. The decisions of the changes committed
-  //! within the last 24 hours, or twice the longest breaker window of `set` (the policy
-  //! set in force; may be null) if longer (of the ledger's last 100,000 changes at most),
-  //! are counted again, so that a restart or a resumed import does not start the windows
-  //! empty (decisions before a breaker's last reset are not counted in it). A breaker a
-  //! later set adds, or whose window, baseline, factor or scope it changes, counts the
-  //! decisions of those 24 hours (or its window) this object has seen again. Relative
-  //! breakers' baselines restart with what those hold.
+  //! store. Call before the ledger takes writes. When `set` (the policy set in force; may
+  //! be null) has breakers, the decisions of the changes committed within the last 24
+  //! hours, or twice its longest breaker window if longer (of the ledger's last 100,000
+  //! changes at most), are counted again, so that a restart or a resumed import does not
+  //! start the windows empty (decisions before a breaker's last reset are not counted in
+  //! it). A breaker a later set adds, or whose window, baseline, factor or scope it
+  //! changes, counts the decisions of those 24 hours (or its window; the newest 100,000)
+  //! this object has seen again. Relative breakers' baselines restart with what those
+  //! hold.
   absl::Status Load(ledger::Store& store, absl::Time now, Delivery delivery,
                     const policy::PolicySet* set = nullptr);
   void OnCommitted(const std::vector<ledger::Change>& changes) override;
@@ -155,8 +156,10 @@ class Safeguards final : public ledger::ChangeListener {
   const safeguards::ProtectedSet& ProtectedFor(const policy::PolicySet& set);  // mu_ held
   void ConfigureBreakers(const policy::PolicySet& set);                        // mu_ held
   // `recounted`: read by Load, not another node's news (not in the metrics).
-  void NoteMitigationChange(const ledger::Change& c, bool recounted = false);          // mu_ held
-  void NoteLocal(int64_t seq, const engine::Detection& d);                             // mu_ held
+  void NoteMitigationChange(const ledger::Change& c, bool recounted = false);  // mu_ held
+  // `noted`: Screen counted it and kept it in recent_.
+  void NoteLocal(int64_t seq, const engine::Detection& d, bool noted);  // mu_ held
+  void ReplayRecent();  // mu_ held; ConfigureBreakers' first configuration
   void CatchUp(ledger::Txn& txn, const safeguards::DecisionKey& key, absl::Time now);  // mu_
 
   const SafeguardOptions options_;
@@ -189,6 +192,7 @@ class Safeguards final : public ledger::ChangeListener {
   struct LocalDecision {
     int64_t seq = 0;
     std::string source, detection;
+    bool noted = false;  // in recent_ already (counted by Screen)
   };
   std::deque<LocalDecision> local_;
   // The decisions breakers count (creations) of the last recent_horizon_, at most
@@ -205,7 +209,8 @@ class Safeguards final : public ledger::ChangeListener {
                   absl::Time at);  // mu_ held
   std::deque<RecentDecision> recent_;
   absl::node_hash_set<std::string> names_;
-  absl::Duration recent_horizon_;  // kRecentHorizon, or the set's longest window if longer
+  size_t names_compact_at_ = 1024;  // names_ drops the unused names past this many
+  absl::Duration recent_horizon_;   // kRecentHorizon, or the set's longest window if longer
   // With Delivery::kFeed, the store Load read (borrowed; the ledger's, which outlives
   // this): Screen reads from it the changes the feed has not delivered yet when they could
   // open a breaker. Null with kLocal: there are none.

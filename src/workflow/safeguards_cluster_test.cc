@@ -415,5 +415,80 @@ policies:
   EXPECT_EQ(Decide(a_.get(), "user:u6").state, "pending_approval");
 }
 
+// What ABreakerALaterSetAdds... builds on, at its edges: a decision of this node whose
+// change its lagging feed has not brought back yet counts in a breaker a set published
+// meanwhile adds; a breaker the ledger has open comes back open when a later set
+// declares it again; and a restart keeps a window longer than a day whole.
+TEST_F(SafeguardsCluster, ANewBreakerCountsDecisionsInFlightAndKeepsTheLedgersOpenState) {
+  b_feed_->Lag();  // B's own decisions do not come back to it
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Decide(b_.get(), absl::StrCat("user:u", i)).state, "active");
+  }
+  auto with_all = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: s1-rate, source: s1, limit: 6, window: 1h}
+  - {name: all-rate, limit: 100, window: 1h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                        2);
+  ASSERT_TRUE(with_all.ok()) << with_all.status();
+  auto count = [&](Safeguards* node, const policy::PolicySet& set, std::string_view name) {
+    for (const auto& b : node->Breakers(set, clock_.Now())) {
+      if (b.spec.name == name) return b.open ? -b.count - 1 : b.count;  // open: negative
+    }
+    return int64_t{-1000};
+  };
+  EXPECT_EQ(count(b_.get(), **with_all, "all-rate"), 3);
+  b_feed_->Flush();
+  EXPECT_EQ(count(b_.get(), **with_all, "all-rate"), 3);  // not again when they come back
+  // s1-rate opens; a set without it, then one with it again: it is open (the ledger says
+  // so), not a closed breaker counting afresh.
+  for (int i = 3; i < 7; ++i) Decide(a_.get(), absl::StrCat("user:u", i));
+  ASSERT_TRUE(Breaker(a_.get()).open);
+  auto without = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: all-rate, limit: 100, window: 1h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                       3);
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_EQ(count(a_.get(), **without, "s1-rate"), -1000);
+  auto again = policy::LoadPolicySet(kYaml, 4);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_LT(count(a_.get(), **again, "s1-rate"), 0);  // open
+  EXPECT_LT(count(b_.get(), **again, "s1-rate"), 0);
+}
+
+TEST_F(SafeguardsCluster, ARestartKeepsAWindowLongerThanADayWhole) {
+  auto two_days = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: s1-rate, source: s1, limit: 6, window: 48h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                        1);
+  ASSERT_TRUE(two_days.ok()) << two_days.status();
+  set_ = *two_days;
+  Decide(a_.get(), "user:u0");
+  Decide(a_.get(), "user:u1");
+  clock_.Advance(absl::Hours(30));
+  Decide(a_.get(), "user:u2");
+  Decide(a_.get(), "user:u3");
+  EXPECT_EQ(Breaker(a_.get()).count, 4);
+  Safeguards restarted(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
+          .ok());
+  EXPECT_EQ(Breaker(&restarted).count, 4);
+}
+
 }  // namespace
 }  // namespace quell::workflow
