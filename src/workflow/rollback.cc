@@ -76,6 +76,7 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
                             const RollbackFilter& f, const std::string& why,
                             const std::string& actor, absl::Time now, absl::Duration pending_ttl,
                             RollbackResult* r) {
+  absl::flat_hash_set<std::string> entities;
   for (core::Mitigation& m : targets) {
     // One past its expiry is over (its `expired` change is the scheduler's to write), and a
     // pending approval past pending_ttl (the sweeper's).
@@ -101,7 +102,9 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     }
     ++r->matched;
     ++r->revoked;
+    entities.insert(m.entity.str());
   }
+  r->entities = static_cast<int64_t>(entities.size());
   return absl::OkStatus();
 }
 
@@ -317,6 +320,7 @@ ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation>
                                          absl::StrCat("rollback ", r.id, ": ", r.reason),
                                          r.requested_by, now, pending_ttl, &result));
     r.matched = result.matched;  // as the transaction found them
+    r.entities = result.entities;
     r.revoked = result.revoked;
     r.state = "done";
     r.decided_by = r.requested_by;

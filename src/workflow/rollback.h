@@ -60,6 +60,7 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(
 struct RollbackResult {
   int64_t matched = 0;
   int64_t revoked = 0;
+  int64_t entities = 0;  // distinct entities among the revoked
 };
 
 // ---- rollback requests (approval) ----

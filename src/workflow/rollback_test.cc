@@ -126,6 +126,7 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
     r.filter = f;
     r.reason = "bad";
     r.requested_by = "k_admin";
+    r.entities = t->entities;  // as the route reads them, before the transaction
     auto out = std::make_shared<RollbackRequest>();
     EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, std::move(targets), out)).ok());
     return out;
@@ -133,6 +134,7 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   auto targets = t->mitigations;
   auto out = run("rb_1", targets);
   EXPECT_EQ(out->revoked, 2);
+  EXPECT_EQ(out->entities, 2);
   EXPECT_EQ(State(a), MitigationState::kRevoked);
   EXPECT_EQ(State(b), MitigationState::kRevoked);
   EXPECT_EQ(State(c), MitigationState::kActive);
@@ -152,6 +154,10 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   out = run("rb_2", targets);
   EXPECT_EQ(out->revoked, 0);
   EXPECT_EQ(requests_->Get("rb_2")->revoked, 0);
+  // Its record counts as the transaction found them: no mitigation, no entity (it said
+  // matched 0, entities 2, the read before the transaction).
+  EXPECT_EQ(requests_->Get("rb_2")->matched, 0);
+  EXPECT_EQ(requests_->Get("rb_2")->entities, 0);
   EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f)->empty());
   // One transaction: the chain still verifies.
   auto audit = ledger::VerifyChain(ledger_->store());
