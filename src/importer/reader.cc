@@ -71,6 +71,7 @@ class TextReader final : public RowReader {
         }
         return true;
       }
+      if (format_ == Format::kCsv) ReadAgainAfterAnOpenQuote(&rec);
       absl::StatusOr<engine::Detection> d = format_ == Format::kCsv
                                                 ? DecodeCsvRow(*header_, rec.text, options_.decode)
                                                 : DecodeJsonRow(rec.text, options_.decode);
@@ -181,11 +182,36 @@ class TextReader final : public RowReader {
     return std::string::npos;
   }
 
+  // A CSV record over several lines is a quoted field holding newlines, or a quote left
+  // open that swallowed the rows after it (up to a later quote, or --max-row-bytes). When
+  // it does not split into the header's columns it is taken for the latter: the record
+  // becomes its first line alone (the row rejected, as an unterminated quoted field) and
+  // the lines after it are read again as rows. They were lost inside one reject.
+  void ReadAgainAfterAnOpenQuote(Record* rec) {
+    const size_t nl = rec->text.find('\n');
+    if (nl == std::string_view::npos) return;
+    std::vector<std::string> fields;
+    if (SplitCsvRecord(rec->text, &fields).ok() && fields.size() == header_->columns()) return;
+    pos_ = static_cast<size_t>(rec->text.data() + nl + 1 - buf_.data());  // a view into buf_
+    scan_ = pos_;
+    csv_ = Csv::kFieldStart;
+    pos_state_.line = rec->line;
+    rec->text = rec->text.substr(0, nl);
+    if (!rec->text.empty() && rec->text.back() == '\r') rec->text.remove_suffix(1);
+  }
+
   absl::StatusOr<bool> NextRecord(Record* rec) {
     for (;;) {
       size_t end = FindEnd();
       if (end == std::string::npos && buf_.size() - pos_ > options_.max_row_bytes) {
-        return SkipLongRow(rec);
+        // Still inside a quoted field past the limit, with a newline in it: a quote left
+        // open. The record is its first line (ReadAgainAfterAnOpenQuote's case, found at
+        // the limit); without a newline, one line too long.
+        const void* nl = format_ == Format::kCsv
+                             ? std::memchr(buf_.data() + pos_, '\n', options_.max_row_bytes)
+                             : nullptr;
+        if (nl == nullptr) return SkipLongRow(rec);
+        end = static_cast<const char*>(nl) - buf_.data();
       }
       if (end == std::string::npos && !eof_) {
         QUELL_RETURN_IF_ERROR(Fill());

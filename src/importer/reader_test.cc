@@ -121,6 +121,39 @@ TEST(ReaderTest, CsvStrayQuoteRejectsItsRowOnly) {
   EXPECT_EQ(c.rows[5].detection->entity.str(), "user:q\"6");
 }
 
+// A quote opening a field and never closed swallowed the rows after it: up to a later
+// quote into one reject (wrong column count), or, with none within --max-row-bytes, a
+// megabyte of rows into one "longer than the limit" reject and gone from every count.
+// Only its own line is rejected now, and every row after it is read.
+TEST(ReaderTest, CsvQuoteLeftOpenRejectsItsLineOnly) {
+  for (bool later_quote : {true, false}) {
+    std::string data = "id,source,type,entity,score,observed_at,evidence\n";
+    const int rows = later_quote ? 50 : 20000;  // the second: ~1 MiB past the open quote
+    for (int i = 1; i <= rows; ++i) {
+      std::string evidence = later_quote && i == 40 ? "\"{\"\"n\"\":1}\"" : "";
+      data += absl::StrCat("s", i, ",s,t,", i == 3 ? "\"" : "", "user:a", i,
+                           ",0.5,2024-05-01T10:00:00Z,", evidence, "\n");
+    }
+    ReaderOptions o;
+    o.max_row_bytes = 1 << 20;
+    auto r = OpenString(data, Format::kCsv, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    Collected c = ReadAllRows(*std::move(r));
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    ASSERT_EQ(c.rows.size(), static_cast<size_t>(rows)) << later_quote;
+    for (int i = 0; i < rows; ++i) {
+      EXPECT_EQ(c.rows[i].line, i + 2);
+      EXPECT_EQ(c.rows[i].detection.has_value(), i != 2) << i << " " << c.rows[i].error;
+      if (c.rows[i].detection) {
+        EXPECT_EQ(c.rows[i].detection->id, absl::StrCat("s", i + 1));
+      }
+    }
+    EXPECT_NE(c.rows[2].error.find("unterminated quoted field in column 4"), std::string::npos)
+        << c.rows[2].error;
+    EXPECT_EQ(c.rows[2].text, "s3,s,t,\"user:a3,0.5,2024-05-01T10:00:00Z,");
+  }
+}
+
 // A raw NUL ends a JSON parser's input: the row is an error, not its first half.
 TEST(ReaderTest, NulByteRejectsTheRow) {
   std::string data = JsonRow(1) + std::string(1, '\0') + JsonRow(2) + "\n" + JsonRow(3) + "\n";
@@ -137,8 +170,10 @@ TEST(ReaderTest, NulByteRejectsTheRow) {
   }
 }
 
-// --max-row-bytes holds for every row, not only those that cross a read chunk; a long row
-// with a newline inside its first max_row_bytes (quoted, in CSV) is one reject.
+// --max-row-bytes holds for every row, not only those that cross a read chunk. A CSV row
+// still inside a quoted field at the limit, with a newline before it, is taken for a quote
+// left open (CsvQuoteLeftOpenRejectsItsLineOnly): its lines are rejected one by one (the
+// first unterminated, the long one too long), and the row after them is read.
 TEST(ReaderTest, RowLimitHoldsForShortRowsToo) {
   ReaderOptions o;
   o.max_row_bytes = 64;
@@ -162,11 +197,13 @@ TEST(ReaderTest, RowLimitHoldsForShortRowsToo) {
   r = OpenString(data, Format::kCsv, o);
   ASSERT_TRUE(r.ok());
   c = ReadAllRows(*std::move(r));
-  ASSERT_EQ(c.rows.size(), 2u);
-  EXPECT_NE(c.rows[0].error.find("longer than the limit"), std::string::npos);
-  EXPECT_EQ(c.rows[1].line, 4);  // the long row had two lines
-  ASSERT_TRUE(c.rows[1].detection) << c.rows[1].error;
-  EXPECT_EQ(c.rows[1].detection->id, "c2");
+  ASSERT_EQ(c.rows.size(), 3u);
+  EXPECT_NE(c.rows[0].error.find("unterminated quoted field"), std::string::npos);
+  EXPECT_EQ(c.rows[1].line, 3);
+  EXPECT_NE(c.rows[1].error.find("longer than the limit"), std::string::npos);
+  EXPECT_EQ(c.rows[2].line, 4);
+  ASSERT_TRUE(c.rows[2].detection) << c.rows[2].error;
+  EXPECT_EQ(c.rows[2].detection->id, "c2");
 }
 
 TEST(ReaderTest, InputErrorsRefuse) {
