@@ -133,16 +133,16 @@ int ImportCommand(const std::vector<std::string>& args) {
     return Usage("--server and --postgres exclude each other");
   }
   if (postgres && o.server_url.empty()) {
+    if (flags->Has("data")) {
+      return Usage(postgres_flag ? "--data and --postgres both name a ledger: give one"
+                                 : "--data and QUELL_POSTGRES both name a ledger: unset one");
+    }
     if (!o.dry_run) {
       return Usage(absl::StrCat(
           postgres_flag ? "--postgres is for --dry-run"
                         : "QUELL_POSTGRES names a PostgreSQL ledger",
           ": import into it through a node (--server URL --key KEY)",
           postgres_flag ? "" : ", or unset it to write a data directory (--data DIR)"));
-    }
-    if (flags->Has("data")) {
-      return Usage(postgres_flag ? "--data and --postgres both name a ledger: give one"
-                                 : "--data and QUELL_POSTGRES both name a ledger: unset one");
     }
     // Read-only: never migrate a database a newer or older node owns, nor make one.
     o.dry_run_ledger = [url = *postgres]() {

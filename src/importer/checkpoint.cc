@@ -49,6 +49,9 @@ std::string CheckpointToJson(const Checkpoint& c) {
   absl::StrAppend(&out, "],\"file\":", c.file, ",\"offset\":", c.offset, ",\"line\":", c.line,
                   ",\"rows\":", c.rows, ",\"rejects_bytes\":", c.rejects_bytes, ",\"rejects\":");
   core::AppendJsonString(c.rejects, &out);
+  if (c.crc) absl::StrAppend(&out, ",\"crc\":", *c.crc);
+  out += ",\"destination\":";
+  core::AppendJsonString(c.destination, &out);
   absl::StrAppend(&out, ",\"counts\":{\"read\":", c.counts.read,
                   ",\"accepted\":", c.counts.accepted, ",\"duplicate\":", c.counts.duplicate,
                   ",\"rejected\":", c.counts.rejected, ",\"decisions\":{");
@@ -104,6 +107,14 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
   if (auto r = doc.FindMember("rejects"); r != doc.MemberEnd()) {  // absent before it was kept
     if (!r->value.IsString()) return bad();
     c.rejects = r->value.GetString();
+  }
+  if (auto r = doc.FindMember("crc"); r != doc.MemberEnd()) {  // absent: Avro, or older
+    if (!r->value.IsUint()) return bad();
+    c.crc = r->value.GetUint();
+  }
+  if (auto r = doc.FindMember("destination"); r != doc.MemberEnd()) {  // absent: older
+    if (!r->value.IsString()) return bad();
+    c.destination = r->value.GetString();
   }
   auto counts = doc.FindMember("counts");
   if (counts == doc.MemberEnd() || !counts->value.IsObject()) return bad();

@@ -38,6 +38,11 @@ struct Checkpoint {
   int64_t rows = 0;                // rows consumed up to there (Avro resumes by this)
   uint64_t rejects_bytes = 0;      // the rejects file's length at that point
   std::string rejects;             // the rejects file, absolute ("": a checkpoint before it)
+  // CRC-32 of the file's decompressed bytes before `offset` (text formats; none: Avro, or
+  // a checkpoint before it): a resume reads them again and refuses other data.
+  std::optional<uint32_t> crc;
+  // Where the rows go: "server URL" or "data dir /abs/path" ("": a checkpoint before it).
+  std::string destination;
   Counts counts;
   friend bool operator==(const Checkpoint&, const Checkpoint&) = default;
 };

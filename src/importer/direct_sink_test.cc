@@ -273,19 +273,41 @@ TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
   o.stop_after_rows_for_test = 90;
   ImportResult first = Import(o);
   ASSERT_EQ(first.status.code(), absl::StatusCode::kCancelled) << first.status;
-  auto cp = ReadCheckpoint(dir + "/b/rejects.ndjson.quell-checkpoint");
+  // Next to the input, whatever --rejects says.
+  auto cp = ReadCheckpoint(file + ".quell-checkpoint");
   ASSERT_TRUE(cp.ok() && cp->has_value());
   EXPECT_GT((*cp)->offset, 0u);
   EXPECT_EQ((*cp)->batch, first.batch);
+  EXPECT_EQ((*cp)->destination, absl::StrCat("data dir ", dir, "/b/var"));
+  EXPECT_TRUE((*cp)->crc.has_value());
 
-  // A second run without --resume refuses to start over silently.
+  // A second run without --resume refuses to start over silently, with --rejects or
+  // without (it started a second batch then: the checkpoint was looked for next to the
+  // default rejects file).
   o.stop_after_rows_for_test = -1;
-  ImportResult refused = Import(o);
+  for (std::string rejects : {o.rejects_path, std::string()}) {
+    ImportOptions again = o;
+    again.rejects_path = rejects;
+    ImportResult refused = Import(again);
+    EXPECT_TRUE(refused.refused);
+    EXPECT_NE(std::string(refused.status.message()).find("--resume"), std::string::npos);
+  }
+  // Resumed into another data directory: refused (the rows before the checkpoint are
+  // not there, and the summary would count them).
+  ImportOptions elsewhere = o;
+  elsewhere.resume = true;
+  elsewhere.data_dir = dir + "/a/var";
+  ImportResult refused = Import(elsewhere);
   EXPECT_TRUE(refused.refused);
-  EXPECT_NE(std::string(refused.status.message()).find("--resume"), std::string::npos);
+  EXPECT_NE(std::string(refused.status.message()).find("went to data dir"), std::string::npos)
+      << refused.status;
 
+  // Resumed without --rejects: into the checkpoint's rejects file.
+  const std::string rejects_path = o.rejects_path;
+  o.rejects_path.clear();
   o.resume = true;
   ImportResult second = Import(o);
+  o.rejects_path = rejects_path;
   ASSERT_TRUE(second.status.ok()) << second.status;
   EXPECT_EQ(second.batch, first.batch);  // one batch across the resume
   EXPECT_EQ(second.counts.read, 204);

@@ -149,15 +149,16 @@ class Run {
     res_.rejects_path = !o_.rejects_path.empty() ? o_.rejects_path
                         : first == "-"           ? std::string("quell-import.rejects.ndjson")
                                                  : absl::StrCat(first, ".rejects.ndjson");
-    res_.checkpoint_path = !o_.checkpoint_path.empty()
-                               ? o_.checkpoint_path
-                               : absl::StrCat(!o_.rejects_path.empty() ? o_.rejects_path
-                                              : first == "-"           ? std::string("quell-import")
-                                                                       : first,
-                                              ".quell-checkpoint");
+    // Next to the input whatever --rejects says: a rerun that leaves --rejects out finds
+    // it (and is refused, or resumed into the same rejects file), rather than starting a
+    // second batch beside the first.
+    res_.checkpoint_path =
+        !o_.checkpoint_path.empty()
+            ? o_.checkpoint_path
+            : absl::StrCat(first == "-" ? std::string("quell-import") : first, ".quell-checkpoint");
     // Each would destroy the other, or a store's files: the rejects file is emptied and
     // the checkpoint replaced (and removed at the end).
-    const std::string rejects_abs = AbsolutePath(res_.rejects_path);
+    std::string rejects_abs = AbsolutePath(res_.rejects_path);
     if (rejects_abs == AbsolutePath(res_.checkpoint_path)) {
       return Refuse(absl::InvalidArgumentError(absl::StrCat(
           "--rejects and --checkpoint are the same file (", res_.rejects_path,
@@ -249,11 +250,21 @@ class Run {
       // The rows rejected before the interruption are in the checkpoint's rejects file:
       // going on in another would leave them in a file this run never names.
       if (cp.rejects.empty()) cp.rejects = rejects_abs;  // an older checkpoint: from now
+      if (o_.rejects_path.empty()) {                     // not named: the checkpoint's
+        res_.rejects_path = rejects_abs = cp.rejects;
+      }
       if (cp.rejects != rejects_abs) {
         return Refuse(absl::FailedPreconditionError(absl::StrCat(
             "--resume: the checkpoint's rejects file is ", cp.rejects,
             " (the rows rejected before the interruption are there): resume with --rejects ",
             cp.rejects)));
+      }
+      // Where the rows went: resumed elsewhere, the rows before the checkpoint would be
+      // missing there while the summary counts them. (Older checkpoints: not recorded.)
+      if (!cp.destination.empty() && cp.destination != Destination()) {
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "--resume: the checkpoint's import went to ", cp.destination, ", this run names ",
+            Destination(), ": resume it with the same --server or --data")));
       }
       for (size_t i = 0; i < o_.files.size(); ++i) {
         if (cp.sizes[i] != FileSize(o_.files[i])) {
@@ -264,13 +275,16 @@ class Run {
       }
     } else {
       if (existing) {
-        return Refuse(absl::FailedPreconditionError(
-            absl::StrCat("a checkpoint of an unfinished import (batch ", existing->batch,
-                         ") is at ", res_.checkpoint_path,
-                         ": pass --resume to continue it, or delete the file to start over")));
+        return Refuse(absl::FailedPreconditionError(absl::StrCat(
+            "a checkpoint of an unfinished import (batch ", existing->batch,
+            existing->destination.empty() ? "" : ", into ", existing->destination, ") is at ",
+            res_.checkpoint_path,
+            ": pass --resume to continue it, --checkpoint PATH for another import of the same "
+            "input, or delete the file to start over")));
       }
       cp.batch = core::NewId("b_", absl::Now());
       cp.rejects = rejects_abs;
+      cp.destination = Destination();
       for (const std::string& f : o_.files) cp.files.push_back(f == "-" ? f : AbsolutePath(f));
       for (const std::string& f : o_.files) cp.sizes.push_back(FileSize(f));
     }
@@ -379,6 +393,7 @@ class Run {
         pos.offset = cp.offset;
         pos.line = cp.line;
         pos.rows = cp.rows;
+        pos.crc = cp.crc;
         QUELL_RETURN_IF_ERROR(r.SkipTo(pos));
       }
       auto cur = std::make_unique<Pending>();
@@ -554,6 +569,7 @@ class Run {
     }
     acked_.file = p.mark.file;
     acked_.offset = p.mark.pos.offset;
+    acked_.crc = p.mark.pos.crc;
     acked_.line = p.mark.pos.line;
     acked_.rows = p.mark.pos.rows;
     return absl::OkStatus();
@@ -593,6 +609,12 @@ class Run {
     acked_.rejects_bytes = rejects_bytes_;
     last_checkpoint_ = absl::Now();
     return WriteCheckpoint(res_.checkpoint_path, acked_);
+  }
+
+  // The server (its URL, as given) or the data directory (absolute) the rows go to.
+  std::string Destination() const {
+    return o_.server_url.empty() ? absl::StrCat("data dir ", AbsolutePath(o_.data_dir))
+                                 : absl::StrCat("server ", o_.server_url);
   }
 
   absl::Status DryRunAll() {

@@ -1,5 +1,7 @@
 #include "importer/reader.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -97,6 +99,7 @@ class TextReader final : public RowReader {
             absl::StrCat(source_->name(), ": the input ends at byte ", buf_base_ + buf_.size(),
                          ", before the checkpoint (byte ", pos.offset, "): is it the same file?"));
       }
+      CrcTo(buf_base_ + buf_.size());
       buf_base_ += buf_.size();
       buf_.clear();
       pos_ = 0;
@@ -107,12 +110,20 @@ class TextReader final : public RowReader {
     csv_ = Csv::kFieldStart;
     pos_state_.line = pos.line;
     pos_state_.rows = pos.rows;
+    CrcTo(pos.offset);
+    if (pos.crc && *pos.crc != crc_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          source_->name(), ": its first ", pos.offset,
+          " bytes differ from those the checkpoint was made on: is it the same input?"));
+    }
     return absl::OkStatus();
   }
 
   Position position() const override {
     Position p = pos_state_;
     p.offset = buf_base_ + pos_;
+    CrcTo(p.offset);
+    p.crc = crc_;
     return p;
   }
 
@@ -127,6 +138,7 @@ class TextReader final : public RowReader {
 
   absl::Status Fill() {
     if (pos_ > 0) {
+      CrcTo(buf_base_ + pos_);  // before the bytes go
       buf_base_ += pos_;
       buf_.erase(0, pos_);
       scan_ -= pos_;
@@ -293,6 +305,16 @@ class TextReader final : public RowReader {
   Csv csv_ = Csv::kFieldStart;
   bool eof_ = false;
   uint64_t buf_base_ = 0;  // decompressed offset of buf_[0]
+  // CRC-32 of the decompressed bytes before crc_off_ (<= buf_base_ + pos_), brought up to
+  // a position when it is taken and before buf_ drops bytes (position() is const).
+  mutable uint32_t crc_ = 0;
+  mutable uint64_t crc_off_ = 0;
+  void CrcTo(uint64_t offset) const {
+    const size_t from = crc_off_ - buf_base_;
+    crc_ = static_cast<uint32_t>(
+        ::crc32_z(crc_, reinterpret_cast<const Bytef*>(buf_.data() + from), offset - crc_off_));
+    crc_off_ = offset;
+  }
   Position pos_state_;
   std::string long_prefix_;
 };

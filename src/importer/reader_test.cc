@@ -262,6 +262,17 @@ TEST(ReaderTest, SkipToResumesAtTheSameRow) {
     EXPECT_EQ(row.line, 1235);
     EXPECT_EQ(row.detection->id, "d1234");
   }
+  // Other bytes before the checkpoint (another export piped in, rows in another order):
+  // refused. Only the offset was checked, and rows were skipped that were never read.
+  std::string other = text;
+  std::swap(other[10], other[11]);
+  auto r = OpenString(text, Format::kNdjson);
+  Row row;
+  for (int i = 0; i < 1234; ++i) ASSERT_TRUE(*(*r)->Next(&row));
+  auto differs = OpenString(other, Format::kNdjson);
+  absl::Status st = (*differs)->SkipTo((*r)->position());
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(std::string(st.message()).find("is it the same input?"), std::string::npos) << st;
 }
 
 TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {

@@ -233,11 +233,12 @@ class ServerImportTest(unittest.TestCase):
         try:
             key = q.create_key("detector", "bot-model-v3")
             rejects = os.path.join(q.data, "rejects.ndjson")
+            # Its own checkpoint (the default is next to the file the other tests import).
+            checkpoint = os.path.join(q.data, "import.quell-checkpoint")
             args = [QUELL, "import", self.file, "--server", "http://127.0.0.1:%d" % q.port, "--key", key,
-                    "--rejects", rejects, "--batch-rows", "500", "--progress", "lines", "--json",
-                    "--in-flight", "1", *extra]
+                    "--rejects", rejects, "--checkpoint", checkpoint, "--batch-rows", "500",
+                    "--progress", "lines", "--json", "--in-flight", "1", *extra]
             p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            checkpoint = rejects + ".quell-checkpoint"
             # The whole import may take less than its checkpoint interval (500 ms). Once it
             # has started (its first checkpoint, at offset 0, exists) the server is paused
             # for longer than that, so the first reply after it resumes writes a checkpoint
@@ -279,7 +280,7 @@ class ServerImportTest(unittest.TestCase):
             state = mitigations(q)
             self.assertEqual(without_batch(state), without_batch(self.reference_state))
             self.assertEqual({m[4] for m in state}, {summary["batch"]})  # one batch across the resume
-            self.assertFalse(os.path.exists(os.path.join(q.data, "rejects.ndjson.quell-checkpoint")))
+            self.assertFalse(os.path.exists(os.path.join(q.data, "import.quell-checkpoint")))
             # The chain, and the mitigations table the index loads, agree (a running server).
             code, out, err = run_cli("audit", "verify", "--data", q.data, check=False)
             self.assertEqual(code, 0, out + err)
@@ -792,6 +793,40 @@ class DirectImportTest(unittest.TestCase):
         p = subprocess.run(args + ["--resume"], cwd=a, capture_output=True, text=True, timeout=120)
         self.assertIn("resuming batch", p.stderr)  # its own file: past the checks
 
+    def test_resume_from_stdin_needs_the_same_bytes(self):
+        # Standard input has no name nor size: a resume checked only that it reached the
+        # checkpoint's offset, so another export piped in lost the rows it skipped.
+        plain = self.path("piped.ndjson")
+        write_ndjson(plain, 3000)
+        with open(plain, "rb") as f:
+            whole = f.read()
+        cut = gzip.compress(whole)
+        cut = cut[: len(cut) * 2 // 3]  # a truncated stream stops the run with a checkpoint
+        other = b"".join(sorted(whole.splitlines(keepends=True), reverse=True))  # same rows
+
+        def piped(data, *args):
+            p = subprocess.run([QUELL, "import", "-", "--data", self.data, "--progress", "off",
+                                *args], input=data, cwd=self.tmp.name, capture_output=True,
+                               timeout=120)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+        code, _, err = piped(cut)
+        self.assertEqual(code, 1, err)
+        self.assertIn("truncated gzip", err)
+        self.assertTrue(os.path.exists(self.path("quell-import.quell-checkpoint")))
+        code, _, err = piped(other, "--resume")
+        self.assertEqual(code, 1, err)
+        self.assertIn("differ from those the checkpoint was made on", err)
+        # A plain rerun without --resume finds the checkpoint too (and names where it went).
+        code, _, err = piped(whole)
+        self.assertEqual(code, 1, err)
+        self.assertIn("a checkpoint of an unfinished import", err)
+        self.assertIn("into data dir " + self.data, err)
+        code, out, err = piped(whole, "--resume", "--json")
+        self.assertEqual(code, 0, err)
+        summary = json.loads(out)
+        self.assertEqual((summary["read"], summary["accepted"] + summary["duplicate"]),
+                         (3000, 3000), summary)
+
     def test_resume_never_pads_a_shortened_rejects_file(self):
         # A run stopped by a truncated gzip stream leaves a checkpoint that records how long
         # the rejects file was. If that file is cut since, --resume keeps it as it is (with
@@ -821,7 +856,7 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(code, 1, err)
         self.assertIn("is shorter than the checkpoint records (0 < ", err)
         # Another rejects file for the same checkpoint: refused, naming the one to use.
-        checkpoint = rejects + ".quell-checkpoint"
+        checkpoint = trunc + ".quell-checkpoint"
         other = self.path("other.rejects")
         code, _, err = import_cmd(trunc, "--data", self.data, "--rejects", other,
                                   "--checkpoint", checkpoint, "--resume")
