@@ -9,6 +9,7 @@
 #include "core/strings.h"
 #include "core/time.h"
 #include "workflow/decisions.h"
+#include "workflow/safeguards.h"
 
 namespace quell::importer {
 
@@ -87,6 +88,17 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const pol
       d->protected_sets_.emplace_back(name, safeguards::ProtectedSet::Build(entries));
     }
   }
+  if (d->set_ != nullptr && !d->set_->breakers().empty()) {
+    // The breakers as a server would start with them: the ledger's open states and the
+    // decisions already in their windows (Load's recount).
+    workflow::Safeguards sg(workflow::SafeguardOptionsFromEnv(), nullptr);
+    if (store != nullptr) {
+      QUELL_RETURN_IF_ERROR(
+          sg.Load(*store, d->now_, workflow::Safeguards::Delivery::kLocal, d->set_.get()));
+    }
+    d->bank_ = sg.BreakerBankFor(*d->set_);
+    d->breakers_before_ = d->bank_->Status(d->now_);
+  }
   return d;
 }
 
@@ -159,21 +171,25 @@ void DryRun::Add(const engine::Detection& d) {
       ++report_.protected_by_list[list];
       continue;
     }
+    if (bank_) {  // as Safeguards::Screen: held by an open breaker, or the one it opens
+      safeguards::BreakerBank::Outcome o = bank_->Record({p.policy, action, d.source}, now_);
+      for (std::string& name : o.opened) opened_.insert(std::move(name));
+      if (!o.held_by.empty()) {
+        ++report_.held;
+        ++report_.held_by_breaker[o.held_by];
+        continue;
+      }
+    }
     file_active_.insert(std::move(entity_action));
     ++report_.new_total;
     ++report_.new_by_action[action];
     ++report_.new_by_policy[p.policy];
-    ++new_by_source_[d.source];
   }
 }
 
 DryRunReport DryRun::Report() const {
   DryRunReport r = report_;
-  if (set_ == nullptr) return r;
-  auto get = [](const std::map<std::string, int64_t>& m, const std::string& k) {
-    auto it = m.find(k);
-    return it == m.end() ? int64_t{0} : it->second;
-  };
+  if (set_ == nullptr || !bank_) return r;
   for (const policy::BreakerDef& b : set_->breakers()) {
     BreakerImpact bi;
     bi.name = b.name;
@@ -182,22 +198,27 @@ DryRunReport DryRun::Report() const {
     switch (b.scope) {
       case policy::BreakerDef::Scope::kGlobal:
         bi.scope = "global";
-        bi.would_add = r.new_total;
         break;
       case policy::BreakerDef::Scope::kPolicy:
         bi.scope = absl::StrCat("policy ", b.scope_value);
-        bi.would_add = get(r.new_by_policy, b.scope_value);
         break;
       case policy::BreakerDef::Scope::kAction:
         bi.scope = absl::StrCat("action ", b.scope_value);
-        bi.would_add = get(r.new_by_action, b.scope_value);
         break;
       case policy::BreakerDef::Scope::kSource:
         bi.scope = absl::StrCat("source ", b.scope_value);
-        bi.would_add = get(new_by_source_, b.scope_value);
         break;
     }
-    bi.would_open = bi.would_add > bi.limit;
+    for (const safeguards::BreakerStatus& before : breakers_before_) {
+      if (before.spec.name != b.name) continue;
+      bi.count_now = before.count;
+      bi.open_now = before.open;
+    }
+    if (auto after = bank_->Find(b.name, now_)) bi.would_add = after->count - bi.count_now;
+    bi.would_open = opened_.contains(b.name);
+    if (auto it = r.held_by_breaker.find(b.name); it != r.held_by_breaker.end()) {
+      bi.would_hold = it->second;
+    }
     r.breakers.push_back(std::move(bi));
   }
   return r;
@@ -241,12 +262,27 @@ std::string DryRunText(const DryRunReport& r) {
   absl::StrAppend(&out, "  protected (would go to review): ", r.protected_);
   if (!r.protected_by_list.empty()) absl::StrAppend(&out, " (", Tally(r.protected_by_list), ")");
   absl::StrAppend(&out, "\n  shadow (recorded, never enforced): ", r.shadow, "\n");
-  int open = 0;
-  for (const BreakerImpact& b : r.breakers) open += b.would_open;
-  absl::StrAppend(&out, "  breakers that would open: ", open, "\n");
+  absl::StrAppend(&out, "  held for approval by breakers: ", r.held);
+  if (!r.held_by_breaker.empty()) absl::StrAppend(&out, " (", Tally(r.held_by_breaker), ")");
+  int open = 0, open_now = 0;
   for (const BreakerImpact& b : r.breakers) {
-    absl::StrAppend(&out, "    ", b.would_open ? "OPEN   " : "closed ", b.name, " (", b.scope,
-                    "): +", b.would_add, " vs limit ", b.limit, " per ", b.window, "\n");
+    open += b.would_open;
+    open_now += b.open_now;
+  }
+  absl::StrAppend(&out, "\n  breakers that would open: ", open);
+  if (open_now > 0) absl::StrAppend(&out, " (open already: ", open_now, ")");
+  out += "\n";
+  for (const BreakerImpact& b : r.breakers) {
+    if (b.open_now) {
+      absl::StrAppend(&out, "    open   ", b.name, " (", b.scope,
+                      "): open now, every decision in its scope waits for approval");
+    } else {
+      absl::StrAppend(&out, "    ", b.would_open ? "OPEN   " : "closed ", b.name, " (", b.scope,
+                      "): ", b.count_now, " in the window now +", b.would_add, " vs limit ",
+                      b.limit, " per ", b.window);
+    }
+    if (b.would_hold > 0) absl::StrAppend(&out, "; would hold ", b.would_hold);
+    out += "\n";
   }
   return out;
 }
@@ -261,7 +297,10 @@ std::string DryRunJson(const DryRunReport& r) {
   absl::StrAppend(&out, "},\"already\":", r.already, ",\"protected\":{\"total\":", r.protected_,
                   ",\"by_list\":");
   JsonMap(r.protected_by_list, &out);
-  absl::StrAppend(&out, "},\"shadow\":", r.shadow, ",\"breakers\":[");
+  absl::StrAppend(&out, "},\"shadow\":", r.shadow, ",\"held\":{\"total\":", r.held,
+                  ",\"by_breaker\":");
+  JsonMap(r.held_by_breaker, &out);
+  out += "},\"breakers\":[";
   for (size_t i = 0; i < r.breakers.size(); ++i) {
     const BreakerImpact& b = r.breakers[i];
     if (i) out += ',';
@@ -269,9 +308,10 @@ std::string DryRunJson(const DryRunReport& r) {
     core::AppendJsonString(b.name, &out);
     out += ",\"scope\":";
     core::AppendJsonString(b.scope, &out);
-    absl::StrAppend(&out, ",\"limit\":", b.limit, ",\"window\":\"", b.window,
-                    "\",\"would_add\":", b.would_add,
-                    ",\"would_open\":", b.would_open ? "true" : "false", "}");
+    absl::StrAppend(
+        &out, ",\"limit\":", b.limit, ",\"window\":\"", b.window, "\",\"count_now\":", b.count_now,
+        ",\"open_now\":", b.open_now ? "true" : "false", ",\"would_add\":", b.would_add,
+        ",\"would_open\":", b.would_open ? "true" : "false", ",\"would_hold\":", b.would_hold, "}");
   }
   out += "]}";
   return out;

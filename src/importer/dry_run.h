@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,7 @@
 #include "engine/engine.h"
 #include "ledger/store.h"
 #include "policy/policy_set.h"
+#include "safeguards/breakers.h"
 #include "safeguards/protected.h"
 
 namespace quell::importer {
@@ -36,8 +39,11 @@ struct BreakerImpact {
   std::string scope;  // "global", "policy bot-x", "action suspend", "source s"
   int64_t limit = 0;
   std::string window;
-  int64_t would_add = 0;
-  bool would_open = false;
+  int64_t count_now = 0;    // decisions in its window now (the store's)
+  bool open_now = false;    // open already: every decision in its scope waits for approval
+  int64_t would_add = 0;    // this import's new mitigations counted in it
+  bool would_open = false;  // this import would open it
+  int64_t would_hold = 0;   // this import's decisions it would hold for approval
 };
 
 struct DryRunReport {
@@ -54,6 +60,10 @@ struct DryRunReport {
   int64_t protected_ = 0;
   std::map<std::string, int64_t> protected_by_list;
   int64_t shadow = 0;
+  // Decisions a breaker would hold for approval (open now, or opened by this import),
+  // as the import would: not among `new`.
+  int64_t held = 0;
+  std::map<std::string, int64_t> held_by_breaker;
   std::vector<BreakerImpact> breakers;
 };
 
@@ -90,7 +100,11 @@ class DryRun {
   static constexpr size_t kMaxKeys = size_t{1} << 21;  // ~40 MB
   absl::flat_hash_set<uint64_t> keys_;
   DryRunReport report_;
-  std::map<std::string, int64_t> new_by_source_;
+  // The store's breakers, counts and states (Safeguards::Load), played on as the import
+  // would decide: a decision an open breaker holds creates nothing and counts in none.
+  std::optional<safeguards::BreakerBank> bank_;
+  std::vector<safeguards::BreakerStatus> breakers_before_;
+  std::set<std::string> opened_;
 };
 
 //! Text for people (several lines) and JSON.

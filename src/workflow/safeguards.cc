@@ -774,6 +774,12 @@ std::vector<safeguards::BreakerStatus> Safeguards::Breakers(const policy::Policy
   return bank_.Status(now);
 }
 
+safeguards::BreakerBank Safeguards::BreakerBankFor(const policy::PolicySet& set) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ConfigureBreakers(set);
+  return bank_;
+}
+
 ledger::Mutation Safeguards::ResetBreaker(std::shared_ptr<const policy::PolicySet> set,
                                           std::string name, std::string actor,
                                           std::shared_ptr<safeguards::BreakerStatus> out) {

@@ -115,6 +115,9 @@ class Safeguards final : public ledger::ChangeListener {
 
   //! The breakers of `set` with their state.
   std::vector<safeguards::BreakerStatus> Breakers(const policy::PolicySet& set, absl::Time now);
+  //! A copy of the breakers of `set` with their counts and states, to play decisions on
+  //! without deciding them (the import's impact preview).
+  safeguards::BreakerBank BreakerBankFor(const policy::PolicySet& set);
   //! Closes breaker `name` (and appends the kBreaker change). kNotFound if `set` has no
   //! such breaker; an already closed one is closed again (recorded, harmless).
   ledger::Mutation ResetBreaker(std::shared_ptr<const policy::PolicySet> set, std::string name,

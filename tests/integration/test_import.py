@@ -925,6 +925,23 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(runs[0], {"active": 180})
         # 100 suspensions in all pass; the second run's last 20 wait for a reviewer.
         self.assertEqual(runs[1], {"active": 160, "pending_approval": 20})
+        # The impact preview sees the breaker as the import will: open, it holds the next
+        # file's 30 suspensions (the preview said "closed +30 vs limit 100", counting
+        # neither the state nor the window's 100, and listed them as new).
+        third = hits(range(120, 150), "third.ndjson")
+        code, out, err = import_cmd(third, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        self.assertEqual(d["new"]["by_action"], {"exclude_royalties": 30}, d)
+        self.assertEqual(d["held"], {"total": 30, "by_breaker": {"suspend-rate": 30}}, d)
+        rate = [b for b in d["breakers"] if b["name"] == "suspend-rate"][0]
+        self.assertEqual((rate["open_now"], rate["count_now"], rate["would_hold"]), (True, 100, 30))
+        code, out, err = import_cmd(third, "--data", self.data, "--dry-run")
+        self.assertIn("held for approval by breakers: 30 (suspend-rate 30)", out)
+        self.assertIn("open   suspend-rate (action suspend): open now", out)
+        code, out, err = import_cmd(third, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["decisions"], {"active": 60, "pending_approval": 30})
 
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
@@ -957,7 +974,8 @@ class DirectImportTest(unittest.TestCase):
         try:
             q.admin_key = run_cli("keys", "create", "--role", "admin", "--data", self.data)[1].strip()
             live = [m for m in mitigations(q) if m[2] in ("active", "pending_approval", "scheduled")]
-            self.assertEqual(len(live), d["new"]["total"] + d["protected"]["total"])
+            self.assertEqual(len(live),
+                             d["new"]["total"] + d["protected"]["total"] + d["held"]["total"])
             self.assertGreater(d["new"]["total"], 0)
         finally:
             q.cleanup()
