@@ -376,13 +376,18 @@ TEST(DirectImportTest, DryRunPreviewsAndWritesNothing) {
   EXPECT_EQ(d.protected_, 1);                             // user:vip
   EXPECT_EQ(d.shadow, 1);                                 // user:c flag
   EXPECT_EQ(d.new_by_action.at("exclude_royalties"), 2);  // b, d
-  EXPECT_EQ(d.new_by_action.at("suspend"), 2);            // their 3rd hits escalate
-  EXPECT_EQ(d.new_by_policy.at("bot"), 4);
-  EXPECT_EQ(d.new_total, 4);
+  // Their 3rd hits escalate: b's suspension passes, d's opens suspend-rate (limit 1) and
+  // waits for approval, as the import would do.
+  EXPECT_EQ(d.new_by_action.at("suspend"), 1);
+  EXPECT_EQ(d.new_by_policy.at("bot"), 3);
+  EXPECT_EQ(d.new_total, 3);
+  EXPECT_EQ(d.held, 1);
+  EXPECT_EQ(d.held_by_breaker, (std::map<std::string, int64_t>{{"suspend-rate", 1}}));
   ASSERT_EQ(d.breakers.size(), 2u);
   EXPECT_EQ(d.breakers[0].name, "suspend-rate");
-  EXPECT_EQ(d.breakers[0].would_add, 2);
+  EXPECT_EQ(d.breakers[0].would_add, 1);
   EXPECT_TRUE(d.breakers[0].would_open);
+  EXPECT_EQ(d.breakers[0].would_hold, 1);
   EXPECT_FALSE(d.breakers[1].would_open);
   EXPECT_NE(DryRunText(d).find("OPEN   suspend-rate"), std::string::npos) << DryRunText(d);
   EXPECT_EQ(*OpenStore(dir + "/var")->LastSeq(), seq);  // nothing written
