@@ -143,6 +143,7 @@ BreakerBank::Outcome BreakerBank::Record(const DecisionKey& key, absl::Time now)
     }
     s.open = true;
     s.opened_at = now;
+    s.opened_count = count - 1;  // this decision is held, not counted
     s.reason = std::move(why);
     out.opened.push_back(name);
     if (out.held_by.empty()) out.held_by = name;
@@ -206,13 +207,15 @@ bool BreakerBank::MayTrip(const DecisionKey& key, absl::Time now, int64_t more) 
   return false;
 }
 
-bool BreakerBank::SetOpen(std::string_view name, bool open, absl::Time at, std::string reason) {
+bool BreakerBank::SetOpen(std::string_view name, bool open, absl::Time at, std::string reason,
+                          int64_t count) {
   auto it = breakers_.find(name);
   if (it == breakers_.end()) return false;
   State& s = it->second;
   s.open = open;
   s.reason = std::move(reason);
   s.opened_at = open ? at : absl::InfinitePast();
+  s.opened_count = open ? count : -1;
   if (!open) Init(s);
   return true;
 }
@@ -223,7 +226,9 @@ BreakerStatus BreakerBank::ToStatus(const State& s, absl::Time now) {
   st.open = s.open;
   st.opened_at = s.opened_at;
   st.reason = s.reason;
-  st.count = WindowCount(s, Idx(now, s.bucket));
+  // Open: the count it opened at (its window may hold decisions from before a reset
+  // that a restart counted, or none after a reshape); else the window's.
+  st.count = s.open && s.opened_count >= 0 ? s.opened_count : WindowCount(s, Idx(now, s.bucket));
   return st;
 }
 

@@ -88,8 +88,10 @@ class BreakerBank {
   bool MayTrip(const DecisionKey& key, absl::Time now, int64_t more) const;
 
   //! Forces a breaker's state (ledger replay at start, admin reset). Reset clears the
-  //! counts. Returns false if there is no such breaker.
-  bool SetOpen(std::string_view name, bool open, absl::Time at, std::string reason);
+  //! counts. An open breaker shows `count`, the count it opened at (the ledger's change
+  //! has it; -1: unknown, its window's count). Returns false if there is no such breaker.
+  bool SetOpen(std::string_view name, bool open, absl::Time at, std::string reason,
+               int64_t count = -1);
   //! Every breaker, by name.
   std::vector<BreakerStatus> Status(absl::Time now) const;
   std::optional<BreakerStatus> Find(std::string_view name, absl::Time now) const;
@@ -104,7 +106,8 @@ class BreakerBank {
     bool open = false;
     absl::Time opened_at = absl::InfinitePast();
     std::string reason;
-    absl::Duration bucket;                            // bucket width
+    int64_t opened_count = -1;  // open: the count it opened at, shown while open (-1: none)
+    absl::Duration bucket;      // bucket width
     std::deque<std::pair<int64_t, int64_t>> buckets;  // (bucket index, count), ascending
     int64_t total = 0;                                // sum of `buckets`
   };

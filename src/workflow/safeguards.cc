@@ -526,9 +526,12 @@ void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
   p.open = open;
   p.at = c.at;
   p.reason = std::string(Str(doc, "reason"));
+  auto count = doc.FindMember("count");
+  p.count =
+      open && count != doc.MemberEnd() && count->value.IsInt64() ? count->value.GetInt64() : -1;
   // Bring the bank in line (a change committed by another writer, or replayed at start).
   if (auto st = bank_.Find(name, c.at); st && st->open != open)
-    bank_.SetOpen(name, open, c.at, p.reason);
+    bank_.SetOpen(name, open, c.at, p.reason, p.count);
 }
 
 void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
@@ -623,7 +626,7 @@ void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   // set configured here had it is open when one does.
   for (const auto& [name, p] : persisted_) {
     if (auto st = bank_.Find(name, p.at); st && st->open != p.open) {
-      bank_.SetOpen(name, p.open, p.at, p.reason);
+      bank_.SetOpen(name, p.open, p.at, p.reason, p.count);
     }
   }
 }
@@ -738,7 +741,7 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     auto st = bank_.Find(name, now);
     std::string reason = st ? st->reason : "";
     Persisted& per = persisted_[name];
-    per = {true, now, reason};
+    per = {true, now, reason, st ? st->count : -1};
     metrics_.breakers_opened.fetch_add(1, std::memory_order_relaxed);
     ledger::Change c;
     c.kind = ledger::ChangeKind::kBreaker;

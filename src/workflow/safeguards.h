@@ -185,6 +185,7 @@ class Safeguards final : public ledger::ChangeListener {
     bool open = false;
     absl::Time at;
     std::string reason;
+    int64_t count = -1;  // open: the count it opened at (-1: not in the change)
   };
   std::map<std::string, Persisted, std::less<>> persisted_;  // the ledger's latest per breaker
   // Decisions Screen passed (counted, or with no breaker in the set not) whose change

@@ -251,12 +251,15 @@ TEST_F(SafeguardsCluster, ARestartedNodeCountsTheWindowFromTheLedger) {
       again.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
   EXPECT_TRUE(Breaker(&again).open);
   EXPECT_EQ(Breaker(&again).count, 6);
-  // Past the window, a node started afresh counts none of them.
+  // Past the window it is still open (until a person resets it) and shows the count it
+  // opened at, the ledger's, not what is left of its window (ARestartKeepsAWindowLonger...
+  // checks that a restart counts no decision older than the window).
   clock_.Advance(absl::Hours(2));
   Safeguards later(SafeguardOptions{}, nullptr);
   ASSERT_TRUE(
       later.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
-  EXPECT_EQ(Breaker(&later).count, 0);
+  EXPECT_TRUE(Breaker(&later).open);
+  EXPECT_EQ(Breaker(&later).count, 6);
 }
 
 // A reset wipes the breaker's counts; a restart afterwards must not count the decisions
@@ -488,6 +491,46 @@ policies:
       restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
           .ok());
   EXPECT_EQ(Breaker(&restarted).count, 4);
+  // 55 hours after the first two (past the window and its last bucket): those two are not
+  // counted again.
+  clock_.Advance(absl::Hours(25));
+  Safeguards later(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      later.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get()).ok());
+  EXPECT_EQ(Breaker(&later).count, 2);
+}
+
+// An open breaker shows the count it opened at, the ledger's: a restart counted the
+// decisions before its last reset back into its window (80 over a limit of 50 in a
+// hunt), and a reshape of its window showed 0.
+TEST_F(SafeguardsCluster, AnOpenBreakerShowsTheCountItOpenedAt) {
+  for (int i = 0; i < 7; ++i) Decide(a_.get(), absl::StrCat("user:u", i));
+  ASSERT_TRUE(Breaker(a_.get()).open);
+  auto out = std::make_shared<safeguards::BreakerStatus>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "s1-rate", "k_admin", out)).ok());
+  clock_.Advance(absl::Minutes(1));
+  for (int i = 0; i < 7; ++i) Decide(a_.get(), absl::StrCat("user:v", i));
+  ASSERT_TRUE(Breaker(a_.get()).open);
+  EXPECT_EQ(Breaker(a_.get()).count, 6);
+  Safeguards restarted(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(
+      restarted.Load(ledger_->store(), clock_.Now(), Safeguards::Delivery::kLocal, set_.get())
+          .ok());
+  EXPECT_TRUE(Breaker(&restarted).open);
+  EXPECT_EQ(Breaker(&restarted).count, 6);  // was 12: the 6 before the reset as well
+  auto wider = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 2h}
+breakers:
+  - {name: s1-rate, source: s1, limit: 6, window: 2h}
+policies:
+  - {id: p1, on: detection, when: 'true', action: block}
+)",
+                                     2);
+  ASSERT_TRUE(wider.ok()) << wider.status();
+  set_ = *wider;
+  EXPECT_TRUE(Breaker(&restarted).open);
+  EXPECT_EQ(Breaker(&restarted).count, 6);  // was 0
 }
 
 }  // namespace
