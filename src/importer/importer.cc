@@ -721,7 +721,11 @@ std::string SummaryText(const ImportResult& r) {
   std::string out;
   if (!r.batch.empty()) absl::StrAppend(&out, "batch ", r.batch, "\n");
   absl::StrAppend(
-      &out, "read ", WithCommas(c.read), " rows (", HumanBytes(r.bytes), " in ",
+      &out, "read ", WithCommas(c.read), " rows (",
+      // A resume: the rows before the checkpoint were counted by an earlier run; this one
+      // read them again (the bytes) but counts only its own (the rate).
+      c.read > r.rows_this_run ? absl::StrCat(WithCommas(r.rows_this_run), " this run, ") : "",
+      HumanBytes(r.bytes), " in ",
       secs < 0.0005 ? std::string("<1ms")
                     : absl::FormatDuration(absl::Milliseconds(std::llround(secs * 1000))),
       ", ",
