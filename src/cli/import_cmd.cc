@@ -37,7 +37,7 @@ input:
 safety:
   --rejects PATH           rejected rows as NDJSON {"file","line","error","row"}
                            (default FILE.rejects.ndjson)
-  --checkpoint PATH        default <rejects path or FILE>.quell-checkpoint
+  --checkpoint PATH        default FILE.quell-checkpoint (see docs/import.md)
   --resume                 continue an interrupted import from its checkpoint
   --dry-run                evaluate every row, print the impact, write nothing
   --policies FILE          dry run against this policy set instead of the stored one

@@ -1,6 +1,7 @@
 // Imports into a real data directory (embedded SQLite store): counts, rejects, batch ids
 // on mitigations, idempotent re-import, interrupted + resumed == uninterrupted, the dry
 // run's preview (and that it writes nothing), and the data-directory lock.
+#include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -302,6 +303,17 @@ TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
   EXPECT_NE(std::string(refused.status.message()).find("went to data dir"), std::string::npos)
       << refused.status;
 
+  // Another import of the same input with a checkpoint of its own but the first one's
+  // rejects file: refused (it would empty the rows the first one rejected).
+  ImportOptions other = o;
+  other.checkpoint_path = dir + "/other.quell-checkpoint";
+  refused = Import(other);
+  EXPECT_TRUE(refused.refused);
+  EXPECT_NE(std::string(refused.status.message()).find("give this import its own --rejects"),
+            std::string::npos)
+      << refused.status;
+  EXPECT_FALSE(std::filesystem::exists(other.checkpoint_path));
+
   // Resumed without --rejects: into the checkpoint's rejects file.
   const std::string rejects_path = o.rejects_path;
   o.rejects_path.clear();
@@ -316,6 +328,29 @@ TEST(DirectImportTest, InterruptedAndResumedEqualsUninterrupted) {
   std::string rejects = testing::ReadFileOrEmpty(o.rejects_path);
   EXPECT_EQ(std::count(rejects.begin(), rejects.end(), '\n'), 4) << rejects;  // none twice
   EXPECT_EQ(State(dir + "/b/var"), State(dir + "/a/var"));
+}
+
+// A checkpoint an earlier version left next to --rejects (its default then) is found by
+// a resume that names the same --rejects; an input whose directory cannot be written keeps
+// its checkpoint next to --rejects.
+TEST(DirectImportTest, ACheckpointNextToRejectsIsStillFound) {
+  std::string dir = testing::TempDir("legacy");
+  PrepareDataDir(dir + "/var");
+  std::string file = dir + "/in.ndjson";
+  testing::WriteFile(file, MixedFile());
+  ImportOptions o = Options(dir, file);
+  o.rejects_path = dir + "/r.ndjson";
+  o.checkpoint_path = o.rejects_path + ".quell-checkpoint";  // where it used to go
+  o.stop_after_rows_for_test = 90;
+  ASSERT_EQ(Import(o).status.code(), absl::StatusCode::kCancelled);
+  o.checkpoint_path.clear();
+  o.stop_after_rows_for_test = -1;
+  o.resume = true;
+  ImportResult r = Import(o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.read_before, 90 - 90 % 7);  // acknowledged batches of 7
+  EXPECT_EQ(r.counts.read, 204);
+  EXPECT_FALSE(std::filesystem::exists(file + ".quell-checkpoint"));
 }
 
 TEST(DirectImportTest, ReplayingAcknowledgedRowsChangesNothing) {

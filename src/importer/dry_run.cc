@@ -157,9 +157,26 @@ void DryRun::Add(const engine::Detection& d) {
     }
     const std::string& action = engine::EscalatedAction(p, prior);
     std::string entity_action = absl::StrCat(entity, "\n", action);
-    if (!seen_.insert(entity_action).second) continue;  // extended, not new
+    // An extension of an active mitigation (the store's, or one an earlier row created)
+    // counts in no breaker, but an open one in scope holds it all the same: the import
+    // files a pending approval beside it (once per entity and action; later hits fold
+    // into it).
+    auto held_extension = [&] {
+      if (!bank_) return false;
+      std::string by = bank_->HeldBy({p.policy, action, d.source});
+      if (by.empty()) return false;
+      if (held_.insert(entity_action).second) {
+        ++report_.held;
+        ++report_.held_by_breaker[by];
+      }
+      return true;
+    };
+    if (!seen_.insert(entity_action).second) {  // extended, not new
+      if (file_active_.contains(entity_action)) held_extension();
+      continue;
+    }
     if (env.Active(entity, action)) {
-      ++report_.already;
+      if (!held_extension()) ++report_.already;
       continue;
     }
     ++file_created_[entity_action];  // pending or active: prior() counts both
@@ -175,6 +192,7 @@ void DryRun::Add(const engine::Detection& d) {
       safeguards::BreakerBank::Outcome o = bank_->Record({p.policy, action, d.source}, now_);
       for (std::string& name : o.opened) opened_.insert(std::move(name));
       if (!o.held_by.empty()) {
+        held_.insert(entity_action);
         ++report_.held;
         ++report_.held_by_breaker[o.held_by];
         continue;

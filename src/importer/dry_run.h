@@ -105,6 +105,7 @@ class DryRun {
   std::optional<safeguards::BreakerBank> bank_;
   std::vector<safeguards::BreakerStatus> breakers_before_;
   std::set<std::string> opened_;
+  absl::flat_hash_set<std::string> held_;  // "entity\naction" held by a breaker, counted once
 };
 
 //! Text for people (several lines) and JSON.

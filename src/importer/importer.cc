@@ -149,13 +149,7 @@ class Run {
     res_.rejects_path = !o_.rejects_path.empty() ? o_.rejects_path
                         : first == "-"           ? std::string("quell-import.rejects.ndjson")
                                                  : absl::StrCat(first, ".rejects.ndjson");
-    // Next to the input whatever --rejects says: a rerun that leaves --rejects out finds
-    // it (and is refused, or resumed into the same rejects file), rather than starting a
-    // second batch beside the first.
-    res_.checkpoint_path =
-        !o_.checkpoint_path.empty()
-            ? o_.checkpoint_path
-            : absl::StrCat(first == "-" ? std::string("quell-import") : first, ".quell-checkpoint");
+    res_.checkpoint_path = DefaultCheckpointPath(first);
     // Each would destroy the other, or a store's files: the rejects file is emptied and
     // the checkpoint replaced (and removed at the end).
     std::string rejects_abs = AbsolutePath(res_.rejects_path);
@@ -279,8 +273,23 @@ class Run {
             "a checkpoint of an unfinished import (batch ", existing->batch,
             existing->destination.empty() ? "" : ", into ", existing->destination, ") is at ",
             res_.checkpoint_path,
-            ": pass --resume to continue it, --checkpoint PATH for another import of the same "
-            "input, or delete the file to start over")));
+            ": pass --resume to continue it, give another import of the same input its own "
+            "--checkpoint and --rejects, or delete the file to start over")));
+      }
+      // A fresh run empties its rejects file: not one an unfinished import (its checkpoint
+      // where this input's would be by default) still records.
+      if (!o_.checkpoint_path.empty()) {
+        const std::string other = absl::StrCat(
+            o_.files[0] == "-" ? std::string("quell-import") : o_.files[0], ".quell-checkpoint");
+        if (AbsolutePath(other) != AbsolutePath(res_.checkpoint_path)) {
+          auto theirs = ReadCheckpoint(other);
+          if (theirs.ok() && theirs->has_value() && (*theirs)->rejects == rejects_abs) {
+            return Refuse(absl::FailedPreconditionError(
+                absl::StrCat(res_.rejects_path,
+                             " is the rejects file of the unfinished import whose checkpoint is ",
+                             other, ": give this import its own --rejects")));
+          }
+        }
       }
       cp.batch = core::NewId("b_", absl::Now());
       cp.rejects = rejects_abs;
@@ -291,6 +300,7 @@ class Run {
     res_.batch = cp.batch;
     res_.counts = cp.counts;
     read_at_start_ = cp.counts.read;
+    res_.read_before = cp.counts.read;
     acked_ = cp;
 
     // 3. The sink (locks the data directory, or checks the server and the key).
@@ -611,6 +621,28 @@ class Run {
     return WriteCheckpoint(res_.checkpoint_path, acked_);
   }
 
+  // --checkpoint, else next to the (first) input whatever --rejects says: a rerun that
+  // leaves --rejects out finds it (and is refused, or resumed into the same rejects
+  // file) rather than starting a second batch beside the first. Next to --rejects (as
+  // before) for standard input, for an input whose directory cannot be written (a
+  // read-only mount, /dev/fd/N), and when a checkpoint an earlier version left there is
+  // the only one.
+  std::string DefaultCheckpointPath(const std::string& first) const {
+    if (!o_.checkpoint_path.empty()) return o_.checkpoint_path;
+    if (o_.rejects_path.empty()) {
+      return absl::StrCat(first == "-" ? std::string("quell-import") : first, ".quell-checkpoint");
+    }
+    const std::string by_rejects = absl::StrCat(o_.rejects_path, ".quell-checkpoint");
+    if (first == "-") return by_rejects;
+    const std::string by_input = absl::StrCat(first, ".quell-checkpoint");
+    const std::string dir = std::filesystem::path(AbsolutePath(first)).parent_path().string();
+    if (::access(dir.c_str(), W_OK) != 0) return by_rejects;
+    if (::access(by_input.c_str(), F_OK) != 0 && ::access(by_rejects.c_str(), F_OK) == 0) {
+      return by_rejects;
+    }
+    return by_input;
+  }
+
   // The server (its URL, as given) or the data directory (absolute) the rows go to.
   std::string Destination() const {
     return o_.server_url.empty() ? absl::StrCat("data dir ", AbsolutePath(o_.data_dir))
@@ -724,7 +756,7 @@ std::string SummaryText(const ImportResult& r) {
       &out, "read ", WithCommas(c.read), " rows (",
       // A resume: the rows before the checkpoint were counted by an earlier run; this one
       // read them again (the bytes) but counts only its own (the rate).
-      c.read > r.rows_this_run ? absl::StrCat(WithCommas(r.rows_this_run), " this run, ") : "",
+      r.read_before > 0 ? absl::StrCat(WithCommas(r.rows_this_run), " this run, ") : "",
       HumanBytes(r.bytes), " in ",
       secs < 0.0005 ? std::string("<1ms")
                     : absl::FormatDuration(absl::Milliseconds(std::llround(secs * 1000))),

@@ -42,7 +42,9 @@ struct ImportOptions {
 
   std::string
       rejects_path;  // "" = <first file>.rejects.ndjson (quell-import.rejects.ndjson for stdin)
-  std::string checkpoint_path;  // "" = <rejects path or first file>.quell-checkpoint
+  // "" = <first file>.quell-checkpoint; next to --rejects for standard input, an input in a
+  // directory that cannot be written, or a checkpoint an earlier version left there.
+  std::string checkpoint_path;
   bool resume = false;
 
   bool dry_run = false;
@@ -80,6 +82,7 @@ struct ImportResult {
   absl::Duration elapsed;
   uint64_t bytes = 0;         // raw bytes read (this run)
   int64_t rows_this_run = 0;  // rows read by this run (a resume skips the ones before)
+  int64_t read_before = 0;    // a resume: the rows earlier runs read (in counts.read)
   // Rows this run read whose batch was not acknowledged (a failed or interrupted run):
   // not in counts nor in the checkpoint; --resume reads them again.
   int64_t unacknowledged = 0;

@@ -625,8 +625,11 @@ class ServerImportTest(unittest.TestCase):
         d = json.loads(out)["dry_run"]
         self.assertEqual(d["seq"], before)
         self.assertGreater(d["new"]["by_action"].get("exclude_royalties", 0), 0)
-        self.assertGreaterEqual(d["already"], 1)
-        self.assertTrue(any(b["name"] == "suspend-rate" for b in d["breakers"]))
+        # user:u0's suspension is active, and the reference import left suspend-rate open:
+        # its hit would wait for approval beside it (it was "already mitigated").
+        rate = [b for b in d["breakers"] if b["name"] == "suspend-rate"][0]
+        self.assertTrue(rate["open_now"], d)
+        self.assertGreaterEqual(rate["would_hold"], 1, d)
         self.assertEqual(seq(self.reference), before)
         code, out, err = import_cmd(f, "--data", self.reference.data, "--dry-run")
         self.assertIn("would newly mitigate", out)
@@ -947,6 +950,21 @@ class DirectImportTest(unittest.TestCase):
         code, out, err = import_cmd(third, "--data", self.data, "--json")
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["decisions"], {"active": 60, "pending_approval": 30})
+        # Another hit on users whose suspension is active extends it, which an open breaker
+        # holds as well: the preview said "already mitigated".
+        fourth = self.path("fourth.ndjson")
+        with open(fourth, "w") as f:
+            for u in range(10):
+                d = row(0)
+                d.update(id="b%d-again" % u, entity="user:b%d" % u)
+                f.write(json.dumps(d) + "\n")
+        code, out, err = import_cmd(fourth, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        self.assertEqual((d["already"], d["held"]["total"], d["new"]["total"]), (0, 10, 0), d)
+        code, out, err = import_cmd(fourth, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["decisions"], {"pending_approval": 10})
 
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
