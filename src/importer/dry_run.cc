@@ -33,9 +33,13 @@ class DryRun::Env final : public policy::Environment {
     q.entity = *e;
     q.action = std::string(action);
     q.state = core::MitigationState::kActive;
-    q.limit = 1;
+    q.limit = 100;
     auto page = owner_.store_->ListMitigations(q);
-    return page.ok() && !page->mitigations.empty();
+    if (!page.ok()) return false;
+    for (const core::Mitigation& m : page->mitigations) {
+      if (m.expires_at > owner_.now_) return true;  // as the import's: not one past its expiry
+    }
+    return false;
   }
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
     auto in_file = owner_.file_created_.find(absl::StrCat(AV(entity), "\n", AV(action)));
@@ -88,15 +92,16 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const pol
       d->protected_sets_.emplace_back(name, safeguards::ProtectedSet::Build(entries));
     }
   }
+  // The safeguards as a server would start with them: immunity, the breakers' open states
+  // and the decisions already in their windows (Load's recount).
+  d->sg_ = std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
+  d->pending_ttl_ = d->sg_->options().pending_ttl;
+  if (store != nullptr) {
+    QUELL_RETURN_IF_ERROR(
+        d->sg_->Load(*store, d->now_, workflow::Safeguards::Delivery::kLocal, d->set_.get()));
+  }
   if (d->set_ != nullptr && !d->set_->breakers().empty()) {
-    // The breakers as a server would start with them: the ledger's open states and the
-    // decisions already in their windows (Load's recount).
-    workflow::Safeguards sg(workflow::SafeguardOptionsFromEnv(), nullptr);
-    if (store != nullptr) {
-      QUELL_RETURN_IF_ERROR(
-          sg.Load(*store, d->now_, workflow::Safeguards::Delivery::kLocal, d->set_.get()));
-    }
-    d->bank_ = sg.BreakerBankFor(*d->set_);
+    d->bank_ = d->sg_->BreakerBankFor(*d->set_);
     d->breakers_before_ = d->bank_->Status(d->now_);
   }
   return d;
@@ -140,10 +145,6 @@ void DryRun::Add(const engine::Detection& d) {
   engine::Evaluation ev = engine::Evaluate(*set_, d, env, now_);
   for (const engine::Proposal& p : ev.proposals) {
     const std::string entity = p.entity.str();
-    if (p.shadow) {
-      if (seen_.insert(absl::StrCat(entity, "\n", p.action, "\nshadow")).second) ++report_.shadow;
-      continue;
-    }
     int64_t prior = 0;
     std::string hit_key = absl::StrCat(entity, "\n", p.policy);
     if (!p.escalate.empty()) {
@@ -156,53 +157,85 @@ void DryRun::Add(const engine::Detection& d) {
       ++hits_[hit_key];
     }
     const std::string& action = engine::EscalatedAction(p, prior);
-    std::string entity_action = absl::StrCat(entity, "\n", action);
-    // An extension of an active mitigation (the store's, or one an earlier row created)
-    // counts in no breaker, but an open one in scope holds it all the same: the import
-    // files a pending approval beside it (once per entity and action; later hits fold
-    // into it).
-    auto held_extension = [&] {
-      if (!bank_) return false;
-      std::string by = bank_->HeldBy({p.policy, action, d.source});
-      if (by.empty()) return false;
-      if (held_.insert(entity_action).second) {
-        ++report_.held;
-        ++report_.held_by_breaker[by];
-      }
-      return true;
+    // As workflow::ApplyOne decides, in its order: a shadow decision is recorded every
+    // time (never extended, never held); the others are screened (protected entity,
+    // immunity, then the breakers: an extension counts in none but an open one holds it)
+    // and CreateOrExtend then extends the live mitigation of the entity and action in the
+    // state the decision would have (active, or scheduled for a delayed policy; pending
+    // approval when held) or creates one.
+    if (p.shadow) {
+      ++report_.shadow;
+      continue;
+    }
+    const core::MitigationState unheld = p.delay > absl::ZeroDuration()
+                                             ? core::MitigationState::kScheduled
+                                             : core::MitigationState::kActive;
+    const std::string entity_action = absl::StrCat(entity, "\n", action);
+    const std::string in_state = absl::StrCat(entity_action, "\n", AV(core::StateName(unheld)));
+    const bool creates = !file_live_.contains(in_state) && !StoreHasLive(p.entity, action, unheld);
+    // Held: a pending approval, one per entity and action (later hits fold into it).
+    auto held = [&](int64_t* total, std::map<std::string, int64_t>* by, const std::string& why) {
+      const bool pending = held_.contains(entity_action) ||
+                           StoreHasLive(p.entity, action, core::MitigationState::kPendingApproval);
+      if (!held_.insert(entity_action).second || pending) return;
+      ++file_created_[entity_action];  // prior() counts pending ones too
+      ++*total;
+      if (by != nullptr) ++(*by)[why];
     };
-    if (!seen_.insert(entity_action).second) {  // extended, not new
-      if (file_active_.contains(entity_action)) held_extension();
-      continue;
-    }
-    if (env.Active(entity, action)) {
-      if (!held_extension()) ++report_.already;
-      continue;
-    }
-    ++file_created_[entity_action];  // pending or active: prior() counts both
     std::string list;
     // A related entity's decision is held when the detection's own entity is protected,
     // as the safeguard holds it ("propagated from a protected entity").
     if (IsProtected(p.entity, &list) || (p.via_related && IsProtected(d.entity, &list))) {
-      ++report_.protected_;
-      ++report_.protected_by_list[list];
+      held(&report_.protected_, &report_.protected_by_list, list);
       continue;
     }
-    if (bank_) {  // as Safeguards::Screen: held by an open breaker, or the one it opens
-      safeguards::BreakerBank::Outcome o = bank_->Record({p.policy, action, d.source}, now_);
-      for (std::string& name : o.opened) opened_.insert(std::move(name));
-      if (!o.held_by.empty()) {
-        held_.insert(entity_action);
-        ++report_.held;
-        ++report_.held_by_breaker[o.held_by];
+    if (sg_ != nullptr && (sg_->ImmuneUntil(entity, p.policy, p.action, now_) ||
+                           sg_->ImmuneUntil(entity, p.policy, action, now_))) {
+      held(&report_.immune, nullptr, "");
+      continue;
+    }
+    if (bank_) {
+      const safeguards::DecisionKey bk{p.policy, action, d.source};
+      std::string by;
+      if (!creates) {
+        by = bank_->HeldBy(bk);
+      } else {
+        safeguards::BreakerBank::Outcome o = bank_->Record(bk, now_);
+        for (std::string& name : o.opened) opened_.insert(std::move(name));
+        by = std::move(o.held_by);
+      }
+      if (!by.empty()) {
+        held(&report_.held, &report_.held_by_breaker, by);
         continue;
       }
     }
-    file_active_.insert(std::move(entity_action));
+    if (!creates) {  // extends: the store's live one counts once, the file's own not
+      if (!file_live_.contains(in_state) && already_.insert(in_state).second) ++report_.already;
+      continue;
+    }
+    file_live_.insert(in_state);
+    ++file_created_[entity_action];
+    if (unheld == core::MitigationState::kActive) file_active_.insert(entity_action);
     ++report_.new_total;
     ++report_.new_by_action[action];
     ++report_.new_by_policy[p.policy];
   }
+}
+
+bool DryRun::StoreHasLive(const core::Entity& entity, const std::string& action,
+                          core::MitigationState state) const {
+  if (store_ == nullptr) return false;
+  ledger::MitigationQuery q;
+  q.entity = entity;
+  q.action = action;
+  q.state = state;
+  q.limit = 100;
+  auto page = store_->ListMitigations(q);
+  if (!page.ok()) return false;
+  for (const core::Mitigation& m : page->mitigations) {
+    if (core::LiveAt(m, now_, pending_ttl_)) return true;  // not one past its expiry
+  }
+  return false;
 }
 
 DryRunReport DryRun::Report() const {
@@ -279,6 +312,8 @@ std::string DryRunText(const DryRunReport& r) {
   absl::StrAppend(&out, "  already mitigated:    ", r.already, "\n");
   absl::StrAppend(&out, "  protected (would go to review): ", r.protected_);
   if (!r.protected_by_list.empty()) absl::StrAppend(&out, " (", Tally(r.protected_by_list), ")");
+  absl::StrAppend(
+      &out, "\n  immune (a person overruled the policy there: would go to review): ", r.immune);
   absl::StrAppend(&out, "\n  shadow (recorded, never enforced): ", r.shadow, "\n");
   absl::StrAppend(&out, "  held for approval by breakers: ", r.held);
   if (!r.held_by_breaker.empty()) absl::StrAppend(&out, " (", Tally(r.held_by_breaker), ")");
@@ -315,8 +350,8 @@ std::string DryRunJson(const DryRunReport& r) {
   absl::StrAppend(&out, "},\"already\":", r.already, ",\"protected\":{\"total\":", r.protected_,
                   ",\"by_list\":");
   JsonMap(r.protected_by_list, &out);
-  absl::StrAppend(&out, "},\"shadow\":", r.shadow, ",\"held\":{\"total\":", r.held,
-                  ",\"by_breaker\":");
+  absl::StrAppend(&out, "},\"immune\":", r.immune, ",\"shadow\":", r.shadow,
+                  ",\"held\":{\"total\":", r.held, ",\"by_breaker\":");
   JsonMap(r.held_by_breaker, &out);
   out += "},\"breakers\":[";
   for (size_t i = 0; i < r.breakers.size(); ++i) {

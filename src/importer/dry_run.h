@@ -31,6 +31,7 @@
 #include "policy/policy_set.h"
 #include "safeguards/breakers.h"
 #include "safeguards/protected.h"
+#include "workflow/safeguards.h"
 
 namespace quell::importer {
 
@@ -59,7 +60,10 @@ struct DryRunReport {
   int64_t already = 0;
   int64_t protected_ = 0;
   std::map<std::string, int64_t> protected_by_list;
-  int64_t shadow = 0;
+  // Decisions held for a person's revocation, rejection or granted appeal of the policy's
+  // action on the entity (immunity): pending approvals, one per entity and action.
+  int64_t immune = 0;
+  int64_t shadow = 0;  // shadow decisions (each recorded: never extended)
   // Decisions a breaker would hold for approval (open now, or opened by this import),
   // as the import would: not among `new`.
   int64_t held = 0;
@@ -79,6 +83,9 @@ class DryRun {
   class Env;
   DryRun(std::shared_ptr<const policy::PolicySet> set, ledger::Store* store);
   bool IsProtected(const core::Entity& entity, std::string* list) const;
+  // A mitigation of `entity` and `action` in `state`, live now, in the store.
+  bool StoreHasLive(const core::Entity& entity, const std::string& action,
+                    core::MitigationState state) const;
 
   std::shared_ptr<const policy::PolicySet> set_;
   ledger::Store* store_;
@@ -88,7 +95,9 @@ class DryRun {
   std::vector<std::pair<std::string, std::shared_ptr<const safeguards::ProtectedSet>>>
       protected_sets_;
   std::vector<std::string> protected_lists_;
-  absl::flat_hash_set<std::string> seen_;           // "entity\naction" decided in this file
+  // "entity\naction\nstate": live mitigations the file's rows would create (extended by
+  // the later ones), and the store's ones counted as "already".
+  absl::flat_hash_set<std::string> file_live_, already_;
   absl::flat_hash_map<std::string, int64_t> hits_;  // "entity\npolicy" -> hits in this file
   // What the file's earlier rows would create, for active() and prior() of the later ones
   // ("entity\naction"): active (new, not held) ones, and every creation with its count.
@@ -105,7 +114,9 @@ class DryRun {
   std::optional<safeguards::BreakerBank> bank_;
   std::vector<safeguards::BreakerStatus> breakers_before_;
   std::set<std::string> opened_;
-  absl::flat_hash_set<std::string> held_;  // "entity\naction" held by a breaker, counted once
+  absl::flat_hash_set<std::string> held_;     // "entity\naction" held (pending), counted once
+  std::unique_ptr<workflow::Safeguards> sg_;  // immunity, breakers (as a server starts)
+  absl::Duration pending_ttl_;
 };
 
 //! Text for people (several lines) and JSON.

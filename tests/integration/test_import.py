@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -965,6 +966,46 @@ class DirectImportTest(unittest.TestCase):
         code, out, err = import_cmd(fourth, "--data", self.data, "--json")
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["decisions"], {"pending_approval": 10})
+
+    def test_the_preview_decides_as_the_import_does(self):
+        # Found by a differential hunt (preview against the import of the same file into a
+        # copy of the directory): shadow decisions were counted once per entity and action
+        # (the import records each, escalated); a stored mitigation past its expiry (its
+        # `expired` change not written while no server ran) was "already" mitigated, where
+        # the import creates anew; a delayed policy's hit on its stored scheduled mitigation
+        # was new, where the import extends it.
+        q = QuellServer(data_dir=self.data, extra_args=["--config", CONFIG]).start(dev=False)
+        try:
+            q.admin_key = run_cli("keys", "create", "--role", "admin", "--data", self.data)[1].strip()
+            status, body, _ = q.request("POST", "/v1/mitigations", {
+                "entity": "user:gone", "action": "exclude_royalties", "ttl": "1s", "reason": "test"})
+            self.assertEqual(status, 201, body)
+            pay = dict(row(0), id="pay-0", type="payment_fraud", entity="payment:card1")
+            status, body, _ = q.request("POST", "/v1/detections", {"detections": [pay]})
+            self.assertEqual(status, 200, body)
+        finally:
+            q.cleanup()
+        time.sleep(1.5)  # past user:gone's expiry, with no server to write it
+        f = self.path("mixed.ndjson")
+        with open(f, "w") as out:
+            for i in range(5):  # the v4 model's trial, in shadow: escalates on the 3rd
+                out.write(json.dumps(dict(row(0), id="v4-%d" % i, source="bot-model-v4",
+                                          entity="user:trial", score=0.9)) + "\n")
+            out.write(json.dumps(dict(row(0), id="gone-1", entity="user:gone")) + "\n")
+            out.write(json.dumps(dict(pay, id="pay-1")) + "\n")
+        copy = self.path("copy")
+        shutil.copytree(self.data, copy)
+        code, out, err = import_cmd(f, "--data", copy, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        decisions = json.loads(out)["decisions"]
+        self.assertEqual(d["shadow"], decisions.get("shadow"), (d, decisions))
+        self.assertEqual(d["shadow"], 5, d)
+        self.assertEqual(d["new"]["by_action"], {"exclude_royalties": 1}, d)  # user:gone, anew
+        self.assertEqual(d["already"], 1, d)  # payment:card1's scheduled block, extended
+        self.assertEqual(d["new"]["by_action"].get("block"), None, d)
 
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
