@@ -173,11 +173,10 @@ void DryRun::Add(const engine::Detection& d) {
     const std::string entity_action = absl::StrCat(entity, "\n", action);
     const std::string in_state = absl::StrCat(entity_action, "\n", AV(core::StateName(unheld)));
     const bool creates = !file_live_.contains(in_state) && !StoreHasLive(p.entity, action, unheld);
-    // Held: a pending approval, one per entity and action (later hits fold into it).
+    // Held: goes to review, a pending approval (the store's for this entity and action, or
+    // a new one), counted once per entity and action: later hits fold into it.
     auto held = [&](int64_t* total, std::map<std::string, int64_t>* by, const std::string& why) {
-      const bool pending = held_.contains(entity_action) ||
-                           StoreHasLive(p.entity, action, core::MitigationState::kPendingApproval);
-      if (!held_.insert(entity_action).second || pending) return;
+      if (!held_.insert(entity_action).second) return;
       ++file_created_[entity_action];  // prior() counts pending ones too
       ++*total;
       if (by != nullptr) ++(*by)[why];

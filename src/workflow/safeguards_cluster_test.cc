@@ -35,6 +35,17 @@ policies:
   - {id: p1, on: detection, when: 'true', action: block}
 )";
 
+// kYaml's action and policy with `breakers` (YAML list items, each a line; "" for none)
+// as version `version`: the sets a test publishes later.
+std::shared_ptr<const policy::PolicySet> SetWith(std::string_view breakers, int64_t version) {
+  std::string yaml = "actions:\n  - {name: block, verdict: deny, severity: high, ttl: 2h}\n";
+  if (!breakers.empty()) (yaml += "breakers:\n").append(breakers);
+  yaml += "policies:\n  - {id: p1, on: detection, when: 'true', action: block}\n";
+  auto set = policy::LoadPolicySet(yaml, version);
+  EXPECT_TRUE(set.ok()) << set.status();
+  return set.ok() ? *set : nullptr;
+}
+
 // Forwards every committed change without the attached mitigation, as a change read
 // back from the store (another node's feed) arrives; while lagging, holds them back
 // until Flush.
@@ -354,18 +365,12 @@ TEST_F(SafeguardsCluster, ABreakerALaterSetAddsOrReshapesCountsTheRecentDecision
   }
   EXPECT_EQ(Breaker(a_.get()).count, 3);  // s1's only
   clock_.Advance(absl::Minutes(5));
-  auto set2 = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: s1-rate, source: s2, limit: 6, window: 1h}
-  - {name: all-rate, limit: 6, window: 30m}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                    2);
-  ASSERT_TRUE(set2.ok()) << set2.status();
-  set_ = *set2;
+  auto set2 = SetWith(
+      "  - {name: s1-rate, source: s2, limit: 6, window: 1h}\n"
+      "  - {name: all-rate, limit: 6, window: 30m}\n",
+      2);
+  ASSERT_NE(set2, nullptr);
+  set_ = set2;
   for (Safeguards* node : {a_.get(), b_.get()}) {
     std::map<std::string, int64_t> counts;
     for (const auto& b : node->Breakers(*set_, clock_.Now())) counts[b.spec.name] = b.count;
@@ -379,17 +384,9 @@ policies:
   ASSERT_TRUE(ledger_->SubmitAndWait(a_->ResetBreaker(set_, "all-rate", "k_admin", out)).ok());
   clock_.Advance(absl::Minutes(1));
   EXPECT_EQ(Decide(a_.get(), "user:w2", "s3").state, "active");
-  auto set3 = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: all-rate, limit: 7, window: 1h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                    3);
-  ASSERT_TRUE(set3.ok()) << set3.status();
-  set_ = *set3;
+  auto set3 = SetWith("  - {name: all-rate, limit: 7, window: 1h}\n", 3);
+  ASSERT_NE(set3, nullptr);
+  set_ = set3;
   EXPECT_EQ(Breaker(a_.get()).count, 1);
   EXPECT_EQ(Breaker(b_.get()).count, 1);
 }
@@ -397,16 +394,10 @@ policies:
 // The first set with breakers counts the decisions made before, under a set without
 // any: this node's own too (they were never counted, the other node's were).
 TEST_F(SafeguardsCluster, TheFirstSetWithBreakersCountsTheDecisionsMadeWithoutThem) {
-  auto none = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                    1);
-  ASSERT_TRUE(none.ok()) << none.status();
+  auto none = SetWith("", 1);
+  ASSERT_NE(none, nullptr);
   auto with = set_;
-  set_ = *none;
+  set_ = none;
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(Decide(a_.get(), absl::StrCat("user:u", i)).state, "active");
   }
@@ -427,41 +418,27 @@ TEST_F(SafeguardsCluster, ANewBreakerCountsDecisionsInFlightAndKeepsTheLedgersOp
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(Decide(b_.get(), absl::StrCat("user:u", i)).state, "active");
   }
-  auto with_all = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: s1-rate, source: s1, limit: 6, window: 1h}
-  - {name: all-rate, limit: 100, window: 1h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                        2);
-  ASSERT_TRUE(with_all.ok()) << with_all.status();
+  auto with_all = SetWith(
+      "  - {name: s1-rate, source: s1, limit: 6, window: 1h}\n"
+      "  - {name: all-rate, limit: 100, window: 1h}\n",
+      2);
+  ASSERT_NE(with_all, nullptr);
   auto count = [&](Safeguards* node, const policy::PolicySet& set, std::string_view name) {
     for (const auto& b : node->Breakers(set, clock_.Now())) {
       if (b.spec.name == name) return b.open ? -b.count - 1 : b.count;  // open: negative
     }
     return int64_t{-1000};
   };
-  EXPECT_EQ(count(b_.get(), **with_all, "all-rate"), 3);
+  EXPECT_EQ(count(b_.get(), *with_all, "all-rate"), 3);
   b_feed_->Flush();
-  EXPECT_EQ(count(b_.get(), **with_all, "all-rate"), 3);  // not again when they come back
+  EXPECT_EQ(count(b_.get(), *with_all, "all-rate"), 3);  // not again when they come back
   // s1-rate opens; a set without it, then one with it again: it is open (the ledger says
   // so), not a closed breaker counting afresh.
   for (int i = 3; i < 7; ++i) Decide(a_.get(), absl::StrCat("user:u", i));
   ASSERT_TRUE(Breaker(a_.get()).open);
-  auto without = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: all-rate, limit: 100, window: 1h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                       3);
-  ASSERT_TRUE(without.ok()) << without.status();
-  EXPECT_EQ(count(a_.get(), **without, "s1-rate"), -1000);
+  auto without = SetWith("  - {name: all-rate, limit: 100, window: 1h}\n", 3);
+  ASSERT_NE(without, nullptr);
+  EXPECT_EQ(count(a_.get(), *without, "s1-rate"), -1000);
   auto again = policy::LoadPolicySet(kYaml, 4);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_LT(count(a_.get(), **again, "s1-rate"), 0);  // open
@@ -469,17 +446,9 @@ policies:
 }
 
 TEST_F(SafeguardsCluster, ARestartKeepsAWindowLongerThanADayWhole) {
-  auto two_days = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: s1-rate, source: s1, limit: 6, window: 48h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                        1);
-  ASSERT_TRUE(two_days.ok()) << two_days.status();
-  set_ = *two_days;
+  auto two_days = SetWith("  - {name: s1-rate, source: s1, limit: 6, window: 48h}\n", 1);
+  ASSERT_NE(two_days, nullptr);
+  set_ = two_days;
   Decide(a_.get(), "user:u0");
   Decide(a_.get(), "user:u1");
   clock_.Advance(absl::Hours(30));
@@ -518,17 +487,9 @@ TEST_F(SafeguardsCluster, AnOpenBreakerShowsTheCountItOpenedAt) {
           .ok());
   EXPECT_TRUE(Breaker(&restarted).open);
   EXPECT_EQ(Breaker(&restarted).count, 6);  // was 12: the 6 before the reset as well
-  auto wider = policy::LoadPolicySet(R"(
-actions:
-  - {name: block, verdict: deny, severity: high, ttl: 2h}
-breakers:
-  - {name: s1-rate, source: s1, limit: 6, window: 2h}
-policies:
-  - {id: p1, on: detection, when: 'true', action: block}
-)",
-                                     2);
-  ASSERT_TRUE(wider.ok()) << wider.status();
-  set_ = *wider;
+  auto wider = SetWith("  - {name: s1-rate, source: s1, limit: 6, window: 2h}\n", 2);
+  ASSERT_NE(wider, nullptr);
+  set_ = wider;
   EXPECT_TRUE(Breaker(&restarted).open);
   EXPECT_EQ(Breaker(&restarted).count, 6);  // was 0
 }

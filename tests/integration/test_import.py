@@ -966,6 +966,19 @@ class DirectImportTest(unittest.TestCase):
         code, out, err = import_cmd(fourth, "--data", self.data, "--json")
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["decisions"], {"pending_approval": 10})
+        # A hit on a user whose suspension waits for approval joins it: held too.
+        fifth = self.path("fifth.ndjson")
+        with open(fifth, "w") as f:
+            d = row(0)
+            d.update(id="b110-again", entity="user:b110")
+            f.write(json.dumps(d) + "\n")
+        code, out, err = import_cmd(fifth, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        self.assertEqual((d["held"]["total"], d["new"]["total"], d["already"]), (1, 0, 0), d)
+        code, out, err = import_cmd(fifth, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["decisions"], {"pending_approval": 1})
 
     def test_the_preview_decides_as_the_import_does(self):
         # Found by a differential hunt (preview against the import of the same file into a
