@@ -245,20 +245,9 @@ DryRunReport DryRun::Report() const {
     bi.name = b.name;
     bi.limit = b.limit;
     bi.window = core::DurationString(b.window);
-    switch (b.scope) {
-      case policy::BreakerDef::Scope::kGlobal:
-        bi.scope = "global";
-        break;
-      case policy::BreakerDef::Scope::kPolicy:
-        bi.scope = absl::StrCat("policy ", b.scope_value);
-        break;
-      case policy::BreakerDef::Scope::kAction:
-        bi.scope = absl::StrCat("action ", b.scope_value);
-        break;
-      case policy::BreakerDef::Scope::kSource:
-        bi.scope = absl::StrCat("source ", b.scope_value);
-        break;
-    }
+    bi.scope = b.scope == policy::BreakerDef::Scope::kGlobal
+                   ? std::string("global")
+                   : absl::StrCat(AV(policy::BreakerScopeName(b.scope)), " ", b.scope_value);
     for (const safeguards::BreakerStatus& before : breakers_before_) {
       if (before.spec.name != b.name) continue;
       bi.count_now = before.count;

@@ -130,7 +130,7 @@ class Run {
     res_.elapsed = absl::Now() - start;
     res_.rows_this_run = rows_this_run_;
     res_.unacknowledged =
-        std::max<int64_t>(0, rows_this_run_ - (res_.counts.read - read_at_start_));
+        std::max<int64_t>(0, rows_this_run_ - (res_.counts.read - res_.read_before));
     res_.bytes = BytesSoFar();
     progress_.Finish();
     return std::move(res_);
@@ -279,8 +279,7 @@ class Run {
       // A fresh run empties its rejects file: not one an unfinished import (its checkpoint
       // where this input's would be by default) still records.
       if (!o_.checkpoint_path.empty()) {
-        const std::string other = absl::StrCat(
-            o_.files[0] == "-" ? std::string("quell-import") : o_.files[0], ".quell-checkpoint");
+        const std::string other = CheckpointNextTo(o_.files[0]);
         if (AbsolutePath(other) != AbsolutePath(res_.checkpoint_path)) {
           auto theirs = ReadCheckpoint(other);
           if (theirs.ok() && theirs->has_value() && (*theirs)->rejects == rejects_abs) {
@@ -299,7 +298,6 @@ class Run {
     }
     res_.batch = cp.batch;
     res_.counts = cp.counts;
-    read_at_start_ = cp.counts.read;
     res_.read_before = cp.counts.read;
     acked_ = cp;
 
@@ -629,18 +627,22 @@ class Run {
   // the only one.
   std::string DefaultCheckpointPath(const std::string& first) const {
     if (!o_.checkpoint_path.empty()) return o_.checkpoint_path;
-    if (o_.rejects_path.empty()) {
-      return absl::StrCat(first == "-" ? std::string("quell-import") : first, ".quell-checkpoint");
-    }
+    if (o_.rejects_path.empty()) return CheckpointNextTo(first);
     const std::string by_rejects = absl::StrCat(o_.rejects_path, ".quell-checkpoint");
     if (first == "-") return by_rejects;
-    const std::string by_input = absl::StrCat(first, ".quell-checkpoint");
+    const std::string by_input = CheckpointNextTo(first);
     const std::string dir = std::filesystem::path(AbsolutePath(first)).parent_path().string();
     if (::access(dir.c_str(), W_OK) != 0) return by_rejects;
     if (::access(by_input.c_str(), F_OK) != 0 && ::access(by_rejects.c_str(), F_OK) == 0) {
       return by_rejects;
     }
     return by_input;
+  }
+
+  // The checkpoint's name next to input `first` (quell-import.quell-checkpoint in the
+  // working directory for standard input).
+  static std::string CheckpointNextTo(const std::string& first) {
+    return absl::StrCat(first == "-" ? std::string("quell-import") : first, ".quell-checkpoint");
   }
 
   // The server (its URL, as given) or the data directory (absolute) the rows go to.
@@ -724,9 +726,8 @@ class Run {
   std::map<uint64_t, BatchResult> results_;               // finished out of order
   int64_t in_flight_rows_ = 0;
   int64_t rows_this_run_ = 0;
-  int64_t read_at_start_ = 0;  // counts.read of the checkpoint resumed from
-  uint64_t bytes_done_ = 0;    // of the files read to their end
-  int64_t reading_ = -1;       // the file being read, if any
+  uint64_t bytes_done_ = 0;  // of the files read to their end
+  int64_t reading_ = -1;     // the file being read, if any
   int rejects_fd_ = -1;
   int checkpoint_lock_ = -1;     // flock on CHECKPOINT.lock, for the run
   std::string checkpoint_path_;  // CHECKPOINT, once locked

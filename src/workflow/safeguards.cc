@@ -166,6 +166,15 @@ constexpr absl::Duration kRecentHorizon = absl::Hours(24);
 constexpr size_t kMaxRecent = 100000;
 // Safeguards::names_ is compacted past this many names at least.
 constexpr size_t kMinNamesCompaction = 1024;
+// The longest breaker window of `set` (zero without breakers, or without a set).
+absl::Duration LongestWindow(const policy::PolicySet* set) {
+  absl::Duration longest = absl::ZeroDuration();
+  if (set != nullptr) {
+    for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
+  }
+  return longest;
+}
+
 // This process's decisions awaiting their change from the feed.
 constexpr size_t kMaxLocal = 1000000;
 // Screen reads at most this many undelivered changes (one query).
@@ -220,7 +229,10 @@ SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
 }
 
 Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
-    : options_(options), logger_(logger), recent_horizon_(kRecentHorizon) {}
+    : options_(options),
+      logger_(logger),
+      names_compact_at_(kMinNamesCompaction),
+      recent_horizon_(kRecentHorizon) {}
 
 absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery delivery,
                               const policy::PolicySet* set) {
@@ -230,10 +242,7 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery del
   // The recent decisions, counted again: a restart (or an import resumed after Ctrl-C)
   // must not let a breaker's window start empty, nor one that a later set adds. Not with
   // a set without breakers: every start would read up to kMaxRecount changes for none.
-  absl::Duration longest = absl::ZeroDuration();
-  if (set != nullptr) {
-    for (const policy::BreakerDef& b : set->breakers()) longest = std::max(longest, b.window);
-  }
+  const absl::Duration longest = LongestWindow(set);
   recent_horizon_ = std::max(kRecentHorizon, longest);
   if (longest > absl::ZeroDuration() && last_seq > 0) {
     // From twice the window back: the search assumes times rise with seqs, and on
@@ -599,11 +608,8 @@ const safeguards::ProtectedSet& Safeguards::ProtectedFor(const policy::PolicySet
 void Safeguards::ConfigureBreakers(const policy::PolicySet& set) {
   if (breakers_set_ == set.version()) return;
   std::vector<safeguards::BreakerSpec> specs;
-  recent_horizon_ = kRecentHorizon;
-  for (const policy::BreakerDef& d : set.breakers()) {
-    specs.push_back(ToSpec(d));
-    recent_horizon_ = std::max(recent_horizon_, d.window);
-  }
+  for (const policy::BreakerDef& d : set.breakers()) specs.push_back(ToSpec(d));
+  recent_horizon_ = std::max(kRecentHorizon, LongestWindow(&set));
   const std::vector<std::string> fresh = bank_.Configure(std::move(specs));
   const bool first = breakers_set_ < 0;
   breakers_set_ = set.version();

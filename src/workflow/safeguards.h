@@ -213,8 +213,8 @@ class Safeguards final : public ledger::ChangeListener {
                   absl::Time at);  // mu_ held
   std::deque<RecentDecision> recent_;
   absl::node_hash_set<std::string> names_;
-  size_t names_compact_at_ = 1024;  // names_ drops the unused names past this many
-  absl::Duration recent_horizon_;   // kRecentHorizon, or the set's longest window if longer
+  size_t names_compact_at_;        // names_ drops the unused names past this many
+  absl::Duration recent_horizon_;  // kRecentHorizon, or the set's longest window if longer
   // With Delivery::kFeed, the store Load read (borrowed; the ledger's, which outlives
   // this): Screen reads from it the changes the feed has not delivered yet when they could
   // open a breaker. Null with kLocal: there are none.
