@@ -1,5 +1,7 @@
 #include "cli/flags.h"
 
+#include <cstdlib>
+
 #include "absl/strings/str_cat.h"
 
 namespace quell::cli {
@@ -52,6 +54,18 @@ std::vector<std::string> Flags::All(const std::string& name) const {
   auto range = values_.equal_range(name);
   for (auto it = range.first; it != range.second; ++it) out.push_back(it->second);
   return out;
+}
+
+std::optional<PostgresLedger> PostgresLedgerOf(const Flags& flags) {
+  if (std::optional<std::string> url = flags.Get("postgres")) return PostgresLedger{*url, true};
+  const char* env = std::getenv("QUELL_POSTGRES");
+  if (env == nullptr || *env == '\0') return std::nullopt;
+  return PostgresLedger{env, false};
+}
+
+std::string TwoLedgers(const PostgresLedger& pg) {
+  return pg.from_flag ? "--data and --postgres both name a ledger: give one"
+                      : "--data and QUELL_POSTGRES both name a ledger: unset one";
 }
 
 }  // namespace quell::cli

@@ -35,6 +35,16 @@ class Flags {
   std::vector<std::string> positional_;
 };
 
+// The PostgreSQL ledger a command was pointed at: --postgres, else a non-empty
+// QUELL_POSTGRES.
+struct PostgresLedger {
+  std::string url;
+  bool from_flag = false;  // --postgres (else the environment)
+};
+std::optional<PostgresLedger> PostgresLedgerOf(const Flags& flags);
+//! The usage error for --data given with `pg`: which ledger was meant is not guessed.
+std::string TwoLedgers(const PostgresLedger& pg);
+
 }  // namespace quell::cli
 
 #endif  // QUELL_CLI_FLAGS_H_

@@ -124,28 +124,21 @@ int ImportCommand(const std::vector<std::string>& args) {
   // writes it through a node, whose commit path holds the cluster's breakers and feeds
   // the others; writing ./var instead because the variable was not looked at would
   // import into the wrong ledger without a word.
-  std::optional<std::string> postgres = flags->Get("postgres");
-  const bool postgres_flag = postgres.has_value();
-  if (const char* env = std::getenv("QUELL_POSTGRES"); !postgres && env != nullptr && *env) {
-    postgres = env;
-  }
-  if (postgres_flag && !o.server_url.empty()) {
+  const std::optional<PostgresLedger> postgres = PostgresLedgerOf(*flags);
+  if (postgres && postgres->from_flag && !o.server_url.empty()) {
     return Usage("--server and --postgres exclude each other");
   }
   if (postgres && o.server_url.empty()) {
-    if (flags->Has("data")) {
-      return Usage(postgres_flag ? "--data and --postgres both name a ledger: give one"
-                                 : "--data and QUELL_POSTGRES both name a ledger: unset one");
-    }
+    if (flags->Has("data")) return Usage(TwoLedgers(*postgres));
     if (!o.dry_run) {
       return Usage(absl::StrCat(
-          postgres_flag ? "--postgres is for --dry-run"
-                        : "QUELL_POSTGRES names a PostgreSQL ledger",
+          postgres->from_flag ? "--postgres is for --dry-run"
+                              : "QUELL_POSTGRES names a PostgreSQL ledger",
           ": import into it through a node (--server URL --key KEY)",
-          postgres_flag ? "" : ", or unset it to write a data directory (--data DIR)"));
+          postgres->from_flag ? "" : ", or unset it to write a data directory (--data DIR)"));
     }
     // Read-only: never migrate a database a newer or older node owns, nor make one.
-    o.dry_run_ledger = [url = *postgres]() {
+    o.dry_run_ledger = [url = postgres->url]() {
       return ledger::OpenPostgresStore(
           {.url = url, .apply_migrations = false, .create_schema = false});
     };

@@ -839,11 +839,7 @@ int Main(int argc, char** argv) {
                             command->second.repeatable);
   if (!flags.ok())
     return Usage(absl::StrCat(cmd, ": ", flags.status().message()), CommandHelp(cmd));
-  if (auto v = flags->Get("postgres")) {
-    postgres_url = *v;
-  } else if (const char* env = std::getenv("QUELL_POSTGRES")) {
-    postgres_url = env;
-  }
+  if (auto pg = PostgresLedgerOf(*flags)) postgres_url = pg->url;
   return command->second.run(*flags);
 }
 

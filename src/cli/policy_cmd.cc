@@ -137,14 +137,8 @@ int Backtest(const std::vector<std::string>& args) {
   }
   // The ledger: --postgres (or QUELL_POSTGRES), else --data. The two naming a ledger each
   // is refused rather than one chosen silently (--data is this command's ledger only).
-  std::optional<std::string> postgres = flags->Get("postgres");
-  const char* env = std::getenv("QUELL_POSTGRES");
-  if (!postgres && env != nullptr && *env != '\0') postgres = env;
-  if (postgres && flags->Get("data")) {
-    return Usage(flags->Get("postgres")
-                     ? "--data and --postgres both name a ledger: give one"
-                     : "--data and QUELL_POSTGRES both name a ledger: unset one");
-  }
+  const std::optional<PostgresLedger> postgres = PostgresLedgerOf(*flags);
+  if (postgres && flags->Get("data")) return Usage(TwoLedgers(*postgres));
   // Version 0, an unpublished candidate, as POST /v1/policies/backtest loads one: the
   // --json report is the route's.
   auto set = LoadOrReport(flags->positional()[0], /*version=*/0);
@@ -153,7 +147,7 @@ int Backtest(const std::vector<std::string>& args) {
   // make one.
   absl::StatusOr<std::unique_ptr<ledger::Store>> store =
       postgres ? ledger::OpenPostgresStore(
-                     {.url = *postgres, .apply_migrations = false, .create_schema = false})
+                     {.url = postgres->url, .apply_migrations = false, .create_schema = false})
                : ledger::OpenSqliteStore({.path = flags->Get("data").value_or("./var"),
                                           .apply_migrations = false,
                                           .create = false});
