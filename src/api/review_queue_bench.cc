@@ -26,6 +26,7 @@
 #include "workflow/appeals.h"
 #include "workflow/mitigations.h"
 #include "workflow/rollback.h"
+#include "workflow/safeguards.h"
 
 namespace quell::api {
 namespace {
@@ -67,7 +68,10 @@ absl::Status Fill(ledger::Ledger& ledger, int64_t changes) {
   for (const std::string& id : appealable) {
     auto out = std::make_shared<workflow::Appeal>();
     QUELL_RETURN_IF_ERROR(
-        ledger.SubmitAndWait(workflow::FileAppeal(id, "not me", "k_user", out)).status());
+        ledger
+            .SubmitAndWait(workflow::FileAppeal(id, "not me", "k_user", out,
+                                                workflow::SafeguardOptions{}.pending_ttl))
+            .status());
   }
   workflow::RollbackRequests rollbacks;
   for (int i = 0; i < 10; ++i) {

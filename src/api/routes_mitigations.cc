@@ -280,7 +280,7 @@ void CreateMitigation(Context& ctx, Call&& call) {
     if (safeguards::BulkNeedsApproval(covered, threshold,
                                       a ? a->severity : core::Severity::kCritical)) {
       cr.state = core::MitigationState::kPendingApproval;
-      cr.pending_ttl = ctx.safeguards->options().pending_ttl;
+      cr.pending_ttl = ctx.pending_ttl();
       absl::StrAppend(&cr.reason, "; held for approval: a manual action over ", covered,
                       " entities (more than ", threshold, ")");
     }

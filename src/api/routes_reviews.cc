@@ -37,9 +37,9 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
     if (i) out->push_back(',');
     core::AppendJsonString(prior[i], out);
   }
-  absl::StrAppend(
-      out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at), "\",\"expires_at\":\"",
-      core::FormatRfc3339(m.created_at + ctx.safeguards->options().pending_ttl), "\",\"reason\":");
+  absl::StrAppend(out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at),
+                  "\",\"expires_at\":\"", core::FormatRfc3339(m.created_at + ctx.pending_ttl()),
+                  "\",\"reason\":");
   core::AppendJsonString(m.reason, out);
   out->append(",\"evidence\":{\"policy\":");
   core::AppendJsonString(m.policy, out);
@@ -60,7 +60,7 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
 }
 
 void AppendRollbackReview(Context& ctx, const workflow::RollbackRequest& r, std::string* out) {
-  const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
+  const absl::Duration ttl = ctx.pending_ttl();
   out->append("{\"id\":");
   core::AppendJsonString(r.id, out);
   out->append(
@@ -104,15 +104,15 @@ void ListReviews(Context& ctx, Call&& call) {
     std::string body = "{\"reviews\":[";
     size_t n = 0;
     if (q.cursor.empty()) {
-      for (const auto& r : ctx.safeguards->rollbacks().Pending(
-               ctx.deps.clock->Now(), ctx.safeguards->options().pending_ttl)) {
+      for (const auto& r :
+           ctx.safeguards->rollbacks().Pending(ctx.deps.clock->Now(), ctx.pending_ttl())) {
         if (n++) body += ',';
         AppendRollbackReview(ctx, r, &body);
       }
     }
     // Expired ones the sweeper has not marked yet are not open: they cannot be decided.
     const absl::Time now = ctx.deps.clock->Now();
-    const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
+    const absl::Duration ttl = ctx.pending_ttl();
     for (const core::Mitigation& m : page->mitigations) {
       if (m.created_at + ttl <= now) continue;
       if (n++) body += ',';
@@ -143,15 +143,14 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
     auto mutation = requests.Decide(id, approve, note, call.who.key_id, std::move(targets),
-                                    ctx.safeguards->options().pending_ttl, out);
+                                    ctx.pending_ttl(), out);
     SubmitSimple(ctx, std::move(call), std::move(mutation), [&ctx, out] {
       std::string body =
           absl::StrCat("{\"id\":\"", out->id,
                        "\",\"kind\":\"rollback\",\"state\":\"closed\","
                        "\"approvals\":",
                        out->state == "done" ? 1 : 0, ",\"approvals_needed\":1,\"rollback\":");
-      body += workflow::RollbackRequestJson(*out, ctx.safeguards->options().pending_ttl,
-                                            ctx.deps.clock->Now());
+      body += workflow::RollbackRequestJson(*out, ctx.pending_ttl(), ctx.deps.clock->Now());
       body += "}";
       return std::make_pair(200, std::move(body));
     });
@@ -179,9 +178,8 @@ void Decide(Context& ctx, Call&& call) {
     auto facts = workflow::LoadReviewFacts(ctx.deps.ledger->store(), **m);
     if (!facts.ok()) return call.Fail(ApiError::FromStatus(facts.status()));
     auto out = std::make_shared<workflow::ReviewOutcome>();
-    auto mutation =
-        workflow::DecideReview(id, approve, note, call.who.key_id, *facts, ctx.Catalog(),
-                               ctx.safeguards->options().pending_ttl, out);
+    auto mutation = workflow::DecideReview(id, approve, note, call.who.key_id, *facts,
+                                           ctx.Catalog(), ctx.pending_ttl(), out);
     SubmitSimple(ctx, std::move(call), std::move(mutation), [out] {
       std::string body = absl::StrCat(
           "{\"id\":\"", out->mitigation.id, "\",\"state\":\"",

@@ -81,20 +81,20 @@ void Rollback(Context& ctx, Call&& call) {
     req.entities = targets->entities;
     if (needs_approval) {
       auto stored = std::make_shared<workflow::RollbackRequest>();
-      SubmitSimple(ctx, std::move(call),
-                   ctx.safeguards->rollbacks().Request(std::move(req), stored), [stored, &ctx] {
-                     // Runs in the transaction, after the request was appended.
-                     std::string body = absl::StrCat(
-                         "{\"id\":\"", stored->id,
-                         "\",\"state\":\"pending_approval\",\"matched\":", stored->matched,
-                         ",\"entities\":", stored->entities,
-                         ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
-                         "\"approvals_needed\":1,\"request\":",
-                         workflow::RollbackRequestJson(
-                             *stored, ctx.safeguards->options().pending_ttl, stored->requested_at),
-                         "}");
-                     return std::make_pair(202, std::move(body));
-                   });
+      SubmitSimple(
+          ctx, std::move(call), ctx.safeguards->rollbacks().Request(std::move(req), stored),
+          [stored, &ctx] {
+            // Runs in the transaction, after the request was appended.
+            std::string body = absl::StrCat(
+                "{\"id\":\"", stored->id,
+                "\",\"state\":\"pending_approval\",\"matched\":", stored->matched,
+                ",\"entities\":", stored->entities,
+                ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
+                "\"approvals_needed\":1,\"request\":",
+                workflow::RollbackRequestJson(*stored, ctx.pending_ttl(), stored->requested_at),
+                "}");
+            return std::make_pair(202, std::move(body));
+          });
       return;
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
@@ -127,7 +127,7 @@ void ListRollbacks(Context& ctx, Call&& call) {
     }
   }
   const absl::Time now = ctx.deps.clock->Now();
-  const absl::Duration ttl = ctx.safeguards->options().pending_ttl;
+  const absl::Duration ttl = ctx.pending_ttl();
   std::string body = "{\"rollbacks\":[";
   int64_t n = 0;
   for (const auto& r : ctx.safeguards->rollbacks().All(static_cast<size_t>(-1))) {
@@ -144,8 +144,7 @@ void GetRollback(Context& ctx, Call&& call) {
   auto r = ctx.safeguards->rollbacks().Get(call.params[0]);
   if (!r)
     return call.Fail(ApiError::NotFound(absl::StrCat("no rollback request ", call.params[0])));
-  call.Send(200, workflow::RollbackRequestJson(*r, ctx.safeguards->options().pending_ttl,
-                                               ctx.deps.clock->Now()));
+  call.Send(200, workflow::RollbackRequestJson(*r, ctx.pending_ttl(), ctx.deps.clock->Now()));
 }
 
 }  // namespace

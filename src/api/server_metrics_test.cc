@@ -12,6 +12,7 @@
 #include "workflow/appeals.h"
 #include "workflow/mitigations.h"
 #include "workflow/rollback.h"
+#include "workflow/safeguards.h"
 
 namespace quell::api {
 namespace {
@@ -302,7 +303,8 @@ TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
     for (int i = 0; i < 3; ++i) {
       clock.Advance(absl::Minutes(1));
       auto out = std::make_shared<workflow::Appeal>();
-      auto st = ledger.SubmitAndWait(workflow::FileAppeal(ids[i], "not me", "k_a", out));
+      auto st = ledger.SubmitAndWait(workflow::FileAppeal(
+          ids[i], "not me", "k_a", out, workflow::SafeguardOptions{}.pending_ttl));
       ASSERT_TRUE(st.ok()) << st.status();
       appeals.push_back(out->id);
     }
@@ -324,8 +326,8 @@ TEST(ServerMetricsTest, ReviewQueueRebuiltFromTheStoreMatchesTheLiveOne) {
     auto appeal = workflow::LoadAppeal(ledger.store(), appeals[0], &seq);
     ASSERT_TRUE(appeal.ok() && appeal->has_value());
     auto ap_out = std::make_shared<workflow::Appeal>();
-    decided =
-        ledger.SubmitAndWait(workflow::DecideAppeal(**appeal, seq, false, "no", "k_b", ap_out));
+    decided = ledger.SubmitAndWait(workflow::DecideAppeal(
+        **appeal, seq, false, "no", "k_b", ap_out, workflow::SafeguardOptions{}.pending_ttl));
     ASSERT_TRUE(decided.ok()) << decided.status();
     decided = ledger.SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
       QUELL_ASSIGN_OR_RETURN(auto m, txn.GetMitigation(ids[3]));

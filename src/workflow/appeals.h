@@ -52,8 +52,7 @@ absl::StatusOr<std::optional<Appeal>> LoadAppeal(ledger::Store& store, std::stri
 //! transaction: concurrent filings cannot both pass).
 //! A pending approval past `pending_ttl` (SafeguardOptions) is not live.
 ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, std::string actor,
-                            std::shared_ptr<Appeal> out,
-                            absl::Duration pending_ttl = absl::InfiniteDuration());
+                            std::shared_ptr<Appeal> out, absl::Duration pending_ttl);
 
 //! Decides open appeal `appeal` (as loaded, with the mitigation's seq then). Errors:
 //! kPermissionDenied (the filer deciding), kAborted (the mitigation changed meanwhile),
@@ -61,7 +60,7 @@ ledger::Mutation FileAppeal(std::string mitigation_id, std::string statement, st
 //! A grant revokes the mitigation.
 ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant, std::string note,
                               std::string reviewer, std::shared_ptr<Appeal> out,
-                              absl::Duration pending_ttl = absl::InfiniteDuration());
+                              absl::Duration pending_ttl);
 
 }  // namespace quell::workflow
 

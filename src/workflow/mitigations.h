@@ -70,7 +70,7 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
 //! A pending approval past `pending_ttl` (SafeguardOptions) is no longer live either.
 ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::string actor,
                                   std::shared_ptr<core::Mitigation> out,
-                                  absl::Duration pending_ttl = absl::InfiniteDuration());
+                                  absl::Duration pending_ttl);
 
 //! Moves each listed mitigation whose time has come at the commit time: scheduled ->
 //! active at starts_at, active -> expired at expires_at. Others are left alone (a revoke

@@ -14,7 +14,21 @@
 namespace quell::workflow {
 namespace {
 
+// The server's default approval window (SafeguardOptions::pending_ttl).
+constexpr absl::Duration kPendingTtl = absl::Hours(24 * 7);
+
 using core::MitigationState;
+
+// A model's request for `action` on `entity`, held for approval.
+CreateRequest PendingRequest(std::string_view entity, std::string action) {
+  CreateRequest r;
+  r.entity = *core::Entity::Parse(entity);
+  r.action = std::move(action);
+  r.reason = "model";
+  r.actor = "k_model";
+  r.state = MitigationState::kPendingApproval;
+  return r;
+}
 
 class MitigationsTest : public testing::Test {
  protected:
@@ -58,8 +72,8 @@ TEST_F(MitigationsTest, AnActiveOnePastItsExpiryIsOverBeforeTheSchedulerWritesIt
   ASSERT_TRUE(first.ok()) << first.status();
   clock_.Advance(absl::Hours(1) + absl::Milliseconds(150));  // no ApplyDue has run
   auto revoked = std::make_shared<core::Mitigation>();
-  auto revoke =
-      ledger_->SubmitAndWait(RevokeMitigation(first->mitigation.id, "late", "k_reviewer", revoked));
+  auto revoke = ledger_->SubmitAndWait(
+      RevokeMitigation(first->mitigation.id, "late", "k_reviewer", revoked, kPendingTtl));
   ASSERT_FALSE(revoke.ok());
   EXPECT_EQ(revoke.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(revoke.status().message().find("expired at"), absl::string_view::npos)
@@ -113,12 +127,7 @@ TEST_F(MitigationsTest, CreateThenExtendInsteadOfStacking) {
 // that, whose approver is only named in its state_reason, keeps it too (as data).
 TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
   for (bool legacy : {false, true}) {
-    CreateRequest r;
-    r.entity = *core::Entity::Parse(legacy ? "user:legacy" : "user:pending");
-    r.action = "suspend";
-    r.reason = "model";
-    r.actor = "k_model";
-    r.state = MitigationState::kPendingApproval;
+    CreateRequest r = PendingRequest(legacy ? "user:legacy" : "user:pending", "suspend");
     auto out = std::make_shared<CreateResult>();
     ASSERT_TRUE(
         ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
@@ -147,12 +156,7 @@ TEST_F(MitigationsTest, AnExtensionKeepsAPartialApproval) {
 // not folded into it (it answered 200 with the dead one's id, never to be reviewed,
 // until the sweeper ran); the old one is expired with the sweeper's reason.
 TEST_F(MitigationsTest, APendingApprovalPastItsTtlTakesNoNewRequest) {
-  CreateRequest r;
-  r.entity = *core::Entity::Parse("user:held");
-  r.action = "suspend";
-  r.reason = "model";
-  r.actor = "k_model";
-  r.state = MitigationState::kPendingApproval;
+  CreateRequest r = PendingRequest("user:held", "suspend");
   r.pending_ttl = absl::Hours(1);
   auto out = std::make_shared<CreateResult>();
   ASSERT_TRUE(
@@ -178,11 +182,7 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlTakesNoNewRequest) {
 // Nor can a person act on it any more: a revoke, an appeal (whose grant made the entity
 // immune) and a rollback treated it as live until the sweeper expired it.
 TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRollbacks) {
-  CreateRequest r;
-  r.entity = *core::Entity::Parse("user:held-over");
-  r.action = "block";
-  r.reason = "bulk";
-  r.state = MitigationState::kPendingApproval;
+  const CreateRequest r = PendingRequest("user:held-over", "block");
   auto created = std::make_shared<CreateResult>();
   ASSERT_TRUE(
       ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), created)).ok());
@@ -284,14 +284,16 @@ TEST_F(MitigationsTest, RevokeOnceThenConflict) {
   auto c = Create("ip:10.0.0.1", "block", absl::Hours(1));
   ASSERT_TRUE(c.ok());
   auto out = std::make_shared<core::Mitigation>();
-  ASSERT_TRUE(
-      ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "false positive", "k_r", out))
-          .ok());
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(
+                      RevokeMitigation(c->mitigation.id, "false positive", "k_r", out, kPendingTtl))
+                  .ok());
   EXPECT_EQ(out->state, MitigationState::kRevoked);
   EXPECT_EQ(out->state_reason, "false positive");
-  auto again = ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "x", "k_r", out));
+  auto again =
+      ledger_->SubmitAndWait(RevokeMitigation(c->mitigation.id, "x", "k_r", out, kPendingTtl));
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
-  auto missing = ledger_->SubmitAndWait(RevokeMitigation("m_nope", "x", "k_r", out));
+  auto missing = ledger_->SubmitAndWait(RevokeMitigation("m_nope", "x", "k_r", out, kPendingTtl));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   // After a revoke a new mitigation of the same action is a new one, not the revoked one.
   auto fresh = Create("ip:10.0.0.1", "block", absl::Hours(1));

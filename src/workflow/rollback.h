@@ -41,21 +41,21 @@ bool Matches(const RollbackFilter& f, const core::Mitigation& m);
 //! {"policy": ..., ...} with only the set fields; times as RFC 3339.
 std::string RollbackFilterJson(const RollbackFilter& f);
 
-//! The live mitigations matching `f`, from one consistent read of the store; with `now`,
-//! live as a rollback run then finds them (core::LiveAt with `pending_ttl`: not one past
+//! The live mitigations matching `f`, from one consistent read of the store, live at
+//! `now` as a rollback run then finds them (core::LiveAt with `pending_ttl`: not one past
 //! its expiry or its approval window), so a dry run counts what the run would revoke.
-absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(
-    ledger::Store& store, const RollbackFilter& f, absl::Time now = absl::InfinitePast(),
-    absl::Duration pending_ttl = absl::InfiniteDuration());
+absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
+                                                                  const RollbackFilter& f,
+                                                                  absl::Time now,
+                                                                  absl::Duration pending_ttl);
 
 struct RollbackTargets {
   std::vector<core::Mitigation> mitigations;  // live mitigations matching
   int64_t entities = 0;                       // distinct entities among them
 };
 //! As FindRollbackTargets, with the number of distinct entities (what approval counts).
-absl::StatusOr<RollbackTargets> FindRollbackTargetSet(
-    ledger::Store& store, const RollbackFilter& f, absl::Time now = absl::InfinitePast(),
-    absl::Duration pending_ttl = absl::InfiniteDuration());
+absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, const RollbackFilter& f,
+                                                      absl::Time now, absl::Duration pending_ttl);
 
 struct RollbackResult {
   int64_t matched = 0;
@@ -104,8 +104,7 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 //! (Txn::AppendMitigationIfAt); one that changed since is re-read in the transaction and
 //! checked again. *out = the request as filed.
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
-                          std::shared_ptr<RollbackRequest> out,
-                          absl::Duration pending_ttl = absl::InfiniteDuration());
+                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl);
 
 // The rollback requests, as of the committed ledger plus the decisions of the
 // transaction being built (so two decisions in one commit batch cannot both pass).

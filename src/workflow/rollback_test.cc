@@ -63,7 +63,7 @@ class RollbackTest : public testing::Test {
     r.filter = f;
     r.reason = "bad model";
     r.requested_by = std::move(requester);
-    auto t = FindRollbackTargetSet(ledger_->store(), f);
+    auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
     EXPECT_TRUE(t.ok());
     r.matched = static_cast<int64_t>(t->mitigations.size());
     r.entities = t->entities;
@@ -78,7 +78,7 @@ class RollbackTest : public testing::Test {
     if (!out) out = std::make_shared<RollbackRequest>();
     auto r = requests_->Get(id);
     std::vector<core::Mitigation> ids;
-    if (r) ids = *FindRollbackTargets(ledger_->store(), r->filter);
+    if (r) ids = *FindRollbackTargets(ledger_->store(), r->filter, clock_.Now(), kTtl);
     return ledger_
         ->SubmitAndWait(
             requests_->Decide(id, approve, "note", std::move(reviewer), std::move(ids), kTtl, out))
@@ -116,7 +116,7 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   std::string c = Create("user:c", "model-v2");
   RollbackFilter f;
   f.source = "model-v3";
-  auto t = FindRollbackTargetSet(ledger_->store(), f);
+  auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->mitigations.size(), 2u);
   EXPECT_EQ(t->entities, 2);
@@ -126,14 +126,17 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
     r.filter = f;
     r.reason = "bad";
     r.requested_by = "k_admin";
-    r.entities = t->entities;  // as the route reads them, before the transaction
+    // As the route reads them, before the transaction (the run counts them again).
+    r.matched = static_cast<int64_t>(t->mitigations.size());
+    r.entities = t->entities;
     auto out = std::make_shared<RollbackRequest>();
-    EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, std::move(targets), out)).ok());
+    EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, std::move(targets), out, kTtl)).ok());
     return out;
   };
   auto targets = t->mitigations;
   auto out = run("rb_1", targets);
   EXPECT_EQ(out->revoked, 2);
+  EXPECT_EQ(out->matched, 2);
   EXPECT_EQ(out->entities, 2);
   EXPECT_EQ(State(a), MitigationState::kRevoked);
   EXPECT_EQ(State(b), MitigationState::kRevoked);
@@ -158,7 +161,7 @@ TEST_F(RollbackTest, RollbackRevokesMatchesOnlyAndIsIdempotent) {
   // matched 0, entities 2, the read before the transaction).
   EXPECT_EQ(requests_->Get("rb_2")->matched, 0);
   EXPECT_EQ(requests_->Get("rb_2")->entities, 0);
-  EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f)->empty());
+  EXPECT_TRUE(FindRollbackTargets(ledger_->store(), f, clock_.Now(), kTtl)->empty());
   // One transaction: the chain still verifies.
   auto audit = ledger::VerifyChain(ledger_->store());
   ASSERT_TRUE(audit.ok());
@@ -172,7 +175,7 @@ TEST_F(RollbackTest, RollbackLeavesOnesPastTheirExpiry) {
   const std::string live = Create("user:long", "model-v3");  // the default ttl: days
   RollbackFilter f;
   f.source = "model-v3";
-  auto t = FindRollbackTargetSet(ledger_->store(), f);
+  auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
   ASSERT_TRUE(t.ok());
   ASSERT_EQ(t->mitigations.size(), 2u);
   clock_.Advance(absl::Minutes(2));  // past the short one's expiry; no scheduler runs here
@@ -182,7 +185,7 @@ TEST_F(RollbackTest, RollbackLeavesOnesPastTheirExpiry) {
   r.reason = "bad";
   r.requested_by = "k_admin";
   auto out = std::make_shared<RollbackRequest>();
-  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out)).ok());
+  ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out, kTtl)).ok());
   EXPECT_EQ(out->revoked, 1);
   EXPECT_EQ(State(live), MitigationState::kRevoked);
   EXPECT_EQ(State(short_lived), MitigationState::kActive);  // the scheduler's
@@ -238,7 +241,7 @@ TEST_F(RollbackTest, TwoDecisionsInOneCommitBatchCannotBothPass) {
   RollbackFilter f;
   f.source = "model-v3";
   std::string id = Request(f);
-  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f);
+  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f, clock_.Now(), kTtl);
   // Both run in one transaction: the second sees the first's decision.
   auto first = std::make_shared<RollbackRequest>();
   auto second = std::make_shared<RollbackRequest>();
@@ -259,7 +262,7 @@ TEST_F(RollbackTest, FailedDecisionLeavesItPending) {
   RollbackFilter f;
   f.source = "model-v3";
   std::string id = Request(f);
-  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f);
+  std::vector<core::Mitigation> ids = *FindRollbackTargets(ledger_->store(), f, clock_.Now(), kTtl);
   auto out = std::make_shared<RollbackRequest>();
   auto m = requests_->Decide(id, true, "", "k_r1", ids, kTtl, out);
   // The decision's mutation succeeds but its caller fails after it: all rolled back.

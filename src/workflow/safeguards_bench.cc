@@ -187,7 +187,8 @@ void BM_Rollback(benchmark::State& state) {
     auto t0 = std::chrono::steady_clock::now();
     RollbackFilter f;
     f.source = "bench";
-    auto ids = FindRollbackTargets(env.ledger->store(), f);
+    auto ids =
+        FindRollbackTargets(env.ledger->store(), f, absl::Now(), SafeguardOptions{}.pending_ttl);
     double find_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     RollbackRequest request;
     request.id = "rb_bench";
@@ -195,7 +196,8 @@ void BM_Rollback(benchmark::State& state) {
     request.reason = "bench";
     request.requested_by = "k_admin";
     auto result = std::make_shared<RollbackRequest>();
-    auto done = env.ledger->SubmitAndWait(Rollback(std::move(request), std::move(*ids), result));
+    auto done = env.ledger->SubmitAndWait(
+        Rollback(std::move(request), std::move(*ids), result, SafeguardOptions{}.pending_ttl));
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // CPU the rollback used (the reader thread's share included): what it would take on
     // an idle machine, where the wall time above is inflated by other processes.

@@ -244,12 +244,14 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       auto active = All(core::MitigationState::kActive);
       if (active.empty()) continue;
       auto out = std::make_shared<core::Mitigation>();
-      ASSERT_TRUE(
-          ledger_->SubmitAndWait(RevokeMitigation(pick(active).id, "manual", "k_r1", out)).ok());
+      ASSERT_TRUE(ledger_
+                      ->SubmitAndWait(
+                          RevokeMitigation(pick(active).id, "manual", "k_r1", out, absl::Hours(6)))
+                      .ok());
     } else if (op < 78) {  // a rollback
       RollbackFilter f;
       f.source = rng() % 2 ? "s1" : "s2";
-      auto ids = FindRollbackTargets(ledger_->store(), f);
+      auto ids = FindRollbackTargets(ledger_->store(), f, clock_.Now(), absl::Hours(6));
       ASSERT_TRUE(ids.ok());
       RollbackRequest r;
       r.id = core::NewId("rb_", clock_.Now());
@@ -257,7 +259,7 @@ TEST_P(SafeguardsProperty, IndexEqualsReplayOfLedger) {
       r.reason = "oops";
       r.requested_by = "k_admin";
       auto out = std::make_shared<RollbackRequest>();
-      ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, *ids, out)).ok());
+      ASSERT_TRUE(ledger_->SubmitAndWait(Rollback(r, *ids, out, absl::Hours(6))).ok());
       EXPECT_EQ(out->revoked, static_cast<int64_t>(ids->size()));
     } else if (op < 81) {  // a breaker reset
       auto out = std::make_shared<safeguards::BreakerStatus>();
