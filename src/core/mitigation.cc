@@ -41,7 +41,7 @@ absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl) {
 
 bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl) {
   return LiveAt(m, now) &&
-         !(m.state == MitigationState::kPendingApproval && m.created_at + pending_ttl <= now);
+         !(m.state == MitigationState::kPendingApproval && OverAt(m, pending_ttl) <= now);
 }
 
 namespace {

@@ -87,15 +87,30 @@ int HungResolver(const char*, const char*, const addrinfo*, addrinfo** out) {
   return EAI_AGAIN;
 }
 
-TEST(ConnectTcpTest, AResolverThatDoesNotAnswerEndsAtTheDeadline) {
-  internal::SetResolverForTest(&HungResolver);
-  absl::StatusOr<int> fd = ConnectTcp("quell.test", 80, In(absl::Milliseconds(200)));
-  internal::SetResolverForTest(nullptr);
-  {
-    std::lock_guard<std::mutex> lock(hung_mu);
-    hung_released = true;
+// HungResolver installed for a scope (held until the scope ends, whichever test ran before),
+// then removed, and its lookup released.
+class HungResolverScope {
+ public:
+  HungResolverScope() {
+    {
+      std::lock_guard<std::mutex> lock(hung_mu);
+      hung_released = false;
+    }
+    internal::SetResolverForTest(&HungResolver);
   }
-  hung_cv.notify_all();
+  ~HungResolverScope() {
+    internal::SetResolverForTest(nullptr);
+    {
+      std::lock_guard<std::mutex> lock(hung_mu);
+      hung_released = true;
+    }
+    hung_cv.notify_all();
+  }
+};
+
+TEST(ConnectTcpTest, AResolverThatDoesNotAnswerEndsAtTheDeadline) {
+  HungResolverScope hung;
+  absl::StatusOr<int> fd = ConnectTcp("quell.test", 80, In(absl::Milliseconds(200)));
   ASSERT_EQ(fd.status().code(), absl::StatusCode::kDeadlineExceeded) << fd.status();
   EXPECT_EQ(fd.status().message(), "timed out resolving quell.test");
 }
@@ -103,11 +118,7 @@ TEST(ConnectTcpTest, AResolverThatDoesNotAnswerEndsAtTheDeadline) {
 // A cancel flag ends the wait (Ctrl-C during `quell import --server`'s first connect waited
 // out its 30 s).
 TEST(ConnectTcpTest, ACancelEndsAResolutionThatDoesNotAnswer) {
-  {
-    std::lock_guard<std::mutex> lock(hung_mu);
-    hung_released = false;  // another test may have released it
-  }
-  internal::SetResolverForTest(&HungResolver);
+  HungResolverScope hung;
   std::atomic<bool> cancel{false};
   std::thread setter([&] {
     absl::SleepFor(absl::Milliseconds(100));
@@ -115,12 +126,6 @@ TEST(ConnectTcpTest, ACancelEndsAResolutionThatDoesNotAnswer) {
   });
   absl::StatusOr<int> fd = ConnectTcp("quell.test", 80, absl::InfiniteFuture(), &cancel);
   setter.join();
-  internal::SetResolverForTest(nullptr);
-  {
-    std::lock_guard<std::mutex> lock(hung_mu);
-    hung_released = true;
-  }
-  hung_cv.notify_all();
   ASSERT_EQ(fd.status().code(), absl::StatusCode::kCancelled) << fd.status();
   EXPECT_EQ(fd.status().message(), "interrupted while resolving quell.test");
 }

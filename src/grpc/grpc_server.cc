@@ -593,7 +593,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     // A stream that ends without Finish (its queue refused the next operation: the server
     // stops) is still logged and counted once, as UNAVAILABLE.
     ~StreamCheck() override {
-      if (start_ != absl::InfinitePast() && !recorded_) {
+      if (state_ == State::kReading || state_ == State::kWriting) {  // started, not finished
         owner_->recorder_.Record(kCheckStreamMethod, ::grpc::StatusCode::UNAVAILABLE,
                                  absl::Now() - start_, ctx_, caller_, span_);
       }
@@ -613,17 +613,15 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       }
       owner_->recorder_.Record(kCheckStreamMethod, status.error_code(), absl::Now() - start_, ctx_,
                                caller_, span_);
-      recorded_ = true;
       state_ = State::kFinishing;
       if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
     }
     Impl* owner_;
     CheckQueue* q_;
     State state_ = State::kArriving;
-    obs::Span span_;  // the stream's server span (not recording when untraced)
-    absl::Time start_ = absl::InfinitePast();  // when the call arrived; past: it never did
-    bool recorded_ = false;                    // logged and counted (by Finish)
-    std::string caller_;                       // the key id, once authorized
+    obs::Span span_;      // the stream's server span (not recording when untraced)
+    absl::Time start_;    // when the call arrived
+    std::string caller_;  // the key id, once authorized
     int64_t requests_ = 0;
     absl::Time authorized_at_;  // the key's last check
     ::grpc::ServerContext ctx_;

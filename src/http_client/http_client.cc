@@ -46,19 +46,15 @@ absl::StatusOr<Url> ParseUrl(std::string_view url) {
                      tls ? "; TLS is not supported: reach the server over plain HTTP" : "", ")"));
   }
   url.remove_prefix(kScheme.size());
+  if (url.find_first_of("?#") != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        "a server URL takes no query or fragment: http://host[:port][/prefix]");
+  }
   Url u;
-  const size_t end = url.find_first_of("/?#");
+  const size_t end = url.find('/');
   std::string_view hostport = url.substr(0, end);
   if (end != std::string_view::npos) {
-    if (url[end] != '/') {
-      return absl::InvalidArgumentError(
-          "a server URL takes no query or fragment: http://host[:port][/prefix]");
-    }
     u.prefix = std::string(url.substr(end));
-    if (u.prefix.find_first_of("?#") != std::string::npos) {
-      return absl::InvalidArgumentError(
-          "a server URL takes no query or fragment: http://host[:port][/prefix]");
-    }
     while (!u.prefix.empty() && u.prefix.back() == '/') u.prefix.pop_back();
   }
   // Credentials in the URL are not sent (the key is), and echoing them in an error would

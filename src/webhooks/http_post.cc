@@ -146,7 +146,6 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(std::string_view url) {
       return absl::InvalidArgumentError(absl::StrCat("url host ", AV(host), ": ", *why));
     }
   }
-  if (host.empty()) return absl::InvalidArgumentError("url needs a host");
   if (out.port < 1 || out.port > 65535) return absl::InvalidArgumentError("port out of range");
   for (size_t i = 0; i < out.path.size(); ++i) {
     const auto c = static_cast<unsigned char>(out.path[i]);
