@@ -158,6 +158,9 @@ class DirectSink final : public Sink {
       }
       work[i].detection = std::move(detections[i]);
     }
+    // The entities the commit thread will read deciding this batch, read now on this
+    // thread (it has time to spare; the commit thread has none).
+    ledger_->store().PrefetchEntities(workflow::ReadsAhead(work, absl::Now()));
     ledger::Mutation mutation;
     if (set_ == nullptr) {
       mutation = workflow::ApplyDetections(std::move(work), catalog_, "import", out);

@@ -149,6 +149,13 @@ struct MitigationPage {
 
 // A write transaction. Confined to the commit thread; not thread-safe.
 // Reads inside a Txn see the Txn's own uncommitted writes.
+// One entity a batch about to be decided will read (Store::PrefetchEntities): its
+// mitigations live or created at or after `since` (InfiniteFuture: the live ones).
+struct EntityRead {
+  core::Entity entity;
+  absl::Time since;
+};
+
 class Txn {
  public:
   virtual ~Txn() = default;
@@ -297,6 +304,14 @@ class Store {
 
   // ---- reads: thread-safe, committed data only (after CommitVisible, possibly before
   // SyncCommitted: visible a few milliseconds before durable) ----
+
+  //! A hint: transactions about to begin will read these entities (Txn::EntityMitigations
+  //! with the same `since` or a later one). A store may read them now, on the caller's
+  //! thread, so that the Txn answers them without a read when nothing has been written to
+  //! the entity since (the commit thread runs the whole write path; this moves its reads
+  //! to the threads that prepare the batches). Errors are not reported: a read not done
+  //! ahead is done in the Txn. The default does nothing.
+  virtual void PrefetchEntities(const std::vector<EntityRead>& reads) { (void)reads; }
 
   //! The highest committed seq (0 if the log is empty).
   virtual absl::StatusOr<int64_t> LastSeq() = 0;

@@ -1822,6 +1822,97 @@ TEST(SqliteStore, OutOfDateFileNeedsMigrateWhenNotApplying) {
   EXPECT_OK(OpenSqliteStore({.path = backend.dir().string(), .apply_migrations = false}));
 }
 
+// Entity reads done ahead (PrefetchEntities, as quell import --data does off the commit
+// thread) are used only when nothing can have changed the entity since they were read:
+// each case below would read a stale entity if the prefetch were taken. Without the
+// entity cache (as the direct import runs), so that every read reaches the prefetch.
+TEST(SqliteStore, EntityReadsDoneAheadAreUsedOnlyIfNothingWroteTheEntitySince) {
+  testing::SqliteTestBackend backend;
+  auto opened = OpenSqliteStore({.path = backend.dir().string(), .entity_cache_bytes = 0});
+  ASSERT_OK(opened);
+  Store& store = **opened;
+  using S = core::MitigationState;
+  const core::Entity u1 = E("user:u1");
+  auto append = [](Txn& txn, core::Mitigation* m) {
+    m->seq = txn.NextSeq();
+    Change c;
+    c.kind = ChangeKind::kMitigation;
+    c.actor = "k_test";
+    return txn.Append(std::move(c), m).status();
+  };
+  auto put = [&](core::Mitigation* m) {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    ASSERT_OK(V(append(**txn, m)));
+    ASSERT_OK(V((*txn)->Commit()));
+  };
+  auto read = [&](Txn& txn, absl::Time since) {
+    auto got = txn.EntityMitigations(u1, since);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.ok() ? *got : std::vector<core::Mitigation>{};
+  };
+  auto taken = [&] { return *SqlitePrefetchTakenForTest(store); };
+  core::Mitigation m = MakeMitigation(1, "user:u1", "block");
+  put(&m);
+
+  // Nothing wrote u1 since: the read done ahead answers.
+  store.PrefetchEntities({{u1, kT0}});
+  {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    EXPECT_THAT(read(**txn, kT0), ElementsAre(m));
+    EXPECT_EQ(taken(), 1);
+  }
+  // Written and committed after the read ahead.
+  store.PrefetchEntities({{u1, kT0}});
+  m.expires_at += absl::Hours(1);
+  put(&m);
+  {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    EXPECT_THAT(read(**txn, kT0), ElementsAre(m));
+  }
+  // Written by the open Txn, before and after the read ahead (which sees committed data).
+  store.PrefetchEntities({{u1, kT0}});
+  {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    core::Mitigation extended = m;
+    extended.expires_at += absl::Hours(2);
+    ASSERT_OK(V(append(**txn, &extended)));
+    EXPECT_THAT(read(**txn, kT0), ElementsAre(extended));
+    store.PrefetchEntities({{u1, kT0}});
+    EXPECT_THAT(read(**txn, kT0), ElementsAre(extended));
+    (*txn)->Rollback();
+  }
+  // Read ahead for the live ones only: a read reaching back further is not answered by it.
+  core::Mitigation revoked = MakeMitigation(2, "user:u1", "flag", S::kRevoked);
+  put(&revoked);
+  store.PrefetchEntities({{u1, absl::InfiniteFuture()}});
+  {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    EXPECT_THAT(read(**txn, kT0), UnorderedElementsAre(m, revoked));
+  }
+  // Another writer (a CLI process) changed u1 after the read ahead.
+  store.PrefetchEntities({{u1, kT0}});
+  {
+    auto other = backend.Open();
+    ASSERT_OK(other);
+    auto txn = (*other)->Begin(kT0);
+    ASSERT_OK(txn);
+    m.state = S::kRevoked;
+    ASSERT_OK(V(append(**txn, &m)));
+    ASSERT_OK(V((*txn)->Commit()));
+  }
+  {
+    auto txn = store.Begin(kT0);
+    ASSERT_OK(txn);
+    EXPECT_THAT(read(**txn, kT0), UnorderedElementsAre(m, revoked));
+  }
+  EXPECT_EQ(taken(), 1);  // only the first
+}
+
 TEST(SqliteStore, UnusableDirectoryIsAnError) {
   auto store = OpenSqliteStore({.path = "/proc/quell-cannot-create-this"});
   EXPECT_FALSE(store.ok());

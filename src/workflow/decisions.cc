@@ -352,6 +352,26 @@ absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::P
   return hits;
 }
 
+std::vector<ledger::EntityRead> ReadsAhead(const std::vector<DetectionWork>& work, absl::Time now) {
+  std::vector<ledger::EntityRead> reads;
+  absl::flat_hash_map<absl::string_view, size_t> index;  // entity -> its read
+  for (const DetectionWork& w : work) {
+    for (const engine::Proposal& p : w.proposals) {
+      // As ApplyOne reads: PriorHits counts from the window's start; the safeguards and
+      // create-or-extend read the live ones (any view holds them).
+      const absl::Time since =
+          p.escalate.empty() ? absl::InfiniteFuture() : now - p.escalation_window;
+      auto [it, added] = index.try_emplace(AV(p.entity.str()), reads.size());
+      if (added) {
+        reads.push_back({p.entity, since});
+      } else {
+        reads[it->second].since = std::min(reads[it->second].since, since);
+      }
+    }
+  }
+  return reads;
+}
+
 ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<const core::ActionCatalog> catalog,
                                  std::string actor,

@@ -94,6 +94,12 @@ ledger::Mutation ApplyDetections(std::vector<DetectionWork> work,
                                  std::shared_ptr<std::vector<DetectionOutcome>> out,
                                  SafeguardContext safeguards = {}, ProposeFn propose = nullptr);
 
+//! The entity reads ApplyDetections will make deciding `work` from `now` on (an
+//! escalating proposal's count over its window, otherwise the entity's live mitigations),
+//! one per entity, for ledger::Store::PrefetchEntities. Proposals that are not final are
+//! included as they are: a read ahead that is not used costs only itself.
+std::vector<ledger::EntityRead> ReadsAhead(const std::vector<DetectionWork>& work, absl::Time now);
+
 //! The escalation count of `p` on committed data (for dry runs: policies/test, backtest):
 //! the same hits ApplyDetections counts inside its transaction.
 absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::Proposal& p,

@@ -22,6 +22,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "ledger/internal/entity_prefetch.h"
 #include "ledger/internal/known_entities.h"
 #include "ledger/internal/payloads.h"
 #include "ledger/sqlite/internal/db.h"
@@ -32,6 +33,7 @@
 namespace quell::ledger {
 namespace {
 
+using internal::EntityPrefetch;
 using internal::KnownEntities;
 using internal::ListChange;
 using internal::ParseListChange;
@@ -770,6 +772,7 @@ class SqliteStore final : public Store {
   }
   bool DefersSync() const override { return wal_syncer_ != nullptr; }
 
+  void PrefetchEntities(const std::vector<EntityRead>& reads) override;
   absl::StatusOr<int64_t> LastSeq() override {
     return WithRead([](Db& db) { return QueryLastSeq(db); });
   }
@@ -845,6 +848,7 @@ class SqliteStore final : public Store {
     return writer_->QueryText(absl::StrCat("PRAGMA ", AV(name)));
   }
   void TxnFinished() { txn_open_.store(false); }
+  EntityPrefetch& prefetch() { return prefetch_; }
   // The open Txn committed up to `head_seq`: the entity cache and the known entities are
   // the store as of then.
   void Committed(int64_t head_seq) {
@@ -901,6 +905,7 @@ class SqliteStore final : public Store {
   EntityCache entity_cache_;
   int64_t cache_head_seq_ = -1;
   KnownEntities known_;                            // used only by Begin and the open Txn
+  EntityPrefetch prefetch_;                        // Put by any thread; the rest as known_
   absl::Time known_retry_ = absl::InfinitePast();  // no load before this, after a failure
   ReadPool pool_;
   absl::Mutex side_mu_;
@@ -1311,6 +1316,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   }
   QUELL_RETURN_IF_ERROR(CompleteMitigationChange(change, m, seq));
   const std::string& entity = m.entity.str();
+  store_->prefetch().NoteWrite(entity, seq);
   QUELL_RETURN_IF_ERROR(
       Run("UPDATE mitigations SET state = ?2, due_at = ?3, seq = ?4 "
           "WHERE id = ?1 AND seq = ?5 AND entity = ?6 AND action = ?7 AND created_at = ?8 "
@@ -1392,6 +1398,7 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   if (mitigation != nullptr) {
     first_of_entity = known_->loaded() && !known_->MayHave(mitigation->entity.str());
     known_->Add(mitigation->entity.str());  // before it can be read back
+    store_->prefetch().NoteWrite(mitigation->entity.str(), seq);
     written_.push_back(mitigation->entity.str());
     view = UpsertMitigationRow(*mitigation, seq);
     if (view.ok()) {
@@ -1429,16 +1436,22 @@ absl::StatusOr<std::vector<core::Mitigation>> SqliteTxn::EntityMitigations(
   QUELL_RETURN_IF_ERROR(CheckOpen());
   if (!known_->MayHave(entity.str())) return std::vector<core::Mitigation>();
   since = core::ToStoredPrecision(since);  // as the query compares it
-  if (std::vector<core::Mitigation> out; cache_->Find(entity.str(), since, &out)) {
-    std::erase_if(out, [&](const core::Mitigation& m) {
-      return m.created_at < since && !core::IsLive(m.state);
-    });
-    return out;
+  std::vector<core::Mitigation> out;
+  if (!cache_->Find(entity.str(), since, &out)) {
+    if (auto ahead = store_->prefetch().Take(entity.str(), since)) {
+      cache_->Put(entity.str(), ahead->since, ahead->mitigations);
+      out = std::move(ahead->mitigations);
+    } else {
+      QUELL_ASSIGN_OR_RETURN(out, QueryEntityMitigations(*db_, entity, since));
+      cache_->Put(entity.str(), since, out);
+      return out;
+    }
   }
-  QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> read,
-                         QueryEntityMitigations(*db_, entity, since));
-  cache_->Put(entity.str(), since, read);
-  return read;
+  // Kept, or read ahead, for an earlier `since`: as the query would answer this one.
+  std::erase_if(out, [&](const core::Mitigation& m) {
+    return m.created_at < since && !core::IsLive(m.state);
+  });
+  return out;
 }
 
 absl::Status SqliteTxn::Savepoint() {
@@ -1625,6 +1638,7 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
     }
     if (head_seq != cache_head_seq_) {
       entity_cache_.Clear();
+      prefetch_.Distrust(head_seq);
       cache_head_seq_ = head_seq;
     }
     st = CatchUpKnown(head_seq);
@@ -1641,6 +1655,21 @@ absl::StatusOr<std::unique_ptr<Txn>> SqliteStore::Begin(absl::Time now) {
   auto txn = start();
   if (!txn.ok()) txn_open_.store(false);
   return txn;
+}
+
+void SqliteStore::PrefetchEntities(const std::vector<EntityRead>& reads) {
+  if (reads.empty()) return;
+  (void)WithRead([&](Db& db) -> absl::Status {
+    QUELL_ASSIGN_OR_RETURN(int64_t head, QueryLastSeq(db));  // the snapshot's
+    for (const EntityRead& r : reads) {
+      const absl::Time since = core::ToStoredPrecision(r.since);
+      QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> read,
+                             QueryEntityMitigations(db, r.entity, since));
+      prefetch_.Put(r.entity.str(),
+                    {.snapshot_seq = head, .since = since, .mitigations = std::move(read)});
+    }
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<std::vector<Change>> SqliteStore::ReadChanges(int64_t after, int limit) {
@@ -2103,6 +2132,12 @@ absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store) {
   auto* s = dynamic_cast<SqliteStore*>(&store);
   if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
   return s->CheckpointRuns();
+}
+
+absl::StatusOr<int64_t> SqlitePrefetchTakenForTest(Store& store) {
+  auto* s = dynamic_cast<SqliteStore*>(&store);
+  if (s == nullptr) return absl::InvalidArgumentError("not a SQLite store");
+  return s->prefetch().taken();
 }
 
 absl::StatusOr<int64_t> SqliteWalSyncsForTest(Store& store) {
