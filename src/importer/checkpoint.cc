@@ -108,7 +108,7 @@ absl::StatusOr<Checkpoint> CheckpointFromJson(std::string_view json) {
     if (!r->value.IsString()) return bad();
     c.rejects = r->value.GetString();
   }
-  if (auto r = doc.FindMember("crc"); r != doc.MemberEnd()) {  // absent: Avro, or older
+  if (auto r = doc.FindMember("crc"); r != doc.MemberEnd()) {  // absent: older
     if (!r->value.IsUint()) return bad();
     c.crc = r->value.GetUint();
   }

@@ -38,8 +38,9 @@ struct Checkpoint {
   int64_t rows = 0;                // rows consumed up to there (Avro resumes by this)
   uint64_t rejects_bytes = 0;      // the rejects file's length at that point
   std::string rejects;             // the rejects file, absolute ("": a checkpoint before it)
-  // CRC-32 of the file's decompressed bytes before `offset` (text formats; none: Avro, or
-  // a checkpoint before it): a resume reads them again and refuses other data.
+  // CRC-32 of the file's decompressed bytes before `offset` (text formats), or of the keys
+  // of its first `rows` records (Avro); none: a checkpoint before it. A resume reads them
+  // again and refuses other data (Position::crc).
   std::optional<uint32_t> crc;
   // Where the rows go: "server URL" or "data dir /abs/path" ("": a checkpoint before it).
   std::string destination;

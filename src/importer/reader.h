@@ -30,8 +30,9 @@ struct Position {
   uint64_t offset = 0;  // decompressed bytes consumed (text formats)
   int64_t line = 0;     // physical lines consumed (text formats)
   int64_t rows = 0;     // rows returned (every format; Avro resumes by this)
-  // CRC-32 (zlib's) of the decompressed bytes before `offset` (text formats). SkipTo with
-  // one refuses input whose bytes up to there differ (kFailedPrecondition).
+  // CRC-32 (zlib's) of the decompressed bytes before `offset` (text formats), or of the
+  // keys (source, id) of the `rows` records before (Avro). SkipTo with one refuses input
+  // whose bytes (records' keys) up to there differ (kFailedPrecondition).
   std::optional<uint32_t> crc;
 };
 

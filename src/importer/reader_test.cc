@@ -315,6 +315,31 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
     Row row;
     ASSERT_TRUE(*(*r)->Next(&row));
     EXPECT_EQ(row.detection->id, "d300");
+    // A resume checks the records it skips by their keys: the same file resumes, and so
+    // does another one with the same keys in the same order (its other fields would have
+    // been duplicates); the same rows in another order (same size) are refused.
+    Position at = (*r)->position();
+    auto same = RowReader::Open(ByteSource::FromString(bytes), Format::kAvro, {});
+    ASSERT_TRUE((*same)->SkipTo(at).ok());
+    ASSERT_TRUE(*(*same)->Next(&row));
+    EXPECT_EQ(row.detection->id, "d301");
+    std::vector<testing::AvroRow> swapped = rows;
+    std::swap(swapped[100], swapped[101]);
+    ASSERT_EQ(testing::WriteAvro(path, swapped, codec), "");
+    std::string reordered = testing::ReadFileOrEmpty(path);
+    if (std::string_view(codec) == "null") {
+      ASSERT_EQ(reordered.size(), bytes.size());
+    }
+    auto other = RowReader::Open(ByteSource::FromString(reordered), Format::kAvro, {});
+    absl::Status st = (*other)->SkipTo(at);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_NE(st.message().find("its first 301 records differ"), std::string::npos) << st;
+    std::vector<testing::AvroRow> rescored = rows;
+    rescored[100].score = 0.25;
+    ASSERT_EQ(testing::WriteAvro(path, rescored, codec), "");
+    auto rewritten =
+        RowReader::Open(ByteSource::FromString(testing::ReadFileOrEmpty(path)), Format::kAvro, {});
+    ASSERT_TRUE((*rewritten)->SkipTo(at).ok());
   }
   // Wrong schemas are refused with the reason.
   std::string path = dir + "/bad.avro";

@@ -2,6 +2,7 @@
 
 #include <avro.h>
 #include <stdio.h>
+#include <zlib.h>
 
 #include <cstdint>
 #include <cstring>
@@ -191,6 +192,10 @@ class AvroReader final : public RowReader {
     auto plan = Plan(schema_, source_->name());
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
+    for (const FieldPlan& p : plan_) {  // both required, strings, never null (Plan)
+      if (p.name == "id") id_index_ = p.index;
+      if (p.name == "source") source_index_ = p.index;
+    }
     iface_ = avro_generic_class_from_schema(schema_);
     if (iface_ == nullptr || avro_generic_value_new(iface_, &value_) != 0) {
       return absl::InternalError(absl::StrCat("libavro: ", avro_strerror()));
@@ -234,6 +239,7 @@ class AvroReader final : public RowReader {
     }
     *row = Row{};
     row->line = ++rows_;
+    if (absl::Status st = NoteKey(); !st.ok()) return failed_ = st;
     auto d = Decode();
     if (d.ok()) {
       row->detection = *std::move(d);
@@ -245,7 +251,6 @@ class AvroReader final : public RowReader {
   }
 
   absl::Status SkipTo(const Position& pos) override {
-    Row row;
     while (rows_ < pos.rows) {
       int rc = ReadValue();
       if (rc == EOF) {
@@ -255,6 +260,16 @@ class AvroReader final : public RowReader {
       }
       if (rc != 0) return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
       ++rows_;
+      QUELL_RETURN_IF_ERROR(NoteKey());
+    }
+    // The records skipped are the ones the checkpoint counted, by key: skipping a record
+    // of another key would lose it, while one of the same key would have come back a
+    // duplicate (detections are idempotent per source and id).
+    if (pos.crc && *pos.crc != keys_crc_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          source_->name(), ": its first ", pos.rows,
+          " records differ (by source and id) from those the checkpoint was made on: is it "
+          "the same input?"));
     }
     return absl::OkStatus();
   }
@@ -263,6 +278,7 @@ class AvroReader final : public RowReader {
     Position p;
     p.rows = rows_;
     p.line = rows_;
+    p.crc = keys_crc_;
     return p;
   }
 
@@ -402,6 +418,24 @@ class AvroReader final : public RowReader {
     return static_cast<ssize_t>(*got);
   }
 
+  // Brings keys_crc_ over the record in value_: its source and id, each with its length.
+  absl::Status NoteKey() {
+    for (int index : {source_index_, id_index_}) {
+      avro_value_t field;
+      const char* s = nullptr;
+      size_t n = 0;
+      if (avro_value_get_by_index(&value_, index, &field, nullptr) != 0 ||
+          avro_value_get_string(&field, &s, &n) != 0) {
+        return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
+      }
+      const uint32_t len = static_cast<uint32_t>(n);  // libavro counts the NUL
+      keys_crc_ = static_cast<uint32_t>(
+          ::crc32_z(keys_crc_, reinterpret_cast<const Bytef*>(&len), sizeof len));
+      keys_crc_ = static_cast<uint32_t>(::crc32_z(keys_crc_, reinterpret_cast<const Bytef*>(s), n));
+    }
+    return absl::OkStatus();
+  }
+
   // The next record into value_: the one Init read first, then libavro's next.
   int ReadValue() {
     if (first_rc_) return *std::exchange(first_rc_, std::nullopt);
@@ -415,6 +449,10 @@ class AvroReader final : public RowReader {
   std::string head_;  // the bytes read until the header parses (libavro reads it first)
   std::string sync_;  // the file's sync marker, from its header
   std::string tail_;  // the last (up to) 16 bytes libavro read
+  int id_index_ = 0, source_index_ = 0;
+  // CRC-32 of the keys (source and id, length-prefixed) of the records read or skipped:
+  // what a Position records of an Avro file, since its records are counted, not its bytes.
+  uint32_t keys_crc_ = 0;
   avro_file_reader_t reader_ = nullptr;
   avro_schema_t schema_ = nullptr;
   avro_value_iface_t* iface_ = nullptr;
