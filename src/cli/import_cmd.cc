@@ -195,7 +195,8 @@ int ImportCommand(const std::vector<std::string>& args) {
     // With --json, stdout is for the machine; people read stderr.
     (json ? std::cerr : std::cout) << text;
   }
-  return r.status.ok() ? kOk : kFailure;
+  if (r.status.ok()) return kOk;
+  return r.bad_usage ? kUsage : kFailure;
 }
 
 }  // namespace quell::cli

@@ -141,6 +141,12 @@ class Run {
     res_.refused = true;
     return s;
   }
+  // Refused for what the command line names (output paths that clash with each other,
+  // an input or the ledger's files): bad usage, as a bad flag is.
+  absl::Status RefuseUsage(absl::Status s) {
+    res_.bad_usage = true;
+    return Refuse(std::move(s));
+  }
 
   absl::Status GoInner() {
     if (o_.files.empty())
@@ -154,7 +160,7 @@ class Run {
     // the checkpoint replaced (and removed at the end).
     std::string rejects_abs = AbsolutePath(res_.rejects_path);
     if (rejects_abs == AbsolutePath(res_.checkpoint_path)) {
-      return Refuse(absl::InvalidArgumentError(absl::StrCat(
+      return RefuseUsage(absl::InvalidArgumentError(absl::StrCat(
           "--rejects and --checkpoint are the same file (", res_.rejects_path,
           "): the checkpoint would replace the rejects, and go at the end; give two paths")));
     }
@@ -163,7 +169,7 @@ class Run {
       for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
                                std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
         if (absl::StartsWith(AbsolutePath(*out), data)) {
-          return Refuse(absl::InvalidArgumentError(
+          return RefuseUsage(absl::InvalidArgumentError(
               absl::StrCat(what, *out, " is inside the data directory ", o_.data_dir,
                            ", which holds the ledger's files: give a path outside it")));
         }
@@ -176,14 +182,14 @@ class Run {
       struct stat os {};
       if (::stat(out->c_str(), &os) != 0) continue;
       if (S_ISDIR(os.st_mode)) {
-        return Refuse(absl::InvalidArgumentError(
+        return RefuseUsage(absl::InvalidArgumentError(
             absl::StrCat(what, *out, " is a directory; give a file path")));
       }
       for (const std::string& in : o_.files) {
         struct stat is {};
         if (in != "-" && ::stat(in.c_str(), &is) == 0 && is.st_dev == os.st_dev &&
             is.st_ino == os.st_ino) {
-          return Refuse(absl::InvalidArgumentError(absl::StrCat(
+          return RefuseUsage(absl::InvalidArgumentError(absl::StrCat(
               what, *out, " is the input ", in, ": it would be overwritten; give another path")));
         }
       }

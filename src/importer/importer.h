@@ -75,9 +75,10 @@ struct ImportOptions {
 };
 
 struct ImportResult {
-  absl::Status status;   // OK, or why the run stopped (the checkpoint allows --resume)
-  bool refused = false;  // the run was refused before anything was written
-  std::string batch;     // the batch id recorded on every detection and decision
+  absl::Status status;     // OK, or why the run stopped (the checkpoint allows --resume)
+  bool refused = false;    // the run was refused before anything was written
+  bool bad_usage = false;  // refused for its arguments (output paths), not its input
+  std::string batch;       // the batch id recorded on every detection and decision
   Counts counts;
   absl::Duration elapsed;
   uint64_t bytes = 0;         // raw bytes read (this run)

@@ -762,16 +762,28 @@ class DirectImportTest(unittest.TestCase):
         write_ndjson(f, 50, bad_every=10)
         db = os.path.join(self.data, "quell.db")
         size = os.path.getsize(db)
-        # --rejects onto the ledger's database wrote NDJSON over it (exit 0).
+        # --rejects onto the ledger's database wrote NDJSON over it (exit 0). Such paths are
+        # bad usage (exit 2), as a bad flag is.
         code, _, err = import_cmd(f, "--data", self.data, "--rejects", db)
-        self.assertEqual(code, 1, err)
+        self.assertEqual(code, 2, err)
         self.assertIn("inside the data directory", err)
         self.assertEqual(os.path.getsize(db), size)
         # --rejects and --checkpoint one file: the rejects were gone at the end (exit 0).
         same = self.path("same.ndjson")
         code, _, err = import_cmd(f, "--data", self.data, "--rejects", same, "--checkpoint", same)
-        self.assertEqual(code, 1, err)
+        self.assertEqual(code, 2, err)
         self.assertIn("are the same file", err)
+        # --rejects naming the input (a fresh run emptied it), or a directory.
+        with open(f, "rb") as src:
+            before = src.read()
+        code, _, err = import_cmd(f, "--data", self.data, "--rejects", f)
+        self.assertEqual(code, 2, err)
+        self.assertIn("it would be overwritten", err)
+        with open(f, "rb") as src:
+            self.assertEqual(src.read(), before)
+        code, _, err = import_cmd(f, "--data", self.data, "--rejects", self.tmp.name)
+        self.assertEqual(code, 2, err)
+        self.assertIn("is a directory", err)
 
     def test_resume_in_another_directory_is_not_another_file_of_that_name(self):
         # The checkpoint kept inputs as typed: `day.ndjson.gz` resumed from another working
