@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "core/utf8.h"
 #include "gtest/gtest.h"
 #include "importer/test_util.h"
 
@@ -306,7 +307,13 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
       for (size_t i : {size_t{9}, size_t{11}}) {
         EXPECT_FALSE(c.rows[i].detection) << i;
         EXPECT_NE(c.rows[i].error.find("invalid UTF-8"), std::string::npos) << c.rows[i].error;
+        // The whole record, its bad bytes replaced: not just the bad field.
+        EXPECT_NE(c.rows[i].text.find(absl::StrCat("\"entity\":\"user:u", i, "\"")),
+                  std::string::npos)
+            << c.rows[i].text;
+        EXPECT_FALSE(core::FindInvalidUtf8(c.rows[i].text)) << c.rows[i].text;
       }
+      EXPECT_NE(c.rows[9].text.find("\"id\":\"d9\xef\xbf\xbd\""), std::string::npos);
     }
     auto r = RowReader::Open(ByteSource::FromString(bytes), Format::kAvro, {});
     Position p;

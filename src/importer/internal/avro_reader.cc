@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -288,19 +289,28 @@ class AvroReader final : public RowReader {
     rapidjson::Document doc;
     doc.SetObject();
     auto& a = doc.GetAllocator();
+    // A field that cannot be decoded is kept in the record (so that the rejects file gets
+    // the whole record), and the first such error rejects it.
+    absl::Status bad_field;
+    std::deque<std::string> fixed;  // replaced text, alive until the record is written
     // A string field's bytes: Avro promises UTF-8 but does not check it (as JSON rows are,
     // they are checked, so that no sink stores invalid text).
-    auto text = [&](avro_value_t& v, const FieldPlan& p) -> absl::StatusOr<std::string_view> {
+    auto text = [&](avro_value_t& v, const FieldPlan& p) -> std::string_view {
       const char* s = nullptr;
       size_t n = 0;
       avro_value_get_string(&v, &s, &n);
       std::string_view out(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
       if (auto bad = core::FindInvalidUtf8(out)) {
-        text_ = std::string(out.substr(0, kMaxRejectText));
-        return absl::InvalidArgumentError(
-            absl::StrCat("field \"", p.name, "\": invalid UTF-8 at byte ", *bad + 1));
+        if (bad_field.ok()) {
+          bad_field = absl::InvalidArgumentError(
+              absl::StrCat("field \"", p.name, "\": invalid UTF-8 at byte ", *bad + 1));
+        }
+        return fixed.emplace_back(core::ReplaceInvalidUtf8(out));
       }
       return out;
+    };
+    auto str = [&](std::string_view v) {
+      return rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a);
     };
     for (const FieldPlan& p : plan_) {
       avro_value_t field;
@@ -317,23 +327,22 @@ class AvroReader final : public RowReader {
       rapidjson::Value key(rapidjson::StringRef(p.name.data(), p.name.size()));
       switch (p.kind) {
         case Kind::kString:
+          doc.AddMember(key, str(text(field, p)), a);
+          break;
         case Kind::kEvidence: {
-          QUELL_ASSIGN_OR_RETURN(std::string_view v, text(field, p));
-          if (p.kind == Kind::kEvidence) {
-            if (absl::Status deep = CheckJsonDepth(v, "evidence: "); !deep.ok()) {
-              text_ = std::string(v.substr(0, kMaxRejectText));
-              return deep;
-            }
-            rapidjson::Document ev(&a);
+          const std::string_view v = text(field, p);
+          absl::Status ok_json = CheckJsonDepth(v, "evidence: ");
+          rapidjson::Document ev(&a);
+          if (ok_json.ok()) {
             ev.Parse<rapidjson::kParseFullPrecisionFlag>(v.data(), v.size());  // as the API reads
-            if (ev.HasParseError()) {
-              text_ = std::string(v);
-              return absl::InvalidArgumentError("evidence: not valid JSON");
-            }
+            if (ev.HasParseError())
+              ok_json = absl::InvalidArgumentError("evidence: not valid JSON");
+          }
+          if (ok_json.ok()) {
             doc.AddMember(key, rapidjson::Value(ev, a), a);
-          } else {
-            doc.AddMember(
-                key, rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a), a);
+          } else {  // kept as the text it is
+            if (bad_field.ok()) bad_field = ok_json;
+            doc.AddMember(key, str(v), a);
           }
           break;
         }
@@ -354,12 +363,9 @@ class AvroReader final : public RowReader {
             int64_t micros = 0;
             avro_value_get_long(&field, &micros);
             std::string t = core::FormatRfc3339(absl::FromUnixMicros(micros));
-            doc.AddMember(
-                key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
+            doc.AddMember(key, str(t), a);
           } else {
-            QUELL_ASSIGN_OR_RETURN(std::string_view t, text(field, p));
-            doc.AddMember(
-                key, rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a), a);
+            doc.AddMember(key, str(text(field, p)), a);
           }
           break;
         }
@@ -370,16 +376,16 @@ class AvroReader final : public RowReader {
           for (size_t i = 0; i < count; ++i) {
             avro_value_t item;
             avro_value_get_by_index(&field, i, &item, nullptr);
-            QUELL_ASSIGN_OR_RETURN(std::string_view t, text(item, p));
-            arr.PushBack(rapidjson::Value(t.data(), static_cast<rapidjson::SizeType>(t.size()), a),
-                         a);
+            arr.PushBack(str(text(item, p)), a);
           }
           doc.AddMember(key, arr, a);
           break;
         }
       }
     }
-    auto d = DecodeJsonValue(doc, options_.decode);
+    absl::StatusOr<engine::Detection> d = bad_field.ok()
+                                              ? DecodeJsonValue(doc, options_.decode)
+                                              : absl::StatusOr<engine::Detection>(bad_field);
     if (!d.ok()) {
       // The rejects file gets the record as JSON.
       rapidjson::StringBuffer buf;
