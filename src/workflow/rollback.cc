@@ -183,14 +183,18 @@ std::string_view RollbackRequestState(const RollbackRequest& r, absl::Duration p
 std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending_ttl,
                                 absl::Time now) {
   std::string p = "{";
+  const std::string_view state = RollbackRequestState(r, pending_ttl, now);
   Field(&p, "id", r.id);
-  Field(&p, "state", RollbackRequestState(r, pending_ttl, now));
+  Field(&p, "state", state);
   p += ",\"filter\":";
   p += RollbackFilterJson(r.filter);
   Field(&p, "reason", r.reason);
   Field(&p, "requested_by", r.requested_by);
   Field(&p, "requested_at", core::FormatRfc3339(r.requested_at));
-  Field(&p, "expires_at", core::FormatRfc3339(r.requested_at + pending_ttl));
+  // When it stops (or stopped) waiting; a decided request did not wait for it.
+  if (state == "pending_approval" || state == "expired") {
+    Field(&p, "expires_at", core::FormatRfc3339(r.requested_at + pending_ttl));
+  }
   IntField(&p, "matched", r.matched);
   IntField(&p, "entities", r.entities);
   IntField(&p, "revoked", r.revoked);

@@ -319,6 +319,16 @@ TEST(RollbackRequestJson, ShapeAndBadPayload) {
   std::string json = RollbackRequestJson(r, absl::Hours(1), r.requested_at);
   EXPECT_NE(json.find("\"state\":\"pending_approval\""), std::string::npos) << json;
   EXPECT_NE(json.find("\"expires_at\":\"2026-01-01T00:50:00Z\""), std::string::npos) << json;
+  json = RollbackRequestJson(r, absl::Hours(1), r.requested_at + absl::Hours(2));
+  EXPECT_NE(json.find("\"state\":\"expired\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"expires_at\":\"2026-01-01T00:50:00Z\""), std::string::npos) << json;
+  // A decided request did not wait out its window: no expiry to show.
+  r.state = "done";
+  r.decided_by = "k_b";
+  r.decided_at = r.requested_at + absl::Minutes(5);
+  json = RollbackRequestJson(r, absl::Hours(1), r.requested_at + absl::Hours(2));
+  EXPECT_NE(json.find("\"state\":\"done\""), std::string::npos) << json;
+  EXPECT_EQ(json.find("expires_at"), std::string::npos) << json;
   EXPECT_FALSE(RollbackRequestFromPayload("{\"x\":1}", absl::Now()).ok());
 }
 
