@@ -453,11 +453,11 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
       EXPECT_NE(std::string(c.status.message()).find("corrupt Avro data after record"),
                 std::string::npos)
           << c.status;
-      if (in_count.contains(n)) {
-        EXPECT_NE(std::string(c.status.message()).find("the data ends inside a block"),
-                  std::string::npos)
-            << n << ": " << c.status;
-      }
+      // Cut in a block's count (libavro reads that as the end) or in its records (libavro:
+      // "Cannot read file block"): the same words.
+      EXPECT_NE(std::string(c.status.message()).find("the data ends inside a block"),
+                std::string::npos)
+          << n << (in_count.contains(n) ? " (in a count)" : "") << ": " << c.status;
       ++cut_in_rows;
     }
     EXPECT_GT(refused, 0) << codec;

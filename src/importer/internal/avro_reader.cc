@@ -224,15 +224,12 @@ class AvroReader final : public RowReader {
       // format has no end marker), anywhere else is refused. libavro also stops at a block
       // of 0 records (which writers do not make) even if more follow: refused as well,
       // unless the whole file was read ahead by then.
-      if (tail_ != sync_) {
-        failed_ = absl::DataLossError(absl::StrCat(
-            source_->name(), ": corrupt Avro data after record ", rows_,
-            ": the data ends inside a block (the file is cut short, or libavro stopped at an "
-            "empty block)"));
-        return failed_;
-      }
+      if (tail_ != sync_) return failed_ = CutShort();
       return false;
     }
+    // A block whose bytes stop at the end of the input: cut short, whatever libavro says
+    // ("Cannot read file block").
+    if (rc != 0 && at_end_) return failed_ = CutShort();
     if (rc != 0) {
       failed_ = absl::DataLossError(absl::StrCat(
           source_->name(), ": corrupt Avro data after record ", rows_, ": ", avro_strerror()));
@@ -409,6 +406,7 @@ class AvroReader final : public RowReader {
       errno = EIO;
       return -1;
     }
+    if (*got == 0 && size > 0) self->at_end_ = true;
     std::string_view read(buf, *got);
     if (self->sync_.empty() && self->head_.size() < kMaxHeaderBytes) {
       self->head_.append(read.substr(0, kMaxHeaderBytes - self->head_.size()));
@@ -422,6 +420,13 @@ class AvroReader final : public RowReader {
       if (self->tail_.size() > 16) self->tail_.erase(0, self->tail_.size() - 16);
     }
     return static_cast<ssize_t>(*got);
+  }
+
+  absl::Status CutShort() const {
+    return absl::DataLossError(absl::StrCat(
+        source_->name(), ": corrupt Avro data after record ", rows_,
+        ": the data ends inside a block (the file is cut short, or libavro stopped at an "
+        "empty block)"));
   }
 
   // Brings keys_crc_ over the record in value_: its source and id, each with its length.
@@ -452,9 +457,10 @@ class AvroReader final : public RowReader {
   // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
   // the file is refused.
   static constexpr size_t kMaxHeaderBytes = 1 << 20;
-  std::string head_;  // the bytes read until the header parses (libavro reads it first)
-  std::string sync_;  // the file's sync marker, from its header
-  std::string tail_;  // the last (up to) 16 bytes libavro read
+  std::string head_;     // the bytes read until the header parses (libavro reads it first)
+  std::string sync_;     // the file's sync marker, from its header
+  std::string tail_;     // the last (up to) 16 bytes libavro read
+  bool at_end_ = false;  // a read found the end of the input
   int id_index_ = 0, source_index_ = 0;
   // CRC-32 of the keys (source and id, length-prefixed) of the records read or skipped:
   // what a Position records of an Avro file, since its records are counted, not its bytes.
