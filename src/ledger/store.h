@@ -147,8 +147,6 @@ struct MitigationPage {
   std::string next_cursor;                    // "" when this is the last page
 };
 
-// A write transaction. Confined to the commit thread; not thread-safe.
-// Reads inside a Txn see the Txn's own uncommitted writes.
 // One entity a batch about to be decided will read (Store::PrefetchEntities): its
 // mitigations live or created at or after `since` (InfiniteFuture: the live ones).
 struct EntityRead {
@@ -156,6 +154,8 @@ struct EntityRead {
   absl::Time since;
 };
 
+// A write transaction. Confined to the commit thread; not thread-safe.
+// Reads inside a Txn see the Txn's own uncommitted writes.
 class Txn {
  public:
   virtual ~Txn() = default;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -1851,7 +1852,11 @@ TEST(SqliteStore, EntityReadsDoneAheadAreUsedOnlyIfNothingWroteTheEntitySince) {
     EXPECT_TRUE(got.ok()) << got.status();
     return got.ok() ? *got : std::vector<core::Mitigation>{};
   };
-  auto taken = [&] { return *SqlitePrefetchTakenForTest(store); };
+  auto taken = [&] {
+    auto n = SqlitePrefetchTakenForTest(store);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : -1;
+  };
   core::Mitigation m = MakeMitigation(1, "user:u1", "block");
   put(&m);
 
@@ -1911,6 +1916,153 @@ TEST(SqliteStore, EntityReadsDoneAheadAreUsedOnlyIfNothingWroteTheEntitySince) {
     EXPECT_THAT(read(**txn, kT0), UnorderedElementsAre(m, revoked));
   }
   EXPECT_EQ(taken(), 1);  // only the first
+}
+
+// The same random operations on two stores, one reading entities ahead (before and during
+// its transactions) and one never: every read inside a Txn agrees. Writes to a few
+// entities in every state, nested savepoints rolled back or released (seqs reused), Txns
+// rolled back, committed or committed visible then synced, and now and then another
+// process writing both files.
+void ReadAheadAgrees(uint32_t seed, size_t entity_cache_bytes, int64_t* taken) {
+  testing::SqliteTestBackend backend_a, backend_b;
+  auto opened_a =
+      OpenSqliteStore({.path = backend_a.dir().string(), .entity_cache_bytes = entity_cache_bytes});
+  auto opened_b = OpenSqliteStore({.path = backend_b.dir().string(), .entity_cache_bytes = 0});
+  ASSERT_OK(opened_a);
+  ASSERT_OK(opened_b);
+  Store& a = **opened_a;
+  Store& b = **opened_b;
+  std::mt19937 rng(seed);
+  auto pick = [&](int n) { return static_cast<int>(rng() % n); };
+  const std::vector<std::string> entities = {"user:a", "user:b", "user:c", "user:d"};
+  using S = core::MitigationState;
+  const S states[] = {S::kActive,          S::kRevoked,   S::kExpired,
+                      S::kPendingApproval, S::kScheduled, S::kShadow};
+  auto since = [&] {
+    return pick(4) == 0 ? absl::InfiniteFuture()
+                        : kT0 + absl::Milliseconds(pick(20000)) + absl::Nanoseconds(pick(1000));
+  };
+  auto by_id = [](std::vector<core::Mitigation> v) {
+    std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.id < y.id; });
+    return v;
+  };
+  auto read_ahead = [&](bool all) {
+    std::vector<EntityRead> reads;
+    for (const std::string& e : entities) {
+      if (all || pick(2)) reads.push_back({E(e), since()});
+    }
+    a.PrefetchEntities(reads);
+  };
+  std::vector<std::string> ids;
+  int n = 0;
+  auto write = [&](Txn& ta, Txn& tb) {  // one mitigation write, the same on both
+    core::Mitigation m;
+    if (ids.empty() || pick(3) == 0) {
+      m = MakeMitigation(++n, entities[pick(4)], pick(2) ? "block" : "flag", states[pick(6)]);
+      m.created_at = kT0 + absl::Milliseconds(pick(20000)) + absl::Microseconds(pick(1000));
+      m.id = absl::StrCat("m_", seed, "_", n);
+    } else {
+      auto current = tb.GetMitigation(ids[pick(static_cast<int>(ids.size()))]);
+      if (!current.ok() || !current->has_value()) return;  // rolled back since
+      m = **current;
+      m.state = states[pick(6)];
+      m.expires_at += absl::Seconds(1);
+    }
+    ASSERT_EQ(ta.NextSeq(), tb.NextSeq());
+    m.seq = ta.NextSeq();
+    Change c;
+    c.kind = ChangeKind::kMitigation;
+    c.actor = "k_test";
+    auto ra = ta.Append(c, &m);
+    auto rb = tb.Append(c, &m);
+    ASSERT_EQ(ra.ok(), rb.ok()) << ra.status() << " / " << rb.status();
+    ids.push_back(m.id);
+  };
+  for (int round = 0; round < 200; ++round) {
+    for (int k = pick(3); k > 0; --k) read_ahead(false);
+    if (pick(8) == 0) {  // another process
+      auto other_a = backend_a.Open();
+      auto other_b = backend_b.Open();
+      ASSERT_OK(other_a);
+      ASSERT_OK(other_b);
+      auto ta = (*other_a)->Begin(kT0);
+      auto tb = (*other_b)->Begin(kT0);
+      ASSERT_OK(ta);
+      ASSERT_OK(tb);
+      write(**ta, **tb);
+      ASSERT_OK(V((*ta)->Commit()));
+      ASSERT_OK(V((*tb)->Commit()));
+    }
+    auto ta = a.Begin(kT0);
+    auto tb = b.Begin(kT0);
+    ASSERT_OK(ta);
+    ASSERT_OK(tb);
+    int savepoints = 0;
+    for (int op = pick(12); op > 0; --op) {
+      switch (pick(7)) {
+        case 0:
+        case 1:
+          write(**ta, **tb);
+          break;
+        case 2:
+          ASSERT_OK(V((*ta)->Savepoint()));
+          ASSERT_OK(V((*tb)->Savepoint()));
+          ++savepoints;
+          break;
+        case 3:
+        case 4:
+          if (savepoints > 0) {
+            const bool undo = pick(2) == 0;
+            ASSERT_OK(V(undo ? (*ta)->RollbackToSavepoint() : (*ta)->ReleaseSavepoint()));
+            ASSERT_OK(V(undo ? (*tb)->RollbackToSavepoint() : (*tb)->ReleaseSavepoint()));
+            --savepoints;
+          }
+          break;
+        case 5:
+          read_ahead(true);  // while the Txn is open: it sees committed data only
+          break;
+        default: {
+          const core::Entity e = E(entities[pick(4)]);
+          const absl::Time from = since();
+          auto ra = (*ta)->EntityMitigations(e, from);
+          auto rb = (*tb)->EntityMitigations(e, from);
+          ASSERT_OK(ra);
+          ASSERT_OK(rb);
+          ASSERT_EQ(by_id(*ra), by_id(*rb))
+              << "seed " << seed << " round " << round << " " << e.str() << " since " << from;
+        }
+      }
+    }
+    switch (pick(3)) {
+      case 0:
+        (*ta)->Rollback();
+        (*tb)->Rollback();
+        break;
+      case 1:
+        ASSERT_OK(V((*ta)->CommitVisible()));
+        ASSERT_OK(V((*tb)->CommitVisible()));
+        ASSERT_OK(V(a.SyncCommitted()));
+        ASSERT_OK(V(b.SyncCommitted()));
+        break;
+      default:
+        ASSERT_OK(V((*ta)->Commit()));
+        ASSERT_OK(V((*tb)->Commit()));
+    }
+  }
+  auto used = SqlitePrefetchTakenForTest(a);
+  ASSERT_OK(used);
+  *taken += *used;
+}
+
+TEST(SqliteStore, EntityReadsDoneAheadNeverChangeWhatATxnReads) {
+  for (size_t cache : {size_t{0}, size_t{1} << 20}) {
+    int64_t taken = 0;
+    for (uint32_t seed = 1; seed <= 8; ++seed) {
+      ReadAheadAgrees(seed, cache, &taken);
+      if (HasFatalFailure()) return;
+    }
+    EXPECT_GT(taken, 0) << "cache " << cache << ": no read done ahead was used";
+  }
 }
 
 TEST(SqliteStore, UnusableDirectoryIsAnError) {

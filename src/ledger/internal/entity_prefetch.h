@@ -87,7 +87,8 @@ class EntityPrefetch {
   // Every write with a seq above this is in last_write_; a result must have seen it.
   // Nothing is trusted before the store's first Distrust (at its first Begin).
   int64_t trusted_from_ = INT64_MAX;
-  int64_t taken_ = 0, refused_ = 0;
+  int64_t taken_ = 0;
+  int64_t refused_ = 0;
 };
 
 }  // namespace quell::ledger::internal

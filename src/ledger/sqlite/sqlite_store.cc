@@ -982,6 +982,10 @@ absl::Status SqliteTxn::PutIdempotency(const IdempotencyRecord& r) {
 // seq first (for its undo) and then write it, three B-tree descents instead of one. The
 // undo, which almost never runs, finds the prior version itself.
 absl::Status SqliteTxn::UpsertMitigationRow(const core::Mitigation& m, int64_t seq) {
+  // Every write of a mitigation row is noted before it is made (here, in
+  // RestoreMitigationBefore and in AppendMitigationIfAt): a read done ahead of it must not
+  // answer for the entity (internal/entity_prefetch.h).
+  store_->prefetch().NoteWrite(m.entity.str(), seq);
   // A mitigation keeps its entity (RestoreMitigationBefore finds its versions by it): an
   // update that would change it writes nothing and is refused.
   QUELL_RETURN_IF_ERROR(
@@ -1012,6 +1016,7 @@ absl::Status SqliteTxn::UpsertMitigationRow(const core::Mitigation& m, int64_t s
 // undo runs only when a mutation fails).
 absl::Status SqliteTxn::RestoreMitigationBefore(std::string_view id, std::string_view entity,
                                                 int64_t seq) {
+  store_->prefetch().NoteWrite(entity, seq);  // the undone write's: as UpsertMitigationRow
   std::optional<std::pair<int64_t, std::string>> prior;
   {
     QUELL_ASSIGN_OR_RETURN(
@@ -1316,7 +1321,7 @@ absl::StatusOr<std::optional<Change>> SqliteTxn::AppendMitigationIfAt(Change cha
   }
   QUELL_RETURN_IF_ERROR(CompleteMitigationChange(change, m, seq));
   const std::string& entity = m.entity.str();
-  store_->prefetch().NoteWrite(entity, seq);
+  store_->prefetch().NoteWrite(entity, seq);  // as UpsertMitigationRow
   QUELL_RETURN_IF_ERROR(
       Run("UPDATE mitigations SET state = ?2, due_at = ?3, seq = ?4 "
           "WHERE id = ?1 AND seq = ?5 AND entity = ?6 AND action = ?7 AND created_at = ?8 "
@@ -1398,7 +1403,6 @@ absl::StatusOr<Change> SqliteTxn::Append(Change change, const core::Mitigation* 
   if (mitigation != nullptr) {
     first_of_entity = known_->loaded() && !known_->MayHave(mitigation->entity.str());
     known_->Add(mitigation->entity.str());  // before it can be read back
-    store_->prefetch().NoteWrite(mitigation->entity.str(), seq);
     written_.push_back(mitigation->entity.str());
     view = UpsertMitigationRow(*mitigation, seq);
     if (view.ok()) {

@@ -85,6 +85,7 @@ absl::StatusOr<int64_t> SqliteCheckpointRunsForTest(Store& store);
 //! How many entity reads done ahead (PrefetchEntities) a Txn of `store` (from
 //! OpenSqliteStore) has used instead of reading. For tests.
 absl::StatusOr<int64_t> SqlitePrefetchTakenForTest(Store& store);
+
 //! How many fdatasyncs of the WAL `store` (from OpenSqliteStore) has made itself: with
 //! synchronous_full, the write connection runs at NORMAL and Txn::Commit and
 //! Store::SyncCommitted sync the WAL through the store. For tests.
