@@ -110,6 +110,19 @@ namespace internal {
 void SetResolverForTest(ResolverFn fn) { resolver.store(fn == nullptr ? &::getaddrinfo : fn); }
 }  // namespace internal
 
+absl::Status WaitFd(int fd, short events, absl::Time deadline) {
+  for (;;) {
+    const int ms = PollMillis(deadline);
+    if (ms == 0) return absl::DeadlineExceededError("timed out");
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, ms);
+    if (n > 0) return absl::OkStatus();
+    if (n < 0 && errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+  }
+}
+
 absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline,
                                const std::atomic<bool>* cancel) {
   absl::StatusOr<AddrList> list = Resolve(host, port, deadline, cancel);
@@ -125,9 +138,10 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
     }
     int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
     if (err == EINPROGRESS) {
-      for (;;) {
-        int ms = PollMillis(deadline);
-        if (ms == 0) {
+      // In slices when it can be cancelled, so that a cancel is seen soon.
+      absl::Status ready = absl::DeadlineExceededError("");
+      while (absl::IsDeadlineExceeded(ready)) {
+        if (absl::Now() >= deadline) {
           ::close(fd);
           return absl::DeadlineExceededError(absl::StrCat("timed out connecting to ", where));
         }
@@ -135,18 +149,16 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
           ::close(fd);
           return absl::CancelledError(absl::StrCat("interrupted while connecting to ", where));
         }
-        if (cancel != nullptr) {
-          ms = std::min<int>(ms, static_cast<int>(absl::ToInt64Milliseconds(kCancelCheck)));
-        }
-        pollfd p{fd, POLLOUT, 0};
-        const int n = ::poll(&p, 1, ms);
-        if (n > 0) break;
-        if (n < 0 && errno != EINTR) {
-          err = errno;
-          break;
-        }
+        ready =
+            WaitFd(fd, POLLOUT,
+                   cancel != nullptr ? std::min(deadline, absl::Now() + kCancelCheck) : deadline);
       }
-      if (err == EINPROGRESS) {
+      if (!ready.ok()) {
+        ::close(fd);
+        last = absl::UnavailableError(absl::StrCat("connect ", where, ": ", ready.message()));
+        continue;
+      }
+      {
         socklen_t len = sizeof(err);
         if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
       }

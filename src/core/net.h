@@ -1,6 +1,6 @@
 // Opening a TCP connection to HOST:PORT within a deadline, name resolution included: the
 // one connect step of Quell's small HTTP clients (webhooks, OTLP export, the importer's
-// and mirror's client, serve's start-up probes).
+// and mirror's client, serve's start-up probes); and their one wait for a socket.
 //
 // getaddrinfo has no timeout of its own: a resolver that does not answer would hold the
 // caller (a webhook delivery, an import) for as long as the system's resolver retries.
@@ -14,6 +14,7 @@
 #include <atomic>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -29,6 +30,12 @@ namespace quell::core {
 //! (may be null; e.g. set by a signal handler) is set.
 absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time deadline,
                                const std::atomic<bool>* cancel = nullptr);
+
+//! Waits until `fd` is ready for `events` (poll(2) flags) or `deadline` passes, retrying
+//! on EINTR: OK when ready (or in error: the next read or write says which),
+//! kDeadlineExceeded "timed out" once `deadline` has passed, kUnavailable "poll: <reason>".
+//! Callers word the timeout for what they were doing. Blocks at most a minute per poll(2).
+absl::Status WaitFd(int fd, short events, absl::Time deadline);
 
 namespace internal {
 // Test-only: the resolver names go to (getaddrinfo's signature; nullptr: getaddrinfo).

@@ -133,15 +133,11 @@ absl::Status HttpConnection::Wait(short events) {
         return absl::CancelledError("interrupted while waiting for the server's reply");
       }
     }
-    // Short slices, so that a cancel is seen soon.
-    const absl::Duration left = std::min(deadline_ - now, absl::Milliseconds(200));
-    const int ms = static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(left) + 1));
-    pollfd p{fd_, events, 0};
-    const int n = ::poll(&p, 1, ms);
-    if (n > 0) return absl::OkStatus();  // ready, or an error the next call reports
-    if (n < 0 && errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
-    }
+    // Short slices, so that a cancel is seen soon. Ready (or in error: the next call
+    // reports it) or a failed poll ends the wait; a slice that ran out goes round.
+    absl::Status ready =
+        core::WaitFd(fd_, events, std::min(deadline_, now + absl::Milliseconds(200)));
+    if (!absl::IsDeadlineExceeded(ready)) return ready;
   }
 }
 

@@ -31,22 +31,12 @@ struct Fd {
   }
 };
 
-int MillisLeft(absl::Time deadline) {
-  const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-  return ms <= 0 ? 0 : static_cast<int>(ms > 1'000'000 ? 1'000'000 : ms);
-}
-
 // Waits for `events` on fd until the deadline: OK, kDeadlineExceeded or kUnavailable.
 absl::Status Wait(int fd, short events, absl::Time deadline, const char* what) {
-  for (;;) {
-    const int ms = MillisLeft(deadline);
-    if (ms == 0) return absl::DeadlineExceededError(absl::StrCat("timeout while ", what));
-    pollfd p{fd, events, 0};
-    const int n = poll(&p, 1, ms);
-    if (n > 0) return absl::OkStatus();
-    if (n < 0 && errno != EINTR)
-      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
-  }
+  absl::Status s = core::WaitFd(fd, events, deadline);
+  if (absl::IsDeadlineExceeded(s))
+    return absl::DeadlineExceededError(absl::StrCat("timeout while ", what));
+  return s;
 }
 
 // 1 to 5 digits, nothing else (SimpleAtoi took " 80" and "+80").

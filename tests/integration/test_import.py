@@ -652,6 +652,12 @@ class DirectImportTest(unittest.TestCase):
     def path(self, name):
         return os.path.join(self.tmp.name, name)
 
+    def piped(self, data, *args):
+        """`quell import -` into self.data with `data` on standard input."""
+        p = subprocess.run([QUELL, "import", "-", "--data", self.data, "--progress", "off", *args],
+                           input=data, cwd=self.tmp.name, capture_output=True, timeout=120)
+        return p.returncode, p.stdout.decode(), p.stderr.decode()
+
     def test_csv_from_stdin_and_rejects(self):
         csv = "id,source,type,entity,score,observed_at,evidence,related\n"
         csv += 'c1,bot-model-v3,artificial_streaming,user:c1,0.97,%s,"{""k"":1}",device:d1|ip:10.0.0.1\n' % ts(5)
@@ -811,24 +817,19 @@ class DirectImportTest(unittest.TestCase):
         cut = cut[: len(cut) * 2 // 3]  # a truncated stream stops the run with a checkpoint
         other = b"".join(sorted(whole.splitlines(keepends=True), reverse=True))  # same rows
 
-        def piped(data, *args):
-            p = subprocess.run([QUELL, "import", "-", "--data", self.data, "--progress", "off",
-                                *args], input=data, cwd=self.tmp.name, capture_output=True,
-                               timeout=120)
-            return p.returncode, p.stdout.decode(), p.stderr.decode()
-        code, _, err = piped(cut)
+        code, _, err = self.piped(cut)
         self.assertEqual(code, 1, err)
         self.assertIn("truncated gzip", err)
         self.assertTrue(os.path.exists(self.path("quell-import.quell-checkpoint")))
-        code, _, err = piped(other, "--resume")
+        code, _, err = self.piped(other, "--resume")
         self.assertEqual(code, 1, err)
         self.assertIn("differ from those the checkpoint was made on", err)
         # A plain rerun without --resume finds the checkpoint too (and names where it went).
-        code, _, err = piped(whole)
+        code, _, err = self.piped(whole)
         self.assertEqual(code, 1, err)
         self.assertIn("a checkpoint of an unfinished import", err)
         self.assertIn("into data dir " + self.data, err)
-        code, out, err = piped(whole, "--resume")
+        code, out, err = self.piped(whole, "--resume")
         self.assertEqual(code, 0, err)
         # The rows before the checkpoint were the first run's: the rate is of this run's.
         m = re.search(r"read 3,000 rows \(([0-9,]+) this run, ", out)
@@ -854,19 +855,14 @@ class DirectImportTest(unittest.TestCase):
         with open(f, "rb") as src:
             other = src.read()
 
-        def piped(data, *args):
-            p = subprocess.run([QUELL, "import", "-", "--data", self.data, "--progress", "off",
-                                *args], input=data, cwd=self.tmp.name, capture_output=True,
-                               timeout=120)
-            return p.returncode, p.stdout.decode(), p.stderr.decode()
-        code, out, err = piped(cut)
+        code, out, err = self.piped(cut)
         self.assertEqual(code, 1, err)
         self.assertIn("corrupt Avro data after record 64", err)
-        code, _, err = piped(other, "--resume")
+        code, _, err = self.piped(other, "--resume")
         self.assertEqual(code, 1, err)
         self.assertIn("its first 64 records differ (by source and id) from those the checkpoint "
                       "was made on", err)
-        code, out, err = piped(whole, "--resume")
+        code, out, err = self.piped(whole, "--resume")
         self.assertEqual(code, 0, err)
         self.assertIn("read 128 rows (64 this run, ", out)
         self.assertIn("accepted 128, duplicate 0, rejected 0", out)

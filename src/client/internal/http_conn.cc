@@ -21,21 +21,11 @@
 namespace quell::client::internal {
 namespace {
 
-int Millis(absl::Duration d) {
-  if (d < absl::ZeroDuration()) return 0;
-  int64_t ms = absl::ToInt64Milliseconds(d);
-  return ms > 1000000000 ? 1000000000 : static_cast<int>(ms);
-}
-
 // Waits until fd is ready for `events`; kUnavailable on timeout.
 absl::Status WaitFd(int fd, short events, absl::Duration timeout) {
-  pollfd p{fd, events, 0};
-  while (true) {
-    int r = ::poll(&p, 1, Millis(timeout));
-    if (r > 0) return absl::OkStatus();
-    if (r == 0) return absl::UnavailableError("timed out");
-    if (errno != EINTR) return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
-  }
+  absl::Status s = core::WaitFd(fd, events, absl::Now() + std::max(timeout, absl::ZeroDuration()));
+  if (absl::IsDeadlineExceeded(s)) return absl::UnavailableError("timed out");
+  return s;
 }
 
 }  // namespace

@@ -35,24 +35,12 @@ class Fd {
   int fd_;
 };
 
-int MillisUntil(absl::Time deadline) {
-  const absl::Duration left = deadline - absl::Now();
-  if (left <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 60'000));
-}
-
 // Waits for `events` on `fd` until `deadline`. OkStatus when ready.
 absl::Status WaitFor(int fd, short events, absl::Time deadline, std::string_view what) {
-  for (;;) {
-    const int ms = MillisUntil(deadline);
-    if (ms == 0) return absl::DeadlineExceededError(absl::StrCat("timed out ", AV(what)));
-    pollfd p{fd, events, 0};
-    const int r = ::poll(&p, 1, ms);
-    if (r > 0) return absl::OkStatus();
-    if (r < 0 && errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
-    }
-  }
+  absl::Status s = core::WaitFd(fd, events, deadline);
+  if (absl::IsDeadlineExceeded(s))
+    return absl::DeadlineExceededError(absl::StrCat("timed out ", AV(what)));
+  return s;
 }
 
 absl::Status SendAll(int fd, std::string_view data, absl::Time deadline) {
