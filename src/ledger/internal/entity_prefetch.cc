@@ -14,6 +14,10 @@ uint64_t EntityPrefetch::Hash(std::string_view entity) {
 void EntityPrefetch::Put(std::string entity, Result result) {
   used_.store(true, std::memory_order_relaxed);
   absl::MutexLock lock(&mu_);
+  if (result.mitigations.size() > kMaxMitigations) {
+    results_.erase(entity);  // an older, smaller one must not answer instead
+    return;
+  }
   auto [it, inserted] = results_.insert_or_assign(std::move(entity), std::move(result));
   // A key taken and put again is in order_ twice: the older copy may evict the newer
   // result early, which only costs a read.

@@ -20,7 +20,9 @@
 // read: writes are logged only once a result has been put.
 //
 // Bounded: at most kMaxResults results wait (the oldest go first: an entity the commit
-// thread answers otherwise, as one with no mitigation at all, is never taken).
+// thread answers otherwise, as one with no mitigation at all, is never taken), each of
+// at most kMaxMitigations mitigations (an entity with more is read by the Txn itself, as
+// the entity cache keeps none of those either).
 //
 // Thread-safety: Put is thread-safe (one mutex, shared with Take). NoteWrite, Distrust and
 // Take are for the commit thread (whoever holds the store's one Txn) only.
@@ -49,6 +51,7 @@ class EntityPrefetch {
  public:
   static constexpr size_t kMaxResults = 8192;
   static constexpr size_t kMaxWrites = 65536;
+  static constexpr size_t kMaxMitigations = 32;
 
   // What a read of one entity returned: its mitigations live or created at or after
   // `since`, in the store's state at `snapshot_seq` (the chain head the read saw).
@@ -58,7 +61,8 @@ class EntityPrefetch {
     std::vector<core::Mitigation> mitigations;
   };
 
-  //! Leaves a result for `entity`, replacing any earlier one. Any thread.
+  //! Leaves a result for `entity`, replacing any earlier one (dropped if it holds more
+  //! than kMaxMitigations). Any thread.
   void Put(std::string entity, Result result);
 
   //! The commit thread wrote a mitigation of `entity` with `seq` (or is about to).

@@ -73,6 +73,19 @@ TEST(EntityPrefetch, WritesBeforeTheFirstResultAreNotLoggedButRefuseWhatPredates
   ASSERT_NE(p.Take("user:b", kT0), std::nullopt);
 }
 
+TEST(EntityPrefetch, AResultWithTooManyMitigationsIsNotKept) {
+  EntityPrefetch p;
+  p.Distrust(0);
+  p.Put("user:a", At(0));
+  EntityPrefetch::Result big = At(0);
+  big.mitigations.resize(EntityPrefetch::kMaxMitigations + 1);
+  p.Put("user:a", big);
+  EXPECT_EQ(p.Take("user:a", kT0), std::nullopt);
+  big.mitigations.resize(EntityPrefetch::kMaxMitigations);
+  p.Put("user:a", big);
+  ASSERT_NE(p.Take("user:a", kT0), std::nullopt);
+}
+
 TEST(EntityPrefetch, KeepsTheNewestResults) {
   EntityPrefetch p;
   p.Distrust(0);
