@@ -101,6 +101,14 @@ std::string AbsolutePath(const std::string& path) {
   return out;
 }
 
+// `path` absolute with its symbolic links resolved (as far as it exists): where it really
+// is, for checks a second name must not get past.
+std::string RealPath(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path real = std::filesystem::weakly_canonical(AbsolutePath(path), ec);
+  return ec ? AbsolutePath(path) : AbsolutePath(real.string());
+}
+
 int64_t FileSize(const std::string& path) {
   struct stat st;
   if (path == "-" || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return -1;
@@ -159,16 +167,16 @@ class Run {
     // Each would destroy the other, or a store's files: the rejects file is emptied and
     // the checkpoint replaced (and removed at the end).
     std::string rejects_abs = AbsolutePath(res_.rejects_path);
-    if (rejects_abs == AbsolutePath(res_.checkpoint_path)) {
+    if (RealPath(res_.rejects_path) == RealPath(res_.checkpoint_path)) {
       return RefuseUsage(absl::InvalidArgumentError(absl::StrCat(
           "--rejects and --checkpoint are the same file (", res_.rejects_path,
           "): the checkpoint would replace the rejects, and go at the end; give two paths")));
     }
-    if (o_.server_url.empty() && !o_.data_dir.empty()) {  // --server writes no directory
-      const std::string data = AbsolutePath(o_.data_dir) + "/";
+    if (o_.server_url.empty() && !o_.data_dir.empty()) {     // --server writes no directory
+      const std::string data = RealPath(o_.data_dir) + "/";  // a symlink is no way round
       for (auto [what, out] : {std::pair{"--rejects ", &res_.rejects_path},
                                std::pair{"the checkpoint ", &res_.checkpoint_path}}) {
-        if (absl::StartsWith(AbsolutePath(*out), data)) {
+        if (absl::StartsWith(RealPath(*out), data)) {
           return RefuseUsage(absl::InvalidArgumentError(
               absl::StrCat(what, *out, " is inside the data directory ", o_.data_dir,
                            ", which holds the ledger's files: give a path outside it")));

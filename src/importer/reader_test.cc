@@ -467,5 +467,49 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
   }
 }
 
+// A block read whole but not decodable is corrupt data, not a cut: the message is
+// libavro's, even when the input was read to its end before (the last block; a small
+// file). And a resume over a stream cut inside the records it skips says it is cut.
+TEST(ReaderTest, AvroCorruptLastBlockIsNotACutAndASkipOverACutIs) {
+  std::string dir = testing::TempDir("avro_bad");
+  std::vector<testing::AvroRow> rows;
+  for (int i = 0; i < 1000; ++i) {  // several of libavro's 16 KiB blocks
+    rows.push_back({absl::StrCat("d", i), "s", "t", absl::StrCat("user:u", i), 0.5,
+                    "2024-05-01T10:00:00Z", "", {}});
+  }
+  ASSERT_EQ(testing::WriteAvro(dir + "/d.avro", rows), "");
+  const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
+  const std::string sync = bytes.substr(bytes.size() - 16);
+  // The last block: after the sync marker before the file's last one, its record count
+  // and byte size (varints), then its first record, whose id's length becomes -1.
+  const size_t last = bytes.rfind(sync, bytes.size() - 17) + 16;
+  size_t at = last;
+  for (int varint = 0; varint < 2; ++varint) {
+    while (static_cast<unsigned char>(bytes[at]) & 0x80) ++at;
+    ++at;
+  }
+  std::string corrupt = bytes;
+  corrupt[at] = 0x01;
+  auto r = RowReader::Open(ByteSource::FromString(corrupt, "bad.avro"), Format::kAvro, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  Collected c = ReadAllRows(*std::move(r));
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kDataLoss) << c.status;
+  EXPECT_NE(std::string(c.status.message()).find("bad.avro: corrupt Avro data after record"),
+            std::string::npos)
+      << c.status;
+  EXPECT_EQ(std::string(c.status.message()).find("ends inside a block"), std::string::npos)
+      << c.status;
+
+  Position p;
+  p.rows = 999;  // in the last block
+  auto cut = RowReader::Open(ByteSource::FromString(bytes.substr(0, at + 100), "cut.avro"),
+                             Format::kAvro, {});
+  ASSERT_TRUE(cut.ok()) << cut.status();
+  absl::Status st = (*cut)->SkipTo(p);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(std::string(st.message()).find("the data ends inside a block"), std::string::npos)
+      << st;
+}
+
 }  // namespace
 }  // namespace quell::importer

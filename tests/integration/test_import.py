@@ -779,6 +779,15 @@ class DirectImportTest(unittest.TestCase):
         code, _, err = import_cmd(f, "--data", self.data, "--rejects", same, "--checkpoint", same)
         self.assertEqual(code, 2, err)
         self.assertIn("are the same file", err)
+        # Through a symbolic link to the data directory, either way round (was exit 0).
+        link = self.path("var-link")
+        os.symlink(self.data, link)
+        for data, rejects in ((self.data, os.path.join(link, "x.rej")),
+                              (link, os.path.join(self.data, "x.rej"))):
+            code, _, err = import_cmd(f, "--data", data, "--rejects", rejects)
+            self.assertEqual(code, 2, err)
+            self.assertIn("inside the data directory", err)
+        self.assertEqual(os.path.getsize(db), size)
 
 
     def test_resume_in_another_directory_is_not_another_file_of_that_name(self):

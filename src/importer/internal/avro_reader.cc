@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/strings.h"
@@ -227,9 +228,7 @@ class AvroReader final : public RowReader {
       if (tail_ != sync_) return failed_ = CutShort();
       return false;
     }
-    // A block whose bytes stop at the end of the input: cut short, whatever libavro says
-    // ("Cannot read file block").
-    if (rc != 0 && at_end_) return failed_ = CutShort();
+    if (rc != 0 && CutInBlock()) return failed_ = CutShort();
     if (rc != 0) {
       failed_ = absl::DataLossError(absl::StrCat(
           source_->name(), ": corrupt Avro data after record ", rows_, ": ", avro_strerror()));
@@ -256,6 +255,7 @@ class AvroReader final : public RowReader {
                                                 " records, fewer than the checkpoint's ",
                                                 pos.rows));
       }
+      if (rc != 0 && CutInBlock()) return CutShort();
       if (rc != 0) return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
       ++rows_;
       QUELL_RETURN_IF_ERROR(NoteKey());
@@ -420,6 +420,14 @@ class AvroReader final : public RowReader {
       if (self->tail_.size() > 16) self->tail_.erase(0, self->tail_.size() - 16);
     }
     return static_cast<ssize_t>(*got);
+  }
+
+  // Whether libavro's last failure was a short read of the input because it had ended
+  // (libavro: "Cannot read N bytes from file", once the input has been read to its end),
+  // rather than a block it read and could not decode (a small file is read to its end at
+  // once, so the end alone says nothing).
+  bool CutInBlock() const {
+    return at_end_ && absl::StrContains(avro_strerror(), "bytes from file");
   }
 
   absl::Status CutShort() const {
