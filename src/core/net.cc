@@ -112,14 +112,14 @@ void SetResolverForTest(ResolverFn fn) { resolver.store(fn == nullptr ? &::getad
 
 absl::Status WaitFd(int fd, short events, absl::Time deadline) {
   for (;;) {
-    const int ms = PollMillis(deadline);
-    if (ms == 0) return absl::DeadlineExceededError("timed out");
+    const int ms = PollMillis(deadline);  // 0: one look, without waiting
     pollfd p{fd, events, 0};
     const int n = ::poll(&p, 1, ms);
     if (n > 0) return absl::OkStatus();
     if (n < 0 && errno != EINTR) {
       return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
     }
+    if (n == 0 && ms == 0) return absl::DeadlineExceededError("timed out");
   }
 }
 
@@ -139,12 +139,8 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
     int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
     if (err == EINPROGRESS) {
       // In slices when it can be cancelled, so that a cancel is seen soon.
-      absl::Status ready = absl::DeadlineExceededError("");
-      while (absl::IsDeadlineExceeded(ready)) {
-        if (absl::Now() >= deadline) {
-          ::close(fd);
-          return absl::DeadlineExceededError(absl::StrCat("timed out connecting to ", where));
-        }
+      absl::Status ready;
+      for (;;) {
         if (Cancelled(cancel)) {
           ::close(fd);
           return absl::CancelledError(absl::StrCat("interrupted while connecting to ", where));
@@ -152,6 +148,11 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
         ready =
             WaitFd(fd, POLLOUT,
                    cancel != nullptr ? std::min(deadline, absl::Now() + kCancelCheck) : deadline);
+        if (!absl::IsDeadlineExceeded(ready)) break;
+        if (absl::Now() >= deadline) {
+          ::close(fd);
+          return absl::DeadlineExceededError(absl::StrCat("timed out connecting to ", where));
+        }
       }
       if (!ready.ok()) {
         ::close(fd);

@@ -32,8 +32,9 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
                                const std::atomic<bool>* cancel = nullptr);
 
 //! Waits until `fd` is ready for `events` (poll(2) flags) or `deadline` passes, retrying
-//! on EINTR: OK when ready (or in error: the next read or write says which),
-//! kDeadlineExceeded "timed out" once `deadline` has passed, kUnavailable "poll: <reason>".
+//! on EINTR: OK when ready (or in error: the next read or write says which; a deadline
+//! already past still looks once), kDeadlineExceeded "timed out" once `deadline` has
+//! passed, kUnavailable "poll: <reason>".
 //! Callers word the timeout for what they were doing. Blocks at most a minute per poll(2).
 absl::Status WaitFd(int fd, short events, absl::Time deadline);
 

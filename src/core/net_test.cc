@@ -2,6 +2,7 @@
 
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace quell::core {
@@ -155,4 +157,28 @@ TEST(ConnectTcpTest, ANameIsNotResolvedPastTheDeadline) {
 }
 
 }  // namespace
+// WaitFd, the one poll(2) loop of the HTTP clients: ready, not ready by the deadline, a
+// deadline already past (one look all the same), and a wait with no deadline.
+TEST(WaitFdTest, ReadyTimedOutAlreadyPastAndUnbounded) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
+  const absl::Time soon = absl::Now() + absl::Milliseconds(30);
+  absl::Status st = WaitFd(fds[0], POLLIN, soon);  // nothing to read
+  EXPECT_TRUE(absl::IsDeadlineExceeded(st)) << st;
+  EXPECT_EQ(st.message(), "timed out");
+  EXPECT_TRUE(WaitFd(fds[0], POLLOUT, absl::InfinitePast()).ok());  // writable: looked once
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  EXPECT_TRUE(WaitFd(fds[0], POLLIN, absl::InfinitePast()).ok());
+  char c;
+  ASSERT_EQ(::read(fds[0], &c, 1), 1);
+  std::thread writer([&] {
+    absl::SleepFor(absl::Milliseconds(20));
+    (void)::write(fds[1], "y", 1);
+  });
+  EXPECT_TRUE(WaitFd(fds[0], POLLIN, absl::InfiniteFuture()).ok());
+  writer.join();
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
 }  // namespace quell::core

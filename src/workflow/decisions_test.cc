@@ -37,22 +37,23 @@ struct Decided {
   int64_t taken = 0;                 // reads done ahead that the Txns used
 };
 
-// Four rounds of one detection per user (3 users), one batch per round: the third hit on
-// a user escalates to suspend. With `ahead`, each batch's entities are read before it is
-// submitted, as quell import --data does.
-Decided Decide(bool ahead) {
-  Decided run;
+// Four rounds of one detection per user (3 users), one batch per round, a minute apart:
+// the third hit on a user escalates to suspend. With `ahead`, each batch's entities are
+// read before it is submitted, as quell import --data does.
+void Decide(bool ahead, Decided* out) {
   const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
   auto set = policy::LoadPolicySet(kYaml, 1);
-  EXPECT_TRUE(set.ok()) << set.status();
+  ASSERT_TRUE(set.ok()) << set.status();
   // Without the entity cache (as the direct import runs): every read reaches the store.
   auto store = ledger::OpenSqliteStore({.path = dir, .entity_cache_bytes = 0});
-  EXPECT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE(store.ok()) << store.status();
   ledger::Store* raw = store->get();
-  auto ledger = ledger::Ledger::Open(*std::move(store), {}, core::RealClock::Get());
-  EXPECT_TRUE(ledger.ok()) << ledger.status();
-  const absl::Time now = absl::Now();
+  core::FakeClock clock;
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
   for (int round = 0; round < 4; ++round) {
+    clock.Advance(absl::Minutes(1));
+    const absl::Time now = clock.Now();
     std::vector<DetectionWork> work;
     for (int u = 0; u < 3; ++u) {
       DetectionWork w;
@@ -68,24 +69,26 @@ Decided Decide(bool ahead) {
       w.json = absl::StrCat("{\"id\":\"", w.detection.id, "\"}");
       work.push_back(std::move(w));
     }
-    if (ahead) raw->PrefetchEntities(ReadsAhead(work, absl::Now()));
-    auto out = std::make_shared<std::vector<DetectionOutcome>>();
+    if (ahead) raw->PrefetchEntities(ReadsAhead(work, now));
+    auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
     auto done = (*ledger)->SubmitAndWait(
-        ApplyDetections(std::move(work), (*set)->catalog_ptr(), "k_test", out));
-    EXPECT_TRUE(done.ok()) << done.status();
-    for (const DetectionOutcome& o : *out) {
-      run.actions.push_back(o.decisions.empty() ? "-" : o.decisions[0].action);
+        ApplyDetections(std::move(work), (*set)->catalog_ptr(), "k_test", outcomes));
+    ASSERT_TRUE(done.ok()) << done.status();
+    for (const DetectionOutcome& o : *outcomes) {
+      out->actions.push_back(o.decisions.empty() ? "-" : o.decisions[0].action);
     }
   }
-  run.taken = *ledger::SqlitePrefetchTakenForTest(*raw);
+  auto taken = ledger::SqlitePrefetchTakenForTest(*raw);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  out->taken = *taken;
   ledger->reset();
   std::filesystem::remove_all(dir);
-  return run;
 }
 
 TEST(ApplyDetections, EntityReadsDoneAheadAreUsedAndDecideAsTheTxnsOwn) {
-  const Decided plain = Decide(false);
-  const Decided ahead = Decide(true);
+  Decided plain, ahead;
+  ASSERT_NO_FATAL_FAILURE(Decide(false, &plain));
+  ASSERT_NO_FATAL_FAILURE(Decide(true, &ahead));
   const std::vector<std::string> expected = {"block",   "block",   "block",    // first hits
                                              "block",   "block",   "block",    // second: extended
                                              "suspend", "suspend", "suspend",  // third: escalated

@@ -22,7 +22,7 @@ namespace quell::client::internal {
 namespace {
 
 // Waits until fd is ready for `events`; kUnavailable on timeout.
-absl::Status WaitFd(int fd, short events, absl::Duration timeout) {
+absl::Status WaitFor(int fd, short events, absl::Duration timeout) {
   absl::Status s = core::WaitFd(fd, events, absl::Now() + std::max(timeout, absl::ZeroDuration()));
   if (absl::IsDeadlineExceeded(s)) return absl::UnavailableError("timed out");
   return s;
@@ -89,7 +89,7 @@ absl::Status HttpConn::SendAll(std::string_view data, absl::Duration timeout) {
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      QUELL_RETURN_IF_ERROR(WaitFd(fd_, POLLOUT, timeout));
+      QUELL_RETURN_IF_ERROR(WaitFor(fd_, POLLOUT, timeout));
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -121,7 +121,7 @@ absl::Status HttpConn::Fill(absl::Duration timeout) {
       return absl::UnavailableError("connection closed by the server");
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      QUELL_RETURN_IF_ERROR(WaitFd(fd_, POLLIN, timeout));
+      QUELL_RETURN_IF_ERROR(WaitFor(fd_, POLLIN, timeout));
       continue;
     }
     if (errno == EINTR) continue;

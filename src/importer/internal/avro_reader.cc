@@ -250,6 +250,7 @@ class AvroReader final : public RowReader {
   absl::Status SkipTo(const Position& pos) override {
     while (rows_ < pos.rows) {
       int rc = ReadValue();
+      if (rc == EOF && tail_ != sync_) return CutShort();  // as Next says it
       if (rc == EOF) {
         return absl::DataLossError(absl::StrCat(source_->name(), ": the file has ", rows_,
                                                 " records, fewer than the checkpoint's ",
@@ -425,7 +426,8 @@ class AvroReader final : public RowReader {
   // Whether libavro's last failure was a short read of the input because it had ended
   // (libavro: "Cannot read N bytes from file", once the input has been read to its end),
   // rather than a block it read and could not decode (a small file is read to its end at
-  // once, so the end alone says nothing).
+  // once, so the end alone says nothing). A whole file whose block size is corrupt, past
+  // its end, reads the same and is called cut short too: libavro cannot tell them apart.
   bool CutInBlock() const {
     return at_end_ && absl::StrContains(avro_strerror(), "bytes from file");
   }
