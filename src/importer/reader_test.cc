@@ -386,15 +386,10 @@ TEST(ReaderTest, AvroRowsSchemaChecksAndResume) {
                    .ok());
 }
 
-// A file cut anywhere (a transfer that stopped): opening it is refused with libavro's
-// reason, or the rows before the cut come and then an input error; never a crash
-// (closing libavro's FILE a second time after a failed open was a double free). The
-// format has no end marker: a cut right after a block's sync marker is a valid, shorter
-// file (docs/import.md).
-TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
-  std::string dir = testing::TempDir("avro_cut");
+// 1,000 valid rows: several of libavro's 16 KiB blocks.
+std::vector<testing::AvroRow> ThousandAvroRows() {
   std::vector<testing::AvroRow> rows;
-  for (int i = 0; i < 1000; ++i) {  // several of libavro's 16 KiB blocks
+  for (int i = 0; i < 1000; ++i) {
     rows.push_back({absl::StrCat("d", i),
                     "s",
                     "t",
@@ -404,6 +399,17 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
                     absl::StrCat("{\"plays\":", i, "}"),
                     {}});
   }
+  return rows;
+}
+
+// A file cut anywhere (a transfer that stopped): opening it is refused with libavro's
+// reason, or the rows before the cut come and then an input error; never a crash
+// (closing libavro's FILE a second time after a failed open was a double free). The
+// format has no end marker: a cut right after a block's sync marker is a valid, shorter
+// file (docs/import.md).
+TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
+  std::string dir = testing::TempDir("avro_cut");
+  const std::vector<testing::AvroRow> rows = ThousandAvroRows();
   for (const char* codec : {"null", "deflate"}) {
     ASSERT_EQ(testing::WriteAvro(dir + "/d.avro", rows, codec), "");
     const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
@@ -472,17 +478,7 @@ TEST(ReaderTest, TruncatedAvroIsAnErrorAtEveryLength) {
 // file). And a resume over a stream cut inside the records it skips says it is cut.
 TEST(ReaderTest, AvroCorruptLastBlockIsNotACutAndASkipOverACutIs) {
   std::string dir = testing::TempDir("avro_bad");
-  std::vector<testing::AvroRow> rows;
-  for (int i = 0; i < 1000; ++i) {  // several of libavro's 16 KiB blocks
-    rows.push_back({absl::StrCat("d", i),
-                    "s",
-                    "t",
-                    absl::StrCat("user:u", i),
-                    0.5,
-                    "2024-05-01T10:00:00Z",
-                    "",
-                    {}});
-  }
+  const std::vector<testing::AvroRow> rows = ThousandAvroRows();
   ASSERT_EQ(testing::WriteAvro(dir + "/d.avro", rows), "");
   const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
   const std::string sync = bytes.substr(bytes.size() - 16);

@@ -217,26 +217,14 @@ class AvroReader final : public RowReader {
   absl::StatusOr<bool> Next(Row* row) override {
     if (!failed_.ok()) return failed_;  // libavro's state after an error is not to be read
     if (done_) return false;
-    int rc = ReadValue();
-    if (rc == EOF) {
+    absl::StatusOr<bool> more = ReadRecord();
+    if (!more.ok()) return failed_ = more.status();
+    if (!*more) {
       done_ = true;
-      // libavro also reports a file cut inside a block's count as its end. Every whole
-      // file ends with its sync marker; a cut right after one is a shorter whole file (the
-      // format has no end marker), anywhere else is refused. libavro also stops at a block
-      // of 0 records (which writers do not make) even if more follow: refused as well,
-      // unless the whole file was read ahead by then.
-      if (tail_ != sync_) return failed_ = CutShort();
       return false;
     }
-    if (rc != 0 && CutInBlock()) return failed_ = CutShort();
-    if (rc != 0) {
-      failed_ = absl::DataLossError(absl::StrCat(
-          source_->name(), ": corrupt Avro data after record ", rows_, ": ", avro_strerror()));
-      return failed_;
-    }
     *row = Row{};
-    row->line = ++rows_;
-    if (absl::Status st = NoteKey(); !st.ok()) return failed_ = st;
+    row->line = rows_;
     auto d = Decode();
     if (d.ok()) {
       row->detection = *std::move(d);
@@ -249,17 +237,12 @@ class AvroReader final : public RowReader {
 
   absl::Status SkipTo(const Position& pos) override {
     while (rows_ < pos.rows) {
-      int rc = ReadValue();
-      if (rc == EOF && tail_ != sync_) return CutShort();  // as Next says it
-      if (rc == EOF) {
+      QUELL_ASSIGN_OR_RETURN(bool more, ReadRecord());
+      if (!more) {
         return absl::DataLossError(absl::StrCat(source_->name(), ": the file has ", rows_,
                                                 " records, fewer than the checkpoint's ",
                                                 pos.rows));
       }
-      if (rc != 0 && CutInBlock()) return CutShort();
-      if (rc != 0) return absl::DataLossError(absl::StrCat(source_->name(), ": ", avro_strerror()));
-      ++rows_;
-      QUELL_RETURN_IF_ERROR(NoteKey());
     }
     // The records skipped are the ones the checkpoint counted, by key: skipping a record
     // of another key would lose it, while one of the same key would have come back a
@@ -421,6 +404,28 @@ class AvroReader final : public RowReader {
       if (self->tail_.size() > 16) self->tail_.erase(0, self->tail_.size() - 16);
     }
     return static_cast<ssize_t>(*got);
+  }
+
+  // The next record into value_, counted and its key noted: true, or false at the end of
+  // a whole file. libavro also reports a file cut inside a block's count as its end.
+  // Every whole file ends with its sync marker; a cut right after one is a shorter whole
+  // file (the format has no end marker), anywhere else is refused. libavro also stops at a
+  // block of 0 records (which writers do not make) even if more follow: refused as well,
+  // unless the whole file was read ahead by then.
+  absl::StatusOr<bool> ReadRecord() {
+    const int rc = ReadValue();
+    if (rc == EOF) {
+      if (tail_ != sync_) return CutShort();
+      return false;
+    }
+    if (rc != 0 && CutInBlock()) return CutShort();
+    if (rc != 0) {
+      return absl::DataLossError(absl::StrCat(source_->name(), ": corrupt Avro data after record ",
+                                              rows_, ": ", avro_strerror()));
+    }
+    ++rows_;
+    QUELL_RETURN_IF_ERROR(NoteKey());
+    return true;
   }
 
   // Whether libavro's last failure was a short read of the input because it had ended
