@@ -26,20 +26,8 @@ class DryRun::Env final : public policy::Environment {
   // row, a mitigation an earlier row creates is active (or counted) for the later ones.
   bool Active(std::string_view entity, std::string_view action) override {
     if (owner_.file_active_.contains(absl::StrCat(AV(entity), "\n", AV(action)))) return true;
-    if (owner_.store_ == nullptr) return false;
     auto e = core::Entity::Parse(entity);
-    if (!e.ok()) return false;
-    ledger::MitigationQuery q;
-    q.entity = *e;
-    q.action = std::string(action);
-    q.state = core::MitigationState::kActive;
-    q.limit = 100;
-    auto page = owner_.store_->ListMitigations(q);
-    if (!page.ok()) return false;
-    for (const core::Mitigation& m : page->mitigations) {
-      if (m.expires_at > owner_.now_) return true;  // as the import's: not one past its expiry
-    }
-    return false;
+    return e.ok() && owner_.StoreHasLive(*e, std::string(action), core::MitigationState::kActive);
   }
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
     auto in_file = owner_.file_created_.find(absl::StrCat(AV(entity), "\n", AV(action)));
