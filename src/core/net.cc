@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "core/strings.h"
 
 namespace quell::core {
 namespace {
@@ -110,7 +111,7 @@ namespace internal {
 void SetResolverForTest(ResolverFn fn) { resolver.store(fn == nullptr ? &::getaddrinfo : fn); }
 }  // namespace internal
 
-absl::Status WaitFd(int fd, short events, absl::Time deadline) {
+absl::Status WaitFd(int fd, short events, absl::Time deadline, std::string_view doing) {
   for (;;) {
     const int ms = PollMillis(deadline);  // 0: one look, without waiting
     pollfd p{fd, events, 0};
@@ -119,7 +120,10 @@ absl::Status WaitFd(int fd, short events, absl::Time deadline) {
     if (n < 0 && errno != EINTR) {
       return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
     }
-    if (n == 0 && ms == 0) return absl::DeadlineExceededError("timed out");
+    if (n == 0 && ms == 0) {
+      return absl::DeadlineExceededError(doing.empty() ? std::string("timed out")
+                                                       : absl::StrCat("timed out ", AV(doing)));
+    }
   }
 }
 

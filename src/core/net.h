@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,9 +35,9 @@ absl::StatusOr<int> ConnectTcp(const std::string& host, int port, absl::Time dea
 //! Waits until `fd` is ready for `events` (poll(2) flags) or `deadline` passes, retrying
 //! on EINTR: OK when ready (or in error: the next read or write says which; a deadline
 //! already past still looks once), kDeadlineExceeded "timed out" once `deadline` has
-//! passed, kUnavailable "poll: <reason>".
-//! Callers word the timeout for what they were doing. Blocks at most a minute per poll(2).
-absl::Status WaitFd(int fd, short events, absl::Time deadline);
+//! passed ("timed out <doing>" when `doing` is given, e.g. "sending"), kUnavailable
+//! "poll: <reason>". Blocks at most a minute per poll(2).
+absl::Status WaitFd(int fd, short events, absl::Time deadline, std::string_view doing = "");
 
 namespace internal {
 // Test-only: the resolver names go to (getaddrinfo's signature; nullptr: getaddrinfo).

@@ -166,6 +166,7 @@ TEST(WaitFdTest, ReadyTimedOutAlreadyPastAndUnbounded) {
   absl::Status st = WaitFd(fds[0], POLLIN, soon);  // nothing to read
   EXPECT_TRUE(absl::IsDeadlineExceeded(st)) << st;
   EXPECT_EQ(st.message(), "timed out");
+  EXPECT_EQ(WaitFd(fds[0], POLLIN, absl::InfinitePast(), "reading").message(), "timed out reading");
   EXPECT_TRUE(WaitFd(fds[0], POLLOUT, absl::InfinitePast()).ok());  // writable: looked once
   ASSERT_EQ(::write(fds[1], "x", 1), 1);
   EXPECT_TRUE(WaitFd(fds[0], POLLIN, absl::InfinitePast()).ok());

@@ -31,14 +31,6 @@ struct Fd {
   }
 };
 
-// Waits for `events` on fd until the deadline: OK, kDeadlineExceeded or kUnavailable.
-absl::Status Wait(int fd, short events, absl::Time deadline, const char* what) {
-  absl::Status s = core::WaitFd(fd, events, deadline);
-  if (absl::IsDeadlineExceeded(s))
-    return absl::DeadlineExceededError(absl::StrCat("timeout while ", what));
-  return s;
-}
-
 // 1 to 5 digits, nothing else (SimpleAtoi took " 80" and "+80").
 bool ParsePort(std::string_view s, int* port) {
   if (s.empty() || s.size() > 5) return false;
@@ -184,7 +176,7 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
     if (n > 0) {
       sent += static_cast<size_t>(n);
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      QUELL_RETURN_IF_ERROR(Wait(sock.fd, POLLOUT, deadline, "sending"));
+      QUELL_RETURN_IF_ERROR(core::WaitFd(sock.fd, POLLOUT, deadline, "sending"));
     } else {
       return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
     }
@@ -210,7 +202,7 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
         // An interim response (100 Continue, 103 Early Hints): its header block ends at a
         // blank line; the final status follows (RFC 9110 15.2).
         // The timeout bounds them all: a stream of 1xx read as fast as it comes never
-        // waits in Wait(), where the deadline is otherwise checked.
+        // waits in core::WaitFd, where the deadline is otherwise checked.
         if (absl::Now() >= deadline) {
           return absl::DeadlineExceededError("timeout while waiting for the response");
         }
@@ -229,7 +221,7 @@ absl::StatusOr<int> HttpPost(const HttpUrl& url,
     } else if (n == 0) {
       return absl::UnavailableError("connection closed before a response");
     } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      QUELL_RETURN_IF_ERROR(Wait(sock.fd, POLLIN, deadline, "waiting for the response"));
+      QUELL_RETURN_IF_ERROR(core::WaitFd(sock.fd, POLLIN, deadline, "waiting for the response"));
     } else {
       return absl::UnavailableError(absl::StrCat("recv: ", std::strerror(errno)));
     }

@@ -35,14 +35,6 @@ class Fd {
   int fd_;
 };
 
-// Waits for `events` on `fd` until `deadline`. OkStatus when ready.
-absl::Status WaitFor(int fd, short events, absl::Time deadline, std::string_view what) {
-  absl::Status s = core::WaitFd(fd, events, deadline);
-  if (absl::IsDeadlineExceeded(s))
-    return absl::DeadlineExceededError(absl::StrCat("timed out ", AV(what)));
-  return s;
-}
-
 absl::Status SendAll(int fd, std::string_view data, absl::Time deadline) {
   while (!data.empty()) {
     const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
@@ -52,7 +44,7 @@ absl::Status SendAll(int fd, std::string_view data, absl::Time deadline) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (absl::Status s = WaitFor(fd, POLLOUT, deadline, "sending"); !s.ok()) return s;
+      if (absl::Status s = core::WaitFd(fd, POLLOUT, deadline, "sending"); !s.ok()) return s;
       continue;
     }
     return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
@@ -191,7 +183,8 @@ absl::StatusOr<HttpResponse> HttpPost(const HttpUrl& url, std::string_view conte
     if (n == 0) break;  // the peer closed: the reply is whatever came
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (absl::Status s = WaitFor(fd.get(), POLLIN, deadline, "waiting for the reply"); !s.ok()) {
+      if (absl::Status s = core::WaitFd(fd.get(), POLLIN, deadline, "waiting for the reply");
+          !s.ok()) {
         return s;
       }
       continue;
