@@ -10,12 +10,13 @@
 #include "workflow/expiry.h"
 #include "workflow/reviews.h"
 #include "workflow/rollback.h"
+#include "workflow/safeguards.h"
 
 namespace quell::workflow {
 namespace {
 
-// The server's default approval window (SafeguardOptions::pending_ttl).
-constexpr absl::Duration kPendingTtl = absl::Hours(24 * 7);
+// The server's default approval window.
+const absl::Duration kPendingTtl = SafeguardOptions{}.pending_ttl;
 
 using core::MitigationState;
 
