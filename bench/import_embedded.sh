@@ -34,22 +34,8 @@ end=$(date +%s.%N)
 quell_s=$(echo "$end - $start" | bc -l)
 cat "$BENCH_TMP/quell.json"; echo
 
-sqlite3 "$BENCH_TMP/peer.db" <<'SQL' >/dev/null
-PRAGMA journal_mode=WAL;
-CREATE TABLE detections (id TEXT NOT NULL, source TEXT NOT NULL, type TEXT NOT NULL,
-  entity TEXT NOT NULL, score REAL NOT NULL, observed_at TEXT NOT NULL, evidence TEXT, related TEXT);
-CREATE UNIQUE INDEX detections_key ON detections (source, id);
-CREATE INDEX detections_observed ON detections (observed_at);
-SQL
-sync
-start=$(date +%s.%N)
-sqlite3 "$BENCH_TMP/peer.db" <<SQL
-PRAGMA synchronous=FULL;
-.import --csv --skip 1 $BENCH_TMP/rows.csv detections
-SQL
-end=$(date +%s.%N)
-sqlite_s=$(echo "$end - $start" | bc -l)
-echo "sqlite3 rows: $(sqlite3 "$BENCH_TMP/peer.db" 'SELECT count(*) FROM detections')"
+sqlite_import_reference "$BENCH_TMP/rows.csv"
+sqlite_s=$SQLITE_S
 
 quell_rps=$(echo "$ROWS / $quell_s" | bc -l)
 sqlite_rps=$(echo "$ROWS / $sqlite_s" | bc -l)

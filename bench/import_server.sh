@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The same 1M-row NDJSON file through a running server (durable store, example policy
-# set, a detector key): `quell import --server`. Bar: >= 200,000 rows/s.
+# set, a detector key): `quell import --server`. Bar: >= 200,000 rows/s. The same run also
+# times sqlite3's own `.import` of the same rows as CSV (lib.sh, sqlite_import_reference)
+# and prints the ratio: the bar is absolute, but this machine's speed drifts from run to run.
 #
 #   bench/import_server.sh [ROWS] [IN_FLIGHT]      QUELL_BIN=build/quell by default; IN_FLIGHT:
 #   the importer's default (8) unless given. SCHEDSTAT=1 also prints, for each server thread
@@ -10,13 +12,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
-need python3 curl
+need python3 curl sqlite3 bc
 BIN=${QUELL_BIN:-$here/../build/quell}
 ROWS=${1:-1000000}
 IN_FLIGHT=${2:-}
 bench_init
 machine_load
 python3 "$here/import_gen.py" "$ROWS" ndjson 250000 "${HIGH_EVERY:-4}" >"$BENCH_TMP/rows.ndjson"
+python3 "$here/import_gen.py" "$ROWS" csv 250000 "${HIGH_EVERY:-4}" >"$BENCH_TMP/rows.csv"
 QUELL_PORT=$(free_port)
 "$BIN" serve --data "$BENCH_TMP/var" --listen "127.0.0.1:$QUELL_PORT" --config "$here/../examples/quell.yaml" \
   --dev >"$BENCH_TMP/serve.out" 2>"$BENCH_TMP/serve.log" &
@@ -35,7 +38,12 @@ end=$(date +%s.%N)
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.after"
 cat "$BENCH_TMP/quell.json"; echo
 s=$(echo "$end - $start" | bc -l)
+kill "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+sqlite_import_reference "$BENCH_TMP/rows.csv"
 printf 'quell import --server (%s in flight): %.2fs  %.0f rows/s (bar >= 200000)\n' "${IN_FLIGHT:-default}" "$s" "$(echo "$ROWS / $s" | bc -l)"
+printf 'sqlite3 .import (CSV, same indexes, WAL, FULL): %.2fs  %.0f rows/s\n' "$SQLITE_S" "$(echo "$ROWS / $SQLITE_S" | bc -l)"
+printf 'ratio quell --server/sqlite3: %.2f\n' "$(echo "$SQLITE_S / $s" | bc -l)"
 if [ -n "${SCHEDSTAT:-}" ]; then
   join "$BENCH_TMP/sched.before" "$BENCH_TMP/sched.after" | sort -k5 -n -r |
     awk -v wall="$s" '{run = ($5 - $2) / 1e9; wait = ($6 - $3) / 1e9;

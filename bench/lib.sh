@@ -24,6 +24,30 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # The 1-minute load average and the whole uptime line, for the record.
 machine_load() { echo "uptime: $(uptime | sed 's/^ *//')"; }
 
+# sqlite_import_reference CSV -> sets SQLITE_S: the seconds sqlite3's own `.import` takes to
+# load CSV (import_gen.py's rows) into a table with the columns and indexes of Quell's
+# detections table, WAL and synchronous FULL: the reference of the import benchmarks.
+sqlite_import_reference() {
+  local csv=$1 db="$BENCH_TMP/peer.db" start end
+  rm -f "$db" "$db-wal" "$db-shm"
+  sqlite3 "$db" <<'SQL' >/dev/null
+PRAGMA journal_mode=WAL;
+CREATE TABLE detections (id TEXT NOT NULL, source TEXT NOT NULL, type TEXT NOT NULL,
+  entity TEXT NOT NULL, score REAL NOT NULL, observed_at TEXT NOT NULL, evidence TEXT, related TEXT);
+CREATE UNIQUE INDEX detections_key ON detections (source, id);
+CREATE INDEX detections_observed ON detections (observed_at);
+SQL
+  sync
+  start=$(date +%s.%N)
+  sqlite3 "$db" <<SQL
+PRAGMA synchronous=FULL;
+.import --csv --skip 1 $csv detections
+SQL
+  end=$(date +%s.%N)
+  SQLITE_S=$(echo "$end - $start" | bc -l)
+  echo "sqlite3 rows: $(sqlite3 "$db" 'SELECT count(*) FROM detections')"
+}
+
 need() {
   local tool
   for tool in "$@"; do command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }; done
