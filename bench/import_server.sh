@@ -7,7 +7,7 @@
 #   bench/import_server.sh [ROWS] [IN_FLIGHT]      QUELL_BIN=build/quell by default; IN_FLIGHT:
 #   the importer's default (8) unless given. SCHEDSTAT=1 also prints, for each server thread
 #   that ran over 0.1 s, its CPU time and its time waiting runnable during the import
-#   (/proc/PID/task/TID/schedstat): the busiest is the ledger's commit thread. HIGH_EVERY=K
+#   (/proc/PID/task/TID/schedstat), by name (docs/operations.md, Threads). HIGH_EVERY=K
 #   (4 unless given; 0: none) makes one row in K earn a decision: the bar's file has 4.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +29,7 @@ for _ in $(seq 600); do curl -fsS "http://127.0.0.1:$QUELL_PORT/healthz" >/dev/n
 key=$("$BIN" keys create --role detector --source bot-model-v3 --data "$BENCH_TMP/var" 2>/dev/null)
 # The previous run's gigabyte or so may still be in writeback: let it finish first.
 sync
-schedstat() { for t in /proc/"$pid"/task/*; do echo "${t##*/} $(cat "$t/schedstat")"; done | sort; }
+schedstat() { for t in /proc/"$pid"/task/*; do echo "${t##*/} $(cat "$t/schedstat") $(cat "$t/comm")"; done | sort; }
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.before"
 start=$(date +%s.%N)
 "$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
@@ -45,8 +45,8 @@ printf 'quell import --server (%s in flight): %.2fs  %.0f rows/s (bar >= 200000)
 printf 'sqlite3 .import (CSV, same indexes, WAL, FULL): %.2fs  %.0f rows/s\n' "$SQLITE_S" "$(echo "$ROWS / $SQLITE_S" | bc -l)"
 printf 'ratio quell --server/sqlite3: %.2f\n' "$(echo "$SQLITE_S / $s" | bc -l)"
 if [ -n "${SCHEDSTAT:-}" ]; then
-  join "$BENCH_TMP/sched.before" "$BENCH_TMP/sched.after" | sort -k5 -n -r |
-    awk -v wall="$s" '{run = ($5 - $2) / 1e9; wait = ($6 - $3) / 1e9;
-      if (run > 0.1) printf "server thread %s: ran %.2f s (%.0f%% of the import), waited runnable %.2f s\n", $1, run, 100 * run / wall, wait}'
+  join "$BENCH_TMP/sched.before" "$BENCH_TMP/sched.after" | sort -k6 -n -r |
+    awk -v wall="$s" '{run = ($6 - $2) / 1e9; wait = ($7 - $3) / 1e9;
+      if (run > 0.1) printf "server thread %s (%s): ran %.2f s (%.0f%% of the import), waited runnable %.2f s\n", $1, $NF, run, 100 * run / wall, wait}'
 fi
 machine_load

@@ -12,6 +12,7 @@
 #include "api/internal/context.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "core/time.h"
 
 namespace quell::api::internal {
@@ -98,6 +99,7 @@ class SnapshotStream {
     std::shared_ptr<SnapshotStream> stream(new SnapshotStream(state));
     std::thread([state, stream = std::move(stream), on_start = std::move(on_start), &ctx,
                  enforcement]() mutable {
+      core::NameThisThread("quell-snapshot");
       auto started = [&](absl::Status st) {  // once: hands the stream over
         OnStart call = std::move(on_start);
         call(std::move(stream), std::move(st));

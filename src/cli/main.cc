@@ -39,6 +39,7 @@
 #include "core/net.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "grpc/grpc_server.h"
 #include "importer/sink.h"
 #include "index/index.h"
@@ -631,6 +632,7 @@ int Serve(const Flags& flags) {
   // Keys created or revoked by another process take effect within this period.
   std::atomic<bool> stop_refresh{false};
   std::thread refresher([&] {
+    core::NameThisThread("quell-keys");
     while (!stop_refresh.load()) {
       (void)(*keys)->Refresh();
       std::this_thread::sleep_for(std::chrono::milliseconds(200));

@@ -17,6 +17,7 @@
 #include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "index/index.h"
 
 namespace quell::client {
@@ -42,7 +43,10 @@ class Client::Impl {
   }
 
   void StartThread() {
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      core::NameThisThread("quell-client");
+      Run();
+    });
   }
 
   // ---- readers (any thread) ----

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
+#include "core/threads.h"
 
 namespace quell::core {
 namespace {
@@ -66,6 +67,7 @@ absl::StatusOr<AddrList> Resolve(const std::string& host, int port, absl::Time d
   hints.ai_flags = AI_NUMERICSERV;
   try {
     std::thread([r, host, service, hints, lookup = resolver.load()] {
+      NameThisThread("quell-resolve");
       addrinfo* out = nullptr;
       const int code = lookup(host.c_str(), service.c_str(), &hints, &out);
       std::lock_guard<std::mutex> lock(r->mu);

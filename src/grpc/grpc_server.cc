@@ -26,6 +26,7 @@
 #include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "core/time.h"
 #include "grpc/internal/convert.h"
 #include "grpc/internal/seq_notifier.h"
@@ -355,10 +356,12 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
       }
       return absl::UnavailableError(absl::StrCat("gRPC cannot listen on ", options_.listen));
     }
-    for (auto& q : queues_) {
-      UnaryCheck::Spawn(this, q.get());
-      StreamCheck::Spawn(this, q.get());
-      q->thread = std::thread([cq = q.get()] {
+    for (size_t i = 0; i < queues_.size(); ++i) {
+      CheckQueue* q = queues_[i].get();
+      UnaryCheck::Spawn(this, q);
+      StreamCheck::Spawn(this, q);
+      q->thread = std::thread([cq = q, i] {
+        core::NameThisThread("quell-grpc-", static_cast<int>(i));
         void* tag;
         bool ok;
         while (cq->cq->Next(&tag, &ok)) static_cast<CheckCall*>(tag)->Proceed(ok);

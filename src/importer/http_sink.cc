@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "http_client/http_client.h"
 #include "importer/reader.h"
 #include "importer/sink.h"
@@ -153,7 +154,10 @@ class HttpSink final : public Sink {
           ReplyError(*r), "; upgrade it, or import with the quell version it runs"));
     }
     for (int i = 0; i < std::max(1, options_.connections); ++i) {
-      workers_.emplace_back([this] { Work(); });
+      workers_.emplace_back([this, i] {
+        core::NameThisThread("import-send-", i);
+        Work();
+      });
     }
     return absl::OkStatus();
   }

@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "obs/metrics.h"
 
 namespace quell::ledger {
@@ -138,8 +139,14 @@ class Ledger::Impl {
         batch_size_(batch_size),
         last_seq_(last_seq),
         delivered_seq_(last_seq) {
-    finisher_ = std::thread([this] { FinishLoop(); });
-    thread_ = std::thread([this] { Run(); });
+    finisher_ = std::thread([this] {
+      core::NameThisThread("quell-finish");
+      FinishLoop();
+    });
+    thread_ = std::thread([this] {
+      core::NameThisThread("quell-commit");
+      Run();
+    });
   }
 
   ~Impl() {

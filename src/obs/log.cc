@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "obs/internal/text.h"
 
 namespace quell::obs {
@@ -159,7 +160,11 @@ Logger::Logger(std::unique_ptr<LogSink> sink, Options options)
       now_(options.now ? std::move(options.now) : [] { return absl::Now(); }),
       flush_interval_(options.flush_interval),
       sink_(std::move(sink)) {
-  if (buffered()) flusher_ = std::thread([this] { RunFlusher(); });
+  if (buffered())
+    flusher_ = std::thread([this] {
+      core::NameThisThread("quell-log");
+      RunFlusher();
+    });
 }
 
 Logger::~Logger() {

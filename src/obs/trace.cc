@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "obs/internal/http_client.h"
 #include "obs/internal/random.h"
 #include "obs/internal/text.h"
@@ -392,7 +393,10 @@ absl::StatusOr<std::unique_ptr<Tracer>> Tracer::Create(std::unique_ptr<SpanExpor
   t->exported_metric_ = exported;
   t->dropped_full_metric_ = dropped_full;
   t->dropped_failed_metric_ = dropped_failed;
-  t->thread_ = std::thread([p = t.get()] { p->ExportLoop(); });
+  t->thread_ = std::thread([p = t.get()] {
+    core::NameThisThread("quell-otlp");
+    p->ExportLoop();
+  });
   return t;
 }
 

@@ -11,6 +11,7 @@
 #include "core/ids.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "obs/metrics.h"
 #include "webhooks/http_post.h"
 #include "webhooks/signature.h"
@@ -113,7 +114,10 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(std::unique_ptr<S
         metrics->AddGauge("quell_webhook_queue_depth",
                           "Ledger changes not yet handled, summed over webhook subscriptions."));
   }
-  d->worker_ = std::thread([p = d.get()] { p->Run(); });  // in standby until Start
+  d->worker_ = std::thread([p = d.get()] {  // in standby until Start
+    core::NameThisThread("quell-webhooks");
+    p->Run();
+  });
   return d;
 }
 

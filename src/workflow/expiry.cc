@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/status.h"
+#include "core/threads.h"
 #include "workflow/mitigations.h"
 
 namespace quell::workflow {
@@ -17,7 +18,10 @@ void ExpiryScheduler::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (thread_.joinable()) return;
   stop_ = false;
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    core::NameThisThread("quell-expiry");
+    Loop();
+  });
 }
 
 void ExpiryScheduler::Stop() {

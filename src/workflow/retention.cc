@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/status.h"
+#include "core/threads.h"
 
 namespace quell::workflow {
 
@@ -18,7 +19,10 @@ void DetectionRetention::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (thread_.joinable()) return;
   stop_ = false;
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    core::NameThisThread("quell-retention");
+    Loop();
+  });
 }
 
 void DetectionRetention::Stop() {

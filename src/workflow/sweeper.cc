@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/status.h"
+#include "core/threads.h"
 #include "workflow/reviews.h"
 
 namespace quell::workflow {
@@ -18,6 +19,7 @@ void SafeguardSweeper::Start() {
   if (thread_.joinable()) return;
   stop_ = false;
   thread_ = std::thread([this] {
+    core::NameThisThread("quell-sweeper");
     while (true) {
       if (auto r = RunOnce(); !r.ok()) {
         std::fprintf(stderr, "safeguards sweep: %s\n", r.status().ToString().c_str());

@@ -453,6 +453,26 @@ class TracingDropTest(unittest.TestCase):
             hole.close()
 
 
+class ThreadNamesTest(unittest.TestCase):
+    """On call, `top -H` must say which part of the server is busy."""
+
+    def test_the_servers_threads_say_what_they_do(self):
+        q = QuellServer(extra_args=["--grpc-listen", "127.0.0.1:%d" % free_port()]).start()
+        try:
+            task = "/proc/%d/task" % q.proc.pid
+            names = set()
+            for tid in os.listdir(task):
+                with open(os.path.join(task, tid, "comm")) as f:
+                    names.add(f.read().strip())
+        finally:
+            q.cleanup()
+        # --threads 2 (the harness): two event loops; gRPC one queue per core at least.
+        for name in ["quell-commit", "quell-finish", "quell-ckpt", "quell-http-0",
+                     "quell-http-1", "quell-work-0", "quell-grpc-0", "quell-expiry",
+                     "quell-sweeper", "quell-webhooks"]:
+            self.assertIn(name, names)
+
+
 class ScrapeMixin:
     def scrape(self, q):
         status, text, _ = q.request("GET", "/metrics", auth=False, raw=True)

@@ -35,6 +35,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/threads.h"
 #include "obs/request_id.h"
 
 namespace quell::http {
@@ -200,8 +201,11 @@ class Loop {
     }
   }
   // The Server owns the Loop and joins the thread before releasing it.
-  void StartThread() {
-    thread_ = std::thread([this] { Run(); });
+  void StartThread(int n) {
+    thread_ = std::thread([this, n] {
+      core::NameThisThread("quell-http-", n);
+      Run();
+    });
   }
   void SetSelf(const std::shared_ptr<Loop>& self) { self_ = self; }
 
@@ -881,7 +885,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   server->port_ = port;
   try {
-    for (auto& loop : server->loops_) loop->StartThread();
+    for (size_t i = 0; i < server->loops_.size(); ++i) {
+      server->loops_[i]->StartThread(static_cast<int>(i));
+    }
   } catch (const std::system_error& e) {
     server->Shutdown();
     return absl::UnavailableError(absl::StrCat("http: cannot start threads: ", e.what()));

@@ -2,10 +2,15 @@
 
 #include <vector>
 
+#include "core/threads.h"
+
 namespace quell::api::internal {
 
 ChangeWaiters::ChangeWaiters(int64_t last_seq) : last_seq_(last_seq) {
-  timer_ = std::thread([this] { TimerLoop(); });
+  timer_ = std::thread([this] {
+    core::NameThisThread("quell-waiters");
+    TimerLoop();
+  });
 }
 
 ChangeWaiters::~ChangeWaiters() {

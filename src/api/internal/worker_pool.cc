@@ -1,9 +1,16 @@
 #include "api/internal/worker_pool.h"
 
+#include "core/threads.h"
+
 namespace quell::api::internal {
 
 WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this, i] {
+      core::NameThisThread("quell-work-", i);
+      Run();
+    });
+  }
 }
 
 WorkerPool::~WorkerPool() {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "ledger/postgres/postgres_store.h"
 
 namespace quell::ledger {
@@ -37,7 +38,10 @@ absl::StatusOr<std::unique_ptr<PostgresChangeFeed>> PostgresChangeFeed::StartPag
   if (fd < 0) return absl::InternalError("eventfd failed");
   std::unique_ptr<PostgresChangeFeed> feed(
       new PostgresChangeFeed(store, std::move(options), std::move(apply), fd));
-  feed->thread_ = std::thread([f = feed.get()] { f->Run(); });
+  feed->thread_ = std::thread([f = feed.get()] {
+    core::NameThisThread("quell-pg-feed");
+    f->Run();
+  });
   return feed;
 }
 

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
+#include "core/threads.h"
 #include "pg/conn.h"
 
 namespace quell::ledger {
@@ -44,7 +45,10 @@ absl::StatusOr<std::unique_ptr<PostgresLease>> PostgresLease::Start(LeaseOptions
   if (fd < 0) return absl::InternalError("eventfd failed");
   std::unique_ptr<PostgresLease> lease(
       new PostgresLease(std::move(options), std::move(on_change), fd));
-  lease->thread_ = std::thread([l = lease.get()] { l->Run(); });
+  lease->thread_ = std::thread([l = lease.get()] {
+    core::NameThisThread("quell-pg-lease");
+    l->Run();
+  });
   return lease;
 }
 

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "core/threads.h"
 #include "core/time.h"
 #include "ledger/internal/entity_prefetch.h"
 #include "ledger/internal/known_entities.h"
@@ -507,7 +508,10 @@ class Checkpointer {
 
   Checkpointer(std::string file, DbOptions opts, int pages)
       : file_(std::move(file)), opts_(opts), pages_(pages) {
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      core::NameThisThread("quell-ckpt");
+      Run();
+    });
   }
   ~Checkpointer() {
     {
