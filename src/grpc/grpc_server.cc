@@ -517,10 +517,18 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
 
   // One CheckStream call: read a request, answer it, read the next, each step on its
   // queue's thread (no hand-off to another thread). Deletes itself when the call is done.
+  //
+  // A client that half-closes and one whose call breaks both end the pending Read with
+  // ok=false; only the call's done notification (AsyncNotifyWhenDone, delivered on the same
+  // queue) tells them apart, through IsCancelled. So the call is logged and counted when
+  // both its last operation and that notification have come back, whichever is last. A
+  // call that never arrived (its request came back !ok: the server stops) gets no
+  // notification, as gRPC documents, and is deleted at once.
   class StreamCheck final : public CheckCall {
    public:
     static void Spawn(Impl* owner, CheckQueue* q) {
       auto* call = new StreamCheck(owner, q);
+      call->ctx_.AsyncNotifyWhenDone(&call->done_);  // before the call is requested
       if (!q->Issue([&] {
             owner->RequestCheckStream(&call->ctx_, &call->stream_, q->cq.get(), q->cq.get(), call);
           })) {
@@ -530,7 +538,10 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     void Proceed(bool ok) override {
       switch (state_) {
         case State::kArriving: {
-          if (!ok) break;  // the server stops
+          if (!ok) {  // the server stops: no call, and no done notification to wait for
+            delete this;
+            return;
+          }
           Spawn(owner_, q_);
           // One span for the whole stream (none per message).
           start_ = absl::Now();
@@ -546,7 +557,7 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
           return;
         }
         case State::kReading: {
-          if (!ok) {  // the client finished writing (or the call broke)
+          if (!ok) {  // the client finished writing, or the call broke (told apart at End)
             Finish(::grpc::Status::OK);
             return;
           }
@@ -577,8 +588,8 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
             return;
           }
           state_ = State::kWriting;
-          if (q_->Issue([&] { stream_.Write(raw_response_, this); })) return;
-          break;
+          if (!q_->Issue([&] { stream_.Write(raw_response_, this); })) OperationsOver();
+          return;
         }
         case State::kWriting:
           if (!ok) {
@@ -588,37 +599,58 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
           Read();
           return;
         case State::kFinishing:
-          break;
-      }
-      delete this;
-    }
-
-    // A stream that ends without Finish (its queue refused the next operation: the server
-    // stops) is still logged and counted once, as UNAVAILABLE.
-    ~StreamCheck() override {
-      if (state_ == State::kReading || state_ == State::kWriting) {  // started, not finished
-        owner_->recorder_.Record(kCheckStreamMethod, ::grpc::StatusCode::UNAVAILABLE,
-                                 absl::Now() - start_, ctx_, caller_, span_);
+          OperationsOver();
+          return;
       }
     }
 
    private:
     enum class State { kArriving, kReading, kWriting, kFinishing };
-    StreamCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), stream_(&ctx_) {}
+    // The done notification's tag: the same queue, so the same thread as Proceed.
+    struct Done final : CheckCall {
+      explicit Done(StreamCheck* call) : call(call) {}
+      void Proceed(bool) override { call->Notified(); }
+      StreamCheck* call;
+    };
+
+    StreamCheck(Impl* owner, CheckQueue* q) : owner_(owner), q_(q), stream_(&ctx_), done_(this) {}
     void Read() {
       state_ = State::kReading;
-      if (!q_->Issue([&] { stream_.Read(&raw_request_, this); })) delete this;
+      if (!q_->Issue([&] { stream_.Read(&raw_request_, this); })) OperationsOver();
     }
     void Finish(const ::grpc::Status& status) {
+      status_ = status;
+      finished_ = true;
+      state_ = State::kFinishing;
+      if (!q_->Issue([&] { stream_.Finish(status, this); })) OperationsOver();
+    }
+    // No operation of the call is pending, and none will be started.
+    void OperationsOver() {
+      operations_over_ = true;
+      if (notified_) End();
+    }
+    void Notified() {
+      notified_ = true;
+      if (operations_over_) End();
+    }
+    // Logs and counts the call once: as the client saw it end. A stream whose queue
+    // refused an operation before Finish (the server stops) counts as UNAVAILABLE.
+    void End() {
+      ::grpc::Status status = status_;
+      if (!finished_) {
+        status = ::grpc::Status(::grpc::StatusCode::UNAVAILABLE, "the server stopped");
+      } else if (ctx_.IsCancelled()) {
+        status = ::grpc::Status(::grpc::StatusCode::CANCELLED, "the call was cancelled");
+      }
       if (span_.recording()) {
         span_.SetAttribute("quell.check.requests", requests_);
         EndCallSpan(span_, status);
       }
       owner_->recorder_.Record(kCheckStreamMethod, status.error_code(), absl::Now() - start_, ctx_,
                                caller_, span_);
-      state_ = State::kFinishing;
-      if (!q_->Issue([&] { stream_.Finish(status, this); })) delete this;
+      delete this;
     }
+
     Impl* owner_;
     CheckQueue* q_;
     State state_ = State::kArriving;
@@ -627,11 +659,16 @@ class GrpcServer::Impl final : public v1::Enforcement::WithRawMethod_CheckStream
     std::string caller_;  // the key id, once authorized
     int64_t requests_ = 0;
     absl::Time authorized_at_;  // the key's last check
+    ::grpc::Status status_;     // what Finish sent
+    bool finished_ = false;     // Finish was started
+    bool operations_over_ = false;
+    bool notified_ = false;  // the done notification came
     ::grpc::ServerContext ctx_;
     ::grpc::ByteBuffer raw_request_, raw_response_;
     v1::CheckRequest request_;
     v1::CheckResponse response_;
     ::grpc::ServerAsyncReaderWriter<::grpc::ByteBuffer, ::grpc::ByteBuffer> stream_;
+    Done done_;
   };
 
   // Detections.Submit: reads the stream, applies it in chunks of options_.submit_chunk

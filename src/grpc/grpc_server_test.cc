@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "api/api.h"
 #include "api/detection_intake.h"
 #include "core/ids.h"
@@ -142,7 +143,8 @@ class GrpcServerTest : public ::testing::Test {
                                               GrpcDeps::SubmitDone done, const obs::SpanContext&) {
       a->detection_intake().SubmitJson(who, std::move(items), std::move(done));
     };
-    deps_ = deps;
+    deps_ = deps;              // without metrics: a test's second server counts apart
+    deps.metrics = &metrics_;  // this server's calls, for Metric()
     GrpcOptions options;
     options.watch_page = 3;  // several pages on replay
     auto server = GrpcServer::Start(deps, options);
@@ -215,6 +217,17 @@ class GrpcServerTest : public ::testing::Test {
     const size_t at = text.find(needle);
     if (at == std::string::npos) return 0;
     return std::stod(text.substr(at + needle.size()));
+  }
+  // Waits (10 s at most) until `series` reaches `value`: the server counts a stream once
+  // its call is done, which can be after the client has seen it end.
+  double WaitForMetric(std::string_view series, double value) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    double now = Metric(series);
+    while (now < value && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+      now = Metric(series);
+    }
+    return now;
   }
 
   obs::Registry metrics_;
@@ -315,6 +328,11 @@ TEST_F(GrpcServerTest, CheckReportsVerdictMitigationsAndSurfaces) {
   EXPECT_EQ(resp.mitigations_size(), 1);
 }
 
+constexpr std::string_view kStreamOk =
+    R"(quell_grpc_requests_total{method="quell.v1.Enforcement/CheckStream",code="OK"})";
+constexpr std::string_view kStreamCancelled =
+    R"(quell_grpc_requests_total{method="quell.v1.Enforcement/CheckStream",code="CANCELLED"})";
+
 TEST_F(GrpcServerTest, CheckStreamAnswersEachRequestInOrder) {
   ASSERT_TRUE(ledger_->SubmitAndWait(Create("user:s1", "block")).ok());
   ::grpc::ClientContext ctx;
@@ -341,6 +359,25 @@ TEST_F(GrpcServerTest, CheckStreamAnswersEachRequestInOrder) {
   ASSERT_TRUE(stream->WritesDone());
   EXPECT_FALSE(stream->Read(&resp));
   EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(WaitForMetric(kStreamOk, 1), 1);
+  EXPECT_EQ(Metric(kStreamCancelled), 0);
+}
+
+// A bouncer that goes away mid-stream (its process killed, its connection cut) did not
+// end the stream well: the stream counts as CANCELLED, not as OK.
+TEST_F(GrpcServerTest, ACheckStreamTheClientBreaksCountsAsCancelled) {
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  auto stream = enforcement_->CheckStream(&ctx);
+  v1::CheckRequest req;
+  req.add_entities("user:s1");
+  v1::CheckResponse resp;
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(WaitForMetric(kStreamCancelled, 1), 1);
+  EXPECT_EQ(Metric(kStreamOk), 0);
 }
 
 TEST_F(GrpcServerTest, CheckStreamNeedsAKey) {
@@ -786,6 +823,44 @@ class CaptureSink final : public obs::LogSink {
   std::vector<std::string> lines_;
 };
 
+// A stream still open when the server stops is cut, and counted once (as CANCELLED: the
+// server cancelled it), after its call is done; no call object outlives the server.
+TEST_F(GrpcServerTest, AStreamOpenWhenTheServerStopsIsCountedOnce) {
+  obs::Registry metrics;
+  GrpcDeps deps = deps_;
+  deps.metrics = &metrics;
+  auto server = GrpcServer::Start(deps, {});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Enforcement::NewStub(::grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), ::grpc::InsecureChannelCredentials()));
+  ::grpc::ClientContext ctx;
+  Auth(&ctx, enforcer_);
+  auto stream = stub->CheckStream(&ctx);
+  v1::CheckRequest req;
+  req.add_entities("user:s1");
+  v1::CheckResponse resp;
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  (*server)->Shutdown(absl::ZeroDuration());  // returns once every call is done
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_FALSE(stream->Finish().ok());
+  const std::string text = metrics.Render();
+  int counted = 0;
+  for (size_t at =
+           text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/CheckStream\"");
+       at != std::string::npos;
+       at = text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/CheckStream\"",
+                      at + 1)) {
+    const size_t space = text.find(' ', at);
+    counted += std::stoi(text.substr(space + 1));
+  }
+  EXPECT_EQ(counted, 1) << text;
+  EXPECT_NE(text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/CheckStream\","
+                      "code=\"CANCELLED\"} 1"),
+            std::string::npos)
+      << text;
+}
+
 TEST_F(GrpcServerTest, EveryCallIsLoggedAndCountedByMethodAndCode) {
   obs::Registry metrics;
   auto sink = std::make_unique<CaptureSink>();
@@ -876,6 +951,17 @@ class GrpcTraceTest : public GrpcServerTest {
     tracer_->FlushForTest();
     return exporter_->Take();
   }
+  // Spans() until it has `n` (10 s at most): a stream's span ends once its call is done,
+  // which can be after the client has seen it end.
+  std::vector<obs::SpanData> SpansAtLeast(size_t n) {
+    std::vector<obs::SpanData> all = Spans();
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (all.size() < n && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+      for (obs::SpanData& d : Spans()) all.push_back(std::move(d));
+    }
+    return all;
+  }
 
   static constexpr char kTraceId[] = "4bf92f3577b34da6a3ce929d0e0e4736";
   static constexpr char kParentId[] = "00f067aa0ba902b7";
@@ -948,7 +1034,7 @@ TEST_F(GrpcTraceTest, CheckStreamRecordsOneSpanForTheWholeStream) {
   stream->WritesDone();
   ASSERT_TRUE(stream->Finish().ok());
 
-  std::vector<obs::SpanData> spans = Spans();
+  std::vector<obs::SpanData> spans = SpansAtLeast(1);
   ASSERT_EQ(spans.size(), 1u);
   EXPECT_EQ(spans[0].name, "quell.v1.Enforcement/CheckStream");
   EXPECT_EQ(obs::HexId(spans[0].parent_span_id), kParentId);

@@ -7,9 +7,11 @@ restart: it must equal the server's snapshot, with no gap and no duplicate.
 import importlib
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -144,6 +146,38 @@ class GrpcTest(unittest.TestCase):
             log.seek(before)
             added = log.read().decode(errors="replace")
         self.assertNotIn("UTF-8", added)
+
+    def _stream_count(self, code):
+        metrics = self.q.request("GET", "/metrics", auth=False)[1]
+        m = re.search(r'quell_grpc_requests_total\{method="quell.v1.Enforcement/CheckStream",'
+                      r'code="%s"\} (\d+)' % code, metrics)
+        return int(m.group(1)) if m else 0
+
+    def test_a_check_stream_the_client_breaks_counts_as_cancelled(self):
+        ok, cancelled = self._stream_count("OK"), self._stream_count("CANCELLED")
+        more = threading.Event()
+
+        def requests():  # one request, then the stream stays open until it is cut
+            yield pb.CheckRequest(entities=["user:grpc-stream"])
+            more.wait(30)
+
+        stream = self.stub.CheckStream(requests(), metadata=self.md(), timeout=30)
+        self.assertEqual(next(stream).verdict, pb.VERDICT_ALLOW)
+        stream.cancel()  # as a bouncer killed mid-stream
+        more.set()
+        deadline = time.time() + 10  # counted once the server's call is done
+        while self._stream_count("CANCELLED") == cancelled and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self._stream_count("CANCELLED"), cancelled + 1)
+        self.assertEqual(self._stream_count("OK"), ok)
+        # One that half-closes ends OK.
+        answers = list(self.stub.CheckStream(iter([pb.CheckRequest(entities=["user:a"])]),
+                                             metadata=self.md(), timeout=30))
+        self.assertEqual(len(answers), 1)
+        deadline = time.time() + 10
+        while self._stream_count("OK") == ok and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self._stream_count("OK"), ok + 1)
 
     def test_watch_replays_then_streams(self):
         _, page, _ = self.q.request("GET", "/v1/changes?after=0&limit=10000")
