@@ -1,6 +1,7 @@
 #include "core/mitigation.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/aggregate.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -88,6 +89,12 @@ void AppendJsonString(std::string_view s, std::string* out) {
   out->append(s.data() + run, s.size() - run);
   out->push_back('"');
 }
+
+// The JSON is the ledger's record of a mitigation (a change's payload): every field is
+// written below and read back by MitigationFromJson. A new field stops the build here.
+static_assert(FieldCount<Mitigation>() == 19,
+              "core::Mitigation changed: write the new field in AppendMitigationJson, read it "
+              "in MitigationFromJson, then update this count");
 
 void AppendMitigationJson(const Mitigation& m, std::string* out) {
   auto field = [out](std::string_view name, std::string_view value) {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/action.h"
+#include "core/aggregate.h"
 #include "core/ids.h"
 #include "core/time.h"
 #include "gtest/gtest.h"
@@ -36,6 +37,23 @@ Mitigation Sample() {
   m.seq = 9;
   return m;
 }
+
+// FieldCount, which the codecs of Mitigation state their field count with, counts fields
+// of every kind they hold, including one that fits in another's padding.
+struct Padded {
+  int32_t a;
+  bool in_padding;
+  int64_t b;
+};
+struct Mixed {
+  std::string s;
+  Entity e;
+  MitigationState state;
+  std::vector<std::string> v;
+  absl::Time t;
+};
+static_assert(FieldCount<Padded>() == 3 && sizeof(Padded) == 16);
+static_assert(FieldCount<Mixed>() == 5);
 
 TEST(MitigationTest, JsonRoundTrip) {
   Mitigation m = Sample();

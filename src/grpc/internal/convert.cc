@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/aggregate.h"
 #include "core/strings.h"
 #include "core/time.h"
 #include "google/protobuf/struct.pb.h"
@@ -40,6 +41,10 @@ void SetTimestamp(int64_t unix_micros, google::protobuf::Timestamp* out) {
   out->set_seconds(seconds);
   out->set_nanos(static_cast<int32_t>(micros * 1000));
 }
+
+static_assert(core::FieldCount<core::Mitigation>() == 19,
+              "core::Mitigation changed: add the new field to quell.v1.Mitigation and ToProto, "
+              "then update this count");
 
 void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
   out->set_id(m.id);

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "core/aggregate.h"
 #include "core/strings.h"
 #include "core/time.h"
 
@@ -228,12 +229,12 @@ void EntityCache::Clear() {
   young_bytes_ = old_bytes_ = 0;
 }
 
-// Every field of core::Mitigation is encoded below. A new field almost always changes its
-// size, and then the codec (and its test, EncodedCopiesKeepEveryField) must learn it before
-// this builds; one small enough for the padding after `state` would not: check there.
-static_assert(sizeof(core::Mitigation) == 456,
+// Every field of core::Mitigation is encoded below: a new field stops the build until the
+// codec (and its test, EncodedCopiesKeepEveryField) learns it. The size catches a field
+// whose type changes.
+static_assert(core::FieldCount<core::Mitigation>() == 19 && sizeof(core::Mitigation) == 456,
               "core::Mitigation changed: encode the new field in EncodeMitigation and "
-              "DecodeMitigation, then update this size");
+              "DecodeMitigation, then update this count and size");
 
 void EncodeMitigation(const core::Mitigation& m, std::string* out) {
   PutString(m.id, out);  // first: EncodedId reads it alone
