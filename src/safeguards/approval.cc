@@ -11,9 +11,9 @@ int RequiredApprovals(core::Severity severity) {
   return severity == core::Severity::kCritical ? 2 : 1;
 }
 
-absl::Status CheckReviewer(std::string_view reviewer, std::string_view requester,
+absl::Status CheckReviewer(std::string_view reviewer, std::span<const std::string> requesters,
                            const std::vector<std::string>& prior) {
-  if (!requester.empty() && reviewer == requester) {
+  if (std::find(requesters.begin(), requesters.end(), reviewer) != requesters.end()) {
     return absl::PermissionDeniedError("a reviewer cannot approve their own request");
   }
   if (std::find(prior.begin(), prior.end(), reviewer) != prior.end()) {

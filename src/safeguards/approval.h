@@ -6,6 +6,7 @@
 #define QUELL_SAFEGUARDS_APPROVAL_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,11 +20,17 @@ namespace quell::safeguards {
 //! Distinct approvals a decision with an action of `severity` needs: 2 for critical, else 1.
 int RequiredApprovals(core::Severity severity);
 
-//! May `reviewer` record a decision on a request made by `requester`, which `prior`
-//! reviewers already approved? kPermissionDenied for self-approval; kAlreadyExists if the
-//! reviewer already approved it (two approvals must come from two people).
-absl::Status CheckReviewer(std::string_view reviewer, std::string_view requester,
+//! May `reviewer` record a decision on a request made by `requesters` (everyone whose
+//! request it holds), which `prior` reviewers already approved? kPermissionDenied for a
+//! requester; kAlreadyExists if the reviewer already approved it (two approvals must come
+//! from two people).
+absl::Status CheckReviewer(std::string_view reviewer, std::span<const std::string> requesters,
                            const std::vector<std::string>& prior);
+//! The same for a request made by one person.
+inline absl::Status CheckReviewer(std::string_view reviewer, const std::string& requester,
+                                  const std::vector<std::string>& prior) {
+  return CheckReviewer(reviewer, std::span<const std::string>(&requester, 1), prior);
+}
 
 //! How many entities an action on `e` reaches: for a cidr, its IPv4 addresses or its IPv6
 //! /64 subnets (saturating at 2^62); else 1.

@@ -1,5 +1,6 @@
 #include "workflow/reviews.h"
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -28,14 +29,23 @@ std::string_view LegacyPartialApprover(const core::Mitigation& m) {
 }  // namespace
 
 absl::StatusOr<ReviewFacts> LoadReviewFacts(ledger::Store& store, const core::Mitigation& m) {
-  // The mitigation's first change (who asked), however long the entity's timeline.
-  std::optional<ReviewFacts> facts;
+  // Every change of the mitigation up to `m` (it is pending until decided: each is its
+  // creation, a request it absorbed, or a partial approval), however long the entity's
+  // timeline. An approver is not a requester for having approved (CheckReviewer tells
+  // them they approved already).
+  ReviewFacts facts{.seq = m.seq};
+  bool found = false;
+  const std::vector<std::string> approvers = PriorApprovers(m);
   QUELL_RETURN_IF_ERROR(ledger::ForEachEntityChange(store, m.entity, [&](const ledger::Change& c) {
+    if (c.seq > m.seq) return false;
     if (c.kind != ledger::ChangeKind::kMitigation || c.subject != m.id) return true;
-    facts = ReviewFacts{c.actor, m.seq};
-    return false;
+    const bool first = !found;
+    found = true;
+    if (!first && absl::c_linear_search(approvers, c.actor)) return true;
+    if (!absl::c_linear_search(facts.requesters, c.actor)) facts.requesters.push_back(c.actor);
+    return true;
   }));
-  if (facts) return *facts;
+  if (found) return facts;
   return absl::NotFoundError(absl::StrCat("no history for mitigation ", m.id));
 }
 
@@ -71,7 +81,7 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
       return absl::AbortedError(absl::StrCat("review ", id, " changed meanwhile; read it again"));
     }
     std::vector<std::string> prior = PriorApprovers(*m);
-    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, facts.requester,
+    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, facts.requesters,
                                                     approve ? prior : std::vector<std::string>{}));
     const core::Action* action = catalog->Find(m->action);
     int needed =

@@ -24,8 +24,11 @@ namespace quell::workflow {
 
 // What a review decision is checked against, read from committed data.
 struct ReviewFacts {
-  std::string requester;  // who asked for the mitigation: the actor of its first change
-  int64_t seq = 0;        // the mitigation's seq when read; the decision needs it unchanged
+  // Who asked for the mitigation: the actor of its first change, and of every later one
+  // but its approvers' (a request for the same entity and action that it absorbed while
+  // pending is on it as that requester's change, and may have lengthened it).
+  std::vector<std::string> requesters;
+  int64_t seq = 0;  // the mitigation's seq when read; the decision needs it unchanged
 };
 
 //! The facts of mitigation `m` from its history. kNotFound if the store has no change of it.

@@ -168,6 +168,23 @@ class SafeguardsTest(Base):
                                  {"entity": "ip:12.0.0.1", "action": "block", "reason": "abuse"}, key=self.r1)
         self.assertEqual(m["state"], "active")
 
+    def test_a_request_a_pending_approval_absorbed_is_its_requesters_too(self):
+        # r1 asks for an hour over a /8; r2 asks for the same block for a year, which the
+        # pending approval takes in (and lengthens). Neither may approve it: a third must.
+        body = {"entity": "cidr:13.0.0.0/8", "action": "block", "reason": "abuse"}
+        s, m, _ = self.q.request("POST", "/v1/mitigations", dict(body, ttl="1h"), key=self.r1)
+        self.assertEqual((s, m["state"]), (201, "pending_approval"), m)
+        s, m2, _ = self.q.request("POST", "/v1/mitigations", dict(body, ttl="365d"), key=self.r2)
+        self.assertEqual((s, m2["id"], m2["state"]), (200, m["id"], "pending_approval"), m2)
+        for key in (self.r1, self.r2):
+            s, r, _ = self.review(m["id"], True, key)
+            self.assertEqual(s, 403, r)
+            self.assertIn("their own request", r["error"]["message"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:13.2.3.4")[1]["verdict"], "allow")
+        s, r, _ = self.review(m["id"], True, self.q.create_key("reviewer"))
+        self.assertEqual(s, 200, r)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:13.2.3.4")[1]["verdict"], "deny")
+
     def test_rejection_gives_immunity(self):
         self.protect("user:vip-rej")
         d = self.submit(det("rj-1", "user:vip-rej"))[0]["decisions"][0]
