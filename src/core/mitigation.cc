@@ -158,6 +158,19 @@ std::string_view DetectionPolicy(const Mitigation& m, size_t i) {
                                          : std::string_view(m.policy);
 }
 
+namespace {
+constexpr std::string_view kMergedPrefix = "merged:";
+}  // namespace
+
+std::string MergedCreation(std::string_view policy) {
+  return policy.empty() ? std::string() : absl::StrCat(AV(kMergedPrefix), AV(policy));
+}
+
+std::string_view EntryPolicy(std::string_view entry) {
+  if (entry.starts_with(kMergedPrefix)) entry.remove_prefix(kMergedPrefix.size());
+  return entry;
+}
+
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy) {
   // Per detection once another policy's hit is recorded (even as the first detection of a
   // manual mitigation, which has none: then the list starts with this hit).

@@ -52,9 +52,10 @@ struct Mitigation {
   std::string batch;                    // import batch, if any
   std::vector<std::string> detections;  // detection ids that caused it
   // The policy whose hit recorded each detection, in the same order, when some are not
-  // `policy`'s (another policy's hit extended this mitigation; "" for a detection merged in
-  // from another mitigation, whose creation counted it); empty: all are `policy`'s.
-  // Escalation counts a policy's hits by it. Use DetectionPolicy() and AddDetections().
+  // `policy`'s (another policy's hit extended this mitigation; MergedCreation(P) for the
+  // first detection of a mitigation of policy P merged into this one, whose creation
+  // counted it, "" in records before that); empty: all are `policy`'s. Escalation counts a
+  // policy's hits by it, immunity every policy named. Use DetectionPolicy(), AddDetections().
   std::vector<std::string> detection_policies;
   // Reviewers who approved it (key ids, in order): the two-person rule's record while it
   // is pending (a critical action's first approval), every approver once approved.
@@ -76,8 +77,14 @@ bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl);
 // approval window, else its expiry.
 absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl);
 
-//! The policy whose hit recorded m.detections[i] (i < m.detections.size()).
+//! The policy whose hit recorded m.detections[i] (i < m.detections.size()), as recorded:
+//! MergedCreation(P) for a merged mitigation's creation, which is not a hit of P on `m`.
 std::string_view DetectionPolicy(const Mitigation& m, size_t i);
+//! How the creation of a mitigation of `policy`, merged into another, is recorded in that
+//! one's detection_policies: "merged:" + policy ("" for a manual one). Policy ids hold no ':'.
+std::string MergedCreation(std::string_view policy);
+//! The policy a detection_policies entry names: P for MergedCreation(P), else the entry.
+std::string_view EntryPolicy(std::string_view entry);
 //! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy);
 

@@ -120,11 +120,13 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
     if (!core::LiveAt(existing, now)) continue;  // over; the scheduler expires it too
     if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
     // m's detections are kept as evidence; its first is its creation, which escalation
-    // counts as m (expired, merged, still counted as created): recorded with no policy,
-    // so that it is not counted a second time as a later hit on `existing`.
+    // counts as m (expired, merged, still counted as created): recorded as a merged
+    // creation, so that it is not counted a second time as a later hit of m's policy on
+    // `existing`, while a person's "no" to `existing` still names that policy (immunity).
     for (size_t i = 0; i < m.detections.size(); ++i) {
-      core::AddDetections(existing, {m.detections[i]},
-                          i == 0 ? std::string_view() : core::DetectionPolicy(m, i));
+      const std::string policy =
+          i == 0 ? core::MergedCreation(m.policy) : std::string(core::DetectionPolicy(m, i));
+      core::AddDetections(existing, {m.detections[i]}, policy);
     }
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());

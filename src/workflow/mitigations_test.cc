@@ -243,8 +243,9 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRoll
 }
 
 // Merged into the active one, a mitigation's first detection is its creation, which
-// escalation counts as that (expired) mitigation: it is recorded with no policy, not as a
-// later hit of its policy (which counted it twice and escalated a step early).
+// escalation counts as that (expired) mitigation: it is recorded as a merged creation, not
+// as a later hit of its policy (which counted it twice and escalated a step early), yet
+// still naming the policy, which a person's revoke of the merged one makes immune.
 TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
   CreateRequest q;
   q.entity = *core::Entity::Parse("user:merge");
@@ -272,7 +273,9 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
   auto merged = *ledger_->store().GetMitigation(active_id);
   ASSERT_TRUE(merged.has_value());
   EXPECT_EQ(merged->detections, (std::vector<std::string>{"dq", "dp"}));
-  EXPECT_EQ(merged->detection_policies, (std::vector<std::string>{"q", ""}));
+  EXPECT_EQ(merged->detection_policies, (std::vector<std::string>{"q", "merged:p"}));
+  EXPECT_NE(core::DetectionPolicy(*merged, 1), "p");  // escalation's view: not p's hit
+  EXPECT_EQ(core::EntryPolicy(merged->detection_policies[1]), "p");  // immunity's
 }
 
 TEST_F(MitigationsTest, UnknownActionIsRejected) {

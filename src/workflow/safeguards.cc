@@ -550,7 +550,8 @@ void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
   // another policy's next hit re-blocked it at once (a manual mitigation has no policy of
   // its own, only its hits').
   NoteHumanDecision(m.entity.str(), m.policy, m.action, at);
-  for (const std::string& policy : m.detection_policies) {
+  for (const std::string& entry : m.detection_policies) {
+    const std::string_view policy = core::EntryPolicy(entry);
     if (policy != m.policy) NoteHumanDecision(m.entity.str(), policy, m.action, at);
   }
 }

@@ -30,6 +30,10 @@ policies:
     on: detection
     when: detection.type == "takeover"
     action: suspend
+  - id: scraper
+    on: detection
+    when: detection.type == "scraper"
+    action: block
 """
 
 
@@ -196,6 +200,27 @@ class SafeguardsTest(Base):
         d2 = self.submit(det("rj-2", "user:vip-rej"))[0]["decisions"][0]
         self.assertEqual(d2["state"], "pending_approval")
         self.assertIn("immunity", d2["reason"])
+
+    def test_revoking_a_mitigation_that_absorbed_an_approved_one_gives_its_policy_immunity(self):
+        # bot blocks the entity; a scraper hit on it, held (protected) then approved, is
+        # absorbed by that block. A person revokes the block: neither policy re-blocks.
+        m = self.submit(det("mg-1", "user:merged"))[0]["decisions"][0]
+        self.protect("user:merged")
+        held = self.submit(det("mg-2", "user:merged", type="scraper"))[0]["decisions"][0]
+        self.assertEqual(held["state"], "pending_approval")
+        s, r, _ = self.review(held["mitigation_id"], True, self.r1)
+        self.assertEqual(s, 200, r)
+        got = self.q.request("GET", "/v1/mitigations/" + m["mitigation_id"])[1]
+        self.assertEqual(got["detections"], ["mg-1", "mg-2"])
+        self.assertEqual(got["detection_policies"], ["bot", "merged:scraper"])
+        self.q.request("POST", "/v1/lists/vips/entries", {"remove": ["user:merged"]})
+        s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % m["mitigation_id"],
+                                 {"reason": "false positive"}, key=self.r1)
+        self.assertEqual(s, 200, r)
+        for id, type in (("mg-3", "scraper"), ("mg-4", "bot")):
+            d = self.submit(det(id, "user:merged", type=type))[0]["decisions"][0]
+            self.assertEqual(d["state"], "pending_approval", (type, d))
+            self.assertIn("immunity", d["reason"])
 
     def test_appeal_grant(self):
         d = self.submit(det("ap-1", "user:appellant"))[0]["decisions"][0]
