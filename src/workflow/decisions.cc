@@ -185,11 +185,15 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
   return out;
 }
 
-// The hits of `policy` recorded on `m` after its first detection (which created it, and is
-// counted as a creation): another policy's hits on it count for that policy, not for m's.
+// The hits of `policy` recorded on `m` after its creation: after its first detection if a
+// policy created it (counted as a creation), all of them on a manual one (created without
+// detections, not counted as any policy's creation). Another policy's hits on it count for
+// that policy, not for m's.
 int64_t LaterHits(const core::Mitigation& m, std::string_view policy) {
   int64_t n = 0;
-  for (size_t i = 1; i < m.detections.size(); ++i) n += core::DetectionPolicy(m, i) == policy;
+  for (size_t i = m.policy.empty() ? 0 : 1; i < m.detections.size(); ++i) {
+    n += core::DetectionPolicy(m, i) == policy;
+  }
   return n;
 }
 

@@ -107,6 +107,20 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual([(d["policy"], d["mitigation_id"]) for d in r2],
                          [("bot-model-high", r1[0]["mitigation_id"])])
 
+    def test_hits_on_a_manual_mitigation_escalate_from_the_first(self):
+        # A person excluded the user's royalties by hand; bot-model-high's hits are then
+        # recorded on that mitigation. Its third hit has two prior: suspend (escalate:
+        # after 2). The first hit was not counted (it sat where a creation's would).
+        s, m, _ = self.q.request("POST", "/v1/mitigations", {
+            "entity": "user:manual-esc", "action": "exclude_royalties", "ttl": "1h",
+            "reason": "reported by the label"})
+        self.assertEqual(s, 201, m)
+        actions = []
+        for i in range(3):
+            d = self.submit(det("mesc-%d" % i, "user:manual-esc"))[1]["results"][0]["decisions"]
+            actions.append(d[0]["action"])
+        self.assertEqual(actions, ["exclude_royalties", "exclude_royalties", "suspend"])
+
     def test_single_duplicate_and_escalation(self):
         s, r, _ = self.submit(det("esc-1", "user:esc"))
         self.assertEqual(s, 200, r)
