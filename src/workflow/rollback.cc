@@ -381,6 +381,10 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
                                            r.requested_by, ", approved by ", reviewer, ")");
       QUELL_RETURN_IF_ERROR(
           RevokeMatching(txn, targets, r.filter, why, reviewer, now, pending_ttl, &result));
+      // What it matched when it ran, as for a rollback run at once: the request's own
+      // figures were the evidence for approving it (Reviews showed them).
+      r.matched = result.matched;
+      r.entities = result.entities;
       r.revoked = result.revoked;
       r.state = "done";
     } else {

@@ -208,13 +208,20 @@ TEST_F(RollbackTest, RequestWaitsThenAnotherReviewerApproves) {
   EXPECT_EQ(Decide(id, true, "k_admin1").code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(State(a), MitigationState::kActive);
 
+  // One more match while it waits: the approval runs on what matches then, and its record
+  // says so (it used to keep the request's 2 matched beside 3 revoked).
+  std::string c = Create("user:c", "model-v3");
   auto out = std::make_shared<RollbackRequest>();
   ASSERT_TRUE(Decide(id, true, "k_reviewer", out).ok());
   EXPECT_EQ(out->state, "done");
-  EXPECT_EQ(out->revoked, 2);
+  EXPECT_EQ(out->revoked, 3);
+  EXPECT_EQ(out->matched, 3);
+  EXPECT_EQ(out->entities, 3);
+  EXPECT_EQ(requests_->Get(id)->matched, 3);
   EXPECT_EQ(out->decided_by, "k_reviewer");
   EXPECT_EQ(State(a), MitigationState::kRevoked);
   EXPECT_EQ(State(b), MitigationState::kRevoked);
+  EXPECT_EQ(State(c), MitigationState::kRevoked);
   EXPECT_NE((*ledger_->store().GetMitigation(a))->state_reason.find("approved by k_reviewer"),
             std::string::npos);
   EXPECT_EQ(requests_->Get(id)->state, "done");
