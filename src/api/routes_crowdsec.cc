@@ -26,6 +26,13 @@
 // A deleted decision is left out while another active decision of the same type holds the
 // same value: a bouncer keys its state by value (and type), and deleting it would lift
 // the other one too.
+//
+// Each cursor keeps the action catalog its pull was answered with. When a policy set
+// published since gives an action another CrowdSec type (a deny that allows now, an action
+// removed, a captcha that bans), the incremental answer would classify what the bouncer
+// holds with the new catalog and miss it: the pull is answered as a resync instead (every
+// active decision as new, and deleted what the bouncer holds under the old types and no
+// longer should).
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -179,24 +186,43 @@ void AppendMitigation(const core::Mitigation& m, Scope scope, std::string_view t
   AppendDecision(DecisionId(m.id), scope, type, m.entity.id(), m.action, end - now, out);
 }
 
+// Whether every action has the same CrowdSec type under both catalogs.
+bool SameTypes(const core::ActionCatalog& a, const core::ActionCatalog& b) {
+  if (&a == &b) return true;
+  for (const core::ActionCatalog* one : {&a, &b}) {
+    for (const core::Action& action : one->actions()) {
+      if (TypeOf(a, action.name) != TypeOf(b, action.name)) return false;
+    }
+  }
+  return true;
+}
+
+// A key's stream position: the ledger seq its last pull covered and the action catalog
+// that pull was answered with (what the bouncer's decisions were classified by).
+struct Cursor {
+  int64_t seq = 0;
+  std::shared_ptr<const core::ActionCatalog> catalog;
+};
+
 // The per-key pull cursors of stream mode. Thread-safe.
 class Cursors {
  public:
-  std::optional<int64_t> Get(const std::string& key_id) {
+  std::optional<Cursor> Get(const std::string& key_id) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = seq_.find(key_id);
-    if (it == seq_.end()) return std::nullopt;
+    auto it = cursors_.find(key_id);
+    if (it == cursors_.end()) return std::nullopt;
     return it->second;
   }
-  void Set(const std::string& key_id, int64_t seq) {
+  // Keeps the later of `c` and the key's cursor (two pulls of one key can overlap).
+  void Set(const std::string& key_id, Cursor c) {
     std::lock_guard<std::mutex> lock(mu_);
-    int64_t& s = seq_[key_id];
-    s = std::max(s, seq);
+    auto [it, inserted] = cursors_.try_emplace(key_id, c);
+    if (!inserted && c.seq >= it->second.seq) it->second = std::move(c);
   }
 
  private:
   std::mutex mu_;
-  absl::flat_hash_map<std::string, int64_t> seq_;  // guarded by mu_
+  absl::flat_hash_map<std::string, Cursor> cursors_;  // guarded by mu_
 };
 
 // State of the route group; lives as long as the routes (shared by their closures).
@@ -221,7 +247,8 @@ bool MayPull(Call& call) {
 // follows the feed; on PostgreSQL another node's changes can be read before it applied
 // them): they hold nothing.
 using IdSet = absl::flat_hash_set<std::array<uint8_t, 16>>;
-std::optional<index::Hit> LongestHeld(Context& ctx, const Filter& f, const core::Entity& entity,
+std::optional<index::Hit> LongestHeld(Context& ctx, const core::ActionCatalog& catalog,
+                                      const Filter& f, const core::Entity& entity,
                                       std::string_view type, absl::Time now,
                                       const IdSet& ended = {}) {
   const Scope scope = entity.is_ip() ? Scope::kIp : Scope::kRange;
@@ -231,7 +258,7 @@ std::optional<index::Hit> LongestHeld(Context& ctx, const Filter& f, const core:
   for (const index::Hit& h : hits) {
     if (h.cidr_prefix >= 0 || ended.contains(h.id)) continue;
     const std::string_view action = ctx.deps.index->ActionName(h.action);
-    if (TypeOf(*ctx.Catalog(), action) != type || !f.Wants(scope, type, action)) continue;
+    if (TypeOf(catalog, action) != type || !f.Wants(scope, type, action)) continue;
     if (!longest || h.expires_us > longest->expires_us) longest = h;
   }
   return longest;
@@ -389,25 +416,47 @@ StreamOut::Added AsAdded(const core::Mitigation& m, Scope scope, std::string_vie
           std::string(m.entity.id()), m.action, m.expires_at};
 }
 
-// Every active decision, as of one consistent read; returns that read's seq.
-absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const Filter& f, absl::Time now,
-                                        StreamOut* out) {
-  return ctx.deps.ledger->store().ScanLive([&](const core::Mitigation& m) {
+// Every active decision under `catalog`, as of one consistent read; returns that read's
+// seq. With `before` (a resync after the catalog changed): also, in deleted, each active
+// mitigation's decision under `before` that it no longer is (its type changed or it is no
+// decision now), unless an active decision of that type holds its value.
+absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const core::ActionCatalog& catalog,
+                                        const core::ActionCatalog* before, const Filter& f,
+                                        absl::Time now, StreamOut* out) {
+  std::vector<std::pair<core::Mitigation, std::string_view>> retyped;  // with its old type
+  auto seq = ctx.deps.ledger->store().ScanLive([&](const core::Mitigation& m) {
+    if (m.state != core::MitigationState::kActive || m.expires_at <= now) {
+      return absl::OkStatus();
+    }
     Scope scope;
     std::string_view type;
-    if (m.state == core::MitigationState::kActive && m.expires_at > now &&
-        AsDecision(*ctx.Catalog(), m, &scope, &type) && f.Wants(scope, type, m.action)) {
+    if (AsDecision(catalog, m, &scope, &type) && f.Wants(scope, type, m.action)) {
       out->Add(AsAdded(m, scope, type));
+    }
+    std::string_view old_type;
+    if (before != nullptr && AsDecision(*before, m, &scope, &old_type) && old_type != type &&
+        f.Wants(scope, old_type, m.action)) {
+      retyped.emplace_back(m, old_type);
     }
     return absl::OkStatus();
   });
+  for (const auto& [m, old_type] : retyped) {
+    if (out->Has(old_type, m.entity.id())) continue;
+    AppendMitigation(m, m.entity.is_ip() ? Scope::kIp : Scope::kRange, old_type, now, now,
+                     &out->deleted);
+  }
+  return seq;
 }
 
 // Reads the changes in (after, upto] (upto < 0: to the end, at most kMaxChangesPerPull)
 // and appends the decisions that started to `out->added` (unless `only_deleted`) and
-// those that ended to `out->deleted`. Returns the last seq read.
-absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t after, int64_t upto,
-                                      bool only_deleted, absl::Time now, StreamOut* out) {
+// those that ended to `out->deleted`, as `catalog` classifies them; with `before` (a
+// resync after the catalog changed), the ended ones as `before` did: what the bouncer was
+// sent. Returns the last seq read.
+absl::StatusOr<int64_t> AppendChanges(Context& ctx, const core::ActionCatalog& catalog,
+                                      const core::ActionCatalog* before, const Filter& f,
+                                      int64_t after, int64_t upto, bool only_deleted,
+                                      absl::Time now, StreamOut* out) {
   // The last state of each mitigation in the window, in first-seen order.
   absl::flat_hash_map<std::string, size_t> slot;
   std::vector<core::Mitigation> last;
@@ -442,16 +491,21 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     std::array<uint8_t, 16> bin{};
     if (index::EncodeId(m.id, &bin)) ended_ids.insert(bin);
   }
-  std::vector<const core::Mitigation*> ended;
+  // Each ended one with the type it is deleted as.
+  std::vector<std::pair<const core::Mitigation*, std::string_view>> ended;
   for (const core::Mitigation& m : last) {
     Scope scope;
     std::string_view type;
-    if (!AsDecision(*ctx.Catalog(), m, &scope, &type) || !f.Wants(scope, type, m.action)) continue;
-    if (m.state == core::MitigationState::kActive && m.expires_at > now) {
+    const bool live = m.state == core::MitigationState::kActive && m.expires_at > now;
+    // One that ended, in a resync, is deleted as the bouncer holds it: as `before` typed it.
+    const core::ActionCatalog& by = live || before == nullptr ? catalog : *before;
+    if (!AsDecision(by, m, &scope, &type) || !f.Wants(scope, type, m.action)) continue;
+    if (live) {
       if (only_deleted) continue;
       out->Add(AsAdded(m, scope, type));
       // A longer decision on the value from before this window is the one to keep.
-      if (std::optional<index::Hit> held = LongestHeld(ctx, f, m.entity, type, now, ended_ids)) {
+      if (std::optional<index::Hit> held =
+              LongestHeld(ctx, catalog, f, m.entity, type, now, ended_ids)) {
         const std::string_view action = ctx.deps.index->ActionName(held->action);
         out->Add({DecisionId(held->id), scope, std::string(type), std::string(m.entity.id()),
                   std::string(action), core::FromMicros(held->expires_us)});
@@ -459,18 +513,16 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const Filter& f, int64_t aft
     } else if (m.state == core::MitigationState::kActive ||
                m.state == core::MitigationState::kExpired ||
                m.state == core::MitigationState::kRevoked) {
-      ended.push_back(&m);
+      ended.emplace_back(&m, type);
     }
   }
-  for (const core::Mitigation* m : ended) {
-    Scope scope;
-    std::string_view type;
-    AsDecision(*ctx.Catalog(), *m, &scope, &type);
+  for (const auto& [m, type] : ended) {
     if (out->Has(type, m->entity.id())) continue;
-    if (LongestHeld(ctx, f, m->entity, type, now, ended_ids)) continue;
+    if (LongestHeld(ctx, catalog, f, m->entity, type, now, ended_ids)) continue;
     // Negative, like CrowdSec's for an ended decision: it ended at the earlier of its
     // expiry and its last change.
-    AppendMitigation(*m, scope, type, now, std::min(m->expires_at, m->updated_at), &out->deleted);
+    AppendMitigation(*m, m->entity.is_ip() ? Scope::kIp : Scope::kRange, type, now,
+                     std::min(m->expires_at, m->updated_at), &out->deleted);
   }
   return seq;
 }
@@ -498,13 +550,18 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
     Context& ctx = *cs.ctx;
     const absl::Time now = ctx.deps.clock->Now();
     const std::string key = call.who.key_id;
-    std::optional<int64_t> cursor = startup ? std::nullopt : cs.cursors.Get(key);
+    // One catalog for the whole answer (a publish meanwhile is the next pull's).
+    const std::shared_ptr<const core::ActionCatalog> catalog = ctx.Catalog();
+    std::optional<Cursor> cursor = startup ? std::nullopt : cs.cursors.Get(key);
+    // Types changed since the bouncer's last pull: resync from its cursor (below).
+    const core::ActionCatalog* before = nullptr;
+    if (cursor && !SameTypes(*cursor->catalog, *catalog)) before = cursor->catalog.get();
     StreamOut out;
     absl::StatusOr<int64_t> seq;
-    if (cursor) {
-      seq = AppendChanges(ctx, f, *cursor, -1, false, now, &out);
+    if (cursor && before == nullptr) {
+      seq = AppendChanges(ctx, *catalog, nullptr, f, cursor->seq, -1, false, now, &out);
     } else {
-      seq = AppendAllActive(ctx, f, now, &out);
+      seq = AppendAllActive(ctx, *catalog, before, f, now, &out);
       // The cursor kept for this bouncer must be durable (a crash could reuse a later
       // seq), and the lookback below reads only durable changes: wait for the scan's seq.
       if (seq.ok()) {
@@ -514,9 +571,12 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
         }
       }
       if (seq.ok() && !startup) {
+        // From the bouncer's cursor for a resync; after a restart, a look-back.
         int64_t from =
-            std::max<int64_t>({0, cs.boot_seq - kRestartLookback, *seq - kMaxChangesPerPull});
-        auto s = AppendChanges(ctx, f, from, *seq, true, now, &out);
+            before != nullptr
+                ? std::max<int64_t>(cursor->seq, *seq - kMaxChangesPerPull)
+                : std::max<int64_t>({0, cs.boot_seq - kRestartLookback, *seq - kMaxChangesPerPull});
+        auto s = AppendChanges(ctx, *catalog, before, f, from, *seq, true, now, &out);
         if (!s.ok()) seq = s.status();
       }
     }
@@ -527,7 +587,7 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
     std::string added = out.AddedJson(now);
     std::string body =
         absl::StrCat("{\"deleted\":", list(out.deleted), ",\"new\":", list(added), "}");
-    cs.cursors.Set(key, *seq);
+    cs.cursors.Set(key, {*seq, catalog});
     call.Send(200, std::move(body));
   });
 }

@@ -262,6 +262,67 @@ class CrowdSecApiTest(unittest.TestCase):
         self.assertEqual([d["value"] for d in got["deleted"] or []], ["203.0.113.70"], got)
 
 
+CATALOG = """
+actions:
+  - {name: block, verdict: %(block)s, severity: high, ttl: 7d}
+  - {name: flag, verdict: %(flag)s, severity: low, ttl: 7d}
+  - {name: challenge, verdict: %(challenge)s, severity: low, ttl: 1d}
+policies: []
+"""
+
+
+class CrowdSecCatalogChangeTest(unittest.TestCase):
+    """A policy set that gives actions other verdicts changes which mitigations are
+    decisions: a stream bouncer must be told, or it keeps a ban Quell no longer has (and
+    never hears of its revocation)."""
+
+    def publish(self, **verdicts):
+        status, body, _ = self.q.request("PUT", "/v1/policies", CATALOG % verdicts,
+                                         headers={"Content-Type": "application/yaml"})
+        self.assertEqual(status, 200, body)
+
+    def pull(self, key, startup=False):
+        status, text, _ = self.q.request(
+            "GET", "/v1/decisions/stream" + ("?startup=true" if startup else ""), auth=False,
+            headers={"X-Api-Key": key}, raw=True)
+        self.assertEqual(status, 200, text)
+        body = json.loads(text)
+        return ({(d["value"], d["type"]) for d in body["deleted"] or []},
+                {(d["value"], d["type"]) for d in body["new"] or []})
+
+    def test_a_catalog_change_resyncs_the_stream(self):
+        self.q = QuellServer().start()
+        try:
+            self.publish(block="deny", flag="allow", challenge="challenge")
+            ids = {}
+            for ip, action in (("203.0.113.9", "block"), ("203.0.113.10", "block"),
+                               ("203.0.113.11", "flag"), ("203.0.113.12", "challenge")):
+                status, m, _ = self.q.request("POST", "/v1/mitigations", {
+                    "entity": "ip:" + ip, "action": action, "ttl": "1h", "reason": "t"})
+                self.assertEqual(status, 201, m)
+                ids[ip] = m["id"]
+            key = new_key(self.q, "enforcer")
+            self.assertEqual(self.pull(key, startup=True), (set(), {
+                ("203.0.113.9", "ban"), ("203.0.113.10", "ban"), ("203.0.113.12", "captcha")}))
+            # block allows now, flag denies, challenge bans; .10's block is revoked too.
+            self.publish(block="allow", flag="deny", challenge="deny")
+            status, body, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % ids["203.0.113.10"],
+                                             {"reason": "t"})
+            self.assertEqual(status, 200, body)
+            deleted, new = self.pull(key)
+            self.assertEqual(deleted, {("203.0.113.9", "ban"), ("203.0.113.10", "ban"),
+                                       ("203.0.113.12", "captcha")})
+            self.assertEqual(new, {("203.0.113.11", "ban"), ("203.0.113.12", "ban")})
+            # Then incremental again, under the new verdicts.
+            self.assertEqual(self.pull(key), (set(), set()))
+            status, body, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % ids["203.0.113.11"],
+                                             {"reason": "t"})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(self.pull(key), ({("203.0.113.11", "ban")}, set()))
+        finally:
+            self.q.cleanup()
+
+
 class CrowdSecRestartTest(unittest.TestCase):
     def test_unknown_cursor_after_restart_gets_all_active_and_recent_deletes(self):
         q = QuellServer()
