@@ -7,6 +7,7 @@
 #include "api/internal/policy_routes.h"
 #include "api/json_reader.h"
 #include "core/mitigation.h"
+#include "core/status.h"
 #include "core/strings.h"
 #include "engine/engine.h"
 #include "policy/policy_set.h"
@@ -47,22 +48,55 @@ void GetPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
   call.Reply(std::move(r));
 }
 
+// An action of `before` that `after` drops while live mitigations (active, scheduled or
+// pending approval) use it: check would answer `allow` for them, an enforced suspend
+// silently lifted. Names the first such action and one of its mitigations.
+absl::StatusOr<std::optional<std::string>> DroppedActionInUse(ledger::Store& store,
+                                                              const core::ActionCatalog& before,
+                                                              const core::ActionCatalog& after) {
+  for (const core::Action& a : before.actions()) {
+    if (after.Find(a.name) != nullptr) continue;
+    for (core::MitigationState state :
+         {core::MitigationState::kActive, core::MitigationState::kScheduled,
+          core::MitigationState::kPendingApproval}) {
+      ledger::MitigationQuery q;
+      q.state = state;
+      q.action = a.name;
+      q.limit = 1;
+      QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
+      if (page.mitigations.empty()) continue;
+      return absl::StrCat("the policy set drops action ", a.name, ", which live mitigations use (",
+                          page.mitigations[0].id, " is ", AV(core::StateName(state)),
+                          "): keep it under actions (its verdict may change), or revoke them "
+                          "first");
+    }
+  }
+  return std::optional<std::string>();
+}
+
 void PutPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
   ApiError error;
   auto set = Validate(call.req.body, &error);
   if (!set.ok()) return call.Fail(error);
-  auto version = std::make_shared<int64_t>(0);
-  size_t count = (*set)->policies().size();
-  auto shared = std::make_shared<Call>(std::move(call));
-  ctx.deps.ledger->Submit(
-      workflow::PublishPolicySet(shared->req.body, shared->who.key_id, version),
-      [shared, version, count](absl::Status status, std::vector<ledger::Change> changes) {
-        if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
-        // The holder swapped to this version before this completion ran (listeners
-        // come first), so the next request anywhere is decided with it.
-        shared->Send(200, absl::StrCat("{\"version\":", *version, ",\"policies\":", count,
-                                       ",\"seq\":", changes.empty() ? 0 : changes[0].seq, "}"));
-      });
+  // The check reads the store: off the event loop.
+  ctx.OffLoop(std::move(call), [&ctx, &policies, set = *std::move(set)](Call& call) {
+    auto dropped =
+        DroppedActionInUse(ctx.deps.ledger->store(), *policies.Catalog(), set->catalog());
+    if (!dropped.ok()) return call.Fail(ApiError::FromStatus(dropped.status()));
+    if (*dropped) return call.Fail(ApiError::Conflict(**dropped));
+    auto version = std::make_shared<int64_t>(0);
+    size_t count = set->policies().size();
+    auto shared = std::make_shared<Call>(std::move(call));
+    ctx.deps.ledger->Submit(
+        workflow::PublishPolicySet(shared->req.body, shared->who.key_id, version),
+        [shared, version, count](absl::Status status, std::vector<ledger::Change> changes) {
+          if (!status.ok()) return shared->Fail(ApiError::FromStatus(status));
+          // The holder swapped to this version before this completion ran (listeners
+          // come first), so the next request anywhere is decided with it.
+          shared->Send(200, absl::StrCat("{\"version\":", *version, ",\"policies\":", count,
+                                         ",\"seq\":", changes.empty() ? 0 : changes[0].seq, "}"));
+        });
+  });
 }
 
 // Dry evaluation: {"detections": [...], "policy_set": "<yaml>"?}. The set defaults to the

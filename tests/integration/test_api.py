@@ -543,6 +543,45 @@ class ApiTest(unittest.TestCase):
             prev = c["hash"]
 
 
+class PolicyPublishTest(unittest.TestCase):
+    SET = """
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+%s
+policies: []
+"""
+    SUSPEND = "  - {name: suspend, verdict: deny, severity: critical, ttl: 30d}"
+
+    def publish(self, yaml):
+        return self.q.request("PUT", "/v1/policies", yaml,
+                              headers={"Content-Type": "application/yaml"})
+
+    def test_a_set_that_drops_an_action_live_mitigations_use_is_refused(self):
+        # Dropping `suspend` while a user is suspended made check answer `allow` for it:
+        # the suspension silently lifted.
+        self.q = QuellServer().start()
+        try:
+            self.assertEqual(self.publish(self.SET % self.SUSPEND)[0], 200)
+            status, m, _ = self.q.request("POST", "/v1/mitigations", {
+                "entity": "user:suspended", "action": "suspend", "ttl": "1h", "reason": "t"})
+            self.assertEqual(status, 201, m)
+            status, body, _ = self.publish(self.SET % "")
+            self.assertEqual(status, 409, body)
+            self.assertIn("drops action suspend, which live mitigations use (%s is active)"
+                          % m["id"], body["error"]["message"])
+            verdict = self.q.request("GET", "/v1/check?entity=user:suspended")[1]["verdict"]
+            self.assertEqual(verdict, "deny")
+            # A new verdict for it is fine; so is dropping it once nothing live uses it.
+            changed = self.SET % self.SUSPEND.replace("verdict: deny", "verdict: allow")
+            self.assertEqual(self.publish(changed)[0], 200)
+            status, body, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % m["id"],
+                                             {"reason": "t"})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(self.publish(self.SET % "")[0], 200)
+        finally:
+            self.q.cleanup()
+
+
 class LifecycleTest(unittest.TestCase):
     """Restart, expiry without requests, graceful shutdown, audit verify."""
 
