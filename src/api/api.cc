@@ -134,6 +134,12 @@ void Api::StopBackground() { impl_->sweeper_.Stop(); }
 
 std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
 
+workflow::WhyProtectedFn Api::WhyProtected() const {
+  return [impl = impl_.get()](const core::Entity& e) {
+    return impl->safeguards_.WhyProtected(*impl->policies_.Current(), e);
+  };
+}
+
 const DetectionIntake& Api::detection_intake() const { return impl_->intake_; }
 
 }  // namespace quell::api

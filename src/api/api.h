@@ -20,6 +20,7 @@
 #include "core/time.h"
 #include "index/index.h"
 #include "ledger/ledger.h"
+#include "workflow/mitigations.h"
 #include "workflow/safeguards.h"
 
 namespace quell::obs {
@@ -105,6 +106,10 @@ class Api final : public http::Handler {
   void StopBackground();
   //! The action catalog of the active policy set (for other front ends: gRPC).
   std::shared_ptr<const core::ActionCatalog> Catalog() const;
+  //! Why an entity is protected under the active policy set and the lists (for the
+  //! expiry scheduler, which holds a policy's scheduled decision at its start on one).
+  //! Thread-safe; lives as long as the Api.
+  workflow::WhyProtectedFn WhyProtected() const;
   //! The decision path of POST /v1/detections (for other front ends: gRPC's
   //! Detections.Submit). Thread-safe; lives as long as the Api.
   const DetectionIntake& detection_intake() const;

@@ -596,7 +596,7 @@ int Serve(const Flags& flags) {
     logger.Info("grpc serving", {{"listen", config->grpc_listen}, {"port", grpc->port()}});
   }
 
-  workflow::ExpiryScheduler expiry(ledger->get(), clock);
+  workflow::ExpiryScheduler expiry(ledger->get(), clock, absl::Seconds(1), api->WhyProtected());
   std::unique_ptr<ledger::PostgresLease> expiry_lease;
   if (postgres_url.empty()) {
     expiry.Start();

@@ -15,15 +15,19 @@
 #include "absl/time/time.h"
 #include "core/time.h"
 #include "ledger/ledger.h"
+#include "workflow/mitigations.h"
 
 namespace quell::workflow {
 
 class ExpiryScheduler {
  public:
   // Borrows `ledger` and `clock`; both must outlive the scheduler.
-  // `max_sleep` bounds how long it waits between looks at the store.
+  // `max_sleep` bounds how long it waits between looks at the store. `why_protected`
+  // (may be null): holds a policy's scheduled decision at its start if its entity became
+  // protected meanwhile (ApplyDue).
   ExpiryScheduler(ledger::Ledger* ledger, core::Clock* clock,
-                  absl::Duration max_sleep = absl::Seconds(1));
+                  absl::Duration max_sleep = absl::Seconds(1),
+                  WhyProtectedFn why_protected = nullptr);
   ~ExpiryScheduler();
 
   void Start();
@@ -37,6 +41,7 @@ class ExpiryScheduler {
   ledger::Ledger* ledger_;
   core::Clock* clock_;
   absl::Duration max_sleep_;
+  WhyProtectedFn why_protected_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_

@@ -175,9 +175,10 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
   };
 }
 
-ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out) {
-  return [ids = std::move(ids), out = std::move(out)](ledger::Txn& txn,
-                                                      absl::Time now) -> absl::Status {
+ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out,
+                          WhyProtectedFn why_protected) {
+  return [ids = std::move(ids), out = std::move(out), why_protected = std::move(why_protected)](
+             ledger::Txn& txn, absl::Time now) -> absl::Status {
     int n = 0;
     for (const std::string& id : ids) {
       QUELL_ASSIGN_OR_RETURN(std::optional<Mitigation> m, txn.GetMitigation(id));
@@ -187,6 +188,17 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
         m->state_reason = "expired";
       } else if (m->state == MitigationState::kScheduled && m->starts_at <= now &&
                  m->expires_at > now) {
+        std::optional<std::string> why;
+        if (why_protected && !m->policy.empty() && m->approvals.empty()) {
+          why = why_protected(m->entity);
+        }
+        if (why) {  // a policy's decision, which the entity's protection now holds
+          m->state = MitigationState::kPendingApproval;
+          m->state_reason = absl::StrCat("held at its scheduled start: ", *why);
+          QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());
+          ++n;
+          continue;
+        }
         m->state_reason = "scheduled start reached";
         QUELL_RETURN_IF_ERROR(Activate(txn, *m, "system", now).status());
         ++n;

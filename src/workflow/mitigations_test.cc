@@ -278,6 +278,49 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
   EXPECT_EQ(core::EntryPolicy(merged->detection_policies[1]), "p");  // immunity's
 }
 
+// At its start, a policy's scheduled decision on an entity protected meanwhile waits for
+// a person; one a person made (manual) or approved starts as scheduled.
+TEST_F(MitigationsTest, AScheduledStartOnAnEntityProtectedSinceIsHeld) {
+  auto scheduled = [&](std::string entity, std::string policy, std::vector<std::string> approvals) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse(entity);
+    r.action = "block";
+    r.reason = "r";
+    r.policy = std::move(policy);
+    r.starts_at = clock_.Now() + absl::Minutes(5);
+    r.state = MitigationState::kScheduled;
+    auto out = std::make_shared<CreateResult>();
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    core::Mitigation m = out->mitigation;
+    if (!approvals.empty()) {  // as DecideReview leaves an approved delayed decision
+      m.approvals = std::move(approvals);
+      EXPECT_TRUE(ledger_
+                      ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                        return AppendMitigationChange(txn, m, "k_reviewer", now).status();
+                      })
+                      .ok());
+    }
+    return m.id;
+  };
+  const std::string by_policy = scheduled("user:vip", "p", {});
+  const std::string manual = scheduled("user:vip2", "", {});
+  const std::string approved = scheduled("user:vip3", "p", {"k_reviewer"});
+  clock_.Advance(absl::Minutes(6));
+  WhyProtectedFn why = [](const core::Entity& e) -> std::optional<std::string> {
+    return absl::StrCat(e.str(), " is on protected list vips");
+  };
+  auto n = std::make_shared<int>(0);
+  ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue({by_policy, manual, approved}, n, why)).ok());
+  EXPECT_EQ(*n, 3);
+  auto state = [&](const std::string& id) { return (*ledger_->store().GetMitigation(id))->state; };
+  EXPECT_EQ(state(by_policy), MitigationState::kPendingApproval);
+  EXPECT_EQ((*ledger_->store().GetMitigation(by_policy))->state_reason,
+            "held at its scheduled start: user:vip is on protected list vips");
+  EXPECT_EQ(state(manual), MitigationState::kActive);
+  EXPECT_EQ(state(approved), MitigationState::kActive);
+}
+
 TEST_F(MitigationsTest, UnknownActionIsRejected) {
   auto r = Create("user:u1", "obliterate", absl::Hours(1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);

@@ -34,6 +34,11 @@ policies:
     on: detection
     when: detection.type == "scraper"
     action: block
+  - id: slow
+    on: detection
+    when: detection.type == "slow"
+    action: block
+    delay: 2s
 """
 
 
@@ -221,6 +226,25 @@ class SafeguardsTest(Base):
             d = self.submit(det(id, "user:merged", type=type))[0]["decisions"][0]
             self.assertEqual(d["state"], "pending_approval", (type, d))
             self.assertIn("immunity", d["reason"])
+
+    def test_a_scheduled_decision_on_an_entity_protected_since_waits_for_a_person(self):
+        d = self.submit(det("sl-1", "user:late-vip", type="slow"))[0]["decisions"][0]
+        self.assertEqual(d["state"], "scheduled")
+        self.protect("user:late-vip")
+        deadline = time.time() + 15  # the 2s delay, then the scheduler's next look
+        while True:
+            m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
+            if m["state"] != "scheduled" or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(m["state"], "pending_approval", m)
+        self.assertIn("held at its scheduled start", m["state_reason"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:late-vip")[1]["verdict"],
+                         "allow")
+        s, r, _ = self.review(d["mitigation_id"], True, self.r1)
+        self.assertEqual((s, r["mitigation"]["state"]), (200, "active"), r)
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:late-vip")[1]["verdict"],
+                         "deny")
 
     def test_appeal_grant(self):
         d = self.submit(det("ap-1", "user:appellant"))[0]["decisions"][0]
