@@ -423,7 +423,15 @@ StreamOut::Added AsAdded(const core::Mitigation& m, Scope scope, std::string_vie
 absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const core::ActionCatalog& catalog,
                                         const core::ActionCatalog* before, const Filter& f,
                                         absl::Time now, StreamOut* out) {
-  std::vector<std::pair<core::Mitigation, std::string_view>> retyped;  // with its old type
+  // What the bouncer holds that it no longer should: its old type, as AppendDecision
+  // writes it (a few strings each, not the whole mitigation: a resync may meet millions).
+  struct Retyped {
+    int64_t id;
+    Scope scope;
+    std::string_view type;
+    std::string value, action;
+  };
+  std::vector<Retyped> retyped;
   auto seq = ctx.deps.ledger->store().ScanLive([&](const core::Mitigation& m) {
     if (m.state != core::MitigationState::kActive || m.expires_at <= now) {
       return absl::OkStatus();
@@ -436,14 +444,13 @@ absl::StatusOr<int64_t> AppendAllActive(Context& ctx, const core::ActionCatalog&
     std::string_view old_type;
     if (before != nullptr && AsDecision(*before, m, &scope, &old_type) && old_type != type &&
         f.Wants(scope, old_type, m.action)) {
-      retyped.emplace_back(m, old_type);
+      retyped.push_back({DecisionId(m.id), scope, old_type, std::string(m.entity.id()), m.action});
     }
     return absl::OkStatus();
   });
-  for (const auto& [m, old_type] : retyped) {
-    if (out->Has(old_type, m.entity.id())) continue;
-    AppendMitigation(m, m.entity.is_ip() ? Scope::kIp : Scope::kRange, old_type, now, now,
-                     &out->deleted);
+  for (const Retyped& r : retyped) {
+    if (out->Has(r.type, r.value)) continue;
+    AppendDecision(r.id, r.scope, r.type, r.value, r.action, absl::ZeroDuration(), &out->deleted);
   }
   return seq;
 }
