@@ -80,7 +80,7 @@ absl::StatusOr<CounterSet> CounterSet::Create(std::vector<CounterSpec> specs, Ti
     std::vector<WindowGeometry> geometry;
     absl::Duration longest = absl::ZeroDuration();
     for (absl::Duration w : s.windows) {
-      if (w <= absl::ZeroDuration() || w > absl::Hours(24 * 366)) {
+      if (w <= absl::ZeroDuration() || w > absl::Hours(24 * 366)) {  // as policy_set.cc
         return fail("windows must be in (0, 366d]");
       }
       if (std::count(s.windows.begin(), s.windows.end(), w) > 1) return fail("duplicate window");

@@ -673,6 +673,12 @@ void PolicySetBuilder::LoadCounters(const Entry& e) {
           Error(wp, absl::StrCat("window ", (*list)[j], " is listed twice"));
           continue;
         }
+        // The counter stores' bound (counters::CounterSet::Create): a set they refuse
+        // must not publish, or every counter stops and the server cannot start on it.
+        if (*d <= absl::ZeroDuration() || *d > absl::Hours(24 * 366)) {
+          Error(wp, absl::StrCat("window ", (*list)[j], " must be in (0, 366d]"));
+          continue;
+        }
         c.windows.push_back(*d);
         c.window_names.push_back((*list)[j]);
       }

@@ -173,6 +173,14 @@ TEST(PolicySet, UnknownKeySuggestsTheRightOne) {
       HasSubstr("2:40: unknown key \"windws\" in a counter — did you mean `windows`?"));
 }
 
+// A window the counter stores refuse is refused here, where the set is validated whole:
+// published, it stopped every counter and the server could not start on the ledger.
+TEST(PolicySet, CounterWindowsAreWhatTheCounterStoresTake) {
+  EXPECT_EQ(OnlyError("counters:\n  - {name: y, on: signup, windows: [1h, 400d]}\npolicies: []\n"),
+            "2:41: window 400d must be in (0, 366d]");
+  EXPECT_TRUE(Load("counters:\n  - {name: y, on: signup, windows: [366d]}\npolicies: []\n").set);
+}
+
 TEST(PolicySet, DuplicateKeysAndIds) {
   EXPECT_THAT(Load(WithPolicy("    when: true\n    when: false\n")).errors[0].ToString(),
               HasSubstr("6:5: duplicate key `when`"));
