@@ -383,11 +383,19 @@ TEST(JsonMap, ShapesAndLimits) {
   EXPECT_FALSE(arena.Parse("\"s\"", &m));
   EXPECT_FALSE(arena.Parse("{\"a\": 1", &m));
   EXPECT_FALSE(arena.Parse("", &m));
-  std::string deep;
-  for (int i = 0; i < 100; ++i) deep += "{\"k\":";
-  deep += "1";
-  for (int i = 0; i < 100; ++i) deep += "}";
-  EXPECT_FALSE(arena.Parse(deep, &m));
+  // As deep as any input path takes (core::kMaxJsonDepth), evidence is read whole: a key
+  // beside a deep object stays visible (at depth 32 the whole map used to vanish, and a
+  // detector could hide `asn` from a policy that way). Deeper cannot arrive.
+  auto nested = [](int levels) {
+    std::string s = "{\"asn\": 14061, \"trace\": ";
+    for (int i = 1; i < levels; ++i) s += "{\"k\":";
+    s += "1";
+    for (int i = 0; i < levels; ++i) s += "}";
+    return s;
+  };
+  ASSERT_TRUE(arena.Parse(nested(core::kMaxJsonDepth), &m));
+  EXPECT_EQ(m.Find("asn")->int_value(), 14061);
+  EXPECT_FALSE(arena.Parse(nested(internal::JsonMapArena::kMaxDepth + 1), &m));
   // Reuse after failure.
   ASSERT_TRUE(arena.Parse(R"({"k": "v"})", &m));
   EXPECT_EQ(m.Find("k")->string_value(), "v");

@@ -6,7 +6,9 @@
 // null map to the matching Value; nested objects to nested maps; arrays whose items are
 // all strings to list<string>; any other array to the error value kTypeMismatch (reading
 // it makes a `when` false). Nesting deeper than kMaxDepth, invalid JSON, or a top-level
-// value that is not an object give an empty map and Parse() returns false.
+// value that is not an object give an empty map and Parse() returns false. kMaxDepth is
+// above what any input path accepts (core::kMaxJsonDepth, checked on every body and row):
+// an evidence map nested as deep as Quell takes is read whole, not dropped.
 //
 // Thread-safety: not thread-safe; use one arena per thread. The MapView (and everything it
 // points at) is valid until the next Parse() or the arena's destruction.
@@ -17,13 +19,14 @@
 #include <string_view>
 #include <vector>
 
+#include "core/json_text.h"
 #include "policy/value.h"
 
 namespace quell::engine::internal {
 
 class JsonMapArena {
  public:
-  static constexpr int kMaxDepth = 32;
+  static constexpr int kMaxDepth = core::kMaxJsonDepth + 1;
 
   // Parses `json` into *out. Returns false (and an empty map) if it is not a JSON object.
   bool Parse(std::string_view json, policy::MapView* out);
