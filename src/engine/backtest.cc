@@ -28,6 +28,8 @@ uint64_t PairKey(std::string_view a, std::string_view b) {
       std::make_tuple(AV(a), AV(b)));
 }
 
+constexpr std::string_view kRuleSourcePrefix = "rule:";  // routes_events.cc
+
 uint64_t EntityKey(std::string_view e) { return absl::Hash<absl::string_view>{}(AV(e)); }
 
 // What a replayed (entity, action) pair looks like to active() and prior().
@@ -48,7 +50,9 @@ class ReplayEnvironment final : public policy::Environment {
   int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
   bool InList(std::string_view list, std::string_view entity) override {
     auto it = lists_.entries.find(AV(list));
-    return it != lists_.entries.end() && it->second.contains(AV(entity));
+    if (it == lists_.entries.end()) return false;
+    auto e = core::Entity::Parse(entity);  // entries are normalised, as live reads them
+    return e.ok() && it->second.contains(e->str());
   }
   bool Active(std::string_view entity, std::string_view action) override {
     auto it = pairs_.find(PairKey(entity, action));
@@ -145,6 +149,10 @@ class Backtester::Impl {
       return absl::InvalidArgumentError("backtest: records must come in observed_at order");
     }
     last_ = r.observed_at;
+    // A real-time rule's detection (source "rule:<policy>", made from events): events are
+    // not stored, so their rules cannot be replayed, and live such a detection is never
+    // evaluated against detection policies. Left out, not reported as ended.
+    if (r.source.starts_with(kRuleSourcePrefix)) return absl::OkStatus();
     ++detections_;
 
     // The stored decisions. Replies without any are the common case: skip the parse.
@@ -207,7 +215,7 @@ class Backtester::Impl {
         hits.push_back(r.observed_at);
       }
       candidate_.push_back({row, entity, EscalatedAction(p, prior)});
-      delays_.push_back({p.delay, p.ttl});
+      delays_.push_back({p.delay, EscalatedTtl(p, prior)});  // the step's, as decided live
     }
 
     auto contains = [](const std::vector<Decision>& in, const Decision& d) {

@@ -315,5 +315,65 @@ TEST(BacktestTest, ExampleSet) {
   EXPECT_EQ(rep.policies.size(), set->policies().size());
 }
 
+// Three ways the replay used to decide otherwise than the live path, found by a hunt
+// against the real server (each failed before its fix).
+constexpr char kLiveLikeSet[] = R"(
+lists:
+  - {name: watched}
+policies:
+  - id: esc
+    on: detection
+    when: detection.type == "hit"
+    action: flag
+    ttl: 1h
+    escalate: [{after: 1, action: block, ttl: 10d}]
+  - id: chk
+    on: detection
+    when: detection.type == "chk" && active(entity, "block")
+    action: suspend
+  - id: listed
+    on: detection
+    when: detection.type == "l" && in_list("watched", detection.evidence.ip)
+    action: block
+  - id: any
+    on: detection
+    when: detection.score >= 0.99
+    action: flag
+)";
+
+BacktestReport ReplayLiveLike(const std::vector<Rec>& recs, ReplayLists lists = {}) {
+  Backtester bt(Load(kLiveLikeSet), std::move(lists), {});
+  for (const Rec& r : recs) EXPECT_TRUE(bt.Add(r.View()).ok());
+  return bt.Finish();
+}
+
+// An escalated decision lasts its step's ttl (10d), not the policy's (1h): active() sees it.
+TEST(BacktestTest, AnEscalatedDecisionLastsItsStepsTtl) {
+  BacktestReport r = ReplayLiveLike({Make("h1", "user:e", 0.5, T(0), {}, "hit"),
+                                     Make("h2", "user:e", 0.5, T(1), {}, "hit"),
+                                     Make("c1", "user:e", 0.5, T(5), {}, "chk")});
+  EXPECT_EQ(Row(r, "chk").matched, 1);
+}
+
+// in_list() reads an entity in its normal form, as live: "ip:2001:DB8::1" is listed.
+TEST(BacktestTest, InListNormalisesTheEntityAsLiveDoes) {
+  ReplayLists lists;
+  lists.entries["watched"].insert("ip:2001:db8::1");
+  BacktestReport r = ReplayLiveLike(
+      {Make("l1", "user:l", 0.5, T(0), {}, "l", R"({"ip":"ip:2001:DB8::1"})")}, std::move(lists));
+  EXPECT_EQ(Row(r, "listed").matched, 1);
+}
+
+// A real-time rule's detection (made from events, which are not stored) is left out: live
+// it is never evaluated against detection policies, and its rule cannot be replayed.
+TEST(BacktestTest, RuleDetectionsAreLeftOut) {
+  Rec rule = Make("r1", "user:r", 1.0, T(0), {{"ev-rule", "user:r", "block", "active"}}, "login");
+  rule.source = "rule:ev-rule";
+  BacktestReport r = ReplayLiveLike({rule, Make("d1", "user:d", 1.0, T(1))});
+  EXPECT_EQ(r.detections, 1);
+  EXPECT_EQ(Row(r, "any").matched, 1);  // d1 only
+  EXPECT_EQ(r.no_longer.decisions, 0);
+}
+
 }  // namespace
 }  // namespace quell::engine
