@@ -1383,15 +1383,19 @@ absl::StatusOr<MitigationPage> PgStore::ListMitigations(const MitigationQuery& q
 
 absl::StatusOr<int64_t> PgStore::PurgeDetections(absl::Time received_before) {
   // Detections are stored in commit order (ord; writers hold the chain head lock), so the
-  // ones to delete are a prefix in ord order; delete it in small transactions.
-  QUELL_ASSIGN_OR_RETURN(int64_t end, WithOneRead([&](Conn& db) -> absl::StatusOr<int64_t> {
-                           QUELL_ASSIGN_OR_RETURN(Result r,
-                                                  db.Query("SELECT ord FROM detections WHERE "
-                                                           "received_at >= $1 ORDER BY ord LIMIT 1",
-                                                           {PTime(received_before)}));
-                           if (r.rows()) return r.Int(0, 0);
-                           return std::numeric_limits<int64_t>::max();
-                         }));
+  // ones to delete are a prefix in ord order; delete it in small transactions. With no
+  // recent row the prefix ends after the last row of that read, not at "every ord": rows
+  // committed while the chunks run are not in it (as in the SQLite store).
+  QUELL_ASSIGN_OR_RETURN(
+      int64_t end, WithOneRead([&](Conn& db) -> absl::StatusOr<int64_t> {
+        QUELL_ASSIGN_OR_RETURN(
+            Result r, db.Query("SELECT COALESCE((SELECT ord FROM detections WHERE received_at >= "
+                               "$1 ORDER BY ord LIMIT 1), (SELECT COALESCE(MAX(ord), 0) + 1 FROM "
+                               "detections))",
+                               {PTime(received_before)}));
+        if (!r.rows()) return absl::InternalError("no purge bound row");
+        return r.Int(0, 0);
+      }));
   constexpr int64_t kChunk = 10000;
   int64_t total = 0;
   while (true) {
@@ -1399,8 +1403,9 @@ absl::StatusOr<int64_t> PgStore::PurgeDetections(absl::Time received_before) {
                              QUELL_ASSIGN_OR_RETURN(
                                  Result r,
                                  db.Query("DELETE FROM detections WHERE ord IN (SELECT ord FROM "
-                                          "detections WHERE ord < $1 ORDER BY ord LIMIT $2)",
-                                          {P(end), P(kChunk)}));
+                                          "detections WHERE ord < $1 AND received_at < $3 "
+                                          "ORDER BY ord LIMIT $2)",
+                                          {P(end), P(kChunk), PTime(received_before)}));
                              return r.Affected();
                            }));
     total += n;

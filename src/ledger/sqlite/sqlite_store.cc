@@ -1920,16 +1920,22 @@ absl::Status SqliteStore::ScanDetections(
 absl::StatusOr<int64_t> SqliteStore::PurgeDetections(absl::Time received_before) {
   // Rows are stored in commit order, so the ones to delete are a prefix in rowid order:
   // find where it ends without an index on received_at (one index fewer per insert),
-  // then delete it in chunks, each its own short write transaction.
+  // then delete it in chunks, each its own short write transaction. With no recent row
+  // the prefix ends after the last row of that read: rows committed while the chunks run
+  // are not in it (a bound of "every rowid" deleted detections acknowledged meanwhile, and
+  // their replays were decided again). Each chunk also keeps to rows received before the
+  // cut: a rowid freed by the purge can be given to a new row.
   QUELL_ASSIGN_OR_RETURN(int64_t end, WithRead([&](Db& db) -> absl::StatusOr<int64_t> {
                            QUELL_ASSIGN_OR_RETURN(
-                               Stmt * s, db.Prepare("SELECT rowid FROM detections WHERE "
-                                                    "received_at >= ?1 ORDER BY rowid LIMIT 1"));
+                               Stmt * s,
+                               db.Prepare("SELECT COALESCE((SELECT rowid FROM detections WHERE "
+                                          "received_at >= ?1 ORDER BY rowid LIMIT 1), "
+                                          "(SELECT COALESCE(MAX(rowid), 0) + 1 FROM detections))"));
                            StmtUse use(s);
                            use->BindTime(1, received_before);
                            QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
-                           if (row) return use->ColumnInt(0);
-                           return std::numeric_limits<int64_t>::max();
+                           if (!row) return absl::InternalError("no purge bound row");
+                           return use->ColumnInt(0);
                          }));
   constexpr int kChunk = 10000;
   int64_t total = 0;
@@ -1938,10 +1944,12 @@ absl::StatusOr<int64_t> SqliteStore::PurgeDetections(absl::Time received_before)
         int64_t n, WithSideWrite([&](Db& db) -> absl::StatusOr<int64_t> {
           QUELL_ASSIGN_OR_RETURN(
               Stmt * s, db.Prepare("DELETE FROM detections WHERE rowid IN (SELECT rowid FROM "
-                                   "detections WHERE rowid < ?1 ORDER BY rowid LIMIT ?2)"));
+                                   "detections WHERE rowid < ?1 AND received_at < ?3 "
+                                   "ORDER BY rowid LIMIT ?2)"));
           StmtUse use(s);
           use->BindInt(1, end);
           use->BindInt(2, kChunk);
+          use->BindTime(3, received_before);
           QUELL_RETURN_IF_ERROR(use->Run());
           return db.changes();
         }));
