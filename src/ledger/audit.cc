@@ -225,6 +225,9 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   std::map<std::string, ListState, std::less<>> lists_chain;
   int64_t last_list_change = 0;
   int64_t chain_policy_version = 0;
+  // Every mitigation the walk meets, by a 64-bit hash of its id (16 bytes or so each): the
+  // count the mitigations table's rows must reach (step 5).
+  absl::flat_hash_set<size_t> mitigation_ids;
 
   const int64_t view_head = scanned.ok() ? *scanned : std::numeric_limits<int64_t>::max();
   auto check_view = [&]() -> bool {
@@ -363,6 +366,7 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
         return report;
       }
       if (c.kind == ChangeKind::kMitigation) {
+        mitigation_ids.insert(absl::HashOf(c.subject));
         absl::StatusOr<core::Mitigation> m = core::MitigationFromJson(c.payload);
         if (!m.ok()) {  // hashed as it is: written so, not altered since
           fail(c.seq, absl::StrCat("the payload is not a mitigation: ", m.status().message()));
@@ -468,9 +472,11 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   // the walk, so that an altered change is reported as such first.
   std::string row_reason;
   int64_t row_seq = 0;
+  int64_t rows_head = 0, row_count = 0;
   absl::Status rows = store
-                          .ScanMitigationRows([](int64_t) {},
+                          .ScanMitigationRows([&](int64_t seq) { rows_head = seq; },
                                               [&](const Store::MitigationRow& row) {
+                                                ++row_count;
                                                 row_reason = RowDisagreement(row);
                                                 if (row_reason.empty()) return absl::OkStatus();
                                                 row_seq = row.seq;
@@ -482,6 +488,17 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     return report;
   }
   QUELL_RETURN_IF_ERROR(rows);
+  // Every mitigation the chain made has its row, ended ones too (a row is never deleted):
+  // a deleted row of an ended mitigation passed the checks above, which read the rows
+  // there are. Counted when the rows' snapshot is the walk's head (nothing committed since:
+  // an audit of a stopped server); a running server's later creations would blur the count.
+  if (rows_head == report.last_seq && row_count < static_cast<int64_t>(mitigation_ids.size())) {
+    fail(std::max<int64_t>(report.last_seq, 1),
+         absl::StrCat("the mitigations table has ", row_count, " rows for the ",
+                      mitigation_ids.size(), " mitigations of the chain (a row is never deleted: ",
+                      static_cast<int64_t>(mitigation_ids.size()) - row_count, " missing)"));
+    return report;
+  }
   // The policy set served is the newest the table holds: it must be the chain's newest.
   QUELL_ASSIGN_OR_RETURN(std::optional<PolicySetVersion> latest, store.LatestPolicySet());
   if (latest && latest->seq > report.last_seq) {

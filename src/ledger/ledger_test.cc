@@ -830,6 +830,14 @@ TEST_P(LedgerTest, AuditComparesTheMitigationsTableWithTheChain) {
     ASSERT_TRUE(verify().ok());
   }
 
+  // An ended mitigation's row deleted (its record of a revocation erased): no live row
+  // differs, and the rows left agree with their changes; the count does not.
+  ASSERT_TRUE(backend_->ExecRaw("DELETE FROM mitigations WHERE seq = 7").ok());
+  r = verify();
+  EXPECT_EQ(r.broken_seq, 7);
+  EXPECT_THAT(r.reason, HasSubstr("the mitigations table has 5 rows for the 6 mitigations of "
+                                  "the chain (a row is never deleted: 1 missing)"));
+
   // A row deleted from the table.
   ASSERT_TRUE(backend_->ExecRaw("DELETE FROM mitigations WHERE seq = 2").ok());
   r = verify();
