@@ -124,7 +124,13 @@ void TestPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
   std::vector<engine::Detection> detections;
   DetectionLimits limits;
   for (rapidjson::SizeType i = 0; i < list->Size(); ++i) {
-    auto d = ReadDetection((*list)[i], absl::StrCat("detections[", i, "]"), now, limits, &errors);
+    const std::string path = absl::StrCat("detections[", i, "]");
+    auto d = ReadDetection((*list)[i], path, now, limits, &errors);
+    // As a real submission under this set: an undeclared type is refused, not decided.
+    if (d.ok() && !set->KnowsDetectionType(d->type)) {
+      errors.push_back({absl::StrCat(path, ".type"), set->UnknownDetectionTypeError(d->type)});
+      continue;
+    }
     if (d.ok()) detections.push_back(*std::move(d));
   }
   if (!errors.empty()) return call.Fail(ApiError::InvalidArgument("invalid detections", errors));

@@ -354,6 +354,13 @@ class DetectionsTest(unittest.TestCase):
         self.assertEqual(got, [("manual-report", "pending_approval")], t2)
         self.assertIn("protected", t2["results"][0]["decisions"][0]["held"])
         self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq + 1)  # the list
+        # A type the set does not declare is refused, as a real submission is (it used to
+        # be decided by the catch-all policy).
+        s, t3, _ = self.q.request("POST", "/v1/policies/test", {"detections": [
+            det("t-3", "user:t3", type="typo_type", source="manual", score=0.5)]})
+        self.assertEqual(s, 400, t3)
+        self.assertEqual(t3["error"]["details"][0]["field"], "detections[0].type")
+        self.assertIn("unknown detection type", t3["error"]["details"][0]["message"])
         # Publish it: a new version, used by the next decision.
         s, p, _ = self.q.request("PUT", "/v1/policies", candidate)
         self.assertEqual(s, 200, p)
