@@ -233,6 +233,40 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertIn("quell_velocity_evictions_cap_total", text)
 
 
+class NumericCounterKeyTest(unittest.TestCase):
+    SET = """
+actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 1d}
+counters:
+  - {name: per_card, on: payment, key: attrs.card, windows: [1h]}
+policies:
+  - id: card-reuse
+    on: payment
+    when: count("per_card", event.attrs.card, "1h") >= 2
+    action: flag
+"""
+
+    def test_a_counter_keyed_on_a_number_is_read_by_count(self):
+        # "card": 4111 was counted (under "4111") but count() refused a number: the rule
+        # never fired, with only a policy error in the metrics.
+        q = QuellServer().start()
+        try:
+            s, body, _ = q.request("PUT", "/v1/policies", self.SET,
+                                   headers={"Content-Type": "application/yaml"})
+            self.assertEqual(s, 200, body)
+            fired = []
+            for i in range(2):
+                s, r, _ = q.request("POST", "/v1/events", {
+                    "type": "payment", "entity": "user:card%d" % i, "at": ts(now()),
+                    "attrs": {"card": 4111}})
+                self.assertEqual(s, 200, r)
+                self.assertEqual(r["results"][0]["outcomes"]["counted"], 1, r)
+                fired.append(len(rule_detections(r["results"][0])))
+            self.assertEqual(fired, [0, 1])
+        finally:
+            q.cleanup()
+
+
 class EventsRedisTest(unittest.TestCase):
     """Redis backend: shared counters, outages under load, recovery."""
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "policy/internal/checker.h"
 #include "policy/internal/fields.h"
@@ -552,10 +553,31 @@ class CounterNode final : public Node {
       : distinct_(distinct), counter_(std::move(counter)), key_(std::move(key)), window_(window) {}
   Value Eval(const Frame& f) const override {
     Value k = key_->Eval(f);
-    Value err;
-    if (!StringArg(k, &err)) return err;
-    return Value::Int(distinct_ ? f.env.Distinct(counter_, k.string_value(), window_)
-                                : f.env.Count(counter_, k.string_value(), window_));
+    if (k.is_error()) return k;
+    // A counter keyed on an attribute counts a number or a boolean by its text (as
+    // POST /v1/events keys it: routes_events.cc): count() reads it the same way.
+    std::string text;
+    std::string_view key;
+    switch (k.kind()) {
+      case ValueKind::kString:
+        key = k.string_value();
+        break;
+      case ValueKind::kInt:
+        text = absl::StrCat(k.int_value());
+        key = text;
+        break;
+      case ValueKind::kDouble:
+        text = absl::StrCat(k.double_value());
+        key = text;
+        break;
+      case ValueKind::kBool:
+        key = k.bool_value() ? "true" : "false";
+        break;
+      default:
+        return Value::Error(EvalError::kTypeMismatch);
+    }
+    return Value::Int(distinct_ ? f.env.Distinct(counter_, key, window_)
+                                : f.env.Count(counter_, key, window_));
   }
 
  private:

@@ -578,7 +578,15 @@ class Checker {
                 absl::StrCat("counter ", *name, " has no distinct: field — use count()"));
         }
       }
-      Expect(*e.args[1], Type::kString, "the counter key");
+      // A key is counted by its text: a number or a boolean too (POST /v1/events keys
+      // attrs so), never a container.
+      if (const Type k = Check(*e.args[1]); k != Type::kUnknown && !Fits(k, Type::kString) &&
+                                            k != Type::kInt && k != Type::kDouble &&
+                                            k != Type::kBool) {
+        Error(e.args[1]->pos, absl::StrCat("the counter key must be a string, a number or a "
+                                           "boolean, got ",
+                                           TypeName(k)));
+      }
       CheckWindow(*e.args[2], counter);
       return Type::kInt;
     }
