@@ -28,6 +28,7 @@
 #include "api/internal/live_environment.h"
 #include "api/internal/policy_routes.h"
 #include "api/json_reader.h"
+#include "core/entity_json.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -161,15 +162,7 @@ void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
     // (event.attrs.*) see the same text.
     rapidjson::Document normal;
     normal.CopyFrom(attrs->value, normal.GetAllocator());
-    for (auto m = normal.MemberBegin(); m != normal.MemberEnd(); ++m) {
-      if (!m->value.IsString()) continue;
-      auto as_entity = core::Entity::Parse(Str(m->value));
-      if (as_entity.ok() && as_entity->str() != Str(m->value)) {
-        m->value.SetString(as_entity->str().data(),
-                           static_cast<rapidjson::SizeType>(as_entity->str().size()),
-                           normal.GetAllocator());
-      }
-    }
+    core::NormalizeEntityMembers(normal, normal.GetAllocator());
     rapidjson::StringBuffer buf;
     rapidjson::Writer<rapidjson::StringBuffer> w(buf);
     normal.Accept(w);

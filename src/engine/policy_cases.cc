@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/entity_json.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -240,7 +241,8 @@ absl::StatusOr<PolicyCase> ParseNode(const YAML::Node& top) {
     if (auto s = r.Str(n, "type", true, what)) e.type = *s;
     if (auto x = r.Ent(n, "entity", what)) e.entity = *x;
     e.at = r.Time(n, "at", what).value_or(c.now);
-    e.attrs_json = r.ObjectJson(n, "attrs", what);
+    // In normal form, as POST /v1/events gives them to the rules.
+    e.attrs_json = core::NormalizeEntityMembers(r.ObjectJson(n, "attrs", what));
     c.events.push_back(std::move(e));
   });
 

@@ -134,6 +134,26 @@ expect:
   EXPECT_TRUE(r.passed) << r.Report() << r.error;
 }
 
+// An event's attributes reach the rules in normal form, as POST /v1/events gives them:
+// the case failed where the live event decided block.
+TEST(PolicyCases, EventAttrsAreNormalisedAsTheEventsRouteDoes) {
+  auto set = policy::LoadPolicySet(R"(
+actions:
+  - {name: block, verdict: deny, severity: high, ttl: 7d}
+policies:
+  - {id: bad-ip, on: login, when: 'event.attrs.ip == "ip:2001:db8::1"', action: block}
+)",
+                                   1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  CaseResult r = RunCaseText(**set, R"(name: one address, another spelling
+events:
+  - {type: login, entity: "user:e", attrs: {ip: "ip:2001:DB8::1"}}
+expect:
+  - {entity: "user:e", action: block, state: active, policy: bad-ip}
+)");
+  EXPECT_TRUE(r.passed) << r.Report() << r.error;
+}
+
 TEST(PolicyCases, ExpectationsAreAMultiset) {
   auto set = MusicSet();
   ASSERT_NE(set, nullptr);
