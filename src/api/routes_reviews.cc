@@ -38,7 +38,7 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
     core::AppendJsonString(prior[i], out);
   }
   absl::StrAppend(out, "],\"requested_at\":\"", core::FormatRfc3339(m.created_at),
-                  "\",\"expires_at\":\"", core::FormatRfc3339(m.created_at + ctx.pending_ttl()),
+                  "\",\"expires_at\":\"", core::FormatRfc3339(core::OverAt(m, ctx.pending_ttl())),
                   "\",\"reason\":");
   core::AppendJsonString(m.reason, out);
   out->append(",\"evidence\":{\"policy\":");
@@ -114,7 +114,7 @@ void ListReviews(Context& ctx, Call&& call) {
     const absl::Time now = ctx.deps.clock->Now();
     const absl::Duration ttl = ctx.pending_ttl();
     for (const core::Mitigation& m : page->mitigations) {
-      if (m.created_at + ttl <= now) continue;
+      if (core::OverAt(m, ttl) <= now) continue;
       if (n++) body += ',';
       AppendReview(ctx, m, &body);
     }

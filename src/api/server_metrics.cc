@@ -95,12 +95,13 @@ void ReviewQueueTracker::ApplyLocked(const ledger::Change& c) {
       return;
     }
     if (pending.contains(c.subject)) return;  // e.g. a first approval of two: still open
-    // created_at is what pending_ttl runs from: the committed record's, else the payload's
-    // (policies that hold many decisions make this common: no parse when it is attached).
+    // PendingSince is what pending_ttl runs from: the committed record's, else the
+    // payload's (policies that hold many decisions make this common: no parse when it is
+    // attached).
     core::Mitigation scratch;
     absl::StatusOr<const core::Mitigation*> m = ledger::MitigationOf(c, &scratch);
     OpenLocked(ReviewKind::kMitigation, m.ok() ? (*m)->id : c.subject,
-               m.ok() ? (*m)->created_at : c.at, /*expires=*/true);
+               m.ok() ? core::PendingSince(**m) : c.at, /*expires=*/true);
     return;
   }
   if (c.kind != ledger::ChangeKind::kReview) return;

@@ -66,6 +66,13 @@ struct Mitigation {
   bool operator==(const Mitigation&) const = default;
 };
 
+// When a pending approval's window (pending_ttl) starts: its creation, or its start when
+// that is later (a delayed decision held at its start, or held before a start to come):
+// a hold at the start of a decision scheduled long ago still gets a whole window.
+inline absl::Time PendingSince(const Mitigation& m) {
+  return m.starts_at > m.created_at ? m.starts_at : m.created_at;
+}
+
 // Live at `now`: IsLive, and not an active mitigation past its expiry whose `expired`
 // change the scheduler has yet to write (it stops being enforced at expires_at, and is
 // not revoked, appealed or extended after that).

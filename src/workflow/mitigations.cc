@@ -124,8 +124,10 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
     // creation, so that it is not counted a second time as a later hit of m's policy on
     // `existing`, while a person's "no" to `existing` still names that policy (immunity).
     for (size_t i = 0; i < m.detections.size(); ++i) {
-      const std::string policy =
-          i == 0 ? core::MergedCreation(m.policy) : std::string(core::DetectionPolicy(m, i));
+      // (A manual m was created without detections: its first is a policy's hit.)
+      const std::string policy = i == 0 && !m.policy.empty()
+                                     ? core::MergedCreation(m.policy)
+                                     : std::string(core::DetectionPolicy(m, i));
       core::AddDetections(existing, {m.detections[i]}, policy);
     }
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");

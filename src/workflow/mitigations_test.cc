@@ -276,6 +276,34 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
   EXPECT_EQ(merged->detection_policies, (std::vector<std::string>{"q", "merged:p"}));
   EXPECT_NE(core::DetectionPolicy(*merged, 1), "p");  // escalation's view: not p's hit
   EXPECT_EQ(core::EntryPolicy(merged->detection_policies[1]), "p");  // immunity's
+
+  // A manual pending request (a bulk block) that took in policy r's hit: merged, that hit
+  // stays r's (a manual mitigation's first detection is a hit, not its creation).
+  CreateRequest manual = q;
+  manual.entity = *core::Entity::Parse("user:merge2");
+  manual.policy = "";
+  manual.detections = {};
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(manual, core::ActionCatalog::Default(), out)).ok());
+  const std::string active2 = out->mitigation.id;
+  manual.state = MitigationState::kPendingApproval;
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(manual, core::ActionCatalog::Default(), out)).ok());
+  CreateRequest hit = manual;
+  hit.policy = "r";
+  hit.detections = {"dr"};
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(hit, core::ActionCatalog::Default(), out)).ok());
+  core::Mitigation pending2 = out->mitigation;
+  ASSERT_EQ(pending2.detection_policies, (std::vector<std::string>{"r"}));
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                    return Activate(txn, pending2, "k_reviewer", now).status();
+                  })
+                  .ok());
+  auto merged2 = *ledger_->store().GetMitigation(active2);
+  EXPECT_EQ(merged2->detections, (std::vector<std::string>{"dr"}));
+  EXPECT_EQ(core::DetectionPolicy(*merged2, 0), "r");
 }
 
 // At its start, a policy's scheduled decision on an entity protected meanwhile waits for
@@ -319,6 +347,11 @@ TEST_F(MitigationsTest, AScheduledStartOnAnEntityProtectedSinceIsHeld) {
             "held at its scheduled start: user:vip is on protected list vips");
   EXPECT_EQ(state(manual), MitigationState::kActive);
   EXPECT_EQ(state(approved), MitigationState::kActive);
+  // Its approval window runs from the hold (its start), not from the decision: a delay as
+  // long as pending_ttl would otherwise leave no time to review it.
+  const core::Mitigation held = **ledger_->store().GetMitigation(by_policy);
+  EXPECT_EQ(core::PendingSince(held), held.starts_at);
+  EXPECT_GT(core::OverAt(held, absl::Minutes(3)), clock_.Now());  // 6 min after the decision
 }
 
 TEST_F(MitigationsTest, UnknownActionIsRejected) {

@@ -71,9 +71,9 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
     }
     // Past its time it is expired whether or not the sweeper has marked it yet: it never
     // becomes active late (ExpirePending uses the same bound).
-    if (m->created_at + pending_ttl <= now) {
+    if (core::OverAt(*m, pending_ttl) <= now) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "review ", id, " expired at ", core::FormatRfc3339(m->created_at + pending_ttl),
+          "review ", id, " expired at ", core::FormatRfc3339(core::OverAt(*m, pending_ttl)),
           " (pending_ttl ", absl::FormatDuration(pending_ttl),
           "): it can no longer be approved or rejected"));
     }
@@ -132,7 +132,7 @@ ledger::Mutation ExpirePending(std::vector<std::string> ids, absl::Duration ttl,
     int n = 0;
     for (const std::string& id : ids) {
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
-      if (!m || m->state != core::MitigationState::kPendingApproval || m->created_at + ttl > now) {
+      if (!m || m->state != core::MitigationState::kPendingApproval || core::OverAt(*m, ttl) > now) {
         continue;
       }
       m->state = core::MitigationState::kExpired;

@@ -49,7 +49,7 @@ absl::StatusOr<int> SafeguardSweeper::RunOnce() {
   QUELL_RETURN_IF_ERROR(ledger_->store()
                             .ScanLive([&](const core::Mitigation& m) {
                               if (m.state == core::MitigationState::kPendingApproval &&
-                                  m.created_at + o.pending_ttl <= now) {
+                                  core::OverAt(m, o.pending_ttl) <= now) {
                                 due.push_back(m.id);
                               }
                               return absl::OkStatus();
