@@ -1,6 +1,7 @@
 // GET/PUT /v1/policies and POST /v1/policies/test: the active policy set as YAML,
 // publishing a new version (validated whole: every error listed with line:column, and
 // the active set untouched on failure), and dry evaluation of detections.
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/detection_codec.h"
 #include "api/internal/live_environment.h"
@@ -50,28 +51,27 @@ void GetPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
 
 // An action of `before` that `after` drops while live mitigations (active, scheduled or
 // pending approval) use it: check would answer `allow` for them, an enforced suspend
-// silently lifted. Names the first such action and one of its mitigations.
+// silently lifted. Names the first such action and one of its mitigations. One pass over
+// the live mitigations, and none when nothing is dropped (the usual publish). A decision
+// committed between this read and the publish is not seen: a pre-check, not a lock.
 absl::StatusOr<std::optional<std::string>> DroppedActionInUse(ledger::Store& store,
                                                               const core::ActionCatalog& before,
                                                               const core::ActionCatalog& after) {
+  absl::flat_hash_set<std::string> dropped;
   for (const core::Action& a : before.actions()) {
-    if (after.Find(a.name) != nullptr) continue;
-    for (core::MitigationState state :
-         {core::MitigationState::kActive, core::MitigationState::kScheduled,
-          core::MitigationState::kPendingApproval}) {
-      ledger::MitigationQuery q;
-      q.state = state;
-      q.action = a.name;
-      q.limit = 1;
-      QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
-      if (page.mitigations.empty()) continue;
-      return absl::StrCat("the policy set drops action ", a.name, ", which live mitigations use (",
-                          page.mitigations[0].id, " is ", AV(core::StateName(state)),
-                          "): keep it under actions (its verdict may change), or revoke them "
-                          "first");
-    }
+    if (after.Find(a.name) == nullptr) dropped.insert(a.name);
   }
-  return std::optional<std::string>();
+  if (dropped.empty()) return std::optional<std::string>();
+  std::optional<std::string> found;
+  absl::StatusOr<int64_t> scanned = store.ScanLive([&](const core::Mitigation& m) {
+    if (!dropped.contains(m.action)) return absl::OkStatus();
+    found = absl::StrCat("the policy set drops action ", m.action, ", which live mitigations use (",
+                         m.id, " is ", AV(core::StateName(m.state)),
+                         "): keep it under actions (its verdict may change), or revoke them first");
+    return absl::CancelledError("found");
+  });
+  if (!found && !scanned.ok()) return scanned.status();
+  return found;
 }
 
 void PutPolicies(Context& ctx, PolicyHolder& policies, Call&& call) {
