@@ -578,13 +578,25 @@ void StreamDecisions(const std::shared_ptr<CrowdSec>& cs_ptr, Call&& call) {
         }
       }
       if (seq.ok() && !startup) {
-        // From the bouncer's cursor for a resync; after a restart, a look-back.
+        // A resync: every decision that ended since the bouncer's cursor, read a page of
+        // kMaxChangesPerPull changes at a time (the cursor moves to the scan's seq, so a
+        // backlog cannot wait for the next pull). A delete is held back while a decision
+        // of this answer holds the value, so one that ended and came back is not lifted.
+        // After a restart: a look-back.
         int64_t from =
             before != nullptr
-                ? std::max<int64_t>(cursor->seq, *seq - kMaxChangesPerPull)
+                ? cursor->seq
                 : std::max<int64_t>({0, cs.boot_seq - kRestartLookback, *seq - kMaxChangesPerPull});
-        auto s = AppendChanges(ctx, *catalog, before, f, from, *seq, true, now, &out);
-        if (!s.ok()) seq = s.status();
+        while (seq.ok() && from < *seq) {
+          auto s = AppendChanges(ctx, *catalog, before, f, from, *seq, true, now, &out);
+          if (!s.ok()) {
+            seq = s.status();
+          } else if (*s <= from) {
+            break;  // nothing more to read (cannot happen below the durable seq)
+          } else {
+            from = *s;
+          }
+        }
       }
     }
     if (!seq.ok()) return call.Fail(ApiError::FromStatus(seq.status()));
