@@ -169,14 +169,15 @@ class DetectionsTest(unittest.TestCase):
             det("b-6", "user:batch6", colour="red"),
             det("b-7", "user:batch7", type="Not A Type"),
             det("b-8", "user:batch8", type="artifical_streaming"),
+            det("b-9", "user:batch9", source="rule:geo"),  # the real-time rules' own
         ]}
         s, r, _ = self.submit(body)
         self.assertEqual(s, 200)
         res = r["results"]
-        self.assertEqual(len(res), 8)
-        self.assertEqual([x["index"] for x in res], list(range(8)))
+        self.assertEqual(len(res), 9)
+        self.assertEqual([x["index"] for x in res], list(range(9)))
         self.assertEqual(res[0]["status"], "accepted")
-        fields = {i: [d["field"] for d in res[i]["error"]["details"]] for i in range(1, 8)}
+        fields = {i: [d["field"] for d in res[i]["error"]["details"]] for i in range(1, 9)}
         self.assertIn("detections[1].source", fields[1])
         self.assertIn("detections[2].score", fields[2])
         self.assertIn("detections[3].entity", fields[3])
@@ -185,7 +186,8 @@ class DetectionsTest(unittest.TestCase):
         self.assertIn("detections[6].type", fields[6])
         self.assertIn("detections[7].type", fields[7])  # unknown to the active set
         self.assertIn("unknown detection type", res[7]["error"]["message"])
-        self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 8)))
+        self.assertIn("detections[8].source", fields[8])
+        self.assertTrue(all(res[i]["status"] == "rejected" for i in range(1, 9)))
         # An id is 1-256 bytes (SPEC): 256 is accepted (129-256 were refused, the message
         # saying 256), 257 is not.
         s, r, _ = self.submit({"detections": [det("i" * 256, "user:long-id"),
