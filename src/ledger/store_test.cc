@@ -1278,13 +1278,19 @@ TEST_P(StoreTest, APurgeKeepsDetectionsCommittedWhileItRuns) {
   });
   absl::SleepFor(absl::Milliseconds(1));  // its bound read has begun, most runs
   int written = 0;
-  while (purging.load() || written < 20) {
-    auto txn = Begin(later);
-    ASSERT_OK(V(txn->PutDetection(MakeDetection("m", absl::StrCat("new", written), later, later))));
-    ASSERT_OK(V(txn->Commit()));
-    ++written;
+  bool write_failed = false;
+  while (!write_failed && (purging.load() || written < 20)) {
+    auto txn = store_->Begin(later);
+    write_failed =
+        !txn.ok() ||
+        !(*txn)
+             ->PutDetection(MakeDetection("m", absl::StrCat("new", written), later, later))
+             .ok() ||
+        !(*txn)->Commit().ok();
+    if (!write_failed) ++written;
   }
-  purge.join();
+  purge.join();  // before any ASSERT: a joinable thread must not be destroyed
+  EXPECT_FALSE(write_failed);
   ASSERT_OK(purged);
   EXPECT_EQ(*purged, 30000);
   int kept = 0;

@@ -457,20 +457,30 @@ class ThreadNamesTest(unittest.TestCase):
     """On call, `top -H` must say which part of the server is busy."""
 
     def test_the_servers_threads_say_what_they_do(self):
+        # --threads 2 (the harness): two event loops; gRPC one queue per core at least.
+        want = {"quell-commit", "quell-finish", "quell-ckpt", "quell-http-0", "quell-http-1",
+                "quell-work-0", "quell-grpc-0", "quell-expiry", "quell-sweeper",
+                "quell-webhooks"}
         q = QuellServer(extra_args=["--grpc-listen", "127.0.0.1:%d" % free_port()]).start()
         try:
+            # /healthz answers before gRPC, expiry and webhooks start, and a thread names
+            # itself once it runs: look until all are there (or 10 s).
             task = "/proc/%d/task" % q.proc.pid
-            names = set()
-            for tid in os.listdir(task):
-                with open(os.path.join(task, tid, "comm")) as f:
-                    names.add(f.read().strip())
+            deadline = time.time() + 10
+            while True:
+                names = set()
+                for tid in os.listdir(task):
+                    try:
+                        with open(os.path.join(task, tid, "comm")) as f:
+                            names.add(f.read().strip())
+                    except FileNotFoundError:  # a thread that ended meanwhile
+                        pass
+                if want <= names or time.time() > deadline:
+                    break
+                time.sleep(0.05)
         finally:
             q.cleanup()
-        # --threads 2 (the harness): two event loops; gRPC one queue per core at least.
-        for name in ["quell-commit", "quell-finish", "quell-ckpt", "quell-http-0",
-                     "quell-http-1", "quell-work-0", "quell-grpc-0", "quell-expiry",
-                     "quell-sweeper", "quell-webhooks"]:
-            self.assertIn(name, names)
+        self.assertEqual(want - names, set())
 
 
 class ScrapeMixin:

@@ -38,7 +38,7 @@ policies:
     on: detection
     when: detection.type == "slow"
     action: block
-    delay: 2s
+    delay: 5s
 """
 
 
@@ -231,7 +231,7 @@ class SafeguardsTest(Base):
         d = self.submit(det("sl-1", "user:late-vip", type="slow"))[0]["decisions"][0]
         self.assertEqual(d["state"], "scheduled")
         self.protect("user:late-vip")
-        deadline = time.time() + 15  # the 2s delay, then the scheduler's next look
+        deadline = time.time() + 20  # the 5s delay, then the scheduler's next look
         while True:
             m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
             if m["state"] != "scheduled" or time.time() > deadline:
