@@ -209,6 +209,33 @@ class ServerImportTest(unittest.TestCase):
         cls.reference.cleanup()
         cls.tmp.cleanup()
 
+    def test_a_csv_row_is_timed_by_the_server_clock_when_it_arrives(self):
+        # The second row reaches the server 7 s after the import started, 5m03s ahead of
+        # the start: within the server's 5 minutes when it arrives. Decoded locally (CSV),
+        # it was checked against the importer's start instead and rejected "ahead of the
+        # server clock", while the same row as NDJSON was accepted.
+        q = QuellServer(extra_args=["--config", CONFIG]).start()
+        try:
+            start = datetime.datetime.now(datetime.timezone.utc)
+            ahead = (start + datetime.timedelta(minutes=5, seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            p = subprocess.Popen([QUELL, "import", "-", "--format", "csv", "--server",
+                                  "http://127.0.0.1:%d" % q.port, "--key", q.admin_key,
+                                  "--json", "--progress", "off", "--batch-rows", "1",
+                                  "--rejects", os.path.join(self.tmp.name, "clock.rejects")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            p.stdin.write("id,source,type,entity,score,observed_at\n")
+            p.stdin.write("k1,bot-model-v3,artificial_streaming,user:k1,0.5,%s\n" % ts())
+            p.stdin.flush()
+            time.sleep(7)
+            p.stdin.write("k2,bot-model-v3,artificial_streaming,user:k2,0.5,%s\n" % ahead)
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (2, 2, 0), s)
+        finally:
+            q.cleanup()
+
     def test_summary_batch_and_idempotent_reimport(self):
         s = self.reference_summary
         self.assertEqual(s["read"], 30000)
