@@ -38,17 +38,20 @@ Progress::Progress(FILE* out, Mode mode, absl::Duration line_every)
     : out_(out), mode_(mode), every_(line_every), start_(absl::Now()), last_(start_) {}
 
 std::string Progress::Render(int64_t rows, uint64_t bytes, std::optional<uint64_t> total,
-                             absl::Duration elapsed, int width) {
+                             absl::Duration elapsed, int width, int64_t base_rows,
+                             uint64_t base_bytes) {
   double secs = absl::ToDoubleSeconds(elapsed);
-  int64_t rate = secs > 0 ? static_cast<int64_t>(static_cast<double>(rows) / secs) : 0;
+  int64_t rate = secs > 0 ? static_cast<int64_t>(static_cast<double>(rows - base_rows) / secs) : 0;
   std::string text =
       absl::StrCat(WithCommas(rows), " rows  ", WithCommas(rate), " rows/s  ", HumanBytes(bytes));
   std::string bar;
   if (total && *total > 0) {
     double frac = std::min(1.0, static_cast<double>(bytes) / static_cast<double>(*total));
     absl::StrAppend(&text, " / ", HumanBytes(*total));
-    if (frac > 0 && secs > 0) {
-      double eta = secs * (1 - frac) / frac;
+    if (bytes > base_bytes && secs > 0) {
+      // What is left, at the pace of what this run did.
+      double eta = secs * static_cast<double>(*total > bytes ? *total - bytes : 0) /
+                   static_cast<double>(bytes - base_bytes);
       absl::StrAppend(&text, "  ETA ",
                       absl::FormatDuration(absl::Seconds(static_cast<int64_t>(eta + 0.5))));
     }
@@ -66,18 +69,26 @@ std::string Progress::Render(int64_t rows, uint64_t bytes, std::optional<uint64_
 void Progress::Update(int64_t rows, uint64_t bytes) {
   if (mode_ == Mode::kOff) return;
   absl::Time now = absl::Now();
+  if (!based_) {  // the pace counts from here: a resumed run's earlier rows are not this run's
+    based_ = true;
+    base_rows_ = rows;
+    base_bytes_ = bytes;
+    start_ = now;
+    return;
+  }
   absl::Duration due = mode_ == Mode::kBar ? absl::Milliseconds(200) : every_;
   if (now - last_ < due) return;
   last_ = now;
   if (mode_ == Mode::kBar) {
     winsize ws{};
     int width = ioctl(fileno(out_), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
-    std::string line = Render(rows, bytes, total_, now - start_, width);
+    std::string line = Render(rows, bytes, total_, now - start_, width, base_rows_, base_bytes_);
     if (static_cast<int>(line.size()) >= width) line.resize(width - 1);
     std::fprintf(out_, "\r\033[K%s", line.c_str());
     drawn_ = true;
   } else {
-    std::fprintf(out_, "quell import: %s\n", Render(rows, bytes, total_, now - start_, 0).c_str());
+    std::fprintf(out_, "quell import: %s\n",
+                 Render(rows, bytes, total_, now - start_, 0, base_rows_, base_bytes_).c_str());
   }
   std::fflush(out_);
 }

@@ -31,15 +31,21 @@ class Progress {
   void Finish();
 
   //! One rendering, for tests: "1,234,567 rows  250,000 rows/s  120.5 MiB / 300 MiB  ETA 12s".
+  //! The rate and the ETA are of what was done in `elapsed`: rows and bytes above
+  //! `base_rows` and `base_bytes` (a resumed run's checkpoint, and the bytes it skipped).
   static std::string Render(int64_t rows, uint64_t bytes, std::optional<uint64_t> total,
-                            absl::Duration elapsed, int width);
+                            absl::Duration elapsed, int width, int64_t base_rows = 0,
+                            uint64_t base_bytes = 0);
 
  private:
   FILE* out_;
   Mode mode_;
   absl::Duration every_;
-  absl::Time start_;
+  absl::Time start_;  // of the rate: the first Update (a resumed run's rows and skip before it)
   absl::Time last_;
+  bool based_ = false;
+  int64_t base_rows_ = 0;
+  uint64_t base_bytes_ = 0;
   std::optional<uint64_t> total_;
   bool drawn_ = false;
 };

@@ -18,6 +18,12 @@ TEST(ProgressTest, Render) {
   EXPECT_NE(line.find(" 50%"), std::string::npos) << line;
   std::string unknown = Progress::Render(10, 100, std::nullopt, absl::Seconds(1), 80);
   EXPECT_EQ(unknown.find("ETA"), std::string::npos);
+  // Resumed at 400,000 rows and 40 MiB: this run did 100,000 rows and 10 MiB in 2 s, so
+  // 50,000 rows/s and 10 s for the 50 MiB left (it said 250,000 rows/s and ETA 2s).
+  std::string resumed = Progress::Render(500000, 50 << 20, uint64_t{100} << 20, absl::Seconds(2),
+                                         120, 400000, 40 << 20);
+  EXPECT_NE(resumed.find("500,000 rows  50,000 rows/s"), std::string::npos) << resumed;
+  EXPECT_NE(resumed.find("ETA 10s"), std::string::npos) << resumed;
 }
 
 }  // namespace
