@@ -37,7 +37,8 @@ bool LiveAt(const Mitigation& m, absl::Time now) {
 }
 
 absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl) {
-  return m.state == MitigationState::kPendingApproval ? PendingSince(m) + pending_ttl : m.expires_at;
+  return m.state == MitigationState::kPendingApproval ? PendingSince(m) + pending_ttl
+                                                      : m.expires_at;
 }
 
 bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl) {

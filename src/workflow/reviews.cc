@@ -132,7 +132,8 @@ ledger::Mutation ExpirePending(std::vector<std::string> ids, absl::Duration ttl,
     int n = 0;
     for (const std::string& id : ids) {
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
-      if (!m || m->state != core::MitigationState::kPendingApproval || core::OverAt(*m, ttl) > now) {
+      if (!m || m->state != core::MitigationState::kPendingApproval ||
+          core::OverAt(*m, ttl) > now) {
         continue;
       }
       m->state = core::MitigationState::kExpired;
