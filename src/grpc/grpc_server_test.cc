@@ -328,6 +328,14 @@ TEST_F(GrpcServerTest, CheckReportsVerdictMitigationsAndSurfaces) {
   EXPECT_EQ(resp.mitigations_size(), 1);
 }
 
+// One request on a CheckStream, for one entity, and its answer: false if the stream broke.
+template <typename Stream>
+bool Exchange(Stream& stream, std::string_view entity, v1::CheckResponse* resp) {
+  v1::CheckRequest req;
+  req.add_entities(std::string(entity));
+  return stream.Write(req) && stream.Read(resp);
+}
+
 constexpr std::string_view kStreamOk =
     R"(quell_grpc_requests_total{method="quell.v1.Enforcement/CheckStream",code="OK"})";
 constexpr std::string_view kStreamCancelled =
@@ -338,13 +346,9 @@ TEST_F(GrpcServerTest, CheckStreamAnswersEachRequestInOrder) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, enforcer_);
   auto stream = enforcement_->CheckStream(&ctx);
-  v1::CheckRequest req;
   v1::CheckResponse resp;
   for (const char* e : {"user:s1", "bad", "user:s2"}) {
-    req.Clear();
-    req.add_entities(e);
-    ASSERT_TRUE(stream->Write(req));
-    ASSERT_TRUE(stream->Read(&resp));
+    ASSERT_TRUE(Exchange(*stream, e, &resp));
     if (std::string(e) == "user:s1") {
       EXPECT_EQ(resp.verdict(), v1::VERDICT_DENY);
       EXPECT_EQ(resp.mitigations_size(), 1);
@@ -369,11 +373,8 @@ TEST_F(GrpcServerTest, ACheckStreamTheClientBreaksCountsAsCancelled) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, enforcer_);
   auto stream = enforcement_->CheckStream(&ctx);
-  v1::CheckRequest req;
-  req.add_entities("user:s1");
   v1::CheckResponse resp;
-  ASSERT_TRUE(stream->Write(req));
-  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_TRUE(Exchange(*stream, "user:s1", &resp));
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::CANCELLED);
   EXPECT_EQ(WaitForMetric(kStreamCancelled, 1), 1);
@@ -836,11 +837,8 @@ TEST_F(GrpcServerTest, AStreamOpenWhenTheServerStopsIsCountedOnce) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, enforcer_);
   auto stream = stub->CheckStream(&ctx);
-  v1::CheckRequest req;
-  req.add_entities("user:s1");
   v1::CheckResponse resp;
-  ASSERT_TRUE(stream->Write(req));
-  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_TRUE(Exchange(*stream, "user:s1", &resp));
   (*server)->Shutdown(absl::ZeroDuration());  // returns once every call is done
   EXPECT_FALSE(stream->Read(&resp));
   EXPECT_FALSE(stream->Finish().ok());
@@ -1024,13 +1022,8 @@ TEST_F(GrpcTraceTest, CheckStreamRecordsOneSpanForTheWholeStream) {
   Auth(&ctx, enforcer_);
   ctx.AddMetadata("traceparent", Traceparent("01"));
   auto stream = traced_enforcement_->CheckStream(&ctx);
-  for (int i = 0; i < 3; ++i) {
-    v1::CheckRequest req;
-    req.add_entities("user:a");
-    ASSERT_TRUE(stream->Write(req));
-    v1::CheckResponse resp;
-    ASSERT_TRUE(stream->Read(&resp));
-  }
+  v1::CheckResponse resp;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Exchange(*stream, "user:a", &resp));
   stream->WritesDone();
   ASSERT_TRUE(stream->Finish().ok());
 
