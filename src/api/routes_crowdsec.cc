@@ -498,8 +498,13 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const core::ActionCatalog& c
     std::array<uint8_t, 16> bin{};
     if (index::EncodeId(m.id, &bin)) ended_ids.insert(bin);
   }
-  // Each ended one with the type it is deleted as.
-  std::vector<std::pair<const core::Mitigation*, std::string_view>> ended;
+  // Each ended one with the scope and type it is deleted as.
+  struct Ended {
+    const core::Mitigation* m;
+    Scope scope;
+    std::string_view type;
+  };
+  std::vector<Ended> ended;
   for (const core::Mitigation& m : last) {
     Scope scope;
     std::string_view type;
@@ -520,16 +525,15 @@ absl::StatusOr<int64_t> AppendChanges(Context& ctx, const core::ActionCatalog& c
     } else if (m.state == core::MitigationState::kActive ||
                m.state == core::MitigationState::kExpired ||
                m.state == core::MitigationState::kRevoked) {
-      ended.emplace_back(&m, type);
+      ended.push_back({&m, scope, type});
     }
   }
-  for (const auto& [m, type] : ended) {
+  for (const auto& [m, scope, type] : ended) {
     if (out->Has(type, m->entity.id())) continue;
     if (LongestHeld(ctx, catalog, f, m->entity, type, now, ended_ids)) continue;
     // Negative, like CrowdSec's for an ended decision: it ended at the earlier of its
     // expiry and its last change.
-    AppendMitigation(*m, m->entity.is_ip() ? Scope::kIp : Scope::kRange, type, now,
-                     std::min(m->expires_at, m->updated_at), &out->deleted);
+    AppendMitigation(*m, scope, type, now, std::min(m->expires_at, m->updated_at), &out->deleted);
   }
   return seq;
 }
