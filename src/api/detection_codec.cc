@@ -86,7 +86,7 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
   if (source) {
     if (!ValidName(*source)) {
       r.Fail("source", "must be 1-128 bytes without control characters");
-    } else if (source->starts_with("rule:")) {
+    } else if (source->starts_with(engine::kRuleSourcePrefix)) {
       // The real-time rules' own (POST /v1/events makes them "rule:<policy>"): a
       // backtest leaves those out, and a detector's must not be mistaken for them.
       r.Fail("source", "rule:… is reserved for the detections real-time rules make");

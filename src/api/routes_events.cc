@@ -520,7 +520,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
           workflow::DetectionWork w;
           engine::Detection& d = w.detection;
           d.id = absl::StrCat(p.policy, ":", EventHash(it));
-          d.source = absl::StrCat("rule:", p.policy);
+          d.source = absl::StrCat(AV(engine::kRuleSourcePrefix), p.policy);
           d.type = it.event.type;
           d.entity = p.entity;
           d.score = 1;

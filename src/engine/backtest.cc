@@ -28,8 +28,6 @@ uint64_t PairKey(std::string_view a, std::string_view b) {
       std::make_tuple(AV(a), AV(b)));
 }
 
-constexpr std::string_view kRuleSourcePrefix = "rule:";  // routes_events.cc
-
 uint64_t EntityKey(std::string_view e) { return absl::Hash<absl::string_view>{}(AV(e)); }
 
 // What a replayed (entity, action) pair looks like to active() and prior().
