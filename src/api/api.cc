@@ -17,8 +17,7 @@ class Api::Impl {
  public:
   Impl(ApiDeps deps, ApiOptions options)
       : policies_(deps.catalog),
-        safeguards_(options.safeguards ? *options.safeguards : workflow::SafeguardOptionsFromEnv(),
-                    deps.logger),
+        safeguards_(options.safeguards.value_or(workflow::SafeguardOptions{}), deps.logger),
         ctx_(std::move(deps), std::move(options)),
         router_(&ctx_),
         sweeper_(ctx_.deps.ledger, ctx_.deps.clock, &safeguards_) {}

@@ -57,8 +57,8 @@ struct ApiOptions {
   std::string version = "dev";
   int max_events_batch = 10000;  // events in one POST /v1/events; past it 413
   CounterOptions counters;
-  // The safeguards' options (config `safeguards:`); unset: workflow::SafeguardOptions
-  // defaults overridden by QUELL_SAFEGUARDS_* (workflow::SafeguardOptionsFromEnv).
+  // The safeguards' options (config `safeguards:` and QUELL_SAFEGUARDS_*, read by the
+  // CLI: cli::ToSafeguardOptions); unset: workflow::SafeguardOptions' defaults.
   std::optional<workflow::SafeguardOptions> safeguards;
   // The background work that must run on one node at a time (the safeguards' sweeper:
   // pending approvals that expire, stale idempotency keys). true: Create starts it; false:

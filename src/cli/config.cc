@@ -505,4 +505,14 @@ absl::Status ApplyEnvironment(Config* c) {
   return absl::OkStatus();
 }
 
+workflow::SafeguardOptions ToSafeguardOptions(const SafeguardsConfig& s) {
+  workflow::SafeguardOptions o;
+  if (s.immunity) o.immunity = *s.immunity;
+  if (s.pending_ttl) o.pending_ttl = *s.pending_ttl;
+  if (s.bulk_threshold) o.bulk_threshold = *s.bulk_threshold;
+  if (s.sweep_interval) o.sweep_interval = *s.sweep_interval;
+  if (s.idempotency_retention) o.idempotency_retention = *s.idempotency_retention;
+  return o;
+}
+
 }  // namespace quell::cli

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/action.h"
+#include "workflow/safeguards.h"
 
 namespace quell::cli {
 
@@ -105,6 +106,9 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base);
 //! QUELL_WEBHOOK_MAX_ATTEMPTS, _BACKOFF_INITIAL, _BACKOFF_MAX, _TIMEOUT, _POLL, with the
 //! same checks as the file's keys (kInvalidArgument names the variable).
 absl::Status ApplyEnvironment(Config* config);
+//! The safeguards `s` sets, over workflow::SafeguardOptions' defaults: what serve runs
+//! with, and what `quell import` without a server applies.
+workflow::SafeguardOptions ToSafeguardOptions(const SafeguardsConfig& s);
 //! Parses the `actions:` list of a YAML catalog (also used by policy sets).
 absl::StatusOr<std::shared_ptr<const core::ActionCatalog>> ParseCatalogYaml(
     const std::string& yaml);

@@ -65,7 +65,8 @@ std::optional<PostgresLedger> PostgresLedgerOf(const Flags& flags) {
 
 std::string TwoLedgers(const PostgresLedger& pg) {
   return pg.from_flag ? "--data and --postgres both name a ledger: give one"
-                      : "--data and QUELL_POSTGRES both name a ledger: unset one";
+                      : absl::StrCat("--data and ", pg.origin, " both name a ledger: ",
+                                     pg.origin == "QUELL_POSTGRES" ? "unset" : "drop", " one");
 }
 
 }  // namespace quell::cli

@@ -39,7 +39,8 @@ class Flags {
 // QUELL_POSTGRES.
 struct PostgresLedger {
   std::string url;
-  bool from_flag = false;  // --postgres (else the environment)
+  bool from_flag = false;  // --postgres (else the environment, or a configuration file)
+  std::string origin = "QUELL_POSTGRES";  // where it was named, for messages
 };
 std::optional<PostgresLedger> PostgresLedgerOf(const Flags& flags);
 //! The usage error for --data given with `pg`: which ledger was meant is not guessed.

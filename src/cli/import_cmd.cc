@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cli/config.h"
 #include "cli/flags.h"
 #include "core/time.h"
 #include "http_client/http_client.h"
@@ -31,6 +32,8 @@ where to:
   --server URL --key KEY   a running server (POST /v1/detections over keep-alive HTTP)
   --data DIR               the data directory itself (default ./var; refused while a
                            server owns it)
+  --config FILE            the server's configuration (QUELL_CONFIG): its data: and,
+                           without --server, its safeguards: (QUELL_SAFEGUARDS_* over them)
 input:
   --format ndjson|csv|avro overrides detection by file name and content
   --max-row-bytes N        longer rows are rejected (default 1048576)
@@ -59,6 +62,13 @@ void OnSignal(int) {
   signal(SIGTERM, SIG_DFL);
 }
 
+// A configuration that does not hold (the file, a QUELL_* variable): its message, which
+// names where, as serve reports it.
+int ConfigError(const absl::Status& s) {
+  std::cerr << "quell import: " << s.message() << "\n";
+  return kUsage;
+}
+
 int Usage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell import: " << message << "\n\n";
   std::cerr << kImportUsage;
@@ -75,7 +85,7 @@ bool ParseCount(const std::optional<std::string>& v, int64_t lo, int64_t hi, int
 int ImportCommand(const std::vector<std::string>& args) {
   auto flags = Flags::Parse(
       args,
-      {"server", "key", "data", "postgres", "format", "rejects", "checkpoint", "policies",
+      {"server", "key", "data", "config", "postgres", "format", "rejects", "checkpoint", "policies",
        "batch-rows", "in-flight", "retry-for", "max-row-bytes", "progress"},
       {"resume", "dry-run", "json", "help", "no-fsync"});
   if (!flags.ok()) return Usage(std::string(flags.status().message()));
@@ -106,7 +116,22 @@ int ImportCommand(const std::vector<std::string>& args) {
   }
   if (!o.server_url.empty() && flags->Has("data"))
     return Usage("--server and --data exclude each other");
-  if (const char* env = std::getenv("QUELL_DATA")) o.data_dir = env;
+  // The configuration serve reads (file < QUELL_* < flags): an import without a server
+  // decides with the safeguards that server would (immunity, pending_ttl), and the data
+  // directory and ledger are the ones it names.
+  Config config;
+  std::optional<std::string> config_file = flags->Get("config");
+  if (const char* env = std::getenv("QUELL_CONFIG"); !config_file && env != nullptr && *env) {
+    config_file = env;
+  }
+  if (config_file) {
+    auto loaded = LoadConfigFile(*config_file, config);
+    if (!loaded.ok()) return ConfigError(loaded.status());
+    config = *std::move(loaded);
+  }
+  if (absl::Status st = ApplyEnvironment(&config); !st.ok()) return ConfigError(st);
+  o.safeguards = ToSafeguardOptions(config.safeguards);
+  o.data_dir = config.data;
   if (auto v = flags->Get("data")) o.data_dir = *v;
   o.rejects_path = flags->Get("rejects").value_or("");
   o.checkpoint_path = flags->Get("checkpoint").value_or("");
@@ -124,18 +149,24 @@ int ImportCommand(const std::vector<std::string>& args) {
   // writes it through a node, whose commit path holds the cluster's breakers and feeds
   // the others; writing ./var instead because the variable was not looked at would
   // import into the wrong ledger without a word.
-  const std::optional<PostgresLedger> postgres = PostgresLedgerOf(*flags);
+  std::optional<PostgresLedger> postgres = PostgresLedgerOf(*flags);
+  if (!postgres && !config.postgres.empty()) {
+    postgres = PostgresLedger{config.postgres, false, "the configuration's postgres:"};
+  }
   if (postgres && postgres->from_flag && !o.server_url.empty()) {
     return Usage("--server and --postgres exclude each other");
   }
   if (postgres && o.server_url.empty()) {
     if (flags->Has("data")) return Usage(TwoLedgers(*postgres));
     if (!o.dry_run) {
-      return Usage(absl::StrCat(
-          postgres->from_flag ? "--postgres is for --dry-run"
-                              : "QUELL_POSTGRES names a PostgreSQL ledger",
-          ": import into it through a node (--server URL --key KEY)",
-          postgres->from_flag ? "" : ", or unset it to write a data directory (--data DIR)"));
+      return Usage(absl::StrCat(postgres->from_flag
+                                    ? "--postgres is for --dry-run"
+                                    : absl::StrCat(postgres->origin, " names a PostgreSQL ledger"),
+                                ": import into it through a node (--server URL --key KEY)",
+                                postgres->from_flag ? ""
+                                : postgres->origin == "QUELL_POSTGRES"
+                                    ? ", or unset it to write a data directory (--data DIR)"
+                                    : ", or give --data DIR"));
     }
     // Read-only: never migrate a database a newer or older node owns, nor make one.
     o.dry_run_ledger = [url = postgres->url]() {

@@ -512,14 +512,7 @@ int Serve(const Flags& flags) {
   // `safeguards:` of the config file, QUELL_SAFEGUARDS_* over it (cli/config.cc): the
   // API's (below), whose pending_ttl the review-queue gauges also use to drop approvals
   // and rollback requests.
-  workflow::SafeguardOptions sg_options;
-  const SafeguardsConfig& sg_config = config->safeguards;
-  if (sg_config.immunity) sg_options.immunity = *sg_config.immunity;
-  if (sg_config.pending_ttl) sg_options.pending_ttl = *sg_config.pending_ttl;
-  if (sg_config.bulk_threshold) sg_options.bulk_threshold = *sg_config.bulk_threshold;
-  if (sg_config.sweep_interval) sg_options.sweep_interval = *sg_config.sweep_interval;
-  if (sg_config.idempotency_retention)
-    sg_options.idempotency_retention = *sg_config.idempotency_retention;
+  const workflow::SafeguardOptions sg_options = ToSafeguardOptions(config->safeguards);
   api::ReviewQueueOptions review_queue{.clock = clock, .pending_ttl = sg_options.pending_ttl};
   auto metric_handles = api::RegisterServerMetrics(metrics, QUELL_VERSION, ledger->get(), &index,
                                                    config->node_name, review_queue);

@@ -117,8 +117,7 @@ class DirectSink final : public Sink {
     }
     // The server's safeguards (protected entities, breakers, immunity), loaded before the
     // ledger takes writes and following it afterwards.
-    safeguards_ =
-        std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
+    safeguards_ = std::make_unique<workflow::Safeguards>(options.safeguards, nullptr);
     QUELL_RETURN_IF_ERROR(
         safeguards_->Load(*store, absl::Now(), workflow::Safeguards::Delivery::kLocal, set_.get()));
     if (set_ != nullptr) {  // the lists its policies can name (they must be declared)

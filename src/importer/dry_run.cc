@@ -46,8 +46,9 @@ class DryRun::Env final : public policy::Environment {
 DryRun::DryRun(std::shared_ptr<const policy::PolicySet> set, ledger::Store* store)
     : set_(std::move(set)), store_(store), now_(absl::Now()) {}
 
-absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const policy::PolicySet> set,
-                                                       ledger::Store* store) {
+absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(
+    std::shared_ptr<const policy::PolicySet> set, ledger::Store* store,
+    const workflow::SafeguardOptions& safeguards) {
   std::unique_ptr<DryRun> d(new DryRun(std::move(set), store));
   if (d->set_ != nullptr) {
     d->report_.policy_version = d->set_->version();
@@ -82,7 +83,7 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(std::shared_ptr<const pol
   }
   // The safeguards as a server would start with them: immunity, the breakers' open states
   // and the decisions already in their windows (Load's recount).
-  d->sg_ = std::make_unique<workflow::Safeguards>(workflow::SafeguardOptionsFromEnv(), nullptr);
+  d->sg_ = std::make_unique<workflow::Safeguards>(safeguards, nullptr);
   d->pending_ttl_ = d->sg_->options().pending_ttl;
   if (store != nullptr) {
     QUELL_RETURN_IF_ERROR(

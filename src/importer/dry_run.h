@@ -73,9 +73,11 @@ struct DryRunReport {
 
 class DryRun {
  public:
-  //! `store` may be null (no data directory). Loads list memberships once.
+  //! `store` may be null (no data directory). Loads list memberships once. `safeguards`:
+  //! the options a server on that ledger runs with (immunity, pending_ttl).
   static absl::StatusOr<std::unique_ptr<DryRun>> Create(
-      std::shared_ptr<const policy::PolicySet> set, ledger::Store* store);
+      std::shared_ptr<const policy::PolicySet> set, ledger::Store* store,
+      const workflow::SafeguardOptions& safeguards);
   void Add(const engine::Detection& d);
   DryRunReport Report() const;
 

@@ -334,6 +334,7 @@ class Run {
       DirectSinkOptions dso;
       dso.data_dir = o_.data_dir;
       dso.durable = o_.durable;
+      dso.safeguards = o_.safeguards;
       auto sink = OpenDirectSink(dso);
       if (!sink.ok()) return Refuse(sink.status());
       sink_ = *std::move(sink);
@@ -698,7 +699,7 @@ class Run {
         QUELL_ASSIGN_OR_RETURN(set, policy::LoadPolicySet(latest->yaml, latest->version));
       }
     }
-    QUELL_ASSIGN_OR_RETURN(auto dry, DryRun::Create(set, store.get()));
+    QUELL_ASSIGN_OR_RETURN(auto dry, DryRun::Create(set, store.get(), o_.safeguards));
     Row row;
     int shown = 0;
     for (size_t f = 0; f < readers_.size(); ++f) {

@@ -27,6 +27,7 @@
 #include "importer/dry_run.h"
 #include "importer/progress.h"
 #include "importer/row_decoder.h"
+#include "workflow/safeguards.h"
 
 namespace quell::importer {
 
@@ -39,6 +40,9 @@ struct ImportOptions {
   std::string key;
   std::string data_dir = "./var";
   bool durable = true;  // embedded store: fsync every commit
+  // Without a server (the embedded path and the dry run): the safeguards a server on that
+  // ledger runs with (the CLI's --config and QUELL_SAFEGUARDS_*, as serve reads them).
+  workflow::SafeguardOptions safeguards;
 
   std::string
       rejects_path;  // "" = <first file>.rejects.ndjson (quell-import.rejects.ndjson for stdin)

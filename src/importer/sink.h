@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "policy/policy_set.h"
+#include "workflow/safeguards.h"
 
 namespace quell::importer {
 
@@ -78,7 +79,8 @@ absl::StatusOr<std::unique_ptr<Sink>> OpenHttpSink(const HttpSinkOptions& option
 
 struct DirectSinkOptions {
   std::string data_dir;
-  bool durable = true;  // SQLite synchronous=FULL
+  bool durable = true;                    // SQLite synchronous=FULL
+  workflow::SafeguardOptions safeguards;  // immunity, pending_ttl: as the server's
 };
 
 //! Locks DIR/import.lock and DIR/server.lock (kFailedPrecondition if another import or a

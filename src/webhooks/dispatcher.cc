@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <random>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
 #include "core/status.h"
@@ -30,30 +28,6 @@ struct Dispatcher::Sub {
   int64_t delivered = 0;
   int64_t dead_letters = 0;
 };
-
-absl::StatusOr<DispatcherOptions> OptionsFromEnv() {
-  DispatcherOptions o;
-  if (const char* v = std::getenv("QUELL_WEBHOOK_MAX_ATTEMPTS")) {
-    if (!absl::SimpleAtoi(v, &o.max_attempts) || o.max_attempts < 1 || o.max_attempts > 1000)
-      return absl::InvalidArgumentError("QUELL_WEBHOOK_MAX_ATTEMPTS must be in [1, 1000]");
-  }
-  struct D {
-    const char* name;
-    absl::Duration* out;
-  };
-  for (const D& d : {D{"QUELL_WEBHOOK_BACKOFF_INITIAL", &o.backoff_initial},
-                     D{"QUELL_WEBHOOK_BACKOFF_MAX", &o.backoff_max},
-                     D{"QUELL_WEBHOOK_TIMEOUT", &o.timeout}, D{"QUELL_WEBHOOK_POLL", &o.poll}}) {
-    if (const char* v = std::getenv(d.name)) {
-      auto parsed = core::ParseDuration(v);
-      if (!parsed.ok())
-        return absl::InvalidArgumentError(absl::StrCat(d.name, ": ", parsed.status().message()));
-      *d.out = *parsed;
-    }
-  }
-  if (o.backoff_max < o.backoff_initial) o.backoff_max = o.backoff_initial;
-  return o;
-}
 
 absl::Duration BackoffDelay(int failures, const DispatcherOptions& options, double jitter01) {
   absl::Duration d = options.backoff_initial;

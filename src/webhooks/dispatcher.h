@@ -69,11 +69,6 @@ struct DispatcherOptions {
   ledger::Ledger* ledger = nullptr;
 };
 
-//! Reads QUELL_WEBHOOK_MAX_ATTEMPTS, QUELL_WEBHOOK_BACKOFF_INITIAL,
-//! QUELL_WEBHOOK_BACKOFF_MAX, QUELL_WEBHOOK_TIMEOUT and QUELL_WEBHOOK_POLL (durations
-//! such as "500ms", "2s") over the defaults. kInvalidArgument on a malformed value.
-absl::StatusOr<DispatcherOptions> OptionsFromEnv();
-
 //! The wait before retry number `failures` (>= 1): initial * 2^(failures-1), capped at
 //! max, then scaled by a jitter factor in [0.5, 1.0] given as `jitter01` in [0, 1].
 absl::Duration BackoffDelay(int failures, const DispatcherOptions& options, double jitter01);

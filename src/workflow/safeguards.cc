@@ -1,11 +1,8 @@
 #include "workflow/safeguards.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <initializer_list>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -200,33 +197,6 @@ absl::StatusOr<int64_t> FirstSeqSince(ledger::Store& store, int64_t from, int64_
 }
 
 }  // namespace
-
-SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions o) {
-  auto duration = [](const char* name, absl::Duration* out) {
-    const char* v = std::getenv(name);
-    if (v == nullptr || *v == 0) return;
-    auto d = core::ParseDuration(v);
-    if (d.ok()) {
-      *out = *d;
-    } else {
-      std::fprintf(stderr, "quell: ignoring %s=%s: %s\n", name, v,
-                   std::string(SV(d.status().message())).c_str());
-    }
-  };
-  duration("QUELL_SAFEGUARDS_IMMUNITY", &o.immunity);
-  duration("QUELL_SAFEGUARDS_PENDING_TTL", &o.pending_ttl);
-  duration("QUELL_SAFEGUARDS_SWEEP_INTERVAL", &o.sweep_interval);
-  duration("QUELL_SAFEGUARDS_IDEMPOTENCY_RETENTION", &o.idempotency_retention);
-  if (const char* v = std::getenv("QUELL_SAFEGUARDS_BULK_THRESHOLD"); v != nullptr && *v) {
-    int64_t n = 0;
-    if (absl::SimpleAtoi(v, &n) && n >= 0) {
-      o.bulk_threshold = n;
-    } else {
-      std::fprintf(stderr, "quell: ignoring QUELL_SAFEGUARDS_BULK_THRESHOLD=%s\n", v);
-    }
-  }
-  return o;
-}
 
 Safeguards::Safeguards(SafeguardOptions options, obs::Logger* logger)
     : options_(options),

@@ -60,10 +60,6 @@ struct SafeguardOptions {
   absl::Duration sweep_interval = absl::Seconds(30);  // pending expiry + idempotency purge
   absl::Duration idempotency_retention = absl::Hours(24);
 };
-//! `defaults` overridden by QUELL_SAFEGUARDS_IMMUNITY, _PENDING_TTL, _SWEEP_INTERVAL,
-//! _IDEMPOTENCY_RETENTION (durations) and _BULK_THRESHOLD (integer); bad values are
-//! ignored with a message on stderr.
-SafeguardOptions SafeguardOptionsFromEnv(SafeguardOptions defaults = {});
 
 // The entity the ledger files breaker changes under (their timeline).
 inline constexpr std::string_view kBreakerJournal = "quell:breakers";

@@ -1088,6 +1088,55 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(d["already"], 1, d)  # payment:card1's scheduled block, extended
         self.assertEqual(d["new"]["by_action"].get("block"), None, d)
 
+    def test_without_a_server_the_configuration_safeguards_hold(self):
+        # `quell import --data` decided with the default safeguards whatever the server's
+        # configuration said: it read neither --config nor QUELL_CONFIG. With an immunity of
+        # 2s configured, a revoked user was still immune to the import for 30 days (its
+        # hit waited for approval), and a bad QUELL_SAFEGUARDS_* value was ignored.
+        with open(CONFIG) as f:
+            text = f.read()
+        text = text.replace("data: ./var", "data: " + self.data)
+        text = text.replace("policies: policies/music.yaml",
+                            "policies: " + os.path.join(EXAMPLES, "policies", "music.yaml"))
+        text = re.sub(r"immunity: 30d", "immunity: 2s", text)
+        cfg = self.path("quell.yaml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        q = QuellServer(data_dir=self.data, extra_args=["--config", cfg]).start(dev=False)
+        try:
+            q.admin_key = run_cli("keys", "create", "--role", "admin", "--data", self.data)[1].strip()
+            status, body, _ = q.request("POST", "/v1/detections",
+                                        {"detections": [dict(row(0), id="imm-0", entity="user:imm")]})
+            self.assertEqual(status, 200, body)
+            m = body["results"][0]["decisions"][0]["mitigation_id"]
+            status, body, _ = q.request("POST", "/v1/mitigations/%s/revoke" % m,
+                                        {"reason": "false positive"})
+            self.assertEqual(status, 200, body)
+        finally:
+            q.cleanup()
+        time.sleep(2.5)  # past the configured immunity, well within the default 30d
+        f = self.path("imm.ndjson")
+        with open(f, "w") as out:
+            out.write(json.dumps(dict(row(0), id="imm-1", entity="user:imm")) + "\n")
+        # A bad variable is refused as serve refuses it, naming it.
+        p = subprocess.run([QUELL, "import", f, "--config", cfg, "--progress", "off"],
+                           env=dict(os.environ, QUELL_SAFEGUARDS_IMMUNITY="soon"),
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("QUELL_SAFEGUARDS_IMMUNITY", p.stderr)
+        # The preview and the import (data: from the file, no --data) agree: not immune.
+        copy = self.path("copy")
+        shutil.copytree(self.data, copy)
+        code, out, err = import_cmd(f, "--data", copy, "--config", cfg, "--dry-run", "--json")
+        self.assertEqual(code, 0, err)
+        d = json.loads(out)["dry_run"]
+        self.assertEqual((d["new"]["total"], d["protected"]["total"]), (1, 0), d)
+        p = subprocess.run([QUELL, "import", f, "--json", "--progress", "off"],
+                           env=dict(os.environ, QUELL_CONFIG=cfg),
+                           capture_output=True, text=True, timeout=60, cwd=self.tmp.name)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["decisions"], {"active": 1}, p.stdout)
+
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
         write_ndjson(f, 400)
