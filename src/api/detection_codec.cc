@@ -1,6 +1,5 @@
 #include "api/detection_codec.h"
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/json_reader.h"
 #include "core/mitigation.h"
@@ -25,30 +24,6 @@ bool ValidType(std::string_view t) {
 // 1 to `max` bytes, no control character.
 bool ValidName(std::string_view s, size_t max = 128) {
   return !s.empty() && s.size() <= max && !core::HasControlCharacter(s);
-}
-
-// The path below `v` ("a", "a.b", "a[2].c") of the first key an object in it holds twice,
-// or empty. Which of the two counts is not to be guessed: the policy engine read the
-// first, most JSON libraries (a reviewer's tool) keep the last.
-std::string RepeatedKey(const rapidjson::Value& v) {
-  if (v.IsArray()) {
-    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
-      std::string below = RepeatedKey(v[i]);
-      if (!below.empty()) return absl::StrCat("[", i, "]", below.front() == '[' ? "" : ".", below);
-    }
-  }
-  if (!v.IsObject()) return {};
-  absl::flat_hash_set<std::string_view> keys;
-  keys.reserve(v.MemberCount());
-  for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
-    std::string_view key(it->name.GetString(), it->name.GetStringLength());
-    if (!keys.insert(key).second) return std::string(key.empty() ? "\"\"" : key);
-    std::string below = RepeatedKey(it->value);
-    if (!below.empty()) {
-      return absl::StrCat(AV(key), below.front() == '[' ? "" : ".", below);
-    }
-  }
-  return {};
 }
 
 }  // namespace
@@ -86,7 +61,7 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
   if (source) {
     if (!ValidName(*source)) {
       r.Fail("source", "must be 1-128 bytes without control characters");
-    } else if (source->starts_with(engine::kRuleSourcePrefix)) {
+    } else if (source->starts_with(core::kRuleSourcePrefix)) {
       // The real-time rules' own (POST /v1/events makes them "rule:<policy>"): a
       // backtest leaves those out, and a detector's must not be mistaken for them.
       r.Fail("source", "rule:… is reserved for the detections real-time rules make");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/json_text.h"
 #include "core/strings.h"
@@ -160,7 +161,15 @@ std::optional<int64_t> ObjectReader::Int(std::string_view name, bool required) {
 
 std::optional<bool> ObjectReader::Bool(std::string_view name, bool required) {
   const rapidjson::Value* v = Find(name, required, "true or false");
-  if (v == nullptr) return std::nullopt;
+  if (v == nullptr) {
+    // A null flag is refused, not read as absent: a client that writes an unset option as
+    // null ("dry_run": null) got the default, and a rollback's is to revoke for real.
+    if (!required && value_.IsObject()) {
+      auto it = value_.FindMember(rapidjson::Value(rapidjson::StringRef(name.data(), name.size())));
+      if (it != value_.MemberEnd() && it->value.IsNull()) Fail(name, "must be true or false");
+    }
+    return std::nullopt;
+  }
   if (!v->IsBool()) {
     Fail(name, "must be true or false");
     return std::nullopt;
@@ -214,6 +223,27 @@ void ObjectReader::RejectUnknown() {
       }
     }
   }
+}
+
+std::string RepeatedKey(const rapidjson::Value& v) {
+  if (v.IsArray()) {
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+      std::string below = RepeatedKey(v[i]);
+      if (!below.empty()) return absl::StrCat("[", i, "]", below.front() == '[' ? "" : ".", below);
+    }
+  }
+  if (!v.IsObject()) return {};
+  absl::flat_hash_set<std::string_view> keys;
+  keys.reserve(v.MemberCount());
+  for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
+    std::string_view key(it->name.GetString(), it->name.GetStringLength());
+    if (!keys.insert(key).second) return std::string(key.empty() ? "\"\"" : key);
+    std::string below = RepeatedKey(it->value);
+    if (!below.empty()) {
+      return absl::StrCat(AV(key), below.front() == '[' ? "" : ".", below);
+    }
+  }
+  return {};
 }
 
 }  // namespace quell::api

@@ -41,6 +41,11 @@ std::optional<ApiError> ReadBodyItems(const rapidjson::Document& doc, std::strin
 //! `quell import` skips as blank too), without their "\n" or "\r\n": views into `body`.
 std::vector<std::string_view> SplitNdjsonLines(std::string_view body);
 
+//! The path below `v` ("a", "a.b", "a[2].c") of the first key an object in it holds
+//! twice, or empty. Which of the two counts is not to be guessed: the policy engine read
+//! the first, most JSON libraries (a reviewer's tool, a proxy) keep the last.
+std::string RepeatedKey(const rapidjson::Value& v);
+
 // Reads the members of one JSON object, collecting errors into `errors`.
 class ObjectReader {
  public:
@@ -49,13 +54,15 @@ class ObjectReader {
 
   bool is_object() const { return value_.IsObject(); }
 
-  //! A string member. Absent -> nullopt (an error if `required`). Wrong type -> error.
+  //! A string member. Absent or null -> nullopt (an error if `required`). Wrong type -> error.
   std::optional<std::string> String(std::string_view name, bool required, size_t max_bytes = 4096);
   //! A string a person wrote (a reason, a note, a statement): as String, and no control
   //! character but tab and line breaks (it lands in records, logs and terminals).
   std::optional<std::string> Text(std::string_view name, bool required, size_t max_bytes);
   std::optional<double> Number(std::string_view name, bool required);
   std::optional<int64_t> Int(std::string_view name, bool required);
+  //! A boolean member. Absent -> nullopt; unlike the other readers, null is an error, not
+  //! absent (a flag's default may be the consequential choice: a rollback's dry_run).
   std::optional<bool> Bool(std::string_view name, bool required);
   //! An array of strings.
   std::optional<std::vector<std::string>> Strings(std::string_view name, bool required,

@@ -126,6 +126,9 @@ void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
       return fail(std::string(k), "unknown field");
     }
   }
+  // A field given twice, here or within attrs: this reader took the first, a proxy or an
+  // audit tool reading the same body may keep the last (another entity, another address).
+  if (std::string twice = RepeatedKey(v); !twice.empty()) return fail(twice, "given twice");
   auto type = v.FindMember("type");
   if (type == v.MemberEnd() || !type->value.IsString() || !ValidType(Str(type->value))) {
     return fail("type", "required, 1-64 of [a-z0-9_.-], not \"detection\"");
@@ -520,7 +523,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
           workflow::DetectionWork w;
           engine::Detection& d = w.detection;
           d.id = absl::StrCat(p.policy, ":", EventHash(it));
-          d.source = absl::StrCat(AV(engine::kRuleSourcePrefix), p.policy);
+          d.source = absl::StrCat(AV(core::kRuleSourcePrefix), p.policy);
           d.type = it.event.type;
           d.entity = p.entity;
           d.score = 1;

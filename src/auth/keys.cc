@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
+#include "core/mitigation.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/utf8.h"
@@ -90,6 +91,10 @@ absl::StatusOr<NewKey> MakeKey(Role role, std::vector<std::string> sources, std:
     if (s.empty() || s.size() > 128 || core::HasControlCharacter(s)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "sources[", i, "]: a source name is 1-128 bytes without control characters"));
+    }
+    if (s.starts_with(core::kRuleSourcePrefix)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sources[", i, "]: rule:… is reserved for the detections real-time rules make"));
     }
     if (std::find(sources.begin(), sources.begin() + static_cast<std::ptrdiff_t>(i), s) !=
         sources.begin() + static_cast<std::ptrdiff_t>(i)) {

@@ -35,6 +35,11 @@ std::optional<MitigationState> ParseState(std::string_view name);
 // True for the states that can still change (pending, scheduled, active).
 bool IsLive(MitigationState s);
 
+// The source of the detections real-time rules make from events ("rule:<policy>"):
+// reserved (refused from detectors and in detector keys' sources), and left out of
+// backtests (events are not stored).
+inline constexpr std::string_view kRuleSourcePrefix = "rule:";
+
 struct Mitigation {
   std::string id;  // "m_" + 26-char time-ordered id, see NewId()
   Entity entity;

@@ -145,8 +145,14 @@ absl::StatusOr<absl::Time> ParseRfc3339(std::string_view text) {
   absl::Time t;
   std::string err;
   // %Y-%m-%d%ET%H:%M:%E*S%Ez accepts "Z" and numeric offsets, with any fraction.
-  if (text.size() > 64 ||
-      !absl::ParseTime("%Y-%m-%d%ET%H:%M:%E*S%Ez", std::string(text), &t, &err)) {
+  // RFC 3339's years are 0000-9999, as written and as an instant once the offset applies
+  // (absl also reads "-0001" and "+12345"): FormatRfc3339 writes nothing outside them,
+  // which blanked such a time in records ("since": "").
+  static const absl::Time kYear0 = absl::FromUnixSeconds(-62167219200);      // 0000-01-01
+  static const absl::Time kYear10000 = absl::FromUnixSeconds(253402300800);  // 10000-01-01
+  if (text.size() > 64 || text.size() < 5 || Digits(text.data(), 4) < 0 || text[4] != '-' ||
+      !absl::ParseTime("%Y-%m-%d%ET%H:%M:%E*S%Ez", std::string(text), &t, &err) || t < kYear0 ||
+      t >= kYear10000) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid time \"", AV(text.substr(0, 64)),
                      "\": expected RFC 3339, as in 2026-11-28T12:00:00Z"));

@@ -55,8 +55,19 @@ TEST(TimeTest, Rfc3339) {
   ASSERT_TRUE(frac.ok());
   EXPECT_EQ(FormatRfc3339(*frac), "2026-11-28T12:00:00.250000Z");
   for (const char* bad :
-       {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday", "2026-13-01T00:00:00Z"}) {
+       {"", "2026-11-28", "2026-11-28 12:00:00Z", "yesterday", "2026-13-01T00:00:00Z",
+        // Years outside 0000-9999, as written or once the offset applies: FormatRfc3339
+        // wrote "" for them, so a stored time went blank.
+        "-0001-12-31T00:00:00Z", "+2026-11-28T12:00:00Z", "12026-11-28T12:00:00Z",
+        "0000-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"}) {
     EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
+  }
+  // The ends of the range, with and without an offset, read and written back.
+  for (const char* edge : {"0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                           "0000-01-01T00:00:00-00:01", "9999-12-31T23:59:59+00:01"}) {
+    auto e = ParseRfc3339(edge);
+    ASSERT_TRUE(e.ok()) << edge;
+    EXPECT_FALSE(FormatRfc3339(*e).empty()) << edge;
   }
 }
 

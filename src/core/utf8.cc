@@ -6,9 +6,15 @@
 namespace quell::core {
 
 bool HasControlCharacter(std::string_view s, std::string_view allowed) {
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if ((c < 0x20 || c == 0x7f) && allowed.find(ch) == std::string_view::npos) return true;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if ((c < 0x20 || c == 0x7f) && allowed.find(s[i]) == std::string_view::npos) return true;
+    // C1 (U+0080-U+009F) is 0xc2 0x80-0x9f in UTF-8: U+009B is CSI, the escape that
+    // rewrites a terminal as ESC [ does.
+    if (c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+        static_cast<unsigned char>(s[i + 1]) <= 0x9f) {
+      return true;
+    }
   }
   return false;
 }

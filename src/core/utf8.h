@@ -20,7 +20,8 @@ std::optional<size_t> FindInvalidUtf8(std::string_view s);
 //! untrusted bytes (a percent-decoded path) into text that must be UTF-8 (JSON).
 std::string ReplaceInvalidUtf8(std::string_view s);
 
-//! Whether `s` holds a control character (C0, 0x00-0x1f, or DEL) other than those in
+//! Whether `s` holds a control character (C0, 0x00-0x1f, DEL, or C1, U+0080-U+009F in
+//! UTF-8) other than those in
 //! `allowed`: the one rule for names and ids people read (detection ids and sources, key
 //! sources and names), and with allowed = "\t\n\r" for free text (reasons).
 bool HasControlCharacter(std::string_view s, std::string_view allowed = {});

@@ -32,6 +32,15 @@ TEST(ControlCharacters, C0AndDelUnlessAllowed) {
   EXPECT_TRUE(HasControlCharacter("line\nbreak"));
   EXPECT_FALSE(HasControlCharacter("line\nbreak\ttab\r", "\t\n\r"));
   EXPECT_TRUE(HasControlCharacter("line\nbreak\x01", "\t\n\r"));
+  // C1: U+009B (CSI) and U+0085 (NEL), in any text; U+00A0 and U+00C2 are not controls.
+  EXPECT_TRUE(
+      HasControlCharacter("a\xc2\x9b"
+                          "31mred",
+                          "\t\n\r"));
+  EXPECT_TRUE(HasControlCharacter("id\xc2\x85"));
+  EXPECT_TRUE(HasControlCharacter("\xc2\x80"));
+  EXPECT_FALSE(HasControlCharacter("nbsp\xc2\xa0 \xc3\x82\xc2\xbf"));
+  EXPECT_FALSE(HasControlCharacter("trailing lead \xc2"));
 }
 
 }  // namespace

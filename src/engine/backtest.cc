@@ -150,7 +150,7 @@ class Backtester::Impl {
     // A real-time rule's detection (source "rule:<policy>", made from events): events are
     // not stored, so their rules cannot be replayed, and live such a detection is never
     // evaluated against detection policies. Left out, not reported as ended.
-    if (r.source.starts_with(kRuleSourcePrefix)) return absl::OkStatus();
+    if (r.source.starts_with(core::kRuleSourcePrefix)) return absl::OkStatus();
     ++detections_;
 
     // The stored decisions. Replies without any are the common case: skip the parse.

@@ -25,10 +25,6 @@
 
 namespace quell::engine {
 
-// The source of the detections real-time rules make from events ("rule:<policy>"):
-// reserved, refused from detectors, and left out of backtests (events are not stored).
-inline constexpr std::string_view kRuleSourcePrefix = "rule:";
-
 // A validated detection (SPEC POST /v1/detections).
 struct Detection {
   std::string id;      // idempotency key, unique per source

@@ -98,6 +98,14 @@ class ApiTest(unittest.TestCase):
         status, body, _ = self.q.request("POST", "/v1/rollbacks?dry_run=true",
                                          {"filter": {"entity": "user:dryrun"}, "reason": "preview"})
         self.assertEqual(status, 400, body)
+        # `"dry_run": null` (how many clients write an unset option) read as absent, so
+        # false: the preview revoked for real.
+        status, body, _ = self.q.request("POST", "/v1/rollbacks",
+                                         {"filter": {"action": "block"}, "dry_run": None,
+                                          "reason": "preview"})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["details"][0],
+                         {"field": "dry_run", "message": "must be true or false"})
         self.assertEqual(self.q.request("GET", "/v1/mitigations/" + m["id"])[1]["state"], "active")
 
     def test_list_cursors_and_filters_are_checked(self):
@@ -383,12 +391,19 @@ class ApiTest(unittest.TestCase):
         self.assertError(self.q.request("POST", "/v1/appeals/ap_nope/decision",
                                         {"grant": False, "note": "a\u0000b"}), 400, "note")
         # A key's sources and name hold what a detection can carry, each source once.
+        # C1 controls too (U+009B is CSI), and the real-time rules' reserved sources: such
+        # a key could never submit.
         for body in ({"role": "detector", "sources": ["a\u0000b"]},
                      {"role": "detector", "sources": ["x\u001by"]},
                      {"role": "detector", "sources": ["s1", "s1"]},
-                     {"role": "viewer", "name": "a\u0001"}):
+                     {"role": "detector", "sources": ["src\u009b"]},
+                     {"role": "detector", "sources": ["rule:loop-listener"]},
+                     {"role": "viewer", "name": "a\u0001"},
+                     {"role": "viewer", "name": "x\u009b31mRED"}):
             status, err, _ = self.q.request("POST", "/v1/keys", body)
             self.assertEqual(status, 400, (body, err))
+        self.assertError(post({"entity": "user:a", "action": "flag", "reason": "a\u009bb"}),
+                         400, "reason")
         self.assertError(post({"entity": "ip:999.1.1.1", "action": "block", "reason": "x"}), 400, "entity")
         self.assertError(post({"entity": "cidr:10.0.0.1/8", "action": "block", "reason": "x"}),
                          400, "entity")

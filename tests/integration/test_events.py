@@ -198,6 +198,15 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(r["results"][0]["outcomes"]["counted"], 2)  # plays + tracks_per_ip
         self.assertEqual(r["results"][3]["reason"], "too_early")
         self.assertIn("error", r["results"][1])
+        # A field given twice, at the top or within attrs: accepted before, counting the
+        # first value where a proxy or an audit tool keeps the last.
+        body = ('{"events": [{"type": "play", "entity": "user:p1", "entity": "user:p2"},'
+                ' {"type": "play", "entity": "user:p1", "attrs": {"ip": "ip:10.0.0.1",'
+                ' "ip": "ip:10.0.0.2"}}]}')
+        s, r, _ = self.q.request("POST", "/v1/events", body)
+        self.assertEqual(s, 400, r)
+        self.assertEqual([x["error"] for x in r["results"]],
+                         ["events[0].entity: given twice", "events[1].attrs.ip: given twice"], r)
         big = {"events": [good] * 10001}
         s, r, _ = self.q.request("POST", "/v1/events", big)
         self.assertEqual(s, 413, r)
