@@ -51,6 +51,7 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(
     const workflow::SafeguardOptions& safeguards) {
   std::unique_ptr<DryRun> d(new DryRun(std::move(set), store));
   if (d->set_ != nullptr) {
+    d->report_.policy_set = true;
     d->report_.policy_version = d->set_->version();
     for (const policy::ListDef& l : d->set_->lists()) {
       if (l.is_protected) d->protected_lists_.push_back(l.name);
@@ -275,9 +276,15 @@ void JsonMap(const std::map<std::string, int64_t>& m, std::string* out) {
 }  // namespace
 
 std::string DryRunText(const DryRunReport& r) {
-  std::string out = absl::StrCat("dry run against policy set v", r.policy_version, " (ledger seq ",
-                                 r.seq, "; nothing was written)\n");
-  if (r.policy_version == 0) out += "  no policy set: nothing would be mitigated\n";
+  // A --policies file's set has version 0: it is not published. It said "no policy set:
+  // nothing would be mitigated" over the mitigations that set would make.
+  std::string out =
+      absl::StrCat("dry run against ",
+                   !r.policy_set           ? std::string("no policy set")
+                   : r.policy_version == 0 ? std::string("the --policies set (not published)")
+                                           : absl::StrCat("policy set v", r.policy_version),
+                   " (ledger seq ", r.seq, "; nothing was written)\n");
+  if (!r.policy_set) out += "  no policy set: nothing would be mitigated\n";
   if (r.duplicates > 0) {
     absl::StrAppend(&out,
                     "  duplicates (stored already or repeated; change nothing): ", r.duplicates,

@@ -48,7 +48,8 @@ struct BreakerImpact {
 };
 
 struct DryRunReport {
-  int64_t policy_version = 0;  // 0: no policy set
+  bool policy_set = false;     // false: no policy set (nothing would be mitigated)
+  int64_t policy_version = 0;  // 0: none, or a --policies file's (not published)
   int64_t seq = 0;             // the ledger seq seen (unchanged by a dry run)
   int64_t rows = 0;            // valid rows read
   // Rows the import would report duplicate (their (source, id) stored already, or earlier

@@ -676,13 +676,22 @@ class Run {
       auto opened = o_.dry_run_ledger();
       if (!opened.ok()) return Refuse(opened.status());
       store = *std::move(opened);
-    } else if (ledger::CheckSqliteLedger(o_.data_dir).ok()) {
+    } else if (absl::Status has = ledger::CheckSqliteLedger(o_.data_dir); has.ok()) {
       ledger::SqliteOptions so;
       so.path = o_.data_dir;
       so.apply_migrations = false;  // a dry run writes nothing, not even a migration
       auto opened = ledger::OpenSqliteStore(so);
       if (!opened.ok()) return Refuse(opened.status());
       store = *std::move(opened);
+    } else if (o_.policies_file.empty()) {
+      // Nothing to preview against, and the import itself refuses the directory: a
+      // mistyped --data previewed "nothing would be mitigated", exit 0.
+      return Refuse(has);
+    } else {
+      std::fprintf(o_.notes_out,
+                   "quell import: %s; the preview of %s runs against an empty state (no stored "
+                   "mitigations, lists, duplicates or breaker counts)\n",
+                   std::string(SV(has.message())).c_str(), o_.policies_file.c_str());
     }
     if (!o_.policies_file.empty()) {
       absl::StatusOr<std::string> yaml = core::ReadFile(o_.policies_file);
@@ -700,6 +709,16 @@ class Run {
       }
     }
     QUELL_ASSIGN_OR_RETURN(auto dry, DryRun::Create(set, store.get(), o_.safeguards));
+    // Input that stops the run part-way (a truncated gzip) stops the preview there too; it
+    // still reports the rows before, which an import would keep (docs/import.md).
+    absl::Status read = PreviewRows(*dry, set.get());
+    res_.dry_run = dry->Report();
+    res_.rejects_path.clear();
+    res_.checkpoint_path.clear();
+    return read;
+  }
+
+  absl::Status PreviewRows(DryRun& dry, const policy::PolicySet* set) {
     Row row;
     int shown = 0;
     for (size_t f = 0; f < readers_.size(); ++f) {
@@ -710,9 +729,9 @@ class Run {
         if (!got) break;
         ++res_.counts.read;
         ++rows_this_run_;
-        RejectUndeclaredType(set.get(), &row);
+        RejectUndeclaredType(set, &row);
         if (row.detection) {
-          dry->Add(*row.detection);
+          dry.Add(*row.detection);
         } else {
           ++res_.counts.rejected;
           if (shown++ < 5) {
@@ -726,9 +745,6 @@ class Run {
       bytes_done_ += readers_[f]->source().raw_bytes();
       reading_ = -1;
     }
-    res_.dry_run = dry->Report();
-    res_.rejects_path.clear();
-    res_.checkpoint_path.clear();
     return absl::OkStatus();
   }
 
@@ -783,7 +799,12 @@ std::string SummaryText(const ImportResult& r) {
       WithCommas(secs > 0 ? static_cast<int64_t>(static_cast<double>(r.rows_this_run) / secs) : 0),
       " rows/s)\n");
   if (r.dry_run) {
-    absl::StrAppend(&out, "rejected ", WithCommas(c.rejected), "\n", DryRunText(*r.dry_run));
+    absl::StrAppend(&out, "rejected ", WithCommas(c.rejected), "\n");
+    if (!r.status.ok()) {
+      absl::StrAppend(&out, "the dry run stopped at the error above: this preview is of the ",
+                      WithCommas(c.read), " rows before it\n");
+    }
+    absl::StrAppend(&out, DryRunText(*r.dry_run));
     return out;
   }
   absl::StrAppend(&out, "accepted ", WithCommas(c.accepted), ", duplicate ",

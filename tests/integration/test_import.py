@@ -1137,6 +1137,42 @@ class DirectImportTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(json.loads(p.stdout)["decisions"], {"active": 1}, p.stdout)
 
+    def test_a_dry_run_refuses_what_the_import_refuses_and_reports_what_it_read(self):
+        # A mistyped --data previewed "no policy set: nothing would be mitigated", exit 0,
+        # where the import refuses the directory; a --policies preview said the same over
+        # the mitigations it listed; and a preview stopped by a truncated gzip printed an
+        # import's summary ("accepted 0 ... decisions: none"), no preview at all.
+        f = self.path("p.ndjson")
+        write_ndjson(f, 2000)
+        missing = self.path("typo")
+        code, out, err = import_cmd(f, "--data", missing, "--dry-run")
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn("no ledger in", err)
+        policies = os.path.join(EXAMPLES, "policies", "music.yaml")
+        code, out, err = import_cmd(f, "--data", missing, "--dry-run", "--policies", policies)
+        self.assertEqual(code, 0, err)
+        self.assertIn("against an empty state", err)
+        self.assertIn("dry run against the --policies set (not published)", out)
+        self.assertNotIn("no policy set", out)
+        with open(f, "rb") as fh:
+            packed = gzip.compress(fh.read())
+        cut = self.path("cut.ndjson.gz")
+        with open(cut, "wb") as fh:
+            fh.write(packed[: len(packed) // 2])
+        code, out, err = import_cmd(cut, "--data", self.data, "--dry-run", "--json")
+        self.assertEqual(code, 1, err)
+        s = json.loads(out)
+        self.assertFalse(s["ok"])
+        self.assertIn("truncated gzip", s["error"])
+        self.assertGreater(s["read"], 0)
+        self.assertEqual(s["dry_run"]["rows"], s["read"], s)
+        self.assertGreater(s["dry_run"]["new"]["total"], 0, s)
+        code, out, err = import_cmd(cut, "--data", self.data, "--dry-run")
+        self.assertEqual(code, 1, err)
+        self.assertIn("the dry run stopped at the error above", out)
+        self.assertIn("dry run against policy set v1", out)
+        self.assertNotIn("accepted", out)
+
     def test_dry_run_then_import(self):
         f = self.path("d.ndjson")
         write_ndjson(f, 400)
