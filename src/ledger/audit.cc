@@ -167,6 +167,10 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
     report.broken_seq = seq;
     report.reason = std::move(reason);
   };
+  // The head before the walk: on PostgreSQL chain_head, which every commit writes, so a
+  // walk that ends below it met a cut tail (a change no table refers to, deleted). On
+  // SQLite the head is the last row, which a cut lowers too.
+  QUELL_ASSIGN_OR_RETURN(const int64_t head_before, store.LastSeq());
   // What the server serves from outside the chain, each read in one snapshot whose head
   // is known: the changes up to that head must make exactly that. (1) The live
   // mitigations (ScanLive, through each row's latest change): each live, as of that change.
@@ -451,6 +455,13 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
   if (report.last_seq > head_after) {
     fail(report.last_seq, absl::StrCat("seq ", report.last_seq, " is past the ledger's head ",
                                        head_after, " (a change no commit wrote)"));
+    return report;
+  }
+  if (report.last_seq < head_before) {
+    fail(report.last_seq + 1,
+         absl::StrCat("the changes end at seq ", report.last_seq, ", the ledger's head was ",
+                      head_before, " when the audit began: the changes after ", report.last_seq,
+                      " were deleted"));
     return report;
   }
   // The walk ended before a snapshot's head (the changes after it were cut): the tables

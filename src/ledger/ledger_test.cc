@@ -828,6 +828,30 @@ TEST_P(LedgerTest, AuditComparesTheMitigationsTableWithTheChain) {
     EXPECT_THAT(r.reason, HasSubstr("past the ledger's head 7"));
     ASSERT_TRUE(backend_->ExecRaw("DELETE FROM changes WHERE seq = 8").ok());
     ASSERT_TRUE(verify().ok());
+
+    // The tail cut: a change no table refers to (a review journal's) deleted. The walk
+    // ended intact at 7; chain_head, which its commit wrote, still says 8.
+    ASSERT_TRUE(ledger
+                    ->SubmitAndWait([&](Txn& txn, absl::Time) -> absl::Status {
+                      Change c;
+                      c.kind = ChangeKind::kReview;
+                      c.actor = "k_test";
+                      c.subject = "rb_x";
+                      c.entity = "quell:rollbacks";
+                      c.payload = "{}";
+                      return txn.Append(std::move(c), nullptr).status();
+                    })
+                    .ok());
+    ASSERT_TRUE(verify().ok());
+    ASSERT_TRUE(backend_->ExecRaw("DELETE FROM changes WHERE seq = 8").ok());
+    r = verify();
+    EXPECT_EQ(r.broken_seq, 8);
+    EXPECT_THAT(r.reason, HasSubstr("the changes end at seq 7, the ledger's head was 8"));
+    ASSERT_TRUE(backend_
+                    ->ExecRaw("UPDATE chain_head SET seq = 7, hash = '" + (*last)[0].hash +
+                              "' WHERE id = 1")
+                    .ok());
+    ASSERT_TRUE(verify().ok());
   }
 
   // An ended mitigation's row deleted (its record of a revocation erased): no live row
