@@ -118,6 +118,12 @@ TEST(LexerTest, CommentsAndBadCharacters) {
   EXPECT_EQ(LexErrors("a & b"), "1:3: unexpected '&' — use && for logical and;");
   EXPECT_EQ(LexErrors("a # b"), "1:3: unexpected character '#';");
   EXPECT_EQ(LexErrors("a \x01"), "1:3: unexpected byte 0x01;");
+  // A non-ASCII character is one error (it was one per byte), and the next column counts
+  // it as one.
+  EXPECT_EQ(LexErrors("a \xc3\xa9 \xe2\x82\xac b"),
+            "1:3: unexpected character '\xc3\xa9';1:5: unexpected character '\xe2\x82\xac';");
+  EXPECT_EQ(LexErrors("\xc3 \xff"), "1:1: unexpected byte 0xc3;1:3: unexpected byte 0xff;");
+  EXPECT_EQ(LexErrors("a \xc2\x9b"), "1:3: unexpected control character 0xc2 0x9b;");
 }
 
 std::string P(std::string_view src) {

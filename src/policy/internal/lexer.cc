@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/strings.h"
+#include "core/utf8.h"
 
 namespace quell::policy::internal {
 namespace {
@@ -35,6 +36,14 @@ void AppendUtf8(uint32_t cp, std::string* out) {
     out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
+}
+
+// The length of the valid UTF-8 sequence of two or more bytes `s` starts with, else 0.
+size_t Utf8Length(std::string_view s) {
+  const auto lead = static_cast<unsigned char>(s.empty() ? 0 : s[0]);
+  const size_t n = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC2 ? 2 : 0;
+  if (n == 0 || s.size() < n || core::FindInvalidUtf8(s.substr(0, n)).has_value()) return 0;
+  return n;
 }
 
 class Lexer {
@@ -181,6 +190,16 @@ class Lexer {
     unsigned char uc = static_cast<unsigned char>(c);
     if (uc >= 0x20 && uc < 0x7F) {
       Error(p, absl::StrCat("unexpected character '", std::string(1, c), "'"));
+    } else if (size_t n = Utf8Length(src_.substr(i_)); n > 1) {
+      // One error for the character, not one per byte ("é" read as 0xc3 then 0xa9).
+      // (A C1 control is named by its bytes: messages reach terminals.)
+      const std::string_view ch = src_.substr(i_, n);
+      Error(p,
+            core::HasControlCharacter(ch)
+                ? absl::StrCat("unexpected control character 0x", absl::Hex(uc, absl::kZeroPad2),
+                               " 0x", absl::Hex(static_cast<unsigned char>(ch[1]), absl::kZeroPad2))
+                : absl::StrCat("unexpected character '", AV(ch), "'"));
+      for (size_t k = 1; k < n; ++k) Advance();
     } else {
       Error(p, absl::StrCat("unexpected byte 0x", absl::Hex(uc, absl::kZeroPad2)));
     }
