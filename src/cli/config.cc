@@ -1,5 +1,6 @@
 #include "cli/config.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <optional>
@@ -132,7 +133,10 @@ absl::StatusOr<absl::Duration> CheckedDuration(std::string_view text, bool allow
 
 absl::StatusOr<int64_t> CheckedInt(std::string_view text, const IntKey& k, std::string_view where) {
   int64_t n = 0;
-  if (!absl::SimpleAtoi(AV(text), &n) || n < k.min || n > k.max) {
+  // Digits only: SimpleAtoi also takes "+5" and " 5", which no other setting does.
+  const bool digits = !text.empty() && std::all_of(text.begin(), text.end(),
+                                                   [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits || !absl::SimpleAtoi(AV(text), &n) || n < k.min || n > k.max) {
     return absl::InvalidArgumentError(
         absl::StrCat(AV(where), " must be an integer in [", k.min, ", ", k.max, "]"));
   }

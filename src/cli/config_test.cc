@@ -245,10 +245,16 @@ TEST(ConfigTest, SafeguardsAndWebhooksEnvironmentOverridesFile) {
   EXPECT_FALSE(st.ok());
   EXPECT_NE(st.message().find("QUELL_SAFEGUARDS_BULK_THRESHOLD"), absl::string_view::npos);
   unsetenv("QUELL_SAFEGUARDS_BULK_THRESHOLD");
-  setenv("QUELL_WEBHOOK_MAX_ATTEMPTS", "0", 1);
-  st = ApplyEnvironment(&*c);
-  EXPECT_FALSE(st.ok());
-  EXPECT_NE(st.message().find("QUELL_WEBHOOK_MAX_ATTEMPTS"), absl::string_view::npos);
+  // Out of range, and spellings absl::SimpleAtoi takes that no other integer setting does.
+  for (const char* bad : {"0", "+5", " 5", "5 ", "0x5"}) {
+    setenv("QUELL_WEBHOOK_MAX_ATTEMPTS", bad, 1);
+    st = ApplyEnvironment(&*c);
+    EXPECT_FALSE(st.ok()) << bad;
+    EXPECT_NE(st.message().find("QUELL_WEBHOOK_MAX_ATTEMPTS"), absl::string_view::npos);
+  }
+  setenv("QUELL_WEBHOOK_MAX_ATTEMPTS", "5", 1);
+  ASSERT_TRUE(ApplyEnvironment(&*c).ok());
+  EXPECT_EQ(c->webhooks.max_attempts, 5);
   unsetenv("QUELL_WEBHOOK_MAX_ATTEMPTS");
   unsetenv("QUELL_WEBHOOK_POLL");
 }
