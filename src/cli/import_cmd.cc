@@ -29,7 +29,8 @@ Loads bulk detections (one per row) from NDJSON, CSV or Avro files, each optiona
 or zstd compressed; FILE - reads standard input. See docs/import.md.
 
 where to:
-  --server URL --key KEY   a running server (POST /v1/detections over keep-alive HTTP)
+  --server URL --key KEY   a running server (POST /v1/detections over keep-alive HTTP);
+                           QUELL_SERVER and QUELL_KEY, unless --data or --dry-run
   --data DIR               the data directory itself (default ./var; refused while a
                            server owns it)
   --config FILE            the server's configuration (QUELL_CONFIG): its data: and,
@@ -51,6 +52,10 @@ output:
   --progress auto|bar|lines|off   (default auto: a bar on a terminal)
 tuning:
   --batch-rows N (1000)  --in-flight N (8)  --retry-for DURATION (60s)  --no-fsync
+  --help                   this text
+
+exit status: 0 every row accepted, duplicate or rejected (see --rejects); 1 stopped
+(refused input, interrupted, server or store error: --resume continues); 2 bad usage.
 )";
 
 std::atomic<bool> g_stop{false};
@@ -105,6 +110,14 @@ int ImportCommand(const std::vector<std::string>& args) {
     o.format = *f;
   }
   o.server_url = flags->Get("server").value_or("");
+  // QUELL_SERVER, as `quell check` reads it (with QUELL_KEY, which this already read: both
+  // exported for check sent an import to ./var), unless the command line says to stay
+  // local: --data, --postgres, or a dry run, which reads a ledger.
+  if (const char* env = std::getenv("QUELL_SERVER");
+      o.server_url.empty() && env != nullptr && *env != '\0' && !flags->Has("data") &&
+      !flags->Has("postgres") && !flags->Has("dry-run")) {
+    o.server_url = env;
+  }
   o.key = flags->Get("key").value_or("");
   if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
   if (!o.server_url.empty() && o.key.empty())

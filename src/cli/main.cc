@@ -273,6 +273,14 @@ absl::Status SplitListen(const std::string& listen, std::string_view flag, std::
   if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
     *host = host->substr(1, host->size() - 2);
   }
+  // ":8080" passed the start-up probe (an empty host is the wildcard to getaddrinfo) and
+  // then failed to resolve in the server, after the data directory and a --dev key
+  // were written. Every address is said explicitly.
+  if (host->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AV(flag), " must be HOST:PORT, got \"", listen,
+                     "\" (every address: 0.0.0.0:PORT or [::]:PORT)"));
+  }
   return absl::OkStatus();
 }
 
@@ -834,7 +842,14 @@ int Main(int argc, char** argv) {
                             command->second.repeatable);
   if (!flags.ok())
     return Usage(absl::StrCat(cmd, ": ", flags.status().message()), CommandHelp(cmd));
-  if (auto pg = PostgresLedgerOf(*flags)) postgres_url = pg->url;
+  if (auto pg = PostgresLedgerOf(*flags)) {
+    // --data with --postgres or QUELL_POSTGRES names two ledgers: which one was meant is
+    // not guessed (with QUELL_POSTGRES exported, `keys create --data ./var` put an admin
+    // key in that database, and `audit verify --data BACKUP` audited it), as policy
+    // backtest and import already refused.
+    if (flags->Has("data")) return Usage(TwoLedgers(*pg), CommandHelp(cmd));
+    postgres_url = pg->url;
+  }
   return command->second.run(*flags);
 }
 

@@ -726,6 +726,29 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(code, 2, (args, err))
                 self.assertIn(says, err)
             self.assertFalse(os.path.exists(typo))
+            # --data with --postgres or QUELL_POSTGRES names two ledgers (only a
+            # configuration's postgres: was refused): with QUELL_POSTGRES exported, `keys
+            # create --data ./var` wrote an admin key into that database. Refused before
+            # any connection, so the URL need not answer.
+            pg = "postgresql://nobody@127.0.0.1:1/none"
+            for args in (["keys", "create", "--role", "admin"], ["audit", "verify"],
+                         ["migrate"], ["serve", "--dev"]):
+                code, _, err = run_cli(*args, "--data", typo, check=False,
+                                       env=dict(os.environ, QUELL_POSTGRES=pg))
+                self.assertEqual(code, 2, (args, err))
+                self.assertIn("--data and QUELL_POSTGRES both name a ledger", err)
+                code, _, err = run_cli(*args, "--data", typo, "--postgres", pg, check=False)
+                self.assertEqual(code, 2, (args, err))
+                self.assertIn("--data and --postgres both name a ledger", err)
+            self.assertFalse(os.path.exists(typo))
+            # ":PORT" passed the start-up check, then failed to resolve after the data
+            # directory and a --dev key were written.
+            code, out, err = run_cli("serve", "--dev", "--data", typo, "--listen", ":18487",
+                                     check=False)
+            self.assertEqual(code, 2, err)
+            self.assertIn('--listen (listen:) must be HOST:PORT, got ":18487"', err)
+            self.assertNotIn("admin key", out)
+            self.assertFalse(os.path.exists(typo))
             # Reading commands on a directory without a ledger: an error, no empty ledger
             # created (audit verify used to answer "ok: 0 changes verified").
             for args in (["audit", "verify"], ["keys", "list"], ["keys", "revoke", "k_x"]):

@@ -209,6 +209,28 @@ class ServerImportTest(unittest.TestCase):
         cls.reference.cleanup()
         cls.tmp.cleanup()
 
+    def test_quell_server_and_quell_key_name_the_server(self):
+        # QUELL_KEY was read and QUELL_SERVER (which `quell check` reads) was not: with
+        # both exported, an import went to ./var. --data keeps a run local.
+        f = os.path.join(self.tmp.name, "env.ndjson")
+        with open(f, "w") as out:
+            out.write(json.dumps(dict(row(0), id="env-1", entity="user:env")) + "\n")
+        with example_server() as q:  # not the reference, whose state other tests compare
+            env = dict(os.environ, QUELL_SERVER="http://127.0.0.1:%d" % q.port,
+                       QUELL_KEY=q.admin_key)
+            p = subprocess.run([QUELL, "import", f, "--json", "--progress", "off",
+                                "--rejects", f + ".rej", "--checkpoint", f + ".cp"],
+                               env=env, capture_output=True, text=True, timeout=60,
+                               cwd=self.tmp.name)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(json.loads(p.stdout)["accepted"], 1, p.stdout)
+            self.assertIn(("user:env", "exclude_royalties"), [m[:2] for m in mitigations(q)])
+        p = subprocess.run([QUELL, "import", f, "--data", os.path.join(self.tmp.name, "none"),
+                            "--progress", "off"], env=env, capture_output=True, text=True,
+                           timeout=60, cwd=self.tmp.name)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("no ledger in", p.stderr)
+
     def test_a_csv_row_is_timed_by_the_server_clock_when_it_arrives(self):
         # The second row reaches the server 7 s after the import started, 5m03s ahead of
         # the start: within the server's 5 minutes when it arrives. Decoded locally (CSV),
