@@ -489,14 +489,41 @@ TEST_F(GrpcServerTest, ARevokedKeyEndsItsOpenStreams) {
   EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// And is counted so: the wake-up at the deadline found the call cancelled (gRPC cancels it
+// then) and about half such calls were counted and logged CANCELLED, a broken client.
 TEST_F(GrpcServerTest, WatchEndsAtItsDeadline) {
+  constexpr int kCalls = 6;
+  for (int i = 0; i < kCalls; ++i) {
+    ::grpc::ClientContext ctx;
+    Auth(&ctx, enforcer_);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    auto reader = enforcement_->Watch(&ctx, v1::WatchRequest());
+    v1::Change c;
+    EXPECT_FALSE(reader->Read(&c));
+    EXPECT_EQ(reader->Finish().error_code(), ::grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  constexpr std::string_view kDeadline =
+      R"(quell_grpc_requests_total{method="quell.v1.Enforcement/Watch",code="DEADLINE_EXCEEDED"})";
+  EXPECT_EQ(WaitForMetric(kDeadline, kCalls), kCalls);
+  EXPECT_EQ(Metric(R"(quell_grpc_requests_total{method="quell.v1.Enforcement/Watch",)"
+                   R"(code="CANCELLED"})"),
+            0);
+}
+
+TEST_F(GrpcServerTest, ACheckStreamPastItsDeadlineCountsAsDeadlineExceeded) {
   ::grpc::ClientContext ctx;
   Auth(&ctx, enforcer_);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
-  auto reader = enforcement_->Watch(&ctx, v1::WatchRequest());
-  v1::Change c;
-  EXPECT_FALSE(reader->Read(&c));
-  EXPECT_EQ(reader->Finish().error_code(), ::grpc::StatusCode::DEADLINE_EXCEEDED);
+  auto stream = enforcement_->CheckStream(&ctx);
+  v1::CheckResponse resp;
+  ASSERT_TRUE(Exchange(*stream, "user:s1", &resp));
+  EXPECT_FALSE(stream->Read(&resp));  // nothing more asked: the deadline ends it
+  EXPECT_EQ(stream->Finish().error_code(), ::grpc::StatusCode::DEADLINE_EXCEEDED);
+  constexpr std::string_view kDeadline =
+      R"(quell_grpc_requests_total{method="quell.v1.Enforcement/CheckStream",)"
+      R"(code="DEADLINE_EXCEEDED"})";
+  EXPECT_EQ(WaitForMetric(kDeadline, 1), 1);
+  EXPECT_EQ(Metric(kStreamCancelled), 0);
 }
 
 TEST_F(GrpcServerTest, WatchNeedsAKey) {
