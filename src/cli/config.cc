@@ -13,6 +13,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
+#include "obs/log.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quell::cli {
@@ -312,6 +313,11 @@ absl::Status ApplyTopKey(const std::string& key, const YAML::Node& v, const std:
     }
   } else if (key == "log_level") {
     c->log_level = v.as<std::string>();
+    // Checked here, where the line is known (serve said only "log_level: ...").
+    if (auto level = obs::ParseLevel(c->log_level); !level.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": log_level: ", level.status().message()));
+    }
   } else if (key == "store") {
     if (v.IsNull()) return absl::OkStatus();
     if (!v.IsMap()) {
@@ -462,8 +468,12 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config c) {
         try {
           return ApplyTopKey(key, v, path, at, &c);
         } catch (const YAML::Exception& e) {  // a value of the wrong type: name the key
-          return absl::InvalidArgumentError(absl::StrCat(
-              path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", key, ": ", e.msg));
+          // yaml-cpp says "bad conversion": say what that means here.
+          const std::string why = e.msg == "bad conversion"
+                                      ? "a value of the wrong type (see examples/quell.yaml)"
+                                      : e.msg;
+          return absl::InvalidArgumentError(absl::StrCat(path, ":", e.mark.line + 1, ":",
+                                                         e.mark.column + 1, ": ", key, ": ", why));
         }
       }();
       if (!st.ok()) return st;
@@ -478,7 +488,13 @@ absl::Status ApplyEnvironment(Config* c) {
   auto env = [](const char* name) -> const char* { return std::getenv(name); };
   if (const char* v = env("QUELL_LISTEN")) c->listen = v;
   if (const char* v = env("QUELL_DATA")) c->data = v;
-  if (const char* v = env("QUELL_LOG_LEVEL")) c->log_level = v;
+  if (const char* v = env("QUELL_LOG_LEVEL")) {
+    c->log_level = v;
+    if (auto level = obs::ParseLevel(c->log_level); !level.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("QUELL_LOG_LEVEL: ", level.status().message()));
+    }
+  }
   if (const char* v = env("QUELL_NODE_NAME")) c->node_name = v;
   if (const char* v = env("QUELL_TRACING_ENDPOINT")) {
     c->tracing.endpoint = v;

@@ -75,7 +75,8 @@ TEST(ConfigTest, ErrorsNameTheFileAndLine) {
   const std::string type_path = WriteTemp("data: ./v\nthreads: many\n");
   auto type = LoadConfigFile(type_path, Config{});
   ASSERT_FALSE(type.ok());
-  EXPECT_EQ(type.status().message(), type_path + ":2:10: threads: bad conversion");
+  EXPECT_EQ(type.status().message(),
+            type_path + ":2:10: threads: a value of the wrong type (see examples/quell.yaml)");
   const std::string actions_path = WriteTemp("\nactions:\n  - {name: block, verdit: deny}\n");
   auto actions = LoadConfigFile(actions_path, Config{});
   ASSERT_FALSE(actions.ok());
@@ -95,6 +96,8 @@ TEST(ConfigTest, ErrorsNameTheFileAndLine) {
             ":3: unknown key \"tracing.endpiont\""},
            {"detections:\n\n  retention: forever\n", ":3: detections.retention: "},
            {"http:\n  read_timeout: 5s\n  idle_timeout: soon\n", ":3: http.idle_timeout: "},
+           // Found at the file's line, not once serve reads it (no line, and the whole help).
+           {"listen: x\nlog_level: verbose\n", ":2: log_level: unknown log level \"verbose\""},
            // An empty section: its own line, not the next key's.
            {"listen: x\nsafeguards:\n#  x: 2\n\nwebhooks:\n  timeout: 5s\n",
             ":2: safeguards must be a mapping"}}) {
@@ -163,6 +166,11 @@ TEST(ConfigTest, EnvironmentApplies) {
   EXPECT_FALSE(c.synchronous_full);
   setenv("QUELL_THREADS", "many", 1);
   EXPECT_FALSE(ApplyEnvironment(&c).ok());
+  unsetenv("QUELL_THREADS");
+  setenv("QUELL_LOG_LEVEL", "bogus", 1);  // named, as the other variables are
+  auto level = ApplyEnvironment(&c);
+  EXPECT_TRUE(absl::StartsWith(level.message(), "QUELL_LOG_LEVEL: unknown log level")) << level;
+  unsetenv("QUELL_LOG_LEVEL");
   unsetenv("QUELL_LISTEN");
   unsetenv("QUELL_SYNCHRONOUS");
   unsetenv("QUELL_THREADS");

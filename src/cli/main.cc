@@ -731,12 +731,13 @@ int Keys(const Flags& flags) {
     auto keys = (*store)->ListKeys();
     if (!keys.ok()) return Failure(keys.status());
     // The name last: it is free text (spaces), and what tells keys of one role apart.
-    std::printf("%-30s %-9s %-25s %-22s %-8s %s\n", "ID", "ROLE", "SOURCES", "CREATED", "STATUS",
+    std::printf("%-30s %-9s %-25s %-27s %-8s %s\n", "ID", "ROLE", "SOURCES", "CREATED", "STATUS",
                 "NAME");
     for (const auto& k : *keys) {
       std::string sources;
       for (const auto& s : k.sources) absl::StrAppend(&sources, sources.empty() ? "" : ",", s);
-      std::printf("%-30s %-9s %-25s %-22s %-8s %s\n", k.id.c_str(), k.role.c_str(),
+      // CREATED is 27 wide: RFC 3339 with microseconds ("2026-12-01T01:22:43.032263Z").
+      std::printf("%-30s %-9s %-25s %-27s %-8s %s\n", k.id.c_str(), k.role.c_str(),
                   sources.empty() ? "-" : sources.c_str(),
                   core::FormatRfc3339(k.created_at).c_str(), k.revoked_at ? "revoked" : "active",
                   k.name.c_str());
@@ -751,7 +752,13 @@ int Keys(const Flags& flags) {
 
 int Audit(const Flags& flags) {
   const auto& pos = flags.positional();
-  if (pos.size() != 2 || pos[1] != "verify") return Usage("audit verify [--data DIR]", kAuditHelp);
+  // What is wrong, as the other commands say it ("audit verify [--data DIR]" alone did not).
+  if (pos.size() < 2) return Usage("audit: name what to do: audit verify", kAuditHelp);
+  if (pos[1] != "verify") {
+    return Usage(absl::StrCat("audit: unknown subcommand \"", pos[1], "\" (audit verify)"),
+                 kAuditHelp);
+  }
+  if (auto stray = NoArguments(flags, 2)) return *stray;
   auto config = BuildConfig(flags);
   if (!config.ok()) return ConfigError(config.status());
   auto store = OpenStore(*config, /*create=*/false);

@@ -718,6 +718,8 @@ class LifecycleTest(unittest.TestCase):
             # Stray arguments, a flag given twice, a flag of another verb, stdin twice:
             # usage errors, each (they ran, or the last value silently won).
             for args, says in ((["version", "extra"], 'unexpected argument "extra"'),
+                               (["audit", "verify", "extra"], 'unexpected argument "extra"'),
+                               (["audit", "veriphy"], 'unknown subcommand "veriphy"'),
                                (["keys", "create", "--role", "admin", "--role", "viewer"],
                                 "--role is given twice"),
                                (["keys", "list", "--role", "admin"], "--role is for keys create"),
