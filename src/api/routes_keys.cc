@@ -3,6 +3,7 @@
 #include "api/internal/context.h"
 #include "api/json_reader.h"
 #include "core/mitigation.h"
+#include "core/strings.h"
 #include "core/time.h"
 
 namespace quell::api::internal {
@@ -29,6 +30,19 @@ std::string KeyJson(const ledger::ApiKey& k, std::string_view token = {}) {
   }
   out += '}';
   return out;
+}
+
+// auth::MakeKey's refusal as the other 400s are, a field and its message: "sources[1]: a
+// is given twice" was a bare message, with no details to point a form at. Its rules on
+// the key as a whole ("a detector key needs at least one source") are about sources.
+ApiError KeyRefused(const absl::Status& s) {
+  if (!absl::IsInvalidArgument(s)) return ApiError::FromStatus(s);
+  const std::string_view m = SV(s.message());
+  const size_t colon = m.find(": ");
+  const bool named = colon != std::string_view::npos &&
+                     (m.starts_with("sources[") || m.substr(0, colon) == "name");
+  return ApiError::Field(named ? std::string(m.substr(0, colon)) : "sources",
+                         std::string(named ? m.substr(colon + 2) : m));
 }
 
 }  // namespace
@@ -69,7 +83,7 @@ void AddKeyRoutes(Router& router, Context& ctx) {
       return call.Fail(ApiError::InvalidArgument("invalid key", std::move(errors)));
     auto key = auth::MakeKey(*role, sources.value_or(std::vector<std::string>{}), name.value_or(""),
                              ctx.deps.clock->Now());
-    if (!key.ok()) return call.Fail(ApiError::FromStatus(key.status()));
+    if (!key.ok()) return call.Fail(KeyRefused(key.status()));
     ctx.OffLoop(std::move(call), [&ctx, key = *std::move(key)](Call& call) {
       if (auto s = ctx.deps.ledger->store().CreateKey(key.record); !s.ok()) {
         return call.Fail(ApiError::FromStatus(s));

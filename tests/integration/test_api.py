@@ -402,6 +402,11 @@ class ApiTest(unittest.TestCase):
                      {"role": "viewer", "name": "x\u009b31mRED"}):
             status, err, _ = self.q.request("POST", "/v1/keys", body)
             self.assertEqual(status, 400, (body, err))
+            # Each with the field at fault, as every other 400 (it was a bare message).
+            self.assertEqual(err["error"]["details"][0]["field"],
+                             "name" if "name" in body else
+                             "sources[1]" if body["sources"] == ["s1", "s1"] else "sources[0]",
+                             err)
         self.assertError(post({"entity": "user:a", "action": "flag", "reason": "a\u009bb"}),
                          400, "reason")
         self.assertError(post({"entity": "ip:999.1.1.1", "action": "block", "reason": "x"}), 400, "entity")
