@@ -148,8 +148,8 @@ def avro_bytes(b):
 
 
 def write_avro(path, schema, records, blocks=1):
-    """A minimal Avro object container writer (null codec) for records of strings/doubles,
-    in `blocks` blocks."""
+    """A minimal Avro object container writer (null codec) for records of strings/doubles/
+    longs, in `blocks` blocks."""
     sync = os.urandom(16)
     meta = avro_long(2) + avro_bytes(b"avro.schema") + avro_bytes(json.dumps(schema).encode()) + \
         avro_bytes(b"avro.codec") + avro_bytes(b"null") + avro_long(0)
@@ -168,8 +168,12 @@ def avro_body(schema, records):
         for f in schema["fields"]:
             v = rec[f["name"]]
             t = f["type"]
+            if isinstance(t, dict) and t["type"] != "array":  # a primitive with a logicalType
+                t = t["type"]
             if t == "double":
                 body += struct.pack("<d", v)
+            elif t == "long":
+                body += avro_long(v)
             elif t == "string":
                 body += avro_bytes(v.encode())
             elif isinstance(t, list):  # ["null", "string"]
@@ -981,6 +985,53 @@ class DirectImportTest(unittest.TestCase):
         code, out, err = import_cmd(cut(f, "one.avro", os.path.getsize(f) - 40), "--data", self.data)
         self.assertEqual(code, 1, err)
         self.assertIn("one.avro: not a readable Avro container", err)
+
+    def avro_records(self, prefix, n, **fields):
+        base = {"source": "bot-model-v3", "type": "artificial_streaming", "score": 0.97,
+                "observed_at": ts(3), "evidence": None, "related": []}
+        base.update(fields)
+        return [dict(base, id="%s%d" % (prefix, i), entity="user:%s%d" % (prefix, i))
+                for i in range(n)]
+
+    def test_avro_observed_at_long_units(self):
+        # A long observed_at is microseconds (plain, as documented, or timestamp-micros) or
+        # milliseconds (timestamp-millis: how Apache Beam writes datetimes). Milliseconds
+        # were read as microseconds: every row stored in January 1970, with exit 0. The
+        # record that fails (score 9) shows in the rejects file the time it was read as.
+        def schema(observed_type):
+            s = json.loads(json.dumps(AVRO_SCHEMA))
+            [f for f in s["fields"] if f["name"] == "observed_at"][0]["type"] = observed_type
+            return s
+        now_ms = int(time.time() * 1000) - 3 * 60 * 1000
+        known_ms = 1714557600250  # 2024-05-01T10:00:00.250Z
+        for name, observed_type, scale in [
+                ("millis", {"type": "long", "logicalType": "timestamp-millis"}, 1),
+                ("micros", {"type": "long", "logicalType": "timestamp-micros"}, 1000),
+                ("plain", "long", 1000)]:
+            recs = self.avro_records(name, 10, observed_at=now_ms * scale)
+            recs.append(dict(recs[0], id=name + "-bad", score=9, observed_at=known_ms * scale))
+            f = self.path(name + ".avro")
+            write_avro(f, schema(observed_type), recs)
+            code, out, err = import_cmd(f, "--data", self.data, "--json")
+            self.assertEqual(code, 0, err)
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (11, 10, 1), name)
+            self.assertEqual(s["decisions"].get("active"), 10, name)
+            with open(f + ".rejects.ndjson") as r:
+                rejected = json.loads(json.loads(r.readline())["row"])
+            self.assertTrue(rejected["observed_at"].startswith("2024-05-01T10:00:00.25"),
+                            (name, rejected))
+        # Any other logical type could be any other unit: refused, naming it.
+        for observed_type in [{"type": "long", "logicalType": "local-timestamp-millis"},
+                              {"type": "long", "logicalType": "timestamp-nanos"},
+                              {"type": "string", "logicalType": "timestamp-millis"}]:
+            f = self.path("other.avro")
+            value = ts(3) if observed_type["type"] == "string" else now_ms
+            write_avro(f, schema(observed_type), self.avro_records("o", 2, observed_at=value))
+            code, _, err = import_cmd(f, "--data", self.data)
+            self.assertEqual(code, 1, err)
+            self.assertIn("the Avro schema does not fit", err)
+            self.assertIn('"observed_at" has logicalType "%s"' % observed_type["logicalType"], err)
 
     def test_a_second_import_counts_the_first_in_the_breakers_window(self):
         # Each import (and each resume after Ctrl-C or kill -9) builds its safeguards anew:

@@ -27,13 +27,15 @@ namespace quell::importer::internal {
 namespace {
 
 enum class Kind { kString, kDouble, kTime, kEvidence, kRelated };
+// How observed_at is written: RFC 3339 text, or a long in the unit its logicalType says.
+enum class TimeAs { kText, kMicros, kMillis };
 
 struct FieldPlan {
   std::string name;
   Kind kind;
   bool nullable = false;  // a ["null", T] union
   int index = 0;          // in the writer schema
-  bool time_is_long = false;
+  TimeAs time_as = TimeAs::kText;
 };
 
 // Reads one zigzag varint (Avro's int and long) from `in` at `*pos`; false if cut short.
@@ -51,33 +53,74 @@ bool ReadAvroLong(std::string_view in, size_t* pos, int64_t* out) {
   return false;
 }
 
-// The sync marker that ends the header of an object container whose start is `head`
-// (magic, then the metadata map: blocks of string keys and bytes values, a 0 count last),
-// or "" if `head` is cut short of it.
-std::string HeaderSync(std::string_view head) {
+struct Header {
+  std::string sync;    // the marker that ends the header and each block
+  std::string schema;  // the "avro.schema" metadata: the writer schema as JSON
+};
+
+// The header of an object container whose start is `head` (magic, then the metadata map:
+// blocks of string keys and bytes values, a 0 count last, then the sync marker), or
+// nullopt if `head` is cut short of it.
+std::optional<Header> ParseHeader(std::string_view head) {
+  Header h;
   size_t pos = 4;
   for (;;) {
     int64_t count = 0;
-    if (!ReadAvroLong(head, &pos, &count)) return "";
+    if (!ReadAvroLong(head, &pos, &count)) return std::nullopt;
     if (count == 0) break;
     if (count < 0) {
       int64_t block_bytes = 0;
-      if (count == INT64_MIN || !ReadAvroLong(head, &pos, &block_bytes)) return "";
+      if (count == INT64_MIN || !ReadAvroLong(head, &pos, &block_bytes)) return std::nullopt;
       count = -count;
     }
     // Each entry takes at least two bytes (two lengths): more than fit is a bad header.
-    if (static_cast<uint64_t>(count) > (head.size() - pos) / 2) return "";
+    if (static_cast<uint64_t>(count) > (head.size() - pos) / 2) return std::nullopt;
+    std::string_view key;
     for (int64_t i = 0; i < 2 * count; ++i) {  // key, then value
       int64_t len = 0;
       if (!ReadAvroLong(head, &pos, &len) || len < 0 ||
           static_cast<uint64_t>(len) > head.size() - pos) {
-        return "";
+        return std::nullopt;
+      }
+      const std::string_view bytes = head.substr(pos, static_cast<size_t>(len));
+      if (i % 2 == 0) {
+        key = bytes;
+      } else if (key == "avro.schema") {
+        h.schema = std::string(bytes);
       }
       pos += static_cast<size_t>(len);
     }
   }
-  if (head.size() - pos < 16) return "";
-  return std::string(head.substr(pos, 16));
+  if (head.size() - pos < 16) return std::nullopt;
+  h.sync = std::string(head.substr(pos, 16));
+  return h;
+}
+
+// The logicalType of observed_at's type in the writer schema `json`: "" if it has none,
+// nullopt if the JSON does not say (not an object, or a logicalType that is not a
+// string). libavro drops logical types as it parses a schema (a timestamp-millis long is
+// a plain long to it), so the unit is read from the JSON here.
+std::optional<std::string> ObservedAtLogicalType(std::string_view json) {
+  rapidjson::Document doc;
+  doc.Parse(json.data(), json.size());
+  if (doc.HasParseError() || !doc.IsObject()) return std::nullopt;
+  const auto fields = doc.FindMember("fields");
+  if (fields == doc.MemberEnd() || !fields->value.IsArray()) return "";
+  for (const rapidjson::Value& f : fields->value.GetArray()) {
+    if (!f.IsObject()) continue;
+    const auto name = f.FindMember("name");
+    if (name == f.MemberEnd() || !name->value.IsString() ||
+        std::string_view(name->value.GetString(), name->value.GetStringLength()) != "observed_at") {
+      continue;
+    }
+    const auto type = f.FindMember("type");
+    if (type == f.MemberEnd() || !type->value.IsObject()) return "";
+    const auto logical = type->value.FindMember("logicalType");
+    if (logical == type->value.MemberEnd()) return "";
+    if (!logical->value.IsString()) return std::nullopt;
+    return std::string(logical->value.GetString(), logical->value.GetStringLength());
+  }
+  return "";
 }
 
 // The type of a field, seen through an optional ["null", T] union.
@@ -97,7 +140,9 @@ avro_schema_t Unwrap(avro_schema_t s, bool* nullable) {
   return nullptr;
 }
 
-absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::string& name) {
+// `json` is the schema's text, for what libavro does not keep of it (logical types).
+absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, std::string_view json,
+                                            const std::string& name) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": the Avro schema does not fit (", why,
                                                    "); the expected schema is in docs/import.md"));
@@ -127,14 +172,26 @@ absl::StatusOr<std::vector<FieldPlan>> Plan(avro_schema_t schema, const std::str
       if (!is_avro_double(t) && !is_avro_float(t)) return bad("field \"score\" must be a double");
       p.kind = Kind::kDouble;
     } else if (p.name == "observed_at") {
-      if (is_avro_string(t)) {
-        p.kind = Kind::kTime;
-      } else if (is_avro_int64(t)) {
-        p.kind = Kind::kTime;
-        p.time_is_long = true;
+      // A plain long is microseconds (docs/import.md); a logicalType but the two timestamps
+      // may be another unit: refused rather than guessed.
+      const std::optional<std::string> logical = ObservedAtLogicalType(json);
+      if (!logical)
+        return bad("field \"observed_at\": its logicalType cannot be read from the schema");
+      p.kind = Kind::kTime;
+      if (is_avro_string(t) && logical->empty()) {
+        p.time_as = TimeAs::kText;
+      } else if (is_avro_int64(t) && (logical->empty() || *logical == "timestamp-micros")) {
+        p.time_as = TimeAs::kMicros;
+      } else if (is_avro_int64(t) && *logical == "timestamp-millis") {
+        p.time_as = TimeAs::kMillis;
+      } else if (!logical->empty() && (is_avro_string(t) || is_avro_int64(t))) {
+        return bad(absl::StrCat("field \"observed_at\" has logicalType \"", *logical,
+                                "\": a long may be timestamp-micros or timestamp-millis, a "
+                                "string none"));
       } else {
         return bad(
-            "field \"observed_at\" must be a string (RFC 3339) or a long (timestamp-micros)");
+            "field \"observed_at\" must be a string (RFC 3339) or a long (timestamp-micros, "
+            "or timestamp-millis)");
       }
     } else if (p.name == "evidence") {
       if (!is_avro_string(t))
@@ -191,7 +248,8 @@ class AvroReader final : public RowReader {
                        "its first MiB"));
     }
     schema_ = avro_file_reader_get_writer_schema(reader_);
-    auto plan = Plan(schema_, source_->name());
+    auto plan = Plan(schema_, schema_json_, source_->name());
+    std::string().swap(schema_json_);
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
     for (const FieldPlan& p : plan_) {  // both required, strings, never null (Plan)
@@ -340,10 +398,11 @@ class AvroReader final : public RowReader {
           break;
         }
         case Kind::kTime: {
-          if (p.time_is_long) {
-            int64_t micros = 0;
-            avro_value_get_long(&field, &micros);
-            std::string t = core::FormatRfc3339(absl::FromUnixMicros(micros));
+          if (p.time_as != TimeAs::kText) {
+            int64_t n = 0;
+            avro_value_get_long(&field, &n);
+            std::string t = core::FormatRfc3339(
+                p.time_as == TimeAs::kMillis ? absl::FromUnixMillis(n) : absl::FromUnixMicros(n));
             doc.AddMember(key, str(t), a);
           } else {
             doc.AddMember(key, str(text(field, p)), a);
@@ -394,8 +453,11 @@ class AvroReader final : public RowReader {
     std::string_view read(buf, *got);
     if (self->sync_.empty() && self->head_.size() < kMaxHeaderBytes) {
       self->head_.append(read.substr(0, kMaxHeaderBytes - self->head_.size()));
-      self->sync_ = HeaderSync(self->head_);
-      if (!self->sync_.empty()) std::string().swap(self->head_);  // the first block stays out
+      if (std::optional<Header> h = ParseHeader(self->head_)) {
+        self->sync_ = std::move(h->sync);
+        self->schema_json_ = std::move(h->schema);
+        std::string().swap(self->head_);  // the first block stays out
+      }
     }
     if (read.size() >= 16) {
       self->tail_.assign(read.substr(read.size() - 16));
@@ -472,10 +534,11 @@ class AvroReader final : public RowReader {
   // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
   // the file is refused.
   static constexpr size_t kMaxHeaderBytes = 1 << 20;
-  std::string head_;     // the bytes read until the header parses (libavro reads it first)
-  std::string sync_;     // the file's sync marker, from its header
-  std::string tail_;     // the last (up to) 16 bytes libavro read
-  bool at_end_ = false;  // a read found the end of the input
+  std::string head_;         // the bytes read until the header parses (libavro reads it first)
+  std::string sync_;         // the file's sync marker, from its header
+  std::string schema_json_;  // the writer schema's JSON, from its header, until Init's Plan
+  std::string tail_;         // the last (up to) 16 bytes libavro read
+  bool at_end_ = false;      // a read found the end of the input
   int id_index_ = 0, source_index_ = 0;
   // CRC-32 of the keys (source and id, length-prefixed) of the records read or skipped:
   // what a Position records of an Avro file, since its records are counted, not its bytes.
