@@ -1033,6 +1033,31 @@ class DirectImportTest(unittest.TestCase):
             self.assertIn("the Avro schema does not fit", err)
             self.assertIn('"observed_at" has logicalType "%s"' % observed_type["logicalType"], err)
 
+    def test_avro_nul_bytes_are_row_errors(self):
+        # A raw NUL in an Avro string is a row error naming the field, as a NUL in an NDJSON
+        # or CSV row is. It was not checked: an observed_at "...Z\0junk" was imported as the
+        # time before the NUL, and other fields failed later for other reasons ("evidence:
+        # not valid JSON") or not at all.
+        recs = self.avro_records("n", 7)
+        recs[1]["evidence"] = '{"k": 1, "x\x00": 2}'
+        recs[2]["observed_at"] = ts(3) + "\x00junk"
+        recs[3]["related"] = ["device:d1", "device:\x00d2"]
+        recs[4]["entity"] = "user:n4\x00x"
+        recs[5]["id"] = "\x00"
+        f = self.path("nul.avro")
+        write_avro(f, AVRO_SCHEMA, recs)
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        s = json.loads(out)
+        self.assertEqual((s["read"], s["accepted"], s["rejected"]), (7, 2, 5), s)
+        with open(f + ".rejects.ndjson") as r:
+            rejects = [json.loads(l) for l in r]
+        self.assertEqual([r["line"] for r in rejects], [2, 3, 4, 5, 6])
+        for r, (field, at) in zip(rejects, [("evidence", 12), ("observed_at", 21),
+                                            ("related", 8), ("entity", 8), ("id", 1)]):
+            self.assertEqual(r["error"], 'field "%s": NUL byte at byte %d' % (field, at), r)
+            self.assertIn("\\u0000", r["row"])  # the whole record, the NUL escaped in its JSON
+
     def test_a_second_import_counts_the_first_in_the_breakers_window(self):
         # Each import (and each resume after Ctrl-C or kill -9) builds its safeguards anew:
         # their breaker windows started empty, so two imports minutes apart let 2 x 100

@@ -333,20 +333,25 @@ class AvroReader final : public RowReader {
     absl::Status bad_field;
     std::deque<std::string> fixed;  // replaced text, alive until the record is written
     // A string field's bytes: Avro promises UTF-8 but does not check it (as JSON rows are,
-    // they are checked, so that no sink stores invalid text).
+    // they are checked, so that no sink stores invalid text). Nor does it forbid a NUL,
+    // which is a row error as in an NDJSON or CSV row (CheckRowUtf8): the text after it
+    // is lost wherever the string is read as a C string (JSON parsers, C APIs).
     auto text = [&](avro_value_t& v, const FieldPlan& p) -> std::string_view {
       const char* s = nullptr;
       size_t n = 0;
       avro_value_get_string(&v, &s, &n);
-      std::string_view out(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL
-      if (auto bad = core::FindInvalidUtf8(out)) {
-        if (bad_field.ok()) {
-          bad_field = absl::InvalidArgumentError(
-              absl::StrCat("field \"", p.name, "\": invalid UTF-8 at byte ", *bad + 1));
-        }
-        return fixed.emplace_back(core::ReplaceInvalidUtf8(out));
+      std::string_view out(s, n > 0 ? n - 1 : 0);  // libavro counts the NUL it adds
+      const std::optional<size_t> bad_utf8 = core::FindInvalidUtf8(out);
+      const size_t nul = out.find('\0');
+      if (bad_field.ok() && bad_utf8) {
+        bad_field = absl::InvalidArgumentError(
+            absl::StrCat("field \"", p.name, "\": invalid UTF-8 at byte ", *bad_utf8 + 1));
+      } else if (bad_field.ok() && nul != std::string_view::npos) {
+        bad_field = absl::InvalidArgumentError(
+            absl::StrCat("field \"", p.name, "\": NUL byte at byte ", nul + 1));
       }
-      return out;
+      if (bad_utf8) return fixed.emplace_back(core::ReplaceInvalidUtf8(out));
+      return out;  // a NUL is kept: the rejects file's JSON escapes it
     };
     auto str = [&](std::string_view v) {
       return rapidjson::Value(v.data(), static_cast<rapidjson::SizeType>(v.size()), a);
