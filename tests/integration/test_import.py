@@ -147,19 +147,27 @@ def avro_bytes(b):
     return avro_long(len(b)) + b
 
 
-def write_avro(path, schema, records, blocks=1):
+def write_avro(path, schema, records, blocks=1, block_sizes=None, block_syncs=None):
     """A minimal Avro object container writer (null codec) for records of strings/doubles/
-    longs, in `blocks` blocks."""
+    longs, in `blocks` blocks, or in blocks of `block_sizes` records each (0: an empty
+    block, which the spec allows). `block_syncs` maps a block's index to the marker that
+    ends it instead of the file's (a corrupt block)."""
     sync = os.urandom(16)
     meta = avro_long(2) + avro_bytes(b"avro.schema") + avro_bytes(json.dumps(schema).encode()) + \
         avro_bytes(b"avro.codec") + avro_bytes(b"null") + avro_long(0)
-    per_block = -(-len(records) // blocks) if records else 0
+    if block_sizes is None:
+        per_block = -(-len(records) // blocks) if records else 0
+        block_sizes = [len(records[s:s + per_block]) for s in range(0, len(records), per_block or 1)]
+    assert sum(block_sizes) == len(records)
     with open(path, "wb") as f:
         f.write(b"Obj\x01" + meta + sync)
-        for start in range(0, len(records), per_block or 1):
-            part = records[start:start + per_block]
+        start = 0
+        for i, n in enumerate(block_sizes):
+            part = records[start:start + n]
+            start += n
             body = avro_body(schema, part)
-            f.write(avro_long(len(part)) + avro_long(len(body)) + body + sync)
+            end = (block_syncs or {}).get(i, sync)
+            f.write(avro_long(len(part)) + avro_long(len(body)) + body + end)
 
 
 def avro_body(schema, records):
@@ -1057,6 +1065,40 @@ class DirectImportTest(unittest.TestCase):
                                             ("related", 8), ("entity", 8), ("id", 1)]):
             self.assertEqual(r["error"], 'field "%s": NUL byte at byte %d' % (field, at), r)
             self.assertIn("\\u0000", r["row"])  # the whole record, the NUL escaped in its JSON
+
+    def test_avro_empty_blocks_are_skipped(self):
+        # A block of 0 records is legal Avro. libavro read the block before it once more
+        # as one record (counted a duplicate), then ended: the records after the empty block
+        # were dropped with exit 0 (a large file stopped with an error instead), and a file
+        # starting with one was refused as empty.
+        for name, sizes in [("mid", [5, 0, 5]), ("end", [5, 5, 0]), ("first", [0, 5, 5]),
+                            ("many", [0, 3, 0, 0, 4, 0, 3, 0]), ("big", [3000, 0, 3000])]:
+            f = self.path(name + ".avro")
+            write_avro(f, AVRO_SCHEMA, self.avro_records(name, sum(sizes)), block_sizes=sizes)
+            code, out, err = import_cmd(f, "--data", self.data, "--json")
+            self.assertEqual(code, 0, (name, err))
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["duplicate"], s["rejected"]),
+                             (sum(sizes), sum(sizes), 0, 0), name)
+        # An empty block not ended by the file's sync marker is corrupt, and one cut short
+        # is a cut: the run stops after the records before it.
+        f = self.path("bad-sync.avro")
+        write_avro(f, AVRO_SCHEMA, self.avro_records("bs", 10), block_sizes=[5, 0, 5],
+                   block_syncs={1: b"\xee" * 16})
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 1, err)
+        self.assertIn("bad-sync.avro: corrupt Avro data after record 5: a block of 0 records "
+                      "does not end with the file's sync marker", err)
+        self.assertEqual(json.loads(out)["accepted"], 5)
+        f = self.path("cut.avro")
+        write_avro(f, AVRO_SCHEMA, self.avro_records("ct", 5), block_sizes=[5, 0])
+        with open(f, "r+b") as w:
+            w.truncate(os.path.getsize(f) - 8)  # inside the empty block's sync marker
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 1, err)
+        self.assertIn("cut.avro: corrupt Avro data after record 5: the data ends inside a block",
+                      err)
+        self.assertEqual(json.loads(out)["accepted"], 5)
 
     def test_a_second_import_counts_the_first_in_the_breakers_window(self):
         # Each import (and each resume after Ctrl-C or kill -9) builds its safeguards anew:

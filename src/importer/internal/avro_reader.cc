@@ -54,6 +54,7 @@ bool ReadAvroLong(std::string_view in, size_t* pos, int64_t* out) {
 }
 
 struct Header {
+  size_t size = 0;     // its bytes, through the sync marker
   std::string sync;    // the marker that ends the header and each block
   std::string schema;  // the "avro.schema" metadata: the writer schema as JSON
 };
@@ -93,6 +94,7 @@ std::optional<Header> ParseHeader(std::string_view head) {
   }
   if (head.size() - pos < 16) return std::nullopt;
   h.sync = std::string(head.substr(pos, 16));
+  h.size = pos + 16;
   return h;
 }
 
@@ -121,6 +123,166 @@ std::optional<std::string> ObservedAtLogicalType(std::string_view json) {
     return std::string(logical->value.GetString(), logical->value.GetStringLength());
   }
   return "";
+}
+
+// An object container's bytes as libavro is to read them: the same bytes without the
+// blocks of 0 records. The spec allows those, but libavro 1.11's
+// avro_file_reader_read_value mishandles one: it takes the count of 0, decodes a record
+// from the previous block's data all the same (an invented record), and then reports the
+// end of the file, whatever follows. Its API has no way to skip a block, so they are
+// dropped before it sees them. Nothing else is changed or checked here: this follows the
+// blocks' framing (count, byte size, bytes, sync marker) only to find the empty ones, and
+// from framing it cannot follow (a varint over 10 bytes, a negative size) on passes every
+// byte, for libavro to judge.
+//
+// Thread-safety: confined to one thread.
+class EmptyBlockFilter {
+ public:
+  //! Appends to `out` what libavro is to read of `in`, the next bytes of the file.
+  void Feed(std::string_view in, std::string* out);
+
+  //! The file's sync marker, once its header has been fed whole ("" before, and for good
+  //! when no header is found within kMaxHeaderBytes).
+  const std::string& sync() const { return sync_; }
+  //! The writer schema's JSON, from the header; the caller may take it.
+  std::string& schema_json() { return schema_json_; }
+  //! Whether the bytes fed so far end inside a block's count or an empty block: bytes
+  //! held back from libavro. At the end of the file, a cut that libavro cannot see.
+  bool holding() const {
+    return (state_ == State::kCount && !varint_.empty()) || state_ == State::kEmptySize ||
+           state_ == State::kEmptyBlock || state_ == State::kEmptySync;
+  }
+  //! "" or why an empty block is corrupt; no byte from it on is passed on.
+  const std::string& error() const { return error_; }
+
+  // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
+  // the file is refused.
+  static constexpr size_t kMaxHeaderBytes = 1 << 20;
+
+ private:
+  enum class State {
+    kHeader,      // in the header
+    kCount,       // in a block's record count (held back until it is known not to be 0)
+    kSize,        // in a block's byte size
+    kBlock,       // in its bytes and sync marker
+    kEmptySize,   // in an empty block's byte size (dropped, as all of it)
+    kEmptyBlock,  // in its bytes
+    kEmptySync,   // in its sync marker
+    kPassThrough,
+    kStopped,
+  };
+
+  void Stop(std::string why) {
+    error_ = std::move(why);
+    state_ = State::kStopped;
+  }
+
+  State state_ = State::kHeader;
+  std::string head_;  // the header's bytes so far
+  std::string sync_, schema_json_;
+  std::string varint_;      // the bytes of the varint being read
+  uint64_t remaining_ = 0;  // bytes left in kBlock, kEmptyBlock and kEmptySync
+  std::string error_;
+};
+
+void EmptyBlockFilter::Feed(std::string_view in, std::string* out) {
+  while (!in.empty()) {
+    switch (state_) {
+      case State::kHeader: {
+        const size_t before = head_.size();
+        head_.append(in.substr(0, kMaxHeaderBytes - before));
+        std::optional<Header> h = ParseHeader(head_);
+        if (!h) {
+          out->append(in);
+          if (head_.size() >= kMaxHeaderBytes) {  // not a container libavro reads either
+            std::string().swap(head_);
+            state_ = State::kPassThrough;
+          }
+          return;
+        }
+        out->append(in.substr(0, h->size - before));
+        in.remove_prefix(h->size - before);
+        sync_ = std::move(h->sync);
+        schema_json_ = std::move(h->schema);
+        std::string().swap(head_);
+        state_ = State::kCount;
+        break;
+      }
+      case State::kCount:
+      case State::kSize:
+      case State::kEmptySize: {
+        varint_.push_back(in.front());
+        in.remove_prefix(1);
+        if (state_ == State::kSize) out->push_back(varint_.back());
+        if (static_cast<uint8_t>(varint_.back()) & 0x80) {
+          if (varint_.size() < 10) break;
+          // Longer than any long: framing this cannot follow.
+          if (state_ == State::kEmptySize) {
+            Stop("an empty block's byte size is not a long");
+          } else {
+            if (state_ == State::kCount) out->append(varint_);
+            state_ = State::kPassThrough;
+          }
+          varint_.clear();
+          break;
+        }
+        size_t pos = 0;
+        int64_t value = 0;
+        ReadAvroLong(varint_, &pos, &value);  // whole: its last byte is in
+        if (state_ == State::kCount) {
+          if (value != 0) out->append(varint_);
+          state_ = value == 0 ? State::kEmptySize : State::kSize;
+        } else if (value < 0) {
+          if (state_ == State::kEmptySize) {
+            Stop("an empty block's byte size is negative");
+          } else {
+            state_ = State::kPassThrough;
+          }
+        } else if (state_ == State::kSize) {
+          remaining_ = static_cast<uint64_t>(value) + 16;
+          state_ = State::kBlock;
+        } else if (value == 0) {  // an empty block of no bytes (the null codec's)
+          remaining_ = 16;
+          state_ = State::kEmptySync;
+        } else {
+          remaining_ = static_cast<uint64_t>(value);
+          state_ = State::kEmptyBlock;
+        }
+        varint_.clear();
+        break;
+      }
+      case State::kBlock:
+      case State::kEmptyBlock: {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, in.size()));
+        if (state_ == State::kBlock) out->append(in.substr(0, n));
+        in.remove_prefix(n);
+        remaining_ -= n;
+        if (remaining_ == 0) {
+          if (state_ == State::kBlock) {
+            state_ = State::kCount;
+          } else {
+            state_ = State::kEmptySync;
+            remaining_ = 16;
+          }
+        }
+        break;
+      }
+      case State::kEmptySync: {
+        if (in.front() != sync_[16 - remaining_]) {
+          Stop("a block of 0 records does not end with the file's sync marker");
+          break;
+        }
+        in.remove_prefix(1);
+        if (--remaining_ == 0) state_ = State::kCount;
+        break;
+      }
+      case State::kPassThrough:
+        out->append(in);
+        return;
+      case State::kStopped:
+        return;
+    }
+  }
 }
 
 // The type of a field, seen through an optional ["null", T] union.
@@ -239,17 +401,15 @@ class AvroReader final : public RowReader {
       return absl::InvalidArgumentError(
           absl::StrCat(source_->name(), ": not a readable Avro container: ", avro_strerror()));
     }
-    head_.clear();
-    head_.shrink_to_fit();
-    if (sync_.empty()) {  // libavro read a header that we cannot: refuse rather than guess
+    if (filter_.sync().empty()) {  // libavro read a header that we cannot: refuse rather than guess
       return absl::InvalidArgumentError(
           absl::StrCat(source_->name(),
                        ": not a readable Avro container: no metadata and sync marker within "
                        "its first MiB"));
     }
     schema_ = avro_file_reader_get_writer_schema(reader_);
-    auto plan = Plan(schema_, schema_json_, source_->name());
-    std::string().swap(schema_json_);
+    auto plan = Plan(schema_, filter_.schema_json(), source_->name());
+    std::string().swap(filter_.schema_json());
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
     for (const FieldPlan& p : plan_) {  // both required, strings, never null (Plan)
@@ -261,11 +421,11 @@ class AvroReader final : public RowReader {
       return absl::InternalError(absl::StrCat("libavro: ", avro_strerror()));
     }
     value_ready_ = true;
-    // A header and no block is an empty file: refused as an empty NDJSON or CSV file is,
-    // before anything is written, not imported as 0 rows. The first record is read here
-    // (libavro has its block already) and handed out by the first Next.
+    // A header and no block (or empty blocks only) is an empty file: refused as an empty
+    // NDJSON or CSV file is, before anything is written, not imported as 0 rows. The first
+    // record is read here (libavro has its block already) and handed out by the first Next.
     first_rc_ = avro_file_reader_read_value(reader_, &value_);
-    if (first_rc_ == EOF && tail_ == sync_) {
+    if (first_rc_ == EOF && WholeAtEnd() && filter_.error().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           source_->name(), " is empty: no rows to import (an Avro header and no records)"));
     }
@@ -445,44 +605,54 @@ class AvroReader final : public RowReader {
   }
 
   // fopencookie glue: libavro reads a FILE*, the bytes come from the ByteSource (so
-  // compression and stdin work the same as for the text formats). Keeps what Init needs
-  // of them (the header, read first) and the last 16 bytes read.
+  // compression and stdin work the same as for the text formats), through filter_ (which
+  // drops the empty blocks and keeps what Init needs of the header). Keeps the last 16
+  // bytes libavro was given. A short read is fine for stdio; 0 is the end of the file.
   static ssize_t CookieRead(void* cookie, char* buf, size_t size) {
     auto* self = static_cast<AvroReader*>(cookie);
-    auto got = self->source_->Read(buf, size);
-    if (!got.ok()) {
-      errno = EIO;
-      return -1;
-    }
-    if (*got == 0 && size > 0) self->at_end_ = true;
-    std::string_view read(buf, *got);
-    if (self->sync_.empty() && self->head_.size() < kMaxHeaderBytes) {
-      self->head_.append(read.substr(0, kMaxHeaderBytes - self->head_.size()));
-      if (std::optional<Header> h = ParseHeader(self->head_)) {
-        self->sync_ = std::move(h->sync);
-        self->schema_json_ = std::move(h->schema);
-        std::string().swap(self->head_);  // the first block stays out
+    if (size == 0) return 0;
+    // Read on while what comes is all dropped (an empty block), or libavro would take the
+    // 0 for the end of the file.
+    while (self->ready_at_ == self->ready_.size()) {
+      self->ready_.clear();
+      self->ready_at_ = 0;
+      if (self->at_end_ || !self->filter_.error().empty()) return 0;
+      self->chunk_.resize(kChunkBytes);
+      auto got = self->source_->Read(self->chunk_.data(), self->chunk_.size());
+      if (!got.ok()) {
+        errno = EIO;
+        return -1;
       }
+      if (*got == 0) {
+        self->at_end_ = true;
+        return 0;
+      }
+      self->filter_.Feed(std::string_view(self->chunk_.data(), *got), &self->ready_);
     }
+    const size_t n = std::min(size, self->ready_.size() - self->ready_at_);
+    std::memcpy(buf, self->ready_.data() + self->ready_at_, n);
+    self->ready_at_ += n;
+    const std::string_view read(buf, n);
     if (read.size() >= 16) {
       self->tail_.assign(read.substr(read.size() - 16));
     } else {
       self->tail_.append(read);
       if (self->tail_.size() > 16) self->tail_.erase(0, self->tail_.size() - 16);
     }
-    return static_cast<ssize_t>(*got);
+    return static_cast<ssize_t>(n);
   }
 
   // The next record into value_, counted and its key noted: true, or false at the end of
-  // a whole file. libavro also reports a file cut inside a block's count as its end.
-  // Every whole file ends with its sync marker; a cut right after one is a shorter whole
-  // file (the format has no end marker), anywhere else is refused. libavro also stops at a
-  // block of 0 records (which writers do not make) even if more follow: refused as well,
-  // unless the whole file was read ahead by then.
+  // a whole file. libavro also reports a file cut inside a block's count as its end, and
+  // sees the end where filter_ stopped at a corrupt empty block.
   absl::StatusOr<bool> ReadRecord() {
     const int rc = ReadValue();
     if (rc == EOF) {
-      if (tail_ != sync_) return CutShort();
+      if (!filter_.error().empty()) {
+        return absl::DataLossError(absl::StrCat(
+            source_->name(), ": corrupt Avro data after record ", rows_, ": ", filter_.error()));
+      }
+      if (!WholeAtEnd()) return CutShort();
       return false;
     }
     if (rc != 0 && CutInBlock()) return CutShort();
@@ -504,11 +674,16 @@ class AvroReader final : public RowReader {
     return at_end_ && absl::StrContains(avro_strerror(), "bytes from file");
   }
 
+  // Whether the bytes read, where libavro saw the end, make a whole file: every whole file
+  // ends with its sync marker. A cut right after one is a shorter whole file (the format
+  // has no end marker), anywhere else (in a count or an empty block, which libavro is not
+  // given) it is not.
+  bool WholeAtEnd() const { return tail_ == filter_.sync() && !filter_.holding(); }
+
   absl::Status CutShort() const {
-    return absl::DataLossError(absl::StrCat(
-        source_->name(), ": corrupt Avro data after record ", rows_,
-        ": the data ends inside a block (the file is cut short, or libavro stopped at an "
-        "empty block)"));
+    return absl::DataLossError(
+        absl::StrCat(source_->name(), ": corrupt Avro data after record ", rows_,
+                     ": the data ends inside a block (the file is cut short)"));
   }
 
   // Brings keys_crc_ over the record in value_: its source and id, each with its length.
@@ -536,14 +711,15 @@ class AvroReader final : public RowReader {
   }
 
   ReaderOptions options_;
-  // The header (magic, metadata with the schema, sync marker) is far shorter than this, or
-  // the file is refused.
-  static constexpr size_t kMaxHeaderBytes = 1 << 20;
-  std::string head_;         // the bytes read until the header parses (libavro reads it first)
-  std::string sync_;         // the file's sync marker, from its header
-  std::string schema_json_;  // the writer schema's JSON, from its header, until Init's Plan
-  std::string tail_;         // the last (up to) 16 bytes libavro read
-  bool at_end_ = false;      // a read found the end of the input
+  // What is read of the source at a time (libavro's own reads are smaller but for blocks
+  // larger than this, which take several).
+  static constexpr size_t kChunkBytes = 64 << 10;
+  EmptyBlockFilter filter_;
+  std::string chunk_;  // the bytes last read from the source
+  std::string ready_;  // filter_'s output of them; from ready_at_ on, not read by libavro yet
+  size_t ready_at_ = 0;
+  std::string tail_;     // the last (up to) 16 bytes libavro read
+  bool at_end_ = false;  // a read found the end of the input
   int id_index_ = 0, source_index_ = 0;
   // CRC-32 of the keys (source and id, length-prefixed) of the records read or skipped:
   // what a Position records of an Avro file, since its records are counted, not its bytes.
