@@ -523,5 +523,77 @@ TEST(ReaderTest, AvroCorruptLastBlockIsNotACutAndASkipOverACutIs) {
       << st;
 }
 
+// A source that hands out at most `step` bytes a read, so that every field of the
+// container's framing is split across reads somewhere.
+class TrickleSource : public ByteSource {
+ public:
+  TrickleSource(std::string data, size_t step)
+      : inner_(ByteSource::FromString(std::move(data), "trickle.avro")), step_(step) {
+    name_ = inner_->name();
+  }
+  absl::StatusOr<size_t> Read(char* buf, size_t n) override {
+    return inner_->Read(buf, std::min(n, step_));
+  }
+  absl::StatusOr<std::string_view> Peek(size_t n) override { return inner_->Peek(n); }
+
+ private:
+  std::unique_ptr<ByteSource> inner_;
+  size_t step_;
+};
+
+// A block of 0 records is legal Avro. libavro 1.11 decoded the block before it once more
+// as a record (a duplicate) and then reported the end of the file: the records after it
+// were lost (exit 0 on a file read ahead to its end), and a file starting with one was
+// refused as empty.
+TEST(ReaderTest, AvroEmptyBlocksAreSkipped) {
+  std::string dir = testing::TempDir("avro_empty_blocks");
+  const std::vector<testing::AvroRow> rows = ThousandAvroRows();
+  for (const std::string codec : {"null", "deflate"}) {
+    ASSERT_EQ(testing::WriteAvro(dir + "/d.avro", rows, codec.c_str()), "");
+    const std::string bytes = testing::ReadFileOrEmpty(dir + "/d.avro");
+    const std::string sync = bytes.substr(bytes.size() - 16);
+    // Count 0, then the byte size and bytes (deflate's empty stream is 2 bytes, the null
+    // codec's none), then the sync marker: after the header and after every block.
+    const std::string empty =
+        std::string(1, '\0') +
+        (codec == "null" ? std::string(1, '\0') : std::string("\x04\x03\x00", 3)) + sync;
+    std::string with;
+    size_t from = 0, blocks = 0;
+    for (size_t at = bytes.find(sync); at != std::string::npos; at = bytes.find(sync, at + 16)) {
+      with += bytes.substr(from, at + 16 - from) + empty;
+      from = at + 16;
+      ++blocks;
+    }
+    ASSERT_GE(blocks, 4u) << codec;  // the header and three blocks at least
+    for (size_t step : {size_t{1}, size_t{7}, size_t{1} << 20}) {
+      auto r = RowReader::Open(std::make_unique<TrickleSource>(with, step), Format::kAvro, {});
+      ASSERT_TRUE(r.ok()) << codec << " " << step << ": " << r.status();
+      Collected c = ReadAllRows(*std::move(r));
+      ASSERT_TRUE(c.status.ok()) << codec << " " << step << ": " << c.status;
+      ASSERT_EQ(c.rows.size(), rows.size()) << codec << " " << step;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        ASSERT_TRUE(c.rows[i].detection) << i;
+        ASSERT_EQ(c.rows[i].detection->id, rows[i].id) << codec << " " << step << ": " << i;
+        ASSERT_EQ(c.rows[i].line, static_cast<int64_t>(i + 1));
+      }
+    }
+    // A resume counts the same records.
+    auto r = RowReader::Open(ByteSource::FromString(with), Format::kAvro, {});
+    Position p;
+    p.rows = 700;
+    ASSERT_TRUE((*r)->SkipTo(p).ok());
+    Row row;
+    ASSERT_TRUE(*(*r)->Next(&row));
+    EXPECT_EQ(row.detection->id, "d700");
+    // A header and empty blocks only: no records, refused as empty.
+    const std::string header = bytes.substr(0, bytes.find(sync) + 16);
+    auto none = RowReader::Open(ByteSource::FromString(header + empty + empty, "none.avro"),
+                                Format::kAvro, {});
+    ASSERT_FALSE(none.ok());
+    EXPECT_NE(std::string(none.status().message()).find("none.avro is empty"), std::string::npos)
+        << none.status();
+  }
+}
+
 }  // namespace
 }  // namespace quell::importer

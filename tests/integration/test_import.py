@@ -147,19 +147,27 @@ def avro_bytes(b):
     return avro_long(len(b)) + b
 
 
-def write_avro(path, schema, records, blocks=1):
-    """A minimal Avro object container writer (null codec) for records of strings/doubles,
-    in `blocks` blocks."""
+def write_avro(path, schema, records, blocks=1, block_sizes=None, block_syncs=None):
+    """A minimal Avro object container writer (null codec) for records of strings/doubles/
+    longs, in `blocks` blocks, or in blocks of `block_sizes` records each (0: an empty
+    block, which the spec allows). `block_syncs` maps a block's index to the marker that
+    ends it instead of the file's (a corrupt block)."""
     sync = os.urandom(16)
     meta = avro_long(2) + avro_bytes(b"avro.schema") + avro_bytes(json.dumps(schema).encode()) + \
         avro_bytes(b"avro.codec") + avro_bytes(b"null") + avro_long(0)
-    per_block = -(-len(records) // blocks) if records else 0
+    if block_sizes is None:
+        per_block = -(-len(records) // blocks) if records else 0
+        block_sizes = [len(records[s:s + per_block]) for s in range(0, len(records), per_block or 1)]
+    assert sum(block_sizes) == len(records)
     with open(path, "wb") as f:
         f.write(b"Obj\x01" + meta + sync)
-        for start in range(0, len(records), per_block or 1):
-            part = records[start:start + per_block]
+        start = 0
+        for i, n in enumerate(block_sizes):
+            part = records[start:start + n]
+            start += n
             body = avro_body(schema, part)
-            f.write(avro_long(len(part)) + avro_long(len(body)) + body + sync)
+            end = (block_syncs or {}).get(i, sync)
+            f.write(avro_long(len(part)) + avro_long(len(body)) + body + end)
 
 
 def avro_body(schema, records):
@@ -168,8 +176,12 @@ def avro_body(schema, records):
         for f in schema["fields"]:
             v = rec[f["name"]]
             t = f["type"]
+            if isinstance(t, dict) and t["type"] != "array":  # a primitive with a logicalType
+                t = t["type"]
             if t == "double":
                 body += struct.pack("<d", v)
+            elif t == "long":
+                body += avro_long(v)
             elif t == "string":
                 body += avro_bytes(v.encode())
             elif isinstance(t, list):  # ["null", "string"]
@@ -1003,6 +1015,112 @@ class DirectImportTest(unittest.TestCase):
         code, out, err = import_cmd(cut(f, "one.avro", os.path.getsize(f) - 40), "--data", self.data)
         self.assertEqual(code, 1, err)
         self.assertIn("one.avro: not a readable Avro container", err)
+
+    def avro_records(self, prefix, n, **fields):
+        base = {"source": "bot-model-v3", "type": "artificial_streaming", "score": 0.97,
+                "observed_at": ts(3), "evidence": None, "related": []}
+        base.update(fields)
+        return [dict(base, id="%s%d" % (prefix, i), entity="user:%s%d" % (prefix, i))
+                for i in range(n)]
+
+    def test_avro_observed_at_long_units(self):
+        # A long observed_at is microseconds (plain, as documented, or timestamp-micros) or
+        # milliseconds (timestamp-millis: how Apache Beam writes datetimes). Milliseconds
+        # were read as microseconds: every row stored in January 1970, with exit 0. The
+        # record that fails (score 9) shows in the rejects file the time it was read as.
+        def schema(observed_type):
+            s = json.loads(json.dumps(AVRO_SCHEMA))
+            [f for f in s["fields"] if f["name"] == "observed_at"][0]["type"] = observed_type
+            return s
+        now_ms = int(time.time() * 1000) - 3 * 60 * 1000
+        known_ms = 1714557600250  # 2024-05-01T10:00:00.250Z
+        for name, observed_type, scale in [
+                ("millis", {"type": "long", "logicalType": "timestamp-millis"}, 1),
+                ("micros", {"type": "long", "logicalType": "timestamp-micros"}, 1000),
+                ("plain", "long", 1000)]:
+            recs = self.avro_records(name, 10, observed_at=now_ms * scale)
+            recs.append(dict(recs[0], id=name + "-bad", score=9, observed_at=known_ms * scale))
+            f = self.path(name + ".avro")
+            write_avro(f, schema(observed_type), recs)
+            code, out, err = import_cmd(f, "--data", self.data, "--json")
+            self.assertEqual(code, 0, err)
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["rejected"]), (11, 10, 1), name)
+            self.assertEqual(s["decisions"].get("active"), 10, name)
+            with open(f + ".rejects.ndjson") as r:
+                rejected = json.loads(json.loads(r.readline())["row"])
+            self.assertTrue(rejected["observed_at"].startswith("2024-05-01T10:00:00.25"),
+                            (name, rejected))
+        # Any other logical type could be any other unit: refused, naming it.
+        for observed_type in [{"type": "long", "logicalType": "local-timestamp-millis"},
+                              {"type": "long", "logicalType": "timestamp-nanos"},
+                              {"type": "string", "logicalType": "timestamp-millis"}]:
+            f = self.path("other.avro")
+            value = ts(3) if observed_type["type"] == "string" else now_ms
+            write_avro(f, schema(observed_type), self.avro_records("o", 2, observed_at=value))
+            code, _, err = import_cmd(f, "--data", self.data)
+            self.assertEqual(code, 1, err)
+            self.assertIn("the Avro schema does not fit", err)
+            self.assertIn('"observed_at" has logicalType "%s"' % observed_type["logicalType"], err)
+
+    def test_avro_nul_bytes_are_row_errors(self):
+        # A raw NUL in an Avro string is a row error naming the field, as a NUL in an NDJSON
+        # or CSV row is. It was not checked: an observed_at "...Z\0junk" was imported as the
+        # time before the NUL, and other fields failed later for other reasons ("evidence:
+        # not valid JSON") or not at all.
+        recs = self.avro_records("n", 7)
+        recs[1]["evidence"] = '{"k": 1, "x\x00": 2}'
+        recs[2]["observed_at"] = ts(3) + "\x00junk"
+        recs[3]["related"] = ["device:d1", "device:\x00d2"]
+        recs[4]["entity"] = "user:n4\x00x"
+        recs[5]["id"] = "\x00"
+        f = self.path("nul.avro")
+        write_avro(f, AVRO_SCHEMA, recs)
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 0, err)
+        s = json.loads(out)
+        self.assertEqual((s["read"], s["accepted"], s["rejected"]), (7, 2, 5), s)
+        with open(f + ".rejects.ndjson") as r:
+            rejects = [json.loads(l) for l in r]
+        self.assertEqual([r["line"] for r in rejects], [2, 3, 4, 5, 6])
+        for r, (field, at) in zip(rejects, [("evidence", 12), ("observed_at", 21),
+                                            ("related", 8), ("entity", 8), ("id", 1)]):
+            self.assertEqual(r["error"], 'field "%s": NUL byte at byte %d' % (field, at), r)
+            self.assertIn("\\u0000", r["row"])  # the whole record, the NUL escaped in its JSON
+
+    def test_avro_empty_blocks_are_skipped(self):
+        # A block of 0 records is legal Avro. libavro read the block before it once more
+        # as one record (counted a duplicate), then ended: the records after the empty block
+        # were dropped with exit 0 (a large file stopped with an error instead), and a file
+        # starting with one was refused as empty.
+        for name, sizes in [("mid", [5, 0, 5]), ("end", [5, 5, 0]), ("first", [0, 5, 5]),
+                            ("many", [0, 3, 0, 0, 4, 0, 3, 0]), ("big", [3000, 0, 3000])]:
+            f = self.path(name + ".avro")
+            write_avro(f, AVRO_SCHEMA, self.avro_records(name, sum(sizes)), block_sizes=sizes)
+            code, out, err = import_cmd(f, "--data", self.data, "--json")
+            self.assertEqual(code, 0, (name, err))
+            s = json.loads(out)
+            self.assertEqual((s["read"], s["accepted"], s["duplicate"], s["rejected"]),
+                             (sum(sizes), sum(sizes), 0, 0), name)
+        # An empty block not ended by the file's sync marker is corrupt, and one cut short
+        # is a cut: the run stops after the records before it.
+        f = self.path("bad-sync.avro")
+        write_avro(f, AVRO_SCHEMA, self.avro_records("bs", 10), block_sizes=[5, 0, 5],
+                   block_syncs={1: b"\xee" * 16})
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 1, err)
+        self.assertIn("bad-sync.avro: corrupt Avro data after record 5: a block of 0 records "
+                      "does not end with the file's sync marker", err)
+        self.assertEqual(json.loads(out)["accepted"], 5)
+        f = self.path("cut.avro")
+        write_avro(f, AVRO_SCHEMA, self.avro_records("ct", 5), block_sizes=[5, 0])
+        with open(f, "r+b") as w:
+            w.truncate(os.path.getsize(f) - 8)  # inside the empty block's sync marker
+        code, out, err = import_cmd(f, "--data", self.data, "--json")
+        self.assertEqual(code, 1, err)
+        self.assertIn("cut.avro: corrupt Avro data after record 5: the data ends inside a block",
+                      err)
+        self.assertEqual(json.loads(out)["accepted"], 5)
 
     def test_a_second_import_counts_the_first_in_the_breakers_window(self):
         # Each import (and each resume after Ctrl-C or kill -9) builds its safeguards anew:
