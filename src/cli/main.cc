@@ -853,8 +853,9 @@ int Main(int argc, char** argv) {
     // --data with --postgres or QUELL_POSTGRES names two ledgers: which one was meant is
     // not guessed (with QUELL_POSTGRES exported, `keys create --data ./var` put an admin
     // key in that database, and `audit verify --data BACKUP` audited it), as policy
-    // backtest and import already refused.
-    if (flags->Has("data")) return Usage(TwoLedgers(*pg), CommandHelp(cmd));
+    // backtest and import already refused. serve is the exception: on PostgreSQL its
+    // --data is the node's own directory (its lock; docs/cluster.md).
+    if (flags->Has("data") && cmd != "serve") return Usage(TwoLedgers(*pg), CommandHelp(cmd));
     postgres_url = pg->url;
   }
   return command->second.run(*flags);
