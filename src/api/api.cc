@@ -133,9 +133,20 @@ void Api::StopBackground() { impl_->sweeper_.Stop(); }
 
 std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
 
-workflow::WhyProtectedFn Api::WhyProtected() const {
-  return [impl = impl_.get()](const core::Entity& e) {
-    return impl->safeguards_.WhyProtected(*impl->policies_.Current(), e);
+workflow::WhyHeldFn Api::WhyHeld() const {
+  return [impl = impl_.get()](const core::Mitigation& m,
+                              absl::Time now) -> std::optional<std::string> {
+    if (auto why = impl->safeguards_.WhyProtected(*impl->policies_.Current(), m.entity)) {
+      return why;
+    }
+    // Immunity too: a delayed decision taken before a person revoked the entity's
+    // mitigation of that policy and action went active at its start all the same.
+    if (auto until = impl->safeguards_.ImmuneUntil(m.entity.str(), m.policy, m.action, now)) {
+      return absl::StrCat("immunity until ", core::FormatRfc3339(*until),
+                          ": a person revoked, rejected or granted an appeal against ", m.policy,
+                          " / ", m.action, " on this entity");
+    }
+    return std::nullopt;
   };
 }
 

@@ -109,7 +109,7 @@ class Api final : public http::Handler {
   //! Why an entity is protected under the active policy set and the lists (for the
   //! expiry scheduler, which holds a policy's scheduled decision at its start on one).
   //! Thread-safe; lives as long as the Api.
-  workflow::WhyProtectedFn WhyProtected() const;
+  workflow::WhyHeldFn WhyHeld() const;
   //! The decision path of POST /v1/detections (for other front ends: gRPC's
   //! Detections.Submit). Thread-safe; lives as long as the Api.
   const DetectionIntake& detection_intake() const;

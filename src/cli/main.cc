@@ -597,7 +597,7 @@ int Serve(const Flags& flags) {
     logger.Info("grpc serving", {{"listen", config->grpc_listen}, {"port", grpc->port()}});
   }
 
-  workflow::ExpiryScheduler expiry(ledger->get(), clock, absl::Seconds(1), api->WhyProtected());
+  workflow::ExpiryScheduler expiry(ledger->get(), clock, absl::Seconds(1), api->WhyHeld());
   std::unique_ptr<ledger::PostgresLease> expiry_lease;
   if (postgres_url.empty()) {
     expiry.Start();

@@ -9,11 +9,8 @@
 namespace quell::workflow {
 
 ExpiryScheduler::ExpiryScheduler(ledger::Ledger* ledger, core::Clock* clock,
-                                 absl::Duration max_sleep, WhyProtectedFn why_protected)
-    : ledger_(ledger),
-      clock_(clock),
-      max_sleep_(max_sleep),
-      why_protected_(std::move(why_protected)) {}
+                                 absl::Duration max_sleep, WhyHeldFn why_held)
+    : ledger_(ledger), clock_(clock), max_sleep_(max_sleep), why_held_(std::move(why_held)) {}
 
 ExpiryScheduler::~ExpiryScheduler() { Stop(); }
 
@@ -47,7 +44,7 @@ absl::StatusOr<int> ExpiryScheduler::RunOnce() {
     for (const auto& m : due) ids.push_back(m.id);
     auto count = std::make_shared<int>(0);
     QUELL_RETURN_IF_ERROR(
-        ledger_->SubmitAndWait(ApplyDue(std::move(ids), count, why_protected_)).status());
+        ledger_->SubmitAndWait(ApplyDue(std::move(ids), count, why_held_)).status());
     total += *count;
     // A page where nothing moved means the clock the store compared with and the commit
     // clock disagree (a fake clock in tests); stop instead of spinning.

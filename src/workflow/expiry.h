@@ -22,12 +22,11 @@ namespace quell::workflow {
 class ExpiryScheduler {
  public:
   // Borrows `ledger` and `clock`; both must outlive the scheduler.
-  // `max_sleep` bounds how long it waits between looks at the store. `why_protected`
-  // (may be null): holds a policy's scheduled decision at its start if its entity became
-  // protected meanwhile (ApplyDue).
+  // `max_sleep` bounds how long it waits between looks at the store. `why_held` (may
+  // be null): holds a policy's scheduled decision at its start if its entity became
+  // protected or immune meanwhile (ApplyDue).
   ExpiryScheduler(ledger::Ledger* ledger, core::Clock* clock,
-                  absl::Duration max_sleep = absl::Seconds(1),
-                  WhyProtectedFn why_protected = nullptr);
+                  absl::Duration max_sleep = absl::Seconds(1), WhyHeldFn why_held = nullptr);
   ~ExpiryScheduler();
 
   void Start();
@@ -41,7 +40,7 @@ class ExpiryScheduler {
   ledger::Ledger* ledger_;
   core::Clock* clock_;
   absl::Duration max_sleep_;
-  WhyProtectedFn why_protected_;
+  WhyHeldFn why_held_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_

@@ -178,8 +178,8 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
 }
 
 ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out,
-                          WhyProtectedFn why_protected) {
-  return [ids = std::move(ids), out = std::move(out), why_protected = std::move(why_protected)](
+                          WhyHeldFn why_held) {
+  return [ids = std::move(ids), out = std::move(out), why_held = std::move(why_held)](
              ledger::Txn& txn, absl::Time now) -> absl::Status {
     int n = 0;
     for (const std::string& id : ids) {
@@ -191,10 +191,8 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
       } else if (m->state == MitigationState::kScheduled && m->starts_at <= now &&
                  m->expires_at > now) {
         std::optional<std::string> why;
-        if (why_protected && !m->policy.empty() && m->approvals.empty()) {
-          why = why_protected(m->entity);
-        }
-        if (why) {  // a policy's decision, which the entity's protection now holds
+        if (why_held && !m->policy.empty() && m->approvals.empty()) why = why_held(*m, now);
+        if (why) {  // a policy's decision, which the entity's protection or immunity holds
           m->state = MitigationState::kPendingApproval;
           m->state_reason = absl::StrCat("held at its scheduled start: ", *why);
           QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, "system", now).status());

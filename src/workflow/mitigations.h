@@ -73,18 +73,21 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
                                   std::shared_ptr<core::Mitigation> out,
                                   absl::Duration pending_ttl);
 
-//! Why `entity` is protected now (a protected list holds it), or nullopt. Called on the
-//! ledger's commit thread.
-using WhyProtectedFn = std::function<std::optional<std::string>(const core::Entity& entity)>;
+//! Why a policy's decision on `m` would be held for a person now: a protected list holds
+//! its entity, or a person made the entity immune to m's policy and action. nullopt
+//! otherwise. Called on the ledger's commit thread.
+using WhyHeldFn =
+    std::function<std::optional<std::string>(const core::Mitigation& m, absl::Time now)>;
 
 //! Moves each listed mitigation whose time has come at the commit time: scheduled ->
 //! active at starts_at, active -> expired at expires_at. Others are left alone (a revoke
 //! may have won the race). Writes the count of transitions to *out.
 //! A policy's scheduled decision that no person approved starts as pending_approval
-//! instead when `why_protected` (may be null) says its entity became protected meanwhile:
-//! a protected entity is never mitigated without a person, whenever the decision was made.
+//! instead when `why_held` (may be null) says its entity became protected or immune
+//! meanwhile: a protected entity, or one a person cleared, is never mitigated without a
+//! person, whenever the decision was made.
 ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out,
-                          WhyProtectedFn why_protected = nullptr);
+                          WhyHeldFn why_held = nullptr);
 
 //! Makes `m` (pending_approval or scheduled, its state_reason set by the caller) active
 //! from now, or, when a mitigation of the same entity and action is already active, lets

@@ -335,8 +335,8 @@ TEST_F(MitigationsTest, AScheduledStartOnAnEntityProtectedSinceIsHeld) {
   const std::string manual = scheduled("user:vip2", "", {});
   const std::string approved = scheduled("user:vip3", "p", {"k_reviewer"});
   clock_.Advance(absl::Minutes(6));
-  WhyProtectedFn why = [](const core::Entity& e) -> std::optional<std::string> {
-    return absl::StrCat(e.str(), " is on protected list vips");
+  WhyHeldFn why = [](const core::Mitigation& m, absl::Time) -> std::optional<std::string> {
+    return absl::StrCat(m.entity.str(), " is on protected list vips");
   };
   auto n = std::make_shared<int>(0);
   ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue({by_policy, manual, approved}, n, why)).ok());

@@ -246,6 +246,29 @@ class SafeguardsTest(Base):
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:late-vip")[1]["verdict"],
                          "deny")
 
+    def test_a_scheduled_decision_on_an_entity_made_immune_since_waits_for_a_person(self):
+        # Only protection was asked at the start: a reviewer's "no" to the same policy and
+        # action on the entity, given after the delayed decision was made, did not stop it
+        # from going active at its start.
+        d = self.submit(det("si-1", "user:cleared", type="slow"))[0]["decisions"][0]
+        self.assertEqual(d["state"], "scheduled")
+        self.protect("user:cleared")
+        held = self.submit(det("si-2", "user:cleared", type="slow"))[0]["decisions"][0]
+        self.assertEqual(held["state"], "pending_approval", held)
+        s, r, _ = self.review(held["mitigation_id"], False, self.r1, note="false positive")
+        self.assertEqual((s, r["mitigation"]["state"]), (200, "rejected"), r)
+        self.q.request("POST", "/v1/lists/vips/entries", {"remove": ["user:cleared"]})
+        deadline = time.time() + 20  # the 5s delay, then the scheduler's next look
+        while True:
+            m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
+            if m["state"] != "scheduled" or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(m["state"], "pending_approval", m)
+        self.assertIn("held at its scheduled start: immunity until", m["state_reason"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=user:cleared")[1]["verdict"],
+                         "allow")
+
     def test_appeal_grant(self):
         d = self.submit(det("ap-1", "user:appellant"))[0]["decisions"][0]
         self.assertEqual(d["state"], "active")
