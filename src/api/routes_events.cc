@@ -30,6 +30,7 @@
 #include "api/json_reader.h"
 #include "core/entity_json.h"
 #include "core/mitigation.h"
+#include "core/number_text.h"
 #include "core/strings.h"
 #include "core/time.h"
 #include "engine/engine.h"
@@ -175,12 +176,12 @@ void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
       std::string text;
       if (a.IsString()) {
         text = std::string(Str(a));
-      } else if (a.IsInt64()) {
-        text = absl::StrCat(a.GetInt64());
-      } else if (a.IsUint64()) {
-        text = absl::StrCat(a.GetUint64());
+      } else if (a.IsInt64()) {  // the text count()/distinct() read back (NumberKeyText)
+        text = core::NumberKeyText(a.GetInt64());
+      } else if (a.IsUint64()) {  // past int64: a double, as the policy engine reads it
+        text = core::NumberKeyText(static_cast<double>(a.GetUint64()));
       } else if (a.IsDouble()) {
-        text = absl::StrCat(a.GetDouble());
+        text = core::NumberKeyText(a.GetDouble());
       } else if (a.IsBool()) {
         text = a.GetBool() ? "true" : "false";
       } else {

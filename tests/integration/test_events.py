@@ -248,10 +248,15 @@ actions:
   - {name: flag, verdict: allow, severity: low, ttl: 1d}
 counters:
   - {name: per_card, on: payment, key: attrs.card, windows: [1h]}
+  - {name: amounts, on: payment, key: entity, distinct: attrs.amount, windows: [1h]}
 policies:
   - id: card-reuse
     on: payment
     when: count("per_card", event.attrs.card, "1h") >= 2
+    action: flag
+  - id: amount-probing
+    on: payment
+    when: distinct("amounts", entity, "1h") >= 2
     action: flag
 """
 
@@ -272,6 +277,21 @@ policies:
                 self.assertEqual(r["results"][0]["outcomes"]["counted"], 1, r)
                 fired.append(len(rule_detections(r["results"][0])))
             self.assertEqual(fired, [0, 1])
+            # Numbers were keyed with 6 significant digits: 12345.67 and 12345.68 were one
+            # distinct amount, and a card number past int64 was counted as its digits and
+            # read back as "1.84467e+19". Now: the shortest text of the number, both ways.
+            def pay(entity, card, amount):
+                s, r, _ = q.request("POST", "/v1/events", {
+                    "type": "payment", "entity": entity, "at": ts(now()),
+                    "attrs": {"card": card, "amount": amount}})
+                self.assertEqual(s, 200, r)
+                return sorted(d["source"] for d in rule_detections(r["results"][0]))
+            big = 18446744073709551615  # one card twice, one amount: card-reuse only
+            self.assertEqual([pay("user:big", big, 1.5), pay("user:big", big, 1.5)],
+                             [[], ["rule:card-reuse"]])
+            # Two cards, two amounts a cent apart: amount-probing only.
+            self.assertEqual([pay("user:amt", 701, 12345.67), pay("user:amt", 702, 12345.68)],
+                             [[], ["rule:amount-probing"]])
         finally:
             q.cleanup()
 

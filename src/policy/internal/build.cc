@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "core/number_text.h"
 #include "core/status.h"
 #include "policy/internal/checker.h"
 #include "policy/internal/fields.h"
@@ -562,12 +563,12 @@ class CounterNode final : public Node {
       case ValueKind::kString:
         key = k.string_value();
         break;
-      case ValueKind::kInt:
-        text = absl::StrCat(k.int_value());
+      case ValueKind::kInt:  // as the event's number was counted (routes_events.cc)
+        text = core::NumberKeyText(k.int_value());
         key = text;
         break;
       case ValueKind::kDouble:
-        text = absl::StrCat(k.double_value());
+        text = core::NumberKeyText(k.double_value());
         key = text;
         break;
       case ValueKind::kBool:
