@@ -482,10 +482,15 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
     if (store != nullptr && !unavailable && st.counters.options().redis) {
       // Remote counters: evaluate, read every counter the rules asked for in one
       // batched round trip, evaluate again those that missed (a rule may read more
-      // after a first value; few rounds in practice).
+      // after a first value: `count(a) > 0 && count(b) > 0` takes a round per read).
+      // It stopped after 8 rounds and kept the last evaluation, whose unread counters
+      // read 0: a rule chaining 9 counts never fired on Redis and did in memory. Now up
+      // to kMaxRounds, past which the event's counters are "unavailable", as on an
+      // outage, not silently 0.
+      constexpr int kMaxRounds = 64;
       BatchedCounterEnvironment batched(&env, &store->counters());
       std::vector<size_t> round = todo;
-      for (int r = 0; r < 8 && !round.empty(); ++r) {
+      for (int r = 0; !round.empty(); ++r) {
         std::vector<size_t> again;
         for (size_t i : round) {
           batched.ClearMissed();
@@ -493,7 +498,10 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
           if (batched.missed()) again.push_back(i);
         }
         if (again.empty()) break;
-        if (r == 7) break;
+        if (r + 1 == kMaxRounds) {
+          for (size_t i : again) items[i].unavailable = true;
+          break;
+        }
         if (auto s = batched.Fetch(*store, now); !s.ok()) {
           if (store_failed(s)) return;
           for (size_t i : todo) items[i].unavailable = true;

@@ -322,6 +322,30 @@ class EventsRedisTest(unittest.TestCase):
     def post(self, q, events):
         return q.request("POST", "/v1/events", {"events": events})
 
+    def test_a_rule_chaining_many_counters_fires_as_in_memory(self):
+        # Redis counters are read in rounds, one more per count() a rule reaches; it gave
+        # up after 8 and kept the evaluation whose unread counters read 0: a rule
+        # chaining 10 counts never fired on Redis, and did in memory.
+        names = ["c%d" % i for i in range(10)]
+        yaml = "actions:\n  - {name: flag, verdict: allow, severity: low, ttl: 1d}\ncounters:\n"
+        yaml += "".join("  - {name: %s, on: tick, key: entity, windows: [1h]}\n" % n
+                        for n in names)
+        yaml += "policies:\n  - id: chain\n    on: tick\n    when: '%s'\n    action: flag\n" % (
+            " && ".join('count("%s", entity, "1h") > 0' % n for n in names))
+        for args in ([], ["--redis", "redis://127.0.0.1:%d" % self.redis.port]):
+            q = QuellServer(extra_args=args).start()
+            try:
+                s, body, _ = q.request("PUT", "/v1/policies", yaml,
+                                       headers={"Content-Type": "application/yaml"})
+                self.assertEqual(s, 200, body)
+                s, r, _ = q.request("POST", "/v1/events",
+                                    {"type": "tick", "entity": "user:chain-%d" % len(args)})
+                self.assertEqual(s, 200, r)
+                self.assertEqual([d["source"] for d in rule_detections(r["results"][0])],
+                                 ["rule:chain"], (args, r))
+            finally:
+                q.cleanup()
+
     def test_shared_counters_then_outage_and_recovery(self):
         # Two nodes share one view: 12 failed logins split between them fire the rule.
         user = "user:rb1"
