@@ -132,8 +132,12 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
     workflow::RollbackRequests& requests = ctx.safeguards->rollbacks();
     auto r = requests.Get(id);
     if (!r) return call.Fail(ApiError::NotFound(absl::StrCat("no review ", id)));
-    if (auto st = safeguards::CheckReviewer(call.who.key_id, r->requested_by, {}); !st.ok())
-      return call.Fail(ApiError::FromStatus(st));
+    // Asked of a request still pending, as the transaction asks it: the requester
+    // deciding a decided one got 403 "cannot approve their own request", not 409.
+    if (r->state == "pending_approval") {
+      if (auto st = safeguards::CheckReviewer(call.who.key_id, r->requested_by, {}); !st.ok())
+        return call.Fail(ApiError::FromStatus(st));
+    }
     std::vector<core::Mitigation> targets;
     if (approve && r->state == "pending_approval") {
       auto found = workflow::FindRollbackTargets(ctx.deps.ledger->store(), r->filter,

@@ -660,6 +660,9 @@ class RollbackApprovalTest(Base):
         for e in entities:
             self.assertEqual(self.verdict(e), "deny", e)
         self.assertEqual(self.review(req["id"], True, self.r1)[0], 409)
+        # Its requester too: decided is decided (it said 403, "their own request").
+        s, body, _ = self.review(req["id"], True, self.q.admin_key)
+        self.assertEqual(s, 409, body)
         listed = self.q.request("GET", "/v1/rollbacks?state=rejected")[1]["rollbacks"]
         self.assertIn(req["id"], [r["id"] for r in listed])
         # Filters that can match nothing are refused, not answered "done" or [].
