@@ -227,16 +227,21 @@ class SafeguardsTest(Base):
             self.assertEqual(d["state"], "pending_approval", (type, d))
             self.assertIn("immunity", d["reason"])
 
+    def past_its_start(self, mitigation_id):
+        """The scheduled mitigation once it is no longer scheduled (or after 20 s: the 5s
+        delay, then the scheduler's next look)."""
+        deadline = time.time() + 20
+        while True:
+            m = self.q.request("GET", "/v1/mitigations/" + mitigation_id)[1]
+            if m["state"] != "scheduled" or time.time() > deadline:
+                return m
+            time.sleep(0.1)
+
     def test_a_scheduled_decision_on_an_entity_protected_since_waits_for_a_person(self):
         d = self.submit(det("sl-1", "user:late-vip", type="slow"))[0]["decisions"][0]
         self.assertEqual(d["state"], "scheduled")
         self.protect("user:late-vip")
-        deadline = time.time() + 20  # the 5s delay, then the scheduler's next look
-        while True:
-            m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
-            if m["state"] != "scheduled" or time.time() > deadline:
-                break
-            time.sleep(0.1)
+        m = self.past_its_start(d["mitigation_id"])
         self.assertEqual(m["state"], "pending_approval", m)
         self.assertIn("held at its scheduled start", m["state_reason"])
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:late-vip")[1]["verdict"],
@@ -258,12 +263,7 @@ class SafeguardsTest(Base):
         s, r, _ = self.review(held["mitigation_id"], False, self.r1, note="false positive")
         self.assertEqual((s, r["mitigation"]["state"]), (200, "rejected"), r)
         self.q.request("POST", "/v1/lists/vips/entries", {"remove": ["user:cleared"]})
-        deadline = time.time() + 20  # the 5s delay, then the scheduler's next look
-        while True:
-            m = self.q.request("GET", "/v1/mitigations/" + d["mitigation_id"])[1]
-            if m["state"] != "scheduled" or time.time() > deadline:
-                break
-            time.sleep(0.1)
+        m = self.past_its_start(d["mitigation_id"])
         self.assertEqual(m["state"], "pending_approval", m)
         self.assertIn("held at its scheduled start: immunity until", m["state_reason"])
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:cleared")[1]["verdict"],
