@@ -67,10 +67,13 @@ void Decide(Context& ctx, Call&& call) {
     if (!a->has_value())
       return call.Fail(ApiError::NotFound(absl::StrCat("no appeal ", call.params[0])));
     auto out = std::make_shared<workflow::Appeal>();
-    SubmitSimple(ctx, std::move(call),
-                 workflow::DecideAppeal(**std::move(a), seq, grant, note, call.who.key_id, out,
-                                        ctx.pending_ttl()),
-                 [out] { return std::make_pair(200, workflow::AppealJson(*out)); });
+    std::string mitigation_id = (*a)->mitigation_id;
+    SubmitSimple(
+        ctx, std::move(call),
+        ctx.NotingHumanDecisions(workflow::DecideAppeal(**std::move(a), seq, grant, note,
+                                                        call.who.key_id, out, ctx.pending_ttl()),
+                                 {std::move(mitigation_id)}),
+        [out] { return std::make_pair(200, workflow::AppealJson(*out)); });
   });
 }
 

@@ -315,8 +315,10 @@ void Revoke(Context& ctx, Call&& call) {
   if (reason.empty()) reason = "revoked";
   auto m = std::make_shared<Mitigation>();
   auto out = std::make_shared<Context::WriteOutcome>();
-  auto inner = workflow::RevokeMitigation(call.params[0], std::move(reason), call.who.key_id, m,
-                                          ctx.pending_ttl());
+  auto inner =
+      ctx.NotingHumanDecisions(workflow::RevokeMitigation(call.params[0], std::move(reason),
+                                                          call.who.key_id, m, ctx.pending_ttl()),
+                               {call.params[0]});
   auto render = [m] { return std::make_pair(200, core::MitigationToJson(*m)); };
   ctx.SubmitWrite(Context::WithIdempotency(std::nullopt, std::move(inner), std::move(render), out),
                   out, std::move(call));

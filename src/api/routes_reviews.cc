@@ -146,8 +146,12 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
       targets = *std::move(found);
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
-    auto mutation = requests.Decide(id, approve, note, call.who.key_id, std::move(targets),
-                                    ctx.pending_ttl(), out);
+    std::vector<std::string> ids;
+    for (const core::Mitigation& t : targets) ids.push_back(t.id);
+    auto mutation =
+        ctx.NotingHumanDecisions(requests.Decide(id, approve, note, call.who.key_id,
+                                                 std::move(targets), ctx.pending_ttl(), out),
+                                 std::move(ids));
     SubmitSimple(ctx, std::move(call), std::move(mutation), [&ctx, out] {
       std::string body =
           absl::StrCat("{\"id\":\"", out->id,
@@ -182,8 +186,10 @@ void Decide(Context& ctx, Call&& call) {
     auto facts = workflow::LoadReviewFacts(ctx.deps.ledger->store(), **m);
     if (!facts.ok()) return call.Fail(ApiError::FromStatus(facts.status()));
     auto out = std::make_shared<workflow::ReviewOutcome>();
-    auto mutation = workflow::DecideReview(id, approve, note, call.who.key_id, *facts,
-                                           ctx.Catalog(), ctx.pending_ttl(), out);
+    auto mutation =
+        ctx.NotingHumanDecisions(workflow::DecideReview(id, approve, note, call.who.key_id, *facts,
+                                                        ctx.Catalog(), ctx.pending_ttl(), out),
+                                 {id});
     SubmitSimple(ctx, std::move(call), std::move(mutation), [out] {
       std::string body = absl::StrCat(
           "{\"id\":\"", out->mitigation.id, "\",\"state\":\"",

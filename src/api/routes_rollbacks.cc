@@ -98,8 +98,11 @@ void Rollback(Context& ctx, Call&& call) {
       return;
     }
     auto out = std::make_shared<workflow::RollbackRequest>();
-    auto m =
-        workflow::Rollback(std::move(req), std::move(targets->mitigations), out, ctx.pending_ttl());
+    std::vector<std::string> ids;
+    for (const core::Mitigation& t : targets->mitigations) ids.push_back(t.id);
+    auto m = ctx.NotingHumanDecisions(
+        workflow::Rollback(std::move(req), std::move(targets->mitigations), out, ctx.pending_ttl()),
+        std::move(ids));
     SubmitSimple(ctx, std::move(call), std::move(m), [out] {
       return std::make_pair(
           200,

@@ -513,6 +513,11 @@ void Safeguards::ApplyBreakerChange(const ledger::Change& c) {
     bank_.SetOpen(name, open, c.at, p.reason, p.count);
 }
 
+void Safeguards::NoteHumanDecisionNow(const core::Mitigation& m, absl::Time at) {
+  std::lock_guard<std::mutex> lock(mu_);
+  NoteHumanDecision(m, at);
+}
+
 void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
   if (m.state != core::MitigationState::kRevoked && m.state != core::MitigationState::kRejected)
     return;

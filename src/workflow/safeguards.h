@@ -119,6 +119,11 @@ class Safeguards final : public ledger::ChangeListener {
   ledger::Mutation ResetBreaker(std::shared_ptr<const policy::PolicySet> set, std::string name,
                                 std::string actor, std::shared_ptr<safeguards::BreakerStatus> out);
 
+  //! Notes the immunity a person's revocation or rejection of `m` (its state after it)
+  //! gives, from `at`, before the change commits: for a transaction that holds the
+  //! decision and then screens others (Context::NotingHumanDecisions). Other states are
+  //! ignored.
+  void NoteHumanDecisionNow(const core::Mitigation& m, absl::Time at);
   //! Why `e` is protected under `set`, or nullopt.
   std::optional<std::string> WhyProtected(const policy::PolicySet& set, const core::Entity& e);
   //! The lists `e` is on (from the followed ledger), by name.

@@ -219,6 +219,22 @@ ledger::Mutation Context::WithIdempotency(std::optional<Idempotency> idem, ledge
   };
 }
 
+ledger::Mutation Context::NotingHumanDecisions(ledger::Mutation inner,
+                                               std::vector<std::string> ids) {
+  if (safeguards == nullptr) return inner;
+  return [inner = std::move(inner), ids = std::move(ids), sg = safeguards](
+             ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+    const int64_t first = txn.NextSeq();
+    QUELL_RETURN_IF_ERROR(inner(txn, now));
+    for (const std::string& id : ids) {
+      QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> m, txn.GetMitigation(id));
+      // Changed by this very mutation (one ended before keeps the immunity it gave then).
+      if (m && m->seq >= first) sg->NoteHumanDecisionNow(*m, now);
+    }
+    return absl::OkStatus();
+  };
+}
+
 void Context::SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call) {
   // "ledger.submit" spans queueing, the group commit and the index apply as this request
   // sees them; the ledger parents its commit-thread spans ("ledger.commit", then

@@ -159,6 +159,12 @@ class Context {
                                           std::shared_ptr<WriteOutcome> out);
   //! Submits to the ledger and answers the call from the outcome once durable.
   void SubmitWrite(ledger::Mutation mutation, std::shared_ptr<WriteOutcome> out, Call call);
+  //! Wraps `inner`, a person's decision that may revoke or reject the mitigations `ids`:
+  //! once it has, in the transaction, the safeguards note the immunity it gives, so that a
+  //! policy decision later in the same commit batch is held (the commit listener notes it
+  //! only after the batch). A batch that then fails leaves the immunity noted: more held,
+  //! never fewer.
+  ledger::Mutation NotingHumanDecisions(ledger::Mutation inner, std::vector<std::string> ids);
 };
 
 // Who may call a route.
