@@ -113,15 +113,20 @@ int ImportCommand(const std::vector<std::string>& args) {
   // QUELL_SERVER, as `quell check` reads it (with QUELL_KEY, which this already read: both
   // exported for check sent an import to ./var), unless the command line says to stay
   // local: --data, --postgres, or a dry run, which reads a ledger.
+  bool server_from_env = false;
   if (const char* env = std::getenv("QUELL_SERVER");
       o.server_url.empty() && env != nullptr && *env != '\0' && !flags->Has("data") &&
       !flags->Has("postgres") && !flags->Has("dry-run")) {
     o.server_url = env;
+    server_from_env = true;
   }
   o.key = flags->Get("key").value_or("");
   if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
-  if (!o.server_url.empty() && o.key.empty())
-    return Usage("--server needs --key KEY (or QUELL_KEY)");
+  if (!o.server_url.empty() && o.key.empty()) {
+    return Usage(server_from_env ? "QUELL_SERVER names a server: give --key KEY (or QUELL_KEY), "
+                                   "or --data DIR to write a data directory"
+                                 : "--server needs --key KEY (or QUELL_KEY)");
+  }
   if (!o.server_url.empty()) {  // a malformed URL is bad usage (exit 2), found before any file
     if (auto u = http_client::ParseUrl(o.server_url); !u.ok()) {
       return Usage(absl::StrCat("--server: ", u.status().message()));

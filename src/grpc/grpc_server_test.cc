@@ -851,8 +851,10 @@ class CaptureSink final : public obs::LogSink {
   std::vector<std::string> lines_;
 };
 
-// A stream still open when the server stops is cut, and counted once (as CANCELLED: the
-// server cancelled it), after its call is done; no call object outlives the server.
+// A stream still open when the server stops is cut, and counted once, after its call is
+// done; no call object outlives the server. Counted CANCELLED (the server cancelled it),
+// or UNAVAILABLE when its queue closed before the call could finish (StreamCheck::End):
+// which one depends on thread timing (UNAVAILABLE under a loaded CI machine).
 TEST_F(GrpcServerTest, AStreamOpenWhenTheServerStopsIsCountedOnce) {
   obs::Registry metrics;
   GrpcDeps deps = deps_;
@@ -880,10 +882,12 @@ TEST_F(GrpcServerTest, AStreamOpenWhenTheServerStopsIsCountedOnce) {
     counted += std::stoi(text.substr(space + 1));
   }
   EXPECT_EQ(counted, 1) << text;
-  EXPECT_NE(text.find("quell_grpc_requests_total{method=\"quell.v1.Enforcement/CheckStream\","
-                      "code=\"CANCELLED\"} 1"),
-            std::string::npos)
-      << text;
+  auto counted_as = [&](std::string_view code) {
+    return text.find(absl::StrCat(
+               "quell_grpc_requests_total{method=\"quell.v1.Enforcement/CheckStream\",code=\"",
+               AV(code), "\"} 1")) != std::string::npos;
+  };
+  EXPECT_TRUE(counted_as("CANCELLED") || counted_as("UNAVAILABLE")) << text;
 }
 
 TEST_F(GrpcServerTest, EveryCallIsLoggedAndCountedByMethodAndCode) {

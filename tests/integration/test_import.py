@@ -242,6 +242,12 @@ class ServerImportTest(unittest.TestCase):
                            timeout=60, cwd=self.tmp.name)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("no ledger in", p.stderr)
+        # Without a key, the message names the variable (no --server was typed).
+        env.pop("QUELL_KEY")
+        p = subprocess.run([QUELL, "import", f], env=env, capture_output=True, text=True,
+                           timeout=60, cwd=self.tmp.name)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("QUELL_SERVER names a server: give --key KEY", p.stderr)
 
     def test_a_csv_row_is_timed_by_the_server_clock_when_it_arrives(self):
         # The second row reaches the server 7 s after the import started, 5m03s ahead of
