@@ -142,9 +142,7 @@ workflow::WhyHeldFn Api::WhyHeld() const {
     // Immunity too: a delayed decision taken before a person revoked the entity's
     // mitigation of that policy and action went active at its start all the same.
     if (auto until = impl->safeguards_.ImmuneUntil(m.entity.str(), m.policy, m.action, now)) {
-      return absl::StrCat("immunity until ", core::FormatRfc3339(*until),
-                          ": a person revoked, rejected or granted an appeal against ", m.policy,
-                          " / ", m.action, " on this entity");
+      return workflow::Safeguards::ImmunityReason(*until, m.policy, m.action);
     }
     return std::nullopt;
   };

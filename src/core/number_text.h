@@ -11,14 +11,11 @@
 
 namespace quell::core {
 
-//! The shortest text that reads back as `d` ("12.5", "1234567.5", "1e+300"; "12" for
-//! 12.0). absl::StrCat(double) keeps 6 significant digits, so 12345.67 and 12345.68 were
-//! one distinct amount. Non-finite values: "nan", "inf", "-inf".
-std::string ShortestNumberText(double d);
-
-//! A number's key text: an integer in int64 as its digits, any other as
-//! ShortestNumberText (an unsigned integer past int64 is read as a double by the policy
-//! engine, so it is written as one).
+//! A number's key text: an integer in int64 as its digits; any other number (an unsigned
+//! integer past int64 is read as a double by the policy engine, so it is passed as one)
+//! as the shortest text that reads back as it ("12.5", "1234567.5", "12" for 12.0).
+//! absl::StrCat(double) keeps 6 significant digits, so 12345.67 and 12345.68 were one
+//! distinct amount. Non-finite values: "nan", "inf", "-inf".
 std::string NumberKeyText(int64_t i);
 std::string NumberKeyText(double d);
 

@@ -641,6 +641,13 @@ void Safeguards::ReplayRecent() {
   }
 }
 
+std::string Safeguards::ImmunityReason(absl::Time until, std::string_view policy,
+                                       std::string_view action) {
+  return absl::StrCat("immunity until ", core::FormatRfc3339(until),
+                      ": a person revoked, rejected or granted an appeal against ", AV(policy),
+                      " / ", AV(action), " on this entity");
+}
+
 std::optional<absl::Time> Safeguards::ImmuneUntil(std::string_view entity, std::string_view policy,
                                                   std::string_view action, absl::Time now) const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -693,9 +700,7 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     auto it = immunity_.find(ImmunityKey(p.entity.str(), p.policy, a));
     if (it != immunity_.end() && it->second > now) {
       hold.held = true;
-      hold.reason = absl::StrCat("immunity until ", core::FormatRfc3339(it->second),
-                                 ": a person revoked, rejected or granted an appeal against ",
-                                 p.policy, " / ", AV(a), " on this entity");
+      hold.reason = ImmunityReason(it->second, p.policy, a);
       metrics_.held_immunity.fetch_add(1, std::memory_order_relaxed);
       return hold;
     }

@@ -136,6 +136,10 @@ class Safeguards final : public ledger::ChangeListener {
   //! The immunity end for (entity, policy, action), if one is running at `now`.
   std::optional<absl::Time> ImmuneUntil(std::string_view entity, std::string_view policy,
                                         std::string_view action, absl::Time now) const;
+  //! Why a decision of `policy` / `action` on an entity immune until `until` is held: the
+  //! reason Screen gives, and the scheduler's hold at a delayed decision's start.
+  static std::string ImmunityReason(absl::Time until, std::string_view policy,
+                                    std::string_view action);
 
   const SafeguardOptions& options() const { return options_; }
   //! The rollback requests awaiting (or past) approval; loaded and followed with the rest.
