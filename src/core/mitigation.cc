@@ -32,6 +32,29 @@ bool IsLive(MitigationState s) {
          s == MitigationState::kActive;
 }
 
+bool ExpiredUnapproved(const Mitigation& m) {
+  return m.state == MitigationState::kExpired &&
+         m.state_reason.starts_with(kPendingExpiredReasonPrefix);
+}
+
+bool CountsAsPrior(const Mitigation& m, bool exclude_shadow) {
+  switch (m.state) {
+    case MitigationState::kPendingApproval:
+    case MitigationState::kScheduled:
+    case MitigationState::kActive:
+      return true;
+    case MitigationState::kExpired:
+      return !ExpiredUnapproved(m);
+    case MitigationState::kShadow:
+      return !exclude_shadow;
+    case MitigationState::kRevoked:
+    case MitigationState::kRejected:
+    case MitigationState::kSuppressed:
+      return false;
+  }
+  return false;
+}
+
 bool LiveAt(const Mitigation& m, absl::Time now) {
   return IsLive(m.state) && !(m.state == MitigationState::kActive && m.expires_at <= now);
 }

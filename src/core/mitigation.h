@@ -89,6 +89,17 @@ bool LiveAt(const Mitigation& m, absl::Time now, absl::Duration pending_ttl);
 // approval window, else its expiry.
 absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl);
 
+// How the state_reason of a pending approval that expired unapproved begins (the sweeper's
+// and CreateOrExtend's, workflow::PendingExpiredReason): such a decision was never enforced.
+inline constexpr std::string_view kPendingExpiredReasonPrefix = "pending approval expired";
+//! Expired while pending approval: nobody approved it, so it was never enforced.
+bool ExpiredUnapproved(const Mitigation& m);
+//! Whether `m` counts as a prior offence of its entity (escalation, `prior()`): live,
+//! or expired after it was enforced. Not one a person undid (revoked, rejected, appeal
+//! granted, rolled back), not a held decision nobody approved in time, not a suppressed one,
+//! and not a shadow one when `exclude_shadow` (a shadow policy counts its own).
+bool CountsAsPrior(const Mitigation& m, bool exclude_shadow);
+
 //! The policy whose hit recorded m.detections[i] (i < m.detections.size()), as recorded:
 //! MergedCreation(P) for a merged mitigation's creation, which is not a hit of P on `m`.
 std::string_view DetectionPolicy(const Mitigation& m, size_t i);

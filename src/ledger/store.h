@@ -247,7 +247,8 @@ class Txn {
   virtual absl::StatusOr<std::vector<bool>> PutNewDetections(
       const std::vector<StoredDetection>& ds) = 0;
   //! How many mitigations of `entity` were created at or after `since`, of `policy` ("" =
-  //! any) and `action` ("" = any), in any state, or any but shadow if `exclude_shadow`.
+  //! any) and `action` ("" = any), that count as prior offences (core::CountsAsPrior: not
+  //! revoked, rejected, suppressed or expired unapproved; not shadow if `exclude_shadow`).
   //! Sees this Txn's own writes. Escalation and prior() read it.
   virtual absl::StatusOr<int64_t> CountMitigations(const core::Entity& entity,
                                                    std::string_view policy, std::string_view action,

@@ -1341,6 +1341,51 @@ TEST_P(StoreTest, CountMitigationsByEntityPolicyActionAndWindow) {
   EXPECT_EQ(count(*store_, "user:u3", "", "", 0, false), 0);
 }
 
+// Escalation and prior() count offences, not every decision ever made: one a person undid
+// (revoked, rejected) or a held one nobody approved in time is not a prior offence; one
+// that expired after it was enforced is. The state is the mitigation's latest change.
+TEST_P(StoreTest, CountMitigationsLeavesOutDecisionsThatWereUndoneOrNeverApproved) {
+  using S = core::MitigationState;
+  auto make = [](int n, S state, std::string_view state_reason = "") {
+    core::Mitigation m = MakeMitigation(n, "user:u1", "challenge", state);
+    m.policy = "bot-high";
+    m.state_reason = state_reason;
+    return m;
+  };
+  std::vector<core::Mitigation> ms = {
+      make(1, S::kActive),
+      make(2, S::kPendingApproval),
+      make(3, S::kScheduled),
+      make(4, S::kExpired, "expired"),  // enforced, then over: counts
+      make(5, S::kRevoked, "revoked: false positive"),
+      make(6, S::kRejected, "rejected by k_rev"),
+      make(7, S::kSuppressed),
+      make(8, S::kExpired, "pending approval expired: nobody approved it within 72h"),
+      make(9, S::kPendingApproval),  // held now, expired unapproved below
+      make(10, S::kActive),          // enforced now, revoked below
+  };
+  auto txn = Begin();
+  for (auto& m : ms) ASSERT_OK(AppendMitigation(*txn, &m));
+  auto count = [&](auto& reader) -> int64_t {
+    auto n = reader.CountMitigations(E("user:u1"), "bot-high", "", kT0, /*exclude_shadow=*/true);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : -1;
+  };
+  EXPECT_EQ(count(*txn), 6);  // 1, 2, 3, 4, 9, 10
+  ASSERT_OK(V(txn->Commit()));
+  EXPECT_EQ(count(*store_), 6);
+  ms[8].state = S::kExpired;
+  ms[8].state_reason = "pending approval expired: nobody approved it within 72h";
+  ms[9].state = S::kRevoked;
+  ms[9].state_reason = "revoked: appeal granted";
+  txn = Begin();
+  ASSERT_OK(AppendMitigation(*txn, &ms[8]));
+  ASSERT_OK(AppendMitigation(*txn, &ms[9]));
+  EXPECT_EQ(count(*txn), 4);
+  ASSERT_OK(V(txn->Commit()));
+  EXPECT_EQ(count(*store_), 4);
+}
+
 TEST_P(StoreTest, PolicySetVersionsAreMaterialisedAndNeverRepeat) {
   auto none = store_->LatestPolicySet();
   ASSERT_OK(none);

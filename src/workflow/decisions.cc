@@ -101,8 +101,7 @@ class CachingTxn final : public ledger::Txn {
     int64_t n = 0;
     for (const core::Mitigation& m : view->mitigations) {
       if (m.created_at >= since && (policy.empty() || m.policy == policy) &&
-          (action.empty() || m.action == action) &&
-          !(exclude_shadow && m.state == MitigationState::kShadow)) {
+          (action.empty() || m.action == action) && core::CountsAsPrior(m, exclude_shadow)) {
         ++n;
       }
     }

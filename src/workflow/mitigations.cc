@@ -28,7 +28,7 @@ absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, Mitigati
 }
 
 std::string PendingExpiredReason(absl::Duration pending_ttl) {
-  return absl::StrCat("pending approval expired: nobody approved it within ",
+  return absl::StrCat(AV(core::kPendingExpiredReasonPrefix), ": nobody approved it within ",
                       absl::FormatDuration(pending_ttl));
 }
 

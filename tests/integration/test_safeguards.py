@@ -39,6 +39,11 @@ policies:
     when: detection.type == "slow"
     action: block
     delay: 5s
+  - id: repeat
+    on: detection
+    when: detection.type == "repeat"
+    action: block
+    escalate: [{after: 1, action: suspend}]
 """
 
 
@@ -759,6 +764,41 @@ class ExpiryAndRestartTest(Base):
         self.assertIn("pending approval expired", m["state_reason"])
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-exp")[1]["verdict"], "allow")
         self.assertEqual(self.review(d["mitigation_id"], True, self.r1)[0], 409)
+
+    def test_undone_or_never_approved_decisions_are_not_prior_offences(self):
+        # `repeat` escalates a second hit to suspend. A first decision that a person
+        # rejected or revoked, or that was held and expired unapproved, was never a
+        # confirmed offence: it used to count, and made the next hit a critical suspend.
+        def first_and_second(entity, undo):
+            d = self.submit(det(entity + "-1", entity, type="repeat"))[0]["decisions"][0]
+            self.assertEqual(d["action"], "block")
+            undo(d)
+            return self.submit(det(entity + "-2", entity, type="repeat"))[0]["decisions"][0]
+
+        def revoke(d):
+            self.assertEqual(d["state"], "active")
+            s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % d["mitigation_id"],
+                                     {"reason": "false positive"}, key=self.r1)
+            self.assertEqual(s, 200, r)
+
+        def reject(d):
+            self.assertEqual(d["state"], "pending_approval")
+            self.assertEqual(self.review(d["mitigation_id"], False, self.r1)[0], 200)
+
+        def let_expire(d):
+            self.assertEqual(d["state"], "pending_approval")
+            self.wait_state(d["mitigation_id"], "expired")
+
+        self.protect("user:esc-rej", "user:esc-exp")
+        for entity, undo in (("user:esc-rev", revoke), ("user:esc-rej", reject),
+                             ("user:esc-exp", let_expire)):
+            second = first_and_second(entity, undo)
+            self.assertEqual(second["action"], "block", (entity, second))
+            self.assertNotIn("escalated", second["reason"])
+        # An enforced first decision does count.
+        second = first_and_second("user:esc-on", lambda d: self.assertEqual(d["state"], "active"))
+        self.assertEqual(second["action"], "suspend", second)
+        self.assertIn("escalated to suspend after 1 prior", second["reason"])
 
     def test_rollback_request_expires(self):
         res = self.submit(*[det("rx-%d" % i, "user:rx%d" % i, source="model-rx") for i in range(2)])

@@ -310,6 +310,13 @@ absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::strin
   return std::optional<StoredDetection>(std::move(d));
 }
 
+// core::CountsAsPrior in SQL: a LIKE pattern for core::ExpiredUnapproved's state_reason.
+const std::string& ExpiredUnapprovedPattern() {
+  static const std::string* const pattern =
+      new std::string(std::string(core::kPendingExpiredReasonPrefix) + "%");
+  return *pattern;
+}
+
 absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity,
                                               std::string_view policy, std::string_view action,
                                               absl::Time since, bool exclude_shadow) {
@@ -319,13 +326,17 @@ absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity
                                     "ON m.id = e.subject WHERE e.entity = ?1 AND e.kind = 1 AND "
                                     "m.seq = e.seq AND m.created_at >= ?2 AND "
                                     "(?3 = '' OR m.policy = ?3) AND (?4 = '' OR m.action = ?4) AND "
-                                    "(?5 = 0 OR m.state <> 'shadow')"));
+                                    "(?5 = 0 OR m.state <> 'shadow') AND "
+                                    "m.state NOT IN ('revoked', 'rejected', 'suppressed') AND "
+                                    "(m.state <> 'expired' OR "
+                                    "json_extract(e.payload, '$.state_reason') NOT LIKE ?6)"));
   StmtUse use(s);
   use->BindTextStatic(1, entity.str());
   use->BindTime(2, since);
   use->BindTextStatic(3, policy);
   use->BindTextStatic(4, action);
   use->BindInt(5, exclude_shadow ? 1 : 0);
+  use->BindTextStatic(6, ExpiredUnapprovedPattern());
   QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
   return row ? use->ColumnInt(0) : 0;
 }
