@@ -286,6 +286,33 @@ class RedisLayoutTest : public CounterStoreTest {
   RedisConn conn_{nullptr, &redisFree};
 };
 
+// A counter name that a later policy set gives to the other kind (count, then distinct,
+// then count again) counts from zero on keys of its own: both kinds write "<window>:<bucket>"
+// fields, and sharing one hash broke the distinct reads until the hash expired.
+TEST_P(RedisLayoutTest, ACounterNameReusedAsTheOtherKindStartsAfresh) {
+  const CounterSpec as_count{"n", "play", "entity", "", {Hours(1)}};
+  const CounterSpec as_distinct{"n", "play", "entity", "attrs.track", {Hours(1)}};
+  const absl::Time t = clock_.Now();
+  auto counted = MakeRedis({as_count}, {});
+  ASSERT_NE(counted, nullptr);
+  ASSERT_TRUE(counted->Record({{0, "user:r", "", t}, {0, "user:r", "", t}}, t).ok());
+  auto distinct = MakeRedis({as_distinct}, {}, /*peer=*/true);
+  ASSERT_NE(distinct, nullptr);
+  std::vector<Observation> tracks;
+  for (const char* track : {"t1", "t2", "t2", "t3"}) tracks.push_back({0, "user:r", track, t});
+  auto recorded = distinct->Record(tracks, t);
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  auto d = distinct->Distinct("n", "user:r", Hours(1), t);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d, 3);
+  // Back to a count: the two plays counted before, not the distinct hash's fields.
+  auto again = MakeRedis({as_count}, {}, /*peer=*/true);
+  ASSERT_NE(again, nullptr);
+  auto c = again->Count("n", "user:r", Hours(1), t);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c, 2);
+}
+
 TEST_P(RedisLayoutTest, KeysLostBehindTheNodeGetTheirTtlsBack) {
   auto store = MakeRedis(ExampleSpecs(), {});
   ASSERT_NE(store, nullptr);

@@ -206,7 +206,11 @@ absl::StatusOr<std::unique_ptr<RedisCounterStore>> RedisCounterStore::Create(
 RedisCounterStore::RedisCounterStore(CounterSet set, RedisOptions options)
     : set_(std::move(set)), options_(std::move(options)) {
   for (int c = 0; c < set_.size(); ++c) {
-    stems_.push_back(absl::StrCat(options_.key_prefix, "{", set_.spec(c).name, "|"));
+    // A distinct counter's name carries "#d" (no counter name holds '#'): a name that a
+    // later policy set gives to the other kind starts on keys of its own, instead of
+    // reading and writing the old kind's fields (both have "<window>:<bucket>" fields).
+    stems_.push_back(absl::StrCat(options_.key_prefix, "{", set_.spec(c).name,
+                                  set_.spec(c).is_distinct() ? "#d|" : "|"));
     std::vector<std::string> tags;
     for (absl::Duration w : set_.spec(c).windows) tags.push_back(core::DurationString(w));
     tags_.push_back(std::move(tags));

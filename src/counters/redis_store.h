@@ -3,9 +3,10 @@
 // socket in one send and their replies parsed in place (no allocation per reply).
 //
 // Data layout (same bucket geometry as the in-process store; counters/counter_store.h).
-// Every (counter, key) has one hash "<prefix>{<counter>|<key>}" holding all the counter's
-// windows (<window> is the duration string, "1h"; <bucket> the bucket number since the
-// epoch):
+// Every (counter, key) has one hash "<prefix>{<counter>|<key>}" ("<prefix>{<counter>#d|<key>}"
+// for a distinct counter, so that a name reused as the other kind does not share fields)
+// holding all the counter's windows (<window> is the duration string, "1h"; <bucket> the
+// bucket number since the epoch):
 //   count:    "<window>:<bucket>" -> the bucket's count (HINCRBY), one field per window.
 //             A counter whose windows' bucket widths divide one another is *nested*: an
 //             event is one field "+<window>:<bucket>" of the narrowest window that still
@@ -149,7 +150,7 @@ class RedisCounterStore final : public CounterStore {
 
   const CounterSet set_;
   const RedisOptions options_;
-  std::vector<std::string> stems_;              // [counter]: prefix{name|
+  std::vector<std::string> stems_;              // [counter]: prefix{name| or prefix{name#d|
   std::vector<std::vector<std::string>> tags_;  // [counter][window]: "1h"
   std::vector<int64_t> cleanup_interval_ms_;    // [counter]
   // Count counters whose windows' bucket widths divide one another ("nested"): an event is
