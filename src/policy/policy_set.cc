@@ -997,6 +997,34 @@ std::string PolicySetBuilder::WhenSource(const YAML::Node& n, const std::string&
       static_cast<size_t>(m.line) >= lines_.size()) {
     return value;
   }
+  // The mark is the node's, properties included: a tag (`!!str`) or an anchor (`&a`)
+  // comes before the scalar itself, maybe on the line above. Step over them.
+  while (yaml_[static_cast<size_t>(m.pos)] == '!' || yaml_[static_cast<size_t>(m.pos)] == '&') {
+    auto step = [&] {
+      if (yaml_[static_cast<size_t>(m.pos)] == '\n') {
+        ++m.line;
+        m.column = 0;
+      } else {
+        ++m.column;
+      }
+      ++m.pos;
+    };
+    while (static_cast<size_t>(m.pos) < yaml_.size() &&
+           std::string_view(" \t\r\n").find(yaml_[static_cast<size_t>(m.pos)]) ==
+               std::string_view::npos) {
+      step();
+    }
+    while (static_cast<size_t>(m.pos) < yaml_.size() &&
+           std::string_view(" \t\r\n").find(yaml_[static_cast<size_t>(m.pos)]) !=
+               std::string_view::npos) {
+      step();
+    }
+    if (static_cast<size_t>(m.pos) >= yaml_.size() ||
+        static_cast<size_t>(m.line) >= lines_.size()) {
+      return value;
+    }
+    *base = Position{m.line + 1, m.column + 1, 0};
+  }
   char first = yaml_[static_cast<size_t>(m.pos)];
   if (first == '"' || first == '\'') {
     // Escapes and folded lines move later characters: positions come from the map (the

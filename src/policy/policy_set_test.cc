@@ -433,6 +433,24 @@ TEST(PolicySet, WhenErrorsPointInsideTheFile) {
   EXPECT_EQ(r.errors[0].line, 5);
   EXPECT_EQ(r.errors[0].column, 47);
 
+  // A tag or an anchor before the scalar: the position is the expression's, not the
+  // tag's (it was 9 columns off for `!!str "…"`), also with the scalar on the next line.
+  yaml = WithPolicy("    when: !!str \"detection.scor > 1\"\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 5);
+  EXPECT_EQ(r.errors[0].column, 28);
+  yaml = WithPolicy("    when: &w detection.scor >= 0.9\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 5);
+  EXPECT_EQ(r.errors[0].column, 24);
+  yaml = WithPolicy("    when: !!str\n      detection.scor >= 0.9\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 6);
+  EXPECT_EQ(r.errors[0].column, 17);
+
   // Type error on line 40 reports line 40.
   std::string many = "policies:\n";
   for (int i = 0; i < 7; ++i) {
