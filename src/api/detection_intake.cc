@@ -83,7 +83,8 @@ DetectionIntake::Validated DetectionIntake::Validate(
       }
       out.forbidden.push_back({paths[i].empty() ? "source" : absl::StrCat(paths[i], ".source"),
                                absl::StrCat("this key may not submit as source \"", AV(shown),
-                                            shown.size() < foreign->size() ? "...\"" : "\"")});
+                                            shown.size() < foreign->size() ? "...\"" : "\""),
+                               static_cast<int64_t>(i)});
       continue;
     }
     if (!d.ok()) {

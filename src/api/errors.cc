@@ -96,6 +96,7 @@ std::string ErrorJson(const ApiError& e) {
       AppendText(e.details[i].field, &out);
       out += ",\"message\":";
       AppendText(e.details[i].message, &out);
+      if (e.details[i].index >= 0) absl::StrAppend(&out, ",\"index\":", e.details[i].index);
       out += '}';
     }
     out += ']';

@@ -7,6 +7,7 @@
 #ifndef QUELL_API_ERRORS_H_
 #define QUELL_API_ERRORS_H_
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,9 @@ namespace quell::api {
 struct FieldError {
   std::string field;  // JSON path: "entity", "detections[3].score", "query.limit"
   std::string message;
+  // >= 0: the request item it is about, sent as "index" (an NDJSON body's fields are
+  // bare, so the index is what names its line); -1: not sent.
+  int64_t index = -1;
 };
 
 struct ApiError {

@@ -104,6 +104,26 @@ bool Retryable(int status) {
   return status == 429 || status == 502 || status == 503 || status == 504;
 }
 
+// The "index" of the first detail of an error reply that has one, if it is below `rows`;
+// else -1.
+int64_t RefusedRow(const std::string& body, size_t rows) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) return -1;
+  auto e = doc.FindMember("error");
+  if (e == doc.MemberEnd() || !e->value.IsObject()) return -1;
+  auto ds = e->value.FindMember("details");
+  if (ds == e->value.MemberEnd() || !ds->value.IsArray()) return -1;
+  for (const rapidjson::Value& d : ds->value.GetArray()) {
+    if (!d.IsObject()) continue;
+    auto i = d.FindMember("index");
+    if (i != d.MemberEnd() && i->value.IsUint64() && i->value.GetUint64() < rows) {
+      return static_cast<int64_t>(i->value.GetUint64());
+    }
+  }
+  return -1;
+}
+
 std::string ReplyError(const HttpResponse& r) {
   rapidjson::Document doc;
   doc.Parse(r.body.data(), r.body.size());
@@ -230,7 +250,10 @@ class HttpSink final : public Sink {
       result = Post(conn, rows.first(rows.size() / 2));
       if (!result.status.ok()) return result;
       BatchResult second = Post(conn, rows.subspan(rows.size() / 2));
-      if (!second.status.ok()) return second;
+      if (!second.status.ok()) {
+        if (second.refused_row >= 0) second.refused_row += static_cast<int64_t>(rows.size() / 2);
+        return second;
+      }
       std::move(second.items.begin(), second.items.end(), std::back_inserter(result.items));
     } else if (r->status == 413) {
       ItemResult& item = result.items.emplace_back();
@@ -240,6 +263,8 @@ class HttpSink final : public Sink {
     } else {
       result.status = absl::FailedPreconditionError(
           absl::StrCat("the server refused a batch: ", ReplyError(*r)));
+      // A 403 names the row whose source the key may not submit (its index).
+      if (r->status == 403) result.refused_row = RefusedRow(r->body, rows.size());
     }
     return result;
   }

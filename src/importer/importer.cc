@@ -546,6 +546,11 @@ class Run {
       if (!fatal_.ok()) continue;  // past a failed batch nothing is acknowledged
       if (!r.status.ok()) {
         fatal_ = r.status;
+        if (r.refused_row >= 0 && static_cast<size_t>(r.refused_row) < p->lines.size()) {
+          fatal_ = absl::Status(
+              r.status.code(),
+              absl::StrCat(p->file, " line ", p->lines[r.refused_row], ": ", r.status.message()));
+        }
         continue;
       }
       if (auto s = Apply(*p, r); !s.ok()) {

@@ -34,6 +34,7 @@ struct ItemResult {
 struct BatchResult {
   absl::Status status;            // not OK: the batch was not applied (or not known to be)
   std::vector<ItemResult> items;  // one per detection, in order, when status is OK
+  int64_t refused_row = -1;       // >= 0 with status: the row (in the batch) it was refused for
 };
 
 // A batch of rows, in the form its sink takes (Sink::TakesJson); a batch holding rows of

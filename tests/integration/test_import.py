@@ -668,6 +668,22 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(code, 1, err)
             self.assertIn("not acknowledged: 3 more rows read", out + err)
             self.assertEqual(err.count("this key may not submit as source"), 1, err)
+            # One row of another source among the key's own: the stop names its line (it
+            # named none, leaving the user to search the file), and nothing was applied.
+            s, own, _ = self.reference.request("POST", "/v1/keys",
+                                               {"role": "detector", "sources": ["bot-model-v3"]})
+            self.assertEqual(s, 201, own)
+            mixed = os.path.join(d, "mixed.ndjson")
+            with open(mixed, "w") as out:
+                out.write("\n".join(json.dumps(dict(row(i), id="mixed-%d" % i)) for i in range(2)) + "\n\n")
+                out.write(json.dumps(dict(row(2), id="mixed-2", source="other-model")) + "\n")
+            before = seq(self.reference)
+            code, out, err = import_cmd(mixed, "--server", "http://127.0.0.1:%d" % self.reference.port,
+                                        "--key", own["key"], "--progress", "off")
+            self.assertEqual(code, 1, err)
+            self.assertIn("mixed.ndjson line 4: the server refused a batch: HTTP 403", err)
+            self.assertIn('this key may not submit as source \"other-model\"', err)
+            self.assertEqual(seq(self.reference), before)
         # A malformed --server is bad usage (it was exit 1, and "TLS is not supported" for
         # ftp://), before any file is read.
         for url in ("ftp://x", "http://h:notaport", "127.0.0.1:9", "http://user:pw@127.0.0.1:9",
