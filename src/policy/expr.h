@@ -172,7 +172,8 @@ class Environment {
   virtual bool InList(std::string_view list, std::string_view entity) = 0;
   // Whether `entity` has an active mitigation with `action`.
   virtual bool Active(std::string_view entity, std::string_view action) = 0;
-  // Mitigations with `action` that `entity` received within `window`.
+  // Mitigations with `action` that `entity` received within `window` that count as prior
+  // offences (core::CountsAsPrior: not undone by a person, not expired unapproved).
   virtual int64_t Prior(std::string_view entity, std::string_view action,
                         absl::Duration window) = 0;
 };

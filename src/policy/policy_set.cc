@@ -1014,10 +1014,19 @@ std::string PolicySetBuilder::WhenSource(const YAML::Node& n, const std::string&
                std::string_view::npos) {
       step();
     }
-    while (static_cast<size_t>(m.pos) < yaml_.size() &&
-           std::string_view(" \t\r\n").find(yaml_[static_cast<size_t>(m.pos)]) !=
-               std::string_view::npos) {
-      step();
+    // Then blanks, line breaks and comments (`!!str  # why` with the scalar below).
+    while (static_cast<size_t>(m.pos) < yaml_.size()) {
+      const char c = yaml_[static_cast<size_t>(m.pos)];
+      if (c == '#') {
+        while (static_cast<size_t>(m.pos) < yaml_.size() &&
+               yaml_[static_cast<size_t>(m.pos)] != '\n') {
+          step();
+        }
+      } else if (std::string_view(" \t\r\n").find(c) != std::string_view::npos) {
+        step();
+      } else {
+        break;
+      }
     }
     if (static_cast<size_t>(m.pos) >= yaml_.size() ||
         static_cast<size_t>(m.line) >= lines_.size()) {

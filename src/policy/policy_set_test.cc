@@ -450,6 +450,11 @@ TEST(PolicySet, WhenErrorsPointInsideTheFile) {
   ASSERT_THAT(r.errors, SizeIs(1));
   EXPECT_EQ(r.errors[0].line, 6);
   EXPECT_EQ(r.errors[0].column, 17);
+  yaml = WithPolicy("    when: !!str   # a comment\n      detection.scor >= 0.9\n");
+  r = Load(yaml);
+  ASSERT_THAT(r.errors, SizeIs(1));
+  EXPECT_EQ(r.errors[0].line, 6);
+  EXPECT_EQ(r.errors[0].column, 17);
 
   // Type error on line 40 reports line 40.
   std::string many = "policies:\n";
