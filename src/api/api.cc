@@ -2,6 +2,7 @@
 
 #include "api/detection_intake.h"
 #include "api/internal/context.h"
+#include "api/internal/counter_holder.h"
 #include "api/internal/policy_holder.h"
 #include "api/internal/policy_routes.h"
 #include "api/internal/safeguard_routes.h"
@@ -19,6 +20,7 @@ class Api::Impl {
       : policies_(deps.catalog),
         safeguards_(options.safeguards.value_or(workflow::SafeguardOptions{}), deps.logger),
         ctx_(std::move(deps), std::move(options)),
+        counters_(ctx_.options.counters),
         router_(&ctx_),
         sweeper_(ctx_.deps.ledger, ctx_.deps.clock, &safeguards_) {}
   ~Impl() { sweeper_.Stop(); }
@@ -34,6 +36,7 @@ class Api::Impl {
                                            policies_.Current().get()));
     ctx_.deps.ledger->AddListener(&safeguards_);
     ctx_.safeguards = &safeguards_;
+    ctx_.counters = &counters_;
     QUELL_RETURN_IF_ERROR(RegisterMetrics());
     internal::AddHealthRoutes(router_, ctx_);
     internal::AddMitigationRoutes(router_, ctx_);
@@ -98,11 +101,12 @@ class Api::Impl {
   internal::PolicyHolder policies_;
   workflow::Safeguards safeguards_;
   internal::Context ctx_;
+  internal::CounterHolder counters_;
   internal::Router router_;
   DetectionIntake intake_{&ctx_, &policies_};
   workflow::SafeguardSweeper sweeper_;
   std::vector<obs::CallbackHandle> metric_handles_;
-  std::shared_ptr<void> events_;  // POST /v1/events state (counter stores)
+  std::shared_ptr<void> events_;  // POST /v1/events state (metrics)
 };
 
 absl::StatusOr<std::unique_ptr<Api>> Api::Create(ApiDeps deps, ApiOptions options) {

@@ -24,26 +24,21 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/detection_codec.h"
+#include "api/event_codec.h"
 #include "api/internal/counter_holder.h"
 #include "api/internal/live_environment.h"
 #include "api/internal/policy_routes.h"
 #include "api/json_reader.h"
-#include "core/entity_json.h"
 #include "core/mitigation.h"
-#include "core/number_text.h"
 #include "core/strings.h"
 #include "core/time.h"
 #include "engine/engine.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 #include "workflow/decisions.h"
 
 namespace quell::api::internal {
 namespace {
-
-constexpr absl::Duration kFutureSkew = absl::Seconds(5);
 
 struct EventItem {
   size_t index = 0;
@@ -51,24 +46,17 @@ struct EventItem {
   std::string error;  // rejected: the reason
   // rejected: stable code ("invalid", "too_late", "too_early", "unknown_type")
   std::string reason;
-  engine::Event event;
-  std::string attrs_canonical;                             // attrs as re-serialised JSON
-  std::vector<std::pair<std::string, std::string>> attrs;  // scalar attrs as text
+  ParsedEvent parsed;
   // Counter outcomes of this event.
   int counted = 0, too_late = 0, too_early = 0, invalid = 0, missing = 0;
   bool unavailable = false;
 
-  const std::string* Attr(std::string_view name) const {
-    for (const auto& [k, v] : attrs) {
-      if (k == name) return &v;
-    }
-    return nullptr;
-  }
+  const engine::Event& event() const { return parsed.event; }
 };
 
 struct EventState {
-  explicit EventState(CounterOptions options) : counters(std::move(options)) {}
-  CounterHolder counters;
+  explicit EventState(CounterHolder* holder) : counters(*holder) {}
+  CounterHolder& counters;  // the Context's
   obs::CounterFamily* events_total = nullptr;
   obs::Counter* store_errors = nullptr;
   obs::Counter* fail_open = nullptr;
@@ -87,135 +75,30 @@ uint64_t Fnv1a(std::string_view s, uint64_t h) {
 
 std::string EventHash(const EventItem& item) {
   uint64_t h = 14695981039346656037ull;
-  h = Fnv1a(item.event.type, h);
+  h = Fnv1a(item.event().type, h);
   h = Fnv1a(std::string_view("\0", 1), h);
-  h = Fnv1a(item.event.entity.str(), h);
+  h = Fnv1a(item.event().entity.str(), h);
   h = Fnv1a(std::string_view("\0", 1), h);
-  h = Fnv1a(absl::StrCat(absl::ToUnixMicros(item.event.at)), h);
+  h = Fnv1a(absl::StrCat(absl::ToUnixMicros(item.event().at)), h);
   h = Fnv1a(std::string_view("\0", 1), h);
-  h = Fnv1a(item.event.id.empty() ? item.attrs_canonical : item.event.id, h);
+  h = Fnv1a(item.event().id.empty() ? item.event().attrs_json : item.event().id, h);
   char buf[17];
   snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
   return std::string(buf, 16);
 }
 
-bool ValidType(std::string_view t) {
-  if (t.empty() || t.size() > 64 || t == "detection") return false;
-  for (char c : t) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
-      return false;
-    }
-  }
-  return true;
-}
-
-std::string_view Str(const rapidjson::Value& v) { return {v.GetString(), v.GetStringLength()}; }
-
 // `batch_index` < 0 for a single event (no "events[i]." prefix in errors); the prefix is
 // only formatted for a rejected item.
-void ReadEvent(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
-               absl::Duration lateness, EventItem* item) {
-  auto fail = [&](std::string field, std::string msg, std::string reason = "invalid") {
-    item->error = absl::StrCat(batch_index < 0 ? "" : absl::StrCat("events[", batch_index, "]."),
-                               field, ": ", msg);
-    item->reason = std::move(reason);
-  };
-  if (!v.IsObject()) return fail("event", "must be an object");
-  for (auto m = v.MemberBegin(); m != v.MemberEnd(); ++m) {
-    std::string_view k = Str(m->name);
-    if (k != "type" && k != "at" && k != "entity" && k != "attrs" && k != "id") {
-      return fail(std::string(k), "unknown field");
-    }
+void ReadItem(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
+              absl::Duration lateness, EventItem* item) {
+  std::optional<EventError> e = ReadEvent(v, now, lateness, &item->parsed);
+  if (!e) {
+    item->ok = true;
+    return;
   }
-  // A field given twice, here or within attrs: this reader took the first, a proxy or an
-  // audit tool reading the same body may keep the last (another entity, another address).
-  if (std::string twice = RepeatedKey(v); !twice.empty()) return fail(twice, "given twice");
-  auto type = v.FindMember("type");
-  if (type == v.MemberEnd() || !type->value.IsString() || !ValidType(Str(type->value))) {
-    return fail("type", "required, 1-64 of [a-z0-9_.-], not \"detection\"");
-  }
-  item->event.type = std::string(Str(type->value));
-  auto entity = v.FindMember("entity");
-  if (entity == v.MemberEnd() || !entity->value.IsString())
-    return fail("entity", "required, \"type:id\"");
-  auto e = core::Entity::Parse(Str(entity->value));
-  if (!e.ok()) return fail("entity", std::string(e.status().message()));
-  item->event.entity = *std::move(e);
-  auto at = v.FindMember("at");
-  if (at == v.MemberEnd()) {
-    item->event.at = now;
-  } else {
-    if (!at->value.IsString()) return fail("at", "must be an RFC 3339 time");
-    auto t = core::ParseRfc3339(Str(at->value));
-    if (!t.ok()) return fail("at", "must be an RFC 3339 time");
-    item->event.at = *t;
-  }
-  auto id = v.FindMember("id");
-  if (id != v.MemberEnd()) {
-    if (!id->value.IsString() || id->value.GetStringLength() == 0 ||
-        id->value.GetStringLength() > 128) {
-      return fail("id", "must be 1-128 bytes");
-    }
-    item->event.id = std::string(Str(id->value));
-  }
-  auto attrs = v.FindMember("attrs");
-  if (attrs != v.MemberEnd()) {
-    if (!attrs->value.IsObject()) return fail("attrs", "must be an object");
-    // An attribute naming an entity ("ip:2001:DB8::1") in its normal form, as entities
-    // are everywhere else: one address spelt two ways is one counter key, and the rules
-    // (event.attrs.*) see the same text.
-    rapidjson::Document normal;
-    normal.CopyFrom(attrs->value, normal.GetAllocator());
-    core::NormalizeEntityMembers(normal, normal.GetAllocator());
-    rapidjson::StringBuffer buf;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-    normal.Accept(w);
-    item->attrs_canonical.assign(buf.GetString(), buf.GetSize());
-    for (auto m = normal.MemberBegin(); m != normal.MemberEnd(); ++m) {
-      const rapidjson::Value& a = m->value;
-      std::string text;
-      if (a.IsString()) {
-        text = std::string(Str(a));
-      } else if (a.IsInt64()) {  // the text count()/distinct() read back (NumberKeyText)
-        text = core::NumberKeyText(a.GetInt64());
-      } else if (a.IsUint64()) {  // past int64: a double, as the policy engine reads it
-        text = core::NumberKeyText(static_cast<double>(a.GetUint64()));
-      } else if (a.IsDouble()) {
-        text = core::NumberKeyText(a.GetDouble());
-      } else if (a.IsBool()) {
-        text = a.GetBool() ? "true" : "false";
-      } else {
-        continue;  // objects, arrays, null: not a counter key
-      }
-      item->attrs.emplace_back(std::string(Str(m->name)), std::move(text));
-    }
-  } else {
-    item->attrs_canonical = "{}";
-  }
-  item->event.attrs_json = item->attrs_canonical;
-  if (item->event.at < now - lateness) {
-    return fail(
-        "at", absl::StrCat("older than the lateness bound (", core::DurationString(lateness), ")"),
-        "too_late");
-  }
-  if (item->event.at > now + kFutureSkew) {
-    return fail("at",
-                absl::StrCat("more than ", core::DurationString(kFutureSkew), " in the future"),
-                "too_early");
-  }
-  item->ok = true;
-}
-
-const std::string* FieldOf(const counters::FieldRef& f, const EventItem& item) {
-  switch (f.kind) {
-    case counters::FieldRef::Kind::kEntity:
-      return &item.event.entity.str();
-    case counters::FieldRef::Kind::kAttr:
-      return item.Attr(f.attr);
-    case counters::FieldRef::Kind::kNone:
-      break;
-  }
-  return nullptr;
+  item->error = absl::StrCat(batch_index < 0 ? "" : absl::StrCat("events[", batch_index, "]."),
+                             e->field.empty() ? "event" : e->field, ": ", e->message);
+  item->reason = std::move(e->reason);
 }
 
 std::string RejectedReply(const EventItem& item) {
@@ -241,11 +124,11 @@ std::string EvidenceJson(const EventItem& item, std::string_view policy) {
   std::string out = "{\"policy\":";
   core::AppendJsonString(policy, &out);
   out += ",\"event\":{\"type\":";
-  core::AppendJsonString(item.event.type, &out);
+  core::AppendJsonString(item.event().type, &out);
   out += ",\"entity\":";
-  core::AppendJsonString(item.event.entity.str(), &out);
-  absl::StrAppend(&out, ",\"at\":\"", core::FormatRfc3339(item.event.at),
-                  "\",\"attrs\":", item.attrs_canonical, "}}");
+  core::AppendJsonString(item.event().entity.str(), &out);
+  absl::StrAppend(&out, ",\"at\":\"", core::FormatRfc3339(item.event().at),
+                  "\",\"attrs\":", item.event().attrs_json, "}}");
   return out;
 }
 
@@ -269,22 +152,14 @@ void CountEvents(EventState& st, const absl::flat_hash_set<std::string>& declare
   if (st.events_total == nullptr) return;
   std::map<std::pair<std::string_view, std::string_view>, uint64_t> n;
   for (const EventItem& it : items) {
-    std::string_view type = !it.event.type.empty() && declared.contains(quell::AV(it.event.type))
-                                ? std::string_view(it.event.type)
-                                : "other";
+    std::string_view type =
+        !it.event().type.empty() && declared.contains(quell::AV(it.event().type))
+            ? std::string_view(it.event().type)
+            : "other";
     std::string_view status = all_unavailable ? "unavailable" : it.ok ? "accepted" : "rejected";
     ++n[{type, status}];
   }
   for (const auto& [k, v] : n) st.events_total->WithLabels({k.first, k.second})->Increment(v);
-}
-
-absl::flat_hash_set<std::string> DeclaredTypes(const policy::PolicySet& set) {
-  absl::flat_hash_set<std::string> out;
-  for (const auto& c : set.counters()) out.insert(c.on);
-  for (const auto& p : set.policies()) {
-    if (p.on != "detection") out.insert(p.on);
-  }
-  return out;
 }
 
 // An Environment for remote counters: count()/distinct() answer from a cache filled by
@@ -377,25 +252,25 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
   std::vector<EventItem> items(body.values.size());
   for (size_t i = 0; i < items.size(); ++i) {
     items[i].index = i;
-    ReadEvent(*body.values[i], body.batch ? static_cast<int64_t>(i) : -1, now, copt.lateness,
-              &items[i]);
+    ReadItem(*body.values[i], body.batch ? static_cast<int64_t>(i) : -1, now, copt.lateness,
+             &items[i]);
   }
 
   ctx.OffLoop(std::move(call), [&ctx, &policies, &st, items = std::move(items), now,
                                 batch = body.batch](Call& call) mutable {
     auto set = policies.Current();
     const bool fail_closed = st.counters.options().fail_closed;
-    auto declared = DeclaredTypes(*set);
+    auto declared = EventTypesOf(*set);
     // An event of a type that no counter or policy of the active set is on would be
     // accepted and change nothing: a misspelt type ("plays") must not look as if it
     // worked. Rejected (unknown_type), as a field error is.
     for (EventItem& it : items) {
-      if (!it.ok || declared.contains(quell::AV(it.event.type))) continue;
+      if (!it.ok || declared.contains(quell::AV(it.event().type))) continue;
       it.ok = false;
       it.reason = "unknown_type";
       it.error = absl::StrCat(batch ? absl::StrCat("events[", it.index, "].") : "",
                               "type: no counter or policy of the active policy set (version ",
-                              set->version(), ") is on \"", it.event.type, "\"");
+                              set->version(), ") is on \"", it.event().type, "\"");
     }
     auto store_or = st.counters.For(set);
     std::shared_ptr<counters::CounterStore> store;
@@ -425,21 +300,8 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
       std::vector<size_t> owner;
       for (EventItem& it : items) {
         if (!it.ok) continue;
-        for (int c : cs.ForEvent(it.event.type)) {
-          const std::string* key = FieldOf(cs.key_field(c), it);
-          const std::string* value = nullptr;
-          if (cs.spec(c).is_distinct()) value = FieldOf(cs.distinct_field(c), it);
-          if (key == nullptr || key->empty() ||
-              (cs.spec(c).is_distinct() && (value == nullptr || value->empty()))) {
-            ++it.missing;
-            continue;
-          }
-          // An event up to the future skew ahead counts now: reads stop at now's bucket,
-          // and an accepted event must count for the rules that follow it at once.
-          obs.push_back({c, *key, value ? std::string_view(*value) : std::string_view(),
-                         std::min(it.event.at, now)});
-          owner.push_back(it.index);
-        }
+        it.missing += AppendObservations(cs, it.parsed, now, &obs);
+        owner.resize(obs.size(), it.index);
       }
       if (!obs.empty()) {
         std::vector<counters::RecordOutcome> outcomes(obs.size());
@@ -477,7 +339,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
     std::vector<engine::Evaluation> evals(items.size());
     std::vector<size_t> todo;
     for (const EventItem& it : items) {
-      if (it.ok && declared.contains(quell::AV(it.event.type))) todo.push_back(it.index);
+      if (it.ok && declared.contains(quell::AV(it.event().type))) todo.push_back(it.index);
     }
     if (store != nullptr && !unavailable && st.counters.options().redis) {
       // Remote counters: evaluate, read every counter the rules asked for in one
@@ -494,7 +356,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
         std::vector<size_t> again;
         for (size_t i : round) {
           batched.ClearMissed();
-          evals[i] = engine::EvaluateEvent(*set, items[i].event, batched, now);
+          evals[i] = engine::EvaluateEvent(*set, items[i].event(), batched, now);
           if (batched.missed()) again.push_back(i);
         }
         if (again.empty()) break;
@@ -511,7 +373,7 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
       }
     } else {
       for (size_t i : todo) {
-        evals[i] = engine::EvaluateEvent(*set, items[i].event, env, now);
+        evals[i] = engine::EvaluateEvent(*set, items[i].event(), env, now);
         if (env.counter_errors() > 0) {
           env.reset_counter_errors();
           if (store_failed(absl::UnavailableError("counter read failed"))) return;
@@ -533,10 +395,10 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
           engine::Detection& d = w.detection;
           d.id = absl::StrCat(p.policy, ":", EventHash(it));
           d.source = absl::StrCat(AV(core::kRuleSourcePrefix), p.policy);
-          d.type = it.event.type;
+          d.type = it.event().type;
           d.entity = p.entity;
           d.score = 1;
-          d.observed_at = it.event.at;
+          d.observed_at = it.event().at;
           d.evidence_json = EvidenceJson(it, p.policy);
           work.push_back(std::move(w));
           slot_of.push_back(it.index);
@@ -642,7 +504,7 @@ absl::Status RegisterMetrics(Context& ctx, EventState& st) {
 
 absl::StatusOr<std::shared_ptr<void>> AddEventRoutes(Router& router, Context& ctx,
                                                      PolicyHolder& policies) {
-  auto st = std::make_shared<EventState>(ctx.options.counters);
+  auto st = std::make_shared<EventState>(ctx.counters);
   if (auto s = RegisterMetrics(ctx, *st); !s.ok()) return s;
   // Build the store for the loaded set now, so a bad declaration shows at start.
   if (auto s = st->counters.For(policies.Current()); !s.ok()) return s.status();

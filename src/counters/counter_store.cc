@@ -172,5 +172,21 @@ absl::StatusOr<int> ResolveRead(const CounterSet& set, const ReadRequest& r) {
   return w;
 }
 
+void PendingSeen(const CounterSet& set, absl::Span<const Observation> pending, const ReadRequest& r,
+                 int window, absl::Time now, std::vector<const Observation*>* seen) {
+  if (pending.empty()) return;
+  const WindowGeometry& g = set.geometry(r.counter)[window];
+  const int64_t newest = g.BucketOf(now);
+  const int64_t oldest = g.OldestBucket(now);
+  for (const Observation& o : pending) {
+    if (o.counter != r.counter || o.key != r.key) continue;
+    if (Classify(set, o, now) != RecordOutcome::kCounted) continue;
+    // Record() writes an observation in its own bucket: one ahead of `now` (within the
+    // future skew) is not read until its time comes, one older than the window never.
+    const int64_t b = g.BucketOf(o.at);
+    if (b >= oldest && b <= newest) seen->push_back(&o);
+  }
+}
+
 }  // namespace internal
 }  // namespace quell::counters

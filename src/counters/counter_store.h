@@ -209,6 +209,17 @@ class CounterStore {
   // is read), kUnavailable.
   virtual absl::Status Read(absl::Span<const ReadRequest> reads, absl::Time now,
                             absl::Span<int64_t> values) = 0;
+  // Read() as if `pending` had been Record()ed at `now` just before, recording nothing:
+  // the store is left as it was (dry runs: POST /v1/policies/test). Each pending
+  // observation is judged as Record() would judge it (a rejected one changes nothing) and
+  // seen by the reads of its (counter, key) whose window holds its bucket. A count adds
+  // them; a distinct count adds their values as recording them would, a value already
+  // counted adding nothing — except on Redis in a window held as HyperLogLog sketches
+  // (redis_store.h), which cannot be asked about a value without writing to it: there
+  // each distinct pending value counts as new. Errors as Read().
+  virtual absl::Status ReadWith(absl::Span<const ReadRequest> reads,
+                                absl::Span<const Observation> pending, absl::Time now,
+                                absl::Span<int64_t> values) = 0;
 
   virtual StoreStats Stats() const = 0;
 };
@@ -221,6 +232,11 @@ RecordOutcome Classify(const CounterSet& set, const Observation& o, absl::Time n
 absl::StatusOr<int> ResolveRead(const CounterSet& set, std::string_view name, bool want_distinct,
                                 absl::Duration window, int* counter);
 absl::StatusOr<int> ResolveRead(const CounterSet& set, const ReadRequest& r);
+// The observations of `pending` that a read of `r` (its window's index `window`) at
+// `now` would see once recorded: Classify() counts them and their bucket is in the
+// window. Appended to *seen.
+void PendingSeen(const CounterSet& set, absl::Span<const Observation> pending, const ReadRequest& r,
+                 int window, absl::Time now, std::vector<const Observation*>* seen);
 }  // namespace internal
 
 }  // namespace quell::counters

@@ -597,6 +597,27 @@ TEST_P(RedisLayoutTest, DistinctBucketsStayExactUntilTheyFill) {
   EXPECT_NEAR(distinct(), 31, 1);
 }
 
+// A distinct window held as sketches cannot be asked about a value without writing to
+// it: ReadWith counts each pending value as new there (in process, the sketch answers).
+TEST_P(RedisLayoutTest, ReadWithCountsPendingValuesBesideSketchesAsNew) {
+  auto store = MakeRedis(ExampleSpecs(), {});
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  std::vector<std::string> users;
+  for (int i = 0; i < 40; ++i) users.push_back(absl::StrCat("user:", i));
+  std::vector<Observation> batch;
+  for (const auto& u : users) batch.push_back({2, "ip:10.2.2.2", u, now});
+  ASSERT_TRUE(store->Record(batch, now).ok());
+  ASSERT_EQ(LayoutOf(conn_.get(), *store, 2, "ip:10.2.2.2", now).exact, 0);
+  const std::vector<ReadRequest> reads = {{2, "ip:10.2.2.2", Hours(1)}};
+  std::vector<int64_t> before(1), with(1);
+  ASSERT_TRUE(store->Read(reads, now, absl::MakeSpan(before)).ok());
+  const std::vector<Observation> pending = {{2, "ip:10.2.2.2", "user:0", now},
+                                            {2, "ip:10.2.2.2", "user:0", now}};
+  ASSERT_TRUE(store->ReadWith(reads, pending, now, absl::MakeSpan(with)).ok());
+  EXPECT_EQ(with[0], before[0] + 1);
+}
+
 // Two nodes on one Redis count one distinct set together, across the promotion: a node
 // that still takes the hash as exact writes exact values, learns from its reply that the
 // other node promoted it, and moves them into the sketches.
@@ -706,6 +727,56 @@ TEST_P(CounterStoreTest, BatchedReadsMatchSingleReads) {
   }
   EXPECT_EQ(values[10], 10);
   EXPECT_EQ(values[11], 0);
+}
+
+// ReadWith reads as if the pending observations had been recorded, and records nothing:
+// what POST /v1/policies/test shows a rule, the store untouched.
+TEST_P(CounterStoreTest, ReadWithCountsPendingObservationsWithoutRecordingThem) {
+  TimeOptions time;
+  time.max_lateness = Minutes(45);
+  auto store = Make(ExampleSpecs(), time);
+  ASSERT_NE(store, nullptr);
+  const absl::Time now = clock_.Now();
+  Play(*store, "user:u1", now, 3);
+  ASSERT_TRUE(store
+                  ->Record(std::vector<Observation>{{1, "ip:1", "track:t1", now},
+                                                    {1, "ip:1", "track:t2", now}},
+                           now)
+                  .ok());
+  const std::vector<Observation> pending = {
+      {0, "user:u1", "", now},
+      {0, "user:u1", "", now},
+      {0, "user:u1", "", now - Minutes(30)},  // in the 1h window, not the 1m one
+      {0, "user:u1", "", now - Minutes(50)},  // past the lateness bound: Record refuses it
+      {0, "user:u1", "", now + Seconds(3)},   // ahead: in the 1h window's bucket of now,
+                                              // past the 1m window's
+      {0, "user:u2", "", now},
+      {1, "ip:1", "track:t2", now},  // counted already: adds nothing
+      {1, "ip:1", "track:t3", now},
+      {1, "ip:1", "track:t3", now},  // twice in the batch: once
+      {1, "ip:2", "track:t1", now},
+  };
+  const std::vector<ReadRequest> reads = {
+      {0, "user:u1", Minutes(1)}, {0, "user:u1", Hours(1)}, {0, "user:u2", Hours(24)},
+      {0, "user:u3", Hours(1)},   {1, "ip:1", Hours(1)},    {1, "ip:2", Hours(1)},
+      {1, "ip:3", Hours(1)},
+  };
+  std::vector<int64_t> values(reads.size(), -1);
+  ASSERT_TRUE(store->ReadWith(reads, pending, now, absl::MakeSpan(values)).ok());
+  EXPECT_EQ(values, (std::vector<int64_t>{5, 7, 1, 0, 3, 1, 0}));
+  // Nothing was recorded.
+  ASSERT_TRUE(store->Read(reads, now, absl::MakeSpan(values)).ok());
+  EXPECT_EQ(values, (std::vector<int64_t>{3, 3, 0, 0, 2, 0, 0}));
+  EXPECT_EQ(store->Stats().counted, 5);
+  // Without pending observations it is Read(); bad reads fail as Read()'s do.
+  ASSERT_TRUE(store->ReadWith(reads, {}, now, absl::MakeSpan(values)).ok());
+  EXPECT_EQ(values, (std::vector<int64_t>{3, 3, 0, 0, 2, 0, 0}));
+  const std::vector<ReadRequest> bad = {{0, "user:u1", Minutes(5)}};
+  std::vector<int64_t> one(1);
+  EXPECT_EQ(store->ReadWith(bad, pending, now, absl::MakeSpan(one)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->ReadWith(reads, pending, now, absl::MakeSpan(one)).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Pipelines whose replies run to megabytes (Redis: replies cross every read's end,

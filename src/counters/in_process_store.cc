@@ -404,7 +404,7 @@ void InProcessCounterStore::ApplyLocked(Shard& shard, const Observation& o, uint
 }
 
 int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view key,
-                                       absl::Time now) {
+                                       absl::Time now, const Hll* extra) {
   const WindowGeometry& g = set_.geometry(counter)[window];
   const int64_t newest = g.BucketOf(now);
   const int64_t oldest = newest - g.buckets + 1;
@@ -422,13 +422,14 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
     }
     return sum;
   }
+  const bool more = extra != nullptr && !extra->empty();
   thread_local internal::HllMerger merger;
   merger.Reset();
   {
     internal::ShardLock lock(&shard.mu);
     const auto& map = shard.sketches[counter];
     auto it = map.find(hk);
-    if (it == map.end()) return 0;
+    if (it == map.end()) return more ? extra->Estimate() : 0;
     const auto& e = it->second;
     const Hll* only = nullptr;
     int in_window = 0;
@@ -438,14 +439,17 @@ int64_t InProcessCounterStore::ReadOne(int counter, int window, std::string_view
         ++in_window;
       }
     }
-    if (in_window == 0) return 0;
+    if (in_window == 0) return more ? extra->Estimate() : 0;
     // One bucket in the window: its own estimate is the union's (same registers), without
     // copying it into the merger.
-    if (in_window == 1) return only->Estimate();
+    if (in_window == 1 && !more) return only->Estimate();
     for (auto* s = e.window_begin(window); s != e.window_end(window); ++s) {
       if (s->bucket >= oldest && s->bucket <= newest) merger.Merge(s->value);
     }
   }
+  // The values not recorded: the union with them is what recording them would estimate
+  // (an HLL register only grows, whichever sketch a value is added to).
+  if (more) merger.Merge(*extra);
   return merger.Estimate();
 }
 
@@ -468,6 +472,12 @@ absl::StatusOr<int64_t> InProcessCounterStore::Distinct(std::string_view counter
 
 absl::Status InProcessCounterStore::Read(absl::Span<const ReadRequest> reads, absl::Time now,
                                          absl::Span<int64_t> values) {
+  return ReadWith(reads, {}, now, values);
+}
+
+absl::Status InProcessCounterStore::ReadWith(absl::Span<const ReadRequest> reads,
+                                             absl::Span<const Observation> pending, absl::Time now,
+                                             absl::Span<int64_t> values) {
   if (values.size() != reads.size()) {
     return absl::InvalidArgumentError("values must be as long as reads");
   }
@@ -477,8 +487,20 @@ absl::Status InProcessCounterStore::Read(absl::Span<const ReadRequest> reads, ab
     if (!w.ok()) return w.status();
     windows.push_back(*w);
   }
+  std::vector<const Observation*> seen;
   for (size_t i = 0; i < reads.size(); ++i) {
-    values[i] = ReadOne(reads[i].counter, windows[i], reads[i].key, now);
+    const ReadRequest& r = reads[i];
+    seen.clear();
+    internal::PendingSeen(set_, pending, r, windows[i], now, &seen);
+    if (seen.empty()) {
+      values[i] = ReadOne(r.counter, windows[i], r.key, now);
+    } else if (!set_.spec(r.counter).is_distinct()) {
+      values[i] = ReadOne(r.counter, windows[i], r.key, now) + static_cast<int64_t>(seen.size());
+    } else {
+      Hll extra;
+      for (const Observation* o : seen) extra.Add(internal::HashValue(o->value));
+      values[i] = ReadOne(r.counter, windows[i], r.key, now, &extra);
+    }
   }
   return absl::OkStatus();
 }

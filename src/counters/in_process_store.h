@@ -46,7 +46,8 @@ struct InProcessOptions {
 
 namespace internal {
 struct Shard;
-}
+class Hll;
+}  // namespace internal
 
 class InProcessCounterStore final : public CounterStore {
  public:
@@ -64,6 +65,8 @@ class InProcessCounterStore final : public CounterStore {
                                    absl::Duration window, absl::Time now) override;
   absl::Status Read(absl::Span<const ReadRequest> reads, absl::Time now,
                     absl::Span<int64_t> values) override;
+  absl::Status ReadWith(absl::Span<const ReadRequest> reads, absl::Span<const Observation> pending,
+                        absl::Time now, absl::Span<int64_t> values) override;
   StoreStats Stats() const override;
 
   // Drops expired entries in every shard now (a scheduler may call this periodically).
@@ -83,7 +86,9 @@ class InProcessCounterStore final : public CounterStore {
   void Prefetch(internal::Shard& shard, const Observation& o, uint64_t hash);
   void ApplyLocked(internal::Shard& shard, const Observation& o, uint64_t hash, int64_t now_us,
                    BatchBuckets& bb);
-  int64_t ReadOne(int counter, int window, std::string_view key, absl::Time now);
+  // `extra` (distinct counters; may be null): values not recorded, read as if they were.
+  int64_t ReadOne(int counter, int window, std::string_view key, absl::Time now,
+                  const internal::Hll* extra = nullptr);
 
   const CounterSet set_;
   const InProcessOptions options_;

@@ -872,6 +872,12 @@ absl::StatusOr<RecordSummary> RedisCounterStore::Record(absl::Span<const Observa
 
 absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::Time now,
                                      absl::Span<int64_t> values) {
+  return ReadWith(reads, {}, now, values);
+}
+
+absl::Status RedisCounterStore::ReadWith(absl::Span<const ReadRequest> reads,
+                                         absl::Span<const Observation> pending, absl::Time now,
+                                         absl::Span<int64_t> values) {
   if (values.size() != reads.size()) {
     return absl::InvalidArgumentError("values must be as long as reads");
   }
@@ -895,10 +901,14 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
   // Round trip 2 (only if a distinct window holds sketches): PFCOUNT over the buckets
   // inside the window, usually one key (Redis's cached cardinality, no merge).
   Commands counts;
-  std::vector<size_t> counted_read;  // counts command -> read index
+  std::vector<size_t> counted_read;                 // counts command -> read index
+  std::vector<int64_t> sketch_extra(reads.size());  // pending values beside sketches
   std::vector<std::string_view> exact;
+  std::vector<const Observation*> seen;
   for (size_t i = 0; i < reads.size(); ++i) {
     const Reply& r = replies[i];
+    seen.clear();
+    internal::PendingSeen(set_, pending, reads[i], windows[i], now, &seen);
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
     if (r.type != REDIS_REPLY_ARRAY) return absl::InternalError("redis: unexpected hash reply");
     const WindowGeometry& g = set_.geometry(reads[i].counter)[windows[i]];
@@ -955,7 +965,16 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
           AppendKey(out, reads[i].counter, windows[i], reads[i].key, b);
         });
       }
-      if (!any && !exact.empty()) {
+      if (any) {
+        // PFCOUNT answers for the sketches alone: the pending values count as new.
+        exact.clear();
+        for (const Observation* o : seen) exact.push_back(o->value);
+        std::sort(exact.begin(), exact.end());
+        sketch_extra[i] = std::unique(exact.begin(), exact.end()) - exact.begin();
+        continue;
+      }
+      for (const Observation* o : seen) exact.push_back(o->value);
+      if (!exact.empty()) {
         std::sort(exact.begin(), exact.end());
         values[i] = std::unique(exact.begin(), exact.end()) - exact.begin();
       }
@@ -990,7 +1009,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
       }
       if (b >= oldest && b <= newest) sum += v;
     }
-    values[i] = sum;
+    values[i] = sum + static_cast<int64_t>(seen.size());
   }
   if (counts.size() == 0) return absl::OkStatus();
   Replies estimates;
@@ -1001,7 +1020,7 @@ absl::Status RedisCounterStore::Read(absl::Span<const ReadRequest> reads, absl::
     if (r.type == REDIS_REPLY_ERROR) return ReplyError(r);
     if (r.type != REDIS_REPLY_INTEGER)
       return absl::InternalError("redis: unexpected PFCOUNT reply");
-    values[counted_read[k]] = r.integer;
+    values[counted_read[k]] = r.integer + sketch_extra[counted_read[k]];
   }
   return absl::OkStatus();
 }

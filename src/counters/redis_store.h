@@ -123,6 +123,10 @@ class RedisCounterStore final : public CounterStore {
                                    absl::Duration window, absl::Time now) override;
   absl::Status Read(absl::Span<const ReadRequest> reads, absl::Time now,
                     absl::Span<int64_t> values) override;
+  // Read()'s round trips; the pending values of a distinct window that holds sketches
+  // count as new (PFCOUNT cannot be asked about a value; PFADD to a copy would write).
+  absl::Status ReadWith(absl::Span<const ReadRequest> reads, absl::Span<const Observation> pending,
+                        absl::Time now, absl::Span<int64_t> values) override;
   StoreStats Stats() const override;
 
   // The Redis key of `bucket` of window `window` (an index) of `counter`, for tests: the

@@ -186,6 +186,53 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(len(dets), 1, r)
         self.assertEqual(wait_verdict(self.q, user, "throttle"), "throttle")
 
+    def test_policies_test_decides_events_and_writes_nothing(self):
+        # POST /v1/policies/test with events: the rule reads the real counters with the
+        # tested events counted virtually; no mitigation, no ledger change, no count.
+        user = "user:pt1"
+        ev = lambda: {"type": "login_failed", "entity": user, "at": ts(now())}
+        s, r, _ = self.q.request("POST", "/v1/events", {"events": [ev() for _ in range(8)]})
+        self.assertEqual(s, 200, r)
+        self.assertFalse(any(rule_detections(x) for x in r["results"]), r)
+        seq = self.q.request("GET", "/readyz", auth=False)[1]["seq"]
+
+        def decisions(t):
+            return [[(d["policy"], d["action"], d["state"], d["entity"]) for d in e["decisions"]]
+                    for e in t["events"]]
+        # A 9th failed login, tested: under brute-force-account's 10.
+        s, t, _ = self.q.request("POST", "/v1/policies/test", {"events": [ev()]})
+        self.assertEqual(s, 200, t)
+        self.assertEqual(decisions(t), [[]], t)
+        self.assertEqual(t["results"], [], t)
+        # Two in one request: a batch counts whole before its rules run, both read 10.
+        s, t, _ = self.q.request("POST", "/v1/policies/test", {"events": [ev(), ev()]})
+        self.assertEqual(s, 200, t)
+        fired = [("brute-force-account", "throttle", "active", user)]
+        self.assertEqual(decisions(t), [fired, fired], t)
+        self.assertEqual([e["index"] for e in t["events"]], [0, 1])
+        # An event a submission would refuse is a 400 naming it.
+        s, t, _ = self.q.request("POST", "/v1/policies/test",
+                                 {"events": [ev(), {"type": "login_failed"}]})
+        self.assertEqual(s, 400, t)
+        self.assertEqual([d["field"] for d in t["error"]["details"]], ["events[1].entity"], t)
+        # Nothing was written.
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        s, c, _ = self.q.request("GET", "/v1/check?entity=" + user)
+        self.assertEqual((s, c["verdict"], c["mitigations"]), (200, "allow", []), c)
+        s, m, _ = self.q.request("GET", "/v1/mitigations?entity=" + user)
+        self.assertEqual((s, m["mitigations"]), (200, []), m)
+        # Nor counted: the 3 tested events would make a real 9th fire. It does not; the
+        # real 10th does.
+        s, r, _ = self.q.request("POST", "/v1/events", ev())
+        self.assertEqual(s, 200, r)
+        self.assertEqual(r["results"][0]["outcomes"]["counted"], 1, r)
+        self.assertEqual(rule_detections(r["results"][0]), [], r)
+        self.assertEqual(self.q.request("GET", "/readyz", auth=False)[1]["seq"], seq)
+        s, r, _ = self.q.request("POST", "/v1/events", ev())
+        self.assertEqual(s, 200, r)
+        self.assertEqual(len(rule_detections(r["results"][0])), 1, r)
+        self.assertEqual(wait_verdict(self.q, user, "throttle"), "throttle")
+
     def test_per_item_errors_and_limits(self):
         good = {"type": "play", "entity": "user:p1", "at": ts(now()),
                 "attrs": {"ip": "ip:10.9.9.9", "track": "track:t1", "ms_played": 40000}}

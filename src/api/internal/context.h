@@ -41,6 +41,7 @@ class Safeguards;
 
 namespace quell::api::internal {
 
+class CounterHolder;
 struct RouteMetrics;
 
 // One authenticated request and the means to answer it, exactly once.
@@ -128,6 +129,9 @@ class Context {
   BackgroundTasks background;
   DecisionMetrics decision_metrics{deps.metrics};
   workflow::Safeguards* safeguards = nullptr;  // set by the Api before routes are added
+  //! The velocity counters of the active policy set (POST /v1/events records, policies/
+  //! test reads). Set by the Api before routes are added.
+  CounterHolder* counters = nullptr;
   //! How long a pending approval can be approved (SafeguardOptions::pending_ttl): past
   //! it, one is over for revokes, appeals and rollbacks too. Infinite without safeguards.
   absl::Duration pending_ttl() const;

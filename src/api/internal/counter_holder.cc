@@ -72,6 +72,13 @@ absl::StatusOr<std::shared_ptr<counters::CounterStore>> CounterHolder::For(
   return store_;
 }
 
+std::shared_ptr<counters::CounterStore> CounterHolder::Peek(const policy::PolicySet& set) const {
+  std::vector<counters::CounterSpec> specs = SpecsOf(set);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (store_ == nullptr || !SameCounters(specs, specs_)) return nullptr;
+  return store_;
+}
+
 counters::StoreStats CounterHolder::Stats() const {
   std::shared_ptr<counters::CounterStore> store;
   int64_t retired;

@@ -30,6 +30,12 @@ class CounterHolder {
   absl::StatusOr<std::shared_ptr<counters::CounterStore>> For(
       const std::shared_ptr<const policy::PolicySet>& set);
 
+  //! The store in use (the one For() last returned) if it serves exactly `set`'s
+  //! declarations, else null (a set declaring none, or other counters: For() would build
+  //! a new, empty store for it). Never builds or swaps a store: for dry runs, which must
+  //! not reset the live counts.
+  std::shared_ptr<counters::CounterStore> Peek(const policy::PolicySet& set) const;
+
   //! Stats of the current store, summed with the retired stores' evictions.
   counters::StoreStats Stats() const;
 

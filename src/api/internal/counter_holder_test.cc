@@ -48,6 +48,24 @@ TEST(CounterHolderTest, KeepsCountsWhenCountersAreUnchanged) {
   EXPECT_EQ(h.Stats().keys, 0);
 }
 
+TEST(CounterHolderTest, PeekNeverBuildsOrSwaps) {
+  CounterHolder h(CounterOptions{});
+  const absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto v1 = Set(kPlays, 1);
+  EXPECT_EQ(h.Peek(*v1), nullptr);  // no store built yet
+  auto s1 = h.For(v1);
+  ASSERT_TRUE(s1.ok());
+  EXPECT_EQ(Record(**s1, now), 1);
+  EXPECT_EQ(h.Peek(*Set(kPlays, 2)).get(), s1->get());  // same declarations: the live store
+  // Other declarations: none, and the live store (and its count) stays in use.
+  auto other = Set("  - {name: plays, on: play, key: entity, windows: [1m, 2h]}\n", 3);
+  EXPECT_EQ(h.Peek(*other), nullptr);
+  auto again = h.For(v1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), s1->get());
+  EXPECT_EQ(*(*again)->Count("plays", "user:a", absl::Hours(1), now), 1);
+}
+
 TEST(CounterHolderTest, NoCountersNoStore) {
   CounterHolder h(CounterOptions{});
   auto set = policy::LoadPolicySet(

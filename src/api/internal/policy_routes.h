@@ -16,8 +16,8 @@ namespace quell::api::internal {
 void AddDetectionRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 void AddPolicyRoutes(Router& router, Context& ctx, PolicyHolder& policies);
 void AddBacktestRoutes(Router& router, Context& ctx, PolicyHolder& policies);
-//! POST /v1/events. Returns the route group's state (counter stores, metrics), which the
-//! caller keeps alive as long as the router.
+//! POST /v1/events, recording in ctx.counters. Returns the route group's state (its
+//! metrics), which the caller keeps alive as long as the router.
 absl::StatusOr<std::shared_ptr<void>> AddEventRoutes(Router& router, Context& ctx,
                                                      PolicyHolder& policies);
 
