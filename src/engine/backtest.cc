@@ -50,7 +50,7 @@ class ReplayEnvironment final : public policy::Environment {
     auto it = lists_.entries.find(AV(list));
     if (it == lists_.entries.end()) return false;
     auto e = core::Entity::Parse(entity);  // entries are normalised, as live reads them
-    return e.ok() && it->second.contains(e->str());
+    return e.ok() && it->second.Has(*e);
   }
   bool Active(std::string_view entity, std::string_view action) override {
     auto it = pairs_.find(PairKey(entity, action));
@@ -504,8 +504,8 @@ absl::StatusOr<ReplayLists> LoadReplayLists(ledger::Store& store,
       }
     }
     if (declared) {
-      auto& set = out.entries[info.name];
-      for (std::string& e : entries) set.insert(std::move(e));
+      core::EntityList& list = out.entries[info.name];
+      for (const std::string& e : entries) list.Insert(e);
     }
   }
   out.protected_set = safeguards::ProtectedSet::Build(protected_entries);

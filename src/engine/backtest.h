@@ -28,7 +28,8 @@
 // The replay is pure over its inputs: the candidate set, the records, and the lists. Its
 // clock is each detection's observed_at. The policy::Environment it evaluates with
 // answers from the replay's own state, never from the live system:
-//   - in_list(): the lists given (loaded once, before the replay);
+//   - in_list(): the lists given (loaded once, before the replay), matched as live
+//     (core::EntityList: an ip: or cidr: inside a cidr: entry is on the list);
 //   - active(e, a): an enforce decision of the replay on (e, a) whose [start, expiry)
 //     covers observed_at (start = observed_at + delay; a decision on a live pair extends
 //     its expiry, the later one wins);
@@ -59,6 +60,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/entity_list.h"
 #include "ledger/store.h"
 #include "policy/policy_set.h"
 #include "safeguards/protected.h"
@@ -82,8 +84,8 @@ ReplayRecord ReplayRecordOf(const ledger::StoredDetection& d);
 
 // The entity lists the replay's in_list() reads, and which entities are protected.
 struct ReplayLists {
-  // list name -> entities (normalised text).
-  absl::flat_hash_map<std::string, absl::flat_hash_set<std::string>> entries;
+  // list name -> entities (normalised text), matched as core::EntityList matches.
+  absl::flat_hash_map<std::string, core::EntityList> entries;
   // Every entity of every protected list.
   absl::flat_hash_set<std::string> protected_entities;
   // The same, matched as the server's safeguard matches (an ip inside a protected cidr,

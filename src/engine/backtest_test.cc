@@ -170,7 +170,7 @@ TEST(BacktestTest, EscalatesOnReplayHitsWithinTheWindow) {
 
 TEST(BacktestTest, ActiveAndListsAnswerFromTheReplay) {
   ReplayLists lists;
-  lists.entries["watched"].insert("user:w");
+  lists.entries["watched"].Insert("user:w");
   BacktestReport r = Replay(
       {
           Make("a1", "user:w", 0.995, T(0)),  // not active yet: only `high`
@@ -278,7 +278,7 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     ASSERT_TRUE(lists.ok());
     EXPECT_TRUE(lists->protected_entities.contains("user:p"));
     EXPECT_TRUE(lists->protected_entities.contains("user:q"));
-    EXPECT_TRUE(lists->entries["watched"].contains("user:p"));
+    EXPECT_TRUE(lists->entries["watched"].HasEntry("user:p"));
     // Covered, not named: held live, so counted protected (it was missed).
     EXPECT_TRUE(lists->IsProtected("ip:10.5.5.5"));
     EXPECT_TRUE(lists->IsProtected("cidr:10.1.0.0/16"));
@@ -294,6 +294,36 @@ TEST(BacktestTest, RunsOverASqliteStore) {
     EXPECT_EQ(Row(*report, "high").newly.protected_entities, 1);
     EXPECT_THAT(Row(*report, "high").newly.samples, ElementsAre("user:u1", "user:p", "user:u5"));
     EXPECT_EQ(Row(*report, "trial").shadow.entities, 1);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// SPEC: a cidr: id matches every ip: inside it. The replay's in_list() matched a list's
+// entries exactly: an address inside a listed network read as unlisted.
+TEST(BacktestTest, InListMatchesAddressesInsideAListedNetwork) {
+  auto dir =
+      std::filesystem::temp_directory_path() / absl::StrCat("quell-backtest-cidr-", getpid());
+  std::filesystem::remove_all(dir);
+  {
+    auto store = ledger::OpenSqliteStore({.path = dir.string(), .synchronous_full = false});
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto txn = (*store)->Begin(T(100));
+    ASSERT_TRUE(txn.ok());
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kList;
+    c.actor = "test";
+    c.payload = R"({"list":"watched","add":["cidr:10.0.0.0/8","cidr:2001:db8::/32"]})";
+    ASSERT_TRUE((*txn)->Append(c, nullptr).ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+    auto lists = LoadReplayLists(**store, *Load(kSet));
+    ASSERT_TRUE(lists.ok()) << lists.status();
+    BacktestReport r =
+        Replay({Make("n1", "ip:10.1.2.3", 0.6, T(0)), Make("n2", "ip:11.0.0.1", 0.6, T(1)),
+                Make("n3", "ip:2001:db8::9", 0.6, T(2)), Make("n4", "cidr:10.5.0.0/16", 0.6, T(3)),
+                Make("n5", "cidr:0.0.0.0/0", 0.6, T(4))},
+               *std::move(lists));
+    EXPECT_THAT(Row(r, "trial").shadow.samples,
+                ElementsAre("ip:10.1.2.3", "ip:2001:db8::9", "cidr:10.5.0.0/16"));
   }
   std::filesystem::remove_all(dir);
 }
@@ -358,7 +388,7 @@ TEST(BacktestTest, AnEscalatedDecisionLastsItsStepsTtl) {
 // in_list() reads an entity in its normal form, as live: "ip:2001:DB8::1" is listed.
 TEST(BacktestTest, InListNormalisesTheEntityAsLiveDoes) {
   ReplayLists lists;
-  lists.entries["watched"].insert("ip:2001:db8::1");
+  lists.entries["watched"].Insert("ip:2001:db8::1");
   BacktestReport r = ReplayLiveLike(
       {Make("l1", "user:l", 0.5, T(0), {}, "l", R"({"ip":"ip:2001:DB8::1"})")}, std::move(lists));
   EXPECT_EQ(Row(r, "listed").matched, 1);

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/entity_json.h"
+#include "core/entity_list.h"
 #include "core/mitigation.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -328,7 +329,7 @@ class CaseEnvironment final : public policy::Environment {
  public:
   CaseEnvironment(const policy::PolicySet& set, const PolicyCase& c) {
     for (const auto& [name, members] : c.lists) {
-      for (const std::string& m : members) lists_.insert({name, m});
+      for (const std::string& m : members) lists_[name].Insert(m);
     }
     for (const auto& a : c.active) active_.insert({a.entity, a.action});
     for (const auto& v : c.counters) counters_[{v.counter, v.key}] += v.value;
@@ -350,7 +351,10 @@ class CaseEnvironment final : public policy::Environment {
     return Count(counter, key, w);
   }
   bool InList(std::string_view list, std::string_view entity) override {
-    return lists_.count({std::string(list), std::string(entity)}) > 0;
+    auto it = lists_.find(list);
+    if (it == lists_.end()) return false;
+    auto e = core::Entity::Parse(entity);  // members are kept in the normal form, as live
+    return e.ok() && it->second.Has(*e);
   }
   bool Active(std::string_view entity, std::string_view action) override {
     return active_.count({std::string(entity), std::string(action)}) > 0;
@@ -377,7 +381,7 @@ class CaseEnvironment final : public policy::Environment {
 
  private:
   using Key = std::pair<std::string, std::string>;
-  std::set<Key> lists_;
+  std::map<std::string, core::EntityList, std::less<>> lists_;
   std::set<Key> active_;
   std::set<Key> live_;  // (entity, action) given a mitigation by this case's decisions
   std::map<Key, int64_t> counters_;

@@ -134,6 +134,38 @@ expect:
   EXPECT_TRUE(r.passed) << r.Report() << r.error;
 }
 
+// SPEC: a cidr: id matches every ip: inside it. The case runner's in_list() matched a list's
+// members by exact text (and the entity as written): the case said nothing where the server
+// flags the address.
+TEST(PolicyCases, InListMatchesAddressesInsideAListedNetwork) {
+  auto set = policy::LoadPolicySet(R"(
+detection_types: [manual]
+actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+lists:
+  - {name: vpn}
+policies:
+  - {id: via-vpn, on: detection, when: 'in_list("vpn", entity)', action: flag}
+  - {id: via-vpn-ip, on: detection, when: 'in_list("vpn", detection.evidence.ip)', action: flag}
+)",
+                                   1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  CaseResult r = RunCaseText(**set, R"(name: a list of ranges
+lists: {vpn: ["cidr:10.0.0.0/8", "cidr:2001:db8::/32"]}
+detections:
+  - {id: d1, source: s, type: manual, entity: "ip:10.5.5.5", score: 0.5}
+  - {id: d2, source: s, type: manual, entity: "ip:11.0.0.1", score: 0.5}
+  - {id: d3, source: s, type: manual, entity: "cidr:10.9.0.0/16", score: 0.5}
+  - {id: d4, source: s, type: manual, entity: "user:u", score: 0.5,
+     evidence: {ip: "ip:2001:DB8::7"}}
+expect:
+  - {entity: "ip:10.5.5.5", action: flag, state: active, policy: via-vpn}
+  - {entity: "cidr:10.9.0.0/16", action: flag, state: active, policy: via-vpn}
+  - {entity: "user:u", action: flag, state: active, policy: via-vpn-ip}
+)");
+  EXPECT_TRUE(r.passed) << r.Report() << r.error;
+}
+
 // An event's attributes reach the rules in normal form, as POST /v1/events gives them:
 // the case failed where the live event decided block.
 TEST(PolicyCases, EventAttrsAreNormalisedAsTheEventsRouteDoes) {

@@ -46,7 +46,7 @@ class AheadEnvironment final : public policy::Environment {
     auto e = core::Entity::Parse(entity);  // entries are kept in the normal form
     if (!e.ok()) return false;
     auto it = lists_.entries.find(AV(list));
-    return it != lists_.entries.end() && it->second.contains(AV(e->str()));
+    return it != lists_.entries.end() && it->second.Has(*e);
   }
   bool Active(std::string_view, std::string_view) override {
     needs_ledger_ = true;

@@ -242,6 +242,65 @@ policies:
   EXPECT_EQ(state.size(), 12u);
 }
 
+// SPEC: a cidr: id matches every ip: inside it. All three of the import's evaluators read a
+// list of networks exactly: the one ahead (rows whose conditions stop before active()), the
+// one in the ledger transaction (rows that reach it) and the dry run's; each now finds the
+// addresses inside.
+TEST(DirectImportTest, InListMatchesAddressesInsideAListedNetwork) {
+  constexpr char kRanges[] = R"(actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 7d}
+  - {name: challenge, verdict: challenge, severity: low, ttl: 7d}
+lists:
+  - {name: vpn}
+policies:
+  - id: any
+    on: detection
+    when: in_list("vpn", entity)
+    action: flag
+  - id: high
+    on: detection
+    when: 'detection.score >= 0.9 && !active(entity, "challenge") && in_list("vpn", entity)'
+    action: challenge
+)";
+  std::string dir = testing::TempDir("listed-cidr");
+  PrepareDataDir(dir + "/var", kRanges);
+  {
+    auto ledger = ledger::Ledger::Open(OpenStore(dir + "/var"), {}, core::RealClock::Get());
+    ASSERT_TRUE(ledger.ok());
+    ASSERT_TRUE((*ledger)
+                    ->SubmitAndWait([](ledger::Txn& txn, absl::Time) -> absl::Status {
+                      ledger::Change c;
+                      c.kind = ledger::ChangeKind::kList;
+                      c.actor = "test";
+                      c.payload =
+                          R"({"list":"vpn","add":["cidr:10.0.0.0/8","cidr:2001:db8::/32"]})";
+                      return txn.Append(c, nullptr).status();
+                    })
+                    .ok());
+  }
+  std::string file = dir + "/in.ndjson";
+  // 0.5: evaluated ahead; 0.95: in the transaction (high reads active()).
+  testing::WriteFile(file, Row("v1", "ip:10.1.2.3", 0.5) + Row("v2", "ip:11.0.0.1", 0.5) +
+                               Row("v3", "ip:2001:db8::9", 0.5) + Row("w1", "ip:10.9.9.9", 0.95) +
+                               Row("w2", "ip:12.0.0.1", 0.95));
+  ImportOptions dry = Options(dir, file);
+  dry.dry_run = true;
+  ImportResult preview = Import(dry);
+  ASSERT_TRUE(preview.status.ok()) << preview.status;
+  EXPECT_EQ(preview.dry_run->new_by_policy,
+            (std::map<std::string, int64_t>{{"any", 3}, {"high", 1}}))
+      << DryRunText(*preview.dry_run);
+
+  ImportResult r = Import(Options(dir, file));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(State(dir + "/var"), (std::multiset<std::string>{
+                                     "ip:10.1.2.3 flag active any [v1,]",
+                                     "ip:2001:db8::9 flag active any [v3,]",
+                                     "ip:10.9.9.9 flag active any [w1,]",
+                                     "ip:10.9.9.9 challenge active high [w1,]",
+                                 }));
+}
+
 // A repeat of an id in the same batch is a duplicate of its first occurrence, whichever
 // of the two would earn a decision: rows without one are written before the others.
 TEST(DirectImportTest, RepeatsInABatchAnswerAsTheirFirstOccurrence) {

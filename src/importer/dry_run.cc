@@ -20,7 +20,10 @@ class DryRun::Env final : public policy::Environment {
   int64_t Count(std::string_view, std::string_view, absl::Duration) override { return 0; }
   int64_t Distinct(std::string_view, std::string_view, absl::Duration) override { return 0; }
   bool InList(std::string_view list, std::string_view entity) override {
-    return owner_.memberships_.contains(absl::StrCat(AV(list), "\n", AV(entity)));
+    auto it = owner_.lists_.find(AV(list));
+    if (it == owner_.lists_.end()) return false;
+    auto e = core::Entity::Parse(entity);  // entries are kept in the normal form
+    return e.ok() && it->second.Has(*e);
   }
   // The store's state, then the file's earlier rows: as the import decides row after
   // row, a mitigation an earlier row creates is active (or counted) for the later ones.
@@ -70,7 +73,7 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(
     QUELL_RETURN_IF_ERROR(
         store
             ->ScanListEntries([&](std::string_view list, std::string_view entity) {
-              d->memberships_.insert(absl::StrCat(AV(list), "\n", AV(entity)));
+              d->lists_[std::string(list)].Insert(entity);
               if (std::find(d->protected_lists_.begin(), d->protected_lists_.end(), list) !=
                   d->protected_lists_.end()) {
                 protected_entries[std::string(list)].emplace_back(list, entity);
@@ -99,7 +102,7 @@ absl::StatusOr<std::unique_ptr<DryRun>> DryRun::Create(
 
 bool DryRun::IsProtected(const core::Entity& entity, std::string* list) const {
   for (const std::string& l : protected_lists_) {
-    if (memberships_.contains(absl::StrCat(l, "\n", entity.str()))) {
+    if (auto it = lists_.find(l); it != lists_.end() && it->second.HasEntry(entity.str())) {
       *list = l;
       return true;
     }

@@ -26,6 +26,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "core/entity_list.h"
 #include "engine/engine.h"
 #include "ledger/store.h"
 #include "policy/policy_set.h"
@@ -93,7 +94,8 @@ class DryRun {
   std::shared_ptr<const policy::PolicySet> set_;
   ledger::Store* store_;
   absl::Time now_;
-  absl::flat_hash_set<std::string> memberships_;  // "list\nentity"
+  // Every list of the store, for in_list() and the protected lists' exact members.
+  absl::flat_hash_map<std::string, core::EntityList> lists_;
   // Each protected list's entries, matched as the safeguard matches (an ip inside a cidr).
   std::vector<std::pair<std::string, std::shared_ptr<const safeguards::ProtectedSet>>>
       protected_sets_;

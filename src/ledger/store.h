@@ -262,7 +262,10 @@ class Txn {
       const core::Entity& entity, absl::Time since) = 0;
   //! The version the next kPolicySet change must carry: 1 + the highest published.
   virtual absl::StatusOr<int64_t> NextPolicyVersion() = 0;
-  //! Whether `entity` is on list `name` (false if there is no such list).
+  //! Whether `entity` is on list `name` (false if there is no such list), as
+  //! core::EntityList matches: held, or an `ip:` / `cidr:` inside a `cidr:` entry. A
+  //! bounded number of index probes whatever the list's size (one per prefix length of
+  //! the entity's family at most: core::CoveringCidrEntries).
   virtual absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) = 0;
 
   //! Marks a savepoint (they nest); RollbackToSavepoint undoes every write (and seq)

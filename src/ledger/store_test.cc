@@ -1495,6 +1495,57 @@ TEST_P(StoreTest, ListChangesAreMaterialisedAndUndone) {
   EXPECT_THAT(all, ElementsAre("vip user:a", "vip user:b"));
 }
 
+// SPEC: a cidr: id matches every ip: inside it. ListHas (what a policy's in_list() reads
+// inside the transaction) answers so, for both families, without crossing them; a cidr:
+// is on a list holding it or a wider network, not one holding a narrower one or an ip.
+TEST_P(StoreTest, ListHasCoversAddressesInsideListedNetworks) {
+  auto list = [&](Txn& txn, std::string payload) {
+    Change c;
+    c.kind = ChangeKind::kList;
+    c.actor = "k_admin";
+    c.payload = std::move(payload);
+    return txn.Append(std::move(c), nullptr).status();
+  };
+  auto has = [](Txn& txn, std::string_view name, std::string_view entity) {
+    auto h = txn.ListHas(name, E(entity));
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.ok() && *h;
+  };
+  auto txn = Begin();
+  ASSERT_OK(V(list(*txn, R"({"list":"vpn","add":["cidr:10.0.0.0/8","cidr:2001:db8::/32",)"
+                         R"("cidr:192.0.2.128/25","ip:198.51.100.7","user:u"]})")));
+  ASSERT_OK(V(list(*txn, R"({"list":"users","add":["user:a"]})")));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:10.1.2.3"));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:10.0.0.0"));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:10.255.255.255"));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:192.0.2.200"));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:2001:db8:ffff::1"));
+  EXPECT_TRUE(has(*txn, "vpn", "ip:198.51.100.7"));  // exactly
+  EXPECT_TRUE(has(*txn, "vpn", "user:u"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:11.0.0.1"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:192.0.2.127"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:2001:db9::1"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:198.51.100.8"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:::a00:1"));  // 10.0.0.1's bits, but IPv6
+  EXPECT_FALSE(has(*txn, "users", "ip:10.1.2.3"));
+  EXPECT_FALSE(has(*txn, "nope", "ip:10.1.2.3"));
+  // Networks: on the list if one of its networks holds them whole.
+  EXPECT_TRUE(has(*txn, "vpn", "cidr:10.0.0.0/8"));
+  EXPECT_TRUE(has(*txn, "vpn", "cidr:10.20.0.0/16"));
+  EXPECT_TRUE(has(*txn, "vpn", "cidr:2001:db8:1::/48"));
+  EXPECT_FALSE(has(*txn, "vpn", "cidr:0.0.0.0/0"));
+  EXPECT_FALSE(has(*txn, "vpn", "cidr:192.0.2.0/24"));     // wider than the /25
+  EXPECT_FALSE(has(*txn, "vpn", "cidr:198.51.100.0/24"));  // over a listed ip only
+  // Removed, and seen within the same transaction.
+  ASSERT_OK(V(list(*txn, R"({"list":"vpn","remove":["cidr:10.0.0.0/8"]})")));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:10.1.2.3"));
+  ASSERT_OK(V(txn->Commit()));
+  txn = Begin();
+  EXPECT_TRUE(has(*txn, "vpn", "ip:2001:db8::5"));
+  EXPECT_FALSE(has(*txn, "vpn", "ip:10.1.2.3"));
+  txn->Rollback();
+}
+
 TEST_P(StoreTest, RollbackAndOneTxnAtATime) {
   {
     auto txn = Begin();

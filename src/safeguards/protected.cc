@@ -26,8 +26,11 @@ std::shared_ptr<const ProtectedSet> ProtectedSet::Build(
     if (e->is_ip()) {
       if (auto ip = core::ParseIp(e->id()); ip.ok()) set->ips_.push_back({*ip, text, list});
     } else if (e->is_cidr()) {
-      if (auto net = core::ParseNetwork(e->id()); net.ok())
+      if (auto net = core::ParseNetwork(e->id()); net.ok()) {
         set->nets_.push_back({*net, text, list});
+        set->networks_.Insert(*net);
+        set->net_index_.emplace(*net, set->nets_.size() - 1);
+      }
     }
   }
   return set;
@@ -59,10 +62,9 @@ std::optional<std::string> ProtectedSet::Why(const core::Entity& e) const {
   } else if (e.is_ip()) {
     auto ip = core::ParseIp(e.id());
     if (!ip.ok()) return std::nullopt;
-    for (const Net& p : nets_) {
-      if (p.net.Contains(*ip)) {
-        return absl::StrCat(e.str(), " is inside ", p.entity, " (protected list ", p.list, ")");
-      }
+    if (auto net = networks_.Covering(*ip)) {
+      const Net& p = nets_[net_index_.at(*net)];
+      return absl::StrCat(e.str(), " is inside ", p.entity, " (protected list ", p.list, ")");
     }
   }
   return std::nullopt;

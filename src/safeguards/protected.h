@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "core/entity.h"
+#include "core/entity_list.h"
 
 namespace quell::safeguards {
 
@@ -47,6 +48,10 @@ class ProtectedSet {
   };
   std::vector<Ip> ips_;    // protected ip: entries (a CIDR target covering one is held)
   std::vector<Net> nets_;  // protected cidr: entries (an ip or cidr inside or over one is held)
+  // The same networks for an ip target (the lists' in_list() matcher), with the first entry
+  // and list naming each.
+  core::NetworkSet networks_;
+  absl::flat_hash_map<core::Network, size_t, core::NetworkHash> net_index_;  // -> nets_[i]
 };
 
 }  // namespace quell::safeguards

@@ -15,6 +15,7 @@
 #include "ledger/sqlite/sqlite_store.h"
 #include "policy/expr.h"
 #include "policy/policy_set.h"
+#include "workflow/safeguards.h"
 
 namespace quell::workflow {
 namespace {
@@ -98,6 +99,109 @@ TEST(ApplyDetections, EntityReadsDoneAheadAreUsedAndDecideAsTheTxnsOwn) {
   EXPECT_EQ(plain.taken, 0);
   // Rounds 2-4 read entities that have mitigations (round 1's are known to have none).
   EXPECT_EQ(ahead.taken, 9);
+}
+
+// A list of networks, as `known_vpn_ranges` holds them, and a detection per address.
+constexpr char kListYaml[] = R"(
+actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 2h}
+lists:
+  - {name: vpn}
+policies:
+  - {id: via-vpn, on: detection, when: 'in_list("vpn", entity)', action: flag}
+)";
+
+ledger::Mutation AddToList(std::string payload) {
+  return [payload = std::move(payload)](ledger::Txn& txn, absl::Time) -> absl::Status {
+    ledger::Change c;
+    c.kind = ledger::ChangeKind::kList;
+    c.actor = "test";
+    c.payload = payload;
+    return txn.Append(std::move(c), nullptr).status();
+  };
+}
+
+// SPEC: a cidr: id matches every ip: inside it. The commit-time evaluation (what a direct
+// import, and the server for a detection whose decision reads the ledger, run) read an
+// address inside a listed network as unlisted.
+TEST(EvaluateInTxn, AnAddressInsideAListedNetworkIsOnTheList) {
+  const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
+  auto set = policy::LoadPolicySet(kListYaml, 1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  auto store = ledger::OpenSqliteStore({.path = dir});
+  ASSERT_TRUE(store.ok()) << store.status();
+  core::FakeClock clock;
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_TRUE((*ledger)
+                  ->SubmitAndWait(AddToList(
+                      R"({"list":"vpn","add":["cidr:203.0.113.0/24","cidr:2001:db8::/32"]})"))
+                  .ok());
+  std::vector<DetectionWork> work;
+  for (const char* entity : {"ip:203.0.113.9", "ip:203.0.114.9", "ip:2001:db8::7",
+                             "cidr:203.0.113.128/25", "cidr:203.0.0.0/16"}) {
+    DetectionWork w;
+    w.detection.id = absl::StrCat("d", work.size());
+    w.detection.source = "s1";
+    w.detection.type = "t";
+    w.detection.entity = *core::Entity::Parse(entity);
+    w.detection.score = 0.9;
+    w.detection.observed_at = clock.Now();
+    w.json = "{}";
+    work.push_back(std::move(w));
+  }
+  auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
+  auto done = (*ledger)->SubmitAndWait(ApplyDetections(
+      std::move(work), (*set)->catalog_ptr(), "k_test", outcomes, {}, EvaluateInTxn(*set)));
+  ASSERT_TRUE(done.ok()) << done.status();
+  std::vector<size_t> decided;
+  for (const DetectionOutcome& o : *outcomes) decided.push_back(o.decisions.size());
+  EXPECT_EQ(decided, (std::vector<size_t>{1, 0, 1, 1, 0}));
+  ledger->reset();
+  std::filesystem::remove_all(dir);
+}
+
+// The live evaluation's view of the lists (Safeguards::ListHas): as loaded from the store,
+// as committed changes move it, and with a network noted before its change commits.
+TEST(SafeguardsListHas, AnAddressInsideAListedNetworkIsOnTheList) {
+  const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
+  auto store = ledger::OpenSqliteStore({.path = dir});
+  ASSERT_TRUE(store.ok()) << store.status();
+  core::FakeClock clock;
+  auto E = [](std::string_view s) { return *core::Entity::Parse(s); };
+  {
+    auto txn = (*store)->Begin(clock.Now());
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(
+        AddToList(R"({"list":"vpn","add":["cidr:10.0.0.0/8","ip:192.0.2.1"]})")(**txn, clock.Now())
+            .ok());
+    ASSERT_TRUE((*txn)->Commit().ok());
+  }
+  Safeguards sg(SafeguardOptions{}, nullptr);
+  ASSERT_TRUE(sg.Load(**store, clock.Now(), Safeguards::Delivery::kLocal).ok());
+  EXPECT_TRUE(sg.ListHas("vpn", E("ip:10.9.8.7")));
+  EXPECT_TRUE(sg.ListHas("vpn", E("ip:192.0.2.1")));
+  EXPECT_TRUE(sg.ListHas("vpn", E("cidr:10.9.0.0/16")));
+  EXPECT_FALSE(sg.ListHas("vpn", E("ip:11.0.0.1")));
+  EXPECT_FALSE(sg.ListHas("vpn", E("ip:::a09:807")));  // 10.9.8.7's bits, but IPv6
+  EXPECT_FALSE(sg.ListHas("vpn", E("cidr:0.0.0.0/0")));
+  EXPECT_FALSE(sg.ListHas("vpn", E("cidr:192.0.2.0/24")));
+  EXPECT_FALSE(sg.ListHas("other", E("ip:10.9.8.7")));
+
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  (*ledger)->AddListener(&sg);
+  ASSERT_TRUE(
+      (*ledger)
+          ->SubmitAndWait(AddToList(
+              R"({"list":"vpn","add":["cidr:2001:db8::/32"],"remove":["cidr:10.0.0.0/8"]})"))
+          .ok());
+  EXPECT_FALSE(sg.ListHas("vpn", E("ip:10.9.8.7")));
+  EXPECT_TRUE(sg.ListHas("vpn", E("ip:2001:db8::1")));
+  sg.NoteProtectedAdds("vpn", {"cidr:172.16.0.0/12"});
+  EXPECT_TRUE(sg.ListHas("vpn", E("ip:172.20.0.1")));
+  ledger->reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -236,10 +236,10 @@ absl::Status Safeguards::Load(ledger::Store& store, absl::Time now, Delivery del
     }
   }
   QUELL_ASSIGN_OR_RETURN(std::vector<ledger::ListInfo> lists, store.Lists());
-  std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> entries;
+  std::map<std::string, core::EntityList, std::less<>> entries;
   QUELL_RETURN_IF_ERROR(store
                             .ScanListEntries([&](std::string_view list, std::string_view entity) {
-                              entries[std::string(list)].insert(std::string(entity));
+                              entries[std::string(list)].Insert(entity);
                               return absl::OkStatus();
                             })
                             .status());
@@ -474,11 +474,11 @@ void Safeguards::ApplyListChange(const ledger::Change& c) {
     if (it == doc.MemberEnd() || !it->value.IsArray()) return;
     for (const auto& v : it->value.GetArray()) {
       if (!v.IsString()) continue;
-      std::string e(v.GetString(), v.GetStringLength());
+      const std::string_view e(v.GetString(), v.GetStringLength());
       if (add) {
-        set.insert(std::move(e));
+        set.Insert(e);
       } else {
-        set.erase(e);
+        set.Erase(e);
       }
     }
   };
@@ -543,7 +543,7 @@ std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   for (const auto& [name, set] : lists_) {
-    if (set.contains(e.str())) out.push_back(name);
+    if (set.HasEntry(e.str())) out.push_back(name);
   }
   return out;
 }
@@ -551,14 +551,14 @@ std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
 bool Safeguards::ListHas(std::string_view list, const core::Entity& e) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = lists_.find(list);
-  return it != lists_.end() && it->second.contains(e.str());
+  return it != lists_.end() && it->second.Has(e);
 }
 
 void Safeguards::NoteProtectedAdds(std::string_view list,
                                    const std::vector<std::string>& entities) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& set = lists_[std::string(list)];
-  for (const std::string& e : entities) set.insert(e);
+  for (const std::string& e : entities) set.Insert(e);
   ++lists_version_;
 }
 
@@ -572,7 +572,7 @@ const safeguards::ProtectedSet& Safeguards::ProtectedFor(const policy::PolicySet
     for (const std::string& name : names) {
       auto it = lists_.find(name);
       if (it == lists_.end()) continue;
-      for (const std::string& e : it->second) entries.emplace_back(name, e);
+      for (const std::string& e : it->second.entries()) entries.emplace_back(name, e);
     }
     protected_ = safeguards::ProtectedSet::Build(entries);
     protected_built_lists_ = lists_version_;

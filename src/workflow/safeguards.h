@@ -38,6 +38,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/node_hash_set.h"
 #include "absl/time/time.h"
+#include "core/entity_list.h"
 #include "engine/engine.h"
 #include "ledger/ledger.h"
 #include "policy/policy_set.h"
@@ -126,10 +127,11 @@ class Safeguards final : public ledger::ChangeListener {
   void NoteHumanDecisionNow(const core::Mitigation& m, absl::Time at);
   //! Why `e` is protected under `set`, or nullopt.
   std::optional<std::string> WhyProtected(const policy::PolicySet& set, const core::Entity& e);
-  //! The lists `e` is on (from the followed ledger), by name.
+  //! The lists that hold `e` itself (from the followed ledger), by name.
   std::vector<std::string> Memberships(const core::Entity& e) const;
-  //! True if list `list` holds `e`, as of the followed ledger (with the entries noted by
-  //! NoteProtectedAdds): what a live evaluation's in_list() reads.
+  //! True if `e` is on list `list` (core::EntityList: held, or an ip:/cidr: inside a cidr:
+  //! entry), as of the followed ledger (with the entries noted by NoteProtectedAdds): what
+  //! a live evaluation's in_list() reads.
   bool ListHas(std::string_view list, const core::Entity& e) const;
   //! Commit thread, inside a list mutation: entries added to `list` count at once.
   void NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities);
@@ -177,7 +179,7 @@ class Safeguards final : public ledger::ChangeListener {
 
   mutable std::mutex mu_;
   // Lists (all of them: a list may become protected later).
-  std::map<std::string, absl::flat_hash_set<std::string>, std::less<>> lists_;
+  std::map<std::string, core::EntityList, std::less<>> lists_;
   std::set<std::string, std::less<>> store_protected_;  // lists flagged protected in the store
   int64_t lists_version_ = 0;                           // bumps on every list change
   std::shared_ptr<const safeguards::ProtectedSet> protected_ = safeguards::ProtectedSet::Empty();

@@ -393,5 +393,73 @@ class DetectionRestartTest(unittest.TestCase):
             q.cleanup()
 
 
+
+class ListNetworksTest(unittest.TestCase):
+    """SPEC: a cidr: id matches every ip: inside it. A policy's in_list() matched a list's
+    entries exactly on the server: a list of ranges never matched an address."""
+    SET = """
+actions:
+  - {name: flag, verdict: allow, severity: low, ttl: 1h}
+  - {name: challenge, verdict: challenge, severity: low, ttl: 1h}
+lists:
+  - {name: vpn, kind: watch}
+policies:
+  # Read live, on the request's thread.
+  - {id: via-vpn, on: detection, when: 'in_list("vpn", entity)', action: flag}
+  # Reads the ledger (active()): decided again inside the ledger transaction, where
+  # in_list() asks the store.
+  - id: via-vpn-high
+    on: detection
+    when: 'detection.score >= 0.9 && !active(entity, "challenge") && in_list("vpn", entity)'
+    action: challenge
+"""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.q = QuellServer().start()
+        s, r, _ = cls.q.request("PUT", "/v1/policies", cls.SET,
+                                headers={"Content-Type": "application/yaml"})
+        assert s == 200, r
+        s, r, _ = cls.q.request("PUT", "/v1/lists/vpn",
+                                {"entries": ["cidr:203.0.113.0/24", "cidr:2001:db8::/32"]})
+        assert s == 200, r
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.q.cleanup()
+
+    def decided(self, id, entity, score):
+        s, r, _ = self.q.request("POST", "/v1/detections",
+                                 det(id, entity, type="proxy", source="net-model", score=score))
+        self.assertEqual(s, 200, r)
+        return sorted((d["policy"], d["entity"], d["state"]) for d in r["results"][0]["decisions"])
+
+    def test_an_address_inside_a_listed_network_is_on_the_list(self):
+        self.assertEqual(self.decided("n-1", "ip:203.0.113.9", 0.5),
+                         [("via-vpn", "ip:203.0.113.9", "active")])
+        self.assertEqual(self.decided("n-2", "ip:2001:DB8::7", 0.5),
+                         [("via-vpn", "ip:2001:db8::7", "active")])
+        self.assertEqual(self.decided("n-3", "ip:203.0.113.77", 0.95),
+                         [("via-vpn", "ip:203.0.113.77", "active"),
+                          ("via-vpn-high", "ip:203.0.113.77", "active")])
+        self.assertEqual(self.check_verdict("ip:203.0.113.77"), "challenge")
+        # A network inside a listed one is on the list; a wider one is not.
+        self.assertEqual(self.decided("n-4", "cidr:203.0.113.128/25", 0.95),
+                         [("via-vpn", "cidr:203.0.113.128/25", "active"),
+                          ("via-vpn-high", "cidr:203.0.113.128/25", "active")])
+        self.assertEqual(self.decided("n-5", "cidr:203.0.0.0/16", 0.95), [])
+
+    def test_an_address_outside_every_listed_network_gets_nothing(self):
+        self.assertEqual(self.decided("o-1", "ip:203.0.114.9", 0.5), [])
+        self.assertEqual(self.decided("o-2", "ip:203.0.114.10", 0.95), [])
+        self.assertEqual(self.decided("o-3", "ip:2001:db9::1", 0.95), [])
+        self.assertEqual(self.check_verdict("ip:203.0.114.10"), "allow")
+
+    def check_verdict(self, entity):
+        s, r, _ = self.q.request("GET", "/v1/check?entity=" + entity)
+        self.assertEqual(s, 200, r)
+        return r["verdict"]
+
+
 if __name__ == "__main__":
     unittest.main()

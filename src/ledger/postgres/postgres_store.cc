@@ -11,6 +11,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/entity_list.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/time.h"
@@ -332,10 +333,22 @@ absl::StatusOr<int64_t> QueryNextPolicyVersion(Conn& db) {
   return r.rows() ? r.Int(0, 0) : 1;
 }
 
-absl::StatusOr<bool> QueryListHas(Conn& db, std::string_view list, std::string_view entity) {
+// Lists are rows keyed by (list, entity). An ip: or cidr: is looked up as itself and as
+// each network that could contain it (one key per prefix length: 33 for IPv4, 129 for IPv6)
+// in one statement: one round trip, one index probe per key.
+absl::StatusOr<bool> QueryListHas(Conn& db, std::string_view list, const core::Entity& entity) {
+  if (!entity.is_ip() && !entity.is_cidr()) {
+    QUELL_ASSIGN_OR_RETURN(Result r, db.Query("SELECT 1 FROM list_entries WHERE list = $1 AND "
+                                              "entity = $2",
+                                              {P(list), P(entity.str())}));
+    return r.rows() > 0;
+  }
+  std::vector<std::string> keys = core::CoveringCidrEntries(entity);
+  keys.push_back(entity.str());
+  const std::vector<std::string_view> views(keys.begin(), keys.end());
   QUELL_ASSIGN_OR_RETURN(Result r, db.Query("SELECT 1 FROM list_entries WHERE list = $1 AND "
-                                            "entity = $2",
-                                            {P(list), P(entity)}));
+                                            "entity = ANY($2::text[]) LIMIT 1",
+                                            {P(list), P(ArrayLiteral(views))}));
   return r.rows() > 0;
 }
 
@@ -630,7 +643,7 @@ class PgTxn final : public Txn {
   }
   absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
     QUELL_RETURN_IF_ERROR(CheckUsable());
-    return Track(QueryListHas(*db_, name, entity.str()));
+    return Track(QueryListHas(*db_, name, entity));
   }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override;
   int64_t NextSeq() const override { return head_seq_ + 1; }

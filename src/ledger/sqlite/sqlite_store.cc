@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/entity_list.h"
 #include "core/status.h"
 #include "core/strings.h"
 #include "core/threads.h"
@@ -349,13 +350,37 @@ absl::StatusOr<int64_t> QueryNextPolicyVersion(Db& db) {
   return row ? use->ColumnInt(0) : 1;
 }
 
-absl::StatusOr<bool> QueryListHas(Db& db, std::string_view list, std::string_view entity) {
+// Lists are rows keyed by (list, entity): an entity is looked up as itself and, for an ip:
+// or cidr: on a list that holds any network (one probe of the "cidr:" key range), as each
+// network that could contain it — a point query per prefix length (33 for IPv4, 129 for
+// IPv6) on one cached statement, in process (about a microsecond each). A table of the
+// prefix lengths each list uses would cut the probes to the lengths in use, for a schema
+// change and a second write per network entry; not worth it at these costs.
+absl::StatusOr<bool> QueryListHas(Db& db, std::string_view list, const core::Entity& entity) {
   QUELL_ASSIGN_OR_RETURN(Stmt * s,
                          db.Prepare("SELECT 1 FROM list_entries WHERE list = ?1 AND entity = ?2"));
-  StmtUse use(s);
-  use->BindTextStatic(1, list);
-  use->BindTextStatic(2, entity);
-  return use->Step();
+  auto holds = [&](std::string_view key) -> absl::StatusOr<bool> {
+    StmtUse use(s);
+    use->BindTextStatic(1, list);
+    use->BindTextStatic(2, key);
+    return use->Step();
+  };
+  QUELL_ASSIGN_OR_RETURN(bool held, holds(entity.str()));
+  if (held || (!entity.is_ip() && !entity.is_cidr())) return held;
+  {
+    QUELL_ASSIGN_OR_RETURN(Stmt * any,
+                           db.Prepare("SELECT 1 FROM list_entries WHERE list = ?1 AND "
+                                      "entity >= 'cidr:' AND entity < 'cidr;' LIMIT 1"));
+    StmtUse use(any);
+    use->BindTextStatic(1, list);
+    QUELL_ASSIGN_OR_RETURN(bool networks, use->Step());
+    if (!networks) return false;
+  }
+  for (const std::string& key : core::CoveringCidrEntries(entity)) {
+    QUELL_ASSIGN_OR_RETURN(held, holds(key));
+    if (held) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<std::optional<PolicySetVersion>> QueryPolicySet(Db& db, std::string_view sql,
@@ -651,7 +676,7 @@ class SqliteTxn final : public Txn {
   }
   absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
     QUELL_RETURN_IF_ERROR(CheckOpen());
-    return QueryListHas(*db_, name, entity.str());
+    return QueryListHas(*db_, name, entity);
   }
   absl::StatusOr<Change> Append(Change change, const core::Mitigation* mitigation) override;
   int64_t NextSeq() const override { return head_seq_ + 1; }
