@@ -165,25 +165,16 @@ void CountEvents(EventState& st, const absl::flat_hash_set<std::string>& declare
 // An Environment for remote counters: count()/distinct() answer from a cache filled by
 // batched reads; a miss answers 0 and is queued, and the caller fetches the queue in one
 // Read() and evaluates again. Other functions go to `base`. One request's thread only.
-class BatchedCounterEnvironment final : public policy::Environment {
+class BatchedCounterEnvironment final : public policy::ForwardingEnvironment {
  public:
   BatchedCounterEnvironment(LiveEnvironment* base, const counters::CounterSet* set)
-      : base_(base), set_(set) {}
+      : ForwardingEnvironment(*base), set_(set) {}
 
   int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) override {
     return Lookup(counter, key, window, false);
   }
   int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override {
     return Lookup(counter, key, window, true);
-  }
-  bool InList(std::string_view list, std::string_view entity) override {
-    return base_->InList(list, entity);
-  }
-  bool Active(std::string_view entity, std::string_view action) override {
-    return base_->Active(entity, action);
-  }
-  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
-    return base_->Prior(entity, action, window);
   }
 
   bool missed() const { return missed_; }
@@ -231,7 +222,6 @@ class BatchedCounterEnvironment final : public policy::Environment {
     return 0;
   }
 
-  LiveEnvironment* base_;
   const counters::CounterSet* set_;
   absl::flat_hash_map<std::string, int64_t> cache_;
   absl::flat_hash_set<std::string> queued_;

@@ -150,11 +150,11 @@ void AppendDecisions(Context& ctx, const policy::PolicySet& set,
 // fail_open submission reads it. Other functions go to `base`. One
 // request's thread only; `store` (may be null: every counter reads 0) and `pending`'s
 // strings are borrowed.
-class PreviewEnvironment final : public policy::Environment {
+class PreviewEnvironment final : public policy::ForwardingEnvironment {
  public:
   PreviewEnvironment(policy::Environment* base, counters::CounterStore* store,
                      const std::vector<counters::Observation>& pending, absl::Time now)
-      : base_(base), store_(store), now_(now) {
+      : ForwardingEnvironment(*base), store_(store), now_(now) {
     for (const counters::Observation& o : pending) {
       pending_[absl::StrCat(o.counter, "\x1f", AV(o.key))].push_back(o);
     }
@@ -165,15 +165,6 @@ class PreviewEnvironment final : public policy::Environment {
   }
   int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override {
     return Read(counter, key, window, true);
-  }
-  bool InList(std::string_view list, std::string_view entity) override {
-    return base_->InList(list, entity);
-  }
-  bool Active(std::string_view entity, std::string_view action) override {
-    return base_->Active(entity, action);
-  }
-  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
-    return base_->Prior(entity, action, window);
   }
 
   //! Whether a read since the last reset failed (the store unavailable).
@@ -209,7 +200,6 @@ class PreviewEnvironment final : public policy::Environment {
     return it->second.n;
   }
 
-  policy::Environment* base_;
   counters::CounterStore* store_;
   absl::Time now_;
   absl::flat_hash_map<std::string, std::vector<counters::Observation>> pending_;

@@ -178,6 +178,31 @@ class Environment {
                         absl::Duration window) = 0;
 };
 
+// An Environment that answers every function from `base` (borrowed; it must outlive this
+// one): the base of a decorator, which overrides what it changes. As thread-safe as `base`.
+class ForwardingEnvironment : public Environment {
+ public:
+  explicit ForwardingEnvironment(Environment& base) : base_(base) {}
+  int64_t Count(std::string_view counter, std::string_view key, absl::Duration window) override {
+    return base_.Count(counter, key, window);
+  }
+  int64_t Distinct(std::string_view counter, std::string_view key, absl::Duration window) override {
+    return base_.Distinct(counter, key, window);
+  }
+  bool InList(std::string_view list, std::string_view entity) override {
+    return base_.InList(list, entity);
+  }
+  bool Active(std::string_view entity, std::string_view action) override {
+    return base_.Active(entity, action);
+  }
+  int64_t Prior(std::string_view entity, std::string_view action, absl::Duration window) override {
+    return base_.Prior(entity, action, window);
+  }
+
+ private:
+  Environment& base_;
+};
+
 // An Environment over an empty store: counts are 0, lists are empty, nothing is active.
 // Stateless; thread-safe.
 class EmptyEnvironment final : public Environment {

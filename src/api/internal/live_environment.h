@@ -50,31 +50,21 @@ class LiveEnvironment final : public policy::Environment {
 
 // `base`, noting whether the evaluation read ledger state (active(), prior()): an answer
 // that the decisions made earlier in the same batch could change. One evaluation's thread.
-class TrackingEnvironment final : public policy::Environment {
+class TrackingEnvironment final : public policy::ForwardingEnvironment {
  public:
-  explicit TrackingEnvironment(policy::Environment& base) : base_(base) {}
+  explicit TrackingEnvironment(policy::Environment& base) : ForwardingEnvironment(base) {}
   bool read_ledger() const { return read_ledger_; }
 
-  int64_t Count(std::string_view c, std::string_view k, absl::Duration w) override {
-    return base_.Count(c, k, w);
-  }
-  int64_t Distinct(std::string_view c, std::string_view k, absl::Duration w) override {
-    return base_.Distinct(c, k, w);
-  }
-  bool InList(std::string_view list, std::string_view entity) override {
-    return base_.InList(list, entity);
-  }
   bool Active(std::string_view entity, std::string_view action) override {
     read_ledger_ = true;
-    return base_.Active(entity, action);
+    return ForwardingEnvironment::Active(entity, action);
   }
   int64_t Prior(std::string_view entity, std::string_view action, absl::Duration w) override {
     read_ledger_ = true;
-    return base_.Prior(entity, action, w);
+    return ForwardingEnvironment::Prior(entity, action, w);
   }
 
  private:
-  policy::Environment& base_;
   bool read_ledger_ = false;
 };
 
