@@ -1,6 +1,7 @@
 // POST /v1/rollbacks: {"filter": {"policy", "source", "action", "since", "until", "batch"},
-// "dry_run": bool, "reason": "..."} -> {"id", "state", "matched", "entities", "revoked",
-// "dry_run", "needs_approval"}. The real run revokes every match in one ledger transaction
+// "dry_run": bool, "reason": "..."} -> {"id", "state", "matched", "entities", "extensions",
+// "revoked", "restored", "dry_run", "needs_approval"}. The real run revokes every match (or,
+// for a batch's extension of a mitigation created otherwise, undoes it) in one ledger transaction
 // (workflow/rollback.h) — unless its matches span more entities than the safeguards'
 // bulk_threshold: then it is a rollback request (202, state pending_approval) that a
 // different admin or reviewer decides with POST /v1/reviews/{id}/decision.
@@ -67,7 +68,9 @@ void Rollback(Context& ctx, Call&& call) {
     if (dry) {
       return call.Send(200, absl::StrCat("{\"id\":\"", id, "\",\"state\":\"dry_run\",\"matched\":",
                                          matched, ",\"entities\":", targets->entities,
-                                         ",\"revoked\":0,\"dry_run\":true,\"needs_approval\":",
+                                         ",\"extensions\":", targets->extensions,
+                                         ",\"revoked\":0,\"restored\":0,\"dry_run\":true,"
+                                         "\"needs_approval\":",
                                          needs_approval ? "true" : "false", "}"));
     }
     // The request, filed either way: pending approval, or done at once (so that
@@ -79,17 +82,18 @@ void Rollback(Context& ctx, Call&& call) {
     req.requested_by = call.who.key_id;
     req.matched = matched;
     req.entities = targets->entities;
+    const int64_t extensions = targets->extensions;
     if (needs_approval) {
       auto stored = std::make_shared<workflow::RollbackRequest>();
       SubmitSimple(
           ctx, std::move(call), ctx.safeguards->rollbacks().Request(std::move(req), stored),
-          [stored, &ctx] {
+          [stored, extensions, &ctx] {
             // Runs in the transaction, after the request was appended.
             std::string body = absl::StrCat(
                 "{\"id\":\"", stored->id,
                 "\",\"state\":\"pending_approval\",\"matched\":", stored->matched,
-                ",\"entities\":", stored->entities,
-                ",\"revoked\":0,\"dry_run\":false,\"needs_approval\":true,"
+                ",\"entities\":", stored->entities, ",\"extensions\":", extensions,
+                ",\"revoked\":0,\"restored\":0,\"dry_run\":false,\"needs_approval\":true,"
                 "\"approvals_needed\":1,\"request\":",
                 workflow::RollbackRequestJson(*stored, ctx.pending_ttl(), stored->requested_at),
                 "}");
@@ -105,10 +109,10 @@ void Rollback(Context& ctx, Call&& call) {
         std::move(ids));
     SubmitSimple(ctx, std::move(call), std::move(m), [out] {
       return std::make_pair(
-          200,
-          absl::StrCat("{\"id\":\"", out->id, "\",\"state\":\"done\",\"matched\":", out->matched,
-                       ",\"entities\":", out->entities, ",\"revoked\":", out->revoked,
-                       ",\"dry_run\":false,\"needs_approval\":false}"));
+          200, absl::StrCat("{\"id\":\"", out->id, "\",\"state\":\"done\",\"matched\":",
+                            out->matched, ",\"entities\":", out->entities,
+                            ",\"revoked\":", out->revoked, ",\"restored\":", out->restored,
+                            ",\"dry_run\":false,\"needs_approval\":false}"));
     });
   });
 }

@@ -1,5 +1,7 @@
 #include "core/mitigation.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/aggregate.h"
 #include "core/status.h"
@@ -116,7 +118,7 @@ void AppendJsonString(std::string_view s, std::string* out) {
 
 // The JSON is the ledger's record of a mitigation (a change's payload): every field is
 // written below and read back by MitigationFromJson. A new field stops the build here.
-static_assert(FieldCount<Mitigation>() == 19,
+static_assert(FieldCount<Mitigation>() == 20,
               "core::Mitigation changed: write the new field in AppendMitigationJson, read it "
               "in MitigationFromJson, then update this count");
 
@@ -173,6 +175,22 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
     }
     out->append("],");
   }
+  if (!m.batch_expiries.empty()) {  // only once another import batch's hit extended it
+    out->append("\"batch_expiries\":[");
+    for (size_t i = 0; i < m.batch_expiries.size(); ++i) {
+      const BatchExpiry& e = m.batch_expiries[i];
+      out->append(i ? ",{\"batch\":" : "{\"batch\":");
+      AppendJsonString(e.batch, out);
+      out->append(",\"source\":");
+      AppendJsonString(e.source, out);
+      out->append(",\"policy\":");
+      AppendJsonString(e.policy, out);
+      out->append(",\"expires_at\":\"");
+      AppendRfc3339(e.expires_at, out);
+      out->append("\"}");
+    }
+    out->append("],");
+  }
   field("state_reason", m.state_reason);
   absl::StrAppend(out, "\"seq\":", m.seq, "}");
 }
@@ -209,6 +227,67 @@ void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::stri
   }
 }
 
+namespace {
+
+// Whether `e` is of `batch` and, when given (non-empty), of `source` and `policy`.
+bool Selects(const BatchExpiry& e, std::string_view batch, std::string_view source,
+             std::string_view policy) {
+  return e.batch == batch && (source.empty() || e.source == source) &&
+         (policy.empty() || e.policy == policy);
+}
+
+}  // namespace
+
+bool ExtendExpiry(Mitigation& m, const ExpiryHit& hit) {
+  const bool later = hit.expires > m.expires_at;
+  // Counted apart: a hit of another import (a batch id is the importer's label, so the
+  // same id from another source is another import), whose rollback must not take the rest.
+  const bool apart = !hit.batch.empty() && (hit.batch != m.batch || hit.source != m.source);
+  if (m.batch_expiries.empty() && apart && later) {
+    // Everything before asked for no more than the expiry so far.
+    m.batch_expiries.push_back({"", "", "", m.expires_at});
+  }
+  if (!m.batch_expiries.empty()) {
+    const std::string_view batch = apart ? hit.batch : "";
+    const std::string_view source = apart ? hit.source : "";
+    const std::string_view policy = apart ? hit.policy : "";
+    auto it =
+        std::find_if(m.batch_expiries.begin(), m.batch_expiries.end(), [&](const BatchExpiry& e) {
+          return e.batch == batch && e.source == source && e.policy == policy;
+        });
+    if (it == m.batch_expiries.end()) {
+      m.batch_expiries.push_back(
+          {std::string(batch), std::string(source), std::string(policy), hit.expires});
+    } else if (hit.expires > it->expires_at) {
+      it->expires_at = hit.expires;
+    }
+  }
+  if (later) m.expires_at = hit.expires;
+  return later;
+}
+
+bool ExtendedByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
+                     std::string_view policy) {
+  if (batch.empty()) return false;
+  return std::any_of(m.batch_expiries.begin(), m.batch_expiries.end(),
+                     [&](const BatchExpiry& e) { return Selects(e, batch, source, policy); });
+}
+
+std::optional<absl::Time> ExpiryWithoutBatch(Mitigation& m, std::string_view batch,
+                                             std::string_view source, std::string_view policy) {
+  if (!ExtendedByBatch(m, batch, source, policy)) return std::nullopt;
+  std::erase_if(m.batch_expiries,
+                [&](const BatchExpiry& e) { return Selects(e, batch, source, policy); });
+  absl::Time expires = absl::InfinitePast();
+  bool other_batch = false;
+  for (const BatchExpiry& e : m.batch_expiries) {
+    expires = std::max(expires, e.expires_at);
+    other_batch |= !e.batch.empty();
+  }
+  if (!other_batch) m.batch_expiries.clear();
+  return expires == absl::InfinitePast() ? m.expires_at : expires;  // (a record without "")
+}
+
 std::string MitigationToJson(const Mitigation& m) {
   std::string out;
   out.reserve(512);
@@ -237,17 +316,18 @@ enum Field : uint8_t {
   kDetections,
   kDetectionPolicies,  // optional
   kApprovals,          // optional
+  kBatchExpiries,      // optional
   kStateReason,
   kSeq,
   kFieldCount,
   kUnknown = kFieldCount,
 };
 constexpr std::string_view kFieldNames[kFieldCount] = {
-    "id",         "entity",       "action",     "state",
-    "created_at", "updated_at",   "starts_at",  "expires_at",
-    "reason",     "source",       "policy",     "policy_version",
-    "actor",      "batch",        "detections", "detection_policies",
-    "approvals",  "state_reason", "seq"};
+    "id",         "entity",         "action",       "state",
+    "created_at", "updated_at",     "starts_at",    "expires_at",
+    "reason",     "source",         "policy",       "policy_version",
+    "actor",      "batch",          "detections",   "detection_policies",
+    "approvals",  "batch_expiries", "state_reason", "seq"};
 
 // Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
 // read for every decision on an entity that has some, and building a DOM first, then
@@ -258,10 +338,28 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
  public:
   explicit MitigationReader(Mitigation* m) : m_(m) {}
 
-  bool StartObject() { return Open(); }
-  bool EndObject(rapidjson::SizeType) { return Close(); }
+  bool StartObject() {
+    if (depth_ == 2 && in_expiries_) {  // an entry of batch_expiries
+      m_->batch_expiries.emplace_back();
+      entry_seen_ = 0;
+      entry_field_ = -1;
+      ++depth_;
+      return true;
+    }
+    return Open();
+  }
+  bool EndObject(rapidjson::SizeType) {
+    if (depth_ == 3 && in_expiries_ && entry_seen_ != 0b1111) {
+      return Fail("mitigation: each of batch_expiries needs batch, source, policy, expires_at");
+    }
+    return Close();
+  }
   bool StartArray() {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
+    if (depth_ == 1 && field_ == kBatchExpiries) {
+      in_expiries_ = true;
+      return Open();
+    }
     if (depth_ == 1 && field_ == kDetections) array_ = &m_->detections;
     if (depth_ == 1 && field_ == kDetectionPolicies) array_ = &m_->detection_policies;
     if (depth_ == 1 && field_ == kApprovals) array_ = &m_->approvals;
@@ -269,6 +367,11 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     return Open();
   }
   bool EndArray(rapidjson::SizeType) {
+    if (depth_ == 2 && in_expiries_) {
+      in_expiries_ = false;
+      Mark(field_);
+      return Close();
+    }
     if (depth_ == 2 && in_detections_) {
       in_detections_ = false;
       array_ = nullptr;
@@ -277,8 +380,16 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     return Close();
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    if (depth_ != 1) return true;
     const std::string_view name(s, n);
+    if (depth_ == 3 && in_expiries_) {
+      constexpr std::string_view kEntryFields[] = {"batch", "source", "policy", "expires_at"};
+      entry_field_ = -1;
+      for (int i = 0; i < 4; ++i) {
+        if (kEntryFields[i] == name && (entry_seen_ >> i & 1) == 0) entry_field_ = i;
+      }
+      return true;
+    }
+    if (depth_ != 1) return true;
     // Records come in write order: try the field after the last one first.
     Field f = next_ < kFieldCount && kFieldNames[next_] == name ? next_ : kUnknown;
     for (uint8_t i = 0; f == kUnknown && i < kFieldCount; ++i) {
@@ -296,6 +407,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       array_->emplace_back(v);
       return true;
     }
+    if (in_expiries_) return EntryString(v);
     if (depth_ != 1) return true;
     if (in_detections_field()) return Fail("mitigation: missing policy_version, seq or detections");
     switch (field_) {
@@ -347,6 +459,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       case kSeq:
       case kDetectionPolicies:
       case kApprovals:
+      case kBatchExpiries:
         return Fail(WrongType(field_));
       default:
         return true;
@@ -365,6 +478,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   bool Default() {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
+    if (in_expiries_) return Fail(WrongType(kBatchExpiries));
     if (depth_ != 1 || field_ == kUnknown) return true;
     return Fail(WrongType(field_));
   }
@@ -374,7 +488,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (!error_.ok()) return error_;
     if (!parsed) return absl::InvalidArgumentError("mitigation: malformed JSON");
     for (uint8_t f = 0; f < kFieldCount; ++f) {
-      const bool optional = f == kDetectionPolicies || f == kApprovals;
+      const bool optional = f == kDetectionPolicies || f == kApprovals || f == kBatchExpiries;
       if ((seen_ >> f & 1) == 0 && !optional) return WrongType(static_cast<Field>(f));
     }
     if (!m_->detection_policies.empty() && m_->detection_policies.size() != m_->detections.size()) {
@@ -387,6 +501,11 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
  private:
   bool in_detections_field() const { return field_ == kDetections; }
   static absl::Status WrongType(Field f) {
+    if (f == kBatchExpiries) {
+      return absl::InvalidArgumentError(
+          "mitigation: batch_expiries must be objects of strings (batch, source, policy, "
+          "expires_at)");
+    }
     if (f == kDetectionPolicies || f == kApprovals) {
       return absl::InvalidArgumentError(
           absl::StrCat("mitigation: ", AV(kFieldNames[f]), " must be strings"));
@@ -402,10 +521,12 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     // for detections).
     if (depth_ == 0 && !root_open_) {
       root_open_ = true;
-    } else if (depth_ == 1 && field_ != kUnknown && !in_detections_) {
+    } else if (depth_ == 1 && field_ != kUnknown && !in_detections_ && !in_expiries_) {
       return Fail(WrongType(field_));
     } else if (depth_ == 2 && in_detections_) {
       return Fail("mitigation: detections must be strings");
+    } else if (depth_ >= 2 && in_expiries_) {  // an array, or anything in an entry
+      return Fail(WrongType(kBatchExpiries));
     }
     ++depth_;
     return true;
@@ -417,6 +538,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   bool Integer(int64_t v) {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
+    if (in_expiries_) return Fail(WrongType(kBatchExpiries));
     if (depth_ != 1 || field_ == kUnknown) return true;
     if (field_ == kPolicyVersion) {
       m_->policy_version = v;
@@ -436,6 +558,30 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     return true;
   }
   void Mark(Field f) { seen_ |= uint32_t{1} << f; }
+  // A string inside batch_expiries: an entry's field (unknown ones skipped).
+  bool EntryString(std::string_view v) {
+    if (depth_ != 3) return Fail(WrongType(kBatchExpiries));
+    if (entry_field_ < 0) return true;
+    BatchExpiry& e = m_->batch_expiries.back();
+    entry_seen_ |= 1 << entry_field_;
+    switch (entry_field_) {
+      case 0:
+        e.batch.assign(v);
+        return true;
+      case 1:
+        e.source.assign(v);
+        return true;
+      case 2:
+        e.policy.assign(v);
+        return true;
+      default: {
+        auto t = ParseRfc3339(v);
+        if (!t.ok()) return Fail(t.status());
+        e.expires_at = *t;
+        return true;
+      }
+    }
+  }
   bool Fail(std::string_view message) { return Fail(absl::InvalidArgumentError(AV(message))); }
   bool Fail(absl::Status st) {
     error_ = std::move(st);
@@ -446,6 +592,9 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   int depth_ = 0;
   bool root_open_ = false;
   bool in_detections_ = false;                 // inside a field that is an array of strings
+  bool in_expiries_ = false;                   // inside batch_expiries
+  int entry_field_ = -1;                       // the batch_expiries entry's field being read
+  int entry_seen_ = 0;                         // its fields read so far (bits)
   std::vector<std::string>* array_ = nullptr;  // which one
   Field field_ = kUnknown;
   Field next_ = kId;

@@ -40,6 +40,17 @@ bool IsLive(MitigationState s);
 // backtests (events are not stored).
 inline constexpr std::string_view kRuleSourcePrefix = "rule:";
 
+// What the hits of one import batch asked of a mitigation they extended: see
+// Mitigation::batch_expiries.
+struct BatchExpiry {
+  std::string batch;                          // "" for every hit not counted apart (below)
+  std::string source;                         // the hits' detection source
+  std::string policy;                         // the policy whose hits they were
+  absl::Time expires_at = absl::UnixEpoch();  // the latest expiry they asked for
+
+  bool operator==(const BatchExpiry&) const = default;
+};
+
 struct Mitigation {
   std::string id;  // "m_" + 26-char time-ordered id, see NewId()
   Entity entity;
@@ -65,6 +76,12 @@ struct Mitigation {
   // Reviewers who approved it (key ids, in order): the two-person rule's record while it
   // is pending (a critical action's first approval), every approver once approved.
   std::vector<std::string> approvals;
+  // Kept once a hit from an import batch other than the creation's own (`batch` and
+  // `source`) extended this mitigation, so that a rollback of that batch can undo just its
+  // part (ExpiryWithoutBatch): the latest expiry each such batch, source and policy asked
+  // for, and under "" the latest every other hit asked for (the creation's included).
+  // expires_at is the latest of them. Empty: no other batch extended it. Use ExtendExpiry.
+  std::vector<BatchExpiry> batch_expiries;
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it
 
@@ -110,6 +127,26 @@ std::string MergedCreation(std::string_view policy);
 std::string_view EntryPolicy(std::string_view entry);
 //! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy);
+
+// A hit asking a live mitigation to last until `expires`: from import batch `batch` ("" for
+// none), detection source `source`, policy `policy`.
+struct ExpiryHit {
+  std::string_view batch, source, policy;
+  absl::Time expires;
+};
+//! Records `hit` on `m`: m.expires_at becomes the later of the two, and batch_expiries keeps
+//! its part when it comes from an import batch other than m's creation's (or once the list
+//! exists). Returns whether m was extended.
+bool ExtendExpiry(Mitigation& m, const ExpiryHit& hit);
+//! Whether a hit of import batch `batch` extended `m` (and, when given, "" = any, was of
+//! `source` and `policy`).
+bool ExtendedByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
+                     std::string_view policy);
+//! Undoes those hits' part: removes their entries from m.batch_expiries (the whole list once
+//! no other batch's remains) and returns the expiry the remaining hits asked for, which the
+//! caller sets. nullopt (m unchanged) when ExtendedByBatch is false.
+std::optional<absl::Time> ExpiryWithoutBatch(Mitigation& m, std::string_view batch,
+                                             std::string_view source, std::string_view policy);
 
 // Serialises to the JSON object of the HTTP API and of ledger payloads. Field order is
 // fixed, so the bytes are deterministic (the hash chain depends on it).

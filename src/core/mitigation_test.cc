@@ -161,6 +161,71 @@ TEST(MitigationTest, DetectionPoliciesAppearWhenAnotherPolicyHits) {
   }
 }
 
+// An import batch's hit that extends a mitigation created otherwise is kept apart, with
+// what every other hit asked for, so that the batch's part can be taken back alone.
+TEST(MitigationTest, ABatchsExtensionIsKeptApartAndCanBeTakenBack) {
+  Mitigation m = Sample();  // batch "b", source "bot-v3", expires at T+24h
+  const absl::Time t = m.expires_at;
+  // Hits without a batch, or of the creation's own batch and source, keep no list.
+  EXPECT_TRUE(ExtendExpiry(m, {"", "rule:r", "p", t + absl::Hours(1)}));
+  EXPECT_TRUE(ExtendExpiry(m, {"b", "bot-v3", "p", t + absl::Hours(2)}));
+  // Another batch's hit that does not extend it has nothing to take back.
+  EXPECT_FALSE(ExtendExpiry(m, {"b2", "bot-v3", "p", t}));
+  EXPECT_TRUE(m.batch_expiries.empty());
+  EXPECT_EQ(m.expires_at, t + absl::Hours(2));
+  EXPECT_FALSE(ExtendedByBatch(m, "b2", "", ""));
+  // Batch b2 extends it; so does the same batch id from another source (another import).
+  EXPECT_TRUE(ExtendExpiry(m, {"b2", "bot-v3", "p", t + absl::Hours(10)}));
+  EXPECT_TRUE(ExtendExpiry(m, {"b", "other-model", "q", t + absl::Hours(12)}));
+  // A later hit without a batch that extends nothing is still counted under "".
+  EXPECT_FALSE(ExtendExpiry(m, {"", "rule:r", "p", t + absl::Hours(5)}));
+  EXPECT_EQ(m.expires_at, t + absl::Hours(12));
+  ASSERT_EQ(m.batch_expiries.size(), 3u);
+  EXPECT_EQ(m.batch_expiries[0], (BatchExpiry{"", "", "", t + absl::Hours(5)}));
+  EXPECT_EQ(m.batch_expiries[1], (BatchExpiry{"b2", "bot-v3", "p", t + absl::Hours(10)}));
+  EXPECT_EQ(m.batch_expiries[2], (BatchExpiry{"b", "other-model", "q", t + absl::Hours(12)}));
+  // The list reads back.
+  auto back = MitigationFromJson(MitigationToJson(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, m);
+  // Taking back one batch: only when it matches (source and policy, when given).
+  EXPECT_FALSE(ExtendedByBatch(m, "b2", "other-model", ""));
+  EXPECT_FALSE(ExpiryWithoutBatch(m, "b2", "bot-v3", "q").has_value());
+  EXPECT_FALSE(ExpiryWithoutBatch(m, "", "", "").has_value());  // "" is not a batch
+  EXPECT_EQ(ExpiryWithoutBatch(m, "b", "other-model", ""), t + absl::Hours(10));
+  EXPECT_EQ(m.batch_expiries.size(), 2u);
+  // Once no other batch's part is left, neither is the list.
+  EXPECT_EQ(ExpiryWithoutBatch(m, "b2", "", "p"), t + absl::Hours(5));
+  EXPECT_TRUE(m.batch_expiries.empty());
+}
+
+TEST(MitigationTest, MalformedBatchExpiriesAreErrors) {
+  Mitigation m = Sample();
+  ExtendExpiry(m, {"b2", "bot-v3", "p", m.expires_at + absl::Hours(1)});
+  const std::string json = MitigationToJson(m);
+  const std::string from =
+      json.substr(json.find("\"batch_expiries\":"),
+                  json.find("],\"state_reason\"") + 1 - json.find("\"batch_expiries\":"));
+  for (const char* bad : {"[\"b2\"]", "{}", "\"x\"", "[[]]", "[{\"batch\":\"b2\"}]",
+                          "[{\"batch\":1,\"source\":\"s\",\"policy\":\"p\",\"expires_at\":"
+                          "\"2026-11-28T12:00:00Z\"}]",
+                          "[{\"batch\":\"b\",\"source\":\"s\",\"policy\":\"p\",\"expires_at\":"
+                          "\"yesterday\"}]",
+                          "[{\"batch\":\"b\",\"source\":\"s\",\"policy\":{},\"expires_at\":"
+                          "\"2026-11-28T12:00:00Z\"}]"}) {
+    std::string j = json;
+    j.replace(j.find(from), from.size(), std::string("\"batch_expiries\":") + bad);
+    auto r = MitigationFromJson(j);
+    EXPECT_FALSE(r.ok()) << j;
+  }
+  // An unknown string field of an entry is skipped, as at the top level.
+  std::string extra = json;
+  extra.insert(extra.find("\"batch\":\"\""), "\"note\":\"n\",");
+  auto back = MitigationFromJson(extra);
+  ASSERT_TRUE(back.ok()) << back.status() << extra;
+  EXPECT_EQ(*back, m);
+}
+
 // Each field missing, or of the wrong type, is an error naming it.
 TEST(MitigationTest, EveryFieldIsRequiredWithItsType) {
   rapidjson::Document doc;

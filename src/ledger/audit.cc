@@ -286,9 +286,10 @@ absl::StatusOr<AuditReport> VerifyChain(Store& store, const AuditOptions& option
         // Named by a second read (the first kept hashes only, to keep memory small): the
         // row with this id's hash.
         std::string id;
+        const auto& wanted = key;  // (clang 14, scripts/fuzz, cannot capture a binding)
         (void)store.ScanDue([](int64_t) {},
                             [&](const Store::DueEntry& e) {
-                              if (id.empty() && Key(e.id) == key) id = std::string(e.id);
+                              if (id.empty() && Key(e.id) == wanted) id = std::string(e.id);
                               return absl::OkStatus();
                             });
         fail(at, absl::StrCat("the mitigations table gives a transition time (due_at) to ",

@@ -72,8 +72,8 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
     // A new hit is recorded on the mitigation even when it does not extend it: the
     // detection ids are the evidence, and escalation counts them (see decisions.cc); a
     // person's request, who asked and why, is on the record too.
-    bool later = expires > existing.expires_at;
-    if (later) existing.expires_at = expires;
+    // (What an import batch's hit adds is kept apart: a rollback of the batch undoes it.)
+    const bool later = core::ExtendExpiry(existing, {req.batch, req.source, req.policy, expires});
     core::AddDetections(existing, req.detections, req.policy);
     // A partial approval is kept as data (approvals), whatever the new state_reason says;
     // a legacy record's, written only in its state_reason, becomes data before that goes.
@@ -118,7 +118,15 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
   for (Mitigation& existing : live) {
     if (existing.id == m.id || existing.state != MitigationState::kActive) continue;
     if (!core::LiveAt(existing, now)) continue;  // over; the scheduler expires it too
-    if (m.expires_at > existing.expires_at) existing.expires_at = m.expires_at;
+    // m's expiry, and what each import batch asked of it, now ask it of `existing`.
+    if (m.batch_expiries.empty()) {
+      core::ExtendExpiry(existing, {m.batch, m.source, m.policy, m.expires_at});
+    }
+    for (const core::BatchExpiry& e : m.batch_expiries) {
+      const bool own = e.batch.empty();  // m's creation and hits not counted apart
+      core::ExtendExpiry(existing, {own ? m.batch : e.batch, own ? m.source : e.source,
+                                    own ? m.policy : e.policy, e.expires_at});
+    }
     // m's detections are kept as evidence; its first is its creation, which escalation
     // counts as m (expired, merged, still counted as created): recorded as a merged
     // creation, so that it is not counted a second time as a later hit of m's policy on

@@ -106,9 +106,11 @@ ledger::Mutation DecideReview(std::string id, bool approve, std::string note, st
       m->state_reason = absl::StrCat("approved by ", by, suffix, "; starts at ",
                                      core::FormatRfc3339(m->starts_at));
     } else {
-      absl::Duration length = m->expires_at - m->starts_at;
+      // Its whole length from now; what each import batch asked of it moves with it.
+      const absl::Duration shift = now - m->starts_at;
       m->starts_at = now;
-      m->expires_at = now + length;
+      m->expires_at += shift;
+      for (core::BatchExpiry& e : m->batch_expiries) e.expires_at += shift;
       m->state_reason = absl::StrCat("approved by ", by, suffix);
       // Active now, or absorbed by the entity's active one of the same action.
       QUELL_RETURN_IF_ERROR(Activate(txn, *m, reviewer, now).status());

@@ -66,12 +66,34 @@ std::string Payload(const RollbackRequest& r) {
     Field(&p, "decided_at", core::FormatRfc3339(r.decided_at));
     Field(&p, "note", r.note);
     IntField(&p, "revoked", r.revoked);
+    if (r.restored != 0) IntField(&p, "restored", r.restored);
   }
   p += "}";
   return p;
 }
 
-// Revokes each of `targets` still live and matching `f`, in `txn`.
+// What the rollback does to `m` (live, matched): revokes it, or (MatchesExtension) takes
+// back the batch's extension. False if it matches neither any more.
+bool Undo(const RollbackFilter& f, const std::string& why, absl::Time now, core::Mitigation& m) {
+  if (Matches(f, m)) {
+    m.state = core::MitigationState::kRevoked;
+    m.state_reason = why;
+    return true;
+  }
+  if (!MatchesExtension(f, m)) return false;
+  m.expires_at = *core::ExpiryWithoutBatch(m, f.batch, f.source, f.policy);
+  // Over without the batch: it ends now, as the scheduler would have ended it then (an
+  // enforced decision of its own, still a prior offence).
+  const bool over = m.state == core::MitigationState::kActive && m.expires_at <= now;
+  if (over) m.state = core::MitigationState::kExpired;
+  m.state_reason =
+      absl::StrCat(why, "; undid the extension by batch ", f.batch,
+                   over ? ": over since " : ": expires ", core::FormatRfc3339(m.expires_at));
+  return true;
+}
+
+// Revokes each of `targets` still live and matching `f`, or undoes the batch's extension
+// of it, in `txn`.
 absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& targets,
                             const RollbackFilter& f, const std::string& why,
                             const std::string& actor, absl::Time now, absl::Duration pending_ttl,
@@ -80,10 +102,9 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
   for (core::Mitigation& m : targets) {
     // One past its expiry is over (its `expired` change is the scheduler's to write), and a
     // pending approval past pending_ttl (the sweeper's).
-    if (!Matches(f, m) || !core::LiveAt(m, now, pending_ttl)) continue;
+    if (!core::LiveAt(m, now, pending_ttl)) continue;
     const int64_t read_at = m.seq;
-    m.state = core::MitigationState::kRevoked;
-    m.state_reason = why;
+    if (!Undo(f, why, now, m)) continue;
     m.seq = txn.NextSeq();
     m.updated_at = now;
     m.actor = actor;
@@ -95,13 +116,12 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     if (!done) {
       // Changed since the scan: read it again and decide on what it is now.
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> cur, txn.GetMitigation(m.id));
-      if (!cur || !Matches(f, *cur) || !core::LiveAt(*cur, now, pending_ttl)) continue;
-      cur->state = core::MitigationState::kRevoked;
-      cur->state_reason = why;
+      if (!cur || !core::LiveAt(*cur, now, pending_ttl) || !Undo(f, why, now, *cur)) continue;
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
+      m = *std::move(cur);
     }
     ++r->matched;
-    ++r->revoked;
+    ++(m.state == core::MitigationState::kRevoked ? r->revoked : r->restored);
     entities.insert(m.entity.str());
   }
   r->entities = static_cast<int64_t>(entities.size());
@@ -136,6 +156,14 @@ bool Matches(const RollbackFilter& f, const core::Mitigation& m) {
   return true;
 }
 
+bool MatchesExtension(const RollbackFilter& f, const core::Mitigation& m) {
+  if (f.batch.empty() || f.since || f.until || !core::IsLive(m.state) || Matches(f, m)) {
+    return false;
+  }
+  if (!f.action.empty() && m.action != f.action) return false;
+  return core::ExtendedByBatch(m, f.batch, f.source, f.policy);
+}
+
 std::string RollbackFilterJson(const RollbackFilter& f) {
   std::string p = "{";
   if (!f.policy.empty()) Field(&p, "policy", f.policy);
@@ -162,9 +190,12 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, cons
   absl::flat_hash_set<std::string> entities;
   QUELL_RETURN_IF_ERROR(store
                             .ScanLive([&](const core::Mitigation& m) {
-                              if (Matches(f, m) && core::LiveAt(m, now, pending_ttl)) {
+                              if (!core::LiveAt(m, now, pending_ttl)) return absl::OkStatus();
+                              const bool extension = MatchesExtension(f, m);
+                              if (extension || Matches(f, m)) {
                                 t.mitigations.push_back(m);
                                 entities.insert(m.entity.str());
+                                t.extensions += extension;
                               }
                               return absl::OkStatus();
                             })
@@ -198,6 +229,7 @@ std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending
   IntField(&p, "matched", r.matched);
   IntField(&p, "entities", r.entities);
   IntField(&p, "revoked", r.revoked);
+  IntField(&p, "restored", r.restored);
   Field(&p, "decided_by", r.decided_by);
   if (!r.decided_by.empty()) Field(&p, "decided_at", core::FormatRfc3339(r.decided_at));
   Field(&p, "note", r.note);
@@ -233,6 +265,7 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
   r.decided_at = T(doc, "decided_at").value_or(at);
   r.note = S(doc, "note");
   r.revoked = I(doc, "revoked");
+  r.restored = I(doc, "restored");
   if (r.filter.empty()) return absl::InvalidArgumentError("rollback request without a filter");
   return r;
 }
@@ -326,6 +359,7 @@ ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation>
     r.matched = result.matched;  // as the transaction found them
     r.entities = result.entities;
     r.revoked = result.revoked;
+    r.restored = result.restored;
     r.state = "done";
     r.decided_by = r.requested_by;
     r.decided_at = now;
@@ -386,6 +420,7 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
       r.matched = result.matched;
       r.entities = result.entities;
       r.revoked = result.revoked;
+      r.restored = result.restored;
       r.state = "done";
     } else {
       r.state = "rejected";

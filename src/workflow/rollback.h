@@ -1,6 +1,9 @@
 // Rollback (SPEC POST /v1/rollbacks): revoke every live mitigation (pending, scheduled,
 // active) an automatic source caused, by policy, source, action, import batch and
-// creation window — "undo everything bot model v3 caused yesterday 14:00-18:00". The
+// creation window — "undo everything bot model v3 caused yesterday 14:00-18:00". A filter
+// naming an import batch also undoes what that batch's hits added to live mitigations
+// created otherwise: each expiry goes back to what the other hits asked for
+// (core::ExpiryWithoutBatch), ended if that time is past. The
 // real run revokes every match in ONE ledger transaction (each revocation is a change on
 // its entity's timeline naming the rollback); running it again matches nothing more, so
 // it is idempotent. Revoked mitigations of a policy leave the entity immune to it.
@@ -37,13 +40,19 @@ struct RollbackFilter {
     return policy.empty() && source.empty() && action.empty() && batch.empty() && !since && !until;
   }
 };
+//! Whether the rollback revokes `m`: live, and created as `f` selects.
 bool Matches(const RollbackFilter& f, const core::Mitigation& m);
+//! Whether it undoes an extension of `m` instead: `m` is live, not matched, and extended by
+//! hits of f.batch (of f.source and f.policy when given; m's action f.action when given). A
+//! filter with since/until undoes none: they select by creation time, and a hit's time is
+//! not kept.
+bool MatchesExtension(const RollbackFilter& f, const core::Mitigation& m);
 //! {"policy": ..., ...} with only the set fields; times as RFC 3339.
 std::string RollbackFilterJson(const RollbackFilter& f);
 
-//! The live mitigations matching `f`, from one consistent read of the store, live at
-//! `now` as a rollback run then finds them (core::LiveAt with `pending_ttl`: not one past
-//! its expiry or its approval window), so a dry run counts what the run would revoke.
+//! The live mitigations matching `f` (Matches or MatchesExtension), from one consistent read of the
+//! store, live at `now` as a rollback run then finds them (core::LiveAt with `pending_ttl`: not one
+//! past its expiry or its approval window), so a dry run counts what the run would revoke.
 absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store& store,
                                                                   const RollbackFilter& f,
                                                                   absl::Time now,
@@ -52,6 +61,7 @@ absl::StatusOr<std::vector<core::Mitigation>> FindRollbackTargets(ledger::Store&
 struct RollbackTargets {
   std::vector<core::Mitigation> mitigations;  // live mitigations matching
   int64_t entities = 0;                       // distinct entities among them
+  int64_t extensions = 0;                     // of them, matched by MatchesExtension
 };
 //! As FindRollbackTargets, with the number of distinct entities (what approval counts).
 absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, const RollbackFilter& f,
@@ -60,6 +70,7 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, cons
 struct RollbackResult {
   int64_t matched = 0;
   int64_t revoked = 0;
+  int64_t restored = 0;  // extensions undone
   int64_t entities = 0;  // distinct entities among the revoked
 };
 
@@ -81,10 +92,12 @@ struct RollbackRequest {
   std::string decided_by;  // "" while pending
   std::string note;
   absl::Time decided_at;
-  int64_t revoked = 0;  // when done
+  int64_t revoked = 0;   // when done
+  int64_t restored = 0;  // when done: mitigations whose extension by the batch it undid
 };
 //! The API's object: {"id", "state", "filter", "reason", "requested_by", "requested_at",
-//! "matched", "entities", "revoked", "decided_by", "decided_at", "note", "expires_at"}.
+//! "matched", "entities", "revoked", "restored", "decided_by", "decided_at", "note",
+//! "expires_at"}.
 //! A pending request past `pending_ttl` at `now` shows state "expired" (expiry is lazy:
 //! it can no longer be decided, and nothing is written for it).
 std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending_ttl,
@@ -97,10 +110,11 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 
 //! Runs a rollback that needs no approval: revokes each of `targets` (as read by
 //! FindRollbackTargets) that is still live and still matches the request's filter,
-//! state_reason "rollback <id>: <reason>", and files the request in the rollback journal
-//! as done by its requester, with what it matched and revoked, in the same transaction:
-//! RollbackRequests (GET /v1/rollbacks/{id}) then answers for it as for an approved one.
-//! A target still at the version read is revoked without being read again
+//! state_reason "rollback <id>: <reason>" (undoes the batch's extension of each that
+//! MatchesExtension, the same reason followed by what it undid), and files the request in the
+//! rollback journal as done by its requester, with what it matched and revoked, in the same
+//! transaction: RollbackRequests (GET /v1/rollbacks/{id}) then answers for it as for an approved
+//! one. A target still at the version read is revoked without being read again
 //! (Txn::AppendMitigationIfAt); one that changed since is re-read in the transaction and
 //! checked again. *out = the request as filed.
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,

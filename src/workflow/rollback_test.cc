@@ -2,11 +2,14 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "core/ids.h"
+#include "core/time.h"
 #include "gtest/gtest.h"
 #include "ledger/audit.h"
 #include "ledger/sqlite/sqlite_store.h"
 #include "workflow/mitigations.h"
+#include "workflow/reviews.h"
 
 namespace quell::workflow {
 namespace {
@@ -83,6 +86,22 @@ class RollbackTest : public testing::Test {
         ->SubmitAndWait(
             requests_->Decide(id, approve, "note", std::move(reviewer), std::move(ids), kTtl, out))
         .status();
+  }
+
+  // Runs a rollback of `f` at once on what it finds now: what it found, and its request as
+  // filed.
+  std::pair<RollbackTargets, RollbackRequest> RunRollback(const std::string& id,
+                                                          const RollbackFilter& f) {
+    auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
+    EXPECT_TRUE(t.ok());
+    RollbackRequest r;
+    r.id = id;
+    r.filter = f;
+    r.reason = "bad";
+    r.requested_by = "k_admin";
+    auto out = std::make_shared<RollbackRequest>();
+    EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out, kTtl)).ok());
+    return {*t, *out};
   }
 
   static constexpr absl::Duration kTtl = absl::Hours(1);
@@ -337,6 +356,128 @@ TEST(RollbackRequestJson, ShapeAndBadPayload) {
   EXPECT_NE(json.find("\"state\":\"done\""), std::string::npos) << json;
   EXPECT_EQ(json.find("expires_at"), std::string::npos) << json;
   EXPECT_FALSE(RollbackRequestFromPayload("{\"x\":1}", absl::Now()).ok());
+}
+
+// A filter naming an import batch also takes back that batch's extensions of mitigations
+// created otherwise: each expiry goes back to what the other hits asked for (another
+// batch's included), and one already over without it ends.
+TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
+  const absl::Time t0 = clock_.Now();
+  auto hit = [&](const std::string& entity, const std::string& batch, absl::Duration ttl) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse(entity);
+    r.action = "block";
+    r.ttl = ttl;
+    r.reason = "model";
+    r.actor = "k_detector";
+    r.source = batch.empty() ? "manual" : "model-v3";
+    r.policy = batch.empty() ? "" : "p1";
+    r.batch = batch;
+    r.detections = {core::NewId("d_", clock_.Now())};
+    auto out = std::make_shared<CreateResult>();
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    return out->mitigation.id;
+  };
+  auto get = [&](const std::string& id) { return **ledger_->store().GetMitigation(id); };
+  const std::string x = hit("user:x", "", absl::Hours(1));  // a person's block, 1 h
+  clock_.Advance(absl::Minutes(10));
+  EXPECT_EQ(hit("user:x", "b_1", absl::Hours(5)), x);  // extended to t0 + 5h10m
+  const std::string y = hit("user:y", "b_1", absl::Hours(5));
+  clock_.Advance(absl::Minutes(10));
+  EXPECT_EQ(hit("user:x", "b_2", absl::Hours(3)), x);  // asks t0 + 3h20m: no extension
+  EXPECT_EQ(get(x).expires_at, t0 + absl::Minutes(310));
+
+  RollbackFilter windowed;  // a window selects by creation time: no extension matches
+  windowed.batch = "b_1";
+  windowed.since = t0;
+  auto [wt, wout] = RunRollback("rb_w", windowed);
+  EXPECT_EQ(wt.extensions, 0);
+  EXPECT_EQ(wout.revoked, 1);  // y
+  EXPECT_EQ(get(x).expires_at, t0 + absl::Minutes(310));
+
+  RollbackFilter f;
+  f.batch = "b_1";
+  auto [targets, out] = RunRollback("rb_1", f);
+  EXPECT_EQ(targets.extensions, 1);
+  EXPECT_EQ(out.matched, 1);
+  EXPECT_EQ(out.restored, 1);
+  EXPECT_EQ(out.revoked, 0);
+  core::Mitigation m = get(x);
+  EXPECT_EQ(m.state, MitigationState::kActive);
+  EXPECT_EQ(m.expires_at, t0 + absl::Minutes(200));  // b_2's
+  EXPECT_EQ(m.state_reason,
+            absl::StrCat("rollback rb_1: bad; undid the extension by batch b_1: expires ",
+                         core::FormatRfc3339(t0 + absl::Minutes(200))));
+  EXPECT_EQ(get(y).state, MitigationState::kRevoked);
+  EXPECT_EQ(requests_->Get("rb_1")->restored, 1);
+  // Idempotent: nothing of b_1 is left to undo.
+  auto [again, out2] = RunRollback("rb_2", f);
+  EXPECT_TRUE(again.mitigations.empty());
+  EXPECT_EQ(out2.matched, 0);
+
+  // Without b_2 it would have ended at t0 + 1h: past by now, so it ends, an enforced
+  // decision that expired (still a prior offence), not a revoked one.
+  clock_.Set(t0 + absl::Hours(2));
+  RollbackFilter f2;
+  f2.batch = "b_2";
+  f2.source = "other-model";  // another source's batch of that id: not this one
+  EXPECT_TRUE(FindRollbackTargetSet(ledger_->store(), f2, clock_.Now(), kTtl)->mitigations.empty());
+  f2.source = "model-v3";
+  auto [t3, out3] = RunRollback("rb_3", f2);
+  EXPECT_EQ(out3.restored, 1);
+  m = get(x);
+  EXPECT_EQ(m.state, MitigationState::kExpired);
+  EXPECT_EQ(m.expires_at, t0 + absl::Hours(1));
+  EXPECT_TRUE(m.batch_expiries.empty());
+  EXPECT_TRUE(core::CountsAsPrior(m, true));
+  EXPECT_NE(m.state_reason.find("over since"), std::string::npos) << m.state_reason;
+  // The hits stay on its record as evidence.
+  EXPECT_EQ(m.detections.size(), 3u);
+}
+
+// A held decision that another import's held hit lengthened, approved later: it runs its
+// whole length from the approval, and so does what each batch asked of it (a rollback of
+// that batch then takes back exactly that batch's part).
+TEST_F(RollbackTest, AnApprovedHoldKeepsEachBatchsPartInStep) {
+  const absl::Time t0 = clock_.Now();
+  auto held = [&](const std::string& batch, absl::Duration ttl) {
+    CreateRequest r;
+    r.entity = *core::Entity::Parse("user:h");
+    r.action = "block";
+    r.ttl = ttl;
+    r.reason = "model";
+    r.actor = "k_detector";
+    r.source = "model-v3";
+    r.policy = "p1";
+    r.batch = batch;
+    r.state = MitigationState::kPendingApproval;
+    r.pending_ttl = kTtl;
+    auto out = std::make_shared<CreateResult>();
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    return out->mitigation.id;
+  };
+  const std::string id = held("b_1", absl::Hours(2));  // until t0 + 2h
+  EXPECT_EQ(held("b_2", absl::Hours(5)), id);          // until t0 + 5h, b_2's part
+  clock_.Advance(absl::Minutes(30));
+  core::Mitigation m = **ledger_->store().GetMitigation(id);
+  auto facts = LoadReviewFacts(ledger_->store(), m);
+  ASSERT_TRUE(facts.ok());
+  auto outcome = std::make_shared<ReviewOutcome>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(DecideReview(id, true, "ok", "k_reviewer", *facts,
+                                               core::ActionCatalog::Default(), kTtl, outcome))
+                  .ok());
+  m = **ledger_->store().GetMitigation(id);
+  ASSERT_EQ(m.state, MitigationState::kActive);
+  EXPECT_EQ(m.expires_at, t0 + absl::Minutes(330));
+  RollbackFilter f;
+  f.batch = "b_2";
+  EXPECT_EQ(RunRollback("rb_h", f).second.restored, 1);
+  m = **ledger_->store().GetMitigation(id);
+  EXPECT_EQ(m.state, MitigationState::kActive);
+  EXPECT_EQ(m.expires_at, t0 + absl::Minutes(150));  // b_1's 2 h, from the approval
 }
 
 }  // namespace

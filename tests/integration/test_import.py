@@ -635,6 +635,48 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(q.request("GET", "/v1/check?entity=user:a0")[1]["verdict"], "allow")
             self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
 
+    def test_rollback_of_a_batch_undoes_its_extensions(self):
+        # A person excluded user:z's royalties for a day; an import's hit on user:z extended
+        # that to the policy's 90 days. Rolling the import back leaves the person's
+        # decision in force with its own expiry (it was left at 90 days).
+        with example_server() as q:
+            s, manual, _ = q.request("POST", "/v1/mitigations",
+                                     {"entity": "user:z", "action": "exclude_royalties",
+                                      "ttl": "24h", "reason": "support ticket"})
+            self.assertEqual(s, 201, manual)
+            f = os.path.join(self.tmp.name, "z.ndjson")
+            with open(f, "w") as out:
+                out.write(json.dumps(dict(row(0), id="z0", entity="user:z")) + "\n")
+                out.write(json.dumps(dict(row(4), id="y0", entity="user:y")) + "\n")
+            code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % q.port,
+                                        "--key", q.admin_key, "--json")
+            self.assertEqual(code, 0, err)
+            batch = json.loads(out)["batch"]
+            path = "/v1/mitigations/" + manual["id"]
+            extended = q.request("GET", path)[1]
+            self.assertGreater(extended["expires_at"], manual["expires_at"])
+            self.assertEqual([e["batch"] for e in extended["batch_expiries"]], ["", batch])
+            s, dry, _ = q.request("POST", "/v1/rollbacks",
+                                  {"filter": {"batch": batch}, "dry_run": True})
+            self.assertEqual((s, dry["matched"], dry["extensions"]), (200, 2, 1), dry)
+            s, r, _ = q.request("POST", "/v1/rollbacks",
+                                {"filter": {"batch": batch}, "reason": "bad export"})
+            self.assertEqual(s, 200, r)
+            self.assertEqual((r["matched"], r["revoked"], r["restored"]), (2, 1, 1), r)
+            after = q.request("GET", path)[1]
+            self.assertEqual((after["state"], after["expires_at"]),
+                             ("active", manual["expires_at"]), after)
+            self.assertNotIn("batch_expiries", after)
+            self.assertIn("undid the extension by batch " + batch, after["state_reason"])
+            self.assertEqual(q.request("GET", "/v1/rollbacks/" + r["id"])[1]["restored"], 1)
+            # Still enforced, with the person's expiry: the index took the change.
+            verdict = q.request("GET", "/v1/check?entity=user:z")[1]
+            self.assertEqual([(m["id"], m["expires_at"]) for m in verdict["mitigations"]],
+                             [(manual["id"], manual["expires_at"])], verdict)
+            # Nothing of the batch is left to undo.
+            s, again, _ = q.request("POST", "/v1/rollbacks", {"filter": {"batch": batch}})
+            self.assertEqual((s, again["matched"]), (200, 0), again)
+
     def test_through_a_server_a_file_under_var_is_fine(self):
         # The data-directory guard for --rejects looked at the default ./var with --server,
         # which writes no directory: `quell import var/day.ndjson --server ...` was refused.

@@ -42,7 +42,7 @@ void SetTimestamp(int64_t unix_micros, google::protobuf::Timestamp* out) {
   out->set_nanos(static_cast<int32_t>(micros * 1000));
 }
 
-static_assert(core::FieldCount<core::Mitigation>() == 19,
+static_assert(core::FieldCount<core::Mitigation>() == 20,
               "core::Mitigation changed: add the new field to quell.v1.Mitigation and ToProto, "
               "then update this count");
 
@@ -66,6 +66,13 @@ void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
   out->set_seq(m.seq);
   for (const std::string& p : m.detection_policies) out->add_detection_policies(p);
   for (const std::string& a : m.approvals) out->add_approvals(a);
+  for (const core::BatchExpiry& e : m.batch_expiries) {
+    quell::v1::BatchExpiry* b = out->add_batch_expiries();
+    b->set_batch(e.batch);
+    b->set_source(e.source);
+    b->set_policy(e.policy);
+    SetTimestamp(core::ToMicros(e.expires_at), b->mutable_expires_at());
+  }
 }
 
 namespace {

@@ -232,7 +232,7 @@ void EntityCache::Clear() {
 // Every field of core::Mitigation is encoded below: a new field stops the build until the
 // codec (and its test, EncodedCopiesKeepEveryField) learns it. The size catches a field
 // whose type changes.
-static_assert(core::FieldCount<core::Mitigation>() == 19 && sizeof(core::Mitigation) == 456,
+static_assert(core::FieldCount<core::Mitigation>() == 20 && sizeof(core::Mitigation) == 480,
               "core::Mitigation changed: encode the new field in EncodeMitigation and "
               "DecodeMitigation, then update this count and size");
 
@@ -251,6 +251,13 @@ void EncodeMitigation(const core::Mitigation& m, std::string* out) {
   PutStrings(m.detections, out);
   PutStrings(m.detection_policies, out);
   PutStrings(m.approvals, out);
+  PutVarint(m.batch_expiries.size(), out);
+  for (const core::BatchExpiry& e : m.batch_expiries) {
+    PutString(e.batch, out);
+    PutString(e.source, out);
+    PutString(e.policy, out);
+    PutTime(e.expires_at, out);
+  }
   PutString(m.state_reason, out);
   PutInt(m.seq, out);
 }
@@ -277,6 +284,15 @@ bool DecodeMitigation(std::string_view in, core::Mitigation* m) {
   r.Strings(&m->detections);
   r.Strings(&m->detection_policies);
   r.Strings(&m->approvals);
+  const uint64_t expiries = r.Varint();
+  if (expiries > in.size()) return false;  // each takes bytes: a bad count is corrupt
+  m->batch_expiries.resize(expiries);
+  for (core::BatchExpiry& e : m->batch_expiries) {
+    r.String(&e.batch);
+    r.String(&e.source);
+    r.String(&e.policy);
+    e.expires_at = r.Time();
+  }
   r.String(&m->state_reason);
   m->seq = r.Int();
   return r.ok() && r.done();
