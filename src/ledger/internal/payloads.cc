@@ -113,4 +113,10 @@ absl::StatusOr<std::vector<std::string>> SourcesFromJson(std::string_view json) 
   return out;
 }
 
+const std::string& ExpiredUnapprovedPattern() {
+  static const std::string* const pattern =
+      new std::string(std::string(core::kPendingExpiredReasonPrefix) + "%");
+  return *pattern;
+}
+
 }  // namespace quell::ledger::internal

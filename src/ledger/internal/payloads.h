@@ -1,6 +1,7 @@
-// The payloads of the change kinds a store materialises (kList, kPolicySet) and the API
-// key sources column, parsed and written the same way by the SQLite and PostgreSQL
-// stores: one set of rules, so a change accepted by one backend is accepted by the other.
+// The payloads of the change kinds a store materialises (kList, kPolicySet), the API
+// key sources column and a state_reason pattern for the SQL, parsed and written the same way by the
+// SQLite and PostgreSQL stores: one set of rules, so a change accepted by one backend is accepted
+// by the other.
 //
 // Thread-safety: free functions without state; safe from any thread.
 #ifndef QUELL_LEDGER_INTERNAL_PAYLOADS_H_
@@ -40,6 +41,10 @@ absl::StatusOr<PolicySetChange> ParsePolicySetChange(std::string_view payload);
 std::string SourcesToJson(const std::vector<std::string>& sources);
 // kDataLoss if the stored text is not such an array.
 absl::StatusOr<std::vector<std::string>> SourcesFromJson(std::string_view json);
+
+// core::CountsAsPrior in SQL, as both stores' CountMitigations filter: a LIKE pattern
+// matching the state_reason of core::ExpiredUnapproved (its prefix, then anything).
+const std::string& ExpiredUnapprovedPattern();
 
 }  // namespace quell::ledger::internal
 

@@ -303,27 +303,21 @@ absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Conn& db, std::str
   return std::optional<StoredDetection>(std::move(d));
 }
 
-// core::CountsAsPrior in SQL: a LIKE pattern for core::ExpiredUnapproved's state_reason.
-const std::string& ExpiredUnapprovedPattern() {
-  static const std::string* const pattern =
-      new std::string(std::string(core::kPendingExpiredReasonPrefix) + "%");
-  return *pattern;
-}
-
 absl::StatusOr<int64_t> QueryCountMitigations(Conn& db, const core::Entity& entity,
                                               std::string_view policy, std::string_view action,
                                               absl::Time since, bool exclude_shadow) {
   QUELL_ASSIGN_OR_RETURN(
-      Result r, db.Query("SELECT COUNT(*) FROM mitigations WHERE entity = $1 AND "
-                         "created_at >= $2 AND ($3::text = '' OR policy = $3::text) AND "
-                         "($4::text = '' OR action = $4::text) AND "
-                         "($5::integer = 0 OR state <> 'shadow') AND "
-                         "state NOT IN ('revoked', 'rejected', 'suppressed') AND "
-                         "(state <> 'expired' OR NOT EXISTS (SELECT 1 FROM changes c "
-                         "WHERE c.seq = mitigations.seq AND "
-                         "c.payload::jsonb ->> 'state_reason' LIKE $6::text))",
-                         {P(entity.str()), PTime(since), P(policy), P(action),
-                          P(int64_t{exclude_shadow ? 1 : 0}), P(ExpiredUnapprovedPattern())}));
+      Result r,
+      db.Query("SELECT COUNT(*) FROM mitigations WHERE entity = $1 AND "
+               "created_at >= $2 AND ($3::text = '' OR policy = $3::text) AND "
+               "($4::text = '' OR action = $4::text) AND "
+               "($5::integer = 0 OR state <> 'shadow') AND "
+               "state NOT IN ('revoked', 'rejected', 'suppressed') AND "
+               "(state <> 'expired' OR NOT EXISTS (SELECT 1 FROM changes c "
+               "WHERE c.seq = mitigations.seq AND "
+               "c.payload::jsonb ->> 'state_reason' LIKE $6::text))",
+               {P(entity.str()), PTime(since), P(policy), P(action),
+                P(int64_t{exclude_shadow ? 1 : 0}), P(internal::ExpiredUnapprovedPattern())}));
   return r.rows() ? r.Int(0, 0) : 0;
 }
 

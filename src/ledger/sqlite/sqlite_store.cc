@@ -311,13 +311,6 @@ absl::StatusOr<std::optional<StoredDetection>> QueryDetection(Db& db, std::strin
   return std::optional<StoredDetection>(std::move(d));
 }
 
-// core::CountsAsPrior in SQL: a LIKE pattern for core::ExpiredUnapproved's state_reason.
-const std::string& ExpiredUnapprovedPattern() {
-  static const std::string* const pattern =
-      new std::string(std::string(core::kPendingExpiredReasonPrefix) + "%");
-  return *pattern;
-}
-
 absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity,
                                               std::string_view policy, std::string_view action,
                                               absl::Time since, bool exclude_shadow) {
@@ -337,7 +330,7 @@ absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity
   use->BindTextStatic(3, policy);
   use->BindTextStatic(4, action);
   use->BindInt(5, exclude_shadow ? 1 : 0);
-  use->BindTextStatic(6, ExpiredUnapprovedPattern());
+  use->BindTextStatic(6, internal::ExpiredUnapprovedPattern());
   QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
   return row ? use->ColumnInt(0) : 0;
 }
