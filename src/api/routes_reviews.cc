@@ -71,10 +71,10 @@ void AppendRollbackReview(Context& ctx, const workflow::RollbackRequest& r, std:
                   "\",\"expires_at\":\"", core::FormatRfc3339(r.requested_at + ttl),
                   "\",\"reason\":");
   core::AppendJsonString(r.reason, out);
-  absl::StrAppend(out, ",\"evidence\":{\"filter\":", workflow::RollbackFilterJson(r.filter),
-                  ",\"matched\":", r.matched, ",\"entities\":", r.entities,
-                  "},\"rollback\":", workflow::RollbackRequestJson(r, ttl, ctx.deps.clock->Now()),
-                  "}");
+  absl::StrAppend(
+      out, ",\"evidence\":{\"filter\":", workflow::RollbackFilterJson(r.filter),
+      ",\"matched\":", r.matched, ",\"entities\":", r.entities, ",\"extensions\":", r.extensions,
+      "},\"rollback\":", workflow::RollbackRequestJson(r, ttl, ctx.deps.clock->Now()), "}");
 }
 
 void ListReviews(Context& ctx, Call&& call) {

@@ -82,17 +82,17 @@ void Rollback(Context& ctx, Call&& call) {
     req.requested_by = call.who.key_id;
     req.matched = matched;
     req.entities = targets->entities;
-    const int64_t extensions = targets->extensions;
+    req.extensions = targets->extensions;
     if (needs_approval) {
       auto stored = std::make_shared<workflow::RollbackRequest>();
       SubmitSimple(
           ctx, std::move(call), ctx.safeguards->rollbacks().Request(std::move(req), stored),
-          [stored, extensions, &ctx] {
+          [stored, &ctx] {
             // Runs in the transaction, after the request was appended.
             std::string body = absl::StrCat(
                 "{\"id\":\"", stored->id,
                 "\",\"state\":\"pending_approval\",\"matched\":", stored->matched,
-                ",\"entities\":", stored->entities, ",\"extensions\":", extensions,
+                ",\"entities\":", stored->entities, ",\"extensions\":", stored->extensions,
                 ",\"revoked\":0,\"restored\":0,\"dry_run\":false,\"needs_approval\":true,"
                 "\"approvals_needed\":1,\"request\":",
                 workflow::RollbackRequestJson(*stored, ctx.pending_ttl(), stored->requested_at),

@@ -202,15 +202,28 @@ std::string_view DetectionPolicy(const Mitigation& m, size_t i) {
 
 namespace {
 constexpr std::string_view kMergedPrefix = "merged:";
+constexpr std::string_view kRolledBackPrefix = "rolled_back:";
 }  // namespace
 
 std::string MergedCreation(std::string_view policy) {
   return policy.empty() ? std::string() : absl::StrCat(AV(kMergedPrefix), AV(policy));
 }
 
+std::string RolledBackHit(std::string_view policy) {
+  return absl::StrCat(AV(kRolledBackPrefix), AV(policy));
+}
+
 std::string_view EntryPolicy(std::string_view entry) {
-  if (entry.starts_with(kMergedPrefix)) entry.remove_prefix(kMergedPrefix.size());
+  for (std::string_view prefix : {kMergedPrefix, kRolledBackPrefix}) {
+    if (entry.starts_with(prefix)) entry.remove_prefix(prefix.size());
+  }
   return entry;
+}
+
+void TakeBackHit(Mitigation& m, size_t i) {
+  if (m.detection_policies.empty()) m.detection_policies.assign(m.detections.size(), m.policy);
+  std::string& entry = m.detection_policies[i];
+  if (!entry.starts_with(kRolledBackPrefix)) entry = RolledBackHit(entry);
 }
 
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy) {
@@ -240,10 +253,14 @@ bool Selects(const BatchExpiry& e, std::string_view batch, std::string_view sour
 
 bool ExtendExpiry(Mitigation& m, const ExpiryHit& hit) {
   const bool later = hit.expires > m.expires_at;
-  // Counted apart: a hit of another import (a batch id is the importer's label, so the
-  // same id from another source is another import), whose rollback must not take the rest.
-  const bool apart = !hit.batch.empty() && (hit.batch != m.batch || hit.source != m.source);
-  if (m.batch_expiries.empty() && apart && later) {
+  // Counted apart: a hit of an import batch that is not the creation's own (a batch id is
+  // the importer's label, so the same id from another source is another import; another
+  // policy's hits are its own decisions), which a rollback may take back alone. Even one
+  // that extends nothing: its hits are taken back too (escalation counts them), and its
+  // expiry holds once the hits above it are rolled back.
+  const bool apart = !hit.batch.empty() &&
+                     (hit.batch != m.batch || hit.source != m.source || hit.policy != m.policy);
+  if (m.batch_expiries.empty() && apart) {
     // Everything before asked for no more than the expiry so far.
     m.batch_expiries.push_back({"", "", "", m.expires_at});
   }
@@ -266,18 +283,22 @@ bool ExtendExpiry(Mitigation& m, const ExpiryHit& hit) {
   return later;
 }
 
-bool ExtendedByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
-                     std::string_view policy) {
+bool HitByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
+                std::string_view policy) {
   if (batch.empty()) return false;
   return std::any_of(m.batch_expiries.begin(), m.batch_expiries.end(),
                      [&](const BatchExpiry& e) { return Selects(e, batch, source, policy); });
 }
 
 std::optional<absl::Time> ExpiryWithoutBatch(Mitigation& m, std::string_view batch,
-                                             std::string_view source, std::string_view policy) {
-  if (!ExtendedByBatch(m, batch, source, policy)) return std::nullopt;
-  std::erase_if(m.batch_expiries,
-                [&](const BatchExpiry& e) { return Selects(e, batch, source, policy); });
+                                             std::string_view source, std::string_view policy,
+                                             std::vector<BatchExpiry>* removed) {
+  if (!HitByBatch(m, batch, source, policy)) return std::nullopt;
+  std::erase_if(m.batch_expiries, [&](const BatchExpiry& e) {
+    if (!Selects(e, batch, source, policy)) return false;
+    if (removed != nullptr) removed->push_back(e);
+    return true;
+  });
   absl::Time expires = absl::InfinitePast();
   bool other_batch = false;
   for (const BatchExpiry& e : m.batch_expiries) {
@@ -478,7 +499,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   bool Default() {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
-    if (in_expiries_) return Fail(WrongType(kBatchExpiries));
+    if (in_expiries_) return EntryValue();
     if (depth_ != 1 || field_ == kUnknown) return true;
     return Fail(WrongType(field_));
   }
@@ -525,8 +546,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       return Fail(WrongType(field_));
     } else if (depth_ == 2 && in_detections_) {
       return Fail("mitigation: detections must be strings");
-    } else if (depth_ >= 2 && in_expiries_) {  // an array, or anything in an entry
-      return Fail(WrongType(kBatchExpiries));
+    } else if (in_expiries_ && (depth_ == 2 || (depth_ == 3 && entry_field_ >= 0))) {
+      return Fail(WrongType(kBatchExpiries));  // an entry not an object; a known field one
     }
     ++depth_;
     return true;
@@ -538,7 +559,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
   bool Integer(int64_t v) {
     if (depth_ == 0) return Fail("mitigation: malformed JSON");
     if (depth_ == 2 && in_detections_) return Fail("mitigation: detections must be strings");
-    if (in_expiries_) return Fail(WrongType(kBatchExpiries));
+    if (in_expiries_) return EntryValue();
     if (depth_ != 1 || field_ == kUnknown) return true;
     if (field_ == kPolicyVersion) {
       m_->policy_version = v;
@@ -558,10 +579,18 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     return true;
   }
   void Mark(Field f) { seen_ |= uint32_t{1} << f; }
+  // A value other than a string inside batch_expiries: wrong for an entry and its fields;
+  // an unknown field's (any shape, as at the top level) is skipped.
+  bool EntryValue() {
+    if (depth_ == 2 || (depth_ == 3 && entry_field_ >= 0)) {
+      return Fail(WrongType(kBatchExpiries));
+    }
+    return true;
+  }
   // A string inside batch_expiries: an entry's field (unknown ones skipped).
   bool EntryString(std::string_view v) {
-    if (depth_ != 3) return Fail(WrongType(kBatchExpiries));
-    if (entry_field_ < 0) return true;
+    if (depth_ == 2) return Fail(WrongType(kBatchExpiries));
+    if (depth_ > 3 || entry_field_ < 0) return true;  // inside an unknown field
     BatchExpiry& e = m_->batch_expiries.back();
     entry_seen_ |= 1 << entry_field_;
     switch (entry_field_) {

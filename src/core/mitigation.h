@@ -70,17 +70,19 @@ struct Mitigation {
   // The policy whose hit recorded each detection, in the same order, when some are not
   // `policy`'s (another policy's hit extended this mitigation; MergedCreation(P) for the
   // first detection of a mitigation of policy P merged into this one, whose creation
-  // counted it, "" in records before that); empty: all are `policy`'s. Escalation counts a
+  // counted it; RolledBackHit(P) for a hit of P whose import batch was rolled back; "" in
+  // records before that); empty: all are `policy`'s. Escalation counts a
   // policy's hits by it, immunity every policy named. Use DetectionPolicy(), AddDetections().
   std::vector<std::string> detection_policies;
   // Reviewers who approved it (key ids, in order): the two-person rule's record while it
   // is pending (a critical action's first approval), every approver once approved.
   std::vector<std::string> approvals;
-  // Kept once a hit from an import batch other than the creation's own (`batch` and
-  // `source`) extended this mitigation, so that a rollback of that batch can undo just its
-  // part (ExpiryWithoutBatch): the latest expiry each such batch, source and policy asked
-  // for, and under "" the latest every other hit asked for (the creation's included).
-  // expires_at is the latest of them. Empty: no other batch extended it. Use ExtendExpiry.
+  // Kept once a hit from an import batch other than the creation's own (`batch`, `source`
+  // and `policy`) reached this mitigation, so that a rollback of that batch can take back
+  // just its part (ExpiryWithoutBatch): the latest expiry each such batch, source and
+  // policy asked for, and under "" the latest every other hit asked for (the creation's
+  // included). expires_at is the latest of them. Empty: no other batch's hit reached it.
+  // Use ExtendExpiry.
   std::vector<BatchExpiry> batch_expiries;
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it
@@ -123,8 +125,15 @@ std::string_view DetectionPolicy(const Mitigation& m, size_t i);
 //! How the creation of a mitigation of `policy`, merged into another, is recorded in that
 //! one's detection_policies: "merged:" + policy ("" for a manual one). Policy ids hold no ':'.
 std::string MergedCreation(std::string_view policy);
-//! The policy a detection_policies entry names: P for MergedCreation(P), else the entry.
+//! How a hit of `policy` that a rollback of its import batch took back is recorded in
+//! detection_policies: "rolled_back:" + policy. Evidence still, no longer a hit of it.
+std::string RolledBackHit(std::string_view policy);
+//! The policy a detection_policies entry names: P for MergedCreation(P) and
+//! RolledBackHit(P), else the entry.
 std::string_view EntryPolicy(std::string_view entry);
+//! Records m.detections[i] (i < m.detections.size()) as RolledBackHit of the policy it was
+//! recorded for.
+void TakeBackHit(Mitigation& m, size_t i);
 //! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy);
 
@@ -135,18 +144,20 @@ struct ExpiryHit {
   absl::Time expires;
 };
 //! Records `hit` on `m`: m.expires_at becomes the later of the two, and batch_expiries keeps
-//! its part when it comes from an import batch other than m's creation's (or once the list
-//! exists). Returns whether m was extended.
+//! its part when it comes from an import batch other than m's creation's (or under "" once
+//! the list exists). Returns whether m was extended.
 bool ExtendExpiry(Mitigation& m, const ExpiryHit& hit);
 //! Whether a hit of import batch `batch` extended `m` (and, when given, "" = any, was of
 //! `source` and `policy`).
-bool ExtendedByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
-                     std::string_view policy);
+bool HitByBatch(const Mitigation& m, std::string_view batch, std::string_view source,
+                std::string_view policy);
 //! Undoes those hits' part: removes their entries from m.batch_expiries (the whole list once
-//! no other batch's remains) and returns the expiry the remaining hits asked for, which the
-//! caller sets. nullopt (m unchanged) when ExtendedByBatch is false.
+//! no other batch's remains; appended to *removed when given) and returns the expiry the
+//! remaining hits asked for, which the caller sets. nullopt (m unchanged) when
+//! HitByBatch is false.
 std::optional<absl::Time> ExpiryWithoutBatch(Mitigation& m, std::string_view batch,
-                                             std::string_view source, std::string_view policy);
+                                             std::string_view source, std::string_view policy,
+                                             std::vector<BatchExpiry>* removed = nullptr);
 
 // Serialises to the JSON object of the HTTP API and of ledger payloads. Field order is
 // fixed, so the bytes are deterministic (the hash chain depends on it).

@@ -164,38 +164,46 @@ TEST(MitigationTest, DetectionPoliciesAppearWhenAnotherPolicyHits) {
 // An import batch's hit that extends a mitigation created otherwise is kept apart, with
 // what every other hit asked for, so that the batch's part can be taken back alone.
 TEST(MitigationTest, ABatchsExtensionIsKeptApartAndCanBeTakenBack) {
-  Mitigation m = Sample();  // batch "b", source "bot-v3", expires at T+24h
+  Mitigation m = Sample();  // batch "b", source "bot-v3", policy "p", expires at T+24h
   const absl::Time t = m.expires_at;
-  // Hits without a batch, or of the creation's own batch and source, keep no list.
-  EXPECT_TRUE(ExtendExpiry(m, {"", "rule:r", "p", t + absl::Hours(1)}));
-  EXPECT_TRUE(ExtendExpiry(m, {"b", "bot-v3", "p", t + absl::Hours(2)}));
-  // Another batch's hit that does not extend it has nothing to take back.
-  EXPECT_FALSE(ExtendExpiry(m, {"b2", "bot-v3", "p", t}));
+  const absl::Duration h = absl::Hours(1);
+  // Hits without a batch, or of the creation's own batch, source and policy: no list.
+  EXPECT_TRUE(ExtendExpiry(m, {"", "rule:r", "p", t + 1 * h}));
+  EXPECT_TRUE(ExtendExpiry(m, {"b", "bot-v3", "p", t + 2 * h}));
   EXPECT_TRUE(m.batch_expiries.empty());
-  EXPECT_EQ(m.expires_at, t + absl::Hours(2));
-  EXPECT_FALSE(ExtendedByBatch(m, "b2", "", ""));
-  // Batch b2 extends it; so does the same batch id from another source (another import).
-  EXPECT_TRUE(ExtendExpiry(m, {"b2", "bot-v3", "p", t + absl::Hours(10)}));
-  EXPECT_TRUE(ExtendExpiry(m, {"b", "other-model", "q", t + absl::Hours(12)}));
-  // A later hit without a batch that extends nothing is still counted under "".
-  EXPECT_FALSE(ExtendExpiry(m, {"", "rule:r", "p", t + absl::Hours(5)}));
-  EXPECT_EQ(m.expires_at, t + absl::Hours(12));
-  ASSERT_EQ(m.batch_expiries.size(), 3u);
-  EXPECT_EQ(m.batch_expiries[0], (BatchExpiry{"", "", "", t + absl::Hours(5)}));
-  EXPECT_EQ(m.batch_expiries[1], (BatchExpiry{"b2", "bot-v3", "p", t + absl::Hours(10)}));
-  EXPECT_EQ(m.batch_expiries[2], (BatchExpiry{"b", "other-model", "q", t + absl::Hours(12)}));
+  EXPECT_FALSE(HitByBatch(m, "b", "", ""));
+  // Another batch's hit starts it, even one that extends nothing (its hits can be taken
+  // back, and its expiry holds once the hits above it are).
+  EXPECT_FALSE(ExtendExpiry(m, {"b2", "bot-v3", "p", t}));
+  EXPECT_EQ(m.batch_expiries,
+            (std::vector<BatchExpiry>{{"", "", "", t + 2 * h}, {"b2", "bot-v3", "p", t}}));
+  // b2 again, later; the same batch id from another source (another import); the
+  // creation's batch under another policy (that policy's own decisions).
+  EXPECT_TRUE(ExtendExpiry(m, {"b2", "bot-v3", "p", t + 10 * h}));
+  EXPECT_TRUE(ExtendExpiry(m, {"b", "other-model", "q", t + 12 * h}));
+  EXPECT_FALSE(ExtendExpiry(m, {"b", "bot-v3", "q", t + 3 * h}));
+  // A later hit without a batch that extends nothing is counted under "".
+  EXPECT_FALSE(ExtendExpiry(m, {"", "rule:r", "p", t + 5 * h}));
+  EXPECT_EQ(m.expires_at, t + 12 * h);
+  EXPECT_EQ(m.batch_expiries, (std::vector<BatchExpiry>{{"", "", "", t + 5 * h},
+                                                        {"b2", "bot-v3", "p", t + 10 * h},
+                                                        {"b", "other-model", "q", t + 12 * h},
+                                                        {"b", "bot-v3", "q", t + 3 * h}}));
   // The list reads back.
   auto back = MitigationFromJson(MitigationToJson(m));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
   // Taking back one batch: only when it matches (source and policy, when given).
-  EXPECT_FALSE(ExtendedByBatch(m, "b2", "other-model", ""));
+  EXPECT_FALSE(HitByBatch(m, "b2", "other-model", ""));
   EXPECT_FALSE(ExpiryWithoutBatch(m, "b2", "bot-v3", "q").has_value());
   EXPECT_FALSE(ExpiryWithoutBatch(m, "", "", "").has_value());  // "" is not a batch
-  EXPECT_EQ(ExpiryWithoutBatch(m, "b", "other-model", ""), t + absl::Hours(10));
-  EXPECT_EQ(m.batch_expiries.size(), 2u);
+  EXPECT_EQ(ExpiryWithoutBatch(m, "b", "other-model", ""), t + 10 * h);
+  EXPECT_EQ(m.batch_expiries.size(), 3u);
+  std::vector<BatchExpiry> removed;
+  EXPECT_EQ(ExpiryWithoutBatch(m, "b2", "", "p", &removed), t + 5 * h);
+  EXPECT_EQ(removed, (std::vector<BatchExpiry>{{"b2", "bot-v3", "p", t + 10 * h}}));
   // Once no other batch's part is left, neither is the list.
-  EXPECT_EQ(ExpiryWithoutBatch(m, "b2", "", "p"), t + absl::Hours(5));
+  EXPECT_EQ(ExpiryWithoutBatch(m, "b", "", "q"), t + 5 * h);
   EXPECT_TRUE(m.batch_expiries.empty());
 }
 
@@ -218,9 +226,11 @@ TEST(MitigationTest, MalformedBatchExpiriesAreErrors) {
     auto r = MitigationFromJson(j);
     EXPECT_FALSE(r.ok()) << j;
   }
-  // An unknown string field of an entry is skipped, as at the top level.
+  // An unknown field of an entry, of any shape, is skipped, as at the top level (a later
+  // version may add one).
   std::string extra = json;
-  extra.insert(extra.find("\"batch\":\"\""), "\"note\":\"n\",");
+  extra.insert(extra.find("\"batch\":\"\""),
+               "\"note\":\"n\",\"n\":1,\"x\":null,\"o\":{\"batch\":[1,{\"a\":\"b\"}]},\"l\":[[]],");
   auto back = MitigationFromJson(extra);
   ASSERT_TRUE(back.ok()) << back.status() << extra;
   EXPECT_EQ(*back, m);

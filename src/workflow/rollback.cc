@@ -61,6 +61,7 @@ std::string Payload(const RollbackRequest& r) {
   Field(&p, "requested_at", core::FormatRfc3339(r.requested_at));
   IntField(&p, "matched", r.matched);
   IntField(&p, "entities", r.entities);
+  if (r.extensions != 0) IntField(&p, "extensions", r.extensions);
   if (!r.decided_by.empty()) {
     Field(&p, "decided_by", r.decided_by);
     Field(&p, "decided_at", core::FormatRfc3339(r.decided_at));
@@ -72,16 +73,39 @@ std::string Payload(const RollbackRequest& r) {
   return p;
 }
 
+// Records the hits of `removed` (the batch's parts of m) on m as taken back: those of its
+// policies whose detection is stored as the batch's. Escalation then no longer counts them
+// (a detection purged by retention since is left counted).
+absl::Status TakeBackHits(ledger::Txn& txn, std::string_view batch,
+                          const std::vector<core::BatchExpiry>& removed, core::Mitigation& m) {
+  for (size_t i = 0; i < m.detections.size(); ++i) {
+    const std::string_view policy = core::DetectionPolicy(m, i);
+    for (const core::BatchExpiry& e : removed) {
+      if (e.policy != policy) continue;
+      QUELL_ASSIGN_OR_RETURN(std::optional<ledger::StoredDetection> d,
+                             txn.GetDetection(e.source, m.detections[i]));
+      if (d && d->batch == batch) {
+        core::TakeBackHit(m, i);
+        break;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // What the rollback does to `m` (live, matched): revokes it, or (MatchesExtension) takes
-// back the batch's extension. False if it matches neither any more.
-bool Undo(const RollbackFilter& f, const std::string& why, absl::Time now, core::Mitigation& m) {
+// back the batch's extension and hits. False if it matches neither any more.
+absl::StatusOr<bool> Undo(ledger::Txn& txn, const RollbackFilter& f, const std::string& why,
+                          absl::Time now, core::Mitigation& m) {
   if (Matches(f, m)) {
     m.state = core::MitigationState::kRevoked;
     m.state_reason = why;
     return true;
   }
   if (!MatchesExtension(f, m)) return false;
-  m.expires_at = *core::ExpiryWithoutBatch(m, f.batch, f.source, f.policy);
+  std::vector<core::BatchExpiry> removed;
+  m.expires_at = *core::ExpiryWithoutBatch(m, f.batch, f.source, f.policy, &removed);
+  QUELL_RETURN_IF_ERROR(TakeBackHits(txn, f.batch, removed, m));
   // Over without the batch: it ends now, as the scheduler would have ended it then (an
   // enforced decision of its own, still a prior offence).
   const bool over = m.state == core::MitigationState::kActive && m.expires_at <= now;
@@ -104,7 +128,8 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     // pending approval past pending_ttl (the sweeper's).
     if (!core::LiveAt(m, now, pending_ttl)) continue;
     const int64_t read_at = m.seq;
-    if (!Undo(f, why, now, m)) continue;
+    QUELL_ASSIGN_OR_RETURN(bool undo, Undo(txn, f, why, now, m));
+    if (!undo) continue;
     m.seq = txn.NextSeq();
     m.updated_at = now;
     m.actor = actor;
@@ -116,7 +141,9 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
     if (!done) {
       // Changed since the scan: read it again and decide on what it is now.
       QUELL_ASSIGN_OR_RETURN(std::optional<core::Mitigation> cur, txn.GetMitigation(m.id));
-      if (!cur || !core::LiveAt(*cur, now, pending_ttl) || !Undo(f, why, now, *cur)) continue;
+      if (!cur || !core::LiveAt(*cur, now, pending_ttl)) continue;
+      QUELL_ASSIGN_OR_RETURN(undo, Undo(txn, f, why, now, *cur));
+      if (!undo) continue;
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
       m = *std::move(cur);
     }
@@ -161,7 +188,7 @@ bool MatchesExtension(const RollbackFilter& f, const core::Mitigation& m) {
     return false;
   }
   if (!f.action.empty() && m.action != f.action) return false;
-  return core::ExtendedByBatch(m, f.batch, f.source, f.policy);
+  return core::HitByBatch(m, f.batch, f.source, f.policy);
 }
 
 std::string RollbackFilterJson(const RollbackFilter& f) {
@@ -228,6 +255,7 @@ std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending
   }
   IntField(&p, "matched", r.matched);
   IntField(&p, "entities", r.entities);
+  IntField(&p, "extensions", r.extensions);
   IntField(&p, "revoked", r.revoked);
   IntField(&p, "restored", r.restored);
   Field(&p, "decided_by", r.decided_by);
@@ -261,6 +289,7 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
   r.requested_at = T(doc, "requested_at").value_or(at);
   r.matched = I(doc, "matched");
   r.entities = I(doc, "entities");
+  r.extensions = I(doc, "extensions");
   r.decided_by = S(doc, "decided_by");
   r.decided_at = T(doc, "decided_at").value_or(at);
   r.note = S(doc, "note");
@@ -358,6 +387,7 @@ ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation>
                                          r.requested_by, now, pending_ttl, &result));
     r.matched = result.matched;  // as the transaction found them
     r.entities = result.entities;
+    r.extensions = result.restored;
     r.revoked = result.revoked;
     r.restored = result.restored;
     r.state = "done";
@@ -419,6 +449,7 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
       // figures were the evidence for approving it (Reviews showed them).
       r.matched = result.matched;
       r.entities = result.entities;
+      r.extensions = result.restored;
       r.revoked = result.revoked;
       r.restored = result.restored;
       r.state = "done";

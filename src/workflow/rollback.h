@@ -85,8 +85,9 @@ struct RollbackRequest {
   std::string reason;
   std::string requested_by;  // key id
   absl::Time requested_at;
-  int64_t matched = 0;   // live mitigations matched when requested
-  int64_t entities = 0;  // distinct entities among them
+  int64_t matched = 0;     // live mitigations matched when requested
+  int64_t entities = 0;    // distinct entities among them
+  int64_t extensions = 0;  // of them, matched by MatchesExtension (restored, not revoked)
   // pending_approval | done (approved and run) | rejected | expired
   std::string state = "pending_approval";
   std::string decided_by;  // "" while pending
@@ -96,8 +97,8 @@ struct RollbackRequest {
   int64_t restored = 0;  // when done: mitigations whose extension by the batch it undid
 };
 //! The API's object: {"id", "state", "filter", "reason", "requested_by", "requested_at",
-//! "matched", "entities", "revoked", "restored", "decided_by", "decided_at", "note",
-//! "expires_at"}.
+//! "matched", "entities", "extensions", "revoked", "restored", "decided_by", "decided_at",
+//! "note", "expires_at"}.
 //! A pending request past `pending_ttl` at `now` shows state "expired" (expiry is lazy:
 //! it can no longer be decided, and nothing is written for it).
 std::string RollbackRequestJson(const RollbackRequest& r, absl::Duration pending_ttl,

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
+#include "core/status.h"
 #include "core/time.h"
 #include "gtest/gtest.h"
 #include "ledger/audit.h"
@@ -374,9 +375,22 @@ TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
     r.policy = batch.empty() ? "" : "p1";
     r.batch = batch;
     r.detections = {core::NewId("d_", clock_.Now())};
+    // The detection as the intake stores it, in the same transaction as its decision.
+    ledger::StoredDetection d;
+    d.source = r.source;
+    d.id = r.detections[0];
+    d.type = "artificial_streaming";
+    d.entity = entity;
+    d.batch = batch;
+    d.json = "{}";
     auto out = std::make_shared<CreateResult>();
-    EXPECT_TRUE(
-        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+    ledger::Mutation create = CreateMitigation(r, core::ActionCatalog::Default(), out);
+    EXPECT_TRUE(ledger_
+                    ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                      QUELL_RETURN_IF_ERROR(txn.PutDetection(d));
+                      return create(txn, now);
+                    })
+                    .ok());
     return out->mitigation.id;
   };
   auto get = [&](const std::string& id) { return **ledger_->store().GetMitigation(id); };
@@ -411,6 +425,8 @@ TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
                          core::FormatRfc3339(t0 + absl::Minutes(200))));
   EXPECT_EQ(get(y).state, MitigationState::kRevoked);
   EXPECT_EQ(requests_->Get("rb_1")->restored, 1);
+  // b_1's hit stays as evidence, no longer a hit of p1 (escalation counts b_2's only).
+  EXPECT_EQ(m.detection_policies, (std::vector<std::string>{"", "rolled_back:p1", "p1"}));
   // Idempotent: nothing of b_1 is left to undo.
   auto [again, out2] = RunRollback("rb_2", f);
   EXPECT_TRUE(again.mitigations.empty());
@@ -434,6 +450,8 @@ TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
   EXPECT_NE(m.state_reason.find("over since"), std::string::npos) << m.state_reason;
   // The hits stay on its record as evidence.
   EXPECT_EQ(m.detections.size(), 3u);
+  EXPECT_EQ(m.detection_policies,
+            (std::vector<std::string>{"", "rolled_back:p1", "rolled_back:p1"}));
 }
 
 // A held decision that another import's held hit lengthened, approved later: it runs its

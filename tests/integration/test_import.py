@@ -636,9 +636,11 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual(q.request("GET", "/v1/check?entity=user:b0")[1]["verdict"], "deny")
 
     def test_rollback_of_a_batch_undoes_its_extensions(self):
-        # A person excluded user:z's royalties for a day; an import's hit on user:z extended
-        # that to the policy's 90 days. Rolling the import back leaves the person's
-        # decision in force with its own expiry (it was left at 90 days).
+        # A person excluded user:z's royalties for a day; an import's two hits on user:z
+        # extended that to the policy's 90 days. Rolling the import back leaves the
+        # person's decision in force with its own expiry (it was left at 90 days), and the
+        # import's hits no longer count: the next import's hit does not escalate (two prior
+        # hits of bot-model-high make the third a suspension).
         with example_server() as q:
             s, manual, _ = q.request("POST", "/v1/mitigations",
                                      {"entity": "user:z", "action": "exclude_royalties",
@@ -647,7 +649,8 @@ class ServerImportTest(unittest.TestCase):
             f = os.path.join(self.tmp.name, "z.ndjson")
             with open(f, "w") as out:
                 out.write(json.dumps(dict(row(0), id="z0", entity="user:z")) + "\n")
-                out.write(json.dumps(dict(row(4), id="y0", entity="user:y")) + "\n")
+                out.write(json.dumps(dict(row(4), id="z1", entity="user:z")) + "\n")
+                out.write(json.dumps(dict(row(8), id="y0", entity="user:y")) + "\n")
             code, out, err = import_cmd(f, "--server", "http://127.0.0.1:%d" % q.port,
                                         "--key", q.admin_key, "--json")
             self.assertEqual(code, 0, err)
@@ -668,6 +671,7 @@ class ServerImportTest(unittest.TestCase):
                              ("active", manual["expires_at"]), after)
             self.assertNotIn("batch_expiries", after)
             self.assertIn("undid the extension by batch " + batch, after["state_reason"])
+            self.assertEqual(after["detection_policies"], ["rolled_back:bot-model-high"] * 2)
             self.assertEqual(q.request("GET", "/v1/rollbacks/" + r["id"])[1]["restored"], 1)
             # Still enforced, with the person's expiry: the index took the change.
             verdict = q.request("GET", "/v1/check?entity=user:z")[1]
@@ -676,6 +680,14 @@ class ServerImportTest(unittest.TestCase):
             # Nothing of the batch is left to undo.
             s, again, _ = q.request("POST", "/v1/rollbacks", {"filter": {"batch": batch}})
             self.assertEqual((s, again["matched"]), (200, 0), again)
+            f2 = os.path.join(self.tmp.name, "z2.ndjson")
+            with open(f2, "w") as out:
+                out.write(json.dumps(dict(row(12), id="z2", entity="user:z")) + "\n")
+            code, out, err = import_cmd(f2, "--server", "http://127.0.0.1:%d" % q.port,
+                                        "--key", q.admin_key)
+            self.assertEqual(code, 0, err)
+            self.assertEqual([m for m in mitigations(q) if m[0] == "user:z"],
+                             [("user:z", "exclude_royalties", "active", "", "")])
 
     def test_through_a_server_a_file_under_var_is_fine(self):
         # The data-directory guard for --rejects looked at the default ./var with --server,
