@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/mitigation.h"
 #include "core/status.h"
@@ -109,7 +110,12 @@ class CachingTxn final : public ledger::Txn {
   }
   absl::StatusOr<std::vector<core::Mitigation>> EntityMitigations(const core::Entity& entity,
                                                                   absl::Time since) override {
-    return inner_.EntityMitigations(entity, since);
+    QUELL_ASSIGN_OR_RETURN(const EntityView* view, View(entity, since));
+    std::vector<core::Mitigation> out;
+    for (const core::Mitigation& m : view->mitigations) {
+      if (m.created_at >= since || core::IsLive(m.state)) out.push_back(m);
+    }
+    return out;
   }
   absl::StatusOr<int64_t> NextPolicyVersion() override { return inner_.NextPolicyVersion(); }
   absl::StatusOr<bool> ListHas(std::string_view name, const core::Entity& entity) override {
@@ -184,18 +190,6 @@ std::vector<Prepared> Prepare(std::vector<DetectionWork> work) {
   return out;
 }
 
-// The hits of `policy` recorded on `m` after its creation: after its first detection if a
-// policy created it (counted as a creation), all of them on a manual one (created without
-// detections, not counted as any policy's creation). Another policy's hits on it count for
-// that policy, not for m's.
-int64_t LaterHits(const core::Mitigation& m, std::string_view policy) {
-  int64_t n = 0;
-  for (size_t i = m.policy.empty() ? 0 : 1; i < m.detections.size(); ++i) {
-    n += core::DetectionPolicy(m, i) == policy;
-  }
-  return n;
-}
-
 // The actions a hit of `p` may have been recorded on: its own and its escalation steps'.
 std::vector<std::string_view> EscalationActions(const engine::Proposal& p) {
   std::vector<std::string_view> actions = {p.action};
@@ -207,11 +201,34 @@ std::vector<std::string_view> EscalationActions(const engine::Proposal& p) {
   return actions;
 }
 
+// The hits of `policy` recorded after their creation on those of `ms` of `actions`
+// created at or after `since` that count as prior offences (core::CountsAsPrior: live, or
+// expired after they were enforced; not one a person undid): after its first detection
+// if a policy created it (counted as a creation), all of them on a manual one (created
+// without detections, not counted as any policy's creation). Another policy's hits count
+// for that policy. Each detection once: a merged mitigation's hits are on the one that
+// absorbed it too.
+int64_t LaterHitsIn(const std::vector<core::Mitigation>& ms, std::string_view policy,
+                    const std::vector<std::string_view>& actions, absl::Time since) {
+  absl::flat_hash_set<std::string_view> hits;
+  for (const core::Mitigation& m : ms) {
+    if (m.created_at < since || !core::CountsAsPrior(m, /*exclude_shadow=*/true) ||
+        std::find(actions.begin(), actions.end(), m.action) == actions.end()) {
+      continue;
+    }
+    for (size_t i = m.policy.empty() ? 0 : 1; i < m.detections.size(); ++i) {
+      if (core::DetectionPolicy(m, i) == policy) hits.insert(m.detections[i]);
+    }
+  }
+  return static_cast<int64_t>(hits.size());
+}
+
 // Escalation counts hits: every detection that earned a decision from this policy on this
 // entity within the window. A hit either created a mitigation or was recorded on a live
 // one (same action: extended instead of stacked, whichever policy created it), so the
 // hits are the mitigations created in the window plus this policy's later detections
-// recorded on the live ones created in it.
+// recorded on those created in it, live or expired after enforcement (a short mitigation
+// that ended does not take the hits it took with it).
 //
 // A shadow policy's hits are its shadow mitigations (each recorded on its own, never
 // live): counted, so that its record shows the escalations enforcing it would make.
@@ -222,13 +239,8 @@ absl::StatusOr<int64_t> PriorHits(ledger::Txn& txn, const engine::Proposal& p, a
   }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, txn.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
-  for (std::string_view action : EscalationActions(p)) {
-    QUELL_ASSIGN_OR_RETURN(auto live, txn.FindLive(p.entity, action));
-    for (const core::Mitigation& m : live) {
-      if (m.created_at >= since) hits += LaterHits(m, p.policy);
-    }
-  }
-  return hits;
+  QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> ms, txn.EntityMitigations(p.entity, since));
+  return hits + LaterHitsIn(ms, p.policy, EscalationActions(p), since);
 }
 
 // Completes p.stored with its reply (the reply head, decisions appended) and time.
@@ -341,18 +353,11 @@ absl::StatusOr<int64_t> PriorHitsCommitted(ledger::Store& store, const engine::P
   }
   QUELL_ASSIGN_OR_RETURN(
       int64_t hits, store.CountMitigations(p.entity, p.policy, "", since, /*exclude_shadow=*/true));
-  const std::vector<std::string_view> actions = EscalationActions(p);
-  ledger::MitigationQuery q;  // as in PriorHits: the live ones, whichever policy made them
+  ledger::MitigationQuery q;  // as in PriorHits, whichever policy made them
   q.entity = p.entity;
   q.limit = 1000;
   QUELL_ASSIGN_OR_RETURN(ledger::MitigationPage page, store.ListMitigations(q));
-  for (const core::Mitigation& m : page.mitigations) {
-    if (core::IsLive(m.state) && m.created_at >= since &&
-        std::find(actions.begin(), actions.end(), m.action) != actions.end()) {
-      hits += LaterHits(m, p.policy);
-    }
-  }
-  return hits;
+  return hits + LaterHitsIn(page.mitigations, p.policy, EscalationActions(p), since);
 }
 
 std::vector<ledger::EntityRead> ReadsAhead(const std::vector<DetectionWork>& work, absl::Time now) {

@@ -15,6 +15,7 @@
 #include "ledger/sqlite/sqlite_store.h"
 #include "policy/expr.h"
 #include "policy/policy_set.h"
+#include "workflow/mitigations.h"
 #include "workflow/safeguards.h"
 
 namespace quell::workflow {
@@ -99,6 +100,57 @@ TEST(ApplyDetections, EntityReadsDoneAheadAreUsedAndDecideAsTheTxnsOwn) {
   EXPECT_EQ(plain.taken, 0);
   // Rounds 2-4 read entities that have mitigations (round 1's are known to have none).
   EXPECT_EQ(ahead.taken, 9);
+}
+
+// A block (2 h) takes two hits, then expires and its `expired` change is written; a third
+// hit within the escalation window (1 d) is the third of the policy's: suspend. The hit
+// recorded on the block counted only while the block was live, so this was a block.
+TEST(ApplyDetections, HitsOnAnEnforcedMitigationThatExpiredStillCount) {
+  const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
+  auto set = policy::LoadPolicySet(kYaml, 1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  auto store = ledger::OpenSqliteStore({.path = dir});
+  ASSERT_TRUE(store.ok()) << store.status();
+  core::FakeClock clock;
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  auto hit = [&](int n) {
+    DetectionWork w;
+    w.detection.id = absl::StrCat("d", n);
+    w.detection.source = "s1";
+    w.detection.type = "t";
+    w.detection.entity = *core::Entity::Parse("user:u");
+    w.detection.score = 0.9;
+    w.detection.observed_at = clock.Now();
+    policy::EmptyEnvironment env;
+    w.proposals = engine::Evaluate(**set, w.detection, env, clock.Now()).proposals;
+    w.proposals_final = true;
+    w.json = absl::StrCat("{\"id\":\"", w.detection.id, "\"}");
+    std::vector<DetectionWork> work;
+    work.push_back(std::move(w));
+    auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
+    EXPECT_TRUE((*ledger)
+                    ->SubmitAndWait(
+                        ApplyDetections(std::move(work), (*set)->catalog_ptr(), "k_test", outcomes))
+                    .ok());
+    return outcomes->at(0).decisions.at(0).action;
+  };
+  EXPECT_EQ(hit(1), "block");
+  clock.Advance(absl::Minutes(1));
+  EXPECT_EQ(hit(2), "block");  // recorded on the first, extended
+  ledger::MitigationQuery q;
+  q.entity = *core::Entity::Parse("user:u");
+  auto page = (*ledger)->store().ListMitigations(q);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->mitigations.size(), 1u);
+  const std::string id = page->mitigations[0].id;
+  clock.Advance(absl::Hours(3));
+  auto expired = std::make_shared<int>();
+  ASSERT_TRUE((*ledger)->SubmitAndWait(ApplyDue({id}, expired)).ok());
+  ASSERT_EQ(*expired, 1);
+  EXPECT_EQ(hit(3), "suspend");
+  ledger->reset();
+  std::filesystem::remove_all(dir);
 }
 
 // A list of networks, as `known_vpn_ranges` holds them, and a detection per address.
