@@ -175,7 +175,7 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
     }
     out->append("],");
   }
-  if (!m.batch_expiries.empty()) {  // only once another import batch's hit extended it
+  if (!m.batch_expiries.empty()) {  // only once another import batch's hit reached it
     out->append("\"batch_expiries\":[");
     for (size_t i = 0; i < m.batch_expiries.size(); ++i) {
       const BatchExpiry& e = m.batch_expiries[i];
@@ -546,8 +546,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       return Fail(WrongType(field_));
     } else if (depth_ == 2 && in_detections_) {
       return Fail("mitigation: detections must be strings");
-    } else if (in_expiries_ && (depth_ == 2 || (depth_ == 3 && entry_field_ >= 0))) {
-      return Fail(WrongType(kBatchExpiries));  // an entry not an object; a known field one
+    } else if (EntryRefusesNonString()) {
+      return Fail(WrongType(kBatchExpiries));
     }
     ++depth_;
     return true;
@@ -579,14 +579,14 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     return true;
   }
   void Mark(Field f) { seen_ |= uint32_t{1} << f; }
-  // A value other than a string inside batch_expiries: wrong for an entry and its fields;
-  // an unknown field's (any shape, as at the top level) is skipped.
-  bool EntryValue() {
-    if (depth_ == 2 || (depth_ == 3 && entry_field_ >= 0)) {
-      return Fail(WrongType(kBatchExpiries));
-    }
-    return true;
+  // Inside batch_expiries, where only a string may come: an entry (which must be an
+  // object) or a known field of one. An unknown field's value, of any shape, is skipped
+  // as at the top level.
+  bool EntryRefusesNonString() const {
+    return in_expiries_ && (depth_ == 2 || (depth_ == 3 && entry_field_ >= 0));
   }
+  // A scalar other than a string inside batch_expiries.
+  bool EntryValue() { return EntryRefusesNonString() ? Fail(WrongType(kBatchExpiries)) : true; }
   // A string inside batch_expiries: an entry's field (unknown ones skipped).
   bool EntryString(std::string_view v) {
     if (depth_ == 2) return Fail(WrongType(kBatchExpiries));

@@ -34,6 +34,48 @@ policies:
     escalate_window: 1d
 )";
 
+// A detection `id` of `entity` (source s1, score 0.9) seen at `now`; with `set`, the
+// proposals its policies make in an empty environment, final (decided as they are).
+DetectionWork Work(std::string id, std::string_view entity, absl::Time now,
+                   const policy::PolicySet* set = nullptr) {
+  DetectionWork w;
+  w.detection.id = std::move(id);
+  w.detection.source = "s1";
+  w.detection.type = "t";
+  w.detection.entity = *core::Entity::Parse(entity);
+  w.detection.score = 0.9;
+  w.detection.observed_at = now;
+  if (set != nullptr) {
+    policy::EmptyEnvironment env;
+    w.proposals = engine::Evaluate(*set, w.detection, env, now).proposals;
+    w.proposals_final = true;
+  }
+  w.json = absl::StrCat("{\"id\":\"", w.detection.id, "\"}");
+  return w;
+}
+
+// A policy set and a ledger on a new SQLite store, in a directory removed with it.
+struct Scratch {
+  std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
+  core::FakeClock clock;
+  std::shared_ptr<const policy::PolicySet> set;
+  std::unique_ptr<ledger::Ledger> ledger;
+  ~Scratch() {
+    ledger.reset();
+    std::filesystem::remove_all(dir);
+  }
+};
+void Open(std::string_view yaml, Scratch* s) {
+  auto set = policy::LoadPolicySet(yaml, 1);
+  ASSERT_TRUE(set.ok()) << set.status();
+  s->set = *std::move(set);
+  auto store = ledger::OpenSqliteStore({.path = s->dir});
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &s->clock);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  s->ledger = *std::move(ledger);
+}
+
 struct Decided {
   std::vector<std::string> actions;  // per detection, in order: the decided action
   int64_t taken = 0;                 // reads done ahead that the Txns used
@@ -58,18 +100,8 @@ void Decide(bool ahead, Decided* out) {
     const absl::Time now = clock.Now();
     std::vector<DetectionWork> work;
     for (int u = 0; u < 3; ++u) {
-      DetectionWork w;
-      w.detection.id = absl::StrCat("d", round, "-", u);
-      w.detection.source = "s1";
-      w.detection.type = "t";
-      w.detection.entity = *core::Entity::Parse(absl::StrCat("user:u", u));
-      w.detection.score = 0.9;
-      w.detection.observed_at = now;
-      policy::EmptyEnvironment env;
-      w.proposals = engine::Evaluate(**set, w.detection, env, now).proposals;
-      w.proposals_final = true;
-      w.json = absl::StrCat("{\"id\":\"", w.detection.id, "\"}");
-      work.push_back(std::move(w));
+      work.push_back(
+          Work(absl::StrCat("d", round, "-", u), absl::StrCat("user:u", u), now, set->get()));
     }
     if (ahead) raw->PrefetchEntities(ReadsAhead(work, now));
     auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
@@ -106,51 +138,32 @@ TEST(ApplyDetections, EntityReadsDoneAheadAreUsedAndDecideAsTheTxnsOwn) {
 // hit within the escalation window (1 d) is the third of the policy's: suspend. The hit
 // recorded on the block counted only while the block was live, so this was a block.
 TEST(ApplyDetections, HitsOnAnEnforcedMitigationThatExpiredStillCount) {
-  const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
-  auto set = policy::LoadPolicySet(kYaml, 1);
-  ASSERT_TRUE(set.ok()) << set.status();
-  auto store = ledger::OpenSqliteStore({.path = dir});
-  ASSERT_TRUE(store.ok()) << store.status();
-  core::FakeClock clock;
-  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
-  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  Scratch t;
+  ASSERT_NO_FATAL_FAILURE(Open(kYaml, &t));
   auto hit = [&](int n) {
-    DetectionWork w;
-    w.detection.id = absl::StrCat("d", n);
-    w.detection.source = "s1";
-    w.detection.type = "t";
-    w.detection.entity = *core::Entity::Parse("user:u");
-    w.detection.score = 0.9;
-    w.detection.observed_at = clock.Now();
-    policy::EmptyEnvironment env;
-    w.proposals = engine::Evaluate(**set, w.detection, env, clock.Now()).proposals;
-    w.proposals_final = true;
-    w.json = absl::StrCat("{\"id\":\"", w.detection.id, "\"}");
     std::vector<DetectionWork> work;
-    work.push_back(std::move(w));
+    work.push_back(Work(absl::StrCat("d", n), "user:u", t.clock.Now(), t.set.get()));
     auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
-    EXPECT_TRUE((*ledger)
+    EXPECT_TRUE(t.ledger
                     ->SubmitAndWait(
-                        ApplyDetections(std::move(work), (*set)->catalog_ptr(), "k_test", outcomes))
+                        ApplyDetections(std::move(work), t.set->catalog_ptr(), "k_test", outcomes))
                     .ok());
     return outcomes->at(0).decisions.at(0).action;
   };
   EXPECT_EQ(hit(1), "block");
-  clock.Advance(absl::Minutes(1));
+  t.clock.Advance(absl::Minutes(1));
   EXPECT_EQ(hit(2), "block");  // recorded on the first, extended
   ledger::MitigationQuery q;
   q.entity = *core::Entity::Parse("user:u");
-  auto page = (*ledger)->store().ListMitigations(q);
+  auto page = t.ledger->store().ListMitigations(q);
   ASSERT_TRUE(page.ok());
   ASSERT_EQ(page->mitigations.size(), 1u);
   const std::string id = page->mitigations[0].id;
-  clock.Advance(absl::Hours(3));
+  t.clock.Advance(absl::Hours(3));
   auto expired = std::make_shared<int>();
-  ASSERT_TRUE((*ledger)->SubmitAndWait(ApplyDue({id}, expired)).ok());
+  ASSERT_TRUE(t.ledger->SubmitAndWait(ApplyDue({id}, expired)).ok());
   ASSERT_EQ(*expired, 1);
   EXPECT_EQ(hit(3), "suspend");
-  ledger->reset();
-  std::filesystem::remove_all(dir);
 }
 
 // A list of networks, as `known_vpn_ranges` holds them, and a detection per address.
@@ -177,40 +190,24 @@ ledger::Mutation AddToList(std::string payload) {
 // import, and the server for a detection whose decision reads the ledger, run) read an
 // address inside a listed network as unlisted.
 TEST(EvaluateInTxn, AnAddressInsideAListedNetworkIsOnTheList) {
-  const std::string dir = testing::TempDir() + "/decisions_" + core::RandomHex(6);
-  auto set = policy::LoadPolicySet(kListYaml, 1);
-  ASSERT_TRUE(set.ok()) << set.status();
-  auto store = ledger::OpenSqliteStore({.path = dir});
-  ASSERT_TRUE(store.ok()) << store.status();
-  core::FakeClock clock;
-  auto ledger = ledger::Ledger::Open(*std::move(store), {}, &clock);
-  ASSERT_TRUE(ledger.ok()) << ledger.status();
-  ASSERT_TRUE((*ledger)
+  Scratch t;
+  ASSERT_NO_FATAL_FAILURE(Open(kListYaml, &t));
+  ASSERT_TRUE(t.ledger
                   ->SubmitAndWait(AddToList(
                       R"({"list":"vpn","add":["cidr:203.0.113.0/24","cidr:2001:db8::/32"]})"))
                   .ok());
   std::vector<DetectionWork> work;
   for (const char* entity : {"ip:203.0.113.9", "ip:203.0.114.9", "ip:2001:db8::7",
                              "cidr:203.0.113.128/25", "cidr:203.0.0.0/16"}) {
-    DetectionWork w;
-    w.detection.id = absl::StrCat("d", work.size());
-    w.detection.source = "s1";
-    w.detection.type = "t";
-    w.detection.entity = *core::Entity::Parse(entity);
-    w.detection.score = 0.9;
-    w.detection.observed_at = clock.Now();
-    w.json = "{}";
-    work.push_back(std::move(w));
+    work.push_back(Work(absl::StrCat("d", work.size()), entity, t.clock.Now()));
   }
   auto outcomes = std::make_shared<std::vector<DetectionOutcome>>();
-  auto done = (*ledger)->SubmitAndWait(ApplyDetections(
-      std::move(work), (*set)->catalog_ptr(), "k_test", outcomes, {}, EvaluateInTxn(*set)));
+  auto done = t.ledger->SubmitAndWait(ApplyDetections(
+      std::move(work), t.set->catalog_ptr(), "k_test", outcomes, {}, EvaluateInTxn(t.set)));
   ASSERT_TRUE(done.ok()) << done.status();
   std::vector<size_t> decided;
   for (const DetectionOutcome& o : *outcomes) decided.push_back(o.decisions.size());
   EXPECT_EQ(decided, (std::vector<size_t>{1, 0, 1, 1, 0}));
-  ledger->reset();
-  std::filesystem::remove_all(dir);
 }
 
 // The live evaluation's view of the lists (Safeguards::ListHas): as loaded from the store,

@@ -111,7 +111,7 @@ absl::StatusOr<bool> Undo(ledger::Txn& txn, const RollbackFilter& f, const std::
   const bool over = m.state == core::MitigationState::kActive && m.expires_at <= now;
   if (over) m.state = core::MitigationState::kExpired;
   m.state_reason =
-      absl::StrCat(why, "; undid the extension by batch ", f.batch,
+      absl::StrCat(why, "; took back the hits of batch ", f.batch,
                    over ? ": over since " : ": expires ", core::FormatRfc3339(m.expires_at));
   return true;
 }

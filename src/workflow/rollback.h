@@ -1,9 +1,10 @@
 // Rollback (SPEC POST /v1/rollbacks): revoke every live mitigation (pending, scheduled,
 // active) an automatic source caused, by policy, source, action, import batch and
 // creation window — "undo everything bot model v3 caused yesterday 14:00-18:00". A filter
-// naming an import batch also undoes what that batch's hits added to live mitigations
-// created otherwise: each expiry goes back to what the other hits asked for
-// (core::ExpiryWithoutBatch), ended if that time is past. The
+// naming an import batch also takes back that batch's hits on live mitigations created
+// otherwise: each expiry goes back to what the other hits asked for
+// (core::ExpiryWithoutBatch), ended if that time is past, and the hits stop counting for
+// escalation (core::TakeBackHit). The
 // real run revokes every match in ONE ledger transaction (each revocation is a change on
 // its entity's timeline naming the rollback); running it again matches nothing more, so
 // it is idempotent. Revoked mitigations of a policy leave the entity immune to it.
@@ -42,10 +43,10 @@ struct RollbackFilter {
 };
 //! Whether the rollback revokes `m`: live, and created as `f` selects.
 bool Matches(const RollbackFilter& f, const core::Mitigation& m);
-//! Whether it undoes an extension of `m` instead: `m` is live, not matched, and extended by
-//! hits of f.batch (of f.source and f.policy when given; m's action f.action when given). A
-//! filter with since/until undoes none: they select by creation time, and a hit's time is
-//! not kept.
+//! Whether it takes back the hits of f.batch on `m` instead (its extension and their count
+//! for escalation): `m` is live, not matched, and reached by hits of f.batch (of f.source
+//! and f.policy when given; m's action f.action when given). A filter with since/until
+//! takes back none: they select by creation time, and a hit's time is not kept.
 bool MatchesExtension(const RollbackFilter& f, const core::Mitigation& m);
 //! {"policy": ..., ...} with only the set fields; times as RFC 3339.
 std::string RollbackFilterJson(const RollbackFilter& f);
@@ -70,7 +71,7 @@ absl::StatusOr<RollbackTargets> FindRollbackTargetSet(ledger::Store& store, cons
 struct RollbackResult {
   int64_t matched = 0;
   int64_t revoked = 0;
-  int64_t restored = 0;  // extensions undone
+  int64_t restored = 0;  // mitigations whose hits of the batch it took back
   int64_t entities = 0;  // distinct entities among the revoked
 };
 
@@ -94,7 +95,7 @@ struct RollbackRequest {
   std::string note;
   absl::Time decided_at;
   int64_t revoked = 0;   // when done
-  int64_t restored = 0;  // when done: mitigations whose extension by the batch it undid
+  int64_t restored = 0;  // when done: mitigations whose hits of the batch it took back
 };
 //! The API's object: {"id", "state", "filter", "reason", "requested_by", "requested_at",
 //! "matched", "entities", "extensions", "revoked", "restored", "decided_by", "decided_at",
@@ -111,8 +112,8 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 
 //! Runs a rollback that needs no approval: revokes each of `targets` (as read by
 //! FindRollbackTargets) that is still live and still matches the request's filter,
-//! state_reason "rollback <id>: <reason>" (undoes the batch's extension of each that
-//! MatchesExtension, the same reason followed by what it undid), and files the request in the
+//! state_reason "rollback <id>: <reason>" (takes back the batch's hits on each that
+//! MatchesExtension, the same reason followed by what it took back), and files the request in the
 //! rollback journal as done by its requester, with what it matched and revoked, in the same
 //! transaction: RollbackRequests (GET /v1/rollbacks/{id}) then answers for it as for an approved
 //! one. A target still at the version read is revoked without being read again

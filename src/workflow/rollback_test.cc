@@ -42,9 +42,10 @@ class RollbackTest : public testing::Test {
     Open();
   }
 
-  // A block of `policy` p1 on `entity`; the action's default ttl unless `ttl` is given.
-  std::string Create(std::string entity, std::string source,
-                     std::optional<absl::Duration> ttl = std::nullopt) {
+  // A request for a block of `policy` p1 on `entity`; the action's default ttl unless
+  // `ttl` is given.
+  static CreateRequest Block(std::string entity, std::string source,
+                             std::optional<absl::Duration> ttl = std::nullopt) {
     CreateRequest r;
     r.entity = *core::Entity::Parse(entity);
     r.action = "block";
@@ -53,10 +54,32 @@ class RollbackTest : public testing::Test {
     r.actor = "k_detector";
     r.source = std::move(source);
     r.policy = "p1";
+    return r;
+  }
+  // Submits `r`, its detections stored first as the intake stores them (with r's source
+  // and batch, in the same transaction); the id of the mitigation it made or extended.
+  std::string Submit(const CreateRequest& r) {
     auto out = std::make_shared<CreateResult>();
-    auto done = ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out));
+    ledger::Mutation create = CreateMitigation(r, core::ActionCatalog::Default(), out);
+    auto done = ledger_->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+      for (const std::string& id : r.detections) {
+        ledger::StoredDetection d;
+        d.source = r.source;
+        d.id = id;
+        d.type = "artificial_streaming";
+        d.entity = r.entity.str();
+        d.batch = r.batch;
+        d.json = "{}";
+        QUELL_RETURN_IF_ERROR(txn.PutDetection(d));
+      }
+      return create(txn, now);
+    });
     EXPECT_TRUE(done.ok()) << done.status();
     return out->mitigation.id;
+  }
+  std::string Create(std::string entity, std::string source,
+                     std::optional<absl::Duration> ttl = std::nullopt) {
+    return Submit(Block(std::move(entity), std::move(source), ttl));
   }
   MitigationState State(const std::string& id) {
     return (*ledger_->store().GetMitigation(id))->state;
@@ -365,33 +388,11 @@ TEST(RollbackRequestJson, ShapeAndBadPayload) {
 TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
   const absl::Time t0 = clock_.Now();
   auto hit = [&](const std::string& entity, const std::string& batch, absl::Duration ttl) {
-    CreateRequest r;
-    r.entity = *core::Entity::Parse(entity);
-    r.action = "block";
-    r.ttl = ttl;
-    r.reason = "model";
-    r.actor = "k_detector";
-    r.source = batch.empty() ? "manual" : "model-v3";
-    r.policy = batch.empty() ? "" : "p1";
+    CreateRequest r = Block(entity, batch.empty() ? "manual" : "model-v3", ttl);
+    if (batch.empty()) r.policy.clear();  // a person's
     r.batch = batch;
     r.detections = {core::NewId("d_", clock_.Now())};
-    // The detection as the intake stores it, in the same transaction as its decision.
-    ledger::StoredDetection d;
-    d.source = r.source;
-    d.id = r.detections[0];
-    d.type = "artificial_streaming";
-    d.entity = entity;
-    d.batch = batch;
-    d.json = "{}";
-    auto out = std::make_shared<CreateResult>();
-    ledger::Mutation create = CreateMitigation(r, core::ActionCatalog::Default(), out);
-    EXPECT_TRUE(ledger_
-                    ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
-                      QUELL_RETURN_IF_ERROR(txn.PutDetection(d));
-                      return create(txn, now);
-                    })
-                    .ok());
-    return out->mitigation.id;
+    return Submit(r);
   };
   auto get = [&](const std::string& id) { return **ledger_->store().GetMitigation(id); };
   const std::string x = hit("user:x", "", absl::Hours(1));  // a person's block, 1 h
@@ -421,7 +422,7 @@ TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
   EXPECT_EQ(m.state, MitigationState::kActive);
   EXPECT_EQ(m.expires_at, t0 + absl::Minutes(200));  // b_2's
   EXPECT_EQ(m.state_reason,
-            absl::StrCat("rollback rb_1: bad; undid the extension by batch b_1: expires ",
+            absl::StrCat("rollback rb_1: bad; took back the hits of batch b_1: expires ",
                          core::FormatRfc3339(t0 + absl::Minutes(200))));
   EXPECT_EQ(get(y).state, MitigationState::kRevoked);
   EXPECT_EQ(requests_->Get("rb_1")->restored, 1);
@@ -460,21 +461,11 @@ TEST_F(RollbackTest, ABatchsExtensionsAreUndoneWithIt) {
 TEST_F(RollbackTest, AnApprovedHoldKeepsEachBatchsPartInStep) {
   const absl::Time t0 = clock_.Now();
   auto held = [&](const std::string& batch, absl::Duration ttl) {
-    CreateRequest r;
-    r.entity = *core::Entity::Parse("user:h");
-    r.action = "block";
-    r.ttl = ttl;
-    r.reason = "model";
-    r.actor = "k_detector";
-    r.source = "model-v3";
-    r.policy = "p1";
+    CreateRequest r = Block("user:h", "model-v3", ttl);
     r.batch = batch;
     r.state = MitigationState::kPendingApproval;
     r.pending_ttl = kTtl;
-    auto out = std::make_shared<CreateResult>();
-    EXPECT_TRUE(
-        ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
-    return out->mitigation.id;
+    return Submit(r);
   };
   const std::string id = held("b_1", absl::Hours(2));  // until t0 + 2h
   EXPECT_EQ(held("b_2", absl::Hours(5)), id);          // until t0 + 5h, b_2's part

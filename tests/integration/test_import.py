@@ -670,7 +670,7 @@ class ServerImportTest(unittest.TestCase):
             self.assertEqual((after["state"], after["expires_at"]),
                              ("active", manual["expires_at"]), after)
             self.assertNotIn("batch_expiries", after)
-            self.assertIn("undid the extension by batch " + batch, after["state_reason"])
+            self.assertIn("took back the hits of batch " + batch, after["state_reason"])
             self.assertEqual(after["detection_policies"], ["rolled_back:bot-model-high"] * 2)
             self.assertEqual(q.request("GET", "/v1/rollbacks/" + r["id"])[1]["restored"], 1)
             # Still enforced, with the person's expiry: the index took the change.
