@@ -58,6 +58,10 @@ struct Fixture {
     evidence_entries[5] = MapEntry{"flag", Value::Bool(true)};
     evidence_entries[6] = MapEntry{"nothing", Value::Null()};
     evidence_entries[7] = MapEntry{"big", Value::Int(INT64_MAX)};
+    hours[0] = Value::Int(3);
+    hours[1] = Value::Double(4.5);
+    hours[2] = Value::Map(&geo);
+    evidence_entries[8] = MapEntry{"hours", Value::Array(hours, 3)};
     det.id = "d1";
     det.source = "bot-v3";
     det.type = "artificial_streaming";
@@ -65,7 +69,7 @@ struct Fixture {
     det.observed_at = "2026-11-28T12:00:00Z";
     det.entity = "user:u1";
     det.related = absl::MakeConstSpan(related, 2);
-    det.evidence = MapView{evidence_entries, 8};
+    det.evidence = MapView{evidence_entries, 9};
     attrs_entries[0] = MapEntry{"ip", Value::String("ip:203.0.113.7")};
     attrs_entries[1] = MapEntry{"ms_played", Value::Int(31000)};
     attrs_entries[2] = MapEntry{"track", Value::String("track:t1")};
@@ -81,7 +85,8 @@ struct Fixture {
   std::string_view related[2] = {"device:d1", "ip:10.1.2.3"};
   MapEntry geo_entries[2];
   MapView geo;
-  MapEntry evidence_entries[8];
+  Value hours[3];
+  MapEntry evidence_entries[9];
   MapEntry attrs_entries[3];
   DetectionInput det;
   EventInput event;

@@ -206,7 +206,9 @@ TEST(Engine, DetectionFieldsReachTheExpression) {
   - {id: rel, on: detection, when: '"device:d1" in detection.related', action: flag}
   - {id: ev, on: detection, when: 'detection.evidence.geo.country == "SE" && "vpn" in detection.evidence.tags', action: flag}
   - {id: num, on: detection, when: 'detection.evidence.n > 3 && detection.evidence.big > 1e18', action: flag}
-  - {id: bad, on: detection, when: 'detection.evidence.mixed == 1', action: flag}
+  - {id: arr, on: detection, when: '2 in detection.evidence.hours && detection.evidence.mixed[0] == 1 && size(detection.evidence.mixed) == 2', action: flag}
+  - {id: nohit, on: detection, when: '5 in detection.evidence.hours || "b" in detection.evidence.mixed', action: flag}
+  - {id: bad, on: detection, when: 'detection.evidence.mixed > 1', action: flag}
   - {id: src, on: detection, when: 'detection.source == "bot-model-v3" && entity.type == "user" && entity.id == "u1"', action: flag}
 )");
   ASSERT_NE(set, nullptr);
@@ -214,12 +216,12 @@ TEST(Engine, DetectionFieldsReachTheExpression) {
   d.related = {E("device:d1")};
   d.evidence_json =
       R"({"geo": {"country": "SE"}, "tags": ["vpn", "dc"], "n": 4, "big": 18446744073709551615,
-          "mixed": [1, "a"]})";
+          "mixed": [1, "a"], "hours": [1, 2.0, 3]})";
   policy::EmptyEnvironment env;
   Evaluation ev = Evaluate(*set, d, env, kNow);
   EXPECT_THAT(Targets(ev), ElementsAre("at->user:u1", "rel->user:u1", "ev->user:u1", "num->user:u1",
-                                       "src->user:u1"));
-  EXPECT_EQ(ev.eval_errors, 1);  // `mixed` is a non-string list: type mismatch
+                                       "arr->user:u1", "src->user:u1"));
+  EXPECT_EQ(ev.eval_errors, 1);  // `bad`: an array is not ordered against a number
 
   d.observed_at = kNow + absl::Microseconds(5);
   ev = Evaluate(*set, d, env, kNow);
@@ -362,9 +364,10 @@ TEST(JsonMap, ShapesAndLimits) {
   internal::JsonMapArena arena;
   policy::MapView m;
   ASSERT_TRUE(arena.Parse(R"({"a": 1, "b": "x", "c": {"d": [ "p", "q" ]}, "e": null,
-                             "f": -2.5, "g": [], "h": [{"x": 1}], "i": false})",
+                             "f": -2.5, "g": [], "h": [{"x": 1}], "i": false,
+                             "j": [1, 2.5, true, null, "s", [7]]})",
                           &m));
-  ASSERT_EQ(m.size, 8u);
+  ASSERT_EQ(m.size, 9u);
   EXPECT_EQ(m.Find("a")->int_value(), 1);
   EXPECT_EQ(m.Find("b")->string_value(), "x");
   const policy::MapView* c = m.Find("c")->map_value();
@@ -374,8 +377,12 @@ TEST(JsonMap, ShapesAndLimits) {
   EXPECT_EQ(m.Find("e")->kind(), policy::ValueKind::kNull);
   EXPECT_EQ(m.Find("f")->double_value(), -2.5);
   EXPECT_EQ(m.Find("g")->list_size(), 0u);
-  EXPECT_TRUE(m.Find("h")->is_error());
+  // An array with anything but strings keeps its items as they are.
+  ASSERT_EQ(m.Find("h")->kind(), policy::ValueKind::kArray);
+  ASSERT_EQ(m.Find("h")->array_size(), 1u);
+  EXPECT_EQ(m.Find("h")->array_data()[0].map_value()->Find("x")->int_value(), 1);
   EXPECT_FALSE(m.Find("i")->bool_value());
+  EXPECT_EQ(m.Find("j")->DebugString(), R"([1, 2.5, true, null, "s", [7]])");
   EXPECT_EQ(m.Find("zz"), nullptr);
 
   EXPECT_FALSE(arena.Parse("[1]", &m));

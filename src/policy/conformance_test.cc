@@ -150,6 +150,14 @@ const Case kCases[] = {
     {In::kDet, "detection.evidence.asn in [\"SE\", \"NO\"]", "false"},
     {In::kDet, "detection.evidence.asn in detection.evidence", "error(type_mismatch)"},
     {In::kDet, "\"a\" in detection.evidence.nope", "error(missing)"},
+    // an array with other items than strings (list<dyn>): == item by item
+    {In::kDet, "3 in detection.evidence.hours", "true"},
+    {In::kDet, "3.0 in detection.evidence.hours", "true"},
+    {In::kDet, "4.5 in detection.evidence.hours", "true"},
+    {In::kDet, "\"3\" in detection.evidence.hours", "false"},
+    {In::kDet, "detection.evidence.asn in detection.evidence.hours", "false"},
+    {In::kDet, "detection.evidence.geo in detection.evidence.hours", "error(type_mismatch)"},
+    {In::kDet, "detection.evidence.nope in detection.evidence.hours", "error(missing)"},
     {In::kDet, "1 / 0 in [1]", "error(division_by_zero)"},
     {In::kDet, "1 in [1 / 0, 1]", "true"},
     {In::kDet, "2 in [1 / 0, 1]", "error(division_by_zero)"},
@@ -193,6 +201,11 @@ const Case kCases[] = {
     {In::kDet, "detection.evidence.tags[0]", "\"vpn\""},
     {In::kDet, "detection.evidence.tags[5]", "error(missing)"},
     {In::kDet, "detection.evidence.tags[\"a\"]", "error(type_mismatch)"},
+    {In::kDet, "detection.evidence.hours[1]", "4.5"},
+    {In::kDet, "detection.evidence.hours[2].asn", "1"},
+    {In::kDet, "detection.evidence.hours[3]", "error(missing)"},
+    {In::kDet, "detection.evidence.hours[\"a\"]", "error(type_mismatch)"},
+    {In::kDet, "detection.evidence.hours", "[3, 4.5, {\"city\": \"Ume\xc3\xa5\", \"asn\": 1}]"},
     {In::kDet, "detection.evidence.country[0]", "error(type_mismatch)"},
     {In::kDet, "detection.evidence[detection.evidence.country]", "error(missing)"},
     {In::kDet, "detection.evidence.asn == 64500", "true"},
@@ -224,6 +237,9 @@ const Case kCases[] = {
     {In::kDet, "detection.evidence.country < 5", "error(type_mismatch)"},
     {In::kDet, "detection.evidence.geo == detection.evidence.geo", "error(type_mismatch)"},
     {In::kDet, "detection.evidence.tags == detection.evidence.tags", "true"},
+    {In::kDet, "detection.evidence.hours == detection.evidence.hours", "error(type_mismatch)"},
+    {In::kDet, "detection.evidence.hours == detection.evidence.tags", "false"},
+    {In::kDet, "detection.evidence.hours < 1", "error(type_mismatch)"},
     {In::kDet, "detection.evidence.flag ? \"on\" : \"off\"", "\"on\""},
     {In::kDet, "detection.evidence.country ? 1 : 2", "error(type_mismatch)"},
     {In::kDet, "detection.evidence.nope ? 1 : 2", "error(missing)"},
@@ -283,8 +299,9 @@ const Case kCases[] = {
     {In::kDet, "size([1, 2, 3])", "3"},
     {In::kDet, "size(detection.related)", "2"},
     {In::kDet, "detection.related.size()", "2"},
-    {In::kDet, "size(detection.evidence)", "11"},
+    {In::kDet, "size(detection.evidence)", "12"},
     {In::kDet, "size(detection.evidence.tags)", "2"},
+    {In::kDet, "size(detection.evidence.hours)", "3"},
     {In::kDet, "size(detection.evidence.geo)", "2"},
     {In::kDet, "size(detection.evidence.country)", "2"},
     {In::kDet, "size(detection.evidence.asn)", "error(type_mismatch)"},
@@ -515,6 +532,7 @@ struct Fixture {
         MapEntry{"zero", Value::Int(0)},
         MapEntry{"big", Value::Int(INT64_MAX)},
         MapEntry{"ip", Value::String("203.0.113.9")},
+        MapEntry{"hours", Value::Array(hours, 3)},
     };
     det.id = "d1";
     det.source = "bot-v3";
@@ -565,6 +583,7 @@ struct Fixture {
   }
 
   std::string_view tags[2] = {"vpn", "dc"};
+  Value hours[3] = {Value::Int(3), Value::Double(4.5), Value::Map(&geo)};
   std::string_view related[2] = {"device:d1", "ip:10.1.2.3"};
   std::vector<MapEntry> geo_entries;
   MapView geo;

@@ -16,9 +16,11 @@
 // String concatenation is not supported (it would allocate).
 //
 // Static types: bool, int, double, string, null, list<T>, map, dyn. Values inside
-// detection.evidence / event.attrs are `dyn` and are checked at run time. int and double
-// mix in arithmetic and comparisons (promoted to double), and a ?: with an int branch and
-// a double one is a double (an int result is promoted).
+// detection.evidence / event.attrs are `dyn` and are checked at run time: a JSON array of
+// strings is a list<string>, any other array a list of dyn items (ValueKind::kArray), which
+// `in`, index and size() read item by item (`3 in detection.evidence.hours` as `==`). int and
+// double mix in arithmetic and comparisons (promoted to double), and a ?: with an int branch and a
+// double one is a double (an int result is promoted).
 //
 // Runtime error semantics (CEL-like). Some operations produce the *error* value instead of
 // a result:

@@ -1,6 +1,6 @@
 // Runtime values of the policy expression language.
 //
-// A Value is 16 bytes, trivially copyable and never owns memory: strings, lists and maps
+// A Value is 16 bytes, trivially copyable and never owns memory: strings, lists, arrays and maps
 // point at storage owned by the caller's Input or by the compiled Program. This is what
 // lets Program::Eval run without heap allocation.
 //
@@ -26,8 +26,10 @@ enum class ValueKind : uint8_t {
   kInt,
   kDouble,
   kString,
-  kList,  // list<string>: a contiguous array of std::string_view
-  kMap,   // string -> Value, see MapView
+  kList,   // list<string>: a contiguous array of std::string_view
+  kArray,  // list<dyn>: a contiguous array of Value (a JSON array in evidence/attrs with an
+           // item that is not a string: numbers, booleans, null, objects, arrays)
+  kMap,    // string -> Value, see MapView
   kError,
 };
 
@@ -77,6 +79,12 @@ class Value {
     v.size_ = Clamp(n);
     return v;
   }
+  static Value Array(const Value* items, size_t n) {
+    Value v(ValueKind::kArray);
+    v.u_.array = items;
+    v.size_ = Clamp(n);
+    return v;
+  }
   static Value Map(const MapView* map) {
     Value v(ValueKind::kMap);
     v.u_.map = map;
@@ -101,11 +109,13 @@ class Value {
   std::string_view string_value() const { return std::string_view(u_.s, size_); }
   const std::string_view* list_data() const { return u_.list; }
   size_t list_size() const { return size_; }
+  const Value* array_data() const { return u_.array; }
+  size_t array_size() const { return size_; }
   const MapView* map_value() const { return u_.map; }
   EvalError error() const { return error_; }
 
-  // For tests and diagnostics: `true`, `42`, `0.5`, `"abc"`, `["a", "b"]`, `{...}`,
-  // `error(division_by_zero)`.
+  // For tests and diagnostics: `true`, `42`, `0.5`, `"abc"`, `["a", "b"]`, `[1, true]`,
+  // `{...}`, `error(division_by_zero)`.
   std::string DebugString() const;
 
  private:
@@ -125,6 +135,7 @@ class Value {
     double d;
     const char* s;
     const std::string_view* list;
+    const Value* array;
     const MapView* map;
   } u_;
 };
@@ -168,7 +179,7 @@ inline bool ShortEqual(std::string_view a, std::string_view b) {
 
 struct MapEntry {
   std::string_view key;
-  Value value;  // may itself be a Map (nested JSON objects) or a List of strings
+  Value value;  // may itself be a Map (nested JSON objects), a List of strings or an Array
 };
 
 // A borrowed, read-only view of a map. Lookup is a linear scan: evidence and attrs

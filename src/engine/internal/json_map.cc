@@ -1,5 +1,6 @@
 #include "engine/internal/json_map.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -13,7 +14,7 @@ using policy::Value;
 
 // SAX handler building the arena. Capacity of every output vector is reserved up front
 // from the text length, so the pointers handed out (MapView -> entries, List -> strings,
-// Map values -> maps_) never move while parsing.
+// Array -> items, Map values -> maps_) never move while parsing.
 class JsonMapHandler {
  public:
   explicit JsonMapHandler(JsonMapArena& a) : a_(a) {}
@@ -32,12 +33,7 @@ class JsonMapHandler {
   bool Double(double d) { return Add(Value::Double(d)); }
   bool RawNumber(const char*, rapidjson::SizeType, bool) { return false; }
   bool String(const char* s, rapidjson::SizeType n, bool) {
-    std::string_view v(s, n);
-    if (!a_.frames_.empty() && a_.frames_.back().array) {
-      a_.pending_strings_.push_back(v);
-      return true;
-    }
-    return Add(Value::String(v));
+    return Add(Value::String(std::string_view(s, n)));
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
     a_.key_ = std::string_view(s, n);
@@ -67,15 +63,21 @@ class JsonMapHandler {
   bool EndArray(rapidjson::SizeType) {
     JsonMapArena::Frame f = a_.frames_.back();
     a_.frames_.pop_back();
-    Value v = Value::Error(policy::EvalError::kTypeMismatch);
-    if (!f.bad) {
-      size_t first = a_.strings_.size();
-      for (size_t i = f.start; i < a_.pending_strings_.size(); ++i) {
-        a_.strings_.push_back(a_.pending_strings_[i]);
-      }
-      v = Value::List(a_.strings_.data() + first, a_.strings_.size() - first);
+    const Value* items = a_.pending_items_.data() + f.start;
+    const size_t n = a_.pending_items_.size() - f.start;
+    const bool strings = std::all_of(
+        items, items + n, [](const Value& v) { return v.kind() == policy::ValueKind::kString; });
+    Value v;
+    if (strings) {  // list<string>, what most arrays are
+      const size_t first = a_.strings_.size();
+      for (size_t i = 0; i < n; ++i) a_.strings_.push_back(items[i].string_value());
+      v = Value::List(a_.strings_.data() + first, n);
+    } else {
+      const size_t first = a_.items_.size();
+      a_.items_.insert(a_.items_.end(), items, items + n);
+      v = Value::Array(a_.items_.data() + first, n);
     }
-    a_.pending_strings_.resize(f.start);
+    a_.pending_items_.resize(f.start);
     a_.key_ = f.key;
     return Add(v);
   }
@@ -83,22 +85,20 @@ class JsonMapHandler {
  private:
   bool Open(bool array) {
     if (static_cast<int>(a_.frames_.size()) >= JsonMapArena::kMaxDepth) return false;
-    if (!a_.frames_.empty() && a_.frames_.back().array) a_.frames_.back().bad = true;
     JsonMapArena::Frame f;
     f.array = array;
-    f.start = array ? a_.pending_strings_.size() : a_.pending_.size();
+    f.start = array ? a_.pending_items_.size() : a_.pending_.size();
     f.key = a_.key_;
     a_.frames_.push_back(f);
     return true;
   }
   bool Add(Value v) {
     if (a_.frames_.empty()) return false;  // a scalar at the top level
-    JsonMapArena::Frame& top = a_.frames_.back();
-    if (top.array) {
-      top.bad = true;  // a non-string item (or a nested container)
-      return true;
+    if (a_.frames_.back().array) {
+      a_.pending_items_.push_back(v);
+    } else {
+      a_.pending_.push_back(MapEntry{a_.key_, v});
     }
-    a_.pending_.push_back(MapEntry{a_.key_, v});
     return true;
   }
 
@@ -114,7 +114,9 @@ bool JsonMapArena::Parse(std::string_view json, policy::MapView* out) {
     v->clear();
     if (v->capacity() < bound) v->reserve(bound);
   }
-  for (auto* v : {&pending_strings_, &strings_}) {
+  strings_.clear();
+  if (strings_.capacity() < bound) strings_.reserve(bound);
+  for (auto* v : {&pending_items_, &items_}) {
     v->clear();
     if (v->capacity() < bound) v->reserve(bound);
   }

@@ -4,9 +4,9 @@
 //
 // Mapping: strings, integers (int64; larger unsigned -> double), doubles, booleans and
 // null map to the matching Value; nested objects to nested maps; arrays whose items are
-// all strings to list<string>; any other array to the error value kTypeMismatch (reading
-// it makes a `when` false). Nesting deeper than kMaxDepth, invalid JSON, or a top-level
-// value that is not an object give an empty map and Parse() returns false. kMaxDepth is
+// all strings (and empty ones) to list<string>; any other array to a list<dyn> (Array) of
+// its items, objects and arrays included. Nesting deeper than kMaxDepth, invalid JSON, or a
+// top-level value that is not an object give an empty map and Parse() returns false. kMaxDepth is
 // above what any input path accepts (core::kMaxJsonDepth, checked on every body and row):
 // an evidence map nested as deep as Quell takes is read whole, not dropped.
 //
@@ -35,17 +35,17 @@ class JsonMapArena {
   friend class JsonMapHandler;
   struct Frame {
     bool array = false;
-    bool bad = false;      // an array holding something other than strings
-    size_t start = 0;      // first pending entry (objects) or string (arrays)
+    size_t start = 0;      // first pending entry (objects) or item (arrays)
     std::string_view key;  // the key this container is stored under in its parent
   };
 
   std::string buffer_;
-  std::vector<policy::MapEntry> pending_;          // entries of the open objects
-  std::vector<std::string_view> pending_strings_;  // items of the open arrays
-  std::vector<policy::MapEntry> entries_;          // finished objects, contiguous
-  std::vector<policy::MapView> maps_;              // finished objects
-  std::vector<std::string_view> strings_;          // finished arrays, contiguous
+  std::vector<policy::MapEntry> pending_;     // entries of the open objects
+  std::vector<policy::Value> pending_items_;  // items of the open arrays
+  std::vector<policy::MapEntry> entries_;     // finished objects, contiguous
+  std::vector<policy::MapView> maps_;         // finished objects
+  std::vector<std::string_view> strings_;     // finished arrays of strings, contiguous
+  std::vector<policy::Value> items_;          // finished other arrays, contiguous
   std::vector<Frame> frames_;
   std::string_view key_;
   policy::MapView root_;

@@ -167,6 +167,14 @@ Value Lookup(const Value& container, const Value& key) {
     }
     return Value::String(container.list_data()[i]);
   }
+  if (container.kind() == ValueKind::kArray) {
+    if (key.kind() != ValueKind::kInt) return Value::Error(EvalError::kTypeMismatch);
+    int64_t i = key.int_value();
+    if (i < 0 || static_cast<uint64_t>(i) >= container.array_size()) {
+      return Value::Error(EvalError::kMissing);
+    }
+    return container.array_data()[i];
+  }
   return Value::Error(EvalError::kTypeMismatch);
 }
 
@@ -437,6 +445,18 @@ class InValueNode final : public Node {
       }
       return Value::Bool(false);
     }
+    if (c.kind() == ValueKind::kArray) {  // as x in [literals]: == item by item
+      Value err = Value::Bool(false);
+      for (size_t i = 0; i < c.array_size(); ++i) {
+        Value eq = Equal(x, c.array_data()[i]);
+        if (eq.kind() == ValueKind::kBool) {
+          if (eq.bool_value()) return eq;
+        } else if (!err.is_error()) {
+          err = eq;
+        }
+      }
+      return err;
+    }
     if (c.kind() == ValueKind::kMap) {
       if (x.kind() != ValueKind::kString) return Value::Error(EvalError::kTypeMismatch);
       return Value::Bool(c.map_value()->Find(x.string_value()) != nullptr);
@@ -459,6 +479,8 @@ class SizeNode final : public Node {
         return Value::Int(CodePoints(v.string_value()));
       case ValueKind::kList:
         return Value::Int(static_cast<int64_t>(v.list_size()));
+      case ValueKind::kArray:
+        return Value::Int(static_cast<int64_t>(v.array_size()));
       case ValueKind::kMap:
         return Value::Int(static_cast<int64_t>(v.map_value()->size));
       case ValueKind::kError:

@@ -65,6 +65,14 @@ std::string Value::DebugString() const {
       }
       return out + "]";
     }
+    case ValueKind::kArray: {
+      std::string out = "[";
+      for (size_t i = 0; i < size_; ++i) {
+        if (i > 0) out += ", ";
+        out += u_.array[i].DebugString();
+      }
+      return out + "]";
+    }
     case ValueKind::kMap: {
       std::string out = "{";
       for (size_t i = 0; i < u_.map->size; ++i) {
@@ -105,6 +113,21 @@ Value Equal(const Value& a, const Value& b) {
         if (a.list_data()[i] != b.list_data()[i]) return Value::Bool(false);
       }
       return Value::Bool(true);
+    }
+    case ValueKind::kArray: {
+      // Item by item, as ==: an item that cannot be compared (a map) is an error, unless
+      // the arrays differ elsewhere.
+      if (a.array_size() != b.array_size()) return Value::Bool(false);
+      Value err = Value::Bool(true);
+      for (size_t i = 0; i < a.array_size(); ++i) {
+        Value eq = Equal(a.array_data()[i], b.array_data()[i]);
+        if (eq.is_error()) {
+          err = eq;
+        } else if (!eq.bool_value()) {
+          return eq;
+        }
+      }
+      return err;
     }
     default:
       return Value::Error(EvalError::kTypeMismatch);  // maps are not comparable
