@@ -145,10 +145,7 @@ workflow::WhyHeldFn Api::WhyHeld() const {
     }
     // Immunity too: a delayed decision taken before a person revoked the entity's
     // mitigation of that policy and action went active at its start all the same.
-    if (auto until = impl->safeguards_.ImmuneUntil(m.entity.str(), m.policy, m.action, now)) {
-      return workflow::Safeguards::ImmunityReason(*until, m.policy, m.action);
-    }
-    return std::nullopt;
+    return impl->safeguards_.WhyImmune(m.entity.str(), m.policy, m.action, now);
   };
 }
 

@@ -181,8 +181,8 @@ void DryRun::Add(const engine::Detection& d) {
       held(&report_.protected_, &report_.protected_by_list, list);
       continue;
     }
-    if (sg_ != nullptr && (sg_->ImmuneUntil(entity, p.policy, p.action, now_) ||
-                           sg_->ImmuneUntil(entity, p.policy, action, now_))) {
+    if (sg_ != nullptr && (sg_->WhyImmune(entity, p.policy, p.action, now_) ||
+                           sg_->WhyImmune(entity, p.policy, action, now_))) {
       held(&report_.immune, nullptr, "");
       continue;
     }

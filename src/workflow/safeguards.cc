@@ -21,6 +21,36 @@ std::string ImmunityKey(std::string_view entity, std::string_view policy, std::s
   return absl::StrCat(AV(entity), "|", AV(policy), "|", AV(action));
 }
 
+// The network an ip: or cidr: entity stands for (an address as a /32 or /128); nullopt for
+// other entities.
+std::optional<core::Network> EntityNetwork(std::string_view entity) {
+  if (entity.starts_with("ip:")) {
+    auto ip = core::ParseIp(entity.substr(3));
+    if (!ip.ok()) return std::nullopt;
+    return core::Network{*ip, ip->bits()};
+  }
+  if (entity.starts_with("cidr:")) {
+    auto net = core::ParseNetwork(entity.substr(5));
+    if (!net.ok()) return std::nullopt;
+    return *net;
+  }
+  return std::nullopt;
+}
+
+// Two networks of one family overlap iff the wider one holds the narrower one's address.
+bool Overlap(const core::Network& a, const core::Network& b) {
+  if (a.address.v4 != b.address.v4) return false;
+  const core::Network& wide = a.prefix <= b.prefix ? a : b;
+  const core::Network& narrow = a.prefix <= b.prefix ? b : a;
+  return wide.Contains(narrow.address);
+}
+
+std::string ImmunityReason(absl::Time until, std::string_view policy, std::string_view action) {
+  return absl::StrCat("immunity until ", core::FormatRfc3339(until),
+                      ": a person revoked, rejected or granted an appeal against ", AV(policy),
+                      " / ", AV(action), " on this entity");
+}
+
 std::string_view Str(const rapidjson::Value& v, const char* name) {
   auto it = v.FindMember(name);
   if (it == v.MemberEnd() || !it->value.IsString()) return {};
@@ -537,6 +567,17 @@ void Safeguards::NoteHumanDecision(std::string_view entity, std::string_view pol
   absl::Time until = at + options_.immunity;
   absl::Time& slot = immunity_[ImmunityKey(entity, policy, action)];
   if (until > slot) slot = until;
+  if (std::optional<core::Network> net = EntityNetwork(entity)) {
+    std::vector<NetImmunity>& nets = net_immunity_[absl::StrCat(AV(policy), "|", AV(action))];
+    std::erase_if(nets, [&](const NetImmunity& n) { return n.until <= at; });
+    auto it = std::find_if(nets.begin(), nets.end(),
+                           [&](const NetImmunity& n) { return n.entity == entity; });
+    if (it == nets.end()) {
+      nets.push_back({*net, std::string(entity), until});
+    } else if (until > it->until) {
+      it->until = until;
+    }
+  }
 }
 
 std::vector<std::string> Safeguards::Memberships(const core::Entity& e) const {
@@ -641,19 +682,33 @@ void Safeguards::ReplayRecent() {
   }
 }
 
-std::string Safeguards::ImmunityReason(absl::Time until, std::string_view policy,
-                                       std::string_view action) {
-  return absl::StrCat("immunity until ", core::FormatRfc3339(until),
-                      ": a person revoked, rejected or granted an appeal against ", AV(policy),
-                      " / ", AV(action), " on this entity");
+std::optional<std::string> Safeguards::WhyImmune(std::string_view entity, std::string_view policy,
+                                                 std::string_view action, absl::Time now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return WhyImmuneLocked(entity, policy, action, now);
 }
 
-std::optional<absl::Time> Safeguards::ImmuneUntil(std::string_view entity, std::string_view policy,
-                                                  std::string_view action, absl::Time now) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = immunity_.find(ImmunityKey(entity, policy, action));
-  if (it == immunity_.end() || it->second <= now) return std::nullopt;
-  return it->second;
+std::optional<std::string> Safeguards::WhyImmuneLocked(std::string_view entity,
+                                                       std::string_view policy,
+                                                       std::string_view action,
+                                                       absl::Time now) const {
+  if (auto it = immunity_.find(ImmunityKey(entity, policy, action));
+      it != immunity_.end() && it->second > now) {
+    return ImmunityReason(it->second, policy, action);
+  }
+  auto nets = net_immunity_.find(absl::StrCat(AV(policy), "|", AV(action)));
+  if (nets == net_immunity_.end()) return std::nullopt;
+  const std::optional<core::Network> net = EntityNetwork(entity);
+  if (!net) return std::nullopt;
+  for (const NetImmunity& n : nets->second) {
+    if (n.until > now && n.entity != entity && Overlap(*net, n.net)) {
+      return absl::StrCat("immunity until ", core::FormatRfc3339(n.until),
+                          ": a person revoked, rejected or granted an appeal against ", AV(policy),
+                          " / ", AV(action), " on ", n.entity, ", which ", AV(entity),
+                          net->prefix <= n.net.prefix ? " covers" : " is inside");
+    }
+  }
+  return std::nullopt;
 }
 
 std::optional<std::string> Safeguards::WhyProtected(const policy::PolicySet& set,
@@ -697,10 +752,9 @@ absl::StatusOr<Safeguards::Hold> Safeguards::Screen(ledger::Txn& txn, const poli
     return hold;
   }
   for (std::string_view a : {std::string_view(p.action), action}) {
-    auto it = immunity_.find(ImmunityKey(p.entity.str(), p.policy, a));
-    if (it != immunity_.end() && it->second > now) {
+    if (std::optional<std::string> why = WhyImmuneLocked(p.entity.str(), p.policy, a, now)) {
       hold.held = true;
-      hold.reason = ImmunityReason(it->second, p.policy, a);
+      hold.reason = *std::move(why);
       metrics_.held_immunity.fetch_add(1, std::memory_order_relaxed);
       return hold;
     }

@@ -3,7 +3,9 @@
 // by the store or by the policy set), blast-radius breakers (the policy set's, with their
 // open/closed state kept in the ledger as kBreaker changes so it survives restarts), and
 // immunity (a human rejected, revoked or granted an appeal against the same policy and
-// action on the entity within `immunity`). A held decision becomes pending_approval.
+// action on the entity within `immunity`; for an ip: or cidr: entity, on any ip: or cidr:
+// entity its network overlaps: a block of 10.0.0.0/24 would re-block the 10.0.0.7 a person
+// cleared). A held decision becomes pending_approval.
 //
 // State is a view of the ledger: Load() reads it at start, OnCommitted() follows every
 // committed change. List changes made by the lists routes are also noted at once on the
@@ -135,13 +137,11 @@ class Safeguards final : public ledger::ChangeListener {
   bool ListHas(std::string_view list, const core::Entity& e) const;
   //! Commit thread, inside a list mutation: entries added to `list` count at once.
   void NoteProtectedAdds(std::string_view list, const std::vector<std::string>& entities);
-  //! The immunity end for (entity, policy, action), if one is running at `now`.
-  std::optional<absl::Time> ImmuneUntil(std::string_view entity, std::string_view policy,
-                                        std::string_view action, absl::Time now) const;
-  //! Why a decision of `policy` / `action` on an entity immune until `until` is held: the
-  //! reason Screen gives, and the scheduler's hold at a delayed decision's start.
-  static std::string ImmunityReason(absl::Time until, std::string_view policy,
-                                    std::string_view action);
+  //! Why a decision of `policy` / `action` on `entity` is held for immunity running at
+  //! `now` (its own, or an overlapping network's), or nullopt: the reason Screen gives,
+  //! and the scheduler's hold at a delayed decision's start.
+  std::optional<std::string> WhyImmune(std::string_view entity, std::string_view policy,
+                                       std::string_view action, absl::Time now) const;
 
   const SafeguardOptions& options() const { return options_; }
   //! The rollback requests awaiting (or past) approval; loaded and followed with the rest.
@@ -229,8 +229,20 @@ class Safeguards final : public ledger::ChangeListener {
   // The last seq whose decisions the breakers have seen (delivered, or read by Screen;
   // the store's last at Load, which counts the recent ones again).
   int64_t seen_ = 0;
+  std::optional<std::string> WhyImmuneLocked(std::string_view entity, std::string_view policy,
+                                             std::string_view action,
+                                             absl::Time now) const;  // mu_ held
   // Immunity: "entity|policy|action" -> until.
   absl::flat_hash_map<std::string, absl::Time> immunity_;
+  // The same for ip: and cidr: entities, by "policy|action", as networks (an ip: as a /32
+  // or /128) that a decision's network is checked against; an ended one is dropped when
+  // another is noted for the same policy and action.
+  struct NetImmunity {
+    core::Network net;
+    std::string entity;
+    absl::Time until;
+  };
+  absl::flat_hash_map<std::string, std::vector<NetImmunity>> net_immunity_;
 };
 
 }  // namespace quell::workflow

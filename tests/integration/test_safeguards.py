@@ -99,6 +99,12 @@ class Base(unittest.TestCase):
             if not cursor:
                 return out
 
+    def revoke(self, mitigation_id, reason, key):
+        s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % mitigation_id,
+                                 {"reason": reason}, key=key)
+        self.assertEqual(s, 200, r)
+        return r
+
     def review(self, id, approve, key, note="looked at it"):
         return self.q.request("POST", "/v1/reviews/%s/decision" % id, {"approve": approve, "note": note},
                               key=key)
@@ -224,13 +230,39 @@ class SafeguardsTest(Base):
         self.assertEqual(got["detections"], ["mg-1", "mg-2"])
         self.assertEqual(got["detection_policies"], ["bot", "merged:scraper"])
         self.q.request("POST", "/v1/lists/vips/entries", {"remove": ["user:merged"]})
-        s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % m["mitigation_id"],
-                                 {"reason": "false positive"}, key=self.r1)
-        self.assertEqual(s, 200, r)
+        self.revoke(m["mitigation_id"], "false positive", self.r1)
         for id, type in (("mg-3", "scraper"), ("mg-4", "bot")):
             d = self.submit(det(id, "user:merged", type=type))[0]["decisions"][0]
             self.assertEqual(d["state"], "pending_approval", (type, d))
             self.assertIn("immunity", d["reason"])
+
+    def test_immunity_covers_networks(self):
+        # A person clears one address from bot's block: bot's block of its /24 would block it
+        # again (it used to be enforced at once: immunity was per exact entity).
+        d = self.submit(det("im-1", "ip:198.51.100.7"))[0]["decisions"][0]
+        self.revoke(d["mitigation_id"], "a university proxy", self.r1)
+        wide = self.submit(det("im-2", "cidr:198.51.100.0/24"))[0]["decisions"][0]
+        self.assertEqual(wide["state"], "pending_approval", wide)
+        self.assertIn("on ip:198.51.100.7, which cidr:198.51.100.0/24 covers", wide["reason"])
+        self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:198.51.100.7")[1]["verdict"],
+                         "allow")
+        # A cleared network holds the addresses inside it; other networks and other
+        # policies are not held.
+        d = self.submit(det("im-3", "cidr:203.0.113.0/28"))[0]["decisions"][0]
+        self.revoke(d["mitigation_id"], "carrier NAT", self.r1)
+        inside = self.submit(det("im-4", "ip:203.0.113.9"))[0]["decisions"][0]
+        self.assertEqual(inside["state"], "pending_approval", inside)
+        self.assertIn("which ip:203.0.113.9 is inside", inside["reason"])
+        for id, entity, type in (("im-5", "ip:203.0.113.99", "bot"),
+                                 ("im-6", "cidr:198.51.101.0/24", "bot"),
+                                 ("im-7", "cidr:198.51.100.0/25", "scraper")):
+            d = self.submit(det(id, entity, type=type))[0]
+            self.assertEqual(d["decisions"][0]["state"], "active", (entity, d))
+        # After a restart too (immunity is read back from the ledger).
+        self.q.stop()
+        self.q.start()
+        again = self.submit(det("im-9", "cidr:198.51.100.0/23"))[0]["decisions"][0]
+        self.assertEqual(again["state"], "pending_approval", again)
 
     def past_its_start(self, mitigation_id):
         """The scheduled mitigation once it is no longer scheduled (or after 20 s: the 5s
