@@ -54,7 +54,9 @@ void AppendReview(Context& ctx, const core::Mitigation& m, std::string* out) {
     if (n++) out->push_back(',');
     out->append((*d)->json);
   }
-  absl::StrAppend(out, "],\"detection_count\":", m.detections.size(), "},\"mitigation\":");
+  absl::StrAppend(out, "],\"detection_count\":",
+                  static_cast<int64_t>(m.detections.size()) + m.unlisted_detections,
+                  "},\"mitigation\":");
   core::AppendMitigationJson(m, out);
   out->append("}");
 }

@@ -118,7 +118,7 @@ void AppendJsonString(std::string_view s, std::string* out) {
 
 // The JSON is the ledger's record of a mitigation (a change's payload): every field is
 // written below and read back by MitigationFromJson. A new field stops the build here.
-static_assert(FieldCount<Mitigation>() == 20,
+static_assert(FieldCount<Mitigation>() == 21,
               "core::Mitigation changed: write the new field in AppendMitigationJson, read it "
               "in MitigationFromJson, then update this count");
 
@@ -191,6 +191,9 @@ void AppendMitigationJson(const Mitigation& m, std::string* out) {
     }
     out->append("],");
   }
+  if (m.unlisted_detections != 0) {  // only past kMaxListedDetections hits
+    absl::StrAppend(out, "\"unlisted_detections\":", m.unlisted_detections, ",");
+  }
   field("state_reason", m.state_reason);
   absl::StrAppend(out, "\"seq\":", m.seq, "}");
 }
@@ -227,14 +230,23 @@ void TakeBackHit(Mitigation& m, size_t i) {
 }
 
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy) {
-  // Per detection once another policy's hit is recorded (even as the first detection of a
-  // manual mitigation, which has none: then the list starts with this hit).
-  bool per_detection = !m.detection_policies.empty();
-  if (!per_detection && policy != m.policy && !ids.empty()) {
-    m.detection_policies.assign(m.detections.size(), m.policy);
-    per_detection = true;
-  }
+  auto named = [&m, policy] {
+    for (size_t i = 0; i < m.detections.size(); ++i) {
+      if (DetectionPolicy(m, i) == policy) return true;
+    }
+    return false;
+  };
   for (const std::string& id : ids) {
+    if (m.detections.size() >= kMaxListedDetections && named()) {
+      ++m.unlisted_detections;
+      continue;
+    }
+    // Per detection once another policy's hit is recorded (even as the first detection of a
+    // manual mitigation, which has none: then the list starts with this hit).
+    const bool per_detection = !m.detection_policies.empty() || policy != m.policy;
+    if (m.detection_policies.empty() && per_detection) {
+      m.detection_policies.assign(m.detections.size(), m.policy);
+    }
     m.detections.push_back(id);
     if (per_detection) m.detection_policies.emplace_back(policy);
   }
@@ -335,20 +347,36 @@ enum Field : uint8_t {
   kActor,
   kBatch,
   kDetections,
-  kDetectionPolicies,  // optional
-  kApprovals,          // optional
-  kBatchExpiries,      // optional
+  kDetectionPolicies,   // optional
+  kApprovals,           // optional
+  kBatchExpiries,       // optional
+  kUnlistedDetections,  // optional
   kStateReason,
   kSeq,
   kFieldCount,
   kUnknown = kFieldCount,
 };
-constexpr std::string_view kFieldNames[kFieldCount] = {
-    "id",         "entity",         "action",       "state",
-    "created_at", "updated_at",     "starts_at",    "expires_at",
-    "reason",     "source",         "policy",       "policy_version",
-    "actor",      "batch",          "detections",   "detection_policies",
-    "approvals",  "batch_expiries", "state_reason", "seq"};
+constexpr std::string_view kFieldNames[kFieldCount] = {"id",
+                                                       "entity",
+                                                       "action",
+                                                       "state",
+                                                       "created_at",
+                                                       "updated_at",
+                                                       "starts_at",
+                                                       "expires_at",
+                                                       "reason",
+                                                       "source",
+                                                       "policy",
+                                                       "policy_version",
+                                                       "actor",
+                                                       "batch",
+                                                       "detections",
+                                                       "detection_policies",
+                                                       "approvals",
+                                                       "batch_expiries",
+                                                       "unlisted_detections",
+                                                       "state_reason",
+                                                       "seq"};
 
 // Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
 // read for every decision on an entity that has some, and building a DOM first, then
@@ -481,6 +509,7 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       case kDetectionPolicies:
       case kApprovals:
       case kBatchExpiries:
+      case kUnlistedDetections:
         return Fail(WrongType(field_));
       default:
         return true;
@@ -509,7 +538,8 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (!error_.ok()) return error_;
     if (!parsed) return absl::InvalidArgumentError("mitigation: malformed JSON");
     for (uint8_t f = 0; f < kFieldCount; ++f) {
-      const bool optional = f == kDetectionPolicies || f == kApprovals || f == kBatchExpiries;
+      const bool optional = f == kDetectionPolicies || f == kApprovals || f == kBatchExpiries ||
+                            f == kUnlistedDetections;
       if ((seen_ >> f & 1) == 0 && !optional) return WrongType(static_cast<Field>(f));
     }
     if (!m_->detection_policies.empty() && m_->detection_policies.size() != m_->detections.size()) {
@@ -526,6 +556,9 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
       return absl::InvalidArgumentError(
           "mitigation: batch_expiries must be objects of strings (batch, source, policy, "
           "expires_at)");
+    }
+    if (f == kUnlistedDetections) {
+      return absl::InvalidArgumentError("mitigation: unlisted_detections must be an integer >= 0");
     }
     if (f == kDetectionPolicies || f == kApprovals) {
       return absl::InvalidArgumentError(
@@ -563,6 +596,9 @@ class MitigationReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, 
     if (depth_ != 1 || field_ == kUnknown) return true;
     if (field_ == kPolicyVersion) {
       m_->policy_version = v;
+    } else if (field_ == kUnlistedDetections) {
+      if (v < 0) return Fail(WrongType(field_));
+      m_->unlisted_detections = v;
     } else if (field_ == kSeq) {
       m_->seq = v;
     } else {

@@ -84,6 +84,8 @@ struct Mitigation {
   // included). expires_at is the latest of them. Empty: no other batch's hit reached it.
   // Use ExtendExpiry.
   std::vector<BatchExpiry> batch_expiries;
+  // Hits recorded past kMaxListedDetections, counted instead of listed (AddDetections).
+  int64_t unlisted_detections = 0;
   std::string state_reason;  // why the last state change happened (revoke note, safeguard)
   int64_t seq = 0;           // seq of the last ledger change that touched it
 
@@ -134,7 +136,17 @@ std::string_view EntryPolicy(std::string_view entry);
 //! Records m.detections[i] (i < m.detections.size()) as RolledBackHit of the policy it was
 //! recorded for.
 void TakeBackHit(Mitigation& m, size_t i);
-//! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step).
+// How many detection ids a mitigation lists (detections) before it counts further hits in
+// unlisted_detections instead. Every hit rewrites the whole record into the ledger, so an
+// entity that a real-time rule hits on every event (a bot's plays, thousands an hour) made
+// each write larger than the last. A policy's first hit is listed past the bound all the
+// same: its entry names the policy (immunity, escalation). Escalation counts listed hits
+// only: a ladder step after more than kMaxListedDetections - 1 hits of one policy on one
+// mitigation is reached through several mitigations or not at all.
+inline constexpr size_t kMaxListedDetections = 100;
+//! Records `ids` on `m` as hits of `policy` (keeps detection_policies in step): listed
+//! while fewer than kMaxListedDetections are (or while none is `policy`'s), else counted
+//! in unlisted_detections.
 void AddDetections(Mitigation& m, const std::vector<std::string>& ids, std::string_view policy);
 
 // A hit asking a live mitigation to last until `expires`: from import batch `batch` ("" for

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/action.h"
 #include "core/aggregate.h"
 #include "core/ids.h"
@@ -234,6 +235,42 @@ TEST(MitigationTest, MalformedBatchExpiriesAreErrors) {
   auto back = MitigationFromJson(extra);
   ASSERT_TRUE(back.ok()) << back.status() << extra;
   EXPECT_EQ(*back, m);
+}
+
+// An entity hit on every event keeps a record of bounded size: past kMaxListedDetections
+// ids, hits are counted; a policy's first hit is still listed (its entry names it).
+TEST(MitigationTest, HitsPastTheBoundAreCountedNotListed) {
+  Mitigation m = Sample();  // d1 (creation), d2: p's
+  for (int i = 3; i <= 150; ++i) AddDetections(m, {absl::StrCat("d", i)}, "p");
+  ASSERT_EQ(m.detections.size(), kMaxListedDetections);
+  EXPECT_EQ(m.detections.back(), absl::StrCat("d", kMaxListedDetections));
+  EXPECT_EQ(m.unlisted_detections, 150 - static_cast<int64_t>(kMaxListedDetections));
+  EXPECT_TRUE(m.detection_policies.empty());
+  const size_t listed_size = MitigationToJson(m).size();
+  AddDetections(m, {"q1", "q2"}, "q");  // q's first is listed, its second counted
+  ASSERT_EQ(m.detections.size(), kMaxListedDetections + 1);
+  EXPECT_EQ(m.detections.back(), "q1");
+  EXPECT_EQ(DetectionPolicy(m, kMaxListedDetections), "q");
+  EXPECT_EQ(DetectionPolicy(m, 0), "p");
+  EXPECT_EQ(m.unlisted_detections, 150 - static_cast<int64_t>(kMaxListedDetections) + 1);
+  for (int i = 0; i < 1000; ++i) AddDetections(m, {absl::StrCat("x", i)}, "p");
+  EXPECT_EQ(m.detections.size(), kMaxListedDetections + 1);
+  EXPECT_LT(MitigationToJson(m).size(), listed_size + 1000);  // not 1000 ids more
+  auto back = MitigationFromJson(MitigationToJson(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, m);
+  EXPECT_EQ(back->unlisted_detections, 1051);
+  // Absent (every record before it, and one under the bound) reads as 0; a negative or
+  // non-integer count is an error.
+  EXPECT_EQ(MitigationToJson(Sample()).find("unlisted_detections"), std::string::npos);
+  const std::string json = MitigationToJson(m);
+  for (const char* bad : {"-1", "\"3\"", "2.5", "[1]", "{}", "null"}) {
+    std::string j = json;
+    j.replace(j.find("1051"), 4, bad);
+    auto r = MitigationFromJson(j);
+    ASSERT_FALSE(r.ok()) << j;
+    EXPECT_NE(r.status().message().find("unlisted_detections"), std::string::npos) << r.status();
+  }
 }
 
 // Each field missing, or of the wrong type, is an error naming it.

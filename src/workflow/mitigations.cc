@@ -138,6 +138,7 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
                                      : std::string(core::DetectionPolicy(m, i));
       core::AddDetections(existing, {m.detections[i]}, policy);
     }
+    existing.unlisted_detections += m.unlisted_detections;
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());
     m.state = MitigationState::kExpired;

@@ -4,6 +4,7 @@ appeals, rollback, immunity, pending expiry and explanations."""
 import datetime
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -263,6 +264,34 @@ class SafeguardsTest(Base):
         self.q.start()
         again = self.submit(det("im-9", "cidr:198.51.100.0/23"))[0]["decisions"][0]
         self.assertEqual(again["state"], "pending_approval", again)
+
+    def test_an_entity_hit_on_every_detection_keeps_a_bounded_record(self):
+        # Every hit rewrites the mitigation into the ledger: with every detection id listed,
+        # an entity hit thousands of times made each write larger than the last.
+        results = self.submit(*[det("hot-%d" % i, "user:hot") for i in range(130)])
+        ids = {r["decisions"][0]["mitigation_id"] for r in results}
+        self.assertEqual(len(ids), 1, ids)
+        m = self.q.request("GET", "/v1/mitigations/" + ids.pop())[1]
+        self.assertEqual(m["detections"], ["hot-%d" % i for i in range(100)])
+        self.assertEqual(m["unlisted_detections"], 30)
+        # Another policy's first hit is listed all the same (immunity names it).
+        self.submit(det("hot-s", "user:hot", type="scraper"))
+        self.q.stop()
+        self.q.start()
+        m = self.q.request("GET", "/v1/mitigations/" + m["id"])[1]
+        self.assertEqual((len(m["detections"]), m["detections"][-1]), (101, "hot-s"))
+        self.assertEqual(m["detection_policies"][-2:], ["bot", "scraper"])
+        self.assertEqual(m["unlisted_detections"], 30)
+        # docs/openapi.yaml describes every field the server returns.
+        try:
+            import yaml
+        except ImportError:  # Debian's python3-yaml under another interpreter
+            sys.path.append("/usr/lib/python3/dist-packages")
+            import yaml
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        with open(os.path.join(root, "docs", "openapi.yaml")) as f:
+            schema = yaml.safe_load(f)["components"]["schemas"]["Mitigation"]["properties"]
+        self.assertLessEqual(set(m), set(schema))
 
     def past_its_start(self, mitigation_id):
         """The scheduled mitigation once it is no longer scheduled (or after 20 s: the 5s

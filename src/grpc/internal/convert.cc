@@ -42,7 +42,7 @@ void SetTimestamp(int64_t unix_micros, google::protobuf::Timestamp* out) {
   out->set_nanos(static_cast<int32_t>(micros * 1000));
 }
 
-static_assert(core::FieldCount<core::Mitigation>() == 20,
+static_assert(core::FieldCount<core::Mitigation>() == 21,
               "core::Mitigation changed: add the new field to quell.v1.Mitigation and ToProto, "
               "then update this count");
 
@@ -73,6 +73,7 @@ void ToProto(const core::Mitigation& m, quell::v1::Mitigation* out) {
     b->set_policy(e.policy);
     SetTimestamp(core::ToMicros(e.expires_at), b->mutable_expires_at());
   }
+  out->set_unlisted_detections(m.unlisted_detections);
 }
 
 namespace {

@@ -232,7 +232,7 @@ void EntityCache::Clear() {
 // Every field of core::Mitigation is encoded below: a new field stops the build until the
 // codec (and its test, EncodedCopiesKeepEveryField) learns it. The size catches a field
 // whose type changes.
-static_assert(core::FieldCount<core::Mitigation>() == 20 && sizeof(core::Mitigation) == 480,
+static_assert(core::FieldCount<core::Mitigation>() == 21 && sizeof(core::Mitigation) == 488,
               "core::Mitigation changed: encode the new field in EncodeMitigation and "
               "DecodeMitigation, then update this count and size");
 
@@ -258,6 +258,7 @@ void EncodeMitigation(const core::Mitigation& m, std::string* out) {
     PutString(e.policy, out);
     PutTime(e.expires_at, out);
   }
+  PutInt(m.unlisted_detections, out);
   PutString(m.state_reason, out);
   PutInt(m.seq, out);
 }
@@ -293,6 +294,7 @@ bool DecodeMitigation(std::string_view in, core::Mitigation* m) {
     r.String(&e.policy);
     e.expires_at = r.Time();
   }
+  m->unlisted_detections = r.Int();
   r.String(&m->state_reason);
   m->seq = r.Int();
   return r.ok() && r.done();

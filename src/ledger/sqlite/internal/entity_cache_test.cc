@@ -161,6 +161,7 @@ TEST(EntityCache, EncodedCopiesKeepEveryField) {
   m.detection_policies = {"p1", "", "p3"};
   m.approvals = {"k_a", "k_b"};
   m.batch_expiries = {{"", "", "", kT0}, {"b_2", "bot-model-v4", "p", absl::InfiniteFuture()}};
+  m.unlisted_detections = 4321;
   m.state_reason = "protected: list vip";
   std::string encoded;
   EncodeMitigation(m, &encoded);
