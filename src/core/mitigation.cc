@@ -356,27 +356,15 @@ enum Field : uint8_t {
   kFieldCount,
   kUnknown = kFieldCount,
 };
-constexpr std::string_view kFieldNames[kFieldCount] = {"id",
-                                                       "entity",
-                                                       "action",
-                                                       "state",
-                                                       "created_at",
-                                                       "updated_at",
-                                                       "starts_at",
-                                                       "expires_at",
-                                                       "reason",
-                                                       "source",
-                                                       "policy",
-                                                       "policy_version",
-                                                       "actor",
-                                                       "batch",
-                                                       "detections",
-                                                       "detection_policies",
-                                                       "approvals",
-                                                       "batch_expiries",
-                                                       "unlisted_detections",
-                                                       "state_reason",
-                                                       "seq"};
+// clang-format off
+constexpr std::string_view kFieldNames[kFieldCount] = {
+    "id",         "entity",         "action",              "state",
+    "created_at", "updated_at",     "starts_at",           "expires_at",
+    "reason",     "source",         "policy",              "policy_version",
+    "actor",      "batch",          "detections",          "detection_policies",
+    "approvals",  "batch_expiries", "unlisted_detections", "state_reason",
+    "seq"};
+// clang-format on
 
 // Reads one record in a single pass (SAX) straight into a Mitigation: stored records are
 // read for every decision on an entity that has some, and building a DOM first, then
