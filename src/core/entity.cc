@@ -120,6 +120,10 @@ bool Network::Contains(const IpAddress& ip) const {
   return ip.v4 == address.v4 && MaskIp(ip, prefix) == address;
 }
 
+bool Network::Overlaps(const Network& other) const {
+  return prefix <= other.prefix ? Contains(other.address) : other.Contains(address);
+}
+
 absl::StatusOr<Network> ParseNetwork(std::string_view text) {
   size_t slash = text.find('/');
   if (slash == std::string_view::npos) {

@@ -28,6 +28,8 @@ struct Network {
   IpAddress address;
   int prefix = 0;
   bool Contains(const IpAddress& ip) const;
+  //! Whether the two share an address: of one family, the wider holds the narrower.
+  bool Overlaps(const Network& other) const;
   bool operator==(const Network&) const = default;
 };
 

@@ -1,5 +1,7 @@
 #include "core/entity.h"
 
+#include <utility>
+
 #include "gtest/gtest.h"
 
 namespace quell::core {
@@ -57,6 +59,25 @@ TEST(NetworkTest, ANulInsideAnAddressIsNotAnAddress) {
   EXPECT_FALSE(ParseIp("2001:db8::1\0"sv).ok());
   EXPECT_FALSE(ParseNetwork("198.51.0.0\0junk/16"sv).ok());
   EXPECT_TRUE(ParseIp("203.0.113.9"sv).ok());
+}
+
+// Either way round, inside, equal or apart, and never across families.
+TEST(NetworkTest, Overlaps) {
+  const Network wide = *ParseNetwork("10.0.0.0/8");
+  const Network narrow = *ParseNetwork("10.1.2.0/24");
+  const Network host = {*ParseIp("10.1.2.3"), 32};
+  const Network apart = *ParseNetwork("11.0.0.0/8");
+  const Network v6 = *ParseNetwork("::/0");
+  for (const auto& [a, b] : {std::pair{wide, narrow}, std::pair{narrow, host},
+                             std::pair{wide, host}, std::pair{host, host}}) {
+    EXPECT_TRUE(a.Overlaps(b)) << FormatNetwork(a) << " " << FormatNetwork(b);
+    EXPECT_TRUE(b.Overlaps(a)) << FormatNetwork(a) << " " << FormatNetwork(b);
+  }
+  EXPECT_FALSE(wide.Overlaps(apart));
+  EXPECT_FALSE(apart.Overlaps(host));
+  EXPECT_FALSE(narrow.Overlaps(*ParseNetwork("10.1.3.0/24")));
+  EXPECT_FALSE(v6.Overlaps(host));  // ::/0 holds every IPv6 address, no IPv4 one
+  EXPECT_FALSE(host.Overlaps(v6));
 }
 
 TEST(NetworkTest, Contains) {

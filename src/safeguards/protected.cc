@@ -4,17 +4,6 @@
 #include "core/strings.h"
 
 namespace quell::safeguards {
-namespace {
-
-// Two networks overlap iff one contains the other's base address at the shorter prefix.
-bool Overlap(const core::Network& a, const core::Network& b) {
-  if (a.address.v4 != b.address.v4) return false;
-  const core::Network& wide = a.prefix <= b.prefix ? a : b;
-  const core::Network& narrow = a.prefix <= b.prefix ? b : a;
-  return wide.Contains(narrow.address);
-}
-
-}  // namespace
 
 std::shared_ptr<const ProtectedSet> ProtectedSet::Build(
     const std::vector<std::pair<std::string, std::string>>& entries) {
@@ -55,7 +44,7 @@ std::optional<std::string> ProtectedSet::Why(const core::Entity& e) const {
       }
     }
     for (const Net& p : nets_) {
-      if (Overlap(*net, p.net)) {
+      if (net->Overlaps(p.net)) {
         return absl::StrCat(e.str(), " overlaps ", p.entity, " (protected list ", p.list, ")");
       }
     }

@@ -21,8 +21,13 @@ std::string ImmunityKey(std::string_view entity, std::string_view policy, std::s
   return absl::StrCat(AV(entity), "|", AV(policy), "|", AV(action));
 }
 
+// Whether immunity on `entity` is kept as a network (Safeguards::net_immunity_).
+bool IsNetworkEntity(std::string_view entity) {
+  return entity.starts_with("ip:") || entity.starts_with("cidr:");
+}
+
 // The network an ip: or cidr: entity stands for (an address as a /32 or /128); nullopt for
-// other entities.
+// other entities and for text that is not one (entities are validated on the way in).
 std::optional<core::Network> EntityNetwork(std::string_view entity) {
   if (entity.starts_with("ip:")) {
     auto ip = core::ParseIp(entity.substr(3));
@@ -37,18 +42,13 @@ std::optional<core::Network> EntityNetwork(std::string_view entity) {
   return std::nullopt;
 }
 
-// Two networks of one family overlap iff the wider one holds the narrower one's address.
-bool Overlap(const core::Network& a, const core::Network& b) {
-  if (a.address.v4 != b.address.v4) return false;
-  const core::Network& wide = a.prefix <= b.prefix ? a : b;
-  const core::Network& narrow = a.prefix <= b.prefix ? b : a;
-  return wide.Contains(narrow.address);
-}
-
-std::string ImmunityReason(absl::Time until, std::string_view policy, std::string_view action) {
+// Why a decision is held for an immunity until `until` of `policy` / `action` on `on` ("this
+// entity", or the cleared one and how the decision's network relates to it).
+std::string ImmunityReason(absl::Time until, std::string_view policy, std::string_view action,
+                           std::string_view on) {
   return absl::StrCat("immunity until ", core::FormatRfc3339(until),
                       ": a person revoked, rejected or granted an appeal against ", AV(policy),
-                      " / ", AV(action), " on this entity");
+                      " / ", AV(action), " on ", AV(on));
 }
 
 std::string_view Str(const rapidjson::Value& v, const char* name) {
@@ -564,19 +564,22 @@ void Safeguards::NoteHumanDecision(const core::Mitigation& m, absl::Time at) {
 void Safeguards::NoteHumanDecision(std::string_view entity, std::string_view policy,
                                    std::string_view action, absl::Time at) {
   if (policy.empty()) return;
-  absl::Time until = at + options_.immunity;
-  absl::Time& slot = immunity_[ImmunityKey(entity, policy, action)];
-  if (until > slot) slot = until;
-  if (std::optional<core::Network> net = EntityNetwork(entity)) {
-    std::vector<NetImmunity>& nets = net_immunity_[absl::StrCat(AV(policy), "|", AV(action))];
-    std::erase_if(nets, [&](const NetImmunity& n) { return n.until <= at; });
-    auto it = std::find_if(nets.begin(), nets.end(),
-                           [&](const NetImmunity& n) { return n.entity == entity; });
-    if (it == nets.end()) {
-      nets.push_back({*net, std::string(entity), until});
-    } else if (until > it->until) {
-      it->until = until;
-    }
+  const absl::Time until = at + options_.immunity;
+  if (!IsNetworkEntity(entity)) {
+    absl::Time& slot = immunity_[ImmunityKey(entity, policy, action)];
+    if (until > slot) slot = until;
+    return;
+  }
+  const std::optional<core::Network> net = EntityNetwork(entity);
+  if (!net) return;
+  std::vector<NetImmunity>& nets = net_immunity_[absl::StrCat(AV(policy), "|", AV(action))];
+  std::erase_if(nets, [&](const NetImmunity& n) { return n.until <= at; });
+  auto it = std::find_if(nets.begin(), nets.end(),
+                         [&](const NetImmunity& n) { return n.entity == entity; });
+  if (it == nets.end()) {
+    nets.push_back({*net, std::string(entity), until});
+  } else if (until > it->until) {
+    it->until = until;
   }
 }
 
@@ -692,21 +695,22 @@ std::optional<std::string> Safeguards::WhyImmuneLocked(std::string_view entity,
                                                        std::string_view policy,
                                                        std::string_view action,
                                                        absl::Time now) const {
-  if (auto it = immunity_.find(ImmunityKey(entity, policy, action));
-      it != immunity_.end() && it->second > now) {
-    return ImmunityReason(it->second, policy, action);
+  if (!IsNetworkEntity(entity)) {
+    auto it = immunity_.find(ImmunityKey(entity, policy, action));
+    if (it == immunity_.end() || it->second <= now) return std::nullopt;
+    return ImmunityReason(it->second, policy, action, "this entity");
   }
+  if (net_immunity_.empty()) return std::nullopt;  // the usual case: no parse, no key
   auto nets = net_immunity_.find(absl::StrCat(AV(policy), "|", AV(action)));
   if (nets == net_immunity_.end()) return std::nullopt;
   const std::optional<core::Network> net = EntityNetwork(entity);
   if (!net) return std::nullopt;
   for (const NetImmunity& n : nets->second) {
-    if (n.until > now && n.entity != entity && Overlap(*net, n.net)) {
-      return absl::StrCat("immunity until ", core::FormatRfc3339(n.until),
-                          ": a person revoked, rejected or granted an appeal against ", AV(policy),
-                          " / ", AV(action), " on ", n.entity, ", which ", AV(entity),
-                          net->prefix <= n.net.prefix ? " covers" : " is inside");
-    }
+    if (n.until <= now || !net->Overlaps(n.net)) continue;
+    if (n.entity == entity) return ImmunityReason(n.until, policy, action, "this entity");
+    return ImmunityReason(n.until, policy, action,
+                          absl::StrCat(n.entity, ", which ", AV(entity),
+                                       net->prefix <= n.net.prefix ? " covers" : " is inside"));
   }
   return std::nullopt;
 }

@@ -232,11 +232,11 @@ class Safeguards final : public ledger::ChangeListener {
   std::optional<std::string> WhyImmuneLocked(std::string_view entity, std::string_view policy,
                                              std::string_view action,
                                              absl::Time now) const;  // mu_ held
-  // Immunity: "entity|policy|action" -> until.
+  // Immunity of entities other than ip: and cidr:: "entity|policy|action" -> until.
   absl::flat_hash_map<std::string, absl::Time> immunity_;
-  // The same for ip: and cidr: entities, by "policy|action", as networks (an ip: as a /32
-  // or /128) that a decision's network is checked against; an ended one is dropped when
-  // another is noted for the same policy and action.
+  // Immunity of ip: and cidr: entities, by "policy|action", as networks (an ip: as a /32
+  // or /128) that a decision's network is checked against, its own included; an ended one
+  // is dropped when another is noted for the same policy and action.
   struct NetImmunity {
     core::Network net;
     std::string entity;

@@ -100,7 +100,7 @@ class Base(unittest.TestCase):
             if not cursor:
                 return out
 
-    def revoke(self, mitigation_id, reason, key):
+    def revoke(self, mitigation_id, reason, key=None):
         s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % mitigation_id,
                                  {"reason": reason}, key=key)
         self.assertEqual(s, 200, r)
@@ -245,6 +245,9 @@ class SafeguardsTest(Base):
         wide = self.submit(det("im-2", "cidr:198.51.100.0/24"))[0]["decisions"][0]
         self.assertEqual(wide["state"], "pending_approval", wide)
         self.assertIn("on ip:198.51.100.7, which cidr:198.51.100.0/24 covers", wide["reason"])
+        same = self.submit(det("im-1b", "ip:198.51.100.7"))[0]["decisions"][0]
+        self.assertEqual(same["state"], "pending_approval", same)
+        self.assertIn("/ block on this entity", same["reason"])
         self.assertEqual(self.q.request("GET", "/v1/check?entity=ip:198.51.100.7")[1]["verdict"],
                          "allow")
         # A cleared network holds the addresses inside it; other networks and other
@@ -434,9 +437,7 @@ class SafeguardsTest(Base):
         blocks = [m for m in self.q.request("GET", "/v1/check?entity=user:vip-stack")[1]["mitigations"]
                   if m["action"] == "block"]
         self.assertEqual([m["id"] for m in blocks], [manual["id"]])
-        s, _, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % manual["id"],
-                                 {"reason": "false positive"})
-        self.assertEqual(s, 200)
+        self.revoke(manual["id"], "false positive")
         self.assertEqual(self.q.request("GET", "/v1/check?entity=user:vip-stack")[1]["verdict"], "allow")
 
     def test_a_long_timeline_pages_and_stays_reviewable(self):
@@ -515,9 +516,7 @@ class SafeguardsTest(Base):
                                  {"mitigation_id": d["mitigation_id"], "statement": "fan"},
                                  key=self.r1)
         self.assertEqual(s, 201, a)
-        s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % d["mitigation_id"],
-                                 {"reason": "analyst: false positive"})
-        self.assertEqual(s, 200, r)
+        self.revoke(d["mitigation_id"], "analyst: false positive")
         # It used to answer 200 "granted", revoking nothing and granting no immunity.
         s, e, _ = self.q.request("POST", "/v1/appeals/%s/decision" % a["id"], {"grant": True},
                                  key=self.r2)
@@ -838,9 +837,7 @@ class ExpiryAndRestartTest(Base):
 
         def revoke(d):
             self.assertEqual(d["state"], "active")
-            s, r, _ = self.q.request("POST", "/v1/mitigations/%s/revoke" % d["mitigation_id"],
-                                     {"reason": "false positive"}, key=self.r1)
-            self.assertEqual(s, 200, r)
+            self.revoke(d["mitigation_id"], "false positive", self.r1)
 
         def reject(d):
             self.assertEqual(d["state"], "pending_approval")
