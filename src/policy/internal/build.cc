@@ -159,23 +159,13 @@ Value Lookup(const Value& container, const Value& key) {
     const Value* v = container.map_value()->Find(key.string_value());
     return v == nullptr ? Value::Error(EvalError::kMissing) : *v;
   }
-  if (container.kind() == ValueKind::kList) {
-    if (key.kind() != ValueKind::kInt) return Value::Error(EvalError::kTypeMismatch);
-    int64_t i = key.int_value();
-    if (i < 0 || static_cast<uint64_t>(i) >= container.list_size()) {
-      return Value::Error(EvalError::kMissing);
-    }
-    return Value::String(container.list_data()[i]);
-  }
-  if (container.kind() == ValueKind::kArray) {
-    if (key.kind() != ValueKind::kInt) return Value::Error(EvalError::kTypeMismatch);
-    int64_t i = key.int_value();
-    if (i < 0 || static_cast<uint64_t>(i) >= container.array_size()) {
-      return Value::Error(EvalError::kMissing);
-    }
-    return container.array_data()[i];
-  }
-  return Value::Error(EvalError::kTypeMismatch);
+  const bool list = container.kind() == ValueKind::kList;
+  if (!list && container.kind() != ValueKind::kArray) return Value::Error(EvalError::kTypeMismatch);
+  if (key.kind() != ValueKind::kInt) return Value::Error(EvalError::kTypeMismatch);
+  const int64_t i = key.int_value();
+  const size_t size = list ? container.list_size() : container.array_size();
+  if (i < 0 || static_cast<uint64_t>(i) >= size) return Value::Error(EvalError::kMissing);
+  return list ? Value::String(container.list_data()[i]) : container.array_data()[i];
 }
 
 class SelectKeyNode final : public Node {
@@ -429,6 +419,20 @@ class InStringsNode final : public Node {
   absl::flat_hash_set<std::string_view> set_;  // views into items_
 };
 
+// x in [items]: == item by item; true if one is, else the first error, else false.
+Value InValues(const Value& x, const Value* items, size_t n) {
+  Value err = Value::Bool(false);
+  for (size_t i = 0; i < n; ++i) {
+    Value eq = Equal(x, items[i]);
+    if (eq.kind() == ValueKind::kBool) {
+      if (eq.bool_value()) return eq;
+    } else if (!err.is_error()) {
+      err = eq;
+    }
+  }
+  return err;
+}
+
 // x in <list or map value>.
 class InValueNode final : public Node {
  public:
@@ -445,18 +449,7 @@ class InValueNode final : public Node {
       }
       return Value::Bool(false);
     }
-    if (c.kind() == ValueKind::kArray) {  // as x in [literals]: == item by item
-      Value err = Value::Bool(false);
-      for (size_t i = 0; i < c.array_size(); ++i) {
-        Value eq = Equal(x, c.array_data()[i]);
-        if (eq.kind() == ValueKind::kBool) {
-          if (eq.bool_value()) return eq;
-        } else if (!err.is_error()) {
-          err = eq;
-        }
-      }
-      return err;
-    }
+    if (c.kind() == ValueKind::kArray) return InValues(x, c.array_data(), c.array_size());
     if (c.kind() == ValueKind::kMap) {
       if (x.kind() != ValueKind::kString) return Value::Error(EvalError::kTypeMismatch);
       return Value::Bool(c.map_value()->Find(x.string_value()) != nullptr);
@@ -811,11 +804,7 @@ class InConstValuesNode final : public Node {
   Value Eval(const Frame& f) const override {
     Value x = x_->Eval(f);
     if (x.is_error()) return x;
-    for (const Value& item : items_) {
-      Value eq = Equal(x, item);
-      if (eq.kind() == ValueKind::kBool && eq.bool_value()) return eq;
-    }
-    return Value::Bool(false);
+    return InValues(x, items_.data(), items_.size());  // literals: never an error
   }
 
  private:
