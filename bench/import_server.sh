@@ -9,6 +9,8 @@
 #   that ran over 0.1 s, its CPU time and its time waiting runnable during the import
 #   (/proc/PID/task/TID/schedstat), by name (docs/operations.md, Threads). HIGH_EVERY=K
 #   (4 unless given; 0: none) makes one row in K earn a decision: the bar's file has 4.
+#   CLIENT_TIME=1 also prints the importer's own CPU time and peak RSS (/usr/bin/time, package
+#   `time`): the client shares the machine's two cores with the server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -32,7 +34,7 @@ sync
 schedstat() { for t in /proc/"$pid"/task/*; do echo "${t##*/} $(cat "$t/schedstat") $(cat "$t/comm")"; done | sort; }
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.before"
 start=$(date +%s.%N)
-"$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
+${CLIENT_TIME:+/usr/bin/time -f "client: user %U s, sys %S s, wall %e s, max RSS %M KiB"} "$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
   ${IN_FLIGHT:+--in-flight "$IN_FLIGHT"} --progress off --json >"$BENCH_TMP/quell.json"
 end=$(date +%s.%N)
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.after"
