@@ -39,6 +39,12 @@ bool ExpiredUnapproved(const Mitigation& m) {
          m.state_reason.starts_with(kPendingExpiredReasonPrefix);
 }
 
+bool ExpiredUnenforced(const Mitigation& m) {
+  return ExpiredUnapproved(m) || (m.state == MitigationState::kExpired &&
+                                  (m.state_reason == kStartAfterExpiryReason ||
+                                   m.state_reason == kStartAfterExpiryReasonBefore));
+}
+
 bool CountsAsPrior(const Mitigation& m, bool exclude_shadow) {
   switch (m.state) {
     case MitigationState::kPendingApproval:
@@ -46,7 +52,7 @@ bool CountsAsPrior(const Mitigation& m, bool exclude_shadow) {
     case MitigationState::kActive:
       return true;
     case MitigationState::kExpired:
-      return !ExpiredUnapproved(m);
+      return !ExpiredUnenforced(m);
     case MitigationState::kShadow:
       return !exclude_shadow;
     case MitigationState::kRevoked:
@@ -215,6 +221,8 @@ std::string MergedCreation(std::string_view policy) {
 std::string RolledBackHit(std::string_view policy) {
   return absl::StrCat(AV(kRolledBackPrefix), AV(policy));
 }
+
+bool IsMergedCreation(std::string_view entry) { return entry.starts_with(kMergedPrefix); }
 
 std::string_view EntryPolicy(std::string_view entry) {
   for (std::string_view prefix : {kMergedPrefix, kRolledBackPrefix}) {

@@ -115,9 +115,19 @@ absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl);
 inline constexpr std::string_view kPendingExpiredReasonPrefix = "pending approval expired";
 //! Expired while pending approval: nobody approved it, so it was never enforced.
 bool ExpiredUnapproved(const Mitigation& m);
+// The state_reason the scheduler writes on a scheduled decision whose start it reached
+// only after its expiry (it was down for the whole window): expired, never enforced.
+// Such a decision was written "scheduled start reached" before 2026-12-02, and expired
+// with exactly that reason it is the same case (started, it would say more).
+inline constexpr std::string_view kStartAfterExpiryReason =
+    "scheduled start reached after its expiry: never enforced";
+inline constexpr std::string_view kStartAfterExpiryReasonBefore = "scheduled start reached";
+//! Expired without ever being enforced: ExpiredUnapproved, or a scheduled decision whose
+//! start came after its expiry.
+bool ExpiredUnenforced(const Mitigation& m);
 //! Whether `m` counts as a prior offence of its entity (escalation, `prior()`): live,
 //! or expired after it was enforced. Not one a person undid (revoked, rejected, appeal
-//! granted, rolled back), not a held decision nobody approved in time, not a suppressed one,
+//! granted, rolled back), not one expired unenforced (ExpiredUnenforced), not a suppressed one,
 //! and not a shadow one when `exclude_shadow` (a shadow policy counts its own).
 bool CountsAsPrior(const Mitigation& m, bool exclude_shadow);
 
@@ -130,6 +140,8 @@ std::string MergedCreation(std::string_view policy);
 //! How a hit of `policy` that a rollback of its import batch took back is recorded in
 //! detection_policies: "rolled_back:" + policy. Evidence still, no longer a hit of it.
 std::string RolledBackHit(std::string_view policy);
+//! Whether a detection_policies entry is a MergedCreation.
+bool IsMergedCreation(std::string_view entry);
 //! The policy a detection_policies entry names: P for MergedCreation(P) and
 //! RolledBackHit(P), else the entry.
 std::string_view EntryPolicy(std::string_view entry);

@@ -1363,6 +1363,11 @@ TEST_P(StoreTest, CountMitigationsLeavesOutDecisionsThatWereUndoneOrNeverApprove
       make(8, S::kExpired, "pending approval expired: nobody approved it within 72h"),
       make(9, S::kPendingApproval),  // held now, expired unapproved below
       make(10, S::kActive),          // enforced now, revoked below
+      // Scheduled, started only after its expiry: never enforced (the reason before, then now).
+      make(11, S::kExpired, core::kStartAfterExpiryReasonBefore),
+      make(12, S::kExpired, core::kStartAfterExpiryReason),
+      // Started on time, then merged into a live one: enforced through it, counts.
+      make(13, S::kExpired, "scheduled start reached; merged into m_x, already active"),
   };
   auto txn = Begin();
   for (auto& m : ms) ASSERT_OK(AppendMitigation(*txn, &m));
@@ -1371,9 +1376,9 @@ TEST_P(StoreTest, CountMitigationsLeavesOutDecisionsThatWereUndoneOrNeverApprove
     EXPECT_TRUE(n.ok()) << n.status();
     return n.ok() ? *n : -1;
   };
-  EXPECT_EQ(count(*txn), 6);  // 1, 2, 3, 4, 9, 10
+  EXPECT_EQ(count(*txn), 7);  // 1, 2, 3, 4, 9, 10, 13
   ASSERT_OK(V(txn->Commit()));
-  EXPECT_EQ(count(*store_), 6);
+  EXPECT_EQ(count(*store_), 7);
   ms[8].state = S::kExpired;
   ms[8].state_reason = "pending approval expired: nobody approved it within 72h";
   ms[9].state = S::kRevoked;
@@ -1381,9 +1386,13 @@ TEST_P(StoreTest, CountMitigationsLeavesOutDecisionsThatWereUndoneOrNeverApprove
   txn = Begin();
   ASSERT_OK(AppendMitigation(*txn, &ms[8]));
   ASSERT_OK(AppendMitigation(*txn, &ms[9]));
-  EXPECT_EQ(count(*txn), 4);
+  EXPECT_EQ(count(*txn), 5);
   ASSERT_OK(V(txn->Commit()));
-  EXPECT_EQ(count(*store_), 4);
+  EXPECT_EQ(count(*store_), 5);
+  // The same rule in C++ (escalation's later hits, prior() on a dry run).
+  EXPECT_EQ(std::count_if(ms.begin(), ms.end(),
+                          [](const core::Mitigation& m) { return core::CountsAsPrior(m, true); }),
+            5);
 }
 
 TEST_P(StoreTest, PolicySetVersionsAreMaterialisedAndNeverRepeat) {

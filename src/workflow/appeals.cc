@@ -198,6 +198,7 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
       m->state_reason =
           absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix, "; entity reinstated");
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
+      QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, reviewer, now));
     }
     a.state = grant ? "granted" : "denied";
     a.decided_by = reviewer;

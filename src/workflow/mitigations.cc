@@ -1,5 +1,7 @@
 #include "workflow/mitigations.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/ids.h"
 #include "core/status.h"
@@ -112,6 +114,16 @@ absl::StatusOr<CreateResult> CreateOrExtend(ledger::Txn& txn, const CreateReques
   return out;
 }
 
+namespace {
+
+// How Activate ends the state_reason of a decision merged into `absorber_id` (the
+// comma ends the id: "merged into m_1," is not found in "merged into m_12,").
+std::string MergedInto(std::string_view absorber_id) {
+  return absl::StrCat("; merged into ", AV(absorber_id), ",");
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::string_view actor,
                                      absl::Time now) {
   QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> live, txn.FindLive(m.entity, m.action));
@@ -142,14 +154,37 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
     existing.state_reason = absl::StrCat("absorbed ", m.id, " (", m.state_reason, ")");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, existing, actor, now).status());
     m.state = MitigationState::kExpired;
-    m.state_reason = absl::StrCat(m.state_reason, "; merged into ", existing.id,
-                                  ", already active for this entity and action");
+    absl::StrAppend(&m.state_reason, MergedInto(existing.id),
+                    " already active for this entity and action");
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
     return existing.id;
   }
   m.state = MitigationState::kActive;
   QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
   return m.id;
+}
+
+absl::Status UndoMerged(ledger::Txn& txn, const Mitigation& absorber, std::string_view actor,
+                        absl::Time now) {
+  const bool absorbed_any =
+      std::any_of(absorber.detection_policies.begin(), absorber.detection_policies.end(),
+                  [](const std::string& e) { return core::IsMergedCreation(e); });
+  if (!absorbed_any) return absl::OkStatus();
+  QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> ms,
+                         txn.EntityMitigations(absorber.entity, absl::InfinitePast()));
+  const std::string marker = MergedInto(absorber.id);
+  for (Mitigation& m : ms) {
+    if (m.id == absorber.id || m.state != MitigationState::kExpired ||
+        m.state_reason.find(marker) == std::string::npos) {
+      continue;
+    }
+    m.state = MitigationState::kRevoked;
+    m.state_reason =
+        absl::StrCat("undone with ", absorber.id, ", which it was merged into (",
+                     AV(core::StateName(absorber.state)), ": ", absorber.state_reason, ")");
+    QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
+  }
+  return absl::OkStatus();
 }
 
 ledger::Mutation CreateMitigation(CreateRequest req,
@@ -181,6 +216,7 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
     m->state = MitigationState::kRevoked;
     m->state_reason = reason;
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
+    QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, actor, now));
     *out = *std::move(m);
     return absl::OkStatus();
   };
@@ -213,8 +249,8 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
         ++n;
         continue;
       } else if (m->state == MitigationState::kScheduled && m->starts_at <= now) {
-        m->state = MitigationState::kExpired;
-        m->state_reason = "scheduled start reached";
+        m->state = MitigationState::kExpired;  // its whole window passed unseen
+        m->state_reason = core::kStartAfterExpiryReason;
       } else {
         continue;
       }

@@ -98,6 +98,16 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
 absl::StatusOr<std::string> Activate(ledger::Txn& txn, core::Mitigation& m, std::string_view actor,
                                      absl::Time now);
 
+//! After a person undid `absorber` (revoked it, granted an appeal against it, rolled it
+//! back; its new state already appended): the decisions Activate merged into it, written
+//! `expired`, "merged into <its id>", were enforced only as part of it, so they are undone
+//! with it: written `revoked` by `actor`, and neither escalation nor prior() counts them as
+//! prior offences any more. Looks only when `absorber` records a merged creation (every
+//! policy decision merged into it does; a merged manual one leaves no such entry, and is
+//! not looked for).
+absl::Status UndoMerged(ledger::Txn& txn, const core::Mitigation& absorber, std::string_view actor,
+                        absl::Time now);
+
 //! Appends the ledger change for `m` (sets m.seq, m.updated_at, m.actor) in `txn`.
 absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, core::Mitigation& m,
                                                       std::string_view actor, absl::Time now);

@@ -59,6 +59,34 @@ class MitigationsTest : public testing::Test {
     return *out;
   }
 
+  // Policy q's active suspension of `entity`, then policy p's held one, approved: merged
+  // into q's (Activate). Returns {q's id, p's id}.
+  std::pair<std::string, std::string> MergeHeldIntoActive(std::string_view entity) {
+    CreateRequest q;
+    q.entity = *core::Entity::Parse(entity);
+    q.action = "suspend";
+    q.reason = "q";
+    q.policy = "q";
+    q.detections = {"dq"};
+    auto out = std::make_shared<CreateResult>();
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(q, core::ActionCatalog::Default(), out)).ok());
+    const std::string active_id = out->mitigation.id;
+    CreateRequest p = q;
+    p.policy = "p";
+    p.detections = {"dp"};
+    p.state = MitigationState::kPendingApproval;
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(CreateMitigation(p, core::ActionCatalog::Default(), out)).ok());
+    core::Mitigation pending = out->mitigation;
+    EXPECT_TRUE(ledger_
+                    ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
+                      return Activate(txn, pending, "k_reviewer", now).status();
+                    })
+                    .ok());
+    return {active_id, pending.id};
+  }
+
   core::FakeClock clock_;
   std::string dir_;
   std::unique_ptr<ledger::Ledger> ledger_;
@@ -247,29 +275,8 @@ TEST_F(MitigationsTest, APendingApprovalPastItsTtlIsOverForRevokesAppealsAndRoll
 // as a later hit of its policy (which counted it twice and escalated a step early), yet
 // still naming the policy, which a person's revoke of the merged one makes immune.
 TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
-  CreateRequest q;
-  q.entity = *core::Entity::Parse("user:merge");
-  q.action = "suspend";
-  q.reason = "q";
-  q.policy = "q";
-  q.detections = {"dq"};
-  auto out = std::make_shared<CreateResult>();
-  ASSERT_TRUE(
-      ledger_->SubmitAndWait(CreateMitigation(q, core::ActionCatalog::Default(), out)).ok());
-  const std::string active_id = out->mitigation.id;
-  CreateRequest p = q;
-  p.policy = "p";
-  p.detections = {"dp"};
-  p.state = MitigationState::kPendingApproval;
-  ASSERT_TRUE(
-      ledger_->SubmitAndWait(CreateMitigation(p, core::ActionCatalog::Default(), out)).ok());
-  core::Mitigation pending = out->mitigation;
-  ASSERT_NE(pending.id, active_id);
-  ASSERT_TRUE(ledger_
-                  ->SubmitAndWait([&](ledger::Txn& txn, absl::Time now) -> absl::Status {
-                    return Activate(txn, pending, "k_reviewer", now).status();
-                  })
-                  .ok());
+  auto [active_id, pending_id] = MergeHeldIntoActive("user:merge");
+  ASSERT_NE(pending_id, active_id);
   auto merged = *ledger_->store().GetMitigation(active_id);
   ASSERT_TRUE(merged.has_value());
   EXPECT_EQ(merged->detections, (std::vector<std::string>{"dq", "dp"}));
@@ -279,10 +286,11 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
 
   // A manual pending request (a bulk block) that took in policy r's hit: merged, that hit
   // stays r's (a manual mitigation's first detection is a hit, not its creation).
-  CreateRequest manual = q;
+  CreateRequest manual;
   manual.entity = *core::Entity::Parse("user:merge2");
-  manual.policy = "";
-  manual.detections = {};
+  manual.action = "suspend";
+  manual.reason = "q";
+  auto out = std::make_shared<CreateResult>();
   ASSERT_TRUE(
       ledger_->SubmitAndWait(CreateMitigation(manual, core::ActionCatalog::Default(), out)).ok());
   const std::string active2 = out->mitigation.id;
@@ -304,6 +312,111 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
   auto merged2 = *ledger_->store().GetMitigation(active2);
   EXPECT_EQ(merged2->detections, (std::vector<std::string>{"dr"}));
   EXPECT_EQ(core::DetectionPolicy(*merged2, 0), "r");
+}
+
+// A decision merged into an active mitigation was enforced only as part of it: when a
+// person undoes that one (a revoke, or a rollback of its policy), the merged decision is
+// undone with it and stops counting as a prior offence (it used to stay `expired`, so a
+// cleared listener's next hit of its policy escalated).
+TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
+  auto prior_of_p = [&](std::string_view entity) {
+    auto n = ledger_->store().CountMitigations(*core::Entity::Parse(entity), "p", "",
+                                               absl::InfinitePast(), /*exclude_shadow=*/true);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  };
+
+  auto [active, merged] = MergeHeldIntoActive("user:undo-revoke");
+  auto m = *ledger_->store().GetMitigation(merged);
+  ASSERT_EQ(m->state, MitigationState::kExpired);
+  EXPECT_TRUE(core::CountsAsPrior(*m, true));
+  EXPECT_EQ(prior_of_p("user:undo-revoke"), 1);
+  auto revoked = std::make_shared<core::Mitigation>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(
+                      RevokeMitigation(active, "wrong user", "k_reviewer", revoked, kPendingTtl))
+                  .ok());
+  m = *ledger_->store().GetMitigation(merged);
+  EXPECT_EQ(m->state, MitigationState::kRevoked);
+  EXPECT_EQ(m->actor, "k_reviewer");
+  EXPECT_EQ(m->state_reason, absl::StrCat("undone with ", active,
+                                          ", which it was merged into (revoked: wrong user)"));
+  EXPECT_FALSE(core::CountsAsPrior(*m, true));
+  EXPECT_EQ(prior_of_p("user:undo-revoke"), 0);
+
+  // A rollback of q's decisions takes the merged one with it; another entity's merged
+  // decision, whose absorber the rollback leaves alone, stays as it was.
+  auto [active2, merged2] = MergeHeldIntoActive("user:undo-rollback");
+  auto [kept_active, kept_merged] = MergeHeldIntoActive("user:undo-kept");
+  RollbackRequest rb;
+  rb.id = "rb_merged";
+  rb.filter.policy = "q";
+  rb.requested_by = "k_admin";
+  auto done = std::make_shared<RollbackRequest>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(Rollback(rb, {*ledger_->store().GetMitigation(active2).value()},
+                                           done, kPendingTtl))
+                  .ok());
+  EXPECT_EQ(done->matched, 1);
+  EXPECT_EQ(ledger_->store().GetMitigation(merged2).value()->state, MitigationState::kRevoked);
+  EXPECT_EQ(prior_of_p("user:undo-rollback"), 0);
+  EXPECT_EQ(ledger_->store().GetMitigation(kept_merged).value()->state, MitigationState::kExpired);
+  EXPECT_EQ(prior_of_p("user:undo-kept"), 1);
+  // So does a granted appeal against the absorber.
+  auto [active3, merged3] = MergeHeldIntoActive("user:undo-appeal");
+  auto appealed = std::make_shared<Appeal>();
+  ASSERT_TRUE(ledger_->SubmitAndWait(FileAppeal(active3, "not me", "k_user", appealed, kPendingTtl))
+                  .status()
+                  .ok());
+  int64_t seq = 0;
+  auto loaded = LoadAppeal(ledger_->store(), appealed->id, &seq);
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  auto decided = std::make_shared<Appeal>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(DecideAppeal(**loaded, seq, /*grant=*/true, "", "k_reviewer",
+                                               decided, kPendingTtl))
+                  .ok());
+  EXPECT_EQ(ledger_->store().GetMitigation(merged3).value()->state, MitigationState::kRevoked);
+  EXPECT_EQ(prior_of_p("user:undo-appeal"), 0);
+  // The ledger still verifies: each undo is an ordinary change of its own.
+  auto report = ledger::VerifyChain(ledger_->store());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->ok());
+}
+
+// A scheduled decision whose whole window passed before the scheduler saw its start (the
+// server was down) was never enforced: it is written expired with a reason that says so,
+// and is no prior offence (it used to count, as any enforced decision that ended).
+TEST_F(MitigationsTest, AScheduledDecisionStartedOnlyAfterItsExpiryIsNoPriorOffence) {
+  CreateRequest r;
+  r.entity = *core::Entity::Parse("user:missed");
+  r.action = "block";
+  r.reason = "r";
+  r.policy = "p";
+  r.detections = {"d1"};
+  r.ttl = absl::Hours(1);
+  r.starts_at = clock_.Now() + absl::Minutes(5);
+  r.state = MitigationState::kScheduled;
+  auto out = std::make_shared<CreateResult>();
+  ASSERT_TRUE(
+      ledger_->SubmitAndWait(CreateMitigation(r, core::ActionCatalog::Default(), out)).ok());
+  const std::string id = out->mitigation.id;
+  auto prior = [&] {
+    auto n = ledger_->store().CountMitigations(r.entity, "p", "", absl::InfinitePast(),
+                                               /*exclude_shadow=*/true);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  };
+  EXPECT_EQ(prior(), 1);  // scheduled: counts, as it will be enforced
+  clock_.Advance(absl::Hours(2));
+  auto n = std::make_shared<int>(0);
+  ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue({id}, n)).ok());
+  EXPECT_EQ(*n, 1);
+  auto m = *ledger_->store().GetMitigation(id);
+  EXPECT_EQ(m->state, MitigationState::kExpired);
+  EXPECT_EQ(m->state_reason, core::kStartAfterExpiryReason);
+  EXPECT_FALSE(core::CountsAsPrior(*m, true));
+  EXPECT_EQ(prior(), 0);
 }
 
 // At its start, a policy's scheduled decision on an entity protected meanwhile waits for

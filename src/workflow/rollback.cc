@@ -147,6 +147,9 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
       m = *std::move(cur);
     }
+    if (m.state == core::MitigationState::kRevoked) {
+      QUELL_RETURN_IF_ERROR(UndoMerged(txn, m, actor, now));
+    }
     ++r->matched;
     ++(m.state == core::MitigationState::kRevoked ? r->revoked : r->restored);
     entities.insert(m.entity.str());

@@ -323,14 +323,18 @@ absl::StatusOr<int64_t> QueryCountMitigations(Db& db, const core::Entity& entity
                                     "(?5 = 0 OR m.state <> 'shadow') AND "
                                     "m.state NOT IN ('revoked', 'rejected', 'suppressed') AND "
                                     "(m.state <> 'expired' OR "
-                                    "json_extract(e.payload, '$.state_reason') NOT LIKE ?6)"));
+                                    "(json_extract(e.payload, '$.state_reason') NOT LIKE ?6 "
+                                    "AND json_extract(e.payload, '$.state_reason') "
+                                    "NOT IN (?7, ?8)))"));
   StmtUse use(s);
   use->BindTextStatic(1, entity.str());
   use->BindTime(2, since);
   use->BindTextStatic(3, policy);
   use->BindTextStatic(4, action);
   use->BindInt(5, exclude_shadow ? 1 : 0);
-  use->BindTextStatic(6, internal::ExpiredUnapprovedPattern());
+  use->BindTextStatic(6, internal::ExpiredUnapprovedPattern());  // core::ExpiredUnenforced
+  use->BindTextStatic(7, core::kStartAfterExpiryReason);
+  use->BindTextStatic(8, core::kStartAfterExpiryReasonBefore);
   QUELL_ASSIGN_OR_RETURN(bool row, use->Step());
   return row ? use->ColumnInt(0) : 0;
 }
