@@ -15,6 +15,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 need python3 curl sqlite3 bc
+client_time=()
+if [ -n "${CLIENT_TIME:-}" ]; then
+  need /usr/bin/time
+  client_time=(/usr/bin/time -f "client: user %U s, sys %S s, wall %e s, max RSS %M KiB")
+fi
 BIN=${QUELL_BIN:-$here/../build/quell}
 ROWS=${1:-1000000}
 IN_FLIGHT=${2:-}
@@ -34,7 +39,7 @@ sync
 schedstat() { for t in /proc/"$pid"/task/*; do echo "${t##*/} $(cat "$t/schedstat") $(cat "$t/comm")"; done | sort; }
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.before"
 start=$(date +%s.%N)
-${CLIENT_TIME:+/usr/bin/time -f "client: user %U s, sys %S s, wall %e s, max RSS %M KiB"} "$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
+"${client_time[@]}" "$BIN" import "$BENCH_TMP/rows.ndjson" --server "http://127.0.0.1:$QUELL_PORT" --key "$key" \
   ${IN_FLIGHT:+--in-flight "$IN_FLIGHT"} --progress off --json >"$BENCH_TMP/quell.json"
 end=$(date +%s.%N)
 [ -n "${SCHEDSTAT:-}" ] && schedstat >"$BENCH_TMP/sched.after"

@@ -34,15 +34,11 @@ bool IsLive(MitigationState s) {
          s == MitigationState::kActive;
 }
 
-bool ExpiredUnapproved(const Mitigation& m) {
-  return m.state == MitigationState::kExpired &&
-         m.state_reason.starts_with(kPendingExpiredReasonPrefix);
-}
-
 bool ExpiredUnenforced(const Mitigation& m) {
-  return ExpiredUnapproved(m) || (m.state == MitigationState::kExpired &&
-                                  (m.state_reason == kStartAfterExpiryReason ||
-                                   m.state_reason == kStartAfterExpiryReasonBefore));
+  if (m.state != MitigationState::kExpired) return false;
+  const std::string_view reason = m.state_reason;
+  return reason.starts_with(kPendingExpiredReasonPrefix) || reason == kStartAfterExpiryReason ||
+         reason == kStartAfterExpiryReasonBefore;
 }
 
 bool CountsAsPrior(const Mitigation& m, bool exclude_shadow) {

@@ -113,8 +113,6 @@ absl::Time OverAt(const Mitigation& m, absl::Duration pending_ttl);
 // How the state_reason of a pending approval that expired unapproved begins (the sweeper's
 // and CreateOrExtend's, workflow::PendingExpiredReason): such a decision was never enforced.
 inline constexpr std::string_view kPendingExpiredReasonPrefix = "pending approval expired";
-//! Expired while pending approval: nobody approved it, so it was never enforced.
-bool ExpiredUnapproved(const Mitigation& m);
 // The state_reason the scheduler writes on a scheduled decision whose start it reached
 // only after its expiry (it was down for the whole window): expired, never enforced.
 // Such a decision was written "scheduled start reached" before 2026-12-02, and expired
@@ -122,8 +120,8 @@ bool ExpiredUnapproved(const Mitigation& m);
 inline constexpr std::string_view kStartAfterExpiryReason =
     "scheduled start reached after its expiry: never enforced";
 inline constexpr std::string_view kStartAfterExpiryReasonBefore = "scheduled start reached";
-//! Expired without ever being enforced: ExpiredUnapproved, or a scheduled decision whose
-//! start came after its expiry.
+//! Expired without ever being enforced: a pending approval nobody approved in time
+//! (kPendingExpiredReasonPrefix), or a scheduled decision whose start came after its expiry.
 bool ExpiredUnenforced(const Mitigation& m);
 //! Whether `m` counts as a prior offence of its entity (escalation, `prior()`): live,
 //! or expired after it was enforced. Not one a person undid (revoked, rejected, appeal

@@ -174,8 +174,7 @@ absl::Status UndoMerged(ledger::Txn& txn, const Mitigation& absorber, std::strin
                          txn.EntityMitigations(absorber.entity, absl::InfinitePast()));
   const std::string marker = MergedInto(absorber.id);
   for (Mitigation& m : ms) {
-    if (m.id == absorber.id || m.state != MitigationState::kExpired ||
-        m.state_reason.find(marker) == std::string::npos) {
+    if (m.state != MitigationState::kExpired || m.state_reason.find(marker) == std::string::npos) {
       continue;
     }
     m.state = MitigationState::kRevoked;

@@ -315,9 +315,9 @@ TEST_F(MitigationsTest, AMergedCreationIsNotALaterHit) {
 }
 
 // A decision merged into an active mitigation was enforced only as part of it: when a
-// person undoes that one (a revoke, or a rollback of its policy), the merged decision is
-// undone with it and stops counting as a prior offence (it used to stay `expired`, so a
-// cleared listener's next hit of its policy escalated).
+// person undoes that one (a revoke, a rollback of its policy, a granted appeal), the
+// merged decision is undone with it and stops counting as a prior offence (it used to
+// stay `expired`, so a cleared listener's next hit of its policy escalated).
 TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
   auto prior_of_p = [&](std::string_view entity) {
     auto n = ledger_->store().CountMitigations(*core::Entity::Parse(entity), "p", "",
@@ -328,6 +328,7 @@ TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
 
   auto [active, merged] = MergeHeldIntoActive("user:undo-revoke");
   auto m = *ledger_->store().GetMitigation(merged);
+  ASSERT_TRUE(m.has_value());
   ASSERT_EQ(m->state, MitigationState::kExpired);
   EXPECT_TRUE(core::CountsAsPrior(*m, true));
   EXPECT_EQ(prior_of_p("user:undo-revoke"), 1);
@@ -337,6 +338,7 @@ TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
                       RevokeMitigation(active, "wrong user", "k_reviewer", revoked, kPendingTtl))
                   .ok());
   m = *ledger_->store().GetMitigation(merged);
+  ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->state, MitigationState::kRevoked);
   EXPECT_EQ(m->actor, "k_reviewer");
   EXPECT_EQ(m->state_reason, absl::StrCat("undone with ", active,
@@ -413,6 +415,7 @@ TEST_F(MitigationsTest, AScheduledDecisionStartedOnlyAfterItsExpiryIsNoPriorOffe
   ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue({id}, n)).ok());
   EXPECT_EQ(*n, 1);
   auto m = *ledger_->store().GetMitigation(id);
+  ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->state, MitigationState::kExpired);
   EXPECT_EQ(m->state_reason, core::kStartAfterExpiryReason);
   EXPECT_FALSE(core::CountsAsPrior(*m, true));

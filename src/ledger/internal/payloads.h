@@ -43,7 +43,8 @@ std::string SourcesToJson(const std::vector<std::string>& sources);
 absl::StatusOr<std::vector<std::string>> SourcesFromJson(std::string_view json);
 
 // core::CountsAsPrior in SQL, as both stores' CountMitigations filter: a LIKE pattern
-// matching the state_reason of core::ExpiredUnapproved (its prefix, then anything).
+// matching the state_reason of a pending approval that expired unapproved (its prefix,
+// then anything); core::ExpiredUnenforced's other reasons are bound as they are.
 const std::string& ExpiredUnapprovedPattern();
 
 }  // namespace quell::ledger::internal

@@ -315,8 +315,9 @@ absl::StatusOr<int64_t> QueryCountMitigations(Conn& db, const core::Entity& enti
                "state NOT IN ('revoked', 'rejected', 'suppressed') AND "
                "(state <> 'expired' OR NOT EXISTS (SELECT 1 FROM changes c "
                "WHERE c.seq = mitigations.seq AND "
-               "(c.payload::jsonb ->> 'state_reason' LIKE $6::text OR "
-               "c.payload::jsonb ->> 'state_reason' IN ($7::text, $8::text))))",
+               // The scheduler's two reasons hold no LIKE wildcard: matched as they are.
+               "c.payload::jsonb ->> 'state_reason' LIKE ANY "
+               "(ARRAY[$6::text, $7::text, $8::text])))",
                {P(entity.str()), PTime(since), P(policy), P(action),
                 P(int64_t{exclude_shadow ? 1 : 0}), P(internal::ExpiredUnapprovedPattern()),
                 P(core::kStartAfterExpiryReason), P(core::kStartAfterExpiryReasonBefore)}));
