@@ -166,17 +166,10 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, Mitigation& m, std::strin
 
 absl::Status UndoMerged(ledger::Txn& txn, const Mitigation& absorber, std::string_view actor,
                         absl::Time now) {
-  const bool absorbed_any =
-      std::any_of(absorber.detection_policies.begin(), absorber.detection_policies.end(),
-                  [](const std::string& e) { return core::IsMergedCreation(e); });
-  if (!absorbed_any) return absl::OkStatus();
   QUELL_ASSIGN_OR_RETURN(std::vector<Mitigation> ms,
                          txn.EntityMitigations(absorber.entity, absl::InfinitePast()));
-  const std::string marker = MergedInto(absorber.id);
   for (Mitigation& m : ms) {
-    if (m.state != MitigationState::kExpired || m.state_reason.find(marker) == std::string::npos) {
-      continue;
-    }
+    if (!WasMergedInto(m, absorber.id)) continue;
     m.state = MitigationState::kRevoked;
     m.state_reason =
         absl::StrCat("undone with ", absorber.id, ", which it was merged into (",
@@ -184,6 +177,16 @@ absl::Status UndoMerged(ledger::Txn& txn, const Mitigation& absorber, std::strin
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
   }
   return absl::OkStatus();
+}
+
+bool HasMergedCreation(const Mitigation& absorber) {
+  return std::any_of(absorber.detection_policies.begin(), absorber.detection_policies.end(),
+                     [](const std::string& e) { return core::IsMergedCreation(e); });
+}
+
+bool WasMergedInto(const Mitigation& m, std::string_view absorber_id) {
+  return m.state == MitigationState::kExpired &&
+         m.state_reason.find(MergedInto(absorber_id)) != std::string::npos;
 }
 
 ledger::Mutation CreateMitigation(CreateRequest req,

@@ -98,15 +98,22 @@ ledger::Mutation ApplyDue(std::vector<std::string> ids, std::shared_ptr<int> out
 absl::StatusOr<std::string> Activate(ledger::Txn& txn, core::Mitigation& m, std::string_view actor,
                                      absl::Time now);
 
-//! After a person undid `absorber` (revoked it, granted an appeal against it, rolled it
-//! back; its new state already appended): the decisions Activate merged into it, written
-//! `expired`, "merged into <its id>", were enforced only as part of it, so they are undone
-//! with it: written `revoked` by `actor`, and neither escalation nor prior() counts them as
-//! prior offences any more. Looks only when `absorber` records a merged creation (every
-//! policy decision merged into it does; a merged manual one leaves no such entry, and is
-//! not looked for).
+//! After a person undid `absorber` (revoked it, granted an appeal against it; its new state
+//! already appended): the decisions Activate merged into it, written `expired`, "merged
+//! into <its id>", were enforced only as part of it, so they are undone with it: written
+//! `revoked` by `actor`, and neither escalation nor prior() counts them as prior offences
+//! any more. Reads the entity's decisions (a rollback, which may revoke 100,000 at once,
+//! looks only where HasMergedCreation: rollback.cc).
 absl::Status UndoMerged(ledger::Txn& txn, const core::Mitigation& absorber, std::string_view actor,
                         absl::Time now);
+
+//! Whether `absorber` records the creation of a policy decision merged into it (a merged
+//! manual one, created without detections, leaves no such record).
+bool HasMergedCreation(const core::Mitigation& absorber);
+
+//! Whether `m` is a decision Activate merged into the mitigation `absorber_id`: written
+//! `expired` with a state_reason that names that id (UndoMerged's test, for one decision).
+bool WasMergedInto(const core::Mitigation& m, std::string_view absorber_id);
 
 //! Appends the ledger change for `m` (sets m.seq, m.updated_at, m.actor) in `txn`.
 absl::StatusOr<ledger::Change> AppendMitigationChange(ledger::Txn& txn, core::Mitigation& m,

@@ -346,8 +346,9 @@ TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
   EXPECT_FALSE(core::CountsAsPrior(*m, true));
   EXPECT_EQ(prior_of_p("user:undo-revoke"), 0);
 
-  // A rollback of q's decisions takes the merged one with it; another entity's merged
-  // decision, whose absorber the rollback leaves alone, stays as it was.
+  // A rollback of q's decisions does not lift p's: the decision merged into q's stands
+  // on its own again, until its own expiry. Another entity's merged decision, whose
+  // absorber the rollback leaves alone, stays as it was.
   auto [active2, merged2] = MergeHeldIntoActive("user:undo-rollback");
   auto [kept_active, kept_merged] = MergeHeldIntoActive("user:undo-kept");
   RollbackRequest rb;
@@ -360,8 +361,14 @@ TEST_F(MitigationsTest, ADecisionMergedIntoOneAPersonUndoesIsUndoneWithIt) {
                                            done, kPendingTtl))
                   .ok());
   EXPECT_EQ(done->matched, 1);
-  EXPECT_EQ(ledger_->store().GetMitigation(merged2).value()->state, MitigationState::kRevoked);
-  EXPECT_EQ(prior_of_p("user:undo-rollback"), 0);
+  EXPECT_EQ(ledger_->store().GetMitigation(active2).value()->state, MitigationState::kRevoked);
+  auto back = *ledger_->store().GetMitigation(merged2);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->state, MitigationState::kActive);
+  EXPECT_EQ(back->state_reason,
+            absl::StrCat("back in force: ", active2,
+                         ", which it had been merged into, was revoked (rollback rb_merged: )"));
+  EXPECT_EQ(prior_of_p("user:undo-rollback"), 1);
   EXPECT_EQ(ledger_->store().GetMitigation(kept_merged).value()->state, MitigationState::kExpired);
   EXPECT_EQ(prior_of_p("user:undo-kept"), 1);
   // So does a granted appeal against the absorber.

@@ -93,6 +93,47 @@ absl::Status TakeBackHits(ledger::Txn& txn, std::string_view batch,
   return absl::OkStatus();
 }
 
+// Whether the rollback selects `m`'s creation, live or not (Matches without liveness).
+bool Selects(const RollbackFilter& f, const core::Mitigation& m) {
+  if (!f.policy.empty() && m.policy != f.policy) return false;
+  if (!f.source.empty() && m.source != f.source) return false;
+  if (!f.action.empty() && m.action != f.action) return false;
+  if (!f.batch.empty() && m.batch != f.batch) return false;
+  if (f.since && m.created_at < *f.since) return false;
+  if (f.until && m.created_at >= *f.until) return false;
+  return true;
+}
+
+// After the rollback revoked `absorber`, or took back batch f.batch's extension of it: the
+// decisions Activate merged into it were enforced only as part of it. One the filter
+// selects itself (the same bad model or batch) is undone: written `revoked`, no prior
+// offence any more. Another one, when the absorber was revoked, stands on its own again:
+// back in force until its own expiry if that is still ahead (a rollback of one model does
+// not lift what another decided), left `expired` (enforced, through the absorber) if not.
+// Looks only where the absorber records a merged policy decision (HasMergedCreation): a
+// rollback may revoke 100,000 mitigations, and a merged manual one is left as it is.
+absl::Status SettleMerged(ledger::Txn& txn, const RollbackFilter& f,
+                          const core::Mitigation& absorber, const std::string& why,
+                          const std::string& actor, absl::Time now) {
+  if (!HasMergedCreation(absorber)) return absl::OkStatus();
+  const bool revoked = absorber.state == core::MitigationState::kRevoked;
+  QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> ms,
+                         txn.EntityMitigations(absorber.entity, absl::InfinitePast()));
+  for (core::Mitigation& m : ms) {
+    if (!WasMergedInto(m, absorber.id)) continue;
+    if (Selects(f, m)) {
+      m.state = core::MitigationState::kRevoked;
+      m.state_reason = absl::StrCat(why, "; it had been merged into ", absorber.id);
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
+    } else if (revoked && m.expires_at > now) {
+      m.state_reason = absl::StrCat("back in force: ", absorber.id,
+                                    ", which it had been merged into, was revoked (", why, ")");
+      QUELL_RETURN_IF_ERROR(Activate(txn, m, actor, now).status());
+    }
+  }
+  return absl::OkStatus();
+}
+
 // What the rollback does to `m` (live, matched): revokes it, or (MatchesExtension) takes
 // back the batch's extension and hits. False if it matches neither any more.
 absl::StatusOr<bool> Undo(ledger::Txn& txn, const RollbackFilter& f, const std::string& why,
@@ -147,9 +188,7 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
       m = *std::move(cur);
     }
-    if (m.state == core::MitigationState::kRevoked) {
-      QUELL_RETURN_IF_ERROR(UndoMerged(txn, m, actor, now));
-    }
+    QUELL_RETURN_IF_ERROR(SettleMerged(txn, f, m, why, actor, now));
     ++r->matched;
     ++(m.state == core::MitigationState::kRevoked ? r->revoked : r->restored);
     entities.insert(m.entity.str());
@@ -176,14 +215,7 @@ absl::Status AppendRequest(ledger::Txn& txn, const RollbackRequest& r, std::stri
 }  // namespace
 
 bool Matches(const RollbackFilter& f, const core::Mitigation& m) {
-  if (!core::IsLive(m.state)) return false;
-  if (!f.policy.empty() && m.policy != f.policy) return false;
-  if (!f.source.empty() && m.source != f.source) return false;
-  if (!f.action.empty() && m.action != f.action) return false;
-  if (!f.batch.empty() && m.batch != f.batch) return false;
-  if (f.since && m.created_at < *f.since) return false;
-  if (f.until && m.created_at >= *f.until) return false;
-  return true;
+  return core::IsLive(m.state) && Selects(f, m);
 }
 
 bool MatchesExtension(const RollbackFilter& f, const core::Mitigation& m) {

@@ -489,5 +489,62 @@ TEST_F(RollbackTest, AnApprovedHoldKeepsEachBatchsPartInStep) {
   EXPECT_EQ(m.expires_at, t0 + absl::Minutes(150));  // b_1's 2 h, from the approval
 }
 
+// A held decision of an import batch, approved while another of the same action was
+// active, is merged into that one (its extension, its creation kept as evidence). Rolling
+// the batch back takes the extension back and undoes the merged decision with it: it was
+// enforced only as that extension, and no longer counts as a prior offence.
+TEST_F(RollbackTest, ABatchsDecisionMergedIntoAnotherIsUndoneWithItsExtension) {
+  const absl::Time t0 = clock_.Now();
+  const std::string active = Create("user:m", "manual", absl::Hours(1));
+  CreateRequest p = Block("user:m", "model-v3", absl::Hours(4));
+  p.policy = "p2";
+  p.batch = "b_9";
+  p.detections = {"d_9"};
+  p.state = MitigationState::kPendingApproval;
+  p.pending_ttl = kTtl;
+  const std::string held = Submit(p);
+  ASSERT_NE(held, active);
+  core::Mitigation h = **ledger_->store().GetMitigation(held);
+  auto facts = LoadReviewFacts(ledger_->store(), h);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  auto outcome = std::make_shared<ReviewOutcome>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(DecideReview(held, true, "ok", "k_reviewer", *facts,
+                                               core::ActionCatalog::Default(), kTtl, outcome))
+                  .ok());
+  ASSERT_TRUE(WasMergedInto(**ledger_->store().GetMitigation(held), active));
+  EXPECT_EQ((**ledger_->store().GetMitigation(active)).expires_at, t0 + absl::Hours(4));
+  auto prior_of_p2 = [&] {
+    auto n = ledger_->store().CountMitigations(*core::Entity::Parse("user:m"), "p2", "",
+                                               absl::InfinitePast(), /*exclude_shadow=*/true);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(-1);
+  };
+  EXPECT_EQ(prior_of_p2(), 1);
+
+  RollbackFilter other;  // another batch of that source leaves it alone
+  other.batch = "b_8";
+  RunRollback("rb_8", other);
+  EXPECT_EQ(State(held), MitigationState::kExpired);
+
+  RollbackFilter f;
+  f.batch = "b_9";
+  auto [targets, out] = RunRollback("rb_9", f);
+  EXPECT_EQ(targets.extensions, 1);
+  EXPECT_EQ(out.restored, 1);
+  core::Mitigation a = **ledger_->store().GetMitigation(active);
+  EXPECT_EQ(a.state, MitigationState::kActive);
+  EXPECT_EQ(a.expires_at, t0 + absl::Hours(1));
+  core::Mitigation m = **ledger_->store().GetMitigation(held);
+  EXPECT_EQ(m.state, MitigationState::kRevoked);
+  EXPECT_EQ(m.actor, "k_admin");
+  EXPECT_EQ(m.state_reason, absl::StrCat("rollback rb_9: bad; it had been merged into ", active));
+  EXPECT_FALSE(core::CountsAsPrior(m, true));
+  EXPECT_EQ(prior_of_p2(), 0);
+  auto report = ledger::VerifyChain(ledger_->store());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->ok());
+}
+
 }  // namespace
 }  // namespace quell::workflow
