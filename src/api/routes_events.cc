@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "api/detection_codec.h"
+#include "api/errors.h"
 #include "api/event_codec.h"
 #include "api/internal/counter_holder.h"
 #include "api/internal/live_environment.h"
@@ -43,7 +44,9 @@ namespace {
 struct EventItem {
   size_t index = 0;
   bool ok = false;
-  std::string error;  // rejected: the reason
+  // rejected: the field at fault as a request path ("events[2].at"; "events[2]" or "" for
+  // the event itself) and what is wrong with it
+  std::string field, error;
   // rejected: stable code ("invalid", "too_late", "too_early", "unknown_type")
   std::string reason;
   ParsedEvent parsed;
@@ -96,18 +99,23 @@ void ReadItem(const rapidjson::Value& v, int64_t batch_index, absl::Time now,
     item->ok = true;
     return;
   }
-  item->error = absl::StrCat(batch_index < 0 ? "" : absl::StrCat("events[", batch_index, "]."),
-                             e->field.empty() ? "event" : e->field, ": ", e->message);
+  item->field = batch_index < 0    ? e->field
+                : e->field.empty() ? absl::StrCat("events[", batch_index, "]")
+                                   : absl::StrCat("events[", batch_index, "].", e->field);
+  item->error = std::move(e->message);
   item->reason = std::move(e->reason);
 }
 
+// {"index", "status": "rejected", "reason", "error": {"code", "message", "details"}}: the
+// error as a detection's (SPEC: one error shape), its message "<field>: <what>".
 std::string RejectedReply(const EventItem& item) {
-  std::string out =
-      absl::StrCat("{\"index\":", item.index, ",\"status\":\"rejected\",\"reason\":\"", item.reason,
-                   "\",\"error\":");
-  core::AppendJsonString(item.error, &out);
-  out += '}';
-  return out;
+  const std::string message =
+      absl::StrCat(item.field.empty() ? "event" : item.field, ": ", item.error);
+  const std::string error = ErrorJson(ApiError::InvalidArgument(
+      message, {FieldError{.field = item.field, .message = item.error}}));  // {"error":{...}}
+  return absl::StrCat("{\"index\":", item.index, ",\"status\":\"rejected\",\"reason\":\"",
+                      item.reason, "\",", absl::string_view(error).substr(1, error.size() - 2),
+                      "}");
 }
 
 void AppendOutcomesJson(const EventItem& item, std::string* out) {
@@ -258,8 +266,8 @@ void Submit(Context& ctx, PolicyHolder& policies, EventState& st, Call&& call) {
       if (!it.ok || declared.contains(quell::AV(it.event().type))) continue;
       it.ok = false;
       it.reason = "unknown_type";
-      it.error = absl::StrCat(batch ? absl::StrCat("events[", it.index, "].") : "",
-                              "type: no counter or policy of the active policy set (version ",
+      it.field = batch ? absl::StrCat("events[", it.index, "].type") : "type";
+      it.error = absl::StrCat("no counter or policy of the active policy set (version ",
                               set->version(), ") is on \"", it.event().type, "\"");
     }
     auto store_or = st.counters.For(set);

@@ -244,7 +244,12 @@ class EventsMemoryTest(unittest.TestCase):
         self.assertEqual(st, ["accepted", "rejected", "rejected", "rejected"], r)
         self.assertEqual(r["results"][0]["outcomes"]["counted"], 2)  # plays + tracks_per_ip
         self.assertEqual(r["results"][3]["reason"], "too_early")
-        self.assertIn("error", r["results"][1])
+        # A rejected event's error has a detection's shape (SPEC: one error shape).
+        e = r["results"][2]["error"]
+        self.assertEqual(e["code"], "invalid_argument", r)
+        self.assertEqual([d["field"] for d in e["details"]], ["events[2].entity"], r)
+        self.assertTrue(e["message"].startswith("events[2].entity: "), r)
+        self.assertEqual(r["results"][3]["error"]["details"][0]["field"], "events[3].at", r)
         # A field given twice, at the top or within attrs: accepted before, counting the
         # first value where a proxy or an audit tool keeps the last.
         body = ('{"events": [{"type": "play", "entity": "user:p1", "entity": "user:p2"},'
@@ -252,8 +257,11 @@ class EventsMemoryTest(unittest.TestCase):
                 ' "ip": "ip:10.0.0.2"}}]}')
         s, r, _ = self.q.request("POST", "/v1/events", body)
         self.assertEqual(s, 400, r)
-        self.assertEqual([x["error"] for x in r["results"]],
+        self.assertEqual([x["error"]["message"] for x in r["results"]],
                          ["events[0].entity: given twice", "events[1].attrs.ip: given twice"], r)
+        self.assertEqual([x["error"]["details"] for x in r["results"]],
+                         [[{"field": "events[0].entity", "message": "given twice"}],
+                          [{"field": "events[1].attrs.ip", "message": "given twice"}]], r)
         big = {"events": [good] * 10001}
         s, r, _ = self.q.request("POST", "/v1/events", big)
         self.assertEqual(s, 413, r)
@@ -268,14 +276,16 @@ class EventsMemoryTest(unittest.TestCase):
         s, r, _ = self.q.request("POST", "/v1/events", {"type": "weird_type", "entity": "user:m1"})
         self.assertEqual(s, 400, r)
         self.assertEqual(r["results"][0]["reason"], "unknown_type", r)
-        self.assertIn('type: no counter or policy of the active policy set', r["results"][0]["error"])
-        self.assertIn('is on "weird_type"', r["results"][0]["error"])
+        e = r["results"][0]["error"]
+        self.assertTrue(e["message"].startswith('type: no counter or policy of the active policy set'), r)
+        self.assertIn('is on "weird_type"', e["message"])
+        self.assertEqual(e["details"][0]["field"], "type", r)
         s, r, _ = self.q.request("POST", "/v1/events", {"events": [
             {"type": "play", "entity": "user:m1", "attrs": {"ip": "10.0.0.1", "track": "t"}},
             {"type": "plays", "entity": "user:m1"}]})
         self.assertEqual(s, 200, r)
         self.assertEqual([x["status"] for x in r["results"]], ["accepted", "rejected"], r)
-        self.assertTrue(r["results"][1]["error"].startswith("events[1].type: "), r)
+        self.assertTrue(r["results"][1]["error"]["message"].startswith("events[1].type: "), r)
         # A login without attrs.ip: credential-stuffing's distinct() on it fails at run time
         # and reads as false. The reply cannot say (the event is fine); the metric does.
         s, r, _ = self.q.request("POST", "/v1/events", {"type": "login", "entity": "user:m2"})
