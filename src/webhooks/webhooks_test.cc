@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string_view>
@@ -431,8 +432,11 @@ TEST_P(StateStoreTest, TwoOpenStoresShareOneState) {
 }
 
 TEST(PostgresStateStore, ReconnectsByItselfAfterTheServerRestarts) {
-  auto cluster = ledger::pg_internal::TestCluster::Shared();
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  // A cluster of its own: it stops it (the shared one may be the whole test run's).
+  auto started = ledger::pg_internal::TestCluster::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<ledger::pg_internal::TestCluster> own(*started);
+  auto* cluster = &own;
   auto url = (*cluster)->NewDatabase();
   ASSERT_TRUE(url.ok()) << url.status();
   auto st = OpenPostgresStateStore({.url = *url, .connect_timeout_s = 2});

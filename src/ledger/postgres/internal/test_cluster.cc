@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 
 namespace quell::ledger::pg_internal {
 namespace {
@@ -81,6 +82,12 @@ int StartWatchdog(const std::string& cleanup) {
   return fds[1];
 }
 
+absl::Status NotOurs() {
+  return absl::FailedPreconditionError(
+      "the test run's shared PostgreSQL server (QUELL_TEST_PG_SERVER) is not this test's to "
+      "stop or restart: start a cluster of its own (TestCluster::Start)");
+}
+
 }  // namespace
 
 absl::StatusOr<TestCluster*> TestCluster::Start(bool durable) {
@@ -108,6 +115,7 @@ absl::StatusOr<TestCluster*> TestCluster::Start(bool durable) {
       absl::StrCat("initdb -D ", data, " -A trust -U postgres -E UTF8 --no-sync --locale=C"));
   if (!st.ok()) return st;
   c->port_ = FreePort();
+  c->server_ = absl::StrCat("host=127.0.0.1 port=", c->port_, " user=postgres");
   c->server_options_ = absl::StrCat(
       "-p ", c->port_, " -k ", c->dir_, " -c listen_addresses=127.0.0.1 -c max_connections=200",
       durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
@@ -122,6 +130,13 @@ absl::StatusOr<TestCluster*> TestCluster::Shared() {
   static absl::Status error;
   absl::MutexLock lock(&mu);
   if (cluster == nullptr && error.ok()) {
+    if (const char* server = std::getenv("QUELL_TEST_PG_SERVER"); server && *server) {
+      cluster = new TestCluster();
+      cluster->external_ = true;
+      cluster->server_ = server;
+      std::atexit([] { delete cluster; });
+      return cluster;
+    }
     auto c = Start();
     if (!c.ok()) {
       error = c.status();
@@ -135,6 +150,10 @@ absl::StatusOr<TestCluster*> TestCluster::Shared() {
 }
 
 TestCluster::~TestCluster() {
+  for (const std::string& db : dbs_) {
+    (void)Exec(Url("postgres"), absl::StrCat("DROP DATABASE IF EXISTS ", db, " WITH (FORCE)"));
+  }
+  if (external_) return;
   if (running_) (void)RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -m immediate -w stop"));
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
@@ -142,12 +161,14 @@ TestCluster::~TestCluster() {
 }
 
 absl::Status TestCluster::Stop() {
+  if (external_) return NotOurs();
   absl::Status st = RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -m fast -w stop"));
   if (st.ok()) running_ = false;
   return st;
 }
 
 absl::Status TestCluster::Restart() {
+  if (external_) return NotOurs();
   absl::Status st = RunTool(absl::StrCat("pg_ctl -D ", dir_, "/data -w -t 60 -l ", dir_,
                                          "/log -o \"", server_options_, "\" start"));
   if (st.ok()) running_ = true;
@@ -155,13 +176,16 @@ absl::Status TestCluster::Restart() {
 }
 
 std::string TestCluster::Url(const std::string& db) const {
-  return absl::StrCat("host=127.0.0.1 port=", port_, " user=postgres dbname=", db);
+  return absl::StrCat(server_, " dbname=", db);
 }
 
 absl::StatusOr<std::string> TestCluster::NewDatabase() {
+  // On a server shared by a whole test run, pids are reused: the time tells them apart.
   std::string name = absl::StrCat("quell_", getpid(), "_", next_db_++);
+  if (external_) absl::StrAppend(&name, "_", absl::ToUnixMicros(absl::Now()));
   absl::Status st = Exec(Url("postgres"), absl::StrCat("CREATE DATABASE ", name));
   if (!st.ok()) return st;
+  if (external_) dbs_.push_back(name);
   return Url(name);
 }
 

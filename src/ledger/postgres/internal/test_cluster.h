@@ -7,11 +7,18 @@
 // outlives its test. If the server binaries are missing, Start fails loudly
 // (scripts/setup installs postgresql-15).
 //
+// With QUELL_TEST_PG_SERVER set (a libpq connection string without dbname, for a server
+// that lets user postgres create databases), Shared() starts nothing: it hands out fresh
+// databases on that server and drops them at exit. scripts/test starts one cluster for the
+// whole ctest run that way: one initdb instead of one per PostgreSQL test process (ctest
+// runs every test in a process of its own). Such a cluster is not this process's to stop.
+//
 // Thread-safety: Shared() is thread-safe; a TestCluster is otherwise used by one thread.
 #ifndef QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
 #define QUELL_LEDGER_POSTGRES_INTERNAL_TEST_CLUSTER_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -34,13 +41,17 @@ class TestCluster {
   absl::StatusOr<std::string> NewDatabase();
   //! Runs `sql` on database `url` (simple protocol, several statements allowed).
   static absl::Status Exec(const std::string& url, const std::string& sql);
-  //! pg_ctl stop -m fast / start again (same data, same port).
+  //! pg_ctl stop -m fast / start again (same data, same port). kFailedPrecondition on the
+  //! run's shared server (QUELL_TEST_PG_SERVER): a test that stops its server Start()s one.
   absl::Status Stop();
   absl::Status Restart();
   int port() const { return port_; }
 
  private:
   TestCluster() = default;
+  std::string server_;            // the connection string without dbname
+  std::vector<std::string> dbs_;  // created on a server not ours: dropped at destruction
+  bool external_ = false;
   std::string dir_;
   int port_ = 0;
   bool running_ = false;
