@@ -13,7 +13,7 @@
 namespace quell::api {
 namespace {
 
-bool ValidType(std::string_view t) {
+bool ValidDetectionType(std::string_view t) {
   if (t.empty() || t.size() > 64 || t[0] < 'a' || t[0] > 'z') return false;
   for (char c : t) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
@@ -70,7 +70,7 @@ absl::StatusOr<engine::Detection> ReadDetection(const rapidjson::Value& value,
     }
   }
   if (type) {
-    if (!ValidType(*type)) {
+    if (!ValidDetectionType(*type)) {
       r.Fail("type", "must match [a-z][a-z0-9_]{0,63}");
     } else {
       d.type = *type;

@@ -13,7 +13,7 @@
 namespace quell::api {
 namespace {
 
-bool ValidType(std::string_view t) {
+bool ValidEventType(std::string_view t) {
   if (t.empty() || t.size() > 64 || t == "detection") return false;
   for (char c : t) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
@@ -50,7 +50,7 @@ std::optional<EventError> ReadEvent(const rapidjson::Value& v, absl::Time now,
   // audit tool reading the same body may keep the last (another entity, another address).
   if (std::string twice = RepeatedKey(v); !twice.empty()) return fail(twice, "given twice");
   auto type = v.FindMember("type");
-  if (type == v.MemberEnd() || !type->value.IsString() || !ValidType(Str(type->value))) {
+  if (type == v.MemberEnd() || !type->value.IsString() || !ValidEventType(Str(type->value))) {
     return fail("type", "required, 1-64 of [a-z0-9_.-], not \"detection\"");
   }
   out->event.type = std::string(Str(type->value));

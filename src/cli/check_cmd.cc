@@ -13,7 +13,6 @@
 namespace quell::cli {
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kUsage = 2;
 // A person is waiting: a server that accepted and never answers is given up after this.
 constexpr absl::Duration kTimeout = absl::Seconds(30);
 
@@ -32,7 +31,7 @@ not answer within 30 s, or refused the key), 2 bad usage (an entity the server r
 malformed included).
 )";
 
-int Usage(const std::string& message) {
+int CheckUsage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell check: " << message << "\n\n";
   std::cerr << kCheckUsage;
   return kUsage;
@@ -54,22 +53,22 @@ std::string Str(const rapidjson::Value& v, const char* name) {
 
 int CheckCommand(const std::vector<std::string>& args) {
   auto flags = Flags::Parse(args, {"server", "key", "surface"}, {"json", "help"});
-  if (!flags.ok()) return Usage(std::string(SV(flags.status().message())));
+  if (!flags.ok()) return CheckUsage(std::string(SV(flags.status().message())));
   if (flags->Has("help")) {
     std::cout << kCheckUsage;
     return kOk;
   }
   const std::vector<std::string>& entities = flags->positional();
-  if (entities.empty()) return Usage("name at least one entity (type:id)");
+  if (entities.empty()) return CheckUsage("name at least one entity (type:id)");
   std::string server = "http://127.0.0.1:8080";
   if (const char* env = std::getenv("QUELL_SERVER")) server = env;
   if (auto v = flags->Get("server")) server = *v;
   std::string key;
   if (const char* env = std::getenv("QUELL_KEY")) key = env;
   if (auto v = flags->Get("key")) key = *v;
-  if (key.empty()) return Usage("--key KEY (or QUELL_KEY) is needed");
+  if (key.empty()) return CheckUsage("--key KEY (or QUELL_KEY) is needed");
   auto url = http_client::ParseUrl(server);
-  if (!url.ok()) return Usage(absl::StrCat("--server: ", url.status().message()));
+  if (!url.ok()) return CheckUsage(absl::StrCat("--server: ", url.status().message()));
 
   std::string body = "{\"entities\":[";
   for (size_t i = 0; i < entities.size(); ++i) {

@@ -16,6 +16,9 @@
 
 namespace quell::cli {
 
+// Exit statuses of every quell command: ok, failed, bad usage.
+inline constexpr int kOk = 0, kFailure = 1, kUsage = 2;
+
 class Flags {
  public:
   // `with_value`: flags that take a value; `booleans`: flags that do not; `repeatable`:

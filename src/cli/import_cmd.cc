@@ -21,8 +21,6 @@
 namespace quell::cli {
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kUsage = 2;
-
 constexpr char kImportUsage[] = R"(usage: quell import FILE... [flags]
 
 Loads bulk detections (one per row) from NDJSON, CSV or Avro files, each optionally gzip
@@ -74,7 +72,7 @@ int ConfigError(const absl::Status& s) {
   return kUsage;
 }
 
-int Usage(const std::string& message) {
+int ImportUsage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell import: " << message << "\n\n";
   std::cerr << kImportUsage;
   return kUsage;
@@ -93,20 +91,21 @@ int ImportCommand(const std::vector<std::string>& args) {
       {"server", "key", "data", "config", "postgres", "format", "rejects", "checkpoint", "policies",
        "batch-rows", "in-flight", "retry-for", "max-row-bytes", "progress"},
       {"resume", "dry-run", "json", "help", "no-fsync"});
-  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (!flags.ok()) return ImportUsage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kImportUsage;
     return kOk;
   }
   importer::ImportOptions o;
   o.files = flags->positional();
-  if (o.files.empty()) return Usage("no input: name one or more files, or - for standard input");
+  if (o.files.empty())
+    return ImportUsage("no input: name one or more files, or - for standard input");
   if (std::count(o.files.begin(), o.files.end(), "-") > 1) {
-    return Usage("- (standard input) can be read only once");
+    return ImportUsage("- (standard input) can be read only once");
   }
   if (auto v = flags->Get("format")) {
     auto f = importer::ParseFormat(*v);
-    if (!f.ok()) return Usage(std::string(f.status().message()));
+    if (!f.ok()) return ImportUsage(std::string(f.status().message()));
     o.format = *f;
   }
   o.server_url = flags->Get("server").value_or("");
@@ -123,17 +122,18 @@ int ImportCommand(const std::vector<std::string>& args) {
   o.key = flags->Get("key").value_or("");
   if (const char* env = std::getenv("QUELL_KEY"); o.key.empty() && env != nullptr) o.key = env;
   if (!o.server_url.empty() && o.key.empty()) {
-    return Usage(server_from_env ? "QUELL_SERVER names a server: give --key KEY (or QUELL_KEY), "
-                                   "or --data DIR to write a data directory"
-                                 : "--server needs --key KEY (or QUELL_KEY)");
+    return ImportUsage(server_from_env
+                           ? "QUELL_SERVER names a server: give --key KEY (or QUELL_KEY), "
+                             "or --data DIR to write a data directory"
+                           : "--server needs --key KEY (or QUELL_KEY)");
   }
   if (!o.server_url.empty()) {  // a malformed URL is bad usage (exit 2), found before any file
     if (auto u = http_client::ParseUrl(o.server_url); !u.ok()) {
-      return Usage(absl::StrCat("--server: ", u.status().message()));
+      return ImportUsage(absl::StrCat("--server: ", u.status().message()));
     }
   }
   if (!o.server_url.empty() && flags->Has("data"))
-    return Usage("--server and --data exclude each other");
+    return ImportUsage("--server and --data exclude each other");
   // The configuration serve reads (file < QUELL_* < flags): an import without a server
   // decides with the safeguards that server would (immunity, pending_ttl), and the data
   // directory and ledger are the ones it names.
@@ -156,13 +156,13 @@ int ImportCommand(const std::vector<std::string>& args) {
   o.resume = flags->Has("resume");
   o.dry_run = flags->Has("dry-run");
   o.policies_file = flags->Get("policies").value_or("");
-  if (!o.policies_file.empty() && !o.dry_run) return Usage("--policies is for --dry-run");
+  if (!o.policies_file.empty() && !o.dry_run) return ImportUsage("--policies is for --dry-run");
   if (o.dry_run && !o.server_url.empty()) {
-    return Usage(
+    return ImportUsage(
         "--dry-run reads the data directory (--data DIR; a running server may own it) or "
         "a PostgreSQL ledger (--postgres URL), and/or --policies FILE, not --server");
   }
-  if (o.dry_run && o.resume) return Usage("--dry-run and --resume exclude each other");
+  if (o.dry_run && o.resume) return ImportUsage("--dry-run and --resume exclude each other");
   // A PostgreSQL ledger (--postgres, or QUELL_POSTGRES): a dry run reads it. An import
   // writes it through a node, whose commit path holds the cluster's breakers and feeds
   // the others; writing ./var instead because the variable was not looked at would
@@ -172,19 +172,19 @@ int ImportCommand(const std::vector<std::string>& args) {
     postgres = PostgresLedger{config.postgres, false, "the configuration's postgres:"};
   }
   if (postgres && postgres->from_flag && !o.server_url.empty()) {
-    return Usage("--server and --postgres exclude each other");
+    return ImportUsage("--server and --postgres exclude each other");
   }
   if (postgres && o.server_url.empty()) {
-    if (flags->Has("data")) return Usage(TwoLedgers(*postgres));
+    if (flags->Has("data")) return ImportUsage(TwoLedgers(*postgres));
     if (!o.dry_run) {
-      return Usage(absl::StrCat(postgres->from_flag
-                                    ? "--postgres is for --dry-run"
-                                    : absl::StrCat(postgres->origin, " names a PostgreSQL ledger"),
-                                ": import into it through a node (--server URL --key KEY)",
-                                postgres->from_flag ? ""
-                                : postgres->origin == "QUELL_POSTGRES"
-                                    ? ", or unset it to write a data directory (--data DIR)"
-                                    : ", or give --data DIR"));
+      return ImportUsage(absl::StrCat(
+          postgres->from_flag ? "--postgres is for --dry-run"
+                              : absl::StrCat(postgres->origin, " names a PostgreSQL ledger"),
+          ": import into it through a node (--server URL --key KEY)",
+          postgres->from_flag ? ""
+          : postgres->origin == "QUELL_POSTGRES"
+              ? ", or unset it to write a data directory (--data DIR)"
+              : ", or give --data DIR"));
     }
     // Read-only: never migrate a database a newer or older node owns, nor make one.
     o.dry_run_ledger = [url = postgres->url]() {
@@ -195,17 +195,18 @@ int ImportCommand(const std::vector<std::string>& args) {
   o.durable = !flags->Has("no-fsync");
   int64_t n = 0;
   if (!ParseCount(flags->Get("batch-rows"), 1, 10000, &n))
-    return Usage("--batch-rows must be 1..10000");
+    return ImportUsage("--batch-rows must be 1..10000");
   if (flags->Get("batch-rows")) o.batch_rows = static_cast<size_t>(n);
-  if (!ParseCount(flags->Get("in-flight"), 1, 64, &n)) return Usage("--in-flight must be 1..64");
+  if (!ParseCount(flags->Get("in-flight"), 1, 64, &n))
+    return ImportUsage("--in-flight must be 1..64");
   if (flags->Get("in-flight")) o.in_flight = static_cast<int>(n);
   if (!ParseCount(flags->Get("max-row-bytes"), 64, int64_t{1} << 30, &n)) {
-    return Usage("--max-row-bytes must be 64..1073741824");
+    return ImportUsage("--max-row-bytes must be 64..1073741824");
   }
   if (flags->Get("max-row-bytes")) o.max_row_bytes = static_cast<size_t>(n);
   if (auto v = flags->Get("retry-for")) {
     auto d = core::ParseDuration(*v);
-    if (!d.ok()) return Usage(absl::StrCat("--retry-for: ", d.status().message()));
+    if (!d.ok()) return ImportUsage(absl::StrCat("--retry-for: ", d.status().message()));
     o.retry_for = *d;
   }
   std::string progress = flags->Get("progress").value_or("auto");
@@ -218,7 +219,7 @@ int ImportCommand(const std::vector<std::string>& args) {
   } else if (progress == "off") {
     o.progress = importer::Progress::Mode::kOff;
   } else {
-    return Usage("--progress must be auto, bar, lines or off");
+    return ImportUsage("--progress must be auto, bar, lines or off");
   }
   const bool json = flags->Has("json");
 

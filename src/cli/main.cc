@@ -61,8 +61,6 @@
 namespace quell::cli {
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kUsage = 2;
-
 constexpr char kUsageText[] = R"(quell — fraud and abuse mitigation platform
 
 usage: quell <command> [flags]

@@ -23,8 +23,6 @@
 namespace quell::cli {
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kUsage = 2;
-
 constexpr char kPolicyUsage[] = R"(usage:
   quell policy check FILE              validate a policy set (exit 1 with every error)
   quell policy test FILE --cases DIR [--verbose]
@@ -43,7 +41,7 @@ unchanged, or are only shadowed, with how many of them are on protected lists; -
 prints the same report as POST /v1/policies/backtest. Escalation counts only the hits replayed in the window.
 )";
 
-int Usage(const std::string& message) {
+int PolicyUsage(const std::string& message) {
   if (!message.empty()) std::cerr << "quell policy: " << message << "\n\n";
   std::cerr << kPolicyUsage;
   return kUsage;
@@ -69,12 +67,12 @@ std::shared_ptr<const policy::PolicySet> LoadOrReport(const std::string& path,
 
 int Check(const std::vector<std::string>& args) {
   auto flags = Flags::Parse(args, {}, {"help"});
-  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (!flags.ok()) return PolicyUsage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kPolicyUsage;
     return kOk;
   }
-  if (flags->positional().size() != 1) return Usage("check takes one FILE");
+  if (flags->positional().size() != 1) return PolicyUsage("check takes one FILE");
   const std::string& path = flags->positional()[0];
   auto set = LoadOrReport(path);
   if (set == nullptr) return kFailure;
@@ -91,14 +89,14 @@ int Check(const std::vector<std::string>& args) {
 
 int Test(const std::vector<std::string>& args) {
   auto flags = Flags::Parse(args, {"cases"}, {"help", "verbose"});
-  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (!flags.ok()) return PolicyUsage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kPolicyUsage;
     return kOk;
   }
-  if (flags->positional().size() != 1) return Usage("test takes one FILE");
+  if (flags->positional().size() != 1) return PolicyUsage("test takes one FILE");
   std::optional<std::string> dir = flags->Get("cases");
-  if (!dir) return Usage("test needs --cases DIR");
+  if (!dir) return PolicyUsage("test needs --cases DIR");
   auto set = LoadOrReport(flags->positional()[0]);
   if (set == nullptr) return kFailure;
   absl::StatusOr<engine::CaseRun> run = engine::RunCaseDirectory(*set, *dir);
@@ -115,30 +113,30 @@ int Test(const std::vector<std::string>& args) {
 
 int Backtest(const std::vector<std::string>& args) {
   auto flags = Flags::Parse(args, {"from", "to", "data", "postgres", "samples"}, {"help", "json"});
-  if (!flags.ok()) return Usage(std::string(flags.status().message()));
+  if (!flags.ok()) return PolicyUsage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::cout << kPolicyUsage;
     return kOk;
   }
-  if (flags->positional().size() != 1) return Usage("backtest takes one FILE");
+  if (flags->positional().size() != 1) return PolicyUsage("backtest takes one FILE");
   engine::BacktestOptions options;
   for (const char* name : {"from", "to"}) {
     std::optional<std::string> text = flags->Get(name);
-    if (!text) return Usage(absl::StrCat("backtest needs --", name, " T (RFC 3339)"));
+    if (!text) return PolicyUsage(absl::StrCat("backtest needs --", name, " T (RFC 3339)"));
     absl::StatusOr<absl::Time> t = core::ParseRfc3339(*text);
-    if (!t.ok()) return Usage(absl::StrCat("--", name, ": not an RFC 3339 time: ", *text));
+    if (!t.ok()) return PolicyUsage(absl::StrCat("--", name, ": not an RFC 3339 time: ", *text));
     (std::string_view(name) == "from" ? options.from : options.to) = *t;
   }
-  if (options.from >= options.to) return Usage("--to must be after --from");
+  if (options.from >= options.to) return PolicyUsage("--to must be after --from");
   if (std::optional<std::string> n = flags->Get("samples")) {
     int v = 0;
-    if (!absl::SimpleAtoi(*n, &v) || v < 0 || v > 1000) return Usage("--samples: 0-1000");
+    if (!absl::SimpleAtoi(*n, &v) || v < 0 || v > 1000) return PolicyUsage("--samples: 0-1000");
     options.samples = static_cast<size_t>(v);
   }
   // The ledger: --postgres (or QUELL_POSTGRES), else --data. The two naming a ledger each
   // is refused rather than one chosen silently (--data is this command's ledger only).
   const std::optional<PostgresLedger> postgres = PostgresLedgerOf(*flags);
-  if (postgres && flags->Get("data")) return Usage(TwoLedgers(*postgres));
+  if (postgres && flags->Get("data")) return PolicyUsage(TwoLedgers(*postgres));
   // Version 0, an unpublished candidate, as POST /v1/policies/backtest loads one: the
   // --json report is the route's.
   auto set = LoadOrReport(flags->positional()[0], /*version=*/0);
@@ -175,7 +173,7 @@ int Backtest(const std::vector<std::string>& args) {
 }  // namespace
 
 int PolicyCommand(const std::vector<std::string>& args) {
-  if (args.empty()) return Usage("");
+  if (args.empty()) return PolicyUsage("");
   if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << kPolicyUsage;
     return kOk;
@@ -184,7 +182,7 @@ int PolicyCommand(const std::vector<std::string>& args) {
   if (args[0] == "check") return Check(rest);
   if (args[0] == "test") return Test(rest);
   if (args[0] == "backtest") return Backtest(rest);
-  return Usage(absl::StrCat("unknown policy command \"", args[0], "\""));
+  return PolicyUsage(absl::StrCat("unknown policy command \"", args[0], "\""));
 }
 
 }  // namespace quell::cli

@@ -8,6 +8,7 @@
 #include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
+#include "workflow/internal/json_fields.h"
 #include "workflow/markers.h"
 #include "workflow/mitigations.h"
 
@@ -17,10 +18,7 @@ namespace {
 // The idempotency-table scope of the one-appeal-per-mitigation markers (FileAppeal).
 constexpr std::string_view kAppealMarkers = "quell:appeals";
 
-void Field(std::string* out, std::string_view name, std::string_view value) {
-  absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
-  core::AppendJsonString(value, out);
-}
+using internal::Field;
 
 // The ledger payload: the appeal after the change.
 std::string Payload(const Appeal& a) {
@@ -46,12 +44,6 @@ absl::Status AppendAppeal(ledger::Txn& txn, const Appeal& a, std::string_view ac
   c.entity = a.entity;
   c.payload = Payload(a);
   return txn.Append(std::move(c), nullptr).status();
-}
-
-std::string S(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
 }
 
 }  // namespace
@@ -85,17 +77,17 @@ std::optional<std::string> MitigationOfAppeal(std::string_view appeal_id) {
 absl::StatusOr<Appeal> AppealFromPayload(std::string_view payload, absl::Time at) {
   rapidjson::Document doc;
   doc.Parse(payload.data(), payload.size());
-  if (doc.HasParseError() || !doc.IsObject() || S(doc, "appeal").empty()) {
+  if (doc.HasParseError() || !doc.IsObject() || internal::StringMember(doc, "appeal").empty()) {
     return absl::InvalidArgumentError("not an appeal's change");
   }
   Appeal a;
-  a.id = S(doc, "appeal");
-  a.state = S(doc, "state");
-  a.statement = S(doc, "statement");
-  a.filed_by = S(doc, "filed_by");
-  a.decided_by = S(doc, "decided_by");
-  a.note = S(doc, "note");
-  a.filed_at = core::ParseRfc3339(S(doc, "filed_at")).value_or(at);
+  a.id = internal::StringMember(doc, "appeal");
+  a.state = internal::StringMember(doc, "state");
+  a.statement = internal::StringMember(doc, "statement");
+  a.filed_by = internal::StringMember(doc, "filed_by");
+  a.decided_by = internal::StringMember(doc, "decided_by");
+  a.note = internal::StringMember(doc, "note");
+  a.filed_at = core::ParseRfc3339(internal::StringMember(doc, "filed_at")).value_or(at);
   a.decided_at = at;
   return a;
 }

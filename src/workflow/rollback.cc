@@ -10,6 +10,7 @@
 #include "ledger/journal.h"
 #include "rapidjson/document.h"
 #include "safeguards/approval.h"
+#include "workflow/internal/json_fields.h"
 #include "workflow/markers.h"
 #include "workflow/mitigations.h"
 
@@ -20,19 +21,10 @@ namespace {
 // after idempotency_retention, long after the decision is in the journal).
 constexpr std::string_view kRollbackMarkers = "quell:rollbacks";
 
-void Field(std::string* out, std::string_view name, std::string_view value) {
-  absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":");
-  core::AppendJsonString(value, out);
-}
+using internal::Field;
 
 void IntField(std::string* out, std::string_view name, int64_t value) {
   absl::StrAppend(out, out->size() > 1 ? "," : "", "\"", AV(name), "\":", value);
-}
-
-std::string S(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
 }
 
 int64_t I(const rapidjson::Value& v, const char* name) {
@@ -42,7 +34,7 @@ int64_t I(const rapidjson::Value& v, const char* name) {
 }
 
 std::optional<absl::Time> T(const rapidjson::Value& v, const char* name) {
-  std::string text = S(v, name);
+  std::string text = internal::StringMember(v, name);
   if (text.empty()) return std::nullopt;
   auto t = core::ParseRfc3339(text);
   if (!t.ok()) return std::nullopt;
@@ -304,30 +296,30 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
                                                            absl::Time at) {
   rapidjson::Document doc;
   doc.Parse(payload.data(), payload.size());
-  if (doc.HasParseError() || !doc.IsObject() || S(doc, "rollback").empty()) {
+  if (doc.HasParseError() || !doc.IsObject() || internal::StringMember(doc, "rollback").empty()) {
     return absl::InvalidArgumentError("not a rollback request");
   }
   RollbackRequest r;
-  r.id = S(doc, "rollback");
-  r.state = S(doc, "state");
+  r.id = internal::StringMember(doc, "rollback");
+  r.state = internal::StringMember(doc, "state");
   if (auto it = doc.FindMember("filter"); it != doc.MemberEnd() && it->value.IsObject()) {
     const rapidjson::Value& f = it->value;
-    r.filter.policy = S(f, "policy");
-    r.filter.source = S(f, "source");
-    r.filter.action = S(f, "action");
-    r.filter.batch = S(f, "batch");
+    r.filter.policy = internal::StringMember(f, "policy");
+    r.filter.source = internal::StringMember(f, "source");
+    r.filter.action = internal::StringMember(f, "action");
+    r.filter.batch = internal::StringMember(f, "batch");
     r.filter.since = T(f, "since");
     r.filter.until = T(f, "until");
   }
-  r.reason = S(doc, "reason");
-  r.requested_by = S(doc, "requested_by");
+  r.reason = internal::StringMember(doc, "reason");
+  r.requested_by = internal::StringMember(doc, "requested_by");
   r.requested_at = T(doc, "requested_at").value_or(at);
   r.matched = I(doc, "matched");
   r.entities = I(doc, "entities");
   r.extensions = I(doc, "extensions");
-  r.decided_by = S(doc, "decided_by");
+  r.decided_by = internal::StringMember(doc, "decided_by");
   r.decided_at = T(doc, "decided_at").value_or(at);
-  r.note = S(doc, "note");
+  r.note = internal::StringMember(doc, "note");
   r.revoked = I(doc, "revoked");
   r.restored = I(doc, "restored");
   if (r.filter.empty()) return absl::InvalidArgumentError("rollback request without a filter");
