@@ -186,11 +186,12 @@ ledger::Mutation DecideAppeal(Appeal appeal, int64_t mitigation_seq, bool grant,
     }
     std::string suffix = note.empty() ? "" : absl::StrCat(": ", note);
     if (grant) {
+      const bool was_active = m->state == core::MitigationState::kActive;  // only those absorb
       m->state = core::MitigationState::kRevoked;
       m->state_reason =
           absl::StrCat("appeal ", a.id, " granted by ", reviewer, suffix, "; entity reinstated");
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, reviewer, now).status());
-      QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, reviewer, now));
+      if (was_active) QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, reviewer, now));
     }
     a.state = grant ? "granted" : "denied";
     a.decided_by = reviewer;

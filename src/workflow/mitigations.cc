@@ -215,10 +215,11 @@ ledger::Mutation RevokeMitigation(std::string id, std::string reason, std::strin
           "mitigation ", id, " expired at ", core::FormatRfc3339(core::OverAt(*m, pending_ttl)),
           "; only live ones can be revoked"));
     }
+    const bool was_active = m->state == MitigationState::kActive;  // only those absorb
     m->state = MitigationState::kRevoked;
     m->state_reason = reason;
     QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *m, actor, now).status());
-    QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, actor, now));
+    if (was_active) QUELL_RETURN_IF_ERROR(UndoMerged(txn, *m, actor, now));
     *out = *std::move(m);
     return absl::OkStatus();
   };

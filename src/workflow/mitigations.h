@@ -102,8 +102,9 @@ absl::StatusOr<std::string> Activate(ledger::Txn& txn, core::Mitigation& m, std:
 //! already appended): the decisions Activate merged into it, written `expired`, "merged
 //! into <its id>", were enforced only as part of it, so they are undone with it: written
 //! `revoked` by `actor`, and neither escalation nor prior() counts them as prior offences
-//! any more. Reads the entity's decisions (a rollback, which may revoke 100,000 at once,
-//! looks only where HasMergedCreation: rollback.cc).
+//! any more. Reads the entity's decisions: call it only for an absorber that was active
+//! (only an active one absorbs); a rollback, which may revoke 100,000 at once, settles
+//! them itself, and looks only where HasMergedCreation (rollback.cc).
 absl::Status UndoMerged(ledger::Txn& txn, const core::Mitigation& absorber, std::string_view actor,
                         absl::Time now);
 

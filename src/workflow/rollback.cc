@@ -97,30 +97,45 @@ bool Selects(const RollbackFilter& f, const core::Mitigation& m) {
 }
 
 // After the rollback revoked `absorber`, or took back batch f.batch's extension of it: the
-// decisions Activate merged into it were enforced only as part of it. One the filter
-// selects itself (the same bad model or batch) is undone: written `revoked`, no prior
-// offence any more. Another one, when the absorber was revoked, stands on its own again:
-// back in force until its own expiry if that is still ahead (a rollback of one model does
-// not lift what another decided), left `expired` (enforced, through the absorber) if not.
-// Looks only where the absorber records a merged policy decision (HasMergedCreation): a
-// rollback may revoke 100,000 mitigations, and a merged manual one is left as it is.
+// policy decisions Activate merged into it were enforced only as part of it. One the
+// filter selects itself (the same bad model or batch) is undone: written `revoked`, no
+// prior offence any more. Another one loses the batch's hits and extension as the absorber
+// does (TakeBackHits, ExpiryWithoutBatch); when the absorber was revoked, it then stands on
+// its own again: back in force until its own expiry if that is still ahead (a rollback of
+// one model does not lift what another decided), left `expired` (enforced, through the
+// absorber) if not. Looks only where the absorber records a merged policy decision
+// (HasMergedCreation): a rollback may revoke 100,000 mitigations. A merged manual decision
+// is left as it is (it leaves no such record, so it could not be found in every case).
 absl::Status SettleMerged(ledger::Txn& txn, const RollbackFilter& f,
                           const core::Mitigation& absorber, const std::string& why,
                           const std::string& actor, absl::Time now) {
   if (!HasMergedCreation(absorber)) return absl::OkStatus();
   const bool revoked = absorber.state == core::MitigationState::kRevoked;
+  const bool by_batch = !f.batch.empty() && !f.since && !f.until;
   QUELL_ASSIGN_OR_RETURN(std::vector<core::Mitigation> ms,
                          txn.EntityMitigations(absorber.entity, absl::InfinitePast()));
   for (core::Mitigation& m : ms) {
-    if (!WasMergedInto(m, absorber.id)) continue;
+    if (m.policy.empty() || !WasMergedInto(m, absorber.id)) continue;
     if (Selects(f, m)) {
       m.state = core::MitigationState::kRevoked;
       m.state_reason = absl::StrCat(why, "; it had been merged into ", absorber.id);
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
-    } else if (revoked && m.expires_at > now) {
+      continue;
+    }
+    bool took_back = false;
+    if (by_batch && core::HitByBatch(m, f.batch, f.source, f.policy)) {
+      std::vector<core::BatchExpiry> removed;
+      m.expires_at = *core::ExpiryWithoutBatch(m, f.batch, f.source, f.policy, &removed);
+      QUELL_RETURN_IF_ERROR(TakeBackHits(txn, f.batch, removed, m));
+      took_back = true;
+    }
+    if (revoked && m.expires_at > now) {
       m.state_reason = absl::StrCat("back in force: ", absorber.id,
                                     ", which it had been merged into, was revoked (", why, ")");
       QUELL_RETURN_IF_ERROR(Activate(txn, m, actor, now).status());
+    } else if (took_back) {  // still expired, its "merged into" kept
+      absl::StrAppend(&m.state_reason, "; ", why, ": took back the hits of batch ", f.batch);
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
     }
   }
   return absl::OkStatus();

@@ -546,5 +546,54 @@ TEST_F(RollbackTest, ABatchsDecisionMergedIntoAnotherIsUndoneWithItsExtension) {
   EXPECT_TRUE(report->ok());
 }
 
+// A merged decision that a rolled-back batch's hit had lengthened comes back into force
+// without that batch's part: the rollback takes the batch's hits back from it as from the
+// mitigation it was merged into.
+TEST_F(RollbackTest, AMergedDecisionBackInForceLosesTheRolledBackBatchsPart) {
+  const std::string active = [&] {
+    CreateRequest a = Block("user:mb", "model-v3", absl::Hours(1));
+    a.batch = "b_1";
+    a.detections = {"d_a"};
+    return Submit(a);
+  }();
+  auto held = [&](const std::string& batch, const std::string& detection, absl::Duration ttl) {
+    CreateRequest p = Block("user:mb", "model-v3", ttl);
+    p.policy = "p2";
+    p.batch = batch;
+    p.detections = {detection};
+    p.state = MitigationState::kPendingApproval;
+    p.pending_ttl = kTtl;
+    return Submit(p);
+  };
+  const std::string merged = held("b_2", "d_2", absl::Hours(2));
+  ASSERT_NE(merged, active);
+  EXPECT_EQ(held("b_1", "d_1", absl::Hours(5)), merged);  // b_1's hit lengthens it
+  clock_.Advance(absl::Minutes(10));
+  const absl::Time approved = clock_.Now();
+  core::Mitigation h = **ledger_->store().GetMitigation(merged);
+  auto facts = LoadReviewFacts(ledger_->store(), h);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  auto outcome = std::make_shared<ReviewOutcome>();
+  ASSERT_TRUE(ledger_
+                  ->SubmitAndWait(DecideReview(merged, true, "ok", "k_reviewer", *facts,
+                                               core::ActionCatalog::Default(), kTtl, outcome))
+                  .ok());
+  ASSERT_TRUE(WasMergedInto(**ledger_->store().GetMitigation(merged), active));
+
+  RollbackFilter f;
+  f.batch = "b_1";
+  auto [targets, out] = RunRollback("rb_b1", f);
+  EXPECT_EQ(out.revoked, 1);
+  EXPECT_EQ(State(active), MitigationState::kRevoked);
+  core::Mitigation m = **ledger_->store().GetMitigation(merged);
+  EXPECT_EQ(m.state, MitigationState::kActive);
+  EXPECT_EQ(m.expires_at, approved + absl::Hours(2));  // b_2's part, not b_1's 5 h
+  EXPECT_EQ(m.detection_policies, (std::vector<std::string>{"p2", "rolled_back:p2"}));
+  EXPECT_EQ(m.state_reason.rfind(absl::StrCat("back in force: ", active), 0), 0u) << m.state_reason;
+  auto report = ledger::VerifyChain(ledger_->store());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->ok());
+}
+
 }  // namespace
 }  // namespace quell::workflow
