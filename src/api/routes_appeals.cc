@@ -50,7 +50,7 @@ void Get(Context& ctx, Call&& call) {
   });
 }
 
-void Decide(Context& ctx, Call&& call) {
+void DecideAppealRoute(Context& ctx, Call&& call) {
   rapidjson::Document doc;
   if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
   std::vector<FieldError> errors;
@@ -86,7 +86,7 @@ void AddAppealRoutes(Router& router, Context& ctx) {
   router.Add("GET", "/v1/appeals/{id}", Access::Bearer(Permission::kRead),
              [&ctx](Call&& call) { Get(ctx, std::move(call)); });
   router.Add("POST", "/v1/appeals/{id}/decision", Access::Bearer(Permission::kMitigate),
-             [&ctx](Call&& call) { Decide(ctx, std::move(call)); });
+             [&ctx](Call&& call) { DecideAppealRoute(ctx, std::move(call)); });
 }
 
 }  // namespace quell::api::internal

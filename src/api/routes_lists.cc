@@ -25,15 +25,6 @@ bool ValidName(const std::string& name) {
   return true;
 }
 
-void AppendStrings(const std::vector<std::string>& v, std::string* out) {
-  out->push_back('[');
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) out->push_back(',');
-    core::AppendJsonString(v[i], out);
-  }
-  out->push_back(']');
-}
-
 struct ListView {
   std::string name;
   bool is_protected = false;
@@ -73,7 +64,7 @@ std::string ListJson(const ListView& v, const std::vector<std::string>* entries)
   core::AppendJsonString(v.kind, &out);
   if (entries != nullptr) {
     absl::StrAppend(&out, ",\"size\":", entries->size(), ",\"entries\":");
-    AppendStrings(*entries, &out);
+    core::AppendJsonStrings(*entries, &out);
   }
   out += "}";
   return out;
@@ -106,9 +97,9 @@ ledger::Mutation ListChange(Context& ctx, std::string name, std::vector<std::str
     std::string p = "{\"list\":";
     core::AppendJsonString(name, &p);
     p += ",\"add\":";
-    AppendStrings(add, &p);
+    core::AppendJsonStrings(add, &p);
     p += ",\"remove\":";
-    AppendStrings(remove, &p);
+    core::AppendJsonStrings(remove, &p);
     if (is_protected) absl::StrAppend(&p, ",\"protected\":", *is_protected ? "true" : "false");
     if (kind) {
       p += ",\"kind\":";

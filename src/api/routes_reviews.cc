@@ -167,7 +167,7 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
   });
 }
 
-void Decide(Context& ctx, Call&& call) {
+void DecideReviewRoute(Context& ctx, Call&& call) {
   rapidjson::Document doc;
   if (auto e = ParseJsonBody(call.req.body, &doc)) return call.Fail(*e);
   std::vector<FieldError> errors;
@@ -213,7 +213,7 @@ void AddReviewRoutes(Router& router, Context& ctx) {
       "GET", "/v1/reviews", Access::Bearer(Permission::kRead),
       [&ctx](Call&& call) { ListReviews(ctx, std::move(call)); }, Router::Query::kHandler);
   router.Add("POST", "/v1/reviews/{id}/decision", Access::Bearer(Permission::kMitigate),
-             [&ctx](Call&& call) { Decide(ctx, std::move(call)); });
+             [&ctx](Call&& call) { DecideReviewRoute(ctx, std::move(call)); });
 }
 
 }  // namespace quell::api::internal

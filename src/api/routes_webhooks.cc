@@ -12,24 +12,15 @@
 namespace quell::api::internal {
 namespace {
 
-void AppendStrings(const std::vector<std::string>& v, std::string* out) {
-  *out += '[';
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) *out += ',';
-    core::AppendJsonString(v[i], out);
-  }
-  *out += ']';
-}
-
 std::string SubscriptionJson(const webhooks::Subscription& s, bool with_secret) {
   std::string out = "{\"id\":";
   core::AppendJsonString(s.id, &out);
   out += ",\"url\":";
   core::AppendJsonString(s.url, &out);
   out += ",\"actions\":";
-  AppendStrings(s.actions, &out);
+  core::AppendJsonStrings(s.actions, &out);
   out += ",\"entity_types\":";
-  AppendStrings(s.entity_types, &out);
+  core::AppendJsonStrings(s.entity_types, &out);
   absl::StrAppend(&out, ",\"created_at\":\"", core::FormatRfc3339(s.created_at),
                   "\",\"enabled\":", s.enabled ? "true" : "false", ",\"cursor\":", s.cursor);
   if (with_secret) {

@@ -118,6 +118,15 @@ void AppendJsonString(std::string_view s, std::string* out) {
   out->push_back('"');
 }
 
+void AppendJsonStrings(const std::vector<std::string>& v, std::string* out) {
+  out->push_back('[');
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out->push_back(',');
+    AppendJsonString(v[i], out);
+  }
+  out->push_back(']');
+}
+
 // The JSON is the ledger's record of a mitigation (a change's payload): every field is
 // written below and read back by MitigationFromJson. A new field stops the build here.
 static_assert(FieldCount<Mitigation>() == 21,

@@ -191,6 +191,8 @@ absl::StatusOr<Mitigation> MitigationFromJson(std::string_view json);
 
 // Appends `s` to `out` as a JSON string literal (quotes and escapes included).
 void AppendJsonString(std::string_view s, std::string* out);
+// Appends `v` to `out` as a JSON array of string literals.
+void AppendJsonStrings(const std::vector<std::string>& v, std::string* out);
 
 }  // namespace quell::core
 

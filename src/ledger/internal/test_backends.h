@@ -1,7 +1,8 @@
 // Test-only: the Store backends the parameterised suites run against. Each backend
 // hands out fresh, isolated data and can re-open it (a restart, or a second process).
-// The PostgreSQL backend uses one throwaway cluster per test binary (started on first
-// use) and a fresh database per TestBackend.
+// The PostgreSQL backend uses TestCluster::Shared() (one throwaway cluster per test
+// process, or the run's shared server under scripts/test) and a fresh database per
+// TestBackend: a test touches only its own database (it may share the server).
 //
 // Thread-safety: a TestBackend is used by one test thread.
 #ifndef QUELL_LEDGER_INTERNAL_TEST_BACKENDS_H_

@@ -126,6 +126,7 @@ TEST(PostgresChangeFeed, ReconnectsAfterItsConnectionIsKilledAndMissesNothing) {
   ASSERT_TRUE(WaitApplied(**feed, 3));
   ASSERT_TRUE(TestCluster::Exec(url,
                                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                "datname = current_database() AND "
                                 "application_name = 'quell-feed'")
                   .ok());
   ASSERT_TRUE(WriteNotes(**s, 4, "during").ok());
