@@ -114,6 +114,18 @@ class RollbackTest : public testing::Test {
 
   // Runs a rollback of `f` at once on what it finds now: what it found, and its request as
   // filed.
+  // A reviewer approves the held decision `id` (DecideReview, as Reviews does).
+  absl::Status Approve(const std::string& id) {
+    auto m = ledger_->store().GetMitigation(id);
+    if (!m.ok() || !m->has_value()) return absl::NotFoundError(id);
+    auto facts = LoadReviewFacts(ledger_->store(), **m);
+    if (!facts.ok()) return facts.status();
+    auto outcome = std::make_shared<ReviewOutcome>();
+    return ledger_
+        ->SubmitAndWait(DecideReview(id, true, "ok", "k_reviewer", *facts,
+                                     core::ActionCatalog::Default(), kTtl, outcome))
+        .status();
+  }
   std::pair<RollbackTargets, RollbackRequest> RunRollback(const std::string& id,
                                                           const RollbackFilter& f) {
     auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
@@ -504,14 +516,7 @@ TEST_F(RollbackTest, ABatchsDecisionMergedIntoAnotherIsUndoneWithItsExtension) {
   p.pending_ttl = kTtl;
   const std::string held = Submit(p);
   ASSERT_NE(held, active);
-  core::Mitigation h = **ledger_->store().GetMitigation(held);
-  auto facts = LoadReviewFacts(ledger_->store(), h);
-  ASSERT_TRUE(facts.ok()) << facts.status();
-  auto outcome = std::make_shared<ReviewOutcome>();
-  ASSERT_TRUE(ledger_
-                  ->SubmitAndWait(DecideReview(held, true, "ok", "k_reviewer", *facts,
-                                               core::ActionCatalog::Default(), kTtl, outcome))
-                  .ok());
+  ASSERT_TRUE(Approve(held).ok());
   ASSERT_TRUE(WasMergedInto(**ledger_->store().GetMitigation(held), active));
   EXPECT_EQ((**ledger_->store().GetMitigation(active)).expires_at, t0 + absl::Hours(4));
   auto prior_of_p2 = [&] {
@@ -570,14 +575,7 @@ TEST_F(RollbackTest, AMergedDecisionBackInForceLosesTheRolledBackBatchsPart) {
   EXPECT_EQ(held("b_1", "d_1", absl::Hours(5)), merged);  // b_1's hit lengthens it
   clock_.Advance(absl::Minutes(10));
   const absl::Time approved = clock_.Now();
-  core::Mitigation h = **ledger_->store().GetMitigation(merged);
-  auto facts = LoadReviewFacts(ledger_->store(), h);
-  ASSERT_TRUE(facts.ok()) << facts.status();
-  auto outcome = std::make_shared<ReviewOutcome>();
-  ASSERT_TRUE(ledger_
-                  ->SubmitAndWait(DecideReview(merged, true, "ok", "k_reviewer", *facts,
-                                               core::ActionCatalog::Default(), kTtl, outcome))
-                  .ok());
+  ASSERT_TRUE(Approve(merged).ok());
   ASSERT_TRUE(WasMergedInto(**ledger_->store().GetMitigation(merged), active));
 
   RollbackFilter f;
