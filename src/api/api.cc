@@ -137,17 +137,7 @@ void Api::StopBackground() { impl_->sweeper_.Stop(); }
 
 std::shared_ptr<const core::ActionCatalog> Api::Catalog() const { return impl_->ctx_.Catalog(); }
 
-workflow::WhyHeldFn Api::WhyHeld() const {
-  return [impl = impl_.get()](const core::Mitigation& m,
-                              absl::Time now) -> std::optional<std::string> {
-    if (auto why = impl->safeguards_.WhyProtected(*impl->policies_.Current(), m.entity)) {
-      return why;
-    }
-    // Immunity too: a delayed decision taken before a person revoked the entity's
-    // mitigation of that policy and action went active at its start all the same.
-    return impl->safeguards_.WhyImmune(m.entity.str(), m.policy, m.action, now);
-  };
-}
+workflow::WhyHeldFn Api::WhyHeld() const { return impl_->ctx_.WhyHeld(); }
 
 const DetectionIntake& Api::detection_intake() const { return impl_->intake_; }
 

@@ -150,10 +150,10 @@ void DecideRollback(Context& ctx, Call&& call, bool approve, std::string note) {
     auto out = std::make_shared<workflow::RollbackRequest>();
     std::vector<std::string> ids;
     for (const core::Mitigation& t : targets) ids.push_back(t.id);
-    auto mutation =
-        ctx.NotingHumanDecisions(requests.Decide(id, approve, note, call.who.key_id,
-                                                 std::move(targets), ctx.pending_ttl(), out),
-                                 std::move(ids));
+    auto mutation = ctx.NotingHumanDecisions(
+        requests.Decide(id, approve, note, call.who.key_id, std::move(targets), ctx.pending_ttl(),
+                        out, ctx.WhyHeld()),
+        std::move(ids));
     SubmitSimple(ctx, std::move(call), std::move(mutation), [&ctx, out] {
       std::string body =
           absl::StrCat("{\"id\":\"", out->id,

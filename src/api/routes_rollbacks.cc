@@ -104,9 +104,10 @@ void Rollback(Context& ctx, Call&& call) {
     auto out = std::make_shared<workflow::RollbackRequest>();
     std::vector<std::string> ids;
     for (const core::Mitigation& t : targets->mitigations) ids.push_back(t.id);
-    auto m = ctx.NotingHumanDecisions(
-        workflow::Rollback(std::move(req), std::move(targets->mitigations), out, ctx.pending_ttl()),
-        std::move(ids));
+    auto m =
+        ctx.NotingHumanDecisions(workflow::Rollback(std::move(req), std::move(targets->mitigations),
+                                                    out, ctx.pending_ttl(), ctx.WhyHeld()),
+                                 std::move(ids));
     SubmitSimple(ctx, std::move(call), std::move(m), [out] {
       return std::make_pair(
           200, absl::StrCat("{\"id\":\"", out->id, "\",\"state\":\"done\",\"matched\":",

@@ -108,7 +108,7 @@ bool Selects(const RollbackFilter& f, const core::Mitigation& m) {
 // is left as it is (it leaves no such record, so it could not be found in every case).
 absl::Status SettleMerged(ledger::Txn& txn, const RollbackFilter& f,
                           const core::Mitigation& absorber, const std::string& why,
-                          const std::string& actor, absl::Time now) {
+                          const std::string& actor, absl::Time now, const WhyHeldFn& why_held) {
   if (!HasMergedCreation(absorber)) return absl::OkStatus();
   const bool revoked = absorber.state == core::MitigationState::kRevoked;
   const bool by_batch = !f.batch.empty() && !f.since && !f.until;
@@ -129,7 +129,15 @@ absl::Status SettleMerged(ledger::Txn& txn, const RollbackFilter& f,
       QUELL_RETURN_IF_ERROR(TakeBackHits(txn, f.batch, removed, m));
       took_back = true;
     }
-    if (revoked && m.expires_at > now) {
+    // A policy's decision no person approved, on an entity protected or made immune since:
+    // not enforced again without a person (as ApplyDue holds one at its scheduled start).
+    std::optional<std::string> held;
+    if (revoked && m.expires_at > now && why_held && m.approvals.empty()) held = why_held(m, now);
+    if (held) {
+      absl::StrAppend(&m.state_reason, "; not back in force after ", absorber.id, " was revoked (",
+                      why, "): ", *held);
+      QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, m, actor, now).status());
+    } else if (revoked && m.expires_at > now) {
       m.state_reason = absl::StrCat("back in force: ", absorber.id,
                                     ", which it had been merged into, was revoked (", why, ")");
       QUELL_RETURN_IF_ERROR(Activate(txn, m, actor, now).status());
@@ -169,7 +177,7 @@ absl::StatusOr<bool> Undo(ledger::Txn& txn, const RollbackFilter& f, const std::
 absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& targets,
                             const RollbackFilter& f, const std::string& why,
                             const std::string& actor, absl::Time now, absl::Duration pending_ttl,
-                            RollbackResult* r) {
+                            const WhyHeldFn& why_held, RollbackResult* r) {
   absl::flat_hash_set<std::string> entities;
   for (core::Mitigation& m : targets) {
     // One past its expiry is over (its `expired` change is the scheduler's to write), and a
@@ -195,7 +203,7 @@ absl::Status RevokeMatching(ledger::Txn& txn, std::vector<core::Mitigation>& tar
       QUELL_RETURN_IF_ERROR(AppendMitigationChange(txn, *cur, actor, now).status());
       m = *std::move(cur);
     }
-    QUELL_RETURN_IF_ERROR(SettleMerged(txn, f, m, why, actor, now));
+    QUELL_RETURN_IF_ERROR(SettleMerged(txn, f, m, why, actor, now, why_held));
     ++r->matched;
     ++(m.state == core::MitigationState::kRevoked ? r->revoked : r->restored);
     entities.insert(m.entity.str());
@@ -414,9 +422,11 @@ ledger::Mutation RollbackRequests::Request(RollbackRequest request,
 }
 
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
-                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl) {
+                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl,
+                          WhyHeldFn why_held) {
   return [request = std::move(request), targets = std::move(targets), out = std::move(out),
-          pending_ttl](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+          pending_ttl, why_held = std::move(why_held)](ledger::Txn& txn,
+                                                       absl::Time now) mutable -> absl::Status {
     if (request.id.empty() || request.filter.empty()) {
       return absl::InvalidArgumentError("a rollback needs an id and a filter");
     }
@@ -426,7 +436,7 @@ ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation>
     // Revokes in place: the ledger runs a mutation once.
     QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter,
                                          absl::StrCat("rollback ", r.id, ": ", r.reason),
-                                         r.requested_by, now, pending_ttl, &result));
+                                         r.requested_by, now, pending_ttl, why_held, &result));
     r.matched = result.matched;  // as the transaction found them
     r.entities = result.entities;
     r.extensions = result.restored;
@@ -445,68 +455,70 @@ ledger::Mutation RollbackRequests::Decide(std::string id, bool approve, std::str
                                           std::string reviewer,
                                           std::vector<core::Mitigation> targets,
                                           absl::Duration pending_ttl,
-                                          std::shared_ptr<RollbackRequest> out) {
-  return [this, id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
-          targets = std::move(targets), pending_ttl,
-          out = std::move(out)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
-    RollbackRequest r;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = requests_.find(id);
-      if (it == requests_.end()) {
-        return absl::NotFoundError(absl::StrCat("no rollback request ", id));
-      }
-      const Entry& e = it->second;
-      r = e.tentative && e.tentative->first < txn.NextSeq() ? e.tentative->second : e.committed;
-    }
-    if (r.state != "pending_approval") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rollback request ", id, " is already ", r.state));
-    }
-    if (Expired(r, pending_ttl, now)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rollback request ", id, " expired at ",
-                       core::FormatRfc3339(r.requested_at + pending_ttl), "; request it again"));
-    }
-    QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, r.requested_by, {}));
-    // One decision per request across nodes too: this node's view of the request follows
-    // the change feed, which may not have brought another node's decision yet; a marker
-    // the transaction reads (the chain-head lock orders it after that decision) does.
-    QUELL_ASSIGN_OR_RETURN(bool first,
-                           ClaimMarker(txn, kRollbackMarkers, absl::StrCat(id, "/decided"), now));
-    if (!first) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rollback request ", id, " is already decided"));
-    }
-    r.decided_by = reviewer;
-    r.decided_at = now;
-    r.note = note;
-    if (approve) {
-      RollbackResult result;
-      const std::string why = absl::StrCat("rollback ", r.id, ": ", r.reason, " (requested by ",
-                                           r.requested_by, ", approved by ", reviewer, ")");
-      QUELL_RETURN_IF_ERROR(
-          RevokeMatching(txn, targets, r.filter, why, reviewer, now, pending_ttl, &result));
-      // What it matched when it ran, as for a rollback run at once: the request's own
-      // figures were the evidence for approving it (Reviews showed them).
-      r.matched = result.matched;
-      r.entities = result.entities;
-      r.extensions = result.restored;
-      r.revoked = result.revoked;
-      r.restored = result.restored;
-      r.state = "done";
-    } else {
-      r.state = "rejected";
-    }
-    const int64_t seq = txn.NextSeq();
-    QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, reviewer));
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      requests_[id].tentative.emplace(seq, r);
-    }
-    *out = r;
-    return absl::OkStatus();
-  };
+                                          std::shared_ptr<RollbackRequest> out,
+                                          WhyHeldFn why_held) {
+  return
+      [this, id = std::move(id), approve, note = std::move(note), reviewer = std::move(reviewer),
+       targets = std::move(targets), pending_ttl, out = std::move(out),
+       why_held = std::move(why_held)](ledger::Txn& txn, absl::Time now) mutable -> absl::Status {
+        RollbackRequest r;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          auto it = requests_.find(id);
+          if (it == requests_.end()) {
+            return absl::NotFoundError(absl::StrCat("no rollback request ", id));
+          }
+          const Entry& e = it->second;
+          r = e.tentative && e.tentative->first < txn.NextSeq() ? e.tentative->second : e.committed;
+        }
+        if (r.state != "pending_approval") {
+          return absl::FailedPreconditionError(
+              absl::StrCat("rollback request ", id, " is already ", r.state));
+        }
+        if (Expired(r, pending_ttl, now)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "rollback request ", id, " expired at ",
+              core::FormatRfc3339(r.requested_at + pending_ttl), "; request it again"));
+        }
+        QUELL_RETURN_IF_ERROR(safeguards::CheckReviewer(reviewer, r.requested_by, {}));
+        // One decision per request across nodes too: this node's view of the request follows
+        // the change feed, which may not have brought another node's decision yet; a marker
+        // the transaction reads (the chain-head lock orders it after that decision) does.
+        QUELL_ASSIGN_OR_RETURN(
+            bool first, ClaimMarker(txn, kRollbackMarkers, absl::StrCat(id, "/decided"), now));
+        if (!first) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("rollback request ", id, " is already decided"));
+        }
+        r.decided_by = reviewer;
+        r.decided_at = now;
+        r.note = note;
+        if (approve) {
+          RollbackResult result;
+          const std::string why = absl::StrCat("rollback ", r.id, ": ", r.reason, " (requested by ",
+                                               r.requested_by, ", approved by ", reviewer, ")");
+          QUELL_RETURN_IF_ERROR(RevokeMatching(txn, targets, r.filter, why, reviewer, now,
+                                               pending_ttl, why_held, &result));
+          // What it matched when it ran, as for a rollback run at once: the request's own
+          // figures were the evidence for approving it (Reviews showed them).
+          r.matched = result.matched;
+          r.entities = result.entities;
+          r.extensions = result.restored;
+          r.revoked = result.revoked;
+          r.restored = result.restored;
+          r.state = "done";
+        } else {
+          r.state = "rejected";
+        }
+        const int64_t seq = txn.NextSeq();
+        QUELL_RETURN_IF_ERROR(AppendRequest(txn, r, reviewer));
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          requests_[id].tentative.emplace(seq, r);
+        }
+        *out = r;
+        return absl::OkStatus();
+      };
 }
 
 }  // namespace quell::workflow

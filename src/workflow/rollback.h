@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "core/mitigation.h"
 #include "ledger/ledger.h"
+#include "workflow/mitigations.h"  // WhyHeldFn
 
 namespace quell::workflow {
 
@@ -119,8 +120,11 @@ absl::StatusOr<RollbackRequest> RollbackRequestFromPayload(std::string_view payl
 //! one. A target still at the version read is revoked without being read again
 //! (Txn::AppendMitigationIfAt); one that changed since is re-read in the transaction and
 //! checked again. *out = the request as filed.
+//! `why_held` (may be null): a merged decision that would come back into force is left
+//! `expired` instead when it says the entity is protected or immune now (SettleMerged).
 ledger::Mutation Rollback(RollbackRequest request, std::vector<core::Mitigation> targets,
-                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl);
+                          std::shared_ptr<RollbackRequest> out, absl::Duration pending_ttl,
+                          WhyHeldFn why_held = nullptr);
 
 // The rollback requests, as of the committed ledger plus the decisions of the
 // transaction being built (so two decisions in one commit batch cannot both pass).
@@ -147,7 +151,7 @@ class RollbackRequests final : public ledger::ChangeListener {
   //! after the decision.
   ledger::Mutation Decide(std::string id, bool approve, std::string note, std::string reviewer,
                           std::vector<core::Mitigation> targets, absl::Duration pending_ttl,
-                          std::shared_ptr<RollbackRequest> out);
+                          std::shared_ptr<RollbackRequest> out, WhyHeldFn why_held = nullptr);
 
  private:
   struct Entry {

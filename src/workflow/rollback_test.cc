@@ -127,7 +127,8 @@ class RollbackTest : public testing::Test {
         .status();
   }
   std::pair<RollbackTargets, RollbackRequest> RunRollback(const std::string& id,
-                                                          const RollbackFilter& f) {
+                                                          const RollbackFilter& f,
+                                                          WhyHeldFn why_held = nullptr) {
     auto t = FindRollbackTargetSet(ledger_->store(), f, clock_.Now(), kTtl);
     EXPECT_TRUE(t.ok());
     RollbackRequest r;
@@ -136,7 +137,8 @@ class RollbackTest : public testing::Test {
     r.reason = "bad";
     r.requested_by = "k_admin";
     auto out = std::make_shared<RollbackRequest>();
-    EXPECT_TRUE(ledger_->SubmitAndWait(Rollback(r, t->mitigations, out, kTtl)).ok());
+    EXPECT_TRUE(
+        ledger_->SubmitAndWait(Rollback(r, t->mitigations, out, kTtl, std::move(why_held))).ok());
     return {*t, *out};
   }
 
@@ -591,6 +593,40 @@ TEST_F(RollbackTest, AMergedDecisionBackInForceLosesTheRolledBackBatchsPart) {
   auto report = ledger::VerifyChain(ledger_->store());
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_TRUE(report->ok());
+}
+
+// A scheduled decision that started while another was active was merged into it without
+// a person's approval. When a rollback revokes that one and the entity has been protected
+// since, it does not come back into force by itself: it stays expired, and says why.
+TEST_F(RollbackTest, AMergedDecisionOnAnEntityProtectedSinceStaysOver) {
+  const std::string active = Create("user:sp", "model-v3", absl::Hours(1));
+  CreateRequest p = Block("user:sp", "model-v3", absl::Hours(2));
+  p.policy = "p2";
+  p.detections = {"d_sp"};
+  p.starts_at = clock_.Now() + absl::Minutes(5);
+  p.state = MitigationState::kScheduled;
+  const std::string scheduled = Submit(p);
+  ASSERT_NE(scheduled, active);
+  clock_.Advance(absl::Minutes(10));
+  auto n = std::make_shared<int>(0);
+  ASSERT_TRUE(ledger_->SubmitAndWait(ApplyDue({scheduled}, n)).ok());
+  ASSERT_TRUE(WasMergedInto(**ledger_->store().GetMitigation(scheduled), active));
+
+  RollbackFilter f;
+  f.policy = "p1";
+  auto protected_now = [](const core::Mitigation& m, absl::Time) -> std::optional<std::string> {
+    return absl::StrCat(m.entity.str(), " is on protected list vip");
+  };
+  auto [targets, out] = RunRollback("rb_sp", f, protected_now);
+  EXPECT_EQ(out.revoked, 1);
+  core::Mitigation m = **ledger_->store().GetMitigation(scheduled);
+  EXPECT_EQ(m.state, MitigationState::kExpired);
+  EXPECT_NE(m.state_reason.find(absl::StrCat("; not back in force after ", active,
+                                             " was revoked (rollback rb_sp: bad): user:sp is on "
+                                             "protected list vip")),
+            std::string::npos)
+      << m.state_reason;
+  EXPECT_TRUE(WasMergedInto(m, active));
 }
 
 }  // namespace

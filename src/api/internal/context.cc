@@ -163,6 +163,15 @@ void BackgroundTasks::Exit() {
   cv_.notify_all();
 }
 
+workflow::WhyHeldFn Context::WhyHeld() const {
+  return [this](const core::Mitigation& m, absl::Time now) -> std::optional<std::string> {
+    if (auto why = safeguards->WhyProtected(*policies->Current(), m.entity)) return why;
+    // Immunity too: a delayed decision taken before a person revoked the entity's
+    // mitigation of that policy and action went active at its start all the same.
+    return safeguards->WhyImmune(m.entity.str(), m.policy, m.action, now);
+  };
+}
+
 std::shared_ptr<const core::ActionCatalog> Context::Catalog() const {
   return policies != nullptr ? policies->Catalog() : deps.catalog;
 }

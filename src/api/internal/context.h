@@ -136,6 +136,12 @@ class Context {
   //! it, one is over for revokes, appeals and rollbacks too. Infinite without safeguards.
   absl::Duration pending_ttl() const;
 
+  //! Why a policy's decision on an entity would be held for a person now: a protected
+  //! list holds it, or a person made it immune (the expiry scheduler's check at a
+  //! scheduled start, and a rollback's before a merged decision comes back into force).
+  //! Call once policies and safeguards are set; the function lives as long as this.
+  workflow::WhyHeldFn WhyHeld() const;
+
   //! The action catalog in force: the active policy set's.
   std::shared_ptr<const core::ActionCatalog> Catalog() const;
 
